@@ -1,0 +1,3 @@
+"""dfs: a chunked distributed file system (shared core and the client side)."""
+
+__version__ = "0.1.0"

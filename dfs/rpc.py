@@ -1,0 +1,686 @@
+"""Authenticated, pipelined RPC over TCP: the asyncio rim around the pure ``dfs.wire``.
+
+What it owns: sockets, the handshake timing, request-id multiplexing, flow control. What it
+must not do: know any op. Handlers and callers give it headers and payloads; the rules of the
+bytes live in ``dfs.wire`` (framing in ``codec.py``, conventions in ``messages.py``,
+handshake in ``auth.py``).
+
+Why ``asyncio.Protocol`` and not streams: frames are parsed in ``data_received`` and a
+response resolves its caller's future right there, with no reader task hop, no
+``StreamReader`` buffer copy and no coroutine per read. Writes are coalesced: small frames
+written in one event-loop iteration leave in one ``transport.write`` (one syscall), which is
+what lets many small Raft messages per tick go out cheaply; large payloads are written as
+their own buffer, uncopied. Nobody drains after each message; a writer waits only while the
+transport's buffer is above its high-water mark (``pause_writing``/``resume_writing``).
+
+Life of a connection:
+1. TCP connect/accept, then the handshake (``auth.py``) with a deadline
+   (``HANDSHAKE_TIMEOUT_S``). Until it succeeds the decoder accepts only tiny frames without
+   payload, and reading pauses once ``PREAUTH_BUFFER_BYTES_MAX`` is buffered, so an
+   unauthenticated peer costs little memory.
+2. Then frames flow both ways. A response (``"ok"`` in the header) resolves the pending call
+   with its id. A request (``"op"`` and ``"id"``) runs the handler in its own task: handlers
+   on one connection run concurrently, and each response carries its request's id. A
+   one-way frame (``"op"``, no ``"id"``, or ``"oneway": True``) goes to a per-connection
+   queue whose handler calls run one at a time, in arrival order (Raft relies on it).
+3. Limits: at most ``in_flight_max`` calls in flight (callers wait for a slot) and as many
+   running request handlers; past that, or with ``ONEWAY_QUEUE_MAX`` one-way frames queued,
+   reading pauses (TCP backpressure) until they drain.
+4. Any protocol error from the peer (bad frame, oversize frame, bad header) drops the
+   connection with one structured WARNING; pending calls fail with that error, or with
+   ``Unavailable`` when the connection simply closes. A server never crashes on a peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
+from dfs.wire import codec, messages
+from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side
+from dfs.wire.errors import (
+    DfsError,
+    InternalError,
+    ProtocolError,
+    Timeout,
+    Unavailable,
+    Unsupported,
+    error_from_wire,
+)
+
+log = logging.getLogger(__name__)
+
+Payload = bytes | bytearray | memoryview
+HandlerResult = tuple[dict[str, Any], Payload] | None
+Handler = Callable[["Connection", dict[str, Any], bytes], Awaitable[HandlerResult]]
+
+# A healthy peer answers the handshake in well under a millisecond on a LAN; 5 s covers a
+# loaded machine and still frees a slot held by a silent or hostile peer quickly.
+HANDSHAKE_TIMEOUT_S = 5.0
+# Default deadline of one call. Metadata calls take milliseconds; a 64 MiB chunk transfer
+# through a replication chain takes around a second. Callers with better knowledge pass
+# their own.
+CALL_TIMEOUT_S = 30.0
+# How long connect() may take, TCP and handshake together.
+CONNECT_TIMEOUT_S = 10.0
+# A writer blocked on a peer that does not read for this long gives up.
+SEND_TIMEOUT_S = 30.0
+# Calls in flight per connection (and request handlers running per connection). Enough to
+# keep a link busy with pipelined metadata calls; small enough to bound memory.
+IN_FLIGHT_MAX = 1024
+# One-way frames waiting for their handler before reading pauses.
+ONEWAY_QUEUE_MAX = 4096
+# Transport write buffer: above HIGH writers wait, below LOW they go on. Large enough for a
+# few 1 MiB writes in flight, so streaming does not stall per frame.
+WRITE_BUFFER_HIGH_BYTES = 4 * 1024 * 1024
+WRITE_BUFFER_LOW_BYTES = 1 * 1024 * 1024
+# Small frames are gathered until the end of the loop iteration or this many bytes.
+COALESCE_BYTES_MAX = 256 * 1024
+# Before authentication: handshake frames are tiny, carry no payload, and nothing else may
+# arrive in bulk.
+PREAUTH_HEADER_BYTES_MAX = 4096
+PREAUTH_BUFFER_BYTES_MAX = 64 * 1024
+
+
+class Connection(asyncio.Protocol):
+    """One authenticated connection. Made by ``connect`` or by a server from ``serve``.
+
+    Public: ``call``, ``send_oneway``, ``send_oneway_nowait``, ``close``, ``wait_closed``,
+    ``closed``, ``peer`` (who the peer proved to be), ``peername`` ("host:port"), ``name``.
+    """
+
+    def __init__(
+        self,
+        secret: bytes | None,
+        *,
+        side: Side,
+        role: str,
+        name: str,
+        handler: Handler | None,
+        in_flight_max: int = IN_FLIGHT_MAX,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        # Raises AuthError at once when no usable secret is configured.
+        self._handshake = Handshake(
+            secret, os.urandom(NONCE_BYTES), side=side, role=role, name=name
+        )
+        self._handshake_timeout_s = handshake_timeout_s
+        self.name = name
+        self.side = side
+        self.peer: PeerInfo | None = None
+        self.peername = "?"
+        self._handler = handler
+        self._transport: asyncio.Transport | None = None
+        self._decoder = codec.FrameDecoder(
+            header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0
+        )
+        self._authenticated = False
+        self._handshake_waiter: asyncio.Future[None] | None = None
+        self._handshake_task: asyncio.Task[None] | None = None
+        # Calls we made, by request id.
+        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self._last_id = 0
+        self._in_flight_max = in_flight_max
+        self._call_slots = asyncio.Semaphore(in_flight_max)
+        # Requests the peer made, each served by one task.
+        self._request_tasks: set[asyncio.Task[None]] = set()
+        self._oneway: deque[codec.Frame] = deque()
+        self._oneway_task: asyncio.Task[None] | None = None
+        self._oneway_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._close_error: DfsError | None = None
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def closed(self) -> bool:
+        return self._close_error is not None
+
+    async def call(
+        self,
+        op: str,
+        payload: Payload = b"",
+        *,
+        timeout_s: float = CALL_TIMEOUT_S,
+        **fields: Any,
+    ) -> tuple[dict[str, Any], bytes]:
+        """Send request ``op`` with ``fields`` and ``payload``; return the response's
+        (header, payload). Raises the ``DfsError`` the peer answered with, ``Timeout`` after
+        ``timeout_s`` (the request may still have been carried out), ``Unavailable`` if the
+        connection is or becomes closed, ``ProtocolError`` if the peer broke the protocol.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self._call_slots:
+                    self._check_open()
+                    self._last_id += 1
+                    request_id = self._last_id
+                    future: asyncio.Future[tuple[dict[str, Any], bytes]]
+                    future = self._loop.create_future()
+                    self._pending[request_id] = future
+                    try:
+                        self._send_frame(messages.request(op, request_id, **fields), payload)
+                        if self._writing_paused:
+                            await self._drain()
+                        header, body = await future
+                    finally:
+                        del self._pending[request_id]
+        except TimeoutError:
+            raise Timeout(f"{op} got no answer in {timeout_s} s", op=op) from None
+        if header.get(messages.OK) is True:
+            return header, body
+        raise error_from_wire(header.get(messages.ERR))
+
+    def send_oneway_nowait(self, header: dict[str, Any], payload: Payload = b"") -> bool:
+        """Queue a one-way frame unless the connection is closed or its write buffer is full;
+        returns whether it was queued. For senders that tolerate loss (Raft retransmits)."""
+        if self.closed or not self._authenticated or self._writing_paused:
+            return False
+        if self._out_bytes >= WRITE_BUFFER_HIGH_BYTES:
+            return False
+        self._send_frame(_checked_oneway(header), payload)
+        return True
+
+    async def send_oneway(
+        self, header: dict[str, Any], payload: Payload = b"", *, timeout_s: float = SEND_TIMEOUT_S
+    ) -> None:
+        """Send a one-way frame; waits (at most ``timeout_s``) only while the write buffer is
+        above its high-water mark. ``Unavailable`` if closed."""
+        self._check_open()
+        self._send_frame(_checked_oneway(header), payload)
+        if self._writing_paused:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._drain()
+            except TimeoutError:
+                raise Timeout(f"peer {self.peername} did not read for {timeout_s} s") from None
+
+    def close(self) -> None:
+        """Flush what is queued and close. Pending calls fail with ``Unavailable``."""
+        if self._close_error is None:
+            self._close_error = Unavailable("connection closed", peer=self.peername)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            self._flush()
+            transport.close()
+        elif transport is None:
+            self._finish()
+
+    async def wait_closed(self, timeout_s: float = 5.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.shield(self._closed)
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES, low=WRITE_BUFFER_LOW_BYTES)
+        address = transport.get_extra_info("peername")
+        if isinstance(address, tuple) and len(address) >= 2:
+            self.peername = f"{address[0]}:{address[1]}"
+        if self.side is Side.ACCEPTOR:
+            self._handshake_task = self._loop.create_task(self._accept())
+
+    def data_received(self, data: bytes) -> None:
+        self._decoder.feed(data)
+        if self._authenticated:
+            self._pump()
+            return
+        waiter = self._handshake_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._decoder.buffered_bytes > PREAUTH_BUFFER_BYTES_MAX:
+            self._update_reading()
+
+    def eof_received(self) -> bool | None:
+        if self._decoder.buffered_bytes:
+            log.debug("rpc: peer %s closed in the middle of a frame", self.peername)
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_error is None:
+            reason = f": {exc}" if exc is not None else ""
+            self._close_error = Unavailable(f"connection lost{reason}", peer=self.peername)
+        self._finish()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_drainers()
+
+    # ------------------------------------------------------------------ handshake
+
+    async def _handshake_run(self) -> None:
+        """Run the handshake; on success switch the decoder to full limits and dispatch any
+        frames that followed the proof. Raises ``DfsError`` (AuthError, ProtocolError,
+        Timeout, Unavailable) on failure; the caller drops the connection."""
+        handshake = self._handshake
+        try:
+            async with asyncio.timeout(self._handshake_timeout_s):
+                self._send_frame(handshake.hello())
+                hello = await self._handshake_frame()
+                self._send_frame(handshake.receive_hello(hello.header))
+                proof = await self._handshake_frame()
+                self.peer = handshake.receive_proof(proof.header)
+        except TimeoutError:
+            raise Timeout(f"handshake took over {self._handshake_timeout_s} s") from None
+        self._authenticated = True
+        self._decoder.header_bytes_max = FRAME_HEADER_BYTES_MAX
+        self._decoder.payload_bytes_max = FRAME_PAYLOAD_BYTES_MAX
+        self._update_reading()
+        self._pump()
+
+    async def _handshake_frame(self) -> codec.Frame:
+        while True:
+            # Frames first: a peer's last words (its wrong proof) explain why it hung up.
+            frame = self._decoder.next_frame()
+            if frame is not None:
+                return frame
+            if self._close_error is not None:
+                raise Unavailable("connection closed during the handshake", peer=self.peername)
+            self._handshake_waiter = self._loop.create_future()
+            await self._handshake_waiter
+
+    async def _accept(self) -> None:
+        try:
+            await self._handshake_run()
+        except DfsError as e:
+            self._drop("auth_failed", e)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _pump(self) -> None:
+        try:
+            while (frame := self._decoder.next_frame()) is not None:
+                self._dispatch(frame)
+                if self._transport is None or self._transport.is_closing():
+                    return
+        except ProtocolError as e:
+            self._drop("protocol_error", e)
+            return
+        self._update_reading()
+
+    def _dispatch(self, frame: codec.Frame) -> None:
+        header = frame.header
+        if messages.OK in header:
+            self._on_response(frame)
+            return
+        op = header.get(messages.OP)
+        if type(op) is not str:
+            raise ProtocolError("frame is neither a response nor has an 'op'")
+        request_id = header.get(messages.ID)
+        if request_id is None or header.get(messages.ONEWAY) is True:
+            self._oneway.append(frame)
+            if self._oneway_task is None:
+                self._oneway_task = self._loop.create_task(self._run_oneway())
+            waiter = self._oneway_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
+        if type(request_id) is not int or request_id < 0:
+            raise ProtocolError("request 'id' must be an int >= 0")
+        task = self._loop.create_task(self._serve_request(op, request_id, frame))
+        self._request_tasks.add(task)
+        task.add_done_callback(self._request_done)
+
+    def _on_response(self, frame: codec.Frame) -> None:
+        header = frame.header
+        request_id = header.get(messages.ID)
+        if type(request_id) is not int or type(header.get(messages.OK)) is not bool:
+            raise ProtocolError("response needs an int 'id' and a bool 'ok'")
+        future = self._pending.get(request_id)
+        if future is None or future.done():
+            # The call timed out or was cancelled; its answer comes too late.
+            log.debug("rpc: late response id=%d from %s", request_id, self.peername)
+            return
+        future.set_result((header, frame.payload))
+
+    async def _serve_request(self, op: str, request_id: int, frame: codec.Frame) -> None:
+        payload: Payload = b""
+        try:
+            if self._handler is None:
+                raise Unsupported(f"{self.name} takes no requests", op=op)
+            result = await self._handler(self, frame.header, frame.payload)
+            fields, payload = result if result is not None else ({}, b"")
+            header = messages.response_ok(request_id, **fields)
+        except DfsError as e:
+            header = messages.response_err(request_id, e)
+            payload = b""
+        except Exception:
+            # A bug in the handler: log it once here, the caller sees INTERNAL.
+            log.exception("rpc: handler for op %r from %s failed", op, self.peername)
+            header = messages.response_err(request_id, InternalError(f"{op} failed"))
+            payload = b""
+        if self.closed:
+            return
+        try:
+            self._send_frame(header, payload)
+        except (TypeError, ValueError):
+            log.exception("rpc: cannot encode the response to op %r", op)
+            self._send_frame(messages.response_err(request_id, InternalError(f"{op} failed")))
+        if self._writing_paused:
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await self._drain()
+            except TimeoutError:
+                self._drop("send_timeout", Timeout("peer does not read its responses"))
+            except Unavailable:
+                pass  # closed meanwhile; nothing left to do
+
+    def _request_done(self, task: asyncio.Task[None]) -> None:
+        self._request_tasks.discard(task)
+        if self._reading_paused:
+            self._update_reading()
+
+    async def _run_oneway(self) -> None:
+        while True:
+            while self._oneway:
+                frame = self._oneway.popleft()
+                if self._reading_paused:
+                    self._update_reading()
+                if self._handler is None:
+                    log.debug("rpc: no handler; one-way op dropped")
+                    continue
+                try:
+                    await self._handler(self, frame.header, frame.payload)
+                except DfsError as e:
+                    log.warning(
+                        "rpc: one-way op %r from %s failed: %s",
+                        frame.header.get(messages.OP),
+                        self.peername,
+                        e,
+                    )
+                except Exception:
+                    log.exception(
+                        "rpc: one-way handler for op %r failed", frame.header.get(messages.OP)
+                    )
+            self._oneway_waiter = self._loop.create_future()
+            await self._oneway_waiter
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._authenticated:
+            busy = (
+                len(self._request_tasks) >= self._in_flight_max
+                or len(self._oneway) >= ONEWAY_QUEUE_MAX
+            )
+        else:
+            busy = self._decoder.buffered_bytes > PREAUTH_BUFFER_BYTES_MAX
+        if busy and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+        elif not busy and self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+
+    # ------------------------------------------------------------------ sending
+
+    def _check_open(self) -> None:
+        if self._close_error is not None:
+            raise copy.copy(self._close_error)
+        if not self._authenticated:
+            raise Unavailable("connection is not authenticated yet")
+
+    def _send_frame(self, header: dict[str, Any], payload: Payload = b"") -> None:
+        buffers = codec.encode(header, payload)
+        first = buffers[0]
+        if len(buffers) == 1 and isinstance(first, bytes) and len(first) <= COALESCE_BYTES_MAX:
+            self._out.append(first)
+            self._out_bytes += len(first)
+            if self._out_bytes >= COALESCE_BYTES_MAX:
+                self._flush()
+            elif not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
+            return
+        # A large frame: keep order with what is queued, then hand the payload over as its
+        # own buffer (``writelines`` would join, that is copy, it on Python 3.11).
+        self._flush()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            for buffer in buffers:
+                transport.write(buffer)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out:
+            return
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out = []
+        self._out_bytes = 0
+        transport = self._transport
+        # Writing to a closing transport only counts failures (and warns after a few).
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    async def _drain(self) -> None:
+        while self._writing_paused:
+            if self._close_error is not None:
+                raise copy.copy(self._close_error)
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+        if self._close_error is not None:
+            raise copy.copy(self._close_error)
+
+    def _wake_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ------------------------------------------------------------------ closing
+
+    def _drop(self, event: str, error: DfsError) -> None:
+        """The peer misbehaved or failed the handshake: log once and close."""
+        if self._close_error is not None:
+            return  # already closing; the first reason was logged
+        log.warning(
+            "rpc: dropping connection event=%s peer=%s side=%s local=%s reason=%s",
+            event,
+            self.peername,
+            self.side.name.lower(),
+            self.name,
+            error,
+            extra={"event": event, "peer": self.peername, "reason": str(error)},
+        )
+        self._close_error = error
+        transport = self._transport
+        if transport is not None:
+            transport.abort()  # nothing more to say to this peer; do not flush
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Fail everything still waiting on this connection. Runs once, on close."""
+        if self._closed.done():
+            return
+        error = self._close_error
+        assert error is not None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(copy.copy(error))  # one instance per raiser
+        waiter = self._handshake_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._wake_drainers()
+        for task in list(self._request_tasks):
+            task.cancel()
+        if self._oneway_task is not None:
+            self._oneway_task.cancel()
+        self._oneway.clear()
+        self._out = []
+        self._out_bytes = 0
+        self._closed.set_result(None)
+
+
+def _checked_oneway(header: dict[str, Any]) -> dict[str, Any]:
+    assert type(header.get(messages.OP)) is str, "a one-way frame needs a str 'op'"
+    assert messages.OK not in header, "a one-way frame is not a response"
+    assert messages.ID not in header or header.get(messages.ONEWAY) is True, "one-way has no id"
+    return header
+
+
+async def connect(
+    host: str,
+    port: int,
+    secret: bytes | None,
+    *,
+    name: str,
+    timeout_s: float = CONNECT_TIMEOUT_S,
+    role: str = "client",
+    handler: Handler | None = None,
+    in_flight_max: int = IN_FLIGHT_MAX,
+) -> Connection:
+    """Open a connection to ``host:port`` and authenticate both ways.
+
+    ``handler`` (optional) serves requests and one-way frames the server sends back over
+    this connection. Raises ``AuthError`` (wrong secret on either side), ``Unavailable``
+    (refused, unreachable, closed during the handshake), ``Timeout`` (over ``timeout_s``),
+    ``ProtocolError`` (the server is not speaking dfs).
+    """
+    loop = asyncio.get_running_loop()
+    connection: Connection | None = None
+
+    def factory() -> Connection:
+        nonlocal connection
+        connection = Connection(
+            secret,
+            side=Side.INITIATOR,
+            role=role,
+            name=name,
+            handler=handler,
+            in_flight_max=in_flight_max,
+            handshake_timeout_s=timeout_s,
+        )
+        return connection
+
+    # Check the secret before touching the network: a configuration error, not a peer's.
+    Handshake(secret, bytes(NONCE_BYTES), side=Side.INITIATOR, role=role, name=name)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await loop.create_connection(factory, host, port)
+            assert connection is not None
+            await connection._handshake_run()
+    except BaseException as e:
+        if connection is not None:
+            connection.close()
+        if isinstance(e, TimeoutError):
+            raise Timeout(f"connect to {host}:{port} took over {timeout_s} s") from None
+        if isinstance(e, OSError):
+            raise Unavailable(f"cannot connect to {host}:{port}: {e}") from e
+        raise
+    return connection
+
+
+class RpcServer:
+    """A listening ``serve`` endpoint and the connections it accepted.
+
+    ``asyncio.Server.close`` on Python 3.11 leaves accepted connections open, so this wrapper
+    tracks them and ``close`` closes them too.
+    """
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.connections: set[Connection] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        assert self.server is not None and self.server.sockets
+        port = self.server.sockets[0].getsockname()[1]
+        assert isinstance(port, int)
+        return port
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for connection in list(self.connections):
+            connection.close()
+
+    async def wait_closed(self, timeout_s: float = 5.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            if self.server is not None:
+                await self.server.wait_closed()
+            for connection in list(self.connections):
+                await connection.wait_closed(timeout_s)
+
+    async def __aenter__(self) -> RpcServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def serve(
+    host: str,
+    port: int,
+    secret: bytes | None,
+    handler: Handler,
+    *,
+    name: str,
+    role: str = "server",
+    in_flight_max: int = IN_FLIGHT_MAX,
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+) -> RpcServer:
+    """Listen on ``host:port`` (0: any free port, see ``RpcServer.port``).
+
+    Every accepted connection must complete the handshake within ``handshake_timeout_s``;
+    a peer that fails it, or later breaks the protocol, is logged (one WARNING with its
+    address and the reason) and dropped, and the server goes on serving the others.
+    ``handler(conn, header, payload)`` answers requests with ``(fields, payload)`` or
+    ``None`` (an empty OK), or raises a ``DfsError`` that the caller receives; for one-way
+    frames its result is ignored.
+    """
+    # A missing or short secret is a configuration error: fail now, not per connection.
+    Handshake(secret, bytes(NONCE_BYTES), side=Side.ACCEPTOR, role=role, name=name)
+    loop = asyncio.get_running_loop()
+    rpc_server = RpcServer()
+
+    def factory() -> Connection:
+        connection = Connection(
+            secret,
+            side=Side.ACCEPTOR,
+            role=role,
+            name=name,
+            handler=handler,
+            in_flight_max=in_flight_max,
+            handshake_timeout_s=handshake_timeout_s,
+        )
+        rpc_server.connections.add(connection)
+        connection._closed.add_done_callback(lambda _: rpc_server.connections.discard(connection))
+        return connection
+
+    rpc_server.server = await loop.create_server(factory, host, port, reuse_address=True)
+    return rpc_server
+
+
+__all__ = [
+    "CALL_TIMEOUT_S",
+    "HANDSHAKE_TIMEOUT_S",
+    "Connection",
+    "Handler",
+    "RpcServer",
+    "connect",
+    "serve",
+]

@@ -1,0 +1,1 @@
+"""Fakes shipped with the code for tests and simulations (style.md §1: dfs/testing)."""

@@ -1,0 +1,19 @@
+"""Identifier types and hard limits shared by every process.
+
+Ids are plain integers on the wire and on disk; the NewTypes only help the reader
+and the type checker tell them apart. Limits end in ``_max`` and are enforced where
+bytes arrive from outside (``dfs.wire``) and where they are written to disk.
+"""
+
+from typing import NewType
+
+NodeId = NewType("NodeId", int)
+Term = NewType("Term", int)
+LogIndex = NewType("LogIndex", int)
+InodeId = NewType("InodeId", int)
+ChunkId = NewType("ChunkId", int)
+
+# One frame's msgpack header, and one frame's raw payload. A header carries metadata
+# (and Raft entries, which are small commands); bulk bytes travel as payload.
+FRAME_HEADER_BYTES_MAX = 8 * 1024 * 1024
+FRAME_PAYLOAD_BYTES_MAX = 64 * 1024 * 1024

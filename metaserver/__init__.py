@@ -1,0 +1,1 @@
+"""The metadata server: a Raft group whose state machine is the namespace."""

@@ -1,0 +1,194 @@
+"""dfs.wire.codec: round trips, any split of the stream, and refusal of bad frames."""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
+from dfs.wire import codec
+from dfs.wire.codec import Frame, FrameDecoder, encode, encode_bytes
+from dfs.wire.errors import ProtocolError
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
+
+
+def decode_all(data: bytes, **limits: int) -> list[Frame]:
+    decoder = FrameDecoder(**limits)
+    decoder.feed(data)
+    frames = []
+    while (frame := decoder.next_frame()) is not None:
+        frames.append(frame)
+    assert decoder.buffered_bytes == 0
+    return frames
+
+
+def prefix(version: int, header_len: int, payload_len: int) -> bytes:
+    return struct.pack(">BII", version, header_len, payload_len)
+
+
+def test_round_trip_simple() -> None:
+    header = {"op": "read", "id": 7, "chunk": 2**63, "name": "é", "raw": b"\x00\xff", "l": [1]}
+    assert decode_all(encode_bytes(header, b"payload")) == [Frame(header, b"payload")]
+    assert decode_all(encode_bytes({"a": None})) == [Frame({"a": None}, b"")]
+
+
+def test_prefix_layout() -> None:
+    data = encode_bytes({"op": "x"}, b"abc")
+    packed = msgpack.packb({"op": "x"})
+    assert data == prefix(1, len(packed), 3) + packed + b"abc"
+    assert codec.PREFIX_BYTES == 9
+
+
+def test_encode_fast_path_and_large_payload_uncopied() -> None:
+    assert len(encode({"op": "x"})) == 1
+    assert len(encode({"op": "x"}, b"y" * codec.COALESCE_PAYLOAD_BYTES_MAX)) == 1
+    big = memoryview(bytearray(codec.COALESCE_PAYLOAD_BYTES_MAX + 1))
+    buffers = encode({"op": "x"}, big)
+    assert len(buffers) == 2 and buffers[1] is big
+    assert decode_all(b"".join(buffers)) == [Frame({"op": "x"}, bytes(big))]
+
+
+def test_encode_refuses_local_misuse() -> None:
+    with pytest.raises(TypeError):
+        encode([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        encode({1: "x"})  # type: ignore[dict-item]
+    with pytest.raises(ValueError):
+        encode({"op": "x"}, memoryview(bytearray(FRAME_PAYLOAD_BYTES_MAX + 1)))
+
+
+headers = st.dictionaries(
+    st.text(max_size=20),
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+        | st.floats(allow_nan=False)
+        | st.text(max_size=50)
+        | st.binary(max_size=50),
+        lambda children: (
+            st.lists(children, max_size=5)
+            | st.dictionaries(st.text(max_size=10), children, max_size=5)
+        ),
+        max_leaves=20,
+    ),
+    max_size=10,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(frames=st.lists(st.tuples(headers, st.binary(max_size=300)), min_size=1, max_size=4))
+def test_round_trip_any_frames_any_split(frames: list[tuple[dict, bytes]]) -> None:
+    stream = b"".join(encode_bytes(h, p) for h, p in frames)
+    expected = [Frame(h, p) for h, p in frames]
+    assert decode_all(stream) == expected
+    # The same stream in chunks of 1, 7 and 100 bytes.
+    for step in (1, 7, 100):
+        decoder = FrameDecoder()
+        got = []
+        for i in range(0, len(stream), step):
+            decoder.feed(stream[i : i + step])
+            while (frame := decoder.next_frame()) is not None:
+                got.append(frame)
+        assert got == expected
+
+
+def test_byte_at_a_time_returns_none_until_complete() -> None:
+    data = encode_bytes({"op": "write", "id": 1}, b"x" * 100)
+    decoder = FrameDecoder()
+    for byte in data[:-1]:
+        decoder.feed(bytes([byte]))
+        assert decoder.next_frame() is None
+    decoder.feed(data[-1:])
+    assert decoder.next_frame() == Frame({"op": "write", "id": 1}, b"x" * 100)
+    assert decoder.next_frame() is None
+
+
+def test_truncated_input_is_none_not_error() -> None:
+    data = encode_bytes({"op": "x"}, b"12345")
+    for cut in range(len(data)):
+        decoder = FrameDecoder()
+        decoder.feed(data[:cut])
+        assert decoder.next_frame() is None
+        assert decoder.buffered_bytes == cut
+
+
+def test_oversize_header_rejected_from_prefix_alone() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(prefix(1, FRAME_HEADER_BYTES_MAX + 1, 0))
+    with pytest.raises(ProtocolError, match="header"):
+        decoder.next_frame()
+
+
+def test_oversize_payload_rejected_from_prefix_alone() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(prefix(1, 10, FRAME_PAYLOAD_BYTES_MAX + 1))
+    with pytest.raises(ProtocolError, match="payload"):
+        decoder.next_frame()
+
+
+def test_limits_overridable_per_decoder() -> None:
+    data = encode_bytes({"op": "x"}, b"12345")
+    with pytest.raises(ProtocolError):
+        decode_all(data, payload_bytes_max=4)
+    with pytest.raises(ProtocolError):
+        decode_all(data, header_bytes_max=2)
+    assert decode_all(data, payload_bytes_max=5) == [Frame({"op": "x"}, b"12345")]
+
+
+def test_bad_version_rejected() -> None:
+    data = bytearray(encode_bytes({"op": "x"}))
+    data[0] = 2
+    with pytest.raises(ProtocolError, match="version"):
+        decode_all(bytes(data))
+
+
+def test_broken_decoder_stays_broken_and_accepts_feed() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(b"\xff" * 9)
+    with pytest.raises(ProtocolError):
+        decoder.next_frame()
+    decoder.feed(encode_bytes({"op": "x"}))
+    with pytest.raises(ProtocolError):
+        decoder.next_frame()
+
+
+@pytest.mark.parametrize(
+    "packed",
+    [
+        msgpack.packb([1, 2]),  # not a map
+        msgpack.packb("op"),
+        msgpack.packb({1: 2}),  # int key
+        msgpack.packb({b"op": 1}),  # bytes key at top level
+        msgpack.packb({"a": 1}) + b"\x00",  # trailing bytes
+        b"\xc1",  # never-used msgpack byte
+        b"\x81\xa2op",  # map cut short
+        msgpack.packb({"t": msgpack.ExtType(5, b"x")}),  # ext types are refused
+        msgpack.packb({"t": msgpack.Timestamp(1, 0)}),  # ... including timestamps
+        b"\x81\xa1a\xa2\xff\xfe",  # invalid UTF-8 in a str
+    ],
+)
+def test_bad_header_rejected(packed: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_all(prefix(1, len(packed), 0) + packed)
+
+
+def test_empty_header_rejected() -> None:
+    with pytest.raises(ProtocolError):
+        decode_all(prefix(1, 0, 0))
+
+
+def test_many_small_frames_in_one_feed_is_linear() -> None:
+    # 20k frames in one buffer: decoding must not copy the rest of the buffer per frame.
+    one = encode_bytes({"op": "raft", "m": [1, 2, 3]}, b"p" * 32)
+    decoder = FrameDecoder()
+    decoder.feed(one * 20_000)
+    count = 0
+    while decoder.next_frame() is not None:
+        count += 1
+    assert count == 20_000 and decoder.buffered_bytes == 0

@@ -522,6 +522,7 @@ class RawNode:
         # must never overlap one that an earlier leader may have left half-done.
         self.pending_conf_index = last
         self._append([Entry(self.term, LogIndex(last + 1), EntryType.EMPTY)])
+        self._bcast_pending = True
 
     def _hup(self, transfer: bool) -> None:
         if self.role == Role.LEADER or not self._promotable():

@@ -25,7 +25,7 @@ VALUE_BYTES_MAX = 1 << 20
 
 
 def encode_command(client_id: int, seq: int, op: str, key: str, value: str) -> bytes:
-    return msgpack.packb([client_id, seq, op, key, value])
+    return bytes(msgpack.packb([client_id, seq, op, key, value]))
 
 
 def decode_command(data: bytes) -> tuple[int, int, str, str, str]:
@@ -79,9 +79,8 @@ class KvStateMachine:
         return self.data.get(key)
 
     def snapshot(self) -> bytes:
-        return msgpack.packb(
-            [KV_FORMAT_VERSION, self.data, self.sessions.to_wire(), self.applied_commands]
-        )
+        blob = [KV_FORMAT_VERSION, self.data, self.sessions.to_wire(), self.applied_commands]
+        return bytes(msgpack.packb(blob))
 
     def restore(self, blob: bytes) -> None:
         if not blob:

@@ -36,6 +36,7 @@ LIMITATIONS
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import random
 import sys
@@ -362,7 +363,7 @@ class Simulation:
         copies = 2 if self.faults_on and self.rng.random() < self.dup_p else 1
         for _ in range(copies):
             delay = self.rng.randint(1, self.delay_max_ms if self.faults_on else 2)
-            self.at(self.now + delay, lambda m=m: self.deliver(m))
+            self.at(self.now + delay, functools.partial(self.deliver, m))
 
     def deliver(self, m: Message) -> None:
         n = self.nodes.get(m.to)
@@ -471,7 +472,7 @@ class Simulation:
         if kind == "crash" and up:
             n = rng.choice(up)
             self.crash(n)
-            self.at(self.now + rng.randint(10, 800), lambda n=n: self.restart(n))
+            self.at(self.now + rng.randint(10, 800), functools.partial(self.restart, n))
         elif kind == "restart" and down:
             self.restart(rng.choice(down))
         elif kind == "partition":
@@ -541,7 +542,7 @@ class Simulation:
             self.start(n)
         for c in self.clients:
             c.target = NodeId(self.rng.randint(1, self.n))
-            self.at(self.rng.randint(0, 200), lambda c=c: self.client_next(c))
+            self.at(self.rng.randint(0, 200), functools.partial(self.client_next, c))
         self.at(self.rng.randint(100, 500), self.fault)
         self.at(fault_ms, self.stop_faults)
         self.at(fault_ms + settle_ms // 2, self.stop_clients)

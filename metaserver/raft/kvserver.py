@@ -1,0 +1,264 @@
+"""A replicated key-value server: the Raft library run as a real process, for tests and benchmarks.
+
+    python -m metaserver.raft.kvserver --config node1.toml
+
+What it owns: the process (config, signals, logging), one ``dfs.rpc`` listener that serves
+both the peers' ``raft`` frames and the clients, and the mapping of client ops onto the
+``RaftNode`` and the ``KvStateMachine``. No Raft logic lives here.
+
+Config file (TOML, version 1)::
+
+    id = 1                              # this node's id, >= 1
+    listen = "127.0.0.1:7001"           # peers and clients, one port
+    data_dir = "/var/lib/dfs/kv1"       # the Raft directory (log segments, snapshots)
+    secret_file = "/etc/dfs/secret"     # the cluster secret (dfs.secret format, mode 0600)
+    tick_ms = 100                       # optional; election after 10-20 ticks of silence
+    election_ticks = 10                 # optional
+    heartbeat_ticks = 1                 # optional
+    snapshot_entries = 10000            # optional; snapshot every N applied entries
+    fsync = true                        # optional; false only for tests
+    join = false                        # optional; true: an empty node added by add_member
+    debug_ops = false                   # optional; true enables "dump" (tests only)
+    [peers]                             # the initial members, this node included
+    1 = "127.0.0.1:7001"
+    2 = "127.0.0.1:7002"
+    3 = "127.0.0.1:7003"
+
+Client ops (requests on ``dfs.rpc``; ``timeout_ms`` optional everywhere, default 5000):
+
+    put     {client: int, seq: int, key: str, value: str} -> {value: str}   the value after
+    append  {client: int, seq: int, key: str, value: str} -> {value: str}
+    get     {key: str} -> {value: str | None}                 linearizable (ReadIndex)
+    status  {} -> {node_id, term, role, leader, leader_address, commit, applied, last_index,
+                   voters, learners}                           local view, any node
+    add_member {node_id, address, learner: bool}; remove_member {node_id};
+    transfer_leader {node_id}                                  leader only
+    dump    {} -> {applied: int, data: {key: value}, commands: int}   debug_ops only
+
+Mutations and reads on a follower fail with ``NotLeader`` whose ``leader_hint`` is the
+leader's "host:port" (when known). ``client``/``seq`` make a retried mutation apply once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dfs import rpc
+from dfs.secret import SecretFileError, load_secret
+from dfs.types import NodeId
+from dfs.wire.errors import Invalid, Stale, TooBig, Unsupported
+from dfs.wire.messages import field, uint_field
+from metaserver.raft.kv import KEY_BYTES_MAX, VALUE_BYTES_MAX, KvStateMachine, encode_command
+from metaserver.raft.node import RAFT_OP, NodeConfig, RaftNode
+
+log = logging.getLogger(__name__)
+
+CONFIG_VERSION = 1
+# Default server-side deadline of one client op: a commit takes milliseconds; five seconds
+# covers an election (1-2 s) plus a slow disk, after which the client retries.
+OP_TIMEOUT_S = 5.0
+OP_TIMEOUT_S_MAX = 60.0
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    node: NodeConfig
+    listen_host: str
+    listen_port: int
+    secret_file: Path
+    debug_ops: bool = False
+
+
+def load_config(path: Path) -> ServerConfig:
+    """Parse and check a config file; ``ValueError`` says what is wrong."""
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    known = {
+        "id", "listen", "data_dir", "secret_file", "tick_ms", "election_ticks",
+        "heartbeat_ticks", "snapshot_entries", "fsync", "join", "debug_ops", "peers",
+    }  # fmt: skip
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    try:
+        node_id = NodeId(int(raw["id"]))
+        listen = str(raw["listen"])
+        host, _, port_text = listen.rpartition(":")
+        peers = {NodeId(int(k)): str(v) for k, v in raw.get("peers", {}).items()}
+        node = NodeConfig(
+            id=node_id,
+            data_dir=Path(raw["data_dir"]),
+            peers=peers,
+            tick_ms=int(raw.get("tick_ms", 100)),
+            election_ticks=int(raw.get("election_ticks", 10)),
+            heartbeat_ticks=int(raw.get("heartbeat_ticks", 1)),
+            snapshot_entries=int(raw.get("snapshot_entries", 10_000)),
+            fsync=bool(raw.get("fsync", True)),
+            join=bool(raw.get("join", False)),
+        )
+        config = ServerConfig(
+            node=node,
+            listen_host=host,
+            listen_port=int(port_text),
+            secret_file=Path(raw["secret_file"]),
+            debug_ops=bool(raw.get("debug_ops", False)),
+        )
+    except KeyError as e:
+        raise ValueError(f"{path}: missing key {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    if node_id < 1 or not host or any(n < 1 for n in peers):
+        raise ValueError(f"{path}: node ids start at 1 and listen is host:port")
+    if not node.join and node_id not in peers:
+        raise ValueError(f"{path}: an initial member must be in [peers]")
+    if node.tick_ms < 1 or node.snapshot_entries < 1:
+        raise ValueError(f"{path}: tick_ms and snapshot_entries must be >= 1")
+    return config
+
+
+class KvServer:
+    def __init__(self, config: ServerConfig, secret: bytes) -> None:
+        self.config = config
+        self.state_machine = KvStateMachine()
+        self.node = RaftNode(config.node, self.state_machine, secret)
+        self._secret = secret
+        self._rpc: rpc.RpcServer | None = None
+
+    async def start(self) -> None:
+        await self.node.start()
+        cfg = self.config
+        self._rpc = await rpc.serve(
+            cfg.listen_host,
+            cfg.listen_port,
+            self._secret,
+            self.handle,
+            name=f"kv-{cfg.node.id}",
+            role="metaserver",
+        )
+        log.info("kvserver node=%d event=listening address=%s:%d",
+                 cfg.node.id, cfg.listen_host, self._rpc.port)  # fmt: skip
+
+    async def stop(self) -> None:
+        if self._rpc is not None:
+            self._rpc.close()
+            try:
+                await self._rpc.wait_closed()
+            except TimeoutError:
+                log.info("kvserver node=%d event=stop connections slow to close", self.node.id)
+        await self.node.stop()
+
+    async def handle(
+        self, conn: rpc.Connection, header: dict[str, Any], payload: bytes
+    ) -> tuple[dict[str, Any], bytes] | None:
+        op = header.get("op")
+        node = self.node
+        if op == RAFT_OP:
+            node.receive(header, payload)
+            return None
+        timeout_ms = uint_field(header, "timeout_ms", int(OP_TIMEOUT_S * 1000))
+        timeout_s = min(max(timeout_ms, 1) / 1000, OP_TIMEOUT_S_MAX)
+        if op == "put" or op == "append":
+            client = uint_field(header, "client")
+            seq = uint_field(header, "seq")
+            key = field(header, "key", str)
+            value = field(header, "value", str)
+            if len(key) > KEY_BYTES_MAX:
+                raise TooBig("key too long", limit=KEY_BYTES_MAX)
+            if len(value) > VALUE_BYTES_MAX:
+                raise TooBig("value too long", limit=VALUE_BYTES_MAX)
+            result = await node.propose(encode_command(client, seq, op, key, value), timeout_s)
+            if isinstance(result, dict):
+                # KvStateMachine's refusals: a sequence number older than the session's.
+                raise Stale(str(result.get("error")))
+            return {"value": result}, b""
+        if op == "get":
+            key = field(header, "key", str)
+            await node.read_index(timeout_s)
+            return {"value": self.state_machine.get(key)}, b""
+        if op == "status":
+            st = node.status()
+            return {
+                "node_id": int(st.id),
+                "term": int(st.term),
+                "role": st.role.name.lower(),
+                "leader": int(st.leader),
+                "leader_address": node.address_of(st.leader),
+                "commit": int(st.commit),
+                "applied": int(node.applied_index),
+                "last_index": int(st.last_index),
+                "voters": [int(v) for v in st.conf.voters],
+                "learners": [int(v) for v in st.conf.learners],
+            }, b""
+        if op == "add_member":
+            node_id = NodeId(uint_field(header, "node_id"))
+            address = field(header, "address", str)
+            if node_id < 1 or ":" not in address:
+                raise Invalid("node_id >= 1 and address host:port")
+            learner = field(header, "learner", bool, False)
+            await node.add_member(node_id, address, learner=learner, timeout_s=timeout_s)
+            return None
+        if op == "remove_member":
+            await node.remove_member(NodeId(uint_field(header, "node_id")), timeout_s=timeout_s)
+            return None
+        if op == "transfer_leader":
+            to = NodeId(uint_field(header, "node_id"))
+            await node.transfer_leadership(to, timeout_s=timeout_s)
+            return None
+        if op == "dump" and self.config.debug_ops:
+            sm = self.state_machine
+            return {
+                "applied": int(node.applied_index),
+                "data": sm.data,
+                "commands": sm.applied_commands,
+            }, b""
+        raise Unsupported(f"unknown op {op!r}", op=str(op))
+
+
+async def serve(config: ServerConfig, secret: bytes) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or a fatal node error (exit 1)."""
+    server = KvServer(config, secret)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stop_wait = asyncio.create_task(stop.wait())
+    fail_wait = asyncio.create_task(server.node.failed.wait())
+    await asyncio.wait([stop_wait, fail_wait], return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    fail_wait.cancel()
+    failed = server.node.failed.is_set()
+    log.info("kvserver node=%d event=shutdown failed=%s", config.node.id, failed)
+    await server.stop()
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m metaserver.raft.kvserver")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(args.config)
+        secret = load_secret(config.secret_file)
+    except (OSError, ValueError, SecretFileError) as e:
+        print(f"kvserver: bad config: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(config, secret))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

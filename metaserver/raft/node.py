@@ -1,0 +1,815 @@
+"""The asyncio driver of one Raft node: disk, network and clock around the pure core.
+
+What it owns:
+- the ``RawNode`` (``core.py``), the ``RaftStorage`` (``storage.py``) and the application's
+  state machine, and the one loop that moves Ready batches between them;
+- the peer transport: one persistent, authenticated ``dfs.rpc`` connection to each peer,
+  carrying one-way ``raft`` frames (defined below);
+- the waiters: proposers waiting for their entry to apply, readers waiting for a ReadIndex,
+  callers of membership changes and leadership transfer.
+
+What it must not do: know what the state machine means (commands are bytes), decide Raft
+questions (the core does), or block the event loop on the disk (every write and fsync runs on
+one dedicated thread, ``_disk``).
+
+HOW THE LOOP WORKS (``_run``)
+Inputs (``tick``, ``step`` of peer messages, ``propose``, ``read_index``) are fed to the core
+as they arrive, on the event loop, and set ``_wakeup``. The loop then takes one Ready and
+handles it as written on ``types.Ready``:
+
+    1. snapshot -> storage.install_snapshot (disk thread), then state machine restore;
+    2. entries + hard state -> storage.append / set_hard_state, then ONE sync when
+       ``must_sync`` (disk thread): group commit;
+    3. messages -> peers (batched: one frame per peer per Ready);
+    4. committed entries -> state machine apply, in order; wake their proposers;
+    5. read states -> wake readers once the applied index reaches theirs;
+    6. core.advance(ready); maybe take a snapshot (every ``snapshot_entries`` applied).
+
+Only one Ready is in flight. While its disk work runs, the loop stays free to receive:
+proposals and acknowledgements accumulate in the core and leave together in the next Ready,
+so one fsync covers every proposal that arrived during the previous one. That is where the
+throughput comes from; nothing waits for a timer to form a batch.
+
+Two steps overlap the disk work instead of following it, each for a stated reason:
+- Step 4 runs while step 2's write is in progress. The core hands out as committed only
+  entries that an earlier Ready made durable here (``_next_committed_hi``), and they are
+  durable on a quorum, so nothing about them waits for this Ready's write; answering their
+  proposers then does not cost one more fsync. (A Ready with a snapshot keeps the strict
+  order: the snapshot replaces the state the entries are applied to.)
+- Step 3, for the leader only (Raft thesis §10.2.1; etcd: "messages may be sent while
+  entries from the same batch are being persisted"): when a Ready changes neither term nor
+  vote and we lead, its messages (appends and heartbeats) leave before the fsync, so that the
+  followers write in parallel with us. It is safe with this core because the leader counts
+  its own log towards a quorum only in ``advance``, after its write is durable
+  (``core.RawNode.advance``): an entry still needs a quorum of durable copies to commit. A
+  follower's acknowledgements and any vote always wait for the fsync.
+
+Proposals and lost entries: ``propose`` notes (index, term) of its entry. When the entry at
+that index is applied with the same term, the proposer gets the state machine's result; with
+another term (a new leader overwrote it) it gets ``Unavailable`` and retries. A node that
+loses leadership fails every pending proposal and read with ``NotLeader``: the entries may
+still commit, which is why clients retry with the same (client id, sequence number).
+
+Wire format of peer traffic (version 1, one-way frames on ``dfs.rpc``):
+
+    {"op": "raft", "v": 1, "m": [message_to_wire(m), ...]}      payload empty
+    {"op": "raft", "v": 1, "m": [message_to_wire(snap_msg)]}    payload = the snapshot chunk
+
+A SNAP message travels alone, with its chunk bytes (``snapshot.data``, up to
+``snapshot_chunk_bytes``) as the raw frame payload and an empty ``data`` in the header, so
+that a 1 MiB chunk is never copied into msgpack. Messages to one peer keep their order.
+Frames are dropped, never queued without bound, while a peer's connection is down or its
+write buffer full: Raft retransmits what matters.
+
+Snapshot data format (version 1): the core's ``Snapshot.data`` is, for this driver,
+``msgpack([1, [[node_id, "host:port"], ...], app_bytes])``: the state machine's image plus
+the peer address map, so that a node restored from a snapshot can still reach members that
+joined in the compacted part of the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import copy
+import dataclasses
+import heapq
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgpack
+
+from dfs import rpc
+from dfs.types import LogIndex, NodeId, Term
+from dfs.wire.errors import (
+    AuthError,
+    DfsError,
+    InternalError,
+    NotLeader,
+    ProtocolError,
+    Timeout,
+    Unavailable,
+)
+from metaserver.raft.core import Config, NotLeaderError, ProposalDroppedError, RawNode, Status
+from metaserver.raft.storage import RaftStorage
+from metaserver.raft.types import (
+    NONE,
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+    conf_change_from_bytes,
+    message_from_wire,
+    message_to_wire,
+)
+
+log = logging.getLogger(__name__)
+
+RAFT_OP = "raft"
+PEER_WIRE_VERSION = 1
+NODE_SNAPSHOT_VERSION = 1
+# Reconnecting to a peer that is down: start fast (a restarted peer should catch up at
+# once), back off to at most a second so that a long outage costs nothing.
+RECONNECT_DELAY_MIN_S = 0.05
+RECONNECT_DELAY_MAX_S = 1.0
+# A connection attempt to a peer on the same LAN either completes in milliseconds or the
+# peer is down; two seconds also covers a loaded test machine.
+PEER_CONNECT_TIMEOUT_S = 2.0
+# How long stop() waits for the disk thread to finish the write it is doing.
+STOP_DISK_TIMEOUT_S = 10.0
+
+
+class StateMachine(Protocol):
+    """What the node drives. ``apply`` must be deterministic: every replica applies the same
+    commands in the same order and must end in the same state."""
+
+    def apply(self, data: bytes) -> Any: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    id: NodeId
+    data_dir: Path
+    # Initial members and their "host:port" (this node included). Later members are learned
+    # from the log (ConfChange context) and from snapshots.
+    peers: dict[NodeId, str]
+    tick_ms: int = 100  # with election_ticks=10: elections after 1-2 s of silence
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    snapshot_entries: int = 10_000  # take a snapshot after this many applied entries
+    fsync: bool = True  # False only for tests and benchmarks of everything but the disk
+    # A node that joins an existing cluster (added with add_member) starts empty and waits
+    # for the leader; an initial member bootstraps the membership of ``peers``.
+    join: bool = False
+    leader_sends_before_persist: bool = True  # see the module docstring
+    seed: int | None = None  # election timeout randomness; None: from the OS
+    core: dict[str, Any] = field(default_factory=dict)  # other core.Config fields
+
+
+class RaftNode:
+    """One Raft member. ``await start()``, serve ``receive`` for the peers' ``raft`` frames,
+    use ``propose`` / ``read_index`` / membership calls, ``await stop()``."""
+
+    def __init__(self, config: NodeConfig, state_machine: StateMachine, secret: bytes) -> None:
+        assert config.id != NONE, "node ids start at 1"
+        self.config = config
+        self.id = config.id
+        self.state_machine = state_machine
+        self._secret = secret
+        self._addresses: dict[NodeId, str] = dict(config.peers)
+        self._raw: RawNode | None = None
+        self._storage: RaftStorage | None = None
+        self._disk = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"raft-disk-{config.id}"
+        )
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._peers: dict[NodeId, _Peer] = {}
+        self._stopped = False
+        self._failed: BaseException | None = None
+        self.failed = asyncio.Event()  # set when the node hit a fatal (disk) error
+        # Waiters.
+        self._proposals: dict[int, tuple[Term, asyncio.Future[Any]]] = {}
+        self._reads: dict[bytes, asyncio.Future[LogIndex]] = {}
+        self._reads_applying: list[tuple[LogIndex, asyncio.Future[LogIndex]]] = []
+        self._read_seq = 0
+        self._soft_waiters: list[asyncio.Future[None]] = []
+        # (deadline, seq, future, what): timeouts of the waiters above, see _expire_at.
+        self._deadlines: list[tuple[float, int, asyncio.Future[Any], str]] = []
+        self._deadline_seq = 0
+        # What we know without asking the core.
+        self.applied_index = LogIndex(0)
+        self._applied_term = Term(0)
+        self._snapshot_index = LogIndex(0)
+        self._role = Role.FOLLOWER
+        self._leader = NONE
+        self._term = Term(0)
+        self._persisted_term_vote: tuple[Term, NodeId] = (Term(0), NONE)
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        """Open (and recover) the storage, restore the state machine, start the loop."""
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        self._storage = await loop.run_in_executor(
+            self._disk, lambda: RaftStorage.open(cfg.data_dir, sync=cfg.fsync)
+        )
+        hard_state, snapshot, entries = self._storage.initial_state()
+        fresh = hard_state == HardState() and snapshot is None and not entries
+        bootstrap = None
+        if fresh and not cfg.join:
+            bootstrap = ConfState(voters=tuple(sorted(cfg.peers)))
+        if snapshot is not None:
+            self._restore(snapshot)
+        core_cfg = Config(
+            id=cfg.id,
+            election_ticks=cfg.election_ticks,
+            heartbeat_ticks=cfg.heartbeat_ticks,
+            **cfg.core,
+        )
+        rng = random.Random(cfg.seed)
+        self._raw = RawNode(
+            core_cfg,
+            rng,
+            hard_state=hard_state,
+            snapshot=snapshot,
+            entries=entries,
+            bootstrap=bootstrap,
+        )
+        self._term = hard_state.term
+        self._persisted_term_vote = (hard_state.term, hard_state.vote)
+        log.info(
+            "raft node=%d event=start term=%d commit=%d snapshot=%d entries=%d bootstrap=%s",
+            cfg.id, hard_state.term, hard_state.commit, self._snapshot_index, len(entries),
+            bootstrap is not None,
+        )  # fmt: skip
+        # Connect to every member now, not at the first message: a message to a peer whose
+        # connection is still being made is dropped, and an election (after a leadership
+        # transfer, for one) must not lose its first votes that way.
+        for node_id in self._addresses:
+            self._peer(node_id)
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"raft-run-{cfg.id}"),
+            asyncio.create_task(self._tick_loop(), name=f"raft-tick-{cfg.id}"),
+        ]
+        self._wakeup.set()
+
+    async def stop(self) -> None:
+        """Cancel the loop, close the peer connections, fail every waiter, close storage."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        for peer in self._peers.values():
+            await peer.close()
+        self._peers.clear()
+        self._fail_waiters(Unavailable("raft node stopped"))
+        self._deadlines.clear()
+        storage = self._storage
+        self._storage = None
+        if storage is not None:
+            # Runs after whatever write the disk thread is still doing: the storage is
+            # thread-confined, and a write cut short by a crash is what recovery handles.
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(STOP_DISK_TIMEOUT_S):
+                    await loop.run_in_executor(self._disk, storage.close)
+            except TimeoutError:
+                log.error("raft node=%d event=stop disk thread did not finish", self.id)
+        self._disk.shutdown(wait=False)
+        log.info("raft node=%d event=stopped", self.id)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def is_leader(self) -> bool:
+        return self._role == Role.LEADER
+
+    @property
+    def leader_id(self) -> NodeId:
+        return self._leader
+
+    def address_of(self, node_id: NodeId) -> str | None:
+        return self._addresses.get(node_id) if node_id != NONE else None
+
+    def status(self) -> Status:
+        return self._core().status()
+
+    async def propose(self, data: bytes, timeout_s: float) -> Any:
+        """Replicate ``data`` and return what the state machine's ``apply`` returned.
+
+        Raises ``NotLeader`` (with the leader's address when known), ``Unavailable`` (the
+        entry was lost to a leader change, the proposal was dropped, or the node stopped:
+        retry) or ``Timeout`` (it may still commit: retry with the same sequence number)."""
+        raw = self._core()
+        try:
+            index = raw.propose(data)
+        except NotLeaderError as e:
+            raise self._not_leader(e.leader) from None
+        except ProposalDroppedError as e:
+            raise Unavailable(f"proposal dropped: {e}") from None
+        return await self._wait_applied(index, timeout_s)
+
+    async def read_index(self, timeout_s: float) -> None:
+        """Return once the local state machine may serve a linearizable read: the leader
+        confirmed with a quorum that it still leads, and we applied its commit index."""
+        raw = self._core()
+        self._read_seq += 1
+        ctx = self._read_seq.to_bytes(8, "big")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[LogIndex] = loop.create_future()
+        try:
+            raw.read_index(ctx)
+        except NotLeaderError as e:
+            raise self._not_leader(e.leader) from None
+        self._reads[ctx] = future
+        self._expire_at(loop.time() + timeout_s, future, "read index not confirmed")
+        self._wakeup.set()
+        try:
+            await future
+        finally:
+            self._reads.pop(ctx, None)
+
+    async def add_member(
+        self, node_id: NodeId, address: str, *, learner: bool = False, timeout_s: float = 10.0
+    ) -> None:
+        """Add ``node_id`` (reachable at ``address``) as a voter or a learner; returns once
+        the change is applied here. The new node starts with ``join`` set."""
+        kind = ConfChangeType.ADD_LEARNER if learner else ConfChangeType.ADD_VOTER
+        await self._change_membership(ConfChange(kind, node_id, address.encode()), timeout_s)
+
+    async def remove_member(self, node_id: NodeId, *, timeout_s: float = 10.0) -> None:
+        await self._change_membership(ConfChange(ConfChangeType.REMOVE, node_id), timeout_s)
+
+    async def transfer_leadership(self, to: NodeId, *, timeout_s: float = 10.0) -> None:
+        """Ask the leader (this node) to hand over to ``to``; returns once ``to`` leads (as far
+        as this node knows). ``Timeout`` if it did not happen in time."""
+        raw = self._core()
+        try:
+            raw.transfer_leader(to)
+        except NotLeaderError as e:
+            raise self._not_leader(e.leader) from None
+        self._wakeup.set()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._leader != to:
+                    await self._soft_state_changed()
+        except TimeoutError:
+            raise Timeout(f"leadership did not move to {to} in {timeout_s} s") from None
+
+    def receive(self, header: dict[str, Any], payload: bytes) -> None:
+        """Handle one ``raft`` frame from a peer (the server's handler calls this)."""
+        if self._raw is None or self._stopped:
+            return
+        wires = header.get("m")
+        if header.get("v") != PEER_WIRE_VERSION or not isinstance(wires, list):
+            raise ProtocolError("malformed raft frame")
+        raw = self._raw
+        for wire in wires:
+            try:
+                m = message_from_wire(wire)
+            except (ValueError, TypeError) as e:
+                raise ProtocolError(f"malformed raft message: {e}") from None
+            if m.type == MessageType.SNAP:
+                if m.snapshot is None:
+                    raise ProtocolError("raft SNAP message without a snapshot")
+                m = dataclasses.replace(m, snapshot=Snapshot(m.snapshot.meta, payload))
+            raw.step(m)
+        self._wakeup.set()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _tick_loop(self) -> None:
+        interval_s = self.config.tick_ms / 1000
+        raw = self._core()
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + interval_s
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            # After a long stall do not replay the missed ticks in a burst: that would be
+            # an election storm. One tick per wakeup, and the schedule moves on.
+            next_at = max(next_at + interval_s, loop.time())
+            raw.tick()
+            self._wakeup.set()
+            self._expire_deadlines(loop.time())
+
+    async def _run(self) -> None:
+        raw = self._core()
+        try:
+            while True:
+                if not raw.has_ready():
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._handle_ready(raw, raw.ready())
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a disk error (storage refuses further calls) or a bug
+            log.exception("raft node=%d event=fatal error=%s", self.id, e)
+            self._failed = e
+            self._fail_waiters(Unavailable(f"raft node failed: {e}"))
+            self.failed.set()
+
+    async def _handle_ready(self, raw: RawNode, rd: Ready) -> None:
+        storage = self._storage
+        assert storage is not None
+        loop = asyncio.get_running_loop()
+        hs = rd.hard_state
+        term_vote_changed = hs is not None and (hs.term, hs.vote) != self._persisted_term_vote
+        if hs is not None:
+            self._term = hs.term
+        if rd.snapshot is not None:
+            # The rare path, strictly in order: the snapshot replaces the state that any
+            # entry of this Ready would be applied to.
+            await loop.run_in_executor(self._disk, _persist, storage, rd)
+            self._restore(rd.snapshot)
+            log.info(
+                "raft node=%d event=snapshot_installed index=%d term=%d",
+                self.id, rd.snapshot.meta.index, rd.snapshot.meta.term,
+            )  # fmt: skip
+            self._send(rd.messages)
+            self._apply(rd.committed_entries)
+        else:
+            role = rd.soft_state.role if rd.soft_state is not None else self._role
+            early = (
+                self.config.leader_sends_before_persist
+                and role == Role.LEADER
+                and not term_vote_changed
+            )
+            if early:
+                self._send(rd.messages)
+            disk: asyncio.Future[None] | None = None
+            if rd.entries or rd.must_sync:
+                disk = loop.run_in_executor(self._disk, _persist, storage, rd)
+            elif hs is not None:
+                # Only the commit index moved: a small write to the page cache, no fsync
+                # (a lost commit index is relearned from the leader): not worth a thread hop.
+                storage.set_hard_state(hs)
+            # Committed entries are durable here already (the core hands out only entries
+            # that an earlier Ready persisted) and on a quorum: apply them, and answer their
+            # proposers, while this Ready's new entries are being written.
+            self._apply(rd.committed_entries)
+            if disk is not None:
+                await disk
+            if not early:
+                self._send(rd.messages)
+        if hs is not None:
+            self._persisted_term_vote = (hs.term, hs.vote)
+        if rd.soft_state is not None:
+            # After applying: what this Ready committed still answers its proposers.
+            self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
+        for rs in rd.read_states:
+            future = self._reads.pop(rs.context, None)
+            if future is None or future.done():
+                continue
+            if self.applied_index >= rs.index:
+                future.set_result(rs.index)
+            else:
+                self._reads_applying.append((rs.index, future))
+        if self._reads_applying:
+            self._wake_reads()
+        raw.advance(rd)
+        if self.applied_index - self._snapshot_index >= self.config.snapshot_entries:
+            await self._take_snapshot(raw, storage)
+
+    def _apply(self, entries: Sequence[Any]) -> None:
+        sm = self.state_machine
+        proposals = self._proposals
+        for e in entries:
+            result: Any = None
+            error: DfsError | None = None
+            if e.type == EntryType.NORMAL:
+                try:
+                    result = sm.apply(e.data)
+                except Exception:
+                    # Deterministic: every replica fails the same way on the same entry.
+                    log.exception("raft node=%d event=apply_failed index=%d", self.id, e.index)
+                    error = InternalError(f"state machine failed on entry {e.index}")
+            elif e.type == EntryType.CONF_CHANGE:
+                self._on_conf_change(conf_change_from_bytes(e.data), e.index)
+            self.applied_index = e.index
+            self._applied_term = e.term
+            waiter = proposals.pop(e.index, None)
+            if waiter is None:
+                continue
+            term, future = waiter
+            if future.done():
+                continue
+            if term != e.term:
+                future.set_exception(
+                    Unavailable("the entry was lost to a leader change; retry", index=e.index)
+                )
+            elif error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+    def _wake_reads(self) -> None:
+        still = []
+        for index, future in self._reads_applying:
+            if future.done():
+                continue
+            if self.applied_index >= index:
+                future.set_result(index)
+            else:
+                still.append((index, future))
+        self._reads_applying = still
+
+    async def _take_snapshot(self, raw: RawNode, storage: RaftStorage) -> None:
+        index = self.applied_index
+        meta = SnapshotMeta(index, self._applied_term, raw.status().conf)
+        snap = Snapshot(meta, self._snapshot_data())
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._disk, storage.save_snapshot, snap)
+        raw.compact(snap)
+        self._snapshot_index = index
+        log.info(
+            "raft node=%d event=snapshot_saved index=%d term=%d bytes=%d",
+            self.id, index, meta.term, len(snap.data),
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ state changes
+
+    def _on_soft_state(self, role: Role, leader: NodeId) -> None:
+        was_leader = self._role == Role.LEADER
+        changed = role != self._role or leader != self._leader
+        self._role = role
+        self._leader = leader
+        if changed and role in (Role.LEADER, Role.FOLLOWER):
+            log.info(
+                "raft node=%d event=role role=%s leader=%d term=%d",
+                self.id, role.name.lower(), leader, self._term,
+            )  # fmt: skip
+        elif changed:
+            log.debug("raft node=%d event=role role=%s term=%d", self.id, role.name, self._term)
+        if was_leader and role != Role.LEADER:
+            # The entries may still commit under the next leader; the clients retry with
+            # their sequence numbers, and the sessions drop the duplicates.
+            self._fail_waiters(self._not_leader(leader))
+        waiters, self._soft_waiters = self._soft_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _on_conf_change(self, cc: ConfChange, index: int) -> None:
+        if cc.type == ConfChangeType.REMOVE:
+            self._addresses.pop(cc.node_id, None)
+            peer = self._peers.pop(cc.node_id, None)
+            if peer is not None:
+                asyncio.get_running_loop().create_task(peer.close())
+        elif cc.context:
+            self._set_address(cc.node_id, cc.context.decode("utf-8", "replace"))
+        log.info(
+            "raft node=%d event=conf_change index=%d type=%s member=%d address=%s",
+            self.id, index, cc.type.name.lower(), cc.node_id,
+            self._addresses.get(cc.node_id, "-"),
+        )  # fmt: skip
+
+    async def _change_membership(self, cc: ConfChange, timeout_s: float) -> None:
+        raw = self._core()
+        try:
+            index = raw.propose_conf_change(cc)
+        except NotLeaderError as e:
+            raise self._not_leader(e.leader) from None
+        except ProposalDroppedError as e:
+            raise Unavailable(f"membership change dropped: {e}") from None
+        await self._wait_applied(index, timeout_s)
+
+    async def _wait_applied(self, index: LogIndex, timeout_s: float) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        # The term the entry was proposed in: the term we lead in, which is the core's now.
+        self._proposals[index] = (self._core().status().term, future)
+        self._expire_at(loop.time() + timeout_s, future, f"entry {index} not applied")
+        self._wakeup.set()
+        try:
+            return await future
+        finally:
+            waiter = self._proposals.get(index)
+            if waiter is not None and waiter[1] is future:
+                del self._proposals[index]
+
+    def _expire_at(self, deadline: float, future: asyncio.Future[Any], what: str) -> None:
+        """Fail ``future`` with ``Timeout`` unless it is done by ``deadline``.
+
+        Why not ``asyncio.timeout`` per call: that is a timer handle scheduled and cancelled
+        per proposal, a measurable share of the leader's CPU at tens of thousands of
+        proposals a second. A heap swept on every tick costs a push per call, and a timeout
+        may fire up to one tick late, which callers with second-long deadlines do not see.
+        """
+        self._deadline_seq += 1
+        heapq.heappush(self._deadlines, (deadline, self._deadline_seq, future, what))
+
+    def _expire_deadlines(self, now: float) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, _, future, what = heapq.heappop(deadlines)
+            if not future.done():
+                future.set_exception(Timeout(f"{what} in time"))
+
+    async def _soft_state_changed(self) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._soft_waiters.append(future)
+        await future
+
+    def _fail_waiters(self, error: DfsError) -> None:
+        proposals, self._proposals = self._proposals, {}
+        for _, future in proposals.values():
+            if not future.done():
+                future.set_exception(_copy(error))
+        reads, self._reads = self._reads, {}
+        for future in reads.values():
+            if not future.done():
+                future.set_exception(_copy(error))
+        applying, self._reads_applying = self._reads_applying, []
+        for _, future in applying:
+            if not future.done():
+                future.set_exception(_copy(error))
+
+    def _not_leader(self, leader: NodeId) -> NotLeader:
+        return NotLeader(self.address_of(leader), leader_id=int(leader))
+
+    def _core(self) -> RawNode:
+        if self._stopped or self._raw is None:
+            raise Unavailable("raft node is not running")
+        if self._failed is not None:
+            raise Unavailable(f"raft node failed: {self._failed}")
+        return self._raw
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _snapshot_data(self) -> bytes:
+        members = [[int(n), a] for n, a in sorted(self._addresses.items())]
+        packed: bytes = msgpack.packb(
+            [NODE_SNAPSHOT_VERSION, members, self.state_machine.snapshot()], use_bin_type=True
+        )
+        return packed
+
+    def _restore(self, snap: Snapshot) -> None:
+        """Load the state machine (and the address map) from a snapshot."""
+        if snap.data:
+            version, members, app = msgpack.unpackb(snap.data, raw=False)
+            if version != NODE_SNAPSHOT_VERSION:
+                raise ValueError(f"unknown node snapshot version {version}")
+            for node_id, address in members:
+                self._set_address(NodeId(int(node_id)), str(address))
+            self.state_machine.restore(app)
+        else:
+            self.state_machine.restore(b"")
+        self.applied_index = snap.meta.index
+        self._applied_term = snap.meta.term
+        self._snapshot_index = snap.meta.index
+        # Proposals at or below the snapshot are decided, but their results are not known
+        # here: let them retry (the sessions answer a duplicate with the first result).
+        for index in [i for i in self._proposals if i <= snap.meta.index]:
+            _, future = self._proposals.pop(index)
+            if not future.done():
+                future.set_exception(Unavailable("superseded by a snapshot; retry"))
+        self._wake_reads()
+
+    # ------------------------------------------------------------------ transport
+
+    def _send(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        batches: dict[NodeId, list[Any]] = {}
+        for m in messages:
+            if m.to == self.id:
+                continue
+            if m.type == MessageType.SNAP and m.snapshot is not None:
+                # Keep the order: what was gathered for this peer goes first.
+                pending = batches.pop(m.to, None)
+                if pending:
+                    self._send_frame(m.to, pending, b"")
+                header_msg = dataclasses.replace(
+                    m, snapshot=Snapshot(m.snapshot.meta, b"")
+                )  # the chunk goes as payload
+                self._send_frame(m.to, [message_to_wire(header_msg)], m.snapshot.data)
+                continue
+            batches.setdefault(m.to, []).append(message_to_wire(m))
+        for to, wires in batches.items():
+            self._send_frame(to, wires, b"")
+
+    def _set_address(self, node_id: NodeId, address: str) -> None:
+        if self._addresses.get(node_id) != address:
+            self._addresses[node_id] = address
+            peer = self._peers.pop(node_id, None)
+            if peer is not None:
+                asyncio.get_running_loop().create_task(peer.close())
+        if self._raw is not None:  # running: connect now (see start)
+            self._peer(node_id)
+
+    def _peer(self, node_id: NodeId) -> _Peer | None:
+        """The connection to ``node_id``, made on first use; None without an address."""
+        peer = self._peers.get(node_id)
+        if peer is None and node_id != self.id and not self._stopped:
+            address = self._addresses.get(node_id)
+            if address is None:
+                return None
+            peer = self._peers[node_id] = _Peer(self, node_id, address)
+        return peer
+
+    def _send_frame(self, to: NodeId, wires: list[Any], payload: bytes) -> None:
+        peer = self._peer(to)
+        if peer is None:
+            log.debug("raft node=%d event=drop to=%d reason=no_address", self.id, to)
+            return
+        peer.send({"op": RAFT_OP, "v": PEER_WIRE_VERSION, "m": wires}, payload)
+
+
+def _persist(storage: RaftStorage, rd: Ready) -> None:
+    """Step 1 and 2 of a Ready, on the disk thread."""
+    if rd.snapshot is not None:
+        storage.install_snapshot(rd.snapshot)
+    if rd.entries:
+        storage.append(rd.entries)
+    if rd.hard_state is not None:
+        storage.set_hard_state(rd.hard_state)
+    if rd.must_sync:
+        storage.sync()
+
+
+def _copy(error: DfsError) -> DfsError:
+    return copy.copy(error)  # one instance per raiser: tracebacks attach to the instance
+
+
+class _Peer:
+    """The outgoing connection to one peer: connects, reconnects with backoff, drops frames
+    while it is down."""
+
+    def __init__(self, node: RaftNode, peer_id: NodeId, address: str) -> None:
+        self._node = node
+        self.id = peer_id
+        self.address = address
+        self._conn: rpc.Connection | None = None
+        self._dropped = 0
+        self._task = asyncio.get_running_loop().create_task(
+            self._connect_loop(), name=f"raft-peer-{node.id}-{peer_id}"
+        )
+
+    def send(self, header: dict[str, Any], payload: bytes) -> None:
+        conn = self._conn
+        if conn is None or not conn.send_oneway_nowait(header, payload):
+            self._dropped += 1
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def _connect_loop(self) -> None:
+        host, _, port_text = self.address.rpartition(":")
+        port = int(port_text)
+        node_id = self._node.id
+        delay_s = RECONNECT_DELAY_MIN_S
+        reported_down = False
+        while True:
+            try:
+                conn = await rpc.connect(
+                    host,
+                    port,
+                    self._node._secret,
+                    name=f"raft-{node_id}",
+                    role="metaserver",
+                    timeout_s=PEER_CONNECT_TIMEOUT_S,
+                )
+            except AuthError as e:
+                # A configuration error (another cluster's secret), not a passing failure.
+                log.error(
+                    "raft node=%d event=peer_auth_failed peer=%d error=%s", node_id, self.id, e
+                )
+                await asyncio.sleep(RECONNECT_DELAY_MAX_S)
+                continue
+            except DfsError as e:
+                if not reported_down:
+                    log.info(
+                        "raft node=%d event=peer_down peer=%d address=%s error=%s",
+                        node_id, self.id, self.address, e,
+                    )  # fmt: skip
+                    reported_down = True
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RECONNECT_DELAY_MAX_S)
+                continue
+            delay_s = RECONNECT_DELAY_MIN_S
+            reported_down = False
+            self._conn = conn
+            log.info(
+                "raft node=%d event=peer_up peer=%d address=%s dropped=%d",
+                node_id, self.id, self.address, self._dropped,
+            )  # fmt: skip
+            try:
+                while not conn.closed:
+                    with contextlib.suppress(TimeoutError):
+                        await conn.wait_closed(timeout_s=3600.0)
+            finally:
+                self._conn = None
+                conn.close()
+            log.info("raft node=%d event=peer_lost peer=%d", node_id, self.id)
+
+
+__all__ = ["NodeConfig", "RaftNode", "StateMachine"]

@@ -772,9 +772,9 @@ class RawNode:
             raise NotLeaderError(self.leader)
         if self.lead_transferee != NONE:
             raise ProposalDroppedError("leadership is being transferred")
-        if self.log.last_index() - self.committed >= self.cfg.uncommitted_entries_max:
+        index = LogIndex(self.log.offset + len(self.log.entries) + 1)
+        if index - 1 - self.committed >= self.cfg.uncommitted_entries_max:
             raise ProposalDroppedError("too many uncommitted entries")
-        index = LogIndex(self.log.last_index() + 1)
         self.log.entries.append(Entry(self.term, index, kind, data))
         # Sent at the next ready(): all proposals of one loop turn share one append.
         self._bcast_pending = True

@@ -581,7 +581,7 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         # The term the entry was proposed in: the term we lead in, which is the core's now.
-        self._proposals[index] = (self._core().status().term, future)
+        self._proposals[index] = (self._core().term, future)
         self._expire_at(loop.time() + timeout_s, future, f"entry {index} not applied")
         self._wakeup.set()
         try:

@@ -8,8 +8,10 @@ and nothing reads a clock, so a failing seed replays exactly (``--seeds 4711``).
 WHAT A RUN DOES
     3 or 5 voters (and one spare node that may join later) run the real ``RawNode`` core
     with a replicated key-value state machine (``kv.py``). A driver per node handles each
-    Ready as the asyncio node does: persist (to a simulated disk), send, apply, and takes
-    snapshots every few dozen entries. 5-20 clients put, append and read (through
+    Ready as the asyncio node does: one at a time, its fsync taking simulated disk time
+    while the core keeps stepping messages, committed entries applied during the write,
+    and (on some nodes) a leader sending before its own fsync; it takes snapshots every
+    few dozen entries. 5-20 clients put, append and read (through
     ReadIndex) a few keys, retrying on timeouts with the same session sequence number.
     Faults, chosen at random: messages dropped, duplicated, delayed and so reordered;
     partitions (symmetric, one-way, the leader isolated); crashes that lose everything not
@@ -144,6 +146,9 @@ class SimNode:
     pending_reads: list[tuple[LogIndex, Request]] = field(default_factory=list)
     applied_since_snapshot: int = 0
     snapshot_every: int = 30
+    in_flight: Ready | None = None  # a Ready whose fsync is under way
+    disk_delay_ms_max: int = 0  # 0: the fsync completes within the event
+    early_send: bool = False  # leader sends before its own fsync, as node.py does
 
 
 @dataclass
@@ -173,7 +178,13 @@ class Simulation:
         self.spare = NodeId(self.n + 1)
         self.nodes: dict[NodeId, SimNode] = {}
         for i in (*voters, self.spare):
-            self.nodes[i] = SimNode(i, SimDisk(), snapshot_every=rng.randint(8, 60))
+            self.nodes[i] = SimNode(
+                i,
+                SimDisk(),
+                snapshot_every=rng.randint(8, 60),
+                disk_delay_ms_max=rng.choice((0, 1, 3)),
+                early_send=rng.random() < 0.5,
+            )
         # Network faults.
         self.drop_p = rng.choice((0.0, 0.01, 0.05, 0.15))
         self.dup_p = rng.choice((0.0, 0.02, 0.1))
@@ -226,6 +237,7 @@ class Simulation:
         n.reads.clear()
         n.pending_reads.clear()
         n.applied_since_snapshot = 0
+        n.in_flight = None
         n.up = True
         phase = self.rng.randrange(TICK_MS)
         self.at(self.now + phase + 1, lambda: self.tick(n, n.core))
@@ -245,15 +257,27 @@ class Simulation:
         self.at(self.now + TICK_MS, lambda: self.tick(n, core))
 
     def process(self, n: SimNode) -> None:
+        """Handle Readies as ``node.py`` does: one at a time, the fsync taking disk time.
+
+        While a Ready's fsync is in flight the core keeps stepping messages and ticks (so
+        entries handed out may be replaced before ``advance``), committed entries (durable
+        here already) are applied at once, and a leader whose Ready changes neither term
+        nor vote may send before its own fsync (Raft thesis §10.2.1), as ``node.py`` does.
+        """
         core = n.core
         assert core is not None
-        while core.has_ready():
+        while n.in_flight is None and core.has_ready():
             rd = core.ready()
-            self.handle_ready(n, core, rd)
-            core.advance(rd)
-            self.after_advance(n, core)
+            early = self.start_ready(n, core, rd)
+            if rd.must_sync and n.disk_delay_ms_max > 0:
+                n.in_flight = rd
+                delay = self.rng.randint(0, n.disk_delay_ms_max)
+                self.at(self.now + delay, functools.partial(self.finish_ready, n, core, rd, early))
+                return
+            self.finish_ready(n, core, rd, early)
 
-    def handle_ready(self, n: SimNode, core: RawNode, rd: Ready) -> None:
+    def start_ready(self, n: SimNode, core: RawNode, rd: Ready) -> bool:
+        """Write the Ready (not yet synced) and apply; return whether messages left early."""
         d = n.disk
         if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:
             self.on_new_leader(n, core)
@@ -266,9 +290,37 @@ class Simulation:
             d.write("entries", list(rd.entries))
         if rd.hard_state is not None:
             d.write("hard", rd.hard_state)
-        if rd.must_sync:
-            d.sync()
+        for e in rd.committed_entries:
+            self.apply(n, e)
         term, vote = d.durable_term_vote()
+        early = (
+            n.early_send
+            and rd.snapshot is None
+            and core.role == Role.LEADER
+            and (rd.hard_state is None or (rd.hard_state.term, rd.hard_state.vote) == (term, vote))
+        )
+        if early:
+            self.send_all(n, rd)
+        return early
+
+    def finish_ready(self, n: SimNode, core: RawNode, rd: Ready, early: bool) -> None:
+        if n.core is not core:
+            return  # the node crashed while its disk was busy
+        n.in_flight = None
+        if rd.must_sync:
+            n.disk.sync()
+        if not early:
+            self.send_all(n, rd)
+        for rs in rd.read_states:
+            req = n.reads.pop(rs.context, None)
+            if req is not None:
+                n.pending_reads.append((rs.index, req))
+        core.advance(rd)
+        self.after_advance(n, core)
+        self.process(n)
+
+    def send_all(self, n: SimNode, rd: Ready) -> None:
+        term, vote = n.disk.durable_term_vote()
         for m in rd.messages:
             # A pre-vote carries the term its sender would take, not one it holds.
             pre = m.type in (MessageType.PRE_VOTE, MessageType.PRE_VOTE_RESP)
@@ -279,17 +331,11 @@ class Simulation:
             if m.type == MessageType.APP_RESP and not m.reject:
                 self.check_durable_prefix(n, m.index)
             self.send(m)
-        for e in rd.committed_entries:
-            self.apply(n, e)
-        for rs in rd.read_states:
-            req = n.reads.pop(rs.context, None)
-            if req is not None:
-                n.pending_reads.append((rs.index, req))
 
     def check_durable_prefix(self, n: SimNode, index: int) -> None:
         d = n.disk
         base = d.snapshot.meta.index if d.snapshot else 0
-        if index > base + len(d.entries) and not d.unsynced:
+        if index > base + len(d.entries):
             raise Violation(f"node {n.id} acked index {index} not on its disk")
 
     def after_advance(self, n: SimNode, core: RawNode) -> None:

@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dfs import benchplot
+
 RAFT_VALUE_BYTES = 256
 RAFT_CLIENTS = (1, 64)
 WARMUP_S = 1.0
@@ -251,7 +253,32 @@ def raft_main(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     _print_figures(figures, args.json)
+    if args.plot is not None:
+        args.plot.write_text(_raft_plot(figures, args.clients))
+        print(f"# plot written to {args.plot}", file=sys.stderr)
     return 0
+
+
+def _raft_plot(figures: list[tuple[str, float, str]], clients: list[int]) -> str:
+    f = {name: value for name, value, _ in figures}
+    throughput = benchplot.Panel(
+        "Raft commits (3 nodes, fsync on)",
+        "/s",
+        [(f"{c} client{'s' if c > 1 else ''}", f[f"raft_writes_per_s_c{c}"]) for c in clients],
+        [("target 10,000/s at 64", 10_000.0), ("etcd 3.4, 64 clients: 11,400/s", 11_400.0)],
+    )
+    latency = benchplot.Panel(
+        "Commit latency p50 / p99",
+        "ms",
+        [(f"p50 c{c}", f[f"raft_commit_p50_ms_c{c}"]) for c in clients]
+        + [(f"p99 c{c}", f[f"raft_commit_p99_ms_c{c}"]) for c in clients],
+        [("target p50 2 ms at 1 client", 2.0), ("etcd p50 c1: 0.57 ms", 0.57)],
+    )
+    disk = f["disk_fdatasync_p50_ms"]
+    return benchplot.svg(
+        [throughput, latency],
+        caption=f"Same run: the disk's own fdatasync p50 {disk:.2f} ms. 256-byte puts.",
+    )
 
 
 def _print_figures(figures: list[tuple[str, float, str]], as_json: bool) -> None:
@@ -278,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     raft.add_argument("--no-fsync", action="store_true", help="servers skip fsync (diagnosis)")
     raft.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
+    raft.add_argument("--plot", type=Path, default=None, help="also write an SVG chart here")
     raft.set_defaults(func=raft_main)
 
     load = sub.add_parser("raft-load", help=argparse.SUPPRESS)

@@ -111,6 +111,7 @@ class Progress:
     inflight: deque[LogIndex] = field(default_factory=deque)
     snapshot: Snapshot | None = None  # being sent
     snapshot_offset: int = 0  # next byte to send
+    snapshot_sent_tick: int = 0  # when a chunk last left, for retransmission
 
     def become_probe(self) -> None:
         if self.state == ProgressState.SNAPSHOT and self.snapshot is not None:
@@ -279,12 +280,20 @@ class RawNode:
         self._read_acks: dict[int, set[NodeId]] = {}
         self._reads_waiting_commit: list[bytes] = []  # until an entry of our term commits
         self._snap_recv: tuple[SnapshotMeta, bytearray] | None = None
+        # A snapshot received while a Ready is out (between ready() and advance()) waits:
+        # restoring under it would let advance() replay that Ready's older membership
+        # changes on top of the snapshot's newer membership.
+        self._ready_out = False
+        self._deferred_snapshot: tuple[Term, NodeId, Snapshot] | None = None
+        self._ticks = 0  # a local clock in ticks, for retransmission timers only
+        self._transfer_elapsed = 0
         self._reset_randomized_election()
 
     # ------------------------------------------------------------------------------
     # Inputs
 
     def tick(self) -> None:
+        self._ticks += 1
         if self.role == Role.LEADER:
             self._tick_leader()
         else:
@@ -331,7 +340,10 @@ class RawNode:
         if to == self.id or to not in self.conf.voters or self.lead_transferee == to:
             return
         self.lead_transferee = to
-        self.election_elapsed = 0  # the transfer is abandoned after one election timeout
+        # Abandoned after one election timeout, on its own timer: restarting the
+        # check-quorum window here would let repeated transfer calls keep a cut-off
+        # leader in office.
+        self._transfer_elapsed = 0
         if self.progress[to].match == self.log.last_index():
             self._send(Message(MessageType.TIMEOUT_NOW, to, self.id, self.term))
         else:
@@ -444,6 +456,7 @@ class RawNode:
         self._pending_snapshot = None
         self._msgs = []
         self._read_states = []
+        self._ready_out = True
         return rd
 
     def advance(self, rd: Ready) -> None:
@@ -462,6 +475,14 @@ class RawNode:
                 self._apply_conf_change(conf_change_from_bytes(e.data))
         if rd.committed_entries:
             self.applied = max(self.applied, rd.committed_entries[-1].index)
+        self._ready_out = False
+        if self._deferred_snapshot is not None:
+            term, frm, snap = self._deferred_snapshot
+            self._deferred_snapshot = None
+            # Only if the leader that sent it is still ours; otherwise it is stale and
+            # the current leader will send what we need.
+            if term == self.term and self.role == Role.FOLLOWER:
+                self._install_received(frm, snap)
 
     def status(self) -> Status:
         return Status(
@@ -685,7 +706,11 @@ class RawNode:
                 # lost. Free one slot so that an append goes out and exposes the gap.
                 pr.inflight.popleft()
             if pr.state == ProgressState.SNAPSHOT:
-                self._send_snapshot_chunk(m.frm, pr)  # the chunk or its ack may be lost
+                # The chunk or its ack may be lost; resend only after some ticks without
+                # progress, not on every heartbeat, so a slow link is not flooded with
+                # copies of a chunk still in flight.
+                if self._ticks - pr.snapshot_sent_tick >= max(1, self.cfg.election_ticks // 2):
+                    self._send_snapshot_chunk(m.frm, pr)
             elif pr.match < self.log.last_index():
                 self._send_append(m.frm)
             if m.context:
@@ -886,6 +911,7 @@ class RawNode:
         snap = pr.snapshot
         assert snap is not None
         off = pr.snapshot_offset
+        pr.snapshot_sent_tick = self._ticks
         chunk = snap.data[off : off + self.cfg.snapshot_chunk_bytes]
         self._send(
             Message(
@@ -910,7 +936,9 @@ class RawNode:
             reply(index=self.committed, done=True)
             return
         recv = self._snap_recv
-        if m.offset == 0:
+        if m.offset == 0 and not (recv is not None and recv[0] == meta and recv[1]):
+            # (A duplicated first chunk of the snapshot we are assembling is not a restart:
+            # it falls through to the offset check below and we ask for what we lack.)
             recv = self._snap_recv = (meta, bytearray())
         if recv is None or recv[0] != meta:
             reply(index=meta.index, reject=True)  # we hold none of this one: start over
@@ -923,8 +951,17 @@ class RawNode:
             reply(index=meta.index, offset=len(recv[1]))
             return
         self._snap_recv = None
-        self._restore(Snapshot(meta, bytes(recv[1])))
-        reply(index=meta.index, done=True)
+        snap = Snapshot(meta, bytes(recv[1]))
+        if self._ready_out:
+            self._deferred_snapshot = (self.term, m.frm, snap)
+            return
+        self._install_received(m.frm, snap)
+
+    def _install_received(self, frm: NodeId, snap: Snapshot) -> None:
+        if snap.meta.index > self.committed:
+            self._restore(snap)
+        index = max(self.committed, snap.meta.index)
+        self._send(Message(MessageType.SNAP_RESP, frm, self.id, self.term, index=index, done=True))
 
     def _restore(self, snap: Snapshot) -> None:
         meta = snap.meta
@@ -948,6 +985,10 @@ class RawNode:
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        if self.lead_transferee != NONE:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self.cfg.election_ticks:
+                self.lead_transferee = NONE  # a transfer that took an election timeout failed
         if self.election_elapsed >= self.cfg.election_ticks:
             self.election_elapsed = 0
             if self.cfg.check_quorum:
@@ -961,10 +1002,12 @@ class RawNode:
                 if active < len(self.conf.voters) // 2 + 1:
                     self._become_follower(self.term, NONE)
                     return
-            self.lead_transferee = NONE  # a transfer that took an election timeout failed
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
             self.heartbeat_elapsed = 0
-            self._bcast_heartbeat()
+            # While reads wait, every heartbeat carries the latest round sent, so a round
+            # whose messages or answers were lost is confirmed by the next heartbeat.
+            ctx = self._read_round_sent.to_bytes(8, "big") if self._reads else b""
+            self._bcast_heartbeat(ctx)
 
     def _queue_read(self, ctx: bytes) -> None:
         if self.conf.voters == (self.id,):
@@ -1008,6 +1051,8 @@ class RawNode:
         self.conf = ConfState(tuple(sorted(voters)), tuple(sorted(learners)))
         if self.role != Role.LEADER:
             return
+        if self.lead_transferee not in self.conf.voters:
+            self.lead_transferee = NONE  # the target left or was demoted: stop refusing work
         if self.id not in self.conf.voters:
             self._become_follower(self.term, NONE)  # removed or demoted: stop leading
             return
@@ -1019,6 +1064,12 @@ class RawNode:
             self.progress[cc.node_id] = pr
         self._maybe_commit()  # the quorum changed; either way the new member needs entries
         self._bcast_pending = True
+        if self.conf.voters == (self.id,):
+            # We are the whole quorum now: nobody is left to answer a pending read round.
+            while self._reads:
+                _, index, ctx = self._reads.popleft()
+                self._read_states.append(ReadState(index, ctx))
+            self._read_acks.clear()
 
     # ------------------------------------------------------------------------------
 

@@ -471,7 +471,13 @@ class RaftNode:
         if self._reads_applying:
             self._wake_reads()
         raw.advance(rd)
-        if self.applied_index - self._snapshot_index >= self.config.snapshot_entries:
+        # Only when the core and the state machine stand at the same index: right after
+        # the core accepted a snapshot that the next Ready installs, its membership is
+        # the snapshot's, not the one at our applied index.
+        if (
+            raw.applied == self.applied_index
+            and self.applied_index - self._snapshot_index >= self.config.snapshot_entries
+        ):
             await self._take_snapshot(raw, storage)
 
     def _apply(self, entries: Sequence[Any]) -> None:

@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,25 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from dfs import benchplot
+from dfs.testing.ports import free_loopback_ports
 
 RAFT_VALUE_BYTES = 256
 RAFT_CLIENTS = (1, 64)
 WARMUP_S = 1.0
 FSYNC_PROBE_S = 1.0
 STARTUP_TIMEOUT_S = 30.0
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def fdatasync_rate(directory: Path, seconds: float = FSYNC_PROBE_S) -> tuple[float, float]:
@@ -159,7 +146,7 @@ class _RaftGroup:
         self.root = root
         self.secret_file = root / "secret"
         write_secret(self.secret_file, generate_secret())
-        ports = _free_ports(3)
+        ports = free_loopback_ports(3)
         self.addresses = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.fsync = fsync

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,6 +26,7 @@ from typing import Any
 import pytest
 
 from dfs.secret import write_secret
+from dfs.testing.ports import free_loopback_ports
 from dfs.wire.errors import AuthError, DfsError
 from metaserver.raft.kvclient import KvClient, KvPool
 
@@ -40,19 +40,6 @@ TICK_MS = 50
 DEADLINE_S = 30.0
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 class Cluster:
     """Three kvserver processes and the files they use, under ``root``."""
 
@@ -63,7 +50,7 @@ class Cluster:
         write_secret(self.secret_file, SECRET)
         self.ids = list(range(1, n + 1))
         self.initial = initial  # nodes 1..initial bootstrap the group; the others join later
-        ports = free_ports(n)
+        ports = free_loopback_ports(n)
         self.addresses = {i: f"127.0.0.1:{p}" for i, p in zip(self.ids, ports, strict=True)}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.options = {"tick_ms": TICK_MS, "debug_ops": True, **options}

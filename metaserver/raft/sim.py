@@ -652,6 +652,28 @@ def parse_seeds(text: str) -> range:
     return range(int(text), int(text) + 1)
 
 
+def run_seeds(
+    first: int, last: int, nodes: int | None = None, verbose: bool = False
+) -> tuple[int, int, list[str]]:
+    """Run seeds first..last; return (ops, faults, one report per violating seed)."""
+    ops = faults = 0
+    reports = []
+    for seed in range(first, last + 1):
+        try:
+            o, f = run_seed(seed, nodes, verbose)
+            ops += o
+            faults += f
+        except (Violation, AssertionError) as e:
+            reports.append(
+                f"seed {seed}: VIOLATION: {type(e).__name__}: {e}\n"
+                f"  replay: python -m metaserver.raft.sim --seeds {seed} --verbose"
+            )
+    return ops, faults, reports
+
+
+CHUNK_SEEDS = 250  # seeds per unit of work with --jobs: progress is reported per chunk
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m metaserver.raft.sim", description=__doc__.split("\n")[0]
@@ -659,20 +681,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1-100", help="A-B or one seed")
     p.add_argument("--nodes", type=int, choices=(3, 5), default=None)
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (long runs)")
     args = p.parse_args(argv)
     seeds = parse_seeds(args.seeds)
-    violations = 0
-    ops = 0
-    faults = 0
-    for seed in seeds:
-        try:
-            o, f = run_seed(seed, args.nodes, args.verbose)
-            ops += o
-            faults += f
-        except (Violation, AssertionError) as e:
-            violations += 1
-            print(f"seed {seed}: VIOLATION: {type(e).__name__}: {e}", flush=True)
-            print(f"  replay: python -m metaserver.raft.sim --seeds {seed} --verbose", flush=True)
+    violations = ops = faults = 0
+    if args.jobs <= 1:
+        ops, faults, reports = run_seeds(seeds.start, seeds.stop - 1, args.nodes, args.verbose)
+        for r in reports:
+            print(r, flush=True)
+        violations = len(reports)
+    else:
+        # Imported here: the simulator itself stays free of processes and clocks.
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        chunks = [
+            (a, min(a + CHUNK_SEEDS - 1, seeds.stop - 1))
+            for a in range(seeds.start, seeds.stop, CHUNK_SEEDS)
+        ]
+        done = 0
+        with ProcessPoolExecutor(args.jobs) as pool:
+            futures = {pool.submit(run_seeds, a, b, args.nodes): (a, b) for a, b in chunks}
+            for fut in as_completed(futures):
+                a, b = futures[fut]
+                o, f, reports = fut.result()
+                ops, faults, done = ops + o, faults + f, done + (b - a + 1)
+                for r in reports:
+                    print(r, flush=True)
+                violations += len(reports)
+                print(
+                    f"progress: seeds {done}/{len(seeds)}, violations {violations}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     print(f"faults {faults}")
     print(f"seeds {len(seeds)}, violations {violations}, ops {ops}")
     return 1 if violations else 0

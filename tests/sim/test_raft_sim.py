@@ -19,14 +19,8 @@ SEEDS = int(os.environ.get("SIM_SEEDS", "1000"))
 
 
 def _run_range(bounds: tuple[int, int]) -> tuple[int, list[str]]:
-    ops = 0
-    failures = []
-    for seed in range(*bounds):
-        try:
-            ops += sim.run_seed(seed)[0]
-        except (sim.Violation, AssertionError) as e:
-            failures.append(f"seed {seed}: {type(e).__name__}: {e}")
-    return ops, failures
+    ops, _, reports = sim.run_seeds(bounds[0], bounds[1] - 1)
+    return ops, reports
 
 
 @pytest.mark.timeout(1500)
@@ -51,13 +45,11 @@ def test_seed_replays_identically() -> None:
     assert a.history == b.history
 
 
-def test_cli_prints_summary_last() -> None:
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_cli_prints_summary_last(jobs: str) -> None:
+    cmd = [sys.executable, "-m", "metaserver.raft.sim", "--seeds", "1-3", "--nodes", "5"]
     out = subprocess.run(
-        [sys.executable, "-m", "metaserver.raft.sim", "--seeds", "1-3", "--nodes", "5"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+        [*cmd, "--jobs", jobs], capture_output=True, text=True, timeout=120, check=True
     ).stdout
     last = out.strip().splitlines()[-1]
     assert last.startswith("seeds 3, violations 0, ops ")

@@ -178,6 +178,13 @@ class Connection(asyncio.Protocol):
                         header, body = await future
                     finally:
                         del self._pending[request_id]
+                        # When the send itself failed (the connection died while we
+                        # waited for its buffer to drain), the future may hold the same
+                        # error: mark it retrieved so asyncio does not log it as lost.
+                        if future.done() and not future.cancelled():
+                            future.exception()
+                        else:
+                            future.cancel()
         except TimeoutError:
             raise Timeout(f"{op} got no answer in {timeout_s} s", op=op) from None
         if header.get(messages.OK) is True:

@@ -39,6 +39,7 @@ class ErrorCode(enum.IntEnum):
     BUSY = 19  # overloaded (too many requests in flight); retry with backoff
     UNSUPPORTED = 20  # unknown operation or an unsupported feature
     NO_ATTR = 21  # the extended attribute does not exist
+    TOO_MANY_LINKS = 22  # an inode already has the most hard links allowed (EMLINK)
 
 
 class DfsError(Exception):
@@ -188,12 +189,16 @@ class NoAttr(_CodedError):
     CODE = ErrorCode.NO_ATTR
 
 
+class TooManyLinks(_CodedError):
+    CODE = ErrorCode.TOO_MANY_LINKS
+
+
 _CLASS_BY_CODE: dict[ErrorCode, type[_CodedError]] = {
     cls.CODE: cls
     for cls in (
         NotFound, Exists, NotEmpty, NotDir, IsDir, Invalid, NameTooLong, NoSpace, Stale,
         Unavailable, Corrupt, NotLeader, PermissionDenied, Timeout, ProtocolError, AuthError,
-        InternalError, TooBig, Busy, Unsupported, NoAttr,
+        InternalError, TooBig, Busy, Unsupported, NoAttr, TooManyLinks,
     )
 }  # fmt: skip
 

@@ -1,0 +1,216 @@
+"""The event loop's side of the chunk store: a bounded thread pool and per-chunk locks.
+
+What it owns: the threads that run ``ChunkStore``'s blocking calls, the bound on how many
+run at once (``disk_jobs_max``), and one readers-writer lock per chunk (readers share a
+chunk; a write, sync or delete has it alone), so that ``ChunkStore`` sees its per-chunk
+operations serialised as it requires.
+
+What it must not do: block the event loop, or touch a file itself.
+
+Why the lock is released by the thread job and not by the awaiting task: a request can be
+cancelled (its connection closed, its deadline passed) while its disk job is running, and a
+thread cannot be stopped. If the lock went with the cancelled task, the next write to the
+chunk would run beside the orphaned one and interleave their checksum updates. So the job
+holds the lock (and its pool slot) until the thread returns; the caller only stops waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from chunkserver.store import ChunkStore, ReplicaInfo
+
+T = TypeVar("T")
+
+# Disk jobs running at once. A few overlap the waits of the disk (and the hashing, when the
+# hash library releases the GIL) without letting a burst of requests queue hundreds of
+# threads on a two-core machine; further jobs wait on the event loop, which costs nothing.
+DISK_JOBS_MAX = 4
+
+
+class ChunkLock:
+    """A FIFO readers-writer lock for one chunk, on the event loop.
+
+    Granted in arrival order: a writer waits for the readers before it, and readers that come
+    after a waiting writer wait for it (no writer starvation).
+    """
+
+    def __init__(self) -> None:
+        self.readers = 0
+        self.writer = False
+        self._waiters: deque[tuple[bool, asyncio.Future[None]]] = deque()
+
+    @property
+    def idle(self) -> bool:
+        return self.readers == 0 and not self.writer and not self._waiters
+
+    def _can(self, exclusive: bool) -> bool:
+        return not self.writer and (self.readers == 0 if exclusive else True)
+
+    def _take(self, exclusive: bool) -> None:
+        if exclusive:
+            self.writer = True
+        else:
+            self.readers += 1
+
+    async def acquire(self, exclusive: bool) -> None:
+        if not self._waiters and self._can(exclusive):
+            self._take(exclusive)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (exclusive, future)
+        self._waiters.append(entry)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(exclusive)  # granted just as we were cancelled: hand it on
+            else:
+                self._waiters.remove(entry)
+                self._wake()
+            raise
+
+    def release(self, exclusive: bool) -> None:
+        if exclusive:
+            assert self.writer
+            self.writer = False
+        else:
+            assert self.readers > 0
+            self.readers -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            exclusive, future = self._waiters[0]
+            if future.done():
+                self._waiters.popleft()
+                continue
+            if not self._can(exclusive):
+                return
+            self._waiters.popleft()
+            self._take(exclusive)
+            future.set_result(None)
+
+
+class AsyncChunkStore:
+    """``ChunkStore`` for the event loop. ``info``, ``list_chunks`` and the counters answer
+    from memory at once; everything that touches the disk runs in the pool."""
+
+    def __init__(self, store: ChunkStore, *, disk_jobs_max: int = DISK_JOBS_MAX) -> None:
+        assert disk_jobs_max >= 1
+        self.store = store
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=disk_jobs_max, thread_name_prefix="chunk-disk"
+        )
+        self._slots = asyncio.Semaphore(disk_jobs_max)
+        self._locks: dict[int, ChunkLock] = {}
+        self._jobs: set[asyncio.Future[Any]] = set()
+
+    @classmethod
+    async def open(
+        cls,
+        root: Path,
+        *,
+        capacity_bytes: int = 0,
+        fsync: bool = True,
+        log_prefix: str = "chunkserver",
+        disk_jobs_max: int = DISK_JOBS_MAX,
+    ) -> AsyncChunkStore:
+        """Open (and scan) a ``ChunkStore`` in a thread: a big scan must not stall the loop."""
+        store = await asyncio.to_thread(
+            functools.partial(
+                ChunkStore, root, capacity_bytes=capacity_bytes, fsync=fsync, log_prefix=log_prefix
+            )
+        )
+        return cls(store, disk_jobs_max=disk_jobs_max)
+
+    # ------------------------------------------------------------------ from memory
+
+    def info(self, chunk_id: int) -> ReplicaInfo | None:
+        return self.store.info(chunk_id)
+
+    def list_chunks(self) -> list[ReplicaInfo]:
+        return self.store.list_chunks()
+
+    @property
+    def jobs_running(self) -> int:
+        return len(self._jobs)
+
+    # ------------------------------------------------------------------ disk jobs
+
+    async def write(
+        self,
+        chunk_id: int,
+        version: int,
+        length: int,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        sync: bool = False,
+    ) -> ReplicaInfo:
+        return await self._run(
+            chunk_id,
+            True,
+            lambda: self.store.write(chunk_id, version, length, offset, data, sync=sync),
+        )
+
+    async def read(self, chunk_id: int, version: int, offset: int, size: int) -> memoryview:
+        return await self._run(
+            chunk_id, False, lambda: self.store.read(chunk_id, version, offset, size)
+        )
+
+    async def sync(self, chunk_id: int, version: int | None = None) -> ReplicaInfo:
+        return await self._run(chunk_id, True, lambda: self.store.sync(chunk_id, version))
+
+    async def delete(self, chunk_id: int) -> None:
+        await self._run(chunk_id, True, lambda: self.store.delete(chunk_id))
+
+    async def _run(self, chunk_id: int, exclusive: bool, job: Callable[[], T]) -> T:
+        lock = self._locks.get(chunk_id)
+        if lock is None:
+            lock = self._locks[chunk_id] = ChunkLock()
+        try:
+            await lock.acquire(exclusive)
+            try:
+                await self._slots.acquire()
+            except BaseException:
+                lock.release(exclusive)
+                raise
+        except BaseException:
+            self._forget_if_idle(chunk_id, lock)
+            raise
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, job)
+        self._jobs.add(future)
+
+        def done(_: asyncio.Future[T]) -> None:
+            # Runs when the thread returns, whether or not anyone still awaits the result.
+            self._jobs.discard(future)
+            self._slots.release()
+            lock.release(exclusive)
+            self._forget_if_idle(chunk_id, lock)
+            if not future.cancelled():
+                future.exception()  # retrieved: an abandoned job's error is not "unhandled"
+
+        future.add_done_callback(done)
+        return await asyncio.shield(future)
+
+    def _forget_if_idle(self, chunk_id: int, lock: ChunkLock) -> None:
+        # Bounded memory: a lock lives only while someone holds or waits for it.
+        if lock.idle and self._locks.get(chunk_id) is lock:
+            del self._locks[chunk_id]
+
+    async def close(self) -> None:
+        """Wait for the running jobs (their requests may be gone) and stop the threads."""
+        if self._jobs:
+            await asyncio.wait(list(self._jobs))
+        await asyncio.to_thread(self._pool.shutdown, wait=True)
+
+
+__all__ = ["DISK_JOBS_MAX", "AsyncChunkStore", "ChunkLock"]

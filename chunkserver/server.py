@@ -1,0 +1,739 @@
+"""The chunkserver daemon: chunk replicas served over ``dfs.rpc``, chain replication, heartbeats.
+
+    python -m chunkserver --config cs1.toml        (or: dfs chunkserver --config cs1.toml)
+
+What it owns: the process (config, signals, logs, the data directory's lock and identity
+files), the chunkserver ops of docs/PROTOCOL.md (version 1) mapped onto the store, the
+forwarding of writes and syncs down the chain, and the registration and heartbeats to the
+metaserver leader.
+
+What it must not do: touch chunk files (``store.py`` does, in threads run by ``disk.py``),
+or decide anything about placement or versions (the metaserver does; this server only
+refuses what the token, the version rules and its limits do not allow).
+
+Config file (TOML, version 1)::
+
+    listen = "127.0.0.1:7101"           # host:port to serve on (port 0: any free port)
+    data_dir = "/var/lib/dfs/cs1"       # chunk files, identity (uuid, cs_id), lock
+    secret_file = "/etc/dfs/secret"     # the cluster secret (dfs.secret format, mode 0600)
+    metaservers = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
+    address = "10.0.0.5:7101"           # optional; where others reach us (default: listen)
+    capacity_bytes = 0                  # optional; 0: the size of data_dir's file system
+    heartbeat_ms = 1000                 # optional; 10 .. 60000
+    fsync = true                        # optional; false only for tests
+    disk_jobs = 4                       # optional; disk operations running at once, 1 .. 64
+
+Unknown keys are refused; a bad config exits with code 2 and says what is wrong.
+
+Data directory (besides the store's ``chunks/`` and ``quarantine/``, see ``store.py``)::
+
+    lock    flock()ed while a server runs on the directory: two servers never share one
+    uuid    this server's identity, made on first start (a uuid4, one line)
+    cs_id   the id the metaserver gave that uuid (one line), for logs and ``cs.status``
+
+Ops (docs/PROTOCOL.md; ``timeout_ms`` optional on every request, default 5000, at most
+60000)::
+
+    chunk.write  {chunk_id, version, length, offset, token, expiry_ms, chain, sync, [size]}
+                 + payload -> {}
+    chunk.read   {chunk_id, version, offset, size, token, expiry_ms} -> payload
+    chunk.sync   {chunk_id, version, token, expiry_ms, chain} -> {}
+    chunk.info   {chunk_id} -> {version, length}
+    cs.status    {} -> {cs_id, uuid, address, capacity_bytes, used_bytes, chunks, pid}
+
+Chain replication: ``chunk.write`` and ``chunk.sync`` run locally and, at the same time, on
+``chain[0]`` with ``chain[1:]``; the answer comes only when both succeeded. An error carries
+``address`` in its details: the server where it happened (ours, or the one a downstream
+server named), so that the client can report the failing replica. The forwarded request
+carries a deadline 10 % shorter than ours, so a downstream timeout reaches us before our own.
+
+Heartbeats: on start, ``cs.register`` (uuid, address, capacity, used, pid) to the leader
+(the last one known first, then each configured address; ``NotLeader`` hints are followed),
+then ``cs.heartbeat`` every ``heartbeat_ms``. A heartbeat answered ``NotFound`` (the leader
+does not know our id) registers again. With no metaserver answering, data is still served
+and the attempts go on; the change of state (reachable / unreachable) is logged once.
+
+Shutdown on SIGTERM/SIGINT: stop listening, refuse new requests, let the ones in flight
+finish (at most ``DRAIN_TIMEOUT_S``), close connections, wait for disk jobs, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+import tomllib
+import uuid as uuidlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from chunkserver.disk import DISK_JOBS_MAX, AsyncChunkStore
+from chunkserver.peers import PeerPool, parse_address
+from chunkserver.store import CHUNK_BYTES_MAX, CHUNK_ID_MAX, READ_BYTES_MAX
+from dfs import rpc
+from dfs.secret import SecretFileError, load_secret
+from dfs.wire.errors import (
+    AuthError,
+    Busy,
+    DfsError,
+    Invalid,
+    NotFound,
+    NotLeader,
+    Timeout,
+    TooBig,
+    Unavailable,
+    Unsupported,
+)
+from dfs.wire.messages import field, uint_field
+from dfs.wire.token import READ, WRITE, check_token, token_key
+
+log = logging.getLogger("chunkserver")
+
+T = TypeVar("T")
+
+CONFIG_VERSION = 1
+# docs/PROTOCOL.md: every request may carry timeout_ms, default 5000, at most 60000.
+OP_TIMEOUT_MS_DEFAULT = 5000
+OP_TIMEOUT_MS_MAX = 60_000
+# A downstream server gets this share of our remaining time, so that its answer (even a
+# Timeout) arrives before we give up on it ourselves.
+FORWARD_TIMEOUT_SHARE = 0.9
+# The longest chain: a goal is at most 16 replicas (fs.set_goal), so at most 15 follow us.
+CHAIN_MAX = 15
+# One attempt at one metaserver: a commit takes milliseconds; a leader that has not
+# answered in 2 s is as good as gone for this heartbeat (the next one comes soon).
+META_CALL_TIMEOUT_S = 2.0
+# NotLeader hints followed in one round before trying the configured list (during an
+# election views may disagree and point in a ring).
+HINT_HOPS_MAX = 3
+# How long a stopping server lets requests in flight finish before it closes connections.
+DRAIN_TIMEOUT_S = 5.0
+HEARTBEAT_MS_MIN = 10
+HEARTBEAT_MS_MAX = 60_000
+DISK_JOBS_LIMIT = 64
+
+_CONFIG_KEYS = {
+    "listen", "data_dir", "secret_file", "metaservers", "address", "capacity_bytes",
+    "heartbeat_ms", "fsync", "disk_jobs",
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen_host: str
+    listen_port: int
+    data_dir: Path
+    secret_file: Path
+    metaservers: tuple[str, ...]
+    address: str | None = None  # None: the listen address (with the bound port)
+    capacity_bytes: int = 0
+    heartbeat_ms: int = 1000
+    fsync: bool = True
+    disk_jobs: int = DISK_JOBS_MAX
+
+
+def load_config(path: Path) -> ServerConfig:
+    """Parse and check a config file; ``ValueError`` says what is wrong."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    unknown = set(raw) - _CONFIG_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(_CONFIG_KEYS)})")
+
+    def get(key: str, tp: type[T], default: T | None = None) -> T:
+        if key not in raw:
+            if default is None:
+                raise ValueError(f"{path}: missing key {key!r}")
+            return default
+        value = raw[key]
+        if type(value) is not tp:
+            raise ValueError(f"{path}: {key} must be a {tp.__name__}, not {value!r}")
+        return value
+
+    def address(key: str, value: str) -> tuple[str, int]:
+        try:
+            host, port = parse_address(value)
+        except Invalid:
+            raise ValueError(f"{path}: {key} must be 'host:port', not {value!r}") from None
+        return host, port
+
+    listen = get("listen", str)
+    # Port 0 (any free port) is allowed here only: it is a local choice, never an address.
+    listen_host, _, port_text = listen.rpartition(":")
+    listen_host = listen_host.removeprefix("[").removesuffix("]")
+    if not listen_host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ValueError(f"{path}: listen must be 'host:port', not {listen!r}")
+    listen_port = int(port_text)
+    metaservers = get("metaservers", list)
+    if not metaservers or not all(isinstance(m, str) for m in metaservers):
+        raise ValueError(f"{path}: metaservers must be a non-empty list of 'host:port'")
+    for m in metaservers:
+        address("metaservers", m)
+    advertised = raw.get("address")
+    if advertised is not None:
+        if not isinstance(advertised, str):
+            raise ValueError(f"{path}: address must be a string")
+        address("address", advertised)
+    elif listen_host in ("0.0.0.0", "::"):
+        # Peers and the metaserver need an address they can reach: a wildcard is none.
+        raise ValueError(f"{path}: listening on {listen!r} needs an 'address' to advertise")
+    config = ServerConfig(
+        listen_host=listen_host,
+        listen_port=listen_port,
+        data_dir=Path(get("data_dir", str)),
+        secret_file=Path(get("secret_file", str)),
+        metaservers=tuple(metaservers),
+        address=advertised,
+        capacity_bytes=get("capacity_bytes", int, 0),
+        heartbeat_ms=get("heartbeat_ms", int, 1000),
+        fsync=get("fsync", bool, True),
+        disk_jobs=get("disk_jobs", int, DISK_JOBS_MAX),
+    )
+    if config.capacity_bytes < 0:
+        raise ValueError(f"{path}: capacity_bytes must be >= 0 (0: the file system's size)")
+    if not HEARTBEAT_MS_MIN <= config.heartbeat_ms <= HEARTBEAT_MS_MAX:
+        raise ValueError(
+            f"{path}: heartbeat_ms must be between {HEARTBEAT_MS_MIN} and {HEARTBEAT_MS_MAX}"
+        )
+    if not 1 <= config.disk_jobs <= DISK_JOBS_LIMIT:
+        raise ValueError(f"{path}: disk_jobs must be between 1 and {DISK_JOBS_LIMIT}")
+    return config
+
+
+# ---------------------------------------------------------------------- data directory
+
+
+class DataDirError(Exception):
+    """The data directory cannot be used (locked by another server, unreadable identity)."""
+
+
+def _write_small_file(path: Path, text: str) -> None:
+    """Replace ``path`` atomically and durably (temp file, fsync, rename, fsync dir)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, text.encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the directory's lock for the life of the process; returns the fd to keep."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirError(f"{data_dir} is in use by another chunkserver") from None
+    return fd
+
+
+def load_identity(data_dir: Path) -> tuple[str, int]:
+    """(uuid, cs_id) from the data directory; makes the uuid on first start. cs_id 0: not
+    registered yet (ids given by the metaserver start at 1)."""
+    uuid_path = data_dir / "uuid"
+    try:
+        text = uuid_path.read_text().strip()
+    except FileNotFoundError:
+        text = str(uuidlib.uuid4())
+        _write_small_file(uuid_path, text)
+    try:
+        uuid = str(uuidlib.UUID(text))
+    except ValueError:
+        raise DataDirError(f"{uuid_path} does not hold a uuid") from None
+    cs_id = 0
+    try:
+        cs_text = (data_dir / "cs_id").read_text().strip()
+    except FileNotFoundError:
+        cs_text = ""
+    if cs_text:
+        if not cs_text.isdigit():
+            raise DataDirError(f"{data_dir / 'cs_id'} does not hold an id")
+        cs_id = int(cs_text)
+    return uuid, cs_id
+
+
+# ---------------------------------------------------------------------- request fields
+
+
+def _timeout_s(h: dict[str, Any]) -> float:
+    timeout_ms = uint_field(h, "timeout_ms", OP_TIMEOUT_MS_DEFAULT)
+    return min(max(timeout_ms, 1), OP_TIMEOUT_MS_MAX) / 1000
+
+
+def _chunk_id(h: dict[str, Any]) -> int:
+    chunk_id = uint_field(h, "chunk_id")
+    if not 0 < chunk_id <= CHUNK_ID_MAX:
+        raise Invalid("chunk_id out of range", chunk_id=chunk_id)
+    return chunk_id
+
+
+def _u64(h: dict[str, Any], name: str) -> int:
+    value = uint_field(h, name)
+    if value >= 1 << 64:
+        raise Invalid(f"{name} out of range")
+    return value
+
+
+def _chain(h: dict[str, Any], own_address: str) -> list[str]:
+    chain = field(h, "chain", list, [])
+    if len(chain) > CHAIN_MAX:
+        raise Invalid(f"chain longer than {CHAIN_MAX}")
+    for address in chain:
+        parse_address(address)  # Invalid unless a "host:port" string
+    if own_address in chain:
+        raise Invalid("chain loops back to this server", address=own_address)
+    return list(chain)
+
+
+async def _within(deadline: float, job: Awaitable[T], what: str) -> T:
+    """Await ``job`` until the loop time ``deadline``; ``Timeout`` after. (A disk job goes on
+    in its thread and keeps its chunk locked until it ends: see disk.py.)"""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await job
+    except TimeoutError:
+        raise Timeout(f"{what} did not finish in time") from None
+
+
+# ---------------------------------------------------------------------- the server
+
+Op = Callable[[dict[str, Any], bytes, float], Awaitable[rpc.HandlerResult]]
+
+
+class ChunkServer:
+    def __init__(self, config: ServerConfig, secret: bytes) -> None:
+        self.config = config
+        self._secret = secret
+        self._token_key = token_key(secret)
+        self.cs_id = 0
+        self.uuid = ""
+        self.address = config.address or f"{config.listen_host}:{config.listen_port}"
+        self.pid = os.getpid()
+        self.store: AsyncChunkStore | None = None
+        self.load = 0  # requests in flight
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._rpc: rpc.RpcServer | None = None
+        self._lock_fd = -1
+        self.peers = PeerPool(secret, name="chunkserver")
+        self.meta = PeerPool(secret, name="chunkserver")
+        self._meta_leader: str | None = None
+        self._meta_up: bool | None = None
+        self._meta_task: asyncio.Task[None] | None = None
+        self._ops: dict[str, Op] = {
+            "chunk.write": self._chunk_write,
+            "chunk.read": self._chunk_read,
+            "chunk.sync": self._chunk_sync,
+            "chunk.info": self._chunk_info,
+            "cs.status": self._cs_status,
+        }
+
+    # ------------------------------------------------------------------ logs
+
+    def _log(self, level: int, event: str, **kv: Any) -> None:
+        if log.isEnabledFor(level):
+            extra = "".join(f" {k}={v}" for k, v in kv.items())
+            log.log(level, "chunkserver cs=%s event=%s%s", self.cs_id or "?", event, extra)
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._lock_fd = await asyncio.to_thread(lock_data_dir, cfg.data_dir)
+        self.uuid, self.cs_id = await asyncio.to_thread(load_identity, cfg.data_dir)
+        self.store = await AsyncChunkStore.open(
+            cfg.data_dir,
+            capacity_bytes=cfg.capacity_bytes,
+            fsync=cfg.fsync,
+            log_prefix=self._log_prefix(),
+            disk_jobs_max=cfg.disk_jobs,
+        )
+        self._rpc = await rpc.serve(
+            cfg.listen_host,
+            cfg.listen_port,
+            self._secret,
+            self.handle,
+            name=f"cs-{self.cs_id or self.uuid[:8]}",
+            role="chunkserver",
+        )
+        if cfg.address is None:
+            self.address = f"{cfg.listen_host}:{self._rpc.port}"
+        store = self.store.store
+        self._log(logging.INFO, "listening", address=self.address, uuid=self.uuid,
+                  pid=self.pid, chunks=store.chunk_count, used_bytes=store.used_bytes,
+                  capacity_bytes=store.capacity_bytes)  # fmt: skip
+        self._meta_task = asyncio.create_task(self._meta_loop())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._rpc is not None and self._rpc.server is not None:
+            self._rpc.server.close()  # no new connections
+        if self._meta_task is not None:
+            self._meta_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._meta_task
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                await self._idle.wait()
+        except TimeoutError:
+            self._log(logging.INFO, "stop", detail="requests still running after drain",
+                      load=self.load)  # fmt: skip
+        if self._rpc is not None:
+            self._rpc.close()
+            with contextlib.suppress(TimeoutError):
+                await self._rpc.wait_closed()
+        await self.peers.close()
+        await self.meta.close()
+        if self.store is not None:
+            await self.store.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _log_prefix(self) -> str:
+        return f"chunkserver cs={self.cs_id or '?'}"
+
+    # ------------------------------------------------------------------ requests
+
+    async def handle(
+        self, conn: rpc.Connection, header: dict[str, Any], payload: bytes
+    ) -> rpc.HandlerResult:
+        op = header.get("op")
+        handler = self._ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            raise Unsupported(f"unknown op {op!r}", op=str(op)[:64])
+        if self._stopping:
+            raise Unavailable("chunkserver is shutting down", address=self.address)
+        self.load += 1
+        self._idle.clear()
+        try:
+            return await handler(header, payload, _timeout_s(header))
+        finally:
+            self.load -= 1
+            if self.load == 0:
+                self._idle.set()
+
+    def _check_token(self, h: dict[str, Any], chunk_id: int, version: int, mode: bytes) -> None:
+        token = field(h, "token", bytes)
+        expiry_ms = _u64(h, "expiry_ms")
+        now_ms = int(time.time() * 1000)
+        check_token(self._token_key, token, chunk_id, version, mode, expiry_ms, now_ms)
+
+    def _store(self) -> AsyncChunkStore:
+        assert self.store is not None, "requests are served only after start()"
+        return self.store
+
+    async def _chunk_write(self, h: dict[str, Any], payload: bytes, timeout_s: float) -> None:
+        chunk_id = _chunk_id(h)
+        version = _u64(h, "version")
+        self._check_token(h, chunk_id, version, WRITE)
+        length = uint_field(h, "length")
+        offset = uint_field(h, "offset")
+        chain = _chain(h, self.address)
+        sync = field(h, "sync", bool, False)
+        size = len(payload)
+        # PROTOCOL.md gives no size field; a writer may send one, and then it must match.
+        if "size" in h and uint_field(h, "size") != size:
+            raise Invalid("payload length differs from size", size=size)
+        if offset + size > CHUNK_BYTES_MAX or length > CHUNK_BYTES_MAX:
+            raise TooBig("write past the maximum chunk size", limit=CHUNK_BYTES_MAX)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        local = self._local(
+            self._store().write(chunk_id, version, length, offset, payload, sync=sync),
+            deadline,
+            "chunk.write",
+        )
+        fields = {
+            "chunk_id": chunk_id, "version": version, "length": length, "offset": offset,
+            "token": h["token"], "expiry_ms": h["expiry_ms"], "sync": sync,
+        }  # fmt: skip
+        await self._with_chain(local, chain, "chunk.write", payload, deadline, fields)
+
+    async def _chunk_read(
+        self, h: dict[str, Any], payload: bytes, timeout_s: float
+    ) -> rpc.HandlerResult:
+        chunk_id = _chunk_id(h)
+        version = _u64(h, "version")
+        self._check_token(h, chunk_id, version, READ)
+        offset = uint_field(h, "offset")
+        size = uint_field(h, "size")
+        if size > READ_BYTES_MAX:
+            raise TooBig(f"read over {READ_BYTES_MAX} bytes", limit=READ_BYTES_MAX)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        data = await self._local(
+            self._store().read(chunk_id, version, offset, size), deadline, "chunk.read"
+        )
+        return {}, data
+
+    async def _chunk_sync(self, h: dict[str, Any], payload: bytes, timeout_s: float) -> None:
+        chunk_id = _chunk_id(h)
+        version = _u64(h, "version")
+        self._check_token(h, chunk_id, version, WRITE)
+        chain = _chain(h, self.address)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        local = self._local(self._store().sync(chunk_id, version), deadline, "chunk.sync")
+        fields = {
+            "chunk_id": chunk_id, "version": version, "token": h["token"],
+            "expiry_ms": h["expiry_ms"],
+        }  # fmt: skip
+        await self._with_chain(local, chain, "chunk.sync", b"", deadline, fields)
+
+    async def _chunk_info(
+        self, h: dict[str, Any], payload: bytes, timeout_s: float
+    ) -> rpc.HandlerResult:
+        chunk_id = _chunk_id(h)
+        info = self._store().info(chunk_id)
+        if info is None:
+            raise NotFound("no replica of this chunk here", chunk_id=chunk_id)
+        return {"version": info.version, "length": info.length}, b""
+
+    async def _cs_status(
+        self, h: dict[str, Any], payload: bytes, timeout_s: float
+    ) -> rpc.HandlerResult:
+        return self._status(), b""
+
+    def _status(self) -> dict[str, Any]:
+        store = self._store().store
+        return {
+            "cs_id": self.cs_id,
+            "uuid": self.uuid,
+            "address": self.address,
+            "capacity_bytes": store.capacity_bytes,
+            "used_bytes": store.used_bytes,
+            "chunks": store.chunk_count,
+            "pid": self.pid,
+        }
+
+    async def _local(self, job: Awaitable[T], deadline: float, what: str) -> T:
+        """A local store operation: errors name this server (the client reports it)."""
+        try:
+            return await _within(deadline, job, what)
+        except DfsError as e:
+            e.details.setdefault("address", self.address)
+            raise
+
+    async def _with_chain(
+        self,
+        local: Awaitable[Any],
+        chain: list[str],
+        op: str,
+        payload: bytes,
+        deadline: float,
+        fields: dict[str, Any],
+    ) -> None:
+        """Run ``local`` and the same op on the rest of the chain at once; succeed only if
+        both did. The local error wins when both failed: it is the nearer replica."""
+        if not chain:
+            await local
+            return
+        results = await asyncio.gather(
+            local, self._forward(chain, op, payload, deadline, fields), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _forward(
+        self, chain: list[str], op: str, payload: bytes, deadline: float, fields: dict[str, Any]
+    ) -> None:
+        target, rest = chain[0], chain[1:]
+        remaining_s = deadline - asyncio.get_running_loop().time()
+        try:
+            if remaining_s <= 0:
+                raise Timeout(f"{op} out of time before forwarding")
+            await self.peers.call(
+                target,
+                op,
+                payload,
+                timeout_s=remaining_s,
+                chain=rest,
+                timeout_ms=max(int(remaining_s * 1000 * FORWARD_TIMEOUT_SHARE), 1),
+                **fields,
+            )
+        except DfsError as e:
+            # A downstream server's own error already names it (or the one after it).
+            e.details.setdefault("address", target)
+            raise
+
+    # ------------------------------------------------------------------ metaserver
+
+    async def _meta_loop(self) -> None:
+        """Register, then heartbeat every heartbeat_ms, for the life of the server."""
+        period_s = self.config.heartbeat_ms / 1000
+        registered = False
+        while True:
+            try:
+                if not registered:
+                    await self._register()
+                    registered = True
+                else:
+                    await self._heartbeat()
+            except NotFound as e:
+                if registered:
+                    # The leader does not know our id (its state was made afresh): register
+                    # again at once.
+                    self._log(logging.INFO, "reregister", reason=repr(str(e)))
+                    registered = False
+                    continue
+                self._meta_state(False, f"error={str(e)!r}")
+            except DfsError as e:
+                self._meta_state(False, f"error={str(e)!r}")
+            except Exception:
+                # A bug or a local disk error (saving cs_id): keep serving data, retry later.
+                log.exception("chunkserver cs=%s event=heartbeat_failed", self.cs_id or "?")
+            await asyncio.sleep(period_s)  # the heartbeat period, not a wait for a condition
+
+    def _meta_fields(self) -> dict[str, Any]:
+        store = self._store().store
+        return {
+            "address": self.address,
+            "capacity_bytes": store.capacity_bytes,
+            "used_bytes": store.used_bytes,
+            "pid": self.pid,
+        }
+
+    async def _register(self) -> None:
+        header = await self._meta_call("cs.register", uuid=self.uuid, **self._meta_fields())
+        cs_id = uint_field(header, "cs_id")
+        if cs_id < 1:
+            raise Invalid("metaserver gave cs_id 0")
+        if cs_id != self.cs_id:
+            if self.cs_id:
+                # The metaserver gave our uuid another id than before: its state was made
+                # afresh. Follow it (it decides ids); the old id's chunks are its to judge.
+                log.warning("chunkserver cs=%d event=cs_id_changed new=%d uuid=%s",
+                            self.cs_id, cs_id, self.uuid)  # fmt: skip
+            await asyncio.to_thread(_write_small_file, self.config.data_dir / "cs_id", str(cs_id))
+            self.cs_id = cs_id
+            self._store().store.log_prefix = self._log_prefix()
+        self._log(logging.INFO, "registered", uuid=self.uuid, metaserver=self._meta_leader)
+        self._meta_state(True, f"leader={self._meta_leader}")
+
+    async def _heartbeat(self) -> None:
+        store = self._store().store
+        await self._meta_call(
+            "cs.heartbeat",
+            cs_id=self.cs_id,
+            chunks=store.chunk_count,
+            load=self.load,
+            **self._meta_fields(),
+        )
+        self._meta_state(True, f"leader={self._meta_leader}")
+
+    def _meta_state(self, up: bool, detail: str) -> None:
+        """Log reachability once per change, not once per attempt."""
+        if up == self._meta_up:
+            return
+        self._meta_up = up
+        event = "metaserver_reachable" if up else "metaserver_unreachable"
+        log.info("chunkserver cs=%s event=%s %s", self.cs_id or "?", event, detail)
+
+    async def _meta_call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """``op`` at the leader: the last known one, then every configured address, following
+        ``NotLeader`` hints. Raises the last error when nobody took it."""
+        order = list(self.config.metaservers)
+        if self._meta_leader is not None:
+            order.insert(0, self._meta_leader)
+        tried: set[str] = set()
+        hops = 0
+        last_error: DfsError = Unavailable("no metaserver configured")
+        while order:
+            address = order.pop(0)
+            if address in tried:
+                continue
+            tried.add(address)
+            try:
+                header, _ = await self.meta.call(
+                    address,
+                    op,
+                    timeout_s=META_CALL_TIMEOUT_S,
+                    timeout_ms=int(META_CALL_TIMEOUT_S * 1000 * FORWARD_TIMEOUT_SHARE),
+                    **fields,
+                )
+            except NotLeader as e:
+                last_error = e
+                hint = e.leader_hint
+                if self._meta_leader == address:
+                    self._meta_leader = None
+                if hint and hint not in tried and hops < HINT_HOPS_MAX:
+                    hops += 1
+                    order.insert(0, hint)
+                continue
+            except (Unavailable, Timeout, Busy, AuthError, Invalid) as e:
+                # Down, slow, misconfigured (another secret) or a bad hint: try the next.
+                last_error = e
+                if self._meta_leader == address:
+                    self._meta_leader = None
+                continue
+            self._meta_leader = address
+            return header
+        raise last_error
+
+
+# ---------------------------------------------------------------------- process
+
+
+async def serve(config: ServerConfig, secret: bytes) -> int:
+    """Run until SIGTERM/SIGINT; exit code 0, or 1 when the server cannot start."""
+    server = ChunkServer(config, secret)
+    try:
+        await server.start()
+    except (DataDirError, OSError) as e:
+        log.error("chunkserver event=start_failed reason=%r", str(e))
+        await server.stop()
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server._log(logging.INFO, "shutdown", load=server.load)
+    await server.stop()
+    server._log(logging.INFO, "stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chunkserver")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(args.config)
+        secret = load_secret(config.secret_file)
+    except (OSError, ValueError, SecretFileError) as e:
+        print(f"chunkserver: bad config: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(config, secret))
+
+
+__all__ = ["CONFIG_VERSION", "ChunkServer", "ServerConfig", "load_config", "main", "serve"]

@@ -1,0 +1,378 @@
+"""A local cluster in one directory: configs, secret, daemons started and stopped by PID.
+
+What it owns: the layout of a ``dfs up`` directory and the life cycle of its daemons. It
+starts servers as separate processes (``python -m metaserver`` / ``python -m chunkserver``,
+each in its own session so that they outlive a detached ``dfs up``) and never imports server
+code (the client side never does, docs/ARCHITECTURE.md).
+
+Layout of a cluster directory ``D`` (version 1)::
+
+    D/cluster.toml            what dfs up decided: addresses, chunk size (see below)
+    D/secret                  the cluster secret, mode 0600
+    D/meta<i>/meta.toml       metaserver i's config; D/meta<i>/raft/ its Raft log
+    D/cs<i>/cs.toml           chunkserver i's config; D/cs<i>/data/ its chunks
+    D/logs/<name>.log         each daemon's log (stderr)
+    D/run/<name>.pid          each running daemon's PID
+
+``cluster.toml``::
+
+    version = 1
+    chunk_size = 67108864
+    [metaservers]             # Raft node id -> "host:port"
+    1 = "127.0.0.1:40001"
+    [chunkservers]            # index -> "host:port"
+    1 = "127.0.0.1:40101"
+
+A second ``dfs up --dir D`` on an existing directory reuses everything (same ports, same
+data): that is how a cluster is restarted. Stopping sends SIGTERM to each PID (checked to be
+the daemon of this directory, not a recycled PID), waits, and SIGKILLs what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dfs import rpc
+from dfs.secret import generate_secret, load_secret, write_secret
+from dfs.testing.ports import free_loopback_ports
+from dfs.wire.errors import DfsError
+
+LAYOUT_VERSION = 1
+CHUNK_SIZE_DEFAULT = 64 << 20
+STATUS_TIMEOUT_S = 2.0
+STOP_TIMEOUT_S = 15.0
+
+
+class ClusterError(Exception):
+    """Something about the cluster directory or its daemons that the user must fix."""
+
+
+@dataclass
+class Layout:
+    dir: Path
+    metaservers: dict[int, str]
+    chunkservers: dict[int, str]
+    chunk_size: int = CHUNK_SIZE_DEFAULT
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def secret_file(self) -> Path:
+        return self.dir / "secret"
+
+    @property
+    def meta_addresses(self) -> list[str]:
+        return [self.metaservers[i] for i in sorted(self.metaservers)]
+
+    def daemons(self) -> list[tuple[str, list[str], Path]]:
+        """(name, argv, config file) of every daemon, metaservers first."""
+        out = []
+        for i in sorted(self.metaservers):
+            cfg = self.dir / f"meta{i}" / "meta.toml"
+            out.append(
+                (f"meta{i}", [sys.executable, "-m", "metaserver", "--config", str(cfg)], cfg)
+            )
+        for i in sorted(self.chunkservers):
+            cfg = self.dir / f"cs{i}" / "cs.toml"
+            out.append((f"cs{i}", [sys.executable, "-m", "chunkserver", "--config", str(cfg)], cfg))
+        return out
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str | Path):
+        s = str(v)
+        if any(c in s for c in '"\\\n'):
+            raise ClusterError(f"unsupported character in {s!r}")
+        return f'"{s}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(type(v))
+
+
+def _write_toml(path: Path, top: dict[str, Any], tables: dict[str, dict[Any, Any]]) -> None:
+    lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
+    for name, table in tables.items():
+        lines.append(f"\n[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def load_layout(directory: Path) -> Layout:
+    path = directory / "cluster.toml"
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ClusterError(f"no cluster in {directory} (no cluster.toml): run dfs up") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ClusterError(f"{path}: {e}") from None
+    if raw.get("version") != LAYOUT_VERSION:
+        raise ClusterError(f"{path}: unknown layout version {raw.get('version')!r}")
+    return Layout(
+        dir=directory,
+        metaservers={int(k): str(v) for k, v in raw["metaservers"].items()},
+        chunkservers={int(k): str(v) for k, v in raw["chunkservers"].items()},
+        chunk_size=int(raw["chunk_size"]),
+        options=dict(raw.get("options", {})),
+    )
+
+
+def init_layout(
+    directory: Path,
+    *,
+    metaservers: int = 3,
+    chunkservers: int = 3,
+    chunk_size: int = CHUNK_SIZE_DEFAULT,
+    meta_options: dict[str, Any] | None = None,
+    cs_options: dict[str, Any] | None = None,
+) -> Layout:
+    """Write a new cluster directory (secret, configs) or return the existing one."""
+    directory = directory.absolute()
+    if (directory / "cluster.toml").exists():
+        return load_layout(directory)
+    if metaservers < 1 or chunkservers < 1:
+        raise ClusterError("a cluster needs at least one metaserver and one chunkserver")
+    directory.mkdir(parents=True, exist_ok=True)
+    ports = free_loopback_ports(metaservers + chunkservers)
+    layout = Layout(
+        dir=directory,
+        metaservers={i + 1: f"127.0.0.1:{ports[i]}" for i in range(metaservers)},
+        chunkservers={i + 1: f"127.0.0.1:{ports[metaservers + i]}" for i in range(chunkservers)},
+        chunk_size=chunk_size,
+    )
+    if not layout.secret_file.exists():
+        write_secret(layout.secret_file, generate_secret())
+    for sub in ("logs", "run"):
+        (directory / sub).mkdir(exist_ok=True)
+    for i, address in layout.metaservers.items():
+        d = directory / f"meta{i}"
+        d.mkdir(exist_ok=True)
+        top = {
+            "id": i,
+            "listen": address,
+            "data_dir": d / "raft",
+            "secret_file": layout.secret_file,
+            "chunk_size": chunk_size,
+            **(meta_options or {}),
+        }
+        _write_toml(
+            d / "meta.toml", top, {"peers": {str(k): v for k, v in layout.metaservers.items()}}
+        )
+    for i, address in layout.chunkservers.items():
+        d = directory / f"cs{i}"
+        d.mkdir(exist_ok=True)
+        top = {
+            "listen": address,
+            "data_dir": d / "data",
+            "secret_file": layout.secret_file,
+            "metaservers": layout.meta_addresses,
+            **(cs_options or {}),
+        }
+        _write_toml(d / "cs.toml", top, {})
+    _write_toml(
+        directory / "cluster.toml",
+        {"version": LAYOUT_VERSION, "chunk_size": chunk_size},
+        {
+            "metaservers": {str(k): v for k, v in layout.metaservers.items()},
+            "chunkservers": {str(k): v for k, v in layout.chunkservers.items()},
+        },
+    )
+    return layout
+
+
+# ---------------------------------------------------------------------- processes
+
+
+def _pid_file(layout: Layout, name: str) -> Path:
+    return layout.dir / "run" / f"{name}.pid"
+
+
+def _running_pid(layout: Layout, name: str, config: Path) -> int | None:
+    """The PID of daemon ``name`` if it runs (its command line names its config)."""
+    try:
+        pid = int(_pid_file(layout, name).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    return pid if str(config).encode() in cmdline.split(b"\0") else None
+
+
+def start_daemons(layout: Layout, *, log_level: str = "INFO") -> dict[str, int]:
+    """Start every daemon that is not running; returns name -> PID of all of them."""
+    pids: dict[str, int] = {}
+    env = {**os.environ, "DFS_LOG_LEVEL": log_level}
+    # The daemons import this project: make sure they find it even when it is not installed
+    # (a checkout run with PYTHONPATH) by putting its root first on their path.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    (layout.dir / "logs").mkdir(exist_ok=True)
+    (layout.dir / "run").mkdir(exist_ok=True)
+    for name, argv, config in layout.daemons():
+        pid = _running_pid(layout, name, config)
+        if pid is None:
+            with open(layout.dir / "logs" / f"{name}.log", "ab") as log_file:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    env=env,
+                    start_new_session=True,
+                )
+            pid = proc.pid
+            _pid_file(layout, name).write_text(f"{pid}\n")
+        pids[name] = pid
+    return pids
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not: it has exited, unreaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own exited child) counts as gone.
+    with contextlib.suppress(FileNotFoundError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            return False
+    return True
+
+
+def stop_daemons(layout: Layout, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, str]:
+    """SIGTERM every running daemon (chunkservers first), wait, SIGKILL the stragglers.
+    Returns name -> how it ended ("stopped", "killed", "not running")."""
+    outcome: dict[str, str] = {}
+    running: dict[str, int] = {}
+    for name, _argv, config in reversed(layout.daemons()):
+        pid = _running_pid(layout, name, config)
+        if pid is None:
+            outcome[name] = "not running"
+            _pid_file(layout, name).unlink(missing_ok=True)
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        running[name] = pid
+    deadline = time.monotonic() + timeout_s
+    while running and time.monotonic() < deadline:
+        for name, pid in list(running.items()):
+            if not pid_alive(pid):
+                outcome[name] = "stopped"
+                del running[name]
+        if running:
+            time.sleep(0.05)  # polling process exit; there is no portable wait for non-children
+    for name, pid in running.items():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        outcome[name] = "killed"
+    for name in outcome:
+        _pid_file(layout, name).unlink(missing_ok=True)
+    return outcome
+
+
+# ---------------------------------------------------------------------- status
+
+
+async def _status_of(address: str, secret: bytes) -> dict[str, Any] | None:
+    host, _, port = address.rpartition(":")
+    try:
+        conn = await rpc.connect(
+            host, int(port), secret, name="dfs-cli", timeout_s=STATUS_TIMEOUT_S, role="client"
+        )
+    except (DfsError, OSError, TimeoutError):
+        return None
+    try:
+        header, _ = await conn.call("status", timeout_s=STATUS_TIMEOUT_S)
+        return header
+    except (DfsError, OSError, TimeoutError):
+        return None
+    finally:
+        conn.close()
+
+
+async def cluster_status(meta_addresses: list[str], secret: bytes) -> dict[str, Any]:
+    """Every metaserver's own view, and the leader's view of the chunkservers.
+
+    ``{"leader": id | None, "leader_address", "term", "metaservers": [{id, address, state,
+    role, pid, term, commit, applied}], "chunkservers": [...], "files", "dirs", "chunks",
+    "bytes", "capacity_bytes", "used_bytes"}``; a metaserver that does not answer has state
+    ``"down"``."""
+    views = await asyncio.gather(*(_status_of(a, secret) for a in meta_addresses))
+    metaservers = []
+    leader_view: dict[str, Any] | None = None
+    for address, view in zip(meta_addresses, views, strict=True):
+        if view is None:
+            metaservers.append({"address": address, "state": "down"})
+            continue
+        metaservers.append(
+            {
+                "id": view["node_id"],
+                "address": address,
+                "state": "up",
+                "role": view["role"],
+                "pid": view["pid"],
+                "term": view["term"],
+                "commit": view["commit"],
+                "applied": view["applied"],
+            }
+        )
+        if view["role"] == "leader" and (leader_view is None or view["term"] > leader_view["term"]):
+            leader_view = view
+    chunkservers = leader_view["chunkservers"] if leader_view else []
+    alive = [c for c in chunkservers if c["alive"]]
+    return {
+        "leader": leader_view["node_id"] if leader_view else None,
+        "leader_address": leader_view["leader_address"] if leader_view else None,
+        "term": leader_view["term"] if leader_view else None,
+        "metaservers": metaservers,
+        "chunkservers": chunkservers,
+        "files": leader_view["files"] if leader_view else None,
+        "dirs": leader_view["dirs"] if leader_view else None,
+        "chunks": leader_view["chunks"] if leader_view else None,
+        "bytes": leader_view["bytes"] if leader_view else None,
+        "chunk_size": leader_view["chunk_size"] if leader_view else None,
+        "capacity_bytes": sum(c["capacity_bytes"] for c in alive),
+        "used_bytes": sum(c["used_bytes"] for c in alive),
+    }
+
+
+async def wait_ready(layout: Layout, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Poll until a leader is elected and every chunkserver is registered and alive."""
+    secret = load_secret(layout.secret_file)
+    deadline = time.monotonic() + timeout_s
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = await cluster_status(layout.meta_addresses, secret)
+        alive = [
+            c
+            for c in status["chunkservers"]
+            if c["alive"] and c["last_heartbeat_ms_ago"] is not None
+        ]
+        if status["leader"] is not None and len(alive) >= len(layout.chunkservers):
+            return status
+        await asyncio.sleep(0.1)  # polling the cluster's own report, with a deadline
+    down = [m["address"] for m in status.get("metaservers", []) if m.get("state") == "down"]
+    raise ClusterError(
+        f"cluster not ready after {timeout_s:.0f} s: leader={status.get('leader')}, "
+        f"chunkservers alive={sum(1 for c in status.get('chunkservers', []) if c['alive'])}"
+        f"/{len(layout.chunkservers)}, metaservers down={down}; see {layout.dir / 'logs'}"
+    )

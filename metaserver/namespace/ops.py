@@ -1,0 +1,618 @@
+"""The mutation ops: POSIX rules over ``State``. Pure.
+
+This module owns what each op may do and which error it gives (the errno a local Linux
+file system such as ext4 gives, written next to each check). It does not decode commands,
+keep sessions or know the snapshot format: ``namespace.py`` calls ``OPS[op](state, now_ns,
+args)`` with the decoded args, inside the session table, and turns a raised ``DfsError``
+into the error result.
+
+Rules:
+1. Atomic: every handler checks all its arguments and every error condition first, and
+   only then changes the state; nothing after the first change may raise. A failed op
+   therefore changes nothing, and its error can be replayed to a retry.
+2. Deterministic: the only clock is ``now_ns`` (the leader's, from the command), the only
+   ids are the state's counters, and nothing iterates a set.
+3. Order of checks: argument types and values (names, modes, ranges) first, then the state
+   (inodes, directories, entries) in the order Linux's VFS checks them, so a request with
+   several faults gets the error Linux would give for the state part.
+4. Times as POSIX: a created inode takes ``now_ns`` for all three times; a directory whose
+   entries change gets mtime = ctime = now; every change of an inode moves its ctime.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from typing import Any
+
+from dfs.wire.errors import (
+    Exists,
+    Invalid,
+    IsDir,
+    NoAttr,
+    NoSpace,
+    NotDir,
+    NotEmpty,
+    NotFound,
+    PermissionDenied,
+    Stale,
+    TooBig,
+    TooManyLinks,
+)
+from metaserver.namespace.commands import (
+    CS_ADDRESS_CHARS_MAX,
+    CS_UUID_CHARS_MAX,
+    DIR_ENTRIES_MAX,
+    GOAL_MAX,
+    GOAL_MIN,
+    INT63_MAX,
+    INT64_MIN,
+    LINKS_MAX,
+    MODE_MAX,
+    REPLICAS_MAX,
+    UINT32_MAX,
+    UINT64_MAX,
+    XATTR_BYTES_PER_INODE_MAX,
+    arg_bool,
+    arg_bytes,
+    arg_commit_chunks,
+    arg_ino,
+    arg_int,
+    arg_int_list,
+    arg_name,
+    arg_opt_int,
+    arg_size,
+    arg_str,
+    arg_symlink_target,
+    arg_xattr_value,
+    check_fields,
+    check_xattr_name,
+    chunk_index_max,
+)
+from metaserver.namespace.state import ROOT_INO, DirData, Inode, State, attr
+
+Result = dict[str, Any]
+Handler = Callable[[State, int, dict[str, Any]], Result]
+
+# Permission bits a mode may change: rwx for all, setuid, setgid, sticky.
+PERMISSION_BITS = 0o7777
+# mkdir(2) keeps rwx and sticky from the caller; setgid comes only from the parent.
+MKDIR_BITS = 0o1777
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+
+def _ok() -> Result:
+    return {"ok": True}
+
+
+def _touch_dir(d: Inode, now_ns: int) -> None:
+    d.mtime_ns = now_ns
+    d.ctime_ns = now_ns
+
+
+def _check_room(d: DirData, name: bytes) -> None:
+    """``name`` may be added to directory ``d``."""
+    if name in d.entries:
+        raise Exists("name exists", name=name)
+    if len(d.entries) >= DIR_ENTRIES_MAX:
+        raise NoSpace(f"directory has {DIR_ENTRIES_MAX} entries")
+
+
+def _uid_gid(a: dict[str, Any]) -> tuple[int, int]:
+    return arg_int(a, "uid", 0, UINT32_MAX), arg_int(a, "gid", 0, UINT32_MAX)
+
+
+def _regular(st: State, ino: int) -> Inode:
+    """A regular file: IsDir for a directory (EISDIR), Invalid for anything else (EINVAL)."""
+    inode = st.inode(ino)
+    if inode.chunks is None:
+        if inode.dir is not None:
+            raise IsDir("is a directory", ino=ino)
+        raise Invalid("not a regular file", ino=ino)
+    return inode
+
+
+# --- creating names -------------------------------------------------------------------
+
+_MKDIR = frozenset({"parent", "name", "mode", "uid", "gid"})
+
+
+def mkdir(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    check_fields(a, _MKDIR)
+    parent_ino = arg_ino(a, "parent")
+    name = arg_name(a, "name")
+    mode = arg_int(a, "mode", 0, MODE_MAX)
+    uid, gid = _uid_gid(a)
+    if stat.S_IFMT(mode) not in (0, stat.S_IFDIR):
+        raise Invalid("mkdir mode names another file type", mode=mode)
+    parent, d = st.directory(parent_ino)
+    _check_room(d, name)
+    inode = st.new_inode(parent, stat.S_IFDIR | (mode & MKDIR_BITS), uid, gid, 0, now_ns)
+    d.insert(name, inode.ino)
+    parent.nlink += 1  # the new directory's ".."
+    _touch_dir(parent, now_ns)
+    return {"ok": True, "attr": attr(inode)}
+
+
+_CREATE = frozenset({"parent", "name", "mode", "uid", "gid", "exclusive"})
+
+
+def create(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    check_fields(a, _CREATE)
+    parent_ino = arg_ino(a, "parent")
+    name = arg_name(a, "name")
+    mode = arg_int(a, "mode", 0, MODE_MAX)
+    uid, gid = _uid_gid(a)
+    exclusive = arg_bool(a, "exclusive", False)
+    if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+        raise Invalid("create mode names another file type", mode=mode)
+    parent, d = st.directory(parent_ino)
+    entry = d.entries.get(name)
+    if entry is not None:
+        # open(O_CREAT): EEXIST with O_EXCL, EISDIR on a directory, else opens what is there.
+        if exclusive:
+            raise Exists("name exists", name=name)
+        existing = st.inodes[entry[0]]
+        if existing.dir is not None:
+            raise IsDir("is a directory", name=name)
+        return {"ok": True, "attr": attr(existing), "created": False}
+    _check_room(d, name)
+    inode = st.new_inode(parent, stat.S_IFREG | (mode & PERMISSION_BITS), uid, gid, 0, now_ns)
+    d.insert(name, inode.ino)
+    _touch_dir(parent, now_ns)
+    return {"ok": True, "attr": attr(inode), "created": True}
+
+
+_MKNOD = frozenset({"parent", "name", "mode", "rdev", "uid", "gid"})
+_MKNOD_TYPES = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
+
+
+def mknod(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    check_fields(a, _MKNOD)
+    parent_ino = arg_ino(a, "parent")
+    name = arg_name(a, "name")
+    mode = arg_int(a, "mode", 0, MODE_MAX)
+    rdev = arg_int(a, "rdev", 0, UINT64_MAX) if "rdev" in a else 0
+    uid, gid = _uid_gid(a)
+    fmt = stat.S_IFMT(mode) or stat.S_IFREG  # mknod(2): a zero file type means regular
+    if fmt not in _MKNOD_TYPES:
+        raise Invalid("mknod makes no directories or symlinks", mode=mode)  # EINVAL/EPERM
+    if fmt not in (stat.S_IFCHR, stat.S_IFBLK):
+        rdev = 0  # only device nodes have a device number
+    parent, d = st.directory(parent_ino)
+    _check_room(d, name)
+    inode = st.new_inode(parent, fmt | (mode & PERMISSION_BITS), uid, gid, rdev, now_ns)
+    d.insert(name, inode.ino)
+    _touch_dir(parent, now_ns)
+    return {"ok": True, "attr": attr(inode)}
+
+
+_SYMLINK = frozenset({"parent", "name", "target", "uid", "gid"})
+
+
+def symlink(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    check_fields(a, _SYMLINK)
+    parent_ino = arg_ino(a, "parent")
+    name = arg_name(a, "name")
+    target = arg_symlink_target(a, "target")
+    uid, gid = _uid_gid(a)
+    parent, d = st.directory(parent_ino)
+    _check_room(d, name)
+    inode = st.new_inode(parent, stat.S_IFLNK | 0o777, uid, gid, 0, now_ns)
+    inode.target = target
+    inode.size = len(target)
+    d.insert(name, inode.ino)
+    _touch_dir(parent, now_ns)
+    return {"ok": True, "attr": attr(inode)}
+
+
+_LINK = frozenset({"ino", "parent", "name"})
+
+
+def link(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    check_fields(a, _LINK)
+    ino = arg_ino(a, "ino")
+    parent_ino = arg_ino(a, "parent")
+    name = arg_name(a, "name")
+    # Linux order: the source (ENOENT), the new parent, the new name (EEXIST), then
+    # vfs_link: a directory (EPERM), then the file system's link limit (EMLINK).
+    inode = st.inode(ino)
+    parent, d = st.directory(parent_ino)
+    _check_room(d, name)
+    if inode.dir is not None:
+        raise PermissionDenied("hard links to directories are not allowed", ino=ino)
+    if inode.nlink >= LINKS_MAX:
+        raise TooManyLinks(f"inode has {LINKS_MAX} links", ino=ino)
+    d.insert(name, ino)
+    inode.nlink += 1
+    inode.ctime_ns = now_ns
+    _touch_dir(parent, now_ns)
+    return {"ok": True, "attr": attr(inode)}
+
+
+# --- removing names -------------------------------------------------------------------
+
+_REMOVE = frozenset({"parent", "name"})
+
+
+def _drop_link(st: State, inode: Inode, now_ns: int) -> None:
+    """One name of a non-directory is gone: count it, free the inode with its last name."""
+    inode.nlink -= 1
+    inode.ctime_ns = now_ns
+    if inode.nlink == 0:
+        st.release(inode)
+
+
+def unlink(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    check_fields(a, _REMOVE)
+    parent_ino = arg_ino(a, "parent")
+    name = arg_name(a, "name")
+    parent, d = st.directory(parent_ino)
+    entry = d.entries.get(name)
+    if entry is None:
+        raise NotFound("no such name", name=name)
+    inode = st.inodes[entry[0]]
+    if inode.dir is not None:
+        raise IsDir("unlink of a directory", name=name)  # Linux gives EISDIR
+    d.remove(name)
+    _drop_link(st, inode, now_ns)
+    _touch_dir(parent, now_ns)
+    return _ok()
+
+
+def rmdir(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    check_fields(a, _REMOVE)
+    parent_ino = arg_ino(a, "parent")
+    name = arg_name(a, "name")
+    parent, d = st.directory(parent_ino)
+    entry = d.entries.get(name)
+    if entry is None:
+        raise NotFound("no such name", name=name)
+    inode = st.inodes[entry[0]]
+    if inode.dir is None:
+        raise NotDir("rmdir of a non-directory", name=name)
+    if inode.dir.entries:
+        raise NotEmpty("directory not empty", name=name)
+    d.remove(name)
+    parent.nlink -= 1  # its ".." is gone
+    st.release(inode)
+    _touch_dir(parent, now_ns)
+    return _ok()
+
+
+# --- rename ---------------------------------------------------------------------------
+
+_RENAME = frozenset({"parent", "name", "new_parent", "new_name", "flags"})
+
+
+def _is_ancestor_or_self(st: State, ancestor: int, ino: int) -> bool:
+    """Whether directory ``ancestor`` is directory ``ino`` or above it. O(depth)."""
+    inodes = st.inodes
+    while True:
+        if ino == ancestor:
+            return True
+        if ino == ROOT_INO:
+            return False
+        d = inodes[ino].dir
+        assert d is not None
+        ino = d.parent
+
+
+def rename(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """rename(2) / renameat2(2), checks in the order of Linux's ``do_renameat2``."""
+    check_fields(a, _RENAME)
+    parent_ino = arg_ino(a, "parent")
+    name = arg_name(a, "name")
+    new_parent_ino = arg_ino(a, "new_parent")
+    new_name = arg_name(a, "new_name")
+    flags = arg_int(a, "flags", 0, INT63_MAX) if "flags" in a else 0
+    if flags not in (0, RENAME_NOREPLACE, RENAME_EXCHANGE):
+        raise Invalid("unknown rename flags", flags=flags)  # EINVAL, as renameat2
+    parent, d = st.directory(parent_ino)
+    new_parent, new_d = st.directory(new_parent_ino)
+    entry = d.entries.get(name)
+    if entry is None:
+        raise NotFound("no such name", name=name)
+    src = st.inodes[entry[0]]
+    new_entry = new_d.entries.get(new_name)
+    dst = st.inodes[new_entry[0]] if new_entry is not None else None
+    if flags == RENAME_NOREPLACE and dst is not None:
+        raise Exists("target exists", name=new_name)
+    if flags == RENAME_EXCHANGE and dst is None:
+        raise NotFound("exchange target missing", name=new_name)
+    # A directory cannot move below itself (EINVAL); a target that is above the source
+    # cannot be replaced (it contains the source: ENOTEMPTY), nor exchanged (EINVAL).
+    if src.dir is not None and _is_ancestor_or_self(st, src.ino, new_parent.ino):
+        raise Invalid("cannot move a directory into its own subtree", name=name)
+    if dst is not None and dst.dir is not None and _is_ancestor_or_self(st, dst.ino, parent.ino):
+        if flags == RENAME_EXCHANGE:
+            raise Invalid("cannot exchange a directory with its own descendant")
+        raise NotEmpty("target directory is an ancestor of the source", name=new_name)
+    if dst is src:
+        return _ok()  # the same inode under both names: POSIX says do nothing
+    if flags == RENAME_EXCHANGE:
+        assert dst is not None
+        _exchange(d, name, parent, src, new_d, new_name, new_parent, dst, now_ns)
+        return _ok()
+    if dst is not None:
+        if src.dir is not None:
+            if dst.dir is None:
+                raise NotDir("cannot replace a non-directory with a directory")
+            if dst.dir.entries:
+                raise NotEmpty("target directory not empty", name=new_name)
+        elif dst.dir is not None:
+            raise IsDir("cannot replace a directory with a non-directory")
+    elif new_d is not d:
+        _check_room(new_d, new_name)
+    # --- checked: change the state ---
+    if dst is not None:
+        new_d.remove(new_name)
+        if dst.dir is not None:
+            new_parent.nlink -= 1  # the replaced directory's ".." is gone
+            st.release(dst)
+        else:
+            _drop_link(st, dst, now_ns)
+    d.remove(name)
+    new_d.insert(new_name, src.ino)  # a fresh cookie: readdir sees the moved entry anew
+    if src.dir is not None and new_parent is not parent:
+        parent.nlink -= 1
+        new_parent.nlink += 1
+        src.dir.parent = new_parent.ino
+    src.ctime_ns = now_ns
+    _touch_dir(parent, now_ns)
+    _touch_dir(new_parent, now_ns)
+    return _ok()
+
+
+def _exchange(
+    d: DirData,
+    name: bytes,
+    parent: Inode,
+    src: Inode,
+    new_d: DirData,
+    new_name: bytes,
+    new_parent: Inode,
+    dst: Inode,
+    now_ns: int,
+) -> None:
+    d.remove(name)
+    new_d.remove(new_name)
+    d.insert(name, dst.ino)
+    new_d.insert(new_name, src.ino)
+    if new_parent is not parent:
+        # A directory that changes parent moves its ".." link with it.
+        if src.dir is not None:
+            parent.nlink -= 1
+            new_parent.nlink += 1
+            src.dir.parent = new_parent.ino
+        if dst.dir is not None:
+            new_parent.nlink -= 1
+            parent.nlink += 1
+            dst.dir.parent = parent.ino
+    src.ctime_ns = now_ns
+    dst.ctime_ns = now_ns
+    _touch_dir(parent, now_ns)
+    _touch_dir(new_parent, now_ns)
+
+
+# --- attributes -----------------------------------------------------------------------
+
+_SETATTR = frozenset(
+    {"ino", "mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "atime_now", "mtime_now"}
+)
+
+
+def set_attr(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    check_fields(a, _SETATTR)
+    ino = arg_ino(a, "ino")
+    mode = arg_opt_int(a, "mode", 0, MODE_MAX)
+    uid = arg_opt_int(a, "uid", 0, UINT32_MAX)
+    gid = arg_opt_int(a, "gid", 0, UINT32_MAX)
+    size = arg_size(a, "size") if "size" in a else None
+    atime_ns = arg_opt_int(a, "atime_ns", INT64_MIN, INT63_MAX)
+    mtime_ns = arg_opt_int(a, "mtime_ns", INT64_MIN, INT63_MAX)
+    # "now" wins over an explicit time: it is how utimensat(UTIME_NOW) arrives.
+    if arg_bool(a, "atime_now", False):
+        atime_ns = now_ns
+    if arg_bool(a, "mtime_now", False):
+        mtime_ns = now_ns
+    inode = st.inode(ino)
+    if size is not None:
+        _regular(st, ino)  # truncate(2): EISDIR on a directory, EINVAL on other types
+    # --- checked: change the state ---
+    if mode is not None:
+        inode.mode = stat.S_IFMT(inode.mode) | (mode & PERMISSION_BITS)  # never the type
+    if uid is not None:
+        inode.uid = uid
+    if gid is not None:
+        inode.gid = gid
+    if size is not None:
+        st.truncate(inode, size)
+        inode.mtime_ns = now_ns  # truncate(2) always marks mtime and ctime
+    if atime_ns is not None:
+        inode.atime_ns = atime_ns
+    if mtime_ns is not None:
+        inode.mtime_ns = mtime_ns
+    inode.ctime_ns = now_ns
+    return {"ok": True, "attr": attr(inode)}
+
+
+_SETXATTR = frozenset({"ino", "name", "value", "flags"})
+
+
+def setxattr(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    check_fields(a, _SETXATTR)
+    ino = arg_ino(a, "ino")
+    name = check_xattr_name(arg_bytes(a, "name"))
+    value = arg_xattr_value(a, "value")
+    flags = arg_int(a, "flags", 0, INT63_MAX) if "flags" in a else 0
+    if flags not in (0, XATTR_CREATE, XATTR_REPLACE):
+        raise Invalid("unknown setxattr flags", flags=flags)  # EINVAL, as setxattr(2)
+    inode = st.inode(ino)
+    xattrs = inode.xattrs
+    old = xattrs.get(name) if xattrs is not None else None
+    if flags == XATTR_CREATE and old is not None:
+        raise Exists("xattr exists", name=name)
+    if flags == XATTR_REPLACE and old is None:
+        raise NoAttr("no such xattr", name=name)
+    total = sum(len(n) + len(v) for n, v in xattrs.items()) if xattrs is not None else 0
+    if old is None:
+        total += len(name) + len(value)
+    else:
+        total += len(value) - len(old)
+    if total > XATTR_BYTES_PER_INODE_MAX:  # ext4 gives ENOSPC when its xattr block is full
+        raise TooBig(f"xattrs of an inode over {XATTR_BYTES_PER_INODE_MAX} bytes", ino=ino)
+    if xattrs is None:
+        xattrs = inode.xattrs = {}
+    xattrs[name] = value
+    inode.ctime_ns = now_ns
+    return _ok()
+
+
+_REMOVEXATTR = frozenset({"ino", "name"})
+
+
+def removexattr(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    check_fields(a, _REMOVEXATTR)
+    ino = arg_ino(a, "ino")
+    name = check_xattr_name(arg_bytes(a, "name"))
+    inode = st.inode(ino)
+    xattrs = inode.xattrs
+    if xattrs is None or name not in xattrs:
+        raise NoAttr("no such xattr", name=name)  # ENODATA
+    del xattrs[name]
+    if not xattrs:
+        inode.xattrs = None
+    inode.ctime_ns = now_ns
+    return _ok()
+
+
+_SET_GOAL = frozenset({"ino", "goal"})
+
+
+def set_goal(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    check_fields(a, _SET_GOAL)
+    ino = arg_ino(a, "ino")
+    goal = arg_int(a, "goal", GOAL_MIN, GOAL_MAX)
+    inode = st.inode(ino)
+    inode.goal = goal
+    inode.ctime_ns = now_ns
+    return {"ok": True, "attr": attr(inode)}
+
+
+# --- chunks ---------------------------------------------------------------------------
+
+_WRITE_HANDLE = frozenset({"ino", "index", "replicas"})
+
+
+def write_handle(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """Allocate the chunk at ``index`` on ``replicas``, or bump the existing one's version.
+
+    The leader chose ``replicas`` (placement is soft state, so it cannot happen here);
+    the existing chunk keeps its replica set, whatever the command proposes.
+    """
+    check_fields(a, _WRITE_HANDLE)
+    ino = arg_ino(a, "ino")
+    index = arg_int(a, "index", 0, INT63_MAX)
+    replicas = arg_int_list(a, "replicas", REPLICAS_MAX)
+    inode = _regular(st, ino)
+    if index > chunk_index_max(st.chunk_size_bytes):
+        raise TooBig("chunk index past the largest file", index=index)  # EFBIG
+    chunks = inode.chunks
+    assert chunks is not None
+    chunk_id = chunks.get(index)
+    if chunk_id is None:
+        if not replicas:
+            raise NoSpace("no chunkserver to place the chunk on", ino=ino, index=index)
+        if len(set(replicas)) != len(replicas):
+            raise Invalid("replicas must be distinct chunkservers", replicas=replicas)
+        for cs_id in replicas:
+            if cs_id not in st.cs_table:
+                raise Invalid("unknown chunkserver", cs_id=cs_id)
+        chunk = st.allocate_chunk(inode, index, list(replicas))
+    else:
+        chunk = st.chunk_table[chunk_id]
+        chunk.version += 1
+    return {
+        "ok": True,
+        "chunk_id": chunk.chunk_id,
+        "version": chunk.version,
+        "length": chunk.length,
+        "replicas": list(chunk.replicas),
+    }
+
+
+_COMMIT = frozenset({"ino", "size", "mtime_ns", "chunks"})
+
+
+def commit(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """Record written data: size and chunk lengths only grow, mtime is the writer's.
+
+    A listed chunk index with no chunk (a truncate dropped it while the data was being
+    written) fails the whole commit with ``Stale``: the client must get a new handle and
+    write again, rather than have its size point past data that is gone.
+    """
+    check_fields(a, _COMMIT)
+    ino = arg_ino(a, "ino")
+    size = arg_size(a, "size")
+    mtime_ns = arg_int(a, "mtime_ns", INT64_MIN, INT63_MAX)
+    pairs = arg_commit_chunks(a, "chunks", st.chunk_size_bytes)
+    inode = _regular(st, ino)
+    chunks = inode.chunks
+    assert chunks is not None
+    for index, _ in pairs:
+        if index not in chunks:
+            raise Stale("no chunk at this index: get a new write handle", ino=ino, index=index)
+    # --- checked: change the state ---
+    table = st.chunk_table
+    chunk_size = st.chunk_size_bytes
+    for index, length in pairs:
+        chunk = table[chunks[index]]
+        if length > chunk.length:
+            chunk.length = min(length, chunk_size)
+    if size > inode.size:
+        st.set_size(inode, size)
+    inode.mtime_ns = mtime_ns
+    inode.ctime_ns = now_ns
+    return {"ok": True, "attr": attr(inode)}
+
+
+# --- chunkservers ---------------------------------------------------------------------
+
+_CS_REGISTER = frozenset({"uuid", "address"})
+
+
+def cs_register(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """A chunkserver's id: stable for its uuid (allocated the first time); address updated."""
+    check_fields(a, _CS_REGISTER)
+    uuid = arg_str(a, "uuid", CS_UUID_CHARS_MAX)
+    address = arg_str(a, "address", CS_ADDRESS_CHARS_MAX)
+    cs_id = st.cs_by_uuid.get(uuid)
+    if cs_id is None:
+        cs_id = st.next_cs_id
+        st.next_cs_id = cs_id + 1
+        st.cs_by_uuid[uuid] = cs_id
+    st.cs_table[cs_id] = (uuid, address)
+    return {"ok": True, "cs_id": cs_id}
+
+
+OPS: dict[str, Handler] = {
+    "mkdir": mkdir,
+    "create": create,
+    "mknod": mknod,
+    "symlink": symlink,
+    "link": link,
+    "unlink": unlink,
+    "rmdir": rmdir,
+    "rename": rename,
+    "setattr": set_attr,
+    "setxattr": setxattr,
+    "removexattr": removexattr,
+    "set_goal": set_goal,
+    "write_handle": write_handle,
+    "commit": commit,
+    "cs_register": cs_register,
+}

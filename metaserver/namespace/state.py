@@ -1,0 +1,519 @@
+"""The namespace's data: inodes, directories, chunks, garbage, chunkservers, counters. Pure.
+
+This module owns the in-memory shape of the file system and the snapshot format, and the
+few structural steps every op is built from (allocate an inode, insert or remove a
+directory entry, release an inode, truncate a file, build an ``attr`` map). It does not
+decide POSIX rules: which op may do what, and with which error, is ``ops.py``.
+
+Invariants (``State.check_invariants`` verifies all of them; the tests call it):
+1. Every directory entry names a live inode; every live inode but the root is named by
+   at least one entry, and a non-directory by exactly ``nlink`` entries.
+2. A directory is named by exactly one entry, in the directory its ``parent`` names, and
+   its ``nlink`` is 2 + its number of subdirectories (the root's parent is itself).
+3. ``chunk_table`` holds exactly the chunks of live regular files: chunk ``c`` with
+   ``(c.ino, c.index)`` is the file's ``chunks[c.index]``. A chunk leaves the table only
+   for ``garbage`` (chunk id -> last replica set), so no chunk id is ever lost track of.
+4. Ids come from counters in the state (``next_ino``, ``next_chunk_id``, ``next_cs_id``)
+   and are never reused; every id in use is below its counter.
+5. A directory's entries are in cookie order (each insertion takes ``next_cookie``), so
+   ``readdir`` pages by cookie without sorting (see ``DirData``).
+
+Snapshot format, version 1 (``SNAPSHOT_VERSION``): one msgpack array, bytes as bin::
+
+    [1,                                   # SNAPSHOT_VERSION
+     chunk_size_bytes,                    # fixed per cluster; restore refuses another
+     [next_ino, next_chunk_id, next_cs_id],
+     [[ino, mode, nlink, uid, gid, size, atime_ns, mtime_ns, ctime_ns, rdev, goal,
+       [[xattr_name, xattr_value], ...],  # in insertion order (listxattr's order)
+       kind], ...],                       # in inode-table order. kind is:
+                                          #   directory: [parent, next_cookie,
+                                          #               [[name, ino, cookie], ...]]
+                                          #   symlink:   target (bin)
+                                          #   otherwise: nil (a file's chunk map is
+                                          #              rebuilt from the chunk list)
+     [[chunk_id, version, length, [cs_id, ...], ino, index], ...],   # allocation order
+     [[chunk_id, [cs_id, ...]], ...],     # garbage, in the order it was dropped
+     [[cs_id, uuid, address], ...],       # registered chunkservers
+     sessions]                            # SessionTable.to_wire()
+
+Every list keeps the order of the dict it came from, so a restored state iterates (and
+therefore acts, and snapshots) exactly as the original did.
+"""
+
+from __future__ import annotations
+
+import stat
+from bisect import bisect_right
+from typing import Any
+
+import msgpack
+
+from dfs.wire.errors import NotDir, NotFound
+from metaserver.namespace.commands import (
+    CHUNK_SIZE_BYTES_MAX,
+    CHUNK_SIZE_BYTES_MIN,
+    GOAL_DEFAULT,
+)
+from metaserver.raft.sessions import SessionTable
+
+SNAPSHOT_VERSION = 1
+ROOT_INO = 1
+# Directories report a size and block count like ext4's one-block directory.
+DIR_SIZE_BYTES = 4096
+DIR_BLOCKS = 8
+# Tombstones in a directory's cookie index are compacted once they are this many and
+# outnumber the live entries (amortized O(1) per removal).
+_DEAD_COMPACT_MIN = 64
+
+
+class DirData:
+    """A directory's entries, in cookie order, with an index for paging by cookie.
+
+    HOW IT WORKS: ``entries`` maps name -> (ino, cookie) and, being a dict, iterates in
+    insertion order; every insertion takes the next cookie, and a renamed or replaced
+    entry is removed and inserted again with a fresh one, so insertion order is cookie
+    order. ``readdir`` must find the first entry after a cookie without walking the
+    directory from its start, so ``order_cookies`` / ``order_names`` list every cookie ever
+    inserted, ascending (bisect finds the resume point); removals leave tombstones there
+    (an entry whose name is gone or now carries another cookie), skipped when paging and
+    compacted away when they outnumber the live entries.
+    LIMITATIONS: a listing never sees an entry inserted behind its cursor; that is the
+    contract (an entry present for the whole listing is returned exactly once).
+    """
+
+    __slots__ = ("dead", "entries", "next_cookie", "order_cookies", "order_names", "parent")
+
+    def __init__(self, parent: int) -> None:
+        self.parent = parent
+        self.entries: dict[bytes, tuple[int, int]] = {}
+        self.order_cookies: list[int] = []
+        self.order_names: list[bytes] = []
+        self.dead = 0
+        self.next_cookie = 1
+
+    def insert(self, name: bytes, ino: int) -> None:
+        assert name not in self.entries, "a replaced entry is removed first (fresh cookie)"
+        cookie = self.next_cookie
+        self.next_cookie = cookie + 1
+        self.entries[name] = (ino, cookie)
+        self.order_cookies.append(cookie)
+        self.order_names.append(name)
+
+    def remove(self, name: bytes) -> int:
+        """Remove ``name`` (which must exist); returns its inode number."""
+        ino = self.entries.pop(name)[0]
+        self.dead += 1
+        if self.dead >= _DEAD_COMPACT_MIN and self.dead > len(self.entries):
+            self.compact()
+        return ino
+
+    def compact(self) -> None:
+        self.order_cookies = [cookie for _, cookie in self.entries.values()]
+        self.order_names = list(self.entries)
+        self.dead = 0
+
+    def page(self, after_cookie: int, limit: int) -> tuple[list[tuple[bytes, int, int]], bool]:
+        """Up to ``limit`` live ``(name, ino, cookie)`` with cookie > ``after_cookie``."""
+        cookies = self.order_cookies
+        names = self.order_names
+        entries = self.entries
+        out: list[tuple[bytes, int, int]] = []
+        n = len(cookies)
+        i = bisect_right(cookies, after_cookie)
+        while i < n:
+            name = names[i]
+            entry = entries.get(name)
+            if entry is not None and entry[1] == cookies[i]:
+                if len(out) == limit:
+                    return out, True
+                out.append((name, entry[0], cookies[i]))
+            i += 1
+        return out, False
+
+
+class Inode:
+    """One inode. ``chunks`` is set for regular files only (chunk index -> chunk id),
+    ``target`` for symlinks only, ``dir`` for directories only."""
+
+    __slots__ = (
+        "atime_ns",
+        "chunks",
+        "ctime_ns",
+        "dir",
+        "gid",
+        "goal",
+        "ino",
+        "mode",
+        "mtime_ns",
+        "nlink",
+        "rdev",
+        "size",
+        "target",
+        "uid",
+        "xattrs",
+    )
+
+    def __init__(
+        self, ino: int, mode: int, uid: int, gid: int, rdev: int, goal: int, now_ns: int
+    ) -> None:
+        self.ino = ino
+        self.mode = mode
+        self.nlink = 1
+        self.uid = uid
+        self.gid = gid
+        self.size = 0
+        self.atime_ns = now_ns
+        self.mtime_ns = now_ns
+        self.ctime_ns = now_ns
+        self.rdev = rdev
+        self.goal = goal
+        self.xattrs: dict[bytes, bytes] | None = None
+        self.chunks: dict[int, int] | None = None
+        self.target: bytes | None = None
+        self.dir: DirData | None = None
+
+
+class Chunk:
+    __slots__ = ("chunk_id", "index", "ino", "length", "replicas", "version")
+
+    def __init__(
+        self, chunk_id: int, version: int, length: int, replicas: list[int], ino: int, index: int
+    ) -> None:
+        self.chunk_id = chunk_id
+        self.version = version
+        self.length = length
+        self.replicas = replicas
+        self.ino = ino
+        self.index = index
+
+
+def attr(inode: Inode) -> dict[str, Any]:
+    """The ``attr`` map of docs/PROTOCOL.md, freshly built (callers may keep it)."""
+    if inode.chunks is not None:
+        blocks = (inode.size + 511) >> 9
+    elif inode.dir is not None:
+        blocks = DIR_BLOCKS
+    else:
+        blocks = 0  # symlink targets and device nodes live in the inode, as ext4's fast ones
+    return {
+        "ino": inode.ino,
+        "mode": inode.mode,
+        "nlink": inode.nlink,
+        "uid": inode.uid,
+        "gid": inode.gid,
+        "size": inode.size,
+        "atime_ns": inode.atime_ns,
+        "mtime_ns": inode.mtime_ns,
+        "ctime_ns": inode.ctime_ns,
+        "rdev": inode.rdev,
+        "goal": inode.goal,
+        "blocks": blocks,
+    }
+
+
+def chunk_info(chunk: Chunk) -> dict[str, Any]:
+    return {
+        "index": chunk.index,
+        "chunk_id": chunk.chunk_id,
+        "version": chunk.version,
+        "length": chunk.length,
+        "replicas": list(chunk.replicas),
+    }
+
+
+class State:
+    """The whole replicated state of the namespace, and its structural steps."""
+
+    def __init__(self, chunk_size_bytes: int) -> None:
+        if (
+            type(chunk_size_bytes) is not int
+            or not CHUNK_SIZE_BYTES_MIN <= chunk_size_bytes <= CHUNK_SIZE_BYTES_MAX
+        ):
+            raise ValueError(
+                f"chunk_size_bytes must be {CHUNK_SIZE_BYTES_MIN}..{CHUNK_SIZE_BYTES_MAX}"
+            )
+        self.chunk_size_bytes = chunk_size_bytes
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh file system: only the root directory (mode 0755, owned by 0:0)."""
+        self.inodes: dict[int, Inode] = {}
+        self.chunk_table: dict[int, Chunk] = {}
+        self.garbage: dict[int, list[int]] = {}
+        self.cs_table: dict[int, tuple[str, str]] = {}  # cs_id -> (uuid, address)
+        self.cs_by_uuid: dict[str, int] = {}
+        self.next_ino = ROOT_INO + 1
+        self.next_chunk_id = 1
+        self.next_cs_id = 1
+        self.sessions = SessionTable()
+        # Derived counters (rebuilt on restore), so stats() costs O(1).
+        self.files_count = 0
+        self.dirs_count = 0
+        self.file_bytes = 0
+        root = Inode(ROOT_INO, stat.S_IFDIR | 0o755, 0, 0, 0, GOAL_DEFAULT, 0)
+        root.nlink = 2
+        root.size = DIR_SIZE_BYTES
+        root.dir = DirData(ROOT_INO)
+        self.inodes[ROOT_INO] = root
+        self.dirs_count = 1
+
+    # --- lookups that raise -----------------------------------------------------------
+
+    def inode(self, ino: int) -> Inode:
+        inode = self.inodes.get(ino)
+        if inode is None:
+            raise NotFound("no such inode", ino=ino)
+        return inode
+
+    def directory(self, ino: int) -> tuple[Inode, DirData]:
+        inode = self.inodes.get(ino)
+        if inode is None:
+            raise NotFound("no such directory", ino=ino)
+        d = inode.dir
+        if d is None:
+            raise NotDir("not a directory", ino=ino)
+        return inode, d
+
+    # --- structural steps (callers have checked every error condition first) ----------
+
+    def new_inode(
+        self, parent: Inode, mode: int, uid: int, gid: int, rdev: int, now_ns: int
+    ) -> Inode:
+        """A new inode created in directory ``parent`` (not yet linked anywhere).
+
+        POSIX group inheritance: in a setgid directory the new inode takes the directory's
+        group, and a new subdirectory keeps the setgid bit (as ext4 with ``grpid`` off).
+        """
+        if parent.mode & stat.S_ISGID:
+            gid = parent.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        ino = self.next_ino
+        self.next_ino = ino + 1
+        inode = Inode(ino, mode, uid, gid, rdev, parent.goal, now_ns)
+        fmt = stat.S_IFMT(mode)
+        if fmt == stat.S_IFDIR:
+            inode.nlink = 2
+            inode.size = DIR_SIZE_BYTES
+            inode.dir = DirData(parent.ino)
+            self.dirs_count += 1
+        elif fmt == stat.S_IFREG:
+            inode.chunks = {}
+            self.files_count += 1
+        self.inodes[ino] = inode
+        return inode
+
+    def release(self, inode: Inode) -> None:
+        """Free an inode whose last name is gone: its chunks move to ``garbage``.
+
+        HOOK (open-file holds, a later issue): an inode that a client still holds open must
+        outlive its last name (POSIX unlink-while-open). That issue keeps such an inode on
+        an orphan list here and calls this when the last hold is dropped.
+        """
+        del self.inodes[inode.ino]
+        if inode.chunks is not None:
+            self.files_count -= 1
+            self.file_bytes -= inode.size
+            self._drop_chunks(inode, sorted(inode.chunks))
+        elif inode.dir is not None:
+            self.dirs_count -= 1
+
+    def _drop_chunks(self, inode: Inode, indexes: list[int]) -> None:
+        chunks = inode.chunks
+        assert chunks is not None
+        table = self.chunk_table
+        garbage = self.garbage
+        for index in indexes:
+            chunk_id = chunks.pop(index)
+            garbage[chunk_id] = table.pop(chunk_id).replicas
+
+    def set_size(self, inode: Inode, size: int) -> None:
+        """A regular file's size, keeping ``file_bytes`` (the sum of sizes) right."""
+        self.file_bytes += size - inode.size
+        inode.size = size
+
+    def truncate(self, inode: Inode, size: int) -> None:
+        """Set a regular file's size; no chunk keeps data past it afterwards.
+
+        Chunks that start at or past ``size`` go to garbage; the chunk ``size`` cuts gets
+        that length (its replicas keep junk past it until the next write, which truncates
+        them: docs/PROTOCOL.md, fs.write_handle). Growing leaves a hole: no chunk is made.
+        """
+        chunks = inode.chunks
+        assert chunks is not None
+        chunk_size = self.chunk_size_bytes
+        first_dropped = -(-size // chunk_size)  # chunks at this index and above start >= size
+        dropped = sorted(i for i in chunks if i >= first_dropped)
+        if dropped:
+            self._drop_chunks(inode, dropped)
+        cut_index = size // chunk_size
+        cut_id = chunks.get(cut_index)
+        if cut_id is not None:
+            chunk = self.chunk_table[cut_id]
+            chunk.length = min(chunk.length, size - cut_index * chunk_size)
+        self.set_size(inode, size)
+
+    def allocate_chunk(self, inode: Inode, index: int, replicas: list[int]) -> Chunk:
+        assert inode.chunks is not None and index not in inode.chunks
+        chunk_id = self.next_chunk_id
+        self.next_chunk_id = chunk_id + 1
+        chunk = Chunk(chunk_id, 1, 0, replicas, inode.ino, index)
+        self.chunk_table[chunk_id] = chunk
+        inode.chunks[index] = chunk_id
+        return chunk
+
+    # --- snapshot ---------------------------------------------------------------------
+
+    def encode_snapshot(self) -> bytes:
+        inodes: list[Any] = []
+        for i in self.inodes.values():
+            kind: Any = None
+            if i.dir is not None:
+                d = i.dir
+                kind = [d.parent, d.next_cookie, [[n, e[0], e[1]] for n, e in d.entries.items()]]
+            elif i.target is not None:
+                kind = i.target
+            xattrs = [[n, v] for n, v in i.xattrs.items()] if i.xattrs else []
+            inodes.append(
+                [
+                    i.ino, i.mode, i.nlink, i.uid, i.gid, i.size, i.atime_ns, i.mtime_ns,
+                    i.ctime_ns, i.rdev, i.goal, xattrs, kind,
+                ]
+            )  # fmt: skip
+        blob = [
+            SNAPSHOT_VERSION,
+            self.chunk_size_bytes,
+            [self.next_ino, self.next_chunk_id, self.next_cs_id],
+            inodes,
+            [
+                [c.chunk_id, c.version, c.length, c.replicas, c.ino, c.index]
+                for c in self.chunk_table.values()
+            ],
+            [[chunk_id, replicas] for chunk_id, replicas in self.garbage.items()],
+            [[cs_id, uuid, address] for cs_id, (uuid, address) in self.cs_table.items()],
+            self.sessions.to_wire(),
+        ]
+        return bytes(msgpack.packb(blob, use_bin_type=True))
+
+    def decode_snapshot(self, data: bytes) -> None:
+        """Replace the whole state with the snapshot's. Raises ValueError on a bad blob."""
+        try:
+            blob = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            version, chunk_size = blob[0], blob[1]
+        except Exception as e:  # any malformed bytes: refuse the snapshot
+            raise ValueError(f"undecodable namespace snapshot: {e}") from e
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(f"unknown namespace snapshot version {version!r}")
+        if chunk_size != self.chunk_size_bytes:
+            raise ValueError(
+                f"snapshot chunk size {chunk_size} != this cluster's {self.chunk_size_bytes}"
+            )
+        try:
+            self._load(blob)
+        except (TypeError, ValueError, KeyError, IndexError, AssertionError) as e:
+            self.reset()  # never leave a half-loaded state behind
+            raise ValueError(f"malformed namespace snapshot: {e!r}") from e
+
+    def _load(self, blob: list[Any]) -> None:
+        _, _, counters, inodes, chunks, garbage, chunkservers, sessions = blob
+        self.reset()
+        self.inodes.clear()
+        self.dirs_count = 0
+        self.next_ino, self.next_chunk_id, self.next_cs_id = (int(x) for x in counters)
+        for row in inodes:
+            ino, mode, nlink, uid, gid, size, atime, mtime, ctime, rdev, goal, xattrs, kind = row
+            inode = Inode(ino, mode, uid, gid, rdev, goal, 0)
+            inode.nlink = nlink
+            inode.size = size
+            inode.atime_ns, inode.mtime_ns, inode.ctime_ns = atime, mtime, ctime
+            if xattrs:
+                inode.xattrs = {bytes(n): bytes(v) for n, v in xattrs}
+            fmt = stat.S_IFMT(mode)
+            if fmt == stat.S_IFDIR:
+                parent, next_cookie, entries = kind
+                d = DirData(parent)
+                d.next_cookie = next_cookie
+                for name, child, cookie in entries:
+                    d.entries[bytes(name)] = (child, cookie)
+                d.compact()
+                inode.dir = d
+                self.dirs_count += 1
+            elif fmt == stat.S_IFREG:
+                inode.chunks = {}
+                self.files_count += 1
+                self.file_bytes += size
+            elif fmt == stat.S_IFLNK:
+                inode.target = bytes(kind)
+            self.inodes[ino] = inode
+        for chunk_id, version, length, replicas, ino, index in chunks:
+            file_chunks = self.inodes[ino].chunks
+            assert file_chunks is not None, "chunk of a non-file"
+            self.chunk_table[chunk_id] = Chunk(
+                chunk_id, version, length, list(replicas), ino, index
+            )
+            file_chunks[index] = chunk_id
+        for chunk_id, replicas in garbage:
+            self.garbage[chunk_id] = list(replicas)
+        for cs_id, uuid, address in chunkservers:
+            self.cs_table[cs_id] = (uuid, address)
+            self.cs_by_uuid[uuid] = cs_id
+        self.sessions = SessionTable.from_wire(sessions)
+
+    # --- invariants (for tests; O(size of the state)) ---------------------------------
+
+    def check_invariants(self) -> None:
+        """Assert invariants 1-5 of the module docstring."""
+        inodes = self.inodes
+        names: dict[int, int] = {}
+        subdirs: dict[int, int] = {}
+        for ino, i in inodes.items():
+            assert i.ino == ino and 0 < ino < self.next_ino, ino
+            kinds = (i.chunks is not None) + (i.dir is not None) + (i.target is not None)
+            assert kinds <= 1, ino
+            assert (i.dir is not None) == stat.S_ISDIR(i.mode), ino
+            assert (i.chunks is not None) == stat.S_ISREG(i.mode), ino
+            assert (i.target is not None) == stat.S_ISLNK(i.mode), ino
+            d = i.dir
+            if d is None:
+                continue
+            last_cookie = 0
+            for name, (child, cookie) in d.entries.items():
+                assert last_cookie < cookie < d.next_cookie, (ino, name)
+                last_cookie = cookie
+                c = inodes.get(child)
+                assert c is not None, f"entry {name!r} of {ino} names dead inode {child}"
+                names[child] = names.get(child, 0) + 1
+                if c.dir is not None:
+                    assert c.dir.parent == ino, f"dir {child} in {ino} has parent {c.dir.parent}"
+                    subdirs[ino] = subdirs.get(ino, 0) + 1
+            live = [
+                (c, n)
+                for c, n in zip(d.order_cookies, d.order_names, strict=True)
+                if d.entries.get(n, (0, 0))[1] == c
+            ]
+            assert live == [(e[1], n) for n, e in d.entries.items()], ino
+            assert d.order_cookies == sorted(d.order_cookies), ino
+        for ino, i in inodes.items():
+            if i.dir is not None:
+                assert i.nlink == 2 + subdirs.get(ino, 0), f"dir {ino} nlink {i.nlink}"
+                assert names.get(ino, 0) == (0 if ino == ROOT_INO else 1), ino
+            else:
+                assert names.get(ino, 0) == i.nlink >= 1, f"inode {ino} nlink {i.nlink}"
+        root_dir = inodes[ROOT_INO].dir
+        assert root_dir is not None and root_dir.parent == ROOT_INO
+        seen = 0
+        for chunk_id, chunk in self.chunk_table.items():
+            assert chunk.chunk_id == chunk_id and 0 < chunk_id < self.next_chunk_id
+            f = inodes.get(chunk.ino)
+            assert f is not None and f.chunks is not None
+            assert f.chunks.get(chunk.index) == chunk_id
+            assert 0 <= chunk.length <= self.chunk_size_bytes and chunk.version >= 1
+            assert chunk_id not in self.garbage
+            seen += 1
+        assert seen == sum(len(i.chunks) for i in inodes.values() if i.chunks is not None)
+        assert all(0 < c < self.next_chunk_id for c in self.garbage)
+        assert self.files_count == sum(1 for i in inodes.values() if i.chunks is not None)
+        assert self.dirs_count == sum(1 for i in inodes.values() if i.dir is not None)
+        assert self.file_bytes == sum(i.size for i in inodes.values() if i.chunks is not None)
+        assert {u: c for c, (u, _) in self.cs_table.items()} == self.cs_by_uuid
+        assert all(0 < c < self.next_cs_id for c in self.cs_table)

@@ -1,0 +1,142 @@
+"""Chunkserver registry (soft state) and replica placement.
+
+What it owns:
+- ``Registry``: what the leader knows of each chunkserver from its heartbeats: address,
+  capacity, usage, load, pid and when it was last heard from. This is soft state: it lives
+  only on the leader, is rebuilt from heartbeats after an election (within one heartbeat
+  interval), and never goes through Raft. Which chunkservers *exist* (id <-> uuid) and which
+  hold which chunk is hard state, in the namespace.
+- ``place``: the choice of distinct chunkservers for a new chunk's replicas.
+
+What it must not do: talk to the network or the disk. The clock is passed in (``now_s``,
+monotonic seconds) and randomness is an injected ``random.Random``, so placement is tested
+without processes.
+
+Liveness: a chunkserver is *alive* when it was heard from within ``dead_timeout_s``. A leader
+that has just taken over has heard from nobody yet; for one ``dead_timeout_s`` after it
+started counting (``Registry(started_s=...)``) it treats a chunkserver it knows from the
+namespace but has not heard from as alive, as a new HDFS NameNode waits out its safe mode
+instead of declaring every datanode dead at once.
+
+Placement policies (``PLACEMENT_POLICIES``):
+- ``weighted`` (default): distinct servers drawn without replacement with probability
+  proportional to free space, so new data flows to emptier servers without piling every
+  chunk onto the single emptiest one (which is what a greedy "most free" rule does, and it
+  makes that server a hot spot for every new write);
+- ``random``: uniform among eligible servers;
+- ``round_robin``: rotate through eligible servers by id.
+A server is eligible when alive and when its free space exceeds ``reserve_bytes`` (one chunk
+by default: it must be able to take the chunk it is given).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+PLACEMENT_POLICIES = ("weighted", "random", "round_robin")
+
+
+@dataclass(slots=True)
+class ChunkserverInfo:
+    cs_id: int
+    address: str
+    capacity_bytes: int = 0
+    used_bytes: int = 0
+    chunks: int = 0
+    load: int = 0
+    pid: int = 0
+    last_heard_s: float | None = None  # monotonic seconds; None: not heard since we lead
+
+    @property
+    def free_bytes(self) -> int:
+        return max(self.capacity_bytes - self.used_bytes, 0)
+
+
+class Registry:
+    def __init__(self, dead_timeout_s: float, started_s: float) -> None:
+        self.dead_timeout_s = dead_timeout_s
+        self.started_s = started_s
+        self.servers: dict[int, ChunkserverInfo] = {}
+
+    def restart(self, now_s: float) -> None:
+        """Forget soft state (this node just became leader): wait for fresh heartbeats."""
+        self.started_s = now_s
+        for info in self.servers.values():
+            info.last_heard_s = None
+
+    def known(self, cs_id: int, address: str) -> ChunkserverInfo:
+        """The entry for a chunkserver the namespace knows, created unheard-from if new."""
+        info = self.servers.get(cs_id)
+        if info is None:
+            info = self.servers[cs_id] = ChunkserverInfo(cs_id, address)
+        elif address:
+            info.address = address
+        return info
+
+    def heartbeat(
+        self,
+        cs_id: int,
+        address: str,
+        now_s: float,
+        *,
+        capacity_bytes: int,
+        used_bytes: int,
+        chunks: int,
+        load: int,
+        pid: int,
+    ) -> ChunkserverInfo:
+        info = self.known(cs_id, address)
+        info.capacity_bytes = capacity_bytes
+        info.used_bytes = used_bytes
+        info.chunks = chunks
+        info.load = load
+        info.pid = pid
+        info.last_heard_s = now_s
+        return info
+
+    def is_alive(self, cs_id: int, now_s: float) -> bool:
+        info = self.servers.get(cs_id)
+        if info is None:
+            return False
+        if info.last_heard_s is None:
+            return now_s - self.started_s < self.dead_timeout_s
+        return now_s - info.last_heard_s < self.dead_timeout_s
+
+    def alive(self, now_s: float) -> list[ChunkserverInfo]:
+        return [i for i in self.servers.values() if self.is_alive(i.cs_id, now_s)]
+
+
+class Placer:
+    """``place`` with the state a policy needs between calls (the round-robin cursor)."""
+
+    def __init__(self, policy: str = "weighted", rng: random.Random | None = None) -> None:
+        if policy not in PLACEMENT_POLICIES:
+            raise ValueError(f"placement policy must be one of {PLACEMENT_POLICIES}")
+        self.policy = policy
+        self.rng = rng or random.Random()
+        self._cursor = 0
+
+    def place(self, candidates: list[ChunkserverInfo], count: int, reserve_bytes: int) -> list[int]:
+        """Up to ``count`` distinct chunkserver ids for a new chunk (fewer when fewer are
+        eligible; the caller decides whether that is enough)."""
+        eligible = sorted(
+            (c for c in candidates if c.free_bytes > reserve_bytes), key=lambda c: c.cs_id
+        )
+        count = min(count, len(eligible))
+        if count <= 0:
+            return []
+        if self.policy == "random":
+            return [c.cs_id for c in self.rng.sample(eligible, count)]
+        if self.policy == "round_robin":
+            start = self._cursor % len(eligible)
+            self._cursor += 1
+            rotated = eligible[start:] + eligible[:start]
+            return [c.cs_id for c in rotated[:count]]
+        chosen: list[int] = []
+        pool = list(eligible)
+        for _ in range(count):
+            weights = [float(c.free_bytes) for c in pool]
+            pick = self.rng.choices(range(len(pool)), weights=weights)[0]
+            chosen.append(pool.pop(pick).cs_id)
+        return chosen

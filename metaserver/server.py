@@ -1,0 +1,545 @@
+"""The metaserver daemon: the namespace state machine on a Raft node, served over ``dfs.rpc``.
+
+    python -m metaserver --config meta1.toml        (or: dfs metaserver --config meta1.toml)
+
+What it owns: the process (config, signals, logs), one listener for peers, clients and
+chunkservers, the mapping of the protocol's ops (docs/PROTOCOL.md, version 1) onto Raft
+proposals and linearizable reads of ``metaserver.namespace``, the chunkserver registry (soft
+state, leader only: ``placement.Registry``), placement of new chunks and the signing of
+chunk access tokens.
+
+What it must not do: decide file-system semantics (the namespace does, deterministically, on
+every replica) or Raft questions (the node does). Everything that changes the namespace is a
+command in the log; the only thing decided here, on the leader, before proposing, is what
+must not be decided on every replica: the time (``now_ns``) and the replicas of a new chunk.
+
+Reads (``fs.lookup``, ``fs.getattr``, ``fs.readdir``, ...) are linearizable: the leader
+confirms with a quorum that it still leads (ReadIndex) and waits for its state machine to
+reach that index, then reads the local state. A follower answers ``NotLeader`` with the
+leader's address, for reads and writes alike.
+
+Config file (TOML, version 1)::
+
+    id = 1                              # this node's id, >= 1
+    listen = "127.0.0.1:7001"           # peers, clients and chunkservers, one port
+    data_dir = "/var/lib/dfs/meta1"     # the Raft directory (log segments, snapshots)
+    secret_file = "/etc/dfs/secret"     # the cluster secret (mode 0600)
+    chunk_size = 67108864               # optional; bytes, fixed when the cluster is formatted
+    dead_timeout_ms = 10000             # optional; a chunkserver silent this long is dead
+    placement = "weighted"              # optional; weighted | random | round_robin
+    token_ttl_ms = 600000               # optional; lifetime of chunk access tokens
+    tick_ms = 100                       # optional; Raft tick (elections after 10-20 ticks)
+    election_ticks = 10                 # optional
+    heartbeat_ticks = 1                 # optional
+    snapshot_entries = 10000            # optional; snapshot every N applied entries
+    fsync = true                        # optional; false only for tests
+    join = false                        # optional; true: an empty node added by add_member
+    [peers]                             # the initial members, this node included
+    1 = "127.0.0.1:7001"
+    2 = "127.0.0.1:7002"
+    3 = "127.0.0.1:7003"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+import tomllib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dfs import rpc
+from dfs.secret import SecretFileError, load_secret
+from dfs.types import NodeId
+from dfs.wire.errors import Invalid, NoSpace, NotFound, NotLeader, Unsupported, error_from_wire
+from dfs.wire.messages import field, uint_field
+from dfs.wire.token import READ, WRITE, make_token, token_key
+from metaserver.namespace import Namespace, encode_command
+from metaserver.placement import PLACEMENT_POLICIES, Placer, Registry
+from metaserver.raft.node import RAFT_OP, NodeConfig, RaftNode
+from metaserver.raft.types import Role
+
+log = logging.getLogger(__name__)
+
+CONFIG_VERSION = 1
+CHUNK_SIZE_DEFAULT = 64 << 20
+CHUNK_SIZE_MIN = 64 << 10  # one checksum block
+CHUNK_SIZE_MAX = 1 << 30
+# Server-side deadline of one op: a commit takes milliseconds; five seconds covers an
+# election (1-2 s) plus a slow disk, after which the client retries with the same seq.
+OP_TIMEOUT_S = 5.0
+OP_TIMEOUT_S_MAX = 60.0
+READDIR_LIMIT_MAX = 4096
+LOCATE_COUNT_MAX = 1024
+GOAL_MAX = 16
+
+
+@dataclass(slots=True)
+class MetaConfig:
+    node: NodeConfig
+    listen_host: str
+    listen_port: int
+    secret_file: Path
+    chunk_size_bytes: int = CHUNK_SIZE_DEFAULT
+    dead_timeout_s: float = 10.0
+    placement: str = "weighted"
+    token_ttl_ms: int = 600_000
+
+
+def load_config(path: Path) -> MetaConfig:
+    """Parse and check a config file; ``ValueError`` says what is wrong."""
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    known = {
+        "id", "listen", "data_dir", "secret_file", "tick_ms", "election_ticks",
+        "heartbeat_ticks", "snapshot_entries", "fsync", "join", "peers", "chunk_size",
+        "dead_timeout_ms", "placement", "token_ttl_ms",
+    }  # fmt: skip
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    try:
+        node_id = NodeId(int(raw["id"]))
+        host, _, port_text = str(raw["listen"]).rpartition(":")
+        peers = {NodeId(int(k)): str(v) for k, v in raw.get("peers", {}).items()}
+        node = NodeConfig(
+            id=node_id,
+            data_dir=Path(raw["data_dir"]),
+            peers=peers,
+            tick_ms=int(raw.get("tick_ms", 100)),
+            election_ticks=int(raw.get("election_ticks", 10)),
+            heartbeat_ticks=int(raw.get("heartbeat_ticks", 1)),
+            snapshot_entries=int(raw.get("snapshot_entries", 10_000)),
+            fsync=bool(raw.get("fsync", True)),
+            join=bool(raw.get("join", False)),
+        )
+        config = MetaConfig(
+            node=node,
+            listen_host=host,
+            listen_port=int(port_text),
+            secret_file=Path(raw["secret_file"]),
+            chunk_size_bytes=int(raw.get("chunk_size", CHUNK_SIZE_DEFAULT)),
+            dead_timeout_s=int(raw.get("dead_timeout_ms", 10_000)) / 1000,
+            placement=str(raw.get("placement", "weighted")),
+            token_ttl_ms=int(raw.get("token_ttl_ms", 600_000)),
+        )
+    except KeyError as e:
+        raise ValueError(f"{path}: missing key {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    if node_id < 1 or not host or any(n < 1 for n in peers):
+        raise ValueError(f"{path}: node ids start at 1 and listen is host:port")
+    if not node.join and node_id not in peers:
+        raise ValueError(f"{path}: an initial member must be in [peers]")
+    if node.tick_ms < 1 or node.snapshot_entries < 1:
+        raise ValueError(f"{path}: tick_ms and snapshot_entries must be >= 1")
+    cs = config.chunk_size_bytes
+    if not (CHUNK_SIZE_MIN <= cs <= CHUNK_SIZE_MAX) or cs % CHUNK_SIZE_MIN:
+        raise ValueError(
+            f"{path}: chunk_size must be a multiple of {CHUNK_SIZE_MIN} "
+            f"between {CHUNK_SIZE_MIN} and {CHUNK_SIZE_MAX}"
+        )
+    if config.placement not in PLACEMENT_POLICIES:
+        raise ValueError(f"{path}: placement must be one of {PLACEMENT_POLICIES}")
+    if config.dead_timeout_s <= 0 or config.token_ttl_ms < 1000:
+        raise ValueError(f"{path}: dead_timeout_ms > 0 and token_ttl_ms >= 1000")
+    return config
+
+
+Handler = Callable[[dict[str, Any], float], Awaitable[dict[str, Any]]]
+
+# Mutations: op -> (namespace op, the request fields it takes as (name, type, required)).
+_B, _I, _BOOL = bytes, int, bool
+MUTATIONS: dict[str, tuple[str, tuple[tuple[str, type, bool], ...]]] = {
+    "fs.mkdir": ("mkdir", (("parent", _I, True), ("name", _B, True), ("mode", _I, True),
+                           ("uid", _I, True), ("gid", _I, True))),
+    "fs.create": ("create", (("parent", _I, True), ("name", _B, True), ("mode", _I, True),
+                             ("uid", _I, True), ("gid", _I, True), ("exclusive", _BOOL, False))),
+    "fs.mknod": ("mknod", (("parent", _I, True), ("name", _B, True), ("mode", _I, True),
+                           ("rdev", _I, False), ("uid", _I, True), ("gid", _I, True))),
+    "fs.symlink": ("symlink", (("parent", _I, True), ("name", _B, True), ("target", _B, True),
+                               ("uid", _I, True), ("gid", _I, True))),
+    "fs.link": ("link", (("ino", _I, True), ("parent", _I, True), ("name", _B, True))),
+    "fs.unlink": ("unlink", (("parent", _I, True), ("name", _B, True))),
+    "fs.rmdir": ("rmdir", (("parent", _I, True), ("name", _B, True))),
+    "fs.rename": ("rename", (("parent", _I, True), ("name", _B, True), ("new_parent", _I, True),
+                             ("new_name", _B, True), ("flags", _I, False))),
+    "fs.setattr": ("setattr", (("ino", _I, True), ("mode", _I, False), ("uid", _I, False),
+                               ("gid", _I, False), ("size", _I, False), ("atime_ns", _I, False),
+                               ("mtime_ns", _I, False), ("atime_now", _BOOL, False),
+                               ("mtime_now", _BOOL, False))),
+    "fs.setxattr": ("setxattr", (("ino", _I, True), ("name", _B, True), ("value", _B, True),
+                                 ("flags", _I, False))),
+    "fs.removexattr": ("removexattr", (("ino", _I, True), ("name", _B, True))),
+    "fs.set_goal": ("set_goal", (("ino", _I, True), ("goal", _I, True))),
+    "fs.commit": ("commit", (("ino", _I, True), ("size", _I, True), ("mtime_ns", _I, True),
+                             ("chunks", list, True))),
+}  # fmt: skip
+
+
+class MetaServer:
+    def __init__(self, config: MetaConfig, secret: bytes) -> None:
+        self.config = config
+        self.ns = Namespace(chunk_size_bytes=config.chunk_size_bytes)
+        self.node = RaftNode(config.node, self.ns, secret)
+        self.registry = Registry(config.dead_timeout_s, started_s=time.monotonic())
+        self.placer = Placer(config.placement)
+        self._secret = secret
+        self._token_key = token_key(secret)
+        self._rpc: rpc.RpcServer | None = None
+        self._was_leader = False
+        self._ops: dict[str, Handler] = {
+            "fs.lookup": self._lookup,
+            "fs.getattr": self._getattr,
+            "fs.readdir": self._readdir,
+            "fs.readlink": self._readlink,
+            "fs.getxattr": self._getxattr,
+            "fs.listxattr": self._listxattr,
+            "fs.statfs": self._statfs,
+            "fs.locate": self._locate,
+            "fs.write_handle": self._write_handle,
+            "cs.register": self._cs_register,
+            "cs.heartbeat": self._cs_heartbeat,
+            "status": self._status,
+        }
+
+    async def start(self) -> None:
+        await self.node.start()
+        cfg = self.config
+        self._rpc = await rpc.serve(
+            cfg.listen_host,
+            cfg.listen_port,
+            self._secret,
+            self.handle,
+            name=f"meta-{cfg.node.id}",
+            role="metaserver",
+        )
+        log.info("metaserver node=%d event=listening address=%s:%d",
+                 cfg.node.id, cfg.listen_host, self._rpc.port)  # fmt: skip
+
+    async def stop(self) -> None:
+        if self._rpc is not None:
+            self._rpc.close()
+            try:
+                await self._rpc.wait_closed()
+            except TimeoutError:
+                log.info("metaserver node=%d event=stop connections slow to close", self.node.id)
+        await self.node.stop()
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def handle(
+        self, conn: rpc.Connection, header: dict[str, Any], payload: bytes
+    ) -> tuple[dict[str, Any], bytes] | None:
+        op = header.get("op")
+        if op == RAFT_OP:
+            self.node.receive(header, payload)
+            return None
+        timeout_ms = uint_field(header, "timeout_ms", int(OP_TIMEOUT_S * 1000))
+        timeout_s = min(max(timeout_ms, 1) / 1000, OP_TIMEOUT_S_MAX)
+        if not isinstance(op, str):
+            raise Unsupported("missing op")
+        mutation = MUTATIONS.get(op)
+        if mutation is not None:
+            return await self._mutate(header, mutation[0], mutation[1], timeout_s), b""
+        handler = self._ops.get(op)
+        if handler is None:
+            raise Unsupported(f"unknown op {op!r}", op=op)
+        return await handler(header, timeout_s), b""
+
+    def _leader_view(self) -> None:
+        """Raise ``NotLeader`` on a follower; on a new leader, reset the soft state."""
+        node = self.node
+        if not node.is_leader:
+            self._was_leader = False
+            leader = node.leader_id
+            raise NotLeader(node.address_of(leader) if leader else None)
+        if not self._was_leader:
+            self._was_leader = True
+            self.registry.restart(time.monotonic())
+
+    async def _read(self, timeout_s: float) -> None:
+        self._leader_view()
+        await self.node.read_index(timeout_s)
+
+    async def _propose(
+        self, op: str, args: dict[str, Any], header: dict[str, Any], timeout_s: float
+    ) -> dict[str, Any]:
+        self._leader_view()
+        client = uint_field(header, "client", 0)
+        seq = uint_field(header, "seq", 0)
+        data = encode_command(op, client, seq, time.time_ns(), args)
+        result = await self.node.propose(data, timeout_s)
+        if not result.get("ok"):
+            raise error_from_wire(result.get("err"))
+        return {k: v for k, v in result.items() if k != "ok"}
+
+    async def _mutate(
+        self,
+        header: dict[str, Any],
+        op: str,
+        spec: tuple[tuple[str, type, bool], ...],
+        timeout_s: float,
+    ) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        for name, tp, required in spec:
+            if required or name in header:
+                args[name] = field(header, name, tp)
+        return await self._propose(op, args, header, timeout_s)
+
+    # ------------------------------------------------------------------ reads
+
+    async def _lookup(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        parent, name = uint_field(h, "parent"), field(h, "name", bytes)
+        await self._read(timeout_s)
+        return {"attr": self.ns.lookup(parent, name)}
+
+    async def _getattr(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        ino = uint_field(h, "ino")
+        await self._read(timeout_s)
+        return {"attr": self.ns.getattr(ino)}
+
+    async def _readdir(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        ino, cookie = uint_field(h, "ino"), uint_field(h, "cookie", 0)
+        limit = min(max(uint_field(h, "limit", 1024), 1), READDIR_LIMIT_MAX)
+        await self._read(timeout_s)
+        entries, more = self.ns.readdir(ino, cookie, limit)
+        return {"entries": entries, "more": more}
+
+    async def _readlink(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        ino = uint_field(h, "ino")
+        await self._read(timeout_s)
+        return {"target": self.ns.readlink(ino)}
+
+    async def _getxattr(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        ino, name = uint_field(h, "ino"), field(h, "name", bytes)
+        await self._read(timeout_s)
+        return {"value": self.ns.getxattr(ino, name)}
+
+    async def _listxattr(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        ino = uint_field(h, "ino")
+        await self._read(timeout_s)
+        return {"names": self.ns.listxattr(ino)}
+
+    async def _statfs(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        await self._read(timeout_s)
+        alive = self.registry.alive(time.monotonic())
+        total = sum(c.capacity_bytes for c in alive)
+        used = sum(c.used_bytes for c in alive)
+        stats = self.ns.stats()
+        return {
+            "bytes_total": total,
+            "bytes_used": used,
+            "bytes_free": max(total - used, 0),
+            "inodes_used": stats["inodes"],
+            "chunk_size": self.ns.chunk_size_bytes,
+            "chunkservers_alive": len(alive),
+        }
+
+    def _replicas(self, cs_ids: list[int], now_s: float) -> list[dict[str, Any]]:
+        """Live replicas of ``cs_ids`` with their addresses, in the given order."""
+        known = self.ns.chunkservers()
+        out = []
+        for cs_id in cs_ids:
+            entry = known.get(cs_id)
+            if entry is None:
+                continue
+            self.registry.known(cs_id, entry["address"])
+            if self.registry.is_alive(cs_id, now_s):
+                info = self.registry.servers[cs_id]
+                out.append({"id": cs_id, "address": info.address, "load": info.load})
+        return out
+
+    async def _locate(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        ino, index = uint_field(h, "ino"), uint_field(h, "index")
+        count = min(max(uint_field(h, "count", 1), 1), LOCATE_COUNT_MAX)
+        await self._read(timeout_s)
+        now_s = time.monotonic()
+        expiry_ms = time.time_ns() // 1_000_000 + self.config.token_ttl_ms
+        chunks = []
+        for c in self.ns.chunks(ino, index, count):
+            chunks.append(
+                {
+                    **c,
+                    "replicas": self._replicas(c["replicas"], now_s),
+                    "token": make_token(
+                        self._token_key, c["chunk_id"], c["version"], READ, expiry_ms
+                    ),
+                    "expiry_ms": expiry_ms,
+                }
+            )
+        return {"chunks": chunks}
+
+    # ------------------------------------------------------------------ writes
+
+    async def _write_handle(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        ino, index = uint_field(h, "ino"), uint_field(h, "index")
+        await self._read(timeout_s)
+        replicas: list[int] = []
+        if not self.ns.chunks(ino, index, 1):
+            # A new chunk: placement is decided here, once, and travels in the command (it
+            # is not deterministic). If another handle allocates the chunk first, the
+            # namespace bumps that one's version and ignores this choice.
+            goal = int(self.ns.getattr(ino)["goal"])
+            now_s = time.monotonic()
+            self._replicas(list(self.ns.chunkservers()), now_s)  # register known servers
+            alive = self.registry.alive(now_s)
+            replicas = self.placer.place(alive, goal, reserve_bytes=self.ns.chunk_size_bytes)
+            if not replicas:
+                raise NoSpace("no live chunkserver with free space", alive=len(alive))
+        result = await self._propose(
+            "write_handle", {"ino": ino, "index": index, "replicas": replicas}, h, timeout_s
+        )
+        expiry_ms = time.time_ns() // 1_000_000 + self.config.token_ttl_ms
+        known = self.ns.chunkservers()
+        chain = [
+            {"id": cs_id, "address": known[cs_id]["address"]}
+            for cs_id in result["replicas"]
+            if cs_id in known
+        ]
+        return {
+            "chunk_id": result["chunk_id"],
+            "version": result["version"],
+            "length": result["length"],
+            "chain": chain,
+            "token": make_token(
+                self._token_key, result["chunk_id"], result["version"], WRITE, expiry_ms
+            ),
+            "expiry_ms": expiry_ms,
+        }
+
+    # ------------------------------------------------------------------ chunkservers
+
+    async def _cs_register(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        uuid = field(h, "uuid", str)
+        address = field(h, "address", str)
+        if not uuid or len(uuid) > 64 or ":" not in address or len(address) > 256:
+            raise Invalid("uuid (1-64 chars) and address host:port")
+        result = await self._propose("cs_register", {"uuid": uuid, "address": address}, h,
+                                     timeout_s)  # fmt: skip
+        cs_id = int(result["cs_id"])
+        self._heartbeat(cs_id, address, h)
+        log.info("metaserver node=%d event=cs_registered cs=%d address=%s",
+                 self.node.id, cs_id, address)  # fmt: skip
+        return {"cs_id": cs_id}
+
+    async def _cs_heartbeat(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        self._leader_view()
+        cs_id = uint_field(h, "cs_id")
+        known = self.ns.chunkservers().get(cs_id)
+        if known is None:
+            raise NotFound("unknown chunkserver: register first", cs_id=cs_id)
+        address = field(h, "address", str, known["address"])
+        self._heartbeat(cs_id, address, h)
+        return {}
+
+    def _heartbeat(self, cs_id: int, address: str, h: dict[str, Any]) -> None:
+        info = self.registry.servers.get(cs_id)
+        was_alive = info is not None and info.last_heard_s is not None
+        self.registry.heartbeat(
+            cs_id,
+            address,
+            time.monotonic(),
+            capacity_bytes=uint_field(h, "capacity_bytes", 0),
+            used_bytes=uint_field(h, "used_bytes", 0),
+            chunks=uint_field(h, "chunks", 0),
+            load=uint_field(h, "load", 0),
+            pid=uint_field(h, "pid", 0),
+        )
+        if not was_alive:
+            log.info("metaserver node=%d event=cs_alive cs=%d address=%s",
+                     self.node.id, cs_id, address)  # fmt: skip
+
+    # ------------------------------------------------------------------ status
+
+    async def _status(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        node = self.node
+        st = node.status()
+        now_s = time.monotonic()
+        chunkservers = []
+        if st.role == Role.LEADER:
+            for cs_id, entry in sorted(self.ns.chunkservers().items()):
+                info = self.registry.known(cs_id, entry["address"])
+                heard = info.last_heard_s
+                chunkservers.append(
+                    {
+                        "id": cs_id,
+                        "address": info.address,
+                        "alive": self.registry.is_alive(cs_id, now_s),
+                        "capacity_bytes": info.capacity_bytes,
+                        "used_bytes": info.used_bytes,
+                        "chunks": info.chunks,
+                        "load": info.load,
+                        "pid": info.pid,
+                        "last_heartbeat_ms_ago": (
+                            None if heard is None else int((now_s - heard) * 1000)
+                        ),
+                    }
+                )
+        members = sorted(set(st.conf.voters) | set(st.conf.learners))
+        stats = self.ns.stats()
+        return {
+            "node_id": int(st.id),
+            "pid": os.getpid(),
+            "term": int(st.term),
+            "role": st.role.name.lower(),
+            "leader": int(st.leader),
+            "leader_address": node.address_of(st.leader),
+            "commit": int(st.commit),
+            "applied": int(node.applied_index),
+            "metaservers": [
+                {"id": int(m), "address": node.address_of(m), "learner": m in st.conf.learners}
+                for m in members
+            ],
+            "chunkservers": chunkservers,
+            "files": stats["files"],
+            "dirs": stats["dirs"],
+            "chunks": stats["chunks"],
+            "bytes": stats["bytes"],
+            "chunk_size": self.ns.chunk_size_bytes,
+        }
+
+
+async def serve(config: MetaConfig, secret: bytes) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or a fatal node error (exit 1)."""
+    server = MetaServer(config, secret)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stop_wait = asyncio.create_task(stop.wait())
+    fail_wait = asyncio.create_task(server.node.failed.wait())
+    await asyncio.wait([stop_wait, fail_wait], return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    fail_wait.cancel()
+    failed = server.node.failed.is_set()
+    log.info("metaserver node=%d event=shutdown failed=%s", config.node.id, failed)
+    await server.stop()
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m metaserver")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--log-level", default=os.environ.get("DFS_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(args.config)
+        secret = load_secret(config.secret_file)
+    except (OSError, ValueError, SecretFileError) as e:
+        print(f"metaserver: bad config: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(config, secret))

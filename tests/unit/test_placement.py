@@ -1,0 +1,75 @@
+"""Replica placement and the chunkserver registry: distinct servers, weighted by free space,
+liveness from heartbeats with a grace period for a new leader."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from metaserver.placement import ChunkserverInfo, Placer, Registry
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+
+GIB = 1 << 30
+
+
+def servers(free_gib: list[int]) -> list[ChunkserverInfo]:
+    return [
+        ChunkserverInfo(i + 1, f"127.0.0.1:{7000 + i}", capacity_bytes=100 * GIB,
+                        used_bytes=(100 - f) * GIB)
+        for i, f in enumerate(free_gib)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("policy", ["weighted", "random", "round_robin"])
+def test_replicas_are_distinct_and_capped_by_eligible(policy: str) -> None:
+    placer = Placer(policy, random.Random(1))
+    pool = servers([50, 50, 50, 50])
+    for _ in range(200):
+        chosen = placer.place(pool, 3, reserve_bytes=GIB)
+        assert len(chosen) == 3 and len(set(chosen)) == 3
+    assert sorted(placer.place(pool, 9, reserve_bytes=GIB)) == [1, 2, 3, 4]
+
+
+def test_full_servers_are_not_eligible() -> None:
+    placer = Placer("weighted", random.Random(2))
+    pool = servers([0, 50, 1])  # server 1 full, server 3 has exactly the reserve
+    for _ in range(50):
+        assert placer.place(pool, 3, reserve_bytes=GIB) == [2]
+    assert placer.place(servers([0, 0]), 3, reserve_bytes=GIB) == []
+
+
+def test_weighted_prefers_free_space_without_starving_others() -> None:
+    placer = Placer("weighted", random.Random(3))
+    pool = servers([90, 10, 10, 10])
+    first = Counter(placer.place(pool, 1, reserve_bytes=GIB)[0] for _ in range(3000))
+    # Expected shares 75% / 8.3% each: the emptiest server gets most, the others some.
+    assert 0.68 < first[1] / 3000 < 0.82
+    assert all(first[i] > 100 for i in (2, 3, 4))
+
+
+def test_round_robin_rotates() -> None:
+    placer = Placer("round_robin")
+    pool = servers([50, 50, 50])
+    assert [placer.place(pool, 1, reserve_bytes=0)[0] for _ in range(6)] == [1, 2, 3, 1, 2, 3]
+
+
+def test_unknown_policy_refused() -> None:
+    with pytest.raises(ValueError, match="placement policy"):
+        Placer("greedy")
+
+
+def test_liveness_from_heartbeats_and_grace_after_restart() -> None:
+    reg = Registry(dead_timeout_s=10.0, started_s=100.0)
+    reg.known(1, "a:1")
+    reg.known(2, "b:2")
+    assert reg.is_alive(1, 105.0)  # never heard, but within the grace period of a new leader
+    assert not reg.is_alive(1, 110.0)
+    reg.heartbeat(2, "b:2", 108.0, capacity_bytes=10, used_bytes=1, chunks=0, load=0, pid=9)
+    assert reg.is_alive(2, 117.9) and not reg.is_alive(2, 118.0)
+    assert [c.cs_id for c in reg.alive(112.0)] == [2]
+    reg.restart(200.0)  # a new term of leadership: soft state forgotten, grace again
+    assert reg.is_alive(2, 205.0) and not reg.is_alive(2, 210.0)
+    assert not reg.is_alive(3, 100.0)  # unknown id

@@ -3,6 +3,9 @@
 Each benchmark prints one figure a line, ``name value unit`` (design.md §8), or one JSON
 object with ``--json``. What exists:
 
+cluster  Data and metadata speed of a local cluster against the local disk, as ratios
+       measured in the same run: see ``dfs/benchcluster.py``.
+
 raft   A three-node ``metaserver.raft.kvserver`` group on loopback, fsync on, in a temp dir
        on the same disk as the working tree. A load generator in its own process (so that
        its CPU is not the servers') runs sequential puts of 256-byte values from 1 client,
@@ -277,6 +280,14 @@ def _print_figures(figures: list[tuple[str, float, str]], as_json: bool) -> None
         print(f"{name} {text} {unit}")
 
 
+def _cluster_main(args: argparse.Namespace) -> int:
+    from dfs import benchcluster  # imports the client; the raft benchmark does not need it
+
+    figures = benchcluster.cluster_main(args)
+    _print_figures([(n, v, u) for n, (v, u) in figures.items()], args.json)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench")
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -294,6 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     raft.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     raft.add_argument("--plot", type=Path, default=None, help="also write an SVG chart here")
     raft.set_defaults(func=raft_main)
+
+    cluster = sub.add_parser("cluster", help="local cluster vs local disk: MB/s, files/s")
+    cluster.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    cluster.add_argument("--mib", type=int, default=256, help="size of the sequential file")
+    cluster.add_argument("--files", type=int, default=500, help="small files to create")
+    cluster.add_argument("--dir", default=None, help="where the temp dir goes (default: TMPDIR)")
+    cluster.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
+    cluster.set_defaults(func=_cluster_main)
 
     load = sub.add_parser("raft-load", help=argparse.SUPPRESS)
     load.add_argument("--addresses", required=True)

@@ -58,7 +58,15 @@ from typing import Any
 from dfs import rpc
 from dfs.secret import SecretFileError, load_secret
 from dfs.types import NodeId
-from dfs.wire.errors import Invalid, NoSpace, NotFound, NotLeader, Unsupported, error_from_wire
+from dfs.wire.errors import (
+    Invalid,
+    NoSpace,
+    NotFound,
+    NotLeader,
+    Unavailable,
+    Unsupported,
+    error_from_wire,
+)
 from dfs.wire.messages import field, uint_field
 from dfs.wire.token import READ, WRITE, make_token, token_key
 from metaserver.namespace import Namespace, encode_command
@@ -381,7 +389,10 @@ class MetaServer:
 
     async def _write_handle(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         ino, index = uint_field(h, "ino"), uint_field(h, "index")
-        await self._read(timeout_s)
+        # No ReadIndex round here: the state read below only guides placement, and the
+        # command itself is ordered by the log (the namespace re-checks everything in
+        # apply). A deposed leader's proposal simply fails.
+        self._leader_view()
         replicas: list[int] = []
         if not self.ns.chunks(ino, index, 1):
             # A new chunk: placement is decided here, once, and travels in the command (it
@@ -392,6 +403,11 @@ class MetaServer:
             self._replicas(list(self.ns.chunkservers()), now_s)  # register known servers
             alive = self.registry.alive(now_s)
             replicas = self.placer.place(alive, goal, reserve_bytes=self.ns.chunk_size_bytes)
+            if len(replicas) < goal and any(c.last_heard_s is None for c in alive):
+                # A new leader that has not heard every live chunkserver yet does not know
+                # their free space: placing now would put the chunk under its goal (or
+                # fail with NoSpace) for want of one heartbeat. The client retries.
+                raise Unavailable("new leader waiting for chunkserver heartbeats")
             if not replicas:
                 raise NoSpace("no live chunkserver with free space", alive=len(alive))
         result = await self._propose(

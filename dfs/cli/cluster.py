@@ -337,7 +337,10 @@ async def cluster_status(meta_addresses: list[str], secret: bytes) -> dict[str, 
         )
         if view["role"] == "leader" and (leader_view is None or view["term"] > leader_view["term"]):
             leader_view = view
-    chunkservers = leader_view["chunkservers"] if leader_view else []
+    chunkservers = [
+        {**c, "role": "chunkserver", "state": "up" if c["alive"] else "down"}
+        for c in (leader_view["chunkservers"] if leader_view else [])
+    ]
     alive = [c for c in chunkservers if c["alive"]]
     return {
         "leader": leader_view["node_id"] if leader_view else None,

@@ -244,6 +244,198 @@ def render_status(st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------- file commands
+
+CLIENT_TIMEOUT_S = 30.0
+PROGRESS_MIN_BYTES = 8 << 20  # smaller copies finish before a bar would tell anything
+
+
+def _run_client(
+    directory: Path,
+    meta: str | None,
+    secret_file: Path | None,
+    work: Callable[[Any], Any],
+) -> Any:
+    """Run ``work(fs)`` with a connected ``FsClient``; a ``DfsError`` becomes a one-line error."""
+    import anyio
+
+    from dfs.cli import files
+    from dfs.wire.errors import DfsError
+
+    addresses, secret = find_cluster(directory, meta, secret_file)
+
+    async def main() -> Any:
+        async with files.client(addresses, secret, CLIENT_TIMEOUT_S) as fs:
+            return await work(fs)
+
+    try:
+        return anyio.run(main, backend="asyncio")
+    except DfsError as e:
+        raise click.ClickException(
+            f"{e.code.name.lower().replace('_', ' ')}: {e.message}"
+        ) from None
+    except OSError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _bar(total: int, label: str) -> Any:
+    """A progress bar on stderr for copies worth one (a no-op context otherwise)."""
+    import contextlib
+
+    if total < PROGRESS_MIN_BYTES:
+        return contextlib.nullcontext(None)
+    return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=False)
+
+
+@cli.command()
+@cluster_options
+@click.argument("path", default="/")
+@click.option("-l", "long", is_flag=True, help="Long listing (mode, links, owner, size, mtime).")
+def ls(directory: Path, meta: str | None, secret_file: Path | None, path: str, long: bool) -> None:
+    """List a directory of the cluster."""
+    from dfs.cli import files
+
+    lines = _run_client(
+        directory, meta, secret_file, lambda fs: files.ls(fs, files.remote(path), long)
+    )
+    for line in lines:
+        click.echo(line)
+
+
+@cli.command()
+@cluster_options
+@click.argument("local", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("path")
+def put(
+    directory: Path, meta: str | None, secret_file: Path | None, local: Path, path: str
+) -> None:
+    """Copy a local file into the cluster (into PATH if it is a directory)."""
+    from dfs.cli import files
+
+    total = local.stat().st_size
+
+    async def work(fs: Any) -> int:
+        with _bar(total, f"put {local.name}") as bar:
+            return await files.put(fs, local, files.remote(path), bar.update if bar else None)
+
+    _run_client(directory, meta, secret_file, work)
+
+
+@cli.command()
+@cluster_options
+@click.argument("path")
+@click.argument("local", type=click.Path(dir_okay=True, path_type=Path))
+def get(
+    directory: Path, meta: str | None, secret_file: Path | None, path: str, local: Path
+) -> None:
+    """Copy a cluster file to a local file (into LOCAL if it is a directory; - for stdout)."""
+    from dfs.cli import files
+
+    rpath = files.remote(path)
+    if str(local) != "-" and local.is_dir():
+        local = local / os.fsdecode(rpath.rstrip(b"/").rpartition(b"/")[2])
+
+    async def work(fs: Any) -> int:
+        total = await files.size_of(fs, rpath)
+        if str(local) == "-":
+            return await files.get(fs, rpath, files.stdout_binary())
+        tmp = local.with_name(f".{local.name}.dfs-partial")
+        try:
+            with open(tmp, "wb") as out, _bar(total, f"get {local.name}") as bar:
+                n = await files.get(fs, rpath, out, bar.update if bar else None)
+            os.replace(tmp, local)  # a failed copy never leaves a truncated LOCAL behind
+        finally:
+            tmp.unlink(missing_ok=True)
+        return n
+
+    _run_client(directory, meta, secret_file, work)
+
+
+@cli.command()
+@cluster_options
+@click.argument("paths", nargs=-1, required=True)
+def cat(
+    directory: Path, meta: str | None, secret_file: Path | None, paths: tuple[str, ...]
+) -> None:
+    """Print cluster files to stdout."""
+    from dfs.cli import files
+
+    async def work(fs: Any) -> None:
+        for p in paths:
+            await files.get(fs, files.remote(p), files.stdout_binary())
+
+    _run_client(directory, meta, secret_file, work)
+
+
+@cli.command()
+@cluster_options
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-r", "recursive", is_flag=True, help="Remove directories and their contents.")
+def rm(
+    directory: Path,
+    meta: str | None,
+    secret_file: Path | None,
+    paths: tuple[str, ...],
+    recursive: bool,
+) -> None:
+    """Remove files (and directories, with -r)."""
+    from dfs.cli import files
+
+    async def work(fs: Any) -> None:
+        for p in paths:
+            await files.rm(fs, files.remote(p), recursive)
+
+    _run_client(directory, meta, secret_file, work)
+
+
+@cli.command()
+@cluster_options
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-p", "parents", is_flag=True, help="Make parents as needed; no error if it exists.")
+def mkdir(
+    directory: Path,
+    meta: str | None,
+    secret_file: Path | None,
+    paths: tuple[str, ...],
+    parents: bool,
+) -> None:
+    """Make directories."""
+    from dfs.cli import files
+
+    async def work(fs: Any) -> None:
+        for p in paths:
+            await files.mkdir(fs, files.remote(p), parents)
+
+    _run_client(directory, meta, secret_file, work)
+
+
+@cli.command()
+@cluster_options
+@click.argument("src")
+@click.argument("dst")
+def mv(directory: Path, meta: str | None, secret_file: Path | None, src: str, dst: str) -> None:
+    """Rename or move (atomically; into DST if it is a directory)."""
+    from dfs.cli import files
+
+    _run_client(
+        directory, meta, secret_file, lambda fs: files.mv(fs, files.remote(src), files.remote(dst))
+    )
+
+
+@cli.command("stat")
+@cluster_options
+@click.argument("path")
+def stat_(directory: Path, meta: str | None, secret_file: Path | None, path: str) -> None:
+    """Show a path's attributes (as stat(1))."""
+    from dfs.cli import files
+
+    click.echo(
+        _run_client(
+            directory, meta, secret_file, lambda fs: files.stat_text(fs, files.remote(path))
+        )
+    )
+
+
 # ---------------------------------------------------------------------- daemons
 
 

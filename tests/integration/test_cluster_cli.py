@@ -64,6 +64,8 @@ def test_up_status_down_restart(cluster_dir: Path) -> None:
     assert sorted(m["id"] for m in st["metaservers"]) == [1, 2, 3]
     assert [m["role"] for m in st["metaservers"]].count("leader") == 1
     assert len(st["chunkservers"]) == 3 and all(c["alive"] for c in st["chunkservers"])
+    for server in st["metaservers"] + st["chunkservers"]:
+        assert {"id", "role", "address", "pid"} <= set(server), server
     assert st["chunk_size"] == 1 << 20
     pids = [m["pid"] for m in st["metaservers"]] + [c["pid"] for c in st["chunkservers"]]
     assert len(set(pids)) == 6 and all(local.pid_alive(p) for p in pids)

@@ -1,0 +1,211 @@
+"""The client's caches: attributes and directory entries with a short TTL, chunk locations
+until they fail. Pure: the caller passes the clock.
+
+Attributes and entries (``MetaCache``). ``getattr`` and ``lookup`` answers, and the
+attributes that come with every mutation and every ``readdir`` page, are kept for
+``attr_ttl_s`` (1 s by default, as NFS's ``acregmin`` and FUSE's usual attr timeout): long
+enough that a burst of ``stat``s or lookups (``ls -l``, path walks) costs one RPC, short
+enough that other clients' changes show up soon. This client's own mutations update or
+drop what they touch at once (``FsClient`` does this next to each call), so a client
+always sees its own changes. ``open`` bypasses the cache (close-to-open consistency).
+
+Chunk locations (``LocationCache``). ``fs.locate`` answers by (ino, chunk index), holes
+included (a chunk absent from the answer is a hole until this client writes it). An entry
+lives until ``location_ttl_s``, until its read token is about to expire, or until a read
+through it fails (``Stale``, ``NotFound``, ``PermissionDenied``: the caller drops it); a
+write handle or a truncate from this client drops the inode's or the chunk's entries, as
+the chunk's version changes.
+
+Every cache is bounded (``entries_max``); past it the oldest entries go first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+from dfs.client.records import Attr, ChunkLocation
+
+Clock = Callable[[], float]
+
+# A read token that expires within this margin is not used: the read may take a while
+# and a chunkserver refuses an expired token (PermissionDenied).
+TOKEN_MARGIN_MS = 10_000
+
+
+class MetaCache:
+    """Attributes by inode and directory entries by (parent, name), each with a TTL."""
+
+    def __init__(self, *, ttl_s: float, clock: Clock, entries_max: int = 100_000) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._entries_max = entries_max
+        self._attrs: OrderedDict[int, tuple[Attr, float]] = OrderedDict()
+        self._names: OrderedDict[tuple[int, bytes], tuple[int, float]] = OrderedDict()
+
+    def attr(self, ino: int) -> Attr | None:
+        """The cached attributes of ``ino`` if still fresh."""
+        item = self._attrs.get(ino)
+        if item is None:
+            return None
+        if item[1] <= self._clock():
+            del self._attrs[ino]
+            return None
+        return item[0]
+
+    def put_attr(self, attr: Attr) -> None:
+        if self.ttl_s <= 0:
+            return
+        self._attrs[attr.ino] = (attr, self._clock() + self.ttl_s)
+        self._attrs.move_to_end(attr.ino)
+        if len(self._attrs) > self._entries_max:
+            self._attrs.popitem(last=False)
+
+    def drop_attr(self, ino: int) -> None:
+        self._attrs.pop(ino, None)
+
+    def entry(self, parent: int, name: bytes) -> int | None:
+        """The inode ``name`` in ``parent`` names, if the entry is still fresh."""
+        item = self._names.get((parent, name))
+        if item is None:
+            return None
+        if item[1] <= self._clock():
+            del self._names[(parent, name)]
+            return None
+        return item[0]
+
+    def put_entry(self, parent: int, name: bytes, attr: Attr) -> None:
+        """Remember that ``name`` in ``parent`` is ``attr`` (both the entry and the attr)."""
+        if self.ttl_s <= 0:
+            return
+        key = (parent, name)
+        self._names[key] = (attr.ino, self._clock() + self.ttl_s)
+        self._names.move_to_end(key)
+        if len(self._names) > self._entries_max:
+            self._names.popitem(last=False)
+        self.put_attr(attr)
+
+    def drop_entry(self, parent: int, name: bytes) -> int | None:
+        """Forget an entry; returns the inode it named (fresh or not), if known."""
+        item = self._names.pop((parent, name), None)
+        return item[0] if item is not None else None
+
+    def clear(self) -> None:
+        self._attrs.clear()
+        self._names.clear()
+
+
+class LocationCache:
+    """Chunk locations by (ino, index); ``None`` records a hole."""
+
+    def __init__(
+        self,
+        *,
+        ttl_s: float,
+        clock: Clock,
+        wall_clock_ms: Callable[[], int],
+        entries_max: int = 100_000,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._wall_clock_ms = wall_clock_ms
+        self._entries_max = entries_max
+        self._count = 0
+        # ino -> index -> (location or None for a hole, expires at); inodes in LRU order.
+        self._by_ino: OrderedDict[int, dict[int, tuple[ChunkLocation | None, float]]]
+        self._by_ino = OrderedDict()
+        # ino -> (size, mtime_ns) when its locations were cached: see ``revalidate``.
+        self._stamps: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        # Drops per inode, so that an answer asked for before a drop is not cached after it
+        # (a locate racing with a write handle would cache a hole for a chunk that now
+        # exists). ``_era`` grows when the table is cleared to keep it bounded.
+        self._drops: dict[int, int] = {}
+        self._era = 0
+
+    def epoch(self, ino: int) -> tuple[int, int]:
+        """Take before asking ``fs.locate``; pass to ``put`` with the answer."""
+        return self._era, self._drops.get(ino, 0)
+
+    def revalidate(self, attr: Attr, *, own_change: bool = False) -> None:
+        """Attributes fresh from the metaserver. At an ``open``: if the file's size or mtime
+        changed since they were last seen, another client wrote it and the inode's cached
+        locations (lengths, holes) are dropped (close-to-open). After this client's own
+        change (``own_change``: it dropped what it changed already) they are only noted."""
+        stamp = (attr.size, attr.mtime_ns)
+        if not own_change and self._stamps.get(attr.ino, stamp) != stamp:
+            self.drop(attr.ino)
+        self._stamps[attr.ino] = stamp
+        self._stamps.move_to_end(attr.ino)
+        if len(self._stamps) > self._entries_max:
+            self._stamps.popitem(last=False)
+
+    def get(self, ino: int, index: int) -> tuple[bool, ChunkLocation | None]:
+        """(known, location): ``known`` is False when the cache has no usable answer."""
+        chunks = self._by_ino.get(ino)
+        if chunks is None:
+            return False, None
+        item = chunks.get(index)
+        if item is None:
+            return False, None
+        location, expires = item
+        if expires <= self._clock() or (
+            location is not None and location.expiry_ms - TOKEN_MARGIN_MS <= self._wall_clock_ms()
+        ):
+            del chunks[index]
+            self._count -= 1
+            return False, None
+        return True, location
+
+    def put(
+        self,
+        ino: int,
+        index: int,
+        location: ChunkLocation | None,
+        *,
+        epoch: tuple[int, int] | None = None,
+    ) -> None:
+        """Cache an answer, unless the inode's locations were dropped since ``epoch``."""
+        if epoch is not None and epoch != self.epoch(ino):
+            return
+        chunks = self._by_ino.get(ino)
+        if chunks is None:
+            chunks = self._by_ino[ino] = {}
+        else:
+            self._by_ino.move_to_end(ino)
+        if index not in chunks:
+            self._count += 1
+        chunks[index] = (location, self._clock() + self.ttl_s)
+        while self._count > self._entries_max and len(self._by_ino) > 1:
+            _, evicted = self._by_ino.popitem(last=False)
+            self._count -= len(evicted)
+
+    def drop(self, ino: int, index: int | None = None) -> None:
+        """Forget one chunk's location, or (``index`` None) all of the inode's."""
+        self._dropped(ino)
+        chunks = self._by_ino.get(ino)
+        if chunks is None:
+            return
+        if index is None:
+            del self._by_ino[ino]
+            self._count -= len(chunks)
+        elif chunks.pop(index, None) is not None:
+            self._count -= 1
+
+    def drop_from(self, ino: int, first_index: int) -> None:
+        """Forget the locations of chunk ``first_index`` and every later one (truncate)."""
+        self._dropped(ino)
+        chunks = self._by_ino.get(ino)
+        if chunks is None:
+            return
+        for index in [i for i in chunks if i >= first_index]:
+            del chunks[index]
+            self._count -= 1
+
+    def _dropped(self, ino: int) -> None:
+        if len(self._drops) >= self._entries_max and ino not in self._drops:
+            self._drops.clear()
+            self._era += 1
+        self._drops[ino] = self._drops.get(ino, 0) + 1
+
+
+__all__ = ["LocationCache", "MetaCache"]

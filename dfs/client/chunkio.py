@@ -1,0 +1,184 @@
+"""Chunk data calls: ``chunk.read`` with replica choice and failover, ``chunk.write`` and
+``chunk.sync`` along a replication chain (docs/PROTOCOL.md, chunkserver operations).
+
+What it owns: which replica to read from and what to do when one fails. What it must not
+do: decide what a chunk holds (``files.py`` maps file offsets to chunks, zero-fills holes
+and asks for handles); retry writes (a failed write needs a new handle from the metaserver,
+which ``files.py`` asks for).
+
+Replica choice (design.md §5): the least loaded first, counting this client's calls in
+flight per chunkserver (``ConnectionPool.in_flight``), random among equals so that many
+clients spread out; a chunkserver that failed to answer (``Unavailable``, ``Timeout``)
+within the last ``SUSPECT_S`` goes last, so that one dead or hung server costs one timeout,
+not one per read. A replica that fails (``Unavailable``, ``Timeout``, ``Busy``,
+``Corrupt``, ``Stale``, ``NotFound``, ``PermissionDenied``, ``InternalError``) is passed
+over for the next; a checksum mismatch never reaches the caller as data (the chunkserver
+answers ``Corrupt``, never the bytes). When every replica failed, the caller gets ``Stale``
+if any replica said the location is outdated (the caller asks ``fs.locate`` again),
+``Corrupt`` if all were corrupt, else ``Unavailable``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import anyio
+
+from dfs.client.pool import ConnectionPool
+from dfs.client.records import ChunkLocation, Replica, WriteHandle
+from dfs.wire.errors import (
+    Busy,
+    Corrupt,
+    DfsError,
+    InternalError,
+    NotFound,
+    PermissionDenied,
+    Stale,
+    Timeout,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+# The protocol's largest chunk.read (PROTOCOL.md); callers split larger ranges.
+READ_BYTES_MAX = 16 * 1024 * 1024
+# How long a chunkserver that did not answer is tried last: the metaserver's default dead
+# timeout, after which it stops listing a dead server anyway.
+SUSPECT_S = 10.0
+
+_READ_FAILOVER = (
+    Unavailable,
+    Timeout,
+    Busy,
+    Corrupt,
+    Stale,
+    NotFound,
+    PermissionDenied,
+    InternalError,
+)
+_OUTDATED = (Stale, NotFound, PermissionDenied)
+
+
+class ChunkIo:
+    """Reads, writes and syncs of chunk data through the client's connection pool."""
+
+    def __init__(
+        self, pool: ConnectionPool, *, io_timeout_s: float, rng: random.Random | None = None
+    ) -> None:
+        self._pool = pool
+        self.io_timeout_s = io_timeout_s
+        self._rng = rng or random.Random()
+        self._suspect_until: dict[str, float] = {}  # address -> monotonic time
+
+    def order(self, replicas: tuple[Replica, ...]) -> list[Replica]:
+        """Replicas to try: answering ones first, then least loaded, random among equals."""
+        load = self._pool.in_flight
+        now = anyio.current_time()
+        suspect = self._suspect_until
+        keyed = [
+            (suspect.get(r.address, 0.0) > now, load.get(r.address, 0), self._rng.random(), r)
+            for r in replicas
+        ]
+        keyed.sort(key=lambda item: item[:3])
+        return [item[3] for item in keyed]
+
+    def _failed(self, address: str) -> None:
+        self._suspect_until[address] = anyio.current_time() + SUSPECT_S
+
+    def _answered(self, address: str) -> None:
+        if self._suspect_until:
+            self._suspect_until.pop(address, None)
+
+    async def read(
+        self, location: ChunkLocation, offset: int, size: int, *, deadline: float | None = None
+    ) -> bytes:
+        """Up to ``size`` bytes at ``offset`` of the chunk (shorter at the replica's end).
+        Each replica gets ``io_timeout_s``, cut short by ``deadline`` (monotonic)."""
+        assert 0 < size <= READ_BYTES_MAX, size
+        if not location.replicas:
+            raise Unavailable("no live replica", chunk_id=location.chunk_id)
+        errors: list[DfsError] = []
+        for replica in self.order(location.replicas):
+            timeout_s = self.io_timeout_s
+            if deadline is not None:
+                timeout_s = min(timeout_s, deadline - anyio.current_time())
+                if timeout_s <= 0:
+                    errors.append(Timeout("deadline passed"))
+                    break
+            try:
+                _, payload = await self._pool.call(
+                    replica.address,
+                    "chunk.read",
+                    timeout_s=timeout_s,
+                    chunk_id=location.chunk_id,
+                    version=location.version,
+                    offset=offset,
+                    size=size,
+                    token=location.token,
+                    expiry_ms=location.expiry_ms,
+                    timeout_ms=max(1, int(timeout_s * 900)),
+                )
+            except _READ_FAILOVER as e:
+                if isinstance(e, (Unavailable, Timeout)):
+                    self._failed(replica.address)
+                if isinstance(e, Corrupt):
+                    # The chunkserver's scrubber and the metaserver repair it; we read on.
+                    log.info(
+                        "chunk %d: replica on %s is corrupt; reading another",
+                        location.chunk_id,
+                        replica.address,
+                    )
+                errors.append(e)
+                continue
+            self._answered(replica.address)
+            return payload
+        if any(isinstance(e, _OUTDATED) for e in errors):
+            raise Stale("location is outdated", chunk_id=location.chunk_id, errors=_texts(errors))
+        if all(isinstance(e, Corrupt) for e in errors):
+            raise Corrupt("every replica is corrupt", chunk_id=location.chunk_id)
+        raise Unavailable("no replica answered", chunk_id=location.chunk_id, errors=_texts(errors))
+
+    async def write(
+        self, handle: WriteHandle, offset: int, data: bytes | memoryview, *, sync: bool
+    ) -> None:
+        """Write ``data`` at ``offset`` of the chunk on every replica of the chain: sent to
+        the first, which forwards along the rest. With ``sync`` the replicas fsync first."""
+        first, rest = handle.chain[0], handle.chain[1:]
+        await self._pool.call(
+            first.address,
+            "chunk.write",
+            data,
+            timeout_s=self.io_timeout_s,
+            chunk_id=handle.chunk_id,
+            version=handle.version,
+            length=handle.length,
+            offset=offset,
+            token=handle.token,
+            expiry_ms=handle.expiry_ms,
+            chain=[r.address for r in rest],
+            sync=sync,
+            timeout_ms=max(1, int(self.io_timeout_s * 900)),
+        )
+
+    async def sync(self, handle: WriteHandle) -> None:
+        """fsync the chunk on every replica of the chain."""
+        first, rest = handle.chain[0], handle.chain[1:]
+        await self._pool.call(
+            first.address,
+            "chunk.sync",
+            timeout_s=self.io_timeout_s,
+            chunk_id=handle.chunk_id,
+            version=handle.version,
+            token=handle.token,
+            expiry_ms=handle.expiry_ms,
+            chain=[r.address for r in rest],
+            timeout_ms=max(1, int(self.io_timeout_s * 900)),
+        )
+
+
+def _texts(errors: list[DfsError]) -> list[str]:
+    return [str(e) for e in errors]
+
+
+__all__ = ["READ_BYTES_MAX", "ChunkIo"]

@@ -1,0 +1,494 @@
+"""Authenticated, pipelined RPC connections on anyio: the client's rim around ``dfs.wire``.
+
+The same connection protocol as ``dfs/rpc.py`` (framing in ``dfs/wire/codec.py``, the
+handshake of ``dfs/wire/auth.py`` as the initiator, request ids of ``dfs/wire/messages.py``),
+written on anyio so that it runs under trio (the FUSE mount, pyfuse3) and under asyncio (the
+CLI, the tests). It interoperates byte for byte with ``dfs.rpc.serve`` servers. What it must
+not do: know any op, import asyncio, or import server code.
+
+Lifetime. A connection has two tasks, a reader and a writer, started in a task group that
+its owner provides: ``await connect(address, secret, name=..., task_group=tg)``. The
+connection lives until ``aclose()``, until the peer goes away, or until ``tg`` is cancelled,
+whichever comes first; its tasks never raise into ``tg`` (every failure becomes the
+connection's close reason). ``open_connection(...)`` is the same as an async context manager
+with a task group of its own, for callers without one.
+
+How a call works:
+1. ``call()`` takes one of ``in_flight_max`` slots, picks the next request id, registers a
+   waiter under it and queues the frame's buffers (``codec.encode`` keeps a large payload as
+   its own buffer: chunk data is never copied into msgpack or joined with the header here).
+2. The writer task sends what is queued, joining consecutive small frames into one send (so
+   many small pipelined calls cost few syscalls) and passing large payloads through
+   unjoined. Callers wait while more than ``SEND_BACKLOG_BYTES_MAX`` is queued (backpressure).
+   Only the writer touches the socket for sending, so a caller that times out or is
+   cancelled never leaves half a frame on the wire.
+3. The reader task feeds received bytes to a ``FrameDecoder`` and hands each response to
+   the waiter with its id; responses come back in any order.
+4. Every call has a deadline (``timeout_s``): past it the caller gets ``Timeout`` (the
+   request may still have been carried out; the late answer is dropped). When the
+   connection ends, every pending call fails with its close reason: ``Unavailable`` for a
+   closed or lost connection, ``ProtocolError`` when the peer broke the wire rules.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import Any
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream, TaskGroup
+
+from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
+from dfs.wire import codec, messages
+from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side
+from dfs.wire.errors import (
+    AuthError,
+    DfsError,
+    InternalError,
+    Invalid,
+    ProtocolError,
+    Timeout,
+    Unavailable,
+    Unsupported,
+    error_from_wire,
+)
+
+log = logging.getLogger(__name__)
+
+Payload = bytes | bytearray | memoryview
+
+# How long connect() may take, TCP and handshake together. A healthy server answers the
+# handshake in well under a millisecond; this covers a loaded machine.
+CONNECT_TIMEOUT_S = 10.0
+# Default deadline of one call: metadata calls take milliseconds, a 64 MiB transfer through
+# a replication chain about a second. Callers with better knowledge pass their own.
+CALL_TIMEOUT_S = 30.0
+# A peer that does not take our bytes for this long is given up on (the connection closes).
+SEND_TIMEOUT_S = 30.0
+# Calls in flight per connection: enough to keep a link busy with pipelined calls, small
+# enough to bound memory; the same figure as dfs.rpc's servers accept per connection.
+IN_FLIGHT_MAX = 1024
+# Bytes asked of the socket per receive. Large enough that a 4 MiB chunk read is a handful
+# of receives; trio allocates this much per receive, so not larger.
+RECEIVE_BYTES_MAX = 256 * 1024
+# Small frames queued together are joined into one send up to this size.
+COALESCE_BYTES_MAX = 256 * 1024
+# Queued-but-unsent bytes above which callers wait for the writer: a few large chunk
+# writes, so streaming never stalls per frame, and memory stays bounded.
+SEND_BACKLOG_BYTES_MAX = 16 * 1024 * 1024
+# Before authentication the peer may only send tiny frames without payload (as dfs.rpc).
+PREAUTH_HEADER_BYTES_MAX = 4096
+# After a failed handshake, how long we wait for the server to hang up first (it rejects
+# our proof within milliseconds; this only bounds a server that does not).
+AUTH_FAILURE_LINGER_S = 1.0
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """ "host:port" (IPv6 hosts in brackets or bare) -> (host, port); ``Invalid`` if malformed."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise Invalid(f"bad server address {address!r} (want host:port)")
+    return host.strip("[]"), int(port_text)
+
+
+class _Waiter:
+    """One call's slot for its answer."""
+
+    __slots__ = ("error", "event", "header", "payload")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.header: dict[str, Any] | None = None
+        self.payload = b""
+        self.error: DfsError | None = None
+
+
+class Connection:
+    """One authenticated connection to a dfs server. Made by ``connect``/``open_connection``.
+
+    Public: ``call``, ``aclose``, ``closed``, ``address``, ``peer`` (who the server proved
+    to be), ``in_flight`` (calls waiting for an answer).
+    """
+
+    def __init__(
+        self,
+        stream: SocketStream,
+        decoder: codec.FrameDecoder,
+        *,
+        address: str,
+        name: str,
+        peer: PeerInfo,
+        in_flight_max: int = IN_FLIGHT_MAX,
+    ) -> None:
+        self.address = address
+        self.name = name
+        self.peer = peer
+        self._stream = stream
+        self._decoder = decoder
+        self._pending: dict[int, _Waiter] = {}
+        self._last_id = 0
+        self._slots = anyio.Semaphore(in_flight_max)
+        self._out: deque[Payload] = deque()
+        self._out_bytes = 0
+        self._out_ready = anyio.Event()  # set while something is queued
+        self._drained = anyio.Event()  # set when the backlog falls below its limit
+        self._close_error: DfsError | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._finished = anyio.Event()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def closed(self) -> bool:
+        return self._close_error is not None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def call(
+        self,
+        op: str,
+        payload: Payload = b"",
+        *,
+        timeout_s: float = CALL_TIMEOUT_S,
+        **fields: Any,
+    ) -> tuple[dict[str, Any], bytes]:
+        """Send request ``op`` with ``fields`` and ``payload``; return the response's
+        (header, payload). Raises the ``DfsError`` the server answered with, ``Timeout``
+        after ``timeout_s`` (the request may still have been carried out), ``Unavailable``
+        if the connection is or becomes closed, ``ProtocolError`` if the server broke the
+        protocol. The payload buffer must not change until the call returns.
+        """
+        waiter = _Waiter()
+        try:
+            with anyio.fail_after(timeout_s):
+                async with self._slots:
+                    self._check_open()
+                    self._last_id += 1
+                    request_id = self._last_id
+                    self._pending[request_id] = waiter
+                    try:
+                        self._enqueue(
+                            codec.encode(messages.request(op, request_id, **fields), payload)
+                        )
+                        while self._out_bytes > SEND_BACKLOG_BYTES_MAX and not self.closed:
+                            await self._drained.wait()
+                        await waiter.event.wait()
+                    finally:
+                        del self._pending[request_id]
+        except TimeoutError:
+            raise Timeout(f"{op} to {self.address} got no answer in {timeout_s} s", op=op) from None
+        if waiter.error is not None:
+            raise waiter.error
+        header = waiter.header
+        assert header is not None
+        if header.get(messages.OK) is True:
+            return header, waiter.payload
+        raise error_from_wire(header.get(messages.ERR))
+
+    async def aclose(self) -> None:
+        """Close now. Pending calls fail with ``Unavailable``; unsent frames are dropped."""
+        self._fail(Unavailable("connection closed", peer=self.address))
+        if self._scope is None:
+            # The tasks never started (the task group is gone): close the socket here.
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(self._stream)
+            return
+        with anyio.move_on_after(5, shield=True):
+            await self._finished.wait()
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _run(self) -> None:
+        """Reader and writer, until the connection ends; never raises but for cancellation."""
+        try:
+            if self._close_error is None:
+                async with anyio.create_task_group() as tg:
+                    self._scope = tg.cancel_scope
+                    if self._close_error is not None:  # closed before we got here
+                        tg.cancel_scope.cancel()
+                    tg.start_soon(self._run_reader)
+                    tg.start_soon(self._run_writer)
+        finally:
+            # Whatever ended us (close, peer, owner's cancellation), callers must not hang.
+            self._fail(Unavailable("connection closed", peer=self.address))
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(self._stream)
+            self._finished.set()
+
+    async def _run_reader(self) -> None:
+        decoder = self._decoder
+        try:
+            while True:
+                while (frame := decoder.next_frame()) is not None:
+                    self._dispatch(frame)
+                data = await self._stream.receive(RECEIVE_BYTES_MAX)
+                decoder.feed(data)
+        except anyio.EndOfStream:
+            self._fail(Unavailable("connection closed by the server", peer=self.address))
+        except ProtocolError as e:
+            log.info("client rpc: dropping connection to %s: %s", self.address, e)
+            self._fail(e)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+            self._fail(Unavailable(f"connection lost: {e!r}", peer=self.address))
+        except Exception:
+            # A bug here must not take the owner's task group (the whole client) down.
+            log.exception("client rpc: reader for %s failed", self.address)
+            self._fail(InternalError("connection reader failed", peer=self.address))
+
+    async def _run_writer(self) -> None:
+        try:
+            while True:
+                await self._out_ready.wait()
+                for buffer in self._take_batch():
+                    with anyio.move_on_after(SEND_TIMEOUT_S) as scope:
+                        await self._stream.send(buffer)  # type: ignore[arg-type]
+                    if scope.cancelled_caught:
+                        # Half a frame may be out: this connection cannot carry another one.
+                        self._fail(Timeout(f"{self.address} took no data for {SEND_TIMEOUT_S} s"))
+                        return
+                if self._out_bytes <= SEND_BACKLOG_BYTES_MAX:
+                    self._drained.set()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+            self._fail(Unavailable(f"connection lost: {e!r}", peer=self.address))
+        except Exception:
+            log.exception("client rpc: writer for %s failed", self.address)
+            self._fail(InternalError("connection writer failed", peer=self.address))
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._close_error is not None:
+            raise copy.copy(self._close_error)
+
+    def _enqueue(self, buffers: list[Payload]) -> None:
+        for buffer in buffers:
+            self._out.append(buffer)
+            self._out_bytes += len(buffer) if not isinstance(buffer, memoryview) else buffer.nbytes
+        if self._out_bytes > SEND_BACKLOG_BYTES_MAX and self._drained.is_set():
+            self._drained = anyio.Event()
+        self._out_ready.set()
+
+    def _take_batch(self) -> list[Payload]:
+        """Everything queued, consecutive small buffers joined (one send each)."""
+        batch: list[Payload] = []
+        small: list[Payload] = []
+        small_bytes = 0
+        out = self._out
+        while out:
+            buffer = out.popleft()
+            size = len(buffer) if not isinstance(buffer, memoryview) else buffer.nbytes
+            self._out_bytes -= size
+            if size <= COALESCE_BYTES_MAX and small_bytes + size <= COALESCE_BYTES_MAX:
+                small.append(buffer)
+                small_bytes += size
+                continue
+            if small:
+                batch.append(small[0] if len(small) == 1 else b"".join(small))
+                small, small_bytes = [], 0
+            if size <= COALESCE_BYTES_MAX:
+                small, small_bytes = [buffer], size
+            else:
+                batch.append(buffer)
+        if small:
+            batch.append(small[0] if len(small) == 1 else b"".join(small))
+        self._out_ready = anyio.Event()
+        return batch
+
+    def _dispatch(self, frame: codec.Frame) -> None:
+        header = frame.header
+        if messages.OK in header:
+            request_id = header.get(messages.ID)
+            if type(request_id) is not int or type(header.get(messages.OK)) is not bool:
+                raise ProtocolError("response needs an int 'id' and a bool 'ok'")
+            waiter = self._pending.get(request_id)
+            if waiter is None or waiter.event.is_set():
+                # The call timed out or was cancelled; its answer comes too late.
+                log.debug("client rpc: late response id=%d from %s", request_id, self.address)
+                return
+            waiter.header = header
+            waiter.payload = frame.payload
+            waiter.event.set()
+            return
+        op = header.get(messages.OP)
+        if type(op) is not str:
+            raise ProtocolError("frame is neither a response nor has an 'op'")
+        request_id = header.get(messages.ID)
+        if request_id is None or header.get(messages.ONEWAY) is True:
+            log.debug("client rpc: one-way %r from %s ignored", op, self.address)
+            return
+        if type(request_id) is not int or request_id < 0:
+            raise ProtocolError("request 'id' must be an int >= 0")
+        # A client serves no requests; answer rather than leave the server waiting.
+        error = Unsupported(f"{self.name} takes no requests", op=op)
+        self._enqueue(codec.encode(messages.response_err(request_id, error)))
+
+    def _fail(self, error: DfsError) -> None:
+        """End the connection with ``error`` (the first reason wins); wake everyone."""
+        if self._close_error is not None:
+            return
+        self._close_error = error
+        for waiter in self._pending.values():
+            if not waiter.event.is_set():
+                waiter.error = copy.copy(error)  # one instance per raiser
+                waiter.event.set()
+        self._out.clear()
+        self._out_bytes = 0
+        self._drained.set()
+        self._out_ready.set()
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+async def _handshake(
+    stream: SocketStream, secret: bytes, *, role: str, name: str
+) -> tuple[PeerInfo, codec.FrameDecoder]:
+    """The initiator's side of ``dfs/wire/auth.py``; returns the peer and the decoder (which
+    may hold bytes that followed the proof)."""
+    handshake = Handshake(
+        secret, os.urandom(NONCE_BYTES), side=Side.INITIATOR, role=role, name=name
+    )
+    decoder = codec.FrameDecoder(header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0)
+
+    async def next_frame() -> codec.Frame:
+        while (frame := decoder.next_frame()) is None:
+            decoder.feed(await stream.receive(PREAUTH_HEADER_BYTES_MAX))
+        return frame
+
+    await stream.send(codec.encode_bytes(handshake.hello()))
+    await stream.send(codec.encode_bytes(handshake.receive_hello((await next_frame()).header)))
+    try:
+        try:
+            proof = await next_frame()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            # A dfs server hangs up after our proof only when it rejects it; it may do so
+            # before its own proof leaves (dfs.rpc drops a failed peer without flushing).
+            raise AuthError("the server hung up on our proof (wrong cluster secret?)") from None
+        peer = handshake.receive_proof(proof.header)
+    except AuthError:
+        # The server is about to reject our proof too. Let it (until it hangs up, briefly):
+        # were we to hang up first, it might see the close before our proof and log a
+        # vague "closed during the handshake" instead of the wrong secret.
+        with anyio.move_on_after(AUTH_FAILURE_LINGER_S):
+            with suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                while True:
+                    await stream.receive(PREAUTH_HEADER_BYTES_MAX)
+        raise
+    decoder.header_bytes_max = FRAME_HEADER_BYTES_MAX
+    decoder.payload_bytes_max = FRAME_PAYLOAD_BYTES_MAX
+    return peer, decoder
+
+
+async def connect(
+    address: str,
+    secret: bytes | None,
+    *,
+    name: str,
+    task_group: TaskGroup,
+    timeout_s: float = CONNECT_TIMEOUT_S,
+    role: str = "client",
+    in_flight_max: int = IN_FLIGHT_MAX,
+) -> Connection:
+    """Open a connection to ``address`` ("host:port") and authenticate both ways; its
+    reader and writer run in ``task_group`` (see the module docstring for the lifetime).
+
+    Raises ``AuthError`` (no usable secret here, or a wrong one on either side),
+    ``Unavailable`` (refused, unreachable, closed during the handshake), ``Timeout`` (over
+    ``timeout_s``), ``ProtocolError`` (the server is not speaking dfs), ``Invalid`` (a
+    malformed address).
+    """
+    host, port = split_address(address)
+    # Check the secret before touching the network: a configuration error, not a peer's.
+    Handshake(secret, bytes(NONCE_BYTES), side=Side.INITIATOR, role=role, name=name)
+    assert secret is not None
+    try:
+        with anyio.fail_after(timeout_s):
+            stream = await anyio.connect_tcp(host, port)
+            try:
+                raw = stream.extra(SocketAttribute.raw_socket)
+                with suppress(OSError):  # small calls must not wait for Nagle
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                peer, decoder = await _handshake(stream, secret, role=role, name=name)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await anyio.aclose_forcefully(stream)
+                raise
+    except TimeoutError:
+        raise Timeout(f"connect to {address} took over {timeout_s} s") from None
+    except anyio.EndOfStream:
+        raise Unavailable(f"{address} closed the connection during the handshake") from None
+    except (OSError, anyio.BrokenResourceError) as e:
+        raise Unavailable(f"cannot connect to {address}: {e}") from e
+    connection = Connection(
+        stream, decoder, address=address, name=name, peer=peer, in_flight_max=in_flight_max
+    )
+    task_group.start_soon(connection._run, name=f"dfs connection to {address}")
+    return connection
+
+
+@contextmanager
+def single_errors() -> Iterator[None]:
+    """Let the one error of an exception group through as itself.
+
+    anyio task groups wrap whatever leaves them in an ``ExceptionGroup``, even a single
+    error from the body of ``async with``. Our task groups' background tasks never raise
+    (their failures are stored, see the module docstring), so what leaves is the body's
+    own error, which callers of ``open_connection``/``FsClient.open_cluster`` expect to
+    catch as it was raised (``except NotFound``).
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        inner: BaseException = group
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        if inner is group:
+            raise
+        raise inner from None
+
+
+@asynccontextmanager
+async def open_connection(
+    address: str,
+    secret: bytes | None,
+    *,
+    name: str,
+    timeout_s: float = CONNECT_TIMEOUT_S,
+    role: str = "client",
+    in_flight_max: int = IN_FLIGHT_MAX,
+) -> AsyncIterator[Connection]:
+    """``async with open_connection(...) as conn:``: ``connect`` with its own task group;
+    the connection is closed when the block ends."""
+    with single_errors():
+        async with anyio.create_task_group() as tg:
+            conn = await connect(
+                address,
+                secret,
+                name=name,
+                task_group=tg,
+                timeout_s=timeout_s,
+                role=role,
+                in_flight_max=in_flight_max,
+            )
+            try:
+                yield conn
+            finally:
+                await conn.aclose()
+
+
+__all__ = [
+    "CALL_TIMEOUT_S",
+    "CONNECT_TIMEOUT_S",
+    "Connection",
+    "connect",
+    "open_connection",
+    "single_errors",
+    "split_address",
+]

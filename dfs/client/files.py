@@ -1,0 +1,707 @@
+"""Open inodes: the write-back buffer, uploads, commits and reads of one client.
+
+What it owns: for every inode open in this client, an ``OpenInode``, shared by all handles
+on it as the kernel shares a page cache (handles and their read-ahead are in
+``handle.py``). What it must not do: talk to sockets itself (``chunkio.py`` and
+``meta.py`` do) or decide metadata semantics (the metaserver does).
+
+WRITE PATH (design.md §5). ``write`` copies into a per-inode extent buffer (one contiguous
+range inside one chunk, at most ``write_buffer_bytes``); writes that continue or overwrite
+the extent coalesce into it. The extent is *uploaded* when it is full, when it reaches the
+end of its chunk, when a write lands elsewhere, and on ``fsync``/``flush``/``close``/
+``truncate``. A large immutable ``bytes`` write is uploaded in place, without the copy.
+An upload runs in the background (at most ``uploads_in_flight_max`` per inode; writers wait
+for a slot, which is the backpressure): it gets the chunk's write handle (``fs.write_handle``,
+cached per chunk until it nears expiry or fails), sends ``chunk.write`` to the chain's first
+replica, and on ``Stale``/``PermissionDenied``/``NotFound`` asks for a new handle, on
+``Unavailable``/``Timeout``/``Busy`` backs off and asks again, until the overall deadline.
+Uploads whose ranges overlap land in the order they were started. The first failure of a
+background upload is kept and raised by the next ``write``, and by ``fsync``/``close`` (which
+then forget it, as Linux reports a writeback error once per file description).
+
+``fsync``/``flush``/``close``: wait for the uploads, upload the extent with ``sync: true``
+(every earlier write to its chunk has landed, so that fsync covers them too), sync every
+other chunk written since its last sync, then ``fs.commit`` the file size, mtime and chunk
+lengths: the data is durable on every replica before the metaserver points at it.
+
+NEW HANDLES AND CHUNK LENGTHS. A new handle bumps the chunk's version, and a replica that
+sees a newer version first truncates itself to the chunk table's length (PROTOCOL.md). So
+before asking for a new handle on a chunk, we wait until no write under the old handle is
+still on its way, and commit what was written (its length enters the table); otherwise
+the truncation would cut our own uncommitted bytes. Commits run one at a time
+(``_commit_lock``): a commit takes its lengths out of ``_uncommitted`` before its answer,
+and a renewal that did not wait for it could get a handle with the old length. A replica
+syncs only at its own version, so a chunk whose handle was renewed since our last write
+to it is synced by an empty ``chunk.write`` with ``sync`` under the new handle.
+
+READ PATH. A read clips to the file size as this client knows it (its own writes
+included), waits for in-flight uploads that overlap it (the replicas would answer with
+older bytes), asks ``fs.locate`` for the chunks (batched, cached), reads each chunk range
+from a replica (``chunkio.py``: least loaded first, failover; ``Stale`` -> locate again,
+with backoff, until the deadline), zero-fills holes and every byte past a chunk's valid
+length (the table's, or further where this client wrote), then lays the extent, as it was
+when the read began, over the result: read-your-writes within the client. A write to the
+inode bumps its ``generation``, which retires every block a handle prefetched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from dfs.client.cache import LocationCache
+from dfs.client.chunkio import READ_BYTES_MAX, ChunkIo
+from dfs.client.meta import MetaClient
+from dfs.client.options import ClientOptions
+from dfs.client.records import Attr, ChunkLocation, WriteHandle
+from dfs.wire.errors import (
+    Busy,
+    Corrupt,
+    DfsError,
+    InternalError,
+    Invalid,
+    NotFound,
+    PermissionDenied,
+    Stale,
+    Timeout,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# fs.locate batch: chunks asked for when one is missing from the cache (so a sequential
+# read locates once per batch) and the protocol's largest count.
+LOCATE_BATCH = 64
+LOCATE_COUNT_MAX = 1024
+# A write handle this close to its expiry is renewed before use: a chunk.write must reach
+# the end of the chain before the token expires.
+HANDLE_MARGIN_MS = 5_000
+# First pause before locating a chunk again after a failed read (doubling per attempt).
+STALE_BACKOFF_MIN_S = 0.005
+# Backoff between attempts of an upload after a replica failed.
+BACKOFF_MIN_S = 0.02
+BACKOFF_MAX_S = 1.0
+
+_HANDLE_OUTDATED = (Stale, PermissionDenied, NotFound)
+_REPLICA_FAILED = (Unavailable, Timeout, Busy, InternalError, Corrupt)
+
+
+async def gather(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run ``calls`` concurrently; their results in order. The first exception (in call
+    order) is raised once all have ended, not wrapped in an ``ExceptionGroup``."""
+    if len(calls) == 1:
+        return [await calls[0]()]
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException | None] = [None] * len(calls)
+
+    async def run(i: int) -> None:
+        try:
+            results[i] = await calls[i]()
+        except Exception as e:
+            errors[i] = e
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(calls)):
+            tg.start_soon(run, i)
+    for error in errors:
+        if error is not None:
+            raise error
+    return results
+
+
+def _deadline_error(what: str, last: DfsError | None) -> DfsError:
+    if last is None or isinstance(last, Timeout):
+        return Timeout(f"{what}: no success before the deadline (last: {last})")
+    return Unavailable(f"{what}: no success before the deadline (last: {last})")
+
+
+class FileIo:
+    """What open files share: the servers, the location cache, the task group."""
+
+    def __init__(
+        self,
+        *,
+        meta: MetaClient,
+        chunks: ChunkIo,
+        locations: LocationCache,
+        task_group: TaskGroup,
+        chunk_size: int,
+        options: ClientOptions,
+        on_attr: Callable[[Attr], None],
+    ) -> None:
+        self.meta = meta
+        self.chunks = chunks
+        self.locations = locations
+        self.task_group = task_group
+        self.chunk_size = chunk_size
+        self.options = options
+        self.on_attr = on_attr  # attributes fresh from the metaserver (commit, truncate)
+
+    async def locate(self, ino: int, first: int, last: int) -> dict[int, ChunkLocation | None]:
+        """Locations of chunks ``first..last`` (None: a hole), from the cache or batched
+        ``fs.locate`` calls."""
+        result: dict[int, ChunkLocation | None] = {}
+        missing: list[int] = []
+        for index in range(first, last + 1):
+            known, location = self.locations.get(ino, index)
+            if known:
+                result[index] = location
+            else:
+                missing.append(index)
+        while missing:
+            start = missing[0]
+            count = min(LOCATE_COUNT_MAX, max(last - start + 1, LOCATE_BATCH))
+            epoch = self.locations.epoch(ino)
+            header = await self.meta.read("fs.locate", ino=ino, index=start, count=count)
+            found: dict[int, ChunkLocation] = {}
+            for wire in header.get("chunks", []):
+                location = ChunkLocation.from_wire(wire)
+                if start <= location.index < start + count:
+                    found[location.index] = location
+            for index in range(start, start + count):
+                self.locations.put(ino, index, found.get(index), epoch=epoch)
+            for index in [i for i in missing if i < start + count]:
+                result[index] = found.get(index)
+            missing = [i for i in missing if i >= start + count]
+        return result
+
+
+class _Upload:
+    __slots__ = ("done", "end", "start")
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start = start
+        self.end = end
+        self.done = anyio.Event()
+
+
+class _ChunkWriter:
+    """One chunk's write handle and the uploads using it."""
+
+    __slots__ = ("handle", "idle", "lock", "users", "written_version")
+
+    def __init__(self) -> None:
+        self.handle: WriteHandle | None = None
+        self.written_version = 0  # the version our last write to the replicas carried
+        self.lock = anyio.Lock()
+        self.users = 0
+        self.idle = anyio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        if self.users == 0:
+            self.idle = anyio.Event()
+        self.users += 1
+
+    def leave(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self.idle.set()
+
+
+class OpenInode:
+    """This client's state for one inode while handles on it are open (see the module
+    docstring). ``size`` is the file size as this client knows it."""
+
+    def __init__(self, io: FileIo, attr: Attr) -> None:
+        self.io = io
+        self.ino = attr.ino
+        self.size = attr.size
+        self.refs = 0
+        self.generation = 0  # bumped by every write and truncate (retires read-ahead)
+        self._lock = anyio.Lock()  # one write/flush/truncate at a time
+        # One commit at a time: a commit takes lengths out of ``_uncommitted`` before its
+        # answer, and a handle renewal must not overtake a commit still on its way.
+        self._commit_lock = anyio.Lock()
+        # The extent: bytes [start, start + len(buf)) of the file, growing up to ``cap``
+        # bytes. It grows with the data rather than being allocated whole: a 4 KiB file
+        # must not cost a zeroed 4 MiB buffer (and glibc grows large buffers by mremap).
+        self._ext_buf: bytearray | None = None
+        self._ext_start = 0
+        self._ext_cap = 0
+        self._uploads: list[_Upload] = []
+        self._upload_slots = anyio.Semaphore(io.options.uploads_in_flight_max)
+        self._error: DfsError | None = None
+        self._writers: dict[int, _ChunkWriter] = {}
+        self._uncommitted: dict[int, int] = {}  # chunk index -> length to commit
+        self._written: dict[int, int] = {}  # chunk index -> valid length known here
+        self._unsynced: set[int] = set()  # chunks written since their last sync
+        self._uploaded_end = 0  # end of the furthest upload that landed
+        self._mtime_ns: int | None = None  # time of the last write not yet committed
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def dirty(self) -> bool:
+        """Whether this client holds changes the metaserver has not committed."""
+        return bool(
+            self._ext_buf is not None
+            or self._uploads
+            or self._uncommitted
+            or self._unsynced
+            or self._mtime_ns is not None
+        )
+
+    @property
+    def mtime_ns(self) -> int | None:
+        """The time of the last uncommitted write, if any."""
+        return self._mtime_ns
+
+    def refresh(self, attr: Attr) -> None:
+        """Attributes fresh from the metaserver (open's revalidation): adopt its size unless
+        this client has uncommitted changes, which are newer."""
+        if not self.dirty:
+            # Everything this client wrote is committed: the chunk table is the truth now
+            # (another client may have cut chunks since).
+            self._written.clear()
+            if attr.size != self.size:
+                self.size = attr.size
+                self.generation += 1
+
+    def _raise_error(self, *, clear: bool) -> None:
+        error = self._error
+        if error is not None:
+            if clear:
+                self._error = None
+            raise error
+
+    # ------------------------------------------------------------------ writing
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        immutable = isinstance(data, bytes)
+        n = view.nbytes
+        if offset < 0:
+            raise Invalid("negative offset")
+        async with self._lock:
+            self._raise_error(clear=False)
+            if n == 0:
+                return 0
+            chunk_size = self.io.chunk_size
+            pos = 0
+            while pos < n:
+                at = offset + pos
+                chunk_end = (at // chunk_size + 1) * chunk_size
+                take = min(n - pos, chunk_end - at)
+                await self._buffer(at, view[pos : pos + take], immutable, chunk_end)
+                pos += take
+            self.size = max(self.size, offset + n)
+            self.generation += 1
+            self._mtime_ns = time.time_ns()
+        return n
+
+    async def append(self, data: bytes | bytearray | memoryview) -> int:
+        """O_APPEND: write at the end of the file as this client knows it."""
+        return await self.write(self.size, data)
+
+    async def _buffer(self, at: int, piece: memoryview, immutable: bool, chunk_end: int) -> None:
+        """Put ``piece`` (inside one chunk, ending at or before ``chunk_end``) at ``at``."""
+        buf = self._ext_buf
+        if buf is not None:
+            start = self._ext_start
+            if start <= at <= start + len(buf) and at < start + self._ext_cap:
+                # Continues or overwrites the extent: copy what fits (a slice assignment
+                # that runs past the end extends the buffer).
+                take = min(len(piece), start + self._ext_cap - at)
+                buf[at - start : at - start + take] = piece[:take]
+                if len(buf) == self._ext_cap:
+                    await self._flush_extent()
+                piece = piece[take:]
+                at += take
+                if not piece:
+                    return
+            else:
+                await self._flush_extent()
+        limit = self.io.options.write_buffer_bytes
+        while piece:
+            capacity = min(limit, chunk_end - at)
+            if len(piece) >= capacity:
+                # A whole buffer's worth: upload it as it is (immutable) or from one copy.
+                data = piece[:capacity] if immutable else memoryview(bytearray(piece[:capacity]))
+                await self._start_upload(at, data)
+                piece = piece[capacity:]
+                at += capacity
+                continue
+            self._ext_buf, self._ext_start, self._ext_cap = bytearray(piece), at, capacity
+            return
+
+    async def _flush_extent(self) -> None:
+        buf = self._ext_buf
+        if buf is None:
+            return
+        start = self._ext_start
+        await self._reserve_upload(start, start + len(buf))
+        # No await from here on: the extent leaves the buffer only as its upload starts, so
+        # a cancelled write (an interrupted FUSE request) never loses buffered data.
+        self._ext_buf = None
+        self._spawn_upload(start, memoryview(buf))
+
+    async def _start_upload(self, start: int, data: memoryview) -> None:
+        await self._reserve_upload(start, start + data.nbytes)
+        self._spawn_upload(start, data)
+
+    async def _reserve_upload(self, start: int, end: int) -> None:
+        """Wait until no upload overlapping [start, end) is in flight and take a slot."""
+        while True:
+            # Overlapping uploads land in the order they started.
+            for upload in self._uploads:
+                if upload.start < end and start < upload.end:
+                    await upload.done.wait()
+                    break
+            else:
+                await self._upload_slots.acquire()
+                if any(u.start < end and start < u.end for u in self._uploads):
+                    self._upload_slots.release()
+                    continue
+                return
+
+    def _spawn_upload(self, start: int, data: memoryview) -> None:
+        """Start an upload in the background (a slot is already taken)."""
+        end = start + data.nbytes
+        upload = _Upload(start, end)
+        self._uploads.append(upload)
+        self.io.task_group.start_soon(self._run_upload, upload, data, name=f"upload ino {self.ino}")
+
+    async def _run_upload(self, upload: _Upload, data: memoryview) -> None:
+        try:
+            await self._write_range(upload.start, data, sync=False)
+        except DfsError as e:
+            log.debug(
+                "ino %d: upload of [%d, %d) failed: %s", self.ino, upload.start, upload.end, e
+            )
+            if self._error is None:
+                self._error = e
+        except Exception:
+            log.exception("ino %d: upload failed", self.ino)
+            if self._error is None:
+                self._error = InternalError("upload failed")
+        finally:
+            self._uploads.remove(upload)
+            self._upload_slots.release()
+            upload.done.set()
+
+    async def _wait_uploads(self, start: int = 0, end: int | None = None) -> None:
+        """Until no upload overlapping [start, end) (default: any) is in flight."""
+        while True:
+            for upload in self._uploads:
+                if end is None or (upload.start < end and start < upload.end):
+                    await upload.done.wait()
+                    break
+            else:
+                return
+
+    async def _write_range(self, start: int, data: memoryview, *, sync: bool) -> None:
+        """Write ``data`` (inside one chunk) at file offset ``start``, retrying until the
+        deadline; record what landed."""
+        io = self.io
+        index, offset = divmod(start, io.chunk_size)
+        end_in_chunk = offset + data.nbytes
+        deadline = anyio.current_time() + io.options.timeout_s
+        backoff_s = BACKOFF_MIN_S
+        last: DfsError | None = None
+        while True:
+            writer = self._writers.setdefault(index, _ChunkWriter())
+            handle = await self._handle(index, writer, deadline, last)
+            writer.enter()
+            try:
+                await io.chunks.write(handle, offset, data, sync=sync)
+            except _HANDLE_OUTDATED as e:
+                last, pause = e, False
+            except _REPLICA_FAILED as e:
+                # The chain is broken somewhere: a new handle may come with a new chain
+                # (the metaserver drops a dead chunkserver from it).
+                last, pause = e, True
+            else:
+                self._uncommitted[index] = max(self._uncommitted.get(index, 0), end_in_chunk)
+                self._written[index] = max(self._written.get(index, 0), end_in_chunk)
+                self._uploaded_end = max(self._uploaded_end, start + data.nbytes)
+                writer.written_version = max(writer.written_version, handle.version)
+                if not sync:
+                    self._unsynced.add(index)
+                return
+            finally:
+                writer.leave()
+            if writer.handle is handle:
+                writer.handle = None
+            log.debug("ino %d chunk %d: write failed (%s); new handle", self.ino, index, last)
+            if anyio.current_time() >= deadline:
+                raise _deadline_error(f"write to ino {self.ino} chunk {index}", last)
+            if pause:
+                await anyio.sleep(min(backoff_s, max(0.0, deadline - anyio.current_time())))
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+
+    async def _handle(
+        self, index: int, writer: _ChunkWriter, deadline: float, last: DfsError | None
+    ) -> WriteHandle:
+        """The chunk's write handle, asking for a new one when there is none or it nears
+        expiry (see NEW HANDLES AND CHUNK LENGTHS above)."""
+        handle = writer.handle
+        if handle is not None and handle.expiry_ms - HANDLE_MARGIN_MS > _now_ms():
+            return handle
+        async with writer.lock:
+            handle = writer.handle
+            if handle is not None and handle.expiry_ms - HANDLE_MARGIN_MS > _now_ms():
+                return handle
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                raise _deadline_error(f"write handle for ino {self.ino} chunk {index}", last)
+            await writer.idle.wait()
+            async with self._commit_lock:
+                if index in self._uncommitted:
+                    await self._commit_locked(self._uploaded_end, mtime_ns=None)
+            header = await self.io.meta.mutate(
+                "fs.write_handle", timeout_s=remaining, ino=self.ino, index=index
+            )
+            handle = WriteHandle.from_wire(index, header)
+            writer.handle = handle
+            # The chunk's version changed: cached read locations are stale.
+            self.io.locations.drop(self.ino, index)
+            self._written[index] = max(self._written.get(index, 0), handle.length)
+            return handle
+
+    async def _sync_chunk(self, index: int) -> None:
+        """fsync the chunk on every replica of its chain.
+
+        A replica syncs only at its own version. If the handle was renewed since our last
+        write (its token neared expiry, say), the replicas are still at the old version:
+        then an empty ``chunk.write`` with ``sync`` under the new handle moves them to it
+        (cutting them to the table's length, which ``_handle`` made cover our writes) and
+        fsyncs them, in one call."""
+        io = self.io
+        deadline = anyio.current_time() + io.options.timeout_s
+        backoff_s = BACKOFF_MIN_S
+        last: DfsError | None = None
+        while True:
+            writer = self._writers.setdefault(index, _ChunkWriter())
+            handle = await self._handle(index, writer, deadline, last)
+            try:
+                if handle.version == writer.written_version:
+                    await io.chunks.sync(handle)
+                else:
+                    writer.enter()
+                    try:
+                        await io.chunks.write(handle, handle.length, b"", sync=True)
+                    finally:
+                        writer.leave()
+                    writer.written_version = max(writer.written_version, handle.version)
+                return
+            except _HANDLE_OUTDATED as e:
+                last, pause = e, False
+            except _REPLICA_FAILED as e:
+                last, pause = e, True
+            if writer.handle is handle:
+                writer.handle = None
+            if anyio.current_time() >= deadline:
+                raise _deadline_error(f"sync of ino {self.ino} chunk {index}", last)
+            if pause:
+                await anyio.sleep(min(backoff_s, max(0.0, deadline - anyio.current_time())))
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+
+    async def _commit(self, size: int, *, mtime_ns: int | None) -> Attr:
+        """``fs.commit`` what has landed: chunk lengths, ``size`` and ``mtime_ns``."""
+        async with self._commit_lock:
+            return await self._commit_locked(size, mtime_ns=mtime_ns)
+
+    async def _commit_locked(self, size: int, *, mtime_ns: int | None) -> Attr:
+        chunks = sorted(self._uncommitted.items())
+        self._uncommitted = {}
+        try:
+            header = await self.io.meta.mutate(
+                "fs.commit",
+                ino=self.ino,
+                size=size,
+                mtime_ns=mtime_ns if mtime_ns is not None else time.time_ns(),
+                chunks=[[index, length] for index, length in chunks],
+            )
+        except BaseException:
+            for index, length in chunks:
+                self._uncommitted[index] = max(self._uncommitted.get(index, 0), length)
+            raise
+        attr = Attr.from_wire(header.get("attr"))
+        # Cached locations of these chunks carry their lengths from before the commit.
+        for index, _ in chunks:
+            self.io.locations.drop(self.ino, index)
+        self.io.on_attr(attr)
+        return attr
+
+    async def flush(self, *, sync: bool = True) -> Attr | None:
+        """Upload everything, make it durable (``sync``), commit size/mtime/lengths.
+        Raises (and forgets) the first error of a background upload. Returns the committed
+        attributes, or None when there was nothing to commit."""
+        async with self._lock:
+            return await self._flush_locked(sync=sync)
+
+    async def _flush_locked(self, *, sync: bool) -> Attr | None:
+        await self._wait_uploads()
+        if self._error is not None:
+            self._raise_error(clear=True)
+        buf, start, cap = self._ext_buf, self._ext_start, self._ext_cap
+        if buf is not None:
+            # Every earlier write has landed, so a synced write fsyncs its whole chunk. It
+            # is an upload like the others (readers wait for it), written here inline.
+            self._ext_buf = None
+            upload = _Upload(start, start + len(buf))
+            self._uploads.append(upload)
+            try:
+                await self._write_range(start, memoryview(buf), sync=sync)
+            except BaseException as e:
+                if not isinstance(e, DfsError) and self._ext_buf is None:
+                    # Cancelled: keep the data for the next flush. (A DfsError means the
+                    # write failed until its deadline: reported now, as Linux does.)
+                    # A copy: the abandoned call may still hold a view of ``buf``.
+                    self._ext_buf, self._ext_start, self._ext_cap = bytearray(buf), start, cap
+                raise
+            finally:
+                self._uploads.remove(upload)
+                upload.done.set()
+            if sync:
+                self._unsynced.discard(start // self.io.chunk_size)
+        if sync and self._unsynced:
+            indexes = sorted(self._unsynced)
+            await gather([partial(self._sync_chunk, i) for i in indexes])
+            self._unsynced.difference_update(indexes)
+        if not self._uncommitted and self._mtime_ns is None:
+            return None
+        mtime_ns = self._mtime_ns
+        attr = await self._commit(self.size, mtime_ns=mtime_ns)
+        if self._mtime_ns == mtime_ns:
+            self._mtime_ns = None
+        # Nothing is in flight (we hold the lock and waited): all we wrote is in the
+        # table, whose lengths a fresh locate returns.
+        self._written.clear()
+        return attr
+
+    async def truncate(self, size: int, **fields: Any) -> Attr:
+        """``fs.setattr(size=...)`` (with any other setattr ``fields``) after everything
+        written before has been committed; then forget handles and locations of the chunks
+        the server cut or dropped."""
+        if size < 0:
+            raise Invalid("negative size")
+        async with self._lock:
+            await self._flush_locked(sync=True)
+            header = await self.io.meta.mutate("fs.setattr", ino=self.ino, size=size, **fields)
+            attr = Attr.from_wire(header.get("attr"))
+            chunk_size = self.io.chunk_size
+            cut = size // chunk_size  # the first chunk changed or dropped
+            for index in [i for i in self._writers if i >= cut]:
+                del self._writers[index]
+            for index in [i for i in self._written if i >= cut]:
+                del self._written[index]
+            self.io.locations.drop(self.ino)
+            self.size = size
+            self._uploaded_end = min(self._uploaded_end, size)
+            self.generation += 1
+            self.io.on_attr(attr)
+            return attr
+
+    # ------------------------------------------------------------------ reading
+
+    async def read(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the file (``end`` within the size as known here)."""
+        if end <= start:
+            return b""
+        # The extent as it is now: while we fetch, another task's write may push it out
+        # as an upload, which may land after our fetch read the replicas.
+        buf, at = self._ext_buf, self._ext_start
+        length = len(buf) if buf is not None else 0
+        if buf is not None and at <= start and end <= at + length:
+            return bytes(memoryview(buf)[start - at : end - at])
+        await self._wait_uploads(start, end)
+        data = await self._fetch(start, end)
+        if buf is None:
+            return data
+        a, b = max(start, at), min(end, at + length)
+        if a >= b:
+            return data
+        view = memoryview(data)
+        return b"".join((view[: a - start], memoryview(buf)[a - at : b - at], view[b - start :]))
+
+    async def _fetch(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) from the chunkservers, holes and junk zero-filled."""
+        io = self.io
+        chunk_size = io.chunk_size
+        first, last = start // chunk_size, (end - 1) // chunk_size
+        locations = await io.locate(self.ino, first, last)
+        piece_bytes = min(io.options.read_piece_bytes, READ_BYTES_MAX)
+        # (file offset, size) of each range to ask a replica for, in order.
+        pieces: list[tuple[int, int, int]] = []  # (chunk index, file offset, size)
+        for index in range(first, last + 1):
+            base = index * chunk_size
+            a, b = max(start, base), min(end, base + chunk_size)
+            location = locations.get(index)
+            valid = max(location.length if location else 0, self._written.get(index, 0))
+            b = min(b, base + valid)
+            while a < b:
+                size = min(piece_bytes, b - a)
+                pieces.append((index, a, size))
+                a += size
+        if not pieces:
+            return bytes(end - start)
+        deadline = anyio.current_time() + io.options.timeout_s
+        results = await gather(
+            [
+                partial(
+                    self._read_piece,
+                    index,
+                    locations.get(index),
+                    at - index * chunk_size,
+                    size,
+                    deadline,
+                )
+                for index, at, size in pieces
+            ]
+        )
+        if len(pieces) == 1 and pieces[0][1] == start and len(results[0]) == end - start:
+            return results[0]  # one replica answer covers it all: no copy
+        segments: list[bytes | memoryview] = []
+        pos = start
+        for (_, at, size), payload in zip(pieces, results, strict=True):
+            if at > pos:
+                segments.append(bytes(at - pos))
+            segments.append(payload[:size])
+            pos = at + min(len(payload), size)
+        if pos < end:
+            segments.append(bytes(end - pos))
+        return b"".join(segments)
+
+    async def _read_piece(
+        self, index: int, location: ChunkLocation | None, offset: int, size: int, deadline: float
+    ) -> bytes:
+        """One chunk range from a replica, locating the chunk again after ``Stale`` (its
+        version moved: a write is on its way, or a replica set changed) or after every
+        replica failed, with backoff, until ``deadline``."""
+        io = self.io
+        backoff_s = STALE_BACKOFF_MIN_S
+        while True:
+            if location is None:
+                # A hole the cache knew of, or the chunk vanished (a truncate elsewhere).
+                return b""
+            try:
+                return await io.chunks.read(location, offset, size, deadline=deadline)
+            except (Stale, Unavailable, Timeout) as e:
+                io.locations.drop(self.ino, index)
+                if anyio.current_time() + backoff_s >= deadline:
+                    raise
+                log.debug("ino %d chunk %d: read failed (%s); locating again", self.ino, index, e)
+                # A write in flight bumps the chunk table's version before the replicas
+                # take it; that lasts one chunk.write, so the first retries come quickly.
+                await anyio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+                location = (await io.locate(self.ino, index, index)).get(index)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+__all__ = ["FileIo", "OpenInode", "gather"]

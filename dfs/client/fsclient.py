@@ -1,0 +1,585 @@
+"""``FsClient``: a POSIX-shaped API over the metaservers and chunkservers.
+
+This is what the CLI and the FUSE adapter call. It is inode-based, like pyfuse3's
+``Operations``: names are bytes, inodes are ints (the root is ``ROOT_INO``), attributes are
+``Attr`` records, and errors are ``DfsError``s from ``dfs.wire.errors`` (never errno: the
+FUSE adapter maps them). Path helpers (``resolve``, ``resolve_parent``) serve the CLI.
+
+What it owns: the caches (``cache.py``) and the table of inodes open in this client
+(``files.py``); it builds each metaserver request (docs/PROTOCOL.md) and keeps the caches
+true to this client's own mutations, next to each call. What it must not do: import
+asyncio or server code (it runs under trio in the mount; ``tests/unit/test_boundaries.py``).
+
+Lifetime: a client lives in a task group, which runs its connections' readers and writers,
+its uploads and its read-ahead::
+
+    async with FsClient.open_cluster(["127.0.0.1:7001", ...], secret) as fs:
+        attr = await fs.resolve(b"/a/b")
+        async with await fs.open(attr.ino, os.O_RDONLY) as f:
+            data = await f.read(0, 1 << 20)
+
+or, for an owner with a task group of its own (the FUSE adapter)::
+
+    fs = FsClient(tg, addresses, secret, options=ClientOptions(...))
+    await fs.start()          # finds the leader, learns chunk_size (fs.statfs)
+    ...
+    await fs.aclose()         # closes connections; files should be closed before
+
+Leaving the block (or ``aclose``) without closing written files loses their uncommitted
+writes, as a crash would.
+
+Consistency: attributes and entries are cached for ``attr_ttl_s``; this client's own
+mutations update them at once; ``open`` always asks the metaserver (close-to-open), and
+``File.close``/``flush``/``fsync`` commit. Within one client every handle on an inode shares
+one write-back buffer, so reads see the client's own writes at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import stat
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from dfs.client.cache import Clock, LocationCache, MetaCache
+from dfs.client.chunkio import ChunkIo
+from dfs.client.conn import single_errors
+from dfs.client.files import FileIo, OpenInode
+from dfs.client.handle import File, check_open_flags
+from dfs.client.meta import MetaClient
+from dfs.client.options import ClientOptions
+from dfs.client.pool import ConnectionPool
+from dfs.client.records import Attr, DirEntry, StatFs
+from dfs.wire.errors import Invalid, NameTooLong, NotDir, ProtocolError, Unavailable
+from dfs.wire.messages import field
+
+ROOT_INO = 1
+NAME_BYTES_MAX = 255
+# Symlinks followed while resolving one path before giving up (Linux's MAXSYMLINKS).
+SYMLINKS_MAX = 40
+# readdir page size when iterating a whole directory.
+READDIR_PAGE = 1024
+
+# Linux renameat2 flags, as the protocol numbers them.
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+# setxattr flags.
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+
+def check_name(name: bytes) -> None:
+    """Refuse a name no local file system takes, before a round trip."""
+    if not isinstance(name, bytes):
+        raise TypeError("names are bytes")
+    if len(name) > NAME_BYTES_MAX:
+        raise NameTooLong(f"name of {len(name)} bytes", name=name[:64])
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise Invalid("invalid name", name=name[:64])
+
+
+class FsClient:
+    """A client of one dfs cluster. See the module docstring for its lifetime."""
+
+    def __init__(
+        self,
+        task_group: TaskGroup,
+        meta_addresses: Sequence[str],
+        secret: bytes,
+        *,
+        options: ClientOptions | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.options = options = options or ClientOptions()
+        self._task_group = task_group
+        self._rng = rng or random.Random()
+        clock = clock or anyio.current_time
+        self._pool = ConnectionPool(
+            task_group, secret, name=options.name, connect_timeout_s=options.connect_timeout_s
+        )
+        self.meta = MetaClient(
+            self._pool,
+            meta_addresses,
+            timeout_s=options.timeout_s,
+            attempt_timeout_s=options.attempt_timeout_s,
+            lanes_max=options.lanes_max,
+            rng=self._rng,
+        )
+        self.chunks = ChunkIo(self._pool, io_timeout_s=options.io_timeout_s, rng=self._rng)
+        self.cache = MetaCache(
+            ttl_s=options.attr_ttl_s, clock=clock, entries_max=options.cache_entries_max
+        )
+        self.locations = LocationCache(
+            ttl_s=options.location_ttl_s,
+            clock=clock,
+            wall_clock_ms=lambda: time.time_ns() // 1_000_000,
+            entries_max=options.cache_entries_max,
+        )
+        self._io: FileIo | None = None
+        self._open: dict[int, OpenInode] = {}
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+
+    # ------------------------------------------------------------------ lifetime
+
+    @classmethod
+    @asynccontextmanager
+    async def open_cluster(
+        cls,
+        meta_addresses: Sequence[str],
+        secret: bytes,
+        *,
+        attr_ttl_s: float | None = None,
+        timeout_s: float | None = None,
+        options: ClientOptions | None = None,
+        clock: Clock | None = None,
+    ) -> AsyncIterator[FsClient]:
+        """A started client in a task group of its own, closed when the block ends.
+        ``attr_ttl_s`` and ``timeout_s``, when given, override ``options``."""
+        options = options or ClientOptions()
+        if attr_ttl_s is not None:
+            options = dataclasses.replace(options, attr_ttl_s=attr_ttl_s)
+        if timeout_s is not None:
+            options = dataclasses.replace(options, timeout_s=timeout_s)
+        with single_errors():
+            async with anyio.create_task_group() as tg:
+                fs = cls(tg, meta_addresses, secret, options=options, clock=clock)
+                try:
+                    await fs.start()
+                    yield fs
+                finally:
+                    await fs.aclose()
+                    tg.cancel_scope.cancel()
+
+    async def start(self) -> None:
+        """Reach the metaservers and learn the cluster's chunk size. Raises ``Timeout``/
+        ``Unavailable`` after ``timeout_s`` if no metaserver answers, ``AuthError`` on a
+        wrong secret."""
+        statfs = await self.statfs()
+        self._io = FileIo(
+            meta=self.meta,
+            chunks=self.chunks,
+            locations=self.locations,
+            task_group=self._task_group,
+            chunk_size=statfs.chunk_size,
+            options=self.options,
+            on_attr=self._own_attr,
+        )
+
+    async def aclose(self) -> None:
+        """Close every connection. Files still open lose what they have not committed."""
+        self._open.clear()
+        with anyio.CancelScope(shield=True):
+            await self._pool.aclose()
+
+    @property
+    def chunk_size(self) -> int:
+        return self._file_io().chunk_size
+
+    def _file_io(self) -> FileIo:
+        if self._io is None:
+            raise Unavailable("client not started")
+        return self._io
+
+    # ------------------------------------------------------------------ attributes
+
+    def _own_attr(self, attr: Attr) -> None:
+        """Attributes the metaserver returned for this client's own change."""
+        self.cache.put_attr(attr)
+        self.locations.revalidate(attr, own_change=True)
+
+    def _local(self, attr: Attr) -> Attr:
+        """``attr`` with this client's uncommitted size and mtime laid over it."""
+        inode = self._open.get(attr.ino)
+        if inode is None or not inode.dirty:
+            return attr
+        mtime_ns = inode.mtime_ns if inode.mtime_ns is not None else attr.mtime_ns
+        return dataclasses.replace(attr, size=inode.size, mtime_ns=mtime_ns)
+
+    @staticmethod
+    def _attr(header: dict[str, Any]) -> Attr:
+        return Attr.from_wire(header.get("attr"))
+
+    async def getattr(self, ino: int, *, fresh: bool = False) -> Attr:
+        """The inode's attributes: from the cache unless stale or ``fresh``."""
+        attr = None if fresh else self.cache.attr(ino)
+        if attr is None:
+            attr = self._attr(await self.meta.read("fs.getattr", ino=ino))
+            self.cache.put_attr(attr)
+        return self._local(attr)
+
+    async def lookup(self, parent: int, name: bytes) -> Attr:
+        """The attributes of ``name`` in directory ``parent`` (``NotFound`` if absent)."""
+        check_name(name)
+        ino = self.cache.entry(parent, name)
+        if ino is not None:
+            attr = self.cache.attr(ino)
+            if attr is not None:
+                return self._local(attr)
+        attr = self._attr(await self.meta.read("fs.lookup", parent=parent, name=name))
+        self.cache.put_entry(parent, name, attr)
+        return self._local(attr)
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        atime_now: bool = False,
+        mtime_now: bool = False,
+    ) -> Attr:
+        """Change attributes; ``size`` truncates or extends (the server cuts or drops
+        chunks). ``*_now`` use the server's clock. Returns the new attributes."""
+        fields: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("mode", mode),
+                ("uid", uid),
+                ("gid", gid),
+                ("atime_ns", atime_ns),
+                ("mtime_ns", mtime_ns),
+            )
+            if v is not None
+        }
+        if atime_now:
+            fields["atime_now"] = True
+        if mtime_now:
+            fields["mtime_now"] = True
+        inode = self._open.get(ino)
+        if size is not None:
+            if inode is not None:
+                return self._local(await inode.truncate(size, **fields))
+            header = await self.meta.mutate("fs.setattr", ino=ino, size=size, **fields)
+            self.locations.drop(ino)
+        else:
+            if inode is not None and inode.dirty:
+                # Commit the writes first, or their commit would overwrite what is set here
+                # (mtime) with what was true before.
+                await inode.flush(sync=False)
+            header = await self.meta.mutate("fs.setattr", ino=ino, **fields)
+        attr = self._attr(header)
+        self._own_attr(attr)
+        return self._local(attr)
+
+    async def set_goal(self, ino: int, goal: int) -> Attr:
+        """Set the replication goal of a file or directory (1..16)."""
+        attr = self._attr(await self.meta.mutate("fs.set_goal", ino=ino, goal=goal))
+        self.cache.put_attr(attr)
+        return attr
+
+    async def statfs(self) -> StatFs:
+        return StatFs.from_wire(await self.meta.read("fs.statfs"))
+
+    # ------------------------------------------------------------------ directories
+
+    async def readdir_page(
+        self, ino: int, cookie: int = 0, limit: int = READDIR_PAGE
+    ) -> tuple[list[DirEntry], bool]:
+        """One page of directory ``ino`` after ``cookie`` (0: from the start), with
+        attributes; and whether more entries follow. Pass the last entry's ``cookie`` to
+        continue. ``.`` and ``..`` are not listed."""
+        header = await self.meta.read("fs.readdir", ino=ino, cookie=cookie, limit=limit)
+        entries = [DirEntry.from_wire(e) for e in field(header, "entries", list)]
+        more = field(header, "more", bool, False)
+        out = []
+        for entry in entries:
+            self.cache.put_entry(ino, entry.name, entry.attr)
+            local = self._local(entry.attr)
+            out.append(entry if local is entry.attr else dataclasses.replace(entry, attr=local))
+        return out, more
+
+    async def readdir(self, ino: int) -> AsyncIterator[DirEntry]:
+        """Every entry of directory ``ino``, page by page."""
+        cookie = 0
+        while True:
+            entries, more = await self.readdir_page(ino, cookie)
+            for entry in entries:
+                yield entry
+            if not more or not entries:
+                return
+            cookie = entries[-1].cookie
+
+    async def mkdir(
+        self, parent: int, name: bytes, mode: int, *, uid: int | None = None, gid: int | None = None
+    ) -> Attr:
+        check_name(name)
+        mode = mode if stat.S_IFMT(mode) else mode | stat.S_IFDIR
+        header = await self.meta.mutate(
+            "fs.mkdir", parent=parent, name=name, mode=mode, **self._owner(uid, gid)
+        )
+        return self._created(parent, name, header)
+
+    async def rmdir(self, parent: int, name: bytes) -> None:
+        check_name(name)
+        try:
+            await self.meta.mutate("fs.rmdir", parent=parent, name=name)
+        finally:
+            self._removed(parent, name)
+
+    # ------------------------------------------------------------------ names
+
+    async def create(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        exclusive: bool = True,
+    ) -> tuple[Attr, bool]:
+        """Create a regular file; returns its attributes and whether it was created
+        (False: it existed and ``exclusive`` was False). ``Exists`` if ``exclusive``."""
+        check_name(name)
+        mode = mode if stat.S_IFMT(mode) else mode | stat.S_IFREG
+        header = await self.meta.mutate(
+            "fs.create",
+            parent=parent,
+            name=name,
+            mode=mode,
+            exclusive=exclusive,
+            **self._owner(uid, gid),
+        )
+        attr = self._created(parent, name, header)
+        return attr, field(header, "created", bool, True)
+
+    async def create_and_open(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        flags: int,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> tuple[Attr, File]:
+        """``open(2)`` with O_CREAT in one metadata round trip (FUSE's ``create``):
+        O_EXCL makes it exclusive; an existing file is opened (and O_TRUNC truncates it)."""
+        attr, created = await self.create(
+            parent, name, mode, uid=uid, gid=gid, exclusive=bool(flags & os.O_EXCL)
+        )
+        if not created:
+            # Someone else's file: close-to-open revalidation applies as to any open.
+            attr = self._attr(await self.meta.read("fs.getattr", ino=attr.ino))
+        attr, handle = await self._open_attr(attr, flags)
+        return self._local(attr), handle
+
+    async def mknod(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        rdev: int = 0,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> Attr:
+        check_name(name)
+        header = await self.meta.mutate(
+            "fs.mknod", parent=parent, name=name, mode=mode, rdev=rdev, **self._owner(uid, gid)
+        )
+        return self._created(parent, name, header)
+
+    async def symlink(
+        self,
+        parent: int,
+        name: bytes,
+        target: bytes,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> Attr:
+        check_name(name)
+        header = await self.meta.mutate(
+            "fs.symlink", parent=parent, name=name, target=target, **self._owner(uid, gid)
+        )
+        return self._created(parent, name, header)
+
+    async def readlink(self, ino: int) -> bytes:
+        header = await self.meta.read("fs.readlink", ino=ino)
+        return field(header, "target", bytes)
+
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
+        """A hard link ``new_name`` in ``new_parent`` to ``ino``; returns its attributes."""
+        check_name(new_name)
+        header = await self.meta.mutate("fs.link", ino=ino, parent=new_parent, name=new_name)
+        return self._created(new_parent, new_name, header)
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        check_name(name)
+        try:
+            await self.meta.mutate("fs.unlink", parent=parent, name=name)
+        finally:
+            self._removed(parent, name)
+
+    async def rename(
+        self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int = 0
+    ) -> None:
+        """Atomically rename; ``flags`` as ``renameat2``: ``RENAME_NOREPLACE`` (``Exists`` if
+        the target exists), ``RENAME_EXCHANGE`` (swap two existing names)."""
+        check_name(name)
+        check_name(new_name)
+        try:
+            await self.meta.mutate(
+                "fs.rename",
+                parent=parent,
+                name=name,
+                new_parent=new_parent,
+                new_name=new_name,
+                flags=flags,
+            )
+        finally:
+            self._removed(parent, name)
+            self._removed(new_parent, new_name)
+
+    def _owner(self, uid: int | None, gid: int | None) -> dict[str, int]:
+        return {
+            "uid": self._uid if uid is None else uid,
+            "gid": self._gid if gid is None else gid,
+        }
+
+    def _created(self, parent: int, name: bytes, header: dict[str, Any]) -> Attr:
+        attr = self._attr(header)
+        self.cache.put_entry(parent, name, attr)
+        self.cache.drop_attr(parent)  # its mtime (and nlink for a directory) changed
+        return self._local(attr)
+
+    def _removed(self, parent: int, name: bytes) -> None:
+        ino = self.cache.drop_entry(parent, name)
+        if ino is not None:
+            self.cache.drop_attr(ino)  # nlink and ctime changed
+        self.cache.drop_attr(parent)
+
+    # ------------------------------------------------------------------ xattrs
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        """The value of extended attribute ``name`` (``NoAttr`` if absent)."""
+        header = await self.meta.read("fs.getxattr", ino=ino, name=name)
+        return field(header, "value", bytes)
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        names = field(await self.meta.read("fs.listxattr", ino=ino), "names", list)
+        if not all(isinstance(n, bytes) for n in names):
+            raise ProtocolError("listxattr: names must be bytes")
+        return names
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        """Set ``name`` to ``value``; ``flags``: ``XATTR_CREATE`` (``Exists`` if set),
+        ``XATTR_REPLACE`` (``NoAttr`` if not)."""
+        try:
+            await self.meta.mutate("fs.setxattr", ino=ino, name=name, value=value, flags=flags)
+        finally:
+            self.cache.drop_attr(ino)  # ctime
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        try:
+            await self.meta.mutate("fs.removexattr", ino=ino, name=name)
+        finally:
+            self.cache.drop_attr(ino)
+
+    # ------------------------------------------------------------------ files
+
+    async def open(self, ino: int, flags: int) -> File:
+        """Open ``ino`` with ``os.O_*`` ``flags``: attributes are revalidated with the
+        metaserver (close-to-open); O_TRUNC truncates a writable open; O_APPEND writes go to
+        the end. Returns a ``File``; close it (``await f.close()`` or ``async with``)."""
+        attr = self._attr(await self.meta.read("fs.getattr", ino=ino))
+        self.cache.put_attr(attr)
+        _, handle = await self._open_attr(attr, flags)
+        return handle
+
+    async def _open_attr(self, attr: Attr, flags: int) -> tuple[Attr, File]:
+        """Open with fresh ``attr``; returns the attributes after O_TRUNC, and the file."""
+        check_open_flags(attr, flags)
+        io = self._file_io()
+        self.locations.revalidate(attr)
+        inode = self._open.get(attr.ino)
+        if inode is None:
+            inode = self._open[attr.ino] = OpenInode(io, attr)
+        else:
+            inode.refresh(attr)
+        inode.refs += 1
+        handle = File(inode, flags, self._release)
+        if flags & os.O_TRUNC and handle.writable and (inode.size or attr.size):
+            try:
+                attr = await inode.truncate(0)
+            except BaseException:
+                await handle.close()
+                raise
+        return attr, handle
+
+    def _release(self, inode: OpenInode) -> None:
+        inode.refs -= 1
+        if inode.refs <= 0 and self._open.get(inode.ino) is inode:
+            del self._open[inode.ino]
+
+    # ------------------------------------------------------------------ paths (CLI)
+
+    async def resolve(self, path: bytes, *, follow_symlinks: bool = True) -> Attr:
+        """The attributes of absolute ``path``. Symlinks on the way are followed, the last
+        component's only with ``follow_symlinks``. ``NotFound``, ``NotDir``, ``Invalid``
+        (relative path, or more than ``SYMLINKS_MAX`` symlinks: a loop)."""
+        if not path.startswith(b"/"):
+            raise Invalid("path must be absolute", path=path[:256])
+        root = await self.getattr(ROOT_INO)
+        attr = root
+        ancestors: list[Attr] = []
+        parts = _components(path)
+        symlinks = 0
+        while parts:
+            name = parts.pop(0)
+            if name == b"..":
+                attr = ancestors.pop() if ancestors else root
+                continue
+            if not attr.is_dir:
+                raise NotDir("not a directory", ino=attr.ino)
+            child = await self.lookup(attr.ino, name)
+            if child.is_symlink and (parts or follow_symlinks):
+                symlinks += 1
+                if symlinks > SYMLINKS_MAX:
+                    raise Invalid("too many levels of symbolic links", path=path[:256])
+                target = await self.readlink(child.ino)
+                if target.startswith(b"/"):
+                    attr, ancestors = root, []
+                parts = _components(target) + parts
+                continue
+            ancestors.append(attr)
+            attr = child
+        return attr
+
+    async def resolve_parent(self, path: bytes) -> tuple[Attr, bytes]:
+        """(the directory that holds the last component of ``path``, that name)."""
+        head, _, name = path.rstrip(b"/").rpartition(b"/")
+        check_name(name)
+        parent = await self.resolve(head or b"/")
+        if not parent.is_dir:
+            raise NotDir("not a directory", ino=parent.ino)
+        return parent, name
+
+
+def _components(path: bytes) -> list[bytes]:
+    return [p for p in path.split(b"/") if p and p != b"."]
+
+
+__all__ = [
+    "RENAME_EXCHANGE",
+    "RENAME_NOREPLACE",
+    "ROOT_INO",
+    "XATTR_CREATE",
+    "XATTR_REPLACE",
+    "FsClient",
+    "check_name",
+]

@@ -1,0 +1,208 @@
+"""Open-file handles: what ``FsClient.open`` returns, and each handle's read-ahead.
+
+What it owns: a handle's access mode and O_APPEND, its sequential-read detection and the
+blocks it prefetched. What it must not do: hold file data of its own beyond prefetched
+blocks: writes and reads go through the inode's shared state (``files.OpenInode``), so all
+handles on one inode in one client see the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import anyio
+
+from dfs.client.files import OpenInode
+from dfs.client.records import Attr
+from dfs.wire.errors import DfsError, InternalError, Invalid, IsDir, PermissionDenied
+
+log = logging.getLogger(__name__)
+
+
+class ReadAhead:
+    """Sequential-read detection and prefetch for one handle.
+
+    A read that starts where the previous one ended (or at 0) is sequential: the blocks it
+    needs and the next ``window`` bytes of blocks are fetched concurrently, the window
+    doubling per sequential read from two blocks up to ``readahead_max_bytes``. Any other
+    read goes straight to the chunkservers and drops the prefetched blocks. Blocks behind
+    the reader, or fetched before a write to the inode (older ``generation``), are dropped.
+    """
+
+    class _Block:
+        __slots__ = ("data", "done", "error", "generation", "scope")
+
+        def __init__(self, generation: int) -> None:
+            self.generation = generation
+            self.done = anyio.Event()
+            self.data = b""
+            self.error: DfsError | None = None
+            self.scope = anyio.CancelScope()
+
+    def __init__(self, inode: OpenInode) -> None:
+        self.inode = inode
+        options = inode.io.options
+        self.block_bytes = options.readahead_block_bytes
+        self.window_max_bytes = options.readahead_max_bytes
+        self.next_offset = 0
+        self.streak = 0
+        self._blocks: dict[int, ReadAhead._Block] = {}
+
+    async def read(self, start: int, end: int) -> bytes:
+        inode = self.inode
+        sequential = start == self.next_offset
+        self.next_offset = end
+        if not sequential or self.window_max_bytes <= 0:
+            self.streak = 0
+            self.close()
+            return await inode.read(start, end)
+        self.streak += 1
+        block = self.block_bytes
+        first, last_needed = start // block, (end - 1) // block
+        window = min(self.window_max_bytes, block << min(self.streak, 16))
+        last_ahead = max(last_needed, min((end - 1 + window) // block, (inode.size - 1) // block))
+        for index in [
+            i for i, b in self._blocks.items() if i < first or b.generation != inode.generation
+        ]:
+            self._blocks.pop(index).scope.cancel()
+        for index in range(first, last_ahead + 1):
+            if index not in self._blocks:
+                self._start(index)
+        segments: list[bytes | memoryview] = []
+        for index in range(first, last_needed + 1):
+            blk = self._blocks[index]
+            await blk.done.wait()
+            base = index * block
+            if blk.error is not None:
+                # The block's read already failed over and retried until its deadline.
+                self.close()
+                raise blk.error
+            if blk.generation != inode.generation or len(blk.data) < min(end, base + block) - base:
+                # Overtaken by a write or a truncate: read directly.
+                self.close()
+                return await inode.read(start, end)
+            a, b = max(start, base) - base, min(end, base + block) - base
+            if a == 0 and b == len(blk.data) and first == last_needed:
+                return blk.data
+            segments.append(memoryview(blk.data)[a:b])
+        return b"".join(segments)
+
+    def _start(self, index: int) -> None:
+        inode = self.inode
+        blk = ReadAhead._Block(inode.generation)
+        self._blocks[index] = blk
+        start = index * self.block_bytes
+        end = min(start + self.block_bytes, inode.size)
+        inode.io.task_group.start_soon(
+            self._fetch, blk, start, end, name=f"read-ahead ino {inode.ino}"
+        )
+
+    async def _fetch(self, blk: ReadAhead._Block, start: int, end: int) -> None:
+        try:
+            with blk.scope:
+                try:
+                    blk.data = await self.inode.read(start, end)
+                except DfsError as e:
+                    blk.error = e
+                except Exception:
+                    log.exception("ino %d: read-ahead failed", self.inode.ino)
+                    blk.error = InternalError("read-ahead failed")
+        finally:
+            blk.done.set()
+
+    def close(self) -> None:
+        """Drop (and stop fetching) every prefetched block."""
+        blocks, self._blocks = self._blocks, {}
+        for blk in blocks.values():
+            blk.scope.cancel()
+
+
+class File:
+    """An open file: what ``FsClient.open`` returns. Reads, writes and truncates go through
+    the inode's shared state; ``close`` makes everything durable and committed.
+
+    Methods: ``read(offset, size)``, ``write(offset, data)``, ``truncate(size)``,
+    ``flush()``, ``fsync()``, ``close()``; ``async with`` closes it.
+    """
+
+    def __init__(self, inode: OpenInode, flags: int, release: Callable[[OpenInode], None]) -> None:
+        self.inode = inode
+        self.ino = inode.ino
+        self.flags = flags
+        access = flags & os.O_ACCMODE
+        self.readable = access in (os.O_RDONLY, os.O_RDWR)
+        self.writable = access in (os.O_WRONLY, os.O_RDWR)
+        self.append = bool(flags & os.O_APPEND)
+        self._release = release
+        self._readahead = ReadAhead(inode)
+        self.closed = False
+
+    def _check(self, *, write: bool) -> None:
+        if self.closed:
+            raise Invalid("file is closed")
+        if write and not self.writable:
+            raise PermissionDenied("file is not open for writing")
+        if not write and not self.readable:
+            raise PermissionDenied("file is not open for reading")
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset``; shorter (or empty) at the end of the file."""
+        self._check(write=False)
+        if offset < 0 or size < 0:
+            raise Invalid("negative offset or size")
+        end = min(offset + size, self.inode.size)
+        if end <= offset:
+            return b""
+        return await self._readahead.read(offset, end)
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """Buffer ``data`` at ``offset`` (at the end with O_APPEND); returns its length.
+        Raises the error of an earlier background upload, if one failed."""
+        self._check(write=True)
+        if self.append:
+            return await self.inode.append(data)
+        return await self.inode.write(offset, data)
+
+    async def truncate(self, size: int) -> Attr:
+        self._check(write=True)
+        return await self.inode.truncate(size)
+
+    async def flush(self) -> None:
+        """Everything written so far durable and committed (close-to-open: another
+        client's ``open`` after this sees it)."""
+        if self.closed:
+            raise Invalid("file is closed")
+        await self.inode.flush(sync=True)
+
+    async def fsync(self, datasync: bool = False) -> None:
+        await self.flush()
+
+    async def close(self) -> None:
+        """``flush`` then release the handle (the handle is released even if the flush
+        fails, and the flush's error is raised)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._readahead.close()
+        try:
+            if self.writable:
+                await self.inode.flush(sync=True)
+        finally:
+            self._release(self.inode)
+
+    async def __aenter__(self) -> File:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def check_open_flags(attr: Attr, flags: int) -> None:
+    """Refuse opens a local file system refuses: writing a directory."""
+    if attr.is_dir and flags & os.O_ACCMODE != os.O_RDONLY:
+        raise IsDir("is a directory", ino=attr.ino)
+
+
+__all__ = ["File", "ReadAhead", "check_open_flags"]

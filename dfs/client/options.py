@@ -1,0 +1,58 @@
+"""The client's tunables, with the reason for each default. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    # How long attributes and directory entries are trusted without asking (NFS acregmin,
+    # FUSE's usual attr timeout). 0 disables the cache.
+    attr_ttl_s: float = 1.0
+    # Overall deadline of one operation, retries included: past it the caller gets Timeout
+    # or Unavailable. 30 s rides out a leader election (1-2 s) and a chunkserver declared
+    # dead (10 s) with room to spare.
+    timeout_s: float = 30.0
+    # One metaserver attempt. An election takes 1-2 s; a dead leader costs at most this
+    # much before the next metaserver is tried. The server is told 90 % of it (timeout_ms).
+    attempt_timeout_s: float = 2.0
+    # TCP connect and handshake, per attempt.
+    connect_timeout_s: float = 5.0
+    # One chunk.read / chunk.write / chunk.sync call: a 4 MiB write through a chain of three
+    # with fsync takes well under a second here; 10 s is a replica that is not coming back.
+    io_timeout_s: float = 10.0
+    # Concurrent metadata mutations (each needs its own session, a "lane").
+    lanes_max: int = 64
+    # Write-back buffer per open file and size of one chunk.write: a few MiB keeps the
+    # per-call overhead (a msgpack header, a round trip) negligible next to the copy.
+    write_buffer_bytes: int = 4 * MiB
+    # chunk.write calls in flight per open file: enough to keep a chain's pipeline full
+    # while the next buffer fills; bounds a file's dirty memory to about 5 buffers.
+    uploads_in_flight_max: int = 4
+    # Read-ahead for sequential reads: fetched in blocks of this size, up to this far ahead,
+    # concurrently. The window doubles from two blocks while reads stay sequential.
+    readahead_block_bytes: int = 1 * MiB
+    readahead_max_bytes: int = 8 * MiB
+    # Largest chunk.read asked for at once; larger ranges are split and read concurrently.
+    read_piece_bytes: int = 4 * MiB
+    # How long a chunk location (or a hole) is trusted when nothing fails: locations change
+    # only by re-replication and rebalancing, and a failed read drops them at once.
+    location_ttl_s: float = 60.0
+    # Bound of each cache (attributes, entries, chunk locations).
+    cache_entries_max: int = 100_000
+    # Name this client gives in the handshake (for servers' logs).
+    name: str = "dfs-client"
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.attempt_timeout_s <= 0 or self.io_timeout_s <= 0:
+            raise ValueError("timeouts must be > 0")
+        if self.write_buffer_bytes <= 0 or self.readahead_block_bytes <= 0:
+            raise ValueError("buffer sizes must be > 0")
+        if self.uploads_in_flight_max < 1 or self.lanes_max < 1:
+            raise ValueError("uploads_in_flight_max and lanes_max must be >= 1")
+
+
+__all__ = ["ClientOptions"]

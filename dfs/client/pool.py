@@ -1,0 +1,105 @@
+"""One persistent connection per server, shared by everything in one client.
+
+What it owns: the map address -> ``Connection``, connecting on first use and again after a
+connection ended (the next call reconnects; nothing reconnects in the background), and the
+count of calls in flight per address (the load signal the chunk reader uses to pick the
+least loaded replica). What it must not do: retry. A call is one attempt on one address;
+retries, leader discovery and failover belong to the callers (``meta.py``, ``chunkio.py``),
+which know what is safe to repeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from dfs.client.conn import Connection, Payload, connect
+from dfs.wire.errors import Timeout, Unavailable
+
+
+class ConnectionPool:
+    """Connections to every server this client talks to. Connections run in ``task_group``."""
+
+    def __init__(
+        self,
+        task_group: TaskGroup,
+        secret: bytes,
+        *,
+        name: str,
+        connect_timeout_s: float,
+    ) -> None:
+        self._task_group = task_group
+        self._secret = secret
+        self._name = name
+        self._connect_timeout_s = connect_timeout_s
+        self._conns: dict[str, Connection] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+        self._in_flight: dict[str, int] = {}
+        self._closed = False
+
+    @property
+    def in_flight(self) -> Mapping[str, int]:
+        """Calls in flight per address (through this pool)."""
+        return self._in_flight
+
+    async def get(self, address: str, timeout_s: float) -> Connection:
+        """The live connection to ``address``, connecting first when there is none.
+        Concurrent callers share one connection attempt. ``Unavailable``/``Timeout``/
+        ``AuthError`` as ``connect``."""
+        conn = self._conns.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        if self._closed:
+            raise Unavailable("client is closed")
+        lock = self._locks.setdefault(address, anyio.Lock())
+        try:
+            with anyio.fail_after(timeout_s):
+                async with lock:
+                    conn = self._conns.get(address)
+                    if conn is not None and not conn.closed:
+                        return conn
+                    conn = await connect(
+                        address,
+                        self._secret,
+                        name=self._name,
+                        task_group=self._task_group,
+                        timeout_s=min(timeout_s, self._connect_timeout_s),
+                    )
+                    if self._closed:
+                        await conn.aclose()
+                        raise Unavailable("client is closed")
+                    self._conns[address] = conn
+                    return conn
+        except TimeoutError:
+            raise Timeout(f"no connection to {address} in {timeout_s} s") from None
+
+    async def call(
+        self,
+        address: str,
+        op: str,
+        payload: Payload = b"",
+        *,
+        timeout_s: float,
+        **fields: Any,
+    ) -> tuple[dict[str, Any], bytes]:
+        """One attempt of ``op`` at ``address`` within ``timeout_s`` (connecting included)."""
+        deadline = anyio.current_time() + timeout_s
+        self._in_flight[address] = self._in_flight.get(address, 0) + 1
+        try:
+            conn = await self.get(address, timeout_s)
+            remaining = max(deadline - anyio.current_time(), 0.001)
+            return await conn.call(op, payload, timeout_s=remaining, **fields)
+        finally:
+            self._in_flight[address] -= 1
+
+    async def aclose(self) -> None:
+        self._closed = True
+        conns, self._conns = self._conns, {}
+        for conn in conns.values():
+            await conn.aclose()
+
+
+__all__ = ["ConnectionPool"]

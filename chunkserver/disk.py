@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 from collections import deque
 from collections.abc import Callable
@@ -72,7 +73,10 @@ class ChunkLock:
             if future.done() and not future.cancelled():
                 self.release(exclusive)  # granted just as we were cancelled: hand it on
             else:
-                self._waiters.remove(entry)
+                # A ``release`` between our cancellation and this line may have dropped the
+                # cancelled entry already (``_wake`` pops done futures): nothing to remove.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
                 self._wake()
             raise
 
@@ -153,11 +157,14 @@ class AsyncChunkStore:
         data: bytes | bytearray | memoryview,
         *,
         sync: bool = False,
+        expect_length: int | None = None,
     ) -> ReplicaInfo:
         return await self._run(
             chunk_id,
             True,
-            lambda: self.store.write(chunk_id, version, length, offset, data, sync=sync),
+            lambda: self.store.write(
+                chunk_id, version, length, offset, data, sync=sync, expect_length=expect_length
+            ),
         )
 
     async def read(self, chunk_id: int, version: int, offset: int, size: int) -> memoryview:
@@ -165,8 +172,12 @@ class AsyncChunkStore:
             chunk_id, False, lambda: self.store.read(chunk_id, version, offset, size)
         )
 
-    async def sync(self, chunk_id: int, version: int | None = None) -> ReplicaInfo:
-        return await self._run(chunk_id, True, lambda: self.store.sync(chunk_id, version))
+    async def sync(
+        self, chunk_id: int, version: int | None = None, expect_length: int | None = None
+    ) -> ReplicaInfo:
+        return await self._run(
+            chunk_id, True, lambda: self.store.sync(chunk_id, version, expect_length)
+        )
 
     async def delete(self, chunk_id: int) -> None:
         await self._run(chunk_id, True, lambda: self.store.delete(chunk_id))

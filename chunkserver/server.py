@@ -34,10 +34,10 @@ Data directory (besides the store's ``chunks/`` and ``quarantine/``, see ``store
 Ops (docs/PROTOCOL.md; ``timeout_ms`` optional on every request, default 5000, at most
 60000)::
 
-    chunk.write  {chunk_id, version, length, offset, token, expiry_ms, chain, sync, [size]}
-                 + payload -> {}
+    chunk.write  {chunk_id, version, length, offset, token, expiry_ms, chain, sync, [size],
+                  [expect_length]} + payload -> {}
     chunk.read   {chunk_id, version, offset, size, token, expiry_ms} -> payload
-    chunk.sync   {chunk_id, version, token, expiry_ms, chain} -> {}
+    chunk.sync   {chunk_id, version, token, expiry_ms, chain, [expect_length]} -> {}
     chunk.info   {chunk_id} -> {version, length}
     cs.status    {} -> {cs_id, uuid, address, capacity_bytes, used_bytes, chunks, pid}
 
@@ -297,6 +297,17 @@ def _u64(h: dict[str, Any], name: str) -> int:
     return value
 
 
+def _expect_length(h: dict[str, Any]) -> int | None:
+    """The optional ``expect_length`` (the writer's highest acknowledged end under this
+    version: store.py rule 8)."""
+    if "expect_length" not in h:
+        return None
+    value = uint_field(h, "expect_length")
+    if value > CHUNK_BYTES_MAX:
+        raise TooBig("expect_length past the maximum chunk size", limit=CHUNK_BYTES_MAX)
+    return value
+
+
 def _chain(h: dict[str, Any], own_address: str) -> list[str]:
     chain = field(h, "chain", list, [])
     if len(chain) > CHAIN_MAX:
@@ -461,9 +472,12 @@ class ChunkServer:
             raise Invalid("payload length differs from size", size=size)
         if offset + size > CHUNK_BYTES_MAX or length > CHUNK_BYTES_MAX:
             raise TooBig("write past the maximum chunk size", limit=CHUNK_BYTES_MAX)
+        expect_length = _expect_length(h)
         deadline = asyncio.get_running_loop().time() + timeout_s
         local = self._local(
-            self._store().write(chunk_id, version, length, offset, payload, sync=sync),
+            self._store().write(
+                chunk_id, version, length, offset, payload, sync=sync, expect_length=expect_length
+            ),
             deadline,
             "chunk.write",
         )
@@ -471,6 +485,8 @@ class ChunkServer:
             "chunk_id": chunk_id, "version": version, "length": length, "offset": offset,
             "token": h["token"], "expiry_ms": h["expiry_ms"], "sync": sync,
         }  # fmt: skip
+        if expect_length is not None:
+            fields["expect_length"] = expect_length
         await self._with_chain(local, chain, "chunk.write", payload, deadline, fields)
 
     async def _chunk_read(
@@ -494,12 +510,17 @@ class ChunkServer:
         version = _u64(h, "version")
         self._check_token(h, chunk_id, version, WRITE)
         chain = _chain(h, self.address)
+        expect_length = _expect_length(h)
         deadline = asyncio.get_running_loop().time() + timeout_s
-        local = self._local(self._store().sync(chunk_id, version), deadline, "chunk.sync")
+        local = self._local(
+            self._store().sync(chunk_id, version, expect_length), deadline, "chunk.sync"
+        )
         fields = {
             "chunk_id": chunk_id, "version": version, "token": h["token"],
             "expiry_ms": h["expiry_ms"],
         }  # fmt: skip
+        if expect_length is not None:
+            fields["expect_length"] = expect_length
         await self._with_chain(local, chain, "chunk.sync", b"", deadline, fields)
 
     async def _chunk_info(

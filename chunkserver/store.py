@@ -29,7 +29,17 @@ Rules, and where they are checked:
 6. A replica whose fdatasync failed is never served again: Linux may mark the unwritten pages
    clean after a failed fsync, so the page cache could hand back bytes the disk never got
    (PostgreSQL's "fsyncgate"). Reads of it are ``Corrupt``, writes and syncs
-   ``Unavailable``, until it is deleted.
+   ``Unavailable``, until it is deleted. The same holds for a replica whose cut (a version
+   bump to a shorter ``length``) failed before its header and the replica table said so:
+   its file no longer matches any description we have.
+7. The replica table always describes the file: a bump that cut the file records the new
+   version and the cut length (header and table) before the data is written, so a data
+   write that fails afterwards (EIO, ENOSPC) leaves a replica at the new version holding
+   exactly the handle's ``length`` bytes, as a zero-length bump write would.
+8. A writer's expectation (docs/PROTOCOL.md, ``expect_length``): the highest end the writer
+   saw acknowledged under this version. A replica shorter than that lost acknowledged bytes
+   (a crash before they were synced): a write past its end (the gap would read as zeros
+   where data was), a ``sync`` write that would leave it short, and a ``sync`` are ``Stale``.
 
 ON-DISK FORMAT, version 1 (``FORMAT_VERSION``) -- the one canonical definition
 =============================================================================
@@ -167,8 +177,9 @@ class _Replica:
     dirty: bool = True
     # Created since its directory was last fsynced: its name may not survive a crash.
     name_unsynced: bool = False
-    # Set when an fdatasync failed: see rule 6. Never cleared (the replica must be deleted).
-    failed_sync: bool = False
+    # Why the replica may not be served (rule 6: an fdatasync or a cut failed); "" when
+    # healthy. Never cleared (the replica must be deleted).
+    failed: str = ""
 
     def info(self) -> ReplicaInfo:
         return ReplicaInfo(self.chunk_id, self.version, self.length)
@@ -381,18 +392,20 @@ class ChunkStore:
         data: bytes | bytearray | memoryview,
         *,
         sync: bool = False,
+        expect_length: int | None = None,
     ) -> ReplicaInfo:
         """Write ``data`` at ``offset`` of the replica, for ``version`` with the handle's
         valid ``length`` (rule 3). Creates the replica when absent, provided nothing it
         should already hold would be missing: the handle's ``length`` is 0 or this write
         covers all of it (else ``NotFound``: zeros would stand in for data). Extends the
         valid length; a gap reads as zeros. ``sync``: fdatasync before returning.
+        ``expect_length``: the writer's highest acknowledged end under this version (rule 8).
         """
         view = memoryview(data).cast("B")
         n = len(view)
         end = offset + n
         _check_ids(chunk_id, version)
-        if offset < 0 or length < 0:
+        if offset < 0 or length < 0 or (expect_length is not None and expect_length < 0):
             raise Invalid("negative offset or length", chunk_id=chunk_id)
         if end > self.chunk_bytes_max or length > self.chunk_bytes_max:
             raise TooBig(
@@ -416,8 +429,8 @@ class ChunkStore:
                     version=version,
                     replica_version=replica.version,
                 )
-            if replica.failed_sync:
-                raise Unavailable("replica failed an fsync", chunk_id=chunk_id)
+            if replica.failed:
+                raise Unavailable(f"replica failed: {replica.failed}", chunk_id=chunk_id)
             old_version, old_length = replica.version, replica.length
             old_footprint = replica.footprint_bytes
         bump = not creating and version > old_version
@@ -434,8 +447,23 @@ class ChunkStore:
                 )
             base_length = length
         new_length = max(base_length, end) if n else base_length
+        if (
+            expect_length is not None
+            and base_length < expect_length
+            and (offset > base_length or (sync and new_length < expect_length))
+        ):
+            # Rule 8: this replica lost bytes the writer saw acknowledged under this version.
+            raise Stale(
+                "replica shorter than the writer's acknowledged length",
+                chunk_id=chunk_id,
+                replica_length=base_length,
+                expect_length=expect_length,
+            )
         new_footprint = footprint_bytes(new_length)
         self._reserve(chunk_id, new_footprint - old_footprint)
+        # The footprint the replica table holds for this replica (see rule 7).
+        settled_footprint = old_footprint
+        cutting = False
         path = self.path(chunk_id)
         fd = -1
         try:
@@ -447,7 +475,18 @@ class ChunkStore:
                 replica.dirty = True
                 fd = os.open(path, os.O_RDWR)
             if base_length < old_length:
+                # Only a bump cuts (rule 3). From the first byte the cut changes until the
+                # table describes the result, a failure leaves a file we cannot describe.
+                assert replica is not None and bump
+                cutting = True
                 self._truncate(fd, chunk_id, old_length, base_length)
+                _pwrite_all(fd, encode_header(chunk_id, version, base_length), 0)
+                settled_footprint = footprint_bytes(base_length)
+                with self._mutex:
+                    replica.version = version
+                    replica.length = base_length
+                    replica.footprint_bytes = settled_footprint
+                cutting = False
             if n:
                 if offset > base_length and os.fstat(fd).st_size > DATA_OFFSET + base_length:
                     # Junk past the valid length (a crash, or a truncate) must not show
@@ -459,7 +498,12 @@ class ChunkStore:
             if sync and self.fsync:
                 self._fdatasync(fd, chunk_id, replica)
         except BaseException as e:
-            self._release(new_footprint - old_footprint)
+            self._release(new_footprint - settled_footprint)
+            if cutting:
+                assert replica is not None
+                replica.failed = "a cut failed"
+                log.warning("%s event=replica_failed chunk=%d reason=%r",
+                            self.log_prefix, chunk_id, "cut failed")  # fmt: skip
             if fd >= 0:
                 os.close(fd)
                 fd = -1
@@ -597,8 +641,8 @@ class ChunkStore:
         if offset < 0 or not 0 <= size <= READ_BYTES_MAX:
             raise Invalid("bad offset or size", chunk_id=chunk_id, limit=READ_BYTES_MAX)
         replica = self._get(chunk_id)
-        if replica.failed_sync:
-            raise Corrupt("replica failed an fsync", chunk_id=chunk_id)
+        if replica.failed:
+            raise Corrupt(f"replica failed: {replica.failed}", chunk_id=chunk_id)
         if version != replica.version:
             raise Stale(
                 "read of another version than the replica's",
@@ -639,9 +683,12 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ sync, delete
 
-    def sync(self, chunk_id: int, version: int | None = None) -> ReplicaInfo:
+    def sync(
+        self, chunk_id: int, version: int | None = None, expect_length: int | None = None
+    ) -> ReplicaInfo:
         """Make the replica durable: data, checksums, header, and its name. With
-        ``version``, a replica at another version is ``Stale``."""
+        ``version``, a replica at another version is ``Stale``; with ``expect_length``, a
+        replica shorter than that is ``Stale`` (rule 8)."""
         replica = self._get(chunk_id)
         if version is not None and version != replica.version:
             raise Stale(
@@ -650,8 +697,15 @@ class ChunkStore:
                 version=version,
                 replica_version=replica.version,
             )
-        if replica.failed_sync:
-            raise Unavailable("replica failed an fsync", chunk_id=chunk_id)
+        if replica.failed:
+            raise Unavailable(f"replica failed: {replica.failed}", chunk_id=chunk_id)
+        if expect_length is not None and replica.length < expect_length:
+            raise Stale(
+                "replica shorter than the writer's acknowledged length",
+                chunk_id=chunk_id,
+                replica_length=replica.length,
+                expect_length=expect_length,
+            )
         if replica.dirty:
             try:
                 fd = os.open(self.path(chunk_id), os.O_RDONLY)
@@ -693,7 +747,7 @@ class ChunkStore:
         except OSError:
             # Rule 6. A replica being created is unlinked by the caller instead.
             if replica is not None:
-                replica.failed_sync = True
+                replica.failed = "an fdatasync failed"
             raise
 
     def _fsync_dir(self, path: Path) -> None:

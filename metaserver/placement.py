@@ -63,7 +63,10 @@ class Registry:
         """Forget soft state (this node just became leader): wait for fresh heartbeats."""
         self.started_s = now_s
         for info in self.servers.values():
+            # Capacity and usage too: a server that died while we followed must not look
+            # placeable (alive by grace, with free space) before it heartbeats again.
             info.last_heard_s = None
+            info.capacity_bytes = info.used_bytes = info.load = 0
 
     def known(self, cs_id: int, address: str) -> ChunkserverInfo:
         """The entry for a chunkserver the namespace knows, created unheard-from if new."""

@@ -59,6 +59,7 @@ from dfs import rpc
 from dfs.secret import SecretFileError, load_secret
 from dfs.types import NodeId
 from dfs.wire.errors import (
+    DfsError,
     Invalid,
     NoSpace,
     NotFound,
@@ -87,6 +88,9 @@ OP_TIMEOUT_S_MAX = 60.0
 READDIR_LIMIT_MAX = 4096
 LOCATE_COUNT_MAX = 1024
 GOAL_MAX = 16
+# How long a truncate waits for the cut chunk's replicas to take the new version: they
+# answer in milliseconds; one that does not within this is left stale (never served).
+CUT_PUSH_TIMEOUT_S = 3.0
 
 
 @dataclass(slots=True)
@@ -202,7 +206,8 @@ class MetaServer:
         self._secret = secret
         self._token_key = token_key(secret)
         self._rpc: rpc.RpcServer | None = None
-        self._was_leader = False
+        self._leader_term = -1  # the term in which the registry's soft state was gathered
+        self._cs_conns: dict[str, rpc.Connection] = {}
         self._ops: dict[str, Handler] = {
             "fs.lookup": self._lookup,
             "fs.getattr": self._getattr,
@@ -233,6 +238,8 @@ class MetaServer:
                  cfg.node.id, cfg.listen_host, self._rpc.port)  # fmt: skip
 
     async def stop(self) -> None:
+        for conn in self._cs_conns.values():
+            conn.close()
         if self._rpc is not None:
             self._rpc.close()
             try:
@@ -256,21 +263,27 @@ class MetaServer:
             raise Unsupported("missing op")
         mutation = MUTATIONS.get(op)
         if mutation is not None:
-            return await self._mutate(header, mutation[0], mutation[1], timeout_s), b""
+            result = await self._mutate(header, mutation[0], mutation[1], timeout_s)
+            cut = result.pop("cut", None)
+            if cut is not None:
+                await self._push_cut(cut, timeout_s)
+            return result, b""
         handler = self._ops.get(op)
         if handler is None:
             raise Unsupported(f"unknown op {op!r}", op=op)
         return await handler(header, timeout_s), b""
 
     def _leader_view(self) -> None:
-        """Raise ``NotLeader`` on a follower; on a new leader, reset the soft state."""
+        """Raise ``NotLeader`` on a follower; on a new term of leadership, reset the soft
+        state. The term, not a flag, tells: a leader that lost and won back leadership
+        without serving a request in between must still forget what it heard before."""
         node = self.node
         if not node.is_leader:
-            self._was_leader = False
             leader = node.leader_id
             raise NotLeader(node.address_of(leader) if leader else None)
-        if not self._was_leader:
-            self._was_leader = True
+        term = int(node.status().term)
+        if term != self._leader_term:
+            self._leader_term = term
             self.registry.restart(time.monotonic())
 
     async def _read(self, timeout_s: float) -> None:
@@ -431,6 +444,59 @@ class MetaServer:
             "expiry_ms": expiry_ms,
         }
 
+    async def _push_cut(self, cut: dict[str, Any], timeout_s: float) -> None:
+        """Give the replicas of a chunk that a truncate cut its new version.
+
+        The namespace bumped the version (so that writers of the old one are refused); an
+        empty ``chunk.write`` of the new version makes each replica cut itself to the new
+        length and take that version. A replica that cannot be reached keeps the old
+        version: it is stale from now on and never served (it refuses reads of the new
+        version), like a replica that missed a write. The answer to the client waits for
+        the push (bounded), so its next read finds the replicas at the new version.
+        """
+        chunk_id, version, length = cut["chunk_id"], cut["version"], cut["length"]
+        expiry_ms = time.time_ns() // 1_000_000 + self.config.token_ttl_ms
+        token = make_token(self._token_key, chunk_id, version, WRITE, expiry_ms)
+        known = self.ns.chunkservers()
+        push_timeout_s = min(timeout_s, CUT_PUSH_TIMEOUT_S)
+
+        async def push(cs_id: int) -> None:
+            entry = known.get(cs_id)
+            if entry is None:
+                return
+            address = entry["address"]
+            try:
+                conn = await self._chunkserver_conn(address, push_timeout_s)
+                await conn.call(
+                    "chunk.write",
+                    b"",
+                    timeout_s=push_timeout_s,
+                    chunk_id=chunk_id,
+                    version=version,
+                    length=length,
+                    offset=0,
+                    token=token,
+                    expiry_ms=expiry_ms,
+                    chain=[],
+                    sync=False,
+                )
+            except (DfsError, OSError, TimeoutError) as e:
+                log.info("metaserver node=%d event=cut_push_failed chunk=%d cs=%d error=%s",
+                         self.node.id, chunk_id, cs_id, e)  # fmt: skip
+
+        await asyncio.gather(*(push(cs_id) for cs_id in cut["replicas"]))
+
+    async def _chunkserver_conn(self, address: str, timeout_s: float) -> rpc.Connection:
+        conn = self._cs_conns.get(address)
+        if conn is None or conn.closed:
+            host, _, port = address.rpartition(":")
+            conn = await rpc.connect(
+                host, int(port), self._secret, name=f"meta-{self.node.id}", timeout_s=timeout_s,
+                role="metaserver",
+            )  # fmt: skip
+            self._cs_conns[address] = conn
+        return conn
+
     # ------------------------------------------------------------------ chunkservers
 
     async def _cs_register(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -481,6 +547,7 @@ class MetaServer:
         now_s = time.monotonic()
         chunkservers = []
         if st.role == Role.LEADER:
+            self._leader_view()  # a new term of leadership resets the soft state first
             for cs_id, entry in sorted(self.ns.chunkservers().items()):
                 info = self.registry.known(cs_id, entry["address"])
                 heard = info.last_heard_s

@@ -80,8 +80,15 @@ async def put(
                 if progress:
                     progress(n)
             await f.fsync()
-        finally:
-            await f.close()
+        except BaseException:
+            # A failed copy must not leave a file of the right size with holes where the
+            # upload failed (a size check would pass): remove it, then report the error.
+            with contextlib.suppress(Exception):
+                await f.close()
+            with contextlib.suppress(Exception):
+                await fs.unlink(parent.ino, name)
+            raise
+        await f.close()
     return done
 
 

@@ -13,15 +13,19 @@ within the last ``SUSPECT_S`` goes last, so that one dead or hung server costs o
 not one per read. A replica that fails (``Unavailable``, ``Timeout``, ``Busy``,
 ``Corrupt``, ``Stale``, ``NotFound``, ``PermissionDenied``, ``InternalError``) is passed
 over for the next; a checksum mismatch never reaches the caller as data (the chunkserver
-answers ``Corrupt``, never the bytes). When every replica failed, the caller gets ``Stale``
-if any replica said the location is outdated (the caller asks ``fs.locate`` again),
-``Corrupt`` if all were corrupt, else ``Unavailable``.
+answers ``Corrupt``, never the bytes). A replica whose answer is shorter than the bytes
+the chunk table says exist (``expect``: the caller's ``min(size, length - offset)``) lost
+data (a crash, a write it missed): it is passed over too, never zero-filled. When every
+replica failed, the caller gets ``Stale`` if any replica said the location is outdated
+(the caller asks ``fs.locate`` again), ``Corrupt`` if all were corrupt or short, else
+``Unavailable``.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from typing import Any
 
 import anyio
 
@@ -91,11 +95,18 @@ class ChunkIo:
             self._suspect_until.pop(address, None)
 
     async def read(
-        self, location: ChunkLocation, offset: int, size: int, *, deadline: float | None = None
+        self,
+        location: ChunkLocation,
+        offset: int,
+        size: int,
+        *,
+        expect: int = 0,
+        deadline: float | None = None,
     ) -> bytes:
-        """Up to ``size`` bytes at ``offset`` of the chunk (shorter at the replica's end).
+        """Up to ``size`` bytes at ``offset`` of the chunk (shorter at the replica's end),
+        at least ``expect`` of them (a replica with fewer lost data: the next is tried).
         Each replica gets ``io_timeout_s``, cut short by ``deadline`` (monotonic)."""
-        assert 0 < size <= READ_BYTES_MAX, size
+        assert 0 < size <= READ_BYTES_MAX and 0 <= expect <= size, (size, expect)
         if not location.replicas:
             raise Unavailable("no live replica", chunk_id=location.chunk_id)
         errors: list[DfsError] = []
@@ -132,18 +143,48 @@ class ChunkIo:
                 errors.append(e)
                 continue
             self._answered(replica.address)
+            if len(payload) < expect:
+                # The table says these bytes exist: this replica lost them.
+                log.info(
+                    "chunk %d: replica on %s returned %d of %d bytes at %d; reading another",
+                    location.chunk_id,
+                    replica.address,
+                    len(payload),
+                    expect,
+                    offset,
+                )
+                errors.append(
+                    Corrupt(
+                        "replica shorter than the chunk table's length",
+                        chunk_id=location.chunk_id,
+                        address=replica.address,
+                    )
+                )
+                continue
             return payload
         if any(isinstance(e, _OUTDATED) for e in errors):
             raise Stale("location is outdated", chunk_id=location.chunk_id, errors=_texts(errors))
         if all(isinstance(e, Corrupt) for e in errors):
-            raise Corrupt("every replica is corrupt", chunk_id=location.chunk_id)
+            raise Corrupt(
+                "every replica is corrupt or short",
+                chunk_id=location.chunk_id,
+                errors=_texts(errors),
+            )
         raise Unavailable("no replica answered", chunk_id=location.chunk_id, errors=_texts(errors))
 
     async def write(
-        self, handle: WriteHandle, offset: int, data: bytes | memoryview, *, sync: bool
+        self,
+        handle: WriteHandle,
+        offset: int,
+        data: bytes | memoryview,
+        *,
+        sync: bool,
+        expect_length: int | None = None,
     ) -> None:
         """Write ``data`` at ``offset`` of the chunk on every replica of the chain: sent to
-        the first, which forwards along the rest. With ``sync`` the replicas fsync first."""
+        the first, which forwards along the rest. With ``sync`` the replicas fsync first.
+        ``expect_length``: the highest end acknowledged under this version (PROTOCOL.md)."""
+        fields: dict[str, Any] = {} if expect_length is None else {"expect_length": expect_length}
         first, rest = handle.chain[0], handle.chain[1:]
         await self._pool.call(
             first.address,
@@ -159,10 +200,13 @@ class ChunkIo:
             chain=[r.address for r in rest],
             sync=sync,
             timeout_ms=max(1, int(self.io_timeout_s * 900)),
+            **fields,
         )
 
-    async def sync(self, handle: WriteHandle) -> None:
-        """fsync the chunk on every replica of the chain."""
+    async def sync(self, handle: WriteHandle, *, expect_length: int | None = None) -> None:
+        """fsync the chunk on every replica of the chain (each at least ``expect_length``
+        long, or ``Stale``)."""
+        fields: dict[str, Any] = {} if expect_length is None else {"expect_length": expect_length}
         first, rest = handle.chain[0], handle.chain[1:]
         await self._pool.call(
             first.address,
@@ -174,6 +218,7 @@ class ChunkIo:
             expiry_ms=handle.expiry_ms,
             chain=[r.address for r in rest],
             timeout_ms=max(1, int(self.io_timeout_s * 900)),
+            **fields,
         )
 
 

@@ -22,7 +22,23 @@ then forget it, as Linux reports a writeback error once per file description).
 ``fsync``/``flush``/``close``: wait for the uploads, upload the extent with ``sync: true``
 (every earlier write to its chunk has landed, so that fsync covers them too), sync every
 other chunk written since its last sync, then ``fs.commit`` the file size, mtime and chunk
-lengths: the data is durable on every replica before the metaserver points at it.
+lengths: the data is durable on every replica before the metaserver points at it. Every
+``chunk.write`` and ``chunk.sync`` carries ``expect_length``, the highest end acknowledged
+under the handle's version (at least the handle's length): a replica that lost
+acknowledged bytes in a crash answers ``Stale`` instead of syncing short or filling a gap
+with zeros.
+
+COMMITS NAME THE CHUNK VERSION. Each ``fs.commit`` entry is ``[index, length, chunk_id,
+version]``: the handle the data was written under, which is the latest this client holds
+for the chunk (a renewal commits first, below). The metaserver answers ``Stale`` when the
+chunk is no longer that one at that version: another client took a newer handle, or a
+truncate cut or re-created it, and either may have cut bytes we wrote but had not
+committed. Then the data may be gone: the commit is not retried under a new handle. The
+fsync/close fails with ``Stale``, and the inode forgets what the commit described, its
+write handles and its cached locations, and takes the file size from the metaserver
+(keeping what is still buffered or in flight). An ``open`` whose fresh attributes show
+another client's change (size, mtime or ctime other than this client last saw) drops the
+cached write handles too, so that the next write takes a fresh one.
 
 NEW HANDLES AND CHUNK LENGTHS. A new handle bumps the chunk's version, and a replica that
 sees a newer version first truncates itself to the chunk table's length (PROTOCOL.md). So
@@ -40,7 +56,9 @@ older bytes), asks ``fs.locate`` for the chunks (batched, cached), reads each ch
 from a replica (``chunkio.py``: least loaded first, failover; ``Stale`` -> locate again,
 with backoff, until the deadline), zero-fills holes and every byte past a chunk's valid
 length (the table's, or further where this client wrote), then lays the extent, as it was
-when the read began, over the result: read-your-writes within the client. A write to the
+when the read began, over the result: read-your-writes within the client. A replica that
+answers short of the table's length lost data: ``chunkio.py`` fails over from it, and
+``Corrupt`` when all are short; such bytes are never zero-filled. A write to the
 inode bumps its ``generation``, which retires every block a handle prefetched.
 """
 
@@ -186,15 +204,30 @@ class _Upload:
 class _ChunkWriter:
     """One chunk's write handle and the uploads using it."""
 
-    __slots__ = ("handle", "idle", "lock", "users", "written_version")
+    __slots__ = ("acked_end", "acked_version", "handle", "idle", "lock", "users", "written_version")
 
     def __init__(self) -> None:
         self.handle: WriteHandle | None = None
         self.written_version = 0  # the version our last write to the replicas carried
+        # The highest end every replica acknowledged under ``acked_version``.
+        self.acked_version = 0
+        self.acked_end = 0
         self.lock = anyio.Lock()
         self.users = 0
         self.idle = anyio.Event()
         self.idle.set()
+
+    def expect_length(self, handle: WriteHandle) -> int:
+        """What every replica must hold under ``handle`` (PROTOCOL.md, ``expect_length``)."""
+        if self.acked_version == handle.version:
+            return max(handle.length, self.acked_end)
+        return handle.length
+
+    def acked(self, handle: WriteHandle, end: int) -> None:
+        if handle.version > self.acked_version:
+            self.acked_version, self.acked_end = handle.version, 0
+        if handle.version == self.acked_version:
+            self.acked_end = max(self.acked_end, end)
 
     def enter(self) -> None:
         if self.users == 0:
@@ -207,6 +240,26 @@ class _ChunkWriter:
             self.idle.set()
 
 
+class _Pending:
+    """A chunk's uncommitted length, and the handle (chunk id, version) it was written
+    under: what ``fs.commit`` names."""
+
+    __slots__ = ("chunk_id", "length", "version")
+
+    def __init__(self, length: int, chunk_id: int, version: int) -> None:
+        self.length = length
+        self.chunk_id = chunk_id
+        self.version = version
+
+    def entry(self, index: int) -> list[int]:
+        return [index, self.length, self.chunk_id, self.version]
+
+
+def _stamp(attr: Attr) -> tuple[int, int, int]:
+    """What tells this client that someone else changed the file."""
+    return attr.size, attr.mtime_ns, attr.ctime_ns
+
+
 class OpenInode:
     """This client's state for one inode while handles on it are open (see the module
     docstring). ``size`` is the file size as this client knows it."""
@@ -216,6 +269,7 @@ class OpenInode:
         self.ino = attr.ino
         self.size = attr.size
         self.refs = 0
+        self.finishing = False  # the client commits what the last close left (fsclient.py)
         self.generation = 0  # bumped by every write and truncate (retires read-ahead)
         self._lock = anyio.Lock()  # one write/flush/truncate at a time
         # One commit at a time: a commit takes lengths out of ``_uncommitted`` before its
@@ -231,11 +285,13 @@ class OpenInode:
         self._upload_slots = anyio.Semaphore(io.options.uploads_in_flight_max)
         self._error: DfsError | None = None
         self._writers: dict[int, _ChunkWriter] = {}
-        self._uncommitted: dict[int, int] = {}  # chunk index -> length to commit
+        self._uncommitted: dict[int, _Pending] = {}  # chunk index -> what to commit
         self._written: dict[int, int] = {}  # chunk index -> valid length known here
         self._unsynced: set[int] = set()  # chunks written since their last sync
         self._uploaded_end = 0  # end of the furthest upload that landed
         self._mtime_ns: int | None = None  # time of the last write not yet committed
+        # (size, mtime, ctime) as this client last saw them from the metaserver.
+        self._seen = _stamp(attr)
 
     # ------------------------------------------------------------------ state
 
@@ -251,13 +307,30 @@ class OpenInode:
         )
 
     @property
+    def unsaved(self) -> bool:
+        """Whether this client holds written bytes the metaserver does not point at yet
+        (buffered, in flight, landed but uncommitted or unsynced). Unlike ``dirty``, not
+        the time and size of writes whose data failed (reported, and gone)."""
+        return bool(
+            self._ext_buf is not None or self._uploads or self._uncommitted or self._unsynced
+        )
+
+    @property
     def mtime_ns(self) -> int | None:
         """The time of the last uncommitted write, if any."""
         return self._mtime_ns
 
+    def saw(self, attr: Attr) -> None:
+        """Attributes the metaserver returned for this client's own change."""
+        self._seen = _stamp(attr)
+
     def refresh(self, attr: Attr) -> None:
         """Attributes fresh from the metaserver (open's revalidation): adopt its size unless
-        this client has uncommitted changes, which are newer."""
+        this client has uncommitted changes, which are newer. If they show another client's
+        change, forget the write handles: it may have taken newer ones, or cut the chunks."""
+        if _stamp(attr) != self._seen:
+            self._seen = _stamp(attr)
+            self._drop_handles()
         if not self.dirty:
             # Everything this client wrote is committed: the chunk table is the truth now
             # (another client may have cut chunks since).
@@ -265,6 +338,12 @@ class OpenInode:
             if attr.size != self.size:
                 self.size = attr.size
                 self.generation += 1
+
+    def _drop_handles(self) -> None:
+        """The next write or sync of every chunk takes a fresh handle. (The writers stay:
+        their ``idle`` still tells when the uploads under the old handles are done.)"""
+        for writer in self._writers.values():
+            writer.handle = None
 
     def _raise_error(self, *, clear: bool) -> None:
         error = self._error
@@ -414,7 +493,9 @@ class OpenInode:
             handle = await self._handle(index, writer, deadline, last)
             writer.enter()
             try:
-                await io.chunks.write(handle, offset, data, sync=sync)
+                await io.chunks.write(
+                    handle, offset, data, sync=sync, expect_length=writer.expect_length(handle)
+                )
             except _HANDLE_OUTDATED as e:
                 last, pause = e, False
             except _REPLICA_FAILED as e:
@@ -422,7 +503,8 @@ class OpenInode:
                 # (the metaserver drops a dead chunkserver from it).
                 last, pause = e, True
             else:
-                self._uncommitted[index] = max(self._uncommitted.get(index, 0), end_in_chunk)
+                writer.acked(handle, end_in_chunk)
+                self._pending(index, end_in_chunk, handle.chunk_id, handle.version)
                 self._written[index] = max(self._written.get(index, 0), end_in_chunk)
                 self._uploaded_end = max(self._uploaded_end, start + data.nbytes)
                 writer.written_version = max(writer.written_version, handle.version)
@@ -439,6 +521,17 @@ class OpenInode:
             if pause:
                 await anyio.sleep(min(backoff_s, max(0.0, deadline - anyio.current_time())))
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+
+    def _pending(self, index: int, length: int, chunk_id: int, version: int) -> None:
+        """Record ``length`` bytes of chunk ``index`` to commit, written under (chunk_id,
+        version). A renewal commits before it takes a new handle, so one chunk's pending
+        bytes normally share one handle; if they did not, the first handle is kept, so
+        that the commit fails rather than hides bytes the newer handle's cut removed."""
+        pending = self._uncommitted.get(index)
+        if pending is None:
+            self._uncommitted[index] = _Pending(length, chunk_id, version)
+        else:
+            pending.length = max(pending.length, length)
 
     async def _handle(
         self, index: int, writer: _ChunkWriter, deadline: float, last: DfsError | None
@@ -485,12 +578,15 @@ class OpenInode:
             writer = self._writers.setdefault(index, _ChunkWriter())
             handle = await self._handle(index, writer, deadline, last)
             try:
+                expect_length = writer.expect_length(handle)
                 if handle.version == writer.written_version:
-                    await io.chunks.sync(handle)
+                    await io.chunks.sync(handle, expect_length=expect_length)
                 else:
                     writer.enter()
                     try:
-                        await io.chunks.write(handle, handle.length, b"", sync=True)
+                        await io.chunks.write(
+                            handle, handle.length, b"", sync=True, expect_length=expect_length
+                        )
                     finally:
                         writer.leave()
                     writer.written_version = max(writer.written_version, handle.version)
@@ -521,18 +617,62 @@ class OpenInode:
                 ino=self.ino,
                 size=size,
                 mtime_ns=mtime_ns if mtime_ns is not None else time.time_ns(),
-                chunks=[[index, length] for index, length in chunks],
+                chunks=[pending.entry(index) for index, pending in chunks],
             )
+        except Stale as e:
+            # Not retried under a new handle: the bytes it describes may be gone.
+            await self._lost(chunks, e)
+            raise
         except BaseException:
-            for index, length in chunks:
-                self._uncommitted[index] = max(self._uncommitted.get(index, 0), length)
+            for index, pending in chunks:
+                later = self._uncommitted.get(index)
+                if later is not None:
+                    pending.length = max(pending.length, later.length)
+                self._uncommitted[index] = pending
             raise
         attr = Attr.from_wire(header.get("attr"))
         # Cached locations of these chunks carry their lengths from before the commit.
         for index, _ in chunks:
             self.io.locations.drop(self.ino, index)
+        self.saw(attr)
         self.io.on_attr(attr)
         return attr
+
+    async def _lost(self, chunks: list[tuple[int, _Pending]], error: Stale) -> None:
+        """``fs.commit`` answered ``Stale``: what ``chunks`` describe may have been cut by
+        another client's handle or truncate. Forget it (the caller reports the error), the
+        write handles and cached locations, and what we knew of chunk lengths; take the
+        size from the metaserver, keeping what is still buffered or in flight."""
+        log.info(
+            "ino %d: commit of chunks %s refused (%s): their unsynced data may be lost",
+            self.ino,
+            [index for index, _ in chunks],
+            error,
+        )
+        self._drop_handles()
+        self.io.locations.drop(self.ino)
+        self._written.clear()
+        self._unsynced.difference_update(index for index, _ in chunks)
+        self.generation += 1
+        chunk_size = self.io.chunk_size
+        held = [index * chunk_size + p.length for index, p in self._uncommitted.items()]
+        held += [u.end for u in self._uploads]
+        if self._ext_buf is not None:
+            held.append(self._ext_start + len(self._ext_buf))
+        try:
+            header = await self.io.meta.read("fs.getattr", ino=self.ino)
+            attr = Attr.from_wire(header.get("attr"))
+        except DfsError as e:
+            log.info("ino %d: size after a refused commit unknown (%s)", self.ino, e)
+            committed = self._seen[0]
+        else:
+            self._seen = _stamp(attr)
+            self.io.on_attr(attr)
+            committed = attr.size
+        self.size = max([committed, *held])
+        self._uploaded_end = min(self._uploaded_end, self.size)
+        if not held and not self._unsynced:
+            self._mtime_ns = None
 
     async def flush(self, *, sync: bool = True) -> Attr | None:
         """Upload everything, make it durable (``sync``), commit size/mtime/lengths.
@@ -581,6 +721,17 @@ class OpenInode:
         self._written.clear()
         return attr
 
+    async def settle(self) -> None:
+        """What the last handle's close could not do (its flush failed or was cancelled):
+        wait for the uploads, then upload, sync and commit what is left. An upload error
+        kept for a ``close`` that is gone is dropped here (logged), not raised."""
+        async with self._lock:
+            await self._wait_uploads()
+            if self._error is not None:
+                log.info("ino %d: upload error after the last close: %s", self.ino, self._error)
+                self._error = None
+            await self._flush_locked(sync=True)
+
     async def truncate(self, size: int, **fields: Any) -> Attr:
         """``fs.setattr(size=...)`` (with any other setattr ``fields``) after everything
         written before has been committed; then forget handles and locations of the chunks
@@ -591,6 +742,7 @@ class OpenInode:
             await self._flush_locked(sync=True)
             header = await self.io.meta.mutate("fs.setattr", ino=self.ino, size=size, **fields)
             attr = Attr.from_wire(header.get("attr"))
+            self.saw(attr)
             chunk_size = self.io.chunk_size
             cut = size // chunk_size  # the first chunk changed or dropped
             for index in [i for i in self._writers if i >= cut]:
@@ -631,6 +783,9 @@ class OpenInode:
         io = self.io
         chunk_size = io.chunk_size
         first, last = start // chunk_size, (end - 1) // chunk_size
+        # Taken before locating: a commit that lands meanwhile clears ``_written`` after the
+        # table has the lengths, and the answer may predate the commit.
+        written = dict(self._written)
         locations = await io.locate(self.ino, first, last)
         piece_bytes = min(io.options.read_piece_bytes, READ_BYTES_MAX)
         # (file offset, size) of each range to ask a replica for, in order.
@@ -639,7 +794,7 @@ class OpenInode:
             base = index * chunk_size
             a, b = max(start, base), min(end, base + chunk_size)
             location = locations.get(index)
-            valid = max(location.length if location else 0, self._written.get(index, 0))
+            valid = max(location.length if location else 0, written.get(index, 0))
             b = min(b, base + valid)
             while a < b:
                 size = min(piece_bytes, b - a)
@@ -686,8 +841,12 @@ class OpenInode:
             if location is None:
                 # A hole the cache knew of, or the chunk vanished (a truncate elsewhere).
                 return b""
+            # Bytes the table says exist must come back; past them, zeros are right.
+            expect = max(0, min(size, location.length - offset))
             try:
-                return await io.chunks.read(location, offset, size, deadline=deadline)
+                return await io.chunks.read(
+                    location, offset, size, expect=expect, deadline=deadline
+                )
             except (Stale, Unavailable, Timeout) as e:
                 io.locations.drop(self.ino, index)
                 if anyio.current_time() + backoff_s >= deadline:

@@ -28,6 +28,11 @@ or, for an owner with a task group of its own (the FUSE adapter)::
 Leaving the block (or ``aclose``) without closing written files loses their uncommitted
 writes, as a crash would.
 
+Open inodes outlive their handles when a close leaves changes behind (its flush failed or
+was cancelled): the client keeps the inode, lets its uploads finish and commits what
+landed in the background (``_finish``), and only then forgets it. An ``open`` meanwhile
+joins that state, so one inode never has two write-back states in one client.
+
 Consistency: attributes and entries are cached for ``attr_ttl_s``; this client's own
 mutations update them at once; ``open`` always asks the metaserver (close-to-open), and
 ``File.close``/``flush``/``fsync`` commit. Within one client every handle on an inode shares
@@ -37,6 +42,7 @@ one write-back buffer, so reads see the client's own writes at once.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 import stat
@@ -57,8 +63,10 @@ from dfs.client.meta import MetaClient
 from dfs.client.options import ClientOptions
 from dfs.client.pool import ConnectionPool
 from dfs.client.records import Attr, DirEntry, StatFs
-from dfs.wire.errors import Invalid, NameTooLong, NotDir, ProtocolError, Unavailable
+from dfs.wire.errors import DfsError, Invalid, NameTooLong, NotDir, ProtocolError, Unavailable
 from dfs.wire.messages import field
+
+log = logging.getLogger(__name__)
 
 ROOT_INO = 1
 NAME_BYTES_MAX = 255
@@ -125,6 +133,7 @@ class FsClient:
         )
         self._io: FileIo | None = None
         self._open: dict[int, OpenInode] = {}
+        self._finishers: set[anyio.CancelScope] = set()
         self._uid = os.getuid()
         self._gid = os.getgid()
 
@@ -176,6 +185,8 @@ class FsClient:
 
     async def aclose(self) -> None:
         """Close every connection. Files still open lose what they have not committed."""
+        for scope in list(self._finishers):
+            scope.cancel()
         self._open.clear()
         with anyio.CancelScope(shield=True):
             await self._pool.aclose()
@@ -195,6 +206,9 @@ class FsClient:
         """Attributes the metaserver returned for this client's own change."""
         self.cache.put_attr(attr)
         self.locations.revalidate(attr, own_change=True)
+        inode = self._open.get(attr.ino)
+        if inode is not None:
+            inode.saw(attr)
 
     def _local(self, attr: Attr) -> Attr:
         """``attr`` with this client's uncommitted size and mtime laid over it."""
@@ -278,6 +292,9 @@ class FsClient:
         """Set the replication goal of a file or directory (1..16)."""
         attr = self._attr(await self.meta.mutate("fs.set_goal", ino=ino, goal=goal))
         self.cache.put_attr(attr)
+        inode = self._open.get(ino)
+        if inode is not None:
+            inode.saw(attr)  # its ctime moved: not another client's change
         return attr
 
     async def statfs(self) -> StatFs:
@@ -522,9 +539,47 @@ class FsClient:
         return attr, handle
 
     def _release(self, inode: OpenInode) -> None:
+        """A handle closed. The inode goes with its last handle, unless changes are left
+        (the close's flush failed or was cancelled): then it stays, open to a new ``open``,
+        until ``_finish`` has committed them or failed to."""
         inode.refs -= 1
-        if inode.refs <= 0 and self._open.get(inode.ino) is inode:
+        if inode.refs > 0 or self._open.get(inode.ino) is not inode:
+            return
+        if not inode.unsaved:
             del self._open[inode.ino]
+        elif not inode.finishing:
+            inode.finishing = True
+            scope = anyio.CancelScope()  # made here, so that ``aclose`` can cancel it at once
+            self._finishers.add(scope)
+            self._task_group.start_soon(self._finish, inode, scope, name=f"finish ino {inode.ino}")
+
+    async def _finish(self, inode: OpenInode, scope: anyio.CancelScope) -> None:
+        """Wait for the inode's uploads and commit what landed, for a close that could not;
+        then forget the inode if no handle joined it meanwhile. (The close that left the
+        changes reported its own error; what fails here is logged.)"""
+        error: BaseException | None = None
+        try:
+            with scope:
+                try:
+                    await inode.settle()
+                except DfsError as e:
+                    error = e
+                except Exception as e:
+                    log.exception("ino %d: committing what a close left failed", inode.ino)
+                    error = e
+        finally:
+            self._finishers.discard(scope)
+            inode.finishing = False
+            if inode.refs <= 0 and self._open.get(inode.ino) is inode:
+                if inode.unsaved:
+                    log.warning(
+                        "ino %d: uncommitted writes a close left are dropped (%s)",
+                        inode.ino,
+                        error or "cancelled",
+                    )
+                elif error is not None:
+                    log.info("ino %d: after a failed close: %s", inode.ino, error)
+                del self._open[inode.ino]
 
     # ------------------------------------------------------------------ paths (CLI)
 

@@ -181,7 +181,9 @@ class File:
 
     async def close(self) -> None:
         """``flush`` then release the handle (the handle is released even if the flush
-        fails, and the flush's error is raised)."""
+        fails, and the flush's error is raised). Changes the flush could not commit stay
+        with the inode, which the client keeps and commits in the background (a new open
+        joins them): see ``FsClient._release``."""
         if self.closed:
             return
         self.closed = True

@@ -19,10 +19,19 @@ The model, faithful where the client can tell:
   signed with ``dfs.wire.token`` and checked by the chunkservers. A chunkserver seeing a
   newer version truncates its replica to the handle's ``length`` first (``Stale`` if it
   holds less); an older one is ``Stale``; ``chunk.sync`` and ``chunk.read`` need the
-  replica's own version. An empty ``chunk.write`` is allowed (it moves the version). Truncation (``fs.setattr size``) only shortens the table's lengths: replicas
-  keep their junk past it, as real ones may. Chain forwarding is simulated: the first
-  chunkserver applies the write to each later one's store directly (failing as that one
-  would).
+  replica's own version. An empty ``chunk.write`` is allowed (it moves the version).
+  ``expect_length`` (on ``chunk.write`` and ``chunk.sync``) is checked as a chunkserver
+  does: a replica shorter than it answers ``Stale`` to a sync, a sync write that leaves it
+  short, and a write past its end.
+- Truncation (``fs.setattr size``) drops the chunks past the size, shortens the table's
+  length of the chunk the size falls inside and bumps its version; the leader's push of
+  that version is simulated: each live replica holding at least the new length cuts
+  itself to it and takes the version (others stay behind: stale, never served).
+- ``fs.commit`` entries are ``[index, length, chunk_id, version]``: ``Stale`` (the whole
+  commit) when the file's chunk at ``index`` is not ``chunk_id`` or its version is not
+  ``version`` (a truncate or another writer may have cut the uncommitted bytes).
+- Chain forwarding is simulated: the first chunkserver applies the write to each later
+  one's store directly (failing as that one would).
 - Time is the real clock; tokens expire after ``token_ttl_ms``.
 
 Faults (change them on the loop's thread, e.g. through ``ClusterThread.call``):
@@ -36,7 +45,9 @@ Faults (change them on the loop's thread, e.g. through ``ClusterThread.call``):
   right after a commit whose answer was lost).
 - Chunkserver: ``corrupt`` (chunk ids whose reads fail ``Corrupt``), ``alive = False``
   (not placed on, not located, requests fail ``Unavailable``), ``hang = True``,
-  ``fail_writes`` (errors the next ``chunk.write`` calls it receives answer with).
+  ``fail_writes`` (errors the next ``chunk.write`` calls it receives answer with); a
+  replica's ``data`` can be cut to model one that lost bytes in a crash. ``stale`` counts
+  the ``Stale`` answers it gave.
 
 ``ClusterThread`` runs a ``FakeCluster`` on an asyncio loop in a thread of its own, so a
 client under trio (or under asyncio, in another loop) can talk to it.
@@ -70,6 +81,7 @@ from dfs.wire.errors import (
     NotFound,
     NotLeader,
     PermissionDenied,
+    ProtocolError,
     Stale,
     Timeout,
     Unavailable,
@@ -489,10 +501,20 @@ class FakeNamespace:
             size = uint_field(h, "size")
             mtime_ns = wire_field(h, "mtime_ns", int)
             chunks = wire_field(h, "chunks", list)
-            for index, length in chunks:
-                chunk = self.chunks.get(node.chunks.get(index, -1))
-                if chunk is None:
-                    raise NotFound("no such chunk", index=index)
+            for entry in chunks:
+                if (
+                    not isinstance(entry, list)
+                    or len(entry) != 4
+                    or any(type(x) is not int for x in entry)
+                ):
+                    raise ProtocolError("chunks must hold [index, length, chunk_id, version]")
+            for index, _, chunk_id, version in chunks:
+                if node.chunks.get(index) != chunk_id:
+                    raise Stale("the chunk was truncated away: data lost", index=index)
+                if self.chunks[chunk_id].version != version:
+                    raise Stale("the chunk changed version since this write", index=index)
+            for _, length, chunk_id, _ in chunks:
+                chunk = self.chunks[chunk_id]
                 chunk.length = max(chunk.length, length)
             node.size = max(node.size, size)
             node.mtime_ns = mtime_ns
@@ -519,9 +541,13 @@ class FakeNamespace:
                 if index * cs >= size:
                     del node.chunks[index]
                     self.chunks.pop(chunk_id, None)
-                else:
+                elif size < (index + 1) * cs:
+                    # The chunk the size falls inside: cut, with a new version pushed to
+                    # its replicas (writers of the old one are refused from now on).
                     chunk = self.chunks[chunk_id]
                     chunk.length = min(chunk.length, size - index * cs)
+                    chunk.version += 1
+                    self._push_cut(chunk)
             node.size = size
             node.mtime_ns = now
         if "atime_ns" in h:
@@ -534,6 +560,19 @@ class FakeNamespace:
             node.mtime_ns = now
         node.ctime_ns = now
         return {"attr": self.attr(node)}
+
+    def _push_cut(self, chunk: FakeChunk) -> None:
+        """The leader's empty ``chunk.write`` of a truncated chunk's new version."""
+        for cs_id in chunk.replicas:
+            cs = self.cluster.chunkserver(cs_id)
+            replica = cs.replicas.get(chunk.id) if cs is not None and cs.alive else None
+            if replica is None or replica.version >= chunk.version:
+                continue
+            if len(replica.data) < chunk.length:
+                continue  # it missed data: stays at its version, stale
+            del replica.data[chunk.length :]
+            replica.version = chunk.version
+            replica.synced_bytes = min(replica.synced_bytes, len(replica.data))
 
     def _rename(self, h: dict[str, Any]) -> dict[str, Any]:
         parent = self.directory(h.get("parent"))
@@ -680,6 +719,7 @@ class FakeChunkServer:
         self.reads = 0
         self.write_sizes: list[int] = []
         self.syncs = 0
+        self.stale = 0  # Stale answers given
 
     def _check(self, h: dict[str, Any], mode: bytes) -> tuple[int, int]:
         chunk_id = uint_field(h, "chunk_id")
@@ -694,6 +734,10 @@ class FakeChunkServer:
             _now_ms(),
         )
         return chunk_id, version
+
+    def _stale(self, message: str, **details: Any) -> Stale:
+        self.stale += 1
+        return Stale(message, **details)
 
     def _next(self, h: dict[str, Any]) -> tuple[FakeChunkServer | None, dict[str, Any]]:
         chain = wire_field(h, "chain", list, [])
@@ -710,26 +754,37 @@ class FakeChunkServer:
         chunk_id, version = self._check(h, WRITE)
         offset = uint_field(h, "offset")
         length = uint_field(h, "length")
+        expect = _expect_length(h)
+        sync = h.get("sync") is True
+        end = offset + len(payload)
         replica = self.replicas.get(chunk_id)
+        have = 0  # the replica's length under this version, before this write
         if replica is None:
             if length > 0 and not (offset == 0 and len(payload) >= length):
                 raise NotFound("no replica here, and the handle says it holds data")
+        else:
+            if version < replica.version:
+                raise self._stale("older version", chunk_id=chunk_id)
+            have = len(replica.data)
+            if version > replica.version:
+                if have < length:
+                    raise self._stale("replica shorter than the handle's length")
+                have = length
+        after = max(have, end) if payload else have
+        if expect is not None and have < expect and (offset > have or (sync and after < expect)):
+            raise self._stale("replica shorter than the writer's acknowledged length")
+        if replica is None:
             replica = self.replicas[chunk_id] = FakeReplica(version)
-        if version < replica.version:
-            raise Stale("older version", chunk_id=chunk_id)
-        if version > replica.version:
-            if len(replica.data) < length:
-                raise Stale("replica shorter than the handle's length", chunk_id=chunk_id)
+        elif version > replica.version:
             del replica.data[length:]
             replica.version = version
             replica.synced_bytes = min(replica.synced_bytes, len(replica.data))
-        end = offset + len(payload)
         if payload:
             if len(replica.data) < offset:
                 replica.data.extend(bytes(offset - len(replica.data)))
             replica.data[offset:end] = payload
         self.write_sizes.append(len(payload))
-        if h.get("sync") is True:
+        if sync:
             replica.synced_bytes = len(replica.data)
             self.syncs += 1
         nxt, rest = self._next(h)
@@ -744,7 +799,10 @@ class FakeChunkServer:
         if replica is None:
             raise NotFound("no such chunk", chunk_id=chunk_id)
         if version != replica.version:
-            raise Stale("sync of another version than the replica's", chunk_id=chunk_id)
+            raise self._stale("sync of another version than the replica's", chunk_id=chunk_id)
+        expect = _expect_length(h)
+        if expect is not None and len(replica.data) < expect:
+            raise self._stale("replica shorter than the writer's acknowledged length")
         replica.synced_bytes = len(replica.data)
         self.syncs += 1
         nxt, rest = self._next(h)
@@ -774,7 +832,7 @@ class FakeChunkServer:
             if replica is None:
                 raise NotFound("no such chunk", chunk_id=chunk_id)
             if replica.version != version:
-                raise Stale("version mismatch", chunk_id=chunk_id)
+                raise self._stale("version mismatch", chunk_id=chunk_id)
             if chunk_id in self.corrupt:
                 raise Corrupt("checksum mismatch", chunk_id=chunk_id)
             offset = uint_field(header, "offset")
@@ -788,6 +846,10 @@ class FakeChunkServer:
                 raise NotFound("no such chunk")
             return {"version": replica.version, "length": len(replica.data)}, b""
         raise Unsupported(f"unknown op {op}")
+
+
+def _expect_length(h: dict[str, Any]) -> int | None:
+    return uint_field(h, "expect_length") if "expect_length" in h else None
 
 
 # ---------------------------------------------------------------------------- cluster

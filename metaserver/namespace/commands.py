@@ -63,7 +63,7 @@ GOAL_MAX = 16
 GOAL_DEFAULT = 3
 # A replica set never lists more chunkservers than the highest goal.
 REPLICAS_MAX = GOAL_MAX
-# [index, length] pairs in one commit: a commit of a 1 TiB file at 16 MiB chunks.
+# Chunk entries in one commit: a commit of a 1 TiB file at 16 MiB chunks.
 COMMIT_CHUNKS_MAX = 1 << 16
 # Queries (docs/PROTOCOL.md: fs.readdir limit 1..4096, fs.locate count 1..1024).
 READDIR_LIMIT_MAX = 4096
@@ -264,7 +264,8 @@ def arg_int_list(args: dict[str, Any], key: str, length_max: int) -> list[int]:
 
 
 def arg_commit_chunks(args: dict[str, Any], key: str, chunk_size_bytes: int) -> list[list[int]]:
-    """``[[index, length], ...]`` with index in range and length >= 0."""
+    """``[[index, length, chunk_id, version], ...]``: index in range, length >= 0, and the
+    chunk id and version of the write handle the data was written under."""
     v = args.get(key)
     if type(v) is not list:
         if key not in args:
@@ -273,14 +274,14 @@ def arg_commit_chunks(args: dict[str, Any], key: str, chunk_size_bytes: int) -> 
     if len(v) > COMMIT_CHUNKS_MAX:
         raise Invalid(f"field {key!r} over {COMMIT_CHUNKS_MAX} items", field=key)
     index_max = chunk_index_max(chunk_size_bytes)
-    for pair in v:
-        if type(pair) is not list or len(pair) != 2:
-            raise ProtocolError(f"field {key!r} must hold [index, length] pairs")
-        index, length = pair
-        if type(index) is not int or type(length) is not int:
-            raise ProtocolError(f"field {key!r} must hold [index, length] pairs of ints")
-        if not 0 <= index <= index_max or length < 0:
-            raise Invalid(f"field {key!r}: index or length out of range", index=index)
+    for entry in v:
+        if type(entry) is not list or len(entry) != 4 or any(type(x) is not int for x in entry):
+            raise ProtocolError(f"field {key!r} must hold [index, length, chunk_id, version] ints")
+        index, length, chunk_id, version = entry
+        if not 0 <= index <= index_max or length < 0 or chunk_id < 1 or version < 1:
+            raise Invalid(
+                f"field {key!r}: index, length, chunk or version out of range", index=index
+            )
     return v
 
 

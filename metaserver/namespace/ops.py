@@ -429,14 +429,26 @@ def set_attr(st: State, now_ns: int, a: dict[str, Any]) -> Result:
         inode.uid = uid
     if gid is not None:
         inode.gid = gid
+    cut: dict[str, Any] | None = None
     if size is not None:
-        st.truncate(inode, size)
+        cut_chunk = st.truncate(inode, size)
         inode.mtime_ns = now_ns  # truncate(2) always marks mtime and ctime
+        if cut_chunk is not None:
+            cut = {
+                "chunk_id": cut_chunk.chunk_id,
+                "version": cut_chunk.version,
+                "length": cut_chunk.length,
+                "replicas": list(cut_chunk.replicas),
+            }
     if atime_ns is not None:
         inode.atime_ns = atime_ns
     if mtime_ns is not None:
         inode.mtime_ns = mtime_ns
     inode.ctime_ns = now_ns
+    if cut is not None:
+        # The leader pushes the new version to the replicas (they cut themselves to the
+        # new length and refuse the old version from then on): docs/PROTOCOL.md fs.setattr.
+        return {"ok": True, "attr": attr(inode), "cut": cut}
     return {"ok": True, "attr": attr(inode)}
 
 
@@ -551,25 +563,36 @@ _COMMIT = frozenset({"ino", "size", "mtime_ns", "chunks"})
 def commit(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     """Record written data: size and chunk lengths only grow, mtime is the writer's.
 
-    A listed chunk index with no chunk (a truncate dropped it while the data was being
-    written) fails the whole commit with ``Stale``: the client must get a new handle and
-    write again, rather than have its size point past data that is gone.
+    Each chunk entry names the chunk id and version of the write handle its data was
+    written under. The whole commit fails with ``Stale`` when, for any entry, the file no
+    longer has that chunk at that index (a truncate dropped it, maybe a new one took its
+    place) or the chunk's version moved on (another writer took a handle, or a truncate
+    cut the chunk): either may have cut bytes this writer wrote and has not committed, so
+    recording its lengths could make the file point at zeros or at someone else's data.
+    The client reports the failure (EIO), as a local file system reports a failed write.
     """
     check_fields(a, _COMMIT)
     ino = arg_ino(a, "ino")
     size = arg_size(a, "size")
     mtime_ns = arg_int(a, "mtime_ns", INT64_MIN, INT63_MAX)
-    pairs = arg_commit_chunks(a, "chunks", st.chunk_size_bytes)
+    entries = arg_commit_chunks(a, "chunks", st.chunk_size_bytes)
     inode = _regular(st, ino)
     chunks = inode.chunks
     assert chunks is not None
-    for index, _ in pairs:
-        if index not in chunks:
-            raise Stale("no chunk at this index: get a new write handle", ino=ino, index=index)
-    # --- checked: change the state ---
     table = st.chunk_table
+    for index, _, chunk_id, version in entries:
+        if chunks.get(index) != chunk_id:
+            raise Stale("the chunk was truncated away: data lost", ino=ino, index=index)
+        if table[chunk_id].version != version:
+            raise Stale(
+                "the chunk changed version since this write: data may be lost",
+                ino=ino,
+                index=index,
+                version=table[chunk_id].version,
+            )
+    # --- checked: change the state ---
     chunk_size = st.chunk_size_bytes
-    for index, length in pairs:
+    for index, length, _, _ in entries:
         chunk = table[chunks[index]]
         if length > chunk.length:
             chunk.length = min(length, chunk_size)

@@ -332,12 +332,16 @@ class State:
         self.file_bytes += size - inode.size
         inode.size = size
 
-    def truncate(self, inode: Inode, size: int) -> None:
+    def truncate(self, inode: Inode, size: int) -> Chunk | None:
         """Set a regular file's size; no chunk keeps data past it afterwards.
 
-        Chunks that start at or past ``size`` go to garbage; the chunk ``size`` cuts gets
-        that length (its replicas keep junk past it until the next write, which truncates
-        them: docs/PROTOCOL.md, fs.write_handle). Growing leaves a hole: no chunk is made.
+        Chunks that start at or past ``size`` go to garbage. The chunk ``size`` falls inside
+        (if any) gets that length and a new version, which it returns: its replicas still
+        hold the old bytes past the cut, and a writer holding a handle of the old version
+        could otherwise write inside them (no cut happens for a same-version write) or
+        commit lengths that bring them back. The new version makes every such writer
+        ``Stale``; the leader pushes it to the replicas, which cut themselves when they
+        take it. Growing leaves a hole: no chunk is made.
         """
         chunks = inode.chunks
         assert chunks is not None
@@ -348,10 +352,13 @@ class State:
             self._drop_chunks(inode, dropped)
         cut_index = size // chunk_size
         cut_id = chunks.get(cut_index)
+        chunk = None
         if cut_id is not None:
             chunk = self.chunk_table[cut_id]
             chunk.length = min(chunk.length, size - cut_index * chunk_size)
+            chunk.version += 1
         self.set_size(inode, size)
+        return chunk
 
     def allocate_chunk(self, inode: Inode, index: int, replicas: list[int]) -> Chunk:
         assert inode.chunks is not None and index not in inode.chunks

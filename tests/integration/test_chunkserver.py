@@ -8,6 +8,7 @@ What these tests check, end to end through sockets and files:
   and a newer version truncates to the handle's length;
 - a replica whose file was damaged on disk answers Corrupt; the others still serve;
 - an error downstream comes back with the failing server's address;
+- ``expect_length`` on writes and syncs is checked on every replica of the chain;
 - registration and heartbeats reach the metaserver (following a NotLeader hint), the cs_id
   is stable across a restart, and data is served while no metaserver answers;
 - SIGTERM exits 0 promptly, with connections open and with writes in flight (every write it
@@ -521,6 +522,36 @@ async def test_a_downstream_error_names_the_failing_server(
     assert down.value.details["address"] == dead
     # The replicas before the failure did write (the client will bump the version anyway).
     assert await c.read(2, 10, 1, 0, 10) == b"data"
+
+
+@pytest.mark.timeout(60)
+async def test_expect_length_refuses_a_replica_that_lost_acknowledged_bytes(
+    metaservers: Callable[..., FakeMetaserver], clusters: Callable[..., Chunkservers]
+) -> None:
+    meta = metaservers()
+    c = clusters([meta.address])
+    await c.start_all()
+    # cs1 and cs2 hold the 200 bytes the writer saw acknowledged; cs3 kept only 100 (as
+    # after a crash that lost its unsynced tail).
+    await c.write(1, 77, 1, 0, b"a" * 200, chain=[2])
+    await c.write(3, 77, 1, 0, b"a" * 100)
+    with pytest.raises(Stale, match="acknowledged") as e:
+        await c.write(1, 77, 1, 250, b"gap", chain=[2, 3], expect_length=200)
+    assert e.value.details["address"] == c.addresses[3]
+    sync = {"chunk_id": 77, "version": 1, **token_fields(77, 1, WRITE)}
+    with pytest.raises(Stale, match="acknowledged") as e:
+        await c.call(1, "chunk.sync", chain=[c.addresses[2], c.addresses[3]],
+                     expect_length=200, **sync)  # fmt: skip
+    assert e.value.details["address"] == c.addresses[3]
+    with pytest.raises(ProtocolError):
+        await c.call(1, "chunk.sync", chain=[], expect_length=-1, **sync)
+    # Where nothing acknowledged is missing, both go through, and the gap reads as zeros.
+    await c.call(1, "chunk.sync", chain=[c.addresses[2]], expect_length=200, **sync)
+    await c.write(1, 77, 1, 250, b"gap", chain=[2], expect_length=200)
+    assert await c.read(2, 77, 1, 0, 1000) == b"a" * 200 + bytes(50) + b"gap"
+    # Without expect_length (an older writer) the gap is still allowed, as before.
+    await c.write(3, 77, 1, 250, b"gap")
+    assert await c.read(3, 77, 1, 0, 1000) == b"a" * 100 + bytes(150) + b"gap"
 
 
 # ---------------------------------------------------------------------- metaserver

@@ -394,8 +394,11 @@ class NamespaceModel(RuleBasedStateMachine):
                 if start >= size:
                     del m.chunks[index]
                     del m.versions[index]
-                else:
+                elif size < start + CHUNK:
+                    # The chunk the size falls inside is cut: a new version, so that a
+                    # writer of the old one can no longer write or commit into it.
                     m.chunks[index] = min(length, size - start)
+                    m.versions[index] += 1
 
     @rule(i=PICK, index=st.integers(0, 5), length=st.integers(0, CHUNK + 10))
     def write(self, i: int, index: int, length: int) -> None:
@@ -410,7 +413,8 @@ class NamespaceModel(RuleBasedStateMachine):
             code = E.INVALID
         h = self.run("write_handle", code, ino=ino, index=index, replicas=self.cs[:2])
         size = index * CHUNK + length
-        self.run("commit", code, ino=ino, size=size, mtime_ns=5, chunks=[[index, length]])
+        entry = [index, length, h.get("chunk_id", 1), h.get("version", 1)]
+        self.run("commit", code, ino=ino, size=size, mtime_ns=5, chunks=[entry])
         if m is not None and code is None:
             m.versions[index] = m.versions.get(index, 0) + 1
             assert h["version"] == m.versions[index]

@@ -10,8 +10,11 @@ What is checked here, on real files in a tmp dir:
 - the start-up scan: replicas found from headers, bad files quarantined, strays ignored;
 - the crash model (``dfs.testing.faultydisk.CrashDisk``): a synced replica survives exactly;
   after unsynced writes a read returns the written bytes or Corrupt, never other bytes;
+- a failure after a bump's cut leaves a replica that describes its file (writable), or one
+  marked failed when the cut itself failed; ``expect_length`` refuses a replica that lost
+  acknowledged bytes;
 - ``AsyncChunkStore``: concurrent writes to one chunk are serialised; the lock survives
-  cancelled waiters.
+  cancelled waiters, also when a release already dropped their entry.
 """
 
 from __future__ import annotations
@@ -379,6 +382,94 @@ def test_a_replica_whose_fsync_failed_is_never_served_again(
     assert bytes(store.read(CHUNK, 2, 0, 10)) == b"fresh"
 
 
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])
+def test_a_data_write_failing_after_a_bump_cut_leaves_a_writable_replica(
+    store: ChunkStore,
+    monkeypatch: pytest.MonkeyPatch,
+    expect_log: Callable[..., None],
+    code: int,
+) -> None:
+    """A bump cuts the file first; if the data write then fails, the replica must describe
+    its (cut) file: without that, memory kept the old length, the next bump tried to cut
+    again from there and every later write was ``Corrupt`` ("block cut short")."""
+    expect_log(r"event=(disk_full|disk_error) op=write chunk=261")
+    original = data(3 * B + 500, seed=21)
+    store.write(CHUNK, 1, 0, 0, original)
+    real = ChunkStore._write_blocks
+
+    def failing(self: ChunkStore, *args: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(ChunkStore, "_write_blocks", failing)
+    with pytest.raises((Unavailable, NoSpace)):
+        store.write(CHUNK, 2, B + 10, 2 * B, b"lost")
+    monkeypatch.setattr(ChunkStore, "_write_blocks", real)
+    # The cut happened and is recorded: the new version with exactly the handle's bytes.
+    assert store.info(CHUNK) == ReplicaInfo(CHUNK, 2, B + 10)
+    assert store.used_bytes == footprint_bytes(B + 10)
+    assert bytes(store.read(CHUNK, 2, 0, MiB)) == original[: B + 10]
+    # The client retries with a newer handle: the bump and the write go through.
+    store.write(CHUNK, 3, B + 10, 2 * B, b"kept", sync=True)
+    assert bytes(store.read(CHUNK, 3, 0, MiB)) == original[: B + 10] + bytes(B - 10) + b"kept"
+    # What the disk says after a restart is what memory said.
+    assert ChunkStore(store.root, chunk_bytes_max=MiB).info(CHUNK) == ReplicaInfo(
+        CHUNK, 3, 2 * B + 4
+    )
+
+
+def test_a_cut_that_fails_midway_marks_the_replica_failed(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch, expect_log: Callable[..., None]
+) -> None:
+    """A failure inside the cut (its checksum entry rewritten, the file not yet cut, or cut
+    with the old header) leaves a file no description fits: never served again."""
+    expect_log(r"event=disk_error op=write chunk=261 errno=5")
+    expect_log(r"event=replica_failed chunk=261")
+    store.write(CHUNK, 1, 0, 0, data(3 * B + 500, seed=22))
+
+    def fail(*args: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "ftruncate", fail)
+    with pytest.raises(Unavailable):
+        store.write(CHUNK, 2, B + 10, 0, b"x")
+    monkeypatch.undo()
+    with pytest.raises(Corrupt, match="replica failed"):
+        store.read(CHUNK, 1, 0, 10)
+    with pytest.raises(Unavailable, match="replica failed"):
+        store.write(CHUNK, 3, B + 10, 0, b"x")
+    with pytest.raises(Unavailable, match="replica failed"):
+        store.sync(CHUNK)
+    store.delete(CHUNK)
+    assert store.used_bytes == 0
+
+
+def test_expect_length_refuses_a_replica_that_lost_acknowledged_bytes(store: ChunkStore) -> None:
+    """``expect_length`` is the writer's highest acknowledged end under this version: a
+    replica shorter than that (it lost bytes in a crash) must not turn them into zeros."""
+    store.write(CHUNK, 1, 0, 0, b"a" * 100)  # the replica kept 100 bytes; the writer saw 200
+    with pytest.raises(Stale, match="acknowledged"):
+        store.write(CHUNK, 1, 0, 150, b"gap", expect_length=200)  # [100, 150) would be zeros
+    with pytest.raises(Stale, match="acknowledged"):
+        store.sync(CHUNK, 1, expect_length=200)
+    with pytest.raises(Stale, match="acknowledged"):
+        store.write(CHUNK, 1, 0, 10, b"still short", sync=True, expect_length=200)
+    with pytest.raises(Stale, match="acknowledged"):  # absent: length 0
+        store.write(CHUNK + 256, 1, 0, 10, b"x", expect_length=5)
+    assert store.info(CHUNK) == ReplicaInfo(CHUNK, 1, 100)
+    assert bytes(store.read(CHUNK, 1, 0, 1000)) == b"a" * 100
+    # Writes that leave no gap are fine; so is a gap when nothing acknowledged is missing.
+    store.write(CHUNK, 1, 0, 50, b"b" * 10, expect_length=200)
+    store.write(CHUNK, 1, 0, 100, b"c" * 100, expect_length=200)  # refills what was lost
+    store.sync(CHUNK, 1, expect_length=200)
+    store.write(CHUNK, 1, 0, 300, b"d", sync=True, expect_length=200)
+    assert store.info(CHUNK) == ReplicaInfo(CHUNK, 1, 301)
+    # After a bump, the replica's length is the handle's: that is what is expected of it.
+    store.write(CHUNK, 2, 250, 260, b"e", sync=True, expect_length=250)
+    assert bytes(store.read(CHUNK, 2, 0, 1000)) == (
+        b"a" * 50 + b"b" * 10 + b"a" * 40 + b"c" * 100 + bytes(50) + bytes(10) + b"e"
+    )
+
+
 def test_a_vanished_file_is_forgotten(store: ChunkStore, expect_log: Callable[..., None]) -> None:
     expect_log(r"event=replica_vanished chunk=261")
     store.write(CHUNK, 1, 0, 0, b"a")
@@ -595,4 +686,22 @@ async def test_chunk_lock_is_fifo_and_survives_cancelled_waiters() -> None:
     with pytest.raises(asyncio.CancelledError):
         await doomed
     assert order == ["writer", "late reader"]
+    assert lock.idle
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_waiter_released_past_keeps_its_cancellation() -> None:
+    """A waiter is cancelled, and before it runs again a release wakes the queue (which drops
+    the cancelled entry): the waiter must end with CancelledError, not ValueError."""
+    lock = ChunkLock()
+    await lock.acquire(True)
+    waiter = asyncio.create_task(lock.acquire(True))
+    await asyncio.sleep(0)  # queued
+    waiter.cancel()  # cancels the future it awaits; the task handles that when it next runs
+    lock.release(True)  # before it does: _wake pops the cancelled entry
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert lock.idle
+    await lock.acquire(True)  # and the lock still works
+    lock.release(True)
     assert lock.idle

@@ -1,6 +1,9 @@
 """FsClient's data path against the fake cluster, under asyncio and trio: writes and reads
 at unaligned offsets across chunk boundaries, holes, truncation, append, commits and
-syncs on close, read-your-writes, replica failover, handle renewal, read-ahead, deadlines.
+syncs on close, read-your-writes, replica failover, handle renewal, read-ahead, deadlines;
+commits that name the handle's version (Stale after another client's handle or truncate,
+reported, not retried), short replicas failed over, ``expect_length``, and closes that
+fail or are cancelled without losing the inode's state.
 
 Chunks are small (256 KiB) so that a few hundred KiB cross several chunk boundaries.
 Every file's expected content is kept in a bytearray model and compared byte for byte.
@@ -9,6 +12,7 @@ Every file's expected content is kept in a bytearray model and compared byte for
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +23,8 @@ import anyio
 import pytest
 
 from dfs.client import ROOT_INO, ClientOptions, FsClient
-from dfs.testing.fakecluster import ClusterThread, FakeCluster
+from dfs.client.handle import File
+from dfs.testing.fakecluster import ClusterThread, FakeCluster, MetaFault
 from dfs.wire.errors import (
     Corrupt,
     Invalid,
@@ -233,7 +238,15 @@ async def test_close_and_fsync_commit_size_and_make_data_durable(cluster: Cluste
         await f.close()
         assert cluster.call(lambda c: c.namespace.inodes[attr.ino].size) == len(data)
         commits = cluster.call(lambda c: [(m.size, m.chunks) for m in c.namespace.commits])
-        assert commits[-1] == (len(data), [[0, CHUNK], [1, len(data) - CHUNK]])
+        # Each entry names the handle (chunk id, version) its length was written under.
+        table = cluster.call(lambda c: c.file_chunks(attr.ino))
+        assert commits[-1] == (
+            len(data),
+            [
+                [0, CHUNK, table[0].id, table[0].version],
+                [1, len(data) - CHUNK, table[1].id, table[1].version],
+            ],
+        )
         # Durable on every replica: synced up to the committed length.
         synced = cluster.call(
             lambda c: [
@@ -485,7 +498,7 @@ async def test_truncate_by_another_client_is_seen_at_the_next_open(
         await f.write(0, data)
         await f.flush()  # committed; the handle stays open
         assert await f.read(0, len(data)) == data
-        await b.setattr(attr.ino, size=1000)  # cut: replicas keep their bytes past it
+        await b.setattr(attr.ino, size=1000)  # cut: a new version, pushed to the replicas
         await b.setattr(attr.ino, size=len(data))  # and extended: zeros, not old bytes
         async with await a.open(attr.ino, os.O_RDONLY) as r:
             assert await r.read(0, len(data)) == data[:1000] + bytes(len(data) - 1000)
@@ -576,3 +589,208 @@ async def test_random_operations_against_a_model(seed: int, token_ttl_ms: int) -
             assert await read_all(fs, attr.ino) == model.data
         async with client(c, options) as other:
             assert await read_all(other, attr.ino) == model.data
+
+
+# ---------------------------------------------------------------------- commits name versions
+
+
+async def landed(f: File, offset: int, size: int) -> None:
+    """Wait until the uploads of [offset, offset + size) have landed (a read waits for them)."""
+    await f.read(offset, size)
+
+
+async def test_a_commit_after_another_writer_cut_our_bytes_fails_and_is_not_retried(
+    cluster: ClusterThread,
+) -> None:
+    """Another client's handle bumps the chunk's version, and the replicas cut themselves to
+    the committed length: our uploaded but uncommitted bytes are gone. Our commit names the
+    version it wrote under, the metaserver says Stale, and the fsync must fail (EIO), not
+    take a new handle and commit lengths that point at missing data."""
+    first = random.Random(13).randbytes(128 * KiB)
+    async with client(cluster) as a, client(cluster) as b:
+        attr, f = await a.create_and_open(ROOT_INO, b"s", 0o644, os.O_RDWR | os.O_CREAT)
+        await f.write(0, first)
+        await f.fsync()
+        await f.write(len(first), b"y" * (64 * KiB))  # one full buffer: uploaded
+        await landed(f, len(first), 64 * KiB)
+        async with await b.open(attr.ino, os.O_WRONLY) as g:
+            await g.write(0, b"B" * 10)
+        commits = len(cluster.call(lambda c: c.namespace.commits))
+        with pytest.raises(Stale):
+            await f.fsync()
+        assert len(cluster.call(lambda c: c.namespace.commits)) == commits  # not retried
+        # The client dropped what the commit described and took the metaserver's size.
+        assert (await a.getattr(attr.ino)).size == len(first)
+        assert await f.read(0, 1 << 20) == b"B" * 10 + first[10:]
+        await f.fsync()  # reported once; nothing left to commit
+        # And it goes on with a fresh handle.
+        await f.write(0, b"again")
+        await f.close()
+        assert attr.ino not in a._open
+    async with client(cluster) as other:
+        assert await read_all(other, attr.ino) == b"again" + b"B" * 5 + first[10:]
+
+
+async def test_a_commit_after_a_truncate_cut_our_bytes_fails(cluster: ClusterThread) -> None:
+    first = random.Random(14).randbytes(128 * KiB)
+    async with client(cluster) as a, client(cluster) as b:
+        attr, f = await a.create_and_open(ROOT_INO, b"t", 0o644, os.O_RDWR | os.O_CREAT)
+        await f.write(0, first)
+        await f.fsync()
+        await f.write(len(first), b"y" * (64 * KiB))
+        await landed(f, len(first), 64 * KiB)
+        await b.setattr(attr.ino, size=100_000)  # cuts chunk 0: a new version
+        with pytest.raises(Stale):
+            await f.close()
+        assert attr.ino not in a._open
+        assert await read_all(a, attr.ino) == first[:100_000]
+    assert cluster.call(lambda c: c.namespace.inodes[attr.ino].size) == 100_000
+
+
+async def test_open_after_another_clients_change_drops_cached_write_handles(
+    cluster: ClusterThread,
+) -> None:
+    """Another client committed to the file (its attributes changed): an open here drops
+    the cached write handles, so the next write does not go out under an old version (and
+    get Stale from the replicas, or, had the replicas not moved, a Stale commit)."""
+
+    def stale_answers(c: FakeCluster) -> int:
+        return sum(cs.stale for cs in c.chunkservers)
+
+    def handles(c: FakeCluster) -> int:
+        return sum(op == "fs.write_handle" for op, _, _ in c.requests)
+
+    model = Model()
+    async with client(cluster) as a, client(cluster) as b:
+        attr, f = await a.create_and_open(ROOT_INO, b"h", 0o644, os.O_RDWR | os.O_CREAT)
+        await f.write(0, b"a" * 1000)
+        await f.fsync()
+        model.write(0, b"a" * 1000)
+        # No change by anyone else: the handle stays cached across an open.
+        before = cluster.call(handles)
+        async with await a.open(attr.ino, os.O_RDONLY):
+            pass
+        await f.write(10, b"mine")
+        await f.fsync()
+        model.write(10, b"mine")
+        assert cluster.call(handles) == before
+        async with await b.open(attr.ino, os.O_WRONLY) as g:
+            await g.write(500, b"theirs")
+        model.write(500, b"theirs")
+        async with await a.open(attr.ino, os.O_RDONLY) as r:  # sees b's commit
+            assert await r.read(0, 2000) == model.data
+        stale = cluster.call(stale_answers)
+        await f.write(20, b"fresh handle")
+        await f.close()
+        model.write(20, b"fresh handle")
+        assert cluster.call(stale_answers) == stale
+    async with client(cluster) as other:
+        assert await read_all(other, attr.ino) == model.data
+
+
+# ---------------------------------------------------------------------- short replicas
+
+
+async def test_short_replica_reads_fail_over_and_never_read_as_zeros(
+    cluster: ClusterThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dfs.client.chunkio")
+    data = random.Random(15).randbytes(2 * CHUNK + 5)
+    async with client(cluster) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"x", 0o644, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, data)
+        await f.close()
+
+        def lose_tails(c: FakeCluster, servers: int) -> None:
+            # As a replica that lost its unsynced tail in a crash, at the same version.
+            for ch in c.file_chunks(attr.ino).values():
+                for cs in c.chunkservers[:servers]:
+                    if ch.id in cs.replicas:
+                        del cs.replicas[ch.id].data[1000:]
+
+        cluster.call(lambda c: lose_tails(c, 2))  # one full replica left of each chunk
+        for _ in range(10):
+            assert await read_all(fs, attr.ino) == data
+        assert any("returned 1000 of" in r.getMessage() for r in caplog.records)
+        cluster.call(lambda c: lose_tails(c, 3))
+        with pytest.raises(Corrupt, match="short"):
+            await read_all(fs, attr.ino)
+        # Past the table's length a short answer is right: zeros (a truncate up).
+        await fs.setattr(attr.ino, size=500)
+        await fs.setattr(attr.ino, size=3000)
+        assert await read_all(fs, attr.ino) == data[:500] + bytes(2500)
+
+
+# ---------------------------------------------------------------------- expect_length
+
+
+async def test_a_replica_that_lost_acknowledged_bytes_fails_the_fsync(
+    cluster: ClusterThread,
+) -> None:
+    """The writer tells the replicas how much they acknowledged under this version: one that
+    lost a tail in a crash refuses the sync instead of making a short copy durable."""
+    options = dataclasses.replace(OPTIONS, timeout_s=1.0)
+    async with client(cluster, options) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"e", 0o644, os.O_RDWR | os.O_CREAT)
+        await f.write(0, random.Random(16).randbytes(128 * KiB))  # two uploads of 64 KiB
+        await landed(f, 0, 128 * KiB)
+
+        def crash_one(c: FakeCluster) -> None:
+            (chunk,) = c.file_chunks(attr.ino).values()
+            cs = c.chunkserver(chunk.replicas[-1])
+            assert cs is not None
+            del cs.replicas[chunk.id].data[64 * KiB :]
+
+        cluster.call(crash_one)
+        with pytest.raises((Stale, Unavailable, Timeout)):
+            await f.fsync()
+        with pytest.raises((Stale, Unavailable, Timeout)):
+            await f.close()  # still short: the client's background retry ends with it
+
+
+# ---------------------------------------------------------------------- close keeps state
+
+
+async def test_a_cancelled_close_keeps_the_inode_and_a_new_open_joins_it(
+    cluster: ClusterThread,
+) -> None:
+    data = random.Random(17).randbytes(1000)
+    async with client(cluster) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"k", 0o644, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, data)  # buffered
+        inode = f.inode
+        cluster.call(lambda c: c.hang_chunkservers())
+        with anyio.move_on_after(0.2):
+            await f.close()  # an interrupted release
+        assert f.closed
+        assert fs._open.get(attr.ino) is inode  # kept, with its buffer
+        g = await fs.open(attr.ino, os.O_RDWR)
+        assert g.inode is inode  # joined, not a second state
+        cluster.call(lambda c: c.hang_chunkservers(False))
+        assert await g.read(0, 2000) == data
+        await g.close()
+        assert attr.ino not in fs._open
+    async with client(cluster) as other:
+        assert await read_all(other, attr.ino) == data
+
+
+async def test_a_failed_close_leaves_its_changes_to_be_committed_in_the_background(
+    cluster: ClusterThread,
+) -> None:
+    data = random.Random(18).randbytes(100 * KiB)
+    options = dataclasses.replace(OPTIONS, timeout_s=1.0)
+    async with client(cluster, options) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"b", 0o644, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, data)
+        cluster.call(lambda c: c.faults.append(MetaFault("fs.commit", "unavailable", 10**6)))
+        with pytest.raises((Unavailable, Timeout)):
+            await f.close()
+        assert attr.ino in fs._open  # its data landed, uncommitted: kept
+        cluster.call(lambda c: c.faults.clear())
+        deadline = anyio.current_time() + 5
+        while attr.ino in fs._open:
+            assert anyio.current_time() < deadline, "the left changes were never committed"
+            await anyio.sleep(0.01)  # polling interval
+        assert cluster.call(lambda c: c.namespace.inodes[attr.ino].size) == len(data)
+    async with client(cluster) as other:
+        assert await read_all(other, attr.ino) == data

@@ -96,6 +96,21 @@ def fs() -> Iterator[Fs]:
     f.ns.check_invariants()
 
 
+def ce(fs: Fs, ino: int, pairs: list[Any]) -> list[Any]:
+    """Commit entries [index, length, chunk_id, version] for the file's current chunks (a
+    missing chunk gets an id no file has, which the namespace must refuse)."""
+    out = []
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            out.append(pair)  # malformed on purpose: passed through as given
+            continue
+        index, length = pair
+        got = fs.ns.chunks(ino, index, 1) if isinstance(index, int) and index >= 0 else []
+        cid, ver = (got[0]["chunk_id"], got[0]["version"]) if got else (10**9, 1)
+        out.append([index, length, cid, ver])
+    return out
+
+
 def query_error(query: Callable[..., Any], *args: Any) -> ErrorCode:
     """The code of the DfsError a query raises (it must raise one)."""
     with pytest.raises(DfsError) as info:
@@ -237,7 +252,7 @@ def test_unlink_last_link_frees_inode_and_chunks(fs: Fs) -> None:
     f = fs.create(ROOT_INO, b"f")
     c0 = fs.ok("write_handle", ino=f, index=0, replicas=cs)["chunk_id"]
     c1 = fs.ok("write_handle", ino=f, index=5, replicas=cs[:2])["chunk_id"]
-    fs.ok("commit", ino=f, size=5 * CHUNK + 10, mtime_ns=1, chunks=[[0, CHUNK], [5, 10]])
+    fs.ok("commit", ino=f, size=5 * CHUNK + 10, mtime_ns=1, chunks=ce(fs, f, [[0, CHUNK], [5, 10]]))
     fs.ok("link", ino=f, parent=ROOT_INO, name=b"g")
     fs.ok("unlink", parent=ROOT_INO, name=b"f")
     assert fs.attr(f)["nlink"] == 1 and fs.ns.garbage == {}
@@ -486,7 +501,13 @@ def test_truncate_drops_and_cuts_chunks(fs: Fs) -> None:
     cs = fs.register()
     f = fs.create(ROOT_INO, b"f")
     ids = [fs.ok("write_handle", ino=f, index=i, replicas=cs)["chunk_id"] for i in range(4)]
-    fs.ok("commit", ino=f, size=4 * CHUNK, mtime_ns=5, chunks=[[i, CHUNK] for i in range(4)])
+    fs.ok(
+        "commit",
+        ino=f,
+        size=4 * CHUNK,
+        mtime_ns=5,
+        chunks=ce(fs, f, [[i, CHUNK] for i in range(4)]),
+    )
     assert fs.ns.stats()["bytes"] == 4 * CHUNK
     fs.ok("setattr", ino=f, size=CHUNK + 100)
     assert fs.ns.garbage == {ids[2]: cs, ids[3]: cs}
@@ -516,7 +537,7 @@ def test_write_handle_allocates_then_bumps(fs: Fs) -> None:
     f = fs.create(ROOT_INO, b"f")
     h = fs.ok("write_handle", ino=f, index=2, replicas=cs[:3])
     assert (h["version"], h["length"], h["replicas"]) == (1, 0, cs[:3]) and h["chunk_id"] >= 1
-    fs.ok("commit", ino=f, size=2 * CHUNK + 50, mtime_ns=9, chunks=[[2, 50]])
+    fs.ok("commit", ino=f, size=2 * CHUNK + 50, mtime_ns=9, chunks=ce(fs, f, [[2, 50]]))
     h2 = fs.ok("write_handle", ino=f, index=2, replicas=[cs[3]])
     assert h2["chunk_id"] == h["chunk_id"] and h2["version"] == 2
     assert h2["length"] == 50 and h2["replicas"] == cs[:3]  # the replica set is kept
@@ -559,18 +580,20 @@ def test_commit_takes_maxima(fs: Fs) -> None:
     f = fs.create(ROOT_INO, b"f")
     for i in range(2):
         fs.ok("write_handle", ino=f, index=i, replicas=cs)
-    a = fs.ok("commit", ino=f, size=CHUNK + 300, mtime_ns=77, chunks=[[0, CHUNK], [1, 300]])
+    a = fs.ok(
+        "commit", ino=f, size=CHUNK + 300, mtime_ns=77, chunks=ce(fs, f, [[0, CHUNK], [1, 300]])
+    )
     assert (a["attr"]["size"], a["attr"]["mtime_ns"], a["attr"]["ctime_ns"]) == (
         CHUNK + 300,
         77,
         fs.now,
     )
     # a late commit of an older, shorter write shrinks nothing
-    a = fs.ok("commit", ino=f, size=100, mtime_ns=78, chunks=[[0, 10], [1, 200]])
+    a = fs.ok("commit", ino=f, size=100, mtime_ns=78, chunks=ce(fs, f, [[0, 10], [1, 200]]))
     assert a["attr"]["size"] == CHUNK + 300 and a["attr"]["mtime_ns"] == 78
     assert [c["length"] for c in fs.ns.chunks(f, 0, 2)] == [CHUNK, 300]
     # lengths are capped at the chunk size
-    fs.ok("commit", ino=f, size=0, mtime_ns=79, chunks=[[1, 10 * CHUNK]])
+    fs.ok("commit", ino=f, size=0, mtime_ns=79, chunks=ce(fs, f, [[1, 10 * CHUNK]]))
     assert [c["length"] for c in fs.ns.chunks(f, 0, 2)] == [CHUNK, CHUNK]
     assert fs.ns.stats()["bytes"] == CHUNK + 300
 
@@ -581,13 +604,49 @@ def test_commit_errors_change_nothing(fs: Fs) -> None:
     d = fs.mkdir(ROOT_INO, b"d")
     fs.ok("write_handle", ino=f, index=0, replicas=cs)
     # chunk 3 was never allocated (or a truncate dropped it): all or nothing
-    assert fs.err("commit", ino=f, size=10, mtime_ns=1, chunks=[[0, 10], [3, 5]]) is E.STALE
+    assert (
+        fs.err("commit", ino=f, size=10, mtime_ns=1, chunks=ce(fs, f, [[0, 10], [3, 5]])) is E.STALE
+    )
     assert fs.attr(f)["size"] == 0 and fs.ns.chunks(f, 0, 1)[0]["length"] == 0
-    assert fs.err("commit", ino=d, size=1, mtime_ns=1, chunks=[]) is E.IS_DIR
-    assert fs.err("commit", ino=f, size=-1, mtime_ns=1, chunks=[]) is E.INVALID
-    assert fs.err("commit", ino=f, size=1, mtime_ns=1, chunks=[[0, -1]]) is E.INVALID
-    assert fs.err("commit", ino=f, size=1, mtime_ns=1, chunks=[[0]]) is E.PROTOCOL
-    assert fs.err("commit", ino=f, size=1, mtime_ns=1, chunks=[(0, True)]) is E.PROTOCOL
+    assert fs.err("commit", ino=d, size=1, mtime_ns=1, chunks=ce(fs, d, [])) is E.IS_DIR
+    assert fs.err("commit", ino=f, size=-1, mtime_ns=1, chunks=ce(fs, f, [])) is E.INVALID
+    assert fs.err("commit", ino=f, size=1, mtime_ns=1, chunks=ce(fs, f, [[0, -1]])) is E.INVALID
+    assert fs.err("commit", ino=f, size=1, mtime_ns=1, chunks=ce(fs, f, [[0]])) is E.PROTOCOL
+    assert fs.err("commit", ino=f, size=1, mtime_ns=1, chunks=ce(fs, f, [(0, True)])) is E.PROTOCOL
+
+
+def test_commit_refuses_data_written_under_an_older_version_or_chunk(fs: Fs) -> None:
+    cs = fs.register()
+    f = fs.create(ROOT_INO, b"f")
+    a = fs.ok("write_handle", ino=f, index=0, replicas=cs)
+    b = fs.ok("write_handle", ino=f, index=0, replicas=cs)  # another writer: version 2
+    stale = [[0, 100, a["chunk_id"], a["version"]]]
+    assert fs.err("commit", ino=f, size=100, mtime_ns=1, chunks=stale) is E.STALE
+    assert fs.attr(f)["size"] == 0 and fs.ns.chunks(f, 0, 1)[0]["length"] == 0
+    fs.ok("commit", ino=f, size=100, mtime_ns=1, chunks=[[0, 100, b["chunk_id"], 2]])
+    # Truncated away and allocated again: the old chunk id no longer counts at index 0.
+    fs.ok("setattr", ino=f, size=0)
+    c = fs.ok("write_handle", ino=f, index=0, replicas=cs)
+    assert c["chunk_id"] != b["chunk_id"]
+    old = [[0, 100, b["chunk_id"], 2]]
+    assert fs.err("commit", ino=f, size=100, mtime_ns=1, chunks=old) is E.STALE
+    assert fs.attr(f)["size"] == 0
+
+
+def test_truncate_inside_a_chunk_bumps_its_version_and_reports_the_cut(fs: Fs) -> None:
+    cs = fs.register()
+    f = fs.create(ROOT_INO, b"f")
+    h = fs.ok("write_handle", ino=f, index=1, replicas=cs)
+    fs.ok("commit", ino=f, size=2 * CHUNK, mtime_ns=1, chunks=[[1, CHUNK, h["chunk_id"], 1]])
+    r = fs.ok("setattr", ino=f, size=CHUNK + 10)
+    assert r["cut"] == {"chunk_id": h["chunk_id"], "version": 2, "length": 10, "replicas": cs}
+    # A writer still holding version 1 can no longer commit into the cut chunk.
+    late = [[1, CHUNK, h["chunk_id"], 1]]
+    assert fs.err("commit", ino=f, size=2 * CHUNK, mtime_ns=2, chunks=late) is E.STALE
+    assert fs.attr(f)["size"] == CHUNK + 10
+    # Growing, or cutting exactly at a chunk boundary, cuts no chunk.
+    assert "cut" not in fs.ok("setattr", ino=f, size=5 * CHUNK)
+    assert "cut" not in fs.ok("setattr", ino=f, size=CHUNK)
 
 
 def test_cs_register_is_stable_per_uuid(fs: Fs) -> None:
@@ -980,11 +1039,17 @@ def random_commands(rng: random.Random, fs: Fs, n: int) -> list[tuple[bytes, dic
                 "replicas": rng.sample(cs, min(len(cs), 2)),
             }
         elif op == "commit":
+            ino = rng.choice(files)
+            pairs = [[i, rng.randint(0, CHUNK)] for i in range(rng.randint(0, 2))]
+            try:
+                entries = ce(fs, ino, pairs)
+            except DfsError:  # the file is gone: any ids will do
+                entries = [[i, n, 1, 1] for i, n in pairs]
             args = {
-                "ino": rng.choice(files),
+                "ino": ino,
                 "size": rng.randint(0, 6 * CHUNK),
                 "mtime_ns": rng.randint(0, 100),
-                "chunks": [[i, rng.randint(0, CHUNK)] for i in range(rng.randint(0, 2))],
+                "chunks": entries,
             }
         else:
             args = {"uuid": rng.choice(["u1", "u2", "u3"]), "address": f"h:{rng.randint(1, 3)}"}

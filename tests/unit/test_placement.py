@@ -73,3 +73,13 @@ def test_liveness_from_heartbeats_and_grace_after_restart() -> None:
     reg.restart(200.0)  # a new term of leadership: soft state forgotten, grace again
     assert reg.is_alive(2, 205.0) and not reg.is_alive(2, 210.0)
     assert not reg.is_alive(3, 100.0)  # unknown id
+
+
+def test_restart_forgets_capacity_so_nothing_is_placed_blind() -> None:
+    reg = Registry(dead_timeout_s=10.0, started_s=0.0)
+    reg.heartbeat(1, "a:1", 1.0, capacity_bytes=100 * GIB, used_bytes=0, chunks=0, load=0, pid=1)
+    reg.restart(50.0)  # leader again, later: server 1 may have died meanwhile
+    assert reg.is_alive(1, 51.0)  # grace: not declared dead yet...
+    assert Placer("weighted").place(reg.alive(51.0), 3, reserve_bytes=GIB) == []  # ...nor used
+    reg.heartbeat(1, "a:1", 52.0, capacity_bytes=100 * GIB, used_bytes=0, chunks=0, load=0, pid=1)
+    assert Placer("weighted").place(reg.alive(52.0), 3, reserve_bytes=GIB) == [1]

@@ -1,6 +1,9 @@
-"""A local cluster in one directory: configs, secret, daemons started and stopped by PID.
+"""A local cluster in one directory: configs, secret, daemons and mounts started and
+stopped by PID.
 
-What it owns: the layout of a ``dfs up`` directory and the life cycle of its daemons. It
+What it owns: the layout of a ``dfs up`` directory, the life cycle of its daemons, and of
+the mount processes (``dfs mount --foreground`` run as daemons; the mount itself is
+``dfs.fuse``). It
 starts servers as separate processes (``python -m metaserver`` / ``python -m chunkserver``,
 each in its own session so that they outlive a detached ``dfs up``) and never imports server
 code (the client side never does, docs/ARCHITECTURE.md).
@@ -13,6 +16,8 @@ Layout of a cluster directory ``D`` (version 1)::
     D/cs<i>/cs.toml           chunkserver i's config; D/cs<i>/data/ its chunks
     D/logs/<name>.log         each daemon's log (stderr)
     D/run/<name>.pid          each running daemon's PID
+    D/logs/mount-<h>.log      a background mount's log (h: a hash of its mountpoint)
+    D/run/mount-<h>.pid       a live mount's PID and mountpoint, one per line
 
 ``cluster.toml``::
 
@@ -25,17 +30,22 @@ Layout of a cluster directory ``D`` (version 1)::
 
 A second ``dfs up --dir D`` on an existing directory reuses everything (same ports, same
 data): that is how a cluster is restarted. Stopping sends SIGTERM to each PID (checked to be
-the daemon of this directory, not a recycled PID), waits, and SIGKILLs what is left.
+the daemon of this directory, not a recycled PID), waits, and SIGKILLs what is left. The
+cluster's mounts are stopped first, the same way (a mount process unmounts itself on
+SIGTERM; one that does not is killed and its mount detached with ``fusermount3 -u -z``):
+a mount never outlives its cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -260,7 +270,10 @@ def pid_alive(pid: int) -> bool:
 
 def stop_daemons(layout: Layout, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, str]:
     """SIGTERM every running daemon (chunkservers first), wait, SIGKILL the stragglers.
-    Returns name -> how it ended ("stopped", "killed", "not running")."""
+    Returns name -> how it ended ("stopped", "killed", "not running"). The cluster's
+    mounts are unmounted first (``stop_mounts``): a mount must never outlive its cluster,
+    whoever stops it."""
+    stop_mounts(layout)
     outcome: dict[str, str] = {}
     running: dict[str, int] = {}
     for name, _argv, config in reversed(layout.daemons()):
@@ -379,3 +392,162 @@ async def wait_ready(layout: Layout, timeout_s: float = 60.0) -> dict[str, Any]:
         f"chunkservers alive={sum(1 for c in status.get('chunkservers', []) if c['alive'])}"
         f"/{len(layout.chunkservers)}, metaservers down={down}; see {layout.dir / 'logs'}"
     )
+
+
+# ---------------------------------------------------------------------- mounts
+
+# How long a background mount may take to become live beyond the client's own timeout
+# (process start, imports, the kernel's INIT).
+MOUNT_START_EXTRA_S = 15.0
+# How long a mount process may take to exit after SIGTERM: it lets running requests finish
+# (10 s), then commits files still open (each bounded by the client's timeout).
+MOUNT_STOP_TIMEOUT_S = 60.0
+
+
+def mount_pid_file(run_dir: Path, mountpoint: Path) -> Path:
+    """Where the mount process serving ``mountpoint`` records ``PID\\nMOUNTPOINT\\n``:
+    one file per mountpoint, so several mounts of one cluster can coexist."""
+    digest = hashlib.sha256(str(mountpoint).encode()).hexdigest()[:12]
+    return run_dir / f"mount-{digest}.pid"
+
+
+def mount_run_dir(directory: Path | None) -> Path:
+    """The directory for a mount's PID and log files: the cluster's ``run/`` with
+    ``--dir``, else a per-user directory under the system's temporary directory."""
+    if directory is not None:
+        return directory / "run"
+    return Path(tempfile.gettempdir()) / f"dfs-mounts-{os.getuid()}"
+
+
+def _mount_pid(pid_file: Path) -> tuple[int, Path] | None:
+    try:
+        pid_text, mountpoint, *_ = pid_file.read_text().splitlines()
+        return int(pid_text), Path(mountpoint)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _is_mount_process(pid: int, mountpoint: Path) -> bool:
+    """Whether ``pid`` runs ``dfs mount`` for ``mountpoint`` (not a recycled PID)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return b"mount" in argv and str(mountpoint).encode() in argv and pid_alive(pid)
+
+
+def running_mount(pid_file: Path) -> int | None:
+    """The PID of the live mount process recorded in ``pid_file``, if any."""
+    recorded = _mount_pid(pid_file)
+    if recorded is None:
+        return None
+    pid, mountpoint = recorded
+    return pid if _is_mount_process(pid, mountpoint) else None
+
+
+def start_mount(
+    args: list[str], mountpoint: Path, pid_file: Path, log_file: Path, timeout_s: float
+) -> int:
+    """Run ``dfs mount --foreground ARGS --pid-file F MOUNTPOINT`` as a daemon (its own
+    session, output to ``log_file``) and wait until it is live: it wrote ``pid_file`` and
+    the kernel lists the mount. Returns its PID; ``ClusterError`` with the end of its log
+    if it exits first or is not live within ``timeout_s`` + ``MOUNT_START_EXTRA_S``."""
+    from dfs.fuse.mountinfo import FS_TYPE, mount_info
+
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    argv = [sys.executable, "-m", "dfs.cli.main", "mount", "--foreground", *args]
+    argv += ["--pid-file", str(pid_file), str(mountpoint)]
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.unlink(missing_ok=True)
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout_s + MOUNT_START_EXTRA_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ClusterError(f"mount failed:\n{_tail(log_file)}")
+        recorded = _mount_pid(pid_file)
+        info = mount_info(mountpoint)
+        if recorded and recorded[0] == proc.pid and info and info.fstype == FS_TYPE:
+            return proc.pid
+        time.sleep(0.05)  # polling the mount process's own report, with a deadline
+    proc.terminate()
+    raise ClusterError(
+        f"mount not live after {timeout_s + MOUNT_START_EXTRA_S:.0f} s; see {log_file}"
+    )
+
+
+def _tail(log_file: Path, lines: int = 12) -> str:
+    try:
+        text = log_file.read_text(errors="replace").rstrip().splitlines()
+    except FileNotFoundError:
+        return f"(no log at {log_file})"
+    return "\n".join("  " + line for line in text[-lines:])
+
+
+def force_unmount(mountpoint: Path) -> bool:
+    """Detach a mount whose process is gone or stuck (``fusermount3 -u -z``)."""
+    proc = subprocess.run(
+        ["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, text=True, timeout=30
+    )
+    return proc.returncode == 0
+
+
+def stop_mount(pid_file: Path, timeout_s: float = MOUNT_STOP_TIMEOUT_S) -> tuple[Path, str] | None:
+    """Unmount the mount recorded in ``pid_file``: SIGTERM its process (which commits open
+    files and unmounts), SIGKILL it past ``timeout_s``, and detach a mount left behind.
+    Returns (mountpoint, how it ended), or None if the file records nothing."""
+    from dfs.fuse.mountinfo import FS_TYPE, mount_info
+
+    recorded = _mount_pid(pid_file)
+    if recorded is None:
+        pid_file.unlink(missing_ok=True)
+        return None
+    pid, mountpoint = recorded
+    how = "not running"
+    if _is_mount_process(pid, mountpoint):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling process exit; there is no portable wait for non-children
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            how = "killed"
+        else:
+            how = "unmounted"
+    info = mount_info(mountpoint)
+    if info is not None and info.fstype == FS_TYPE and force_unmount(mountpoint):
+        how = "detached" if how == "not running" else how
+    pid_file.unlink(missing_ok=True)
+    return mountpoint, how
+
+
+def stop_mounts(layout: Layout) -> list[tuple[Path, str]]:
+    """Unmount every mount of this cluster that ``dfs mount --dir`` / ``dfs up`` recorded."""
+    out = []
+    for pid_file in sorted((layout.dir / "run").glob("mount-*.pid")):
+        stopped = stop_mount(pid_file)
+        if stopped is not None:
+            out.append(stopped)
+    return out
+
+
+def wait_exit(pid: int, timeout_s: float) -> bool:
+    """Wait until process ``pid`` has exited; False if it still runs after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)  # polling process exit; there is no portable wait for non-children
+    return True

@@ -1,6 +1,7 @@
 """The ``dfs`` command: a click group. Each command parses arguments and calls into the
-library (``dfs.cli.cluster`` for local clusters, ``dfs.cli.files`` for file commands); no
-file-system logic lives here.
+library (``dfs.cli.cluster`` for local clusters and mount processes, ``dfs.cli.files`` for
+file commands, ``dfs.fuse`` for the mount); no file-system logic lives here. ``dfs.fuse``
+is imported only by the mount commands, so the others start without loading libfuse.
 
 Every client command finds its cluster the same way: ``--dir D`` (a ``dfs up`` directory;
 default ``./dfs-data``, or ``$DFS_DIR``), or ``--meta HOST:PORT,... --secret FILE`` for a
@@ -26,6 +27,10 @@ from dfs.secret import SecretFileError, load_secret
 
 F = TypeVar("F", bound=Callable[..., Any])
 DIR_DEFAULT = "dfs-data"
+MOUNT_DEFAULT = "dfs-mnt"
+# The mount's client timeout: past it an operation fails (EIO/ETIMEDOUT) instead of
+# hanging the shell. 30 s rides out a leader election and a chunkserver declared dead.
+MOUNT_TIMEOUT_S = 30.0
 
 
 @click.group()
@@ -109,6 +114,15 @@ def _size_bytes(text: str) -> int:
 @click.option(
     "--timeout", "timeout_s", default=60.0, show_default=True, help="Seconds to wait for readiness."
 )
+@click.option(
+    "--mount",
+    "mountpoint",
+    type=click.Path(path_type=Path),
+    default=MOUNT_DEFAULT,
+    show_default=True,
+    help="Where to mount the cluster with FUSE (created if missing).",
+)
+@click.option("--no-mount", is_flag=True, help="Start the cluster without mounting it.")
 def up(
     directory: Path,
     metaservers: int,
@@ -116,11 +130,15 @@ def up(
     chunk_size: str,
     detach: bool,
     timeout_s: float,
+    mountpoint: Path,
+    no_mount: bool,
 ) -> None:
-    """Start a local cluster in DIR (creating it the first time) on loopback.
+    """Start a local cluster in DIR (creating it the first time) on loopback, and mount
+    it at MOUNT (unless --no-mount).
 
-    Without --detach it runs in the foreground until Ctrl-C or SIGTERM, then stops the
-    cluster. Running it again on the same DIR restarts the same cluster with its data.
+    Without --detach it runs in the foreground until Ctrl-C or SIGTERM, then unmounts and
+    stops the cluster. Running it again on the same DIR restarts the same cluster with its
+    data.
     """
     try:
         size = _size_bytes(chunk_size)
@@ -141,12 +159,52 @@ def up(
     for i, address in sorted(layout.chunkservers.items()):
         click.echo(f"  chunkserver {i}  {address}  pid {pids[f'cs{i}']}")
     click.echo(f"  chunk size  {_human(layout.chunk_size)}; secret {layout.secret_file}")
+    if not no_mount:
+        try:
+            where = _mount_local(layout, mountpoint)
+        except (local.ClusterError, click.ClickException) as e:
+            message = e.message if isinstance(e, click.ClickException) else str(e)
+            raise click.ClickException(
+                f"the cluster is up, but mounting it failed: {message}\n"
+                f"(dfs up --no-mount starts it without a mount; dfs down stops it)"
+            ) from None
+        click.echo(f"  mounted at  {where}")
     if detach:
         click.echo(f"stop it with: dfs down --dir {layout.dir}")
         return
     click.echo("running in the foreground; Ctrl-C stops the cluster")
     _wait_for_signal()
     _down(layout)
+
+
+def _mount_local(layout: local.Layout, mountpoint: Path) -> Path:
+    """Mount the cluster of ``layout`` at ``mountpoint`` in the background (creating the
+    directory); nothing to do if this cluster's mount is already live there."""
+    from dfs.fuse.mountinfo import resolve
+
+    where = Path(resolve(mountpoint))
+    pid_file = local.mount_pid_file(layout.dir / "run", where)
+    if local.running_mount(pid_file) is not None:
+        return where
+    where.mkdir(parents=True, exist_ok=True)
+    _check_mountpoint(where)
+    local.start_mount(
+        ["--dir", str(layout.dir)],
+        where,
+        pid_file,
+        layout.dir / "logs" / f"{pid_file.stem}.log",
+        MOUNT_TIMEOUT_S,
+    )
+    return where
+
+
+def _check_mountpoint(mountpoint: Path) -> None:
+    from dfs.fuse.mount import MountError, check_mountpoint
+
+    try:
+        check_mountpoint(mountpoint)
+    except MountError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _wait_for_signal() -> None:
@@ -162,6 +220,8 @@ def _wait_for_signal() -> None:
 
 
 def _down(layout: local.Layout) -> None:
+    for mountpoint, how in local.stop_mounts(layout):
+        click.echo(f"  mount  {mountpoint} {how}")
     outcome = local.stop_daemons(layout)
     for name, how in sorted(outcome.items()):
         click.echo(f"  {name:6s} {how}")
@@ -170,7 +230,8 @@ def _down(layout: local.Layout) -> None:
 @cli.command()
 @dir_option
 def down(directory: Path) -> None:
-    """Stop the local cluster in DIR (SIGTERM, then SIGKILL after 15 s)."""
+    """Unmount the cluster's mounts, then stop its daemons (SIGTERM, then SIGKILL after
+    15 s)."""
     try:
         layout = local.load_layout(directory.absolute())
     except local.ClusterError as e:
@@ -434,6 +495,134 @@ def stat_(directory: Path, meta: str | None, secret_file: Path | None, path: str
             directory, meta, secret_file, lambda fs: files.stat_text(fs, files.remote(path))
         )
     )
+
+
+# ---------------------------------------------------------------------- mounts
+
+
+@cli.command()
+@cluster_options
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--foreground", is_flag=True, help="Serve in this process until unmounted.")
+@click.option("--allow-other", is_flag=True, help="Let other users use the mount.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1),
+    default=MOUNT_TIMEOUT_S,
+    show_default=True,
+    help="Seconds before an operation the cluster does not answer fails (EIO/ETIMEDOUT).",
+)
+@click.option("--pid-file", type=click.Path(path_type=Path), hidden=True)
+def mount(
+    directory: Path,
+    meta: str | None,
+    secret_file: Path | None,
+    mountpoint: Path,
+    foreground: bool,
+    allow_other: bool,
+    timeout_s: float,
+    pid_file: Path | None,
+) -> None:
+    """Mount the cluster at MOUNTPOINT with FUSE.
+
+    In the background by default: returns once the mount is live, and the mount process
+    runs until dfs umount (its log and PID go to DIR/logs and DIR/run with --dir).
+    """
+    from dfs.fuse.mountinfo import resolve
+
+    addresses, secret = find_cluster(directory, meta, secret_file)
+    where = Path(resolve(mountpoint))
+    run_dir = local.mount_run_dir(None if meta else directory.absolute())
+    if pid_file is None:
+        pid_file = local.mount_pid_file(run_dir, where)
+    if foreground:
+        _mount_foreground(addresses, secret, where, allow_other, timeout_s, pid_file)
+        return
+    _check_mountpoint(where)
+    args = (
+        ["--meta", ",".join(addresses), "--secret", str(Path(str(secret_file)).absolute())]
+        if meta
+        else []
+    )
+    if not meta:
+        args = ["--dir", str(directory.absolute())]
+    if allow_other:
+        args.append("--allow-other")
+    args += ["--timeout", str(timeout_s)]
+    log_dir = run_dir.parent / "logs" if not meta else run_dir
+    try:
+        pid = local.start_mount(args, where, pid_file, log_dir / f"{pid_file.stem}.log", timeout_s)
+    except local.ClusterError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"mounted at {where} (pid {pid}); unmount with: dfs umount {where}")
+
+
+def _mount_foreground(
+    addresses: list[str],
+    secret: bytes,
+    where: Path,
+    allow_other: bool,
+    timeout_s: float,
+    pid_file: Path,
+) -> None:
+    import logging
+
+    from dfs.fuse import mount as fuse_mount
+    from dfs.wire.errors import DfsError
+
+    logging.getLogger().setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+    config = fuse_mount.MountConfig(
+        meta_addresses=addresses,
+        secret=secret,
+        mountpoint=where,
+        allow_other=allow_other,
+        timeout_s=timeout_s,
+        pid_file=pid_file,
+    )
+    try:
+        fuse_mount.run(config)
+    except fuse_mount.MountError as e:
+        raise click.ClickException(str(e)) from None
+    except DfsError as e:
+        raise click.ClickException(f"cannot reach the cluster: {e}") from None
+
+
+@cli.command()
+@dir_option
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+def umount(directory: Path, mountpoint: Path) -> None:
+    """Unmount a dfs mount (fails if files on it are in use)."""
+    import subprocess
+
+    from dfs.fuse.mountinfo import FS_TYPE, mount_info, resolve
+
+    where = Path(resolve(mountpoint))
+    info = mount_info(where)
+    if info is None:
+        raise click.ClickException(f"{where} is not mounted")
+    if info.fstype != FS_TYPE:
+        raise click.ClickException(f"{where} is not a dfs mount ({info.fstype})")
+    proc = subprocess.run(
+        ["fusermount3", "-u", str(where)], capture_output=True, text=True, timeout=60
+    )
+    if proc.returncode != 0:
+        if "busy" in proc.stderr.lower():
+            raise click.ClickException(
+                f"{where} is busy: files or directories on it are in use (fuser -vm {where})"
+            )
+        raise click.ClickException(f"cannot unmount {where}: {proc.stderr.strip()}")
+    # The mount process exits by itself once unmounted; wait for it when it is known.
+    for run_dir in (directory.absolute() / "run", local.mount_run_dir(None)):
+        pid_file = local.mount_pid_file(run_dir, where)
+        pid = local.running_mount(pid_file)
+        if pid is not None:
+            local.wait_exit(pid, local.MOUNT_STOP_TIMEOUT_S)
+        pid_file.unlink(missing_ok=True)
+    click.echo(f"unmounted {where}")
 
 
 # ---------------------------------------------------------------------- daemons

@@ -6,12 +6,18 @@ server with id, role, address and PID (scripts rely on it); the text view draws 
 per chunkserver; ``down`` stops every daemon by PID (all gone afterwards); ``up`` on the
 same directory brings the same cluster back.
 
-Every daemon started here is stopped by PID in a finalizer, even when a test fails.
+``up`` also mounts the cluster (``--mount M``) and ``down`` unmounts it first; ``dfs mount``
+and ``dfs umount`` give clear errors for a mounted, missing, non-empty or busy mountpoint.
+
+Every daemon and mount started here is stopped by PID in a finalizer, even when a test
+fails.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -21,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from dfs.cli import cluster as local
+from dfs.fuse.mountinfo import mount_info
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -44,7 +51,7 @@ def cluster_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "cluster"
     yield d
     if (d / "cluster.toml").exists():
-        local.stop_daemons(local.load_layout(d), timeout_s=10)
+        local.stop_daemons(local.load_layout(d), timeout_s=10)  # unmounts first
         for log in sorted((d / "logs").glob("*.log")):
             text = log.read_text(errors="replace")
             if "Traceback" in text or " ERROR " in text:
@@ -52,7 +59,10 @@ def cluster_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_up_status_down_restart(cluster_dir: Path) -> None:
-    out = dfs_cli("up", "--dir", str(cluster_dir), "--detach", "--chunk-size", "1M").stdout
+    out = dfs_cli(
+        "up", "--dir", str(cluster_dir), "--detach", "--chunk-size", "1M", "--no-mount"
+    ).stdout
+    assert "mounted at" not in out
     assert "leader" in out and "chunkserver 3" in out
     secret = cluster_dir / "secret"
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
@@ -80,7 +90,7 @@ def test_up_status_down_restart(cluster_dir: Path) -> None:
     assert down.returncode == 1 and json.loads(down.stdout)["leader"] is None
 
     # The same directory brings the same cluster back (same addresses, same ids).
-    dfs_cli("up", "--dir", str(cluster_dir), "--detach")
+    dfs_cli("up", "--dir", str(cluster_dir), "--detach", "--no-mount")
     st2 = json.loads(dfs_cli("status", "--dir", str(cluster_dir), "--json").stdout)
     assert sorted(m["address"] for m in st2["metaservers"]) == sorted(
         m["address"] for m in st["metaservers"]
@@ -94,3 +104,55 @@ def test_up_status_down_restart(cluster_dir: Path) -> None:
 def test_client_commands_need_a_cluster(tmp_path: Path) -> None:
     proc = dfs_cli("status", "--dir", str(tmp_path / "none"), check=False)
     assert proc.returncode != 0 and "no cluster" in proc.stderr
+
+
+FUSE_OK = os.geteuid() == 0 and os.path.exists("/dev/fuse") and shutil.which("fusermount3")
+
+
+@pytest.mark.skipif(not FUSE_OK, reason="mounting needs root, /dev/fuse and fusermount3")
+def test_up_mounts_and_down_unmounts(cluster_dir: Path, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"  # dfs up creates it
+    out = dfs_cli("up", "--dir", str(cluster_dir), "--detach", "--mount", str(mnt)).stdout
+    assert f"mounted at  {mnt}" in out
+    info = mount_info(mnt)
+    assert info is not None and info.fstype == "fuse.dfs"
+    (mnt / "hello").write_bytes(b"hello")
+    assert dfs_cli("cat", "--dir", str(cluster_dir), "/hello").stdout == "hello"
+    pid_files = list((cluster_dir / "run").glob("mount-*.pid"))
+    assert len(pid_files) == 1
+    mount_pid = int(pid_files[0].read_text().split()[0])
+
+    # Again on a live cluster: the same mount is reported, not mounted twice.
+    assert (
+        f"mounted at  {mnt}"
+        in dfs_cli("up", "--dir", str(cluster_dir), "--detach", "--mount", str(mnt)).stdout
+    )
+
+    # Mount errors are clear: an existing mount, a missing or non-empty mountpoint.
+    proc = dfs_cli("mount", "--dir", str(cluster_dir), str(mnt), check=False)
+    assert proc.returncode != 0 and "already a dfs mount" in proc.stderr
+    proc = dfs_cli("mount", "--dir", str(cluster_dir), str(tmp_path / "nope"), check=False)
+    assert proc.returncode != 0 and "does not exist" in proc.stderr
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_bytes(b"")
+    proc = dfs_cli("mount", "--dir", str(cluster_dir), str(full), check=False)
+    assert proc.returncode != 0 and "not empty" in proc.stderr
+
+    # dfs mount / dfs umount of a second mountpoint; busy while a file is open on it.
+    second = tmp_path / "second"
+    second.mkdir()
+    out = dfs_cli("mount", "--dir", str(cluster_dir), "--timeout", "5", str(second)).stdout
+    assert "mounted at" in out and (second / "hello").read_bytes() == b"hello"
+    with open(second / "hello", "rb"):
+        proc = dfs_cli("umount", "--dir", str(cluster_dir), str(second), check=False)
+        assert proc.returncode != 0 and "busy" in proc.stderr
+    dfs_cli("umount", "--dir", str(cluster_dir), str(second))
+    assert mount_info(second) is None
+    proc = dfs_cli("umount", "--dir", str(cluster_dir), str(second), check=False)
+    assert proc.returncode != 0 and "not mounted" in proc.stderr
+
+    out = dfs_cli("down", "--dir", str(cluster_dir)).stdout
+    assert f"mount  {mnt} unmounted" in out and out.count("stopped") == 6, out
+    assert mount_info(mnt) is None and not local.pid_alive(mount_pid)
+    assert not list((cluster_dir / "run").glob("mount-*.pid"))

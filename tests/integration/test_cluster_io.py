@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(24
 
 CHUNK = 1 << 20
 MODE = 0o100644
-UP_OPTIONS: tuple[str, ...] = ()  # extra dfs up options for a cluster without a mount
+UP_OPTIONS = ("--no-mount",)  # this module tests the cluster; tests/fuse test the mount
 
 
 @pytest.fixture(scope="module")

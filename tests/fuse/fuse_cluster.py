@@ -1,0 +1,93 @@
+"""Clusters and mounts for the FUSE tests (imported by ``conftest.py`` and the tests).
+
+A cluster is started as ``tests/integration/test_cluster_io.py`` does (``dfs.cli.cluster``,
+1 MiB chunks, fast ticks); a mount is ``dfs mount --foreground`` run as a daemon by
+``dfs.cli.cluster.start_mount``, which returns once the mount is live. Everything is
+stopped by PID (the mounts first: SIGTERM, which commits and unmounts; a mount left behind
+is detached), and the logs of a failed run are printed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from dfs.cli import cluster as local
+from dfs.fuse.mountinfo import mount_info
+
+CHUNK = 1 << 20
+
+
+def print_logs(directory: Path) -> None:
+    for log in sorted((directory / "logs").glob("*.log")):
+        text = log.read_text(errors="replace")
+        if "Traceback" in text or " ERROR " in text:
+            print(f"----- {log.name}\n{text[-6000:]}")
+
+
+def start_cluster(directory: Path) -> local.Layout:
+    layout = local.init_layout(
+        directory,
+        chunk_size=CHUNK,
+        meta_options={"tick_ms": 50},
+        cs_options={"heartbeat_ms": 200},
+    )
+    local.start_daemons(layout)
+    try:
+        anyio.run(local.wait_ready, layout, 60.0)
+    except BaseException:
+        local.stop_daemons(layout, timeout_s=10)
+        raise
+    return layout
+
+
+def stop_cluster(layout: local.Layout) -> None:
+    local.stop_mounts(layout)
+    local.stop_daemons(layout, timeout_s=10)
+    print_logs(layout.dir)
+
+
+class Mounts:
+    """Mounts of one cluster made during a test module; all unmounted at its end."""
+
+    def __init__(self, layout: local.Layout, base: Path) -> None:
+        self.layout = layout
+        self.base = base
+        self.pid_files: list[Path] = []
+
+    def mount(self, name: str, *, timeout_s: float = 20.0, allow_other: bool = True) -> Path:
+        """Mount at ``base/name``; ``allow_other`` (the default here) lets the tests act
+        as other users (FUSE refuses everyone but the mounting user otherwise)."""
+        where = self.base / name
+        where.mkdir(parents=True, exist_ok=True)
+        pid_file = local.mount_pid_file(self.layout.dir / "run", where)
+        self.pid_files.append(pid_file)
+        local.start_mount(
+            ["--dir", str(self.layout.dir), "--timeout", str(timeout_s)]
+            + (["--allow-other"] if allow_other else []),
+            where,
+            pid_file,
+            self.layout.dir / "logs" / f"{pid_file.stem}.log",
+            timeout_s,
+        )
+        return where
+
+    def close(self) -> None:
+        for pid_file in self.pid_files:
+            stopped = local.stop_mount(pid_file, timeout_s=30)
+            if stopped is not None:
+                mountpoint, _ = stopped
+                info = mount_info(mountpoint)
+                assert info is None, f"{mountpoint} still mounted after its process ended"
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``predicate`` until it holds, with a deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)

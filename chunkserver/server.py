@@ -65,7 +65,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import signal
 import sys
 import time
 import tomllib
@@ -78,7 +77,7 @@ from typing import Any, TypeVar
 from chunkserver.disk import DISK_JOBS_MAX, AsyncChunkStore
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.store import CHUNK_BYTES_MAX, CHUNK_ID_MAX, READ_BYTES_MAX
-from dfs import rpc
+from dfs import daemon, rpc
 from dfs.secret import SecretFileError, load_secret
 from dfs.wire.errors import (
     AuthError,
@@ -727,11 +726,7 @@ async def serve(config: ServerConfig, secret: bytes) -> int:
         log.error("chunkserver event=start_failed reason=%r", str(e))
         await server.stop()
         return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await daemon.wait_for_stop()
     server._log(logging.INFO, "shutdown", load=server.load)
     await server.stop()
     server._log(logging.INFO, "stopped")
@@ -741,13 +736,9 @@ async def serve(config: ServerConfig, secret: bytes) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chunkserver")
     parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default=daemon.default_log_level())
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    daemon.configure_logging(args.log_level)
     try:
         config = load_config(args.config)
         secret = load_secret(config.secret_file)

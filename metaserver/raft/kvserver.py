@@ -44,14 +44,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dfs import rpc
+from dfs import daemon, rpc
 from dfs.secret import SecretFileError, load_secret
 from dfs.types import NodeId
 from dfs.wire.errors import Invalid, Stale, TooBig, Unsupported
@@ -226,16 +225,7 @@ async def serve(config: ServerConfig, secret: bytes) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or a fatal node error (exit 1)."""
     server = KvServer(config, secret)
     await server.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    stop_wait = asyncio.create_task(stop.wait())
-    fail_wait = asyncio.create_task(server.node.failed.wait())
-    await asyncio.wait([stop_wait, fail_wait], return_when=asyncio.FIRST_COMPLETED)
-    stop_wait.cancel()
-    fail_wait.cancel()
-    failed = server.node.failed.is_set()
+    failed = await daemon.wait_for_stop(server.node.failed)
     log.info("kvserver node=%d event=shutdown failed=%s", config.node.id, failed)
     await server.stop()
     return 1 if failed else 0
@@ -244,13 +234,9 @@ async def serve(config: ServerConfig, secret: bytes) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m metaserver.raft.kvserver")
     parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default=daemon.default_log_level())
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    daemon.configure_logging(args.log_level)
     try:
         config = load_config(args.config)
         secret = load_secret(config.secret_file)

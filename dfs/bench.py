@@ -285,6 +285,9 @@ def _cluster_main(args: argparse.Namespace) -> int:
 
     figures = benchcluster.cluster_main(args)
     _print_figures([(n, v, u) for n, (v, u) in figures.items()], args.json)
+    if args.plot is not None:
+        args.plot.write_text(benchcluster.plot(figures))
+        print(f"# plot written to {args.plot}", file=sys.stderr)
     return 0
 
 
@@ -312,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster.add_argument("--files", type=int, default=500, help="small files to create")
     cluster.add_argument("--dir", default=None, help="where the temp dir goes (default: TMPDIR)")
     cluster.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
+    cluster.add_argument("--plot", type=Path, default=None, help="also write an SVG chart here")
     cluster.set_defaults(func=_cluster_main)
 
     load = sub.add_parser("raft-load", help=argparse.SUPPRESS)

@@ -13,9 +13,9 @@ What these tests check (issue 4, "Proof"):
 - editor-style save (temp file, fsync, rename over) keeps the new content;
 - ``cp -a`` and ``rsync -a`` of a tree with symlinks, hard links, modes and nanosecond
   mtimes are identical, and a second ``rsync -a --itemize-changes`` transfers nothing;
-- ``tar c | tar x`` of part of the Python standard library, ``diff -r`` clean;
+- ``tar c | tar x`` of the Python standard library, ``diff -r`` clean;
 - ``git init/add/commit/log/gc/fsck`` inside the mount;
-- a 64 MiB file read back with ``dd bs=1M`` has the same sha256, and ``du`` agrees;
+- a 1 GiB file read back with ``dd bs=1M`` has the same sha256, and ``du`` agrees;
 - two mounts of one cluster: a file closed on one is read whole on the other.
 
 One cluster and one mount per module (``conftest.py``); each test works in a directory of
@@ -466,20 +466,24 @@ def test_rsync_a_then_nothing_to_transfer(tree: Path, workdir: Path) -> None:
     assert again.strip() == "", again
 
 
-def test_tar_roundtrip_of_stdlib_part(workdir: Path) -> None:
-    parts = ["json", "email", "logging"]
-    tar_c = subprocess.Popen(["tar", "-C", str(STDLIB), "-c", *parts], stdout=subprocess.PIPE)
+@pytest.mark.timeout(600)
+def test_tar_roundtrip_of_the_stdlib(workdir: Path) -> None:
+    """The whole standard library source tree (2,600-odd entries, ~100 MiB; the installed
+    packages and byte-code caches left out), as the issue asks: tar c | tar x, diff -r."""
+    excludes = ["--exclude=site-packages", "--exclude=__pycache__"]
+    tar_c = subprocess.Popen(
+        ["tar", "-C", str(STDLIB), "-c", *excludes, "."], stdout=subprocess.PIPE
+    )
     try:
         extract = subprocess.run(
-            ["tar", "-C", str(workdir), "-x"], stdin=tar_c.stdout, capture_output=True, timeout=90
+            ["tar", "-C", str(workdir), "-x"], stdin=tar_c.stdout, capture_output=True, timeout=500
         )
     finally:
         assert tar_c.stdout is not None
         tar_c.stdout.close()
-        assert tar_c.wait(timeout=30) == 0
+        assert tar_c.wait(timeout=60) == 0
     assert extract.returncode == 0, extract.stderr
-    for part in parts:
-        run("diff", "-r", str(STDLIB / part), str(workdir / part))
+    run("diff", "-r", *excludes, str(STDLIB), str(workdir), timeout=300)
     src = STDLIB / "json" / "decoder.py"
     assert os.stat(workdir / "json" / "decoder.py").st_mtime_ns // 10**9 == int(
         os.stat(src).st_mtime
@@ -503,19 +507,24 @@ def test_git_inside_the_mount(workdir: Path) -> None:
     assert run("git", "status", "--porcelain", cwd=repo) == ""
 
 
-def test_dd_sha256_and_du(workdir: Path, tmp_path: Path) -> None:
+@pytest.mark.timeout(300)
+def test_dd_1gib_sha256_and_du(workdir: Path, tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
-    src.write_bytes(os.urandom(64 << 20))
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    run("dd", f"if={src}", f"of={workdir / 'big'}", "bs=1M", "status=none", timeout=90)
-    proc = subprocess.run(
-        ["dd", f"if={workdir / 'big'}", "bs=1M", "status=none"], capture_output=True, timeout=90
-    )
-    assert proc.returncode == 0 and hashlib.sha256(proc.stdout).hexdigest() == digest
+    h = hashlib.sha256()
+    with open(src, "wb") as f:
+        for _ in range(64):
+            block = os.urandom(16 << 20)
+            h.update(block)
+            f.write(block)
+    digest = h.hexdigest()
+    run("dd", f"if={src}", f"of={workdir / 'big'}", "bs=1M", "status=none", timeout=240)
+    src.unlink()
+    back = run("bash", "-c", f"dd if={workdir / 'big'} bs=1M status=none | sha256sum", timeout=240)
+    assert back.split()[0] == digest
     du_kib = int(run("du", "-k", str(workdir / "big")).split()[0])
-    assert du_kib == 64 << 10
+    assert du_kib == 1 << 20
     apparent = int(run("du", "-sb", str(workdir)).split()[0])
-    assert apparent >= 64 << 20
+    assert apparent >= 1 << 30
 
 
 # ---------------------------------------------------------------------- two mounts

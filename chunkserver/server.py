@@ -59,13 +59,11 @@ finish (at most ``DRAIN_TIMEOUT_S``), close connections, wait for disk jobs, exi
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import fcntl
 import logging
 import os
-import sys
 import time
 import tomllib
 import uuid as uuidlib
@@ -78,7 +76,6 @@ from chunkserver.disk import DISK_JOBS_MAX, AsyncChunkStore
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.store import CHUNK_BYTES_MAX, CHUNK_ID_MAX, READ_BYTES_MAX
 from dfs import daemon, rpc
-from dfs.secret import SecretFileError, load_secret
 from dfs.wire.errors import (
     AuthError,
     Busy,
@@ -734,18 +731,7 @@ async def serve(config: ServerConfig, secret: bytes) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chunkserver")
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--log-level", default=daemon.default_log_level())
-    args = parser.parse_args(argv)
-    daemon.configure_logging(args.log_level)
-    try:
-        config = load_config(args.config)
-        secret = load_secret(config.secret_file)
-    except (OSError, ValueError, SecretFileError) as e:
-        print(f"chunkserver: bad config: {e}", file=sys.stderr)
-        return 2
-    return asyncio.run(serve(config, secret))
+    return daemon.main("chunkserver", argv, load_config, serve)
 
 
 __all__ = ["CONFIG_VERSION", "ChunkServer", "ServerConfig", "load_config", "main", "serve"]

@@ -9,11 +9,25 @@ SIGTERM or SIGINT.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from dfs.secret import SecretFileError, load_secret
+
+
+class _Config(Protocol):
+    @property
+    def secret_file(self) -> Path: ...
+
+
+C = TypeVar("C", bound=_Config)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -42,3 +56,25 @@ async def wait_for_stop(failed: asyncio.Event | None = None) -> bool:
         for task in waits:
             task.cancel()
     return failed is not None and failed.is_set()
+
+
+def main(
+    prog: str,
+    argv: list[str] | None,
+    load_config: Callable[[Path], C],
+    serve: Callable[[C, bytes], Coroutine[Any, Any, int]],
+) -> int:
+    """The whole ``main`` of a daemon: ``--config F [--log-level L]``, logging, the config
+    and the secret it names (a bad one: a one-line message and exit 2), then ``serve``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--log-level", default=default_log_level())
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+        secret = load_secret(config.secret_file)
+    except (OSError, ValueError, SecretFileError) as e:
+        print(f"{prog.rsplit('.', 1)[-1]}: bad config: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(config, secret))

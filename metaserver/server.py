@@ -42,11 +42,9 @@ Config file (TOML, version 1)::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
-import sys
 import time
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -55,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 from dfs import daemon, rpc
-from dfs.secret import SecretFileError, load_secret
 from dfs.types import NodeId
 from dfs.wire.errors import (
     DfsError,
@@ -280,7 +277,7 @@ class MetaServer:
         if not node.is_leader:
             leader = node.leader_id
             raise NotLeader(node.address_of(leader) if leader else None)
-        term = int(node.status().term)
+        term = int(node.term)
         if term != self._leader_term:
             self._leader_term = term
             self.registry.restart(time.monotonic())
@@ -363,6 +360,12 @@ class MetaServer:
             "chunkservers_alive": len(alive),
         }
 
+    def _know_all_chunkservers(self) -> None:
+        """Give the registry an entry for every chunkserver the namespace knows (those not
+        heard from yet in this term are alive only within the new leader's grace)."""
+        for cs_id, entry in self.ns.chunkservers().items():
+            self.registry.known(cs_id, entry["address"])
+
     def _replicas(self, cs_ids: list[int], now_s: float) -> list[dict[str, Any]]:
         """Live replicas of ``cs_ids`` with their addresses, in the given order."""
         known = self.ns.chunkservers()
@@ -412,7 +415,7 @@ class MetaServer:
             # namespace bumps that one's version and ignores this choice.
             goal = int(self.ns.getattr(ino)["goal"])
             now_s = time.monotonic()
-            self._replicas(list(self.ns.chunkservers()), now_s)  # register known servers
+            self._know_all_chunkservers()
             alive = self.registry.alive(now_s)
             replicas = self.placer.place(alive, goal, reserve_bytes=self.ns.chunk_size_bytes)
             if len(replicas) < goal and any(c.last_heard_s is None for c in alive):
@@ -547,8 +550,9 @@ class MetaServer:
         chunkservers = []
         if st.role == Role.LEADER:
             self._leader_view()  # a new term of leadership resets the soft state first
-            for cs_id, entry in sorted(self.ns.chunkservers().items()):
-                info = self.registry.known(cs_id, entry["address"])
+            self._know_all_chunkservers()
+            for cs_id in sorted(self.ns.chunkservers()):
+                info = self.registry.servers[cs_id]
                 heard = info.last_heard_s
                 chunkservers.append(
                     {
@@ -600,15 +604,4 @@ async def serve(config: MetaConfig, secret: bytes) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m metaserver")
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--log-level", default=daemon.default_log_level())
-    args = parser.parse_args(argv)
-    daemon.configure_logging(args.log_level)
-    try:
-        config = load_config(args.config)
-        secret = load_secret(config.secret_file)
-    except (OSError, ValueError, SecretFileError) as e:
-        print(f"metaserver: bad config: {e}", file=sys.stderr)
-        return 2
-    return asyncio.run(serve(config, secret))
+    return daemon.main("metaserver", argv, load_config, serve)

@@ -41,8 +41,6 @@ leader's "host:port" (when known). ``client``/``seq`` make a retried mutation ap
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
 import sys
 import tomllib
@@ -51,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 from dfs import daemon, rpc
-from dfs.secret import SecretFileError, load_secret
 from dfs.types import NodeId
 from dfs.wire.errors import Invalid, Stale, TooBig, Unsupported
 from dfs.wire.messages import field, uint_field
@@ -232,18 +229,7 @@ async def serve(config: ServerConfig, secret: bytes) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m metaserver.raft.kvserver")
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--log-level", default=daemon.default_log_level())
-    args = parser.parse_args(argv)
-    daemon.configure_logging(args.log_level)
-    try:
-        config = load_config(args.config)
-        secret = load_secret(config.secret_file)
-    except (OSError, ValueError, SecretFileError) as e:
-        print(f"kvserver: bad config: {e}", file=sys.stderr)
-        return 2
-    return asyncio.run(serve(config, secret))
+    return daemon.main("metaserver.raft.kvserver", argv, load_config, serve)
 
 
 if __name__ == "__main__":

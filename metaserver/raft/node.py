@@ -291,6 +291,11 @@ class RaftNode:
     def leader_id(self) -> NodeId:
         return self._leader
 
+    @property
+    def term(self) -> Term:
+        """The latest term this node has made durable (its current term)."""
+        return self._term
+
     def address_of(self, node_id: NodeId) -> str | None:
         return self._addresses.get(node_id) if node_id != NONE else None
 

@@ -28,6 +28,10 @@ Config file (TOML, version 1)::
     dead_timeout_ms = 10000             # optional; a chunkserver silent this long is dead
     placement = "weighted"              # optional; weighted | random | round_robin
     token_ttl_ms = 600000               # optional; lifetime of chunk access tokens
+    repair_interval_ms = 1000           # optional; chunk survey and repair period
+    repair_quiet_ms = 10000             # optional; a chunk touched this recently waits
+    gc_grace_ms = 30000                 # optional; deleted chunks are kept this long
+    replication_jobs = 4                # optional; chunk copies in flight, cluster-wide
     tick_ms = 100                       # optional; Raft tick (elections after 10-20 ticks)
     election_ticks = 10                 # optional
     heartbeat_ticks = 1                 # optional
@@ -43,6 +47,7 @@ Config file (TOML, version 1)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -70,6 +75,7 @@ from metaserver.namespace import Namespace, encode_command
 from metaserver.placement import PLACEMENT_POLICIES, Placer, Registry
 from metaserver.raft.node import RAFT_OP, NodeConfig, RaftNode
 from metaserver.raft.types import Role
+from metaserver.repair import Repair
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,10 @@ class MetaConfig:
     dead_timeout_s: float = 10.0
     placement: str = "weighted"
     token_ttl_ms: int = 600_000
+    repair_interval_s: float = 1.0
+    repair_quiet_s: float = 10.0
+    gc_grace_s: float = 30.0
+    replication_jobs: int = 4
 
 
 def load_config(path: Path) -> MetaConfig:
@@ -108,7 +118,8 @@ def load_config(path: Path) -> MetaConfig:
     known = {
         "id", "listen", "data_dir", "secret_file", "tick_ms", "election_ticks",
         "heartbeat_ticks", "snapshot_entries", "fsync", "join", "peers", "chunk_size",
-        "dead_timeout_ms", "placement", "token_ttl_ms",
+        "dead_timeout_ms", "placement", "token_ttl_ms", "repair_interval_ms",
+        "repair_quiet_ms", "gc_grace_ms", "replication_jobs",
     }  # fmt: skip
     unknown = set(raw) - known
     if unknown:
@@ -137,6 +148,10 @@ def load_config(path: Path) -> MetaConfig:
             dead_timeout_s=int(raw.get("dead_timeout_ms", 10_000)) / 1000,
             placement=str(raw.get("placement", "weighted")),
             token_ttl_ms=int(raw.get("token_ttl_ms", 600_000)),
+            repair_interval_s=int(raw.get("repair_interval_ms", 1000)) / 1000,
+            repair_quiet_s=int(raw.get("repair_quiet_ms", 10_000)) / 1000,
+            gc_grace_s=int(raw.get("gc_grace_ms", 30_000)) / 1000,
+            replication_jobs=int(raw.get("replication_jobs", 4)),
         )
     except KeyError as e:
         raise ValueError(f"{path}: missing key {e}") from None
@@ -158,6 +173,16 @@ def load_config(path: Path) -> MetaConfig:
         raise ValueError(f"{path}: placement must be one of {PLACEMENT_POLICIES}")
     if config.dead_timeout_s <= 0 or config.token_ttl_ms < 1000:
         raise ValueError(f"{path}: dead_timeout_ms > 0 and token_ttl_ms >= 1000")
+    if (
+        config.repair_interval_s <= 0
+        or config.repair_quiet_s < 0
+        or config.gc_grace_s < 0
+        or config.replication_jobs < 1
+    ):
+        raise ValueError(
+            f"{path}: repair_interval_ms > 0, repair_quiet_ms >= 0, gc_grace_ms >= 0, "
+            "replication_jobs >= 1"
+        )
     return config
 
 
@@ -190,6 +215,9 @@ MUTATIONS: dict[str, tuple[str, tuple[tuple[str, type, bool], ...]]] = {
     "fs.commit": ("commit", (("ino", _I, True), ("size", _I, True), ("mtime_ns", _I, True),
                              ("chunks", list, True))),
 }  # fmt: skip
+# cs.report pages and cs.bad_chunks lists (PROTOCOL.md).
+REPORT_PAGE_MAX = 8192
+BAD_CHUNKS_MAX = 4096
 
 
 class MetaServer:
@@ -204,6 +232,14 @@ class MetaServer:
         self._rpc: rpc.RpcServer | None = None
         self._leader_term = -1  # the term in which the registry's soft state was gathered
         self._cs_conns: dict[str, rpc.Connection] = {}
+        self.repair = Repair(
+            self,
+            interval_s=config.repair_interval_s,
+            quiet_s=config.repair_quiet_s,
+            gc_grace_s=config.gc_grace_s,
+            jobs=config.replication_jobs,
+        )
+        self._repair_task: asyncio.Task[None] | None = None
         self._ops: dict[str, Handler] = {
             "fs.lookup": self._lookup,
             "fs.getattr": self._getattr,
@@ -216,6 +252,8 @@ class MetaServer:
             "fs.write_handle": self._write_handle,
             "cs.register": self._cs_register,
             "cs.heartbeat": self._cs_heartbeat,
+            "cs.report": self._cs_report,
+            "cs.bad_chunks": self._cs_bad_chunks,
             "status": self._status,
         }
 
@@ -232,8 +270,14 @@ class MetaServer:
         )
         log.info("metaserver node=%d event=listening address=%s:%d",
                  cfg.node.id, cfg.listen_host, self._rpc.port)  # fmt: skip
+        self._repair_task = asyncio.ensure_future(self.repair.run())
 
     async def stop(self) -> None:
+        if self._repair_task is not None:
+            self._repair_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._repair_task
+        await self.repair.stop()
         for conn in self._cs_conns.values():
             conn.close()
         if self._rpc is not None:
@@ -262,7 +306,13 @@ class MetaServer:
             result = await self._mutate(header, mutation[0], mutation[1], timeout_s)
             cut = result.pop("cut", None)
             if cut is not None:
-                await self._push_cut(cut, timeout_s)
+                await self._push_version(
+                    cut["chunk_id"], cut["version"], cut["length"], cut["replicas"]
+                )
+            if op == "fs.commit":
+                for entry in header["chunks"]:
+                    if isinstance(entry, list) and len(entry) == 4:
+                        self.repair.touch(entry[2])
             return result, b""
         handler = self._ops.get(op)
         if handler is None:
@@ -281,6 +331,7 @@ class MetaServer:
         if term != self._leader_term:
             self._leader_term = term
             self.registry.restart(time.monotonic())
+            self.repair.restart()
 
     async def _read(self, timeout_s: float) -> None:
         self._leader_view()
@@ -409,7 +460,22 @@ class MetaServer:
         # apply). A deposed leader's proposal simply fails.
         self._leader_view()
         replicas: list[int] = []
-        if not self.ns.chunks(ino, index, 1):
+        drop: list[int] = []
+        existing = self.ns.chunks(ino, index, 1)
+        if existing:
+            # Replicas on dead chunkservers, and those the writer saw fail, leave the set
+            # with this version bump (the writer reports them: PROTOCOL.md).
+            now_s = time.monotonic()
+            reported = field(h, "drop", list, [])
+            if len(reported) > GOAL_MAX or any(type(c) is not int for c in reported):
+                raise Invalid(f"drop: at most {GOAL_MAX} chunkserver ids")
+            self._know_all_chunkservers()
+            drop = [
+                cs_id
+                for cs_id in existing[0]["replicas"]
+                if cs_id in reported or not self.registry.is_alive(cs_id, now_s)
+            ]
+        else:
             # A new chunk: placement is decided here, once, and travels in the command (it
             # is not deterministic). If another handle allocates the chunk first, the
             # namespace bumps that one's version and ignores this choice.
@@ -425,9 +491,19 @@ class MetaServer:
                 raise Unavailable("new leader waiting for chunkserver heartbeats")
             if not replicas:
                 raise NoSpace("no live chunkserver with free space", alive=len(alive))
-        result = await self._propose(
-            "write_handle", {"ino": ino, "index": index, "replicas": replicas}, h, timeout_s
-        )
+        args: dict[str, Any] = {"ino": ino, "index": index, "replicas": replicas}
+        if drop:
+            args["drop"] = drop
+        result = await self._propose("write_handle", args, h, timeout_s)
+        chunk_id = int(result["chunk_id"])
+        self.repair.touch(chunk_id)
+        if existing:
+            # The leader gives the replicas the new version before the writer writes
+            # (as GFS's master and MooseFS's do): a replica that cannot take it is stale
+            # from now on, leaves the set, and is not in the chain the writer gets.
+            result = await self._push_version(
+                chunk_id, int(result["version"]), int(result["length"]), result["replicas"]
+            )
         expiry_ms = time.time_ns() // 1_000_000 + self.config.token_ttl_ms
         known = self.ns.chunkservers()
         chain = [
@@ -446,47 +522,61 @@ class MetaServer:
             "expiry_ms": expiry_ms,
         }
 
-    async def _push_cut(self, cut: dict[str, Any], timeout_s: float) -> None:
-        """Give the replicas of a chunk that a truncate cut its new version.
+    async def _push_version(
+        self, chunk_id: int, version: int, length: int, replicas: list[int]
+    ) -> dict[str, Any]:
+        """Give a chunk's replicas its new version (after a truncate's cut, a new write
+        handle): an empty ``chunk.write`` makes each cut itself to ``length`` and take the
+        version. A replica that does not is stale from now on, never served (it refuses
+        reads of the new version); it leaves the set here when another one took the
+        version. The caller's answer waits for the push (bounded), so the client's next
+        read or write finds the replicas at the new version. Returns the chunk's
+        ``{chunk_id, version, length, replicas}`` afterwards."""
+        failed = await self.repair.push_version(chunk_id, version, length, replicas)
+        kept = [c for c in replicas if c not in failed]
+        if failed and kept:
+            for cs_id in failed:
+                try:
+                    await self._propose_internal(
+                        "replica_drop", {"chunk_id": chunk_id, "cs_id": cs_id}
+                    )
+                except DfsError as e:
+                    log.info("metaserver node=%d event=drop_failed chunk=%d cs=%d error=%s",
+                             self.node.id, chunk_id, cs_id, e)  # fmt: skip
+                    kept.append(cs_id)
+        else:
+            kept = list(replicas)
+        return {"chunk_id": chunk_id, "version": version, "length": length, "replicas": kept}
 
-        The namespace bumped the version (so that writers of the old one are refused); an
-        empty ``chunk.write`` of the new version makes each replica cut itself to the new
-        length and take that version. A replica that cannot be reached keeps the old
-        version: it is stale from now on and never served (it refuses reads of the new
-        version), like a replica that missed a write. The answer to the client waits for
-        the push (bounded), so its next read finds the replicas at the new version.
-        """
-        chunk_id, version, length = cut["chunk_id"], cut["version"], cut["length"]
+    # ------------------------------------------------------------------ repair's link
+
+    @property
+    def is_leader(self) -> bool:
+        if not self.node.is_leader:
+            return False
+        self._leader_view()  # a new term resets the soft state before repair acts
+        return True
+
+    async def _propose_internal(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A command the leader proposes for itself (no client session)."""
+        return await self._propose(op, args, {}, OP_TIMEOUT_S)
+
+    async def propose_internal(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        return await self._propose_internal(op, args)
+
+    async def cs_call(self, cs_id: int, op: str, timeout_s: float, **fields: Any) -> dict[str, Any]:
+        entry = self.ns.chunkservers().get(cs_id)
+        if entry is None:
+            raise NotFound("unknown chunkserver", cs_id=cs_id)
+        info = self.registry.servers.get(cs_id)
+        address = info.address if info is not None and info.address else entry["address"]
+        conn = await self._chunkserver_conn(address, min(timeout_s, CUT_PUSH_TIMEOUT_S))
+        header, _ = await conn.call(op, b"", timeout_s=timeout_s, **fields)
+        return header
+
+    def token(self, chunk_id: int, version: int) -> tuple[bytes, int]:
         expiry_ms = time.time_ns() // 1_000_000 + self.config.token_ttl_ms
-        token = make_token(self._token_key, chunk_id, version, WRITE, expiry_ms)
-        known = self.ns.chunkservers()
-        push_timeout_s = min(timeout_s, CUT_PUSH_TIMEOUT_S)
-
-        async def push(cs_id: int) -> None:
-            entry = known.get(cs_id)
-            if entry is None:
-                return
-            address = entry["address"]
-            try:
-                conn = await self._chunkserver_conn(address, push_timeout_s)
-                await conn.call(
-                    "chunk.write",
-                    b"",
-                    timeout_s=push_timeout_s,
-                    chunk_id=chunk_id,
-                    version=version,
-                    length=length,
-                    offset=0,
-                    token=token,
-                    expiry_ms=expiry_ms,
-                    chain=[],
-                    sync=False,
-                )
-            except (DfsError, OSError, TimeoutError) as e:
-                log.info("metaserver node=%d event=cut_push_failed chunk=%d cs=%d error=%s",
-                         self.node.id, chunk_id, cs_id, e)  # fmt: skip
-
-        await asyncio.gather(*(push(cs_id) for cs_id in cut["replicas"]))
+        return make_token(self._token_key, chunk_id, version, WRITE, expiry_ms), expiry_ms
 
     async def _chunkserver_conn(self, address: str, timeout_s: float) -> rpc.Connection:
         conn = self._cs_conns.get(address)
@@ -524,6 +614,39 @@ class MetaServer:
         self._heartbeat(cs_id, address, h)
         return {}
 
+    def _reporter(self, h: dict[str, Any]) -> int:
+        self._leader_view()
+        cs_id = uint_field(h, "cs_id")
+        if cs_id not in self.ns.chunkservers():
+            raise NotFound("unknown chunkserver: register first", cs_id=cs_id)
+        return cs_id
+
+    async def _cs_report(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        cs_id = self._reporter(h)
+        chunks = field(h, "chunks", list)
+        part = uint_field(h, "part", 0)
+        final = field(h, "final", bool, True)
+        if len(chunks) > REPORT_PAGE_MAX or not all(
+            type(e) is list and len(e) == 3 and all(type(x) is int and x >= 0 for x in e)
+            for e in chunks
+        ):
+            raise Invalid(f"chunks: at most {REPORT_PAGE_MAX} [chunk_id, version, length]")
+        await self.repair.report(cs_id, chunks, part, final)
+        return {}
+
+    async def _cs_bad_chunks(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        cs_id = self._reporter(h)
+        chunks = field(h, "chunks", list)
+        if len(chunks) > BAD_CHUNKS_MAX or not all(
+            type(e) is list and len(e) == 2 and all(type(x) is int and x >= 0 for x in e)
+            for e in chunks
+        ):
+            raise Invalid(f"chunks: at most {BAD_CHUNKS_MAX} [chunk_id, version]")
+        log.warning("metaserver node=%d event=bad_replicas cs=%d chunks=%s",
+                    self.node.id, cs_id, [e[0] for e in chunks[:16]])  # fmt: skip
+        await self.repair.bad_replicas(cs_id, chunks)
+        return {}
+
     def _heartbeat(self, cs_id: int, address: str, h: dict[str, Any]) -> None:
         info = self.registry.servers.get(cs_id)
         was_alive = info is not None and info.last_heard_s is not None
@@ -554,11 +677,13 @@ class MetaServer:
             for cs_id in sorted(self.ns.chunkservers()):
                 info = self.registry.servers[cs_id]
                 heard = info.last_heard_s
+                alive = self.registry.is_alive(cs_id, now_s)
                 chunkservers.append(
                     {
                         "id": cs_id,
                         "address": info.address,
-                        "alive": self.registry.is_alive(cs_id, now_s),
+                        "alive": alive,
+                        "state": "alive" if alive else "dead",
                         "capacity_bytes": info.capacity_bytes,
                         "used_bytes": info.used_bytes,
                         "chunks": info.chunks,
@@ -569,6 +694,9 @@ class MetaServer:
                         ),
                     }
                 )
+        health = None
+        if st.role == Role.LEADER:
+            health = self.repair.survey(now_s)[0].as_dict()
         members = sorted(set(st.conf.voters) | set(st.conf.learners))
         stats = self.ns.stats()
         return {
@@ -585,6 +713,7 @@ class MetaServer:
                 for m in members
             ],
             "chunkservers": chunkservers,
+            "health": health,
             "files": stats["files"],
             "dirs": stats["dirs"],
             "chunks": stats["chunks"],

@@ -69,7 +69,7 @@ from metaserver.namespace.commands import (
     check_xattr_name,
     chunk_index_max,
 )
-from metaserver.namespace.state import ROOT_INO, DirData, Inode, State, attr
+from metaserver.namespace.state import ROOT_INO, DirData, Inode, State, attr, chunk_info
 
 Result = dict[str, Any]
 Handler = Callable[[State, int, dict[str, Any]], Result]
@@ -517,19 +517,25 @@ def set_goal(st: State, now_ns: int, a: dict[str, Any]) -> Result:
 
 # --- chunks ---------------------------------------------------------------------------
 
-_WRITE_HANDLE = frozenset({"ino", "index", "replicas"})
+_WRITE_HANDLE = frozenset({"ino", "index", "replicas", "drop"})
 
 
 def write_handle(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     """Allocate the chunk at ``index`` on ``replicas``, or bump the existing one's version.
 
     The leader chose ``replicas`` (placement is soft state, so it cannot happen here);
-    the existing chunk keeps its replica set, whatever the command proposes.
+    the existing chunk keeps its replica set, whatever the command proposes, less the
+    replicas in ``drop`` (optional): those on dead chunkservers and those a writer saw
+    fail. They leave the set with the version bump, so they can never be served again
+    (they stay at the old version) and a report of them later gets them deleted. The last
+    replica is never dropped: a chunk with none left would lose its data for certain,
+    while the last one may come back.
     """
     check_fields(a, _WRITE_HANDLE)
     ino = arg_ino(a, "ino")
     index = arg_int(a, "index", 0, INT63_MAX)
     replicas = arg_int_list(a, "replicas", REPLICAS_MAX)
+    drop = arg_int_list(a, "drop", REPLICAS_MAX) if "drop" in a else []
     inode = _regular(st, ino)
     if index > chunk_index_max(st.chunk_size_bytes):
         raise TooBig("chunk index past the largest file", index=index)  # EFBIG
@@ -548,6 +554,9 @@ def write_handle(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     else:
         chunk = st.chunk_table[chunk_id]
         chunk.version += 1
+        for cs_id in drop:
+            if cs_id in chunk.replicas and len(chunk.replicas) > 1:
+                chunk.replicas.remove(cs_id)
     return {
         "ok": True,
         "chunk_id": chunk.chunk_id,
@@ -622,6 +631,87 @@ def cs_register(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return {"ok": True, "cs_id": cs_id}
 
 
+# --- replica sets (the leader's repair, metaserver/repair.py) ---------------------------
+
+_REPLICA_ADD = frozenset({"chunk_id", "version", "length", "cs_id"})
+
+
+def replica_add(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """Add a copy the leader had made (``chunk.replicate``) to a chunk's replica set.
+
+    The copy holds ``[0, length)`` at ``version``; it is only right if the chunk is still
+    at that version and length (a commit in between grew it, and the copy misses bytes:
+    ``Stale``; the leader deletes the copy and tries again later). The version is bumped
+    with the addition and the leader pushes the new version to every replica, so that a
+    writer still holding a handle of the old version, whose further bytes the copy would
+    miss, is fenced off (its writes and its commit answer ``Stale``).
+    """
+    check_fields(a, _REPLICA_ADD)
+    chunk_id = arg_int(a, "chunk_id", 1, INT63_MAX)
+    version = arg_int(a, "version", 1, INT63_MAX)
+    length = arg_int(a, "length", 0, INT63_MAX)
+    cs_id = arg_int(a, "cs_id", 1, INT63_MAX)
+    chunk = st.chunk_table.get(chunk_id)
+    if chunk is None:
+        raise NotFound("no such chunk", chunk_id=chunk_id)
+    if cs_id not in st.cs_table:
+        raise Invalid("unknown chunkserver", cs_id=cs_id)
+    if chunk.version != version or chunk.length != length:
+        raise Stale("the chunk changed since the copy", chunk_id=chunk_id,
+                    version=chunk.version, length=chunk.length)  # fmt: skip
+    if cs_id in chunk.replicas:
+        raise Exists("already a replica", chunk_id=chunk_id, cs_id=cs_id)
+    if len(chunk.replicas) >= REPLICAS_MAX:
+        raise Invalid("replica set full", chunk_id=chunk_id)
+    chunk.replicas.append(cs_id)
+    chunk.version += 1
+    return {"ok": True, **chunk_info(chunk)}
+
+
+_REPLICA_DROP = frozenset({"chunk_id", "cs_id", "keep_one"})
+
+
+def replica_drop(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """Take a replica out of a chunk's set: one over the goal, a stale one, a bad one.
+
+    No version bump: a dropped replica holds the chunk's bytes or is never served by its
+    chunkserver (bad, or at an old version), and the leader deletes it next. ``keep_one``
+    (default true) refuses to drop the last replica (``Invalid``); a replica that its
+    chunkserver reported bad goes even when it is the last (``keep_one: false``): it is
+    never served, so counting it would hide that the chunk is missing.
+    """
+    check_fields(a, _REPLICA_DROP)
+    chunk_id = arg_int(a, "chunk_id", 1, INT63_MAX)
+    cs_id = arg_int(a, "cs_id", 1, INT63_MAX)
+    keep_one = arg_bool(a, "keep_one", True)
+    chunk = st.chunk_table.get(chunk_id)
+    if chunk is None:
+        raise NotFound("no such chunk", chunk_id=chunk_id)
+    if cs_id not in chunk.replicas:
+        raise NotFound("not a replica", chunk_id=chunk_id, cs_id=cs_id)
+    if keep_one and len(chunk.replicas) == 1:
+        raise Invalid("the last replica", chunk_id=chunk_id, cs_id=cs_id)
+    chunk.replicas.remove(cs_id)
+    return {"ok": True, **chunk_info(chunk)}
+
+
+_GC_DONE = frozenset({"chunk_ids"})
+GC_BATCH_MAX = 4096
+
+
+def gc_done(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """Forget garbage chunks whose replicas the leader has deleted. Ids not in the garbage
+    are skipped, so a repeated batch changes nothing."""
+    check_fields(a, _GC_DONE)
+    ids = arg_int_list(a, "chunk_ids", GC_BATCH_MAX)
+    garbage = st.garbage
+    forgotten = 0
+    for chunk_id in ids:
+        if garbage.pop(chunk_id, None) is not None:
+            forgotten += 1
+    return {"ok": True, "forgotten": forgotten}
+
+
 OPS: dict[str, Handler] = {
     "mkdir": mkdir,
     "create": create,
@@ -638,4 +728,7 @@ OPS: dict[str, Handler] = {
     "write_handle": write_handle,
     "commit": commit,
     "cs_register": cs_register,
+    "replica_add": replica_add,
+    "replica_drop": replica_drop,
+    "gc_done": gc_done,
 }

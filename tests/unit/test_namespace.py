@@ -553,6 +553,69 @@ def test_write_handle_allocates_then_bumps(fs: Fs) -> None:
     assert fs.ns.stats()["chunks"] == 2
 
 
+def test_write_handle_drops_failed_replicas_with_the_bump_but_never_the_last(fs: Fs) -> None:
+    cs = fs.register(3)
+    f = fs.create(ROOT_INO, b"f")
+    h = fs.ok("write_handle", ino=f, index=0, replicas=cs)
+    # Dropping on allocation is meaningless (the leader placed the chunk just now).
+    assert fs.ok("write_handle", ino=f, index=1, replicas=cs, drop=[cs[0]])["replicas"] == cs
+    h2 = fs.ok("write_handle", ino=f, index=0, replicas=[], drop=[cs[1], 99])
+    assert (h2["version"], h2["replicas"]) == (h["version"] + 1, [cs[0], cs[2]])
+    h3 = fs.ok("write_handle", ino=f, index=0, replicas=[], drop=[cs[0], cs[2]])
+    assert (h3["version"], h3["replicas"]) == (h2["version"] + 1, [cs[2]])
+    assert fs.ns.chunk(h["chunk_id"])["replicas"] == [cs[2]]
+    assert fs.err("write_handle", ino=f, index=0, replicas=[], drop=[1.0]) is E.PROTOCOL
+    fs.ns.check_invariants()
+
+
+def test_replica_add_needs_the_copied_version_and_length_and_bumps(fs: Fs) -> None:
+    cs = fs.register(4)
+    f = fs.create(ROOT_INO, b"f")
+    h = fs.ok("write_handle", ino=f, index=0, replicas=cs[:2])
+    cid, v = h["chunk_id"], h["version"]
+    fs.ok("commit", ino=f, size=10, mtime_ns=1, chunks=ce(fs, f, [[0, 10]]))
+    # The copy was made before the commit grew the chunk: it misses bytes.
+    assert fs.err("replica_add", chunk_id=cid, version=v, length=0, cs_id=cs[2]) is E.STALE
+    assert fs.err("replica_add", chunk_id=cid, version=v + 1, length=10, cs_id=cs[2]) is E.STALE
+    r = fs.ok("replica_add", chunk_id=cid, version=v, length=10, cs_id=cs[2])
+    assert (r["version"], r["replicas"]) == (v + 1, cs[:3])
+    # A writer of the old version is fenced off: its commit is refused.
+    old = [[0, 20, cid, v]]
+    assert fs.err("commit", ino=f, size=20, mtime_ns=2, chunks=old) is E.STALE
+    assert fs.err("replica_add", chunk_id=cid, version=v + 1, length=10, cs_id=cs[2]) is E.EXISTS
+    assert fs.err("replica_add", chunk_id=cid, version=v + 1, length=10, cs_id=99) is E.INVALID
+    assert fs.err("replica_add", chunk_id=12345, version=1, length=0, cs_id=cs[3]) is E.NOT_FOUND
+    assert fs.ns.chunk(cid)["replicas"] == cs[:3]
+    fs.ns.check_invariants()
+
+
+def test_replica_drop_keeps_the_last_unless_it_is_bad(fs: Fs) -> None:
+    cs = fs.register(2)
+    f = fs.create(ROOT_INO, b"f")
+    h = fs.ok("write_handle", ino=f, index=0, replicas=cs)
+    cid, v = h["chunk_id"], h["version"]
+    r = fs.ok("replica_drop", chunk_id=cid, cs_id=cs[0])
+    assert (r["version"], r["replicas"]) == (v, [cs[1]])  # no bump
+    assert fs.err("replica_drop", chunk_id=cid, cs_id=cs[0]) is E.NOT_FOUND
+    assert fs.err("replica_drop", chunk_id=cid, cs_id=cs[1]) is E.INVALID
+    assert fs.ok("replica_drop", chunk_id=cid, cs_id=cs[1], keep_one=False)["replicas"] == []
+    assert fs.err("replica_drop", chunk_id=999, cs_id=cs[1]) is E.NOT_FOUND
+    fs.ns.check_invariants()
+
+
+def test_gc_done_forgets_garbage_once(fs: Fs) -> None:
+    cs = fs.register(1)
+    f = fs.create(ROOT_INO, b"f")
+    cid = fs.ok("write_handle", ino=f, index=0, replicas=cs)["chunk_id"]
+    fs.ok("unlink", parent=ROOT_INO, name=b"f")
+    assert cid in fs.ns.garbage
+    assert fs.ok("gc_done", chunk_ids=[cid, 4242])["forgotten"] == 1
+    assert cid not in fs.ns.garbage
+    assert fs.ok("gc_done", chunk_ids=[cid])["forgotten"] == 0
+    assert fs.err("gc_done", chunk_ids=list(range(5000))) is E.INVALID
+    fs.ns.check_invariants()
+
+
 def test_write_handle_errors(fs: Fs) -> None:
     cs = fs.register(2)
     f = fs.create(ROOT_INO, b"f")

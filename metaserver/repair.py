@@ -1,0 +1,519 @@
+"""The leader's upkeep of chunks: health, re-replication, trimming, stale and garbage deletion.
+
+What it owns: everything the leader does to bring each chunk's replicas back to its goal
+and to free what nothing references, as MooseFS's and HDFS's masters do:
+- **survey**: every ``interval`` the chunk table is walked against the registry's liveness:
+  a chunk with data is *missing* (no live replica), *under goal* (one copy left counts here
+  too), *over goal*, or fine. ``Health`` is what ``status`` reports.
+- **re-replication**: under-goal chunks are copied, fewest live replicas first, by the
+  target chunkserver pulling from a live replica (``chunk.replicate``), at most ``jobs`` at
+  a time and ``TARGET_JOBS`` per target. The copy joins the replica set through Raft
+  (``replica_add``, which also bumps the version) and the new version is pushed to every
+  replica, so a writer the copy did not see is fenced off rather than silently missing a
+  replica.
+- **trimming**: a chunk over its goal loses the replica on the fullest server; replicas on
+  dead servers leave the set once the live ones meet the goal (a returning server's copy is
+  then unknown to the set, and its report gets it deleted).
+- **reports**: a chunkserver's block report (``cs.report``) is checked against the table:
+  a replica at an older version than the table's, or shorter than the chunk, is stale: it
+  leaves the set and is deleted (invariant 2); a copy the set does not name, or of a chunk
+  no file has, is deleted; a chunk the set places there but a complete report lacks was
+  lost. A replica reported bad (``cs.bad_chunks``: scrubber, read checksum, disk error)
+  leaves the set and is deleted; re-replication then copies a good one.
+- **garbage**: chunks of deleted and truncated files wait ``gc_grace_s`` (so a slow reader
+  of the old data still finds it, as GFS's lazy deletion), then every live replica deletes
+  them and the namespace forgets them (``gc_done``). A replica on a server dead at the time
+  is deleted when that server reports again.
+
+What it must not do: decide anything on a follower (it runs only while leading, and
+forgets all its soft state when a new term of leadership starts), or change the namespace
+except through Raft.
+
+Concurrency with writers. Whatever touched a chunk recently (a write handle, a commit, a
+truncate's cut, a change of its replica set) marks it; a chunk touched within ``quiet_s``
+is neither repaired nor judged by a report (its replicas may be mid-change: a report built
+before a version push would look stale). The safety does not depend on the marks: a copy
+joins only at the version and length it was made from, and with a version bump.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, Stale
+from metaserver.namespace import Namespace
+from metaserver.namespace.commands import INT63_MAX
+from metaserver.namespace.ops import GC_BATCH_MAX
+from metaserver.placement import Placer, Registry
+
+log = logging.getLogger(__name__)
+
+# Copies per target chunkserver at a time (the target throttles bytes itself).
+TARGET_JOBS = 2
+# A copy that fails is not tried again for this long (the cause is often still there).
+RETRY_AFTER_S = 5.0
+# Deadline of one chunk.replicate: a 64 MiB chunk at the chunkservers' default throttle
+# takes about a second; this covers a loaded machine and a large chunk size.
+REPLICATE_TIMEOUT_S = 300.0
+# Deadline of a version push, a delete.
+PUSH_TIMEOUT_S = 3.0
+DELETE_TIMEOUT_S = 10.0
+# Trims and set clean-ups proposed per survey (each is a Raft commit).
+TRIMS_PER_SURVEY = 64
+
+
+@dataclass(slots=True)
+class Health:
+    """Chunk counts from one survey (``status``'s ``health``). A chunk with no data yet
+    (length 0) is always fine. ``under_goal`` includes ``one_copy`` (chunks with a goal
+    above 1 down to their last live replica); ``missing`` chunks have no live replica."""
+
+    total: int = 0
+    missing: int = 0
+    one_copy: int = 0
+    under_goal: int = 0
+    over_goal: int = 0
+    corrupt: int = 0  # chunks with a replica reported bad, not yet back at goal
+    garbage: int = 0  # deleted chunks not yet collected
+    replicating: int = 0  # copies in progress
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Report:
+    started_s: float
+    next_part: int = 0
+    seen: set[int] = field(default_factory=set)
+
+
+class ServerLink(Protocol):
+    """What repair needs of the metaserver (``metaserver.server.MetaServer``)."""
+
+    ns: Namespace
+    registry: Registry
+    placer: Placer
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    async def propose_internal(self, op: str, args: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def cs_call(
+        self, cs_id: int, op: str, timeout_s: float, **fields: Any
+    ) -> dict[str, Any]: ...
+
+    def token(self, chunk_id: int, version: int) -> tuple[bytes, int]: ...
+
+
+class Repair:
+    def __init__(
+        self,
+        link: ServerLink,
+        *,
+        interval_s: float = 1.0,
+        quiet_s: float = 10.0,
+        gc_grace_s: float = 30.0,
+        jobs: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.link = link
+        self.interval_s = interval_s
+        self.quiet_s = quiet_s
+        self.gc_grace_s = gc_grace_s
+        self.jobs = jobs
+        self.clock = clock
+        self.health = Health()
+        self._touched: dict[int, float] = {}
+        self._copies: dict[int, int] = {}  # chunk id -> target cs id, copies in flight
+        self._target_jobs: dict[int, int] = {}
+        self._failed: dict[int, float] = {}  # chunk id -> when its last copy failed
+        self._bad: set[int] = set()
+        self._garbage_seen: dict[int, float] = {}
+        self._reports: dict[int, _Report] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._gc_running = False
+
+    # --------------------------------------------------------------- soft state
+
+    def restart(self) -> None:
+        """A new term of leadership: forget everything heard before."""
+        self._touched.clear()
+        self._failed.clear()
+        self._bad.clear()
+        self._garbage_seen.clear()
+        self._reports.clear()
+        # Copies started in an earlier term finish (or fail) on their own: their
+        # replica_add is refused unless the chunk is unchanged. Until the registry's grace
+        # is over every known chunkserver counts as alive, so nothing is repaired before
+        # the new leader has heard the chunkservers.
+        self.health = Health()
+
+    def touch(self, chunk_id: int) -> None:
+        self._touched[chunk_id] = self.clock()
+
+    def _quiet(self, chunk_id: int, now: float, since: float | None = None) -> bool:
+        t = self._touched.get(chunk_id)
+        if t is None:
+            return True
+        limit = self.quiet_s if since is None else max(self.quiet_s, now - since)
+        return now - t >= limit
+
+    # --------------------------------------------------------------- the loop
+
+    async def run(self) -> None:
+        """Survey and act every ``interval_s`` while leading; never raises."""
+        while True:
+            await asyncio.sleep(self.interval_s)  # a period, not a wait for a condition
+            if not self.link.is_leader:
+                continue
+            try:
+                await self.step()
+            except Exception:  # keep the upkeep alive whatever one round met
+                log.exception("repair event=step_failed")
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def survey(self, now: float) -> tuple[Health, list[tuple[int, int]], list[int]]:
+        """(health, under-goal chunks as (live count, chunk id) in repair order, chunks
+        whose sets need a trim or clean-up)."""
+        ns, registry = self.link.ns, self.link.registry
+        inodes = ns.inodes
+        health = Health(garbage=len(ns.garbage), replicating=len(self._copies))
+        under: list[tuple[int, int, int]] = []
+        trim: list[int] = []
+        alive_cache: dict[int, bool] = {}
+
+        def alive(cs_id: int) -> bool:
+            a = alive_cache.get(cs_id)
+            if a is None:
+                a = alive_cache[cs_id] = registry.is_alive(cs_id, now)
+            return a
+
+        for chunk_id, chunk in ns.chunk_table.items():
+            health.total += 1
+            if chunk.length == 0:
+                continue
+            goal = inodes[chunk.ino].goal
+            live = sum(1 for cs_id in chunk.replicas if alive(cs_id))
+            if live == 0:
+                health.missing += 1
+            elif live < goal:
+                health.under_goal += 1
+                if live == 1:
+                    health.one_copy += 1
+                under.append((live, live - goal, chunk_id))
+            elif live > goal or len(chunk.replicas) > live:
+                if live > goal:
+                    health.over_goal += 1
+                trim.append(chunk_id)
+            if chunk_id in self._bad and live >= goal:
+                self._bad.discard(chunk_id)
+        health.corrupt = len(self._bad)
+        under.sort()
+        return health, [(live, cid) for live, _, cid in under], trim
+
+    async def step(self) -> None:
+        now = self.clock()
+        ns, registry = self.link.ns, self.link.registry
+        for cs_id, entry in ns.chunkservers().items():
+            registry.known(cs_id, entry["address"])
+        health, under, trim = self.survey(now)
+        self.health = health
+        self._prune(now)
+        self._start_copies(under, now)
+        await self._trim(trim, now)
+        if not self._gc_running:
+            self._gc_running = True
+            self._spawn(self._collect_garbage(now))
+
+    def _prune(self, now: float) -> None:
+        horizon = max(self.quiet_s, RETRY_AFTER_S) * 2
+        for d in (self._touched, self._failed):
+            old = [k for k, t in d.items() if now - t > horizon]
+            for k in old:
+                del d[k]
+
+    # --------------------------------------------------------------- re-replication
+
+    def _start_copies(self, under: list[tuple[int, int]], now: float) -> None:
+        ns, registry, placer = self.link.ns, self.link.registry, self.link.placer
+        alive = registry.alive(now)
+        for _, chunk_id in under:
+            if len(self._copies) >= self.jobs:
+                return
+            if chunk_id in self._copies or not self._quiet(chunk_id, now):
+                continue
+            failed = self._failed.get(chunk_id)
+            if failed is not None and now - failed < RETRY_AFTER_S:
+                continue
+            chunk = ns.chunk_table[chunk_id]
+            sources = sorted(
+                (registry.servers[c] for c in chunk.replicas if registry.is_alive(c, now)),
+                key=lambda info: info.load,
+            )
+            candidates = [
+                info
+                for info in alive
+                if info.cs_id not in chunk.replicas
+                and self._target_jobs.get(info.cs_id, 0) < TARGET_JOBS
+            ]
+            target = placer.place(candidates, 1, reserve_bytes=chunk.length)
+            if not sources or not target:
+                continue
+            target_id = target[0]
+            self._copies[chunk_id] = target_id
+            self._target_jobs[target_id] = self._target_jobs.get(target_id, 0) + 1
+            self._spawn(
+                self._copy(chunk_id, chunk.version, chunk.length,
+                           [s.address for s in sources], target_id)
+            )  # fmt: skip
+
+    async def _copy(
+        self, chunk_id: int, version: int, length: int, sources: list[str], target_id: int
+    ) -> None:
+        link = self.link
+        try:
+            token, expiry_ms = link.token(chunk_id, version)
+            await link.cs_call(
+                target_id, "chunk.replicate", REPLICATE_TIMEOUT_S, chunk_id=chunk_id,
+                version=version, length=length, sources=sources, token=token,
+                expiry_ms=expiry_ms,
+            )  # fmt: skip
+            try:
+                result = await link.propose_internal(
+                    "replica_add",
+                    {"chunk_id": chunk_id, "version": version, "length": length,
+                     "cs_id": target_id},
+                )  # fmt: skip
+            except Exists:
+                return
+            except (Stale, NotFound, Invalid) as e:
+                # The chunk moved on while we copied (or went away): the copy is wrong now.
+                log.info("repair event=copy_refused chunk=%d cs=%d reason=%s",
+                         chunk_id, target_id, e)  # fmt: skip
+                self._failed[chunk_id] = self.clock()
+                await self._delete(target_id, [[chunk_id, version]])
+                return
+            self.touch(chunk_id)
+            log.info("repair event=replicated chunk=%d cs=%d version=%d length=%d",
+                     chunk_id, target_id, result["version"], length)  # fmt: skip
+            await self.push_version(
+                chunk_id, int(result["version"]), int(result["length"]), result["replicas"]
+            )
+        except (DfsError, OSError, TimeoutError) as e:
+            self._failed[chunk_id] = self.clock()
+            log.info("repair event=copy_failed chunk=%d cs=%d error=%s",
+                     chunk_id, target_id, e)  # fmt: skip
+        finally:
+            self._copies.pop(chunk_id, None)
+            left = self._target_jobs.get(target_id, 1) - 1
+            if left > 0:
+                self._target_jobs[target_id] = left
+            else:
+                self._target_jobs.pop(target_id, None)
+
+    async def push_version(
+        self, chunk_id: int, version: int, length: int, replicas: Iterable[int]
+    ) -> list[int]:
+        """Give every replica the chunk's new version (an empty ``chunk.write``: each cuts
+        itself to ``length`` and takes the version). Returns the replicas that failed:
+        they stay at the old version, never served, until a report gets them deleted."""
+        self.touch(chunk_id)
+        token, expiry_ms = self.link.token(chunk_id, version)
+        failed: list[int] = []
+
+        async def push(cs_id: int) -> None:
+            try:
+                await self.link.cs_call(
+                    cs_id, "chunk.write", PUSH_TIMEOUT_S, chunk_id=chunk_id, version=version,
+                    length=length, offset=0, token=token, expiry_ms=expiry_ms, chain=[],
+                    sync=False,
+                )  # fmt: skip
+            except (DfsError, OSError, TimeoutError) as e:
+                failed.append(cs_id)
+                log.info("repair event=push_failed chunk=%d cs=%d version=%d error=%s",
+                         chunk_id, cs_id, version, e)  # fmt: skip
+
+        await asyncio.gather(*(push(cs_id) for cs_id in replicas))
+        return failed
+
+    # --------------------------------------------------------------- trimming
+
+    async def _trim(self, chunk_ids: list[int], now: float) -> None:
+        ns, registry = self.link.ns, self.link.registry
+        done = 0
+        for chunk_id in chunk_ids:
+            if done >= TRIMS_PER_SURVEY:
+                return
+            chunk = ns.chunk_table.get(chunk_id)
+            if chunk is None or chunk_id in self._copies or not self._quiet(chunk_id, now):
+                continue
+            goal = ns.inodes[chunk.ino].goal
+            dead = [c for c in chunk.replicas if not registry.is_alive(c, now)]
+            live = [c for c in chunk.replicas if c not in dead]
+            if len(live) < goal:
+                continue
+            drops = list(dead)
+            if len(live) > goal:
+                fullest = sorted(live, key=lambda c: registry.servers[c].free_bytes)
+                drops += fullest[: len(live) - goal]
+            for cs_id in drops:
+                try:
+                    await self.link.propose_internal(
+                        "replica_drop", {"chunk_id": chunk_id, "cs_id": cs_id}
+                    )
+                except DfsError as e:
+                    log.info("repair event=trim_refused chunk=%d cs=%d reason=%s",
+                             chunk_id, cs_id, e)  # fmt: skip
+                    break
+                done += 1
+                self.touch(chunk_id)
+                if cs_id in live:
+                    log.info("repair event=trimmed chunk=%d cs=%d", chunk_id, cs_id)
+                    self._spawn(self._delete_quietly(cs_id, [[chunk_id, chunk.version]]))
+
+    # --------------------------------------------------------------- deletion
+
+    async def _delete(self, cs_id: int, chunks: list[list[int]]) -> bool:
+        try:
+            await self.link.cs_call(cs_id, "chunk.delete", DELETE_TIMEOUT_S, chunks=chunks)
+            return True
+        except (DfsError, OSError, TimeoutError) as e:
+            log.info("repair event=delete_failed cs=%d chunks=%d error=%s",
+                     cs_id, len(chunks), e)  # fmt: skip
+            return False
+
+    async def _collect_garbage(self, now: float) -> None:
+        try:
+            ns, registry = self.link.ns, self.link.registry
+            seen = self._garbage_seen
+            for chunk_id in ns.garbage:
+                seen.setdefault(chunk_id, now)
+            for chunk_id in [c for c in seen if c not in ns.garbage]:
+                del seen[chunk_id]
+            ripe = [c for c, t in seen.items() if now - t >= self.gc_grace_s][:GC_BATCH_MAX]
+            if not ripe:
+                return
+            by_cs: dict[int, list[int]] = {}
+            for chunk_id in ripe:
+                for cs_id in ns.garbage.get(chunk_id, ()):
+                    if registry.is_alive(cs_id, now):
+                        by_cs.setdefault(cs_id, []).append(chunk_id)
+            failed: set[int] = set()
+
+            async def delete(cs_id: int, ids: list[int]) -> None:
+                if not await self._delete(cs_id, [[c, INT63_MAX] for c in ids]):
+                    failed.update(ids)
+
+            await asyncio.gather(*(delete(cs, ids) for cs, ids in by_cs.items()))
+            done = [c for c in ripe if c not in failed]
+            if done:
+                await self.link.propose_internal("gc_done", {"chunk_ids": done})
+                log.info("repair event=garbage_collected chunks=%d", len(done))
+        except DfsError as e:
+            log.info("repair event=gc_failed error=%s", e)
+        finally:
+            self._gc_running = False
+
+    # --------------------------------------------------------------- reports
+
+    async def report(self, cs_id: int, entries: list[list[int]], part: int, final: bool) -> None:
+        """One page of ``cs_id``'s block report (see the module docstring)."""
+        now = self.clock()
+        ns = self.link.ns
+        state = self._reports.get(cs_id)
+        if part == 0 or state is None:
+            if part != 0:
+                return  # the start was missed (new term): wait for the next report
+            state = self._reports[cs_id] = _Report(started_s=now)
+        if part != state.next_part:
+            del self._reports[cs_id]
+            return
+        state.next_part += 1
+        delete: list[list[int]] = []
+        stale: list[int] = []
+        for chunk_id, version, length in entries:
+            state.seen.add(chunk_id)
+            chunk = ns.chunk_table.get(chunk_id)
+            if chunk is None:
+                if chunk_id not in ns.garbage and chunk_id < ns.next_chunk_id:
+                    delete.append([chunk_id, version])  # collected earlier, or never known
+                continue
+            if (
+                not self._quiet(chunk_id, now, state.started_s)
+                or self._copies.get(chunk_id) == cs_id
+            ):
+                continue
+            if cs_id in chunk.replicas:
+                if version < chunk.version or (version == chunk.version and length < chunk.length):
+                    stale.append(chunk_id)
+                    delete.append([chunk_id, version])
+                elif version > chunk.version:
+                    log.warning("repair event=replica_from_the_future chunk=%d cs=%d "
+                                "version=%d table=%d", chunk_id, cs_id, version,
+                                chunk.version)  # fmt: skip
+            elif version <= chunk.version:
+                delete.append([chunk_id, version])  # dropped from the set earlier
+        lost: list[int] = []
+        if final:
+            del self._reports[cs_id]
+            for chunk_id, chunk in ns.chunk_table.items():
+                if (
+                    chunk.length > 0
+                    and cs_id in chunk.replicas
+                    and chunk_id not in state.seen
+                    and self._quiet(chunk_id, now, state.started_s)
+                ):
+                    lost.append(chunk_id)
+        for chunk_id in stale:
+            await self._drop(chunk_id, cs_id, keep_one=True, why="stale")
+        for chunk_id in lost:
+            await self._drop(chunk_id, cs_id, keep_one=False, why="lost")
+        if delete:
+            self._spawn(self._delete_quietly(cs_id, delete))
+
+    async def _delete_quietly(self, cs_id: int, chunks: list[list[int]]) -> None:
+        for i in range(0, len(chunks), GC_BATCH_MAX):
+            await self._delete(cs_id, chunks[i : i + GC_BATCH_MAX])
+
+    async def _drop(self, chunk_id: int, cs_id: int, *, keep_one: bool, why: str) -> None:
+        try:
+            await self.link.propose_internal(
+                "replica_drop", {"chunk_id": chunk_id, "cs_id": cs_id, "keep_one": keep_one}
+            )
+            self.touch(chunk_id)
+            log.info("repair event=replica_dropped chunk=%d cs=%d why=%s", chunk_id, cs_id, why)
+        except DfsError as e:
+            log.info("repair event=drop_refused chunk=%d cs=%d why=%s reason=%s",
+                     chunk_id, cs_id, why, e)  # fmt: skip
+
+    async def bad_replicas(self, cs_id: int, entries: list[list[int]]) -> None:
+        """``cs_id`` found these replicas bad: out of the set, deleted; a good copy follows."""
+        ns = self.link.ns
+        delete: list[list[int]] = []
+        for chunk_id, version in entries:
+            chunk = ns.chunk_table.get(chunk_id)
+            if chunk is not None and cs_id in chunk.replicas and version == chunk.version:
+                self._bad.add(chunk_id)
+                await self._drop(chunk_id, cs_id, keep_one=False, why="bad")
+            delete.append([chunk_id, version])
+        if delete:
+            self._spawn(self._delete_quietly(cs_id, delete))

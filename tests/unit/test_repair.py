@@ -1,0 +1,305 @@
+"""The leader's chunk upkeep (metaserver/repair.py) against a real namespace and registry,
+with the chunkservers and Raft faked: proposals apply directly, chunkserver calls are
+recorded and answered by a script."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from dfs.wire.errors import Unavailable, error_from_wire
+from metaserver.namespace import Namespace, encode_command
+from metaserver.namespace.state import ROOT_INO
+from metaserver.placement import Placer, Registry
+from metaserver.repair import Repair
+
+pytestmark = pytest.mark.timeout(30)
+
+CHUNK = 1 << 20
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Link:
+    """The metaserver as Repair sees it."""
+
+    def __init__(self, servers: int, clock: Clock) -> None:
+        self.ns = Namespace(chunk_size_bytes=CHUNK)
+        self.registry = Registry(dead_timeout_s=10.0, started_s=clock.now - 100)
+        self.placer = Placer("round_robin")
+        self.clock = clock
+        self.calls: list[tuple[int, str, dict[str, Any]]] = []
+        self.fail: set[tuple[int, str]] = set()  # (cs_id, op) pairs that fail
+        self.proposals: list[tuple[str, dict[str, Any]]] = []
+        self.seq = 0
+        for i in range(servers):
+            cs_id = self.apply("cs_register", {"uuid": f"u{i}", "address": f"h:{i + 1}"})["cs_id"]
+            self.beat(cs_id)
+
+    @property
+    def is_leader(self) -> bool:
+        return True
+
+    def beat(self, cs_id: int, free: int = 100 * CHUNK) -> None:
+        self.registry.heartbeat(cs_id, f"h:{cs_id}", self.clock.now, capacity_bytes=free,
+                                used_bytes=0, chunks=0, load=0, pid=1)  # fmt: skip
+
+    def apply(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        self.seq += 1
+        result = self.ns.apply(encode_command(op, 0, 0, self.seq, args))
+        if not result["ok"]:
+            raise error_from_wire(result["err"])
+        return result
+
+    async def propose_internal(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        self.proposals.append((op, args))
+        return self.apply(op, args)
+
+    async def cs_call(self, cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        self.calls.append((cs_id, op, f))
+        if (cs_id, op) in self.fail:
+            raise Unavailable("scripted failure")
+        return {}
+
+    def token(self, chunk_id: int, version: int) -> tuple[bytes, int]:
+        return b"t" * 32, 1
+
+    def file_with_chunk(self, name: bytes, replicas: list[int], length: int = 100) -> int:
+        ino = self.apply("create", {"parent": ROOT_INO, "name": name, "mode": 0o100644,
+                                    "uid": 0, "gid": 0})["attr"]["ino"]  # fmt: skip
+        h = self.apply("write_handle", {"ino": ino, "index": 0, "replicas": replicas})
+        self.apply("commit", {"ino": ino, "size": length, "mtime_ns": 1,
+                              "chunks": [[0, length, h["chunk_id"], h["version"]]]})  # fmt: skip
+        return int(h["chunk_id"])
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make(servers: int, clock: Clock, **kw: Any) -> tuple[Link, Repair]:
+    link = Link(servers, clock)
+    return link, Repair(link, quiet_s=kw.pop("quiet_s", 0.0), clock=clock, **kw)
+
+
+async def settle(repair: Repair) -> None:
+    for _ in range(100):
+        if not repair._tasks:
+            return
+        await asyncio.sleep(0)
+    await asyncio.gather(*repair._tasks)
+
+
+def test_survey_counts_and_orders_fewest_live_first(clock: Clock) -> None:
+    link, repair = make(5, clock)
+    full = link.file_with_chunk(b"full", [1, 2, 3])
+    two = link.file_with_chunk(b"two", [1, 2, 4])
+    one = link.file_with_chunk(b"one", [1, 4, 5])
+    over = link.file_with_chunk(b"over", [1, 2, 3, 5])
+    lost = link.file_with_chunk(b"lost", [4, 5])
+    link.file_with_chunk(b"empty", [4], length=0)  # no data: fine even on a dead server
+    clock.now += 11
+    for cs_id in (1, 2, 3):  # 4 and 5 die
+        link.beat(cs_id)
+    health, under, trim = repair.survey(clock.now)
+    assert health.as_dict() == {
+        "total": 6, "missing": 1, "one_copy": 1, "under_goal": 2, "over_goal": 0,
+        "corrupt": 0, "garbage": 0, "replicating": 0,
+    }  # fmt: skip
+    assert under == [(1, one), (2, two)]
+    assert over in trim and full not in trim and lost not in trim  # over: a dead member
+
+
+def test_copy_goes_to_a_new_server_then_joins_with_a_bump_and_a_push(clock: Clock) -> None:
+    link, repair = make(4, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    clock.now += 11
+    for cs_id in (1, 2, 4):
+        link.beat(cs_id)
+    version = link.ns.chunk(cid)["version"]
+
+    async def go() -> None:
+        await repair.step()
+        await settle(repair)
+
+    asyncio.run(go())
+    copies = [c for c in link.calls if c[1] == "chunk.replicate"]
+    assert len(copies) == 1
+    target, _, f = copies[0]
+    assert target == 4 and f["chunk_id"] == cid and f["version"] == version
+    assert f["length"] == 100 and set(f["sources"]) == {"h:1", "h:2"}
+    chunk = link.ns.chunk(cid)
+    assert chunk["replicas"] == [1, 2, 3, 4] and chunk["version"] == version + 1
+    pushed = {c[0] for c in link.calls if c[1] == "chunk.write"}
+    assert pushed == {1, 2, 3, 4}  # 3 is dead: its push fails later, harmlessly here
+    # Now live replicas meet the goal: the dead member leaves the set.
+    asyncio.run(go())
+    assert link.ns.chunk(cid)["replicas"] == [1, 2, 4]
+    assert repair.survey(clock.now)[0].under_goal == 0
+
+
+def test_a_copy_refused_because_the_chunk_grew_is_deleted(clock: Clock) -> None:
+    link, repair = make(4, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    clock.now += 11
+    for cs_id in (1, 2, 4):
+        link.beat(cs_id)
+    chunk = link.ns.chunk(cid)
+    real_call = link.cs_call
+
+    async def call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        if op == "chunk.replicate":  # a writer commits more while the copy runs
+            link.apply("commit", {"ino": chunk["ino"], "size": 500, "mtime_ns": 2,
+                                  "chunks": [[0, 500, cid, chunk["version"]]]})  # fmt: skip
+        return await real_call(cs_id, op, timeout_s, **f)
+
+    link.cs_call = call  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await repair.step()
+        await settle(repair)
+
+    asyncio.run(go())
+    assert link.ns.chunk(cid)["replicas"] == [1, 2, 3]
+    assert (4, "chunk.delete", {"chunks": [[cid, chunk["version"]]]}) in link.calls
+
+
+def test_jobs_limit_and_quiet_window(clock: Clock) -> None:
+    link, repair = make(5, clock, jobs=2, quiet_s=10.0)
+    ids = [link.file_with_chunk(b"f%d" % i, [1, 2, 3]) for i in range(4)]
+    clock.now += 11
+    for cs_id in (1, 2, 4, 5):
+        link.beat(cs_id)
+    repair.touch(ids[0])  # a writer just took a handle
+
+    async def go() -> set[int]:
+        await repair.step()
+        started = set(repair._copies)
+        await settle(repair)
+        return started
+
+    started = asyncio.run(go())
+    assert len(started) == 2 and ids[0] not in started
+
+
+def test_report_deletes_stale_unknown_and_extra_and_drops_lost(clock: Clock) -> None:
+    link, repair = make(3, clock)
+    good = link.file_with_chunk(b"good", [1, 2])
+    stale = link.file_with_chunk(b"stale", [1, 2])
+    extra = link.file_with_chunk(b"extra", [2, 3])
+    lost = link.file_with_chunk(b"lost", [1, 2])
+    gone = link.file_with_chunk(b"gone", [1])
+    link.apply("unlink", {"parent": ROOT_INO, "name": b"gone"})
+    link.apply("gc_done", {"chunk_ids": [gone]})
+    v = {c: link.ns.chunk(c)["version"] for c in (good, stale, extra)}
+    link.apply("write_handle", {"ino": link.ns.chunk(stale)["ino"], "index": 0, "replicas": []})
+    clock.now += 1
+    entries = [[good, v[good], 100], [stale, v[stale], 100], [extra, v[extra], 100],
+               [gone, 1, 100]]  # fmt: skip
+
+    async def go() -> None:
+        await repair.report(1, entries[:2], 0, False)
+        await repair.report(1, entries[2:], 1, True)
+        await settle(repair)
+
+    asyncio.run(go())
+    deleted = [c[2]["chunks"] for c in link.calls if c[0] == 1 and c[1] == "chunk.delete"]
+    flat = sorted(x for batch in deleted for x in batch)
+    assert flat == sorted([[stale, v[stale]], [extra, v[extra]], [gone, 1]])
+    assert link.ns.chunk(stale)["replicas"] == [2]
+    assert link.ns.chunk(lost)["replicas"] == [2]  # a complete report lacked it
+    assert link.ns.chunk(good)["replicas"] == [1, 2]
+
+
+def test_report_leaves_recently_touched_chunks_alone(clock: Clock) -> None:
+    link, repair = make(2, clock, quiet_s=10.0)
+    cid = link.file_with_chunk(b"f", [1, 2])
+    link.apply("write_handle", {"ino": link.ns.chunk(cid)["ino"], "index": 0, "replicas": []})
+    repair.touch(cid)  # the push of the new version may not have reached the replica
+    clock.now += 1
+
+    asyncio.run(repair.report(1, [[cid, 1, 100]], 0, True))
+    assert link.ns.chunk(cid)["replicas"] == [1, 2]
+    assert not [c for c in link.calls if c[1] == "chunk.delete"]
+
+
+def test_bad_replica_leaves_the_set_even_if_last_and_is_deleted(clock: Clock) -> None:
+    link, repair = make(2, clock)
+    cid = link.file_with_chunk(b"f", [1])
+    version = link.ns.chunk(cid)["version"]
+
+    async def go() -> None:
+        await repair.bad_replicas(1, [[cid, version]])
+        await settle(repair)
+
+    asyncio.run(go())
+    assert link.ns.chunk(cid)["replicas"] == []
+    assert (1, "chunk.delete", {"chunks": [[cid, version]]}) in link.calls
+    health = repair.survey(clock.now)[0]
+    assert (health.missing, health.corrupt) == (1, 1)
+
+
+def test_garbage_waits_for_grace_and_is_forgotten_only_when_deleted(clock: Clock) -> None:
+    link, repair = make(3, clock, gc_grace_s=30.0)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    link.apply("unlink", {"parent": ROOT_INO, "name": b"f"})
+    link.fail.add((2, "chunk.delete"))
+
+    async def step() -> None:
+        await repair.step()
+        await settle(repair)
+
+    asyncio.run(step())
+    assert not [c for c in link.calls if c[1] == "chunk.delete"]  # within the grace
+    clock.now += 31
+    for cs_id in (1, 2, 3):
+        link.beat(cs_id)
+    asyncio.run(step())
+    assert {c[0] for c in link.calls if c[1] == "chunk.delete"} == {1, 2, 3}
+    assert cid in link.ns.garbage  # server 2 failed: kept, tried again
+    link.fail.clear()
+    asyncio.run(step())
+    assert cid not in link.ns.garbage
+
+
+def test_a_failed_copy_is_not_retried_at_once(clock: Clock) -> None:
+    link, repair = make(4, clock)
+    link.file_with_chunk(b"f", [1, 2, 3])
+    clock.now += 11
+    for cs_id in (1, 2, 4):
+        link.beat(cs_id)
+    link.fail.add((4, "chunk.replicate"))
+
+    async def step() -> None:
+        await repair.step()
+        await settle(repair)
+
+    asyncio.run(step())
+    asyncio.run(step())
+    assert len([c for c in link.calls if c[1] == "chunk.replicate"]) == 1
+    clock.now += 6
+    for cs_id in (1, 2, 4):
+        link.beat(cs_id)
+    asyncio.run(step())
+    assert len([c for c in link.calls if c[1] == "chunk.replicate"]) == 2
+
+
+def test_a_bad_replica_of_an_unknown_chunk_is_just_deleted(clock: Clock) -> None:
+    link, repair = make(1, clock)
+
+    async def go() -> None:
+        await repair.bad_replicas(1, [[999, 1]])
+        await settle(repair)
+
+    asyncio.run(go())
+    assert link.calls == [(1, "chunk.delete", {"chunks": [[999, 1]]})]
+    assert link.proposals == []

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-_LAYERS = ("unit", "sim", "property", "integration", "fuse", "slow")
+_LAYERS = ("unit", "sim", "property", "integration", "fuse", "failures", "slow")
 _TESTS_DIR = Path(__file__).parent
 
 

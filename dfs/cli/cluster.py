@@ -351,7 +351,7 @@ async def cluster_status(meta_addresses: list[str], secret: bytes) -> dict[str, 
         if view["role"] == "leader" and (leader_view is None or view["term"] > leader_view["term"]):
             leader_view = view
     chunkservers = [
-        {**c, "role": "chunkserver", "state": "up" if c["alive"] else "down"}
+        {**c, "role": "chunkserver", "state": "alive" if c["alive"] else "dead"}
         for c in (leader_view["chunkservers"] if leader_view else [])
     ]
     alive = [c for c in chunkservers if c["alive"]]
@@ -366,6 +366,7 @@ async def cluster_status(meta_addresses: list[str], secret: bytes) -> dict[str, 
         "chunks": leader_view["chunks"] if leader_view else None,
         "bytes": leader_view["bytes"] if leader_view else None,
         "chunk_size": leader_view["chunk_size"] if leader_view else None,
+        "health": leader_view.get("health") if leader_view else None,
         "capacity_bytes": sum(c["capacity_bytes"] for c in alive),
         "used_bytes": sum(c["used_bytes"] for c in alive),
     }

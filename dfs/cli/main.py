@@ -302,6 +302,26 @@ def render_status(st: dict[str, Any]) -> str:
         f"files {st['files']}  dirs {st['dirs']}  chunks {st['chunks']}  data {_human(st['bytes'])}"
         f"  capacity {_human(st['used_bytes'])} used of {_human(st['capacity_bytes'])}"
     )
+    health = st.get("health")
+    if health:
+        problems = [
+            f"{health[k]} {label}"
+            for k, label in (
+                ("missing", "MISSING"), ("one_copy", "one copy left"),
+                ("under_goal", "under goal"), ("over_goal", "over goal"),
+                ("corrupt", "corrupt"),
+            )
+            if health.get(k)
+        ]  # fmt: skip
+        busy = [
+            f"{health[k]} {label}"
+            for k, label in (("replicating", "copying"), ("garbage", "to collect"))
+            if health.get(k)
+        ]
+        lines.append(
+            f"chunks {'healthy' if not problems else ', '.join(problems)}"
+            + (f"  ({', '.join(busy)})" if busy else "")
+        )
     return "\n".join(lines)
 
 

@@ -110,6 +110,23 @@ BACKOFF_MAX_S = 1.0
 
 _HANDLE_OUTDATED = (Stale, PermissionDenied, NotFound)
 _REPLICA_FAILED = (Unavailable, Timeout, Busy, InternalError, Corrupt)
+# Failures that mean a replica of the chain is gone or bad (not merely busy): the writer
+# names it in its next fs.write_handle (``drop``) and the leader takes it out of the set.
+_REPLICA_LOST = (Unavailable, Timeout, InternalError, Corrupt)
+
+
+def _lost_replica(handle: WriteHandle, e: DfsError) -> int | None:
+    """The chain member that failed: the one the error names (a chunkserver down the chain
+    reports which one failed, PROTOCOL.md), else the first (we could not reach it)."""
+    if not isinstance(e, _REPLICA_LOST):
+        return None
+    address = e.details.get("address")
+    if not isinstance(address, str):
+        address = handle.chain[0].address
+    for replica in handle.chain:
+        if replica.address == address:
+            return replica.id
+    return None
 
 
 async def gather(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
@@ -204,10 +221,15 @@ class _Upload:
 class _ChunkWriter:
     """One chunk's write handle and the uploads using it."""
 
-    __slots__ = ("acked_end", "acked_version", "handle", "idle", "lock", "users", "written_version")
+    __slots__ = (
+        "acked_end", "acked_version", "failed", "handle", "idle", "lock", "users",
+        "written_version",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.handle: WriteHandle | None = None
+        # Chain members that failed under the current handle, reported with the next one.
+        self.failed: set[int] = set()
         self.written_version = 0  # the version our last write to the replicas carried
         # The highest end every replica acknowledged under ``acked_version``.
         self.acked_version = 0
@@ -499,9 +521,11 @@ class OpenInode:
             except _HANDLE_OUTDATED as e:
                 last, pause = e, False
             except _REPLICA_FAILED as e:
-                # The chain is broken somewhere: a new handle may come with a new chain
-                # (the metaserver drops a dead chunkserver from it).
+                # The chain is broken somewhere: the next handle reports the replica that
+                # failed, and the leader bumps the version without it (design.md §5.3);
+                # re-replication restores the goal later.
                 last, pause = e, True
+                self._note_lost(writer, handle, e)
             else:
                 writer.acked(handle, end_in_chunk)
                 self._pending(index, end_in_chunk, handle.chunk_id, handle.version)
@@ -521,6 +545,13 @@ class OpenInode:
             if pause:
                 await anyio.sleep(min(backoff_s, max(0.0, deadline - anyio.current_time())))
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+
+    def _note_lost(self, writer: _ChunkWriter, handle: WriteHandle, e: DfsError) -> None:
+        cs_id = _lost_replica(handle, e)
+        if cs_id is not None and len(handle.chain) > 1:
+            log.info("ino %d chunk %d: replica on chunkserver %d failed (%s); dropping it",
+                     self.ino, handle.index, cs_id, e)  # fmt: skip
+            writer.failed.add(cs_id)
 
     def _pending(self, index: int, length: int, chunk_id: int, version: int) -> None:
         """Record ``length`` bytes of chunk ``index`` to commit, written under (chunk_id,
@@ -552,11 +583,13 @@ class OpenInode:
             async with self._commit_lock:
                 if index in self._uncommitted:
                     await self._commit_locked(self._uploaded_end, mtime_ns=None)
+            drop = {"drop": sorted(writer.failed)} if writer.failed else {}
             header = await self.io.meta.mutate(
-                "fs.write_handle", timeout_s=remaining, ino=self.ino, index=index
+                "fs.write_handle", timeout_s=remaining, ino=self.ino, index=index, **drop
             )
             handle = WriteHandle.from_wire(index, header)
             writer.handle = handle
+            writer.failed.clear()
             # The chunk's version changed: cached read locations are stale.
             self.io.locations.drop(self.ino, index)
             self._written[index] = max(self._written.get(index, 0), handle.length)
@@ -595,6 +628,7 @@ class OpenInode:
                 last, pause = e, False
             except _REPLICA_FAILED as e:
                 last, pause = e, True
+                self._note_lost(writer, handle, e)
             if writer.handle is handle:
                 writer.handle = None
             if anyio.current_time() >= deadline:

@@ -15,7 +15,8 @@ The model, faithful where the client can tell:
   again gets the first answer (result or error). Every mutation request that arrives, on
   any metaserver and retries included, is recorded as (op, client, seq) in ``requests``.
 - Chunks: ``fs.write_handle`` allocates (version 1, on ``goal`` live chunkservers, taken
-  round-robin) or bumps the version (dropping dead replicas from the chain); tokens are
+  round-robin) or bumps the version (dropping dead replicas, and those the writer names
+  in ``drop``, from the chain, but never the last); tokens are
   signed with ``dfs.wire.token`` and checked by the chunkservers. A chunkserver seeing a
   newer version truncates its replica to the handle's ``length`` first (``Stale`` if it
   holds less); an older one is ``Stale``; ``chunk.sync`` and ``chunk.read`` need the
@@ -208,6 +209,7 @@ class FakeNamespace:
         self._placement = itertools.count()
         self.sessions: dict[int, tuple[int, dict[str, Any] | DfsError]] = {}
         self.commits: list[Commit] = []
+        self.dropped: list[int] = []  # chunkserver ids writers reported with ``drop``
         now = _now_ns()
         self.inodes[ROOT_INO] = FakeInode(
             ROOT_INO, stat.S_IFDIR | 0o755, 0, 0, 2, now, now, now, parent=ROOT_INO
@@ -639,7 +641,10 @@ class FakeNamespace:
             live = [i for i in chunk.replicas if (cs := cluster.chunkserver(i)) and cs.alive]
             if not live:
                 raise Unavailable("no live replica of the chunk")
-            chunk.replicas = live
+            drop = wire_field(h, "drop", list, [])
+            kept = [i for i in live if i not in drop]
+            self.dropped.extend(i for i in live if i in drop)
+            chunk.replicas = kept or live[:1]
             chunk.version += 1
         expiry_ms = _now_ms() + cluster.token_ttl_ms
         return {
@@ -714,6 +719,9 @@ class FakeChunkServer:
         self.replicas: dict[int, FakeReplica] = {}
         self.alive = True
         self.hang = False
+        # Alive (it heartbeats) but its writes fail, naming it: a dead disk. Only a
+        # writer's report (fs.write_handle ``drop``) takes it out of a chain.
+        self.broken = False
         self.corrupt: set[int] = set()
         self.fail_writes: list[DfsError] = []  # the next chunk.write calls answer these
         self.reads = 0
@@ -751,6 +759,8 @@ class FakeChunkServer:
     def apply_write(self, h: dict[str, Any], payload: bytes) -> None:
         if not self.alive:
             raise Unavailable("chunkserver down")
+        if self.broken:
+            raise Unavailable("replica broken", address=self.address)
         chunk_id, version = self._check(h, WRITE)
         offset = uint_field(h, "offset")
         length = uint_field(h, "length")
@@ -794,6 +804,8 @@ class FakeChunkServer:
     def apply_sync(self, h: dict[str, Any]) -> None:
         if not self.alive:
             raise Unavailable("chunkserver down")
+        if self.broken:
+            raise Unavailable("replica broken", address=self.address)
         chunk_id, version = self._check(h, WRITE)
         replica = self.replicas.get(chunk_id)
         if replica is None:

@@ -362,6 +362,30 @@ async def test_replica_failure_during_write_is_retried(cluster: ClusterThread) -
         assert await read_all(fs, attr.ino) == data
 
 
+async def test_a_broken_replica_is_reported_and_dropped_from_the_chain(
+    cluster: ClusterThread,
+) -> None:
+    """A chunkserver alive but failing every write (a dead disk): the writer names it in
+    its next fs.write_handle, gets a chain without it and finishes well before its
+    deadline (the leader alone would never drop a server that heartbeats)."""
+    data = random.Random(12).randbytes(300 * KiB)
+    options = dataclasses.replace(OPTIONS, timeout_s=10.0)
+    async with client(cluster, options) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"b", 0o644, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, b"x")
+        await f.fsync()  # the chunk exists on every replica
+        broken = cluster.call(lambda c: c.chunkservers[1])
+        cluster.call(lambda c: setattr(broken, "broken", True))
+        started = anyio.current_time()
+        await f.write(0, data)
+        await f.close()
+        assert anyio.current_time() - started < 5.0
+        assert await read_all(fs, attr.ino) == data
+    assert set(cluster.call(lambda c: c.namespace.dropped)) == {broken.cs_id}
+    for chunk in cluster.call(lambda c: c.file_chunks(attr.ino)).values():
+        assert broken.cs_id not in chunk.replicas
+
+
 async def test_write_to_a_dead_cluster_fails_by_the_deadline(cluster: ClusterThread) -> None:
     options = dataclasses.replace(OPTIONS, timeout_s=1.0, io_timeout_s=0.2)
     async with client(cluster, options) as fs:

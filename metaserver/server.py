@@ -71,7 +71,9 @@ from dfs.wire.errors import (
 )
 from dfs.wire.messages import field, uint_field
 from dfs.wire.token import READ, WRITE, make_token, token_key
+from metaserver.holds import HOLDS_PER_REQUEST_MAX, KEEPALIVE_S, Holds
 from metaserver.namespace import Namespace, encode_command
+from metaserver.namespace.ops import ORPHANS_BATCH_MAX
 from metaserver.placement import PLACEMENT_POLICIES, Placer, Registry
 from metaserver.raft.node import RAFT_OP, NodeConfig, RaftNode
 from metaserver.raft.types import Role
@@ -200,10 +202,11 @@ MUTATIONS: dict[str, tuple[str, tuple[tuple[str, type, bool], ...]]] = {
     "fs.symlink": ("symlink", (("parent", _I, True), ("name", _B, True), ("target", _B, True),
                                ("uid", _I, True), ("gid", _I, True))),
     "fs.link": ("link", (("ino", _I, True), ("parent", _I, True), ("name", _B, True))),
-    "fs.unlink": ("unlink", (("parent", _I, True), ("name", _B, True))),
+    "fs.unlink": ("unlink", (("parent", _I, True), ("name", _B, True), ("keep", _BOOL, False))),
     "fs.rmdir": ("rmdir", (("parent", _I, True), ("name", _B, True))),
     "fs.rename": ("rename", (("parent", _I, True), ("name", _B, True), ("new_parent", _I, True),
-                             ("new_name", _B, True), ("flags", _I, False))),
+                             ("new_name", _B, True), ("flags", _I, False),
+                             ("keep", _BOOL, False))),
     "fs.setattr": ("setattr", (("ino", _I, True), ("mode", _I, False), ("uid", _I, False),
                                ("gid", _I, False), ("size", _I, False), ("atime_ns", _I, False),
                                ("mtime_ns", _I, False), ("atime_now", _BOOL, False),
@@ -240,6 +243,8 @@ class MetaServer:
             jobs=config.replication_jobs,
         )
         self._repair_task: asyncio.Task[None] | None = None
+        self.holds = Holds()
+        self._orphan_task: asyncio.Task[None] | None = None
         self._ops: dict[str, Handler] = {
             "fs.lookup": self._lookup,
             "fs.getattr": self._getattr,
@@ -252,6 +257,9 @@ class MetaServer:
             "fs.write_handle": self._write_handle,
             "cs.register": self._cs_register,
             "cs.heartbeat": self._cs_heartbeat,
+            "fs.open": self._open,
+            "fs.release": self._release,
+            "fs.keepalive": self._keepalive,
             "cs.report": self._cs_report,
             "cs.bad_chunks": self._cs_bad_chunks,
             "status": self._status,
@@ -271,8 +279,13 @@ class MetaServer:
         log.info("metaserver node=%d event=listening address=%s:%d",
                  cfg.node.id, cfg.listen_host, self._rpc.port)  # fmt: skip
         self._repair_task = asyncio.ensure_future(self.repair.run())
+        self._orphan_task = asyncio.ensure_future(self._orphan_loop())
 
     async def stop(self) -> None:
+        if self._orphan_task is not None:
+            self._orphan_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._orphan_task
         if self._repair_task is not None:
             self._repair_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -302,6 +315,8 @@ class MetaServer:
         if not isinstance(op, str):
             raise Unsupported("missing op")
         mutation = MUTATIONS.get(op)
+        if op in ("fs.unlink", "fs.rename"):
+            header = {**header, "keep": self._keep(header)}
         if mutation is not None:
             result = await self._mutate(header, mutation[0], mutation[1], timeout_s)
             cut = result.pop("cut", None)
@@ -332,6 +347,7 @@ class MetaServer:
             self._leader_term = term
             self.registry.restart(time.monotonic())
             self.repair.restart()
+            self.holds.restart(time.monotonic())
 
     async def _read(self, timeout_s: float) -> None:
         self._leader_view()
@@ -361,6 +377,74 @@ class MetaServer:
             if required or name in header:
                 args[name] = field(header, name, tp)
         return await self._propose(op, args, header, timeout_s)
+
+    # ------------------------------------------------------------------ open-file holds
+
+    def _keep(self, h: dict[str, Any]) -> bool:
+        """Must the inode an unlink or rename is about to free stay as an orphan? (The
+        namespace decides whether the op frees anything; this only says what to do if so.)"""
+        if not self.node.is_leader:
+            return False
+        try:
+            if h.get("op") == "fs.unlink":
+                target = self.ns.lookup(uint_field(h, "parent"), field(h, "name", bytes))
+            else:
+                target = self.ns.lookup(uint_field(h, "new_parent"), field(h, "new_name", bytes))
+        except DfsError:
+            return False
+        return self.holds.held(int(target["ino"]), time.monotonic())
+
+    def _inos(self, h: dict[str, Any]) -> list[int]:
+        inos = field(h, "inos", list)
+        if len(inos) > HOLDS_PER_REQUEST_MAX or any(type(i) is not int or i < 1 for i in inos):
+            raise Invalid(f"inos: at most {HOLDS_PER_REQUEST_MAX} inode numbers")
+        return inos
+
+    async def _open(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """getattr (linearizable, for close-to-open) and a hold for the client's session."""
+        ino, client = uint_field(h, "ino"), uint_field(h, "client", 0)
+        await self._read(timeout_s)
+        attr = self.ns.getattr(ino)
+        if client:
+            self.holds.hold(client, [ino], time.monotonic())
+        return {"attr": attr}
+
+    async def _release(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        inos, client = self._inos(h), uint_field(h, "client", 0)
+        self._leader_view()
+        self.holds.release(client, inos)
+        await self._free_orphans([i for i in inos if i in self.ns.orphans], timeout_s)
+        return {}
+
+    async def _keepalive(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        inos, client = self._inos(h), uint_field(h, "client", 0)
+        self._leader_view()
+        self.holds.keepalive(client, inos, time.monotonic())
+        return {"keepalive_ms": int(KEEPALIVE_S * 1000)}
+
+    async def _free_orphans(self, candidates: list[int], timeout_s: float) -> None:
+        now = time.monotonic()
+        free = [ino for ino in candidates if not self.holds.held(ino, now)]
+        for i in range(0, len(free), ORPHANS_BATCH_MAX):
+            result = await self._propose(
+                "release_orphans", {"inos": free[i : i + ORPHANS_BATCH_MAX]}, {}, timeout_s
+            )
+            log.info("metaserver node=%d event=orphans_released count=%d",
+                     self.node.id, result.get("released", 0))  # fmt: skip
+
+    async def _orphan_loop(self) -> None:
+        """Expire holds of silent clients; free orphans nobody holds (leader only)."""
+        while True:
+            await asyncio.sleep(1.0)  # a period, not a wait for a condition
+            if not self.is_leader:
+                continue
+            try:
+                self.holds.expire(time.monotonic())
+                if self.ns.orphans:
+                    await self._free_orphans(list(self.ns.orphans), OP_TIMEOUT_S)
+            except (DfsError, TimeoutError) as e:
+                log.info("metaserver node=%d event=orphan_sweep_failed error=%s",
+                         self.node.id, e)  # fmt: skip
 
     # ------------------------------------------------------------------ reads
 
@@ -714,6 +798,8 @@ class MetaServer:
             ],
             "chunkservers": chunkservers,
             "health": health,
+            "orphans": len(self.ns.orphans),
+            "holds": self.holds.count() if st.role == Role.LEADER else None,
             "files": stats["files"],
             "dirs": stats["dirs"],
             "chunks": stats["chunks"],

@@ -238,18 +238,27 @@ def link(st: State, now_ns: int, a: dict[str, Any]) -> Result:
 _REMOVE = frozenset({"parent", "name"})
 
 
-def _drop_link(st: State, inode: Inode, now_ns: int) -> None:
-    """One name of a non-directory is gone: count it, free the inode with its last name."""
+def _drop_link(st: State, inode: Inode, now_ns: int, keep: bool) -> None:
+    """One name of a non-directory is gone: count it, free the inode with its last name,
+    or, with ``keep`` (the leader knows a client holds it open), keep a regular file as an
+    orphan until the leader releases it (``release_orphans``)."""
     inode.nlink -= 1
     inode.ctime_ns = now_ns
     if inode.nlink == 0:
-        st.release(inode)
+        if keep and inode.chunks is not None:
+            st.orphans[inode.ino] = None
+        else:
+            st.release(inode)
+
+
+_UNLINK = frozenset({"parent", "name", "keep"})
 
 
 def unlink(st: State, now_ns: int, a: dict[str, Any]) -> Result:
-    check_fields(a, _REMOVE)
+    check_fields(a, _UNLINK)
     parent_ino = arg_ino(a, "parent")
     name = arg_name(a, "name")
+    keep = arg_bool(a, "keep", False)
     parent, d = st.directory(parent_ino)
     entry = d.entries.get(name)
     if entry is None:
@@ -258,7 +267,7 @@ def unlink(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     if inode.dir is not None:
         raise IsDir("unlink of a directory", name=name)  # Linux gives EISDIR
     d.remove(name)
-    _drop_link(st, inode, now_ns)
+    _drop_link(st, inode, now_ns, keep)
     _touch_dir(parent, now_ns)
     return _ok()
 
@@ -285,7 +294,7 @@ def rmdir(st: State, now_ns: int, a: dict[str, Any]) -> Result:
 
 # --- rename ---------------------------------------------------------------------------
 
-_RENAME = frozenset({"parent", "name", "new_parent", "new_name", "flags"})
+_RENAME = frozenset({"parent", "name", "new_parent", "new_name", "flags", "keep"})
 
 
 def _is_ancestor_or_self(st: State, ancestor: int, ino: int) -> bool:
@@ -309,6 +318,7 @@ def rename(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     new_parent_ino = arg_ino(a, "new_parent")
     new_name = arg_name(a, "new_name")
     flags = arg_int(a, "flags", 0, INT63_MAX) if "flags" in a else 0
+    keep = arg_bool(a, "keep", False)
     if flags not in (0, RENAME_NOREPLACE, RENAME_EXCHANGE):
         raise Invalid("unknown rename flags", flags=flags)  # EINVAL, as renameat2
     parent, d = st.directory(parent_ino)
@@ -354,7 +364,7 @@ def rename(st: State, now_ns: int, a: dict[str, Any]) -> Result:
             new_parent.nlink -= 1  # the replaced directory's ".." is gone
             st.release(dst)
         else:
-            _drop_link(st, dst, now_ns)
+            _drop_link(st, dst, now_ns, keep)
     d.remove(name)
     new_d.insert(new_name, src.ino)  # a fresh cookie: readdir sees the moved entry anew
     if src.dir is not None and new_parent is not parent:
@@ -695,6 +705,24 @@ def replica_drop(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return {"ok": True, **chunk_info(chunk)}
 
 
+_RELEASE_ORPHANS = frozenset({"inos"})
+ORPHANS_BATCH_MAX = 4096
+
+
+def release_orphans(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """Free orphans no client holds any more (their chunks go to garbage). Inodes that are
+    not orphans are skipped: a repeated batch changes nothing."""
+    check_fields(a, _RELEASE_ORPHANS)
+    inos = arg_int_list(a, "inos", ORPHANS_BATCH_MAX)
+    released = 0
+    for ino in inos:
+        if ino in st.orphans:
+            del st.orphans[ino]
+            st.release(st.inodes[ino])
+            released += 1
+    return {"ok": True, "released": released}
+
+
 _GC_DONE = frozenset({"chunk_ids"})
 GC_BATCH_MAX = 4096
 
@@ -731,4 +759,5 @@ OPS: dict[str, Handler] = {
     "replica_add": replica_add,
     "replica_drop": replica_drop,
     "gc_done": gc_done,
+    "release_orphans": release_orphans,
 }

@@ -18,9 +18,10 @@ Invariants (``State.check_invariants`` verifies all of them; the tests call it):
 5. A directory's entries are in cookie order (each insertion takes ``next_cookie``), so
    ``readdir`` pages by cookie without sorting (see ``DirData``).
 
-Snapshot format, version 1 (``SNAPSHOT_VERSION``): one msgpack array, bytes as bin::
+Snapshot format, version 2 (``SNAPSHOT_VERSION``; version 1 is read too): one msgpack
+array, bytes as bin::
 
-    [1,                                   # SNAPSHOT_VERSION
+    [2,                                   # SNAPSHOT_VERSION
      chunk_size_bytes,                    # fixed per cluster; restore refuses another
      [next_ino, next_chunk_id, next_cs_id],
      [[ino, mode, nlink, uid, gid, size, atime_ns, mtime_ns, ctime_ns, rdev, goal,
@@ -34,7 +35,8 @@ Snapshot format, version 1 (``SNAPSHOT_VERSION``): one msgpack array, bytes as b
      [[chunk_id, version, length, [cs_id, ...], ino, index], ...],   # allocation order
      [[chunk_id, [cs_id, ...]], ...],     # garbage, in the order it was dropped
      [[cs_id, uuid, address], ...],       # registered chunkservers
-     sessions]                            # SessionTable.to_wire()
+     sessions,                            # SessionTable.to_wire()
+     [ino, ...]]                          # orphans (version 2 on; version 1 has none)
 
 Every list keeps the order of the dict it came from, so a restored state iterates (and
 therefore acts, and snapshots) exactly as the original did.
@@ -56,7 +58,8 @@ from metaserver.namespace.commands import (
 )
 from metaserver.raft.sessions import SessionTable
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSIONS_READ = (1, 2)
 ROOT_INO = 1
 # Directories report a size and block count like ext4's one-block directory.
 DIR_SIZE_BYTES = 4096
@@ -240,6 +243,9 @@ class State:
         self.inodes: dict[int, Inode] = {}
         self.chunk_table: dict[int, Chunk] = {}
         self.garbage: dict[int, list[int]] = {}
+        # Regular files whose last name is gone while a client still holds them open
+        # (POSIX unlink-while-open): alive, nameless, until the leader releases them.
+        self.orphans: dict[int, None] = {}
         self.cs_table: dict[int, tuple[str, str]] = {}  # cs_id -> (uuid, address)
         self.cs_by_uuid: dict[str, int] = {}
         self.next_ino = ROOT_INO + 1
@@ -399,6 +405,7 @@ class State:
             [[chunk_id, replicas] for chunk_id, replicas in self.garbage.items()],
             [[cs_id, uuid, address] for cs_id, (uuid, address) in self.cs_table.items()],
             self.sessions.to_wire(),
+            list(self.orphans),
         ]
         return bytes(msgpack.packb(blob, use_bin_type=True))
 
@@ -409,7 +416,7 @@ class State:
             version, chunk_size = blob[0], blob[1]
         except Exception as e:  # any malformed bytes: refuse the snapshot
             raise ValueError(f"undecodable namespace snapshot: {e}") from e
-        if version != SNAPSHOT_VERSION:
+        if version not in SNAPSHOT_VERSIONS_READ:
             raise ValueError(f"unknown namespace snapshot version {version!r}")
         if chunk_size != self.chunk_size_bytes:
             raise ValueError(
@@ -422,7 +429,8 @@ class State:
             raise ValueError(f"malformed namespace snapshot: {e!r}") from e
 
     def _load(self, blob: list[Any]) -> None:
-        _, _, counters, inodes, chunks, garbage, chunkservers, sessions = blob
+        _, _, counters, inodes, chunks, garbage, chunkservers, sessions = blob[:8]
+        orphans = blob[8] if blob[0] >= 2 else []
         self.reset()
         self.inodes.clear()
         self.dirs_count = 0
@@ -465,6 +473,9 @@ class State:
             self.cs_table[cs_id] = (uuid, address)
             self.cs_by_uuid[uuid] = cs_id
         self.sessions = SessionTable.from_wire(sessions)
+        for ino in orphans:
+            assert self.inodes[ino].nlink == 0, "orphan with a name"
+            self.orphans[ino] = None
 
     # --- invariants (for tests; O(size of the state)) ---------------------------------
 
@@ -504,6 +515,8 @@ class State:
             if i.dir is not None:
                 assert i.nlink == 2 + subdirs.get(ino, 0), f"dir {ino} nlink {i.nlink}"
                 assert names.get(ino, 0) == (0 if ino == ROOT_INO else 1), ino
+            elif ino in self.orphans:
+                assert i.nlink == 0 and ino not in names and i.chunks is not None, ino
             else:
                 assert names.get(ino, 0) == i.nlink >= 1, f"inode {ino} nlink {i.nlink}"
         root_dir = inodes[ROOT_INO].dir

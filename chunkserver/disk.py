@@ -3,7 +3,8 @@
 What it owns: the threads that run ``ChunkStore``'s blocking calls, the bound on how many
 run at once (``disk_jobs_max``), and one readers-writer lock per chunk (readers share a
 chunk; a write, sync or delete has it alone), so that ``ChunkStore`` sees its per-chunk
-operations serialised as it requires.
+operations serialised as it requires. A copy coming in (``chunk.replicate``) is written in
+its own file outside any chunk lock; only its install takes the chunk's lock, alone.
 
 What it must not do: block the event loop, or touch a file itself.
 
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chunkserver.store import ChunkStore, ReplicaInfo
+from chunkserver.store import ChunkStore, Incoming, ReplicaInfo
 
 T = TypeVar("T")
 
@@ -179,8 +180,68 @@ class AsyncChunkStore:
             chunk_id, True, lambda: self.store.sync(chunk_id, version, expect_length)
         )
 
-    async def delete(self, chunk_id: int) -> None:
-        await self._run(chunk_id, True, lambda: self.store.delete(chunk_id))
+    async def delete(self, chunk_id: int, version: int | None = None) -> bool:
+        return await self._run(chunk_id, True, lambda: self.store.delete(chunk_id, version))
+
+    async def verify(self, chunk_id: int, version: int, offset: int, size: int) -> int:
+        """Read and verify a range as ``read`` does (the scrubber), sharing the chunk with
+        other readers; returns the bytes verified (0 at or past the replica's end)."""
+        return await self._run(
+            chunk_id, False, lambda: len(self.store.read(chunk_id, version, offset, size))
+        )
+
+    # A copy in (chunk.replicate) is written in tmp/, outside the chunk's lock: readers and
+    # writers of the replica in place go on meanwhile. Only the install takes the lock.
+
+    async def begin_incoming(self, chunk_id: int, version: int, length: int) -> Incoming:
+        return await self._run_unlocked(
+            lambda: self.store.begin_incoming(chunk_id, version, length)
+        )
+
+    async def write_incoming(
+        self, incoming: Incoming, data: bytes | bytearray | memoryview
+    ) -> None:
+        await self._run_unlocked(lambda: self.store.write_incoming(incoming, data))
+
+    async def install_incoming(self, incoming: Incoming) -> ReplicaInfo:
+        return await self._run(
+            incoming.chunk_id, True, lambda: self.store.install_incoming(incoming)
+        )
+
+    def abort_incoming(self, incoming: Incoming) -> asyncio.Future[None]:
+        """Start dropping the copy now, without waiting for a pool slot (the caller may be
+        being cancelled); the returned future may be awaited or left (``close`` waits for
+        it). The store waits for a write job of the copy still running in its thread."""
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self._pool, self.store.abort_incoming, incoming)
+        except RuntimeError:
+            # The pool is shut down (a request cancelled while the server stops): no job of
+            # the copy runs any more, and dropping it is a close and an unlink.
+            self.store.abort_incoming(incoming)
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
+        self._track(future)
+        return future
+
+    async def _run_unlocked(self, job: Callable[[], T]) -> T:
+        await self._slots.acquire()
+        future = asyncio.get_running_loop().run_in_executor(self._pool, job)
+        self._track(future, self._slots.release)
+        return await asyncio.shield(future)
+
+    def _track(self, future: asyncio.Future[Any], then: Callable[[], None] | None = None) -> None:
+        self._jobs.add(future)
+
+        def done(_: asyncio.Future[Any]) -> None:
+            self._jobs.discard(future)
+            if then is not None:
+                then()
+            if not future.cancelled():
+                future.exception()  # retrieved: an abandoned job's error is not "unhandled"
+
+        future.add_done_callback(done)
 
     async def _run(self, chunk_id: int, exclusive: bool, job: Callable[[], T]) -> T:
         lock = self._locks.get(chunk_id)

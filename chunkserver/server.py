@@ -4,8 +4,9 @@
 
 What it owns: the process (config, signals, logs, the data directory's lock and identity
 files), the chunkserver ops of docs/PROTOCOL.md (version 1) mapped onto the store, the
-forwarding of writes and syncs down the chain, and the registration and heartbeats to the
-metaserver leader.
+forwarding of writes and syncs down the chain, and what goes to the metaserver leader:
+registration, heartbeats, block reports (``cs.report``) and bad replicas
+(``cs.bad_chunks``). The copy and scrub loops themselves are in ``repair.py``.
 
 What it must not do: touch chunk files (``store.py`` does, in threads run by ``disk.py``),
 or decide anything about placement or versions (the metaserver does; this server only
@@ -22,6 +23,15 @@ Config file (TOML, version 1)::
     heartbeat_ms = 1000                 # optional; 10 .. 60000
     fsync = true                        # optional; false only for tests
     disk_jobs = 4                       # optional; disk operations running at once, 1 .. 64
+    replicate_bytes_per_s = 67108864    # optional; chunk.replicate copy rate, all copies
+                                        # together (default 64 MiB/s; 0: no limit)
+    replicate_jobs = 2                  # optional; copies at once, 1 .. 64 (more wait)
+    report_interval_ms = 60000          # optional; block report period, 10 .. 86400000
+    report_chunks_per_call = 8192       # optional; 1 .. 8192 (smaller only for tests)
+    scrub_bytes_per_s = 16777216        # optional; scrubber rate (default 16 MiB/s; 0: off)
+    scrub_interval_ms = 0               # optional; pause between scrub passes, 0 .. 86400000
+    inject_eio_chunk_ids = []           # optional; TESTS ONLY: reads and data writes of
+                                        # replicas of these chunk ids fail as with EIO
 
 Unknown keys are refused; a bad config exits with code 2 and says what is wrong.
 
@@ -39,7 +49,10 @@ Ops (docs/PROTOCOL.md; ``timeout_ms`` optional on every request, default 5000, a
     chunk.read   {chunk_id, version, offset, size, token, expiry_ms} -> payload
     chunk.sync   {chunk_id, version, token, expiry_ms, chain, [expect_length]} -> {}
     chunk.info   {chunk_id} -> {version, length}
-    cs.status    {} -> {cs_id, uuid, address, capacity_bytes, used_bytes, chunks, pid}
+    chunk.delete {chunks: [[chunk_id, version], ...]} -> {deleted: [chunk_id, ...]}
+    chunk.replicate {chunk_id, version, length, sources, token, expiry_ms} -> {length}
+    cs.status    {} -> {cs_id, uuid, address, capacity_bytes, used_bytes, chunks, pid,
+                        scrub_bytes, scrub_passes, bad_chunks}
 
 Chain replication: ``chunk.write`` and ``chunk.sync`` run locally and, at the same time, on
 ``chain[0]`` with ``chain[1:]``; the answer comes only when both succeeded. An error carries
@@ -51,7 +64,15 @@ Heartbeats: on start, ``cs.register`` (uuid, address, capacity, used, pid) to th
 (the last one known first, then each configured address; ``NotLeader`` hints are followed),
 then ``cs.heartbeat`` every ``heartbeat_ms``. A heartbeat answered ``NotFound`` (the leader
 does not know our id) registers again. With no metaserver answering, data is still served
-and the attempts go on; the change of state (reachable / unreachable) is logged once.
+and the attempts go on; the change of state (reachable / unreachable) is logged once. The
+capacity sent is the store's ``capacity_now``: a full file system shows as full.
+
+Block reports ride on the heartbeat rounds: after a round that reached the leader, a report
+is sent if none has gone to that leader yet (so right after each registration and each
+change of leader) or ``report_interval_ms`` passed since the last. Its parts go back to back
+to one leader; a failure, or a leader change between parts, leaves it due for the next
+round. Bad replicas (store.py rule 6) have their own loop: woken by the store's ``on_bad``
+hook, and every ``heartbeat_ms`` while some are unacknowledged.
 
 Shutdown on SIGTERM/SIGINT: stop listening, refuse new requests, let the ones in flight
 finish (at most ``DRAIN_TIMEOUT_S``), close connections, wait for disk jobs, exit 0.
@@ -72,9 +93,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chunkserver.disk import DISK_JOBS_MAX, AsyncChunkStore
+from chunkserver.disk import DISK_JOBS_MAX, AsyncChunkStore, ChunkLock
 from chunkserver.peers import PeerPool, parse_address
-from chunkserver.store import CHUNK_BYTES_MAX, CHUNK_ID_MAX, READ_BYTES_MAX
+from chunkserver.repair import Scrubber, Throttle, copy_in
+from chunkserver.store import CHUNK_BYTES_MAX, CHUNK_ID_MAX, READ_BYTES_MAX, VERSION_MAX
 from dfs import daemon, rpc
 from dfs.wire.errors import (
     AuthError,
@@ -83,6 +105,7 @@ from dfs.wire.errors import (
     Invalid,
     NotFound,
     NotLeader,
+    Stale,
     Timeout,
     TooBig,
     Unavailable,
@@ -115,10 +138,25 @@ DRAIN_TIMEOUT_S = 5.0
 HEARTBEAT_MS_MIN = 10
 HEARTBEAT_MS_MAX = 60_000
 DISK_JOBS_LIMIT = 64
+# docs/PROTOCOL.md limits of the repair ops.
+DELETE_CHUNKS_MAX = 4096
+SOURCES_MAX = 16
+REPORT_CHUNKS_PER_CALL_MAX = 8192
+BAD_CHUNKS_PER_CALL_MAX = 4096
+# Defaults: a copy at 64 MiB/s moves a 64 MiB chunk in a second without taking a disk's
+# whole bandwidth from clients; the scrubber at 16 MiB/s reads a 1 TB disk in under a day.
+REPLICATE_BYTES_PER_S = 64 * 1024 * 1024
+REPLICATE_JOBS = 2
+REPORT_INTERVAL_MS = 60_000
+SCRUB_BYTES_PER_S = 16 * 1024 * 1024
+INTERVAL_MS_MAX = 86_400_000  # a day
+INJECT_EIO_IDS_MAX = 1024
 
 _CONFIG_KEYS = {
     "listen", "data_dir", "secret_file", "metaservers", "address", "capacity_bytes",
-    "heartbeat_ms", "fsync", "disk_jobs",
+    "heartbeat_ms", "fsync", "disk_jobs", "replicate_bytes_per_s", "replicate_jobs",
+    "report_interval_ms", "report_chunks_per_call", "scrub_bytes_per_s", "scrub_interval_ms",
+    "inject_eio_chunk_ids",
 }  # fmt: skip
 
 
@@ -137,6 +175,13 @@ class ServerConfig:
     heartbeat_ms: int = 1000
     fsync: bool = True
     disk_jobs: int = DISK_JOBS_MAX
+    replicate_bytes_per_s: int = REPLICATE_BYTES_PER_S
+    replicate_jobs: int = REPLICATE_JOBS
+    report_interval_ms: int = REPORT_INTERVAL_MS
+    report_chunks_per_call: int = REPORT_CHUNKS_PER_CALL_MAX
+    scrub_bytes_per_s: int = SCRUB_BYTES_PER_S
+    scrub_interval_ms: int = 0
+    inject_eio_chunk_ids: tuple[int, ...] = ()
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -151,6 +196,7 @@ def load_config(path: Path) -> ServerConfig:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(_CONFIG_KEYS)})")
 
     def get(key: str, tp: type[T], default: T | None = None) -> T:
+        # (A default of None makes the key required.)
         if key not in raw:
             if default is None:
                 raise ValueError(f"{path}: missing key {key!r}")
@@ -198,6 +244,13 @@ def load_config(path: Path) -> ServerConfig:
         heartbeat_ms=get("heartbeat_ms", int, 1000),
         fsync=get("fsync", bool, True),
         disk_jobs=get("disk_jobs", int, DISK_JOBS_MAX),
+        replicate_bytes_per_s=get("replicate_bytes_per_s", int, REPLICATE_BYTES_PER_S),
+        replicate_jobs=get("replicate_jobs", int, REPLICATE_JOBS),
+        report_interval_ms=get("report_interval_ms", int, REPORT_INTERVAL_MS),
+        report_chunks_per_call=get("report_chunks_per_call", int, REPORT_CHUNKS_PER_CALL_MAX),
+        scrub_bytes_per_s=get("scrub_bytes_per_s", int, SCRUB_BYTES_PER_S),
+        scrub_interval_ms=get("scrub_interval_ms", int, 0),
+        inject_eio_chunk_ids=tuple(get("inject_eio_chunk_ids", list, [])),
     )
     if config.capacity_bytes < 0:
         raise ValueError(f"{path}: capacity_bytes must be >= 0 (0: the file system's size)")
@@ -207,6 +260,26 @@ def load_config(path: Path) -> ServerConfig:
         )
     if not 1 <= config.disk_jobs <= DISK_JOBS_LIMIT:
         raise ValueError(f"{path}: disk_jobs must be between 1 and {DISK_JOBS_LIMIT}")
+    for key in ("replicate_bytes_per_s", "scrub_bytes_per_s"):
+        if getattr(config, key) < 0:
+            raise ValueError(f"{path}: {key} must be >= 0 (0: no limit / off)")
+    if not 1 <= config.replicate_jobs <= DISK_JOBS_LIMIT:
+        raise ValueError(f"{path}: replicate_jobs must be between 1 and {DISK_JOBS_LIMIT}")
+    if not HEARTBEAT_MS_MIN <= config.report_interval_ms <= INTERVAL_MS_MAX:
+        raise ValueError(
+            f"{path}: report_interval_ms must be between {HEARTBEAT_MS_MIN} and {INTERVAL_MS_MAX}"
+        )
+    if not 1 <= config.report_chunks_per_call <= REPORT_CHUNKS_PER_CALL_MAX:
+        raise ValueError(
+            f"{path}: report_chunks_per_call must be between 1 and {REPORT_CHUNKS_PER_CALL_MAX}"
+        )
+    if not 0 <= config.scrub_interval_ms <= INTERVAL_MS_MAX:
+        raise ValueError(f"{path}: scrub_interval_ms must be between 0 and {INTERVAL_MS_MAX}")
+    ids = config.inject_eio_chunk_ids
+    if len(ids) > INJECT_EIO_IDS_MAX or not all(
+        type(i) is int and 0 < i <= CHUNK_ID_MAX for i in ids
+    ):
+        raise ValueError(f"{path}: inject_eio_chunk_ids must be a list of chunk ids")
     return config
 
 
@@ -304,6 +377,35 @@ def _expect_length(h: dict[str, Any]) -> int | None:
     return value
 
 
+def _sources(h: dict[str, Any], own_address: str) -> list[str]:
+    sources = field(h, "sources", list)
+    if not 1 <= len(sources) <= SOURCES_MAX:
+        raise Invalid(f"sources must list 1 to {SOURCES_MAX} chunkservers")
+    for address in sources:
+        parse_address(address)  # Invalid unless a "host:port" string
+    if own_address in sources:
+        raise Invalid("sources include this server", address=own_address)
+    return list(sources)
+
+
+def _delete_entries(h: dict[str, Any]) -> list[tuple[int, int]]:
+    chunks = field(h, "chunks", list)
+    if len(chunks) > DELETE_CHUNKS_MAX:
+        raise Invalid(f"more than {DELETE_CHUNKS_MAX} chunks in one chunk.delete")
+    entries = []
+    for entry in chunks:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and all(type(x) is int for x in entry)
+            and 0 < entry[0] <= CHUNK_ID_MAX
+            and 0 <= entry[1] <= VERSION_MAX
+        ):
+            raise Invalid("chunks must be a list of [chunk_id, version]")
+        entries.append((entry[0], entry[1]))
+    return entries
+
+
 def _chain(h: dict[str, Any], own_address: str) -> list[str]:
     chain = field(h, "chain", list, [])
     if len(chain) > CHAIN_MAX:
@@ -350,12 +452,27 @@ class ChunkServer:
         self.meta = PeerPool(secret, name="chunkserver")
         self._meta_leader: str | None = None
         self._meta_up: bool | None = None
-        self._meta_task: asyncio.Task[None] | None = None
+        # The leader that took our last complete block report, and when the next is due
+        # (loop time) even if the leader stays.
+        self._report_leader: str | None = None
+        self._report_next = 0.0
+        # Last outcome of each kind of report ("report", "bad_chunks"): changes are logged.
+        self._report_ok: dict[str, bool] = {}
+        self._bad_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.replicate_throttle = Throttle(config.replicate_bytes_per_s)
+        self._replicate_slots = asyncio.Semaphore(config.replicate_jobs)
+        # One copy of a chunk at a time: a second chunk.replicate of it waits, then finds
+        # the replica there.
+        self._copy_locks: dict[int, ChunkLock] = {}
+        self.scrubber: Scrubber | None = None
         self._ops: dict[str, Op] = {
             "chunk.write": self._chunk_write,
             "chunk.read": self._chunk_read,
             "chunk.sync": self._chunk_sync,
             "chunk.info": self._chunk_info,
+            "chunk.delete": self._chunk_delete,
+            "chunk.replicate": self._chunk_replicate,
             "cs.status": self._cs_status,
         }
 
@@ -379,6 +496,17 @@ class ChunkServer:
             log_prefix=self._log_prefix(),
             disk_jobs_max=cfg.disk_jobs,
         )
+        self.store.store.inject_eio_chunk_ids = frozenset(cfg.inject_eio_chunk_ids)
+        loop = asyncio.get_running_loop()
+
+        def on_bad(chunk_id: int, version: int) -> None:
+            # Called in a disk thread: wake the reporting loop on the event loop. A loop
+            # already closed (shutdown) drops the wake-up: after the restart the replica is
+            # simply absent from the block report.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._bad_wake.set)
+
+        self.store.store.on_bad = on_bad
         self._rpc = await rpc.serve(
             cfg.listen_host,
             cfg.listen_port,
@@ -393,16 +521,23 @@ class ChunkServer:
         self._log(logging.INFO, "listening", address=self.address, uuid=self.uuid,
                   pid=self.pid, chunks=store.chunk_count, used_bytes=store.used_bytes,
                   capacity_bytes=store.capacity_bytes)  # fmt: skip
-        self._meta_task = asyncio.create_task(self._meta_loop())
+        self._tasks.append(asyncio.create_task(self._meta_loop()))
+        self._tasks.append(asyncio.create_task(self._bad_loop()))
+        if cfg.scrub_bytes_per_s > 0:
+            self.scrubber = Scrubber(
+                self.store, cfg.scrub_bytes_per_s, cfg.scrub_interval_ms / 1000
+            )
+            self._tasks.append(asyncio.create_task(self.scrubber.run()))
 
     async def stop(self) -> None:
         self._stopping = True
         if self._rpc is not None and self._rpc.server is not None:
             self._rpc.server.close()  # no new connections
-        if self._meta_task is not None:
-            self._meta_task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._meta_task
+                await task
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 await self._idle.wait()
@@ -528,22 +663,104 @@ class ChunkServer:
             raise NotFound("no replica of this chunk here", chunk_id=chunk_id)
         return {"version": info.version, "length": info.length}, b""
 
+    async def _chunk_delete(
+        self, h: dict[str, Any], payload: bytes, timeout_s: float
+    ) -> rpc.HandlerResult:
+        entries = _delete_entries(h)
+        store = self._store()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        # All at once: the disk pool bounds the threads, and each delete takes its chunk's
+        # lock, so a read or write of that chunk in flight finishes first.
+        removed = await self._local(
+            asyncio.gather(*(store.delete(chunk_id, version) for chunk_id, version in entries)),
+            deadline,
+            "chunk.delete",
+        )
+        deleted = sorted({chunk_id for (chunk_id, _), r in zip(entries, removed, strict=True) if r})
+        if deleted:
+            self._log(logging.INFO, "deleted", chunks=len(deleted), asked=len(entries))
+        return {"deleted": deleted}, b""
+
+    async def _chunk_replicate(
+        self, h: dict[str, Any], payload: bytes, timeout_s: float
+    ) -> rpc.HandlerResult:
+        chunk_id = _chunk_id(h)
+        version = _u64(h, "version")
+        self._check_token(h, chunk_id, version, WRITE)
+        length = uint_field(h, "length")
+        if length > CHUNK_BYTES_MAX:
+            raise TooBig("length past the maximum chunk size", limit=CHUNK_BYTES_MAX)
+        sources = _sources(h, self.address)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        await self._local(
+            self._replicate(chunk_id, version, length, sources, h["token"], h["expiry_ms"],
+                            deadline),
+            deadline,
+            "chunk.replicate",
+        )  # fmt: skip
+        return {"length": length}, b""
+
+    async def _replicate(
+        self,
+        chunk_id: int,
+        version: int,
+        length: int,
+        sources: list[str],
+        token: bytes,
+        expiry_ms: int,
+        deadline: float,
+    ) -> None:
+        store = self._store()
+        lock = self._copy_locks.get(chunk_id)
+        if lock is None:
+            lock = self._copy_locks[chunk_id] = ChunkLock()
+        try:
+            await lock.acquire(True)
+            try:
+                info = store.info(chunk_id)
+                if info is not None and info.version > version:
+                    raise Stale(
+                        "a newer replica is here already",
+                        chunk_id=chunk_id,
+                        version=version,
+                        replica_version=info.version,
+                    )
+                if info is not None and info.version == version and info.length >= length:
+                    return  # already here (an earlier copy, or a client's write)
+                async with self._replicate_slots:
+                    started = asyncio.get_running_loop().time()
+                    await copy_in(
+                        store, self.peers, self.replicate_throttle, chunk_id=chunk_id,
+                        version=version, length=length, sources=sources, token=token,
+                        expiry_ms=expiry_ms, deadline=deadline,
+                    )  # fmt: skip
+                    elapsed_ms = int((asyncio.get_running_loop().time() - started) * 1000)
+                self._log(logging.INFO, "replicated", chunk=chunk_id, version=version,
+                          length=length, elapsed_ms=elapsed_ms)  # fmt: skip
+            finally:
+                lock.release(True)
+        finally:
+            if lock.idle and self._copy_locks.get(chunk_id) is lock:
+                del self._copy_locks[chunk_id]
+
     async def _cs_status(
         self, h: dict[str, Any], payload: bytes, timeout_s: float
     ) -> rpc.HandlerResult:
-        return self._status(), b""
-
-    def _status(self) -> dict[str, Any]:
         store = self._store().store
+        capacity_bytes = await asyncio.to_thread(store.capacity_now)
+        scrubber = self.scrubber
         return {
             "cs_id": self.cs_id,
             "uuid": self.uuid,
             "address": self.address,
-            "capacity_bytes": store.capacity_bytes,
+            "capacity_bytes": capacity_bytes,
             "used_bytes": store.used_bytes,
             "chunks": store.chunk_count,
             "pid": self.pid,
-        }
+            "scrub_bytes": 0 if scrubber is None else scrubber.bytes_verified,
+            "scrub_passes": 0 if scrubber is None else scrubber.passes,
+            "bad_chunks": store.bad_found,
+        }, b""
 
     async def _local(self, job: Awaitable[T], deadline: float, what: str) -> T:
         """A local store operation: errors name this server (the client reports it)."""
@@ -599,7 +816,8 @@ class ChunkServer:
     # ------------------------------------------------------------------ metaserver
 
     async def _meta_loop(self) -> None:
-        """Register, then heartbeat every heartbeat_ms, for the life of the server."""
+        """Register, then heartbeat every heartbeat_ms, for the life of the server; a block
+        report follows a round when one is due."""
         period_s = self.config.heartbeat_ms / 1000
         registered = False
         while True:
@@ -607,8 +825,10 @@ class ChunkServer:
                 if not registered:
                     await self._register()
                     registered = True
+                    self._report_leader = None  # a report right after each registration
                 else:
                     await self._heartbeat()
+                await self._report_if_due()
             except NotFound as e:
                 if registered:
                     # The leader does not know our id (its state was made afresh): register
@@ -624,17 +844,18 @@ class ChunkServer:
                 log.exception("chunkserver cs=%s event=heartbeat_failed", self.cs_id or "?")
             await asyncio.sleep(period_s)  # the heartbeat period, not a wait for a condition
 
-    def _meta_fields(self) -> dict[str, Any]:
+    async def _meta_fields(self) -> dict[str, Any]:
         store = self._store().store
         return {
             "address": self.address,
-            "capacity_bytes": store.capacity_bytes,
+            "capacity_bytes": await asyncio.to_thread(store.capacity_now),
             "used_bytes": store.used_bytes,
             "pid": self.pid,
         }
 
     async def _register(self) -> None:
-        header = await self._meta_call("cs.register", uuid=self.uuid, **self._meta_fields())
+        fields = await self._meta_fields()
+        header = await self._meta_call("cs.register", uuid=self.uuid, **fields)
         cs_id = uint_field(header, "cs_id")
         if cs_id < 1:
             raise Invalid("metaserver gave cs_id 0")
@@ -652,14 +873,90 @@ class ChunkServer:
 
     async def _heartbeat(self) -> None:
         store = self._store().store
+        fields = await self._meta_fields()
         await self._meta_call(
-            "cs.heartbeat",
-            cs_id=self.cs_id,
-            chunks=store.chunk_count,
-            load=self.load,
-            **self._meta_fields(),
+            "cs.heartbeat", cs_id=self.cs_id, chunks=store.chunk_count, load=self.load, **fields
         )
         self._meta_state(True, f"leader={self._meta_leader}")
+
+    async def _report_if_due(self) -> None:
+        """Send a block report when none went to this leader yet or the interval passed.
+        A failure is logged (once per change) and leaves it due for the next round."""
+        loop = asyncio.get_running_loop()
+        leader = self._meta_leader
+        if leader == self._report_leader and loop.time() < self._report_next:
+            return
+        try:
+            chunks, parts = await self._block_report(leader)
+        except DfsError as e:
+            self._report_state("report", False, f"error={str(e)!r}")
+            return
+        except Exception:
+            log.exception("chunkserver cs=%s event=report_failed", self.cs_id or "?")
+            return
+        self._report_leader = leader
+        self._report_next = loop.time() + self.config.report_interval_ms / 1000
+        self._report_state("report", True, f"leader={leader}")
+        self._log(logging.INFO, "block_report", chunks=chunks, parts=parts, leader=leader)
+
+    async def _block_report(self, leader: str | None) -> tuple[int, int]:
+        """``cs.report`` in parts of ``report_chunks_per_call`` (id order), all to
+        ``leader``; returns (chunks, parts)."""
+        replicas = await asyncio.to_thread(self._store().list_chunks)
+        per_call = self.config.report_chunks_per_call
+        parts = max(1, -(-len(replicas) // per_call))
+        for part in range(parts):
+            if self._meta_leader != leader:
+                # A metaserver that did not see part 0 cannot use the rest: start again.
+                raise Unavailable("the leader changed during a block report")
+            page = replicas[part * per_call : (part + 1) * per_call]
+            await self._meta_call(
+                "cs.report",
+                cs_id=self.cs_id,
+                chunks=[[r.chunk_id, r.version, r.length] for r in page],
+                part=part,
+                final=part == parts - 1,
+            )
+        return len(replicas), parts
+
+    async def _bad_loop(self) -> None:
+        """Tell the leader about bad replicas (store.py rule 6) as soon as they are found,
+        and again every heartbeat_ms until it acknowledges them."""
+        period_s = self.config.heartbeat_ms / 1000
+        while True:
+            self._bad_wake.clear()  # before looking: a replica found bad after this wakes us
+            pending = self._store().store.bad_pending(BAD_CHUNKS_PER_CALL_MAX)
+            if pending and self.cs_id:
+                try:
+                    await self._meta_call(
+                        "cs.bad_chunks", cs_id=self.cs_id, chunks=[list(p) for p in pending]
+                    )
+                except DfsError as e:
+                    self._report_state("bad_chunks", False, f"error={str(e)!r}")
+                except Exception:
+                    log.exception("chunkserver cs=%s event=bad_chunks_failed", self.cs_id or "?")
+                else:
+                    self._store().store.bad_acknowledged(pending)
+                    self._report_state("bad_chunks", True, f"leader={self._meta_leader}")
+                    self._log(logging.INFO, "bad_chunks_reported",
+                              chunks=",".join(f"{i}:{v}" for i, v in pending[:16]),
+                              count=len(pending))  # fmt: skip
+                    continue  # more may be waiting
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period_s):
+                    await self._bad_wake.wait()  # a new bad replica, or the retry period
+
+    def _report_state(self, kind: str, ok: bool, detail: str) -> None:
+        """Log a report kind's failures and recoveries once per change (a metaserver that
+        does not take them yet would otherwise fill the log every second)."""
+        if self._report_ok.get(kind) == ok:
+            return
+        first = kind not in self._report_ok
+        self._report_ok[kind] = ok
+        if ok and first:
+            return  # a first success is not news
+        event = f"{kind}_ok" if ok else f"{kind}_failed"
+        log.info("chunkserver cs=%s event=%s %s", self.cs_id or "?", event, detail)
 
     def _meta_state(self, up: bool, detail: str) -> None:
         """Log reachability once per change, not once per attempt."""

@@ -1,8 +1,9 @@
 """Chunk replicas on local disk: one file per replica, versions, per-block checksums.
 
-What it owns: the files under ``<data_dir>/chunks/`` and ``<data_dir>/quarantine/``, the
+What it owns: the files under ``<data_dir>/chunks/``, ``quarantine/`` and ``tmp/``, the
 in-memory table of replicas (id, version, length) rebuilt by a header-only scan at start,
-the capacity accounting, and the mapping of disk errors onto ``dfs.wire.errors``.
+the bad replicas found since, the capacity accounting, and the mapping of disk errors onto
+``dfs.wire.errors``.
 
 What it must not do: know the network, tokens or the chain (``server.py`` does), or run on
 the event loop. Every method here blocks on the disk; ``disk.py`` runs them in a bounded
@@ -14,8 +15,8 @@ Rules, and where they are checked:
 1. A path is built only from the integer chunk id (``chunk_path``), never from a string a
    peer sent. Names found on disk are parsed back to integers before use.
 2. Bytes are returned only after every 64 KiB block they come from matched its xxh3_64
-   checksum (``read``). A mismatch, or a block missing from a short file, is ``Corrupt``
-   and returns nothing. A write that keeps part of an old block verifies that part first
+   checksum (``read``). A mismatch, or a block missing from a short file, is ``Corrupt``,
+   returns nothing and makes the replica bad (rule 6). A write that keeps part of an old block verifies that part first
    (``_write_blocks``, ``_truncate``), so a bad block is never re-checksummed into a good one.
 3. Versions (docs/PROTOCOL.md, ``chunk.write``): a write for a version older than the
    replica's is ``Stale``; a write for a newer version first truncates the replica to the
@@ -23,23 +24,40 @@ Rules, and where they are checked:
    a read of any version but the replica's is ``Stale``.
 4. Nothing is fsynced unless asked (``sync``, or ``write(..., sync=True)``): a synced replica
    survives a crash exactly, including its name (the directory is fsynced after a create).
-5. A disk error never crashes the server: ENOSPC/EDQUOT is ``NoSpace``; any other ``OSError``
-   is logged once with its reason and becomes ``Corrupt`` (reads) or ``Unavailable``
-   (writes, syncs) for that replica.
-6. A replica whose fdatasync failed is never served again: Linux may mark the unwritten pages
-   clean after a failed fsync, so the page cache could hand back bytes the disk never got
-   (PostgreSQL's "fsyncgate"). Reads of it are ``Corrupt``, writes and syncs
-   ``Unavailable``, until it is deleted. The same holds for a replica whose cut (a version
-   bump to a shorter ``length``) failed before its header and the replica table said so:
-   its file no longer matches any description we have.
+5. A disk error never crashes the server. ENOSPC/EDQUOT is ``NoSpace``: a write first
+   preallocates the file range it is about to fill (``_preallocate``), so a full disk is
+   found before a byte of the replica changes, and the replica stays as it was (or as its
+   bump's cut left it, rule 7), not bad. A process out of descriptors or memory (EMFILE,
+   ENFILE, ENOMEM) is ``Unavailable`` and says nothing of the replica. Any other ``OSError``
+   on a replica's file (EIO above all) makes the replica bad (rule 6) and is ``Corrupt`` to
+   a read, ``Unavailable`` to a write or sync; each is logged once with its reason.
+6. A bad replica is never served again. A replica is bad when a block fails its checksum or
+   is missing from a short file (rule 2), when a disk error hits its file (rule 5), when its
+   fdatasync failed (Linux may mark the unwritten pages clean after a failed fsync, so the
+   page cache could hand back bytes the disk never got: PostgreSQL's "fsyncgate"), or when
+   its cut (a version bump to a shorter ``length``) failed before its header and the replica
+   table said so (its file no longer matches any description we have). ``_mark_bad`` takes
+   it out of the replica table (not listed, not counted as used), moves its file to
+   ``quarantine/``, remembers (id, version) for the metaserver (``bad_pending``,
+   ``on_bad``), and from then on reads of that id are ``Corrupt``, writes and syncs
+   ``Unavailable``, until ``delete`` removes it or ``install_incoming`` puts a good copy in
+   its place. After a restart the quarantined file is only a file to delete (the id reads
+   as absent, ``NotFound``).
 7. The replica table always describes the file: a bump that cut the file records the new
    version and the cut length (header and table) before the data is written, so a data
-   write that fails afterwards (EIO, ENOSPC) leaves a replica at the new version holding
+   write that fails afterwards on a full disk leaves a replica at the new version holding
    exactly the handle's ``length`` bytes, as a zero-length bump write would.
 8. A writer's expectation (docs/PROTOCOL.md, ``expect_length``): the highest end the writer
    saw acknowledged under this version. A replica shorter than that lost acknowledged bytes
    (a crash before they were synced): a write past its end (the gap would read as zeros
    where data was), a ``sync`` write that would leave it short, and a ``sync`` are ``Stale``.
+9. A copied-in replica (``chunk.replicate``) is built whole in ``tmp/`` and fsynced before
+   ``install_incoming`` renames it over the chunk's path: a crash or a failed copy never
+   leaves a part-copy where a replica is looked for, and an older replica it replaces stays
+   readable until the rename. ``tmp/`` is emptied at start.
+10. ``delete(chunk_id, version)`` removes a replica only at that version or older: a
+   metaserver that judged version v stale never deletes a v+1 written since. Bad and
+   quarantined copies of the id go too, whatever their version.
 
 ON-DISK FORMAT, version 1 (``FORMAT_VERSION``) -- the one canonical definition
 =============================================================================
@@ -49,8 +67,10 @@ Layout of ``<data_dir>``::
     chunks/<xx>/<id16>.chunk   one replica; <xx> = chunk_id % 256 as 2 lowercase hex digits,
                                <id16> = chunk_id as 16 lowercase hex digits
     quarantine/<id16>.<reason>.<time_ns>.chunk
-                               files whose header failed to parse at start (kept for a human;
-                               never read again, not counted as used)
+                               files whose header failed to parse at start, and bad replicas
+                               (rule 6); never read again, not counted as used, removed by
+                               ``delete`` or ``install_incoming`` of their id
+    tmp/<id16>.<time_ns>.part  a replica being copied in (rule 9); removed at start
 
 A replica file (all integers big-endian)::
 
@@ -109,7 +129,8 @@ import re
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
@@ -151,6 +172,12 @@ assert DATA_OFFSET == 135168
 
 _SUBDIR_RE = re.compile(r"[0-9a-f]{2}")
 _FILE_RE = re.compile(r"([0-9a-f]{16})\.chunk")
+_QUARANTINE_RE = re.compile(r"([0-9a-f]{16})\.[a-z_]+\.[0-9]+\.chunk")
+
+# Errors that say the process is short of a resource, not that a replica's file is bad:
+# they fail the request (Unavailable) and leave the replica as it is (rule 5).
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+_NOSPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 _hash = xxhash.xxh3_64_intdigest
 _ZERO_BLOCK_SUM = _hash(bytes(BLOCK_BYTES))
@@ -177,12 +204,38 @@ class _Replica:
     dirty: bool = True
     # Created since its directory was last fsynced: its name may not survive a crash.
     name_unsynced: bool = False
-    # Why the replica may not be served (rule 6: an fdatasync or a cut failed); "" when
-    # healthy. Never cleared (the replica must be deleted).
-    failed: str = ""
 
     def info(self) -> ReplicaInfo:
         return ReplicaInfo(self.chunk_id, self.version, self.length)
+
+
+@dataclass(slots=True)
+class _BadReplica:
+    """A replica found bad in this run (rule 6): what the metaserver is told, until it acks."""
+
+    version: int
+    reason: str
+    reported: bool = False
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A replica being copied in (rule 9): a file in ``tmp/`` until ``install_incoming``.
+
+    Its methods on ``ChunkStore`` take ``lock`` in the thread that runs them, so that an
+    abort issued while a write job still runs (its request was cancelled) waits for that job
+    instead of closing the descriptor under it.
+    """
+
+    chunk_id: int
+    version: int
+    length: int
+    path: Path
+    fd: int
+    footprint_bytes: int
+    written: int = 0
+    closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 # ---------------------------------------------------------------------- format (pure)
@@ -269,7 +322,10 @@ class ChunkStore:
     ``capacity_bytes`` 0 means the file system's size. ``chunk_bytes_max`` (at most
     ``CHUNK_BYTES_MAX``) bounds ``offset + size`` of every write. ``fsync`` False makes
     ``sync`` a no-op (tests only). ``log_prefix`` starts every log line (the server puts
-    its id there once it has one).
+    its id there once it has one). ``on_bad(chunk_id, version)`` is called (in the thread
+    that found it) each time a replica turns bad. ``inject_eio_chunk_ids`` is a test hook:
+    every read and every data write of a replica of those ids fails as if the disk answered
+    EIO (the server sets it from its config; see ``_inject_eio``).
     """
 
     def __init__(
@@ -285,22 +341,31 @@ class ChunkStore:
         self.root = Path(root)
         self.chunks_dir = self.root / "chunks"
         self.quarantine_dir = self.root / "quarantine"
+        self.tmp_dir = self.root / "tmp"
         self.chunk_bytes_max = chunk_bytes_max
         self.fsync = fsync
         self.log_prefix = log_prefix
+        self.on_bad: Callable[[int, int], None] | None = None
+        self.inject_eio_chunk_ids: frozenset[int] = frozenset()
         self.chunks_dir.mkdir(parents=True, exist_ok=True)
         if capacity_bytes == 0:
             st = os.statvfs(self.chunks_dir)
             capacity_bytes = st.f_blocks * st.f_frsize
         self.capacity_bytes = capacity_bytes
-        # Guards the replica table, used_bytes and _subdirs_unsynced; per-chunk state is
-        # the caller's to serialise (disk.py).
+        # Guards the replica table, used_bytes, the bad and quarantined tables and
+        # _subdirs_unsynced; per-chunk state is the caller's to serialise (disk.py).
         self._mutex = threading.Lock()
         self._replicas: dict[int, _Replica] = {}
         self._used_bytes = 0
+        # Replicas found bad in this run (rule 6), and every file in quarantine/ by id.
+        self._bad: dict[int, _BadReplica] = {}
+        self._quarantined: dict[int, list[Path]] = {}
         # Sub-directories created since the chunks directory was last fsynced.
         self._subdirs_unsynced: set[int] = set()
-        self.quarantined = 0
+        self.quarantined = 0  # files quarantined by this store (at start or found bad)
+        self.bad_found = 0  # replicas found bad since start
+        self._clear_tmp()
+        self._scan_quarantine()
         self._scan()
 
     # ------------------------------------------------------------------ queries
@@ -317,8 +382,13 @@ class ChunkStore:
         replica = self._replicas.get(chunk_id)
         return None if replica is None else replica.info()
 
+    def is_bad(self, chunk_id: int) -> bool:
+        """True while a replica of this id found bad in this run waits to be deleted."""
+        return chunk_id in self._bad and chunk_id not in self._replicas
+
     def list_chunks(self) -> list[ReplicaInfo]:
-        """Every replica (id, version, length), in id order: the block report."""
+        """Every replica (id, version, length), in id order: the block report. Bad replicas
+        are not replicas any more (rule 6) and are not listed."""
         with self._mutex:
             replicas = list(self._replicas.values())
         return sorted((r.info() for r in replicas), key=lambda r: r.chunk_id)
@@ -326,7 +396,59 @@ class ChunkStore:
     def path(self, chunk_id: int) -> Path:
         return self.root / chunk_relpath(chunk_id)
 
+    def fs_free_bytes(self) -> int | None:
+        """Room left on the file system for us (statvfs ``f_bavail``); None if unknown."""
+        try:
+            st = os.statvfs(self.chunks_dir)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def capacity_now(self) -> int:
+        """The capacity to advertise: the configured one, or less when the file system has
+        less room (``used_bytes`` + its free space), so that a full file system shows full."""
+        free = self.fs_free_bytes()
+        if free is None:
+            return self.capacity_bytes
+        return min(self.capacity_bytes, self._used_bytes + free)
+
+    def bad_pending(self, limit: int) -> list[tuple[int, int]]:
+        """Up to ``limit`` bad replicas (id, version) the metaserver has not acknowledged."""
+        with self._mutex:
+            pending = [(i, b.version) for i, b in self._bad.items() if not b.reported]
+        return sorted(pending)[:limit]
+
+    def bad_acknowledged(self, entries: list[tuple[int, int]]) -> None:
+        """The metaserver took these (id, version) reports: do not send them again."""
+        with self._mutex:
+            for chunk_id, version in entries:
+                bad = self._bad.get(chunk_id)
+                if bad is not None and bad.version == version:
+                    bad.reported = True
+
     # ------------------------------------------------------------------ start-up scan
+
+    def _clear_tmp(self) -> None:
+        """Remove copies that were being made when the last run ended (rule 9)."""
+        self.tmp_dir.mkdir(exist_ok=True)
+        removed = 0
+        for entry in os.scandir(self.tmp_dir):
+            if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                os.unlink(entry.path)
+                removed += 1
+        if removed:
+            log.info("%s event=incoming_discarded files=%d reason=left_by_the_last_run",
+                     self.log_prefix, removed)  # fmt: skip
+
+    def _scan_quarantine(self) -> None:
+        """Index quarantine/ by chunk id, so that ``delete`` can remove a chunk's files."""
+        if not self.quarantine_dir.is_dir():
+            return
+        for entry in os.scandir(self.quarantine_dir):
+            match = _QUARANTINE_RE.fullmatch(entry.name)
+            if match is not None and entry.is_file(follow_symlinks=False):
+                chunk_id = int(match[1], 16)
+                self._quarantined.setdefault(chunk_id, []).append(Path(entry.path))
 
     def _scan(self) -> None:
         """Find every replica by reading headers only; quarantine files that do not parse."""
@@ -368,18 +490,58 @@ class ChunkStore:
                  self.log_prefix, len(self._replicas), self._used_bytes, self.quarantined,
                  (time.monotonic() - started) * 1000)  # fmt: skip
 
-    def _quarantine(self, path: Path, chunk_id: int, reason: str, detail: str = "") -> None:
-        # ``reason`` is one of our own constants and the id an integer: no peer string here.
-        self.quarantine_dir.mkdir(exist_ok=True)
+    def _quarantine(self, path: Path, chunk_id: int, reason: str, detail: str = "") -> bool:
+        """Move ``path`` to quarantine/; False (logged) if the rename failed. ``reason`` is one
+        of our own constants and the id an integer: no peer string reaches a path."""
         target = self.quarantine_dir / f"{chunk_id:016x}.{reason}.{time.time_ns()}.chunk"
         log.warning("%s event=quarantined chunk=%d path=%s reason=%s detail=%r",
                     self.log_prefix, chunk_id, path, reason, detail)  # fmt: skip
         try:
+            self.quarantine_dir.mkdir(exist_ok=True)
             os.rename(path, target)
         except OSError as e:
             log.warning("%s event=quarantine_failed path=%s reason=%s",
                         self.log_prefix, path, e)  # fmt: skip
+            return False
+        with self._mutex:
+            self._quarantined.setdefault(chunk_id, []).append(target)
         self.quarantined += 1
+        return True
+
+    # ------------------------------------------------------------------ bad replicas
+
+    def _mark_bad(self, replica: _Replica, reason: str, detail: str) -> None:
+        """Rule 6: take ``replica`` out of service for good, keep its file in quarantine/,
+        and queue it for the metaserver. Idempotent: of two readers that find the same
+        replica bad, the first marks it."""
+        chunk_id = replica.chunk_id
+        with self._mutex:
+            if self._replicas.get(chunk_id) is not replica:
+                return
+            del self._replicas[chunk_id]
+            self._used_bytes -= replica.footprint_bytes
+            self._bad[chunk_id] = _BadReplica(replica.version, reason)
+            self.bad_found += 1
+        log.warning("%s event=replica_bad chunk=%d version=%d reason=%s detail=%r",
+                    self.log_prefix, chunk_id, replica.version, reason, detail)  # fmt: skip
+        path = self.path(chunk_id)
+        if self._quarantine(path, chunk_id, reason, detail):
+            # Best effort: a rename lost in a crash brings the file back as a replica, which
+            # is then found bad again (or judged stale by the metaserver).
+            with contextlib.suppress(OSError):
+                self._fsync_dir(self.quarantine_dir)
+                self._fsync_dir(path.parent)
+        elif path.exists():
+            # Not moved: keep it where it is, but still as this id's file to delete.
+            with self._mutex:
+                self._quarantined.setdefault(chunk_id, []).append(path)
+        if self.on_bad is not None:
+            self.on_bad(chunk_id, replica.version)
+
+    def _inject_eio(self, chunk_id: int) -> None:
+        """Test hook (config ``inject_eio_chunk_ids``): fail as a dying disk would."""
+        if chunk_id in self.inject_eio_chunk_ids:
+            raise OSError(errno.EIO, "Input/output error (injected by inject_eio_chunk_ids)")
 
     # ------------------------------------------------------------------ write
 
@@ -414,6 +576,8 @@ class ChunkStore:
         replica = self._replicas.get(chunk_id)
         creating = replica is None
         if replica is None:
+            if chunk_id in self._bad:
+                raise Unavailable("replica is bad: waiting to be deleted", chunk_id=chunk_id)
             if length > 0 and not (offset == 0 and n >= length):
                 raise NotFound(
                     "no replica of this chunk here, and the handle says it holds data",
@@ -429,8 +593,6 @@ class ChunkStore:
                     version=version,
                     replica_version=replica.version,
                 )
-            if replica.failed:
-                raise Unavailable(f"replica failed: {replica.failed}", chunk_id=chunk_id)
             old_version, old_length = replica.version, replica.length
             old_footprint = replica.footprint_bytes
         bump = not creating and version > old_version
@@ -460,10 +622,12 @@ class ChunkStore:
                 expect_length=expect_length,
             )
         new_footprint = footprint_bytes(new_length)
-        self._reserve(chunk_id, new_footprint - old_footprint)
+        self._reserve(chunk_id, new_footprint - old_footprint, check_disk=creating)
         # The footprint the replica table holds for this replica (see rule 7).
         settled_footprint = old_footprint
-        cutting = False
+        # How far the write got: a failure before "cut" or in "allocate" changed nothing
+        # the replica table describes; one in "cut", "data" or "sync" may have (rule 6).
+        stage = "open"
         path = self.path(chunk_id)
         fd = -1
         try:
@@ -478,7 +642,7 @@ class ChunkStore:
                 # Only a bump cuts (rule 3). From the first byte the cut changes until the
                 # table describes the result, a failure leaves a file we cannot describe.
                 assert replica is not None and bump
-                cutting = True
+                stage = "cut"
                 self._truncate(fd, chunk_id, old_length, base_length)
                 _pwrite_all(fd, encode_header(chunk_id, version, base_length), 0)
                 settled_footprint = footprint_bytes(base_length)
@@ -486,24 +650,24 @@ class ChunkStore:
                     replica.version = version
                     replica.length = base_length
                     replica.footprint_bytes = settled_footprint
-                cutting = False
             if n:
+                stage = "allocate"
                 if offset > base_length and os.fstat(fd).st_size > DATA_OFFSET + base_length:
                     # Junk past the valid length (a crash, or a truncate) must not show
                     # through the gap: cut it off so the gap is a hole, read as zeros.
                     os.ftruncate(fd, DATA_OFFSET + base_length)
+                self._preallocate(fd, offset, n)
+                stage = "data"
+                self._inject_eio(chunk_id)
                 self._write_blocks(fd, chunk_id, base_length, offset, view)
+            stage = "data"
             if creating or bump or new_length != old_length:
                 _pwrite_all(fd, encode_header(chunk_id, version, new_length), 0)
             if sync and self.fsync:
-                self._fdatasync(fd, chunk_id, replica)
+                stage = "sync"
+                os.fdatasync(fd)
         except BaseException as e:
             self._release(new_footprint - settled_footprint)
-            if cutting:
-                assert replica is not None
-                replica.failed = "a cut failed"
-                log.warning("%s event=replica_failed chunk=%d reason=%r",
-                            self.log_prefix, chunk_id, "cut failed")  # fmt: skip
             if fd >= 0:
                 os.close(fd)
                 fd = -1
@@ -511,8 +675,15 @@ class ChunkStore:
                 # Best effort: a half-made file would be quarantined at the next start.
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-            if isinstance(e, FileNotFoundError) and not creating:
-                raise self._vanished(chunk_id, e) from e
+            else:
+                assert replica is not None
+                if isinstance(e, FileNotFoundError):
+                    raise self._vanished(replica, e) from e
+                if isinstance(e, Corrupt):
+                    self._mark_bad(replica, "checksum", str(e))
+                elif isinstance(e, OSError) and not self._harmless(e, stage):
+                    reason = {"cut": "cut_failed", "sync": "sync_failed"}.get(stage, "disk_error")
+                    self._mark_bad(replica, reason, f"write: {e}")
             if isinstance(e, OSError):
                 raise self._disk_error(e, chunk_id, "write") from e
             raise
@@ -533,6 +704,32 @@ class ChunkStore:
             replica.dirty = False
         return replica.info()
 
+    @staticmethod
+    def _harmless(e: OSError, stage: str) -> bool:
+        """Rule 5: did this error leave the replica as the table describes it? A full disk
+        is found by the preallocation, before any byte changed; a process short of
+        descriptors or memory fails before it opens the file."""
+        if e.errno in _NOSPACE_ERRNOS:
+            return stage in ("open", "allocate")
+        return e.errno in _RESOURCE_ERRNOS and stage == "open"
+
+    def _preallocate(self, fd: int, offset: int, size: int) -> None:
+        """Reserve the disk space a write of ``size`` bytes at chunk ``offset`` fills (its
+        data and its checksum entries) before writing any of it, so that ENOSPC comes from
+        here and not from a write half done (rule 5). Already allocated ranges cost an
+        extent lookup."""
+        assert size > 0
+        first = offset // BLOCK_BYTES
+        last = (offset + size - 1) // BLOCK_BYTES
+        try:
+            os.posix_fallocate(fd, TABLE_OFFSET + SUM_BYTES * first, SUM_BYTES * (last - first + 1))
+            os.posix_fallocate(fd, DATA_OFFSET + offset, size)
+        except OSError as e:
+            # A file system that cannot preallocate (glibc emulates it where the kernel
+            # cannot, so this is rare) loses only the early ENOSPC, not correctness.
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+
     def _create_file(self, chunk_id: int, path: Path) -> int:
         subdir = chunk_id % 256
         if not path.parent.is_dir():
@@ -547,14 +744,21 @@ class ChunkStore:
             os.unlink(path)
             return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
 
-    def _reserve(self, chunk_id: int, growth_bytes: int) -> None:
+    def _reserve(self, chunk_id: int, growth_bytes: int, *, check_disk: bool = False) -> None:
+        """Count ``growth_bytes`` as used, or ``NoSpace`` past the configured capacity. With
+        ``check_disk`` (a new replica) the file system's free space must hold it too."""
+        disk_free = self.fs_free_bytes() if check_disk and growth_bytes > 0 else None
         with self._mutex:
-            if growth_bytes > 0 and self._used_bytes + growth_bytes > self.capacity_bytes:
+            free = self.capacity_bytes - self._used_bytes
+            if disk_free is not None:
+                free = min(free, disk_free)
+            if growth_bytes > 0 and growth_bytes > free:
                 raise NoSpace(
                     "chunkserver full",
                     chunk_id=chunk_id,
                     capacity_bytes=self.capacity_bytes,
                     used_bytes=self._used_bytes,
+                    free_bytes=max(free, 0),
                 )
             self._used_bytes += growth_bytes
 
@@ -636,13 +840,16 @@ class ChunkStore:
 
     def read(self, chunk_id: int, version: int, offset: int, size: int) -> memoryview:
         """Up to ``size`` bytes from ``offset``, every block verified (rule 2). Shorter at
-        the replica's end; empty at or past it."""
+        the replica's end; empty at or past it. A mismatch or a disk error makes the
+        replica bad (rule 6) and is ``Corrupt``."""
         _check_ids(chunk_id, version)
         if offset < 0 or not 0 <= size <= READ_BYTES_MAX:
             raise Invalid("bad offset or size", chunk_id=chunk_id, limit=READ_BYTES_MAX)
-        replica = self._get(chunk_id)
-        if replica.failed:
-            raise Corrupt(f"replica failed: {replica.failed}", chunk_id=chunk_id)
+        replica = self._replicas.get(chunk_id)
+        if replica is None:
+            if chunk_id in self._bad:
+                raise Corrupt("replica is bad: waiting to be deleted", chunk_id=chunk_id)
+            raise NotFound("no replica of this chunk here", chunk_id=chunk_id)
         if version != replica.version:
             raise Stale(
                 "read of another version than the replica's",
@@ -659,6 +866,7 @@ class ChunkStore:
         stop = min((last + 1) * BLOCK_BYTES, replica.length)
         buf = memoryview(bytearray(stop - start))
         try:
+            self._inject_eio(chunk_id)
             fd = os.open(self.path(chunk_id), os.O_RDONLY)
             try:
                 got = _pread_into(fd, buf, DATA_OFFSET + start)
@@ -666,19 +874,25 @@ class ChunkStore:
             finally:
                 os.close(fd)
         except FileNotFoundError as e:
-            raise self._vanished(chunk_id, e) from e
+            raise self._vanished(replica, e) from e
         except OSError as e:
+            if not self._harmless(e, "open"):
+                self._mark_bad(replica, "disk_error", f"read: {e}")
             raise self._disk_error(e, chunk_id, "read") from e
-        if len(raw) != SUM_BYTES * (last - first + 1):
-            raise self._corrupt(chunk_id, first, "checksum table cut short")
-        sums = struct.unpack(f">{last - first + 1}Q", raw)
-        for i, expected in enumerate(sums):
-            lo = i * BLOCK_BYTES
-            hi = min(lo + BLOCK_BYTES, len(buf))
-            if got < hi:
-                raise self._corrupt(chunk_id, first + i, "block cut short")
-            if _hash(buf[lo:hi]) != expected:
-                raise self._corrupt(chunk_id, first + i, "checksum mismatch")
+        try:
+            if len(raw) != SUM_BYTES * (last - first + 1):
+                raise self._corrupt(chunk_id, first, "checksum table cut short")
+            sums = struct.unpack(f">{last - first + 1}Q", raw)
+            for i, expected in enumerate(sums):
+                lo = i * BLOCK_BYTES
+                hi = min(lo + BLOCK_BYTES, len(buf))
+                if got < hi:
+                    raise self._corrupt(chunk_id, first + i, "block cut short")
+                if _hash(buf[lo:hi]) != expected:
+                    raise self._corrupt(chunk_id, first + i, "checksum mismatch")
+        except Corrupt as e:
+            self._mark_bad(replica, "checksum", str(e))
+            raise
         return buf[offset - start : end - start]
 
     # ------------------------------------------------------------------ sync, delete
@@ -689,7 +903,11 @@ class ChunkStore:
         """Make the replica durable: data, checksums, header, and its name. With
         ``version``, a replica at another version is ``Stale``; with ``expect_length``, a
         replica shorter than that is ``Stale`` (rule 8)."""
-        replica = self._get(chunk_id)
+        replica = self._replicas.get(chunk_id)
+        if replica is None:
+            if chunk_id in self._bad:
+                raise Unavailable("replica is bad: waiting to be deleted", chunk_id=chunk_id)
+            raise NotFound("no replica of this chunk here", chunk_id=chunk_id)
         if version is not None and version != replica.version:
             raise Stale(
                 "sync of another version than the replica's",
@@ -697,8 +915,6 @@ class ChunkStore:
                 version=version,
                 replica_version=replica.version,
             )
-        if replica.failed:
-            raise Unavailable(f"replica failed: {replica.failed}", chunk_id=chunk_id)
         if expect_length is not None and replica.length < expect_length:
             raise Stale(
                 "replica shorter than the writer's acknowledged length",
@@ -707,16 +923,20 @@ class ChunkStore:
                 expect_length=expect_length,
             )
         if replica.dirty:
+            stage = "open"
             try:
                 fd = os.open(self.path(chunk_id), os.O_RDONLY)
                 try:
                     if self.fsync:
-                        self._fdatasync(fd, chunk_id, replica)
+                        stage = "sync"
+                        os.fdatasync(fd)
                 finally:
                     os.close(fd)
             except FileNotFoundError as e:
-                raise self._vanished(chunk_id, e) from e
+                raise self._vanished(replica, e) from e
             except OSError as e:
+                if stage == "sync" or e.errno not in _RESOURCE_ERRNOS:
+                    self._mark_bad(replica, "sync_failed", f"sync: {e}")
                 raise self._disk_error(e, chunk_id, "sync") from e
             replica.dirty = False
         self._sync_names(replica)
@@ -741,15 +961,6 @@ class ChunkStore:
             raise self._disk_error(e, replica.chunk_id, "sync") from e
         replica.name_unsynced = False
 
-    def _fdatasync(self, fd: int, chunk_id: int, replica: _Replica | None) -> None:
-        try:
-            os.fdatasync(fd)
-        except OSError:
-            # Rule 6. A replica being created is unlinked by the caller instead.
-            if replica is not None:
-                replica.failed = "an fdatasync failed"
-            raise
-
     def _fsync_dir(self, path: Path) -> None:
         if not self.fsync:
             return
@@ -759,51 +970,192 @@ class ChunkStore:
         finally:
             os.close(fd)
 
-    def delete(self, chunk_id: int) -> None:
-        """Remove the replica (a stale or unknown chunk). Not fsynced: a deleted replica that
-        comes back after a crash is stale or unknown again, and deleted again."""
-        replica = self._get(chunk_id)
-        try:
-            os.unlink(self.path(chunk_id))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise self._disk_error(e, chunk_id, "delete") from e
+    def delete(self, chunk_id: int, version: int | None = None) -> bool:
+        """Remove the replica if its version is ``version`` or older (any version when
+        None), and every bad or quarantined file of the id (rule 10). True if anything was
+        removed. Not fsynced: a deleted replica that comes back after a crash is stale or
+        unknown again, and deleted again."""
+        removed = False
+        replica = self._replicas.get(chunk_id)
+        if replica is not None and (version is None or replica.version <= version):
+            try:
+                os.unlink(self.path(chunk_id))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise self._disk_error(e, chunk_id, "delete") from e
+            with self._mutex:
+                if self._replicas.get(chunk_id) is replica:
+                    del self._replicas[chunk_id]
+                    self._used_bytes -= replica.footprint_bytes
+            removed = True
+        return self._delete_quarantined(chunk_id) or removed
+
+    def _delete_quarantined(self, chunk_id: int) -> bool:
         with self._mutex:
-            self._replicas.pop(chunk_id, None)
-            self._used_bytes -= replica.footprint_bytes
+            self._bad.pop(chunk_id, None)
+            paths = self._quarantined.pop(chunk_id, [])
+        kept = []
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("%s event=quarantine_delete_failed chunk=%d path=%s reason=%s",
+                            self.log_prefix, chunk_id, path, e)  # fmt: skip
+                kept.append(path)
+        if kept:
+            with self._mutex:
+                self._quarantined.setdefault(chunk_id, []).extend(kept)
+        return bool(paths)
+
+    # ------------------------------------------------------------------ incoming copies
+
+    def begin_incoming(self, chunk_id: int, version: int, length: int) -> Incoming:
+        """Start a copy of ``length`` bytes at ``version`` (rule 9): space reserved and
+        preallocated (``NoSpace`` now rather than half-way), an empty file in ``tmp/``."""
+        _check_ids(chunk_id, version)
+        if not 0 <= length <= self.chunk_bytes_max:
+            raise TooBig("copy past the maximum chunk size", limit=self.chunk_bytes_max)
+        footprint = footprint_bytes(length)
+        self._reserve(chunk_id, footprint, check_disk=True)
+        path = self.tmp_dir / f"{chunk_id:016x}.{time.time_ns()}.part"
+        fd = -1
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            _pwrite_all(fd, encode_header(chunk_id, version, 0), 0)
+            if length:
+                self._preallocate(fd, 0, length)
+        except BaseException as e:
+            self._release(footprint)
+            if fd >= 0:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            if isinstance(e, OSError):
+                raise self._disk_error(e, chunk_id, "replicate") from e
+            raise
+        return Incoming(chunk_id, version, length, path, fd, footprint)
+
+    def write_incoming(self, incoming: Incoming, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` to the copy (pieces come in order, from offset 0)."""
+        view = memoryview(data).cast("B")
+        with incoming.lock:
+            if incoming.closed:
+                raise Unavailable("copy aborted", chunk_id=incoming.chunk_id)
+            assert 0 < len(view) <= incoming.length - incoming.written
+            try:
+                self._write_blocks(
+                    incoming.fd, incoming.chunk_id, incoming.written, incoming.written, view
+                )
+            except OSError as e:
+                raise self._disk_error(e, incoming.chunk_id, "replicate") from e
+            incoming.written += len(view)
+
+    def install_incoming(self, incoming: Incoming) -> ReplicaInfo:
+        """Make the complete copy the chunk's replica (the caller holds the chunk's
+        exclusive lock): header, fdatasync, rename over the chunk's path, fsync of the
+        directory. A replica of a newer version found in place is kept (``Stale``); one at
+        the same version and at least as long makes the copy needless (it is dropped). The
+        copy replaces an older or shorter replica, and any bad or quarantined file of the
+        id. The copy is closed whatever happens."""
+        chunk_id, version, length = incoming.chunk_id, incoming.version, incoming.length
+        with incoming.lock:
+            if incoming.closed:
+                raise Unavailable("copy aborted", chunk_id=chunk_id)
+            assert incoming.written == length
+            current = self._replicas.get(chunk_id)
+            if current is not None and (
+                current.version > version
+                or (current.version == version and current.length >= length)
+            ):
+                self._close_incoming(incoming)
+                if current.version > version:
+                    raise Stale(
+                        "a newer replica is here already",
+                        chunk_id=chunk_id,
+                        version=version,
+                        replica_version=current.version,
+                    )
+                return current.info()
+            path = self.path(chunk_id)
+            try:
+                _pwrite_all(incoming.fd, encode_header(chunk_id, version, length), 0)
+                if self.fsync:
+                    os.fdatasync(incoming.fd)
+                if not path.parent.is_dir():
+                    path.parent.mkdir(exist_ok=True)
+                    with self._mutex:
+                        self._subdirs_unsynced.add(chunk_id % 256)
+                os.replace(incoming.path, path)
+            except BaseException as e:
+                self._close_incoming(incoming)
+                if isinstance(e, OSError):
+                    raise self._disk_error(e, chunk_id, "replicate") from e
+                raise
+            os.close(incoming.fd)
+            incoming.closed = True
+            replica = _Replica(
+                chunk_id, version, length, incoming.footprint_bytes, dirty=False,
+                name_unsynced=True,
+            )  # fmt: skip
+            with self._mutex:
+                old = self._replicas.get(chunk_id)
+                if old is not None:
+                    self._used_bytes -= old.footprint_bytes
+                self._replicas[chunk_id] = replica
+        self._delete_quarantined(chunk_id)
+        log.info("%s event=replica_installed chunk=%d version=%d length=%d replaced=%s",
+                 self.log_prefix, chunk_id, version, length,
+                 "none" if old is None else old.version)  # fmt: skip
+        self._sync_names(replica)
+        return replica.info()
+
+    def abort_incoming(self, incoming: Incoming) -> None:
+        """Drop the copy (a failed or cancelled ``chunk.replicate``); idempotent."""
+        with incoming.lock:
+            self._close_incoming(incoming)
+
+    def _close_incoming(self, incoming: Incoming) -> None:
+        if incoming.closed:
+            return
+        incoming.closed = True
+        with contextlib.suppress(OSError):
+            os.close(incoming.fd)
+        with contextlib.suppress(OSError):
+            os.unlink(incoming.path)
+        self._release(incoming.footprint_bytes)
 
     # ------------------------------------------------------------------ errors
-
-    def _get(self, chunk_id: int) -> _Replica:
-        replica = self._replicas.get(chunk_id)
-        if replica is None:
-            raise NotFound("no replica of this chunk here", chunk_id=chunk_id)
-        return replica
 
     def _corrupt(self, chunk_id: int, block: int, reason: str) -> Corrupt:
         log.warning("%s event=corrupt chunk=%d block=%d reason=%r",
                     self.log_prefix, chunk_id, block, reason)  # fmt: skip
         return Corrupt(reason, chunk_id=chunk_id, block=block)
 
-    def _vanished(self, chunk_id: int, e: OSError) -> NotFound:
+    def _vanished(self, replica: _Replica, e: OSError) -> DfsError:
+        chunk_id = replica.chunk_id
+        with self._mutex:
+            if self._replicas.get(chunk_id) is replica:
+                del self._replicas[chunk_id]
+                self._used_bytes -= replica.footprint_bytes
+            elif chunk_id in self._bad:
+                # Another reader found it bad and moved it to quarantine/ under us.
+                return Corrupt("replica is bad: waiting to be deleted", chunk_id=chunk_id)
         # Someone removed the file under us: forget the replica (it is gone for good).
         log.warning("%s event=replica_vanished chunk=%d reason=%r",
                     self.log_prefix, chunk_id, str(e))  # fmt: skip
-        with self._mutex:
-            replica = self._replicas.pop(chunk_id, None)
-            if replica is not None:
-                self._used_bytes -= replica.footprint_bytes
         return NotFound("replica file vanished", chunk_id=chunk_id)
 
     def _disk_error(self, e: OSError, chunk_id: int, op: str) -> DfsError:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno in _NOSPACE_ERRNOS:
             log.warning("%s event=disk_full op=%s chunk=%d reason=%r",
                         self.log_prefix, op, chunk_id, str(e))  # fmt: skip
             return NoSpace("disk full", chunk_id=chunk_id)
         log.warning("%s event=disk_error op=%s chunk=%d errno=%s reason=%r",
                     self.log_prefix, op, chunk_id, e.errno, str(e))  # fmt: skip
-        if op == "read":
+        if op == "read" and e.errno not in _RESOURCE_ERRNOS:
             # The bytes cannot be produced: to the reader this replica is as good as corrupt
             # (it reads another one and reports this one).
             return Corrupt(f"disk error: {e.strerror}", chunk_id=chunk_id)
@@ -823,6 +1175,7 @@ __all__ = [
     "READ_BYTES_MAX",
     "BadHeader",
     "ChunkStore",
+    "Incoming",
     "ReplicaInfo",
     "chunk_relpath",
     "decode_header",

@@ -6,7 +6,8 @@ What these tests check, end to end through sockets and files:
   ``chunk.sync`` and ``sync`` writes go through the chain;
 - tokens (wrong, expired, for another chunk or mode) and versions (older, other) are refused,
   and a newer version truncates to the handle's length;
-- a replica whose file was damaged on disk answers Corrupt; the others still serve;
+- a replica whose file was damaged on disk answers Corrupt from then on and is reported
+  (cs.bad_chunks, retried until acknowledged); the others still serve;
 - an error downstream comes back with the failing server's address;
 - ``expect_length`` on writes and syncs is checked on every replica of the chain;
 - registration and heartbeats reach the metaserver (following a NotLeader hint), the cs_id
@@ -102,9 +103,13 @@ def token_fields(chunk_id: int, version: int, mode: bytes, ttl_s: float = 60.0) 
 
 
 class FakeMetaserver:
-    """Answers cs.register / cs.heartbeat like docs/PROTOCOL.md says, and records them.
+    """Answers cs.register / cs.heartbeat / cs.report / cs.bad_chunks like
+    docs/PROTOCOL.md says, and records them.
 
-    ``leader_hint``: answer everything with NotLeader pointing there instead.
+    ``leader_hint``: answer everything with NotLeader pointing there instead (may be changed
+    while it runs). ``refuse``: op -> how many more calls of it to answer Unavailable.
+    ``ids_by_uuid`` may be shared by two fakes, so that a chunkserver moving from one to
+    the other (a leader change) keeps its id.
     """
 
     def __init__(self, port: int, *, leader_hint: str | None = None) -> None:
@@ -114,6 +119,9 @@ class FakeMetaserver:
         self.ids_by_uuid: dict[str, int] = {}
         self.registrations: list[dict[str, Any]] = []
         self.heartbeats: list[dict[str, Any]] = []
+        self.report_calls: list[dict[str, Any]] = []
+        self.bad_chunks: list[dict[str, Any]] = []
+        self.refuse: dict[str, int] = {}
         self.refused = 0
         self._mutex = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -160,6 +168,19 @@ class FakeMetaserver:
                 self.refused += 1
                 raise NotLeader(self.leader_hint)
             record = {k: v for k, v in h.items() if k not in ("op", "id")}
+            if self.refuse.get(h["op"], 0) > 0:
+                self.refuse[h["op"]] -= 1
+                raise Unavailable(f"fake metaserver refuses {h['op']} for now")
+            if h["op"] in ("cs.report", "cs.bad_chunks") and (
+                h["cs_id"] not in self.ids_by_uuid.values()
+            ):
+                raise NotFound("unknown chunkserver: register first")
+            if h["op"] == "cs.report":
+                self.report_calls.append(record)
+                return None
+            if h["op"] == "cs.bad_chunks":
+                self.bad_chunks.append(record)
+                return {"extra": "ignored"}, b""
             if h["op"] == "cs.register":
                 uuid = h["uuid"]
                 cs_id = self.ids_by_uuid.setdefault(uuid, len(self.ids_by_uuid) + 1)
@@ -179,6 +200,30 @@ class FakeMetaserver:
     def registrations_of(self, address: str) -> list[dict[str, Any]]:
         with self._mutex:
             return [r for r in self.registrations if r["address"] == address]
+
+    def reports_of(self, cs_id: int) -> list[list[list[int]]]:
+        """The complete block reports of ``cs_id``: parts 0 .. final, in order, joined."""
+        with self._mutex:
+            calls = [c for c in self.report_calls if c["cs_id"] == cs_id]
+        reports: list[list[list[int]]] = []
+        current: list[list[int]] | None = None
+        expected_part = 0
+        for call in calls:
+            if call["part"] == 0:
+                current, expected_part = [], 0
+            if current is None or call["part"] != expected_part:
+                current = None  # a report whose beginning we missed: not usable
+                continue
+            current.extend(call["chunks"])
+            expected_part += 1
+            if call["final"]:
+                reports.append(current)
+                current = None
+        return reports
+
+    def bad_chunks_of(self, cs_id: int) -> list[list[int]]:
+        with self._mutex:
+            return [e for c in self.bad_chunks if c["cs_id"] == cs_id for e in c["chunks"]]
 
 
 class Chunkservers:
@@ -478,14 +523,16 @@ async def test_tokens_versions_and_limits_are_enforced(
 
 
 @pytest.mark.timeout(60)
-async def test_a_damaged_replica_is_corrupt_and_the_others_still_serve(
+async def test_a_damaged_replica_is_corrupt_reported_and_the_others_still_serve(
     metaservers: Callable[..., FakeMetaserver], clusters: Callable[..., Chunkservers]
 ) -> None:
     meta = metaservers()
-    c = clusters([meta.address])
+    meta.refuse["cs.bad_chunks"] = 2  # the report is retried until acknowledged
+    c = clusters([meta.address], scrub_bytes_per_s=0)  # only the read finds it here
     await c.start_all()
     data = random.Random(2).randbytes(3 * B)
     await c.write(1, 42, 1, 0, data, chain=[2, 3], sync=True)
+    await c.write(2, 43, 1, 0, b"neighbour")
     path = c.chunk_path(2, 42)
     with open(path, "r+b") as f:  # flip one bit in block 1, as a failing disk would
         f.seek(DATA_OFFSET + B + 99)
@@ -495,10 +542,21 @@ async def test_a_damaged_replica_is_corrupt_and_the_others_still_serve(
     with pytest.raises(Corrupt) as e:
         await c.read(2, 42, 1, 0, 3 * B)
     assert e.value.details["block"] == 1 and e.value.details["address"] == c.addresses[2]
-    assert await c.read(2, 42, 1, 0, B) == data[:B]  # the other blocks are fine
+    # The replica is bad now: never served again (its good blocks neither), reported.
+    with pytest.raises(Corrupt) as again:
+        await c.read(2, 42, 1, 0, B)
+    assert again.value.details["address"] == c.addresses[2]
+    status = await c.wait_serving(2)
+    await eventually(
+        lambda: _true([42, 1] in meta.bad_chunks_of(status["cs_id"])), "the bad replica report"
+    )
+    assert meta.refuse["cs.bad_chunks"] == 0
+    assert (await c.call(2, "cs.status"))["bad_chunks"] == 1
+    assert await c.read(2, 43, 1, 0, 100) == b"neighbour"
     for i in (1, 3):
         assert await c.read(i, 42, 1, 0, 3 * B) == data
     assert "event=corrupt chunk=42 block=1" in c.log(2)
+    assert "event=replica_bad chunk=42 version=1 reason=checksum" in c.log(2)
 
 
 @pytest.mark.timeout(60)

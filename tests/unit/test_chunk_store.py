@@ -4,17 +4,26 @@ What is checked here, on real files in a tmp dir:
 - reads and writes at any offset against a bytearray model (unaligned, across blocks, gaps);
 - the version rules of docs/PROTOCOL.md (new version truncates to the handle's length, older
   is Stale, a read of any other version is Stale) and the rule for creating a replica;
-- corruption: a flipped byte makes reads of that block Corrupt and leaves the others
-  readable; a write never re-checksums a corrupt block into a good one;
-- capacity (NoSpace), disk errors (ENOSPC, EIO) mapped to errors and logged, never raised raw;
+- bad replicas: a flipped byte, a damaged checksum entry, a file cut short, an EIO, a
+  failed fsync or cut make the read (or write) fail and the whole replica bad: never served
+  again, not listed or counted, quarantined, reported (``on_bad``, ``bad_pending``) until
+  acknowledged, removed by ``delete`` or by a good copy; a write never re-checksums a
+  corrupt block into a good one; concurrent readers mark it once;
+- capacity and full disks: NoSpace from the configured capacity, from the file system's free
+  space on a create, and from the preallocation on a real 2 MiB tmpfs, always before a byte
+  of the replica changed; resource errors (EMFILE) fail the request only;
+- ``delete`` by version (never a newer replica); copies in (``begin/write/install_incoming``):
+  installed whole, replacing an older or bad replica, never a newer one; an aborted or
+  crashed copy leaves nothing after a restart;
 - the start-up scan: replicas found from headers, bad files quarantined, strays ignored;
 - the crash model (``dfs.testing.faultydisk.CrashDisk``): a synced replica survives exactly;
   after unsynced writes a read returns the written bytes or Corrupt, never other bytes;
 - a failure after a bump's cut leaves a replica that describes its file (writable), or one
   marked failed when the cut itself failed; ``expect_length`` refuses a replica that lost
   acknowledged bytes;
-- ``AsyncChunkStore``: concurrent writes to one chunk are serialised; the lock survives
-  cancelled waiters, also when a release already dropped their entry.
+- ``AsyncChunkStore``: concurrent writes to one chunk are serialised; a delete waits for the
+  reads in flight; an abort waits for the copy's write job; the lock survives cancelled
+  waiters, also when a release already dropped their entry.
 """
 
 from __future__ import annotations
@@ -24,8 +33,10 @@ import contextlib
 import errno
 import os
 import random
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -245,50 +256,118 @@ def test_creating_a_replica_needs_nothing_to_be_missing(store: ChunkStore) -> No
 # ---------------------------------------------------------------------- corruption
 
 
-def test_flipped_byte_is_corrupt_in_its_block_only(
+def test_a_flipped_byte_is_corrupt_and_the_replica_turns_bad(
     store: ChunkStore, expect_log: Callable[..., None]
 ) -> None:
+    """Rule 6: the first mismatch takes the whole replica out of service for good."""
     expect_log(r"event=corrupt chunk=261 block=1 reason='checksum mismatch'")
+    expect_log(r"event=replica_bad chunk=261 version=1 reason=checksum")
+    expect_log(r"event=quarantined chunk=261 .* reason=checksum")
+    found: list[tuple[int, int]] = []
+    store.on_bad = lambda chunk_id, version: found.append((chunk_id, version))
     original = data(3 * B, seed=4)
     store.write(CHUNK, 1, 0, 0, original)
+    store.write(CHUNK + 256, 1, 0, 0, b"neighbour")
+    assert bytes(store.read(CHUNK, 1, 2 * B, B)) == original[2 * B :]  # before the flip
     flip_byte(store.path(CHUNK), DATA_OFFSET + B + 1234)
     with pytest.raises(Corrupt) as e:
         store.read(CHUNK, 1, B + 1000, 10)
     assert e.value.details["block"] == 1
-    with pytest.raises(Corrupt):
-        store.read(CHUNK, 1, 0, 3 * B)  # any read touching block 1
-    assert bytes(store.read(CHUNK, 1, 0, B)) == original[:B]
-    assert bytes(store.read(CHUNK, 1, 2 * B, B)) == original[2 * B :]
-    # A partial write into the bad block must not bless it with a fresh checksum.
+    assert found == [(CHUNK, 1)] and store.bad_found == 1
+    # Out of service: not listed, not counted, its file in quarantine/; every read Corrupt
+    # (good blocks too: the metaserver repairs replicas, not blocks), writes Unavailable.
+    assert store.list_chunks() == [ReplicaInfo(CHUNK + 256, 1, 9)]
+    assert store.used_bytes == footprint_bytes(9) and store.is_bad(CHUNK)
+    assert not store.path(CHUNK).exists()
+    assert [q.name.split(".")[:2] for q in store.quarantine_dir.iterdir()] == [
+        [f"{CHUNK:016x}", "checksum"]
+    ]
+    with pytest.raises(Corrupt, match="bad"):
+        store.read(CHUNK, 1, 0, B)
+    with pytest.raises(Unavailable, match="bad"):
+        store.write(CHUNK, 1, 0, 0, b"x")
+    with pytest.raises(Unavailable, match="bad"):
+        store.write(CHUNK, 2, 0, 0, b"x")
+    with pytest.raises(Unavailable, match="bad"):
+        store.sync(CHUNK)
+    assert bytes(store.read(CHUNK + 256, 1, 0, 100)) == b"neighbour"
+    # What the metaserver is told, until it acknowledges.
+    assert store.bad_pending(10) == [(CHUNK, 1)]
+    store.bad_acknowledged([(CHUNK, 1)])
+    assert store.bad_pending(10) == []
+    # chunk.delete removes it whatever the version; then the id is free again.
+    assert store.delete(CHUNK, 0) is True
+    assert not list(store.quarantine_dir.iterdir()) and not store.is_bad(CHUNK)
+    with pytest.raises(NotFound):
+        store.read(CHUNK, 1, 0, 1)
+    store.write(CHUNK, 2, 0, 0, b"fresh")
+    assert bytes(store.read(CHUNK, 2, 0, 10)) == b"fresh"
+
+
+def test_a_write_never_blesses_a_corrupt_block(
+    store: ChunkStore, expect_log: Callable[..., None]
+) -> None:
+    """A partial write into a bad block must not re-checksum it into a good one: the write
+    fails and the replica turns bad."""
+    expect_log(r"event=corrupt chunk=261 block=1")
+    expect_log(r"event=replica_bad chunk=261 version=1 reason=checksum")
+    expect_log(r"event=quarantined chunk=261")
+    store.write(CHUNK, 1, 0, 0, data(3 * B, seed=4))
+    flip_byte(store.path(CHUNK), DATA_OFFSET + B + 1234)
     with pytest.raises(Corrupt):
         store.write(CHUNK, 1, 0, B + 10, b"patch")
+    assert store.is_bad(CHUNK) and store.info(CHUNK) is None
     with pytest.raises(Corrupt):
-        store.read(CHUNK, 1, B, 10)
-    # A write of the whole block replaces it: nothing of the bad bytes is kept.
-    store.write(CHUNK, 1, 0, B, original[B : 2 * B])
-    assert bytes(store.read(CHUNK, 1, 0, 3 * B)) == original
+        store.read(CHUNK, 1, 0, 10)
 
 
 def test_damaged_checksum_entry_is_corrupt(
     store: ChunkStore, expect_log: Callable[..., None]
 ) -> None:
     expect_log(r"event=corrupt chunk=261 block=2")
+    expect_log(r"event=replica_bad chunk=261 version=1 reason=checksum")
+    expect_log(r"event=quarantined chunk=261")
     store.write(CHUNK, 1, 0, 0, data(3 * B))
+    assert len(store.read(CHUNK, 1, 0, 2 * B)) == 2 * B
     flip_byte(store.path(CHUNK), TABLE_OFFSET + 8 * 2 + 3)
     with pytest.raises(Corrupt):
         store.read(CHUNK, 1, 2 * B, 1)
-    assert len(store.read(CHUNK, 1, 0, 2 * B)) == 2 * B
+    assert store.is_bad(CHUNK)
 
 
 def test_a_file_cut_short_is_corrupt_not_short(
     store: ChunkStore, expect_log: Callable[..., None]
 ) -> None:
     expect_log(r"event=corrupt chunk=261 block=1 reason='block cut short'")
+    expect_log(r"event=replica_bad chunk=261 version=1 reason=checksum")
+    expect_log(r"event=quarantined chunk=261")
     store.write(CHUNK, 1, 0, 0, data(2 * B))
     os.truncate(store.path(CHUNK), DATA_OFFSET + B + 10)
+    assert len(store.read(CHUNK, 1, 0, B)) == B  # the blocks before the cut are whole
     with pytest.raises(Corrupt):
         store.read(CHUNK, 1, B, 100)
-    assert len(store.read(CHUNK, 1, 0, B)) == B
+    assert store.is_bad(CHUNK)
+
+
+def test_readers_racing_to_find_one_replica_bad_mark_it_once(
+    store: ChunkStore, expect_log: Callable[..., None]
+) -> None:
+    """Readers share a chunk: while one moves the file to quarantine/, another may open the
+    path (gone: FileNotFoundError) or read it. Both answer Corrupt; it is marked once."""
+    expect_log(r"event=corrupt chunk=261")
+    expect_log(r"event=replica_bad chunk=261")
+    expect_log(r"event=quarantined chunk=261")
+    store.write(CHUNK, 1, 0, 0, data(2 * B))
+    replica = store._replicas[CHUNK]
+    flip_byte(store.path(CHUNK), DATA_OFFSET + 5)
+    with pytest.raises(Corrupt):
+        store.read(CHUNK, 1, 0, 10)
+    # The second reader looked the replica up before the first marked it, and now finds
+    # the file gone: the store knows why.
+    err = store._vanished(replica, FileNotFoundError(2, "gone"))
+    assert isinstance(err, Corrupt)
+    store._mark_bad(replica, "checksum", "again")  # a no-op: already marked
+    assert store.bad_found == 1 and store.bad_pending(10) == [(CHUNK, 1)]
 
 
 # ---------------------------------------------------------------------- capacity, disk errors
@@ -318,38 +397,164 @@ def test_capacity_defaults_to_the_file_system_size(root: Path) -> None:
     assert store.capacity_bytes == st.f_blocks * st.f_frsize
 
 
-def test_disk_errors_become_errors_not_crashes(
+def failing(code: int) -> Callable[..., Any]:
+    def fail(*args: object) -> Any:
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+def test_enospc_answers_nospace_and_leaves_the_replica_as_it_was(
     store: ChunkStore, monkeypatch: pytest.MonkeyPatch, expect_log: Callable[..., None]
 ) -> None:
-    expect_log(r"event=disk_full op=write chunk=261")
-    expect_log(r"event=disk_error op=write chunk=(261|517) errno=5")
-    expect_log(r"event=disk_error op=read chunk=261 errno=5")
-    store.write(CHUNK, 1, 0, 0, b"a" * 100)
+    """Rule 5: the preallocation finds a full disk before any byte of the replica changes."""
+    expect_log(r"event=disk_full op=write chunk=(261|517)")
+    original = data(B + 100, seed=11)
+    store.write(CHUNK, 1, 0, 0, original)
     used = store.used_bytes
-    real_pwrite, real_preadv = os.pwrite, os.preadv
-
-    def failing(code: int) -> Callable[..., int]:
-        def fail(*args: object) -> int:
-            raise OSError(code, os.strerror(code))
-
-        return fail
-
-    monkeypatch.setattr(os, "pwrite", failing(errno.ENOSPC))
+    writes: list[object] = []
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(os, "posix_fallocate", failing(errno.ENOSPC))
+    monkeypatch.setattr(os, "pwrite", lambda *a: writes.append(a) or real_pwrite(*a))
+    for offset in (50, B + 100, 5 * B):  # overwrite, append, append past a gap
+        with pytest.raises(NoSpace):
+            store.write(CHUNK, 1, 0, offset, b"b" * B)
+    assert writes == []  # not a byte written
     with pytest.raises(NoSpace):
-        store.write(CHUNK, 1, 0, 100, b"b" * B)
-    monkeypatch.setattr(os, "pwrite", failing(errno.EIO))
-    with pytest.raises(Unavailable):
-        store.write(CHUNK, 1, 0, 100, b"b" * B)
-    with pytest.raises(Unavailable):
         store.write(CHUNK + 256, 1, 0, 0, b"new")  # a failed create leaves no file behind
+    monkeypatch.undo()
     assert not store.path(CHUNK + 256).exists() and store.info(CHUNK + 256) is None
-    monkeypatch.setattr(os, "pwrite", real_pwrite)
-    assert store.used_bytes == used and store.info(CHUNK) == ReplicaInfo(CHUNK, 1, 100)
-    monkeypatch.setattr(os, "preadv", failing(errno.EIO))
+    assert store.used_bytes == used and store.info(CHUNK) == ReplicaInfo(CHUNK, 1, B + 100)
+    assert not store.is_bad(CHUNK) and store.bad_pending(10) == []
+    assert bytes(store.read(CHUNK, 1, 0, MiB)) == original
+    store.write(CHUNK, 1, 0, B + 100, b"more")  # room again: writable as before
+    assert bytes(store.read(CHUNK, 1, 0, MiB)) == original + b"more"
+
+
+def test_creating_a_replica_checks_the_file_systems_free_space(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "fs_free_bytes", lambda: footprint_bytes(B))
+    store.write(CHUNK, 1, 0, 0, data(B))  # fits exactly
+    with pytest.raises(NoSpace):
+        store.write(CHUNK + 256, 1, 0, 0, data(B + 1))
+    assert not store.path(CHUNK + 256).exists() and store.info(CHUNK + 256) is None
+    # What heartbeats advertise: no more than what is used plus what the disk has left.
+    assert store.capacity_now() == store.used_bytes + footprint_bytes(B)
+    monkeypatch.setattr(store, "fs_free_bytes", lambda: 1 << 50)
+    assert store.capacity_now() == store.capacity_bytes
+
+
+@pytest.mark.parametrize("where", ["pwrite", "preadv", "open"])
+def test_eio_makes_that_replica_bad_and_the_others_serve_on(
+    store: ChunkStore,
+    monkeypatch: pytest.MonkeyPatch,
+    expect_log: Callable[..., None],
+    where: str,
+) -> None:
+    expect_log(r"event=disk_error op=(read|write) chunk=261 errno=5")
+    expect_log(r"event=replica_bad chunk=261 version=1 reason=disk_error")
+    expect_log(r"event=quarantined chunk=261")
+    store.write(CHUNK, 1, 0, 0, b"a" * 100)
+    store.write(CHUNK + 256, 1, 0, 0, b"other")
+    monkeypatch.setattr(os, where, failing(errno.EIO))
+    if where == "pwrite":
+        with pytest.raises(Unavailable):
+            store.write(CHUNK, 1, 0, 100, b"b" * B)
+    else:
+        with pytest.raises(Corrupt):
+            store.read(CHUNK, 1, 0, 10)
+    monkeypatch.undo()
+    assert store.is_bad(CHUNK) and store.bad_pending(10) == [(CHUNK, 1)]
+    assert store.used_bytes == footprint_bytes(5)
     with pytest.raises(Corrupt):
         store.read(CHUNK, 1, 0, 10)
-    monkeypatch.setattr(os, "preadv", real_preadv)
+    assert bytes(store.read(CHUNK + 256, 1, 0, 10)) == b"other"
+
+
+def test_a_failed_create_leaves_nothing_and_marks_nothing(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch, expect_log: Callable[..., None]
+) -> None:
+    expect_log(r"event=disk_error op=write chunk=261 errno=5")
+    monkeypatch.setattr(os, "pwrite", failing(errno.EIO))
+    with pytest.raises(Unavailable):
+        store.write(CHUNK, 1, 0, 0, b"new")
+    monkeypatch.undo()
+    assert not store.path(CHUNK).exists() and store.info(CHUNK) is None
+    assert not store.is_bad(CHUNK) and store.used_bytes == 0
+
+
+def test_the_injected_eio_hook_fails_reads_and_data_writes_of_its_ids(
+    store: ChunkStore, expect_log: Callable[..., None]
+) -> None:
+    """``inject_eio_chunk_ids`` (the integration tests' way to a dying disk)."""
+    expect_log(r"event=disk_error op=(read|write) chunk=(261|517) errno=5")
+    expect_log(r"event=replica_bad chunk=(261|517) version=1 reason=disk_error")
+    expect_log(r"event=quarantined chunk=(261|517)")
+    store.write(CHUNK, 1, 0, 0, b"a")
+    store.write(CHUNK + 256, 1, 0, 0, b"b")
+    store.inject_eio_chunk_ids = frozenset({CHUNK, CHUNK + 256})
+    with pytest.raises(Corrupt, match="injected"):
+        store.read(CHUNK, 1, 0, 1)
+    with pytest.raises(Unavailable, match="injected"):
+        store.write(CHUNK + 256, 1, 0, 0, b"c")
+    assert store.bad_pending(10) == [(CHUNK, 1), (CHUNK + 256, 1)]
+
+
+def test_resource_errors_fail_the_request_but_not_the_replica(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch, expect_log: Callable[..., None]
+) -> None:
+    expect_log(r"event=disk_error op=(read|write) chunk=261 errno=24")
+    store.write(CHUNK, 1, 0, 0, b"a" * 100)
+    monkeypatch.setattr(os, "open", failing(errno.EMFILE))
+    with pytest.raises(Unavailable):
+        store.read(CHUNK, 1, 0, 10)
+    with pytest.raises(Unavailable):
+        store.write(CHUNK, 1, 0, 0, b"b")
+    monkeypatch.undo()
+    assert not store.is_bad(CHUNK)
     assert bytes(store.read(CHUNK, 1, 0, 100)) == b"a" * 100
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_full_tmpfs_answers_nospace_and_keeps_its_replicas(
+    tmp_path: Path, expect_log: Callable[..., None]
+) -> None:
+    """The real thing: a 2 MiB tmpfs. New replicas are refused by the free-space check, and a
+    growth the disk cannot take by the preallocation; nothing is half written."""
+    expect_log(r"event=disk_full op=write chunk=2")
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        capture_output=True, timeout=30,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        # A configured capacity far over the disk's: the disk is what says "full" here.
+        store = ChunkStore(mount_point, capacity_bytes=1 << 30, fsync=False)
+        assert store.capacity_now() <= 2 * MiB
+        first = data(1200 * 1024, seed=12)
+        store.write(1, 1, 0, 0, first)
+        with pytest.raises(NoSpace):
+            store.write(3, 1, 0, 0, data(1200 * 1024))  # a create over the free space
+        assert store.info(3) is None and not store.path(3).exists()
+        store.write(2, 1, 0, 0, data(64 * 1024, seed=13))
+        with pytest.raises(NoSpace):
+            store.write(2, 1, 0, 64 * 1024, data(1 * MiB))  # growth the disk cannot take
+        assert store.info(2) == ReplicaInfo(2, 1, 64 * 1024) and not store.is_bad(2)
+        assert bytes(store.read(2, 1, 0, MiB)) == data(64 * 1024, seed=13)
+        assert bytes(store.read(1, 1, 0, 2 * MiB)) == first
+        # Heartbeats advertise no more room than the file system has left.
+        free = store.fs_free_bytes()
+        assert free is not None and free < MiB
+        assert store.capacity_now() == store.used_bytes + free
+        store.delete(1)
+        store.write(2, 1, 0, 64 * 1024, data(MiB, seed=14))  # room again
+        assert store.info(2) == ReplicaInfo(2, 1, 64 * 1024 + MiB)
+    finally:
+        subprocess.run(["umount", str(mount_point)], capture_output=True, timeout=30)
 
 
 def test_a_replica_whose_fsync_failed_is_never_served_again(
@@ -357,13 +562,11 @@ def test_a_replica_whose_fsync_failed_is_never_served_again(
 ) -> None:
     expect_log(r"event=disk_error op=sync chunk=261 errno=5")
     expect_log(r"event=disk_error op=write chunk=517 errno=5")
+    expect_log(r"event=replica_bad chunk=(261|517) version=1 reason=sync_failed")
+    expect_log(r"event=quarantined chunk=(261|517)")
     store.write(CHUNK, 1, 0, 0, b"a" * 100)
     store.write(CHUNK + 256, 1, 0, 0, b"other")
-
-    def fail(fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "fdatasync", fail)
+    monkeypatch.setattr(os, "fdatasync", failing(errno.EIO))
     with pytest.raises(Unavailable):
         store.sync(CHUNK)
     with pytest.raises(Unavailable):
@@ -377,33 +580,25 @@ def test_a_replica_whose_fsync_failed_is_never_served_again(
             store.write(chunk_id, 1, 0, 0, b"b")
         with pytest.raises(Unavailable):
             store.sync(chunk_id)
-    store.delete(CHUNK)  # what the metaserver will have it do
+    assert store.bad_pending(10) == [(CHUNK, 1), (CHUNK + 256, 1)]
+    store.delete(CHUNK, 1)  # what the metaserver will have it do
     store.write(CHUNK, 2, 0, 0, b"fresh", sync=True)
     assert bytes(store.read(CHUNK, 2, 0, 10)) == b"fresh"
 
 
-@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])
-def test_a_data_write_failing_after_a_bump_cut_leaves_a_writable_replica(
-    store: ChunkStore,
-    monkeypatch: pytest.MonkeyPatch,
-    expect_log: Callable[..., None],
-    code: int,
+def test_a_full_disk_after_a_bump_cut_leaves_a_writable_replica(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch, expect_log: Callable[..., None]
 ) -> None:
-    """A bump cuts the file first; if the data write then fails, the replica must describe
-    its (cut) file: without that, memory kept the old length, the next bump tried to cut
-    again from there and every later write was ``Corrupt`` ("block cut short")."""
-    expect_log(r"event=(disk_full|disk_error) op=write chunk=261")
+    """A bump cuts the file first; if the disk is then full for the data, the replica must
+    describe its (cut) file: without that, memory kept the old length, the next bump tried
+    to cut again from there and every later write was ``Corrupt`` ("block cut short")."""
+    expect_log(r"event=disk_full op=write chunk=261")
     original = data(3 * B + 500, seed=21)
     store.write(CHUNK, 1, 0, 0, original)
-    real = ChunkStore._write_blocks
-
-    def failing(self: ChunkStore, *args: object) -> None:
-        raise OSError(code, os.strerror(code))
-
-    monkeypatch.setattr(ChunkStore, "_write_blocks", failing)
-    with pytest.raises((Unavailable, NoSpace)):
+    monkeypatch.setattr(os, "posix_fallocate", failing(errno.ENOSPC))
+    with pytest.raises(NoSpace):
         store.write(CHUNK, 2, B + 10, 2 * B, b"lost")
-    monkeypatch.setattr(ChunkStore, "_write_blocks", real)
+    monkeypatch.undo()
     # The cut happened and is recorded: the new version with exactly the handle's bytes.
     assert store.info(CHUNK) == ReplicaInfo(CHUNK, 2, B + 10)
     assert store.used_bytes == footprint_bytes(B + 10)
@@ -417,30 +612,41 @@ def test_a_data_write_failing_after_a_bump_cut_leaves_a_writable_replica(
     )
 
 
-def test_a_cut_that_fails_midway_marks_the_replica_failed(
+def test_eio_in_the_data_after_a_bump_cut_makes_the_replica_bad(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch, expect_log: Callable[..., None]
+) -> None:
+    expect_log(r"event=disk_error op=write chunk=261 errno=5")
+    expect_log(r"event=replica_bad chunk=261 version=2 reason=disk_error")
+    expect_log(r"event=quarantined chunk=261")
+    store.write(CHUNK, 1, 0, 0, data(3 * B + 500, seed=21))
+    monkeypatch.setattr(ChunkStore, "_write_blocks", failing(errno.EIO))
+    with pytest.raises(Unavailable):
+        store.write(CHUNK, 2, B + 10, 2 * B, b"lost")
+    monkeypatch.undo()
+    assert store.bad_pending(10) == [(CHUNK, 2)] and store.used_bytes == 0
+
+
+def test_a_cut_that_fails_midway_makes_the_replica_bad(
     store: ChunkStore, monkeypatch: pytest.MonkeyPatch, expect_log: Callable[..., None]
 ) -> None:
     """A failure inside the cut (its checksum entry rewritten, the file not yet cut, or cut
     with the old header) leaves a file no description fits: never served again."""
     expect_log(r"event=disk_error op=write chunk=261 errno=5")
-    expect_log(r"event=replica_failed chunk=261")
+    expect_log(r"event=replica_bad chunk=261 version=1 reason=cut_failed")
+    expect_log(r"event=quarantined chunk=261 .* reason=cut_failed")
     store.write(CHUNK, 1, 0, 0, data(3 * B + 500, seed=22))
-
-    def fail(*args: object) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "ftruncate", fail)
+    monkeypatch.setattr(os, "ftruncate", failing(errno.EIO))
     with pytest.raises(Unavailable):
         store.write(CHUNK, 2, B + 10, 0, b"x")
     monkeypatch.undo()
-    with pytest.raises(Corrupt, match="replica failed"):
+    with pytest.raises(Corrupt, match="bad"):
         store.read(CHUNK, 1, 0, 10)
-    with pytest.raises(Unavailable, match="replica failed"):
+    with pytest.raises(Unavailable, match="bad"):
         store.write(CHUNK, 3, B + 10, 0, b"x")
-    with pytest.raises(Unavailable, match="replica failed"):
+    with pytest.raises(Unavailable, match="bad"):
         store.sync(CHUNK)
-    store.delete(CHUNK)
-    assert store.used_bytes == 0
+    store.delete(CHUNK, 1)
+    assert store.used_bytes == 0 and not store.is_bad(CHUNK)
 
 
 def test_expect_length_refuses_a_replica_that_lost_acknowledged_bytes(store: ChunkStore) -> None:
@@ -477,6 +683,110 @@ def test_a_vanished_file_is_forgotten(store: ChunkStore, expect_log: Callable[..
     with pytest.raises(NotFound):
         store.read(CHUNK, 1, 0, 1)
     assert store.info(CHUNK) is None and store.used_bytes == 0
+
+
+# ---------------------------------------------------------------------- delete, copies in
+
+
+def test_delete_removes_only_the_judged_version_or_older(store: ChunkStore) -> None:
+    store.write(CHUNK, 5, 0, 0, b"v5")
+    assert store.delete(CHUNK, 4) is False  # the metaserver judged v4: v5 was written since
+    assert store.info(CHUNK) == ReplicaInfo(CHUNK, 5, 2)
+    assert store.delete(CHUNK, 5) is True
+    assert store.info(CHUNK) is None and store.used_bytes == 0 and not store.path(CHUNK).exists()
+    assert store.delete(CHUNK, 5) is False  # absent: not an error
+    store.write(CHUNK, 6, 0, 0, b"v6")
+    assert store.delete(CHUNK, 9) is True
+
+
+def test_delete_removes_files_quarantined_at_start(
+    root: Path, expect_log: Callable[..., None]
+) -> None:
+    expect_log(r"event=quarantined chunk=261 .* reason=bad_header")
+    store = ChunkStore(root)
+    store.write(CHUNK, 1, 0, 0, b"x")
+    flip_byte(store.path(CHUNK), 20)
+    again = ChunkStore(root)
+    assert again.info(CHUNK) is None and len(list(again.quarantine_dir.iterdir())) == 1
+    with pytest.raises(NotFound):
+        again.read(CHUNK, 1, 0, 1)  # after a restart a quarantined id reads as absent
+    assert ChunkStore(root).delete(CHUNK, 0) is True  # found by a later start's index too
+    assert not list(again.quarantine_dir.iterdir())
+
+
+def copy_in(store: ChunkStore, chunk_id: int, version: int, content: bytes) -> ReplicaInfo:
+    incoming = store.begin_incoming(chunk_id, version, len(content))
+    for offset in range(0, len(content), 2 * B):
+        store.write_incoming(incoming, content[offset : offset + 2 * B])
+    return store.install_incoming(incoming)
+
+
+def test_a_copy_in_is_installed_whole_and_replaces_an_older_replica(store: ChunkStore) -> None:
+    store.write(CHUNK, 1, 0, 0, b"old" * 1000)
+    content = data(5 * B + 123, seed=30)
+    incoming = store.begin_incoming(CHUNK, 3, len(content))
+    assert store.used_bytes == footprint_bytes(3000) + footprint_bytes(len(content))
+    store.write_incoming(incoming, content[: 2 * B])
+    # Until installed, the old replica is what is served and listed.
+    assert store.list_chunks() == [ReplicaInfo(CHUNK, 1, 3000)]
+    assert bytes(store.read(CHUNK, 1, 0, 6)) == b"oldold"
+    store.write_incoming(incoming, content[2 * B :])
+    assert store.install_incoming(incoming) == ReplicaInfo(CHUNK, 3, len(content))
+    assert bytes(store.read(CHUNK, 3, 0, MiB)) == content
+    assert store.used_bytes == footprint_bytes(len(content))
+    assert not list(store.tmp_dir.iterdir())
+    # Durable as it stands: a restart finds the same replica.
+    assert ChunkStore(store.root, chunk_bytes_max=MiB).info(CHUNK) == ReplicaInfo(
+        CHUNK, 3, len(content)
+    )
+    assert copy_in(store, CHUNK + 256, 1, b"") == ReplicaInfo(CHUNK + 256, 1, 0)
+
+
+def test_a_copy_in_never_replaces_a_newer_or_complete_replica(store: ChunkStore) -> None:
+    store.write(CHUNK, 4, 0, 0, b"newer")
+    with pytest.raises(Stale):
+        copy_in(store, CHUNK, 3, b"older")
+    assert copy_in(store, CHUNK, 4, b"newe") == ReplicaInfo(CHUNK, 4, 5)  # already here
+    assert bytes(store.read(CHUNK, 4, 0, 10)) == b"newer"
+    assert not list(store.tmp_dir.iterdir()) and store.used_bytes == footprint_bytes(5)
+
+
+def test_a_copy_in_replaces_a_bad_replica(
+    store: ChunkStore, expect_log: Callable[..., None]
+) -> None:
+    expect_log(r"event=corrupt chunk=261")
+    expect_log(r"event=replica_bad chunk=261")
+    expect_log(r"event=quarantined chunk=261")
+    store.write(CHUNK, 2, 0, 0, data(2 * B, seed=31))
+    flip_byte(store.path(CHUNK), DATA_OFFSET + 7)
+    with pytest.raises(Corrupt):
+        store.read(CHUNK, 2, 0, 10)
+    good = data(2 * B, seed=31)
+    copy_in(store, CHUNK, 2, good)
+    assert bytes(store.read(CHUNK, 2, 0, MiB)) == good
+    assert not store.is_bad(CHUNK) and store.bad_pending(10) == []
+    assert not list(store.quarantine_dir.iterdir())
+
+
+def test_an_aborted_or_interrupted_copy_leaves_nothing(root: Path) -> None:
+    store = ChunkStore(root, capacity_bytes=footprint_bytes(4 * B))
+    with pytest.raises(NoSpace):
+        store.begin_incoming(CHUNK, 1, 5 * B)  # space is reserved up front
+    incoming = store.begin_incoming(CHUNK, 1, 4 * B)
+    store.write_incoming(incoming, data(B))
+    store.abort_incoming(incoming)
+    store.abort_incoming(incoming)  # idempotent
+    with pytest.raises(Unavailable):
+        store.write_incoming(incoming, data(B))
+    assert store.used_bytes == 0 and not list(store.tmp_dir.iterdir())
+    assert store.info(CHUNK) is None
+    # A crash mid-copy: the part-copy is in tmp/ only, and the next start removes it.
+    crashed = store.begin_incoming(CHUNK, 1, 4 * B)
+    store.write_incoming(crashed, data(2 * B))
+    again = ChunkStore(root)
+    assert again.info(CHUNK) is None and again.list_chunks() == []
+    assert not list(again.tmp_dir.iterdir())
+    os.close(crashed.fd)
 
 
 # ---------------------------------------------------------------------- start-up scan
@@ -642,6 +952,39 @@ async def test_concurrent_writes_to_one_chunk_are_serialised(
     assert store.store.info(CHUNK) == ReplicaInfo(CHUNK, 1, 200_000)
     await store.close()
     assert not store._locks
+
+
+@pytest.mark.anyio
+async def test_delete_waits_for_a_read_of_the_chunk_in_flight(
+    async_store: Callable[[], AsyncChunkStore],
+) -> None:
+    store = async_store()
+    content = data(MiB, seed=40)
+    await store.write(CHUNK, 1, 0, 0, content)
+    reads = [asyncio.create_task(store.read(CHUNK, 1, 0, MiB)) for _ in range(3)]
+    await asyncio.sleep(0)  # the reads hold the chunk's lock
+    deleted = asyncio.create_task(store.delete(CHUNK, 1))
+    assert [bytes(r) for r in await asyncio.gather(*reads)] == [content] * 3
+    assert await deleted is True
+    assert store.info(CHUNK) is None and store.store.used_bytes == 0
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_an_abort_waits_for_the_copys_write_job(
+    async_store: Callable[[], AsyncChunkStore],
+) -> None:
+    store = async_store()
+    incoming = await store.begin_incoming(CHUNK, 1, 8 * B)
+    task = asyncio.create_task(store.write_incoming(incoming, data(8 * B)))
+    await asyncio.sleep(0)  # its thread job has started
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await store.abort_incoming(incoming)  # waits for the job, then closes and unlinks
+    assert incoming.closed and not list(store.store.tmp_dir.iterdir())
+    assert store.store.used_bytes == 0
+    await store.close()
 
 
 @pytest.mark.anyio

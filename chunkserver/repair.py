@@ -1,0 +1,241 @@
+"""Repair work of a chunkserver: copying a replica in from others, and the scrubber.
+
+What it owns: the pacing of both (``Throttle``), the copy of one replica from a list of
+sources (``copy_in``: the chunkserver side of ``chunk.replicate``), and the scrubber's
+round-robin re-reading of every replica (``Scrubber``).
+
+What it must not do: touch files (``store.py`` does, through ``disk.py``), or talk to the
+metaserver. A bad replica found here is marked bad by the store itself, whose ``on_bad``
+hook tells ``server.py``, which reports it.
+
+HOW A COPY WORKS (``copy_in``). The target reserves and preallocates the whole length first
+(a full disk says ``NoSpace`` before any byte moves), then reads ``[0, length)`` in pieces
+with ``chunk.read`` from the first source, writing each piece into a file in ``tmp/``. A
+source that fails (any error, ``Corrupt`` included: a source never hands out bytes that
+failed their checksum) or answers short is dropped, and the next source goes on from the
+same offset: every replica of one version holds the same bytes below the chunk's length.
+Only when all of it is written is the copy fsynced and renamed into place (store.py rule
+9), so a crash or an error mid-copy leaves nothing that a scan would take for a replica.
+
+HOW THE SCRUBBER WORKS. One pass takes the list of replicas (id order) and reads each in
+steps of up to 1 MiB through ``AsyncChunkStore.verify``: the store's own verified read, in
+the disk pool, holding the chunk's read lock only for that step, so client reads share the
+chunk and a client write waits for one step at most. The store makes a replica bad on the
+first mismatch (store.py rule 6). A replica rewritten (``Stale``) or deleted (``NotFound``)
+during its turn is skipped until the next pass. Pacing: ``Throttle`` at
+``scrub_bytes_per_s``, each replica costing at least one page, so that a store of empty
+replicas does not spin; a pass that verified nothing is followed by a pause of at least
+``SCRUB_IDLE_PAUSE_S``. LIMITATIONS: reads go through the page cache, so bytes still
+cached since their last write or read are checked in memory, not on the platter; a replica
+written during its turn is checked up to the length it had when the pass listed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from chunkserver.disk import AsyncChunkStore
+from chunkserver.peers import PeerPool
+from chunkserver.store import BLOCK_BYTES, PAGE_BYTES, ReplicaInfo
+from dfs.wire.errors import DfsError, NotFound, Stale, Timeout, Unavailable
+
+log = logging.getLogger("chunkserver")
+
+# chunk.replicate reads its sources in pieces of at most this: large enough to amortise a
+# round trip, small enough to bound the memory of ``replicate_jobs`` copies at once.
+COPY_PIECE_BYTES_MAX = 4 * 1024 * 1024
+# One piece read from a source: 4 MiB takes milliseconds on a LAN, so a source that has not
+# answered in 10 s is hung; the copy moves on to the next source rather than spend the whole
+# request's time on it.
+COPY_PIECE_TIMEOUT_S = 10.0
+# The scrubber's step: one verified read under the chunk's read lock.
+SCRUB_STEP_BYTES_MAX = 1024 * 1024
+# Pause after a pass that found nothing to read (no replicas, or all empty), so that an
+# idle scrubber with scrub_interval_ms = 0 does not spin.
+SCRUB_IDLE_PAUSE_S = 1.0
+# Steps per second a throttled stream aims at: pieces of rate / STEPS_PER_S keep it smooth
+# rather than one large burst and a long pause.
+STEPS_PER_S = 4
+
+
+class Throttle:
+    """Paces a byte stream (or several sharing it) to ``bytes_per_s``; 0: no limit.
+
+    ``take(n)`` returns when ``n`` more bytes may go: a caller goes at once when the stream
+    is idle, and the next one waits ``n / bytes_per_s`` after it. No burst accumulates
+    while idle, so the rate is never exceeded over any window longer than one piece.
+    """
+
+    def __init__(self, bytes_per_s: int, clock: Callable[[], float] | None = None) -> None:
+        assert bytes_per_s >= 0
+        self.bytes_per_s = bytes_per_s
+        self._clock = clock
+        self._next = 0.0  # clock time when the next bytes may go
+
+    def piece_bytes(self, limit: int) -> int:
+        """The step to take at this rate: about 1/STEPS_PER_S of a second, whole blocks,
+        one block at least, ``limit`` at most."""
+        if self.bytes_per_s == 0:
+            return limit
+        step = self.bytes_per_s // STEPS_PER_S // BLOCK_BYTES * BLOCK_BYTES
+        return min(max(step, BLOCK_BYTES), limit)
+
+    def reserve(self, n: int) -> float:
+        """Book ``n`` bytes; returns the seconds to wait before sending them (pure but for
+        the clock)."""
+        if self.bytes_per_s == 0 or n <= 0:
+            return 0.0
+        now = self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+        start = max(now, self._next)
+        self._next = start + n / self.bytes_per_s
+        return start - now
+
+    async def take(self, n: int) -> None:
+        delay_s = self.reserve(n)
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)  # pacing, not a wait for a condition
+
+
+async def copy_in(
+    store: AsyncChunkStore,
+    peers: PeerPool,
+    throttle: Throttle,
+    *,
+    chunk_id: int,
+    version: int,
+    length: int,
+    sources: list[str],
+    token: bytes,
+    expiry_ms: int,
+    deadline: float,
+) -> ReplicaInfo:
+    """Copy ``[0, length)`` of (chunk_id, version) from ``sources`` into a new replica (see
+    the module docstring). Raises ``NotFound`` when every source lacks that version,
+    ``Unavailable`` when no source could supply it otherwise, ``NoSpace``, ``Stale`` (a
+    newer replica is here), ``Timeout`` past ``deadline`` (loop time)."""
+    loop = asyncio.get_running_loop()
+    incoming = await store.begin_incoming(chunk_id, version, length)
+    try:
+        offset = 0
+        failures: list[str] = []  # "source: what went wrong", for the error's details
+        absent = True  # every source failed with NotFound or Stale: none has this version
+        piece_max = throttle.piece_bytes(COPY_PIECE_BYTES_MAX)
+        for source in sources:
+            while offset < length:
+                size = min(piece_max, length - offset)
+                await throttle.take(size)
+                remaining_s = deadline - loop.time()
+                if remaining_s <= 0:
+                    raise Timeout("chunk.replicate out of time", chunk_id=chunk_id, copied=offset)
+                remaining_s = min(remaining_s, COPY_PIECE_TIMEOUT_S)
+                try:
+                    _, data = await peers.call(
+                        source,
+                        "chunk.read",
+                        timeout_s=remaining_s,
+                        timeout_ms=max(int(remaining_s * 900), 1),
+                        chunk_id=chunk_id,
+                        version=version,
+                        offset=offset,
+                        size=size,
+                        token=token,
+                        expiry_ms=expiry_ms,
+                    )
+                except DfsError as e:
+                    failures.append(f"{source}: {e.code.name}")
+                    absent = absent and isinstance(e, (NotFound, Stale))
+                    log.info("chunkserver event=replicate_source_failed chunk=%d source=%s "
+                             "offset=%d error=%r", chunk_id, source, offset, str(e))  # fmt: skip
+                    break
+                if len(data) != size:
+                    # Short: that replica is shorter than the chunk's length (or, longer, a
+                    # peer that breaks the protocol). Either way not a source for this copy.
+                    failures.append(f"{source}: {len(data)} bytes of {size}")
+                    absent = False
+                    log.info("chunkserver event=replicate_source_failed chunk=%d source=%s "
+                             "offset=%d error=short_read got=%d", chunk_id, source, offset,
+                             len(data))  # fmt: skip
+                    break
+                await store.write_incoming(incoming, data)
+                offset += size
+            if offset == length:
+                break
+        if offset < length:
+            error = NotFound if absent else Unavailable
+            raise error(
+                "no source could supply the chunk", chunk_id=chunk_id, copied=offset,
+                sources=failures,
+            )  # fmt: skip
+        return await store.install_incoming(incoming)
+    except BaseException:
+        # Whatever happened (a cancelled request too), the part-copy goes. Idempotent: a
+        # failed install has closed it already.
+        store.abort_incoming(incoming)
+        raise
+
+
+class Scrubber:
+    """Re-reads every replica at ``bytes_per_s`` (> 0), pausing ``interval_s`` between
+    passes; see the module docstring. Counters for ``cs.status``: ``bytes_verified``,
+    ``passes`` (completed)."""
+
+    def __init__(self, store: AsyncChunkStore, bytes_per_s: int, interval_s: float) -> None:
+        assert bytes_per_s > 0 and interval_s >= 0
+        self.store = store
+        self.throttle = Throttle(bytes_per_s)
+        self.interval_s = interval_s
+        self.bytes_verified = 0
+        self.passes = 0
+
+    async def run(self) -> None:
+        """Pass after pass, for the life of the server (cancel to stop)."""
+        while True:
+            try:
+                verified = await self.scrub_pass()
+            except Exception:
+                # A bug: keep the server serving, try again after a pause.
+                log.exception("chunkserver event=scrub_failed")
+                verified = 0
+            self.passes += 1
+            await asyncio.sleep(self.pause_s(verified))  # the pause between passes
+
+    def pause_s(self, verified: int) -> float:
+        """The pause after a pass that verified ``verified`` bytes."""
+        return self.interval_s if verified else max(self.interval_s, SCRUB_IDLE_PAUSE_S)
+
+    async def scrub_pass(self) -> int:
+        """One pass over the replicas listed at its start; returns the bytes verified."""
+        verified = 0
+        step_max = self.throttle.piece_bytes(SCRUB_STEP_BYTES_MAX)
+        replicas = await asyncio.to_thread(self.store.list_chunks)
+        for replica in replicas:
+            offset = 0
+            while True:
+                size = min(step_max, replica.length - offset)
+                await self.throttle.take(max(size, PAGE_BYTES))
+                if size <= 0:
+                    break
+                try:
+                    n = await self.store.verify(replica.chunk_id, replica.version, offset, size)
+                except (NotFound, Stale):
+                    break  # deleted or rewritten since the pass began: next pass
+                except DfsError:
+                    # Corrupt (the store has made it bad and logged why), or a disk error.
+                    break
+                if n == 0:
+                    break
+                offset += n
+                verified += n
+                self.bytes_verified += n
+        return verified
+
+
+__all__ = [
+    "COPY_PIECE_BYTES_MAX",
+    "SCRUB_STEP_BYTES_MAX",
+    "Scrubber",
+    "Throttle",
+    "copy_in",
+]

@@ -1,0 +1,124 @@
+"""The chunkserver's repair helpers (``chunkserver/repair.py``) on real files in a tmp dir.
+
+What is checked here: the throttle's pacing (with a fake clock, so nothing sleeps) and its
+step sizes; a scrub pass reads every replica, finds a flipped byte, makes that replica bad
+(and tells ``on_bad``), leaves the others alone, and skips replicas that change under it.
+``copy_in`` and the scrubber's reports end to end are in
+``tests/integration/test_chunkserver_repair.py``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from chunkserver.disk import AsyncChunkStore
+from chunkserver.repair import SCRUB_IDLE_PAUSE_S, SCRUB_STEP_BYTES_MAX, Scrubber, Throttle
+from chunkserver.store import BLOCK_BYTES, DATA_OFFSET, ChunkStore, ReplicaInfo
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
+
+B = BLOCK_BYTES
+MiB = 1024 * 1024
+
+
+def test_throttle_paces_to_its_rate_without_bursts() -> None:
+    now = [100.0]
+    throttle = Throttle(MiB, clock=lambda: now[0])
+    assert throttle.reserve(MiB // 4) == 0.0  # idle: at once
+    assert throttle.reserve(MiB // 4) == pytest.approx(0.25)  # then one piece's time apart
+    assert throttle.reserve(MiB // 2) == pytest.approx(0.5)
+    now[0] += 10.0  # a long idle time earns no burst
+    assert throttle.reserve(MiB) == 0.0
+    assert throttle.reserve(1) == pytest.approx(1.0)
+    unlimited = Throttle(0, clock=lambda: now[0])
+    assert unlimited.reserve(1 << 40) == 0.0
+
+
+def test_throttle_steps_are_whole_blocks_near_a_quarter_second() -> None:
+    assert Throttle(0).piece_bytes(4 * MiB) == 4 * MiB
+    assert Throttle(64 * MiB).piece_bytes(4 * MiB) == 4 * MiB
+    assert Throttle(4 * MiB).piece_bytes(4 * MiB) == MiB
+    assert Throttle(1000).piece_bytes(4 * MiB) == B  # one block at least
+    assert Throttle(5 * B * 4 + 7).piece_bytes(4 * MiB) == 5 * B
+
+
+@pytest.fixture
+def async_store(tmp_path: Path) -> Iterator[Callable[[], AsyncChunkStore]]:
+    made: list[AsyncChunkStore] = []
+
+    def make() -> AsyncChunkStore:
+        s = AsyncChunkStore(ChunkStore(tmp_path / "cs", fsync=False), disk_jobs_max=2)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s._pool.shutdown(wait=True)
+
+
+@pytest.mark.anyio
+async def test_a_scrub_pass_finds_a_flipped_byte_and_leaves_the_rest(
+    async_store: Callable[[], AsyncChunkStore], expect_log: Callable[..., None]
+) -> None:
+    expect_log(r"event=corrupt chunk=7 block=20 reason='checksum mismatch'")
+    expect_log(r"event=replica_bad chunk=7 version=2 reason=checksum")
+    expect_log(r"event=quarantined chunk=7")
+    store = async_store()
+    found: list[tuple[int, int]] = []
+    store.store.on_bad = lambda chunk_id, version: found.append((chunk_id, version))
+    rng = random.Random(1)
+    sizes = {3: 0, 5: 100, 7: 2 * SCRUB_STEP_BYTES_MAX + 77, 9: 3 * B}
+    for chunk_id, size in sizes.items():
+        await store.write(chunk_id, 2, 0, 0, rng.randbytes(size))
+    scrubber = Scrubber(store, 1 << 40, 0.0)
+    assert await scrubber.scrub_pass() == sum(sizes.values())
+    assert found == []
+    with open(store.store.path(7), "r+b") as f:  # as a failing disk would
+        f.seek(DATA_OFFSET + 20 * B + 5)
+        byte = f.read(1)
+        f.seek(DATA_OFFSET + 20 * B + 5)
+        f.write(bytes([byte[0] ^ 0x10]))
+    verified = await scrubber.scrub_pass()
+    assert found == [(7, 2)] and store.store.bad_pending(10) == [(7, 2)]
+    # Chunk 7 up to its bad block (in steps of SCRUB_STEP_BYTES_MAX), and all the others.
+    assert verified == 100 + 3 * B + (20 * B // SCRUB_STEP_BYTES_MAX) * SCRUB_STEP_BYTES_MAX
+    assert [r.chunk_id for r in store.list_chunks()] == [3, 5, 9]
+    assert scrubber.bytes_verified == sum(sizes.values()) + verified
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_scrub_pass_skips_replicas_that_change_under_it(
+    async_store: Callable[[], AsyncChunkStore],
+) -> None:
+    store = async_store()
+    for chunk_id in (1, 2, 3):
+        await store.write(chunk_id, 1, 0, 0, bytes(B))
+    real_list = store.list_chunks
+
+    def listed_then_changed() -> list[ReplicaInfo]:
+        listed = real_list()
+        store.store.delete(1)  # gone before its turn
+        store.store.write(2, 2, B, 0, b"")  # rewritten under another version
+        return listed
+
+    store.list_chunks = listed_then_changed  # type: ignore[method-assign]
+    assert await Scrubber(store, 1 << 40, 0.0).scrub_pass() == B  # chunk 3 only
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_an_idle_scrubber_pauses_between_passes(
+    async_store: Callable[[], AsyncChunkStore],
+) -> None:
+    store = async_store()
+    assert await Scrubber(store, 1 << 40, 0.0).scrub_pass() == 0  # nothing to read
+    busy = Scrubber(store, 1 << 40, 0.0)
+    assert busy.pause_s(0) == SCRUB_IDLE_PAUSE_S  # no spinning over an empty store
+    assert busy.pause_s(1) == 0.0  # scrub_interval_ms = 0: the next pass at once
+    assert Scrubber(store, 1, 5.0).pause_s(1) == 5.0
+    await store.close()

@@ -59,8 +59,10 @@ TARGET_JOBS = 2
 # A copy that fails is not tried again for this long (the cause is often still there).
 RETRY_AFTER_S = 5.0
 # Deadline of one chunk.replicate: a 64 MiB chunk at the chunkservers' default throttle
-# takes about a second; this covers a loaded machine and a large chunk size.
-REPLICATE_TIMEOUT_S = 300.0
+# takes about a second; this covers a loaded machine. The chunkserver's own deadline is
+# the request's timeout_ms (at most 60 s there), a little shorter than ours.
+REPLICATE_TIMEOUT_S = 60.0
+REPLICATE_TIMEOUT_MS_SERVER = 58_000
 # Deadline of a version push, a delete.
 PUSH_TIMEOUT_S = 3.0
 DELETE_TIMEOUT_S = 10.0
@@ -295,7 +297,7 @@ class Repair:
             await link.cs_call(
                 target_id, "chunk.replicate", REPLICATE_TIMEOUT_S, chunk_id=chunk_id,
                 version=version, length=length, sources=sources, token=token,
-                expiry_ms=expiry_ms,
+                expiry_ms=expiry_ms, timeout_ms=REPLICATE_TIMEOUT_MS_SERVER,
             )  # fmt: skip
             try:
                 result = await link.propose_internal(

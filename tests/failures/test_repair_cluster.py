@@ -238,12 +238,18 @@ def test_deleted_files_free_their_space(cluster: Cluster, mnt: Path, tmp_path: P
     subprocess.run(["rm", "-rf", str(d)], check=True)
     freed_enough = 3 * DELETE_BYTES * 95 // 100
 
+    seen: list[Any] = []
+
     def freed() -> bool:
         st = cluster.status()
         used = sum(c["used_bytes"] for c in st["chunkservers"])
+        seen[:] = [used_before, used, st["health"], st.get("orphans")]
         return used_before - used >= freed_enough
 
-    wait_until(freed, GC_GRACE_S + 60, f"{freed_enough} bytes freed on the chunkservers")
+    try:
+        wait_until(freed, GC_GRACE_S + 60, f"{freed_enough} bytes freed on the chunkservers")
+    finally:
+        print("used before, used now, health, orphans:", seen)
 
     def df_shows_it() -> bool:
         s = os.statvfs(mnt)

@@ -150,19 +150,29 @@ def init_layout(
     chunk_size: int = CHUNK_SIZE_DEFAULT,
     meta_options: dict[str, Any] | None = None,
     cs_options: dict[str, Any] | None = None,
+    addresses: tuple[list[str], list[str]] | None = None,
 ) -> Layout:
-    """Write a new cluster directory (secret, configs) or return the existing one."""
+    """Write a new cluster directory (secret, configs) or return the existing one.
+
+    The servers listen on free loopback ports, or on ``addresses`` (metaservers',
+    chunkservers' "host:port", one per server) when given: a cluster whose servers are
+    on hosts of their own (``dfs.testing.netns``)."""
     directory = directory.absolute()
     if (directory / "cluster.toml").exists():
         return load_layout(directory)
+    if addresses is not None:
+        metaservers, chunkservers = len(addresses[0]), len(addresses[1])
     if metaservers < 1 or chunkservers < 1:
         raise ClusterError("a cluster needs at least one metaserver and one chunkserver")
     directory.mkdir(parents=True, exist_ok=True)
-    ports = free_loopback_ports(metaservers + chunkservers)
+    if addresses is None:
+        ports = free_loopback_ports(metaservers + chunkservers)
+        local_addresses = [f"127.0.0.1:{port}" for port in ports]
+        addresses = (local_addresses[:metaservers], local_addresses[metaservers:])
     layout = Layout(
         dir=directory,
-        metaservers={i + 1: f"127.0.0.1:{ports[i]}" for i in range(metaservers)},
-        chunkservers={i + 1: f"127.0.0.1:{ports[metaservers + i]}" for i in range(chunkservers)},
+        metaservers={i + 1: a for i, a in enumerate(addresses[0])},
+        chunkservers={i + 1: a for i, a in enumerate(addresses[1])},
         chunk_size=chunk_size,
     )
     if not layout.secret_file.exists():

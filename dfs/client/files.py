@@ -84,6 +84,7 @@ from dfs.wire.errors import (
     DfsError,
     InternalError,
     Invalid,
+    NoSpace,
     NotFound,
     PermissionDenied,
     Stale,
@@ -112,7 +113,7 @@ _HANDLE_OUTDATED = (Stale, PermissionDenied, NotFound)
 _REPLICA_FAILED = (Unavailable, Timeout, Busy, InternalError, Corrupt)
 # Failures that mean a replica of the chain is gone or bad (not merely busy): the writer
 # names it in its next fs.write_handle (``drop``) and the leader takes it out of the set.
-_REPLICA_LOST = (Unavailable, Timeout, InternalError, Corrupt)
+_REPLICA_LOST = (Unavailable, Timeout, InternalError, Corrupt, NoSpace)
 
 
 def _lost_replica(handle: WriteHandle, e: DfsError) -> int | None:
@@ -525,6 +526,13 @@ class OpenInode:
                 # failed, and the leader bumps the version without it (design.md §5.3);
                 # re-replication restores the goal later.
                 last, pause = e, True
+                self._note_lost(writer, handle, e)
+            except NoSpace as e:
+                # A full chunkserver (its heartbeat had not told the leader yet): the rest
+                # of the chain goes on without it. With no other replica left, ENOSPC.
+                if len(handle.chain) == 1:
+                    raise
+                last, pause = e, False
                 self._note_lost(writer, handle, e)
             else:
                 writer.acked(handle, end_in_chunk)

@@ -130,7 +130,7 @@ class Cluster:
         local.stop_daemons(self.layout, timeout_s=10)
         for log in sorted((self.layout.dir / "logs").glob("*.log")):
             text = log.read_text(errors="replace")
-            if "Traceback" in text or " ERROR " in text:
+            if "Traceback" in text or " ERROR " in text or "mount" in log.name:
                 print(f"----- {log.name}\n{text[-6000:]}")
 
 

@@ -1,6 +1,7 @@
-"""Full disks (issue 5, item 7): each chunkserver's data directory is a size-limited tmpfs.
-One small server fills up and new chunks go elsewhere; then every server fills, the writer
-gets ENOSPC, and everything written before is intact."""
+"""Full disks (issue 5, item 7): each chunkserver's data directory is a size-limited tmpfs,
+and one of them is nearly full of someone else's data from the start. Placement weighs
+free space, so that one fills up first; then new chunks go elsewhere. Then every server
+fills, the writer gets ENOSPC, and everything written before is intact."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from conftest import Cluster, wait_until
 pytestmark = pytest.mark.timeout(300)
 
 MIB = 1 << 20
-SMALL_MIB, LARGE_MIB = 24, 64
+DISK_MIB = 64
+BALLAST_MIB = 52  # on cs1: what is not ours, that dfs must not count on
 
 
 def _tmpfs(where: Path, size_mib: int) -> None:
@@ -32,10 +34,12 @@ def small_cluster(tmp_path: Path) -> Iterator[Cluster]:
     base = tmp_path / "cluster"
     mounted: list[Path] = []
     try:
-        for i, size in ((1, SMALL_MIB), (2, LARGE_MIB), (3, LARGE_MIB), (4, LARGE_MIB)):
+        for i in (1, 2, 3, 4):
             where = base / f"cs{i}" / "data"
-            _tmpfs(where, size)
+            _tmpfs(where, DISK_MIB)
             mounted.append(where)
+        with open(base / "cs1" / "data" / "ballast", "wb") as f:
+            f.write(b"\xaa" * (BALLAST_MIB * MIB))
         c = Cluster(base)
         try:
             yield c
@@ -68,7 +72,7 @@ def test_full_servers_take_no_new_chunks_and_a_full_cluster_says_enospc(
 
     i = 0
     while not small_is_full():
-        assert i < 2 * (SMALL_MIB + 3 * LARGE_MIB) // 4, "the small server never filled"
+        assert i < DISK_MIB, "the small server never filled"
         body = os.urandom(4 * MIB)
         (mnt / f"a{i:03d}").write_bytes(body)  # no error while others have room
         written[f"a{i:03d}"] = hashlib.sha256(body).hexdigest()
@@ -82,12 +86,13 @@ def test_full_servers_take_no_new_chunks_and_a_full_cluster_says_enospc(
     print("after phase 1 (used, capacity):", used)
     small_id = min(used, key=lambda cs: used[cs][1])
     small_used, small_capacity = used[small_id]
-    assert small_capacity <= SMALL_MIB * MIB and small_used <= small_capacity
+    assert small_capacity <= (DISK_MIB - BALLAST_MIB) * MIB and small_used <= small_capacity
+    assert all(used[cs][1] - used[cs][0] > 8 * MIB for cs in used if cs != small_id)
     health = cluster.status()["health"]
     assert health["under_goal"] == 0 and health["missing"] == 0, health
     # Phase 2: write until the cluster is full: the writer gets ENOSPC, nothing else.
     failure = None
-    for i in range(4 * LARGE_MIB // 4):
+    for i in range(4 * DISK_MIB // 4):
         body = os.urandom(4 * MIB)
         try:
             (mnt / f"b{i:03d}").write_bytes(body)

@@ -69,6 +69,15 @@ def healthy(cluster: Cluster, dead: int = 0) -> dict[str, Any] | None:
     return st
 
 
+def steady(cluster: Cluster) -> dict[str, Any] | None:
+    """The status once every chunk is at its goal of 3 and every chunkserver's heartbeat
+    counts exactly the replicas the table gives it (nothing extra, nothing in flight)."""
+    st = healthy(cluster)
+    if st is None or sum(c["chunks"] for c in st["chunkservers"]) != 3 * st["health"]["total"]:
+        return None
+    return st
+
+
 async def _meta_call(cluster: Cluster, op: str, **fields: Any) -> dict[str, Any]:
     """An op on the leader, following NotLeader."""
     st = await local.cluster_status(cluster.layout.meta_addresses, cluster.secret)
@@ -147,14 +156,7 @@ def test_chunkserver_killed_mid_copy_then_back_at_goal(
     # The dead server comes back: whatever it holds is stale or extra, and goes.
     local.start_daemons(cluster.layout)
 
-    def trimmed() -> bool:
-        st = healthy(cluster, dead=0)
-        if st is None:
-            return False
-        held = sum(c["chunks"] for c in st["chunkservers"])
-        return held == 3 * st["health"]["total"]
-
-    wait_until(trimmed, 60, "the returning chunkserver's extra replicas to be deleted")
+    wait_until(lambda: steady(cluster), 60, "the returning chunkserver's extras to be deleted")
     assert sha256_file(dst) == digest
 
 
@@ -232,7 +234,7 @@ def test_deleted_files_free_their_space(cluster: Cluster, mnt: Path, tmp_path: P
     piece = os.urandom(8 * MIB)
     for i in range(DELETE_BYTES // (8 * MIB)):
         (d / f"f{i}").write_bytes(piece)
-    st = wait_until(lambda: healthy(cluster), 120, "a healthy cluster")
+    st = wait_until(lambda: steady(cluster), 120, "every chunk at goal, and counted")
     used_before = sum(c["used_bytes"] for c in st["chunkservers"])
     free_before = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
     subprocess.run(["rm", "-rf", str(d)], check=True)
@@ -243,13 +245,13 @@ def test_deleted_files_free_their_space(cluster: Cluster, mnt: Path, tmp_path: P
     def freed() -> bool:
         st = cluster.status()
         used = sum(c["used_bytes"] for c in st["chunkservers"])
-        seen[:] = [used_before, used, st["health"], st.get("orphans")]
+        seen[:] = [used_before, used, st["health"]]
         return used_before - used >= freed_enough
 
     try:
         wait_until(freed, GC_GRACE_S + 60, f"{freed_enough} bytes freed on the chunkservers")
     finally:
-        print("used before, used now, health, orphans:", seen)
+        print("used before, used now, health:", seen)
 
     def df_shows_it() -> bool:
         s = os.statvfs(mnt)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Cluster, wait_until
+from failures_cluster import Cluster, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 

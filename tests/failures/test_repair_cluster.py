@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import CHUNK, DEAD_TIMEOUT_S, GC_GRACE_S, Cluster, wait_until
+from failures_cluster import CHUNK, DEAD_TIMEOUT_S, GC_GRACE_S, Cluster, wait_until
 
 from dfs import rpc
 from dfs.cli import cluster as local

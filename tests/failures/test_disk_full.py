@@ -18,8 +18,8 @@ from failures_cluster import Cluster, wait_until
 pytestmark = pytest.mark.timeout(300)
 
 MIB = 1 << 20
-DISK_MIB = 64
-BALLAST_MIB = 52  # on cs1: what is not ours, that dfs must not count on
+DISK_MIB = 96
+BALLAST_MIB = 84  # on cs1: what is not ours, that dfs must not count on
 
 
 def _tmpfs(where: Path, size_mib: int) -> None:

@@ -547,3 +547,39 @@ def test_two_mounts_close_to_open(mounts: Any, mnt: Path, workdir: Path) -> None
     # And the other way round, to a name the first mount has never seen.
     (there / "back").write_bytes(b"from the second mount")
     assert (workdir / "back").read_bytes() == b"from the second mount"
+
+
+def test_tar_style_attributes_and_absent_names_between_mounts(
+    mounts: Any, mnt: Path, workdir: Path
+) -> None:
+    """What tar does to each file (write, futimens, fchown, fchmod, close) shows on this
+    mount at once and on another one at the close, which commits it all in one command;
+    a name the other mount looked up before it existed shows up there within the TTL."""
+    from fuse_cluster import wait_until
+
+    other = mounts.mount("third")
+    there = other / workdir.relative_to(mnt)
+    assert not (there / "late").exists()  # the other mount caches the absence
+    fd = os.open(workdir / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"x" * 5000)
+        os.utime(fd, ns=(1_400_000_000_000_000_001, 1_500_000_000_000_000_002))
+        os.fchown(fd, 1234, 5678)
+        os.fchmod(fd, 0o754)
+        st = os.fstat(fd)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size) == (
+            0o754, 1234, 5678, 5000,
+        )  # fmt: skip
+        assert (st.st_atime_ns, st.st_mtime_ns) == (
+            1_400_000_000_000_000_001,
+            1_500_000_000_000_000_002,
+        )
+    finally:
+        os.close(fd)
+    st = os.stat(there / "f")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns) == (
+        0o754, 1234, 5678, 5000, 1_500_000_000_000_000_002,
+    )  # fmt: skip
+    (workdir / "late").write_bytes(b"now")
+    wait_until(lambda: (there / "late").exists(), 10, "the name created on the first mount")
+    assert (there / "late").read_bytes() == b"now"

@@ -4,7 +4,8 @@ Each benchmark prints one figure a line, ``name value unit`` (design.md §8), or
 object with ``--json``. What exists:
 
 cluster  Data and metadata speed of a local cluster against the local disk, as ratios
-       measured in the same run: see ``dfs/benchcluster.py``.
+       measured in the same run, through the client library and (``cp``, ``tar x``)
+       through a FUSE mount: see ``dfs/benchcluster.py``.
 
 raft   A three-node ``metaserver.raft.kvserver`` group on loopback, fsync on, in a temp dir
        on the same disk as the working tree. A load generator in its own process (so that
@@ -313,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     cluster.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     cluster.add_argument("--mib", type=int, default=256, help="size of the sequential file")
     cluster.add_argument("--files", type=int, default=500, help="small files to create")
+    cluster.add_argument(
+        "--mount-files", type=int, default=1000, help="small files to cp through the mount"
+    )
+    cluster.add_argument(
+        "--no-mount", action="store_true", help="skip the figures through a FUSE mount"
+    )
     cluster.add_argument("--dir", default=None, help="where the temp dir goes (default: TMPDIR)")
     cluster.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     cluster.add_argument("--plot", type=Path, default=None, help="also write an SVG chart here")

@@ -32,6 +32,8 @@ Config file (TOML, version 1)::
     repair_quiet_ms = 10000             # optional; a chunk touched this recently waits
     gc_grace_ms = 30000                 # optional; deleted chunks are kept this long
     replication_jobs = 4                # optional; chunk copies in flight, cluster-wide
+    hold_grace_ms = 15000               # optional; a new leader keeps every unlinked file
+                                        #   this long, while clients announce open files
     tick_ms = 100                       # optional; Raft tick (elections after 10-20 ticks)
     election_ticks = 10                 # optional
     heartbeat_ticks = 1                 # optional
@@ -71,7 +73,7 @@ from dfs.wire.errors import (
 )
 from dfs.wire.messages import field, uint_field
 from dfs.wire.token import READ, WRITE, make_token, token_key
-from metaserver.holds import HOLDS_PER_REQUEST_MAX, KEEPALIVE_S, Holds
+from metaserver.holds import HOLD_GRACE_S, HOLDS_PER_REQUEST_MAX, KEEPALIVE_S, Holds
 from metaserver.namespace import Namespace, encode_command
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
 from metaserver.placement import PLACEMENT_POLICIES, Placer, Registry
@@ -111,6 +113,7 @@ class MetaConfig:
     repair_quiet_s: float = 10.0
     gc_grace_s: float = 30.0
     replication_jobs: int = 4
+    hold_grace_s: float = HOLD_GRACE_S
 
 
 def load_config(path: Path) -> MetaConfig:
@@ -121,7 +124,7 @@ def load_config(path: Path) -> MetaConfig:
         "id", "listen", "data_dir", "secret_file", "tick_ms", "election_ticks",
         "heartbeat_ticks", "snapshot_entries", "fsync", "join", "peers", "chunk_size",
         "dead_timeout_ms", "placement", "token_ttl_ms", "repair_interval_ms",
-        "repair_quiet_ms", "gc_grace_ms", "replication_jobs",
+        "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms",
     }  # fmt: skip
     unknown = set(raw) - known
     if unknown:
@@ -154,6 +157,7 @@ def load_config(path: Path) -> MetaConfig:
             repair_quiet_s=int(raw.get("repair_quiet_ms", 10_000)) / 1000,
             gc_grace_s=int(raw.get("gc_grace_ms", 30_000)) / 1000,
             replication_jobs=int(raw.get("replication_jobs", 4)),
+            hold_grace_s=int(raw.get("hold_grace_ms", int(HOLD_GRACE_S * 1000))) / 1000,
         )
     except KeyError as e:
         raise ValueError(f"{path}: missing key {e}") from None
@@ -215,8 +219,9 @@ MUTATIONS: dict[str, tuple[str, tuple[tuple[str, type, bool], ...]]] = {
                                  ("flags", _I, False))),
     "fs.removexattr": ("removexattr", (("ino", _I, True), ("name", _B, True))),
     "fs.set_goal": ("set_goal", (("ino", _I, True), ("goal", _I, True))),
-    "fs.commit": ("commit", (("ino", _I, True), ("size", _I, True), ("mtime_ns", _I, True),
-                             ("chunks", list, True))),
+    "fs.commit": ("commit", (("ino", _I, True), ("size", _I, True), ("mtime_ns", _I, False),
+                             ("chunks", list, True), ("mode", _I, False), ("uid", _I, False),
+                             ("gid", _I, False), ("atime_ns", _I, False))),
 }  # fmt: skip
 # cs.report pages and cs.bad_chunks lists (PROTOCOL.md).
 REPORT_PAGE_MAX = 8192
@@ -243,7 +248,7 @@ class MetaServer:
             jobs=config.replication_jobs,
         )
         self._repair_task: asyncio.Task[None] | None = None
-        self.holds = Holds()
+        self.holds = Holds(grace_s=config.hold_grace_s)
         self._orphan_task: asyncio.Task[None] | None = None
         self._ops: dict[str, Handler] = {
             "fs.lookup": self._lookup,
@@ -314,6 +319,8 @@ class MetaServer:
         timeout_s = min(max(timeout_ms, 1) / 1000, OP_TIMEOUT_S_MAX)
         if not isinstance(op, str):
             raise Unsupported("missing op")
+        if op == "fs.create" and header.get("first_chunk") is True:
+            return await self._create_with_chunk(header, timeout_s), b""
         mutation = MUTATIONS.get(op)
         if op in ("fs.unlink", "fs.rename"):
             header = {**header, "keep": self._keep(header)}
@@ -324,6 +331,8 @@ class MetaServer:
                 await self._push_version(
                     cut["chunk_id"], cut["version"], cut["length"], cut["replicas"]
                 )
+            if op == "fs.create":
+                self._hold_created(header, result)
             if op == "fs.commit":
                 for entry in header["chunks"]:
                     if isinstance(entry, list) and len(entry) == 4:
@@ -394,6 +403,13 @@ class MetaServer:
             return False
         return self.holds.held(int(target["ino"]), time.monotonic())
 
+    def _hold_created(self, h: dict[str, Any], result: dict[str, Any]) -> None:
+        """``fs.create`` with ``holder``: the creator holds the file open from now on."""
+        holder = uint_field(h, "holder", 0)
+        attr = result.get("attr")
+        if holder and isinstance(attr, dict):
+            self.holds.hold(holder, [int(attr["ino"])], time.monotonic())
+
     def _inos(self, h: dict[str, Any]) -> list[int]:
         inos = field(h, "inos", list)
         if len(inos) > HOLDS_PER_REQUEST_MAX or any(type(i) is not int or i < 1 for i in inos):
@@ -402,7 +418,7 @@ class MetaServer:
 
     async def _open(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """getattr (linearizable, for close-to-open) and a hold for the client's session."""
-        ino, client = uint_field(h, "ino"), uint_field(h, "client", 0)
+        ino, client = uint_field(h, "ino"), uint_field(h, "holder", 0)
         await self._read(timeout_s)
         attr = self.ns.getattr(ino)
         if client:
@@ -410,14 +426,14 @@ class MetaServer:
         return {"attr": attr}
 
     async def _release(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        inos, client = self._inos(h), uint_field(h, "client", 0)
+        inos, client = self._inos(h), uint_field(h, "holder", 0)
         self._leader_view()
         self.holds.release(client, inos)
         await self._free_orphans([i for i in inos if i in self.ns.orphans], timeout_s)
         return {}
 
     async def _keepalive(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        inos, client = self._inos(h), uint_field(h, "client", 0)
+        inos, client = self._inos(h), uint_field(h, "holder", 0)
         self._leader_view()
         self.holds.keepalive(client, inos, time.monotonic())
         return {"keepalive_ms": int(KEEPALIVE_S * 1000)}
@@ -632,6 +648,56 @@ class MetaServer:
             kept = list(replicas)
         return {"chunk_id": chunk_id, "version": version, "length": length, "replicas": kept}
 
+    async def _create_with_chunk(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """``fs.create`` with ``first_chunk``: the file and its chunk 0 in one command, and
+        the answer carries the chunk's write handle (``handle``, as ``fs.write_handle``
+        answers), so that a small file costs one Raft commit less. Placement is decided
+        here, as for ``fs.write_handle``; when it cannot be (no chunkserver heard from
+        yet, none with space) the file is created without a chunk and the writer asks
+        ``fs.write_handle`` later, as it would have."""
+        op, spec = MUTATIONS["fs.create"]
+        args: dict[str, Any] = {}
+        for name, tp, required in spec:
+            if required or name in h:
+                args[name] = field(h, name, tp)
+        self._leader_view()
+        with contextlib.suppress(DfsError):
+            goal = int(self.ns.getattr(args["parent"])["goal"])  # the new file inherits it
+            self._know_all_chunkservers()
+            now_s = time.monotonic()
+            alive = self.registry.alive(now_s)
+            replicas = self.placer.place(alive, goal, reserve_bytes=self.ns.chunk_size_bytes)
+            if len(replicas) == goal or not any(c.last_heard_s is None for c in alive):
+                args["replicas"] = replicas
+        if not args.get("replicas"):
+            args.pop("replicas", None)
+        result = await self._propose(op, args, h, timeout_s)
+        self._hold_created(h, result)
+        chunk = result.pop("chunk", None)
+        if chunk is not None:
+            self.repair.touch(int(chunk["chunk_id"]))
+            result["handle"] = self._handle_answer(chunk)
+        return result
+
+    def _handle_answer(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        """A write handle's answer (``fs.write_handle``'s fields) for ``chunk``."""
+        expiry_ms = time.time_ns() // 1_000_000 + self.config.token_ttl_ms
+        known = self.ns.chunkservers()
+        return {
+            "chunk_id": chunk["chunk_id"],
+            "version": chunk["version"],
+            "length": chunk["length"],
+            "chain": [
+                {"id": cs_id, "address": known[cs_id]["address"]}
+                for cs_id in chunk["replicas"]
+                if cs_id in known
+            ],
+            "token": make_token(
+                self._token_key, chunk["chunk_id"], chunk["version"], WRITE, expiry_ms
+            ),
+            "expiry_ms": expiry_ms,
+        }
+
     # ------------------------------------------------------------------ repair's link
 
     @property
@@ -800,6 +866,7 @@ class MetaServer:
             "health": health,
             "orphans": len(self.ns.orphans),
             "holds": self.holds.count() if st.role == Role.LEADER else None,
+            "holds_in_grace": (self.holds.in_grace(now_s) if st.role == Role.LEADER else None),
             "files": stats["files"],
             "dirs": stats["dirs"],
             "chunks": stats["chunks"],

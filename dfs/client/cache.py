@@ -1,5 +1,5 @@
-"""The client's caches: attributes and directory entries with a short TTL, chunk locations
-until they fail. Pure: the caller passes the clock.
+"""The client's caches: attributes, directory entries and xattrs with a short TTL, chunk
+locations until they fail. Pure: the caller passes the clock.
 
 Attributes and entries (``MetaCache``). ``getattr`` and ``lookup`` answers, and the
 attributes that come with every mutation and every ``readdir`` page, are kept for
@@ -8,6 +8,21 @@ enough that a burst of ``stat``s or lookups (``ls -l``, path walks) costs one RP
 enough that other clients' changes show up soon. This client's own mutations update or
 drop what they touch at once (``FsClient`` does this next to each call), so a client
 always sees its own changes. ``open`` bypasses the cache (close-to-open consistency).
+
+Absent names are cached too (*negative entries*), under the same TTL: a lookup answered
+``NotFound``, or a name this client removed. ``cp`` looks a new name up twice (its own
+``stat``, then the kernel's lookup before the create), and the second costs no round trip.
+Another client's create of a name looked up here is seen once the TTL has passed, as its
+removals and attribute changes are; a name never looked up here is always asked for, so
+that a file created and closed on another mount opens here at once (close-to-open). (A
+directory this client created could answer every absent name itself for the TTL, saving
+the lookup before each create in it; that would hide such files for up to the TTL, so it
+is not done.)
+
+Extended attributes (``xattr``): values and absences by (ino, name), for the TTL; an inode
+this client created has none (``no_xattrs``) until it sets one. The kernel asks for
+``security.capability`` before every write (to clear file capabilities), so without this
+each write of a new file would cost a round trip.
 
 Chunk locations (``LocationCache``). ``fs.locate`` answers by (ino, chunk index), holes
 included (a chunk absent from the answer is a hole until this client writes it). An entry
@@ -23,25 +38,65 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TypeVar
 
 from dfs.client.records import Attr, ChunkLocation
 
 Clock = Callable[[], float]
+K = TypeVar("K")
+V = TypeVar("V")
 
 # A read token that expires within this margin is not used: the read may take a while
 # and a chunkserver refuses an expired token (PermissionDenied).
 TOKEN_MARGIN_MS = 10_000
+# The inode number of a negative entry in ``MetaCache._names`` (inodes start at 1).
+_ABSENT = 0
 
 
 class MetaCache:
-    """Attributes by inode and directory entries by (parent, name), each with a TTL."""
+    """Attributes by inode, directory entries by (parent, name) (present or absent), and
+    xattrs by (ino, name), each with a TTL; see the module docstring for the rules."""
 
     def __init__(self, *, ttl_s: float, clock: Clock, entries_max: int = 100_000) -> None:
         self.ttl_s = ttl_s
         self._clock = clock
         self._entries_max = entries_max
         self._attrs: OrderedDict[int, tuple[Attr, float]] = OrderedDict()
+        # (parent, name) -> (ino, or _ABSENT; until when).
         self._names: OrderedDict[tuple[int, bytes], tuple[int, float]] = OrderedDict()
+        # ino -> {name: (value, or None for absent; until when)}.
+        self._xattrs: OrderedDict[int, dict[bytes, tuple[bytes | None, float]]] = OrderedDict()
+        # Inodes known to have no xattrs at all: ino -> until when.
+        self._no_xattrs: OrderedDict[int, float] = OrderedDict()
+        # Bumped by every ``drop_xattrs``: an answer asked for before a change made here is
+        # not cached after it (a getxattr racing with this client's own setxattr).
+        self._xattr_epoch = 0
+
+    def _expires(self) -> float:
+        return self._clock() + self.ttl_s
+
+    def _bound(self, table: OrderedDict[K, V]) -> K | None:
+        """Evict the oldest item past the bound; returns its key."""
+        if len(table) > self._entries_max:
+            return table.popitem(last=False)[0]
+        return None
+
+    def _until(self, table: OrderedDict[int, float], ino: int) -> bool:
+        """Whether ``table`` holds a fresh mark for ``ino`` (a stale one is removed)."""
+        until = table.get(ino)
+        if until is None:
+            return False
+        if until <= self._clock():
+            del table[ino]
+            return False
+        return True
+
+    def _mark(self, table: OrderedDict[int, float], ino: int) -> None:
+        table[ino] = self._expires()
+        table.move_to_end(ino)
+        self._bound(table)
+
+    # ------------------------------------------------------------------ attributes
 
     def attr(self, ino: int) -> Attr | None:
         """The cached attributes of ``ino`` if still fresh."""
@@ -56,16 +111,17 @@ class MetaCache:
     def put_attr(self, attr: Attr) -> None:
         if self.ttl_s <= 0:
             return
-        self._attrs[attr.ino] = (attr, self._clock() + self.ttl_s)
+        self._attrs[attr.ino] = (attr, self._expires())
         self._attrs.move_to_end(attr.ino)
-        if len(self._attrs) > self._entries_max:
-            self._attrs.popitem(last=False)
+        self._bound(self._attrs)
 
     def drop_attr(self, ino: int) -> None:
         self._attrs.pop(ino, None)
 
-    def entry(self, parent: int, name: bytes) -> int | None:
-        """The inode ``name`` in ``parent`` names, if the entry is still fresh."""
+    # ------------------------------------------------------------------ entries
+
+    def _name(self, parent: int, name: bytes) -> int | None:
+        """The fresh entry's inode (``_ABSENT`` for a negative one), or None."""
         item = self._names.get((parent, name))
         if item is None:
             return None
@@ -74,25 +130,92 @@ class MetaCache:
             return None
         return item[0]
 
+    def entry(self, parent: int, name: bytes) -> int | None:
+        """The inode ``name`` in ``parent`` names, if a fresh entry says so (None also
+        when the name is known absent: see ``absent``)."""
+        ino = self._name(parent, name)
+        return None if ino == _ABSENT else ino
+
+    def absent(self, parent: int, name: bytes) -> bool:
+        """Whether ``name`` is known not to exist in ``parent`` (a fresh negative entry)."""
+        return self._name(parent, name) == _ABSENT
+
     def put_entry(self, parent: int, name: bytes, attr: Attr) -> None:
         """Remember that ``name`` in ``parent`` is ``attr`` (both the entry and the attr)."""
         if self.ttl_s <= 0:
             return
-        key = (parent, name)
-        self._names[key] = (attr.ino, self._clock() + self.ttl_s)
-        self._names.move_to_end(key)
-        if len(self._names) > self._entries_max:
-            self._names.popitem(last=False)
+        self._put_name(parent, name, attr.ino)
         self.put_attr(attr)
 
+    def put_absent(self, parent: int, name: bytes) -> None:
+        """Remember that ``name`` is not in ``parent`` (a lookup said so, or this client
+        removed it)."""
+        if self.ttl_s <= 0:
+            return
+        self._put_name(parent, name, _ABSENT)
+
+    def _put_name(self, parent: int, name: bytes, ino: int) -> None:
+        key = (parent, name)
+        self._names[key] = (ino, self._expires())
+        self._names.move_to_end(key)
+        self._bound(self._names)
+
     def drop_entry(self, parent: int, name: bytes) -> int | None:
-        """Forget an entry; returns the inode it named (fresh or not), if known."""
+        """Forget an entry (present or absent: a mutation's outcome is unknown); returns
+        the inode it named (fresh or not), if known."""
         item = self._names.pop((parent, name), None)
-        return item[0] if item is not None else None
+        return item[0] if item is not None and item[0] != _ABSENT else None
+
+    # ------------------------------------------------------------------ xattrs
+
+    def xattr(self, ino: int, name: bytes) -> tuple[bool, bytes | None]:
+        """(known, value): the value of xattr ``name`` of ``ino``, None when known absent."""
+        names = self._xattrs.get(ino)
+        if names is not None:
+            item = names.get(name)
+            if item is not None:
+                if item[1] > self._clock():
+                    return True, item[0]
+                del names[name]
+        if self._until(self._no_xattrs, ino):
+            return True, None
+        return False, None
+
+    @property
+    def xattr_epoch(self) -> int:
+        """Take before asking for an xattr; pass to ``put_xattr`` with the answer."""
+        return self._xattr_epoch
+
+    def put_xattr(self, ino: int, name: bytes, value: bytes | None, *, epoch: int) -> None:
+        """Remember xattr ``name`` of ``ino`` (None: it is absent), unless this client
+        changed xattrs since ``epoch``."""
+        if self.ttl_s <= 0 or epoch != self._xattr_epoch:
+            return
+        names = self._xattrs.get(ino)
+        if names is None:
+            names = self._xattrs[ino] = {}
+            self._bound(self._xattrs)
+        else:
+            self._xattrs.move_to_end(ino)
+        names[name] = (value, self._expires())
+
+    def put_no_xattrs(self, ino: int) -> None:
+        """``ino`` is new (this client created it): it has no xattrs."""
+        if self.ttl_s <= 0:
+            return
+        self._mark(self._no_xattrs, ino)
+
+    def drop_xattrs(self, ino: int) -> None:
+        """Forget what is known of ``ino``'s xattrs (this client changed them)."""
+        self._xattr_epoch += 1
+        self._no_xattrs.pop(ino, None)
+        self._xattrs.pop(ino, None)
 
     def clear(self) -> None:
         self._attrs.clear()
         self._names.clear()
+        self._xattrs.clear()
+        self._no_xattrs.clear()
 
 
 class LocationCache:

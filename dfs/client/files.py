@@ -64,7 +64,9 @@ inode bumps its ``generation``, which retires every block a handle prefetched.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -105,6 +107,8 @@ LOCATE_COUNT_MAX = 1024
 HANDLE_MARGIN_MS = 5_000
 # First pause before locating a chunk again after a failed read (doubling per attempt).
 STALE_BACKOFF_MIN_S = 0.005
+# The bits of a mode that ``set_attrs`` changes (never the file type).
+PERMISSION_BITS = 0o7777
 # Backoff between attempts of an upload after a replica failed.
 BACKOFF_MIN_S = 0.02
 BACKOFF_MAX_S = 1.0
@@ -292,6 +296,7 @@ class OpenInode:
         self.ino = attr.ino
         self.size = attr.size
         self.refs = 0
+        self.writers = 0  # handles open for writing (File counts itself in and out)
         self.finishing = False  # the client commits what the last close left (fsclient.py)
         self.generation = 0  # bumped by every write and truncate (retires read-ahead)
         self._lock = anyio.Lock()  # one write/flush/truncate at a time
@@ -313,6 +318,11 @@ class OpenInode:
         self._unsynced: set[int] = set()  # chunks written since their last sync
         self._uploaded_end = 0  # end of the furthest upload that landed
         self._mtime_ns: int | None = None  # time of the last write not yet committed
+        # Attribute changes that join the next commit (``set_attrs``): mode (permission
+        # bits), uid, gid, atime_ns; and when the last of them was made.
+        self._attrs: dict[str, int] = {}
+        self._attrs_ctime_ns = 0
+        self._attrs_timer = False  # a commit of them is scheduled (``_commit_attrs_later``)
         # (size, mtime, ctime) as this client last saw them from the metaserver.
         self._seen = _stamp(attr)
 
@@ -327,15 +337,21 @@ class OpenInode:
             or self._uncommitted
             or self._unsynced
             or self._mtime_ns is not None
+            or self._attrs
         )
 
     @property
     def unsaved(self) -> bool:
         """Whether this client holds written bytes the metaserver does not point at yet
-        (buffered, in flight, landed but uncommitted or unsynced). Unlike ``dirty``, not
-        the time and size of writes whose data failed (reported, and gone)."""
+        (buffered, in flight, landed but uncommitted or unsynced), or attribute changes
+        for the next commit. Unlike ``dirty``, not the time and size of writes whose data
+        failed (reported, and gone)."""
         return bool(
-            self._ext_buf is not None or self._uploads or self._uncommitted or self._unsynced
+            self._ext_buf is not None
+            or self._uploads
+            or self._uncommitted
+            or self._unsynced
+            or self._attrs
         )
 
     @property
@@ -346,6 +362,76 @@ class OpenInode:
     def saw(self, attr: Attr) -> None:
         """Attributes the metaserver returned for this client's own change."""
         self._seen = _stamp(attr)
+
+    def overlay(self, attr: Attr) -> Attr:
+        """``attr`` (from the metaserver) as this client has changed it since: size and
+        mtime of uncommitted writes, attribute changes waiting for the next commit."""
+        changes: dict[str, int] = {"size": self.size}
+        if self._mtime_ns is not None:
+            changes["mtime_ns"] = self._mtime_ns
+        pending = self._attrs
+        if pending:
+            if "mode" in pending:
+                changes["mode"] = stat.S_IFMT(attr.mode) | pending["mode"]
+            for name in ("uid", "gid", "atime_ns"):
+                if name in pending:
+                    changes[name] = pending[name]
+            changes["ctime_ns"] = max(attr.ctime_ns, self._attrs_ctime_ns)
+        return dataclasses.replace(attr, **changes)
+
+    def set_attrs(
+        self,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> None:
+        """Change attributes with the next commit rather than by a ``setattr`` of their
+        own (the caller has a handle open for writing, whose close commits). An mtime
+        set here stands until a later write moves it, as on a local file system. So that
+        other clients see the change soon even while the file stays open, and a crash
+        loses it only briefly, a commit follows within ``attr_ttl_s`` at the latest."""
+        for name, value in (("mode", mode), ("uid", uid), ("gid", gid), ("atime_ns", atime_ns)):
+            if value is not None:
+                self._attrs[name] = value & PERMISSION_BITS if name == "mode" else value
+        if mtime_ns is not None:
+            self._mtime_ns = mtime_ns
+        self._attrs_ctime_ns = time.time_ns()
+        if not self._attrs_timer:
+            self._attrs_timer = True
+            self.io.task_group.start_soon(self._commit_attrs_later, name=f"attrs ino {self.ino}")
+
+    async def _commit_attrs_later(self) -> None:
+        """Commit attribute changes still waiting after ``attr_ttl_s`` (the handle stayed
+        open). A failure is kept for the next ``write``/``fsync``/``close`` to report."""
+        try:
+            await anyio.sleep(self.io.options.attr_ttl_s)
+            async with self._lock:
+                if not self._attrs:
+                    return
+                try:
+                    # With sync, as a close: the commit names no byte not yet durable.
+                    await self._flush_locked(sync=True)
+                except DfsError as e:
+                    if self._error is None:
+                        self._error = e
+                except Exception:
+                    log.exception("ino %d: commit of attributes failed", self.ino)
+                    if self._error is None:
+                        self._error = InternalError("commit of attributes failed")
+        finally:
+            self._attrs_timer = False
+
+    def adopt_handle(self, handle: WriteHandle) -> None:
+        """A write handle that came with the file's creation (``fs.create`` with
+        ``first_chunk``): the first write to its chunk needs no ``fs.write_handle``."""
+        writer = self._writers.setdefault(handle.index, _ChunkWriter())
+        if writer.handle is None:
+            writer.handle = handle
+            self.io.locations.drop(self.ino, handle.index)
+            self._written[handle.index] = max(self._written.get(handle.index, 0), handle.length)
 
     def refresh(self, attr: Attr) -> None:
         """Attributes fresh from the metaserver (open's revalidation): adopt its size unless
@@ -590,7 +676,7 @@ class OpenInode:
             await writer.idle.wait()
             async with self._commit_lock:
                 if index in self._uncommitted:
-                    await self._commit_locked(self._uploaded_end, mtime_ns=None)
+                    await self._commit_locked(self._uploaded_end, mtime_ns=time.time_ns())
             drop = {"drop": sorted(writer.failed)} if writer.failed else {}
             header = await self.io.meta.mutate(
                 "fs.write_handle", timeout_s=remaining, ino=self.ino, index=index, **drop
@@ -645,21 +731,29 @@ class OpenInode:
                 await anyio.sleep(min(backoff_s, max(0.0, deadline - anyio.current_time())))
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
 
-    async def _commit(self, size: int, *, mtime_ns: int | None) -> Attr:
-        """``fs.commit`` what has landed: chunk lengths, ``size`` and ``mtime_ns``."""
+    async def _commit(
+        self, size: int, *, mtime_ns: int | None, attrs: dict[str, int] | None = None
+    ) -> Attr:
+        """``fs.commit`` what has landed: chunk lengths, ``size``, ``mtime_ns`` (None:
+        unchanged) and the attribute changes ``attrs``."""
         async with self._commit_lock:
-            return await self._commit_locked(size, mtime_ns=mtime_ns)
+            return await self._commit_locked(size, mtime_ns=mtime_ns, attrs=attrs)
 
-    async def _commit_locked(self, size: int, *, mtime_ns: int | None) -> Attr:
+    async def _commit_locked(
+        self, size: int, *, mtime_ns: int | None, attrs: dict[str, int] | None = None
+    ) -> Attr:
         chunks = sorted(self._uncommitted.items())
         self._uncommitted = {}
+        fields: dict[str, int] = dict(attrs or {})
+        if mtime_ns is not None:
+            fields["mtime_ns"] = mtime_ns
         try:
             header = await self.io.meta.mutate(
                 "fs.commit",
                 ino=self.ino,
                 size=size,
-                mtime_ns=mtime_ns if mtime_ns is not None else time.time_ns(),
                 chunks=[pending.entry(index) for index, pending in chunks],
+                **fields,
             )
         except Stale as e:
             # Not retried under a new handle: the bytes it describes may be gone.
@@ -752,12 +846,18 @@ class OpenInode:
             indexes = sorted(self._unsynced)
             await gather([partial(self._sync_chunk, i) for i in indexes])
             self._unsynced.difference_update(indexes)
-        if not self._uncommitted and self._mtime_ns is None:
+        if not self._uncommitted and self._mtime_ns is None and not self._attrs:
             return None
         mtime_ns = self._mtime_ns
-        attr = await self._commit(self.size, mtime_ns=mtime_ns)
+        if mtime_ns is None and self._uncommitted:
+            mtime_ns = time.time_ns()
+        attrs = dict(self._attrs)
+        attr = await self._commit(self.size, mtime_ns=mtime_ns, attrs=attrs)
         if self._mtime_ns == mtime_ns:
             self._mtime_ns = None
+        for name, value in attrs.items():
+            if self._attrs.get(name) == value:
+                del self._attrs[name]
         # Nothing is in flight (we hold the lock and waited): all we wrote is in the
         # table, whose lengths a fresh locate returns.
         self._written.clear()

@@ -62,9 +62,18 @@ from dfs.client.handle import File, check_open_flags
 from dfs.client.meta import MetaClient
 from dfs.client.options import ClientOptions
 from dfs.client.pool import ConnectionPool
-from dfs.client.records import Attr, DirEntry, StatFs
-from dfs.wire.errors import DfsError, Invalid, NameTooLong, NotDir, ProtocolError, Unavailable
-from dfs.wire.messages import field
+from dfs.client.records import Attr, DirEntry, StatFs, WriteHandle
+from dfs.wire.errors import (
+    DfsError,
+    Invalid,
+    NameTooLong,
+    NoAttr,
+    NotDir,
+    NotFound,
+    ProtocolError,
+    Unavailable,
+)
+from dfs.wire.messages import field, uint_field
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +90,8 @@ RENAME_EXCHANGE = 2
 # setxattr flags.
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
+# Open-file holds are announced this often until the leader says otherwise (fs.keepalive).
+KEEPALIVE_DEFAULT_S = 5.0
 
 
 def check_name(name: bytes) -> None:
@@ -121,6 +132,7 @@ class FsClient:
             lanes_max=options.lanes_max,
             rng=self._rng,
         )
+        self.stats = self._pool.stats  # RPCs sent, by op
         self.chunks = ChunkIo(self._pool, io_timeout_s=options.io_timeout_s, rng=self._rng)
         self.cache = MetaCache(
             ttl_s=options.attr_ttl_s, clock=clock, entries_max=options.cache_entries_max
@@ -134,6 +146,10 @@ class FsClient:
         self._io: FileIo | None = None
         self._open: dict[int, OpenInode] = {}
         self._finishers: set[anyio.CancelScope] = set()
+        # This client's open-file hold id (PROTOCOL.md, fs.open): random, so that two
+        # clients never share one; the leader keeps an unlinked file we hold as an orphan.
+        self.holder = random.SystemRandom().getrandbits(62) + 1
+        self._keepalive_started = False
         self._uid = os.getuid()
         self._gid = os.getgid()
 
@@ -211,12 +227,11 @@ class FsClient:
             inode.saw(attr)
 
     def _local(self, attr: Attr) -> Attr:
-        """``attr`` with this client's uncommitted size and mtime laid over it."""
+        """``attr`` with this client's uncommitted size, mtime and attributes over it."""
         inode = self._open.get(attr.ino)
         if inode is None or not inode.dirty:
             return attr
-        mtime_ns = inode.mtime_ns if inode.mtime_ns is not None else attr.mtime_ns
-        return dataclasses.replace(attr, size=inode.size, mtime_ns=mtime_ns)
+        return inode.overlay(attr)
 
     @staticmethod
     def _attr(header: dict[str, Any]) -> Attr:
@@ -238,7 +253,14 @@ class FsClient:
             attr = self.cache.attr(ino)
             if attr is not None:
                 return self._local(attr)
-        attr = self._attr(await self.meta.read("fs.lookup", parent=parent, name=name))
+        elif self.cache.absent(parent, name):
+            raise NotFound("no such name (cached)", name=name)
+        try:
+            header = await self.meta.read("fs.lookup", parent=parent, name=name)
+        except NotFound:
+            self.cache.put_absent(parent, name)
+            raise
+        attr = self._attr(header)
         self.cache.put_entry(parent, name, attr)
         return self._local(attr)
 
@@ -256,7 +278,13 @@ class FsClient:
         mtime_now: bool = False,
     ) -> Attr:
         """Change attributes; ``size`` truncates or extends (the server cuts or drops
-        chunks). ``*_now`` use the server's clock. Returns the new attributes."""
+        chunks). ``*_now`` use the server's clock. Returns the new attributes.
+
+        On a file this client has open for writing, a change of mode, owner or times is
+        not sent at once: it joins the file's next commit (``OpenInode.set_attrs``: at
+        ``flush``/``fsync``/``close``, or within ``attr_ttl_s``), so that ``tar``'s
+        ``futimens``, ``fchown`` and ``fchmod`` of a file it is writing cost no round trip
+        of their own. This client sees the change at once."""
         fields: dict[str, Any] = {
             k: v
             for k, v in (
@@ -273,6 +301,16 @@ class FsClient:
         if mtime_now:
             fields["mtime_now"] = True
         inode = self._open.get(ino)
+        if (
+            inode is not None
+            and inode.writers > 0
+            and size is None
+            and not (atime_now or mtime_now)
+            and fields
+            and self.options.attr_ttl_s > 0
+        ):
+            inode.set_attrs(**fields)
+            return await self.getattr(ino)
         if size is not None:
             if inode is not None:
                 return self._local(await inode.truncate(size, **fields))
@@ -343,8 +381,10 @@ class FsClient:
         check_name(name)
         try:
             await self.meta.mutate("fs.rmdir", parent=parent, name=name)
-        finally:
-            self._removed(parent, name)
+        except BaseException:
+            self._forget(parent, name)
+            raise
+        self._removed(parent, name)
 
     # ------------------------------------------------------------------ names
 
@@ -360,8 +400,29 @@ class FsClient:
     ) -> tuple[Attr, bool]:
         """Create a regular file; returns its attributes and whether it was created
         (False: it existed and ``exclusive`` was False). ``Exists`` if ``exclusive``."""
+        attr, created, _ = await self._create(
+            parent, name, mode, uid=uid, gid=gid, exclusive=exclusive, first_chunk=False
+        )
+        return attr, created
+
+    async def _create(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        *,
+        uid: int | None,
+        gid: int | None,
+        exclusive: bool,
+        first_chunk: bool,
+    ) -> tuple[Attr, bool, WriteHandle | None]:
+        """``fs.create``; with ``first_chunk``, a created file comes with the write handle
+        of its chunk 0 (one Raft command for both: PROTOCOL.md)."""
         check_name(name)
         mode = mode if stat.S_IFMT(mode) else mode | stat.S_IFREG
+        extra: dict[str, Any] = {"first_chunk": True} if first_chunk else {}
+        if first_chunk:
+            extra["holder"] = self.holder  # created to be opened: held from the start
         header = await self.meta.mutate(
             "fs.create",
             parent=parent,
@@ -369,9 +430,13 @@ class FsClient:
             mode=mode,
             exclusive=exclusive,
             **self._owner(uid, gid),
+            **extra,
         )
-        attr = self._created(parent, name, header)
-        return attr, field(header, "created", bool, True)
+        created = field(header, "created", bool, True)
+        attr = self._created(parent, name, header, new_inode=created)
+        wire = header.get("handle")
+        handle = WriteHandle.from_wire(0, wire) if created and isinstance(wire, dict) else None
+        return attr, created, handle
 
     async def create_and_open(
         self,
@@ -384,14 +449,25 @@ class FsClient:
         gid: int | None = None,
     ) -> tuple[Attr, File]:
         """``open(2)`` with O_CREAT in one metadata round trip (FUSE's ``create``):
-        O_EXCL makes it exclusive; an existing file is opened (and O_TRUNC truncates it)."""
-        attr, created = await self.create(
-            parent, name, mode, uid=uid, gid=gid, exclusive=bool(flags & os.O_EXCL)
+        O_EXCL makes it exclusive; an existing file is opened (and O_TRUNC truncates it).
+        A new file opened for writing comes with its first chunk's write handle, so that
+        its first write needs no ``fs.write_handle`` of its own."""
+        writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        attr, created, write_handle = await self._create(
+            parent,
+            name,
+            mode,
+            uid=uid,
+            gid=gid,
+            exclusive=bool(flags & os.O_EXCL),
+            first_chunk=writable,
         )
         if not created:
             # Someone else's file: close-to-open revalidation applies as to any open.
-            attr = self._attr(await self.meta.read("fs.getattr", ino=attr.ino))
+            attr = self._attr(await self.meta.read("fs.open", ino=attr.ino, holder=self.holder))
         attr, handle = await self._open_attr(attr, flags)
+        if write_handle is not None:
+            handle.inode.adopt_handle(write_handle)
         return self._local(attr), handle
 
     async def mknod(
@@ -433,14 +509,16 @@ class FsClient:
         """A hard link ``new_name`` in ``new_parent`` to ``ino``; returns its attributes."""
         check_name(new_name)
         header = await self.meta.mutate("fs.link", ino=ino, parent=new_parent, name=new_name)
-        return self._created(new_parent, new_name, header)
+        return self._created(new_parent, new_name, header, new_inode=False)
 
     async def unlink(self, parent: int, name: bytes) -> None:
         check_name(name)
         try:
             await self.meta.mutate("fs.unlink", parent=parent, name=name)
-        finally:
-            self._removed(parent, name)
+        except BaseException:
+            self._forget(parent, name)
+            raise
+        self._removed(parent, name)
 
     async def rename(
         self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int = 0
@@ -459,8 +537,11 @@ class FsClient:
                 flags=flags,
             )
         finally:
-            self._removed(parent, name)
-            self._removed(new_parent, new_name)
+            # Not ``_removed``: the old name stays when both names were links to one inode
+            # (POSIX: nothing happens), and the new one names an inode the cache may not
+            # know.
+            self._forget(parent, name)
+            self._forget(new_parent, new_name)
 
     def _owner(self, uid: int | None, gid: int | None) -> dict[str, int]:
         return {
@@ -468,24 +549,55 @@ class FsClient:
             "gid": self._gid if gid is None else gid,
         }
 
-    def _created(self, parent: int, name: bytes, header: dict[str, Any]) -> Attr:
+    def _created(
+        self, parent: int, name: bytes, header: dict[str, Any], *, new_inode: bool = True
+    ) -> Attr:
+        """Cache what a mutation that added ``name`` to ``parent`` answered: the entry, the
+        inode's attributes, the parent's (its mtime, and nlink for a directory, changed:
+        the answer's ``parent_attr``, else forgotten). A ``new_inode`` has no xattrs."""
         attr = self._attr(header)
         self.cache.put_entry(parent, name, attr)
-        self.cache.drop_attr(parent)  # its mtime (and nlink for a directory) changed
+        parent_attr = header.get("parent_attr")
+        if parent_attr is not None:
+            self.cache.put_attr(Attr.from_wire(parent_attr))
+        else:
+            self.cache.drop_attr(parent)
+        if new_inode:
+            self.cache.put_no_xattrs(attr.ino)
         return self._local(attr)
 
     def _removed(self, parent: int, name: bytes) -> None:
+        """``name`` was removed from ``parent`` (the mutation succeeded)."""
         ino = self.cache.drop_entry(parent, name)
+        self.cache.put_absent(parent, name)
         if ino is not None:
             self.cache.drop_attr(ino)  # nlink and ctime changed
+        self.cache.drop_attr(parent)
+
+    def _forget(self, parent: int, name: bytes) -> None:
+        """A mutation of ``name`` in ``parent`` ended without a known outcome."""
+        ino = self.cache.drop_entry(parent, name)
+        if ino is not None:
+            self.cache.drop_attr(ino)
         self.cache.drop_attr(parent)
 
     # ------------------------------------------------------------------ xattrs
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
-        """The value of extended attribute ``name`` (``NoAttr`` if absent)."""
-        header = await self.meta.read("fs.getxattr", ino=ino, name=name)
-        return field(header, "value", bytes)
+        """The value of extended attribute ``name`` (``NoAttr`` if absent); cached."""
+        known, value = self.cache.xattr(ino, name)
+        if not known:
+            epoch = self.cache.xattr_epoch
+            try:
+                header = await self.meta.read("fs.getxattr", ino=ino, name=name)
+            except NoAttr:
+                self.cache.put_xattr(ino, name, None, epoch=epoch)
+                raise
+            value = field(header, "value", bytes)
+            self.cache.put_xattr(ino, name, value, epoch=epoch)
+        if value is None:
+            raise NoAttr("no such xattr (cached)", name=name)
+        return value
 
     async def listxattr(self, ino: int) -> list[bytes]:
         names = field(await self.meta.read("fs.listxattr", ino=ino), "names", list)
@@ -496,16 +608,20 @@ class FsClient:
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         """Set ``name`` to ``value``; ``flags``: ``XATTR_CREATE`` (``Exists`` if set),
         ``XATTR_REPLACE`` (``NoAttr`` if not)."""
+        self.cache.drop_xattrs(ino)  # before: a getxattr on its way must not cache the old
         try:
             await self.meta.mutate("fs.setxattr", ino=ino, name=name, value=value, flags=flags)
         finally:
             self.cache.drop_attr(ino)  # ctime
+            self.cache.drop_xattrs(ino)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
+        self.cache.drop_xattrs(ino)
         try:
             await self.meta.mutate("fs.removexattr", ino=ino, name=name)
         finally:
             self.cache.drop_attr(ino)
+            self.cache.drop_xattrs(ino)
 
     # ------------------------------------------------------------------ files
 
@@ -513,7 +629,7 @@ class FsClient:
         """Open ``ino`` with ``os.O_*`` ``flags``: attributes are revalidated with the
         metaserver (close-to-open); O_TRUNC truncates a writable open; O_APPEND writes go to
         the end. Returns a ``File``; close it (``await f.close()`` or ``async with``)."""
-        attr = self._attr(await self.meta.read("fs.getattr", ino=ino))
+        attr = self._attr(await self.meta.read("fs.open", ino=ino, holder=self.holder))
         self.cache.put_attr(attr)
         _, handle = await self._open_attr(attr, flags)
         return handle
@@ -526,6 +642,7 @@ class FsClient:
         inode = self._open.get(attr.ino)
         if inode is None:
             inode = self._open[attr.ino] = OpenInode(io, attr)
+            self._start_keepalive()
         else:
             inode.refresh(attr)
         inode.refs += 1
@@ -547,11 +664,46 @@ class FsClient:
             return
         if not inode.unsaved:
             del self._open[inode.ino]
+            self._release_hold(inode.ino)
         elif not inode.finishing:
             inode.finishing = True
             scope = anyio.CancelScope()  # made here, so that ``aclose`` can cancel it at once
             self._finishers.add(scope)
             self._task_group.start_soon(self._finish, inode, scope, name=f"finish ino {inode.ino}")
+
+    def _release_hold(self, ino: int) -> None:
+        """The last handle on ``ino`` closed: tell the leader, in the background (if it
+        never hears, the hold ends with our next keepalive, or when we go silent)."""
+        self._task_group.start_soon(self._send_release, ino, name=f"release ino {ino}")
+
+    async def _send_release(self, ino: int) -> None:
+        if ino in self._open:
+            return  # opened again meanwhile
+        try:
+            await self.meta.read("fs.release", inos=[ino], holder=self.holder)
+        except DfsError as e:
+            log.debug("ino %d: release not delivered (%s); the keepalive will", ino, e)
+
+    def _start_keepalive(self) -> None:
+        if not self._keepalive_started and self._io is not None:
+            self._keepalive_started = True
+            self._task_group.start_soon(self._keepalive_loop, name="keepalive")
+
+    async def _keepalive_loop(self) -> None:
+        """Announce our holds while we have files open (the leader forgets holds not
+        announced for a while, and a new leader learns them only from this)."""
+        interval_s = KEEPALIVE_DEFAULT_S
+        while True:
+            await anyio.sleep(interval_s)  # a period, not a wait for a condition
+            if not self._open:
+                continue
+            try:
+                header = await self.meta.read(
+                    "fs.keepalive", inos=sorted(self._open), holder=self.holder
+                )
+                interval_s = min(max(uint_field(header, "keepalive_ms", 5000), 500), 60_000) / 1000
+            except DfsError as e:
+                log.debug("keepalive not delivered (%s)", e)
 
     async def _finish(self, inode: OpenInode, scope: anyio.CancelScope) -> None:
         """Wait for the inode's uploads and commit what landed, for a close that could not;
@@ -580,6 +732,7 @@ class FsClient:
                 elif error is not None:
                     log.info("ino %d: after a failed close: %s", inode.ino, error)
                 del self._open[inode.ino]
+                self._release_hold(inode.ino)
 
     # ------------------------------------------------------------------ paths (CLI)
 

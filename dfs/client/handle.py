@@ -138,6 +138,8 @@ class File:
         self._release = release
         self._readahead = ReadAhead(inode)
         self.closed = False
+        if self.writable:
+            inode.writers += 1
 
     def _check(self, *, write: bool) -> None:
         if self.closed:
@@ -188,6 +190,10 @@ class File:
             return
         self.closed = True
         self._readahead.close()
+        if self.writable:
+            # From here on, attribute changes are sent at once: this close commits only
+            # those made before it.
+            self.inode.writers -= 1
         try:
             if self.writable:
                 await self.inode.flush(sync=True)

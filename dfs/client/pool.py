@@ -17,6 +17,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from dfs.client.conn import Connection, Payload, connect
+from dfs.client.stats import OpStats
 from dfs.wire.errors import Timeout, Unavailable
 
 
@@ -39,6 +40,7 @@ class ConnectionPool:
         self._locks: dict[str, anyio.Lock] = {}
         self._in_flight: dict[str, int] = {}
         self._closed = False
+        self.stats = OpStats()  # every call by op: count and time (answered or not)
 
     @property
     def in_flight(self) -> Mapping[str, int]:
@@ -86,7 +88,8 @@ class ConnectionPool:
         **fields: Any,
     ) -> tuple[dict[str, Any], bytes]:
         """One attempt of ``op`` at ``address`` within ``timeout_s`` (connecting included)."""
-        deadline = anyio.current_time() + timeout_s
+        start = anyio.current_time()
+        deadline = start + timeout_s
         self._in_flight[address] = self._in_flight.get(address, 0) + 1
         try:
             conn = await self.get(address, timeout_s)
@@ -94,6 +97,7 @@ class ConnectionPool:
             return await conn.call(op, payload, timeout_s=remaining, **fields)
         finally:
             self._in_flight[address] -= 1
+            self.stats.record(op, anyio.current_time() - start)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -43,6 +43,9 @@ READAHEAD_KB = 1024
 # After SIGTERM, how long requests already running may take before they are cancelled:
 # each is bounded by the client's timeout anyway; this bounds the sum at shutdown.
 SHUTDOWN_GRACE_S = 10.0
+# Set (to anything) in the mount's environment: log how many requests of each type the
+# kernel sent and how many RPCs of each op they cost, with their time, at unmount.
+STATS_ENV = "DFS_MOUNT_STATS"
 
 
 class MountError(Exception):
@@ -152,6 +155,9 @@ async def _serve(config: MountConfig, fs: FsClient) -> None:
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(config.timeout_s + 5):
             await ops.close_all()
+        if os.environ.get(STATS_ENV):
+            log.info("FUSE requests:\n%s", ops.stats.table())
+            log.info("RPCs:\n%s", fs.stats.table())
         try:
             pyfuse3.close(unmount=True)
             unmounted = True

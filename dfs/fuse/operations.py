@@ -17,7 +17,8 @@ Rules kept here, as the kernel expects of a FUSE file system:
    bug, logged once and answered EIO (``_errors``). Only ``FUSEError`` may leave a handler,
    or pyfuse3's main loop would stop; trio's ``Cancelled`` (a ``BaseException``) passes.
 2. Timeouts: entries and attributes are given to the kernel with the client's attribute
-   TTL, so the kernel trusts them exactly as long as ``FsClient`` would.
+   TTL, so the kernel trusts them exactly as long as ``FsClient`` would; absent names too
+   (negative entries, ``lookup``).
 3. Close-to-open: ``open`` revalidates with the metaserver (``FsClient.open``), drops the
    kernel's page cache (``keep_cache`` off) and its cached attributes for the inode, so a
    file closed on another mount is read whole, at its new size; ``flush`` (every
@@ -54,6 +55,7 @@ import logging
 import os
 import secrets
 import stat
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -69,6 +71,7 @@ from dfs.client import (
     File,
     FsClient,
 )
+from dfs.client.stats import OpStats
 from dfs.fuse.errno_map import BAD_HANDLE, QUIET_ERRNOS, errno_for
 from dfs.wire.errors import DfsError, Invalid, NotFound, Unsupported
 
@@ -119,6 +122,7 @@ def _errors(op: str) -> Callable[[Handler[P, T]], Handler[P, T]]:
     def wrap(fn: Handler[P, T]) -> Handler[P, T]:
         @functools.wraps(fn)
         async def handler(*args: P.args, **kwargs: P.kwargs) -> T:
+            start = time.perf_counter()
             try:
                 return await fn(*args, **kwargs)
             except pyfuse3.FUSEError:
@@ -131,6 +135,10 @@ def _errors(op: str) -> Callable[[Handler[P, T]], Handler[P, T]]:
                 # EIO and the like: the mount's log is where the reason can be found.
                 log.info("%s: %s", op, error)
                 raise pyfuse3.FUSEError(code) from None
+            finally:
+                ops = args[0]
+                assert isinstance(ops, DfsOperations)
+                ops.stats.record(op, time.perf_counter() - start)
 
         return handler
 
@@ -197,6 +205,7 @@ class DfsOperations(pyfuse3.Operations):
         self._open_attrs: dict[int, tuple[Attr, int]] = {}
         # Hidden names (directory, name) keeping open, unlinked inodes alive (rule 6).
         self._hidden: dict[int, list[tuple[int, bytes]]] = {}
+        self.stats = OpStats()  # requests from the kernel, by type: count and time
 
     # ------------------------------------------------------------------ helpers
 
@@ -270,9 +279,21 @@ class DfsOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        # Negative entries are not cached (ENOENT, not st_ino 0): a name created on another
-        # mount must be visible at its next open.
-        return self.entry(await self.fs.lookup(parent_inode, name))
+        try:
+            return self.entry(await self.fs.lookup(parent_inode, name))
+        except NotFound:
+            if self.timeout_s <= 0:
+                raise
+        # A negative entry (st_ino 0), which the kernel keeps for the attribute TTL, as the
+        # client does: a repeated lookup of an absent name (cp's stat, then its create)
+        # costs no request (an O_EXCL create still asks, and the client answers from its
+        # cache). This mount's own create replaces it at once; a name created on another
+        # mount shows up here within the TTL, as its other changes do.
+        negative = pyfuse3.EntryAttributes()
+        negative.st_ino = 0
+        negative.entry_timeout = self.timeout_s
+        negative.attr_timeout = self.timeout_s
+        return negative
 
     @_errors("getattr")
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:

@@ -30,7 +30,11 @@ The model, faithful where the client can tell:
   itself to it and takes the version (others stay behind: stale, never served).
 - ``fs.commit`` entries are ``[index, length, chunk_id, version]``: ``Stale`` (the whole
   commit) when the file's chunk at ``index`` is not ``chunk_id`` or its version is not
-  ``version`` (a truncate or another writer may have cut the uncommitted bytes).
+  ``version`` (a truncate or another writer may have cut the uncommitted bytes). Its
+  optional ``mode``, ``uid``, ``gid``, ``atime_ns`` are set; without ``mtime_ns`` the mtime
+  stays. Every commit is recorded in ``commits``.
+- ``fs.create`` with ``first_chunk`` answers a ``handle`` for chunk 0 (allocated as
+  ``fs.write_handle`` does); mutations that add a name answer ``parent_attr``.
 - Chain forwarding is simulated: the first chunkserver applies the write to each later
   one's store directly (failing as that one would).
 - Time is the real clock; tokens expire after ``token_ttl_ms``.
@@ -182,8 +186,9 @@ class MetaFault:
 class Commit:
     ino: int
     size: int
-    mtime_ns: int
+    mtime_ns: int | None
     chunks: list[list[int]]
+    attrs: dict[str, int] = field(default_factory=dict)  # mode, uid, gid, atime_ns
 
 
 def _check_name(name: Any) -> bytes:
@@ -298,6 +303,10 @@ class FakeNamespace:
                 return False
             ino = self.inodes[ino].parent
 
+    def _parent(self, parent: FakeInode) -> dict[str, Any]:
+        """What a mutation that added a name answers about the directory."""
+        return {"parent_attr": self.attr(parent)}
+
     def _replicas(self, chunk: FakeChunk) -> list[dict[str, Any]]:
         return [
             {"id": cs.cs_id, "address": cs.address}
@@ -314,8 +323,12 @@ class FakeNamespace:
             if ino is None:
                 raise NotFound("no such name")
             return {"attr": self.attr(self.inodes[ino])}
-        if op == "fs.getattr":
+        if op in ("fs.getattr", "fs.open"):  # holds are not modelled: opens just getattr
             return {"attr": self.attr(self.inode(h.get("ino")))}
+        if op == "fs.release":
+            return {}
+        if op == "fs.keepalive":
+            return {"keepalive_ms": 5000}
         if op == "fs.readdir":
             node = self.directory(h.get("ino"))
             cookie = uint_field(h, "cookie", 0)
@@ -421,7 +434,12 @@ class FakeNamespace:
                         raise IsDir("is a directory")
                     return {"attr": self.attr(node), "created": False}
                 node = self._new(parent, name, stat.S_IFREG | stat.S_IMODE(mode), h)
-                return {"attr": self.attr(node), "created": True}
+                result = {"attr": self.attr(node), "created": True, **self._parent(parent)}
+                if h.get("first_chunk") is True and any(
+                    cs.alive for cs in self.cluster.chunkservers
+                ):
+                    result["handle"] = self._write_handle({"ino": node.ino, "index": 0})
+                return result
             elif op == "fs.mknod":
                 if stat.S_IFMT(mode) not in (
                     stat.S_IFREG,
@@ -438,7 +456,7 @@ class FakeNamespace:
                 node = self._new(parent, name, stat.S_IFLNK | 0o777, h)
                 node.target = target
                 node.size = len(target)
-            return {"attr": self.attr(node)}
+            return {"attr": self.attr(node), **self._parent(parent)}
         if op == "fs.link":
             node = self.inode(h.get("ino"))
             if node.is_dir:
@@ -450,7 +468,7 @@ class FakeNamespace:
             self._add_entry(parent, name, node)
             node.nlink += 1
             node.ctime_ns = _now_ns()
-            return {"attr": self.attr(node)}
+            return {"attr": self.attr(node), **self._parent(parent)}
         if op in ("fs.unlink", "fs.rmdir"):
             parent = self.directory(h.get("parent"))
             name = _check_name(h.get("name"))
@@ -501,8 +519,11 @@ class FakeNamespace:
         if op == "fs.commit":
             node = self.inode(h.get("ino"))
             size = uint_field(h, "size")
-            mtime_ns = wire_field(h, "mtime_ns", int)
+            mtime_ns = wire_field(h, "mtime_ns", int) if "mtime_ns" in h else None
             chunks = wire_field(h, "chunks", list)
+            attrs: dict[str, int] = {
+                k: wire_field(h, k, int) for k in ("mode", "uid", "gid", "atime_ns") if k in h
+            }
             for entry in chunks:
                 if (
                     not isinstance(entry, list)
@@ -519,9 +540,15 @@ class FakeNamespace:
                 chunk = self.chunks[chunk_id]
                 chunk.length = max(chunk.length, length)
             node.size = max(node.size, size)
-            node.mtime_ns = mtime_ns
+            if mtime_ns is not None:
+                node.mtime_ns = mtime_ns
+            if "mode" in attrs:
+                node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(attrs["mode"])
+            node.uid = attrs.get("uid", node.uid)
+            node.gid = attrs.get("gid", node.gid)
+            node.atime_ns = attrs.get("atime_ns", node.atime_ns)
             node.ctime_ns = _now_ns()
-            self.commits.append(Commit(node.ino, size, mtime_ns, [list(c) for c in chunks]))
+            self.commits.append(Commit(node.ino, size, mtime_ns, [list(c) for c in chunks], attrs))
             return {"attr": self.attr(node)}
         raise Unsupported(f"unknown op {op}")
 

@@ -134,21 +134,27 @@ def mkdir(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     d.insert(name, inode.ino)
     parent.nlink += 1  # the new directory's ".."
     _touch_dir(parent, now_ns)
-    return {"ok": True, "attr": attr(inode)}
+    return {"ok": True, "attr": attr(inode), "parent_attr": attr(parent)}
 
 
-_CREATE = frozenset({"parent", "name", "mode", "uid", "gid", "exclusive"})
+_CREATE = frozenset({"parent", "name", "mode", "uid", "gid", "exclusive", "replicas"})
 
 
 def create(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """open(O_CREAT). With ``replicas`` (optional: the leader placed a first chunk), a
+    created file also gets its chunk 0 allocated on them, as ``write_handle`` would in a
+    command of its own: the answer's ``chunk`` (``{chunk_id, version, length, replicas}``)
+    is the writer's first handle, and a small file costs one command less."""
     check_fields(a, _CREATE)
     parent_ino = arg_ino(a, "parent")
     name = arg_name(a, "name")
     mode = arg_int(a, "mode", 0, MODE_MAX)
     uid, gid = _uid_gid(a)
     exclusive = arg_bool(a, "exclusive", False)
+    replicas = arg_int_list(a, "replicas", REPLICAS_MAX) if "replicas" in a else []
     if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
         raise Invalid("create mode names another file type", mode=mode)
+    _check_replicas(st, replicas)
     parent, d = st.directory(parent_ino)
     entry = d.entries.get(name)
     if entry is not None:
@@ -163,7 +169,19 @@ def create(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     inode = st.new_inode(parent, stat.S_IFREG | (mode & PERMISSION_BITS), uid, gid, 0, now_ns)
     d.insert(name, inode.ino)
     _touch_dir(parent, now_ns)
-    return {"ok": True, "attr": attr(inode), "created": True}
+    result: Result = {"ok": True, "attr": attr(inode), "created": True, "parent_attr": attr(parent)}
+    if replicas:
+        result["chunk"] = chunk_info(st.allocate_chunk(inode, 0, list(replicas)))
+    return result
+
+
+def _check_replicas(st: State, replicas: list[int]) -> None:
+    """A new chunk's replica set: distinct, known chunkservers (empty: no chunk)."""
+    if len(set(replicas)) != len(replicas):
+        raise Invalid("replicas must be distinct chunkservers", replicas=replicas)
+    for cs_id in replicas:
+        if cs_id not in st.cs_table:
+            raise Invalid("unknown chunkserver", cs_id=cs_id)
 
 
 _MKNOD = frozenset({"parent", "name", "mode", "rdev", "uid", "gid"})
@@ -187,7 +205,7 @@ def mknod(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     inode = st.new_inode(parent, fmt | (mode & PERMISSION_BITS), uid, gid, rdev, now_ns)
     d.insert(name, inode.ino)
     _touch_dir(parent, now_ns)
-    return {"ok": True, "attr": attr(inode)}
+    return {"ok": True, "attr": attr(inode), "parent_attr": attr(parent)}
 
 
 _SYMLINK = frozenset({"parent", "name", "target", "uid", "gid"})
@@ -206,7 +224,7 @@ def symlink(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     inode.size = len(target)
     d.insert(name, inode.ino)
     _touch_dir(parent, now_ns)
-    return {"ok": True, "attr": attr(inode)}
+    return {"ok": True, "attr": attr(inode), "parent_attr": attr(parent)}
 
 
 _LINK = frozenset({"ino", "parent", "name"})
@@ -230,7 +248,7 @@ def link(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     inode.nlink += 1
     inode.ctime_ns = now_ns
     _touch_dir(parent, now_ns)
-    return {"ok": True, "attr": attr(inode)}
+    return {"ok": True, "attr": attr(inode), "parent_attr": attr(parent)}
 
 
 # --- removing names -------------------------------------------------------------------
@@ -576,7 +594,7 @@ def write_handle(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     }
 
 
-_COMMIT = frozenset({"ino", "size", "mtime_ns", "chunks"})
+_COMMIT = frozenset({"ino", "size", "mtime_ns", "chunks", "mode", "uid", "gid", "atime_ns"})
 
 
 def commit(st: State, now_ns: int, a: dict[str, Any]) -> Result:
@@ -589,12 +607,21 @@ def commit(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     cut the chunk): either may have cut bytes this writer wrote and has not committed, so
     recording its lengths could make the file point at zeros or at someone else's data.
     The client reports the failure (EIO), as a local file system reports a failed write.
+
+    Optional fields set attributes in the same command, as ``setattr`` would (the writer
+    merges the ``chmod``/``chown``/``utimens`` it was asked for while the file was open
+    into its next commit): ``mode`` (permission bits), ``uid``, ``gid``, ``atime_ns``.
+    Without ``mtime_ns`` the file's mtime stays (a commit of attributes alone).
     """
     check_fields(a, _COMMIT)
     ino = arg_ino(a, "ino")
     size = arg_size(a, "size")
-    mtime_ns = arg_int(a, "mtime_ns", INT64_MIN, INT63_MAX)
+    mtime_ns = arg_opt_int(a, "mtime_ns", INT64_MIN, INT63_MAX)
     entries = arg_commit_chunks(a, "chunks", st.chunk_size_bytes)
+    mode = arg_opt_int(a, "mode", 0, MODE_MAX)
+    uid = arg_opt_int(a, "uid", 0, UINT32_MAX)
+    gid = arg_opt_int(a, "gid", 0, UINT32_MAX)
+    atime_ns = arg_opt_int(a, "atime_ns", INT64_MIN, INT63_MAX)
     inode = _regular(st, ino)
     chunks = inode.chunks
     assert chunks is not None
@@ -617,7 +644,16 @@ def commit(st: State, now_ns: int, a: dict[str, Any]) -> Result:
             chunk.length = min(length, chunk_size)
     if size > inode.size:
         st.set_size(inode, size)
-    inode.mtime_ns = mtime_ns
+    if mtime_ns is not None:
+        inode.mtime_ns = mtime_ns
+    if mode is not None:
+        inode.mode = stat.S_IFMT(inode.mode) | (mode & PERMISSION_BITS)  # never the type
+    if uid is not None:
+        inode.uid = uid
+    if gid is not None:
+        inode.gid = gid
+    if atime_ns is not None:
+        inode.atime_ns = atime_ns
     inode.ctime_ns = now_ns
     return {"ok": True, "attr": attr(inode)}
 

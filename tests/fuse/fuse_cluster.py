@@ -32,7 +32,7 @@ def start_cluster(directory: Path) -> local.Layout:
     layout = local.init_layout(
         directory,
         chunk_size=CHUNK,
-        meta_options={"tick_ms": 50},
+        meta_options={"tick_ms": 50, "hold_grace_ms": 2000},
         cs_options={"heartbeat_ms": 200},
     )
     local.start_daemons(layout)

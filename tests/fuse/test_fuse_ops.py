@@ -547,3 +547,85 @@ def test_two_mounts_close_to_open(mounts: Any, mnt: Path, workdir: Path) -> None
     # And the other way round, to a name the first mount has never seen.
     (there / "back").write_bytes(b"from the second mount")
     assert (workdir / "back").read_bytes() == b"from the second mount"
+
+
+def test_open_file_survives_unlink_and_rename_over_from_another_mount(
+    mounts: Any, mnt: Path, workdir: Path
+) -> None:
+    """POSIX unlink-while-open across clients: the metaserver keeps a file another mount
+    holds open as an orphan (PROTOCOL.md, fs.open), readable and fstat-able through the
+    open descriptor, and frees it at the last close."""
+    import anyio
+    from fuse_cluster import wait_until
+
+    from dfs.cli import cluster as local
+    from dfs.secret import load_secret
+
+    secret = load_secret(mounts.layout.secret_file)
+
+    def leader_view() -> dict[str, Any]:
+        for address in mounts.layout.meta_addresses:
+            view = anyio.run(local._status_of, address, secret)
+            if view and view.get("role") == "leader":
+                return view
+        return {}
+
+    # Past a new leader's grace (when it keeps every unlinked file), so that what keeps
+    # the files below is their holds.
+    wait_until(lambda: leader_view().get("holds_in_grace") is False, 30, "the grace to end")
+    other = mounts.mount("fourth")
+    there = other / workdir.relative_to(mnt)
+    payload = os.urandom(3 * (1 << 20) + 5)
+    (workdir / "held").write_bytes(payload)
+    (workdir / "replaced").write_bytes(b"old content")
+    with open(workdir / "held", "rb") as held, open(workdir / "replaced", "rb") as old:
+        os.unlink(there / "held")
+        (there / "new").write_bytes(b"new content")
+        os.rename(there / "new", there / "replaced")
+        # This mount sees the name go within its entry timeout (the attribute TTL).
+        wait_until(lambda: not (workdir / "held").exists(), 10, "the unlink to show")
+        assert os.fstat(held.fileno()).st_size == len(payload)
+        # Nameless but alive on the metaserver (seen once the attribute TTL runs out).
+        wait_until(lambda: os.fstat(held.fileno()).st_nlink == 0, 10, "nlink 0")
+        assert held.read() == payload
+        assert old.read() == b"old content"
+        wait_until(lambda: (workdir / "replaced").read_bytes() == b"new content", 10, "the rename")
+        assert leader_view()["orphans"] == 2
+    assert sorted(os.listdir(there)) == ["replaced"]
+    wait_until(lambda: leader_view()["orphans"] == 0, 30, "the orphans to be freed")
+
+
+def test_tar_style_attributes_and_absent_names_between_mounts(
+    mounts: Any, mnt: Path, workdir: Path
+) -> None:
+    """What tar does to each file (write, futimens, fchown, fchmod, close) shows on this
+    mount at once and on another one at the close, which commits it all in one command;
+    a name the other mount looked up before it existed shows up there within the TTL."""
+    from fuse_cluster import wait_until
+
+    other = mounts.mount("third")
+    there = other / workdir.relative_to(mnt)
+    assert not (there / "late").exists()  # the other mount caches the absence
+    fd = os.open(workdir / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"x" * 5000)
+        os.utime(fd, ns=(1_400_000_000_000_000_001, 1_500_000_000_000_000_002))
+        os.fchown(fd, 1234, 5678)
+        os.fchmod(fd, 0o754)
+        st = os.fstat(fd)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size) == (
+            0o754, 1234, 5678, 5000,
+        )  # fmt: skip
+        assert (st.st_atime_ns, st.st_mtime_ns) == (
+            1_400_000_000_000_000_001,
+            1_500_000_000_000_000_002,
+        )
+    finally:
+        os.close(fd)
+    st = os.stat(there / "f")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns) == (
+        0o754, 1234, 5678, 5000, 1_500_000_000_000_000_002,
+    )  # fmt: skip
+    (workdir / "late").write_bytes(b"now")
+    wait_until(lambda: (there / "late").exists(), 10, "the name created on the first mount")
+    assert (there / "late").read_bytes() == b"now"

@@ -345,8 +345,9 @@ async def test_outdated_handle_is_renewed_without_losing_uncommitted_data(
         # table's length: the first writes survived because they were committed first.
         assert await read_all(fs, attr.ino) == model.data
         ops = cluster.call(lambda c: [op for op, _, _ in c.requests])
-        handles = [i for i, op in enumerate(ops) if op == "fs.write_handle"]
-        assert len(handles) >= 2
+        # The first handle came with the create (first_chunk), the second by its own call.
+        handles = [i for i, op in enumerate(ops) if op in ("fs.create", "fs.write_handle")]
+        assert ops[handles[0]] == "fs.create" and len(handles) >= 2
         assert "fs.commit" in ops[handles[0] : handles[1]]
     for _, _, replicas in replica_contents(cluster, attr.ino):
         assert all(r == model.data for r in replicas)
@@ -818,3 +819,124 @@ async def test_a_failed_close_leaves_its_changes_to_be_committed_in_the_backgrou
         assert cluster.call(lambda c: c.namespace.inodes[attr.ino].size) == len(data)
     async with client(cluster) as other:
         assert await read_all(other, attr.ino) == data
+
+
+# ---------------------------------------------------------------------- small files
+
+
+def mutations(cluster: ClusterThread) -> list[str]:
+    return cluster.call(lambda c: [op for op, _, _ in c.requests])
+
+
+async def test_a_small_file_costs_one_create_and_one_commit(cluster: ClusterThread) -> None:
+    data = random.Random(20).randbytes(10 * KiB)
+    async with client(cluster) as fs:
+        before = len(mutations(cluster))
+        attr, f = await fs.create_and_open(ROOT_INO, b"s", 0o644, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, data)
+        await f.close()
+        # The create brought chunk 0's write handle: no fs.write_handle of its own.
+        assert mutations(cluster)[before:] == ["fs.create", "fs.commit"]
+        assert await read_all(fs, attr.ino) == data
+    for _, _, replicas in replica_contents(cluster, attr.ino):
+        assert replicas == [data] * 3
+    synced = cluster.call(
+        lambda c: [cs.replicas[ch.id].synced_bytes for ch in c.file_chunks(attr.ino).values()
+                   for cs in c.chunkservers if ch.id in cs.replicas]
+    )  # fmt: skip
+    assert synced == [len(data)] * 3
+    # Opened for reading only, a new file asks for no chunk.
+    async with client(cluster) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"r", 0o644, os.O_RDONLY | os.O_CREAT)
+        await f.close()
+        assert cluster.call(lambda c: c.file_chunks(attr.ino)) == {}
+
+
+async def test_attribute_changes_of_a_file_open_for_writing_join_its_commit(
+    cluster: ClusterThread,
+) -> None:
+    data = random.Random(21).randbytes(5000)
+    async with client(cluster) as fs, client(cluster) as other:
+        attr, f = await fs.create_and_open(ROOT_INO, b"t", 0o600, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, data)
+        before = len(mutations(cluster))
+        # tar's order: futimens, fchown, fchmod, then close.
+        await fs.setattr(attr.ino, atime_ns=1111, mtime_ns=1234)
+        await fs.setattr(attr.ino, uid=5, gid=6)
+        a = await fs.setattr(attr.ino, mode=0o4644)
+        assert mutations(cluster)[before:] == []
+        # This client sees them at once (its writes' size too) ...
+        for seen in (a, await fs.getattr(attr.ino), await fs.lookup(ROOT_INO, b"t")):
+            assert (seen.mode, seen.uid, seen.gid) == (0o104644, 5, 6)
+            assert (seen.atime_ns, seen.mtime_ns, seen.size) == (1111, 1234, len(data))
+        # ... others at the close, which commits data and attributes in one command.
+        o = await other.getattr(attr.ino, fresh=True)
+        assert (o.mode, o.uid, o.size) == (0o100600, 0, 0)
+        await f.close()
+        assert mutations(cluster)[before:] == ["fs.commit"]
+        commit = cluster.call(lambda c: c.namespace.commits[-1])
+        assert commit.attrs == {"mode": 0o4644, "uid": 5, "gid": 6, "atime_ns": 1111}
+        assert commit.mtime_ns == 1234 and commit.size == len(data)
+        o = await other.getattr(attr.ino, fresh=True)
+        assert (o.mode, o.uid, o.gid, o.atime_ns, o.mtime_ns, o.size) == (
+            0o104644, 5, 6, 1111, 1234, len(data),
+        )  # fmt: skip
+        assert await read_all(other, attr.ino) == data
+
+
+async def test_a_write_after_an_explicit_mtime_moves_it(cluster: ClusterThread) -> None:
+    async with client(cluster) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"m", 0o644, os.O_WRONLY | os.O_CREAT)
+        await fs.setattr(attr.ino, mtime_ns=1234)
+        await f.write(0, b"later")
+        assert (await fs.getattr(attr.ino)).mtime_ns > 1234
+        await f.close()
+        assert cluster.call(lambda c: c.namespace.inodes[attr.ino].mtime_ns) > 1234
+
+
+async def test_attribute_changes_alone_keep_the_mtime(cluster: ClusterThread) -> None:
+    async with client(cluster) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"k", 0o644, os.O_WRONLY | os.O_CREAT)
+        await f.close()
+        mtime_ns = cluster.call(lambda c: c.namespace.inodes[attr.ino].mtime_ns)
+        async with await fs.open(attr.ino, os.O_RDWR) as f:
+            await fs.setattr(attr.ino, mode=0o640)
+        node = cluster.call(lambda c: c.namespace.inodes[attr.ino])
+        assert (node.mode, node.mtime_ns) == (0o100640, mtime_ns)
+        assert cluster.call(lambda c: c.namespace.commits[-1].mtime_ns) is None
+
+
+async def test_attribute_changes_of_a_file_left_open_are_committed_within_the_ttl(
+    cluster: ClusterThread,
+) -> None:
+    options = dataclasses.replace(OPTIONS, attr_ttl_s=0.2)
+    async with client(cluster, options) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"o", 0o644, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, b"data")
+        await fs.setattr(attr.ino, mode=0o600)
+        assert cluster.call(lambda c: c.namespace.inodes[attr.ino].mode) == 0o100644
+        with anyio.fail_after(3):
+            while cluster.call(lambda c: c.namespace.inodes[attr.ino].mode) != 0o100600:
+                await anyio.sleep(0.02)  # polling the fake's state, with a deadline
+        # The data written before went with it (a commit never names bytes not landed).
+        assert cluster.call(lambda c: c.namespace.inodes[attr.ino].size) == 4
+        await f.close()
+
+
+async def test_attribute_changes_without_a_writable_handle_are_sent_at_once(
+    cluster: ClusterThread,
+) -> None:
+    async with client(cluster) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"n", 0o644, os.O_WRONLY | os.O_CREAT)
+        await f.close()
+        async with await fs.open(attr.ino, os.O_RDONLY):
+            before = len(mutations(cluster))
+            await fs.setattr(attr.ino, mode=0o600)
+            assert mutations(cluster)[before:] == ["fs.setattr"]
+        async with await fs.open(attr.ino, os.O_RDWR) as f:
+            await f.write(0, b"abc")
+            before = len(mutations(cluster))
+            await fs.setattr(attr.ino, size=1)  # a truncate never waits
+            # (after the write it follows: handle, commit)
+            assert mutations(cluster)[before:] == ["fs.write_handle", "fs.commit", "fs.setattr"]
+        assert cluster.call(lambda c: c.namespace.inodes[attr.ino].size) == 1

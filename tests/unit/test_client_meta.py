@@ -363,3 +363,111 @@ async def test_hung_metaserver_is_skipped(cluster: ClusterThread, caplog: Any) -
         await fs.mkdir(ROOT_INO, b"d", 0o755)
         assert anyio.current_time() - started < FAST.timeout_s
         assert fs.meta.leader == cluster.meta_addresses[1]
+
+
+# ---------------------------------------------------------------------- absent names, xattrs
+
+
+def add_elsewhere(cluster: ClusterThread, parent: int, name: bytes) -> int:
+    """Another client's create of ``name`` in ``parent`` (straight into the namespace)."""
+
+    def add(c: FakeCluster) -> int:
+        ns = c.namespace
+        return ns._new(ns.inodes[parent], name, stat.S_IFREG | 0o644, {}).ino
+
+    return cluster.call(add)
+
+
+async def test_absent_names_are_cached_for_the_ttl(cluster: ClusterThread) -> None:
+    clock = FakeClock()
+    async with client(cluster, clock=clock) as fs:
+        base = reads(cluster)
+        for _ in range(3):
+            with pytest.raises(NotFound):
+                await fs.lookup(ROOT_INO, b"n")
+        assert reads(cluster) == base + 1
+        # Another client's create is seen once the TTL has passed, as its other changes.
+        ino = add_elsewhere(cluster, ROOT_INO, b"n")
+        clock.now += 0.9
+        with pytest.raises(NotFound):
+            await fs.lookup(ROOT_INO, b"n")
+        clock.now += 0.2
+        assert (await fs.lookup(ROOT_INO, b"n")).ino == ino
+        assert reads(cluster) == base + 2
+        # This client's own create replaces an absent name at once, its unlink makes one.
+        with pytest.raises(NotFound):
+            await fs.lookup(ROOT_INO, b"m")
+        m, _ = await fs.create(ROOT_INO, b"m", 0o644)
+        assert (await fs.lookup(ROOT_INO, b"m")).ino == m.ino
+        await fs.unlink(ROOT_INO, b"m")
+        with pytest.raises(NotFound):
+            await fs.lookup(ROOT_INO, b"m")
+        assert reads(cluster) == base + 3
+
+
+async def test_creates_keep_the_directorys_attributes_and_new_names_are_asked_for(
+    cluster: ClusterThread,
+) -> None:
+    async with client(cluster) as fs:
+        d = await fs.mkdir(ROOT_INO, b"d", 0o755)
+        for i in range(3):
+            await fs.create(d.ino, b"f%d" % i, 0o644)
+        base = reads(cluster)
+        # The creates' answers carried the directory's attributes: no getattr.
+        parent = await fs.getattr(d.ino)
+        assert parent.mtime_ns == cluster.call(lambda c: c.namespace.inodes[d.ino].mtime_ns)
+        assert parent.mtime_ns > d.mtime_ns
+        assert reads(cluster) == base
+        # A name this client never looked up is asked for, even in a directory it has
+        # just created and filled itself: another client's file shows up at once.
+        other = add_elsewhere(cluster, d.ino, b"other")
+        assert (await fs.lookup(d.ino, b"other")).ino == other
+        assert reads(cluster) == base + 1
+
+
+async def test_a_rename_with_an_unknown_outcome_forgets_both_names(
+    cluster: ClusterThread,
+) -> None:
+    async with client(cluster, dataclasses.replace(FAST, timeout_s=1.0)) as fs:
+        d = await fs.mkdir(ROOT_INO, b"d", 0o755)
+        await fs.create(d.ino, b"a", 0o644)
+        with pytest.raises(NotFound):
+            await fs.lookup(d.ino, b"b")  # b is cached as absent
+        base = reads(cluster)
+        cluster.call(lambda c: c.faults.append(MetaFault("fs.rename", "timeout", count=100)))
+        with pytest.raises((Timeout, Unavailable)):
+            await fs.rename(d.ino, b"a", d.ino, b"b")
+        cluster.call(lambda c: c.faults.clear())
+        # The rename was applied: b exists and a does not; the client asks rather than
+        # answer from what it knew before (b absent, a present).
+        assert (await fs.lookup(d.ino, b"b")).ino > 0
+        with pytest.raises(NotFound):
+            await fs.lookup(d.ino, b"a")
+        assert reads(cluster) >= base + 2
+
+
+async def test_xattrs_of_a_new_file_cost_no_round_trip(cluster: ClusterThread) -> None:
+    clock = FakeClock()
+    async with client(cluster, clock=clock) as fs:
+        f, _ = await fs.create(ROOT_INO, b"x", 0o644)
+        base = reads(cluster)
+        for _ in range(3):  # as the kernel asks before every write
+            with pytest.raises(NoAttr):
+                await fs.getxattr(f.ino, b"security.capability")
+        assert reads(cluster) == base
+        await fs.setxattr(f.ino, b"user.k", b"v")
+        assert await fs.getxattr(f.ino, b"user.k") == b"v"
+        assert await fs.getxattr(f.ino, b"user.k") == b"v"
+        with pytest.raises(NoAttr):
+            await fs.getxattr(f.ino, b"user.other")
+        with pytest.raises(NoAttr):
+            await fs.getxattr(f.ino, b"user.other")
+        assert reads(cluster) == base + 2
+        await fs.removexattr(f.ino, b"user.k")
+        with pytest.raises(NoAttr):
+            await fs.getxattr(f.ino, b"user.k")
+        assert reads(cluster) == base + 3
+        # Another client's change is seen once the TTL has passed.
+        cluster.call(lambda c: c.namespace.inodes[f.ino].xattrs.update({b"user.k": b"w"}))
+        clock.now += 1.1
+        assert await fs.getxattr(f.ino, b"user.k") == b"w"

@@ -142,6 +142,10 @@ class Repair:
         self._reports: dict[int, _Report] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._gc_running = False
+        # chunk id -> (version, length): a new version no replica took (every push
+        # failed) and that no writer was given: pushed again until one takes it, so that
+        # the replicas, which hold the chunk's data at the old version, serve again.
+        self._unpushed: dict[int, tuple[int, int]] = {}
 
     # --------------------------------------------------------------- soft state
 
@@ -152,6 +156,7 @@ class Repair:
         self._bad.clear()
         self._garbage_seen.clear()
         self._reports.clear()
+        self._unpushed.clear()
         # Copies started in an earlier term finish (or fail) on their own: their
         # replica_add is refused unless the chunk is unchanged. Until the registry's grace
         # is over every known chunkserver counts as alive, so nothing is repaired before
@@ -242,6 +247,7 @@ class Repair:
         self._prune(now)
         self._start_copies(under, now)
         await self._trim(trim, now)
+        await self._push_again()
         if not self._gc_running:
             self._gc_running = True
             self._spawn(self._collect_garbage(now))
@@ -356,6 +362,28 @@ class Repair:
 
         await asyncio.gather(*(push(cs_id) for cs_id in replicas))
         return failed
+
+    def unpushed(self, chunk_id: int, version: int, length: int) -> None:
+        self._unpushed[chunk_id] = (version, length)
+
+    def is_unpushed(self, chunk_id: int) -> bool:
+        return chunk_id in self._unpushed
+
+    def pushed(self, chunk_id: int) -> None:
+        self._unpushed.pop(chunk_id, None)
+
+    async def _push_again(self) -> None:
+        ns = self.link.ns
+        for chunk_id, (version, length) in list(self._unpushed.items()):
+            chunk = ns.chunk_table.get(chunk_id)
+            if chunk is None or chunk.version != version or chunk.length != length:
+                del self._unpushed[chunk_id]
+                continue
+            failed = await self.push_version(chunk_id, version, length, chunk.replicas)
+            if len(failed) < len(chunk.replicas):
+                del self._unpushed[chunk_id]
+                log.info("repair event=version_pushed_late chunk=%d version=%d",
+                         chunk_id, version)  # fmt: skip
 
     # --------------------------------------------------------------- trimming
 

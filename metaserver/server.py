@@ -557,11 +557,18 @@ class MetaServer:
         ino, index = uint_field(h, "ino"), uint_field(h, "index")
         # No ReadIndex round here: the state read below only guides placement, and the
         # command itself is ordered by the log (the namespace re-checks everything in
-        # apply). A deposed leader's proposal simply fails.
+        # apply). A deposed leader's proposal simply fails. But an error read from that
+        # state is no answer: a deposed leader (paused, then resumed) may not know the
+        # inode yet. Then a ReadIndex round first: it confirms leadership and catches up.
         self._leader_view()
         replicas: list[int] = []
         drop: list[int] = []
-        existing = self.ns.chunks(ino, index, 1)
+        try:
+            existing = self.ns.chunks(ino, index, 1)
+            self.ns.getattr(ino)
+        except DfsError:
+            await self._read(timeout_s)
+            existing = self.ns.chunks(ino, index, 1)
         if existing:
             # Replicas on dead chunkservers, and those the writer saw fail, leave the set
             # with this version bump (the writer reports them: PROTOCOL.md).
@@ -601,9 +608,13 @@ class MetaServer:
             # The leader gives the replicas the new version before the writer writes
             # (as GFS's master and MooseFS's do): a replica that cannot take it is stale
             # from now on, leaves the set, and is not in the chain the writer gets.
-            result = await self._push_version(
+            pushed = await self._push_version(
                 chunk_id, int(result["version"]), int(result["length"]), result["replicas"]
             )
+            if result["replicas"] and self.repair.is_unpushed(chunk_id):
+                raise Unavailable("no replica of the chunk took its new version", chunk_id=chunk_id)
+            result = pushed
+            self.repair.touch(chunk_id)  # the push may have taken a while: quiet from now
         expiry_ms = time.time_ns() // 1_000_000 + self.config.token_ttl_ms
         known = self.ns.chunkservers()
         chain = [
@@ -634,6 +645,12 @@ class MetaServer:
         ``{chunk_id, version, length, replicas}`` afterwards."""
         failed = await self.repair.push_version(chunk_id, version, length, replicas)
         kept = [c for c in replicas if c not in failed]
+        if replicas and not kept:
+            # No replica took it: they all still hold the data at the old version, now
+            # refused. Pushed again until one takes it (no writer gets this version).
+            self.repair.unpushed(chunk_id, version, length)
+        else:
+            self.repair.pushed(chunk_id)
         if failed and kept:
             for cs_id in failed:
                 try:

@@ -317,6 +317,9 @@ class OpenInode:
         self._written: dict[int, int] = {}  # chunk index -> valid length known here
         self._unsynced: set[int] = set()  # chunks written since their last sync
         self._uploaded_end = 0  # end of the furthest upload that landed
+        # Where the first upload that failed (and whose error is not reported yet) began:
+        # nothing past it written before the report counts (see _forget_unwritten).
+        self._poison: int | None = None
         self._mtime_ns: int | None = None  # time of the last write not yet committed
         # Attribute changes that join the next commit (``set_attrs``): mode (permission
         # bits), uid, gid, atime_ns; and when the last of them was made.
@@ -569,6 +572,7 @@ class OpenInode:
             )
             if self._error is None:
                 self._error = e
+            self._forget_unwritten(upload)
         except Exception:
             log.exception("ino %d: upload failed", self.ino)
             if self._error is None:
@@ -577,6 +581,37 @@ class OpenInode:
             self._uploads.remove(upload)
             self._upload_slots.release()
             upload.done.set()
+
+    def _forget_unwritten(self, failed: _Upload) -> None:
+        """An upload failed for good: its bytes are lost, and the writer is told (EIO at
+        the next write, fsync or close, as Linux reports a writeback error). The size must
+        no longer cover them: a later commit of it would point the file at bytes no replica
+        has, and the file would read zeros where the writer's data was. So the size goes
+        back to the furthest of what is committed, landed, still buffered or in flight."""
+        poison = failed.start if self._poison is None else min(self._poison, failed.start)
+        self._poison = poison
+        chunk_size = self.io.chunk_size
+        # Written after the failed bytes and not uploaded yet: lost with them, or the file
+        # would get a hole (zeros) where the failed bytes were.
+        if self._ext_buf is not None and self._ext_start + len(self._ext_buf) > poison:
+            if self._ext_start >= poison:
+                self._ext_buf = None
+            else:
+                del self._ext_buf[poison - self._ext_start :]
+        for index, pending in self._uncommitted.items():
+            pending.length = min(pending.length, max(poison - index * chunk_size, 0))
+        self._uploaded_end = min(self._uploaded_end, max(poison, self._seen[0]))
+        held = [self._seen[0], self._uploaded_end]
+        held += [index * chunk_size + p.length for index, p in self._uncommitted.items()]
+        held += [min(u.end, poison) for u in self._uploads if u is not failed]
+        if self._ext_buf is not None:
+            held.append(self._ext_start + len(self._ext_buf))
+        size = max(held)
+        if size < self.size:
+            log.info("ino %d: size back from %d to %d after a failed upload",
+                     self.ino, self.size, size)  # fmt: skip
+            self.size = size
+            self.generation += 1
 
     async def _wait_uploads(self, start: int = 0, end: int | None = None) -> None:
         """Until no upload overlapping [start, end) (default: any) is in flight."""
@@ -622,9 +657,16 @@ class OpenInode:
                 self._note_lost(writer, handle, e)
             else:
                 writer.acked(handle, end_in_chunk)
-                self._pending(index, end_in_chunk, handle.chunk_id, handle.version)
-                self._written[index] = max(self._written.get(index, 0), end_in_chunk)
-                self._uploaded_end = max(self._uploaded_end, start + data.nbytes)
+                landed_end = start + data.nbytes
+                if self._poison is not None and landed_end > self._poison:
+                    # Written before an earlier upload failed, and past it: lost with it
+                    # (see _forget_unwritten), so not counted, whatever the replicas hold.
+                    landed_end = max(self._poison, start)
+                    end_in_chunk = landed_end - index * io.chunk_size
+                if landed_end > start or data.nbytes == 0:
+                    self._pending(index, end_in_chunk, handle.chunk_id, handle.version)
+                    self._written[index] = max(self._written.get(index, 0), end_in_chunk)
+                    self._uploaded_end = max(self._uploaded_end, landed_end)
                 writer.written_version = max(writer.written_version, handle.version)
                 if not sync:
                     self._unsynced.add(index)
@@ -820,6 +862,7 @@ class OpenInode:
     async def _flush_locked(self, *, sync: bool) -> Attr | None:
         await self._wait_uploads()
         if self._error is not None:
+            self._poison = None  # every upload from before the failure has ended
             self._raise_error(clear=True)
         buf, start, cap = self._ext_buf, self._ext_start, self._ext_cap
         if buf is not None:
@@ -836,6 +879,8 @@ class OpenInode:
                     # write failed until its deadline: reported now, as Linux does.)
                     # A copy: the abandoned call may still hold a view of ``buf``.
                     self._ext_buf, self._ext_start, self._ext_cap = bytearray(buf), start, cap
+                elif isinstance(e, DfsError):
+                    self._forget_unwritten(upload)
                 raise
             finally:
                 self._uploads.remove(upload)
@@ -872,6 +917,7 @@ class OpenInode:
             if self._error is not None:
                 log.info("ino %d: upload error after the last close: %s", self.ino, self._error)
                 self._error = None
+                self._poison = None
             await self._flush_locked(sync=True)
 
     async def truncate(self, size: int, **fields: Any) -> Attr:

@@ -594,7 +594,8 @@ class FakeNamespace:
         """The leader's empty ``chunk.write`` of a truncated chunk's new version."""
         for cs_id in chunk.replicas:
             cs = self.cluster.chunkserver(cs_id)
-            replica = cs.replicas.get(chunk.id) if cs is not None and cs.alive else None
+            reachable = cs is not None and cs.alive and not cs.hang
+            replica = cs.replicas.get(chunk.id) if cs is not None and reachable else None
             if replica is None or replica.version >= chunk.version:
                 continue
             if len(replica.data) < chunk.length:
@@ -668,11 +669,15 @@ class FakeNamespace:
             live = [i for i in chunk.replicas if (cs := cluster.chunkserver(i)) and cs.alive]
             if not live:
                 raise Unavailable("no live replica of the chunk")
+            if all((cs := cluster.chunkserver(i)) is None or cs.hang for i in live):
+                # The leader's push of the new version would reach none: no handle.
+                raise Unavailable("no replica of the chunk took its new version")
             drop = wire_field(h, "drop", list, [])
             kept = [i for i in live if i not in drop]
             self.dropped.extend(i for i in live if i in drop)
             chunk.replicas = kept or live[:1]
             chunk.version += 1
+            self._push_cut(chunk)  # the leader pushes every new version (PROTOCOL.md)
         expiry_ms = _now_ms() + cluster.token_ttl_ms
         return {
             "chunk_id": chunk.id,

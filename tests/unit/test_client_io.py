@@ -387,6 +387,25 @@ async def test_a_broken_replica_is_reported_and_dropped_from_the_chain(
         assert broken.cs_id not in chunk.replicas
 
 
+async def test_a_failed_upload_never_commits_its_size(cluster: ClusterThread) -> None:
+    """Found by the chaos run: a write whose upload failed (fsync said EIO), then a close
+    that succeeded, committed the size of the lost bytes: the file read as zeros. The
+    size goes back to what landed, so the file reads as before the failed write."""
+    options = dataclasses.replace(OPTIONS, timeout_s=1.0, io_timeout_s=0.2)
+    async with client(cluster, options) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"z", 0o644, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, b"kept" * 10)
+        await f.fsync()
+        cluster.call(lambda c: c.hang_chunkservers())
+        await f.write(40, b"x" * 100_000)
+        with pytest.raises((Timeout, Unavailable)):
+            await f.fsync()
+        cluster.call(lambda c: c.hang_chunkservers(False))
+        await f.close()
+        data = await read_all(fs, attr.ino)
+        assert data == b"kept" * 10, (len(data), data[:60])
+
+
 async def test_write_to_a_dead_cluster_fails_by_the_deadline(cluster: ClusterThread) -> None:
     options = dataclasses.replace(OPTIONS, timeout_s=1.0, io_timeout_s=0.2)
     async with client(cluster, options) as fs:

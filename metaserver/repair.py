@@ -73,10 +73,11 @@ TRIMS_PER_SURVEY = 64
 @dataclass(slots=True)
 class Health:
     """Chunk counts from one survey (``status``'s ``health``). A chunk with no data yet
-    (length 0) is always fine. ``under_goal`` includes ``one_copy`` (chunks with a goal
+    (length 0, counted in ``empty``) is always fine. ``under_goal`` includes ``one_copy`` (chunks with a goal
     above 1 down to their last live replica); ``missing`` chunks have no live replica."""
 
     total: int = 0
+    empty: int = 0  # chunks with no data yet (a created file not written): no replica
     missing: int = 0
     one_copy: int = 0
     under_goal: int = 0
@@ -217,6 +218,7 @@ class Repair:
         for chunk_id, chunk in ns.chunk_table.items():
             health.total += 1
             if chunk.length == 0:
+                health.empty += 1
                 continue
             goal = inodes[chunk.ino].goal
             live = sum(1 for cs_id in chunk.replicas if alive(cs_id))

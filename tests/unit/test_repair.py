@@ -112,7 +112,7 @@ def test_survey_counts_and_orders_fewest_live_first(clock: Clock) -> None:
         link.beat(cs_id)
     health, under, trim = repair.survey(clock.now)
     assert health.as_dict() == {
-        "total": 6, "missing": 1, "one_copy": 1, "under_goal": 2, "over_goal": 0,
+        "total": 6, "empty": 1, "missing": 1, "one_copy": 1, "under_goal": 2, "over_goal": 0,
         "corrupt": 0, "garbage": 0, "replicating": 0,
     }  # fmt: skip
     assert under == [(1, one), (2, two)]

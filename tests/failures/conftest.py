@@ -4,31 +4,17 @@ skipped."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from failures_cluster import Cluster
 
-
-def _fuse_usable() -> str | None:
-    if os.geteuid() != 0:
-        return "the failure tests mount: they run as root"
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        return "no /dev/fuse or fusermount3 (Debian's fuse3)"
-    return None
+from dfs.testing.fuseenv import skip_unless_fuse
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    reason = _fuse_usable()
-    if reason is None or os.environ.get("CI"):
-        return
-    here = Path(__file__).parent
-    for item in items:
-        if here in item.path.parents:
-            item.add_marker(pytest.mark.skip(reason=reason))
+    skip_unless_fuse(items, Path(__file__).parent, pytest.mark.skip)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ Like the FUSE tests they need root and /dev/fuse: with ``CI`` set nothing is ski
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import anyio
 
 from dfs.cli import cluster as local
 from dfs.secret import load_secret
+from dfs.testing.poll import wait_for
 
 CHUNK = 1 << 20
 DEAD_TIMEOUT_S = 3.0
@@ -37,16 +36,7 @@ CS_OPTIONS = {
 }
 
 
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something true, with a deadline; return it."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.1)
+wait_until = wait_for
 
 
 class Cluster:

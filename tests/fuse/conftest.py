@@ -8,8 +8,6 @@ nothing is skipped (a missing requirement fails the tests); elsewhere they are s
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,26 +15,11 @@ import pytest
 from fuse_cluster import Mounts, start_cluster, stop_cluster
 
 from dfs.cli import cluster as local
-
-
-def _fuse_usable() -> str | None:
-    if os.geteuid() != 0:
-        return "FUSE tests run as root"
-    if not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse"
-    if shutil.which("fusermount3") is None:
-        return "no fusermount3 (Debian's fuse3)"
-    return None
+from dfs.testing.fuseenv import skip_unless_fuse
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    reason = _fuse_usable()
-    if reason is None or os.environ.get("CI"):
-        return
-    here = Path(__file__).parent
-    for item in items:
-        if here in item.path.parents:
-            item.add_marker(pytest.mark.skip(reason=reason))
+    skip_unless_fuse(items, Path(__file__).parent, pytest.mark.skip)
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,13 @@ is detached), and the logs of a failed run are printed.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 
 from dfs.cli import cluster as local
 from dfs.fuse.mountinfo import mount_info
+from dfs.testing.poll import wait_for
 
 CHUNK = 1 << 20
 
@@ -84,10 +83,4 @@ class Mounts:
                 assert info is None, f"{mountpoint} still mounted after its process ended"
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``predicate`` until it holds, with a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
+wait_until = wait_for

@@ -14,11 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dfs.testing.netns import NetCluster
+from dfs.testing.poll import wait_for  # noqa: F401  (re-exported)
 
 T = TypeVar("T")
 CLIENT_OPS = str(Path(__file__).with_name("client_ops.py"))
@@ -33,18 +33,6 @@ def netns_unavailable() -> str | None:
     if not Path("/proc/thread-self/ns/net").exists():
         return "needs network namespaces (/proc/thread-self/ns/net)"
     return None
-
-
-def wait_for(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
-    """Poll ``predicate`` until it returns something true; that value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.1)  # polling the cluster or a process, with a deadline
 
 
 def dump_logs(directory: Path) -> None:

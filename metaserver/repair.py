@@ -115,6 +115,8 @@ class ServerLink(Protocol):
 
     def token(self, chunk_id: int, version: int) -> tuple[bytes, int]: ...
 
+    def know_all_chunkservers(self) -> None: ...
+
 
 class Repair:
     def __init__(
@@ -241,9 +243,7 @@ class Repair:
 
     async def step(self) -> None:
         now = self.clock()
-        ns, registry = self.link.ns, self.link.registry
-        for cs_id, entry in ns.chunkservers().items():
-            registry.known(cs_id, entry["address"])
+        self.link.know_all_chunkservers()
         health, under, trim = self.survey(now)
         self.health = health
         self._prune(now)

@@ -511,7 +511,7 @@ class MetaServer:
             "chunkservers_alive": len(alive),
         }
 
-    def _know_all_chunkservers(self) -> None:
+    def know_all_chunkservers(self) -> None:
         """Give the registry an entry for every chunkserver the namespace knows (those not
         heard from yet in this term are alive only within the new leader's grace)."""
         for cs_id, entry in self.ns.chunkservers().items():
@@ -576,7 +576,7 @@ class MetaServer:
             reported = field(h, "drop", list, [])
             if len(reported) > GOAL_MAX or any(type(c) is not int for c in reported):
                 raise Invalid(f"drop: at most {GOAL_MAX} chunkserver ids")
-            self._know_all_chunkservers()
+            self.know_all_chunkservers()
             drop = [
                 cs_id
                 for cs_id in existing[0]["replicas"]
@@ -588,7 +588,7 @@ class MetaServer:
             # namespace bumps that one's version and ignores this choice.
             goal = int(self.ns.getattr(ino)["goal"])
             now_s = time.monotonic()
-            self._know_all_chunkservers()
+            self.know_all_chunkservers()
             alive = self.registry.alive(now_s)
             replicas = self.placer.place(alive, goal, reserve_bytes=self.ns.chunk_size_bytes)
             if len(replicas) < goal and any(c.last_heard_s is None for c in alive):
@@ -654,7 +654,7 @@ class MetaServer:
         if failed and kept:
             for cs_id in failed:
                 try:
-                    await self._propose_internal(
+                    await self.propose_internal(
                         "replica_drop", {"chunk_id": chunk_id, "cs_id": cs_id}
                     )
                 except DfsError as e:
@@ -680,7 +680,7 @@ class MetaServer:
         self._leader_view()
         with contextlib.suppress(DfsError):
             goal = int(self.ns.getattr(args["parent"])["goal"])  # the new file inherits it
-            self._know_all_chunkservers()
+            self.know_all_chunkservers()
             now_s = time.monotonic()
             alive = self.registry.alive(now_s)
             replicas = self.placer.place(alive, goal, reserve_bytes=self.ns.chunk_size_bytes)
@@ -724,12 +724,9 @@ class MetaServer:
         self._leader_view()  # a new term resets the soft state before repair acts
         return True
 
-    async def _propose_internal(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def propose_internal(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """A command the leader proposes for itself (no client session)."""
         return await self._propose(op, args, {}, OP_TIMEOUT_S)
-
-    async def propose_internal(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        return await self._propose_internal(op, args)
 
     async def cs_call(self, cs_id: int, op: str, timeout_s: float, **fields: Any) -> dict[str, Any]:
         entry = self.ns.chunkservers().get(cs_id)
@@ -840,7 +837,7 @@ class MetaServer:
         chunkservers = []
         if st.role == Role.LEADER:
             self._leader_view()  # a new term of leadership resets the soft state first
-            self._know_all_chunkservers()
+            self.know_all_chunkservers()
             for cs_id in sorted(self.ns.chunkservers()):
                 info = self.registry.servers[cs_id]
                 heard = info.last_heard_s

@@ -72,6 +72,10 @@ class Link:
     def token(self, chunk_id: int, version: int) -> tuple[bytes, int]:
         return b"t" * 32, 1
 
+    def know_all_chunkservers(self) -> None:
+        for cs_id, entry in self.ns.chunkservers().items():
+            self.registry.known(cs_id, entry["address"])
+
     def file_with_chunk(self, name: bytes, replicas: list[int], length: int = 100) -> int:
         ino = self.apply("create", {"parent": ROOT_INO, "name": name, "mode": 0o100644,
                                     "uid": 0, "gid": 0})["attr"]["ino"]  # fmt: skip

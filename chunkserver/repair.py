@@ -169,9 +169,14 @@ async def copy_in(
                 sources=failures,
             )  # fmt: skip
         return await store.install_incoming(incoming)
+    except Exception:
+        # The part-copy goes before the error is answered, so that a caller who sees the
+        # error finds no trace of the copy. Idempotent: a failed install has closed it.
+        await asyncio.shield(store.abort_incoming(incoming))
+        raise
     except BaseException:
-        # Whatever happened (a cancelled request too), the part-copy goes. Idempotent: a
-        # failed install has closed it already.
+        # Cancelled (the request's deadline, or the server stopping): start the drop and
+        # go; the store's close waits for it.
         store.abort_incoming(incoming)
         raise
 

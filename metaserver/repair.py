@@ -293,18 +293,36 @@ class Repair:
             self._target_jobs[target_id] = self._target_jobs.get(target_id, 0) + 1
             self._spawn(
                 self._copy(chunk_id, chunk.version, chunk.length,
-                           [s.address for s in sources], target_id)
+                           [s.cs_id for s in sources], target_id)
             )  # fmt: skip
 
     async def _copy(
-        self, chunk_id: int, version: int, length: int, sources: list[str], target_id: int
+        self, chunk_id: int, version: int, length: int, sources: list[int], target_id: int
     ) -> None:
+        """Copy the chunk to ``target_id`` from ``sources`` (live replicas, least loaded
+        first) and add the copy to its set. First the fence: a new version, which no writer
+        holds, goes to the live replicas (``version_bump``), and the copy is made at it.
+        Without the fence a writer holding a handle of the table's version could overwrite
+        bytes the copy had already read, and even commit (an overwrite keeps the length):
+        the copy would join with the old bytes, every replica at the same version. With it,
+        such a writer is refused (``Stale``) and takes a new handle, which bumps the version
+        again, so the copy is refused at ``replica_add`` and made again later."""
         link = self.link
         try:
+            bumped = await link.propose_internal(
+                "version_bump", {"chunk_id": chunk_id, "version": version, "length": length}
+            )
+            version = int(bumped["version"])
+            now = self.clock()
+            live = [c for c in bumped["replicas"] if link.registry.is_alive(c, now)]
+            _, took = await self.settle_version(chunk_id, version, length, live)
+            addresses = [link.registry.servers[c].address for c in sources if c in took]
+            if not addresses:
+                raise Stale("no live replica took the fence's version", chunk_id=chunk_id)
             token, expiry_ms = link.token(chunk_id, version)
             await link.cs_call(
                 target_id, "chunk.replicate", REPLICATE_TIMEOUT_S, chunk_id=chunk_id,
-                version=version, length=length, sources=sources, token=token,
+                version=version, length=length, sources=addresses, token=token,
                 expiry_ms=expiry_ms, timeout_ms=REPLICATE_TIMEOUT_MS_SERVER,
             )  # fmt: skip
             try:
@@ -364,6 +382,34 @@ class Repair:
 
         await asyncio.gather(*(push(cs_id) for cs_id in replicas))
         return failed
+
+    async def settle_version(
+        self, chunk_id: int, version: int, length: int, replicas: list[int]
+    ) -> tuple[list[int], list[int]]:
+        """Push a chunk's new version (a handle's bump, a truncate's cut, the fence before
+        a copy) to ``replicas`` and settle what failed. A replica that does not take it is
+        stale from now on, never served (it refuses reads of the new version); it leaves
+        the set here when another one took the version. When none took it they all still
+        hold the data at the old version, now refused: the version is pushed again until
+        one takes it (``_push_again``). Returns (the replicas in the set afterwards, those
+        that took the version)."""
+        failed = await self.push_version(chunk_id, version, length, replicas)
+        took = [c for c in replicas if c not in failed]
+        if replicas and not took:
+            self.unpushed(chunk_id, version, length)
+            return list(replicas), []
+        self.pushed(chunk_id)
+        kept = list(took)
+        for cs_id in failed:
+            try:
+                await self.link.propose_internal(
+                    "replica_drop", {"chunk_id": chunk_id, "cs_id": cs_id}
+                )
+            except DfsError as e:
+                log.info("repair event=drop_failed chunk=%d cs=%d error=%s",
+                         chunk_id, cs_id, e)  # fmt: skip
+                kept.append(cs_id)
+        return kept, took
 
     def unpushed(self, chunk_id: int, version: int, length: int) -> None:
         self._unpushed[chunk_id] = (version, length)

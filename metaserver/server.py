@@ -249,6 +249,11 @@ class MetaServer:
         )
         self._repair_task: asyncio.Task[None] | None = None
         self.holds = Holds(grace_s=config.hold_grace_s)
+        # How often clients announce holds and the chunks they write: three times within
+        # the shorter of a new leader's grace and the upkeep's quiet window, so that one
+        # lost announcement costs neither; at most KEEPALIVE_S, at least 0.5 s.
+        shortest_s = min(config.hold_grace_s, config.repair_quiet_s or KEEPALIVE_S)
+        self._keepalive_ms = int(min(max(shortest_s / 3, 0.5), KEEPALIVE_S) * 1000)
         self._orphan_task: asyncio.Task[None] | None = None
         self._ops: dict[str, Handler] = {
             "fs.lookup": self._lookup,
@@ -433,10 +438,23 @@ class MetaServer:
         return {}
 
     async def _keepalive(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """The client's holds, and the chunks it is writing (uploads not yet committed):
+        those count as touched, so that the upkeep does not copy a chunk under a busy
+        writer (the copy's fence would cost the writer its uncommitted bytes)."""
         inos, client = self._inos(h), uint_field(h, "holder", 0)
+        writing = h.get("writing", [])
+        if (
+            type(writing) is not list
+            or len(writing) > HOLDS_PER_REQUEST_MAX
+            or any(type(c) is not int or c < 1 for c in writing)
+        ):
+            raise Invalid(f"writing: at most {HOLDS_PER_REQUEST_MAX} chunk ids")
         self._leader_view()
         self.holds.keepalive(client, inos, time.monotonic())
-        return {"keepalive_ms": int(KEEPALIVE_S * 1000)}
+        for chunk_id in writing:
+            if chunk_id in self.ns.chunk_table:
+                self.repair.touch(chunk_id)
+        return {"keepalive_ms": self._keepalive_ms}
 
     async def _free_orphans(self, candidates: list[int], timeout_s: float) -> None:
         now = time.monotonic()
@@ -637,32 +655,10 @@ class MetaServer:
         self, chunk_id: int, version: int, length: int, replicas: list[int]
     ) -> dict[str, Any]:
         """Give a chunk's replicas its new version (after a truncate's cut, a new write
-        handle): an empty ``chunk.write`` makes each cut itself to ``length`` and take the
-        version. A replica that does not is stale from now on, never served (it refuses
-        reads of the new version); it leaves the set here when another one took the
-        version. The caller's answer waits for the push (bounded), so the client's next
-        read or write finds the replicas at the new version. Returns the chunk's
-        ``{chunk_id, version, length, replicas}`` afterwards."""
-        failed = await self.repair.push_version(chunk_id, version, length, replicas)
-        kept = [c for c in replicas if c not in failed]
-        if replicas and not kept:
-            # No replica took it: they all still hold the data at the old version, now
-            # refused. Pushed again until one takes it (no writer gets this version).
-            self.repair.unpushed(chunk_id, version, length)
-        else:
-            self.repair.pushed(chunk_id)
-        if failed and kept:
-            for cs_id in failed:
-                try:
-                    await self.propose_internal(
-                        "replica_drop", {"chunk_id": chunk_id, "cs_id": cs_id}
-                    )
-                except DfsError as e:
-                    log.info("metaserver node=%d event=drop_failed chunk=%d cs=%d error=%s",
-                             self.node.id, chunk_id, cs_id, e)  # fmt: skip
-                    kept.append(cs_id)
-        else:
-            kept = list(replicas)
+        handle; ``Repair.settle_version``). The caller's answer waits for the push
+        (bounded), so the client's next read or write finds the replicas at the new
+        version. Returns the chunk's ``{chunk_id, version, length, replicas}`` afterwards."""
+        kept, _ = await self.repair.settle_version(chunk_id, version, length, replicas)
         return {"chunk_id": chunk_id, "version": version, "length": length, "replicas": kept}
 
     async def _create_with_chunk(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:

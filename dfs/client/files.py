@@ -343,6 +343,16 @@ class OpenInode:
             or self._attrs
         )
 
+    def writing(self) -> list[int]:
+        """Chunk ids this client has uploads to, in flight or not yet committed: the
+        keepalive names them, so that the leader's upkeep does not fence a busy writer by
+        copying one of them (``fs.keepalive``, PROTOCOL.md)."""
+        ids = {p.chunk_id for p in self._uncommitted.values()}
+        for index, writer in self._writers.items():
+            if writer.handle is not None and (writer.users or index in self._unsynced):
+                ids.add(writer.handle.chunk_id)
+        return sorted(ids)
+
     @property
     def unsaved(self) -> bool:
         """Whether this client holds written bytes the metaserver does not point at yet

@@ -92,6 +92,8 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 # Open-file holds are announced this often until the leader says otherwise (fs.keepalive).
 KEEPALIVE_DEFAULT_S = 5.0
+# The most inode numbers (and chunk ids) one fs.keepalive may carry (PROTOCOL.md).
+HOLDS_PER_REQUEST_MAX = 65536
 
 
 def check_name(name: bytes) -> None:
@@ -694,16 +696,24 @@ class FsClient:
         announced for a while, and a new leader learns them only from this)."""
         interval_s = KEEPALIVE_DEFAULT_S
         while True:
+            # The first goes at once: it tells us the leader's interval, which may be
+            # shorter than the default.
+            if self._open:
+                interval_s = await self._keepalive(interval_s)
             await anyio.sleep(interval_s)  # a period, not a wait for a condition
-            if not self._open:
-                continue
-            try:
-                header = await self.meta.read(
-                    "fs.keepalive", inos=sorted(self._open), holder=self.holder
-                )
-                interval_s = min(max(uint_field(header, "keepalive_ms", 5000), 500), 60_000) / 1000
-            except DfsError as e:
-                log.debug("keepalive not delivered (%s)", e)
+
+    async def _keepalive(self, interval_s: float) -> float:
+        """One announcement; returns the interval until the next."""
+        writing = sorted({c for inode in self._open.values() for c in inode.writing()})
+        try:
+            header = await self.meta.read(
+                "fs.keepalive", inos=sorted(self._open), holder=self.holder,
+                writing=writing[:HOLDS_PER_REQUEST_MAX],
+            )  # fmt: skip
+        except DfsError as e:
+            log.debug("keepalive not delivered (%s)", e)
+            return interval_s
+        return min(max(uint_field(header, "keepalive_ms", 5000), 500), 60_000) / 1000
 
     async def _finish(self, inode: OpenInode, scope: anyio.CancelScope) -> None:
         """Wait for the inode's uploads and commit what landed, for a close that could not;

@@ -215,6 +215,8 @@ class FakeNamespace:
         self.sessions: dict[int, tuple[int, dict[str, Any] | DfsError]] = {}
         self.commits: list[Commit] = []
         self.dropped: list[int] = []  # chunkserver ids writers reported with ``drop``
+        self.keepalives: list[dict[str, Any]] = []  # the fs.keepalive headers, in order
+        self.keepalive_ms = 5000
         now = _now_ns()
         self.inodes[ROOT_INO] = FakeInode(
             ROOT_INO, stat.S_IFDIR | 0o755, 0, 0, 2, now, now, now, parent=ROOT_INO
@@ -328,7 +330,8 @@ class FakeNamespace:
         if op == "fs.release":
             return {}
         if op == "fs.keepalive":
-            return {"keepalive_ms": 5000}
+            self.keepalives.append(h)
+            return {"keepalive_ms": self.keepalive_ms}
         if op == "fs.readdir":
             node = self.directory(h.get("ino"))
             cookie = uint_field(h, "cookie", 0)

@@ -714,6 +714,31 @@ def replica_add(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return {"ok": True, **chunk_info(chunk)}
 
 
+_VERSION_BUMP = frozenset({"chunk_id", "version", "length"})
+
+
+def version_bump(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """A new version of a chunk that no writer holds: the leader's fence before it copies
+    the chunk (``metaserver/repair.py``). Once the replicas took it, a writer still holding
+    a handle of the old version can no longer change bytes the copy may have read already
+    (its writes and its commit answer ``Stale``); the copy is made at the new version and
+    joins (``replica_add``) only if no writer has taken a handle since. ``Stale`` when the
+    chunk is no longer at ``version`` and ``length``.
+    """
+    check_fields(a, _VERSION_BUMP)
+    chunk_id = arg_int(a, "chunk_id", 1, INT63_MAX)
+    version = arg_int(a, "version", 1, INT63_MAX)
+    length = arg_int(a, "length", 0, INT63_MAX)
+    chunk = st.chunk_table.get(chunk_id)
+    if chunk is None:
+        raise NotFound("no such chunk", chunk_id=chunk_id)
+    if chunk.version != version or chunk.length != length:
+        raise Stale("the chunk changed", chunk_id=chunk_id, version=chunk.version,
+                    length=chunk.length)  # fmt: skip
+    chunk.version += 1
+    return {"ok": True, **chunk_info(chunk)}
+
+
 _REPLICA_DROP = frozenset({"chunk_id", "cs_id", "keep_one"})
 
 
@@ -793,6 +818,7 @@ OPS: dict[str, Handler] = {
     "commit": commit,
     "cs_register": cs_register,
     "replica_add": replica_add,
+    "version_bump": version_bump,
     "replica_drop": replica_drop,
     "gc_done": gc_done,
     "release_orphans": release_orphans,

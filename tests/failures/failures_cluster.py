@@ -1,7 +1,8 @@
 """The cluster of the failure tests (issue 5's proofs): a real cluster of 3 metaservers and 4
 chunkservers with short timeouts (a chunkserver is dead after 3 s, garbage waits 2 s,
-scrubbing is fast), a real mount, helpers to kill and restart servers by PID and to poll
-the leader's own chunk report with a deadline.
+scrubbing is fast; a module may override any option), a real mount, helpers to kill and
+restart servers by PID, to poll the leader's own chunk report with a deadline, and to
+locate a file's chunks and read a replica directly with a token signed from the secret.
 
 Like the FUSE tests they need root and /dev/fuse: with ``CI`` set nothing is skipped.
 """
@@ -9,14 +10,17 @@ Like the FUSE tests they need root and /dev/fuse: with ``CI`` set nothing is ski
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from dfs import rpc
 from dfs.cli import cluster as local
 from dfs.secret import load_secret
 from dfs.testing.poll import wait_for
+from dfs.wire.token import READ, make_token, token_key
 
 CHUNK = 1 << 20
 DEAD_TIMEOUT_S = 3.0
@@ -40,13 +44,21 @@ wait_until = wait_for
 
 
 class Cluster:
-    def __init__(self, directory: Path) -> None:
+    """``meta_options`` and ``cs_options`` override (or add to) META_OPTIONS and CS_OPTIONS."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        meta_options: dict[str, Any] | None = None,
+        cs_options: dict[str, Any] | None = None,
+    ) -> None:
         self.layout = local.init_layout(
             directory,
             chunkservers=4,
             chunk_size=CHUNK,
-            meta_options=META_OPTIONS,
-            cs_options=CS_OPTIONS,
+            meta_options={**META_OPTIONS, **(meta_options or {})},
+            cs_options={**CS_OPTIONS, **(cs_options or {})},
         )
         self.secret = load_secret(self.layout.secret_file)
         self.mount_pid_files: list[Path] = []
@@ -102,3 +114,64 @@ class Cluster:
             text = log.read_text(errors="replace")
             if "Traceback" in text or " ERROR " in text or "mount" in log.name:
                 print(f"----- {log.name}\n{text[-6000:]}")
+
+
+def healthy(cluster: Cluster, dead: int = 0) -> dict[str, Any] | None:
+    """The leader's status when every chunk is back at its goal and ``dead`` chunkservers
+    are dead (None otherwise)."""
+    try:
+        st = cluster.status()
+    except Exception:
+        return None
+    h = st.get("health")
+    if not h or h["missing"] or h["under_goal"] or h["over_goal"] or h["corrupt"]:
+        return None
+    if sum(1 for c in st["chunkservers"] if c["state"] == "dead") != dead:
+        return None
+    return st
+
+
+async def _meta_call(cluster: Cluster, op: str, **fields: Any) -> dict[str, Any]:
+    """An op on the leader, following NotLeader."""
+    st = await local.cluster_status(cluster.layout.meta_addresses, cluster.secret)
+    host, _, port = st["leader_address"].rpartition(":")
+    conn = await rpc.connect(host, int(port), cluster.secret, name="test")
+    try:
+        header, _ = await conn.call(op, b"", **fields)
+        return header
+    finally:
+        conn.close()
+
+
+def locate(cluster: Cluster, path_in_root: list[bytes]) -> list[dict[str, Any]]:
+    async def go() -> list[dict[str, Any]]:
+        ino = 1
+        for name in path_in_root:
+            ino = (await _meta_call(cluster, "fs.lookup", parent=ino, name=name))["attr"]["ino"]
+        located = await _meta_call(cluster, "fs.locate", ino=ino, index=0, count=1024)
+        chunks: list[dict[str, Any]] = located["chunks"]
+        return chunks
+
+    return anyio.run(go)
+
+
+def read_replica(cluster: Cluster, address: str, chunk_id: int, version: int, size: int) -> bytes:
+    async def go() -> bytes:
+        host, _, port = address.rpartition(":")
+        conn = await rpc.connect(host, int(port), cluster.secret, name="test")
+        try:
+            expiry_ms = time.time_ns() // 1_000_000 + 60_000
+            token = make_token(token_key(cluster.secret), chunk_id, version, READ, expiry_ms)
+            _, payload = await conn.call(
+                "chunk.read", b"", chunk_id=chunk_id, version=version, offset=0, size=size,
+                token=token, expiry_ms=expiry_ms,
+            )  # fmt: skip
+            return bytes(payload)
+        finally:
+            conn.close()
+
+    return anyio.run(go)
+
+
+def cs_name(cluster: Cluster, address: str) -> str:
+    return next(f"cs{i}" for i, a in cluster.layout.chunkservers.items() if a == address)

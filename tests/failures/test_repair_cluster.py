@@ -17,13 +17,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
-from failures_cluster import CHUNK, DEAD_TIMEOUT_S, GC_GRACE_S, Cluster, wait_until
+from failures_cluster import (
+    CHUNK,
+    DEAD_TIMEOUT_S,
+    GC_GRACE_S,
+    Cluster,
+    cs_name,
+    healthy,
+    locate,
+    read_replica,
+    wait_until,
+)
 
-from dfs import rpc
 from dfs.cli import cluster as local
-from dfs.wire.token import READ, make_token, token_key
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -54,21 +61,6 @@ def random_file(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
-def healthy(cluster: Cluster, dead: int = 0) -> dict[str, Any] | None:
-    """The leader's status when every chunk is back at its goal and ``dead`` chunkservers
-    are dead (None otherwise)."""
-    try:
-        st = cluster.status()
-    except Exception:
-        return None
-    h = st.get("health")
-    if not h or h["missing"] or h["under_goal"] or h["over_goal"] or h["corrupt"]:
-        return None
-    if sum(1 for c in st["chunkservers"] if c["state"] == "dead") != dead:
-        return None
-    return st
-
-
 def steady(cluster: Cluster) -> dict[str, Any] | None:
     """The status once every chunk is at its goal of 3 and every chunkserver's heartbeat
     counts exactly the replicas the table gives it (nothing extra, nothing in flight)."""
@@ -79,50 +71,6 @@ def steady(cluster: Cluster) -> dict[str, Any] | None:
     if sum(c["chunks"] for c in st["chunkservers"]) != 3 * with_data:
         return None
     return st
-
-
-async def _meta_call(cluster: Cluster, op: str, **fields: Any) -> dict[str, Any]:
-    """An op on the leader, following NotLeader."""
-    st = await local.cluster_status(cluster.layout.meta_addresses, cluster.secret)
-    host, _, port = st["leader_address"].rpartition(":")
-    conn = await rpc.connect(host, int(port), cluster.secret, name="test")
-    try:
-        header, _ = await conn.call(op, b"", **fields)
-        return header
-    finally:
-        conn.close()
-
-
-def locate(cluster: Cluster, path_in_root: list[bytes]) -> list[dict[str, Any]]:
-    async def go() -> list[dict[str, Any]]:
-        ino = 1
-        for name in path_in_root:
-            ino = (await _meta_call(cluster, "fs.lookup", parent=ino, name=name))["attr"]["ino"]
-        return (await _meta_call(cluster, "fs.locate", ino=ino, index=0, count=1024))["chunks"]
-
-    return anyio.run(go)
-
-
-def read_replica(cluster: Cluster, address: str, chunk_id: int, version: int, size: int) -> bytes:
-    async def go() -> bytes:
-        host, _, port = address.rpartition(":")
-        conn = await rpc.connect(host, int(port), cluster.secret, name="test")
-        try:
-            expiry_ms = time.time_ns() // 1_000_000 + 60_000
-            token = make_token(token_key(cluster.secret), chunk_id, version, READ, expiry_ms)
-            _, payload = await conn.call(
-                "chunk.read", b"", chunk_id=chunk_id, version=version, offset=0, size=size,
-                token=token, expiry_ms=expiry_ms,
-            )  # fmt: skip
-            return bytes(payload)
-        finally:
-            conn.close()
-
-    return anyio.run(go)
-
-
-def cs_name(cluster: Cluster, address: str) -> str:
-    return next(f"cs{i}" for i, a in cluster.layout.chunkservers.items() if a == address)
 
 
 def test_chunkserver_killed_mid_copy_then_back_at_goal(

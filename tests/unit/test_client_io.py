@@ -353,6 +353,43 @@ async def test_outdated_handle_is_renewed_without_losing_uncommitted_data(
         assert all(r == model.data for r in replicas)
 
 
+async def test_keepalives_name_the_chunks_being_written_until_committed(
+    cluster: ClusterThread,
+) -> None:
+    """The leader's upkeep must not copy (and so fence) a chunk a writer is still busy
+    with: every keepalive names the chunks with uploads not yet committed."""
+
+    def keepalives() -> list[dict[str, Any]]:
+        return cluster.call(lambda c: list(c.namespace.keepalives))
+
+    cluster.call(lambda c: setattr(c.namespace, "keepalive_ms", 500))
+    async with client(cluster) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"k", 0o644, os.O_RDWR | os.O_CREAT)
+        # The first keepalive goes as soon as a file is open, and names no chunk yet.
+        with anyio.fail_after(5):
+            while not keepalives():
+                await anyio.sleep(0.01)
+        assert keepalives()[0]["writing"] == [] and keepalives()[0]["inos"] == [attr.ino]
+        seen = len(keepalives())
+        await f.write(0, b"a" * (2 * CHUNK + 100))  # chunks 0 and 1 upload, uncommitted
+
+        def named() -> bool:
+            chunks = cluster.call(lambda c: c.file_chunks(attr.ino))
+            want = {chunks[i].id for i in (0, 1) if i in chunks}
+            return len(want) == 2 and any(want <= set(k["writing"]) for k in keepalives()[seen:])
+
+        with anyio.fail_after(5):
+            while not named():
+                await anyio.sleep(0.01)
+        await f.fsync()
+        seen = len(keepalives())
+        with anyio.fail_after(5):
+            while len(keepalives()) < seen + 2:
+                await anyio.sleep(0.01)
+        assert keepalives()[-1]["writing"] == []  # committed: nothing busy
+        await f.close()
+
+
 async def test_replica_failure_during_write_is_retried(cluster: ClusterThread) -> None:
     data = random.Random(8).randbytes(300 * KiB)
     async with client(cluster) as fs:

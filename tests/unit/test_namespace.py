@@ -590,6 +590,27 @@ def test_replica_add_needs_the_copied_version_and_length_and_bumps(fs: Fs) -> No
     fs.ns.check_invariants()
 
 
+def test_version_bump_fences_the_writer_of_the_old_version(fs: Fs) -> None:
+    cs = fs.register(3)
+    f = fs.create(ROOT_INO, b"f")
+    h = fs.ok("write_handle", ino=f, index=0, replicas=cs[:2])
+    cid, v = h["chunk_id"], h["version"]
+    fs.ok("commit", ino=f, size=10, mtime_ns=1, chunks=ce(fs, f, [[0, 10]]))
+    assert fs.err("version_bump", chunk_id=cid, version=v, length=0) is E.STALE
+    assert fs.err("version_bump", chunk_id=cid, version=v + 1, length=10) is E.STALE
+    r = fs.ok("version_bump", chunk_id=cid, version=v, length=10)
+    assert (r["version"], r["length"], r["replicas"]) == (v + 1, 10, cs[:2])
+    # The writer of the old version can no longer commit, even an overwrite that keeps the
+    # length (a copy made at the new version may have read those bytes already).
+    assert fs.err("commit", ino=f, size=10, mtime_ns=2, chunks=[[0, 10, cid, v]]) is E.STALE
+    # A copy made at the bumped version joins; one made before the bump does not.
+    assert fs.err("replica_add", chunk_id=cid, version=v, length=10, cs_id=cs[2]) is E.STALE
+    assert fs.ok("replica_add", chunk_id=cid, version=v + 1, length=10, cs_id=cs[2])["ok"]
+    assert fs.err("version_bump", chunk_id=12345, version=1, length=0) is E.NOT_FOUND
+    assert fs.err("version_bump", chunk_id=cid, version=v + 2, length=10, x=1) is E.PROTOCOL
+    fs.ns.check_invariants()
+
+
 def test_replica_drop_keeps_the_last_unless_it_is_bad(fs: Fs) -> None:
     cs = fs.register(2)
     f = fs.create(ROOT_INO, b"f")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dfs.wire.errors import Unavailable, error_from_wire
+from dfs.wire.errors import Stale, Unavailable, error_from_wire
 from metaserver.namespace import Namespace, encode_command
 from metaserver.namespace.state import ROOT_INO
 from metaserver.placement import Placer, Registry
@@ -123,7 +123,7 @@ def test_survey_counts_and_orders_fewest_live_first(clock: Clock) -> None:
     assert over in trim and full not in trim and lost not in trim  # over: a dead member
 
 
-def test_copy_goes_to_a_new_server_then_joins_with_a_bump_and_a_push(clock: Clock) -> None:
+def test_copy_is_fenced_goes_to_a_new_server_then_joins_with_a_bump(clock: Clock) -> None:
     link, repair = make(4, clock)
     cid = link.file_with_chunk(b"f", [1, 2, 3])
     clock.now += 11
@@ -136,22 +136,25 @@ def test_copy_goes_to_a_new_server_then_joins_with_a_bump_and_a_push(clock: Cloc
         await settle(repair)
 
     asyncio.run(go())
+    assert [p[0] for p in link.proposals] == ["version_bump", "replica_add"]
+    # The fence: the live replicas take a version no writer holds, before the copy reads.
+    writes = [(c[0], c[2]["version"]) for c in link.calls if c[1] == "chunk.write"]
+    assert sorted(writes[:2]) == [(1, version + 1), (2, version + 1)]  # 3 is dead: not pushed
     copies = [c for c in link.calls if c[1] == "chunk.replicate"]
     assert len(copies) == 1
     target, _, f = copies[0]
-    assert target == 4 and f["chunk_id"] == cid and f["version"] == version
+    assert target == 4 and f["chunk_id"] == cid and f["version"] == version + 1
     assert f["length"] == 100 and set(f["sources"]) == {"h:1", "h:2"}
     chunk = link.ns.chunk(cid)
-    assert chunk["replicas"] == [1, 2, 3, 4] and chunk["version"] == version + 1
-    pushed = {c[0] for c in link.calls if c[1] == "chunk.write"}
-    assert pushed == {1, 2, 3, 4}  # 3 is dead: its push fails later, harmlessly here
+    assert chunk["replicas"] == [1, 2, 3, 4] and chunk["version"] == version + 2
+    assert {c[0] for c in writes[2:]} == {1, 2, 3, 4}  # 3's push fails later, harmlessly
     # Now live replicas meet the goal: the dead member leaves the set.
     asyncio.run(go())
     assert link.ns.chunk(cid)["replicas"] == [1, 2, 4]
     assert repair.survey(clock.now)[0].under_goal == 0
 
 
-def test_a_copy_refused_because_the_chunk_grew_is_deleted(clock: Clock) -> None:
+def test_a_writer_of_the_old_version_cannot_change_what_the_copy_reads(clock: Clock) -> None:
     link, repair = make(4, clock)
     cid = link.file_with_chunk(b"f", [1, 2, 3])
     clock.now += 11
@@ -159,11 +162,20 @@ def test_a_copy_refused_because_the_chunk_grew_is_deleted(clock: Clock) -> None:
         link.beat(cs_id)
     chunk = link.ns.chunk(cid)
     real_call = link.cs_call
+    refused: list[Exception] = []
 
     async def call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
-        if op == "chunk.replicate":  # a writer commits more while the copy runs
-            link.apply("commit", {"ino": chunk["ino"], "size": 500, "mtime_ns": 2,
-                                  "chunks": [[0, 500, cid, chunk["version"]]]})  # fmt: skip
+        if op == "chunk.replicate":
+            # A writer holding the old handle overwrote bytes the copy read, and commits:
+            # refused, whatever the length.
+            try:
+                link.apply("commit", {"ino": chunk["ino"], "size": 100, "mtime_ns": 2,
+                                      "chunks": [[0, 100, cid, chunk["version"]]]})  # fmt: skip
+            except Stale as e:
+                refused.append(e)
+            # It takes a new handle (a bump): the copy, made at the fence's version, is
+            # refused when it would join.
+            link.apply("write_handle", {"ino": chunk["ino"], "index": 0, "replicas": []})
         return await real_call(cs_id, op, timeout_s, **f)
 
     link.cs_call = call  # type: ignore[method-assign]
@@ -173,8 +185,36 @@ def test_a_copy_refused_because_the_chunk_grew_is_deleted(clock: Clock) -> None:
         await settle(repair)
 
     asyncio.run(go())
+    assert len(refused) == 1
     assert link.ns.chunk(cid)["replicas"] == [1, 2, 3]
-    assert (4, "chunk.delete", {"chunks": [[cid, chunk["version"]]]}) in link.calls
+    assert link.ns.chunk(cid)["version"] == chunk["version"] + 2
+    assert (4, "chunk.delete", {"chunks": [[cid, chunk["version"] + 1]]}) in link.calls
+
+
+def test_no_copy_when_no_live_replica_takes_the_fence(clock: Clock) -> None:
+    link, repair = make(4, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    clock.now += 11
+    for cs_id in (1, 2, 4):
+        link.beat(cs_id)
+    link.fail |= {(1, "chunk.write"), (2, "chunk.write")}
+    version = link.ns.chunk(cid)["version"]
+
+    async def go() -> None:
+        await repair.step()
+        await settle(repair)
+
+    asyncio.run(go())
+    assert not [c for c in link.calls if c[1] == "chunk.replicate"]
+    chunk = link.ns.chunk(cid)
+    assert chunk["replicas"] == [1, 2, 3] and chunk["version"] == version + 1
+    assert repair.is_unpushed(cid)  # pushed again until a replica takes it
+    link.fail.clear()
+    clock.now += 10
+    for cs_id in (1, 2, 4):
+        link.beat(cs_id)
+    asyncio.run(go())
+    assert not repair.is_unpushed(cid)
 
 
 def test_jobs_limit_and_quiet_window(clock: Clock) -> None:

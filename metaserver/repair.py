@@ -16,7 +16,9 @@ and to free what nothing references, as MooseFS's and HDFS's masters do:
   then unknown to the set, and its report gets it deleted).
 - **reports**: a chunkserver's block report (``cs.report``) is checked against the table:
   a replica at an older version than the table's, or shorter than the chunk, is stale: it
-  leaves the set and is deleted (invariant 2); a copy the set does not name, or of a chunk
+  leaves the set and is deleted (invariant 2), once another member is found to hold the
+  table's version (``chunk.info``); when none does, the version is one no push delivered,
+  and it is pushed again (``_behind``); a copy the set does not name, or of a chunk
   no file has, is deleted; a chunk the set places there but a complete report lacks was
   lost. A replica reported bad (``cs.bad_chunks``: scrubber, read checksum, disk error)
   leaves the set and is deleted; re-replication then copies a good one.
@@ -68,6 +70,9 @@ PUSH_TIMEOUT_S = 3.0
 DELETE_TIMEOUT_S = 10.0
 # Trims and set clean-ups proposed per survey (each is a Raft commit).
 TRIMS_PER_SURVEY = 64
+# Members behind the table judged per report page (each asks the other members with
+# chunk.info, inside the chunkserver's cs.report call); the rest wait for the next report.
+BEHIND_PER_REPORT = 64
 
 
 @dataclass(slots=True)
@@ -527,7 +532,7 @@ class Repair:
             return
         state.next_part += 1
         delete: list[list[int]] = []
-        stale: list[int] = []
+        behind: list[tuple[int, int, int]] = []
         for chunk_id, version, length in entries:
             state.seen.add(chunk_id)
             chunk = ns.chunk_table.get(chunk_id)
@@ -542,8 +547,7 @@ class Repair:
                 continue
             if cs_id in chunk.replicas:
                 if version < chunk.version or (version == chunk.version and length < chunk.length):
-                    stale.append(chunk_id)
-                    delete.append([chunk_id, version])
+                    behind.append((chunk_id, version, length))
                 elif version > chunk.version:
                     log.warning("repair event=replica_from_the_future chunk=%d cs=%d "
                                 "version=%d table=%d", chunk_id, cs_id, version,
@@ -561,27 +565,67 @@ class Repair:
                     and self._quiet(chunk_id, now, state.started_s)
                 ):
                     lost.append(chunk_id)
-        for chunk_id in stale:
-            await self._drop(chunk_id, cs_id, keep_one=True, why="stale")
+        for chunk_id, version, length in behind[:BEHIND_PER_REPORT]:
+            if await self._behind(cs_id, chunk_id, version, length, now):
+                delete.append([chunk_id, version])
         for chunk_id in lost:
             await self._drop(chunk_id, cs_id, keep_one=False, why="lost")
         if delete:
             self._spawn(self._delete_quietly(cs_id, delete))
 
+    async def _behind(
+        self, cs_id: int, chunk_id: int, version: int, length: int, now: float
+    ) -> bool:
+        """A member of the chunk's set reported an older version, or fewer bytes, than the
+        table. It is stale, and goes (True: delete it), only when another live member holds
+        the table's version and length (``chunk.info``). When none does, the table's
+        version is one no push delivered: the leader that bumped it failed first, or every
+        push failed. Every member then holds the chunk's bytes, because a writer gets a
+        handle only after some replica took its version, and members that did not take it
+        leave the set before that; so the version is pushed again. Deleting them would lose
+        the chunk. A member short of the table's length with no better copy anywhere is
+        the best copy there is: kept, and logged."""
+        link = self.link
+        chunk = link.ns.chunk_table.get(chunk_id)
+        if chunk is None or cs_id not in chunk.replicas:
+            return False
+        others = [c for c in chunk.replicas if c != cs_id and link.registry.is_alive(c, now)]
+
+        async def current(other: int) -> bool:
+            try:
+                h = await link.cs_call(other, "chunk.info", PUSH_TIMEOUT_S, chunk_id=chunk_id)
+                return bool(h["version"] == chunk.version and h["length"] >= chunk.length)
+            except (DfsError, OSError, TimeoutError, KeyError):
+                return False
+
+        if any(await asyncio.gather(*(current(c) for c in others))):
+            return await self._drop(chunk_id, cs_id, keep_one=True, why="stale")
+        if length >= chunk.length and version < chunk.version:
+            failed = await self.push_version(chunk_id, chunk.version, chunk.length, [cs_id])
+            log.info("repair event=version_pushed_again chunk=%d cs=%d version=%d ok=%s",
+                     chunk_id, cs_id, chunk.version, not failed)  # fmt: skip
+            return False
+        log.warning("repair event=stale_kept chunk=%d cs=%d version=%d length=%d "
+                    "table_version=%d table_length=%d", chunk_id, cs_id, version, length,
+                    chunk.version, chunk.length)  # fmt: skip
+        return False
+
     async def _delete_quietly(self, cs_id: int, chunks: list[list[int]]) -> None:
         for i in range(0, len(chunks), GC_BATCH_MAX):
             await self._delete(cs_id, chunks[i : i + GC_BATCH_MAX])
 
-    async def _drop(self, chunk_id: int, cs_id: int, *, keep_one: bool, why: str) -> None:
+    async def _drop(self, chunk_id: int, cs_id: int, *, keep_one: bool, why: str) -> bool:
         try:
             await self.link.propose_internal(
                 "replica_drop", {"chunk_id": chunk_id, "cs_id": cs_id, "keep_one": keep_one}
             )
-            self.touch(chunk_id)
-            log.info("repair event=replica_dropped chunk=%d cs=%d why=%s", chunk_id, cs_id, why)
         except DfsError as e:
             log.info("repair event=drop_refused chunk=%d cs=%d why=%s reason=%s",
                      chunk_id, cs_id, why, e)  # fmt: skip
+            return False
+        self.touch(chunk_id)
+        log.info("repair event=replica_dropped chunk=%d cs=%d why=%s", chunk_id, cs_id, why)
+        return True
 
     async def bad_replicas(self, cs_id: int, entries: list[list[int]]) -> None:
         """``cs_id`` found these replicas bad: out of the set, deleted; a good copy follows."""

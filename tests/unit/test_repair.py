@@ -5,6 +5,7 @@ recorded and answered by a script."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -39,6 +40,7 @@ class Link:
         self.calls: list[tuple[int, str, dict[str, Any]]] = []
         self.fail: set[tuple[int, str]] = set()  # (cs_id, op) pairs that fail
         self.proposals: list[tuple[str, dict[str, Any]]] = []
+        self.held: dict[tuple[int, int], tuple[int, int]] = {}  # (cs, chunk) -> (version, length)
         self.seq = 0
         for i in range(servers):
             cs_id = self.apply("cs_register", {"uuid": f"u{i}", "address": f"h:{i + 1}"})["cs_id"]
@@ -67,6 +69,12 @@ class Link:
         self.calls.append((cs_id, op, f))
         if (cs_id, op) in self.fail:
             raise Unavailable("scripted failure")
+        if op == "chunk.info":
+            # What the replica holds: scripted in ``held``, else the table's version.
+            chunk = self.ns.chunk(f["chunk_id"])
+            version, length = self.held.get((cs_id, f["chunk_id"]),
+                                            (chunk["version"], chunk["length"]))  # fmt: skip
+            return {"version": version, "length": length}
         return {}
 
     def token(self, chunk_id: int, version: int) -> tuple[bytes, int]:
@@ -262,6 +270,58 @@ def test_report_deletes_stale_unknown_and_extra_and_drops_lost(clock: Clock) -> 
     assert link.ns.chunk(stale)["replicas"] == [2]
     assert link.ns.chunk(lost)["replicas"] == [2]  # a complete report lacked it
     assert link.ns.chunk(good)["replicas"] == [1, 2]
+
+
+def test_a_version_no_replica_took_is_pushed_again_never_deleted(clock: Clock) -> None:
+    """A leader bumped a chunk's version through Raft and failed before its push reached a
+    replica: every replica holds the chunk's bytes at the old version. The next leader's
+    reports must not delete them as stale (that would lose the chunk): with no replica at
+    the table's version, it pushes the version again."""
+    link, repair = make(3, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    old = link.ns.chunk(cid)["version"]
+    link.apply("version_bump", {"chunk_id": cid, "version": old, "length": 100})
+    for cs_id in (1, 2, 3):
+        link.held[(cs_id, cid)] = (old, 100)
+    clock.now += 1
+
+    async def go() -> None:
+        for cs_id in (1, 2, 3):
+            await repair.report(cs_id, [[cid, old, 100]], 0, True)
+        await settle(repair)
+
+    asyncio.run(go())
+    assert not [c for c in link.calls if c[1] == "chunk.delete"]
+    assert link.ns.chunk(cid)["replicas"] == [1, 2, 3]
+    pushed = sorted(c[0] for c in link.calls if c[1] == "chunk.write")
+    assert pushed == [1, 2, 3]
+    assert all(c[2]["version"] == old + 1 for c in link.calls if c[1] == "chunk.write")
+
+
+def test_a_stale_replica_goes_only_when_another_holds_the_version(
+    clock: Clock, expect_log: Callable[..., None]
+) -> None:
+    expect_log(r"event=stale_kept chunk=\d+ cs=1 version=1 length=50 table_version=1")
+    link, repair = make(3, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    old = link.ns.chunk(cid)["version"]
+    link.apply("version_bump", {"chunk_id": cid, "version": old, "length": 100})
+    link.held[(3, cid)] = (old, 100)  # 1 and 2 took the new version, 3 did not
+    short = link.file_with_chunk(b"short", [1, 2])
+    link.held[(1, short)] = link.held[(2, short)] = (1, 50)  # nobody has all 100 bytes
+    clock.now += 1
+
+    async def go() -> None:
+        await repair.report(3, [[cid, old, 100]], 0, True)
+        await repair.report(1, [[cid, old + 1, 100], [short, 1, 50]], 0, True)
+        await settle(repair)
+
+    asyncio.run(go())
+    assert link.ns.chunk(cid)["replicas"] == [1, 2]
+    assert (3, "chunk.delete", {"chunks": [[cid, old]]}) in link.calls
+    # A short replica with no better one anywhere is the best copy there is: kept.
+    assert link.ns.chunk(short)["replicas"] == [1, 2]
+    assert not [c for c in link.calls if c[1] == "chunk.delete" and c[0] == 1]
 
 
 def test_report_leaves_recently_touched_chunks_alone(clock: Clock) -> None:

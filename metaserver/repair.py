@@ -21,7 +21,8 @@ and to free what nothing references, as MooseFS's and HDFS's masters do:
   and it is pushed again (``_behind``); a copy the set does not name, or of a chunk
   no file has, is deleted; a chunk the set places there but a complete report lacks was
   lost. A replica reported bad (``cs.bad_chunks``: scrubber, read checksum, disk error)
-  leaves the set and is deleted; re-replication then copies a good one.
+  leaves the set and is deleted (the last one is not: it stays in quarantine, see
+  ``bad_replicas``); re-replication then copies a good one.
 - **garbage**: chunks of deleted and truncated files wait ``gc_grace_s`` (so a slow reader
   of the old data still finds it, as GFS's lazy deletion), then every live replica deletes
   them and the namespace forgets them (``gc_done``). A replica on a server dead at the time
@@ -636,6 +637,15 @@ class Repair:
             if chunk is not None and cs_id in chunk.replicas and version == chunk.version:
                 self._bad.add(chunk_id)
                 await self._drop(chunk_id, cs_id, keep_one=False, why="bad")
+                after = ns.chunk_table.get(chunk_id)
+                if after is not None and not after.replicas:
+                    # The last copy: never served again, but its other blocks may be all
+                    # that is left of the chunk. Its chunkserver keeps it in quarantine/
+                    # for an operator until the file goes (as HDFS keeps a corrupt last
+                    # replica); the survey counts the chunk missing.
+                    log.warning("repair event=last_replica_bad chunk=%d cs=%d version=%d "
+                                "kept=quarantine", chunk_id, cs_id, version)  # fmt: skip
+                    continue
             delete.append([chunk_id, version])
         if delete:
             self._spawn(self._delete_quietly(cs_id, delete))

@@ -336,20 +336,31 @@ def test_report_leaves_recently_touched_chunks_alone(clock: Clock) -> None:
     assert not [c for c in link.calls if c[1] == "chunk.delete"]
 
 
-def test_bad_replica_leaves_the_set_even_if_last_and_is_deleted(clock: Clock) -> None:
-    link, repair = make(2, clock)
+def test_a_bad_replica_leaves_the_set_and_is_deleted_unless_it_is_the_last(
+    clock: Clock, expect_log: Callable[..., None]
+) -> None:
+    expect_log(r"event=last_replica_bad chunk=\d+ cs=1 version=\d+ kept=quarantine")
+    link, repair = make(3, clock)
     cid = link.file_with_chunk(b"f", [1])
+    two = link.file_with_chunk(b"two", [2, 3])
     version = link.ns.chunk(cid)["version"]
+    v2 = link.ns.chunk(two)["version"]
 
     async def go() -> None:
         await repair.bad_replicas(1, [[cid, version]])
+        await repair.bad_replicas(2, [[two, v2]])
         await settle(repair)
 
     asyncio.run(go())
+    # Never served again, so out of the set even as the last; but its other blocks may be
+    # all that is left: not deleted (its chunkserver keeps it in quarantine).
     assert link.ns.chunk(cid)["replicas"] == []
-    assert (1, "chunk.delete", {"chunks": [[cid, version]]}) in link.calls
+    assert not [c for c in link.calls if c[1] == "chunk.delete" and c[0] == 1]
+    # With a copy left elsewhere, it goes.
+    assert link.ns.chunk(two)["replicas"] == [3]
+    assert (2, "chunk.delete", {"chunks": [[two, v2]]}) in link.calls
     health = repair.survey(clock.now)[0]
-    assert (health.missing, health.corrupt) == (1, 1)
+    assert (health.missing, health.corrupt) == (1, 2)
 
 
 def test_garbage_waits_for_grace_and_is_forgotten_only_when_deleted(clock: Clock) -> None:

@@ -455,6 +455,7 @@ class ChunkServer:
         # The leader that took our last complete block report, and when the next is due
         # (loop time) even if the leader stays.
         self._report_leader: str | None = None
+        self._registered = asyncio.Event()  # set while the leader knows our id
         self._report_next = 0.0
         # Last outcome of each kind of report ("report", "bad_chunks"): changes are logged.
         self._report_ok: dict[str, bool] = {}
@@ -522,6 +523,7 @@ class ChunkServer:
                   pid=self.pid, chunks=store.chunk_count, used_bytes=store.used_bytes,
                   capacity_bytes=store.capacity_bytes)  # fmt: skip
         self._tasks.append(asyncio.create_task(self._meta_loop()))
+        self._tasks.append(asyncio.create_task(self._report_loop()))
         self._tasks.append(asyncio.create_task(self._bad_loop()))
         if cfg.scrub_bytes_per_s > 0:
             self.scrubber = Scrubber(
@@ -816,8 +818,9 @@ class ChunkServer:
     # ------------------------------------------------------------------ metaserver
 
     async def _meta_loop(self) -> None:
-        """Register, then heartbeat every heartbeat_ms, for the life of the server; a block
-        report follows a round when one is due."""
+        """Register, then heartbeat every heartbeat_ms, for the life of the server. Block
+        reports go from their own loop (``_report_loop``): a long report, or a leader slow
+        to judge one, must not hold back the heartbeats that keep this server alive."""
         period_s = self.config.heartbeat_ms / 1000
         registered = False
         while True:
@@ -826,15 +829,16 @@ class ChunkServer:
                     await self._register()
                     registered = True
                     self._report_leader = None  # a report right after each registration
+                    self._registered.set()
                 else:
                     await self._heartbeat()
-                await self._report_if_due()
             except NotFound as e:
                 if registered:
                     # The leader does not know our id (its state was made afresh): register
                     # again at once.
                     self._log(logging.INFO, "reregister", reason=repr(str(e)))
                     registered = False
+                    self._registered.clear()
                     continue
                 self._meta_state(False, f"error={str(e)!r}")
             except DfsError as e:
@@ -878,6 +882,14 @@ class ChunkServer:
             "cs.heartbeat", cs_id=self.cs_id, chunks=store.chunk_count, load=self.load, **fields
         )
         self._meta_state(True, f"leader={self._meta_leader}")
+
+    async def _report_loop(self) -> None:
+        """Once registered, check every heartbeat_ms whether a block report is due."""
+        period_s = self.config.heartbeat_ms / 1000
+        while True:
+            await self._registered.wait()
+            await self._report_if_due()
+            await asyncio.sleep(period_s)  # the check's period, not a wait for a condition
 
     async def _report_if_due(self) -> None:
         """Send a block report when none went to this leader yet or the interval passed.

@@ -407,13 +407,7 @@ class Repair:
         self.pushed(chunk_id)
         kept = list(took)
         for cs_id in failed:
-            try:
-                await self.link.propose_internal(
-                    "replica_drop", {"chunk_id": chunk_id, "cs_id": cs_id}
-                )
-            except DfsError as e:
-                log.info("repair event=drop_failed chunk=%d cs=%d error=%s",
-                         chunk_id, cs_id, e)  # fmt: skip
+            if not await self._drop(chunk_id, cs_id, keep_one=True, why="push_failed"):
                 kept.append(cs_id)
         return kept, took
 
@@ -460,18 +454,10 @@ class Repair:
                 fullest = sorted(live, key=lambda c: registry.servers[c].free_bytes)
                 drops += fullest[: len(live) - goal]
             for cs_id in drops:
-                try:
-                    await self.link.propose_internal(
-                        "replica_drop", {"chunk_id": chunk_id, "cs_id": cs_id}
-                    )
-                except DfsError as e:
-                    log.info("repair event=trim_refused chunk=%d cs=%d reason=%s",
-                             chunk_id, cs_id, e)  # fmt: skip
+                if not await self._drop(chunk_id, cs_id, keep_one=True, why="trim"):
                     break
                 done += 1
-                self.touch(chunk_id)
                 if cs_id in live:
-                    log.info("repair event=trimmed chunk=%d cs=%d", chunk_id, cs_id)
                     self._spawn(self._delete_quietly(cs_id, [[chunk_id, chunk.version]]))
 
     # --------------------------------------------------------------- deletion

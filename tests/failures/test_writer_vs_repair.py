@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from failures_cluster import (
@@ -102,6 +103,21 @@ def differences(got: bytes, want: bytes | bytearray, old: bytes) -> str:
     return f"{len(wrong)} bytes differ in [{start}, {end}), which holds {what}"
 
 
+def replicas_unlike(
+    cluster: Cluster, name: bytes, cid: int, want: bytes | bytearray, old: bytes
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Chunk 0 of ``/name`` as the leader locates it (still ``cid``, 3 replicas), and
+    each replica whose bytes differ from ``want``, with where."""
+    now = locate(cluster, [name])[0]
+    assert now["chunk_id"] == cid and len(now["replicas"]) == 3, now
+    diverged = {}
+    for r in now["replicas"]:
+        got = read_replica(cluster, r["address"], cid, now["version"], len(want))
+        if got != want:
+            diverged[r["address"]] = differences(got, want, old)
+    return now, diverged
+
+
 def test_an_overwrite_during_a_copy_reaches_every_replica(
     slow_cluster: Cluster, slow_mnt: Path
 ) -> None:
@@ -142,13 +158,7 @@ def test_an_overwrite_during_a_copy_reaches_every_replica(
                 90,
                 "the copy to join and every chunk back at goal",
             )
-            now = locate(cluster, [b"overwrite"])[0]
-            assert now["chunk_id"] == cid and len(now["replicas"]) == 3, now
-            diverged = {}
-            for r in now["replicas"]:
-                got = read_replica(cluster, r["address"], cid, now["version"], CHUNK)
-                if got != new:
-                    diverged[r["address"]] = differences(got, new, old)
+            now, diverged = replicas_unlike(cluster, b"overwrite", cid, new, old)
             assert not diverged, (
                 f"replicas of chunk {cid} at version {now['version']} diverge from the "
                 f"fsynced overwrite (copy target {target}): {diverged}"
@@ -209,13 +219,7 @@ def test_a_writer_busy_on_an_under_goal_chunk_is_not_fenced(
                 90,
                 "every chunk back at goal",
             )
-            now = locate(cluster, [b"busy"])[0]
-            assert now["chunk_id"] == cid and len(now["replicas"]) == 3, now
-            diverged = {}
-            for r in now["replicas"]:
-                got = read_replica(cluster, r["address"], cid, now["version"], size)
-                if got != model:
-                    diverged[r["address"]] = differences(got, model, b"")
+            now, diverged = replicas_unlike(cluster, b"busy", cid, model, b"")
             assert not diverged, (
                 f"replicas of chunk {cid} at version {now['version']} diverge from the "
                 f"written bytes: {diverged}"

@@ -26,6 +26,8 @@ from dfs.cli import cluster as local
 from dfs.secret import SecretFileError, load_secret
 
 F = TypeVar("F", bound=Callable[..., Any])
+# How long a file command (ls, put, get, ...) waits for the cluster by default (--timeout).
+CLIENT_TIMEOUT_S = 30.0
 DIR_DEFAULT = "dfs-data"
 MOUNT_DEFAULT = "dfs-mnt"
 # The mount's client timeout: past it an operation fails (EIO/ETIMEDOUT) instead of
@@ -70,6 +72,24 @@ def cluster_options(f: F) -> F:
         help="The cluster secret file (with --meta).",
     )(f)
     return f
+
+
+def _set_client_timeout(ctx: click.Context, _: click.Parameter, value: float) -> None:
+    ctx.meta["dfs.client_timeout_s"] = value
+
+
+def client_options(f: F) -> F:
+    """``cluster_options`` and ``--timeout``, for commands that work on files."""
+    f = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=CLIENT_TIMEOUT_S,
+        show_default=True,
+        expose_value=False,
+        callback=_set_client_timeout,
+        help="Seconds an operation may wait for the cluster before it fails.",
+    )(f)
+    return cluster_options(f)
 
 
 def find_cluster(
@@ -327,7 +347,6 @@ def render_status(st: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------- file commands
 
-CLIENT_TIMEOUT_S = 30.0
 PROGRESS_MIN_BYTES = 8 << 20  # smaller copies finish before a bar would tell anything
 
 
@@ -345,8 +364,10 @@ def _run_client(
 
     addresses, secret = find_cluster(directory, meta, secret_file)
 
+    timeout_s = click.get_current_context().meta.get("dfs.client_timeout_s", CLIENT_TIMEOUT_S)
+
     async def main() -> Any:
-        async with files.client(addresses, secret, CLIENT_TIMEOUT_S) as fs:
+        async with files.client(addresses, secret, timeout_s) as fs:
             return await work(fs)
 
     try:
@@ -369,7 +390,7 @@ def _bar(total: int, label: str) -> Any:
 
 
 @cli.command()
-@cluster_options
+@client_options
 @click.argument("path", default="/")
 @click.option("-l", "long", is_flag=True, help="Long listing (mode, links, owner, size, mtime).")
 def ls(directory: Path, meta: str | None, secret_file: Path | None, path: str, long: bool) -> None:
@@ -384,7 +405,7 @@ def ls(directory: Path, meta: str | None, secret_file: Path | None, path: str, l
 
 
 @cli.command()
-@cluster_options
+@client_options
 @click.argument("local", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("path")
 def put(
@@ -403,7 +424,7 @@ def put(
 
 
 @cli.command()
-@cluster_options
+@client_options
 @click.argument("path")
 @click.argument("local", type=click.Path(dir_okay=True, path_type=Path))
 def get(
@@ -433,7 +454,7 @@ def get(
 
 
 @cli.command()
-@cluster_options
+@client_options
 @click.argument("paths", nargs=-1, required=True)
 def cat(
     directory: Path, meta: str | None, secret_file: Path | None, paths: tuple[str, ...]
@@ -449,7 +470,7 @@ def cat(
 
 
 @cli.command()
-@cluster_options
+@client_options
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-r", "recursive", is_flag=True, help="Remove directories and their contents.")
 def rm(
@@ -470,7 +491,7 @@ def rm(
 
 
 @cli.command()
-@cluster_options
+@client_options
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-p", "parents", is_flag=True, help="Make parents as needed; no error if it exists.")
 def mkdir(
@@ -491,7 +512,7 @@ def mkdir(
 
 
 @cli.command()
-@cluster_options
+@client_options
 @click.argument("src")
 @click.argument("dst")
 def mv(directory: Path, meta: str | None, secret_file: Path | None, src: str, dst: str) -> None:
@@ -504,7 +525,7 @@ def mv(directory: Path, meta: str | None, secret_file: Path | None, src: str, ds
 
 
 @cli.command("stat")
-@cluster_options
+@client_options
 @click.argument("path")
 def stat_(directory: Path, meta: str | None, secret_file: Path | None, path: str) -> None:
     """Show a path's attributes (as stat(1))."""

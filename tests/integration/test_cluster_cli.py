@@ -18,9 +18,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +106,26 @@ def test_up_status_down_restart(cluster_dir: Path) -> None:
 def test_client_commands_need_a_cluster(tmp_path: Path) -> None:
     proc = dfs_cli("status", "--dir", str(tmp_path / "none"), check=False)
     assert proc.returncode != 0 and "no cluster" in proc.stderr
+
+
+def test_file_commands_give_up_after_their_timeout(tmp_path: Path) -> None:
+    """A cluster nobody answers for: ``--timeout`` bounds the wait, with a clear error."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(os.urandom(32))
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    for args in (["ls", "/"], ["mkdir", "/d"]):
+        started = time.monotonic()
+        proc = dfs_cli(*args, "--meta", address, "--secret", str(secret), "--timeout", "1",
+                       check=False)  # fmt: skip
+        elapsed = time.monotonic() - started
+        assert proc.returncode == 1, proc
+        assert proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr, proc.stderr
+        # Well short of the default 30 s (the process start is most of it).
+        assert elapsed < 20, elapsed
+    proc = dfs_cli("ls", "--timeout", "0", "--meta", address, "--secret", str(secret), check=False)
+    assert proc.returncode == 2 and "--timeout" in proc.stderr
 
 
 FUSE_OK = os.geteuid() == 0 and os.path.exists("/dev/fuse") and shutil.which("fusermount3")

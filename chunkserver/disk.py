@@ -187,7 +187,9 @@ class AsyncChunkStore:
         """Read and verify a range as ``read`` does (the scrubber), sharing the chunk with
         other readers; returns the bytes verified (0 at or past the replica's end)."""
         return await self._run(
-            chunk_id, False, lambda: len(self.store.read(chunk_id, version, offset, size))
+            chunk_id,
+            False,
+            lambda: len(self.store.read(chunk_id, version, offset, size, from_disk=True)),
         )
 
     # A copy in (chunk.replicate) is written in tmp/, outside the chunk's lock: readers and

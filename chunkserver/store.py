@@ -129,7 +129,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -292,6 +292,12 @@ def chunk_relpath(chunk_id: int) -> str:
 
 
 # ---------------------------------------------------------------------- low-level I/O
+
+
+def _drop_cached(fd: int, ranges: Iterable[tuple[int, int]]) -> None:
+    """Drop the clean pages of ``(offset, length)`` ranges from the page cache."""
+    for offset, length in ranges:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def _pread_into(fd: int, buf: memoryview, pos: int) -> int:
@@ -838,10 +844,15 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ read
 
-    def read(self, chunk_id: int, version: int, offset: int, size: int) -> memoryview:
+    def read(
+        self, chunk_id: int, version: int, offset: int, size: int, *, from_disk: bool = False
+    ) -> memoryview:
         """Up to ``size`` bytes from ``offset``, every block verified (rule 2). Shorter at
         the replica's end; empty at or past it. A mismatch or a disk error makes the
-        replica bad (rule 6) and is ``Corrupt``."""
+        replica bad (rule 6) and is ``Corrupt``. ``from_disk`` (the scrubber) first drops
+        the range's clean pages from the page cache, so that the bytes checked are the
+        ones on the disk, not a copy in memory since the last read or write (pages not yet
+        written back stay: those bytes are not on the disk yet)."""
         _check_ids(chunk_id, version)
         if offset < 0 or not 0 <= size <= READ_BYTES_MAX:
             raise Invalid("bad offset or size", chunk_id=chunk_id, limit=READ_BYTES_MAX)
@@ -869,8 +880,16 @@ class ChunkStore:
             self._inject_eio(chunk_id)
             fd = os.open(self.path(chunk_id), os.O_RDONLY)
             try:
+                ranges = (
+                    (DATA_OFFSET + start, stop - start),
+                    (TABLE_OFFSET + SUM_BYTES * first, SUM_BYTES * (last - first + 1)),
+                )
+                if from_disk:
+                    _drop_cached(fd, ranges)
                 got = _pread_into(fd, buf, DATA_OFFSET + start)
                 raw = os.pread(fd, SUM_BYTES * (last - first + 1), TABLE_OFFSET + SUM_BYTES * first)
+                if from_disk:
+                    _drop_cached(fd, ranges)  # nor leave the scrubber's reads in the cache
             finally:
                 os.close(fd)
         except FileNotFoundError as e:

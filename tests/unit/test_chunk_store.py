@@ -197,6 +197,34 @@ def test_large_write_at_a_far_offset_hashes_the_gap_cheaply(store: ChunkStore) -
     assert bytes(store.read(CHUNK, 1, 0, MiB)) == bytes(MiB - 10) + b"0123456789"
 
 
+def _resident_bytes(path: Path) -> int:
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES", str(path)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return int(out.stdout.split()[0])
+
+
+def _bytes_read_from_storage() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    raise AssertionError("no read_bytes in /proc/self/io")
+
+
+def test_a_read_from_disk_reads_the_disk_and_leaves_no_cache(store: ChunkStore) -> None:
+    """The scrubber's reads (``from_disk``) check the bytes on the disk, not a copy in the
+    page cache, and do not fill the cache with what they read."""
+    content = data(MiB, seed=9)
+    store.write(CHUNK, 1, 0, 0, content)
+    store.sync(CHUNK, 1)  # written back: the pages are clean, so they can be dropped
+    path = store.path(CHUNK)
+    assert bytes(store.read(CHUNK, 1, 0, MiB)) == content
+    assert _resident_bytes(path) >= MiB  # a plain read leaves it cached
+    before = _bytes_read_from_storage()
+    assert bytes(store.read(CHUNK, 1, 0, MiB, from_disk=True)) == content
+    assert _bytes_read_from_storage() - before >= MiB
+    assert _resident_bytes(path) <= DATA_OFFSET  # at most the header's pages stay
+
+
 def test_limits(store: ChunkStore) -> None:
     with pytest.raises(TooBig):
         store.write(CHUNK, 1, 0, MiB - 1, b"xx")

@@ -155,6 +155,9 @@ class Repair:
         # failed) and that no writer was given: pushed again until one takes it, so that
         # the replicas, which hold the chunk's data at the old version, serve again.
         self._unpushed: dict[int, tuple[int, int]] = {}
+        # chunk id -> version: versions this leader found on no member and pushed again
+        # (``_behind``).
+        self._repushed: dict[int, int] = {}
 
     # --------------------------------------------------------------- soft state
 
@@ -166,6 +169,7 @@ class Repair:
         self._garbage_seen.clear()
         self._reports.clear()
         self._unpushed.clear()
+        self._repushed.clear()
         # Copies started in an earlier term finish (or fail) on their own: their
         # replica_add is refused unless the chunk is unchanged. Until the registry's grace
         # is over every known chunkserver counts as alive, so nothing is repaired before
@@ -266,6 +270,11 @@ class Repair:
             old = [k for k, t in d.items() if now - t > horizon]
             for k in old:
                 del d[k]
+        table = self.link.ns.chunk_table
+        for chunk_id, version in list(self._repushed.items()):
+            chunk = table.get(chunk_id)
+            if chunk is None or chunk.version != version:
+                del self._repushed[chunk_id]
 
     # --------------------------------------------------------------- re-replication
 
@@ -585,9 +594,14 @@ class Repair:
             except (DfsError, OSError, TimeoutError, KeyError):
                 return False
 
-        if any(await asyncio.gather(*(current(c) for c in others))):
+        whole = length >= chunk.length and version < chunk.version
+        # Once this leader found no member at the version and pushed it again, the other
+        # members behind are in the same case: pushed too, not deleted.
+        repushed = self._repushed.get(chunk_id) == chunk.version
+        if not (whole and repushed) and any(await asyncio.gather(*(current(c) for c in others))):
             return await self._drop(chunk_id, cs_id, keep_one=True, why="stale")
-        if length >= chunk.length and version < chunk.version:
+        if whole:
+            self._repushed[chunk_id] = chunk.version
             failed = await self.push_version(chunk_id, chunk.version, chunk.length, [cs_id])
             log.info("repair event=version_pushed_again chunk=%d cs=%d version=%d ok=%s",
                      chunk_id, cs_id, chunk.version, not failed)  # fmt: skip

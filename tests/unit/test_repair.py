@@ -290,7 +290,18 @@ def test_a_version_no_replica_took_is_pushed_again_never_deleted(clock: Clock) -
             await repair.report(cs_id, [[cid, old, 100]], 0, True)
         await settle(repair)
 
+    real_call = link.cs_call
+
+    async def call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        result = await real_call(cs_id, op, timeout_s, **f)
+        if op == "chunk.write":  # the push lands: that replica holds the version now
+            link.held[(cs_id, f["chunk_id"])] = (f["version"], f["length"])
+        return result
+
+    link.cs_call = call  # type: ignore[method-assign]
     asyncio.run(go())
+    # The first report finds no member at the version and pushes it; the others, then
+    # behind a member that holds it only because of that push, are pushed too.
     assert not [c for c in link.calls if c[1] == "chunk.delete"]
     assert link.ns.chunk(cid)["replicas"] == [1, 2, 3]
     pushed = sorted(c[0] for c in link.calls if c[1] == "chunk.write")

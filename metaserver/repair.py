@@ -143,6 +143,7 @@ class Repair:
         self.clock = clock
         self.health = Health()
         self._touched: dict[int, float] = {}
+        self._term_started = float("-inf")  # set by ``restart``
         self._copies: dict[int, int] = {}  # chunk id -> target cs id, copies in flight
         self._target_jobs: dict[int, int] = {}
         self._failed: dict[int, float] = {}  # chunk id -> when its last copy failed
@@ -163,6 +164,7 @@ class Repair:
 
     def restart(self) -> None:
         """A new term of leadership: forget everything heard before."""
+        self._term_started = self.clock()
         self._touched.clear()
         self._failed.clear()
         self._bad.clear()
@@ -180,11 +182,13 @@ class Repair:
         self._touched[chunk_id] = self.clock()
 
     def _quiet(self, chunk_id: int, now: float, since: float | None = None) -> bool:
-        t = self._touched.get(chunk_id)
-        if t is None:
-            return True
-        limit = self.quiet_s if since is None else max(self.quiet_s, now - since)
-        return now - t >= limit
+        """Whether nothing touched the chunk in the ``quiet_s`` before ``since`` (a block
+        report's start: its chunkserver listed its replicas shortly before, and a chunk
+        touched around then may be missing from the list or behind in it) or before now.
+        The start of this term counts as a touch of every chunk: what touched them under
+        an earlier leader is unknown."""
+        t = max(self._touched.get(chunk_id, self._term_started), self._term_started)
+        return (now if since is None else since) - t >= self.quiet_s
 
     # --------------------------------------------------------------- the loop
 
@@ -390,6 +394,13 @@ class Repair:
                     length=length, offset=0, token=token, expiry_ms=expiry_ms, chain=[],
                     sync=False,
                 )  # fmt: skip
+            except Stale as e:
+                newer = e.details.get("replica_version")
+                if type(newer) is int and newer > version:
+                    return  # a later bump's push got there first: it is not behind
+                failed.append(cs_id)
+                log.info("repair event=push_failed chunk=%d cs=%d version=%d error=%s",
+                         chunk_id, cs_id, version, e)  # fmt: skip
             except (DfsError, OSError, TimeoutError) as e:
                 failed.append(cs_id)
                 log.info("repair event=push_failed chunk=%d cs=%d version=%d error=%s",
@@ -548,7 +559,7 @@ class Repair:
                     log.warning("repair event=replica_from_the_future chunk=%d cs=%d "
                                 "version=%d table=%d", chunk_id, cs_id, version,
                                 chunk.version)  # fmt: skip
-            elif version <= chunk.version:
+            elif version <= chunk.version and self._at_goal(chunk, now):
                 delete.append([chunk_id, version])  # dropped from the set earlier
         lost: list[int] = []
         if final:
@@ -568,6 +579,15 @@ class Repair:
             await self._drop(chunk_id, cs_id, keep_one=False, why="lost")
         if delete:
             self._spawn(self._delete_quietly(cs_id, delete))
+
+    def _at_goal(self, chunk: Any, now: float) -> bool:
+        """Whether the chunk's set has its goal of live members. Only then is a copy
+        outside the set (or a stale member) deleted, as HDFS invalidates excess and stale
+        replicas only then: until the goal is met again such a copy may be the best one
+        left (a writer that could not reach a good replica drops it from the set)."""
+        ns, registry = self.link.ns, self.link.registry
+        live = sum(1 for c in chunk.replicas if registry.is_alive(c, now))
+        return live >= ns.inodes[chunk.ino].goal
 
     async def _behind(
         self, cs_id: int, chunk_id: int, version: int, length: int, now: float
@@ -599,7 +619,8 @@ class Repair:
         # members behind are in the same case: pushed too, not deleted.
         repushed = self._repushed.get(chunk_id) == chunk.version
         if not (whole and repushed) and any(await asyncio.gather(*(current(c) for c in others))):
-            return await self._drop(chunk_id, cs_id, keep_one=True, why="stale")
+            dropped = await self._drop(chunk_id, cs_id, keep_one=True, why="stale")
+            return dropped and self._at_goal(chunk, now)
         if whole:
             self._repushed[chunk_id] = chunk.version
             failed = await self.push_version(chunk_id, chunk.version, chunk.length, [cs_id])
@@ -629,20 +650,24 @@ class Repair:
         return True
 
     async def bad_replicas(self, cs_id: int, entries: list[list[int]]) -> None:
-        """``cs_id`` found these replicas bad: out of the set, deleted; a good copy follows."""
-        ns = self.link.ns
+        """``cs_id`` found these replicas bad: out of the set, deleted; a good copy follows.
+        Not deleted while no other live member holds the chunk: never served again, its
+        other blocks may be all that is left of it. Its chunkserver keeps it in
+        quarantine/ for an operator until the file goes (as HDFS keeps a corrupt last
+        replica); the survey counts the chunk missing."""
+        ns, registry = self.link.ns, self.link.registry
+        now = self.clock()
         delete: list[list[int]] = []
         for chunk_id, version in entries:
             chunk = ns.chunk_table.get(chunk_id)
-            if chunk is not None and cs_id in chunk.replicas and version == chunk.version:
-                self._bad.add(chunk_id)
-                await self._drop(chunk_id, cs_id, keep_one=False, why="bad")
-                after = ns.chunk_table.get(chunk_id)
-                if after is not None and not after.replicas:
-                    # The last copy: never served again, but its other blocks may be all
-                    # that is left of the chunk. Its chunkserver keeps it in quarantine/
-                    # for an operator until the file goes (as HDFS keeps a corrupt last
-                    # replica); the survey counts the chunk missing.
+            if chunk is not None:
+                if cs_id in chunk.replicas and version == chunk.version:
+                    self._bad.add(chunk_id)
+                    await self._drop(chunk_id, cs_id, keep_one=False, why="bad")
+                chunk = ns.chunk_table.get(chunk_id)
+                if chunk is not None and not any(
+                    c != cs_id and registry.is_alive(c, now) for c in chunk.replicas
+                ):
                     log.warning("repair event=last_replica_bad chunk=%d cs=%d version=%d "
                                 "kept=quarantine", chunk_id, cs_id, version)  # fmt: skip
                     continue

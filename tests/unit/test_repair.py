@@ -41,6 +41,7 @@ class Link:
         self.fail: set[tuple[int, str]] = set()  # (cs_id, op) pairs that fail
         self.proposals: list[tuple[str, dict[str, Any]]] = []
         self.held: dict[tuple[int, int], tuple[int, int]] = {}  # (cs, chunk) -> (version, length)
+        self.newer: dict[int, int] = {}  # cs -> a version its replica holds, refusing older
         self.seq = 0
         for i in range(servers):
             cs_id = self.apply("cs_register", {"uuid": f"u{i}", "address": f"h:{i + 1}"})["cs_id"]
@@ -69,6 +70,11 @@ class Link:
         self.calls.append((cs_id, op, f))
         if (cs_id, op) in self.fail:
             raise Unavailable("scripted failure")
+        newer = self.newer.get(cs_id)
+        if op == "chunk.write" and newer is not None and newer > f["version"]:
+            raise Stale("write for an older version than the replica's",
+                        chunk_id=f["chunk_id"], version=f["version"],
+                        replica_version=newer)  # fmt: skip
         if op == "chunk.info":
             # What the replica holds: scripted in ``held``, else the table's version.
             chunk = self.ns.chunk(f["chunk_id"])
@@ -245,18 +251,20 @@ def test_jobs_limit_and_quiet_window(clock: Clock) -> None:
 
 def test_report_deletes_stale_unknown_and_extra_and_drops_lost(clock: Clock) -> None:
     link, repair = make(3, clock)
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
     good = link.file_with_chunk(b"good", [1, 2])
-    stale = link.file_with_chunk(b"stale", [1, 2])
+    stale = link.file_with_chunk(b"stale", [1, 2, 3])
     extra = link.file_with_chunk(b"extra", [2, 3])
+    spare = link.file_with_chunk(b"spare", [2])  # under goal: a copy outside it is kept
     lost = link.file_with_chunk(b"lost", [1, 2])
     gone = link.file_with_chunk(b"gone", [1])
     link.apply("unlink", {"parent": ROOT_INO, "name": b"gone"})
     link.apply("gc_done", {"chunk_ids": [gone]})
-    v = {c: link.ns.chunk(c)["version"] for c in (good, stale, extra)}
+    v = {c: link.ns.chunk(c)["version"] for c in (good, stale, extra, spare)}
     link.apply("write_handle", {"ino": link.ns.chunk(stale)["ino"], "index": 0, "replicas": []})
     clock.now += 1
     entries = [[good, v[good], 100], [stale, v[stale], 100], [extra, v[extra], 100],
-               [gone, 1, 100]]  # fmt: skip
+               [spare, v[spare], 100], [gone, 1, 100]]  # fmt: skip
 
     async def go() -> None:
         await repair.report(1, entries[:2], 0, False)
@@ -267,9 +275,10 @@ def test_report_deletes_stale_unknown_and_extra_and_drops_lost(clock: Clock) -> 
     deleted = [c[2]["chunks"] for c in link.calls if c[0] == 1 and c[1] == "chunk.delete"]
     flat = sorted(x for batch in deleted for x in batch)
     assert flat == sorted([[stale, v[stale]], [extra, v[extra]], [gone, 1]])
-    assert link.ns.chunk(stale)["replicas"] == [2]
+    assert link.ns.chunk(stale)["replicas"] == [2, 3]
     assert link.ns.chunk(lost)["replicas"] == [2]  # a complete report lacked it
     assert link.ns.chunk(good)["replicas"] == [1, 2]
+    assert link.ns.chunk(spare)["replicas"] == [2]
 
 
 def test_a_version_no_replica_took_is_pushed_again_never_deleted(clock: Clock) -> None:
@@ -314,6 +323,7 @@ def test_a_stale_replica_goes_only_when_another_holds_the_version(
 ) -> None:
     expect_log(r"event=stale_kept chunk=\d+ cs=1 version=1 length=50 table_version=1")
     link, repair = make(3, clock)
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
     cid = link.file_with_chunk(b"f", [1, 2, 3])
     old = link.ns.chunk(cid)["version"]
     link.apply("version_bump", {"chunk_id": cid, "version": old, "length": 100})
@@ -335,6 +345,23 @@ def test_a_stale_replica_goes_only_when_another_holds_the_version(
     assert not [c for c in link.calls if c[1] == "chunk.delete" and c[0] == 1]
 
 
+def test_a_replica_already_newer_than_a_push_stays_in_the_set(clock: Clock) -> None:
+    """Two pushes of one chunk raced (a copy's fence and a writer's handle): a replica that
+    took the later one first refuses the earlier with Stale; it is not behind."""
+    link, repair = make(3, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    version = link.ns.chunk(cid)["version"]
+    link.newer[1] = version + 5
+    link.fail.add((2, "chunk.write"))
+
+    async def go() -> tuple[list[int], list[int]]:
+        return await repair.settle_version(cid, version + 1, 100, [1, 2, 3])
+
+    kept, took = asyncio.run(go())
+    assert took == [1, 3] and kept == [1, 3]
+    assert link.ns.chunk(cid)["replicas"] == [1, 3]  # 2 failed for real: out
+
+
 def test_report_leaves_recently_touched_chunks_alone(clock: Clock) -> None:
     link, repair = make(2, clock, quiet_s=10.0)
     cid = link.file_with_chunk(b"f", [1, 2])
@@ -347,22 +374,61 @@ def test_report_leaves_recently_touched_chunks_alone(clock: Clock) -> None:
     assert not [c for c in link.calls if c[1] == "chunk.delete"]
 
 
+def test_a_long_report_does_not_judge_chunks_touched_around_its_start(clock: Clock) -> None:
+    """The chunkserver listed its replicas a moment before part 0 arrived; a chunk written
+    then is missing from the list. However long the report takes, such a chunk is not
+    lost: it was not quiet for ``quiet_s`` before the report began."""
+    link, repair = make(2, clock, quiet_s=10.0)
+    cid = link.file_with_chunk(b"f", [1])
+    repair.touch(cid)  # its first write, just before the report started
+    clock.now += 0.5
+
+    async def go() -> None:
+        await repair.report(1, [], 0, False)
+        clock.now += 30  # a report of many pages
+        await repair.report(1, [], 1, True)
+        await settle(repair)
+
+    asyncio.run(go())
+    assert link.ns.chunk(cid)["replicas"] == [1]
+
+
+def test_a_new_term_judges_nothing_before_its_quiet_window(clock: Clock) -> None:
+    """A new leader does not know what an earlier leader touched: for ``quiet_s`` every
+    chunk counts as touched (a report listed under the old leader may be behind)."""
+    link, repair = make(2, clock, quiet_s=10.0)
+    cid = link.file_with_chunk(b"f", [1])
+    repair.restart()
+    clock.now += 1
+    asyncio.run(repair.report(1, [], 0, True))
+    assert link.ns.chunk(cid)["replicas"] == [1]
+    clock.now += 20
+    asyncio.run(repair.report(1, [], 0, True))  # quiet now, and truly lacking: lost
+    assert link.ns.chunk(cid)["replicas"] == []
+
+
 def test_a_bad_replica_leaves_the_set_and_is_deleted_unless_it_is_the_last(
     clock: Clock, expect_log: Callable[..., None]
 ) -> None:
     expect_log(r"event=last_replica_bad chunk=\d+ cs=1 version=\d+ kept=quarantine")
+    expect_log(r"event=last_replica_bad chunk=\d+ cs=3 version=\d+ kept=quarantine")
     link, repair = make(3, clock)
     cid = link.file_with_chunk(b"f", [1])
     two = link.file_with_chunk(b"two", [2, 3])
+    behind = link.file_with_chunk(b"behind", [3])  # its version never reached cs 3
     version = link.ns.chunk(cid)["version"]
     v2 = link.ns.chunk(two)["version"]
+    vb = link.ns.chunk(behind)["version"]
+    link.apply("version_bump", {"chunk_id": behind, "version": vb, "length": 100})
 
     async def go() -> None:
         await repair.bad_replicas(1, [[cid, version]])
         await repair.bad_replicas(2, [[two, v2]])
+        await repair.bad_replicas(3, [[behind, vb]])
         await settle(repair)
 
     asyncio.run(go())
+    assert not [c for c in link.calls if c[1] == "chunk.delete" and c[0] == 3]
     # Never served again, so out of the set even as the last; but its other blocks may be
     # all that is left: not deleted (its chunkserver keeps it in quarantine).
     assert link.ns.chunk(cid)["replicas"] == []

@@ -651,6 +651,12 @@ class ChunkStore:
                 stage = "cut"
                 self._truncate(fd, chunk_id, old_length, base_length)
                 _pwrite_all(fd, encode_header(chunk_id, version, base_length), 0)
+                if self.fsync:
+                    # Durable at once, whatever the writer asked: a power loss in the
+                    # write-back window would leave a mix of the cut's writes (a rewritten
+                    # checksum over uncut bytes) that fails verification, and the whole
+                    # replica would be quarantined, on every replica the cut reached.
+                    os.fdatasync(fd)
                 settled_footprint = footprint_bytes(base_length)
                 with self._mutex:
                     replica.version = version

@@ -22,8 +22,10 @@ Rules, and where they are checked:
    replica's is ``Stale``; a write for a newer version first truncates the replica to the
    handle's ``length`` (bytes past it are junk left by a truncate), then records the version;
    a read of any version but the replica's is ``Stale``.
-4. Nothing is fsynced unless asked (``sync``, or ``write(..., sync=True)``): a synced replica
-   survives a crash exactly, including its name (the directory is fsynced after a create).
+4. Nothing is fsynced unless asked (``sync``, or ``write(..., sync=True)``), or by a write
+   that bumps the version (rule 3: the table already counts the bytes below the handle's
+   length, and a cut must not be left half done): a synced replica survives a crash
+   exactly, including its name (the directory is fsynced after a create).
 5. A disk error never crashes the server. ENOSPC/EDQUOT is ``NoSpace``: a write first
    preallocates the file range it is about to fill (``_preallocate``), so a full disk is
    found before a byte of the replica changes, and the replica stays as it was (or as its
@@ -651,12 +653,6 @@ class ChunkStore:
                 stage = "cut"
                 self._truncate(fd, chunk_id, old_length, base_length)
                 _pwrite_all(fd, encode_header(chunk_id, version, base_length), 0)
-                if self.fsync:
-                    # Durable at once, whatever the writer asked: a power loss in the
-                    # write-back window would leave a mix of the cut's writes (a rewritten
-                    # checksum over uncut bytes) that fails verification, and the whole
-                    # replica would be quarantined, on every replica the cut reached.
-                    os.fdatasync(fd)
                 settled_footprint = footprint_bytes(base_length)
                 with self._mutex:
                     replica.version = version
@@ -675,7 +671,13 @@ class ChunkStore:
             stage = "data"
             if creating or bump or new_length != old_length:
                 _pwrite_all(fd, encode_header(chunk_id, version, new_length), 0)
-            if sync and self.fsync:
+            if (sync or bump) and self.fsync:
+                # A bump is durable at once, whatever the writer asked (rule 3): the new
+                # version, a cut (a power loss in the write-back window could leave a mix of
+                # its writes, a rewritten checksum over uncut bytes, failing verification on
+                # every replica the cut reached), and the bytes below the handle's length,
+                # which the metaserver's table already counts (a writer's earlier uploads,
+                # committed when it renewed its handle).
                 stage = "sync"
                 os.fdatasync(fd)
         except BaseException as e:

@@ -321,8 +321,10 @@ class FsClient:
         else:
             if inode is not None and inode.dirty:
                 # Commit the writes first, or their commit would overwrite what is set here
-                # (mtime) with what was true before.
-                await inode.flush(sync=False)
+                # (mtime) with what was true before; synced, as every commit of lengths is
+                # (a table that counts bytes no replica has durably is a chunk no writer
+                # can bump after a power loss).
+                await inode.flush(sync=True)
             header = await self.meta.mutate("fs.setattr", ino=ino, **fields)
         attr = self._attr(header)
         self._own_attr(attr)

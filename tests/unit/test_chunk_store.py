@@ -225,17 +225,20 @@ def test_a_read_from_disk_reads_the_disk_and_leaves_no_cache(store: ChunkStore) 
     assert _resident_bytes(path) <= DATA_OFFSET  # at most the header's pages stay
 
 
-def test_a_cut_is_made_durable_at_once(store: ChunkStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bump that cuts the replica is synced even when the writer did not ask: a power
-    loss would otherwise leave a mix of the cut's writes that fails verification."""
+def test_a_bump_is_made_durable_at_once(store: ChunkStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that moves the replica to a newer version is synced even when the writer did
+    not ask: the metaserver's table already counts the bytes below the handle's length,
+    and a power loss would otherwise leave a cut's writes half done."""
     store.write(CHUNK, 1, 0, 0, data(3 * B, seed=4))
     synced: list[int] = []
     real = os.fdatasync
     monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
-    store.write(CHUNK, 2, 3 * B, 3 * B, b"x")  # a bump that cuts nothing
+    store.write(CHUNK, 1, 3 * B, 3 * B, b"x")  # the same version: as the writer asked
     assert synced == []
-    store.write(CHUNK, 3, B + 10, 0, b"")  # a bump that cuts into block 1
+    store.write(CHUNK, 2, 3 * B + 1, 3 * B + 1, b"y")  # a bump that cuts nothing
     assert len(synced) == 1
+    store.write(CHUNK, 3, B + 10, 0, b"")  # a bump that cuts into block 1
+    assert len(synced) == 2
     assert bytes(store.read(CHUNK, 3, 0, 4 * B)) == data(3 * B, seed=4)[: B + 10]
 
 

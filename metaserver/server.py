@@ -622,7 +622,11 @@ class MetaServer:
         result = await self._propose("write_handle", args, h, timeout_s)
         chunk_id = int(result["chunk_id"])
         self.repair.touch(chunk_id)
-        if existing:
+        # Whether the command bumped an existing chunk, as it was applied: another handle
+        # may have allocated the chunk after ``existing`` was read. (A result cached for a
+        # retry by an older version of this code lacks the flag.)
+        allocated = result.get("allocated", not existing)
+        if not allocated:
             # The leader gives the replicas the new version before the writer writes
             # (as GFS's master and MooseFS's do): a replica that cannot take it is stale
             # from now on, leaves the set, and is not in the chain the writer gets.

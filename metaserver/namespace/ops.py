@@ -579,14 +579,17 @@ def write_handle(st: State, now_ns: int, a: dict[str, Any]) -> Result:
             if cs_id not in st.cs_table:
                 raise Invalid("unknown chunkserver", cs_id=cs_id)
         chunk = st.allocate_chunk(inode, index, list(replicas))
+        allocated = True
     else:
         chunk = st.chunk_table[chunk_id]
         chunk.version += 1
         for cs_id in drop:
             if cs_id in chunk.replicas and len(chunk.replicas) > 1:
                 chunk.replicas.remove(cs_id)
+        allocated = False
     return {
         "ok": True,
+        "allocated": allocated,  # False: a bump, which the leader pushes to the replicas
         "chunk_id": chunk.chunk_id,
         "version": chunk.version,
         "length": chunk.length,

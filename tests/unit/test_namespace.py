@@ -558,10 +558,12 @@ def test_write_handle_drops_failed_replicas_with_the_bump_but_never_the_last(fs:
     cs = fs.register(3)
     f = fs.create(ROOT_INO, b"f")
     h = fs.ok("write_handle", ino=f, index=0, replicas=cs)
+    assert h["allocated"] is True
     # Dropping on allocation is meaningless (the leader placed the chunk just now).
     assert fs.ok("write_handle", ino=f, index=1, replicas=cs, drop=[cs[0]])["replicas"] == cs
     h2 = fs.ok("write_handle", ino=f, index=0, replicas=[], drop=[cs[1], 99])
     assert (h2["version"], h2["replicas"]) == (h["version"] + 1, [cs[0], cs[2]])
+    assert h2["allocated"] is False  # a bump: the leader pushes it, whatever it read before
     h3 = fs.ok("write_handle", ino=f, index=0, replicas=[], drop=[cs[0], cs[2]])
     assert (h3["version"], h3["replicas"]) == (h2["version"] + 1, [cs[2]])
     assert fs.ns.chunk(h["chunk_id"])["replicas"] == [cs[2]]

@@ -69,7 +69,7 @@ from metaserver.namespace.commands import (
     check_xattr_name,
     chunk_index_max,
 )
-from metaserver.namespace.state import ROOT_INO, DirData, Inode, State, attr, chunk_info
+from metaserver.namespace.state import ROOT_INO, Chunk, DirData, Inode, State, attr, chunk_info
 
 Result = dict[str, Any]
 Handler = Callable[[State, int, dict[str, Any]], Result]
@@ -682,6 +682,22 @@ def cs_register(st: State, now_ns: int, a: dict[str, Any]) -> Result:
 
 # --- replica sets (the leader's repair, metaserver/repair.py) ---------------------------
 
+
+def _chunk_as_seen(st: State, a: dict[str, Any]) -> Chunk:
+    """The chunk ``a`` names (``chunk_id``), provided it is still at the ``version`` and
+    ``length`` the leader saw (``Stale`` otherwise: it changed since)."""
+    chunk_id = arg_int(a, "chunk_id", 1, INT63_MAX)
+    version = arg_int(a, "version", 1, INT63_MAX)
+    length = arg_int(a, "length", 0, INT63_MAX)
+    chunk = st.chunk_table.get(chunk_id)
+    if chunk is None:
+        raise NotFound("no such chunk", chunk_id=chunk_id)
+    if chunk.version != version or chunk.length != length:
+        raise Stale("the chunk changed", chunk_id=chunk_id, version=chunk.version,
+                    length=chunk.length)  # fmt: skip
+    return chunk
+
+
 _REPLICA_ADD = frozenset({"chunk_id", "version", "length", "cs_id"})
 
 
@@ -696,22 +712,14 @@ def replica_add(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     miss, is fenced off (its writes and its commit answer ``Stale``).
     """
     check_fields(a, _REPLICA_ADD)
-    chunk_id = arg_int(a, "chunk_id", 1, INT63_MAX)
-    version = arg_int(a, "version", 1, INT63_MAX)
-    length = arg_int(a, "length", 0, INT63_MAX)
     cs_id = arg_int(a, "cs_id", 1, INT63_MAX)
-    chunk = st.chunk_table.get(chunk_id)
-    if chunk is None:
-        raise NotFound("no such chunk", chunk_id=chunk_id)
+    chunk = _chunk_as_seen(st, a)
     if cs_id not in st.cs_table:
         raise Invalid("unknown chunkserver", cs_id=cs_id)
-    if chunk.version != version or chunk.length != length:
-        raise Stale("the chunk changed since the copy", chunk_id=chunk_id,
-                    version=chunk.version, length=chunk.length)  # fmt: skip
     if cs_id in chunk.replicas:
-        raise Exists("already a replica", chunk_id=chunk_id, cs_id=cs_id)
+        raise Exists("already a replica", chunk_id=chunk.chunk_id, cs_id=cs_id)
     if len(chunk.replicas) >= REPLICAS_MAX:
-        raise Invalid("replica set full", chunk_id=chunk_id)
+        raise Invalid("replica set full", chunk_id=chunk.chunk_id)
     chunk.replicas.append(cs_id)
     chunk.version += 1
     return {"ok": True, **chunk_info(chunk)}
@@ -729,15 +737,7 @@ def version_bump(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     chunk is no longer at ``version`` and ``length``.
     """
     check_fields(a, _VERSION_BUMP)
-    chunk_id = arg_int(a, "chunk_id", 1, INT63_MAX)
-    version = arg_int(a, "version", 1, INT63_MAX)
-    length = arg_int(a, "length", 0, INT63_MAX)
-    chunk = st.chunk_table.get(chunk_id)
-    if chunk is None:
-        raise NotFound("no such chunk", chunk_id=chunk_id)
-    if chunk.version != version or chunk.length != length:
-        raise Stale("the chunk changed", chunk_id=chunk_id, version=chunk.version,
-                    length=chunk.length)  # fmt: skip
+    chunk = _chunk_as_seen(st, a)
     chunk.version += 1
     return {"ok": True, **chunk_info(chunk)}
 

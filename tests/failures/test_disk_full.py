@@ -40,7 +40,10 @@ def small_cluster(tmp_path: Path) -> Iterator[Cluster]:
             mounted.append(where)
         with open(base / "cs1" / "data" / "ballast", "wb") as f:
             f.write(b"\xaa" * (BALLAST_MIB * MIB))
-        c = Cluster(base)
+        # Placement in turn, not weighted by free space: the small server then fills
+        # after a few files, with room to spare on the others. (Weighted, it gets ever
+        # fewer chunks as it fills, and the others come close to full before it is.)
+        c = Cluster(base, meta_options={"placement": "round_robin"})
         try:
             yield c
         finally:

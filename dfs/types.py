@@ -17,3 +17,7 @@ ChunkId = NewType("ChunkId", int)
 # (and Raft entries, which are small commands); bulk bytes travel as payload.
 FRAME_HEADER_BYTES_MAX = 8 * 1024 * 1024
 FRAME_PAYLOAD_BYTES_MAX = 64 * 1024 * 1024
+
+# Inode numbers (or chunk ids) one request about open-file holds may name (fs.keepalive,
+# fs.release: PROTOCOL.md).
+HOLDS_PER_REQUEST_MAX = 65536

@@ -26,7 +26,6 @@ KEEPALIVE_S = 5.0
 HOLD_TTL_S = 30.0
 # After a leader change, the time clients get to announce their holds again.
 HOLD_GRACE_S = 3 * KEEPALIVE_S
-HOLDS_PER_REQUEST_MAX = 65536
 
 
 class Holds:

@@ -394,14 +394,10 @@ class Repair:
                     length=length, offset=0, token=token, expiry_ms=expiry_ms, chain=[],
                     sync=False,
                 )  # fmt: skip
-            except Stale as e:
-                newer = e.details.get("replica_version")
+            except (DfsError, OSError, TimeoutError) as e:
+                newer = e.details.get("replica_version") if isinstance(e, Stale) else None
                 if type(newer) is int and newer > version:
                     return  # a later bump's push got there first: it is not behind
-                failed.append(cs_id)
-                log.info("repair event=push_failed chunk=%d cs=%d version=%d error=%s",
-                         chunk_id, cs_id, version, e)  # fmt: skip
-            except (DfsError, OSError, TimeoutError) as e:
                 failed.append(cs_id)
                 log.info("repair event=push_failed chunk=%d cs=%d version=%d error=%s",
                          chunk_id, cs_id, version, e)  # fmt: skip

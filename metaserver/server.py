@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from dfs import daemon, rpc
-from dfs.types import NodeId
+from dfs.types import HOLDS_PER_REQUEST_MAX, NodeId
 from dfs.wire.errors import (
     DfsError,
     Invalid,
@@ -73,7 +73,7 @@ from dfs.wire.errors import (
 )
 from dfs.wire.messages import field, uint_field
 from dfs.wire.token import READ, WRITE, make_token, token_key
-from metaserver.holds import HOLD_GRACE_S, HOLDS_PER_REQUEST_MAX, KEEPALIVE_S, Holds
+from metaserver.holds import HOLD_GRACE_S, KEEPALIVE_S, Holds
 from metaserver.namespace import Namespace, encode_command
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
 from metaserver.placement import PLACEMENT_POLICIES, Placer, Registry
@@ -416,10 +416,7 @@ class MetaServer:
             self.holds.hold(holder, [int(attr["ino"])], time.monotonic())
 
     def _inos(self, h: dict[str, Any]) -> list[int]:
-        inos = field(h, "inos", list)
-        if len(inos) > HOLDS_PER_REQUEST_MAX or any(type(i) is not int or i < 1 for i in inos):
-            raise Invalid(f"inos: at most {HOLDS_PER_REQUEST_MAX} inode numbers")
-        return inos
+        return _id_list(field(h, "inos", list), "inos", "inode numbers")
 
     async def _open(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """getattr (linearizable, for close-to-open) and a hold for the client's session."""
@@ -442,13 +439,7 @@ class MetaServer:
         those count as touched, so that the upkeep does not copy a chunk under a busy
         writer (the copy's fence would cost the writer its uncommitted bytes)."""
         inos, client = self._inos(h), uint_field(h, "holder", 0)
-        writing = h.get("writing", [])
-        if (
-            type(writing) is not list
-            or len(writing) > HOLDS_PER_REQUEST_MAX
-            or any(type(c) is not int or c < 1 for c in writing)
-        ):
-            raise Invalid(f"writing: at most {HOLDS_PER_REQUEST_MAX} chunk ids")
+        writing = _id_list(field(h, "writing", list, []), "writing", "chunk ids")
         self._leader_view()
         self.holds.keepalive(client, inos, time.monotonic())
         for chunk_id in writing:
@@ -901,3 +892,10 @@ async def serve(config: MetaConfig, secret: bytes) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return daemon.main("metaserver", argv, load_config, serve)
+
+
+def _id_list(ids: list[Any], name: str, what: str) -> list[int]:
+    """A request's list of inode numbers or chunk ids, checked (``Invalid`` otherwise)."""
+    if len(ids) > HOLDS_PER_REQUEST_MAX or any(type(i) is not int or i < 1 for i in ids):
+        raise Invalid(f"{name}: at most {HOLDS_PER_REQUEST_MAX} {what}")
+    return ids

@@ -63,6 +63,7 @@ from dfs.client.meta import MetaClient
 from dfs.client.options import ClientOptions
 from dfs.client.pool import ConnectionPool
 from dfs.client.records import Attr, DirEntry, StatFs, WriteHandle
+from dfs.types import HOLDS_PER_REQUEST_MAX
 from dfs.wire.errors import (
     DfsError,
     Invalid,
@@ -92,8 +93,6 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 # Open-file holds are announced this often until the leader says otherwise (fs.keepalive).
 KEEPALIVE_DEFAULT_S = 5.0
-# The most inode numbers (and chunk ids) one fs.keepalive may carry (PROTOCOL.md).
-HOLDS_PER_REQUEST_MAX = 65536
 
 
 def check_name(name: bytes) -> None:

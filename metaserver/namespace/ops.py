@@ -451,12 +451,7 @@ def set_attr(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     if size is not None:
         _regular(st, ino)  # truncate(2): EISDIR on a directory, EINVAL on other types
     # --- checked: change the state ---
-    if mode is not None:
-        inode.mode = stat.S_IFMT(inode.mode) | (mode & PERMISSION_BITS)  # never the type
-    if uid is not None:
-        inode.uid = uid
-    if gid is not None:
-        inode.gid = gid
+    _set_mode_owner(inode, mode, uid, gid)
     cut: dict[str, Any] | None = None
     if size is not None:
         cut_chunk = st.truncate(inode, size)
@@ -597,6 +592,17 @@ def write_handle(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     }
 
 
+def _set_mode_owner(inode: Inode, mode: int | None, uid: int | None, gid: int | None) -> None:
+    """Apply the permission bits (never the file type) and owner a setattr or commit
+    carries; None leaves a field as it is."""
+    if mode is not None:
+        inode.mode = stat.S_IFMT(inode.mode) | (mode & PERMISSION_BITS)
+    if uid is not None:
+        inode.uid = uid
+    if gid is not None:
+        inode.gid = gid
+
+
 _COMMIT = frozenset({"ino", "size", "mtime_ns", "chunks", "mode", "uid", "gid", "atime_ns"})
 
 
@@ -649,12 +655,7 @@ def commit(st: State, now_ns: int, a: dict[str, Any]) -> Result:
         st.set_size(inode, size)
     if mtime_ns is not None:
         inode.mtime_ns = mtime_ns
-    if mode is not None:
-        inode.mode = stat.S_IFMT(inode.mode) | (mode & PERMISSION_BITS)  # never the type
-    if uid is not None:
-        inode.uid = uid
-    if gid is not None:
-        inode.gid = gid
+    _set_mode_owner(inode, mode, uid, gid)
     if atime_ns is not None:
         inode.atime_ns = atime_ns
     inode.ctime_ns = now_ns

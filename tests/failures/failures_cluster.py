@@ -9,8 +9,10 @@ Like the FUSE tests they need root and /dev/fuse: with ``CI`` set nothing is ski
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,16 @@ class Cluster:
             text = log.read_text(errors="replace")
             if "Traceback" in text or " ERROR " in text or "mount" in log.name:
                 print(f"----- {log.name}\n{text[-6000:]}")
+
+
+@contextlib.contextmanager
+def running(directory: Path, **options: Any) -> Iterator[Cluster]:
+    """A ``Cluster`` (``options``: its overrides) for the block; stopped after it."""
+    c = Cluster(directory, **options)
+    try:
+        yield c
+    finally:
+        c.stop()
 
 
 def healthy(cluster: Cluster, dead: int = 0) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from failures_cluster import Cluster, wait_until
+from failures_cluster import Cluster, running, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,11 +43,8 @@ def small_cluster(tmp_path: Path) -> Iterator[Cluster]:
         # Placement in turn, not weighted by free space: the small server then fills
         # after a few files, with room to spare on the others. (Weighted, it gets ever
         # fewer chunks as it fills, and the others come close to full before it is.)
-        c = Cluster(base, meta_options={"placement": "round_robin"})
-        try:
+        with running(base, meta_options={"placement": "round_robin"}) as c:
             yield c
-        finally:
-            c.stop()
     finally:
         for where in mounted:
             subprocess.run(["umount", "-l", str(where)], check=False)

@@ -27,6 +27,7 @@ from failures_cluster import (
     healthy,
     locate,
     read_replica,
+    running,
     wait_until,
 )
 
@@ -46,15 +47,12 @@ HEAD = 64 * KIB
 
 @pytest.fixture(scope="module")
 def slow_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(
+    with running(
         tmp_path_factory.mktemp("cluster"),
         meta_options={"repair_quiet_ms": int(REPAIR_QUIET_S * 1000)},
         cs_options={"replicate_bytes_per_s": REPLICATE_BYTES_PER_S},
-    )
-    try:
+    ) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ from dfs.cli import cluster as local
 from dfs.client import FsClient
 from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
+from dfs.testing.fsread import read_to_eof
 from dfs.wire.errors import NotFound
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(240)]
@@ -84,19 +85,6 @@ async def write_file(fs: FsClient, parent: int, name: bytes, data: bytes) -> int
     return len(data)
 
 
-async def read_file(fs: FsClient, parent: int, name: bytes) -> bytes:
-    """Read to EOF as ``cat`` does (the size seen at lookup may be older than the open)."""
-    attr = await fs.lookup(parent, name)
-    f = await fs.open(attr.ino, os.O_RDONLY)
-    out = bytearray()
-    try:
-        while piece := await f.read(len(out), 4 << 20):
-            out += piece
-    finally:
-        await f.close()
-    return bytes(out)
-
-
 async def test_unaligned_writes_across_chunk_boundaries(layout: local.Layout) -> None:
     rng = random.Random(11)
     model = bytearray()
@@ -115,7 +103,7 @@ async def test_unaligned_writes_across_chunk_boundaries(layout: local.Layout) ->
             assert await f.read(probe, 70_000) == bytes(model[probe : probe + 70_000])
         await f.close()
     async with client(layout) as other:  # another client: nothing cached
-        assert await read_file(other, d.ino, b"f") == bytes(model)
+        assert await read_to_eof(other, d.ino, b"f") == bytes(model)
         attr = await other.lookup(d.ino, b"f")
         assert attr.size == len(model)
         f = await other.open(attr.ino, os.O_RDONLY)
@@ -133,7 +121,7 @@ async def test_sparse_truncate_append(layout: local.Layout) -> None:
         tail = b"tail" * 1000
         await f.write(5 * CHUNK + 12345, tail)  # a hole of five chunks and a bit
         await f.close()
-        data = await read_file(fs, d.ino, b"s")
+        data = await read_to_eof(fs, d.ino, b"s")
         assert len(data) == 5 * CHUNK + 12345 + len(tail)
         assert data[: 5 * CHUNK + 12345] == bytes(5 * CHUNK + 12345) and data.endswith(tail)
 
@@ -144,14 +132,14 @@ async def test_sparse_truncate_append(layout: local.Layout) -> None:
         await f.truncate(CHUNK + 100)
         await f.truncate(3 * CHUNK)
         await f.close()
-        data = await read_file(fs, d.ino, b"s")
+        data = await read_to_eof(fs, d.ino, b"s")
         assert data == b"x" * (CHUNK + 100) + bytes(3 * CHUNK - CHUNK - 100)
 
         # Writing again into the cut chunk after the truncate: no old bytes come back.
         f = await fs.open(attr.ino, os.O_RDWR)
         await f.write(CHUNK + 5000, b"y" * 10)
         await f.close()
-        data = await read_file(fs, d.ino, b"s")
+        data = await read_to_eof(fs, d.ino, b"s")
         expect = bytearray(b"x" * (CHUNK + 100) + bytes(2 * CHUNK - 100))
         expect[CHUNK + 5000 : CHUNK + 5010] = b"y" * 10
         assert data == bytes(expect)
@@ -160,7 +148,7 @@ async def test_sparse_truncate_append(layout: local.Layout) -> None:
         f = await fs.open(attr.ino, os.O_WRONLY | os.O_APPEND)
         await f.write(0, b"appended")
         await f.close()
-        data = await read_file(fs, d.ino, b"s")
+        data = await read_to_eof(fs, d.ino, b"s")
         assert data == bytes(expect) + b"appended"
 
 
@@ -170,13 +158,13 @@ async def test_concurrent_readers_and_close_to_open(layout: local.Layout) -> Non
         d = await a.mkdir(ROOT_INO, b"c2o", 0o755)
         await write_file(a, d.ino, b"shared", payload)
         # Client b sees the closed file at its next open (close-to-open).
-        assert await read_file(b, d.ino, b"shared") == payload
+        assert await read_to_eof(b, d.ino, b"shared") == payload
 
         results: list[bytes] = [b""] * 8
 
         async def reader(i: int) -> None:
             fs = a if i % 2 else b
-            results[i] = await read_file(fs, d.ino, b"shared")
+            results[i] = await read_to_eof(fs, d.ino, b"shared")
 
         async with anyio.create_task_group() as tg:
             for i in range(8):
@@ -186,7 +174,7 @@ async def test_concurrent_readers_and_close_to_open(layout: local.Layout) -> Non
         # A rewrite by a is seen by b's next open, despite b's attribute cache.
         new = payload[::-1] + b"more"
         await write_file(a, d.ino, b"shared", new)
-        assert await read_file(b, d.ino, b"shared") == new
+        assert await read_to_eof(b, d.ino, b"shared") == new
 
 
 def dfs_cli(*args: str) -> str:
@@ -277,6 +265,6 @@ async def test_leader_killed_during_200_puts(layout: local.Layout) -> None:
         names = sorted([e.name async for e in fs.readdir(d.ino)])
         assert names == sorted(written)
         for name, data in written.items():
-            assert await read_file(fs, d.ino, name) == data, name
+            assert await read_to_eof(fs, d.ino, name) == data, name
         with pytest.raises(NotFound):
             await fs.lookup(d.ino, b"f200")

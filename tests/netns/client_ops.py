@@ -28,6 +28,7 @@ import anyio
 
 from dfs.client import ClientOptions, FsClient
 from dfs.secret import load_secret
+from dfs.testing.fsread import read_to_eof
 from dfs.wire.errors import DfsError, Exists
 
 MODE = stat.S_IFREG | 0o644
@@ -64,15 +65,7 @@ async def write_one(fs: FsClient, parent: int, name: str, size: int) -> None:
 
 
 async def read_one(fs: FsClient, parent: int, name: str) -> bytes:
-    attr = await fs.lookup(parent, name.encode())
-    f = await fs.open(attr.ino, os.O_RDONLY)
-    out = bytearray()
-    try:
-        while piece := await f.read(len(out), 4 << 20):
-            out += piece
-    finally:
-        await f.close()
-    return bytes(out)
+    return await read_to_eof(fs, parent, name.encode())
 
 
 async def run(args: argparse.Namespace) -> int:

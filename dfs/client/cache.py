@@ -20,9 +20,13 @@ the lookup before each create in it; that would hide such files for up to the TT
 is not done.)
 
 Extended attributes (``xattr``): values and absences by (ino, name), for the TTL; an inode
-this client created has none (``no_xattrs``) until it sets one. The kernel asks for
-``security.capability`` before every write (to clear file capabilities), so without this
-each write of a new file would cost a round trip.
+this client created has none (``no_xattrs``) until it sets one, and neither has an inode
+whose fresh cached attributes say ``has_xattrs`` false (MooseFS's "no xattr" flag). The
+kernel asks for ``security.capability`` before every write (to clear file capabilities),
+and ``ls -l`` asks every file for ``security.selinux`` and its POSIX ACL, so without this
+each of those would cost a round trip. The flag is not trusted for an inode whose xattrs
+this client changed (``_xattrs_changed``): attributes asked for before the change may
+arrive after it.
 
 Chunk locations (``LocationCache``). ``fs.locate`` answers by (ino, chunk index), holes
 included (a chunk absent from the answer is a hole until this client writes it). An entry
@@ -71,6 +75,9 @@ class MetaCache:
         # Bumped by every ``drop_xattrs``: an answer asked for before a change made here is
         # not cached after it (a getxattr racing with this client's own setxattr).
         self._xattr_epoch = 0
+        # Inodes whose xattrs this client changed: their attributes' ``has_xattrs`` may be
+        # older than the change, so it is not used for them (a bounded set, oldest out).
+        self._xattrs_changed: OrderedDict[int, None] = OrderedDict()
 
     def _expires(self) -> float:
         return self._clock() + self.ttl_s
@@ -177,9 +184,15 @@ class MetaCache:
                 if item[1] > self._clock():
                     return True, item[0]
                 del names[name]
-        if self._until(self._no_xattrs, ino):
+        if self._until(self._no_xattrs, ino) or self._attr_says_no_xattrs(ino):
             return True, None
         return False, None
+
+    def _attr_says_no_xattrs(self, ino: int) -> bool:
+        if ino in self._xattrs_changed:
+            return False
+        attr = self.attr(ino)
+        return attr is not None and attr.has_xattrs is False
 
     @property
     def xattr_epoch(self) -> int:
@@ -210,12 +223,16 @@ class MetaCache:
         self._xattr_epoch += 1
         self._no_xattrs.pop(ino, None)
         self._xattrs.pop(ino, None)
+        self._xattrs_changed[ino] = None
+        self._xattrs_changed.move_to_end(ino)
+        self._bound(self._xattrs_changed)
 
     def clear(self) -> None:
         self._attrs.clear()
         self._names.clear()
         self._xattrs.clear()
         self._no_xattrs.clear()
+        self._xattrs_changed.clear()
 
 
 class LocationCache:

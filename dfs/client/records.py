@@ -38,6 +38,8 @@ class Attr:
     rdev: int = 0
     goal: int = 0  # replication goal
     blocks: int = 0  # 512-byte units allocated (st_blocks)
+    # Whether the inode has extended attributes; None when the server did not say.
+    has_xattrs: bool | None = None
 
     @classmethod
     def from_wire(cls, wire: Any) -> Attr:
@@ -55,6 +57,7 @@ class Attr:
             rdev=uint_field(m, "rdev", 0),
             goal=uint_field(m, "goal", 0),
             blocks=uint_field(m, "blocks", 0),
+            has_xattrs=field(m, "has_xattrs", (bool, type(None)), None),
         )
 
     @property

@@ -251,6 +251,7 @@ class FakeNamespace:
             "rdev": node.rdev,
             "goal": node.goal,
             "blocks": (used + 511) // 512,
+            "has_xattrs": bool(node.xattrs),
         }
 
     def _new(self, parent: FakeInode, name: bytes, mode: int, h: dict[str, Any]) -> FakeInode:

@@ -211,6 +211,9 @@ def attr(inode: Inode) -> dict[str, Any]:
         "rdev": inode.rdev,
         "goal": inode.goal,
         "blocks": blocks,
+        # MooseFS's MATTR_NOXATTR: with this false a client answers every getxattr of the
+        # inode "no such attribute" itself (ls -l asks each file for two).
+        "has_xattrs": bool(inode.xattrs),
     }
 
 

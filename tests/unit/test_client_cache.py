@@ -21,9 +21,9 @@ class Clock:
         return self.now
 
 
-def attr(ino: int, mode: int = FILE) -> Attr:
+def attr(ino: int, mode: int = FILE, has_xattrs: bool | None = None) -> Attr:
     return Attr(ino=ino, mode=mode, nlink=1, uid=0, gid=0, size=0, atime_ns=0, mtime_ns=0,
-                ctime_ns=0)  # fmt: skip
+                ctime_ns=0, has_xattrs=has_xattrs)  # fmt: skip
 
 
 @pytest.fixture
@@ -102,3 +102,20 @@ def test_an_xattr_asked_for_before_a_change_here_is_not_cached(cache: MetaCache)
     cache.drop_xattrs(6)  # this client's setxattr, while the getxattr was on its way
     cache.put_xattr(6, b"user.a", b"old", epoch=epoch)
     assert cache.xattr(6, b"user.a") == (False, None)
+
+
+def test_attributes_without_xattrs_answer_every_name_absent(cache: MetaCache, clock: Clock) -> None:
+    cache.put_attr(attr(5, has_xattrs=False))
+    cache.put_attr(attr(6, has_xattrs=True))
+    cache.put_attr(attr(7))  # the server did not say
+    assert cache.xattr(5, b"security.selinux") == (True, None)
+    assert cache.xattr(6, b"security.selinux") == (False, None)
+    assert cache.xattr(7, b"security.selinux") == (False, None)
+    clock.now += 1.01  # the attributes expired: so did what they said
+    assert cache.xattr(5, b"security.selinux") == (False, None)
+
+
+def test_no_xattrs_flag_is_not_trusted_after_a_change_here(cache: MetaCache) -> None:
+    cache.drop_xattrs(5)  # this client's setxattr ...
+    cache.put_attr(attr(5, has_xattrs=False))  # ... and attributes asked for before it
+    assert cache.xattr(5, b"user.a") == (False, None)

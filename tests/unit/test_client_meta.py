@@ -471,3 +471,28 @@ async def test_xattrs_of_a_new_file_cost_no_round_trip(cluster: ClusterThread) -
         cluster.call(lambda c: c.namespace.inodes[f.ino].xattrs.update({b"user.k": b"w"}))
         clock.now += 1.1
         assert await fs.getxattr(f.ino, b"user.k") == b"w"
+
+
+async def test_xattrs_of_listed_files_without_any_cost_no_round_trip(
+    cluster: ClusterThread,
+) -> None:
+    # ls -l asks every file for security.selinux and its POSIX ACL: the attributes of the
+    # listing say which files have xattrs at all (MooseFS's "no xattr" flag).
+    clock = FakeClock()
+    async with client(cluster, clock=clock) as fs:
+        d = await fs.mkdir(ROOT_INO, b"d", 0o755)
+        plain, _ = await fs.create(d.ino, b"plain", 0o644)
+        tagged, _ = await fs.create(d.ino, b"tagged", 0o644)
+        await fs.setxattr(tagged.ino, b"user.k", b"v")
+    async with client(cluster, clock=clock) as fs:
+        entries, _ = await fs.readdir_page(d.ino, 0, 100)
+        assert {e.name: e.attr.has_xattrs for e in entries} == {b"plain": False, b"tagged": True}
+        base = reads(cluster)
+        for _ in range(3):
+            with pytest.raises(NoAttr):
+                await fs.getxattr(plain.ino, b"security.selinux")
+        assert reads(cluster) == base
+        with pytest.raises(NoAttr):
+            await fs.getxattr(tagged.ino, b"security.selinux")
+        assert await fs.getxattr(tagged.ino, b"user.k") == b"v"
+        assert reads(cluster) == base + 2

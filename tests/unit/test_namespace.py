@@ -128,8 +128,9 @@ def test_fresh_namespace_is_root_only(fs: Fs) -> None:
     assert stat.S_ISDIR(a["mode"]) and a["nlink"] == 2 and a["goal"] == 3 and a["ino"] == 1
     assert set(a) == {
         "ino", "mode", "nlink", "uid", "gid", "size", "atime_ns", "mtime_ns", "ctime_ns",
-        "rdev", "goal", "blocks",
+        "rdev", "goal", "blocks", "has_xattrs",
     }  # fmt: skip
+    assert a["has_xattrs"] is False
     assert fs.names(ROOT_INO) == []
     assert fs.ns.stats() == {"inodes": 1, "files": 0, "dirs": 1, "chunks": 0, "bytes": 0}
 
@@ -799,8 +800,9 @@ def test_cs_register_is_stable_per_uuid(fs: Fs) -> None:
 
 def test_xattrs(fs: Fs) -> None:
     f = fs.create(ROOT_INO, b"f")
+    assert fs.attr(f)["has_xattrs"] is False
     fs.ok("setxattr", ino=f, name=b"user.a", value=b"1", flags=0)
-    assert fs.attr(f)["ctime_ns"] == fs.now
+    assert fs.attr(f)["ctime_ns"] == fs.now and fs.attr(f)["has_xattrs"] is True
     fs.ok("setxattr", ino=f, name=b"user.b", value=b"", flags=1)
     assert fs.ns.getxattr(f, b"user.a") == b"1" and fs.ns.getxattr(f, b"user.b") == b""
     assert fs.ns.listxattr(f) == [b"user.a", b"user.b"]
@@ -812,6 +814,8 @@ def test_xattrs(fs: Fs) -> None:
     assert fs.err("removexattr", ino=f, name=b"user.a") is E.NO_ATTR
     assert query_error(fs.ns.getxattr, f, b"user.a") is E.NO_ATTR
     assert fs.ns.listxattr(f) == [b"user.b"]
+    fs.ok("removexattr", ino=f, name=b"user.b")
+    assert fs.attr(f)["has_xattrs"] is False
     assert fs.err("setxattr", ino=f, name=b"", value=b"x", flags=0) is E.INVALID
     assert fs.err("setxattr", ino=f, name=b"a" * 256, value=b"x", flags=0) is E.NAME_TOO_LONG
     assert fs.err("setxattr", ino=f, name=b"a", value=b"x" * 65537, flags=0) is E.TOO_BIG

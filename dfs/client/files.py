@@ -379,7 +379,7 @@ class OpenInode:
     def overlay(self, attr: Attr) -> Attr:
         """``attr`` (from the metaserver) as this client has changed it since: size and
         mtime of uncommitted writes, attribute changes waiting for the next commit."""
-        changes: dict[str, int] = {"size": self.size}
+        changes: dict[str, Any] = {"size": self.size}
         if self._mtime_ns is not None:
             changes["mtime_ns"] = self._mtime_ns
         pending = self._attrs

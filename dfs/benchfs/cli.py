@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="files of 4 KiB in small-create, stat-*, small-rm")  # fmt: skip
     parser.add_argument("--rand-seconds", type=float, default=RAND_READ_S_DEFAULT,
                         help="how long rand-read reads, per run and target")  # fmt: skip
+    parser.add_argument("--untar-source", type=Path, default=workloads.STDLIB,
+                        help="the tree untar unpacks (default: the standard library's sources)")  # fmt: skip
     parser.add_argument("--no-passthrough", action="store_true",
                         help="skip the pass-through target (and its ratios)")  # fmt: skip
     parser.add_argument("--mount-stats", action="store_true",

@@ -195,7 +195,7 @@ class MooseFsTarget(Target):
             proc = self._spawn("mount", argv)
             while proc.poll() is None and time.monotonic() < deadline:
                 info = mount_info(self.mountpoint)
-                if info is not None and "mfs" in info.fstype:
+                if info is not None and info.fstype.startswith("fuse"):  # "fuse", source mfs#…
                     self._mount_proc = proc
                     return
                 time.sleep(0.05)  # polling mountinfo for the new mount, with a deadline

@@ -125,8 +125,10 @@ def fs_main(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _progress(f"inputs: {args.big_mib} MiB of random bytes, {args.small_files} small "
-                  f"files, the standard library's tarball, in {root}")  # fmt: skip
-        inputs = workloads.make_inputs(root / "inputs", args.big_mib, args.small_files)
+                  f"files, a tarball of {args.untar_source}, in {root}")  # fmt: skip
+        inputs = workloads.make_inputs(
+            root / "inputs", args.big_mib, args.small_files, args.untar_source
+        )
         results.settings["tar_entries"] = inputs.tar_entries
         for target in targets:
             t0 = time.perf_counter()

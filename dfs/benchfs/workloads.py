@@ -97,9 +97,12 @@ class Settings:
     rand_read_s: float
 
 
-def make_inputs(directory: Path, big_mib: int, small_files: int) -> Inputs:
+def make_inputs(
+    directory: Path, big_mib: int, small_files: int, tar_source: Path = STDLIB
+) -> Inputs:
     """Write the inputs into ``directory`` (on the local disk), random bytes throughout:
-    a peer that skips zero blocks must not gain by it."""
+    a peer that skips zero blocks must not gain by it. ``tar_source`` is what ``untar``
+    unpacks (the standard library's sources; a smaller tree for a quick run)."""
     directory.mkdir(parents=True, exist_ok=True)
     big = directory / "big.src"
     with open(big, "wb") as f:
@@ -112,7 +115,7 @@ def make_inputs(directory: Path, big_mib: int, small_files: int) -> Inputs:
         sub.mkdir(exist_ok=True)
         (sub / f"f{i:05d}").write_bytes(os.urandom(SMALL_FILE_BYTES))
     tarball = directory / "stdlib.tar"
-    _run(["tar", "-C", str(STDLIB), "-cf", str(tarball), *TAR_EXCLUDES, "."])
+    _run(["tar", "-C", str(tar_source), "-cf", str(tarball), *TAR_EXCLUDES, "."])
     listing = subprocess.run(
         ["tar", "-tf", str(tarball)], check=True, capture_output=True, timeout=COMMAND_TIMEOUT_S
     )

@@ -58,6 +58,7 @@ class Passthrough(pyfuse3.Operations):
         # Called by libfuse as it answers the kernel's INIT (set by the serving task).
         self.on_init: Callable[[], None] | None = None
         self._paths: dict[int, set[str]] = {pyfuse3.ROOT_INODE: {source}}
+        self._inos: dict[str, int] = {source: pyfuse3.ROOT_INODE}  # the reverse of _paths
         self._lookups: dict[int, int] = {pyfuse3.ROOT_INODE: 1}
         self._source_ino = os.lstat(source).st_ino
 
@@ -83,12 +84,14 @@ class Passthrough(pyfuse3.Operations):
         """Count one lookup of ``path`` (the kernel now holds a reference to its inode)."""
         ino = self._ino(st)
         self._paths.setdefault(ino, set()).add(path)
+        self._inos[path] = ino
         self._lookups[ino] = self._lookups.get(ino, 0) + 1
         return ino
 
     def _forget_path(self, path: str) -> None:
-        for paths in self._paths.values():
-            paths.discard(path)
+        ino = self._inos.pop(path, None)
+        if ino is not None and ino in self._paths:
+            self._paths[ino].discard(path)
 
     def _entry(self, ino: int, st: os.stat_result) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -134,7 +137,9 @@ class Passthrough(pyfuse3.Operations):
                 self._lookups[ino] = max(left, 1)
             else:
                 self._lookups.pop(ino, None)
-                self._paths.pop(ino, None)
+                for path in self._paths.pop(ino, set()):
+                    if self._inos.get(path) == ino:
+                        del self._inos[path]
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         try:
@@ -261,14 +266,19 @@ class Passthrough(pyfuse3.Operations):
             os.rename(old, new)
         except OSError as e:
             raise _fuse_error(e) from None
-        # Every remembered path at or below ``old`` now lives below ``new``.
+        # Every remembered path at or below ``old`` now lives below ``new`` (a scan of
+        # the table only when a directory moved: nothing else has paths below it).
         self._forget_path(new)
-        prefix = old + os.sep
-        for paths in self._paths.values():
-            moved = {p for p in paths if p == old or p.startswith(prefix)}
-            for p in moved:
-                paths.discard(p)
-                paths.add(new + p[len(old) :])
+        moved = [old]
+        if os.path.isdir(new):
+            prefix = old + os.sep
+            moved += [p for p in self._inos if p.startswith(prefix)]
+        for path in moved:
+            ino = self._inos.pop(path, None)
+            if ino is not None:
+                self._paths[ino].discard(path)
+                self._paths[ino].add(new + path[len(old) :])
+                self._inos[new + path[len(old) :]] = ino
 
     # ------------------------------------------------------------------ files
 

@@ -205,7 +205,8 @@ class MooseFsTarget(Target):
         raise MooseFsUnavailable(f"mfsmount did not mount:\n{self._log_tail('mount')}")
 
     def _check_daemons(self) -> None:
-        for proc, name in zip(self._daemons, ["master", "cs1", "cs2", "cs3"], strict=False):
+        names = ["master"] + [f"cs{i}" for i in range(1, CHUNKSERVERS + 1)]
+        for proc, name in zip(self._daemons, names, strict=False):
             if proc.poll() is not None:
                 raise MooseFsUnavailable(f"MooseFS {name} exited:\n{self._log_tail(name)}")
 

@@ -127,7 +127,7 @@ def fs_main(args: argparse.Namespace) -> int:
         _progress(f"inputs: {args.big_mib} MiB of random bytes, {args.small_files} small "
                   f"files, a tarball of {args.untar_source}, in {root}")  # fmt: skip
         inputs = workloads.make_inputs(
-            root / "inputs", args.big_mib, args.small_files, args.untar_source
+            root / "inputs", selected, args.big_mib, args.small_files, args.untar_source
         )
         results.settings["tar_entries"] = inputs.tar_entries
         for target in targets:

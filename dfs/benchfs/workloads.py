@@ -97,29 +97,48 @@ class Settings:
     rand_read_s: float
 
 
+# Which input each workload reads (directly or through its untimed setup).
+_BIG_USERS = frozenset({"seq-write", "seq-read", "rand-read"})
+_SMALL_USERS = frozenset({"small-create", "stat-cold", "stat-warm", "small-rm"})
+_TAR_USERS = frozenset({"untar", "untar-rm"})
+
+
 def make_inputs(
-    directory: Path, big_mib: int, small_files: int, tar_source: Path = STDLIB
+    directory: Path,
+    selected: list[str],
+    big_mib: int,
+    small_files: int,
+    tar_source: Path = STDLIB,
 ) -> Inputs:
-    """Write the inputs into ``directory`` (on the local disk), random bytes throughout:
-    a peer that skips zero blocks must not gain by it. ``tar_source`` is what ``untar``
-    unpacks (the standard library's sources; a smaller tree for a quick run)."""
+    """Write the inputs the ``selected`` workloads need into ``directory`` (on the local
+    disk), random bytes throughout: a peer that skips zero blocks must not gain by it.
+    ``tar_source`` is what ``untar`` unpacks (the standard library's sources; a smaller
+    tree for a quick run)."""
     directory.mkdir(parents=True, exist_ok=True)
     big = directory / "big.src"
-    with open(big, "wb") as f:
-        for _ in range(big_mib):
-            f.write(os.urandom(_PIECE_BYTES))
+    if _BIG_USERS.intersection(selected):
+        with open(big, "wb") as f:
+            for _ in range(big_mib):
+                f.write(os.urandom(_PIECE_BYTES))
     small = directory / "small"
     small.mkdir()
-    for i in range(small_files):
-        sub = small / f"d{i % SMALL_DIRS:02d}"
-        sub.mkdir(exist_ok=True)
-        (sub / f"f{i:05d}").write_bytes(os.urandom(SMALL_FILE_BYTES))
+    if _SMALL_USERS.intersection(selected):
+        for i in range(small_files):
+            sub = small / f"d{i % SMALL_DIRS:02d}"
+            sub.mkdir(exist_ok=True)
+            (sub / f"f{i:05d}").write_bytes(os.urandom(SMALL_FILE_BYTES))
     tarball = directory / "stdlib.tar"
-    _run(["tar", "-C", str(tar_source), "-cf", str(tarball), *TAR_EXCLUDES, "."])
-    listing = subprocess.run(
-        ["tar", "-tf", str(tarball)], check=True, capture_output=True, timeout=COMMAND_TIMEOUT_S
-    )
-    return Inputs(big, small, small_files, tarball, len(listing.stdout.splitlines()))
+    entries = 0
+    if _TAR_USERS.intersection(selected):
+        _run(["tar", "-C", str(tar_source), "-cf", str(tarball), *TAR_EXCLUDES, "."])
+        listing = subprocess.run(
+            ["tar", "-tf", str(tarball)],
+            check=True,
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT_S,
+        )
+        entries = len(listing.stdout.splitlines())
+    return Inputs(big, small, small_files, tarball, entries)
 
 
 def drop_caches() -> None:

@@ -7,6 +7,10 @@ cluster  Data and metadata speed of a local cluster against the local disk, as r
        measured in the same run, through the client library and (``cp``, ``tar x``)
        through a FUSE mount: see ``dfs/benchcluster.py``.
 
+fs     The referee of issue 10: nine workloads (dd, cp -r, ls -lR, rm -rf, tar x, random
+       reads) on a dfs mount, the local disk, a pass-through FUSE file system and, with
+       ``--peer moosefs``, MooseFS 3, with dfs's ratio to each: see ``dfs/benchfs/``.
+
 raft   A three-node ``metaserver.raft.kvserver`` group on loopback, fsync on, in a temp dir
        on the same disk as the working tree. A load generator in its own process (so that
        its CPU is not the servers') runs sequential puts of 256-byte values from 1 client,
@@ -44,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from dfs import benchplot
+from dfs.benchfs import cli as benchfs_cli
 from dfs.testing.ports import free_loopback_ports
 
 RAFT_VALUE_BYTES = 256
@@ -292,6 +297,12 @@ def _cluster_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fs_main(args: argparse.Namespace) -> int:
+    from dfs.benchfs import run  # the client and FUSE code load only for this benchmark
+
+    return run.fs_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench")
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -324,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     cluster.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     cluster.add_argument("--plot", type=Path, default=None, help="also write an SVG chart here")
     cluster.set_defaults(func=_cluster_main)
+
+    fs = sub.add_parser("fs", help="dfs mount vs local disk, pass-through FUSE and MooseFS")
+    benchfs_cli.add_arguments(fs)
+    fs.set_defaults(func=_fs_main)
 
     load = sub.add_parser("raft-load", help=argparse.SUPPRESS)
     load.add_argument("--addresses", required=True)

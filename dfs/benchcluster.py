@@ -34,7 +34,6 @@ This module orchestrates and measures; it holds no file-system logic.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -46,6 +45,7 @@ from pathlib import Path
 import anyio
 
 from dfs import benchplot
+from dfs.benchfs.workloads import STDLIB, TAR_EXCLUDES
 from dfs.cli import cluster as local
 from dfs.client import FsClient
 from dfs.client.fsclient import ROOT_INO
@@ -53,9 +53,6 @@ from dfs.secret import load_secret
 
 PIECE_BYTES = 4 << 20
 SMALL_FILE_BYTES = 4096
-# What ``tar x`` unpacks: the standard library's sources, as tests/fuse takes them.
-STDLIB = Path(json.__file__).resolve().parents[1]
-TAR_EXCLUDES = ["--exclude=site-packages", "--exclude=__pycache__"]
 # One mount command (cp, tar) may take this long before the benchmark gives up.
 MOUNT_COMMAND_TIMEOUT_S = 600.0
 

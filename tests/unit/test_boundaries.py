@@ -12,6 +12,8 @@ Rules (a module that does not exist yet is simply not checked):
 4. Server code (``metaserver``, ``chunkserver``) never imports the client side
    (``dfs.client``, ``dfs.fuse``, ``dfs.cli``); the client side never imports server code.
 5. Only ``dfs.cli`` imports ``click``; only ``dfs.fuse`` imports ``pyfuse3``.
+6. The benchmarks (``dfs.bench``, ``dfs.benchcluster``, ``dfs.benchplot``, ``dfs.benchfs``)
+   are imported by nothing but each other: they can move out of the package whole.
 Imports under ``if TYPE_CHECKING:`` are ignored: they cost nothing at run time.
 """
 
@@ -100,6 +102,13 @@ def is_pure(module: str) -> bool:
     )
 
 
+BENCHMARKS = ("dfs.bench", "dfs.benchcluster", "dfs.benchplot", "dfs.benchfs")
+
+
+def is_benchmark(name: str) -> bool:
+    return any(under(name, b) for b in BENCHMARKS)
+
+
 RAFT_IO_RIM = {"metaserver.raft.node", "metaserver.raft.kvserver", "metaserver.raft.kvclient"}
 
 
@@ -137,6 +146,9 @@ def violations() -> list[str]:
             found.append(f"{module} imports click (only dfs.cli may)")
         if "pyfuse3" in tops and not under(module, "dfs.fuse"):
             found.append(f"{module} imports pyfuse3 (only dfs.fuse may)")
+        if not is_benchmark(module):
+            for name in sorted(n for n in names if is_benchmark(n)):
+                found.append(f"{module} imports the benchmark {name}")
     return found
 
 

@@ -146,6 +146,9 @@ class FsClient:
         )
         self._io: FileIo | None = None
         self._open: dict[int, OpenInode] = {}
+        # Closed inodes with chunks written but not synced (``OpenInode.unsynced_state``),
+        # oldest first: a later open adopts them, so that its fsync syncs them too.
+        self._unsynced_closed: dict[int, tuple[tuple[int, int, int], set[int]]] = {}
         self._finishers: set[anyio.CancelScope] = set()
         # This client's open-file hold id (PROTOCOL.md, fs.open): random, so that two
         # clients never share one; the leader keeps an unlinked file we hold as an orphan.
@@ -320,10 +323,10 @@ class FsClient:
         else:
             if inode is not None and inode.dirty:
                 # Commit the writes first, or their commit would overwrite what is set here
-                # (mtime) with what was true before; synced, as every commit of lengths is
-                # (a table that counts bytes no replica has durably is a chunk no writer
-                # can bump after a power loss).
-                await inode.flush(sync=True)
+                # (mtime) with what was true before. Synced only as a close is: a table
+                # that counts bytes a power loss took is settled by the leader's length
+                # recovery (metaserver/repair.py), not by an fsync per commit.
+                await inode.flush(sync=self.options.sync_on_close)
             header = await self.meta.mutate("fs.setattr", ino=ino, **fields)
         attr = self._attr(header)
         self._own_attr(attr)
@@ -645,6 +648,9 @@ class FsClient:
         inode = self._open.get(attr.ino)
         if inode is None:
             inode = self._open[attr.ino] = OpenInode(io, attr)
+            left = self._unsynced_closed.pop(attr.ino, None)
+            if left is not None:
+                inode.adopt_unsynced(*left)
             self._start_keepalive()
         else:
             inode.refresh(attr)
@@ -666,13 +672,25 @@ class FsClient:
         if inode.refs > 0 or self._open.get(inode.ino) is not inode:
             return
         if not inode.unsaved:
-            del self._open[inode.ino]
-            self._release_hold(inode.ino)
+            self._drop_inode(inode)
         elif not inode.finishing:
             inode.finishing = True
             scope = anyio.CancelScope()  # made here, so that ``aclose`` can cancel it at once
             self._finishers.add(scope)
             self._task_group.start_soon(self._finish, inode, scope, name=f"finish ino {inode.ino}")
+
+    def _drop_inode(self, inode: OpenInode) -> None:
+        """The inode's last handle is closed and nothing is left to commit: drop it, keep
+        what a later fsync must still sync, and let go of the hold."""
+        del self._open[inode.ino]
+        left = inode.unsynced_state()
+        if left is not None:
+            closed = self._unsynced_closed
+            closed.pop(inode.ino, None)
+            closed[inode.ino] = left
+            while len(closed) > self.options.unsynced_closed_max:
+                del closed[next(iter(closed))]
+        self._release_hold(inode.ino)
 
     def _release_hold(self, ino: int) -> None:
         """The last handle on ``ino`` closed: tell the leader, in the background (if it
@@ -742,8 +760,7 @@ class FsClient:
                     )
                 elif error is not None:
                     log.info("ino %d: after a failed close: %s", inode.ino, error)
-                del self._open[inode.ino]
-                self._release_hold(inode.ino)
+                self._drop_inode(inode)
 
     # ------------------------------------------------------------------ paths (CLI)
 

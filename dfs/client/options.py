@@ -43,6 +43,17 @@ class ClientOptions:
     location_ttl_s: float = 60.0
     # Bound of each cache (attributes, entries, chunk locations).
     cache_entries_max: int = 100_000
+    # What ``close`` (FUSE flush) promises. False (the default, as MooseFS, HDFS's hflush
+    # and local file systems): every replica of the chain holds the bytes (in its page
+    # cache) and the commit is done; ``fsync`` makes them durable. True (the mount's
+    # ``--sync-on-close``): every close is also an fsync, durable on every replica.
+    sync_on_close: bool = False
+    # Closed files whose chunks were written but not synced, remembered so that an
+    # ``fsync`` of a descriptor opened later still syncs them (as a local file system's
+    # fsync covers every dirty page of the file). Past this many files the oldest is
+    # forgotten: a later fsync then no longer covers that file's closed writes (the
+    # chunkservers' kernels write them back within their dirty-page expiry anyway).
+    unsynced_closed_max: int = 65_536
     # Name this client gives in the handshake (for servers' logs).
     name: str = "dfs-client"
 

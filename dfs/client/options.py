@@ -29,6 +29,11 @@ class ClientOptions:
     # Write-back buffer per open file and size of one chunk.write: a few MiB keeps the
     # per-call overhead (a msgpack header, a round trip) negligible next to the copy.
     write_buffer_bytes: int = 4 * MiB
+    # A chunk.write of at most this many bytes goes to every replica at once instead of
+    # along the chain (chunkio.py, FAN-OUT): a small file's close then waits one round trip
+    # to the slowest replica, not three hops out and back; the payload sent three times is
+    # a few KiB. Large writes keep the chain, which spends the client's bandwidth once.
+    fanout_write_bytes_max: int = 256 * 1024
     # chunk.write calls in flight per open file: enough to keep a chain's pipeline full
     # while the next buffer fills; bounds a file's dirty memory to about 5 buffers.
     uploads_in_flight_max: int = 4

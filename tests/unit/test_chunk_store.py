@@ -46,6 +46,7 @@ from chunkserver.store import (
     CHUNK_BYTES_MAX,
     DATA_OFFSET,
     TABLE_OFFSET,
+    WRITEBACK_BYTES_MIN,
     BadHeader,
     ChunkStore,
     ReplicaInfo,
@@ -1050,6 +1051,31 @@ def async_store(root: Path) -> Iterator[Callable[[], AsyncChunkStore]]:
     yield make
     for s in made:
         s._pool.shutdown(wait=True)
+
+
+@pytest.mark.anyio
+async def test_large_unsynced_writes_start_their_writeback_and_small_ones_do_not(
+    async_store: Callable[[], AsyncChunkStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EARLY WRITEBACK: a big unsynced write hands its pages to the disk at once (a hint on
+    a thread of its own); a small file's write, and a synced one, do not. A hint for a
+    replica gone meanwhile is nothing."""
+    s = async_store()
+    hinted: list[tuple[int, int, int]] = []
+    real = s.store.start_writeback
+
+    def record(chunk_id: int, offset: int, length: int) -> None:
+        hinted.append((chunk_id, offset, length))
+        real(chunk_id, offset, length)
+
+    monkeypatch.setattr(s.store, "start_writeback", record)
+    assert MiB >= WRITEBACK_BYTES_MIN  # the store's largest chunk here
+    await s.write(CHUNK, 1, 0, 0, data(4096))
+    await s.write(CHUNK, 1, 0, 0, data(WRITEBACK_BYTES_MIN), sync=True)
+    await s.write(CHUNK, 1, 0, 0, data(WRITEBACK_BYTES_MIN, seed=1))
+    await s.close()  # waits for the hint's thread
+    assert hinted == [(CHUNK, 0, WRITEBACK_BYTES_MIN)]
+    s.store.start_writeback(CHUNK + 256, 0, 4096)  # no such replica: nothing, no error
 
 
 @pytest.mark.anyio

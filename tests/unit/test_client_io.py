@@ -428,14 +428,16 @@ async def test_replica_failure_during_write_is_retried(cluster: ClusterThread) -
         assert await read_all(fs, attr.ino) == data
 
 
+@pytest.mark.parametrize("fanout_bytes", [0, 256 * KiB], ids=["chain", "fan-out"])
 async def test_a_broken_replica_is_reported_and_dropped_from_the_chain(
-    cluster: ClusterThread,
+    cluster: ClusterThread, fanout_bytes: int
 ) -> None:
     """A chunkserver alive but failing every write (a dead disk): the writer names it in
     its next fs.write_handle, gets a chain without it and finishes well before its
-    deadline (the leader alone would never drop a server that heartbeats)."""
+    deadline (the leader alone would never drop a server that heartbeats). The same whether
+    the writes go along the chain or to every replica at once (small writes, FAN-OUT)."""
     data = random.Random(12).randbytes(300 * KiB)
-    options = dataclasses.replace(OPTIONS, timeout_s=10.0)
+    options = dataclasses.replace(OPTIONS, timeout_s=10.0, fanout_write_bytes_max=fanout_bytes)
     async with client(cluster, options) as fs:
         attr, f = await fs.create_and_open(ROOT_INO, b"b", 0o644, os.O_WRONLY | os.O_CREAT)
         await f.write(0, b"x")

@@ -30,9 +30,9 @@ to its chunk has landed, so that fsync covers them too) and every other chunk wr
 since its last sync is synced, all before the commit: the data is durable on every
 replica before the metaserver points at it. ``sync_on_close`` (the mount's
 ``--sync-on-close``) makes every close an fsync. Chunks a close left unsynced are
-remembered by the client when the inode goes (``FsClient``, bounded), so that an fsync of
-a descriptor opened later syncs them too. Every ``chunk.write`` and ``chunk.sync``
-carries ``expect_length``, the highest end acknowledged under the handle's version (at
+remembered by the client when the inode goes (``FsClient``, bounded), so that an fsync
+of a descriptor later opened for writing syncs them too. Every ``chunk.write`` and
+``chunk.sync`` carries ``expect_length``, the highest end acknowledged under the handle's version (at
 least the handle's length): a replica that lost acknowledged bytes in a crash answers
 ``Stale`` instead of syncing short or filling a gap with zeros. A commit of bytes a power
 loss then took from every replica is settled by the leader (``metaserver/repair.py``,

@@ -671,14 +671,17 @@ class FsClient:
         inode = self._open.get(attr.ino)
         if inode is None:
             inode = self._open[attr.ino] = OpenInode(io, attr)
-            left = self._unsynced_closed.pop(attr.ino, None)
-            if left is not None:
-                inode.adopt_unsynced(*left)
             self._start_keepalive()
         else:
             inode.refresh(attr)
         inode.refs += 1
         handle = File(inode, flags, self._release)
+        if handle.writable:
+            # Only a writer adopts them: syncing a chunk may take a write handle, which a
+            # reader may not be allowed.
+            left = self._unsynced_closed.pop(attr.ino, None)
+            if left is not None:
+                inode.adopt_unsynced(*left)
         if flags & os.O_TRUNC and handle.writable and (inode.size or attr.size):
             try:
                 attr = await inode.truncate(0)

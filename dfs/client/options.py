@@ -54,7 +54,7 @@ class ClientOptions:
     # ``--sync-on-close``): every close is also an fsync, durable on every replica.
     sync_on_close: bool = False
     # Closed files whose chunks were written but not synced, remembered so that an
-    # ``fsync`` of a descriptor opened later still syncs them (as a local file system's
+    # ``fsync`` of a descriptor later opened for writing syncs them (as a local file system's
     # fsync covers every dirty page of the file). Past this many files the oldest is
     # forgotten: a later fsync then no longer covers that file's closed writes (the
     # chunkservers' kernels write them back within their dirty-page expiry anyway).

@@ -265,10 +265,13 @@ async def test_close_and_fsync_commit_size_and_make_data_durable(cluster: Cluste
         assert (await other.getattr(attr.ino, fresh=True)).size == len(data)
         assert await read_all(other, attr.ino) == data
         # Closing again, or a close with nothing written, commits nothing more; an fsync of
-        # a descriptor opened after the close syncs what the close left, as a local file
+        # a descriptor opened for writing after the close syncs what the close left, as a local file
         # system's fsync covers every dirty page of the file.
         count = len(commits)
         await f.close()
+        async with await fs.open(attr.ino, os.O_RDONLY) as r:
+            await r.fsync()  # a reader asks for no write handle to sync another's writes
+        assert not all(s >= length for s, length in synced())
         async with await fs.open(attr.ino, os.O_RDWR) as g:
             await g.fsync()
         assert len(synced()) == 6 and all(s >= length for s, length in synced())

@@ -542,6 +542,8 @@ class FsClient:
 
     async def unlink(self, parent: int, name: bytes) -> None:
         check_name(name)
+        if self._releasing:
+            await self._release_pending()
         try:
             await self.meta.mutate("fs.unlink", parent=parent, name=name)
         except BaseException:
@@ -556,6 +558,8 @@ class FsClient:
         the target exists), ``RENAME_EXCHANGE`` (swap two existing names)."""
         check_name(name)
         check_name(new_name)
+        if self._releasing:
+            await self._release_pending()
         try:
             await self.meta.mutate(
                 "fs.rename",
@@ -728,6 +732,13 @@ class FsClient:
 
     async def _send_releases(self) -> None:
         await anyio.sleep(RELEASE_BATCH_S)  # a batching delay, not a wait for a condition
+        await self._release_pending()
+
+    async def _release_pending(self) -> None:
+        """Send the holds waiting for their batch now. Also before this client's own unlink
+        or rename: a hold still kept would make the name's file an orphan, and freeing it
+        later a Raft command of its own (sqlite's journal, an editor's or git's lock file
+        are unlinked right after their close)."""
         inos = sorted(i for i in self._releasing if i not in self._open)  # not opened again
         self._releasing.clear()
         for i in range(0, len(inos), HOLDS_PER_REQUEST_MAX):

@@ -31,9 +31,12 @@ class ClientOptions:
     write_buffer_bytes: int = 4 * MiB
     # A chunk.write of at most this many bytes goes to every replica at once instead of
     # along the chain (chunkio.py, FAN-OUT): a small file's close then waits one round trip
-    # to the slowest replica, not three hops out and back; the payload sent three times is
-    # a few KiB. Large writes keep the chain, which spends the client's bandwidth once.
-    fanout_write_bytes_max: int = 256 * 1024
+    # to the slowest replica, not three hops out and back, but the client sends and
+    # receives three messages instead of one. Off (0) by default: on a 2-core machine
+    # saturated by the other processes, the mount's own counters showed the chain's write
+    # no slower (fan-out's gain is latency, which only an idle machine shows; measure
+    # with 256 KiB there before turning it on).
+    fanout_write_bytes_max: int = 0
     # chunk.write calls in flight per open file: enough to keep a chain's pipeline full
     # while the next buffer fills; bounds a file's dirty memory to about 5 buffers.
     uploads_in_flight_max: int = 4

@@ -1,7 +1,8 @@
 """The event loop's side of the chunk store: a bounded thread pool and per-chunk locks.
 
 What it owns: the threads that run ``ChunkStore``'s blocking calls, the bound on how many
-run at once (``disk_jobs_max``), and one readers-writer lock per chunk (readers share a
+run at once (``disk_jobs_max``), one more thread for early-writeback hints (never awaited:
+``_hint_writeback``), and one readers-writer lock per chunk (readers share a
 chunk; a write, sync or delete has it alone), so that ``ChunkStore`` sees its per-chunk
 operations serialised as it requires. A copy coming in (``chunk.replicate``) is written in
 its own file outside any chunk lock; only its install takes the chunk's lock, alone.
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chunkserver.store import ChunkStore, Incoming, ReplicaInfo
+from chunkserver.store import WRITEBACK_BYTES_MIN, ChunkStore, Incoming, ReplicaInfo
 
 T = TypeVar("T")
 
@@ -34,6 +35,9 @@ T = TypeVar("T")
 # hash library releases the GIL) without letting a burst of requests queue hundreds of
 # threads on a two-core machine; further jobs wait on the event loop, which costs nothing.
 DISK_JOBS_MAX = 4
+# Early-writeback hints queued at once (``AsyncChunkStore._hint_writeback``): a few 4 MiB
+# uploads' worth; past it the disk is behind anyway and a hint would only queue.
+WRITEBACK_PENDING_MAX = 8
 
 
 class ChunkLock:
@@ -116,6 +120,11 @@ class AsyncChunkStore:
         self._slots = asyncio.Semaphore(disk_jobs_max)
         self._locks: dict[int, ChunkLock] = {}
         self._jobs: set[asyncio.Future[Any]] = set()
+        # Early-writeback hints (``_hint_writeback``), outside the bound of disk jobs.
+        self._writeback = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="chunk-writeback"
+        )
+        self._writeback_pending = 0
 
     @classmethod
     async def open(
@@ -160,13 +169,39 @@ class AsyncChunkStore:
         sync: bool = False,
         expect_length: int | None = None,
     ) -> ReplicaInfo:
-        return await self._run(
+        info = await self._run(
             chunk_id,
             True,
             lambda: self.store.write(
                 chunk_id, version, length, offset, data, sync=sync, expect_length=expect_length
             ),
         )
+        if not sync and len(data) >= WRITEBACK_BYTES_MIN:
+            self._hint_writeback(chunk_id, offset, len(data))
+        return info
+
+    def _hint_writeback(self, chunk_id: int, offset: int, length: int) -> None:
+        """``ChunkStore.start_writeback`` on a thread of its own, not awaited: a disk whose
+        queue is full makes the hint wait, and the write's answer must not wait with it.
+        Hints past ``WRITEBACK_PENDING_MAX`` are dropped (the disk is busy anyway)."""
+        if self._writeback_pending >= WRITEBACK_PENDING_MAX:
+            return
+        self._writeback_pending += 1
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(
+                self._writeback, self.store.start_writeback, chunk_id, offset, length
+            )
+        except RuntimeError:  # shut down: the server is stopping
+            self._writeback_pending -= 1
+            return
+
+        def done(f: asyncio.Future[None]) -> None:
+            self._writeback_pending -= 1
+            if not f.cancelled():
+                f.exception()  # a hint's failure is nobody's business
+
+        future.add_done_callback(done)
 
     async def read(self, chunk_id: int, version: int, offset: int, size: int) -> memoryview:
         return await self._run(
@@ -285,6 +320,7 @@ class AsyncChunkStore:
         if self._jobs:
             await asyncio.wait(list(self._jobs))
         await asyncio.to_thread(self._pool.shutdown, wait=True)
+        await asyncio.to_thread(self._writeback.shutdown, wait=True, cancel_futures=True)
 
 
 __all__ = ["DISK_JOBS_MAX", "AsyncChunkStore", "ChunkLock"]

@@ -334,7 +334,9 @@ class Repair:
             version = int(bumped["version"])
             now = self.clock()
             live = [c for c in bumped["replicas"] if link.registry.is_alive(c, now)]
-            _, took = await self.settle_version(chunk_id, version, length, live)
+            _, took, settled = await self.settle_version(chunk_id, version, length, live)
+            if settled != length:
+                raise Stale("the chunk's length was recovered", chunk_id=chunk_id)
             addresses = [link.registry.servers[c].address for c in sources if c in took]
             if not addresses:
                 raise Stale("no live replica took the fence's version", chunk_id=chunk_id)
@@ -407,25 +409,93 @@ class Repair:
 
     async def settle_version(
         self, chunk_id: int, version: int, length: int, replicas: list[int]
-    ) -> tuple[list[int], list[int]]:
+    ) -> tuple[list[int], list[int], int]:
         """Push a chunk's new version (a handle's bump, a truncate's cut, the fence before
         a copy) to ``replicas`` and settle what failed. A replica that does not take it is
         stale from now on, never served (it refuses reads of the new version); it leaves
         the set here when another one took the version. When none took it they all still
         hold the data at the old version, now refused: the version is pushed again until
-        one takes it (``_push_again``). Returns (the replicas in the set afterwards, those
-        that took the version)."""
+        one takes it (``_push_again``), unless every one is short of the table's length:
+        then the length goes down to the best copy first (``recover_length``). Returns (the
+        replicas in the set afterwards, those that took the version, the chunk's length)."""
         failed = await self.push_version(chunk_id, version, length, replicas)
         took = [c for c in replicas if c not in failed]
         if replicas and not took:
+            recovered = await self.recover_length(chunk_id)
+            if recovered is not None:
+                # Every member was short of the table: the length went down to the best
+                # copy, and the members that do not hold it left the set.
+                length, replicas = recovered
+                failed = await self.push_version(chunk_id, version, length, replicas)
+                took = [c for c in replicas if c not in failed]
+        if replicas and not took:
             self.unpushed(chunk_id, version, length)
-            return list(replicas), []
+            return list(replicas), [], length
         self.pushed(chunk_id)
         kept = list(took)
         for cs_id in failed:
             if not await self._drop(chunk_id, cs_id, keep_one=True, why="push_failed"):
                 kept.append(cs_id)
-        return kept, took
+        return kept, took, length
+
+    async def recover_length(self, chunk_id: int) -> tuple[int, list[int]] | None:
+        """LENGTH RECOVERY. A close puts a file's bytes on every replica of the chain (in
+        each one's page cache) and commits their length; only an fsync makes them durable.
+        A power loss of every replica in between leaves the table counting bytes no
+        replica holds: every read of them fails (``Corrupt``: short everywhere), and every
+        new version is refused (a replica never grows to a handle's length with zeros).
+        When every member of the set is up and answers ``chunk.info`` shorter than the
+        table, no better copy will come back: the table's length goes down to the longest
+        copy at the newest version any member holds (``length_recover``), and the members
+        that do not hold exactly that (shorter, or an older version, whose bytes may differ)
+        leave the set, to be deleted as stale. The chunk then reads zeros past its new
+        length (up to the file's size) and can be written again. As HDFS's block recovery
+        settles a pipeline's replicas on a length nobody acknowledged beyond, but here the
+        length had been acknowledged: the writer had not asked for durability.
+        Returns (the new length, the members left), or None when any member is down, did
+        not answer, or holds the table's length (then it is a push to retry, not data lost).
+        """
+        link = self.link
+        chunk = link.ns.chunk_table.get(chunk_id)
+        if chunk is None or not chunk.replicas:
+            return None
+        now = self.clock()
+        members = list(chunk.replicas)
+        if not all(link.registry.is_alive(c, now) for c in members):
+            return None
+        version, length = chunk.version, chunk.length
+
+        async def held(cs_id: int) -> tuple[int, int] | None:
+            try:
+                h = await link.cs_call(cs_id, "chunk.info", PUSH_TIMEOUT_S, chunk_id=chunk_id)
+                return int(h["version"]), int(h["length"])
+            except (DfsError, OSError, TimeoutError, KeyError, TypeError, ValueError):
+                return None
+
+        answers = await asyncio.gather(*(held(c) for c in members))
+        known = [a for a in answers if a is not None]
+        if len(known) < len(members) or any(v > version or n >= length for v, n in known):
+            return None
+        best = max(v for v, _ in known)
+        to = max(n for v, n in known if v == best)
+        try:
+            await link.propose_internal(
+                "length_recover",
+                {"chunk_id": chunk_id, "version": version, "length": length, "to": to},
+            )
+        except DfsError as e:
+            log.info("repair event=length_recover_refused chunk=%d reason=%s", chunk_id, e)
+            return None
+        self.touch(chunk_id)
+        log.warning("repair event=length_recovered chunk=%d version=%d length=%d to=%d "
+                    "best_version=%d", chunk_id, version, length, to, best)  # fmt: skip
+        kept = [c for c, a in zip(members, answers, strict=True) if a == (best, to)]
+        for cs_id, answer in zip(members, answers, strict=True):
+            if answer != (best, to) and not await self._drop(
+                chunk_id, cs_id, keep_one=True, why="short_after_power_loss"
+            ):
+                kept.append(cs_id)
+        return to, kept
 
     def unpushed(self, chunk_id: int, version: int, length: int) -> None:
         self._unpushed[chunk_id] = (version, length)
@@ -623,6 +693,8 @@ class Repair:
             log.info("repair event=version_pushed_again chunk=%d cs=%d version=%d ok=%s",
                      chunk_id, cs_id, chunk.version, not failed)  # fmt: skip
             return False
+        if await self.recover_length(chunk_id) is not None:
+            return False  # the members that do not hold the recovered length left the set
         log.warning("repair event=stale_kept chunk=%d cs=%d version=%d length=%d "
                     "table_version=%d table_length=%d", chunk_id, cs_id, version, length,
                     chunk.version, chunk.length)  # fmt: skip

@@ -653,7 +653,7 @@ class MetaServer:
         handle; ``Repair.settle_version``). The caller's answer waits for the push
         (bounded), so the client's next read or write finds the replicas at the new
         version. Returns the chunk's ``{chunk_id, version, length, replicas}`` afterwards."""
-        kept, _ = await self.repair.settle_version(chunk_id, version, length, replicas)
+        kept, _, length = await self.repair.settle_version(chunk_id, version, length, replicas)
         return {"chunk_id": chunk_id, "version": version, "length": length, "replicas": kept}
 
     async def _create_with_chunk(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:

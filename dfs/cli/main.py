@@ -78,6 +78,15 @@ def _set_client_timeout(ctx: click.Context, _: click.Parameter, value: float) ->
     ctx.meta["dfs.client_timeout_s"] = value
 
 
+def sync_on_close_option(f: F) -> F:
+    return click.option(
+        "--sync-on-close",
+        is_flag=True,
+        help="Make every close durable on every replica, as fsync does (slower; by default "
+        "a close leaves the bytes in the replicas' memory and fsync makes them durable).",
+    )(f)
+
+
 def client_options(f: F) -> F:
     """``cluster_options`` and ``--timeout``, for commands that work on files."""
     f = click.option(
@@ -143,6 +152,7 @@ def _size_bytes(text: str) -> int:
     help="Where to mount the cluster with FUSE (created if missing).",
 )
 @click.option("--no-mount", is_flag=True, help="Start the cluster without mounting it.")
+@sync_on_close_option
 def up(
     directory: Path,
     metaservers: int,
@@ -152,6 +162,7 @@ def up(
     timeout_s: float,
     mountpoint: Path,
     no_mount: bool,
+    sync_on_close: bool,
 ) -> None:
     """Start a local cluster in DIR (creating it the first time) on loopback, and mount
     it at MOUNT (unless --no-mount).
@@ -181,7 +192,7 @@ def up(
     click.echo(f"  chunk size  {_human(layout.chunk_size)}; secret {layout.secret_file}")
     if not no_mount:
         try:
-            where = _mount_local(layout, mountpoint)
+            where = _mount_local(layout, mountpoint, sync_on_close=sync_on_close)
         except (local.ClusterError, click.ClickException) as e:
             message = e.message if isinstance(e, click.ClickException) else str(e)
             raise click.ClickException(
@@ -197,7 +208,7 @@ def up(
     _down(layout)
 
 
-def _mount_local(layout: local.Layout, mountpoint: Path) -> Path:
+def _mount_local(layout: local.Layout, mountpoint: Path, *, sync_on_close: bool) -> Path:
     """Mount the cluster of ``layout`` at ``mountpoint`` in the background (creating the
     directory); nothing to do if this cluster's mount is already live there."""
     from dfs.fuse.mountinfo import resolve
@@ -209,7 +220,7 @@ def _mount_local(layout: local.Layout, mountpoint: Path) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     _check_mountpoint(where)
     local.start_mount(
-        ["--dir", str(layout.dir)],
+        ["--dir", str(layout.dir), *(["--sync-on-close"] if sync_on_close else [])],
         where,
         pid_file,
         layout.dir / "logs" / f"{pid_file.stem}.log",
@@ -554,6 +565,7 @@ def stat_(directory: Path, meta: str | None, secret_file: Path | None, path: str
     show_default=True,
     help="Seconds before an operation the cluster does not answer fails (EIO/ETIMEDOUT).",
 )
+@sync_on_close_option
 @click.option("--pid-file", type=click.Path(path_type=Path), hidden=True)
 def mount(
     directory: Path,
@@ -563,6 +575,7 @@ def mount(
     foreground: bool,
     allow_other: bool,
     timeout_s: float,
+    sync_on_close: bool,
     pid_file: Path | None,
 ) -> None:
     """Mount the cluster at MOUNTPOINT with FUSE.
@@ -578,7 +591,7 @@ def mount(
     if pid_file is None:
         pid_file = local.mount_pid_file(run_dir, where)
     if foreground:
-        _mount_foreground(addresses, secret, where, allow_other, timeout_s, pid_file)
+        _mount_foreground(addresses, secret, where, allow_other, timeout_s, sync_on_close, pid_file)
         return
     _check_mountpoint(where)
     args = (
@@ -591,6 +604,8 @@ def mount(
     if allow_other:
         args.append("--allow-other")
     args += ["--timeout", str(timeout_s)]
+    if sync_on_close:
+        args.append("--sync-on-close")
     log_dir = run_dir.parent / "logs" if not meta else run_dir
     try:
         pid = local.start_mount(args, where, pid_file, log_dir / f"{pid_file.stem}.log", timeout_s)
@@ -605,6 +620,7 @@ def _mount_foreground(
     where: Path,
     allow_other: bool,
     timeout_s: float,
+    sync_on_close: bool,
     pid_file: Path,
 ) -> None:
     import logging
@@ -622,6 +638,7 @@ def _mount_foreground(
         mountpoint=where,
         allow_other=allow_other,
         timeout_s=timeout_s,
+        sync_on_close=sync_on_close,
         pid_file=pid_file,
     )
     try:

@@ -68,10 +68,16 @@ class ChunkIo:
     """Reads, writes and syncs of chunk data through the client's connection pool."""
 
     def __init__(
-        self, pool: ConnectionPool, *, io_timeout_s: float, rng: random.Random | None = None
+        self,
+        pool: ConnectionPool,
+        *,
+        io_timeout_s: float,
+        rng: random.Random | None = None,
+        fanout_bytes_max: int = 0,
     ) -> None:
         self._pool = pool
         self.io_timeout_s = io_timeout_s
+        self.fanout_bytes_max = fanout_bytes_max  # ClientOptions.fanout_write_bytes_max
         self._rng = rng or random.Random()
         self._suspect_until: dict[str, float] = {}  # address -> monotonic time
 
@@ -182,26 +188,66 @@ class ChunkIo:
         expect_length: int | None = None,
     ) -> None:
         """Write ``data`` at ``offset`` of the chunk on every replica of the chain: sent to
-        the first, which forwards along the rest. With ``sync`` the replicas fsync first.
-        ``expect_length``: the highest end acknowledged under this version (PROTOCOL.md)."""
-        fields: dict[str, Any] = {} if expect_length is None else {"expect_length": expect_length}
-        first, rest = handle.chain[0], handle.chain[1:]
+        the first, which forwards along the rest; or, for a write of at most
+        ``fanout_bytes_max``, to every replica at once, each with an empty chain (FAN-OUT
+        below). With ``sync`` the replicas fsync first. ``expect_length``: the highest end
+        acknowledged under this version (PROTOCOL.md). Done when every replica has it."""
+        fields: dict[str, Any] = {
+            "chunk_id": handle.chunk_id,
+            "version": handle.version,
+            "length": handle.length,
+            "offset": offset,
+            "token": handle.token,
+            "expiry_ms": handle.expiry_ms,
+            "sync": sync,
+            "timeout_ms": max(1, int(self.io_timeout_s * 900)),
+        }
+        if expect_length is not None:
+            fields["expect_length"] = expect_length
+        chain = handle.chain
+        if len(chain) > 1 and len(data) <= self.fanout_bytes_max:
+            await self._fan_out(chain, data, fields)
+            return
         await self._pool.call(
-            first.address,
+            chain[0].address,
             "chunk.write",
             data,
             timeout_s=self.io_timeout_s,
-            chunk_id=handle.chunk_id,
-            version=handle.version,
-            length=handle.length,
-            offset=offset,
-            token=handle.token,
-            expiry_ms=handle.expiry_ms,
-            chain=[r.address for r in rest],
-            sync=sync,
-            timeout_ms=max(1, int(self.io_timeout_s * 900)),
+            chain=[r.address for r in chain[1:]],
             **fields,
         )
+
+    async def _fan_out(
+        self, chain: tuple[Replica, ...], data: bytes | memoryview, fields: dict[str, Any]
+    ) -> None:
+        """FAN-OUT. A small write is latency, not bandwidth: along a chain of three it
+        waits for three hops out and three back, one after the other; sent to each replica
+        directly it waits for the slowest single round trip, and the client's bandwidth
+        spent twice more is a few KiB. What the writer is told is the same: done when every
+        replica acknowledged; else the error of the first replica (in chain order) that
+        failed, with its ``address``, as a chain reports the member that failed."""
+        errors: list[DfsError | None] = [None] * len(chain)
+
+        async def one(i: int) -> None:
+            try:
+                await self._pool.call(
+                    chain[i].address,
+                    "chunk.write",
+                    data,
+                    timeout_s=self.io_timeout_s,
+                    chain=[],
+                    **fields,
+                )
+            except DfsError as e:
+                e.details.setdefault("address", chain[i].address)
+                errors[i] = e
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(chain)):
+                tg.start_soon(one, i)
+        for error in errors:
+            if error is not None:
+                raise error
 
     async def sync(self, handle: WriteHandle, *, expect_length: int | None = None) -> None:
         """fsync the chunk on every replica of the chain (each at least ``expect_length``

@@ -19,14 +19,25 @@ Uploads whose ranges overlap land in the order they were started. The first fail
 background upload is kept and raised by the next ``write``, and by ``fsync``/``close`` (which
 then forget it, as Linux reports a writeback error once per file description).
 
-``fsync``/``flush``/``close``: wait for the uploads, upload the extent with ``sync: true``
-(every earlier write to its chunk has landed, so that fsync covers them too), sync every
-other chunk written since its last sync, then ``fs.commit`` the file size, mtime and chunk
-lengths: the data is durable on every replica before the metaserver points at it. Every
-``chunk.write`` and ``chunk.sync`` carries ``expect_length``, the highest end acknowledged
-under the handle's version (at least the handle's length): a replica that lost
-acknowledged bytes in a crash answers ``Stale`` instead of syncing short or filling a gap
-with zeros.
+CLOSE AND FSYNC (design.md §5, as MooseFS, HDFS's ``hflush``/``hsync`` and local file
+systems). ``flush``/``close``: wait for the uploads, upload the extent, then ``fs.commit``
+the file size, mtime and chunk lengths. Every ``chunk.write`` is acknowledged only when
+every replica of the chain has the bytes (in its page cache), so the commit never points
+at bytes a replica was not given, but nothing is fsynced: a closed file survives the crash
+of chunkserver processes (the kernel keeps their page cache), not a power loss of every
+replica. ``fsync``: the same, but the extent goes with ``sync: true`` (every earlier write
+to its chunk has landed, so that fsync covers them too) and every other chunk written
+since its last sync is synced, all before the commit: the data is durable on every
+replica before the metaserver points at it. ``sync_on_close`` (the mount's
+``--sync-on-close``) makes every close an fsync. Chunks a close left unsynced are
+remembered by the client when the inode goes (``FsClient``, bounded), so that an fsync
+of a descriptor later opened for writing syncs them too. Every ``chunk.write`` and
+``chunk.sync`` carries ``expect_length``, the highest end acknowledged under the handle's version (at
+least the handle's length): a replica that lost acknowledged bytes in a crash answers
+``Stale`` instead of syncing short or filling a gap with zeros. A commit of bytes a power
+loss then took from every replica is settled by the leader (``metaserver/repair.py``,
+LENGTH RECOVERY): the chunk's length goes down to the best copy, never a chunk that
+refuses every new version.
 
 COMMITS NAME THE CHUNK VERSION. Each ``fs.commit`` entry is ``[index, length, chunk_id,
 version]``: the handle the data was written under, which is the latest this client holds
@@ -356,16 +367,32 @@ class OpenInode:
     @property
     def unsaved(self) -> bool:
         """Whether this client holds written bytes the metaserver does not point at yet
-        (buffered, in flight, landed but uncommitted or unsynced), or attribute changes
-        for the next commit. Unlike ``dirty``, not the time and size of writes whose data
-        failed (reported, and gone)."""
+        (buffered, in flight, landed but uncommitted), or attribute changes for the next
+        commit. Unlike ``dirty``, not the time and size of writes whose data failed
+        (reported, and gone), nor chunks only waiting for an fsync (a close owes none:
+        ``unsynced_state`` keeps them for a later one)."""
         return bool(
             self._ext_buf is not None
             or self._uploads
             or self._uncommitted
-            or self._unsynced
+            or (self._unsynced and self.io.options.sync_on_close)
             or self._attrs
         )
+
+    def unsynced_state(self) -> tuple[tuple[int, int, int], set[int]] | None:
+        """For the client to keep when this inode goes with its last close: the chunks
+        written and not synced since, and the attributes that tell whether anyone changed
+        the file after (``adopt_unsynced``). None when there are none."""
+        if not self._unsynced:
+            return None
+        return self._seen, set(self._unsynced)
+
+    def adopt_unsynced(self, stamp: tuple[int, int, int], indexes: set[int]) -> None:
+        """Chunks an earlier open of this client wrote and did not sync: this open's fsync
+        syncs them too, unless the file changed since (another client's handle or truncate
+        synced or replaced them; syncing would then take a handle for nothing)."""
+        if stamp == self._seen:
+            self._unsynced.update(indexes)
 
     @property
     def mtime_ns(self) -> int | None:
@@ -425,8 +452,8 @@ class OpenInode:
                 if not self._attrs:
                     return
                 try:
-                    # With sync, as a close: the commit names no byte not yet durable.
-                    await self._flush_locked(sync=True)
+                    # As a close would (synced only under sync_on_close).
+                    await self._flush_locked(sync=self.io.options.sync_on_close)
                 except DfsError as e:
                     if self._error is None:
                         self._error = e
@@ -920,15 +947,16 @@ class OpenInode:
 
     async def settle(self) -> None:
         """What the last handle's close could not do (its flush failed or was cancelled):
-        wait for the uploads, then upload, sync and commit what is left. An upload error
-        kept for a ``close`` that is gone is dropped here (logged), not raised."""
+        wait for the uploads, then upload and commit what is left, as that close would
+        have (synced only under ``sync_on_close``). An upload error kept for a ``close``
+        that is gone is dropped here (logged), not raised."""
         async with self._lock:
             await self._wait_uploads()
             if self._error is not None:
                 log.info("ino %d: upload error after the last close: %s", self.ino, self._error)
                 self._error = None
                 self._poison = None
-            await self._flush_locked(sync=True)
+            await self._flush_locked(sync=self.io.options.sync_on_close)
 
     async def truncate(self, size: int, **fields: Any) -> Attr:
         """``fs.setattr(size=...)`` (with any other setattr ``fields``) after everything

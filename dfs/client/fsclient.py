@@ -93,6 +93,12 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 # Open-file holds are announced this often until the leader says otherwise (fs.keepalive).
 KEEPALIVE_DEFAULT_S = 5.0
+# How long the holds of closed files wait to be let go together, in one fs.release (a
+# `cp -r` closes hundreds of files a second: one RPC each cost the leader as much as the
+# commit). A hold kept this much longer only delays freeing a file unlinked meanwhile.
+RELEASE_BATCH_S = 0.05
+# The last batch, sent as the client closes, waits at most this long for its answer.
+RELEASE_ON_CLOSE_S = 1.0
 
 
 def check_name(name: bytes) -> None:
@@ -134,7 +140,12 @@ class FsClient:
             rng=self._rng,
         )
         self.stats = self._pool.stats  # RPCs sent, by op
-        self.chunks = ChunkIo(self._pool, io_timeout_s=options.io_timeout_s, rng=self._rng)
+        self.chunks = ChunkIo(
+            self._pool,
+            io_timeout_s=options.io_timeout_s,
+            rng=self._rng,
+            fanout_bytes_max=options.fanout_write_bytes_max,
+        )
         self.cache = MetaCache(
             ttl_s=options.attr_ttl_s, clock=clock, entries_max=options.cache_entries_max
         )
@@ -146,7 +157,12 @@ class FsClient:
         )
         self._io: FileIo | None = None
         self._open: dict[int, OpenInode] = {}
+        # Closed inodes with chunks written but not synced (``OpenInode.unsynced_state``),
+        # oldest first: a later open adopts them, so that its fsync syncs them too.
+        self._unsynced_closed: dict[int, tuple[tuple[int, int, int], set[int]]] = {}
         self._finishers: set[anyio.CancelScope] = set()
+        # Inodes whose last handle closed, to let go of in the next fs.release batch.
+        self._releasing: set[int] = set()
         # This client's open-file hold id (PROTOCOL.md, fs.open): random, so that two
         # clients never share one; the leader keeps an unlinked file we hold as an orphan.
         self.holder = random.SystemRandom().getrandbits(62) + 1
@@ -206,6 +222,16 @@ class FsClient:
             scope.cancel()
         self._open.clear()
         with anyio.CancelScope(shield=True):
+            if self._releasing:
+                # Holds of files closed in the last batch window: let go of them now, or
+                # the leader keeps them until we have been silent for its hold grace.
+                inos, self._releasing = sorted(self._releasing), set()
+                with anyio.move_on_after(RELEASE_ON_CLOSE_S):
+                    try:
+                        await self.meta.read("fs.release", inos=inos[:HOLDS_PER_REQUEST_MAX],
+                                             holder=self.holder)  # fmt: skip
+                    except DfsError as e:
+                        log.debug("holds not released at close (%s)", e)
             await self._pool.aclose()
 
     @property
@@ -320,10 +346,10 @@ class FsClient:
         else:
             if inode is not None and inode.dirty:
                 # Commit the writes first, or their commit would overwrite what is set here
-                # (mtime) with what was true before; synced, as every commit of lengths is
-                # (a table that counts bytes no replica has durably is a chunk no writer
-                # can bump after a power loss).
-                await inode.flush(sync=True)
+                # (mtime) with what was true before. Synced only as a close is: a table
+                # that counts bytes a power loss took is settled by the leader's length
+                # recovery (metaserver/repair.py), not by an fsync per commit.
+                await inode.flush(sync=self.options.sync_on_close)
             header = await self.meta.mutate("fs.setattr", ino=ino, **fields)
         attr = self._attr(header)
         self._own_attr(attr)
@@ -516,6 +542,8 @@ class FsClient:
 
     async def unlink(self, parent: int, name: bytes) -> None:
         check_name(name)
+        if self._releasing:
+            await self._release_pending()
         try:
             await self.meta.mutate("fs.unlink", parent=parent, name=name)
         except BaseException:
@@ -530,6 +558,8 @@ class FsClient:
         the target exists), ``RENAME_EXCHANGE`` (swap two existing names)."""
         check_name(name)
         check_name(new_name)
+        if self._releasing:
+            await self._release_pending()
         try:
             await self.meta.mutate(
                 "fs.rename",
@@ -650,6 +680,12 @@ class FsClient:
             inode.refresh(attr)
         inode.refs += 1
         handle = File(inode, flags, self._release)
+        if handle.writable:
+            # Only a writer adopts them: syncing a chunk may take a write handle, which a
+            # reader may not be allowed.
+            left = self._unsynced_closed.pop(attr.ino, None)
+            if left is not None:
+                inode.adopt_unsynced(*left)
         if flags & os.O_TRUNC and handle.writable and (inode.size or attr.size):
             try:
                 attr = await inode.truncate(0)
@@ -666,26 +702,52 @@ class FsClient:
         if inode.refs > 0 or self._open.get(inode.ino) is not inode:
             return
         if not inode.unsaved:
-            del self._open[inode.ino]
-            self._release_hold(inode.ino)
+            self._drop_inode(inode)
         elif not inode.finishing:
             inode.finishing = True
             scope = anyio.CancelScope()  # made here, so that ``aclose`` can cancel it at once
             self._finishers.add(scope)
             self._task_group.start_soon(self._finish, inode, scope, name=f"finish ino {inode.ino}")
 
-    def _release_hold(self, ino: int) -> None:
-        """The last handle on ``ino`` closed: tell the leader, in the background (if it
-        never hears, the hold ends with our next keepalive, or when we go silent)."""
-        self._task_group.start_soon(self._send_release, ino, name=f"release ino {ino}")
+    def _drop_inode(self, inode: OpenInode) -> None:
+        """The inode's last handle is closed and nothing is left to commit: drop it, keep
+        what a later fsync must still sync, and let go of the hold."""
+        del self._open[inode.ino]
+        left = inode.unsynced_state()
+        if left is not None:
+            closed = self._unsynced_closed
+            closed.pop(inode.ino, None)
+            closed[inode.ino] = left
+            while len(closed) > self.options.unsynced_closed_max:
+                del closed[next(iter(closed))]
+        self._release_hold(inode.ino)
 
-    async def _send_release(self, ino: int) -> None:
-        if ino in self._open:
-            return  # opened again meanwhile
-        try:
-            await self.meta.read("fs.release", inos=[ino], holder=self.holder)
-        except DfsError as e:
-            log.debug("ino %d: release not delivered (%s); the keepalive will", ino, e)
+    def _release_hold(self, ino: int) -> None:
+        """The last handle on ``ino`` closed: tell the leader, in the background, together
+        with the other holds let go of within ``RELEASE_BATCH_S`` (if it never hears, the
+        hold ends with our next keepalive, or when we go silent)."""
+        if not self._releasing:
+            self._task_group.start_soon(self._send_releases, name="release holds")
+        self._releasing.add(ino)
+
+    async def _send_releases(self) -> None:
+        await anyio.sleep(RELEASE_BATCH_S)  # a batching delay, not a wait for a condition
+        await self._release_pending()
+
+    async def _release_pending(self) -> None:
+        """Send the holds waiting for their batch now. Also before this client's own unlink
+        or rename: a hold still kept would make the name's file an orphan, and freeing it
+        later a Raft command of its own (sqlite's journal, an editor's or git's lock file
+        are unlinked right after their close)."""
+        inos = sorted(i for i in self._releasing if i not in self._open)  # not opened again
+        self._releasing.clear()
+        for i in range(0, len(inos), HOLDS_PER_REQUEST_MAX):
+            batch = inos[i : i + HOLDS_PER_REQUEST_MAX]
+            try:
+                await self.meta.read("fs.release", inos=batch, holder=self.holder)
+            except DfsError as e:
+                log.debug("%d holds: release not delivered (%s); the keepalive will",
+                          len(batch), e)  # fmt: skip
 
     def _start_keepalive(self) -> None:
         if not self._keepalive_started and self._io is not None:
@@ -742,8 +804,7 @@ class FsClient:
                     )
                 elif error is not None:
                     log.info("ino %d: after a failed close: %s", inode.ino, error)
-                del self._open[inode.ino]
-                self._release_hold(inode.ino)
+                self._drop_inode(inode)
 
     # ------------------------------------------------------------------ paths (CLI)
 

@@ -121,7 +121,8 @@ class ReadAhead:
 
 class File:
     """An open file: what ``FsClient.open`` returns. Reads, writes and truncates go through
-    the inode's shared state; ``close`` makes everything durable and committed.
+    the inode's shared state; ``close`` puts everything on every replica and commits it,
+    ``fsync`` makes it durable (files.py, CLOSE AND FSYNC).
 
     Methods: ``read(offset, size)``, ``write(offset, data)``, ``truncate(size)``,
     ``flush()``, ``fsync()``, ``close()``; ``async with`` closes it.
@@ -172,14 +173,20 @@ class File:
         return await self.inode.truncate(size)
 
     async def flush(self) -> None:
-        """Everything written so far durable and committed (close-to-open: another
-        client's ``open`` after this sees it)."""
+        """Everything written so far on every replica (in its page cache) and committed
+        (close-to-open: another client's ``open`` after this sees it); durable too under
+        ``sync_on_close``."""
+        if self.closed:
+            raise Invalid("file is closed")
+        await self.inode.flush(sync=self.inode.io.options.sync_on_close)
+
+    async def fsync(self, datasync: bool = False) -> None:
+        """Everything written so far durable on every replica, and committed. (The
+        commit also carries the mtime: fdatasync costs the same, as the length must be
+        committed anyway.)"""
         if self.closed:
             raise Invalid("file is closed")
         await self.inode.flush(sync=True)
-
-    async def fsync(self, datasync: bool = False) -> None:
-        await self.flush()
 
     async def close(self) -> None:
         """``flush`` then release the handle (the handle is released even if the flush
@@ -196,7 +203,7 @@ class File:
             self.inode.writers -= 1
         try:
             if self.writable:
-                await self.inode.flush(sync=True)
+                await self.inode.flush(sync=self.inode.io.options.sync_on_close)
         finally:
             self._release(self.inode)
 

@@ -29,6 +29,14 @@ class ClientOptions:
     # Write-back buffer per open file and size of one chunk.write: a few MiB keeps the
     # per-call overhead (a msgpack header, a round trip) negligible next to the copy.
     write_buffer_bytes: int = 4 * MiB
+    # A chunk.write of at most this many bytes goes to every replica at once instead of
+    # along the chain (chunkio.py, FAN-OUT): a small file's close then waits one round trip
+    # to the slowest replica, not three hops out and back, but the client sends and
+    # receives three messages instead of one. Off (0) by default: on a 2-core machine
+    # saturated by the other processes, the mount's own counters showed the chain's write
+    # no slower (fan-out's gain is latency, which only an idle machine shows; measure
+    # with 256 KiB there before turning it on).
+    fanout_write_bytes_max: int = 0
     # chunk.write calls in flight per open file: enough to keep a chain's pipeline full
     # while the next buffer fills; bounds a file's dirty memory to about 5 buffers.
     uploads_in_flight_max: int = 4
@@ -43,6 +51,17 @@ class ClientOptions:
     location_ttl_s: float = 60.0
     # Bound of each cache (attributes, entries, chunk locations).
     cache_entries_max: int = 100_000
+    # What ``close`` (FUSE flush) promises. False (the default, as MooseFS, HDFS's hflush
+    # and local file systems): every replica of the chain holds the bytes (in its page
+    # cache) and the commit is done; ``fsync`` makes them durable. True (the mount's
+    # ``--sync-on-close``): every close is also an fsync, durable on every replica.
+    sync_on_close: bool = False
+    # Closed files whose chunks were written but not synced, remembered so that an
+    # ``fsync`` of a descriptor later opened for writing syncs them (as a local file system's
+    # fsync covers every dirty page of the file). Past this many files the oldest is
+    # forgotten: a later fsync then no longer covers that file's closed writes (the
+    # chunkservers' kernels write them back within their dirty-page expiry anyway).
+    unsynced_closed_max: int = 65_536
     # Name this client gives in the handshake (for servers' logs).
     name: str = "dfs-client"
 

@@ -95,6 +95,7 @@ class MountConfig:
     allow_other: bool = False
     timeout_s: float = 30.0
     attr_ttl_s: float | None = None  # None: ClientOptions' default
+    sync_on_close: bool = False  # ClientOptions.sync_on_close: every close is an fsync
     pid_file: Path | None = None
     readahead_kb: int = READAHEAD_KB
     # Filled in by run(): set once the kernel's INIT has been answered.
@@ -111,6 +112,8 @@ def client_options(config: MountConfig) -> ClientOptions:
         connect_timeout_s=min(options.connect_timeout_s, config.timeout_s),
         io_timeout_s=min(options.io_timeout_s, config.timeout_s),
     )
+    if config.sync_on_close:
+        options = dataclasses.replace(options, sync_on_close=True)
     if config.attr_ttl_s is not None:
         options = dataclasses.replace(options, attr_ttl_s=config.attr_ttl_s)
     return options

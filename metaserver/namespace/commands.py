@@ -10,7 +10,8 @@ strings as msgpack str::
     [1,          # COMMAND_VERSION: a decoder refuses any other number
      op,         # str: "mkdir", "create", ... (the fs.* ops of docs/PROTOCOL.md without
                  #   the "fs." prefix, plus "write_handle", "cs_register" and the
-                 #   leader's "replica_add", "replica_drop", "version_bump", "gc_done",
+                 #   leader's "replica_add", "replica_drop", "version_bump",
+                 #   "length_recover", "gc_done",
                  #   "release_orphans")
      client,     # int, 0 .. 2^63-1: the session (0 = none), see metaserver/raft/sessions.py
      seq,        # int, 0 .. 2^64-1: the session's sequence number

@@ -743,6 +743,31 @@ def version_bump(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return {"ok": True, **chunk_info(chunk)}
 
 
+_LENGTH_RECOVER = frozenset({"chunk_id", "version", "length", "to"})
+
+
+def length_recover(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """Lower a chunk's length to ``to``, what its best surviving replica holds: the
+    leader found every member of the set up and shorter than the table (a power loss of
+    every replica took bytes a close had committed but no fsync had made durable;
+    ``metaserver/repair.py``, LENGTH RECOVERY). The file's size stays: what lies past the
+    chunk's new length reads as zeros, as a local file system's unsynced blocks may after
+    a power loss. ``Stale`` when the chunk is no longer at ``version`` and ``length``
+    (a writer committed or took a handle since); ``Invalid`` unless ``to`` is shorter.
+    No version bump: the members that do not hold ``to`` bytes at the leader's chosen
+    version leave the set next (``replica_drop``), and no writer holds bytes past ``to``
+    that a replica acknowledged and still has.
+    """
+    check_fields(a, _LENGTH_RECOVER)
+    chunk = _chunk_as_seen(st, a)
+    to = arg_int(a, "to", 0, INT63_MAX)
+    if to >= chunk.length:
+        raise Invalid("a recovered length must be shorter", chunk_id=chunk.chunk_id,
+                      length=chunk.length, to=to)  # fmt: skip
+    chunk.length = to
+    return {"ok": True, **chunk_info(chunk)}
+
+
 _REPLICA_DROP = frozenset({"chunk_id", "cs_id", "keep_one"})
 
 
@@ -823,6 +848,7 @@ OPS: dict[str, Handler] = {
     "cs_register": cs_register,
     "replica_add": replica_add,
     "version_bump": version_bump,
+    "length_recover": length_recover,
     "replica_drop": replica_drop,
     "gc_done": gc_done,
     "release_orphans": release_orphans,

@@ -241,6 +241,40 @@ async def test_put_get_300mib_replicas_and_restart(layout: local.Layout, tmp_pat
         assert (await fs.resolve(b"/unaligned/f")).size > 0  # earlier tests' files are back
 
 
+async def test_closed_files_survive_kill_9_of_chunkservers(layout: local.Layout) -> None:
+    """A close leaves the bytes on every replica unsynced (only fsync syncs): kill -9 of one
+    chunkserver loses nothing (reads come from the others), and neither does kill -9 of
+    every chunkserver at once, restarted (the kernel keeps a killed process's page cache).
+    Only a power loss of every replica can take bytes closed without an fsync."""
+    rng = random.Random(9)
+    secret = load_secret(layout.secret_file)
+    written: dict[bytes, bytes] = {}
+    async with client(layout) as fs:
+        d = await fs.mkdir(ROOT_INO, b"killed", 0o755)
+        for i in range(12):
+            name = b"f%02d" % i
+            data = rng.randbytes(4096 if i % 3 else 2 * CHUNK + 12345)
+            await write_file(fs, d.ino, name, data)
+            written[name] = data
+
+    async def read_back() -> None:
+        async with client(layout, timeout_s=60.0) as fs:
+            d = await fs.lookup(ROOT_INO, b"killed")
+            for name, data in written.items():
+                assert await read_to_eof(fs, d.ino, name) == data, name
+
+    st = await local.cluster_status(layout.meta_addresses, secret)
+    pids = [c["pid"] for c in st["chunkservers"]]
+    assert len(pids) == 3 and all(pids)
+    os.kill(pids[0], signal.SIGKILL)
+    await read_back()
+    for pid in pids[1:]:
+        os.kill(pid, signal.SIGKILL)
+    local.start_daemons(layout)
+    await local.wait_ready(layout, 60.0)
+    await read_back()
+
+
 async def test_leader_killed_during_200_puts(layout: local.Layout) -> None:
     secret = load_secret(layout.secret_file)
     written: dict[bytes, bytes] = {}

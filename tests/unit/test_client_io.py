@@ -1,6 +1,6 @@
 """FsClient's data path against the fake cluster, under asyncio and trio: writes and reads
 at unaligned offsets across chunk boundaries, holes, truncation, append, commits and
-syncs on close, read-your-writes, replica failover, handle renewal, read-ahead, deadlines;
+syncs on fsync (and on close only with ``sync_on_close``), read-your-writes, replica failover, handle renewal, read-ahead, deadlines;
 commits that name the handle's version (Stale after another client's handle or truncate,
 reported, not retried), short replicas failed over, ``expect_length``, and closes that
 fail or are cancelled without losing the inode's state.
@@ -235,8 +235,11 @@ async def test_close_and_fsync_commit_size_and_make_data_durable(cluster: Cluste
         await f.fsync()
         assert cluster.call(lambda c: c.namespace.inodes[attr.ino].size) == 100_000
         await f.write(100_000, data[100_000:])
+        syncs = cluster.call(lambda c: sum(cs.syncs for cs in c.chunkservers))
         await f.close()
         assert cluster.call(lambda c: c.namespace.inodes[attr.ino].size) == len(data)
+        # A close puts the bytes on every replica and commits them, without a sync.
+        assert cluster.call(lambda c: sum(cs.syncs for cs in c.chunkservers)) == syncs
         commits = cluster.call(lambda c: [(m.size, m.chunks) for m in c.namespace.commits])
         # Each entry names the handle (chunk id, version) its length was written under.
         table = cluster.call(lambda c: c.file_chunks(attr.ino))
@@ -247,7 +250,43 @@ async def test_close_and_fsync_commit_size_and_make_data_durable(cluster: Cluste
                 [1, len(data) - CHUNK, table[1].id, table[1].version],
             ],
         )
-        # Durable on every replica: synced up to the committed length.
+
+        def synced() -> list[tuple[int, int]]:
+            return cluster.call(
+                lambda c: [
+                    (cs.replicas[ch.id].synced_bytes, ch.length)
+                    for ch in c.file_chunks(attr.ino).values()
+                    for cs in c.chunkservers
+                    if ch.id in cs.replicas
+                ]
+            )
+
+        assert len(synced()) == 6 and not all(s >= length for s, length in synced())
+        assert (await other.getattr(attr.ino, fresh=True)).size == len(data)
+        assert await read_all(other, attr.ino) == data
+        # Closing again, or a close with nothing written, commits nothing more; an fsync of
+        # a descriptor opened for writing after the close syncs what the close left, as a local file
+        # system's fsync covers every dirty page of the file.
+        count = len(commits)
+        await f.close()
+        async with await fs.open(attr.ino, os.O_RDONLY) as r:
+            await r.fsync()  # a reader asks for no write handle to sync another's writes
+        assert not all(s >= length for s, length in synced())
+        async with await fs.open(attr.ino, os.O_RDWR) as g:
+            await g.fsync()
+        assert len(synced()) == 6 and all(s >= length for s, length in synced())
+        assert len(cluster.call(lambda c: c.namespace.commits)) == count
+
+
+async def test_sync_on_close_makes_every_close_durable(cluster: ClusterThread) -> None:
+    data = random.Random(3).randbytes(300 * KiB)
+    options = dataclasses.replace(OPTIONS, sync_on_close=True)
+    async with client(cluster, options) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"s", 0o644, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, data)
+        syncs = cluster.call(lambda c: sum(cs.syncs for cs in c.chunkservers))
+        await f.close()
+        assert cluster.call(lambda c: sum(cs.syncs for cs in c.chunkservers)) > syncs
         synced = cluster.call(
             lambda c: [
                 (cs.replicas[ch.id].synced_bytes, ch.length)
@@ -257,14 +296,6 @@ async def test_close_and_fsync_commit_size_and_make_data_durable(cluster: Cluste
             ]
         )
         assert len(synced) == 6 and all(s >= length for s, length in synced)
-        assert (await other.getattr(attr.ino, fresh=True)).size == len(data)
-        assert await read_all(other, attr.ino) == data
-        # Closing again, or a close with nothing written, commits nothing more.
-        count = len(commits)
-        await f.close()
-        async with await fs.open(attr.ino, os.O_RDWR):
-            pass
-        assert len(cluster.call(lambda c: c.namespace.commits)) == count
 
 
 async def test_read_your_writes_across_handles(cluster: ClusterThread) -> None:
@@ -400,14 +431,16 @@ async def test_replica_failure_during_write_is_retried(cluster: ClusterThread) -
         assert await read_all(fs, attr.ino) == data
 
 
+@pytest.mark.parametrize("fanout_bytes", [0, 256 * KiB], ids=["chain", "fan-out"])
 async def test_a_broken_replica_is_reported_and_dropped_from_the_chain(
-    cluster: ClusterThread,
+    cluster: ClusterThread, fanout_bytes: int
 ) -> None:
     """A chunkserver alive but failing every write (a dead disk): the writer names it in
     its next fs.write_handle, gets a chain without it and finishes well before its
-    deadline (the leader alone would never drop a server that heartbeats)."""
+    deadline (the leader alone would never drop a server that heartbeats). The same whether
+    the writes go along the chain or to every replica at once (small writes, FAN-OUT)."""
     data = random.Random(12).randbytes(300 * KiB)
-    options = dataclasses.replace(OPTIONS, timeout_s=10.0)
+    options = dataclasses.replace(OPTIONS, timeout_s=10.0, fanout_write_bytes_max=fanout_bytes)
     async with client(cluster, options) as fs:
         attr, f = await fs.create_and_open(ROOT_INO, b"b", 0o644, os.O_WRONLY | os.O_CREAT)
         await f.write(0, b"x")
@@ -825,8 +858,12 @@ async def test_a_replica_that_lost_acknowledged_bytes_fails_the_fsync(
         cluster.call(crash_one)
         with pytest.raises((Stale, Unavailable, Timeout)):
             await f.fsync()
-        with pytest.raises((Stale, Unavailable, Timeout)):
-            await f.close()  # still short: the client's background retry ends with it
+        # A close owes no sync: every replica acknowledged the bytes, so it commits them;
+        # reads fail over from the short replica (and its block report gets it replaced).
+        await f.close()
+        assert cluster.call(lambda c: c.namespace.inodes[attr.ino].size) == 128 * KiB
+    async with client(cluster, options) as fs:
+        assert await read_all(fs, attr.ino) == random.Random(16).randbytes(128 * KiB)
 
 
 # ---------------------------------------------------------------------- close keeps state
@@ -896,11 +933,14 @@ async def test_a_small_file_costs_one_create_and_one_commit(cluster: ClusterThre
         assert await read_all(fs, attr.ino) == data
     for _, _, replicas in replica_contents(cluster, attr.ino):
         assert replicas == [data] * 3
+    # One chunk.write through the chain and no sync: a close leaves the bytes in the
+    # replicas' memory (an fsync would make them durable).
     synced = cluster.call(
         lambda c: [cs.replicas[ch.id].synced_bytes for ch in c.file_chunks(attr.ino).values()
                    for cs in c.chunkservers if ch.id in cs.replicas]
     )  # fmt: skip
-    assert synced == [len(data)] * 3
+    assert synced == [0] * 3
+    assert cluster.call(lambda c: sum(cs.syncs for cs in c.chunkservers)) == 0
     # Opened for reading only, a new file asks for no chunk.
     async with client(cluster) as fs:
         attr, f = await fs.create_and_open(ROOT_INO, b"r", 0o644, os.O_RDONLY | os.O_CREAT)

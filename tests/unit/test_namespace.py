@@ -593,6 +593,27 @@ def test_replica_add_needs_the_copied_version_and_length_and_bumps(fs: Fs) -> No
     fs.ns.check_invariants()
 
 
+def test_length_recover_lowers_the_length_only_as_the_leader_saw_it(fs: Fs) -> None:
+    """After a power loss of every replica, the leader lowers a chunk's length to its best
+    copy; the file keeps its size (what lies past the chunk's length reads as zeros)."""
+    cs = fs.register(3)
+    f = fs.create(ROOT_INO, b"f")
+    h = fs.ok("write_handle", ino=f, index=0, replicas=cs)
+    cid, v = h["chunk_id"], h["version"]
+    fs.ok("commit", ino=f, size=100, mtime_ns=1, chunks=ce(fs, f, [[0, 100]]))
+    seen = {"chunk_id": cid, "version": v, "length": 100}
+    assert fs.err("length_recover", **{**seen, "length": 90}, to=40) is E.STALE
+    assert fs.err("length_recover", **{**seen, "version": v + 1}, to=40) is E.STALE
+    assert fs.err("length_recover", **seen, to=100) is E.INVALID
+    r = fs.ok("length_recover", **seen, to=40)
+    assert (r["version"], r["length"], r["replicas"]) == (v, 40, cs)
+    assert fs.ns.getattr(f)["size"] == 100
+    # The same writer's handle still commits (its lengths only grow the chunk again).
+    fs.ok("commit", ino=f, size=100, mtime_ns=2, chunks=[[0, 50, cid, v]])
+    assert fs.ns.chunk(cid)["length"] == 50
+    fs.ns.check_invariants()
+
+
 def test_version_bump_fences_the_writer_of_the_old_version(fs: Fs) -> None:
     cs = fs.register(3)
     f = fs.create(ROOT_INO, b"f")

@@ -331,6 +331,7 @@ def test_a_stale_replica_goes_only_when_another_holds_the_version(
     short = link.file_with_chunk(b"short", [1, 2])
     link.held[(1, short)] = link.held[(2, short)] = (1, 50)  # nobody has all 100 bytes
     clock.now += 1
+    link.fail.add((2, "chunk.info"))  # 2 does not answer: it may still hold all 100
 
     async def go() -> None:
         await repair.report(3, [[cid, old, 100]], 0, True)
@@ -340,9 +341,71 @@ def test_a_stale_replica_goes_only_when_another_holds_the_version(
     asyncio.run(go())
     assert link.ns.chunk(cid)["replicas"] == [1, 2]
     assert (3, "chunk.delete", {"chunks": [[cid, old]]}) in link.calls
-    # A short replica with no better one anywhere is the best copy there is: kept.
+    # A short replica with no better one anywhere is the best copy there is: kept, and
+    # the table is left as it is while a member may still hold more.
     assert link.ns.chunk(short)["replicas"] == [1, 2]
+    assert link.ns.chunk(short)["length"] == 100
     assert not [c for c in link.calls if c[1] == "chunk.delete" and c[0] == 1]
+
+
+def test_every_member_short_after_a_power_loss_recovers_the_length(
+    clock: Clock, expect_log: Callable[..., None]
+) -> None:
+    """A close committed 100 bytes that no fsync made durable, and every replica lost
+    power: each came back shorter. Once every member has answered, the table's length
+    goes down to the best copy, and the members holding less (or an older version) leave
+    the set: the chunk reads and can be written again."""
+    expect_log(r"event=length_recovered chunk=\d+ version=1 length=100 to=60 best_version=1")
+    link, repair = make(3, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    link.held[(1, cid)] = (1, 50)
+    link.held[(2, cid)] = (1, 60)
+    link.held[(3, cid)] = (1, 0)
+    clock.now += 1
+
+    async def go() -> None:
+        await repair.report(1, [[cid, 1, 50]], 0, True)
+        await settle(repair)
+
+    asyncio.run(go())
+    chunk = link.ns.chunk(cid)
+    assert (chunk["length"], chunk["version"]) == (60, 1)
+    assert chunk["replicas"] == [2]
+    assert [p[0] for p in link.proposals] == ["length_recover", "replica_drop", "replica_drop"]
+
+
+def test_a_handle_on_a_chunk_every_replica_lost_bytes_of_recovers_then_pushes(
+    clock: Clock, expect_log: Callable[..., None]
+) -> None:
+    """The write-handle path: a bump's push is refused by every replica (each shorter than
+    the table's length, after a power loss); the length is recovered and the version pushed
+    at it, instead of a chunk no writer can ever bump again."""
+    expect_log(r"event=length_recovered chunk=\d+ version=2 length=100 to=40 best_version=1")
+    link, repair = make(3, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    for cs_id, length in ((1, 40), (2, 40), (3, 10)):
+        link.held[(cs_id, cid)] = (1, length)
+    bumped = link.apply("write_handle", {"ino": link.ns.chunk(cid)["ino"], "index": 0,
+                                         "replicas": []})  # fmt: skip
+    refused = {1, 2, 3}
+
+    async def cs_call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        held = link.held[(cs_id, cid)]
+        if op == "chunk.write" and (cs_id in refused and f["length"] > held[1]):
+            link.calls.append((cs_id, op, f))
+            raise Stale("replica shorter than the handle's length", chunk_id=cid,
+                        replica_length=held[1], length=f["length"])  # fmt: skip
+        return await Link.cs_call(link, cs_id, op, timeout_s, **f)
+
+    link.cs_call = cs_call  # type: ignore[method-assign]
+
+    async def go() -> tuple[list[int], list[int], int]:
+        return await repair.settle_version(cid, bumped["version"], 100, [1, 2, 3])
+
+    kept, took, length = asyncio.run(go())
+    assert (kept, took, length) == ([1, 2], [1, 2], 40)
+    assert link.ns.chunk(cid)["length"] == 40 and link.ns.chunk(cid)["replicas"] == [1, 2]
+    assert not repair.is_unpushed(cid)
 
 
 def test_a_replica_already_newer_than_a_push_stays_in_the_set(clock: Clock) -> None:
@@ -354,10 +417,10 @@ def test_a_replica_already_newer_than_a_push_stays_in_the_set(clock: Clock) -> N
     link.newer[1] = version + 5
     link.fail.add((2, "chunk.write"))
 
-    async def go() -> tuple[list[int], list[int]]:
+    async def go() -> tuple[list[int], list[int], int]:
         return await repair.settle_version(cid, version + 1, 100, [1, 2, 3])
 
-    kept, took = asyncio.run(go())
+    kept, took, _ = asyncio.run(go())
     assert took == [1, 3] and kept == [1, 3]
     assert link.ns.chunk(cid)["replicas"] == [1, 3]  # 2 failed for real: out
 

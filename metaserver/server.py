@@ -895,7 +895,7 @@ async def serve(config: MetaConfig, secret: bytes) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return daemon.main("metaserver", argv, load_config, serve)
+    return daemon.main("metaserver", argv, load_config, serve, fast_loop=True)
 
 
 def _id_list(ids: list[Any], name: str, what: str) -> list[int]:

@@ -233,7 +233,7 @@ async def serve(config: ServerConfig, secret: bytes) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return daemon.main("metaserver.raft.kvserver", argv, load_config, serve)
+    return daemon.main("metaserver.raft.kvserver", argv, load_config, serve, fast_loop=True)
 
 
 if __name__ == "__main__":

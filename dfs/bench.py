@@ -18,7 +18,10 @@ raft   A three-node ``metaserver.raft.kvserver`` group on loopback, fsync on, in
        etcd's benchmark does by default), each client writing its own key. Reported: writes
        per second, p50 and p99 commit latency (client-side, put sent -> answer received),
        and, measured in the same run as a baseline, the disk's rate of small appends each
-       followed by ``fdatasync`` (what one fsync per write would allow at best).
+       followed by ``fdatasync`` (what one fsync per write would allow at best). Then one
+       client reads (``get``, linearizable: on the leader's lease, or with a ReadIndex
+       round when the servers run with ``read_lease = false``, ``--no-lease``): reads per
+       second and p50 latency.
        The comparison point (design.md §9): etcd 3.4 on this machine, 3 members, fsync on,
        256-byte puts: ~11,400 writes/s at 64 clients, 0.57 ms p50 at 1 client.
 
@@ -90,7 +93,12 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def _raft_load(
-    addresses: list[str], secret: bytes, clients: int, seconds: float, value_bytes: int
+    addresses: list[str],
+    secret: bytes,
+    clients: int,
+    seconds: float,
+    value_bytes: int,
+    op: str = "put",
 ) -> dict[str, Any]:
     from metaserver.raft.kvclient import KvClient, KvPool
 
@@ -109,7 +117,10 @@ async def _raft_load(
         record = latencies.append
         while True:
             t0 = perf()
-            await client.put(key, value)
+            if op == "put":
+                await client.put(key, value)
+            else:
+                await client.get(key)
             t1 = perf()
             now = loop.time()
             if now >= end:
@@ -137,7 +148,14 @@ def raft_load_main(args: argparse.Namespace) -> int:
 
     secret = load_secret(args.secret_file)
     result = asyncio.run(
-        _raft_load(args.addresses.split(","), secret, args.clients, args.seconds, args.value_bytes)
+        _raft_load(
+            args.addresses.split(","),
+            secret,
+            args.clients,
+            args.seconds,
+            args.value_bytes,
+            args.op,
+        )
     )
     print(json.dumps(result))
     return 0
@@ -219,7 +237,8 @@ class _RaftGroup:
 def raft_main(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="dfs-bench-raft-"))
     figures: list[tuple[str, float, str]] = []
-    group = _RaftGroup(root, fsync=not args.no_fsync, extra={})
+    extra = {"read_lease": "false"} if args.no_lease else {}
+    group = _RaftGroup(root, fsync=not args.no_fsync, extra=extra)
     try:
         rate, p50_s = fdatasync_rate(root)
         figures.append(("disk_fdatasync_per_s", rate, "ops/s"))
@@ -228,17 +247,22 @@ def raft_main(args: argparse.Namespace) -> int:
         leader = asyncio.run(group.wait_leader())
         # The leader first: fewer redirects, and the same address list for every run.
         addresses = [leader] + [a for a in group.addresses.values() if a != leader]
-        for clients in args.clients:
+        runs = [("put", clients) for clients in args.clients] + [("get", 1)]
+        for op, clients in runs:
             cmd = [
                 sys.executable, "-m", "dfs.bench", "raft-load",
                 "--addresses", ",".join(addresses), "--secret-file", str(group.secret_file),
                 "--clients", str(clients), "--seconds", str(args.seconds),
-                "--value-bytes", str(RAFT_VALUE_BYTES),
+                "--value-bytes", str(RAFT_VALUE_BYTES), "--op", op,
             ]  # fmt: skip
             out = subprocess.run(
                 cmd, check=True, stdout=subprocess.PIPE, timeout=args.seconds + 120
             ).stdout
             result = json.loads(out.decode().strip().splitlines()[-1])
+            if op == "get":
+                figures.append((f"raft_reads_per_s_c{clients}", result["ops_per_s"], "ops/s"))
+                figures.append((f"raft_read_p50_ms_c{clients}", result["p50_ms"], "ms"))
+                continue
             figures.append((f"raft_writes_per_s_c{clients}", result["ops_per_s"], "ops/s"))
             figures.append((f"raft_commit_p50_ms_c{clients}", result["p50_ms"], "ms"))
             figures.append((f"raft_commit_p99_ms_c{clients}", result["p99_ms"], "ms"))
@@ -317,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated client counts (default 1,64)",
     )
     raft.add_argument("--no-fsync", action="store_true", help="servers skip fsync (diagnosis)")
+    raft.add_argument(
+        "--no-lease", action="store_true", help="reads by ReadIndex rounds, not the lease"
+    )
     raft.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     raft.add_argument("--plot", type=Path, default=None, help="also write an SVG chart here")
     raft.set_defaults(func=raft_main)
@@ -346,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--clients", type=int, required=True)
     load.add_argument("--seconds", type=float, required=True)
     load.add_argument("--value-bytes", type=int, default=RAFT_VALUE_BYTES)
+    load.add_argument("--op", choices=("put", "get"), default="put")
     load.set_defaults(func=raft_load_main)
 
     args = parser.parse_args(argv)

@@ -63,9 +63,12 @@ def main(
     argv: list[str] | None,
     load_config: Callable[[Path], C],
     serve: Callable[[C, bytes], Coroutine[Any, Any, int]],
+    *,
+    fast_loop: bool = False,
 ) -> int:
     """The whole ``main`` of a daemon: ``--config F [--log-level L]``, logging, the config
-    and the secret it names (a bad one: a one-line message and exit 2), then ``serve``."""
+    and the secret it names (a bad one: a one-line message and exit 2), then ``serve``
+    (on uvloop with ``fast_loop``: see ``run``)."""
     parser = argparse.ArgumentParser(prog=f"python -m {prog}")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--log-level", default=default_log_level())
@@ -77,4 +80,19 @@ def main(
     except (OSError, ValueError, SecretFileError) as e:
         print(f"{prog.rsplit('.', 1)[-1]}: bad config: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(config, secret))
+    return run(serve(config, secret), fast_loop=fast_loop)
+
+
+def run(main: Coroutine[Any, Any, int], *, fast_loop: bool) -> int:
+    """Run a daemon's main coroutine: on uvloop when ``fast_loop`` and uvloop is installed
+    (``DFS_EVENT_LOOP=asyncio`` forces asyncio's own loop, for comparison and diagnosis),
+    else on asyncio's loop. See docs/ARCHITECTURE.md, "Deviations and library choices"."""
+    if fast_loop and os.environ.get("DFS_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass  # not available on this platform: asyncio's loop does the same work
+        else:
+            result: int = uvloop.run(main)
+            return result
+    return asyncio.run(main)

@@ -23,6 +23,10 @@ Life of a connection:
    on one connection run concurrently, and each response carries its request's id. A
    one-way frame (``"op"``, no ``"id"``, or ``"oneway": True``) goes to a per-connection
    queue whose handler calls run one at a time, in arrival order (Raft relies on it).
+   An endpoint may also give a plain function, ``oneway_handler``: it sees every one-way
+   frame first, at once, inside the read callback, and returns whether it took it (else the
+   frame is queued as above). No task, no queue, no loop turn per frame: for Raft, whose
+   ``receive`` only hands messages to its core and never waits.
 3. Limits: at most ``in_flight_max`` calls in flight (callers wait for a slot) and as many
    running request handlers; past that, or with ``ONEWAY_QUEUE_MAX`` one-way frames queued,
    reading pauses (TCP backpressure) until they drain.
@@ -39,7 +43,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
 from dfs.wire import codec, messages
@@ -59,6 +63,7 @@ log = logging.getLogger(__name__)
 Payload = bytes | bytearray | memoryview
 HandlerResult = tuple[dict[str, Any], Payload] | None
 Handler = Callable[["Connection", dict[str, Any], bytes], Awaitable[HandlerResult]]
+OnewayHandler = Callable[["Connection", dict[str, Any], bytes], bool]  # True: taken
 
 # A healthy peer answers the handshake in well under a millisecond on a LAN; 5 s covers a
 # loaded machine and still frees a slot held by a silent or hostile peer quickly.
@@ -91,8 +96,9 @@ PREAUTH_BUFFER_BYTES_MAX = 64 * 1024
 class Connection(asyncio.Protocol):
     """One authenticated connection. Made by ``connect`` or by a server from ``serve``.
 
-    Public: ``call``, ``send_oneway``, ``send_oneway_nowait``, ``close``, ``wait_closed``,
-    ``closed``, ``peer`` (who the peer proved to be), ``peername`` ("host:port"), ``name``.
+    Public: ``call``, ``send_oneway``, ``send_oneway_nowait``, ``flush``, ``close``,
+    ``wait_closed``, ``closed``, ``peer`` (who the peer proved to be), ``peername``
+    ("host:port"), ``name``.
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class Connection(asyncio.Protocol):
         role: str,
         name: str,
         handler: Handler | None,
+        oneway_handler: OnewayHandler | None = None,
         in_flight_max: int = IN_FLIGHT_MAX,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
     ) -> None:
@@ -117,6 +124,7 @@ class Connection(asyncio.Protocol):
         self.peer: PeerInfo | None = None
         self.peername = "?"
         self._handler = handler
+        self._oneway_handler = oneway_handler
         self._transport: asyncio.Transport | None = None
         self._decoder = codec.FrameDecoder(
             header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0
@@ -201,6 +209,12 @@ class Connection(asyncio.Protocol):
         self._send_frame(_checked_oneway(header), payload)
         return True
 
+    def flush(self) -> None:
+        """Write what is queued now instead of at the end of this loop iteration: for a sender
+        that has finished its batch (a Raft Ready) and whose peer is waiting for it."""
+        if self._out:
+            self._flush()
+
     async def send_oneway(
         self, header: dict[str, Any], payload: Payload = b"", *, timeout_s: float = SEND_TIMEOUT_S
     ) -> None:
@@ -233,7 +247,9 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # Not ``isinstance(transport, asyncio.Transport)``: uvloop's transports implement
+        # the interface without deriving from asyncio's classes.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES, low=WRITE_BUFFER_LOW_BYTES)
         address = transport.get_extra_info("peername")
@@ -333,6 +349,10 @@ class Connection(asyncio.Protocol):
             raise ProtocolError("frame is neither a response nor has an 'op'")
         request_id = header.get(messages.ID)
         if request_id is None or header.get(messages.ONEWAY) is True:
+            if self._oneway_handler is not None and self._run_oneway_now(
+                self._oneway_handler, frame
+            ):
+                return
             self._oneway.append(frame)
             if self._oneway_task is None:
                 self._oneway_task = self._loop.create_task(self._run_oneway())
@@ -419,6 +439,20 @@ class Connection(asyncio.Protocol):
                     )
             self._oneway_waiter = self._loop.create_future()
             await self._oneway_waiter
+
+    def _run_oneway_now(self, handler: OnewayHandler, frame: codec.Frame) -> bool:
+        try:
+            return handler(self, frame.header, frame.payload)
+        except DfsError as e:
+            log.warning(
+                "rpc: one-way op %r from %s failed: %s",
+                frame.header.get(messages.OP),
+                self.peername,
+                e,
+            )
+        except Exception:
+            log.exception("rpc: one-way handler for op %r failed", frame.header.get(messages.OP))
+        return True
 
     def _update_reading(self) -> None:
         transport = self._transport
@@ -556,6 +590,7 @@ async def connect(
     timeout_s: float = CONNECT_TIMEOUT_S,
     role: str = "client",
     handler: Handler | None = None,
+    oneway_handler: OnewayHandler | None = None,
     in_flight_max: int = IN_FLIGHT_MAX,
 ) -> Connection:
     """Open a connection to ``host:port`` and authenticate both ways.
@@ -576,6 +611,7 @@ async def connect(
             role=role,
             name=name,
             handler=handler,
+            oneway_handler=oneway_handler,
             in_flight_max=in_flight_max,
             handshake_timeout_s=timeout_s,
         )
@@ -647,6 +683,7 @@ async def serve(
     *,
     name: str,
     role: str = "server",
+    oneway_handler: OnewayHandler | None = None,
     in_flight_max: int = IN_FLIGHT_MAX,
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
 ) -> RpcServer:
@@ -657,7 +694,8 @@ async def serve(
     address and the reason) and dropped, and the server goes on serving the others.
     ``handler(conn, header, payload)`` answers requests with ``(fields, payload)`` or
     ``None`` (an empty OK), or raises a ``DfsError`` that the caller receives; for one-way
-    frames its result is ignored.
+    frames its result is ignored. ``oneway_handler``, when given, is offered each one-way
+    frame first, synchronously (see the module docstring).
     """
     # A missing or short secret is a configuration error: fail now, not per connection.
     Handshake(secret, bytes(NONCE_BYTES), side=Side.ACCEPTOR, role=role, name=name)
@@ -671,6 +709,7 @@ async def serve(
             role=role,
             name=name,
             handler=handler,
+            oneway_handler=oneway_handler,
             in_flight_max=in_flight_max,
             handshake_timeout_s=handshake_timeout_s,
         )
@@ -687,6 +726,7 @@ __all__ = [
     "HANDSHAKE_TIMEOUT_S",
     "Connection",
     "Handler",
+    "OnewayHandler",
     "RpcServer",
     "connect",
     "serve",

@@ -14,9 +14,10 @@ command in the log; the only thing decided here, on the leader, before proposing
 must not be decided on every replica: the time (``now_ns``) and the replicas of a new chunk.
 
 Reads (``fs.lookup``, ``fs.getattr``, ``fs.readdir``, ...) are linearizable: the leader
-confirms with a quorum that it still leads (ReadIndex) and waits for its state machine to
-reach that index, then reads the local state. A follower answers ``NotLeader`` with the
-leader's address, for reads and writes alike.
+serves them on its lease while it holds (``read_lease``, on by default: no round trip to the
+followers), else confirms with a quorum that it still leads (ReadIndex); it waits for its
+state machine to reach its commit index, then reads the local state. A follower answers
+``NotLeader`` with the leader's address, for reads and writes alike.
 
 Config file (TOML, version 1)::
 
@@ -40,6 +41,7 @@ Config file (TOML, version 1)::
     snapshot_entries = 10000            # optional; snapshot every N applied entries
     fsync = true                        # optional; false only for tests
     join = false                        # optional; true: an empty node added by add_member
+    read_lease = true                   # optional; reads on the leader's lease (same on all)
     [peers]                             # the initial members, this node included
     1 = "127.0.0.1:7001"
     2 = "127.0.0.1:7002"
@@ -122,8 +124,8 @@ def load_config(path: Path) -> MetaConfig:
         raw = tomllib.load(f)
     known = {
         "id", "listen", "data_dir", "secret_file", "tick_ms", "election_ticks",
-        "heartbeat_ticks", "snapshot_entries", "fsync", "join", "peers", "chunk_size",
-        "dead_timeout_ms", "placement", "token_ttl_ms", "repair_interval_ms",
+        "heartbeat_ticks", "snapshot_entries", "fsync", "join", "read_lease", "peers",
+        "chunk_size", "dead_timeout_ms", "placement", "token_ttl_ms", "repair_interval_ms",
         "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms",
     }  # fmt: skip
     unknown = set(raw) - known
@@ -143,6 +145,7 @@ def load_config(path: Path) -> MetaConfig:
             snapshot_entries=int(raw.get("snapshot_entries", 10_000)),
             fsync=bool(raw.get("fsync", True)),
             join=bool(raw.get("join", False)),
+            read_lease=bool(raw.get("read_lease", True)),
         )
         config = MetaConfig(
             node=node,
@@ -285,6 +288,7 @@ class MetaServer:
             self.handle,
             name=f"meta-{cfg.node.id}",
             role="metaserver",
+            oneway_handler=self.node.take_frame,
         )
         log.info("metaserver node=%d event=listening address=%s:%d",
                  cfg.node.id, cfg.listen_host, self._rpc.port)  # fmt: skip
@@ -891,7 +895,7 @@ async def serve(config: MetaConfig, secret: bytes) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return daemon.main("metaserver", argv, load_config, serve)
+    return daemon.main("metaserver", argv, load_config, serve, fast_loop=True)
 
 
 def _id_list(ids: list[Any], name: str, what: str) -> list[int]:

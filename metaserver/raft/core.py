@@ -29,11 +29,41 @@ Invariants and where they are kept:
 Linearizable reads (``read_index``): the leader notes its commit index, then confirms with
 a heartbeat round that a quorum still follows it; a read may be served once the state
 machine has applied that index. Reads arriving together share one heartbeat round.
+
+LEADER LEASES (``Config.read_lease``; ``lease_read_index``)
+A leader that a quorum acknowledged recently may serve a read at its commit index without
+a round (the Raft thesis §6.4.1; etcd's ReadOnlyLeaseBased, here with the lease measured
+from when the acknowledged heartbeats were *sent*). Why it is safe:
+- Rule 1 (the followers' promise): a node that accepted an append, heartbeat or snapshot
+  from a leader grants no vote and no pre-vote, and starts no election, for
+  ``election_ticks`` of its own ticks after that (``lease_elapsed``), whatever happens to
+  its term meanwhile; nor for ``election_ticks`` after it starts, since it may have
+  acknowledged a leader just before a crash. Only a leadership transfer's vote is exempt,
+  so a leader that sent ``TIMEOUT_NOW`` gives up its lease for the rest of its term.
+- Rule 2 (the leader's side): every heartbeat carries a round number; the leader notes the
+  tick each round left at. A voter's acknowledgement of round r proves it accepted the
+  heartbeat after that tick. The lease starts at the send tick of the latest round that a
+  quorum (the leader included, at its current tick) acknowledged, and holds for
+  ``lease_ticks`` of the leader's ticks from there.
+- A new leader needs a quorum of votes, so one vote from a voter bound by rule 1; it cannot
+  have one before that voter's promise ends, which is at least ``election_ticks - 1`` of
+  its tick periods after the send (its first tick may come at once). With tick periods
+  within a ratio rho of each other (``clock_rate_ratio_max``: no clock runs more than rho
+  times as fast as another), ``lease_ticks = floor((election_ticks - 1) / rho)`` of the
+  leader's ticks end no later than that. So while the lease holds, no other leader exists,
+  and the commit index (once an entry of this term committed) covers every committed write.
+- What the caller must guarantee: the tick count never lags real time (a leader whose
+  ticks stalled calls ``void_lease``), and every voter runs with ``read_lease`` on (rule 1
+  is what the leases of the others rest on).
+The simulator runs nodes whose clocks differ within the bound and checks that no lease read
+is served while a leader of a later term exists; with a clock beyond the bound, or a lease
+longer than the formula, it finds violations (``tests/sim``).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections import deque
 from collections.abc import Sequence
@@ -89,10 +119,25 @@ class Config:
     bytes_per_msg_max: int = 1 << 20  # entries bytes per append message (at least 1 entry)
     snapshot_chunk_bytes: int = 1 << 20  # InstallSnapshot chunk size
     uncommitted_entries_max: int = 100_000  # proposals beyond this backlog are dropped
+    # Leader leases (see the module docstring). Every voter must have the same setting.
+    read_lease: bool = False
+    # The drift bound: no node's tick clock runs more than this many times as fast as
+    # another's. 1.1 is far beyond the drift of real clocks (parts per million); what it
+    # really absorbs is timer granularity, since ticks that fire late only make a follower's
+    # promise longer, and a leader's late ticks are the caller's to report (void_lease).
+    clock_rate_ratio_max: float = 1.1
 
     def __post_init__(self) -> None:
         assert self.id != NONE, "node ids start at 1"
         assert self.heartbeat_ticks >= 1 and self.election_ticks > self.heartbeat_ticks
+        assert self.clock_rate_ratio_max >= 1.0
+        assert not self.read_lease or self.lease_ticks >= 1, "election_ticks too small"
+
+    @property
+    def lease_ticks(self) -> int:
+        """How long a leader's lease lasts, in its own ticks from the send of the
+        acknowledged heartbeat: floor((election_ticks - 1) / clock_rate_ratio_max)."""
+        return math.floor((self.election_ticks - 1) / self.clock_rate_ratio_max)
 
 
 class ProgressState(enum.IntEnum):
@@ -108,6 +153,8 @@ class Progress:
     state: ProgressState = ProgressState.PROBE
     probe_sent: bool = False
     recent_active: bool = False
+    acked_round: int = 0  # the highest heartbeat round this voter acknowledged
+    lease_tick: int = -1  # the send tick of that round, if it counts for the lease
     inflight: deque[LogIndex] = field(default_factory=deque)
     snapshot: Snapshot | None = None  # being sent
     snapshot_offset: int = 0  # next byte to send
@@ -273,12 +320,18 @@ class RawNode:
         self.lead_transferee = NONE
         self.pending_conf_index = LogIndex(0)
         self._bcast_pending = False
-        # ReadIndex: reads wait for their heartbeat round to be acknowledged by a quorum.
-        self._read_round = 0  # the round that the next heartbeat broadcast will carry
-        self._read_round_sent = 0  # highest round already broadcast
+        # Heartbeat rounds: every broadcast is a new round, numbered for the whole life of
+        # the node. ReadIndex reads wait for a quorum to acknowledge a round sent after
+        # they arrived; the lease counts from the send tick of acknowledged rounds.
+        self._round = 0  # the last round broadcast
+        self._round_ticks: deque[tuple[int, int]] = deque()  # (round, tick sent), recent
         self._reads: deque[tuple[int, LogIndex, bytes]] = deque()  # (round, index, ctx)
-        self._read_acks: dict[int, set[NodeId]] = {}
         self._reads_waiting_commit: list[bytes] = []  # until an entry of our term commits
+        self._lease_floor = 0  # rounds sent before this tick do not count for the lease
+        self._lease_given_up = False  # TIMEOUT_NOW sent in this term: no lease until its end
+        # Rule 1 of the lease: ticks since we accepted a leader's message; a node that
+        # starts counts as having just heard one.
+        self.lease_elapsed = 0
         self._snap_recv: tuple[SnapshotMeta, bytearray] | None = None
         # A snapshot received while a Ready is out (between ready() and advance()) waits:
         # restoring under it would let advance() replay that Ready's older membership
@@ -294,6 +347,7 @@ class RawNode:
 
     def tick(self) -> None:
         self._ticks += 1
+        self.lease_elapsed += 1
         if self.role == Role.LEADER:
             self._tick_leader()
         else:
@@ -334,6 +388,46 @@ class RawNode:
             return
         self._queue_read(context)
 
+    def lease_read_index(self) -> LogIndex | None:
+        """The index at which a read may be served now, without a heartbeat round, because
+        this leader's lease holds (see the module docstring); None when it does not (not
+        leader, leases off, no entry of this term committed yet, a transfer begun, or no
+        recent quorum): use ``read_index`` then."""
+        if not self.cfg.read_lease or self.role != Role.LEADER or self._lease_given_up:
+            return None
+        if self.log.term(self.committed) != self.term:
+            return None
+        start = self._lease_start()
+        if start is None or self._ticks >= start + self.cfg.lease_ticks:
+            return None
+        return self.committed
+
+    def void_lease(self) -> None:
+        """The caller's clock slipped (its ticks fell behind real time, as after a stall of
+        the process): acknowledgements of heartbeats sent before the latest tick no longer
+        count toward the lease. Heartbeats sent from now on renew it."""
+        self._lease_floor = self._ticks
+        for pr in self.progress.values():
+            if pr.lease_tick < self._lease_floor:
+                pr.lease_tick = -1
+
+    def _lease_start(self) -> int | None:
+        """The send tick of the latest round a quorum of voters acknowledged (we count at
+        our current tick), or None."""
+        voters = self.conf.voters
+        ticks = sorted(
+            (
+                self._ticks if v == self.id else (pr.lease_tick if pr is not None else -1)
+                for v in voters
+                for pr in (self.progress.get(v),)
+            ),
+            reverse=True,
+        )
+        q = len(voters) // 2 + 1
+        if len(ticks) < q or ticks[q - 1] < 0:
+            return None
+        return ticks[q - 1]
+
     def transfer_leader(self, to: NodeId) -> None:
         if self.role != Role.LEADER:
             raise NotLeaderError(self.leader)
@@ -345,7 +439,7 @@ class RawNode:
         # leader in office.
         self._transfer_elapsed = 0
         if self.progress[to].match == self.log.last_index():
-            self._send(Message(MessageType.TIMEOUT_NOW, to, self.id, self.term))
+            self._send_timeout_now(to)
         else:
             self._send_append(to)
 
@@ -362,6 +456,16 @@ class RawNode:
 
     def step(self, m: Message) -> None:
         if m.to != self.id:
+            return
+        if (
+            self.cfg.read_lease
+            and m.type in (MessageType.VOTE, MessageType.PRE_VOTE)
+            and m.term >= self.term
+            and m.context != TRANSFER_CONTEXT
+            and self.lease_elapsed < self.cfg.election_ticks
+        ):
+            # Rule 1 of the lease, in any term: a leader we heard from recently may be
+            # serving reads on the strength of our promise.
             return
         if m.term > self.term:
             if m.type in (MessageType.VOTE, MessageType.PRE_VOTE):
@@ -505,8 +609,8 @@ class RawNode:
         self.lead_transferee = NONE
         self.progress = {}
         self._reads.clear()
-        self._read_acks.clear()
         self._reads_waiting_commit.clear()
+        self._lease_given_up = False
         self._bcast_pending = False
 
     def _become_follower(self, term: Term, leader: NodeId) -> None:
@@ -548,6 +652,8 @@ class RawNode:
     def _hup(self, transfer: bool) -> None:
         if self.role == Role.LEADER or not self._promotable():
             return
+        if self.cfg.read_lease and not transfer and self.lease_elapsed < self.cfg.election_ticks:
+            return  # rule 1 of the lease: our own vote is bound too
         pending = self.log.slice(self.applied + 1, self.committed + 1)
         if any(e.type == EntryType.CONF_CHANGE for e in pending):
             return  # membership may be about to change: wait until it is applied
@@ -629,10 +735,12 @@ class RawNode:
     def _step_follower(self, m: Message) -> None:
         if m.type == MessageType.APP:
             self.election_elapsed = 0
+            self.lease_elapsed = 0
             self.leader = m.frm
             self._handle_append(m)
         elif m.type == MessageType.HEARTBEAT:
             self.election_elapsed = 0
+            self.lease_elapsed = 0
             self.leader = m.frm
             self._commit_to(m.commit)
             self._send(
@@ -640,6 +748,7 @@ class RawNode:
             )
         elif m.type == MessageType.SNAP:
             self.election_elapsed = 0
+            self.lease_elapsed = 0
             self.leader = m.frm
             self._handle_snapshot(m)
         elif m.type == MessageType.TIMEOUT_NOW:
@@ -694,7 +803,7 @@ class RawNode:
                 else:
                     self._send_append(m.frm, send_empty=False)
                 if m.frm == self.lead_transferee and pr.match == self.log.last_index():
-                    self._send(Message(MessageType.TIMEOUT_NOW, m.frm, self.id, self.term))
+                    self._send_timeout_now(m.frm)
         elif m.type == MessageType.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
@@ -714,7 +823,7 @@ class RawNode:
             elif pr.match < self.log.last_index():
                 self._send_append(m.frm)
             if m.context:
-                self._ack_read_round(m.frm, int.from_bytes(m.context, "big"))
+                self._ack_round(m.frm, pr, int.from_bytes(m.context, "big"))
         elif m.type == MessageType.SNAP_RESP:
             pr.recent_active = True
             if pr.state != ProgressState.SNAPSHOT or pr.snapshot is None:
@@ -855,7 +964,20 @@ class RawNode:
             if n != self.id:
                 self._send_append(n, send_empty=False)
 
-    def _bcast_heartbeat(self, context: bytes = b"") -> None:
+    def _bcast_heartbeat(self) -> None:
+        """One new round to every peer. It carries its number when a read waits for it or
+        leases are on; answers echo it (``_ack_round``)."""
+        self._round += 1
+        context = b""
+        if self._reads or self.cfg.read_lease:
+            context = self._round.to_bytes(8, "big")
+        if self.cfg.read_lease:
+            # Every round is numbered, so the deque holds consecutive rounds. A round sent
+            # longer ago than a lease lasts is of no use to it.
+            ticks = self._round_ticks
+            ticks.append((self._round, self._ticks))
+            while ticks[0][1] < self._ticks - self.cfg.lease_ticks:
+                ticks.popleft()
         for n, pr in self.progress.items():
             if n != self.id:
                 commit = LogIndex(min(pr.match, self.committed))
@@ -1004,31 +1126,59 @@ class RawNode:
                     return
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
             self.heartbeat_elapsed = 0
-            # While reads wait, every heartbeat carries the latest round sent, so a round
-            # whose messages or answers were lost is confirmed by the next heartbeat.
-            ctx = self._read_round_sent.to_bytes(8, "big") if self._reads else b""
-            self._bcast_heartbeat(ctx)
+            # While reads wait, a round whose messages or answers were lost is confirmed
+            # by the next heartbeat's round.
+            self._bcast_heartbeat()
 
     def _queue_read(self, ctx: bytes) -> None:
         if self.conf.voters == (self.id,):
             self._read_states.append(ReadState(self.committed, ctx))
             return
-        self._reads.append((self._read_round + 1, self.committed, ctx))
+        self._reads.append((self._round + 1, self.committed, ctx))
 
-    def _ack_read_round(self, frm: NodeId, round_: int) -> None:
-        if round_ > self._read_round_sent or frm not in self.conf.voters:
+    def _ack_round(self, frm: NodeId, pr: Progress, round_: int) -> None:
+        if round_ > self._round or frm not in self.conf.voters:
             return
-        acks = self._read_acks.setdefault(round_, {self.id})
-        acks.add(frm)
-        if len(acks) < len(self.conf.voters) // 2 + 1:
+        if round_ > pr.acked_round:
+            pr.acked_round = round_
+            tick = self._round_tick(round_)
+            if tick is not None and tick >= self._lease_floor:
+                pr.lease_tick = max(pr.lease_tick, tick)
+        if not self._reads or pr.acked_round < self._reads[0][0]:
             return
-        # A quorum still followed us when it answered round r, so every read queued
-        # before round r was sent may be served at the index noted for it.
-        while self._reads and self._reads[0][0] <= round_:
+        # Each voter of a quorum answered a round at least r: it still followed us after
+        # round r left, so every read queued before round r was sent may be served at the
+        # index noted for it.
+        acked = sorted(
+            (
+                self._round if v == self.id else (p.acked_round if p is not None else 0)
+                for v in self.conf.voters
+                for p in (self.progress.get(v),)
+            ),
+            reverse=True,
+        )
+        confirmed = acked[len(self.conf.voters) // 2]
+        while self._reads and self._reads[0][0] <= confirmed:
             _, index, ctx = self._reads.popleft()
             self._read_states.append(ReadState(index, ctx))
-        for r in [r for r in self._read_acks if r <= round_]:
-            del self._read_acks[r]
+
+    def _round_tick(self, round_: int) -> int | None:
+        """The tick at which ``round_`` was sent, if it is still remembered."""
+        ticks = self._round_ticks
+        if not ticks:
+            return None
+        k = round_ - ticks[0][0]
+        if 0 <= k < len(ticks):
+            r, tick = ticks[k]
+            assert r == round_
+            return tick
+        return None
+
+    def _send_timeout_now(self, to: NodeId) -> None:
+        # The target will campaign with a vote that rule 1 of the lease does not bind, at
+        # any time from now on (the message may be delayed): no lease for this term.
+        self._lease_given_up = True
+        self._send(Message(MessageType.TIMEOUT_NOW, to, self.id, self.term))
 
     def _flush(self) -> None:
         if self.role != Role.LEADER:
@@ -1036,10 +1186,8 @@ class RawNode:
         if self._bcast_pending:
             self._bcast_pending = False
             self._bcast_append()
-        if self._reads and self._reads[-1][0] > self._read_round_sent:
-            self._read_round += 1
-            self._read_round_sent = self._read_round
-            self._bcast_heartbeat(self._read_round.to_bytes(8, "big"))
+        if self._reads and self._reads[-1][0] > self._round:
+            self._bcast_heartbeat()
 
     def _apply_conf_change(self, cc: ConfChange) -> None:
         voters = [v for v in self.conf.voters if v != cc.node_id]
@@ -1069,7 +1217,6 @@ class RawNode:
             while self._reads:
                 _, index, ctx = self._reads.popleft()
                 self._read_states.append(ReadState(index, ctx))
-            self._read_acks.clear()
 
     # ------------------------------------------------------------------------------
 

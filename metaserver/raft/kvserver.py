@@ -18,6 +18,7 @@ Config file (TOML, version 1)::
     snapshot_entries = 10000            # optional; snapshot every N applied entries
     fsync = true                        # optional; false only for tests
     join = false                        # optional; true: an empty node added by add_member
+    read_lease = true                   # optional; reads on the leader's lease (same on all)
     debug_ops = false                   # optional; true enables "dump" (tests only)
     [peers]                             # the initial members, this node included
     1 = "127.0.0.1:7001"
@@ -28,7 +29,7 @@ Client ops (requests on ``dfs.rpc``; ``timeout_ms`` optional everywhere, default
 
     put     {client: int, seq: int, key: str, value: str} -> {value: str}   the value after
     append  {client: int, seq: int, key: str, value: str} -> {value: str}
-    get     {key: str} -> {value: str | None}                 linearizable (ReadIndex)
+    get     {key: str} -> {value: str | None}                 linearizable (lease/ReadIndex)
     status  {} -> {node_id, term, role, leader, leader_address, commit, applied, last_index,
                    voters, learners}                           local view, any node
     add_member {node_id, address, learner: bool}; remove_member {node_id};
@@ -79,7 +80,8 @@ def load_config(path: Path) -> ServerConfig:
         raw = tomllib.load(f)
     known = {
         "id", "listen", "data_dir", "secret_file", "tick_ms", "election_ticks",
-        "heartbeat_ticks", "snapshot_entries", "fsync", "join", "debug_ops", "peers",
+        "heartbeat_ticks", "snapshot_entries", "fsync", "join", "read_lease", "debug_ops",
+        "peers",
     }  # fmt: skip
     unknown = set(raw) - known
     if unknown:
@@ -99,6 +101,7 @@ def load_config(path: Path) -> ServerConfig:
             snapshot_entries=int(raw.get("snapshot_entries", 10_000)),
             fsync=bool(raw.get("fsync", True)),
             join=bool(raw.get("join", False)),
+            read_lease=bool(raw.get("read_lease", True)),
         )
         config = ServerConfig(
             node=node,
@@ -138,6 +141,7 @@ class KvServer:
             self.handle,
             name=f"kv-{cfg.node.id}",
             role="metaserver",
+            oneway_handler=self.node.take_frame,
         )
         log.info("kvserver node=%d event=listening address=%s:%d",
                  cfg.node.id, cfg.listen_host, self._rpc.port)  # fmt: skip
@@ -229,7 +233,7 @@ async def serve(config: ServerConfig, secret: bytes) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return daemon.main("metaserver.raft.kvserver", argv, load_config, serve)
+    return daemon.main("metaserver.raft.kvserver", argv, load_config, serve, fast_loop=True)
 
 
 if __name__ == "__main__":

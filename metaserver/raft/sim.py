@@ -7,12 +7,16 @@ and nothing reads a clock, so a failing seed replays exactly (``--seeds 4711``).
 
 WHAT A RUN DOES
     3 or 5 voters (and one spare node that may join later) run the real ``RawNode`` core
-    with a replicated key-value state machine (``kv.py``). A driver per node handles each
+    with a replicated key-value state machine (``kv.py``). Each node's clock ticks at its
+    own rate: a period drawn between ``TICK_MS`` and ``TICK_MS`` times the drift bound
+    (``--clock-ratio``, by default the cores' ``clock_rate_ratio_max``), so leases are tested
+    at the edges of the bound they assume. A driver per node handles each
     Ready as the asyncio node does: one at a time, its fsync taking simulated disk time
     while the core keeps stepping messages, committed entries applied during the write,
     and (on some nodes) a leader sending before its own fsync; it takes snapshots every
-    few dozen entries. 5-20 clients put, append and read (through
-    ReadIndex) a few keys, retrying on timeouts with the same session sequence number.
+    few dozen entries. 5-20 clients put, append and read (through the leader's lease when it
+    holds, else ReadIndex; ``--no-lease``: ReadIndex only) a few keys, retrying on timeouts
+    with the same session sequence number.
     Faults, chosen at random: messages dropped, duplicated, delayed and so reordered;
     partitions (symmetric, one-way, the leader isolated); crashes that lose everything not
     fsynced, keeping a random prefix of the unsynced writes (a torn last record is found
@@ -24,7 +28,9 @@ WHAT IT CHECKS
     the entry every other node applied at that index (so committed entries never change
     and all nodes apply one sequence); a new leader holds every entry known committed
     (leader completeness); a message leaves only after the term and vote it depends on
-    are durable. Every 64 events: log matching between every pair of nodes.
+    are durable; a leader serves a lease read only while no leader of a later term has been
+    elected (the lease's promise, checked directly, not only through the history). Every 64
+    events: log matching between every pair of nodes.
     At the end: the faults stop, crashed nodes restart, partitions heal; the group must
     converge (a leader, every member applied to the same index, every client operation
     answered); each (client, seq) is applied once; and the client history must be
@@ -146,6 +152,7 @@ class SimNode:
     pending_reads: list[tuple[LogIndex, Request]] = field(default_factory=list)
     applied_since_snapshot: int = 0
     snapshot_every: int = 30
+    tick_ms: int = 10  # this node's clock: one tick every tick_ms of simulated time
     in_flight: Ready | None = None  # a Ready whose fsync is under way
     disk_delay_ms_max: int = 0  # 0: the fsync completes within the event
     early_send: bool = False  # leader sends before its own fsync, as node.py does
@@ -163,12 +170,25 @@ class Client:
 
 
 class Simulation:
-    def __init__(self, seed: int, nodes: int | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        seed: int,
+        nodes: int | None = None,
+        verbose: bool = False,
+        *,
+        read_lease: bool = True,
+        clock_ratio: float | None = None,
+    ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         rng = self.rng
         self.n = nodes if nodes is not None else rng.choice((3, 3, 5))
         self.verbose = verbose
+        self.read_lease = read_lease
+        # Clocks run at rates within this ratio of each other (by default exactly the bound
+        # the cores assume, so that the lease is tested at its edge).
+        ratio = clock_ratio if clock_ratio is not None else Config(NodeId(1)).clock_rate_ratio_max
+        tick_ms_max = int(TICK_MS * ratio)
         self.now = 0
         self.events: list[tuple[int, int, Callable[[], None]]] = []
         self._event_seq = 0
@@ -184,6 +204,7 @@ class Simulation:
                 snapshot_every=rng.randint(8, 60),
                 disk_delay_ms_max=rng.choice((0, 1, 3)),
                 early_send=rng.random() < 0.5,
+                tick_ms=rng.choice((TICK_MS, tick_ms_max, rng.randint(TICK_MS, tick_ms_max))),
             )
         # Network faults.
         self.drop_p = rng.choice((0.0, 0.01, 0.05, 0.15))
@@ -194,6 +215,9 @@ class Simulation:
         self.fault_count = 0
         # Checks.
         self.leaders: dict[Term, NodeId] = {}
+        self.elected_at: dict[Term, int] = {}  # when a node first led in each term
+        self.lease_reads = 0  # reads served on a lease, and by a ReadIndex round
+        self.index_reads = 0
         self.applied_log: dict[int, tuple[Term, int, bytes]] = {}
         self.history: list[linearizability.Operation] = []
         self.clients = [Client(c + 1) for c in range(rng.randint(5, 20))]
@@ -221,6 +245,7 @@ class Simulation:
             inflight_msgs_max=self.rng.choice((1, 4, 64)),
             bytes_per_msg_max=self.rng.choice((64, 4096, 1 << 20)),
             snapshot_chunk_bytes=self.rng.choice((16, 256, 1 << 20)),
+            read_lease=self.read_lease,
         )
         n.core = RawNode(
             cfg,
@@ -239,7 +264,7 @@ class Simulation:
         n.applied_since_snapshot = 0
         n.in_flight = None
         n.up = True
-        phase = self.rng.randrange(TICK_MS)
+        phase = self.rng.randrange(n.tick_ms)
         self.at(self.now + phase + 1, lambda: self.tick(n, n.core))
         self.process(n)
 
@@ -254,7 +279,7 @@ class Simulation:
             return  # a tick scheduled for an incarnation that crashed
         core.tick()
         self.process(n)
-        self.at(self.now + TICK_MS, lambda: self.tick(n, core))
+        self.at(self.now + n.tick_ms, lambda: self.tick(n, core))
 
     def process(self, n: SimNode) -> None:
         """Handle Readies as ``node.py`` does: one at a time, the fsync taking disk time.
@@ -266,6 +291,8 @@ class Simulation:
         """
         core = n.core
         assert core is not None
+        if core.role == Role.LEADER and core.term not in self.elected_at:
+            self.elected_at[core.term] = self.now
         while n.in_flight is None and core.has_ready():
             rd = core.ready()
             early = self.start_ready(n, core, rd)
@@ -384,6 +411,17 @@ class Simulation:
                 raise Violation(f"leader {n.id} of term {core.term} lacks committed entry {index}")
             del data
 
+    def check_lease(self, n: SimNode, core: RawNode) -> None:
+        """A lease read is about to be served: no later term may have a leader yet."""
+        self.lease_reads += 1
+        later = [t for t in self.elected_at if t > core.term]
+        if later:
+            t = min(later)
+            raise Violation(
+                f"node {n.id} served a lease read in term {core.term} at {self.now} ms, "
+                f"but term {t} has had a leader since {self.elected_at[t]} ms"
+            )
+
     def check_log_matching(self) -> None:
         cores = [(n.id, n.core) for n in self.nodes.values() if n.core is not None]
         for i, (a_id, a) in enumerate(cores):
@@ -456,9 +494,18 @@ class Simulation:
         core = n.core
         try:
             if req.kind == "get":
+                index = core.lease_read_index()
+                if index is not None:
+                    self.check_lease(n, core)
+                    if core.applied >= index:
+                        self.respond(n, req, n.sm.get(req.key))
+                    else:
+                        n.pending_reads.append((index, req))
+                    return
                 ctx = f"{req.client}:{req.seq}:{self.now}".encode()
                 core.read_index(ctx)
                 n.reads[ctx] = req
+                self.index_reads += 1
             else:
                 data = encode_command(req.client, req.seq, req.kind, req.key, req.value)
                 index = core.propose(data)
@@ -638,9 +685,25 @@ class Simulation:
             raise Violation(f"history not linearizable: {result.explanation}")
 
 
-def run_seed(seed: int, nodes: int | None = None, verbose: bool = False) -> tuple[int, int]:
+@dataclass(frozen=True)
+class Options:
+    """How reads are served and how far apart the clocks run (see ``Simulation``)."""
+
+    read_lease: bool = True
+    clock_ratio: float | None = None
+
+    def flags(self) -> str:
+        text = "" if self.read_lease else " --no-lease"
+        return text + (f" --clock-ratio {self.clock_ratio}" if self.clock_ratio else "")
+
+
+def run_seed(
+    seed: int, nodes: int | None = None, verbose: bool = False, options: Options = Options()
+) -> tuple[int, int]:
     """Run one seed; return (client ops completed, faults). Raises Violation."""
-    sim = Simulation(seed, nodes, verbose)
+    sim = Simulation(
+        seed, nodes, verbose, read_lease=options.read_lease, clock_ratio=options.clock_ratio
+    )
     sim.run()
     return sim.ops_done, sim.fault_count
 
@@ -653,20 +716,24 @@ def parse_seeds(text: str) -> range:
 
 
 def run_seeds(
-    first: int, last: int, nodes: int | None = None, verbose: bool = False
+    first: int,
+    last: int,
+    nodes: int | None = None,
+    verbose: bool = False,
+    options: Options = Options(),
 ) -> tuple[int, int, list[str]]:
     """Run seeds first..last; return (ops, faults, one report per violating seed)."""
     ops = faults = 0
     reports = []
     for seed in range(first, last + 1):
         try:
-            o, f = run_seed(seed, nodes, verbose)
+            o, f = run_seed(seed, nodes, verbose, options)
             ops += o
             faults += f
         except (Violation, AssertionError) as e:
             reports.append(
                 f"seed {seed}: VIOLATION: {type(e).__name__}: {e}\n"
-                f"  replay: python -m metaserver.raft.sim --seeds {seed} --verbose"
+                f"  replay: python -m metaserver.raft.sim --seeds {seed}{options.flags()} --verbose"
             )
     return ops, faults, reports
 
@@ -682,11 +749,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, choices=(3, 5), default=None)
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (long runs)")
+    p.add_argument("--no-lease", action="store_true", help="reads by ReadIndex only")
+    p.add_argument(
+        "--clock-ratio",
+        type=float,
+        default=None,
+        help="clock rates differ up to this ratio (default: the bound the cores assume)",
+    )
     args = p.parse_args(argv)
     seeds = parse_seeds(args.seeds)
+    options = Options(read_lease=not args.no_lease, clock_ratio=args.clock_ratio)
     violations = ops = faults = 0
     if args.jobs <= 1:
-        ops, faults, reports = run_seeds(seeds.start, seeds.stop - 1, args.nodes, args.verbose)
+        ops, faults, reports = run_seeds(
+            seeds.start, seeds.stop - 1, args.nodes, args.verbose, options
+        )
         for r in reports:
             print(r, flush=True)
         violations = len(reports)
@@ -700,7 +777,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         done = 0
         with ProcessPoolExecutor(args.jobs) as pool:
-            futures = {pool.submit(run_seeds, a, b, args.nodes): (a, b) for a, b in chunks}
+            futures = {
+                pool.submit(run_seeds, a, b, args.nodes, False, options): (a, b) for a, b in chunks
+            }
             for fut in as_completed(futures):
                 a, b = futures[fut]
                 o, f, reports = fut.result()

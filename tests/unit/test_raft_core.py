@@ -29,9 +29,9 @@ from metaserver.raft.types import (
 )
 
 
-def new_node(i: int, voters: tuple[int, ...] = (1, 2, 3)) -> RawNode:
+def new_node(i: int, voters: tuple[int, ...] = (1, 2, 3), *, lease: bool = False) -> RawNode:
     return RawNode(
-        Config(id=NodeId(i)),
+        Config(id=NodeId(i), read_lease=lease),
         random.Random(i),
         hard_state=HardState(),
         snapshot=None,
@@ -95,8 +95,9 @@ def test_snapshot_during_an_outstanding_ready_keeps_its_membership() -> None:
 
 
 class Net:
-    def __init__(self, n: int = 3) -> None:
-        self.nodes = {i: new_node(i, tuple(range(1, n + 1))) for i in range(1, n + 1)}
+    def __init__(self, n: int = 3, *, lease: bool = False) -> None:
+        voters = tuple(range(1, n + 1))
+        self.nodes = {i: new_node(i, voters, lease=lease) for i in voters}
         self.drop: Callable[[Message], bool] = lambda m: False
         self.read_states: dict[int, list[ReadState]] = {i: [] for i in self.nodes}
 
@@ -150,7 +151,7 @@ def test_reads_are_released_when_the_leader_becomes_the_only_voter() -> None:
     assert leader.conf.voters == (1,)
     # A read queued under the old membership, whose round nobody is left to answer.
     net.drop = lambda m: True
-    leader._reads.append((leader._read_round + 1, leader.committed, b"stuck"))
+    leader._reads.append((leader._round + 1, leader.committed, b"stuck"))
     leader._apply_conf_change(ConfChange(ConfChangeType.REMOVE, NodeId(2)))
     net.pump()
     assert [rs.context for rs in net.read_states[1]] == [b"stuck"]
@@ -170,3 +171,105 @@ def test_transfer_to_a_removed_node_stops_blocking_proposals() -> None:
     leader._apply_conf_change(ConfChange(ConfChangeType.REMOVE, NodeId(3)))
     assert leader.lead_transferee == 0
     leader.propose(b"y")  # accepted again
+
+
+def leased_net(n: int = 3) -> tuple[Net, RawNode]:
+    """A group with leases on whose node 1 leads and holds a lease."""
+    net = Net(n, lease=True)
+    net.pump()
+    for node in net.nodes.values():  # as if they had started an election timeout ago
+        node.lease_elapsed = node.cfg.election_ticks
+    net.nodes[1].campaign()
+    net.pump()
+    leader = net.nodes[1]
+    assert leader.role == Role.LEADER
+    net.tick(1)
+    assert leader.lease_read_index() == leader.committed
+    return net, leader
+
+
+def test_lease_promise_survives_a_term_raised_by_a_stale_answer() -> None:
+    """A follower bound by a leader's lease whose term rises through some other message
+    (here a rejected pre-vote answer from a node that moved on) must still refuse to vote
+    in that new term until its promise ends: otherwise a candidate could win while the old
+    leader still serves reads on its lease. (etcd's check only guards higher-term votes of
+    a follower that knows its leader; this core's rule 1 is kept per node.)"""
+    net, _ = leased_net()
+    f = net.nodes[2]
+    t = Term(f.term + 1)
+    f.step(Message(MessageType.PRE_VOTE_RESP, NodeId(2), NodeId(3), t, reject=True))
+    assert f.term == t and f.leader == 0 and f.vote == 0
+    f.step(Message(MessageType.VOTE, NodeId(2), NodeId(3), t, log_term=t, index=LogIndex(99)))
+    assert f.vote == 0
+    assert not [m for m in f.ready().messages if m.type == MessageType.VOTE_RESP]
+    for _ in range(f.cfg.election_ticks):
+        f.tick()
+    f.step(Message(MessageType.VOTE, NodeId(2), NodeId(3), t, log_term=t, index=LogIndex(99)))
+    assert f.vote == 3  # the promise is over
+
+
+def test_lease_promise_binds_a_node_that_just_started() -> None:
+    """A node may have acknowledged a leader just before it crashed: after a restart it
+    votes for nobody, and campaigns not, for an election timeout."""
+    node = new_node(2, lease=True)
+    drain(node)
+    t = Term(node.term + 1)
+    node.step(Message(MessageType.VOTE, NodeId(2), NodeId(3), t, log_term=t, index=LogIndex(9)))
+    node.campaign()
+    assert node.vote == 0 and node.role == Role.FOLLOWER and node.term == t - 1
+
+
+def test_lease_ends_lease_ticks_after_the_acknowledged_round_left() -> None:
+    net, leader = leased_net()
+    net.drop = lambda m: True  # the leader is cut off: no round is acknowledged again
+    sent_at = leader._ticks
+    while leader.lease_read_index() is not None:
+        leader.tick()
+        net.pump()
+    assert leader._ticks - sent_at == leader.cfg.lease_ticks == 8
+    assert leader.role == Role.LEADER  # still leading (check-quorum has not fired yet)
+
+
+def test_void_lease_waits_for_a_round_sent_after_it() -> None:
+    """The node calls void_lease right after a tick that came a whole interval late: rounds
+    sent before that tick do not count, the one that tick sends does."""
+    net, leader = leased_net()
+    leader.tick()
+    leader.void_lease()
+    assert leader.lease_read_index() is None
+    net.pump()
+    assert leader.lease_read_index() == leader.committed
+
+
+def test_transfer_gives_the_lease_up_for_the_term() -> None:
+    net, leader = leased_net()
+    net.drop = lambda m: m.type == MessageType.TIMEOUT_NOW  # the transfer does not happen
+    leader.transfer_leader(NodeId(2))
+    net.pump()
+    assert leader.lease_read_index() is None
+    net.tick(leader.cfg.election_ticks)  # the transfer is abandoned; the term goes on
+    assert leader.role == Role.LEADER and leader.lead_transferee == 0
+    assert leader.lease_read_index() is None
+
+
+def test_read_index_counts_each_voter_latest_round() -> None:
+    """Acknowledgements of different rounds confirm a read together: each voter answered
+    a round sent after the read arrived."""
+    net = Net(5)
+    net.pump()
+    net.nodes[1].campaign()
+    net.pump()
+    leader = net.nodes[1]
+    leader.read_index(b"r")
+
+    def one_answer_per_round(m: Message) -> bool:
+        if m.type != MessageType.HEARTBEAT_RESP:
+            return False
+        round_ = int.from_bytes(m.context, "big")
+        return (m.frm, round_) not in ((2, 1), (3, 2))  # 2 answers round 1, 3 round 2
+
+    net.drop = one_answer_per_round
+    net.pump()
+    assert net.read_states[1] == []  # round 1: the leader and node 2 are no quorum of 5
+    net.tick(1)
+    assert [rs.context for rs in net.read_states[1]] == [b"r"]

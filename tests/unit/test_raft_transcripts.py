@@ -10,13 +10,15 @@ regenerate the expected output with
 and read the diff: it is the review of the change.
 
 Commands (node ids are integers):
-    add-nodes N [voters=1,2,3] [learners=4]  start nodes 1..N; the first ones bootstrap
+    add-nodes N [voters=1,2,3] [learners=4] [lease=on]  start nodes 1..N; the first ones
+                                  bootstrap; lease=on: leader leases (Config.read_lease)
     campaign ID                   start an election on ID
     tick ID [N]                   tick ID N times (default 1)
     tick-election ID              tick ID until its election timeout fires
     stabilize                     deliver messages and handle Readies until nothing moves
     propose ID DATA               propose an entry on ID
     read-index ID CTX...          ask ID for ReadIndexes (together, before its next Ready)
+    lease-read ID                 ask ID for a read on its lease: the index, or "no lease"
     transfer-leadership ID TO
     propose-conf-change ID add-voter|add-learner|remove NODE
     compact ID                    snapshot ID at its applied index and compact its log
@@ -101,12 +103,20 @@ class Cluster:
         self.isolated: set[int] = set()
         self.snapshot_data: dict[int, bytes] = {}
 
-    def add_nodes(self, n: int, voters: tuple[int, ...], learners: tuple[int, ...]) -> str:
+    def add_nodes(
+        self, n: int, voters: tuple[int, ...], learners: tuple[int, ...], lease: bool = False
+    ) -> str:
         conf = ConfState(tuple(NodeId(v) for v in voters), tuple(NodeId(v) for v in learners))
         for i in range(1, n + 1):
             boot = conf if i in voters or i in learners else None
             self.nodes[i] = RawNode(
-                Config(id=NodeId(i), election_ticks=10, heartbeat_ticks=1, snapshot_chunk_bytes=8),
+                Config(
+                    id=NodeId(i),
+                    election_ticks=10,
+                    heartbeat_ticks=1,
+                    snapshot_chunk_bytes=8,
+                    read_lease=lease,
+                ),
                 random.Random(i),
                 hard_state=HardState(),
                 snapshot=None,
@@ -189,7 +199,8 @@ class Cluster:
             if op == "add-nodes":
                 n = int(pos[0])
                 voters = ids(kw.get("voters")) or tuple(range(1, n + 1))
-                return self.add_nodes(n, voters, ids(kw.get("learners")))
+                lease = kw.get("lease") == "on"
+                return self.add_nodes(n, voters, ids(kw.get("learners")), lease)
             if op == "campaign":
                 self.nodes[int(pos[0])].campaign()
             elif op == "tick":
@@ -207,6 +218,9 @@ class Cluster:
             elif op == "read-index":
                 for ctx in pos[1:]:
                     self.nodes[int(pos[0])].read_index(ctx.encode())
+            elif op == "lease-read":
+                index = self.nodes[int(pos[0])].lease_read_index()
+                out.append("no lease" if index is None else f"lease index={index}")
             elif op == "transfer-leadership":
                 self.nodes[int(pos[0])].transfer_leader(NodeId(int(pos[1])))
             elif op == "propose-conf-change":

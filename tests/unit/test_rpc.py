@@ -201,6 +201,44 @@ async def test_oneway_frames_arrive_in_order() -> None:
         assert not conn.send_oneway_nowait({"op": "raft", "seq": 0})
 
 
+async def test_oneway_handler_takes_frames_in_the_read_callback(
+    expect_log: Callable[..., None],
+) -> None:
+    """A plain ``oneway_handler`` sees one-way frames at once and in order; those it leaves
+    (returns False) go to the queued async handler; an exception is logged, not fatal."""
+    expect_log(r"one-way op 'raft' .* failed: .*a bad frame")
+    taken: list[int] = []
+    queued: list[int] = []
+    done = asyncio.Event()
+
+    def take(conn: rpc.Connection, header: dict[str, Any], payload: bytes) -> bool:
+        if header["op"] != "raft":
+            return False
+        if header["seq"] == 5:
+            raise Unavailable("a bad frame")  # logged at WARNING, the next frames go on
+        taken.append(header["seq"])
+        return True
+
+    async def handler(conn: rpc.Connection, header: dict[str, Any], payload: bytes) -> None:
+        queued.append(header["seq"])
+        if header["seq"] == 999:
+            done.set()
+
+    async with await start(handler, oneway_handler=take) as server:
+        conn = await rpc.connect(HOST, server.port, SECRET, name="peer", timeout_s=5)
+        for seq in range(1000):
+            op = "raft" if seq % 2 == 0 or seq == 5 else "other"
+            assert conn.send_oneway_nowait({"op": op, "seq": seq})
+        conn.flush()  # written now, not at the end of this loop iteration
+        assert conn._out == []
+        async with asyncio.timeout(10):
+            await done.wait()
+        assert taken == list(range(0, 1000, 2))  # 5 was offered, raised, and is gone
+        assert queued == [seq for seq in range(1, 1000, 2) if seq != 5]
+        conn.close()
+        await conn.wait_closed()
+
+
 async def test_wrong_secret_disconnects_and_server_keeps_serving(
     expect_log: Callable[..., None],
 ) -> None:

@@ -23,7 +23,9 @@ How a call works:
    Only the writer touches the socket for sending, so a caller that times out or is
    cancelled never leaves half a frame on the wire.
 3. The reader task feeds received bytes to a ``FrameDecoder`` and hands each response to
-   the waiter with its id; responses come back in any order.
+   the waiter with its id; responses come back in any order. A large payload (chunk data)
+   is received in place, straight from the socket into the buffer the response carries
+   (``FrameDecoder.payload_target``): one copy, the kernel's.
 4. Every call has a deadline (``timeout_s``): past it the caller gets ``Timeout`` (the
    request may still have been carried out; the late answer is dropped). When the
    connection ends, every pending call fails with its close reason: ``Unavailable`` for a
@@ -42,6 +44,7 @@ from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 
 from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
@@ -225,12 +228,22 @@ class Connection:
 
     async def _run_reader(self) -> None:
         decoder = self._decoder
+        raw = self._stream.extra(SocketAttribute.raw_socket)
+        # Under trio the stream reads its socket only when asked, so the reader may receive
+        # from the socket itself. Under asyncio a transport reads the socket on its own, and
+        # anyio hands out only a wrapper (no ``recv_into``): everything is fed there.
+        direct = isinstance(raw, socket.socket)
         try:
             while True:
                 while (frame := decoder.next_frame()) is not None:
                     self._dispatch(frame)
-                data = await self._stream.receive(RECEIVE_BYTES_MAX)
-                decoder.feed(data)
+                target = decoder.payload_target() if direct else None
+                if target is None:
+                    decoder.feed(await self._stream.receive(RECEIVE_BYTES_MAX))
+                else:
+                    # A large payload (chunk data): straight into the buffer the frame
+                    # hands out, in as few receives as the socket allows.
+                    decoder.payload_filled(await _receive_into(raw, target))
         except anyio.EndOfStream:
             self._fail(Unavailable("connection closed by the server", peer=self.address))
         except ProtocolError as e:
@@ -345,6 +358,22 @@ class Connection:
         self._out_ready.set()
         if self._scope is not None:
             self._scope.cancel()
+
+
+async def _receive_into(raw: socket.socket, target: memoryview) -> int:
+    """Receive into ``target`` (at least one byte) from the connection's socket, beside
+    anyio's stream: only the reader task receives, so the two never interleave."""
+    while True:
+        try:
+            n = raw.recv_into(target)
+        except BlockingIOError:
+            await anyio.wait_readable(raw)
+            continue
+        if n == 0:
+            raise anyio.EndOfStream
+        # A receive that never blocks must still let other tasks run (and be cancellable).
+        await anyio.lowlevel.checkpoint()
+        return n
 
 
 async def _handshake(

@@ -26,11 +26,13 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 KiB = 1024
 CHUNK = 256 * KiB
 BLOCK = 16 * KiB
+# Generous timeouts: a chunk.read that timed out on a loaded machine would be tried on
+# another replica, and counted twice.
 OPTIONS = ClientOptions(
-    timeout_s=5.0,
-    attempt_timeout_s=0.5,
-    io_timeout_s=0.5,
-    connect_timeout_s=1.0,
+    timeout_s=30.0,
+    attempt_timeout_s=10.0,
+    io_timeout_s=10.0,
+    connect_timeout_s=10.0,
     readahead_block_bytes=BLOCK,
     readahead_max_bytes=4 * BLOCK,
 )

@@ -323,11 +323,13 @@ def _drop_cached(fd: int, ranges: Iterable[tuple[int, int]]) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
-def _pread_into(fd: int, buf: memoryview, pos: int) -> int:
-    """Fill ``buf`` from ``pos``; returns the bytes read (fewer only at end of file)."""
+def _pread_into(fd: int, buf: memoryview, pos: int, flags: int = 0) -> int:
+    """Fill ``buf`` from ``pos``; returns the bytes read (fewer only at end of file).
+    With ``os.RWF_NOWAIT`` in ``flags``, ``BlockingIOError`` when a byte is not in the page
+    cache."""
     got = 0
     while got < len(buf):
-        n = os.preadv(fd, [buf[got:]], pos + got)
+        n = os.preadv(fd, [buf[got:]], pos + got, flags)
         if n == 0:
             break
         got += n
@@ -340,6 +342,15 @@ def _pwrite_all(fd: int, data: memoryview | bytes, pos: int) -> None:
         n = os.pwrite(fd, view, pos)
         view = view[n:]
         pos += n
+
+
+class WouldBlock(Exception):
+    """A ``cached_only`` read needs the disk (nothing was changed: read again, waiting);
+    ``unsupported``: it always will here (the file system cannot read without waiting)."""
+
+    def __init__(self, message: str, *, unsupported: bool = False) -> None:
+        super().__init__(message)
+        self.unsupported = unsupported
 
 
 # ---------------------------------------------------------------------- the store
@@ -874,14 +885,23 @@ class ChunkStore:
     # ------------------------------------------------------------------ read
 
     def read(
-        self, chunk_id: int, version: int, offset: int, size: int, *, from_disk: bool = False
+        self,
+        chunk_id: int,
+        version: int,
+        offset: int,
+        size: int,
+        *,
+        from_disk: bool = False,
+        cached_only: bool = False,
     ) -> memoryview:
         """Up to ``size`` bytes from ``offset``, every block verified (rule 2). Shorter at
         the replica's end; empty at or past it. A mismatch or a disk error makes the
         replica bad (rule 6) and is ``Corrupt``. ``from_disk`` (the scrubber) first drops
         the range's clean pages from the page cache, so that the bytes checked are the
         ones on the disk, not a copy in memory since the last read or write (pages not yet
-        written back stay: those bytes are not on the disk yet)."""
+        written back stay: those bytes are not on the disk yet). ``cached_only``: the
+        bytes and their checksums come from the page cache or not at all (``WouldBlock``,
+        nothing changed): a caller that must not wait for the disk tries this first."""
         _check_ids(chunk_id, version)
         if offset < 0 or not 0 <= size <= READ_BYTES_MAX:
             raise Invalid("bad offset or size", chunk_id=chunk_id, limit=READ_BYTES_MAX)
@@ -905,6 +925,7 @@ class ChunkStore:
         start = first * BLOCK_BYTES
         stop = min((last + 1) * BLOCK_BYTES, replica.length)
         buf = memoryview(bytearray(stop - start))
+        flags = os.RWF_NOWAIT if cached_only else 0
         try:
             self._inject_eio(chunk_id)
             fd = os.open(self.path(chunk_id), os.O_RDONLY)
@@ -915,15 +936,24 @@ class ChunkStore:
                 )
                 if from_disk:
                     _drop_cached(fd, ranges)
-                got = _pread_into(fd, buf, DATA_OFFSET + start)
-                raw = os.pread(fd, SUM_BYTES * (last - first + 1), TABLE_OFFSET + SUM_BYTES * first)
+                got = _pread_into(fd, buf, DATA_OFFSET + start, flags)
+                sums_view = memoryview(bytearray(SUM_BYTES * (last - first + 1)))
+                raw = sums_view[
+                    : _pread_into(fd, sums_view, TABLE_OFFSET + SUM_BYTES * first, flags)
+                ]
                 if from_disk:
                     _drop_cached(fd, ranges)  # nor leave the scrubber's reads in the cache
             finally:
                 os.close(fd)
+        except BlockingIOError as e:
+            raise WouldBlock("not in the page cache") from e
         except FileNotFoundError as e:
             raise self._vanished(replica, e) from e
         except OSError as e:
+            if cached_only and e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                # This file system (or kernel) cannot read without waiting: not the disk's
+                # fault, and the caller reads the usual way.
+                raise WouldBlock("RWF_NOWAIT unsupported here", unsupported=True) from e
             if not self._harmless(e, "open"):
                 self._mark_bad(replica, "disk_error", f"read: {e}")
             raise self._disk_error(e, chunk_id, "read") from e
@@ -1246,6 +1276,7 @@ __all__ = [
     "ChunkStore",
     "Incoming",
     "ReplicaInfo",
+    "WouldBlock",
     "chunk_relpath",
     "decode_header",
     "encode_header",

@@ -24,15 +24,21 @@ log = logging.getLogger(__name__)
 class ReadAhead:
     """Sequential-read detection and prefetch for one handle.
 
-    A read that starts where the previous one ended (or at 0) is sequential: the blocks it
-    needs and the next ``window`` bytes of blocks are fetched concurrently, the window
-    doubling per sequential read from two blocks up to ``readahead_max_bytes``. Any other
-    read goes straight to the chunkservers and drops the prefetched blocks. Blocks behind
-    the reader, or fetched before a write to the inode (older ``generation``), are dropped.
+    A read is sequential when it starts where the furthest read so far ended (or at 0), or
+    ends where the last read began, or starts inside a block already prefetched: the kernel
+    sends a sequential reader's requests concurrently (its own readahead and the reader's),
+    and they may arrive out of order. A request behind the stream but within the window
+    (a straggler) is read directly and leaves the stream as it is.
+    The blocks a sequential read needs and the next ``window`` bytes of blocks are fetched
+    concurrently, the window doubling per sequential read from two blocks up to
+    ``readahead_max_bytes``. Any other read goes straight to the chunkservers and drops the
+    prefetched blocks. Blocks more than one behind the reader, or fetched before a write to
+    the inode (older ``generation``), are dropped. A block some read is waiting for is never
+    cancelled (only forgotten): a concurrent read behind this one still gets its bytes.
     """
 
     class _Block:
-        __slots__ = ("data", "done", "error", "generation", "scope")
+        __slots__ = ("data", "done", "error", "generation", "scope", "waiters")
 
         def __init__(self, generation: int) -> None:
             self.generation = generation
@@ -40,6 +46,11 @@ class ReadAhead:
             self.data = b""
             self.error: DfsError | None = None
             self.scope = anyio.CancelScope()
+            self.waiters = 0
+
+        def drop(self) -> None:
+            if self.waiters == 0:
+                self.scope.cancel()
 
     def __init__(self, inode: OpenInode) -> None:
         self.inode = inode
@@ -47,33 +58,59 @@ class ReadAhead:
         self.block_bytes = options.readahead_block_bytes
         self.window_max_bytes = options.readahead_max_bytes
         self.next_offset = 0
+        self.last_start = -1
         self.streak = 0
         self._blocks: dict[int, ReadAhead._Block] = {}
 
-    async def read(self, start: int, end: int) -> bytes:
+    def _sequential(self, start: int, end: int) -> bool:
+        if start == self.next_offset or end == self.last_start:
+            # Where the last read ended, or just before the last read: the kernel's first
+            # two requests of a stream, swapped.
+            return True
+        blk = self._blocks.get(start // self.block_bytes)
+        return blk is not None and blk.generation == self.inode.generation
+
+    async def read(self, start: int, end: int) -> bytes | memoryview:
         inode = self.inode
-        sequential = start == self.next_offset
-        self.next_offset = end
-        if not sequential or self.window_max_bytes <= 0:
+        if self.window_max_bytes <= 0:
+            return await inode.read(start, end)
+        sequential = self._sequential(start, end)
+        self.last_start = start
+        if not sequential:
+            if self.next_offset - self.window_max_bytes <= start < self.next_offset:
+                # A straggler of this stream (the kernel's requests overtake each other),
+                # behind the blocks kept: read it directly and leave the stream as it is.
+                return await inode.read(start, end)
+            self.next_offset = end
             self.streak = 0
             self.close()
             return await inode.read(start, end)
+        self.next_offset = max(self.next_offset, end)
         self.streak += 1
         block = self.block_bytes
         first, last_needed = start // block, (end - 1) // block
         window = min(self.window_max_bytes, block << min(self.streak, 16))
-        last_ahead = max(last_needed, min((end - 1 + window) // block, (inode.size - 1) // block))
+        last_ahead = max(
+            last_needed, min((self.next_offset - 1 + window) // block, (inode.size - 1) // block)
+        )
         for index in [
-            i for i, b in self._blocks.items() if i < first or b.generation != inode.generation
+            i for i, b in self._blocks.items() if i < first - 1 or b.generation != inode.generation
         ]:
-            self._blocks.pop(index).scope.cancel()
+            self._blocks.pop(index).drop()
         for index in range(first, last_ahead + 1):
             if index not in self._blocks:
                 self._start(index)
-        segments: list[bytes | memoryview] = []
-        for index in range(first, last_needed + 1):
-            blk = self._blocks[index]
-            await blk.done.wait()
+        needed = [self._blocks[index] for index in range(first, last_needed + 1)]
+        for blk in needed:
+            blk.waiters += 1
+        try:
+            for blk in needed:
+                await blk.done.wait()
+        finally:
+            for blk in needed:
+                blk.waiters -= 1
+        segments: list[memoryview] = []
+        for index, blk in zip(range(first, last_needed + 1), needed, strict=True):
             base = index * block
             if blk.error is not None:
                 # The block's read already failed over and retried until its deadline.
@@ -84,9 +121,9 @@ class ReadAhead:
                 self.close()
                 return await inode.read(start, end)
             a, b = max(start, base) - base, min(end, base + block) - base
-            if a == 0 and b == len(blk.data) and first == last_needed:
-                return blk.data
             segments.append(memoryview(blk.data)[a:b])
+        if len(segments) == 1:
+            return segments[0]  # a view of the block: no copy
         return b"".join(segments)
 
     def _start(self, index: int) -> None:
@@ -113,10 +150,10 @@ class ReadAhead:
             blk.done.set()
 
     def close(self) -> None:
-        """Drop (and stop fetching) every prefetched block."""
+        """Drop (and stop fetching, unless a read waits for it) every prefetched block."""
         blocks, self._blocks = self._blocks, {}
         for blk in blocks.values():
-            blk.scope.cancel()
+            blk.drop()
 
 
 class File:
@@ -152,6 +189,12 @@ class File:
 
     async def read(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset``; shorter (or empty) at the end of the file."""
+        data = await self.read_buffer(offset, size)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    async def read_buffer(self, offset: int, size: int) -> bytes | memoryview:
+        """``read``, but the bytes may come as a read-only view of a prefetched block
+        (no copy: the FUSE mount hands it to the kernel as it is)."""
         self._check(write=False)
         if offset < 0 or size < 0:
             raise Invalid("negative offset or size")

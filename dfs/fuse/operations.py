@@ -19,10 +19,12 @@ Rules kept here, as the kernel expects of a FUSE file system:
 2. Timeouts: entries and attributes are given to the kernel with the client's attribute
    TTL, so the kernel trusts them exactly as long as ``FsClient`` would; absent names too
    (negative entries, ``lookup``).
-3. Close-to-open: ``open`` revalidates with the metaserver (``FsClient.open``), drops the
-   kernel's page cache (``keep_cache`` off) and its cached attributes for the inode, so a
-   file closed on another mount is read whole, at its new size; ``flush`` (every
-   ``close(2)``) commits what this handle wrote.
+3. Close-to-open: ``open`` revalidates with the metaserver (``FsClient.open``) and drops
+   the kernel's cached attributes for the inode, so a file closed on another mount is read
+   whole, at its new size; ``flush`` (every ``close(2)``) commits what this handle wrote.
+   The kernel keeps the file's pages (``keep_cache``) only when its size, mtime and ctime
+   are those this mount last opened it with and this mount has not written or truncated
+   it since (``pages.py``); otherwise they are dropped at the open.
 4. READDIRPLUS: ``readdir`` fills every entry's attributes from ``fs.readdir`` pages (one
    RPC per page of up to ``READDIR_PAGE`` entries, whatever the kernel's buffer size), with
    the page's cookies as offsets, so a listing costs no getattr per entry.
@@ -73,6 +75,7 @@ from dfs.client import (
 )
 from dfs.client.stats import OpStats
 from dfs.fuse.errno_map import BAD_HANDLE, QUIET_ERRNOS, errno_for
+from dfs.fuse.pages import PageStamps
 from dfs.wire.errors import DfsError, Invalid, NotFound, Unsupported
 
 log = logging.getLogger(__name__)
@@ -206,6 +209,8 @@ class DfsOperations(pyfuse3.Operations):
         # Hidden names (directory, name) keeping open, unlinked inodes alive (rule 6).
         self._hidden: dict[int, list[tuple[int, bytes]]] = {}
         self.stats = OpStats()  # requests from the kernel, by type: count and time
+        # The version of each inode's pages in the kernel's page cache (rule 3).
+        self.pages = PageStamps(fs.options.cache_entries_max)
 
     # ------------------------------------------------------------------ helpers
 
@@ -337,6 +342,8 @@ class DfsOperations(pyfuse3.Operations):
             changes["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
             changes["mtime_ns"] = attr.st_mtime_ns
+        if "size" in changes:
+            self.pages.changed(inode)
         if not changes:  # ctime alone: every change sets it; nothing to do
             return self.entry(await self.fs.getattr(inode))
         kills_privs = "uid" in changes or "gid" in changes or ("size" in changes and ctx.uid != 0)
@@ -593,7 +600,10 @@ class DfsOperations(pyfuse3.Operations):
             raise
         fh = self._new_file(f, attr, ctx)
         self._invalidate_attrs(inode)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+        keep = self.pages.open(attr)
+        if f.writable and flags & os.O_TRUNC:
+            self.pages.changed(inode)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     @_errors("create")
     async def create(
@@ -603,17 +613,21 @@ class DfsOperations(pyfuse3.Operations):
             parent_inode, name, mode, flags, uid=ctx.uid, gid=ctx.gid
         )
         fh = self._new_file(f, attr, ctx)
+        self.pages.changed(attr.ino)  # an O_TRUNC create: the pages (if any) are gone
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), self.entry(attr)
 
     @_errors("read")
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self._file(fh).read(off, size)
+        # pyfuse3 takes any contiguous buffer: a view of a prefetched block goes to the
+        # kernel without a copy.
+        return await self._file(fh).read_buffer(off, size)  # type: ignore[return-value]
 
     @_errors("write")
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._files.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(BAD_HANDLE)
+        self.pages.changed(handle.file.ino)
         if handle.kill_privs_on_write:
             handle.kill_privs_on_write = False
             current = await self.fs.getattr(handle.file.ino)

@@ -47,10 +47,18 @@ COALESCE_PAYLOAD_BYTES_MAX = 16 * 1024
 # rest; doing it per batch keeps decoding linear in the bytes fed.)
 _COMPACT_BYTES_MIN = 64 * 1024
 
+# A payload at least this large, with fewer of its bytes buffered than it has, is received
+# in place (``FrameDecoder.payload_target``): into its own buffer, by ``recv_into``, with no
+# further copy. Smaller ones are not worth a buffer of their own.
+DIRECT_PAYLOAD_BYTES_MIN = 64 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Frame:
     header: dict[str, Any]
+    # A payload received in place (``FrameDecoder.payload_target``) is the ``bytearray`` it
+    # was received into, handed over and never touched again by the decoder: treat it as
+    # read-only bytes.
     payload: bytes = b""
 
 
@@ -129,9 +137,19 @@ class FrameDecoder:
     after every ``feed`` holds at most one frame plus one read. ``header_bytes_max`` and
     ``payload_bytes_max`` may be changed between frames (``dfs.rpc`` keeps them tiny until
     the peer is authenticated).
+
+    Large payloads in place: when ``next_frame()`` returns ``None`` and ``payload_target()``
+    returns a view, the rest of the stream up to the end of the current frame's payload
+    belongs in that view. The caller may fill a prefix of it (``socket.recv_into``) and
+    report the bytes with ``payload_filled(n)`` instead of feeding them: the payload is
+    then received straight into the buffer the frame hands out, with no copy. ``feed``
+    stays correct at any time (it fills the view first).
     """
 
-    __slots__ = ("_body", "_broken", "_buf", "_pos", "header_bytes_max", "payload_bytes_max")
+    __slots__ = (
+        "_body", "_broken", "_buf", "_large", "_large_got", "_large_header", "_pos",
+        "header_bytes_max", "payload_bytes_max",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -145,19 +163,43 @@ class FrameDecoder:
         self._pos = 0  # start of the first unconsumed byte in _buf
         self._body: tuple[int, int] | None = None  # (header_len, payload_len) once prefix read
         self._broken: ProtocolError | None = None
+        # The payload being received in place, how much of it has come, and its header.
+        self._large: bytearray | None = None
+        self._large_got = 0
+        self._large_header: dict[str, Any] = {}
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes fed but not yet returned as frames (a partial frame at end of stream)."""
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + self._large_got
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._broken is not None:
             return  # the connection is being dropped; its bytes no longer matter
+        if self._large is not None:
+            view = memoryview(data).cast("B")
+            n = min(len(view), len(self._large) - self._large_got)
+            self._large[self._large_got : self._large_got + n] = view[:n]
+            self._large_got += n
+            data = view[n:]
+            if not data:
+                return
         if self._pos >= _COMPACT_BYTES_MIN or (self._pos and self._pos == len(self._buf)):
             del self._buf[: self._pos]
             self._pos = 0
         self._buf += data
+
+    def payload_target(self) -> memoryview | None:
+        """Where the next bytes of the stream go, if the frame being decoded has a large
+        payload still to come (see the class docstring); else ``None`` (``feed`` them)."""
+        if self._large is None:
+            return None
+        return memoryview(self._large)[self._large_got :]
+
+    def payload_filled(self, n: int) -> None:
+        """``n`` bytes were written at the start of the last ``payload_target()``."""
+        assert self._large is not None and 0 <= n <= len(self._large) - self._large_got, n
+        self._large_got += n
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or ``None`` until enough bytes are fed."""
@@ -170,6 +212,13 @@ class FrameDecoder:
             raise
 
     def _next_frame(self) -> Frame | None:
+        large = self._large
+        if large is not None:
+            if self._large_got < len(large):
+                return None
+            self._large = None
+            self._large_got = 0
+            return Frame(self._large_header, large)  # type: ignore[arg-type]
         buf = self._buf
         pos = self._pos
         available = len(buf) - pos
@@ -190,9 +239,21 @@ class FrameDecoder:
             self._body = (header_len, payload_len)
         header_len, payload_len = self._body
         end = pos + PREFIX_BYTES + header_len + payload_len
-        if len(buf) < end:
-            return None
         header_end = pos + PREFIX_BYTES + header_len
+        if len(buf) < end:
+            if payload_len < DIRECT_PAYLOAD_BYTES_MIN or len(buf) < header_end:
+                return None
+            # The header is here and the payload is large: from now on it is received in
+            # place. What came of it so far moves to its buffer; nothing follows it in buf.
+            self._large_header = decode_header(buf[pos + PREFIX_BYTES : header_end])
+            large = bytearray(payload_len)
+            got = len(buf) - header_end
+            with memoryview(buf) as view:
+                large[:got] = view[header_end:]
+            self._large, self._large_got = large, got
+            self._body = None
+            self._pos = len(buf)
+            return None
         # The header is copied out (it is small) so that no view of ``buf`` can outlive this
         # call, not even in a traceback: a live view would make the next ``feed`` fail.
         header = decode_header(buf[pos + PREFIX_BYTES : header_end])

@@ -549,6 +549,52 @@ def test_two_mounts_close_to_open(mounts: Any, mnt: Path, workdir: Path) -> None
     assert (workdir / "back").read_bytes() == b"from the second mount"
 
 
+def resident_bytes(path: Path) -> int:
+    """Bytes of ``path`` in the kernel's page cache, as seen right after an open of it (the
+    open is where the mount tells the kernel to keep or drop the pages)."""
+    return int(run("fincore", "--bytes", "--noheadings", "--output", "RES", str(path)))
+
+
+def test_two_mounts_pages_kept_only_while_the_file_is_unchanged(
+    mounts: Any, mnt: Path, workdir: Path
+) -> None:
+    """keep_cache, close-to-open: a mount keeps a file's pages across opens while nobody
+    changed it, and drops them at the first open after another mount changed it, even in
+    place at the same size, or after it changed it itself."""
+    other = mounts.mount("keep")
+    path = workdir / "kept"
+    there = other / workdir.relative_to(mnt) / "kept"
+    first = os.urandom(1 << 20)
+    path.write_bytes(first)
+    assert there.read_bytes() == first
+    assert resident_bytes(there) == len(first)  # unchanged: kept, and read from memory
+    assert there.read_bytes() == first
+    # Rewritten in place on the first mount: same size, new bytes, closed.
+    second = os.urandom(1 << 20)
+    with open(path, "r+b") as f:
+        f.write(second)
+    assert resident_bytes(there) == 0  # the open saw another version: pages dropped
+    assert there.read_bytes() == second
+    assert resident_bytes(there) == len(second)
+    # Again, and the old mtime put back (as cp -p and rsync -t do): size and mtime are
+    # as before, which is all the kernel compares by itself; the ctime tells.
+    before = path.stat()
+    third = os.urandom(1 << 20)
+    with open(path, "r+b") as f:
+        f.write(third)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert resident_bytes(there) == 0
+    assert there.read_bytes() == third
+    second = third
+    # Written through the second mount itself: read back right, and its next open drops
+    # the pages once (its commit's attributes are new to it too).
+    with open(there, "r+b") as f:
+        f.write(b"written here")
+    assert resident_bytes(there) == 0
+    assert there.read_bytes() == b"written here" + second[12:]
+    assert path.read_bytes() == b"written here" + second[12:]
+
+
 def test_open_file_survives_unlink_and_rename_over_from_another_mount(
     mounts: Any, mnt: Path, workdir: Path
 ) -> None:

@@ -50,6 +50,7 @@ from chunkserver.store import (
     BadHeader,
     ChunkStore,
     ReplicaInfo,
+    WouldBlock,
     chunk_relpath,
     decode_header,
     encode_header,
@@ -224,6 +225,45 @@ def test_a_read_from_disk_reads_the_disk_and_leaves_no_cache(store: ChunkStore) 
     assert bytes(store.read(CHUNK, 1, 0, MiB, from_disk=True)) == content
     assert _bytes_read_from_storage() - before >= MiB
     assert _resident_bytes(path) <= DATA_OFFSET  # at most the header's pages stay
+
+
+def _drop_from_page_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_a_cached_only_read_takes_the_page_cache_or_nothing(
+    store: ChunkStore, expect_log: Callable[..., None]
+) -> None:
+    """``cached_only`` (the chunkserver's fast path for small reads, on its event loop):
+    the bytes come from the page cache, still verified, or the read gives up at once
+    (``WouldBlock``) and changes nothing; it never waits for the disk (the kernel may start
+    reading ahead for it meanwhile)."""
+    expect_log(r"event=corrupt chunk=261 block=2 reason='checksum mismatch'")
+    expect_log(r"event=replica_bad chunk=261 version=1 reason=checksum")
+    expect_log(r"event=quarantined chunk=261 .* reason=checksum")
+    content = data(4 * B, seed=12)
+    store.write(CHUNK, 1, 0, 0, content)
+    store.sync(CHUNK, 1)  # clean pages: they can be dropped
+    assert bytes(store.read(CHUNK, 1, B + 5, 4096, cached_only=True)) == content[B + 5 : B + 4101]
+    path = store.path(CHUNK)
+    _drop_from_page_cache(path)
+    if _resident_bytes(path) > DATA_OFFSET:
+        pytest.skip("the page cache kept the chunk's pages")
+    with pytest.raises(WouldBlock) as e:
+        store.read(CHUNK, 1, B + 5, 4096, cached_only=True)
+    assert not e.value.unsupported
+    assert not store.is_bad(CHUNK)
+    assert bytes(store.read(CHUNK, 1, B + 5, 4096)) == content[B + 5 : B + 4101]
+    assert bytes(store.read(CHUNK, 1, B + 5, 4096, cached_only=True)) == content[B + 5 : B + 4101]
+    # Verified as any read: a flipped byte (in the page cache too) is Corrupt.
+    flip_byte(path, DATA_OFFSET + 2 * B + 7)
+    with pytest.raises(Corrupt):
+        store.read(CHUNK, 1, 2 * B, 100, cached_only=True)
+    assert store.is_bad(CHUNK)
 
 
 def test_a_bump_is_made_durable_at_once(store: ChunkStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1094,6 +1134,35 @@ async def test_concurrent_writes_to_one_chunk_are_serialised(
     assert store.store.info(CHUNK) == ReplicaInfo(CHUNK, 1, 200_000)
     await store.close()
     assert not store._locks
+
+
+@pytest.mark.anyio
+async def test_small_cached_reads_skip_the_pool_unless_a_writer_has_the_chunk(
+    async_store: Callable[[], AsyncChunkStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small read of cached bytes is served on the event loop (no thread job); while a
+    write holds the chunk, a read waits for it in the pool and sees what it wrote."""
+    store = async_store()
+    await store.write(CHUNK, 1, 0, 0, data(4 * B, seed=41))
+    jobs: list[str] = []
+    submit = store._pool.submit
+
+    def counting_submit(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        jobs.append("job")
+        return submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(store._pool, "submit", counting_submit)
+    assert bytes(await store.read(CHUNK, 1, 100, 4096)) == data(4 * B, seed=41)[100:4196]
+    assert jobs == []
+    assert len(await store.read(CHUNK, 1, 0, MiB)) == 4 * B  # large: in the pool
+    assert jobs == ["job"]
+    write = asyncio.create_task(store.write(CHUNK, 1, 0, 0, b"new bytes"))
+    await asyncio.sleep(0)  # the write holds the chunk's lock, in the pool
+    assert store._locks[CHUNK].writer
+    assert bytes(await store.read(CHUNK, 1, 0, 9)) == b"new bytes"
+    await write
+    assert len(jobs) == 3
+    await store.close()
 
 
 @pytest.mark.anyio

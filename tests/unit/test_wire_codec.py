@@ -192,3 +192,76 @@ def test_many_small_frames_in_one_feed_is_linear() -> None:
     while decoder.next_frame() is not None:
         count += 1
     assert count == 20_000 and decoder.buffered_bytes == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(
+        st.sampled_from(
+            [
+                0,
+                10,
+                codec.DIRECT_PAYLOAD_BYTES_MIN - 1,
+                codec.DIRECT_PAYLOAD_BYTES_MIN,
+                3 * codec.DIRECT_PAYLOAD_BYTES_MIN + 5,
+            ]
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    steps=st.lists(st.integers(min_value=1, max_value=70_000), min_size=1, max_size=20),
+    fill=st.lists(st.booleans(), min_size=1, max_size=20),
+)
+def test_large_payloads_are_received_in_place(
+    sizes: list[int], steps: list[int], fill: list[bool]
+) -> None:
+    """A reader that receives into ``payload_target()`` whenever there is one (and feeds
+    otherwise, or when it chooses to) gets the same frames as one that only feeds; a large
+    payload is the very buffer it received into, and nothing is copied out of it."""
+    frames = [({"id": i}, bytes([i + 1]) * size) for i, size in enumerate(sizes)]
+    stream = memoryview(b"".join(encode_bytes(h, p) for h, p in frames))
+    decoder = FrameDecoder()
+    got: list[Frame] = []
+    targets: list[memoryview] = []
+    pos = 0
+    turn = 0
+    while pos < len(stream):
+        step = steps[turn % len(steps)]
+        target = decoder.payload_target()
+        if target is not None and fill[turn % len(fill)]:
+            n = min(step, len(target), len(stream) - pos)
+            target[:n] = stream[pos : pos + n]
+            targets.append(target)
+            decoder.payload_filled(n)
+        else:
+            n = min(step, len(stream) - pos)
+            decoder.feed(stream[pos : pos + n])
+        pos += n
+        turn += 1
+        while (frame := decoder.next_frame()) is not None:
+            got.append(frame)
+    assert got == [Frame(h, p) for h, p in frames]
+    assert decoder.buffered_bytes == 0 and decoder.payload_target() is None
+    for frame in got:
+        if len(frame.payload) >= codec.DIRECT_PAYLOAD_BYTES_MIN:
+            assert isinstance(frame.payload, bytearray)
+    for target in targets:
+        assert any(target.obj is frame.payload for frame in got)
+
+
+def test_in_place_payload_needs_the_whole_header_first() -> None:
+    """Until the header is complete, bytes are fed; then the payload's buffer appears,
+    already holding the payload bytes that came with the header."""
+    payload = bytes(range(256)) * 1024
+    data = encode_bytes({"op": "read", "id": 7}, payload)
+    header_end = len(data) - len(payload)
+    decoder = FrameDecoder()
+    decoder.feed(data[: header_end - 1])
+    assert decoder.next_frame() is None and decoder.payload_target() is None
+    decoder.feed(data[header_end - 1 : header_end + 100])
+    assert decoder.next_frame() is None
+    target = decoder.payload_target()
+    assert target is not None and len(target) == len(payload) - 100
+    target[:] = payload[100:]
+    decoder.payload_filled(len(target))
+    assert decoder.next_frame() == Frame({"op": "read", "id": 7}, payload)

@@ -43,6 +43,9 @@ class ClientOptions:
     location_ttl_s: float = 60.0
     # Bound of each cache (attributes, entries, chunk locations).
     cache_entries_max: int = 100_000
+    # Removals (unlink, rmdir) under directory leases: answered at once, shipped in
+    # batches (dfs/client/dirleases.py). False: every removal waits for its own commit.
+    dir_leases: bool = True
     # Name this client gives in the handshake (for servers' logs).
     name: str = "dfs-client"
 

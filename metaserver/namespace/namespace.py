@@ -35,6 +35,7 @@ from dfs.wire.errors import (
     Unsupported,
     error_to_wire,
 )
+from metaserver.namespace.batch import batch
 from metaserver.namespace.commands import (
     CHUNKS_QUERY_MAX,
     READDIR_LIMIT_MAX,
@@ -47,6 +48,8 @@ from metaserver.namespace.state import State, attr, chunk_info
 from metaserver.raft.sessions import StaleSequence
 
 DEFAULT_CHUNK_SIZE_BYTES = 64 << 20
+# Every command the state machine knows: the single ops, and the batch of them.
+HANDLERS = {**OPS, "batch": batch}
 
 
 def _error(err: DfsError) -> dict[str, Any]:
@@ -67,7 +70,7 @@ class Namespace(State):
             op, client, seq, now_ns, args = decode_command(data)
         except ProtocolError as e:
             return _error(e)
-        handler = OPS.get(op)
+        handler = HANDLERS.get(op)
 
         def run() -> dict[str, Any]:
             if handler is None:

@@ -31,7 +31,12 @@ _BY_PARENT = frozenset(
     {"fs.lookup", "fs.create", "fs.mkdir", "fs.mknod", "fs.symlink", "fs.link", "fs.unlink",
      "fs.rmdir"}
 )  # fmt: skip
-_BY_INO = frozenset({"fs.readdir", "fs.getattr", "fs.open", "fs.dir_lease"})
+# (The lease covers the directory's own attributes too: its holder answers getattr of it
+# while it removes names, so a change of them by another client recalls the lease.)
+_BY_INO = frozenset(
+    {"fs.readdir", "fs.getattr", "fs.open", "fs.dir_lease", "fs.setattr", "fs.setxattr",
+     "fs.removexattr", "fs.set_goal"}
+)  # fmt: skip
 # Of those, the ones that change entries (a lease granted meanwhile waits for them).
 _CHANGING = frozenset(
     {"fs.create", "fs.mkdir", "fs.mknod", "fs.symlink", "fs.link", "fs.unlink", "fs.rmdir",
@@ -180,7 +185,12 @@ class LeaseDesk:
             self.leases.end(lease)
             _wake(lease)
             return {"granted": False}
-        return {"granted": True, "lease_ms": self.leases.lease_ms, "entries": entries}
+        return {
+            "granted": True,
+            "lease_ms": self.leases.lease_ms,
+            "attr": self._ns.getattr(ino),
+            "entries": entries,
+        }
 
     def lease_release(self, h: dict[str, Any]) -> dict[str, Any]:
         holder = uint_field(h, "holder", 0)

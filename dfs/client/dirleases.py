@@ -27,6 +27,10 @@ Ordering. One FIFO for the whole client, so that removals land in the order they
 answered (the unlinks in a directory before its ``rmdir``), and every other metadata
 request waits for the queue to land first (``MetaClient.before``): a create of a name
 after its queued unlink, a rename or a readdir never overtakes it (CephFS tracker 55332).
+The one exception is a read whose answer no queued removal can change (``_unaffected``:
+a lookup of a name not queued, a getattr of an inode neither removed nor the parent of a
+removal): it goes at once, or every kernel lookup during an ``rm -rf`` whose dentries
+outlived their 1 s would cost a flush, one commit per name again.
 
 Validity of a lease here: from the local time the grant request was *sent*, for
 ``lease_ms`` less ``LEASE_MARGIN`` of it, and only while the connection it was granted on
@@ -35,8 +39,9 @@ to the same leader is up (a new leader knows no lease).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import stat
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +52,7 @@ from anyio.abc import TaskGroup
 
 from dfs.client.meta import MetaClient
 from dfs.client.pool import ConnectionPool
+from dfs.client.records import Attr
 from dfs.types import BATCH_OPS_MAX
 from dfs.wire.errors import (
     DfsError,
@@ -83,7 +89,11 @@ class DirLease:
     ino: int
     until: float  # local monotonic time
     conn: Any  # the connection it was granted on: valid only while that one is up
-    names: dict[bytes, tuple[int, bool]]  # the listing: name -> (ino, is a directory)
+    names: dict[bytes, Attr]  # the listing: name -> attributes as of the grant
+    # The directory's own attributes, kept true to the removals answered here (None once
+    # a synchronous change made them unknown): the kernel asks for them before every
+    # removal (its permission check), and asking the leader would flush the queue.
+    attr: Attr | None
 
 
 @dataclass(slots=True)
@@ -127,6 +137,9 @@ class DirLeases:
         self._flushing = anyio.Lock()
         self._timer = False
         self._errors: dict[int, list[DfsError]] = {}  # directory -> what failed there
+        # What the queue touches, for the reads that need not wait for it (counts).
+        self._queued_names: dict[tuple[int, bytes], int] = {}
+        self._queued_inos: dict[int, int] = {}
 
     @staticmethod
     def _now() -> float:
@@ -189,11 +202,9 @@ class DirLeases:
         if conn is None:
             return None
         lease_ms = wire_field(header, "lease_ms", int)
-        names: dict[bytes, tuple[int, bool]] = {}
-        for entry in wire_field(header, "entries", list):
-            name, attr = entry[0], entry[1]
-            names[name] = (int(attr["ino"]), stat.S_ISDIR(int(attr["mode"])))
-        lease = DirLease(ino, sent_at + lease_ms * (1 - LEASE_MARGIN) / 1000, conn, names)
+        names = {e[0]: Attr.from_wire(e[1]) for e in wire_field(header, "entries", list)}
+        until = sent_at + lease_ms * (1 - LEASE_MARGIN) / 1000
+        lease = DirLease(ino, until, conn, names, Attr.from_wire(header.get("attr")))
         self._leases[ino] = lease
         return lease
 
@@ -240,7 +251,7 @@ class DirLeases:
         entry = lease.names.get(name)
         if entry is None:
             raise NotFound("no such name (leased listing)", name=name)
-        ino, is_dir = entry
+        ino, is_dir = entry.ino, entry.is_dir
         if op == "fs.unlink":
             if is_dir:
                 raise IsDir("unlink of a directory", name=name)  # Linux gives EISDIR
@@ -253,12 +264,22 @@ class DirLeases:
             if child is None or child.names:
                 return False  # not known empty: the leader decides (NotEmpty)
             lease = self.valid(parent)  # the child's grant flushed and waited: recheck
-            if lease is None or lease.names.get(name) != entry:
+            current = lease.names.get(name) if lease is not None else None
+            if lease is None or current is None or current.ino != ino:
                 return False
             self._leases.pop(ino, None)
         del lease.names[name]
+        if lease.attr is not None:
+            now_ns = time.time_ns()  # the leader stamps its own when the batch lands
+            nlink = lease.attr.nlink - (1 if op == "fs.rmdir" else 0)
+            lease.attr = dataclasses.replace(
+                lease.attr, nlink=nlink, mtime_ns=now_ns, ctime_ns=now_ns
+            )
         self._queue.append(_Removal(op, parent, name, ino))
         self._enqueued += 1
+        _count(self._queued_names, (parent, name), 1)
+        _count(self._queued_inos, parent, 1)
+        _count(self._queued_inos, ino, 1)
         if len(self._queue) >= FLUSH_OPS:
             self._tg.start_soon(self._flush_quietly, name="removals flush")
         elif not self._timer:
@@ -266,16 +287,31 @@ class DirLeases:
             self._tg.start_soon(self._flush_later, name="removals flush timer")
         return True
 
-    def note_added(self, parent: int, name: bytes, ino: int, is_dir: bool) -> None:
+    def note_added(self, parent: int, name: bytes, attr: Attr) -> None:
         """This client added ``name`` to ``parent`` synchronously: keep the listing true."""
         lease = self._leases.get(parent)
         if lease is not None:
-            lease.names[name] = (ino, is_dir)
+            lease.names[name] = attr
+            lease.attr = None
 
     def note_removed(self, parent: int, name: bytes) -> None:
         lease = self._leases.get(parent)
-        if lease is not None:
-            lease.names.pop(name, None)
+        if lease is not None and lease.names.pop(name, None) is not None:
+            lease.attr = None  # a synchronous removal: its times are the leader's
+
+    def lookup(self, parent: int, name: bytes) -> tuple[bool, Attr | None]:
+        """(known, attributes) of ``name`` in ``parent`` from a lease held here: known
+        absent (None) or present, with the attributes the listing had at the grant (at
+        most the lease's length old; an open revalidates them, close-to-open)."""
+        lease = self.valid(parent) if parent in self._leases else None
+        if lease is None:
+            return False, None
+        return True, lease.names.get(name)
+
+    def dir_attr(self, ino: int) -> Attr | None:
+        """The attributes of directory ``ino`` if leased here (and known)."""
+        lease = self.valid(ino) if ino in self._leases else None
+        return lease.attr if lease is not None else None
 
     def forget(self, parent: int) -> None:
         """A change of ``parent`` with an unknown outcome: its listing is not known."""
@@ -287,10 +323,25 @@ class DirLeases:
     def pending(self) -> bool:
         return self._landed < self._enqueued
 
-    async def before(self) -> None:
-        """``MetaClient.before``: nothing overtakes a queued removal."""
-        if self._landed < self._enqueued:
+    async def before(self, op: str, fields: dict[str, Any]) -> None:
+        """``MetaClient.before``: nothing overtakes a queued removal it could see."""
+        if self._landed < self._enqueued and not self._unaffected(op, fields):
+            log.debug("flushing %d queued removals before %s", len(self._queue), op)
             await self.flush()
+
+    def _unaffected(self, op: str, fields: dict[str, Any]) -> bool:
+        """Whether ``op``'s answer is the same before and after the queue lands."""
+        if op == "fs.lookup":
+            parent, name = fields.get("parent"), fields.get("name")
+            if (parent, name) in self._queued_names:
+                return False
+            # A directory with removals queued in it: its nlink and times will change.
+            lease = self._leases.get(parent) if type(parent) is int else None
+            entry = lease.names.get(name) if lease is not None and type(name) is bytes else None
+            return entry is None or entry.ino not in self._queued_inos
+        if op in ("fs.getattr", "fs.getxattr", "fs.listxattr", "fs.readlink"):
+            return fields.get("ino") not in self._queued_inos
+        return False
 
     async def flush(self) -> None:
         """Send everything queued so far and wait until it was answered."""
@@ -305,6 +356,10 @@ class DirLeases:
                     await self._send(batch)
                 finally:
                     self._landed += take
+                    for r in batch:
+                        _count(self._queued_names, (r.parent, r.name), -1)
+                        _count(self._queued_inos, r.parent, -1)
+                        _count(self._queued_inos, r.ino, -1)
 
     async def _flush_later(self) -> None:
         await anyio.sleep(FLUSH_DELAY_S)  # the time bound of the queue, not a wait
@@ -364,6 +419,14 @@ class DirLeases:
                 except DfsError as e:
                     log.warning("removals queued at close did not land: %s", e)
         self._leases.clear()
+
+
+def _count(counts: dict[Any, int], key: Any, delta: int) -> None:
+    left = counts.get(key, 0) + delta
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def _result(answer: Any) -> DfsError | None:

@@ -254,7 +254,7 @@ class FsClient:
 
     async def getattr(self, ino: int, *, fresh: bool = False) -> Attr:
         """The inode's attributes: from the cache unless stale or ``fresh``."""
-        attr = None if fresh else self.cache.attr(ino)
+        attr = None if fresh else self.dirleases.dir_attr(ino) or self.cache.attr(ino)
         if attr is None:
             attr = self._attr(await self.meta.read("fs.getattr", ino=ino))
             self.cache.put_attr(attr)
@@ -270,6 +270,11 @@ class FsClient:
                 return self._local(attr)
         elif self.cache.absent(parent, name):
             raise NotFound("no such name (cached)", name=name)
+        leased, found = self.dirleases.lookup(parent, name)
+        if leased:  # the leased listing is complete: no round trip either way
+            if found is None:
+                raise NotFound("no such name (leased listing)", name=name)
+            return self._local(self.cache.attr(found.ino) or found)
         try:
             header = await self.meta.read("fs.lookup", parent=parent, name=name)
         except NotFound:
@@ -591,7 +596,7 @@ class FsClient:
         the answer's ``parent_attr``, else forgotten). A ``new_inode`` has no xattrs."""
         attr = self._attr(header)
         self.cache.put_entry(parent, name, attr)
-        self.dirleases.note_added(parent, name, attr.ino, attr.is_dir)
+        self.dirleases.note_added(parent, name, attr)
         parent_attr = header.get("parent_attr")
         if parent_attr is not None:
             self.cache.put_attr(Attr.from_wire(parent_attr))

@@ -25,9 +25,10 @@ command may still be pending in the log, and a new ``seq`` on that id could over
 
 Who asks. Every ``fs.*`` request carries the client's ``holder`` id (unless the caller set
 one), so that the leader can tell this client's requests from others' for directory
-leases (docs/PROTOCOL.md). ``before`` (set by the owner) runs before every request but
-those in ``UNORDERED``: the directory-lease queue flushes there, so that no request of
-this client overtakes a removal it already acknowledged (dfs/client/dirleases.py).
+leases (docs/PROTOCOL.md). ``before(op, fields)`` (set by the owner) runs before every
+request but those in ``UNORDERED``: the directory-lease queue flushes there, so that no
+request of this client overtakes a removal it already acknowledged
+(dfs/client/dirleases.py).
 """
 
 from __future__ import annotations
@@ -91,11 +92,11 @@ class MetaClient:
         self._free_lanes: list[_Lane] = []
         self._used_client_ids: set[int] = set()
         self.holder = 0  # the client's hold and lease id (0: none)
-        self.before: Callable[[], Awaitable[None]] | None = None
+        self.before: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
 
     async def _prepare(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
         if self.before is not None and op not in UNORDERED:
-            await self.before()
+            await self.before(op, fields)
         if self.holder and "holder" not in fields and op.startswith("fs."):
             return {**fields, "holder": self.holder}
         return fields

@@ -29,8 +29,9 @@ request waits for the queue to land first (``MetaClient.before``): a create of a
 after its queued unlink, a rename or a readdir never overtakes it (CephFS tracker 55332).
 The one exception is a read whose answer no queued removal can change (``_unaffected``:
 a lookup of a name not queued, a getattr of an inode neither removed nor the parent of a
-removal): it goes at once, or every kernel lookup during an ``rm -rf`` whose dentries
-outlived their 1 s would cost a flush, one commit per name again.
+removal, a listing or lease of a directory with nothing queued in it): it goes at once,
+or every kernel lookup during an ``rm -rf`` whose dentries outlived their 1 s, and every
+directory it opens, would wait for a commit.
 
 Validity of a lease here: from the local time the grant request was *sent*, for
 ``lease_ms`` less ``LEASE_MARGIN`` of it, and only while the connection it was granted on
@@ -340,6 +341,12 @@ class DirLeases:
             entry = lease.names.get(name) if lease is not None and type(name) is bytes else None
             return entry is None or entry.ino not in self._queued_inos
         if op in ("fs.getattr", "fs.getxattr", "fs.listxattr", "fs.readlink"):
+            return fields.get("ino") not in self._queued_inos
+        if op in ("fs.readdir", "fs.dir_lease"):
+            # A listing of a directory with nothing queued in it: the same names either
+            # way (only a listed directory's own times may lag, by the flush window). An
+            # rm -rf reads each directory before it empties it: without this, every one
+            # waited for the commit of the removals before it.
             return fields.get("ino") not in self._queued_inos
         return False
 

@@ -48,5 +48,7 @@ def test_rm_rf_is_batched_and_another_mount_sees_it_gone_at_once(
     text = (mounts.layout.dir / "logs" / f"{pid_file.stem}.log").read_text(errors="replace")
     names = DIRS * FILES_PER_DIR + DIRS + 1
     batches, unlinks = rpc_count(text, "fs.batch"), rpc_count(text, "fs.unlink")
-    assert 1 <= batches <= names // 10, text[-3000:]
+    # Quiet, an rm -rf fills batches of hundreds; on a loaded machine its unlinks come
+    # further apart than the 15 ms flush bound, so the bound here is loose on purpose.
+    assert 1 <= batches <= names // 2, text[-3000:]
     assert unlinks == 0, text[-3000:]

@@ -271,10 +271,8 @@ class FsClient:
         elif self.cache.absent(parent, name):
             raise NotFound("no such name (cached)", name=name)
         leased, found = self.dirleases.lookup(parent, name)
-        if leased:  # the leased listing is complete: no round trip either way
-            if found is None:
-                raise NotFound("no such name (leased listing)", name=name)
-            return self._local(self.cache.attr(found.ino) or found)
+        if leased and found is None:  # the leased listing is complete: known absent
+            raise NotFound("no such name (leased listing)", name=name)
         try:
             header = await self.meta.read("fs.lookup", parent=parent, name=name)
         except NotFound:

@@ -301,9 +301,9 @@ class DirLeases:
             lease.attr = None  # a synchronous removal: its times are the leader's
 
     def lookup(self, parent: int, name: bytes) -> tuple[bool, Attr | None]:
-        """(known, attributes) of ``name`` in ``parent`` from a lease held here: known
-        absent (None) or present, with the attributes the listing had at the grant (at
-        most the lease's length old; an open revalidates them, close-to-open)."""
+        """(leased, entry) of ``name`` in ``parent`` from a lease held here: with a
+        lease, None means known absent (the listing is complete). A present entry's
+        attributes are as old as the grant: callers use only its identity."""
         lease = self.valid(parent) if parent in self._leases else None
         if lease is None:
             return False, None

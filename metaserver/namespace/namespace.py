@@ -48,8 +48,6 @@ from metaserver.namespace.state import State, attr, chunk_info
 from metaserver.raft.sessions import StaleSequence
 
 DEFAULT_CHUNK_SIZE_BYTES = 64 << 20
-# Every command the state machine knows: the single ops, and the batch of them.
-HANDLERS = {**OPS, "batch": batch}
 
 
 def _error(err: DfsError) -> dict[str, Any]:
@@ -70,7 +68,7 @@ class Namespace(State):
             op, client, seq, now_ns, args = decode_command(data)
         except ProtocolError as e:
             return _error(e)
-        handler = HANDLERS.get(op)
+        handler = batch if op == "batch" else OPS.get(op)  # the ops, or a batch of them
 
         def run() -> dict[str, Any]:
             if handler is None:

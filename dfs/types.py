@@ -21,3 +21,6 @@ FRAME_PAYLOAD_BYTES_MAX = 64 * 1024 * 1024
 # Inode numbers (or chunk ids) one request about open-file holds may name (fs.keepalive,
 # fs.release: PROTOCOL.md).
 HOLDS_PER_REQUEST_MAX = 65536
+# Sub-ops of one fs.batch (a client's removals under directory leases, one Raft entry):
+# 1,024 names of at most 255 bytes keep one entry under ~300 KiB.
+BATCH_OPS_MAX = 1024

@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from dfs import daemon, rpc
-from dfs.types import HOLDS_PER_REQUEST_MAX, NodeId
+from dfs.types import BATCH_OPS_MAX, HOLDS_PER_REQUEST_MAX, NodeId
 from dfs.wire.errors import (
     DfsError,
     Invalid,
@@ -76,6 +76,7 @@ from dfs.wire.errors import (
 from dfs.wire.messages import field, uint_field
 from dfs.wire.token import READ, WRITE, make_token, token_key
 from metaserver.holds import HOLD_GRACE_S, KEEPALIVE_S, Holds
+from metaserver.leasedesk import LeaseDesk
 from metaserver.namespace import Namespace, encode_command
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
 from metaserver.placement import PLACEMENT_POLICIES, Placer, Registry
@@ -209,8 +210,9 @@ MUTATIONS: dict[str, tuple[str, tuple[tuple[str, type, bool], ...]]] = {
     "fs.symlink": ("symlink", (("parent", _I, True), ("name", _B, True), ("target", _B, True),
                                ("uid", _I, True), ("gid", _I, True))),
     "fs.link": ("link", (("ino", _I, True), ("parent", _I, True), ("name", _B, True))),
-    "fs.unlink": ("unlink", (("parent", _I, True), ("name", _B, True), ("keep", _BOOL, False))),
-    "fs.rmdir": ("rmdir", (("parent", _I, True), ("name", _B, True))),
+    "fs.unlink": ("unlink", (("parent", _I, True), ("name", _B, True), ("keep", _BOOL, False),
+                             ("ino", _I, False))),
+    "fs.rmdir": ("rmdir", (("parent", _I, True), ("name", _B, True), ("ino", _I, False))),
     "fs.rename": ("rename", (("parent", _I, True), ("name", _B, True), ("new_parent", _I, True),
                              ("new_name", _B, True), ("flags", _I, False),
                              ("keep", _BOOL, False))),
@@ -226,6 +228,9 @@ MUTATIONS: dict[str, tuple[str, tuple[tuple[str, type, bool], ...]]] = {
                              ("chunks", list, True), ("mode", _I, False), ("uid", _I, False),
                              ("gid", _I, False), ("atime_ns", _I, False))),
 }  # fmt: skip
+# The ops fs.batch may hold (PROTOCOL.md; v1: removals, which a client answers under a
+# directory lease).
+BATCHABLE = ("fs.unlink", "fs.rmdir")
 # cs.report pages and cs.bad_chunks lists (PROTOCOL.md).
 REPORT_PAGE_MAX = 8192
 BAD_CHUNKS_MAX = 4096
@@ -258,6 +263,7 @@ class MetaServer:
         shortest_s = min(config.hold_grace_s, config.repair_quiet_s or KEEPALIVE_S)
         self._keepalive_ms = int(min(max(shortest_s / 3, 0.5), KEEPALIVE_S) * 1000)
         self._orphan_task: asyncio.Task[None] | None = None
+        self.desk = LeaseDesk(self.ns, self._read, self._leader_view)
         self._ops: dict[str, Handler] = {
             "fs.lookup": self._lookup,
             "fs.getattr": self._getattr,
@@ -273,6 +279,7 @@ class MetaServer:
             "fs.open": self._open,
             "fs.release": self._release,
             "fs.keepalive": self._keepalive,
+            "fs.batch": self._batch,
             "cs.report": self._cs_report,
             "cs.bad_chunks": self._cs_bad_chunks,
             "status": self._status,
@@ -328,6 +335,16 @@ class MetaServer:
         timeout_s = min(max(timeout_ms, 1) / 1000, OP_TIMEOUT_S_MAX)
         if not isinstance(op, str):
             raise Unsupported("missing op")
+        async with self.desk.guard(op, header, timeout_s):
+            return await self._dispatch(conn, op, header, timeout_s)
+
+    async def _dispatch(
+        self, conn: rpc.Connection, op: str, header: dict[str, Any], timeout_s: float
+    ) -> tuple[dict[str, Any], bytes]:
+        if op == "fs.dir_lease":
+            return await self.desk.dir_lease(conn, header, timeout_s), b""
+        if op == "fs.lease_release":
+            return self.desk.lease_release(header), b""
         if op == "fs.create" and header.get("first_chunk") is True:
             return await self._create_with_chunk(header, timeout_s), b""
         mutation = MUTATIONS.get(op)
@@ -340,8 +357,6 @@ class MetaServer:
                 await self._push_version(
                     cut["chunk_id"], cut["version"], cut["length"], cut["replicas"]
                 )
-            if op == "fs.create":
-                self._hold_created(header, result)
             if op == "fs.commit":
                 for entry in header["chunks"]:
                     if isinstance(entry, list) and len(entry) == 4:
@@ -366,6 +381,7 @@ class MetaServer:
             self.registry.restart(time.monotonic())
             self.repair.restart()
             self.holds.restart(time.monotonic())
+            self.desk.restart()
 
     async def _read(self, timeout_s: float) -> None:
         self._leader_view()
@@ -413,7 +429,9 @@ class MetaServer:
         return self.holds.held(int(target["ino"]), time.monotonic())
 
     def _hold_created(self, h: dict[str, Any], result: dict[str, Any]) -> None:
-        """``fs.create`` with ``holder``: the creator holds the file open from now on."""
+        """``fs.create`` with ``first_chunk`` and ``holder``: created to be written, the
+        file is held open by its creator from now on. (Every request carries ``holder``,
+        for directory leases: a plain create is not an open.)"""
         holder = uint_field(h, "holder", 0)
         attr = result.get("attr")
         if holder and isinstance(attr, dict):
@@ -451,6 +469,31 @@ class MetaServer:
                 self.repair.touch(chunk_id)
         return {"keepalive_ms": self._keepalive_ms}
 
+    async def _batch(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """``fs.batch``: removals a client answered under its directory leases, checked
+        as each would be alone, then one command (``metaserver/namespace/batch.py``)."""
+        ops = field(h, "ops", list)
+        if not 1 <= len(ops) <= BATCH_OPS_MAX:
+            raise Invalid(f"ops: 1..{BATCH_OPS_MAX} sub-ops")
+        self._leader_view()
+        subs: list[list[Any]] = []
+        for sub in ops:
+            if type(sub) is not list or len(sub) != 2 or type(sub[1]) is not dict:
+                raise Invalid("ops: each sub-op is [op, fields]")
+            op, fields = sub
+            if op not in BATCHABLE:
+                raise Invalid(f"ops: only {', '.join(BATCHABLE)} may be batched", op=op)
+            if op == "fs.unlink":
+                fields = {**fields, "op": op, "keep": self._keep({**fields, "op": op})}
+            ns_op, spec = MUTATIONS[op]
+            args: dict[str, Any] = {}
+            for name, tp, required in spec:
+                if required or name in fields:
+                    args[name] = field(fields, name, tp)
+            subs.append([ns_op, args])
+        result = await self._propose("batch", {"ops": subs}, h, timeout_s)
+        return {"results": result["results"]}
+
     async def _free_orphans(self, candidates: list[int], timeout_s: float) -> None:
         now = time.monotonic()
         free = [ino for ino in candidates if not self.holds.held(ino, now)]
@@ -469,6 +512,7 @@ class MetaServer:
                 continue
             try:
                 self.holds.expire(time.monotonic())
+                self.desk.expire()
                 if self.ns.orphans:
                     await self._free_orphans(list(self.ns.orphans), OP_TIMEOUT_S)
             except (DfsError, TimeoutError) as e:

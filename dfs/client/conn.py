@@ -40,7 +40,7 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
 
@@ -66,6 +66,7 @@ from dfs.wire.errors import (
 log = logging.getLogger(__name__)
 
 Payload = bytes | bytearray | memoryview
+OnewayHandler = Callable[[str, dict[str, Any]], None]
 
 # How long connect() may take, TCP and handshake together. A healthy server answers the
 # handshake in well under a millisecond; this covers a loaded machine.
@@ -151,6 +152,9 @@ class Connection:
         self._raw: socket.socket | None = raw if isinstance(raw, socket.socket) else None
         self._scope: anyio.CancelScope | None = None
         self._finished = anyio.Event()
+        # One-way frames from the server (``op``, header), e.g. a directory lease's recall;
+        # called on the reader task: it must not block (start a task for any I/O).
+        self.on_oneway: OnewayHandler | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -359,7 +363,13 @@ class Connection:
             raise ProtocolError("frame is neither a response nor has an 'op'")
         request_id = header.get(messages.ID)
         if request_id is None or header.get(messages.ONEWAY) is True:
-            log.debug("client rpc: one-way %r from %s ignored", op, self.address)
+            if self.on_oneway is None:
+                log.debug("client rpc: one-way %r from %s ignored", op, self.address)
+                return
+            try:
+                self.on_oneway(op, header)
+            except Exception:  # the owner's bug must not end the connection
+                log.exception("client rpc: one-way %r from %s: handler failed", op, self.address)
             return
         if type(request_id) is not int or request_id < 0:
             raise ProtocolError("request 'id' must be an int >= 0")

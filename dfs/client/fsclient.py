@@ -57,6 +57,7 @@ from anyio.abc import TaskGroup
 from dfs.client.cache import Clock, LocationCache, MetaCache
 from dfs.client.chunkio import ChunkIo
 from dfs.client.conn import single_errors
+from dfs.client.dirleases import DirLeases
 from dfs.client.files import FileIo, OpenInode
 from dfs.client.handle import File, check_open_flags
 from dfs.client.meta import MetaClient
@@ -166,6 +167,18 @@ class FsClient:
         # This client's open-file hold id (PROTOCOL.md, fs.open): random, so that two
         # clients never share one; the leader keeps an unlinked file we hold as an orphan.
         self.holder = random.SystemRandom().getrandbits(62) + 1
+        # Every request says who sent it (directory leases), and waits for the removals
+        # this client answered under its leases to land first (dirleases.py).
+        self.meta.holder = self.holder
+        self.dirleases = DirLeases(
+            self.meta,
+            self._pool,
+            task_group,
+            on_lost=self._forget,
+            enabled=options.dir_leases,
+        )
+        self.meta.before = self.dirleases.before
+        self._pool.on_oneway = self.dirleases.on_oneway
         self._keepalive_started = False
         self._uid = os.getuid()
         self._gid = os.getgid()
@@ -218,6 +231,7 @@ class FsClient:
 
     async def aclose(self) -> None:
         """Close every connection. Files still open lose what they have not committed."""
+        await self.dirleases.aclose()
         for scope in list(self._finishers):
             scope.cancel()
         self._open.clear()
@@ -266,7 +280,7 @@ class FsClient:
 
     async def getattr(self, ino: int, *, fresh: bool = False) -> Attr:
         """The inode's attributes: from the cache unless stale or ``fresh``."""
-        attr = None if fresh else self.cache.attr(ino)
+        attr = None if fresh else self.dirleases.dir_attr(ino) or self.cache.attr(ino)
         if attr is None:
             attr = self._attr(await self.meta.read("fs.getattr", ino=ino))
             self.cache.put_attr(attr)
@@ -282,6 +296,9 @@ class FsClient:
                 return self._local(attr)
         elif self.cache.absent(parent, name):
             raise NotFound("no such name (cached)", name=name)
+        leased, found = self.dirleases.lookup(parent, name)
+        if leased and found is None:  # the leased listing is complete: known absent
+            raise NotFound("no such name (leased listing)", name=name)
         try:
             header = await self.meta.read("fs.lookup", parent=parent, name=name)
         except NotFound:
@@ -408,6 +425,9 @@ class FsClient:
 
     async def rmdir(self, parent: int, name: bytes) -> None:
         check_name(name)
+        if await self.dirleases.remove("fs.rmdir", parent, name, is_open=self._is_open):
+            self._removed(parent, name)
+            return
         try:
             await self.meta.mutate("fs.rmdir", parent=parent, name=name)
         except BaseException:
@@ -541,9 +561,15 @@ class FsClient:
         return self._created(new_parent, new_name, header, new_inode=False)
 
     async def unlink(self, parent: int, name: bytes) -> None:
+        """Remove ``name``. Under a lease on ``parent`` the answer is given at once and the
+        removal ships later, in a batch (dirleases.py: what that promises); a failure to
+        land is raised by the next ``fsyncdir(parent)``."""
         check_name(name)
         if self._releasing:
             await self._release_pending()
+        if await self.dirleases.remove("fs.unlink", parent, name, is_open=self._is_open):
+            self._removed(parent, name)
+            return
         try:
             await self.meta.mutate("fs.unlink", parent=parent, name=name)
         except BaseException:
@@ -576,6 +602,14 @@ class FsClient:
             self._forget(parent, name)
             self._forget(new_parent, new_name)
 
+    def _is_open(self, ino: int) -> bool:
+        return ino in self._open
+
+    async def fsyncdir(self, ino: int) -> None:
+        """Wait until this client's removals have landed; raise the first that failed in
+        directory ``ino`` since the last ``fsyncdir`` of it (as a writeback error)."""
+        await self.dirleases.fsyncdir(ino)
+
     def _owner(self, uid: int | None, gid: int | None) -> dict[str, int]:
         return {
             "uid": self._uid if uid is None else uid,
@@ -590,6 +624,7 @@ class FsClient:
         the answer's ``parent_attr``, else forgotten). A ``new_inode`` has no xattrs."""
         attr = self._attr(header)
         self.cache.put_entry(parent, name, attr)
+        self.dirleases.note_added(parent, name, attr)
         parent_attr = header.get("parent_attr")
         if parent_attr is not None:
             self.cache.put_attr(Attr.from_wire(parent_attr))
@@ -600,7 +635,8 @@ class FsClient:
         return self._local(attr)
 
     def _removed(self, parent: int, name: bytes) -> None:
-        """``name`` was removed from ``parent`` (the mutation succeeded)."""
+        """``name`` was removed from ``parent`` (the mutation succeeded, or is queued)."""
+        self.dirleases.note_removed(parent, name)
         ino = self.cache.drop_entry(parent, name)
         self.cache.put_absent(parent, name)
         if ino is not None:
@@ -609,6 +645,7 @@ class FsClient:
 
     def _forget(self, parent: int, name: bytes) -> None:
         """A mutation of ``name`` in ``parent`` ended without a known outcome."""
+        self.dirleases.forget(parent)
         ino = self.cache.drop_entry(parent, name)
         if ino is not None:
             self.cache.drop_attr(ino)

@@ -22,6 +22,13 @@ mutations each take a lane: a random 63-bit client id with its own sequence coun
 are reused; at most ``lanes_max`` exist, and past that mutations wait for one. A lane whose
 mutation ended without an answer (deadline passed) is retired, never reused: its last
 command may still be pending in the log, and a new ``seq`` on that id could overtake it.
+
+Who asks. Every ``fs.*`` request carries the client's ``holder`` id (unless the caller set
+one), so that the leader can tell this client's requests from others' for directory
+leases (docs/PROTOCOL.md). ``before(op, fields)`` (set by the owner) runs before every
+request but those in ``UNORDERED``: the directory-lease queue flushes there, so that no
+request of this client overtakes a removal it already acknowledged
+(dfs/client/dirleases.py).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -47,6 +54,8 @@ BACKOFF_MIN_S = 0.02
 BACKOFF_MAX_S = 0.5
 
 _RETRYABLE = (NotLeader, Unavailable, Timeout, Busy)
+# Requests that do not wait for ``before``: the flush itself and the answer to a recall.
+UNORDERED = frozenset({"fs.batch", "fs.lease_release"})
 
 
 class _Lane:
@@ -82,11 +91,21 @@ class MetaClient:
         self._lane_slots = anyio.Semaphore(lanes_max)
         self._free_lanes: list[_Lane] = []
         self._used_client_ids: set[int] = set()
+        self.holder = 0  # the client's hold and lease id (0: none)
+        self.before: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
+
+    async def _prepare(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        if self.before is not None and op not in UNORDERED:
+            await self.before(op, fields)
+        if self.holder and "holder" not in fields and op.startswith("fs."):
+            return {**fields, "holder": self.holder}
+        return fields
 
     async def read(
         self, op: str, *, timeout_s: float | None = None, **fields: Any
     ) -> dict[str, Any]:
         """A read-only op (no session): retried freely until the deadline."""
+        fields = await self._prepare(op, fields)
         header, _ = await self._call_leader(op, timeout_s or self.timeout_s, fields)
         return header
 
@@ -95,6 +114,7 @@ class MetaClient:
     ) -> dict[str, Any]:
         """A mutation: takes a lane, gives the op the lane's next ``seq`` and retries it with
         the same (``client``, ``seq``) until it is answered or the deadline passes."""
+        fields = await self._prepare(op, fields)
         await self._lane_slots.acquire()
         lane = self._free_lanes.pop() if self._free_lanes else self._new_lane()
         reusable = False

@@ -66,6 +66,9 @@ class ClientOptions:
     # forgotten: a later fsync then no longer covers that file's closed writes (the
     # chunkservers' kernels write them back within their dirty-page expiry anyway).
     unsynced_closed_max: int = 65_536
+    # Removals (unlink, rmdir) under directory leases: answered at once, shipped in
+    # batches (dfs/client/dirleases.py). False: every removal waits for its own commit.
+    dir_leases: bool = True
     # Name this client gives in the handshake (for servers' logs).
     name: str = "dfs-client"
 

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from dfs.client.conn import Connection, Payload, connect
+from dfs.client.conn import Connection, OnewayHandler, Payload, connect
 from dfs.client.stats import OpStats
 from dfs.wire.errors import Timeout, Unavailable
 
@@ -41,6 +41,8 @@ class ConnectionPool:
         self._in_flight: dict[str, int] = {}
         self._closed = False
         self.stats = OpStats()  # every call by op: count and time (answered or not)
+        # Given to every connection: one-way frames from servers (``Connection.on_oneway``).
+        self.on_oneway: OnewayHandler | None = None
 
     @property
     def in_flight(self) -> Mapping[str, int]:
@@ -73,6 +75,7 @@ class ConnectionPool:
                     if self._closed:
                         await conn.aclose()
                         raise Unavailable("client is closed")
+                    conn.on_oneway = self.on_oneway
                     self._conns[address] = conn
                     return conn
         except TimeoutError:
@@ -98,6 +101,11 @@ class ConnectionPool:
         finally:
             self._in_flight[address] -= 1
             self.stats.record(op, anyio.current_time() - start)
+
+    def current(self, address: str) -> Connection | None:
+        """The open connection to ``address``, if there is one (no connecting)."""
+        conn = self._conns.get(address)
+        return conn if conn is not None and not conn.closed else None
 
     async def aclose(self) -> None:
         self._closed = True

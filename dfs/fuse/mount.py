@@ -46,6 +46,9 @@ SHUTDOWN_GRACE_S = 10.0
 # Set (to anything) in the mount's environment: log how many requests of each type the
 # kernel sent and how many RPCs of each op they cost, with their time, at unmount.
 STATS_ENV = "DFS_MOUNT_STATS"
+# Set to 0 in the mount's environment: every removal waits for its own commit, as before
+# directory leases (for A/B measurements and for ruling them out when chasing a bug).
+DIR_LEASES_ENV = "DFS_DIR_LEASES"
 
 
 class MountError(Exception):
@@ -116,6 +119,8 @@ def client_options(config: MountConfig) -> ClientOptions:
         options = dataclasses.replace(options, sync_on_close=True)
     if config.attr_ttl_s is not None:
         options = dataclasses.replace(options, attr_ttl_s=config.attr_ttl_s)
+    if os.environ.get(DIR_LEASES_ENV) == "0":
+        options = dataclasses.replace(options, dir_leases=False)
     return options
 
 

@@ -450,9 +450,14 @@ class DfsOperations(pyfuse3.Operations):
 
     @_errors("fsyncdir")
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        # Metadata changes are committed through Raft (durable on a majority of
-        # metaservers) before their request returns: there is nothing left to sync.
-        return None
+        # Removals answered under a directory lease are shipped in batches: fsyncdir waits
+        # for them to land (committed through Raft, durable on a majority of metaservers)
+        # and reports one that failed in this directory, as a local file system reports a
+        # writeback error. Every other metadata change was committed before it returned.
+        d = self._dirs.get(fh)
+        if d is None:
+            raise pyfuse3.FUSEError(BAD_HANDLE)
+        await self.fs.fsyncdir(d.ino)
 
     @_errors("mkdir")
     async def mkdir(
@@ -665,6 +670,10 @@ class DfsOperations(pyfuse3.Operations):
     async def close_all(self) -> None:
         """Close every handle still open (the mount is going away): commit what they
         wrote. Errors are logged; each close is bounded by the client's timeout."""
+        try:
+            await self.fs.dirleases.aclose()  # queued removals land before the unmount
+        except Exception as e:
+            log.warning("queued removals lost on unmount: %s", e)
         handles, self._files = self._files, {}
         self._dirs.clear()
         self._open_attrs.clear()

@@ -11,8 +11,9 @@ strings as msgpack str::
      op,         # str: "mkdir", "create", ... (the fs.* ops of docs/PROTOCOL.md without
                  #   the "fs." prefix, plus "write_handle", "cs_register" and the
                  #   leader's "replica_add", "replica_drop", "version_bump",
-                 #   "length_recover", "gc_done",
-                 #   "release_orphans")
+                 #   "length_recover", "gc_done", "release_orphans"; "batch":
+                 #   {"ops": [[op, args], ...]} of BATCH_OPS, each applied as if alone,
+                 #   see batch.py)
      client,     # int, 0 .. 2^63-1: the session (0 = none), see metaserver/raft/sessions.py
      seq,        # int, 0 .. 2^64-1: the session's sequence number
      now_ns,     # int, 0 .. 2^63-1: the leader's clock when it proposed the command; the
@@ -68,6 +69,8 @@ GOAL_DEFAULT = 3
 REPLICAS_MAX = GOAL_MAX
 # Chunk entries in one commit: a commit of a 1 TiB file at 16 MiB chunks.
 COMMIT_CHUNKS_MAX = 1 << 16
+# The ops a batch may hold (their namespace names), v1: removals only.
+BATCH_OPS = frozenset({"unlink", "rmdir"})
 # Queries (docs/PROTOCOL.md: fs.readdir limit 1..4096, fs.locate count 1..1024).
 READDIR_LIMIT_MAX = 4096
 CHUNKS_QUERY_MAX = 1024

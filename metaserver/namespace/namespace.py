@@ -35,6 +35,7 @@ from dfs.wire.errors import (
     Unsupported,
     error_to_wire,
 )
+from metaserver.namespace.batch import batch
 from metaserver.namespace.commands import (
     CHUNKS_QUERY_MAX,
     READDIR_LIMIT_MAX,
@@ -67,7 +68,7 @@ class Namespace(State):
             op, client, seq, now_ns, args = decode_command(data)
         except ProtocolError as e:
             return _error(e)
-        handler = OPS.get(op)
+        handler = batch if op == "batch" else OPS.get(op)  # the ops, or a batch of them
 
         def run() -> dict[str, Any]:
             if handler is None:

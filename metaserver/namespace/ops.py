@@ -253,8 +253,6 @@ def link(st: State, now_ns: int, a: dict[str, Any]) -> Result:
 
 # --- removing names -------------------------------------------------------------------
 
-_REMOVE = frozenset({"parent", "name"})
-
 
 def _drop_link(st: State, inode: Inode, now_ns: int, keep: bool) -> None:
     """One name of a non-directory is gone: count it, free the inode with its last name,
@@ -269,7 +267,18 @@ def _drop_link(st: State, inode: Inode, now_ns: int, keep: bool) -> None:
             st.release(inode)
 
 
-_UNLINK = frozenset({"parent", "name", "keep"})
+_UNLINK = frozenset({"parent", "name", "keep", "ino"})
+
+
+def _expected(a: dict[str, Any], name: bytes, ino: int) -> None:
+    """An optional ``ino`` (the inode the client believes ``name`` names: a removal queued
+    under a directory lease, docs/ARCHITECTURE.md "Directory leases") must be the one
+    the name names now: a late removal must never take another client's new file of the
+    same name. ``Stale`` (ESTALE), not ``NotFound``: the name exists, the client's view
+    of it is out of date."""
+    expected = arg_opt_int(a, "ino", 1, INT63_MAX)
+    if expected is not None and expected != ino:
+        raise Stale("the name names another inode now", name=name, ino=ino)
 
 
 def unlink(st: State, now_ns: int, a: dict[str, Any]) -> Result:
@@ -281,6 +290,7 @@ def unlink(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     entry = d.entries.get(name)
     if entry is None:
         raise NotFound("no such name", name=name)
+    _expected(a, name, entry[0])
     inode = st.inodes[entry[0]]
     if inode.dir is not None:
         raise IsDir("unlink of a directory", name=name)  # Linux gives EISDIR
@@ -290,14 +300,18 @@ def unlink(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return _ok()
 
 
+_RMDIR = frozenset({"parent", "name", "ino"})
+
+
 def rmdir(st: State, now_ns: int, a: dict[str, Any]) -> Result:
-    check_fields(a, _REMOVE)
+    check_fields(a, _RMDIR)
     parent_ino = arg_ino(a, "parent")
     name = arg_name(a, "name")
     parent, d = st.directory(parent_ino)
     entry = d.entries.get(name)
     if entry is None:
         raise NotFound("no such name", name=name)
+    _expected(a, name, entry[0])
     inode = st.inodes[entry[0]]
     if inode.dir is None:
         raise NotDir("rmdir of a non-directory", name=name)

@@ -1,0 +1,446 @@
+"""Directory leases on the client: removals answered at once, shipped in batches.
+
+What it owns: the leases this client holds (``fs.dir_lease``: an exclusive right to
+answer removals in a directory from its complete listing), the queue of removals it
+acknowledged but has not yet sent, the flush of that queue as one ``fs.batch`` (one Raft
+entry for many names), the answer to a recall, and the errors of removals that failed to
+land, kept for the next ``fsyncdir`` of their directory. What it must not do: know FUSE
+or the caches' layout (``FsClient`` calls in and is called back), or import asyncio.
+
+The promise (docs/ARCHITECTURE.md, "Directory leases"; the model is CephFS's
+asynchronous unlink under the directory's capabilities):
+- a removal acknowledged to the caller reaches the metaservers within ``FLUSH_DELAY_S``
+  (or sooner: the queue is flushed when it holds ``FLUSH_OPS`` names, before ANY other
+  metadata request of this client, on a recall, on ``fsyncdir`` and at close);
+- another client that looks at or changes the directory sees it first (the leader recalls
+  the lease; we flush, then release);
+- ``fsyncdir`` waits for the batch and raises what failed in that directory, as a local
+  file system reports a writeback error; a failure is also logged as a WARNING;
+- a client that dies loses its last flush window of removals (the names reappear), as a
+  local file system loses unsynced metadata in a crash; a leader change loses nothing
+  that was flushed, and the batch in flight is retried with the same session (exactly
+  once);
+- each queued removal carries the inode it removes: the namespace refuses it (``Stale``)
+  if the name names another inode by the time it lands.
+
+Ordering. One FIFO for the whole client, so that removals land in the order they were
+answered (the unlinks in a directory before its ``rmdir``), and every other metadata
+request waits for the queue to land first (``MetaClient.before``): a create of a name
+after its queued unlink, a rename or a readdir never overtakes it (CephFS tracker 55332).
+The one exception is a read whose answer no queued removal can change (``_unaffected``:
+a lookup of a name not queued, a getattr of an inode neither removed nor the parent of a
+removal, a listing or lease of a directory with nothing queued in it): it goes at once,
+or every kernel lookup during an ``rm -rf`` whose dentries outlived their 1 s, and every
+directory it opens, would wait for a commit.
+
+Validity of a lease here: from the local time the grant request was *sent*, for
+``lease_ms`` less ``LEASE_MARGIN`` of it, and only while the connection it was granted on
+to the same leader is up (a new leader knows no lease).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from dfs.client.meta import MetaClient
+from dfs.client.pool import ConnectionPool
+from dfs.client.records import Attr
+from dfs.types import BATCH_OPS_MAX
+from dfs.wire.errors import (
+    DfsError,
+    IsDir,
+    NotDir,
+    NotFound,
+    ProtocolError,
+    Unsupported,
+    error_from_wire,
+)
+from dfs.wire.messages import field as wire_field
+
+log = logging.getLogger(__name__)
+
+# A lease is trusted here for (1 - LEASE_MARGIN) of its length from the grant's send:
+# the leader's clock and ours may run at slightly different rates, and the grant's answer
+# may have been slow; 20 % leaves a second of a 5 s lease to either.
+LEASE_MARGIN = 0.2
+# The longest a removal waits in the queue: long enough that a busy rm -rf fills a batch,
+# short enough that another client rarely sees the name (it would recall anyway).
+FLUSH_DELAY_S = 0.015
+# Queue length that sends a batch at once (half the server's bound: the next batch fills
+# while this one commits).
+FLUSH_OPS = BATCH_OPS_MAX // 2
+# After a refusal (a big directory), removals there go the synchronous way this long
+# before a lease is asked for again.
+REFUSED_S = 5.0
+# How long the flush at close may take (each batch retries within the client's timeout).
+CLOSE_FLUSH_S = 30.0
+
+
+@dataclass(slots=True)
+class DirLease:
+    ino: int
+    until: float  # local monotonic time
+    conn: Any  # the connection it was granted on: valid only while that one is up
+    names: dict[bytes, Attr]  # the listing: name -> attributes as of the grant
+    # The directory's own attributes, kept true to the removals answered here (None once
+    # a synchronous change made them unknown): the kernel asks for them before every
+    # removal (its permission check), and asking the leader would flush the queue.
+    attr: Attr | None
+
+
+@dataclass(slots=True)
+class _Removal:
+    op: str  # "fs.unlink" | "fs.rmdir"
+    parent: int
+    name: bytes
+    ino: int
+
+
+@dataclass(slots=True)
+class _Releasing:
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class DirLeases:
+    """This client's directory leases and its queue of removals (module docstring)."""
+
+    def __init__(
+        self,
+        meta: MetaClient,
+        pool: ConnectionPool,
+        task_group: TaskGroup,
+        *,
+        on_lost: Callable[[int, bytes], None],
+        enabled: bool = True,
+    ) -> None:
+        self._meta = meta
+        self._pool = pool
+        self._tg = task_group
+        self._on_lost = on_lost  # (parent, name): a queued removal did not land
+        self.enabled = enabled
+        self._leases: dict[int, DirLease] = {}
+        self._refused: dict[int, float] = {}
+        self._acquiring: dict[int, anyio.Event] = {}
+        self._releasing: dict[int, anyio.Event] = {}
+        self._recalls: dict[int, int] = {}  # ino -> recalls heard (a grant racing one is void)
+        self._queue: deque[_Removal] = deque()
+        self._enqueued = 0  # removals ever queued
+        self._landed = 0  # of those, the ones whose batch was answered (or failed)
+        self._flushing = anyio.Lock()
+        self._timer = False
+        self._errors: dict[int, list[DfsError]] = {}  # directory -> what failed there
+        # What the queue touches, for the reads that need not wait for it (counts).
+        self._queued_names: dict[tuple[int, bytes], int] = {}
+        self._queued_inos: dict[int, int] = {}
+
+    @staticmethod
+    def _now() -> float:
+        return anyio.current_time()
+
+    # ------------------------------------------------------------------ leases
+
+    def valid(self, ino: int) -> DirLease | None:
+        lease = self._leases.get(ino)
+        if lease is None:
+            return None
+        leader = self._meta.leader
+        if (
+            self._now() >= lease.until
+            or leader is None
+            or self._pool.current(leader) is not lease.conn
+        ):
+            del self._leases[ino]
+            return None
+        return lease
+
+    async def _acquire(self, ino: int) -> DirLease | None:
+        """A valid lease on ``ino``, asking for one if needed; None where refused."""
+        while True:
+            lease = self.valid(ino)
+            if lease is not None:
+                return lease
+            if self._refused.get(ino, 0.0) > self._now():
+                return None
+            busy = self._acquiring.get(ino) or self._releasing.get(ino)
+            if busy is None:
+                break
+            await busy.wait()
+        event = self._acquiring[ino] = anyio.Event()
+        try:
+            return await self._ask(ino)
+        finally:
+            del self._acquiring[ino]
+            event.set()
+
+    async def _ask(self, ino: int) -> DirLease | None:
+        recalls = self._recalls.get(ino, 0)
+        sent_at = self._now()
+        try:
+            header = await self._meta.read("fs.dir_lease", ino=ino)
+        except Unsupported:
+            log.info("the metaservers grant no directory leases: removals stay synchronous")
+            self.enabled = False
+            return None
+        except DfsError as e:
+            log.debug("directory %d: no lease (%s); removing synchronously", ino, e)
+            return None
+        if not wire_field(header, "granted", bool, False):
+            self._refused[ino] = self._now() + REFUSED_S
+            return None
+        if self._recalls.get(ino, 0) != recalls:
+            return None  # recalled while the grant was on its way: released already
+        leader = self._meta.leader
+        conn = self._pool.current(leader) if leader is not None else None
+        if conn is None:
+            return None
+        lease_ms = wire_field(header, "lease_ms", int)
+        names = {e[0]: Attr.from_wire(e[1]) for e in wire_field(header, "entries", list)}
+        until = sent_at + lease_ms * (1 - LEASE_MARGIN) / 1000
+        lease = DirLease(ino, until, conn, names, Attr.from_wire(header.get("attr")))
+        self._leases[ino] = lease
+        return lease
+
+    def on_oneway(self, op: str, header: dict[str, Any]) -> None:
+        """A one-way frame from a metaserver (called on the connection's reader task)."""
+        if op != "fs.recall":
+            log.debug("one-way %r from a metaserver ignored", op)
+            return
+        inos = [i for i in header.get("inos", ()) if type(i) is int]
+        for ino in inos:
+            # No removal is answered under it from now on; the grant of a request in
+            # flight is void; no new lease is asked for until the release has gone out.
+            self._leases.pop(ino, None)
+            self._recalls[ino] = self._recalls.get(ino, 0) + 1
+            self._releasing.setdefault(ino, anyio.Event())
+        self._tg.start_soon(self._recalled, inos, name="directory lease recall")
+
+    async def _recalled(self, inos: list[int]) -> None:
+        try:
+            await self.flush()
+            await self._meta.read("fs.lease_release", inos=inos)
+        except DfsError as e:
+            log.debug("lease release of %s not delivered (%s); it expires", inos, e)
+        finally:
+            for ino in inos:
+                event = self._releasing.pop(ino, None)
+                if event is not None:
+                    event.set()
+
+    # ------------------------------------------------------------------ removals
+
+    async def remove(
+        self, op: str, parent: int, name: bytes, *, is_open: Callable[[int], bool]
+    ) -> bool:
+        """Answer ``op`` ("fs.unlink" or "fs.rmdir") of ``name`` in ``parent`` under a
+        lease and queue it: True when done so; False when the caller must take the
+        synchronous way (no lease, a file open here, a directory not known empty).
+        Raises what Linux would (NotFound, IsDir, NotDir) from the listing."""
+        if not self.enabled:
+            return False
+        lease = await self._acquire(parent)
+        if lease is None:
+            return False
+        entry = lease.names.get(name)
+        if entry is None:
+            raise NotFound("no such name (leased listing)", name=name)
+        ino, is_dir = entry.ino, entry.is_dir
+        if op == "fs.unlink":
+            if is_dir:
+                raise IsDir("unlink of a directory", name=name)  # Linux gives EISDIR
+            if is_open(ino):
+                return False  # the leader must keep it as an orphan: the synchronous way
+        else:
+            if not is_dir:
+                raise NotDir("rmdir of a non-directory", name=name)
+            child = await self._acquire(ino)
+            if child is None or child.names:
+                return False  # not known empty: the leader decides (NotEmpty)
+            lease = self.valid(parent)  # the child's grant flushed and waited: recheck
+            current = lease.names.get(name) if lease is not None else None
+            if lease is None or current is None or current.ino != ino:
+                return False
+            self._leases.pop(ino, None)
+        del lease.names[name]
+        if lease.attr is not None:
+            now_ns = time.time_ns()  # the leader stamps its own when the batch lands
+            nlink = lease.attr.nlink - (1 if op == "fs.rmdir" else 0)
+            lease.attr = dataclasses.replace(
+                lease.attr, nlink=nlink, mtime_ns=now_ns, ctime_ns=now_ns
+            )
+        self._queue.append(_Removal(op, parent, name, ino))
+        self._enqueued += 1
+        _count(self._queued_names, (parent, name), 1)
+        _count(self._queued_inos, parent, 1)
+        _count(self._queued_inos, ino, 1)
+        if len(self._queue) >= FLUSH_OPS:
+            self._tg.start_soon(self._flush_quietly, name="removals flush")
+        elif not self._timer:
+            self._timer = True
+            self._tg.start_soon(self._flush_later, name="removals flush timer")
+        return True
+
+    def note_added(self, parent: int, name: bytes, attr: Attr) -> None:
+        """This client added ``name`` to ``parent`` synchronously: keep the listing true."""
+        lease = self._leases.get(parent)
+        if lease is not None:
+            lease.names[name] = attr
+            lease.attr = None
+
+    def note_removed(self, parent: int, name: bytes) -> None:
+        lease = self._leases.get(parent)
+        if lease is not None and lease.names.pop(name, None) is not None:
+            lease.attr = None  # a synchronous removal: its times are the leader's
+
+    def lookup(self, parent: int, name: bytes) -> tuple[bool, Attr | None]:
+        """(leased, entry) of ``name`` in ``parent`` from a lease held here: with a
+        lease, None means known absent (the listing is complete). A present entry's
+        attributes are as old as the grant: callers use only its identity."""
+        lease = self.valid(parent) if parent in self._leases else None
+        if lease is None:
+            return False, None
+        return True, lease.names.get(name)
+
+    def dir_attr(self, ino: int) -> Attr | None:
+        """The attributes of directory ``ino`` if leased here (and known)."""
+        lease = self.valid(ino) if ino in self._leases else None
+        return lease.attr if lease is not None else None
+
+    def forget(self, parent: int) -> None:
+        """A change of ``parent`` with an unknown outcome: its listing is not known."""
+        self._leases.pop(parent, None)
+
+    # ------------------------------------------------------------------ flushing
+
+    @property
+    def pending(self) -> bool:
+        return self._landed < self._enqueued
+
+    async def before(self, op: str, fields: dict[str, Any]) -> None:
+        """``MetaClient.before``: nothing overtakes a queued removal it could see."""
+        if self._landed < self._enqueued and not self._unaffected(op, fields):
+            log.debug("flushing %d queued removals before %s", len(self._queue), op)
+            await self.flush()
+
+    def _unaffected(self, op: str, fields: dict[str, Any]) -> bool:
+        """Whether ``op``'s answer is the same before and after the queue lands."""
+        if op == "fs.lookup":
+            parent, name = fields.get("parent"), fields.get("name")
+            if (parent, name) in self._queued_names:
+                return False
+            # A directory with removals queued in it: its nlink and times will change.
+            lease = self._leases.get(parent) if type(parent) is int else None
+            entry = lease.names.get(name) if lease is not None and type(name) is bytes else None
+            return entry is None or entry.ino not in self._queued_inos
+        if op in ("fs.getattr", "fs.getxattr", "fs.listxattr", "fs.readlink"):
+            return fields.get("ino") not in self._queued_inos
+        if op in ("fs.readdir", "fs.dir_lease"):
+            # A listing of a directory with nothing queued in it: the same names either
+            # way (only a listed directory's own times may lag, by the flush window). An
+            # rm -rf reads each directory before it empties it: without this, every one
+            # waited for the commit of the removals before it.
+            return fields.get("ino") not in self._queued_inos
+        return False
+
+    async def flush(self) -> None:
+        """Send everything queued so far and wait until it was answered."""
+        target = self._enqueued
+        while self._landed < target:
+            async with self._flushing:
+                if self._landed >= target or not self._queue:
+                    return
+                take = min(len(self._queue), BATCH_OPS_MAX)
+                batch = [self._queue.popleft() for _ in range(take)]
+                try:
+                    await self._send(batch)
+                finally:
+                    self._landed += take
+                    for r in batch:
+                        _count(self._queued_names, (r.parent, r.name), -1)
+                        _count(self._queued_inos, r.parent, -1)
+                        _count(self._queued_inos, r.ino, -1)
+
+    async def _flush_later(self) -> None:
+        await anyio.sleep(FLUSH_DELAY_S)  # the time bound of the queue, not a wait
+        self._timer = False
+        await self._flush_quietly()
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush()
+        except Exception:  # never into the task group: the client must live on
+            log.exception("flushing queued removals failed")
+
+    async def _send(self, batch: list[_Removal]) -> None:
+        ops = [[r.op, {"parent": r.parent, "name": r.name, "ino": r.ino}] for r in batch]
+        results: list[DfsError | None]
+        try:
+            header = await self._meta.mutate("fs.batch", ops=ops)
+            answers = wire_field(header, "results", list)
+            results = [_result(a) for a in answers]
+            if len(results) != len(batch):
+                raise ProtocolError("fs.batch answered a different number of results")
+        except DfsError as e:
+            # No answer (the deadline passed) or a refused batch: the removals may or may
+            # not have landed. Leases are not to be trusted any more either.
+            self._leases.clear()
+            results = [e] * len(batch)
+        for removal, error in zip(batch, results, strict=True):
+            if error is not None:
+                self._failed(removal, error)
+
+    def _failed(self, removal: _Removal, error: DfsError) -> None:
+        log.warning(
+            "%s of %r in directory inode %d did not land: %s (reported at fsyncdir)",
+            removal.op.removeprefix("fs."),
+            removal.name,
+            removal.parent,
+            error,
+        )
+        self._errors.setdefault(removal.parent, []).append(error)
+        self._leases.pop(removal.parent, None)
+        self._on_lost(removal.parent, removal.name)
+
+    async def fsyncdir(self, ino: int) -> None:
+        """Make this client's removals durable (they are, once their batch is answered)
+        and raise the first that failed in directory ``ino`` since the last fsyncdir."""
+        await self.flush()
+        errors = self._errors.pop(ino, None)
+        if errors:
+            raise errors[0]
+
+    async def aclose(self) -> None:
+        """Flush what is queued (bounded); forget the leases."""
+        if self.pending:
+            with anyio.move_on_after(CLOSE_FLUSH_S):
+                try:
+                    await self.flush()
+                except DfsError as e:
+                    log.warning("removals queued at close did not land: %s", e)
+        self._leases.clear()
+
+
+def _count(counts: dict[Any, int], key: Any, delta: int) -> None:
+    left = counts.get(key, 0) + delta
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+def _result(answer: Any) -> DfsError | None:
+    """One sub-op's answer: None for success, else its error."""
+    if type(answer) is not dict:
+        return ProtocolError("fs.batch: a result must be a map")
+    return None if answer.get("ok") is True else error_from_wire(answer.get("err"))
+
+
+__all__ = ["FLUSH_DELAY_S", "DirLeases"]

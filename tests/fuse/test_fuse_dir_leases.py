@@ -1,0 +1,54 @@
+"""``rm -rf`` through a real mount under directory leases (dfs/client/dirleases.py):
+the tree is gone, another mount sees it gone at once, and the removals took far fewer
+Raft entries (``fs.batch`` RPCs, from the mount's own counters) than names."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from fuse_cluster import Mounts
+
+from dfs.cli import cluster as local
+
+pytestmark = [pytest.mark.timeout(300)]
+
+DIRS = 5
+FILES_PER_DIR = 40
+
+
+def rpc_count(log_text: str, op: str) -> int:
+    """The count of ``op`` in the RPC table a mount logs at unmount (DFS_MOUNT_STATS)."""
+    found = re.findall(rf"^{re.escape(op)}\s+(\d+)\s", log_text, re.M)
+    return int(found[-1]) if found else 0
+
+
+def test_rm_rf_is_batched_and_another_mount_sees_it_gone_at_once(
+    mounts: Mounts, mnt: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DFS_MOUNT_STATS", "1")
+    other = mounts.mount("rm-stats")  # this mount removes; the module's main one watches
+    tree = other / workdir.name / "tree"
+    for i in range(DIRS):
+        d = tree / f"d{i}"
+        d.mkdir(parents=True)
+        for j in range(FILES_PER_DIR):
+            (d / f"f{j:03d}").write_bytes(b"x" * 100)
+    assert sorted(os.listdir(workdir)) == ["tree"]  # the watcher knows the tree
+    assert len(os.listdir(workdir / "tree" / "d0")) == FILES_PER_DIR
+    subprocess.run(["rm", "-rf", str(tree)], check=True, timeout=120)
+    assert not tree.exists()
+    # The watcher's listing asks the leader, which recalls the remover's leases first.
+    assert os.listdir(workdir) == []
+    pid_file = local.mount_pid_file(mounts.layout.dir / "run", other)
+    assert local.stop_mount(pid_file, timeout_s=30) is not None
+    text = (mounts.layout.dir / "logs" / f"{pid_file.stem}.log").read_text(errors="replace")
+    names = DIRS * FILES_PER_DIR + DIRS + 1
+    batches, unlinks = rpc_count(text, "fs.batch"), rpc_count(text, "fs.unlink")
+    # Quiet, an rm -rf fills batches of hundreds; on a loaded machine its unlinks come
+    # further apart than the 15 ms flush bound, so the bound here is loose on purpose.
+    assert 1 <= batches <= names // 2, text[-3000:]
+    assert unlinks == 0, text[-3000:]

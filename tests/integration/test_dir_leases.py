@@ -1,0 +1,267 @@
+"""Directory leases and batched removals on real metaservers (docs/ARCHITECTURE.md,
+"Directory leases"; dfs/client/dirleases.py).
+
+What these tests check, with two clients A and B of one real cluster:
+- A's removals under a lease take far fewer ``fs.batch`` RPCs (Raft entries) than names;
+- B's readdir, lookup and create in the directory recall A's lease: B sees every removal
+  A acknowledged, even those A had not flushed yet;
+- A's create of a name whose unlink is still queued lands after it;
+- a removal that fails to land is raised by the next ``fsyncdir`` (and logged);
+- a late batch (its lease expired while its recall went unanswered) does not remove a
+  new file another client created under the same name;
+- a leader killed with a batch queued loses nothing ``fsyncdir`` acknowledged;
+- a client killed with a batch queued: the names are back, nothing else is harmed.
+
+Flushes by time are pushed out of the way (``FLUSH_DELAY_S``) where a test needs the
+queue to be still queued when the other client looks; nothing waits by sleeping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from dfs.cli import cluster as local
+from dfs.client import FsClient, dirleases
+from dfs.client.fsclient import ROOT_INO
+from dfs.secret import load_secret
+from dfs.wire.errors import NotEmpty, NotFound, Stale
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
+
+MODE = 0o100644
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
+    d = tmp_path_factory.mktemp("cluster")
+    lay = local.init_layout(
+        d,
+        chunk_size=1 << 20,
+        meta_options={"tick_ms": 50},
+        cs_options={"heartbeat_ms": 200},
+    )
+    local.start_daemons(lay)
+    try:
+        anyio.run(local.wait_ready, lay, 60.0)
+        yield lay
+    finally:
+        local.stop_daemons(lay, timeout_s=10)
+        for log in sorted((d / "logs").glob("*.log")):
+            text = log.read_text(errors="replace")
+            if "Traceback" in text:
+                print(f"----- {log.name}\n{text[-6000:]}")
+
+
+@pytest.fixture
+def no_timed_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queued removals stay queued until something else flushes them."""
+    monkeypatch.setattr(dirleases, "FLUSH_DELAY_S", 120.0)
+
+
+@asynccontextmanager
+async def client(layout: local.Layout, **kw: float) -> AsyncIterator[FsClient]:
+    async with FsClient.open_cluster(
+        layout.meta_addresses, load_secret(layout.secret_file), **kw
+    ) as fs:
+        yield fs
+
+
+async def names(fs: FsClient, ino: int) -> list[bytes]:
+    return sorted([e.name async for e in fs.readdir(ino)])
+
+
+async def make_dir(fs: FsClient, name: bytes, count: int) -> int:
+    d = await fs.mkdir(ROOT_INO, name, 0o755)
+    for i in range(count):
+        await fs.create(d.ino, b"f%04d" % i, MODE)
+    return d.ino
+
+
+async def test_removals_batch_and_another_clients_readdir_sees_them(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    async with client(layout) as a, client(layout) as b:
+        d = await make_dir(a, b"rd", 300)
+        sub = await a.mkdir(d, b"sub", 0o755)
+        await a.create(sub.ino, b"inner", MODE)
+        batches = a.stats.count("fs.batch")
+        for i in range(300):
+            await a.unlink(d, b"f%04d" % i)
+        await a.unlink(sub.ino, b"inner")
+        await a.rmdir(d, b"sub")
+        assert a.dirleases.pending  # acknowledged, not sent: B's readdir must recall
+        assert await names(b, d) == []
+        assert not a.dirleases.pending
+        assert a.stats.count("fs.lease_release") >= 1
+        # 302 removals in a handful of entries (count bound, the lease asks' flushes).
+        assert 1 <= a.stats.count("fs.batch") - batches <= 6
+        with pytest.raises(NotFound):
+            await b.lookup(d, b"sub")
+
+
+async def test_lookup_and_create_of_another_client_recall(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    async with client(layout) as a, client(layout) as b:
+        d = await make_dir(a, b"lc", 3)
+        await a.unlink(d, b"f0000")
+        assert a.dirleases.pending
+        with pytest.raises(NotFound):
+            await b.lookup(d, b"f0000")
+        assert not a.dirleases.pending
+        await a.unlink(d, b"f0001")  # under a new lease
+        assert a.dirleases.pending
+        await b.create(d, b"f0001", MODE)  # no Exists: A's unlink landed first
+        assert not a.dirleases.pending
+        assert await names(b, d) == [b"f0001", b"f0002"]
+
+
+async def test_create_after_a_queued_unlink_lands_after_it(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    async with client(layout) as a, client(layout) as b:
+        d = await make_dir(a, b"cu", 1)
+        old = await a.lookup(d, b"f0000")
+        await a.unlink(d, b"f0000")
+        assert a.dirleases.pending
+        new, created = await a.create(d, b"f0000", MODE)
+        assert created and new.ino != old.ino
+        await a.fsyncdir(d)
+        assert (await b.lookup(d, b"f0000")).ino == new.ino
+
+
+async def test_fsyncdir_reports_a_removal_that_did_not_land(
+    layout: local.Layout, no_timed_flush: None, expect_log: Callable[..., None]
+) -> None:
+    expect_log(r"unlink of b'ghost' in directory inode \d+ did not land")
+    async with client(layout) as a:
+        d = await make_dir(a, b"fs", 2)
+        await a.unlink(d, b"f0000")  # takes the lease
+        # A listing that went wrong (as a lease that lapsed unnoticed would leave it): a
+        # name the namespace does not have.
+        lease = a.dirleases.valid(d)
+        assert lease is not None
+        lease.names[b"ghost"] = dataclasses.replace(lease.names[b"f0001"], ino=10**9)
+        await a.unlink(d, b"ghost")  # answered from the listing
+        with pytest.raises(NotFound):
+            await a.fsyncdir(d)
+        await a.fsyncdir(d)  # reported once
+        assert await names(a, d) == [b"f0001"]
+
+
+async def test_late_batch_does_not_remove_another_clients_new_file(
+    layout: local.Layout, no_timed_flush: None, expect_log: Callable[..., None]
+) -> None:
+    expect_log(r"unlink of b'f0000' in directory inode \d+ did not land")
+    async with client(layout) as a, client(layout) as b:
+        d = await make_dir(a, b"late", 1)
+        await a.unlink(d, b"f0000")
+        assert a.dirleases.pending
+        # A stops hearing recalls (a partition of the one-way path): B waits for the lease
+        # to expire, then removes and creates the name again.
+        leader = a.meta.leader
+        assert leader is not None
+        conn = a._pool.current(leader)
+        assert conn is not None
+        conn.on_oneway = None
+        a.dirleases.enabled = False  # and A takes no new lease meanwhile
+        with anyio.fail_after(30):
+            await b.unlink(d, b"f0000")
+        mine, _ = await b.create(d, b"f0000", MODE)
+        assert a.dirleases.pending
+        with pytest.raises(Stale):
+            await a.fsyncdir(d)  # the late batch: refused, the name names another inode
+        assert (await b.lookup(d, b"f0000")).ino == mine.ino
+
+
+async def test_leader_killed_with_a_batch_queued_loses_nothing_fsyncdir_acked(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    secret = load_secret(layout.secret_file)
+    async with client(layout, timeout_s=30.0) as a:
+        d = await make_dir(a, b"lk", 100)
+        for i in range(100):
+            await a.unlink(d, b"f%04d" % i)
+        assert a.dirleases.pending
+        st = await local.cluster_status(layout.meta_addresses, secret)
+        leader = next(m for m in st["metaservers"] if m.get("role") == "leader")
+        os.kill(leader["pid"], signal.SIGKILL)
+        await a.fsyncdir(d)  # re-sent to the new leader: no error
+    local.start_daemons(layout)  # bring the killed metaserver back
+    await local.wait_ready(layout, 60.0)
+    async with client(layout) as b:
+        assert await names(b, d) == []
+
+
+CHILD = """
+import sys, anyio
+from dfs.client import FsClient, dirleases
+from dfs.secret import load_secret
+dirleases.FLUSH_DELAY_S = 120.0
+
+async def main():
+    addresses, secret_file, d = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3])
+    async with FsClient.open_cluster(addresses, load_secret(secret_file)) as fs:
+        for i in range(20):
+            await fs.unlink(d, b"f%04d" % i)
+        assert fs.dirleases.pending
+        print("queued", flush=True)
+        await anyio.sleep_forever()
+
+anyio.run(main)
+"""
+
+
+async def test_client_killed_with_a_batch_queued_loses_it_and_nothing_else(
+    layout: local.Layout, tmp_path: Path
+) -> None:
+    async with client(layout) as b:
+        d = await make_dir(b, b"ck", 30)
+        other = await make_dir(b, b"ck-other", 5)
+        script = tmp_path / "child.py"
+        script.write_text(textwrap.dedent(CHILD))
+        child = subprocess.Popen(
+            [sys.executable, str(script), ",".join(layout.meta_addresses),
+             str(layout.secret_file), str(d)],
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert child.stdout is not None
+            line = await anyio.to_thread.run_sync(child.stdout.readline)
+            assert line.strip() == b"queued"
+        finally:
+            child.kill()
+            child.wait(timeout=10)
+        # B's readdir recalls the dead client's lease: nobody answers, it expires.
+        with anyio.fail_after(30):
+            assert await names(b, d) == [b"f%04d" % i for i in range(30)]
+        assert await names(b, other) == [b"f%04d" % i for i in range(5)]
+        await b.unlink(d, b"f0000")
+        await b.fsyncdir(d)
+        assert len(await names(b, d)) == 29
+
+
+async def test_rmdir_of_a_directory_not_known_empty_asks_the_leader(
+    layout: local.Layout,
+) -> None:
+    async with client(layout) as a, client(layout) as b:
+        d = await make_dir(a, b"rn", 0)
+        sub = await b.mkdir(d, b"sub", 0o755)
+        await b.create(sub.ino, b"x", MODE)
+        with pytest.raises(NotEmpty):
+            await a.rmdir(d, b"sub")
+        await b.unlink(sub.ino, b"x")
+        await a.rmdir(d, b"sub")
+        await a.fsyncdir(d)
+        assert await names(b, d) == []

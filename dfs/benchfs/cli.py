@@ -42,3 +42,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the temp dir goes (default: the system's, if it is on "
                         "the working tree's disk)")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
+    parser.add_argument("--plot", type=Path, default=None, metavar="F.svg",
+                        help="also draw dfs's ratios to each peer as an SVG bar chart")  # fmt: skip

@@ -19,10 +19,18 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from dfs import benchplot
 from dfs.benchfs.workloads import LOWER_IS_BETTER, ORDER, UNITS
 
 # The targets dfs is compared with, in the order their ratio lines come.
 PEERS = ("moosefs", "passthrough")
+# Short names under the bars of ``plot`` (a panel has room for about seven characters).
+PLOT_LABELS = {
+    "seq-write": "write", "seq-read": "read", "rand-read": "4K rand", "small-create": "cp -r",
+    "stat-cold": "ls cold", "stat-warm": "ls warm", "small-rm": "rm -rf", "untar": "tar x",
+    "untar-rm": "tar rm",
+}  # fmt: skip
+PEER_TITLES = {"moosefs": "MooseFS", "passthrough": "the pass-through"}
 
 
 @dataclass
@@ -99,3 +107,25 @@ def as_json(results: Results) -> str:
             "settings": results.settings,
         }
     )
+
+
+def plot(results: Results) -> str:
+    """An SVG of dfs's ratios (``--plot``): a panel per peer that ran, a bar per workload,
+    a line at 1 (level with the peer; above it dfs is better)."""
+    panels = []
+    for peer in PEERS:
+        bars = [
+            (PLOT_LABELS.get(w, w), value)
+            for w in results.workloads()
+            if (value := results.ratio(w, peer)) is not None
+        ]
+        if bars:
+            panels.append(
+                benchplot.Panel(
+                    title=f"dfs ÷ {PEER_TITLES[peer]}",
+                    unit="x",
+                    bars=bars,
+                    references=[(f"level with {PEER_TITLES[peer]}", 1.0)],
+                )
+            )
+    return benchplot.svg(panels, caption="scripts/bench fs: above 1, dfs is better")

@@ -154,6 +154,9 @@ def fs_main(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     names = [t.name for t in targets]
+    if args.plot is not None:
+        args.plot.write_text(report.plot(results))
+        _progress(f"plot written to {args.plot}")
     if args.json:
         print(report.as_json(results))
     else:

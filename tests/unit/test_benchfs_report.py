@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dfs.benchfs.report import Results, as_json, lines
+from dfs.benchfs.report import Results, as_json, lines, plot
 from dfs.benchfs.workloads import ORDER, parse_only
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -62,3 +62,12 @@ def test_only_keeps_the_canonical_order_and_refuses_unknown_names() -> None:
     assert parse_only("untar,seq-read") == ["seq-read", "untar"]
     with pytest.raises(ValueError, match="nope"):
         parse_only("seq-read,nope")
+
+
+def test_plot_draws_a_panel_per_peer_with_each_ratio() -> None:
+    svg = plot(results())
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    assert "dfs ÷ MooseFS" in svg and "dfs ÷ the pass-through" in svg
+    # seq-write and untar against MooseFS, untar against the pass-through: three bars.
+    assert svg.count("<rect") - svg.count('fill="white"') == 3
+    assert "0.50 x" in svg and "2.00 x" in svg and "tar x" in svg

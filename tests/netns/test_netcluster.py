@@ -23,6 +23,7 @@ What these tests check (issue 5, item 9):
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,10 +136,16 @@ def test_leader_partitioned_from_the_majority(net: NetCluster, tmp_path: Path) -
         net.partition(old, majority)
         cut_at = time.monotonic()
         acked_at_cut = len(writer.starting("ok"))
-        # Right after the cut the old leader still thinks it leads, but a read there needs
-        # a quorum (ReadIndex): it gets no answer, or NotLeader once it stepped down.
-        with pytest.raises((Timeout, NotLeader)):
-            net.call(old, "fs.lookup", parent=1, name=b"part", timeout_ms=700, timeout_s=1.5)
+        # Right after the cut the old leader may still answer a read on its lease (no
+        # other leader can be elected before the lease runs out: docs/ARCHITECTURE.md,
+        # invariant 5), or already refuse it (NotLeader, or no quorum for a ReadIndex);
+        # either way the answer is current. Once a new leader exists it serves nothing
+        # (below).
+        with contextlib.suppress(Timeout, NotLeader):
+            header = net.call(
+                old, "fs.lookup", parent=1, name=b"part", timeout_ms=700, timeout_s=1.5
+            )
+            assert header["attr"]["ino"] > 0
 
         def new_leader() -> str | None:
             views = metaserver_views(net)

@@ -426,33 +426,26 @@ class Connection(asyncio.Protocol):
                     continue
                 try:
                     await self._handler(self, frame.header, frame.payload)
-                except DfsError as e:
-                    log.warning(
-                        "rpc: one-way op %r from %s failed: %s",
-                        frame.header.get(messages.OP),
-                        self.peername,
-                        e,
-                    )
-                except Exception:
-                    log.exception(
-                        "rpc: one-way handler for op %r failed", frame.header.get(messages.OP)
-                    )
+                except Exception as e:
+                    self._oneway_failed(frame, e)
             self._oneway_waiter = self._loop.create_future()
             await self._oneway_waiter
 
     def _run_oneway_now(self, handler: OnewayHandler, frame: codec.Frame) -> bool:
         try:
             return handler(self, frame.header, frame.payload)
-        except DfsError as e:
-            log.warning(
-                "rpc: one-way op %r from %s failed: %s",
-                frame.header.get(messages.OP),
-                self.peername,
-                e,
-            )
-        except Exception:
-            log.exception("rpc: one-way handler for op %r failed", frame.header.get(messages.OP))
+        except Exception as e:
+            self._oneway_failed(frame, e)
         return True
+
+    def _oneway_failed(self, frame: codec.Frame, error: Exception) -> None:
+        """A one-way op's failure: an operating error is a warning, anything else a bug
+        (logged with its traceback); either way the connection goes on."""
+        op = frame.header.get(messages.OP)
+        if isinstance(error, DfsError):
+            log.warning("rpc: one-way op %r from %s failed: %s", op, self.peername, error)
+        else:
+            log.error("rpc: one-way handler for op %r failed", op, exc_info=error)
 
     def _update_reading(self) -> None:
         transport = self._transport

@@ -76,7 +76,7 @@ from dfs.client import (
 from dfs.client.stats import OpStats
 from dfs.fuse.errno_map import BAD_HANDLE, QUIET_ERRNOS, errno_for
 from dfs.fuse.pages import PageStamps
-from dfs.wire.errors import DfsError, Invalid, NotFound, Unsupported
+from dfs.wire.errors import DfsError, Invalid, NotEmpty, NotFound, Unsupported
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,10 @@ NAME_BYTES_MAX = 255
 READDIR_PAGE = 1024
 # Names given to open files whose last visible name was removed (rule 6).
 HIDDEN_PREFIX = b".dfs-open-deleted-"
+# close(2) returns before the kernel sends RELEASE (it is asynchronous for FUSE), so an
+# rmdir right after the last close of an unlinked file can find its hidden name still
+# there: rmdir waits this long for such a release in flight before it says ENOTEMPTY.
+HIDDEN_RELEASE_WAIT_S = 1.0
 
 # The identity of FUSE and dfs inode numbers rests on this.
 assert pyfuse3.ROOT_INODE == ROOT_INO
@@ -208,6 +212,7 @@ class DfsOperations(pyfuse3.Operations):
         self._open_attrs: dict[int, tuple[Attr, int]] = {}
         # Hidden names (directory, name) keeping open, unlinked inodes alive (rule 6).
         self._hidden: dict[int, list[tuple[int, bytes]]] = {}
+        self._hidden_dropped = anyio.Event()  # set (and renewed) as hidden names go
         self.stats = OpStats()  # requests from the kernel, by type: count and time
         # The version of each inode's pages in the kernel's page cache (rule 3).
         self.pages = PageStamps(fs.options.cache_entries_max)
@@ -467,7 +472,27 @@ class DfsOperations(pyfuse3.Operations):
 
     @_errors("rmdir")
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.fs.rmdir(parent_inode, name)
+        hidden_somewhere = bool(self._hidden)
+        try:
+            await self.fs.rmdir(parent_inode, name)
+        except NotEmpty:
+            if not hidden_somewhere or not await self._hidden_released(parent_inode, name):
+                raise
+            await self.fs.rmdir(parent_inode, name)  # lands the hidden names' unlinks first
+
+    async def _hidden_released(self, parent_inode: int, name: bytes) -> bool:
+        """Wait up to HIDDEN_RELEASE_WAIT_S for releases the kernel has in flight to drop
+        this mount's hidden names in the directory ``name`` (or a release that ran
+        during the rmdir, which found its name still there). True when none is left."""
+        ino = (await self.fs.lookup(parent_inode, name)).ino
+
+        def holding() -> bool:
+            return any(p == ino for names in self._hidden.values() for p, _ in names)
+
+        with anyio.move_on_after(HIDDEN_RELEASE_WAIT_S):
+            while holding():
+                await self._hidden_dropped.wait()
+        return not holding()
 
     # ------------------------------------------------------------------ names
 
@@ -523,9 +548,16 @@ class DfsOperations(pyfuse3.Operations):
         return HIDDEN_PREFIX + f"{ino}-{secrets.token_hex(4)}".encode()
 
     async def _drop_hidden(self, ino: int) -> None:
-        for parent, hidden in self._hidden.pop(ino, []):
-            with contextlib.suppress(NotFound):  # removed by someone else meanwhile
-                await self.fs.unlink(parent, hidden)
+        # The names stay listed until they are gone: an rmdir waiting for them to go
+        # must not retry while the unlink is still on its way.
+        try:
+            for parent, hidden in list(self._hidden.get(ino, ())):
+                with contextlib.suppress(NotFound):  # removed by someone else meanwhile
+                    await self.fs.unlink(parent, hidden)
+        finally:
+            self._hidden.pop(ino, None)
+            self._hidden_dropped.set()
+            self._hidden_dropped = anyio.Event()
 
     @_errors("rename")
     async def rename(

@@ -353,6 +353,18 @@ def test_open_file_outlives_its_name(workdir: Path) -> None:
         os.close(fd)
     os.rmdir(d)  # the hidden name went with the last close
 
+    # close(2) returns before the kernel's RELEASE reaches the mount: an rmdir at once
+    # after it must still succeed (the mount waits for the release in flight).
+    for i in range(10):
+        d = workdir / f"quick{i}"
+        d.mkdir()
+        (d / "f").write_bytes(b"x" * 4096)
+        fd = os.open(d / "f", os.O_RDONLY)
+        os.unlink(d / "f")
+        os.close(fd)
+        os.rmdir(d)
+        assert not d.exists()
+
     # Renamed over while open: the old file stays readable through its descriptor.
     old, new = workdir / "old", workdir / "new"
     old.write_bytes(b"old contents")

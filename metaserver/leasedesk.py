@@ -86,6 +86,8 @@ class LeaseDesk:
                 parents: dict[int, None] = {}
                 for sub in field(h, "ops", list):
                     if type(sub) is list and len(sub) == 2 and type(sub[1]) is dict:
+                        if sub[0] == "fs.commit":
+                            continue  # a file's data: no directory's entries
                         parents[uint_field(sub[1], "parent")] = None
                         if self.leases and sub[0] == "fs.rmdir":
                             for child in self._child_dir(sub[1]["parent"], sub[1].get("name")):

@@ -78,6 +78,7 @@ from dfs.wire.token import READ, WRITE, make_token, token_key
 from metaserver.holds import HOLD_GRACE_S, KEEPALIVE_S, Holds
 from metaserver.leasedesk import LeaseDesk
 from metaserver.namespace import Namespace, encode_command
+from metaserver.namespace.commands import BATCH_OPS
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
 from metaserver.placement import PLACEMENT_POLICIES, Placer, Registry
 from metaserver.raft.node import RAFT_OP, NodeConfig, RaftNode
@@ -228,9 +229,8 @@ MUTATIONS: dict[str, tuple[str, tuple[tuple[str, type, bool], ...]]] = {
                              ("chunks", list, True), ("mode", _I, False), ("uid", _I, False),
                              ("gid", _I, False), ("atime_ns", _I, False))),
 }  # fmt: skip
-# The ops fs.batch may hold (PROTOCOL.md; v1: removals, which a client answers under a
-# directory lease).
-BATCHABLE = ("fs.unlink", "fs.rmdir")
+# The requests fs.batch may hold (PROTOCOL.md): those whose namespace op is a BATCH_OPS.
+BATCHABLE = tuple(op for op, (ns_op, _) in MUTATIONS.items() if ns_op in BATCH_OPS)
 # cs.report pages and cs.bad_chunks lists (PROTOCOL.md).
 REPORT_PAGE_MAX = 8192
 BAD_CHUNKS_MAX = 4096
@@ -358,9 +358,7 @@ class MetaServer:
                     cut["chunk_id"], cut["version"], cut["length"], cut["replicas"]
                 )
             if op == "fs.commit":
-                for entry in header["chunks"]:
-                    if isinstance(entry, list) and len(entry) == 4:
-                        self.repair.touch(entry[2])
+                self._touch_committed(header["chunks"])
             return result, b""
         handler = self._ops.get(op)
         if handler is None:
@@ -398,6 +396,12 @@ class MetaServer:
         if not result.get("ok"):
             raise error_from_wire(result.get("err"))
         return {k: v for k, v in result.items() if k != "ok"}
+
+    def _touch_committed(self, entries: list[Any]) -> None:
+        """The upkeep leaves chunks a client just committed alone for a while."""
+        for entry in entries:
+            if isinstance(entry, list) and len(entry) == 4:
+                self.repair.touch(entry[2])
 
     async def _mutate(
         self,
@@ -470,8 +474,9 @@ class MetaServer:
         return {"keepalive_ms": self._keepalive_ms}
 
     async def _batch(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """``fs.batch``: removals a client answered under its directory leases, checked
-        as each would be alone, then one command (``metaserver/namespace/batch.py``)."""
+        """``fs.batch``: removals a client answered under its directory leases and commits
+        of files it created under them, checked as each would be alone, then one command
+        (``metaserver/namespace/batch.py``)."""
         ops = field(h, "ops", list)
         if not 1 <= len(ops) <= BATCH_OPS_MAX:
             raise Invalid(f"ops: 1..{BATCH_OPS_MAX} sub-ops")
@@ -492,6 +497,9 @@ class MetaServer:
                     args[name] = field(fields, name, tp)
             subs.append([ns_op, args])
         result = await self._propose("batch", {"ops": subs}, h, timeout_s)
+        for ns_op, args in subs:
+            if ns_op == "commit":
+                self._touch_committed(args["chunks"])
         return {"results": result["results"]}
 
     async def _free_orphans(self, candidates: list[int], timeout_s: float) -> None:

@@ -1,10 +1,13 @@
-"""Directory leases on the client: removals answered at once, shipped in batches.
+"""Directory leases on the client: removals and new files' commits answered at once,
+shipped in batches.
 
 What it owns: the leases this client holds (``fs.dir_lease``: an exclusive right to
-answer removals in a directory from its complete listing), the queue of removals it
-acknowledged but has not yet sent, the flush of that queue as one ``fs.batch`` (one Raft
-entry for many names), the answer to a recall, and the errors of removals that failed to
-land, kept for the next ``fsyncdir`` of their directory. What it must not do: know FUSE
+answer removals in a directory from its complete listing), the queue of what it
+acknowledged but has not yet sent (removals, and the commits of files it created in a
+directory it held the lease on), the flush of that queue as one ``fs.batch`` (one Raft
+entry for many), the answer to a recall, and the errors of what failed to land, kept for
+the next ``fsyncdir`` of their directory (and a commit's for the next ``fsync`` of its
+file). What it must not do: know FUSE
 or the caches' layout (``FsClient`` calls in and is called back), or import asyncio.
 
 The promise (docs/ARCHITECTURE.md, "Directory leases"; the model is CephFS's
@@ -23,15 +26,26 @@ asynchronous unlink under the directory's capabilities):
 - each queued removal carries the inode it removes: the namespace refuses it (``Stale``)
   if the name names another inode by the time it lands.
 
+New files' commits. The size, mtime and chunk lengths of a file this client created
+while it held the lease on its directory are committed through the same queue when a
+close makes them (``defer_commit``): the bytes are on every replica when the close
+returns, as always, and the commit lands as the removals do, within ``FLUSH_DELAY_S``.
+No other client can reach such a file without reading the directory first (a lookup or
+a listing: either recalls the lease, and the queue lands before the answer), so
+close-to-open holds between clients. An ``fsync`` of the file waits for its commit. A
+commit that fails to land (the chunk was replaced meanwhile: ``Stale``) is a WARNING and
+the error of the file's next ``fsync`` and of the directory's next ``fsyncdir``.
+
 Ordering. One FIFO for the whole client, so that removals land in the order they were
 answered (the unlinks in a directory before its ``rmdir``), and every other metadata
 request waits for the queue to land first (``MetaClient.before``): a create of a name
 after its queued unlink, a rename or a readdir never overtakes it (CephFS tracker 55332).
-The one exception is a read whose answer no queued removal can change (``_unaffected``:
-a lookup of a name not queued, a getattr of an inode neither removed nor the parent of a
-removal, a listing or lease of a directory with nothing queued in it): it goes at once,
-or every kernel lookup during an ``rm -rf`` whose dentries outlived their 1 s, and every
-directory it opens, would wait for a commit.
+The exceptions are requests whose answer nothing queued can change (``_unaffected``: a
+lookup of a name not queued, a getattr of an inode neither queued nor the parent of a
+removal, a listing or lease of a directory with nothing queued in it, a create of a name
+not queued in a directory not being removed): they go at once, or every kernel lookup
+during an ``rm -rf`` whose dentries outlived their 1 s, every directory it opens, and
+every file a ``cp -r`` creates after the previous one's close, would wait for a commit.
 
 Validity of a lease here: from the local time the grant request was *sent*, for
 ``lease_ms`` less ``LEASE_MARGIN`` of it, and only while the connection it was granted on
@@ -61,6 +75,8 @@ from dfs.wire.errors import (
     NotDir,
     NotFound,
     ProtocolError,
+    Timeout,
+    Unavailable,
     Unsupported,
     error_from_wire,
 )
@@ -83,6 +99,16 @@ FLUSH_OPS = BATCH_OPS_MAX // 2
 REFUSED_S = 5.0
 # How long the flush at close may take (each batch retries within the client's timeout).
 CLOSE_FLUSH_S = 30.0
+# A commit goes through the queue only when it names at most this many chunks (a small
+# file's: one batch stays small).
+DEFER_CHUNKS_MAX = 4
+# Commits of new files that got no answer are sent again after this pause, doubling up to
+# the longest.
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 5.0
+# Requests that add a name to ``parent`` (their answer depends on that name and on the
+# directory still being there, not on other queued names).
+_CREATING = frozenset({"fs.create", "fs.mkdir", "fs.mknod", "fs.symlink", "fs.link"})
 
 
 @dataclass(slots=True)
@@ -98,11 +124,17 @@ class DirLease:
 
 
 @dataclass(slots=True)
-class _Removal:
-    op: str  # "fs.unlink" | "fs.rmdir"
-    parent: int
-    name: bytes
-    ino: int
+class _Queued:
+    op: str  # "fs.unlink" | "fs.rmdir" | "fs.commit"
+    parent: int  # the directory: of the name removed, or of the file committed
+    name: bytes  # the name removed (b"" for a commit)
+    ino: int  # the inode removed, or committed
+    fields: dict[str, Any] | None = None  # a commit's request fields
+
+    def request(self) -> dict[str, Any]:
+        if self.fields is not None:
+            return self.fields
+        return {"parent": self.parent, "name": self.name, "ino": self.ino}
 
 
 @dataclass(slots=True)
@@ -120,27 +152,33 @@ class DirLeases:
         task_group: TaskGroup,
         *,
         on_lost: Callable[[int, bytes], None],
+        on_commit_lost: Callable[[int], None],
         enabled: bool = True,
     ) -> None:
         self._meta = meta
         self._pool = pool
         self._tg = task_group
         self._on_lost = on_lost  # (parent, name): a queued removal did not land
+        self._on_commit_lost = on_commit_lost  # (ino): a queued commit did not land
         self.enabled = enabled
         self._leases: dict[int, DirLease] = {}
         self._refused: dict[int, float] = {}
         self._acquiring: dict[int, anyio.Event] = {}
         self._releasing: dict[int, anyio.Event] = {}
         self._recalls: dict[int, int] = {}  # ino -> recalls heard (a grant racing one is void)
-        self._queue: deque[_Removal] = deque()
+        self._queue: deque[_Queued] = deque()
         self._enqueued = 0  # removals ever queued
         self._landed = 0  # of those, the ones whose batch was answered (or failed)
         self._flushing = anyio.Lock()
         self._timer = False
+        self._retrying = False  # a task sends commits that got no answer again
         self._errors: dict[int, list[DfsError]] = {}  # directory -> what failed there
-        # What the queue touches, for the reads that need not wait for it (counts).
+        self._file_errors: dict[int, DfsError] = {}  # file -> its commit that failed
+        # What the queue touches, for the requests that need not wait for it (counts):
+        # names removed; inodes removed, committed or whose entries change; inodes removed.
         self._queued_names: dict[tuple[int, bytes], int] = {}
         self._queued_inos: dict[int, int] = {}
+        self._removed_inos: dict[int, int] = {}
 
     @staticmethod
     def _now() -> float:
@@ -276,17 +314,55 @@ class DirLeases:
             lease.attr = dataclasses.replace(
                 lease.attr, nlink=nlink, mtime_ns=now_ns, ctime_ns=now_ns
             )
-        self._queue.append(_Removal(op, parent, name, ino))
+        self._enqueue(_Queued(op, parent, name, ino))
+        return True
+
+    async def lease_for_create(self, parent: int) -> DirLease | None:
+        """The lease on ``parent`` (asked for if needed) before a create there, so that
+        the new file's commits may go through the queue (``defer_commit``) and the next
+        absent name is known without a round trip. None where refused."""
+        return await self._acquire(parent) if self.enabled else None
+
+    def defer_commit(self, lease: DirLease, name: bytes, ino: int, fields: dict[str, Any]) -> bool:
+        """Queue ``fs.commit`` ``fields`` of ``ino``, a file this client created as
+        ``name`` under ``lease``, if that lease is still held (not one granted again
+        since: another client may have looked at the file in between) and the file
+        still has that name (module docstring). False: commit it the synchronous way."""
+        if self.valid(lease.ino) is not lease:
+            return False
+        entry = lease.names.get(name)
+        # A commit without chunk entries is not deferred: it names no chunk version, so a
+        # repeat of it (_send) could undo a change made meanwhile.
+        if entry is None or entry.ino != ino or not 1 <= len(fields["chunks"]) <= DEFER_CHUNKS_MAX:
+            return False
+        self._enqueue(_Queued("fs.commit", lease.ino, b"", ino, fields))
+        return True
+
+    def _enqueue(self, item: _Queued) -> None:
+        self._queue.append(item)
         self._enqueued += 1
-        _count(self._queued_names, (parent, name), 1)
-        _count(self._queued_inos, parent, 1)
-        _count(self._queued_inos, ino, 1)
+        self._track(item, 1)
         if len(self._queue) >= FLUSH_OPS:
             self._tg.start_soon(self._flush_quietly, name="removals flush")
         elif not self._timer:
             self._timer = True
             self._tg.start_soon(self._flush_later, name="removals flush timer")
-        return True
+
+    def _track(self, item: _Queued, delta: int) -> None:
+        _count(self._queued_inos, item.ino, delta)
+        if item.fields is None:  # a removal
+            _count(self._queued_names, (item.parent, item.name), delta)
+            _count(self._queued_inos, item.parent, delta)
+            _count(self._removed_inos, item.ino, delta)
+
+    def queued(self, ino: int) -> bool:
+        """Whether something queued here removes or commits ``ino`` (or changes its
+        entries)."""
+        return ino in self._queued_inos
+
+    def file_error(self, ino: int) -> DfsError | None:
+        """The error of a queued commit of ``ino`` that failed (once)."""
+        return self._file_errors.pop(ino, None)
 
     def note_added(self, parent: int, name: bytes, attr: Attr) -> None:
         """This client added ``name`` to ``parent`` synchronously: keep the listing true."""
@@ -348,6 +424,16 @@ class DirLeases:
             # rm -rf reads each directory before it empties it: without this, every one
             # waited for the commit of the removals before it.
             return fields.get("ino") not in self._queued_inos
+        if op in _CREATING:
+            # A new name: it may exist only through a queued removal of it, and the
+            # directory must not be one whose removal is queued. (A cp -r creates each
+            # file while the commit of the one before is still queued.)
+            parent = fields.get("parent")
+            return (
+                (parent, fields.get("name")) not in self._queued_names
+                and parent not in self._removed_inos
+                and fields.get("ino") not in self._queued_inos  # fs.link's inode
+            )
         return False
 
     async def flush(self) -> None:
@@ -359,14 +445,22 @@ class DirLeases:
                     return
                 take = min(len(self._queue), BATCH_OPS_MAX)
                 batch = [self._queue.popleft() for _ in range(take)]
+                retry: list[_Queued] = []
                 try:
-                    await self._send(batch)
+                    retry = await self._send(batch)
                 finally:
-                    self._landed += take
-                    for r in batch:
-                        _count(self._queued_names, (r.parent, r.name), -1)
-                        _count(self._queued_inos, r.parent, -1)
-                        _count(self._queued_inos, r.ino, -1)
+                    # Commits that got no answer go back to the front, in order.
+                    self._landed += take - len(retry)
+                    kept = {id(item) for item in retry}
+                    for item in batch:
+                        if id(item) not in kept:
+                            self._track(item, -1)
+                    self._queue.extendleft(reversed(retry))
+                if retry:
+                    self._retry_later()
+                    raise Unavailable(
+                        f"{len(retry)} queued commits got no answer; retrying in the background"
+                    )
 
     async def _flush_later(self) -> None:
         await anyio.sleep(FLUSH_DELAY_S)  # the time bound of the queue, not a wait
@@ -376,11 +470,38 @@ class DirLeases:
     async def _flush_quietly(self) -> None:
         try:
             await self.flush()
+        except DfsError as e:
+            log.info("queued metadata not landed yet: %s", e)
         except Exception:  # never into the task group: the client must live on
             log.exception("flushing queued removals failed")
 
-    async def _send(self, batch: list[_Removal]) -> None:
-        ops = [[r.op, {"parent": r.parent, "name": r.name, "ino": r.ino}] for r in batch]
+    def _retry_later(self) -> None:
+        if not self._retrying:
+            self._retrying = True
+            self._tg.start_soon(self._retry, name="queued commits retry")
+
+    async def _retry(self) -> None:
+        """Send the commits that got no answer again, with backoff, until they land (a
+        new file's bytes are on its replicas: only its commit is missing)."""
+        pause_s = RETRY_MIN_S
+        try:
+            while self._queue and any(item.fields is not None for item in self._queue):
+                await anyio.sleep(pause_s)  # a backoff, not a wait for a condition
+                try:
+                    await self.flush()
+                except DfsError as e:
+                    log.info("queued commits not landed yet, retrying: %s", e)
+                    pause_s = min(pause_s * 2, RETRY_MAX_S)
+        finally:
+            self._retrying = False
+
+    async def _send(self, batch: list[_Queued]) -> list[_Queued]:
+        """Send ``batch`` and settle what it answered. Returns the commits to send again:
+        the batch got no answer (a leader change, an outage), and a commit is safe to
+        repeat (it names the chunk versions it wrote under: a repeat after someone
+        else's change is refused, ``Stale``), while its loss would lose the file's
+        data."""
+        ops = [[item.op, item.request()] for item in batch]
         results: list[DfsError | None]
         try:
             header = await self._meta.mutate("fs.batch", ops=ops)
@@ -392,22 +513,40 @@ class DirLeases:
             # No answer (the deadline passed) or a refused batch: the removals may or may
             # not have landed. Leases are not to be trusted any more either.
             self._leases.clear()
-            results = [e] * len(batch)
-        for removal, error in zip(batch, results, strict=True):
+            if isinstance(e, Unavailable | Timeout):
+                retry = [item for item in batch if item.fields is not None]
+            else:
+                retry = []
+            results = [None if item.fields is not None and retry else e for item in batch]
+        else:
+            retry = []
+        for item, error in zip(batch, results, strict=True):
             if error is not None:
-                self._failed(removal, error)
+                self._failed(item, error)
+        return retry
 
-    def _failed(self, removal: _Removal, error: DfsError) -> None:
+    def _failed(self, item: _Queued, error: DfsError) -> None:
+        self._errors.setdefault(item.parent, []).append(error)
+        self._leases.pop(item.parent, None)
+        if item.fields is not None:
+            log.warning(
+                "commit of inode %d (created in directory inode %d) did not land: %s "
+                "(its written bytes are lost; reported at fsync)",
+                item.ino,
+                item.parent,
+                error,
+            )
+            self._file_errors[item.ino] = error
+            self._on_commit_lost(item.ino)
+            return
         log.warning(
             "%s of %r in directory inode %d did not land: %s (reported at fsyncdir)",
-            removal.op.removeprefix("fs."),
-            removal.name,
-            removal.parent,
+            item.op.removeprefix("fs."),
+            item.name,
+            item.parent,
             error,
         )
-        self._errors.setdefault(removal.parent, []).append(error)
-        self._leases.pop(removal.parent, None)
-        self._on_lost(removal.parent, removal.name)
+        self._on_lost(item.parent, item.name)
 
     async def fsyncdir(self, ino: int) -> None:
         """Make this client's removals durable (they are, once their batch is answered)
@@ -418,13 +557,22 @@ class DirLeases:
             raise errors[0]
 
     async def aclose(self) -> None:
-        """Flush what is queued (bounded); forget the leases."""
-        if self.pending:
-            with anyio.move_on_after(CLOSE_FLUSH_S):
+        """Flush what is queued (bounded by ``CLOSE_FLUSH_S``, commits retried within
+        it); forget the leases."""
+        with anyio.move_on_after(CLOSE_FLUSH_S):
+            while self.pending:
                 try:
                     await self.flush()
                 except DfsError as e:
-                    log.warning("removals queued at close did not land: %s", e)
+                    if not self._queue:
+                        log.warning("removals queued at close did not land: %s", e)
+                        break
+                    await anyio.sleep(RETRY_MIN_S)  # a backoff between attempts
+        if self._queue:
+            log.warning(
+                "%d queued removals and commits lost at close (no metaserver answered)",
+                len(self._queue),
+            )
         self._leases.clear()
 
 

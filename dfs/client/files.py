@@ -187,6 +187,8 @@ class FileIo:
         chunk_size: int,
         options: ClientOptions,
         on_attr: Callable[[Attr], None],
+        defer_commit: Callable[[Any, int, dict[str, Any]], Attr | None] | None = None,
+        land_commits: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.meta = meta
         self.chunks = chunks
@@ -195,6 +197,11 @@ class FileIo:
         self.chunk_size = chunk_size
         self.options = options
         self.on_attr = on_attr  # attributes fresh from the metaserver (commit, truncate)
+        # A new file's commit through the directory lease's queue (dirleases.py): given
+        # ``OpenInode.created_under``, the ino and the commit's fields, the attributes it
+        # will give, or None (commit it the synchronous way); and the wait for them.
+        self.defer_commit = defer_commit
+        self.land_commits = land_commits
 
     async def locate(self, ino: int, first: int, last: int) -> dict[int, ChunkLocation | None]:
         """Locations of chunks ``first..last`` (None: a hole), from the cache or batched
@@ -339,6 +346,9 @@ class OpenInode:
         self._attrs_timer = False  # a commit of them is scheduled (``_commit_attrs_later``)
         # (size, mtime, ctime) as this client last saw them from the metaserver.
         self._seen = _stamp(attr)
+        # (the directory lease, name) when this client created the file under its
+        # directory's lease: commits that need no sync may go through its queue.
+        self.created_under: tuple[Any, bytes] | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -811,29 +821,45 @@ class OpenInode:
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
 
     async def _commit(
-        self, size: int, *, mtime_ns: int | None, attrs: dict[str, int] | None = None
+        self,
+        size: int,
+        *,
+        mtime_ns: int | None,
+        attrs: dict[str, int] | None = None,
+        defer: bool = False,
     ) -> Attr:
         """``fs.commit`` what has landed: chunk lengths, ``size``, ``mtime_ns`` (None:
-        unchanged) and the attribute changes ``attrs``."""
+        unchanged) and the attribute changes ``attrs``. ``defer``: through the directory
+        lease's queue if the file was created under it (``created_under``)."""
         async with self._commit_lock:
-            return await self._commit_locked(size, mtime_ns=mtime_ns, attrs=attrs)
+            return await self._commit_locked(size, mtime_ns=mtime_ns, attrs=attrs, defer=defer)
 
     async def _commit_locked(
-        self, size: int, *, mtime_ns: int | None, attrs: dict[str, int] | None = None
+        self,
+        size: int,
+        *,
+        mtime_ns: int | None,
+        attrs: dict[str, int] | None = None,
+        defer: bool = False,
     ) -> Attr:
         chunks = sorted(self._uncommitted.items())
-        self._uncommitted = {}
-        fields: dict[str, int] = dict(attrs or {})
+        fields: dict[str, Any] = dict(attrs or {})
         if mtime_ns is not None:
             fields["mtime_ns"] = mtime_ns
+        fields.update(
+            ino=self.ino, size=size, chunks=[pending.entry(index) for index, pending in chunks]
+        )
+        if defer and self.created_under is not None and self.io.defer_commit is not None:
+            queued = self.io.defer_commit(self.created_under, self.ino, fields)
+            if queued is not None:
+                self._uncommitted = {}
+                for index, _ in chunks:
+                    self.io.locations.drop(self.ino, index)
+                self.saw(queued)
+                return queued
+        self._uncommitted = {}
         try:
-            header = await self.io.meta.mutate(
-                "fs.commit",
-                ino=self.ino,
-                size=size,
-                chunks=[pending.entry(index) for index, pending in chunks],
-                **fields,
-            )
+            header = await self.io.meta.mutate("fs.commit", **fields)
         except Stale as e:
             # Not retried under a new handle: the bytes it describes may be gone.
             await self._lost(chunks, e)
@@ -934,7 +960,7 @@ class OpenInode:
         if mtime_ns is None and self._uncommitted:
             mtime_ns = time.time_ns()
         attrs = dict(self._attrs)
-        attr = await self._commit(self.size, mtime_ns=mtime_ns, attrs=attrs)
+        attr = await self._commit(self.size, mtime_ns=mtime_ns, attrs=attrs, defer=not sync)
         if self._mtime_ns == mtime_ns:
             self._mtime_ns = None
         for name, value in attrs.items():

@@ -57,7 +57,7 @@ from anyio.abc import TaskGroup
 from dfs.client.cache import Clock, LocationCache, MetaCache
 from dfs.client.chunkio import ChunkIo
 from dfs.client.conn import single_errors
-from dfs.client.dirleases import DirLeases
+from dfs.client.dirleases import DirLease, DirLeases
 from dfs.client.files import FileIo, OpenInode
 from dfs.client.handle import File, check_open_flags
 from dfs.client.meta import MetaClient
@@ -175,6 +175,7 @@ class FsClient:
             self._pool,
             task_group,
             on_lost=self._forget,
+            on_commit_lost=self._commit_lost,
             enabled=options.dir_leases,
         )
         self.meta.before = self.dirleases.before
@@ -227,6 +228,8 @@ class FsClient:
             chunk_size=statfs.chunk_size,
             options=self.options,
             on_attr=self._own_attr,
+            defer_commit=self._defer_commit,
+            land_commits=self._land_commits,
         )
 
     async def aclose(self) -> None:
@@ -266,6 +269,48 @@ class FsClient:
         inode = self._open.get(attr.ino)
         if inode is not None:
             inode.saw(attr)
+
+    def _defer_commit(
+        self, created: tuple[DirLease, bytes], ino: int, fields: dict[str, Any]
+    ) -> Attr | None:
+        """Queue the commit ``fields`` of ``ino``, created here as ``name`` under
+        ``lease`` (``created``; dirleases.py, "New files' commits"); return the
+        attributes it will give, as this client can tell them. None: commit it the
+        synchronous way (the lease is gone, or the file has another name by now)."""
+        base = self.cache.attr(ino)
+        if base is None or base.nlink != 1:
+            return None
+        if not self.dirleases.defer_commit(*created, ino, fields):
+            return None
+        size = fields["size"]
+        changes: dict[str, Any] = {
+            "size": size,
+            "ctime_ns": time.time_ns(),
+            "blocks": (size + 511) >> 9,  # as the namespace counts a file (state.py)
+        }
+        for name in ("mtime_ns", "uid", "gid", "atime_ns"):
+            if name in fields:
+                changes[name] = fields[name]
+        if "mode" in fields:
+            changes["mode"] = stat.S_IFMT(base.mode) | fields["mode"]
+        attr = dataclasses.replace(base, **changes)
+        self._own_attr(attr)
+        return attr
+
+    async def _land_commits(self, ino: int) -> None:
+        """Wait until the queued commits of ``ino`` have landed; raise the first that
+        failed since the last time (an fsync's writeback error)."""
+        if self.dirleases.queued(ino):
+            await self.dirleases.flush()
+        error = self.dirleases.file_error(ino)
+        if error is not None:
+            raise error
+
+    def _commit_lost(self, ino: int) -> None:
+        """A queued commit of ``ino`` did not land: what this client told of its size
+        and times is not the metaservers'."""
+        self.cache.drop_attr(ino)
+        self.locations.drop(ino)
 
     def _local(self, attr: Attr) -> Attr:
         """``attr`` with this client's uncommitted size, mtime and attributes over it."""
@@ -502,6 +547,8 @@ class FsClient:
         A new file opened for writing comes with its first chunk's write handle, so that
         its first write needs no ``fs.write_handle`` of its own."""
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        # Under the directory's lease, the new file's commits go through the queue.
+        lease = await self.dirleases.lease_for_create(parent) if writable else None
         attr, created, write_handle = await self._create(
             parent,
             name,
@@ -517,6 +564,8 @@ class FsClient:
         attr, handle = await self._open_attr(attr, flags)
         if write_handle is not None:
             handle.inode.adopt_handle(write_handle)
+        if lease is not None and created:
+            handle.inode.created_under = (lease, name)
         return self._local(attr), handle
 
     async def mknod(

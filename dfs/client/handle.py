@@ -230,6 +230,8 @@ class File:
         if self.closed:
             raise Invalid("file is closed")
         await self.inode.flush(sync=True)
+        if self.inode.io.land_commits is not None:
+            await self.inode.io.land_commits(self.ino)  # an earlier close's, if queued
 
     async def close(self) -> None:
         """``flush`` then release the handle (the handle is released even if the flush

@@ -69,8 +69,9 @@ GOAL_DEFAULT = 3
 REPLICAS_MAX = GOAL_MAX
 # Chunk entries in one commit: a commit of a 1 TiB file at 16 MiB chunks.
 COMMIT_CHUNKS_MAX = 1 << 16
-# The ops a batch may hold (their namespace names), v1: removals only.
-BATCH_OPS = frozenset({"unlink", "rmdir"})
+# The ops a batch may hold (their namespace names): removals, and the commits of files
+# created under a directory lease (docs/ARCHITECTURE.md, "Directory leases").
+BATCH_OPS = frozenset({"unlink", "rmdir", "commit"})
 # Queries (docs/PROTOCOL.md: fs.readdir limit 1..4096, fs.locate count 1..1024).
 READDIR_LIMIT_MAX = 4096
 CHUNKS_QUERY_MAX = 1024

@@ -30,15 +30,17 @@ def test_rm_rf_is_batched_and_another_mount_sees_it_gone_at_once(
     mounts: Mounts, mnt: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DFS_MOUNT_STATS", "1")
-    other = mounts.mount("rm-stats")  # this mount removes; the module's main one watches
-    tree = other / workdir.name / "tree"
+    # The module's main mount writes the tree and watches; this one removes it (and its
+    # counters count the removals' batches only, not the commits of new files).
+    other = mounts.mount("rm-stats")
     for i in range(DIRS):
-        d = tree / f"d{i}"
+        d = workdir / "tree" / f"d{i}"
         d.mkdir(parents=True)
         for j in range(FILES_PER_DIR):
             (d / f"f{j:03d}").write_bytes(b"x" * 100)
-    assert sorted(os.listdir(workdir)) == ["tree"]  # the watcher knows the tree
-    assert len(os.listdir(workdir / "tree" / "d0")) == FILES_PER_DIR
+    tree = other / workdir.name / "tree"
+    assert len(os.listdir(tree / "d0")) == FILES_PER_DIR  # the remover sees the tree
+    assert all((tree / f"d{i}" / "f000").read_bytes() == b"x" * 100 for i in range(DIRS))
     subprocess.run(["rm", "-rf", str(tree)], check=True, timeout=120)
     assert not tree.exists()
     # The watcher's listing asks the leader, which recalls the remover's leases first.

@@ -10,7 +10,11 @@ What these tests check, with two clients A and B of one real cluster:
 - a late batch (its lease expired while its recall went unanswered) does not remove a
   new file another client created under the same name;
 - a leader killed with a batch queued loses nothing ``fsyncdir`` acknowledged;
-- a client killed with a batch queued: the names are back, nothing else is harmed.
+- a client killed with a batch queued: the names are back, nothing else is harmed;
+- the commits of files A created under its lease go through the queue (no ``fs.commit``
+  of their own, nothing waited at close), and B, looking into the directory, gets them
+  whole; a file whose lease was recalled before its close commits the synchronous way;
+- ``fsync`` waits for a queued commit and raises it if it did not land.
 
 Flushes by time are pushed out of the way (``FLUSH_DELAY_S``) where a test needs the
 queue to be still queued when the other client looks; nothing waits by sleeping.
@@ -35,7 +39,7 @@ from dfs.cli import cluster as local
 from dfs.client import FsClient, dirleases
 from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
-from dfs.wire.errors import NotEmpty, NotFound, Stale
+from dfs.wire.errors import NotEmpty, NotFound, Stale, Timeout, Unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -265,3 +269,99 @@ async def test_rmdir_of_a_directory_not_known_empty_asks_the_leader(
         await a.rmdir(d, b"sub")
         await a.fsyncdir(d)
         assert await names(b, d) == []
+
+
+async def test_new_files_commits_are_queued_and_another_client_sees_them_whole(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    async with client(layout) as a, client(layout) as b:
+        d = await a.mkdir(ROOT_INO, b"nc", 0o755)
+        payloads = {b"f%d" % i: os.urandom(3000 + i) for i in range(5)}
+        commits = a.stats.count("fs.commit")
+        for name, data in payloads.items():
+            _, f = await a.create_and_open(d.ino, name, MODE, os.O_WRONLY | os.O_CREAT)
+            await f.write(0, data)
+            await f.close()
+            assert (await a.lookup(d.ino, name)).size == len(data)  # as A sees it at once
+        assert a.stats.count("fs.commit") == commits  # none sent on their own
+        assert a.dirleases.pending
+        for name, data in payloads.items():  # B's first lookup recalls A's lease
+            attr = await b.lookup(d.ino, name)
+            assert attr.size == len(data)
+            async with await b.open(attr.ino, os.O_RDONLY) as f:
+                assert await f.read(0, len(data) + 10) == data
+        assert not a.dirleases.pending
+
+        # Recalled between the create and the close: the commit goes as it always did.
+        _, f = await a.create_and_open(d.ino, b"late", MODE, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, b"late bytes")
+        assert sorted(await names(b, d.ino)) == sorted([*payloads, b"late"])  # recalls
+        await f.close()
+        assert a.stats.count("fs.commit") == commits + 1
+        attr = await b.lookup(d.ino, b"late")  # from B's listing: its open revalidates
+        async with await b.open(attr.ino, os.O_RDONLY) as f:
+            assert await f.read(0, 100) == b"late bytes"
+
+
+async def test_fsync_waits_for_a_queued_commit_and_reports_one_that_did_not_land(
+    layout: local.Layout, no_timed_flush: None, expect_log: Callable[..., None]
+) -> None:
+    expect_log(r"commit of inode \d+ \(created in directory inode \d+\) did not land")
+    async with client(layout) as a, client(layout) as b:
+        d = await a.mkdir(ROOT_INO, b"fq", 0o755)
+        _, f = await a.create_and_open(d.ino, b"ok", MODE, os.O_RDWR | os.O_CREAT)
+        await f.write(0, b"durable")
+        await f.flush()  # close(2): the commit is queued
+        assert a.dirleases.pending
+        await f.fsync()
+        assert not a.dirleases.pending
+        await f.close()
+
+        _, f = await a.create_and_open(d.ino, b"bad", MODE, os.O_RDWR | os.O_CREAT)
+        await f.write(0, b"lost")
+        await f.flush()
+        # A commit the namespace must refuse, as it would one whose chunk was replaced
+        # meanwhile: it names a chunk version that is not the file's.
+        queued = a.dirleases._queue[-1]
+        assert queued.op == "fs.commit" and queued.fields is not None
+        entry = queued.fields["chunks"][0]
+        entry[3] += 1000
+        with pytest.raises(Stale):
+            await f.fsync()
+        await f.fsync()  # reported once
+        await f.close()
+        assert (await b.lookup(d.ino, b"bad")).size == 0
+        assert (await b.lookup(d.ino, b"ok")).size == len(b"durable")
+
+
+async def test_a_queued_commit_outlives_an_outage_of_every_metaserver(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    secret = load_secret(layout.secret_file)
+    async with client(layout, timeout_s=3.0) as a:
+        d = await a.mkdir(ROOT_INO, b"out", 0o755)
+        data = os.urandom(5000)
+        _, f = await a.create_and_open(d.ino, b"f", MODE, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, data)
+        await f.close()
+        assert a.dirleases.pending
+        st = await local.cluster_status(layout.meta_addresses, secret)
+        pids = [m["pid"] for m in st["metaservers"]]
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            with anyio.fail_after(30):
+                while local.pid_alive(pid):
+                    await anyio.sleep(0.05)  # polling for the exit
+        with pytest.raises((Unavailable, Timeout)):
+            await a.dirleases.flush()
+        assert a.dirleases.pending  # kept, not dropped
+        local.start_daemons(layout)
+        await local.wait_ready(layout, 60.0)
+        with anyio.fail_after(60):
+            await a.fsyncdir(d.ino)  # lands (the background retry may have been first)
+        assert not a.dirleases.pending
+    async with client(layout) as b:
+        attr = await b.lookup(d.ino, b"f")
+        async with await b.open(attr.ino, os.O_RDONLY) as f:
+            assert await f.read(0, len(data) + 1) == data

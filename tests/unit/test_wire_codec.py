@@ -242,9 +242,14 @@ def test_large_payloads_are_received_in_place(
             got.append(frame)
     assert got == [Frame(h, p) for h, p in frames]
     assert decoder.buffered_bytes == 0 and decoder.payload_target() is None
+    # A large payload that came whole with its header in one feed is sliced out of it
+    # (one copy, bytes); any other large payload is the buffer it was received into.
     for frame in got:
         if len(frame.payload) >= codec.DIRECT_PAYLOAD_BYTES_MIN:
-            assert isinstance(frame.payload, bytearray)
+            assert isinstance(frame.payload, bytearray) or (
+                isinstance(frame.payload, bytes)
+                and not any(t.obj is frame.payload for t in targets)
+            )
     for target in targets:
         assert any(target.obj is frame.payload for frame in got)
 

@@ -99,6 +99,11 @@ FLUSH_OPS = BATCH_OPS_MAX // 2
 # After a refusal (a big directory), removals there go the synchronous way this long
 # before a lease is asked for again.
 REFUSED_S = 5.0
+# After a recall (another client works in the directory too), creates there do not ask
+# for a lease for this long: two clients creating files in one directory would otherwise
+# take it from each other at every create, each grant carrying the whole listing.
+CONTENDED_S = 5.0
+CONTENDED_KEPT_MAX = 4096  # past this many, expired entries are dropped
 # How long the flush at close may take (each batch retries within the client's timeout).
 CLOSE_FLUSH_S = 30.0
 # A commit goes through the queue only when it names at most this many chunks (a small
@@ -168,6 +173,7 @@ class DirLeases:
         self._acquiring: dict[int, anyio.Event] = {}
         self._releasing: dict[int, anyio.Event] = {}
         self._recalls: dict[int, int] = {}  # ino -> recalls heard (a grant racing one is void)
+        self._contended: dict[int, float] = {}  # ino -> until when creates take no lease
         self._queue: deque[_Queued] = deque()
         self._enqueued = 0  # removals ever queued
         self._landed = 0  # of those, the ones whose batch was answered (or failed)
@@ -260,6 +266,10 @@ class DirLeases:
             # flight is void; no new lease is asked for until the release has gone out.
             self._leases.pop(ino, None)
             self._recalls[ino] = self._recalls.get(ino, 0) + 1
+            self._contended[ino] = self._now() + CONTENDED_S
+        if len(self._contended) > CONTENDED_KEPT_MAX:
+            now = self._now()
+            self._contended = {i: t for i, t in self._contended.items() if t > now}
             self._releasing.setdefault(ino, anyio.Event())
         self._tg.start_soon(self._recalled, inos, name="directory lease recall")
 
@@ -322,8 +332,19 @@ class DirLeases:
     async def lease_for_create(self, parent: int) -> DirLease | None:
         """The lease on ``parent`` (asked for if needed) before a create there, so that
         the new file's commits may go through the queue (``defer_commit``) and the next
-        absent name is known without a round trip. None where refused."""
-        return await self._acquire(parent) if self.enabled else None
+        absent name is known without a round trip. None where refused, or where another
+        client works too (recalled within ``CONTENDED_S``): then creates go as before."""
+        if not self.enabled:
+            return None
+        lease = self.valid(parent)
+        if lease is not None:
+            return lease
+        until = self._contended.get(parent)
+        if until is not None:
+            if until > self._now():
+                return None
+            del self._contended[parent]
+        return await self._acquire(parent)
 
     def defer_commit(self, lease: DirLease, name: bytes, ino: int, fields: dict[str, Any]) -> bool:
         """Queue ``fs.commit`` ``fields`` of ``ino``, a file this client created as

@@ -302,6 +302,17 @@ async def test_new_files_commits_are_queued_and_another_client_sees_them_whole(
         async with await b.open(attr.ino, os.O_RDONLY) as f:
             assert await f.read(0, 100) == b"late bytes"
 
+        # Another client works there too: A's next creates take no lease for a while
+        # (no listing at every create), and their commits go as they always did.
+        grants = a.stats.count("fs.dir_lease")
+        for name in (b"after1", b"after2"):
+            _, f = await a.create_and_open(d.ino, name, MODE, os.O_WRONLY | os.O_CREAT)
+            await f.write(0, name)
+            await f.close()
+        assert a.stats.count("fs.dir_lease") == grants
+        assert a.stats.count("fs.commit") == commits + 3
+        assert not a.dirleases.pending
+
 
 async def test_fsync_waits_for_a_queued_commit_and_reports_one_that_did_not_land(
     layout: local.Layout, no_timed_flush: None, expect_log: Callable[..., None]

@@ -13,16 +13,17 @@ or the caches' layout (``FsClient`` calls in and is called back), or import asyn
 The promise (docs/ARCHITECTURE.md, "Directory leases"; the model is CephFS's
 asynchronous unlink under the directory's capabilities):
 - a removal acknowledged to the caller reaches the metaservers within ``FLUSH_DELAY_S``
-  (or sooner: the queue is flushed when it holds ``FLUSH_OPS`` names, before ANY other
-  metadata request of this client, on a recall, on ``fsyncdir`` and at close);
+  (or sooner: the queue is flushed when it holds ``FLUSH_OPS`` names, before any other
+  metadata request of this client whose answer it could change, on a recall, on
+  ``fsyncdir`` and at close);
 - another client that looks at or changes the directory sees it first (the leader recalls
   the lease; we flush, then release);
 - ``fsyncdir`` waits for the batch and raises what failed in that directory, as a local
   file system reports a writeback error; a failure is also logged as a WARNING;
 - a client that dies loses its last flush window of removals (the names reappear), as a
   local file system loses unsynced metadata in a crash; a leader change loses nothing
-  that was flushed, and the batch in flight is retried with the same session (exactly
-  once);
+  that was flushed, and a batch that got no answer is sent again under the same session
+  until it is answered (exactly once), first, before anything queued after it;
 - each queued removal carries the inode it removes: the namespace refuses it (``Stale``)
   if the name names another inode by the time it lands.
 
@@ -65,7 +66,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from dfs.client.meta import MetaClient
+from dfs.client.meta import MetaClient, Resume
 from dfs.client.pool import ConnectionPool
 from dfs.client.records import Attr
 from dfs.types import BATCH_OPS_MAX
@@ -75,7 +76,6 @@ from dfs.wire.errors import (
     NotDir,
     NotFound,
     ProtocolError,
-    Timeout,
     Unavailable,
     Unsupported,
     error_from_wire,
@@ -160,6 +160,7 @@ class DirLeases:
         *,
         on_lost: Callable[[int, bytes], None],
         on_commit_lost: Callable[[int], None],
+        on_commit_landed: Callable[[Attr], None],
         enabled: bool = True,
     ) -> None:
         self._meta = meta
@@ -167,6 +168,7 @@ class DirLeases:
         self._tg = task_group
         self._on_lost = on_lost  # (parent, name): a queued removal did not land
         self._on_commit_lost = on_commit_lost  # (ino): a queued commit did not land
+        self._on_commit_landed = on_commit_landed  # the attributes a queued commit gave
         self.enabled = enabled
         self._leases: dict[int, DirLease] = {}
         self._refused: dict[int, float] = {}
@@ -175,11 +177,14 @@ class DirLeases:
         self._recalls: dict[int, int] = {}  # ino -> recalls heard (a grant racing one is void)
         self._contended: dict[int, float] = {}  # ino -> until when creates take no lease
         self._queue: deque[_Queued] = deque()
-        self._enqueued = 0  # removals ever queued
+        self._enqueued = 0  # removals and commits ever queued
         self._landed = 0  # of those, the ones whose batch was answered (or failed)
         self._flushing = anyio.Lock()
         self._timer = False
-        self._retrying = False  # a task sends commits that got no answer again
+        self._retrying = False  # a task sends the batch that got no answer again
+        # The batch sent and not answered yet (its items out of the queue, still counted
+        # as queued), with its session: sent again, first, until it is answered.
+        self._unanswered: tuple[list[_Queued], Resume] | None = None
         self._errors: dict[int, list[DfsError]] = {}  # directory -> what failed there
         self._file_errors: dict[int, DfsError] = {}  # file -> its commit that failed
         # What the queue touches, for the requests that need not wait for it (counts):
@@ -187,6 +192,7 @@ class DirLeases:
         self._queued_names: dict[tuple[int, bytes], int] = {}
         self._queued_inos: dict[int, int] = {}
         self._removed_inos: dict[int, int] = {}
+        self._committing: dict[int, int] = {}  # directories of files with commits queued
 
     @staticmethod
     def _now() -> float:
@@ -267,10 +273,10 @@ class DirLeases:
             self._leases.pop(ino, None)
             self._recalls[ino] = self._recalls.get(ino, 0) + 1
             self._contended[ino] = self._now() + CONTENDED_S
+            self._releasing.setdefault(ino, anyio.Event())
         if len(self._contended) > CONTENDED_KEPT_MAX:
             now = self._now()
             self._contended = {i: t for i, t in self._contended.items() if t > now}
-            self._releasing.setdefault(ino, anyio.Event())
         self._tg.start_soon(self._recalled, inos, name="directory lease recall")
 
     async def _recalled(self, inos: list[int]) -> None:
@@ -373,7 +379,9 @@ class DirLeases:
 
     def _track(self, item: _Queued, delta: int) -> None:
         _count(self._queued_inos, item.ino, delta)
-        if item.fields is None:  # a removal
+        if item.fields is not None:  # a commit: a listing of its directory shows its size
+            _count(self._committing, item.parent, delta)
+        else:  # a removal
             _count(self._queued_names, (item.parent, item.name), delta)
             _count(self._queued_inos, item.parent, delta)
             _count(self._removed_inos, item.ino, delta)
@@ -433,7 +441,7 @@ class DirLeases:
         """Whether ``op``'s answer is the same before and after the queue lands."""
         if op == "fs.lookup":
             parent, name = fields.get("parent"), fields.get("name")
-            if (parent, name) in self._queued_names:
+            if (parent, name) in self._queued_names or parent in self._committing:
                 return False
             # A directory with removals queued in it: its nlink and times will change.
             lease = self._leases.get(parent) if type(parent) is int else None
@@ -450,7 +458,8 @@ class DirLeases:
             # way (only a listed directory's own times may lag, by the flush window). An
             # rm -rf reads each directory before it empties it: without this, every one
             # waited for the commit of the removals before it.
-            return fields.get("ino") not in self._queued_inos
+            ino = fields.get("ino")
+            return ino not in self._queued_inos and ino not in self._committing
         if op in _CREATING:
             # A new name: it may exist only through a queued removal of it, and the
             # directory must not be one whose removal is queued. (A cp -r creates each
@@ -464,30 +473,37 @@ class DirLeases:
         return False
 
     async def flush(self) -> None:
-        """Send everything queued so far and wait until it was answered."""
+        """Send everything queued so far and wait until it was answered. A batch that
+        gets no answer (an outage, a leader change past the client's timeout) is kept,
+        with its session, and sent again first (here, and in the background with
+        backoff), so that it applies at most once; ``Unavailable`` is raised meanwhile."""
         target = self._enqueued
         while self._landed < target:
             async with self._flushing:
-                if self._landed >= target or not self._queue:
+                if self._landed >= target:
                     return
-                take = min(len(self._queue), BATCH_OPS_MAX)
-                batch = [self._queue.popleft() for _ in range(take)]
-                retry: list[_Queued] = []
-                try:
-                    retry = await self._send(batch)
-                finally:
-                    # Commits that got no answer go back to the front, in order.
-                    self._landed += take - len(retry)
-                    kept = {id(item) for item in retry}
-                    for item in batch:
-                        if id(item) not in kept:
-                            self._track(item, -1)
-                    self._queue.extendleft(reversed(retry))
-                if retry:
+                if self._unanswered is not None:
+                    batch, resume = self._unanswered
+                elif self._queue:
+                    take = min(len(self._queue), BATCH_OPS_MAX)
+                    batch, resume = [self._queue.popleft() for _ in range(take)], Resume()
+                    self._unanswered = (batch, resume)
+                else:
+                    return
+                # Shielded: a caller cancelled mid-send must not leave the batch neither
+                # sent nor kept. (Bounded by the client's timeout.)
+                with anyio.CancelScope(shield=True):
+                    answered = await self._send(batch, resume)
+                if not answered:
                     self._retry_later()
                     raise Unavailable(
-                        f"{len(retry)} queued commits got no answer; retrying in the background"
+                        f"{len(batch)} queued removals and commits got no answer yet; "
+                        "sent again in the background"
                     )
+                self._unanswered = None
+                self._landed += len(batch)
+                for item in batch:
+                    self._track(item, -1)
 
     async def _flush_later(self) -> None:
         await anyio.sleep(FLUSH_DELAY_S)  # the time bound of the queue, not a wait
@@ -505,52 +521,56 @@ class DirLeases:
     def _retry_later(self) -> None:
         if not self._retrying:
             self._retrying = True
-            self._tg.start_soon(self._retry, name="queued commits retry")
+            self._tg.start_soon(self._retry, name="queued batch resend")
 
     async def _retry(self) -> None:
-        """Send the commits that got no answer again, with backoff, until they land (a
-        new file's bytes are on its replicas: only its commit is missing)."""
+        """Send the batch that got no answer again, with backoff, until it is answered
+        (a new file's bytes are on its replicas: only its commit is missing)."""
         pause_s = RETRY_MIN_S
         try:
-            while self._queue and any(item.fields is not None for item in self._queue):
+            while self._unanswered is not None:
                 await anyio.sleep(pause_s)  # a backoff, not a wait for a condition
                 try:
                     await self.flush()
                 except DfsError as e:
-                    log.info("queued commits not landed yet, retrying: %s", e)
+                    log.info("queued batch not answered yet, sending again: %s", e)
                     pause_s = min(pause_s * 2, RETRY_MAX_S)
         finally:
             self._retrying = False
 
-    async def _send(self, batch: list[_Queued]) -> list[_Queued]:
-        """Send ``batch`` and settle what it answered. Returns the commits to send again:
-        the batch got no answer (a leader change, an outage), and a commit is safe to
-        repeat (it names the chunk versions it wrote under: a repeat after someone
-        else's change is refused, ``Stale``), while its loss would lose the file's
-        data."""
+    async def _send(self, batch: list[_Queued], resume: Resume) -> bool:
+        """Send ``batch`` (again, under the same session, if ``resume`` holds one) and
+        settle what it answered. False: no answer yet (the batch may or may not have
+        applied; it must be sent again under its session)."""
         ops = [[item.op, item.request()] for item in batch]
         results: list[DfsError | None]
+        answers: list[Any] = []
         try:
-            header = await self._meta.mutate("fs.batch", ops=ops)
+            header = await self._meta.mutate_resumable("fs.batch", resume, ops=ops)
             answers = wire_field(header, "results", list)
             results = [_result(a) for a in answers]
             if len(results) != len(batch):
                 raise ProtocolError("fs.batch answered a different number of results")
         except DfsError as e:
-            # No answer (the deadline passed) or a refused batch: the removals may or may
-            # not have landed. Leases are not to be trusted any more either.
+            # Leases are not to be trusted any more: the leader may have changed.
             self._leases.clear()
-            if isinstance(e, Unavailable | Timeout):
-                retry = [item for item in batch if item.fields is not None]
-            else:
-                retry = []
-            results = [None if item.fields is not None and retry else e for item in batch]
-        else:
-            retry = []
-        for item, error in zip(batch, results, strict=True):
+            if resume.session is not None:  # no answer: the session waits for a resend
+                return False
+            results = [e] * len(batch)  # refused whole
+        for i, (item, error) in enumerate(zip(batch, results, strict=True)):
             if error is not None:
                 self._failed(item, error)
-        return retry
+            elif item.fields is not None:
+                self._committed(item, answers[i])
+        return True
+
+    def _committed(self, item: _Queued, answer: dict[str, Any]) -> None:
+        try:
+            attr = Attr.from_wire(answer.get("attr"))
+        except DfsError as e:
+            log.info("commit of inode %d answered without attributes: %s", item.ino, e)
+            return
+        self._on_commit_landed(attr)
 
     def _failed(self, item: _Queued, error: DfsError) -> None:
         self._errors.setdefault(item.parent, []).append(error)
@@ -584,21 +604,21 @@ class DirLeases:
             raise errors[0]
 
     async def aclose(self) -> None:
-        """Flush what is queued (bounded by ``CLOSE_FLUSH_S``, commits retried within
-        it); forget the leases."""
+        """Flush what is queued, a batch that got no answer sent again with backoff, for
+        at most ``CLOSE_FLUSH_S``; forget the leases."""
+        pause_s = RETRY_MIN_S
         with anyio.move_on_after(CLOSE_FLUSH_S):
             while self.pending:
                 try:
                     await self.flush()
                 except DfsError as e:
-                    if not self._queue:
-                        log.warning("removals queued at close did not land: %s", e)
-                        break
-                    await anyio.sleep(RETRY_MIN_S)  # a backoff between attempts
-        if self._queue:
+                    log.info("queued batch not answered at close yet: %s", e)
+                    await anyio.sleep(pause_s)  # a backoff between attempts
+                    pause_s = min(pause_s * 2, RETRY_MAX_S)
+        lost = self._enqueued - self._landed
+        if lost:
             log.warning(
-                "%d queued removals and commits lost at close (no metaserver answered)",
-                len(self._queue),
+                "%d queued removals and commits lost at close (no metaserver answered)", lost
             )
         self._leases.clear()
 

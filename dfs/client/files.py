@@ -300,7 +300,7 @@ class _Pending:
         return [index, self.length, self.chunk_id, self.version]
 
 
-def _stamp(attr: Attr) -> tuple[int, int, int]:
+def attr_stamp(attr: Attr) -> tuple[int, int, int]:
     """What tells this client that someone else changed the file."""
     return attr.size, attr.mtime_ns, attr.ctime_ns
 
@@ -345,7 +345,7 @@ class OpenInode:
         self._attrs_ctime_ns = 0
         self._attrs_timer = False  # a commit of them is scheduled (``_commit_attrs_later``)
         # (size, mtime, ctime) as this client last saw them from the metaserver.
-        self._seen = _stamp(attr)
+        self._seen = attr_stamp(attr)
         # (the directory lease, name) when this client created the file under its
         # directory's lease: commits that need no sync may go through its queue.
         self.created_under: tuple[Any, bytes] | None = None
@@ -411,7 +411,7 @@ class OpenInode:
 
     def saw(self, attr: Attr) -> None:
         """Attributes the metaserver returned for this client's own change."""
-        self._seen = _stamp(attr)
+        self._seen = attr_stamp(attr)
 
     def overlay(self, attr: Attr) -> Attr:
         """``attr`` (from the metaserver) as this client has changed it since: size and
@@ -487,8 +487,8 @@ class OpenInode:
         """Attributes fresh from the metaserver (open's revalidation): adopt its size unless
         this client has uncommitted changes, which are newer. If they show another client's
         change, forget the write handles: it may have taken newer ones, or cut the chunks."""
-        if _stamp(attr) != self._seen:
-            self._seen = _stamp(attr)
+        if attr_stamp(attr) != self._seen:
+            self._seen = attr_stamp(attr)
             self._drop_handles()
         if not self.dirty:
             # Everything this client wrote is committed: the chunk table is the truth now
@@ -907,7 +907,7 @@ class OpenInode:
             log.info("ino %d: size after a refused commit unknown (%s)", self.ino, e)
             committed = self._seen[0]
         else:
-            self._seen = _stamp(attr)
+            self._seen = attr_stamp(attr)
             self.io.on_attr(attr)
             committed = attr.size
         self.size = max([committed, *held])
@@ -1115,4 +1115,4 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-__all__ = ["FileIo", "OpenInode", "gather"]
+__all__ = ["FileIo", "OpenInode", "attr_stamp", "gather"]

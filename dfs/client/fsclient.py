@@ -58,7 +58,7 @@ from dfs.client.cache import Clock, LocationCache, MetaCache
 from dfs.client.chunkio import ChunkIo
 from dfs.client.conn import single_errors
 from dfs.client.dirleases import DirLease, DirLeases
-from dfs.client.files import FileIo, OpenInode
+from dfs.client.files import FileIo, OpenInode, attr_stamp
 from dfs.client.handle import File, check_open_flags
 from dfs.client.meta import MetaClient
 from dfs.client.options import ClientOptions
@@ -176,6 +176,7 @@ class FsClient:
             task_group,
             on_lost=self._forget,
             on_commit_lost=self._commit_lost,
+            on_commit_landed=self._commit_landed,
             enabled=options.dir_leases,
         )
         self.meta.before = self.dirleases.before
@@ -305,6 +306,15 @@ class FsClient:
         error = self.dirleases.file_error(ino)
         if error is not None:
             raise error
+
+    def _commit_landed(self, attr: Attr) -> None:
+        """A queued commit landed with ``attr``: the metaservers' stamp replaces the one
+        this client guessed, also for a later open's fsync to adopt the chunks it left
+        unsynced (``OpenInode.adopt_unsynced`` compares stamps)."""
+        self._own_attr(attr)
+        left = self._unsynced_closed.get(attr.ino)
+        if left is not None:
+            self._unsynced_closed[attr.ino] = (attr_stamp(attr), left[1])
 
     def _commit_lost(self, ino: int) -> None:
         """A queued commit of ``ino`` did not land: what this client told of its size

@@ -66,6 +66,19 @@ class _Lane:
         self.seq = 0
 
 
+class Resume:
+    """A mutation's session, kept by its caller across calls: a ``mutate`` that got no
+    answer (its deadline passed: the command may still be pending, or applied) leaves its
+    (client, seq) here, and a later ``mutate`` with the same ``Resume`` sends it again
+    under them, so that the metaservers apply it at most once and answer the first
+    result (``metaserver/raft/sessions.py``). Settled once answered."""
+
+    __slots__ = ("session",)
+
+    def __init__(self) -> None:
+        self.session: tuple[int, int] | None = None
+
+
 class MetaClient:
     """Calls to the metaserver group, with leader discovery and exactly-once mutations."""
 
@@ -114,7 +127,33 @@ class MetaClient:
     ) -> dict[str, Any]:
         """A mutation: takes a lane, gives the op the lane's next ``seq`` and retries it with
         the same (``client``, ``seq``) until it is answered or the deadline passes."""
+        return await self._mutate(op, fields, timeout_s, None)
+
+    async def mutate_resumable(self, op: str, resume: Resume, **fields: Any) -> dict[str, Any]:
+        """``mutate``; a call that gets no answer leaves its session in ``resume``, and a
+        call with a ``resume`` holding one sends the op again under it."""
+        return await self._mutate(op, fields, None, resume)
+
+    async def _mutate(
+        self,
+        op: str,
+        fields: dict[str, Any],
+        timeout_s: float | None,
+        resume: Resume | None,
+    ) -> dict[str, Any]:
         fields = await self._prepare(op, fields)
+        if resume is not None and resume.session is not None:
+            client_id, seq = resume.session
+            fields = {**fields, "client": client_id, "seq": seq}
+            try:
+                header, _ = await self._call_leader(op, timeout_s or self.timeout_s, fields)
+            except _RETRYABLE:
+                raise  # still no answer: the session stays for the next resend
+            except DfsError:
+                resume.session = None
+                raise
+            resume.session = None
+            return header
         await self._lane_slots.acquire()
         lane = self._free_lanes.pop() if self._free_lanes else self._new_lane()
         reusable = False
@@ -124,7 +163,11 @@ class MetaClient:
             try:
                 header, _ = await self._call_leader(op, timeout_s or self.timeout_s, fields)
             except _RETRYABLE:
-                raise  # no answer: the command may still be pending; retire the lane
+                # No answer: the command may still be pending; retire the lane (or hand
+                # its session to the caller's resend).
+                if resume is not None:
+                    resume.session = (lane.client_id, lane.seq)
+                raise
             except DfsError:
                 reusable = True  # an answer (an error one): the session is settled
                 raise
@@ -205,4 +248,4 @@ class MetaClient:
             backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
 
 
-__all__ = ["MetaClient"]
+__all__ = ["MetaClient", "Resume"]

@@ -548,14 +548,19 @@ class DfsOperations(pyfuse3.Operations):
         return HIDDEN_PREFIX + f"{ino}-{secrets.token_hex(4)}".encode()
 
     async def _drop_hidden(self, ino: int) -> None:
-        # The names stay listed until they are gone: an rmdir waiting for them to go
-        # must not retry while the unlink is still on its way.
+        # Each name stays listed until it is gone: an rmdir waiting for them to go must
+        # not retry while an unlink is still on its way. (One that fails stays listed,
+        # for the unmount to try again.)
+        names = self._hidden.get(ino, [])
         try:
-            for parent, hidden in list(self._hidden.get(ino, ())):
+            while names:
+                parent, hidden = names[0]
                 with contextlib.suppress(NotFound):  # removed by someone else meanwhile
                     await self.fs.unlink(parent, hidden)
+                names.pop(0)
         finally:
-            self._hidden.pop(ino, None)
+            if not names and self._hidden.get(ino) is names:
+                del self._hidden[ino]
             self._hidden_dropped.set()
             self._hidden_dropped = anyio.Event()
 

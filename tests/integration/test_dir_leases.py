@@ -285,6 +285,9 @@ async def test_new_files_commits_are_queued_and_another_client_sees_them_whole(
             assert (await a.lookup(d.ino, name)).size == len(data)  # as A sees it at once
         assert a.stats.count("fs.commit") == commits  # none sent on their own
         assert a.dirleases.pending
+        # A's own listing waits for the commits: it shows the sizes, not the leader's 0s.
+        listed = {e.name: e.attr.size async for e in a.readdir(d.ino)}
+        assert listed == {name: len(data) for name, data in payloads.items()}
         for name, data in payloads.items():  # B's first lookup recalls A's lease
             attr = await b.lookup(d.ino, name)
             assert attr.size == len(data)
@@ -326,6 +329,19 @@ async def test_fsync_waits_for_a_queued_commit_and_reports_one_that_did_not_land
         assert a.dirleases.pending
         await f.fsync()
         assert not a.dirleases.pending
+        await f.close()
+
+        # Closed unsynced under a queued commit, reopened, fsynced: the fsync still syncs
+        # what the first open wrote (it knows the file unchanged since, by the stamp the
+        # landed commit gave, not the one the client guessed).
+        re, f = await a.create_and_open(d.ino, b"re", MODE, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, b"unsynced")
+        await f.close()
+        assert a.dirleases.pending
+        f = await a.open(re.ino, os.O_WRONLY)
+        syncs = a.stats.count("chunk.write") + a.stats.count("chunk.sync")
+        await f.fsync()
+        assert a.stats.count("chunk.write") + a.stats.count("chunk.sync") > syncs
         await f.close()
 
         _, f = await a.create_and_open(d.ino, b"bad", MODE, os.O_RDWR | os.O_CREAT)

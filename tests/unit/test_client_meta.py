@@ -22,6 +22,7 @@ import pytest
 
 from dfs.client import ROOT_INO, ClientOptions, FsClient
 from dfs.client.fsclient import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
+from dfs.client.meta import Resume
 from dfs.testing.fakecluster import ClusterThread, FakeCluster, MetaFault
 from dfs.wire.errors import (
     AuthError,
@@ -290,6 +291,30 @@ async def test_retry_keeps_the_sequence_number(cluster: ClusterThread, kind: str
         assert attempts[0][0] == first[0] and attempts[0][1] == first[1] + 1
         names = cluster.call(lambda c: sorted(c.namespace.inodes[ROOT_INO].children))
         assert names == [b"d", b"first"]
+
+
+async def test_a_resumable_mutation_is_sent_again_under_its_session(
+    cluster: ClusterThread,
+) -> None:
+    """A mutation that got no answer before its deadline leaves its session with the
+    caller (``Resume``); sent again later under it, it is applied once and answered with
+    the first result (here: the directory made, not Exists)."""
+    async with client(cluster, dataclasses.replace(FAST, timeout_s=1.0)) as fs:
+        await fs.getattr(ROOT_INO)
+        cluster.call(lambda c: c.faults.append(MetaFault("fs.mkdir", "hang", 1000)))
+        resume = Resume()
+        fields = {"parent": ROOT_INO, "name": b"d", "mode": 0o40755, "uid": 0, "gid": 0}
+        with pytest.raises(Timeout):
+            await fs.meta.mutate_resumable("fs.mkdir", resume, **fields)
+        assert resume.session is not None
+        cluster.call(lambda c: c.faults.clear())
+        header = await fs.meta.mutate_resumable("fs.mkdir", resume, **fields)
+        assert resume.session is None  # settled
+        assert header["attr"]["mode"] & 0o40000
+        mkdirs = cluster.call(lambda c: [(cl, s) for op, cl, s in c.requests if op == "fs.mkdir"])
+        assert len(mkdirs) >= 2 and len(set(mkdirs)) == 1
+        names = cluster.call(lambda c: sorted(c.namespace.inodes[ROOT_INO].children))
+        assert names == [b"d"]
 
 
 async def test_leader_change_after_a_lost_answer_keeps_the_sequence_number(

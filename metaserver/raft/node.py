@@ -132,7 +132,7 @@ from dfs.wire.errors import (
     Unavailable,
 )
 from metaserver.raft.core import Config, NotLeaderError, ProposalDroppedError, RawNode, Status
-from metaserver.raft.storage import RaftStorage
+from metaserver.raft.storage import PREALLOCATE_BYTES, RaftStorage
 from metaserver.raft.types import (
     NONE,
     ConfChange,
@@ -253,7 +253,10 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         cfg = self.config
         self._storage = await loop.run_in_executor(
-            self._disk, lambda: RaftStorage.open(cfg.data_dir, sync=cfg.fsync)
+            self._disk,
+            lambda: RaftStorage.open(
+                cfg.data_dir, sync=cfg.fsync, preallocate_bytes=PREALLOCATE_BYTES
+            ),
         )
         hard_state, snapshot, entries = self._storage.initial_state()
         fresh = hard_state == HardState() and snapshot is None and not entries

@@ -1,4 +1,5 @@
-"""The node's waiter deadlines (``RaftNode._expire_at``): never early, at most a tick late."""
+"""The node's waiter deadlines (``RaftNode._expire_at``): a sweep fails exactly the waiters
+whose deadline has passed and that still wait; the others are left alone."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from dfs.types import NodeId
+from dfs.types import LogIndex, NodeId, Term
 from dfs.wire.errors import Timeout
 from metaserver.raft.node import NodeConfig, RaftNode
 
@@ -22,42 +23,53 @@ class _Nothing:
         pass
 
 
-def test_a_deadline_fails_its_waiter_in_the_first_sweep_after_it() -> None:
+def test_a_sweep_fails_the_waiters_whose_deadline_passed() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         config = NodeConfig(id=NodeId(1), data_dir=Path("unused"), peers={}, tick_ms=100)
         node = RaftNode(config, _Nothing(), b"secret")
-        futures = {d: loop.create_future() for d in (0.95, 1.0, 1.05, 1.3, 7.0)}
+        futures = {d: loop.create_future() for d in (0.95, 1.0, 1.05, 7.0)}
         for deadline, future in futures.items():
             node._expire_at(deadline, future, f"waiter {deadline}")
-        done = loop.create_future()
-        done.set_result(None)
-        node._expire_at(0.5, done, "already answered")  # a done waiter is left alone
+        answered = loop.create_future()
+        answered.set_result(None)
+        node._expire_at(0.5, answered, "already answered")
 
         def expired() -> set[float]:
             return {d for d, f in futures.items() if f.done()}
 
         node._expire_deadlines(0.94)
         assert expired() == set()
-        node._expire_deadlines(1.01)  # a tick: the period ending at 1.0 s has ended
+        node._expire_deadlines(1.0)
         assert expired() == {0.95, 1.0}
-        node._expire_deadlines(1.04)
-        assert expired() == {0.95, 1.0}
-        node._expire_deadlines(1.11)
+        node._expire_deadlines(1.2)
         assert expired() == {0.95, 1.0, 1.05}
-        # A deadline in a period already swept fails once the current period ends.
-        late = loop.create_future()
-        node._expire_at(0.2, late, "late")
-        node._expire_deadlines(1.15)
-        assert not late.done()
-        node._expire_deadlines(1.21)
-        assert late.done()
-        node._expire_deadlines(1.41)  # ticks may come late: every ended period is swept
-        assert expired() == {0.95, 1.0, 1.05, 1.3}
-        for deadline in (0.95, 1.0, 1.05, 1.3):
+        for deadline in (0.95, 1.0, 1.05):
             exc = futures[deadline].exception()
             assert isinstance(exc, Timeout) and f"waiter {deadline}" in str(exc)
-        assert not futures[7.0].done() and done.result() is None
-        assert isinstance(late.exception(), Timeout)
+        assert not futures[7.0].done() and answered.result() is None
+
+    asyncio.run(main())
+
+
+class _Core:
+    term = Term(3)
+
+
+def test_a_waiter_that_stops_waiting_leaves_no_deadline_behind() -> None:
+    """Deadlines of answered proposals must not pile up (the leader answers thousands a
+    second, each with a deadline seconds away)."""
+
+    async def main() -> None:
+        config = NodeConfig(id=NodeId(1), data_dir=Path("unused"), peers={}, tick_ms=100)
+        node = RaftNode(config, _Nothing(), b"secret")
+        node._raw = _Core()  # type: ignore[assignment]  # _wait_applied asks it the term
+        waits = [asyncio.ensure_future(node._wait_applied(LogIndex(i), 5.0)) for i in range(1, 4)]
+        await asyncio.sleep(0)
+        assert len(node._deadlines) == 3
+        for _term, future in list(node._proposals.values()):
+            future.set_result("ok")
+        assert await asyncio.gather(*waits) == ["ok"] * 3
+        assert node._deadlines == {} and node._proposals == {}
 
     asyncio.run(main())

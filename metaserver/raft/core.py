@@ -1,8 +1,10 @@
 """The Raft core: a pure, deterministic state machine in the style of etcd's raft.
 
 What it owns: the role (follower, pre-candidate, candidate, leader), the term and vote, the
-in-memory log since the last snapshot, the commit and applied indexes, replication progress
-per peer, pending linearizable reads, leadership transfer and the membership (ConfState).
+commit and applied indexes, replication, pending linearizable reads and the leader lease,
+leadership transfer and the membership (ConfState). Two parts live beside it, pure too:
+the in-memory log since the last snapshot (``log.py``) and what the leader knows of each
+follower's log (``progress.py``).
 
 What it must not do: any I/O. No clock (time is ``tick()``), no socket, no disk, no thread,
 no global random (the RNG is injected). The caller drives it:
@@ -62,14 +64,15 @@ longer than the formula, it finds violations (``tests/sim``).
 
 from __future__ import annotations
 
-import enum
 import math
 import random
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dfs.types import LogIndex, NodeId, Term
+from metaserver.raft.log import RaftLog
+from metaserver.raft.progress import Progress, ProgressState
 from metaserver.raft.types import (
     NONE,
     ConfChange,
@@ -140,72 +143,6 @@ class Config:
         return math.floor((self.election_ticks - 1) / self.clock_rate_ratio_max)
 
 
-class ProgressState(enum.IntEnum):
-    PROBE = 0  # one append at a time until we find where the follower's log matches
-    REPLICATE = 1  # stream appends optimistically, up to the in-flight window
-    SNAPSHOT = 2  # sending a snapshot, chunk by chunk
-
-
-@dataclass(slots=True)
-class Progress:
-    match: LogIndex = LogIndex(0)
-    next: LogIndex = LogIndex(1)
-    state: ProgressState = ProgressState.PROBE
-    probe_sent: bool = False
-    recent_active: bool = False
-    acked_round: int = 0  # the highest heartbeat round this voter acknowledged
-    lease_tick: int = -1  # the send tick of that round, if it counts for the lease
-    inflight: deque[LogIndex] = field(default_factory=deque)
-    snapshot: Snapshot | None = None  # being sent
-    snapshot_offset: int = 0  # next byte to send
-    snapshot_sent_tick: int = 0  # when a chunk last left, for retransmission
-
-    def become_probe(self) -> None:
-        if self.state == ProgressState.SNAPSHOT and self.snapshot is not None:
-            self.next = LogIndex(max(self.match + 1, self.snapshot.meta.index + 1))
-        else:
-            self.next = LogIndex(self.match + 1)
-        self.state = ProgressState.PROBE
-        self.probe_sent = False
-        self.inflight.clear()
-        self.snapshot = None
-
-    def become_replicate(self) -> None:
-        self.state = ProgressState.REPLICATE
-        self.next = LogIndex(self.match + 1)
-        self.probe_sent = False
-        self.inflight.clear()
-
-    def maybe_update(self, n: LogIndex) -> bool:
-        updated = n > self.match
-        if updated:
-            self.match = n
-            self.probe_sent = False
-        if self.next < n + 1:
-            self.next = LogIndex(n + 1)
-        return updated
-
-    def maybe_decr_to(self, rejected: LogIndex, match_hint: LogIndex) -> bool:
-        """A rejection of the append after ``rejected``; False when it is stale."""
-        if self.state == ProgressState.REPLICATE:
-            if rejected <= self.match:
-                return False
-            self.next = LogIndex(self.match + 1)
-            return True
-        if self.next - 1 != rejected:
-            return False
-        self.next = LogIndex(max(min(rejected, match_hint + 1), self.match + 1, 1))
-        self.probe_sent = False
-        return True
-
-    def is_paused(self, inflight_max: int) -> bool:
-        if self.state == ProgressState.PROBE:
-            return self.probe_sent
-        if self.state == ProgressState.REPLICATE:
-            return len(self.inflight) >= inflight_max
-        return True
-
-
 @dataclass(frozen=True, slots=True)
 class Status:
     id: NodeId
@@ -216,50 +153,6 @@ class Status:
     applied: LogIndex
     last_index: LogIndex
     conf: ConfState
-
-
-class _Log:
-    """Entries after the snapshot, in memory; ``entries[i].index == offset + 1 + i``."""
-
-    __slots__ = ("entries", "offset", "offset_term")
-
-    def __init__(self, offset: LogIndex, offset_term: Term, entries: Sequence[Entry]) -> None:
-        self.offset = offset  # index of the last entry covered by the snapshot
-        self.offset_term = offset_term
-        self.entries: list[Entry] = list(entries)
-        for i, e in enumerate(self.entries):
-            assert e.index == offset + 1 + i, "log entries must be contiguous"
-
-    def last_index(self) -> LogIndex:
-        return LogIndex(self.offset + len(self.entries))
-
-    def last_term(self) -> Term:
-        return self.entries[-1].term if self.entries else self.offset_term
-
-    def term(self, i: int) -> Term | None:
-        """The term at ``i``, or None if compacted away or beyond the end."""
-        if i == self.offset:
-            return self.offset_term
-        k = i - self.offset - 1
-        if 0 <= k < len(self.entries):
-            return self.entries[k].term
-        return None
-
-    def match_term(self, i: int, t: int) -> bool:
-        return self.term(i) == t
-
-    def slice(self, lo: int, hi: int) -> list[Entry]:
-        """Entries with lo <= index < hi (must not be compacted)."""
-        assert lo > self.offset
-        return self.entries[lo - self.offset - 1 : hi - self.offset - 1]
-
-    def truncate_from(self, i: int) -> None:
-        del self.entries[i - self.offset - 1 :]
-
-    def compact_to(self, i: int, t: Term) -> None:
-        del self.entries[: i - self.offset]
-        self.offset = LogIndex(i)
-        self.offset_term = t
 
 
 class RawNode:
@@ -278,7 +171,7 @@ class RawNode:
         self.rng = rng
         meta = snapshot.meta if snapshot is not None else SnapshotMeta()
         self.snapshot = snapshot  # the latest snapshot, sent to followers that lag behind it
-        self.log = _Log(meta.index, meta.term, entries)
+        self.log = RaftLog(meta.index, meta.term, entries)
         self.conf = meta.conf
         self.term = hard_state.term
         self.vote = hard_state.vote
@@ -1091,7 +984,7 @@ class RawNode:
             # We already hold this prefix: nothing to install, the commit index moves.
             self._commit_to(meta.index)
             return
-        self.log = _Log(meta.index, meta.term, [])
+        self.log = RaftLog(meta.index, meta.term, [])
         self.snapshot = snap
         self.conf = meta.conf
         self.committed = meta.index

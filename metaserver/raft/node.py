@@ -71,7 +71,7 @@ fsync's end back to the loop). A Ready with entries to apply keeps the thread, s
 proposers' answers would otherwise wait for the fsync; and under a heavy load (big Readies)
 the thread lets the loop parse and answer requests while the disk works.
 
-Reads (``read_index``): when leases are on (``read_lease``, core.py "LEADER LEASES") and the
+Reads (``read_index``): when leases are on (``read_lease``, reads.py "LEADER LEASES") and the
 lease holds, a read waits for nothing but the state machine to reach the leader's commit
 index, usually already there: no heartbeat round, no loop turn. The lease is counted in
 ticks, so the tick loop keeps a fixed schedule (a tick late by less than an interval does not
@@ -197,7 +197,7 @@ class NodeConfig:
     # A leader writes a Ready of at most this many entries (and none to apply) inline: see
     # the module docstring. One client proposes one at a time; a few, a few.
     leader_inline_sync_entries_max: int = 8
-    # Reads on the leader's lease (core.py, "LEADER LEASES") instead of a heartbeat round
+    # Reads on the leader's lease (reads.py, "LEADER LEASES") instead of a heartbeat round
     # each. The same on every member: a lease rests on the other members' promise.
     read_lease: bool = True
     seed: int | None = None  # election timeout randomness; None: from the OS

@@ -100,16 +100,13 @@ PURE_RAFT = (
     "metaserver.raft.core",
     "metaserver.raft.log",
     "metaserver.raft.progress",
+    "metaserver.raft.reads",
     "metaserver.raft.types",
 )
 
 
 def is_pure(module: str) -> bool:
-    return (
-        under(module, "dfs.wire")
-        or module in PURE_RAFT
-        or under(module, "metaserver.namespace")
-    )
+    return under(module, "dfs.wire") or module in PURE_RAFT or under(module, "metaserver.namespace")
 
 
 BENCHMARKS = ("dfs.bench", "dfs.benchcluster", "dfs.benchplot", "dfs.benchfs")

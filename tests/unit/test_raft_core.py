@@ -151,7 +151,7 @@ def test_reads_are_released_when_the_leader_becomes_the_only_voter() -> None:
     assert leader.conf.voters == (1,)
     # A read queued under the old membership, whose round nobody is left to answer.
     net.drop = lambda m: True
-    leader._reads.append((leader._round + 1, leader.committed, b"stuck"))
+    leader.reads.queue(leader.committed, b"stuck")
     leader._apply_conf_change(ConfChange(ConfChangeType.REMOVE, NodeId(2)))
     net.pump()
     assert [rs.context for rs in net.read_states[1]] == [b"stuck"]

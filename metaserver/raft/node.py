@@ -383,7 +383,7 @@ class RaftNode:
             try:
                 await applying
             finally:
-                del self._deadlines[applying]
+                self._deadlines.pop(applying, None)
             return
         self._read_seq += 1
         ctx = self._read_seq.to_bytes(8, "big")
@@ -399,7 +399,7 @@ class RaftNode:
             await future
         finally:
             self._reads.pop(ctx, None)
-            del self._deadlines[future]
+            self._deadlines.pop(future, None)
 
     async def add_member(
         self, node_id: NodeId, address: str, *, learner: bool = False, timeout_s: float = 10.0
@@ -689,7 +689,7 @@ class RaftNode:
         try:
             return await future
         finally:
-            del self._deadlines[future]
+            self._deadlines.pop(future, None)
             waiter = self._proposals.get(index)
             if waiter is not None and waiter[1] is future:
                 del self._proposals[index]

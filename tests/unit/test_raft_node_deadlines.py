@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dfs.types import LogIndex, NodeId, Term
-from dfs.wire.errors import Timeout
+from dfs.wire.errors import Timeout, Unavailable
 from metaserver.raft.node import NodeConfig, RaftNode
 
 
@@ -71,5 +71,25 @@ def test_a_waiter_that_stops_waiting_leaves_no_deadline_behind() -> None:
             future.set_result("ok")
         assert await asyncio.gather(*waits) == ["ok"] * 3
         assert node._deadlines == {} and node._proposals == {}
+
+    asyncio.run(main())
+
+
+def test_waiters_failed_by_stop_raise_their_error() -> None:
+    """stop() fails the waiters and drops every deadline before they resume: each must
+    still raise its own error (a KeyError here once became an INTERNAL answer)."""
+
+    async def main() -> None:
+        config = NodeConfig(id=NodeId(1), data_dir=Path("unused"), peers={}, tick_ms=100)
+        node = RaftNode(config, _Nothing(), b"secret")
+        node._raw = _Core()  # type: ignore[assignment]
+        waits = [
+            asyncio.ensure_future(node._wait_applied(LogIndex(i), 5.0)) for i in range(1, 3)
+        ]
+        await asyncio.sleep(0)
+        node._fail_waiters(Unavailable("raft node stopped"))
+        node._deadlines.clear()  # as stop() does
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        assert all(isinstance(r, Unavailable) for r in results), results
 
     asyncio.run(main())

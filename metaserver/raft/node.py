@@ -66,7 +66,7 @@ write, so its fsync overlaps the followers' anyway, and no acknowledgement can c
 entry before that fsync ends (the core counts the leader's own log only in ``advance``): a
 loop kept free meanwhile would gain nothing for this commit, while the hop to the thread
 and back cost two thread wake-ups plus a wait for the GIL on it (a trace of one client on
-the 2-core VM: 0.2-0.5 ms from the send to the thread's first write, 0.1-0.25 ms from its
+the 2-core VM: 0.2-0.5 ms from the send to the thread's first write, 0.2-0.3 ms from its
 fsync's end back to the loop). A Ready with entries to apply keeps the thread, since their
 proposers' answers would otherwise wait for the fsync; and under a heavy load (big Readies)
 the thread lets the loop parse and answer requests while the disk works.

@@ -83,9 +83,7 @@ def test_waiters_failed_by_stop_raise_their_error() -> None:
         config = NodeConfig(id=NodeId(1), data_dir=Path("unused"), peers={}, tick_ms=100)
         node = RaftNode(config, _Nothing(), b"secret")
         node._raw = _Core()  # type: ignore[assignment]
-        waits = [
-            asyncio.ensure_future(node._wait_applied(LogIndex(i), 5.0)) for i in range(1, 3)
-        ]
+        waits = [asyncio.ensure_future(node._wait_applied(LogIndex(i), 5.0)) for i in range(1, 3)]
         await asyncio.sleep(0)
         node._fail_waiters(Unavailable("raft node stopped"))
         node._deadlines.clear()  # as stop() does

@@ -18,8 +18,10 @@ a crash at this moment:
 - a present file holds its durable bytes followed by one fate of the bytes written since:
   lost, written, torn (a prefix), or garbage (random spans overwritten, maybe also torn).
 
-Limits: only appends past the durable bytes are modelled (a file rewritten in place since its
-last fsync is treated as never synced); a deleted file's unsynced bytes are unknown, so when
+Limits: only appends past the durable bytes are modelled, and writes over (or a truncation
+of) durable zero bytes at the end of a file, which is how space allocated ahead gets filled:
+the durable bytes before the first change survive, the zeros after what was written stay.
+Any other file rewritten in place since its last fsync is treated as never synced; a deleted file's unsynced bytes are unknown, so when
 it reappears it holds its durable bytes only. Linux/Unix only (inodes, ``os.fstat``).
 """
 
@@ -141,25 +143,51 @@ class CrashDisk:
 
     @staticmethod
     def _fate(now: bytes, durable: bytes, rng: random.Random) -> tuple[bytes, str]:
+        zeros = b""  # durable zeros past the changes, which stay where nothing overwrote them
         if not now.startswith(durable):
-            durable = b""  # rewritten since its last fsync: nothing of it is known durable
+            same = _common_prefix_bytes(now, durable)
+            if durable.count(0, same) == len(durable) - same:
+                # Space allocated ahead, written over or cut since its last fsync.
+                durable, zeros = durable[:same], durable[same:]
+            else:
+                durable = b""  # rewritten since its last fsync: nothing of it is known durable
         tail = now[len(durable) :]
-        if not tail:
+        if not tail and not zeros:
             return now, "synced"
         fate = rng.choice(FATES)
+        if fate == "written" or not tail:
+            return (
+                (now, fate)
+                if fate == "written" or rng.random() < 0.5
+                else (durable + zeros, "lost")
+            )
         if fate == "lost":
-            return durable, fate
-        if fate == "written":
-            return now, fate
-        if fate == "torn":
+            out = durable
+        elif fate == "torn":
             cut = rng.randrange(len(tail))
-            return durable + tail[:cut], f"torn after {cut} of {len(tail)} bytes"
-        garbled = bytearray(tail)
-        for _ in range(rng.randint(1, 3)):
-            start = rng.randrange(len(garbled))
-            span = rng.randint(1, min(16, len(garbled) - start))
-            filler = bytes(span) if rng.random() < 0.3 else rng.randbytes(span)
-            garbled[start : start + span] = filler
-        if rng.random() < 0.5:
-            del garbled[rng.randrange(len(garbled)) :]
-        return durable + bytes(garbled), f"garbage in {len(tail)} unsynced bytes"
+            out, fate = durable + tail[:cut], f"torn after {cut} of {len(tail)} bytes"
+        else:
+            garbled = bytearray(tail)
+            for _ in range(rng.randint(1, 3)):
+                start = rng.randrange(len(garbled))
+                span = rng.randint(1, min(16, len(garbled) - start))
+                filler = bytes(span) if rng.random() < 0.3 else rng.randbytes(span)
+                garbled[start : start + span] = filler
+            if rng.random() < 0.5:
+                del garbled[rng.randrange(len(garbled)) :]
+            out, fate = durable + bytes(garbled), f"garbage in {len(tail)} unsynced bytes"
+        if len(out) < len(durable) + len(zeros):
+            out += zeros[len(out) - len(durable) :]
+        return out, fate
+
+
+def _common_prefix_bytes(a: bytes, b: bytes) -> int:
+    """The length of the longest common prefix of ``a`` and ``b`` (memcmp-fast halvings)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

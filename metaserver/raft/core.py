@@ -1,8 +1,10 @@
 """The Raft core: a pure, deterministic state machine in the style of etcd's raft.
 
 What it owns: the role (follower, pre-candidate, candidate, leader), the term and vote, the
-in-memory log since the last snapshot, the commit and applied indexes, replication progress
-per peer, pending linearizable reads, leadership transfer and the membership (ConfState).
+commit and applied indexes, replication, pending linearizable reads and the leader lease,
+leadership transfer and the membership (ConfState). Two parts live beside it, pure too:
+the in-memory log since the last snapshot (``log.py``) and what the leader knows of each
+follower's log (``progress.py``).
 
 What it must not do: any I/O. No clock (time is ``tick()``), no socket, no disk, no thread,
 no global random (the RNG is injected). The caller drives it:
@@ -26,50 +28,23 @@ Invariants and where they are kept:
 - Membership: one change at a time, taking effect when applied (as etcd), and a new leader
   accepts none until the entries of earlier terms are applied (``pending_conf_index``).
 
-Linearizable reads (``read_index``): the leader notes its commit index, then confirms with
-a heartbeat round that a quorum still follows it; a read may be served once the state
-machine has applied that index. Reads arriving together share one heartbeat round.
-
-LEADER LEASES (``Config.read_lease``; ``lease_read_index``)
-A leader that a quorum acknowledged recently may serve a read at its commit index without
-a round (the Raft thesis §6.4.1; etcd's ReadOnlyLeaseBased, here with the lease measured
-from when the acknowledged heartbeats were *sent*). Why it is safe:
-- Rule 1 (the followers' promise): a node that accepted an append, heartbeat or snapshot
-  from a leader grants no vote and no pre-vote, and starts no election, for
-  ``election_ticks`` of its own ticks after that (``lease_elapsed``), whatever happens to
-  its term meanwhile; nor for ``election_ticks`` after it starts, since it may have
-  acknowledged a leader just before a crash. Only a leadership transfer's vote is exempt,
-  so a leader that sent ``TIMEOUT_NOW`` gives up its lease for the rest of its term.
-- Rule 2 (the leader's side): every heartbeat carries a round number; the leader notes the
-  tick each round left at. A voter's acknowledgement of round r proves it accepted the
-  heartbeat after that tick. The lease starts at the send tick of the latest round that a
-  quorum (the leader included, at its current tick) acknowledged, and holds for
-  ``lease_ticks`` of the leader's ticks from there.
-- A new leader needs a quorum of votes, so one vote from a voter bound by rule 1; it cannot
-  have one before that voter's promise ends, which is at least ``election_ticks - 1`` of
-  its tick periods after the send (its first tick may come at once). With tick periods
-  within a ratio rho of each other (``clock_rate_ratio_max``: no clock runs more than rho
-  times as fast as another), ``lease_ticks = floor((election_ticks - 1) / rho)`` of the
-  leader's ticks end no later than that. So while the lease holds, no other leader exists,
-  and the commit index (once an entry of this term committed) covers every committed write.
-- What the caller must guarantee: the tick count never lags real time (a leader whose
-  ticks stalled calls ``void_lease``), and every voter runs with ``read_lease`` on (rule 1
-  is what the leases of the others rest on).
-The simulator runs nodes whose clocks differ within the bound and checks that no lease read
-is served while a leader of a later term exists; with a clock beyond the bound, or a lease
-longer than the formula, it finds violations (``tests/sim``).
+Linearizable reads and the leader lease: ``reads.py`` keeps the rounds, the waiting reads
+and the lease's bookkeeping, and says why a lease is safe; the core feeds it (heartbeats
+sent and answered, commits, changes of role) and keeps rule 1 of the lease, the followers'
+promise, itself (``step``, ``_hup``).
 """
 
 from __future__ import annotations
 
-import enum
 import math
 import random
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dfs.types import LogIndex, NodeId, Term
+from metaserver.raft.log import RaftLog
+from metaserver.raft.progress import Progress, ProgressState
+from metaserver.raft.reads import ReadTracker
 from metaserver.raft.types import (
     NONE,
     ConfChange,
@@ -119,7 +94,7 @@ class Config:
     bytes_per_msg_max: int = 1 << 20  # entries bytes per append message (at least 1 entry)
     snapshot_chunk_bytes: int = 1 << 20  # InstallSnapshot chunk size
     uncommitted_entries_max: int = 100_000  # proposals beyond this backlog are dropped
-    # Leader leases (see the module docstring). Every voter must have the same setting.
+    # Leader leases (reads.py, LEADER LEASES). Every voter must have the same setting.
     read_lease: bool = False
     # The drift bound: no node's tick clock runs more than this many times as fast as
     # another's. 1.1 is far beyond the drift of real clocks (parts per million); what it
@@ -140,72 +115,6 @@ class Config:
         return math.floor((self.election_ticks - 1) / self.clock_rate_ratio_max)
 
 
-class ProgressState(enum.IntEnum):
-    PROBE = 0  # one append at a time until we find where the follower's log matches
-    REPLICATE = 1  # stream appends optimistically, up to the in-flight window
-    SNAPSHOT = 2  # sending a snapshot, chunk by chunk
-
-
-@dataclass(slots=True)
-class Progress:
-    match: LogIndex = LogIndex(0)
-    next: LogIndex = LogIndex(1)
-    state: ProgressState = ProgressState.PROBE
-    probe_sent: bool = False
-    recent_active: bool = False
-    acked_round: int = 0  # the highest heartbeat round this voter acknowledged
-    lease_tick: int = -1  # the send tick of that round, if it counts for the lease
-    inflight: deque[LogIndex] = field(default_factory=deque)
-    snapshot: Snapshot | None = None  # being sent
-    snapshot_offset: int = 0  # next byte to send
-    snapshot_sent_tick: int = 0  # when a chunk last left, for retransmission
-
-    def become_probe(self) -> None:
-        if self.state == ProgressState.SNAPSHOT and self.snapshot is not None:
-            self.next = LogIndex(max(self.match + 1, self.snapshot.meta.index + 1))
-        else:
-            self.next = LogIndex(self.match + 1)
-        self.state = ProgressState.PROBE
-        self.probe_sent = False
-        self.inflight.clear()
-        self.snapshot = None
-
-    def become_replicate(self) -> None:
-        self.state = ProgressState.REPLICATE
-        self.next = LogIndex(self.match + 1)
-        self.probe_sent = False
-        self.inflight.clear()
-
-    def maybe_update(self, n: LogIndex) -> bool:
-        updated = n > self.match
-        if updated:
-            self.match = n
-            self.probe_sent = False
-        if self.next < n + 1:
-            self.next = LogIndex(n + 1)
-        return updated
-
-    def maybe_decr_to(self, rejected: LogIndex, match_hint: LogIndex) -> bool:
-        """A rejection of the append after ``rejected``; False when it is stale."""
-        if self.state == ProgressState.REPLICATE:
-            if rejected <= self.match:
-                return False
-            self.next = LogIndex(self.match + 1)
-            return True
-        if self.next - 1 != rejected:
-            return False
-        self.next = LogIndex(max(min(rejected, match_hint + 1), self.match + 1, 1))
-        self.probe_sent = False
-        return True
-
-    def is_paused(self, inflight_max: int) -> bool:
-        if self.state == ProgressState.PROBE:
-            return self.probe_sent
-        if self.state == ProgressState.REPLICATE:
-            return len(self.inflight) >= inflight_max
-        return True
-
-
 @dataclass(frozen=True, slots=True)
 class Status:
     id: NodeId
@@ -216,50 +125,6 @@ class Status:
     applied: LogIndex
     last_index: LogIndex
     conf: ConfState
-
-
-class _Log:
-    """Entries after the snapshot, in memory; ``entries[i].index == offset + 1 + i``."""
-
-    __slots__ = ("entries", "offset", "offset_term")
-
-    def __init__(self, offset: LogIndex, offset_term: Term, entries: Sequence[Entry]) -> None:
-        self.offset = offset  # index of the last entry covered by the snapshot
-        self.offset_term = offset_term
-        self.entries: list[Entry] = list(entries)
-        for i, e in enumerate(self.entries):
-            assert e.index == offset + 1 + i, "log entries must be contiguous"
-
-    def last_index(self) -> LogIndex:
-        return LogIndex(self.offset + len(self.entries))
-
-    def last_term(self) -> Term:
-        return self.entries[-1].term if self.entries else self.offset_term
-
-    def term(self, i: int) -> Term | None:
-        """The term at ``i``, or None if compacted away or beyond the end."""
-        if i == self.offset:
-            return self.offset_term
-        k = i - self.offset - 1
-        if 0 <= k < len(self.entries):
-            return self.entries[k].term
-        return None
-
-    def match_term(self, i: int, t: int) -> bool:
-        return self.term(i) == t
-
-    def slice(self, lo: int, hi: int) -> list[Entry]:
-        """Entries with lo <= index < hi (must not be compacted)."""
-        assert lo > self.offset
-        return self.entries[lo - self.offset - 1 : hi - self.offset - 1]
-
-    def truncate_from(self, i: int) -> None:
-        del self.entries[i - self.offset - 1 :]
-
-    def compact_to(self, i: int, t: Term) -> None:
-        del self.entries[: i - self.offset]
-        self.offset = LogIndex(i)
-        self.offset_term = t
 
 
 class RawNode:
@@ -278,7 +143,7 @@ class RawNode:
         self.rng = rng
         meta = snapshot.meta if snapshot is not None else SnapshotMeta()
         self.snapshot = snapshot  # the latest snapshot, sent to followers that lag behind it
-        self.log = _Log(meta.index, meta.term, entries)
+        self.log = RaftLog(meta.index, meta.term, entries)
         self.conf = meta.conf
         self.term = hard_state.term
         self.vote = hard_state.vote
@@ -320,15 +185,7 @@ class RawNode:
         self.lead_transferee = NONE
         self.pending_conf_index = LogIndex(0)
         self._bcast_pending = False
-        # Heartbeat rounds: every broadcast is a new round, numbered for the whole life of
-        # the node. ReadIndex reads wait for a quorum to acknowledge a round sent after
-        # they arrived; the lease counts from the send tick of acknowledged rounds.
-        self._round = 0  # the last round broadcast
-        self._round_ticks: deque[tuple[int, int]] = deque()  # (round, tick sent), recent
-        self._reads: deque[tuple[int, LogIndex, bytes]] = deque()  # (round, index, ctx)
-        self._reads_waiting_commit: list[bytes] = []  # until an entry of our term commits
-        self._lease_floor = 0  # rounds sent before this tick do not count for the lease
-        self._lease_given_up = False  # TIMEOUT_NOW sent in this term: no lease until its end
+        self.reads = ReadTracker(config)  # heartbeat rounds, ReadIndex reads, the lease
         # Rule 1 of the lease: ticks since we accepted a leader's message; a node that
         # starts counts as having just heard one.
         self.lease_elapsed = 0
@@ -382,22 +239,20 @@ class RawNode:
         if self.role != Role.LEADER:
             raise NotLeaderError(self.leader)
         if self.log.term(self.committed) != self.term:
-            # Our commit index may lag the real one until an entry of our term commits
-            # (Raft thesis §6.4): wait for the no-op we appended on election.
-            self._reads_waiting_commit.append(context)
+            self.reads.wait_for_commit(context)
             return
         self._queue_read(context)
 
     def lease_read_index(self) -> LogIndex | None:
         """The index at which a read may be served now, without a heartbeat round, because
-        this leader's lease holds (see the module docstring); None when it does not (not
+        this leader's lease holds (``reads.py``, LEADER LEASES); None when it does not (not
         leader, leases off, no entry of this term committed yet, a transfer begun, or no
         recent quorum): use ``read_index`` then."""
-        if not self.cfg.read_lease or self.role != Role.LEADER or self._lease_given_up:
+        if not self.cfg.read_lease or self.role != Role.LEADER or self.reads.lease_given_up:
             return None
         if self.log.term(self.committed) != self.term:
             return None
-        start = self._lease_start()
+        start = self.reads.lease_start(self._ticks, self.conf.voters, self.id, self.progress)
         if start is None or self._ticks >= start + self.cfg.lease_ticks:
             return None
         return self.committed
@@ -406,27 +261,7 @@ class RawNode:
         """The caller's clock slipped (its ticks fell behind real time, as after a stall of
         the process): acknowledgements of heartbeats sent before the latest tick no longer
         count toward the lease. Heartbeats sent from now on renew it."""
-        self._lease_floor = self._ticks
-        for pr in self.progress.values():
-            if pr.lease_tick < self._lease_floor:
-                pr.lease_tick = -1
-
-    def _lease_start(self) -> int | None:
-        """The send tick of the latest round a quorum of voters acknowledged (we count at
-        our current tick), or None."""
-        voters = self.conf.voters
-        ticks = sorted(
-            (
-                self._ticks if v == self.id else (pr.lease_tick if pr is not None else -1)
-                for v in voters
-                for pr in (self.progress.get(v),)
-            ),
-            reverse=True,
-        )
-        q = len(voters) // 2 + 1
-        if len(ticks) < q or ticks[q - 1] < 0:
-            return None
-        return ticks[q - 1]
+        self.reads.void(self._ticks, self.progress)
 
     def transfer_leader(self, to: NodeId) -> None:
         if self.role != Role.LEADER:
@@ -608,9 +443,7 @@ class RawNode:
         self.votes = {}
         self.lead_transferee = NONE
         self.progress = {}
-        self._reads.clear()
-        self._reads_waiting_commit.clear()
-        self._lease_given_up = False
+        self.reads.reset()
         self._bcast_pending = False
 
     def _become_follower(self, term: Term, leader: NodeId) -> None:
@@ -822,8 +655,10 @@ class RawNode:
                     self._send_snapshot_chunk(m.frm, pr)
             elif pr.match < self.log.last_index():
                 self._send_append(m.frm)
-            if m.context:
-                self._ack_round(m.frm, pr, int.from_bytes(m.context, "big"))
+            if m.context and m.frm in self.conf.voters:
+                self._read_states += self.reads.acknowledge(
+                    pr, int.from_bytes(m.context, "big"), self.conf.voters, self.id, self.progress
+                )
         elif m.type == MessageType.SNAP_RESP:
             pr.recent_active = True
             if pr.state != ProgressState.SNAPSHOT or pr.snapshot is None:
@@ -965,19 +800,8 @@ class RawNode:
                 self._send_append(n, send_empty=False)
 
     def _bcast_heartbeat(self) -> None:
-        """One new round to every peer. It carries its number when a read waits for it or
-        leases are on; answers echo it (``_ack_round``)."""
-        self._round += 1
-        context = b""
-        if self._reads or self.cfg.read_lease:
-            context = self._round.to_bytes(8, "big")
-        if self.cfg.read_lease:
-            # Every round is numbered, so the deque holds consecutive rounds. A round sent
-            # longer ago than a lease lasts is of no use to it.
-            ticks = self._round_ticks
-            ticks.append((self._round, self._ticks))
-            while ticks[0][1] < self._ticks - self.cfg.lease_ticks:
-                ticks.popleft()
+        """One new round to every peer; answers echo its context (``reads.acknowledge``)."""
+        context = self.reads.start_round(self._ticks)
         for n, pr in self.progress.items():
             if n != self.id:
                 commit = LogIndex(min(pr.match, self.committed))
@@ -1011,8 +835,7 @@ class RawNode:
         first_of_term = self.role == Role.LEADER and self.log.term(self.committed) != self.term
         self.committed = n
         if first_of_term and self.log.term(n) == self.term:
-            waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
-            for ctx in waiting:
+            for ctx in self.reads.take_waiting_for_commit():
                 self._queue_read(ctx)
 
     def _next_committed_hi(self) -> LogIndex:
@@ -1091,7 +914,7 @@ class RawNode:
             # We already hold this prefix: nothing to install, the commit index moves.
             self._commit_to(meta.index)
             return
-        self.log = _Log(meta.index, meta.term, [])
+        self.log = RaftLog(meta.index, meta.term, [])
         self.snapshot = snap
         self.conf = meta.conf
         self.committed = meta.index
@@ -1134,50 +957,12 @@ class RawNode:
         if self.conf.voters == (self.id,):
             self._read_states.append(ReadState(self.committed, ctx))
             return
-        self._reads.append((self._round + 1, self.committed, ctx))
-
-    def _ack_round(self, frm: NodeId, pr: Progress, round_: int) -> None:
-        if round_ > self._round or frm not in self.conf.voters:
-            return
-        if round_ > pr.acked_round:
-            pr.acked_round = round_
-            tick = self._round_tick(round_)
-            if tick is not None and tick >= self._lease_floor:
-                pr.lease_tick = max(pr.lease_tick, tick)
-        if not self._reads or pr.acked_round < self._reads[0][0]:
-            return
-        # Each voter of a quorum answered a round at least r: it still followed us after
-        # round r left, so every read queued before round r was sent may be served at the
-        # index noted for it.
-        acked = sorted(
-            (
-                self._round if v == self.id else (p.acked_round if p is not None else 0)
-                for v in self.conf.voters
-                for p in (self.progress.get(v),)
-            ),
-            reverse=True,
-        )
-        confirmed = acked[len(self.conf.voters) // 2]
-        while self._reads and self._reads[0][0] <= confirmed:
-            _, index, ctx = self._reads.popleft()
-            self._read_states.append(ReadState(index, ctx))
-
-    def _round_tick(self, round_: int) -> int | None:
-        """The tick at which ``round_`` was sent, if it is still remembered."""
-        ticks = self._round_ticks
-        if not ticks:
-            return None
-        k = round_ - ticks[0][0]
-        if 0 <= k < len(ticks):
-            r, tick = ticks[k]
-            assert r == round_
-            return tick
-        return None
+        self.reads.queue(self.committed, ctx)
 
     def _send_timeout_now(self, to: NodeId) -> None:
         # The target will campaign with a vote that rule 1 of the lease does not bind, at
         # any time from now on (the message may be delayed): no lease for this term.
-        self._lease_given_up = True
+        self.reads.lease_given_up = True
         self._send(Message(MessageType.TIMEOUT_NOW, to, self.id, self.term))
 
     def _flush(self) -> None:
@@ -1186,7 +971,7 @@ class RawNode:
         if self._bcast_pending:
             self._bcast_pending = False
             self._bcast_append()
-        if self._reads and self._reads[-1][0] > self._round:
+        if self.reads.round_wanted():
             self._bcast_heartbeat()
 
     def _apply_conf_change(self, cc: ConfChange) -> None:
@@ -1214,9 +999,7 @@ class RawNode:
         self._bcast_pending = True
         if self.conf.voters == (self.id,):
             # We are the whole quorum now: nobody is left to answer a pending read round.
-            while self._reads:
-                _, index, ctx = self._reads.popleft()
-                self._read_states.append(ReadState(index, ctx))
+            self._read_states += self.reads.release_all()
 
     # ------------------------------------------------------------------------------
 

@@ -12,8 +12,9 @@ What it owns:
   relies on.
 
 What it must not do: know what the state machine means (commands are bytes), decide Raft
-questions (the core does), or block the event loop on the leader's disk (the leader's writes
-and fsyncs run on one dedicated thread, ``_disk``; a follower's run inline, see below).
+questions (the core does), or block the event loop on the leader's disk under load (a
+leader's big writes and fsyncs run on one dedicated thread, ``_disk``; a follower's, and a
+lightly loaded leader's, run inline: see below).
 
 HOW THE LOOP WORKS (``_run``)
 Inputs (``tick``, ``step`` of peer messages, ``propose``, ``read_index``) are fed to the core
@@ -22,13 +23,15 @@ handles it as written on ``types.Ready``:
 
     1. snapshot -> storage.install_snapshot (disk thread), then state machine restore;
     2. entries + hard state -> storage.append / set_hard_state, then ONE sync when
-       ``must_sync`` (disk thread; inline on a follower): group commit;
+       ``must_sync`` (disk thread; inline on a follower and for a small Ready): group
+       commit;
     3. messages -> peers (batched: one frame per peer per Ready, written at once);
     4. committed entries -> state machine apply, in order; wake their proposers;
     5. read states -> wake readers once the applied index reaches theirs;
     6. core.advance(ready); maybe take a snapshot (every ``snapshot_entries`` applied).
 
-Only one Ready is in flight. While its disk work runs, the loop stays free to receive:
+Only one Ready is in flight. While its disk work runs on the thread, the loop stays free to
+receive (and while it runs inline, what arrives waits in the sockets):
 proposals and acknowledgements accumulate in the core and leave together in the next Ready,
 so one fsync covers every proposal that arrived during the previous one. That is where the
 throughput comes from; nothing waits for a timer to form a batch.
@@ -54,11 +57,21 @@ the commit's critical path: the hand-off to the thread and the call back to the 
 the project's 2-core VMs each wake-up of an idle or busy vCPU costs from tens of
 microseconds to milliseconds (a trace of one commit at one client showed the call back
 taking 4 ms under load). What the follower receives during the fsync waits in the socket
-and is stepped right after it, into the next Ready: the same group commit. The leader keeps
-the thread: its fsync overlaps the followers' and its loop keeps serving proposals,
-acknowledgements and answers meanwhile.
+and is stepped right after it, into the next Ready: the same group commit.
 
-Reads (``read_index``): when leases are on (``read_lease``, core.py "LEADER LEASES") and the
+The leader writes inline too when its Ready is small (at most
+``leader_inline_sync_entries_max`` new entries) and has nothing to apply: the light load of
+a few clients, where the commit's latency is what matters. Its appends have left before the
+write, so its fsync overlaps the followers' anyway, and no acknowledgement can commit an
+entry before that fsync ends (the core counts the leader's own log only in ``advance``): a
+loop kept free meanwhile would gain nothing for this commit, while the hop to the thread
+and back cost two thread wake-ups plus a wait for the GIL on it (a trace of one client on
+the 2-core VM: 0.2-0.5 ms from the send to the thread's first write, 0.2-0.3 ms from its
+fsync's end back to the loop). A Ready with entries to apply keeps the thread, since their
+proposers' answers would otherwise wait for the fsync; and under a heavy load (big Readies)
+the thread lets the loop parse and answer requests while the disk works.
+
+Reads (``read_index``): when leases are on (``read_lease``, reads.py "LEADER LEASES") and the
 lease holds, a read waits for nothing but the state machine to reach the leader's commit
 index, usually already there: no heartbeat round, no loop turn. The lease is counted in
 ticks, so the tick loop keeps a fixed schedule (a tick late by less than an interval does not
@@ -96,7 +109,6 @@ import concurrent.futures
 import contextlib
 import copy
 import dataclasses
-import heapq
 import logging
 import random
 import time
@@ -119,7 +131,7 @@ from dfs.wire.errors import (
     Unavailable,
 )
 from metaserver.raft.core import Config, NotLeaderError, ProposalDroppedError, RawNode, Status
-from metaserver.raft.storage import RaftStorage
+from metaserver.raft.storage import PREALLOCATE_BYTES, RaftStorage
 from metaserver.raft.types import (
     NONE,
     ConfChange,
@@ -182,7 +194,10 @@ class NodeConfig:
     join: bool = False
     leader_sends_before_persist: bool = True  # see the module docstring
     follower_sync_inline: bool = True  # see the module docstring
-    # Reads on the leader's lease (core.py, "LEADER LEASES") instead of a heartbeat round
+    # A leader writes a Ready of at most this many entries (and none to apply) inline: see
+    # the module docstring. One client proposes one at a time; a few, a few.
+    leader_inline_sync_entries_max: int = 8
+    # Reads on the leader's lease (reads.py, "LEADER LEASES") instead of a heartbeat round
     # each. The same on every member: a lease rests on the other members' promise.
     read_lease: bool = True
     seed: int | None = None  # election timeout randomness; None: from the OS
@@ -217,9 +232,8 @@ class RaftNode:
         self._reads_applying: list[tuple[LogIndex, asyncio.Future[LogIndex]]] = []
         self._read_seq = 0
         self._soft_waiters: list[asyncio.Future[None]] = []
-        # (deadline, seq, future, what): timeouts of the waiters above, see _expire_at.
-        self._deadlines: list[tuple[float, int, asyncio.Future[Any], str]] = []
-        self._deadline_seq = 0
+        # The waiters above that are waiting, with their deadlines; see _expire_at.
+        self._deadlines: dict[asyncio.Future[Any], tuple[float, str]] = {}
         # What we know without asking the core.
         self.applied_index = LogIndex(0)
         self._applied_term = Term(0)
@@ -237,7 +251,10 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         cfg = self.config
         self._storage = await loop.run_in_executor(
-            self._disk, lambda: RaftStorage.open(cfg.data_dir, sync=cfg.fsync)
+            self._disk,
+            lambda: RaftStorage.open(
+                cfg.data_dir, sync=cfg.fsync, preallocate_bytes=PREALLOCATE_BYTES
+            ),
         )
         hard_state, snapshot, entries = self._storage.initial_state()
         fresh = hard_state == HardState() and snapshot is None and not entries
@@ -363,7 +380,10 @@ class RaftNode:
             applying: asyncio.Future[LogIndex] = loop.create_future()
             self._reads_applying.append((index, applying))
             self._expire_at(loop.time() + timeout_s, applying, "read index not applied")
-            await applying
+            try:
+                await applying
+            finally:
+                self._deadlines.pop(applying, None)
             return
         self._read_seq += 1
         ctx = self._read_seq.to_bytes(8, "big")
@@ -379,6 +399,7 @@ class RaftNode:
             await future
         finally:
             self._reads.pop(ctx, None)
+            self._deadlines.pop(future, None)
 
     async def add_member(
         self, node_id: NodeId, address: str, *, learner: bool = False, timeout_s: float = 10.0
@@ -501,11 +522,19 @@ class RaftNode:
             if early:
                 self._send(rd.messages)
             disk: asyncio.Future[None] | None = None
-            if (rd.entries or rd.must_sync) and not leading and self.config.follower_sync_inline:
-                # See the module docstring: the acknowledgement waits for this write anyway,
-                # and a hop to the disk thread and back would cost two thread wake-ups.
+            if leading:
+                inline = (
+                    not rd.committed_entries
+                    and len(rd.entries) <= self.config.leader_inline_sync_entries_max
+                )
+            else:
+                inline = self.config.follower_sync_inline
+            if (rd.entries or rd.must_sync) and inline:
+                # See the module docstring: the commit waits for this write anyway, and a hop
+                # to the disk thread and back would cost two thread wake-ups.
                 _persist(storage, rd)
-                self._send(rd.messages)
+                if not early:
+                    self._send(rd.messages)
                 self._apply(rd.committed_entries)
             else:
                 if rd.entries or rd.must_sync:
@@ -660,25 +689,29 @@ class RaftNode:
         try:
             return await future
         finally:
+            self._deadlines.pop(future, None)
             waiter = self._proposals.get(index)
             if waiter is not None and waiter[1] is future:
                 del self._proposals[index]
 
     def _expire_at(self, deadline: float, future: asyncio.Future[Any], what: str) -> None:
-        """Fail ``future`` with ``Timeout`` unless it is done by ``deadline``.
+        """Fail ``future`` with ``Timeout`` unless it is done by ``deadline``; the caller
+        removes it from ``_deadlines`` once it no longer waits (``finally``).
 
         Why not ``asyncio.timeout`` per call: that is a timer handle scheduled and cancelled
         per proposal, a measurable share of the leader's CPU at tens of thousands of
-        proposals a second. A heap swept on every tick costs a push per call, and a timeout
-        may fire up to one tick late, which callers with second-long deadlines do not see.
+        proposals a second. Nor a heap of every deadline set: it held each proposal's for
+        its whole 5 s, done or not (50,000 entries at 10,000 commits a second, each keeping
+        its future alive, which the garbage collector then walked: py-spy put 4-6% of the
+        leader's samples there). Only waiters that still wait are here, a few hundred at
+        most; each tick fails those whose deadline has passed: never early, and up to one
+        tick late, which callers with second-long deadlines do not see.
         """
-        self._deadline_seq += 1
-        heapq.heappush(self._deadlines, (deadline, self._deadline_seq, future, what))
+        self._deadlines[future] = (deadline, what)
 
     def _expire_deadlines(self, now: float) -> None:
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            _, _, future, what = heapq.heappop(deadlines)
+        expired = [(f, what) for f, (deadline, what) in self._deadlines.items() if deadline <= now]
+        for future, what in expired:
             if not future.done():
                 future.set_exception(Timeout(f"{what} in time"))
 

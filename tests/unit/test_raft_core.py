@@ -151,7 +151,7 @@ def test_reads_are_released_when_the_leader_becomes_the_only_voter() -> None:
     assert leader.conf.voters == (1,)
     # A read queued under the old membership, whose round nobody is left to answer.
     net.drop = lambda m: True
-    leader._reads.append((leader._round + 1, leader.committed, b"stuck"))
+    leader.reads.queue(leader.committed, b"stuck")
     leader._apply_conf_change(ConfChange(ConfChangeType.REMOVE, NodeId(2)))
     net.pump()
     assert [rs.context for rs in net.read_states[1]] == [b"stuck"]
@@ -273,3 +273,72 @@ def test_read_index_counts_each_voter_latest_round() -> None:
     assert net.read_states[1] == []  # round 1: the leader and node 2 are no quorum of 5
     net.tick(1)
     assert [rs.context for rs in net.read_states[1]] == [b"r"]
+
+
+def _follower_acks(net: Net, follower: int, sent: tuple[Message, ...]) -> list[Message]:
+    """Deliver the leader's appends to ``follower``; return its answers once durable there."""
+    node = net.nodes[follower]
+    for m in sent:
+        if m.to == follower:
+            node.step(m)
+    acks: list[Message] = []
+    while node.has_ready():
+        rd = node.ready()
+        acks += [m for m in rd.messages if m.type == MessageType.APP_RESP]
+        node.advance(rd)  # the follower's fsync is done: it may answer
+    return acks
+
+
+def test_leader_counts_its_own_log_only_once_its_write_is_durable() -> None:
+    """The node sends a leader's appends before its own fsync, and steps the followers'
+    answers while that fsync may still run. One follower's acknowledgement plus the
+    leader's write in flight is ONE durable copy of three: no commit. Both followers'
+    make a quorum without the leader; the leader may then commit, but hands the entry out
+    for applying only after its own write (``advance``)."""
+    net = Net()
+    net.pump()
+    net.nodes[1].campaign()
+    net.pump()
+    leader = net.nodes[1]
+    assert leader.role == Role.LEADER and not leader.has_ready()
+    index = leader.propose(b"x")
+    in_flight = leader.ready()  # the leader's write of the entry starts; not advanced
+    assert [e.index for e in in_flight.entries] == [index]
+    before = leader.committed
+
+    for m in _follower_acks(net, 2, in_flight.messages):
+        leader.step(m)
+    assert leader.committed == before, "counted its own write before it was durable"
+    assert not any(e.index == index for e in leader.ready().committed_entries)
+
+    for m in _follower_acks(net, 3, in_flight.messages):
+        leader.step(m)
+    assert leader.committed == index  # two followers: a quorum without the leader
+    rd = leader.ready()
+    assert not any(e.index == index for e in rd.committed_entries), "applied before durable"
+    leader.advance(rd)
+    leader.advance(in_flight)  # the leader's own write is durable now
+    assert [e.index for e in leader.ready().committed_entries] == [index]
+
+
+def test_leader_alone_never_commits_its_own_entry() -> None:
+    """An entry that only the leader holds, however durable there, is not committed."""
+    net = Net()
+    net.pump()
+    net.nodes[1].campaign()
+    net.pump()
+    leader = net.nodes[1]
+    before = leader.committed
+    index = leader.propose(b"y")
+    first = leader.ready()
+    leader.advance(first)  # durable on the leader; its appends are held back
+    for _ in range(3):
+        leader.tick()
+        rd = leader.ready()
+        assert not any(e.index == index for e in rd.committed_entries)
+        leader.advance(rd)  # the heartbeats are lost too
+    assert leader.committed == before
+    # One follower's acknowledgement makes two durable copies of three: committed.
+    for m in _follower_acks(net, 2, first.messages):
+        leader.step(m)
+    assert leader.committed == index

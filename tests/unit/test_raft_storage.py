@@ -449,6 +449,70 @@ def test_corrupt_record_in_last_segment_is_a_torn_tail(
     assert "checksum" in msg
 
 
+def test_space_allocated_ahead_is_the_clean_end_of_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    st = RaftStorage.open(tmp_path, sync=False, preallocate_bytes=4096)
+    st.append(entries(1, 5))
+    st.sync()
+    st.close()
+    [seg] = segments(tmp_path)
+    data = seg.read_bytes()
+    records_end = len(data.rstrip(b"\0"))
+    assert records_end < 4096 <= len(data)  # allocated ahead: zeros
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        st = RaftStorage.open(tmp_path, sync=False, preallocate_bytes=4096)
+        assert st.initial_state()[2] == entries(1, 5)
+        st.append([entry(6)])  # over the zeros, right after entry 5
+        st.sync()
+        st.close()
+        assert reopen(tmp_path)[2] == entries(1, 6)  # also read without allocating ahead
+    assert not take_warnings(caplog)
+    assert seg.stat().st_size == len(data)  # written in place, no new size
+
+
+def test_a_rolled_segment_is_cut_to_its_records(tmp_path: Path) -> None:
+    st = RaftStorage.open(tmp_path, sync=False, segment_bytes_max=150, preallocate_bytes=4096)
+    for i in range(1, 21):
+        st.append([entry(i, data=b"x" * 20)])
+    st.sync()
+    st.close()
+    *rolled, active = segments(tmp_path)
+    assert rolled
+    for seg in rolled:
+        data = seg.read_bytes()
+        assert len(data) < 4096 and data[-8:].count(0) < 8, seg.name  # ends in a checksum
+    assert active.stat().st_size >= 4096
+    assert reopen(tmp_path, segment_bytes_max=150)[2] == [
+        entry(i, data=b"x" * 20) for i in range(1, 21)
+    ]
+
+
+def test_torn_record_in_space_allocated_ahead_is_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, expect_log: Expect
+) -> None:
+    expect_log(r"record checksum mismatch at offset \d+; dropped the torn tail")
+    st = RaftStorage.open(tmp_path, sync=False, preallocate_bytes=4096)
+    st.append(entries(1, 3))
+    st.sync()
+    st.close()
+    [seg] = segments(tmp_path)
+    data = bytearray(seg.read_bytes())
+    end = len(data.rstrip(b"\0"))
+    data[end : end + 5] = struct.pack("<IB", 40, 1)  # a record whose body never landed
+    seg.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        st = RaftStorage.open(tmp_path, sync=False, preallocate_bytes=4096)
+    [msg] = take_warnings(caplog)
+    assert "checksum" in msg
+    assert st.initial_state()[2] == entries(1, 3)
+    st.append([entry(4)])
+    st.sync()
+    st.close()
+    assert reopen(tmp_path)[2] == entries(1, 4)
+    assert not take_warnings(caplog)
+
+
 def good_record(rtype: int, value: Any) -> bytes:
     """A record with a valid checksum, built independently of storage.py."""
     payload: bytes = msgpack.packb(value, use_bin_type=True)
@@ -622,6 +686,8 @@ class CrashCase:
         self.rng = random.Random(seed)
         self.caplog = caplog
         self.segment_bytes_max = self.rng.choice([150, 600, 1 << 20])
+        # Space allocated ahead: none, less than a record, more than a segment.
+        self.preallocate_bytes = self.rng.choice([0, 0, 16, 100, 1000])
         self.model = Model()
         # Every state a crash may recover: the state at the last sync, then one more per
         # record written since (records reach the disk in order, so a crash keeps a prefix).
@@ -635,7 +701,11 @@ class CrashCase:
         live = self.root / "live"
         with CrashDisk(live) as disk:
             disk.before_sync = self._maybe_crash_inside(disk)
-            st = RaftStorage.open(live, segment_bytes_max=self.segment_bytes_max)
+            st = RaftStorage.open(
+                live,
+                segment_bytes_max=self.segment_bytes_max,
+                preallocate_bytes=self.preallocate_bytes,
+            )
             term = 1
             for _ in range(self.rng.randint(10, 60)):
                 r = self.rng.random()
@@ -711,7 +781,12 @@ class CrashCase:
         fates = disk.crash_image(image, self.rng)
         context = f"seed {self.seed}, image {self.images}: {fates}"
         with self.caplog.at_level(logging.WARNING, logger=LOGGER):
-            st = RaftStorage.open(image, sync=False, segment_bytes_max=self.segment_bytes_max)
+            st = RaftStorage.open(
+                image,
+                sync=False,
+                segment_bytes_max=self.segment_bytes_max,
+                preallocate_bytes=self.preallocate_bytes,
+            )
         for msg in take_warnings(self.caplog):
             assert "torn tail" in msg or "whole segment" in msg, f"{context}: {msg}"
         hs, snap, ents = st.initial_state()

@@ -30,7 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chunkserver.store import WRITEBACK_BYTES_MIN, ChunkStore, Incoming, ReplicaInfo, WouldBlock
+from chunkserver.format import ReplicaInfo
+from chunkserver.store import WRITEBACK_BYTES_MIN, ChunkStore, Incoming, WouldBlock
 
 T = TypeVar("T")
 
@@ -348,6 +349,7 @@ class AsyncChunkStore:
             await asyncio.wait(list(self._jobs))
         await asyncio.to_thread(self._pool.shutdown, wait=True)
         await asyncio.to_thread(self._writeback.shutdown, wait=True, cancel_futures=True)
+        self.store.close()
 
 
 __all__ = ["DISK_JOBS_MAX", "AsyncChunkStore", "ChunkLock"]

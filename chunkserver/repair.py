@@ -38,8 +38,8 @@ import logging
 from collections.abc import Callable
 
 from chunkserver.disk import AsyncChunkStore
+from chunkserver.format import BLOCK_BYTES, PAGE_BYTES, ReplicaInfo
 from chunkserver.peers import PeerPool
-from chunkserver.store import BLOCK_BYTES, PAGE_BYTES, ReplicaInfo
 from dfs.wire.errors import DfsError, NotFound, Stale, Timeout, Unavailable
 
 log = logging.getLogger("chunkserver")

@@ -94,9 +94,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chunkserver.disk import DISK_JOBS_MAX, AsyncChunkStore, ChunkLock
+from chunkserver.format import CHUNK_BYTES_MAX, CHUNK_ID_MAX, VERSION_MAX
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.repair import Scrubber, Throttle, copy_in
-from chunkserver.store import CHUNK_BYTES_MAX, CHUNK_ID_MAX, READ_BYTES_MAX, VERSION_MAX
+from chunkserver.store import READ_BYTES_MAX
 from dfs import daemon, rpc
 from dfs.wire.errors import (
     AuthError,

@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from chunkserver.store import DATA_OFFSET, chunk_relpath
+from chunkserver.format import DATA_OFFSET, chunk_relpath
 from dfs import rpc
 from dfs.secret import write_secret
 from dfs.testing.ports import free_loopback_ports

@@ -46,7 +46,7 @@ from test_chunkserver import (  # the fixtures and helpers of the chunkserver pr
     token_fields,
 )
 
-from chunkserver.store import DATA_OFFSET, footprint_bytes
+from chunkserver.format import DATA_OFFSET, footprint_bytes
 from dfs.testing.ports import free_loopback_ports
 from dfs.wire.errors import (
     Corrupt,

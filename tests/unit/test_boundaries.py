@@ -97,7 +97,7 @@ def top(name: str) -> str:
 def is_pure(module: str) -> bool:
     return (
         under(module, "dfs.wire")
-        or module in ("metaserver.raft.core", "metaserver.raft.types")
+        or module in ("metaserver.raft.core", "metaserver.raft.types", "chunkserver.format")
         or under(module, "metaserver.namespace")
     )
 

@@ -41,21 +41,19 @@ from typing import Any
 import pytest
 
 from chunkserver.disk import AsyncChunkStore, ChunkLock
-from chunkserver.store import (
+from chunkserver.format import (
     BLOCK_BYTES,
     CHUNK_BYTES_MAX,
     DATA_OFFSET,
     TABLE_OFFSET,
-    WRITEBACK_BYTES_MIN,
     BadHeader,
-    ChunkStore,
     ReplicaInfo,
-    WouldBlock,
     chunk_relpath,
     decode_header,
     encode_header,
     footprint_bytes,
 )
+from chunkserver.store import WRITEBACK_BYTES_MIN, ChunkStore, WouldBlock
 from dfs.testing.faultydisk import CrashDisk
 from dfs.wire.errors import Corrupt, Invalid, NoSpace, NotFound, Stale, TooBig, Unavailable
 
@@ -617,6 +615,7 @@ def test_a_full_tmpfs_answers_nospace_and_keeps_its_replicas(
     )  # fmt: skip
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    store: ChunkStore | None = None
     try:
         # A configured capacity far over the disk's: the disk is what says "full" here.
         store = ChunkStore(mount_point, capacity_bytes=1 << 30, fsync=False)
@@ -640,6 +639,8 @@ def test_a_full_tmpfs_answers_nospace_and_keeps_its_replicas(
         store.write(2, 1, 0, 64 * 1024, data(MiB, seed=14))  # room again
         assert store.info(2) == ReplicaInfo(2, 1, 64 * 1024 + MiB)
     finally:
+        if store is not None:
+            store.close()  # its open replica files would keep the file system busy
         subprocess.run(["umount", str(mount_point)], capture_output=True, timeout=30)
 
 

@@ -1041,7 +1041,7 @@ async def serve(config: ServerConfig, secret: bytes) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return daemon.main("chunkserver", argv, load_config, serve)
+    return daemon.main("chunkserver", argv, load_config, serve, fast_loop=True)
 
 
 __all__ = ["CONFIG_VERSION", "ChunkServer", "ServerConfig", "load_config", "main", "serve"]

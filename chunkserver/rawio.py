@@ -1,7 +1,8 @@
 """The system calls the chunk store makes on a replica file's descriptor, whole.
 
 What it owns: reading and writing a range completely (``pread_into``, ``pwrite_all``:
-the kernel may do less than asked), dropping a range's clean pages from the page cache,
+the kernel may do less than asked), reading past the page cache (``pread_direct``, for a
+descriptor opened with ``O_DIRECT``), dropping a range's clean pages from the page cache,
 and starting a range's writeback without waiting (``sync_file_range``, which Python's
 ``os`` lacks). What it must not do: know the replica format or decide what an error means
 (``store.py`` maps errors onto ``dfs.wire.errors``).
@@ -10,6 +11,7 @@ and starting a range's writeback without waiting (``sync_file_range``, which Pyt
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 from collections.abc import Callable, Iterable
 
@@ -57,6 +59,28 @@ def pread_into(fd: int, buf: memoryview, pos: int, flags: int = 0) -> int:
     return got
 
 
+# O_DIRECT's alignment of offsets, lengths and buffers: the page, a multiple of every
+# logical block size Linux file systems use.
+DIRECT_ALIGN_BYTES = 4096
+
+
+def pread_direct(fd: int, buf: memoryview, pos: int) -> int:
+    """``pread_into`` for a descriptor opened with ``O_DIRECT``: the range, rounded out to
+    ``DIRECT_ALIGN_BYTES``, is read into a page-aligned buffer (an anonymous mapping) and
+    copied into ``buf``. Returns the bytes of ``buf`` filled (fewer only at end of file)."""
+    lo = pos - pos % DIRECT_ALIGN_BYTES
+    hi = -(-(pos + len(buf)) // DIRECT_ALIGN_BYTES) * DIRECT_ALIGN_BYTES
+    with mmap.mmap(-1, hi - lo) as bounce:
+        view = memoryview(bounce)
+        try:
+            got = pread_into(fd, view, lo)
+            n = max(0, min(got - (pos - lo), len(buf)))
+            buf[:n] = view[pos - lo : pos - lo + n]
+        finally:
+            view.release()
+    return n
+
+
 def pwrite_all(fd: int, data: memoryview | bytes, pos: int) -> None:
     view = memoryview(data)
     while view:
@@ -65,4 +89,11 @@ def pwrite_all(fd: int, data: memoryview | bytes, pos: int) -> None:
         pos += n
 
 
-__all__ = ["drop_cached", "pread_into", "pwrite_all", "start_writeback"]
+__all__ = [
+    "DIRECT_ALIGN_BYTES",
+    "drop_cached",
+    "pread_direct",
+    "pread_into",
+    "pwrite_all",
+    "start_writeback",
+]

@@ -1,5 +1,6 @@
 """The chunk store's descriptor cache (``chunkserver/fdcache.py``): bounded, closed only
-when unused, and never reading a file its path no longer names."""
+when unused, and never reading a file its path no longer names; and the scrubber's read,
+which goes past the page cache."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from chunkserver.fdcache import FdCache
-from chunkserver.format import BLOCK_BYTES
+from chunkserver.format import BLOCK_BYTES, DATA_OFFSET
 from chunkserver.store import ChunkStore
-from dfs.wire.errors import NotFound
+from dfs.wire.errors import Corrupt, NotFound
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -115,3 +116,33 @@ def test_a_descriptor_in_use_is_closed_only_by_its_last_user(tmp_path: Path) -> 
     assert fd_is_open(b.fd)  # cached, unused: kept
     cache.clear()
     assert not fd_is_open(b.fd)
+
+
+def test_the_scrubbers_read_checks_the_disk_and_leaves_cached_pages_cached(
+    tmp_path: Path, expect_log: Callable[..., None]
+) -> None:
+    """``from_disk`` reads with O_DIRECT: a page a client reads stays in the page cache
+    (before, each scrub step evicted it), and a byte bad on the disk is still found."""
+    store = ChunkStore(tmp_path, chunk_bytes_max=MiB)
+    content = data(3 * BLOCK_BYTES + 100, seed=3)
+    store.write(CHUNK, 1, 0, 0, content, sync=True)
+    assert bytes(store.read(CHUNK, 1, 0, len(content))) == content  # now in the page cache
+    assert bytes(store.read(CHUNK, 1, 0, len(content), from_disk=True)) == content
+    if not store._direct_reads:
+        pytest.skip("this file system refuses O_DIRECT")
+    # Still cached: a read that must not wait for the disk succeeds.
+    assert bytes(store.read(CHUNK, 1, 0, len(content), cached_only=True)) == content
+    # A tail not a whole page, and a range starting mid-block.
+    assert bytes(store.read(CHUNK, 1, 5000, 3 * BLOCK_BYTES, from_disk=True)) == content[5000:]
+    expect_log(r"event=corrupt chunk=261")
+    expect_log(r"event=replica_bad chunk=261")
+    expect_log(r"event=quarantined chunk=261")
+    path = store.path(CHUNK)
+    with open(path, "r+b") as f:  # a bad byte, written back to the disk
+        f.seek(DATA_OFFSET + BLOCK_BYTES + 7)
+        f.write(b"\x00" if content[BLOCK_BYTES + 7] else b"\x01")
+        f.flush()
+        os.fsync(f.fileno())
+    with pytest.raises(Corrupt):
+        store.read(CHUNK, 1, 0, len(content), from_disk=True)
+    store.close()

@@ -17,7 +17,7 @@ Rules, and where they are checked:
 2. Bytes are returned only after every 64 KiB block they come from matched its xxh3_64
    checksum (``read``). A mismatch, or a block missing from a short file, is ``Corrupt``,
    returns nothing and makes the replica bad (rule 6). A write that keeps part of an old block verifies that part first
-   (``_write_blocks``, ``_truncate``), so a bad block is never re-checksummed into a good one.
+   (``blocks.write_blocks``, ``blocks.truncate``), so a bad block is never re-checksummed into a good one.
 3. Versions (docs/PROTOCOL.md, ``chunk.write``): a write for a version older than the
    replica's is ``Stale``; a write for a newer version first truncates the replica to the
    handle's ``length`` (bytes past it are junk left by a truncate), then records the version;
@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import struct
@@ -85,6 +86,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chunkserver import blocks
 from chunkserver.fdcache import FDS_MAX, FdCache, OpenFile
 from chunkserver.format import (
     BLOCK_BYTES,
@@ -95,11 +97,9 @@ from chunkserver.format import (
     HEADER_BYTES,
     QUARANTINE_RE,
     SUBDIR_RE,
-    SUM,
     SUM_BYTES,
     TABLE_OFFSET,
     VERSION_MAX,
-    ZERO_BLOCK_SUM,
     BadHeader,
     ReplicaInfo,
     block_sum,
@@ -531,7 +531,7 @@ class ChunkStore:
                 # table describes the result, a failure leaves a file we cannot describe.
                 assert replica is not None and bump
                 stage = "cut"
-                self._truncate(fd, chunk_id, old_length, base_length)
+                blocks.truncate(fd, old_length, base_length, self._corrupter(chunk_id))
                 pwrite_all(fd, encode_header(chunk_id, version, base_length), 0)
                 settled_footprint = footprint_bytes(base_length)
                 with self._mutex:
@@ -547,7 +547,7 @@ class ChunkStore:
                 self._preallocate(fd, offset, n)
                 stage = "data"
                 self._inject_eio(chunk_id)
-                self._write_blocks(fd, chunk_id, base_length, offset, view)
+                blocks.write_blocks(fd, base_length, offset, view, self._corrupter(chunk_id))
             stage = "data"
             if creating or bump or new_length != old_length:
                 pwrite_all(fd, encode_header(chunk_id, version, new_length), 0)
@@ -665,76 +665,6 @@ class ChunkStore:
     def _release(self, growth_bytes: int) -> None:
         with self._mutex:
             self._used_bytes -= growth_bytes
-
-    def _read_sum(self, fd: int, block: int) -> int:
-        raw = os.pread(fd, SUM_BYTES, TABLE_OFFSET + SUM_BYTES * block)
-        if len(raw) != SUM_BYTES:
-            raise Corrupt("checksum table cut short", block=block)
-        value: int = SUM.unpack(raw)[0]
-        return value
-
-    def _read_verified_block(
-        self, fd: int, chunk_id: int, block: int, valid_end: int, into: memoryview
-    ) -> None:
-        """Read block ``block``'s bytes up to chunk offset ``valid_end`` into ``into`` and
-        verify them against the table (rule 2)."""
-        start = block * BLOCK_BYTES
-        size = valid_end - start
-        assert 0 < size <= BLOCK_BYTES and len(into) >= size
-        target = into[:size]
-        if pread_into(fd, target, DATA_OFFSET + start) != size:
-            raise self._corrupt(chunk_id, block, "block cut short")
-        if block_sum(target) != self._read_sum(fd, block):
-            raise self._corrupt(chunk_id, block, "checksum mismatch")
-
-    def _truncate(self, fd: int, chunk_id: int, old_length: int, new_length: int) -> None:
-        """Cut the replica from ``old_length`` to ``new_length`` valid bytes: the new last
-        block, if partial, gets the checksum of its shorter prefix (after verifying it)."""
-        assert new_length < old_length
-        tail = new_length % BLOCK_BYTES
-        if tail:
-            block = new_length // BLOCK_BYTES
-            buf = memoryview(bytearray(BLOCK_BYTES))
-            old_end = min((block + 1) * BLOCK_BYTES, old_length)
-            self._read_verified_block(fd, chunk_id, block, old_end, buf)
-            pwrite_all(fd, SUM.pack(block_sum(buf[:tail])), TABLE_OFFSET + SUM_BYTES * block)
-        os.ftruncate(fd, DATA_OFFSET + new_length)
-
-    def _write_blocks(
-        self, fd: int, chunk_id: int, old_length: int, offset: int, data: memoryview
-    ) -> None:
-        """Put ``data`` at ``offset``, then the checksums of every block it touches (and of
-        the gap's blocks, when it starts past ``old_length``). Only the partial blocks at the
-        two ends are read, and verified, to be re-checksummed."""
-        end = offset + len(data)
-        new_length = max(old_length, end)
-        first = min(offset, old_length) // BLOCK_BYTES
-        last = (end - 1) // BLOCK_BYTES
-        sums: list[int] = []
-        scratch: memoryview | None = None
-        for block in range(first, last + 1):
-            start = block * BLOCK_BYTES
-            stop = min(start + BLOCK_BYTES, new_length)
-            if offset <= start and end >= stop:
-                sums.append(block_sum(data[start - offset : stop - offset]))
-                continue
-            old_end = min(start + BLOCK_BYTES, old_length)
-            lo, hi = max(offset, start), min(end, stop)
-            if old_end <= start and hi <= lo and stop - start == BLOCK_BYTES:
-                sums.append(ZERO_BLOCK_SUM)  # a whole block of the gap
-                continue
-            if scratch is None:
-                scratch = memoryview(bytearray(BLOCK_BYTES))
-            else:
-                scratch[:] = bytes(BLOCK_BYTES)
-            if old_end > start:
-                self._read_verified_block(fd, chunk_id, block, old_end, scratch)
-            if hi > lo:
-                scratch[lo - start : hi - start] = data[lo - offset : hi - offset]
-            sums.append(block_sum(scratch[: stop - start]))
-        pwrite_all(fd, data, DATA_OFFSET + offset)
-        table = struct.pack(f">{len(sums)}Q", *sums)
-        pwrite_all(fd, table, TABLE_OFFSET + SUM_BYTES * first)
 
     # ------------------------------------------------------------------ read
 
@@ -1035,8 +965,12 @@ class ChunkStore:
                 raise Unavailable("copy aborted", chunk_id=incoming.chunk_id)
             assert 0 < len(view) <= incoming.length - incoming.written
             try:
-                self._write_blocks(
-                    incoming.fd, incoming.chunk_id, incoming.written, incoming.written, view
+                blocks.write_blocks(
+                    incoming.fd,
+                    incoming.written,
+                    incoming.written,
+                    view,
+                    self._corrupter(incoming.chunk_id),
                 )
             except OSError as e:
                 raise self._disk_error(e, incoming.chunk_id, "replicate") from e
@@ -1118,6 +1052,9 @@ class ChunkStore:
         self._release(incoming.footprint_bytes)
 
     # ------------------------------------------------------------------ errors
+
+    def _corrupter(self, chunk_id: int) -> blocks.Corrupter:
+        return functools.partial(self._corrupt, chunk_id)
 
     def _corrupt(self, chunk_id: int, block: int, reason: str) -> Corrupt:
         log.warning("%s event=corrupt chunk=%d block=%d reason=%r",

@@ -40,6 +40,7 @@ from typing import Any
 
 import pytest
 
+from chunkserver import blocks
 from chunkserver.disk import AsyncChunkStore, ChunkLock
 from chunkserver.format import (
     BLOCK_BYTES,
@@ -715,7 +716,7 @@ def test_eio_in_the_data_after_a_bump_cut_makes_the_replica_bad(
     expect_log(r"event=replica_bad chunk=261 version=2 reason=disk_error")
     expect_log(r"event=quarantined chunk=261")
     store.write(CHUNK, 1, 0, 0, data(3 * B + 500, seed=21))
-    monkeypatch.setattr(ChunkStore, "_write_blocks", failing(errno.EIO))
+    monkeypatch.setattr(blocks, "write_blocks", failing(errno.EIO))
     with pytest.raises(Unavailable):
         store.write(CHUNK, 2, B + 10, 2 * B, b"lost")
     monkeypatch.undo()

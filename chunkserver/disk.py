@@ -30,7 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chunkserver.store import WRITEBACK_BYTES_MIN, ChunkStore, Incoming, ReplicaInfo, WouldBlock
+from chunkserver.format import ReplicaInfo
+from chunkserver.store import WRITEBACK_BYTES_MIN, ChunkStore, Incoming, WouldBlock
 
 T = TypeVar("T")
 
@@ -218,9 +219,17 @@ class AsyncChunkStore:
         future.add_done_callback(done)
 
     async def read(self, chunk_id: int, version: int, offset: int, size: int) -> memoryview:
-        """A small read whose bytes are all in the page cache is served here, on the event
+        """``read_cached`` if it can, else ``read_pooled``."""
+        data = self.read_cached(chunk_id, version, offset, size)
+        if data is not None:
+            return data
+        return await self.read_pooled(chunk_id, version, offset, size)
+
+    def read_cached(self, chunk_id: int, version: int, offset: int, size: int) -> memoryview | None:
+        """A small read whose bytes are all in the page cache, served here, on the event
         loop (the chunk's lock is free of writers: nothing can change it meanwhile, as the
-        loop is busy with us); anything else runs in the pool."""
+        loop is busy with us); None when it cannot be (use ``read_pooled``). Raises what
+        the store's read raises."""
         lock = self._locks.get(chunk_id)
         if (
             self._inline
@@ -231,6 +240,10 @@ class AsyncChunkStore:
                 return self.store.read(chunk_id, version, offset, size, cached_only=True)
             except WouldBlock as e:
                 self._inline = not e.unsupported
+        return None
+
+    async def read_pooled(self, chunk_id: int, version: int, offset: int, size: int) -> memoryview:
+        """A read in the disk pool, sharing the chunk with other readers."""
         return await self._run(
             chunk_id, False, lambda: self.store.read(chunk_id, version, offset, size)
         )
@@ -348,6 +361,7 @@ class AsyncChunkStore:
             await asyncio.wait(list(self._jobs))
         await asyncio.to_thread(self._pool.shutdown, wait=True)
         await asyncio.to_thread(self._writeback.shutdown, wait=True, cancel_futures=True)
+        self.store.close()
 
 
 __all__ = ["DISK_JOBS_MAX", "AsyncChunkStore", "ChunkLock"]

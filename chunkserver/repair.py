@@ -25,10 +25,12 @@ first mismatch (store.py rule 6). A replica rewritten (``Stale``) or deleted (``
 during its turn is skipped until the next pass. Pacing: ``Throttle`` at
 ``scrub_bytes_per_s``, each replica costing at least one page, so that a store of empty
 replicas does not spin; a pass that verified nothing is followed by a pause of at least
-``SCRUB_IDLE_PAUSE_S``. Each step first drops the range's clean pages from the page
-cache (``from_disk``), so the bytes checked are the disk's. LIMITATIONS: pages not yet
-written back are checked in memory (their bytes are not on the disk yet); a replica
-written during its turn is checked up to the length it had when the pass listed it.
+``SCRUB_IDLE_PAUSE_S``. Each step reads past the page cache (``from_disk``: ``O_DIRECT``,
+which first writes the range's dirty pages back), so the bytes checked are the disk's and
+the pages clients read stay cached. LIMITATIONS: a replica written during its turn is
+checked up to the length it had when the pass listed it; on a file system that refuses
+``O_DIRECT`` the step drops the range's clean pages instead (dirty ones are then checked
+in memory, and cached ones are evicted).
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ import logging
 from collections.abc import Callable
 
 from chunkserver.disk import AsyncChunkStore
+from chunkserver.format import BLOCK_BYTES, PAGE_BYTES, ReplicaInfo
 from chunkserver.peers import PeerPool
-from chunkserver.store import BLOCK_BYTES, PAGE_BYTES, ReplicaInfo
 from dfs.wire.errors import DfsError, NotFound, Stale, Timeout, Unavailable
 
 log = logging.getLogger("chunkserver")

@@ -94,9 +94,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chunkserver.disk import DISK_JOBS_MAX, AsyncChunkStore, ChunkLock
+from chunkserver.format import CHUNK_BYTES_MAX, CHUNK_ID_MAX, VERSION_MAX
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.repair import Scrubber, Throttle, copy_in
-from chunkserver.store import CHUNK_BYTES_MAX, CHUNK_ID_MAX, READ_BYTES_MAX, VERSION_MAX
+from chunkserver.store import READ_BYTES_MAX
 from dfs import daemon, rpc
 from dfs.wire.errors import (
     AuthError,
@@ -143,6 +144,9 @@ DELETE_CHUNKS_MAX = 4096
 SOURCES_MAX = 16
 REPORT_CHUNKS_PER_CALL_MAX = 8192
 BAD_CHUNKS_PER_CALL_MAX = 4096
+# Signatures of access tokens remembered (``ChunkServer._check_token``): a client's reader
+# holds one token per chunk, so this covers the chunks of many clients' open files.
+TOKENS_VERIFIED_MAX = 4096
 # Defaults: a copy at 64 MiB/s moves a 64 MiB chunk in a second without taking a disk's
 # whole bandwidth from clients; the scrubber at 16 MiB/s reads a 1 TB disk in under a day.
 REPLICATE_BYTES_PER_S = 64 * 1024 * 1024
@@ -437,6 +441,8 @@ class ChunkServer:
         self.config = config
         self._secret = secret
         self._token_key = token_key(secret)
+        # Tokens whose signature was checked, with the fields it covers (TOKEN CACHE below).
+        self._tokens_verified: set[tuple[bytes, int, int, bytes, int]] = set()
         self.cs_id = 0
         self.uuid = ""
         self.address = config.address or f"{config.listen_host}:{config.listen_port}"
@@ -582,10 +588,21 @@ class ChunkServer:
                 self._idle.set()
 
     def _check_token(self, h: dict[str, Any], chunk_id: int, version: int, mode: bytes) -> None:
+        """TOKEN CACHE: a reader sends the same token with every read of a chunk until it
+        expires, and checking its signature (one or two HMAC-SHA256) was a good part of a
+        small read's work here. A token is remembered with exactly the fields its signature
+        covered, so a hit is a signature already checked; the expiry is checked every time.
+        At most ``TOKENS_VERIFIED_MAX`` are kept (all forgotten at once past it)."""
         token = field(h, "token", bytes)
         expiry_ms = _u64(h, "expiry_ms")
         now_ms = int(time.time() * 1000)
+        key = (token, chunk_id, version, mode, expiry_ms)
+        if key in self._tokens_verified and now_ms < expiry_ms:
+            return
         check_token(self._token_key, token, chunk_id, version, mode, expiry_ms, now_ms)
+        if len(self._tokens_verified) >= TOKENS_VERIFIED_MAX:
+            self._tokens_verified.clear()
+        self._tokens_verified.add(key)
 
     def _store(self) -> AsyncChunkStore:
         assert self.store is not None, "requests are served only after start()"
@@ -632,10 +649,18 @@ class ChunkServer:
         size = uint_field(h, "size")
         if size > READ_BYTES_MAX:
             raise TooBig(f"read over {READ_BYTES_MAX} bytes", limit=READ_BYTES_MAX)
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        data = await self._local(
-            self._store().read(chunk_id, version, offset, size), deadline, "chunk.read"
-        )
+        store = self._store()
+        try:
+            # Served on the loop from the page cache, when it can be: no deadline to arm.
+            data = store.read_cached(chunk_id, version, offset, size)
+        except DfsError as e:
+            e.details.setdefault("address", self.address)
+            raise
+        if data is None:
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            data = await self._local(
+                store.read_pooled(chunk_id, version, offset, size), deadline, "chunk.read"
+            )
         return {}, data
 
     async def _chunk_sync(self, h: dict[str, Any], payload: bytes, timeout_s: float) -> None:
@@ -1040,7 +1065,7 @@ async def serve(config: ServerConfig, secret: bytes) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return daemon.main("chunkserver", argv, load_config, serve)
+    return daemon.main("chunkserver", argv, load_config, serve, fast_loop=True)
 
 
 __all__ = ["CONFIG_VERSION", "ChunkServer", "ServerConfig", "load_config", "main", "serve"]

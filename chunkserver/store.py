@@ -17,7 +17,7 @@ Rules, and where they are checked:
 2. Bytes are returned only after every 64 KiB block they come from matched its xxh3_64
    checksum (``read``). A mismatch, or a block missing from a short file, is ``Corrupt``,
    returns nothing and makes the replica bad (rule 6). A write that keeps part of an old block verifies that part first
-   (``_write_blocks``, ``_truncate``), so a bad block is never re-checksummed into a good one.
+   (``blocks.write_blocks``, ``blocks.truncate``), so a bad block is never re-checksummed into a good one.
 3. Versions (docs/PROTOCOL.md, ``chunk.write``): a write for a version older than the
    replica's is ``Stale``; a write for a newer version first truncates the replica to the
    handle's ``length`` (bytes past it are junk left by a truncate), then records the version;
@@ -61,56 +61,7 @@ Rules, and where they are checked:
    metaserver that judged version v stale never deletes a v+1 written since. Bad and
    quarantined copies of the id go too, whatever their version.
 
-ON-DISK FORMAT, version 1 (``FORMAT_VERSION``) -- the one canonical definition
-=============================================================================
-
-Layout of ``<data_dir>``::
-
-    chunks/<xx>/<id16>.chunk   one replica; <xx> = chunk_id % 256 as 2 lowercase hex digits,
-                               <id16> = chunk_id as 16 lowercase hex digits
-    quarantine/<id16>.<reason>.<time_ns>.chunk
-                               files whose header failed to parse at start, and bad replicas
-                               (rule 6); never read again, not counted as used, removed by
-                               ``delete`` or ``install_incoming`` of their id
-    tmp/<id16>.<time_ns>.part  a replica being copied in (rule 9); removed at start
-
-A replica file (all integers big-endian)::
-
-    offset   size            field
-    0        64              header
-      0        8               magic           b"dfschunk"
-      8        2               format_version  1
-      10       2               flags           0 (reserved)
-      12       4               block_bytes     65536 (BLOCK_BYTES)
-      16       8               chunk_id        equal to the id in the file name
-      24       8               version         the replica's chunk version
-      32       8               length          valid bytes (0 .. CHUNK_BYTES_MAX)
-      40       4               blocks_max      16384 (BLOCKS_MAX = CHUNK_BYTES_MAX / BLOCK_BYTES)
-      44       4               data_offset     135168 (DATA_OFFSET)
-      48       8               reserved        zero
-      56       8               header_sum      xxh3_64 of bytes 0..56
-    64       8 * BLOCKS_MAX  checksum table: entry i = xxh3_64 of block i's valid bytes, that
-                             is data[i*B : min((i+1)*B, length)]. Entries of blocks at or past
-                             ``length`` mean nothing.
-    135168   length          data: chunk byte k is at file offset DATA_OFFSET + k, so a read is
-                             one pread. DATA_OFFSET is the table's end rounded up to 4 KiB.
-
-Invariants kept by the writer (not trusted by the reader):
-- The file is ``DATA_OFFSET + length`` bytes long. After a crash it may be shorter (a read of
-  a missing block is ``Corrupt``) or longer (junk past ``length``; cut off before a write
-  leaves a gap, so a gap always reads as zeros).
-- A write puts data, then table entries, then the header. Unsynced, any subset may reach the
-  disk; the checksums catch every mix (a block whose data and entry disagree), and the
-  header's own checksum catches a torn header (the file is then quarantined at start).
-
-Why one file with a fixed-size table at the front: data at a fixed offset makes reads and
-writes single ``pread``/``pwrite`` calls with no index to consult, and one ``fdatasync``
-makes data, checksums and header durable together. The table has room for the largest chunk
-the metaserver allows (1 GiB, ``CHUNK_BYTES_MAX``), so one format fits every cluster chunk
-size; the part of it a small chunk does not use is a hole (a sparse file). Capacity is
-therefore counted by *footprint*, not by the apparent file size: the 4 KiB pages of header and
-table in use plus the data rounded up to 4 KiB (``footprint_bytes``). Counting the apparent
-size would count 132 KiB for every small file's replica.
+The on-disk format (version 1) has its one canonical definition in ``format.py``.
 
 Crash model: SQLite's (style.md §4), through ``dfs.testing.faultydisk.CrashDisk`` in
 ``tests/unit/test_chunk_store.py``. That model covers appends past the synced bytes; a
@@ -124,20 +75,40 @@ quarantined), never other bytes.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
+import functools
 import logging
 import os
-import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import xxhash
-
+from chunkserver import blocks
+from chunkserver.fdcache import FDS_MAX, FdCache, OpenFile
+from chunkserver.format import (
+    BLOCK_BYTES,
+    CHUNK_BYTES_MAX,
+    CHUNK_ID_MAX,
+    DATA_OFFSET,
+    FILE_RE,
+    HEADER_BYTES,
+    QUARANTINE_RE,
+    SUBDIR_RE,
+    SUM_BYTES,
+    TABLE_OFFSET,
+    VERSION_MAX,
+    BadHeader,
+    ReplicaInfo,
+    block_sum,
+    chunk_relpath,
+    decode_header,
+    encode_header,
+    footprint_bytes,
+)
+from chunkserver.rawio import drop_cached, pread_direct, pread_into, pwrite_all, start_writeback
 from dfs.wire.errors import (
     Corrupt,
     DfsError,
@@ -151,54 +122,18 @@ from dfs.wire.errors import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MAGIC = b"dfschunk"
-BLOCK_BYTES = 64 * 1024
-# The metaserver's largest chunk size (metaserver/server.py CHUNK_SIZE_MAX): the table always
-# has room for it, so the format does not depend on the cluster's chunk size.
-CHUNK_BYTES_MAX = 1 << 30
-BLOCKS_MAX = CHUNK_BYTES_MAX // BLOCK_BYTES
-PAGE_BYTES = 4096
-HEADER_BYTES = 64
-TABLE_OFFSET = HEADER_BYTES
-SUM_BYTES = 8
-DATA_OFFSET = -(-(TABLE_OFFSET + SUM_BYTES * BLOCKS_MAX) // PAGE_BYTES) * PAGE_BYTES
+
 # An unsynced write at least this large starts its writeback at once (``start_writeback``):
 # a big file's stream, not a small file's close (whose few KiB would cost the disk a seek
 # per file while the metaservers' Raft fsyncs wait behind it).
 WRITEBACK_BYTES_MIN = 1024 * 1024
 # A single read may ask for at most this much (docs/PROTOCOL.md, chunk.read).
 READ_BYTES_MAX = 16 * 1024 * 1024
-CHUNK_ID_MAX = (1 << 64) - 1
-VERSION_MAX = (1 << 64) - 1
-
-_HEADER_BODY = struct.Struct(">8sHHIQQQII8s")
-_SUM = struct.Struct(">Q")
-assert _HEADER_BODY.size + _SUM.size == HEADER_BYTES
-assert DATA_OFFSET == 135168
-
-_SUBDIR_RE = re.compile(r"[0-9a-f]{2}")
-_FILE_RE = re.compile(r"([0-9a-f]{16})\.chunk")
-_QUARANTINE_RE = re.compile(r"([0-9a-f]{16})\.[a-z_]+\.[0-9]+\.chunk")
 
 # Errors that say the process is short of a resource, not that a replica's file is bad:
 # they fail the request (Unavailable) and leave the replica as it is (rule 5).
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 _NOSPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-_hash = xxhash.xxh3_64_intdigest
-_ZERO_BLOCK_SUM = _hash(bytes(BLOCK_BYTES))
-
-
-class BadHeader(Exception):
-    """A replica file's header does not parse: torn, garbage, or not ours."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaInfo:
-    chunk_id: int
-    version: int
-    length: int
 
 
 @dataclass(slots=True)
@@ -245,105 +180,6 @@ class Incoming:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-# ---------------------------------------------------------------------- format (pure)
-
-
-def encode_header(chunk_id: int, version: int, length: int) -> bytes:
-    assert 0 < chunk_id <= CHUNK_ID_MAX and 0 <= version <= VERSION_MAX
-    assert 0 <= length <= CHUNK_BYTES_MAX
-    body = _HEADER_BODY.pack(
-        MAGIC, FORMAT_VERSION, 0, BLOCK_BYTES, chunk_id, version, length, BLOCKS_MAX,
-        DATA_OFFSET, bytes(8),
-    )  # fmt: skip
-    return body + _SUM.pack(_hash(body))
-
-
-def decode_header(raw: bytes) -> ReplicaInfo:
-    """Parse a header; ``BadHeader`` says why it is not a valid version-1 header."""
-    if len(raw) < HEADER_BYTES:
-        raise BadHeader(f"short header ({len(raw)} bytes)")
-    body = raw[: _HEADER_BODY.size]
-    (stored_sum,) = _SUM.unpack_from(raw, _HEADER_BODY.size)
-    if _hash(body) != stored_sum:
-        raise BadHeader("header checksum mismatch")
-    magic, fmt, flags, block_bytes, chunk_id, version, length, blocks_max, data_offset, _ = (
-        _HEADER_BODY.unpack(body)
-    )
-    if magic != MAGIC:
-        raise BadHeader("bad magic")
-    if fmt != FORMAT_VERSION or flags != 0:
-        raise BadHeader(f"unsupported format version {fmt} flags {flags}")
-    if (block_bytes, blocks_max, data_offset) != (BLOCK_BYTES, BLOCKS_MAX, DATA_OFFSET):
-        raise BadHeader("unexpected geometry")
-    if chunk_id == 0 or length > CHUNK_BYTES_MAX:
-        raise BadHeader("field out of range")
-    return ReplicaInfo(chunk_id, version, length)
-
-
-def footprint_bytes(length: int) -> int:
-    """What a replica of ``length`` valid bytes occupies: the pages of header and checksum
-    table in use, and the data pages. The table's unused tail is a hole in the file."""
-    blocks = -(-length // BLOCK_BYTES)
-    meta = TABLE_OFFSET + SUM_BYTES * blocks
-    return _round_up(meta, PAGE_BYTES) + _round_up(length, PAGE_BYTES)
-
-
-def _round_up(n: int, unit: int) -> int:
-    return -(-n // unit) * unit
-
-
-def chunk_relpath(chunk_id: int) -> str:
-    """The replica's path under the data directory, from the integer id alone (rule 1)."""
-    assert type(chunk_id) is int and 0 < chunk_id <= CHUNK_ID_MAX
-    return f"chunks/{chunk_id % 256:02x}/{chunk_id:016x}.chunk"
-
-
-# ---------------------------------------------------------------------- low-level I/O
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``sync_file_range`` (Linux; Python's ``os`` lacks it), or None."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2  # start writeback of the range's dirty pages; do not wait
-
-
-def _drop_cached(fd: int, ranges: Iterable[tuple[int, int]]) -> None:
-    """Drop the clean pages of ``(offset, length)`` ranges from the page cache."""
-    for offset, length in ranges:
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-
-
-def _pread_into(fd: int, buf: memoryview, pos: int, flags: int = 0) -> int:
-    """Fill ``buf`` from ``pos``; returns the bytes read (fewer only at end of file).
-    With ``os.RWF_NOWAIT`` in ``flags``, ``BlockingIOError`` when a byte is not in the page
-    cache."""
-    got = 0
-    while got < len(buf):
-        n = os.preadv(fd, [buf[got:]], pos + got, flags)
-        if n == 0:
-            break
-        got += n
-    return got
-
-
-def _pwrite_all(fd: int, data: memoryview | bytes, pos: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, pos)
-        view = view[n:]
-        pos += n
-
-
 class WouldBlock(Exception):
     """A ``cached_only`` read needs the disk (nothing was changed: read again, waiting);
     ``unsupported``: it always will here (the file system cannot read without waiting)."""
@@ -376,6 +212,7 @@ class ChunkStore:
         chunk_bytes_max: int = CHUNK_BYTES_MAX,
         fsync: bool = True,
         log_prefix: str = "chunkserver",
+        fds_max: int = FDS_MAX,
     ) -> None:
         assert 0 < chunk_bytes_max <= CHUNK_BYTES_MAX and capacity_bytes >= 0
         self.root = Path(root)
@@ -402,11 +239,19 @@ class ChunkStore:
         self._quarantined: dict[int, list[Path]] = {}
         # Sub-directories created since the chunks directory was last fsynced.
         self._subdirs_unsynced: set[int] = set()
+        # Open replica files, kept between operations (``fdcache.py``); every change of
+        # what a replica's path names goes through ``forget``.
+        self._fds = FdCache(fds_max)
+        self._direct_reads = True  # cleared if the file system refuses O_DIRECT
         self.quarantined = 0  # files quarantined by this store (at start or found bad)
         self.bad_found = 0  # replicas found bad since start
         self._clear_tmp()
         self._scan_quarantine()
         self._scan()
+
+    def close(self) -> None:
+        """Close the replica files kept open (the store is not used after this)."""
+        self._fds.clear()
 
     # ------------------------------------------------------------------ queries
 
@@ -485,7 +330,7 @@ class ChunkStore:
         if not self.quarantine_dir.is_dir():
             return
         for entry in os.scandir(self.quarantine_dir):
-            match = _QUARANTINE_RE.fullmatch(entry.name)
+            match = QUARANTINE_RE.fullmatch(entry.name)
             if match is not None and entry.is_file(follow_symlinks=False):
                 chunk_id = int(match[1], 16)
                 self._quarantined.setdefault(chunk_id, []).append(Path(entry.path))
@@ -494,13 +339,13 @@ class ChunkStore:
         """Find every replica by reading headers only; quarantine files that do not parse."""
         started = time.monotonic()
         for sub in sorted(os.scandir(self.chunks_dir), key=lambda e: e.name):
-            if not (sub.is_dir(follow_symlinks=False) and _SUBDIR_RE.fullmatch(sub.name)):
+            if not (sub.is_dir(follow_symlinks=False) and SUBDIR_RE.fullmatch(sub.name)):
                 log.info("%s event=scan_ignored path=%s reason=not_a_chunk_dir",
                          self.log_prefix, sub.path)  # fmt: skip
                 continue
             subdir = int(sub.name, 16)
             for entry in os.scandir(sub.path):
-                match = _FILE_RE.fullmatch(entry.name)
+                match = FILE_RE.fullmatch(entry.name)
                 if match is None or not entry.is_file(follow_symlinks=False):
                     log.info("%s event=scan_ignored path=%s reason=not_a_chunk_file",
                              self.log_prefix, entry.path)  # fmt: skip
@@ -564,6 +409,7 @@ class ChunkStore:
             self.bad_found += 1
         log.warning("%s event=replica_bad chunk=%d version=%d reason=%s detail=%r",
                     self.log_prefix, chunk_id, replica.version, reason, detail)  # fmt: skip
+        self._fds.forget(chunk_id)
         path = self.path(chunk_id)
         if self._quarantine(path, chunk_id, reason, detail):
             # Best effort: a rename lost in a crash brings the file back as a replica, which
@@ -670,21 +516,23 @@ class ChunkStore:
         stage = "open"
         path = self.path(chunk_id)
         fd = -1
+        opened: OpenFile | None = None  # the cached descriptor of an existing replica
         try:
             if creating:
                 fd = self._create_file(chunk_id, path)
-                _pwrite_all(fd, encode_header(chunk_id, version, 0), 0)
+                pwrite_all(fd, encode_header(chunk_id, version, 0), 0)
             else:
                 assert replica is not None
                 replica.dirty = True
-                fd = os.open(path, os.O_RDWR)
+                opened = self._fds.acquire(chunk_id, self.path)
+                fd = opened.fd
             if base_length < old_length:
                 # Only a bump cuts (rule 3). From the first byte the cut changes until the
                 # table describes the result, a failure leaves a file we cannot describe.
                 assert replica is not None and bump
                 stage = "cut"
-                self._truncate(fd, chunk_id, old_length, base_length)
-                _pwrite_all(fd, encode_header(chunk_id, version, base_length), 0)
+                blocks.truncate(fd, old_length, base_length, self._corrupter(chunk_id))
+                pwrite_all(fd, encode_header(chunk_id, version, base_length), 0)
                 settled_footprint = footprint_bytes(base_length)
                 with self._mutex:
                     replica.version = version
@@ -699,10 +547,10 @@ class ChunkStore:
                 self._preallocate(fd, offset, n)
                 stage = "data"
                 self._inject_eio(chunk_id)
-                self._write_blocks(fd, chunk_id, base_length, offset, view)
+                blocks.write_blocks(fd, base_length, offset, view, self._corrupter(chunk_id))
             stage = "data"
             if creating or bump or new_length != old_length:
-                _pwrite_all(fd, encode_header(chunk_id, version, new_length), 0)
+                pwrite_all(fd, encode_header(chunk_id, version, new_length), 0)
             if (sync or bump) and self.fsync:
                 # A bump is durable at once, whatever the writer asked (rule 3): the new
                 # version, a cut (a power loss in the write-back window could leave a mix of
@@ -714,9 +562,12 @@ class ChunkStore:
                 os.fdatasync(fd)
         except BaseException as e:
             self._release(new_footprint - settled_footprint)
-            if fd >= 0:
+            if opened is not None:
+                self._fds.release(opened)
+                opened = None
+            elif fd >= 0:
                 os.close(fd)
-                fd = -1
+            fd = -1
             if creating:
                 # Best effort: a half-made file would be quarantined at the next start.
                 with contextlib.suppress(OSError):
@@ -734,7 +585,9 @@ class ChunkStore:
                 raise self._disk_error(e, chunk_id, "write") from e
             raise
         finally:
-            if fd >= 0:
+            if opened is not None:
+                self._fds.release(opened)
+            elif fd >= 0:
                 os.close(fd)
         with self._mutex:
             if replica is None:
@@ -777,6 +630,7 @@ class ChunkStore:
                 raise
 
     def _create_file(self, chunk_id: int, path: Path) -> int:
+        self._fds.forget(chunk_id)  # a descriptor of an earlier file of this id is not this one
         subdir = chunk_id % 256
         if not path.parent.is_dir():
             path.parent.mkdir(exist_ok=True)
@@ -812,76 +666,6 @@ class ChunkStore:
         with self._mutex:
             self._used_bytes -= growth_bytes
 
-    def _read_sum(self, fd: int, block: int) -> int:
-        raw = os.pread(fd, SUM_BYTES, TABLE_OFFSET + SUM_BYTES * block)
-        if len(raw) != SUM_BYTES:
-            raise Corrupt("checksum table cut short", block=block)
-        value: int = _SUM.unpack(raw)[0]
-        return value
-
-    def _read_verified_block(
-        self, fd: int, chunk_id: int, block: int, valid_end: int, into: memoryview
-    ) -> None:
-        """Read block ``block``'s bytes up to chunk offset ``valid_end`` into ``into`` and
-        verify them against the table (rule 2)."""
-        start = block * BLOCK_BYTES
-        size = valid_end - start
-        assert 0 < size <= BLOCK_BYTES and len(into) >= size
-        target = into[:size]
-        if _pread_into(fd, target, DATA_OFFSET + start) != size:
-            raise self._corrupt(chunk_id, block, "block cut short")
-        if _hash(target) != self._read_sum(fd, block):
-            raise self._corrupt(chunk_id, block, "checksum mismatch")
-
-    def _truncate(self, fd: int, chunk_id: int, old_length: int, new_length: int) -> None:
-        """Cut the replica from ``old_length`` to ``new_length`` valid bytes: the new last
-        block, if partial, gets the checksum of its shorter prefix (after verifying it)."""
-        assert new_length < old_length
-        tail = new_length % BLOCK_BYTES
-        if tail:
-            block = new_length // BLOCK_BYTES
-            buf = memoryview(bytearray(BLOCK_BYTES))
-            old_end = min((block + 1) * BLOCK_BYTES, old_length)
-            self._read_verified_block(fd, chunk_id, block, old_end, buf)
-            _pwrite_all(fd, _SUM.pack(_hash(buf[:tail])), TABLE_OFFSET + SUM_BYTES * block)
-        os.ftruncate(fd, DATA_OFFSET + new_length)
-
-    def _write_blocks(
-        self, fd: int, chunk_id: int, old_length: int, offset: int, data: memoryview
-    ) -> None:
-        """Put ``data`` at ``offset``, then the checksums of every block it touches (and of
-        the gap's blocks, when it starts past ``old_length``). Only the partial blocks at the
-        two ends are read, and verified, to be re-checksummed."""
-        end = offset + len(data)
-        new_length = max(old_length, end)
-        first = min(offset, old_length) // BLOCK_BYTES
-        last = (end - 1) // BLOCK_BYTES
-        sums: list[int] = []
-        scratch: memoryview | None = None
-        for block in range(first, last + 1):
-            start = block * BLOCK_BYTES
-            stop = min(start + BLOCK_BYTES, new_length)
-            if offset <= start and end >= stop:
-                sums.append(_hash(data[start - offset : stop - offset]))
-                continue
-            old_end = min(start + BLOCK_BYTES, old_length)
-            lo, hi = max(offset, start), min(end, stop)
-            if old_end <= start and hi <= lo and stop - start == BLOCK_BYTES:
-                sums.append(_ZERO_BLOCK_SUM)  # a whole block of the gap
-                continue
-            if scratch is None:
-                scratch = memoryview(bytearray(BLOCK_BYTES))
-            else:
-                scratch[:] = bytes(BLOCK_BYTES)
-            if old_end > start:
-                self._read_verified_block(fd, chunk_id, block, old_end, scratch)
-            if hi > lo:
-                scratch[lo - start : hi - start] = data[lo - offset : hi - offset]
-            sums.append(_hash(scratch[: stop - start]))
-        _pwrite_all(fd, data, DATA_OFFSET + offset)
-        table = struct.pack(f">{len(sums)}Q", *sums)
-        _pwrite_all(fd, table, TABLE_OFFSET + SUM_BYTES * first)
-
     # ------------------------------------------------------------------ read
 
     def read(
@@ -896,10 +680,9 @@ class ChunkStore:
     ) -> memoryview:
         """Up to ``size`` bytes from ``offset``, every block verified (rule 2). Shorter at
         the replica's end; empty at or past it. A mismatch or a disk error makes the
-        replica bad (rule 6) and is ``Corrupt``. ``from_disk`` (the scrubber) first drops
-        the range's clean pages from the page cache, so that the bytes checked are the
-        ones on the disk, not a copy in memory since the last read or write (pages not yet
-        written back stay: those bytes are not on the disk yet). ``cached_only``: the
+        replica bad (rule 6) and is ``Corrupt``. ``from_disk`` (the scrubber) reads the bytes
+        on the disk, not a copy in memory since the last read or write, and leaves the page
+        cache as it was (``_read_disk``). ``cached_only``: the
         bytes and their checksums come from the page cache or not at all (``WouldBlock``,
         nothing changed): a caller that must not wait for the disk tries this first."""
         _check_ids(chunk_id, version)
@@ -925,26 +708,22 @@ class ChunkStore:
         start = first * BLOCK_BYTES
         stop = min((last + 1) * BLOCK_BYTES, replica.length)
         buf = memoryview(bytearray(stop - start))
+        sums_view = memoryview(bytearray(SUM_BYTES * (last - first + 1)))
         flags = os.RWF_NOWAIT if cached_only else 0
         try:
             self._inject_eio(chunk_id)
-            fd = os.open(self.path(chunk_id), os.O_RDONLY)
-            try:
-                ranges = (
-                    (DATA_OFFSET + start, stop - start),
-                    (TABLE_OFFSET + SUM_BYTES * first, SUM_BYTES * (last - first + 1)),
-                )
-                if from_disk:
-                    _drop_cached(fd, ranges)
-                got = _pread_into(fd, buf, DATA_OFFSET + start, flags)
-                sums_view = memoryview(bytearray(SUM_BYTES * (last - first + 1)))
-                raw = sums_view[
-                    : _pread_into(fd, sums_view, TABLE_OFFSET + SUM_BYTES * first, flags)
-                ]
-                if from_disk:
-                    _drop_cached(fd, ranges)  # nor leave the scrubber's reads in the cache
-            finally:
-                os.close(fd)
+            if from_disk:
+                got, sums_got = self._read_disk(chunk_id, buf, sums_view, start, first)
+            else:
+                opened = self._fds.acquire(chunk_id, self.path)
+                try:
+                    got = pread_into(opened.fd, buf, DATA_OFFSET + start, flags)
+                    sums_got = pread_into(
+                        opened.fd, sums_view, TABLE_OFFSET + SUM_BYTES * first, flags
+                    )
+                finally:
+                    self._fds.release(opened)
+            raw = sums_view[:sums_got]
         except BlockingIOError as e:
             raise WouldBlock("not in the page cache") from e
         except FileNotFoundError as e:
@@ -966,12 +745,52 @@ class ChunkStore:
                 hi = min(lo + BLOCK_BYTES, len(buf))
                 if got < hi:
                     raise self._corrupt(chunk_id, first + i, "block cut short")
-                if _hash(buf[lo:hi]) != expected:
+                if block_sum(buf[lo:hi]) != expected:
                     raise self._corrupt(chunk_id, first + i, "checksum mismatch")
         except Corrupt as e:
             self._mark_bad(replica, "checksum", str(e))
             raise
         return buf[offset - start : end - start]
+
+    def _read_disk(
+        self, chunk_id: int, buf: memoryview, sums: memoryview, start: int, first: int
+    ) -> tuple[int, int]:
+        """The scrubber's read of data from chunk offset ``start`` into ``buf`` and of the
+        checksums from block ``first`` into ``sums``: the bytes on the disk, leaving the
+        page cache as it is (``O_DIRECT``; the kernel first writes back the range's dirty
+        pages). Where ``O_DIRECT`` is refused (a tmpfs), a plain read between drops of
+        the range's clean pages, which also evicts pages clients were reading: that is what
+        every scrub did before, and at 16 MiB/s it emptied a busy server's cache of the
+        very blocks its clients read. Returns the bytes read into each."""
+        if self._direct_reads:
+            try:
+                fd = os.open(self.path(chunk_id), os.O_RDONLY | os.O_DIRECT)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self._direct_reads = False
+            else:
+                try:
+                    return (
+                        pread_direct(fd, buf, DATA_OFFSET + start),
+                        pread_direct(fd, sums, TABLE_OFFSET + SUM_BYTES * first),
+                    )
+                finally:
+                    os.close(fd)
+        opened = self._fds.acquire(chunk_id, self.path)
+        fd = opened.fd
+        ranges = (
+            (DATA_OFFSET + start, len(buf)),
+            (TABLE_OFFSET + SUM_BYTES * first, len(sums)),
+        )
+        try:
+            drop_cached(fd, ranges)
+            got = pread_into(fd, buf, DATA_OFFSET + start)
+            sums_got = pread_into(fd, sums, TABLE_OFFSET + SUM_BYTES * first)
+            drop_cached(fd, ranges)  # nor leave the scrubber's reads in the cache
+        finally:
+            self._fds.release(opened)
+        return got, sums_got
 
     # ------------------------------------------------------------------ sync, delete
 
@@ -985,16 +804,16 @@ class ChunkStore:
         the transfer rather than during it, while the disk (the limit of three copies on
         one machine) idled. Only a hint, taken without the chunk's lock and never failing:
         durability does not change (fdatasync decides, and reports any write error)."""
-        if _sync_file_range is None or chunk_id not in self._replicas:
+        if chunk_id not in self._replicas:
             return
         try:
-            fd = os.open(self.path(chunk_id), os.O_RDONLY)
+            opened = self._fds.acquire(chunk_id, self.path)
         except OSError:
             return  # deleted or replaced meanwhile: nothing to hurry
         try:
-            _sync_file_range(fd, DATA_OFFSET + offset, length, _SYNC_FILE_RANGE_WRITE)
+            start_writeback(opened.fd, DATA_OFFSET + offset, length)
         finally:
-            os.close(fd)
+            self._fds.release(opened)
 
     def sync(
         self, chunk_id: int, version: int | None = None, expect_length: int | None = None
@@ -1024,13 +843,13 @@ class ChunkStore:
         if replica.dirty:
             stage = "open"
             try:
-                fd = os.open(self.path(chunk_id), os.O_RDONLY)
+                opened = self._fds.acquire(chunk_id, self.path)
                 try:
                     if self.fsync:
                         stage = "sync"
-                        os.fdatasync(fd)
+                        os.fdatasync(opened.fd)
                 finally:
-                    os.close(fd)
+                    self._fds.release(opened)
             except FileNotFoundError as e:
                 raise self._vanished(replica, e) from e
             except OSError as e:
@@ -1077,6 +896,7 @@ class ChunkStore:
         removed = False
         replica = self._replicas.get(chunk_id)
         if replica is not None and (version is None or replica.version <= version):
+            self._fds.forget(chunk_id)
             try:
                 os.unlink(self.path(chunk_id))
             except FileNotFoundError:
@@ -1123,7 +943,7 @@ class ChunkStore:
         fd = -1
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            _pwrite_all(fd, encode_header(chunk_id, version, 0), 0)
+            pwrite_all(fd, encode_header(chunk_id, version, 0), 0)
             if length:
                 self._preallocate(fd, 0, length)
         except BaseException as e:
@@ -1145,8 +965,12 @@ class ChunkStore:
                 raise Unavailable("copy aborted", chunk_id=incoming.chunk_id)
             assert 0 < len(view) <= incoming.length - incoming.written
             try:
-                self._write_blocks(
-                    incoming.fd, incoming.chunk_id, incoming.written, incoming.written, view
+                blocks.write_blocks(
+                    incoming.fd,
+                    incoming.written,
+                    incoming.written,
+                    view,
+                    self._corrupter(incoming.chunk_id),
                 )
             except OSError as e:
                 raise self._disk_error(e, incoming.chunk_id, "replicate") from e
@@ -1180,7 +1004,7 @@ class ChunkStore:
                 return current.info()
             path = self.path(chunk_id)
             try:
-                _pwrite_all(incoming.fd, encode_header(chunk_id, version, length), 0)
+                pwrite_all(incoming.fd, encode_header(chunk_id, version, length), 0)
                 if self.fsync:
                     os.fdatasync(incoming.fd)
                 if not path.parent.is_dir():
@@ -1188,6 +1012,7 @@ class ChunkStore:
                     with self._mutex:
                         self._subdirs_unsynced.add(chunk_id % 256)
                 os.replace(incoming.path, path)
+                self._fds.forget(chunk_id)  # the replaced file's descriptor, if any
             except BaseException as e:
                 self._close_incoming(incoming)
                 if isinstance(e, OSError):
@@ -1228,6 +1053,9 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ errors
 
+    def _corrupter(self, chunk_id: int) -> blocks.Corrupter:
+        return functools.partial(self._corrupt, chunk_id)
+
     def _corrupt(self, chunk_id: int, block: int, reason: str) -> Corrupt:
         log.warning("%s event=corrupt chunk=%d block=%d reason=%r",
                     self.log_prefix, chunk_id, block, reason)  # fmt: skip
@@ -1235,6 +1063,7 @@ class ChunkStore:
 
     def _vanished(self, replica: _Replica, e: OSError) -> DfsError:
         chunk_id = replica.chunk_id
+        self._fds.forget(chunk_id)
         with self._mutex:
             if self._replicas.get(chunk_id) is replica:
                 del self._replicas[chunk_id]
@@ -1267,18 +1096,9 @@ def _check_ids(chunk_id: int, version: int) -> None:
 
 
 __all__ = [
-    "BLOCK_BYTES",
-    "CHUNK_BYTES_MAX",
-    "DATA_OFFSET",
-    "FORMAT_VERSION",
     "READ_BYTES_MAX",
-    "BadHeader",
+    "WRITEBACK_BYTES_MIN",
     "ChunkStore",
     "Incoming",
-    "ReplicaInfo",
     "WouldBlock",
-    "chunk_relpath",
-    "decode_header",
-    "encode_header",
-    "footprint_bytes",
 ]

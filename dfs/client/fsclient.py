@@ -144,7 +144,6 @@ class FsClient:
         self.chunks = ChunkIo(
             self._pool,
             io_timeout_s=options.io_timeout_s,
-            rng=self._rng,
             fanout_bytes_max=options.fanout_write_bytes_max,
         )
         self.cache = MetaCache(

@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from chunkserver.store import DATA_OFFSET, chunk_relpath
+from chunkserver.format import DATA_OFFSET, chunk_relpath
 from dfs import rpc
 from dfs.secret import write_secret
 from dfs.testing.ports import free_loopback_ports
@@ -464,6 +464,47 @@ async def test_chain_write_reads_back_identically_from_every_replica(
         assert status["chunks"] == 1 and status["used_bytes"] >= len(model)
         assert status["address"] == c.addresses[i] and status["pid"] == c.procs[i].pid
     assert all(c.chunk_path(i, chunk_id).stat().st_size == DATA_OFFSET + len(model) for i in c.ids)
+
+
+@pytest.mark.timeout(60)
+async def test_a_token_checked_once_allows_only_what_it_signs_and_only_until_it_expires(
+    metaservers: Callable[..., FakeMetaserver], clusters: Callable[..., Chunkservers]
+) -> None:
+    """The server remembers tokens it verified (TOKEN CACHE in server.py): a remembered
+    token still allows nothing its signature does not cover, and stops at its expiry."""
+    meta = metaservers()
+    c = clusters([meta.address], n=1)
+    await c.start_all()
+    await c.write(1, 5, 3, 0, b"x" * 1000)
+    read = {"chunk_id": 5, "version": 3, "offset": 0, "size": 10}
+    valid = token_fields(5, 3, READ, ttl_s=2.0)
+    conn = await c.conn(1)
+    for _ in range(3):
+        _, payload = await conn.call("chunk.read", timeout_s=10.0, **{**read, **valid})
+        assert bytes(payload) == b"x" * 10
+    await c.write(1, 6, 3, 0, b"y" * 10)
+    for fields in (
+        {**read, **valid, "version": 4},
+        {**read, **valid, "chunk_id": 6},
+        {**read, "token": valid["token"], "expiry_ms": valid["expiry_ms"] + 60_000},
+    ):
+        with pytest.raises((PermissionDenied, Stale)) as refused:
+            await c.call(1, "chunk.read", **fields)
+        if fields.get("version") != 4:
+            assert isinstance(refused.value, PermissionDenied)
+    with pytest.raises(PermissionDenied):  # a read token, remembered, is no write token
+        await c.call(1, "chunk.write", b"z", chunk_id=5, version=3, length=1000, offset=0,
+                     chain=[], **valid)  # fmt: skip
+
+    async def expired() -> bool | None:
+        try:
+            await c.call(1, "chunk.read", **{**read, **valid})
+        except PermissionDenied:
+            assert time.time() * 1000 >= valid["expiry_ms"] - 1  # not before its expiry
+            return True
+        return None
+
+    await eventually(expired, "the remembered token to expire")
 
 
 @pytest.mark.timeout(60)

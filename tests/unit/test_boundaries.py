@@ -106,7 +106,12 @@ PURE_RAFT = (
 
 
 def is_pure(module: str) -> bool:
-    return under(module, "dfs.wire") or module in PURE_RAFT or under(module, "metaserver.namespace")
+    return (
+        under(module, "dfs.wire")
+        or module in PURE_RAFT
+        or module == "chunkserver.format"
+        or under(module, "metaserver.namespace")
+    )
 
 
 BENCHMARKS = ("dfs.bench", "dfs.benchcluster", "dfs.benchplot", "dfs.benchfs")

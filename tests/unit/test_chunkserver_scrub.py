@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from chunkserver.disk import AsyncChunkStore
+from chunkserver.format import BLOCK_BYTES, DATA_OFFSET, ReplicaInfo
 from chunkserver.repair import SCRUB_IDLE_PAUSE_S, SCRUB_STEP_BYTES_MAX, Scrubber, Throttle
-from chunkserver.store import BLOCK_BYTES, DATA_OFFSET, ChunkStore, ReplicaInfo
+from chunkserver.store import ChunkStore
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

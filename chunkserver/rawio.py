@@ -1,0 +1,99 @@
+"""The system calls the chunk store makes on a replica file's descriptor, whole.
+
+What it owns: reading and writing a range completely (``pread_into``, ``pwrite_all``:
+the kernel may do less than asked), reading past the page cache (``pread_direct``, for a
+descriptor opened with ``O_DIRECT``), dropping a range's clean pages from the page cache,
+and starting a range's writeback without waiting (``sync_file_range``, which Python's
+``os`` lacks). What it must not do: know the replica format or decide what an error means
+(``store.py`` maps errors onto ``dfs.wire.errors``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from collections.abc import Callable, Iterable
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux), or None."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # start writeback of the range's dirty pages; do not wait
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Hand the dirty pages of the file range to the disk now, without waiting for them
+    (a hint: nothing happens where ``sync_file_range`` is missing, and its result, which
+    durability does not depend on, is ignored)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def drop_cached(fd: int, ranges: Iterable[tuple[int, int]]) -> None:
+    """Drop the clean pages of ``(offset, length)`` ranges from the page cache."""
+    for offset, length in ranges:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def pread_into(fd: int, buf: memoryview, pos: int, flags: int = 0) -> int:
+    """Fill ``buf`` from ``pos``; returns the bytes read (fewer only at end of file).
+    With ``os.RWF_NOWAIT`` in ``flags``, ``BlockingIOError`` when a byte is not in the page
+    cache."""
+    got = 0
+    while got < len(buf):
+        n = os.preadv(fd, [buf[got:]], pos + got, flags)
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+# O_DIRECT's alignment of offsets, lengths and buffers: the page, a multiple of every
+# logical block size Linux file systems use.
+DIRECT_ALIGN_BYTES = 4096
+
+
+def pread_direct(fd: int, buf: memoryview, pos: int) -> int:
+    """``pread_into`` for a descriptor opened with ``O_DIRECT``: the range, rounded out to
+    ``DIRECT_ALIGN_BYTES``, is read into a page-aligned buffer (an anonymous mapping) and
+    copied into ``buf``. Returns the bytes of ``buf`` filled (fewer only at end of file)."""
+    lo = pos - pos % DIRECT_ALIGN_BYTES
+    hi = -(-(pos + len(buf)) // DIRECT_ALIGN_BYTES) * DIRECT_ALIGN_BYTES
+    with mmap.mmap(-1, hi - lo) as bounce:
+        view = memoryview(bounce)
+        try:
+            got = pread_into(fd, view, lo)
+            n = max(0, min(got - (pos - lo), len(buf)))
+            buf[:n] = view[pos - lo : pos - lo + n]
+        finally:
+            view.release()
+    return n
+
+
+def pwrite_all(fd: int, data: memoryview | bytes, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
+
+
+__all__ = [
+    "DIRECT_ALIGN_BYTES",
+    "drop_cached",
+    "pread_direct",
+    "pread_into",
+    "pwrite_all",
+    "start_writeback",
+]

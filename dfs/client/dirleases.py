@@ -395,11 +395,27 @@ class DirLeases:
         """The error of a queued commit of ``ino`` that failed (once)."""
         return self._file_errors.pop(ino, None)
 
-    def note_added(self, parent: int, name: bytes, attr: Attr) -> None:
-        """This client added ``name`` to ``parent`` synchronously: keep the listing true."""
+    def note_added(
+        self, parent: int, name: bytes, attr: Attr, parent_attr: Attr | None = None
+    ) -> None:
+        """This client added ``name`` to ``parent`` synchronously: keep the listing true,
+        and the directory's attributes (``parent_attr``, from the answer; None: unknown)."""
         lease = self._leases.get(parent)
         if lease is not None:
             lease.names[name] = attr
+            lease.attr = parent_attr
+
+    def saw_attr(self, attr: Attr) -> None:
+        """The metaservers' answer to this client's change of ``attr.ino`` (a chmod of a
+        leased directory): the lease's copy of its attributes follows."""
+        lease = self._leases.get(attr.ino)
+        if lease is not None:
+            lease.attr = attr
+
+    def forget_attr(self, ino: int) -> None:
+        """A change of directory ``ino``'s attributes with no answer to keep (xattrs)."""
+        lease = self._leases.get(ino)
+        if lease is not None:
             lease.attr = None
 
     def note_removed(self, parent: int, name: bytes) -> None:

@@ -265,6 +265,7 @@ class FsClient:
     def _own_attr(self, attr: Attr) -> None:
         """Attributes the metaserver returned for this client's own change."""
         self.cache.put_attr(attr)
+        self.dirleases.saw_attr(attr)
         self.locations.revalidate(attr, own_change=True)
         inode = self._open.get(attr.ino)
         if inode is not None:
@@ -430,6 +431,7 @@ class FsClient:
         """Set the replication goal of a file or directory (1..16)."""
         attr = self._attr(await self.meta.mutate("fs.set_goal", ino=ino, goal=goal))
         self.cache.put_attr(attr)
+        self.dirleases.saw_attr(attr)
         inode = self._open.get(ino)
         if inode is not None:
             inode.saw(attr)  # its ctime moved: not another client's change
@@ -682,10 +684,11 @@ class FsClient:
         the answer's ``parent_attr``, else forgotten). A ``new_inode`` has no xattrs."""
         attr = self._attr(header)
         self.cache.put_entry(parent, name, attr)
-        self.dirleases.note_added(parent, name, attr)
-        parent_attr = header.get("parent_attr")
+        wire = header.get("parent_attr")
+        parent_attr = Attr.from_wire(wire) if wire is not None else None
+        self.dirleases.note_added(parent, name, attr, parent_attr)
         if parent_attr is not None:
-            self.cache.put_attr(Attr.from_wire(parent_attr))
+            self.cache.put_attr(parent_attr)
         else:
             self.cache.drop_attr(parent)
         if new_inode:
@@ -741,6 +744,7 @@ class FsClient:
             await self.meta.mutate("fs.setxattr", ino=ino, name=name, value=value, flags=flags)
         finally:
             self.cache.drop_attr(ino)  # ctime
+            self.dirleases.forget_attr(ino)
             self.cache.drop_xattrs(ino)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
@@ -749,6 +753,7 @@ class FsClient:
             await self.meta.mutate("fs.removexattr", ino=ino, name=name)
         finally:
             self.cache.drop_attr(ino)
+            self.dirleases.forget_attr(ino)
             self.cache.drop_xattrs(ino)
 
     # ------------------------------------------------------------------ files

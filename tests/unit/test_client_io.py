@@ -25,6 +25,7 @@ import pytest
 
 from dfs.client import ROOT_INO, ClientOptions, FsClient
 from dfs.client.handle import File
+from dfs.client.records import Replica
 from dfs.testing.fakecluster import ClusterThread, FakeCluster, MetaFault
 from dfs.wire.errors import (
     Corrupt,
@@ -820,12 +821,28 @@ async def test_short_replica_reads_fail_over_and_never_read_as_zeros(
         await f.write(0, data)
         await f.close()
 
+        def holders(c: FakeCluster) -> dict[int, list[tuple[int, str]]]:
+            return {
+                ch.id: [(cs.cs_id, cs.address) for cs in c.chunkservers if ch.id in cs.replicas]
+                for ch in c.file_chunks(attr.ino).values()
+            }
+
+        # The replicas the client asks first (its region ranking, chunkio.py) lose their
+        # tails first, so that a read meets a short one before the full one.
+        ranked = {
+            chunk_id: [
+                r.address
+                for r in fs.chunks.order(tuple(Replica(i, a) for i, a in held), chunk_id, 0)
+            ]
+            for chunk_id, held in cluster.call(holders).items()
+        }
+
         def lose_tails(c: FakeCluster, servers: int) -> None:
             # As a replica that lost its unsynced tail in a crash, at the same version.
-            for ch in c.file_chunks(attr.ino).values():
-                for cs in c.chunkservers[:servers]:
-                    if ch.id in cs.replicas:
-                        del cs.replicas[ch.id].data[1000:]
+            for chunk_id, addresses in ranked.items():
+                for cs in c.chunkservers:
+                    if cs.address in addresses[:servers] and chunk_id in cs.replicas:
+                        del cs.replicas[chunk_id].data[1000:]
 
         cluster.call(lambda c: lose_tails(c, 2))  # one full replica left of each chunk
         for _ in range(10):

@@ -37,7 +37,9 @@ Rules kept here, as the kernel expects of a FUSE file system:
    (``HIDDEN_PREFIX``) instead, and renaming over one first gives it a hidden hard link,
    so the visible rename stays atomic; the hidden name is removed when the last handle is
    released (or at unmount). Hidden names are left out of listings and the link count;
-   a directory holding one cannot be removed (ENOTEMPTY), as on NFS. The cluster itself
+   a directory holding one cannot be removed (ENOTEMPTY), as on NFS. (The kernel sends
+   RELEASE after close(2) returns: an rmdir that meets such a name waits up to
+   ``HIDDEN_RELEASE_WAIT_S`` for a release in flight to remove it.) The cluster itself
    frees an inode at its last unlink (a hold for open files there is a later change),
    so an open file unlinked through another mount still becomes unreadable.
 7. POSIX ACL xattrs are refused (EOPNOTSUPP): the permissions are the mode bits.

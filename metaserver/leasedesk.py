@@ -50,8 +50,10 @@ class LeaseDesk:
         ns: Namespace,
         read: Callable[[float], Awaitable[None]],
         leader_view: Callable[[], None],
+        batchable: tuple[str, ...] = (),
     ) -> None:
         self.leases = DirLeases()
+        self._batchable = sorted(batchable)  # what a holder may ship in fs.batch
         self._ns = ns
         self._read = read  # the server's linearizable read barrier (ReadIndex)
         self._leader_view = leader_view
@@ -88,6 +90,9 @@ class LeaseDesk:
                     if type(sub) is list and len(sub) == 2 and type(sub[1]) is dict:
                         if sub[0] == "fs.commit":
                             continue  # a file's data: no directory's entries
+                        if sub[0] == "fs.setattr":  # a directory's own attributes
+                            parents[uint_field(sub[1], "ino")] = None
+                            continue
                         parents[uint_field(sub[1], "parent")] = None
                         if self.leases and sub[0] == "fs.rmdir":
                             for child in self._child_dir(sub[1]["parent"], sub[1].get("name")):
@@ -192,6 +197,7 @@ class LeaseDesk:
             "lease_ms": self.leases.lease_ms,
             "attr": self._ns.getattr(ino),
             "entries": entries,
+            "batch_ops": self._batchable,
         }
 
     def lease_release(self, h: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ and to free what nothing references, as MooseFS's and HDFS's masters do:
   leaves the set and is deleted (invariant 2), once another member is found to hold the
   table's version (``chunk.info``); when none does, the version is one no push delivered,
   and it is pushed again (``_behind``); a copy the set does not name, or of a chunk
-  no file has, is deleted; a chunk the set places there but a complete report lacks was
+  no file has (and no client holds reserved for a create: ``namespace/pools.py``), is
+  deleted; a chunk the set places there but a complete report lacks was
   lost. A replica reported bad (``cs.bad_chunks``: scrubber, read checksum, disk error)
   leaves the set and is deleted (the last one is not: it stays in quarantine, see
   ``bad_replicas``); re-replication then copies a good one.
@@ -610,7 +611,11 @@ class Repair:
             state.seen.add(chunk_id)
             chunk = ns.chunk_table.get(chunk_id)
             if chunk is None:
-                if chunk_id not in ns.garbage and chunk_id < ns.next_chunk_id:
+                if (
+                    chunk_id not in ns.garbage
+                    and chunk_id < ns.next_chunk_id
+                    and chunk_id not in ns.reserved_chunks  # a create still on its way
+                ):
                     delete.append([chunk_id, version])  # collected earlier, or never known
                 continue
             if (

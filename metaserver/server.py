@@ -19,33 +19,7 @@ followers), else confirms with a quorum that it still leads (ReadIndex); it wait
 state machine to reach its commit index, then reads the local state. A follower answers
 ``NotLeader`` with the leader's address, for reads and writes alike.
 
-Config file (TOML, version 1)::
-
-    id = 1                              # this node's id, >= 1
-    listen = "127.0.0.1:7001"           # peers, clients and chunkservers, one port
-    data_dir = "/var/lib/dfs/meta1"     # the Raft directory (log segments, snapshots)
-    secret_file = "/etc/dfs/secret"     # the cluster secret (mode 0600)
-    chunk_size = 67108864               # optional; bytes, fixed when the cluster is formatted
-    dead_timeout_ms = 10000             # optional; a chunkserver silent this long is dead
-    placement = "weighted"              # optional; weighted | random | round_robin
-    token_ttl_ms = 600000               # optional; lifetime of chunk access tokens
-    repair_interval_ms = 1000           # optional; chunk survey and repair period
-    repair_quiet_ms = 10000             # optional; a chunk touched this recently waits
-    gc_grace_ms = 30000                 # optional; deleted chunks are kept this long
-    replication_jobs = 4                # optional; chunk copies in flight, cluster-wide
-    hold_grace_ms = 15000               # optional; a new leader keeps every unlinked file
-                                        #   this long, while clients announce open files
-    tick_ms = 100                       # optional; Raft tick (elections after 10-20 ticks)
-    election_ticks = 10                 # optional
-    heartbeat_ticks = 1                 # optional
-    snapshot_entries = 10000            # optional; snapshot every N applied entries
-    fsync = true                        # optional; false only for tests
-    join = false                        # optional; true: an empty node added by add_member
-    read_lease = true                   # optional; reads on the leader's lease (same on all)
-    [peers]                             # the initial members, this node included
-    1 = "127.0.0.1:7001"
-    2 = "127.0.0.1:7002"
-    3 = "127.0.0.1:7003"
+The config file: ``metaserver/config.py``.
 """
 
 from __future__ import annotations
@@ -55,14 +29,11 @@ import contextlib
 import logging
 import os
 import time
-import tomllib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from dfs import daemon, rpc
-from dfs.types import BATCH_OPS_MAX, HOLDS_PER_REQUEST_MAX, NodeId
+from dfs.types import BATCH_OPS_MAX, HOLDS_PER_REQUEST_MAX
 from dfs.wire.errors import (
     DfsError,
     Invalid,
@@ -75,126 +46,28 @@ from dfs.wire.errors import (
 )
 from dfs.wire.messages import field, uint_field
 from dfs.wire.token import READ, WRITE, make_token, token_key
-from metaserver.holds import HOLD_GRACE_S, KEEPALIVE_S, Holds
+from metaserver.config import MetaConfig, load_config
+from metaserver.holds import KEEPALIVE_S, Holds
 from metaserver.leasedesk import LeaseDesk
-from metaserver.namespace import Namespace, encode_command
-from metaserver.namespace.commands import BATCH_OPS
+from metaserver.namespace import Namespace, encode_command, pools
+from metaserver.namespace.commands import BATCH_OPS, GOAL_MAX, GOAL_MIN
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
-from metaserver.placement import PLACEMENT_POLICIES, Placer, Registry
-from metaserver.raft.node import RAFT_OP, NodeConfig, RaftNode
+from metaserver.placement import Placer, Registry
+from metaserver.raft.node import RAFT_OP, RaftNode
 from metaserver.raft.types import Role
 from metaserver.repair import Repair
 
 log = logging.getLogger(__name__)
 
-CONFIG_VERSION = 1
-CHUNK_SIZE_DEFAULT = 64 << 20
-CHUNK_SIZE_MIN = 64 << 10  # one checksum block
-CHUNK_SIZE_MAX = 1 << 30
 # Server-side deadline of one op: a commit takes milliseconds; five seconds covers an
 # election (1-2 s) plus a slow disk, after which the client retries with the same seq.
 OP_TIMEOUT_S = 5.0
 OP_TIMEOUT_S_MAX = 60.0
 READDIR_LIMIT_MAX = 4096
 LOCATE_COUNT_MAX = 1024
-GOAL_MAX = 16
 # How long a truncate waits for the cut chunk's replicas to take the new version: they
 # answer in milliseconds; one that does not within this is left stale (never served).
 CUT_PUSH_TIMEOUT_S = 3.0
-
-
-@dataclass(slots=True)
-class MetaConfig:
-    node: NodeConfig
-    listen_host: str
-    listen_port: int
-    secret_file: Path
-    chunk_size_bytes: int = CHUNK_SIZE_DEFAULT
-    dead_timeout_s: float = 10.0
-    placement: str = "weighted"
-    token_ttl_ms: int = 600_000
-    repair_interval_s: float = 1.0
-    repair_quiet_s: float = 10.0
-    gc_grace_s: float = 30.0
-    replication_jobs: int = 4
-    hold_grace_s: float = HOLD_GRACE_S
-
-
-def load_config(path: Path) -> MetaConfig:
-    """Parse and check a config file; ``ValueError`` says what is wrong."""
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
-    known = {
-        "id", "listen", "data_dir", "secret_file", "tick_ms", "election_ticks",
-        "heartbeat_ticks", "snapshot_entries", "fsync", "join", "read_lease", "peers",
-        "chunk_size", "dead_timeout_ms", "placement", "token_ttl_ms", "repair_interval_ms",
-        "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms",
-    }  # fmt: skip
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-    try:
-        node_id = NodeId(int(raw["id"]))
-        host, _, port_text = str(raw["listen"]).rpartition(":")
-        peers = {NodeId(int(k)): str(v) for k, v in raw.get("peers", {}).items()}
-        node = NodeConfig(
-            id=node_id,
-            data_dir=Path(raw["data_dir"]),
-            peers=peers,
-            tick_ms=int(raw.get("tick_ms", 100)),
-            election_ticks=int(raw.get("election_ticks", 10)),
-            heartbeat_ticks=int(raw.get("heartbeat_ticks", 1)),
-            snapshot_entries=int(raw.get("snapshot_entries", 10_000)),
-            fsync=bool(raw.get("fsync", True)),
-            join=bool(raw.get("join", False)),
-            read_lease=bool(raw.get("read_lease", True)),
-        )
-        config = MetaConfig(
-            node=node,
-            listen_host=host,
-            listen_port=int(port_text),
-            secret_file=Path(raw["secret_file"]),
-            chunk_size_bytes=int(raw.get("chunk_size", CHUNK_SIZE_DEFAULT)),
-            dead_timeout_s=int(raw.get("dead_timeout_ms", 10_000)) / 1000,
-            placement=str(raw.get("placement", "weighted")),
-            token_ttl_ms=int(raw.get("token_ttl_ms", 600_000)),
-            repair_interval_s=int(raw.get("repair_interval_ms", 1000)) / 1000,
-            repair_quiet_s=int(raw.get("repair_quiet_ms", 10_000)) / 1000,
-            gc_grace_s=int(raw.get("gc_grace_ms", 30_000)) / 1000,
-            replication_jobs=int(raw.get("replication_jobs", 4)),
-            hold_grace_s=int(raw.get("hold_grace_ms", int(HOLD_GRACE_S * 1000))) / 1000,
-        )
-    except KeyError as e:
-        raise ValueError(f"{path}: missing key {e}") from None
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
-    if node_id < 1 or not host or any(n < 1 for n in peers):
-        raise ValueError(f"{path}: node ids start at 1 and listen is host:port")
-    if not node.join and node_id not in peers:
-        raise ValueError(f"{path}: an initial member must be in [peers]")
-    if node.tick_ms < 1 or node.snapshot_entries < 1:
-        raise ValueError(f"{path}: tick_ms and snapshot_entries must be >= 1")
-    cs = config.chunk_size_bytes
-    if not (CHUNK_SIZE_MIN <= cs <= CHUNK_SIZE_MAX) or cs % CHUNK_SIZE_MIN:
-        raise ValueError(
-            f"{path}: chunk_size must be a multiple of {CHUNK_SIZE_MIN} "
-            f"between {CHUNK_SIZE_MIN} and {CHUNK_SIZE_MAX}"
-        )
-    if config.placement not in PLACEMENT_POLICIES:
-        raise ValueError(f"{path}: placement must be one of {PLACEMENT_POLICIES}")
-    if config.dead_timeout_s <= 0 or config.token_ttl_ms < 1000:
-        raise ValueError(f"{path}: dead_timeout_ms > 0 and token_ttl_ms >= 1000")
-    if (
-        config.repair_interval_s <= 0
-        or config.repair_quiet_s < 0
-        or config.gc_grace_s < 0
-        or config.replication_jobs < 1
-    ):
-        raise ValueError(
-            f"{path}: repair_interval_ms > 0, repair_quiet_ms >= 0, gc_grace_ms >= 0, "
-            "replication_jobs >= 1"
-        )
-    return config
 
 
 Handler = Callable[[dict[str, Any], float], Awaitable[dict[str, Any]]]
@@ -205,7 +78,8 @@ MUTATIONS: dict[str, tuple[str, tuple[tuple[str, type, bool], ...]]] = {
     "fs.mkdir": ("mkdir", (("parent", _I, True), ("name", _B, True), ("mode", _I, True),
                            ("uid", _I, True), ("gid", _I, True))),
     "fs.create": ("create", (("parent", _I, True), ("name", _B, True), ("mode", _I, True),
-                             ("uid", _I, True), ("gid", _I, True), ("exclusive", _BOOL, False))),
+                             ("uid", _I, True), ("gid", _I, True), ("exclusive", _BOOL, False),
+                             ("ino", _I, False))),
     "fs.mknod": ("mknod", (("parent", _I, True), ("name", _B, True), ("mode", _I, True),
                            ("rdev", _I, False), ("uid", _I, True), ("gid", _I, True))),
     "fs.symlink": ("symlink", (("parent", _I, True), ("name", _B, True), ("target", _B, True),
@@ -263,7 +137,7 @@ class MetaServer:
         shortest_s = min(config.hold_grace_s, config.repair_quiet_s or KEEPALIVE_S)
         self._keepalive_ms = int(min(max(shortest_s / 3, 0.5), KEEPALIVE_S) * 1000)
         self._orphan_task: asyncio.Task[None] | None = None
-        self.desk = LeaseDesk(self.ns, self._read, self._leader_view)
+        self.desk = LeaseDesk(self.ns, self._read, self._leader_view, BATCHABLE)
         self._ops: dict[str, Handler] = {
             "fs.lookup": self._lookup,
             "fs.getattr": self._getattr,
@@ -280,6 +154,7 @@ class MetaServer:
             "fs.release": self._release,
             "fs.keepalive": self._keepalive,
             "fs.batch": self._batch,
+            "fs.reserve": self._reserve,
             "cs.report": self._cs_report,
             "cs.bad_chunks": self._cs_bad_chunks,
             "status": self._status,
@@ -478,16 +353,21 @@ class MetaServer:
         of files it created under them, checked as each would be alone, then one command
         (``metaserver/namespace/batch.py``)."""
         ops = field(h, "ops", list)
+        holder = uint_field(h, "holder", 0)
         if not 1 <= len(ops) <= BATCH_OPS_MAX:
             raise Invalid(f"ops: 1..{BATCH_OPS_MAX} sub-ops")
         self._leader_view()
         subs: list[list[Any]] = []
+        holds: list[bool] = []
         for sub in ops:
             if type(sub) is not list or len(sub) != 2 or type(sub[1]) is not dict:
                 raise Invalid("ops: each sub-op is [op, fields]")
             op, fields = sub
             if op not in BATCHABLE:
                 raise Invalid(f"ops: only {', '.join(BATCHABLE)} may be batched", op=op)
+            if op == "fs.setattr" and any(k in fields for k in ("size", "atime_now", "mtime_now")):
+                raise Invalid("ops: a batched setattr sets no size and no server time")
+            held = fields.get("hold") is True  # a create of a file still open
             if op == "fs.unlink":
                 fields = {**fields, "op": op, "keep": self._keep({**fields, "op": op})}
             ns_op, spec = MUTATIONS[op]
@@ -495,12 +375,58 @@ class MetaServer:
             for name, tp, required in spec:
                 if required or name in fields:
                     args[name] = field(fields, name, tp)
+            if ns_op == "create":
+                # A create answered under a lease: its inode number and first chunk come
+                # from the sender's pool (namespace/pools.py).
+                args["pool"] = holder
             subs.append([ns_op, args])
+            holds.append(held)
         result = await self._propose("batch", {"ops": subs}, h, timeout_s)
-        for ns_op, args in subs:
+        results = result["results"]
+        for (ns_op, args), answer, held in zip(subs, results, holds, strict=True):
             if ns_op == "commit":
                 self._touch_committed(args["chunks"])
-        return {"results": result["results"]}
+            elif ns_op == "create" and answer.get("ok"):
+                chunk = answer.get("chunk")
+                if chunk is not None:
+                    self.repair.touch(int(chunk["chunk_id"]))
+                if held:  # open at the sender when it sent the batch: held from now on
+                    self.holds.hold(holder, [int(answer["attr"]["ino"])], time.monotonic())
+        return {"results": results}
+
+    async def _reserve(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """``fs.reserve``: ``count`` inode numbers, each with a first chunk placed for
+        ``goal`` replicas, for the creates ``holder`` answers under its directory leases
+        (namespace/pools.py). Answers ``entries`` (``{ino, handle}``, the handle as
+        ``fs.write_handle`` answers) and ``ttl_ms``; none where no chunkserver can take
+        a chunk."""
+        holder = uint_field(h, "holder")
+        count = uint_field(h, "count")
+        goal = uint_field(h, "goal")
+        if not 1 <= count <= pools.RESERVE_ENTRIES_MAX or not GOAL_MIN <= goal <= GOAL_MAX:
+            raise Invalid(f"count: 1..{pools.RESERVE_ENTRIES_MAX}, goal: {GOAL_MIN}..{GOAL_MAX}")
+        self._leader_view()
+        self.know_all_chunkservers()
+        alive = self.registry.alive(time.monotonic())
+        sets: list[list[int]] = []
+        for _ in range(count):
+            replicas = self.placer.place(alive, goal, reserve_bytes=self.ns.chunk_size_bytes)
+            if len(replicas) != goal:
+                break
+            sets.append(replicas)
+        if not sets:
+            return {"entries": [], "ttl_ms": 0}
+        result = await self._propose("reserve", {"holder": holder, "replicas": sets}, h, timeout_s)
+        entries = [
+            {
+                "ino": ino,
+                "handle": self._handle_answer(
+                    {"chunk_id": chunk_id, "version": 1, "length": 0, "replicas": replicas}
+                ),
+            }
+            for ino, chunk_id, replicas in result["entries"]
+        ]
+        return {"entries": entries, "ttl_ms": pools.POOL_TTL_NS // 1_000_000}
 
     async def _free_orphans(self, candidates: list[int], timeout_s: float) -> None:
         now = time.monotonic()

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import stat
 import time
 from collections import deque
 from collections.abc import Callable
@@ -128,15 +129,17 @@ class DirLease:
     # a synchronous change made them unknown): the kernel asks for them before every
     # removal (its permission check), and asking the leader would flush the queue.
     attr: Attr | None
+    # What the leader takes in fs.batch (metaservers of an older version take less).
+    batchable: frozenset[str] = frozenset({"fs.unlink", "fs.rmdir", "fs.commit"})
 
 
 @dataclass(slots=True)
 class _Queued:
-    op: str  # "fs.unlink" | "fs.rmdir" | "fs.commit"
-    parent: int  # the directory: of the name removed, or of the file committed
-    name: bytes  # the name removed (b"" for a commit)
-    ino: int  # the inode removed, or committed
-    fields: dict[str, Any] | None = None  # a commit's request fields
+    op: str  # "fs.unlink" | "fs.rmdir" | "fs.create" | "fs.commit" | "fs.setattr"
+    parent: int  # the directory: of the name removed or created, or of the file committed
+    name: bytes  # the name removed or created (b"" for a commit)
+    ino: int  # the inode removed, created or committed
+    fields: dict[str, Any] | None = None  # a create's or a commit's request fields
 
     def request(self) -> dict[str, Any]:
         if self.fields is not None:
@@ -161,6 +164,7 @@ class DirLeases:
         on_lost: Callable[[int, bytes], None],
         on_commit_lost: Callable[[int], None],
         on_commit_landed: Callable[[Attr], None],
+        is_open: Callable[[int], bool] = lambda ino: False,
         enabled: bool = True,
     ) -> None:
         self._meta = meta
@@ -169,6 +173,7 @@ class DirLeases:
         self._on_lost = on_lost  # (parent, name): a queued removal did not land
         self._on_commit_lost = on_commit_lost  # (ino): a queued commit did not land
         self._on_commit_landed = on_commit_landed  # the attributes a queued commit gave
+        self._is_open = is_open  # whether this client has the inode open
         self.enabled = enabled
         self._leases: dict[int, DirLease] = {}
         self._refused: dict[int, float] = {}
@@ -193,6 +198,7 @@ class DirLeases:
         self._queued_inos: dict[int, int] = {}
         self._removed_inos: dict[int, int] = {}
         self._committing: dict[int, int] = {}  # directories of files with commits queued
+        self._attr_queued: dict[int, int] = {}  # directories with a setattr queued
 
     @staticmethod
     def _now() -> float:
@@ -258,6 +264,9 @@ class DirLeases:
         names = {e[0]: Attr.from_wire(e[1]) for e in wire_field(header, "entries", list)}
         until = sent_at + lease_ms * (1 - LEASE_MARGIN) / 1000
         lease = DirLease(ino, until, conn, names, Attr.from_wire(header.get("attr")))
+        ops = header.get("batch_ops")
+        if type(ops) is list and all(type(op) is str for op in ops):
+            lease.batchable = frozenset(ops)
         self._leases[ino] = lease
         return lease
 
@@ -285,6 +294,8 @@ class DirLeases:
             await self._meta.read("fs.lease_release", inos=inos)
         except DfsError as e:
             log.debug("lease release of %s not delivered (%s); it expires", inos, e)
+        except Exception:  # never into the task group: the client must live on
+            log.exception("answering the recall of %s failed; the leases expire", inos)
         finally:
             for ino in inos:
                 event = self._releasing.pop(ino, None)
@@ -367,6 +378,44 @@ class DirLeases:
         self._enqueue(_Queued("fs.commit", lease.ino, b"", ino, fields))
         return True
 
+    def queue_create(
+        self, lease: DirLease, name: bytes, attr: Attr, fields: dict[str, Any]
+    ) -> bool:
+        """Answer the create of ``name`` (the new file ``attr``, an inode number reserved
+        for this client: inopool.py) under ``lease`` and queue its ``fs.create``
+        ``fields``. False where the lease is gone, the name is listed, or the directory's
+        attributes are not known here: the caller creates the synchronous way."""
+        if (
+            self.valid(lease.ino) is not lease
+            or name in lease.names
+            or lease.attr is None
+            or "fs.create" not in lease.batchable
+        ):
+            return False
+        lease.names[name] = attr
+        lease.attr = dataclasses.replace(lease.attr, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns)
+        self._enqueue(_Queued("fs.create", lease.ino, name, attr.ino, fields))
+        return True
+
+    def queue_setattr(self, ino: int, fields: dict[str, Any]) -> Attr | None:
+        """Answer a change of directory ``ino``'s own attributes (``fields``: mode, uid,
+        gid, atime_ns, mtime_ns) under the lease held on it, and queue its
+        ``fs.setattr``; the attributes it gives, as this client can tell them. None where
+        no lease is held on it here or its attributes are not known."""
+        lease = self.valid(ino) if ino in self._leases else None
+        if lease is None or lease.attr is None or "fs.setattr" not in lease.batchable:
+            return None
+        old = lease.attr
+        changes: dict[str, Any] = {"ctime_ns": time.time_ns()}  # the leader stamps its own
+        if "mode" in fields:
+            changes["mode"] = stat.S_IFMT(old.mode) | stat.S_IMODE(fields["mode"])
+        for name in ("uid", "gid", "atime_ns", "mtime_ns"):
+            if name in fields:
+                changes[name] = fields[name]
+        lease.attr = dataclasses.replace(old, **changes)
+        self._enqueue(_Queued("fs.setattr", ino, b"", ino, {"ino": ino, **fields}))
+        return lease.attr
+
     def _enqueue(self, item: _Queued) -> None:
         self._queue.append(item)
         self._enqueued += 1
@@ -379,8 +428,13 @@ class DirLeases:
 
     def _track(self, item: _Queued, delta: int) -> None:
         _count(self._queued_inos, item.ino, delta)
-        if item.fields is not None:  # a commit: a listing of its directory shows its size
+        if item.op == "fs.commit":  # a listing of its directory shows its size
             _count(self._committing, item.parent, delta)
+        elif item.op == "fs.setattr":  # a directory's own attributes: only it changes
+            _count(self._attr_queued, item.ino, delta)
+        elif item.op == "fs.create":  # a new name, and a new inode nobody else knows yet
+            _count(self._queued_names, (item.parent, item.name), delta)
+            _count(self._queued_inos, item.parent, delta)
         else:  # a removal
             _count(self._queued_names, (item.parent, item.name), delta)
             _count(self._queued_inos, item.parent, delta)
@@ -463,10 +517,18 @@ class DirLeases:
             lease = self._leases.get(parent) if type(parent) is int else None
             entry = lease.names.get(name) if lease is not None and type(name) is bytes else None
             return entry is None or entry.ino not in self._queued_inos
-        if op in ("fs.release", "fs.keepalive"):
+        if op == "fs.release":
             # Holds: a file created or committed through the queue has a name until a
             # removal of it lands (after its commit), so no hold of it keeps it alive.
-            return True
+            # A queued create holds its file when it lands if the file was open when its
+            # batch was sent: a release must not overtake that batch.
+            if self._unanswered is None:
+                return True
+            inos = fields.get("inos")
+            sent = {i.ino for i in self._unanswered[0] if i.op == "fs.create"}
+            return not (type(inos) is list and any(i in sent for i in inos))
+        if op == "fs.keepalive":
+            return True  # a hold of a file not created yet holds nothing
         if op in ("fs.getattr", "fs.getxattr", "fs.listxattr", "fs.readlink"):
             return fields.get("ino") not in self._queued_inos
         if op in ("fs.readdir", "fs.dir_lease"):
@@ -484,6 +546,9 @@ class DirLeases:
             return (
                 (parent, fields.get("name")) not in self._queued_names
                 and parent not in self._removed_inos
+                # A new entry takes the directory's group and setgid bit, and moves its
+                # times: a queued change of those lands first.
+                and parent not in self._attr_queued
                 and fields.get("ino") not in self._queued_inos  # fs.link's inode
             )
         return False
@@ -558,7 +623,7 @@ class DirLeases:
         """Send ``batch`` (again, under the same session, if ``resume`` holds one) and
         settle what it answered. False: no answer yet (the batch may or may not have
         applied; it must be sent again under its session)."""
-        ops = [[item.op, item.request()] for item in batch]
+        ops = [[item.op, self._request(item)] for item in batch]
         results: list[DfsError | None]
         answers: list[Any] = []
         try:
@@ -576,9 +641,20 @@ class DirLeases:
         for i, (item, error) in enumerate(zip(batch, results, strict=True)):
             if error is not None:
                 self._failed(item, error)
-            elif item.fields is not None:
+            elif item.op == "fs.commit" or (
+                # A create's or a setattr's attributes, unless a change of the inode
+                # follows: they would undo what this client told of it (that change's
+                # answer tells the truth).
+                item.op in ("fs.create", "fs.setattr") and self._queued_inos.get(item.ino, 0) == 1
+            ):
                 self._committed(item, answers[i])
         return True
+
+    def _request(self, item: _Queued) -> dict[str, Any]:
+        fields = item.request()
+        if item.op == "fs.create" and self._is_open(item.ino):
+            return {**fields, "hold": True}  # the leader holds it open once created
+        return fields
 
     def _committed(self, item: _Queued, answer: dict[str, Any]) -> None:
         try:
@@ -591,7 +667,28 @@ class DirLeases:
     def _failed(self, item: _Queued, error: DfsError) -> None:
         self._errors.setdefault(item.parent, []).append(error)
         self._leases.pop(item.parent, None)
-        if item.fields is not None:
+        if item.op == "fs.create":
+            log.warning(
+                "create of %r (inode %d) in directory inode %d did not land: %s "
+                "(the file and its bytes are lost; reported at fsync and fsyncdir)",
+                item.name,
+                item.ino,
+                item.parent,
+                error,
+            )
+            self._file_errors.setdefault(item.ino, error)  # the first: its cause
+            self._on_commit_lost(item.ino)
+            self._on_lost(item.parent, item.name)
+            return
+        if item.op == "fs.setattr":
+            log.warning(
+                "attribute change of directory inode %d did not land: %s (reported at fsyncdir)",
+                item.ino,
+                error,
+            )
+            self._on_commit_lost(item.ino)
+            return
+        if item.op == "fs.commit":
             log.warning(
                 "commit of inode %d (created in directory inode %d) did not land: %s "
                 "(its written bytes are lost; reported at fsync)",
@@ -599,7 +696,7 @@ class DirLeases:
                 item.parent,
                 error,
             )
-            self._file_errors[item.ino] = error
+            self._file_errors.setdefault(item.ino, error)  # the first: its cause
             self._on_commit_lost(item.ino)
             return
         log.warning(

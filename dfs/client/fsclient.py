@@ -60,11 +60,12 @@ from dfs.client.conn import single_errors
 from dfs.client.dirleases import DirLease, DirLeases
 from dfs.client.files import FileIo, OpenInode, attr_stamp
 from dfs.client.handle import File, check_open_flags
+from dfs.client.holdsync import HoldSync
+from dfs.client.inopool import InoPool
 from dfs.client.meta import MetaClient
 from dfs.client.options import ClientOptions
 from dfs.client.pool import ConnectionPool
 from dfs.client.records import Attr, DirEntry, StatFs, WriteHandle
-from dfs.types import HOLDS_PER_REQUEST_MAX
 from dfs.wire.errors import (
     DfsError,
     Invalid,
@@ -75,7 +76,7 @@ from dfs.wire.errors import (
     ProtocolError,
     Unavailable,
 )
-from dfs.wire.messages import field, uint_field
+from dfs.wire.messages import field
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,6 @@ RENAME_EXCHANGE = 2
 # setxattr flags.
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
-# Open-file holds are announced this often until the leader says otherwise (fs.keepalive).
-KEEPALIVE_DEFAULT_S = 5.0
-# How long the holds of closed files wait to be let go together, in one fs.release (a
-# `cp -r` closes hundreds of files a second: one RPC each cost the leader as much as the
-# commit). A hold kept this much longer only delays freeing a file unlinked meanwhile.
-RELEASE_BATCH_S = 0.05
-# The last batch, sent as the client closes, waits at most this long for its answer.
-RELEASE_ON_CLOSE_S = 1.0
 
 
 def check_name(name: bytes) -> None:
@@ -161,8 +154,6 @@ class FsClient:
         # oldest first: a later open adopts them, so that its fsync syncs them too.
         self._unsynced_closed: dict[int, tuple[tuple[int, int, int], set[int]]] = {}
         self._finishers: set[anyio.CancelScope] = set()
-        # Inodes whose last handle closed, to let go of in the next fs.release batch.
-        self._releasing: set[int] = set()
         # This client's open-file hold id (PROTOCOL.md, fs.open): random, so that two
         # clients never share one; the leader keeps an unlinked file we hold as an orphan.
         self.holder = random.SystemRandom().getrandbits(62) + 1
@@ -176,11 +167,20 @@ class FsClient:
             on_lost=self._forget,
             on_commit_lost=self._commit_lost,
             on_commit_landed=self._commit_landed,
+            is_open=self._is_open,
             enabled=options.dir_leases,
         )
         self.meta.before = self.dirleases.before
+        self.holds = HoldSync(
+            self.meta,
+            task_group,
+            self.holder,
+            open_inos=lambda: sorted(self._open),
+            writing=lambda: sorted({c for i in self._open.values() for c in i.writing()}),
+        )
+        # Inode numbers and first chunks for the creates answered under a lease.
+        self._inos = InoPool(self.meta, task_group, self.holder)
         self._pool.on_oneway = self.dirleases.on_oneway
-        self._keepalive_started = False
         self._uid = os.getuid()
         self._gid = os.getgid()
 
@@ -239,16 +239,7 @@ class FsClient:
             scope.cancel()
         self._open.clear()
         with anyio.CancelScope(shield=True):
-            if self._releasing:
-                # Holds of files closed in the last batch window: let go of them now, or
-                # the leader keeps them until we have been silent for its hold grace.
-                inos, self._releasing = sorted(self._releasing), set()
-                with anyio.move_on_after(RELEASE_ON_CLOSE_S):
-                    try:
-                        await self.meta.read("fs.release", inos=inos[:HOLDS_PER_REQUEST_MAX],
-                                             holder=self.holder)  # fmt: skip
-                    except DfsError as e:
-                        log.debug("holds not released at close (%s)", e)
+            await self.holds.aclose()
             await self._pool.aclose()
 
     @property
@@ -360,6 +351,7 @@ class FsClient:
             self.cache.put_absent(parent, name)
             raise
         attr = self._attr(header)
+        attr = self.dirleases.dir_attr(attr.ino) or attr  # a leased directory's: ours
         self.cache.put_entry(parent, name, attr)
         return self._local(attr)
 
@@ -399,6 +391,13 @@ class FsClient:
             fields["atime_now"] = True
         if mtime_now:
             fields["mtime_now"] = True
+        if size is None and not (atime_now or mtime_now) and fields:
+            # A directory this client holds the lease on: answered here, shipped in the
+            # lease's next batch (tar sets every directory's owner, mode and times).
+            queued = self.dirleases.queue_setattr(ino, fields)
+            if queued is not None:
+                self.cache.put_attr(queued)
+                return queued
         inode = self._open.get(ino)
         if (
             inode is not None
@@ -453,6 +452,10 @@ class FsClient:
         more = field(header, "more", bool, False)
         out = []
         for entry in entries:
+            if entry.attr.is_dir:  # a leased subdirectory's attributes are this client's
+                leased = self.dirleases.dir_attr(entry.attr.ino)
+                if leased is not None:
+                    entry = dataclasses.replace(entry, attr=leased)
             self.cache.put_entry(ino, entry.name, entry.attr)
             local = self._local(entry.attr)
             out.append(entry if local is entry.attr else dataclasses.replace(entry, attr=local))
@@ -558,8 +561,13 @@ class FsClient:
         A new file opened for writing comes with its first chunk's write handle, so that
         its first write needs no ``fs.write_handle`` of its own."""
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
-        # Under the directory's lease, the new file's commits go through the queue.
+        # Under the directory's lease, the create is answered here and the new file's
+        # commits go through the queue.
         lease = await self.dirleases.lease_for_create(parent) if writable else None
+        if lease is not None:
+            opened = await self._create_leased(lease, name, mode, flags, uid=uid, gid=gid)
+            if opened is not None:
+                return opened
         attr, created, write_handle = await self._create(
             parent,
             name,
@@ -577,6 +585,56 @@ class FsClient:
             handle.inode.adopt_handle(write_handle)
         if lease is not None and created:
             handle.inode.created_under = (lease, name)
+        return self._local(attr), handle
+
+    async def _create_leased(
+        self,
+        lease: DirLease,
+        name: bytes,
+        mode: int,
+        flags: int,
+        *,
+        uid: int | None,
+        gid: int | None,
+    ) -> tuple[Attr, File] | None:
+        """Create ``name`` under ``lease`` without a round trip: an inode number and a
+        first chunk reserved for this client (inopool.py), the create queued for the
+        lease's next batch (dirleases.py, "New files"). None where that cannot be (the
+        name is listed, no reserved entry is at hand, the directory's attributes are not
+        known here): the caller creates the synchronous way."""
+        check_name(name)
+        parent = lease.attr
+        if (
+            parent is None
+            or name in lease.names
+            or stat.S_IFMT(mode) not in (0, stat.S_IFREG)
+            or not parent.goal
+        ):
+            return None
+        entry = self._inos.take(parent.goal)
+        if entry is None:
+            return None
+        owner = self._owner(uid, gid)
+        if parent.mode & stat.S_ISGID:  # as the namespace does (state.py, new_inode)
+            owner["gid"] = parent.gid
+        mode = stat.S_IFREG | stat.S_IMODE(mode)
+        now_ns = time.time_ns()  # the leader stamps its own when the batch lands
+        attr = Attr(
+            ino=entry.ino, mode=mode, nlink=1, size=0, atime_ns=now_ns, mtime_ns=now_ns,
+            ctime_ns=now_ns, goal=parent.goal, blocks=0, has_xattrs=False, **owner,
+        )  # fmt: skip
+        fields = {"parent": lease.ino, "name": name, "mode": mode, "exclusive": True,
+                  "ino": entry.ino, **owner}  # fmt: skip
+        if not self.dirleases.queue_create(lease, name, attr, fields):
+            self._inos.give_back(parent.goal, entry)
+            return None
+        self.cache.put_entry(lease.ino, name, attr)
+        self.cache.put_no_xattrs(attr.ino)
+        if lease.attr is not None:
+            self.cache.put_attr(lease.attr)
+        attr, handle = await self._open_attr(attr, flags)
+        handle.inode.adopt_handle(entry.handle)
+        handle.inode.created_under = (lease, name)
         return self._local(attr), handle
 
     async def mknod(
@@ -617,6 +675,9 @@ class FsClient:
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
         """A hard link ``new_name`` in ``new_parent`` to ``ino``; returns its attributes."""
         check_name(new_name)
+        inode = self._open.get(ino)
+        if inode is not None:
+            inode.created_under = None  # a second name: no more commits through a queue
         header = await self.meta.mutate("fs.link", ino=ino, parent=new_parent, name=new_name)
         return self._created(new_parent, new_name, header, new_inode=False)
 
@@ -625,8 +686,8 @@ class FsClient:
         removal ships later, in a batch (dirleases.py: what that promises); a failure to
         land is raised by the next ``fsyncdir(parent)``."""
         check_name(name)
-        if self._releasing:
-            await self._release_pending()
+        if self.holds.pending:
+            await self.holds.send_pending()
         if await self.dirleases.remove("fs.unlink", parent, name, is_open=self._is_open):
             self._removed(parent, name)
             return
@@ -644,8 +705,8 @@ class FsClient:
         the target exists), ``RENAME_EXCHANGE`` (swap two existing names)."""
         check_name(name)
         check_name(new_name)
-        if self._releasing:
-            await self._release_pending()
+        if self.holds.pending:
+            await self.holds.send_pending()
         try:
             await self.meta.mutate(
                 "fs.rename",
@@ -775,7 +836,7 @@ class FsClient:
         inode = self._open.get(attr.ino)
         if inode is None:
             inode = self._open[attr.ino] = OpenInode(io, attr)
-            self._start_keepalive()
+            self.holds.start_keepalive()
         else:
             inode.refresh(attr)
         inode.refs += 1
@@ -820,63 +881,7 @@ class FsClient:
             closed[inode.ino] = left
             while len(closed) > self.options.unsynced_closed_max:
                 del closed[next(iter(closed))]
-        self._release_hold(inode.ino)
-
-    def _release_hold(self, ino: int) -> None:
-        """The last handle on ``ino`` closed: tell the leader, in the background, together
-        with the other holds let go of within ``RELEASE_BATCH_S`` (if it never hears, the
-        hold ends with our next keepalive, or when we go silent)."""
-        if not self._releasing:
-            self._task_group.start_soon(self._send_releases, name="release holds")
-        self._releasing.add(ino)
-
-    async def _send_releases(self) -> None:
-        await anyio.sleep(RELEASE_BATCH_S)  # a batching delay, not a wait for a condition
-        await self._release_pending()
-
-    async def _release_pending(self) -> None:
-        """Send the holds waiting for their batch now. Also before this client's own unlink
-        or rename: a hold still kept would make the name's file an orphan, and freeing it
-        later a Raft command of its own (sqlite's journal, an editor's or git's lock file
-        are unlinked right after their close)."""
-        inos = sorted(i for i in self._releasing if i not in self._open)  # not opened again
-        self._releasing.clear()
-        for i in range(0, len(inos), HOLDS_PER_REQUEST_MAX):
-            batch = inos[i : i + HOLDS_PER_REQUEST_MAX]
-            try:
-                await self.meta.read("fs.release", inos=batch, holder=self.holder)
-            except DfsError as e:
-                log.debug("%d holds: release not delivered (%s); the keepalive will",
-                          len(batch), e)  # fmt: skip
-
-    def _start_keepalive(self) -> None:
-        if not self._keepalive_started and self._io is not None:
-            self._keepalive_started = True
-            self._task_group.start_soon(self._keepalive_loop, name="keepalive")
-
-    async def _keepalive_loop(self) -> None:
-        """Announce our holds while we have files open (the leader forgets holds not
-        announced for a while, and a new leader learns them only from this)."""
-        interval_s = KEEPALIVE_DEFAULT_S
-        while True:
-            # The first goes at once: it tells us the leader's interval, which may be
-            # shorter than the default.
-            if self._open:
-                interval_s = await self._keepalive(interval_s)
-            await anyio.sleep(interval_s)  # a period, not a wait for a condition
-
-    async def _keepalive(self, interval_s: float) -> float:
-        """One announcement; returns the interval until the next."""
-        writing = sorted({c for inode in self._open.values() for c in inode.writing()})
-        try:
-            header = await self.meta.read(
-                "fs.keepalive", inos=sorted(self._open), holder=self.holder,
-                writing=writing[:HOLDS_PER_REQUEST_MAX],
-            )  # fmt: skip
-        except DfsError as e:
-            log.debug("keepalive not delivered (%s)", e)
-            return interval_s
-        return min(max(uint_field(header, "keepalive_ms", 5000), 500), 60_000) / 1000
+        self.holds.released(inode.ino)
 
     async def _finish(self, inode: OpenInode, scope: anyio.CancelScope) -> None:
         """Wait for the inode's uploads and commit what landed, for a close that could not;

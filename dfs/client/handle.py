@@ -229,9 +229,14 @@ class File:
         committed anyway.)"""
         if self.closed:
             raise Invalid("file is closed")
+        land = self.inode.io.land_commits
+        if land is not None:
+            # The file's create or an earlier close's commit, if queued: first, so that
+            # one that failed is the error reported (not the commit that follows it).
+            await land(self.ino)
         await self.inode.flush(sync=True)
-        if self.inode.io.land_commits is not None:
-            await self.inode.io.land_commits(self.ino)  # an earlier close's, if queued
+        if land is not None:
+            await land(self.ino)
 
     async def close(self) -> None:
         """``flush`` then release the handle (the handle is released even if the flush

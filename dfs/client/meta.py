@@ -54,8 +54,9 @@ BACKOFF_MIN_S = 0.02
 BACKOFF_MAX_S = 0.5
 
 _RETRYABLE = (NotLeader, Unavailable, Timeout, Busy)
-# Requests that do not wait for ``before``: the flush itself and the answer to a recall.
-UNORDERED = frozenset({"fs.batch", "fs.lease_release"})
+# Requests that do not wait for ``before``: the flush itself, the answer to a recall, and
+# the reservation of inode numbers (nothing queued changes it).
+UNORDERED = frozenset({"fs.batch", "fs.lease_release", "fs.reserve"})
 
 
 class _Lane:

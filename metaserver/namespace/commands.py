@@ -11,7 +11,8 @@ strings as msgpack str::
      op,         # str: "mkdir", "create", ... (the fs.* ops of docs/PROTOCOL.md without
                  #   the "fs." prefix, plus "write_handle", "cs_register" and the
                  #   leader's "replica_add", "replica_drop", "version_bump",
-                 #   "length_recover", "gc_done", "release_orphans"; "batch":
+                 #   "length_recover", "gc_done", "release_orphans", "reserve" (pools.py);
+                 #   "batch":
                  #   {"ops": [[op, args], ...]} of BATCH_OPS, each applied as if alone,
                  #   see batch.py)
      client,     # int, 0 .. 2^63-1: the session (0 = none), see metaserver/raft/sessions.py
@@ -69,9 +70,10 @@ GOAL_DEFAULT = 3
 REPLICAS_MAX = GOAL_MAX
 # Chunk entries in one commit: a commit of a 1 TiB file at 16 MiB chunks.
 COMMIT_CHUNKS_MAX = 1 << 16
-# The ops a batch may hold (their namespace names): removals, and the commits of files
-# created under a directory lease (docs/ARCHITECTURE.md, "Directory leases").
-BATCH_OPS = frozenset({"unlink", "rmdir", "commit"})
+# The ops a batch may hold (their namespace names): removals, the creates and commits of
+# files created under a directory lease, and changes of a leased directory's attributes
+# (docs/ARCHITECTURE.md, "Directory leases").
+BATCH_OPS = frozenset({"unlink", "rmdir", "create", "commit", "setattr"})
 # Queries (docs/PROTOCOL.md: fs.readdir limit 1..4096, fs.locate count 1..1024).
 READDIR_LIMIT_MAX = 4096
 CHUNKS_QUERY_MAX = 1024

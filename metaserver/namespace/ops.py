@@ -39,6 +39,7 @@ from dfs.wire.errors import (
     TooBig,
     TooManyLinks,
 )
+from metaserver.namespace import pools
 from metaserver.namespace.commands import (
     CS_ADDRESS_CHARS_MAX,
     CS_UUID_CHARS_MAX,
@@ -137,14 +138,20 @@ def mkdir(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return {"ok": True, "attr": attr(inode), "parent_attr": attr(parent)}
 
 
-_CREATE = frozenset({"parent", "name", "mode", "uid", "gid", "exclusive", "replicas"})
+_CREATE = frozenset(
+    {"parent", "name", "mode", "uid", "gid", "exclusive", "replicas", "ino", "pool"}
+)
 
 
 def create(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     """open(O_CREAT). With ``replicas`` (optional: the leader placed a first chunk), a
     created file also gets its chunk 0 allocated on them, as ``write_handle`` would in a
     command of its own: the answer's ``chunk`` (``{chunk_id, version, length, replicas}``)
-    is the writer's first handle, and a small file costs one command less."""
+    is the writer's first handle, and a small file costs one command less.
+
+    With ``ino`` and ``pool`` (a holder): the create a client answered under its
+    directory lease (pools.py), always exclusive: the file takes the reserved inode
+    number, and its chunk 0 the reserved chunk, whatever ``replicas`` says."""
     check_fields(a, _CREATE)
     parent_ino = arg_ino(a, "parent")
     name = arg_name(a, "name")
@@ -152,6 +159,10 @@ def create(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     uid, gid = _uid_gid(a)
     exclusive = arg_bool(a, "exclusive", False)
     replicas = arg_int_list(a, "replicas", REPLICAS_MAX) if "replicas" in a else []
+    reserved_ino = arg_ino(a, "ino") if "ino" in a else None
+    holder = arg_int(a, "pool", 1, INT63_MAX) if "pool" in a else None
+    if (reserved_ino is None) != (holder is None):
+        raise Invalid("a reserved inode number comes with its pool")
     if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
         raise Invalid("create mode names another file type", mode=mode)
     _check_replicas(st, replicas)
@@ -159,19 +170,27 @@ def create(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     entry = d.entries.get(name)
     if entry is not None:
         # open(O_CREAT): EEXIST with O_EXCL, EISDIR on a directory, else opens what is there.
-        if exclusive:
+        if exclusive or reserved_ino is not None:
             raise Exists("name exists", name=name)
         existing = st.inodes[entry[0]]
         if existing.dir is not None:
             raise IsDir("is a directory", name=name)
         return {"ok": True, "attr": attr(existing), "created": False}
     _check_room(d, name)
-    inode = st.new_inode(parent, stat.S_IFREG | (mode & PERMISSION_BITS), uid, gid, 0, now_ns)
+    chunk_id: int | None = None
+    if reserved_ino is not None and holder is not None:
+        chunk_id, replicas = pools.check_take(st, holder, reserved_ino, now_ns)
+    # --- checked: change the state ---
+    if reserved_ino is not None and holder is not None:
+        pools.take(st, holder, reserved_ino)
+    mode = stat.S_IFREG | (mode & PERMISSION_BITS)
+    inode = st.new_inode(parent, mode, uid, gid, 0, now_ns, reserved_ino)
     d.insert(name, inode.ino)
     _touch_dir(parent, now_ns)
     result: Result = {"ok": True, "attr": attr(inode), "created": True, "parent_attr": attr(parent)}
     if replicas:
-        result["chunk"] = chunk_info(st.allocate_chunk(inode, 0, list(replicas)))
+        chunk = st.allocate_chunk(inode, 0, list(replicas), chunk_id)
+        result["chunk"] = chunk_info(chunk)
     return result
 
 
@@ -866,4 +885,5 @@ OPS: dict[str, Handler] = {
     "replica_drop": replica_drop,
     "gc_done": gc_done,
     "release_orphans": release_orphans,
+    "reserve": pools.reserve,
 }

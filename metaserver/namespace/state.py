@@ -18,10 +18,10 @@ Invariants (``State.check_invariants`` verifies all of them; the tests call it):
 5. A directory's entries are in cookie order (each insertion takes ``next_cookie``), so
    ``readdir`` pages by cookie without sorting (see ``DirData``).
 
-Snapshot format, version 2 (``SNAPSHOT_VERSION``; version 1 is read too): one msgpack
+Snapshot format, version 3 (``SNAPSHOT_VERSION``; versions 1 and 2 are read too): one msgpack
 array, bytes as bin::
 
-    [2,                                   # SNAPSHOT_VERSION
+    [3,                                   # SNAPSHOT_VERSION
      chunk_size_bytes,                    # fixed per cluster; restore refuses another
      [next_ino, next_chunk_id, next_cs_id],
      [[ino, mode, nlink, uid, gid, size, atime_ns, mtime_ns, ctime_ns, rdev, goal,
@@ -36,7 +36,9 @@ array, bytes as bin::
      [[chunk_id, [cs_id, ...]], ...],     # garbage, in the order it was dropped
      [[cs_id, uuid, address], ...],       # registered chunkservers
      sessions,                            # SessionTable.to_wire()
-     [ino, ...]]                          # orphans (version 2 on; version 1 has none)
+     [ino, ...],                          # orphans (version 2 on; version 1 has none)
+     [[holder, [[ino, chunk_id, [cs_id, ...], until_ns], ...]], ...]]
+                                          # reserved entries (pools.py; version 3 on)
 
 Every list keeps the order of the dict it came from, so a restored state iterates (and
 therefore acts, and snapshots) exactly as the original did.
@@ -58,8 +60,8 @@ from metaserver.namespace.commands import (
 )
 from metaserver.raft.sessions import SessionTable
 
-SNAPSHOT_VERSION = 2
-SNAPSHOT_VERSIONS_READ = (1, 2)
+SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSIONS_READ = (1, 2, 3)
 ROOT_INO = 1
 # Directories report a size and block count like ext4's one-block directory.
 DIR_SIZE_BYTES = 4096
@@ -251,6 +253,10 @@ class State:
         self.orphans: dict[int, None] = {}
         self.cs_table: dict[int, tuple[str, str]] = {}  # cs_id -> (uuid, address)
         self.cs_by_uuid: dict[str, int] = {}
+        # Inode numbers and first chunks reserved for a client's creates (pools.py):
+        # holder -> ino -> (chunk_id, replicas, until_ns); and chunk_id -> holder.
+        self.pools: dict[int, dict[int, tuple[int, list[int], int]]] = {}
+        self.reserved_chunks: dict[int, int] = {}
         self.next_ino = ROOT_INO + 1
         self.next_chunk_id = 1
         self.next_cs_id = 1
@@ -286,9 +292,17 @@ class State:
     # --- structural steps (callers have checked every error condition first) ----------
 
     def new_inode(
-        self, parent: Inode, mode: int, uid: int, gid: int, rdev: int, now_ns: int
+        self,
+        parent: Inode,
+        mode: int,
+        uid: int,
+        gid: int,
+        rdev: int,
+        now_ns: int,
+        ino: int | None = None,
     ) -> Inode:
-        """A new inode created in directory ``parent`` (not yet linked anywhere).
+        """A new inode created in directory ``parent`` (not yet linked anywhere), numbered
+        from the counter, or ``ino`` (a number reserved earlier: pools.py).
 
         POSIX group inheritance: in a setgid directory the new inode takes the directory's
         group, and a new subdirectory keeps the setgid bit (as ext4 with ``grpid`` off).
@@ -297,8 +311,9 @@ class State:
             gid = parent.gid
             if stat.S_ISDIR(mode):
                 mode |= stat.S_ISGID
-        ino = self.next_ino
-        self.next_ino = ino + 1
+        if ino is None:
+            ino = self.next_ino
+            self.next_ino = ino + 1
         inode = Inode(ino, mode, uid, gid, rdev, parent.goal, now_ns)
         fmt = stat.S_IFMT(mode)
         if fmt == stat.S_IFDIR:
@@ -369,10 +384,15 @@ class State:
         self.set_size(inode, size)
         return chunk
 
-    def allocate_chunk(self, inode: Inode, index: int, replicas: list[int]) -> Chunk:
+    def allocate_chunk(
+        self, inode: Inode, index: int, replicas: list[int], chunk_id: int | None = None
+    ) -> Chunk:
+        """A new chunk at ``index``: numbered from the counter, or ``chunk_id`` (reserved
+        earlier: pools.py)."""
         assert inode.chunks is not None and index not in inode.chunks
-        chunk_id = self.next_chunk_id
-        self.next_chunk_id = chunk_id + 1
+        if chunk_id is None:
+            chunk_id = self.next_chunk_id
+            self.next_chunk_id = chunk_id + 1
         chunk = Chunk(chunk_id, 1, 0, replicas, inode.ino, index)
         self.chunk_table[chunk_id] = chunk
         inode.chunks[index] = chunk_id
@@ -409,6 +429,10 @@ class State:
             [[cs_id, uuid, address] for cs_id, (uuid, address) in self.cs_table.items()],
             self.sessions.to_wire(),
             list(self.orphans),
+            [
+                [holder, [[ino, c, r, until] for ino, (c, r, until) in pool.items()]]
+                for holder, pool in self.pools.items()
+            ],
         ]
         return bytes(msgpack.packb(blob, use_bin_type=True))
 
@@ -434,6 +458,7 @@ class State:
     def _load(self, blob: list[Any]) -> None:
         _, _, counters, inodes, chunks, garbage, chunkservers, sessions = blob[:8]
         orphans = blob[8] if blob[0] >= 2 else []
+        pools = blob[9] if blob[0] >= 3 else []
         self.reset()
         self.inodes.clear()
         self.dirs_count = 0
@@ -479,6 +504,12 @@ class State:
         for ino in orphans:
             assert self.inodes[ino].nlink == 0, "orphan with a name"
             self.orphans[ino] = None
+        for holder, entries in pools:
+            pool = self.pools[int(holder)] = {}
+            for ino, chunk_id, replicas, until_ns in entries:
+                assert ino not in self.inodes and chunk_id not in self.chunk_table, ino
+                pool[int(ino)] = (int(chunk_id), [int(r) for r in replicas], int(until_ns))
+                self.reserved_chunks[int(chunk_id)] = int(holder)
 
     # --- invariants (for tests; O(size of the state)) ---------------------------------
 
@@ -540,3 +571,12 @@ class State:
         assert self.file_bytes == sum(i.size for i in inodes.values() if i.chunks is not None)
         assert {u: c for c, (u, _) in self.cs_table.items()} == self.cs_by_uuid
         assert all(0 < c < self.next_cs_id for c in self.cs_table)
+        reserved: dict[int, int] = {}
+        for holder, pool in self.pools.items():
+            assert pool, holder
+            for ino, (chunk_id, _, _) in pool.items():
+                assert 0 < ino < self.next_ino and ino not in inodes, ino
+                assert 0 < chunk_id < self.next_chunk_id, chunk_id
+                assert chunk_id not in self.chunk_table and chunk_id not in self.garbage
+                reserved[chunk_id] = holder
+        assert reserved == self.reserved_chunks

@@ -54,3 +54,22 @@ def test_rm_rf_is_batched_and_another_mount_sees_it_gone_at_once(
     # further apart than the 15 ms flush bound, so the bound here is loose on purpose.
     assert 1 <= batches <= names // 2, text[-3000:]
     assert unlinks == 0, text[-3000:]
+
+
+def test_new_files_read_back_whole_at_once_here_and_from_another_mount(
+    mounts: Mounts, mnt: Path, workdir: Path
+) -> None:
+    # Each file is created under the directory's lease (its create and commit queued)
+    # and read back at once: by this mount (its open lands the queue first) and by
+    # another (whose lookup recalls the lease, which lands the queue first).
+    other = mounts.mount("read-back") / workdir.name
+    d = workdir / "fresh"
+    d.mkdir()
+    for i in range(40):
+        data = b"hello %d " % i * (i + 1)
+        (d / f"f{i}").write_bytes(data)
+        assert (d / f"f{i}").read_bytes() == data
+        assert os.stat(d / f"f{i}").st_size == len(data)
+        if i % 4 == 0:
+            assert (other / "fresh" / f"f{i}").read_bytes() == data
+    assert sorted(os.listdir(other / "fresh")) == sorted(f"f{i}" for i in range(40))

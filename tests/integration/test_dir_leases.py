@@ -318,7 +318,9 @@ async def test_new_files_commits_are_queued_and_another_client_sees_them_whole(
 
 
 async def test_fsync_waits_for_a_queued_commit_and_reports_one_that_did_not_land(
-    layout: local.Layout, no_timed_flush: None, expect_log: Callable[..., None]
+    layout: local.Layout,
+    no_timed_flush: None,
+    expect_log: Callable[..., None],
 ) -> None:
     expect_log(r"commit of inode \d+ \(created in directory inode \d+\) did not land")
     async with client(layout) as a, client(layout) as b:
@@ -392,3 +394,111 @@ async def test_a_queued_commit_outlives_an_outage_of_every_metaserver(
         attr = await b.lookup(d.ino, b"f")
         async with await b.open(attr.ino, os.O_RDONLY) as f:
             assert await f.read(0, len(data) + 1) == data
+
+
+async def wait_for_reserved(fs: FsClient, goal: int = 3) -> None:
+    """The client's pool of reserved inode numbers has entries (its refill is async)."""
+    with anyio.fail_after(30):
+        while not fs._inos._entries.get(goal):
+            await anyio.sleep(0.01)  # polling for the background refill
+
+
+async def test_creates_under_a_lease_are_answered_at_once_and_land_whole(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    async with client(layout) as a, client(layout) as b:
+        d = await a.mkdir(ROOT_INO, b"ac", 0o755)
+        _, f = await a.create_and_open(d.ino, b"first", MODE, os.O_WRONLY | os.O_CREAT)
+        await f.close()  # took the lease; the pool fills meanwhile
+        await wait_for_reserved(a)
+        creates, commits = a.stats.count("fs.create"), a.stats.count("fs.commit")
+        payloads = {b"f%02d" % i: os.urandom(100 + 37 * i) for i in range(20)}
+        told = {}
+        for name, data in payloads.items():
+            attr, f = await a.create_and_open(d.ino, name, MODE, os.O_WRONLY | os.O_CREAT)
+            await f.write(0, data)
+            await f.close()
+            told[name] = attr.ino
+        assert a.stats.count("fs.create") == creates  # no round trip of their own
+        assert a.stats.count("fs.commit") == commits
+        assert a.dirleases.pending
+        assert len(set(told.values())) == len(told)
+        for name, data in payloads.items():  # B's lookups recall A's lease: all landed
+            attr = await b.lookup(d.ino, name)
+            assert (attr.ino, attr.size, attr.mode, attr.nlink) == (told[name], len(data), MODE, 1)
+            async with await b.open(attr.ino, os.O_RDONLY) as f:
+                assert await f.read(0, len(data) + 10) == data
+        assert not a.dirleases.pending
+        assert sorted(await names(b, d.ino)) == sorted([b"first", *payloads])
+
+
+async def test_a_leased_create_held_open_outlives_another_clients_unlink(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    async with client(layout) as a, client(layout) as b:
+        d = await a.mkdir(ROOT_INO, b"ah", 0o755)
+        _, f = await a.create_and_open(d.ino, b"first", MODE, os.O_WRONLY | os.O_CREAT)
+        await f.close()
+        await wait_for_reserved(a)
+        creates = a.stats.count("fs.create")
+        _, f = await a.create_and_open(d.ino, b"open", MODE, os.O_RDWR | os.O_CREAT)
+        assert a.stats.count("fs.create") == creates
+        await f.write(0, b"before")
+        await b.unlink(d.ino, b"open")  # recalls: the create lands, held open by A
+        await f.write(6, b" after")
+        await f.fsync()
+        assert await f.read(0, 100) == b"before after"
+        await f.close()
+        with pytest.raises(NotFound):
+            await b.lookup(d.ino, b"open")
+
+
+async def test_a_leased_create_that_does_not_land_is_reported_at_fsync(
+    layout: local.Layout, no_timed_flush: None, expect_log: Callable[..., None]
+) -> None:
+    expect_log(r"create of b'bad' \(inode \d+\) in directory inode \d+ did not land")
+    expect_log(r"ino \d+: uncommitted writes a close left are dropped")
+    async with client(layout) as a, client(layout) as b:
+        d = await a.mkdir(ROOT_INO, b"af", 0o755)
+        _, f = await a.create_and_open(d.ino, b"first", MODE, os.O_WRONLY | os.O_CREAT)
+        await f.close()
+        await wait_for_reserved(a)
+        _, f = await a.create_and_open(d.ino, b"bad", MODE, os.O_RDWR | os.O_CREAT)
+        queued = a.dirleases._queue[-1]
+        assert queued.op == "fs.create" and queued.fields is not None
+        # An inode number this client was not given: the namespace must refuse it, as it
+        # would an entry that expired while the batch waited out a long outage.
+        queued.fields["ino"] = 1 << 40
+        await f.write(0, b"lost")
+        with pytest.raises(Stale):
+            await f.fsync()
+        with pytest.raises(NotFound):  # what the close writes has no file any more
+            await f.close()
+        with anyio.fail_after(30):
+            while a._is_open(queued.ino):  # the client gives up what the close left
+                await anyio.sleep(0.01)  # polling for the background settle
+        with pytest.raises(NotFound):
+            await b.lookup(d.ino, b"bad")
+
+
+async def test_a_leased_directorys_attributes_change_at_once_and_others_see_them(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    async with client(layout) as a, client(layout, attr_ttl_s=0) as b:
+        d = await a.mkdir(ROOT_INO, b"sa", 0o755)
+        _, f = await a.create_and_open(d.ino, b"x", MODE, os.O_WRONLY | os.O_CREAT)
+        await f.close()  # A holds the lease on d now
+        setattrs = a.stats.count("fs.setattr")
+        mtime = 1_234_567_890_123_456_789
+        attr = await a.setattr(d.ino, mode=0o700, uid=1234, gid=4321)
+        attr = await a.setattr(d.ino, atime_ns=mtime, mtime_ns=mtime)
+        assert a.stats.count("fs.setattr") == setattrs  # answered under the lease
+        assert (attr.mode, attr.uid, attr.gid, attr.mtime_ns) == (0o40700, 1234, 4321, mtime)
+        assert await a.getattr(d.ino) == attr
+        assert a.dirleases.pending
+        # B's getattr of the directory recalls A's lease on it: what A changed lands
+        # before the answer.
+        seen = await b.getattr(d.ino, fresh=True)
+        assert (seen.mode, seen.uid, seen.gid, seen.mtime_ns) == (0o40700, 1234, 4321, mtime)
+        assert not a.dirleases.pending
+        assert (await b.lookup(ROOT_INO, b"sa")).mode == 0o40700

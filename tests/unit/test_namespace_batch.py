@@ -74,7 +74,7 @@ def test_batch_is_applied_once_under_retry(fs: Fs) -> None:
     "ops",
     [
         [],
-        [["create", {"parent": 1, "name": b"x", "mode": 0o644, "uid": 0, "gid": 0}]],
+        [["mkdir", {"parent": 1, "name": b"y", "mode": 0o755, "uid": 0, "gid": 0}]],
         [["unlink", [1, b"x"]]],
         [["unlink"]],
         [["unlink", {"parent": 1, "name": b"x"}]] * (BATCH_OPS_MAX + 1),

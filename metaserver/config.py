@@ -1,0 +1,143 @@
+"""The metaserver's config file: its format, defaults and checks. Pure (reads one file).
+
+Config file (TOML, version 1)::
+
+    id = 1                              # this node's id, >= 1
+    listen = "127.0.0.1:7001"           # peers, clients and chunkservers, one port
+    data_dir = "/var/lib/dfs/meta1"     # the Raft directory (log segments, snapshots)
+    secret_file = "/etc/dfs/secret"     # the cluster secret (mode 0600)
+    chunk_size = 67108864               # optional; bytes, fixed when the cluster is formatted
+    dead_timeout_ms = 10000             # optional; a chunkserver silent this long is dead
+    placement = "weighted"              # optional; weighted | random | round_robin
+    token_ttl_ms = 600000               # optional; lifetime of chunk access tokens
+    repair_interval_ms = 1000           # optional; chunk survey and repair period
+    repair_quiet_ms = 10000             # optional; a chunk touched this recently waits
+    gc_grace_ms = 30000                 # optional; deleted chunks are kept this long
+    replication_jobs = 4                # optional; chunk copies in flight, cluster-wide
+    hold_grace_ms = 15000               # optional; a new leader keeps every unlinked file
+                                        #   this long, while clients announce open files
+    tick_ms = 100                       # optional; Raft tick (elections after 10-20 ticks)
+    election_ticks = 10                 # optional
+    heartbeat_ticks = 1                 # optional
+    snapshot_entries = 10000            # optional; snapshot every N applied entries
+    fsync = true                        # optional; false only for tests
+    join = false                        # optional; true: an empty node added by add_member
+    read_lease = true                   # optional; reads on the leader's lease (same on all)
+    [peers]                             # the initial members, this node included
+    1 = "127.0.0.1:7001"
+    2 = "127.0.0.1:7002"
+    3 = "127.0.0.1:7003"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from dfs.types import NodeId
+from metaserver.holds import HOLD_GRACE_S
+from metaserver.placement import PLACEMENT_POLICIES
+from metaserver.raft.node import NodeConfig
+
+CONFIG_VERSION = 1
+CHUNK_SIZE_DEFAULT = 64 << 20
+CHUNK_SIZE_MIN = 64 << 10  # one checksum block
+CHUNK_SIZE_MAX = 1 << 30
+
+
+@dataclass(slots=True)
+class MetaConfig:
+    node: NodeConfig
+    listen_host: str
+    listen_port: int
+    secret_file: Path
+    chunk_size_bytes: int = CHUNK_SIZE_DEFAULT
+    dead_timeout_s: float = 10.0
+    placement: str = "weighted"
+    token_ttl_ms: int = 600_000
+    repair_interval_s: float = 1.0
+    repair_quiet_s: float = 10.0
+    gc_grace_s: float = 30.0
+    replication_jobs: int = 4
+    hold_grace_s: float = HOLD_GRACE_S
+
+
+def load_config(path: Path) -> MetaConfig:
+    """Parse and check a config file; ``ValueError`` says what is wrong."""
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    known = {
+        "id", "listen", "data_dir", "secret_file", "tick_ms", "election_ticks",
+        "heartbeat_ticks", "snapshot_entries", "fsync", "join", "read_lease", "peers",
+        "chunk_size", "dead_timeout_ms", "placement", "token_ttl_ms", "repair_interval_ms",
+        "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms",
+    }  # fmt: skip
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    try:
+        node_id = NodeId(int(raw["id"]))
+        host, _, port_text = str(raw["listen"]).rpartition(":")
+        peers = {NodeId(int(k)): str(v) for k, v in raw.get("peers", {}).items()}
+        node = NodeConfig(
+            id=node_id,
+            data_dir=Path(raw["data_dir"]),
+            peers=peers,
+            tick_ms=int(raw.get("tick_ms", 100)),
+            election_ticks=int(raw.get("election_ticks", 10)),
+            heartbeat_ticks=int(raw.get("heartbeat_ticks", 1)),
+            snapshot_entries=int(raw.get("snapshot_entries", 10_000)),
+            fsync=bool(raw.get("fsync", True)),
+            join=bool(raw.get("join", False)),
+            read_lease=bool(raw.get("read_lease", True)),
+        )
+        config = MetaConfig(
+            node=node,
+            listen_host=host,
+            listen_port=int(port_text),
+            secret_file=Path(raw["secret_file"]),
+            chunk_size_bytes=int(raw.get("chunk_size", CHUNK_SIZE_DEFAULT)),
+            dead_timeout_s=int(raw.get("dead_timeout_ms", 10_000)) / 1000,
+            placement=str(raw.get("placement", "weighted")),
+            token_ttl_ms=int(raw.get("token_ttl_ms", 600_000)),
+            repair_interval_s=int(raw.get("repair_interval_ms", 1000)) / 1000,
+            repair_quiet_s=int(raw.get("repair_quiet_ms", 10_000)) / 1000,
+            gc_grace_s=int(raw.get("gc_grace_ms", 30_000)) / 1000,
+            replication_jobs=int(raw.get("replication_jobs", 4)),
+            hold_grace_s=int(raw.get("hold_grace_ms", int(HOLD_GRACE_S * 1000))) / 1000,
+        )
+    except KeyError as e:
+        raise ValueError(f"{path}: missing key {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    if node_id < 1 or not host or any(n < 1 for n in peers):
+        raise ValueError(f"{path}: node ids start at 1 and listen is host:port")
+    if not node.join and node_id not in peers:
+        raise ValueError(f"{path}: an initial member must be in [peers]")
+    if node.tick_ms < 1 or node.snapshot_entries < 1:
+        raise ValueError(f"{path}: tick_ms and snapshot_entries must be >= 1")
+    cs = config.chunk_size_bytes
+    if not (CHUNK_SIZE_MIN <= cs <= CHUNK_SIZE_MAX) or cs % CHUNK_SIZE_MIN:
+        raise ValueError(
+            f"{path}: chunk_size must be a multiple of {CHUNK_SIZE_MIN} "
+            f"between {CHUNK_SIZE_MIN} and {CHUNK_SIZE_MAX}"
+        )
+    if config.placement not in PLACEMENT_POLICIES:
+        raise ValueError(f"{path}: placement must be one of {PLACEMENT_POLICIES}")
+    if config.dead_timeout_s <= 0 or config.token_ttl_ms < 1000:
+        raise ValueError(f"{path}: dead_timeout_ms > 0 and token_ttl_ms >= 1000")
+    if (
+        config.repair_interval_s <= 0
+        or config.repair_quiet_s < 0
+        or config.gc_grace_s < 0
+        or config.replication_jobs < 1
+    ):
+        raise ValueError(
+            f"{path}: repair_interval_ms > 0, repair_quiet_ms >= 0, gc_grace_ms >= 0, "
+            "replication_jobs >= 1"
+        )
+    return config
+
+
+__all__ = ["CHUNK_SIZE_DEFAULT", "MetaConfig", "load_config"]

@@ -49,6 +49,9 @@ STATS_ENV = "DFS_MOUNT_STATS"
 # Set to 0 in the mount's environment: every removal waits for its own commit, as before
 # directory leases (for A/B measurements and for ruling them out when chasing a bug).
 DIR_LEASES_ENV = "DFS_DIR_LEASES"
+# Bytes: chunk writes up to this size go to every replica at once (ClientOptions
+# .fanout_write_bytes_max), for A/B measurements of the fan-out.
+FANOUT_ENV = "DFS_FANOUT_BYTES"
 
 
 class MountError(Exception):
@@ -121,6 +124,9 @@ def client_options(config: MountConfig) -> ClientOptions:
         options = dataclasses.replace(options, attr_ttl_s=config.attr_ttl_s)
     if os.environ.get(DIR_LEASES_ENV) == "0":
         options = dataclasses.replace(options, dir_leases=False)
+    fanout = os.environ.get(FANOUT_ENV, "")
+    if fanout.isdigit():
+        options = dataclasses.replace(options, fanout_write_bytes_max=int(fanout))
     return options
 
 

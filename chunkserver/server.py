@@ -521,6 +521,7 @@ class ChunkServer:
             self.handle,
             name=f"cs-{self.cs_id or self.uuid[:8]}",
             role="chunkserver",
+            inline_handler=self.handle_now,
         )
         if cfg.address is None:
             self.address = f"{cfg.listen_host}:{self._rpc.port}"
@@ -587,6 +588,22 @@ class ChunkServer:
             if self.load == 0:
                 self._idle.set()
 
+    def handle_now(
+        self, conn: rpc.Connection, header: dict[str, Any], payload: bytes
+    ) -> rpc.HandlerResult | rpc._Later:
+        """The inline handler (``dfs.rpc``): a ``chunk.read`` whose bytes are all in the page
+        cache is answered in the read callback, with no task and no loop turn (the store
+        reads them on the loop anyway, ``read_cached``); anything else, ``LATER``."""
+        if header.get("op") != "chunk.read" or self._stopping:
+            return rpc.LATER
+        chunk_id, version, offset, size = self._read_fields(header)
+        try:
+            data = self._store().read_cached(chunk_id, version, offset, size)
+        except DfsError as e:
+            e.details.setdefault("address", self.address)
+            raise
+        return rpc.LATER if data is None else ({}, data)
+
     def _check_token(self, h: dict[str, Any], chunk_id: int, version: int, mode: bytes) -> None:
         """TOKEN CACHE: a reader sends the same token with every read of a chunk until it
         expires, and checking its signature (one or two HMAC-SHA256) was a good part of a
@@ -639,9 +656,8 @@ class ChunkServer:
             fields["expect_length"] = expect_length
         await self._with_chain(local, chain, "chunk.write", payload, deadline, fields)
 
-    async def _chunk_read(
-        self, h: dict[str, Any], payload: bytes, timeout_s: float
-    ) -> rpc.HandlerResult:
+    def _read_fields(self, h: dict[str, Any]) -> tuple[int, int, int, int]:
+        """A ``chunk.read``'s (chunk_id, version, offset, size), its token checked."""
         chunk_id = _chunk_id(h)
         version = _u64(h, "version")
         self._check_token(h, chunk_id, version, READ)
@@ -649,6 +665,12 @@ class ChunkServer:
         size = uint_field(h, "size")
         if size > READ_BYTES_MAX:
             raise TooBig(f"read over {READ_BYTES_MAX} bytes", limit=READ_BYTES_MAX)
+        return chunk_id, version, offset, size
+
+    async def _chunk_read(
+        self, h: dict[str, Any], payload: bytes, timeout_s: float
+    ) -> rpc.HandlerResult:
+        chunk_id, version, offset, size = self._read_fields(h)
         store = self._store()
         try:
             # Served on the loop from the page cache, when it can be: no deadline to arm.

@@ -26,7 +26,12 @@ Life of a connection:
    An endpoint may also give a plain function, ``oneway_handler``: it sees every one-way
    frame first, at once, inside the read callback, and returns whether it took it (else the
    frame is queued as above). No task, no queue, no loop turn per frame: for Raft, whose
-   ``receive`` only hands messages to its core and never waits.
+   ``receive`` only hands messages to its core and never waits. Likewise for requests, an
+   ``inline_handler`` sees each request first, inside the read callback, and answers it at
+   once (a result, or a ``DfsError``) or returns ``LATER`` (the request then goes to
+   ``handler`` in a task as usual): a chunkserver's read of cached bytes costs no task and
+   no loop turn. Answers made there leave in one write when the callback ends (with
+   whatever else was queued), not a loop turn later.
 3. Limits: at most ``in_flight_max`` calls in flight (callers wait for a slot) and as many
    running request handlers; past that, or with ``ONEWAY_QUEUE_MAX`` one-way frames queued,
    reading pauses (TCP backpressure) until they drain.
@@ -64,6 +69,17 @@ Payload = bytes | bytearray | memoryview
 HandlerResult = tuple[dict[str, Any], Payload] | None
 Handler = Callable[["Connection", dict[str, Any], bytes], Awaitable[HandlerResult]]
 OnewayHandler = Callable[["Connection", dict[str, Any], bytes], bool]  # True: taken
+
+
+class _Later:
+    """``LATER``: what an inline handler returns for a request it leaves to ``handler``."""
+
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+LATER = _Later()
+InlineHandler = Callable[["Connection", dict[str, Any], bytes], "HandlerResult | _Later"]
 
 # A healthy peer answers the handshake in well under a millisecond on a LAN; 5 s covers a
 # loaded machine and still frees a slot held by a silent or hostile peer quickly.
@@ -110,6 +126,7 @@ class Connection(asyncio.Protocol):
         name: str,
         handler: Handler | None,
         oneway_handler: OnewayHandler | None = None,
+        inline_handler: InlineHandler | None = None,
         in_flight_max: int = IN_FLIGHT_MAX,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
     ) -> None:
@@ -125,6 +142,8 @@ class Connection(asyncio.Protocol):
         self.peername = "?"
         self._handler = handler
         self._oneway_handler = oneway_handler
+        self._inline_handler = inline_handler
+        self._answered_inline = False  # an inline answer is queued: flush after the pump
         self._transport: asyncio.Transport | None = None
         self._decoder = codec.FrameDecoder(
             header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0
@@ -337,6 +356,9 @@ class Connection(asyncio.Protocol):
         except ProtocolError as e:
             self._drop("protocol_error", e)
             return
+        if self._answered_inline:
+            self._answered_inline = False
+            self._flush()  # the answers to what just arrived, in one write
         self._update_reading()
 
     def _dispatch(self, frame: codec.Frame) -> None:
@@ -362,6 +384,8 @@ class Connection(asyncio.Protocol):
             return
         if type(request_id) is not int or request_id < 0:
             raise ProtocolError("request 'id' must be an int >= 0")
+        if self._inline_handler is not None and self._serve_inline(op, request_id, frame):
+            return
         task = self._loop.create_task(self._serve_request(op, request_id, frame))
         self._request_tasks.add(task)
         task.add_done_callback(self._request_done)
@@ -377,6 +401,28 @@ class Connection(asyncio.Protocol):
             log.debug("rpc: late response id=%d from %s", request_id, self.peername)
             return
         future.set_result((header, frame.payload))
+
+    def _serve_inline(self, op: str, request_id: int, frame: codec.Frame) -> bool:
+        """Offer the request to the inline handler; True when it answered (queued)."""
+        assert self._inline_handler is not None
+        payload: Payload = b""
+        try:
+            result = self._inline_handler(self, frame.header, frame.payload)
+            if result is LATER:
+                return False
+            assert not isinstance(result, _Later)
+            fields, payload = result if result is not None else ({}, b"")
+            header = messages.response_ok(request_id, **fields)
+        except DfsError as e:
+            header = messages.response_err(request_id, e)
+            payload = b""
+        except Exception:
+            log.exception("rpc: inline handler for op %r from %s failed", op, self.peername)
+            header = messages.response_err(request_id, InternalError(f"{op} failed"))
+            payload = b""
+        self._respond(op, request_id, header, payload)
+        self._answered_inline = True
+        return True
 
     async def _serve_request(self, op: str, request_id: int, frame: codec.Frame) -> None:
         payload: Payload = b""
@@ -396,11 +442,7 @@ class Connection(asyncio.Protocol):
             payload = b""
         if self.closed:
             return
-        try:
-            self._send_frame(header, payload)
-        except (TypeError, ValueError):
-            log.exception("rpc: cannot encode the response to op %r", op)
-            self._send_frame(messages.response_err(request_id, InternalError(f"{op} failed")))
+        self._respond(op, request_id, header, payload)
         if self._writing_paused:
             try:
                 async with asyncio.timeout(SEND_TIMEOUT_S):
@@ -409,6 +451,13 @@ class Connection(asyncio.Protocol):
                 self._drop("send_timeout", Timeout("peer does not read its responses"))
             except Unavailable:
                 pass  # closed meanwhile; nothing left to do
+
+    def _respond(self, op: str, request_id: int, header: dict[str, Any], payload: Payload) -> None:
+        try:
+            self._send_frame(header, payload)
+        except (TypeError, ValueError):
+            log.exception("rpc: cannot encode the response to op %r", op)
+            self._send_frame(messages.response_err(request_id, InternalError(f"{op} failed")))
 
     def _request_done(self, task: asyncio.Task[None]) -> None:
         self._request_tasks.discard(task)
@@ -677,6 +726,7 @@ async def serve(
     name: str,
     role: str = "server",
     oneway_handler: OnewayHandler | None = None,
+    inline_handler: InlineHandler | None = None,
     in_flight_max: int = IN_FLIGHT_MAX,
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
 ) -> RpcServer:
@@ -688,7 +738,8 @@ async def serve(
     ``handler(conn, header, payload)`` answers requests with ``(fields, payload)`` or
     ``None`` (an empty OK), or raises a ``DfsError`` that the caller receives; for one-way
     frames its result is ignored. ``oneway_handler``, when given, is offered each one-way
-    frame first, synchronously (see the module docstring).
+    frame first, synchronously, and ``inline_handler`` each request (see the module
+    docstring).
     """
     # A missing or short secret is a configuration error: fail now, not per connection.
     Handshake(secret, bytes(NONCE_BYTES), side=Side.ACCEPTOR, role=role, name=name)
@@ -703,6 +754,7 @@ async def serve(
             name=name,
             handler=handler,
             oneway_handler=oneway_handler,
+            inline_handler=inline_handler,
             in_flight_max=in_flight_max,
             handshake_timeout_s=handshake_timeout_s,
         )
@@ -717,8 +769,10 @@ async def serve(
 __all__ = [
     "CALL_TIMEOUT_S",
     "HANDSHAKE_TIMEOUT_S",
+    "LATER",
     "Connection",
     "Handler",
+    "InlineHandler",
     "OnewayHandler",
     "RpcServer",
     "connect",

@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import anyio
+import sniffio
 
 from dfs.client.pool import ConnectionPool
 from dfs.client.records import ChunkLocation, Replica, WriteHandle
@@ -67,6 +69,8 @@ AFFINITY_BYTES = 4 * 1024 * 1024
 # window (32 MiB of 4 MiB blocks). Measured: with 4, a sequential read's bursts moved about a
 # block in five off its ranked replica, and the random reads after it missed those.
 BUSY_IN_FLIGHT_MARGIN = 8
+# Rankings remembered (REGION AFFINITY): one per (chunk, region, replica set) read lately.
+RANKS_MAX = 4096
 
 _READ_FAILOVER = (
     Unavailable,
@@ -94,30 +98,53 @@ class ChunkIo:
         self._pool = pool
         self.io_timeout_s = io_timeout_s
         self.fanout_bytes_max = fanout_bytes_max  # ClientOptions.fanout_write_bytes_max
-        self._suspect_until: dict[str, float] = {}  # address -> monotonic time
+        self._suspect_until: dict[str, float] = {}  # address -> the event loop's time
+        self._ranks: dict[tuple[int, int, tuple[Replica, ...]], tuple[Replica, ...]] = {}
+        self._clock: Callable[[], float] | None = None
+
+    def _now(self) -> float:
+        """The event loop's time, as ``anyio.current_time()`` (the callers' deadlines are
+        on it) without asking which loop runs at every call."""
+        clock = self._clock
+        if clock is None:
+            clock = anyio.current_time
+            if sniffio.current_async_library() == "trio":
+                import trio
+
+                clock = trio.current_time
+            self._clock = clock
+        return clock()
 
     def order(self, replicas: tuple[Replica, ...], chunk_id: int, offset: int) -> list[Replica]:
         """Replicas to try for a read at ``offset`` of the chunk: answering ones first, then
         those not busy, each group in the region's rank order (REGION AFFINITY)."""
+        key = (chunk_id, offset // AFFINITY_BYTES, replicas)
+        ranked = self._ranks.get(key)
+        if ranked is None:
+            region = chunk_id * _MIX_A + key[1] * _MIX_B
+            ranked = tuple(
+                sorted(replicas, key=lambda r: _mix64(region + zlib.crc32(r.address.encode())))
+            )
+            if len(self._ranks) >= RANKS_MAX:
+                self._ranks.clear()
+            self._ranks[key] = ranked
         load = self._pool.in_flight
-        now = anyio.current_time()
         suspect = self._suspect_until
+        if not suspect and (not load or max(load.values()) < BUSY_IN_FLIGHT_MARGIN):
+            return list(ranked)  # nobody suspect, nobody busy: the rank order as it is
+        now = self._now()
         least = min(load.get(r.address, 0) for r in replicas)
-        region = chunk_id * _MIX_A + (offset // AFFINITY_BYTES) * _MIX_B
-        keyed = [
-            (
+        # A stable sort of the ranked replicas: within each group, the rank order stays.
+        return sorted(
+            ranked,
+            key=lambda r: (
                 suspect.get(r.address, 0.0) > now,
                 load.get(r.address, 0) - least >= BUSY_IN_FLIGHT_MARGIN,
-                _mix64(region + zlib.crc32(r.address.encode())),
-                r,
-            )
-            for r in replicas
-        ]
-        keyed.sort(key=lambda item: item[:3])
-        return [item[3] for item in keyed]
+            ),
+        )
 
     def _failed(self, address: str) -> None:
-        self._suspect_until[address] = anyio.current_time() + SUSPECT_S
+        self._suspect_until[address] = self._now() + SUSPECT_S
 
     def _answered(self, address: str) -> None:
         if self._suspect_until:
@@ -142,7 +169,7 @@ class ChunkIo:
         for replica in self.order(location.replicas, location.chunk_id, offset):
             timeout_s = self.io_timeout_s
             if deadline is not None:
-                timeout_s = min(timeout_s, deadline - anyio.current_time())
+                timeout_s = min(timeout_s, deadline - self._now())
                 if timeout_s <= 0:
                     errors.append(Timeout("deadline passed"))
                     break

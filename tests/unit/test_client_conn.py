@@ -184,6 +184,41 @@ async def test_timeout_then_connection_still_usable(server: Server) -> None:
         assert not conn.closed
 
 
+async def test_a_short_deadline_behind_a_long_one_still_times_out(server: Server) -> None:
+    # Under trio, one watchdog per connection keeps the deadlines: a call whose deadline
+    # comes before every pending one's must still get its Timeout on time.
+    async with open_connection(server.address, SECRET, name="cli", timeout_s=5) as conn:
+        long_failed: list[BaseException] = []
+
+        async def long_call() -> None:
+            try:
+                await conn.call("hang", timeout_s=30)
+            except Timeout as e:  # pragma: no cover - would mean the deadlines mixed up
+                long_failed.append(e)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(long_call)
+            await conn.call("echo", timeout_s=5)  # the long call is on its way
+            started = anyio.current_time()
+            with pytest.raises(Timeout):
+                await conn.call("hang", timeout_s=0.2)
+            assert 0.15 < anyio.current_time() - started < 5
+            assert conn.in_flight == 1  # the long one, still waiting
+            tg.cancel_scope.cancel()
+        assert long_failed == []
+        assert conn.in_flight == 0 and not conn.closed
+        assert (await conn.call("echo", x=4, timeout_s=5))[0]["x"] == 4
+
+
+async def test_a_cancelled_call_leaves_the_connection_usable(server: Server) -> None:
+    async with open_connection(server.address, SECRET, name="cli", timeout_s=5) as conn:
+        with anyio.move_on_after(0.1) as scope:
+            await conn.call("hang", timeout_s=30)
+        assert scope.cancelled_caught
+        assert conn.in_flight == 0 and not conn.closed
+        assert (await conn.call("echo", x=5, timeout_s=5))[0]["x"] == 5
+
+
 async def test_wrong_secret_is_auth_error(server: Server, expect_log: Callable[..., None]) -> None:
     expect_log(r"dropping connection event=auth_failed .*secret")
     with pytest.raises(AuthError):

@@ -201,6 +201,53 @@ async def test_oneway_frames_arrive_in_order() -> None:
         assert not conn.send_oneway_nowait({"op": "raft", "seq": 0})
 
 
+async def test_inline_handler_answers_in_the_read_callback(
+    expect_log: Callable[..., None],
+) -> None:
+    """An ``inline_handler`` answers the requests it takes at once (a result, or its error
+    for the caller), with no task; those it leaves (``LATER``) go to the async handler."""
+    expect_log(r"inline handler for op 'now' .* failed", logging.ERROR)
+    inline: list[int] = []
+    queued: list[int] = []
+
+    def now(conn: rpc.Connection, header: dict[str, Any], payload: bytes) -> Any:
+        if header["op"] != "now":
+            return rpc.LATER
+        if header["n"] == 3:
+            raise NotFound("no such thing", n=3)
+        if header["n"] == 4:
+            raise RuntimeError("inline bug")
+        inline.append(header["n"])
+        return {"n": header["n"], "inline": True}, payload
+
+    async def handler(
+        conn: rpc.Connection, header: dict[str, Any], payload: bytes
+    ) -> rpc.HandlerResult:
+        queued.append(header["n"])
+        return {"n": header["n"], "inline": False}, payload
+
+    async with await start(handler, inline_handler=now) as server:
+        conn = await rpc.connect(HOST, server.port, SECRET, name="peer", timeout_s=5)
+        header, payload = await conn.call("now", b"data", n=1, timeout_s=5)
+        assert header["inline"] is True and payload == b"data"
+        header, _ = await conn.call("later", n=2, timeout_s=5)
+        assert header["inline"] is False
+        with pytest.raises(NotFound):
+            await conn.call("now", n=3, timeout_s=5)
+        with pytest.raises(InternalError):
+            await conn.call("now", n=4, timeout_s=5)
+        # Pipelined: answered in one go, each caller its own answer.
+        results = await asyncio.gather(
+            *(conn.call("now" if n % 2 else "later", n=n, timeout_s=5) for n in range(10, 30))
+        )
+        assert [h["n"] for h, _ in results] == list(range(10, 30))
+        assert [h["inline"] for h, _ in results] == [n % 2 == 1 for n in range(10, 30)]
+        assert inline == [1, *range(11, 30, 2)]
+        assert queued == [2, *range(10, 30, 2)]
+        conn.close()
+        await conn.wait_closed()
+
+
 async def test_oneway_handler_takes_frames_in_the_read_callback(
     expect_log: Callable[..., None],
 ) -> None:

@@ -12,67 +12,7 @@ What it must not do: touch chunk files (``store.py`` does, in threads run by ``d
 or decide anything about placement or versions (the metaserver does; this server only
 refuses what the token, the version rules and its limits do not allow).
 
-Config file (TOML, version 1)::
-
-    listen = "127.0.0.1:7101"           # host:port to serve on (port 0: any free port)
-    data_dir = "/var/lib/dfs/cs1"       # chunk files, identity (uuid, cs_id), lock
-    secret_file = "/etc/dfs/secret"     # the cluster secret (dfs.secret format, mode 0600)
-    metaservers = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
-    address = "10.0.0.5:7101"           # optional; where others reach us (default: listen)
-    capacity_bytes = 0                  # optional; 0: the size of data_dir's file system
-    heartbeat_ms = 1000                 # optional; 10 .. 60000
-    fsync = true                        # optional; false only for tests
-    disk_jobs = 4                       # optional; disk operations running at once, 1 .. 64
-    replicate_bytes_per_s = 67108864    # optional; chunk.replicate copy rate, all copies
-                                        # together (default 64 MiB/s; 0: no limit)
-    replicate_jobs = 2                  # optional; copies at once, 1 .. 64 (more wait)
-    report_interval_ms = 60000          # optional; block report period, 10 .. 86400000
-    report_chunks_per_call = 8192       # optional; 1 .. 8192 (smaller only for tests)
-    scrub_bytes_per_s = 16777216        # optional; scrubber rate (default 16 MiB/s; 0: off)
-    scrub_interval_ms = 0               # optional; pause between scrub passes, 0 .. 86400000
-    inject_eio_chunk_ids = []           # optional; TESTS ONLY: reads and data writes of
-                                        # replicas of these chunk ids fail as with EIO
-
-Unknown keys are refused; a bad config exits with code 2 and says what is wrong.
-
-Data directory (besides the store's ``chunks/`` and ``quarantine/``, see ``store.py``)::
-
-    lock    flock()ed while a server runs on the directory: two servers never share one
-    uuid    this server's identity, made on first start (a uuid4, one line)
-    cs_id   the id the metaserver gave that uuid (one line), for logs and ``cs.status``
-
-Ops (docs/PROTOCOL.md; ``timeout_ms`` optional on every request, default 5000, at most
-60000)::
-
-    chunk.write  {chunk_id, version, length, offset, token, expiry_ms, chain, sync, [size],
-                  [expect_length]} + payload -> {}
-    chunk.read   {chunk_id, version, offset, size, token, expiry_ms} -> payload
-    chunk.sync   {chunk_id, version, token, expiry_ms, chain, [expect_length]} -> {}
-    chunk.info   {chunk_id} -> {version, length}
-    chunk.delete {chunks: [[chunk_id, version], ...]} -> {deleted: [chunk_id, ...]}
-    chunk.replicate {chunk_id, version, length, sources, token, expiry_ms} -> {length}
-    cs.status    {} -> {cs_id, uuid, address, capacity_bytes, used_bytes, chunks, pid,
-                        scrub_bytes, scrub_passes, bad_chunks}
-
-Chain replication: ``chunk.write`` and ``chunk.sync`` run locally and, at the same time, on
-``chain[0]`` with ``chain[1:]``; the answer comes only when both succeeded. An error carries
-``address`` in its details: the server where it happened (ours, or the one a downstream
-server named), so that the client can report the failing replica. The forwarded request
-carries a deadline 10 % shorter than ours, so a downstream timeout reaches us before our own.
-
-Heartbeats: on start, ``cs.register`` (uuid, address, capacity, used, pid) to the leader
-(the last one known first, then each configured address; ``NotLeader`` hints are followed),
-then ``cs.heartbeat`` every ``heartbeat_ms``. A heartbeat answered ``NotFound`` (the leader
-does not know our id) registers again. With no metaserver answering, data is still served
-and the attempts go on; the change of state (reachable / unreachable) is logged once. The
-capacity sent is the store's ``capacity_now``: a full file system shows as full.
-
-Block reports ride on the heartbeat rounds: after a round that reached the leader, a report
-is sent if none has gone to that leader yet (so right after each registration and each
-change of leader) or ``report_interval_ms`` passed since the last. Its parts go back to back
-to one leader; a failure, or a leader change between parts, leaves it due for the next
-round. Bad replicas (store.py rule 6) have their own loop: woken by the store's ``on_bad``
-hook, and every ``heartbeat_ms`` while some are unacknowledged.
+The config file and the data directory (lock, identity): ``chunkserver/config.py``.
 
 Shutdown on SIGTERM/SIGINT: stop listening, refuse new requests, let the ones in flight
 finish (at most ``DRAIN_TIMEOUT_S``), close connections, wait for disk jobs, exit 0.
@@ -82,18 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import time
-import tomllib
-import uuid as uuidlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
-from chunkserver.disk import DISK_JOBS_MAX, AsyncChunkStore, ChunkLock
+from chunkserver.config import (
+    DataDirError,
+    ServerConfig,
+    load_config,
+    load_identity,
+    lock_data_dir,
+    write_small_file,
+)
+from chunkserver.disk import AsyncChunkStore, ChunkLock
 from chunkserver.format import CHUNK_BYTES_MAX, CHUNK_ID_MAX, VERSION_MAX
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.repair import Scrubber, Throttle, copy_in
@@ -119,7 +62,6 @@ log = logging.getLogger("chunkserver")
 
 T = TypeVar("T")
 
-CONFIG_VERSION = 1
 # docs/PROTOCOL.md: every request may carry timeout_ms, default 5000, at most 60000.
 OP_TIMEOUT_MS_DEFAULT = 5000
 OP_TIMEOUT_MS_MAX = 60_000
@@ -136,216 +78,13 @@ META_CALL_TIMEOUT_S = 2.0
 HINT_HOPS_MAX = 3
 # How long a stopping server lets requests in flight finish before it closes connections.
 DRAIN_TIMEOUT_S = 5.0
-HEARTBEAT_MS_MIN = 10
-HEARTBEAT_MS_MAX = 60_000
-DISK_JOBS_LIMIT = 64
 # docs/PROTOCOL.md limits of the repair ops.
 DELETE_CHUNKS_MAX = 4096
 SOURCES_MAX = 16
-REPORT_CHUNKS_PER_CALL_MAX = 8192
 BAD_CHUNKS_PER_CALL_MAX = 4096
 # Signatures of access tokens remembered (``ChunkServer._check_token``): a client's reader
 # holds one token per chunk, so this covers the chunks of many clients' open files.
 TOKENS_VERIFIED_MAX = 4096
-# Defaults: a copy at 64 MiB/s moves a 64 MiB chunk in a second without taking a disk's
-# whole bandwidth from clients; the scrubber at 16 MiB/s reads a 1 TB disk in under a day.
-REPLICATE_BYTES_PER_S = 64 * 1024 * 1024
-REPLICATE_JOBS = 2
-REPORT_INTERVAL_MS = 60_000
-SCRUB_BYTES_PER_S = 16 * 1024 * 1024
-INTERVAL_MS_MAX = 86_400_000  # a day
-INJECT_EIO_IDS_MAX = 1024
-
-_CONFIG_KEYS = {
-    "listen", "data_dir", "secret_file", "metaservers", "address", "capacity_bytes",
-    "heartbeat_ms", "fsync", "disk_jobs", "replicate_bytes_per_s", "replicate_jobs",
-    "report_interval_ms", "report_chunks_per_call", "scrub_bytes_per_s", "scrub_interval_ms",
-    "inject_eio_chunk_ids",
-}  # fmt: skip
-
-
-# ---------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    listen_host: str
-    listen_port: int
-    data_dir: Path
-    secret_file: Path
-    metaservers: tuple[str, ...]
-    address: str | None = None  # None: the listen address (with the bound port)
-    capacity_bytes: int = 0
-    heartbeat_ms: int = 1000
-    fsync: bool = True
-    disk_jobs: int = DISK_JOBS_MAX
-    replicate_bytes_per_s: int = REPLICATE_BYTES_PER_S
-    replicate_jobs: int = REPLICATE_JOBS
-    report_interval_ms: int = REPORT_INTERVAL_MS
-    report_chunks_per_call: int = REPORT_CHUNKS_PER_CALL_MAX
-    scrub_bytes_per_s: int = SCRUB_BYTES_PER_S
-    scrub_interval_ms: int = 0
-    inject_eio_chunk_ids: tuple[int, ...] = ()
-
-
-def load_config(path: Path) -> ServerConfig:
-    """Parse and check a config file; ``ValueError`` says what is wrong."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from None
-    unknown = set(raw) - _CONFIG_KEYS
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(_CONFIG_KEYS)})")
-
-    def get(key: str, tp: type[T], default: T | None = None) -> T:
-        # (A default of None makes the key required.)
-        if key not in raw:
-            if default is None:
-                raise ValueError(f"{path}: missing key {key!r}")
-            return default
-        value = raw[key]
-        if type(value) is not tp:
-            raise ValueError(f"{path}: {key} must be a {tp.__name__}, not {value!r}")
-        return value
-
-    def address(key: str, value: str) -> tuple[str, int]:
-        try:
-            host, port = parse_address(value)
-        except Invalid:
-            raise ValueError(f"{path}: {key} must be 'host:port', not {value!r}") from None
-        return host, port
-
-    listen = get("listen", str)
-    # Port 0 (any free port) is allowed here only: it is a local choice, never an address.
-    listen_host, _, port_text = listen.rpartition(":")
-    listen_host = listen_host.removeprefix("[").removesuffix("]")
-    if not listen_host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise ValueError(f"{path}: listen must be 'host:port', not {listen!r}")
-    listen_port = int(port_text)
-    metaservers = get("metaservers", list)
-    if not metaservers or not all(isinstance(m, str) for m in metaservers):
-        raise ValueError(f"{path}: metaservers must be a non-empty list of 'host:port'")
-    for m in metaservers:
-        address("metaservers", m)
-    advertised = raw.get("address")
-    if advertised is not None:
-        if not isinstance(advertised, str):
-            raise ValueError(f"{path}: address must be a string")
-        address("address", advertised)
-    elif listen_host in ("0.0.0.0", "::"):
-        # Peers and the metaserver need an address they can reach: a wildcard is none.
-        raise ValueError(f"{path}: listening on {listen!r} needs an 'address' to advertise")
-    config = ServerConfig(
-        listen_host=listen_host,
-        listen_port=listen_port,
-        data_dir=Path(get("data_dir", str)),
-        secret_file=Path(get("secret_file", str)),
-        metaservers=tuple(metaservers),
-        address=advertised,
-        capacity_bytes=get("capacity_bytes", int, 0),
-        heartbeat_ms=get("heartbeat_ms", int, 1000),
-        fsync=get("fsync", bool, True),
-        disk_jobs=get("disk_jobs", int, DISK_JOBS_MAX),
-        replicate_bytes_per_s=get("replicate_bytes_per_s", int, REPLICATE_BYTES_PER_S),
-        replicate_jobs=get("replicate_jobs", int, REPLICATE_JOBS),
-        report_interval_ms=get("report_interval_ms", int, REPORT_INTERVAL_MS),
-        report_chunks_per_call=get("report_chunks_per_call", int, REPORT_CHUNKS_PER_CALL_MAX),
-        scrub_bytes_per_s=get("scrub_bytes_per_s", int, SCRUB_BYTES_PER_S),
-        scrub_interval_ms=get("scrub_interval_ms", int, 0),
-        inject_eio_chunk_ids=tuple(get("inject_eio_chunk_ids", list, [])),
-    )
-    if config.capacity_bytes < 0:
-        raise ValueError(f"{path}: capacity_bytes must be >= 0 (0: the file system's size)")
-    if not HEARTBEAT_MS_MIN <= config.heartbeat_ms <= HEARTBEAT_MS_MAX:
-        raise ValueError(
-            f"{path}: heartbeat_ms must be between {HEARTBEAT_MS_MIN} and {HEARTBEAT_MS_MAX}"
-        )
-    if not 1 <= config.disk_jobs <= DISK_JOBS_LIMIT:
-        raise ValueError(f"{path}: disk_jobs must be between 1 and {DISK_JOBS_LIMIT}")
-    for key in ("replicate_bytes_per_s", "scrub_bytes_per_s"):
-        if getattr(config, key) < 0:
-            raise ValueError(f"{path}: {key} must be >= 0 (0: no limit / off)")
-    if not 1 <= config.replicate_jobs <= DISK_JOBS_LIMIT:
-        raise ValueError(f"{path}: replicate_jobs must be between 1 and {DISK_JOBS_LIMIT}")
-    if not HEARTBEAT_MS_MIN <= config.report_interval_ms <= INTERVAL_MS_MAX:
-        raise ValueError(
-            f"{path}: report_interval_ms must be between {HEARTBEAT_MS_MIN} and {INTERVAL_MS_MAX}"
-        )
-    if not 1 <= config.report_chunks_per_call <= REPORT_CHUNKS_PER_CALL_MAX:
-        raise ValueError(
-            f"{path}: report_chunks_per_call must be between 1 and {REPORT_CHUNKS_PER_CALL_MAX}"
-        )
-    if not 0 <= config.scrub_interval_ms <= INTERVAL_MS_MAX:
-        raise ValueError(f"{path}: scrub_interval_ms must be between 0 and {INTERVAL_MS_MAX}")
-    ids = config.inject_eio_chunk_ids
-    if len(ids) > INJECT_EIO_IDS_MAX or not all(
-        type(i) is int and 0 < i <= CHUNK_ID_MAX for i in ids
-    ):
-        raise ValueError(f"{path}: inject_eio_chunk_ids must be a list of chunk ids")
-    return config
-
-
-# ---------------------------------------------------------------------- data directory
-
-
-class DataDirError(Exception):
-    """The data directory cannot be used (locked by another server, unreadable identity)."""
-
-
-def _write_small_file(path: Path, text: str) -> None:
-    """Replace ``path`` atomically and durably (temp file, fsync, rename, fsync dir)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, text.encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def lock_data_dir(data_dir: Path) -> int:
-    """Take the directory's lock for the life of the process; returns the fd to keep."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirError(f"{data_dir} is in use by another chunkserver") from None
-    return fd
-
-
-def load_identity(data_dir: Path) -> tuple[str, int]:
-    """(uuid, cs_id) from the data directory; makes the uuid on first start. cs_id 0: not
-    registered yet (ids given by the metaserver start at 1)."""
-    uuid_path = data_dir / "uuid"
-    try:
-        text = uuid_path.read_text().strip()
-    except FileNotFoundError:
-        text = str(uuidlib.uuid4())
-        _write_small_file(uuid_path, text)
-    try:
-        uuid = str(uuidlib.UUID(text))
-    except ValueError:
-        raise DataDirError(f"{uuid_path} does not hold a uuid") from None
-    cs_id = 0
-    try:
-        cs_text = (data_dir / "cs_id").read_text().strip()
-    except FileNotFoundError:
-        cs_text = ""
-    if cs_text:
-        if not cs_text.isdigit():
-            raise DataDirError(f"{data_dir / 'cs_id'} does not hold an id")
-        cs_id = int(cs_text)
-    return uuid, cs_id
 
 
 # ---------------------------------------------------------------------- request fields
@@ -916,7 +655,7 @@ class ChunkServer:
                 # afresh. Follow it (it decides ids); the old id's chunks are its to judge.
                 log.warning("chunkserver cs=%d event=cs_id_changed new=%d uuid=%s",
                             self.cs_id, cs_id, self.uuid)  # fmt: skip
-            await asyncio.to_thread(_write_small_file, self.config.data_dir / "cs_id", str(cs_id))
+            await asyncio.to_thread(write_small_file, self.config.data_dir / "cs_id", str(cs_id))
             self.cs_id = cs_id
             self._store().store.log_prefix = self._log_prefix()
         self._log(logging.INFO, "registered", uuid=self.uuid, metaserver=self._meta_leader)
@@ -1090,4 +829,4 @@ def main(argv: list[str] | None = None) -> int:
     return daemon.main("chunkserver", argv, load_config, serve, fast_loop=True)
 
 
-__all__ = ["CONFIG_VERSION", "ChunkServer", "ServerConfig", "load_config", "main", "serve"]
+__all__ = ["ChunkServer", "main", "serve"]

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 import anyio
 import sniffio
@@ -54,6 +55,8 @@ from dfs.wire.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # The protocol's largest chunk.read (PROTOCOL.md); callers split larger ranges.
 READ_BYTES_MAX = 16 * 1024 * 1024
@@ -83,6 +86,29 @@ _READ_FAILOVER = (
     InternalError,
 )
 _OUTDATED = (Stale, NotFound, PermissionDenied)
+
+
+async def gather(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run ``calls`` concurrently; their results in order. The first exception (in call
+    order) is raised once all have ended, not wrapped in an ``ExceptionGroup``."""
+    if len(calls) == 1:
+        return [await calls[0]()]
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException | None] = [None] * len(calls)
+
+    async def run(i: int) -> None:
+        try:
+            results[i] = await calls[i]()
+        except Exception as e:
+            errors[i] = e
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(calls)):
+            tg.start_soon(run, i)
+    for error in errors:
+        if error is not None:
+            raise error
+    return results
 
 
 class ChunkIo:
@@ -276,12 +302,11 @@ class ChunkIo:
         spent twice more is a few KiB. What the writer is told is the same: done when every
         replica acknowledged; else the error of the first replica (in chain order) that
         failed, with its ``address``, as a chain reports the member that failed."""
-        errors: list[DfsError | None] = [None] * len(chain)
 
-        async def one(i: int) -> None:
+        async def one(replica: Replica) -> None:
             try:
                 await self._pool.call(
-                    chain[i].address,
+                    replica.address,
                     "chunk.write",
                     data,
                     timeout_s=self.io_timeout_s,
@@ -289,15 +314,10 @@ class ChunkIo:
                     **fields,
                 )
             except DfsError as e:
-                e.details.setdefault("address", chain[i].address)
-                errors[i] = e
+                e.details.setdefault("address", replica.address)
+                raise
 
-        async with anyio.create_task_group() as tg:
-            for i in range(len(chain)):
-                tg.start_soon(one, i)
-        for error in errors:
-            if error is not None:
-                raise error
+        await gather([partial(one, replica) for replica in chain])
 
     async def sync(self, handle: WriteHandle, *, expect_length: int | None = None) -> None:
         """fsync the chunk on every replica of the chain (each at least ``expect_length``
@@ -336,4 +356,4 @@ def _texts(errors: list[DfsError]) -> list[str]:
     return [str(e) for e in errors]
 
 
-__all__ = ["READ_BYTES_MAX", "ChunkIo"]
+__all__ = ["READ_BYTES_MAX", "ChunkIo", "gather"]

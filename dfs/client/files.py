@@ -79,18 +79,14 @@ import dataclasses
 import logging
 import stat
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
-from dfs.client.cache import LocationCache
-from dfs.client.chunkio import READ_BYTES_MAX, ChunkIo
-from dfs.client.meta import MetaClient
-from dfs.client.options import ClientOptions
-from dfs.client.records import Attr, ChunkLocation, WriteHandle
+from dfs.client.chunkio import gather
+from dfs.client.fileio import FileIo
+from dfs.client.records import Attr, WriteHandle
 from dfs.wire.errors import (
     Busy,
     Corrupt,
@@ -107,17 +103,9 @@ from dfs.wire.errors import (
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# fs.locate batch: chunks asked for when one is missing from the cache (so a sequential
-# read locates once per batch) and the protocol's largest count.
-LOCATE_BATCH = 64
-LOCATE_COUNT_MAX = 1024
 # A write handle this close to its expiry is renewed before use: a chunk.write must reach
 # the end of the chain before the token expires.
 HANDLE_MARGIN_MS = 5_000
-# First pause before locating a chunk again after a failed read (doubling per attempt).
-STALE_BACKOFF_MIN_S = 0.005
 # The bits of a mode that ``set_attrs`` changes (never the file type).
 PERMISSION_BITS = 0o7777
 # Backoff between attempts of an upload after a replica failed.
@@ -145,91 +133,10 @@ def _lost_replica(handle: WriteHandle, e: DfsError) -> int | None:
     return None
 
 
-async def gather(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
-    """Run ``calls`` concurrently; their results in order. The first exception (in call
-    order) is raised once all have ended, not wrapped in an ``ExceptionGroup``."""
-    if len(calls) == 1:
-        return [await calls[0]()]
-    results: list[Any] = [None] * len(calls)
-    errors: list[BaseException | None] = [None] * len(calls)
-
-    async def run(i: int) -> None:
-        try:
-            results[i] = await calls[i]()
-        except Exception as e:
-            errors[i] = e
-
-    async with anyio.create_task_group() as tg:
-        for i in range(len(calls)):
-            tg.start_soon(run, i)
-    for error in errors:
-        if error is not None:
-            raise error
-    return results
-
-
 def _deadline_error(what: str, last: DfsError | None) -> DfsError:
     if last is None or isinstance(last, Timeout):
         return Timeout(f"{what}: no success before the deadline (last: {last})")
     return Unavailable(f"{what}: no success before the deadline (last: {last})")
-
-
-class FileIo:
-    """What open files share: the servers, the location cache, the task group."""
-
-    def __init__(
-        self,
-        *,
-        meta: MetaClient,
-        chunks: ChunkIo,
-        locations: LocationCache,
-        task_group: TaskGroup,
-        chunk_size: int,
-        options: ClientOptions,
-        on_attr: Callable[[Attr], None],
-        defer_commit: Callable[[Any, int, dict[str, Any]], Attr | None] | None = None,
-        land_commits: Callable[[int], Awaitable[None]] | None = None,
-    ) -> None:
-        self.meta = meta
-        self.chunks = chunks
-        self.locations = locations
-        self.task_group = task_group
-        self.chunk_size = chunk_size
-        self.options = options
-        self.on_attr = on_attr  # attributes fresh from the metaserver (commit, truncate)
-        # A new file's commit through the directory lease's queue (dirleases.py): given
-        # ``OpenInode.created_under``, the ino and the commit's fields, the attributes it
-        # will give, or None (commit it the synchronous way); and the wait for them.
-        self.defer_commit = defer_commit
-        self.land_commits = land_commits
-
-    async def locate(self, ino: int, first: int, last: int) -> dict[int, ChunkLocation | None]:
-        """Locations of chunks ``first..last`` (None: a hole), from the cache or batched
-        ``fs.locate`` calls."""
-        result: dict[int, ChunkLocation | None] = {}
-        missing: list[int] = []
-        for index in range(first, last + 1):
-            known, location = self.locations.get(ino, index)
-            if known:
-                result[index] = location
-            else:
-                missing.append(index)
-        while missing:
-            start = missing[0]
-            count = min(LOCATE_COUNT_MAX, max(last - start + 1, LOCATE_BATCH))
-            epoch = self.locations.epoch(ino)
-            header = await self.meta.read("fs.locate", ino=ino, index=start, count=count)
-            found: dict[int, ChunkLocation] = {}
-            for wire in header.get("chunks", []):
-                location = ChunkLocation.from_wire(wire)
-                if start <= location.index < start + count:
-                    found[location.index] = location
-            for index in range(start, start + count):
-                self.locations.put(ino, index, found.get(index), epoch=epoch)
-            for index in [i for i in missing if i < start + count]:
-                result[index] = found.get(index)
-            missing = [i for i in missing if i >= start + count]
-        return result
 
 
 class _Upload:
@@ -1032,87 +939,13 @@ class OpenInode:
 
     async def _fetch(self, start: int, end: int) -> bytes:
         """Bytes [start, end) from the chunkservers, holes and junk zero-filled."""
-        io = self.io
-        chunk_size = io.chunk_size
-        first, last = start // chunk_size, (end - 1) // chunk_size
         # Taken before locating: a commit that lands meanwhile clears ``_written`` after the
         # table has the lengths, and the answer may predate the commit.
-        written = dict(self._written)
-        locations = await io.locate(self.ino, first, last)
-        piece_bytes = min(io.options.read_piece_bytes, READ_BYTES_MAX)
-        # (file offset, size) of each range to ask a replica for, in order.
-        pieces: list[tuple[int, int, int]] = []  # (chunk index, file offset, size)
-        for index in range(first, last + 1):
-            base = index * chunk_size
-            a, b = max(start, base), min(end, base + chunk_size)
-            location = locations.get(index)
-            valid = max(location.length if location else 0, written.get(index, 0))
-            b = min(b, base + valid)
-            while a < b:
-                size = min(piece_bytes, b - a)
-                pieces.append((index, a, size))
-                a += size
-        if not pieces:
-            return bytes(end - start)
-        deadline = anyio.current_time() + io.options.timeout_s
-        results = await gather(
-            [
-                partial(
-                    self._read_piece,
-                    index,
-                    locations.get(index),
-                    at - index * chunk_size,
-                    size,
-                    deadline,
-                )
-                for index, at, size in pieces
-            ]
-        )
-        if len(pieces) == 1 and pieces[0][1] == start and len(results[0]) == end - start:
-            return results[0]  # one replica answer covers it all: no copy
-        segments: list[bytes | memoryview] = []
-        pos = start
-        for (_, at, size), payload in zip(pieces, results, strict=True):
-            if at > pos:
-                segments.append(bytes(at - pos))
-            segments.append(payload[:size])
-            pos = at + min(len(payload), size)
-        if pos < end:
-            segments.append(bytes(end - pos))
-        return b"".join(segments)
-
-    async def _read_piece(
-        self, index: int, location: ChunkLocation | None, offset: int, size: int, deadline: float
-    ) -> bytes:
-        """One chunk range from a replica, locating the chunk again after ``Stale`` (its
-        version moved: a write is on its way, or a replica set changed) or after every
-        replica failed, with backoff, until ``deadline``."""
-        io = self.io
-        backoff_s = STALE_BACKOFF_MIN_S
-        while True:
-            if location is None:
-                # A hole the cache knew of, or the chunk vanished (a truncate elsewhere).
-                return b""
-            # Bytes the table says exist must come back; past them, zeros are right.
-            expect = max(0, min(size, location.length - offset))
-            try:
-                return await io.chunks.read(
-                    location, offset, size, expect=expect, deadline=deadline
-                )
-            except (Stale, Unavailable, Timeout) as e:
-                io.locations.drop(self.ino, index)
-                if anyio.current_time() + backoff_s >= deadline:
-                    raise
-                log.debug("ino %d chunk %d: read failed (%s); locating again", self.ino, index, e)
-                # A write in flight bumps the chunk table's version before the replicas
-                # take it; that lasts one chunk.write, so the first retries come quickly.
-                await anyio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
-                location = (await io.locate(self.ino, index, index)).get(index)
+        return await self.io.fetch(self.ino, start, end, dict(self._written))
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-__all__ = ["FileIo", "OpenInode", "attr_stamp", "gather"]
+__all__ = ["OpenInode", "attr_stamp"]

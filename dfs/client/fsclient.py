@@ -58,7 +58,8 @@ from dfs.client.cache import Clock, LocationCache, MetaCache
 from dfs.client.chunkio import ChunkIo
 from dfs.client.conn import single_errors
 from dfs.client.dirleases import DirLease, DirLeases
-from dfs.client.files import FileIo, OpenInode, attr_stamp
+from dfs.client.fileio import FileIo
+from dfs.client.files import OpenInode, attr_stamp
 from dfs.client.handle import File, check_open_flags
 from dfs.client.holdsync import HoldSync
 from dfs.client.inopool import InoPool

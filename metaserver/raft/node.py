@@ -139,7 +139,7 @@ from dfs.wire.errors import (
 )
 from metaserver.raft.core import Config, NotLeaderError, ProposalDroppedError, RawNode, Status
 from metaserver.raft.peer import Peer
-from metaserver.raft.storage import PREALLOCATE_BYTES, RaftStorage
+from metaserver.raft.storage import PREALLOCATE_BYTES, RaftStorage, StorageFailedError
 from metaserver.raft.types import (
     NONE,
     ConfChange,
@@ -227,6 +227,9 @@ class RaftNode:
         # the loop task in ``_handed``.
         self._busy = False
         self._handed: Ready | None = None
+        # A hard state that changed only its commit index, not written yet: it goes with
+        # the next write (``_persist``), or the loop task writes it when idle.
+        self._hs_unwritten: HardState | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._peers: dict[NodeId, Peer] = {}
         self._stopped = False
@@ -328,7 +331,8 @@ class RaftNode:
             loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(STOP_DISK_TIMEOUT_S):
-                    await loop.run_in_executor(self._disk, storage.close)
+                    hs = self._take_unwritten_hs()
+                    await loop.run_in_executor(self._disk, _close_storage, storage, hs)
             except TimeoutError:
                 log.error("raft node=%d event=stop disk thread did not finish", self.id)
         self._disk.shutdown(wait=False)
@@ -509,6 +513,9 @@ class RaftNode:
                             self._busy = False
                         continue
                     if not raw.has_ready():
+                        hs = self._take_unwritten_hs()
+                        if hs is not None:
+                            storage.set_hard_state(hs)  # idle: the disk thread is too
                         self._wakeup.clear()
                         await self._wakeup.wait()
                         continue
@@ -586,6 +593,10 @@ class RaftNode:
             and self.applied_index - self._snapshot_index >= self.config.snapshot_entries
         )
 
+    def _take_unwritten_hs(self) -> HardState | None:
+        hs, self._hs_unwritten = self._hs_unwritten, None
+        return hs
+
     def _term_vote_changed(self, rd: Ready) -> bool:
         """Whether ``rd`` changes the durable term or vote; notes its term."""
         hs = rd.hard_state
@@ -605,7 +616,7 @@ class RaftNode:
         if rd.entries or rd.must_sync:
             # See the module docstring: the commit waits for this write anyway, and a hop
             # to the disk thread and back would cost two thread wake-ups.
-            _persist(storage, rd)
+            _persist(storage, rd, self._take_unwritten_hs())
             if not early:
                 self._send(rd.messages)
             self._apply(rd.committed_entries)
@@ -614,9 +625,10 @@ class RaftNode:
             if not early:
                 self._send(rd.messages)
             if rd.hard_state is not None:
-                # Only the commit index moved: a small write to the page cache, no fsync
-                # (a lost commit index is relearned from the leader), after the answers.
-                storage.set_hard_state(rd.hard_state)
+                # Only the commit index moved: it is written later, with the next write or
+                # by the idle loop task (never fsynced: a lost commit index is relearned
+                # from the leader). Written here, it would delay the proposers' answers.
+                self._hs_unwritten = rd.hard_state
         self._finish_ready(raw, rd)
 
     async def _handle_ready(self, raw: RawNode, rd: Ready) -> None:
@@ -630,7 +642,8 @@ class RaftNode:
             self._term_vote_changed(rd)
             # The rare path, strictly in order: the snapshot replaces the state that any
             # entry of this Ready would be applied to.
-            await loop.run_in_executor(self._disk, _persist, storage, rd)
+            hs_before = self._take_unwritten_hs()
+            await loop.run_in_executor(self._disk, _persist, storage, rd, hs_before)
             self._restore(rd.snapshot)
             log.info(
                 "raft node=%d event=snapshot_installed index=%d term=%d",
@@ -643,7 +656,8 @@ class RaftNode:
             early = self.config.leader_sends_before_persist and self._leading(rd) and not changed
             if early:
                 self._send(rd.messages)
-            disk = loop.run_in_executor(self._disk, _persist, storage, rd)
+            hs_before = self._take_unwritten_hs()
+            disk = loop.run_in_executor(self._disk, _persist, storage, rd, hs_before)
             # Committed entries are durable here already (the core hands out only entries
             # that an earlier Ready persisted) and on a quorum: apply them, and answer
             # their proposers, while this Ready's new entries are being written.
@@ -928,13 +942,24 @@ class RaftNode:
         peer.send({"op": RAFT_OP, "v": PEER_WIRE_VERSION, "m": wires}, payload)
 
 
-def _persist(storage: RaftStorage, rd: Ready) -> None:
-    """Step 1 and 2 of a Ready, on the disk thread."""
+def _persist(storage: RaftStorage, rd: Ready, hs_before: HardState | None) -> None:
+    """Step 1 and 2 of a Ready (on the disk thread, or inline). ``hs_before``: an earlier
+    hard state not written yet (``_hs_unwritten``); the Ready's own supersedes it."""
     if rd.snapshot is not None:
         storage.install_snapshot(rd.snapshot)
-    storage.append(rd.entries, rd.hard_state)  # one write for both
+    storage.append(rd.entries, rd.hard_state or hs_before)  # one write for both
     if rd.must_sync:
         storage.sync()
+
+
+def _close_storage(storage: RaftStorage, hs: HardState | None) -> None:
+    """Write a commit index not written yet, then close (on the disk thread)."""
+    try:
+        if hs is not None:
+            storage.set_hard_state(hs)
+    except (StorageFailedError, OSError):
+        pass  # a lost commit index is relearned from the leader; close anyway
+    storage.close()
 
 
 def _copy(error: DfsError) -> DfsError:

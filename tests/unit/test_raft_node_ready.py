@@ -49,9 +49,16 @@ async def _leader(servers: list[KvServer]) -> KvServer:
     raise AssertionError(f"no leader in {LEADER_DEADLINE_S} s")
 
 
+def _stored_commit(server: KvServer) -> int:
+    storage = server.node._storage
+    assert storage is not None
+    return int(storage._hard_state.commit)
+
+
 def test_followers_write_and_acknowledge_in_the_read_callback(tmp_path: Path) -> None:
     """Every follower Ready that carries entries is handled where the append arrived (in
-    the read callback); the loop task handles none of them. The puts still commit."""
+    the read callback); the loop task handles none of them. The puts still commit, and the
+    commit index, written after the answers, reaches every node's storage."""
 
     async def main() -> None:
         servers = await _cluster(tmp_path)
@@ -82,6 +89,11 @@ def test_followers_write_and_acknowledge_in_the_read_callback(tmp_path: Path) ->
             for s in followers:
                 with_entries = [rd for rd in by_loop_task[s.node.id] if rd.entries]
                 assert with_entries == [], f"node {s.node.id}: {len(with_entries)} by the task"
+            # A commit index that moved alone is written later, not lost: once idle, every
+            # node's storage has the last commit.
+            while any(_stored_commit(s) < last for s in servers):
+                assert loop.time() < deadline, "a commit index was never written"
+                await asyncio.sleep(0.01)  # polling interval
         finally:
             for s in servers:
                 await s.stop()

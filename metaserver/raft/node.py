@@ -35,7 +35,8 @@ read from a peer's connection are stepped in the read callback (``take_frame``),
 they all are (``rpc.Connection.after_read``), the Ready they made is handled right there
 when the loop task is idle and the Ready needs no wait: no snapshot, and nothing to write or
 a write made inline (below). That is a follower's append and acknowledgement, and a leader's
-commit with its proposers' answers: the commit's path then costs no loop turn on either.
+commit with its proposers' answers: the commit's path then waits for no wake-up of the loop
+task on either.
 Any other Ready, and every Ready of the other inputs, goes to the loop task.
 
 Only one Ready is in flight. While its disk work runs on the thread, the loop stays free to

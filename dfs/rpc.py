@@ -10,8 +10,12 @@ response resolves its caller's future right there, with no reader task hop, no
 ``StreamReader`` buffer copy and no coroutine per read. Writes are coalesced: small frames
 written in one event-loop iteration leave in one ``transport.write`` (one syscall), which is
 what lets many small Raft messages per tick go out cheaply; large payloads are written as
-their own buffer, uncopied. Nobody drains after each message; a writer waits only while the
-transport's buffer is above its high-water mark (``pause_writing``/``resume_writing``).
+their own buffer, uncopied. A lone frame does not wait for the end of the iteration: a call
+made while no other call of the connection is waiting, and the response of a request that
+was the only one running, are written at once (one loop turn less on a lightly loaded
+connection's round trip; there is nothing to coalesce them with). Nobody drains after each
+message; a writer waits only while the transport's buffer is above its high-water mark
+(``pause_writing``/``resume_writing``).
 
 Life of a connection:
 1. TCP connect/accept, then the handshake (``auth.py``) with a deadline
@@ -31,7 +35,10 @@ Life of a connection:
    once (a result, or a ``DfsError``) or returns ``LATER`` (the request then goes to
    ``handler`` in a task as usual): a chunkserver's read of cached bytes costs no task and
    no loop turn. Answers made there leave in one write when the callback ends (with
-   whatever else was queued), not a loop turn later.
+   whatever else was queued), not a loop turn later. A ``oneway_handler`` may ask, with
+   ``Connection.after_read``, for a function to run once every frame of the read it is
+   called from has been dispatched: Raft steps every message of a read, then handles what
+   they changed at once, in the same callback.
 3. Limits: at most ``in_flight_max`` calls in flight (callers wait for a slot) and as many
    running request handlers; past that, or with ``ONEWAY_QUEUE_MAX`` one-way frames queued,
    reading pauses (TCP backpressure) until they drain.
@@ -144,6 +151,9 @@ class Connection(asyncio.Protocol):
         self._oneway_handler = oneway_handler
         self._inline_handler = inline_handler
         self._answered_inline = False  # an inline answer is queued: flush after the pump
+        # Functions to run at the end of the read being dispatched (``after_read``); None
+        # outside ``_pump``.
+        self._read_end: list[Callable[[], None]] | None = None
         self._transport: asyncio.Transport | None = None
         self._decoder = codec.FrameDecoder(
             header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0
@@ -199,7 +209,12 @@ class Connection(asyncio.Protocol):
                     future = self._loop.create_future()
                     self._pending[request_id] = future
                     try:
-                        self._send_frame(messages.request(op, request_id, **fields), payload)
+                        # Alone in flight: nothing to coalesce with, write at once.
+                        self._send_frame(
+                            messages.request(op, request_id, **fields),
+                            payload,
+                            now=len(self._pending) == 1,
+                        )
                         if self._writing_paused:
                             await self._drain()
                         header, body = await future
@@ -233,6 +248,16 @@ class Connection(asyncio.Protocol):
         that has finished its batch (a Raft Ready) and whose peer is waiting for it."""
         if self._out:
             self._flush()
+
+    def after_read(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the frames of the read being dispatched have all been handled,
+        still in the read callback: for a ``oneway_handler`` that gathers what the frames
+        carry and acts on it once per read. Outside a read (a handler running in a task) it
+        runs at the end of this loop iteration. Exceptions from ``fn`` are logged."""
+        if self._read_end is None:
+            self._loop.call_soon(self._run_after_read, fn)
+        elif fn not in self._read_end:
+            self._read_end.append(fn)
 
     async def send_oneway(
         self, header: dict[str, Any], payload: Payload = b"", *, timeout_s: float = SEND_TIMEOUT_S
@@ -348,6 +373,7 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ receiving
 
     def _pump(self) -> None:
+        self._read_end = []
         try:
             while (frame := self._decoder.next_frame()) is not None:
                 self._dispatch(frame)
@@ -356,10 +382,20 @@ class Connection(asyncio.Protocol):
         except ProtocolError as e:
             self._drop("protocol_error", e)
             return
+        finally:
+            read_end, self._read_end = self._read_end, None
+            for fn in read_end:
+                self._run_after_read(fn)
         if self._answered_inline:
             self._answered_inline = False
             self._flush()  # the answers to what just arrived, in one write
         self._update_reading()
+
+    def _run_after_read(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("rpc: after-read function %r failed", fn)
 
     def _dispatch(self, frame: codec.Frame) -> None:
         header = frame.header
@@ -442,7 +478,8 @@ class Connection(asyncio.Protocol):
             payload = b""
         if self.closed:
             return
-        self._respond(op, request_id, header, payload)
+        # The only request running (this one): nothing to coalesce with, write at once.
+        self._respond(op, request_id, header, payload, now=len(self._request_tasks) <= 1)
         if self._writing_paused:
             try:
                 async with asyncio.timeout(SEND_TIMEOUT_S):
@@ -452,9 +489,17 @@ class Connection(asyncio.Protocol):
             except Unavailable:
                 pass  # closed meanwhile; nothing left to do
 
-    def _respond(self, op: str, request_id: int, header: dict[str, Any], payload: Payload) -> None:
+    def _respond(
+        self,
+        op: str,
+        request_id: int,
+        header: dict[str, Any],
+        payload: Payload,
+        *,
+        now: bool = False,
+    ) -> None:
         try:
-            self._send_frame(header, payload)
+            self._send_frame(header, payload, now=now)
         except (TypeError, ValueError):
             log.exception("rpc: cannot encode the response to op %r", op)
             self._send_frame(messages.response_err(request_id, InternalError(f"{op} failed")))
@@ -522,13 +567,16 @@ class Connection(asyncio.Protocol):
         if not self._authenticated:
             raise Unavailable("connection is not authenticated yet")
 
-    def _send_frame(self, header: dict[str, Any], payload: Payload = b"") -> None:
+    def _send_frame(
+        self, header: dict[str, Any], payload: Payload = b"", *, now: bool = False
+    ) -> None:
+        """Queue a frame; ``now``: write it (and what is queued before it) at once."""
         buffers = codec.encode(header, payload)
         first = buffers[0]
         if len(buffers) == 1 and isinstance(first, bytes) and len(first) <= COALESCE_BYTES_MAX:
             self._out.append(first)
             self._out_bytes += len(first)
-            if self._out_bytes >= COALESCE_BYTES_MAX:
+            if now or self._out_bytes >= COALESCE_BYTES_MAX:
                 self._flush()
             elif not self._flush_scheduled:
                 self._flush_scheduled = True

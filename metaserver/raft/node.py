@@ -3,8 +3,8 @@
 What it owns:
 - the ``RawNode`` (``core.py``), the ``RaftStorage`` (``storage.py``) and the application's
   state machine, and the one loop that moves Ready batches between them;
-- the peer transport: one persistent, authenticated ``dfs.rpc`` connection to each peer,
-  carrying one-way ``raft`` frames (defined below);
+- the peer transport: one persistent, authenticated ``dfs.rpc`` connection to each peer
+  (``peer.py``), carrying one-way ``raft`` frames (defined below);
 - the waiters: proposers waiting for their entry to apply, readers waiting for a ReadIndex
   or for the applied index a lease read needs, callers of membership changes and leadership
   transfer;
@@ -22,13 +22,22 @@ as they arrive, on the event loop, and set ``_wakeup``. The loop then takes one 
 handles it as written on ``types.Ready``:
 
     1. snapshot -> storage.install_snapshot (disk thread), then state machine restore;
-    2. entries + hard state -> storage.append / set_hard_state, then ONE sync when
+    2. entries + hard state -> storage.append (one write for both), then ONE sync when
        ``must_sync`` (disk thread; inline on a follower and for a small Ready): group
        commit;
     3. messages -> peers (batched: one frame per peer per Ready, written at once);
     4. committed entries -> state machine apply, in order; wake their proposers;
     5. read states -> wake readers once the applied index reaches theirs;
     6. core.advance(ready); maybe take a snapshot (every ``snapshot_entries`` applied).
+
+Peer messages do not wait for the loop task (``_ready_now``): the ``raft`` frames of one
+read from a peer's connection are stepped in the read callback (``take_frame``), and once
+they all are (``rpc.Connection.after_read``), the Ready they made is handled right there
+when the loop task is idle and the Ready needs no wait: no snapshot, and nothing to write or
+a write made inline (below). That is a follower's append and acknowledgement, and a leader's
+commit with its proposers' answers: the commit's path then waits for no wake-up of the loop
+task on either.
+Any other Ready, and every Ready of the other inputs, goes to the loop task.
 
 Only one Ready is in flight. While its disk work runs on the thread, the loop stays free to
 receive (and while it runs inline, what arrives waits in the sockets):
@@ -122,7 +131,6 @@ import msgpack
 from dfs import rpc
 from dfs.types import LogIndex, NodeId, Term
 from dfs.wire.errors import (
-    AuthError,
     DfsError,
     InternalError,
     NotLeader,
@@ -131,7 +139,8 @@ from dfs.wire.errors import (
     Unavailable,
 )
 from metaserver.raft.core import Config, NotLeaderError, ProposalDroppedError, RawNode, Status
-from metaserver.raft.storage import PREALLOCATE_BYTES, RaftStorage
+from metaserver.raft.peer import Peer
+from metaserver.raft.storage import PREALLOCATE_BYTES, RaftStorage, StorageFailedError
 from metaserver.raft.types import (
     NONE,
     ConfChange,
@@ -155,13 +164,6 @@ log = logging.getLogger(__name__)
 RAFT_OP = "raft"
 PEER_WIRE_VERSION = 1
 NODE_SNAPSHOT_VERSION = 1
-# Reconnecting to a peer that is down: start fast (a restarted peer should catch up at
-# once), back off to at most a second so that a long outage costs nothing.
-RECONNECT_DELAY_MIN_S = 0.05
-RECONNECT_DELAY_MAX_S = 1.0
-# A connection attempt to a peer on the same LAN either completes in milliseconds or the
-# peer is down; two seconds also covers a loaded test machine.
-PEER_CONNECT_TIMEOUT_S = 2.0
 # How long stop() waits for the disk thread to finish the write it is doing.
 STOP_DISK_TIMEOUT_S = 10.0
 
@@ -221,8 +223,16 @@ class RaftNode:
             max_workers=1, thread_name_prefix=f"raft-disk-{config.id}"
         )
         self._wakeup = asyncio.Event()
+        # The loop task is handling a Ready (it may be waiting for the disk thread): nobody
+        # else takes one. A Ready taken in a read callback that needs waiting is handed to
+        # the loop task in ``_handed``.
+        self._busy = False
+        self._handed: Ready | None = None
+        # A hard state that changed only its commit index, not written yet: it goes with
+        # the next write (``_persist``), or the loop task writes it when idle.
+        self._hs_unwritten: HardState | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._peers: dict[NodeId, _Peer] = {}
+        self._peers: dict[NodeId, Peer] = {}
         self._stopped = False
         self._failed: BaseException | None = None
         self.failed = asyncio.Event()  # set when the node hit a fatal (disk) error
@@ -322,7 +332,8 @@ class RaftNode:
             loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(STOP_DISK_TIMEOUT_S):
-                    await loop.run_in_executor(self._disk, storage.close)
+                    hs = self._take_unwritten_hs()
+                    await loop.run_in_executor(self._disk, _close_storage, storage, hs)
             except TimeoutError:
                 log.error("raft node=%d event=stop disk thread did not finish", self.id)
         self._disk.shutdown(wait=False)
@@ -430,16 +441,24 @@ class RaftNode:
 
     def take_frame(self, conn: rpc.Connection, header: dict[str, Any], payload: bytes) -> bool:
         """The ``oneway_handler`` for ``rpc.serve``: takes the ``raft`` frames at once, in the
-        read callback, and leaves any other one-way frame to the server's handler."""
+        read callback, and leaves any other one-way frame to the server's handler. Once every
+        frame of the read is stepped, the Ready they make is handled in the same callback
+        when it needs no wait (``_ready_now``)."""
         if header.get("op") != RAFT_OP:
             return False
-        self.receive(header, payload)
+        if self._step_frame(header, payload):
+            conn.after_read(self._ready_now)
         return True
 
     def receive(self, header: dict[str, Any], payload: bytes) -> None:
         """Handle one ``raft`` frame from a peer (the server's handler calls this)."""
+        if self._step_frame(header, payload):
+            self._wakeup.set()
+
+    def _step_frame(self, header: dict[str, Any], payload: bytes) -> bool:
+        """Step the messages of one ``raft`` frame; False when the node is not running."""
         if self._raw is None or self._stopped:
-            return
+            return False
         wires = header.get("m")
         if header.get("v") != PEER_WIRE_VERSION or not isinstance(wires, list):
             raise ProtocolError("malformed raft frame")
@@ -454,7 +473,7 @@ class RaftNode:
                     raise ProtocolError("raft SNAP message without a snapshot")
                 m = dataclasses.replace(m, snapshot=Snapshot(m.snapshot.meta, payload))
             raw.step(m)
-        self._wakeup.set()
+        return True
 
     # ------------------------------------------------------------------ the loop
 
@@ -481,33 +500,151 @@ class RaftNode:
 
     async def _run(self) -> None:
         raw = self._core()
+        storage = self._storage
+        assert storage is not None
         try:
-            while True:
-                if not raw.has_ready():
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                await self._handle_ready(raw, raw.ready())
+            while self._failed is None:
+                rd, self._handed = self._handed, None
+                if rd is None:
+                    if self._snapshot_due(raw):
+                        self._busy = True
+                        try:
+                            await self._take_snapshot(raw, storage)
+                        finally:
+                            self._busy = False
+                        continue
+                    if not raw.has_ready():
+                        hs = self._take_unwritten_hs()
+                        if hs is not None:
+                            storage.set_hard_state(hs)  # idle: the disk thread is too
+                        self._wakeup.clear()
+                        await self._wakeup.wait()
+                        continue
+                    rd = raw.ready()
+                self._busy = True
+                try:
+                    await self._handle_ready(raw, rd)
+                finally:
+                    self._busy = False
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a disk error (storage refuses further calls) or a bug
-            log.exception("raft node=%d event=fatal error=%s", self.id, e)
-            self._failed = e
-            self._fail_waiters(Unavailable(f"raft node failed: {e}"))
-            self.failed.set()
+            self._fatal(e)
+
+    def _ready_now(self) -> None:
+        """After a read's ``raft`` frames (``take_frame``): handle the Ready they made here, in
+        the read callback, when the loop task is idle and the Ready needs no wait (no
+        snapshot to install, its write made inline: see the module docstring). That saves
+        the loop turn of waking the loop task on the commit's path: a follower's write and
+        acknowledgement, a leader's commit and its proposers' answers. Anything else goes
+        to the loop task, as every input's Ready does."""
+        raw = self._raw
+        if raw is None or self._stopped or self._failed is not None:
+            return
+        if self._busy or self._handed is not None:
+            self._wakeup.set()  # the loop task takes it after the Ready it is on
+            return
+        if not raw.has_ready():
+            return
+        rd = raw.ready()
+        if not self._writes_inline(rd):
+            self._handed = rd
+            self._wakeup.set()
+            return
+        try:
+            self._handle_ready_now(raw, rd)
+        except Exception as e:  # as in _run: the node stops serving
+            self._fatal(e)
+            return
+        if raw.has_ready() or self._snapshot_due(raw):
+            self._wakeup.set()
+
+    def _fatal(self, e: Exception) -> None:
+        log.exception("raft node=%d event=fatal error=%s", self.id, e)
+        self._failed = e
+        self._fail_waiters(Unavailable(f"raft node failed: {e}"))
+        self.failed.set()
+        self._wakeup.set()  # the loop task ends
+
+    def _leading(self, rd: Ready) -> bool:
+        role = rd.soft_state.role if rd.soft_state is not None else self._role
+        return role == Role.LEADER
+
+    def _writes_inline(self, rd: Ready) -> bool:
+        """Whether ``rd`` is handled on the event loop without waiting: it has no snapshot,
+        and nothing to write or a write made inline (a follower's; a leader's small one
+        with nothing to apply: see the module docstring)."""
+        if rd.snapshot is not None:
+            return False
+        if not (rd.entries or rd.must_sync):
+            return True
+        if self._leading(rd):
+            return (
+                not rd.committed_entries
+                and len(rd.entries) <= self.config.leader_inline_sync_entries_max
+            )
+        return self.config.follower_sync_inline
+
+    def _snapshot_due(self, raw: RawNode) -> bool:
+        # Only when the core and the state machine stand at the same index: right after
+        # the core accepted a snapshot that the next Ready installs, its membership is
+        # the snapshot's, not the one at our applied index.
+        return (
+            raw.applied == self.applied_index
+            and self.applied_index - self._snapshot_index >= self.config.snapshot_entries
+        )
+
+    def _take_unwritten_hs(self) -> HardState | None:
+        hs, self._hs_unwritten = self._hs_unwritten, None
+        return hs
+
+    def _term_vote_changed(self, rd: Ready) -> bool:
+        """Whether ``rd`` changes the durable term or vote; notes its term."""
+        hs = rd.hard_state
+        changed = hs is not None and (hs.term, hs.vote) != self._persisted_term_vote
+        if hs is not None:
+            self._term = hs.term
+        return changed
+
+    def _handle_ready_now(self, raw: RawNode, rd: Ready) -> None:
+        """A Ready that ``_writes_inline``: every step in this call."""
+        storage = self._storage
+        assert storage is not None
+        changed = self._term_vote_changed(rd)
+        early = self.config.leader_sends_before_persist and self._leading(rd) and not changed
+        if early:
+            self._send(rd.messages)
+        if rd.entries or rd.must_sync:
+            # See the module docstring: the commit waits for this write anyway, and a hop
+            # to the disk thread and back would cost two thread wake-ups.
+            _persist(storage, rd, self._take_unwritten_hs())
+            if not early:
+                self._send(rd.messages)
+            self._apply(rd.committed_entries)
+        else:
+            self._apply(rd.committed_entries)
+            if not early:
+                self._send(rd.messages)
+            if rd.hard_state is not None:
+                # Only the commit index moved: it is written later, with the next write or
+                # by the idle loop task (never fsynced: a lost commit index is relearned
+                # from the leader). Written here, it would delay the proposers' answers.
+                self._hs_unwritten = rd.hard_state
+        self._finish_ready(raw, rd)
 
     async def _handle_ready(self, raw: RawNode, rd: Ready) -> None:
+        if self._writes_inline(rd):
+            self._handle_ready_now(raw, rd)
+            return
         storage = self._storage
         assert storage is not None
         loop = asyncio.get_running_loop()
-        hs = rd.hard_state
-        term_vote_changed = hs is not None and (hs.term, hs.vote) != self._persisted_term_vote
-        if hs is not None:
-            self._term = hs.term
         if rd.snapshot is not None:
+            self._term_vote_changed(rd)
             # The rare path, strictly in order: the snapshot replaces the state that any
             # entry of this Ready would be applied to.
-            await loop.run_in_executor(self._disk, _persist, storage, rd)
+            hs_before = self._take_unwritten_hs()
+            await loop.run_in_executor(self._disk, _persist, storage, rd, hs_before)
             self._restore(rd.snapshot)
             log.info(
                 "raft node=%d event=snapshot_installed index=%d term=%d",
@@ -516,41 +653,24 @@ class RaftNode:
             self._send(rd.messages)
             self._apply(rd.committed_entries)
         else:
-            role = rd.soft_state.role if rd.soft_state is not None else self._role
-            leading = role == Role.LEADER
-            early = self.config.leader_sends_before_persist and leading and not term_vote_changed
+            changed = self._term_vote_changed(rd)
+            early = self.config.leader_sends_before_persist and self._leading(rd) and not changed
             if early:
                 self._send(rd.messages)
-            disk: asyncio.Future[None] | None = None
-            if leading:
-                inline = (
-                    not rd.committed_entries
-                    and len(rd.entries) <= self.config.leader_inline_sync_entries_max
-                )
-            else:
-                inline = self.config.follower_sync_inline
-            if (rd.entries or rd.must_sync) and inline:
-                # See the module docstring: the commit waits for this write anyway, and a hop
-                # to the disk thread and back would cost two thread wake-ups.
-                _persist(storage, rd)
-                if not early:
-                    self._send(rd.messages)
-                self._apply(rd.committed_entries)
-            else:
-                if rd.entries or rd.must_sync:
-                    disk = loop.run_in_executor(self._disk, _persist, storage, rd)
-                elif hs is not None:
-                    # Only the commit index moved: a small write to the page cache, no fsync
-                    # (a lost commit index is relearned from the leader): no thread hop.
-                    storage.set_hard_state(hs)
-                # Committed entries are durable here already (the core hands out only entries
-                # that an earlier Ready persisted) and on a quorum: apply them, and answer
-                # their proposers, while this Ready's new entries are being written.
-                self._apply(rd.committed_entries)
-                if disk is not None:
-                    await disk
-                if not early:
-                    self._send(rd.messages)
+            hs_before = self._take_unwritten_hs()
+            disk = loop.run_in_executor(self._disk, _persist, storage, rd, hs_before)
+            # Committed entries are durable here already (the core hands out only entries
+            # that an earlier Ready persisted) and on a quorum: apply them, and answer
+            # their proposers, while this Ready's new entries are being written.
+            self._apply(rd.committed_entries)
+            await disk
+            if not early:
+                self._send(rd.messages)
+        self._finish_ready(raw, rd)
+
+    def _finish_ready(self, raw: RawNode, rd: Ready) -> None:
+        """Steps 5 and 6 of a Ready, once its write is durable."""
+        hs = rd.hard_state
         if hs is not None:
             self._persisted_term_vote = (hs.term, hs.vote)
         if rd.soft_state is not None:
@@ -567,14 +687,6 @@ class RaftNode:
         if self._reads_applying:
             self._wake_reads()
         raw.advance(rd)
-        # Only when the core and the state machine stand at the same index: right after
-        # the core accepted a snapshot that the next Ready installs, its membership is
-        # the snapshot's, not the one at our applied index.
-        if (
-            raw.applied == self.applied_index
-            and self.applied_index - self._snapshot_index >= self.config.snapshot_entries
-        ):
-            await self._take_snapshot(raw, storage)
 
     def _apply(self, entries: Sequence[Any]) -> None:
         sm = self.state_machine
@@ -813,14 +925,14 @@ class RaftNode:
         if self._raw is not None:  # running: connect now (see start)
             self._peer(node_id)
 
-    def _peer(self, node_id: NodeId) -> _Peer | None:
+    def _peer(self, node_id: NodeId) -> Peer | None:
         """The connection to ``node_id``, made on first use; None without an address."""
         peer = self._peers.get(node_id)
         if peer is None and node_id != self.id and not self._stopped:
             address = self._addresses.get(node_id)
             if address is None:
                 return None
-            peer = self._peers[node_id] = _Peer(self, node_id, address)
+            peer = self._peers[node_id] = Peer(self.id, node_id, address, self._secret)
         return peer
 
     def _send_frame(self, to: NodeId, wires: list[Any], payload: bytes) -> None:
@@ -831,102 +943,28 @@ class RaftNode:
         peer.send({"op": RAFT_OP, "v": PEER_WIRE_VERSION, "m": wires}, payload)
 
 
-def _persist(storage: RaftStorage, rd: Ready) -> None:
-    """Step 1 and 2 of a Ready, on the disk thread."""
+def _persist(storage: RaftStorage, rd: Ready, hs_before: HardState | None) -> None:
+    """Step 1 and 2 of a Ready (on the disk thread, or inline). ``hs_before``: an earlier
+    hard state not written yet (``_hs_unwritten``); the Ready's own supersedes it."""
     if rd.snapshot is not None:
         storage.install_snapshot(rd.snapshot)
-    if rd.entries:
-        storage.append(rd.entries)
-    if rd.hard_state is not None:
-        storage.set_hard_state(rd.hard_state)
+    storage.append(rd.entries, rd.hard_state or hs_before)  # one write for both
     if rd.must_sync:
         storage.sync()
 
 
+def _close_storage(storage: RaftStorage, hs: HardState | None) -> None:
+    """Write a commit index not written yet, then close (on the disk thread)."""
+    try:
+        if hs is not None:
+            storage.set_hard_state(hs)
+    except (StorageFailedError, OSError):
+        pass  # a lost commit index is relearned from the leader; close anyway
+    storage.close()
+
+
 def _copy(error: DfsError) -> DfsError:
     return copy.copy(error)  # one instance per raiser: tracebacks attach to the instance
-
-
-class _Peer:
-    """The outgoing connection to one peer: connects, reconnects with backoff, drops frames
-    while it is down."""
-
-    def __init__(self, node: RaftNode, peer_id: NodeId, address: str) -> None:
-        self._node = node
-        self.id = peer_id
-        self.address = address
-        self._conn: rpc.Connection | None = None
-        self._dropped = 0
-        self._task = asyncio.get_running_loop().create_task(
-            self._connect_loop(), name=f"raft-peer-{node.id}-{peer_id}"
-        )
-
-    def send(self, header: dict[str, Any], payload: bytes) -> None:
-        conn = self._conn
-        if conn is None or not conn.send_oneway_nowait(header, payload):
-            self._dropped += 1
-
-    def flush(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            conn.flush()
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-    async def _connect_loop(self) -> None:
-        host, _, port_text = self.address.rpartition(":")
-        port = int(port_text)
-        node_id = self._node.id
-        delay_s = RECONNECT_DELAY_MIN_S
-        reported_down = False
-        while True:
-            try:
-                conn = await rpc.connect(
-                    host,
-                    port,
-                    self._node._secret,
-                    name=f"raft-{node_id}",
-                    role="metaserver",
-                    timeout_s=PEER_CONNECT_TIMEOUT_S,
-                )
-            except AuthError as e:
-                # A configuration error (another cluster's secret), not a passing failure.
-                log.error(
-                    "raft node=%d event=peer_auth_failed peer=%d error=%s", node_id, self.id, e
-                )
-                await asyncio.sleep(RECONNECT_DELAY_MAX_S)
-                continue
-            except DfsError as e:
-                if not reported_down:
-                    log.info(
-                        "raft node=%d event=peer_down peer=%d address=%s error=%s",
-                        node_id, self.id, self.address, e,
-                    )  # fmt: skip
-                    reported_down = True
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, RECONNECT_DELAY_MAX_S)
-                continue
-            delay_s = RECONNECT_DELAY_MIN_S
-            reported_down = False
-            self._conn = conn
-            log.info(
-                "raft node=%d event=peer_up peer=%d address=%s dropped=%d",
-                node_id, self.id, self.address, self._dropped,
-            )  # fmt: skip
-            try:
-                while not conn.closed:
-                    with contextlib.suppress(TimeoutError):
-                        await conn.wait_closed(timeout_s=3600.0)
-            finally:
-                self._conn = None
-                conn.close()
-            log.info("raft node=%d event=peer_lost peer=%d", node_id, self.id)
 
 
 __all__ = ["NodeConfig", "RaftNode", "StateMachine"]

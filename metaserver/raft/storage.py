@@ -423,11 +423,14 @@ class RaftStorage:
     def last_index(self) -> LogIndex:
         return LogIndex(self._last_index)
 
-    def append(self, entries: Sequence[Entry]) -> None:
+    def append(self, entries: Sequence[Entry], hard_state: HardState | None = None) -> None:
         """Writes ``entries`` (not fsynced), replacing any stored entries from
-        ``entries[0].index`` on. When the active segment is full this first rolls to a new
+        ``entries[0].index`` on, then ``hard_state`` if given (as ``set_hard_state``): one
+        write for both. When the active segment is full this first rolls to a new
         one, which fsyncs the old segment and the new one (rare: once per segment)."""
         if not entries:
+            if hard_state is not None:
+                self.set_hard_state(hard_state)
             return
         self._check_usable()
         first = entries[0].index
@@ -441,10 +444,14 @@ class RaftStorage:
         for k, e in enumerate(entries):
             assert e.index == first + k, f"entries not contiguous at {e.index}"
             parts.append(_record(RecordType.ENTRY, _pack(entry_to_wire(e))))
+        if hard_state is not None and hard_state != self._hard_state:
+            parts.append(_record(RecordType.HARD_STATE, _pack(hard_state_to_wire(hard_state))))
         self._write(b"".join(parts))
         assert self._segments
         self._layout.put(self._segments[-1].seq, first)
         self._last_index = entries[-1].index
+        if hard_state is not None:
+            self._hard_state = hard_state
 
     def set_hard_state(self, hs: HardState) -> None:
         """Writes ``hs`` (not fsynced); it shares the next fsync with the entries."""

@@ -121,7 +121,12 @@ def is_benchmark(name: str) -> bool:
     return any(under(name, b) for b in BENCHMARKS)
 
 
-RAFT_IO_RIM = {"metaserver.raft.node", "metaserver.raft.kvserver", "metaserver.raft.kvclient"}
+RAFT_IO_RIM = {
+    "metaserver.raft.node",
+    "metaserver.raft.peer",
+    "metaserver.raft.kvserver",
+    "metaserver.raft.kvclient",
+}
 
 
 def violations() -> list[str]:

@@ -106,8 +106,9 @@ def test_entries_and_hard_state_round_trip(tmp_path: Path) -> None:
     ents = [entry(i, 1 + i // 4, bytes(range(i % 256)) * 3) for i in range(1, 40)]
     st.append(ents[:10])
     st.set_hard_state(hard_state(2, 3, 5))
-    st.append(ents[10:])
-    st.set_hard_state(hard_state(3, 0, 30))
+    st.append(ents[10:20])
+    st.set_hard_state(hard_state(3, 0, 15))
+    st.append(ents[20:], hard_state(3, 0, 30))  # both in one write
     st.sync()
     st.close()
     assert reopen(tmp_path) == (hard_state(3, 0, 30), None, ents, 1, 39)
@@ -154,6 +155,10 @@ def test_one_write_per_call_and_one_fsync_per_sync(
     st.sync()  # nothing written since: nothing to flush
     st.set_hard_state(hard_state(1, 1, 64))  # unchanged: not written again
     assert calls == {"write": 2, "fsync": 1}
+    st.append(entries(65, 70), hard_state(1, 1, 70))  # a Ready's entries and hard state
+    assert calls == {"write": 3, "fsync": 1}
+    st.set_hard_state(hard_state(1, 1, 70))  # written with the entries
+    assert calls == {"write": 3, "fsync": 1}
     monkeypatch.undo()
     st.close()
 

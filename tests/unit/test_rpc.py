@@ -286,6 +286,71 @@ async def test_oneway_handler_takes_frames_in_the_read_callback(
         await conn.wait_closed()
 
 
+async def test_after_read_runs_once_per_read_after_its_frames(
+    expect_log: Callable[..., None],
+) -> None:
+    """``after_read`` from a ``oneway_handler`` runs once the read's frames are all
+    dispatched, in the read callback, once however often it was asked for; outside a read
+    it runs at the end of the loop iteration; its exception is logged, not fatal."""
+    expect_log(r"after-read function .* failed", logging.ERROR)
+    taken: list[int] = []
+    seen_at_end: list[int] = []
+    done = asyncio.Event()
+
+    def at_end() -> None:
+        seen_at_end.append(len(taken))
+        if len(taken) == 200:
+            done.set()
+
+    def failing() -> None:
+        raise RuntimeError("after-read bug")
+
+    def take(conn: rpc.Connection, header: dict[str, Any], payload: bytes) -> bool:
+        taken.append(header["seq"])
+        conn.after_read(at_end)
+        if header["seq"] == 0:
+            conn.after_read(failing)
+        return True
+
+    async with await start(echo_handler, oneway_handler=take) as server:
+        conn = await rpc.connect(HOST, server.port, SECRET, name="peer", timeout_s=5)
+        for seq in range(200):
+            assert conn.send_oneway_nowait({"op": "raft", "seq": seq})
+        conn.flush()
+        async with asyncio.timeout(10):
+            await done.wait()
+        assert taken == list(range(200))
+        # Each run saw every frame of its read; fewer runs than frames (reads carry many).
+        assert seen_at_end == sorted(set(seen_at_end)) and seen_at_end[-1] == 200
+        assert len(seen_at_end) < 200
+        await check_still_serving(server)
+        ran: list[str] = []
+        conn.after_read(lambda: ran.append("later"))  # not in a read of this connection
+        assert ran == []
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert ran == ["later"]
+        conn.close()
+        await conn.wait_closed()
+
+
+async def test_a_lone_call_is_written_at_once() -> None:
+    """A call made while no other is waiting leaves at once; calls made together in one
+    loop iteration are coalesced into one write at its end."""
+    async with await start() as server:
+        conn = await rpc.connect(HOST, server.port, SECRET, name="cli", timeout_s=5)
+        lone = asyncio.ensure_future(conn.call("echo", x=1, timeout_s=5))
+        await asyncio.sleep(0)  # the call runs up to its wait for the answer
+        assert conn._out == []
+        assert (await lone)[0]["x"] == 1
+        calls = [asyncio.ensure_future(conn.call("echo", x=i, timeout_s=5)) for i in range(3)]
+        await asyncio.sleep(0)
+        assert len(conn._out) == 2  # the first left alone, the next two wait for the turn
+        assert [h["x"] for h, _ in await asyncio.gather(*calls)] == [0, 1, 2]
+        conn.close()
+        await conn.wait_closed()
+
+
 async def test_wrong_secret_disconnects_and_server_keeps_serving(
     expect_log: Callable[..., None],
 ) -> None:

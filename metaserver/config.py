@@ -16,13 +16,8 @@ Config file (TOML, version 1)::
     replication_jobs = 4                # optional; chunk copies in flight, cluster-wide
     hold_grace_ms = 15000               # optional; a new leader keeps every unlinked file
                                         #   this long, while clients announce open files
-    tick_ms = 100                       # optional; Raft tick (elections after 10-20 ticks)
-    election_ticks = 10                 # optional
-    heartbeat_ticks = 1                 # optional
-    snapshot_entries = 10000            # optional; snapshot every N applied entries
-    fsync = true                        # optional; false only for tests
-    join = false                        # optional; true: an empty node added by add_member
-    read_lease = true                   # optional; reads on the leader's lease (same on all)
+    tick_ms = 100                       # optional; and the other Raft keys:
+                                        #   metaserver/raft/config.py
     [peers]                             # the initial members, this node included
     1 = "127.0.0.1:7001"
     2 = "127.0.0.1:7002"
@@ -35,15 +30,22 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from dfs.types import NodeId
 from metaserver.holds import HOLD_GRACE_S
 from metaserver.placement import PLACEMENT_POLICIES
+from metaserver.raft.config import parse_node
 from metaserver.raft.node import NodeConfig
 
 CONFIG_VERSION = 1
 CHUNK_SIZE_DEFAULT = 64 << 20
 CHUNK_SIZE_MIN = 64 << 10  # one checksum block
 CHUNK_SIZE_MAX = 1 << 30
+
+
+# The metaserver's own keys (the Raft ones: metaserver/raft/config.py).
+_KEYS = frozenset(
+    {"chunk_size", "dead_timeout_ms", "placement", "token_ttl_ms", "repair_interval_ms",
+     "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms"}
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -67,36 +69,13 @@ def load_config(path: Path) -> MetaConfig:
     """Parse and check a config file; ``ValueError`` says what is wrong."""
     with open(path, "rb") as f:
         raw = tomllib.load(f)
-    known = {
-        "id", "listen", "data_dir", "secret_file", "tick_ms", "election_ticks",
-        "heartbeat_ticks", "snapshot_entries", "fsync", "join", "read_lease", "peers",
-        "chunk_size", "dead_timeout_ms", "placement", "token_ttl_ms", "repair_interval_ms",
-        "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms",
-    }  # fmt: skip
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    section = parse_node(raw, path, _KEYS)
     try:
-        node_id = NodeId(int(raw["id"]))
-        host, _, port_text = str(raw["listen"]).rpartition(":")
-        peers = {NodeId(int(k)): str(v) for k, v in raw.get("peers", {}).items()}
-        node = NodeConfig(
-            id=node_id,
-            data_dir=Path(raw["data_dir"]),
-            peers=peers,
-            tick_ms=int(raw.get("tick_ms", 100)),
-            election_ticks=int(raw.get("election_ticks", 10)),
-            heartbeat_ticks=int(raw.get("heartbeat_ticks", 1)),
-            snapshot_entries=int(raw.get("snapshot_entries", 10_000)),
-            fsync=bool(raw.get("fsync", True)),
-            join=bool(raw.get("join", False)),
-            read_lease=bool(raw.get("read_lease", True)),
-        )
         config = MetaConfig(
-            node=node,
-            listen_host=host,
-            listen_port=int(port_text),
-            secret_file=Path(raw["secret_file"]),
+            node=section.node,
+            listen_host=section.listen_host,
+            listen_port=section.listen_port,
+            secret_file=section.secret_file,
             chunk_size_bytes=int(raw.get("chunk_size", CHUNK_SIZE_DEFAULT)),
             dead_timeout_s=int(raw.get("dead_timeout_ms", 10_000)) / 1000,
             placement=str(raw.get("placement", "weighted")),
@@ -107,16 +86,8 @@ def load_config(path: Path) -> MetaConfig:
             replication_jobs=int(raw.get("replication_jobs", 4)),
             hold_grace_s=int(raw.get("hold_grace_ms", int(HOLD_GRACE_S * 1000))) / 1000,
         )
-    except KeyError as e:
-        raise ValueError(f"{path}: missing key {e}") from None
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
-    if node_id < 1 or not host or any(n < 1 for n in peers):
-        raise ValueError(f"{path}: node ids start at 1 and listen is host:port")
-    if not node.join and node_id not in peers:
-        raise ValueError(f"{path}: an initial member must be in [peers]")
-    if node.tick_ms < 1 or node.snapshot_entries < 1:
-        raise ValueError(f"{path}: tick_ms and snapshot_entries must be >= 1")
     cs = config.chunk_size_bytes
     if not (CHUNK_SIZE_MIN <= cs <= CHUNK_SIZE_MAX) or cs % CHUNK_SIZE_MIN:
         raise ValueError(

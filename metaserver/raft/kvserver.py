@@ -6,24 +6,9 @@ What it owns: the process (config, signals, logging), one ``dfs.rpc`` listener t
 both the peers' ``raft`` frames and the clients, and the mapping of client ops onto the
 ``RaftNode`` and the ``KvStateMachine``. No Raft logic lives here.
 
-Config file (TOML, version 1)::
+Config file (TOML, version 1): the Raft keys of ``metaserver/raft/config.py``, and::
 
-    id = 1                              # this node's id, >= 1
-    listen = "127.0.0.1:7001"           # peers and clients, one port
-    data_dir = "/var/lib/dfs/kv1"       # the Raft directory (log segments, snapshots)
-    secret_file = "/etc/dfs/secret"     # the cluster secret (dfs.secret format, mode 0600)
-    tick_ms = 100                       # optional; election after 10-20 ticks of silence
-    election_ticks = 10                 # optional
-    heartbeat_ticks = 1                 # optional
-    snapshot_entries = 10000            # optional; snapshot every N applied entries
-    fsync = true                        # optional; false only for tests
-    join = false                        # optional; true: an empty node added by add_member
-    read_lease = true                   # optional; reads on the leader's lease (same on all)
     debug_ops = false                   # optional; true enables "dump" (tests only)
-    [peers]                             # the initial members, this node included
-    1 = "127.0.0.1:7001"
-    2 = "127.0.0.1:7002"
-    3 = "127.0.0.1:7003"
 
 Client ops (requests on ``dfs.rpc``; ``timeout_ms`` optional everywhere, default 5000):
 
@@ -53,6 +38,7 @@ from dfs import daemon, rpc
 from dfs.types import NodeId
 from dfs.wire.errors import Invalid, Stale, TooBig, Unsupported
 from dfs.wire.messages import field, uint_field
+from metaserver.raft.config import parse_node
 from metaserver.raft.kv import KEY_BYTES_MAX, VALUE_BYTES_MAX, KvStateMachine, encode_command
 from metaserver.raft.node import RAFT_OP, NodeConfig, RaftNode
 
@@ -78,49 +64,14 @@ def load_config(path: Path) -> ServerConfig:
     """Parse and check a config file; ``ValueError`` says what is wrong."""
     with open(path, "rb") as f:
         raw = tomllib.load(f)
-    known = {
-        "id", "listen", "data_dir", "secret_file", "tick_ms", "election_ticks",
-        "heartbeat_ticks", "snapshot_entries", "fsync", "join", "read_lease", "debug_ops",
-        "peers",
-    }  # fmt: skip
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-    try:
-        node_id = NodeId(int(raw["id"]))
-        listen = str(raw["listen"])
-        host, _, port_text = listen.rpartition(":")
-        peers = {NodeId(int(k)): str(v) for k, v in raw.get("peers", {}).items()}
-        node = NodeConfig(
-            id=node_id,
-            data_dir=Path(raw["data_dir"]),
-            peers=peers,
-            tick_ms=int(raw.get("tick_ms", 100)),
-            election_ticks=int(raw.get("election_ticks", 10)),
-            heartbeat_ticks=int(raw.get("heartbeat_ticks", 1)),
-            snapshot_entries=int(raw.get("snapshot_entries", 10_000)),
-            fsync=bool(raw.get("fsync", True)),
-            join=bool(raw.get("join", False)),
-            read_lease=bool(raw.get("read_lease", True)),
-        )
-        config = ServerConfig(
-            node=node,
-            listen_host=host,
-            listen_port=int(port_text),
-            secret_file=Path(raw["secret_file"]),
-            debug_ops=bool(raw.get("debug_ops", False)),
-        )
-    except KeyError as e:
-        raise ValueError(f"{path}: missing key {e}") from None
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
-    if node_id < 1 or not host or any(n < 1 for n in peers):
-        raise ValueError(f"{path}: node ids start at 1 and listen is host:port")
-    if not node.join and node_id not in peers:
-        raise ValueError(f"{path}: an initial member must be in [peers]")
-    if node.tick_ms < 1 or node.snapshot_entries < 1:
-        raise ValueError(f"{path}: tick_ms and snapshot_entries must be >= 1")
-    return config
+    section = parse_node(raw, path, frozenset({"debug_ops"}))
+    return ServerConfig(
+        node=section.node,
+        listen_host=section.listen_host,
+        listen_port=section.listen_port,
+        secret_file=section.secret_file,
+        debug_ops=bool(raw.get("debug_ops", False)),
+    )
 
 
 class KvServer:

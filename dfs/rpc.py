@@ -116,6 +116,12 @@ PREAUTH_HEADER_BYTES_MAX = 4096
 PREAUTH_BUFFER_BYTES_MAX = 64 * 1024
 
 
+def _answer(request_id: int, result: HandlerResult) -> tuple[dict[str, Any], Payload]:
+    """The response frame's header and payload for what a handler returned."""
+    fields, payload = result if result is not None else ({}, b"")
+    return messages.response_ok(request_id, **fields), payload
+
+
 class Connection(asyncio.Protocol):
     """One authenticated connection. Made by ``connect`` or by a server from ``serve``.
 
@@ -441,41 +447,26 @@ class Connection(asyncio.Protocol):
     def _serve_inline(self, op: str, request_id: int, frame: codec.Frame) -> bool:
         """Offer the request to the inline handler; True when it answered (queued)."""
         assert self._inline_handler is not None
-        payload: Payload = b""
         try:
             result = self._inline_handler(self, frame.header, frame.payload)
             if result is LATER:
                 return False
             assert not isinstance(result, _Later)
-            fields, payload = result if result is not None else ({}, b"")
-            header = messages.response_ok(request_id, **fields)
-        except DfsError as e:
-            header = messages.response_err(request_id, e)
-            payload = b""
-        except Exception:
-            log.exception("rpc: inline handler for op %r from %s failed", op, self.peername)
-            header = messages.response_err(request_id, InternalError(f"{op} failed"))
-            payload = b""
+            header, payload = _answer(request_id, result)
+        except Exception as e:
+            header, payload = self._failed(op, request_id, e, "inline handler")
         self._respond(op, request_id, header, payload)
         self._answered_inline = True
         return True
 
     async def _serve_request(self, op: str, request_id: int, frame: codec.Frame) -> None:
-        payload: Payload = b""
         try:
             if self._handler is None:
                 raise Unsupported(f"{self.name} takes no requests", op=op)
             result = await self._handler(self, frame.header, frame.payload)
-            fields, payload = result if result is not None else ({}, b"")
-            header = messages.response_ok(request_id, **fields)
-        except DfsError as e:
-            header = messages.response_err(request_id, e)
-            payload = b""
-        except Exception:
-            # A bug in the handler: log it once here, the caller sees INTERNAL.
-            log.exception("rpc: handler for op %r from %s failed", op, self.peername)
-            header = messages.response_err(request_id, InternalError(f"{op} failed"))
-            payload = b""
+            header, payload = _answer(request_id, result)
+        except Exception as e:
+            header, payload = self._failed(op, request_id, e)
         if self.closed:
             return
         # The only request running (this one): nothing to coalesce with, write at once.
@@ -488,6 +479,16 @@ class Connection(asyncio.Protocol):
                 self._drop("send_timeout", Timeout("peer does not read its responses"))
             except Unavailable:
                 pass  # closed meanwhile; nothing left to do
+
+    def _failed(
+        self, op: str, request_id: int, e: Exception, what: str = "handler"
+    ) -> tuple[dict[str, Any], Payload]:
+        """The answer to a request whose handler raised ``e``: its error, or INTERNAL for
+        a bug in the handler (logged once here)."""
+        if isinstance(e, DfsError):
+            return messages.response_err(request_id, e), b""
+        log.exception("rpc: %s for op %r from %s failed", what, op, self.peername, exc_info=e)
+        return messages.response_err(request_id, InternalError(f"{op} failed")), b""
 
     def _respond(
         self,

@@ -578,15 +578,12 @@ class FsClient:
             exclusive=bool(flags & os.O_EXCL),
             first_chunk=writable,
         )
-        if not created:
-            # Someone else's file: close-to-open revalidation applies as to any open.
-            attr = self._attr(await self.meta.read("fs.open", ino=attr.ino, holder=self.holder))
-        attr, handle = await self._open_attr(attr, flags)
-        if write_handle is not None:
-            handle.inode.adopt_handle(write_handle)
-        if lease is not None and created:
-            handle.inode.created_under = (lease, name)
-        return self._local(attr), handle
+        if created:
+            return await self._open_created(attr, flags, write_handle, lease, name)
+        # Someone else's file: close-to-open revalidation applies as to any open.
+        attr = self._attr(await self.meta.read("fs.open", ino=attr.ino, holder=self.holder))
+        attr, file = await self._open_attr(attr, flags)
+        return self._local(attr), file
 
     async def _create_leased(
         self,
@@ -629,14 +626,25 @@ class FsClient:
         if not self.dirleases.queue_create(lease, name, attr, fields):
             self._inos.give_back(parent.goal, entry)
             return None
-        self.cache.put_entry(lease.ino, name, attr)
-        self.cache.put_no_xattrs(attr.ino)
-        if lease.attr is not None:
-            self.cache.put_attr(lease.attr)
-        attr, handle = await self._open_attr(attr, flags)
-        handle.inode.adopt_handle(entry.handle)
-        handle.inode.created_under = (lease, name)
-        return self._local(attr), handle
+        self._added(lease.ino, name, attr, lease.attr, new_inode=True)
+        return await self._open_created(attr, flags, entry.handle, lease, name)
+
+    async def _open_created(
+        self,
+        attr: Attr,
+        flags: int,
+        handle: WriteHandle | None,
+        lease: DirLease | None,
+        name: bytes,
+    ) -> tuple[Attr, File]:
+        """Open a file this client just created, with chunk 0's write ``handle`` if it
+        came with the create, and, under ``lease``, its commits through the queue."""
+        attr, file = await self._open_attr(attr, flags)
+        if handle is not None:
+            file.inode.adopt_handle(handle)
+        if lease is not None:
+            file.inode.created_under = (lease, name)
+        return self._local(attr), file
 
     async def mknod(
         self,
@@ -744,10 +752,16 @@ class FsClient:
         """Cache what a mutation that added ``name`` to ``parent`` answered: the entry, the
         inode's attributes, the parent's (its mtime, and nlink for a directory, changed:
         the answer's ``parent_attr``, else forgotten). A ``new_inode`` has no xattrs."""
-        attr = self._attr(header)
-        self.cache.put_entry(parent, name, attr)
         wire = header.get("parent_attr")
         parent_attr = Attr.from_wire(wire) if wire is not None else None
+        return self._added(parent, name, self._attr(header), parent_attr, new_inode=new_inode)
+
+    def _added(
+        self, parent: int, name: bytes, attr: Attr, parent_attr: Attr | None, *, new_inode: bool
+    ) -> Attr:
+        """``name`` in ``parent`` is ``attr`` now (added here, synchronously or under a
+        lease), and the parent's attributes ``parent_attr`` (None: unknown)."""
+        self.cache.put_entry(parent, name, attr)
         self.dirleases.note_added(parent, name, attr, parent_attr)
         if parent_attr is not None:
             self.cache.put_attr(parent_attr)

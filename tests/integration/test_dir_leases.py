@@ -396,26 +396,28 @@ async def test_a_queued_commit_outlives_an_outage_of_every_metaserver(
             assert await f.read(0, len(data) + 1) == data
 
 
-async def wait_for_reserved(fs: FsClient, goal: int = 3) -> None:
-    """The client's pool of reserved inode numbers has entries (its refill is async)."""
+async def leased_dir_with_reserved(fs: FsClient, name: bytes, goal: int = 3) -> int:
+    """A new directory ``name`` whose lease ``fs`` holds (its first create took it), with
+    inode numbers reserved for the next creates (the pool fills in the background)."""
+    d = await fs.mkdir(ROOT_INO, name, 0o755)
+    _, f = await fs.create_and_open(d.ino, b"first", MODE, os.O_WRONLY | os.O_CREAT)
+    await f.close()
     with anyio.fail_after(30):
         while not fs._inos._entries.get(goal):
             await anyio.sleep(0.01)  # polling for the background refill
+    return d.ino
 
 
 async def test_creates_under_a_lease_are_answered_at_once_and_land_whole(
     layout: local.Layout, no_timed_flush: None
 ) -> None:
     async with client(layout) as a, client(layout) as b:
-        d = await a.mkdir(ROOT_INO, b"ac", 0o755)
-        _, f = await a.create_and_open(d.ino, b"first", MODE, os.O_WRONLY | os.O_CREAT)
-        await f.close()  # took the lease; the pool fills meanwhile
-        await wait_for_reserved(a)
+        d_ino = await leased_dir_with_reserved(a, b"ac")
         creates, commits = a.stats.count("fs.create"), a.stats.count("fs.commit")
         payloads = {b"f%02d" % i: os.urandom(100 + 37 * i) for i in range(20)}
         told = {}
         for name, data in payloads.items():
-            attr, f = await a.create_and_open(d.ino, name, MODE, os.O_WRONLY | os.O_CREAT)
+            attr, f = await a.create_and_open(d_ino, name, MODE, os.O_WRONLY | os.O_CREAT)
             await f.write(0, data)
             await f.close()
             told[name] = attr.ino
@@ -424,33 +426,30 @@ async def test_creates_under_a_lease_are_answered_at_once_and_land_whole(
         assert a.dirleases.pending
         assert len(set(told.values())) == len(told)
         for name, data in payloads.items():  # B's lookups recall A's lease: all landed
-            attr = await b.lookup(d.ino, name)
+            attr = await b.lookup(d_ino, name)
             assert (attr.ino, attr.size, attr.mode, attr.nlink) == (told[name], len(data), MODE, 1)
             async with await b.open(attr.ino, os.O_RDONLY) as f:
                 assert await f.read(0, len(data) + 10) == data
         assert not a.dirleases.pending
-        assert sorted(await names(b, d.ino)) == sorted([b"first", *payloads])
+        assert sorted(await names(b, d_ino)) == sorted([b"first", *payloads])
 
 
 async def test_a_leased_create_held_open_outlives_another_clients_unlink(
     layout: local.Layout, no_timed_flush: None
 ) -> None:
     async with client(layout) as a, client(layout) as b:
-        d = await a.mkdir(ROOT_INO, b"ah", 0o755)
-        _, f = await a.create_and_open(d.ino, b"first", MODE, os.O_WRONLY | os.O_CREAT)
-        await f.close()
-        await wait_for_reserved(a)
+        d_ino = await leased_dir_with_reserved(a, b"ah")
         creates = a.stats.count("fs.create")
-        _, f = await a.create_and_open(d.ino, b"open", MODE, os.O_RDWR | os.O_CREAT)
+        _, f = await a.create_and_open(d_ino, b"open", MODE, os.O_RDWR | os.O_CREAT)
         assert a.stats.count("fs.create") == creates
         await f.write(0, b"before")
-        await b.unlink(d.ino, b"open")  # recalls: the create lands, held open by A
+        await b.unlink(d_ino, b"open")  # recalls: the create lands, held open by A
         await f.write(6, b" after")
         await f.fsync()
         assert await f.read(0, 100) == b"before after"
         await f.close()
         with pytest.raises(NotFound):
-            await b.lookup(d.ino, b"open")
+            await b.lookup(d_ino, b"open")
 
 
 async def test_a_leased_create_that_does_not_land_is_reported_at_fsync(
@@ -459,11 +458,8 @@ async def test_a_leased_create_that_does_not_land_is_reported_at_fsync(
     expect_log(r"create of b'bad' \(inode \d+\) in directory inode \d+ did not land")
     expect_log(r"ino \d+: uncommitted writes a close left are dropped")
     async with client(layout) as a, client(layout) as b:
-        d = await a.mkdir(ROOT_INO, b"af", 0o755)
-        _, f = await a.create_and_open(d.ino, b"first", MODE, os.O_WRONLY | os.O_CREAT)
-        await f.close()
-        await wait_for_reserved(a)
-        _, f = await a.create_and_open(d.ino, b"bad", MODE, os.O_RDWR | os.O_CREAT)
+        d_ino = await leased_dir_with_reserved(a, b"af")
+        _, f = await a.create_and_open(d_ino, b"bad", MODE, os.O_RDWR | os.O_CREAT)
         queued = a.dirleases._queue[-1]
         assert queued.op == "fs.create" and queued.fields is not None
         # An inode number this client was not given: the namespace must refuse it, as it
@@ -478,7 +474,7 @@ async def test_a_leased_create_that_does_not_land_is_reported_at_fsync(
             while a._is_open(queued.ino):  # the client gives up what the close left
                 await anyio.sleep(0.01)  # polling for the background settle
         with pytest.raises(NotFound):
-            await b.lookup(d.ino, b"bad")
+            await b.lookup(d_ino, b"bad")
 
 
 async def test_a_leased_directorys_attributes_change_at_once_and_others_see_them(

@@ -15,24 +15,25 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 import dfs
 from dfs.cli import cluster as local
-from dfs.secret import SecretFileError, load_secret
-
-F = TypeVar("F", bound=Callable[..., Any])
-# How long a file command (ls, put, get, ...) waits for the cluster by default (--timeout).
-CLIENT_TIMEOUT_S = 30.0
-DIR_DEFAULT = "dfs-data"
-MOUNT_DEFAULT = "dfs-mnt"
-# The mount's client timeout: past it an operation fails (EIO/ETIMEDOUT) instead of
-# hanging the shell. 30 s rides out a leader election and a chunkserver declared dead.
-MOUNT_TIMEOUT_S = 30.0
+from dfs.cli.common import (
+    MOUNT_DEFAULT,
+    MOUNT_TIMEOUT_S,
+    client_options,
+    cluster_options,
+    dir_option,
+    find_cluster,
+    human,
+    run_client,
+    size_bytes,
+    sync_on_close_option,
+)
 
 
 @click.group()
@@ -48,83 +49,6 @@ def cli(log_level: str) -> None:
 def version() -> None:
     """Print the dfs version."""
     click.echo(f"dfs {dfs.__version__}")
-
-
-def dir_option(f: F) -> F:
-    return click.option(
-        "--dir",
-        "directory",
-        type=click.Path(path_type=Path),
-        default=DIR_DEFAULT,
-        envvar="DFS_DIR",
-        show_default=True,
-        help="The cluster directory (written by dfs up).",
-    )(f)
-
-
-def cluster_options(f: F) -> F:
-    f = dir_option(f)
-    f = click.option("--meta", help="Metaserver addresses HOST:PORT,... (instead of --dir).")(f)
-    f = click.option(
-        "--secret",
-        "secret_file",
-        type=click.Path(path_type=Path),
-        help="The cluster secret file (with --meta).",
-    )(f)
-    return f
-
-
-def _set_client_timeout(ctx: click.Context, _: click.Parameter, value: float) -> None:
-    ctx.meta["dfs.client_timeout_s"] = value
-
-
-def sync_on_close_option(f: F) -> F:
-    return click.option(
-        "--sync-on-close",
-        is_flag=True,
-        help="Make every close durable on every replica, as fsync does (slower; by default "
-        "a close leaves the bytes in the replicas' memory and fsync makes them durable).",
-    )(f)
-
-
-def client_options(f: F) -> F:
-    """``cluster_options`` and ``--timeout``, for commands that work on files."""
-    f = click.option(
-        "--timeout",
-        type=click.FloatRange(min=0.1),
-        default=CLIENT_TIMEOUT_S,
-        show_default=True,
-        expose_value=False,
-        callback=_set_client_timeout,
-        help="Seconds an operation may wait for the cluster before it fails.",
-    )(f)
-    return cluster_options(f)
-
-
-def find_cluster(
-    directory: Path, meta: str | None, secret_file: Path | None
-) -> tuple[list[str], bytes]:
-    """(metaserver addresses, secret) from the options; a clear error otherwise."""
-    try:
-        if meta:
-            if secret_file is None:
-                raise click.UsageError("--meta needs --secret FILE")
-            addresses = [a.strip() for a in meta.split(",") if a.strip()]
-            return addresses, load_secret(secret_file)
-        layout = local.load_layout(directory.absolute())
-        return layout.meta_addresses, load_secret(layout.secret_file)
-    except local.ClusterError as e:
-        raise click.ClickException(str(e)) from None
-    except (OSError, SecretFileError) as e:
-        raise click.ClickException(f"cannot read the cluster secret: {e}") from None
-
-
-def _size_bytes(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
 
 
 # ---------------------------------------------------------------------- cluster life cycle
@@ -172,7 +96,7 @@ def up(
     data.
     """
     try:
-        size = _size_bytes(chunk_size)
+        size = size_bytes(chunk_size)
     except ValueError:
         raise click.BadParameter(f"not a size: {chunk_size!r}", param_hint="--chunk-size") from None
     try:
@@ -189,7 +113,7 @@ def up(
         click.echo(f"  metaserver  {i}  {address}  pid {pids[f'meta{i}']}")
     for i, address in sorted(layout.chunkservers.items()):
         click.echo(f"  chunkserver {i}  {address}  pid {pids[f'cs{i}']}")
-    click.echo(f"  chunk size  {_human(layout.chunk_size)}; secret {layout.secret_file}")
+    click.echo(f"  chunk size  {human(layout.chunk_size)}; secret {layout.secret_file}")
     if not no_mount:
         try:
             where = _mount_local(layout, mountpoint, sync_on_close=sync_on_close)
@@ -288,17 +212,6 @@ def status(directory: Path, meta: str | None, secret_file: Path | None, as_json:
 BAR_WIDTH = 20
 
 
-def _human(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
 def render_status(st: dict[str, Any]) -> str:
     lines = []
     if st["leader"] is None:
@@ -325,13 +238,13 @@ def render_status(st: dict[str, Any]) -> str:
         state = "alive" if c["alive"] else "DEAD"
         lines.append(
             f"  {c['id']}  {c['address']:21s} {state:5s} {bar} {frac:4.0%}  "
-            f"{_human(used)} / {_human(cap)}  {c['chunks']} chunks  pid {c['pid']}"
+            f"{human(used)} / {human(cap)}  {c['chunks']} chunks  pid {c['pid']}"
         )
     if not st["chunkservers"]:
         lines.append("  (none known: no leader, or none registered yet)")
     lines.append(
-        f"files {st['files']}  dirs {st['dirs']}  chunks {st['chunks']}  data {_human(st['bytes'])}"
-        f"  capacity {_human(st['used_bytes'])} used of {_human(st['capacity_bytes'])}"
+        f"files {st['files']}  dirs {st['dirs']}  chunks {st['chunks']}  data {human(st['bytes'])}"
+        f"  capacity {human(st['used_bytes'])} used of {human(st['capacity_bytes'])}"
     )
     health = st.get("health")
     if health:
@@ -361,36 +274,6 @@ def render_status(st: dict[str, Any]) -> str:
 PROGRESS_MIN_BYTES = 8 << 20  # smaller copies finish before a bar would tell anything
 
 
-def _run_client(
-    directory: Path,
-    meta: str | None,
-    secret_file: Path | None,
-    work: Callable[[Any], Any],
-) -> Any:
-    """Run ``work(fs)`` with a connected ``FsClient``; a ``DfsError`` becomes a one-line error."""
-    import anyio
-
-    from dfs.cli import files
-    from dfs.wire.errors import DfsError
-
-    addresses, secret = find_cluster(directory, meta, secret_file)
-
-    timeout_s = click.get_current_context().meta.get("dfs.client_timeout_s", CLIENT_TIMEOUT_S)
-
-    async def main() -> Any:
-        async with files.client(addresses, secret, timeout_s) as fs:
-            return await work(fs)
-
-    try:
-        return anyio.run(main, backend="asyncio")
-    except DfsError as e:
-        raise click.ClickException(
-            f"{e.code.name.lower().replace('_', ' ')}: {e.message}"
-        ) from None
-    except OSError as e:
-        raise click.ClickException(str(e)) from None
-
-
 def _bar(total: int, label: str) -> Any:
     """A progress bar on stderr for copies worth one (a no-op context otherwise)."""
     import contextlib
@@ -408,7 +291,7 @@ def ls(directory: Path, meta: str | None, secret_file: Path | None, path: str, l
     """List a directory of the cluster."""
     from dfs.cli import files
 
-    lines = _run_client(
+    lines = run_client(
         directory, meta, secret_file, lambda fs: files.ls(fs, files.remote(path), long)
     )
     for line in lines:
@@ -431,7 +314,7 @@ def put(
         with _bar(total, f"put {local.name}") as bar:
             return await files.put(fs, local, files.remote(path), bar.update if bar else None)
 
-    _run_client(directory, meta, secret_file, work)
+    run_client(directory, meta, secret_file, work)
 
 
 @cli.command()
@@ -461,7 +344,7 @@ def get(
             tmp.unlink(missing_ok=True)
         return n
 
-    _run_client(directory, meta, secret_file, work)
+    run_client(directory, meta, secret_file, work)
 
 
 @cli.command()
@@ -477,7 +360,7 @@ def cat(
         for p in paths:
             await files.get(fs, files.remote(p), files.stdout_binary())
 
-    _run_client(directory, meta, secret_file, work)
+    run_client(directory, meta, secret_file, work)
 
 
 @cli.command()
@@ -498,7 +381,7 @@ def rm(
         for p in paths:
             await files.rm(fs, files.remote(p), recursive)
 
-    _run_client(directory, meta, secret_file, work)
+    run_client(directory, meta, secret_file, work)
 
 
 @cli.command()
@@ -519,7 +402,7 @@ def mkdir(
         for p in paths:
             await files.mkdir(fs, files.remote(p), parents)
 
-    _run_client(directory, meta, secret_file, work)
+    run_client(directory, meta, secret_file, work)
 
 
 @cli.command()
@@ -530,7 +413,7 @@ def mv(directory: Path, meta: str | None, secret_file: Path | None, src: str, ds
     """Rename or move (atomically; into DST if it is a directory)."""
     from dfs.cli import files
 
-    _run_client(
+    run_client(
         directory, meta, secret_file, lambda fs: files.mv(fs, files.remote(src), files.remote(dst))
     )
 
@@ -543,9 +426,7 @@ def stat_(directory: Path, meta: str | None, secret_file: Path | None, path: str
     from dfs.cli import files
 
     click.echo(
-        _run_client(
-            directory, meta, secret_file, lambda fs: files.stat_text(fs, files.remote(path))
-        )
+        run_client(directory, meta, secret_file, lambda fs: files.stat_text(fs, files.remote(path)))
     )
 
 
@@ -698,6 +579,11 @@ def metaserver(config: Path) -> None:
 def chunkserver(config: Path) -> None:
     """Run a chunkserver daemon (same as python -m chunkserver)."""
     os.execv(sys.executable, [sys.executable, "-m", "chunkserver", "--config", str(config)])
+
+
+from dfs.cli.admin import admin  # noqa: E402 (registered once cli exists)
+
+cli.add_command(admin)
 
 
 def main() -> None:

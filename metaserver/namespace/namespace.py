@@ -35,6 +35,7 @@ from dfs.wire.errors import (
     Unsupported,
     error_to_wire,
 )
+from metaserver.chunks.policy import ClusterPolicy
 from metaserver.namespace.batch import batch
 from metaserver.namespace.commands import (
     CHUNKS_QUERY_MAX,
@@ -182,6 +183,10 @@ class Namespace(State):
 
     def chunkservers(self) -> dict[int, dict[str, str]]:
         return {cs_id: {"uuid": u, "address": a} for cs_id, (u, a) in self.cs_table.items()}
+
+    def policy(self) -> ClusterPolicy:
+        """The operator's chunk policy (draining servers, labels, a running rebalance)."""
+        return ClusterPolicy()
 
     def stats(self) -> dict[str, int]:
         """Counts for statfs and status; ``bytes`` is the sum of regular files' sizes."""

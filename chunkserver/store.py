@@ -129,6 +129,10 @@ log = logging.getLogger(__name__)
 WRITEBACK_BYTES_MIN = 1024 * 1024
 # A single read may ask for at most this much (docs/PROTOCOL.md, chunk.read).
 READ_BYTES_MAX = 16 * 1024 * 1024
+# Replicas are the users' bytes: only the chunkserver's own user may read them. The data
+# directory is made (or made again, at start) 0700, each file in it 0600.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 
 # Errors that say the process is short of a resource, not that a replica's file is bad:
 # they fail the request (Unavailable) and leave the replica as it is (rule 5).
@@ -224,7 +228,9 @@ class ChunkStore:
         self.log_prefix = log_prefix
         self.on_bad: Callable[[int, int], None] | None = None
         self.inject_eio_chunk_ids: frozenset[int] = frozenset()
-        self.chunks_dir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        os.chmod(self.root, DIR_MODE)  # a directory made by an older version was 0755
+        self.chunks_dir.mkdir(exist_ok=True, mode=DIR_MODE)
         if capacity_bytes == 0:
             st = os.statvfs(self.chunks_dir)
             capacity_bytes = st.f_blocks * st.f_frsize
@@ -315,7 +321,7 @@ class ChunkStore:
 
     def _clear_tmp(self) -> None:
         """Remove copies that were being made when the last run ended (rule 9)."""
-        self.tmp_dir.mkdir(exist_ok=True)
+        self.tmp_dir.mkdir(exist_ok=True, mode=DIR_MODE)
         removed = 0
         for entry in os.scandir(self.tmp_dir):
             if entry.is_file(follow_symlinks=False) or entry.is_symlink():
@@ -382,7 +388,7 @@ class ChunkStore:
         log.warning("%s event=quarantined chunk=%d path=%s reason=%s detail=%r",
                     self.log_prefix, chunk_id, path, reason, detail)  # fmt: skip
         try:
-            self.quarantine_dir.mkdir(exist_ok=True)
+            self.quarantine_dir.mkdir(exist_ok=True, mode=DIR_MODE)
             os.rename(path, target)
         except OSError as e:
             log.warning("%s event=quarantine_failed path=%s reason=%s",
@@ -633,16 +639,16 @@ class ChunkStore:
         self._fds.forget(chunk_id)  # a descriptor of an earlier file of this id is not this one
         subdir = chunk_id % 256
         if not path.parent.is_dir():
-            path.parent.mkdir(exist_ok=True)
+            path.parent.mkdir(exist_ok=True, mode=DIR_MODE)
             with self._mutex:
                 self._subdirs_unsynced.add(subdir)
         # O_EXCL: the replica table said there is no such file; a leftover one (a write that
         # failed and could not unlink) is replaced, since its contents are not trusted.
         try:
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
         except FileExistsError:
             os.unlink(path)
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
 
     def _reserve(self, chunk_id: int, growth_bytes: int, *, check_disk: bool = False) -> None:
         """Count ``growth_bytes`` as used, or ``NoSpace`` past the configured capacity. With
@@ -942,7 +948,7 @@ class ChunkStore:
         path = self.tmp_dir / f"{chunk_id:016x}.{time.time_ns()}.part"
         fd = -1
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
             pwrite_all(fd, encode_header(chunk_id, version, 0), 0)
             if length:
                 self._preallocate(fd, 0, length)
@@ -1008,7 +1014,7 @@ class ChunkStore:
                 if self.fsync:
                     os.fdatasync(incoming.fd)
                 if not path.parent.is_dir():
-                    path.parent.mkdir(exist_ok=True)
+                    path.parent.mkdir(exist_ok=True, mode=DIR_MODE)
                     with self._mutex:
                         self._subdirs_unsynced.add(chunk_id % 256)
                 os.replace(incoming.path, path)

@@ -132,6 +132,10 @@ _SEGMENT_RE = re.compile(r"^log-([0-9a-f]{16})-([0-9a-f]{16})\.seg$")
 _SNAPSHOT_RE = re.compile(r"^snap-([0-9a-f]{16})\.snap$")
 _SNAPSHOT_TMP_RE = re.compile(r"^snap-([0-9a-f]{16})\.snap\.tmp$")
 LOCK_NAME = "LOCK"
+# The log and snapshots hold the whole namespace: only the metaserver's own user may read
+# them. The directory is made (or made again, at start) 0700, each file in it 0600.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 
 
 class RecordType(enum.IntEnum):
@@ -517,7 +521,8 @@ class RaftStorage:
     # Recovery
 
     def _recover(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        os.chmod(self._dir, DIR_MODE)  # a directory made by an older version was 0755
         self._lock()
         dir_changed = False
         snapshot_indexes: list[int] = []
@@ -768,7 +773,9 @@ class RaftStorage:
         first = (reset_index if reset_index is not None else self._last_index) + 1
         seg = _Segment(seq, first, self._dir / segment_name(seq, first))
         try:
-            self._fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            self._fd = os.open(
+                seg.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
+            )
         except OSError as exc:
             self._failed = exc  # we hold no open segment any more
             raise
@@ -840,7 +847,7 @@ class RaftStorage:
         hasher.update(snap.data)
         final = self._dir / snapshot_name(snap.meta.index)
         tmp = final.with_name(final.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
         try:
             # Three writes, so that the (possibly large) data is never copied.
             for part in (head, snap.data, _CHECKSUM.pack(hasher.intdigest())):
@@ -856,7 +863,7 @@ class RaftStorage:
         self._sync_dir()
 
     def _lock(self) -> None:
-        fd = os.open(self._dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self._dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:

@@ -1270,3 +1270,19 @@ async def test_a_cancelled_waiter_released_past_keeps_its_cancellation() -> None
     await lock.acquire(True)  # and the lock still works
     lock.release(True)
     assert lock.idle
+
+
+# ---------------------------------------------------------------------- privacy
+
+
+def test_replicas_are_private_to_the_chunkservers_user(root: Path) -> None:
+    """The data directory is 0700 and each replica 0600, also when an older version made
+    the directory 0755: no other local user reads a file's bytes off the disk."""
+    root.mkdir(mode=0o755)
+    os.chmod(root, 0o755)
+    store = ChunkStore(root, chunk_bytes_max=MiB)
+    store.write(CHUNK, 1, 0, 0, data(100))
+    assert root.stat().st_mode & 0o777 == 0o700
+    assert store.path(CHUNK).stat().st_mode & 0o777 == 0o600
+    for d in (store.chunks_dir, store.path(CHUNK).parent):
+        assert d.stat().st_mode & 0o077 == 0, d

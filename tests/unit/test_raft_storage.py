@@ -836,3 +836,20 @@ def test_crash_model_recovers_a_prefix_of_the_writes(
         images += CrashCase(tmp_path / f"seed{seed}", seed, caplog).run()
         shutil.rmtree(tmp_path / f"seed{seed}")
     assert images > 600  # the cases really crashed, many times
+
+
+def test_the_log_and_snapshots_are_private_to_the_metaservers_user(tmp_path: Path) -> None:
+    """The Raft directory is 0700 (also one an older version made 0755) and each segment,
+    snapshot and lock 0600: the namespace is not readable by other local users."""
+    d = tmp_path / "raft"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    st = RaftStorage.open(d, sync=False)
+    st.append([entry(1)], hard_state(1, 0, 1))
+    st.save_snapshot(snapshot(1))
+    st.close()
+    assert d.stat().st_mode & 0o777 == 0o700
+    names = sorted(p.name for p in d.iterdir())
+    assert any(n.endswith(".seg") for n in names) and any(n.endswith(".snap") for n in names)
+    for p in d.iterdir():
+        assert p.stat().st_mode & 0o777 == 0o600, p.name

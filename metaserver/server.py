@@ -54,6 +54,7 @@ from metaserver.namespace.commands import BATCH_OPS, GOAL_MAX, GOAL_MIN
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
 from metaserver.placement import Placer, Registry
 from metaserver.raft.node import RAFT_OP, RaftNode
+from metaserver.raft.storage import CorruptLogError, StorageLockedError
 from metaserver.raft.types import Role
 from metaserver.repair import Repair
 
@@ -863,9 +864,16 @@ class MetaServer:
 
 
 async def serve(config: MetaConfig, secret: bytes) -> int:
-    """Run until SIGTERM/SIGINT (exit 0) or a fatal node error (exit 1)."""
+    """Run until SIGTERM/SIGINT (exit 0) or a fatal node error (exit 1); a server that
+    cannot start (port in use, a data directory it cannot make or lock, a damaged log)
+    logs one line saying why and exits 1."""
     server = MetaServer(config, secret)
-    await server.start()
+    try:
+        await server.start()
+    except (OSError, CorruptLogError, StorageLockedError) as e:
+        log.error("metaserver node=%d event=start_failed reason=%r", config.node.id, str(e))
+        await server.stop()
+        return 1
     failed = await daemon.wait_for_stop(server.node.failed)
     log.info("metaserver node=%d event=shutdown failed=%s", config.node.id, failed)
     await server.stop()

@@ -50,8 +50,10 @@ def parse_node(raw: dict[str, Any], path: Path, known: frozenset[str]) -> NodeSe
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
     try:
         node_id = NodeId(int(raw["id"]))
-        host, _, port_text = str(raw["listen"]).rpartition(":")
-        peers = {NodeId(int(k)): str(v) for k, v in raw.get("peers", {}).items()}
+        host, port = _address(raw["listen"], "listen")
+        peers = {
+            NodeId(int(k)): _join(_address(v, f"peer {k}")) for k, v in raw.get("peers", {}).items()
+        }
         node = NodeConfig(
             id=node_id,
             data_dir=Path(raw["data_dir"]),
@@ -64,18 +66,30 @@ def parse_node(raw: dict[str, Any], path: Path, known: frozenset[str]) -> NodeSe
             join=bool(raw.get("join", False)),
             read_lease=bool(raw.get("read_lease", True)),
         )
-        section = NodeSection(node, host, int(port_text), Path(raw["secret_file"]))
+        section = NodeSection(node, host, port, Path(raw["secret_file"]))
     except KeyError as e:
         raise ValueError(f"{path}: missing key {e}") from None
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
-    if node_id < 1 or not host or any(n < 1 for n in peers):
-        raise ValueError(f"{path}: node ids start at 1 and listen is host:port")
+    if node_id < 1 or any(n < 1 for n in peers):
+        raise ValueError(f"{path}: node ids start at 1")
     if not node.join and node_id not in peers:
         raise ValueError(f"{path}: an initial member must be in [peers]")
     if node.tick_ms < 1 or node.snapshot_entries < 1:
         raise ValueError(f"{path}: tick_ms and snapshot_entries must be >= 1")
     return section
+
+
+def _address(value: Any, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` as (host, port); ``ValueError`` naming ``what`` otherwise."""
+    host, _, port_text = str(value).rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{what}: {value!r} is not HOST:PORT")
+    return host, int(port_text)
+
+
+def _join(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
 
 
 __all__ = ["NODE_KEYS", "NodeSection", "parse_node"]

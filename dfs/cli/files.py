@@ -183,6 +183,28 @@ def _time_text(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ns / 1e9))
 
 
+_ESCAPES = {ord("\\"): "\\\\", ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"}
+
+
+def shown_name(name: bytes) -> str:
+    """A file name as ``ls -b`` prints it: a control character, a backslash and a byte
+    that is not UTF-8 become escapes (``\\n``, ``\\033``, ``\\377``), so that no name can move
+    the cursor, recolour the terminal or pass for two lines."""
+    text = name.decode("utf-8", "surrogateescape")
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code in _ESCAPES:
+            out.append(_ESCAPES[code])
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte surrogateescape could not decode
+            out.append(f"\\{code - 0xDC00:03o}")
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\{code:03o}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 async def ls(fs: FsClient, path: bytes, long: bool) -> list[str]:
     attr = await fs.resolve(path)
     entries: list[tuple[bytes, Attr]]
@@ -192,12 +214,12 @@ async def ls(fs: FsClient, path: bytes, long: bool) -> list[str]:
         entries = sorted([(e.name, e.attr) async for e in fs.readdir(attr.ino)], key=lambda x: x[0])
     lines = []
     for name, a in entries:
-        shown = os.fsdecode(name)
+        shown = shown_name(name)
         if not long:
             lines.append(shown)
             continue
         if a.is_symlink:
-            shown += " -> " + os.fsdecode(await fs.readlink(a.ino))
+            shown += " -> " + shown_name(await fs.readlink(a.ino))
         lines.append(
             f"{_mode_text(a.mode)} {a.nlink:3d} {a.uid:5d} {a.gid:5d} {a.size:12d} "
             f"{_time_text(a.mtime_ns)} {shown}"
@@ -217,7 +239,7 @@ async def stat_text(fs: FsClient, path: bytes) -> str:
         stat.S_IFBLK: "block device",
     }.get(stat.S_IFMT(a.mode), "unknown")
     lines = [
-        f"  File: {os.fsdecode(path)}",
+        f"  File: {shown_name(path)}",
         f"  Size: {a.size}  Blocks: {a.blocks}  {kind}",
         f" Inode: {a.ino}  Links: {a.nlink}  Goal: {a.goal}",
         f"Access: ({stat.S_IMODE(a.mode):04o}/{_mode_text(a.mode)})  Uid: {a.uid}  Gid: {a.gid}",

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from chunkserver.disk import AsyncChunkStore
@@ -58,6 +59,10 @@ SCRUB_STEP_BYTES_MAX = 1024 * 1024
 # Pause after a pass that found nothing to read (no replicas, or all empty), so that an
 # idle scrubber with scrub_interval_ms = 0 does not spin.
 SCRUB_IDLE_PAUSE_S = 1.0
+# A pass takes at least this long: over a store of tiny replicas a pass is over in
+# milliseconds, and passes back to back spun at hundreds a second, relisting the store each
+# time, for bytes the previous pass had just verified.
+SCRUB_PASS_MIN_S = 1.0
 # Steps per second a throttled stream aims at: pieces of rate / STEPS_PER_S keep it smooth
 # rather than one large burst and a long pause.
 STEPS_PER_S = 4
@@ -200,6 +205,7 @@ class Scrubber:
     async def run(self) -> None:
         """Pass after pass, for the life of the server (cancel to stop)."""
         while True:
+            started = time.monotonic()
             try:
                 verified = await self.scrub_pass()
             except Exception:
@@ -207,11 +213,13 @@ class Scrubber:
                 log.exception("chunkserver event=scrub_failed")
                 verified = 0
             self.passes += 1
-            await asyncio.sleep(self.pause_s(verified))  # the pause between passes
+            # the pause between passes
+            await asyncio.sleep(self.pause_s(verified, time.monotonic() - started))
 
-    def pause_s(self, verified: int) -> float:
-        """The pause after a pass that verified ``verified`` bytes."""
-        return self.interval_s if verified else max(self.interval_s, SCRUB_IDLE_PAUSE_S)
+    def pause_s(self, verified: int, elapsed_s: float) -> float:
+        """The pause after a pass of ``elapsed_s`` that verified ``verified`` bytes."""
+        pause = self.interval_s if verified else max(self.interval_s, SCRUB_IDLE_PAUSE_S)
+        return max(pause, SCRUB_PASS_MIN_S - elapsed_s)
 
     async def scrub_pass(self) -> int:
         """One pass over the replicas listed at its start; returns the bytes verified."""

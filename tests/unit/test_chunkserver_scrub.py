@@ -17,7 +17,13 @@ import pytest
 
 from chunkserver.disk import AsyncChunkStore
 from chunkserver.format import BLOCK_BYTES, DATA_OFFSET, ReplicaInfo
-from chunkserver.repair import SCRUB_IDLE_PAUSE_S, SCRUB_STEP_BYTES_MAX, Scrubber, Throttle
+from chunkserver.repair import (
+    SCRUB_IDLE_PAUSE_S,
+    SCRUB_PASS_MIN_S,
+    SCRUB_STEP_BYTES_MAX,
+    Scrubber,
+    Throttle,
+)
 from chunkserver.store import ChunkStore
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
@@ -119,7 +125,9 @@ async def test_an_idle_scrubber_pauses_between_passes(
     store = async_store()
     assert await Scrubber(store, 1 << 40, 0.0).scrub_pass() == 0  # nothing to read
     busy = Scrubber(store, 1 << 40, 0.0)
-    assert busy.pause_s(0) == SCRUB_IDLE_PAUSE_S  # no spinning over an empty store
-    assert busy.pause_s(1) == 0.0  # scrub_interval_ms = 0: the next pass at once
-    assert Scrubber(store, 1, 5.0).pause_s(1) == 5.0
+    assert busy.pause_s(0, 0.0) == SCRUB_IDLE_PAUSE_S  # no spinning over an empty store
+    assert busy.pause_s(1, 2.0) == 0.0  # scrub_interval_ms = 0: after a long pass, at once
+    # A pass over tiny replicas is over at once: passes are still SCRUB_PASS_MIN_S apart.
+    assert busy.pause_s(1, 0.25) == pytest.approx(SCRUB_PASS_MIN_S - 0.25)
+    assert Scrubber(store, 1, 5.0).pause_s(1, 0.0) == 5.0
     await store.close()

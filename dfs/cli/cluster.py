@@ -31,7 +31,7 @@ Layout of a cluster directory ``D`` (version 1)::
     capacity_bytes = 1073741824
 
 ``add_chunkservers`` adds servers to an existing directory (the next indexes, the same
-options); they start, and stop, with the rest.
+options); ``start_daemons(only=...)`` starts just those, and they stop with the rest.
 
 A second ``dfs up --dir D`` on an existing directory reuses everything (same ports, same
 data): that is how a cluster is restarted. Stopping sends SIGTERM to each PID (checked to be
@@ -53,6 +53,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,8 +276,11 @@ def _running_pid(layout: Layout, name: str, config: Path) -> int | None:
     return pid if str(config).encode() in cmdline.split(b"\0") else None
 
 
-def start_daemons(layout: Layout, *, log_level: str = "INFO") -> dict[str, int]:
-    """Start every daemon that is not running; returns name -> PID of all of them."""
+def start_daemons(
+    layout: Layout, *, log_level: str = "INFO", only: Collection[str] | None = None
+) -> dict[str, int]:
+    """Start every daemon that is not running (of ``only``'s names, when given); returns
+    name -> PID of all of them (of those)."""
     pids: dict[str, int] = {}
     env = {**os.environ, "DFS_LOG_LEVEL": log_level}
     # The daemons import this project: make sure they find it even when it is not installed
@@ -286,6 +290,8 @@ def start_daemons(layout: Layout, *, log_level: str = "INFO") -> dict[str, int]:
     (layout.dir / "logs").mkdir(exist_ok=True)
     (layout.dir / "run").mkdir(exist_ok=True)
     for name, argv, config in layout.daemons():
+        if only is not None and name not in only:
+            continue
         pid = _running_pid(layout, name, config)
         if pid is None:
             with open(layout.dir / "logs" / f"{name}.log", "ab") as log_file:
@@ -427,8 +433,11 @@ async def cluster_status(meta_addresses: list[str], secret: bytes) -> dict[str, 
     }
 
 
-async def wait_ready(layout: Layout, timeout_s: float = 60.0) -> dict[str, Any]:
-    """Poll until a leader is elected and every chunkserver is registered and alive."""
+async def wait_ready(
+    layout: Layout, timeout_s: float = 60.0, chunkservers: Collection[str] | None = None
+) -> dict[str, Any]:
+    """Poll until a leader is elected and every chunkserver (of the addresses
+    ``chunkservers``, when given) is registered and alive."""
     secret = load_secret(layout.secret_file)
     deadline = time.monotonic() + timeout_s
     status: dict[str, Any] = {}
@@ -439,7 +448,11 @@ async def wait_ready(layout: Layout, timeout_s: float = 60.0) -> dict[str, Any]:
             for c in status["chunkservers"]
             if c["alive"] and c["last_heartbeat_ms_ago"] is not None
         ]
-        if status["leader"] is not None and len(alive) >= len(layout.chunkservers):
+        if chunkservers is not None:
+            ready = set(chunkservers) <= {c["address"] for c in alive}
+        else:
+            ready = len(alive) >= len(layout.chunkservers)
+        if status["leader"] is not None and ready:
             return status
         await asyncio.sleep(0.1)  # polling the cluster's own report, with a deadline
     down = [m["address"] for m in status.get("metaservers", []) if m.get("state") == "down"]

@@ -124,9 +124,13 @@ def up(
     if capacity is not None and exists and add is None:
         raise click.UsageError("--capacity sizes the chunkservers of a new cluster, or added ones")
     try:
-        if add is not None:
+        only: list[str] | None = None
+        ready: list[str] | None = None
+        if add is not None:  # start the new ones only: a stopped server stays stopped
             layout = local.load_layout(directory.absolute())
-            local.add_chunkservers(layout, add, cs_options)
+            added = local.add_chunkservers(layout, add, cs_options)
+            only = [f"cs{i}" for i in added]
+            ready = [layout.chunkservers[i] for i in added]
             detach, no_mount = True, True
         else:
             layout = local.init_layout(
@@ -136,17 +140,23 @@ def up(
                 chunk_size=size,
                 cs_options=cs_options,
             )
-        pids = local.start_daemons(layout)
-        status = asyncio.run(local.wait_ready(layout, timeout_s))
+        pids = local.start_daemons(layout, only=only)
+        status = asyncio.run(local.wait_ready(layout, timeout_s, ready))
     except local.ClusterError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"dfs cluster up in {layout.dir}")
+    if add is None:
+        click.echo(f"dfs cluster up in {layout.dir}")
+    else:
+        click.echo(f"{add} chunkserver(s) added to the dfs cluster in {layout.dir}")
     click.echo(f"  leader      metaserver {status['leader']} at {status['leader_address']}")
     for i, address in sorted(layout.metaservers.items()):
-        click.echo(f"  metaserver  {i}  {address}  pid {pids[f'meta{i}']}")
+        if f"meta{i}" in pids:
+            click.echo(f"  metaserver  {i}  {address}  pid {pids[f'meta{i}']}")
     # The ids the metaservers gave, as dfs status shows them (not the directories' order).
     ids = {c["address"]: c["id"] for c in status["chunkservers"]}
     for i, address in sorted(layout.chunkservers.items(), key=lambda e: ids.get(e[1], 1 << 62)):
+        if f"cs{i}" not in pids:
+            continue
         cs_id = ids.get(address, "?")
         click.echo(f"  chunkserver {cs_id}  {address}  pid {pids[f'cs{i}']}  (cs{i})")
     click.echo(f"  chunk size  {human(layout.chunk_size)}; secret {layout.secret_file}")

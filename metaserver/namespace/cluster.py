@@ -182,22 +182,24 @@ _CS_FORGET = frozenset({"cs_id"})
 
 def cs_forget(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     """Remove a chunkserver from the cluster for good: refused while any chunk's replica set
-    (or a create's reserved chunk) names it. Its id is never given again; garbage it held
-    is forgotten there (the server is gone, and with it those replicas). O(chunks)."""
+    names it. Its id is never given again. Garbage it held and the first chunks reserved
+    for creates (pools.py, which live a day) no longer name it: the server is gone, and
+    with it those replicas (a reserved chunk keeps its other replicas, as a chunk whose
+    replica died). O(chunks + reserved entries)."""
     check_fields(a, _CS_FORGET)
     cs_id = _known(st, a)
     holding = sum(1 for c in st.chunk_table.values() if cs_id in c.replicas)
     if holding:
         raise Invalid("the chunkserver still holds replicas", cs_id=cs_id, replicas=holding)
-    for pool in st.pools.values():
-        for _, replicas, _ in pool.values():
-            if cs_id in replicas:
-                raise Invalid("a reserved chunk is placed on the chunkserver", cs_id=cs_id)
     uuid, _ = st.cs_table.pop(cs_id)
     del st.cs_by_uuid[uuid]
     for replicas in st.garbage.values():
         if cs_id in replicas:
             replicas.remove(cs_id)
+    for pool in st.pools.values():
+        for ino, (chunk_id, replicas, until_ns) in pool.items():
+            if cs_id in replicas:
+                pool[ino] = (chunk_id, [c for c in replicas if c != cs_id], until_ns)
     st.cluster.forget(cs_id)
     return {"ok": True}
 

@@ -113,11 +113,13 @@ def test_forget_refused_while_a_replica_set_names_it(fs: Fs) -> None:
     assert fs.err("cs_forget", cs_id=b) is E.NOT_FOUND
     again = fs.ok("cs_register", uuid="u1", address="h1:1")["cs_id"]
     assert again not in (a, b, c)
-    # Garbage that named a forgotten server no longer does.
+    # Garbage and reserved first chunks that named a forgotten server no longer do.
     fs.ok("unlink", parent=ROOT_INO, name=b"f")
     assert list(fs.ns.garbage.values()) == [[a]]
+    fs.ok("reserve", holder=5, replicas=[[a, c], [c, a]])
     fs.ok("cs_forget", cs_id=a)
     assert list(fs.ns.garbage.values()) == [[]]
+    assert [r for _, r, _ in fs.ns.pools[5].values()] == [[c], [c]]
 
 
 def test_rebalance_start_stop(fs: Fs) -> None:

@@ -16,6 +16,7 @@ Every daemon started here is stopped by PID in a finalizer, even when a test fai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -147,10 +148,8 @@ def test_rebalance_start_status_wait_on_a_terminal_and_stop(cluster: Path) -> No
         nonlocal seen
         ready, _, _ = select.select([master], [], [], 0.2)
         if ready:
-            try:
+            with contextlib.suppress(OSError):  # the child closed its end
                 seen += os.read(master, 4096)
-            except OSError:  # the child closed its end
-                pass
         return seen
 
     try:

@@ -10,10 +10,7 @@ from chunkserver.config import load_config
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
-BASE = (
-    'listen = "127.0.0.1:0"\ndata_dir = "d"\nsecret_file = "s"\n'
-    'metaservers = ["127.0.0.1:1"]\n'
-)
+BASE = 'listen = "127.0.0.1:0"\ndata_dir = "d"\nsecret_file = "s"\nmetaservers = ["127.0.0.1:1"]\n'
 
 
 def config(tmp_path: Path, extra: str) -> Path:

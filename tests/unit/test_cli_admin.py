@@ -9,6 +9,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
+import select
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -223,3 +228,56 @@ def test_progress_redraws_on_a_terminal_and_prints_lines_otherwise() -> None:
     p.show(50, 100, "b")  # within PLAIN_EVERY_S of the first: not printed
     p.end()
     assert plain.getvalue() == "a\n"
+
+
+# A CLI run in a pseudo-terminal, the leader's answers scripted in the child.
+_TTY_DRIVER = """
+import json, sys
+from dfs.cli import admin
+answers = json.loads(sys.argv[1])
+async def ask(op, mutate=False, **fields):
+    return answers.pop(0) if len(answers) > 1 else answers[0]
+def session(directory, meta, secret, work):
+    import anyio
+    return anyio.run(work, ask)
+admin._session = session
+admin.POLL_S = 0.01
+from dfs.cli.main import cli
+cli(["admin", "rebalance", "--threshold", "5", "--wait"])
+"""
+
+
+def test_wait_draws_a_bar_on_a_terminal() -> None:
+    moving = [{**PROGRESS, "moved_bytes": n << 20, "left_bytes": (128 - n) << 20}
+              for n in (0, 32, 96)]  # fmt: skip
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _TTY_DRIVER, json.dumps([*moving, STOPPED])],
+        stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+    )  # fmt: skip
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 30
+    try:
+        while proc.poll() is None or select.select([master], [], [], 0)[0]:
+            assert time.monotonic() < deadline, seen
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:  # the child closed its end
+                    break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        os.close(master)
+    assert proc.returncode == 0, seen
+    text = seen.decode()
+    assert "\r[........................]   0%  0 B moved, 128.0 MiB left" in text, text
+    assert (
+        "\r[######..................]  25%  32.0 MiB moved, 96.0 MiB left, 4.0 MiB/s, ETA 0:24"
+        in text
+    )
+    assert "\r[##################......]  75%  96.0 MiB moved" in text
+    assert "\x1b[K" in text
+    assert text.rstrip().endswith("no rebalance running (balanced); spread 3.5 points"), text

@@ -7,6 +7,11 @@ Config file (TOML, version 1)::
     secret_file = "/etc/dfs/secret"     # the cluster secret (dfs.secret format, mode 0600)
     metaservers = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
     address = "10.0.0.5:7101"           # optional; where others reach us (default: listen)
+    host = "rack1-node5"                # optional; the machine this server runs on, for
+                                        # placement: replicas of a chunk go to distinct
+                                        # hosts (default: the host of address)
+    rack = "rack1"                      # optional; its rack (default: none), then distinct
+                                        # racks when the cluster has enough
     capacity_bytes = 0                  # optional; 0: the size of data_dir's file system
     heartbeat_ms = 1000                 # optional; 10 .. 60000
     fsync = true                        # optional; false only for tests
@@ -48,7 +53,7 @@ Chain replication: ``chunk.write`` and ``chunk.sync`` run locally and, at the sa
 server named), so that the client can report the failing replica. The forwarded request
 carries a deadline 10 % shorter than ours, so a downstream timeout reaches us before our own.
 
-Heartbeats: on start, ``cs.register`` (uuid, address, capacity, used, pid) to the leader
+Heartbeats: on start, ``cs.register`` (uuid, address, host, rack, capacity, used, pid) to the leader
 (the last one known first, then each configured address; ``NotLeader`` hints are followed),
 then ``cs.heartbeat`` every ``heartbeat_ms``. A heartbeat answered ``NotFound`` (the leader
 does not know our id) registers again. With no metaserver answering, data is still served
@@ -100,8 +105,9 @@ _CONFIG_KEYS = {
     "listen", "data_dir", "secret_file", "metaservers", "address", "capacity_bytes",
     "heartbeat_ms", "fsync", "disk_jobs", "replicate_bytes_per_s", "replicate_jobs",
     "report_interval_ms", "report_chunks_per_call", "scrub_bytes_per_s", "scrub_interval_ms",
-    "inject_eio_chunk_ids",
+    "inject_eio_chunk_ids", "host", "rack",
 }  # fmt: skip
+LABEL_CHARS_MAX = 255  # as the namespace keeps a host or rack label
 
 
 # ---------------------------------------------------------------------- config
@@ -126,6 +132,8 @@ class ServerConfig:
     scrub_bytes_per_s: int = SCRUB_BYTES_PER_S
     scrub_interval_ms: int = 0
     inject_eio_chunk_ids: tuple[int, ...] = ()
+    host: str | None = None  # None: the host of the advertised address
+    rack: str = ""
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -177,6 +185,9 @@ def load_config(path: Path) -> ServerConfig:
     elif listen_host in ("0.0.0.0", "::"):
         # Peers and the metaserver need an address they can reach: a wildcard is none.
         raise ValueError(f"{path}: listening on {listen!r} needs an 'address' to advertise")
+    host = raw.get("host")
+    if host is not None and (type(host) is not str or not 1 <= len(host) <= LABEL_CHARS_MAX):
+        raise ValueError(f"{path}: host must be a string of 1..{LABEL_CHARS_MAX} characters")
     config = ServerConfig(
         listen_host=listen_host,
         listen_port=listen_port,
@@ -195,7 +206,11 @@ def load_config(path: Path) -> ServerConfig:
         scrub_bytes_per_s=get("scrub_bytes_per_s", int, SCRUB_BYTES_PER_S),
         scrub_interval_ms=get("scrub_interval_ms", int, 0),
         inject_eio_chunk_ids=tuple(get("inject_eio_chunk_ids", list, [])),
+        host=host,
+        rack=get("rack", str, ""),
     )
+    if len(config.rack) > LABEL_CHARS_MAX:
+        raise ValueError(f"{path}: rack must be at most {LABEL_CHARS_MAX} characters")
     if config.capacity_bytes < 0:
         raise ValueError(f"{path}: capacity_bytes must be >= 0 (0: the file system's size)")
     if not HEARTBEAT_MS_MIN <= config.heartbeat_ms <= HEARTBEAT_MS_MAX:

@@ -643,9 +643,16 @@ class ChunkServer:
             "pid": self.pid,
         }
 
+    @property
+    def host(self) -> str:
+        """This server's host label: the config's ``host``, else its address's host."""
+        return self.config.host or self.address.rpartition(":")[0].strip("[]")
+
     async def _register(self) -> None:
         fields = await self._meta_fields()
-        header = await self._meta_call("cs.register", uuid=self.uuid, **fields)
+        header = await self._meta_call(
+            "cs.register", uuid=self.uuid, host=self.host, rack=self.config.rack, **fields
+        )
         cs_id = uint_field(header, "cs_id")
         if cs_id < 1:
             raise Invalid("metaserver gave cs_id 0")

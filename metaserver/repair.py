@@ -747,3 +747,60 @@ class Repair:
             delete.append([chunk_id, version])
         if delete:
             self._spawn(self._delete_quietly(cs_id, delete))
+
+    # --- rebalance (placeholder)
+    # Stand-ins with the contract's names and shapes until the chunk core's driver replaces
+    # this block: a plan with no moves, and progress that mirrors the namespace's policy
+    # (running while the operator's rebalance is on), both over the live, non-draining
+    # chunkservers' usage as the registry has it.
+
+    def _usage(self) -> tuple[list[tuple[int, int, int]], float]:
+        """([(cs_id, used, capacity)] of live non-draining servers, cluster used fraction)."""
+        link = self.link
+        now = self.clock()
+        draining = link.ns.policy().draining
+        servers = [
+            (i.cs_id, i.used_bytes, i.capacity_bytes)
+            for i in link.registry.alive(now)
+            if i.cs_id not in draining and i.capacity_bytes > 0
+        ]
+        servers.sort()
+        capacity = sum(c for _, _, c in servers)
+        return servers, (sum(u for _, u, _ in servers) / capacity if capacity else 0.0)
+
+    def rebalance_plan(self, threshold_pct: float) -> dict[str, Any]:
+        servers, mean = self._usage()
+        spread = max((abs(u / c - mean) * 100 for _, u, c in servers), default=0.0)
+        return {
+            "threshold_pct": threshold_pct,
+            "moves": [],
+            "moves_total": 0,
+            "bytes": 0,
+            "spread_before_pct": spread,
+            "spread_after_pct": spread,
+            "servers": [
+                {
+                    "cs_id": cs_id,
+                    "used_bytes": used,
+                    "capacity_bytes": capacity,
+                    "used_pct": used / capacity * 100,
+                    "used_pct_after": used / capacity * 100,
+                }
+                for cs_id, used, capacity in servers
+            ],
+        }
+
+    def rebalance_progress(self) -> dict[str, Any]:
+        servers, mean = self._usage()
+        running = self.link.ns.policy().rebalance
+        return {
+            "running": running is not None,
+            "threshold_pct": running.threshold_pct if running is not None else None,
+            "bandwidth_bps": running.bandwidth_bps if running is not None else None,
+            "moved_bytes": 0,
+            "moves_done": 0,
+            "in_flight": 0,
+            "left_bytes": 0,
+            "spread_pct": max((abs(u / c - mean) * 100 for _, u, c in servers), default=0.0),
+            "rate_bps": 0,
+        }

@@ -46,6 +46,7 @@ from dfs.wire.errors import (
 )
 from dfs.wire.messages import field, uint_field
 from dfs.wire.token import READ, WRITE, make_token, token_key
+from metaserver.admin import Admin
 from metaserver.config import MetaConfig, load_config
 from metaserver.holds import KEEPALIVE_S, Holds
 from metaserver.leasedesk import LeaseDesk
@@ -139,6 +140,10 @@ class MetaServer:
         self._keepalive_ms = int(min(max(shortest_s / 3, 0.5), KEEPALIVE_S) * 1000)
         self._orphan_task: asyncio.Task[None] | None = None
         self.desk = LeaseDesk(self.ns, self._read, self._leader_view, BATCHABLE)
+        self.admin = Admin(
+            self.ns, self.registry, self.repair, propose=self._propose, read=self._read,
+            leader_view=self._leader_view, know_all_chunkservers=self.know_all_chunkservers,
+        )  # fmt: skip
         self._ops: dict[str, Handler] = {
             "fs.lookup": self._lookup,
             "fs.getattr": self._getattr,
@@ -159,6 +164,7 @@ class MetaServer:
             "cs.report": self._cs_report,
             "cs.bad_chunks": self._cs_bad_chunks,
             "status": self._status,
+            **self.admin.ops(),  # admin.rebalance, admin.drain, admin.forget
         }
 
     async def start(self) -> None:
@@ -734,8 +740,11 @@ class MetaServer:
         address = field(h, "address", str)
         if not uuid or len(uuid) > 64 or ":" not in address or len(address) > 256:
             raise Invalid("uuid (1-64 chars) and address host:port")
-        result = await self._propose("cs_register", {"uuid": uuid, "address": address}, h,
-                                     timeout_s)  # fmt: skip
+        args = {"uuid": uuid, "address": address}
+        for label in ("host", "rack"):  # optional: a chunkserver older than labels has none
+            if label in h:
+                args[label] = field(h, label, str)
+        result = await self._propose("cs_register", args, h, timeout_s)
         cs_id = int(result["cs_id"])
         self._heartbeat(cs_id, address, h)
         log.info("metaserver node=%d event=cs_registered cs=%d address=%s",
@@ -808,30 +817,12 @@ class MetaServer:
         node = self.node
         st = node.status()
         now_s = time.monotonic()
-        chunkservers = []
+        chunkservers: list[dict[str, Any]] = []
+        rebalance = None
         if st.role == Role.LEADER:
             self._leader_view()  # a new term of leadership resets the soft state first
-            self.know_all_chunkservers()
-            for cs_id in sorted(self.ns.chunkservers()):
-                info = self.registry.servers[cs_id]
-                heard = info.last_heard_s
-                alive = self.registry.is_alive(cs_id, now_s)
-                chunkservers.append(
-                    {
-                        "id": cs_id,
-                        "address": info.address,
-                        "alive": alive,
-                        "state": "alive" if alive else "dead",
-                        "capacity_bytes": info.capacity_bytes,
-                        "used_bytes": info.used_bytes,
-                        "chunks": info.chunks,
-                        "load": info.load,
-                        "pid": info.pid,
-                        "last_heartbeat_ms_ago": (
-                            None if heard is None else int((now_s - heard) * 1000)
-                        ),
-                    }
-                )
+            chunkservers = self.admin.chunkservers(now_s)
+            rebalance = self.admin.progress()
         health = None
         if st.role == Role.LEADER:
             health = self.repair.survey(now_s)[0].as_dict()
@@ -851,6 +842,7 @@ class MetaServer:
                 for m in members
             ],
             "chunkservers": chunkservers,
+            "rebalance": rebalance,
             "health": health,
             "orphans": len(self.ns.orphans),
             "holds": self.holds.count() if st.role == Role.LEADER else None,

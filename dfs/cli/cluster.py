@@ -25,8 +25,13 @@ Layout of a cluster directory ``D`` (version 1)::
     chunk_size = 67108864
     [metaservers]             # Raft node id -> "host:port"
     1 = "127.0.0.1:40001"
-    [chunkservers]            # index -> "host:port"
-    1 = "127.0.0.1:40101"
+    [chunkservers]            # index -> "host:port" (the index names D/cs<i>; the id the
+    1 = "127.0.0.1:40101"     # metaservers give it is in D/cs<i>/data/cs_id)
+    [chunkserver_options]     # optional: config keys every chunkserver made here gets
+    capacity_bytes = 1073741824
+
+``add_chunkservers`` adds servers to an existing directory (the next indexes, the same
+options); ``start_daemons(only=...)`` starts just those, and they stop with the rest.
 
 A second ``dfs up --dir D`` on an existing directory reuses everything (same ports, same
 data): that is how a cluster is restarted. Stopping sends SIGTERM to each PID (checked to be
@@ -48,6 +53,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +80,7 @@ class Layout:
     chunkservers: dict[int, str]
     chunk_size: int = CHUNK_SIZE_DEFAULT
     options: dict[str, Any] = field(default_factory=dict)
+    cs_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def secret_file(self) -> Path:
@@ -139,6 +146,7 @@ def load_layout(directory: Path) -> Layout:
         chunkservers={int(k): str(v) for k, v in raw["chunkservers"].items()},
         chunk_size=int(raw["chunk_size"]),
         options=dict(raw.get("options", {})),
+        cs_options=dict(raw.get("chunkserver_options", {})),
     )
 
 
@@ -193,26 +201,62 @@ def init_layout(
         _write_toml(
             d / "meta.toml", top, {"peers": {str(k): v for k, v in layout.metaservers.items()}}
         )
+    layout.cs_options = dict(cs_options or {})
     for i, address in layout.chunkservers.items():
-        d = directory / f"cs{i}"
-        d.mkdir(exist_ok=True)
-        top = {
-            "listen": address,
-            "data_dir": d / "data",
-            "secret_file": layout.secret_file,
-            "metaservers": layout.meta_addresses,
-            **(cs_options or {}),
-        }
-        _write_toml(d / "cs.toml", top, {})
-    _write_toml(
-        directory / "cluster.toml",
-        {"version": LAYOUT_VERSION, "chunk_size": chunk_size},
-        {
-            "metaservers": {str(k): v for k, v in layout.metaservers.items()},
-            "chunkservers": {str(k): v for k, v in layout.chunkservers.items()},
-        },
-    )
+        _write_cs_config(layout, i, address)
+    _save_layout(layout)
     return layout
+
+
+def _write_cs_config(layout: Layout, i: int, address: str) -> None:
+    d = layout.dir / f"cs{i}"
+    d.mkdir(exist_ok=True)
+    top = {
+        "listen": address,
+        "data_dir": d / "data",
+        "secret_file": layout.secret_file,
+        "metaservers": layout.meta_addresses,
+        **layout.cs_options,
+    }
+    _write_toml(d / "cs.toml", top, {})
+
+
+def _save_layout(layout: Layout) -> None:
+    tables: dict[str, dict[Any, Any]] = {
+        "metaservers": {str(k): v for k, v in layout.metaservers.items()},
+        "chunkservers": {str(k): v for k, v in layout.chunkservers.items()},
+    }
+    if layout.cs_options:
+        tables["chunkserver_options"] = dict(layout.cs_options)
+    _write_toml(
+        layout.dir / "cluster.toml",
+        {"version": LAYOUT_VERSION, "chunk_size": layout.chunk_size},
+        tables,
+    )
+
+
+def add_chunkservers(
+    layout: Layout, count: int, cs_options: dict[str, Any] | None = None
+) -> list[int]:
+    """Add ``count`` chunkservers to an existing cluster directory (free loopback ports, the
+    next indexes, the layout's chunkserver options updated by ``cs_options``); returns
+    their indexes. ``start_daemons`` starts them, ``stop_daemons`` stops them."""
+    if count < 1:
+        raise ClusterError("add at least one chunkserver")
+    options = {**layout.cs_options, **(cs_options or {})}
+    first = max(layout.chunkservers, default=0) + 1
+    added = list(range(first, first + count))
+    ports = free_loopback_ports(count)
+    saved = layout.cs_options
+    layout.cs_options = options
+    try:
+        for i, port in zip(added, ports, strict=True):
+            layout.chunkservers[i] = f"127.0.0.1:{port}"
+            _write_cs_config(layout, i, layout.chunkservers[i])
+    finally:
+        layout.cs_options = saved
+    _save_layout(layout)
+    return added
 
 
 # ---------------------------------------------------------------------- processes
@@ -232,8 +276,11 @@ def _running_pid(layout: Layout, name: str, config: Path) -> int | None:
     return pid if str(config).encode() in cmdline.split(b"\0") else None
 
 
-def start_daemons(layout: Layout, *, log_level: str = "INFO") -> dict[str, int]:
-    """Start every daemon that is not running; returns name -> PID of all of them."""
+def start_daemons(
+    layout: Layout, *, log_level: str = "INFO", only: Collection[str] | None = None
+) -> dict[str, int]:
+    """Start every daemon that is not running (of ``only``'s names, when given); returns
+    name -> PID of all of them (of those)."""
     pids: dict[str, int] = {}
     env = {**os.environ, "DFS_LOG_LEVEL": log_level}
     # The daemons import this project: make sure they find it even when it is not installed
@@ -243,6 +290,8 @@ def start_daemons(layout: Layout, *, log_level: str = "INFO") -> dict[str, int]:
     (layout.dir / "logs").mkdir(exist_ok=True)
     (layout.dir / "run").mkdir(exist_ok=True)
     for name, argv, config in layout.daemons():
+        if only is not None and name not in only:
+            continue
         pid = _running_pid(layout, name, config)
         if pid is None:
             with open(layout.dir / "logs" / f"{name}.log", "ab") as log_file:
@@ -337,8 +386,9 @@ async def cluster_status(meta_addresses: list[str], secret: bytes) -> dict[str, 
 
     ``{"leader": id | None, "leader_address", "term", "metaservers": [{id, address, state,
     role, pid, term, commit, applied}], "chunkservers": [...], "files", "dirs", "chunks",
-    "bytes", "capacity_bytes", "used_bytes"}``; a metaserver that does not answer has state
-    ``"down"``."""
+    "bytes", "capacity_bytes", "used_bytes", "health", "rebalance"}``; a metaserver that does
+    not answer has state ``"down"``; a chunkserver's ``state`` is the leader's (alive, dead,
+    draining, drained)."""
     views = await asyncio.gather(*(_status_of(a, secret) for a in meta_addresses))
     metaservers = []
     leader_view: dict[str, Any] | None = None
@@ -361,7 +411,7 @@ async def cluster_status(meta_addresses: list[str], secret: bytes) -> dict[str, 
         if view["role"] == "leader" and (leader_view is None or view["term"] > leader_view["term"]):
             leader_view = view
     chunkservers = [
-        {**c, "role": "chunkserver", "state": "alive" if c["alive"] else "dead"}
+        {"state": "alive" if c["alive"] else "dead", **c, "role": "chunkserver"}
         for c in (leader_view["chunkservers"] if leader_view else [])
     ]
     alive = [c for c in chunkservers if c["alive"]]
@@ -377,13 +427,17 @@ async def cluster_status(meta_addresses: list[str], secret: bytes) -> dict[str, 
         "bytes": leader_view["bytes"] if leader_view else None,
         "chunk_size": leader_view["chunk_size"] if leader_view else None,
         "health": leader_view.get("health") if leader_view else None,
+        "rebalance": leader_view.get("rebalance") if leader_view else None,
         "capacity_bytes": sum(c["capacity_bytes"] for c in alive),
         "used_bytes": sum(c["used_bytes"] for c in alive),
     }
 
 
-async def wait_ready(layout: Layout, timeout_s: float = 60.0) -> dict[str, Any]:
-    """Poll until a leader is elected and every chunkserver is registered and alive."""
+async def wait_ready(
+    layout: Layout, timeout_s: float = 60.0, chunkservers: Collection[str] | None = None
+) -> dict[str, Any]:
+    """Poll until a leader is elected and every chunkserver (of the addresses
+    ``chunkservers``, when given) is registered and alive."""
     secret = load_secret(layout.secret_file)
     deadline = time.monotonic() + timeout_s
     status: dict[str, Any] = {}
@@ -394,7 +448,11 @@ async def wait_ready(layout: Layout, timeout_s: float = 60.0) -> dict[str, Any]:
             for c in status["chunkservers"]
             if c["alive"] and c["last_heartbeat_ms_ago"] is not None
         ]
-        if status["leader"] is not None and len(alive) >= len(layout.chunkservers):
+        if chunkservers is not None:
+            ready = set(chunkservers) <= {c["address"] for c in alive}
+        else:
+            ready = len(alive) >= len(layout.chunkservers)
+        if status["leader"] is not None and ready:
             return status
         await asyncio.sleep(0.1)  # polling the cluster's own report, with a deadline
     down = [m["address"] for m in status.get("metaservers", []) if m.get("state") == "down"]

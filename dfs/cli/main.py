@@ -76,6 +76,18 @@ def version() -> None:
     help="Where to mount the cluster with FUSE (created if missing).",
 )
 @click.option("--no-mount", is_flag=True, help="Start the cluster without mounting it.")
+@click.option(
+    "--capacity",
+    help="Capacity of each chunkserver this creates (a new cluster's, or the added ones), "
+    "e.g. 1G [default: its file system's size].",
+)
+@click.option(
+    "--add-chunkservers",
+    "add",
+    type=click.IntRange(min=1),
+    help="Add and start N more chunkservers on the existing cluster in DIR, then return "
+    "(no mount; dfs down stops them with the rest).",
+)
 @sync_on_close_option
 def up(
     directory: Path,
@@ -86,6 +98,8 @@ def up(
     timeout_s: float,
     mountpoint: Path,
     no_mount: bool,
+    capacity: str | None,
+    add: int | None,
     sync_on_close: bool,
 ) -> None:
     """Start a local cluster in DIR (creating it the first time) on loopback, and mount
@@ -93,26 +107,58 @@ def up(
 
     Without --detach it runs in the foreground until Ctrl-C or SIGTERM, then unmounts and
     stops the cluster. Running it again on the same DIR restarts the same cluster with its
-    data.
+    data. With --add-chunkservers N it adds N chunkservers to the cluster in DIR and
+    returns once they serve.
     """
     try:
         size = size_bytes(chunk_size)
     except ValueError:
         raise click.BadParameter(f"not a size: {chunk_size!r}", param_hint="--chunk-size") from None
+    cs_options: dict[str, Any] = {}
+    if capacity is not None:
+        try:
+            cs_options["capacity_bytes"] = size_bytes(capacity)
+        except ValueError:
+            raise click.BadParameter(f"not a size: {capacity!r}", param_hint="--capacity") from None
+    exists = (directory.absolute() / "cluster.toml").exists()
+    if capacity is not None and exists and add is None:
+        raise click.UsageError("--capacity sizes the chunkservers of a new cluster, or added ones")
     try:
-        layout = local.init_layout(
-            directory, metaservers=metaservers, chunkservers=chunkservers, chunk_size=size
-        )
-        pids = local.start_daemons(layout)
-        status = asyncio.run(local.wait_ready(layout, timeout_s))
+        only: list[str] | None = None
+        ready: list[str] | None = None
+        if add is not None:  # start the new ones only: a stopped server stays stopped
+            layout = local.load_layout(directory.absolute())
+            added = local.add_chunkservers(layout, add, cs_options)
+            only = [f"cs{i}" for i in added]
+            ready = [layout.chunkservers[i] for i in added]
+            detach, no_mount = True, True
+        else:
+            layout = local.init_layout(
+                directory,
+                metaservers=metaservers,
+                chunkservers=chunkservers,
+                chunk_size=size,
+                cs_options=cs_options,
+            )
+        pids = local.start_daemons(layout, only=only)
+        status = asyncio.run(local.wait_ready(layout, timeout_s, ready))
     except local.ClusterError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"dfs cluster up in {layout.dir}")
+    if add is None:
+        click.echo(f"dfs cluster up in {layout.dir}")
+    else:
+        click.echo(f"{add} chunkserver(s) added to the dfs cluster in {layout.dir}")
     click.echo(f"  leader      metaserver {status['leader']} at {status['leader_address']}")
     for i, address in sorted(layout.metaservers.items()):
-        click.echo(f"  metaserver  {i}  {address}  pid {pids[f'meta{i}']}")
-    for i, address in sorted(layout.chunkservers.items()):
-        click.echo(f"  chunkserver {i}  {address}  pid {pids[f'cs{i}']}")
+        if f"meta{i}" in pids:
+            click.echo(f"  metaserver  {i}  {address}  pid {pids[f'meta{i}']}")
+    # The ids the metaservers gave, as dfs status shows them (not the directories' order).
+    ids = {c["address"]: c["id"] for c in status["chunkservers"]}
+    for i, address in sorted(layout.chunkservers.items(), key=lambda e: ids.get(e[1], 1 << 62)):
+        if f"cs{i}" not in pids:
+            continue
+        cs_id = ids.get(address, "?")
+        click.echo(f"  chunkserver {cs_id}  {address}  pid {pids[f'cs{i}']}  (cs{i})")
     click.echo(f"  chunk size  {human(layout.chunk_size)}; secret {layout.secret_file}")
     if not no_mount:
         try:
@@ -210,6 +256,8 @@ def status(directory: Path, meta: str | None, secret_file: Path | None, as_json:
 
 
 BAR_WIDTH = 20
+# A chunkserver's state as dfs status prints it: what needs a look stands out.
+_STATE_TEXT = {"alive": "alive", "dead": "DEAD", "draining": "draining", "drained": "drained"}
 
 
 def render_status(st: dict[str, Any]) -> str:
@@ -235,10 +283,13 @@ def render_status(st: dict[str, Any]) -> str:
         frac = used / cap if cap else 0.0
         filled = round(frac * BAR_WIDTH)
         bar = "[" + "#" * filled + "." * (BAR_WIDTH - filled) + "]"
-        state = "alive" if c["alive"] else "DEAD"
+        state = c.get("state", "alive" if c["alive"] else "dead")
+        host = c.get("host") or c["address"].rpartition(":")[0]
+        where = f"{host}/{c['rack']}" if c.get("rack") else host
         lines.append(
-            f"  {c['id']}  {c['address']:21s} {state:5s} {bar} {frac:4.0%}  "
-            f"{human(used)} / {human(cap)}  {c['chunks']} chunks  pid {c['pid']}"
+            f"  {c['id']}  {c['address']:21s} {_STATE_TEXT.get(state, state):8s} {bar} "
+            f"{frac:4.0%}  {human(used)} / {human(cap)}  {c['chunks']} chunks  "
+            f"host {where}  pid {c['pid']}"
         )
     if not st["chunkservers"]:
         lines.append("  (none known: no leader, or none registered yet)")
@@ -246,6 +297,14 @@ def render_status(st: dict[str, Any]) -> str:
         f"files {st['files']}  dirs {st['dirs']}  chunks {st['chunks']}  data {human(st['bytes'])}"
         f"  capacity {human(st['used_bytes'])} used of {human(st['capacity_bytes'])}"
     )
+    rebalance = st.get("rebalance")
+    if rebalance and rebalance.get("running"):
+        from dfs.cli.admin import progress_text
+
+        lines.append(
+            f"rebalance to within {rebalance['threshold_pct']:.1f} points: "
+            + progress_text(rebalance)
+        )
     health = st.get("health")
     if health:
         problems = [

@@ -37,6 +37,7 @@ from dfs.wire.errors import (
 )
 from metaserver.chunks.policy import ClusterPolicy
 from metaserver.namespace.batch import batch
+from metaserver.namespace.cluster import CLUSTER_OPS
 from metaserver.namespace.commands import (
     CHUNKS_QUERY_MAX,
     READDIR_LIMIT_MAX,
@@ -69,7 +70,8 @@ class Namespace(State):
             op, client, seq, now_ns, args = decode_command(data)
         except ProtocolError as e:
             return _error(e)
-        handler = batch if op == "batch" else OPS.get(op)  # the ops, or a batch of them
+        # A batch, a file-system op (ops.py) or one of the operator's (cluster.py).
+        handler = batch if op == "batch" else OPS.get(op) or CLUSTER_OPS.get(op)
 
         def run() -> dict[str, Any]:
             if handler is None:
@@ -185,8 +187,22 @@ class Namespace(State):
         return {cs_id: {"uuid": u, "address": a} for cs_id, (u, a) in self.cs_table.items()}
 
     def policy(self) -> ClusterPolicy:
-        """The operator's chunk policy (draining servers, labels, a running rebalance)."""
-        return ClusterPolicy()
+        """The operator's chunk policy (draining servers, labels, a running rebalance): one
+        frozen value, the same object until an op changes it (``cluster.py``)."""
+        return self.cluster.policy()
+
+    def rebalance_stop_reason(self) -> str:
+        """Why the last rebalance ended ("" if none ended, or one runs)."""
+        return self.cluster.stop_reason
+
+    def replicas_by_chunkserver(self) -> dict[int, tuple[int, int]]:
+        """cs_id -> (replicas, bytes) its chunks' replica sets place there. O(chunks)."""
+        out: dict[int, tuple[int, int]] = {}
+        for c in self.chunk_table.values():
+            for cs_id in c.replicas:
+                n, b = out.get(cs_id, (0, 0))
+                out[cs_id] = (n + 1, b + c.length)
+        return out
 
     def stats(self) -> dict[str, int]:
         """Counts for statfs and status; ``bytes`` is the sum of regular files' sizes."""

@@ -41,8 +41,6 @@ from dfs.wire.errors import (
 )
 from metaserver.namespace import pools
 from metaserver.namespace.commands import (
-    CS_ADDRESS_CHARS_MAX,
-    CS_UUID_CHARS_MAX,
     DIR_ENTRIES_MAX,
     GOAL_MAX,
     GOAL_MIN,
@@ -63,7 +61,6 @@ from metaserver.namespace.commands import (
     arg_name,
     arg_opt_int,
     arg_size,
-    arg_str,
     arg_symlink_target,
     arg_xattr_value,
     check_fields,
@@ -695,23 +692,7 @@ def commit(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return {"ok": True, "attr": attr(inode)}
 
 
-# --- chunkservers ---------------------------------------------------------------------
-
-_CS_REGISTER = frozenset({"uuid", "address"})
-
-
-def cs_register(st: State, now_ns: int, a: dict[str, Any]) -> Result:
-    """A chunkserver's id: stable for its uuid (allocated the first time); address updated."""
-    check_fields(a, _CS_REGISTER)
-    uuid = arg_str(a, "uuid", CS_UUID_CHARS_MAX)
-    address = arg_str(a, "address", CS_ADDRESS_CHARS_MAX)
-    cs_id = st.cs_by_uuid.get(uuid)
-    if cs_id is None:
-        cs_id = st.next_cs_id
-        st.next_cs_id = cs_id + 1
-        st.cs_by_uuid[uuid] = cs_id
-    st.cs_table[cs_id] = (uuid, address)
-    return {"ok": True, "cs_id": cs_id}
+# (chunkserver registration, draining and forgetting: cluster.py)
 
 
 # --- replica sets (the leader's repair, metaserver/repair.py) ---------------------------
@@ -878,7 +859,6 @@ OPS: dict[str, Handler] = {
     "set_goal": set_goal,
     "write_handle": write_handle,
     "commit": commit,
-    "cs_register": cs_register,
     "replica_add": replica_add,
     "version_bump": version_bump,
     "length_recover": length_recover,

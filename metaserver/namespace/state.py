@@ -18,10 +18,10 @@ Invariants (``State.check_invariants`` verifies all of them; the tests call it):
 5. A directory's entries are in cookie order (each insertion takes ``next_cookie``), so
    ``readdir`` pages by cookie without sorting (see ``DirData``).
 
-Snapshot format, version 3 (``SNAPSHOT_VERSION``; versions 1 and 2 are read too): one msgpack
+Snapshot format, version 4 (``SNAPSHOT_VERSION``; versions 1 to 3 are read too): one msgpack
 array, bytes as bin::
 
-    [3,                                   # SNAPSHOT_VERSION
+    [4,                                   # SNAPSHOT_VERSION
      chunk_size_bytes,                    # fixed per cluster; restore refuses another
      [next_ino, next_chunk_id, next_cs_id],
      [[ino, mode, nlink, uid, gid, size, atime_ns, mtime_ns, ctime_ns, rdev, goal,
@@ -39,6 +39,9 @@ array, bytes as bin::
      [ino, ...],                          # orphans (version 2 on; version 1 has none)
      [[holder, [[ino, chunk_id, [cs_id, ...], until_ns], ...]], ...]]
                                           # reserved entries (pools.py; version 3 on)
+     [labels, draining, rebalance, stop_reason]]
+                                          # the operator's decisions about chunkservers
+                                          # (cluster.py; version 4 on; before: none)
 
 Every list keeps the order of the dict it came from, so a restored state iterates (and
 therefore acts, and snapshots) exactly as the original did.
@@ -53,6 +56,7 @@ from typing import Any
 import msgpack
 
 from dfs.wire.errors import NotDir, NotFound
+from metaserver.namespace.cluster import ClusterState
 from metaserver.namespace.commands import (
     CHUNK_SIZE_BYTES_MAX,
     CHUNK_SIZE_BYTES_MIN,
@@ -60,8 +64,8 @@ from metaserver.namespace.commands import (
 )
 from metaserver.raft.sessions import SessionTable
 
-SNAPSHOT_VERSION = 3
-SNAPSHOT_VERSIONS_READ = (1, 2, 3)
+SNAPSHOT_VERSION = 4
+SNAPSHOT_VERSIONS_READ = (1, 2, 3, 4)
 ROOT_INO = 1
 # Directories report a size and block count like ext4's one-block directory.
 DIR_SIZE_BYTES = 4096
@@ -253,6 +257,8 @@ class State:
         self.orphans: dict[int, None] = {}
         self.cs_table: dict[int, tuple[str, str]] = {}  # cs_id -> (uuid, address)
         self.cs_by_uuid: dict[str, int] = {}
+        # Labels, draining, the running rebalance: the chunk policy's source (cluster.py).
+        self.cluster = ClusterState()
         # Inode numbers and first chunks reserved for a client's creates (pools.py):
         # holder -> ino -> (chunk_id, replicas, until_ns); and chunk_id -> holder.
         self.pools: dict[int, dict[int, tuple[int, list[int], int]]] = {}
@@ -433,6 +439,7 @@ class State:
                 [holder, [[ino, c, r, until] for ino, (c, r, until) in pool.items()]]
                 for holder, pool in self.pools.items()
             ],
+            self.cluster.to_wire(),
         ]
         return bytes(msgpack.packb(blob, use_bin_type=True))
 
@@ -459,6 +466,7 @@ class State:
         _, _, counters, inodes, chunks, garbage, chunkservers, sessions = blob[:8]
         orphans = blob[8] if blob[0] >= 2 else []
         pools = blob[9] if blob[0] >= 3 else []
+        cluster = blob[10] if blob[0] >= 4 else None
         self.reset()
         self.inodes.clear()
         self.dirs_count = 0
@@ -510,6 +518,9 @@ class State:
                 assert ino not in self.inodes and chunk_id not in self.chunk_table, ino
                 pool[int(ino)] = (int(chunk_id), [int(r) for r in replicas], int(until_ns))
                 self.reserved_chunks[int(chunk_id)] = int(holder)
+        if cluster is not None:
+            self.cluster = ClusterState.from_wire(cluster)
+            self.cluster.check(self.cs_table)
 
     # --- invariants (for tests; O(size of the state)) ---------------------------------
 
@@ -571,6 +582,7 @@ class State:
         assert self.file_bytes == sum(i.size for i in inodes.values() if i.chunks is not None)
         assert {u: c for c, (u, _) in self.cs_table.items()} == self.cs_by_uuid
         assert all(0 < c < self.next_cs_id for c in self.cs_table)
+        self.cluster.check(self.cs_table)
         reserved: dict[int, int] = {}
         for holder, pool in self.pools.items():
             assert pool, holder

@@ -1,0 +1,192 @@
+"""The operator's client ops on the leader: rebalancing, draining and forgetting
+chunkservers, and the chunkserver part of ``status``.
+
+What it owns: checking an admin request, turning it into a namespace command (the
+operator's decisions are hard state: ``metaserver/namespace/cluster.py``) or a read of the
+chunk core's view (``Repair.rebalance_plan`` / ``rebalance_progress``), and each
+chunkserver's state as ``status`` shows it. What it must not do: move replicas (the chunk
+core does, reading ``Namespace.policy()``), or decide anything a follower would need (every
+decision goes through Raft; the registry is the leader's soft state).
+
+Ops (docs/PROTOCOL.md, "Metaserver: cluster operations"; leader only)::
+
+    admin.rebalance {action: "start", threshold_pct?, bandwidth_bps?} -> progress
+                    {action: "stop"} -> progress
+                    {action: "status"} -> progress
+                    {action: "plan", threshold_pct?} -> plan
+    admin.drain     {cs_id, draining: bool} -> {chunkserver: row}
+    admin.forget    {cs_id} -> {}     refused (Invalid) while alive or holding replicas
+
+``progress`` is ``Repair.rebalance_progress()`` plus ``stop_reason`` (why the last run
+ended, "" while one runs or none did); ``row`` is one entry of ``status``'s
+``chunkservers``.
+
+A chunkserver's ``state``: ``drained`` once it is draining and no replica set names it
+(safe to remove, whether it runs or not), else ``dead`` if the registry has not heard it
+within the dead timeout, else ``draining`` or ``alive``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dfs.wire.errors import Invalid, NotFound
+from dfs.wire.messages import field, uint_field
+from metaserver.namespace import Namespace
+from metaserver.placement import Registry
+from metaserver.repair import Repair
+
+Handler = Callable[[dict[str, Any], float], Awaitable[dict[str, Any]]]
+Propose = Callable[[str, dict[str, Any], dict[str, Any], float], Awaitable[dict[str, Any]]]
+
+# A rebalance's threshold when the operator names none (HDFS's balancer's default).
+THRESHOLD_PCT_DEFAULT = 10.0
+THRESHOLD_PCT_MIN = 0.01
+THRESHOLD_PCT_MAX = 100.0
+STOP_REASON_OPERATOR = "stopped by the operator"
+# Replica counts per chunkserver walk the chunk table: at most once per this many seconds
+# (status is polled once a second by a waiting decommission).
+REPLICA_COUNT_TTL_S = 1.0
+
+
+class Admin:
+    def __init__(
+        self,
+        ns: Namespace,
+        registry: Registry,
+        repair: Repair,
+        *,
+        propose: Propose,
+        read: Callable[[float], Awaitable[None]],
+        leader_view: Callable[[], None],
+        know_all_chunkservers: Callable[[], None],
+    ) -> None:
+        self.ns = ns
+        self.registry = registry
+        self.repair = repair
+        self._propose = propose
+        self._read = read
+        self._leader_view = leader_view
+        self._know_all = know_all_chunkservers
+        self._counts: dict[int, tuple[int, int]] = {}
+        self._counts_at = (-1, float("-inf"))  # (chunk table size, monotonic time)
+
+    def ops(self) -> dict[str, Handler]:
+        return {
+            "admin.rebalance": self.rebalance,
+            "admin.drain": self.drain,
+            "admin.forget": self.forget,
+        }
+
+    # --------------------------------------------------------------- ops
+
+    async def rebalance(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        action = field(h, "action", str)
+        if action == "start":
+            threshold = _threshold(h)
+            bandwidth = uint_field(h, "bandwidth_bps", 0)
+            args = {"threshold_bp": round(threshold * 100), "bandwidth_bps": bandwidth}
+            await self._propose("rebalance_start", args, h, timeout_s)
+        elif action == "stop":
+            await self._propose("rebalance_stop", {"reason": STOP_REASON_OPERATOR}, h, timeout_s)
+        elif action == "status":
+            await self._read(timeout_s)
+        elif action == "plan":
+            await self._read(timeout_s)
+            running = self.ns.policy().rebalance
+            default = running.threshold_pct if running is not None else THRESHOLD_PCT_DEFAULT
+            return self.repair.rebalance_plan(_threshold(h, default))
+        else:
+            raise Invalid("action: start, stop, status or plan", action=action)
+        return self.progress()
+
+    async def drain(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        cs_id = uint_field(h, "cs_id")
+        draining = field(h, "draining", bool)
+        await self._propose("cs_drain", {"cs_id": cs_id, "draining": draining}, h, timeout_s)
+        self._counts_at = (-1, float("-inf"))
+        rows = [r for r in self.chunkservers(time.monotonic()) if r["id"] == cs_id]
+        return {"chunkserver": rows[0] if rows else None}
+
+    async def forget(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        cs_id = uint_field(h, "cs_id")
+        await self._read(timeout_s)
+        if cs_id not in self.ns.chunkservers():
+            raise NotFound("no such chunkserver", cs_id=cs_id)
+        self._know_all()
+        if self.registry.is_alive(cs_id, time.monotonic()):
+            raise Invalid(
+                "the chunkserver is alive: stop it first (a new leader counts every "
+                "chunkserver alive until its dead timeout has passed)",
+                cs_id=cs_id,
+            )
+        # The namespace refuses while a replica set names it (checked as it applies).
+        await self._propose("cs_forget", {"cs_id": cs_id}, h, timeout_s)
+        self.registry.servers.pop(cs_id, None)
+        return {}
+
+    # --------------------------------------------------------------- status
+
+    def progress(self) -> dict[str, Any]:
+        """The rebalance's progress (the chunk core's), and why the last run ended."""
+        return {**self.repair.rebalance_progress(), "stop_reason": self.ns.rebalance_stop_reason()}
+
+    def replica_counts(self, now_s: float) -> dict[int, tuple[int, int]]:
+        """cs_id -> (replicas, bytes) the chunk table places there; recomputed when the
+        table's size changed or ``REPLICA_COUNT_TTL_S`` passed."""
+        size, at = self._counts_at
+        if size != len(self.ns.chunk_table) or now_s - at >= REPLICA_COUNT_TTL_S:
+            self._counts = self.ns.replicas_by_chunkserver()
+            self._counts_at = (len(self.ns.chunk_table), now_s)
+        return self._counts
+
+    def chunkservers(self, now_s: float) -> list[dict[str, Any]]:
+        """``status``'s ``chunkservers`` (leader only: the registry is its soft state)."""
+        self._know_all()
+        policy = self.ns.policy()
+        counts = self.replica_counts(now_s)
+        rows = []
+        for cs_id in sorted(self.ns.chunkservers()):
+            info = self.registry.servers[cs_id]
+            heard = info.last_heard_s
+            alive = self.registry.is_alive(cs_id, now_s)
+            draining = cs_id in policy.draining
+            replicas, replica_bytes = counts.get(cs_id, (0, 0))
+            if draining and not replicas:
+                state = "drained"
+            elif not alive:
+                state = "dead"
+            else:
+                state = "draining" if draining else "alive"
+            labels = policy.labels_of(cs_id, info.address)
+            rows.append(
+                {
+                    "id": cs_id,
+                    "address": info.address,
+                    "alive": alive,
+                    "state": state,
+                    "draining": draining,
+                    "host": labels.host,
+                    "rack": labels.rack,
+                    "capacity_bytes": info.capacity_bytes,
+                    "used_bytes": info.used_bytes,
+                    "chunks": info.chunks,
+                    "replicas": replicas,
+                    "replica_bytes": replica_bytes,
+                    "load": info.load,
+                    "pid": info.pid,
+                    "last_heartbeat_ms_ago": (
+                        None if heard is None else int((now_s - heard) * 1000)
+                    ),
+                }
+            )
+        return rows
+
+
+def _threshold(h: dict[str, Any], default: float = THRESHOLD_PCT_DEFAULT) -> float:
+    value = field(h, "threshold_pct", (int, float), default)
+    if not THRESHOLD_PCT_MIN <= value <= THRESHOLD_PCT_MAX:
+        raise Invalid(f"threshold_pct: {THRESHOLD_PCT_MIN}..{THRESHOLD_PCT_MAX} points")
+    return float(value)

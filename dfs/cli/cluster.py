@@ -28,6 +28,11 @@ Layout of a cluster directory ``D`` (version 1)::
     [chunkservers]            # index -> "host:port"
     1 = "127.0.0.1:40101"
 
+Metaserver ids need not be contiguous: ``dfs admin metaserver add --local`` adds
+``meta<N>`` (the next id never used in ``D``) and ``remove`` takes one out of
+``[metaservers]`` and of the chunkservers' configs, leaving its directory (see "metaserver
+membership" below).
+
 A second ``dfs up --dir D`` on an existing directory reuses everything (same ports, same
 data): that is how a cluster is restarted. Stopping sends SIGTERM to each PID (checked to be
 the daemon of this directory, not a recycled PID), waits, and SIGKILLs what is left. The

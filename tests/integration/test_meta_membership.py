@@ -3,19 +3,23 @@ client writing files the whole time.
 
 Checks: a fourth metaserver added to a running three (``add --local``: config, process,
 layout) catches up by snapshot (the log it needs was compacted) and becomes a voter; a
-follower is removed, then the leader (which hands over first); no client call fails, and
-the writing client, configured with the first three addresses only, keeps working; every
-file is there with its bytes; ``dfs status`` and ``list`` show the new membership; each
-removed metaserver exits by itself, leaves a marker that keeps it from starting again, and
-the term does not move once it is gone (no disruptive elections).
+follower whose host was lost is removed, then the leader (which hands over first); no
+client call fails, and the writing client, configured with the first three addresses
+only, keeps working; every file is there with its bytes; ``dfs status`` and ``list`` show
+the new membership; each removed metaserver exits by itself, leaves a marker that keeps it
+from starting again, and the term does not move once it is gone (no disruptive
+elections), not even when the lost one comes back with its old configuration (it finds
+out, and exits too).
 
 Every daemon is started and stopped by PID (``dfs.cli.cluster``); waits poll with deadlines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -56,16 +60,19 @@ def layout(tmp_path: Path) -> Iterator[local.Layout]:
         yield lay
     finally:
         local.stop_daemons(local.load_layout(lay.dir), timeout_s=10)
-        for name in ("meta1", "meta2", "meta3", "meta4"):  # removed ones too
-            pid_file = lay.dir / "run" / f"{name}.pid"
-            config = lay.dir / name / "meta.toml"
-            pid = local._running_pid(lay, name, config) if pid_file.exists() else None
-            if pid is not None:
-                os.kill(pid, 9)
+        for i in (1, 2, 3, 4):  # removed ones too: they are no longer in the layout
+            with contextlib.suppress(AssertionError):
+                os.kill(pid_of(lay, i), signal.SIGKILL)
         for log in sorted((lay.dir / "logs").glob("*.log")):
             text = log.read_text(errors="replace")
             if "Traceback" in text:
                 print(f"----- {log.name}\n{text[-6000:]}")
+
+
+def pid_of(layout: local.Layout, i: int) -> int:
+    pid = local._running_pid(layout, f"meta{i}", layout.dir / f"meta{i}" / "meta.toml")
+    assert pid is not None, f"meta{i} is not running"
+    return pid
 
 
 def dfs_cli(*args: str) -> str:
@@ -126,22 +133,30 @@ async def test_replace_metaservers_under_a_write_load(layout: local.Layout) -> N
             assert all(m["lag"] < 50 for m in view["metaservers"]), view
             at = len(written)
 
-            # A follower leaves; then the leader (it hands over first).
+            # A follower's host is lost (killed) and it is removed; then the leader leaves
+            # (it hands over first) and exits by itself.
             leader = view["leader"]
-            follower = min(m for m in (1, 2, 3) if m != leader)
-            pids = {i: local._running_pid(layout, f"meta{i}", d / f"meta{i}" / "meta.toml")
-                    for i in (follower, leader)}  # fmt: skip
-            out = await cli("admin", "metaserver", "remove", str(follower), "--dir", str(d))
-            assert f"metaserver {follower} removed" in out and "exited" in out, out
+            lost = min(m for m in (1, 2, 3) if m != leader)
+            pids = {i: pid_of(layout, i) for i in (lost, leader)}
+            os.kill(pids[lost], signal.SIGKILL)
+            out = await cli("admin", "metaserver", "remove", str(lost), "--dir", str(d))
+            assert f"metaserver {lost} removed" in out and "not running" in out, out
             out = await cli("admin", "metaserver", "remove", str(leader), "--dir", str(d))
             assert f"metaserver {leader} removed" in out and "exited" in out, out
-            rest = sorted({1, 2, 3, 4} - {follower, leader})
+            rest = sorted({1, 2, 3, 4} - {lost, leader})
             view = await members(d)
             assert view["voters"] == rest and view["leader"] in rest
             term = view["term"]
-            for i, pid in pids.items():
-                assert pid is not None and not local.pid_alive(pid)
-                assert was_removed(d / f"meta{i}" / "raft") is not None
+            assert not local.pid_alive(pids[leader])
+            assert was_removed(d / f"meta{leader}" / "raft") is not None
+
+            # The lost host comes back with its old data and configuration: it finds it
+            # was removed and exits, without moving the term (checked at the end).
+            back = local.Layout(dir=d, metaservers={lost: layout.metaservers[lost]},
+                                chunkservers={})  # fmt: skip
+            pid = local.start_daemons(back, names={f"meta{lost}"})[f"meta{lost}"]
+            assert local.wait_exit(pid, 30), "a removed metaserver kept running"
+            assert was_removed(d / f"meta{lost}" / "raft") is not None
 
             # The load goes on past the changes, and the writing client learns the new
             # members (fs.keepalive); the term stays put.

@@ -52,13 +52,18 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
 
 
-async def wait_for_stop(failed: asyncio.Event | None = None) -> bool:
-    """Return when SIGTERM or SIGINT arrives (False) or ``failed`` is set (True)."""
+async def wait_for_stop(
+    failed: asyncio.Event | None = None, *, also: asyncio.Event | None = None
+) -> bool:
+    """Return when SIGTERM or SIGINT arrives or ``also`` is set (False), or ``failed`` is
+    set (True)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     waits = [asyncio.create_task(stop.wait())]
+    if also is not None:
+        waits.append(asyncio.create_task(also.wait()))
     if failed is not None:
         waits.append(asyncio.create_task(failed.wait()))
     try:

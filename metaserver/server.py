@@ -50,6 +50,7 @@ from metaserver.admin import Admin
 from metaserver.config import MetaConfig, load_config
 from metaserver.holds import KEEPALIVE_S, Holds
 from metaserver.leasedesk import LeaseDesk
+from metaserver.membership import Membership, was_removed
 from metaserver.namespace import Namespace, encode_command, pools
 from metaserver.namespace.commands import BATCH_OPS, GOAL_MAX, GOAL_MIN
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
@@ -166,6 +167,9 @@ class MetaServer:
             "status": self._status,
             **self.admin.ops(),  # admin.rebalance, admin.drain, admin.forget
         }
+        self.membership = Membership(self.node, secret)
+        self._ops.update(self.membership.ops())  # admin.meta_*, meta.members
+        self._membership_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.node.start()
@@ -183,8 +187,13 @@ class MetaServer:
                  cfg.node.id, cfg.listen_host, self._rpc.port)  # fmt: skip
         self._repair_task = asyncio.ensure_future(self.repair.run())
         self._orphan_task = asyncio.ensure_future(self._orphan_loop())
+        self._membership_task = asyncio.ensure_future(self.membership.watch())
 
     async def stop(self) -> None:
+        if self._membership_task is not None:
+            self._membership_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._membership_task
         if self._orphan_task is not None:
             self._orphan_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -353,7 +362,9 @@ class MetaServer:
         for chunk_id in writing:
             if chunk_id in self.ns.chunk_table:
                 self.repair.touch(chunk_id)
-        return {"keepalive_ms": self._keepalive_ms}
+        # The voters' addresses: a long-lived client follows membership changes.
+        return {"keepalive_ms": self._keepalive_ms,
+                "metaservers": self.membership.voter_addresses()}  # fmt: skip
 
     async def _batch(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """``fs.batch``: removals a client answered under its directory leases and commits
@@ -826,7 +837,6 @@ class MetaServer:
         health = None
         if st.role == Role.LEADER:
             health = self.repair.survey(now_s)[0].as_dict()
-        members = sorted(set(st.conf.voters) | set(st.conf.learners))
         stats = self.ns.stats()
         return {
             "node_id": int(st.id),
@@ -837,10 +847,7 @@ class MetaServer:
             "leader_address": node.address_of(st.leader),
             "commit": int(st.commit),
             "applied": int(node.applied_index),
-            "metaservers": [
-                {"id": int(m), "address": node.address_of(m), "learner": m in st.conf.learners}
-                for m in members
-            ],
+            "metaservers": self.membership.rows(),
             "chunkservers": chunkservers,
             "rebalance": rebalance,
             "health": health,
@@ -856,9 +863,15 @@ class MetaServer:
 
 
 async def serve(config: MetaConfig, secret: bytes) -> int:
-    """Run until SIGTERM/SIGINT (exit 0) or a fatal node error (exit 1); a server that
-    cannot start (port in use, a data directory it cannot make or lock, a damaged log)
-    logs one line saying why and exits 1."""
+    """Run until SIGTERM/SIGINT or this node's removal from the cluster (exit 0), or a
+    fatal node error (exit 1). A node removed earlier does not start (exit 1); nor does one
+    that cannot (port in use, a data directory it cannot make or lock, a damaged log): it
+    logs one line saying why."""
+    removed = was_removed(config.node.data_dir)
+    if removed is not None:
+        log.error("metaserver node=%d event=refused %s; to join again, empty %s and add it",
+                  config.node.id, removed, config.node.data_dir)  # fmt: skip
+        return 1
     server = MetaServer(config, secret)
     try:
         await server.start()
@@ -866,7 +879,7 @@ async def serve(config: MetaConfig, secret: bytes) -> int:
         log.error("metaserver node=%d event=start_failed reason=%r", config.node.id, str(e))
         await server.stop()
         return 1
-    failed = await daemon.wait_for_stop(server.node.failed)
+    failed = await daemon.wait_for_stop(server.node.failed, also=server.membership.removed)
     log.info("metaserver node=%d event=shutdown failed=%s", config.node.id, failed)
     await server.stop()
     return 1 if failed else 0

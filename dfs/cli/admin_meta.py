@@ -1,10 +1,192 @@
-"""``dfs admin metaserver``: the metaservers' Raft membership, changed online."""
+"""``dfs admin metaserver``: the metaservers' Raft membership, changed online.
+
+    dfs admin metaserver list [--json]
+    dfs admin metaserver add ADDR [--id N]       a metaserver started with join = true
+    dfs admin metaserver add --local [--id N]    a new one in a dfs up directory, started
+    dfs admin metaserver remove ID
+    dfs admin metaserver transfer-leader [ID]
+
+Each sends one ``admin.meta_*`` request (docs/PROTOCOL.md) to the leader, following its
+redirects, and prints the answer. With a ``dfs up`` directory (``--dir``, no ``--meta``)
+``add --local`` and ``remove`` also keep the directory's layout in step: the new
+metaserver's config and process, the address lists ``dfs status`` and the clients read
+(``dfs/cli/cluster.py``, "metaserver membership").
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
 import click
+
+from dfs.cli import cluster as local
+from dfs.cli.common import cluster_options, find_cluster
+
+# An add waits for the new metaserver to catch up (a snapshot and the log after it); a
+# server answers within a minute at most, and the client's retry resumes the wait.
+ADD_TIMEOUT_S = 120.0
+CHANGE_TIMEOUT_S = 30.0
+
+
+def _call(addresses: list[str], secret: bytes, op: str, timeout_s: float, **fields: Any) -> Any:
+    """``op`` at the leader (redirects followed, retried until ``timeout_s``); a
+    ``DfsError`` becomes a one-line error."""
+    import anyio
+
+    from dfs.client.meta import MetaClient
+    from dfs.client.pool import ConnectionPool
+    from dfs.wire.errors import DfsError
+
+    async def main() -> Any:
+        async with anyio.create_task_group() as tg:
+            pool = ConnectionPool(tg, secret, name="dfs-admin", connect_timeout_s=2.0)
+            meta = MetaClient(pool, addresses, timeout_s=timeout_s,
+                              attempt_timeout_s=timeout_s, lanes_max=1)  # fmt: skip
+            try:
+                return await meta.read(op, **fields)
+            finally:
+                await pool.aclose()
+                tg.cancel_scope.cancel()
+
+    try:
+        return anyio.run(main, backend="asyncio")
+    except DfsError as e:
+        raise click.ClickException(
+            f"{e.code.name.lower().replace('_', ' ')}: {e.message}"
+        ) from None
+    except OSError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _local_layout(directory: Path, meta: str | None) -> local.Layout | None:
+    """The ``dfs up`` directory the command works on, or None with ``--meta``."""
+    if meta:
+        return None
+    try:
+        return local.load_layout(directory.absolute())
+    except local.ClusterError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @click.group()
 def metaserver() -> None:
     """Add, remove and lead metaservers (replace a lost host)."""
+
+
+@metaserver.command("list")
+@cluster_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_(directory: Path, meta: str | None, secret_file: Path | None, as_json: bool) -> None:
+    """The members as the leader sees them: voters, learners and how far each has caught
+    up."""
+    addresses, secret = find_cluster(directory, meta, secret_file)
+    view = _call(addresses, secret, "meta.members", CHANGE_TIMEOUT_S, leader_only=True)
+    if as_json:
+        click.echo(json.dumps(view, indent=2, sort_keys=True))
+        return
+    click.echo(f"leader metaserver {view['leader']} at {view['leader_address']}, "
+               f"term {view['term']}, last index {view['last_index']}")  # fmt: skip
+    for m in view["metaservers"]:
+        role = "leader" if m["id"] == view["leader"] else m["membership"]
+        caught = (
+            f"match {m['match']}  lag {m['lag']}  {m['sending']}"
+            if "match" in m
+            else "not replicating"
+        )
+        click.echo(f"  {m['id']:<3d} {m['address'] or '?':21s} {role:8s} {caught}")
+
+
+@metaserver.command()
+@cluster_options
+@click.argument("address", required=False)
+@click.option("--id", "node_id", type=click.IntRange(min=1), help="The new metaserver's id "
+              "(checked against its config; by default the id it reports).")  # fmt: skip
+@click.option("--local", "local_", is_flag=True, help="Create, start and add a new metaserver "
+              "in the dfs up directory (--dir); no ADDRESS.")  # fmt: skip
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=ADD_TIMEOUT_S,
+              show_default=True, help="Seconds to wait for it to catch up.")  # fmt: skip
+def add(
+    directory: Path,
+    meta: str | None,
+    secret_file: Path | None,
+    address: str | None,
+    node_id: int | None,
+    local_: bool,
+    timeout_s: float,
+) -> None:
+    """Add the metaserver at ADDRESS (running, started empty with join = true): it joins as
+    a learner, catches up, then becomes a voter."""
+    if local_ == (address is not None):
+        raise click.UsageError("give ADDRESS, or --local (and no ADDRESS)")
+    addresses, secret = find_cluster(directory, meta, secret_file)
+    if local_:
+        layout = _local_layout(directory, meta)
+        if layout is None:
+            raise click.UsageError("--local works on a dfs up directory (--dir), not --meta")
+        try:
+            node_id, address = local.new_metaserver(layout, node_id)
+            pids = local.start_daemons(layout, only={f"meta{node_id}"})
+            asyncio.run(local.wait_answers(address, secret))
+        except local.ClusterError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"metaserver {node_id} started at {address}, pid {pids[f'meta{node_id}']}")
+    fields: dict[str, Any] = {"address": address}
+    if node_id is not None:
+        fields["node_id"] = node_id
+    try:
+        result = _call(addresses, secret, "admin.meta_add", timeout_s, **fields)
+    except click.ClickException as e:
+        if not local_:
+            raise
+        raise click.ClickException(
+            f"{e.message}\n(metaserver {node_id} stays in {directory}: `dfs admin metaserver "
+            f"add {address}` resumes, `dfs admin metaserver remove {node_id}` gives up)"
+        ) from None
+    how = "from a snapshot" if result["by_snapshot"] else "from the log"
+    click.echo(f"metaserver {result['node_id']} at {result['address']} is a voter "
+               f"(caught up {how} in {result['catch_up_ms'] / 1000:.1f} s)")  # fmt: skip
+
+
+@metaserver.command()
+@cluster_options
+@click.argument("node_id", type=click.IntRange(min=1))
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=CHANGE_TIMEOUT_S,
+              show_default=True, help="Seconds to wait for the change.")  # fmt: skip
+def remove(
+    directory: Path, meta: str | None, secret_file: Path | None, node_id: int, timeout_s: float
+) -> None:
+    """Remove metaserver NODE_ID from the cluster (the leader hands over first). The removed
+    metaserver exits; in a dfs up directory it also leaves the layout."""
+    addresses, secret = find_cluster(directory, meta, secret_file)
+    result = _call(addresses, secret, "admin.meta_remove", timeout_s, node_id=node_id)
+    click.echo(f"metaserver {node_id} removed; voters {result['voters']}"
+               + (f", learners {result['learners']}" if result["learners"] else ""))  # fmt: skip
+    layout = _local_layout(directory, meta)
+    if layout is not None and node_id in layout.metaservers:
+        how = local.forget_metaserver(layout, node_id)
+        click.echo(f"  meta{node_id} {how}; {layout.dir / 'cluster.toml'} updated")
+
+
+@metaserver.command("transfer-leader")
+@cluster_options
+@click.argument("node_id", type=click.IntRange(min=1), required=False)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=CHANGE_TIMEOUT_S,
+              show_default=True, help="Seconds to wait for the change.")  # fmt: skip
+def transfer_leader(
+    directory: Path,
+    meta: str | None,
+    secret_file: Path | None,
+    node_id: int | None,
+    timeout_s: float,
+) -> None:
+    """Hand leadership to NODE_ID (by default: the most caught-up other voter)."""
+    addresses, secret = find_cluster(directory, meta, secret_file)
+    fields = {"node_id": node_id} if node_id else {}
+    result = _call(addresses, secret, "admin.transfer_leader", timeout_s, **fields)
+    click.echo(f"metaserver {result['leader']} at {result['leader_address']} leads")
+
+
+__all__ = ["metaserver"]

@@ -33,6 +33,11 @@ Layout of a cluster directory ``D`` (version 1)::
 ``add_chunkservers`` adds servers to an existing directory (the next indexes, the same
 options); ``start_daemons(only=...)`` starts just those, and they stop with the rest.
 
+Metaserver ids need not be contiguous: ``dfs admin metaserver add --local`` adds
+``meta<N>`` (the next id never used in ``D``) and ``remove`` takes one out of
+``[metaservers]`` and of the chunkservers' configs, leaving its directory (see "metaserver
+membership" below).
+
 A second ``dfs up --dir D`` on an existing directory reuses everything (same ports, same
 data): that is how a cluster is restarted. Stopping sends SIGTERM to each PID (checked to be
 the daemon of this directory, not a recycled PID), waits, and SIGKILLs what is left. The
@@ -620,3 +625,94 @@ def wait_exit(pid: int, timeout_s: float) -> bool:
             return False
         time.sleep(0.05)  # polling process exit; there is no portable wait for non-children
     return True
+
+
+# ---------------------------------------------------------------------- metaserver membership
+
+
+def new_metaserver(layout: Layout, node_id: int | None = None) -> tuple[int, str]:
+    """Write the config of a new metaserver into the cluster directory and enter it in the
+    layout (``cluster.toml``, and the chunkservers' lists), so that ``dfs up`` and
+    ``dfs down`` start and stop it with the rest. It joins (``join = true``): it starts
+    empty and waits to be added (``dfs admin metaserver add``). Its other settings are
+    those of the existing metaservers. Returns (its id, its address).
+
+    The id is ``node_id``, or one past every id this directory has used: a removed
+    metaserver's id and directory are not reused."""
+    used = set(layout.metaservers) | {
+        int(d.name[4:]) for d in layout.dir.glob("meta*") if d.name[4:].isdigit()
+    }
+    if node_id is None:
+        node_id = max(used, default=0) + 1
+    elif node_id < 1 or node_id in used:
+        raise ClusterError(f"metaserver id {node_id} is taken in {layout.dir}")
+    template = _read_toml(layout.dir / f"meta{min(layout.metaservers)}" / "meta.toml")
+    address = f"127.0.0.1:{free_loopback_ports(1)[0]}"
+    d = layout.dir / f"meta{node_id}"
+    d.mkdir()
+    top = {k: v for k, v in template.items() if not isinstance(v, dict)}
+    top.update(id=node_id, listen=address, data_dir=d / "raft", join=True)
+    peers = {str(k): v for k, v in {**layout.metaservers, node_id: address}.items()}
+    _write_toml(d / "meta.toml", top, {"peers": peers})
+    set_metaservers(layout, {**layout.metaservers, node_id: address})
+    return node_id, address
+
+
+async def wait_answers(address: str, secret: bytes, timeout_s: float = 30.0) -> None:
+    """Poll until the daemon at ``address`` answers ``status`` (a new metaserver started)."""
+    deadline = time.monotonic() + timeout_s
+    while await _status_of(address, secret) is None:
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"no metaserver answers at {address} after {timeout_s:.0f} s")
+        await asyncio.sleep(0.1)  # polling the daemon's own answer, with a deadline
+
+
+def forget_metaserver(layout: Layout, node_id: int, timeout_s: float = STOP_TIMEOUT_S) -> str:
+    """After metaserver ``node_id`` was removed from the cluster: wait for its process to
+    exit (a removed metaserver exits by itself), SIGTERM it past ``timeout_s``, and take it
+    out of the layout. Its directory stays (its log, and the REMOVED marker that keeps it
+    from starting again). Returns how it ended: "exited", "stopped" or "not running"."""
+    name = f"meta{node_id}"
+    config = layout.dir / name / "meta.toml"
+    pid = _running_pid(layout, name, config)
+    how = "not running"
+    if pid is not None:
+        how = "exited"
+        if not wait_exit(pid, timeout_s):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            how = "stopped" if wait_exit(pid, timeout_s) else "still running"
+    _pid_file(layout, name).unlink(missing_ok=True)
+    set_metaservers(layout, {k: v for k, v in layout.metaservers.items() if k != node_id})
+    return how
+
+
+def set_metaservers(layout: Layout, metaservers: dict[int, str]) -> None:
+    """Record the metaservers of the cluster in ``cluster.toml`` (what ``dfs status`` and
+    the clients started with ``--dir`` read) and in each chunkserver's config (where it
+    looks for the leader when it starts). ``layout`` is updated too."""
+    layout.metaservers = dict(sorted(metaservers.items()))
+    raw = _read_toml(layout.dir / "cluster.toml")
+    raw["metaservers"] = {str(k): v for k, v in layout.metaservers.items()}
+    _write_toml_raw(layout.dir / "cluster.toml", raw)
+    for i in layout.chunkservers:
+        path = layout.dir / f"cs{i}" / "cs.toml"
+        with contextlib.suppress(FileNotFoundError):
+            cs = _read_toml(path)
+            cs["metaservers"] = layout.meta_addresses
+            _write_toml_raw(path, cs)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ClusterError(f"{path}: {e}") from None
+
+
+def _write_toml_raw(path: Path, raw: dict[str, Any]) -> None:
+    """``raw`` as read by tomllib, written back: plain keys first, then its tables."""
+    top = {k: v for k, v in raw.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in raw.items() if isinstance(v, dict)}
+    _write_toml(path, top, tables)

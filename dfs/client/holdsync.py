@@ -112,6 +112,9 @@ class HoldSync:
         except DfsError as e:
             log.debug("keepalive not delivered (%s)", e)
             return interval_s
+        members = header.get("metaservers")
+        if isinstance(members, list):
+            self._meta.learn_members(members)
         return min(max(uint_field(header, "keepalive_ms", 5000), 500), 60_000) / 1000
 
     async def aclose(self) -> None:

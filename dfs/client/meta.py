@@ -17,6 +17,12 @@ Leader discovery. Try the last known leader, else the configured addresses in tu
 times in a row: during an election stale views may point in a ring); without one (an
 election is going on) the next address is tried after a backoff (exponential, jittered).
 
+Membership changes. The configured addresses are where discovery starts, not a fixed set:
+a hinted leader not among them joins them, and the leader's list of voters, when an answer
+carries it (``fs.keepalive``: ``learn_members``), replaces them. A client started with the
+addresses of a cluster that has since added and removed metaservers keeps finding its
+leader as long as one of them still answers or points at it.
+
 Lanes. A session (``client`` id) may have only one mutation in flight, so concurrent
 mutations each take a lane: a random 63-bit client id with its own sequence counter. Lanes
 are reused; at most ``lanes_max`` exist, and past that mutations wait for one. A lane whose
@@ -187,6 +193,15 @@ class MetaClient:
                 self._used_client_ids.add(client_id)
                 return _Lane(client_id)
 
+    def learn_members(self, addresses: Sequence[Any]) -> None:
+        """The leader's current voters' addresses: where leader discovery goes from now on
+        (a removed metaserver is no longer tried; an added one is)."""
+        learned = [a for a in addresses if isinstance(a, str) and a]
+        if learned and learned != self.addresses:
+            log.info("meta: metaservers are now %s (were %s)", learned, self.addresses)
+            self.addresses = learned
+            self._next = 0
+
     def _candidate(self) -> str:
         if self.leader is not None:
             return self.leader
@@ -231,6 +246,8 @@ class MetaClient:
                 hint = e.leader_hint
                 if hint and hint != address:
                     self.leader = hint
+                    if hint not in self.addresses:
+                        self.addresses.append(hint)  # a member added since we started
                     hops += 1
                     if hops <= HINT_HOPS_MAX:
                         continue

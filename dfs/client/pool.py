@@ -87,11 +87,13 @@ class ConnectionPool:
         address: str,
         op: str,
         payload: Payload = b"",
+        /,
         *,
         timeout_s: float,
         **fields: Any,
     ) -> tuple[dict[str, Any], bytes]:
-        """One attempt of ``op`` at ``address`` within ``timeout_s`` (connecting included)."""
+        """One attempt of ``op`` at ``address`` within ``timeout_s`` (connecting included).
+        Positional-only, so that a request may have fields named ``address`` or ``op``."""
         # The pool's own clock (time.monotonic: anyio's asks which event loop runs first,
         # a good part of a small call's cost); the connection keeps the deadline.
         start = time.monotonic()

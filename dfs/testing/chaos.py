@@ -816,7 +816,7 @@ def traced_mount_main(argv: list[str]) -> int:
     original = ConnectionPool.call
     keys = ("ino", "parent", "name", "new_parent", "new_name", "index", "size", "client", "seq")
 
-    async def call(self: ConnectionPool, address: str, op: str, *a: Any, **fields: Any) -> Any:
+    async def call(self: ConnectionPool, address: str, op: str, /, *a: Any, **fields: Any) -> Any:
         if not op.startswith("fs."):
             return await original(self, address, op, *a, **fields)
         what = " ".join(f"{k}={fields[k]!r}" for k in keys if k in fields)

@@ -354,11 +354,26 @@ class RaftNode:
         """The latest term this node has made durable (its current term)."""
         return self._term
 
+    @property
+    def snapshot_index(self) -> LogIndex:
+        """The index of this node's latest snapshot: its log holds only the entries after
+        it, so a member that needs earlier ones gets the snapshot."""
+        return self._snapshot_index
+
     def address_of(self, node_id: NodeId) -> str | None:
         return self._addresses.get(node_id) if node_id != NONE else None
 
     def status(self) -> Status:
         return self._core().status()
+
+    def replication(self) -> dict[NodeId, tuple[LogIndex, str]]:
+        """On the leader: each member's (match index, how the leader sends to it: "probe",
+        "replicate" or "snapshot"), this node included; empty on any other node. What a
+        membership change waits on before it promotes a learner (metaserver/membership.py)."""
+        raw = self._core()
+        if raw.role != Role.LEADER:
+            return {}
+        return {n: (pr.match, pr.state.name.lower()) for n, pr in raw.progress.items()}
 
     async def propose(self, data: bytes, timeout_s: float) -> Any:
         """Replicate ``data`` and return what the state machine's ``apply`` returned.

@@ -1,0 +1,186 @@
+"""Replacing metaservers online (``dfs admin metaserver``), as an operator does it, under a
+client writing files the whole time.
+
+Checks: a fourth metaserver added to a running three (``add --local``: config, process,
+layout) catches up by snapshot (the log it needs was compacted) and becomes a voter; a
+follower whose host was lost is removed, then the leader (which hands over first); no
+client call fails, and the writing client, configured with the first three addresses
+only, keeps working; every file is there with its bytes; ``dfs status`` and ``list`` show
+the new membership; each removed metaserver exits by itself, leaves a marker that keeps it
+from starting again, and the term does not move once it is gone (no disruptive
+elections), not even when the lost one comes back with its old configuration (it finds
+out, and exits too).
+
+Every daemon is started and stopped by PID (``dfs.cli.cluster``); waits poll with deadlines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from dfs.cli import cluster as local
+from dfs.client import FsClient
+from dfs.client.fsclient import ROOT_INO
+from dfs.secret import load_secret
+from dfs.testing.fsread import read_to_eof
+from metaserver.membership import was_removed
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
+
+CHUNK = 64 << 10
+MODE = 0o100644
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Iterator[local.Layout]:
+    lay = local.init_layout(
+        tmp_path / "cluster",
+        chunkservers=2,
+        chunk_size=CHUNK,
+        # Snapshots every 50 entries: the added metaserver needs entries compacted away,
+        # so it catches up by InstallSnapshot.
+        meta_options={"tick_ms": 50, "snapshot_entries": 50, "fsync": False},
+        cs_options={"heartbeat_ms": 200},
+    )
+    local.start_daemons(lay)
+    try:
+        anyio.run(local.wait_ready, lay, 60.0)
+        yield lay
+    finally:
+        local.stop_daemons(local.load_layout(lay.dir), timeout_s=10)
+        for i in (1, 2, 3, 4):  # removed ones too: they are no longer in the layout
+            with contextlib.suppress(AssertionError):
+                os.kill(pid_of(lay, i), signal.SIGKILL)
+        for log in sorted((lay.dir / "logs").glob("*.log")):
+            text = log.read_text(errors="replace")
+            if "Traceback" in text:
+                print(f"----- {log.name}\n{text[-6000:]}")
+
+
+def pid_of(layout: local.Layout, i: int) -> int:
+    pid = local._running_pid(layout, f"meta{i}", layout.dir / f"meta{i}" / "meta.toml")
+    assert pid is not None, f"meta{i} is not running"
+    return pid
+
+
+def dfs_cli(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dfs.cli.main", *args], capture_output=True, text=True, timeout=150
+    )
+    assert proc.returncode == 0, f"dfs {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+async def cli(*args: str) -> str:
+    return await anyio.to_thread.run_sync(lambda: dfs_cli(*args))
+
+
+async def members(d: Path) -> dict[str, Any]:
+    view: dict[str, Any] = json.loads(
+        await cli("admin", "metaserver", "list", "--dir", str(d), "--json")
+    )
+    return view
+
+
+async def test_replace_metaservers_under_a_write_load(layout: local.Layout) -> None:
+    d = layout.dir
+    secret = load_secret(layout.secret_file)
+    first_addresses = list(layout.meta_addresses)
+    written: dict[bytes, bytes] = {}
+    stop = anyio.Event()
+
+    async with FsClient.open_cluster(first_addresses, secret, timeout_s=30.0) as fs:
+        load = await fs.mkdir(ROOT_INO, b"load", 0o755)
+
+        async def writer() -> None:
+            i = 0
+            while not stop.is_set():
+                name, data = b"f%05d" % i, os.urandom(100 + i % 3000)
+                _, f = await fs.create_and_open(
+                    load.ino, name, MODE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                )
+                try:
+                    await f.write(0, data)
+                finally:
+                    await f.close()
+                written[name] = data
+                i += 1
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer)
+            deadline = time.monotonic() + 30
+            while len(written) < 40:  # enough entries for a snapshot or two
+                assert time.monotonic() < deadline
+                await anyio.sleep(0.05)
+
+            out = await cli("admin", "metaserver", "add", "--local", "--dir", str(d))
+            assert "metaserver 4 at" in out and "is a voter" in out, out
+            assert "from a snapshot" in out, out
+            view = await members(d)
+            assert view["voters"] == [1, 2, 3, 4] and view["learners"] == []
+            assert all(m["lag"] < 50 for m in view["metaservers"]), view
+            at = len(written)
+
+            # A follower's host is lost (killed) and it is removed; then the leader leaves
+            # (it hands over first) and exits by itself.
+            leader = view["leader"]
+            lost = min(m for m in (1, 2, 3) if m != leader)
+            pids = {i: pid_of(layout, i) for i in (lost, leader)}
+            os.kill(pids[lost], signal.SIGKILL)
+            out = await cli("admin", "metaserver", "remove", str(lost), "--dir", str(d))
+            assert f"metaserver {lost} removed" in out and "not running" in out, out
+            out = await cli("admin", "metaserver", "remove", str(leader), "--dir", str(d))
+            assert f"metaserver {leader} removed" in out and "exited" in out, out
+            rest = sorted({1, 2, 3, 4} - {lost, leader})
+            view = await members(d)
+            assert view["voters"] == rest and view["leader"] in rest
+            term = view["term"]
+            assert not local.pid_alive(pids[leader])
+            assert was_removed(d / f"meta{leader}" / "raft") is not None
+
+            # The lost host comes back with its old data and configuration: it finds it
+            # was removed and exits, without moving the term (checked at the end).
+            back = local.Layout(dir=d, metaservers={lost: layout.metaservers[lost]},
+                                chunkservers={})  # fmt: skip
+            pid = local.start_daemons(back, only={f"meta{lost}"})[f"meta{lost}"]
+            assert local.wait_exit(pid, 30), "a removed metaserver kept running"
+            assert was_removed(d / f"meta{lost}" / "raft") is not None
+
+            # The load goes on past the changes, and the writing client learns the new
+            # members (fs.keepalive); the term stays put.
+            now = local.load_layout(d)
+            assert sorted(now.metaservers) == rest
+            deadline = time.monotonic() + 30
+            while len(written) < at + 40 or fs.meta.addresses != now.meta_addresses:
+                assert time.monotonic() < deadline, (fs.meta.addresses, now.meta_addresses)
+                await anyio.sleep(0.05)
+            stop.set()
+        assert (await members(d))["term"] == term
+
+    st = json.loads(await cli("status", "--dir", str(d), "--json"))
+    assert sorted(m["id"] for m in st["metaservers"]) == rest
+    assert st["leader"] in rest
+    async with FsClient.open_cluster(now.meta_addresses, secret, timeout_s=30.0) as fs:
+        load = await fs.lookup(ROOT_INO, b"load")
+        names = [e.name async for e in fs.readdir(load.ino)]
+        assert sorted(n for n in names if n not in (b".", b"..")) == sorted(written)
+        for name, data in written.items():
+            assert await read_to_eof(fs, load.ino, name) == data
+
+    # A removed metaserver refuses to start again.
+    removed = d / f"meta{leader}" / "meta.toml"
+    proc = subprocess.run([sys.executable, "-m", "metaserver", "--config", str(removed)],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert proc.returncode == 1 and "removed from the cluster" in proc.stderr

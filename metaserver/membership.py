@@ -113,10 +113,11 @@ def removed_marker(data_dir: Path) -> Path:
 
 
 def was_removed(data_dir: Path) -> str | None:
-    """What the marker of a removed member says, or None if this one was not removed."""
+    """What the marker of a removed member says, or None if this one was not removed (or
+    its data directory cannot be read: starting the node then says why, in one line)."""
     try:
         return removed_marker(data_dir).read_text().strip() or "removed"
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 

@@ -46,18 +46,20 @@ wait_until = wait_for
 
 
 class Cluster:
-    """``meta_options`` and ``cs_options`` override (or add to) META_OPTIONS and CS_OPTIONS."""
+    """``meta_options`` and ``cs_options`` override (or add to) META_OPTIONS and CS_OPTIONS;
+    ``chunkservers`` is how many start (4 unless a module needs another count)."""
 
     def __init__(
         self,
         directory: Path,
         *,
+        chunkservers: int = 4,
         meta_options: dict[str, Any] | None = None,
         cs_options: dict[str, Any] | None = None,
     ) -> None:
         self.layout = local.init_layout(
             directory,
-            chunkservers=4,
+            chunkservers=chunkservers,
             chunk_size=CHUNK,
             meta_options={**META_OPTIONS, **(meta_options or {})},
             cs_options={**CS_OPTIONS, **(cs_options or {})},

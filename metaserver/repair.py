@@ -47,21 +47,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, Stale
+from metaserver.chunks.core import ChunkCore, Copy, Health, Trim
+from metaserver.chunks.placement import Placer, Registry
 from metaserver.namespace import Namespace
 from metaserver.namespace.commands import INT63_MAX
 from metaserver.namespace.ops import GC_BATCH_MAX
-from metaserver.placement import Placer, Registry
 
 log = logging.getLogger(__name__)
 
-# Copies per target chunkserver at a time (the target throttles bytes itself).
-TARGET_JOBS = 2
-# A copy that fails is not tried again for this long (the cause is often still there).
-RETRY_AFTER_S = 5.0
 # Deadline of one chunk.replicate: a 64 MiB chunk at the chunkservers' default throttle
 # takes about a second; this covers a loaded machine. The chunkserver's own deadline is
 # the request's timeout_ms (at most 60 s there), a little shorter than ours.
@@ -70,31 +67,9 @@ REPLICATE_TIMEOUT_MS_SERVER = 58_000
 # Deadline of a version push, a delete.
 PUSH_TIMEOUT_S = 3.0
 DELETE_TIMEOUT_S = 10.0
-# Trims and set clean-ups proposed per survey (each is a Raft commit).
-TRIMS_PER_SURVEY = 64
 # Members behind the table judged per report page (each asks the other members with
 # chunk.info, inside the chunkserver's cs.report call); the rest wait for the next report.
 BEHIND_PER_REPORT = 64
-
-
-@dataclass(slots=True)
-class Health:
-    """Chunk counts from one survey (``status``'s ``health``). A chunk with no data yet
-    (length 0, counted in ``empty``) is always fine. ``under_goal`` includes ``one_copy`` (chunks with a goal
-    above 1 down to their last live replica); ``missing`` chunks have no live replica."""
-
-    total: int = 0
-    empty: int = 0  # chunks with no data yet (a created file not written): no replica
-    missing: int = 0
-    one_copy: int = 0
-    under_goal: int = 0
-    over_goal: int = 0
-    corrupt: int = 0  # chunks with a replica reported bad, not yet back at goal
-    garbage: int = 0  # deleted chunks not yet collected
-    replicating: int = 0  # copies in progress
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 @dataclass(slots=True)
@@ -126,6 +101,10 @@ class ServerLink(Protocol):
 
 
 class Repair:
+    """The driver of the chunk core (``metaserver/chunks/core.py``): feeds it the
+    namespace, the registry, the policy and the clock, carries out its copies and trims,
+    and keeps the upkeep the core does not decide yet (reports, version pushes, garbage)."""
+
     def __init__(
         self,
         link: ServerLink,
@@ -140,19 +119,14 @@ class Repair:
         self.interval_s = interval_s
         self.quiet_s = quiet_s
         self.gc_grace_s = gc_grace_s
-        self.jobs = jobs
         self.clock = clock
+        self.core = ChunkCore(link.placer, quiet_s=quiet_s, jobs=jobs)
         self.health = Health()
-        self._touched: dict[int, float] = {}
-        self._term_started = float("-inf")  # set by ``restart``
-        self._copies: dict[int, int] = {}  # chunk id -> target cs id, copies in flight
-        self._target_jobs: dict[int, int] = {}
-        self._failed: dict[int, float] = {}  # chunk id -> when its last copy failed
-        self._bad: set[int] = set()
         self._garbage_seen: dict[int, float] = {}
         self._reports: dict[int, _Report] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._gc_running = False
+        self._stopping = False  # a rebalance_stop proposal in flight
         # chunk id -> (version, length): a new version no replica took (every push
         # failed) and that no writer was given: pushed again until one takes it, so that
         # the replicas, which hold the chunk's data at the old version, serve again.
@@ -165,31 +139,24 @@ class Repair:
 
     def restart(self) -> None:
         """A new term of leadership: forget everything heard before."""
-        self._term_started = self.clock()
-        self._touched.clear()
-        self._failed.clear()
-        self._bad.clear()
+        self.core.restart(self.clock())
         self._garbage_seen.clear()
         self._reports.clear()
         self._unpushed.clear()
         self._repushed.clear()
-        # Copies started in an earlier term finish (or fail) on their own: their
-        # replica_add is refused unless the chunk is unchanged. Until the registry's grace
-        # is over every known chunkserver counts as alive, so nothing is repaired before
-        # the new leader has heard the chunkservers.
+        # Until the registry's grace is over every known chunkserver counts as alive, so
+        # nothing is repaired before the new leader has heard the chunkservers.
         self.health = Health()
 
     def touch(self, chunk_id: int) -> None:
-        self._touched[chunk_id] = self.clock()
+        self.core.touch(chunk_id, self.clock())
 
     def _quiet(self, chunk_id: int, now: float, since: float | None = None) -> bool:
-        """Whether nothing touched the chunk in the ``quiet_s`` before ``since`` (a block
-        report's start: its chunkserver listed its replicas shortly before, and a chunk
-        touched around then may be missing from the list or behind in it) or before now.
-        The start of this term counts as a touch of every chunk: what touched them under
-        an earlier leader is unknown."""
-        t = max(self._touched.get(chunk_id, self._term_started), self._term_started)
-        return (now if since is None else since) - t >= self.quiet_s
+        return self.core.quiet(chunk_id, now, since)
+
+    @property
+    def _copies(self) -> dict[int, Copy]:
+        return self.core.copies
 
     # --------------------------------------------------------------- the loop
 
@@ -218,109 +185,65 @@ class Repair:
 
     def survey(self, now: float) -> tuple[Health, list[tuple[int, int]], list[int]]:
         """(health, under-goal chunks as (live count, chunk id) in repair order, chunks
-        whose sets need a trim or clean-up)."""
-        ns, registry = self.link.ns, self.link.registry
-        inodes = ns.inodes
-        health = Health(garbage=len(ns.garbage), replicating=len(self._copies))
-        under: list[tuple[int, int, int]] = []
-        trim: list[int] = []
-        alive_cache: dict[int, bool] = {}
-
-        def alive(cs_id: int) -> bool:
-            a = alive_cache.get(cs_id)
-            if a is None:
-                a = alive_cache[cs_id] = registry.is_alive(cs_id, now)
-            return a
-
-        for chunk_id, chunk in ns.chunk_table.items():
-            health.total += 1
-            if chunk.length == 0:
-                health.empty += 1
-                continue
-            goal = inodes[chunk.ino].goal
-            live = sum(1 for cs_id in chunk.replicas if alive(cs_id))
-            if live == 0:
-                health.missing += 1
-            elif live < goal:
-                health.under_goal += 1
-                if live == 1:
-                    health.one_copy += 1
-                under.append((live, live - goal, chunk_id))
-            elif live > goal or len(chunk.replicas) > live:
-                if live > goal:
-                    health.over_goal += 1
-                trim.append(chunk_id)
-            if chunk_id in self._bad and live >= goal:
-                self._bad.discard(chunk_id)
-        health.corrupt = len(self._bad)
-        under.sort()
-        return health, [(live, cid) for live, _, cid in under], trim
+        whose sets need a trim or clean-up): the core's survey."""
+        link = self.link
+        return self.core.survey(link.ns, link.registry, link.ns.policy(), now)
 
     async def step(self) -> None:
         now = self.clock()
-        self.link.know_all_chunkservers()
-        health, under, trim = self.survey(now)
-        self.health = health
-        self._prune(now)
-        self._start_copies(under, now)
-        await self._trim(trim, now)
+        link = self.link
+        link.know_all_chunkservers()
+        decisions = self.core.decide(link.ns, link.registry, link.ns.policy(), now)
+        self.health = decisions.health
+        self._prune()
+        for copy in decisions.copies:
+            self._spawn(self._copy(copy))
+        await self._trim(decisions.trims)
+        if decisions.stop is not None and not self._stopping:
+            self._stopping = True
+            self._spawn(self._stop_rebalance(decisions.stop))
         await self._push_again()
         if not self._gc_running:
             self._gc_running = True
             self._spawn(self._collect_garbage(now))
 
-    def _prune(self, now: float) -> None:
-        horizon = max(self.quiet_s, RETRY_AFTER_S) * 2
-        for d in (self._touched, self._failed):
-            old = [k for k, t in d.items() if now - t > horizon]
-            for k in old:
-                del d[k]
+    def _prune(self) -> None:
         table = self.link.ns.chunk_table
         for chunk_id, version in list(self._repushed.items()):
             chunk = table.get(chunk_id)
             if chunk is None or chunk.version != version:
                 del self._repushed[chunk_id]
 
+    # --------------------------------------------------------------- rebalance
+
+    def rebalance_plan(self, threshold_pct: float) -> dict[str, Any]:
+        """What a rebalance at ``threshold_pct`` would move now (``dfs admin rebalance
+        --dry-run``): the core's plan over the live, non-draining chunkservers."""
+        link = self.link
+        plan = self.core.plan(link.ns, link.registry, link.ns.policy(), self.clock(),
+                              threshold_pct)  # fmt: skip
+        return plan.as_dict()
+
+    def rebalance_progress(self) -> dict[str, Any]:
+        """The running rebalance's figures (``moved_bytes`` and ``moves_done`` since this
+        leader took over; ``left_bytes``: the current plan's total)."""
+        link = self.link
+        return self.core.progress(link.ns, link.registry, link.ns.policy(), self.clock())
+
+    async def _stop_rebalance(self, reason: str) -> None:
+        try:
+            await self.link.propose_internal("rebalance_stop", {"reason": reason})
+            log.info("repair event=rebalance_stopped reason=%s", reason)
+        except DfsError as e:
+            log.info("repair event=rebalance_stop_failed reason=%s error=%s", reason, e)
+        finally:
+            self._stopping = False
+
     # --------------------------------------------------------------- re-replication
 
-    def _start_copies(self, under: list[tuple[int, int]], now: float) -> None:
-        ns, registry, placer = self.link.ns, self.link.registry, self.link.placer
-        alive = registry.alive(now)
-        for _, chunk_id in under:
-            if len(self._copies) >= self.jobs:
-                return
-            if chunk_id in self._copies or not self._quiet(chunk_id, now):
-                continue
-            failed = self._failed.get(chunk_id)
-            if failed is not None and now - failed < RETRY_AFTER_S:
-                continue
-            chunk = ns.chunk_table[chunk_id]
-            sources = sorted(
-                (registry.servers[c] for c in chunk.replicas if registry.is_alive(c, now)),
-                key=lambda info: info.load,
-            )
-            candidates = [
-                info
-                for info in alive
-                if info.cs_id not in chunk.replicas
-                and self._target_jobs.get(info.cs_id, 0) < TARGET_JOBS
-            ]
-            target = placer.place(candidates, 1, reserve_bytes=chunk.length)
-            if not sources or not target:
-                continue
-            target_id = target[0]
-            self._copies[chunk_id] = target_id
-            self._target_jobs[target_id] = self._target_jobs.get(target_id, 0) + 1
-            self._spawn(
-                self._copy(chunk_id, chunk.version, chunk.length,
-                           [s.cs_id for s in sources], target_id)
-            )  # fmt: skip
-
-    async def _copy(
-        self, chunk_id: int, version: int, length: int, sources: list[int], target_id: int
-    ) -> None:
-        """Copy the chunk to ``target_id`` from ``sources`` (live replicas, least loaded
-        first) and add the copy to its set. First the fence: a new version, which no writer
+    async def _copy(self, copy: Copy) -> None:
+        """Carry out the core's ``copy``: the chunk to ``copy.target`` from ``copy.sources``
+        (live replicas, least loaded first), then the copy joins its set. First the fence: a new version, which no writer
         holds, goes to the live replicas (``version_bump``), and the copy is made at it.
         Without the fence a writer holding a handle of the table's version could overwrite
         bytes the copy had already read, and even commit (an overwrite keeps the length):
@@ -328,6 +251,9 @@ class Repair:
         such a writer is refused (``Stale``) and takes a new handle, which bumps the version
         again, so the copy is refused at ``replica_add`` and made again later."""
         link = self.link
+        chunk_id, version, length = copy.chunk_id, copy.version, copy.length
+        sources, target_id = copy.sources, copy.target
+        joined = False
         try:
             bumped = await link.propose_internal(
                 "version_bump", {"chunk_id": chunk_id, "version": version, "length": length}
@@ -359,26 +285,20 @@ class Repair:
                 # The chunk moved on while we copied (or went away): the copy is wrong now.
                 log.info("repair event=copy_refused chunk=%d cs=%d reason=%s",
                          chunk_id, target_id, e)  # fmt: skip
-                self._failed[chunk_id] = self.clock()
                 await self._delete(target_id, [[chunk_id, version]])
                 return
+            joined = True
             self.touch(chunk_id)
-            log.info("repair event=replicated chunk=%d cs=%d version=%d length=%d",
-                     chunk_id, target_id, result["version"], length)  # fmt: skip
+            log.info("repair event=replicated chunk=%d cs=%d version=%d length=%d why=%s",
+                     chunk_id, target_id, result["version"], length, copy.why)  # fmt: skip
             await self.push_version(
                 chunk_id, int(result["version"]), int(result["length"]), result["replicas"]
             )
         except (DfsError, OSError, TimeoutError) as e:
-            self._failed[chunk_id] = self.clock()
             log.info("repair event=copy_failed chunk=%d cs=%d error=%s",
                      chunk_id, target_id, e)  # fmt: skip
         finally:
-            self._copies.pop(chunk_id, None)
-            left = self._target_jobs.get(target_id, 1) - 1
-            if left > 0:
-                self._target_jobs[target_id] = left
-            else:
-                self._target_jobs.pop(target_id, None)
+            self.core.copy_done(copy, joined, self.clock())
 
     async def push_version(
         self, chunk_id: int, version: int, length: int, replicas: Iterable[int]
@@ -522,30 +442,19 @@ class Repair:
 
     # --------------------------------------------------------------- trimming
 
-    async def _trim(self, chunk_ids: list[int], now: float) -> None:
-        ns, registry = self.link.ns, self.link.registry
-        done = 0
-        for chunk_id in chunk_ids:
-            if done >= TRIMS_PER_SURVEY:
-                return
-            chunk = ns.chunk_table.get(chunk_id)
-            if chunk is None or chunk_id in self._copies or not self._quiet(chunk_id, now):
+    async def _trim(self, trims: list[Trim]) -> None:
+        """Carry out the core's trims: each drop through Raft (never the last replica),
+        then the delete of a live one. A chunk's later trims wait for the next step when
+        one of its drops is refused."""
+        refused: set[int] = set()
+        for trim in trims:
+            if trim.chunk_id in refused:
                 continue
-            goal = ns.inodes[chunk.ino].goal
-            dead = [c for c in chunk.replicas if not registry.is_alive(c, now)]
-            live = [c for c in chunk.replicas if c not in dead]
-            if len(live) < goal:
+            if not await self._drop(trim.chunk_id, trim.cs_id, keep_one=True, why=trim.why):
+                refused.add(trim.chunk_id)
                 continue
-            drops = list(dead)
-            if len(live) > goal:
-                fullest = sorted(live, key=lambda c: registry.servers[c].free_bytes)
-                drops += fullest[: len(live) - goal]
-            for cs_id in drops:
-                if not await self._drop(chunk_id, cs_id, keep_one=True, why="trim"):
-                    break
-                done += 1
-                if cs_id in live:
-                    self._spawn(self._delete_quietly(cs_id, [[chunk_id, chunk.version]]))
+            if trim.delete:
+                self._spawn(self._delete_quietly(trim.cs_id, [[trim.chunk_id, trim.version]]))
 
     # --------------------------------------------------------------- deletion
 
@@ -620,7 +529,7 @@ class Repair:
                 continue
             if (
                 not self._quiet(chunk_id, now, state.started_s)
-                or self._copies.get(chunk_id) == cs_id
+                or self._copying_to(chunk_id) == cs_id
             ):
                 continue
             if cs_id in chunk.replicas:
@@ -651,13 +560,18 @@ class Repair:
         if delete:
             self._spawn(self._delete_quietly(cs_id, delete))
 
+    def _copying_to(self, chunk_id: int) -> int | None:
+        copy = self.core.copies.get(chunk_id)
+        return copy.target if copy is not None else None
+
     def _at_goal(self, chunk: Any, now: float) -> bool:
         """Whether the chunk's set has its goal of live members. Only then is a copy
         outside the set (or a stale member) deleted, as HDFS invalidates excess and stale
         replicas only then: until the goal is met again such a copy may be the best one
         left (a writer that could not reach a good replica drops it from the set)."""
         ns, registry = self.link.ns, self.link.registry
-        live = sum(1 for c in chunk.replicas if registry.is_alive(c, now))
+        draining = ns.policy().draining
+        live = sum(1 for c in chunk.replicas if c not in draining and registry.is_alive(c, now))
         return live >= ns.inodes[chunk.ino].goal
 
     async def _behind(
@@ -735,7 +649,7 @@ class Repair:
             chunk = ns.chunk_table.get(chunk_id)
             if chunk is not None:
                 if cs_id in chunk.replicas and version == chunk.version:
-                    self._bad.add(chunk_id)
+                    self.core.mark_bad(chunk_id)
                     await self._drop(chunk_id, cs_id, keep_one=False, why="bad")
                 chunk = ns.chunk_table.get(chunk_id)
                 if chunk is not None and not any(

@@ -46,13 +46,13 @@ from dfs.wire.errors import (
 )
 from dfs.wire.messages import field, uint_field
 from dfs.wire.token import READ, WRITE, make_token, token_key
+from metaserver.chunks.placement import Placer, Registry
 from metaserver.config import MetaConfig, load_config
 from metaserver.holds import KEEPALIVE_S, Holds
 from metaserver.leasedesk import LeaseDesk
 from metaserver.namespace import Namespace, encode_command, pools
 from metaserver.namespace.commands import BATCH_OPS, GOAL_MAX, GOAL_MIN
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
-from metaserver.placement import Placer, Registry
 from metaserver.raft.node import RAFT_OP, RaftNode
 from metaserver.raft.types import Role
 from metaserver.repair import Repair
@@ -116,7 +116,7 @@ class MetaServer:
         self.ns = Namespace(chunk_size_bytes=config.chunk_size_bytes)
         self.node = RaftNode(config.node, self.ns, secret)
         self.registry = Registry(config.dead_timeout_s, started_s=time.monotonic())
-        self.placer = Placer(config.placement)
+        self.placer = Placer(config.placement, cluster=self.ns.policy)
         self._secret = secret
         self._token_key = token_key(secret)
         self._rpc: rpc.RpcServer | None = None

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from metaserver.placement import ChunkserverInfo, Placer, Registry
+from metaserver.chunks.placement import ChunkserverInfo, Placer, Registry
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from dfs.wire.errors import Stale, Unavailable, error_from_wire
+from metaserver.chunks.placement import Placer, Registry
 from metaserver.namespace import Namespace, encode_command
 from metaserver.namespace.state import ROOT_INO
-from metaserver.placement import Placer, Registry
 from metaserver.repair import Repair
 
 pytestmark = pytest.mark.timeout(30)

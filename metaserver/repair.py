@@ -50,7 +50,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, Stale
+from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, Stale, Timeout
 from metaserver.chunks.core import ChunkCore, Copy, Health, Trim
 from metaserver.chunks.placement import Placer, Registry
 from metaserver.namespace import Namespace
@@ -139,7 +139,7 @@ class Repair:
 
     def restart(self) -> None:
         """A new term of leadership: forget everything heard before."""
-        self.core.restart(self.clock())
+        self.core.restart(self.clock(), grace_s=self.link.registry.dead_timeout_s)
         self._garbage_seen.clear()
         self._reports.clear()
         self._unpushed.clear()
@@ -243,8 +243,9 @@ class Repair:
 
     async def _copy(self, copy: Copy) -> None:
         """Carry out the core's ``copy``: the chunk to ``copy.target`` from ``copy.sources``
-        (live replicas, least loaded first), then the copy joins its set. First the fence: a new version, which no writer
-        holds, goes to the live replicas (``version_bump``), and the copy is made at it.
+        (live replicas, least loaded first), then the copy joins its set. First the fence: a
+        new version, which no writer holds, goes to the live replicas (``version_bump``),
+        and the copy is made at it.
         Without the fence a writer holding a handle of the table's version could overwrite
         bytes the copy had already read, and even commit (an overwrite keeps the length):
         the copy would join with the old bytes, every replica at the same version. With it,
@@ -267,6 +268,11 @@ class Repair:
             addresses = [link.registry.servers[c].address for c in sources if c in took]
             if not addresses:
                 raise Stale("no live replica took the fence's version", chunk_id=chunk_id)
+            # Members dead at the fence cannot hold its version: out of the set now, or one
+            # that comes back before a report would count toward the goal while stale.
+            for cs_id in bumped["replicas"]:
+                if cs_id not in live:
+                    await self._drop(chunk_id, cs_id, keep_one=True, why="dead_at_fence")
             token, expiry_ms = link.token(chunk_id, version)
             await link.cs_call(
                 target_id, "chunk.replicate", REPLICATE_TIMEOUT_S, chunk_id=chunk_id,
@@ -279,6 +285,11 @@ class Repair:
                     {"chunk_id": chunk_id, "version": version, "length": length,
                      "cs_id": target_id},
                 )  # fmt: skip
+            except Timeout:
+                # It may have committed: then the copy joined, and its version must still
+                # be pushed, or the copy would be judged stale by the next report and
+                # dropped while it holds the chunk's bytes.
+                result = self._joined(chunk_id, version, target_id)
             except Exists:
                 return
             except (Stale, NotFound, Invalid) as e:
@@ -291,7 +302,9 @@ class Repair:
             self.touch(chunk_id)
             log.info("repair event=replicated chunk=%d cs=%d version=%d length=%d why=%s",
                      chunk_id, target_id, result["version"], length, copy.why)  # fmt: skip
-            await self.push_version(
+            # Members that miss the new version leave the set (as after any bump): one left
+            # in it at the old version would count toward the goal while stale.
+            await self.settle_version(
                 chunk_id, int(result["version"]), int(result["length"]), result["replicas"]
             )
         except (DfsError, OSError, TimeoutError) as e:
@@ -299,6 +312,14 @@ class Repair:
                      chunk_id, target_id, e)  # fmt: skip
         finally:
             self.core.copy_done(copy, joined, self.clock())
+
+    def _joined(self, chunk_id: int, version: int, target_id: int) -> dict[str, Any]:
+        """The chunk as a ``replica_add`` at ``version`` whose answer was lost left it, if
+        it committed (``Timeout`` again otherwise)."""
+        chunk = self.link.ns.chunk_table.get(chunk_id)
+        if chunk is None or target_id not in chunk.replicas or chunk.version != version + 1:
+            raise Timeout("replica_add: no answer", chunk_id=chunk_id)
+        return {"version": chunk.version, "length": chunk.length, "replicas": list(chunk.replicas)}
 
     async def push_version(
         self, chunk_id: int, version: int, length: int, replicas: Iterable[int]
@@ -432,11 +453,12 @@ class Repair:
         for chunk_id, (version, length) in list(self._unpushed.items()):
             chunk = ns.chunk_table.get(chunk_id)
             if chunk is None or chunk.version != version or chunk.length != length:
-                del self._unpushed[chunk_id]
+                self._unpushed.pop(chunk_id, None)
                 continue
             failed = await self.push_version(chunk_id, version, length, chunk.replicas)
             if len(failed) < len(chunk.replicas):
-                del self._unpushed[chunk_id]
+                # (A handle's settle_version may have cleared it during the push.)
+                self._unpushed.pop(chunk_id, None)
                 log.info("repair event=version_pushed_late chunk=%d version=%d",
                          chunk_id, version)  # fmt: skip
 

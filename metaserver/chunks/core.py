@@ -165,11 +165,15 @@ class ChunkCore:
 
     # ------------------------------------------------------------------ events
 
-    def restart(self, now: float) -> None:
+    def restart(self, now: float, grace_s: float = 0.0) -> None:
         """A new term of leadership: forget everything heard before. Copies started in an
         earlier term finish (or fail) on their own: their ``replica_add`` is refused unless
-        the chunk is unchanged; they are not counted here."""
-        self.term_started = now
+        the chunk is unchanged; they are not counted here. ``grace_s``: how long the
+        registry counts a chunkserver it has not heard yet as alive (``Registry``); no chunk
+        is judged before that is over either, since until then "alive" is a guess (a
+        report judged in it could delete a copy outside the set while a member counted
+        alive is dead: below goal)."""
+        self.term_started = now + max(0.0, grace_s - self.quiet_s)
         self.touched.clear()
         self.copies.clear()
         self.target_jobs.clear()

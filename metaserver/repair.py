@@ -342,12 +342,21 @@ class Repair:
                 newer = e.details.get("replica_version") if isinstance(e, Stale) else None
                 if type(newer) is int and newer > version:
                     return  # a later bump's push got there first: it is not behind
+                if not isinstance(e, Stale) and await self._has_version(cs_id, chunk_id, version):
+                    return  # only the answer was lost: dropping it would lose a good copy
                 failed.append(cs_id)
                 log.info("repair event=push_failed chunk=%d cs=%d version=%d error=%s",
                          chunk_id, cs_id, version, e)  # fmt: skip
 
         await asyncio.gather(*(push(cs_id) for cs_id in replicas))
         return failed
+
+    async def _has_version(self, cs_id: int, chunk_id: int, version: int) -> bool:
+        try:
+            h = await self.link.cs_call(cs_id, "chunk.info", PUSH_TIMEOUT_S, chunk_id=chunk_id)
+            return bool(h["version"] == version)
+        except (DfsError, OSError, TimeoutError, KeyError):
+            return False
 
     async def settle_version(
         self, chunk_id: int, version: int, length: int, replicas: list[int]

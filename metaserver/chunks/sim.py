@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import heapq
+import logging
 import random
 import sys
 from collections.abc import Callable, Coroutine, Iterable
@@ -119,6 +120,7 @@ class Server:
         self.cs_id = cs_id
         self.address = address
         self.capacity = capacity
+        self.disk = capacity  # the capacity when the disk is not full
         self.alive = True
         self.died_s = float("-inf")
         self.replicas: dict[int, Replica] = {}
@@ -512,7 +514,8 @@ class Simulation:
         def install() -> None:
             self.dirty.add(chunk_id)
             if not server.alive:
-                return  # the request dies with the server: the caller times out
+                answer(Timeout("the chunkserver died during the copy"))
+                return
             cur = server.replicas.get(chunk_id)
             if cur is not None and cur.version > version:
                 answer(Stale("a newer replica is here", chunk_id=chunk_id))
@@ -693,8 +696,12 @@ class Simulation:
         servers = list(self.servers.values())
         if kind == "kill":
             alive = [s for s in servers if s.alive]
-            if len(alive) > self.goal:
-                s = rng.choice(alive)
+            s = rng.choice(alive)
+            if len(alive) > self.goal and all(
+                len(self._healthy(c)) >= 2 or s.cs_id not in self._healthy(c)
+                for c in self.ns.chunk_table.values()
+                if c.length
+            ):
                 s.alive = False
                 s.died_s = self.now
                 self.log(f"FAULT cs {s.cs_id} dies")
@@ -709,12 +716,11 @@ class Simulation:
             self._new_leader()
         elif kind == "disk_full":
             s = rng.choice(servers)
-            old = s.capacity
-            s.capacity = s.used() + rng.randint(0, CHUNK)
+            s.capacity = min(s.capacity, s.used() + rng.randint(0, CHUNK))
             self.log(f"FAULT cs {s.cs_id} disk full")
 
             def free() -> None:
-                s.capacity = old
+                s.capacity = s.disk
 
             self.after(rng.uniform(2, 10), free)
         elif kind == "rot":
@@ -727,15 +733,27 @@ class Simulation:
             s.alive = True
             self.log(f"cs {s.cs_id} returns")
 
+    def _healthy(self, chunk: Any) -> list[int]:
+        """The members that are up, at the table's version and hold the chunk's bytes.
+        THE FAULT BOUND: no fault (a death, bit rot) takes the last of them, so fewer than
+        goal replicas of a chunk fail (a member dead at a version bump, or left behind by
+        one, has failed: by the version rules it is stale) and any loss is the system's."""
+        out = []
+        for cs_id in chunk.replicas:
+            s = self.servers[cs_id]
+            rep = s.replicas.get(chunk.chunk_id)
+            if s.alive and rep is not None and rep.version == chunk.version and self._good(chunk, rep):
+                out.append(cs_id)
+        return out
+
     def _rot(self) -> None:
         chunks = [c for c in self.ns.chunk_table.values() if c.length]
         if not chunks:
             return
         chunk = self.rng.choice(chunks)
-        good = [c for c in chunk.replicas
-                if self._good(chunk, self.servers[c].replicas.get(chunk.chunk_id))]  # fmt: skip
-        if len(good) < self._goal(chunk):
-            return  # fewer than goal replicas ever fail for good
+        good = self._healthy(chunk)
+        if len(good) < 2:
+            return  # the fault bound: see _healthy
         s = self.servers[self.rng.choice(good)]
         rep = s.replicas[chunk.chunk_id]
         rep.rotten = True
@@ -973,6 +991,7 @@ class Simulation:
         self.faults = False
         for s in self.servers.values():
             self._revive(s)
+            s.capacity = s.disk
         self.log("faults stop")
 
     def _final(self) -> None:
@@ -983,8 +1002,9 @@ class Simulation:
             if chunk.length == 0:
                 continue
             good = self._good_live(chunk, exclude=-1, counted_only=True)
-            room = sum(1 for s in usable if s.capacity - s.used() >= CHUNK)
-            if good < self._goal(chunk) and room + good >= self._goal(chunk) + 1:
+            room = sum(1 for s in usable if s.cs_id not in chunk.replicas
+                       and s.capacity - s.used() > chunk.length)  # fmt: skip
+            if good < self._goal(chunk) and room + good >= self._goal(chunk):
                 raise Violation(f"chunk {chunk.chunk_id} at {good} good replicas after "
                                 f"settling, goal {self._goal(chunk)}")  # fmt: skip
         if self.drained is not None:
@@ -996,10 +1016,12 @@ class Simulation:
             raise Violation("the rebalance never finished")
 
     def _close(self) -> None:
-        tasks = asyncio.all_tasks(self.loop)
-        for task in tasks:
-            task.cancel()
-        if tasks:
+        for _ in range(10):  # a cancelled task may spawn another in its clean-up
+            tasks = asyncio.all_tasks(self.loop)
+            if not tasks:
+                break
+            for task in tasks:
+                task.cancel()
             self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
         self.loop.close()
 
@@ -1038,6 +1060,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (long runs)")
     args = p.parse_args(argv)
+    # The driver's log: with --verbose among the simulator's lines, else only errors.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(message)s", stream=sys.stdout)  # fmt: skip
     seeds = parse_seeds(args.seeds)
     violations = acked = 0
     if args.jobs <= 1:

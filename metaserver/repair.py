@@ -354,7 +354,7 @@ class Repair:
     async def _has_version(self, cs_id: int, chunk_id: int, version: int) -> bool:
         try:
             h = await self.link.cs_call(cs_id, "chunk.info", PUSH_TIMEOUT_S, chunk_id=chunk_id)
-            return bool(h["version"] == version)
+            return bool(h["version"] >= version)  # newer: a later bump's push got there
         except (DfsError, OSError, TimeoutError, KeyError):
             return False
 
@@ -484,7 +484,15 @@ class Repair:
             if not await self._drop(trim.chunk_id, trim.cs_id, keep_one=True, why=trim.why):
                 refused.add(trim.chunk_id)
                 continue
-            if trim.delete:
+            chunk = self.link.ns.chunk_table.get(trim.chunk_id)
+            if (
+                trim.delete
+                and chunk is not None
+                and trim.chunk_id not in self.core.bad
+                and self._at_goal(chunk, self.clock())
+            ):
+                # Still at goal after the drop committed (a member may have been reported
+                # bad meanwhile: then the copy waits, and a report deletes it later).
                 self._spawn(self._delete_quietly(trim.cs_id, [[trim.chunk_id, trim.version]]))
 
     # --------------------------------------------------------------- deletion
@@ -547,6 +555,7 @@ class Repair:
         state.next_part += 1
         delete: list[list[int]] = []
         behind: list[tuple[int, int, int]] = []
+        adopt: list[int] = []
         for chunk_id, version, length in entries:
             state.seen.add(chunk_id)
             chunk = ns.chunk_table.get(chunk_id)
@@ -572,6 +581,12 @@ class Repair:
                                 chunk.version)  # fmt: skip
             elif version <= chunk.version and self._at_goal(chunk, now):
                 delete.append([chunk_id, version])  # dropped from the set earlier
+            elif (
+                version == chunk.version
+                and length >= chunk.length > 0
+                and not any(self.link.registry.is_alive(c, now) for c in chunk.replicas)
+            ):
+                adopt.append(chunk_id)
         lost: list[int] = []
         if final:
             del self._reports[cs_id]
@@ -588,8 +603,34 @@ class Repair:
                 delete.append([chunk_id, version])
         for chunk_id in lost:
             await self._drop(chunk_id, cs_id, keep_one=False, why="lost")
+        for chunk_id in adopt[:BEHIND_PER_REPORT]:
+            await self._adopt(cs_id, chunk_id)
         if delete:
             self._spawn(self._delete_quietly(cs_id, delete))
+
+    async def _adopt(self, cs_id: int, chunk_id: int) -> None:
+        """ADOPTION. ``cs_id`` holds a whole copy of a chunk at the table's version, outside
+        its set, and no member is alive: the set gets it back (``replica_add``, which bumps
+        the version, then the push). Such a copy is a member dropped while it held the
+        version (a push whose answer was lost twice, a trim whose delete has not come),
+        so it holds the chunk's bytes; without it the chunk would stay missing. Members
+        that are down leave behind by the bump, stale."""
+        chunk = self.link.ns.chunk_table.get(chunk_id)
+        if chunk is None:
+            return
+        try:
+            result = await self.link.propose_internal(
+                "replica_add",
+                {"chunk_id": chunk_id, "version": chunk.version, "length": chunk.length,
+                 "cs_id": cs_id},
+            )  # fmt: skip
+        except DfsError as e:
+            log.info("repair event=adopt_refused chunk=%d cs=%d reason=%s", chunk_id, cs_id, e)
+            return
+        self.touch(chunk_id)
+        log.warning("repair event=adopted chunk=%d cs=%d version=%d", chunk_id, cs_id,
+                    result["version"])  # fmt: skip
+        await self.settle_version(chunk_id, int(result["version"]), int(result["length"]), [cs_id])
 
     def _copying_to(self, chunk_id: int) -> int | None:
         copy = self.core.copies.get(chunk_id)
@@ -680,7 +721,7 @@ class Repair:
             chunk = ns.chunk_table.get(chunk_id)
             if chunk is not None:
                 if cs_id in chunk.replicas and version == chunk.version:
-                    self.core.mark_bad(chunk_id)
+                    self.core.mark_bad(chunk_id, cs_id)
                     await self._drop(chunk_id, cs_id, keep_one=False, why="bad")
                 chunk = ns.chunk_table.get(chunk_id)
                 if chunk is not None and not any(

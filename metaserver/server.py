@@ -561,6 +561,10 @@ class MetaServer:
             await self._read(timeout_s)
             existing = self.ns.chunks(ino, index, 1)
         if existing:
+            if existing[0]["length"] and not existing[0]["replicas"]:
+                # Missing (its last replica was bad): a bump would make stale the copy the
+                # upkeep may still adopt (Repair._adopt). There is nothing to write to.
+                raise Unavailable("the chunk has no replica left", chunk_id=existing[0]["chunk_id"])
             # Replicas on dead chunkservers, and those the writer saw fail, leave the set
             # with this version bump (the writer reports them: PROTOCOL.md).
             now_s = time.monotonic()

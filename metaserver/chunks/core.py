@@ -156,7 +156,7 @@ class ChunkCore:
         self.copies: dict[int, Copy] = {}
         self.target_jobs: dict[int, int] = {}
         self.failed: dict[int, float] = {}
-        self.bad: set[int] = set()
+        self.bad: dict[int, int] = {}  # chunk id -> the chunkserver that reported it bad
         self.moved: dict[int, int] = {}  # chunk id -> source to trim (a move's copy joined)
         self.flow = _Flow()
         self.bucket = rebalance.TokenBucket(0, 0.0)
@@ -195,8 +195,8 @@ class ChunkCore:
         t = max(self.touched.get(chunk_id, self.term_started), self.term_started)
         return (now if since is None else since) - t >= self.quiet_s
 
-    def mark_bad(self, chunk_id: int) -> None:
-        self.bad.add(chunk_id)
+    def mark_bad(self, chunk_id: int, cs_id: int) -> None:
+        self.bad[chunk_id] = cs_id
 
     def copy_started(self, copy: Copy) -> None:
         self.copies[copy.chunk_id] = copy
@@ -226,6 +226,8 @@ class ChunkCore:
             for k in [k for k, t in d.items() if now - t > horizon]:
                 del d[k]
         table = ns.chunk_table
+        for chunk_id in [c for c in self.bad if c not in table]:
+            del self.bad[chunk_id]
         for chunk_id, source in list(self.moved.items()):
             chunk = table.get(chunk_id)
             if chunk is None or source not in chunk.replicas:
@@ -258,10 +260,11 @@ class ChunkCore:
                 continue
             goal = inodes[chunk.ino].goal
             live = counted = 0
+            bad_cs = self.bad.get(chunk_id)
             for cs_id in chunk.replicas:
                 if alive(cs_id):
                     live += 1
-                    counted += cs_id not in draining
+                    counted += cs_id not in draining and cs_id != bad_cs
             if live == 0:
                 health.missing += 1
             elif live < goal:
@@ -270,12 +273,14 @@ class ChunkCore:
                     health.one_copy += 1
             elif live > goal:
                 health.over_goal += 1
+            if counted <= goal and chunk_id in self.moved:
+                del self.moved[chunk_id]  # the move's source is needed now: it stays
             if live > 0 and counted < goal:
                 under.append((live, counted - goal, chunk_id))
             elif counted >= goal and (counted > goal or len(chunk.replicas) > counted):
                 trim.append(chunk_id)
-            if chunk_id in self.bad and live >= goal:
-                self.bad.discard(chunk_id)
+            if bad_cs is not None and bad_cs not in chunk.replicas and counted >= goal:
+                del self.bad[chunk_id]  # the bad one is out, a good copy in
         health.corrupt = len(self.bad)
         under.sort()
         return health, [(live, cid) for live, _, cid in under], trim
@@ -357,11 +362,16 @@ class ChunkCore:
                 continue
             goal = ns.inodes[chunk.ino].goal
             dead = [c for c in chunk.replicas if not registry.is_alive(c, now)]
-            draining = [c for c in chunk.replicas if c not in dead and c in policy.draining]
-            counted = [c for c in chunk.replicas if c not in dead and c not in draining]
+            # A member reported bad counts for nothing: its drop may have failed, or still
+            # be on its way; it goes first once the others meet the goal.
+            bad = [c for c in chunk.replicas if c == self.bad.get(chunk_id) and c not in dead]
+            draining = [c for c in chunk.replicas
+                        if c not in dead and c not in bad and c in policy.draining]  # fmt: skip
+            counted = [c for c in chunk.replicas if c not in dead + bad + draining]
             if len(counted) < goal:
                 continue
-            trims = [Trim(chunk_id, c, chunk.version, False, "dead") for c in dead]
+            trims = [Trim(chunk_id, c, chunk.version, True, "bad") for c in bad]
+            trims += [Trim(chunk_id, c, chunk.version, False, "dead") for c in dead]
             trims += [Trim(chunk_id, c, chunk.version, True, "draining") for c in draining]
             for cs_id in self._surplus(chunk_id, counted, goal, registry, policy):
                 why = "moved" if self.moved.get(chunk_id) == cs_id else "over_goal"
@@ -518,4 +528,3 @@ class ChunkCore:
             "spread_pct": round(rebalance.spread_pct(servers), 3),
             "rate_bps": int(flow.moved_bytes / elapsed) if elapsed > 0 else 0,
         }
-

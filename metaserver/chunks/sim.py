@@ -53,7 +53,7 @@ import logging
 import random
 import sys
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dfs.wire.errors import (
@@ -67,14 +67,15 @@ from dfs.wire.errors import (
     Unavailable,
     error_from_wire,
 )
+from metaserver.chunks import simclients
 from metaserver.chunks.core import Trim
 from metaserver.chunks.placement import Placer, Registry
 from metaserver.chunks.policy import ClusterPolicy, Labels, Rebalance
+from metaserver.chunks.simserver import CHUNK, FileModel, Replica, Server, Violation
 from metaserver.namespace import Namespace, encode_command
 from metaserver.namespace.state import ROOT_INO
 from metaserver.repair import Repair
 
-CHUNK = 4096
 DEAD_TIMEOUT_S = 3.0
 QUIET_S = 2.0
 STEP_S = 0.5
@@ -88,10 +89,8 @@ SETTLE_S = 60.0
 # writer's lease: the upkeep's recovery may take this long).
 WRITER_LEASE_S = 10.0
 FULL_CHECK_EVERY = 256
-
-
-class Violation(Exception):
-    pass
+# What a chunkserver finds reaches the leader within this (a message and a proposal).
+KNOWN_S = 0.1
 
 
 class SimNamespace(Namespace):
@@ -104,103 +103,6 @@ class SimNamespace(Namespace):
 
     def policy(self) -> ClusterPolicy:
         return self.sim_policy
-
-
-@dataclass(slots=True)
-class Replica:
-    version: int
-    data: bytes
-    rotten: bool = False  # bit rot not found yet
-
-
-class Server:
-    """An in-memory chunkserver with the version rules of ``chunkserver/store.py``."""
-
-    def __init__(self, cs_id: int, address: str, capacity: int) -> None:
-        self.cs_id = cs_id
-        self.address = address
-        self.capacity = capacity
-        self.disk = capacity  # the capacity when the disk is not full
-        self.alive = True
-        self.died_s = float("-inf")
-        self.replicas: dict[int, Replica] = {}
-        self.quarantine: dict[int, Replica] = {}
-
-    def used(self) -> int:
-        return sum(len(r.data) for r in self.replicas.values())
-
-    def write(self, f: dict[str, Any]) -> dict[str, Any]:
-        chunk_id, version, length = f["chunk_id"], f["version"], f["length"]
-        offset, data = f["offset"], f.get("data", b"")
-        rep = self.replicas.get(chunk_id)
-        if rep is None:
-            if chunk_id in self.quarantine:
-                raise Unavailable("replica is bad", chunk_id=chunk_id)
-            if length > 0 and not (offset == 0 and len(data) >= length):
-                raise NotFound("no replica here and the handle says it holds data")
-            base = b""
-        else:
-            if version < rep.version:
-                raise Stale("older version", chunk_id=chunk_id, version=version,
-                            replica_version=rep.version)  # fmt: skip
-            base = rep.data
-            if version > rep.version:
-                if len(base) < length:
-                    raise Stale("replica shorter than the handle's length", chunk_id=chunk_id)
-                base = base[:length]
-        end = offset + len(data)
-        if data:
-            grown = max(len(base), end)
-            if grown - len(base) > self.capacity - self.used():
-                raise NoSpace("disk full", chunk_id=chunk_id)
-            buf = bytearray(base) + bytes(max(0, end - len(base)))
-            buf[offset:end] = data
-            base = bytes(buf)
-        rotten = rep.rotten and rep.version == version if rep is not None else False
-        self.replicas[chunk_id] = Replica(version, base, rotten)
-        return {"version": version, "length": len(base)}
-
-    def info(self, chunk_id: int) -> dict[str, Any]:
-        rep = self.replicas.get(chunk_id)
-        if rep is None:
-            raise NotFound("no replica", chunk_id=chunk_id)
-        return {"version": rep.version, "length": len(rep.data)}
-
-    def delete(self, chunks: list[list[int]]) -> list[int]:
-        gone = []
-        for chunk_id, version in chunks:
-            rep = self.replicas.get(chunk_id)
-            if rep is not None and rep.version <= version:
-                del self.replicas[chunk_id]
-                gone.append(chunk_id)
-            self.quarantine.pop(chunk_id, None)
-        return gone
-
-
-@dataclass(slots=True)
-class FileModel:
-    """What a file's bytes may be: ``acked`` as acknowledged; ``maybe``: other values
-    writes in progress (or failed, or dead) may have left at a position."""
-
-    ino: int
-    name: bytes
-    acked: bytearray = field(default_factory=bytearray)
-    maybe: dict[int, set[int]] = field(default_factory=dict)
-    writing: int = 0  # writers between a handle and their commit
-    died_s: float | None = None  # a writer died mid-write at this time
-
-    def allowed(self, start: int, data: bytes) -> bool:
-        """Whether ``data`` at file offset ``start`` is what the file may hold there."""
-        end = start + len(data)
-        if end > len(self.acked) + CHUNK:
-            return False
-        acked = bytes(self.acked[start:end]).ljust(len(data), b"\0")
-        if acked == data:
-            return True
-        for i, (a, b) in enumerate(zip(acked, data, strict=True)):
-            if a != b and b not in self.maybe.get(start + i, ()):
-                return False
-        return True
 
 
 class Link:
@@ -235,8 +137,9 @@ class Link:
 class Options:
     fault_rate: float = 1.0  # 0: no faults (a quiet run)
     bad_decision: str = ""  # tests: inject a known-bad decision ("trim_below_goal")
-    # Compare the replicas of a chunk whose writer died mid-overwrite (the open case:
-    # nothing recovers them yet, so this finds differing replicas; off by default).
+    # Compare the replicas of a chunk whose writer died or gave up mid-chain (the open
+    # case: nothing recovers a half-done overwrite yet, so this finds replicas that differ
+    # at one version; off by default).
     open_case: bool = False
 
 
@@ -482,9 +385,7 @@ class Simulation:
             return {"data": rep.data}
         raise AssertionError(op)
 
-    def _replicate(
-        self, server: Server, f: dict[str, Any], answer: Callable[[Any], None]
-    ) -> None:
+    def _replicate(self, server: Server, f: dict[str, Any], answer: Callable[[Any], None]) -> None:
         """A copy: read from a source now, installed a while later (a writer may act in
         between); the version rules are checked again at the install."""
         chunk_id, version, length = f["chunk_id"], f["version"], f["length"]
@@ -517,6 +418,9 @@ class Simulation:
                 answer(Timeout("the chunkserver died during the copy"))
                 return
             cur = server.replicas.get(chunk_id)
+            if cur is None and chunk_id in server.quarantine:
+                answer(Unavailable("replica is bad: waiting to be deleted", chunk_id=chunk_id))
+                return
             if cur is not None and cur.version > version:
                 answer(Stale("a newer replica is here", chunk_id=chunk_id))
                 return
@@ -537,6 +441,7 @@ class Simulation:
         if rep is None:
             return
         server.quarantine[chunk_id] = rep
+        server.found_bad_s[chunk_id] = self.now
         self.dirty.add(chunk_id)
         self.log(f"cs {server.cs_id}: chunk {chunk_id} v{rep.version} bad")
         entries = [[chunk_id, rep.version]]
@@ -579,7 +484,10 @@ class Simulation:
             if cs_id == exclude or (counted_only and cs_id in draining):
                 continue
             s = self.servers[cs_id]
-            if self._up(s) and self._good(chunk, s.replicas.get(chunk.chunk_id), False):
+            rep = s.replicas.get(chunk.chunk_id)
+            if rep is None and self.now - s.found_bad_s.get(chunk.chunk_id, -1e9) < KNOWN_S:
+                rep = s.quarantine.get(chunk.chunk_id)  # found bad: the leader cannot know yet
+            if self._up(s) and self._good(chunk, rep, False):
                 n += 1
         return n
 
@@ -603,6 +511,15 @@ class Simulation:
                 f"{self._goal(chunk)}"
             )
 
+    def _held_outside(self, chunk: Any) -> bool:
+        """Whether a copy outside the set holds the chunk's bytes at its version (the
+        driver adopts it when no member is left: ``Repair._adopt``)."""
+        for s in self.servers.values():
+            rep = s.replicas.get(chunk.chunk_id)
+            if rep is not None and rep.version == chunk.version and self._good(chunk, rep):
+                return True
+        return False
+
     def check(self, chunk_ids: Iterable[int]) -> None:
         table = self.ns.chunk_table
         for chunk_id in chunk_ids:
@@ -610,14 +527,14 @@ class Simulation:
             if chunk is None or chunk.length == 0:
                 continue
             reps = [self.servers[c].replicas.get(chunk_id) for c in chunk.replicas]
-            if not any(self._good(chunk, r) for r in reps):
+            if not any(self._good(chunk, r) for r in reps) and not self._held_outside(chunk):
                 raise Violation(f"chunk {chunk_id} (v{chunk.version} len {chunk.length}) lost: "
                                 f"no member holds its bytes; members {chunk.replicas}")  # fmt: skip
             model = self.files.get(chunk.ino)
             if model is not None and (
                 model.writing
-                or (model.died_s is not None
-                    and (not self.options.open_case or self.now - model.died_s < WRITER_LEASE_S))
+                or (model.abandoned_s is not None
+                    and (not self.options.open_case or self.now - model.abandoned_s < WRITER_LEASE_S))
             ):  # fmt: skip
                 continue
             at = {
@@ -742,7 +659,12 @@ class Simulation:
         for cs_id in chunk.replicas:
             s = self.servers[cs_id]
             rep = s.replicas.get(chunk.chunk_id)
-            if s.alive and rep is not None and rep.version == chunk.version and self._good(chunk, rep):
+            if (
+                s.alive
+                and rep is not None
+                and rep.version == chunk.version
+                and self._good(chunk, rep)
+            ):
                 out.append(cs_id)
         return out
 
@@ -784,164 +706,6 @@ class Simulation:
 
             self.after(2.0, start)
 
-    # ------------------------------------------------------------------ clients
-
-    async def _handle(self, ino: int, index: int, reported: list[int]) -> dict[str, Any]:
-        """A write handle, as ``MetaServer._write_handle`` gives it."""
-        link, repair, ns = self.link, self.repair, self.ns
-        existing = ns.chunks(ino, index, 1)
-        now = self.now
-        link.know_all_chunkservers()
-        args: dict[str, Any] = {"ino": ino, "index": index, "replicas": []}
-        if existing:
-            drop = [c for c in existing[0]["replicas"]
-                    if c in reported or not link.registry.is_alive(c, now)]  # fmt: skip
-            if drop:
-                args["drop"] = drop
-        else:
-            alive = link.registry.alive(now)
-            replicas = link.placer.place(alive, self.goal, reserve_bytes=CHUNK)
-            if len(replicas) < self.goal and any(c.last_heard_s is None for c in alive):
-                raise Unavailable("new leader waiting for heartbeats")
-            if not replicas:
-                raise NoSpace("no chunkserver")
-            args["replicas"] = replicas
-        result = await link.propose_internal("write_handle", args)
-        chunk_id = int(result["chunk_id"])
-        repair.touch(chunk_id)
-        if not result["allocated"]:
-            kept, _, length = await repair.settle_version(
-                chunk_id, int(result["version"]), int(result["length"]), result["replicas"]
-            )
-            if result["replicas"] and repair.is_unpushed(chunk_id):
-                raise Unavailable("no replica took the new version")
-            result = {**result, "replicas": kept, "length": length}
-            repair.touch(chunk_id)
-        return result
-
-    async def _write(self, model: FileModel, offset: int, data: bytes, die: bool) -> bool:
-        """Write ``data`` at ``offset`` (inside one chunk) and commit; True when acked."""
-        index, off = divmod(offset, CHUNK)
-        fill = data[0]
-        for i in range(offset, offset + len(data)):
-            model.maybe.setdefault(i, set()).add(fill)
-        model.writing += 1
-        drop: list[int] = []
-        try:
-            for _ in range(4):
-                try:
-                    h = await self._handle(model.ino, index, drop)
-                except (DfsError, TimeoutError):
-                    await self.sleep(0.5)
-                    continue
-                chunk_id, version = int(h["chunk_id"]), int(h["version"])
-                chain = list(h["replicas"])
-                failed = None
-                for n, cs_id in enumerate(chain):
-                    if die and n == len(chain) - 1 and n > 0:
-                        model.died_s = self.now
-                        self.log(f"FAULT writer of ino {model.ino} dies mid-chain")
-                        return False
-                    self.repair.touch(chunk_id)  # the writer's keepalive
-                    try:
-                        await self.cs_call(cs_id, "chunk.write", 3.0, {
-                            "chunk_id": chunk_id, "version": version, "length": h["length"],
-                            "offset": off, "data": data,
-                        })  # fmt: skip
-                    except (DfsError, TimeoutError):
-                        failed = cs_id
-                        break
-                if failed is not None:
-                    drop = [failed]
-                    continue
-                size = max(len(model.acked), offset + len(data))
-                try:
-                    await self.link.propose_internal("commit", {
-                        "ino": model.ino, "size": size, "mtime_ns": 1,
-                        "chunks": [[index, off + len(data), chunk_id, version]],
-                    })  # fmt: skip
-                except (DfsError, TimeoutError):
-                    return False
-                self.repair.touch(chunk_id)
-                if len(model.acked) < offset + len(data):
-                    model.acked.extend(bytes(offset + len(data) - len(model.acked)))
-                model.acked[offset : offset + len(data)] = data
-                self.writes_acked += 1
-                return True
-            return False
-        finally:
-            model.writing -= 1
-
-    async def _writer(self, wid: int) -> None:
-        rng = self.rng
-        mine: list[FileModel] = []
-        for n in range(rng.randint(4, 10)):
-            await self.sleep(rng.uniform(0.2, 4.0))
-            if self.now > FAULT_PHASE_S:
-                return
-            if not mine or rng.random() < 0.3:
-                try:
-                    result = await self.link.propose_internal("create", {
-                        "parent": ROOT_INO, "name": f"w{wid}-{n}".encode(),
-                        "mode": 0o100644, "uid": 0, "gid": 0,
-                    })  # fmt: skip
-                except (DfsError, TimeoutError):
-                    continue
-                model = FileModel(int(result["attr"]["ino"]), f"w{wid}-{n}".encode())
-                self.files[model.ino] = model
-                mine.append(model)
-            model = rng.choice(mine)
-            if model.writing or model.died_s is not None:
-                continue
-            if len(mine) > 2 and rng.random() < 0.1:
-                mine.remove(model)
-                try:
-                    await self.link.propose_internal("unlink", {"parent": ROOT_INO,
-                                                                "name": model.name})
-                except (DfsError, TimeoutError):
-                    pass
-                continue
-            size = len(model.acked)
-            if size and rng.random() < 0.4:
-                offset = rng.randrange(size)  # an overwrite
-            else:
-                offset = size  # an append
-            room = CHUNK - offset % CHUNK
-            length = min(room, rng.randint(1, CHUNK // 2))
-            if offset + length > 2 * CHUNK:
-                continue
-            data = bytes([rng.randint(1, 255)]) * length
-            die = self.faults and rng.random() < 0.05
-            await self._write(model, offset, data, die)
-            if model.died_s is not None:
-                return
-
-    async def _reader(self) -> None:
-        rng = self.rng
-        while self.now < FAULT_PHASE_S + SETTLE_S - 5:
-            await self.sleep(rng.uniform(0.2, 2.0))
-            chunks = [c for c in self.ns.chunk_table.values() if c.length]
-            if not chunks:
-                continue
-            chunk = rng.choice(chunks)
-            live = [c for c in chunk.replicas if self.link.registry.is_alive(c, self.now)]
-            if not live:
-                continue
-            cs_id = rng.choice(live)
-            version, length, ino, index = chunk.version, chunk.length, chunk.ino, chunk.index
-            try:
-                got = await self.cs_call(cs_id, "chunk.read", 3.0,
-                                         {"chunk_id": chunk.chunk_id, "version": version})
-            except (DfsError, TimeoutError):
-                continue
-            data = got["data"][:length]
-            model = self.files.get(ino)
-            if len(data) < length:
-                continue  # short: the client tries another replica
-            if model is not None and not model.allowed(index * CHUNK, data):
-                raise Violation(f"read of chunk {chunk.chunk_id} v{version} from cs {cs_id} "
-                                f"returned bytes never written")  # fmt: skip
-
     # ------------------------------------------------------------------ the run
 
     def run(self) -> None:
@@ -956,8 +720,8 @@ class Simulation:
         self.after(rng.uniform(1, 5), self._fault)
         self.after(rng.uniform(15, 30), self._scenario)
         for wid in range(rng.randint(2, 4)):
-            self.spawn(self._writer(wid))
-        self.spawn(self._reader())
+            self.spawn(simclients.writer(self, wid))
+        self.spawn(simclients.reader(self))
         self.after(FAULT_PHASE_S, self._heal)
         end = FAULT_PHASE_S + SETTLE_S
         try:
@@ -1075,7 +839,9 @@ def main(argv: list[str] | None = None) -> int:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         step = 100
-        ranges = [(a, min(a + step - 1, seeds.stop - 1)) for a in range(seeds.start, seeds.stop, step)]
+        ranges = [
+            (a, min(a + step - 1, seeds.stop - 1)) for a in range(seeds.start, seeds.stop, step)
+        ]
         with ProcessPoolExecutor(args.jobs) as pool:
             futures = [pool.submit(run_seeds, a, b) for a, b in ranges]
             for fut in as_completed(futures):

@@ -590,6 +590,7 @@ class Repair:
         lost: list[int] = []
         if final:
             del self._reports[cs_id]
+            self.core.report_done(cs_id, state.started_s)
             for chunk_id, chunk in ns.chunk_table.items():
                 if (
                     chunk.length > 0
@@ -637,13 +638,18 @@ class Repair:
         return copy.target if copy is not None else None
 
     def _at_goal(self, chunk: Any, now: float) -> bool:
-        """Whether the chunk's set has its goal of live members. Only then is a copy
-        outside the set (or a stale member) deleted, as HDFS invalidates excess and stale
+        """Whether the chunk's set has its goal of live members, not draining, each vouched
+        for by a block report (``ChunkCore.vouched``). Only then is a copy outside the set
+        (or a stale member) deleted, as HDFS invalidates excess and stale
         replicas only then: until the goal is met again such a copy may be the best one
         left (a writer that could not reach a good replica drops it from the set)."""
+        if chunk.length == 0:
+            return True  # no data: nothing a copy outside the set could be the last of
         ns, registry = self.link.ns, self.link.registry
         draining = ns.policy().draining
-        live = sum(1 for c in chunk.replicas if c not in draining and registry.is_alive(c, now))
+        live = sum(
+            1 for c in chunk.replicas if c not in draining and self.core.vouched(registry, c, now)
+        )
         return live >= ns.inodes[chunk.ino].goal
 
     async def _behind(

@@ -158,6 +158,7 @@ class ChunkCore:
         self.failed: dict[int, float] = {}
         self.bad: dict[int, int] = {}  # chunk id -> the chunkserver that reported it bad
         self.moved: dict[int, int] = {}  # chunk id -> source to trim (a move's copy joined)
+        self.reported: dict[int, float] = {}  # cs id -> start of its last complete report
         self.flow = _Flow()
         self.bucket = rebalance.TokenBucket(0, 0.0)
         self._plan: rebalance.Plan | None = None
@@ -180,6 +181,7 @@ class ChunkCore:
         self.failed.clear()
         self.bad.clear()
         self.moved.clear()
+        self.reported.clear()
         self.flow = _Flow()
         self.bucket = rebalance.TokenBucket(0, now)
         self._plan = None
@@ -194,6 +196,23 @@ class ChunkCore:
         chunk: what touched them under an earlier leader is unknown."""
         t = max(self.touched.get(chunk_id, self.term_started), self.term_started)
         return (now if since is None else since) - t >= self.quiet_s
+
+    def report_done(self, cs_id: int, started_s: float) -> None:
+        """This leader judged a complete block report of ``cs_id`` (started at ``started_s``)."""
+        self.reported[cs_id] = started_s
+
+    def vouched(self, registry: Registry, cs_id: int, now: float) -> bool:
+        """Whether a live member may count toward the goal for a decision that removes a
+        copy (a trim, a delete): this leader has judged a complete block report of it since
+        it heard it after a silence. Until then it may be stale (it missed a version while
+        away) or have lost the replica, and the report that tells it may have gone to an
+        earlier leader, as HDFS postpones excess-replica deletion on datanodes whose block
+        report is stale."""
+        info = registry.servers.get(cs_id)
+        if info is None or info.back_s is None or not registry.is_alive(cs_id, now):
+            return False
+        started = self.reported.get(cs_id)
+        return started is not None and started >= info.back_s
 
     def mark_bad(self, chunk_id: int, cs_id: int) -> None:
         self.bad[chunk_id] = cs_id
@@ -257,6 +276,14 @@ class ChunkCore:
             health.total += 1
             if chunk.length == 0:
                 health.empty += 1
+                if draining and not draining.isdisjoint(chunk.replicas):
+                    # No data to keep at goal, but a drain must leave no set naming the
+                    # server: dropped once another live member is there, else copied.
+                    stay = [c for c in chunk.replicas if c not in draining and alive(c)]
+                    if stay:
+                        trim.append(chunk_id)
+                    elif any(alive(c) for c in chunk.replicas):
+                        under.append((1, -1, chunk_id))
                 continue
             goal = inodes[chunk.ino].goal
             live = counted = 0
@@ -368,7 +395,9 @@ class ChunkCore:
             draining = [c for c in chunk.replicas
                         if c not in dead and c not in bad and c in policy.draining]  # fmt: skip
             counted = [c for c in chunk.replicas if c not in dead + bad + draining]
-            if len(counted) < goal:
+            # Only vouched members count here; the others are never the ones trimmed.
+            counted = [c for c in counted if self.vouched(registry, c, now)]
+            if len(counted) < (goal if chunk.length else 1):
                 continue
             trims = [Trim(chunk_id, c, chunk.version, True, "bad") for c in bad]
             trims += [Trim(chunk_id, c, chunk.version, False, "dead") for c in dead]

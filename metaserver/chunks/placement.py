@@ -57,6 +57,7 @@ class ChunkserverInfo:
     load: int = 0
     pid: int = 0
     last_heard_s: float | None = None  # monotonic seconds; None: not heard since we lead
+    back_s: float | None = None  # when heard after a silence (first in this term, or back)
 
     @property
     def free_bytes(self) -> int:
@@ -75,7 +76,7 @@ class Registry:
         for info in self.servers.values():
             # Capacity and usage too: a server that died while we followed must not look
             # placeable (alive by grace, with free space) before it heartbeats again.
-            info.last_heard_s = None
+            info.last_heard_s = info.back_s = None
             info.capacity_bytes = info.used_bytes = info.load = 0
 
     def known(self, cs_id: int, address: str) -> ChunkserverInfo:
@@ -105,6 +106,8 @@ class Registry:
         info.chunks = chunks
         info.load = load
         info.pid = pid
+        if info.last_heard_s is None or now_s - info.last_heard_s >= self.dead_timeout_s:
+            info.back_s = now_s
         info.last_heard_s = now_s
         return info
 

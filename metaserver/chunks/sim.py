@@ -246,6 +246,10 @@ class Simulation:
         self.repair.restart()
         self._record_decisions(self.repair)
         self.stepping = None
+        if self.epoch > 1:  # chunkservers report to each new leader at once
+            for cs_id, server in self.servers.items():
+                if server.alive:
+                    self.after(self.rng.uniform(0.5, 1.5), lambda c=cs_id: self._report_once(c))
         self.pending_trims.clear()
         self.log(f"leader: epoch {self.epoch}")
 
@@ -295,7 +299,7 @@ class Simulation:
             self.log(f"propose {op} {args}: {type(e).__name__}")
             raise
         self.log(f"propose {op} {args}: ok")
-        if trim is not None and holds_before and trim.why != "dead":
+        if trim is not None and holds_before and trim.why != "dead" and self._has_data(args):
             chunk = self.ns.chunk_table.get(args["chunk_id"])
             if chunk is not None:
                 left = self._good_live(chunk, exclude=-1, counted_only=False)
@@ -352,6 +356,10 @@ class Simulation:
         else:
             self.after(self.rng.uniform(0.001, 0.03), deliver)
         return await fut
+
+    def _has_data(self, args: dict[str, Any]) -> bool:
+        chunk = self.ns.chunk_table.get(args["chunk_id"])
+        return chunk is not None and chunk.length > 0
 
     def _serve(self, server: Server, op: str, f: dict[str, Any]) -> dict[str, Any]:
         chunk_id = f.get("chunk_id")
@@ -418,9 +426,6 @@ class Simulation:
                 answer(Timeout("the chunkserver died during the copy"))
                 return
             cur = server.replicas.get(chunk_id)
-            if cur is None and chunk_id in server.quarantine:
-                answer(Unavailable("replica is bad: waiting to be deleted", chunk_id=chunk_id))
-                return
             if cur is not None and cur.version > version:
                 answer(Stale("a newer replica is here", chunk_id=chunk_id))
                 return
@@ -501,6 +506,8 @@ class Simulation:
         rep = server.replicas.get(chunk_id)
         if chunk is None or rep is None or rep.version > version or not self._good(chunk, rep):
             return
+        if chunk.length == 0:
+            return  # no data yet: nothing to lose
         if server.cs_id not in chunk.replicas and rep.version < chunk.version:
             return  # stale: never served again (a refused copy, a member dropped earlier)
         others = self._good_live(chunk, exclude=server.cs_id, counted_only=False)
@@ -559,6 +566,10 @@ class Simulation:
         self.after(HEARTBEAT_S, self._heartbeats)
 
     def _report(self, cs_id: int) -> None:
+        self._report_once(cs_id)
+        self.after(REPORT_S, lambda: self._report(cs_id))
+
+    def _report_once(self, cs_id: int) -> None:
         s = self.servers[cs_id]
         if s.alive:
             entries = [[c, r.version, len(r.data)] for c, r in sorted(s.replicas.items())]
@@ -567,7 +578,6 @@ class Simulation:
                 self.spawn(self.repair.report(cs_id, entries, 0, True))
 
             self.after(self.rng.uniform(0.001, 0.05), deliver)
-        self.after(REPORT_S, lambda: self._report(cs_id))
 
     def _scrub(self, cs_id: int) -> None:
         s = self.servers[cs_id]

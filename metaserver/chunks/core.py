@@ -504,6 +504,12 @@ class ChunkCore:
     ) -> str | None:  # fmt: skip
         rb = policy.rebalance
         assert rb is not None
+        if not self.quiet(-1, now) or any(
+            info.last_heard_s is None for info in registry.alive(now)
+        ):
+            # A new leader has not heard every chunkserver's usage yet: an empty plan now
+            # would only mean it knows no capacity (and would stop the rebalance).
+            return None
         if self.bucket.rate != rb.bandwidth_bps:
             self.bucket.set_rate(rb.bandwidth_bps)
         if now - self._plan_s >= PLAN_EVERY_S or self._plan is None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dfs.wire.errors import Stale, Unavailable, error_from_wire
+from dfs.wire.errors import Stale, Timeout, Unavailable, error_from_wire
 from metaserver.chunks.placement import Placer, Registry
 from metaserver.namespace import Namespace, encode_command
 from metaserver.namespace.state import ROOT_INO
@@ -572,3 +572,120 @@ def test_a_bad_replica_of_an_unknown_chunk_is_just_deleted(clock: Clock) -> None
     asyncio.run(go())
     assert link.calls == [(1, "chunk.delete", {"chunks": [[999, 1]]})]
     assert link.proposals == []
+
+
+# --- transcripts of what the chunk simulator found (metaserver/chunks/sim.py) -----------
+
+
+def test_a_push_again_survives_a_handle_settling_the_chunk_meanwhile(clock: Clock) -> None:
+    """``_push_again`` deleted its entry after the push, which a handle's settle_version
+    may have removed meanwhile: KeyError, and the rest of the step (garbage) skipped."""
+    link, repair = make(3, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    chunk = link.ns.chunk(cid)
+    repair.unpushed(cid, chunk["version"], chunk["length"])
+    real = link.cs_call
+
+    async def call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        if op == "chunk.write":
+            repair.pushed(cid)  # a write handle's push settled it during ours
+        return await real(cs_id, op, timeout_s, **f)
+
+    link.cs_call = call  # type: ignore[method-assign]
+    asyncio.run(repair._push_again())
+    assert not repair.is_unpushed(cid)
+
+
+def test_a_new_leader_judges_nothing_while_it_guesses_who_is_alive(clock: Clock) -> None:
+    """With a dead timeout longer than the quiet window, a new leader judged reports while
+    its registry still counted unheard chunkservers alive: it deleted a copy outside the
+    set, the chunk's members being dead."""
+    link, repair = make(3, clock, quiet_s=2.0)
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
+    cid = link.file_with_chunk(b"f", [1, 2])
+    version = link.ns.chunk(cid)["version"]
+    link.registry.restart(clock.now)
+    repair.restart()  # 1 and 2 are not heard again: dead, but alive by grace for 10 s
+    clock.now += 3  # past the quiet window
+    link.beat(3)
+
+    async def go() -> None:
+        await repair.report(3, [[cid, version, 100]], 0, True)  # a copy outside the set
+        await settle(repair)
+
+    asyncio.run(go())
+    assert not [c for c in link.calls if c[1] == "chunk.delete"]
+
+
+def test_a_replica_add_whose_answer_was_lost_still_pushes_its_version(clock: Clock) -> None:
+    """The copy joined, the answer was lost (``Timeout``): taken for a failure, its version
+    was never pushed, and the next report dropped the new copy as stale."""
+    link, repair = make(4, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    clock.now += 11
+    for cs_id in (1, 2, 4):
+        link.beat(cs_id)
+    version = link.ns.chunk(cid)["version"]
+    real = link.propose_internal
+
+    async def propose(op: str, args: dict[str, Any]) -> dict[str, Any]:
+        result = await real(op, args)
+        if op == "replica_add":
+            raise Timeout("the answer was lost")
+        return result
+
+    link.propose_internal = propose  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await repair.step()
+        await settle(repair)
+
+    asyncio.run(go())
+    assert link.ns.chunk(cid)["replicas"] == [1, 2, 4]
+    pushed = {c[0] for c in link.calls if c[1] == "chunk.write" and c[2]["version"] == version + 2}
+    assert pushed == {1, 2, 4}
+
+
+def test_a_push_whose_answer_was_lost_is_confirmed_before_a_drop(clock: Clock) -> None:
+    """A member whose push answer was lost had taken the version: dropping it took a good
+    copy out of the set (and with the push after a copy settled, below goal)."""
+    link, repair = make(3, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    bumped = link.apply("version_bump", {"chunk_id": cid, "version": 1, "length": 100})
+    version = int(bumped["version"])
+    real = link.cs_call
+
+    async def call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        result = await real(cs_id, op, timeout_s, **f)
+        if cs_id == 2 and op == "chunk.write":
+            raise TimeoutError  # it took the version; the answer never came
+        return result
+
+    link.cs_call = call  # type: ignore[method-assign]
+    kept, took, _ = asyncio.run(repair.settle_version(cid, version, 100, [1, 2, 3]))
+    assert kept == [1, 2, 3] and took == [1, 2, 3]
+    assert not [p for p in link.proposals if p[0] == "replica_drop"]
+
+
+def test_a_lone_copy_at_the_tables_version_is_adopted(
+    clock: Clock, expect_log: Callable[..., None]
+) -> None:
+    """Every member gone, a copy at the table's version outside the set (a member dropped
+    after two lost answers): it joins the set again instead of the chunk staying missing."""
+    link, repair = make(2, clock)
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
+    cid = link.file_with_chunk(b"f", [1])
+    version = link.ns.chunk(cid)["version"]
+    clock.now += 11
+    link.beat(2)  # 1 is dead
+    expect_log("event=adopted")
+
+    async def go() -> None:
+        await repair.report(2, [[cid, version, 100]], 0, True)
+        await settle(repair)
+
+    asyncio.run(go())
+    chunk = link.ns.chunk(cid)
+    assert chunk["replicas"] == [1, 2] and chunk["version"] == version + 1
+    assert (2, "chunk.write") in {(c[0], c[1]) for c in link.calls}
+    assert not [c for c in link.calls if c[1] == "chunk.delete"]

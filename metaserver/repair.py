@@ -127,6 +127,8 @@ class Repair:
         self._tasks: set[asyncio.Task[None]] = set()
         self._gc_running = False
         self._stopping = False  # a rebalance_stop proposal in flight
+        # chunk id -> (its drops one at a time, how many wait or hold it)
+        self._set_locks: dict[int, tuple[asyncio.Lock, int]] = {}
         # chunk id -> (version, length): a new version no replica took (every push
         # failed) and that no writer was given: pushed again until one takes it, so that
         # the replicas, which hold the chunk's data at the old version, serve again.
@@ -481,7 +483,8 @@ class Repair:
         for trim in trims:
             if trim.chunk_id in refused:
                 continue
-            if not await self._drop(trim.chunk_id, trim.cs_id, keep_one=True, why=trim.why):
+            if not await self._drop(trim.chunk_id, trim.cs_id, keep_one=True, why=trim.why,
+                                    check=lambda t=trim: self._still_trimmable(t)):  # fmt: skip
                 refused.add(trim.chunk_id)
                 continue
             chunk = self.link.ns.chunk_table.get(trim.chunk_id)
@@ -494,6 +497,22 @@ class Repair:
                 # Still at goal after the drop committed (a member may have been reported
                 # bad meanwhile: then the copy waits, and a report deletes it later).
                 self._spawn(self._delete_quietly(trim.cs_id, [[trim.chunk_id, trim.version]]))
+
+    def _still_trimmable(self, trim: Trim) -> bool:
+        """Whether, now, the chunk keeps its goal of counted, vouched members without
+        ``trim.cs_id`` (the core decided on the set of its step)."""
+        link, now = self.link, self.clock()
+        chunk = link.ns.chunk_table.get(trim.chunk_id)
+        if chunk is None or trim.cs_id not in chunk.replicas:
+            return False
+        draining, bad = link.ns.policy().draining, self.core.bad.get(trim.chunk_id)
+        left = sum(
+            1
+            for c in chunk.replicas
+            if c != trim.cs_id and c not in draining and c != bad
+            and self.core.vouched(link.registry, c, now)
+        )  # fmt: skip
+        return left >= (link.ns.inodes[chunk.ino].goal if chunk.length else 1)
 
     # --------------------------------------------------------------- deletion
 
@@ -701,7 +720,42 @@ class Repair:
         for i in range(0, len(chunks), GC_BATCH_MAX):
             await self._delete(cs_id, chunks[i : i + GC_BATCH_MAX])
 
-    async def _drop(self, chunk_id: int, cs_id: int, *, keep_one: bool, why: str) -> bool:
+    async def _drop(
+        self,
+        chunk_id: int,
+        cs_id: int,
+        *,
+        keep_one: bool,
+        why: str,
+        check: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Propose ``cs_id``'s drop from ``chunk_id``'s set. This leader's drops of one
+        chunk go one at a time, and ``check`` (a trim's: is the chunk still at goal
+        without it?) is asked once the drops before it committed: a trim decided from a
+        set that another drop (a failed push) has shrunk since would take it below goal."""
+        lock, users = self._set_locks.get(chunk_id) or (asyncio.Lock(), 0)
+        self._set_locks[chunk_id] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._drop_now(chunk_id, cs_id, keep_one, why, check)
+        finally:
+            lock, users = self._set_locks[chunk_id]
+            if users > 1:
+                self._set_locks[chunk_id] = (lock, users - 1)
+            else:
+                del self._set_locks[chunk_id]
+
+    async def _drop_now(
+        self,
+        chunk_id: int,
+        cs_id: int,
+        keep_one: bool,
+        why: str,
+        check: Callable[[], bool] | None,
+    ) -> bool:
+        if check is not None and not check():
+            log.info("repair event=drop_skipped chunk=%d cs=%d why=%s", chunk_id, cs_id, why)
+            return False
         try:
             await self.link.propose_internal(
                 "replica_drop", {"chunk_id": chunk_id, "cs_id": cs_id, "keep_one": keep_one}

@@ -1,37 +1,45 @@
-"""The leader's upkeep of chunks: health, re-replication, trimming, stale and garbage deletion.
+"""The leader's upkeep of chunks: the driver of the chunk core, and what the core does not
+decide yet (block reports, version pushes, bad replicas, garbage).
 
-What it owns: everything the leader does to bring each chunk's replicas back to its goal
-and to free what nothing references, as MooseFS's and HDFS's masters do:
-- **survey**: every ``interval`` the chunk table is walked against the registry's liveness:
-  a chunk with data is *missing* (no live replica), *under goal* (one copy left counts here
-  too), *over goal*, or fine. ``Health`` is what ``status`` reports.
-- **re-replication**: under-goal chunks are copied, fewest live replicas first, by the
-  target chunkserver pulling from a live replica (``chunk.replicate``), at most ``jobs`` at
-  a time and ``TARGET_JOBS`` per target. The copy joins the replica set through Raft
-  (``replica_add``, which also bumps the version) and the new version is pushed to every
-  replica, so a writer the copy did not see is fenced off rather than silently missing a
-  replica.
-- **trimming**: a chunk over its goal loses the replica on the fullest server; replicas on
-  dead servers leave the set once the live ones meet the goal (a returning server's copy is
-  then unknown to the set, and its report gets it deleted).
+What moved out: the decisions of which chunk to copy where, which replica to trim, what
+draining and rebalancing move, and the survey behind ``Health`` are the chunk core's
+(``metaserver/chunks/core.py``, pure; its docstring and docs/ARCHITECTURE.md, "The chunk
+core", give the rules). What it owns, as MooseFS's and HDFS's masters do:
+- **driving the core**: every ``interval`` (leader only) ``ChunkCore.decide`` gets the
+  namespace, the registry, the policy and the clock, and its commands are carried out:
+  a ``Copy`` is fenced (``version_bump``, pushed), made by the target pulling from a live
+  replica (``chunk.replicate``), joins through Raft (``replica_add``, another bump) and is
+  settled (``settle_version``: members that miss the new version leave the set; members
+  dead at the fence leave at once); its end goes back to the core (``copy_done``). A
+  ``Trim`` is a ``replica_drop`` through Raft, re-checked against the set when proposed
+  (this leader's drops of one chunk go one at a time), then ``chunk.delete`` of a live
+  member if the chunk is still at goal. A ``stop`` is proposed as ``rebalance_stop``.
+  ``rebalance_plan`` and ``rebalance_progress`` answer the admin ops from the core.
+- **version pushes**: every new version (a handle's bump, a truncate's cut, a copy's fence
+  and join) is pushed to the members before anyone uses it; a member that does not take it
+  leaves the set once another took it (a lost answer is first confirmed with
+  ``chunk.info``); when none takes it, it is pushed again (``_push_again``) or, when every
+  member is short of the table, the length is recovered (``recover_length``).
 - **reports**: a chunkserver's block report (``cs.report``) is checked against the table:
   a replica at an older version than the table's, or shorter than the chunk, is stale: it
   leaves the set and is deleted (invariant 2), once another member is found to hold the
   table's version (``chunk.info``); when none does, the version is one no push delivered,
   and it is pushed again (``_behind``); a copy the set does not name, or of a chunk
   no file has (and no client holds reserved for a create: ``namespace/pools.py``), is
-  deleted; a chunk the set places there but a complete report lacks was
-  lost. A replica reported bad (``cs.bad_chunks``: scrubber, read checksum, disk error)
-  leaves the set and is deleted (the last one is not: it stays in quarantine, see
-  ``bad_replicas``); re-replication then copies a good one.
+  deleted once the chunk has its goal of members vouched for by reports; a whole copy at
+  the table's version while no member is alive is adopted (``_adopt``); a chunk the set
+  places there but a complete report lacks was lost. A complete report vouches for its
+  chunkserver (``ChunkCore.report_done``). A replica reported bad (``cs.bad_chunks``:
+  scrubber, read checksum, disk error) leaves the set and is deleted (the last one is
+  not: it stays in quarantine, see ``bad_replicas``); re-replication then copies a good one.
 - **garbage**: chunks of deleted and truncated files wait ``gc_grace_s`` (so a slow reader
   of the old data still finds it, as GFS's lazy deletion), then every live replica deletes
   them and the namespace forgets them (``gc_done``). A replica on a server dead at the time
   is deleted when that server reports again.
 
 What it must not do: decide anything on a follower (it runs only while leading, and
-forgets all its soft state when a new term of leadership starts), or change the namespace
-except through Raft.
+forgets all its soft state, the core's included, when a new term of leadership starts), or
+change the namespace except through Raft.
 
 Concurrency with writers. Whatever touched a chunk recently (a write handle, a commit, a
 truncate's cut, a change of its replica set) marks it; a chunk touched within ``quiet_s``

@@ -12,21 +12,25 @@ carries out what it returns:
   one), and ``stop`` (propose ``rebalance_stop``: nothing left to move, nothing in flight).
 
 THE DECISIONS
-- **goal counting**: a replica counts toward its chunk's goal when its chunkserver is alive
-  and not draining. A draining server's replica still serves reads (it is a copy source and
-  counts in ``Health``) but the chunk is copied elsewhere as if it were under goal.
+- **goal counting**: a replica counts toward its chunk's goal when its chunkserver is alive,
+  not draining, and it was not reported bad. A draining server's replica still serves reads
+  (it is a copy source and counts in ``Health``) but the chunk is copied elsewhere as if it
+  were under goal. For a trim a member must also be *vouched for* (``vouched``: a complete
+  block report of it judged since this leader heard it after a silence).
 - **re-replication**: chunks under goal (fewest counted replicas first; those with fewest
   live ones, really at risk, before those that only wait for a drain) get one copy at a
   time, at most ``jobs`` in all and ``TARGET_JOBS`` per target, never within ``quiet_s``
   of a touch, never again within ``RETRY_AFTER_S`` of a failed copy. The target is placed
   as a new chunk's replicas are (``Placer``: weighted by free space, never draining, on a
   host and rack the chunk's other replicas are not on when the cluster has one).
-- **trimming** (add before remove): once a chunk has its goal of counted replicas, its
-  members on dead and on draining servers leave the set, then counted members over the
-  goal: the source of a finished rebalance move first, then one sharing a host (then a
-  rack) with another member, then the fullest server's. A live member that leaves is
-  deleted after its drop commits. A chunk is never trimmed below its goal of counted
-  replicas, and never while a copy of it is in flight or within ``quiet_s`` of a touch.
+- **trimming** (add before remove): once a chunk has its goal of counted, vouched
+  replicas, its members reported bad, on dead and on draining servers leave the set, then
+  counted members over the goal: the source of a finished rebalance move first, then one
+  sharing a host (then a rack) with another member, then the fullest server's. A live
+  member that leaves is deleted after its drop commits (the driver re-checks both against
+  the set it meets). A chunk is never trimmed below its goal, nor while a copy of it is in
+  flight or within ``quiet_s`` of a touch. A chunk without data only leaves a draining
+  server's set (another live member there, else it is copied first).
 - **rebalancing** (``policy.rebalance``): the plan of ``rebalance.plan`` over the live,
   non-draining servers, counted in the bytes the chunk table places on each; its moves are
   copies (``Copy.source`` set) behind the same fence as repair copies, at most
@@ -35,9 +39,9 @@ THE DECISIONS
   empty and nothing is in flight, ``decide`` says ``stop``. Nothing here outlives a leader:
   the policy is in the namespace and the plan is recomputed at every step.
 
-SOFT STATE: touches, copies in flight, failures, moves waiting for their trim; all
-forgotten on ``restart`` (a new term of leadership), when the start of the term counts as a
-touch of every chunk.
+SOFT STATE: touches, copies in flight, failures, bad reports, moves waiting for their trim,
+complete reports judged; all forgotten on ``restart`` (a new term of leadership), when the
+start of the term counts as a touch of every chunk (for at least the registry's grace).
 """
 
 from __future__ import annotations

@@ -689,3 +689,23 @@ def test_a_lone_copy_at_the_tables_version_is_adopted(
     assert chunk["replicas"] == [1, 2] and chunk["version"] == version + 1
     assert (2, "chunk.write") in {(c[0], c[1]) for c in link.calls}
     assert not [c for c in link.calls if c[1] == "chunk.delete"]
+
+
+def test_a_trim_decided_before_another_drop_is_skipped(clock: Clock) -> None:
+    """A trim decided from a set of three was proposed after a failed push's drop had
+    shrunk the set to two: the chunk went below its goal of two."""
+    link, repair = make(3, clock)
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    decisions = repair.core.decide(link.ns, link.registry, link.ns.policy(), clock.now)
+    (trim,) = decisions.trims
+    other = next(c for c in (1, 2, 3) if c != trim.cs_id)
+    link.apply("replica_drop", {"chunk_id": cid, "cs_id": other, "keep_one": True})
+
+    async def go() -> None:
+        await repair._trim([trim])
+        await settle(repair)
+
+    asyncio.run(go())
+    assert len(link.ns.chunk(cid)["replicas"]) == 2
+    assert not [c for c in link.calls if c[1] == "chunk.delete"]

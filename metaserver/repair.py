@@ -236,7 +236,8 @@ class Repair:
 
     def rebalance_progress(self) -> dict[str, Any]:
         """The running rebalance's figures (``moved_bytes`` and ``moves_done`` since this
-        leader took over; ``left_bytes``: the current plan's total)."""
+        leader took over; ``left_bytes``: the bytes that must still move for every chunkserver
+        to be within the threshold, ``rebalance.bytes_left``)."""
         link = self.link
         return self.core.progress(link.ns, link.registry, link.ns.policy(), self.clock())
 

@@ -61,8 +61,6 @@ RETRY_AFTER_S = 5.0
 TRIMS_PER_STEP = 64
 # Rebalance moves in flight at most.
 REBALANCE_JOBS = 4
-# How often the whole rebalance plan (for ``progress``) is recomputed at most.
-PLAN_EVERY_S = 5.0
 
 
 class ChunkTable(Protocol):
@@ -165,8 +163,6 @@ class ChunkCore:
         self.reported: dict[int, float] = {}  # cs id -> start of its last complete report
         self.flow = _Flow()
         self.bucket = rebalance.TokenBucket(0, 0.0)
-        self._plan: rebalance.Plan | None = None
-        self._plan_s = float("-inf")
 
     # ------------------------------------------------------------------ events
 
@@ -188,8 +184,6 @@ class ChunkCore:
         self.reported.clear()
         self.flow = _Flow()
         self.bucket = rebalance.TokenBucket(0, now)
-        self._plan = None
-        self._plan_s = float("-inf")
 
     def touch(self, chunk_id: int, now: float) -> None:
         self.touched[chunk_id] = now
@@ -335,9 +329,7 @@ class ChunkCore:
                 self.copy_started(copy)
                 out.copies.append(copy)
         out.trims = self._trims(ns, registry, policy, trim, now)
-        if policy.rebalance is None:
-            self._plan = None
-        else:
+        if policy.rebalance is not None:
             out.stop = self._rebalance(ns, registry, policy, now, out)
         return out
 
@@ -516,12 +508,11 @@ class ChunkCore:
             return None
         if self.bucket.rate != rb.bandwidth_bps:
             self.bucket.set_rate(rb.bandwidth_bps)
-        if now - self._plan_s >= PLAN_EVERY_S or self._plan is None:
-            self._plan = self.plan(ns, registry, policy, now, rb.threshold_pct)
-            self._plan_s = now
         in_flight = sum(1 for c in self.copies.values() if c.source is not None)
-        if not self._plan.moves and not in_flight and not self.moved:
-            return "balanced" if self._plan.spread_after_pct <= rb.threshold_pct else "no_moves"
+        if not in_flight and not self.moved:
+            left = self.plan(ns, registry, policy, now, rb.threshold_pct, limit=1)
+            if not left.moves:
+                return "balanced" if left.spread_before_pct <= rb.threshold_pct else "no_moves"
         slots = min(self.rebalance_jobs - in_flight, self.jobs - len(self.copies))
         if slots <= 0:  # repairs took their slots first
             return None
@@ -548,12 +539,7 @@ class ChunkCore:
         rb = policy.rebalance
         threshold = rb.threshold_pct if rb is not None else None
         servers = self.servers_for_balance(ns, registry, policy, now)
-        left = 0
-        if rb is not None:
-            if self._plan is None or now - self._plan_s >= PLAN_EVERY_S:
-                self._plan = self.plan(ns, registry, policy, now, rb.threshold_pct)
-                self._plan_s = now
-            left = self._plan.bytes
+        left = rebalance.bytes_left(servers, rb.threshold_pct) if rb is not None else 0
         flow = self.flow
         elapsed = now - flow.first_s if flow.first_s is not None else 0.0
         return {

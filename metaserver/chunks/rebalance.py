@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 
 from metaserver.chunks.policy import Labels
 
-# Moves a plan is computed to at most (a dry run reports the first ones and the total).
-PLAN_MOVES_MAX = 10_000
+# Moves a plan is computed to at most (a dry run reports the first ones and the total),
+# and the candidate chunks it may look at in all: a bound on its cost on a big cluster (the
+# plan is then the first part of the whole one; the rest is planned as these moves finish).
+PLAN_MOVES_MAX = 5_000
+PLAN_LOOKS_MAX = 500_000
 # Moves a dry run lists.
 PLAN_LIST_MAX = 1_000
 
@@ -113,6 +116,19 @@ def spread_pct(servers: dict[int, Server]) -> float:
     return 100 * max(abs(s.fraction - mean) for s in servers.values())
 
 
+def bytes_left(servers: dict[int, Server], threshold_pct: float) -> int:
+    """The bytes that must still move for every server to be within ``threshold_pct``
+    points of the mean (the larger of what lies above the band and what is missing below
+    it): what a rebalance has left, without planning every move."""
+    mean = mean_fraction(servers.values())
+    t = threshold_pct / 100
+    above = below = 0.0
+    for s in servers.values():
+        above += max(0.0, s.used_bytes - (mean + t) * s.capacity_bytes)
+        below += max(0.0, (mean - t) * s.capacity_bytes - s.used_bytes)
+    return int(max(above, below))
+
+
 def _diversity(replicas: Iterable[int], servers: dict[int, Server]) -> tuple[int, int]:
     hosts: set[str] = set()
     racks: set[str] = set()
@@ -146,11 +162,12 @@ def plan(
         for cs_id in c.replicas:
             if cs_id in on and c.length > 0:
                 on[cs_id].append(c)
-    for lst in on.values():
-        lst.sort(key=lambda c: (-c.length, c.chunk_id))
+    for lst in on.values():  # largest first from the end, so that moved ones pop off
+        lst.sort(key=lambda c: (c.length, -c.chunk_id))
     moved: set[int] = set()
-    while len(result.moves) < limit:
-        move = _next_move(work, on, members, moved, mean, t)
+    budget = [PLAN_LOOKS_MAX]
+    while len(result.moves) < limit and budget[0] > 0:
+        move = _next_move(work, on, members, moved, mean, t, budget)
         if move is None:
             break
         result.moves.append(move)
@@ -170,6 +187,7 @@ def _next_move(
     moved: set[int],
     mean: float,
     t: float,
+    budget: list[int],
 ) -> Move | None:
     eps = 1e-12
     pairs = []
@@ -183,7 +201,13 @@ def _next_move(
     pairs.sort()
     for _, _, src_id, dst_id in pairs:
         src, dst = work[src_id], work[dst_id]
-        for c in on[src_id]:
+        lst = on[src_id]
+        while lst and lst[-1].chunk_id in moved:
+            lst.pop()  # (kept smallest first at the end: see plan)
+        for c in reversed(lst):
+            budget[0] -= 1
+            if budget[0] <= 0:
+                return None
             if c.chunk_id in moved:
                 continue
             reps = members[c.chunk_id]

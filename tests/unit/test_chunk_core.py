@@ -173,6 +173,8 @@ def test_the_plan_counts_bytes_not_chunks() -> None:
 def test_a_rebalance_copies_then_trims_the_source_and_stops_when_balanced() -> None:
     c = _uneven()
     c.policy = ClusterPolicy(labels=c.policy.labels, rebalance=Rebalance(10.0, 0))
+    before = c.core.progress(c.ns, c.registry, c.policy, c.now)
+    assert before["left_bytes"] >= CHUNK and before["spread_pct"] > 10
     stop = None
     for _ in range(20):
         c.now += 10
@@ -195,6 +197,7 @@ def test_a_rebalance_copies_then_trims_the_source_and_stops_when_balanced() -> N
     progress = c.core.progress(c.ns, c.registry, c.policy, c.now)
     assert progress["moves_done"] >= 1 and progress["moved_bytes"] == progress["moves_done"] * CHUNK
     assert progress["in_flight"] == 0 and progress["running"] is True
+    assert progress["left_bytes"] == 0
 
 
 def test_a_rebalance_is_throttled_by_its_bandwidth() -> None:

@@ -13,7 +13,10 @@ core", give the rules). What it owns, as MooseFS's and HDFS's masters do:
   dead at the fence leave at once); its end goes back to the core (``copy_done``). A
   ``Trim`` is a ``replica_drop`` through Raft, re-checked against the set when proposed
   (this leader's drops of one chunk go one at a time), then ``chunk.delete`` of a live
-  member if the chunk is still at goal. A ``stop`` is proposed as ``rebalance_stop``.
+  member if the chunk is still at goal. A ``Recover`` (a writer gone without a commit) is
+  carried out by ``_recover``. A ``stop`` is proposed as ``rebalance_stop``. What writers
+  upload to and commit comes in through ``writing`` and ``committed`` (the server's
+  handles, keepalives and commits).
   ``rebalance_plan`` and ``rebalance_progress`` answer the admin ops from the core.
 - **version pushes**: every new version (a handle's bump, a truncate's cut, a copy's fence
   and join) is pushed to the members before anyone uses it; a member that does not take it
@@ -58,8 +61,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, Stale, Timeout
-from metaserver.chunks.core import ChunkCore, Copy, Health, Trim
+from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, Stale, Timeout, Unavailable
+from metaserver.chunks.core import ChunkCore, Copy, Health, Recover, Trim
 from metaserver.chunks.placement import Placer, Registry
 from metaserver.namespace import Namespace
 from metaserver.namespace.commands import INT63_MAX
@@ -161,6 +164,14 @@ class Repair:
     def touch(self, chunk_id: int) -> None:
         self.core.touch(chunk_id, self.clock())
 
+    def writing(self, chunk_id: int) -> None:
+        """A writer got a handle of the chunk, or its keepalive names it: it uploads to it."""
+        self.core.writing(chunk_id, self.clock())
+
+    def committed(self, chunk_id: int) -> None:
+        """A writer's commit recorded what it uploaded to the chunk."""
+        self.core.committed(chunk_id, self.clock())
+
     def _quiet(self, chunk_id: int, now: float, since: float | None = None) -> bool:
         return self.core.quiet(chunk_id, now, since)
 
@@ -208,6 +219,8 @@ class Repair:
         self._prune()
         for copy in decisions.copies:
             self._spawn(self._copy(copy))
+        for rec in decisions.recover:
+            self._spawn(self._recover(rec))
         await self._trim(decisions.trims)
         if decisions.stop is not None and not self._stopping:
             self._stopping = True
@@ -323,6 +336,63 @@ class Repair:
                      chunk_id, target_id, e)  # fmt: skip
         finally:
             self.core.copy_done(copy, joined, self.clock())
+
+    async def _recover(self, rec: Recover) -> None:
+        """Carry out a WRITER RECOVERY (``chunks.core.Recover``): the fence (a new version no
+        writer holds), then one live member holding the table's version takes it, alone,
+        and every other live member copies that one's bytes at it. A member that cannot
+        (dead, unreachable) is left behind at the old version, stale: it leaves the set.
+        Until then the members may differ at one version (a writer's chain broke and it
+        never wrote again), as HDFS's lease recovery settles a dead writer's pipeline."""
+        link, ok = self.link, False
+        chunk_id, length = rec.chunk_id, rec.length
+        try:
+            bumped = await link.propose_internal(
+                "version_bump", {"chunk_id": chunk_id, "version": rec.version, "length": length}
+            )
+            version = int(bumped["version"])
+            now = self.clock()
+            live = [c for c in bumped["replicas"] if link.registry.is_alive(c, now)]
+            source = None
+            for cs_id in live:  # the first that holds the table's version and length
+                try:
+                    h = await link.cs_call(cs_id, "chunk.info", PUSH_TIMEOUT_S, chunk_id=chunk_id)
+                except (DfsError, OSError, TimeoutError):
+                    continue
+                holds = h.get("version") in (rec.version, version) and h.get("length", 0) >= length
+                if holds and not await self.push_version(chunk_id, version, length, [cs_id]):
+                    source = cs_id
+                    break
+            if source is None:
+                raise Stale("no live member took the recovery's version", chunk_id=chunk_id)
+            address = link.registry.servers[source].address
+            token, expiry_ms = link.token(chunk_id, version)
+            for cs_id in bumped["replicas"]:
+                if cs_id == source:
+                    continue
+                try:
+                    if cs_id not in live:
+                        raise Unavailable("dead at the recovery")
+                    await link.cs_call(
+                        cs_id, "chunk.replicate", REPLICATE_TIMEOUT_S, chunk_id=chunk_id,
+                        version=version, length=length, sources=[address], token=token,
+                        expiry_ms=expiry_ms, timeout_ms=REPLICATE_TIMEOUT_MS_SERVER,
+                    )  # fmt: skip
+                except (DfsError, OSError, TimeoutError) as e:
+                    newer = e.details.get("replica_version") if isinstance(e, Stale) else None
+                    if type(newer) is int and newer > version:
+                        raise  # a writer took a new handle meanwhile: recovered later
+                    if not await self._drop(chunk_id, cs_id, keep_one=True, why="not_recovered"):
+                        # Left in the set at the old version, the next push would make
+                        # its bytes current: not done, tried again.
+                        raise Unavailable("a member not recovered is still in the set") from e
+            ok = True
+            log.info("repair event=writer_recovered chunk=%d version=%d source=%d",
+                     chunk_id, version, source)  # fmt: skip
+        except (DfsError, OSError, TimeoutError) as e:
+            log.info("repair event=recovery_failed chunk=%d error=%s", chunk_id, e)
+        finally:
+            self.core.recovered(chunk_id, ok, self.clock())
 
     def _joined(self, chunk_id: int, version: int, target_id: int) -> dict[str, Any]:
         """The chunk as a ``replica_add`` at ``version`` whose answer was lost left it, if

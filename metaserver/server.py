@@ -276,7 +276,7 @@ class MetaServer:
         """The upkeep leaves chunks a client just committed alone for a while."""
         for entry in entries:
             if isinstance(entry, list) and len(entry) == 4:
-                self.repair.touch(entry[2])
+                self.repair.committed(entry[2])
 
     async def _mutate(
         self,
@@ -345,7 +345,7 @@ class MetaServer:
         self.holds.keepalive(client, inos, time.monotonic())
         for chunk_id in writing:
             if chunk_id in self.ns.chunk_table:
-                self.repair.touch(chunk_id)
+                self.repair.writing(chunk_id)
         return {"keepalive_ms": self._keepalive_ms}
 
     async def _batch(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -389,7 +389,7 @@ class MetaServer:
             elif ns_op == "create" and answer.get("ok"):
                 chunk = answer.get("chunk")
                 if chunk is not None:
-                    self.repair.touch(int(chunk["chunk_id"]))
+                    self.repair.writing(int(chunk["chunk_id"]))
                 if held:  # open at the sender when it sent the batch: held from now on
                     self.holds.hold(holder, [int(answer["attr"]["ino"])], time.monotonic())
         return {"results": results}
@@ -598,7 +598,7 @@ class MetaServer:
             args["drop"] = drop
         result = await self._propose("write_handle", args, h, timeout_s)
         chunk_id = int(result["chunk_id"])
-        self.repair.touch(chunk_id)
+        self.repair.writing(chunk_id)
         # Whether the command bumped an existing chunk, as it was applied: another handle
         # may have allocated the chunk after ``existing`` was read. (A result cached for a
         # retry by an older version of this code lacks the flag.)
@@ -669,7 +669,7 @@ class MetaServer:
         self._hold_created(h, result)
         chunk = result.pop("chunk", None)
         if chunk is not None:
-            self.repair.touch(int(chunk["chunk_id"]))
+            self.repair.writing(int(chunk["chunk_id"]))
             result["handle"] = self._handle_answer(chunk)
         return result
 

@@ -6,10 +6,12 @@ carries out what it returns:
 - events in: the chunk table (the namespace, read only), the registry's liveness and usage
   (heartbeats), the cluster policy (``ClusterPolicy``: draining, labels, rebalance), touches
   (a writer, a commit or a set change touched a chunk), the outcome of each copy
-  (``copy_done``), a replica reported bad (``mark_bad``), the clock;
+  (``copy_done``), a replica reported bad (``mark_bad``), a complete block report
+  (``report_done``), what writers upload and commit (``writing``, ``committed``), the clock;
 - commands out (``decide``): ``Copy`` (fence, ``chunk.replicate`` to the target, join by
   ``replica_add``), ``Trim`` (``replica_drop`` through Raft, then ``chunk.delete`` of a live
-  one), and ``stop`` (propose ``rebalance_stop``: nothing left to move, nothing in flight).
+  one), ``Recover`` (a dead writer's chunk), and ``stop`` (propose ``rebalance_stop``:
+  nothing left to move, nothing in flight).
 
 THE DECISIONS
 - **goal counting**: a replica counts toward its chunk's goal when its chunkserver is alive,
@@ -31,6 +33,9 @@ THE DECISIONS
   the set it meets). A chunk is never trimmed below its goal, nor while a copy of it is in
   flight or within ``quiet_s`` of a touch. A chunk without data only leaves a draining
   server's set (another live member there, else it is copied first).
+- **writer recovery**: a chunk a writer uploads to (``writing``: its handle, its
+  keepalives) and that no commit ended (``committed``) for twice ``quiet_s`` is suspect:
+  once quiet, ``Recover`` (see there). Suspects are neither copied nor moved before.
 - **rebalancing** (``policy.rebalance``): the plan of ``rebalance.plan`` over the live,
   non-draining servers, counted in the bytes the chunk table places on each; its moves are
   copies (``Copy.source`` set) behind the same fence as repair copies, at most
@@ -119,6 +124,20 @@ class Trim:
     why: str  # "dead" | "draining" | "over_goal" | "moved"
 
 
+@dataclass(frozen=True, slots=True)
+class Recover:
+    """WRITER RECOVERY of ``chunk_id`` (as the table has it: ``version``, ``length``): a
+    writer stopped without committing what it was uploading (it died, or gave up after its
+    chain broke), so its members may differ at one version. The driver fences the chunk,
+    gives the new version to one member holding the table's version and has every other
+    live member copy that one (``chunk.replicate`` onto an older replica replaces it);
+    members that cannot leave the set."""
+
+    chunk_id: int
+    version: int
+    length: int
+
+
 @dataclass(slots=True)
 class Decisions:
     health: Health
@@ -126,6 +145,7 @@ class Decisions:
     copies: list[Copy] = field(default_factory=list)
     trims: list[Trim] = field(default_factory=list)
     stop: str | None = None  # propose rebalance_stop with this reason
+    recover: list[Recover] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -161,6 +181,12 @@ class ChunkCore:
         self.bad: dict[int, int] = {}  # chunk id -> the chunkserver that reported it bad
         self.moved: dict[int, int] = {}  # chunk id -> source to trim (a move's copy joined)
         self.reported: dict[int, float] = {}  # cs id -> start of its last complete report
+        # chunk id -> when a writer last said it uploads to it (a handle, a keepalive); a
+        # commit ends it. Silent for twice ``quiet_s`` (a client's keepalives come three
+        # times in one): the writer is gone, the chunk is suspect.
+        self.uploading: dict[int, float] = {}
+        self.suspect: set[int] = set()  # chunks to recover (``Recover``); only that clears
+        self.recovering: set[int] = set()
         self.flow = _Flow()
         self.bucket = rebalance.TokenBucket(0, 0.0)
 
@@ -182,6 +208,9 @@ class ChunkCore:
         self.bad.clear()
         self.moved.clear()
         self.reported.clear()
+        self.uploading.clear()
+        self.suspect.clear()
+        self.recovering.clear()
         self.flow = _Flow()
         self.bucket = rebalance.TokenBucket(0, now)
 
@@ -194,6 +223,23 @@ class ChunkCore:
         chunk: what touched them under an earlier leader is unknown."""
         t = max(self.touched.get(chunk_id, self.term_started), self.term_started)
         return (now if since is None else since) - t >= self.quiet_s
+
+    def writing(self, chunk_id: int, now: float) -> None:
+        """A writer holds a handle of the chunk and uploads to it (not committed yet)."""
+        self.uploading[chunk_id] = now
+        self.touch(chunk_id, now)
+
+    def committed(self, chunk_id: int, now: float) -> None:
+        """A writer committed what it uploaded to the chunk."""
+        self.uploading.pop(chunk_id, None)
+        self.touch(chunk_id, now)
+
+    def recovered(self, chunk_id: int, ok: bool, now: float) -> None:
+        """A recovery ended; a failed one is tried again once the chunk is quiet."""
+        self.recovering.discard(chunk_id)
+        if ok:
+            self.suspect.discard(chunk_id)
+        self.touch(chunk_id, now)
 
     def report_done(self, cs_id: int, started_s: float) -> None:
         """This leader judged a complete block report of ``cs_id`` (started at ``started_s``)."""
@@ -329,13 +375,35 @@ class ChunkCore:
                 self.copy_started(copy)
                 out.copies.append(copy)
         out.trims = self._trims(ns, registry, policy, trim, now)
+        out.recover = self._recover(ns, now)
         if policy.rebalance is not None:
             out.stop = self._rebalance(ns, registry, policy, now, out)
+        return out
+
+    def _recover(self, ns: ChunkTable, now: float) -> list[Recover]:
+        for chunk_id, t in list(self.uploading.items()):
+            if now - t >= 2 * self.quiet_s:  # no handle, no keepalive for six: writer gone
+                del self.uploading[chunk_id]
+                self.suspect.add(chunk_id)
+        out = []
+        for chunk_id in list(self.suspect):
+            chunk = ns.chunk_table.get(chunk_id)
+            if chunk is None or chunk.length == 0:
+                self.suspect.discard(chunk_id)  # gone, or nothing committed to differ in
+                continue
+            if chunk_id in self.recovering or chunk_id in self.uploading:
+                continue
+            if chunk_id in self.copies or not self.quiet(chunk_id, now):
+                continue
+            self.recovering.add(chunk_id)
+            out.append(Recover(chunk_id, chunk.version, chunk.length))
         return out
 
     def _eligible(self, chunk_id: int, now: float) -> bool:
         if chunk_id in self.copies or not self.quiet(chunk_id, now):
             return False
+        if chunk_id in self.suspect or chunk_id in self.uploading:
+            return False  # recovered first: a copy would spread one member's bytes
         failed = self.failed.get(chunk_id)
         return failed is None or now - failed >= self.retry_after_s
 
@@ -382,6 +450,8 @@ class ChunkCore:
                 break
             chunk = ns.chunk_table.get(chunk_id)
             if chunk is None or chunk_id in self.copies or not self.quiet(chunk_id, now):
+                continue
+            if chunk_id in self.recovering:
                 continue
             goal = ns.inodes[chunk.ino].goal
             dead = [c for c in chunk.replicas if not registry.is_alive(c, now)]

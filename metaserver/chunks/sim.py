@@ -137,9 +137,9 @@ class Link:
 class Options:
     fault_rate: float = 1.0  # 0: no faults (a quiet run)
     bad_decision: str = ""  # tests: inject a known-bad decision ("trim_below_goal")
-    # Compare the replicas of a chunk whose writer died or gave up mid-chain (the open
-    # case: nothing recovers a half-done overwrite yet, so this finds replicas that differ
-    # at one version; off by default).
+    # Compare the replicas of a chunk whose writer died or gave up mid-chain, once the
+    # upkeep had time to recover it (off by default: a writer dying just before a leader
+    # change is not recovered, the new leader never heard of it).
     open_case: bool = False
 
 
@@ -557,6 +557,9 @@ class Simulation:
     # ------------------------------------------------------------------ cluster events
 
     def _heartbeats(self) -> None:
+        for model in self.files.values():  # writers' keepalives name what they upload to
+            if model.uploading is not None and model.abandoned_s is None:
+                self.repair.writing(model.uploading)
         for s in self.servers.values():
             if s.alive and not (self.faults and self.rng.random() < self.loss):
                 self.link.registry.heartbeat(

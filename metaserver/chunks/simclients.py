@@ -27,6 +27,9 @@ async def handle(sim: Simulation, ino: int, index: int, reported: list[int]) -> 
     link.know_all_chunkservers()
     args: dict[str, Any] = {"ino": ino, "index": index, "replicas": []}
     if existing:
+        model = sim.files.get(ino)
+        if model is not None:
+            model.uploading = int(existing[0]["chunk_id"])  # its keepalive names it now
         if existing[0]["length"] and not existing[0]["replicas"]:
             raise Unavailable("the chunk has no replica left")
         drop = [c for c in existing[0]["replicas"]
@@ -43,7 +46,7 @@ async def handle(sim: Simulation, ino: int, index: int, reported: list[int]) -> 
         args["replicas"] = replicas
     result = await link.propose_internal("write_handle", args)
     chunk_id = int(result["chunk_id"])
-    repair.touch(chunk_id)
+    repair.writing(chunk_id)
     if not result["allocated"]:
         kept, _, length = await repair.settle_version(
             chunk_id, int(result["version"]), int(result["length"]), result["replicas"]
@@ -72,6 +75,7 @@ async def write(sim: Simulation, model: FileModel, offset: int, data: bytes, die
                 await sim.sleep(0.5)
                 continue
             chunk_id, version = int(h["chunk_id"]), int(h["version"])
+            model.uploading = chunk_id
             chain = list(h["replicas"])
             if not chain:  # the client refuses a handle with an empty chain
                 await sim.sleep(0.5)
@@ -82,7 +86,7 @@ async def write(sim: Simulation, model: FileModel, offset: int, data: bytes, die
                     model.abandoned_s = sim.now
                     sim.log(f"FAULT writer of ino {model.ino} dies mid-chain")
                     return False
-                sim.repair.touch(chunk_id)  # the writer's keepalive
+                sim.repair.writing(chunk_id)  # the writer's keepalive
                 try:
                     await sim.cs_call(cs_id, "chunk.write", 3.0, {
                         "chunk_id": chunk_id, "version": version, "length": h["length"],
@@ -103,7 +107,7 @@ async def write(sim: Simulation, model: FileModel, offset: int, data: bytes, die
                 })  # fmt: skip
             except (DfsError, TimeoutError):
                 return False
-            sim.repair.touch(chunk_id)
+            sim.repair.committed(chunk_id)
             if len(model.acked) < offset + len(data):
                 model.acked.extend(bytes(offset + len(data) - len(model.acked)))
             model.acked[offset : offset + len(data)] = data
@@ -115,6 +119,7 @@ async def write(sim: Simulation, model: FileModel, offset: int, data: bytes, die
         return False
     finally:
         model.writing -= 1
+        model.uploading = None
 
 
 async def writer(sim: Simulation, wid: int) -> None:

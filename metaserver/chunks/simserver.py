@@ -96,6 +96,7 @@ class FileModel:
     acked: bytearray = field(default_factory=bytearray)
     maybe: dict[int, set[int]] = field(default_factory=dict)
     writing: int = 0  # writers between a handle and their commit
+    uploading: int | None = None  # the chunk its writer uploads to (named by its keepalive)
     abandoned_s: float | None = None  # a writer died or gave up mid-chain at this time
 
     def allowed(self, start: int, data: bytes) -> bool:

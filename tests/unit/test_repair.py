@@ -709,3 +709,33 @@ def test_a_trim_decided_before_another_drop_is_skipped(clock: Clock) -> None:
     asyncio.run(go())
     assert len(link.ns.chunk(cid)["replicas"]) == 2
     assert not [c for c in link.calls if c[1] == "chunk.delete"]
+
+
+def test_a_writer_gone_without_committing_has_its_chunk_recovered(clock: Clock) -> None:
+    """WRITER RECOVERY: a writer took a handle and went silent without a commit (it died
+    mid-chain, or gave up): its members may differ at one version. The chunk is fenced,
+    one member holding the version takes the new one alone, the others copy it."""
+    link, repair = make(3, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    done = link.file_with_chunk(b"g", [1, 2, 3])
+    version = link.ns.chunk(cid)["version"]
+    repair.writing(cid)  # a handle, then nothing
+    repair.writing(done)
+    repair.committed(done)  # a writer that committed leaves nothing to recover
+    clock.now += 1
+
+    async def go() -> None:
+        await repair.step()
+        await settle(repair)
+
+    asyncio.run(go())
+    chunk = link.ns.chunk(cid)
+    assert chunk["version"] == version + 1 and chunk["replicas"] == [1, 2, 3]
+    pushes = [c[0] for c in link.calls if c[1] == "chunk.write" and c[2]["chunk_id"] == cid]
+    assert pushes == [1]  # the new version goes to one member alone
+    copies = [(c[0], c[2]["sources"], c[2]["version"]) for c in link.calls
+              if c[1] == "chunk.replicate"]  # fmt: skip
+    assert copies == [(2, ["h:1"], version + 1), (3, ["h:1"], version + 1)]
+    assert link.ns.chunk(done)["version"] == version
+    asyncio.run(go())
+    assert link.ns.chunk(cid)["version"] == version + 1  # once

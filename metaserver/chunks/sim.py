@@ -609,13 +609,14 @@ class Simulation:
         repair.core.decide = recorded  # type: ignore[method-assign]
 
     def _inject_bad_trim(self, out: Any) -> None:
-        """A known-bad decision (the checks must see it): trim a chunk at goal."""
+        """A known-bad decision (the checks must see it): trim a chunk at goal, carried
+        out as a driver without the re-check of ``Repair._still_trimmable`` would."""
         for chunk in self.ns.chunk_table.values():
             if chunk.length and len(chunk.replicas) == self._goal(chunk) and self.now > 20:
                 cs_id = chunk.replicas[0]
                 trim = Trim(chunk.chunk_id, cs_id, chunk.version, True, "over_goal")
-                out.trims.append(trim)
                 self.pending_trims[(chunk.chunk_id, cs_id)] = trim
+                self.spawn(self.repair._drop(chunk.chunk_id, cs_id, keep_one=True, why="bad"))
                 return
 
     def _fault(self) -> None:

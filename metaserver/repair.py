@@ -237,23 +237,6 @@ class Repair:
             if chunk is None or chunk.version != version:
                 del self._repushed[chunk_id]
 
-    # --------------------------------------------------------------- rebalance
-
-    def rebalance_plan(self, threshold_pct: float) -> dict[str, Any]:
-        """What a rebalance at ``threshold_pct`` would move now (``dfs admin rebalance
-        --dry-run``): the core's plan over the live, non-draining chunkservers."""
-        link = self.link
-        plan = self.core.plan(link.ns, link.registry, link.ns.policy(), self.clock(),
-                              threshold_pct)  # fmt: skip
-        return plan.as_dict()
-
-    def rebalance_progress(self) -> dict[str, Any]:
-        """The running rebalance's figures (``moved_bytes`` and ``moves_done`` since this
-        leader took over; ``left_bytes``: the bytes that must still move for every chunkserver
-        to be within the threshold, ``rebalance.bytes_left``)."""
-        link = self.link
-        return self.core.progress(link.ns, link.registry, link.ns.policy(), self.clock())
-
     async def _stop_rebalance(self, reason: str) -> None:
         try:
             await self.link.propose_internal("rebalance_stop", {"reason": reason})
@@ -872,3 +855,20 @@ class Repair:
             delete.append([chunk_id, version])
         if delete:
             self._spawn(self._delete_quietly(cs_id, delete))
+
+    # --- rebalance (the admin ops' view of the core; ``metaserver/admin.py``)
+
+    def rebalance_plan(self, threshold_pct: float) -> dict[str, Any]:
+        """What a rebalance at ``threshold_pct`` would move now (``dfs admin rebalance
+        --dry-run``): the core's plan over the live, non-draining chunkservers."""
+        link = self.link
+        plan = self.core.plan(link.ns, link.registry, link.ns.policy(), self.clock(),
+                              threshold_pct)  # fmt: skip
+        return plan.as_dict()
+
+    def rebalance_progress(self) -> dict[str, Any]:
+        """The running rebalance's figures (``moved_bytes`` and ``moves_done`` since this
+        leader took over; ``left_bytes``: the bytes that must still move for every chunkserver
+        to be within the threshold, ``rebalance.bytes_left``)."""
+        link = self.link
+        return self.core.progress(link.ns, link.registry, link.ns.policy(), self.clock())

@@ -34,8 +34,8 @@ from typing import Any
 
 from dfs.wire.errors import Invalid, NotFound
 from dfs.wire.messages import field, uint_field
+from metaserver.chunks.placement import Registry
 from metaserver.namespace import Namespace
-from metaserver.placement import Registry
 from metaserver.repair import Repair
 
 Handler = Callable[[dict[str, Any], float], Awaitable[dict[str, Any]]]

@@ -30,8 +30,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from metaserver.chunks.placement import PLACEMENT_POLICIES
 from metaserver.holds import HOLD_GRACE_S
-from metaserver.placement import PLACEMENT_POLICIES
 from metaserver.raft.config import parse_node
 from metaserver.raft.node import NodeConfig
 

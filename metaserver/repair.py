@@ -1,37 +1,48 @@
-"""The leader's upkeep of chunks: health, re-replication, trimming, stale and garbage deletion.
+"""The leader's upkeep of chunks: the driver of the chunk core, and what the core does not
+decide yet (block reports, version pushes, bad replicas, garbage).
 
-What it owns: everything the leader does to bring each chunk's replicas back to its goal
-and to free what nothing references, as MooseFS's and HDFS's masters do:
-- **survey**: every ``interval`` the chunk table is walked against the registry's liveness:
-  a chunk with data is *missing* (no live replica), *under goal* (one copy left counts here
-  too), *over goal*, or fine. ``Health`` is what ``status`` reports.
-- **re-replication**: under-goal chunks are copied, fewest live replicas first, by the
-  target chunkserver pulling from a live replica (``chunk.replicate``), at most ``jobs`` at
-  a time and ``TARGET_JOBS`` per target. The copy joins the replica set through Raft
-  (``replica_add``, which also bumps the version) and the new version is pushed to every
-  replica, so a writer the copy did not see is fenced off rather than silently missing a
-  replica.
-- **trimming**: a chunk over its goal loses the replica on the fullest server; replicas on
-  dead servers leave the set once the live ones meet the goal (a returning server's copy is
-  then unknown to the set, and its report gets it deleted).
+What moved out: the decisions of which chunk to copy where, which replica to trim, what
+draining and rebalancing move, and the survey behind ``Health`` are the chunk core's
+(``metaserver/chunks/core.py``, pure; its docstring and docs/ARCHITECTURE.md, "The chunk
+core", give the rules). What it owns, as MooseFS's and HDFS's masters do:
+- **driving the core**: every ``interval`` (leader only) ``ChunkCore.decide`` gets the
+  namespace, the registry, the policy and the clock, and its commands are carried out:
+  a ``Copy`` is fenced (``version_bump``, pushed), made by the target pulling from a live
+  replica (``chunk.replicate``), joins through Raft (``replica_add``, another bump) and is
+  settled (``settle_version``: members that miss the new version leave the set; members
+  dead at the fence leave at once); its end goes back to the core (``copy_done``). A
+  ``Trim`` is a ``replica_drop`` through Raft, re-checked against the set when proposed
+  (this leader's drops of one chunk go one at a time), then ``chunk.delete`` of a live
+  member if the chunk is still at goal. A ``Recover`` (a writer gone without a commit) is
+  carried out by ``_recover``. A ``stop`` is proposed as ``rebalance_stop``. What writers
+  upload to and commit comes in through ``writing`` and ``committed`` (the server's
+  handles, keepalives and commits).
+  ``rebalance_plan`` and ``rebalance_progress`` answer the admin ops from the core.
+- **version pushes**: every new version (a handle's bump, a truncate's cut, a copy's fence
+  and join) is pushed to the members before anyone uses it; a member that does not take it
+  leaves the set once another took it (a lost answer is first confirmed with
+  ``chunk.info``); when none takes it, it is pushed again (``_push_again``) or, when every
+  member is short of the table, the length is recovered (``recover_length``).
 - **reports**: a chunkserver's block report (``cs.report``) is checked against the table:
   a replica at an older version than the table's, or shorter than the chunk, is stale: it
   leaves the set and is deleted (invariant 2), once another member is found to hold the
   table's version (``chunk.info``); when none does, the version is one no push delivered,
   and it is pushed again (``_behind``); a copy the set does not name, or of a chunk
   no file has (and no client holds reserved for a create: ``namespace/pools.py``), is
-  deleted; a chunk the set places there but a complete report lacks was
-  lost. A replica reported bad (``cs.bad_chunks``: scrubber, read checksum, disk error)
-  leaves the set and is deleted (the last one is not: it stays in quarantine, see
-  ``bad_replicas``); re-replication then copies a good one.
+  deleted once the chunk has its goal of members vouched for by reports; a whole copy at
+  the table's version while no member is alive is adopted (``_adopt``); a chunk the set
+  places there but a complete report lacks was lost. A complete report vouches for its
+  chunkserver (``ChunkCore.report_done``). A replica reported bad (``cs.bad_chunks``:
+  scrubber, read checksum, disk error) leaves the set and is deleted (the last one is
+  not: it stays in quarantine, see ``bad_replicas``); re-replication then copies a good one.
 - **garbage**: chunks of deleted and truncated files wait ``gc_grace_s`` (so a slow reader
   of the old data still finds it, as GFS's lazy deletion), then every live replica deletes
   them and the namespace forgets them (``gc_done``). A replica on a server dead at the time
   is deleted when that server reports again.
 
 What it must not do: decide anything on a follower (it runs only while leading, and
-forgets all its soft state when a new term of leadership starts), or change the namespace
-except through Raft.
+forgets all its soft state, the core's included, when a new term of leadership starts), or
+change the namespace except through Raft.
 
 Concurrency with writers. Whatever touched a chunk recently (a write handle, a commit, a
 truncate's cut, a change of its replica set) marks it; a chunk touched within ``quiet_s``
@@ -47,21 +58,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, Stale
+from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, Stale, Timeout, Unavailable
+from metaserver.chunks.core import ChunkCore, Copy, Health, Recover, Trim
+from metaserver.chunks.placement import Placer, Registry
 from metaserver.namespace import Namespace
 from metaserver.namespace.commands import INT63_MAX
 from metaserver.namespace.ops import GC_BATCH_MAX
-from metaserver.placement import Placer, Registry
 
 log = logging.getLogger(__name__)
 
-# Copies per target chunkserver at a time (the target throttles bytes itself).
-TARGET_JOBS = 2
-# A copy that fails is not tried again for this long (the cause is often still there).
-RETRY_AFTER_S = 5.0
 # Deadline of one chunk.replicate: a 64 MiB chunk at the chunkservers' default throttle
 # takes about a second; this covers a loaded machine. The chunkserver's own deadline is
 # the request's timeout_ms (at most 60 s there), a little shorter than ours.
@@ -70,31 +78,9 @@ REPLICATE_TIMEOUT_MS_SERVER = 58_000
 # Deadline of a version push, a delete.
 PUSH_TIMEOUT_S = 3.0
 DELETE_TIMEOUT_S = 10.0
-# Trims and set clean-ups proposed per survey (each is a Raft commit).
-TRIMS_PER_SURVEY = 64
 # Members behind the table judged per report page (each asks the other members with
 # chunk.info, inside the chunkserver's cs.report call); the rest wait for the next report.
 BEHIND_PER_REPORT = 64
-
-
-@dataclass(slots=True)
-class Health:
-    """Chunk counts from one survey (``status``'s ``health``). A chunk with no data yet
-    (length 0, counted in ``empty``) is always fine. ``under_goal`` includes ``one_copy`` (chunks with a goal
-    above 1 down to their last live replica); ``missing`` chunks have no live replica."""
-
-    total: int = 0
-    empty: int = 0  # chunks with no data yet (a created file not written): no replica
-    missing: int = 0
-    one_copy: int = 0
-    under_goal: int = 0
-    over_goal: int = 0
-    corrupt: int = 0  # chunks with a replica reported bad, not yet back at goal
-    garbage: int = 0  # deleted chunks not yet collected
-    replicating: int = 0  # copies in progress
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 @dataclass(slots=True)
@@ -126,6 +112,10 @@ class ServerLink(Protocol):
 
 
 class Repair:
+    """The driver of the chunk core (``metaserver/chunks/core.py``): feeds it the
+    namespace, the registry, the policy and the clock, carries out its copies and trims,
+    and keeps the upkeep the core does not decide yet (reports, version pushes, garbage)."""
+
     def __init__(
         self,
         link: ServerLink,
@@ -140,19 +130,16 @@ class Repair:
         self.interval_s = interval_s
         self.quiet_s = quiet_s
         self.gc_grace_s = gc_grace_s
-        self.jobs = jobs
         self.clock = clock
+        self.core = ChunkCore(link.placer, quiet_s=quiet_s, jobs=jobs)
         self.health = Health()
-        self._touched: dict[int, float] = {}
-        self._term_started = float("-inf")  # set by ``restart``
-        self._copies: dict[int, int] = {}  # chunk id -> target cs id, copies in flight
-        self._target_jobs: dict[int, int] = {}
-        self._failed: dict[int, float] = {}  # chunk id -> when its last copy failed
-        self._bad: set[int] = set()
         self._garbage_seen: dict[int, float] = {}
         self._reports: dict[int, _Report] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._gc_running = False
+        self._stopping = False  # a rebalance_stop proposal in flight
+        # chunk id -> (its drops one at a time, how many wait or hold it)
+        self._set_locks: dict[int, tuple[asyncio.Lock, int]] = {}
         # chunk id -> (version, length): a new version no replica took (every push
         # failed) and that no writer was given: pushed again until one takes it, so that
         # the replicas, which hold the chunk's data at the old version, serve again.
@@ -165,31 +152,32 @@ class Repair:
 
     def restart(self) -> None:
         """A new term of leadership: forget everything heard before."""
-        self._term_started = self.clock()
-        self._touched.clear()
-        self._failed.clear()
-        self._bad.clear()
+        self.core.restart(self.clock(), grace_s=self.link.registry.dead_timeout_s)
         self._garbage_seen.clear()
         self._reports.clear()
         self._unpushed.clear()
         self._repushed.clear()
-        # Copies started in an earlier term finish (or fail) on their own: their
-        # replica_add is refused unless the chunk is unchanged. Until the registry's grace
-        # is over every known chunkserver counts as alive, so nothing is repaired before
-        # the new leader has heard the chunkservers.
+        # Until the registry's grace is over every known chunkserver counts as alive, so
+        # nothing is repaired before the new leader has heard the chunkservers.
         self.health = Health()
 
     def touch(self, chunk_id: int) -> None:
-        self._touched[chunk_id] = self.clock()
+        self.core.touch(chunk_id, self.clock())
+
+    def writing(self, chunk_id: int) -> None:
+        """A writer got a handle of the chunk, or its keepalive names it: it uploads to it."""
+        self.core.writing(chunk_id, self.clock())
+
+    def committed(self, chunk_id: int) -> None:
+        """A writer's commit recorded what it uploaded to the chunk."""
+        self.core.committed(chunk_id, self.clock())
 
     def _quiet(self, chunk_id: int, now: float, since: float | None = None) -> bool:
-        """Whether nothing touched the chunk in the ``quiet_s`` before ``since`` (a block
-        report's start: its chunkserver listed its replicas shortly before, and a chunk
-        touched around then may be missing from the list or behind in it) or before now.
-        The start of this term counts as a touch of every chunk: what touched them under
-        an earlier leader is unknown."""
-        t = max(self._touched.get(chunk_id, self._term_started), self._term_started)
-        return (now if since is None else since) - t >= self.quiet_s
+        return self.core.quiet(chunk_id, now, since)
+
+    @property
+    def _copies(self) -> dict[int, Copy]:
+        return self.core.copies
 
     # --------------------------------------------------------------- the loop
 
@@ -218,116 +206,62 @@ class Repair:
 
     def survey(self, now: float) -> tuple[Health, list[tuple[int, int]], list[int]]:
         """(health, under-goal chunks as (live count, chunk id) in repair order, chunks
-        whose sets need a trim or clean-up)."""
-        ns, registry = self.link.ns, self.link.registry
-        inodes = ns.inodes
-        health = Health(garbage=len(ns.garbage), replicating=len(self._copies))
-        under: list[tuple[int, int, int]] = []
-        trim: list[int] = []
-        alive_cache: dict[int, bool] = {}
-
-        def alive(cs_id: int) -> bool:
-            a = alive_cache.get(cs_id)
-            if a is None:
-                a = alive_cache[cs_id] = registry.is_alive(cs_id, now)
-            return a
-
-        for chunk_id, chunk in ns.chunk_table.items():
-            health.total += 1
-            if chunk.length == 0:
-                health.empty += 1
-                continue
-            goal = inodes[chunk.ino].goal
-            live = sum(1 for cs_id in chunk.replicas if alive(cs_id))
-            if live == 0:
-                health.missing += 1
-            elif live < goal:
-                health.under_goal += 1
-                if live == 1:
-                    health.one_copy += 1
-                under.append((live, live - goal, chunk_id))
-            elif live > goal or len(chunk.replicas) > live:
-                if live > goal:
-                    health.over_goal += 1
-                trim.append(chunk_id)
-            if chunk_id in self._bad and live >= goal:
-                self._bad.discard(chunk_id)
-        health.corrupt = len(self._bad)
-        under.sort()
-        return health, [(live, cid) for live, _, cid in under], trim
+        whose sets need a trim or clean-up): the core's survey."""
+        link = self.link
+        return self.core.survey(link.ns, link.registry, link.ns.policy(), now)
 
     async def step(self) -> None:
         now = self.clock()
-        self.link.know_all_chunkservers()
-        health, under, trim = self.survey(now)
-        self.health = health
-        self._prune(now)
-        self._start_copies(under, now)
-        await self._trim(trim, now)
+        link = self.link
+        link.know_all_chunkservers()
+        decisions = self.core.decide(link.ns, link.registry, link.ns.policy(), now)
+        self.health = decisions.health
+        self._prune()
+        for copy in decisions.copies:
+            self._spawn(self._copy(copy))
+        for rec in decisions.recover:
+            self._spawn(self._recover(rec))
+        await self._trim(decisions.trims)
+        if decisions.stop is not None and not self._stopping:
+            self._stopping = True
+            self._spawn(self._stop_rebalance(decisions.stop))
         await self._push_again()
         if not self._gc_running:
             self._gc_running = True
             self._spawn(self._collect_garbage(now))
 
-    def _prune(self, now: float) -> None:
-        horizon = max(self.quiet_s, RETRY_AFTER_S) * 2
-        for d in (self._touched, self._failed):
-            old = [k for k, t in d.items() if now - t > horizon]
-            for k in old:
-                del d[k]
+    def _prune(self) -> None:
         table = self.link.ns.chunk_table
         for chunk_id, version in list(self._repushed.items()):
             chunk = table.get(chunk_id)
             if chunk is None or chunk.version != version:
                 del self._repushed[chunk_id]
 
+    async def _stop_rebalance(self, reason: str) -> None:
+        try:
+            await self.link.propose_internal("rebalance_stop", {"reason": reason})
+            log.info("repair event=rebalance_stopped reason=%s", reason)
+        except DfsError as e:
+            log.info("repair event=rebalance_stop_failed reason=%s error=%s", reason, e)
+        finally:
+            self._stopping = False
+
     # --------------------------------------------------------------- re-replication
 
-    def _start_copies(self, under: list[tuple[int, int]], now: float) -> None:
-        ns, registry, placer = self.link.ns, self.link.registry, self.link.placer
-        alive = registry.alive(now)
-        for _, chunk_id in under:
-            if len(self._copies) >= self.jobs:
-                return
-            if chunk_id in self._copies or not self._quiet(chunk_id, now):
-                continue
-            failed = self._failed.get(chunk_id)
-            if failed is not None and now - failed < RETRY_AFTER_S:
-                continue
-            chunk = ns.chunk_table[chunk_id]
-            sources = sorted(
-                (registry.servers[c] for c in chunk.replicas if registry.is_alive(c, now)),
-                key=lambda info: info.load,
-            )
-            candidates = [
-                info
-                for info in alive
-                if info.cs_id not in chunk.replicas
-                and self._target_jobs.get(info.cs_id, 0) < TARGET_JOBS
-            ]
-            target = placer.place(candidates, 1, reserve_bytes=chunk.length)
-            if not sources or not target:
-                continue
-            target_id = target[0]
-            self._copies[chunk_id] = target_id
-            self._target_jobs[target_id] = self._target_jobs.get(target_id, 0) + 1
-            self._spawn(
-                self._copy(chunk_id, chunk.version, chunk.length,
-                           [s.cs_id for s in sources], target_id)
-            )  # fmt: skip
-
-    async def _copy(
-        self, chunk_id: int, version: int, length: int, sources: list[int], target_id: int
-    ) -> None:
-        """Copy the chunk to ``target_id`` from ``sources`` (live replicas, least loaded
-        first) and add the copy to its set. First the fence: a new version, which no writer
-        holds, goes to the live replicas (``version_bump``), and the copy is made at it.
+    async def _copy(self, copy: Copy) -> None:
+        """Carry out the core's ``copy``: the chunk to ``copy.target`` from ``copy.sources``
+        (live replicas, least loaded first), then the copy joins its set. First the fence: a
+        new version, which no writer holds, goes to the live replicas (``version_bump``),
+        and the copy is made at it.
         Without the fence a writer holding a handle of the table's version could overwrite
         bytes the copy had already read, and even commit (an overwrite keeps the length):
         the copy would join with the old bytes, every replica at the same version. With it,
         such a writer is refused (``Stale``) and takes a new handle, which bumps the version
         again, so the copy is refused at ``replica_add`` and made again later."""
         link = self.link
+        chunk_id, version, length = copy.chunk_id, copy.version, copy.length
+        sources, target_id = copy.sources, copy.target
+        joined = False
         try:
             bumped = await link.propose_internal(
                 "version_bump", {"chunk_id": chunk_id, "version": version, "length": length}
@@ -341,6 +275,11 @@ class Repair:
             addresses = [link.registry.servers[c].address for c in sources if c in took]
             if not addresses:
                 raise Stale("no live replica took the fence's version", chunk_id=chunk_id)
+            # Members dead at the fence cannot hold its version: out of the set now, or one
+            # that comes back before a report would count toward the goal while stale.
+            for cs_id in bumped["replicas"]:
+                if cs_id not in live:
+                    await self._drop(chunk_id, cs_id, keep_one=True, why="dead_at_fence")
             token, expiry_ms = link.token(chunk_id, version)
             await link.cs_call(
                 target_id, "chunk.replicate", REPLICATE_TIMEOUT_S, chunk_id=chunk_id,
@@ -353,32 +292,98 @@ class Repair:
                     {"chunk_id": chunk_id, "version": version, "length": length,
                      "cs_id": target_id},
                 )  # fmt: skip
+            except Timeout:
+                # It may have committed: then the copy joined, and its version must still
+                # be pushed, or the copy would be judged stale by the next report and
+                # dropped while it holds the chunk's bytes.
+                result = self._joined(chunk_id, version, target_id)
             except Exists:
                 return
             except (Stale, NotFound, Invalid) as e:
                 # The chunk moved on while we copied (or went away): the copy is wrong now.
                 log.info("repair event=copy_refused chunk=%d cs=%d reason=%s",
                          chunk_id, target_id, e)  # fmt: skip
-                self._failed[chunk_id] = self.clock()
                 await self._delete(target_id, [[chunk_id, version]])
                 return
+            joined = True
             self.touch(chunk_id)
-            log.info("repair event=replicated chunk=%d cs=%d version=%d length=%d",
-                     chunk_id, target_id, result["version"], length)  # fmt: skip
-            await self.push_version(
+            log.info("repair event=replicated chunk=%d cs=%d version=%d length=%d why=%s",
+                     chunk_id, target_id, result["version"], length, copy.why)  # fmt: skip
+            # Members that miss the new version leave the set (as after any bump): one left
+            # in it at the old version would count toward the goal while stale.
+            await self.settle_version(
                 chunk_id, int(result["version"]), int(result["length"]), result["replicas"]
             )
         except (DfsError, OSError, TimeoutError) as e:
-            self._failed[chunk_id] = self.clock()
             log.info("repair event=copy_failed chunk=%d cs=%d error=%s",
                      chunk_id, target_id, e)  # fmt: skip
         finally:
-            self._copies.pop(chunk_id, None)
-            left = self._target_jobs.get(target_id, 1) - 1
-            if left > 0:
-                self._target_jobs[target_id] = left
-            else:
-                self._target_jobs.pop(target_id, None)
+            self.core.copy_done(copy, joined, self.clock())
+
+    async def _recover(self, rec: Recover) -> None:
+        """Carry out a WRITER RECOVERY (``chunks.core.Recover``): the fence (a new version no
+        writer holds), then one live member holding the table's version takes it, alone,
+        and every other live member copies that one's bytes at it. A member that cannot
+        (dead, unreachable) is left behind at the old version, stale: it leaves the set.
+        Until then the members may differ at one version (a writer's chain broke and it
+        never wrote again), as HDFS's lease recovery settles a dead writer's pipeline."""
+        link, ok = self.link, False
+        chunk_id, length = rec.chunk_id, rec.length
+        try:
+            bumped = await link.propose_internal(
+                "version_bump", {"chunk_id": chunk_id, "version": rec.version, "length": length}
+            )
+            version = int(bumped["version"])
+            now = self.clock()
+            live = [c for c in bumped["replicas"] if link.registry.is_alive(c, now)]
+            source = None
+            for cs_id in live:  # the first that holds the table's version and length
+                try:
+                    h = await link.cs_call(cs_id, "chunk.info", PUSH_TIMEOUT_S, chunk_id=chunk_id)
+                except (DfsError, OSError, TimeoutError):
+                    continue
+                holds = h.get("version") in (rec.version, version) and h.get("length", 0) >= length
+                if holds and not await self.push_version(chunk_id, version, length, [cs_id]):
+                    source = cs_id
+                    break
+            if source is None:
+                raise Stale("no live member took the recovery's version", chunk_id=chunk_id)
+            address = link.registry.servers[source].address
+            token, expiry_ms = link.token(chunk_id, version)
+            for cs_id in bumped["replicas"]:
+                if cs_id == source:
+                    continue
+                try:
+                    if cs_id not in live:
+                        raise Unavailable("dead at the recovery")
+                    await link.cs_call(
+                        cs_id, "chunk.replicate", REPLICATE_TIMEOUT_S, chunk_id=chunk_id,
+                        version=version, length=length, sources=[address], token=token,
+                        expiry_ms=expiry_ms, timeout_ms=REPLICATE_TIMEOUT_MS_SERVER,
+                    )  # fmt: skip
+                except (DfsError, OSError, TimeoutError) as e:
+                    newer = e.details.get("replica_version") if isinstance(e, Stale) else None
+                    if type(newer) is int and newer > version:
+                        raise  # a writer took a new handle meanwhile: recovered later
+                    if not await self._drop(chunk_id, cs_id, keep_one=True, why="not_recovered"):
+                        # Left in the set at the old version, the next push would make
+                        # its bytes current: not done, tried again.
+                        raise Unavailable("a member not recovered is still in the set") from e
+            ok = True
+            log.info("repair event=writer_recovered chunk=%d version=%d source=%d",
+                     chunk_id, version, source)  # fmt: skip
+        except (DfsError, OSError, TimeoutError) as e:
+            log.info("repair event=recovery_failed chunk=%d error=%s", chunk_id, e)
+        finally:
+            self.core.recovered(chunk_id, ok, self.clock())
+
+    def _joined(self, chunk_id: int, version: int, target_id: int) -> dict[str, Any]:
+        """The chunk as a ``replica_add`` at ``version`` whose answer was lost left it, if
+        it committed (``Timeout`` again otherwise)."""
+        chunk = self.link.ns.chunk_table.get(chunk_id)
+        if chunk is None or target_id not in chunk.replicas or chunk.version != version + 1:
+            raise Timeout("replica_add: no answer", chunk_id=chunk_id)
+        return {"version": chunk.version, "length": chunk.length, "replicas": list(chunk.replicas)}
 
     async def push_version(
         self, chunk_id: int, version: int, length: int, replicas: Iterable[int]
@@ -401,12 +406,21 @@ class Repair:
                 newer = e.details.get("replica_version") if isinstance(e, Stale) else None
                 if type(newer) is int and newer > version:
                     return  # a later bump's push got there first: it is not behind
+                if not isinstance(e, Stale) and await self._has_version(cs_id, chunk_id, version):
+                    return  # only the answer was lost: dropping it would lose a good copy
                 failed.append(cs_id)
                 log.info("repair event=push_failed chunk=%d cs=%d version=%d error=%s",
                          chunk_id, cs_id, version, e)  # fmt: skip
 
         await asyncio.gather(*(push(cs_id) for cs_id in replicas))
         return failed
+
+    async def _has_version(self, cs_id: int, chunk_id: int, version: int) -> bool:
+        try:
+            h = await self.link.cs_call(cs_id, "chunk.info", PUSH_TIMEOUT_S, chunk_id=chunk_id)
+            return bool(h["version"] >= version)  # newer: a later bump's push got there
+        except (DfsError, OSError, TimeoutError, KeyError):
+            return False
 
     async def settle_version(
         self, chunk_id: int, version: int, length: int, replicas: list[int]
@@ -512,40 +526,55 @@ class Repair:
         for chunk_id, (version, length) in list(self._unpushed.items()):
             chunk = ns.chunk_table.get(chunk_id)
             if chunk is None or chunk.version != version or chunk.length != length:
-                del self._unpushed[chunk_id]
+                self._unpushed.pop(chunk_id, None)
                 continue
             failed = await self.push_version(chunk_id, version, length, chunk.replicas)
             if len(failed) < len(chunk.replicas):
-                del self._unpushed[chunk_id]
+                # (A handle's settle_version may have cleared it during the push.)
+                self._unpushed.pop(chunk_id, None)
                 log.info("repair event=version_pushed_late chunk=%d version=%d",
                          chunk_id, version)  # fmt: skip
 
     # --------------------------------------------------------------- trimming
 
-    async def _trim(self, chunk_ids: list[int], now: float) -> None:
-        ns, registry = self.link.ns, self.link.registry
-        done = 0
-        for chunk_id in chunk_ids:
-            if done >= TRIMS_PER_SURVEY:
-                return
-            chunk = ns.chunk_table.get(chunk_id)
-            if chunk is None or chunk_id in self._copies or not self._quiet(chunk_id, now):
+    async def _trim(self, trims: list[Trim]) -> None:
+        """Carry out the core's trims: each drop through Raft (never the last replica),
+        then the delete of a live one. A chunk's later trims wait for the next step when
+        one of its drops is refused."""
+        refused: set[int] = set()
+        for trim in trims:
+            if trim.chunk_id in refused:
                 continue
-            goal = ns.inodes[chunk.ino].goal
-            dead = [c for c in chunk.replicas if not registry.is_alive(c, now)]
-            live = [c for c in chunk.replicas if c not in dead]
-            if len(live) < goal:
+            if not await self._drop(trim.chunk_id, trim.cs_id, keep_one=True, why=trim.why,
+                                    check=lambda t=trim: self._still_trimmable(t)):  # fmt: skip
+                refused.add(trim.chunk_id)
                 continue
-            drops = list(dead)
-            if len(live) > goal:
-                fullest = sorted(live, key=lambda c: registry.servers[c].free_bytes)
-                drops += fullest[: len(live) - goal]
-            for cs_id in drops:
-                if not await self._drop(chunk_id, cs_id, keep_one=True, why="trim"):
-                    break
-                done += 1
-                if cs_id in live:
-                    self._spawn(self._delete_quietly(cs_id, [[chunk_id, chunk.version]]))
+            chunk = self.link.ns.chunk_table.get(trim.chunk_id)
+            if (
+                trim.delete
+                and chunk is not None
+                and trim.chunk_id not in self.core.bad
+                and self._at_goal(chunk, self.clock())
+            ):
+                # Still at goal after the drop committed (a member may have been reported
+                # bad meanwhile: then the copy waits, and a report deletes it later).
+                self._spawn(self._delete_quietly(trim.cs_id, [[trim.chunk_id, trim.version]]))
+
+    def _still_trimmable(self, trim: Trim) -> bool:
+        """Whether, now, the chunk keeps its goal of counted, vouched members without
+        ``trim.cs_id`` (the core decided on the set of its step)."""
+        link, now = self.link, self.clock()
+        chunk = link.ns.chunk_table.get(trim.chunk_id)
+        if chunk is None or trim.cs_id not in chunk.replicas:
+            return False
+        draining, bad = link.ns.policy().draining, self.core.bad.get(trim.chunk_id)
+        left = sum(
+            1
+            for c in chunk.replicas
+            if c != trim.cs_id and c not in draining and c != bad
+            and self.core.vouched(link.registry, c, now)
+        )  # fmt: skip
+        return left >= (link.ns.inodes[chunk.ino].goal if chunk.length else 1)
 
     # --------------------------------------------------------------- deletion
 
@@ -607,6 +636,7 @@ class Repair:
         state.next_part += 1
         delete: list[list[int]] = []
         behind: list[tuple[int, int, int]] = []
+        adopt: list[int] = []
         for chunk_id, version, length in entries:
             state.seen.add(chunk_id)
             chunk = ns.chunk_table.get(chunk_id)
@@ -620,7 +650,7 @@ class Repair:
                 continue
             if (
                 not self._quiet(chunk_id, now, state.started_s)
-                or self._copies.get(chunk_id) == cs_id
+                or self._copying_to(chunk_id) == cs_id
             ):
                 continue
             if cs_id in chunk.replicas:
@@ -632,9 +662,16 @@ class Repair:
                                 chunk.version)  # fmt: skip
             elif version <= chunk.version and self._at_goal(chunk, now):
                 delete.append([chunk_id, version])  # dropped from the set earlier
+            elif (
+                version == chunk.version
+                and length >= chunk.length > 0
+                and not any(self.link.registry.is_alive(c, now) for c in chunk.replicas)
+            ):
+                adopt.append(chunk_id)
         lost: list[int] = []
         if final:
             del self._reports[cs_id]
+            self.core.report_done(cs_id, state.started_s)
             for chunk_id, chunk in ns.chunk_table.items():
                 if (
                     chunk.length > 0
@@ -648,16 +685,52 @@ class Repair:
                 delete.append([chunk_id, version])
         for chunk_id in lost:
             await self._drop(chunk_id, cs_id, keep_one=False, why="lost")
+        for chunk_id in adopt[:BEHIND_PER_REPORT]:
+            await self._adopt(cs_id, chunk_id)
         if delete:
             self._spawn(self._delete_quietly(cs_id, delete))
 
+    async def _adopt(self, cs_id: int, chunk_id: int) -> None:
+        """ADOPTION. ``cs_id`` holds a whole copy of a chunk at the table's version, outside
+        its set, and no member is alive: the set gets it back (``replica_add``, which bumps
+        the version, then the push). Such a copy is a member dropped while it held the
+        version (a push whose answer was lost twice, a trim whose delete has not come),
+        so it holds the chunk's bytes; without it the chunk would stay missing. Members
+        that are down leave behind by the bump, stale."""
+        chunk = self.link.ns.chunk_table.get(chunk_id)
+        if chunk is None:
+            return
+        try:
+            result = await self.link.propose_internal(
+                "replica_add",
+                {"chunk_id": chunk_id, "version": chunk.version, "length": chunk.length,
+                 "cs_id": cs_id},
+            )  # fmt: skip
+        except DfsError as e:
+            log.info("repair event=adopt_refused chunk=%d cs=%d reason=%s", chunk_id, cs_id, e)
+            return
+        self.touch(chunk_id)
+        log.warning("repair event=adopted chunk=%d cs=%d version=%d", chunk_id, cs_id,
+                    result["version"])  # fmt: skip
+        await self.settle_version(chunk_id, int(result["version"]), int(result["length"]), [cs_id])
+
+    def _copying_to(self, chunk_id: int) -> int | None:
+        copy = self.core.copies.get(chunk_id)
+        return copy.target if copy is not None else None
+
     def _at_goal(self, chunk: Any, now: float) -> bool:
-        """Whether the chunk's set has its goal of live members. Only then is a copy
-        outside the set (or a stale member) deleted, as HDFS invalidates excess and stale
+        """Whether the chunk's set has its goal of live members, not draining, each vouched
+        for by a block report (``ChunkCore.vouched``). Only then is a copy outside the set
+        (or a stale member) deleted, as HDFS invalidates excess and stale
         replicas only then: until the goal is met again such a copy may be the best one
         left (a writer that could not reach a good replica drops it from the set)."""
+        if chunk.length == 0:
+            return True  # no data: nothing a copy outside the set could be the last of
         ns, registry = self.link.ns, self.link.registry
-        live = sum(1 for c in chunk.replicas if registry.is_alive(c, now))
+        draining = ns.policy().draining
+        live = sum(
+            1 for c in chunk.replicas if c not in draining and self.core.vouched(registry, c, now)
+        )
         return live >= ns.inodes[chunk.ino].goal
 
     async def _behind(
@@ -709,7 +782,42 @@ class Repair:
         for i in range(0, len(chunks), GC_BATCH_MAX):
             await self._delete(cs_id, chunks[i : i + GC_BATCH_MAX])
 
-    async def _drop(self, chunk_id: int, cs_id: int, *, keep_one: bool, why: str) -> bool:
+    async def _drop(
+        self,
+        chunk_id: int,
+        cs_id: int,
+        *,
+        keep_one: bool,
+        why: str,
+        check: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Propose ``cs_id``'s drop from ``chunk_id``'s set. This leader's drops of one
+        chunk go one at a time, and ``check`` (a trim's: is the chunk still at goal
+        without it?) is asked once the drops before it committed: a trim decided from a
+        set that another drop (a failed push) has shrunk since would take it below goal."""
+        lock, users = self._set_locks.get(chunk_id) or (asyncio.Lock(), 0)
+        self._set_locks[chunk_id] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._drop_now(chunk_id, cs_id, keep_one, why, check)
+        finally:
+            lock, users = self._set_locks[chunk_id]
+            if users > 1:
+                self._set_locks[chunk_id] = (lock, users - 1)
+            else:
+                del self._set_locks[chunk_id]
+
+    async def _drop_now(
+        self,
+        chunk_id: int,
+        cs_id: int,
+        keep_one: bool,
+        why: str,
+        check: Callable[[], bool] | None,
+    ) -> bool:
+        if check is not None and not check():
+            log.info("repair event=drop_skipped chunk=%d cs=%d why=%s", chunk_id, cs_id, why)
+            return False
         try:
             await self.link.propose_internal(
                 "replica_drop", {"chunk_id": chunk_id, "cs_id": cs_id, "keep_one": keep_one}
@@ -735,7 +843,7 @@ class Repair:
             chunk = ns.chunk_table.get(chunk_id)
             if chunk is not None:
                 if cs_id in chunk.replicas and version == chunk.version:
-                    self._bad.add(chunk_id)
+                    self.core.mark_bad(chunk_id, cs_id)
                     await self._drop(chunk_id, cs_id, keep_one=False, why="bad")
                 chunk = ns.chunk_table.get(chunk_id)
                 if chunk is not None and not any(
@@ -748,59 +856,19 @@ class Repair:
         if delete:
             self._spawn(self._delete_quietly(cs_id, delete))
 
-    # --- rebalance (placeholder)
-    # Stand-ins with the contract's names and shapes until the chunk core's driver replaces
-    # this block: a plan with no moves, and progress that mirrors the namespace's policy
-    # (running while the operator's rebalance is on), both over the live, non-draining
-    # chunkservers' usage as the registry has it.
-
-    def _usage(self) -> tuple[list[tuple[int, int, int]], float]:
-        """([(cs_id, used, capacity)] of live non-draining servers, cluster used fraction)."""
-        link = self.link
-        now = self.clock()
-        draining = link.ns.policy().draining
-        servers = [
-            (i.cs_id, i.used_bytes, i.capacity_bytes)
-            for i in link.registry.alive(now)
-            if i.cs_id not in draining and i.capacity_bytes > 0
-        ]
-        servers.sort()
-        capacity = sum(c for _, _, c in servers)
-        return servers, (sum(u for _, u, _ in servers) / capacity if capacity else 0.0)
+    # --- rebalance (the admin ops' view of the core; ``metaserver/admin.py``)
 
     def rebalance_plan(self, threshold_pct: float) -> dict[str, Any]:
-        servers, mean = self._usage()
-        spread = max((abs(u / c - mean) * 100 for _, u, c in servers), default=0.0)
-        return {
-            "threshold_pct": threshold_pct,
-            "moves": [],
-            "moves_total": 0,
-            "bytes": 0,
-            "spread_before_pct": spread,
-            "spread_after_pct": spread,
-            "servers": [
-                {
-                    "cs_id": cs_id,
-                    "used_bytes": used,
-                    "capacity_bytes": capacity,
-                    "used_pct": used / capacity * 100,
-                    "used_pct_after": used / capacity * 100,
-                }
-                for cs_id, used, capacity in servers
-            ],
-        }
+        """What a rebalance at ``threshold_pct`` would move now (``dfs admin rebalance
+        --dry-run``): the core's plan over the live, non-draining chunkservers."""
+        link = self.link
+        plan = self.core.plan(link.ns, link.registry, link.ns.policy(), self.clock(),
+                              threshold_pct)  # fmt: skip
+        return plan.as_dict()
 
     def rebalance_progress(self) -> dict[str, Any]:
-        servers, mean = self._usage()
-        running = self.link.ns.policy().rebalance
-        return {
-            "running": running is not None,
-            "threshold_pct": running.threshold_pct if running is not None else None,
-            "bandwidth_bps": running.bandwidth_bps if running is not None else None,
-            "moved_bytes": 0,
-            "moves_done": 0,
-            "in_flight": 0,
-            "left_bytes": 0,
-            "spread_pct": max((abs(u / c - mean) * 100 for _, u, c in servers), default=0.0),
-            "rate_bps": 0,
-        }
+        """The running rebalance's figures (``moved_bytes`` and ``moves_done`` since this
+        leader took over; ``left_bytes``: the bytes that must still move for every chunkserver
+        to be within the threshold, ``rebalance.bytes_left``)."""
+        link = self.link
+        return self.core.progress(link.ns, link.registry, link.ns.policy(), self.clock())

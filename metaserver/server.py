@@ -47,6 +47,7 @@ from dfs.wire.errors import (
 from dfs.wire.messages import field, uint_field
 from dfs.wire.token import READ, WRITE, make_token, token_key
 from metaserver.admin import Admin
+from metaserver.chunks.placement import Placer, Registry
 from metaserver.config import MetaConfig, load_config
 from metaserver.holds import KEEPALIVE_S, Holds
 from metaserver.leasedesk import LeaseDesk
@@ -54,7 +55,6 @@ from metaserver.membership import Membership, was_removed
 from metaserver.namespace import Namespace, encode_command, pools
 from metaserver.namespace.commands import BATCH_OPS, GOAL_MAX, GOAL_MIN
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
-from metaserver.placement import Placer, Registry
 from metaserver.raft.node import RAFT_OP, RaftNode
 from metaserver.raft.storage import CorruptLogError, StorageLockedError
 from metaserver.raft.types import Role
@@ -119,7 +119,7 @@ class MetaServer:
         self.ns = Namespace(chunk_size_bytes=config.chunk_size_bytes)
         self.node = RaftNode(config.node, self.ns, secret)
         self.registry = Registry(config.dead_timeout_s, started_s=time.monotonic())
-        self.placer = Placer(config.placement)
+        self.placer = Placer(config.placement, cluster=self.ns.policy)
         self._secret = secret
         self._token_key = token_key(secret)
         self._rpc: rpc.RpcServer | None = None
@@ -292,7 +292,7 @@ class MetaServer:
         """The upkeep leaves chunks a client just committed alone for a while."""
         for entry in entries:
             if isinstance(entry, list) and len(entry) == 4:
-                self.repair.touch(entry[2])
+                self.repair.committed(entry[2])
 
     async def _mutate(
         self,
@@ -361,7 +361,7 @@ class MetaServer:
         self.holds.keepalive(client, inos, time.monotonic())
         for chunk_id in writing:
             if chunk_id in self.ns.chunk_table:
-                self.repair.touch(chunk_id)
+                self.repair.writing(chunk_id)
         # The voters' addresses: a long-lived client follows membership changes.
         return {"keepalive_ms": self._keepalive_ms,
                 "metaservers": self.membership.voter_addresses()}  # fmt: skip
@@ -407,7 +407,7 @@ class MetaServer:
             elif ns_op == "create" and answer.get("ok"):
                 chunk = answer.get("chunk")
                 if chunk is not None:
-                    self.repair.touch(int(chunk["chunk_id"]))
+                    self.repair.writing(int(chunk["chunk_id"]))
                 if held:  # open at the sender when it sent the batch: held from now on
                     self.holds.hold(holder, [int(answer["attr"]["ino"])], time.monotonic())
         return {"results": results}
@@ -579,6 +579,10 @@ class MetaServer:
             await self._read(timeout_s)
             existing = self.ns.chunks(ino, index, 1)
         if existing:
+            if existing[0]["length"] and not existing[0]["replicas"]:
+                # Missing (its last replica was bad): a bump would make stale the copy the
+                # upkeep may still adopt (Repair._adopt). There is nothing to write to.
+                raise Unavailable("the chunk has no replica left", chunk_id=existing[0]["chunk_id"])
             # Replicas on dead chunkservers, and those the writer saw fail, leave the set
             # with this version bump (the writer reports them: PROTOCOL.md).
             now_s = time.monotonic()
@@ -612,7 +616,7 @@ class MetaServer:
             args["drop"] = drop
         result = await self._propose("write_handle", args, h, timeout_s)
         chunk_id = int(result["chunk_id"])
-        self.repair.touch(chunk_id)
+        self.repair.writing(chunk_id)
         # Whether the command bumped an existing chunk, as it was applied: another handle
         # may have allocated the chunk after ``existing`` was read. (A result cached for a
         # retry by an older version of this code lacks the flag.)
@@ -683,7 +687,7 @@ class MetaServer:
         self._hold_created(h, result)
         chunk = result.pop("chunk", None)
         if chunk is not None:
-            self.repair.touch(int(chunk["chunk_id"]))
+            self.repair.writing(int(chunk["chunk_id"]))
             result["handle"] = self._handle_answer(chunk)
         return result
 

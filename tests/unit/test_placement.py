@@ -1,5 +1,6 @@
 """Replica placement and the chunkserver registry: distinct servers, weighted by free space,
-liveness from heartbeats with a grace period for a new leader."""
+on distinct hosts then racks, never on a draining server; liveness from heartbeats with a
+grace period for a new leader."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections import Counter
 
 import pytest
 
-from metaserver.placement import ChunkserverInfo, Placer, Registry
+from metaserver.chunks.placement import ChunkserverInfo, Placer, Registry
+from metaserver.chunks.policy import ClusterPolicy, Labels
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -83,3 +85,38 @@ def test_restart_forgets_capacity_so_nothing_is_placed_blind() -> None:
     assert Placer("weighted").place(reg.alive(51.0), 3, reserve_bytes=GIB) == []  # ...nor used
     reg.heartbeat(1, "a:1", 52.0, capacity_bytes=100 * GIB, used_bytes=0, chunks=0, load=0, pid=1)
     assert Placer("weighted").place(reg.alive(52.0), 3, reserve_bytes=GIB) == [1]
+
+
+def _labelled(hosts: list[str], racks: list[str]) -> tuple[list[ChunkserverInfo], ClusterPolicy]:
+    pool = servers([50] * len(hosts))
+    labels = {c.cs_id: Labels(h, r) for c, h, r in zip(pool, hosts, racks, strict=True)}
+    return pool, ClusterPolicy(labels=labels)
+
+
+@pytest.mark.parametrize("policy", ["weighted", "random", "round_robin"])
+def test_replicas_go_to_distinct_hosts_then_racks_when_there_are_enough(policy: str) -> None:
+    pool, cluster = _labelled(["a", "a", "b", "c", "c"], ["r1", "r1", "r1", "r2", "r2"])
+    placer = Placer(policy, random.Random(4), cluster=lambda: cluster)
+    host = {c.cs_id: cluster.labels[c.cs_id].host for c in pool}
+    rack = {c.cs_id: cluster.labels[c.cs_id].rack for c in pool}
+    for _ in range(100):
+        chosen = placer.place(pool, 3, reserve_bytes=GIB)
+        assert len({host[c] for c in chosen}) == 3
+        two = placer.place(pool, 2, reserve_bytes=GIB)
+        assert len({rack[c] for c in two}) == 2  # two racks exist: both used
+    # More replicas than hosts: the rest repeat a host rather than fail.
+    assert len(placer.place(pool, 5, reserve_bytes=GIB)) == 5
+
+
+def test_a_copy_avoids_the_hosts_of_the_replicas_that_stay() -> None:
+    pool, cluster = _labelled(["a", "b", "a", "c"], ["", "", "", ""])
+    placer = Placer("weighted", random.Random(5), cluster=lambda: cluster)
+    for _ in range(50):
+        assert placer.place(pool[2:], 1, reserve_bytes=GIB, taken=[1, 2]) == [4]
+
+
+def test_draining_servers_take_nothing_new() -> None:
+    cluster = ClusterPolicy(draining=frozenset({2}))
+    placer = Placer("weighted", random.Random(6), cluster=lambda: cluster)
+    for _ in range(50):
+        assert 2 not in placer.place(servers([50, 90, 50]), 2, reserve_bytes=GIB)

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from dfs.wire.errors import Stale, Unavailable, error_from_wire
+from dfs.wire.errors import Stale, Timeout, Unavailable, error_from_wire
+from metaserver.chunks.placement import Placer, Registry
 from metaserver.namespace import Namespace, encode_command
 from metaserver.namespace.state import ROOT_INO
-from metaserver.placement import Placer, Registry
 from metaserver.repair import Repair
 
 pytestmark = pytest.mark.timeout(30)
@@ -42,7 +42,10 @@ class Link:
         self.proposals: list[tuple[str, dict[str, Any]]] = []
         self.held: dict[tuple[int, int], tuple[int, int]] = {}  # (cs, chunk) -> (version, length)
         self.newer: dict[int, int] = {}  # cs -> a version its replica holds, refusing older
+        self.missed: dict[tuple[int, int], int] = {}  # (cs, chunk) -> a version it failed
         self.seq = 0
+        self.repair: Repair | None = None
+        self.auto_vouch = True
         for i in range(servers):
             cs_id = self.apply("cs_register", {"uuid": f"u{i}", "address": f"h:{i + 1}"})["cs_id"]
             self.beat(cs_id)
@@ -54,6 +57,10 @@ class Link:
     def beat(self, cs_id: int, free: int = 100 * CHUNK) -> None:
         self.registry.heartbeat(cs_id, f"h:{cs_id}", self.clock.now, capacity_bytes=free,
                                 used_bytes=0, chunks=0, load=0, pid=1)  # fmt: skip
+        if self.repair is not None and self.auto_vouch:
+            # As if a block report of it had been judged with each heartbeat: it counts
+            # toward the goal for trims and deletes (ChunkCore.vouched).
+            self.repair.core.report_done(cs_id, self.clock.now)
 
     def apply(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         self.seq += 1
@@ -69,6 +76,8 @@ class Link:
     async def cs_call(self, cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
         self.calls.append((cs_id, op, f))
         if (cs_id, op) in self.fail:
+            if op == "chunk.write":
+                self.missed[(cs_id, f["chunk_id"])] = f["version"]
             raise Unavailable("scripted failure")
         newer = self.newer.get(cs_id)
         if op == "chunk.write" and newer is not None and newer > f["version"]:
@@ -80,6 +89,8 @@ class Link:
             chunk = self.ns.chunk(f["chunk_id"])
             version, length = self.held.get((cs_id, f["chunk_id"]),
                                             (chunk["version"], chunk["length"]))  # fmt: skip
+            if self.missed.get((cs_id, f["chunk_id"])) == version:
+                version -= 1  # a push that failed there did not get through
             return {"version": version, "length": length}
         return {}
 
@@ -106,7 +117,10 @@ def clock() -> Clock:
 
 def make(servers: int, clock: Clock, **kw: Any) -> tuple[Link, Repair]:
     link = Link(servers, clock)
-    return link, Repair(link, quiet_s=kw.pop("quiet_s", 0.0), clock=clock, **kw)
+    link.repair = Repair(link, quiet_s=kw.pop("quiet_s", 0.0), clock=clock, **kw)
+    for cs_id in link.ns.chunkservers():
+        link.beat(cs_id)
+    return link, link.repair
 
 
 async def settle(repair: Repair) -> None:
@@ -150,7 +164,10 @@ def test_copy_is_fenced_goes_to_a_new_server_then_joins_with_a_bump(clock: Clock
         await settle(repair)
 
     asyncio.run(go())
-    assert [p[0] for p in link.proposals] == ["version_bump", "replica_add"]
+    # The dead member cannot hold the fence's version: it leaves the set at the fence
+    # (back before a report, it would count toward the goal while stale).
+    assert [p[0] for p in link.proposals] == ["version_bump", "replica_drop", "replica_add"]
+    assert link.proposals[1][1] == {"chunk_id": cid, "cs_id": 3, "keep_one": True}
     # The fence: the live replicas take a version no writer holds, before the copy reads.
     writes = [(c[0], c[2]["version"]) for c in link.calls if c[1] == "chunk.write"]
     assert sorted(writes[:2]) == [(1, version + 1), (2, version + 1)]  # 3 is dead: not pushed
@@ -160,11 +177,8 @@ def test_copy_is_fenced_goes_to_a_new_server_then_joins_with_a_bump(clock: Clock
     assert target == 4 and f["chunk_id"] == cid and f["version"] == version + 1
     assert f["length"] == 100 and set(f["sources"]) == {"h:1", "h:2"}
     chunk = link.ns.chunk(cid)
-    assert chunk["replicas"] == [1, 2, 3, 4] and chunk["version"] == version + 2
-    assert {c[0] for c in writes[2:]} == {1, 2, 3, 4}  # 3's push fails later, harmlessly
-    # Now live replicas meet the goal: the dead member leaves the set.
-    asyncio.run(go())
-    assert link.ns.chunk(cid)["replicas"] == [1, 2, 4]
+    assert chunk["replicas"] == [1, 2, 4] and chunk["version"] == version + 2
+    assert {c[0] for c in writes[2:]} == {1, 2, 4}
     assert repair.survey(clock.now)[0].under_goal == 0
 
 
@@ -200,7 +214,7 @@ def test_a_writer_of_the_old_version_cannot_change_what_the_copy_reads(clock: Cl
 
     asyncio.run(go())
     assert len(refused) == 1
-    assert link.ns.chunk(cid)["replicas"] == [1, 2, 3]
+    assert link.ns.chunk(cid)["replicas"] == [1, 2]  # 3 was dead at the fence
     assert link.ns.chunk(cid)["version"] == chunk["version"] + 2
     assert (4, "chunk.delete", {"chunks": [[cid, chunk["version"] + 1]]}) in link.calls
 
@@ -558,3 +572,170 @@ def test_a_bad_replica_of_an_unknown_chunk_is_just_deleted(clock: Clock) -> None
     asyncio.run(go())
     assert link.calls == [(1, "chunk.delete", {"chunks": [[999, 1]]})]
     assert link.proposals == []
+
+
+# --- transcripts of what the chunk simulator found (metaserver/chunks/sim.py) -----------
+
+
+def test_a_push_again_survives_a_handle_settling_the_chunk_meanwhile(clock: Clock) -> None:
+    """``_push_again`` deleted its entry after the push, which a handle's settle_version
+    may have removed meanwhile: KeyError, and the rest of the step (garbage) skipped."""
+    link, repair = make(3, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    chunk = link.ns.chunk(cid)
+    repair.unpushed(cid, chunk["version"], chunk["length"])
+    real = link.cs_call
+
+    async def call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        if op == "chunk.write":
+            repair.pushed(cid)  # a write handle's push settled it during ours
+        return await real(cs_id, op, timeout_s, **f)
+
+    link.cs_call = call  # type: ignore[method-assign]
+    asyncio.run(repair._push_again())
+    assert not repair.is_unpushed(cid)
+
+
+def test_a_new_leader_judges_nothing_while_it_guesses_who_is_alive(clock: Clock) -> None:
+    """With a dead timeout longer than the quiet window, a new leader judged reports while
+    its registry still counted unheard chunkservers alive: it deleted a copy outside the
+    set, the chunk's members being dead."""
+    link, repair = make(3, clock, quiet_s=2.0)
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
+    cid = link.file_with_chunk(b"f", [1, 2])
+    version = link.ns.chunk(cid)["version"]
+    link.registry.restart(clock.now)
+    repair.restart()  # 1 and 2 are not heard again: dead, but alive by grace for 10 s
+    clock.now += 3  # past the quiet window
+    link.beat(3)
+
+    async def go() -> None:
+        await repair.report(3, [[cid, version, 100]], 0, True)  # a copy outside the set
+        await settle(repair)
+
+    asyncio.run(go())
+    assert not [c for c in link.calls if c[1] == "chunk.delete"]
+
+
+def test_a_replica_add_whose_answer_was_lost_still_pushes_its_version(clock: Clock) -> None:
+    """The copy joined, the answer was lost (``Timeout``): taken for a failure, its version
+    was never pushed, and the next report dropped the new copy as stale."""
+    link, repair = make(4, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    clock.now += 11
+    for cs_id in (1, 2, 4):
+        link.beat(cs_id)
+    version = link.ns.chunk(cid)["version"]
+    real = link.propose_internal
+
+    async def propose(op: str, args: dict[str, Any]) -> dict[str, Any]:
+        result = await real(op, args)
+        if op == "replica_add":
+            raise Timeout("the answer was lost")
+        return result
+
+    link.propose_internal = propose  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await repair.step()
+        await settle(repair)
+
+    asyncio.run(go())
+    assert link.ns.chunk(cid)["replicas"] == [1, 2, 4]
+    pushed = {c[0] for c in link.calls if c[1] == "chunk.write" and c[2]["version"] == version + 2}
+    assert pushed == {1, 2, 4}
+
+
+def test_a_push_whose_answer_was_lost_is_confirmed_before_a_drop(clock: Clock) -> None:
+    """A member whose push answer was lost had taken the version: dropping it took a good
+    copy out of the set (and with the push after a copy settled, below goal)."""
+    link, repair = make(3, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    bumped = link.apply("version_bump", {"chunk_id": cid, "version": 1, "length": 100})
+    version = int(bumped["version"])
+    real = link.cs_call
+
+    async def call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        result = await real(cs_id, op, timeout_s, **f)
+        if cs_id == 2 and op == "chunk.write":
+            raise TimeoutError  # it took the version; the answer never came
+        return result
+
+    link.cs_call = call  # type: ignore[method-assign]
+    kept, took, _ = asyncio.run(repair.settle_version(cid, version, 100, [1, 2, 3]))
+    assert kept == [1, 2, 3] and took == [1, 2, 3]
+    assert not [p for p in link.proposals if p[0] == "replica_drop"]
+
+
+def test_a_lone_copy_at_the_tables_version_is_adopted(
+    clock: Clock, expect_log: Callable[..., None]
+) -> None:
+    """Every member gone, a copy at the table's version outside the set (a member dropped
+    after two lost answers): it joins the set again instead of the chunk staying missing."""
+    link, repair = make(2, clock)
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
+    cid = link.file_with_chunk(b"f", [1])
+    version = link.ns.chunk(cid)["version"]
+    clock.now += 11
+    link.beat(2)  # 1 is dead
+    expect_log("event=adopted")
+
+    async def go() -> None:
+        await repair.report(2, [[cid, version, 100]], 0, True)
+        await settle(repair)
+
+    asyncio.run(go())
+    chunk = link.ns.chunk(cid)
+    assert chunk["replicas"] == [1, 2] and chunk["version"] == version + 1
+    assert (2, "chunk.write") in {(c[0], c[1]) for c in link.calls}
+    assert not [c for c in link.calls if c[1] == "chunk.delete"]
+
+
+def test_a_trim_decided_before_another_drop_is_skipped(clock: Clock) -> None:
+    """A trim decided from a set of three was proposed after a failed push's drop had
+    shrunk the set to two: the chunk went below its goal of two."""
+    link, repair = make(3, clock)
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    decisions = repair.core.decide(link.ns, link.registry, link.ns.policy(), clock.now)
+    (trim,) = decisions.trims
+    other = next(c for c in (1, 2, 3) if c != trim.cs_id)
+    link.apply("replica_drop", {"chunk_id": cid, "cs_id": other, "keep_one": True})
+
+    async def go() -> None:
+        await repair._trim([trim])
+        await settle(repair)
+
+    asyncio.run(go())
+    assert len(link.ns.chunk(cid)["replicas"]) == 2
+    assert not [c for c in link.calls if c[1] == "chunk.delete"]
+
+
+def test_a_writer_gone_without_committing_has_its_chunk_recovered(clock: Clock) -> None:
+    """WRITER RECOVERY: a writer took a handle and went silent without a commit (it died
+    mid-chain, or gave up): its members may differ at one version. The chunk is fenced,
+    one member holding the version takes the new one alone, the others copy it."""
+    link, repair = make(3, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    done = link.file_with_chunk(b"g", [1, 2, 3])
+    version = link.ns.chunk(cid)["version"]
+    repair.writing(cid)  # a handle, then nothing
+    repair.writing(done)
+    repair.committed(done)  # a writer that committed leaves nothing to recover
+    clock.now += 1
+
+    async def go() -> None:
+        await repair.step()
+        await settle(repair)
+
+    asyncio.run(go())
+    chunk = link.ns.chunk(cid)
+    assert chunk["version"] == version + 1 and chunk["replicas"] == [1, 2, 3]
+    pushes = [c[0] for c in link.calls if c[1] == "chunk.write" and c[2]["chunk_id"] == cid]
+    assert pushes == [1]  # the new version goes to one member alone
+    copies = [(c[0], c[2]["sources"], c[2]["version"]) for c in link.calls
+              if c[1] == "chunk.replicate"]  # fmt: skip
+    assert copies == [(2, ["h:1"], version + 1), (3, ["h:1"], version + 1)]
+    assert link.ns.chunk(done)["version"] == version
+    asyncio.run(go())
+    assert link.ns.chunk(cid)["version"] == version + 1  # once

@@ -6,7 +6,8 @@ What it owns:
   only on the leader, is rebuilt from heartbeats after an election (within one heartbeat
   interval), and never goes through Raft. Which chunkservers *exist* (id <-> uuid) and which
   hold which chunk is hard state, in the namespace.
-- ``place``: the choice of distinct chunkservers for a new chunk's replicas.
+- ``Placer``: the choice of distinct chunkservers for a new chunk's replicas, and of the
+  target of a repair copy or a rebalance move (the chunk core's, ``metaserver/chunks/core.py``).
 
 What it must not do: talk to the network or the disk. The clock is passed in (``now_s``,
 monotonic seconds) and randomness is an injected ``random.Random``, so placement is tested
@@ -25,14 +26,23 @@ Placement policies (``PLACEMENT_POLICIES``):
   makes that server a hot spot for every new write);
 - ``random``: uniform among eligible servers;
 - ``round_robin``: rotate through eligible servers by id.
-A server is eligible when alive and when its free space exceeds ``reserve_bytes`` (one chunk
-by default: it must be able to take the chunk it is given).
+A server is eligible when alive, not draining (``ClusterPolicy.draining``) and when its free
+space exceeds ``reserve_bytes`` (one chunk by default: it must be able to take the chunk it is
+given).
+
+Labels (``ClusterPolicy.labels_of``): each pick first keeps to the eligible servers on a host
+no replica of the chunk is on yet (``taken``, the chunk's other replicas), and among those to
+a rack none is on yet; only when the cluster has no such server does it fall back to a
+repeated rack, then to a repeated host. The policy then chooses within what is left.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from metaserver.chunks.policy import ClusterPolicy, Labels
 
 PLACEMENT_POLICIES = ("weighted", "random", "round_robin")
 
@@ -47,6 +57,7 @@ class ChunkserverInfo:
     load: int = 0
     pid: int = 0
     last_heard_s: float | None = None  # monotonic seconds; None: not heard since we lead
+    back_s: float | None = None  # when heard after a silence (first in this term, or back)
 
     @property
     def free_bytes(self) -> int:
@@ -65,7 +76,7 @@ class Registry:
         for info in self.servers.values():
             # Capacity and usage too: a server that died while we followed must not look
             # placeable (alive by grace, with free space) before it heartbeats again.
-            info.last_heard_s = None
+            info.last_heard_s = info.back_s = None
             info.capacity_bytes = info.used_bytes = info.load = 0
 
     def known(self, cs_id: int, address: str) -> ChunkserverInfo:
@@ -95,6 +106,8 @@ class Registry:
         info.chunks = chunks
         info.load = load
         info.pid = pid
+        if info.last_heard_s is None or now_s - info.last_heard_s >= self.dead_timeout_s:
+            info.back_s = now_s
         info.last_heard_s = now_s
         return info
 
@@ -111,35 +124,82 @@ class Registry:
 
 
 class Placer:
-    """``place`` with the state a policy needs between calls (the round-robin cursor)."""
+    """``place`` with the state a policy needs between calls (the round-robin cursor).
+    ``policy`` gives the cluster's chunk policy at the time of each call (the namespace's)."""
 
-    def __init__(self, policy: str = "weighted", rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        policy: str = "weighted",
+        rng: random.Random | None = None,
+        cluster: Callable[[], ClusterPolicy] | None = None,
+    ) -> None:
         if policy not in PLACEMENT_POLICIES:
             raise ValueError(f"placement policy must be one of {PLACEMENT_POLICIES}")
         self.policy = policy
         self.rng = rng or random.Random()
+        self.cluster = cluster or ClusterPolicy
         self._cursor = 0
 
-    def place(self, candidates: list[ChunkserverInfo], count: int, reserve_bytes: int) -> list[int]:
-        """Up to ``count`` distinct chunkserver ids for a new chunk (fewer when fewer are
-        eligible; the caller decides whether that is enough)."""
+    def place(
+        self,
+        candidates: list[ChunkserverInfo],
+        count: int,
+        reserve_bytes: int,
+        taken: Iterable[ChunkserverInfo | int] = (),
+    ) -> list[int]:
+        """Up to ``count`` distinct chunkserver ids for a chunk (fewer when fewer are
+        eligible; the caller decides whether that is enough), none in ``taken`` (the
+        chunk's replicas that stay, by info or id: their hosts and racks are avoided)."""
+        cluster = self.cluster()
+        taken_ids = {t if isinstance(t, int) else t.cs_id for t in taken}
+        by_id = {c.cs_id: c for c in candidates}
         eligible = sorted(
-            (c for c in candidates if c.free_bytes > reserve_bytes), key=lambda c: c.cs_id
+            (
+                c
+                for c in candidates
+                if c.free_bytes > reserve_bytes
+                and c.cs_id not in cluster.draining
+                and c.cs_id not in taken_ids
+            ),
+            key=lambda c: c.cs_id,
         )
         count = min(count, len(eligible))
         if count <= 0:
             return []
-        if self.policy == "random":
-            return [c.cs_id for c in self.rng.sample(eligible, count)]
-        if self.policy == "round_robin":
-            start = self._cursor % len(eligible)
+
+        def labels(c: ChunkserverInfo) -> Labels:
+            return cluster.labels_of(c.cs_id, c.address)
+
+        hosts: set[str] = set()
+        racks: set[str] = set()
+        for t in taken:
+            info = by_id.get(t) if isinstance(t, int) else t
+            lab = cluster.labels_of(t, "") if info is None else labels(info)
+            hosts.add(lab.host)
+            if lab.rack:
+                racks.add(lab.rack)
+        rotate = self.policy == "round_robin"
+        start = self._cursor % len(eligible)
+        if rotate:
             self._cursor += 1
-            rotated = eligible[start:] + eligible[:start]
-            return [c.cs_id for c in rotated[:count]]
+            eligible = eligible[start:] + eligible[:start]
         chosen: list[int] = []
         pool = list(eligible)
         for _ in range(count):
-            weights = [float(c.free_bytes) for c in pool]
-            pick = self.rng.choices(range(len(pool)), weights=weights)[0]
-            chosen.append(pool.pop(pick).cs_id)
+            pick_from = [c for c in pool if labels(c).host not in hosts]
+            fresh_rack = [c for c in pick_from if not labels(c).rack or labels(c).rack not in racks]
+            pick_from = fresh_rack or pick_from or pool
+            if rotate:
+                pick = pick_from[0]
+            elif self.policy == "random":
+                pick = self.rng.choice(pick_from)
+            else:
+                weights = [float(c.free_bytes) for c in pick_from]
+                pick = pick_from[self.rng.choices(range(len(pick_from)), weights=weights)[0]]
+            pool.remove(pick)
+            chosen.append(pick.cs_id)
+            lab = labels(pick)
+            hosts.add(lab.host)
+            if lab.rack:
+                racks.add(lab.rack)
         return chosen

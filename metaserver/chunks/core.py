@@ -588,6 +588,8 @@ class ChunkCore:
             return None
         step = self.plan(ns, registry, policy, now, rb.threshold_pct, transient=True, limit=slots)
         for move in step.moves:
+            if move.chunk_id in self.copies:  # a plan may move a chunk twice: one at a time
+                continue
             if self.target_jobs.get(move.target, 0) >= TARGET_JOBS:
                 continue
             if not self.bucket.take(move.bytes, now):

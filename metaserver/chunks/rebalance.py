@@ -164,14 +164,17 @@ def plan(
                 on[cs_id].append(c)
     for lst in on.values():  # largest first from the end, so that moved ones pop off
         lst.sort(key=lambda c: (c.length, -c.chunk_id))
-    moved: set[int] = set()
+    # (chunk, server) pairs a move took the replica off. A chunk may move more than once
+    # in a plan, from another of its servers: with goal 3 on three full servers and two
+    # empty ones, evening them out takes two moves of most chunks.
+    moved: set[tuple[int, int]] = set()
     budget = [PLAN_LOOKS_MAX]
     while len(result.moves) < limit and budget[0] > 0:
         move = _next_move(work, on, members, moved, mean, t, budget)
         if move is None:
             break
         result.moves.append(move)
-        moved.add(move.chunk_id)
+        moved.add((move.chunk_id, move.source))
         work[move.source].used_bytes -= move.bytes
         work[move.target].used_bytes += move.bytes
         reps = members[move.chunk_id]
@@ -184,7 +187,7 @@ def _next_move(
     work: dict[int, Server],
     on: dict[int, list[Candidate]],
     members: dict[int, list[int]],
-    moved: set[int],
+    moved: set[tuple[int, int]],
     mean: float,
     t: float,
     budget: list[int],
@@ -202,13 +205,13 @@ def _next_move(
     for _, _, src_id, dst_id in pairs:
         src, dst = work[src_id], work[dst_id]
         lst = on[src_id]
-        while lst and lst[-1].chunk_id in moved:
+        while lst and (lst[-1].chunk_id, src_id) in moved:
             lst.pop()  # (kept smallest first at the end: see plan)
         for c in reversed(lst):
             budget[0] -= 1
             if budget[0] <= 0:
                 return None
-            if c.chunk_id in moved:
+            if (c.chunk_id, src_id) in moved:
                 continue
             reps = members[c.chunk_id]
             if dst_id in reps:

@@ -113,6 +113,8 @@ class Cluster:
     def stop(self) -> None:
         self.umount_all()
         local.stop_mounts(self.layout)
+        # Read again: dfs up --add-chunkservers and metaserver add --local grow it on disk.
+        self.layout = local.load_layout(self.layout.dir)
         local.stop_daemons(self.layout, timeout_s=10)
         for log in sorted((self.layout.dir / "logs").glob("*.log")):
             text = log.read_text(errors="replace")

@@ -131,8 +131,12 @@ def test_rebalance_start_status_wait_on_a_terminal_and_stop(cluster: Path) -> No
     )
     assert started["running"] is True and started["threshold_pct"] == 5.0
     assert started["bandwidth_bps"] == 8 * MIB
-    assert status(cluster)["rebalance"]["running"] is True
-    assert "rebalance to within 5.0 points" in dfs_cli("status", "--dir", d).stdout
+    # Running, or already ended by the chunk core: this cluster holds little to move.
+    now = status(cluster)["rebalance"]
+    if now["running"]:
+        assert "rebalance to within 5.0 points" in dfs_cli("status", "--dir", d).stdout
+    else:
+        assert now["stop_reason"] in ("balanced", "no_moves"), now
 
     # --wait on a terminal: a redrawn progress line until the rebalance ends.
     master, slave = pty.openpty()
@@ -230,4 +234,8 @@ def test_decommission_forget_recommission(cluster: Path, tmp_path: Path) -> None
     print(f"forget allowed {time.monotonic() - started:.1f} s after the new chunkserver")
     st = status(cluster)
     assert [c["id"] for c in st["chunkservers"]] == [1, 2, 5]
-    assert [c["replicas"] for c in st["chunkservers"]] == [3, 3, 3]
+    # (status counts replicas from a walk of the chunk table at most once a second)
+    eventually(
+        lambda: [c["replicas"] for c in status(cluster)["chunkservers"]] == [3, 3, 3],
+        "the counts to catch up",
+    )

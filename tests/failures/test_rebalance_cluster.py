@@ -1,0 +1,225 @@
+"""Issue 11's proofs on real processes: a running cluster grown by two empty chunkservers
+and rebalanced with ``dfs admin rebalance --threshold 5 --wait`` while a reader and a writer
+use the mount and the leader is killed; a chunkserver decommissioned and then forgotten.
+
+"At goal throughout" is checked from outside the chunk core: a sampler reads every file's
+replica sets from the leader (``fs.locate``) and the chunkservers' liveness from ``status``
+in a loop, and fails the test if any chunk ever has fewer replicas on live chunkservers
+than its goal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from failures_cluster import CHUNK, Cluster, _meta_call, running, wait_until
+
+from dfs.cli import cluster as local
+
+pytestmark = pytest.mark.timeout(600)
+
+MIB = 1 << 20
+CAPACITY = 48 * MIB
+GOAL = 3
+FILES = 28  # of one chunk each: ~60 % of three chunkservers' capacity at goal 3
+
+
+def dfs_cli(
+    cluster: Cluster, *args: str, timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dfs.cli.main", *args, "--dir", str(cluster.layout.dir)],
+        capture_output=True, text=True, timeout=timeout_s,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"dfs {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def fill(mnt: Path, count: int, prefix: str) -> dict[Path, str]:
+    sums = {}
+    for i in range(count):
+        data = os.urandom(CHUNK)
+        path = mnt / f"{prefix}{i:03d}"
+        path.write_bytes(data)
+        sums[path] = hashlib.sha256(data).hexdigest()
+    return sums
+
+
+def used_pct(st: dict[str, Any]) -> dict[int, float]:
+    """Each live chunkserver's share of its capacity that the chunk table places there
+    (``replica_bytes``: what a rebalance evens out, counted in bytes)."""
+    return {
+        c["id"]: 100.0 * c["replica_bytes"] / c["capacity_bytes"]
+        for c in st["chunkservers"]
+        if c["state"] in ("alive", "draining", "drained") and c["capacity_bytes"]
+    }
+
+
+class Sampler(threading.Thread):
+    """Every chunk's replicas on live chunkservers, sampled until stopped: ``low`` collects
+    each (file, chunk, live replicas) seen below ``GOAL``."""
+
+    def __init__(self, cluster: Cluster, names: list[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.names = cluster, names
+        self.halt = threading.Event()
+        self.samples = 0
+        self.low: list[tuple[bytes, int, list[int]]] = []
+        self.error: BaseException | None = None  # the last sample's, when it failed
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                anyio.run(self._sample)
+                self.samples += 1
+            except Exception as e:  # a leader change in the middle of one: take the next
+                self.error = e
+
+    async def _sample(self) -> None:
+        st = await local.cluster_status(self.cluster.layout.meta_addresses, self.cluster.secret)
+        alive = {c["id"] for c in st["chunkservers"] if c["state"] != "dead"}
+        for name in self.names:
+            ino = (await _meta_call(self.cluster, "fs.lookup", parent=1, name=name))["attr"]["ino"]
+            located = await _meta_call(self.cluster, "fs.locate", ino=ino, index=0, count=16)
+            for chunk in located["chunks"]:
+                live = [r["id"] for r in chunk["replicas"] if r["id"] in alive]
+                if chunk["length"] and len(live) < GOAL:
+                    self.low.append((name, chunk["chunk_id"], live))
+
+
+def check_files(sums: dict[Path, str]) -> None:
+    for path, digest in sums.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, path
+
+
+@pytest.fixture
+def grown(tmp_path: Path) -> Iterator[Cluster]:
+    with running(
+        tmp_path / "cluster",
+        chunkservers=3,
+        cs_options={"capacity_bytes": CAPACITY},
+    ) as cluster:
+        yield cluster
+
+
+def test_rebalance_onto_new_chunkservers_under_load_and_leader_kill(
+    grown: Cluster, tmp_path: Path
+) -> None:
+    cluster = grown
+    mnt = cluster.mount(tmp_path / "mnt")
+    sums = fill(mnt, FILES, "f")
+    before = used_pct(cluster.status())
+    assert all(50 <= p <= 75 for p in before.values()), before
+
+    dfs_cli(cluster, "up", "--add-chunkservers", "2")
+    wait_until(lambda: len(used_pct(cluster.status())) == 5, 30, "the new chunkservers alive")
+
+    plan = json.loads(
+        dfs_cli(cluster, "admin", "rebalance", "--threshold", "5", "--dry-run", "--json").stdout
+    )
+    assert plan["moves_total"] > 0 and plan["spread_after_pct"] <= 5 < plan["spread_before_pct"]
+
+    sampler = Sampler(cluster, [p.name.encode() for p in sums])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    added: dict[Path, str] = {}
+
+    def read_loop() -> None:
+        try:
+            while not stop.is_set():
+                check_files(sums)
+        except BaseException as e:
+            errors.append(e)
+
+    def write_loop() -> None:
+        try:
+            i = 0
+            while not stop.is_set():
+                data = os.urandom(64 << 10)
+                path = mnt / f"w{i:04d}"
+                path.write_bytes(data)
+                added[path] = hashlib.sha256(data).hexdigest()
+                i += 1
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=read_loop), threading.Thread(target=write_loop)]
+    sampler.start()
+    for t in threads:
+        t.start()
+    try:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "dfs.cli.main", "admin", "rebalance", "--threshold", "5",
+             "--bandwidth", "16", "--wait", "--dir", str(cluster.layout.dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        # The leader dies once some bytes have moved; the rebalance goes on under the next.
+        wait_until(
+            lambda: (cluster.status().get("rebalance") or {}).get("moved_bytes", 0) > 4 * MIB,
+            120, "a rebalance under way",
+        )  # fmt: skip
+        cluster.kill(cluster.leader_name())
+        out, _ = run.communicate(timeout=300)
+        assert run.returncode == 0, out
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        sampler.halt.set()
+        sampler.join(60)
+    assert not errors, errors
+    assert sampler.samples > 3 and not sampler.low, (sampler.low[:5], sampler.error)
+    after = used_pct(cluster.status())
+    mean = sum(after.values()) / len(after)
+    assert all(abs(p - mean) <= 5 for p in after.values()), after
+    check_files(sums)
+    check_files(added)
+
+
+def test_decommission_then_forget(grown: Cluster, tmp_path: Path) -> None:
+    cluster = grown
+    dfs_cli(cluster, "up", "--add-chunkservers", "1")
+    wait_until(lambda: len(used_pct(cluster.status())) == 4, 30, "the fourth chunkserver alive")
+    mnt = cluster.mount(tmp_path / "mnt")
+    sums = fill(mnt, 16, "d")
+    st = cluster.status()
+    victim = max(st["chunkservers"], key=lambda c: c["chunks"])
+    assert victim["chunks"] > 0
+    sampler = Sampler(cluster, [p.name.encode() for p in sums])
+    sampler.start()
+    try:
+        dfs_cli(cluster, "admin", "decommission", str(victim["id"]), "--wait")
+    finally:
+        sampler.halt.set()
+        sampler.join(60)
+    assert sampler.samples > 1 and not sampler.low, (sampler.low[:5], sampler.error)
+    st = cluster.status()
+    gone = next(c for c in st["chunkservers"] if c["id"] == victim["id"])
+    assert gone["state"] == "drained" and gone["chunks"] == 0
+    check_files(sums)
+    # Forgetting is refused while it runs; once it is stopped and dead it leaves the cluster.
+    refused = subprocess.run(
+        [sys.executable, "-m", "dfs.cli.main", "admin", "forget", str(victim["id"]),
+         "--dir", str(cluster.layout.dir)], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    grown_layout = local.load_layout(cluster.layout.dir)  # with the chunkserver added
+    name = next(f"cs{i}" for i, a in grown_layout.chunkservers.items() if a == victim["address"])
+    cluster.kill(name)
+    wait_until(
+        lambda: any(c["id"] == victim["id"] and not c["alive"] for c in cluster.status()["chunkservers"]),
+        30, "the drained chunkserver dead",
+    )  # fmt: skip
+    dfs_cli(cluster, "admin", "forget", str(victim["id"]))
+    assert all(c["id"] != victim["id"] for c in cluster.status()["chunkservers"])
+    check_files(sums)

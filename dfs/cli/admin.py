@@ -29,6 +29,12 @@ T = TypeVar("T")
 Ask = Callable[..., Awaitable[dict[str, Any]]]  # ask(op, mutate=False, **fields)
 
 POLL_S = 1.0  # how often --wait asks the leader
+# A decommission that has moved nothing for this long is probably stuck (too few other
+# live chunkservers for some chunk's goal): --wait says so once, and keeps waiting.
+DRAIN_STALL_S = 60.0
+# The one way a rebalance ends well; any other stop reason (the core found no move that
+# brings the spread within the threshold, or the operator stopped it) makes --wait exit 1.
+REBALANCE_DONE = "balanced"
 PLAIN_EVERY_S = 5.0  # a plain progress line this often when stdout is not a terminal
 BAR_WIDTH = 24
 MOVES_SHOWN = 20  # moves --dry-run lists (the rest are counted)
@@ -263,6 +269,9 @@ def rebalance(
         click.echo("rebalance stopped; " + render_progress(answer))
     elif show_status or wait:
         click.echo(render_progress(answer))
+    if wait and not answer["running"] and answer["stop_reason"] not in (REBALANCE_DONE, ""):
+        # --wait's exit code says whether the cluster ended balanced (HDFS's balancer too).
+        raise click.exceptions.Exit(1)
 
 
 # ---------------------------------------------------------------------- draining
@@ -282,16 +291,40 @@ def drain_text(c: dict[str, Any]) -> str:
     )
 
 
-async def _wait_drained(ask: Ask, cs_id: int, as_json: bool) -> dict[str, Any]:
-    """Poll ``status`` until the chunkserver is drained; returns its last row."""
+async def _wait_drained(
+    ask: Ask, cs_id: int, as_json: bool, timeout_s: float | None
+) -> dict[str, Any]:
+    """Poll ``status`` until the chunkserver is drained; returns its last row. Says once
+    when nothing moved for ``DRAIN_STALL_S``; gives up after ``timeout_s`` (exit 1)."""
     display = None if as_json else Progress(sys.stdout)
     total = 0
+    started = last_change = time.monotonic()
+    left = None
+    warned = False
     while True:
-        c = _find(await ask("status"), cs_id)
+        st = await ask("status")
+        c = _find(st, cs_id)
         if c["state"] == "drained":
             break
         if not c["draining"]:
             raise click.ClickException(f"chunkserver {cs_id} is no longer draining")
+        now = time.monotonic()
+        if c["replica_bytes"] != left:
+            left, last_change = c["replica_bytes"], now
+        elif not warned and now - last_change >= DRAIN_STALL_S:
+            warned = True
+            others = sum(1 for r in st["chunkservers"] if r["state"] == "alive")
+            click.echo(
+                f"\nnothing moved off chunkserver {cs_id} for {DRAIN_STALL_S:.0f} s: "
+                f"{others} other live chunkservers take replicas, and each chunk needs as "
+                "many as its goal",
+                err=True,
+            )
+        if timeout_s is not None and now - started >= timeout_s:
+            raise click.ClickException(
+                f"chunkserver {cs_id} not drained after {timeout_s:.0f} s ({drain_text(c)}); "
+                "it goes on draining"
+            )
         total = max(total, c["replica_bytes"])
         if display is not None:
             display.show(total - c["replica_bytes"], total, drain_text(c))
@@ -309,12 +342,15 @@ def _drain(
     draining: bool,
     wait: bool,
     as_json: bool,
+    timeout_s: float | None = None,
 ) -> dict[str, Any]:
     async def work(ask: Ask) -> dict[str, Any]:
         answer = await ask("admin.drain", mutate=True, cs_id=cs_id, draining=draining)
         c = answer["chunkserver"]
+        if c is None:
+            raise click.ClickException(f"no chunkserver {cs_id} in the leader's status")
         if wait:
-            c = await _wait_drained(ask, cs_id, as_json)
+            c = await _wait_drained(ask, cs_id, as_json, timeout_s)
         return dict(c)
 
     return _session(directory, meta, secret_file, work)
@@ -324,6 +360,12 @@ def _drain(
 @client_options
 @click.argument("cs_id", metavar="CS", type=click.IntRange(min=1))
 @click.option("--wait", is_flag=True, help="Show progress until no replica is left on it.")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    help="With --wait: stop waiting (exit 1) after this many seconds; it goes on draining.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print its status entry as JSON.")
 def decommission(
     directory: Path,
@@ -331,12 +373,13 @@ def decommission(
     secret_file: Path | None,
     cs_id: int,
     wait: bool,
+    wait_timeout: float | None,
     as_json: bool,
 ) -> None:
     """Move every replica off chunkserver CS (its id in dfs status), keeping each chunk at
     its goal throughout; nothing new is placed there. With --wait, returns once it is
     drained: then it is safe to stop and remove (and dfs admin forget CS)."""
-    c = _drain(directory, meta, secret_file, cs_id, True, wait, as_json)
+    c = _drain(directory, meta, secret_file, cs_id, True, wait, as_json, wait_timeout)
     if as_json:
         _echo_json(c)
     elif c["state"] == "drained":

@@ -185,7 +185,8 @@ def cs_forget(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     names it. Its id is never given again. Garbage it held and the first chunks reserved
     for creates (pools.py, which live a day) no longer name it: the server is gone, and
     with it those replicas (a reserved chunk keeps its other replicas, as a chunk whose
-    replica died). O(chunks + reserved entries)."""
+    replica died; one placed there alone is dropped, and a create that would use it is
+    refused as any expired reservation is). O(chunks + reserved entries)."""
     check_fields(a, _CS_FORGET)
     cs_id = _known(st, a)
     holding = sum(1 for c in st.chunk_table.values() if cs_id in c.replicas)
@@ -196,10 +197,18 @@ def cs_forget(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     for replicas in st.garbage.values():
         if cs_id in replicas:
             replicas.remove(cs_id)
-    for pool in st.pools.values():
-        for ino, (chunk_id, replicas, until_ns) in pool.items():
-            if cs_id in replicas:
-                pool[ino] = (chunk_id, [c for c in replicas if c != cs_id], until_ns)
+    for holder, pool in list(st.pools.items()):
+        for ino, (chunk_id, replicas, until_ns) in list(pool.items()):
+            if cs_id not in replicas:
+                continue
+            left = [c for c in replicas if c != cs_id]
+            if left:
+                pool[ino] = (chunk_id, left, until_ns)
+            else:  # placed there alone (goal 1): no longer a first chunk to hand out
+                del pool[ino]
+                del st.reserved_chunks[chunk_id]
+        if not pool:
+            del st.pools[holder]
     st.cluster.forget(cs_id)
     return {"ok": True}
 

@@ -169,6 +169,36 @@ def test_rebalance_start_wait_and_stop(leader: Callable[..., Leader]) -> None:
     run("rebalance", "--threshold", "0", code=2)
 
 
+def test_wait_exits_1_unless_the_rebalance_ended_balanced(leader: Callable[..., Leader]) -> None:
+    for reason, code in (("balanced", 0), ("no_moves", 1), ("stopped by the operator", 1)):
+        leader({"admin.rebalance": [PROGRESS, {**STOPPED, "stop_reason": reason}]})
+        out = run("rebalance", "--threshold", "5", "--wait", code=code)
+        assert reason in out
+
+
+def test_a_stuck_decommission_says_so_and_gives_up_at_its_timeout(
+    leader: Callable[..., Leader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Clock:  # each look at the clock is 7 s later: the wait's polls are not slept
+        now = 0.0
+
+        def monotonic(self) -> float:
+            self.now += 7.0
+            return self.now
+
+    monkeypatch.setattr(admin_cli, "time", Clock())
+    stuck = row(3, "draining", 2)
+    leader({"admin.drain": [{"chunkserver": stuck}], "status": [{"chunkservers": [stuck]}]})
+    result = CliRunner().invoke(
+        cli, ["admin", "decommission", "3", "--wait", "--wait-timeout", "120"]
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output.count("nothing moved off chunkserver 3 for 60 s") == 1
+    assert "not drained after 120 s" in result.output
+    leader({"admin.drain": [{"chunkserver": None}]})
+    assert "no chunkserver 3" in run("decommission", "3", code=1)
+
+
 def test_decommission_forget(leader: Callable[..., Leader]) -> None:
     draining = row(3, "draining", 2)
     drained = row(3, "drained", 0)

@@ -116,10 +116,13 @@ def test_forget_refused_while_a_replica_set_names_it(fs: Fs) -> None:
     # Garbage and reserved first chunks that named a forgotten server no longer do.
     fs.ok("unlink", parent=ROOT_INO, name=b"f")
     assert list(fs.ns.garbage.values()) == [[a]]
-    fs.ok("reserve", holder=5, replicas=[[a, c], [c, a]])
+    fs.ok("reserve", holder=5, replicas=[[a, c], [c, a], [a]])
     fs.ok("cs_forget", cs_id=a)
     assert list(fs.ns.garbage.values()) == [[]]
+    # One placed on the forgotten server alone is no longer handed out (no first chunk
+    # without a replica); the others keep their other replica.
     assert [r for _, r, _ in fs.ns.pools[5].values()] == [[c], [c]]
+    assert len(fs.ns.reserved_chunks) == 2
 
 
 def test_rebalance_start_stop(fs: Fs) -> None:

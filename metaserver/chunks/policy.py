@@ -31,6 +31,9 @@ class Labels:
 class Rebalance:
     threshold_pct: float  # points of used fraction (0-100) a server may differ from the mean
     bandwidth_bps: int  # bytes a second moved at most, cluster-wide; 0: no limit
+    # Which start this is (each rebalance_start that changes the parameters counts one): a
+    # stop the core decided under an earlier run names it, and does not end a newer one.
+    run: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ until the next change (the chunk core may compare by identity).
 Snapshot (``state.py``, version 4 on): one array ``[labels, draining, rebalance,
 stop_reason]`` with ``labels`` ``[[cs_id, host, rack], ...]`` (registration order),
 ``draining`` ``[cs_id, ...]`` (order drained), ``rebalance`` ``[threshold_bp,
-bandwidth_bps]`` or nil, ``stop_reason`` the last ``rebalance_stop``'s reason ("" none).
+bandwidth_bps, run]`` or nil, ``stop_reason`` the last ``rebalance_stop``'s reason ("" none),
+``runs`` the starts counted so far.
 """
 
 from __future__ import annotations
@@ -52,12 +53,14 @@ STOP_REASON_CHARS_MAX = 200
 class ClusterState:
     """Labels, draining chunkservers and the running rebalance; the cached policy."""
 
-    __slots__ = ("_policy", "draining", "labels", "rebalance", "stop_reason")
+    __slots__ = ("_policy", "draining", "labels", "rebalance", "runs", "stop_reason")
 
     def __init__(self) -> None:
         self.labels: dict[int, tuple[str, str]] = {}  # cs_id -> (host, rack)
         self.draining: dict[int, None] = {}  # ordered: never iterate a set
-        self.rebalance: tuple[int, int] | None = None  # (threshold_bp, bandwidth_bps)
+        # (threshold_bp, bandwidth_bps, run): the running rebalance, ``run`` its start's number
+        self.rebalance: tuple[int, int, int] | None = None
+        self.runs = 0
         self.stop_reason = ""
         self._policy: ClusterPolicy | None = None
 
@@ -69,8 +72,8 @@ class ClusterState:
         if policy is None:
             rebalance = None
             if self.rebalance is not None:
-                threshold_bp, bandwidth_bps = self.rebalance
-                rebalance = Rebalance(threshold_bp / 100, bandwidth_bps)
+                threshold_bp, bandwidth_bps, run = self.rebalance
+                rebalance = Rebalance(threshold_bp / 100, bandwidth_bps, run)
             policy = self._policy = ClusterPolicy(
                 draining=frozenset(self.draining),
                 labels=MappingProxyType({c: Labels(h, r) for c, (h, r) in self.labels.items()}),
@@ -89,19 +92,21 @@ class ClusterState:
             list(self.draining),
             list(self.rebalance) if self.rebalance is not None else None,
             self.stop_reason,
+            self.runs,
         ]
 
     @classmethod
     def from_wire(cls, blob: list[Any]) -> ClusterState:
-        labels, draining, rebalance, stop_reason = blob
+        labels, draining, rebalance, stop_reason, runs = blob
         cs = cls()
         for cs_id, host, rack in labels:
             cs.labels[int(cs_id)] = (str(host), str(rack))
         for cs_id in draining:
             cs.draining[int(cs_id)] = None
         if rebalance is not None:
-            threshold_bp, bandwidth_bps = rebalance
-            cs.rebalance = (int(threshold_bp), int(bandwidth_bps))
+            threshold_bp, bandwidth_bps, run = rebalance
+            cs.rebalance = (int(threshold_bp), int(bandwidth_bps), int(run))
+        cs.runs = int(runs)
         cs.stop_reason = str(stop_reason)
         return cs
 
@@ -217,29 +222,34 @@ _REBALANCE_START = frozenset({"threshold_bp", "bandwidth_bps"})
 
 
 def rebalance_start(st: State, now_ns: int, a: dict[str, Any]) -> Result:
-    """Start a rebalance, or change the running one's threshold and bandwidth."""
+    """Start a rebalance, or change the running one's threshold and bandwidth: either is a
+    new run (numbered: ``runs``), which a stop decided under an earlier one does not end."""
     check_fields(a, _REBALANCE_START)
     threshold_bp = arg_int(a, "threshold_bp", THRESHOLD_BP_MIN, THRESHOLD_BP_MAX)
     bandwidth_bps = arg_int(a, "bandwidth_bps", 0, INT63_MAX)
     cluster = st.cluster
-    if cluster.rebalance != (threshold_bp, bandwidth_bps):
-        cluster.rebalance = (threshold_bp, bandwidth_bps)
+    if cluster.rebalance is None or cluster.rebalance[:2] != (threshold_bp, bandwidth_bps):
+        cluster.runs += 1
+        cluster.rebalance = (threshold_bp, bandwidth_bps, cluster.runs)
         cluster.stop_reason = ""
         cluster.changed()
     return {"ok": True}
 
 
-_REBALANCE_STOP = frozenset({"reason"})
+_REBALANCE_STOP = frozenset({"reason", "run"})
 
 
 def rebalance_stop(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     """End the running rebalance (the operator's ``--stop``, or the chunk core once the
-    cluster is balanced); ``reason`` is kept for ``status``. Idempotent: a stop with none
+    cluster is balanced); ``reason`` is kept for ``status``. ``run`` (optional: the core
+    names the run it judged) makes it end that run only: an operator's start that committed
+    in between is not ended by a verdict on the run before. Idempotent: a stop with none
     running changes nothing."""
     check_fields(a, _REBALANCE_STOP)
     reason = arg_str(a, "reason", STOP_REASON_CHARS_MAX)
+    run = arg_int(a, "run", 1, INT63_MAX) if "run" in a else None
     cluster = st.cluster
-    if cluster.rebalance is not None:
+    if cluster.rebalance is not None and run in (None, cluster.rebalance[2]):
         cluster.rebalance = None
         cluster.stop_reason = reason
         cluster.changed()

@@ -129,19 +129,26 @@ def test_rebalance_start_stop(fs: Fs) -> None:
     fs.register(1)
     fs.ok("rebalance_start", threshold_bp=500, bandwidth_bps=10 << 20)
     policy = fs.ns.policy()
-    assert policy.rebalance == Rebalance(5.0, 10 << 20)
+    assert policy.rebalance == Rebalance(5.0, 10 << 20, run=1)
     fs.ok("rebalance_start", threshold_bp=500, bandwidth_bps=10 << 20)
     assert fs.ns.policy() is policy
-    fs.ok("rebalance_start", threshold_bp=250, bandwidth_bps=0)  # a change of parameters
-    assert fs.ns.policy().rebalance == Rebalance(2.5, 0)
-    fs.ok("rebalance_stop", reason="balanced")
+    fs.ok("rebalance_start", threshold_bp=250, bandwidth_bps=0)  # a change: a new run
+    assert fs.ns.policy().rebalance == Rebalance(2.5, 0, run=2)
+    # The core's verdict on run 1 (decided before the change committed) ends nothing.
+    fs.ok("rebalance_stop", reason="balanced", run=1)
+    assert fs.ns.policy().rebalance == Rebalance(2.5, 0, run=2)
+    fs.ok("rebalance_stop", reason="balanced", run=2)
     assert fs.ns.policy().rebalance is None and fs.ns.rebalance_stop_reason() == "balanced"
     fs.ok("rebalance_stop", reason="operator")  # none running: nothing changes
     assert fs.ns.rebalance_stop_reason() == "balanced"
+    fs.ok("rebalance_start", threshold_bp=250, bandwidth_bps=0)  # the same again: run 3
+    assert fs.ns.policy().rebalance == Rebalance(2.5, 0, run=3)
+    fs.ok("rebalance_stop", reason="operator")  # the operator's stop ends any run
+    assert fs.ns.policy().rebalance is None
     assert fs.err("rebalance_start", threshold_bp=0, bandwidth_bps=0) is E.INVALID
     assert fs.err("rebalance_start", threshold_bp=10_001, bandwidth_bps=0) is E.INVALID
     assert fs.err("rebalance_start", threshold_bp=100, bandwidth_bps=-1) is E.INVALID
-    assert fs.err("rebalance_stop", reason="") is E.INVALID
+    assert fs.err("rebalance_stop", reason="x", run=0) is E.INVALID
 
 
 def test_snapshot_keeps_the_cluster_state(fs: Fs) -> None:
@@ -170,12 +177,12 @@ def test_a_version_3_snapshot_still_loads(fs: Fs) -> None:
     assert restored.policy() == ClusterPolicy() and len(restored.chunkservers()) == 2
     assert restored.lookup(ROOT_INO, b"f")["ino"] >= 2
     # Written back, it is a version 4 snapshot with an empty cluster state.
-    assert msgpack.unpackb(restored.snapshot(), raw=False)[10] == [[], [], None, ""]
+    assert msgpack.unpackb(restored.snapshot(), raw=False)[10] == [[], [], None, "", 0]
 
 
 def test_a_snapshot_naming_an_unknown_server_is_refused(fs: Fs) -> None:
     fs.register(1)
     blob = msgpack.unpackb(fs.ns.snapshot(), raw=False)
-    blob[10] = [[], [42], None, ""]
+    blob[10] = [[], [42], None, "", 0]
     with pytest.raises(ValueError, match="malformed"):
         Namespace(CHUNK).restore(msgpack.packb(blob, use_bin_type=True))

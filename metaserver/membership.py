@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from dfs import rpc
-from dfs.types import NodeId
+from dfs.types import LogIndex, NodeId
 from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, NotLeader, Timeout, Unavailable
 from dfs.wire.messages import field, uint_field
-from metaserver.raft.node import RaftNode
+from metaserver.raft.node import RaftNode, Replication
 from metaserver.raft.types import NONE, ConfState
 
 log = logging.getLogger(__name__)
@@ -98,14 +98,23 @@ def check_remove(conf: ConfState, node_id: int) -> None:
 
 
 def transfer_target(
-    conf: ConfState, replication: Mapping[NodeId, tuple[int, str]], leader: NodeId
+    conf: ConfState, replication: Mapping[NodeId, Replication], leader: NodeId
 ) -> NodeId | None:
-    """The voter other than ``leader`` whose log is the most caught up (lowest id on a
-    tie), or None if there is none."""
+    """The voter other than ``leader`` to hand leadership to, or None if there is none:
+    one the leader streams entries to and heard from recently (a dead voter keeps the
+    match it had, which may be the highest, and would never take over), the most caught
+    up of those; then the most caught up of the others. The lowest id on a tie."""
     others = [v for v in conf.voters if v != leader]
     if not others:
         return None
-    return max(others, key=lambda v: (replication.get(v, (0, ""))[0], -v))
+
+    def rank(v: NodeId) -> tuple[bool, int, int]:
+        r = replication.get(v)
+        if r is None:
+            return (False, 0, -v)
+        return (r.active and r.sending == "replicate", int(r.match), -v)
+
+    return max(others, key=rank)
 
 
 def removed_marker(data_dir: Path) -> Path:
@@ -148,7 +157,8 @@ class Membership:
     def rows(self) -> list[dict[str, Any]]:
         """Every member of the configuration this node has applied: id, address, whether a
         voter or a learner; on the leader also its replication (``match``, ``lag`` behind
-        the leader's last entry, ``sending``: probe/replicate/snapshot)."""
+        the leader's last entry, ``sending``: probe/replicate/snapshot, ``active``: heard
+        from since the leader's last quorum check)."""
         node = self.node
         st = node.status()
         replication = node.replication()
@@ -161,10 +171,10 @@ class Membership:
                 "membership": "learner" if m in st.conf.learners else "voter",
             }
             if m in replication:
-                match, sending = replication[m]
+                match, sending, active = replication[m]
                 sending = "self" if m == node.id else sending
                 row.update(match=int(match), lag=max(int(st.last_index) - int(match), 0),
-                           sending=sending)  # fmt: skip
+                           sending=sending, active=active or m == node.id)  # fmt: skip
             rows.append(row)
         return rows
 
@@ -250,7 +260,7 @@ class Membership:
             replication = node.replication()
             if not replication:
                 raise self._not_leader()
-            match, sending = replication.get(node_id, (0, "gone"))
+            match, sending, _ = replication.get(node_id, Replication(LogIndex(0), "gone", False))
             if sending == "gone":
                 raise Unavailable(f"metaserver {node_id} left the configuration while it caught up")
             by_snapshot = by_snapshot or sending == "snapshot"
@@ -268,7 +278,8 @@ class Membership:
 
     async def remove(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """``admin.meta_remove``. The leader itself: leadership moves first, and the answer
-        is ``NotLeader`` naming the new leader, where the client's retry removes it."""
+        is ``NotLeader`` naming the new leader (``transfer_target``), where the client's
+        retry removes it."""
         node_id = uint_field(h, "node_id")
         node = self.node
         self._leader_only()
@@ -295,7 +306,7 @@ class Membership:
         }
 
     async def transfer_leader(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """``admin.transfer_leader``: to ``node_id``, or to the most caught-up other voter.
+        """``admin.transfer_leader``: to ``node_id``, or to the voter ``transfer_target`` picks.
         Answers ``{leader, leader_address}`` once it leads."""
         node = self.node
         self._leader_only()

@@ -93,6 +93,7 @@ def list_(directory: Path, meta: str | None, secret_file: Path | None, as_json: 
         role = "leader" if m["id"] == view["leader"] else m["membership"]
         caught = (
             f"match {m['match']}  lag {m['lag']}  {m['sending']}"
+            + ("" if m.get("active", True) else "  not heard from")
             if "match" in m
             else "not replicating"
         )
@@ -182,7 +183,8 @@ def transfer_leader(
     node_id: int | None,
     timeout_s: float,
 ) -> None:
-    """Hand leadership to NODE_ID (by default: the most caught-up other voter)."""
+    """Hand leadership to NODE_ID (by default: the most caught-up other voter that the
+    leader hears from)."""
     addresses, secret = find_cluster(directory, meta, secret_file)
     fields = {"node_id": node_id} if node_id else {}
     result = _call(addresses, secret, "admin.transfer_leader", timeout_s, **fields)

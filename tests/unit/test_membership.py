@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dfs.client.meta import MetaClient
-from dfs.types import NodeId
+from dfs.types import LogIndex, NodeId
 from dfs.wire.errors import Exists, Invalid, NotFound
 from metaserver.membership import (
     check_add,
@@ -20,6 +20,7 @@ from metaserver.membership import (
     transfer_target,
     was_removed,
 )
+from metaserver.raft.node import Replication
 from metaserver.raft.types import ConfState
 
 pytestmark = pytest.mark.timeout(10)
@@ -66,13 +67,30 @@ def test_remove() -> None:
     check_remove(alone, 4)
 
 
+def live(match: int) -> Replication:
+    return Replication(LogIndex(match), "replicate", True)
+
+
 def test_transfer_target_is_the_most_caught_up_other_voter() -> None:
-    replication = {NodeId(1): (90, "replicate"), NodeId(2): (100, "probe"),
-                   NodeId(3): (100, "replicate"), NodeId(4): (200, "replicate")}  # fmt: skip
+    replication = {NodeId(1): live(90), NodeId(2): live(100), NodeId(3): live(100),
+                   NodeId(4): live(200)}  # fmt: skip
     assert transfer_target(CONF, replication, NodeId(1)) == 2  # a tie: the lower id
     assert transfer_target(CONF, replication, NodeId(2)) == 3
     assert transfer_target(CONF, {}, NodeId(3)) == 1  # nothing known: the lowest id
     assert transfer_target(ConfState(voters=(NodeId(1),)), replication, NodeId(1)) is None
+
+
+def test_transfer_target_prefers_voters_the_leader_replicates_to() -> None:
+    """A dead voter keeps the match it had, maybe the highest: it is not chosen while a
+    voter the leader streams to and hears from is there; then the match decides."""
+    dead = Replication(LogIndex(150), "replicate", False)
+    probing = Replication(LogIndex(140), "probe", True)
+    replication = {NodeId(1): live(150), NodeId(2): dead, NodeId(3): live(100)}
+    assert transfer_target(CONF, replication, NodeId(1)) == 3
+    replication[NodeId(3)] = probing
+    assert transfer_target(CONF, replication, NodeId(1)) == 2  # none live: the match
+    replication[NodeId(3)] = live(10)
+    assert transfer_target(CONF, replication, NodeId(1)) == 3
 
 
 def test_check_address_accepts_host_port() -> None:

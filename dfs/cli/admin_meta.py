@@ -146,6 +146,11 @@ def add(
             f"{e.message}\n(metaserver {node_id} stays in {directory}: `dfs admin metaserver "
             f"add {address}` resumes, `dfs admin metaserver remove {node_id}` gives up)"
         ) from None
+    if result["was_voter"]:
+        # An earlier attempt promoted it and its answer was lost (the client retries), or
+        # it was added before.
+        click.echo(f"metaserver {result['node_id']} at {result['address']} is already a voter")
+        return
     how = "from a snapshot" if result["by_snapshot"] else "from the log"
     click.echo(f"metaserver {result['node_id']} at {result['address']} is a voter "
                f"(caught up {how} in {result['catch_up_ms'] / 1000:.1f} s)")  # fmt: skip
@@ -163,7 +168,10 @@ def remove(
     metaserver exits; in a dfs up directory it also leaves the layout."""
     addresses, secret = find_cluster(directory, meta, secret_file)
     result = _call(addresses, secret, "admin.meta_remove", timeout_s, node_id=node_id)
-    click.echo(f"metaserver {node_id} removed; voters {result['voters']}"
+    # Not a member (any more): removed by an earlier attempt whose answer was lost (the
+    # client retries), or never one. Either way, what is left of it in the layout goes.
+    what = "removed" if result["was_member"] else "is not a member (already removed?)"
+    click.echo(f"metaserver {node_id} {what}; voters {result['voters']}"
                + (f", learners {result['learners']}" if result["learners"] else ""))  # fmt: skip
     layout = _local_layout(directory, meta)
     if layout is not None and node_id in layout.metaservers:

@@ -3,7 +3,9 @@ client writing files the whole time.
 
 Checks: a fourth metaserver added to a running three (``add --local``: config, process,
 layout) catches up by snapshot (the log it needs was compacted) and becomes a voter; a
-follower whose host was lost is removed, then the leader (which hands over first); no
+follower whose host was lost is removed, then the leader (which hands over first); a
+change asked again once made (the client's retry when its answer was lost) succeeds, and
+the removal then still cleans the directory's layout; no
 client call fails, and the writing client, configured with the first three addresses
 only, keeps working; every file is there with its bytes; ``dfs status`` and ``list`` show
 the new membership; each removed metaserver exits by itself, leaves a marker that keeps it
@@ -131,7 +133,12 @@ async def test_replace_metaservers_under_a_write_load(layout: local.Layout) -> N
             view = await members(d)
             assert view["voters"] == [1, 2, 3, 4] and view["learners"] == []
             assert all(m["lag"] < 50 for m in view["metaservers"]), view
+            assert all(m["active"] for m in view["metaservers"]), view
             at = len(written)
+            # The add asked again (a retry whose first attempt's answer was lost) is done.
+            address4 = local.load_layout(d).metaservers[4]
+            out = await cli("admin", "metaserver", "add", address4, "--dir", str(d))
+            assert f"metaserver 4 at {address4} is already a voter" in out, out
 
             # A follower's host is lost (killed) and it is removed; then the leader leaves
             # (it hands over first) and exits by itself.
@@ -139,8 +146,20 @@ async def test_replace_metaservers_under_a_write_load(layout: local.Layout) -> N
             lost = min(m for m in (1, 2, 3) if m != leader)
             pids = {i: pid_of(layout, i) for i in (lost, leader)}
             os.kill(pids[lost], signal.SIGKILL)
+            # Its removal commits but the answer is lost: like a removal made without the
+            # directory (--meta), it leaves the node in the layout; asked again, it is done
+            # and the layout is cleaned (cluster.toml, the chunkservers' configs).
+            meta = ",".join(first_addresses)
+            out = await cli("admin", "metaserver", "remove", str(lost), "--meta", meta,
+                            "--secret", str(layout.secret_file))  # fmt: skip
+            assert f"metaserver {lost} removed" in out, out
+            assert lost in local.load_layout(d).metaservers
             out = await cli("admin", "metaserver", "remove", str(lost), "--dir", str(d))
-            assert f"metaserver {lost} removed" in out and "not running" in out, out
+            assert f"metaserver {lost} is not a member" in out and "not running" in out, out
+            lost_address = layout.metaservers[lost]
+            assert lost not in local.load_layout(d).metaservers
+            for i in layout.chunkservers:
+                assert lost_address not in (d / f"cs{i}" / "cs.toml").read_text()
             out = await cli("admin", "metaserver", "remove", str(leader), "--dir", str(d))
             assert f"metaserver {leader} removed" in out and "exited" in out, out
             rest = sorted({1, 2, 3, 4} - {lost, leader})

@@ -6,8 +6,12 @@ What it owns:
   joins as a learner, catches up (by snapshot when the log it needs was compacted) and
   only then is promoted to voter, so that it never counts toward a quorum it cannot serve;
 - ``admin.meta_remove {node_id}``: one member leaves; removing the leader first hands
-  leadership to the most caught-up other voter and answers ``NotLeader`` pointing at it,
-  which the client follows (its retry removes the old leader from the new one);
+  leadership to another voter and answers ``NotLeader`` pointing at it, which the client
+  follows (its retry removes the old leader from the new one);
+- retries: the client sends a request again after ``Timeout``, ``Unavailable`` or
+  ``NotLeader``, also when its first attempt committed. So a change already made answers
+  success: an add of a node that is a voter at that address (``was_voter``), a removal of
+  an id not in the configuration (``was_member`` false);
 - ``admin.transfer_leader {node_id?}``;
 - ``meta.members {leader_only?}``: any node's view of the configuration (on the leader,
   with each member's replication);
@@ -34,13 +38,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dfs import rpc
-from dfs.types import NodeId
+from dfs.types import LogIndex, NodeId
 from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, NotLeader, Timeout, Unavailable
 from dfs.wire.messages import field, uint_field
-from metaserver.raft.node import RaftNode
+from metaserver.raft.node import RaftNode, Replication
 from metaserver.raft.types import NONE, ConfState
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,9 @@ PROBE_AFTER_S = 3.0
 ASK_TIMEOUT_S = 2.0
 ADDRESS_MAX = 256
 
+# Where an add starts (``check_add``).
+AddFrom = Literal["new", "learner", "voter"]
+
 
 # ---------------------------------------------------------------------- checks (pure)
 
@@ -67,45 +74,56 @@ def check_address(address: str) -> None:
         raise Invalid("address: host:port", address=address)
 
 
-def check_add(conf: ConfState, addresses: dict[NodeId, str], node_id: int, address: str) -> bool:
-    """Whether ``node_id`` at ``address`` may be added; True when it is already a learner
-    at that address (an add that timed out while it caught up: this one resumes it).
-    ``Invalid``/``Exists`` say why not."""
+def check_add(conf: ConfState, addresses: dict[NodeId, str], node_id: int, address: str) -> AddFrom:
+    """Where an add of ``node_id`` at ``address`` starts: "new"; "learner" when it is
+    already a learner at that address (an add that timed out while it caught up: this one
+    resumes it); "voter" when it is already a voter at that address (an add whose answer
+    was lost: nothing left to do). ``Invalid``/``Exists`` say why it may not be added."""
     check_address(address)
     if node_id < 1:
         raise Invalid("node_id >= 1", node_id=node_id)
     for member in conf.members():
         if member != node_id and addresses.get(member) == address:
             raise Exists(f"{address} is already metaserver {member}", node_id=int(member))
-    if node_id in conf.voters:
-        raise Exists(f"metaserver {node_id} is already a voter", node_id=node_id)
-    if node_id in conf.learners:
+    if node_id in conf.members():
+        kind: AddFrom = "voter" if node_id in conf.voters else "learner"
         if addresses.get(NodeId(node_id)) != address:
             raise Exists(
-                f"metaserver {node_id} is a learner at {addresses.get(NodeId(node_id))}",
+                f"metaserver {node_id} is a {kind} at {addresses.get(NodeId(node_id))}",
                 node_id=node_id,
             )
-        return True
-    return False
+        return kind
+    return "new"
 
 
-def check_remove(conf: ConfState, node_id: int) -> None:
-    """``NotFound`` for a node not in the configuration; ``Invalid`` for the last voter."""
+def check_remove(conf: ConfState, node_id: int) -> bool:
+    """Whether ``node_id`` is a member to remove (False: it is not in the configuration,
+    which is what a removal wants); ``Invalid`` for the last voter."""
     if node_id not in conf.members():
-        raise NotFound(f"no metaserver {node_id} in the configuration", node_id=node_id)
+        return False
     if conf.voters == (node_id,):
         raise Invalid(f"metaserver {node_id} is the last voter", node_id=node_id)
+    return True
 
 
 def transfer_target(
-    conf: ConfState, replication: Mapping[NodeId, tuple[int, str]], leader: NodeId
+    conf: ConfState, replication: Mapping[NodeId, Replication], leader: NodeId
 ) -> NodeId | None:
-    """The voter other than ``leader`` whose log is the most caught up (lowest id on a
-    tie), or None if there is none."""
+    """The voter other than ``leader`` to hand leadership to, or None if there is none:
+    one the leader streams entries to and heard from recently (a dead voter keeps the
+    match it had, which may be the highest, and would never take over), the most caught
+    up of those; then the most caught up of the others. The lowest id on a tie."""
     others = [v for v in conf.voters if v != leader]
     if not others:
         return None
-    return max(others, key=lambda v: (replication.get(v, (0, ""))[0], -v))
+
+    def rank(v: NodeId) -> tuple[bool, int, int]:
+        r = replication.get(v)
+        if r is None:
+            return (False, 0, -v)
+        return (r.active and r.sending == "replicate", int(r.match), -v)
+
+    return max(others, key=rank)
 
 
 def removed_marker(data_dir: Path) -> Path:
@@ -148,7 +166,8 @@ class Membership:
     def rows(self) -> list[dict[str, Any]]:
         """Every member of the configuration this node has applied: id, address, whether a
         voter or a learner; on the leader also its replication (``match``, ``lag`` behind
-        the leader's last entry, ``sending``: probe/replicate/snapshot)."""
+        the leader's last entry, ``sending``: probe/replicate/snapshot, ``active``: heard
+        from since the leader's last quorum check)."""
         node = self.node
         st = node.status()
         replication = node.replication()
@@ -161,10 +180,10 @@ class Membership:
                 "membership": "learner" if m in st.conf.learners else "voter",
             }
             if m in replication:
-                match, sending = replication[m]
+                match, sending, active = replication[m]
                 sending = "self" if m == node.id else sending
                 row.update(match=int(match), lag=max(int(st.last_index) - int(match), 0),
-                           sending=sending)  # fmt: skip
+                           sending=sending, active=active or m == node.id)  # fmt: skip
             rows.append(row)
         return rows
 
@@ -198,8 +217,10 @@ class Membership:
 
     async def add(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """``admin.meta_add``: learner, catch-up, voter. Answers ``{node_id, address,
-        catch_up_ms, by_snapshot}``. On ``Timeout`` the node stays a learner; the same
-        request again resumes the wait."""
+        catch_up_ms, by_snapshot, was_voter}``. On ``Timeout`` the node stays a learner;
+        the same request again resumes the wait. A node already a voter at ``address``
+        is a success (``was_voter``): the request's retry after its promotion committed
+        gets that answer."""
         address = field(h, "address", str)
         check_address(address)
         wanted = uint_field(h, "node_id", 0)
@@ -214,14 +235,17 @@ class Membership:
             raise Invalid(f"{address} is metaserver {node_id}, not {wanted}", node_id=node_id)
         st = node.status()
         addresses = {m: node.address_of(m) or "" for m in st.conf.members()}
-        resume = check_add(st.conf, addresses, node_id, address)
-        if not resume and (theirs["voters"] or theirs["learners"]):
+        start = check_add(st.conf, addresses, node_id, address)
+        if start == "voter":
+            return {"node_id": node_id, "address": address, "catch_up_ms": 0,
+                    "by_snapshot": False, "was_voter": True}  # fmt: skip
+        if start == "new" and (theirs["voters"] or theirs["learners"]):
             raise Invalid(
                 f"{address} already has a membership (voters {theirs['voters']}): a new "
                 "metaserver starts with an empty data_dir and join = true"
             )
         started = time.monotonic()
-        if not resume:
+        if start == "new":
             log.info("metaserver node=%d event=meta_add member=%d address=%s step=learner",
                      node.id, node_id, address)  # fmt: skip
             await node.add_member(NodeId(node_id), address, learner=True, timeout_s=_left(deadline))
@@ -234,6 +258,7 @@ class Membership:
             "address": address,
             "catch_up_ms": int((time.monotonic() - started) * 1000),
             "by_snapshot": by_snapshot,
+            "was_voter": False,
         }
 
     async def _catch_up(self, node_id: NodeId, deadline: float) -> bool:
@@ -250,7 +275,7 @@ class Membership:
             replication = node.replication()
             if not replication:
                 raise self._not_leader()
-            match, sending = replication.get(node_id, (0, "gone"))
+            match, sending, _ = replication.get(node_id, Replication(LogIndex(0), "gone", False))
             if sending == "gone":
                 raise Unavailable(f"metaserver {node_id} left the configuration while it caught up")
             by_snapshot = by_snapshot or sending == "snapshot"
@@ -267,13 +292,22 @@ class Membership:
             await asyncio.sleep(self._tick_s)
 
     async def remove(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """``admin.meta_remove``. The leader itself: leadership moves first, and the answer
-        is ``NotLeader`` naming the new leader, where the client's retry removes it."""
+        """``admin.meta_remove``: answers ``{voters, learners, was_member}``. A node not in
+        the configuration is a success with ``was_member`` false: the leader cannot tell a
+        retry whose first attempt committed (its answer lost) from a request for an id
+        that never was a member, and either way the node is not one. The leader itself:
+        leadership moves first, and the answer is ``NotLeader`` naming the new leader
+        (``transfer_target``), where the client's retry removes it."""
         node_id = uint_field(h, "node_id")
         node = self.node
         self._leader_only()
         st = node.status()
-        check_remove(st.conf, node_id)
+        if not check_remove(st.conf, node_id):
+            return {
+                "voters": [int(v) for v in st.conf.voters],
+                "learners": [int(v) for v in st.conf.learners],
+                "was_member": False,
+            }
         if node_id == node.id:
             target = transfer_target(st.conf, node.replication(), node.id)
             assert target is not None  # check_remove: not the last voter
@@ -292,10 +326,11 @@ class Membership:
         return {
             "voters": [int(v) for v in conf.voters],
             "learners": [int(v) for v in conf.learners],
+            "was_member": True,
         }
 
     async def transfer_leader(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """``admin.transfer_leader``: to ``node_id``, or to the most caught-up other voter.
+        """``admin.transfer_leader``: to ``node_id``, or to the voter ``transfer_target`` picks.
         Answers ``{leader, leader_address}`` once it leads."""
         node = self.node
         self._leader_only()

@@ -10,7 +10,10 @@ Each sends one ``admin.meta_*`` request (docs/PROTOCOL.md) to the leader, follow
 redirects, and prints the answer. With a ``dfs up`` directory (``--dir``, no ``--meta``)
 ``add --local`` and ``remove`` also keep the directory's layout in step: the new
 metaserver's config and process, the address lists ``dfs status`` and the clients read
-(``dfs/cli/cluster.py``, "metaserver membership").
+(``dfs/cli/cluster.py``, "metaserver membership"). The layout lists a metaserver while it
+is a member or its process runs: ``add --local`` enters the new one once it is a member
+(an add that fails stops it, unless it became a learner), ``remove`` takes one out once
+it is not a member and its process is gone.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ def list_(directory: Path, meta: str | None, secret_file: Path | None, as_json: 
         role = "leader" if m["id"] == view["leader"] else m["membership"]
         caught = (
             f"match {m['match']}  lag {m['lag']}  {m['sending']}"
+            + ("" if m.get("active", True) else "  not heard from")
             if "match" in m
             else "not replicating"
         )
@@ -122,32 +126,84 @@ def add(
     if local_ == (address is not None):
         raise click.UsageError("give ADDRESS, or --local (and no ADDRESS)")
     addresses, secret = find_cluster(directory, meta, secret_file)
+    layout = None
     if local_:
         layout = _local_layout(directory, meta)
         if layout is None:
             raise click.UsageError("--local works on a dfs up directory (--dir), not --meta")
-        try:
-            node_id, address = local.new_metaserver(layout, node_id)
-            pids = local.start_daemons(layout, only={f"meta{node_id}"})
-            asyncio.run(local.wait_answers(address, secret))
-        except local.ClusterError as e:
-            raise click.ClickException(str(e)) from None
-        click.echo(f"metaserver {node_id} started at {address}, pid {pids[f'meta{node_id}']}")
+        node_id, address = _start_local(layout, node_id, secret)
+    assert address is not None
     fields: dict[str, Any] = {"address": address}
     if node_id is not None:
         fields["node_id"] = node_id
     try:
         result = _call(addresses, secret, "admin.meta_add", timeout_s, **fields)
-    except click.ClickException as e:
-        if not local_:
+    except (click.ClickException, KeyboardInterrupt) as e:
+        if layout is None:
             raise
-        raise click.ClickException(
-            f"{e.message}\n(metaserver {node_id} stays in {directory}: `dfs admin metaserver "
-            f"add {address}` resumes, `dfs admin metaserver remove {node_id}` gives up)"
-        ) from None
+        assert node_id is not None
+        what = _settle_failed_add(layout, node_id, address, addresses, secret)
+        if isinstance(e, KeyboardInterrupt):
+            click.echo(what, err=True)
+            raise
+        raise click.ClickException(f"{e.message}\n{what}") from None
+    if layout is not None:
+        local.set_metaservers(layout, {**layout.metaservers, result["node_id"]: address})
+    if result["was_voter"]:
+        # An earlier attempt promoted it and its answer was lost (the client retries), or
+        # it was added before.
+        click.echo(f"metaserver {result['node_id']} at {result['address']} is already a voter")
+        return
     how = "from a snapshot" if result["by_snapshot"] else "from the log"
     click.echo(f"metaserver {result['node_id']} at {result['address']} is a voter "
                f"(caught up {how} in {result['catch_up_ms'] / 1000:.1f} s)")  # fmt: skip
+
+
+def _start_local(layout: local.Layout, node_id: int | None, secret: bytes) -> tuple[int, str]:
+    """A new metaserver in the ``dfs up`` directory, started and answering: (its id, its
+    address). It is not in the layout yet (it is no member yet). On failure, what was
+    started is stopped."""
+    try:
+        node_id, address = local.new_metaserver(layout, node_id)
+    except local.ClusterError as e:
+        raise click.ClickException(str(e)) from None
+    pid = None
+    try:
+        pid = local.start_metaserver(layout, node_id, address)
+        asyncio.run(local.wait_answers(address, secret))
+    except BaseException as e:
+        how = local.stop_metaserver(layout, node_id, pid=pid)
+        if not isinstance(e, local.ClusterError | OSError):
+            raise
+        raise click.ClickException(
+            f"{e}\n(metaserver {node_id}: {how}, not added; see "
+            f"{layout.dir / 'logs' / f'meta{node_id}.log'})"
+        ) from None
+    click.echo(f"metaserver {node_id} started at {address}, pid {pid}")
+    return node_id, address
+
+
+def _settle_failed_add(
+    layout: local.Layout, node_id: int, address: str, addresses: list[str], secret: bytes
+) -> str:
+    """After ``add --local`` failed: the layout lists the new metaserver if it is a member
+    (a learner, which the same add resumes), or may be one (no leader answers to say);
+    else it is stopped. Returns what became of it, for the user."""
+    name = f"meta{node_id}"
+    try:
+        view = _call(addresses, secret, "meta.members", CHANGE_TIMEOUT_S, leader_only=True)
+        member: bool | None = node_id in view["voters"] + view["learners"]
+    except click.ClickException:
+        member = None
+    if member is False:
+        how = local.stop_metaserver(layout, node_id)
+        return f"(metaserver {node_id} is not a member: {how}; {name} is left unused)"
+    local.set_metaservers(layout, {**layout.metaservers, node_id: address})
+    which = "is a member" if member else "may be a member (no leader answered)"
+    return (
+        f"(metaserver {node_id} {which}: it runs and stays in {layout.dir}; `dfs admin "
+        f"metaserver add {address}` resumes, `dfs admin metaserver remove {node_id}` gives up)"
+    )
 
 
 @metaserver.command()
@@ -162,11 +218,19 @@ def remove(
     metaserver exits; in a dfs up directory it also leaves the layout."""
     addresses, secret = find_cluster(directory, meta, secret_file)
     result = _call(addresses, secret, "admin.meta_remove", timeout_s, node_id=node_id)
-    click.echo(f"metaserver {node_id} removed; voters {result['voters']}"
+    # Not a member (any more): removed by an earlier attempt whose answer was lost (the
+    # client retries), or never one. Either way, what is left of it in the layout goes.
+    what = "removed" if result["was_member"] else "is not a member (already removed?)"
+    click.echo(f"metaserver {node_id} {what}; voters {result['voters']}"
                + (f", learners {result['learners']}" if result["learners"] else ""))  # fmt: skip
     layout = _local_layout(directory, meta)
     if layout is not None and node_id in layout.metaservers:
         how = local.forget_metaserver(layout, node_id)
+        if how == "still running":
+            raise click.ClickException(
+                f"meta{node_id} still runs after SIGTERM: it stays in {layout.dir} (`dfs "
+                f"down` stops it; `dfs admin metaserver remove {node_id}` again forgets it)"
+            )
         click.echo(f"  meta{node_id} {how}; {layout.dir / 'cluster.toml'} updated")
 
 
@@ -182,7 +246,8 @@ def transfer_leader(
     node_id: int | None,
     timeout_s: float,
 ) -> None:
-    """Hand leadership to NODE_ID (by default: the most caught-up other voter)."""
+    """Hand leadership to NODE_ID (by default: the most caught-up other voter that the
+    leader hears from)."""
     addresses, secret = find_cluster(directory, meta, secret_file)
     fields = {"node_id": node_id} if node_id else {}
     result = _call(addresses, secret, "admin.transfer_leader", timeout_s, **fields)

@@ -33,10 +33,10 @@ Layout of a cluster directory ``D`` (version 1)::
 ``add_chunkservers`` adds servers to an existing directory (the next indexes, the same
 options); ``start_daemons(only=...)`` starts just those, and they stop with the rest.
 
-Metaserver ids need not be contiguous: ``dfs admin metaserver add --local`` adds
-``meta<N>`` (the next id never used in ``D``) and ``remove`` takes one out of
-``[metaservers]`` and of the chunkservers' configs, leaving its directory (see "metaserver
-membership" below).
+Metaserver ids need not be contiguous: ``dfs admin metaserver add --local`` makes
+``meta<N>`` (the next id never used in ``D``) and enters it in ``[metaservers]`` and the
+chunkservers' configs once it is a member; ``remove`` takes one out of them once its
+process is gone, leaving its directory (see "metaserver membership" below).
 
 A second ``dfs up --dir D`` on an existing directory reuses everything (same ports, same
 data): that is how a cluster is restarted. Stopping sends SIGTERM to each PID (checked to be
@@ -631,14 +631,15 @@ def wait_exit(pid: int, timeout_s: float) -> bool:
 
 
 def new_metaserver(layout: Layout, node_id: int | None = None) -> tuple[int, str]:
-    """Write the config of a new metaserver into the cluster directory and enter it in the
-    layout (``cluster.toml``, and the chunkservers' lists), so that ``dfs up`` and
-    ``dfs down`` start and stop it with the rest. It joins (``join = true``): it starts
-    empty and waits to be added (``dfs admin metaserver add``). Its other settings are
-    those of the existing metaservers. Returns (its id, its address).
+    """Write the config of a new metaserver into the cluster directory (``meta<N>/``). It
+    joins (``join = true``): it starts empty and waits to be added (``dfs admin metaserver
+    add``). Its other settings are those of the existing metaservers. Returns (its id, its
+    address). The layout is not changed: ``start_metaserver`` starts it, and it enters the
+    layout (``set_metaservers``) once it is a member, so that ``dfs up``, ``dfs down`` and
+    the chunkservers never list a node that is not one.
 
-    The id is ``node_id``, or one past every id this directory has used: a removed
-    metaserver's id and directory are not reused."""
+    The id is ``node_id``, or one past every id this directory has used: a metaserver's id
+    and directory are not reused, whether it was removed or never added."""
     used = set(layout.metaservers) | {
         int(d.name[4:]) for d in layout.dir.glob("meta*") if d.name[4:].isdigit()
     }
@@ -654,8 +655,45 @@ def new_metaserver(layout: Layout, node_id: int | None = None) -> tuple[int, str
     top.update(id=node_id, listen=address, data_dir=d / "raft", join=True)
     peers = {str(k): v for k, v in {**layout.metaservers, node_id: address}.items()}
     _write_toml(d / "meta.toml", top, {"peers": peers})
-    set_metaservers(layout, {**layout.metaservers, node_id: address})
     return node_id, address
+
+
+def _one_metaserver(layout: Layout, node_id: int, address: str) -> Layout:
+    """A layout of just metaserver ``node_id`` (listed in ``layout`` or not yet)."""
+    return Layout(dir=layout.dir, metaservers={node_id: address}, chunkservers={})
+
+
+def start_metaserver(layout: Layout, node_id: int, address: str) -> int:
+    """Start metaserver ``node_id`` of this directory (``new_metaserver``'s, not yet in the
+    layout) unless it runs; returns its PID."""
+    name = f"meta{node_id}"
+    return start_daemons(_one_metaserver(layout, node_id, address), only={name})[name]
+
+
+def stop_metaserver(
+    layout: Layout, node_id: int, timeout_s: float = STOP_TIMEOUT_S, *, pid: int | None = None
+) -> str:
+    """Stop metaserver ``node_id`` of this directory, in the layout or not (SIGTERM, SIGKILL
+    past ``timeout_s``). Returns how it ended ("stopped", "killed", "not running", or
+    "still running"). ``pid``: the one ``start_metaserver`` returned in this process (its
+    child: the PID is not reused before we reap it), for a stop right after the start,
+    when its command line may not show yet."""
+    name = f"meta{node_id}"
+    if pid is None or not pid_alive(pid):
+        pid = _running_pid(layout, name, layout.dir / name / "meta.toml")
+    how = "not running"
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        how = "stopped"
+        if not wait_exit(pid, timeout_s):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if not wait_exit(pid, timeout_s):
+                return "still running"  # its PID file stays
+            how = "killed"
+    _pid_file(layout, name).unlink(missing_ok=True)
+    return how
 
 
 async def wait_answers(address: str, secret: bytes, timeout_s: float = 30.0) -> None:
@@ -671,7 +709,9 @@ def forget_metaserver(layout: Layout, node_id: int, timeout_s: float = STOP_TIME
     """After metaserver ``node_id`` was removed from the cluster: wait for its process to
     exit (a removed metaserver exits by itself), SIGTERM it past ``timeout_s``, and take it
     out of the layout. Its directory stays (its log, and the REMOVED marker that keeps it
-    from starting again). Returns how it ended: "exited", "stopped" or "not running"."""
+    from starting again). Returns how it ended: "exited", "stopped" or "not running"; or
+    "still running", and then its PID file and its place in the layout stay, so that
+    ``dfs down`` still stops it (and this, run again, forgets it once it is gone)."""
     name = f"meta{node_id}"
     config = layout.dir / name / "meta.toml"
     pid = _running_pid(layout, name, config)
@@ -681,7 +721,9 @@ def forget_metaserver(layout: Layout, node_id: int, timeout_s: float = STOP_TIME
         if not wait_exit(pid, timeout_s):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            how = "stopped" if wait_exit(pid, timeout_s) else "still running"
+            if not wait_exit(pid, timeout_s):
+                return "still running"
+            how = "stopped"
     _pid_file(layout, name).unlink(missing_ok=True)
     set_metaservers(layout, {k: v for k, v in layout.metaservers.items() if k != node_id})
     return how

@@ -124,7 +124,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgpack
 
@@ -166,6 +166,14 @@ PEER_WIRE_VERSION = 1
 NODE_SNAPSHOT_VERSION = 1
 # How long stop() waits for the disk thread to finish the write it is doing.
 STOP_DISK_TIMEOUT_S = 10.0
+
+
+class Replication(NamedTuple):
+    """How the leader replicates to one member (``RaftNode.replication``)."""
+
+    match: LogIndex  # the highest index known to match the leader's log
+    sending: str  # "probe", "replicate" or "snapshot"
+    active: bool  # it answered since the leader's last quorum check (every election timeout)
 
 
 class StateMachine(Protocol):
@@ -366,14 +374,18 @@ class RaftNode:
     def status(self) -> Status:
         return self._core().status()
 
-    def replication(self) -> dict[NodeId, tuple[LogIndex, str]]:
-        """On the leader: each member's (match index, how the leader sends to it: "probe",
-        "replicate" or "snapshot"), this node included; empty on any other node. What a
-        membership change waits on before it promotes a learner (metaserver/membership.py)."""
+    def replication(self) -> dict[NodeId, Replication]:
+        """On the leader: how it replicates to each member (``Replication``), this node
+        included; empty on any other node. What a membership change waits on before it
+        promotes a learner, and ranks the voters by before it hands leadership over
+        (metaserver/membership.py)."""
         raw = self._core()
         if raw.role != Role.LEADER:
             return {}
-        return {n: (pr.match, pr.state.name.lower()) for n, pr in raw.progress.items()}
+        return {
+            n: Replication(pr.match, pr.state.name.lower(), pr.recent_active)
+            for n, pr in raw.progress.items()
+        }
 
     async def propose(self, data: bytes, timeout_s: float) -> Any:
         """Replicate ``data`` and return what the state machine's ``apply`` returned.
@@ -982,4 +994,4 @@ def _copy(error: DfsError) -> DfsError:
     return copy.copy(error)  # one instance per raiser: tracebacks attach to the instance
 
 
-__all__ = ["NodeConfig", "RaftNode", "StateMachine"]
+__all__ = ["NodeConfig", "RaftNode", "Replication", "StateMachine"]

@@ -88,6 +88,7 @@ class _Report:
     started_s: float
     next_part: int = 0
     seen: set[int] = field(default_factory=set)
+    doubt: set[int] = field(default_factory=set)  # members it could not vouch for
 
 
 class ServerLink(Protocol):
@@ -567,12 +568,15 @@ class Repair:
         chunk = link.ns.chunk_table.get(trim.chunk_id)
         if chunk is None or trim.cs_id not in chunk.replicas:
             return False
-        draining, bad = link.ns.policy().draining, self.core.bad.get(trim.chunk_id)
+        draining, bad = (
+            link.ns.policy().draining,
+            self.core.bad_member(trim.chunk_id, chunk.version),
+        )
         left = sum(
             1
             for c in chunk.replicas
             if c != trim.cs_id and c not in draining and c != bad
-            and self.core.vouched(link.registry, c, now)
+            and self.core.vouched(link.registry, c, now, trim.chunk_id)
         )  # fmt: skip
         return left >= (link.ns.inodes[chunk.ino].goal if chunk.length else 1)
 
@@ -652,10 +656,12 @@ class Repair:
                 not self._quiet(chunk_id, now, state.started_s)
                 or self._copying_to(chunk_id) == cs_id
             ):
+                state.doubt.add(chunk_id)
                 continue
             if cs_id in chunk.replicas:
                 if version < chunk.version or (version == chunk.version and length < chunk.length):
                     behind.append((chunk_id, version, length))
+                    state.doubt.add(chunk_id)
                 elif version > chunk.version:
                     log.warning("repair event=replica_from_the_future chunk=%d cs=%d "
                                 "version=%d table=%d", chunk_id, cs_id, version,
@@ -671,15 +677,13 @@ class Repair:
         lost: list[int] = []
         if final:
             del self._reports[cs_id]
-            self.core.report_done(cs_id, state.started_s)
             for chunk_id, chunk in ns.chunk_table.items():
-                if (
-                    chunk.length > 0
-                    and cs_id in chunk.replicas
-                    and chunk_id not in state.seen
-                    and self._quiet(chunk_id, now, state.started_s)
-                ):
-                    lost.append(chunk_id)
+                if chunk.length > 0 and cs_id in chunk.replicas and chunk_id not in state.seen:
+                    if self._quiet(chunk_id, now, state.started_s):
+                        lost.append(chunk_id)
+                    else:
+                        state.doubt.add(chunk_id)
+            self.core.report_done(cs_id, state.started_s, state.doubt)
         for chunk_id, version, length in behind[:BEHIND_PER_REPORT]:
             if await self._behind(cs_id, chunk_id, version, length, now):
                 delete.append([chunk_id, version])
@@ -729,7 +733,9 @@ class Repair:
         ns, registry = self.link.ns, self.link.registry
         draining = ns.policy().draining
         live = sum(
-            1 for c in chunk.replicas if c not in draining and self.core.vouched(registry, c, now)
+            1
+            for c in chunk.replicas
+            if c not in draining and self.core.vouched(registry, c, now, chunk.chunk_id)
         )
         return live >= ns.inodes[chunk.ino].goal
 
@@ -843,8 +849,12 @@ class Repair:
             chunk = ns.chunk_table.get(chunk_id)
             if chunk is not None:
                 if cs_id in chunk.replicas and version == chunk.version:
-                    self.core.mark_bad(chunk_id, cs_id)
+                    self.core.mark_bad(chunk_id, cs_id, chunk.version)
                     await self._drop(chunk_id, cs_id, keep_one=False, why="bad")
+                elif cs_id in chunk.replicas and version < chunk.version:
+                    # Behind, and now bad too: nothing of it can serve again.
+                    self.core.mark_bad(chunk_id, cs_id, chunk.version)
+                    await self._drop(chunk_id, cs_id, keep_one=True, why="stale_bad")
                 chunk = ns.chunk_table.get(chunk_id)
                 if chunk is not None and not any(
                     c != cs_id and registry.is_alive(c, now) for c in chunk.replicas

@@ -51,6 +51,7 @@ start of the term counts as a touch of every chunk (for at least the registry's 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -178,9 +179,11 @@ class ChunkCore:
         self.copies: dict[int, Copy] = {}
         self.target_jobs: dict[int, int] = {}
         self.failed: dict[int, float] = {}
-        self.bad: dict[int, int] = {}  # chunk id -> the chunkserver that reported it bad
+        # chunk id -> (the chunkserver that reported it bad, the chunk's version then)
+        self.bad: dict[int, tuple[int, int]] = {}
         self.moved: dict[int, int] = {}  # chunk id -> source to trim (a move's copy joined)
         self.reported: dict[int, float] = {}  # cs id -> start of its last complete report
+        self.doubt: dict[int, set[int]] = {}  # cs id -> chunks that report did not vouch for
         # chunk id -> when a writer last said it uploads to it (a handle, a keepalive); a
         # commit ends it. Silent for twice ``quiet_s`` (a client's keepalives come three
         # times in one): the writer is gone, the chunk is suspect.
@@ -208,6 +211,7 @@ class ChunkCore:
         self.bad.clear()
         self.moved.clear()
         self.reported.clear()
+        self.doubt.clear()
         self.uploading.clear()
         self.suspect.clear()
         self.recovering.clear()
@@ -241,11 +245,16 @@ class ChunkCore:
             self.suspect.discard(chunk_id)
         self.touch(chunk_id, now)
 
-    def report_done(self, cs_id: int, started_s: float) -> None:
-        """This leader judged a complete block report of ``cs_id`` (started at ``started_s``)."""
+    def report_done(self, cs_id: int, started_s: float, doubt: Iterable[int] = ()) -> None:
+        """This leader judged a complete block report of ``cs_id`` (started at
+        ``started_s``), but for the chunks in ``doubt``: those it lists behind the table or
+        lacks, or could not judge (touched around the report)."""
         self.reported[cs_id] = started_s
+        self.doubt[cs_id] = set(doubt)
 
-    def vouched(self, registry: Registry, cs_id: int, now: float) -> bool:
+    def vouched(
+        self, registry: Registry, cs_id: int, now: float, chunk_id: int | None = None
+    ) -> bool:
         """Whether a live member may count toward the goal for a decision that removes a
         copy (a trim, a delete): this leader has judged a complete block report of it since
         it heard it after a silence. Until then it may be stale (it missed a version while
@@ -256,10 +265,19 @@ class ChunkCore:
         if info is None or info.back_s is None or not registry.is_alive(cs_id, now):
             return False
         started = self.reported.get(cs_id)
+        if chunk_id is not None and chunk_id in self.doubt.get(cs_id, ()):
+            return False  # its last report did not vouch for this chunk
         return started is not None and started >= info.back_s
 
-    def mark_bad(self, chunk_id: int, cs_id: int) -> None:
-        self.bad[chunk_id] = cs_id
+    def mark_bad(self, chunk_id: int, cs_id: int, version: int) -> None:
+        """``cs_id`` reported its replica of the chunk bad while the table was at
+        ``version``: the mark holds while the chunk stays at that version (a copy that
+        joins later, on that server too, comes with a bump)."""
+        self.bad[chunk_id] = (cs_id, version)
+
+    def bad_member(self, chunk_id: int, version: int) -> int | None:
+        mark = self.bad.get(chunk_id)
+        return mark[0] if mark is not None and mark[1] == version else None
 
     def copy_started(self, copy: Copy) -> None:
         self.copies[copy.chunk_id] = copy
@@ -331,7 +349,7 @@ class ChunkCore:
                 continue
             goal = inodes[chunk.ino].goal
             live = counted = 0
-            bad_cs = self.bad.get(chunk_id)
+            bad_cs = self.bad_member(chunk_id, chunk.version)
             for cs_id in chunk.replicas:
                 if alive(cs_id):
                     live += 1
@@ -350,8 +368,8 @@ class ChunkCore:
                 under.append((live, counted - goal, chunk_id))
             elif counted >= goal and (counted > goal or len(chunk.replicas) > counted):
                 trim.append(chunk_id)
-            if bad_cs is not None and bad_cs not in chunk.replicas and counted >= goal:
-                del self.bad[chunk_id]  # the bad one is out, a good copy in
+            if chunk_id in self.bad and bad_cs not in chunk.replicas and counted >= goal:
+                del self.bad[chunk_id]  # the bad one is out (or its mark lapsed), at goal
         health.corrupt = len(self.bad)
         under.sort()
         return health, [(live, cid) for live, _, cid in under], trim
@@ -457,12 +475,13 @@ class ChunkCore:
             dead = [c for c in chunk.replicas if not registry.is_alive(c, now)]
             # A member reported bad counts for nothing: its drop may have failed, or still
             # be on its way; it goes first once the others meet the goal.
-            bad = [c for c in chunk.replicas if c == self.bad.get(chunk_id) and c not in dead]
+            bad_cs = self.bad_member(chunk_id, chunk.version)
+            bad = [c for c in chunk.replicas if c == bad_cs and c not in dead]
             draining = [c for c in chunk.replicas
                         if c not in dead and c not in bad and c in policy.draining]  # fmt: skip
             counted = [c for c in chunk.replicas if c not in dead + bad + draining]
             # Only vouched members count here; the others are never the ones trimmed.
-            counted = [c for c in counted if self.vouched(registry, c, now)]
+            counted = [c for c in counted if self.vouched(registry, c, now, chunk_id)]
             if len(counted) < (goal if chunk.length else 1):
                 continue
             trims = [Trim(chunk_id, c, chunk.version, True, "bad") for c in bad]

@@ -95,8 +95,10 @@ def test_drains_and_rebalances_finish() -> None:
             assert not held and not s.servers[s.drained].replicas
             drained += 1
         if s.scenario == "rebalance":
-            assert s.rebalance_stopped == "balanced", (seed, s.rebalance_stopped)
-            balanced += 1
+            # "no_moves": whole chunks cannot bring a server in (one whose disk filled up
+            # reports a tiny capacity, say); the rebalance still ends.
+            assert s.rebalance_stopped in ("balanced", "no_moves"), (seed, s.rebalance_stopped)
+            balanced += s.rebalance_stopped == "balanced"
     assert drained >= 3 and balanced >= 3
 
 

@@ -139,7 +139,7 @@ def test_a_member_reported_bad_counts_for_nothing_until_it_is_out() -> None:
     c = Cluster(4, goal=2)
     cid = c.file(b"f", [1, 2, 3])
     c.policy = ClusterPolicy(draining=frozenset({3}), labels=c.policy.labels)
-    c.core.mark_bad(cid, 1)  # its drop is still on its way
+    c.core.mark_bad(cid, 1, c.ns.chunk_table[cid].version)  # its drop is on its way
     out = c.decide()
     assert not out.trims  # 2 alone counts: the draining 3 stays
     assert [copy.why for copy in out.copies] == ["drain"] and out.health.corrupt == 1

@@ -513,8 +513,10 @@ def test_a_bad_replica_leaves_the_set_and_is_deleted_unless_it_is_the_last(
     # With a copy left elsewhere, it goes.
     assert link.ns.chunk(two)["replicas"] == [3]
     assert (2, "chunk.delete", {"chunks": [[two, v2]]}) in link.calls
+    # Behind and bad: out of the set too, but for the last member (its drop is refused).
+    assert link.ns.chunk(behind)["replicas"] == [3]
     health = repair.survey(clock.now)[0]
-    assert (health.missing, health.corrupt) == (1, 2)
+    assert (health.missing, health.corrupt) == (1, 3)
 
 
 def test_garbage_waits_for_grace_and_is_forgotten_only_when_deleted(clock: Clock) -> None:

@@ -59,6 +59,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, Stale, Timeout, Unavailable
@@ -547,7 +548,7 @@ class Repair:
             if trim.chunk_id in refused:
                 continue
             if not await self._drop(trim.chunk_id, trim.cs_id, keep_one=True, why=trim.why,
-                                    check=lambda t=trim: self._still_trimmable(t)):  # fmt: skip
+                                    check=partial(self._still_trimmable, trim)):  # fmt: skip
                 refused.add(trim.chunk_id)
                 continue
             chunk = self.link.ns.chunk_table.get(trim.chunk_id)

@@ -173,8 +173,11 @@ class Placer:
         hosts: set[str] = set()
         racks: set[str] = set()
         for t in taken:
-            info = by_id.get(t) if isinstance(t, int) else t
-            lab = cluster.labels_of(t, "") if info is None else labels(info)
+            if isinstance(t, int):
+                info = by_id.get(t)
+                lab = cluster.labels_of(t, "") if info is None else labels(info)
+            else:
+                lab = labels(t)
             hosts.add(lab.host)
             if lab.rack:
                 racks.add(lab.rack)

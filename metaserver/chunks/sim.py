@@ -54,7 +54,8 @@ import random
 import sys
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 from dfs.wire.errors import (
     Corrupt,
@@ -74,7 +75,7 @@ from metaserver.chunks.policy import ClusterPolicy, Labels, Rebalance
 from metaserver.chunks.simserver import CHUNK, FileModel, Replica, Server, Violation
 from metaserver.namespace import Namespace, encode_command
 from metaserver.namespace.state import ROOT_INO
-from metaserver.repair import Repair
+from metaserver.repair import Repair, ServerLink
 
 DEAD_TIMEOUT_S = 3.0
 QUIET_S = 2.0
@@ -91,6 +92,16 @@ WRITER_LEASE_S = 10.0
 FULL_CHECK_EVERY = 256
 # What a chunkserver finds reaches the leader within this (a message and a proposal).
 KNOWN_S = 0.1
+
+
+def _settle(fut: asyncio.Future[Any], outcome: BaseException | None) -> None:
+    """Resolve ``fut`` with ``outcome`` (an exception, or None for a result), unless done."""
+    if fut.done():
+        return
+    if outcome is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(outcome)
 
 
 class SimNamespace(Namespace):
@@ -203,7 +214,7 @@ class Simulation:
 
     def sleep(self, delay: float) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = self.loop.create_future()
-        self.after(delay, lambda: fut.done() or fut.set_result(None))
+        self.after(delay, partial(_settle, fut, None))
         return fut
 
     def _settle_loop(self) -> None:
@@ -240,7 +251,7 @@ class Simulation:
     def _new_leader(self) -> None:
         self.epoch += 1
         self.link = Link(self, self.epoch)
-        self.repair = Repair(self.link, interval_s=STEP_S, quiet_s=QUIET_S,
+        self.repair = Repair(cast(ServerLink, self.link), interval_s=STEP_S, quiet_s=QUIET_S,
                              gc_grace_s=GC_GRACE_S, jobs=4, clock=lambda: self.now)  # fmt: skip
         self.repair.core.retry_after_s = 1.0
         self.repair.restart()
@@ -249,7 +260,7 @@ class Simulation:
         if self.epoch > 1:  # chunkservers report to each new leader at once
             for cs_id, server in self.servers.items():
                 if server.alive:
-                    self.after(self.rng.uniform(0.5, 1.5), lambda c=cs_id: self._report_once(c))
+                    self.after(self.rng.uniform(0.5, 1.5), partial(self._report_once, cs_id))
         self.pending_trims.clear()
         self.log(f"leader: epoch {self.epoch}")
 
@@ -269,7 +280,7 @@ class Simulation:
                 result = e
             if self.faults and self.rng.random() < self.loss:
                 self.log(f"propose {op} {args}: applied, answer lost")
-                self.after(1.0, lambda: fut.done() or fut.set_exception(Timeout("lost")))
+                self.after(1.0, partial(_settle, fut, Timeout("lost")))
                 return
             if not fut.done():
                 if isinstance(result, DfsError):
@@ -318,7 +329,7 @@ class Simulation:
         server = self.servers[cs_id]
 
         def fail_later(e: BaseException, delay: float) -> None:
-            self.after(delay, lambda: fut.done() or fut.set_exception(e))
+            self.after(delay, partial(_settle, fut, e))
 
         def answer(result: dict[str, Any] | DfsError) -> None:
             if self.faults and self.rng.random() < self.loss:
@@ -708,8 +719,8 @@ class Simulation:
             for _ in range(rng.randint(1, 2)):
                 cs_id = self._add_server(f"h{len(self.servers) + 10}", 128 * CHUNK)
                 self.added.append(cs_id)
-                self.after(rng.uniform(0, 1), lambda c=cs_id: self._report(c))
-                self.after(rng.uniform(0, 1), lambda c=cs_id: self._scrub(c))
+                self.after(rng.uniform(0, 1), partial(self._report, cs_id))
+                self.after(rng.uniform(0, 1), partial(self._scrub, cs_id))
 
             def start() -> None:
                 bw = rng.choice((0, 4 * CHUNK, 16 * CHUNK))
@@ -728,8 +739,8 @@ class Simulation:
                  f"scenario {self.scenario}, loss {self.loss}")  # fmt: skip
         self.after(0.0, self._heartbeats)
         for cs_id in list(self.servers):
-            self.after(rng.uniform(0, REPORT_S), lambda c=cs_id: self._report(c))
-            self.after(rng.uniform(0, SCRUB_S), lambda c=cs_id: self._scrub(c))
+            self.after(rng.uniform(0, REPORT_S), partial(self._report, cs_id))
+            self.after(rng.uniform(0, SCRUB_S), partial(self._scrub, cs_id))
         self.after(STEP_S, self._step)
         self.after(rng.uniform(1, 5), self._fault)
         self.after(rng.uniform(15, 30), self._scenario)

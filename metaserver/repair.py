@@ -76,6 +76,9 @@ log = logging.getLogger(__name__)
 # the request's timeout_ms (at most 60 s there), a little shorter than ours.
 REPLICATE_TIMEOUT_S = 60.0
 REPLICATE_TIMEOUT_MS_SERVER = 58_000
+# Copies that only move a replica (the chunk is at its goal): they start only when every
+# member answers (``_all_answer``).
+OPTIONAL_COPIES = frozenset({"rebalance", "drain"})
 # Deadline of a version push, a delete.
 PUSH_TIMEOUT_S = 3.0
 DELETE_TIMEOUT_S = 10.0
@@ -216,7 +219,8 @@ class Repair:
         now = self.clock()
         link = self.link
         link.know_all_chunkservers()
-        decisions = self.core.decide(link.ns, link.registry, link.ns.policy(), now)
+        policy = link.ns.policy()
+        decisions = self.core.decide(link.ns, link.registry, policy, now)
         self.health = decisions.health
         self._prune()
         for copy in decisions.copies:
@@ -224,9 +228,9 @@ class Repair:
         for rec in decisions.recover:
             self._spawn(self._recover(rec))
         await self._trim(decisions.trims)
-        if decisions.stop is not None and not self._stopping:
+        if decisions.stop is not None and not self._stopping and policy.rebalance is not None:
             self._stopping = True
-            self._spawn(self._stop_rebalance(decisions.stop))
+            self._spawn(self._stop_rebalance(decisions.stop, policy.rebalance.run))
         await self._push_again()
         if not self._gc_running:
             self._gc_running = True
@@ -239,9 +243,10 @@ class Repair:
             if chunk is None or chunk.version != version:
                 del self._repushed[chunk_id]
 
-    async def _stop_rebalance(self, reason: str) -> None:
+    async def _stop_rebalance(self, reason: str, run: int) -> None:
+        """End rebalance ``run``, the one the core judged (a newer start stays running)."""
         try:
-            await self.link.propose_internal("rebalance_stop", {"reason": reason})
+            await self.link.propose_internal("rebalance_stop", {"reason": reason, "run": run})
             log.info("repair event=rebalance_stopped reason=%s", reason)
         except DfsError as e:
             log.info("repair event=rebalance_stop_failed reason=%s error=%s", reason, e)
@@ -265,6 +270,8 @@ class Repair:
         sources, target_id = copy.sources, copy.target
         joined = False
         try:
+            if copy.why in OPTIONAL_COPIES:
+                await self._all_answer(chunk_id, version, length)
             bumped = await link.propose_internal(
                 "version_bump", {"chunk_id": chunk_id, "version": version, "length": length}
             )
@@ -416,6 +423,27 @@ class Repair:
 
         await asyncio.gather(*(push(cs_id) for cs_id in replicas))
         return failed
+
+    async def _all_answer(self, chunk_id: int, version: int, length: int) -> None:
+        """Before an optional copy's fence (a rebalance move, a drain): every member of the
+        set answers that it holds the chunk at ``version`` and ``length``, or the move waits
+        (``Stale``). The fence makes a member it misses stale for good; for a repair that is
+        the price of the copy, but a move must not turn a member that is briefly out of
+        reach into a lost replica."""
+        chunk = self.link.ns.chunk_table.get(chunk_id)
+        if chunk is None or chunk.version != version or chunk.length != length:
+            raise Stale("the chunk changed", chunk_id=chunk_id)
+
+        async def holds(cs_id: int) -> bool:
+            try:
+                h = await self.link.cs_call(cs_id, "chunk.info", PUSH_TIMEOUT_S, chunk_id=chunk_id)
+                return bool(h["version"] == version and h["length"] == length)
+            except (DfsError, OSError, TimeoutError, KeyError):
+                return False
+
+        answers = await asyncio.gather(*(holds(c) for c in chunk.replicas))
+        if not all(answers):
+            raise Stale("a member did not answer before the move's fence", chunk_id=chunk_id)
 
     async def _has_version(self, cs_id: int, chunk_id: int, version: int) -> bool:
         try:

@@ -598,14 +598,16 @@ class ChunkCore:
         if self.bucket.rate != rb.bandwidth_bps:
             self.bucket.set_rate(rb.bandwidth_bps)
         in_flight = sum(1 for c in self.copies.values() if c.source is not None)
-        if not in_flight and not self.moved:
-            left = self.plan(ns, registry, policy, now, rb.threshold_pct, limit=1)
-            if not left.moves:
-                return "balanced" if left.spread_before_pct <= rb.threshold_pct else "no_moves"
         slots = min(self.rebalance_jobs - in_flight, self.jobs - len(self.copies))
         if slots <= 0:  # repairs took their slots first
             return None
+        # One plan a step (each walks the chunk table): the verdict's own plan, over every
+        # chunk and not only the quiet ones, only when this one found nothing to move.
         step = self.plan(ns, registry, policy, now, rb.threshold_pct, transient=True, limit=slots)
+        if not step.moves and not in_flight and not self.moved:
+            left = self.plan(ns, registry, policy, now, rb.threshold_pct, limit=1)
+            if not left.moves:
+                return "balanced" if left.spread_before_pct <= rb.threshold_pct else "no_moves"
         for move in step.moves:
             if move.chunk_id in self.copies:  # a plan may move a chunk twice: one at a time
                 continue

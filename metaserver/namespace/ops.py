@@ -38,6 +38,7 @@ from dfs.wire.errors import (
     Stale,
     TooBig,
     TooManyLinks,
+    Unavailable,
 )
 from metaserver.namespace import pools
 from metaserver.namespace.commands import (
@@ -607,6 +608,10 @@ def write_handle(st: State, now_ns: int, a: dict[str, Any]) -> Result:
         allocated = True
     else:
         chunk = st.chunk_table[chunk_id]
+        if chunk.length and not chunk.replicas:
+            # Its last member left the set (a report may yet adopt a copy at this version):
+            # a bump now would make that copy stale, and the chunk's bytes lost for good.
+            raise Unavailable("the chunk has no replica left", chunk_id=chunk_id)
         chunk.version += 1
         for cs_id in drop:
             if cs_id in chunk.replicas and len(chunk.replicas) > 1:

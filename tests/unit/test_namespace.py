@@ -649,6 +649,20 @@ def test_replica_drop_keeps_the_last_unless_it_is_bad(fs: Fs) -> None:
     fs.ns.check_invariants()
 
 
+def test_no_write_handle_for_a_chunk_with_data_and_no_replica(fs: Fs) -> None:
+    """A chunk with bytes whose last member left the set (reported bad) waits for a copy
+    at its version to be adopted: a version bump then would make that copy stale and the
+    bytes lost for good (found by the chunk simulation, seed 558)."""
+    cs = fs.register(2)
+    f = fs.create(ROOT_INO, b"f")
+    fs.ok("write_handle", ino=f, index=0, replicas=[cs[0]])
+    fs.ok("commit", ino=f, size=10, mtime_ns=1, chunks=ce(fs, f, [[0, 10]]))
+    cid = fs.ns.chunks(f, 0, 1)[0]["chunk_id"]
+    fs.ok("replica_drop", chunk_id=cid, cs_id=cs[0], keep_one=False)
+    assert fs.err("write_handle", ino=f, index=0, replicas=[cs[1]]) is E.UNAVAILABLE
+    fs.ns.check_invariants()
+
+
 def test_gc_done_forgets_garbage_once(fs: Fs) -> None:
     cs = fs.register(1)
     f = fs.create(ROOT_INO, b"f")

@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from dfs.cli import cluster as local
-from dfs.cli.common import cluster_options, find_cluster
+from dfs.cli.common import cluster_options, find_cluster, run_async
 
 # An add waits for the new metaserver to catch up (a snapshot and the log after it); a
 # server answers within a minute at most, and the client's retry resumes the wait.
@@ -41,7 +41,6 @@ def _call(addresses: list[str], secret: bytes, op: str, timeout_s: float, **fiel
 
     from dfs.client.meta import MetaClient
     from dfs.client.pool import ConnectionPool
-    from dfs.wire.errors import DfsError
 
     async def main() -> Any:
         async with anyio.create_task_group() as tg:
@@ -54,14 +53,7 @@ def _call(addresses: list[str], secret: bytes, op: str, timeout_s: float, **fiel
                 await pool.aclose()
                 tg.cancel_scope.cancel()
 
-    try:
-        return anyio.run(main, backend="asyncio")
-    except DfsError as e:
-        raise click.ClickException(
-            f"{e.code.name.lower().replace('_', ' ')}: {e.message}"
-        ) from None
-    except OSError as e:
-        raise click.ClickException(str(e)) from None
+    return run_async(main)
 
 
 def _local_layout(directory: Path, meta: str | None) -> local.Layout | None:

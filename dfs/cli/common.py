@@ -118,10 +118,8 @@ def run_client(
     work: Callable[[Any], Any],
 ) -> Any:
     """Run ``work(fs)`` with a connected ``FsClient``; a ``DfsError`` becomes a one-line error."""
-    import anyio
 
     from dfs.cli import files
-    from dfs.wire.errors import DfsError
 
     addresses, secret = find_cluster(directory, meta, secret_file)
 
@@ -130,6 +128,16 @@ def run_client(
     async def main() -> Any:
         async with files.client(addresses, secret, timeout_s) as fs:
             return await work(fs)
+
+    return run_async(main)
+
+
+def run_async(main: Callable[[], Any]) -> Any:
+    """Run ``main()`` (a coroutine function) on asyncio for a command; a ``DfsError`` or an
+    ``OSError`` becomes a one-line error (exit 1)."""
+    import anyio
+
+    from dfs.wire.errors import DfsError
 
     try:
         return anyio.run(main, backend="asyncio")

@@ -76,9 +76,6 @@ log = logging.getLogger(__name__)
 # the request's timeout_ms (at most 60 s there), a little shorter than ours.
 REPLICATE_TIMEOUT_S = 60.0
 REPLICATE_TIMEOUT_MS_SERVER = 58_000
-# Copies that only move a replica (the chunk is at its goal): they start only when every
-# member answers (``_all_answer``).
-OPTIONAL_COPIES = frozenset({"rebalance", "drain"})
 # Deadline of a version push, a delete.
 PUSH_TIMEOUT_S = 3.0
 DELETE_TIMEOUT_S = 10.0
@@ -270,8 +267,6 @@ class Repair:
         sources, target_id = copy.sources, copy.target
         joined = False
         try:
-            if copy.why in OPTIONAL_COPIES:
-                await self._all_answer(chunk_id, version, length)
             bumped = await link.propose_internal(
                 "version_bump", {"chunk_id": chunk_id, "version": version, "length": length}
             )
@@ -356,6 +351,9 @@ class Repair:
                     source = cs_id
                     break
             if source is None:
+                # As after any bump no member took: they hold the bytes at the old version,
+                # now refused; the version is pushed again until one takes it.
+                self.unpushed(chunk_id, version, length)
                 raise Stale("no live member took the recovery's version", chunk_id=chunk_id)
             address = link.registry.servers[source].address
             token, expiry_ms = link.token(chunk_id, version)
@@ -423,27 +421,6 @@ class Repair:
 
         await asyncio.gather(*(push(cs_id) for cs_id in replicas))
         return failed
-
-    async def _all_answer(self, chunk_id: int, version: int, length: int) -> None:
-        """Before an optional copy's fence (a rebalance move, a drain): every member of the
-        set answers that it holds the chunk at ``version`` and ``length``, or the move waits
-        (``Stale``). The fence makes a member it misses stale for good; for a repair that is
-        the price of the copy, but a move must not turn a member that is briefly out of
-        reach into a lost replica."""
-        chunk = self.link.ns.chunk_table.get(chunk_id)
-        if chunk is None or chunk.version != version or chunk.length != length:
-            raise Stale("the chunk changed", chunk_id=chunk_id)
-
-        async def holds(cs_id: int) -> bool:
-            try:
-                h = await self.link.cs_call(cs_id, "chunk.info", PUSH_TIMEOUT_S, chunk_id=chunk_id)
-                return bool(h["version"] == version and h["length"] == length)
-            except (DfsError, OSError, TimeoutError, KeyError):
-                return False
-
-        answers = await asyncio.gather(*(holds(c) for c in chunk.replicas))
-        if not all(answers):
-            raise Stale("a member did not answer before the move's fence", chunk_id=chunk_id)
 
     async def _has_version(self, cs_id: int, chunk_id: int, version: int) -> bool:
         try:

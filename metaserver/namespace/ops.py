@@ -758,6 +758,9 @@ def version_bump(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     """
     check_fields(a, _VERSION_BUMP)
     chunk = _chunk_as_seen(st, a)
+    if chunk.length and not chunk.replicas:
+        # As in write_handle: a copy at this version may yet be adopted from a report.
+        raise Unavailable("the chunk has no replica left", chunk_id=chunk.chunk_id)
     chunk.version += 1
     return {"ok": True, **chunk_info(chunk)}
 

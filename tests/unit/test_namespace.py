@@ -651,8 +651,9 @@ def test_replica_drop_keeps_the_last_unless_it_is_bad(fs: Fs) -> None:
 
 def test_no_write_handle_for_a_chunk_with_data_and_no_replica(fs: Fs) -> None:
     """A chunk with bytes whose last member left the set (reported bad) waits for a copy
-    at its version to be adopted: a version bump then would make that copy stale and the
-    bytes lost for good (found by the chunk simulation, seed 558)."""
+    at its version to be adopted: a version bump then (a write handle's, or a writer
+    recovery's fence) would make that copy stale and the bytes lost for good (found by the
+    chunk simulation, seed 558)."""
     cs = fs.register(2)
     f = fs.create(ROOT_INO, b"f")
     fs.ok("write_handle", ino=f, index=0, replicas=[cs[0]])
@@ -660,6 +661,10 @@ def test_no_write_handle_for_a_chunk_with_data_and_no_replica(fs: Fs) -> None:
     cid = fs.ns.chunks(f, 0, 1)[0]["chunk_id"]
     fs.ok("replica_drop", chunk_id=cid, cs_id=cs[0], keep_one=False)
     assert fs.err("write_handle", ino=f, index=0, replicas=[cs[1]]) is E.UNAVAILABLE
+    chunk = fs.ns.chunk(cid)  # nor a fence's bump (a writer recovery's, a copy's)
+    assert fs.err("version_bump", chunk_id=cid, version=chunk["version"], length=10) is (
+        E.UNAVAILABLE
+    )
     fs.ns.check_invariants()
 
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from dfs.wire.errors import Stale, Timeout, Unavailable, error_from_wire
-from metaserver.chunks.core import Copy
 from metaserver.chunks.placement import Placer, Registry
 from metaserver.namespace import Namespace, encode_command
 from metaserver.namespace.state import ROOT_INO
@@ -742,26 +741,3 @@ def test_a_writer_gone_without_committing_has_its_chunk_recovered(clock: Clock) 
     assert link.ns.chunk(done)["version"] == version
     asyncio.run(go())
     assert link.ns.chunk(cid)["version"] == version + 1  # once
-
-
-def test_a_move_waits_for_every_member_to_answer_before_its_fence(clock: Clock) -> None:
-    """A rebalance move (or a drain's copy) of a chunk at goal starts its fence only when
-    every member answers: a member briefly out of reach would be made stale for good by
-    the fence's new version, and the move would have taken the chunk below its goal."""
-    link, repair = make(4, clock)
-    cid = link.file_with_chunk(b"f", [1, 2, 3])
-    chunk = link.ns.chunk(cid)
-    move = Copy(cid, chunk["version"], chunk["length"], (3, 1, 2), 4, "rebalance", 3)
-    link.fail.add((2, "chunk.info"))
-    repair.core.copy_started(move)
-    asyncio.run(repair._copy(move))
-    assert link.proposals == []  # no fence, no drop: the set and version are as they were
-    assert (link.ns.chunk(cid)["replicas"], link.ns.chunk(cid)["version"]) == (
-        [1, 2, 3],
-        chunk["version"],
-    )
-    link.fail.clear()  # every member answers: the move goes ahead, fence first
-    repair.core.copy_started(move)
-    asyncio.run(repair._copy(move))
-    assert [p[0] for p in link.proposals][:2] == ["version_bump", "replica_add"]
-    assert 4 in link.ns.chunk(cid)["replicas"]

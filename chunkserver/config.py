@@ -23,6 +23,8 @@ Config file (TOML, version 1)::
     report_chunks_per_call = 8192       # optional; 1 .. 8192 (smaller only for tests)
     scrub_bytes_per_s = 16777216        # optional; scrubber rate (default 16 MiB/s; 0: off)
     scrub_interval_ms = 0               # optional; pause between scrub passes, 0 .. 86400000
+    scrub_period_ms = 604800000         # optional; a pass over every replica is spread over
+                                        # this (default 7 days; 0: as fast as the rate lets)
     inject_eio_chunk_ids = []           # optional; TESTS ONLY: reads and data writes of
                                         # replicas of these chunk ids fail as with EIO
 
@@ -93,11 +95,17 @@ DISK_JOBS_LIMIT = 64
 # docs/PROTOCOL.md: the most chunks one cs.report may carry.
 REPORT_CHUNKS_PER_CALL_MAX = 8192
 # Defaults: a copy at 64 MiB/s moves a 64 MiB chunk in a second without taking a disk's
-# whole bandwidth from clients; the scrubber at 16 MiB/s reads a 1 TB disk in under a day.
+# whole bandwidth from clients. The scrubber spreads each pass over a week, as Ceph's deep
+# scrub does (HDFS's block scanner: three weeks), never faster than 16 MiB/s: reads verify
+# checksums too, so the scrubber is for replicas nobody reads, and it must not take CPU or
+# disk from clients (at full rate over a store of small replicas it took a third of a core
+# per chunkserver, forever).
 REPLICATE_BYTES_PER_S = 64 * 1024 * 1024
 REPLICATE_JOBS = 2
 REPORT_INTERVAL_MS = 60_000
 SCRUB_BYTES_PER_S = 16 * 1024 * 1024
+SCRUB_PERIOD_MS = 7 * 86_400_000
+SCRUB_PERIOD_MS_MAX = 90 * 86_400_000
 INTERVAL_MS_MAX = 86_400_000  # a day
 INJECT_EIO_IDS_MAX = 1024
 
@@ -105,7 +113,7 @@ _CONFIG_KEYS = {
     "listen", "data_dir", "secret_file", "metaservers", "address", "capacity_bytes",
     "heartbeat_ms", "fsync", "disk_jobs", "replicate_bytes_per_s", "replicate_jobs",
     "report_interval_ms", "report_chunks_per_call", "scrub_bytes_per_s", "scrub_interval_ms",
-    "inject_eio_chunk_ids", "host", "rack",
+    "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack",
 }  # fmt: skip
 LABEL_CHARS_MAX = 255  # as the namespace keeps a host or rack label
 
@@ -131,6 +139,7 @@ class ServerConfig:
     report_chunks_per_call: int = REPORT_CHUNKS_PER_CALL_MAX
     scrub_bytes_per_s: int = SCRUB_BYTES_PER_S
     scrub_interval_ms: int = 0
+    scrub_period_ms: int = SCRUB_PERIOD_MS
     inject_eio_chunk_ids: tuple[int, ...] = ()
     host: str | None = None  # None: the host of the advertised address
     rack: str = ""
@@ -205,6 +214,7 @@ def load_config(path: Path) -> ServerConfig:
         report_chunks_per_call=get("report_chunks_per_call", int, REPORT_CHUNKS_PER_CALL_MAX),
         scrub_bytes_per_s=get("scrub_bytes_per_s", int, SCRUB_BYTES_PER_S),
         scrub_interval_ms=get("scrub_interval_ms", int, 0),
+        scrub_period_ms=get("scrub_period_ms", int, SCRUB_PERIOD_MS),
         inject_eio_chunk_ids=tuple(get("inject_eio_chunk_ids", list, [])),
         host=host,
         rack=get("rack", str, ""),
@@ -234,6 +244,8 @@ def load_config(path: Path) -> ServerConfig:
         )
     if not 0 <= config.scrub_interval_ms <= INTERVAL_MS_MAX:
         raise ValueError(f"{path}: scrub_interval_ms must be between 0 and {INTERVAL_MS_MAX}")
+    if not 0 <= config.scrub_period_ms <= SCRUB_PERIOD_MS_MAX:
+        raise ValueError(f"{path}: scrub_period_ms must be between 0 and {SCRUB_PERIOD_MS_MAX}")
     ids = config.inject_eio_chunk_ids
     if len(ids) > INJECT_EIO_IDS_MAX or not all(
         type(i) is int and 0 < i <= CHUNK_ID_MAX for i in ids

@@ -22,9 +22,15 @@ steps of up to 1 MiB through ``AsyncChunkStore.verify``: the store's own verifie
 the disk pool, holding the chunk's read lock only for that step, so client reads share the
 chunk and a client write waits for one step at most. The store makes a replica bad on the
 first mismatch (store.py rule 6). A replica rewritten (``Stale``) or deleted (``NotFound``)
-during its turn is skipped until the next pass. Pacing: ``Throttle`` at
-``scrub_bytes_per_s``, each replica costing at least one page, so that a store of empty
-replicas does not spin; a pass that verified nothing is followed by a pause of at least
+during its turn is skipped until the next pass. Pacing: a pass is spread over
+``scrub_period_ms`` (default 7 days, as Ceph's deep scrub; HDFS's block scanner takes three
+weeks): its rate is the pass's cost over the period, never more than ``scrub_bytes_per_s``
+(``pass_rate``; a period of 0 runs at that rate). A replica costs its length, and at least
+``SCRUB_REPLICA_COST_BYTES``: verifying one has a fixed cost (a thread hop, an open, a
+direct read), and at full rate a store of small replicas took a third of a core per
+chunkserver for good. The first pass after a start begins at a random replica and goes
+round, so a server restarted more often than the period still gets all its replicas
+verified, in time; a pass that verified nothing is followed by a pause of at least
 ``SCRUB_IDLE_PAUSE_S``. Each step reads past the page cache (``from_disk``: ``O_DIRECT``,
 which first writes the range's dirty pages back), so the bytes checked are the disk's and
 the pages clients read stay cached. LIMITATIONS: a replica written during its turn is
@@ -37,11 +43,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import time
 from collections.abc import Callable
 
 from chunkserver.disk import AsyncChunkStore
-from chunkserver.format import BLOCK_BYTES, PAGE_BYTES, ReplicaInfo
+from chunkserver.format import BLOCK_BYTES, ReplicaInfo
 from chunkserver.peers import PeerPool
 from dfs.wire.errors import DfsError, NotFound, Stale, Timeout, Unavailable
 
@@ -63,6 +71,8 @@ SCRUB_IDLE_PAUSE_S = 1.0
 # milliseconds, and passes back to back spun at hundreds a second, relisting the store each
 # time, for bytes the previous pass had just verified.
 SCRUB_PASS_MIN_S = 1.0
+# What verifying a replica costs the scrubber's throttle at least, whatever its length.
+SCRUB_REPLICA_COST_BYTES = 256 * 1024
 # Steps per second a throttled stream aims at: pieces of rate / STEPS_PER_S keep it smooth
 # rather than one large burst and a long pause.
 STEPS_PER_S = 4
@@ -190,15 +200,27 @@ async def copy_in(
 
 
 class Scrubber:
-    """Re-reads every replica at ``bytes_per_s`` (> 0), pausing ``interval_s`` between
-    passes; see the module docstring. Counters for ``cs.status``: ``bytes_verified``,
-    ``passes`` (completed)."""
+    """Re-reads every replica, each pass spread over ``period_s`` at ``bytes_per_s`` (> 0)
+    at most, pausing ``interval_s`` between passes; see the module docstring. Counters for
+    ``cs.status``: ``bytes_verified``, ``passes`` (completed)."""
 
-    def __init__(self, store: AsyncChunkStore, bytes_per_s: int, interval_s: float) -> None:
-        assert bytes_per_s > 0 and interval_s >= 0
+    def __init__(
+        self,
+        store: AsyncChunkStore,
+        bytes_per_s: int,
+        interval_s: float,
+        *,
+        period_s: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        assert bytes_per_s > 0 and interval_s >= 0 and period_s >= 0
         self.store = store
+        self.bytes_per_s = bytes_per_s
         self.throttle = Throttle(bytes_per_s)
         self.interval_s = interval_s
+        self.period_s = period_s
+        self._rng = rng if rng is not None else random.Random()
+        self._first_pass = True
         self.bytes_verified = 0
         self.passes = 0
 
@@ -221,16 +243,32 @@ class Scrubber:
         pause = self.interval_s if verified else max(self.interval_s, SCRUB_IDLE_PAUSE_S)
         return max(pause, SCRUB_PASS_MIN_S - elapsed_s)
 
+    def pass_rate(self, cost_bytes: int) -> int:
+        """Bytes per second for a pass costing ``cost_bytes``: over the period, and never
+        more than ``bytes_per_s`` (all of it when the period is 0)."""
+        if self.period_s <= 0:
+            return self.bytes_per_s
+        return max(1, min(self.bytes_per_s, math.ceil(cost_bytes / self.period_s)))
+
     async def scrub_pass(self) -> int:
         """One pass over the replicas listed at its start; returns the bytes verified."""
         verified = 0
-        step_max = self.throttle.piece_bytes(SCRUB_STEP_BYTES_MAX)
         replicas = await asyncio.to_thread(self.store.list_chunks)
-        for replica in replicas:
+        if self._first_pass and replicas:
+            self._first_pass = False
+            start = self._rng.randrange(len(replicas))
+            replicas = replicas[start:] + replicas[:start]
+        costs = [max(r.length, SCRUB_REPLICA_COST_BYTES) for r in replicas]
+        self.throttle.bytes_per_s = self.pass_rate(sum(costs))
+        step_max = self.throttle.piece_bytes(SCRUB_STEP_BYTES_MAX)
+        for replica, cost in zip(replicas, costs, strict=True):
             offset = 0
+            # the fixed part of the replica's cost goes with its first step
+            overhead = cost - replica.length
             while True:
                 size = min(step_max, replica.length - offset)
-                await self.throttle.take(max(size, PAGE_BYTES))
+                await self.throttle.take(max(size, 0) + overhead)
+                overhead = 0
                 if size <= 0:
                     break
                 try:
@@ -250,6 +288,7 @@ class Scrubber:
 
 __all__ = [
     "COPY_PIECE_BYTES_MAX",
+    "SCRUB_REPLICA_COST_BYTES",
     "SCRUB_STEP_BYTES_MAX",
     "Scrubber",
     "Throttle",

@@ -273,7 +273,10 @@ class ChunkServer:
         self._tasks.append(asyncio.create_task(self._bad_loop()))
         if cfg.scrub_bytes_per_s > 0:
             self.scrubber = Scrubber(
-                self.store, cfg.scrub_bytes_per_s, cfg.scrub_interval_ms / 1000
+                self.store,
+                cfg.scrub_bytes_per_s,
+                cfg.scrub_interval_ms / 1000,
+                period_s=cfg.scrub_period_ms / 1000,
             )
             self._tasks.append(asyncio.create_task(self.scrubber.run()))
 

@@ -113,7 +113,12 @@ META_OPTIONS = {
     "gc_grace_ms": 2000,
     "replication_jobs": 8,
 }
-CS_OPTIONS = {"heartbeat_ms": 200, "report_interval_ms": 3000, "scrub_bytes_per_s": 32 * MIB}
+CS_OPTIONS = {
+    "heartbeat_ms": 200,
+    "report_interval_ms": 3000,
+    "scrub_bytes_per_s": 32 * MIB,
+    "scrub_period_ms": 0,
+}
 # The mount's client timeout: an operation the cluster does not answer fails after this
 # (EIO/ETIMEDOUT), so a fault costs the workload at most this per system call.
 MOUNT_TIMEOUT_S = 20.0

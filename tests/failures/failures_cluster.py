@@ -39,6 +39,7 @@ CS_OPTIONS = {
     "heartbeat_ms": 200,
     "report_interval_ms": 3000,
     "scrub_bytes_per_s": 32 << 20,
+    "scrub_period_ms": 0,
 }
 
 

@@ -827,6 +827,7 @@ def test_bad_configs_exit_2_and_a_shared_data_dir_is_refused(tmp_path: Path) -> 
         "toml": ("listen = \n", "not valid TOML"),
         "wildcard": (base.replace("127.0.0.1:0", "0.0.0.0:7101"), "needs an 'address'"),
         "secret": (base.replace(str(secret), str(tmp_path / "none")), "cannot open"),
+        "period": (base + "scrub_period_ms = -1\n", "scrub_period_ms must be between 0 and"),
     }
     for name, (text, message) in cases.items():
         path = tmp_path / f"{name}.toml"

@@ -366,7 +366,7 @@ async def test_the_scrubber_finds_flipped_bytes_and_reports_them(
     meta = metaservers()
     meta.refuse["cs.bad_chunks"] = 1
     c = clusters(
-        [meta.address], n=1, scrub_bytes_per_s=1 << 30, scrub_interval_ms=50,
+        [meta.address], n=1, scrub_bytes_per_s=1 << 30, scrub_interval_ms=50, scrub_period_ms=0,
         report_interval_ms=100,
     )  # fmt: skip
     await c.start_all()

@@ -7,10 +7,13 @@ chunk; a write, sync or delete has it alone), so that ``ChunkStore`` sees its pe
 operations serialised as it requires. A copy coming in (``chunk.replicate``) is written in
 its own file outside any chunk lock; only its install takes the chunk's lock, alone.
 
-What it must not do: block the event loop, or touch a file itself. (One exception, for
-speed: a small read is first tried on the loop with ``RWF_NOWAIT``, which takes the bytes
+What it must not do: block the event loop, or touch a file itself. (Two exceptions, for
+speed. A small read is first tried on the loop with ``RWF_NOWAIT``, which takes the bytes
 from the page cache or gives up at once; only opening the chunk file may then touch the
-disk, for its inode, once after the caches were dropped.)
+disk, for its inode, once after the caches were dropped. And a small write that syncs
+nothing, to a chunk no job holds or waits for, runs on the loop (``write_now``): it only
+fills the page cache, and can block only when the kernel throttles writers for dirty
+pages, when the disk is the bottleneck anyway.)
 
 Why the lock is released by the thread job and not by the awaiting task: a request can be
 cancelled (its connection closed, its deadline passed) while its disk job is running, and a
@@ -47,6 +50,9 @@ WRITEBACK_PENDING_MAX = 8
 # the chunkserver. Larger reads go to the pool: copying and hashing megabytes on the loop
 # would hold up every other request.
 INLINE_READ_BYTES_MAX = 256 * 1024
+# Writes up to this size that sync nothing may run on the event loop (``write_now``): a new
+# small file's bytes then cost no thread hop and no task on any replica of its chain.
+INLINE_WRITE_BYTES_MAX = 64 * 1024
 
 
 class ChunkLock:
@@ -194,6 +200,29 @@ class AsyncChunkStore:
         if not sync and len(data) >= WRITEBACK_BYTES_MIN:
             self._hint_writeback(chunk_id, offset, len(data))
         return info
+
+    def write_now(
+        self,
+        chunk_id: int,
+        version: int,
+        length: int,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        expect_length: int | None = None,
+    ) -> ReplicaInfo | None:
+        """``write`` here, on the event loop, when it is small and syncs nothing (neither
+        asked nor a version bump's) and no job holds or waits for the chunk's lock, so
+        nothing else touches the replica while it runs; None when it cannot be (use
+        ``write``). Raises what the store's write raises."""
+        if len(data) > INLINE_WRITE_BYTES_MAX or chunk_id in self._locks:
+            return None
+        info = self.store.info(chunk_id)
+        if info is not None and version > info.version:
+            return None  # a bump: fsynced
+        return self.store.write(
+            chunk_id, version, length, offset, data, sync=False, expect_length=expect_length
+        )
 
     def _hint_writeback(self, chunk_id: int, offset: int, length: int) -> None:
         """``ChunkStore.start_writeback`` on a thread of its own, not awaited: a disk whose

@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from chunkserver.config import (
@@ -168,6 +169,19 @@ async def _within(deadline: float, job: Awaitable[T], what: str) -> T:
             return await job
     except TimeoutError:
         raise Timeout(f"{what} did not finish in time") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _WriteRequest:
+    """A ``chunk.write``'s checked fields."""
+
+    chunk_id: int
+    version: int
+    length: int
+    offset: int
+    chain: list[str]
+    sync: bool
+    expect_length: int | None
 
 
 # ---------------------------------------------------------------------- the server
@@ -335,8 +349,18 @@ class ChunkServer:
     ) -> rpc.HandlerResult | rpc._Later:
         """The inline handler (``dfs.rpc``): a ``chunk.read`` whose bytes are all in the page
         cache is answered in the read callback, with no task and no loop turn (the store
-        reads them on the loop anyway, ``read_cached``); anything else, ``LATER``."""
-        if header.get("op") != "chunk.read" or self._stopping:
+        reads them on the loop anyway, ``read_cached``); so is a small ``chunk.write`` at
+        the end of its chain that the store can do on the loop (``write_now``); anything
+        else, ``LATER``."""
+        op = header.get("op")
+        if self._stopping:
+            return rpc.LATER
+        if op == "chunk.write":
+            w = self._write_request(header, payload)
+            if w.chain or not self._write_now(w, payload):
+                return rpc.LATER
+            return None
+        if op != "chunk.read":
             return rpc.LATER
         chunk_id, version, offset, size = self._read_fields(header)
         try:
@@ -367,7 +391,8 @@ class ChunkServer:
         assert self.store is not None, "requests are served only after start()"
         return self.store
 
-    async def _chunk_write(self, h: dict[str, Any], payload: bytes, timeout_s: float) -> None:
+    def _write_request(self, h: dict[str, Any], payload: bytes) -> _WriteRequest:
+        """A ``chunk.write``'s fields, checked (its token included)."""
         chunk_id = _chunk_id(h)
         version = _u64(h, "version")
         self._check_token(h, chunk_id, version, WRITE)
@@ -381,22 +406,46 @@ class ChunkServer:
             raise Invalid("payload length differs from size", size=size)
         if offset + size > CHUNK_BYTES_MAX or length > CHUNK_BYTES_MAX:
             raise TooBig("write past the maximum chunk size", limit=CHUNK_BYTES_MAX)
-        expect_length = _expect_length(h)
+        return _WriteRequest(chunk_id, version, length, offset, chain, sync, _expect_length(h))
+
+    def _write_now(self, w: _WriteRequest, payload: bytes) -> bool:
+        """The local write on the loop (``AsyncChunkStore.write_now``), if it can be; False
+        when it must go to the disk pool."""
+        if w.sync:
+            return False
+        try:
+            done = self._store().write_now(
+                w.chunk_id, w.version, w.length, w.offset, payload, expect_length=w.expect_length
+            )
+        except DfsError as e:
+            e.details.setdefault("address", self.address)
+            raise
+        return done is not None
+
+    async def _chunk_write(self, h: dict[str, Any], payload: bytes, timeout_s: float) -> None:
+        w = self._write_request(h, payload)
         deadline = asyncio.get_running_loop().time() + timeout_s
+        fields = {
+            "chunk_id": w.chunk_id, "version": w.version, "length": w.length,
+            "offset": w.offset, "token": h["token"], "expiry_ms": h["expiry_ms"],
+            "sync": w.sync,
+        }  # fmt: skip
+        if w.expect_length is not None:
+            fields["expect_length"] = w.expect_length
+        if self._write_now(w, payload):
+            # Done here (a small write, in the page cache): only the chain is left.
+            if w.chain:
+                await self._forward(w.chain, "chunk.write", payload, deadline, fields)
+            return
         local = self._local(
             self._store().write(
-                chunk_id, version, length, offset, payload, sync=sync, expect_length=expect_length
+                w.chunk_id, w.version, w.length, w.offset, payload,
+                sync=w.sync, expect_length=w.expect_length,
             ),
             deadline,
             "chunk.write",
-        )
-        fields = {
-            "chunk_id": chunk_id, "version": version, "length": length, "offset": offset,
-            "token": h["token"], "expiry_ms": h["expiry_ms"], "sync": sync,
-        }  # fmt: skip
-        if expect_length is not None:
-            fields["expect_length"] = expect_length
-        await self._with_chain(local, chain, "chunk.write", payload, deadline, fields)
+        )  # fmt: skip
+        await self._with_chain(local, w.chain, "chunk.write", payload, deadline, fields)
 
     def _read_fields(self, h: dict[str, Any]) -> tuple[int, int, int, int]:
         """A ``chunk.read``'s (chunk_id, version, offset, size), its token checked."""

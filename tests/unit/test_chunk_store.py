@@ -23,7 +23,8 @@ What is checked here, on real files in a tmp dir:
   acknowledged bytes;
 - ``AsyncChunkStore``: concurrent writes to one chunk are serialised; a delete waits for the
   reads in flight; an abort waits for the copy's write job; the lock survives cancelled
-  waiters, also when a release already dropped their entry.
+  waiters, also when a release already dropped their entry; small unsynced writes run on
+  the loop unless the chunk is busy or the write bumps its version.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Any
 import pytest
 
 from chunkserver import blocks
-from chunkserver.disk import AsyncChunkStore, ChunkLock
+from chunkserver.disk import INLINE_WRITE_BYTES_MAX, AsyncChunkStore, ChunkLock
 from chunkserver.format import (
     BLOCK_BYTES,
     CHUNK_BYTES_MAX,
@@ -1173,6 +1174,37 @@ async def test_small_cached_reads_skip_the_pool_unless_a_writer_has_the_chunk(
     assert bytes(await store.read(CHUNK, 1, 0, 9)) == b"new bytes"
     await write
     assert len(jobs) == 3
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_small_unsynced_writes_run_on_the_loop_unless_the_chunk_is_busy_or_bumped(
+    async_store: Callable[[], AsyncChunkStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write_now``: a small write that syncs nothing runs here, on the loop (no thread
+    job); a large one, a version bump (fsynced) or a chunk another job holds goes to the
+    pool (None)."""
+    store = async_store()
+    jobs: list[str] = []
+    submit = store._pool.submit
+
+    def counting_submit(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        jobs.append("job")
+        return submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(store._pool, "submit", counting_submit)
+    assert store.write_now(CHUNK, 1, 0, 0, data(4096, seed=3)) == ReplicaInfo(CHUNK, 1, 4096)
+    assert store.write_now(CHUNK, 1, 4096, 4096, b"more") == ReplicaInfo(CHUNK, 1, 4100)
+    assert jobs == []
+    assert store.write_now(CHUNK, 1, 0, 0, data(INLINE_WRITE_BYTES_MAX + 1)) is None
+    assert store.write_now(CHUNK, 2, 4100, 0, b"bump") is None  # a bump syncs: the pool's
+    write = asyncio.create_task(store.write(CHUNK, 1, 0, 0, data(INLINE_WRITE_BYTES_MAX + 1)))
+    await asyncio.sleep(0)  # that write holds the chunk, in the pool
+    assert store._locks[CHUNK].writer
+    assert store.write_now(CHUNK, 1, 0, 0, b"x") is None
+    await write
+    assert jobs == ["job"]
+    assert bytes(await store.read(CHUNK, 1, 4096, 4)) == data(INLINE_WRITE_BYTES_MAX + 1)[4096:4100]
     await store.close()
 
 

@@ -50,7 +50,7 @@ STATS_ENV = "DFS_MOUNT_STATS"
 # directory leases (for A/B measurements and for ruling them out when chasing a bug).
 DIR_LEASES_ENV = "DFS_DIR_LEASES"
 # Bytes: chunk writes up to this size go to every replica at once (ClientOptions
-# .fanout_write_bytes_max), for A/B measurements of the fan-out.
+# .fanout_write_bytes_max; 0: every write along the chain), for A/B measurements.
 FANOUT_ENV = "DFS_FANOUT_BYTES"
 
 

@@ -1148,14 +1148,8 @@ async def test_concurrent_writes_to_one_chunk_are_serialised(
     assert not store._locks
 
 
-@pytest.mark.anyio
-async def test_small_cached_reads_skip_the_pool_unless_a_writer_has_the_chunk(
-    async_store: Callable[[], AsyncChunkStore], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A small read of cached bytes is served on the event loop (no thread job); while a
-    write holds the chunk, a read waits for it in the pool and sees what it wrote."""
-    store = async_store()
-    await store.write(CHUNK, 1, 0, 0, data(4 * B, seed=41))
+def _count_jobs(store: AsyncChunkStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A list that gets one entry per job the store's disk pool is given."""
     jobs: list[str] = []
     submit = store._pool.submit
 
@@ -1164,6 +1158,18 @@ async def test_small_cached_reads_skip_the_pool_unless_a_writer_has_the_chunk(
         return submit(fn, *args, **kwargs)
 
     monkeypatch.setattr(store._pool, "submit", counting_submit)
+    return jobs
+
+
+@pytest.mark.anyio
+async def test_small_cached_reads_skip_the_pool_unless_a_writer_has_the_chunk(
+    async_store: Callable[[], AsyncChunkStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small read of cached bytes is served on the event loop (no thread job); while a
+    write holds the chunk, a read waits for it in the pool and sees what it wrote."""
+    store = async_store()
+    await store.write(CHUNK, 1, 0, 0, data(4 * B, seed=41))
+    jobs = _count_jobs(store, monkeypatch)
     assert bytes(await store.read(CHUNK, 1, 100, 4096)) == data(4 * B, seed=41)[100:4196]
     assert jobs == []
     assert len(await store.read(CHUNK, 1, 0, MiB)) == 4 * B  # large: in the pool
@@ -1185,14 +1191,7 @@ async def test_small_unsynced_writes_run_on_the_loop_unless_the_chunk_is_busy_or
     job); a large one, a version bump (fsynced) or a chunk another job holds goes to the
     pool (None)."""
     store = async_store()
-    jobs: list[str] = []
-    submit = store._pool.submit
-
-    def counting_submit(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        jobs.append("job")
-        return submit(fn, *args, **kwargs)
-
-    monkeypatch.setattr(store._pool, "submit", counting_submit)
+    jobs = _count_jobs(store, monkeypatch)
     assert store.write_now(CHUNK, 1, 0, 0, data(4096, seed=3)) == ReplicaInfo(CHUNK, 1, 4096)
     assert store.write_now(CHUNK, 1, 4096, 4096, b"more") == ReplicaInfo(CHUNK, 1, 4100)
     assert jobs == []

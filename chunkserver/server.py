@@ -196,6 +196,8 @@ class ChunkServer:
         self._token_key = token_key(secret)
         # Tokens whose signature was checked, with the fields it covers (TOKEN CACHE below).
         self._tokens_verified: set[tuple[bytes, int, int, bytes, int]] = set()
+        # chunk.writes running in tasks, per chunk id (``_chunk_write``: their order).
+        self._writes_running: dict[int, int] = {}
         self.cs_id = 0
         self.uuid = ""
         self.address = config.address or f"{config.listen_host}:{config.listen_port}"
@@ -356,6 +358,10 @@ class ChunkServer:
         if self._stopping:
             return rpc.LATER
         if op == "chunk.write":
+            if conn.requests_running:
+                # An earlier request of this connection waits for its task (a write to
+                # the same chunk, maybe): answering this one now would overtake it.
+                return rpc.LATER
             w = self._write_request(header, payload)
             if w.chain or not self._write_now(w, payload):
                 return rpc.LATER
@@ -423,6 +429,24 @@ class ChunkServer:
         return done is not None
 
     async def _chunk_write(self, h: dict[str, Any], payload: bytes, timeout_s: float) -> None:
+        chunk_id = _chunk_id(h)
+        # FIFO per chunk: tasks take their first step in arrival order, so a write that
+        # finds another write of its chunk running here goes behind it (the disk pool's
+        # chunk lock), never past it on the loop.
+        running = self._writes_running.get(chunk_id, 0)
+        self._writes_running[chunk_id] = running + 1
+        try:
+            await self._chunk_write_in_order(h, payload, timeout_s, alone=running == 0)
+        finally:
+            left = self._writes_running[chunk_id] - 1
+            if left:
+                self._writes_running[chunk_id] = left
+            else:
+                del self._writes_running[chunk_id]
+
+    async def _chunk_write_in_order(
+        self, h: dict[str, Any], payload: bytes, timeout_s: float, *, alone: bool
+    ) -> None:
         w = self._write_request(h, payload)
         deadline = asyncio.get_running_loop().time() + timeout_s
         fields = {
@@ -432,7 +456,7 @@ class ChunkServer:
         }  # fmt: skip
         if w.expect_length is not None:
             fields["expect_length"] = w.expect_length
-        if self._write_now(w, payload):
+        if alone and self._write_now(w, payload):
             # Done here (a small write, in the page cache): only the chain is left.
             if w.chain:
                 await self._forward(w.chain, "chunk.write", payload, deadline, fields)

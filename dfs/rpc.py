@@ -192,6 +192,12 @@ class Connection(asyncio.Protocol):
     def closed(self) -> bool:
         return self._close_error is not None
 
+    @property
+    def requests_running(self) -> int:
+        """Requests of this connection handed to tasks and not yet answered: an inline
+        handler that must not overtake one of them (FIFO per connection) checks it."""
+        return len(self._request_tasks)
+
     async def call(
         self,
         op: str,

@@ -467,6 +467,29 @@ async def test_chain_write_reads_back_identically_from_every_replica(
 
 
 @pytest.mark.timeout(60)
+async def test_pipelined_writes_to_one_chunk_land_in_the_order_they_were_sent(
+    metaservers: Callable[..., FakeMetaserver], clusters: Callable[..., Chunkservers]
+) -> None:
+    """A small write answered in the read callback (or on the loop in its task) must not
+    overtake a larger write of the same chunk sent before it on the same connection, which
+    waits for the disk pool: along a chain and at its end, the later bytes win."""
+    meta = metaservers()
+    c = clusters([meta.address])
+    await c.start_all()
+    big = b"a" * (256 * 1024)
+    for chunk_id, chain in ((0x51, []), (0x52, [2, 3])):
+        for round_ in range(5):
+            small = bytes([0x30 + round_]) * 4096
+            await asyncio.gather(
+                c.write(1, chunk_id, 1, 0, big, chain=chain, length=len(big) * (round_ > 0)),
+                c.write(1, chunk_id, 1, 0, small, chain=chain, length=len(big) * (round_ > 0)),
+            )
+            for i in [1, *chain]:
+                got = await c.read(i, chunk_id, 1, 0, 8192)
+                assert got == small + big[4096:8192], (chunk_id, round_, i)
+
+
+@pytest.mark.timeout(60)
 async def test_a_token_checked_once_allows_only_what_it_signs_and_only_until_it_expires(
     metaservers: Callable[..., FakeMetaserver], clusters: Callable[..., Chunkservers]
 ) -> None:

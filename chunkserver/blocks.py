@@ -105,4 +105,32 @@ def write_blocks(
     pwrite_all(fd, table, TABLE_OFFSET + SUM_BYTES * first)
 
 
-__all__ = ["Corrupter", "read_sum", "read_verified_block", "truncate", "write_blocks"]
+def reads_old_blocks(old_length: int, offset: int, size: int) -> bool:
+    """Would ``write_blocks(fd, old_length, offset, data)`` with ``size`` bytes read (and
+    verify) a block already on disk? Only a block partly covered by the write that holds
+    bytes below ``old_length`` is read: the first, the last, or the one ``old_length``
+    ends in (the others are wholly overwritten or part of the gap)."""
+    end = offset + size
+    new_length = max(old_length, end)
+    first = min(offset, old_length) // BLOCK_BYTES
+    last = (end - 1) // BLOCK_BYTES
+    for block in {first, last, old_length // BLOCK_BYTES}:
+        if not first <= block <= last:
+            continue
+        start = block * BLOCK_BYTES
+        stop = min(start + BLOCK_BYTES, new_length)
+        if offset <= start and end >= stop:
+            continue  # wholly overwritten
+        if min(start + BLOCK_BYTES, old_length) > start:
+            return True
+    return False
+
+
+__all__ = [
+    "Corrupter",
+    "read_sum",
+    "read_verified_block",
+    "reads_old_blocks",
+    "truncate",
+    "write_blocks",
+]

@@ -11,9 +11,13 @@ What it must not do: block the event loop, or touch a file itself. (Two exceptio
 speed. A small read is first tried on the loop with ``RWF_NOWAIT``, which takes the bytes
 from the page cache or gives up at once; only opening the chunk file may then touch the
 disk, for its inode, once after the caches were dropped. And a small write that syncs
-nothing, to a chunk no job holds or waits for, runs on the loop (``write_now``): it only
-fills the page cache, and can block only when the kernel throttles writers for dirty
-pages, when the disk is the bottleneck anyway.)
+nothing and reads nothing already on disk (a new replica, an append from a block
+boundary, whole blocks overwritten: no partial old block to verify), to a chunk no job
+holds or waits for, runs on the loop (``write_now``): it fills the page cache and touches
+only the file's metadata (an open, a preallocation); it can block when the kernel
+throttles writers for dirty pages, when the disk is the bottleneck anyway. A write that
+must read an old block goes to the pool: a cold block there would hold up the loop for a
+disk read, and a failing disk for much longer.)
 
 Why the lock is released by the thread job and not by the awaiting task: a request can be
 cancelled (its connection closed, its deadline passed) while its disk job is running, and a
@@ -33,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chunkserver.blocks import reads_old_blocks
 from chunkserver.format import ReplicaInfo
 from chunkserver.store import WRITEBACK_BYTES_MIN, ChunkStore, Incoming, WouldBlock
 
@@ -211,15 +216,19 @@ class AsyncChunkStore:
         *,
         expect_length: int | None = None,
     ) -> ReplicaInfo | None:
-        """``write`` here, on the event loop, when it is small and syncs nothing (neither
-        asked nor a version bump's) and no job holds or waits for the chunk's lock, so
-        nothing else touches the replica while it runs; None when it cannot be (use
-        ``write``). Raises what the store's write raises."""
+        """``write`` here, on the event loop, when it is small, syncs nothing (neither
+        asked nor a version bump's), reads no old block (``blocks.reads_old_blocks``) and
+        no job holds or waits for the chunk's lock, so nothing else touches the replica
+        while it runs; None when it cannot be (use ``write``). Raises what the store's
+        write raises."""
         if len(data) > INLINE_WRITE_BYTES_MAX or chunk_id in self._locks:
             return None
         info = self.store.info(chunk_id)
-        if info is not None and version > info.version:
-            return None  # a bump: fsynced
+        if info is not None and (
+            version > info.version  # a bump: fsynced
+            or reads_old_blocks(info.length, offset, len(data))  # a disk read, maybe
+        ):
+            return None
         return self.store.write(
             chunk_id, version, length, offset, data, sync=False, expect_length=expect_length
         )

@@ -21,22 +21,24 @@ HOW THE SCRUBBER WORKS. One pass takes the list of replicas (id order) and reads
 steps of up to 1 MiB through ``AsyncChunkStore.verify``: the store's own verified read, in
 the disk pool, holding the chunk's read lock only for that step, so client reads share the
 chunk and a client write waits for one step at most. The store makes a replica bad on the
-first mismatch (store.py rule 6). A replica rewritten (``Stale``) or deleted (``NotFound``)
-during its turn is skipped until the next pass. Pacing: a pass is spread over
+first mismatch (store.py rule 6). Each replica is verified as it is at its turn (its
+version and length then, not as listed: a pass lasts days), once more at its new version
+if it is rewritten during its turn (``Stale``), and skipped if deleted. Pacing: a pass is spread over
 ``scrub_period_ms`` (default 7 days, as Ceph's deep scrub; HDFS's block scanner takes three
 weeks): its rate is the pass's cost over the period, never more than ``scrub_bytes_per_s``
 (``pass_rate``; a period of 0 runs at that rate). A replica costs its length, and at least
 ``SCRUB_REPLICA_COST_BYTES``: verifying one has a fixed cost (a thread hop, an open, a
 direct read), and at full rate a store of small replicas took a third of a core per
 chunkserver for good. The first pass after a start begins at a random replica and goes
-round, so a server restarted more often than the period still gets all its replicas
-verified, in time; a pass that verified nothing is followed by a pause of at least
+round, so that restarts do not favour the low ids; a pass that verified nothing is followed by a pause of at least
 ``SCRUB_IDLE_PAUSE_S``. Each step reads past the page cache (``from_disk``: ``O_DIRECT``,
 which first writes the range's dirty pages back), so the bytes checked are the disk's and
 the pages clients read stay cached. LIMITATIONS: a replica written during its turn is
-checked up to the length it had when the pass listed it; on a file system that refuses
+checked up to the length it had when its turn began; on a file system that refuses
 ``O_DIRECT`` the step drops the range's clean pages instead (dirty ones are then checked
-in memory, and cached ones are evicted).
+in memory, and cached ones are evicted). Coverage across restarts is by chance: a server
+restarted more often than the period verifies a random arc of its replicas each run, so
+some may wait several periods (a cursor kept on disk would fix it).
 """
 
 from __future__ import annotations
@@ -100,12 +102,28 @@ class Throttle:
         step = self.bytes_per_s // STEPS_PER_S // BLOCK_BYTES * BLOCK_BYTES
         return min(max(step, BLOCK_BYTES), limit)
 
+    def set_rate(self, bytes_per_s: int) -> None:
+        """Change the rate; what is still owed for bytes already let through is owed at the
+        new rate (a pass of a few replicas at a slow rate must not hold up the next, larger
+        pass by its last booking at the old rate)."""
+        assert bytes_per_s >= 0
+        old, self.bytes_per_s = self.bytes_per_s, bytes_per_s
+        if old == 0 or bytes_per_s == 0:
+            self._next = 0.0
+            return
+        now = self._now()
+        if self._next > now:
+            self._next = now + (self._next - now) * old / bytes_per_s
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
     def reserve(self, n: int) -> float:
         """Book ``n`` bytes; returns the seconds to wait before sending them (pure but for
         the clock)."""
         if self.bytes_per_s == 0 or n <= 0:
             return 0.0
-        now = self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+        now = self._now()
         start = max(now, self._next)
         self._next = start + n / self.bytes_per_s
         return start - now
@@ -259,13 +277,17 @@ class Scrubber:
             start = self._rng.randrange(len(replicas))
             replicas = replicas[start:] + replicas[:start]
         costs = [max(r.length, SCRUB_REPLICA_COST_BYTES) for r in replicas]
-        self.throttle.bytes_per_s = self.pass_rate(sum(costs))
+        self.throttle.set_rate(self.pass_rate(sum(costs)))
         step_max = self.throttle.piece_bytes(SCRUB_STEP_BYTES_MAX)
-        for replica, cost in zip(replicas, costs, strict=True):
+        for listed, cost in zip(replicas, costs, strict=True):
             offset = 0
             # the fixed part of the replica's cost goes with its first step
-            overhead = cost - replica.length
-            while True:
+            overhead = cost - listed.length
+            # As it is at its turn, not as listed: over a pass of days a chunk written
+            # meanwhile has a newer version (a bump keeps the bytes below its cut).
+            replica = self.store.store.info(listed.chunk_id)
+            refreshed = False
+            while replica is not None:
                 size = min(step_max, replica.length - offset)
                 await self.throttle.take(max(size, 0) + overhead)
                 overhead = 0
@@ -273,8 +295,14 @@ class Scrubber:
                     break
                 try:
                     n = await self.store.verify(replica.chunk_id, replica.version, offset, size)
-                except (NotFound, Stale):
-                    break  # deleted or rewritten since the pass began: next pass
+                except Stale:
+                    if refreshed:
+                        break  # rewritten again and again: the next pass
+                    refreshed = True  # rewritten since its turn began: go on at its version
+                    replica = self.store.store.info(listed.chunk_id)
+                    continue
+                except NotFound:
+                    break  # deleted since the pass began
                 except DfsError:
                     # Corrupt (the store has made it bad and logged why), or a disk error.
                     break

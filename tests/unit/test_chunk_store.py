@@ -1183,27 +1183,54 @@ async def test_small_cached_reads_skip_the_pool_unless_a_writer_has_the_chunk(
     await store.close()
 
 
+def test_reads_old_blocks_says_exactly_when_a_write_reads_a_block_on_disk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``blocks.reads_old_blocks`` against what ``write_blocks`` really reads, over
+    writes at, across and past block boundaries and the old length."""
+    reads: list[int] = []
+    monkeypatch.setattr(blocks, "read_verified_block", lambda fd, block, *a: reads.append(block))
+    monkeypatch.setattr(blocks, "pwrite_all", lambda *a: None)
+    rng = random.Random(5)
+    edges = [0, 1, B - 1, B, B + 1, 2 * B, 3 * B - 7, 3 * B]
+    cases = [(o, f, n) for o in edges for f in edges for n in (1, 7, B - 1, B, B + 1, 2 * B)]
+    cases += [
+        (rng.randrange(4 * B), rng.randrange(4 * B), rng.randrange(1, 3 * B)) for _ in range(500)
+    ]
+    for old_length, offset, size in cases:
+        reads.clear()
+        blocks.write_blocks(-1, old_length, offset, memoryview(bytes(size)), None)  # type: ignore[arg-type]
+        assert blocks.reads_old_blocks(old_length, offset, size) == bool(reads), (
+            old_length, offset, size, reads
+        )  # fmt: skip
+
+
 @pytest.mark.anyio
 async def test_small_unsynced_writes_run_on_the_loop_unless_the_chunk_is_busy_or_bumped(
     async_store: Callable[[], AsyncChunkStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``write_now``: a small write that syncs nothing runs here, on the loop (no thread
-    job); a large one, a version bump (fsynced) or a chunk another job holds goes to the
-    pool (None)."""
+    job); a large one, a version bump (fsynced), one that must read an old block (a cold
+    one would be a disk read on the loop) or a chunk another job holds goes to the pool
+    (None)."""
     store = async_store()
     jobs = _count_jobs(store, monkeypatch)
-    assert store.write_now(CHUNK, 1, 0, 0, data(4096, seed=3)) == ReplicaInfo(CHUNK, 1, 4096)
-    assert store.write_now(CHUNK, 1, 4096, 4096, b"more") == ReplicaInfo(CHUNK, 1, 4100)
+    assert store.write_now(CHUNK, 1, 0, 0, data(B, seed=3)) == ReplicaInfo(CHUNK, 1, B)
+    assert store.write_now(CHUNK, 1, B, B, b"more") == ReplicaInfo(CHUNK, 1, B + 4)
+    assert store.write_now(CHUNK, 1, B + 4, 0, data(B, seed=4)) == ReplicaInfo(CHUNK, 1, B + 4)
     assert jobs == []
     assert store.write_now(CHUNK, 1, 0, 0, data(INLINE_WRITE_BYTES_MAX + 1)) is None
-    assert store.write_now(CHUNK, 2, 4100, 0, b"bump") is None  # a bump syncs: the pool's
+    assert store.write_now(CHUNK, 2, B + 4, 0, b"bump") is None  # a bump syncs: the pool's
+    assert store.write_now(CHUNK, 1, B + 4, 10, b"mid-block") is None  # reads block 0 first
+    assert store.write_now(CHUNK, 1, B + 4, B + 4, b"tail") is None  # reads block 1 first
     write = asyncio.create_task(store.write(CHUNK, 1, 0, 0, data(INLINE_WRITE_BYTES_MAX + 1)))
     await asyncio.sleep(0)  # that write holds the chunk, in the pool
     assert store._locks[CHUNK].writer
     assert store.write_now(CHUNK, 1, 0, 0, b"x") is None
     await write
     assert jobs == ["job"]
-    assert bytes(await store.read(CHUNK, 1, 4096, 4)) == data(INLINE_WRITE_BYTES_MAX + 1)[4096:4100]
+    big = data(INLINE_WRITE_BYTES_MAX + 1)  # over [0, B + 1): the pool's write came last
+    assert bytes(await store.read(CHUNK, 1, B, 4)) == big[B : B + 1] + b"ore"
     await store.close()
 
 

@@ -47,6 +47,21 @@ def test_throttle_paces_to_its_rate_without_bursts() -> None:
     assert unlimited.reserve(1 << 40) == 0.0
 
 
+def test_a_new_rate_rescales_what_is_still_owed() -> None:
+    """A pass of one replica at a slow rate books its cost ahead; the next pass, at a
+    faster rate, owes that time at its own rate, not days at the old one."""
+    now = [0.0]
+    throttle = Throttle(100, clock=lambda: now[0])
+    assert throttle.reserve(10_000) == 0.0  # at once; the next waits 100 s
+    now[0] += 20.0
+    throttle.set_rate(10_000)  # 80 s owed at 100 B/s: 8,000 bytes, 0.8 s at the new rate
+    assert throttle.reserve(1) == pytest.approx(0.8)
+    throttle.set_rate(0)
+    assert throttle.reserve(1 << 40) == 0.0
+    throttle.set_rate(1)
+    assert throttle.reserve(5) == 0.0  # from no limit: nothing owed
+
+
 def test_throttle_steps_are_whole_blocks_near_a_quarter_second() -> None:
     assert Throttle(0).piece_bytes(4 * MiB) == 4 * MiB
     assert Throttle(64 * MiB).piece_bytes(4 * MiB) == 4 * MiB
@@ -101,22 +116,40 @@ async def test_a_scrub_pass_finds_a_flipped_byte_and_leaves_the_rest(
 
 
 @pytest.mark.anyio
-async def test_a_scrub_pass_skips_replicas_that_change_under_it(
+async def test_a_scrub_pass_verifies_replicas_as_they_are_at_their_turn(
     async_store: Callable[[], AsyncChunkStore],
 ) -> None:
+    """A pass lasts days: a replica deleted since the listing is skipped; one rewritten
+    under a newer version is verified at that version (before, it answered ``Stale`` and
+    was skipped, pass after pass, for a chunk written more often than a pass lasts); one
+    rewritten during its own turn is verified on at its new version."""
     store = async_store()
     for chunk_id in (1, 2, 3):
-        await store.write(chunk_id, 1, 0, 0, bytes(B))
+        await store.write(chunk_id, 1, 0, 0, bytes(3 * B))
     real_list = store.list_chunks
 
     def listed_then_changed() -> list[ReplicaInfo]:
         listed = real_list()
         store.store.delete(1)  # gone before its turn
-        store.store.write(2, 2, B, 0, b"")  # rewritten under another version
+        store.store.write(2, 2, 3 * B, 0, b"")  # rewritten under another version
         return listed
 
     store.list_chunks = listed_then_changed  # type: ignore[method-assign]
-    assert await Scrubber(store, 1 << 40, 0.0).scrub_pass() == B  # chunk 3 only
+    real_verify = store.verify
+    bumped = []
+
+    async def verify(chunk_id: int, version: int, offset: int, size: int) -> int:
+        if chunk_id == 3 and offset == B and not bumped:
+            bumped.append(True)
+            store.store.write(3, 2, 3 * B, 0, b"")  # rewritten during its turn
+        return await real_verify(chunk_id, version, offset, size)
+
+    store.verify = verify  # type: ignore[method-assign]
+    scrubber = Scrubber(store, 1 << 40, 0.0)
+    scrubber.throttle = Throttle(0)  # steps of one block: chunk 3 is bumped mid-turn
+    scrubber.throttle.piece_bytes = lambda limit: B  # type: ignore[method-assign]
+    assert await scrubber.scrub_pass() == 3 * B + 3 * B  # chunks 2 and 3, whole
+    assert bumped
     await store.close()
 
 

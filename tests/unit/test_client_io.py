@@ -48,6 +48,10 @@ OPTIONS = ClientOptions(
     io_timeout_s=0.5,
     connect_timeout_s=1.0,
     write_buffer_bytes=64 * KiB,
+    # Along the chain, as these tests were written for (a failure injected at its head);
+    # the fan-out, the default for small writes, has its own parametrized test here and
+    # is what the mount's tests run.
+    fanout_write_bytes_max=0,
 )
 
 

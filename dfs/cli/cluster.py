@@ -392,9 +392,21 @@ async def cluster_status(meta_addresses: list[str], secret: bytes) -> dict[str, 
     ``{"leader": id | None, "leader_address", "term", "metaservers": [{id, address, state,
     role, pid, term, commit, applied}], "chunkservers": [...], "files", "dirs", "chunks",
     "bytes", "capacity_bytes", "used_bytes", "health", "rebalance"}``; a metaserver that does
-    not answer has state ``"down"``; a chunkserver's ``state`` is the leader's (alive, dead,
-    draining, drained)."""
-    views = await asyncio.gather(*(_status_of(a, secret) for a in meta_addresses))
+    not answer has state ``"down"``; members the answers name but ``meta_addresses`` does
+    not (added since that list was written) are asked too; a chunkserver's ``state`` is the
+    leader's (alive, dead, draining, drained)."""
+    meta_addresses = list(meta_addresses)
+    views = list(await asyncio.gather(*(_status_of(a, secret) for a in meta_addresses)))
+    # Members the given list does not name (added since it was written): ask them too.
+    added: list[str] = []
+    for view in views:
+        for row in (view or {}).get("metaservers", []):
+            address = row.get("address")
+            if isinstance(address, str) and address not in meta_addresses + added:
+                added.append(address)
+    if added:
+        views += await asyncio.gather(*(_status_of(a, secret) for a in added))
+        meta_addresses += added
     metaservers = []
     leader_view: dict[str, Any] | None = None
     for address, view in zip(meta_addresses, views, strict=True):

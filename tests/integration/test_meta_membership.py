@@ -200,6 +200,11 @@ async def test_replace_metaservers_under_a_write_load(layout: local.Layout) -> N
     st = json.loads(await cli("status", "--dir", str(d), "--json"))
     assert sorted(m["id"] for m in st["metaservers"]) == rest
     assert st["leader"] in rest
+    # Asked with the first three addresses only, status finds the added one too.
+    st = json.loads(await cli("status", "--meta", ",".join(first_addresses), "--secret",
+                              str(layout.secret_file), "--json"))  # fmt: skip
+    assert sorted(m["id"] for m in st["metaservers"] if m["state"] == "up") == rest
+    assert 4 in rest and st["leader"] in rest
     async with FsClient.open_cluster(now.meta_addresses, secret, timeout_s=30.0) as fs:
         load = await fs.lookup(ROOT_INO, b"load")
         names = [e.name async for e in fs.readdir(load.ino)]

@@ -57,7 +57,7 @@ WRITEBACK_PENDING_MAX = 8
 INLINE_READ_BYTES_MAX = 256 * 1024
 # Writes up to this size that sync nothing may run on the event loop (``write_now``): a new
 # small file's bytes then cost no thread hop and no task on any replica of its chain.
-INLINE_WRITE_BYTES_MAX = 64 * 1024
+INLINE_WRITE_BYTES_MAX = 256 * 1024
 
 
 class ChunkLock:

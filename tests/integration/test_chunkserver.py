@@ -43,6 +43,7 @@ from typing import Any
 
 import pytest
 
+from chunkserver.disk import INLINE_WRITE_BYTES_MAX
 from chunkserver.format import DATA_OFFSET, chunk_relpath
 from dfs import rpc
 from dfs.secret import write_secret
@@ -476,7 +477,7 @@ async def test_pipelined_writes_to_one_chunk_land_in_the_order_they_were_sent(
     meta = metaservers()
     c = clusters([meta.address])
     await c.start_all()
-    big = b"a" * (256 * 1024)
+    big = b"a" * (INLINE_WRITE_BYTES_MAX + 4096)  # too big for the loop: the disk pool's
     for chunk_id, chain in ((0x51, []), (0x52, [2, 3])):
         for round_ in range(5):
             small = bytes([0x30 + round_]) * 4096

@@ -202,7 +202,10 @@ class DirLeases:
 
     @staticmethod
     def _now() -> float:
-        return anyio.current_time()
+        # The lease's own clock (every deadline here is taken and compared with it):
+        # ``anyio.current_time`` asks which event loop runs at each call, a seventh of a
+        # leased create's time in the mount.
+        return time.monotonic()
 
     # ------------------------------------------------------------------ leases
 

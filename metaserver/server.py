@@ -53,7 +53,7 @@ from metaserver.holds import KEEPALIVE_S, Holds
 from metaserver.leasedesk import LeaseDesk
 from metaserver.membership import Membership, was_removed
 from metaserver.namespace import Namespace, encode_command, pools
-from metaserver.namespace.commands import BATCH_OPS, GOAL_MAX, GOAL_MIN
+from metaserver.namespace.commands import BATCH_OPS, GOAL_MAX, GOAL_MIN, check_sizes
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
 from metaserver.raft.node import RAFT_OP, RaftNode
 from metaserver.raft.storage import CorruptLogError, StorageLockedError
@@ -305,6 +305,7 @@ class MetaServer:
         for name, tp, required in spec:
             if required or name in header:
                 args[name] = field(header, name, tp)
+        check_sizes(op, args)
         return await self._propose(op, args, header, timeout_s)
 
     # ------------------------------------------------------------------ open-file holds

@@ -244,6 +244,24 @@ def arg_xattr_value(args: dict[str, Any], key: str) -> bytes:
     return value
 
 
+def check_sizes(op: str, args: dict[str, Any]) -> None:
+    """The size limits of an op's byte fields, checked before it is proposed (the same
+    errors as when it is applied): a request over a limit must not reach the Raft log,
+    where every replica would store, apply and snapshot-compact it only to refuse it.
+    Everything else is checked where it is applied."""
+    name_max = XATTR_NAME_BYTES_MAX if op in ("setxattr", "removexattr") else NAME_BYTES_MAX
+    for key in ("name", "new_name"):
+        value = args.get(key)
+        if isinstance(value, bytes) and len(value) > name_max:
+            raise NameTooLong(f"{key} over {name_max} bytes")
+    target = args.get("target")
+    if isinstance(target, bytes) and len(target) > SYMLINK_TARGET_BYTES_MAX:
+        raise NameTooLong(f"symlink target over {SYMLINK_TARGET_BYTES_MAX} bytes")
+    value = args.get("value")
+    if isinstance(value, bytes) and len(value) > XATTR_VALUE_BYTES_MAX:
+        raise TooBig(f"xattr value over {XATTR_VALUE_BYTES_MAX} bytes")
+
+
 def arg_size(args: dict[str, Any], key: str) -> int:
     """A file size: a negative one is invalid, one past the maximum is TooBig (EFBIG)."""
     v = args.get(key)

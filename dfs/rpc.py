@@ -61,6 +61,7 @@ from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
 from dfs.wire import codec, messages
 from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side
 from dfs.wire.errors import (
+    AuthError,
     DfsError,
     InternalError,
     ProtocolError,
@@ -354,9 +355,22 @@ class Connection(asyncio.Protocol):
             async with asyncio.timeout(self._handshake_timeout_s):
                 self._send_frame(handshake.hello())
                 hello = await self._handshake_frame()
-                self._send_frame(handshake.receive_hello(hello.header))
-                proof = await self._handshake_frame()
+                own_proof = handshake.receive_hello(hello.header)
+                if own_proof is not None:  # the initiator proves itself first
+                    self._send_frame(own_proof)
+                try:
+                    proof = await self._handshake_frame()
+                except Unavailable:
+                    if own_proof is None:
+                        raise
+                    # A dfs server hangs up after our proof only when it rejects it (it
+                    # proves itself only to a peer that did).
+                    raise AuthError(
+                        "the peer hung up on our proof (wrong cluster secret?)"
+                    ) from None
                 self.peer = handshake.receive_proof(proof.header)
+                if own_proof is None:  # the acceptor, only to a peer that proved itself
+                    self._send_frame(handshake.proof(), now=True)
         except TimeoutError:
             raise Timeout(f"handshake took over {self._handshake_timeout_s} s") from None
         self._authenticated = True

@@ -600,13 +600,15 @@ async def _handshake(
         return frame
 
     await stream.send(codec.encode_bytes(handshake.hello()))
-    await stream.send(codec.encode_bytes(handshake.receive_hello((await next_frame()).header)))
+    own_proof = handshake.receive_hello((await next_frame()).header)
+    assert own_proof is not None  # the initiator proves itself first
+    await stream.send(codec.encode_bytes(own_proof))
     try:
         try:
             proof = await next_frame()
         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-            # A dfs server hangs up after our proof only when it rejects it; it may do so
-            # before its own proof leaves (dfs.rpc drops a failed peer without flushing).
+            # A dfs server hangs up after our proof only when it rejects it (it sends its
+            # own proof only to a client that proved itself).
             raise AuthError("the server hung up on our proof (wrong cluster secret?)") from None
         peer = handshake.receive_proof(proof.header)
     except AuthError:

@@ -4,21 +4,25 @@ The caller brings the randomness (a 32-byte nonce from ``os.urandom``) and moves
 this module only builds and checks headers. ``dfs.rpc`` runs it on every new connection
 before any other frame is accepted.
 
-Protocol, version 1 (``AUTH_VERSION``). The side that opened the connection is the
-*initiator*, the side that accepted it the *acceptor*. Both sides do the same thing, at the
-same time, so the handshake costs two round trips whatever the latency::
+Protocol, version 2 (``AUTH_VERSION``). The side that opened the connection is the
+*initiator*, the side that accepted it the *acceptor*. Nobody says who it is before its
+peer has proven that it knows the secret, or at the same time::
 
-    1. send  {"op": "auth.hello", "v": 1, "role": str, "name": str, "nonce": 32 bytes}
-    2. on the peer's hello: check it; send
-             {"op": "auth.proof", "proof": HMAC-SHA256(secret,
-                  b"dfs-auth-v1" + own_label + own_nonce + peer_nonce)}
-    3. on the peer's proof: recompute it with the peer's label and compare
-       (``hmac.compare_digest``). Equal: the peer knows the secret. Else: ``AuthError``.
+    1. both send  {"op": "auth.hello", "v": 2, "nonce": 32 bytes}
+    2. the initiator, on the acceptor's hello, sends
+             {"op": "auth.proof", "role": str, "name": str, "proof": HMAC-SHA256(secret,
+                  b"dfs-auth-v2" + own_label + own_nonce + peer_nonce + claim)}
+       where claim = len(role) + role + len(name) + name (one length byte each, UTF-8)
+    3. the acceptor checks it (``hmac.compare_digest``; a mismatch: ``AuthError`` and the
+       connection closes, having revealed nothing about the server); only then does it send
+       its own proof the same way, which the initiator checks.
 
-Labels are b"initiator" and b"acceptor": a proof is only valid in one direction, so a proof
-reflected back (or relayed from a second connection to the same server) fails. Each proof
-covers the prover's fresh nonce and the verifier's fresh nonce, so a recorded proof never
-verifies again. A hello that echoes our own nonce is refused outright.
+This costs two round trips, as the symmetric version 1 did. Labels are b"initiator" and
+b"acceptor": a proof is only valid in one direction, so a proof reflected back (or
+relayed from a second connection to the same server) fails. Each proof covers the
+prover's fresh nonce, the verifier's fresh nonce and the role and name the prover claims,
+so a recorded proof never verifies again and a claim cannot be changed on the way. A hello
+that echoes our own nonce is refused outright.
 
 What this does not do: it derives no session key and does not protect the frames that follow
 from a man in the middle; that is TLS's job, layered underneath when needed. ``role`` and
@@ -36,13 +40,13 @@ from typing import Any
 
 from dfs.wire.errors import AuthError
 
-AUTH_VERSION = 1
+AUTH_VERSION = 2
 NONCE_BYTES = 32
 SECRET_BYTES_MIN = 16
 NAME_BYTES_MAX = 255  # role and name are for logs; keep them short
 OP_HELLO = "auth.hello"
 OP_PROOF = "auth.proof"
-_CONTEXT = b"dfs-auth-v1"
+_CONTEXT = b"dfs-auth-v2"
 
 
 class Side(enum.Enum):
@@ -60,15 +64,20 @@ class PeerInfo:
     name: str  # its node name, for logs
 
 
-def compute_proof(secret: bytes, side: Side, own_nonce: bytes, peer_nonce: bytes) -> bytes:
-    """The proof that ``side`` sends: HMAC-SHA256 over context, label and both nonces."""
-    return hmac.new(secret, _CONTEXT + side.value + own_nonce + peer_nonce, hashlib.sha256).digest()
+def compute_proof(
+    secret: bytes, side: Side, own_nonce: bytes, peer_nonce: bytes, role: str, name: str
+) -> bytes:
+    """The proof that ``side`` sends: HMAC-SHA256 over context, label, both nonces and the
+    prover's claim (its role and name, each with a length byte)."""
+    claim = b"".join(len(b).to_bytes(1, "big") + b for b in (role.encode(), name.encode()))
+    message = _CONTEXT + side.value + own_nonce + peer_nonce + claim
+    return hmac.new(secret, message, hashlib.sha256).digest()
 
 
 def _short_str(header: dict[str, Any], name: str) -> str:
     value = header.get(name)
     if not isinstance(value, str) or len(value.encode()) > NAME_BYTES_MAX:
-        raise AuthError(f"malformed hello: bad {name!r}")
+        raise AuthError(f"malformed proof: bad {name!r}")
     return value
 
 
@@ -76,8 +85,12 @@ class Handshake:
     """One side of one handshake. Use in this order::
 
         send(hs.hello())
-        send(hs.receive_hello(peer_hello))   # returns our proof
+        proof = hs.receive_hello(peer_hello)  # the initiator's proof; None on the acceptor
+        if proof is not None:
+            send(proof)
         peer = hs.receive_proof(peer_proof)  # raises AuthError unless the peer proved itself
+        if proof is None:
+            send(hs.proof())                 # the acceptor proves itself only now
 
     Any malformed or out-of-order header raises ``AuthError``; the caller then drops the
     connection. ``done`` is True only after a successful ``receive_proof``.
@@ -92,6 +105,9 @@ class Handshake:
             raise AuthError(f"cluster secret is shorter than {SECRET_BYTES_MIN} bytes")
         if len(nonce) != NONCE_BYTES:
             raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
+        for what, value in (("role", role), ("name", name)):
+            if len(value.encode()) > NAME_BYTES_MAX:
+                raise ValueError(f"{what} over {NAME_BYTES_MAX} bytes")
         self._secret = bytes(secret)
         self._nonce = bytes(nonce)
         self.side = side
@@ -99,20 +115,14 @@ class Handshake:
         self.name = name
         self._peer_nonce: bytes | None = None
         self._peer: PeerInfo | None = None
-        self.peer_claim: PeerInfo | None = None  # from the hello, before it is proven
         self.done = False
 
     def hello(self) -> dict[str, Any]:
-        return {
-            "op": OP_HELLO,
-            "v": AUTH_VERSION,
-            "role": self.role,
-            "name": self.name,
-            "nonce": self._nonce,
-        }
+        return {"op": OP_HELLO, "v": AUTH_VERSION, "nonce": self._nonce}
 
-    def receive_hello(self, header: dict[str, Any]) -> dict[str, Any]:
-        """Check the peer's hello; return our proof header to send."""
+    def receive_hello(self, header: dict[str, Any]) -> dict[str, Any] | None:
+        """Check the peer's hello. The initiator gets its proof to send; the acceptor
+        None: it sends its proof (``proof``) once the initiator's has been checked."""
         if self._peer_nonce is not None:
             raise AuthError("second hello")
         if header.get("op") != OP_HELLO:
@@ -125,14 +135,25 @@ class Handshake:
             raise AuthError("malformed hello: bad 'nonce'")
         if hmac.compare_digest(nonce, self._nonce):
             raise AuthError("peer echoed our nonce (reflection)")
-        self.peer_claim = PeerInfo(_short_str(header, "role"), _short_str(header, "name"))
         self._peer_nonce = nonce
-        proof = compute_proof(self._secret, self.side, self._nonce, nonce)
-        return {"op": OP_PROOF, "proof": proof}
+        return self._proof() if self.side is Side.INITIATOR else None
+
+    def proof(self) -> dict[str, Any]:
+        """The acceptor's proof, once the initiator's checked out (``receive_proof``)."""
+        if self.side is not Side.ACCEPTOR or not self.done:
+            raise AuthError("the acceptor proves itself only after the initiator")
+        return self._proof()
+
+    def _proof(self) -> dict[str, Any]:
+        assert self._peer_nonce is not None
+        proof = compute_proof(
+            self._secret, self.side, self._nonce, self._peer_nonce, self.role, self.name
+        )
+        return {"op": OP_PROOF, "role": self.role, "name": self.name, "proof": proof}
 
     def receive_proof(self, header: dict[str, Any]) -> PeerInfo:
         """Verify the peer's proof; return who it is. ``AuthError`` on any mismatch."""
-        if self._peer_nonce is None or self.peer_claim is None:
+        if self._peer_nonce is None:
             raise AuthError("proof before hello")
         if self.done:
             raise AuthError("second proof")
@@ -141,12 +162,15 @@ class Handshake:
         proof = header.get("proof")
         if not isinstance(proof, bytes):
             raise AuthError("malformed proof")
-        expected = compute_proof(self._secret, self.side.other, self._peer_nonce, self._nonce)
+        claim = PeerInfo(_short_str(header, "role"), _short_str(header, "name"))
+        expected = compute_proof(
+            self._secret, self.side.other, self._peer_nonce, self._nonce, claim.role, claim.name
+        )
         if not hmac.compare_digest(proof, expected):
             raise AuthError("peer's proof does not match (wrong cluster secret?)")
         self.done = True
-        self._peer = self.peer_claim
-        return self._peer
+        self._peer = claim
+        return claim
 
     @property
     def peer(self) -> PeerInfo:

@@ -281,8 +281,9 @@ async def test_garbage_from_server_is_protocol_error(loop_thread: LoopThread) ->
             return frame
 
         writer.write(codec.encode_bytes(handshake.hello()))
-        writer.write(codec.encode_bytes(handshake.receive_hello((await next_frame()).header)))
+        assert handshake.receive_hello((await next_frame()).header) is None  # the acceptor
         handshake.receive_proof((await next_frame()).header)
+        writer.write(codec.encode_bytes(handshake.proof()))
         await next_frame()  # the first request
         writer.write(b"\x07not a dfs frame at all")
         await writer.drain()

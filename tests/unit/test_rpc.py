@@ -85,7 +85,9 @@ async def raw_authenticated(
 
     async with asyncio.timeout(5):
         writer.write(encode_bytes(handshake.hello()))
-        writer.write(encode_bytes(handshake.receive_hello((await next_frame()).header)))
+        proof = handshake.receive_hello((await next_frame()).header)
+        assert proof is not None
+        writer.write(encode_bytes(proof))
         handshake.receive_proof((await next_frame()).header)
     return reader, writer
 

@@ -25,30 +25,65 @@ def pair(secret_i: bytes = SECRET, secret_a: bytes = SECRET) -> tuple[Handshake,
 
 def test_success_both_ways() -> None:
     initiator, acceptor = pair()
+    assert acceptor.receive_hello(initiator.hello()) is None  # nothing before a proof
     proof_i = initiator.receive_hello(acceptor.hello())
-    proof_a = acceptor.receive_hello(initiator.hello())
-    assert initiator.receive_proof(proof_a) == PeerInfo("metaserver", "m1")
+    assert proof_i is not None
+    with pytest.raises(AuthError, match="only after"):
+        acceptor.proof()
     assert acceptor.receive_proof(proof_i) == PeerInfo("client", "c1")
+    assert initiator.receive_proof(acceptor.proof()) == PeerInfo("metaserver", "m1")
     assert initiator.done and acceptor.done
     assert acceptor.peer == PeerInfo("client", "c1")
 
 
+def test_nothing_says_who_a_server_is_before_its_peer_proved_itself() -> None:
+    """Version 2: the hellos carry a nonce only; the acceptor's role and name travel in
+    its proof, which it sends only once the initiator's checked out."""
+    initiator, acceptor = pair(secret_i=b"t" * 32)  # a client with a wrong secret
+    for hello in (initiator.hello(), acceptor.hello()):
+        assert set(hello) == {"op", "v", "nonce"}
+    assert acceptor.receive_hello(initiator.hello()) is None
+    proof = initiator.receive_hello(acceptor.hello())
+    assert proof is not None
+    with pytest.raises(AuthError, match="secret"):
+        acceptor.receive_proof(proof)
+    with pytest.raises(AuthError, match="only after"):
+        acceptor.proof()  # nothing for it
+
+
 def test_proof_is_the_documented_hmac() -> None:
+    claim = b"\x06client" + b"\x02c1"
     expected = hmac.new(
-        SECRET, b"dfs-auth-v1" + b"initiator" + NONCE_I + NONCE_A, hashlib.sha256
+        SECRET, b"dfs-auth-v2" + b"initiator" + NONCE_I + NONCE_A + claim, hashlib.sha256
     ).digest()
-    assert compute_proof(SECRET, Side.INITIATOR, NONCE_I, NONCE_A) == expected
+    assert compute_proof(SECRET, Side.INITIATOR, NONCE_I, NONCE_A, "client", "c1") == expected
+
+
+def test_a_changed_claim_fails_the_proof() -> None:
+    initiator, acceptor = pair()
+    acceptor.receive_hello(initiator.hello())
+    proof_i = initiator.receive_hello(acceptor.hello())
+    assert proof_i is not None
+    with pytest.raises(AuthError, match="secret"):
+        acceptor.receive_proof(proof_i | {"role": "metaserver"})
 
 
 def test_wrong_secret_fails_on_both_sides() -> None:
     initiator, acceptor = pair(secret_a=b"t" * 32)
+    acceptor.receive_hello(initiator.hello())
     proof_i = initiator.receive_hello(acceptor.hello())
-    proof_a = acceptor.receive_hello(initiator.hello())
-    with pytest.raises(AuthError, match="secret"):
-        initiator.receive_proof(proof_a)
+    assert proof_i is not None
     with pytest.raises(AuthError, match="secret"):
         acceptor.receive_proof(proof_i)
-    assert not initiator.done and not acceptor.done
+    # And an initiator refuses an acceptor's proof made with another secret.
+    initiator_ok, acceptor_ok = pair()
+    acceptor_ok.receive_hello(initiator_ok.hello())
+    initiator_ok.receive_hello(acceptor_ok.hello())
+    forged = {"op": "auth.proof", "role": "m", "name": "m1",
+              "proof": compute_proof(b"t" * 32, Side.ACCEPTOR, NONCE_A, NONCE_I, "m", "m1")}  # fmt: skip
+    with pytest.raises(AuthError, match="secret"):
+        initiator_ok.receive_proof(forged)
+    assert not acceptor.done
     with pytest.raises(AuthError):
         _ = acceptor.peer
 
@@ -60,24 +95,23 @@ def test_missing_or_short_secret() -> None:
 
 
 def test_reflected_proof_fails() -> None:
-    # An attacker without the secret connects to the acceptor and sends back, as its own
-    # proof, the acceptor's proof. The labels differ per direction, so it fails.
-    acceptor = Handshake(SECRET, NONCE_A, side=Side.ACCEPTOR, role="m", name="m1")
-    attacker_hello = {"op": "auth.hello", "v": 1, "role": "x", "name": "x", "nonce": NONCE_I}
-    acceptor_proof = acceptor.receive_hello(attacker_hello)
+    # An attacker without the secret gets an initiator's proof (from a client it lured)
+    # and offers it back to that client as the acceptor's: the labels differ, so it fails.
+    initiator = Handshake(SECRET, NONCE_I, side=Side.INITIATOR, role="c", name="c1")
+    proof = initiator.receive_hello({"op": "auth.hello", "v": 2, "nonce": NONCE_A})
+    assert proof is not None
     with pytest.raises(AuthError):
-        acceptor.receive_proof(acceptor_proof)
+        initiator.receive_proof(proof)
 
 
 def test_relayed_proof_from_a_second_connection_fails() -> None:
-    # The attacker opens connection 1 (acceptor nonce A) and connection 2, on which it
-    # offers A as its own nonce, hoping to receive a proof usable on connection 1.
-    victim_1 = Handshake(SECRET, NONCE_A, side=Side.ACCEPTOR, role="m", name="m1")
-    victim_2 = Handshake(SECRET, b"\x07" * 32, side=Side.ACCEPTOR, role="m", name="m1")
-    victim_1.receive_hello({"op": "auth.hello", "v": 1, "role": "x", "name": "x", "nonce": NONCE_I})
-    stolen = victim_2.receive_hello(
-        {"op": "auth.hello", "v": 1, "role": "x", "name": "x", "nonce": NONCE_A}
-    )
+    # The attacker opens connection 1 to a client-like initiator (acceptor nonce A) and
+    # connection 2, on which it offers A as its own nonce, hoping for a proof usable on 1.
+    victim_1 = Handshake(SECRET, NONCE_I, side=Side.INITIATOR, role="c", name="c1")
+    victim_2 = Handshake(SECRET, b"\x07" * 32, side=Side.INITIATOR, role="c", name="c1")
+    victim_1.receive_hello({"op": "auth.hello", "v": 2, "nonce": NONCE_A})
+    stolen = victim_2.receive_hello({"op": "auth.hello", "v": 2, "nonce": NONCE_I})
+    assert stolen is not None
     with pytest.raises(AuthError):
         victim_1.receive_proof(stolen)
 
@@ -93,13 +127,11 @@ def test_echoed_nonce_refused() -> None:
     [
         {},
         {"op": "auth.proof", "proof": b"x"},
-        {"op": "auth.hello", "v": 2, "role": "c", "name": "c", "nonce": NONCE_I},
-        {"op": "auth.hello", "v": True, "role": "c", "name": "c", "nonce": NONCE_I},
-        {"op": "auth.hello", "v": 1, "role": "c", "name": "c", "nonce": NONCE_I[:-1]},
-        {"op": "auth.hello", "v": 1, "role": "c", "name": "c", "nonce": "text"},
-        {"op": "auth.hello", "v": 1, "role": 5, "name": "c", "nonce": NONCE_I},
-        {"op": "auth.hello", "v": 1, "role": "c", "name": "n" * 300, "nonce": NONCE_I},
-        {"op": "auth.hello", "v": 1, "role": "c", "nonce": NONCE_I},
+        {"op": "auth.hello", "v": 1, "role": "c", "name": "c", "nonce": NONCE_I},
+        {"op": "auth.hello", "v": True, "nonce": NONCE_I},
+        {"op": "auth.hello", "v": 2, "nonce": NONCE_I[:-1]},
+        {"op": "auth.hello", "v": 2, "nonce": "text"},
+        {"op": "auth.hello", "v": 2},
     ],
 )
 def test_malformed_hello(hello: dict) -> None:
@@ -108,18 +140,36 @@ def test_malformed_hello(hello: dict) -> None:
         acceptor.receive_hello(hello)
 
 
-def test_out_of_order_and_malformed_proof() -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"role": 5},
+        {"name": "n" * 300},
+        {"role": None},
+        {"proof": "not bytes"},
+        {"op": "auth.hello"},
+    ],
+)
+def test_malformed_proof(change: dict) -> None:
+    initiator, acceptor = pair()
+    acceptor.receive_hello(initiator.hello())
+    proof = initiator.receive_hello(acceptor.hello())
+    assert proof is not None
+    with pytest.raises(AuthError):
+        acceptor.receive_proof({k: v for k, v in (proof | change).items() if v is not None})
+
+
+def test_out_of_order_and_second_messages() -> None:
     initiator, acceptor = pair()
     with pytest.raises(AuthError, match="before hello"):
-        acceptor.receive_proof({"op": "auth.proof", "proof": b"x" * 32})
-    proof_i = initiator.receive_hello(acceptor.hello())
+        acceptor.receive_proof({"op": "auth.proof", "proof": b"x" * 32, "role": "c", "name": "c"})
     acceptor.receive_hello(initiator.hello())
+    proof_i = initiator.receive_hello(acceptor.hello())
+    assert proof_i is not None
     with pytest.raises(AuthError, match="second hello"):
         acceptor.receive_hello(initiator.hello())
-    with pytest.raises(AuthError):
-        acceptor.receive_proof({"op": "auth.proof", "proof": "not bytes"})
-    with pytest.raises(AuthError):
-        acceptor.receive_proof({"op": "auth.hello"})
     acceptor.receive_proof(proof_i)
     with pytest.raises(AuthError, match="second proof"):
         acceptor.receive_proof(proof_i)
+    with pytest.raises(AuthError, match="only after"):
+        initiator.proof()  # an initiator never sends a second proof

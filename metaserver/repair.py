@@ -798,8 +798,8 @@ class Repair:
         return copy.target if copy is not None else None
 
     def _at_goal(self, chunk: Any, now: float) -> bool:
-        """Whether the chunk's set has its goal of live members, not draining, each vouched
-        for by a block report (``ChunkCore.vouched``). Only then is a copy outside the set
+        """Whether the chunk's set has its goal of live members, not draining, not reported
+        bad, each vouched for by a block report (``ChunkCore.vouched``). Only then is a copy outside the set
         (or a stale member) deleted, as HDFS invalidates excess and stale
         replicas only then: until the goal is met again such a copy may be the best one
         left (a writer that could not reach a good replica drops it from the set)."""
@@ -807,11 +807,13 @@ class Repair:
             return True  # no data: nothing a copy outside the set could be the last of
         ns, registry = self.link.ns, self.link.registry
         draining = ns.policy().draining
+        bad = self.core.bad_member(chunk.chunk_id, chunk.version)  # its drop on its way
         live = sum(
             1
             for c in chunk.replicas
-            if c not in draining and self.core.vouched(registry, c, now, chunk.chunk_id)
-        )
+            if c not in draining and c != bad
+            and self.core.vouched(registry, c, now, chunk.chunk_id)
+        )  # fmt: skip
         return live >= ns.inodes[chunk.ino].goal
 
     async def _behind(

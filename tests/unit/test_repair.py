@@ -725,6 +725,29 @@ def test_a_push_no_answer_came_for_keeps_its_live_member_until_it_answers(
     assert not repair.core.unanswered
 
 
+def test_a_copy_outside_the_set_stays_while_a_member_reported_bad_awaits_its_drop(
+    clock: Clock,
+) -> None:
+    """A member reported bad still counted toward the goal when a report judged a copy
+    outside the set, until its drop committed: the copy could be deleted with one good
+    member left (``_at_goal`` now counts a bad member for nothing, as the trims do)."""
+    link, repair = make(3, clock)
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
+    cid = link.file_with_chunk(b"f", [1, 2])
+    version = link.ns.chunk(cid)["version"]
+    repair.core.mark_bad(cid, 1, version)  # its drop is on its way
+
+    async def go() -> None:
+        await repair.report(3, [[cid, version, 100]], 0, True)
+        await settle(repair)
+
+    asyncio.run(go())
+    assert not [c for c in link.calls if c[1] == "chunk.delete"]
+    repair.core.bad.clear()  # (a new term: no mark) at goal, the copy outside goes
+    asyncio.run(go())
+    assert [c[0] for c in link.calls if c[1] == "chunk.delete"] == [3]
+
+
 def test_a_lone_copy_at_the_tables_version_is_adopted(
     clock: Clock, expect_log: Callable[..., None]
 ) -> None:

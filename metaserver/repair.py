@@ -21,8 +21,10 @@ core", give the rules). What it owns, as MooseFS's and HDFS's masters do:
 - **version pushes**: every new version (a handle's bump, a truncate's cut, a copy's fence
   and join) is pushed to the members before anyone uses it; a member that does not take it
   leaves the set once another took it (a lost answer is first confirmed with
-  ``chunk.info``); when none takes it, it is pushed again (``_push_again``) or, when every
-  member is short of the table, the length is recovered (``recover_length``).
+  ``chunk.info``; a live member that answers neither stays, not vouched for, and is pushed
+  again until it answers: ``_push_unanswered``); when none takes it, it is pushed again
+  (``_push_again``) or, when every member is short of the table, the length is recovered
+  (``recover_length``).
 - **reports**: a chunkserver's block report (``cs.report``) is checked against the table:
   a replica at an older version than the table's, or shorter than the chunk, is stale: it
   leaves the set and is deleted (invariant 2), once another member is found to hold the
@@ -90,6 +92,13 @@ class _Report:
     next_part: int = 0
     seen: set[int] = field(default_factory=set)
     doubt: set[int] = field(default_factory=set)  # members it could not vouch for
+
+
+def _unanswered(e: BaseException) -> bool:
+    """Whether a call's failure says nothing of what the chunkserver did: no answer came
+    (the request or the answer lost, or late), as opposed to a refusal or a refused
+    connection."""
+    return isinstance(e, TimeoutError | Timeout)
 
 
 class ServerLink(Protocol):
@@ -229,6 +238,7 @@ class Repair:
             self._stopping = True
             self._spawn(self._stop_rebalance(decisions.stop, policy.rebalance.run))
         await self._push_again()
+        await self._push_unanswered()
         if not self._gc_running:
             self._gc_running = True
             self._spawn(self._collect_garbage(now))
@@ -347,7 +357,9 @@ class Repair:
                 except (DfsError, OSError, TimeoutError):
                     continue
                 holds = h.get("version") in (rec.version, version) and h.get("length", 0) >= length
-                if holds and not await self.push_version(chunk_id, version, length, [cs_id]):
+                if holds and not await self.push_version(
+                    chunk_id, version, length, [cs_id], keep_unanswered=False
+                ):
                     source = cs_id
                     break
             if source is None:
@@ -393,11 +405,25 @@ class Repair:
         return {"version": chunk.version, "length": chunk.length, "replicas": list(chunk.replicas)}
 
     async def push_version(
-        self, chunk_id: int, version: int, length: int, replicas: Iterable[int]
+        self,
+        chunk_id: int,
+        version: int,
+        length: int,
+        replicas: Iterable[int],
+        *,
+        keep_unanswered: bool = True,
     ) -> list[int]:
         """Give every replica the chunk's new version (an empty ``chunk.write``: each cuts
         itself to ``length`` and takes the version). Returns the replicas that failed:
-        they stay at the old version, never served, until a report gets them deleted."""
+        they stay at the old version, never served, until a report gets them deleted.
+        A live member that did not answer at all (the push and the ``chunk.info`` that
+        would confirm it both lost, or late) has not failed: it may well hold the version,
+        and dropping it would make it stale for good, which with bit rot on the other
+        members lost acknowledged bytes (the chunk simulation). It stays in the set,
+        not vouched for (``ChunkCore.push_unanswered``), and is pushed again every step
+        (``_push_unanswered``) until it answers, dies or leaves; a writer's write at the
+        new version gives it the version too. ``keep_unanswered`` false (a recovery's
+        source, which must be known to hold the version): such a member failed."""
         self.touch(chunk_id)
         token, expiry_ms = self.link.token(chunk_id, version)
         failed: list[int] = []
@@ -412,22 +438,65 @@ class Repair:
             except (DfsError, OSError, TimeoutError) as e:
                 newer = e.details.get("replica_version") if isinstance(e, Stale) else None
                 if type(newer) is int and newer > version:
+                    self.core.push_answered(chunk_id, cs_id)
                     return  # a later bump's push got there first: it is not behind
-                if not isinstance(e, Stale) and await self._has_version(cs_id, chunk_id, version):
+                held = None if isinstance(e, Stale) else await self._has_version(
+                    cs_id, chunk_id, version
+                )  # fmt: skip
+                if held:
+                    self.core.push_answered(chunk_id, cs_id)
                     return  # only the answer was lost: dropping it would lose a good copy
+                if (
+                    held is None
+                    and keep_unanswered
+                    and _unanswered(e)
+                    and self.link.registry.is_alive(cs_id, self.clock())
+                ):
+                    self.core.push_unanswered(chunk_id, cs_id, version)
+                    log.info("repair event=push_unanswered chunk=%d cs=%d version=%d",
+                             chunk_id, cs_id, version)  # fmt: skip
+                    return
                 failed.append(cs_id)
                 log.info("repair event=push_failed chunk=%d cs=%d version=%d error=%s",
                          chunk_id, cs_id, version, e)  # fmt: skip
+            else:
+                self.core.push_answered(chunk_id, cs_id)
 
         await asyncio.gather(*(push(cs_id) for cs_id in replicas))
         return failed
 
-    async def _has_version(self, cs_id: int, chunk_id: int, version: int) -> bool:
+    async def _has_version(self, cs_id: int, chunk_id: int, version: int) -> bool | None:
+        """Whether ``cs_id`` holds the chunk at ``version`` or newer; None: no answer."""
         try:
             h = await self.link.cs_call(cs_id, "chunk.info", PUSH_TIMEOUT_S, chunk_id=chunk_id)
             return bool(h["version"] >= version)  # newer: a later bump's push got there
-        except (DfsError, OSError, TimeoutError, KeyError):
-            return False
+        except (DfsError, OSError, TimeoutError, KeyError) as e:
+            return None if _unanswered(e) else False
+
+    async def _push_unanswered(self) -> None:
+        """Push again to the members a version push got no answer from (see
+        ``push_version``); one that now refuses it failed and leaves the set."""
+        ns, registry, now = self.link.ns, self.link.registry, self.clock()
+
+        async def again(chunk_id: int, cs_id: int, version: int) -> None:
+            chunk = ns.chunk_table.get(chunk_id)
+            if (
+                chunk is None
+                or chunk.version != version  # a later bump's push asks it again
+                or cs_id not in chunk.replicas
+                or not registry.is_alive(cs_id, now)  # dead: as any dead member
+            ):
+                self.core.push_answered(chunk_id, cs_id)
+                return
+            failed = await self.push_version(chunk_id, version, chunk.length, [cs_id])
+            if failed and await self._drop(chunk_id, cs_id, keep_one=True, why="push_failed"):
+                self.core.push_answered(chunk_id, cs_id)  # out of the set
+
+        await asyncio.gather(*(
+            again(chunk_id, cs_id, version)
+            for chunk_id, members in list(self.core.unanswered.items())
+            for cs_id, version in list(members.items())
+        ))  # fmt: skip
 
     async def settle_version(
         self, chunk_id: int, version: int, length: int, replicas: list[int]
@@ -729,8 +798,8 @@ class Repair:
         return copy.target if copy is not None else None
 
     def _at_goal(self, chunk: Any, now: float) -> bool:
-        """Whether the chunk's set has its goal of live members, not draining, each vouched
-        for by a block report (``ChunkCore.vouched``). Only then is a copy outside the set
+        """Whether the chunk's set has its goal of live members, not draining, not reported
+        bad, each vouched for by a block report (``ChunkCore.vouched``). Only then is a copy outside the set
         (or a stale member) deleted, as HDFS invalidates excess and stale
         replicas only then: until the goal is met again such a copy may be the best one
         left (a writer that could not reach a good replica drops it from the set)."""
@@ -738,11 +807,13 @@ class Repair:
             return True  # no data: nothing a copy outside the set could be the last of
         ns, registry = self.link.ns, self.link.registry
         draining = ns.policy().draining
+        bad = self.core.bad_member(chunk.chunk_id, chunk.version)  # its drop on its way
         live = sum(
             1
             for c in chunk.replicas
-            if c not in draining and self.core.vouched(registry, c, now, chunk.chunk_id)
-        )
+            if c not in draining and c != bad
+            and self.core.vouched(registry, c, now, chunk.chunk_id)
+        )  # fmt: skip
         return live >= ns.inodes[chunk.ino].goal
 
     async def _behind(

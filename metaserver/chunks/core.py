@@ -7,7 +7,8 @@ carries out what it returns:
   (heartbeats), the cluster policy (``ClusterPolicy``: draining, labels, rebalance), touches
   (a writer, a commit or a set change touched a chunk), the outcome of each copy
   (``copy_done``), a replica reported bad (``mark_bad``), a complete block report
-  (``report_done``), what writers upload and commit (``writing``, ``committed``), the clock;
+  (``report_done``), what writers upload and commit (``writing``, ``committed``), a version
+  push that got no answer (``push_unanswered``, ``push_answered``), the clock;
 - commands out (``decide``): ``Copy`` (fence, ``chunk.replicate`` to the target, join by
   ``replica_add``), ``Trim`` (``replica_drop`` through Raft, then ``chunk.delete`` of a live
   one), ``Recover`` (a dead writer's chunk), and ``stop`` (propose ``rebalance_stop``:
@@ -18,7 +19,8 @@ THE DECISIONS
   not draining, and it was not reported bad. A draining server's replica still serves reads
   (it is a copy source and counts in ``Health``) but the chunk is copied elsewhere as if it
   were under goal. For a trim a member must also be *vouched for* (``vouched``: a complete
-  block report of it judged since this leader heard it after a silence).
+  block report of it judged since this leader heard it after a silence, and no push of
+  the chunk's version to it left unanswered since).
 - **re-replication**: chunks under goal (fewest counted replicas first; those with fewest
   live ones, really at risk, before those that only wait for a drain) get one copy at a
   time, at most ``jobs`` in all and ``TARGET_JOBS`` per target, never within ``quiet_s``
@@ -190,6 +192,10 @@ class ChunkCore:
         self.uploading: dict[int, float] = {}
         self.suspect: set[int] = set()  # chunks to recover (``Recover``); only that clears
         self.recovering: set[int] = set()
+        # chunk id -> {live member a version push got no answer from (not even to the
+        # chunk.info that confirms it) -> that version}: kept in the set, not vouched for
+        # until a push answers; the driver pushes again (``Repair._push_unanswered``).
+        self.unanswered: dict[int, dict[int, int]] = {}
         self.flow = _Flow()
         self.bucket = rebalance.TokenBucket(0, 0.0)
 
@@ -215,6 +221,7 @@ class ChunkCore:
         self.uploading.clear()
         self.suspect.clear()
         self.recovering.clear()
+        self.unanswered.clear()
         self.flow = _Flow()
         self.bucket = rebalance.TokenBucket(0, now)
 
@@ -267,7 +274,25 @@ class ChunkCore:
         started = self.reported.get(cs_id)
         if chunk_id is not None and chunk_id in self.doubt.get(cs_id, ()):
             return False  # its last report did not vouch for this chunk
+        if chunk_id is not None and cs_id in self.unanswered.get(chunk_id, ()):
+            return False  # it may have missed the chunk's version
         return started is not None and started >= info.back_s
+
+    def push_unanswered(self, chunk_id: int, cs_id: int, version: int) -> None:
+        """A push of the chunk's version to ``cs_id``, a live member, got no answer (nor did
+        the ``chunk.info`` that would confirm it): it stays in the set, as GFS keeps a replica
+        its master could not confirm until a report says it is stale, but is not vouched for
+        (``vouched``) until a push answers (``push_answered``) or it leaves the set."""
+        self.unanswered.setdefault(chunk_id, {})[cs_id] = version
+
+    def push_answered(self, chunk_id: int, cs_id: int) -> None:
+        """A push to ``cs_id`` answered (or it is no longer to be asked: the version moved
+        on, it died, it left the set)."""
+        members = self.unanswered.get(chunk_id)
+        if members is not None:
+            members.pop(cs_id, None)
+            if not members:
+                del self.unanswered[chunk_id]
 
     def mark_bad(self, chunk_id: int, cs_id: int, version: int) -> None:
         """``cs_id`` reported its replica of the chunk bad while the table was at
@@ -313,6 +338,10 @@ class ChunkCore:
             chunk = table.get(chunk_id)
             if chunk is None or source not in chunk.replicas:
                 del self.moved[chunk_id]
+        for chunk_id, members in list(self.unanswered.items()):
+            chunk = table.get(chunk_id)
+            for cs_id in [c for c in members if chunk is None or c not in chunk.replicas]:
+                self.push_answered(chunk_id, cs_id)  # out of the set: nothing to confirm
 
     # ------------------------------------------------------------------ survey
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from dfs.wire.errors import DfsError, NoSpace, Unavailable
+from dfs.wire.errors import Corrupt, DfsError, InternalError, NoSpace, Timeout, Unavailable
 from metaserver.chunks.simserver import CHUNK, FileModel, Violation
 from metaserver.namespace.state import ROOT_INO
 
 if TYPE_CHECKING:
     from metaserver.chunks.sim import Simulation
+
+# The chain failures for which a writer names the member in its next handle (``drop``), as
+# the client's ``_REPLICA_LOST`` (``dfs/client/files.py``); a lost message is a timeout.
+# Others (``Stale``: a fence or another handle moved the version on) only take a new handle.
+REPLICA_LOST = (Unavailable, Timeout, InternalError, Corrupt, NoSpace, TimeoutError)
 
 # Writers stop writing after this (virtual) time; readers read until near the end.
 WRITE_UNTIL_S = 60.0
@@ -66,6 +71,7 @@ async def write(sim: Simulation, model: FileModel, offset: int, data: bytes, die
         model.maybe.setdefault(i, set()).add(fill)
     model.writing += 1
     drop: list[int] = []
+    handles: list[dict[str, Any]] = []
     partial = False  # a chain broke: some member may hold the bytes, another not
     try:
         for _ in range(4):
@@ -74,6 +80,7 @@ async def write(sim: Simulation, model: FileModel, offset: int, data: bytes, die
             except (DfsError, TimeoutError):
                 await sim.sleep(0.5)
                 continue
+            handles.append(h)
             chunk_id, version = int(h["chunk_id"]), int(h["version"])
             model.uploading = chunk_id
             chain = list(h["replicas"])
@@ -92,12 +99,12 @@ async def write(sim: Simulation, model: FileModel, offset: int, data: bytes, die
                         "chunk_id": chunk_id, "version": version, "length": h["length"],
                         "offset": off, "data": data,
                     })  # fmt: skip
-                except (DfsError, TimeoutError):
-                    failed = cs_id
+                except (DfsError, TimeoutError) as e:
+                    failed = cs_id if isinstance(e, REPLICA_LOST) else -1
                     partial = True  # this one, or one before it, may hold the bytes
                     break
             if failed is not None:
-                drop = [failed]
+                drop = [failed] if failed >= 0 else []
                 continue
             size = max(len(model.acked), offset + len(data))
             try:
@@ -120,6 +127,8 @@ async def write(sim: Simulation, model: FileModel, offset: int, data: bytes, die
     finally:
         model.writing -= 1
         model.uploading = None
+        for chunk_id in {h["chunk_id"] for h in handles}:
+            sim.failing.pop(int(chunk_id), None)  # dropped by now, or kept: no longer failing
 
 
 async def writer(sim: Simulation, wid: int) -> None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from dfs.wire.errors import NoSpace
 from metaserver.chunks import sim
-from metaserver.chunks.simserver import Replica
+from metaserver.chunks.simserver import Replica, Violation
 
 # The simulated faults make the driver log warnings (a bad last replica, an adoption).
 pytestmark = pytest.mark.allow_warnings
@@ -72,6 +75,71 @@ def test_the_lost_and_the_same_bytes_checks_fire() -> None:
         server.replicas.pop(chunk.chunk_id, None)
     with pytest.raises(sim.Violation, match="lost"):
         s.check([chunk.chunk_id])
+
+
+@pytest.mark.timeout(60)
+def test_a_writer_dropped_member_counts_as_failed_in_the_fault_bound() -> None:
+    """Seeds 3486, 3780, 3883, 5000, 6327, 9963 (of 10,000): bit rot on one member, then a
+    writer's chain write to the other failed (a lost message, a full disk) and its next
+    handle dropped that member (left behind by the bump, as HDFS's pipeline recovery leaves
+    a datanode), so the two faults took every good copy: beyond the bound, not the
+    system's loss. Such a member counts as failed from the fault on, and no such fault
+    takes a chunk's last healthy member."""
+    s = sim.Simulation(5, options=sim.Options(fault_rate=0))
+    s.run()
+    chunk = next(c for c in s.ns.chunk_table.values() if c.length and len(c.replicas) >= 2)
+    cid, (first, *others) = chunk.chunk_id, chunk.replicas
+    assert s._may_fail(cid, first) and s._healthy(chunk) == chunk.replicas
+    for cs_id in others:  # bit rot nobody found yet on every other member
+        s.servers[cs_id].replicas[cid].rotten = True
+    assert s._healthy(chunk) == [first]
+    assert s._unfound(chunk) == len(others)  # no more bit rot where goal are unfound
+    assert not s._may_fail(cid, first)  # the last healthy one: no fault fails its write
+    assert s._may_fail(cid, others[0])
+    s.failing[cid] = {first}  # a fault failed its chain write: the writer will drop it
+    assert s._healthy(chunk) == []
+    s.failing.clear()
+
+    # A full disk: the last healthy member's chain write goes through, another's fails.
+    def append(cs_id: int) -> dict[str, Any]:
+        server = s.servers[cs_id]
+        server.capacity = server.used()
+        rep = server.replicas[cid]
+        return s._serve(server, "chunk.write", {
+            "chunk_id": cid, "version": rep.version, "length": chunk.length,
+            "offset": len(rep.data), "data": b"x" * 10,
+        })  # fmt: skip
+
+    before = len(s.servers[first].replicas[cid].data)
+    assert append(first)["length"] == before + 10
+    for cs_id in others:
+        s.servers[cs_id].replicas[cid].rotten = False
+    with pytest.raises(NoSpace):
+        append(others[0])
+    assert s.failing[cid] == {others[0]}
+
+
+@pytest.mark.timeout(60)
+def test_the_delete_check_judges_a_member_found_bad_as_the_leader_knew_it() -> None:
+    """Seed 9041: a report judged a copy outside the set at goal while a member's bit rot
+    had just been found (its report not at the leader yet); the delete landed after the
+    bad member's drop committed, and the check no longer counted that member. A member
+    found bad counts as good for ``KNOWN_S`` whether or not its drop committed since."""
+    seed = next(n for n in range(1, 20) if random.Random(n).choice((2, 2, 3)) == 2)
+    s = sim.Simulation(seed, options=sim.Options(fault_rate=0))
+    assert s.goal == 2  # (the simulation's first draw)
+    s.run()
+    chunk = next(c for c in s.ns.chunk_table.values() if c.length and len(c.replicas) == 2)
+    cid, (bad, good) = chunk.chunk_id, chunk.replicas
+    outside = next(c for c in s.servers if c not in chunk.replicas)
+    s.servers[outside].replicas[cid] = Replica(chunk.version, s.servers[good].replicas[cid].data)
+    s.servers[bad].replicas[cid].rotten = True
+    s._found_bad(s.servers[bad], cid)
+    chunk.replicas.remove(bad)  # the bad report came and the drop committed
+    s._check_delete(s.servers[outside], cid, chunk.version)  # decided before: fine
+    s.now += 2 * sim.KNOWN_S
+    with pytest.raises(Violation, match="deleted a good replica"):
+        s._check_delete(s.servers[outside], cid, chunk.version)
 
 
 @pytest.mark.timeout(60)

@@ -669,6 +669,85 @@ def test_a_push_whose_answer_was_lost_is_confirmed_before_a_drop(clock: Clock) -
     assert not [p for p in link.proposals if p[0] == "replica_drop"]
 
 
+def test_a_push_no_answer_came_for_keeps_its_live_member_until_it_answers(
+    clock: Clock,
+) -> None:
+    """The chunk simulation's seeds 5432 and 6951: a handle's push to a live member lost
+    its answer, and so did the ``chunk.info`` confirming it; the member, which held the
+    version, was dropped, and bit rot on the last member lost acknowledged bytes. Now it
+    stays in the set, not vouched for (no trim counts it), and is pushed again every step
+    until it answers; one that refuses, or dies, fails as before."""
+    link, repair = make(4, clock)
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    version = int(link.apply("write_handle", {"ino": 2, "index": 0, "replicas": []})["version"])
+    real = link.cs_call
+    silent: set[int] = {2}
+
+    async def call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        if cs_id in silent:
+            link.calls.append((cs_id, op, f))
+            raise TimeoutError  # no answer: the request or the answer lost
+        return await real(cs_id, op, timeout_s, **f)
+
+    link.cs_call = call  # type: ignore[method-assign]
+    kept, took, _ = asyncio.run(repair.settle_version(cid, version, 100, [1, 2, 3]))
+    assert kept == [1, 2, 3] and took == [1, 2, 3]
+    assert not [p for p in link.proposals if p[0] == "replica_drop"]
+    assert [c[1] for c in link.calls if c[0] == 2] == ["chunk.write", "chunk.info"]
+    assert not repair.core.vouched(link.registry, 2, clock.now, cid)
+    assert repair.core.vouched(link.registry, 1, clock.now, cid)
+    decisions = repair.core.decide(link.ns, link.registry, link.ns.policy(), clock.now)
+    assert not decisions.trims  # two vouched members: at goal, not over it
+
+    silent.clear()  # it answers the next push: vouched again, still in the set
+    asyncio.run(repair.step())
+    pushes = [c for c in link.calls if c[0] == 2 and c[1] == "chunk.write"]
+    assert len(pushes) == 2 and pushes[-1][2]["version"] == version
+    assert repair.core.vouched(link.registry, 2, clock.now, cid)
+    assert link.ns.chunk(cid)["replicas"] == [1, 2, 3]
+
+    # No answer again, then a refusal: it failed the version, and leaves.
+    silent.add(3)
+    asyncio.run(repair.push_version(cid, version, 100, [3]))
+    assert link.ns.chunk(cid)["replicas"] == [1, 2, 3]
+    silent.clear()
+    link.fail.add((3, "chunk.write"))
+    asyncio.run(repair.step())
+    assert link.ns.chunk(cid)["replicas"] == [1, 2]
+
+    # A member whose heartbeats stopped fails at once when no answer comes.
+    silent.add(2)
+    clock.now += 11
+    for cs_id in (1, 3, 4):
+        link.beat(cs_id)
+    assert asyncio.run(repair.push_version(cid, version, 100, [2])) == [2]
+    assert not repair.core.unanswered
+
+
+def test_a_copy_outside_the_set_stays_while_a_member_reported_bad_awaits_its_drop(
+    clock: Clock,
+) -> None:
+    """A member reported bad still counted toward the goal when a report judged a copy
+    outside the set, until its drop committed: the copy could be deleted with one good
+    member left (``_at_goal`` now counts a bad member for nothing, as the trims do)."""
+    link, repair = make(3, clock)
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
+    cid = link.file_with_chunk(b"f", [1, 2])
+    version = link.ns.chunk(cid)["version"]
+    repair.core.mark_bad(cid, 1, version)  # its drop is on its way
+
+    async def go() -> None:
+        await repair.report(3, [[cid, version, 100]], 0, True)
+        await settle(repair)
+
+    asyncio.run(go())
+    assert not [c for c in link.calls if c[1] == "chunk.delete"]
+    repair.core.bad.clear()  # (a new term: no mark) at goal, the copy outside goes
+    asyncio.run(go())
+    assert [c[0] for c in link.calls if c[1] == "chunk.delete"] == [3]
+
+
 def test_a_lone_copy_at_the_tables_version_is_adopted(
     clock: Clock, expect_log: Callable[..., None]
 ) -> None:

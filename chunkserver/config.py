@@ -35,6 +35,8 @@ Data directory (besides the store's ``chunks/`` and ``quarantine/``, see ``store
     lock    flock()ed while a server runs on the directory: two servers never share one
     uuid    this server's identity, made on first start (a uuid4, one line)
     cs_id   the id the metaserver gave that uuid (one line), for logs and ``cs.status``
+    scrub_cursor  the last replica the scrubber verified (one line: its chunk id; 0 at a
+            pass's end), so that a restart resumes the pass (``repair.py``)
 
 Ops (docs/PROTOCOL.md; ``timeout_ms`` optional on every request, default 5000, at most
 60000)::

@@ -29,16 +29,15 @@ weeks): its rate is the pass's cost over the period, never more than ``scrub_byt
 (``pass_rate``; a period of 0 runs at that rate). A replica costs its length, and at least
 ``SCRUB_REPLICA_COST_BYTES``: verifying one has a fixed cost (a thread hop, an open, a
 direct read), and at full rate a store of small replicas took a third of a core per
-chunkserver for good. The first pass after a start begins at a random replica and goes
-round, so that restarts do not favour the low ids; a pass that verified nothing is followed by a pause of at least
+chunkserver for good. The first pass after a start resumes where the last run's pass got
+(``scrub_cursor`` in the data directory, written at most once a minute and at each pass's
+end) and goes round; with no record, at a random replica; a pass that verified nothing is followed by a pause of at least
 ``SCRUB_IDLE_PAUSE_S``. Each step reads past the page cache (``from_disk``: ``O_DIRECT``,
 which first writes the range's dirty pages back), so the bytes checked are the disk's and
 the pages clients read stay cached. LIMITATIONS: a replica written during its turn is
 checked up to the length it had when its turn began; on a file system that refuses
 ``O_DIRECT`` the step drops the range's clean pages instead (dirty ones are then checked
-in memory, and cached ones are evicted). Coverage across restarts is by chance: a server
-restarted more often than the period verifies a random arc of its replicas each run, so
-some may wait several periods (a cursor kept on disk would fix it).
+in memory, and cached ones are evicted).
 """
 
 from __future__ import annotations
@@ -49,7 +48,9 @@ import math
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from chunkserver.config import write_small_file
 from chunkserver.disk import AsyncChunkStore
 from chunkserver.format import BLOCK_BYTES, ReplicaInfo
 from chunkserver.peers import PeerPool
@@ -73,6 +74,9 @@ SCRUB_IDLE_PAUSE_S = 1.0
 # milliseconds, and passes back to back spun at hundreds a second, relisting the store each
 # time, for bytes the previous pass had just verified.
 SCRUB_PASS_MIN_S = 1.0
+# How often the scrubber records how far its pass got (``scrub_cursor`` in the data
+# directory), so that a restart resumes the pass instead of starting a new one.
+SCRUB_CURSOR_SAVE_S = 60.0
 # What verifying a replica costs the scrubber's throttle at least, whatever its length.
 SCRUB_REPLICA_COST_BYTES = 256 * 1024
 # Steps per second a throttled stream aims at: pieces of rate / STEPS_PER_S keep it smooth
@@ -230,6 +234,7 @@ class Scrubber:
         *,
         period_s: float = 0.0,
         rng: random.Random | None = None,
+        cursor_path: Path | None = None,
     ) -> None:
         assert bytes_per_s > 0 and interval_s >= 0 and period_s >= 0
         self.store = store
@@ -239,6 +244,8 @@ class Scrubber:
         self.period_s = period_s
         self._rng = rng if rng is not None else random.Random()
         self._first_pass = True
+        self._cursor_path = cursor_path
+        self._cursor_saved_at = time.monotonic()
         self.bytes_verified = 0
         self.passes = 0
 
@@ -274,7 +281,7 @@ class Scrubber:
         replicas = await asyncio.to_thread(self.store.list_chunks)
         if self._first_pass and replicas:
             self._first_pass = False
-            start = self._rng.randrange(len(replicas))
+            start = self._start_index(replicas, await asyncio.to_thread(self._load_cursor))
             replicas = replicas[start:] + replicas[:start]
         costs = [max(r.length, SCRUB_REPLICA_COST_BYTES) for r in replicas]
         self.throttle.set_rate(self.pass_rate(sum(costs)))
@@ -311,7 +318,39 @@ class Scrubber:
                 offset += n
                 verified += n
                 self.bytes_verified += n
+            await self._save_cursor(listed.chunk_id)
+        await self._save_cursor(0, now=True)  # the next pass starts at the first id
         return verified
+
+    def _start_index(self, replicas: list[ReplicaInfo], cursor: int | None) -> int:
+        """Where the first pass after a start begins: after the replica the last run
+        verified last (``scrub_cursor``), or, with none recorded, at a random one."""
+        if cursor is None:
+            return self._rng.randrange(len(replicas))
+        after = [i for i, r in enumerate(replicas) if r.chunk_id > cursor]
+        return after[0] if after else 0
+
+    def _load_cursor(self) -> int | None:
+        if self._cursor_path is None:
+            return None
+        try:
+            return int(self._cursor_path.read_text().strip())
+        except (OSError, ValueError):
+            return None  # none yet, or unreadable: start at random
+
+    async def _save_cursor(self, chunk_id: int, *, now: bool = False) -> None:
+        """Record the last replica verified, at most every ``SCRUB_CURSOR_SAVE_S`` (a lost
+        record only makes a restart verify some replicas again)."""
+        if self._cursor_path is None:
+            return
+        clock = time.monotonic()
+        if not now and clock - self._cursor_saved_at < SCRUB_CURSOR_SAVE_S:
+            return
+        self._cursor_saved_at = clock
+        try:
+            await asyncio.to_thread(write_small_file, self._cursor_path, str(chunk_id))
+        except OSError as e:
+            log.warning("chunkserver event=scrub_cursor_failed reason=%r", str(e))
 
 
 __all__ = [

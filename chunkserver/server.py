@@ -293,6 +293,7 @@ class ChunkServer:
                 cfg.scrub_bytes_per_s,
                 cfg.scrub_interval_ms / 1000,
                 period_s=cfg.scrub_period_ms / 1000,
+                cursor_path=cfg.data_dir / "scrub_cursor",
             )
             self._tasks.append(asyncio.create_task(self.scrubber.run()))
 

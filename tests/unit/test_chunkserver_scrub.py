@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from chunkserver import repair
 from chunkserver.disk import AsyncChunkStore
 from chunkserver.format import BLOCK_BYTES, DATA_OFFSET, ReplicaInfo
 from chunkserver.repair import (
@@ -223,4 +224,37 @@ async def test_small_replicas_cost_the_throttle_a_floor_each_and_the_first_pass_
     order.clear()
     await scrubber.scrub_pass()
     assert list(dict.fromkeys(order)) == [i for i in ids if sizes[i]]  # later: id order
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_restart_resumes_the_pass_where_the_last_run_got(
+    async_store: Callable[[], AsyncChunkStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a pass spread over a week, a server restarted more often than that verified a
+    random arc each run: some replicas waited several periods. The pass's progress is
+    kept in ``scrub_cursor``; the next run starts after it."""
+    monkeypatch.setattr(repair, "SCRUB_CURSOR_SAVE_S", 0.0)  # record after every replica
+    store = async_store()
+    for chunk_id in (1, 2, 3, 5):
+        await store.write(chunk_id, 1, 0, 0, bytes(100))
+    cursor = tmp_path / "scrub_cursor"
+    cursor.write_text("2\n")
+    order: list[int] = []
+    seen_cursor: list[str] = []
+    real_verify = store.verify
+
+    async def verify(chunk_id: int, version: int, offset: int, size: int) -> int:
+        order.append(chunk_id)
+        seen_cursor.append(cursor.read_text().strip())
+        return await real_verify(chunk_id, version, offset, size)
+
+    store.verify = verify  # type: ignore[method-assign]
+    scrubber = Scrubber(store, 1 << 40, 0.0, cursor_path=cursor)
+    await scrubber.scrub_pass()
+    assert order == [3, 5, 1, 2]  # after the recorded 2, then round
+    assert seen_cursor == ["2", "3", "5", "1"]  # each replica recorded once verified
+    assert cursor.read_text().strip() == "0"  # a pass done: the next starts at the first
+    cursor.write_text("junk\n")
+    assert scrubber._load_cursor() is None  # unreadable: a random start, no error
     await store.close()

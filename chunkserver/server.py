@@ -37,7 +37,7 @@ from chunkserver.config import (
     lock_data_dir,
     write_small_file,
 )
-from chunkserver.disk import AsyncChunkStore, ChunkLock
+from chunkserver.disk import INLINE_WRITE_BYTES_MAX, AsyncChunkStore, ChunkLock
 from chunkserver.format import CHUNK_BYTES_MAX, CHUNK_ID_MAX, VERSION_MAX
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.repair import Scrubber, Throttle, copy_in
@@ -359,12 +359,16 @@ class ChunkServer:
         if self._stopping:
             return rpc.LATER
         if op == "chunk.write":
-            if conn.requests_running:
-                # An earlier request of this connection waits for its task (a write to
-                # the same chunk, maybe): answering this one now would overtake it.
+            # Only a small write at the end of its chain, and never past an earlier request
+            # of this connection waiting for its task (a write to the same chunk, maybe);
+            # known before the fields are checked, so a write for a task is checked once.
+            if (
+                conn.requests_running
+                or header.get("chain")
+                or len(payload) > INLINE_WRITE_BYTES_MAX
+            ):
                 return rpc.LATER
-            w = self._write_request(header, payload)
-            if w.chain or not self._write_now(w, payload):
+            if not self._write_now(self._write_request(header, payload), payload):
                 return rpc.LATER
             return None
         if op != "chunk.read":

@@ -15,6 +15,8 @@ Config file (TOML, version 1)::
     capacity_bytes = 0                  # optional; 0: the size of data_dir's file system
     heartbeat_ms = 1000                 # optional; 10 .. 60000
     fsync = true                        # optional; false only for tests
+    drop_behind = true                  # optional; a big write's pages leave the page
+                                        # cache once on the disk (store.py, DROP-BEHIND)
     disk_jobs = 4                       # optional; disk operations running at once, 1 .. 64
     replicate_bytes_per_s = 67108864    # optional; chunk.replicate copy rate, all copies
                                         # together (default 64 MiB/s; 0: no limit)
@@ -115,7 +117,7 @@ _CONFIG_KEYS = {
     "listen", "data_dir", "secret_file", "metaservers", "address", "capacity_bytes",
     "heartbeat_ms", "fsync", "disk_jobs", "replicate_bytes_per_s", "replicate_jobs",
     "report_interval_ms", "report_chunks_per_call", "scrub_bytes_per_s", "scrub_interval_ms",
-    "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack",
+    "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack", "drop_behind",
 }  # fmt: skip
 LABEL_CHARS_MAX = 255  # as the namespace keeps a host or rack label
 
@@ -134,6 +136,7 @@ class ServerConfig:
     capacity_bytes: int = 0
     heartbeat_ms: int = 1000
     fsync: bool = True
+    drop_behind: bool = True
     disk_jobs: int = DISK_JOBS_MAX
     replicate_bytes_per_s: int = REPLICATE_BYTES_PER_S
     replicate_jobs: int = REPLICATE_JOBS
@@ -209,6 +212,7 @@ def load_config(path: Path) -> ServerConfig:
         capacity_bytes=get("capacity_bytes", int, 0),
         heartbeat_ms=get("heartbeat_ms", int, 1000),
         fsync=get("fsync", bool, True),
+        drop_behind=get("drop_behind", bool, True),
         disk_jobs=get("disk_jobs", int, DISK_JOBS_MAX),
         replicate_bytes_per_s=get("replicate_bytes_per_s", int, REPLICATE_BYTES_PER_S),
         replicate_jobs=get("replicate_jobs", int, REPLICATE_JOBS),

@@ -3,8 +3,8 @@
 What it owns: reading and writing a range completely (``pread_into``, ``pwrite_all``:
 the kernel may do less than asked), reading past the page cache (``pread_direct``, for a
 descriptor opened with ``O_DIRECT``), dropping a range's clean pages from the page cache,
-and starting a range's writeback without waiting (``sync_file_range``, which Python's
-``os`` lacks). What it must not do: know the replica format or decide what an error means
+starting a range's writeback without waiting (``sync_file_range``, which Python's
+``os`` lacks), and writing a range back then dropping its pages (``write_back_and_drop``). What it must not do: know the replica format or decide what an error means
 (``store.py`` maps errors onto ``dfs.wire.errors``).
 """
 
@@ -29,7 +29,9 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 _sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WAIT_BEFORE = 1  # wait for the range's writeback already under way
 _SYNC_FILE_RANGE_WRITE = 2  # start writeback of the range's dirty pages; do not wait
+_SYNC_FILE_RANGE_WAIT_AFTER = 4  # wait for the range's writeback to end
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -38,6 +40,22 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     durability does not depend on, is ignored)."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def write_back_and_drop(fd: int, offset: int, length: int) -> None:
+    """Write the range's dirty pages back, wait for them, and drop its pages from the page
+    cache: the write is then on the disk (not durable: no cache flush, no metadata; an
+    fdatasync still decides that) and takes no memory. Raises ``OSError`` when the
+    writeback failed: the error is the file's, and the next fdatasync must fail for it
+    (the caller remembers it: the kernel reports a writeback error to each descriptor
+    once). Nothing happens where ``sync_file_range`` is missing."""
+    if _sync_file_range is None:
+        return
+    flags = _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER
+    if _sync_file_range(fd, offset, length, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def drop_cached(fd: int, ranges: Iterable[tuple[int, int]]) -> None:
@@ -96,4 +114,5 @@ __all__ = [
     "pread_into",
     "pwrite_all",
     "start_writeback",
+    "write_back_and_drop",
 ]

@@ -259,6 +259,7 @@ class ChunkServer:
             disk_jobs_max=cfg.disk_jobs,
         )
         self.store.store.inject_eio_chunk_ids = frozenset(cfg.inject_eio_chunk_ids)
+        self.store.store.drop_behind = cfg.drop_behind
         loop = asyncio.get_running_loop()
 
         def on_bad(chunk_id: int, version: int) -> None:

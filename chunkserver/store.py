@@ -108,7 +108,14 @@ from chunkserver.format import (
     encode_header,
     footprint_bytes,
 )
-from chunkserver.rawio import drop_cached, pread_direct, pread_into, pwrite_all, start_writeback
+from chunkserver.rawio import (
+    drop_cached,
+    pread_direct,
+    pread_into,
+    pwrite_all,
+    start_writeback,
+    write_back_and_drop,
+)
 from dfs.wire.errors import (
     Corrupt,
     DfsError,
@@ -127,6 +134,12 @@ log = logging.getLogger(__name__)
 # a big file's stream, not a small file's close (whose few KiB would cost the disk a seek
 # per file while the metaservers' Raft fsyncs wait behind it).
 WRITEBACK_BYTES_MIN = 1024 * 1024
+# DROP-BEHIND: such a write also waits (on the writeback thread) for the bytes this far
+# behind it to reach the disk and drops their pages from the page cache
+# (``start_writeback``), as HDFS's datanodes do with drop-behind on and as Ceph's
+# BlueStore never caches data: a stream's replicas then take ~this much memory each
+# instead of their whole size, and the pages are used again by the next writes.
+DROP_BEHIND_LAG_BYTES = 8 * 1024 * 1024
 # A single read may ask for at most this much (docs/PROTOCOL.md, chunk.read).
 READ_BYTES_MAX = 16 * 1024 * 1024
 # Replicas are the users' bytes: only the chunkserver's own user may read them. The data
@@ -150,6 +163,9 @@ class _Replica:
     dirty: bool = True
     # Created since its directory was last fsynced: its name may not survive a crash.
     name_unsynced: bool = False
+    # A drop-behind's writeback failed (``start_writeback``): the next sync fails for it,
+    # since the kernel reports the error to one descriptor only, and this may be it.
+    writeback_error: OSError | None = None
 
     def info(self) -> ReplicaInfo:
         return ReplicaInfo(self.chunk_id, self.version, self.length)
@@ -249,6 +265,7 @@ class ChunkStore:
         # what a replica's path names goes through ``forget``.
         self._fds = FdCache(fds_max)
         self._direct_reads = True  # cleared if the file system refuses O_DIRECT
+        self.drop_behind = True  # DROP-BEHIND of big unsynced writes (config: drop_behind)
         self.quarantined = 0  # files quarantined by this store (at start or found bad)
         self.bad_found = 0  # replicas found bad since start
         self._clear_tmp()
@@ -808,9 +825,17 @@ class ChunkStore:
         threshold (10 % of memory: gigabytes) or after 30 s; so a big file written with one
         fsync at the end had all its replicas' bytes go to the disk at that fsync, after
         the transfer rather than during it, while the disk (the limit of three copies on
-        one machine) idled. Only a hint, taken without the chunk's lock and never failing:
-        durability does not change (fdatasync decides, and reports any write error)."""
-        if chunk_id not in self._replicas:
+        one machine) idled. Taken without the chunk's lock and never failing: durability
+        does not change (fdatasync decides, and reports any write error).
+
+        With ``drop_behind``, the range ``DROP_BEHIND_LAG_BYTES`` before this one (as
+        long) is then written back, waited for and dropped from the page cache: a stream's
+        pages are reused instead of the page cache growing by three times what clients
+        write (on a virtual machine a page first touched costs the host a fault: writing
+        into a fresh page cache ran ~6x slower than into pages just freed). A failed
+        writeback there is remembered and fails the replica's next sync."""
+        replica = self._replicas.get(chunk_id)
+        if replica is None:
             return
         try:
             opened = self._fds.acquire(chunk_id, self.path)
@@ -818,6 +843,12 @@ class ChunkStore:
             return  # deleted or replaced meanwhile: nothing to hurry
         try:
             start_writeback(opened.fd, DATA_OFFSET + offset, length)
+            behind_end = offset - DROP_BEHIND_LAG_BYTES
+            if self.drop_behind and behind_end > 0:
+                behind = max(0, behind_end - length)
+                write_back_and_drop(opened.fd, DATA_OFFSET + behind, behind_end - behind)
+        except OSError as e:
+            replica.writeback_error = e  # the next sync fails (the error is not a hint's)
         finally:
             self._fds.release(opened)
 
@@ -846,6 +877,10 @@ class ChunkStore:
                 replica_length=replica.length,
                 expect_length=expect_length,
             )
+        if replica.writeback_error is not None:
+            e = replica.writeback_error
+            self._mark_bad(replica, "sync_failed", f"writeback: {e}")
+            raise self._disk_error(e, chunk_id, "sync") from e
         if replica.dirty:
             stage = "open"
             try:
@@ -1102,6 +1137,7 @@ def _check_ids(chunk_id: int, version: int) -> None:
 
 
 __all__ = [
+    "DROP_BEHIND_LAG_BYTES",
     "READ_BYTES_MAX",
     "WRITEBACK_BYTES_MIN",
     "ChunkStore",

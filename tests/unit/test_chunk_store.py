@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 
+import chunkserver.store
 from chunkserver import blocks
 from chunkserver.disk import INLINE_WRITE_BYTES_MAX, AsyncChunkStore, ChunkLock
 from chunkserver.format import (
@@ -55,7 +56,7 @@ from chunkserver.format import (
     encode_header,
     footprint_bytes,
 )
-from chunkserver.store import WRITEBACK_BYTES_MIN, ChunkStore, WouldBlock
+from chunkserver.store import DROP_BEHIND_LAG_BYTES, WRITEBACK_BYTES_MIN, ChunkStore, WouldBlock
 from dfs.testing.faultydisk import CrashDisk
 from dfs.wire.errors import Corrupt, Invalid, NoSpace, NotFound, Stale, TooBig, Unavailable
 
@@ -234,6 +235,47 @@ def test_a_read_from_disk_reads_the_disk_and_leaves_the_cache_as_it_was(
     assert _bytes_read_from_storage() - before >= MiB
     if store._direct_reads:
         assert _resident_bytes(path) >= MiB  # and a scrub keeps it there
+
+
+@pytest.mark.parametrize("drop_behind", [True, False])
+def test_a_streamed_write_leaves_no_pages_behind_it(root: Path, drop_behind: bool) -> None:
+    """DROP-BEHIND: a big unsynced write's early writeback also writes back and drops the
+    range ``DROP_BEHIND_LAG_BYTES`` behind it, so a stream keeps about that much of each
+    replica in the page cache; the bytes read back the same from the disk."""
+    store = ChunkStore(root, chunk_bytes_max=32 * MiB)
+    store.drop_behind = drop_behind
+    content = data(16 * MiB, seed=12)
+    for offset in range(0, len(content), MiB):
+        store.write(CHUNK, 1, 0, offset, content[offset : offset + MiB])
+        store.start_writeback(CHUNK, offset, MiB)
+    path = store.path(CHUNK)
+    lag = DROP_BEHIND_LAG_BYTES
+    if drop_behind:  # [0, 16 MiB - lag - 1 MiB) dropped: each write drops a MiB
+        assert _resident_bytes(path) <= len(content) - (len(content) - lag - MiB) + DATA_OFFSET
+    else:
+        assert _resident_bytes(path) >= len(content)
+    store.sync(CHUNK, 1)
+    assert bytes(store.read(CHUNK, 1, 0, len(content))) == content
+
+
+def test_a_failed_drop_behind_writeback_fails_the_replicas_next_sync(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch, expect_log: Callable[..., None]
+) -> None:
+    """The kernel reports a writeback error to each descriptor once: when the drop-behind's
+    wait is the one told, the next sync must still fail, and the replica is bad."""
+    expect_log(r"event=replica_bad chunk=261 version=1 reason=sync_failed")
+    expect_log(r"event=disk_error op=sync chunk=261 errno=5")
+    expect_log(r"event=quarantined chunk=261")
+    monkeypatch.setattr(chunkserver.store, "write_back_and_drop", failing(errno.EIO))
+    store = ChunkStore(store.root, chunk_bytes_max=32 * MiB)
+    offset = DROP_BEHIND_LAG_BYTES + MiB
+    store.write(CHUNK, 1, 0, offset, b"x" * MiB)
+    store.start_writeback(CHUNK, offset, MiB)
+    with pytest.raises(Unavailable):
+        store.sync(CHUNK, 1)
+    with pytest.raises(Corrupt):
+        store.read(CHUNK, 1, offset, 10)
+    assert store.bad_pending(10) == [(CHUNK, 1)]
 
 
 def _drop_from_page_cache(path: Path) -> None:

@@ -1,7 +1,7 @@
 """Checksummed blocks in one replica file: data written with its blocks' checksums, a
 replica cut to a shorter length, a block read back verified.
 
-What it owns: keeping the checksum table (``format.py``) true to the data around every
+What it owns: keeping the checksum table (``dfs/wire/replicafile.py``) true to the data around every
 change of it: only the partial blocks at the two ends of a write, or the new last block of
 a cut, are read, and verified first, to be checksummed again, so that a bad block is never
 re-checksummed into a good one (the store's rule 2). What it must not do: decide what a
@@ -16,7 +16,8 @@ import os
 import struct
 from collections.abc import Callable
 
-from chunkserver.format import (
+from chunkserver.rawio import pread_into, pwrite_all
+from dfs.wire.replicafile import (
     BLOCK_BYTES,
     DATA_OFFSET,
     SUM,
@@ -25,7 +26,6 @@ from chunkserver.format import (
     ZERO_BLOCK_SUM,
     block_sum,
 )
-from chunkserver.rawio import pread_into, pwrite_all
 
 # Makes the exception for block ``block`` failing for ``reason``.
 Corrupter = Callable[[int, str], Exception]

@@ -51,7 +51,7 @@ Ops (docs/PROTOCOL.md; ``timeout_ms`` optional on every request, default 5000, a
     chunk.delete {chunks: [[chunk_id, version], ...]} -> {deleted: [chunk_id, ...]}
     chunk.replicate {chunk_id, version, length, sources, token, expiry_ms} -> {length}
     cs.status    {} -> {cs_id, uuid, address, capacity_bytes, used_bytes, chunks, pid,
-                        scrub_bytes, scrub_passes, bad_chunks}
+                        scrub_bytes, scrub_passes, bad_chunks, data_dir}
 
 Chain replication: ``chunk.write`` and ``chunk.sync`` run locally and, at the same time, on
 ``chain[0]`` with ``chain[1:]``; the answer comes only when both succeeded. An error carries
@@ -86,9 +86,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from chunkserver.disk import DISK_JOBS_MAX
-from chunkserver.format import CHUNK_ID_MAX
 from chunkserver.peers import parse_address
 from dfs.wire.errors import Invalid
+from dfs.wire.replicafile import CHUNK_ID_MAX
 
 CONFIG_VERSION = 1
 

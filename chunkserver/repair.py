@@ -52,9 +52,9 @@ from pathlib import Path
 
 from chunkserver.config import write_small_file
 from chunkserver.disk import AsyncChunkStore
-from chunkserver.format import BLOCK_BYTES, ReplicaInfo
 from chunkserver.peers import PeerPool
 from dfs.wire.errors import DfsError, NotFound, Stale, Timeout, Unavailable
+from dfs.wire.replicafile import BLOCK_BYTES, ReplicaInfo
 
 log = logging.getLogger("chunkserver")
 

@@ -38,7 +38,6 @@ from chunkserver.config import (
     write_small_file,
 )
 from chunkserver.disk import INLINE_WRITE_BYTES_MAX, AsyncChunkStore, ChunkLock
-from chunkserver.format import CHUNK_BYTES_MAX, CHUNK_ID_MAX, VERSION_MAX
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.repair import Scrubber, Throttle, copy_in
 from chunkserver.store import READ_BYTES_MAX
@@ -57,6 +56,7 @@ from dfs.wire.errors import (
     Unsupported,
 )
 from dfs.wire.messages import field, uint_field
+from dfs.wire.replicafile import CHUNK_BYTES_MAX, CHUNK_ID_MAX, VERSION_MAX
 from dfs.wire.token import READ, WRITE, check_token, token_key
 
 log = logging.getLogger("chunkserver")
@@ -630,6 +630,10 @@ class ChunkServer:
             "scrub_bytes": 0 if scrubber is None else scrubber.bytes_verified,
             "scrub_passes": 0 if scrubber is None else scrubber.passes,
             "bad_chunks": store.bad_found,
+            # Where the replicas are: a client on this machine reads them from their files
+            # (dfs/client/localread.py, SHORT-CIRCUIT READS) once it has checked the
+            # directory's uuid and lock; it grants nothing the file modes do not.
+            "data_dir": str(store.root.resolve()),
         }, b""
 
     async def _local(self, job: Awaitable[T], deadline: float, what: str) -> T:

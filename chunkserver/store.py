@@ -61,7 +61,8 @@ Rules, and where they are checked:
    metaserver that judged version v stale never deletes a v+1 written since. Bad and
    quarantined copies of the id go too, whatever their version.
 
-The on-disk format (version 1) has its one canonical definition in ``format.py``.
+The on-disk format (version 1) has its one canonical definition in ``dfs/wire/replicafile.py``
+(the chunkserver writes it; a client on the same machine reads it: SHORT-CIRCUIT READS).
 
 Crash model: SQLite's (style.md §4), through ``dfs.testing.faultydisk.CrashDisk`` in
 ``tests/unit/test_chunk_store.py``. That model covers appends past the synced bytes; a
@@ -88,7 +89,25 @@ from pathlib import Path
 
 from chunkserver import blocks
 from chunkserver.fdcache import FDS_MAX, FdCache, OpenFile
-from chunkserver.format import (
+from chunkserver.rawio import (
+    drop_cached,
+    pread_direct,
+    pread_into,
+    pwrite_all,
+    start_writeback,
+    write_back_and_drop,
+)
+from dfs.wire.errors import (
+    Corrupt,
+    DfsError,
+    Invalid,
+    NoSpace,
+    NotFound,
+    Stale,
+    TooBig,
+    Unavailable,
+)
+from dfs.wire.replicafile import (
     BLOCK_BYTES,
     CHUNK_BYTES_MAX,
     CHUNK_ID_MAX,
@@ -107,24 +126,6 @@ from chunkserver.format import (
     decode_header,
     encode_header,
     footprint_bytes,
-)
-from chunkserver.rawio import (
-    drop_cached,
-    pread_direct,
-    pread_into,
-    pwrite_all,
-    start_writeback,
-    write_back_and_drop,
-)
-from dfs.wire.errors import (
-    Corrupt,
-    DfsError,
-    Invalid,
-    NoSpace,
-    NotFound,
-    Stale,
-    TooBig,
-    Unavailable,
 )
 
 log = logging.getLogger(__name__)

@@ -506,6 +506,13 @@ def stat_(directory: Path, meta: str | None, secret_file: Path | None, path: str
     help="Seconds before an operation the cluster does not answer fails (EIO/ETIMEDOUT).",
 )
 @sync_on_close_option
+@click.option(
+    "--local-reads/--no-local-reads",
+    default=True,
+    show_default=True,
+    help="Read replicas kept on this machine from their files, when this process may "
+    "(short-circuit reads), instead of through their chunkservers.",
+)
 @click.option("--pid-file", type=click.Path(path_type=Path), hidden=True)
 def mount(
     directory: Path,
@@ -516,6 +523,7 @@ def mount(
     allow_other: bool,
     timeout_s: float,
     sync_on_close: bool,
+    local_reads: bool,
     pid_file: Path | None,
 ) -> None:
     """Mount the cluster at MOUNTPOINT with FUSE.
@@ -531,7 +539,9 @@ def mount(
     if pid_file is None:
         pid_file = local.mount_pid_file(run_dir, where)
     if foreground:
-        _mount_foreground(addresses, secret, where, allow_other, timeout_s, sync_on_close, pid_file)
+        _mount_foreground(
+            addresses, secret, where, allow_other, timeout_s, sync_on_close, local_reads, pid_file
+        )
         return
     _check_mountpoint(where)
     args = (
@@ -546,6 +556,8 @@ def mount(
     args += ["--timeout", str(timeout_s)]
     if sync_on_close:
         args.append("--sync-on-close")
+    if not local_reads:
+        args.append("--no-local-reads")
     log_dir = run_dir.parent / "logs" if not meta else run_dir
     try:
         pid = local.start_mount(args, where, pid_file, log_dir / f"{pid_file.stem}.log", timeout_s)
@@ -561,6 +573,7 @@ def _mount_foreground(
     allow_other: bool,
     timeout_s: float,
     sync_on_close: bool,
+    local_reads: bool,
     pid_file: Path,
 ) -> None:
     import logging
@@ -579,6 +592,7 @@ def _mount_foreground(
         allow_other=allow_other,
         timeout_s=timeout_s,
         sync_on_close=sync_on_close,
+        local_reads=local_reads,
         pid_file=pid_file,
     )
     try:

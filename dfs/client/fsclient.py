@@ -63,6 +63,7 @@ from dfs.client.files import OpenInode, attr_stamp
 from dfs.client.handle import File, check_open_flags
 from dfs.client.holdsync import HoldSync
 from dfs.client.inopool import InoPool
+from dfs.client.localread import LocalReads
 from dfs.client.meta import MetaClient
 from dfs.client.options import ClientOptions
 from dfs.client.pool import ConnectionPool
@@ -135,10 +136,20 @@ class FsClient:
             rng=self._rng,
         )
         self.stats = self._pool.stats  # RPCs sent, by op
+        local = None
+        if options.local_reads:
+            pool, io_timeout_s = self._pool, options.io_timeout_s
+
+            async def cs_status(address: str) -> dict[str, Any]:
+                header, _ = await pool.call(address, "cs.status", timeout_s=io_timeout_s)
+                return header
+
+            local = LocalReads(cs_status, clock)
         self.chunks = ChunkIo(
             self._pool,
             io_timeout_s=options.io_timeout_s,
             fanout_bytes_max=options.fanout_write_bytes_max,
+            local=local,
         )
         self.cache = MetaCache(
             ttl_s=options.attr_ttl_s, clock=clock, entries_max=options.cache_entries_max

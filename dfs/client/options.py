@@ -72,6 +72,11 @@ class ClientOptions:
     # Removals (unlink, rmdir) under directory leases: answered at once, shipped in
     # batches (dfs/client/dirleases.py). False: every removal waits for its own commit.
     dir_leases: bool = True
+    # SHORT-CIRCUIT READS (dfs/client/localread.py): a replica whose chunkserver keeps it
+    # on this machine, in a directory this process may read, is read from its file instead
+    # of through the chunkserver. Measured on a 2-core machine, a local 3 + 3 cluster: see
+    # docs/PERFORMANCE.md, fifth round. False: every read goes through a chunkserver.
+    local_reads: bool = True
     # Name this client gives in the handshake (for servers' logs).
     name: str = "dfs-client"
 

@@ -105,6 +105,7 @@ class MountConfig:
     timeout_s: float = 30.0
     attr_ttl_s: float | None = None  # None: ClientOptions' default
     sync_on_close: bool = False  # ClientOptions.sync_on_close: every close is an fsync
+    local_reads: bool = True  # ClientOptions.local_reads: SHORT-CIRCUIT READS
     pid_file: Path | None = None
     readahead_kb: int = READAHEAD_KB
     # Filled in by run(): set once the kernel's INIT has been answered.
@@ -123,6 +124,8 @@ def client_options(config: MountConfig) -> ClientOptions:
     )
     if config.sync_on_close:
         options = dataclasses.replace(options, sync_on_close=True)
+    if not config.local_reads:
+        options = dataclasses.replace(options, local_reads=False)
     if config.attr_ttl_s is not None:
         options = dataclasses.replace(options, attr_ttl_s=config.attr_ttl_s)
     if os.environ.get(DIR_LEASES_ENV) == "0":

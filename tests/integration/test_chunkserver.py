@@ -44,7 +44,6 @@ from typing import Any
 import pytest
 
 from chunkserver.disk import INLINE_WRITE_BYTES_MAX
-from chunkserver.format import DATA_OFFSET, chunk_relpath
 from dfs import rpc
 from dfs.secret import write_secret
 from dfs.testing.ports import free_loopback_ports
@@ -61,6 +60,7 @@ from dfs.wire.errors import (
     TooBig,
     Unavailable,
 )
+from dfs.wire.replicafile import DATA_OFFSET, chunk_relpath
 from dfs.wire.token import READ, WRITE, make_token, token_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]

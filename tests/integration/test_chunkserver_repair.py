@@ -46,7 +46,6 @@ from test_chunkserver import (  # the fixtures and helpers of the chunkserver pr
     token_fields,
 )
 
-from chunkserver.format import DATA_OFFSET, footprint_bytes
 from dfs.testing.ports import free_loopback_ports
 from dfs.wire.errors import (
     Corrupt,
@@ -57,6 +56,7 @@ from dfs.wire.errors import (
     Stale,
     Unavailable,
 )
+from dfs.wire.replicafile import DATA_OFFSET, footprint_bytes
 from dfs.wire.token import READ, WRITE
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]

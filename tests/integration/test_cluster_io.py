@@ -27,16 +27,18 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from dfs.cli import cluster as local
-from dfs.client import FsClient
+from dfs.client import ClientOptions, FsClient
 from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
 from dfs.testing.fsread import read_to_eof
 from dfs.wire.errors import NameTooLong, NotFound, TooBig
+from dfs.wire.replicafile import DATA_OFFSET, chunk_relpath
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(240)]
 
@@ -69,7 +71,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
 
 
 @asynccontextmanager
-async def client(layout: local.Layout, **kw: float) -> AsyncIterator[FsClient]:
+async def client(layout: local.Layout, **kw: Any) -> AsyncIterator[FsClient]:
     async with FsClient.open_cluster(
         layout.meta_addresses, load_secret(layout.secret_file), **kw
     ) as fs:
@@ -175,6 +177,46 @@ async def test_concurrent_readers_and_close_to_open(layout: local.Layout) -> Non
         new = payload[::-1] + b"more"
         await write_file(a, d.ino, b"shared", new)
         assert await read_to_eof(b, d.ino, b"shared") == new
+
+
+async def test_replicas_on_this_machine_are_read_from_their_files(layout: local.Layout) -> None:
+    """SHORT-CIRCUIT READS: every replica of this cluster is on this machine, so reads take
+    no chunk.read; a replica file that does not verify sends the read to its chunkserver,
+    which finds the replica bad and reports it, and the bytes still come right from
+    another; with ``local_reads`` off every read goes through a chunkserver."""
+    data = random.Random(5).randbytes(3 * CHUNK + 777)
+    async with client(layout) as fs:
+        d = await fs.mkdir(ROOT_INO, b"local", 0o755)
+        await write_file(fs, d.ino, b"f", data)
+    async with client(layout) as fs:
+        assert await read_to_eof(fs, d.ino, b"f") == data
+        assert fs.stats.count("local.read") >= 4, fs.stats.counts()
+        assert fs.stats.count("chunk.read") == 0, fs.stats.counts()
+        ino = (await fs.lookup(d.ino, b"f")).ino
+        known, location = fs.locations.get(ino, 1)
+        assert known and location is not None
+        victim = location.replicas[0]  # the one read first
+        assert fs.chunks.local is not None
+        data_dir = await fs.chunks.local.data_dir(victim.address)
+        assert data_dir is not None
+        with open(Path(data_dir) / chunk_relpath(location.chunk_id), "r+b") as raw:
+            raw.seek(DATA_OFFSET + 10)
+            byte = raw.read(1)
+            raw.seek(DATA_OFFSET + 10)
+            raw.write(bytes([byte[0] ^ 0xFF]))
+    async with client(layout) as fs:
+        f = await fs.open(ino, os.O_RDONLY)
+        try:
+            assert await f.read(CHUNK, CHUNK) == data[CHUNK : 2 * CHUNK]
+        finally:
+            await f.close()
+        assert fs.stats.count("local.miss") == 1, fs.stats.counts()
+        assert fs.stats.count("chunk.read") >= 2, fs.stats.counts()  # Corrupt, then another
+        status, _ = await fs._pool.call(victim.address, "cs.status", timeout_s=10)
+        assert status["bad_chunks"] >= 1
+    async with client(layout, options=ClientOptions(local_reads=False)) as fs:
+        assert await read_to_eof(fs, d.ino, b"f") == data
+        assert fs.stats.count("local.read") == 0 and fs.stats.count("chunk.read") >= 4
 
 
 async def test_oversized_mutations_are_refused_before_they_reach_the_log(

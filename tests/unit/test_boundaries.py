@@ -113,7 +113,6 @@ def is_pure(module: str) -> bool:
     return (
         under(module, "dfs.wire")
         or module in PURE_RAFT
-        or module == "chunkserver.format"
         or under(module, "metaserver.namespace")
         or (under(module, "metaserver.chunks") and not module.startswith("metaserver.chunks.sim"))
     )

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from chunkserver.fdcache import FdCache
-from chunkserver.format import BLOCK_BYTES, DATA_OFFSET
 from chunkserver.store import ChunkStore
 from dfs.wire.errors import Corrupt, NotFound
+from dfs.wire.replicafile import BLOCK_BYTES, DATA_OFFSET
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

@@ -44,7 +44,10 @@ import pytest
 import chunkserver.store
 from chunkserver import blocks
 from chunkserver.disk import INLINE_WRITE_BYTES_MAX, AsyncChunkStore, ChunkLock
-from chunkserver.format import (
+from chunkserver.store import DROP_BEHIND_LAG_BYTES, WRITEBACK_BYTES_MIN, ChunkStore, WouldBlock
+from dfs.testing.faultydisk import CrashDisk
+from dfs.wire.errors import Corrupt, Invalid, NoSpace, NotFound, Stale, TooBig, Unavailable
+from dfs.wire.replicafile import (
     BLOCK_BYTES,
     CHUNK_BYTES_MAX,
     DATA_OFFSET,
@@ -56,9 +59,6 @@ from chunkserver.format import (
     encode_header,
     footprint_bytes,
 )
-from chunkserver.store import DROP_BEHIND_LAG_BYTES, WRITEBACK_BYTES_MIN, ChunkStore, WouldBlock
-from dfs.testing.faultydisk import CrashDisk
-from dfs.wire.errors import Corrupt, Invalid, NoSpace, NotFound, Stale, TooBig, Unavailable
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

@@ -18,7 +18,6 @@ import pytest
 
 from chunkserver import repair
 from chunkserver.disk import AsyncChunkStore
-from chunkserver.format import BLOCK_BYTES, DATA_OFFSET, ReplicaInfo
 from chunkserver.repair import (
     SCRUB_IDLE_PAUSE_S,
     SCRUB_PASS_MIN_S,
@@ -28,6 +27,7 @@ from chunkserver.repair import (
     Throttle,
 )
 from chunkserver.store import ChunkStore
+from dfs.wire.replicafile import BLOCK_BYTES, DATA_OFFSET, ReplicaInfo
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

@@ -1,4 +1,6 @@
 """The on-disk format of a replica, and the names of replica files: pure (no I/O).
+The chunkserver writes replicas (``chunkserver/store.py``); a client on the same machine
+reads them too (``dfs/client/localread.py``, SHORT-CIRCUIT READS).
 
 What it owns: the one canonical definition of the format below, its constants, the
 header's encoding and decoding, a replica's footprint, and the paths and file names

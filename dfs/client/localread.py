@@ -1,0 +1,278 @@
+"""SHORT-CIRCUIT READS: a replica on this machine read from its file, not through its
+chunkserver (HDFS's short-circuit local reads, in their first form: by path).
+
+What it owns: finding which chunkservers keep their replicas where this process can read
+them, and reading a range of a replica file with every block verified. What it must not
+do: judge a replica (a file that does not read back as expected is left to its
+chunkserver: the caller reads it through the network, where a bad replica is found and
+reported as always) or change any file.
+
+Why: a read through a chunkserver on the same machine costs a request, a wake-up of the
+chunkserver, its answer and a wake-up of the client, each a pass through Python on a
+loaded machine; reading the file is one ``pread`` of the page cache. Clients often run
+beside chunkservers (compute next to storage, as Hadoop places its tasks), and a local
+cluster (``dfs up``) has every replica beside its mount.
+
+Which chunkservers are local: the chunkserver's address must be one of this machine's (of
+this network namespace: a socket here can bind it), then ``cs.status`` names a chunkserver's data directory; it is
+this machine's when the directory's ``uuid`` file holds the uuid the server gave and its
+``lock`` is held (a server runs on it: ``chunkserver/config.py``). The answer is trusted for
+``LOCAL_CHECK_S``, then asked again (a chunkserver restarted on another directory at the
+same address is noticed within that time). A process the replica files' modes keep out
+(a mount not run as the chunkservers' user) gets ``PermissionError`` on the first open:
+that chunkserver is then read through the network. Nothing here grants access the file
+modes do not: the chunk files stay 0600 in 0700 directories.
+
+A read (``read_file``): open the replica's path (a replica deleted, replaced by a copy or
+moved to quarantine is no longer there, or is another file), read its header, check the
+chunk id and the version asked for, read the blocks the range covers and their checksums,
+verify each block, read the header again: the same header before and after means the bytes
+belong to that version (versions only grow). Anything else (a missing file, another version,
+a checksum that does not match, a short file) gives ``None`` and the caller reads through
+the chunkserver. A read concurrent with a write of the same version may see some blocks
+before the write and some after, as a read through the network may see a write's effect
+on one replica and not yet on another; the promise between mounts is close-to-open
+(ARCHITECTURE.md), which this keeps.
+
+Small reads try the page cache on the caller's thread (``RWF_NOWAIT``: the bytes or nothing
+at once); the rest run on a worker thread (at most ``THREADS_MAX`` at once), so the event
+loop never waits for the disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from dfs.wire.replicafile import (
+    BLOCK_BYTES,
+    DATA_OFFSET,
+    HEADER_BYTES,
+    SUM,
+    SUM_BYTES,
+    TABLE_OFFSET,
+    BadHeader,
+    block_sum,
+    chunk_relpath,
+    decode_header,
+)
+
+# How long a chunkserver's data directory is trusted before ``cs.status`` is asked again.
+LOCAL_CHECK_S = 5.0
+# Reads up to this size try the page cache on the caller's thread first.
+INLINE_READ_BYTES_MAX = 256 * 1024
+# Worker threads reading replica files at once (a read-ahead window's blocks overlap).
+THREADS_MAX = 4
+
+
+class _NotLocal(bytes):
+    """The type of ``LOCAL_NONE``."""
+
+
+# ``LocalReads.read``'s answer for a chunkserver whose replicas are not readable here.
+LOCAL_NONE = _NotLocal()
+
+
+@dataclass(slots=True)
+class _Dir:
+    path: str | None  # the data directory, or None: read that chunkserver remotely
+    checked: float  # clock time of the check
+
+
+def data_dir_is_live(path: str, uuid: str) -> bool:
+    """``path`` is a running chunkserver's data directory with that uuid, seen from here."""
+    try:
+        with open(os.path.join(path, "uuid")) as f:
+            if f.read().strip() != uuid:
+                return False
+        fd = os.open(os.path.join(path, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True  # held: the server runs
+    except OSError:
+        return False
+    else:
+        return False  # nobody holds it: no server runs there now
+    finally:
+        os.close(fd)  # closing releases a lock we took
+
+
+async def is_local_address(address: str) -> bool:
+    """``host:port`` names an address of this machine (of this network namespace: one a
+    socket here can bind), as HDFS asks before a short-circuit read."""
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        infos = await anyio.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind((sockaddr[0], 0, *sockaddr[2:]))
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _pread_into(fd: int, buf: memoryview, pos: int, flags: int) -> int:
+    """Fill ``buf`` from ``pos``; fewer bytes only at the end of the file."""
+    got = 0
+    while got < len(buf):
+        n = os.preadv(fd, [buf[got:]], pos + got, flags)
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def read_file(
+    data_dir: str, chunk_id: int, version: int, offset: int, size: int, *, nowait: bool
+) -> bytes | bytearray | None:
+    """Up to ``size`` bytes at ``offset`` of the replica of ``chunk_id`` at ``version`` in
+    ``data_dir``, every block verified (shorter at the replica's end); ``None`` when the file
+    is not that replica as it should be (see the module docstring). With ``nowait``, raises
+    ``BlockingIOError`` unless everything is in the page cache. ``PermissionError`` when the
+    file's modes keep this process out."""
+    try:
+        fd = os.open(os.path.join(data_dir, chunk_relpath(chunk_id)), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    flags = os.RWF_NOWAIT if nowait else 0
+    try:
+        head = bytearray(HEADER_BYTES)
+        if _pread_into(fd, memoryview(head), 0, flags) < HEADER_BYTES:
+            return None
+        try:
+            info = decode_header(bytes(head))
+        except BadHeader:
+            return None
+        if info.chunk_id != chunk_id or info.version != version:
+            return None
+        end = min(offset + size, info.length)
+        if offset >= end:
+            return b""
+        first, last = offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES
+        start = first * BLOCK_BYTES
+        stop = min((last + 1) * BLOCK_BYTES, info.length)
+        data = bytearray(stop - start)
+        sums = bytearray(SUM_BYTES * (last - first + 1))
+        view = memoryview(data)
+        if _pread_into(fd, view, DATA_OFFSET + start, flags) < len(data):
+            return None
+        if _pread_into(fd, memoryview(sums), TABLE_OFFSET + SUM_BYTES * first, flags) < len(sums):
+            return None
+        for i in range(last - first + 1):
+            block = view[i * BLOCK_BYTES : (i + 1) * BLOCK_BYTES]
+            if block_sum(block) != SUM.unpack_from(sums, i * SUM_BYTES)[0]:
+                return None
+        again = bytearray(HEADER_BYTES)
+        if _pread_into(fd, memoryview(again), 0, flags) < HEADER_BYTES or again != head:
+            return None
+    except OSError as e:
+        if isinstance(e, BlockingIOError) or e.errno == errno.EAGAIN:
+            raise BlockingIOError(errno.EAGAIN, "not in the page cache") from None
+        if e.errno == errno.EOPNOTSUPP and nowait:
+            raise BlockingIOError(errno.EAGAIN, "RWF_NOWAIT unsupported") from None
+        return None
+    finally:
+        os.close(fd)
+    if start == offset and stop == end:
+        return data
+    return bytes(view[offset - start : end - start])
+
+
+class LocalReads:
+    """Which chunkservers' replicas this process reads from their files, and those reads.
+
+    ``status`` asks a chunkserver for ``cs.status`` (the caller's pool); ``clock`` is the
+    event loop's clock."""
+
+    def __init__(
+        self,
+        status: Callable[[str], Awaitable[dict[str, Any]]],
+        clock: Callable[[], float],
+    ) -> None:
+        self._status = status
+        self._clock = clock
+        self._dirs: dict[str, _Dir] = {}
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def data_dir(self, address: str) -> str | None:
+        """The data directory of the chunkserver at ``address`` if it is readable here."""
+        known = self._dirs.get(address)
+        now = self._clock()
+        if known is not None and now - known.checked < LOCAL_CHECK_S:
+            return known.path
+        path: str | None = None
+        try:
+            if not await is_local_address(address):
+                raise LookupError(address)
+            status = await self._status(address)
+            candidate, uuid = status.get("data_dir"), status.get("uuid")
+            if (
+                isinstance(candidate, str)
+                and isinstance(uuid, str)
+                and os.path.isabs(candidate)
+                and data_dir_is_live(candidate, uuid)
+            ):
+                path = candidate
+        except Exception:  # any failure: read through the network
+            path = None
+        self._dirs[address] = _Dir(path, self._clock())
+        return path
+
+    def forget(self, address: str) -> None:
+        """Read ``address`` through the network until its next check (a file we may not
+        open)."""
+        self._dirs[address] = _Dir(None, self._clock())
+
+    async def read(
+        self, address: str, chunk_id: int, version: int, offset: int, size: int
+    ) -> bytes | bytearray | None:
+        """The range from the replica's file on this machine; ``LOCAL_NONE`` when that
+        chunkserver's replicas are not readable here; None when this one is not as it
+        should be (read it through its chunkserver)."""
+        path = await self.data_dir(address)
+        if path is None:
+            return LOCAL_NONE
+        try:
+            data: bytes | bytearray | None = None
+            blocked = size > INLINE_READ_BYTES_MAX
+            if not blocked:
+                try:
+                    data = read_file(path, chunk_id, version, offset, size, nowait=True)
+                except BlockingIOError:
+                    blocked = True
+            if blocked:
+                if self._limiter is None:
+                    self._limiter = anyio.CapacityLimiter(THREADS_MAX)
+                data = await anyio.to_thread.run_sync(
+                    lambda: read_file(path, chunk_id, version, offset, size, nowait=False),
+                    limiter=self._limiter,
+                )
+        except PermissionError:
+            self.forget(address)
+            return LOCAL_NONE
+        return data
+
+
+__all__ = [
+    "INLINE_READ_BYTES_MAX",
+    "LOCAL_CHECK_S",
+    "LOCAL_NONE",
+    "LocalReads",
+    "data_dir_is_live",
+    "is_local_address",
+    "read_file",
+]

@@ -40,6 +40,7 @@ from dfs.client import FsClient, dirleases
 from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
 from dfs.wire.errors import NotEmpty, NotFound, Stale, Timeout, Unavailable
+from metaserver.leases import LEASE_MS
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -90,6 +91,21 @@ async def make_dir(fs: FsClient, name: bytes, count: int) -> int:
     for i in range(count):
         await fs.create(d.ino, b"f%04d" % i, MODE)
     return d.ino
+
+
+async def test_a_client_that_closes_gives_its_leases_back(layout: local.Layout) -> None:
+    """A client closed cleanly releases its directory leases, so another client's next
+    look at those directories does not wait for them to expire (a `dfs put`, then an `ls`
+    in a mount, waited 5 s)."""
+    async with client(layout) as a:
+        d = await make_dir(a, b"given", 21)
+        await a.unlink(d, b"f0020")  # answered under a lease on the directory
+        assert a.stats.count("fs.dir_lease") >= 1
+        stats = a.stats
+    assert stats.count("fs.lease_release") >= 1
+    async with client(layout) as b:
+        with anyio.fail_after(LEASE_MS / 1000 / 2):  # well before the lease would expire
+            assert len(await names(b, d)) == 20
 
 
 async def test_removals_batch_and_another_clients_readdir_sees_them(
@@ -212,6 +228,7 @@ CHILD = """
 import sys, anyio
 from dfs.client import FsClient, dirleases
 from dfs.secret import load_secret
+from metaserver.leases import LEASE_MS
 dirleases.FLUSH_DELAY_S = 120.0
 
 async def main():

@@ -5,9 +5,13 @@ must not do: know any op. Handlers and callers give it headers and payloads; the
 bytes live in ``dfs.wire`` (framing in ``codec.py``, conventions in ``messages.py``,
 handshake in ``auth.py``).
 
-Why ``asyncio.Protocol`` and not streams: frames are parsed in ``data_received`` and a
-response resolves its caller's future right there, with no reader task hop, no
-``StreamReader`` buffer copy and no coroutine per read. Writes are coalesced: small frames
+Why ``asyncio.BufferedProtocol`` and not streams: frames are parsed as bytes arrive
+(``buffer_updated``) and a response resolves its caller's future right there, with no
+reader task hop, no ``StreamReader`` buffer copy and no coroutine per read. The transport
+receives into a buffer the connection hands it (``get_buffer``): a small read into one
+scratch buffer, then fed to the decoder; the rest of a large payload straight into the
+buffer its frame will hand out (``FrameDecoder.payload_target``), so a chunk write's bytes
+are copied once from the kernel, not once into a ``bytes`` object and again into place. Writes are coalesced: small frames
 written in one event-loop iteration leave in one ``transport.write`` (one syscall), which is
 what lets many small Raft messages per tick go out cheaply; large payloads are written as
 their own buffer, uncopied. A lone frame does not wait for the end of the iteration: a call
@@ -53,6 +57,7 @@ import asyncio
 import copy
 import logging
 import os
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -111,6 +116,20 @@ WRITE_BUFFER_HIGH_BYTES = 4 * 1024 * 1024
 WRITE_BUFFER_LOW_BYTES = 1 * 1024 * 1024
 # Small frames are gathered until the end of the loop iteration or this many bytes.
 COALESCE_BYTES_MAX = 256 * 1024
+# The buffer small reads are received into before they are fed to the decoder: one per
+# thread, shared by its connections (a read is fed, that is copied, before the loop asks any
+# connection for a buffer again), so idle connections cost no buffer each.
+SCRATCH_BYTES = 256 * 1024
+_scratch = threading.local()
+
+
+def _scratch_buffer() -> memoryview:
+    view: memoryview | None = getattr(_scratch, "view", None)
+    if view is None:
+        view = _scratch.view = memoryview(bytearray(SCRATCH_BYTES))
+    return view
+
+
 # Before authentication: handshake frames are tiny, carry no payload, and nothing else may
 # arrive in bulk.
 PREAUTH_HEADER_BYTES_MAX = 4096
@@ -123,7 +142,7 @@ def _answer(request_id: int, result: HandlerResult) -> tuple[dict[str, Any], Pay
     return messages.response_ok(request_id, **fields), payload
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """One authenticated connection. Made by ``connect`` or by a server from ``serve``.
 
     Public: ``call``, ``send_oneway``, ``send_oneway_nowait``, ``flush``, ``close``,
@@ -166,6 +185,9 @@ class Connection(asyncio.Protocol):
             header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0
         )
         self._authenticated = False
+        # What ``get_buffer`` handed out last: the thread's scratch buffer, or a large
+        # payload's remaining bytes (``_filling``).
+        self._filling = False
         self._handshake_waiter: asyncio.Future[None] | None = None
         self._handshake_task: asyncio.Task[None] | None = None
         # Calls we made, by request id.
@@ -301,7 +323,7 @@ class Connection(asyncio.Protocol):
         async with asyncio.timeout(timeout_s):
             await asyncio.shield(self._closed)
 
-    # ------------------------------------------------------------------ asyncio.Protocol
+    # ------------------------------------------------------------------ asyncio.BufferedProtocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not ``isinstance(transport, asyncio.Transport)``: uvloop's transports implement
@@ -315,7 +337,24 @@ class Connection(asyncio.Protocol):
         if self.side is Side.ACCEPTOR:
             self._handshake_task = self._loop.create_task(self._accept())
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._authenticated:
+            target = self._decoder.payload_target()
+            if target is not None:
+                self._filling = True
+                return target
+        self._filling = False
+        return _scratch_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._filling:
+            self._filling = False
+            self._decoder.payload_filled(nbytes)
+            self._pump()
+            return
+        self.data_received(_scratch_buffer()[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self._decoder.feed(data)
         if self._authenticated:
             self._pump()

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mount-stats", action="store_true",
                         help="run the dfs mount with DFS_MOUNT_STATS=1 and remount it after "
                         "each workload (but before stat-warm), printing its counters to stderr")  # fmt: skip
+    parser.add_argument("--dfs-mount-args", default="", metavar="ARGS",
+                        help="more options for the dfs mount, e.g. --no-local-reads "
+                        "(the dfs figures are then that mount's)")  # fmt: skip
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the temp dir goes (default: the system's, if it is on "
                         "the working tree's disk)")  # fmt: skip

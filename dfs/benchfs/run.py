@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -56,7 +57,13 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _make_targets(args: argparse.Namespace, root: Path) -> list[Target]:
-    targets: list[Target] = [DfsTarget(root / "dfs", mount_stats=args.mount_stats)]
+    targets: list[Target] = [
+        DfsTarget(
+            root / "dfs",
+            mount_stats=args.mount_stats,
+            mount_args=shlex.split(args.dfs_mount_args),
+        )
+    ]
     if args.peer == "moosefs":
         from dfs.benchfs.moosefs import MooseFsTarget
 
@@ -120,6 +127,7 @@ def fs_main(args: argparse.Namespace) -> int:
     results = report.Results(settings={
         "big_mib": args.big_mib, "small_files": args.small_files, "runs": args.runs,
         "rand_read_s": args.rand_seconds, "workloads": selected,
+        "dfs_mount_args": args.dfs_mount_args,
     })  # fmt: skip
     targets = _make_targets(args, root)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)

@@ -95,8 +95,11 @@ class DfsTarget(Target):
 
     name = "dfs"
 
-    def __init__(self, root: Path, *, mount_stats: bool = False) -> None:
+    def __init__(
+        self, root: Path, *, mount_stats: bool = False, mount_args: list[str] | None = None
+    ) -> None:
         super().__init__(root)
+        self.mount_args = mount_args or []  # more options for dfs mount
         self.layout: local.Layout | None = None
         self.mountpoint = root / "mnt"
         self.mount_stats = mount_stats
@@ -126,7 +129,7 @@ class DfsTarget(Target):
             os.environ[STATS_ENV] = "1"
         try:
             self.pid = local.start_mount(
-                ["--dir", str(self.layout.dir)],
+                ["--dir", str(self.layout.dir), *self.mount_args],
                 self.mountpoint,
                 self._pid_file,
                 self.log_file,

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chunkserver.blocks import reads_old_blocks
-from chunkserver.store import WRITEBACK_BYTES_MIN, ChunkStore, Incoming, WouldBlock
+from chunkserver.copies import Incoming
+from chunkserver.store import WRITEBACK_BYTES_MIN, ChunkStore, WouldBlock
 from dfs.wire.replicafile import ReplicaInfo
 
 T = TypeVar("T")

@@ -56,7 +56,7 @@ Rules, and where they are checked:
 9. A copied-in replica (``chunk.replicate``) is built whole in ``tmp/`` and fsynced before
    ``install_incoming`` renames it over the chunk's path: a crash or a failed copy never
    leaves a part-copy where a replica is looked for, and an older replica it replaces stays
-   readable until the rename. ``tmp/`` is emptied at start.
+   readable until the rename. ``tmp/`` is emptied at start. (``copies.py``, mixed in.)
 10. ``delete(chunk_id, version)`` removes a replica only at that version or older: a
    metaserver that judged version v stale never deletes a v+1 written since. Bad and
    quarantined copies of the id go too, whatever their version.
@@ -84,10 +84,10 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkserver import blocks
+from chunkserver.copies import IncomingCopies
 from chunkserver.fdcache import FDS_MAX, FdCache, OpenFile
 from chunkserver.rawio import (
     drop_cached,
@@ -97,6 +97,7 @@ from chunkserver.rawio import (
     start_writeback,
     write_back_and_drop,
 )
+from chunkserver.replicas import DIR_MODE, FILE_MODE, BadReplica, Replica, check_ids
 from dfs.wire.errors import (
     Corrupt,
     DfsError,
@@ -110,7 +111,6 @@ from dfs.wire.errors import (
 from dfs.wire.replicafile import (
     BLOCK_BYTES,
     CHUNK_BYTES_MAX,
-    CHUNK_ID_MAX,
     DATA_OFFSET,
     FILE_RE,
     HEADER_BYTES,
@@ -118,7 +118,6 @@ from dfs.wire.replicafile import (
     SUBDIR_RE,
     SUM_BYTES,
     TABLE_OFFSET,
-    VERSION_MAX,
     BadHeader,
     ReplicaInfo,
     block_sum,
@@ -143,62 +142,10 @@ WRITEBACK_BYTES_MIN = 1024 * 1024
 DROP_BEHIND_LAG_BYTES = 8 * 1024 * 1024
 # A single read may ask for at most this much (docs/PROTOCOL.md, chunk.read).
 READ_BYTES_MAX = 16 * 1024 * 1024
-# Replicas are the users' bytes: only the chunkserver's own user may read them. The data
-# directory is made (or made again, at start) 0700, each file in it 0600.
-DIR_MODE = 0o700
-FILE_MODE = 0o600
-
 # Errors that say the process is short of a resource, not that a replica's file is bad:
 # they fail the request (Unavailable) and leave the replica as it is (rule 5).
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 _NOSPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-@dataclass(slots=True)
-class _Replica:
-    chunk_id: int
-    version: int
-    length: int
-    footprint_bytes: int
-    # Written since the last fdatasync (or unknown: found at start).
-    dirty: bool = True
-    # Created since its directory was last fsynced: its name may not survive a crash.
-    name_unsynced: bool = False
-    # A drop-behind's writeback failed (``start_writeback``): the next sync fails for it,
-    # since the kernel reports the error to one descriptor only, and this may be it.
-    writeback_error: OSError | None = None
-
-    def info(self) -> ReplicaInfo:
-        return ReplicaInfo(self.chunk_id, self.version, self.length)
-
-
-@dataclass(slots=True)
-class _BadReplica:
-    """A replica found bad in this run (rule 6): what the metaserver is told, until it acks."""
-
-    version: int
-    reason: str
-    reported: bool = False
-
-
-@dataclass(slots=True)
-class Incoming:
-    """A replica being copied in (rule 9): a file in ``tmp/`` until ``install_incoming``.
-
-    Its methods on ``ChunkStore`` take ``lock`` in the thread that runs them, so that an
-    abort issued while a write job still runs (its request was cancelled) waits for that job
-    instead of closing the descriptor under it.
-    """
-
-    chunk_id: int
-    version: int
-    length: int
-    path: Path
-    fd: int
-    footprint_bytes: int
-    written: int = 0
-    closed: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class WouldBlock(Exception):
@@ -213,7 +160,7 @@ class WouldBlock(Exception):
 # ---------------------------------------------------------------------- the store
 
 
-class ChunkStore:
+class ChunkStore(IncomingCopies):
     """The replicas under ``root`` (the chunkserver's data directory). Blocking; see above.
 
     ``capacity_bytes`` 0 means the file system's size. ``chunk_bytes_max`` (at most
@@ -255,10 +202,10 @@ class ChunkStore:
         # Guards the replica table, used_bytes, the bad and quarantined tables and
         # _subdirs_unsynced; per-chunk state is the caller's to serialise (disk.py).
         self._mutex = threading.Lock()
-        self._replicas: dict[int, _Replica] = {}
+        self._replicas: dict[int, Replica] = {}
         self._used_bytes = 0
         # Replicas found bad in this run (rule 6), and every file in quarantine/ by id.
-        self._bad: dict[int, _BadReplica] = {}
+        self._bad: dict[int, BadReplica] = {}
         self._quarantined: dict[int, list[Path]] = {}
         # Sub-directories created since the chunks directory was last fsynced.
         self._subdirs_unsynced: set[int] = set()
@@ -391,7 +338,7 @@ class ChunkStore:
                     self._quarantine(Path(entry.path), chunk_id, "bad_header", str(e))
                     continue
                 footprint = footprint_bytes(info.length)
-                self._replicas[chunk_id] = _Replica(
+                self._replicas[chunk_id] = Replica(
                     chunk_id, info.version, info.length, footprint, dirty=True
                 )
                 self._used_bytes += footprint
@@ -419,7 +366,7 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ bad replicas
 
-    def _mark_bad(self, replica: _Replica, reason: str, detail: str) -> None:
+    def _mark_bad(self, replica: Replica, reason: str, detail: str) -> None:
         """Rule 6: take ``replica`` out of service for good, keep its file in quarantine/,
         and queue it for the metaserver. Idempotent: of two readers that find the same
         replica bad, the first marks it."""
@@ -429,7 +376,7 @@ class ChunkStore:
                 return
             del self._replicas[chunk_id]
             self._used_bytes -= replica.footprint_bytes
-            self._bad[chunk_id] = _BadReplica(replica.version, reason)
+            self._bad[chunk_id] = BadReplica(replica.version, reason)
             self.bad_found += 1
         log.warning("%s event=replica_bad chunk=%d version=%d reason=%s detail=%r",
                     self.log_prefix, chunk_id, replica.version, reason, detail)  # fmt: skip
@@ -476,7 +423,7 @@ class ChunkStore:
         view = memoryview(data).cast("B")
         n = len(view)
         end = offset + n
-        _check_ids(chunk_id, version)
+        check_ids(chunk_id, version)
         if offset < 0 or length < 0 or (expect_length is not None and expect_length < 0):
             raise Invalid("negative offset or length", chunk_id=chunk_id)
         if end > self.chunk_bytes_max or length > self.chunk_bytes_max:
@@ -615,7 +562,7 @@ class ChunkStore:
                 os.close(fd)
         with self._mutex:
             if replica is None:
-                replica = _Replica(chunk_id, version, new_length, new_footprint, dirty=True)
+                replica = Replica(chunk_id, version, new_length, new_footprint, dirty=True)
                 replica.name_unsynced = True
                 self._replicas[chunk_id] = replica
             else:
@@ -709,7 +656,7 @@ class ChunkStore:
         cache as it was (``_read_disk``). ``cached_only``: the
         bytes and their checksums come from the page cache or not at all (``WouldBlock``,
         nothing changed): a caller that must not wait for the disk tries this first."""
-        _check_ids(chunk_id, version)
+        check_ids(chunk_id, version)
         if offset < 0 or not 0 <= size <= READ_BYTES_MAX:
             raise Invalid("bad offset or size", chunk_id=chunk_id, limit=READ_BYTES_MAX)
         replica = self._replicas.get(chunk_id)
@@ -902,7 +849,7 @@ class ChunkStore:
         self._sync_names(replica)
         return replica.info()
 
-    def _sync_names(self, replica: _Replica) -> None:
+    def _sync_names(self, replica: Replica) -> None:
         """fsync the directories a newly created replica's name lives in."""
         if not replica.name_unsynced:
             return
@@ -971,128 +918,6 @@ class ChunkStore:
                 self._quarantined.setdefault(chunk_id, []).extend(kept)
         return bool(paths)
 
-    # ------------------------------------------------------------------ incoming copies
-
-    def begin_incoming(self, chunk_id: int, version: int, length: int) -> Incoming:
-        """Start a copy of ``length`` bytes at ``version`` (rule 9): space reserved and
-        preallocated (``NoSpace`` now rather than half-way), an empty file in ``tmp/``."""
-        _check_ids(chunk_id, version)
-        if not 0 <= length <= self.chunk_bytes_max:
-            raise TooBig("copy past the maximum chunk size", limit=self.chunk_bytes_max)
-        footprint = footprint_bytes(length)
-        self._reserve(chunk_id, footprint, check_disk=True)
-        path = self.tmp_dir / f"{chunk_id:016x}.{time.time_ns()}.part"
-        fd = -1
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
-            pwrite_all(fd, encode_header(chunk_id, version, 0), 0)
-            if length:
-                self._preallocate(fd, 0, length)
-        except BaseException as e:
-            self._release(footprint)
-            if fd >= 0:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-            if isinstance(e, OSError):
-                raise self._disk_error(e, chunk_id, "replicate") from e
-            raise
-        return Incoming(chunk_id, version, length, path, fd, footprint)
-
-    def write_incoming(self, incoming: Incoming, data: bytes | bytearray | memoryview) -> None:
-        """Append ``data`` to the copy (pieces come in order, from offset 0)."""
-        view = memoryview(data).cast("B")
-        with incoming.lock:
-            if incoming.closed:
-                raise Unavailable("copy aborted", chunk_id=incoming.chunk_id)
-            assert 0 < len(view) <= incoming.length - incoming.written
-            try:
-                blocks.write_blocks(
-                    incoming.fd,
-                    incoming.written,
-                    incoming.written,
-                    view,
-                    self._corrupter(incoming.chunk_id),
-                )
-            except OSError as e:
-                raise self._disk_error(e, incoming.chunk_id, "replicate") from e
-            incoming.written += len(view)
-
-    def install_incoming(self, incoming: Incoming) -> ReplicaInfo:
-        """Make the complete copy the chunk's replica (the caller holds the chunk's
-        exclusive lock): header, fdatasync, rename over the chunk's path, fsync of the
-        directory. A replica of a newer version found in place is kept (``Stale``); one at
-        the same version and at least as long makes the copy needless (it is dropped). The
-        copy replaces an older or shorter replica, and any bad or quarantined file of the
-        id. The copy is closed whatever happens."""
-        chunk_id, version, length = incoming.chunk_id, incoming.version, incoming.length
-        with incoming.lock:
-            if incoming.closed:
-                raise Unavailable("copy aborted", chunk_id=chunk_id)
-            assert incoming.written == length
-            current = self._replicas.get(chunk_id)
-            if current is not None and (
-                current.version > version
-                or (current.version == version and current.length >= length)
-            ):
-                self._close_incoming(incoming)
-                if current.version > version:
-                    raise Stale(
-                        "a newer replica is here already",
-                        chunk_id=chunk_id,
-                        version=version,
-                        replica_version=current.version,
-                    )
-                return current.info()
-            path = self.path(chunk_id)
-            try:
-                pwrite_all(incoming.fd, encode_header(chunk_id, version, length), 0)
-                if self.fsync:
-                    os.fdatasync(incoming.fd)
-                if not path.parent.is_dir():
-                    path.parent.mkdir(exist_ok=True, mode=DIR_MODE)
-                    with self._mutex:
-                        self._subdirs_unsynced.add(chunk_id % 256)
-                os.replace(incoming.path, path)
-                self._fds.forget(chunk_id)  # the replaced file's descriptor, if any
-            except BaseException as e:
-                self._close_incoming(incoming)
-                if isinstance(e, OSError):
-                    raise self._disk_error(e, chunk_id, "replicate") from e
-                raise
-            os.close(incoming.fd)
-            incoming.closed = True
-            replica = _Replica(
-                chunk_id, version, length, incoming.footprint_bytes, dirty=False,
-                name_unsynced=True,
-            )  # fmt: skip
-            with self._mutex:
-                old = self._replicas.get(chunk_id)
-                if old is not None:
-                    self._used_bytes -= old.footprint_bytes
-                self._replicas[chunk_id] = replica
-        self._delete_quarantined(chunk_id)
-        log.info("%s event=replica_installed chunk=%d version=%d length=%d replaced=%s",
-                 self.log_prefix, chunk_id, version, length,
-                 "none" if old is None else old.version)  # fmt: skip
-        self._sync_names(replica)
-        return replica.info()
-
-    def abort_incoming(self, incoming: Incoming) -> None:
-        """Drop the copy (a failed or cancelled ``chunk.replicate``); idempotent."""
-        with incoming.lock:
-            self._close_incoming(incoming)
-
-    def _close_incoming(self, incoming: Incoming) -> None:
-        if incoming.closed:
-            return
-        incoming.closed = True
-        with contextlib.suppress(OSError):
-            os.close(incoming.fd)
-        with contextlib.suppress(OSError):
-            os.unlink(incoming.path)
-        self._release(incoming.footprint_bytes)
-
     # ------------------------------------------------------------------ errors
 
     def _corrupter(self, chunk_id: int) -> blocks.Corrupter:
@@ -1103,7 +928,7 @@ class ChunkStore:
                     self.log_prefix, chunk_id, block, reason)  # fmt: skip
         return Corrupt(reason, chunk_id=chunk_id, block=block)
 
-    def _vanished(self, replica: _Replica, e: OSError) -> DfsError:
+    def _vanished(self, replica: Replica, e: OSError) -> DfsError:
         chunk_id = replica.chunk_id
         self._fds.forget(chunk_id)
         with self._mutex:
@@ -1132,16 +957,10 @@ class ChunkStore:
         return Unavailable(f"disk error: {e.strerror}", chunk_id=chunk_id)
 
 
-def _check_ids(chunk_id: int, version: int) -> None:
-    if not 0 < chunk_id <= CHUNK_ID_MAX or not 0 <= version <= VERSION_MAX:
-        raise Invalid("chunk id or version out of range", chunk_id=chunk_id)
-
-
 __all__ = [
     "DROP_BEHIND_LAG_BYTES",
     "READ_BYTES_MAX",
     "WRITEBACK_BYTES_MIN",
     "ChunkStore",
-    "Incoming",
     "WouldBlock",
 ]

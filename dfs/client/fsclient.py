@@ -144,7 +144,7 @@ class FsClient:
                 header, _ = await pool.call(address, "cs.status", timeout_s=io_timeout_s)
                 return header
 
-            local = LocalReads(cs_status, clock)
+            local = LocalReads(cs_status, clock, task_group.start_soon)
         self.chunks = ChunkIo(
             self._pool,
             io_timeout_s=options.io_timeout_s,

@@ -16,9 +16,10 @@ cluster (``dfs up``) has every replica beside its mount.
 Which chunkservers are local: the chunkserver's address must be one of this machine's (of
 this network namespace: a socket here can bind it), then ``cs.status`` names a chunkserver's data directory; it is
 this machine's when the directory's ``uuid`` file holds the uuid the server gave and its
-``lock`` is held (a server runs on it: ``chunkserver/config.py``). The answer is trusted for
-``LOCAL_CHECK_S``, then asked again (a chunkserver restarted on another directory at the
-same address is noticed within that time). A process the replica files' modes keep out
+``lock`` is held (a server runs on it: ``chunkserver/config.py``). The check runs in the
+background (reads go through the network until it has ended); its answer is trusted for
+``LOCAL_CHECK_S``, then checked again (a chunkserver restarted on another directory at the
+same address is noticed within about that time). A process the replica files' modes keep out
 (a mount not run as the chunkservers' user) gets ``PermissionError`` on the first open:
 that chunkserver is then read through the network. Nothing here grants access the file
 modes do not: the chunk files stay 0600 in 0700 directories.
@@ -202,33 +203,46 @@ class LocalReads:
         self,
         status: Callable[[str], Awaitable[dict[str, Any]]],
         clock: Callable[[], float],
+        spawn: Callable[..., Any],
     ) -> None:
         self._status = status
         self._clock = clock
+        self._spawn = spawn  # starts a background task (the client's task group)
         self._dirs: dict[str, _Dir] = {}
+        self._checking: set[str] = set()
         self._limiter: anyio.CapacityLimiter | None = None
 
-    async def data_dir(self, address: str) -> str | None:
-        """The data directory of the chunkserver at ``address`` if it is readable here."""
+    def data_dir(self, address: str) -> str | None:
+        """The data directory of the chunkserver at ``address`` if it is readable here, as
+        last checked; None until a first check has ended (reads go through the network
+        meanwhile, so a chunkserver that does not answer never holds a read up). A check
+        older than ``LOCAL_CHECK_S`` starts another in the background."""
         known = self._dirs.get(address)
-        now = self._clock()
-        if known is not None and now - known.checked < LOCAL_CHECK_S:
-            return known.path
+        stale = known is None or self._clock() - known.checked >= LOCAL_CHECK_S
+        if stale and address not in self._checking:
+            self._checking.add(address)
+            self._spawn(self.check, address)
+        return None if known is None else known.path
+
+    async def check(self, address: str) -> str | None:
+        """Check now whether the chunkserver at ``address`` keeps its replicas where this
+        process reads them; remember and return its data directory (or None)."""
         path: str | None = None
         try:
-            if not await is_local_address(address):
-                raise LookupError(address)
-            status = await self._status(address)
-            candidate, uuid = status.get("data_dir"), status.get("uuid")
-            if (
-                isinstance(candidate, str)
-                and isinstance(uuid, str)
-                and os.path.isabs(candidate)
-                and data_dir_is_live(candidate, uuid)
-            ):
-                path = candidate
+            if await is_local_address(address):
+                status = await self._status(address)
+                candidate, uuid = status.get("data_dir"), status.get("uuid")
+                if (
+                    isinstance(candidate, str)
+                    and isinstance(uuid, str)
+                    and os.path.isabs(candidate)
+                    and data_dir_is_live(candidate, uuid)
+                ):
+                    path = candidate
         except Exception:  # any failure: read through the network
             path = None
+        finally:
+            self._checking.discard(address)
         self._dirs[address] = _Dir(path, self._clock())
         return path
 
@@ -243,7 +257,7 @@ class LocalReads:
         """The range from the replica's file on this machine; ``LOCAL_NONE`` when that
         chunkserver's replicas are not readable here; None when this one is not as it
         should be (read it through its chunkserver)."""
-        path = await self.data_dir(address)
+        path = self.data_dir(address)
         if path is None:
             return LOCAL_NONE
         try:

@@ -189,15 +189,20 @@ async def test_replicas_on_this_machine_are_read_from_their_files(layout: local.
         d = await fs.mkdir(ROOT_INO, b"local", 0o755)
         await write_file(fs, d.ino, b"f", data)
     async with client(layout) as fs:
-        assert await read_to_eof(fs, d.ino, b"f") == data
-        assert fs.stats.count("local.read") >= 4, fs.stats.counts()
-        assert fs.stats.count("chunk.read") == 0, fs.stats.counts()
+        assert await read_to_eof(fs, d.ino, b"f") == data  # the first reads: the network
         ino = (await fs.lookup(d.ino, b"f")).ino
         known, location = fs.locations.get(ino, 1)
         assert known and location is not None
+        local = fs.chunks.local
+        assert local is not None
+        for replica in location.replicas:  # the checks the first reads started, now
+            assert await local.check(replica.address) is not None
+        fs.stats.clear()
+        assert await read_to_eof(fs, d.ino, b"f") == data
+        assert fs.stats.count("local.read") >= 4, fs.stats.counts()
+        assert fs.stats.count("chunk.read") == 0, fs.stats.counts()
         victim = location.replicas[0]  # the one read first
-        assert fs.chunks.local is not None
-        data_dir = await fs.chunks.local.data_dir(victim.address)
+        data_dir = local.data_dir(victim.address)
         assert data_dir is not None
         with open(Path(data_dir) / chunk_relpath(location.chunk_id), "r+b") as raw:
             raw.seek(DATA_OFFSET + 10)
@@ -205,6 +210,9 @@ async def test_replicas_on_this_machine_are_read_from_their_files(layout: local.
             raw.seek(DATA_OFFSET + 10)
             raw.write(bytes([byte[0] ^ 0xFF]))
     async with client(layout) as fs:
+        assert fs.chunks.local is not None
+        for replica in location.replicas:
+            assert await fs.chunks.local.check(replica.address) is not None
         f = await fs.open(ino, os.O_RDONLY)
         try:
             assert await f.read(CHUNK, CHUNK) == data[CHUNK : 2 * CHUNK]

@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 import tomllib
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -119,7 +120,10 @@ _CONFIG_KEYS = {
     "report_interval_ms", "report_chunks_per_call", "scrub_bytes_per_s", "scrub_interval_ms",
     "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack", "drop_behind",
 }  # fmt: skip
-LABEL_CHARS_MAX = 255  # as the namespace keeps a host or rack label
+LABEL_CHARS_MAX = 255
+# How long a start tries for its data directory's lock, and the pause between attempts.
+LOCK_WAIT_S = 1.0
+LOCK_RETRY_S = 0.01  # as the namespace keeps a host or rack label
 
 
 # ---------------------------------------------------------------------- config
@@ -285,15 +289,21 @@ def write_small_file(path: Path, text: str) -> None:
 
 
 def lock_data_dir(data_dir: Path) -> int:
-    """Take the directory's lock for the life of the process; returns the fd to keep."""
+    """Take the directory's lock for the life of the process; returns the fd to keep.
+    Tried for ``LOCK_WAIT_S``: a client checking that a server runs here (``dfs/client/
+    localread.py``) holds a shared lock for a moment, which must not stop a restart."""
     data_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirError(f"{data_dir} is in use by another chunkserver") from None
-    return fd
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise DataDirError(f"{data_dir} is in use by another chunkserver") from None
+            time.sleep(LOCK_RETRY_S)  # a pause between attempts, not a wait for a condition
 
 
 def load_identity(data_dir: Path) -> tuple[str, int]:

@@ -203,6 +203,7 @@ class ChunkServer:
         self.address = config.address or f"{config.listen_host}:{config.listen_port}"
         self.pid = os.getpid()
         self.store: AsyncChunkStore | None = None
+        self._data_dir = ""  # the data directory, absolute: cs.status names it
         self.load = 0  # requests in flight
         self._idle = asyncio.Event()
         self._idle.set()
@@ -260,6 +261,7 @@ class ChunkServer:
         )
         self.store.store.inject_eio_chunk_ids = frozenset(cfg.inject_eio_chunk_ids)
         self.store.store.drop_behind = cfg.drop_behind
+        self._data_dir = str(self.store.store.root.resolve())  # cs.status's data_dir
         loop = asyncio.get_running_loop()
 
         def on_bad(chunk_id: int, version: int) -> None:
@@ -633,7 +635,7 @@ class ChunkServer:
             # Where the replicas are: a client on this machine reads them from their files
             # (dfs/client/localread.py, SHORT-CIRCUIT READS) once it has checked the
             # directory's uuid and lock; it grants nothing the file modes do not.
-            "data_dir": str(store.root.resolve()),
+            "data_dir": self._data_dir,
         }, b""
 
     async def _local(self, job: Awaitable[T], deadline: float, what: str) -> T:

@@ -531,6 +531,8 @@ class ChunkStore(IncomingCopies):
                 # committed when it renewed its handle).
                 stage = "sync"
                 os.fdatasync(fd)
+                if replica is not None:
+                    _raise_writeback_error(replica)
         except BaseException as e:
             self._release(new_footprint - settled_footprint)
             if opened is not None:
@@ -780,8 +782,10 @@ class ChunkStore(IncomingCopies):
         long) is then written back, waited for and dropped from the page cache: a stream's
         pages are reused instead of the page cache growing by three times what clients
         write (on a virtual machine a page first touched costs the host a fault: writing
-        into a fresh page cache ran ~6x slower than into pages just freed). A failed
-        writeback there is remembered and fails the replica's next sync."""
+        into a fresh page cache ran ~6x slower than into pages just freed). The wait is on
+        a descriptor of its own, so the error of a failed writeback still reaches the
+        replica's next fdatasync; it is also remembered on the replica, and every sync
+        (``sync``, a write's) fails for it."""
         replica = self._replicas.get(chunk_id)
         if replica is None:
             return
@@ -791,14 +795,27 @@ class ChunkStore(IncomingCopies):
             return  # deleted or replaced meanwhile: nothing to hurry
         try:
             start_writeback(opened.fd, DATA_OFFSET + offset, length)
-            behind_end = offset - DROP_BEHIND_LAG_BYTES
-            if self.drop_behind and behind_end > 0:
-                behind = max(0, behind_end - length)
-                write_back_and_drop(opened.fd, DATA_OFFSET + behind, behind_end - behind)
-        except OSError as e:
-            replica.writeback_error = e  # the next sync fails (the error is not a hint's)
         finally:
             self._fds.release(opened)
+        behind_end = offset - DROP_BEHIND_LAG_BYTES
+        if not self.drop_behind or behind_end <= 0:
+            return
+        behind = max(0, behind_end - length)
+        # A descriptor of its own: the kernel reports a writeback error once to each open
+        # file, so the wait below cannot take it from the descriptor fdatasync will use.
+        try:
+            fd = os.open(self.path(chunk_id), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            write_back_and_drop(fd, DATA_OFFSET + behind, behind_end - behind)
+        except OSError as e:
+            if e.errno not in _RESOURCE_ERRNOS:
+                # Also kept on the replica: a descriptor fdatasync opens later (the cache
+                # closed the old one) would not be told.
+                replica.writeback_error = e
+        finally:
+            os.close(fd)
 
     def sync(
         self, chunk_id: int, version: int | None = None, expect_length: int | None = None
@@ -825,11 +842,7 @@ class ChunkStore(IncomingCopies):
                 replica_length=replica.length,
                 expect_length=expect_length,
             )
-        if replica.writeback_error is not None:
-            e = replica.writeback_error
-            self._mark_bad(replica, "sync_failed", f"writeback: {e}")
-            raise self._disk_error(e, chunk_id, "sync") from e
-        if replica.dirty:
+        if replica.dirty or replica.writeback_error is not None:
             stage = "open"
             try:
                 opened = self._fds.acquire(chunk_id, self.path)
@@ -837,6 +850,8 @@ class ChunkStore(IncomingCopies):
                     if self.fsync:
                         stage = "sync"
                         os.fdatasync(opened.fd)
+                    stage = "sync"
+                    _raise_writeback_error(replica)
                 finally:
                     self._fds.release(opened)
             except FileNotFoundError as e:
@@ -955,6 +970,12 @@ class ChunkStore(IncomingCopies):
             # (it reads another one and reports this one).
             return Corrupt(f"disk error: {e.strerror}", chunk_id=chunk_id)
         return Unavailable(f"disk error: {e.strerror}", chunk_id=chunk_id)
+
+
+def _raise_writeback_error(replica: Replica) -> None:
+    """After an fdatasync: a writeback the drop-behind saw fail fails it too."""
+    if replica.writeback_error is not None:
+        raise replica.writeback_error
 
 
 __all__ = [

@@ -107,8 +107,10 @@ CONTENDED_S = 5.0
 CONTENDED_KEPT_MAX = 4096  # past this many, expired entries are dropped
 # How long the flush at close may take (each batch retries within the client's timeout).
 CLOSE_FLUSH_S = 30.0
-# Inode numbers per ``fs.lease_release`` at close (the metaserver takes up to 4,096).
+# Inode numbers per ``fs.lease_release`` at close (the metaserver takes up to 4,096), and
+# how long giving them back may take before the close goes on (they expire anyway).
 RELEASE_INOS_MAX = 1024
+RELEASE_AT_CLOSE_S = 2.0
 # A commit goes through the queue only when it names at most this many chunks (a small
 # file's: one batch stays small).
 DEFER_CHUNKS_MAX = 4
@@ -740,9 +742,11 @@ class DirLeases:
             )
         held = list(self._leases)
         self._leases.clear()
+        if lost:
+            return  # no metaserver answers: the leases expire
         # Given back, so that another client's next look at these directories does not wait
         # for the leases to expire (a `dfs put` then an `ls` in a mount waited 5 s).
-        with anyio.move_on_after(CLOSE_FLUSH_S):
+        with anyio.move_on_after(RELEASE_AT_CLOSE_S):
             for i in range(0, len(held), RELEASE_INOS_MAX):
                 try:
                     await self._meta.read("fs.lease_release", inos=held[i : i + RELEASE_INOS_MAX])

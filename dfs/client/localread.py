@@ -28,7 +28,9 @@ A read (``read_file``): open the replica's path (a replica deleted, replaced by 
 moved to quarantine is no longer there, or is another file), read its header, check the
 chunk id and the version asked for, read the blocks the range covers and their checksums,
 verify each block, read the header again: the same header before and after means the bytes
-belong to that version (versions only grow). Anything else (a missing file, another version,
+belong to that version (versions only grow), or to a write of the next version under
+way (a bump writes its data before its header: a read through that chunkserver right
+after the write would return the same bytes). Anything else (a missing file, another version,
 a checksum that does not match, a short file) gives ``None`` and the caller reads through
 the chunkserver. A read concurrent with a write of the same version may see some blocks
 before the write and some after, as a read through the network may see a write's effect
@@ -37,7 +39,9 @@ on one replica and not yet on another; the promise between mounts is close-to-op
 
 Small reads try the page cache on the caller's thread (``RWF_NOWAIT``: the bytes or nothing
 at once); the rest run on a worker thread (at most ``THREADS_MAX`` at once), so the event
-loop never waits for the disk.
+loop does not wait for the disk's data. (Opening the file may still read its directory
+entry and inode from the disk, once after the caches were dropped, as the chunkserver's own
+reads on its loop do; a data disk that hangs there holds the mount up too.)
 """
 
 from __future__ import annotations
@@ -147,8 +151,10 @@ def read_file(
     file's modes keep this process out."""
     try:
         fd = os.open(os.path.join(data_dir, chunk_relpath(chunk_id)), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
+    except PermissionError:
+        raise
+    except OSError:
+        return None  # gone, or a disk error: its chunkserver is asked instead
     flags = os.RWF_NOWAIT if nowait else 0
     try:
         head = bytearray(HEADER_BYTES)
@@ -236,7 +242,7 @@ class LocalReads:
                     isinstance(candidate, str)
                     and isinstance(uuid, str)
                     and os.path.isabs(candidate)
-                    and data_dir_is_live(candidate, uuid)
+                    and await anyio.to_thread.run_sync(data_dir_is_live, candidate, uuid)
                 ):
                     path = candidate
         except Exception:  # any failure: read through the network

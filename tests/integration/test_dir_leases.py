@@ -228,7 +228,6 @@ CHILD = """
 import sys, anyio
 from dfs.client import FsClient, dirleases
 from dfs.secret import load_secret
-from metaserver.leases import LEASE_MS
 dirleases.FLUSH_DELAY_S = 120.0
 
 async def main():

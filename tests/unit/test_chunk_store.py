@@ -258,21 +258,27 @@ def test_a_streamed_write_leaves_no_pages_behind_it(root: Path, drop_behind: boo
     assert bytes(store.read(CHUNK, 1, 0, len(content))) == content
 
 
+@pytest.mark.parametrize("how", ["sync", "write"])
 def test_a_failed_drop_behind_writeback_fails_the_replicas_next_sync(
-    store: ChunkStore, monkeypatch: pytest.MonkeyPatch, expect_log: Callable[..., None]
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch, expect_log: Callable[..., None], how: str
 ) -> None:
-    """The kernel reports a writeback error to each descriptor once: when the drop-behind's
-    wait is the one told, the next sync must still fail, and the replica is bad."""
+    """A writeback the drop-behind saw fail fails the replica's next sync, whichever way it
+    comes (``sync``, or a write asked to sync), even on a descriptor opened after it; the
+    replica is then bad."""
     expect_log(r"event=replica_bad chunk=261 version=1 reason=sync_failed")
-    expect_log(r"event=disk_error op=sync chunk=261 errno=5")
+    expect_log(rf"event=disk_error op={how} chunk=261 errno=5")
     expect_log(r"event=quarantined chunk=261")
     monkeypatch.setattr(chunkserver.store, "write_back_and_drop", failing(errno.EIO))
-    store = ChunkStore(store.root, chunk_bytes_max=32 * MiB)
+    store = ChunkStore(store.root, chunk_bytes_max=32 * MiB, fds_max=1)
     offset = DROP_BEHIND_LAG_BYTES + MiB
     store.write(CHUNK, 1, 0, offset, b"x" * MiB)
     store.start_writeback(CHUNK, offset, MiB)
+    store.write(CHUNK + 256, 1, 0, 0, b"y")  # the only cached descriptor is now another's
     with pytest.raises(Unavailable):
-        store.sync(CHUNK, 1)
+        if how == "sync":
+            store.sync(CHUNK, 1)
+        else:
+            store.write(CHUNK, 1, offset + MiB, offset + MiB, b"z", sync=True)
     with pytest.raises(Corrupt):
         store.read(CHUNK, 1, offset, 10)
     assert store.bad_pending(10) == [(CHUNK, 1)]

@@ -6,13 +6,15 @@ server's lock."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
 
-from chunkserver.config import lock_data_dir
+from chunkserver.config import DataDirError, lock_data_dir
 from chunkserver.store import ChunkStore
 from dfs.client.localread import data_dir_is_live, is_local_address, read_file
 from dfs.wire.replicafile import BLOCK_BYTES, DATA_OFFSET, chunk_relpath
@@ -82,3 +84,23 @@ async def test_only_this_machines_addresses_are_local() -> None:
     assert await is_local_address("127.0.0.1:7101")
     assert await is_local_address("localhost:1")
     assert not await is_local_address("192.0.2.1:7101")  # TEST-NET-1: never on this machine
+
+
+def test_a_clients_check_does_not_stop_a_server_from_taking_its_lock(tmp_path: Path) -> None:
+    """The check holds a shared lock for a moment; a server starting then waits it out (and
+    still refuses a directory another server holds)."""
+    (tmp_path / "uuid").write_text("u-1\n")
+    (tmp_path / "lock").touch()
+    probe = os.open(tmp_path / "lock", os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH)  # a check caught in the middle
+    timer = threading.Timer(0.2, os.close, [probe])
+    timer.start()
+    try:
+        fd = lock_data_dir(tmp_path)
+    finally:
+        timer.join()
+    try:
+        with pytest.raises(DataDirError):
+            lock_data_dir(tmp_path)  # held by a server: refused after the wait
+    finally:
+        os.close(fd)

@@ -483,6 +483,18 @@ class Repair:
                 kept.append(cs_id)
         return kept, took, length
 
+    async def settle_handle(
+        self, chunk_id: int, version: int, length: int, replicas: list[int]
+    ) -> tuple[list[int], int]:
+        """A write handle's new version pushed and settled (``settle_version``): returns
+        (the members kept, the writer's chain; the chunk's length). ``Unavailable`` when no
+        replica took it: it is pushed again later, and the writer asks again."""
+        kept, _, length = await self.settle_version(chunk_id, version, length, replicas)
+        if replicas and self.is_unpushed(chunk_id):
+            raise Unavailable("no replica of the chunk took its new version", chunk_id=chunk_id)
+        self.touch(chunk_id)  # the push may have taken a while: quiet from now
+        return kept, length
+
     async def recover_length(self, chunk_id: int) -> tuple[int, list[int]] | None:
         """Carry out LENGTH RECOVERY (``metaserver/chunks/pushes.py``): ask every member
         (``chunk.info``), propose ``length_recover`` down to the best copy, and drop the

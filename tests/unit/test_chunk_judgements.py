@@ -1,6 +1,7 @@
-"""The chunk core's judgements of what chunkservers say (metaserver/chunks/reports.py,
-pushes.py, garbage.py), pure, against a real namespace and registry: events in, what the
-driver is to do out (the driver's own tests, tests/unit/test_repair.py, carry them out)."""
+"""The chunk core's judgements of what chunkservers and writers say
+(metaserver/chunks/reports.py, pushes.py, garbage.py, handles.py), pure, against a real
+namespace and registry: events in, what the driver is to do out (the driver's own tests,
+tests/unit/test_repair.py, carry them out)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from dfs.wire.errors import error_from_wire
+from dfs.wire.errors import Unavailable, error_from_wire
+from metaserver.chunks import handles
 from metaserver.chunks.core import ChunkCore
 from metaserver.chunks.garbage import Garbage
 from metaserver.chunks.placement import Placer, Registry
@@ -206,3 +208,27 @@ def test_a_version_no_member_took_is_due_until_one_takes_it() -> None:
     p.unpushed(cid, v, 100)
     c.apply("version_bump", {"chunk_id": cid, "version": v, "length": 100})
     assert list(p.again_due(c.ns)) == [] and not p.is_unpushed(cid)  # moved on
+
+
+def test_a_write_handle_drops_dead_and_reported_members_and_waits_for_heartbeats() -> None:
+    c = Cluster(4, goal=2)
+    cid = c.file(b"f", [1, 2, 3])
+    (chunk,) = c.ns.chunks(c.ns.chunk_table[cid].ino, 0, 1)
+    c.now += 20
+    for cs_id in (1, 2, 4):
+        c.beat(cs_id)
+    handles.check_writable(chunk)
+    assert handles.handle_drop(chunk, [2], c.registry, c.now) == [2, 3]
+    with pytest.raises(Unavailable):
+        handles.check_writable({**chunk, "replicas": []})
+    handles.check_writable({**chunk, "length": 0, "replicas": []})  # nothing to lose
+    placer = Placer("round_robin")
+    assert len(handles.place_chunk(placer, c.registry, 2, CHUNK, c.now)) == 2
+    # A new leader (its registry's grace running) that has not heard server 5 yet cannot
+    # place a goal of 5 now.
+    c.registry.started_s = c.now
+    c.registry.known(5, "h5:1")
+    with pytest.raises(Unavailable):
+        handles.place_chunk(placer, c.registry, 5, CHUNK, c.now)
+    assert handles.place_first_chunk(placer, c.registry, 5, CHUNK, c.now) == []
+    assert len(handles.place_first_chunk(placer, c.registry, 3, CHUNK, c.now)) == 3

@@ -1,46 +1,44 @@
-"""The leader's upkeep of chunks: the driver of the chunk core, and what the core does not
-decide yet (block reports, version pushes, bad replicas, garbage).
+"""The leader's upkeep of chunks: the driver of the chunk core. It decides nothing
+itself: it feeds the pure core (``metaserver/chunks/``) events and carries its commands
+out over the network and through Raft, as MooseFS's and HDFS's masters run their chunk
+loops. The decisions, and their rules, are the core's (docs/ARCHITECTURE.md, "The chunk
+core"):
+- ``chunks/core.py``: which chunk to copy where, which replica to trim, what draining,
+  rebalancing and a writer's recovery do, goal counting and the survey behind ``Health``;
+- ``chunks/reports.py``: what a chunkserver's block report (``cs.report``) and its bad
+  replicas (``cs.bad_chunks``) mean;
+- ``chunks/pushes.py``: what a version push's outcome means, and what to do when a new
+  version did not get through (pushed again, a member behind the table, LENGTH RECOVERY);
+- ``chunks/garbage.py``: when the replicas of deleted and truncated chunks go.
 
-What moved out: the decisions of which chunk to copy where, which replica to trim, what
-draining and rebalancing move, and the survey behind ``Health`` are the chunk core's
-(``metaserver/chunks/core.py``, pure; its docstring and docs/ARCHITECTURE.md, "The chunk
-core", give the rules). What it owns, as MooseFS's and HDFS's masters do:
-- **driving the core**: every ``interval`` (leader only) ``ChunkCore.decide`` gets the
-  namespace, the registry, the policy and the clock, and its commands are carried out:
-  a ``Copy`` is fenced (``version_bump``, pushed), made by the target pulling from a live
-  replica (``chunk.replicate``), joins through Raft (``replica_add``, another bump) and is
-  settled (``settle_version``: members that miss the new version leave the set; members
-  dead at the fence leave at once); its end goes back to the core (``copy_done``). A
-  ``Trim`` is a ``replica_drop`` through Raft, re-checked against the set when proposed
-  (this leader's drops of one chunk go one at a time), then ``chunk.delete`` of a live
-  member if the chunk is still at goal. A ``Recover`` (a writer gone without a commit) is
-  carried out by ``_recover``. A ``stop`` is proposed as ``rebalance_stop``. What writers
-  upload to and commit comes in through ``writing`` and ``committed`` (the server's
-  handles, keepalives and commits).
+What it carries out:
+- **the core's commands**: every ``interval`` (leader only) ``ChunkCore.decide`` gets the
+  namespace, the registry, the policy and the clock. A ``Copy`` is fenced
+  (``version_bump``, pushed), made by the target pulling from a live replica
+  (``chunk.replicate``), joins through Raft (``replica_add``, another bump) and is settled
+  (``settle_version``: members that miss the new version leave the set; members dead at
+  the fence leave at once); its end goes back to the core (``copy_done``). A ``Trim`` is a
+  ``replica_drop`` through Raft, re-checked against the set when proposed
+  (``ChunkCore.still_trimmable``; this leader's drops of one chunk go one at a time), then
+  ``chunk.delete`` of a live member if the chunk is still at goal (``ChunkCore.at_goal``).
+  A ``Recover`` (a writer gone without a commit) is carried out by ``_recover``. A
+  ``stop`` is proposed as ``rebalance_stop``. What writers upload to and commit comes in
+  through ``writing`` and ``committed`` (the server's handles, keepalives and commits).
   ``rebalance_plan`` and ``rebalance_progress`` answer the admin ops from the core.
-- **version pushes**: every new version (a handle's bump, a truncate's cut, a copy's fence
-  and join) is pushed to the members before anyone uses it; a member that does not take it
-  leaves the set once another took it (a lost answer is first confirmed with
-  ``chunk.info``; a live member that answers neither stays, not vouched for, and is pushed
-  again until it answers: ``_push_unanswered``); when none takes it, it is pushed again
-  (``_push_again``) or, when every member is short of the table, the length is recovered
-  (``recover_length``).
-- **reports**: a chunkserver's block report (``cs.report``) is checked against the table:
-  a replica at an older version than the table's, or shorter than the chunk, is stale: it
-  leaves the set and is deleted (invariant 2), once another member is found to hold the
-  table's version (``chunk.info``); when none does, the version is one no push delivered,
-  and it is pushed again (``_behind``); a copy the set does not name, or of a chunk
-  no file has (and no client holds reserved for a create: ``namespace/pools.py``), is
-  deleted once the chunk has its goal of members vouched for by reports; a whole copy at
-  the table's version while no member is alive is adopted (``_adopt``); a chunk the set
-  places there but a complete report lacks was lost. A complete report vouches for its
-  chunkserver (``ChunkCore.report_done``). A replica reported bad (``cs.bad_chunks``:
-  scrubber, read checksum, disk error) leaves the set and is deleted (the last one is
-  not: it stays in quarantine, see ``bad_replicas``); re-replication then copies a good one.
-- **garbage**: chunks of deleted and truncated files wait ``gc_grace_s`` (so a slow reader
-  of the old data still finds it, as GFS's lazy deletion), then every live replica deletes
-  them and the namespace forgets them (``gc_done``). A replica on a server dead at the time
-  is deleted when that server reports again.
+- **version pushes**: ``push_version`` sends a new version (a handle's bump, a truncate's
+  cut, a copy's fence and join) to the members, confirms a lost answer with
+  ``chunk.info`` and hands each outcome to ``Pushes.outcome``; ``settle_version`` drops
+  the members that failed once another took the version, or records that none did.
+  Every step it pushes again what ``Pushes`` says is due (``_push_again``,
+  ``_push_unanswered``), and ``recover_length`` asks the members and proposes
+  ``length_recover`` when ``Pushes.recovered_length`` says so.
+- **reports**: each page of a block report goes to ``Reports.page``; its ``Verdict`` is
+  carried out: deletes, members behind the table judged after asking the other members
+  (``_behind``), lost members dropped, lone whole copies adopted (``_adopt``). Each bad
+  replica goes to ``Reports.bad``: its drop, then its delete unless it stays in
+  quarantine (``Reports.quarantined``).
+- **garbage**: a round at a time, ``Garbage.collect``'s deletes, then ``gc_done`` for
+  what they deleted.
 
 What it must not do: decide anything on a follower (it runs only while leading, and
 forgets all its soft state, the core's included, when a new term of leadership starts), or
@@ -60,13 +58,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
 from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, Stale, Timeout, Unavailable
 from metaserver.chunks.core import ChunkCore, Copy, Health, Recover, Trim
+from metaserver.chunks.garbage import Garbage
 from metaserver.chunks.placement import Placer, Registry
+from metaserver.chunks.pushes import BehindVerdict, Outcome, Pushes
+from metaserver.chunks.reports import Behind, Reports
 from metaserver.namespace import Namespace
 from metaserver.namespace.commands import INT63_MAX
 from metaserver.namespace.ops import GC_BATCH_MAX
@@ -81,17 +81,6 @@ REPLICATE_TIMEOUT_MS_SERVER = 58_000
 # Deadline of a version push, a delete.
 PUSH_TIMEOUT_S = 3.0
 DELETE_TIMEOUT_S = 10.0
-# Members behind the table judged per report page (each asks the other members with
-# chunk.info, inside the chunkserver's cs.report call); the rest wait for the next report.
-BEHIND_PER_REPORT = 64
-
-
-@dataclass(slots=True)
-class _Report:
-    started_s: float
-    next_part: int = 0
-    seen: set[int] = field(default_factory=set)
-    doubt: set[int] = field(default_factory=set)  # members it could not vouch for
 
 
 def _unanswered(e: BaseException) -> bool:
@@ -123,9 +112,9 @@ class ServerLink(Protocol):
 
 
 class Repair:
-    """The driver of the chunk core (``metaserver/chunks/core.py``): feeds it the
-    namespace, the registry, the policy and the clock, carries out its copies and trims,
-    and keeps the upkeep the core does not decide yet (reports, version pushes, garbage)."""
+    """The driver of the chunk core (``metaserver/chunks/``): feeds it the namespace, the
+    registry, the policy, the clock, reports and the outcomes of calls, and carries out
+    what it decides (see the module docstring)."""
 
     def __init__(
         self,
@@ -140,34 +129,26 @@ class Repair:
         self.link = link
         self.interval_s = interval_s
         self.quiet_s = quiet_s
-        self.gc_grace_s = gc_grace_s
         self.clock = clock
         self.core = ChunkCore(link.placer, quiet_s=quiet_s, jobs=jobs)
+        self.reports = Reports(self.core)
+        self.garbage = Garbage(gc_grace_s)
+        self.pushes = Pushes(self.core)
         self.health = Health()
-        self._garbage_seen: dict[int, float] = {}
-        self._reports: dict[int, _Report] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._gc_running = False
         self._stopping = False  # a rebalance_stop proposal in flight
         # chunk id -> (its drops one at a time, how many wait or hold it)
         self._set_locks: dict[int, tuple[asyncio.Lock, int]] = {}
-        # chunk id -> (version, length): a new version no replica took (every push
-        # failed) and that no writer was given: pushed again until one takes it, so that
-        # the replicas, which hold the chunk's data at the old version, serve again.
-        self._unpushed: dict[int, tuple[int, int]] = {}
-        # chunk id -> version: versions this leader found on no member and pushed again
-        # (``_behind``).
-        self._repushed: dict[int, int] = {}
 
     # --------------------------------------------------------------- soft state
 
     def restart(self) -> None:
         """A new term of leadership: forget everything heard before."""
         self.core.restart(self.clock(), grace_s=self.link.registry.dead_timeout_s)
-        self._garbage_seen.clear()
-        self._reports.clear()
-        self._unpushed.clear()
-        self._repushed.clear()
+        self.garbage.restart()
+        self.reports.restart()
+        self.pushes.restart()
         # Until the registry's grace is over every known chunkserver counts as alive, so
         # nothing is repaired before the new leader has heard the chunkservers.
         self.health = Health()
@@ -228,7 +209,7 @@ class Repair:
         policy = link.ns.policy()
         decisions = self.core.decide(link.ns, link.registry, policy, now)
         self.health = decisions.health
-        self._prune()
+        self.pushes.prune(link.ns)
         for copy in decisions.copies:
             self._spawn(self._copy(copy))
         for rec in decisions.recover:
@@ -242,13 +223,6 @@ class Repair:
         if not self._gc_running:
             self._gc_running = True
             self._spawn(self._collect_garbage(now))
-
-    def _prune(self) -> None:
-        table = self.link.ns.chunk_table
-        for chunk_id, version in list(self._repushed.items()):
-            chunk = table.get(chunk_id)
-            if chunk is None or chunk.version != version:
-                del self._repushed[chunk_id]
 
     async def _stop_rebalance(self, reason: str, run: int) -> None:
         """End rebalance ``run``, the one the core judged (a newer start stays running)."""
@@ -414,19 +388,16 @@ class Repair:
         keep_unanswered: bool = True,
     ) -> list[int]:
         """Give every replica the chunk's new version (an empty ``chunk.write``: each cuts
-        itself to ``length`` and takes the version). Returns the replicas that failed:
-        they stay at the old version, never served, until a report gets them deleted.
-        A live member that did not answer at all (the push and the ``chunk.info`` that
-        would confirm it both lost, or late) has not failed: it may well hold the version,
-        and dropping it would make it stale for good, which with bit rot on the other
-        members lost acknowledged bytes (the chunk simulation). It stays in the set,
-        not vouched for (``ChunkCore.push_unanswered``), and is pushed again every step
-        (``_push_unanswered``) until it answers, dies or leaves; a writer's write at the
-        new version gives it the version too. ``keep_unanswered`` false (a recovery's
-        source, which must be known to hold the version): such a member failed."""
+        itself to ``length`` and takes the version); a failed push is confirmed with
+        ``chunk.info`` (``Pushes.confirm``) and judged by ``Pushes.outcome``. Returns the
+        replicas that failed: they stay at the old version, never served. A live member
+        that answered neither is not among them: it stays in the set, not vouched for,
+        pushed again every step (``_push_unanswered``). ``keep_unanswered`` false (a
+        recovery's source, which must be known to hold the version): such a member failed."""
         self.touch(chunk_id)
         token, expiry_ms = self.link.token(chunk_id, version)
         failed: list[int] = []
+        pushes = self.pushes
 
         async def push(cs_id: int) -> None:
             try:
@@ -437,30 +408,24 @@ class Repair:
                 )  # fmt: skip
             except (DfsError, OSError, TimeoutError) as e:
                 newer = e.details.get("replica_version") if isinstance(e, Stale) else None
-                if type(newer) is int and newer > version:
-                    self.core.push_answered(chunk_id, cs_id)
-                    return  # a later bump's push got there first: it is not behind
-                held = None if isinstance(e, Stale) else await self._has_version(
-                    cs_id, chunk_id, version
+                newer = newer if type(newer) is int else None
+                held = None
+                if pushes.confirm(isinstance(e, Stale), newer, version):
+                    held = await self._has_version(cs_id, chunk_id, version)
+                outcome = pushes.outcome(
+                    chunk_id, cs_id, version, newer=newer, held=held, lost=_unanswered(e),
+                    alive=self.link.registry.is_alive(cs_id, self.clock()),
+                    keep_unanswered=keep_unanswered,
                 )  # fmt: skip
-                if held:
-                    self.core.push_answered(chunk_id, cs_id)
-                    return  # only the answer was lost: dropping it would lose a good copy
-                if (
-                    held is None
-                    and keep_unanswered
-                    and _unanswered(e)
-                    and self.link.registry.is_alive(cs_id, self.clock())
-                ):
-                    self.core.push_unanswered(chunk_id, cs_id, version)
+                if outcome is Outcome.UNANSWERED:
                     log.info("repair event=push_unanswered chunk=%d cs=%d version=%d",
                              chunk_id, cs_id, version)  # fmt: skip
-                    return
-                failed.append(cs_id)
-                log.info("repair event=push_failed chunk=%d cs=%d version=%d error=%s",
-                         chunk_id, cs_id, version, e)  # fmt: skip
+                elif outcome is Outcome.FAILED:
+                    failed.append(cs_id)
+                    log.info("repair event=push_failed chunk=%d cs=%d version=%d error=%s",
+                             chunk_id, cs_id, version, e)  # fmt: skip
             else:
-                self.core.push_answered(chunk_id, cs_id)
+                pushes.outcome(chunk_id, cs_id, version)
 
         await asyncio.gather(*(push(cs_id) for cs_id in replicas))
         return failed
@@ -479,36 +444,25 @@ class Repair:
         ns, registry, now = self.link.ns, self.link.registry, self.clock()
 
         async def again(chunk_id: int, cs_id: int, version: int) -> None:
-            chunk = ns.chunk_table.get(chunk_id)
-            if (
-                chunk is None
-                or chunk.version != version  # a later bump's push asks it again
-                or cs_id not in chunk.replicas
-                or not registry.is_alive(cs_id, now)  # dead: as any dead member
-            ):
-                self.core.push_answered(chunk_id, cs_id)
+            length = self.pushes.unanswered_due(ns, registry, chunk_id, cs_id, version, now)
+            if length is None:
                 return
-            failed = await self.push_version(chunk_id, version, chunk.length, [cs_id])
+            failed = await self.push_version(chunk_id, version, length, [cs_id])
             if failed and await self._drop(chunk_id, cs_id, keep_one=True, why="push_failed"):
                 self.core.push_answered(chunk_id, cs_id)  # out of the set
 
-        await asyncio.gather(*(
-            again(chunk_id, cs_id, version)
-            for chunk_id, members in list(self.core.unanswered.items())
-            for cs_id, version in list(members.items())
-        ))  # fmt: skip
+        await asyncio.gather(*(again(*member) for member in self.pushes.unanswered()))
 
     async def settle_version(
         self, chunk_id: int, version: int, length: int, replicas: list[int]
     ) -> tuple[list[int], list[int], int]:
         """Push a chunk's new version (a handle's bump, a truncate's cut, the fence before
-        a copy) to ``replicas`` and settle what failed. A replica that does not take it is
-        stale from now on, never served (it refuses reads of the new version); it leaves
-        the set here when another one took the version. When none took it they all still
-        hold the data at the old version, now refused: the version is pushed again until
-        one takes it (``_push_again``), unless every one is short of the table's length:
-        then the length goes down to the best copy first (``recover_length``). Returns (the
-        replicas in the set afterwards, those that took the version, the chunk's length)."""
+        a copy) to ``replicas`` and settle what failed (``metaserver/chunks/pushes.py``): a
+        replica that does not take it leaves the set here when another one took it. When
+        none took it, LENGTH RECOVERY if every member is short of the table
+        (``recover_length``), else the version is pushed again later (``_push_again``).
+        Returns (the replicas in the set afterwards, those that took the version, the
+        chunk's length)."""
         failed = await self.push_version(chunk_id, version, length, replicas)
         took = [c for c in replicas if c not in failed]
         if replicas and not took:
@@ -529,32 +483,30 @@ class Repair:
                 kept.append(cs_id)
         return kept, took, length
 
+    async def settle_handle(
+        self, chunk_id: int, version: int, length: int, replicas: list[int]
+    ) -> tuple[list[int], int]:
+        """A write handle's new version pushed and settled (``settle_version``): returns
+        (the members kept, the writer's chain; the chunk's length). ``Unavailable`` when no
+        replica took it: it is pushed again later, and the writer asks again."""
+        kept, _, length = await self.settle_version(chunk_id, version, length, replicas)
+        if replicas and self.is_unpushed(chunk_id):
+            raise Unavailable("no replica of the chunk took its new version", chunk_id=chunk_id)
+        self.touch(chunk_id)  # the push may have taken a while: quiet from now
+        return kept, length
+
     async def recover_length(self, chunk_id: int) -> tuple[int, list[int]] | None:
-        """LENGTH RECOVERY. A close puts a file's bytes on every replica of the chain (in
-        each one's page cache) and commits their length; only an fsync makes them durable.
-        A power loss of every replica in between leaves the table counting bytes no
-        replica holds: every read of them fails (``Corrupt``: short everywhere), and every
-        new version is refused (a replica never grows to a handle's length with zeros).
-        When every member of the set is up and answers ``chunk.info`` shorter than the
-        table, no better copy will come back: the table's length goes down to the longest
-        copy at the newest version any member holds (``length_recover``), and the members
-        that do not hold exactly that (shorter, or an older version, whose bytes may differ)
-        leave the set, to be deleted as stale. The chunk then reads zeros past its new
-        length (up to the file's size) and can be written again. As HDFS's block recovery
-        settles a pipeline's replicas on a length nobody acknowledged beyond, but here the
-        length had been acknowledged: the writer had not asked for durability.
-        Returns (the new length, the members left), or None when any member is down, did
-        not answer, or holds the table's length (then it is a push to retry, not data lost).
-        """
+        """Carry out LENGTH RECOVERY (``metaserver/chunks/pushes.py``): ask every member
+        (``chunk.info``), propose ``length_recover`` down to the best copy, and drop the
+        members that do not hold exactly that. The chunk then reads zeros past its new
+        length (up to the file's size) and can be written again. Returns (the new length,
+        the members left), or None when it is not due (a member down, one that did not
+        answer, or one at the table's length: then it is a push to retry, not data lost)."""
         link = self.link
-        chunk = link.ns.chunk_table.get(chunk_id)
-        if chunk is None or not chunk.replicas:
+        judged = self.pushes.recovery_members(link.ns, link.registry, chunk_id, self.clock())
+        if judged is None:
             return None
-        now = self.clock()
-        members = list(chunk.replicas)
-        if not all(link.registry.is_alive(c, now) for c in members):
-            return None
-        version, length = chunk.version, chunk.length
+        version, length, members = judged
 
         async def held(cs_id: int) -> tuple[int, int] | None:
             try:
@@ -564,11 +516,10 @@ class Repair:
                 return None
 
         answers = await asyncio.gather(*(held(c) for c in members))
-        known = [a for a in answers if a is not None]
-        if len(known) < len(members) or any(v > version or n >= length for v, n in known):
+        recovered = self.pushes.recovered_length(version, length, members, answers)
+        if recovered is None:
             return None
-        best = max(v for v, _ in known)
-        to = max(n for v, n in known if v == best)
+        best, to = recovered.best, recovered.to
         try:
             await link.propose_internal(
                 "length_recover",
@@ -580,36 +531,30 @@ class Repair:
         self.touch(chunk_id)
         log.warning("repair event=length_recovered chunk=%d version=%d length=%d to=%d "
                     "best_version=%d", chunk_id, version, length, to, best)  # fmt: skip
-        kept = [c for c, a in zip(members, answers, strict=True) if a == (best, to)]
-        for cs_id, answer in zip(members, answers, strict=True):
-            if answer != (best, to) and not await self._drop(
-                chunk_id, cs_id, keep_one=True, why="short_after_power_loss"
-            ):
+        kept = list(recovered.keep)
+        for cs_id in recovered.drop:
+            if not await self._drop(chunk_id, cs_id, keep_one=True, why="short_after_power_loss"):
                 kept.append(cs_id)
         return to, kept
 
     def unpushed(self, chunk_id: int, version: int, length: int) -> None:
-        self._unpushed[chunk_id] = (version, length)
+        self.pushes.unpushed(chunk_id, version, length)
 
     def is_unpushed(self, chunk_id: int) -> bool:
-        return chunk_id in self._unpushed
+        return self.pushes.is_unpushed(chunk_id)
 
     def pushed(self, chunk_id: int) -> None:
-        self._unpushed.pop(chunk_id, None)
+        self.pushes.pushed(chunk_id)
 
     async def _push_again(self) -> None:
-        ns = self.link.ns
-        for chunk_id, (version, length) in list(self._unpushed.items()):
-            chunk = ns.chunk_table.get(chunk_id)
-            if chunk is None or chunk.version != version or chunk.length != length:
-                self._unpushed.pop(chunk_id, None)
-                continue
-            failed = await self.push_version(chunk_id, version, length, chunk.replicas)
-            if len(failed) < len(chunk.replicas):
-                # (A handle's settle_version may have cleared it during the push.)
-                self._unpushed.pop(chunk_id, None)
+        for again in self.pushes.again_due(self.link.ns):
+            chunk = again.chunk
+            failed = await self.push_version(
+                chunk.chunk_id, again.version, again.length, chunk.replicas
+            )
+            if self.pushes.again_done(again, failed):
                 log.info("repair event=version_pushed_late chunk=%d version=%d",
-                         chunk_id, version)  # fmt: skip
+                         chunk.chunk_id, again.version)  # fmt: skip
 
     # --------------------------------------------------------------- trimming
 
@@ -637,23 +582,9 @@ class Repair:
                 self._spawn(self._delete_quietly(trim.cs_id, [[trim.chunk_id, trim.version]]))
 
     def _still_trimmable(self, trim: Trim) -> bool:
-        """Whether, now, the chunk keeps its goal of counted, vouched members without
-        ``trim.cs_id`` (the core decided on the set of its step)."""
-        link, now = self.link, self.clock()
-        chunk = link.ns.chunk_table.get(trim.chunk_id)
-        if chunk is None or trim.cs_id not in chunk.replicas:
-            return False
-        draining, bad = (
-            link.ns.policy().draining,
-            self.core.bad_member(trim.chunk_id, chunk.version),
-        )
-        left = sum(
-            1
-            for c in chunk.replicas
-            if c != trim.cs_id and c not in draining and c != bad
-            and self.core.vouched(link.registry, c, now, trim.chunk_id)
-        )  # fmt: skip
-        return left >= (link.ns.inodes[chunk.ino].goal if chunk.length else 1)
+        link = self.link
+        return self.core.still_trimmable(link.ns, link.registry, link.ns.policy(), trim,
+                                         self.clock())  # fmt: skip
 
     # --------------------------------------------------------------- deletion
 
@@ -667,29 +598,19 @@ class Repair:
             return False
 
     async def _collect_garbage(self, now: float) -> None:
+        """Carry out a round of garbage collection (``metaserver/chunks/garbage.py``)."""
         try:
-            ns, registry = self.link.ns, self.link.registry
-            seen = self._garbage_seen
-            for chunk_id in ns.garbage:
-                seen.setdefault(chunk_id, now)
-            for chunk_id in [c for c in seen if c not in ns.garbage]:
-                del seen[chunk_id]
-            ripe = [c for c, t in seen.items() if now - t >= self.gc_grace_s][:GC_BATCH_MAX]
-            if not ripe:
+            collect = self.garbage.collect(self.link.ns.garbage, self.link.registry, now)
+            if collect is None:
                 return
-            by_cs: dict[int, list[int]] = {}
-            for chunk_id in ripe:
-                for cs_id in ns.garbage.get(chunk_id, ()):
-                    if registry.is_alive(cs_id, now):
-                        by_cs.setdefault(cs_id, []).append(chunk_id)
             failed: set[int] = set()
 
             async def delete(cs_id: int, ids: list[int]) -> None:
                 if not await self._delete(cs_id, [[c, INT63_MAX] for c in ids]):
                     failed.update(ids)
 
-            await asyncio.gather(*(delete(cs, ids) for cs, ids in by_cs.items()))
-            done = [c for c in ripe if c not in failed]
+            await asyncio.gather(*(delete(cs, ids) for cs, ids in collect.deletes.items()))
+            done = collect.done(failed)
             if done:
                 await self.link.propose_internal("gc_done", {"chunk_ids": done})
                 log.info("repair event=garbage_collected chunks=%d", len(done))
@@ -701,70 +622,24 @@ class Repair:
     # --------------------------------------------------------------- reports
 
     async def report(self, cs_id: int, entries: list[list[int]], part: int, final: bool) -> None:
-        """One page of ``cs_id``'s block report (see the module docstring)."""
+        """Carry out the verdict on one page of ``cs_id``'s block report (the rules:
+        ``metaserver/chunks/reports.py``)."""
         now = self.clock()
-        ns = self.link.ns
-        state = self._reports.get(cs_id)
-        if part == 0 or state is None:
-            if part != 0:
-                return  # the start was missed (new term): wait for the next report
-            state = self._reports[cs_id] = _Report(started_s=now)
-        if part != state.next_part:
-            del self._reports[cs_id]
+        verdict = self.reports.page(
+            self.link.ns, self.link.registry, cs_id, entries, part, final, now
+        )
+        if verdict is None:
             return
-        state.next_part += 1
-        delete: list[list[int]] = []
-        behind: list[tuple[int, int, int]] = []
-        adopt: list[int] = []
-        for chunk_id, version, length in entries:
-            state.seen.add(chunk_id)
-            chunk = ns.chunk_table.get(chunk_id)
-            if chunk is None:
-                if (
-                    chunk_id not in ns.garbage
-                    and chunk_id < ns.next_chunk_id
-                    and chunk_id not in ns.reserved_chunks  # a create still on its way
-                ):
-                    delete.append([chunk_id, version])  # collected earlier, or never known
-                continue
-            if (
-                not self._quiet(chunk_id, now, state.started_s)
-                or self._copying_to(chunk_id) == cs_id
-            ):
-                state.doubt.add(chunk_id)
-                continue
-            if cs_id in chunk.replicas:
-                if version < chunk.version or (version == chunk.version and length < chunk.length):
-                    behind.append((chunk_id, version, length))
-                    state.doubt.add(chunk_id)
-                elif version > chunk.version:
-                    log.warning("repair event=replica_from_the_future chunk=%d cs=%d "
-                                "version=%d table=%d", chunk_id, cs_id, version,
-                                chunk.version)  # fmt: skip
-            elif version <= chunk.version and self._at_goal(chunk, now):
-                delete.append([chunk_id, version])  # dropped from the set earlier
-            elif (
-                version == chunk.version
-                and length >= chunk.length > 0
-                and not any(self.link.registry.is_alive(c, now) for c in chunk.replicas)
-            ):
-                adopt.append(chunk_id)
-        lost: list[int] = []
-        if final:
-            del self._reports[cs_id]
-            for chunk_id, chunk in ns.chunk_table.items():
-                if chunk.length > 0 and cs_id in chunk.replicas and chunk_id not in state.seen:
-                    if self._quiet(chunk_id, now, state.started_s):
-                        lost.append(chunk_id)
-                    else:
-                        state.doubt.add(chunk_id)
-            self.core.report_done(cs_id, state.started_s, state.doubt)
-        for chunk_id, version, length in behind[:BEHIND_PER_REPORT]:
-            if await self._behind(cs_id, chunk_id, version, length, now):
-                delete.append([chunk_id, version])
-        for chunk_id in lost:
+        for chunk_id, version, table_version in verdict.future:
+            log.warning("repair event=replica_from_the_future chunk=%d cs=%d version=%d "
+                        "table=%d", chunk_id, cs_id, version, table_version)  # fmt: skip
+        delete = verdict.delete
+        for b in verdict.behind:
+            if await self._behind(cs_id, b, now):
+                delete.append([b.chunk_id, b.version])
+        for chunk_id in verdict.lost:
             await self._drop(chunk_id, cs_id, keep_one=False, why="lost")
-        for chunk_id in adopt[:BEHIND_PER_REPORT]:
+        for chunk_id in verdict.adopt:
             await self._adopt(cs_id, chunk_id)
         if delete:
             self._spawn(self._delete_quietly(cs_id, delete))
@@ -793,72 +668,46 @@ class Repair:
                     result["version"])  # fmt: skip
         await self.settle_version(chunk_id, int(result["version"]), int(result["length"]), [cs_id])
 
-    def _copying_to(self, chunk_id: int) -> int | None:
-        copy = self.core.copies.get(chunk_id)
-        return copy.target if copy is not None else None
-
     def _at_goal(self, chunk: Any, now: float) -> bool:
-        """Whether the chunk's set has its goal of live members, not draining, not reported
-        bad, each vouched for by a block report (``ChunkCore.vouched``). Only then is a copy outside the set
-        (or a stale member) deleted, as HDFS invalidates excess and stale
-        replicas only then: until the goal is met again such a copy may be the best one
-        left (a writer that could not reach a good replica drops it from the set)."""
-        if chunk.length == 0:
-            return True  # no data: nothing a copy outside the set could be the last of
-        ns, registry = self.link.ns, self.link.registry
-        draining = ns.policy().draining
-        bad = self.core.bad_member(chunk.chunk_id, chunk.version)  # its drop on its way
-        live = sum(
-            1
-            for c in chunk.replicas
-            if c not in draining and c != bad
-            and self.core.vouched(registry, c, now, chunk.chunk_id)
-        )  # fmt: skip
-        return live >= ns.inodes[chunk.ino].goal
-
-    async def _behind(
-        self, cs_id: int, chunk_id: int, version: int, length: int, now: float
-    ) -> bool:
-        """A member of the chunk's set reported an older version, or fewer bytes, than the
-        table. It is stale, and goes (True: delete it), only when another live member holds
-        the table's version and length (``chunk.info``). When none does, the table's
-        version is one no push delivered: the leader that bumped it failed first, or every
-        push failed. Every member then holds the chunk's bytes, because a writer gets a
-        handle only after some replica took its version, and members that did not take it
-        leave the set before that; so the version is pushed again. Deleting them would lose
-        the chunk. A member short of the table's length with no better copy anywhere is
-        the best copy there is: kept, and logged."""
         link = self.link
-        chunk = link.ns.chunk_table.get(chunk_id)
-        if chunk is None or cs_id not in chunk.replicas:
+        return self.core.at_goal(link.ns, link.registry, link.ns.policy(), chunk, now)
+
+    async def _behind(self, cs_id: int, b: Behind, now: float) -> bool:
+        """Carry out the judgement of a member that reported ``b``, behind the table
+        (``metaserver/chunks/pushes.py``): ask the other live members (``chunk.info``),
+        then drop it as stale (True: delete it, the chunk at goal), push it the version
+        again, or recover the chunk's length; a member short of the table's length with
+        no better copy anywhere is the best copy there is: kept, and logged."""
+        link = self.link
+        check = self.pushes.behind(link.ns, link.registry, cs_id, b, now)
+        if check is None:
             return False
-        others = [c for c in chunk.replicas if c != cs_id and link.registry.is_alive(c, now)]
+        chunk = check.chunk
 
         async def current(other: int) -> bool:
             try:
-                h = await link.cs_call(other, "chunk.info", PUSH_TIMEOUT_S, chunk_id=chunk_id)
-                return bool(h["version"] == chunk.version and h["length"] >= chunk.length)
+                h = await link.cs_call(other, "chunk.info", PUSH_TIMEOUT_S, chunk_id=b.chunk_id)
+                return self.pushes.current(check, h)
             except (DfsError, OSError, TimeoutError, KeyError):
                 return False
 
-        whole = length >= chunk.length and version < chunk.version
-        # Once this leader found no member at the version and pushed it again, the other
-        # members behind are in the same case: pushed too, not deleted.
-        repushed = self._repushed.get(chunk_id) == chunk.version
-        if not (whole and repushed) and any(await asyncio.gather(*(current(c) for c in others))):
-            dropped = await self._drop(chunk_id, cs_id, keep_one=True, why="stale")
+        any_current = bool(check.ask) and any(
+            await asyncio.gather(*(current(c) for c in check.ask))
+        )
+        verdict = self.pushes.behind_verdict(check, any_current)
+        if verdict is BehindVerdict.DROP:
+            dropped = await self._drop(b.chunk_id, cs_id, keep_one=True, why="stale")
             return dropped and self._at_goal(chunk, now)
-        if whole:
-            self._repushed[chunk_id] = chunk.version
-            failed = await self.push_version(chunk_id, chunk.version, chunk.length, [cs_id])
+        if verdict is BehindVerdict.PUSH_AGAIN:
+            failed = await self.push_version(b.chunk_id, chunk.version, chunk.length, [cs_id])
             log.info("repair event=version_pushed_again chunk=%d cs=%d version=%d ok=%s",
-                     chunk_id, cs_id, chunk.version, not failed)  # fmt: skip
+                     b.chunk_id, cs_id, chunk.version, not failed)  # fmt: skip
             return False
-        if await self.recover_length(chunk_id) is not None:
+        if await self.recover_length(b.chunk_id) is not None:
             return False  # the members that do not hold the recovered length left the set
         log.warning("repair event=stale_kept chunk=%d cs=%d version=%d length=%d "
-                    "table_version=%d table_length=%d", chunk_id, cs_id, version, length,
-                    chunk.version, chunk.length)  # fmt: skip
+                    "table_version=%d table_length=%d", b.chunk_id, cs_id, b.version,
+                    b.length, chunk.version, chunk.length)  # fmt: skip
         return False
 
     async def _delete_quietly(self, cs_id: int, chunks: list[list[int]]) -> None:
@@ -914,31 +763,21 @@ class Repair:
         return True
 
     async def bad_replicas(self, cs_id: int, entries: list[list[int]]) -> None:
-        """``cs_id`` found these replicas bad: out of the set, deleted; a good copy follows.
-        Not deleted while no other live member holds the chunk: never served again, its
-        other blocks may be all that is left of it. Its chunkserver keeps it in
-        quarantine/ for an operator until the file goes (as HDFS keeps a corrupt last
-        replica); the survey counts the chunk missing."""
+        """``cs_id`` found these replicas bad: carry out the core's judgement
+        (``metaserver/chunks/reports.py``): the drop from the set, then the delete, unless
+        the replica stays in its chunkserver's quarantine (no other live member)."""
         ns, registry = self.link.ns, self.link.registry
         now = self.clock()
         delete: list[list[int]] = []
         for chunk_id, version in entries:
-            chunk = ns.chunk_table.get(chunk_id)
-            if chunk is not None:
-                if cs_id in chunk.replicas and version == chunk.version:
-                    self.core.mark_bad(chunk_id, cs_id, chunk.version)
-                    await self._drop(chunk_id, cs_id, keep_one=False, why="bad")
-                elif cs_id in chunk.replicas and version < chunk.version:
-                    # Behind, and now bad too: nothing of it can serve again.
-                    self.core.mark_bad(chunk_id, cs_id, chunk.version)
-                    await self._drop(chunk_id, cs_id, keep_one=True, why="stale_bad")
-                chunk = ns.chunk_table.get(chunk_id)
-                if chunk is not None and not any(
-                    c != cs_id and registry.is_alive(c, now) for c in chunk.replicas
-                ):
-                    log.warning("repair event=last_replica_bad chunk=%d cs=%d version=%d "
-                                "kept=quarantine", chunk_id, cs_id, version)  # fmt: skip
-                    continue
+            known = chunk_id in ns.chunk_table
+            drop = self.reports.bad(ns, cs_id, chunk_id, version)
+            if drop is not None:
+                await self._drop(chunk_id, cs_id, keep_one=drop.keep_one, why=drop.why)
+            if known and self.reports.quarantined(ns, registry, cs_id, chunk_id, now):
+                log.warning("repair event=last_replica_bad chunk=%d cs=%d version=%d "
+                            "kept=quarantine", chunk_id, cs_id, version)  # fmt: skip
+                continue
             delete.append([chunk_id, version])
         if delete:
             self._spawn(self._delete_quietly(cs_id, delete))

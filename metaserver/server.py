@@ -37,16 +37,15 @@ from dfs.types import BATCH_OPS_MAX, HOLDS_PER_REQUEST_MAX
 from dfs.wire.errors import (
     DfsError,
     Invalid,
-    NoSpace,
     NotFound,
     NotLeader,
-    Unavailable,
     Unsupported,
     error_from_wire,
 )
 from dfs.wire.messages import field, uint_field
 from dfs.wire.token import READ, WRITE, make_token, token_key
 from metaserver.admin import Admin
+from metaserver.chunks import handles
 from metaserver.chunks.placement import Placer, Registry
 from metaserver.config import MetaConfig, load_config
 from metaserver.holds import KEEPALIVE_S, Holds
@@ -579,39 +578,24 @@ class MetaServer:
         except DfsError:
             await self._read(timeout_s)
             existing = self.ns.chunks(ino, index, 1)
+        # The replicas' rules: metaserver/chunks/handles.py.
         if existing:
-            if existing[0]["length"] and not existing[0]["replicas"]:
-                # Missing (its last replica was bad): a bump would make stale the copy the
-                # upkeep may still adopt (Repair._adopt). There is nothing to write to.
-                raise Unavailable("the chunk has no replica left", chunk_id=existing[0]["chunk_id"])
-            # Replicas on dead chunkservers, and those the writer saw fail, leave the set
-            # with this version bump (the writer reports them: PROTOCOL.md).
+            handles.check_writable(existing[0])
             now_s = time.monotonic()
             reported = field(h, "drop", list, [])
             if len(reported) > GOAL_MAX or any(type(c) is not int for c in reported):
                 raise Invalid(f"drop: at most {GOAL_MAX} chunkserver ids")
             self.know_all_chunkservers()
-            drop = [
-                cs_id
-                for cs_id in existing[0]["replicas"]
-                if cs_id in reported or not self.registry.is_alive(cs_id, now_s)
-            ]
+            drop = handles.handle_drop(existing[0], reported, self.registry, now_s)
         else:
-            # A new chunk: placement is decided here, once, and travels in the command (it
-            # is not deterministic). If another handle allocates the chunk first, the
-            # namespace bumps that one's version and ignores this choice.
+            # If another handle allocates the chunk first, the namespace bumps that one's
+            # version and ignores this placement.
             goal = int(self.ns.getattr(ino)["goal"])
             now_s = time.monotonic()
             self.know_all_chunkservers()
-            alive = self.registry.alive(now_s)
-            replicas = self.placer.place(alive, goal, reserve_bytes=self.ns.chunk_size_bytes)
-            if len(replicas) < goal and any(c.last_heard_s is None for c in alive):
-                # A new leader that has not heard every live chunkserver yet does not know
-                # their free space: placing now would put the chunk under its goal (or
-                # fail with NoSpace) for want of one heartbeat. The client retries.
-                raise Unavailable("new leader waiting for chunkserver heartbeats")
-            if not replicas:
-                raise NoSpace("no live chunkserver with free space", alive=len(alive))
+            replicas = handles.place_chunk(
+                self.placer, self.registry, goal, self.ns.chunk_size_bytes, now_s
+            )
         args: dict[str, Any] = {"ino": ino, "index": index, "replicas": replicas}
         if drop:
             args["drop"] = drop
@@ -626,13 +610,11 @@ class MetaServer:
             # The leader gives the replicas the new version before the writer writes
             # (as GFS's master and MooseFS's do): a replica that cannot take it is stale
             # from now on, leaves the set, and is not in the chain the writer gets.
-            pushed = await self._push_version(
+            kept, length = await self.repair.settle_handle(
                 chunk_id, int(result["version"]), int(result["length"]), result["replicas"]
             )
-            if result["replicas"] and self.repair.is_unpushed(chunk_id):
-                raise Unavailable("no replica of the chunk took its new version", chunk_id=chunk_id)
-            result = pushed
-            self.repair.touch(chunk_id)  # the push may have taken a while: quiet from now
+            result = {"chunk_id": chunk_id, "version": int(result["version"]), "length": length,
+                      "replicas": kept}  # fmt: skip
         expiry_ms = time.time_ns() // 1_000_000 + self.config.token_ttl_ms
         known = self.ns.chunkservers()
         chain = [
@@ -677,11 +659,9 @@ class MetaServer:
         with contextlib.suppress(DfsError):
             goal = int(self.ns.getattr(args["parent"])["goal"])  # the new file inherits it
             self.know_all_chunkservers()
-            now_s = time.monotonic()
-            alive = self.registry.alive(now_s)
-            replicas = self.placer.place(alive, goal, reserve_bytes=self.ns.chunk_size_bytes)
-            if len(replicas) == goal or not any(c.last_heard_s is None for c in alive):
-                args["replicas"] = replicas
+            args["replicas"] = handles.place_first_chunk(
+                self.placer, self.registry, goal, self.ns.chunk_size_bytes, time.monotonic()
+            )
         if not args.get("replicas"):
             args.pop("replicas", None)
         result = await self._propose(op, args, h, timeout_s)

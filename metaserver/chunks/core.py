@@ -13,14 +13,18 @@ carries out what it returns:
   ``replica_add``), ``Trim`` (``replica_drop`` through Raft, then ``chunk.delete`` of a live
   one), ``Recover`` (a dead writer's chunk), and ``stop`` (propose ``rebalance_stop``:
   nothing left to move, nothing in flight).
+Its neighbours judge the rest, each one concern, on the core's counting: ``reports.py``
+(block reports, bad replicas), ``pushes.py`` (version pushes and what did not get
+through), ``garbage.py`` (collection after the grace).
 
 THE DECISIONS
 - **goal counting**: a replica counts toward its chunk's goal when its chunkserver is alive,
   not draining, and it was not reported bad. A draining server's replica still serves reads
   (it is a copy source and counts in ``Health``) but the chunk is copied elsewhere as if it
-  were under goal. For a trim a member must also be *vouched for* (``vouched``: a complete
-  block report of it judged since this leader heard it after a silence, and no push of
-  the chunk's version to it left unanswered since).
+  were under goal. For a trim, or a delete of a copy outside the set or of a stale
+  member (``at_goal``, ``still_trimmable``), a member must also be *vouched for*
+  (``vouched``: a complete block report of it judged since this leader heard it after a
+  silence, and no push of the chunk's version to it left unanswered since).
 - **re-replication**: chunks under goal (fewest counted replicas first; those with fewest
   live ones, really at risk, before those that only wait for a drain) get one copy at a
   time, at most ``jobs`` in all and ``TARGET_JOBS`` per target, never within ``quiet_s``
@@ -194,7 +198,7 @@ class ChunkCore:
         self.recovering: set[int] = set()
         # chunk id -> {live member a version push got no answer from (not even to the
         # chunk.info that confirms it) -> that version}: kept in the set, not vouched for
-        # until a push answers; the driver pushes again (``Repair._push_unanswered``).
+        # until a push answers; pushed again while due (``pushes.Pushes.unanswered_due``).
         self.unanswered: dict[int, dict[int, int]] = {}
         self.flow = _Flow()
         self.bucket = rebalance.TokenBucket(0, 0.0)
@@ -277,6 +281,50 @@ class ChunkCore:
         if chunk_id is not None and cs_id in self.unanswered.get(chunk_id, ()):
             return False  # it may have missed the chunk's version
         return started is not None and started >= info.back_s
+
+    def _counted_vouched(
+        self,
+        registry: Registry,
+        policy: ClusterPolicy,
+        chunk: Any,
+        now: float,
+        without: int | None = None,
+    ) -> int:
+        """The chunk's members (but ``without``) that count toward its goal for a decision
+        that removes a copy: not draining, not reported bad, vouched for."""
+        draining = policy.draining
+        bad = self.bad_member(chunk.chunk_id, chunk.version)  # its drop on its way
+        return sum(
+            1
+            for c in chunk.replicas
+            if c != without and c not in draining and c != bad
+            and self.vouched(registry, c, now, chunk.chunk_id)
+        )  # fmt: skip
+
+    def at_goal(
+        self, ns: ChunkTable, registry: Registry, policy: ClusterPolicy, chunk: Any, now: float
+    ) -> bool:
+        """Whether the chunk's set has its goal of live members, not draining, not reported
+        bad, each vouched for by a block report (``vouched``). Only then is a copy outside
+        the set (or a stale member) deleted, as HDFS invalidates excess and stale replicas
+        only then: until the goal is met again such a copy may be the best one left (a
+        writer that could not reach a good replica drops it from the set)."""
+        if chunk.length == 0:
+            return True  # no data: nothing a copy outside the set could be the last of
+        goal: int = ns.inodes[chunk.ino].goal
+        return self._counted_vouched(registry, policy, chunk, now) >= goal
+
+    def still_trimmable(
+        self, ns: ChunkTable, registry: Registry, policy: ClusterPolicy, trim: Trim, now: float
+    ) -> bool:
+        """Whether, now, the chunk keeps its goal of counted, vouched members without
+        ``trim.cs_id`` (a trim is decided on the set of its step; the driver asks this when
+        it proposes the drop, after this leader's earlier drops of the chunk committed)."""
+        chunk = ns.chunk_table.get(trim.chunk_id)
+        if chunk is None or trim.cs_id not in chunk.replicas:
+            return False
+        left = self._counted_vouched(registry, policy, chunk, now, without=trim.cs_id)
+        return left >= (ns.inodes[chunk.ino].goal if chunk.length else 1)
 
     def push_unanswered(self, chunk_id: int, cs_id: int, version: int) -> None:
         """A push of the chunk's version to ``cs_id``, a live member, got no answer (nor did

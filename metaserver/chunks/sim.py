@@ -16,7 +16,8 @@ WHAT A RUN DOES
     and refuses to grow it, a copy is read from a source holding the version and installed
     later, a delete takes the version given or older), heartbeat, send block reports and
     scrub. Writers create files, append and overwrite through the chain of a write handle
-    (taken as the metaserver does: placement, drop of dead and failed members, version push)
+    (taken by the metaserver's own rules: ``metaserver/chunks/handles.py`` for placement and
+    the drop of dead and failed members, ``Repair.settle_handle`` for the version push)
     and commit; readers read from any live member. The leader's upkeep runs every half
     second. Each seed picks a goal (2 or 3), host and rack labels (some hosts shared), and
     one of: plain, a drain of one chunkserver, a rebalance onto chunkservers added empty.

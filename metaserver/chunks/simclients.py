@@ -8,6 +8,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from dfs.wire.errors import Corrupt, DfsError, InternalError, NoSpace, Timeout, Unavailable
+from metaserver.chunks import handles
 from metaserver.chunks.simserver import CHUNK, FileModel, Violation
 from metaserver.namespace.state import ROOT_INO
 
@@ -25,7 +26,8 @@ READ_UNTIL_S = 115.0
 
 
 async def handle(sim: Simulation, ino: int, index: int, reported: list[int]) -> dict[str, Any]:
-    """A write handle, as ``MetaServer._write_handle`` gives it."""
+    """A write handle, as ``MetaServer._write_handle`` gives it (the same rules:
+    ``metaserver/chunks/handles.py``, ``Repair.settle_handle``)."""
     link, repair, ns = sim.link, sim.repair, sim.ns
     existing = ns.chunks(ino, index, 1)
     now = sim.now
@@ -35,31 +37,20 @@ async def handle(sim: Simulation, ino: int, index: int, reported: list[int]) -> 
         model = sim.files.get(ino)
         if model is not None:
             model.uploading = int(existing[0]["chunk_id"])  # its keepalive names it now
-        if existing[0]["length"] and not existing[0]["replicas"]:
-            raise Unavailable("the chunk has no replica left")
-        drop = [c for c in existing[0]["replicas"]
-                if c in reported or not link.registry.is_alive(c, now)]  # fmt: skip
+        handles.check_writable(existing[0])
+        drop = handles.handle_drop(existing[0], reported, link.registry, now)
         if drop:
             args["drop"] = drop
     else:
-        alive = link.registry.alive(now)
-        replicas = link.placer.place(alive, sim.goal, reserve_bytes=CHUNK)
-        if len(replicas) < sim.goal and any(c.last_heard_s is None for c in alive):
-            raise Unavailable("new leader waiting for heartbeats")
-        if not replicas:
-            raise NoSpace("no chunkserver")
-        args["replicas"] = replicas
+        args["replicas"] = handles.place_chunk(link.placer, link.registry, sim.goal, CHUNK, now)
     result = await link.propose_internal("write_handle", args)
     chunk_id = int(result["chunk_id"])
     repair.writing(chunk_id)
     if not result["allocated"]:
-        kept, _, length = await repair.settle_version(
+        kept, length = await repair.settle_handle(
             chunk_id, int(result["version"]), int(result["length"]), result["replicas"]
         )
-        if result["replicas"] and repair.is_unpushed(chunk_id):
-            raise Unavailable("no replica took the new version")
         result = {**result, "replicas": kept, "length": length}
-        repair.touch(chunk_id)
     return result
 
 

@@ -207,3 +207,30 @@ def test_a_file_whose_chunk_files_are_all_removed_is_named_with_exit_1(cluster: 
     assert text.startswith("/lost/f: "), text
     assert "(2 chunks at risk" in text, text
     assert text.rstrip().endswith("AT RISK: 1 file"), text
+
+
+def test_setgoal_reaches_a_client_creating_under_a_directory_lease(cluster: Path) -> None:
+    """A lease holder creates files without asking the leader, with the goal of the
+    directory as it was granted: setgoal recalls the lease, so a create after it takes
+    the new goal."""
+    layout = local.load_layout(cluster)
+
+    async def go() -> None:
+        async with FsClient.open_cluster(
+            layout.meta_addresses, load_secret(layout.secret_file)
+        ) as a:
+            root = await a.resolve(b"/")
+            d = await a.mkdir(root.ino, b"leased", 0o755)
+            _, f = await a.create_and_open(d.ino, b"first", MODE, os.O_WRONLY | os.O_CREAT)
+            await f.close()
+            assert a.dirleases.valid(d.ino) is not None  # its first create took the lease
+            await anyio.to_thread.run_sync(
+                lambda: dfs_cli("admin", "setgoal", "--dir", str(cluster), "-r", "2", "/leased")
+            )
+            attr, f = await a.create_and_open(d.ino, b"after", MODE, os.O_WRONLY | os.O_CREAT)
+            await f.close()
+            assert attr.goal == 2
+
+    anyio.run(go)
+    out = dfs_cli("admin", "getgoal", "--dir", str(cluster), "-r", "/leased", "--json").stdout
+    assert json.loads(out)[0]["files"] == {"2": 2}

@@ -180,7 +180,8 @@ class Admin:
         await self._read(timeout_s)
         root = self._root(h)
         if self._desk is not None and self._desk.leases:
-            await self._desk.recall(self._leased_below(root.ino), 0, timeout_s)
+            below = self._leased_below(root.ino) if recursive else [root.ino]
+            await self._desk.recall(below, 0, timeout_s)
         args: dict[str, Any] = {"ino": root.ino, "goal": goal, "recursive": recursive,
                                 "limit": min(SET_GOAL_PAGE, WALK_LIMIT_MAX)}  # fmt: skip
         if h.get("cursor") is not None:

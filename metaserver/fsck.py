@@ -21,7 +21,8 @@ A chunk with data (an empty chunk is always fine) is judged, worst first:
 A chunk with more good live members than its goal is ``over_goal`` in the summary, not a
 finding: trimming takes it down. A file is at risk when one of its chunks has a finding.
 
-What the leader knows and what it does not: bad marks and unanswered pushes are this
+A file with several names is judged, and counted, under each. What the leader knows and
+what it does not: bad marks and unanswered pushes are this
 leader's soft state (``metaserver/chunks/core.py``). A new leader counts every known
 chunkserver alive until it has heard from it (the registry's grace): while that lasts
 the answer says ``settling`` and what it finds is provisional.
@@ -40,8 +41,10 @@ from metaserver.namespace.tree import Cursor, walk
 
 # Worst first: a file's ``problems`` are listed in this order.
 PROBLEMS = ("missing", "no_good_replica", "under_goal", "corrupt")
-# Entries one page walks, files one page names, chunks named per file (the rest counted).
-WALK_PAGE = 20_000
+# Entries one page walks (it runs on the leader's event loop: about 14 ms for 5,000 files
+# of one chunk each on a 2-core machine; 48 ms for 20,000), files one page names, chunks
+# named per file (the rest counted).
+WALK_PAGE = 5_000
 FILES_PAGE_MAX = 500
 CHUNKS_PER_FILE_MAX = 16
 

@@ -5,16 +5,20 @@ exit codes. ``DFS_UPDATE_GOLDEN=1`` rewrites the files after a deliberate change
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from click.testing import CliRunner
 
 from dfs.cli import admin as admin_cli
+from dfs.cli import admin_fsck
 from dfs.cli.common import run_async
 from dfs.cli.main import cli
 from dfs.wire.errors import NotFound
@@ -180,3 +184,23 @@ def test_getgoal_plain_recursive_and_json(leader: Callable[..., Leader]) -> None
     golden("getgoal_r.txt", run("getgoal", "-r", "/tree"))
     leader({"admin.goals": [{"goal": 3, "kind": "dir"}]})
     assert run("getgoal", "/tree") == "/tree: 3\n"
+
+
+def test_a_walk_of_several_pages_shows_progress_on_a_terminal_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for tty, pages in ((True, [PAGE1, PAGE2]), (False, [PAGE1, PAGE2]), (True, [HEALTHY])):
+        err = Tty() if tty else io.StringIO()
+        monkeypatch.setattr(sys, "stderr", err)
+        report = anyio.run(admin_fsck._fsck_walk, Leader({"admin.fsck": list(pages)}).ask, b"/")
+        assert report["summary"]["files"] == sum(p["summary"]["files"] for p in pages)
+        if tty and len(pages) > 1:  # the bar after the first page, ended by a newline
+            assert (
+                err.getvalue() == "\r[##########..............]  43%  13 checked, 1 at risk\x1b[K\n"
+            )
+        else:
+            assert err.getvalue() == ""

@@ -1,5 +1,5 @@
 """The operator's client ops on the leader: rebalancing, draining and forgetting
-chunkservers, and the chunkserver part of ``status``.
+chunkservers, the chunkserver part of ``status``, fsck and goals of a subtree.
 
 What it owns: checking an admin request, turning it into a namespace command (the
 operator's decisions are hard state: ``metaserver/namespace/cluster.py``) or a read of the
@@ -16,6 +16,19 @@ Ops (docs/PROTOCOL.md, "Metaserver: cluster operations"; leader only)::
                     {action: "plan", threshold_pct?} -> plan
     admin.drain     {cs_id, draining: bool} -> {chunkserver: row}
     admin.forget    {cs_id} -> {}     refused (Invalid) while alive or holding replicas
+    admin.fsck      {path, cursor?} -> {files, summary, cursor, total, settling}
+    admin.goals     {path, recursive?, cursor?} -> {goal, kind} | {files, dirs, others,
+                                                                cursor, total}
+    admin.set_goal  {path, goal, recursive?, cursor?} -> {changed, unchanged, cursor}
+
+The three subtree ops go one page of the walk at a time (``metaserver/namespace/tree.py``:
+``cursor`` None once done; the caller sends back the one it got); ``path`` is absolute,
+as bytes, and is resolved on the leader (the last symlink not followed). ``admin.fsck``'s
+page is ``metaserver/fsck.py``'s. ``admin.set_goal`` is one ``set_goal_tree`` command a
+page: a retry of a page (same session and sequence) gets its first answer. Directory
+leases: a holder gives the files it creates the goal of the directory as it was
+granted, so the leases on directories of the subtree are recalled before a page, and
+those on the directories whose goal it changed after it (one granted meanwhile).
 
 ``progress`` is ``Repair.rebalance_progress()`` plus ``stop_reason`` (why the last run
 ended, "" while one runs or none did); ``row`` is one entry of ``status``'s
@@ -34,8 +47,12 @@ from typing import Any
 
 from dfs.wire.errors import Invalid
 from dfs.wire.messages import field, uint_field
+from metaserver import fsck
 from metaserver.chunks.placement import Registry
+from metaserver.leasedesk import LeaseDesk
 from metaserver.namespace import Namespace
+from metaserver.namespace.state import Inode
+from metaserver.namespace.tree import WALK_LIMIT_MAX, resolve
 from metaserver.repair import Repair
 
 Handler = Callable[[dict[str, Any], float], Awaitable[dict[str, Any]]]
@@ -49,6 +66,9 @@ STOP_REASON_OPERATOR = "stopped by the operator"
 # Replica counts per chunkserver walk the chunk table: at most once per this many seconds
 # (status is polled once a second by a waiting decommission).
 REPLICA_COUNT_TTL_S = 1.0
+# Entries one set_goal_tree command changes at most (one Raft entry, applied on every
+# metaserver: a few milliseconds).
+SET_GOAL_PAGE = 4096
 
 
 class Admin:
@@ -62,6 +82,7 @@ class Admin:
         read: Callable[[float], Awaitable[None]],
         leader_view: Callable[[], None],
         know_all_chunkservers: Callable[[], None],
+        desk: LeaseDesk | None = None,
     ) -> None:
         self.ns = ns
         self.registry = registry
@@ -70,6 +91,7 @@ class Admin:
         self._read = read
         self._leader_view = leader_view
         self._know_all = know_all_chunkservers
+        self._desk = desk
         self._counts: dict[int, tuple[int, int]] = {}
         self._counts_at = (-1, float("-inf"))  # (chunk table size, monotonic time)
 
@@ -78,6 +100,9 @@ class Admin:
             "admin.rebalance": self.rebalance,
             "admin.drain": self.drain,
             "admin.forget": self.forget,
+            "admin.fsck": self.fsck,
+            "admin.goals": self.goals,
+            "admin.set_goal": self.set_goal,
         }
 
     # --------------------------------------------------------------- ops
@@ -126,6 +151,64 @@ class Admin:
         await self._propose("cs_forget", {"cs_id": cs_id}, h, timeout_s)
         self.registry.servers.pop(cs_id, None)
         return {}
+
+    # --------------------------------------------------------------- subtrees
+
+    def _root(self, h: dict[str, Any]) -> Inode:
+        return resolve(self.ns, field(h, "path", bytes))
+
+    async def fsck(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        await self._read(timeout_s)
+        self._know_all()
+        root = self._root(h)
+        now = self.repair.clock()
+        return fsck.fsck_page(self.ns, self.registry, self.repair.core, now, root,
+                              h.get("cursor"), unpushed=self.repair.is_unpushed)  # fmt: skip
+
+    async def goals(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        recursive = field(h, "recursive", bool, False)
+        await self._read(timeout_s)
+        root = self._root(h)
+        if not recursive:
+            kind = "file" if root.chunks is not None else "dir" if root.dir else "other"
+            return {"goal": root.goal, "kind": kind}
+        return fsck.goals_page(self.ns, root, h.get("cursor"))
+
+    async def set_goal(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        goal = uint_field(h, "goal")
+        recursive = field(h, "recursive", bool, False)
+        await self._read(timeout_s)
+        root = self._root(h)
+        if self._desk is not None and self._desk.leases:
+            below = self._leased_below(root.ino) if recursive else [root.ino]
+            await self._desk.recall(below, 0, timeout_s)
+        args: dict[str, Any] = {"ino": root.ino, "goal": goal, "recursive": recursive,
+                                "limit": min(SET_GOAL_PAGE, WALK_LIMIT_MAX)}  # fmt: skip
+        if h.get("cursor") is not None:
+            args["cursor"] = h["cursor"]
+        result = await self._propose("set_goal_tree", args, h, timeout_s)
+        if self._desk is not None and self._desk.leases:
+            leased = self._desk.leases.by_ino
+            await self._desk.recall([d for d in result["dirs"] if d in leased], 0, timeout_s)
+        return {k: result[k] for k in ("changed", "unchanged", "cursor")}
+
+    def _leased_below(self, root_ino: int) -> list[int]:
+        """The leased directories in the subtree of ``root_ino`` (each one's parents are
+        followed up to the namespace's root)."""
+        assert self._desk is not None
+        inodes = self.ns.inodes
+        out = []
+        for ino in list(self._desk.leases.by_ino):
+            seen = ino
+            while True:
+                if seen == root_ino:
+                    out.append(ino)
+                    break
+                inode = inodes.get(seen)
+                if inode is None or inode.dir is None or inode.dir.parent == seen:
+                    break
+                seen = inode.dir.parent
+        return out
 
     # --------------------------------------------------------------- status
 

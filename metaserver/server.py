@@ -143,6 +143,7 @@ class MetaServer:
         self.admin = Admin(
             self.ns, self.registry, self.repair, propose=self._propose, read=self._read,
             leader_view=self._leader_view, know_all_chunkservers=self.know_all_chunkservers,
+            desk=self.desk,
         )  # fmt: skip
         self._ops: dict[str, Handler] = {
             "fs.lookup": self._lookup,
@@ -164,7 +165,7 @@ class MetaServer:
             "cs.report": self._cs_report,
             "cs.bad_chunks": self._cs_bad_chunks,
             "status": self._status,
-            **self.admin.ops(),  # admin.rebalance, admin.drain, admin.forget
+            **self.admin.ops(),  # admin.rebalance, .drain, .forget, .fsck, .goals, .set_goal
         }
         self.membership = Membership(self.node, secret)
         self._ops.update(self.membership.ops())  # admin.meta_*, meta.members

@@ -324,6 +324,7 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append(
             f"chunks {'healthy' if not problems else ', '.join(problems)}"
             + (f"  ({', '.join(busy)})" if busy else "")
+            + ("\n  the files: dfs admin fsck" if problems else "")
         )
     return "\n".join(lines)
 
@@ -655,7 +656,10 @@ def chunkserver(config: Path) -> None:
 
 
 from dfs.cli.admin import admin  # noqa: E402 (registered once cli exists)
+from dfs.cli.admin_fsck import fsck, getgoal, setgoal  # noqa: E402
 
+for _command in (fsck, setgoal, getgoal):
+    admin.add_command(_command)
 cli.add_command(admin)
 
 

@@ -47,6 +47,7 @@ from metaserver.namespace.commands import (
 )
 from metaserver.namespace.ops import OPS
 from metaserver.namespace.state import State, attr, chunk_info
+from metaserver.namespace.tree import TREE_OPS
 from metaserver.raft.sessions import StaleSequence
 
 DEFAULT_CHUNK_SIZE_BYTES = 64 << 20
@@ -70,8 +71,9 @@ class Namespace(State):
             op, client, seq, now_ns, args = decode_command(data)
         except ProtocolError as e:
             return _error(e)
-        # A batch, a file-system op (ops.py) or one of the operator's (cluster.py).
-        handler = batch if op == "batch" else OPS.get(op) or CLUSTER_OPS.get(op)
+        # A batch, a file-system op (ops.py), one of the operator's (cluster.py) or a
+        # subtree's (tree.py).
+        handler = batch if op == "batch" else OPS.get(op) or CLUSTER_OPS.get(op) or TREE_OPS.get(op)
 
         def run() -> dict[str, Any]:
             if handler is None:

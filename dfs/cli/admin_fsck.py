@@ -1,0 +1,351 @@
+"""``dfs admin fsck``, ``setgoal`` and ``getgoal``: a subtree's health and its replication
+goals, as HDFS's ``fsck`` and MooseFS's ``mfssetgoal`` / ``mfsgetgoal``::
+
+    dfs admin fsck [PATH] [--json]          every file at risk under PATH, by path
+    dfs admin setgoal N PATH... [-r]        the goal of PATH (-r: and of all below it)
+    dfs admin getgoal PATH... [-r] [--json] the goal of PATH (-r: counts of each goal below)
+
+Each asks the leader (``admin.fsck``, ``admin.set_goal``, ``admin.goals``: docs/PROTOCOL.md)
+one page of its walk of the subtree at a time, sending back the cursor it got, until
+none comes; the leader judges the chunks and resolves the paths. Paths are the cluster's
+(absolute; a relative one is taken from the root), not a mount's.
+
+fsck's exit code, for scripts (HDFS's fsck and e2fsck's kind): 0 healthy; 1 some file is
+at risk or lost (each one named); 2 a usage error (click's); 3 could not check (no
+leader answered, the path does not exist). On a terminal, a tree of more than one page
+shows a progress line on stderr. setgoal and getgoal go on with the next PATH after one
+fails, then exit 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dfs.cli import admin as admin_cli
+from dfs.cli.admin import Ask, Progress
+from dfs.cli.common import client_options, human
+from dfs.wire.errors import DfsError
+
+EXIT_AT_RISK = 1
+EXIT_NOT_CHECKED = 3
+PROBLEM_TEXT = {
+    "missing": "missing",
+    "no_good_replica": "no good replica",
+    "under_goal": "under goal",
+    "corrupt": "corrupt",
+}
+_SUMMED = ("files", "dirs", "others", "bytes", "chunks", "empty_chunks", "over_goal",
+           "files_at_risk")  # fmt: skip
+
+
+class NotChecked(click.ClickException):
+    exit_code = EXIT_NOT_CHECKED
+
+
+def _remote(path: str) -> bytes:
+    b = os.fsencode(path)
+    return b if b.startswith(b"/") else b"/" + b
+
+
+def _join(root: bytes, rel: bytes) -> str:
+    if not rel:
+        return os.fsdecode(root)
+    return os.fsdecode(root.rstrip(b"/") + b"/" + rel)
+
+
+def _add_counts(into: dict[str, int], more: dict[str, int]) -> None:
+    for k, n in more.items():
+        into[k] = into.get(k, 0) + n
+
+
+def _n(n: int, thing: str) -> str:
+    """``1 chunk``, ``2 chunks``."""
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
+
+
+def _by_number(counts: dict[str, int]) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda kv: int(kv[0]))
+
+
+class _Walking:
+    """The progress line of a walk of more than one page (stderr, on a terminal only)."""
+
+    def __init__(self) -> None:
+        self.on = sys.stderr.isatty()
+        self.bar = Progress(sys.stderr, tty=True)
+        self.drawn = False
+
+    def show(self, done: int, total: int | None, text: str) -> None:
+        if not self.on:
+            return
+        self.drawn = True
+        if total:
+            self.bar.show(done, total, text)
+        else:
+            sys.stderr.write(f"\r{text}\x1b[K")
+            sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------- fsck
+
+
+def _empty_summary() -> dict[str, Any]:
+    return {**dict.fromkeys(_SUMMED, 0), "problems": {}, "replicas": {}}
+
+
+async def _fsck_walk(ask: Ask, root: bytes) -> dict[str, Any]:
+    """Every page of ``admin.fsck`` on ``root``, summed: the report ``--json`` prints."""
+    summary = _empty_summary()
+    files: list[dict[str, Any]] = []
+    progress = _Walking()
+    cursor = None
+    settling = False
+    try:
+        while True:
+            fields: dict[str, Any] = {"path": root}
+            if cursor is not None:
+                fields["cursor"] = cursor
+            page = await ask("admin.fsck", **fields)
+            s = page["summary"]
+            for k in _SUMMED:
+                summary[k] += s[k]
+            _add_counts(summary["problems"], s["problems"])
+            _add_counts(summary["replicas"], s["replicas"])
+            settling = settling or page["settling"]
+            for f in page["files"]:
+                files.append({**f, "path": _join(root, f["path"])})
+            cursor = page["cursor"]
+            if cursor is None:
+                break
+            done = summary["files"] + summary["dirs"] + summary["others"]
+            progress.show(done, page["total"], f"{done} checked, {len(files)} at risk")
+    finally:
+        progress.end()
+    return {
+        "path": os.fsdecode(root),
+        "healthy": not files,
+        "settling": settling,
+        "files": files,
+        "summary": summary,
+    }
+
+
+def _chunk_line(c: dict[str, Any], goal: int) -> str:
+    p = c["problem"]
+    if p == "missing":
+        members = ", ".join(str(cs) for cs in c["replicas"]) or "none"
+        what = f"no live replica (chunkservers in its set: {members})"
+    elif p == "no_good_replica":
+        what = f"{_n(c['live'], 'live replica')}, each reported bad or maybe stale"
+    elif p == "under_goal":
+        what = f"{_n(c['good'], 'good replica')}, goal {goal}"
+    else:
+        what = f"a replica was reported bad; {c['good']} good, goal {goal}"
+    if "quarantined_on" in c:
+        what += f"; a copy in quarantine on chunkserver {c['quarantined_on']}"
+    return f"    chunk {c['chunk_id']} (index {c['index']}): {PROBLEM_TEXT[p]}: {what}"
+
+
+def render_fsck(report: dict[str, Any]) -> str:
+    lines = []
+    for f in report["files"]:
+        kinds = ", ".join(PROBLEM_TEXT[p] for p in f["problems"])
+        lines.append(f"{f['path']}: {kinds} ({_n(f['chunks_at_risk'], 'chunk')} at risk, "
+                     f"goal {f['goal']}, {human(f['size'])})")  # fmt: skip
+        for c in f["chunks"]:
+            lines.append(_chunk_line(c, f["goal"]))
+        if f["chunks_at_risk"] > len(f["chunks"]):
+            lines.append(f"    ... and {_n(f['chunks_at_risk'] - len(f['chunks']), 'more chunk')}")
+    s = report["summary"]
+    with_data = s["chunks"] - s["empty_chunks"]
+    lines.append(
+        f"{report['path']}: {_n(s['files'], 'file')}, {s['dirs']} directories, "
+        f"{s['others']} others; {_n(s['chunks'], 'chunk')} ({s['empty_chunks']} empty), "
+        f"{human(s['bytes'])}"
+    )
+    if with_data:
+        spread = ", ".join(f"{n} with {k}" for k, n in _by_number(s["replicas"]))
+        lines.append(f"  chunks by good live replicas: {spread}")
+    problems = ", ".join(f"{n} {PROBLEM_TEXT[p]}" for p, n in s["problems"].items() if n)
+    if problems:
+        lines.append(f"  chunks at risk: {problems}")
+    if s["over_goal"]:
+        lines.append(f"  {_n(s['over_goal'], 'chunk')} over goal (the leader trims them)")
+    if report["settling"]:
+        lines.append(
+            "  note: the leader took over recently and has not heard from every chunkserver "
+            "yet: it counts them alive until it does; check again in a little while"
+        )
+    at_risk = s["files_at_risk"]
+    lines.append("HEALTHY" if report["healthy"] else f"AT RISK: {_n(at_risk, 'file')}")
+    return "\n".join(lines)
+
+
+@click.command()
+@client_options
+@click.argument("path", default="/")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def fsck(
+    directory: Path, meta: str | None, secret_file: Path | None, path: str, as_json: bool
+) -> None:
+    """Name every file under PATH (default: all) with a chunk missing (no live replica),
+    under its goal, with only bad or stale replicas, or with a replica in quarantine.
+    Exit 0 healthy, 1 at risk, 3 could not check."""
+    root = _remote(path)
+    try:
+        report = admin_cli._session(directory, meta, secret_file,
+                                    lambda ask: _fsck_walk(ask, root))  # fmt: skip
+    except click.ClickException as e:
+        raise NotChecked(e.message) from None
+    if as_json:
+        admin_cli._echo_json(report)
+    else:
+        click.echo(render_fsck(report))
+    if not report["healthy"]:
+        raise click.exceptions.Exit(EXIT_AT_RISK)
+
+
+# ---------------------------------------------------------------------- goals
+
+
+async def _each(ask: Ask, paths: tuple[str, ...], one: Any) -> tuple[list[Any], bool]:
+    """``one(ask, path)`` for each path; an error is printed and the next path goes on.
+    Returns the answers and whether all went well."""
+    out: list[Any] = []
+    ok = True
+    for path in paths:
+        try:
+            out.append(await one(ask, _remote(path)))
+        except DfsError as e:
+            ok = False
+            click.echo(f"{path}: {e.code.name.lower().replace('_', ' ')}: {e.message}", err=True)
+    return out, ok
+
+
+@click.command()
+@client_options
+@click.argument("goal", type=click.IntRange(1, 16))
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@click.option("-r", "--recursive", is_flag=True, help="Also every file and directory below.")
+def setgoal(
+    directory: Path,
+    meta: str | None,
+    secret_file: Path | None,
+    goal: int,
+    paths: tuple[str, ...],
+    recursive: bool,
+) -> None:
+    """Set the replication goal (1..16) of each PATH; with -r, of everything below too.
+    New files take their directory's goal; the leader copies or trims replicas to match."""
+
+    async def one(ask: Ask, root: bytes) -> str:
+        changed = unchanged = 0
+        cursor = None
+        progress = _Walking()
+        try:
+            while True:
+                fields: dict[str, Any] = {"path": root, "goal": goal, "recursive": recursive}
+                if cursor is not None:
+                    fields["cursor"] = cursor
+                page = await ask("admin.set_goal", mutate=True, **fields)
+                changed += page["changed"]
+                unchanged += page["unchanged"]
+                cursor = page["cursor"]
+                if cursor is None:
+                    break
+                progress.show(0, None, f"{changed + unchanged} inodes, {changed} changed")
+        finally:
+            progress.end()
+        name = os.fsdecode(root)
+        if not recursive:
+            return f"{name}: {goal}"
+        return (f"{name}:\n inodes with goal changed:     {changed:>10d}\n"
+                f" inodes with goal not changed: {unchanged:>10d}")  # fmt: skip
+
+    async def work(ask: Ask) -> tuple[list[str], bool]:
+        return await _each(ask, paths, one)
+
+    lines, ok = admin_cli._session(directory, meta, secret_file, work)
+    for line in lines:
+        click.echo(line)
+    if not ok:
+        raise click.exceptions.Exit(1)
+
+
+async def _goals(ask: Ask, root: bytes, recursive: bool) -> dict[str, Any]:
+    name = os.fsdecode(root)
+    if not recursive:
+        answer = await ask("admin.goals", path=root)
+        return {"path": name, "goal": answer["goal"], "kind": answer["kind"]}
+    counts: dict[str, dict[str, int]] = {"files": {}, "dirs": {}, "others": {}}
+    cursor = None
+    progress = _Walking()
+    try:
+        while True:
+            fields: dict[str, Any] = {"path": root, "recursive": True}
+            if cursor is not None:
+                fields["cursor"] = cursor
+            page = await ask("admin.goals", **fields)
+            for kind, by_goal in counts.items():
+                _add_counts(by_goal, page[kind])
+            cursor = page["cursor"]
+            if cursor is None:
+                break
+            done = sum(sum(c.values()) for c in counts.values())
+            progress.show(done, page["total"], f"{done} inodes")
+    finally:
+        progress.end()
+    return {"path": name, **counts}
+
+
+def render_goals(g: dict[str, Any]) -> str:
+    if "goal" in g:
+        return f"{g['path']}: {g['goal']}"
+    lines = [f"{g['path']}:"]
+    for kind, label in (("files", "files"), ("dirs", "directories"), ("others", "others")):
+        for goal, n in _by_number(g[kind]):
+            lines.append(f" {label + ' with goal':24s}{goal:>3s} : {n:>10d}")
+    return "\n".join(lines)
+
+
+@click.command()
+@client_options
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@click.option("-r", "--recursive", is_flag=True,
+              help="Count the files and directories below by goal.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the answers as JSON.")
+def getgoal(
+    directory: Path,
+    meta: str | None,
+    secret_file: Path | None,
+    paths: tuple[str, ...],
+    recursive: bool,
+    as_json: bool,
+) -> None:
+    """Print the replication goal of each PATH; with -r, how many files, directories and
+    others below it (itself included) have each goal."""
+
+    async def work(ask: Ask) -> tuple[list[dict[str, Any]], bool]:
+        return await _each(ask, paths, lambda a, root: _goals(a, root, recursive))
+
+    answers, ok = admin_cli._session(directory, meta, secret_file, work)
+    if as_json:
+        admin_cli._echo_json(answers)
+    else:
+        for g in answers:
+            click.echo(render_goals(g))
+    if not ok:
+        raise click.exceptions.Exit(1)
+
+
+__all__ = ["fsck", "getgoal", "render_fsck", "render_goals", "setgoal"]

@@ -386,6 +386,7 @@ class Repair:
         replicas: Iterable[int],
         *,
         keep_unanswered: bool = True,
+        again: bool = False,
     ) -> list[int]:
         """Give every replica the chunk's new version (an empty ``chunk.write``: each cuts
         itself to ``length`` and takes the version); a failed push is confirmed with
@@ -393,8 +394,16 @@ class Repair:
         replicas that failed: they stay at the old version, never served. A live member
         that answered neither is not among them: it stays in the set, not vouched for,
         pushed again every step (``_push_unanswered``). ``keep_unanswered`` false (a
-        recovery's source, which must be known to hold the version): such a member failed."""
-        self.touch(chunk_id)
+        recovery's source, which must be known to hold the version): such a member failed.
+        ``again``: a version no member took, pushed again (``_push_again``): the chunk
+        counts as touched (from the push's start) only if some member may have taken it.
+        When every member refused it, none changed, and a touch every step would keep the
+        chunk out of the block reports' sight for good: a chunk whose every replica file
+        is gone was pushed forever and never found lost."""
+        replicas = tuple(replicas)
+        started = self.clock()
+        if not again:
+            self.touch(chunk_id)
         token, expiry_ms = self.link.token(chunk_id, version)
         failed: list[int] = []
         pushes = self.pushes
@@ -428,6 +437,8 @@ class Repair:
                 pushes.outcome(chunk_id, cs_id, version)
 
         await asyncio.gather(*(push(cs_id) for cs_id in replicas))
+        if again and len(failed) < len(replicas):
+            self.core.touch(chunk_id, started)
         return failed
 
     async def _has_version(self, cs_id: int, chunk_id: int, version: int) -> bool | None:
@@ -550,7 +561,7 @@ class Repair:
         for again in self.pushes.again_due(self.link.ns):
             chunk = again.chunk
             failed = await self.push_version(
-                chunk.chunk_id, again.version, again.length, chunk.replicas
+                chunk.chunk_id, again.version, again.length, chunk.replicas, again=True
             )
             if self.pushes.again_done(again, failed):
                 log.info("repair event=version_pushed_late chunk=%d version=%d",

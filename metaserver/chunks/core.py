@@ -230,7 +230,8 @@ class ChunkCore:
         self.bucket = rebalance.TokenBucket(0, now)
 
     def touch(self, chunk_id: int, now: float) -> None:
-        self.touched[chunk_id] = now
+        """Something changed the chunk at ``now`` (the latest touch counts)."""
+        self.touched[chunk_id] = max(now, self.touched.get(chunk_id, now))
 
     def quiet(self, chunk_id: int, now: float, since: float | None = None) -> bool:
         """Whether nothing touched the chunk in the ``quiet_s`` before ``since`` (a block

@@ -219,7 +219,12 @@ class Pushes:
         each is judged when the driver gets to it (after the pushes before it)."""
         for chunk_id, (version, length) in list(self.untaken.items()):
             chunk = ns.chunk_table.get(chunk_id)
-            if chunk is None or chunk.version != version or chunk.length != length:
+            if (
+                chunk is None
+                or chunk.version != version
+                or chunk.length != length
+                or not chunk.replicas  # every member was found lost: nobody to push to
+            ):
                 self.untaken.pop(chunk_id, None)
                 continue
             yield Again(chunk, version, length)

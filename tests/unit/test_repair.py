@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dfs.wire.errors import Stale, Timeout, Unavailable, error_from_wire
+from dfs.wire.errors import NotFound, Stale, Timeout, Unavailable, error_from_wire
 from metaserver.chunks.placement import Placer, Registry
 from metaserver.namespace import Namespace, encode_command
 from metaserver.namespace.state import ROOT_INO
@@ -820,3 +820,43 @@ def test_a_writer_gone_without_committing_has_its_chunk_recovered(clock: Clock) 
     assert link.ns.chunk(done)["version"] == version
     asyncio.run(go())
     assert link.ns.chunk(cid)["version"] == version + 1  # once
+
+
+def test_a_chunk_whose_every_replica_file_is_gone_is_found_lost_not_pushed_forever(
+    clock: Clock,
+) -> None:
+    """Every replica file of a chunk was removed while its chunkservers ran: each refuses
+    the version no member took (NotFound). Pushing it again every step must not keep the
+    chunk 'recently touched' for good: once quiet, the members' complete reports, which
+    lack it, find it lost on each, and the chunk ends with no member (missing, as fsck
+    says), instead of ~300 refused pushes a minute and members that hold nothing."""
+    link, repair = make(3, clock, quiet_s=10.0)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    version = link.ns.chunk(cid)["version"]
+    link.apply("version_bump", {"chunk_id": cid, "version": version, "length": 100})
+    real_call = link.cs_call
+
+    async def call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        if f.get("chunk_id") == cid and op in ("chunk.write", "chunk.info"):
+            link.calls.append((cs_id, op, f))
+            raise NotFound("no replica of this chunk here", chunk_id=cid)
+        return await real_call(cs_id, op, timeout_s, **f)
+
+    link.cs_call = call  # type: ignore[method-assign]
+    repair.pushes.unpushed(cid, version + 1, 100)
+
+    async def go() -> None:
+        for _ in range(3):  # each drop touches the chunk: the next reports judge the rest
+            for _ in range(15):  # a step a second
+                clock.now += 1.0
+                for cs_id in (1, 2, 3):
+                    link.beat(cs_id)
+                await repair._push_again()
+            for cs_id in (1, 2, 3):
+                await repair.report(cs_id, [], 0, True)
+            await settle(repair)
+
+    asyncio.run(go())
+    assert [c for c in link.calls if c[1] == "chunk.write"]  # it was pushed again
+    assert link.ns.chunk(cid)["replicas"] == []
+    assert not repair.pushes.is_unpushed(cid) or not list(repair.pushes.again_due(link.ns))

@@ -193,11 +193,17 @@ def test_a_file_whose_chunk_files_are_all_removed_is_named_with_exit_1(cluster: 
     local.start_daemons(layout, only=names)
 
     def named() -> dict[str, Any] | None:
-        # On the way, the file is under goal: a block report drops lost replicas from the
-        # sets; the members left do not take the version of the leader's copy's fence
-        # (they have no replica), so no replica holds the chunk's version any more.
+        # On the way, the file is under goal: block reports drop lost replicas from the
+        # sets (a chunk's at a time: each drop makes it recently changed for the next
+        # report), and the members left do not take the version of the leader's copy's
+        # fence (they have no replica), until no member is left: missing. Until both
+        # chunks got there, one may still look whole.
         code, report = fsck(cluster, "/")
-        lost = [f for f in report["files"] if f["problems"][0] in ("missing", "no_good_replica")]
+        lost = [
+            f
+            for f in report["files"]
+            if f["problems"][0] in ("missing", "no_good_replica") and f["chunks_at_risk"] == 2
+        ]
         return report if code == 1 and lost else None
 
     report = eventually(named, "fsck to name the file")

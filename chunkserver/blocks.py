@@ -16,7 +16,8 @@ import os
 import struct
 from collections.abc import Callable
 
-from chunkserver.rawio import pread_into, pwrite_all
+from chunkserver.rawio import pwrite_all
+from dfs.rawio import pread_into
 from dfs.wire.replicafile import (
     BLOCK_BYTES,
     DATA_OFFSET,

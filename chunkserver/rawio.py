@@ -1,11 +1,13 @@
 """The system calls the chunk store makes on a replica file's descriptor, whole.
 
-What it owns: reading and writing a range completely (``pread_into``, ``pwrite_all``:
-the kernel may do less than asked), reading past the page cache (``pread_direct``, for a
-descriptor opened with ``O_DIRECT``), dropping a range's clean pages from the page cache,
-starting a range's writeback without waiting (``sync_file_range``, which Python's
-``os`` lacks), and writing a range back then dropping its pages (``write_back_and_drop``). What it must not do: know the replica format or decide what an error means
-(``store.py`` maps errors onto ``dfs.wire.errors``).
+What it owns: writing a range completely (``pwrite_all``: the kernel may do less than
+asked; reading one whole is ``dfs/rawio.py``'s ``pread_into``, shared with the client's
+short-circuit reads), reading past the page cache (``pread_direct``, for a descriptor
+opened with ``O_DIRECT``), dropping a range's clean pages from the page cache, starting a
+range's writeback without waiting (``sync_file_range``, which Python's ``os`` lacks), and
+writing a range back then dropping its pages (``write_back_and_drop``). What it must not
+do: know the replica format or decide what an error means (``store.py`` maps errors onto
+``dfs.wire.errors``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import ctypes
 import mmap
 import os
 from collections.abc import Callable, Iterable
+
+from dfs.rawio import pread_into
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -64,19 +68,6 @@ def drop_cached(fd: int, ranges: Iterable[tuple[int, int]]) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
-def pread_into(fd: int, buf: memoryview, pos: int, flags: int = 0) -> int:
-    """Fill ``buf`` from ``pos``; returns the bytes read (fewer only at end of file).
-    With ``os.RWF_NOWAIT`` in ``flags``, ``BlockingIOError`` when a byte is not in the page
-    cache."""
-    got = 0
-    while got < len(buf):
-        n = os.preadv(fd, [buf[got:]], pos + got, flags)
-        if n == 0:
-            break
-        got += n
-    return got
-
-
 # O_DIRECT's alignment of offsets, lengths and buffers: the page, a multiple of every
 # logical block size Linux file systems use.
 DIRECT_ALIGN_BYTES = 4096
@@ -111,7 +102,6 @@ __all__ = [
     "DIRECT_ALIGN_BYTES",
     "drop_cached",
     "pread_direct",
-    "pread_into",
     "pwrite_all",
     "start_writeback",
     "write_back_and_drop",

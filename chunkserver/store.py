@@ -92,12 +92,12 @@ from chunkserver.fdcache import FDS_MAX, FdCache, OpenFile
 from chunkserver.rawio import (
     drop_cached,
     pread_direct,
-    pread_into,
     pwrite_all,
     start_writeback,
     write_back_and_drop,
 )
 from chunkserver.replicas import DIR_MODE, FILE_MODE, BadReplica, Replica, check_ids
+from dfs.rawio import pread_into
 from dfs.wire.errors import (
     Corrupt,
     DfsError,

@@ -56,6 +56,7 @@ from typing import Any
 
 import anyio
 
+from dfs.rawio import pread_into
 from dfs.wire.replicafile import (
     BLOCK_BYTES,
     DATA_OFFSET,
@@ -130,17 +131,6 @@ async def is_local_address(address: str) -> bool:
     return False
 
 
-def _pread_into(fd: int, buf: memoryview, pos: int, flags: int) -> int:
-    """Fill ``buf`` from ``pos``; fewer bytes only at the end of the file."""
-    got = 0
-    while got < len(buf):
-        n = os.preadv(fd, [buf[got:]], pos + got, flags)
-        if n == 0:
-            break
-        got += n
-    return got
-
-
 def read_file(
     data_dir: str, chunk_id: int, version: int, offset: int, size: int, *, nowait: bool
 ) -> bytes | bytearray | None:
@@ -158,7 +148,7 @@ def read_file(
     flags = os.RWF_NOWAIT if nowait else 0
     try:
         head = bytearray(HEADER_BYTES)
-        if _pread_into(fd, memoryview(head), 0, flags) < HEADER_BYTES:
+        if pread_into(fd, memoryview(head), 0, flags) < HEADER_BYTES:
             return None
         try:
             info = decode_header(bytes(head))
@@ -175,16 +165,16 @@ def read_file(
         data = bytearray(stop - start)
         sums = bytearray(SUM_BYTES * (last - first + 1))
         view = memoryview(data)
-        if _pread_into(fd, view, DATA_OFFSET + start, flags) < len(data):
+        if pread_into(fd, view, DATA_OFFSET + start, flags) < len(data):
             return None
-        if _pread_into(fd, memoryview(sums), TABLE_OFFSET + SUM_BYTES * first, flags) < len(sums):
+        if pread_into(fd, memoryview(sums), TABLE_OFFSET + SUM_BYTES * first, flags) < len(sums):
             return None
         for i in range(last - first + 1):
             block = view[i * BLOCK_BYTES : (i + 1) * BLOCK_BYTES]
             if block_sum(block) != SUM.unpack_from(sums, i * SUM_BYTES)[0]:
                 return None
         again = bytearray(HEADER_BYTES)
-        if _pread_into(fd, memoryview(again), 0, flags) < HEADER_BYTES or again != head:
+        if pread_into(fd, memoryview(again), 0, flags) < HEADER_BYTES or again != head:
             return None
     except OSError as e:
         if isinstance(e, BlockingIOError) or e.errno == errno.EAGAIN:

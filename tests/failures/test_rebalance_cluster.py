@@ -34,6 +34,8 @@ MIB = 1 << 20
 CAPACITY = 48 * MIB
 GOAL = 3
 FILES = 28  # of one chunk each: ~60 % of three chunkservers' capacity at goal 3
+# Files of 64 KiB the writer keeps during the rebalance: ~5 % of five chunkservers' space.
+WRITER_FILES_MAX = 64
 
 
 def dfs_cli(
@@ -146,13 +148,20 @@ def test_rebalance_onto_new_chunkservers_under_load_and_leader_kill(
             errors.append(e)
 
     def write_loop() -> None:
+        # A bounded working set: the oldest file goes once WRITER_FILES_MAX are there, so
+        # a fast writer never fills the small chunkservers however long the run takes
+        # (removals under way are load on the rebalance too).
         try:
             i = 0
             while not stop.is_set():
                 data = os.urandom(64 << 10)
-                path = mnt / f"w{i:04d}"
+                path = mnt / f"w{i:05d}"
                 path.write_bytes(data)
                 added[path] = hashlib.sha256(data).hexdigest()
+                if i >= WRITER_FILES_MAX:
+                    old = mnt / f"w{i - WRITER_FILES_MAX:05d}"
+                    old.unlink()
+                    del added[old]
                 i += 1
         except BaseException as e:
             errors.append(e)

@@ -80,7 +80,6 @@ import errno
 import functools
 import logging
 import os
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -120,10 +119,10 @@ from dfs.wire.replicafile import (
     TABLE_OFFSET,
     BadHeader,
     ReplicaInfo,
-    block_sum,
     chunk_relpath,
     decode_header,
     encode_header,
+    first_bad_block,
     footprint_bytes,
 )
 
@@ -709,20 +708,11 @@ class ChunkStore(IncomingCopies):
             if not self._harmless(e, "open"):
                 self._mark_bad(replica, "disk_error", f"read: {e}")
             raise self._disk_error(e, chunk_id, "read") from e
-        try:
-            if len(raw) != SUM_BYTES * (last - first + 1):
-                raise self._corrupt(chunk_id, first, "checksum table cut short")
-            sums = struct.unpack(f">{last - first + 1}Q", raw)
-            for i, expected in enumerate(sums):
-                lo = i * BLOCK_BYTES
-                hi = min(lo + BLOCK_BYTES, len(buf))
-                if got < hi:
-                    raise self._corrupt(chunk_id, first + i, "block cut short")
-                if block_sum(buf[lo:hi]) != expected:
-                    raise self._corrupt(chunk_id, first + i, "checksum mismatch")
-        except Corrupt as e:
-            self._mark_bad(replica, "checksum", str(e))
-            raise
+        bad = first_bad_block(buf, got, raw)
+        if bad is not None:
+            corrupt = self._corrupt(chunk_id, first + bad[0], bad[1])
+            self._mark_bad(replica, "checksum", str(corrupt))
+            raise corrupt
         return buf[offset - start : end - start]
 
     def _read_disk(

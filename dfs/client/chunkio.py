@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 import anyio
 import sniffio
 
-from dfs.client.localread import LOCAL_NONE, LocalReads
+from dfs.client.localread import LocalReads
 from dfs.client.pool import ConnectionPool
 from dfs.client.records import ChunkLocation, Replica, WriteHandle
 from dfs.wire.errors import (
@@ -275,11 +275,14 @@ class ChunkIo:
         assert local is not None
         started = self._now()
         for replica in location.replicas:
-            data = await local.read(
-                replica.address, location.chunk_id, location.version, offset, size
-            )
-            if data is LOCAL_NONE:
+            data_dir = local.data_dir(replica.address)
+            if data_dir is None:
                 continue  # not on this machine
+            try:
+                data = await local.read(data_dir, location.chunk_id, location.version, offset, size)
+            except PermissionError:
+                local.forget(replica.address)  # its files are not ours to read
+                continue
             if data is not None and len(data) >= expect:
                 self._pool.stats.record("local.read", self._now() - started)
                 return data, None  # type: ignore[return-value]  # bytes-like, as a payload

@@ -61,13 +61,12 @@ from dfs.wire.replicafile import (
     BLOCK_BYTES,
     DATA_OFFSET,
     HEADER_BYTES,
-    SUM,
     SUM_BYTES,
     TABLE_OFFSET,
     BadHeader,
-    block_sum,
     chunk_relpath,
     decode_header,
+    first_bad_block,
 )
 
 # How long a chunkserver's data directory is trusted before ``cs.status`` is asked again.
@@ -76,14 +75,6 @@ LOCAL_CHECK_S = 5.0
 INLINE_READ_BYTES_MAX = 256 * 1024
 # Worker threads reading replica files at once (a read-ahead window's blocks overlap).
 THREADS_MAX = 4
-
-
-class _NotLocal(bytes):
-    """The type of ``LOCAL_NONE``."""
-
-
-# ``LocalReads.read``'s answer for a chunkserver whose replicas are not readable here.
-LOCAL_NONE = _NotLocal()
 
 
 @dataclass(slots=True)
@@ -163,16 +154,12 @@ def read_file(
         start = first * BLOCK_BYTES
         stop = min((last + 1) * BLOCK_BYTES, info.length)
         data = bytearray(stop - start)
-        sums = bytearray(SUM_BYTES * (last - first + 1))
+        sums = memoryview(bytearray(SUM_BYTES * (last - first + 1)))
         view = memoryview(data)
-        if pread_into(fd, view, DATA_OFFSET + start, flags) < len(data):
+        got = pread_into(fd, view, DATA_OFFSET + start, flags)
+        sums_got = pread_into(fd, sums, TABLE_OFFSET + SUM_BYTES * first, flags)
+        if first_bad_block(view, got, sums[:sums_got]) is not None:
             return None
-        if pread_into(fd, memoryview(sums), TABLE_OFFSET + SUM_BYTES * first, flags) < len(sums):
-            return None
-        for i in range(last - first + 1):
-            block = view[i * BLOCK_BYTES : (i + 1) * BLOCK_BYTES]
-            if block_sum(block) != SUM.unpack_from(sums, i * SUM_BYTES)[0]:
-                return None
         again = bytearray(HEADER_BYTES)
         if pread_into(fd, memoryview(again), 0, flags) < HEADER_BYTES or again != head:
             return None
@@ -248,39 +235,28 @@ class LocalReads:
         self._dirs[address] = _Dir(None, self._clock())
 
     async def read(
-        self, address: str, chunk_id: int, version: int, offset: int, size: int
+        self, data_dir: str, chunk_id: int, version: int, offset: int, size: int
     ) -> bytes | bytearray | None:
-        """The range from the replica's file on this machine; ``LOCAL_NONE`` when that
-        chunkserver's replicas are not readable here; None when this one is not as it
-        should be (read it through its chunkserver)."""
-        path = self.data_dir(address)
-        if path is None:
-            return LOCAL_NONE
-        try:
-            data: bytes | bytearray | None = None
-            blocked = size > INLINE_READ_BYTES_MAX
-            if not blocked:
-                try:
-                    data = read_file(path, chunk_id, version, offset, size, nowait=True)
-                except BlockingIOError:
-                    blocked = True
-            if blocked:
-                if self._limiter is None:
-                    self._limiter = anyio.CapacityLimiter(THREADS_MAX)
-                data = await anyio.to_thread.run_sync(
-                    lambda: read_file(path, chunk_id, version, offset, size, nowait=False),
-                    limiter=self._limiter,
-                )
-        except PermissionError:
-            self.forget(address)
-            return LOCAL_NONE
-        return data
+        """The range from the replica's file in ``data_dir`` (``data_dir(address)``), or
+        None when it is not as it should be (read it through its chunkserver).
+        ``PermissionError`` when the files' modes keep this process out (``forget`` that
+        chunkserver)."""
+        if size <= INLINE_READ_BYTES_MAX:
+            try:
+                return read_file(data_dir, chunk_id, version, offset, size, nowait=True)
+            except BlockingIOError:
+                pass
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(THREADS_MAX)
+        return await anyio.to_thread.run_sync(
+            lambda: read_file(data_dir, chunk_id, version, offset, size, nowait=False),
+            limiter=self._limiter,
+        )
 
 
 __all__ = [
     "INLINE_READ_BYTES_MAX",
     "LOCAL_CHECK_S",
-    "LOCAL_NONE",
     "LocalReads",
     "data_dir_is_live",
     "is_local_address",

@@ -140,6 +140,26 @@ def decode_header(raw: bytes) -> ReplicaInfo:
     return ReplicaInfo(chunk_id, version, length)
 
 
+def first_bad_block(
+    data: memoryview, got: int, sums: bytes | bytearray | memoryview
+) -> tuple[int, str] | None:
+    """The first block of ``data`` (read from a block boundary; ``got`` of its bytes came)
+    that does not match its checksum, ``sums`` being the table's entries for those blocks
+    in order: (its index in ``data``, why); None when every block matches. The one rule of
+    a verified read, for the chunk store and the client's short-circuit reads."""
+    count = -(-len(data) // BLOCK_BYTES)
+    if len(sums) != SUM_BYTES * count:
+        return 0, "checksum table cut short"
+    for i, (expected,) in enumerate(SUM.iter_unpack(sums)):
+        lo = i * BLOCK_BYTES
+        hi = min(lo + BLOCK_BYTES, len(data))
+        if got < hi:
+            return i, "block cut short"
+        if block_sum(data[lo:hi]) != expected:
+            return i, "checksum mismatch"
+    return None
+
+
 def footprint_bytes(length: int) -> int:
     """What a replica of ``length`` valid bytes occupies: the pages of header and checksum
     table in use, and the data pages. The table's unused tail is a hole in the file."""
@@ -181,5 +201,6 @@ __all__ = [
     "chunk_relpath",
     "decode_header",
     "encode_header",
+    "first_bad_block",
     "footprint_bytes",
 ]

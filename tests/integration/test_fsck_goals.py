@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import pytest
 from dfs.cli import cluster as local
 from dfs.client import FsClient
 from dfs.secret import load_secret
+from dfs.testing.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -50,14 +50,9 @@ def dfs_cli(*args: str, code: int | None = 0) -> subprocess.CompletedProcess[str
     return proc
 
 
-def eventually(check: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)  # polling the cluster's own report, with a deadline
+def eventually(check: Callable[[], Any], what: str) -> Any:
+    """``dfs.testing.poll.wait_for`` with this module's deadline."""
+    return wait_for(check, DEADLINE_S, what, interval_s=0.2)
 
 
 @pytest.fixture(scope="module")

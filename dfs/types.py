@@ -24,3 +24,16 @@ HOLDS_PER_REQUEST_MAX = 65536
 # Sub-ops of one fs.batch (a client's removals under directory leases, one Raft entry):
 # 1,024 names of at most 255 bytes keep one entry under ~300 KiB.
 BATCH_OPS_MAX = 1024
+
+# A symlink target, as Linux PATH_MAX (4096 including the terminating NUL).
+SYMLINK_TARGET_BYTES_MAX = 4095
+
+# What the namespace gives a new inode, which a client answering a create under its
+# directory lease (dfs/client/dirleases.py) must predict exactly: the permission bits a
+# mode may carry (rwx for all, setuid, setgid, sticky); the bits mkdir(2) keeps from the
+# caller (setgid comes only from the parent); a directory's size and block count (as
+# ext4's one-block directory).
+PERMISSION_BITS = 0o7777
+MKDIR_BITS = 0o1777
+DIR_SIZE_BYTES = 4096
+DIR_BLOCKS = 8

@@ -200,6 +200,19 @@ class LeaseDesk:
             "batch_ops": self._batchable,
         }
 
+    def granted_new(self, ino: int, holder: int, conn: Any) -> None:
+        """Directory ``ino`` was just made by ``holder``'s batch, under its lease on the
+        parent: the maker holds the new directory's lease from here, as it assumed from
+        its mkdir on (dfs/client/dirleases.py, ``queue_mkdir``). Called right after the
+        batch applied, with no await in between, so no other client's request can have
+        read the new directory without this lease (to name it at all, another client
+        had to look into the parent, which recalled the parent's lease and waited for
+        this batch first). The maker's own clock started earlier, so its view of the
+        lease ends before this one."""
+        if ino not in self._ns.inodes or self._ns.inodes[ino].dir is None:
+            return  # removed again later in the same batch
+        self.leases.grant(ino, holder, conn, time.monotonic())
+
     def lease_release(self, h: dict[str, Any]) -> dict[str, Any]:
         holder = uint_field(h, "holder", 0)
         inos = field(h, "inos", list)

@@ -78,14 +78,14 @@ Handler = Callable[[dict[str, Any], float], Awaitable[dict[str, Any]]]
 _B, _I, _BOOL = bytes, int, bool
 MUTATIONS: dict[str, tuple[str, tuple[tuple[str, type, bool], ...]]] = {
     "fs.mkdir": ("mkdir", (("parent", _I, True), ("name", _B, True), ("mode", _I, True),
-                           ("uid", _I, True), ("gid", _I, True))),
+                           ("uid", _I, True), ("gid", _I, True), ("ino", _I, False))),
     "fs.create": ("create", (("parent", _I, True), ("name", _B, True), ("mode", _I, True),
                              ("uid", _I, True), ("gid", _I, True), ("exclusive", _BOOL, False),
                              ("ino", _I, False))),
     "fs.mknod": ("mknod", (("parent", _I, True), ("name", _B, True), ("mode", _I, True),
                            ("rdev", _I, False), ("uid", _I, True), ("gid", _I, True))),
     "fs.symlink": ("symlink", (("parent", _I, True), ("name", _B, True), ("target", _B, True),
-                               ("uid", _I, True), ("gid", _I, True))),
+                               ("uid", _I, True), ("gid", _I, True), ("ino", _I, False))),
     "fs.link": ("link", (("ino", _I, True), ("parent", _I, True), ("name", _B, True))),
     "fs.unlink": ("unlink", (("parent", _I, True), ("name", _B, True), ("keep", _BOOL, False),
                              ("ino", _I, False))),
@@ -160,7 +160,6 @@ class MetaServer:
             "fs.open": self._open,
             "fs.release": self._release,
             "fs.keepalive": self._keepalive,
-            "fs.batch": self._batch,
             "fs.reserve": self._reserve,
             "cs.report": self._cs_report,
             "cs.bad_chunks": self._cs_bad_chunks,
@@ -236,6 +235,8 @@ class MetaServer:
             return await self.desk.dir_lease(conn, header, timeout_s), b""
         if op == "fs.lease_release":
             return self.desk.lease_release(header), b""
+        if op == "fs.batch":
+            return await self._batch(conn, header, timeout_s), b""
         if op == "fs.create" and header.get("first_chunk") is True:
             return await self._create_with_chunk(header, timeout_s), b""
         mutation = MUTATIONS.get(op)
@@ -367,10 +368,14 @@ class MetaServer:
         return {"keepalive_ms": self._keepalive_ms,
                 "metaservers": self.membership.voter_addresses()}  # fmt: skip
 
-    async def _batch(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """``fs.batch``: removals a client answered under its directory leases and commits
-        of files it created under them, checked as each would be alone, then one command
-        (``metaserver/namespace/batch.py``)."""
+    async def _batch(
+        self, conn: rpc.Connection, h: dict[str, Any], timeout_s: float
+    ) -> dict[str, Any]:
+        """``fs.batch``: what a client answered under its directory leases (removals,
+        creates, mkdirs, symlinks, attribute changes of the directory, commits of files it
+        created there), checked as each would be alone, then one command
+        (``metaserver/namespace/batch.py``). A directory made in the batch comes with its
+        maker's lease on it (``LeaseDesk.granted_new``)."""
         ops = field(h, "ops", list)
         holder = uint_field(h, "holder", 0)
         if not 1 <= len(ops) <= BATCH_OPS_MAX:
@@ -394,9 +399,9 @@ class MetaServer:
             for name, tp, required in spec:
                 if required or name in fields:
                     args[name] = field(fields, name, tp)
-            if ns_op == "create":
-                # A create answered under a lease: its inode number and first chunk come
-                # from the sender's pool (namespace/pools.py).
+            if ns_op == "create" or ("ino" in args and ns_op in ("mkdir", "symlink")):
+                # Answered under a lease: its inode number (and a file's first chunk)
+                # come from the sender's pool (namespace/pools.py).
                 args["pool"] = holder
             subs.append([ns_op, args])
             holds.append(held)
@@ -411,6 +416,8 @@ class MetaServer:
                     self.repair.writing(int(chunk["chunk_id"]))
                 if held:  # open at the sender when it sent the batch: held from now on
                     self.holds.hold(holder, [int(answer["attr"]["ino"])], time.monotonic())
+            elif ns_op == "mkdir" and answer.get("ok") and holder:
+                self.desk.granted_new(int(answer["attr"]["ino"]), holder, conn)
         return {"results": results}
 
     async def _reserve(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:

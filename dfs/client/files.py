@@ -87,6 +87,7 @@ import anyio
 from dfs.client.chunkio import gather
 from dfs.client.fileio import FileIo
 from dfs.client.records import Attr, WriteHandle
+from dfs.types import PERMISSION_BITS
 from dfs.wire.errors import (
     Busy,
     Corrupt,
@@ -106,8 +107,6 @@ log = logging.getLogger(__name__)
 # A write handle this close to its expiry is renewed before use: a chunk.write must reach
 # the end of the chain before the token expires.
 HANDLE_MARGIN_MS = 5_000
-# The bits of a mode that ``set_attrs`` changes (never the file type).
-PERMISSION_BITS = 0o7777
 # Backoff between attempts of an upload after a replica failed.
 BACKOFF_MIN_S = 0.02
 BACKOFF_MAX_S = 1.0

@@ -37,7 +37,7 @@ from typing import Any
 
 import msgpack
 
-from dfs.types import FRAME_HEADER_BYTES_MAX
+from dfs.types import FRAME_HEADER_BYTES_MAX, SYMLINK_TARGET_BYTES_MAX
 from dfs.wire.errors import Invalid, NameTooLong, ProtocolError, TooBig
 
 COMMAND_VERSION = 1
@@ -45,8 +45,6 @@ COMMAND_VERSION = 1
 # --- limits ---------------------------------------------------------------------------
 # A directory entry name, as Linux NAME_MAX.
 NAME_BYTES_MAX = 255
-# A symlink target, as Linux PATH_MAX (4096 including the terminating NUL).
-SYMLINK_TARGET_BYTES_MAX = 4095
 # Extended attributes, as Linux XATTR_NAME_MAX / XATTR_SIZE_MAX.
 XATTR_NAME_BYTES_MAX = 255
 XATTR_VALUE_BYTES_MAX = 64 * 1024
@@ -73,7 +71,7 @@ COMMIT_CHUNKS_MAX = 1 << 16
 # The ops a batch may hold (their namespace names): removals, the creates and commits of
 # files created under a directory lease, and changes of a leased directory's attributes
 # (docs/ARCHITECTURE.md, "Directory leases").
-BATCH_OPS = frozenset({"unlink", "rmdir", "create", "commit", "setattr"})
+BATCH_OPS = frozenset({"unlink", "rmdir", "create", "mkdir", "symlink", "commit", "setattr"})
 # Queries (docs/PROTOCOL.md: fs.readdir limit 1..4096, fs.locate count 1..1024).
 READDIR_LIMIT_MAX = 4096
 CHUNKS_QUERY_MAX = 1024

@@ -25,6 +25,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
+from dfs.types import MKDIR_BITS, PERMISSION_BITS
 from dfs.wire.errors import (
     Exists,
     Invalid,
@@ -73,10 +74,6 @@ from metaserver.namespace.state import ROOT_INO, Chunk, DirData, Inode, State, a
 Result = dict[str, Any]
 Handler = Callable[[State, int, dict[str, Any]], Result]
 
-# Permission bits a mode may change: rwx for all, setuid, setgid, sticky.
-PERMISSION_BITS = 0o7777
-# mkdir(2) keeps rwx and sticky from the caller; setgid comes only from the parent.
-MKDIR_BITS = 0o1777
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 XATTR_CREATE = 1
@@ -116,20 +113,41 @@ def _regular(st: State, ino: int) -> Inode:
 
 # --- creating names -------------------------------------------------------------------
 
-_MKDIR = frozenset({"parent", "name", "mode", "uid", "gid"})
+_MKDIR = frozenset({"parent", "name", "mode", "uid", "gid", "ino", "pool"})
+
+
+def _reserved(a: dict[str, Any]) -> tuple[int, int] | None:
+    """The ``(ino, holder)`` of an op a client answered under its directory lease (an
+    inode number from its pool: pools.py), or None for an ordinary one."""
+    reserved_ino = arg_ino(a, "ino") if "ino" in a else None
+    holder = arg_int(a, "pool", 1, INT63_MAX) if "pool" in a else None
+    if (reserved_ino is None) != (holder is None):
+        raise Invalid("a reserved inode number comes with its pool")
+    if reserved_ino is None or holder is None:
+        return None
+    return reserved_ino, holder
 
 
 def mkdir(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """mkdir(2). With ``ino`` and ``pool``: a mkdir answered under the parent's lease
+    takes that reserved inode number (its reserved first chunk is simply not used)."""
     check_fields(a, _MKDIR)
     parent_ino = arg_ino(a, "parent")
     name = arg_name(a, "name")
     mode = arg_int(a, "mode", 0, MODE_MAX)
     uid, gid = _uid_gid(a)
+    reserved = _reserved(a)
     if stat.S_IFMT(mode) not in (0, stat.S_IFDIR):
         raise Invalid("mkdir mode names another file type", mode=mode)
     parent, d = st.directory(parent_ino)
     _check_room(d, name)
-    inode = st.new_inode(parent, stat.S_IFDIR | (mode & MKDIR_BITS), uid, gid, 0, now_ns)
+    if reserved is not None:
+        pools.check_take(st, reserved[1], reserved[0], now_ns)
+    # --- checked: change the state ---
+    if reserved is not None:
+        pools.take(st, reserved[1], reserved[0])
+    mode = stat.S_IFDIR | (mode & MKDIR_BITS)
+    inode = st.new_inode(parent, mode, uid, gid, 0, now_ns, reserved and reserved[0])
     d.insert(name, inode.ino)
     parent.nlink += 1  # the new directory's ".."
     _touch_dir(parent, now_ns)
@@ -157,10 +175,8 @@ def create(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     uid, gid = _uid_gid(a)
     exclusive = arg_bool(a, "exclusive", False)
     replicas = arg_int_list(a, "replicas", REPLICAS_MAX) if "replicas" in a else []
-    reserved_ino = arg_ino(a, "ino") if "ino" in a else None
-    holder = arg_int(a, "pool", 1, INT63_MAX) if "pool" in a else None
-    if (reserved_ino is None) != (holder is None):
-        raise Invalid("a reserved inode number comes with its pool")
+    reserved = _reserved(a)
+    reserved_ino, holder = reserved if reserved is not None else (None, None)
     if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
         raise Invalid("create mode names another file type", mode=mode)
     _check_replicas(st, replicas)
@@ -225,18 +241,27 @@ def mknod(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return {"ok": True, "attr": attr(inode), "parent_attr": attr(parent)}
 
 
-_SYMLINK = frozenset({"parent", "name", "target", "uid", "gid"})
+_SYMLINK = frozenset({"parent", "name", "target", "uid", "gid", "ino", "pool"})
 
 
 def symlink(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """symlink(2); ``ino`` and ``pool`` as ``mkdir``'s."""
     check_fields(a, _SYMLINK)
     parent_ino = arg_ino(a, "parent")
     name = arg_name(a, "name")
     target = arg_symlink_target(a, "target")
     uid, gid = _uid_gid(a)
+    reserved = _reserved(a)
     parent, d = st.directory(parent_ino)
     _check_room(d, name)
-    inode = st.new_inode(parent, stat.S_IFLNK | 0o777, uid, gid, 0, now_ns)
+    if reserved is not None:
+        pools.check_take(st, reserved[1], reserved[0], now_ns)
+    # --- checked: change the state ---
+    if reserved is not None:
+        pools.take(st, reserved[1], reserved[0])
+    inode = st.new_inode(
+        parent, stat.S_IFLNK | 0o777, uid, gid, 0, now_ns, reserved and reserved[0]
+    )
     inode.target = target
     inode.size = len(target)
     d.insert(name, inode.ino)

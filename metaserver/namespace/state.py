@@ -55,6 +55,7 @@ from typing import Any
 
 import msgpack
 
+from dfs.types import DIR_BLOCKS, DIR_SIZE_BYTES
 from dfs.wire.errors import NotDir, NotFound
 from metaserver.namespace.cluster import ClusterState
 from metaserver.namespace.commands import (
@@ -67,9 +68,6 @@ from metaserver.raft.sessions import SessionTable
 SNAPSHOT_VERSION = 4
 SNAPSHOT_VERSIONS_READ = (1, 2, 3, 4)
 ROOT_INO = 1
-# Directories report a size and block count like ext4's one-block directory.
-DIR_SIZE_BYTES = 4096
-DIR_BLOCKS = 8
 # Tombstones in a directory's cookie index are compacted once they are this many and
 # outnumber the live entries (amortized O(1) per removal).
 _DEAD_COMPACT_MIN = 64

@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("dfs", "metaserver", "chunkserver")
 IMPURE = {"asyncio", "socket", "time", "os", "threading", "random", "subprocess", "selectors"}
-IMPURE |= {"multiprocessing", "trio", "anyio", "aiofiles", "shutil", "signal", "errno"}
+IMPURE |= {"multiprocessing", "trio", "anyio", "shutil", "signal", "errno"}
 
 
 def module_name(path: Path) -> str:

@@ -18,6 +18,8 @@ Config file (TOML, version 1)::
     drop_behind = true                  # optional; a big write's pages leave the page
                                         # cache once on the disk (store.py, DROP-BEHIND)
     disk_jobs = 4                       # optional; disk operations running at once, 1 .. 64
+    metrics_port = 9102                 # optional; Prometheus metrics on the listen host
+                                        # (0: any free port; absent: off)
     replicate_bytes_per_s = 67108864    # optional; chunk.replicate copy rate, all copies
                                         # together (default 64 MiB/s; 0: no limit)
     replicate_jobs = 2                  # optional; copies at once, 1 .. 64 (more wait)
@@ -77,6 +79,7 @@ hook, and every ``heartbeat_ms`` while some are unacknowledged.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import time
@@ -118,7 +121,7 @@ _CONFIG_KEYS = {
     "listen", "data_dir", "secret_file", "metaservers", "address", "capacity_bytes",
     "heartbeat_ms", "fsync", "disk_jobs", "replicate_bytes_per_s", "replicate_jobs",
     "report_interval_ms", "report_chunks_per_call", "scrub_bytes_per_s", "scrub_interval_ms",
-    "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack", "drop_behind",
+    "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack", "drop_behind", "metrics_port",
 }  # fmt: skip
 LABEL_CHARS_MAX = 255
 # How long a start tries for its data directory's lock, and the pause between attempts.
@@ -152,6 +155,7 @@ class ServerConfig:
     inject_eio_chunk_ids: tuple[int, ...] = ()
     host: str | None = None  # None: the host of the advertised address
     rack: str = ""
+    metrics_port: int | None = None  # Prometheus on the listen host (dfs/metrics.py); None: off
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -228,7 +232,12 @@ def load_config(path: Path) -> ServerConfig:
         inject_eio_chunk_ids=tuple(get("inject_eio_chunk_ids", list, [])),
         host=host,
         rack=get("rack", str, ""),
+        metrics_port=get("metrics_port", int, -1),
     )
+    if config.metrics_port == -1:
+        config = dataclasses.replace(config, metrics_port=None)
+    elif config.metrics_port is not None and not 0 <= config.metrics_port < 65536:
+        raise ValueError(f"{path}: metrics_port must be a port (0: any free one)")
     if len(config.rack) > LABEL_CHARS_MAX:
         raise ValueError(f"{path}: rack must be at most {LABEL_CHARS_MAX} characters")
     if config.capacity_bytes < 0:

@@ -38,10 +38,12 @@ from chunkserver.config import (
     write_small_file,
 )
 from chunkserver.disk import INLINE_WRITE_BYTES_MAX, AsyncChunkStore, ChunkLock
+from chunkserver.metrics import readings as chunkserver_readings
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.repair import Scrubber, Throttle, copy_in
 from chunkserver.store import READ_BYTES_MAX
 from dfs import daemon, rpc
+from dfs.metrics import Reading, ServerMetrics
 from dfs.wire.errors import (
     AuthError,
     Busy,
@@ -238,6 +240,8 @@ class ChunkServer:
             "chunk.replicate": self._chunk_replicate,
             "cs.status": self._cs_status,
         }
+        self.metrics: ServerMetrics | None = None
+        self.metrics_port: int | None = None
 
     # ------------------------------------------------------------------ logs
 
@@ -272,14 +276,25 @@ class ChunkServer:
                 loop.call_soon_threadsafe(self._bad_wake.set)
 
         self.store.store.on_bad = on_bad
+        handler, inline = self.handle, self.handle_now
+        if cfg.metrics_port is not None:
+            self.metrics = ServerMetrics(self._ops)
+            handler = self.metrics.timed(self.handle)
+            inline = self.metrics.timed_inline(self.handle_now, rpc.LATER)
+
+            async def read() -> dict[str, Reading]:
+                return chunkserver_readings(self)
+
+            self.metrics.add_reader(read)
+            self.metrics_port = self.metrics.start(cfg.listen_host, cfg.metrics_port)
         self._rpc = await rpc.serve(
             cfg.listen_host,
             cfg.listen_port,
             self._secret,
-            self.handle,
+            handler,
             name=f"cs-{self.cs_id or self.uuid[:8]}",
             role="chunkserver",
-            inline_handler=self.handle_now,
+            inline_handler=inline,
         )
         if cfg.address is None:
             self.address = f"{cfg.listen_host}:{self._rpc.port}"
@@ -302,6 +317,8 @@ class ChunkServer:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.metrics is not None:
+            self.metrics.stop()
         if self._rpc is not None and self._rpc.server is not None:
             self._rpc.server.close()  # no new connections
         for task in self._tasks:

@@ -16,6 +16,8 @@ Config file (TOML, version 1)::
     replication_jobs = 4                # optional; chunk copies in flight, cluster-wide
     hold_grace_ms = 15000               # optional; a new leader keeps every unlinked file
                                         #   this long, while clients announce open files
+    metrics_port = 9101                 # optional; Prometheus metrics on the listen host
+                                        #   (0: any free port; absent: off)
     tick_ms = 100                       # optional; and the other Raft keys:
                                         #   metaserver/raft/config.py
     [peers]                             # the initial members, this node included
@@ -44,7 +46,7 @@ CHUNK_SIZE_MAX = 1 << 30
 # The metaserver's own keys (the Raft ones: metaserver/raft/config.py).
 _KEYS = frozenset(
     {"chunk_size", "dead_timeout_ms", "placement", "token_ttl_ms", "repair_interval_ms",
-     "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms"}
+     "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms", "metrics_port"}
 )  # fmt: skip
 
 
@@ -63,6 +65,7 @@ class MetaConfig:
     gc_grace_s: float = 30.0
     replication_jobs: int = 4
     hold_grace_s: float = HOLD_GRACE_S
+    metrics_port: int | None = None  # dfs/metrics.py; None: off
 
 
 def load_config(path: Path) -> MetaConfig:
@@ -85,6 +88,7 @@ def load_config(path: Path) -> MetaConfig:
             gc_grace_s=int(raw.get("gc_grace_ms", 30_000)) / 1000,
             replication_jobs=int(raw.get("replication_jobs", 4)),
             hold_grace_s=int(raw.get("hold_grace_ms", int(HOLD_GRACE_S * 1000))) / 1000,
+            metrics_port=int(raw["metrics_port"]) if "metrics_port" in raw else None,
         )
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
@@ -94,6 +98,8 @@ def load_config(path: Path) -> MetaConfig:
             f"{path}: chunk_size must be a multiple of {CHUNK_SIZE_MIN} "
             f"between {CHUNK_SIZE_MIN} and {CHUNK_SIZE_MAX}"
         )
+    if config.metrics_port is not None and not 0 <= config.metrics_port < 65536:
+        raise ValueError(f"{path}: metrics_port must be a port (0: any free one)")
     if config.placement not in PLACEMENT_POLICIES:
         raise ValueError(f"{path}: placement must be one of {PLACEMENT_POLICIES}")
     if config.dead_timeout_s <= 0 or config.token_ttl_ms < 1000:

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dfs import daemon, rpc
+from dfs.metrics import Reading, ServerMetrics
 from dfs.types import BATCH_OPS_MAX, HOLDS_PER_REQUEST_MAX
 from dfs.wire.errors import (
     DfsError,
@@ -51,6 +52,7 @@ from metaserver.config import MetaConfig, load_config
 from metaserver.holds import KEEPALIVE_S, Holds
 from metaserver.leasedesk import LeaseDesk
 from metaserver.membership import Membership, was_removed
+from metaserver.metrics import readings as metaserver_readings
 from metaserver.namespace import Namespace, encode_command, pools
 from metaserver.namespace.commands import BATCH_OPS, GOAL_MAX, GOAL_MIN, check_sizes
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
@@ -169,15 +171,28 @@ class MetaServer:
         self.membership = Membership(self.node, secret)
         self._ops.update(self.membership.ops())  # admin.meta_*, meta.members
         self._membership_task: asyncio.Task[None] | None = None
+        self.metrics: ServerMetrics | None = None
+        self.metrics_port: int | None = None
 
     async def start(self) -> None:
         await self.node.start()
         cfg = self.config
+        handler = self.handle
+        if cfg.metrics_port is not None:
+            special = ("fs.dir_lease", "fs.lease_release", "fs.batch", "fs.create")
+            self.metrics = ServerMetrics([*MUTATIONS, *self._ops, *special])
+            handler = self.metrics.timed(self.handle)
+
+            async def read() -> dict[str, Reading]:
+                return metaserver_readings(self)
+
+            self.metrics.add_reader(read)
+            self.metrics_port = self.metrics.start(cfg.listen_host, cfg.metrics_port)
         self._rpc = await rpc.serve(
             cfg.listen_host,
             cfg.listen_port,
             self._secret,
-            self.handle,
+            handler,
             name=f"meta-{cfg.node.id}",
             role="metaserver",
             oneway_handler=self.node.take_frame,
@@ -202,6 +217,8 @@ class MetaServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._repair_task
         await self.repair.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         for conn in self._cs_conns.values():
             conn.close()
         if self._rpc is not None:

@@ -164,12 +164,14 @@ def init_layout(
     meta_options: dict[str, Any] | None = None,
     cs_options: dict[str, Any] | None = None,
     addresses: tuple[list[str], list[str]] | None = None,
+    metrics: bool = False,
 ) -> Layout:
     """Write a new cluster directory (secret, configs) or return the existing one.
 
     The servers listen on free loopback ports, or on ``addresses`` (metaservers',
     chunkservers' "host:port", one per server) when given: a cluster whose servers are
-    on hosts of their own (``dfs.testing.netns``)."""
+    on hosts of their own (``dfs.testing.netns``). With ``metrics`` each server also
+    serves Prometheus metrics on a free port of its host (``metrics_port``)."""
     directory = directory.absolute()
     if (directory / "cluster.toml").exists():
         return load_layout(directory)
@@ -178,10 +180,14 @@ def init_layout(
     if metaservers < 1 or chunkservers < 1:
         raise ClusterError("a cluster needs at least one metaserver and one chunkserver")
     directory.mkdir(parents=True, exist_ok=True)
+    servers = metaservers + chunkservers
+    listen_ports = servers if addresses is None else 0
+    wanted = listen_ports + (servers if metrics else 0)
+    ports = free_loopback_ports(wanted) if wanted else []  # one call: no port twice
     if addresses is None:
-        ports = free_loopback_ports(metaservers + chunkservers)
-        local_addresses = [f"127.0.0.1:{port}" for port in ports]
+        local_addresses = [f"127.0.0.1:{port}" for port in ports[:servers]]
         addresses = (local_addresses[:metaservers], local_addresses[metaservers:])
+    metrics_ports = iter(ports[listen_ports:])
     layout = Layout(
         dir=directory,
         metaservers={i + 1: a for i, a in enumerate(addresses[0])},
@@ -203,17 +209,19 @@ def init_layout(
             "chunk_size": chunk_size,
             **(meta_options or {}),
         }
+        if metrics:
+            top["metrics_port"] = next(metrics_ports)
         _write_toml(
             d / "meta.toml", top, {"peers": {str(k): v for k, v in layout.metaservers.items()}}
         )
     layout.cs_options = dict(cs_options or {})
     for i, address in layout.chunkservers.items():
-        _write_cs_config(layout, i, address)
+        _write_cs_config(layout, i, address, next(metrics_ports, None))
     _save_layout(layout)
     return layout
 
 
-def _write_cs_config(layout: Layout, i: int, address: str) -> None:
+def _write_cs_config(layout: Layout, i: int, address: str, metrics_port: int | None) -> None:
     d = layout.dir / f"cs{i}"
     d.mkdir(exist_ok=True)
     top = {
@@ -223,7 +231,24 @@ def _write_cs_config(layout: Layout, i: int, address: str) -> None:
         "metaservers": layout.meta_addresses,
         **layout.cs_options,
     }
+    if metrics_port is not None:
+        top["metrics_port"] = metrics_port
     _write_toml(d / "cs.toml", top, {})
+
+
+def metrics_address(layout: Layout, name: str) -> str | None:
+    """``host:port`` of server ``name``'s metrics ("meta1", "cs2"), None when it has none."""
+    config = layout.dir / name / ("meta.toml" if name.startswith("meta") else "cs.toml")
+    try:
+        with open(config, "rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    port = raw.get("metrics_port")
+    if type(port) is not int or port == 0:
+        return None
+    host = str(raw.get("listen", "127.0.0.1")).rpartition(":")[0] or "127.0.0.1"
+    return f"{host}:{port}"
 
 
 def _save_layout(layout: Layout) -> None:
@@ -251,13 +276,16 @@ def add_chunkservers(
     options = {**layout.cs_options, **(cs_options or {})}
     first = max(layout.chunkservers, default=0) + 1
     added = list(range(first, first + count))
-    ports = free_loopback_ports(count)
+    with_metrics = any(metrics_address(layout, f"cs{i}") for i in layout.chunkservers)
+    ports = free_loopback_ports(count * (2 if with_metrics else 1))
+    metrics_ports = iter(ports[count:])
+    ports = ports[:count]
     saved = layout.cs_options
     layout.cs_options = options
     try:
         for i, port in zip(added, ports, strict=True):
             layout.chunkservers[i] = f"127.0.0.1:{port}"
-            _write_cs_config(layout, i, layout.chunkservers[i])
+            _write_cs_config(layout, i, layout.chunkservers[i], next(metrics_ports, None))
     finally:
         layout.cs_options = saved
     _save_layout(layout)

@@ -79,7 +79,6 @@ hook, and every ``heartbeat_ms`` while some are unacknowledged.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import os
 import time
@@ -232,12 +231,10 @@ def load_config(path: Path) -> ServerConfig:
         inject_eio_chunk_ids=tuple(get("inject_eio_chunk_ids", list, [])),
         host=host,
         rack=get("rack", str, ""),
-        metrics_port=get("metrics_port", int, -1),
+        metrics_port=get("metrics_port", int) if "metrics_port" in raw else None,
     )
-    if config.metrics_port == -1:
-        config = dataclasses.replace(config, metrics_port=None)
-    elif config.metrics_port is not None and not 0 <= config.metrics_port < 65536:
-        raise ValueError(f"{path}: metrics_port must be a port (0: any free one)")
+    if config.metrics_port is not None and not 0 <= config.metrics_port < 65536:
+        raise ValueError(f"{path}: metrics_port must be a port number (0: any free one)")
     if len(config.rack) > LABEL_CHARS_MAX:
         raise ValueError(f"{path}: rack must be at most {LABEL_CHARS_MAX} characters")
     if config.capacity_bytes < 0:

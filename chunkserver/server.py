@@ -318,7 +318,7 @@ class ChunkServer:
     async def stop(self) -> None:
         self._stopping = True
         if self.metrics is not None:
-            self.metrics.stop()
+            await asyncio.to_thread(self.metrics.stop)  # waits for a scrape in progress
         if self._rpc is not None and self._rpc.server is not None:
             self._rpc.server.close()  # no new connections
         for task in self._tasks:

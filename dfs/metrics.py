@@ -125,8 +125,12 @@ class ServerMetrics:
 
         try:
             future = asyncio.run_coroutine_threadsafe(gather(), loop)
+        except RuntimeError:  # the loop is closing
+            return {}
+        try:
             return future.result(SCRAPE_TIMEOUT_S)
         except Exception as e:  # a busy or stopping server: this scrape lacks them
+            future.cancel()  # not left to queue up behind the next scrapes
             log.info("metrics event=readings_skipped reason=%r", str(e) or type(e).__name__)
             return {}
 

@@ -21,8 +21,9 @@ FRAME_PAYLOAD_BYTES_MAX = 64 * 1024 * 1024
 # Inode numbers (or chunk ids) one request about open-file holds may name (fs.keepalive,
 # fs.release: PROTOCOL.md).
 HOLDS_PER_REQUEST_MAX = 65536
-# Sub-ops of one fs.batch (a client's removals under directory leases, one Raft entry):
-# 1,024 names of at most 255 bytes keep one entry under ~300 KiB.
+# Sub-ops of one fs.batch (what a client answered under directory leases, one Raft entry):
+# 1,024 removals of names of at most 255 bytes keep one entry under ~300 KiB; a client
+# also bounds a batch's bytes (dfs/client/dirleases.py, BATCH_BYTES: symlink targets).
 BATCH_OPS_MAX = 1024
 
 # A symlink target, as Linux PATH_MAX (4096 including the terminating NUL).

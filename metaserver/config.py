@@ -68,6 +68,12 @@ class MetaConfig:
     metrics_port: int | None = None  # dfs/metrics.py; None: off
 
 
+def _port(value: object) -> int:
+    if type(value) is not int or not 0 <= value < 65536:
+        raise ValueError(f"metrics_port must be a port number (0: any free one), not {value!r}")
+    return value
+
+
 def load_config(path: Path) -> MetaConfig:
     """Parse and check a config file; ``ValueError`` says what is wrong."""
     with open(path, "rb") as f:
@@ -88,7 +94,7 @@ def load_config(path: Path) -> MetaConfig:
             gc_grace_s=int(raw.get("gc_grace_ms", 30_000)) / 1000,
             replication_jobs=int(raw.get("replication_jobs", 4)),
             hold_grace_s=int(raw.get("hold_grace_ms", int(HOLD_GRACE_S * 1000))) / 1000,
-            metrics_port=int(raw["metrics_port"]) if "metrics_port" in raw else None,
+            metrics_port=_port(raw["metrics_port"]) if "metrics_port" in raw else None,
         )
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
@@ -98,8 +104,6 @@ def load_config(path: Path) -> MetaConfig:
             f"{path}: chunk_size must be a multiple of {CHUNK_SIZE_MIN} "
             f"between {CHUNK_SIZE_MIN} and {CHUNK_SIZE_MAX}"
         )
-    if config.metrics_port is not None and not 0 <= config.metrics_port < 65536:
-        raise ValueError(f"{path}: metrics_port must be a port (0: any free one)")
     if config.placement not in PLACEMENT_POLICIES:
         raise ValueError(f"{path}: placement must be one of {PLACEMENT_POLICIES}")
     if config.dead_timeout_s <= 0 or config.token_ttl_ms < 1000:

@@ -2,7 +2,7 @@
 
 What it owns: the metaserver's readings, taken on its event loop at each scrape: Raft
 (term, commit and applied index, leadership, leader changes seen), the namespace's sizes,
-and, on the leader, the chunks by health, the chunkservers by state, open-file holds and
+and, on the leader, the chunks by health (the last repair step's survey), the chunkservers by state, open-file holds and
 the rebalance's progress. What it must not do: change anything, or read a follower's soft
 state as if it were the cluster's (those readings come from the leader only).
 """
@@ -45,15 +45,17 @@ def readings(server: MetaServer) -> dict[str, Reading]:
         return out
     server._leader_view()  # a new term of leadership resets the soft state first
     now_s = time.monotonic()
-    health = server.repair.survey(now_s)[0].as_dict()
+    # The last repair step's survey (each step makes one): a scrape never walks the chunk
+    # table itself.
+    health = server.repair.health.as_dict()
     out["dfs_chunks"] = gauge(
-        "Chunks by health (leader only): ok, under goal, missing, ...",
-        {(state,): float(count) for state, count in health.items()}, "state",
+        "Chunks by health (leader only): total, missing, under goal, ...",
+        {(state,): float(count) for state, count in health.items()},
+        "state",
     )  # fmt: skip
-    states: dict[tuple[str, ...], float] = {}
-    for row in server.admin.chunkservers(now_s):
-        key = (str(row.get("state", "unknown")),)
-        states[key] = states.get(key, 0.0) + 1
+    states: dict[tuple[str, ...], float] = {
+        (state,): float(n) for state, n in server.admin.states(now_s).items()
+    }
     out["dfs_chunkservers"] = gauge("Chunkservers by state (leader only)", states, "state")
     out["dfs_holds"] = gauge("Open files clients hold (leader only)", server.holds.count())
     progress = server.admin.progress()

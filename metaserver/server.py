@@ -218,7 +218,7 @@ class MetaServer:
                 await self._repair_task
         await self.repair.stop()
         if self.metrics is not None:
-            self.metrics.stop()
+            await asyncio.to_thread(self.metrics.stop)  # waits for a scrape in progress
         for conn in self._cs_conns.values():
             conn.close()
         if self._rpc is not None:

@@ -1,10 +1,11 @@
-"""Directory leases on the client: removals and new files' commits answered at once,
-shipped in batches.
+"""Directory leases on the client: removals, new files, directories and symlinks, and
+new files' commits answered at once, shipped in batches.
 
 What it owns: the leases this client holds (``fs.dir_lease``: an exclusive right to
 answer removals in a directory from its complete listing), the queue of what it
-acknowledged but has not yet sent (removals, and the commits of files it created in a
-directory it held the lease on), the flush of that queue as one ``fs.batch`` (one Raft
+acknowledged but has not yet sent (removals; creates, mkdirs and symlinks with reserved
+inode numbers; changes of a leased directory's attributes; the commits of files it created
+in a directory it held the lease on), the flush of that queue as one ``fs.batch`` (one Raft
 entry for many), the answer to a recall, and the errors of what failed to land, kept for
 the next ``fsyncdir`` of their directory (and a commit's for the next ``fsync`` of its
 file). What it must not do: know FUSE
@@ -94,6 +95,9 @@ LEASE_MARGIN = 0.2
 # 15 ms a cp -r made one per 1.2 files), short enough that a client crash loses little
 # (another client never sees the difference: it would recall).
 FLUSH_DELAY_S = 0.05
+# A batch's names and symlink targets, about (a batch is one Raft entry on every
+# metaserver: 1,024 symlinks of 4 KiB targets would make one of 4 MiB).
+BATCH_BYTES = 512 * 1024
 # Queue length that sends a batch at once (half the server's bound: the next batch fills
 # while this one commits).
 FLUSH_OPS = BATCH_OPS_MAX // 2
@@ -480,12 +484,26 @@ class DirLeases:
     def note_added(
         self, parent: int, name: bytes, attr: Attr, parent_attr: Attr | None = None
     ) -> None:
-        """This client added ``name`` to ``parent`` synchronously: keep the listing true,
-        and the directory's attributes (``parent_attr``, from the answer; None: unknown)."""
+        """This client added ``name`` to ``parent``: keep the listing true, and the
+        directory's attributes (``parent_attr``: the synchronous answer's, or the lease's
+        own for a change answered under it; None: unknown)."""
         lease = self._leases.get(parent)
         if lease is not None:
             lease.names[name] = attr
-            lease.attr = parent_attr
+            if parent_attr is lease.attr:
+                pass  # answered under this lease: its attributes are ours already
+            elif parent_attr is not None and lease.attr is not None and parent in self._queued_inos:
+                # The answer does not count what is queued in the directory yet (a new
+                # subdirectory's "..", a removal): keep ours, with this change and the
+                # leader's times.
+                lease.attr = dataclasses.replace(
+                    lease.attr,
+                    nlink=lease.attr.nlink + (1 if attr.is_dir else 0),
+                    mtime_ns=parent_attr.mtime_ns,
+                    ctime_ns=parent_attr.ctime_ns,
+                )
+            else:
+                lease.attr = parent_attr
 
     def saw_attr(self, attr: Attr) -> None:
         """The metaservers' answer to this client's change of ``attr.ino`` (a chmod of a
@@ -599,8 +617,7 @@ class DirLeases:
                 if self._unanswered is not None:
                     batch, resume = self._unanswered
                 elif self._queue:
-                    take = min(len(self._queue), BATCH_OPS_MAX)
-                    batch, resume = [self._queue.popleft() for _ in range(take)], Resume()
+                    batch, resume = self._take_batch(), Resume()
                     self._unanswered = (batch, resume)
                 else:
                     return
@@ -611,13 +628,25 @@ class DirLeases:
                 if not answered:
                     self._retry_later()
                     raise Unavailable(
-                        f"{len(batch)} queued removals and commits got no answer yet; "
+                        f"{len(batch)} queued metadata changes got no answer yet; "
                         "sent again in the background"
                     )
                 self._unanswered = None
                 self._landed += len(batch)
                 for item in batch:
                     self._track(item, -1)
+
+    def _take_batch(self) -> list[_Queued]:
+        """The next batch off the queue: at most ``BATCH_OPS_MAX`` items and about
+        ``BATCH_BYTES`` of names and symlink targets (one Raft entry on every metaserver)."""
+        batch: list[_Queued] = []
+        size = 0
+        while self._queue and len(batch) < BATCH_OPS_MAX and (not batch or size < BATCH_BYTES):
+            item = self._queue.popleft()
+            batch.append(item)
+            target = item.fields.get("target") if item.fields is not None else None
+            size += len(item.name) + (len(target) if type(target) is bytes else 0) + 64
+        return batch
 
     async def _flush_later(self) -> None:
         await anyio.sleep(FLUSH_DELAY_S)  # the time bound of the queue, not a wait

@@ -66,15 +66,13 @@ from dfs.client.inopool import InoPool
 from dfs.client.localread import LocalReads
 from dfs.client.meta import MetaClient
 from dfs.client.options import ClientOptions
+from dfs.client.paths import ROOT_INO, PathResolution, check_name
 from dfs.client.pool import ConnectionPool
 from dfs.client.records import Attr, DirEntry, StatFs, WriteHandle
 from dfs.types import DIR_BLOCKS, DIR_SIZE_BYTES, MKDIR_BITS, SYMLINK_TARGET_BYTES_MAX
 from dfs.wire.errors import (
     DfsError,
-    Invalid,
-    NameTooLong,
     NoAttr,
-    NotDir,
     NotFound,
     ProtocolError,
     Unavailable,
@@ -83,10 +81,6 @@ from dfs.wire.messages import field
 
 log = logging.getLogger(__name__)
 
-ROOT_INO = 1
-NAME_BYTES_MAX = 255
-# Symlinks followed while resolving one path before giving up (Linux's MAXSYMLINKS).
-SYMLINKS_MAX = 40
 # readdir page size when iterating a whole directory.
 READDIR_PAGE = 1024
 
@@ -98,17 +92,7 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 
 
-def check_name(name: bytes) -> None:
-    """Refuse a name no local file system takes, before a round trip."""
-    if not isinstance(name, bytes):
-        raise TypeError("names are bytes")
-    if len(name) > NAME_BYTES_MAX:
-        raise NameTooLong(f"name of {len(name)} bytes", name=name[:64])
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise Invalid("invalid name", name=name[:64])
-
-
-class FsClient:
+class FsClient(PathResolution):
     """A client of one dfs cluster. See the module docstring for its lifetime."""
 
     def __init__(
@@ -986,53 +970,6 @@ class FsClient:
                 elif error is not None:
                     log.info("ino %d: after a failed close: %s", inode.ino, error)
                 self._drop_inode(inode)
-
-    # ------------------------------------------------------------------ paths (CLI)
-
-    async def resolve(self, path: bytes, *, follow_symlinks: bool = True) -> Attr:
-        """The attributes of absolute ``path``. Symlinks on the way are followed, the last
-        component's only with ``follow_symlinks``. ``NotFound``, ``NotDir``, ``Invalid``
-        (relative path, or more than ``SYMLINKS_MAX`` symlinks: a loop)."""
-        if not path.startswith(b"/"):
-            raise Invalid("path must be absolute", path=path[:256])
-        root = await self.getattr(ROOT_INO)
-        attr = root
-        ancestors: list[Attr] = []
-        parts = _components(path)
-        symlinks = 0
-        while parts:
-            name = parts.pop(0)
-            if name == b"..":
-                attr = ancestors.pop() if ancestors else root
-                continue
-            if not attr.is_dir:
-                raise NotDir("not a directory", ino=attr.ino)
-            child = await self.lookup(attr.ino, name)
-            if child.is_symlink and (parts or follow_symlinks):
-                symlinks += 1
-                if symlinks > SYMLINKS_MAX:
-                    raise Invalid("too many levels of symbolic links", path=path[:256])
-                target = await self.readlink(child.ino)
-                if target.startswith(b"/"):
-                    attr, ancestors = root, []
-                parts = _components(target) + parts
-                continue
-            ancestors.append(attr)
-            attr = child
-        return attr
-
-    async def resolve_parent(self, path: bytes) -> tuple[Attr, bytes]:
-        """(the directory that holds the last component of ``path``, that name)."""
-        head, _, name = path.rstrip(b"/").rpartition(b"/")
-        check_name(name)
-        parent = await self.resolve(head or b"/")
-        if not parent.is_dir:
-            raise NotDir("not a directory", ino=parent.ino)
-        return parent, name
-
-
-def _components(path: bytes) -> list[bytes]:
-    return [p for p in path.split(b"/") if p and p != b"."]
 
 
 __all__ = [

@@ -43,16 +43,17 @@ Rules kept here, as the kernel expects of a FUSE file system:
    frees an inode at its last unlink (a hold for open files there is a later change),
    so an open file unlinked through another mount still becomes unreadable.
 7. POSIX ACL xattrs are refused (EOPNOTSUPP): the permissions are the mode bits.
-9. New files opened write-only (``create`` with O_WRONLY: what ``cp``, ``tar``, ``dd`` and
+8. New files opened write-only (``create`` with O_WRONLY: what ``cp``, ``tar``, ``dd`` and
    editors' saves do) get ``FOPEN_DIRECT_IO``: their writes skip the kernel's page cache,
    and with it ``file_remove_privs``, which asks for the ``security.capability`` xattr
    before every write(2) of a cached file (a FUSE file system cannot have ``SB_NOSEC``):
    ``tar x`` made six such requests a file. Clearing setuid/setgid is ours then (rule 5,
    and again after a chmod gives them back). Other opens of the inode stay cached: the
-   kernel drops the cached pages a direct write overlaps (Linux 6.6 and later, the fix
-   for xfstests' generic/209), so a reader or a shared mapping in this mount sees each
-   write at once.
-10. Locks: no lock handlers are defined, so libfuse does not claim POSIX or BSD lock support
+   kernel drops the cached pages a direct write overlaps (the fix for xfstests'
+   generic/209, in the kernels this project runs on and backported to 6.6's stable
+   series; ``test_fuse_direct_writes.py`` checks it on the running kernel), so a reader
+   or a shared mapping in this mount sees each write at once.
+9. Locks: no lock handlers are defined, so libfuse does not claim POSIX or BSD lock support
    and the kernel keeps ``flock``/``fcntl`` locks itself, for this mount: they exclude each
    other between processes using this mount, not across mounts (sqlite and git need no more
    on one machine).
@@ -187,10 +188,10 @@ def _check_not_acl(name: bytes) -> None:
 class _FileHandle:
     file: File
     # Setuid/setgid to clear on the next write (a non-root caller opened a file with them,
-    # or, through a direct handle, a chmod gave them since: rule 9).
+    # or, through a direct handle, a chmod gave them since: rule 8).
     kill_privs_on_write: bool
     uid: int = 0  # the opener's
-    direct: bool = False  # opened with FOPEN_DIRECT_IO (rule 9)
+    direct: bool = False  # opened with FOPEN_DIRECT_IO (rule 8)
 
 
 @dataclasses.dataclass
@@ -379,7 +380,7 @@ class DfsOperations(pyfuse3.Operations):
             and _privs_to_kill(stat.S_IFREG | changes["mode"])
         ):
             # The kernel would clear them at the next write of a non-root writer; a direct
-            # handle's write does not pass there (rule 9).
+            # handle's write does not pass there (rule 8).
             for handle in self._files.values():
                 if handle.direct and handle.uid != 0 and handle.file.ino == inode:
                     handle.kill_privs_on_write = True
@@ -680,7 +681,7 @@ class DfsOperations(pyfuse3.Operations):
         attr, f = await self.fs.create_and_open(
             parent_inode, name, mode, flags, uid=ctx.uid, gid=ctx.gid
         )
-        direct = flags & os.O_ACCMODE == os.O_WRONLY  # rule 9
+        direct = flags & os.O_ACCMODE == os.O_WRONLY  # rule 8
         fh = self._new_file(f, attr, ctx, direct=direct)
         self.pages.changed(attr.ino)  # an O_TRUNC create: the pages (if any) are gone
         return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=direct), self.entry(attr)

@@ -1,5 +1,5 @@
 """New files written through a write-only descriptor go around the kernel's page cache
-(``FOPEN_DIRECT_IO``: dfs/fuse/operations.py, rule 9): the kernel then asks for no
+(``FOPEN_DIRECT_IO``: dfs/fuse/operations.py, rule 8): the kernel then asks for no
 ``security.capability`` xattr before each write; a reader opened meanwhile in the same
 mount (its pages cached, or mapped) sees every write at once; setuid given while such a file is open is still cleared
 by a non-root writer's next write, as the kernel would do for a cached file."""

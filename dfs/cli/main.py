@@ -34,6 +34,7 @@ from dfs.cli.common import (
     size_bytes,
     sync_on_close_option,
 )
+from dfs.cli.deploy import init_command
 
 
 @click.group()
@@ -670,6 +671,7 @@ from dfs.cli.admin_fsck import fsck, getgoal, setgoal  # noqa: E402
 for _command in (fsck, setgoal, getgoal):
     admin.add_command(_command)
 cli.add_command(admin)
+cli.add_command(init_command)
 
 
 def main() -> None:

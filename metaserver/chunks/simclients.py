@@ -106,9 +106,7 @@ async def write(sim: Simulation, model: FileModel, offset: int, data: bytes, die
             except (DfsError, TimeoutError):
                 return False
             sim.repair.committed(chunk_id)
-            if len(model.acked) < offset + len(data):
-                model.acked.extend(bytes(offset + len(data) - len(model.acked)))
-            model.acked[offset : offset + len(data)] = data
+            model.acknowledged(offset, data)
             sim.writes_acked += 1
             return True
         if partial:

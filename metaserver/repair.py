@@ -394,6 +394,13 @@ class Repair:
                         # fault, and it may hold the only good bytes. Tried again later,
                         # from the core's next choice once the source is judged.
                         raise
+                    if _unanswered(e):
+                        # The copy may have been made (its answer lost): asked, as a push.
+                        copied = await self._has_version(cs_id, chunk_id, version)
+                        if copied:
+                            continue
+                        if copied is None:  # no answer either: kept, tried again later
+                            raise Unavailable("a member did not answer the recovery") from e
                     if not await self._drop(chunk_id, cs_id, keep_one=True, why="not_recovered"):
                         # Left in the set at the old version, the next push would make
                         # its bytes current: not done, tried again.

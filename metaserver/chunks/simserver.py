@@ -58,6 +58,7 @@ class Server:
         self.replicas: dict[int, Replica] = {}
         self.quarantine: dict[int, Replica] = {}
         self.found_bad_s: dict[int, float] = {}  # chunk id -> when this server found it bad
+        self.found_bad: dict[int, Replica] = {}  # chunk id -> what it found bad then
 
     def used(self) -> int:
         return sum(len(r.data) for r in self.replicas.values())

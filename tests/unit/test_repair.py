@@ -958,3 +958,35 @@ def test_a_recovery_whose_source_fails_keeps_the_member_it_could_not_copy_to(
     assert [c[0] for c in link.calls if c[1] == "chunk.replicate"] == [2]
     assert link.ns.chunk(cid)["replicas"] == [1, 2]
     assert cid in repair.core.suspect  # tried again later
+
+
+def test_a_recovery_copy_whose_answer_was_lost_is_confirmed_not_dropped(clock: Clock) -> None:
+    """Seed 3394: a recovery's ``chunk.replicate`` got no answer although the member had
+    made the copy; the recovery dropped it as not recovered, and bit rot on the source
+    then lost the chunk. A lost answer is confirmed with ``chunk.info``, as a push's is:
+    a member holding the fence's version made the copy and stays."""
+    link, repair = make(2, clock)
+    cid = link.file_with_chunk(b"f", [1, 2])
+    version = link.ns.chunk(cid)["version"]
+    real_call = link.cs_call
+
+    async def call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        if op == "chunk.replicate":
+            link.calls.append((cs_id, op, f))
+            link.held[(cs_id, cid)] = (f["version"], f["length"])  # made, answer lost
+            raise Timeout("no answer")
+        return await real_call(cs_id, op, timeout_s, **f)
+
+    link.cs_call = call  # type: ignore[method-assign]
+    repair.writing(cid)
+    clock.now += 1
+
+    async def go() -> None:
+        await repair.step()
+        await settle(repair)
+
+    asyncio.run(go())
+    assert [c[0] for c in link.calls if c[1] == "chunk.replicate"] == [2]
+    assert link.ns.chunk(cid)["replicas"] == [1, 2]
+    assert link.ns.chunk(cid)["version"] == version + 1
+    assert cid not in repair.core.suspect  # recovered

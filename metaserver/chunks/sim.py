@@ -368,7 +368,10 @@ class Simulation(FaultBound):
         wait = min(timeout_s, 2.0)
         server = self.servers[cs_id]
         chain_write = op == "chunk.write" and bool(f.get("data"))  # a writer's, not a push
-        push = op == "chunk.write" and not f.get("data")
+        # A version push, or a copy onto a member (a recovery's): lost, it leaves the
+        # member behind the bump (seed 2012: a recovery's copy request lost, then bit rot
+        # on its source, and the member dropped as not recovered held the last good bytes).
+        push = (op == "chunk.write" and not f.get("data")) or op == "chunk.replicate"
 
         def fail_later(e: BaseException, delay: float) -> None:
             self.after(delay, partial(_settle, fut, e))

@@ -127,6 +127,11 @@ class FileModel:
     uploading: int | None = None  # the chunk its writer uploads to (named by its keepalive)
     abandoned_s: float | None = None  # a writer died or gave up mid-chain at this time
 
+    def copy(self) -> FileModel:
+        """What the file may hold now (a reader compares with it and with the later one)."""
+        maybe = {i: set(values) for i, values in self.maybe.items()}
+        return FileModel(self.ino, self.name, bytearray(self.acked), maybe)
+
     def acknowledged(self, offset: int, data: bytes) -> None:
         """A write of ``data`` at ``offset`` was committed: those bytes are the file's
         there. What earlier writes (failed, or in progress then) may have left at those

@@ -11,7 +11,8 @@ strings as msgpack str::
      op,         # str: "mkdir", "create", ... (the fs.* ops of docs/PROTOCOL.md without
                  #   the "fs." prefix, plus "write_handle", "cs_register" and the
                  #   leader's "replica_add", "replica_drop", "version_bump",
-                 #   "length_recover", "gc_done", "release_orphans", "reserve" (pools.py);
+                 #   "length_recover", "write_marks", "gc_done", "release_orphans",
+                 #   "reserve" (pools.py);
                  #   "batch":
                  #   {"ops": [[op, args], ...]} of BATCH_OPS, each applied as if alone,
                  #   see batch.py)

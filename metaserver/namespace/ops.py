@@ -36,6 +36,7 @@ from dfs.wire.errors import (
     NotEmpty,
     NotFound,
     PermissionDenied,
+    ProtocolError,
     Stale,
     TooBig,
     TooManyLinks,
@@ -641,6 +642,7 @@ def write_handle(st: State, now_ns: int, a: dict[str, Any]) -> Result:
         for cs_id in drop:
             if cs_id in chunk.replicas and len(chunk.replicas) > 1:
                 chunk.replicas.remove(cs_id)
+        st.writes[chunk.chunk_id] = chunk.version
         allocated = False
     return {
         "ok": True,
@@ -815,6 +817,44 @@ def length_recover(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return {"ok": True, **chunk_info(chunk)}
 
 
+_WRITE_MARKS = frozenset({"open", "settled"})
+# Chunk entries in one write_marks command (the leader sends at most a step's worth).
+WRITE_MARKS_MAX = 4096
+
+
+def _chunk_versions(a: dict[str, Any], key: str) -> list[tuple[int, int]]:
+    v = a.get(key, [])
+    if type(v) is not list or len(v) > WRITE_MARKS_MAX:
+        raise Invalid(f"field {key!r}: a list of at most {WRITE_MARKS_MAX} entries", field=key)
+    for entry in v:
+        if type(entry) is not list or len(entry) != 2 or any(type(x) is not int for x in entry):
+            raise ProtocolError(f"field {key!r} must hold [chunk_id, version] ints")
+    return [(c, version) for c, version in v]
+
+
+def write_marks(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """The leader's record of which chunks may hold a writer's uploads not settled yet
+    (``State.writes``; a write handle marks its chunk itself). ``open``: chunks a writer's
+    keepalive names although no handle marked them (it writes again under a handle it
+    kept), marked at their version. ``settled``: chunks whose writer committed and left,
+    or that a WRITER RECOVERY made whole: unmarked unless a handle newer than the version
+    given marked them since. Entries of chunks no longer in the table are ignored."""
+    check_fields(a, _WRITE_MARKS)
+    opened = _chunk_versions(a, "open")
+    settled = _chunk_versions(a, "settled")
+    table, writes = st.chunk_table, st.writes
+    for chunk_id, version in opened:
+        chunk = table.get(chunk_id)
+        if chunk is not None:
+            writes[chunk_id] = max(writes.get(chunk_id, 0), min(version, chunk.version))
+    n = 0
+    for chunk_id, version in settled:
+        if chunk_id in writes and writes[chunk_id] <= version:
+            del writes[chunk_id]
+            n += 1
+    return {"ok": True, "settled": n}
+
+
 _REPLICA_DROP = frozenset({"chunk_id", "cs_id", "keep_one"})
 
 
@@ -896,6 +936,7 @@ OPS: dict[str, Handler] = {
     "version_bump": version_bump,
     "length_recover": length_recover,
     "replica_drop": replica_drop,
+    "write_marks": write_marks,
     "gc_done": gc_done,
     "release_orphans": release_orphans,
     "reserve": pools.reserve,

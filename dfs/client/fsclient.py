@@ -78,12 +78,11 @@ from dfs.wire.errors import (
     ProtocolError,
     Unavailable,
 )
+from dfs.wire.limits import NAME_BYTES_MAX, ROOT_INO
 from dfs.wire.messages import field
 
 log = logging.getLogger(__name__)
 
-ROOT_INO = 1
-NAME_BYTES_MAX = 255
 # Symlinks followed while resolving one path before giving up (Linux's MAXSYMLINKS).
 SYMLINKS_MAX = 40
 # readdir page size when iterating a whole directory.

@@ -40,18 +40,13 @@ from dfs.wire.errors import (
     TooManyLinks,
     Unavailable,
 )
+from dfs.wire.limits import GOAL_MAX, GOAL_MIN, INT63_MAX, MODE_MAX, UINT32_MAX, UINT64_MAX
 from metaserver.namespace import pools
 from metaserver.namespace.commands import (
     DIR_ENTRIES_MAX,
-    GOAL_MAX,
-    GOAL_MIN,
-    INT63_MAX,
     INT64_MIN,
     LINKS_MAX,
-    MODE_MAX,
     REPLICAS_MAX,
-    UINT32_MAX,
-    UINT64_MAX,
     XATTR_BYTES_PER_INODE_MAX,
     arg_bool,
     arg_bytes,

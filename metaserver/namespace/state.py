@@ -56,17 +56,13 @@ from typing import Any
 import msgpack
 
 from dfs.wire.errors import NotDir, NotFound
+from dfs.wire.limits import CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN, ROOT_INO
 from metaserver.namespace.cluster import ClusterState
-from metaserver.namespace.commands import (
-    CHUNK_SIZE_BYTES_MAX,
-    CHUNK_SIZE_BYTES_MIN,
-    GOAL_DEFAULT,
-)
+from metaserver.namespace.commands import GOAL_DEFAULT
 from metaserver.raft.sessions import SessionTable
 
 SNAPSHOT_VERSION = 4
 SNAPSHOT_VERSIONS_READ = (1, 2, 3, 4)
-ROOT_INO = 1
 # Directories report a size and block count like ext4's one-block directory.
 DIR_SIZE_BYTES = 4096
 DIR_BLOCKS = 8

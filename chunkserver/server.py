@@ -91,7 +91,7 @@ TOKENS_VERIFIED_MAX = 4096
 
 
 def _timeout_s(h: dict[str, Any]) -> float:
-    timeout_ms = h.get("timeout_ms", OP_TIMEOUT_MS_DEFAULT)
+    timeout_ms: int = h.get("timeout_ms", OP_TIMEOUT_MS_DEFAULT)
     return min(max(timeout_ms, 1), OP_TIMEOUT_MS_MAX) / 1000
 
 

@@ -212,11 +212,12 @@ class MetaServer:
                 raise refuse_role(RAFT, _role(conn))
             self.node.receive(header, payload)
             return None
-        admit(lookup(METASERVER_OPS, op), _role(conn), header)
-        timeout_ms = header.get("timeout_ms", OP_TIMEOUT_MS_DEFAULT)
+        spec = lookup(METASERVER_OPS, op)
+        admit(spec, _role(conn), header)
+        timeout_ms: int = header.get("timeout_ms", OP_TIMEOUT_MS_DEFAULT)
         timeout_s = min(max(timeout_ms, 1), OP_TIMEOUT_MS_MAX) / 1000
-        async with self.desk.guard(op, header, timeout_s):
-            return await self._dispatch(conn, op, header, timeout_s)
+        async with self.desk.guard(spec.name, header, timeout_s):
+            return await self._dispatch(conn, spec.name, header, timeout_s)
 
     def _take_frame(self, conn: rpc.Connection, header: dict[str, Any], payload: bytes) -> bool:
         """The one-way handler: Raft frames go to the node, from metaservers only. One from
@@ -732,7 +733,7 @@ class MetaServer:
 
     def _reporter(self, h: dict[str, Any]) -> int:
         self._leader_view()
-        cs_id = h["cs_id"]
+        cs_id: int = h["cs_id"]
         if cs_id not in self.ns.chunkservers():
             raise NotFound("unknown chunkserver: register first", cs_id=cs_id)
         return cs_id

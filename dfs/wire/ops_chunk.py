@@ -47,7 +47,7 @@ COMMON = (TIMEOUT_MS,)
 
 CHUNK_ID = Field("chunk_id", UINT, low=1, high=CHUNK_ID_MAX, message="chunk_id out of range")
 VERSION = Field("version", UINT, high=VERSION_MAX, message="version out of range")
-TOKEN = Field("token", BYTES, doc="an access token (docs/PROTOCOL.md, Access tokens)")
+TOKEN = Field("token", BYTES, doc="an access token (Access tokens below)")
 EXPIRY_MS = Field("expiry_ms", UINT, high=UINT64_MAX, message="expiry_ms out of range",
                   doc="the token's expiry, wall-clock ms")  # fmt: skip
 CHAIN = Field(

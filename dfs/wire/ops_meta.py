@@ -15,6 +15,7 @@ command (``Op.args``).
 
 from __future__ import annotations
 
+from dfs.wire import shapes
 from dfs.wire.errors import NameTooLong, TooBig
 from dfs.wire.limits import (
     BAD_CHUNKS_MAX,
@@ -99,7 +100,7 @@ def _fs(name: str, *fields: Field, answer: str = "", reply: tuple[Field, ...] = 
               common=FS_COMMON)  # fmt: skip
 
 
-ATTR = Field("attr", MAP, doc="the inode's attributes (Attributes above)")
+ATTR = Field("attr", MAP, doc="see Maps in answers")
 PARENT_ATTR = Field("parent_attr", MAP, required=False,
                     doc="the directory's attributes after the name was added")  # fmt: skip
 _OWNER = (_i("uid"), _i("gid"))
@@ -144,11 +145,7 @@ FS_GETXATTR = _fs(
     reply=(Field("value", BYTES),), answer="`NoAttr` if absent",
 )  # fmt: skip
 FS_LISTXATTR = _fs("fs.listxattr", _u("ino"), reply=(Field("names", LIST),))
-FS_STATFS = _fs(
-    "fs.statfs",
-    reply=tuple(_u(n) for n in ("bytes_total", "bytes_used", "bytes_free", "inodes_used",
-                                "chunk_size", "chunkservers_alive")),
-)  # fmt: skip
+FS_STATFS = _fs("fs.statfs", reply=shapes.STATFS)
 FS_LOCATE = _fs(
     "fs.locate", _u("ino"), _u("index", doc="first chunk index"),
     _u("count", False, f"1..{LOCATE_COUNT_MAX} (clamped)"),
@@ -234,9 +231,7 @@ FS_WRITE_HANDLE = _fs(
     Field("drop", LIST, required=False, high=GOAL_MAX, items=UINT,
           message=f"drop: at most {GOAL_MAX} chunkserver ids",
           doc="ids of chain members that failed under the writer's last handle"),
-    reply=(_u("chunk_id"), _u("version"), _u("length"),
-           Field("chain", LIST, doc="`[{id, address}]`"), Field("token", BYTES),
-           _u("expiry_ms")),
+    reply=shapes.WRITE_HANDLE,
     session=True,
 )  # fmt: skip
 
@@ -259,10 +254,18 @@ FS_BATCH = _fs(
     Field("ops", LIST, low=1, high=BATCH_OPS_MAX, message=f"ops: 1..{BATCH_OPS_MAX} sub-ops",
           doc="`[op, fields]`, `op` one of the batchable ops, `fields` as that op's "
           "(without session)"),
-    reply=(Field("results", LIST, doc="one per sub-op, in order: `{ok: true, ...}` or "
-                 "`{ok: false, err}`"),),
-    answer="One Raft entry; the sub-ops apply in order; a malformed sub-op refuses the "
-    "whole batch (`Invalid`) before anything is proposed",
+    reply=(Field("results", LIST, doc="one per sub-op, in order, `{\"ok\": true, ...}` (what "
+                 "the op alone answers) or `{\"ok\": false, \"err\": {...}}` (the error the op "
+                 "alone would give)"),),
+    answer="`op` one of `fs.unlink`, `fs.rmdir`, `fs.create`, `fs.commit`, `fs.setattr`; a "
+    "`fs.create` with `ino`, an inode number `fs.reserve` gave the sender, and optional "
+    "`hold: true` when the sender has the file open; a `fs.setattr` without `size`, "
+    "`atime_now`, `mtime_now`. A `fs.create` with `ino` takes that reserved number and its "
+    "chunk (`Stale` when it is not the sender's, used, or expired), is always exclusive, and, "
+    "with `hold`, the sender holds the file from then on. One Raft entry; the sub-ops apply "
+    "in order, each to the state the ones before it left; one failing neither undoes nor "
+    "stops the others. A malformed sub-op refuses the whole batch (`Invalid`) before "
+    "anything is proposed",
     session=True,
 )  # fmt: skip
 FS_RESERVE = _fs(
@@ -271,8 +274,11 @@ FS_RESERVE = _fs(
           message=f"count: 1..{RESERVE_ENTRIES_MAX}"),
     Field("goal", UINT, low=GOAL_MIN, high=GOAL_MAX, message=f"goal: {GOAL_MIN}..{GOAL_MAX}"),
     reply=(Field("entries", LIST, doc="`{ino, handle}`"), _u("ttl_ms")),
-    answer="`handle` a write handle for the entry's chunk 0; fewer than `count` (none) when "
-    "placement cannot give `goal` chunkservers",
+    answer="`handle` a write handle for the entry's chunk 0 (the fields of "
+    "`fs.write_handle`'s answer; version 1, length 0, the chain placed for `goal` replicas), "
+    "fewer than `count` (none) when placement cannot give `goal` chunkservers; `ttl_ms`: the "
+    "entries' life (the leader refuses them after it). One Raft entry; at most 1,024 entries "
+    "per holder; expired ones are swept",
     session=True,
 )  # fmt: skip
 FS_RECALL = Op(
@@ -293,18 +299,23 @@ CS_REGISTER = Op(
         Field("address", STR, high=CS_ADDRESS_CHARS_MAX,
               message=f"uuid (1-{CS_UUID_CHARS_MAX} chars) and address host:port",
               doc='"host:port" it serves on'),
-        Field("host", STR, required=False, high=CS_LABEL_CHARS_MAX, doc="placement label"),
-        Field("rack", STR, required=False, high=CS_LABEL_CHARS_MAX, doc="placement label"),
+        Field("host", STR, required=False, high=CS_LABEL_CHARS_MAX,
+              doc="placement label: the config's, by default the address's host; absent, the "
+              "one registered before is kept"),
+        Field("rack", STR, required=False, high=CS_LABEL_CHARS_MAX,
+              doc='placement label: the config\'s, by default ""'),
         *_CS_LOAD,
     ),
-    reply=(_CS_ID,), answer="`cs_id` is stable for a uuid", common=COMMON,
+    reply=(_CS_ID,), answer="`cs_id` is stable for a uuid: through Raft the first time",
+    common=COMMON,
 )  # fmt: skip
 CS_HEARTBEAT = Op(
     "cs.heartbeat", CHUNKSERVERS,
     fields=(_CS_ID, Field("address", STR, required=False, high=CS_ADDRESS_CHARS_MAX),
             *_CS_LOAD, _u("chunks", False, "count"),
             _u("load", False, "requests in flight")),
-    answer="`{}`", common=COMMON,
+    answer="`{}`; `NotFound` for an id the leader does not know (register again)",
+    common=COMMON,
 )  # fmt: skip
 CS_REPORT = Op(
     "cs.report", CHUNKSERVERS,
@@ -316,7 +327,7 @@ CS_REPORT = Op(
               doc="`[chunk_id, version, length]`, in chunk id order across the parts"),
         _u("part", False, "0, 1, 2 …"), _b("final", "true on the last part (default)"),
     ),
-    answer="`{}`", common=COMMON,
+    answer="`{}` (a chunkserver ignores extra fields)", common=COMMON,
 )  # fmt: skip
 CS_BAD_CHUNKS = Op(
     "cs.bad_chunks", CHUNKSERVERS,
@@ -326,12 +337,26 @@ CS_BAD_CHUNKS = Op(
               message=f"chunks: at most {BAD_CHUNKS_MAX} [chunk_id, version]",
               doc="`[chunk_id, version]`"),
     ),
-    answer="`{}`", common=COMMON,
+    answer="`{}` (a chunkserver ignores extra fields)", common=COMMON,
 )  # fmt: skip
 
 # ------------------------------------------------------------------ cluster and admin
-STATUS = Op("status", ANYONE, answer="this node's view (docs/PROTOCOL.md, `status`)",
-            common=COMMON)  # fmt: skip
+STATUS = Op(
+    "status", ANYONE, common=COMMON,
+    answer="`node_id`, `pid`, `term`, `role`, `leader`, `leader_address`, `commit`, "
+    "`applied`, `metaservers`: [{id, address, learner, membership, ...}] (see \"Metaserver "
+    "membership\"), `chunkservers`: [{id, address, alive, state (\"alive\", \"dead\", "
+    "\"draining\" or \"drained\": draining with no replica left), draining (bool), host, rack "
+    "(\"\" none), capacity_bytes, used_bytes, chunks (the server's own count), replicas and "
+    "replica_bytes (what the chunk table places there), load, pid, last_heartbeat_ms_ago}] "
+    "(the leader's view; empty elsewhere), `rebalance` (leader only, else nil): the "
+    "`admin.rebalance` status answer, `health` (leader only, else nil): {total, empty, "
+    "missing, one_copy, under_goal, over_goal, corrupt, garbage, replicating} (a chunk with no "
+    "data is always healthy; `under_goal` counts `one_copy` chunks too; `missing`: no live "
+    "replica; `corrupt`: chunks with a replica reported bad and not yet back at goal; "
+    "`garbage`: deleted chunks not yet collected; `replicating`: copies in flight), `files`, "
+    "`chunks`. Any node answers with its own view.",
+)  # fmt: skip
 _ADMIN_PATH = Field("path", BYTES, doc="absolute")
 _CURSOR = Field("cursor", ANY, required=False, doc="the last page's")
 
@@ -341,29 +366,97 @@ def _admin(name: str, *fields: Field, answer: str = "", session: bool = False) -
 
 
 ADMIN_REBALANCE = _admin(
-    "admin.rebalance", Field("action", STR, doc='"start", "stop", "status" or "plan"'),
-    Field("threshold_pct", ANY, required=False, doc="0.01..100"),
-    _u("bandwidth_bps", False, "0: no limit"), answer="(below)", session=True,
+    "admin.rebalance",
+    Field("action", STR, doc='"start" (with `threshold_pct`, default 10, and '
+          '`bandwidth_bps`), "stop", "status" or "plan" (with `threshold_pct`, default the '
+          "running one's or 10)"),
+    Field("threshold_pct", ANY, required=False, doc="a number, 0.01..100"),
+    _u("bandwidth_bps", False, "0: no limit"),
+    answer="start, stop, status: `running`, `threshold_pct`, `bandwidth_bps` (nil when not "
+    "running), `moved_bytes`, `moves_done` (since this leader took over), `in_flight`, "
+    "`left_bytes` (the current plan's), `spread_pct`, `rate_bps`, `stop_reason` (why the last "
+    "run ended: \"stopped by the operator\", or the core's reason; \"\" while running). plan: "
+    "`threshold_pct`, `moves`: [{chunk_id, from, to, bytes}] (the first 1,000), "
+    "`moves_total`, `bytes`, `spread_before_pct`, `spread_after_pct`, `servers`: [{cs_id, "
+    "used_bytes, capacity_bytes, used_pct, used_pct_after}]. Spread: the largest distance, in "
+    "points, of a live non-draining chunkserver's used fraction from the cluster's. Start and "
+    "stop are mutations (client, seq); start while one runs changes its parameters.",
 )  # fmt: skip
-ADMIN_DRAIN = _admin("admin.drain", _u("cs_id"), Field("draining", BOOL),
-                     answer="`chunkserver`: its `status` entry")  # fmt: skip
-ADMIN_FORGET = _admin("admin.forget", _u("cs_id"), answer="`{}`", session=True)
-ADMIN_FSCK = _admin("admin.fsck", _ADMIN_PATH, _CURSOR, answer="a page of the walk (below)")
-ADMIN_GOALS = _admin("admin.goals", _ADMIN_PATH, _b("recursive"), _CURSOR,
-                     answer="(below)")  # fmt: skip
-ADMIN_SET_GOAL = _admin("admin.set_goal", _ADMIN_PATH, _i("goal", doc=f"{GOAL_MIN}..{GOAL_MAX}"),
-                        _b("recursive"), _CURSOR, answer="a page (below)",
-                        session=True)  # fmt: skip
-ADMIN_META_ADD = _admin("admin.meta_add", Field("address", STR), _u("node_id", False),
-                        answer="(below)")  # fmt: skip
-ADMIN_META_REMOVE = _admin("admin.meta_remove", _u("node_id"), answer="(below)")
-ADMIN_TRANSFER_LEADER = _admin("admin.transfer_leader", _u("node_id", False), answer="(below)")
-META_MEMBERS = Op("meta.members", ANYONE, fields=(_b("leader_only"),), answer="(below)",
-                  common=COMMON)  # fmt: skip
+ADMIN_DRAIN = _admin(
+    "admin.drain", _u("cs_id"),
+    Field("draining", BOOL, doc="true decommissions, false recommissions"),
+    answer="`chunkserver`: its `status` entry",
+)  # fmt: skip
+ADMIN_FORGET = _admin(
+    "admin.forget", _u("cs_id"),
+    answer="`{}`; `Invalid` while the chunkserver is alive (a new leader counts every one "
+    "alive for one dead timeout) or while a replica set names it; `NotFound` for an unknown "
+    "id. Afterwards the id is gone from `status` and never given again.",
+)  # fmt: skip
+ADMIN_FSCK = _admin(
+    "admin.fsck", Field("path", BYTES, doc="absolute; the last symlink not followed"), _CURSOR,
+    answer="one page of the walk of the subtree (5,000 entries at most; it ends early once it "
+    "names 500 files): `files`: [{path (bytes, relative to `path`; \"\" for itself), ino, goal, "
+    "size, problems (worst first, of \"missing\", \"no_good_replica\", \"under_goal\", "
+    "\"corrupt\"), chunks_at_risk, chunks: [{chunk_id, index, problem, replicas (the set), "
+    "live, good, quarantined_on?}] (the first 16)}], `summary`: {files, dirs, others, bytes, "
+    "chunks, empty_chunks, over_goal, files_at_risk, problems: {kind: chunks}, replicas: "
+    "{good live replicas (str): chunks with data}}, `cursor` (nil once done), `total` (inodes "
+    "in the namespace when `path` is \"/\", else nil), `settling` (bool: the leader has not "
+    "heard every chunkserver since it took over). Leader only.",
+)  # fmt: skip
+ADMIN_GOALS = _admin(
+    "admin.goals", _ADMIN_PATH, _b("recursive", "default false"), _CURSOR,
+    answer="not recursive: `goal`, `kind` (\"file\", \"dir\" or \"other\"); recursive, a page: "
+    "`files`, `dirs`, `others`: {goal (str): count}, `cursor`, `total`",
+)  # fmt: skip
+ADMIN_SET_GOAL = _admin(
+    "admin.set_goal", _ADMIN_PATH, _i("goal", doc=f"{GOAL_MIN}..{GOAL_MAX}"),
+    _b("recursive", "default false"), _CURSOR,
+    answer="a page (4,096 entries): `changed`, `unchanged` (inodes), `cursor` (nil once done; "
+    "send it back with a new seq). The leases on the subtree's directories are recalled "
+    "first.",
+    session=True,
+)  # fmt: skip
+ADMIN_META_ADD = _admin(
+    "admin.meta_add",
+    Field("address", STR, doc='"host:port" of a running metaserver started empty with '
+          "`join = true`"),
+    _u("node_id", False, "checked against the id it reports"),
+    answer="`node_id`, `address`, `catch_up_ms`, `by_snapshot` (bool), `was_voter` (bool). "
+    "Leader only. Adds it as a learner, waits until it caught up, promotes it to voter. A node "
+    "already a voter at `address` is a success with `was_voter` true (nothing done). "
+    "`NotFound`: nothing answers at `address`; `Exists`: the address is another member's, or "
+    "the id is a member at another address (a learner at the same address is resumed "
+    "instead); `Invalid`: the node already has a membership, or is another id than `node_id`; "
+    "`Timeout`: still catching up (it stays a learner: the same request resumes).",
+)  # fmt: skip
+ADMIN_META_REMOVE = _admin(
+    "admin.meta_remove", _u("node_id"),
+    answer="`voters`, `learners` (after the change), `was_member` (bool). Leader only. An id "
+    "not in the configuration is a success with `was_member` false (nothing done); "
+    "`Invalid`: the last voter. For the leader itself: leadership moves first to another "
+    "voter (one the leader streams entries to and heard from recently, the most caught up of "
+    "those) and the answer is `NotLeader` naming it (`leader_id`), where the same request "
+    "then removes the old leader.",
+)  # fmt: skip
+ADMIN_TRANSFER_LEADER = _admin(
+    "admin.transfer_leader",
+    _u("node_id", False, "by default the voter a removal of the leader would pick"),
+    answer="`leader`, `leader_address`, once it leads. Leader only. `Invalid`: not a voter, or "
+    "no other voter.",
+)  # fmt: skip
+META_MEMBERS = Op(
+    "meta.members", ANYONE, fields=(_b("leader_only", "`NotLeader` on a follower"),),
+    answer="`node_id`, `term`, `role`, `leader`, `leader_address`, `commit`, `applied`, "
+    "`last_index`, `voters`, `learners`, `metaservers` (as in `status`). Any node answers with "
+    "its own view.",
+    common=COMMON,
+)  # fmt: skip
 
 # Raft's one-way frame between metaservers (``metaserver/raft/node.py`` defines its body).
 RAFT = Op("raft", METASERVERS, fields=(_u("v"), Field("m", LIST)), oneway=True,
-          answer="one-way: Raft messages (`metaserver/raft/wire.py`)")  # fmt: skip
+          answer="one-way: Raft messages (`metaserver/raft/types.py`, `message_to_wire`)")  # fmt: skip
 
 META_OPS: tuple[Op, ...] = (
     FS_LOOKUP, FS_GETATTR, FS_OPEN, FS_RELEASE, FS_KEEPALIVE, FS_READDIR, FS_READLINK,

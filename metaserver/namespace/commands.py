@@ -44,13 +44,15 @@ from dfs.wire.limits import (
     FILE_SIZE_BYTES_MAX,
     FRAME_HEADER_BYTES_MAX,
     GOAL_MAX,
-    INT63_MAX,
     LOCATE_COUNT_MAX,
     NAME_BYTES_MAX,
     SYMLINK_TARGET_BYTES_MAX,
     UINT64_MAX,
     XATTR_NAME_BYTES_MAX,
     XATTR_VALUE_BYTES_MAX,
+)
+from dfs.wire.limits import (
+    INT63_MAX as INT63_MAX,  # (metaserver/repair.py takes it from here)
 )
 
 COMMAND_VERSION = 1

@@ -56,7 +56,8 @@ from typing import Any
 import msgpack
 
 from dfs.wire.errors import NotDir, NotFound
-from dfs.wire.limits import CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN, ROOT_INO
+from dfs.wire.limits import CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN
+from dfs.wire.limits import ROOT_INO as ROOT_INO  # its importers take it from here
 from metaserver.namespace.cluster import ClusterState
 from metaserver.namespace.commands import GOAL_DEFAULT
 from metaserver.raft.sessions import SessionTable

@@ -411,7 +411,8 @@ ADMIN_GOALS = _admin(
     "`files`, `dirs`, `others`: {goal (str): count}, `cursor`, `total`",
 )  # fmt: skip
 ADMIN_SET_GOAL = _admin(
-    "admin.set_goal", _ADMIN_PATH, _i("goal", doc=f"{GOAL_MIN}..{GOAL_MAX}"),
+    "admin.set_goal", _ADMIN_PATH,
+    Field("goal", UINT, low=GOAL_MIN, high=GOAL_MAX, message=f"goal: {GOAL_MIN}..{GOAL_MAX}"),
     _b("recursive", "default false"), _CURSOR,
     answer="a page (4,096 entries): `changed`, `unchanged` (inodes), `cursor` (nil once done; "
     "send it back with a new seq). The leases on the subtree's directories are recalled "

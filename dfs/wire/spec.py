@@ -31,7 +31,8 @@ from dfs.wire.errors import DfsError, Invalid, ProtocolError
 # ------------------------------------------------------------------ roles
 # What the peer proved in the handshake (``auth.py``: the role is inside the MAC). Today
 # every process holds the cluster secret, so a role is a claim made by someone who knows
-# the secret; separate credentials per role come later (docs/SECURITY.md).
+# the secret; separate credentials per role come later (docs/ARCHITECTURE.md,
+# "Operations, limits and roles").
 CLIENT = "client"
 METASERVER = "metaserver"
 CHUNKSERVER = "chunkserver"

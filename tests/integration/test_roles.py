@@ -1,5 +1,5 @@
 """Roles on a real cluster, tried as an attacker who knows the cluster secret would
-(docs/SECURITY.md; the definitions' roles: dfs/wire/ops_meta.py, dfs/wire/ops_chunk.py).
+(docs/ARCHITECTURE.md, "Operations, limits and roles"; the definitions' roles: dfs/wire/ops_meta.py, dfs/wire/ops_chunk.py).
 
 What these tests check:
 - a client-role connection that sends raw Raft frames (``TIMEOUT_NOW``, an ``APP`` of a

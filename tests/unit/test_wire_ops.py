@@ -3,7 +3,7 @@
 What these tests check: a request is refused with the answers the hand-written parsers
 gave (ProtocolError for a missing or mistyped field, the field's own error past a limit);
 fields a definition does not name pass (old and new peers meet); every op names the roles
-that may send it, as docs/SECURITY.md says; the limits are defined once in the project.
+that may send it, as docs/ARCHITECTURE.md says ("Operations, limits and roles"); the limits are defined once in the project.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def test_an_unknown_op_is_unsupported() -> None:
             lookup(METASERVER_OPS, op)
 
 
-# Who may send what (docs/SECURITY.md, "Roles").
+# Who may send what (docs/ARCHITECTURE.md, "Operations, limits and roles").
 ONLY = {
     "raft": {METASERVER},
     "chunk.delete": {METASERVER},

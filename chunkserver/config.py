@@ -91,6 +91,7 @@ from typing import TypeVar
 from chunkserver.disk import DISK_JOBS_MAX
 from chunkserver.peers import parse_address
 from dfs.wire.errors import Invalid
+from dfs.wire.limits import CS_LABEL_CHARS_MAX
 from dfs.wire.replicafile import CHUNK_ID_MAX
 
 CONFIG_VERSION = 1
@@ -122,10 +123,9 @@ _CONFIG_KEYS = {
     "report_interval_ms", "report_chunks_per_call", "scrub_bytes_per_s", "scrub_interval_ms",
     "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack", "drop_behind", "metrics_port",
 }  # fmt: skip
-LABEL_CHARS_MAX = 255
 # How long a start tries for its data directory's lock, and the pause between attempts.
 LOCK_WAIT_S = 1.0
-LOCK_RETRY_S = 0.01  # as the namespace keeps a host or rack label
+LOCK_RETRY_S = 0.01
 
 
 # ---------------------------------------------------------------------- config
@@ -207,8 +207,8 @@ def load_config(path: Path) -> ServerConfig:
         # Peers and the metaserver need an address they can reach: a wildcard is none.
         raise ValueError(f"{path}: listening on {listen!r} needs an 'address' to advertise")
     host = raw.get("host")
-    if host is not None and (type(host) is not str or not 1 <= len(host) <= LABEL_CHARS_MAX):
-        raise ValueError(f"{path}: host must be a string of 1..{LABEL_CHARS_MAX} characters")
+    if host is not None and (type(host) is not str or not 1 <= len(host) <= CS_LABEL_CHARS_MAX):
+        raise ValueError(f"{path}: host must be a string of 1..{CS_LABEL_CHARS_MAX} characters")
     config = ServerConfig(
         listen_host=listen_host,
         listen_port=listen_port,
@@ -235,8 +235,8 @@ def load_config(path: Path) -> ServerConfig:
     )
     if config.metrics_port is not None and not 0 <= config.metrics_port < 65536:
         raise ValueError(f"{path}: metrics_port must be a port number (0: any free one)")
-    if len(config.rack) > LABEL_CHARS_MAX:
-        raise ValueError(f"{path}: rack must be at most {LABEL_CHARS_MAX} characters")
+    if len(config.rack) > CS_LABEL_CHARS_MAX:
+        raise ValueError(f"{path}: rack must be at most {CS_LABEL_CHARS_MAX} characters")
     if config.capacity_bytes < 0:
         raise ValueError(f"{path}: capacity_bytes must be >= 0 (0: the file system's size)")
     if not HEARTBEAT_MS_MIN <= config.heartbeat_ms <= HEARTBEAT_MS_MAX:

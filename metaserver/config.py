@@ -32,15 +32,17 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfs.wire.limits import BLOCK_BYTES, CHUNK_SIZE_BYTES_DEFAULT, CHUNK_SIZE_BYTES_MAX
 from metaserver.chunks.placement import PLACEMENT_POLICIES
 from metaserver.holds import HOLD_GRACE_S
 from metaserver.raft.config import parse_node
 from metaserver.raft.node import NodeConfig
 
 CONFIG_VERSION = 1
-CHUNK_SIZE_DEFAULT = 64 << 20
-CHUNK_SIZE_MIN = 64 << 10  # one checksum block
-CHUNK_SIZE_MAX = 1 << 30
+CHUNK_SIZE_DEFAULT = CHUNK_SIZE_BYTES_DEFAULT
+# A cluster's chunk size is whole checksum blocks (a replica's checksums cover blocks).
+CHUNK_SIZE_MIN = BLOCK_BYTES
+CHUNK_SIZE_MAX = CHUNK_SIZE_BYTES_MAX
 
 
 # The metaserver's own keys (the Raft ones: metaserver/raft/config.py).

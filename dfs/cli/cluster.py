@@ -67,9 +67,10 @@ from dfs import rpc
 from dfs.secret import generate_secret, load_secret, write_secret
 from dfs.testing.ports import free_loopback_ports
 from dfs.wire.errors import DfsError
+from dfs.wire.limits import CHUNK_SIZE_BYTES_DEFAULT
 
 LAYOUT_VERSION = 1
-CHUNK_SIZE_DEFAULT = 64 << 20
+CHUNK_SIZE_DEFAULT = CHUNK_SIZE_BYTES_DEFAULT
 STATUS_TIMEOUT_S = 2.0
 STOP_TIMEOUT_S = 15.0
 # Servers on hosts of their own (dfs init): their default ports, and their metrics'

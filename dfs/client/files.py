@@ -87,7 +87,6 @@ import anyio
 from dfs.client.chunkio import gather
 from dfs.client.fileio import FileIo
 from dfs.client.records import Attr, WriteHandle
-from dfs.types import PERMISSION_BITS
 from dfs.wire.errors import (
     Busy,
     Corrupt,
@@ -101,6 +100,7 @@ from dfs.wire.errors import (
     Timeout,
     Unavailable,
 )
+from dfs.wire.limits import PERMISSION_BITS
 
 log = logging.getLogger(__name__)
 

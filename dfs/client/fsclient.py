@@ -66,16 +66,22 @@ from dfs.client.inopool import InoPool
 from dfs.client.localread import LocalReads
 from dfs.client.meta import MetaClient
 from dfs.client.options import ClientOptions
-from dfs.client.paths import ROOT_INO, PathResolution, check_name
+from dfs.client.paths import PathResolution, check_name
 from dfs.client.pool import ConnectionPool
 from dfs.client.records import Attr, DirEntry, StatFs, WriteHandle
-from dfs.types import DIR_BLOCKS, DIR_SIZE_BYTES, MKDIR_BITS, SYMLINK_TARGET_BYTES_MAX
 from dfs.wire.errors import (
     DfsError,
     NoAttr,
     NotFound,
     ProtocolError,
     Unavailable,
+)
+from dfs.wire.limits import (
+    DIR_BLOCKS,
+    DIR_SIZE_BYTES,
+    MKDIR_BITS,
+    ROOT_INO,
+    SYMLINK_TARGET_BYTES_MAX,
 )
 from dfs.wire.messages import field
 

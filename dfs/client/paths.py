@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from dfs.client.records import Attr
 from dfs.wire.errors import Invalid, NameTooLong, NotDir
+from dfs.wire.limits import NAME_BYTES_MAX, ROOT_INO
 
-ROOT_INO = 1
-NAME_BYTES_MAX = 255
 # Symlinks followed while resolving one path before giving up (Linux's MAXSYMLINKS).
 SYMLINKS_MAX = 40
 
@@ -82,4 +81,4 @@ def _components(path: bytes) -> list[bytes]:
     return [p for p in path.split(b"/") if p and p != b"."]
 
 
-__all__ = ["NAME_BYTES_MAX", "SYMLINKS_MAX", "PathResolution", "check_name"]
+__all__ = ["SYMLINKS_MAX", "PathResolution", "check_name"]

@@ -89,6 +89,7 @@ from dfs.client.stats import OpStats
 from dfs.fuse.errno_map import BAD_HANDLE, QUIET_ERRNOS, errno_for
 from dfs.fuse.pages import PageStamps
 from dfs.wire.errors import DfsError, Invalid, NotEmpty, NotFound, Unsupported
+from dfs.wire.limits import NAME_BYTES_MAX
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,6 @@ STATFS_BLOCK_BYTES = 4096
 # Inodes have no fixed table in dfs: report this many in total so that df -i shows a sane
 # use fraction and nothing believes the file system is out of inodes.
 STATFS_FILES_MAX = 1 << 32
-NAME_BYTES_MAX = 255
 # Entries asked for per fs.readdir page (the protocol allows up to 4096).
 READDIR_PAGE = 1024
 # Names given to open files whose last visible name was removed (rule 6).

@@ -25,7 +25,6 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-from dfs.types import MKDIR_BITS, PERMISSION_BITS
 from dfs.wire.errors import (
     Exists,
     Invalid,
@@ -42,18 +41,22 @@ from dfs.wire.errors import (
     TooManyLinks,
     Unavailable,
 )
-from metaserver.namespace import pools
-from metaserver.namespace.commands import (
-    DIR_ENTRIES_MAX,
+from dfs.wire.limits import (
     GOAL_MAX,
     GOAL_MIN,
     INT63_MAX,
-    INT64_MIN,
-    LINKS_MAX,
+    MKDIR_BITS,
     MODE_MAX,
-    REPLICAS_MAX,
+    PERMISSION_BITS,
     UINT32_MAX,
     UINT64_MAX,
+)
+from metaserver.namespace import pools
+from metaserver.namespace.commands import (
+    DIR_ENTRIES_MAX,
+    INT64_MIN,
+    LINKS_MAX,
+    REPLICAS_MAX,
     XATTR_BYTES_PER_INODE_MAX,
     arg_bool,
     arg_bytes,

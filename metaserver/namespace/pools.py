@@ -32,18 +32,12 @@ from __future__ import annotations
 from typing import Any
 
 from dfs.wire.errors import Invalid, NoSpace, Stale
-from metaserver.namespace.commands import (
-    INT63_MAX,
-    REPLICAS_MAX,
-    arg_int,
-    arg_int_list,
-    check_fields,
-)
+from dfs.wire.limits import INT63_MAX, RESERVE_ENTRIES_MAX
+from metaserver.namespace.commands import REPLICAS_MAX, arg_int, arg_int_list, check_fields
 from metaserver.namespace.state import State
 
 # One reserve command hands out at most this many entries; a holder keeps at most this
 # many (a client asks for more when it runs low, so two batches' worth is plenty).
-RESERVE_ENTRIES_MAX = 256
 POOL_ENTRIES_MAX = 1024
 # An entry's life, in the leader's time. A client uses an entry only within minutes of
 # getting it (while its write handle's token is young: dfs/client/inopool.py), and the

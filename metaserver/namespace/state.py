@@ -57,19 +57,15 @@ from typing import Any
 
 import msgpack
 
-from dfs.types import DIR_BLOCKS, DIR_SIZE_BYTES
 from dfs.wire.errors import NotDir, NotFound
+from dfs.wire.limits import CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN, DIR_BLOCKS, DIR_SIZE_BYTES
+from dfs.wire.limits import ROOT_INO as ROOT_INO  # its importers take it from here
 from metaserver.namespace.cluster import ClusterState
-from metaserver.namespace.commands import (
-    CHUNK_SIZE_BYTES_MAX,
-    CHUNK_SIZE_BYTES_MIN,
-    GOAL_DEFAULT,
-)
+from metaserver.namespace.commands import GOAL_DEFAULT
 from metaserver.raft.sessions import SessionTable
 
 SNAPSHOT_VERSION = 5
 SNAPSHOT_VERSIONS_READ = (1, 2, 3, 4, 5)
-ROOT_INO = 1
 # Tombstones in a directory's cookie index are compacted once they are this many and
 # outnumber the live entries (amortized O(1) per removal).
 _DEAD_COMPACT_MIN = 64

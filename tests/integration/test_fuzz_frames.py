@@ -28,19 +28,15 @@ from dfs.client import FsClient
 from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
 from dfs.wire.errors import DfsError
-from metaserver.server import MUTATIONS
+from dfs.wire.ops import CHUNKSERVER_OPS, METASERVER_OPS
+from dfs.wire.spec import BOOL, BYTES, INT, LIST, MAP, STR, UINT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-META_OPS = sorted(
-    {*MUTATIONS, "fs.lookup", "fs.getattr", "fs.readdir", "fs.readlink", "fs.getxattr",
-     "fs.listxattr", "fs.statfs", "fs.locate", "fs.write_handle", "fs.open", "fs.release",
-     "fs.keepalive", "fs.batch", "fs.reserve", "fs.dir_lease", "fs.lease_release",
-     "cs.register", "cs.heartbeat", "cs.report", "cs.bad_chunks", "status", "admin.rebalance",
-     "admin.drain", "admin.forget", "admin.fsck", "admin.goals", "admin.set_goal"}
-)  # fmt: skip
-CS_OPS = ["chunk.write", "chunk.read", "chunk.sync", "chunk.info", "chunk.delete",
-          "chunk.replicate", "cs.status"]  # fmt: skip
+# Every operation each server defines (dfs/wire/ops_meta.py, ops_chunk.py), but the
+# membership changes.
+META_OPS = sorted(op for op in METASERVER_OPS if not op.startswith("admin.meta_"))
+CS_OPS = sorted(CHUNKSERVER_OPS)
 FIELDS = ["parent", "name", "ino", "mode", "uid", "gid", "target", "size", "offset",
           "chunk_id", "version", "token", "chain", "holder", "inos", "ops", "count", "goal",
           "chunks", "cookie", "limit", "flags", "new_parent", "new_name", "value", "path",
@@ -61,37 +57,27 @@ SANE = st.one_of(
     st.integers(min_value=0, max_value=64), st.integers(min_value=0, max_value=2**20),
     st.binary(min_size=1, max_size=16), st.booleans(), st.lists(st.integers(0, 64), max_size=4),
 )  # fmt: skip
-# The fields each op takes (name -> type), to draw requests that pass the type checks and
-# reach the handlers; mutations then break one part or another.
-_I, _B = int, bytes
-TEMPLATES: dict[str, dict[str, type]] = {
-    **{op: {name: tp for name, tp, _ in spec} for op, (_, spec) in MUTATIONS.items()},
-    "fs.lookup": {"parent": _I, "name": _B}, "fs.getattr": {"ino": _I},
-    "fs.readdir": {"ino": _I, "cookie": _I, "limit": _I}, "fs.readlink": {"ino": _I},
-    "fs.getxattr": {"ino": _I, "name": _B}, "fs.listxattr": {"ino": _I},
-    "fs.locate": {"ino": _I, "index": _I, "count": _I}, "fs.open": {"ino": _I, "holder": _I},
-    "fs.write_handle": {"ino": _I, "index": _I, "holder": _I},
-    "fs.release": {"inos": list, "holder": _I}, "fs.keepalive": {"inos": list, "holder": _I},
-    "fs.reserve": {"holder": _I, "count": _I, "goal": _I},
-    "fs.dir_lease": {"ino": _I, "holder": _I}, "fs.lease_release": {"inos": list, "holder": _I},
-    "fs.batch": {"ops": list, "holder": _I}, "admin.set_goal": {"path": _B, "goal": _I},
-    "chunk.read": {"chunk_id": _I, "version": _I, "offset": _I, "size": _I, "token": _B},
-    "chunk.write": {"chunk_id": _I, "version": _I, "offset": _I, "token": _B, "chain": list},
-    "chunk.sync": {"chunk_id": _I, "version": _I, "token": _B},
-    "chunk.info": {"chunk_id": _I}, "chunk.delete": {"chunk_id": _I, "version": _I},
-}  # fmt: skip
-SANE_BY_TYPE = {
-    int: st.integers(min_value=0, max_value=64) | st.integers(min_value=0, max_value=2**40),
-    bytes: st.binary(min_size=1, max_size=16),
-    bool: st.booleans(),
-    list: st.lists(st.integers(0, 64), max_size=4) | st.lists(VALUE, max_size=3),
+# The fields each op takes, by kind, from its definition: requests drawn from them pass the
+# type checks and reach the handlers; mutations then break one part or another.
+TEMPLATES: dict[str, dict[str, str]] = {
+    name: {f.name: f.kind for f in op.fields}
+    for name, op in {**METASERVER_OPS, **CHUNKSERVER_OPS}.items()
+}
+SANE_BY_KIND = {
+    UINT: st.integers(min_value=0, max_value=64) | st.integers(min_value=0, max_value=2**40),
+    INT: st.integers(min_value=0, max_value=64) | st.integers(min_value=-64, max_value=2**40),
+    BYTES: st.binary(min_size=1, max_size=16),
+    STR: st.text(min_size=1, max_size=16),
+    BOOL: st.booleans(),
+    LIST: st.lists(st.integers(0, 64), max_size=4) | st.lists(VALUE, max_size=3),
+    MAP: st.dictionaries(st.text(max_size=8), SANE, max_size=3),
 }
 
 
 @st.composite
 def plausible(draw: st.DrawFn, op: str) -> dict[str, Any]:
     """``op``'s fields with values of the right type, then maybe one broken."""
-    fields = {name: draw(SANE_BY_TYPE.get(tp, VALUE)) for name, tp in TEMPLATES[op].items()}
+    fields = {name: draw(SANE_BY_KIND.get(kind, VALUE)) for name, kind in TEMPLATES[op].items()}
     mutation = draw(st.integers(0, 3))
     if mutation == 1 and fields:
         fields.pop(draw(st.sampled_from(sorted(fields))))

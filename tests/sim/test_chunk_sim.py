@@ -229,3 +229,17 @@ def test_the_file_model_forgets_bytes_an_acknowledged_write_replaced() -> None:
     model.acknowledged(0, b"\x03\x03")
     assert not model.allowed(0, b"\x02\x02")
     assert model.allowed(0, b"\x03\x03\x02\x01")  # past the new write: still may hold 2s
+
+
+# Seeds beyond CI's range whose violations found a bug or a flaw of the simulation, each
+# fixed (CHANGELOG, "Fixed (found by the chunk simulation)"): replayed in every run, so a
+# change that brings one back fails here, not only in a 10,000-seed run.
+FOUND_SEEDS = (346, 558, 791, 991, 1305, 2012, 3260, 3394, 3486, 3780, 3883, 4134, 5000,
+               5130, 5432, 6327, 6411, 6717, 6741, 6951, 9041, 9963)  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_the_seeds_that_found_bugs_stay_clean() -> None:
+    for seed in FOUND_SEEDS:
+        result = sim.run_seed(seed)  # raises Violation, naming the seed, if one comes back
+        assert result.writes_acked > 0, seed

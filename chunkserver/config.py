@@ -29,6 +29,10 @@ Config file (TOML, version 1)::
                                         # this (default 7 days; 0: as fast as the rate lets)
     inject_eio_chunk_ids = []           # optional; TESTS ONLY: reads and data writes of
                                         # replicas of these chunk ids fail as with EIO
+    conn_inflight_bytes_max = 33554432  # optional; budgets (dfs/budget.py, SECURITY.md):
+    inflight_bytes_max = 100663296      #   bytes in flight per connection and in all
+    host_conns_max = 256                #   connections per peer host
+    conns_max = 4096                    #   and in all (lowered to fit the fd limit)
 
 Unknown keys are refused; a bad config exits with code 2 and says what is wrong.
 
@@ -82,12 +86,13 @@ import os
 import time
 import tomllib
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from chunkserver.disk import DISK_JOBS_MAX
 from chunkserver.peers import parse_address
+from dfs.budget import LIMIT_KEYS, Limits, limits_from
 from dfs.wire.errors import Invalid
 from dfs.wire.replicafile import CHUNK_ID_MAX
 
@@ -119,7 +124,7 @@ _CONFIG_KEYS = {
     "heartbeat_ms", "fsync", "disk_jobs", "replicate_bytes_per_s", "replicate_jobs",
     "report_interval_ms", "report_chunks_per_call", "scrub_bytes_per_s", "scrub_interval_ms",
     "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack", "drop_behind",
-}  # fmt: skip
+} | LIMIT_KEYS  # fmt: skip
 LABEL_CHARS_MAX = 255
 # How long a start tries for its data directory's lock, and the pause between attempts.
 LOCK_WAIT_S = 1.0
@@ -152,6 +157,7 @@ class ServerConfig:
     inject_eio_chunk_ids: tuple[int, ...] = ()
     host: str | None = None  # None: the host of the advertised address
     rack: str = ""
+    limits: Limits = field(default_factory=Limits)
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -228,6 +234,7 @@ def load_config(path: Path) -> ServerConfig:
         inject_eio_chunk_ids=tuple(get("inject_eio_chunk_ids", list, [])),
         host=host,
         rack=get("rack", str, ""),
+        limits=limits_from(raw, path),
     )
     if len(config.rack) > LABEL_CHARS_MAX:
         raise ValueError(f"{path}: rack must be at most {LABEL_CHARS_MAX} characters")

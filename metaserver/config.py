@@ -18,6 +18,9 @@ Config file (TOML, version 1)::
                                         #   this long, while clients announce open files
     tick_ms = 100                       # optional; and the other Raft keys:
                                         #   metaserver/raft/config.py
+    inflight_bytes_max = 100663296      # optional; budgets, as the chunkserver's (also
+                                        #   conn_inflight_bytes_max, host_conns_max,
+                                        #   conns_max): dfs/budget.py, SECURITY.md
     [peers]                             # the initial members, this node included
     1 = "127.0.0.1:7001"
     2 = "127.0.0.1:7002"
@@ -27,9 +30,10 @@ Config file (TOML, version 1)::
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from dfs.budget import LIMIT_KEYS, Limits, limits_from
 from metaserver.chunks.placement import PLACEMENT_POLICIES
 from metaserver.holds import HOLD_GRACE_S
 from metaserver.raft.config import parse_node
@@ -45,7 +49,7 @@ CHUNK_SIZE_MAX = 1 << 30
 _KEYS = frozenset(
     {"chunk_size", "dead_timeout_ms", "placement", "token_ttl_ms", "repair_interval_ms",
      "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms"}
-)  # fmt: skip
+) | LIMIT_KEYS  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -63,6 +67,7 @@ class MetaConfig:
     gc_grace_s: float = 30.0
     replication_jobs: int = 4
     hold_grace_s: float = HOLD_GRACE_S
+    limits: Limits = field(default_factory=Limits)
 
 
 def load_config(path: Path) -> MetaConfig:
@@ -70,6 +75,7 @@ def load_config(path: Path) -> MetaConfig:
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     section = parse_node(raw, path, _KEYS)
+    limits = limits_from(raw, path)
     try:
         config = MetaConfig(
             node=section.node,
@@ -85,6 +91,7 @@ def load_config(path: Path) -> MetaConfig:
             gc_grace_s=int(raw.get("gc_grace_ms", 30_000)) / 1000,
             replication_jobs=int(raw.get("replication_jobs", 4)),
             hold_grace_s=int(raw.get("hold_grace_ms", int(HOLD_GRACE_S * 1000))) / 1000,
+            limits=limits,
         )
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None

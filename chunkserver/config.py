@@ -29,7 +29,7 @@ Config file (TOML, version 1)::
                                         # this (default 7 days; 0: as fast as the rate lets)
     inject_eio_chunk_ids = []           # optional; TESTS ONLY: reads and data writes of
                                         # replicas of these chunk ids fail as with EIO
-    conn_inflight_bytes_max = 33554432  # optional; budgets (dfs/budget.py, SECURITY.md):
+    conn_inflight_bytes_max = 33554432  # optional; budgets (ARCHITECTURE.md, "Budgets"):
     inflight_bytes_max = 100663296      #   bytes in flight per connection and in all
     host_conns_max = 256                #   connections per peer host
     conns_max = 4096                    #   and in all (lowered to fit the fd limit)

@@ -6,7 +6,7 @@ serves ``dfs.rpc``, ``limits_from``), the process's account of bytes in flight
 (``ConnectionCount``), and raising the file descriptor limit at start (``raise_fd_limit``).
 What it must not do: touch a socket. ``dfs/rpc.py`` measures what each connection holds,
 stops reading from it while a budget is used up, and closes connections it is told to
-refuse; docs/SECURITY.md ("Budgets") says what each limit bounds.
+refuse; docs/ARCHITECTURE.md ("Budgets") says what each limit bounds.
 
 BYTES IN FLIGHT. What a connection holds is the cost of its requests being handled (their
 payload, plus the answer a handler was told to make: a ``chunk.read``'s size, given by the
@@ -78,7 +78,7 @@ class Limits:
     conns_max: int = CONNS_MAX
 
 
-# The config keys, the same in every daemon's file (docs/SECURITY.md, "Budgets").
+# The config keys, the same in every daemon's file (docs/ARCHITECTURE.md, "Budgets").
 LIMIT_KEYS = frozenset(
     {"conn_inflight_bytes_max", "inflight_bytes_max", "host_conns_max", "conns_max"}
 )

@@ -20,7 +20,7 @@ Config file (TOML, version 1)::
                                         #   metaserver/raft/config.py
     inflight_bytes_max = 100663296      # optional; budgets, as the chunkserver's (also
                                         #   conn_inflight_bytes_max, host_conns_max,
-                                        #   conns_max): dfs/budget.py, SECURITY.md
+                                        #   conns_max): ARCHITECTURE.md, "Budgets"
     [peers]                             # the initial members, this node included
     1 = "127.0.0.1:7001"
     2 = "127.0.0.1:7002"

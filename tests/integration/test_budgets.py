@@ -4,8 +4,9 @@
   server's peak RSS (``VmHWM``) stays within its byte budgets, another client's reads are
   served meanwhile, and the attacker's answers all arrive once it reads.
 - 500 connections that never send a byte, from one host, against a server started with a
-  256-descriptor limit: a client from another host is served at once, the stalled
-  connections are dropped at the handshake deadline, and the server's log stays a few lines.
+  128-descriptor limit (on uvloop and on asyncio's loop): a client from another host is
+  served at once, the stalled connections are dropped at the handshake deadline, and the
+  server's log stays a few lines.
 
 No metaserver: the chunkserver serves data without one (its heartbeats fail, which it logs
 once). Every process is ended by PID in the fixture; waits poll with a deadline.
@@ -88,7 +89,9 @@ class Server:
 async def chunkserver(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Server]]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    async def start(fd_limit: int | None = None, **options: Any) -> Server:
+    async def start(
+        fd_limit: int | None = None, event_loop: str = "uvloop", **options: Any
+    ) -> Server:
         write_secret(tmp_path / "secret", SECRET)
         port, dead_meta = free_loopback_ports(2)
         lines = [
@@ -112,7 +115,7 @@ async def chunkserver(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
             proc = subprocess.Popen(
                 [sys.executable, "-m", "chunkserver", "--config", str(config)],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                preexec_fn=low_fd_limit,
+                preexec_fn=low_fd_limit, env={**os.environ, "DFS_EVENT_LOOP": event_loop},
             )  # fmt: skip
         procs.append(proc)
         server = Server(proc, ("127.0.0.1", port), log_path)
@@ -203,21 +206,36 @@ async def test_pipelined_reads_never_read_stay_within_the_budget(
         attacker.close()
 
 
+# asyncio's loop logged a traceback per refused accept once the fd table was full; uvloop
+# closes what it cannot accept, silently.
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 async def test_stalled_connections_and_few_fds_leave_a_client_served(
-    chunkserver: Callable[..., Awaitable[Server]],
+    chunkserver: Callable[..., Awaitable[Server]], event_loop: str
 ) -> None:
-    server = await chunkserver(fd_limit=256, host_conns_max=64)
+    # 128 descriptors: 64 for connections (the rest kept for files and the process), 32
+    # from one host; a burst of accepts before the refused ones are closed runs out of them.
+    server = await chunkserver(fd_limit=128, event_loop=event_loop, host_conns_max=32)
+
+    def server_fds() -> int:
+        return len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+
+    idle_fds = server_fds()
     stalled: list[socket.socket] = []
     try:
-        # The attack, from another loopback address: 500 connections that say nothing.
+        # The attack, from another loopback address: 500 connections that say nothing
+        # (opened without waiting: those the server's backlog cannot take yet keep trying).
         for _ in range(500):
-            with contextlib.suppress(OSError):
-                stalled.append(socket.create_connection(server.address, 2.0, ("127.0.0.2", 0)))
-        assert len(stalled) > 400
-        # A client from elsewhere is served at once, long before the handshake deadline
-        # (5 s) frees anything.
+            sock = socket.socket()
+            stalled.append(sock)
+            sock.setblocking(False)
+            sock.bind(("127.0.0.2", 0))
+            sock.connect_ex(server.address)
+        # The server holds as many as one host may have open.
+        await poll(lambda: server_fds() >= idle_fds + 32, "the attack to land")
+        # A client from elsewhere is served before the handshake deadline (5 s) frees
+        # anything; a SYN the full backlog dropped is sent again after 1 s.
         started = time.monotonic()
-        client = await server.connect()
+        client = await rpc.connect(*server.address, SECRET, name="test", timeout_s=4.0)
         try:
             await write_chunk(client, 2, b"x" * 65536)
             _, payload = await client.call(
@@ -226,23 +244,11 @@ async def test_stalled_connections_and_few_fds_leave_a_client_served(
             assert bytes(payload) == b"x" * 65536
         finally:
             client.close()
-        assert time.monotonic() - started < 3.0
-
-        # The server closes every stalled connection: at accept (over the per-host limit)
-        # or at the handshake deadline.
-        def all_closed() -> bool:
-            for sock in stalled:
-                sock.setblocking(False)
-                try:
-                    while sock.recv(65536):
-                        pass  # the server's hello: read past it to the end
-                except BlockingIOError:
-                    return False
-                except OSError:
-                    pass  # reset: closed too
-            return True
-
-        await poll(all_closed, "the server to close the stalled connections")
+        assert time.monotonic() - started < 4.5
+        # The stalled connections do not pin the server: over the per-host limit they are
+        # closed at accept, the others at the handshake deadline. (Connections the full
+        # accept queue left half-open on the server reach it later, and go the same way.)
+        await poll(lambda: server_fds() <= idle_fds + 2, "the stalled connections to go")
         # And it still serves, with a log of a few lines, not one per connection.
         conn = await server.connect()
         try:
@@ -252,7 +258,7 @@ async def test_stalled_connections_and_few_fds_leave_a_client_served(
         log = server.log()
         assert len(log.splitlines()) < 30, log
         assert len(log) < 20_000
-        assert "refusing connection" in log and "host_conns_max=64" in log
+        assert "refusing connection" in log and "host_conns_max=32" in log, log
         assert "dropping connection event=auth_failed" in log
         assert server.proc.poll() is None
     finally:

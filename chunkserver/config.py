@@ -18,6 +18,8 @@ Config file (TOML, version 1)::
     drop_behind = true                  # optional; a big write's pages leave the page
                                         # cache once on the disk (store.py, DROP-BEHIND)
     disk_jobs = 4                       # optional; disk operations running at once, 1 .. 64
+    metrics_port = 9102                 # optional; Prometheus metrics on the listen host
+                                        # (0: any free port; absent: off)
     replicate_bytes_per_s = 67108864    # optional; chunk.replicate copy rate, all copies
                                         # together (default 64 MiB/s; 0: no limit)
     replicate_jobs = 2                  # optional; copies at once, 1 .. 64 (more wait)
@@ -94,6 +96,7 @@ from chunkserver.disk import DISK_JOBS_MAX
 from chunkserver.peers import parse_address
 from dfs.budget import LIMIT_KEYS, Limits, limits_from
 from dfs.wire.errors import Invalid
+from dfs.wire.limits import CS_LABEL_CHARS_MAX
 from dfs.wire.replicafile import CHUNK_ID_MAX
 
 CONFIG_VERSION = 1
@@ -123,12 +126,11 @@ _CONFIG_KEYS = {
     "listen", "data_dir", "secret_file", "metaservers", "address", "capacity_bytes",
     "heartbeat_ms", "fsync", "disk_jobs", "replicate_bytes_per_s", "replicate_jobs",
     "report_interval_ms", "report_chunks_per_call", "scrub_bytes_per_s", "scrub_interval_ms",
-    "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack", "drop_behind",
+    "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack", "drop_behind", "metrics_port",
 } | LIMIT_KEYS  # fmt: skip
-LABEL_CHARS_MAX = 255
 # How long a start tries for its data directory's lock, and the pause between attempts.
 LOCK_WAIT_S = 1.0
-LOCK_RETRY_S = 0.01  # as the namespace keeps a host or rack label
+LOCK_RETRY_S = 0.01
 
 
 # ---------------------------------------------------------------------- config
@@ -158,6 +160,7 @@ class ServerConfig:
     host: str | None = None  # None: the host of the advertised address
     rack: str = ""
     limits: Limits = field(default_factory=Limits)
+    metrics_port: int | None = None  # Prometheus on the listen host (dfs/metrics.py); None: off
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -210,8 +213,8 @@ def load_config(path: Path) -> ServerConfig:
         # Peers and the metaserver need an address they can reach: a wildcard is none.
         raise ValueError(f"{path}: listening on {listen!r} needs an 'address' to advertise")
     host = raw.get("host")
-    if host is not None and (type(host) is not str or not 1 <= len(host) <= LABEL_CHARS_MAX):
-        raise ValueError(f"{path}: host must be a string of 1..{LABEL_CHARS_MAX} characters")
+    if host is not None and (type(host) is not str or not 1 <= len(host) <= CS_LABEL_CHARS_MAX):
+        raise ValueError(f"{path}: host must be a string of 1..{CS_LABEL_CHARS_MAX} characters")
     config = ServerConfig(
         listen_host=listen_host,
         listen_port=listen_port,
@@ -235,9 +238,12 @@ def load_config(path: Path) -> ServerConfig:
         host=host,
         rack=get("rack", str, ""),
         limits=limits_from(raw, path),
+        metrics_port=get("metrics_port", int) if "metrics_port" in raw else None,
     )
-    if len(config.rack) > LABEL_CHARS_MAX:
-        raise ValueError(f"{path}: rack must be at most {LABEL_CHARS_MAX} characters")
+    if config.metrics_port is not None and not 0 <= config.metrics_port < 65536:
+        raise ValueError(f"{path}: metrics_port must be a port number (0: any free one)")
+    if len(config.rack) > CS_LABEL_CHARS_MAX:
+        raise ValueError(f"{path}: rack must be at most {CS_LABEL_CHARS_MAX} characters")
     if config.capacity_bytes < 0:
         raise ValueError(f"{path}: capacity_bytes must be >= 0 (0: the file system's size)")
     if not HEARTBEAT_MS_MIN <= config.heartbeat_ms <= HEARTBEAT_MS_MAX:

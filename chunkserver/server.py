@@ -38,10 +38,11 @@ from chunkserver.config import (
     write_small_file,
 )
 from chunkserver.disk import INLINE_WRITE_BYTES_MAX, AsyncChunkStore, ChunkLock
+from chunkserver.metrics import readings as chunkserver_readings
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.repair import Scrubber, Throttle, copy_in
-from chunkserver.store import READ_BYTES_MAX
 from dfs import daemon, rpc
+from dfs.metrics import Reading, ServerMetrics
 from dfs.ratelog import RateLimitedLog
 from dfs.wire.errors import (
     AuthError,
@@ -54,10 +55,17 @@ from dfs.wire.errors import (
     Timeout,
     TooBig,
     Unavailable,
-    Unsupported,
 )
-from dfs.wire.messages import field, uint_field
-from dfs.wire.replicafile import CHUNK_BYTES_MAX, CHUNK_ID_MAX, VERSION_MAX
+from dfs.wire.limits import (
+    BAD_CHUNKS_MAX,
+    CHUNK_BYTES_MAX,
+    OP_TIMEOUT_MS_DEFAULT,
+    OP_TIMEOUT_MS_MAX,
+    READ_BYTES_MAX,
+)
+from dfs.wire.messages import uint_field
+from dfs.wire.ops import CHUNKSERVER_OPS, admit, lookup
+from dfs.wire.ops_chunk import CHUNK_READ, CHUNK_WRITE
 from dfs.wire.token import READ, WRITE, check_token, token_key
 
 log = logging.getLogger("chunkserver")
@@ -66,14 +74,9 @@ _loop_log = RateLimitedLog(log)
 
 T = TypeVar("T")
 
-# docs/PROTOCOL.md: every request may carry timeout_ms, default 5000, at most 60000.
-OP_TIMEOUT_MS_DEFAULT = 5000
-OP_TIMEOUT_MS_MAX = 60_000
 # A downstream server gets this share of our remaining time, so that its answer (even a
 # Timeout) arrives before we give up on it ourselves.
 FORWARD_TIMEOUT_SHARE = 0.9
-# The longest chain: a goal is at most 16 replicas (fs.set_goal), so at most 15 follow us.
-CHAIN_MAX = 15
 # One attempt at one metaserver: a commit takes milliseconds; a leader that has not
 # answered in 2 s is as good as gone for this heartbeat (the next one comes soon).
 META_CALL_TIMEOUT_S = 2.0
@@ -82,86 +85,33 @@ META_CALL_TIMEOUT_S = 2.0
 HINT_HOPS_MAX = 3
 # How long a stopping server lets requests in flight finish before it closes connections.
 DRAIN_TIMEOUT_S = 5.0
-# docs/PROTOCOL.md limits of the repair ops.
-DELETE_CHUNKS_MAX = 4096
-SOURCES_MAX = 16
-BAD_CHUNKS_PER_CALL_MAX = 4096
 # Signatures of access tokens remembered (``ChunkServer._check_token``): a client's reader
 # holds one token per chunk, so this covers the chunks of many clients' open files.
 TOKENS_VERIFIED_MAX = 4096
 
 
 # ---------------------------------------------------------------------- request fields
+# Every request's fields are checked once, at the edge (``ChunkServer.admit``), against
+# their definitions in ``dfs/wire/ops_chunk.py``: the helpers below only read them, and
+# check what a definition cannot say (addresses, this server's own address).
 
 
 def _timeout_s(h: dict[str, Any]) -> float:
-    timeout_ms = uint_field(h, "timeout_ms", OP_TIMEOUT_MS_DEFAULT)
+    timeout_ms: int = h.get("timeout_ms", OP_TIMEOUT_MS_DEFAULT)
     return min(max(timeout_ms, 1), OP_TIMEOUT_MS_MAX) / 1000
 
 
-def _chunk_id(h: dict[str, Any]) -> int:
-    chunk_id = uint_field(h, "chunk_id")
-    if not 0 < chunk_id <= CHUNK_ID_MAX:
-        raise Invalid("chunk_id out of range", chunk_id=chunk_id)
-    return chunk_id
-
-
-def _u64(h: dict[str, Any], name: str) -> int:
-    value = uint_field(h, name)
-    if value >= 1 << 64:
-        raise Invalid(f"{name} out of range")
-    return value
-
-
-def _expect_length(h: dict[str, Any]) -> int | None:
-    """The optional ``expect_length`` (the writer's highest acknowledged end under this
-    version: store.py rule 8)."""
-    if "expect_length" not in h:
-        return None
-    value = uint_field(h, "expect_length")
-    if value > CHUNK_BYTES_MAX:
-        raise TooBig("expect_length past the maximum chunk size", limit=CHUNK_BYTES_MAX)
-    return value
-
-
-def _sources(h: dict[str, Any], own_address: str) -> list[str]:
-    sources = field(h, "sources", list)
-    if not 1 <= len(sources) <= SOURCES_MAX:
-        raise Invalid(f"sources must list 1 to {SOURCES_MAX} chunkservers")
-    for address in sources:
+def _addresses(addresses: list[str], own_address: str, what: str) -> list[str]:
+    for address in addresses:
         parse_address(address)  # Invalid unless a "host:port" string
-    if own_address in sources:
-        raise Invalid("sources include this server", address=own_address)
-    return list(sources)
-
-
-def _delete_entries(h: dict[str, Any]) -> list[tuple[int, int]]:
-    chunks = field(h, "chunks", list)
-    if len(chunks) > DELETE_CHUNKS_MAX:
-        raise Invalid(f"more than {DELETE_CHUNKS_MAX} chunks in one chunk.delete")
-    entries = []
-    for entry in chunks:
-        if not (
-            isinstance(entry, list)
-            and len(entry) == 2
-            and all(type(x) is int for x in entry)
-            and 0 < entry[0] <= CHUNK_ID_MAX
-            and 0 <= entry[1] <= VERSION_MAX
-        ):
-            raise Invalid("chunks must be a list of [chunk_id, version]")
-        entries.append((entry[0], entry[1]))
-    return entries
+    if own_address in addresses:
+        raise Invalid(f"{what} this server", address=own_address)
+    return list(addresses)
 
 
 def _chain(h: dict[str, Any], own_address: str) -> list[str]:
-    chain = field(h, "chain", list, [])
-    if len(chain) > CHAIN_MAX:
-        raise Invalid(f"chain longer than {CHAIN_MAX}")
-    for address in chain:
-        parse_address(address)  # Invalid unless a "host:port" string
-    if own_address in chain:
-        raise Invalid("chain loops back to this server", address=own_address)
-    return list(chain)
+    chain = h.get("chain")
+    return [] if not chain else _addresses(chain, own_address, "chain loops back to")
 
 
 def _request_bytes(h: dict[str, Any], payload: bytes) -> int:
@@ -199,6 +149,11 @@ class _WriteRequest:
 # ---------------------------------------------------------------------- the server
 
 Op = Callable[[dict[str, Any], bytes, float], Awaitable[rpc.HandlerResult]]
+
+
+def _role(conn: rpc.Connection) -> str | None:
+    """The role the peer proved in the handshake (``dfs/wire/auth.py``)."""
+    return conn.peer.role if conn.peer is not None else None
 
 
 class ChunkServer:
@@ -250,6 +205,9 @@ class ChunkServer:
             "chunk.replicate": self._chunk_replicate,
             "cs.status": self._cs_status,
         }
+        assert set(self._ops) == set(CHUNKSERVER_OPS), "one handler per defined op"
+        self.metrics: ServerMetrics | None = None
+        self.metrics_port: int | None = None
 
     # ------------------------------------------------------------------ logs
 
@@ -284,14 +242,25 @@ class ChunkServer:
                 loop.call_soon_threadsafe(self._bad_wake.set)
 
         self.store.store.on_bad = on_bad
+        handler, inline = self.handle, self.handle_now
+        if cfg.metrics_port is not None:
+            self.metrics = ServerMetrics(CHUNKSERVER_OPS)
+            handler = self.metrics.timed(self.handle)
+            inline = self.metrics.timed_inline(self.handle_now, rpc.LATER)
+
+            async def read() -> dict[str, Reading]:
+                return chunkserver_readings(self)
+
+            self.metrics.add_reader(read)
+            self.metrics_port = self.metrics.start(cfg.listen_host, cfg.metrics_port)
         self._rpc = await rpc.serve(
             cfg.listen_host,
             cfg.listen_port,
             self._secret,
-            self.handle,
+            handler,
             name=f"cs-{self.cs_id or self.uuid[:8]}",
             role="chunkserver",
-            inline_handler=self.handle_now,
+            inline_handler=inline,
             limits=cfg.limits,
             request_bytes=_request_bytes,
         )
@@ -316,6 +285,8 @@ class ChunkServer:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)  # waits for a scrape in progress
         if self._rpc is not None and self._rpc.server is not None:
             self._rpc.server.close()  # no new connections
         for task in self._tasks:
@@ -350,9 +321,9 @@ class ChunkServer:
         self, conn: rpc.Connection, header: dict[str, Any], payload: bytes
     ) -> rpc.HandlerResult:
         op = header.get("op")
-        handler = self._ops.get(op) if isinstance(op, str) else None
-        if handler is None:
-            raise Unsupported(f"unknown op {op!r}", op=str(op)[:64])
+        spec = lookup(CHUNKSERVER_OPS, op)
+        admit(spec, _role(conn), header)
+        handler = self._ops[spec.name]
         if self._stopping:
             raise Unavailable("chunkserver is shutting down", address=self.address)
         self.load += 1
@@ -385,11 +356,13 @@ class ChunkServer:
                 or len(payload) > INLINE_WRITE_BYTES_MAX
             ):
                 return rpc.LATER
+            admit(CHUNK_WRITE, _role(conn), header)
             if not self._write_now(self._write_request(header, payload), payload):
                 return rpc.LATER
             return None
         if op != "chunk.read":
             return rpc.LATER
+        admit(CHUNK_READ, _role(conn), header)
         chunk_id, version, offset, size = self._read_fields(header)
         try:
             data = self._store().read_cached(chunk_id, version, offset, size)
@@ -404,8 +377,8 @@ class ChunkServer:
         small read's work here. A token is remembered with exactly the fields its signature
         covered, so a hit is a signature already checked; the expiry is checked every time.
         At most ``TOKENS_VERIFIED_MAX`` are kept (all forgotten at once past it)."""
-        token = field(h, "token", bytes)
-        expiry_ms = _u64(h, "expiry_ms")
+        token: bytes = h["token"]
+        expiry_ms: int = h["expiry_ms"]
         now_ms = int(time.time() * 1000)
         key = (token, chunk_id, version, mode, expiry_ms)
         if key in self._tokens_verified and now_ms < expiry_ms:
@@ -420,21 +393,22 @@ class ChunkServer:
         return self.store
 
     def _write_request(self, h: dict[str, Any], payload: bytes) -> _WriteRequest:
-        """A ``chunk.write``'s fields, checked (its token included)."""
-        chunk_id = _chunk_id(h)
-        version = _u64(h, "version")
+        """A ``chunk.write``'s fields (checked at the edge), its token and what its
+        definition cannot say checked here."""
+        chunk_id: int = h["chunk_id"]
+        version: int = h["version"]
         self._check_token(h, chunk_id, version, WRITE)
-        length = uint_field(h, "length")
-        offset = uint_field(h, "offset")
-        chain = _chain(h, self.address)
-        sync = field(h, "sync", bool, False)
+        offset: int = h["offset"]
         size = len(payload)
-        # PROTOCOL.md gives no size field; a writer may send one, and then it must match.
-        if "size" in h and uint_field(h, "size") != size:
+        # A writer may send ``size``; then it must match the payload.
+        if h.get("size", size) != size:
             raise Invalid("payload length differs from size", size=size)
-        if offset + size > CHUNK_BYTES_MAX or length > CHUNK_BYTES_MAX:
+        if offset + size > CHUNK_BYTES_MAX:
             raise TooBig("write past the maximum chunk size", limit=CHUNK_BYTES_MAX)
-        return _WriteRequest(chunk_id, version, length, offset, chain, sync, _expect_length(h))
+        return _WriteRequest(
+            chunk_id, version, h["length"], offset, _chain(h, self.address),
+            h.get("sync", False), h.get("expect_length"),
+        )  # fmt: skip
 
     def _write_now(self, w: _WriteRequest, payload: bytes) -> bool:
         """The local write on the loop (``AsyncChunkStore.write_now``), if it can be; False
@@ -451,7 +425,7 @@ class ChunkServer:
         return done is not None
 
     async def _chunk_write(self, h: dict[str, Any], payload: bytes, timeout_s: float) -> None:
-        chunk_id = _chunk_id(h)
+        chunk_id: int = h["chunk_id"]
         # FIFO per chunk: tasks take their first step in arrival order, so a write that
         # finds another write of its chunk running here goes behind it (the disk pool's
         # chunk lock), never past it on the loop.
@@ -495,14 +469,10 @@ class ChunkServer:
 
     def _read_fields(self, h: dict[str, Any]) -> tuple[int, int, int, int]:
         """A ``chunk.read``'s (chunk_id, version, offset, size), its token checked."""
-        chunk_id = _chunk_id(h)
-        version = _u64(h, "version")
+        chunk_id: int = h["chunk_id"]
+        version: int = h["version"]
         self._check_token(h, chunk_id, version, READ)
-        offset = uint_field(h, "offset")
-        size = uint_field(h, "size")
-        if size > READ_BYTES_MAX:
-            raise TooBig(f"read over {READ_BYTES_MAX} bytes", limit=READ_BYTES_MAX)
-        return chunk_id, version, offset, size
+        return chunk_id, version, h["offset"], h["size"]
 
     async def _chunk_read(
         self, h: dict[str, Any], payload: bytes, timeout_s: float
@@ -523,11 +493,11 @@ class ChunkServer:
         return {}, data
 
     async def _chunk_sync(self, h: dict[str, Any], payload: bytes, timeout_s: float) -> None:
-        chunk_id = _chunk_id(h)
-        version = _u64(h, "version")
+        chunk_id: int = h["chunk_id"]
+        version: int = h["version"]
         self._check_token(h, chunk_id, version, WRITE)
         chain = _chain(h, self.address)
-        expect_length = _expect_length(h)
+        expect_length: int | None = h.get("expect_length")
         deadline = asyncio.get_running_loop().time() + timeout_s
         local = self._local(
             self._store().sync(chunk_id, version, expect_length), deadline, "chunk.sync"
@@ -543,7 +513,7 @@ class ChunkServer:
     async def _chunk_info(
         self, h: dict[str, Any], payload: bytes, timeout_s: float
     ) -> rpc.HandlerResult:
-        chunk_id = _chunk_id(h)
+        chunk_id: int = h["chunk_id"]
         info = self._store().info(chunk_id)
         if info is None:
             raise NotFound("no replica of this chunk here", chunk_id=chunk_id)
@@ -552,7 +522,7 @@ class ChunkServer:
     async def _chunk_delete(
         self, h: dict[str, Any], payload: bytes, timeout_s: float
     ) -> rpc.HandlerResult:
-        entries = _delete_entries(h)
+        entries: list[tuple[int, int]] = [(c[0], c[1]) for c in h["chunks"]]
         store = self._store()
         deadline = asyncio.get_running_loop().time() + timeout_s
         # All at once: the disk pool bounds the threads, and each delete takes its chunk's
@@ -570,13 +540,11 @@ class ChunkServer:
     async def _chunk_replicate(
         self, h: dict[str, Any], payload: bytes, timeout_s: float
     ) -> rpc.HandlerResult:
-        chunk_id = _chunk_id(h)
-        version = _u64(h, "version")
+        chunk_id: int = h["chunk_id"]
+        version: int = h["version"]
         self._check_token(h, chunk_id, version, WRITE)
-        length = uint_field(h, "length")
-        if length > CHUNK_BYTES_MAX:
-            raise TooBig("length past the maximum chunk size", limit=CHUNK_BYTES_MAX)
-        sources = _sources(h, self.address)
+        length: int = h["length"]
+        sources = _addresses(h["sources"], self.address, "sources include")
         deadline = asyncio.get_running_loop().time() + timeout_s
         await self._local(
             self._replicate(chunk_id, version, length, sources, h["token"], h["expiry_ms"],
@@ -835,7 +803,7 @@ class ChunkServer:
         period_s = self.config.heartbeat_ms / 1000
         while True:
             self._bad_wake.clear()  # before looking: a replica found bad after this wakes us
-            pending = self._store().store.bad_pending(BAD_CHUNKS_PER_CALL_MAX)
+            pending = self._store().store.bad_pending(BAD_CHUNKS_MAX)
             if pending and self.cs_id:
                 try:
                     await self._meta_call(

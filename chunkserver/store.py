@@ -107,6 +107,7 @@ from dfs.wire.errors import (
     TooBig,
     Unavailable,
 )
+from dfs.wire.limits import READ_BYTES_MAX
 from dfs.wire.replicafile import (
     BLOCK_BYTES,
     CHUNK_BYTES_MAX,
@@ -139,8 +140,6 @@ WRITEBACK_BYTES_MIN = 1024 * 1024
 # BlueStore never caches data: a stream's replicas then take ~this much memory each
 # instead of their whole size, and the pages are used again by the next writes.
 DROP_BEHIND_LAG_BYTES = 8 * 1024 * 1024
-# A single read may ask for at most this much (docs/PROTOCOL.md, chunk.read).
-READ_BYTES_MAX = 16 * 1024 * 1024
 # Errors that say the process is short of a resource, not that a replica's file is bad:
 # they fail the request (Unavailable) and leave the replica as it is (rule 5).
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})

@@ -1,26 +1,28 @@
-"""Identifier types and hard limits shared by every process.
+"""Identifier types shared by every process; the limits they took from here.
 
 Ids are plain integers on the wire and on disk; the NewTypes only help the reader
-and the type checker tell them apart. Limits end in ``_max`` and are enforced where
-bytes arrive from outside (``dfs.wire``) and where they are written to disk.
+and the type checker tell them apart. The protocol's limits are defined in
+``dfs.wire.limits``; the few below are imported here for the modules that take them from
+this one.
 """
 
 from typing import NewType
+
+from dfs.wire.limits import (
+    BATCH_OPS_MAX as BATCH_OPS_MAX,
+)
+from dfs.wire.limits import (
+    FRAME_HEADER_BYTES_MAX as FRAME_HEADER_BYTES_MAX,
+)
+from dfs.wire.limits import (
+    FRAME_PAYLOAD_BYTES_MAX as FRAME_PAYLOAD_BYTES_MAX,
+)
+from dfs.wire.limits import (
+    HOLDS_PER_REQUEST_MAX as HOLDS_PER_REQUEST_MAX,
+)
 
 NodeId = NewType("NodeId", int)
 Term = NewType("Term", int)
 LogIndex = NewType("LogIndex", int)
 InodeId = NewType("InodeId", int)
 ChunkId = NewType("ChunkId", int)
-
-# One frame's msgpack header, and one frame's raw payload. A header carries metadata
-# (and Raft entries, which are small commands); bulk bytes travel as payload.
-FRAME_HEADER_BYTES_MAX = 8 * 1024 * 1024
-FRAME_PAYLOAD_BYTES_MAX = 64 * 1024 * 1024
-
-# Inode numbers (or chunk ids) one request about open-file holds may name (fs.keepalive,
-# fs.release: PROTOCOL.md).
-HOLDS_PER_REQUEST_MAX = 65536
-# Sub-ops of one fs.batch (a client's removals under directory leases, one Raft entry):
-# 1,024 names of at most 255 bytes keep one entry under ~300 KiB.
-BATCH_OPS_MAX = 1024

@@ -1,7 +1,8 @@
 """The operator's client ops on the leader: rebalancing, draining and forgetting
 chunkservers, the chunkserver part of ``status``, fsck and goals of a subtree.
 
-What it owns: checking an admin request, turning it into a namespace command (the
+What it owns: checking what an admin request's definition (``dfs/wire/ops_meta.py``,
+checked at the server's edge) cannot say, turning it into a namespace command (the
 operator's decisions are hard state: ``metaserver/namespace/cluster.py``) or a read of the
 chunk core's view (``Repair.rebalance_plan`` / ``rebalance_progress``), and each
 chunkserver's state as ``status`` shows it. What it must not do: move replicas (the chunk
@@ -46,7 +47,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dfs.wire.errors import Invalid
-from dfs.wire.messages import field, uint_field
+from dfs.wire.messages import field
 from metaserver import fsck
 from metaserver.chunks.placement import Registry
 from metaserver.leasedesk import LeaseDesk
@@ -108,10 +109,10 @@ class Admin:
     # --------------------------------------------------------------- ops
 
     async def rebalance(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        action = field(h, "action", str)
+        action: str = h["action"]
         if action == "start":
             threshold = _threshold(h)
-            bandwidth = uint_field(h, "bandwidth_bps", 0)
+            bandwidth: int = h.get("bandwidth_bps", 0)
             args = {"threshold_bp": round(threshold * 100), "bandwidth_bps": bandwidth}
             await self._propose("rebalance_start", args, h, timeout_s)
         elif action == "stop":
@@ -128,15 +129,15 @@ class Admin:
         return self.progress()
 
     async def drain(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        cs_id = uint_field(h, "cs_id")
-        draining = field(h, "draining", bool)
+        cs_id: int = h["cs_id"]
+        draining: bool = h["draining"]
         await self._propose("cs_drain", {"cs_id": cs_id, "draining": draining}, h, timeout_s)
         self._counts_at = (-1, float("-inf"))
         rows = [r for r in self.chunkservers(time.monotonic()) if r["id"] == cs_id]
         return {"chunkserver": rows[0] if rows else None}
 
     async def forget(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        cs_id = uint_field(h, "cs_id")
+        cs_id: int = h["cs_id"]
         await self._read(timeout_s)
         # An unknown id is refused by the namespace as it applies (NotFound), not here: a
         # retry of a forget that committed gets the first answer from the session table.
@@ -155,7 +156,7 @@ class Admin:
     # --------------------------------------------------------------- subtrees
 
     def _root(self, h: dict[str, Any]) -> Inode:
-        return resolve(self.ns, field(h, "path", bytes))
+        return resolve(self.ns, h["path"])
 
     async def fsck(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         await self._read(timeout_s)
@@ -166,7 +167,7 @@ class Admin:
                               h.get("cursor"), unpushed=self.repair.is_unpushed)  # fmt: skip
 
     async def goals(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        recursive = field(h, "recursive", bool, False)
+        recursive: bool = h.get("recursive", False)
         await self._read(timeout_s)
         root = self._root(h)
         if not recursive:
@@ -175,8 +176,8 @@ class Admin:
         return fsck.goals_page(self.ns, root, h.get("cursor"))
 
     async def set_goal(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        goal = uint_field(h, "goal")
-        recursive = field(h, "recursive", bool, False)
+        goal: int = h["goal"]
+        recursive: bool = h.get("recursive", False)
         await self._read(timeout_s)
         root = self._root(h)
         if self._desk is not None and self._desk.leases:
@@ -225,6 +226,26 @@ class Admin:
             self._counts_at = (len(self.ns.chunk_table), now_s)
         return self._counts
 
+    def _state(self, cs_id: int, now_s: float, draining: bool, replicas: int) -> str:
+        """alive, dead, draining or drained (``dfs status``'s words)."""
+        if draining and not replicas:
+            return "drained"
+        if not self.registry.is_alive(cs_id, now_s):
+            return "dead"
+        return "draining" if draining else "alive"
+
+    def states(self, now_s: float) -> dict[str, int]:
+        """How many chunkservers are in each state, their replicas counted as they last
+        reported them (cheap, for metrics: no pass over the chunk table)."""
+        self._know_all()
+        draining = self.ns.policy().draining
+        out: dict[str, int] = {}
+        for cs_id in self.ns.chunkservers():
+            info = self.registry.servers[cs_id]
+            state = self._state(cs_id, now_s, cs_id in draining, info.chunks)
+            out[state] = out.get(state, 0) + 1
+        return out
+
     def chunkservers(self, now_s: float) -> list[dict[str, Any]]:
         """``status``'s ``chunkservers`` (leader only: the registry is its soft state)."""
         self._know_all()
@@ -237,12 +258,7 @@ class Admin:
             alive = self.registry.is_alive(cs_id, now_s)
             draining = cs_id in policy.draining
             replicas, replica_bytes = counts.get(cs_id, (0, 0))
-            if draining and not replicas:
-                state = "drained"
-            elif not alive:
-                state = "dead"
-            else:
-                state = "draining" if draining else "alive"
+            state = self._state(cs_id, now_s, draining, replicas)
             labels = policy.labels_of(cs_id, info.address)
             rows.append(
                 {

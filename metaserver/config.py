@@ -16,6 +16,8 @@ Config file (TOML, version 1)::
     replication_jobs = 4                # optional; chunk copies in flight, cluster-wide
     hold_grace_ms = 15000               # optional; a new leader keeps every unlinked file
                                         #   this long, while clients announce open files
+    metrics_port = 9101                 # optional; Prometheus metrics on the listen host
+                                        #   (0: any free port; absent: off)
     tick_ms = 100                       # optional; and the other Raft keys:
                                         #   metaserver/raft/config.py
     inflight_bytes_max = 100663296      # optional; budgets, as the chunkserver's (also
@@ -34,21 +36,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dfs.budget import LIMIT_KEYS, Limits, limits_from
+from dfs.wire.limits import BLOCK_BYTES, CHUNK_SIZE_BYTES_DEFAULT, CHUNK_SIZE_BYTES_MAX
 from metaserver.chunks.placement import PLACEMENT_POLICIES
 from metaserver.holds import HOLD_GRACE_S
 from metaserver.raft.config import parse_node
 from metaserver.raft.node import NodeConfig
 
 CONFIG_VERSION = 1
-CHUNK_SIZE_DEFAULT = 64 << 20
-CHUNK_SIZE_MIN = 64 << 10  # one checksum block
-CHUNK_SIZE_MAX = 1 << 30
+CHUNK_SIZE_DEFAULT = CHUNK_SIZE_BYTES_DEFAULT
+# A cluster's chunk size is whole checksum blocks (a replica's checksums cover blocks).
+CHUNK_SIZE_MIN = BLOCK_BYTES
+CHUNK_SIZE_MAX = CHUNK_SIZE_BYTES_MAX
 
 
 # The metaserver's own keys (the Raft ones: metaserver/raft/config.py).
 _KEYS = frozenset(
     {"chunk_size", "dead_timeout_ms", "placement", "token_ttl_ms", "repair_interval_ms",
-     "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms"}
+     "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms", "metrics_port"}
 ) | LIMIT_KEYS  # fmt: skip
 
 
@@ -68,6 +72,13 @@ class MetaConfig:
     replication_jobs: int = 4
     hold_grace_s: float = HOLD_GRACE_S
     limits: Limits = field(default_factory=Limits)
+    metrics_port: int | None = None  # dfs/metrics.py; None: off
+
+
+def _port(value: object) -> int:
+    if type(value) is not int or not 0 <= value < 65536:
+        raise ValueError(f"metrics_port must be a port number (0: any free one), not {value!r}")
+    return value
 
 
 def load_config(path: Path) -> MetaConfig:
@@ -92,6 +103,7 @@ def load_config(path: Path) -> MetaConfig:
             replication_jobs=int(raw.get("replication_jobs", 4)),
             hold_grace_s=int(raw.get("hold_grace_ms", int(HOLD_GRACE_S * 1000))) / 1000,
             limits=limits,
+            metrics_port=_port(raw["metrics_port"]) if "metrics_port" in raw else None,
         )
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None

@@ -124,8 +124,16 @@ class LeaseDesk:
         if not inos:
             yield
             return
-        if self.leases:
-            await self.recall(inos, uint_field(h, "holder", 0), timeout_s)
+        holder = uint_field(h, "holder", 0)
+        while self.leases:
+            await self.recall(inos, holder, timeout_s)
+            # A batch that landed while we waited may have made a directory this request
+            # removes or renames (a child directory's lease is read off the namespace):
+            # recall that one too before going on.
+            again = [ino for ino in self.touched(op, h) if ino not in inos]
+            if not again:
+                break
+            inos = inos + again
         if op not in _CHANGING:
             yield
             return
@@ -199,6 +207,25 @@ class LeaseDesk:
             "entries": entries,
             "batch_ops": self._batchable,
         }
+
+    def granted_new(self, ino: int, holder: int, conn: Any) -> None:
+        """Directory ``ino`` was just made by ``holder``'s batch, under its lease on the
+        parent: the maker holds the new directory's lease from here, as it assumed from
+        its mkdir on (dfs/client/dirleases.py, ``queue_new``). Called as the batch's
+        answer comes back from the log, before it goes out: another client could name
+        the new directory only by looking into the parent, which recalls the parent's
+        lease and waits for this batch first. The maker's own clock started earlier, so
+        its view of the lease ends before this one.
+
+        Not granted if the directory is gone (removed later in the same batch) or anybody
+        holds a lease on it already: the answer of a batch sent again after a leader
+        change, or after a long outage of the maker, when another client may have looked
+        in and taken the lease meanwhile (the maker's own view of its lease ended with
+        its connection, so it asks again)."""
+        inode = self._ns.inodes.get(ino)
+        if inode is None or inode.dir is None or ino in self.leases.by_ino:
+            return
+        self.leases.grant(ino, holder, conn, time.monotonic())
 
     def lease_release(self, h: dict[str, Any]) -> dict[str, Any]:
         holder = uint_field(h, "holder", 0)

@@ -43,7 +43,6 @@ from typing import Any, Literal
 from dfs import rpc
 from dfs.types import LogIndex, NodeId
 from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, NotLeader, Timeout, Unavailable
-from dfs.wire.messages import field, uint_field
 from metaserver.raft.node import RaftNode, Replication
 from metaserver.raft.types import NONE, ConfState
 
@@ -196,7 +195,7 @@ class Membership:
     async def members(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """``meta.members``: this node's view; ``leader_only`` refuses it on a follower."""
         node = self.node
-        if field(h, "leader_only", bool, False) and not node.is_leader:
+        if h.get("leader_only", False) and not node.is_leader:
             raise self._not_leader()
         st = node.status()
         return {
@@ -221,9 +220,9 @@ class Membership:
         the same request again resumes the wait. A node already a voter at ``address``
         is a success (``was_voter``): the request's retry after its promotion committed
         gets that answer."""
-        address = field(h, "address", str)
+        address: str = h["address"]
         check_address(address)
-        wanted = uint_field(h, "node_id", 0)
+        wanted: int = h.get("node_id", 0)
         node = self.node
         self._leader_only()
         deadline = time.monotonic() + timeout_s
@@ -298,7 +297,7 @@ class Membership:
         that never was a member, and either way the node is not one. The leader itself:
         leadership moves first, and the answer is ``NotLeader`` naming the new leader
         (``transfer_target``), where the client's retry removes it."""
-        node_id = uint_field(h, "node_id")
+        node_id: int = h["node_id"]
         node = self.node
         self._leader_only()
         st = node.status()
@@ -335,7 +334,7 @@ class Membership:
         node = self.node
         self._leader_only()
         st = node.status()
-        to = uint_field(h, "node_id", 0)
+        to: int = h.get("node_id", 0)
         if not to:
             target = transfer_target(st.conf, node.replication(), node.id)
             if target is None:

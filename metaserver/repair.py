@@ -21,7 +21,9 @@ What it carries out:
   ``replica_drop`` through Raft, re-checked against the set when proposed
   (``ChunkCore.still_trimmable``; this leader's drops of one chunk go one at a time), then
   ``chunk.delete`` of a live member if the chunk is still at goal (``ChunkCore.at_goal``).
-  A ``Recover`` (a writer gone without a commit) is carried out by ``_recover``. A
+  A ``Recover`` (a writer gone without a commit) is carried out by ``_recover``, from
+  the sources it names in their order (``Recover.candidates`` judges the members'
+  answers). The writes to mark open or settled are one ``write_marks`` proposal. A
   ``stop`` is proposed as ``rebalance_stop``. What writers upload to and commit comes in
   through ``writing`` and ``committed`` (the server's handles, keepalives and commits).
   ``rebalance_plan`` and ``rebalance_progress`` answer the admin ops from the core.
@@ -137,6 +139,7 @@ class Repair:
         self.health = Health()
         self._tasks: set[asyncio.Task[None]] = set()
         self._gc_running = False
+        self._marking = False  # a write_marks proposal in flight
         self._stopping = False  # a rebalance_stop proposal in flight
         # chunk id -> (its drops one at a time, how many wait or hold it)
         self._set_locks: dict[int, tuple[asyncio.Lock, int]] = {}
@@ -215,6 +218,9 @@ class Repair:
         for rec in decisions.recover:
             self._spawn(self._recover(rec))
         await self._trim(decisions.trims)
+        if (decisions.opened or decisions.settled) and not self._marking:
+            self._marking = True
+            self._spawn(self._mark_writes(decisions.opened, decisions.settled))
         if decisions.stop is not None and not self._stopping and policy.rebalance is not None:
             self._stopping = True
             self._spawn(self._stop_rebalance(decisions.stop, policy.rebalance.run))
@@ -233,6 +239,21 @@ class Repair:
             log.info("repair event=rebalance_stop_failed reason=%s error=%s", reason, e)
         finally:
             self._stopping = False
+
+    async def _mark_writes(
+        self, opened: list[tuple[int, int]], settled: list[tuple[int, int]]
+    ) -> None:
+        """Record the core's view of writers in the namespace (``write_marks``): what a
+        new leader must recover if this one goes."""
+        try:
+            await self.link.propose_internal(
+                "write_marks",
+                {"open": [list(e) for e in opened], "settled": [list(e) for e in settled]},
+            )
+        except DfsError as e:
+            log.info("repair event=write_marks_failed error=%s", e)
+        finally:
+            self._marking = False
 
     # --------------------------------------------------------------- re-replication
 
@@ -310,8 +331,9 @@ class Repair:
 
     async def _recover(self, rec: Recover) -> None:
         """Carry out a WRITER RECOVERY (``chunks.core.Recover``): the fence (a new version no
-        writer holds), then one live member holding the table's version takes it, alone,
-        and every other live member copies that one's bytes at it. A member that cannot
+        writer holds), then the first of the core's ``sources`` still live that holds the
+        table's version takes it, alone, and every other live member copies that one's
+        bytes at it. A member that cannot
         (dead, unreachable) is left behind at the old version, stale: it leaves the set.
         Until then the members may differ at one version (a writer's chain broke and it
         never wrote again), as HDFS's lease recovery settles a dead writer's pipeline."""
@@ -324,22 +346,31 @@ class Repair:
             version = int(bumped["version"])
             now = self.clock()
             live = [c for c in bumped["replicas"] if link.registry.is_alive(c, now)]
-            source = None
-            for cs_id in live:  # the first that holds the table's version and length
+
+            async def held(cs_id: int) -> dict[str, Any] | None:
                 try:
-                    h = await link.cs_call(cs_id, "chunk.info", PUSH_TIMEOUT_S, chunk_id=chunk_id)
+                    return await link.cs_call(
+                        cs_id, "chunk.info", PUSH_TIMEOUT_S, chunk_id=chunk_id
+                    )
                 except (DfsError, OSError, TimeoutError):
-                    continue
-                holds = h.get("version") in (rec.version, version) and h.get("length", 0) >= length
-                if holds and not await self.push_version(
+                    return None
+
+            members = list(bumped["replicas"])
+            answers = dict(zip(members, await asyncio.gather(
+                *(held(c) if c in live else asyncio.sleep(0) for c in members)
+            ), strict=True))  # fmt: skip
+            source = None
+            for cs_id in rec.candidates(answers, version):
+                if not await self.push_version(
                     chunk_id, version, length, [cs_id], keep_unanswered=False
                 ):
                     source = cs_id
                     break
             if source is None:
-                # As after any bump no member took: they hold the bytes at the old version,
-                # now refused; the version is pushed again until one takes it.
-                self.unpushed(chunk_id, version, length)
+                # Tried again once quiet (the chunk stays suspect); its members are not
+                # pushed the fence's version meanwhile, which would make the differing
+                # bytes current (``Recover.candidates`` settles a version no push
+                # delivered instead).
                 raise Stale("no live member took the recovery's version", chunk_id=chunk_id)
             address = link.registry.servers[source].address
             token, expiry_ms = link.token(chunk_id, version)
@@ -358,6 +389,18 @@ class Repair:
                     newer = e.details.get("replica_version") if isinstance(e, Stale) else None
                     if type(newer) is int and newer > version:
                         raise  # a writer took a new handle meanwhile: recovered later
+                    if isinstance(e, Unavailable) and "sources" in e.details:
+                        # The source could not supply it (bad, gone): not this member's
+                        # fault, and it may hold the only good bytes. Tried again later,
+                        # from the core's next choice once the source is judged.
+                        raise
+                    if _unanswered(e):
+                        # The copy may have been made (its answer lost): asked, as a push.
+                        copied = await self._has_version(cs_id, chunk_id, version)
+                        if copied:
+                            continue
+                        if copied is None:  # no answer either: kept, tried again later
+                            raise Unavailable("a member did not answer the recovery") from e
                     if not await self._drop(chunk_id, cs_id, keep_one=True, why="not_recovered"):
                         # Left in the set at the old version, the next push would make
                         # its bytes current: not done, tried again.
@@ -706,6 +749,8 @@ class Repair:
             await asyncio.gather(*(current(c) for c in check.ask))
         )
         verdict = self.pushes.behind_verdict(check, any_current)
+        if verdict is BehindVerdict.LATER:
+            return False
         if verdict is BehindVerdict.DROP:
             dropped = await self._drop(b.chunk_id, cs_id, keep_one=True, why="stale")
             return dropped and self._at_goal(chunk, now)

@@ -29,11 +29,12 @@ import contextlib
 import logging
 import os
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dfs import daemon, rpc
-from dfs.types import BATCH_OPS_MAX, HOLDS_PER_REQUEST_MAX
+from dfs.metrics import Reading, ServerMetrics
 from dfs.wire.errors import (
     DfsError,
     Invalid,
@@ -42,7 +43,16 @@ from dfs.wire.errors import (
     Unsupported,
     error_from_wire,
 )
-from dfs.wire.messages import field, uint_field
+from dfs.wire.limits import (
+    LOCATE_COUNT_MAX,
+    OP_TIMEOUT_MS_DEFAULT,
+    OP_TIMEOUT_MS_MAX,
+    READDIR_LIMIT_MAX,
+)
+from dfs.wire.messages import uint_field
+from dfs.wire.ops import METASERVER_OPS, RAFT, admit, lookup, refuse_role
+from dfs.wire.ops_meta import COMMANDS, FS_CREATE
+from dfs.wire.spec import METASERVER
 from dfs.wire.token import READ, WRITE, make_token, token_key
 from metaserver.admin import Admin
 from metaserver.chunks import handles
@@ -51,8 +61,9 @@ from metaserver.config import MetaConfig, load_config
 from metaserver.holds import KEEPALIVE_S, Holds
 from metaserver.leasedesk import LeaseDesk
 from metaserver.membership import Membership, was_removed
+from metaserver.metrics import readings as metaserver_readings
 from metaserver.namespace import Namespace, encode_command, pools
-from metaserver.namespace.commands import BATCH_OPS, GOAL_MAX, GOAL_MIN, check_sizes
+from metaserver.namespace.commands import BATCH_OPS
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
 from metaserver.raft.node import RAFT_OP, RaftNode
 from metaserver.raft.storage import CorruptLogError, StorageLockedError
@@ -61,12 +72,10 @@ from metaserver.repair import Repair
 
 log = logging.getLogger(__name__)
 
-# Server-side deadline of one op: a commit takes milliseconds; five seconds covers an
-# election (1-2 s) plus a slow disk, after which the client retries with the same seq.
-OP_TIMEOUT_S = 5.0
-OP_TIMEOUT_S_MAX = 60.0
-READDIR_LIMIT_MAX = 4096
-LOCATE_COUNT_MAX = 1024
+# Server-side deadline of one op (``timeout_ms``'s default, dfs/wire/limits.py): a commit
+# takes milliseconds; the default covers an election plus a slow disk, after which the
+# client retries with the same seq.
+OP_TIMEOUT_S = OP_TIMEOUT_MS_DEFAULT / 1000
 # How long a truncate waits for the cut chunk's replicas to take the new version: they
 # answer in milliseconds; one that does not within this is left stale (never served).
 CUT_PUSH_TIMEOUT_S = 3.0
@@ -74,42 +83,17 @@ CUT_PUSH_TIMEOUT_S = 3.0
 
 Handler = Callable[[dict[str, Any], float], Awaitable[dict[str, Any]]]
 
-# Mutations: op -> (namespace op, the request fields it takes as (name, type, required)).
-_B, _I, _BOOL = bytes, int, bool
-MUTATIONS: dict[str, tuple[str, tuple[tuple[str, type, bool], ...]]] = {
-    "fs.mkdir": ("mkdir", (("parent", _I, True), ("name", _B, True), ("mode", _I, True),
-                           ("uid", _I, True), ("gid", _I, True))),
-    "fs.create": ("create", (("parent", _I, True), ("name", _B, True), ("mode", _I, True),
-                             ("uid", _I, True), ("gid", _I, True), ("exclusive", _BOOL, False),
-                             ("ino", _I, False))),
-    "fs.mknod": ("mknod", (("parent", _I, True), ("name", _B, True), ("mode", _I, True),
-                           ("rdev", _I, False), ("uid", _I, True), ("gid", _I, True))),
-    "fs.symlink": ("symlink", (("parent", _I, True), ("name", _B, True), ("target", _B, True),
-                               ("uid", _I, True), ("gid", _I, True))),
-    "fs.link": ("link", (("ino", _I, True), ("parent", _I, True), ("name", _B, True))),
-    "fs.unlink": ("unlink", (("parent", _I, True), ("name", _B, True), ("keep", _BOOL, False),
-                             ("ino", _I, False))),
-    "fs.rmdir": ("rmdir", (("parent", _I, True), ("name", _B, True), ("ino", _I, False))),
-    "fs.rename": ("rename", (("parent", _I, True), ("name", _B, True), ("new_parent", _I, True),
-                             ("new_name", _B, True), ("flags", _I, False),
-                             ("keep", _BOOL, False))),
-    "fs.setattr": ("setattr", (("ino", _I, True), ("mode", _I, False), ("uid", _I, False),
-                               ("gid", _I, False), ("size", _I, False), ("atime_ns", _I, False),
-                               ("mtime_ns", _I, False), ("atime_now", _BOOL, False),
-                               ("mtime_now", _BOOL, False))),
-    "fs.setxattr": ("setxattr", (("ino", _I, True), ("name", _B, True), ("value", _B, True),
-                                 ("flags", _I, False))),
-    "fs.removexattr": ("removexattr", (("ino", _I, True), ("name", _B, True))),
-    "fs.set_goal": ("set_goal", (("ino", _I, True), ("goal", _I, True))),
-    "fs.commit": ("commit", (("ino", _I, True), ("size", _I, True), ("mtime_ns", _I, False),
-                             ("chunks", list, True), ("mode", _I, False), ("uid", _I, False),
-                             ("gid", _I, False), ("atime_ns", _I, False))),
-}  # fmt: skip
+# Every request is checked at the edge (``handle``) against its definition in
+# dfs/wire/ops_meta.py, the peer's role first; the handlers below read checked fields.
+# Mutations (``COMMANDS``: op -> namespace command) are proposed with their definition's
+# fields as the command's arguments.
 # The requests fs.batch may hold (PROTOCOL.md): those whose namespace op is a BATCH_OPS.
-BATCHABLE = tuple(op for op, (ns_op, _) in MUTATIONS.items() if ns_op in BATCH_OPS)
-# cs.report pages and cs.bad_chunks lists (PROTOCOL.md).
-REPORT_PAGE_MAX = 8192
-BAD_CHUNKS_MAX = 4096
+BATCHABLE = tuple(op for op, ns_op in COMMANDS.items() if ns_op in BATCH_OPS)
+
+
+def _role(conn: rpc.Connection) -> str | None:
+    """The role the peer proved in the handshake (``dfs/wire/auth.py``)."""
+    return conn.peer.role if conn.peer is not None else None
 
 
 class MetaServer:
@@ -160,7 +144,6 @@ class MetaServer:
             "fs.open": self._open,
             "fs.release": self._release,
             "fs.keepalive": self._keepalive,
-            "fs.batch": self._batch,
             "fs.reserve": self._reserve,
             "cs.report": self._cs_report,
             "cs.bad_chunks": self._cs_bad_chunks,
@@ -169,19 +152,39 @@ class MetaServer:
         }
         self.membership = Membership(self.node, secret)
         self._ops.update(self.membership.ops())  # admin.meta_*, meta.members
+        # Every op the protocol defines for a metaserver has its handler here (Raft's frame
+        # goes to the node, mutations to ``_propose``, leases to the desk, ``fs.batch`` to
+        # ``_batch`` with its connection), and no other.
+        served = {*self._ops, *COMMANDS, "fs.dir_lease", "fs.lease_release", "fs.batch",
+                  RAFT.name}  # fmt: skip
+        assert served == set(METASERVER_OPS), served ^ set(METASERVER_OPS)
         self._membership_task: asyncio.Task[None] | None = None
+        # Connections whose refused Raft frames were logged (once per connection).
+        self._raft_refused: weakref.WeakSet[rpc.Connection] = weakref.WeakSet()
+        self.metrics: ServerMetrics | None = None
+        self.metrics_port: int | None = None
 
     async def start(self) -> None:
         await self.node.start()
         cfg = self.config
+        handler = self.handle
+        if cfg.metrics_port is not None:
+            self.metrics = ServerMetrics(METASERVER_OPS)
+            handler = self.metrics.timed(self.handle)
+
+            async def read() -> dict[str, Reading]:
+                return metaserver_readings(self)
+
+            self.metrics.add_reader(read)
+            self.metrics_port = self.metrics.start(cfg.listen_host, cfg.metrics_port)
         self._rpc = await rpc.serve(
             cfg.listen_host,
             cfg.listen_port,
             self._secret,
-            self.handle,
+            handler,
             name=f"meta-{cfg.node.id}",
             role="metaserver",
-            oneway_handler=self.node.take_frame,
+            oneway_handler=self._take_frame,
             limits=cfg.limits,
         )
         log.info("metaserver node=%d event=listening address=%s:%d",
@@ -204,6 +207,8 @@ class MetaServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._repair_task
         await self.repair.stop()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)  # waits for a scrape in progress
         for conn in self._cs_conns.values():
             conn.close()
         if self._rpc is not None:
@@ -221,14 +226,31 @@ class MetaServer:
     ) -> tuple[dict[str, Any], bytes] | None:
         op = header.get("op")
         if op == RAFT_OP:
+            if _role(conn) != METASERVER:
+                raise refuse_role(RAFT, _role(conn))
             self.node.receive(header, payload)
             return None
-        timeout_ms = uint_field(header, "timeout_ms", int(OP_TIMEOUT_S * 1000))
-        timeout_s = min(max(timeout_ms, 1) / 1000, OP_TIMEOUT_S_MAX)
-        if not isinstance(op, str):
-            raise Unsupported("missing op")
-        async with self.desk.guard(op, header, timeout_s):
-            return await self._dispatch(conn, op, header, timeout_s)
+        spec = lookup(METASERVER_OPS, op)
+        admit(spec, _role(conn), header)
+        timeout_ms: int = header.get("timeout_ms", OP_TIMEOUT_MS_DEFAULT)
+        timeout_s = min(max(timeout_ms, 1), OP_TIMEOUT_MS_MAX) / 1000
+        async with self.desk.guard(spec.name, header, timeout_s):
+            return await self._dispatch(conn, spec.name, header, timeout_s)
+
+    def _take_frame(self, conn: rpc.Connection, header: dict[str, Any], payload: bytes) -> bool:
+        """The one-way handler: Raft frames go to the node, from metaservers only. One from
+        anyone else is dropped (a one-way frame has no answer) and logged once per
+        connection: a client that knows the secret must not move terms or logs."""
+        if header.get("op") != RAFT_OP:
+            return False
+        role = _role(conn)
+        if role == METASERVER:
+            return self.node.take_frame(conn, header, payload)
+        if conn not in self._raft_refused:
+            self._raft_refused.add(conn)
+            log.warning("metaserver node=%d event=raft_refused peer=%s role=%s",
+                        self.node.id, conn.peername, role)  # fmt: skip
+        return True
 
     async def _dispatch(
         self, conn: rpc.Connection, op: str, header: dict[str, Any], timeout_s: float
@@ -237,13 +259,16 @@ class MetaServer:
             return await self.desk.dir_lease(conn, header, timeout_s), b""
         if op == "fs.lease_release":
             return self.desk.lease_release(header), b""
+        if op == "fs.batch":
+            return await self._batch(conn, header, timeout_s), b""
         if op == "fs.create" and header.get("first_chunk") is True:
             return await self._create_with_chunk(header, timeout_s), b""
-        mutation = MUTATIONS.get(op)
+        command = COMMANDS.get(op)
         if op in ("fs.unlink", "fs.rename"):
             header = {**header, "keep": self._keep(header)}
-        if mutation is not None:
-            result = await self._mutate(header, mutation[0], mutation[1], timeout_s)
+        if command is not None:
+            args = METASERVER_OPS[op].args(header)
+            result = await self._propose(command, args, header, timeout_s)
             cut = result.pop("cut", None)
             if cut is not None:
                 await self._push_version(
@@ -295,20 +320,6 @@ class MetaServer:
             if isinstance(entry, list) and len(entry) == 4:
                 self.repair.committed(entry[2])
 
-    async def _mutate(
-        self,
-        header: dict[str, Any],
-        op: str,
-        spec: tuple[tuple[str, type, bool], ...],
-        timeout_s: float,
-    ) -> dict[str, Any]:
-        args: dict[str, Any] = {}
-        for name, tp, required in spec:
-            if required or name in header:
-                args[name] = field(header, name, tp)
-        check_sizes(op, args)
-        return await self._propose(op, args, header, timeout_s)
-
     # ------------------------------------------------------------------ open-file holds
 
     def _keep(self, h: dict[str, Any]) -> bool:
@@ -318,9 +329,9 @@ class MetaServer:
             return False
         try:
             if h.get("op") == "fs.unlink":
-                target = self.ns.lookup(uint_field(h, "parent"), field(h, "name", bytes))
+                target = self.ns.lookup(h["parent"], h["name"])
             else:
-                target = self.ns.lookup(uint_field(h, "new_parent"), field(h, "new_name", bytes))
+                target = self.ns.lookup(h["new_parent"], h["new_name"])
         except DfsError:
             return False
         return self.holds.held(int(target["ino"]), time.monotonic())
@@ -329,17 +340,14 @@ class MetaServer:
         """``fs.create`` with ``first_chunk`` and ``holder``: created to be written, the
         file is held open by its creator from now on. (Every request carries ``holder``,
         for directory leases: a plain create is not an open.)"""
-        holder = uint_field(h, "holder", 0)
+        holder = h.get("holder", 0)
         attr = result.get("attr")
         if holder and isinstance(attr, dict):
             self.holds.hold(holder, [int(attr["ino"])], time.monotonic())
 
-    def _inos(self, h: dict[str, Any]) -> list[int]:
-        return _id_list(field(h, "inos", list), "inos", "inode numbers")
-
     async def _open(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """getattr (linearizable, for close-to-open) and a hold for the client's session."""
-        ino, client = uint_field(h, "ino"), uint_field(h, "holder", 0)
+        ino, client = h["ino"], h.get("holder", 0)
         await self._read(timeout_s)
         attr = self.ns.getattr(ino)
         if client:
@@ -347,7 +355,7 @@ class MetaServer:
         return {"attr": attr}
 
     async def _release(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        inos, client = self._inos(h), uint_field(h, "holder", 0)
+        inos, client = h["inos"], h.get("holder", 0)
         self._leader_view()
         self.holds.release(client, inos)
         await self._free_orphans([i for i in inos if i in self.ns.orphans], timeout_s)
@@ -357,8 +365,8 @@ class MetaServer:
         """The client's holds, and the chunks it is writing (uploads not yet committed):
         those count as touched, so that the upkeep does not copy a chunk under a busy
         writer (the copy's fence would cost the writer its uncommitted bytes)."""
-        inos, client = self._inos(h), uint_field(h, "holder", 0)
-        writing = _id_list(field(h, "writing", list, []), "writing", "chunk ids")
+        inos, client = h["inos"], h.get("holder", 0)
+        writing: list[int] = h.get("writing", [])
         self._leader_view()
         self.holds.keepalive(client, inos, time.monotonic())
         for chunk_id in writing:
@@ -368,14 +376,16 @@ class MetaServer:
         return {"keepalive_ms": self._keepalive_ms,
                 "metaservers": self.membership.voter_addresses()}  # fmt: skip
 
-    async def _batch(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """``fs.batch``: removals a client answered under its directory leases and commits
-        of files it created under them, checked as each would be alone, then one command
-        (``metaserver/namespace/batch.py``)."""
-        ops = field(h, "ops", list)
-        holder = uint_field(h, "holder", 0)
-        if not 1 <= len(ops) <= BATCH_OPS_MAX:
-            raise Invalid(f"ops: 1..{BATCH_OPS_MAX} sub-ops")
+    async def _batch(
+        self, conn: rpc.Connection, h: dict[str, Any], timeout_s: float
+    ) -> dict[str, Any]:
+        """``fs.batch``: what a client answered under its directory leases (removals,
+        creates, mkdirs, symlinks, attribute changes of the directory, commits of files it
+        created there), checked as each would be alone, then one command
+        (``metaserver/namespace/batch.py``). A directory made in the batch comes with its
+        maker's lease on it (``LeaseDesk.granted_new``)."""
+        ops = h["ops"]
+        holder = h.get("holder", 0)
         self._leader_view()
         subs: list[list[Any]] = []
         holds: list[bool] = []
@@ -390,14 +400,11 @@ class MetaServer:
             held = fields.get("hold") is True  # a create of a file still open
             if op == "fs.unlink":
                 fields = {**fields, "op": op, "keep": self._keep({**fields, "op": op})}
-            ns_op, spec = MUTATIONS[op]
-            args: dict[str, Any] = {}
-            for name, tp, required in spec:
-                if required or name in fields:
-                    args[name] = field(fields, name, tp)
-            if ns_op == "create":
-                # A create answered under a lease: its inode number and first chunk come
-                # from the sender's pool (namespace/pools.py).
+            ns_op, spec = COMMANDS[op], METASERVER_OPS[op]
+            args = spec.args(spec.check(fields))
+            if ns_op == "create" or ("ino" in args and ns_op in ("mkdir", "symlink")):
+                # Answered under a lease: its inode number (and a file's first chunk)
+                # come from the sender's pool (namespace/pools.py).
                 args["pool"] = holder
             subs.append([ns_op, args])
             holds.append(held)
@@ -412,6 +419,8 @@ class MetaServer:
                     self.repair.writing(int(chunk["chunk_id"]))
                 if held:  # open at the sender when it sent the batch: held from now on
                     self.holds.hold(holder, [int(answer["attr"]["ino"])], time.monotonic())
+            elif ns_op == "mkdir" and answer.get("ok") and holder:
+                self.desk.granted_new(int(answer["attr"]["ino"]), holder, conn)
         return {"results": results}
 
     async def _reserve(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -420,11 +429,7 @@ class MetaServer:
         (namespace/pools.py). Answers ``entries`` (``{ino, handle}``, the handle as
         ``fs.write_handle`` answers) and ``ttl_ms``; none where no chunkserver can take
         a chunk."""
-        holder = uint_field(h, "holder")
-        count = uint_field(h, "count")
-        goal = uint_field(h, "goal")
-        if not 1 <= count <= pools.RESERVE_ENTRIES_MAX or not GOAL_MIN <= goal <= GOAL_MAX:
-            raise Invalid(f"count: 1..{pools.RESERVE_ENTRIES_MAX}, goal: {GOAL_MIN}..{GOAL_MAX}")
+        holder, count, goal = h["holder"], h["count"], h["goal"]
         self._leader_view()
         self.know_all_chunkservers()
         alive = self.registry.alive(time.monotonic())
@@ -476,34 +481,34 @@ class MetaServer:
     # ------------------------------------------------------------------ reads
 
     async def _lookup(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        parent, name = uint_field(h, "parent"), field(h, "name", bytes)
+        parent, name = h["parent"], h["name"]
         await self._read(timeout_s)
         return {"attr": self.ns.lookup(parent, name)}
 
     async def _getattr(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        ino = uint_field(h, "ino")
+        ino = h["ino"]
         await self._read(timeout_s)
         return {"attr": self.ns.getattr(ino)}
 
     async def _readdir(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        ino, cookie = uint_field(h, "ino"), uint_field(h, "cookie", 0)
-        limit = min(max(uint_field(h, "limit", 1024), 1), READDIR_LIMIT_MAX)
+        ino, cookie = h["ino"], h.get("cookie", 0)
+        limit = min(max(h.get("limit", 1024), 1), READDIR_LIMIT_MAX)
         await self._read(timeout_s)
         entries, more = self.ns.readdir(ino, cookie, limit)
         return {"entries": entries, "more": more}
 
     async def _readlink(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        ino = uint_field(h, "ino")
+        ino = h["ino"]
         await self._read(timeout_s)
         return {"target": self.ns.readlink(ino)}
 
     async def _getxattr(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        ino, name = uint_field(h, "ino"), field(h, "name", bytes)
+        ino, name = h["ino"], h["name"]
         await self._read(timeout_s)
         return {"value": self.ns.getxattr(ino, name)}
 
     async def _listxattr(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        ino = uint_field(h, "ino")
+        ino = h["ino"]
         await self._read(timeout_s)
         return {"names": self.ns.listxattr(ino)}
 
@@ -543,8 +548,8 @@ class MetaServer:
         return out
 
     async def _locate(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        ino, index = uint_field(h, "ino"), uint_field(h, "index")
-        count = min(max(uint_field(h, "count", 1), 1), LOCATE_COUNT_MAX)
+        ino, index = h["ino"], h["index"]
+        count = min(max(h.get("count", 1), 1), LOCATE_COUNT_MAX)
         await self._read(timeout_s)
         now_s = time.monotonic()
         expiry_ms = time.time_ns() // 1_000_000 + self.config.token_ttl_ms
@@ -565,7 +570,7 @@ class MetaServer:
     # ------------------------------------------------------------------ writes
 
     async def _write_handle(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        ino, index = uint_field(h, "ino"), uint_field(h, "index")
+        ino, index = h["ino"], h["index"]
         # No ReadIndex round here: the state read below only guides placement, and the
         # command itself is ordered by the log (the namespace re-checks everything in
         # apply). A deposed leader's proposal simply fails. But an error read from that
@@ -584,9 +589,7 @@ class MetaServer:
         if existing:
             handles.check_writable(existing[0])
             now_s = time.monotonic()
-            reported = field(h, "drop", list, [])
-            if len(reported) > GOAL_MAX or any(type(c) is not int for c in reported):
-                raise Invalid(f"drop: at most {GOAL_MAX} chunkserver ids")
+            reported: list[int] = h.get("drop", [])
             self.know_all_chunkservers()
             drop = handles.handle_drop(existing[0], reported, self.registry, now_s)
         else:
@@ -652,11 +655,7 @@ class MetaServer:
         here, as for ``fs.write_handle``; when it cannot be (no chunkserver heard from
         yet, none with space) the file is created without a chunk and the writer asks
         ``fs.write_handle`` later, as it would have."""
-        op, spec = MUTATIONS["fs.create"]
-        args: dict[str, Any] = {}
-        for name, tp, required in spec:
-            if required or name in h:
-                args[name] = field(h, name, tp)
+        op, args = COMMANDS["fs.create"], FS_CREATE.args(h)
         self._leader_view()
         with contextlib.suppress(DfsError):
             goal = int(self.ns.getattr(args["parent"])["goal"])  # the new file inherits it
@@ -734,14 +733,13 @@ class MetaServer:
     # ------------------------------------------------------------------ chunkservers
 
     async def _cs_register(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        uuid = field(h, "uuid", str)
-        address = field(h, "address", str)
-        if not uuid or len(uuid) > 64 or ":" not in address or len(address) > 256:
-            raise Invalid("uuid (1-64 chars) and address host:port")
+        uuid, address = h["uuid"], h["address"]
+        if ":" not in address:
+            raise Invalid("address must be host:port")
         args = {"uuid": uuid, "address": address}
         for label in ("host", "rack"):  # optional: a chunkserver older than labels has none
             if label in h:
-                args[label] = field(h, label, str)
+                args[label] = h[label]
         result = await self._propose("cs_register", args, h, timeout_s)
         cs_id = int(result["cs_id"])
         self._heartbeat(cs_id, address, h)
@@ -751,42 +749,30 @@ class MetaServer:
 
     async def _cs_heartbeat(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         self._leader_view()
-        cs_id = uint_field(h, "cs_id")
+        cs_id = h["cs_id"]
         known = self.ns.chunkservers().get(cs_id)
         if known is None:
             raise NotFound("unknown chunkserver: register first", cs_id=cs_id)
-        address = field(h, "address", str, known["address"])
+        address = h.get("address", known["address"])
         self._heartbeat(cs_id, address, h)
         return {}
 
     def _reporter(self, h: dict[str, Any]) -> int:
         self._leader_view()
-        cs_id = uint_field(h, "cs_id")
+        cs_id: int = h["cs_id"]
         if cs_id not in self.ns.chunkservers():
             raise NotFound("unknown chunkserver: register first", cs_id=cs_id)
         return cs_id
 
     async def _cs_report(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         cs_id = self._reporter(h)
-        chunks = field(h, "chunks", list)
-        part = uint_field(h, "part", 0)
-        final = field(h, "final", bool, True)
-        if len(chunks) > REPORT_PAGE_MAX or not all(
-            type(e) is list and len(e) == 3 and all(type(x) is int and x >= 0 for x in e)
-            for e in chunks
-        ):
-            raise Invalid(f"chunks: at most {REPORT_PAGE_MAX} [chunk_id, version, length]")
+        chunks, part, final = h["chunks"], h.get("part", 0), h.get("final", True)
         await self.repair.report(cs_id, chunks, part, final)
         return {}
 
     async def _cs_bad_chunks(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         cs_id = self._reporter(h)
-        chunks = field(h, "chunks", list)
-        if len(chunks) > BAD_CHUNKS_MAX or not all(
-            type(e) is list and len(e) == 2 and all(type(x) is int and x >= 0 for x in e)
-            for e in chunks
-        ):
-            raise Invalid(f"chunks: at most {BAD_CHUNKS_MAX} [chunk_id, version]")
+        chunks = h["chunks"]
         log.warning("metaserver node=%d event=bad_replicas cs=%d chunks=%s",
                     self.node.id, cs_id, [e[0] for e in chunks[:16]])  # fmt: skip
         await self.repair.bad_replicas(cs_id, chunks)
@@ -799,11 +785,11 @@ class MetaServer:
             cs_id,
             address,
             time.monotonic(),
-            capacity_bytes=uint_field(h, "capacity_bytes", 0),
-            used_bytes=uint_field(h, "used_bytes", 0),
-            chunks=uint_field(h, "chunks", 0),
-            load=uint_field(h, "load", 0),
-            pid=uint_field(h, "pid", 0),
+            capacity_bytes=h.get("capacity_bytes", 0),
+            used_bytes=h.get("used_bytes", 0),
+            chunks=h.get("chunks", 0),
+            load=h.get("load", 0),
+            pid=h.get("pid", 0),
         )
         if not was_alive:
             log.info("metaserver node=%d event=cs_alive cs=%d address=%s",
@@ -874,10 +860,3 @@ async def serve(config: MetaConfig, secret: bytes) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return daemon.main("metaserver", argv, load_config, serve, fast_loop=True)
-
-
-def _id_list(ids: list[Any], name: str, what: str) -> list[int]:
-    """A request's list of inode numbers or chunk ids, checked (``Invalid`` otherwise)."""
-    if len(ids) > HOLDS_PER_REQUEST_MAX or any(type(i) is not int or i < 1 for i in ids):
-        raise Invalid(f"{name}: at most {HOLDS_PER_REQUEST_MAX} {what}")
-    return ids

@@ -67,11 +67,17 @@ from dfs import rpc
 from dfs.secret import generate_secret, load_secret, write_secret
 from dfs.testing.ports import free_loopback_ports
 from dfs.wire.errors import DfsError
+from dfs.wire.limits import CHUNK_SIZE_BYTES_DEFAULT
 
 LAYOUT_VERSION = 1
-CHUNK_SIZE_DEFAULT = 64 << 20
+CHUNK_SIZE_DEFAULT = CHUNK_SIZE_BYTES_DEFAULT
 STATUS_TIMEOUT_S = 2.0
 STOP_TIMEOUT_S = 15.0
+# Servers on hosts of their own (dfs init): their default ports, and their metrics'
+# port, this far above the listen port.
+META_PORT_DEFAULT = 9000
+CS_PORT_DEFAULT = 9100
+METRICS_PORT_OFFSET = 1000
 
 
 class ClusterError(Exception):
@@ -164,12 +170,20 @@ def init_layout(
     meta_options: dict[str, Any] | None = None,
     cs_options: dict[str, Any] | None = None,
     addresses: tuple[list[str], list[str]] | None = None,
+    metrics: bool = False,
+    data_root: Path | None = None,
+    secret_path: Path | None = None,
 ) -> Layout:
     """Write a new cluster directory (secret, configs) or return the existing one.
 
     The servers listen on free loopback ports, or on ``addresses`` (metaservers',
     chunkservers' "host:port", one per server) when given: a cluster whose servers are
-    on hosts of their own (``dfs.testing.netns``)."""
+    on hosts of their own (``dfs.testing.netns``, ``dfs init``). With ``metrics`` each
+    server also serves Prometheus metrics (``metrics_port``): on a free loopback port, or,
+    with ``addresses``, on its listen port + ``METRICS_PORT_OFFSET``. ``data_root`` and
+    ``secret_path`` are the paths the configs name on the servers' own hosts (default:
+    inside ``directory``, for servers on this machine); the secret itself is written to
+    ``directory/secret`` either way."""
     directory = directory.absolute()
     if (directory / "cluster.toml").exists():
         return load_layout(directory)
@@ -178,10 +192,19 @@ def init_layout(
     if metaservers < 1 or chunkservers < 1:
         raise ClusterError("a cluster needs at least one metaserver and one chunkserver")
     directory.mkdir(parents=True, exist_ok=True)
+    servers = metaservers + chunkservers
     if addresses is None:
-        ports = free_loopback_ports(metaservers + chunkservers)
-        local_addresses = [f"127.0.0.1:{port}" for port in ports]
+        wanted = servers * (2 if metrics else 1)
+        ports = free_loopback_ports(wanted)  # one call: no port handed out twice
+        local_addresses = [f"127.0.0.1:{port}" for port in ports[:servers]]
         addresses = (local_addresses[:metaservers], local_addresses[metaservers:])
+        metrics_ports = iter(ports[servers:])
+    else:
+        metrics_ports = iter(
+            int(a.rpartition(":")[2]) + METRICS_PORT_OFFSET for a in addresses[0] + addresses[1]
+        )
+    if not metrics:
+        metrics_ports = iter(())
     layout = Layout(
         dir=directory,
         metaservers={i + 1: a for i, a in enumerate(addresses[0])},
@@ -198,32 +221,84 @@ def init_layout(
         top = {
             "id": i,
             "listen": address,
-            "data_dir": d / "raft",
-            "secret_file": layout.secret_file,
+            "data_dir": data_root / f"meta{i}" if data_root is not None else d / "raft",
+            "secret_file": secret_path or layout.secret_file,
             "chunk_size": chunk_size,
             **(meta_options or {}),
         }
+        if metrics:
+            top["metrics_port"] = next(metrics_ports)
         _write_toml(
             d / "meta.toml", top, {"peers": {str(k): v for k, v in layout.metaservers.items()}}
         )
     layout.cs_options = dict(cs_options or {})
     for i, address in layout.chunkservers.items():
-        _write_cs_config(layout, i, address)
+        _write_cs_config(
+            layout, i, address, next(metrics_ports, None),
+            data_dir=data_root / f"cs{i}" if data_root is not None else None,
+            secret_file=secret_path,
+        )  # fmt: skip
     _save_layout(layout)
     return layout
 
 
-def _write_cs_config(layout: Layout, i: int, address: str) -> None:
+def _write_cs_config(
+    layout: Layout,
+    i: int,
+    address: str,
+    metrics_port: int | None,
+    *,
+    data_dir: Path | None = None,
+    secret_file: Path | None = None,
+) -> None:
     d = layout.dir / f"cs{i}"
     d.mkdir(exist_ok=True)
     top = {
         "listen": address,
-        "data_dir": d / "data",
-        "secret_file": layout.secret_file,
+        "data_dir": data_dir or d / "data",
+        "secret_file": secret_file or layout.secret_file,
         "metaservers": layout.meta_addresses,
         **layout.cs_options,
     }
+    if metrics_port is not None:
+        top["metrics_port"] = metrics_port
     _write_toml(d / "cs.toml", top, {})
+
+
+def parse_hosts(text: str, default_port: int) -> list[str]:
+    """``HOST[:PORT],...`` as "host:port" addresses (``ClusterError`` for a bad or repeated
+    one)."""
+    out: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":") if item.count(":") == 1 else (item, "", "")
+        if not sep:
+            host, port = item, str(default_port)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
+            raise ClusterError(f"not HOST[:PORT]: {item!r}")
+        address = f"{host}:{int(port)}"
+        if address in out:
+            raise ClusterError(f"{address} given twice")
+        out.append(address)
+    if not out:
+        raise ClusterError("no hosts given")
+    return out
+
+
+def metrics_address(layout: Layout, name: str) -> str | None:
+    """``host:port`` of server ``name``'s metrics ("meta1", "cs2"), None when it has none."""
+    config = layout.dir / name / ("meta.toml" if name.startswith("meta") else "cs.toml")
+    try:
+        with open(config, "rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    port = raw.get("metrics_port")
+    if type(port) is not int or port == 0:
+        return None
+    host = str(raw.get("listen", "127.0.0.1")).rpartition(":")[0] or "127.0.0.1"
+    return f"{host}:{port}"
 
 
 def _save_layout(layout: Layout) -> None:
@@ -251,13 +326,16 @@ def add_chunkservers(
     options = {**layout.cs_options, **(cs_options or {})}
     first = max(layout.chunkservers, default=0) + 1
     added = list(range(first, first + count))
-    ports = free_loopback_ports(count)
+    with_metrics = any(metrics_address(layout, f"cs{i}") for i in layout.chunkservers)
+    ports = free_loopback_ports(count * (2 if with_metrics else 1))
+    metrics_ports = iter(ports[count:])
+    ports = ports[:count]
     saved = layout.cs_options
     layout.cs_options = options
     try:
         for i, port in zip(added, ports, strict=True):
             layout.chunkservers[i] = f"127.0.0.1:{port}"
-            _write_cs_config(layout, i, layout.chunkservers[i])
+            _write_cs_config(layout, i, layout.chunkservers[i], next(metrics_ports, None))
     finally:
         layout.cs_options = saved
     _save_layout(layout)

@@ -34,6 +34,7 @@ from dfs.cli.common import (
     size_bytes,
     sync_on_close_option,
 )
+from dfs.cli.deploy import init_command
 
 
 @click.group()
@@ -139,6 +140,7 @@ def up(
                 chunkservers=chunkservers,
                 chunk_size=size,
                 cs_options=cs_options,
+                metrics=True,
             )
         pids = local.start_daemons(layout, only=only)
         status = asyncio.run(local.wait_ready(layout, timeout_s, ready))
@@ -151,14 +153,17 @@ def up(
     click.echo(f"  leader      metaserver {status['leader']} at {status['leader_address']}")
     for i, address in sorted(layout.metaservers.items()):
         if f"meta{i}" in pids:
-            click.echo(f"  metaserver  {i}  {address}  pid {pids[f'meta{i}']}")
+            click.echo(
+                f"  metaserver  {i}  {address}  pid {pids[f'meta{i}']}{_metrics(layout, f'meta{i}')}"
+            )
     # The ids the metaservers gave, as dfs status shows them (not the directories' order).
     ids = {c["address"]: c["id"] for c in status["chunkservers"]}
     for i, address in sorted(layout.chunkservers.items(), key=lambda e: ids.get(e[1], 1 << 62)):
         if f"cs{i}" not in pids:
             continue
         cs_id = ids.get(address, "?")
-        click.echo(f"  chunkserver {cs_id}  {address}  pid {pids[f'cs{i}']}  (cs{i})")
+        metrics = _metrics(layout, f"cs{i}")
+        click.echo(f"  chunkserver {cs_id}  {address}  pid {pids[f'cs{i}']}  (cs{i}){metrics}")
     click.echo(f"  chunk size  {human(layout.chunk_size)}; secret {layout.secret_file}")
     if not no_mount:
         try:
@@ -176,6 +181,11 @@ def up(
     click.echo("running in the foreground; Ctrl-C stops the cluster")
     _wait_for_signal()
     _down(layout)
+
+
+def _metrics(layout: local.Layout, name: str) -> str:
+    address = local.metrics_address(layout, name)
+    return f"  metrics http://{address}/metrics" if address else ""
 
 
 def _mount_local(layout: local.Layout, mountpoint: Path, *, sync_on_close: bool) -> Path:
@@ -661,6 +671,7 @@ from dfs.cli.admin_fsck import fsck, getgoal, setgoal  # noqa: E402
 for _command in (fsck, setgoal, getgoal):
     admin.add_command(_command)
 cli.add_command(admin)
+cli.add_command(init_command)
 
 
 def main() -> None:

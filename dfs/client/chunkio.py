@@ -54,13 +54,12 @@ from dfs.wire.errors import (
     Timeout,
     Unavailable,
 )
+from dfs.wire.limits import READ_BYTES_MAX  # callers split larger ranges
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# The protocol's largest chunk.read (PROTOCOL.md); callers split larger ranges.
-READ_BYTES_MAX = 16 * 1024 * 1024
 # How long a chunkserver that did not answer is tried last: the metaserver's default dead
 # timeout, after which it stops listing a dead server anyway.
 SUSPECT_S = 10.0

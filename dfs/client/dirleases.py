@@ -1,10 +1,11 @@
-"""Directory leases on the client: removals and new files' commits answered at once,
-shipped in batches.
+"""Directory leases on the client: removals, new files, directories and symlinks, and
+new files' commits answered at once, shipped in batches.
 
 What it owns: the leases this client holds (``fs.dir_lease``: an exclusive right to
 answer removals in a directory from its complete listing), the queue of what it
-acknowledged but has not yet sent (removals, and the commits of files it created in a
-directory it held the lease on), the flush of that queue as one ``fs.batch`` (one Raft
+acknowledged but has not yet sent (removals; creates, mkdirs and symlinks with reserved
+inode numbers; changes of a leased directory's attributes; the commits of files it created
+in a directory it held the lease on), the flush of that queue as one ``fs.batch`` (one Raft
 entry for many), the answer to a recall, and the errors of what failed to land, kept for
 the next ``fsyncdir`` of their directory (and a commit's for the next ``fsync`` of its
 file). What it must not do: know FUSE
@@ -94,6 +95,9 @@ LEASE_MARGIN = 0.2
 # 15 ms a cp -r made one per 1.2 files), short enough that a client crash loses little
 # (another client never sees the difference: it would recall).
 FLUSH_DELAY_S = 0.05
+# A batch's names and symlink targets, about (a batch is one Raft entry on every
+# metaserver: 1,024 symlinks of 4 KiB targets would make one of 4 MiB).
+BATCH_BYTES = 512 * 1024
 # Queue length that sends a batch at once (half the server's bound: the next batch fills
 # while this one commits).
 FLUSH_OPS = BATCH_OPS_MAX // 2
@@ -121,6 +125,8 @@ RETRY_MAX_S = 5.0
 # Requests that add a name to ``parent`` (their answer depends on that name and on the
 # directory still being there, not on other queued names).
 _CREATING = frozenset({"fs.create", "fs.mkdir", "fs.mknod", "fs.symlink", "fs.link"})
+# Of those, the ones this client answers under a lease and queues (``queue_new``).
+_NEW = frozenset({"fs.create", "fs.mkdir", "fs.symlink"})
 
 
 @dataclass(slots=True)
@@ -139,11 +145,11 @@ class DirLease:
 
 @dataclass(slots=True)
 class _Queued:
-    op: str  # "fs.unlink" | "fs.rmdir" | "fs.create" | "fs.commit" | "fs.setattr"
+    op: str  # "fs.unlink" | "fs.rmdir" | one of _NEW | "fs.commit" | "fs.setattr"
     parent: int  # the directory: of the name removed or created, or of the file committed
     name: bytes  # the name removed or created (b"" for a commit)
     ino: int  # the inode removed, created or committed
-    fields: dict[str, Any] | None = None  # a create's or a commit's request fields
+    fields: dict[str, Any] | None = None  # the request's fields (removals: None)
 
     def request(self) -> dict[str, Any]:
         if self.fields is not None:
@@ -201,6 +207,7 @@ class DirLeases:
         self._queued_names: dict[tuple[int, bytes], int] = {}
         self._queued_inos: dict[int, int] = {}
         self._removed_inos: dict[int, int] = {}
+        self._new_inos: dict[int, int] = {}  # inodes whose create, mkdir or symlink is queued
         self._committing: dict[int, int] = {}  # directories of files with commits queued
         self._attr_queued: dict[int, int] = {}  # directories with a setattr queued
 
@@ -385,23 +392,40 @@ class DirLeases:
         self._enqueue(_Queued("fs.commit", lease.ino, b"", ino, fields))
         return True
 
-    def queue_create(
-        self, lease: DirLease, name: bytes, attr: Attr, fields: dict[str, Any]
+    def queue_new(
+        self, op: str, lease: DirLease, name: bytes, attr: Attr, fields: dict[str, Any]
     ) -> bool:
-        """Answer the create of ``name`` (the new file ``attr``, an inode number reserved
-        for this client: inopool.py) under ``lease`` and queue its ``fs.create``
-        ``fields``. False where the lease is gone, the name is listed, or the directory's
-        attributes are not known here: the caller creates the synchronous way."""
+        """Answer the ``op`` (``fs.create``, ``fs.mkdir`` or ``fs.symlink``) of ``name``
+        (the new inode ``attr``, its number reserved for this client: inopool.py) under
+        ``lease`` and queue its request ``fields``. False where the lease is gone, the
+        name is listed, the directory's attributes are not known here or the leader
+        takes no such op in a batch: the caller goes the synchronous way.
+
+        A new directory comes with this client's lease on it, empty, from here on: no
+        other client can name it before the batch lands (it would have to look into
+        ``lease``'s directory, which recalls that lease and waits for the queue first),
+        and the leader grants the lease to the batch's sender as it applies the mkdir
+        (``LeaseDesk.granted_new``). This side's view of it ends with the parent's, which
+        began before. So the files, directories and removals a ``tar x`` makes inside a
+        directory it just made are answered at once too, and queued after its mkdir."""
+        assert op in _NEW, op
         if (
             self.valid(lease.ino) is not lease
             or name in lease.names
             or lease.attr is None
-            or "fs.create" not in lease.batchable
+            or op not in lease.batchable
         ):
             return False
         lease.names[name] = attr
-        lease.attr = dataclasses.replace(lease.attr, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns)
-        self._enqueue(_Queued("fs.create", lease.ino, name, attr.ino, fields))
+        nlink = lease.attr.nlink + (1 if op == "fs.mkdir" else 0)  # the new ".."
+        lease.attr = dataclasses.replace(
+            lease.attr, nlink=nlink, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns
+        )
+        self._enqueue(_Queued(op, lease.ino, name, attr.ino, fields))
+        if op == "fs.mkdir":
+            self._leases[attr.ino] = DirLease(
+                attr.ino, lease.until, lease.conn, {}, attr, lease.batchable
+            )
         return True
 
     def queue_setattr(self, ino: int, fields: dict[str, Any]) -> Attr | None:
@@ -439,9 +463,10 @@ class DirLeases:
             _count(self._committing, item.parent, delta)
         elif item.op == "fs.setattr":  # a directory's own attributes: only it changes
             _count(self._attr_queued, item.ino, delta)
-        elif item.op == "fs.create":  # a new name, and a new inode nobody else knows yet
+        elif item.op in _NEW:  # a new name, and a new inode nobody else knows yet
             _count(self._queued_names, (item.parent, item.name), delta)
             _count(self._queued_inos, item.parent, delta)
+            _count(self._new_inos, item.ino, delta)
         else:  # a removal
             _count(self._queued_names, (item.parent, item.name), delta)
             _count(self._queued_inos, item.parent, delta)
@@ -459,12 +484,26 @@ class DirLeases:
     def note_added(
         self, parent: int, name: bytes, attr: Attr, parent_attr: Attr | None = None
     ) -> None:
-        """This client added ``name`` to ``parent`` synchronously: keep the listing true,
-        and the directory's attributes (``parent_attr``, from the answer; None: unknown)."""
+        """This client added ``name`` to ``parent``: keep the listing true, and the
+        directory's attributes (``parent_attr``: the synchronous answer's, or the lease's
+        own for a change answered under it; None: unknown)."""
         lease = self._leases.get(parent)
         if lease is not None:
             lease.names[name] = attr
-            lease.attr = parent_attr
+            if parent_attr is lease.attr:
+                pass  # answered under this lease: its attributes are ours already
+            elif parent_attr is not None and lease.attr is not None and parent in self._queued_inos:
+                # The answer does not count what is queued in the directory yet (a new
+                # subdirectory's "..", a removal): keep ours, with this change and the
+                # leader's times.
+                lease.attr = dataclasses.replace(
+                    lease.attr,
+                    nlink=lease.attr.nlink + (1 if attr.is_dir else 0),
+                    mtime_ns=parent_attr.mtime_ns,
+                    ctime_ns=parent_attr.ctime_ns,
+                )
+            else:
+                lease.attr = parent_attr
 
     def saw_attr(self, attr: Attr) -> None:
         """The metaservers' answer to this client's change of ``attr.ino`` (a chmod of a
@@ -518,7 +557,11 @@ class DirLeases:
         """Whether ``op``'s answer is the same before and after the queue lands."""
         if op == "fs.lookup":
             parent, name = fields.get("parent"), fields.get("name")
-            if (parent, name) in self._queued_names or parent in self._committing:
+            if (
+                (parent, name) in self._queued_names
+                or parent in self._committing
+                or parent in self._new_inos  # a directory the leader does not know yet
+            ):
                 return False
             # A directory with removals queued in it: its nlink and times will change.
             lease = self._leases.get(parent) if type(parent) is int else None
@@ -553,6 +596,7 @@ class DirLeases:
             return (
                 (parent, fields.get("name")) not in self._queued_names
                 and parent not in self._removed_inos
+                and parent not in self._new_inos
                 # A new entry takes the directory's group and setgid bit, and moves its
                 # times: a queued change of those lands first.
                 and parent not in self._attr_queued
@@ -573,8 +617,7 @@ class DirLeases:
                 if self._unanswered is not None:
                     batch, resume = self._unanswered
                 elif self._queue:
-                    take = min(len(self._queue), BATCH_OPS_MAX)
-                    batch, resume = [self._queue.popleft() for _ in range(take)], Resume()
+                    batch, resume = self._take_batch(), Resume()
                     self._unanswered = (batch, resume)
                 else:
                     return
@@ -585,13 +628,25 @@ class DirLeases:
                 if not answered:
                     self._retry_later()
                     raise Unavailable(
-                        f"{len(batch)} queued removals and commits got no answer yet; "
+                        f"{len(batch)} queued metadata changes got no answer yet; "
                         "sent again in the background"
                     )
                 self._unanswered = None
                 self._landed += len(batch)
                 for item in batch:
                     self._track(item, -1)
+
+    def _take_batch(self) -> list[_Queued]:
+        """The next batch off the queue: at most ``BATCH_OPS_MAX`` items and about
+        ``BATCH_BYTES`` of names and symlink targets (one Raft entry on every metaserver)."""
+        batch: list[_Queued] = []
+        size = 0
+        while self._queue and len(batch) < BATCH_OPS_MAX and (not batch or size < BATCH_BYTES):
+            item = self._queue.popleft()
+            batch.append(item)
+            target = item.fields.get("target") if item.fields is not None else None
+            size += len(item.name) + (len(target) if type(target) is bytes else 0) + 64
+        return batch
 
     async def _flush_later(self) -> None:
         await anyio.sleep(FLUSH_DELAY_S)  # the time bound of the queue, not a wait
@@ -649,10 +704,11 @@ class DirLeases:
             if error is not None:
                 self._failed(item, error)
             elif item.op == "fs.commit" or (
-                # A create's or a setattr's attributes, unless a change of the inode
+                # A new inode's or a setattr's attributes, unless a change of the inode
                 # follows: they would undo what this client told of it (that change's
                 # answer tells the truth).
-                item.op in ("fs.create", "fs.setattr") and self._queued_inos.get(item.ino, 0) == 1
+                (item.op in _NEW or item.op == "fs.setattr")
+                and self._queued_inos.get(item.ino, 0) == 1
             ):
                 self._committed(item, answers[i])
         return True
@@ -674,16 +730,22 @@ class DirLeases:
     def _failed(self, item: _Queued, error: DfsError) -> None:
         self._errors.setdefault(item.parent, []).append(error)
         self._leases.pop(item.parent, None)
-        if item.op == "fs.create":
+        if item.op in _NEW:
+            what = {"fs.create": "the file and its bytes are lost",
+                    "fs.mkdir": "the directory and what was made in it are lost",
+                    "fs.symlink": "the symlink is lost"}[item.op]  # fmt: skip
             log.warning(
-                "create of %r (inode %d) in directory inode %d did not land: %s "
-                "(the file and its bytes are lost; reported at fsync and fsyncdir)",
+                "%s of %r (inode %d) in directory inode %d did not land: %s "
+                "(%s; reported at fsync and fsyncdir)",
+                item.op.removeprefix("fs."),
                 item.name,
                 item.ino,
                 item.parent,
                 error,
+                what,
             )
             self._file_errors.setdefault(item.ino, error)  # the first: its cause
+            self._leases.pop(item.ino, None)  # a new directory's
             self._on_commit_lost(item.ino)
             self._on_lost(item.parent, item.name)
             return

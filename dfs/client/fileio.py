@@ -26,13 +26,13 @@ from dfs.client.meta import MetaClient
 from dfs.client.options import ClientOptions
 from dfs.client.records import Attr, ChunkLocation
 from dfs.wire.errors import Stale, Timeout, Unavailable
+from dfs.wire.limits import LOCATE_COUNT_MAX
 
 log = logging.getLogger(__name__)
 
 # fs.locate batch: chunks asked for when one is missing from the cache (so a sequential
-# read locates once per batch) and the protocol's largest count.
+# read locates once per batch); at most the protocol's largest count (LOCATE_COUNT_MAX).
 LOCATE_BATCH = 64
-LOCATE_COUNT_MAX = 1024
 # First pause before locating a chunk again after a failed read (doubling per attempt).
 STALE_BACKOFF_MIN_S = 0.005
 STALE_BACKOFF_MAX_S = 1.0

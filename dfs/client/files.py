@@ -100,14 +100,13 @@ from dfs.wire.errors import (
     Timeout,
     Unavailable,
 )
+from dfs.wire.limits import PERMISSION_BITS
 
 log = logging.getLogger(__name__)
 
 # A write handle this close to its expiry is renewed before use: a chunk.write must reach
 # the end of the chain before the token expires.
 HANDLE_MARGIN_MS = 5_000
-# The bits of a mode that ``set_attrs`` changes (never the file type).
-PERMISSION_BITS = 0o7777
 # Backoff between attempts of an upload after a replica failed.
 BACKOFF_MIN_S = 0.02
 BACKOFF_MAX_S = 1.0

@@ -66,26 +66,27 @@ from dfs.client.inopool import InoPool
 from dfs.client.localread import LocalReads
 from dfs.client.meta import MetaClient
 from dfs.client.options import ClientOptions
+from dfs.client.paths import PathResolution, check_name
 from dfs.client.pool import ConnectionPool
 from dfs.client.records import Attr, DirEntry, StatFs, WriteHandle
 from dfs.wire.errors import (
     DfsError,
-    Invalid,
-    NameTooLong,
     NoAttr,
-    NotDir,
     NotFound,
     ProtocolError,
     Unavailable,
+)
+from dfs.wire.limits import (
+    DIR_BLOCKS,
+    DIR_SIZE_BYTES,
+    MKDIR_BITS,
+    ROOT_INO,
+    SYMLINK_TARGET_BYTES_MAX,
 )
 from dfs.wire.messages import field
 
 log = logging.getLogger(__name__)
 
-ROOT_INO = 1
-NAME_BYTES_MAX = 255
-# Symlinks followed while resolving one path before giving up (Linux's MAXSYMLINKS).
-SYMLINKS_MAX = 40
 # readdir page size when iterating a whole directory.
 READDIR_PAGE = 1024
 
@@ -97,17 +98,7 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 
 
-def check_name(name: bytes) -> None:
-    """Refuse a name no local file system takes, before a round trip."""
-    if not isinstance(name, bytes):
-        raise TypeError("names are bytes")
-    if len(name) > NAME_BYTES_MAX:
-        raise NameTooLong(f"name of {len(name)} bytes", name=name[:64])
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise Invalid("invalid name", name=name[:64])
-
-
-class FsClient:
+class FsClient(PathResolution):
     """A client of one dfs cluster. See the module docstring for its lifetime."""
 
     def __init__(
@@ -489,6 +480,17 @@ class FsClient:
     ) -> Attr:
         check_name(name)
         mode = mode if stat.S_IFMT(mode) else mode | stat.S_IFDIR
+        if stat.S_ISDIR(mode):
+            # Under the parent's lease: answered here, queued, and the new directory
+            # leased to this client (dirleases.py, ``queue_new``).
+            lease = await self.dirleases.lease_for_create(parent)
+            if lease is not None:
+                made = self._new_leased(
+                    "fs.mkdir", lease, name, stat.S_IFDIR | (mode & MKDIR_BITS), uid, gid,
+                    fields={},
+                )  # fmt: skip
+                if made is not None:
+                    return self._local(made[0])
         header = await self.meta.mutate(
             "fs.mkdir", parent=parent, name=name, mode=mode, **self._owner(uid, gid)
         )
@@ -606,19 +608,42 @@ class FsClient:
         uid: int | None,
         gid: int | None,
     ) -> tuple[Attr, File] | None:
-        """Create ``name`` under ``lease`` without a round trip: an inode number and a
-        first chunk reserved for this client (inopool.py), the create queued for the
-        lease's next batch (dirleases.py, "New files"). None where that cannot be (the
-        name is listed, no reserved entry is at hand, the directory's attributes are not
-        known here): the caller creates the synchronous way."""
+        """Create ``name`` under ``lease`` without a round trip (``_new_leased``), with the
+        first chunk reserved with its inode number. None: the caller creates the
+        synchronous way."""
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+            return None
+        made = self._new_leased(
+            "fs.create", lease, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid,
+            fields={"exclusive": True},
+        )  # fmt: skip
+        if made is None:
+            return None
+        attr, handle = made
+        return await self._open_created(attr, flags, handle, lease, name)
+
+    def _new_leased(
+        self,
+        op: str,
+        lease: DirLease,
+        name: bytes,
+        mode: int,
+        uid: int | None,
+        gid: int | None,
+        *,
+        fields: dict[str, Any],
+        size: int = 0,
+    ) -> tuple[Attr, WriteHandle] | None:
+        """Answer ``op`` (a create, mkdir or symlink: ``mode`` as the namespace will make
+        it) of ``name`` under ``lease`` without a round trip: an inode number reserved for
+        this client (inopool.py; a file's first chunk comes with it) and the attributes
+        the namespace will give, the op queued for the lease's next batch (dirleases.py,
+        "New files"). Returns the attributes and the reserved chunk's handle; None where
+        that cannot be (the name is listed, no reserved entry is at hand, the directory's
+        attributes are not known here): the caller goes the synchronous way."""
         check_name(name)
         parent = lease.attr
-        if (
-            parent is None
-            or name in lease.names
-            or stat.S_IFMT(mode) not in (0, stat.S_IFREG)
-            or not parent.goal
-        ):
+        if parent is None or name in lease.names or not parent.goal:
             return None
         entry = self._inos.take(parent.goal)
         if entry is None:
@@ -626,19 +651,24 @@ class FsClient:
         owner = self._owner(uid, gid)
         if parent.mode & stat.S_ISGID:  # as the namespace does (state.py, new_inode)
             owner["gid"] = parent.gid
-        mode = stat.S_IFREG | stat.S_IMODE(mode)
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        is_dir = stat.S_ISDIR(mode)
         now_ns = time.time_ns()  # the leader stamps its own when the batch lands
         attr = Attr(
-            ino=entry.ino, mode=mode, nlink=1, size=0, atime_ns=now_ns, mtime_ns=now_ns,
-            ctime_ns=now_ns, goal=parent.goal, blocks=0, has_xattrs=False, **owner,
+            ino=entry.ino, mode=mode, nlink=2 if is_dir else 1,
+            size=DIR_SIZE_BYTES if is_dir else size, atime_ns=now_ns, mtime_ns=now_ns,
+            ctime_ns=now_ns, goal=parent.goal, blocks=DIR_BLOCKS if is_dir else 0,
+            has_xattrs=False, **owner,
         )  # fmt: skip
-        fields = {"parent": lease.ino, "name": name, "mode": mode, "exclusive": True,
-                  "ino": entry.ino, **owner}  # fmt: skip
-        if not self.dirleases.queue_create(lease, name, attr, fields):
+        request = {"parent": lease.ino, "name": name, "ino": entry.ino, **owner, **fields}
+        if op != "fs.symlink":
+            request["mode"] = mode
+        if not self.dirleases.queue_new(op, lease, name, attr, request):
             self._inos.give_back(parent.goal, entry)
             return None
         self._added(lease.ino, name, attr, lease.attr, new_inode=True)
-        return await self._open_created(attr, flags, entry.handle, lease, name)
+        return attr, entry.handle
 
     async def _open_created(
         self,
@@ -683,6 +713,16 @@ class FsClient:
         gid: int | None = None,
     ) -> Attr:
         check_name(name)
+        if target and b"\0" not in target and len(target) <= SYMLINK_TARGET_BYTES_MAX:
+            # (Else the leader says what is wrong.)
+            lease = await self.dirleases.lease_for_create(parent)
+            if lease is not None:
+                made = self._new_leased(
+                    "fs.symlink", lease, name, stat.S_IFLNK | 0o777, uid, gid,
+                    fields={"target": target}, size=len(target),
+                )  # fmt: skip
+                if made is not None:
+                    return self._local(made[0])
         header = await self.meta.mutate(
             "fs.symlink", parent=parent, name=name, target=target, **self._owner(uid, gid)
         )
@@ -936,53 +976,6 @@ class FsClient:
                 elif error is not None:
                     log.info("ino %d: after a failed close: %s", inode.ino, error)
                 self._drop_inode(inode)
-
-    # ------------------------------------------------------------------ paths (CLI)
-
-    async def resolve(self, path: bytes, *, follow_symlinks: bool = True) -> Attr:
-        """The attributes of absolute ``path``. Symlinks on the way are followed, the last
-        component's only with ``follow_symlinks``. ``NotFound``, ``NotDir``, ``Invalid``
-        (relative path, or more than ``SYMLINKS_MAX`` symlinks: a loop)."""
-        if not path.startswith(b"/"):
-            raise Invalid("path must be absolute", path=path[:256])
-        root = await self.getattr(ROOT_INO)
-        attr = root
-        ancestors: list[Attr] = []
-        parts = _components(path)
-        symlinks = 0
-        while parts:
-            name = parts.pop(0)
-            if name == b"..":
-                attr = ancestors.pop() if ancestors else root
-                continue
-            if not attr.is_dir:
-                raise NotDir("not a directory", ino=attr.ino)
-            child = await self.lookup(attr.ino, name)
-            if child.is_symlink and (parts or follow_symlinks):
-                symlinks += 1
-                if symlinks > SYMLINKS_MAX:
-                    raise Invalid("too many levels of symbolic links", path=path[:256])
-                target = await self.readlink(child.ino)
-                if target.startswith(b"/"):
-                    attr, ancestors = root, []
-                parts = _components(target) + parts
-                continue
-            ancestors.append(attr)
-            attr = child
-        return attr
-
-    async def resolve_parent(self, path: bytes) -> tuple[Attr, bytes]:
-        """(the directory that holds the last component of ``path``, that name)."""
-        head, _, name = path.rstrip(b"/").rpartition(b"/")
-        check_name(name)
-        parent = await self.resolve(head or b"/")
-        if not parent.is_dir:
-            raise NotDir("not a directory", ino=parent.ino)
-        return parent, name
-
-
-def _components(path: bytes) -> list[bytes]:
-    return [p for p in path.split(b"/") if p and p != b"."]
 
 
 __all__ = [

@@ -1,9 +1,9 @@
 """What the servers answer, as frozen dataclasses: attributes, directory entries, file-system
 statistics, chunk locations and write handles (docs/PROTOCOL.md, version 1).
 
-Each ``from_wire`` checks the fields it reads (``dfs.wire.messages.field``) and raises
-``ProtocolError`` on a malformed answer, so the rest of the client works with typed values
-only. Pure: no I/O.
+Each ``from_wire`` checks the map against its definition in ``dfs/wire/shapes.py`` (compiled
+once, here) and raises ``ProtocolError`` on a malformed answer, so the rest of the client
+works with typed values only. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+from dfs.wire import shapes
 from dfs.wire.errors import ProtocolError
-from dfs.wire.messages import field, uint_field
+from dfs.wire.spec import compile_shape
 
-
-def _map(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ProtocolError(f"{what} is not a map")
-    return value
+_ATTR = compile_shape(shapes.ATTR, "attr")
+_REPLICA = compile_shape(shapes.REPLICA, "replica")
+_CHUNK_LOCATION = compile_shape(shapes.CHUNK_LOCATION, "chunk location")
+_WRITE_HANDLE = compile_shape(shapes.WRITE_HANDLE, "write handle")
+_STATFS = compile_shape(shapes.STATFS, "statfs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,21 +44,21 @@ class Attr:
 
     @classmethod
     def from_wire(cls, wire: Any) -> Attr:
-        m = _map(wire, "attr")
+        m = _ATTR(wire)
         return cls(
-            ino=uint_field(m, "ino"),
-            mode=uint_field(m, "mode"),
-            nlink=uint_field(m, "nlink"),
-            uid=uint_field(m, "uid"),
-            gid=uint_field(m, "gid"),
-            size=uint_field(m, "size"),
-            atime_ns=field(m, "atime_ns", int),
-            mtime_ns=field(m, "mtime_ns", int),
-            ctime_ns=field(m, "ctime_ns", int),
-            rdev=uint_field(m, "rdev", 0),
-            goal=uint_field(m, "goal", 0),
-            blocks=uint_field(m, "blocks", 0),
-            has_xattrs=field(m, "has_xattrs", (bool, type(None)), None),
+            ino=m["ino"],
+            mode=m["mode"],
+            nlink=m["nlink"],
+            uid=m["uid"],
+            gid=m["gid"],
+            size=m["size"],
+            atime_ns=m["atime_ns"],
+            mtime_ns=m["mtime_ns"],
+            ctime_ns=m["ctime_ns"],
+            rdev=m.get("rdev", 0),
+            goal=m.get("goal", 0),
+            blocks=m.get("blocks", 0),
+            has_xattrs=m.get("has_xattrs"),
         )
 
     @property
@@ -102,13 +103,14 @@ class StatFs:
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> StatFs:
+        m = _STATFS(m)
         statfs = cls(
-            bytes_total=uint_field(m, "bytes_total"),
-            bytes_used=uint_field(m, "bytes_used"),
-            bytes_free=uint_field(m, "bytes_free"),
-            inodes_used=uint_field(m, "inodes_used"),
-            chunk_size=uint_field(m, "chunk_size"),
-            chunkservers_alive=uint_field(m, "chunkservers_alive", 0),
+            bytes_total=m["bytes_total"],
+            bytes_used=m["bytes_used"],
+            bytes_free=m["bytes_free"],
+            inodes_used=m["inodes_used"],
+            chunk_size=m["chunk_size"],
+            chunkservers_alive=m.get("chunkservers_alive", 0),
         )
         if statfs.chunk_size <= 0:
             raise ProtocolError("statfs: chunk_size must be > 0")
@@ -124,12 +126,12 @@ class Replica:
 
     @classmethod
     def from_wire(cls, wire: Any) -> Replica:
-        m = _map(wire, "replica")
-        return cls(uint_field(m, "id"), field(m, "address", str))
+        m = _REPLICA(wire)
+        return cls(m["id"], m["address"])
 
 
 def _replicas(m: dict[str, Any], name: str) -> tuple[Replica, ...]:
-    return tuple(Replica.from_wire(r) for r in field(m, name, list))
+    return tuple(Replica.from_wire(r) for r in m[name])
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +148,15 @@ class ChunkLocation:
 
     @classmethod
     def from_wire(cls, wire: Any) -> ChunkLocation:
-        m = _map(wire, "chunk location")
+        m = _CHUNK_LOCATION(wire)
         return cls(
-            index=uint_field(m, "index"),
-            chunk_id=uint_field(m, "chunk_id"),
-            version=uint_field(m, "version"),
-            length=uint_field(m, "length"),
+            index=m["index"],
+            chunk_id=m["chunk_id"],
+            version=m["version"],
+            length=m["length"],
             replicas=_replicas(m, "replicas"),
-            token=field(m, "token", bytes),
-            expiry_ms=uint_field(m, "expiry_ms"),
+            token=m["token"],
+            expiry_ms=m["expiry_ms"],
         )
 
 
@@ -172,14 +174,15 @@ class WriteHandle:
 
     @classmethod
     def from_wire(cls, index: int, m: dict[str, Any]) -> WriteHandle:
+        m = _WRITE_HANDLE(m)
         handle = cls(
             index=index,
-            chunk_id=uint_field(m, "chunk_id"),
-            version=uint_field(m, "version"),
-            length=uint_field(m, "length"),
+            chunk_id=m["chunk_id"],
+            version=m["version"],
+            length=m["length"],
             chain=_replicas(m, "chain"),
-            token=field(m, "token", bytes),
-            expiry_ms=uint_field(m, "expiry_ms"),
+            token=m["token"],
+            expiry_ms=m["expiry_ms"],
         )
         if not handle.chain:
             raise ProtocolError("write handle with an empty chain")

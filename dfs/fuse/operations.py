@@ -43,7 +43,17 @@ Rules kept here, as the kernel expects of a FUSE file system:
    frees an inode at its last unlink (a hold for open files there is a later change),
    so an open file unlinked through another mount still becomes unreadable.
 7. POSIX ACL xattrs are refused (EOPNOTSUPP): the permissions are the mode bits.
-8. Locks: no lock handlers are defined, so libfuse does not claim POSIX or BSD lock support
+8. New files opened write-only (``create`` with O_WRONLY: what ``cp``, ``tar``, ``dd`` and
+   editors' saves do) get ``FOPEN_DIRECT_IO``: their writes skip the kernel's page cache,
+   and with it ``file_remove_privs``, which asks for the ``security.capability`` xattr
+   before every write(2) of a cached file (a FUSE file system cannot have ``SB_NOSEC``):
+   ``tar x`` made six such requests a file. Clearing setuid/setgid is ours then (rule 5,
+   and again after a chmod gives them back). Other opens of the inode stay cached: the
+   kernel drops the cached pages a direct write overlaps (the fix for xfstests'
+   generic/209, in the kernels this project runs on and backported to 6.6's stable
+   series; ``test_fuse_direct_writes.py`` checks it on the running kernel), so a reader
+   or a shared mapping in this mount sees each write at once.
+9. Locks: no lock handlers are defined, so libfuse does not claim POSIX or BSD lock support
    and the kernel keeps ``flock``/``fcntl`` locks itself, for this mount: they exclude each
    other between processes using this mount, not across mounts (sqlite and git need no more
    on one machine).
@@ -79,6 +89,7 @@ from dfs.client.stats import OpStats
 from dfs.fuse.errno_map import BAD_HANDLE, QUIET_ERRNOS, errno_for
 from dfs.fuse.pages import PageStamps
 from dfs.wire.errors import DfsError, Invalid, NotEmpty, NotFound, Unsupported
+from dfs.wire.limits import NAME_BYTES_MAX
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +105,6 @@ STATFS_BLOCK_BYTES = 4096
 # Inodes have no fixed table in dfs: report this many in total so that df -i shows a sane
 # use fraction and nothing believes the file system is out of inodes.
 STATFS_FILES_MAX = 1 << 32
-NAME_BYTES_MAX = 255
 # Entries asked for per fs.readdir page (the protocol allows up to 4096).
 READDIR_PAGE = 1024
 # Names given to open files whose last visible name was removed (rule 6).
@@ -177,8 +187,11 @@ def _check_not_acl(name: bytes) -> None:
 @dataclasses.dataclass
 class _FileHandle:
     file: File
-    # Setuid/setgid to clear on the first write (a non-root caller opened a file with them).
+    # Setuid/setgid to clear on the next write (a non-root caller opened a file with them,
+    # or, through a direct handle, a chmod gave them since: rule 8).
     kill_privs_on_write: bool
+    uid: int = 0  # the opener's
+    direct: bool = False  # opened with FOPEN_DIRECT_IO (rule 8)
 
 
 @dataclasses.dataclass
@@ -268,10 +281,12 @@ class DfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(BAD_HANDLE)
         return handle.file
 
-    def _new_file(self, f: File, attr: Attr, ctx: pyfuse3.RequestContext) -> int:
+    def _new_file(
+        self, f: File, attr: Attr, ctx: pyfuse3.RequestContext, *, direct: bool = False
+    ) -> int:
         fh = next(self._fh)
         kill = f.writable and ctx.uid != 0 and _privs_to_kill(attr.mode) != 0
-        self._files[fh] = _FileHandle(f, kill)
+        self._files[fh] = _FileHandle(f, kill, ctx.uid, direct)
         self._hold(attr)
         return fh
 
@@ -359,6 +374,16 @@ class DfsOperations(pyfuse3.Operations):
             kill = _privs_to_kill(current.mode)
             if kill:
                 changes["mode"] = stat.S_IMODE(current.mode) & ~kill
+        if (
+            "mode" in changes
+            and inode in self._open_attrs
+            and _privs_to_kill(stat.S_IFREG | changes["mode"])
+        ):
+            # The kernel would clear them at the next write of a non-root writer; a direct
+            # handle's write does not pass there (rule 8).
+            for handle in self._files.values():
+                if handle.direct and handle.uid != 0 and handle.file.ino == inode:
+                    handle.kill_privs_on_write = True
         return self.entry(await self.fs.setattr(inode, **changes))
 
     @_errors("readlink")
@@ -656,9 +681,10 @@ class DfsOperations(pyfuse3.Operations):
         attr, f = await self.fs.create_and_open(
             parent_inode, name, mode, flags, uid=ctx.uid, gid=ctx.gid
         )
-        fh = self._new_file(f, attr, ctx)
+        direct = flags & os.O_ACCMODE == os.O_WRONLY  # rule 8
+        fh = self._new_file(f, attr, ctx, direct=direct)
         self.pages.changed(attr.ino)  # an O_TRUNC create: the pages (if any) are gone
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False), self.entry(attr)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=direct), self.entry(attr)
 
     @_errors("read")
     async def read(self, fh: int, off: int, size: int) -> bytes:

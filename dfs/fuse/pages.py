@@ -13,8 +13,9 @@ the attributes at this open are recorded: every page read from here on is of thi
 version, or of a later one, whose attributes then differ at the next open.
 
 A change through this mount forgets the inode (``changed``): writes through the kernel's
-page cache (``direct_io`` and writeback caching are off, so every write reaches us) leave
-its pages right, but the commit at ``close`` gives the file new attributes, which we
+page cache (writeback caching is off, so every write reaches us) leave its pages right, as
+do direct writes of new files (operations.py rule 8: the kernel drops the pages they
+overlap), but the commit at ``close`` gives the file new attributes, which we
 cannot tell apart from another mount's change that raced it. So the next open after our
 own write or truncate drops the pages once. Cheap to be safe: one re-read.
 

@@ -92,36 +92,22 @@ from dfs.wire.errors import (
     Unavailable,
     Unsupported,
 )
+from dfs.wire.limits import CHUNK_SIZE_BYTES_DEFAULT, ROOT_INO
 from dfs.wire.messages import field as wire_field
 from dfs.wire.messages import uint_field
+from dfs.wire.ops import CHUNKSERVER_OPS, METASERVER_OPS, admit, lookup
+from dfs.wire.ops_meta import COMMANDS
 from dfs.wire.token import READ, WRITE, check_token, make_token, token_key
 
 T = TypeVar("T")
 
 HOST = "127.0.0.1"
-ROOT_INO = 1
-CHUNK_SIZE_DEFAULT = 64 * 1024 * 1024
+CHUNK_SIZE_DEFAULT = CHUNK_SIZE_BYTES_DEFAULT
 TOKEN_TTL_MS_DEFAULT = 600_000
 GOAL_DEFAULT = 3
 
-MUTATIONS = frozenset(
-    {
-        "fs.mkdir",
-        "fs.create",
-        "fs.mknod",
-        "fs.symlink",
-        "fs.link",
-        "fs.unlink",
-        "fs.rmdir",
-        "fs.rename",
-        "fs.setattr",
-        "fs.setxattr",
-        "fs.removexattr",
-        "fs.set_goal",
-        "fs.write_handle",
-        "fs.commit",
-    }
-)
+# The mutations (requests with a session), as the protocol's definitions name them.
+MUTATIONS = frozenset({*COMMANDS, "fs.write_handle"})
 
 
 def _now_ns() -> int:
@@ -711,6 +697,8 @@ class FakeMetaServer:
     ) -> tuple[dict[str, Any], bytes]:
         cluster = self.cluster
         op = header.get("op")
+        # Checked at the edge against the protocol's definitions, as a metaserver does.
+        admit(lookup(METASERVER_OPS, op), conn.peer.role if conn.peer else None, header)
         assert isinstance(op, str)
         if op in MUTATIONS:
             cluster.requests.append((op, header.get("client", 0), header.get("seq", 0)))
@@ -865,6 +853,7 @@ class FakeChunkServer:
         if not self.alive:
             raise Unavailable("chunkserver down")
         op = header.get("op")
+        admit(lookup(CHUNKSERVER_OPS, op), conn.peer.role if conn.peer else None, header)
         if op == "chunk.write":
             if self.fail_writes:
                 raise self.fail_writes.pop(0)
@@ -883,10 +872,7 @@ class FakeChunkServer:
                 raise self._stale("version mismatch", chunk_id=chunk_id)
             if chunk_id in self.corrupt:
                 raise Corrupt("checksum mismatch", chunk_id=chunk_id)
-            offset = uint_field(header, "offset")
-            size = uint_field(header, "size")
-            if size > 16 * 1024 * 1024:
-                raise Invalid("read too large")
+            offset, size = header["offset"], header["size"]
             return {}, bytes(replica.data[offset : offset + size])
         if op == "chunk.info":
             replica = self.replicas.get(uint_field(header, "chunk_id"))

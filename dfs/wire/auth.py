@@ -43,7 +43,7 @@ from dfs.wire.errors import AuthError
 AUTH_VERSION = 2
 NONCE_BYTES = 32
 SECRET_BYTES_MIN = 16
-NAME_BYTES_MAX = 255  # role and name are for logs; keep them short
+CLAIM_BYTES_MAX = 255  # role and name are for logs; keep them short
 OP_HELLO = "auth.hello"
 OP_PROOF = "auth.proof"
 _CONTEXT = b"dfs-auth-v2"
@@ -76,7 +76,7 @@ def compute_proof(
 
 def _short_str(header: dict[str, Any], name: str) -> str:
     value = header.get(name)
-    if not isinstance(value, str) or len(value.encode()) > NAME_BYTES_MAX:
+    if not isinstance(value, str) or len(value.encode()) > CLAIM_BYTES_MAX:
         raise AuthError(f"malformed proof: bad {name!r}")
     return value
 
@@ -106,8 +106,8 @@ class Handshake:
         if len(nonce) != NONCE_BYTES:
             raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
         for what, value in (("role", role), ("name", name)):
-            if len(value.encode()) > NAME_BYTES_MAX:
-                raise ValueError(f"{what} over {NAME_BYTES_MAX} bytes")
+            if len(value.encode()) > CLAIM_BYTES_MAX:
+                raise ValueError(f"{what} over {CLAIM_BYTES_MAX} bytes")
         self._secret = bytes(secret)
         self._nonce = bytes(nonce)
         self.side = side

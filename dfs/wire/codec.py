@@ -30,8 +30,8 @@ from typing import Any, NoReturn
 
 import msgpack
 
-from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
 from dfs.wire.errors import ProtocolError
+from dfs.wire.limits import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
 
 FRAME_VERSION = 1
 PREFIX = struct.Struct(">BII")

@@ -68,20 +68,18 @@ from dataclasses import dataclass
 
 import xxhash
 
+from dfs.wire.limits import BLOCK_BYTES, CHUNK_BYTES_MAX, CHUNK_ID_MAX, VERSION_MAX
+
 FORMAT_VERSION = 1
 MAGIC = b"dfschunk"
-BLOCK_BYTES = 64 * 1024
-# The metaserver's largest chunk size (metaserver/server.py CHUNK_SIZE_MAX): the table always
-# has room for it, so the format does not depend on the cluster's chunk size.
-CHUNK_BYTES_MAX = 1 << 30
+# The table always has room for the largest chunk (``CHUNK_BYTES_MAX``, the largest chunk
+# size), so the format does not depend on the cluster's chunk size.
 BLOCKS_MAX = CHUNK_BYTES_MAX // BLOCK_BYTES
 PAGE_BYTES = 4096
 HEADER_BYTES = 64
 TABLE_OFFSET = HEADER_BYTES
 SUM_BYTES = 8
 DATA_OFFSET = -(-(TABLE_OFFSET + SUM_BYTES * BLOCKS_MAX) // PAGE_BYTES) * PAGE_BYTES
-CHUNK_ID_MAX = (1 << 64) - 1
-VERSION_MAX = (1 << 64) - 1
 
 HEADER_BODY = struct.Struct(">8sHHIQQQII8s")
 SUM = struct.Struct(">Q")

@@ -7,12 +7,14 @@ carries out what it returns:
   (heartbeats), the cluster policy (``ClusterPolicy``: draining, labels, rebalance), touches
   (a writer, a commit or a set change touched a chunk), the outcome of each copy
   (``copy_done``), a replica reported bad (``mark_bad``), a complete block report
-  (``report_done``), what writers upload and commit (``writing``, ``committed``), a version
+  (``report_done``), what writers upload and commit (``writing``, ``committed``; the
+  namespace's ``writes``), the end of a recovery (``recovered``), a version
   push that got no answer (``push_unanswered``, ``push_answered``), the clock;
 - commands out (``decide``): ``Copy`` (fence, ``chunk.replicate`` to the target, join by
   ``replica_add``), ``Trim`` (``replica_drop`` through Raft, then ``chunk.delete`` of a live
-  one), ``Recover`` (a dead writer's chunk), and ``stop`` (propose ``rebalance_stop``:
-  nothing left to move, nothing in flight).
+  one), ``Recover`` (a dead writer's chunk, from the sources it names), the writes to
+  mark open or settled (propose ``write_marks``), and ``stop`` (propose
+  ``rebalance_stop``: nothing left to move, nothing in flight).
 Its neighbours judge the rest, each one concern, on the core's counting: ``reports.py``
 (block reports, bad replicas), ``pushes.py`` (version pushes and what did not get
 through), ``garbage.py`` (collection after the grace).
@@ -41,7 +43,14 @@ THE DECISIONS
   server's set (another live member there, else it is copied first).
 - **writer recovery**: a chunk a writer uploads to (``writing``: its handle, its
   keepalives) and that no commit ended (``committed``) for twice ``quiet_s`` is suspect:
-  once quiet, ``Recover`` (see there). Suspects are neither copied nor moved before.
+  once quiet, ``Recover`` (see there), naming the members to try as its source in order
+  (``candidates``). Suspects are neither copied nor moved before, and block reports push
+  their members no version (``writer_left``). Which chunks may hold a writer's unsettled
+  uploads is also hard state (the namespace's ``writes``: a handle marks its chunk), so
+  that a new leader recovers what a writer that died under its predecessor left: at the
+  start of a term every marked chunk is taken over as being written; ``decide`` says
+  which to settle (no writer uploads to it, quiet) and which a keepalive names unmarked
+  (``Decisions.settled``, ``opened``: one ``write_marks`` proposal).
 - **rebalancing** (``policy.rebalance``): the plan of ``rebalance.plan`` over the live,
   non-draining servers, counted in the bytes the chunk table places on each; its moves are
   copies (``Copy.source`` set) behind the same fence as repair copies, at most
@@ -51,7 +60,7 @@ THE DECISIONS
   the policy is in the namespace and the plan is recomputed at every step.
 
 SOFT STATE: touches, copies in flight, failures, bad reports, moves waiting for their trim,
-complete reports judged; all forgotten on ``restart`` (a new term of leadership), when the
+complete reports judged, writers heard of, suspects; all forgotten on ``restart`` (a new term of leadership), when the
 start of the term counts as a touch of every chunk (for at least the registry's grace).
 """
 
@@ -73,6 +82,8 @@ RETRY_AFTER_S = 5.0
 TRIMS_PER_STEP = 64
 # Rebalance moves in flight at most.
 REBALANCE_JOBS = 4
+# Chunks marked open or settled per step (one ``write_marks`` proposal).
+MARKS_PER_STEP = 1024
 
 
 class ChunkTable(Protocol):
@@ -81,6 +92,7 @@ class ChunkTable(Protocol):
     chunk_table: dict[int, Any]
     inodes: dict[int, Any]
     garbage: dict[int, list[int]]
+    writes: dict[int, int]
 
 
 @dataclass(slots=True)
@@ -136,13 +148,46 @@ class Recover:
     """WRITER RECOVERY of ``chunk_id`` (as the table has it: ``version``, ``length``): a
     writer stopped without committing what it was uploading (it died, or gave up after its
     chain broke), so its members may differ at one version. The driver fences the chunk,
-    gives the new version to one member holding the table's version and has every other
-    live member copy that one (``chunk.replicate`` onto an older replica replaces it);
-    members that cannot leave the set."""
+    gives the new version to the first of ``sources`` (live members, in the order to try)
+    that answers holding the table's version (``held_by``) and takes it, alone, and has
+    every other live member copy that one (``chunk.replicate`` onto an older replica
+    replaces it); members that cannot leave the set."""
 
     chunk_id: int
     version: int
     length: int
+    sources: tuple[int, ...] = ()
+
+    def held_by(self, answer: dict[str, Any], fence: int) -> bool:
+        """Whether a member's ``chunk.info`` ``answer`` shows it may be the source: at the
+        table's version (or already at the fence's ``fence`` version), with its length."""
+        return (
+            answer.get("version") in (self.version, fence)
+            and int(answer.get("length", 0)) >= self.length
+        )
+
+    def candidates(self, answers: dict[int, dict[str, Any] | None], fence: int) -> list[int]:
+        """The members to try as the source, in ``sources`` order, from every member's
+        ``chunk.info`` after the fence (None: no answer). Those that hold the table's
+        version (``held_by``); when none does but every member answered, the table's
+        version is one no push delivered (a fence whose push, or whose answer, was lost:
+        a new leader then finds every member behind it), and those at the newest version
+        any member holds, with the chunk's length, hold its bytes, as a block report's
+        judgement concludes (``pushes.Pushes.behind_verdict``)."""
+        order = [c for c in self.sources if c in answers] + [
+            c for c in answers if c not in self.sources
+        ]
+        held = [c for c in order if (a := answers[c]) is not None and self.held_by(a, fence)]
+        if held or not answers or any(a is None for a in answers.values()):
+            return held
+        newest = max(int(a["version"]) for a in answers.values() if a is not None)
+        if newest >= self.version:
+            return []
+        return [
+            c for c in order
+            if (a := answers[c]) is not None and int(a["version"]) == newest
+            and int(a.get("length", 0)) >= self.length
+        ]  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -153,6 +198,10 @@ class Decisions:
     trims: list[Trim] = field(default_factory=list)
     stop: str | None = None  # propose rebalance_stop with this reason
     recover: list[Recover] = field(default_factory=list)
+    # Propose ``write_marks`` (``State.writes``): chunks to mark open, and to settle, each
+    # as (chunk id, version).
+    opened: list[tuple[int, int]] = field(default_factory=list)
+    settled: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -196,6 +245,9 @@ class ChunkCore:
         self.uploading: dict[int, float] = {}
         self.suspect: set[int] = set()  # chunks to recover (``Recover``); only that clears
         self.recovering: set[int] = set()
+        # Chunks of the namespace's ``writes`` this leader knows the writer of: it heard
+        # of them (a handle, a keepalive), or took them over at the start of its term.
+        self.noted: set[int] = set()
         # chunk id -> {live member a version push got no answer from (not even to the
         # chunk.info that confirms it) -> that version}: kept in the set, not vouched for
         # until a push answers; pushed again while due (``pushes.Pushes.unanswered_due``).
@@ -225,6 +277,7 @@ class ChunkCore:
         self.uploading.clear()
         self.suspect.clear()
         self.recovering.clear()
+        self.noted.clear()
         self.unanswered.clear()
         self.flow = _Flow()
         self.bucket = rebalance.TokenBucket(0, now)
@@ -243,12 +296,22 @@ class ChunkCore:
     def writing(self, chunk_id: int, now: float) -> None:
         """A writer holds a handle of the chunk and uploads to it (not committed yet)."""
         self.uploading[chunk_id] = now
+        self.noted.add(chunk_id)
         self.touch(chunk_id, now)
 
     def committed(self, chunk_id: int, now: float) -> None:
         """A writer committed what it uploaded to the chunk."""
         self.uploading.pop(chunk_id, None)
         self.touch(chunk_id, now)
+
+    def writer_left(self, chunk_id: int) -> bool:
+        """Whether the chunk may hold a writer's uploads not settled: being written (its
+        writer may be gone), suspect, or being recovered. Its members may differ at one
+        version: a block report's judgement must not push them a version (that would make
+        the differing bytes current); the recovery settles them."""
+        return (
+            chunk_id in self.uploading or chunk_id in self.suspect or (chunk_id in self.recovering)
+        )
 
     def recovered(self, chunk_id: int, ok: bool, now: float) -> None:
         """A recovery ended; a failed one is tried again once the chunk is quiet."""
@@ -471,12 +534,15 @@ class ChunkCore:
                 self.copy_started(copy)
                 out.copies.append(copy)
         out.trims = self._trims(ns, registry, policy, trim, now)
-        out.recover = self._recover(ns, now)
+        out.recover = self._recover(ns, registry, policy, now)
+        out.opened, out.settled = self._write_marks(ns, now)
         if policy.rebalance is not None:
             out.stop = self._rebalance(ns, registry, policy, now, out)
         return out
 
-    def _recover(self, ns: ChunkTable, now: float) -> list[Recover]:
+    def _recover(
+        self, ns: ChunkTable, registry: Registry, policy: ClusterPolicy, now: float
+    ) -> list[Recover]:
         for chunk_id, t in list(self.uploading.items()):
             if now - t >= 2 * self.quiet_s:  # no handle, no keepalive for six: writer gone
                 del self.uploading[chunk_id]
@@ -492,8 +558,56 @@ class ChunkCore:
             if chunk_id in self.copies or not self.quiet(chunk_id, now):
                 continue
             self.recovering.add(chunk_id)
-            out.append(Recover(chunk_id, chunk.version, chunk.length))
+            sources = self._recovery_sources(registry, policy, chunk, now)
+            out.append(Recover(chunk_id, chunk.version, chunk.length, sources))
         return out
+
+    def _recovery_sources(
+        self, registry: Registry, policy: ClusterPolicy, chunk: Any, now: float
+    ) -> tuple[int, ...]:
+        """The live members a recovery tries as its source, best first: not reported bad
+        (never: its replica is in quarantine), then vouched for by a block report, not
+        draining, least loaded. Any member holding the table's version will do (the
+        writer's uncommitted bytes may be on it or not: either is what the file may
+        hold); these only make the first try the likeliest to answer."""
+        bad = self.bad_member(chunk.chunk_id, chunk.version)
+        servers = registry.servers
+        live = [c for c in chunk.replicas if c != bad and registry.is_alive(c, now)]
+
+        def order(c: int) -> tuple[bool, bool, int, int]:
+            vouched = self.vouched(registry, c, now, chunk.chunk_id)
+            return (not vouched, c in policy.draining, servers[c].load, c)
+
+        return tuple(sorted(live, key=order))
+
+    def _write_marks(
+        self, ns: ChunkTable, now: float
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """What to record of writers in the namespace (``State.writes``), so that a new
+        leader recovers a chunk whose writer died under its predecessor: (chunks a
+        keepalive names that no handle marked, chunks to settle). A chunk is settled once
+        this leader knows its writer is done with it: no writer uploads to it (a commit
+        ended the upload, or the recovery that a silent writer led to ended well), and
+        nothing touched it for ``quiet_s``. At the start of a term every marked chunk is
+        taken over as if its writer had just said it uploads: a live writer's keepalive
+        keeps it so, a dead writer's silence makes it suspect (``_recover``)."""
+        writes = ns.writes
+        if now < self.term_started + self.quiet_s:
+            for chunk_id in writes:
+                if chunk_id not in self.noted:
+                    self.noted.add(chunk_id)
+                    self.uploading.setdefault(chunk_id, now)
+        for chunk_id in [c for c in self.noted if c not in writes and c not in self.uploading]:
+            self.noted.discard(chunk_id)
+        table = ns.chunk_table
+        opened = [(c, table[c].version) for c in self.uploading if c not in writes and c in table]
+        settled = [
+            (c, v)
+            for c, v in writes.items()
+            if c in self.noted and c not in self.uploading and c not in self.suspect
+            and c not in self.recovering and self.quiet(c, now)
+        ]  # fmt: skip
+        return opened[:MARKS_PER_STEP], settled[:MARKS_PER_STEP]
 
     def _eligible(self, chunk_id: int, now: float) -> bool:
         if chunk_id in self.copies or not self.quiet(chunk_id, now):
@@ -516,7 +630,10 @@ class ChunkCore:
             return None
         chunk = ns.chunk_table[chunk_id]
         live = [registry.servers[c] for c in chunk.replicas if registry.is_alive(c, now)]
-        sources = sorted(live, key=lambda info: info.load)
+        # Sources in the order the target tries them: never one reported bad (its replica
+        # is in quarantine), least loaded first.
+        bad = self.bad_member(chunk_id, chunk.version)
+        sources = sorted((i for i in live if i.cs_id != bad), key=lambda info: info.load)
         counted = [info for info in live if info.cs_id not in policy.draining]
         candidates = [
             info

@@ -76,6 +76,7 @@ class BehindVerdict(Enum):
     DROP = "drop"  # stale: out of the set, deleted once the chunk is at goal
     PUSH_AGAIN = "push_again"  # the table's version is one no push delivered
     RECOVER_LENGTH = "recover_length"  # short, with no better copy anywhere
+    LATER = "later"  # the table moved on, or a recovery took the chunk: a later report
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class BehindCheck:
     chunk: Any
     whole: bool  # it holds the table's length, at an older version
     ask: tuple[int, ...]
+    version: int  # the table's version when the check began
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,8 +248,8 @@ class Pushes:
         """A member's report of ``b``, behind the table, to judge (None: no longer a
         member, or the chunk is gone)."""
         chunk = ns.chunk_table.get(b.chunk_id)
-        if chunk is None or cs_id not in chunk.replicas:
-            return None
+        if chunk is None or cs_id not in chunk.replicas or self.core.writer_left(b.chunk_id):
+            return None  # a WRITER RECOVERY settles its members itself
         whole = b.length >= chunk.length and b.version < chunk.version
         # Once this leader found no member at the version and pushed it again, the other
         # members behind are in the same case: pushed too, not deleted.
@@ -255,7 +257,7 @@ class Pushes:
         ask: tuple[int, ...] = ()
         if not (whole and repushed):
             ask = tuple(c for c in chunk.replicas if c != cs_id and registry.is_alive(c, now))
-        return BehindCheck(cs_id, chunk, whole, ask)
+        return BehindCheck(cs_id, chunk, whole, ask, chunk.version)
 
     @staticmethod
     def current(check: BehindCheck, info: dict[str, Any]) -> bool:
@@ -265,7 +267,14 @@ class Pushes:
 
     def behind_verdict(self, check: BehindCheck, any_current: bool) -> BehindVerdict:
         """The verdict on a member behind, once the others answered (``any_current``:
-        one of ``check.ask`` holds the table's version and length)."""
+        one of ``check.ask`` holds the table's version and length). LATER when the chunk
+        moved on while the others were asked (a bump, or a WRITER RECOVERY began: pushing
+        its fence's version to a member would make that member's bytes current before the
+        recovery's copy replaces them, and a copy onto a replica already at its version is
+        dropped as needless)."""
+        chunk = check.chunk
+        if chunk.version != check.version or self.core.writer_left(chunk.chunk_id):
+            return BehindVerdict.LATER
         if any_current:
             return BehindVerdict.DROP
         if check.whole:

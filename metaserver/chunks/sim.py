@@ -14,7 +14,9 @@ WHAT A RUN DOES
     chunkservers hold versioned bytes with the rules of ``chunkserver/store.py`` (a write of
     an older version is ``Stale``, a newer version cuts the replica to the handle's length
     and refuses to grow it, a copy is read from a source holding the version and installed
-    later, a delete takes the version given or older), heartbeat, send block reports and
+    later, a delete takes the version given or older, bit rot stays in its block through
+    writes of any version until the block is cut away or rewritten whole, and a write or
+    cut that keeps part of it finds the replica bad), heartbeat, send block reports and
     scrub. Writers create files, append and overwrite through the chain of a write handle
     (taken by the metaserver's own rules: ``metaserver/chunks/handles.py`` for placement and
     the drop of dead and failed members, ``Repair.settle_handle`` for the version push)
@@ -29,9 +31,11 @@ WHAT A RUN DOES
 WHAT IT CHECKS
     After every event, for the chunks it touched (and all of them every 256 events): an
     acknowledged byte is never lost (some member of the chunk's set, up or down, holds
-    the chunk's bytes as acknowledged, or as a write in progress may have left them);
-    members at the table's version hold the same bytes (not while a writer is between its
-    handle and its commit); a replica that holds the chunk's bytes is never deleted while
+    the chunk's bytes as acknowledged, or as a write in progress may have left them;
+    bytes an acknowledged write replaced are forgotten); members at the table's version
+    hold the same bytes (not while a writer is between its handle and its commit, nor
+    for ``WRITER_LEASE_S`` after a writer died or gave up mid-chain, or after a leader
+    change: the upkeep's recovery, under this leader or the next, has that long); a replica that holds the chunk's bytes is never deleted while
     fewer than ``goal`` other live members hold them; a trim (over goal, a drain, a
     rebalance move's source) never leaves fewer than ``goal`` live members holding them.
     Faults are bounded so that fewer than goal replicas of a chunk fail, invariant 1's
@@ -81,6 +85,7 @@ from metaserver.chunks import simclients
 from metaserver.chunks.core import Trim
 from metaserver.chunks.placement import Placer, Registry
 from metaserver.chunks.policy import ClusterPolicy, Labels, Rebalance
+from metaserver.chunks.simbound import HEARTBEAT_S, FaultBound
 from metaserver.chunks.simserver import CHUNK, FileModel, Replica, Server, Violation
 from metaserver.namespace import Namespace, encode_command
 from metaserver.namespace.state import ROOT_INO
@@ -90,13 +95,13 @@ DEAD_TIMEOUT_S = 3.0
 QUIET_S = 2.0
 STEP_S = 0.5
 GC_GRACE_S = 4.0
-HEARTBEAT_S = 1.0
 REPORT_S = 6.0
 SCRUB_S = 5.0
 FAULT_PHASE_S = 60.0
 SETTLE_S = 60.0
-# A chunk whose writer died is compared across replicas once this long has passed (a
-# writer's lease: the upkeep's recovery may take this long).
+# A chunk whose writer died is compared across replicas once this long has passed since
+# its death and since the last leader change (a writer's lease: the upkeep's recovery may
+# take this long, and a new leader gives writers their keepalives' time first).
 WRITER_LEASE_S = 10.0
 FULL_CHECK_EVERY = 256
 # What a chunkserver finds reaches the leader within this (a message and a proposal).
@@ -158,12 +163,11 @@ class Options:
     fault_rate: float = 1.0  # 0: no faults (a quiet run)
     bad_decision: str = ""  # tests: inject a known-bad decision ("trim_below_goal")
     # Compare the replicas of a chunk whose writer died or gave up mid-chain, once the
-    # upkeep had time to recover it (off by default: a writer dying just before a leader
-    # change is not recovered, the new leader never heard of it).
-    open_case: bool = False
+    # upkeep had time to recover it (``WRITER_LEASE_S``); off: never compare them.
+    open_case: bool = True
 
 
-class Simulation:
+class Simulation(FaultBound):
     def __init__(self, seed: int, verbose: bool = False, options: Options | None = None) -> None:
         self.seed = seed
         self.verbose = verbose
@@ -194,12 +198,18 @@ class Simulation:
         self.threshold_pct = 10.0
         self.rebalance_stopped: str | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.failed_tasks: list[asyncio.Task[Any]] = []
         # chunk id -> chain members whose write a fault made fail (a lost message, a full
         # disk): the writer's next handle drops them, left behind, so they count as failed
         # from the fault on (``_healthy``); cleared when the write ends.
         self.failing: dict[int, set[int]] = {}
         # chunk id -> {member that found its replica bad -> when} (``_good_live``)
         self.found_bad_members: dict[int, dict[int, float]] = {}
+        # chunk id -> when a bump of it last committed, and the members its push goes to
+        # (``_healthy``: on its way)
+        self.bumped: dict[int, tuple[float, frozenset[int]]] = {}
+        # (chunk id, member) -> the version a push of it did not deliver there
+        self.missed_push: dict[tuple[int, int], int] = {}
         self._apply("set_goal", {"ino": ROOT_INO, "goal": self.goal})
         hosts = [f"h{i}" for i in range(rng.randint(3, 6))]
         for _ in range(rng.randint(max(4, self.goal + 1), 7)):
@@ -225,7 +235,14 @@ class Simulation:
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = self.loop.create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A spawned task ended: one that failed is kept for ``_raise_task_errors`` (the
+        set dropped it before that looked: a reader's Violation went unseen)."""
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.failed_tasks.append(task)
 
     def sleep(self, delay: float) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = self.loop.create_future()
@@ -265,6 +282,7 @@ class Simulation:
 
     def _new_leader(self) -> None:
         self.epoch += 1
+        self.leader_since = self.now
         self.link = Link(self, self.epoch)
         self.repair = Repair(cast(ServerLink, self.link), interval_s=STEP_S, quiet_s=QUIET_S,
                              gc_grace_s=GC_GRACE_S, jobs=4, clock=lambda: self.now)  # fmt: skip
@@ -325,6 +343,13 @@ class Simulation:
             self.log(f"propose {op} {args}: {type(e).__name__}")
             raise
         self.log(f"propose {op} {args}: ok")
+        if op in ("version_bump", "replica_add") or (
+            op == "write_handle" and not result["allocated"]
+        ):
+            # Its push is on its way, to the members the leader counts alive.
+            reg = self.link.registry
+            to = frozenset(c for c in result["replicas"] if reg.is_alive(c, self.now))
+            self.bumped[int(result["chunk_id"])] = (self.now, to)
         if trim is not None and holds_before and trim.why != "dead" and self._has_data(args):
             chunk = self.ns.chunk_table.get(args["chunk_id"])
             if chunk is not None:
@@ -343,6 +368,10 @@ class Simulation:
         wait = min(timeout_s, 2.0)
         server = self.servers[cs_id]
         chain_write = op == "chunk.write" and bool(f.get("data"))  # a writer's, not a push
+        # A version push, or a copy onto a member (a recovery's): lost, it leaves the
+        # member behind the bump (seed 2012: a recovery's copy request lost, then bit rot
+        # on its source, and the member dropped as not recovered held the last good bytes).
+        push = (op == "chunk.write" and not f.get("data")) or op == "chunk.replicate"
 
         def fail_later(e: BaseException, delay: float) -> None:
             self.after(delay, partial(_settle, fut, e))
@@ -356,7 +385,7 @@ class Simulation:
                 if not self._may_fail(f["chunk_id"], cs_id):
                     return False
                 self.failing.setdefault(f["chunk_id"], set()).add(cs_id)
-            return True
+            return not push or self._may_miss_push(f["chunk_id"], cs_id, f["version"])
 
         def answer(result: dict[str, Any] | DfsError) -> None:
             if lost():
@@ -376,6 +405,7 @@ class Simulation:
 
         def deliver() -> None:
             if not server.alive:
+                missed()
                 fail_later(Unavailable("connection refused"), 0.001)
                 return
             if op == "chunk.replicate":
@@ -384,25 +414,22 @@ class Simulation:
             try:
                 result = self._serve(server, op, f)
             except DfsError as e:
+                missed()
                 answer(e)
                 return
             answer(result)
 
+        def missed() -> None:
+            if push:  # left behind at the version before (``_healthy``)
+                self.missed_push[(f["chunk_id"], cs_id)] = f["version"]
+
         if lost():
             self.log(f"cs {cs_id} {op}: request lost")
+            missed()
             fail_later(TimeoutError(), wait)
         else:
             self.after(self.rng.uniform(0.001, 0.03), deliver)
         return await fut
-
-    def _may_fail(self, chunk_id: int, cs_id: int) -> bool:
-        """THE FAULT BOUND for a writer's chain write: a fault may make it fail (and so
-        its member be dropped by the writer's next handle) only while another member
-        stays healthy (see ``_healthy``)."""
-        chunk = self.ns.chunk_table.get(chunk_id)
-        if chunk is None or chunk.length == 0:
-            return True
-        return any(c != cs_id for c in self._healthy(chunk))
 
     def _has_data(self, args: dict[str, Any]) -> bool:
         chunk = self.ns.chunk_table.get(args["chunk_id"])
@@ -417,6 +444,9 @@ class Simulation:
                 return {}
             try:
                 result = server.write(f)
+            except Corrupt:
+                self._found_bad(server, f["chunk_id"])  # the store marks it bad, as a read
+                raise
             except NoSpace:
                 if not f.get("data"):
                     raise
@@ -473,7 +503,8 @@ class Simulation:
             data = rep.data[:length]
             break
         if data is None:
-            answer(Unavailable("no source holds the version", chunk_id=chunk_id))
+            answer(Unavailable("no source could supply the chunk", chunk_id=chunk_id,
+                               sources=list(f["sources"])))  # fmt: skip
             return
 
         def install() -> None:
@@ -503,6 +534,7 @@ class Simulation:
             return
         server.quarantine[chunk_id] = rep
         server.found_bad_s[chunk_id] = self.now
+        server.found_bad[chunk_id] = rep
         chunk = self.ns.chunk_table.get(chunk_id)
         if chunk is not None and server.cs_id in chunk.replicas:
             self.found_bad_members.setdefault(chunk_id, {})[server.cs_id] = self.now
@@ -557,7 +589,9 @@ class Simulation:
             s = self.servers[cs_id]
             rep = s.replicas.get(chunk.chunk_id)
             if rep is None and self.now - s.found_bad_s.get(chunk.chunk_id, -1e9) < KNOWN_S:
-                rep = s.quarantine.get(chunk.chunk_id)  # found bad: the leader cannot know yet
+                # Found bad: the leader cannot know yet (the copy in quarantine may be
+                # deleted meanwhile, once the bad report came: seed 4134).
+                rep = s.found_bad.get(chunk.chunk_id)
             if self._up(s) and self._good(chunk, rep, False):
                 n += 1
         return n
@@ -607,7 +641,8 @@ class Simulation:
             if model is not None and (
                 model.writing
                 or (model.abandoned_s is not None
-                    and (not self.options.open_case or self.now - model.abandoned_s < WRITER_LEASE_S))
+                    and (not self.options.open_case or self.now - max(
+                        model.abandoned_s, self.leader_since) < WRITER_LEASE_S))
             ):  # fmt: skip
                 continue
             at = {
@@ -627,7 +662,12 @@ class Simulation:
             if model.uploading is not None and model.abandoned_s is None:
                 self.repair.writing(model.uploading)
         for s in self.servers.values():
-            if s.alive and not (self.faults and self.rng.random() < self.loss):
+            # A lost heartbeat is a step toward looking dead: within the fault bound, as a
+            # death (seed 4681: three lost in a row, and the leader left the last healthy
+            # member behind at a fence as dead while the other had bit rot).
+            if s.alive and not (
+                self.faults and self.rng.random() < self.loss and self._may_go_dark(s.cs_id)
+            ):
                 self.link.registry.heartbeat(
                     s.cs_id, s.address, self.now, capacity_bytes=s.capacity,
                     used_bytes=s.used(), chunks=len(s.replicas), load=0, pid=1,
@@ -666,6 +706,10 @@ class Simulation:
 
         def recorded(*a: Any, **kw: Any) -> Any:
             out = decide(*a, **kw)
+            # The step carries out its trims before the next decide: one whose drop was
+            # skipped (no longer trimmable) must not be taken for a later drop of the same
+            # member for another reason (a failed push's: seed 1833).
+            self.pending_trims.clear()
             if self.options.bad_decision == "trim_below_goal":
                 self._inject_bad_trim(out)
             for trim in out.trims:
@@ -694,11 +738,7 @@ class Simulation:
         if kind == "kill":
             alive = [s for s in servers if s.alive]
             s = rng.choice(alive)
-            if len(alive) > self.goal and all(
-                len(self._healthy(c)) >= 2 or s.cs_id not in self._healthy(c)
-                for c in self.ns.chunk_table.values()
-                if c.length
-            ):
+            if len(alive) > self.goal and self._may_go_dark(s.cs_id):
                 s.alive = False
                 s.died_s = self.now
                 self.log(f"FAULT cs {s.cs_id} dies")
@@ -729,59 +769,6 @@ class Simulation:
         if not s.alive:
             s.alive = True
             self.log(f"cs {s.cs_id} returns")
-
-    def _healthy(self, chunk: Any) -> list[int]:
-        """The members that are up, at the table's version and hold the chunk's bytes,
-        but for those a writer will drop (``failing``).
-        THE FAULT BOUND: no fault (a death, bit rot, a writer's chain write failed by a
-        lost message or a full disk) takes the last of them, so fewer than goal replicas
-        of a chunk fail (a member dead at a version bump, or left behind by one, has
-        failed: by the version rules it is stale; a member a writer drops from its chain
-        is left behind by the handle's bump, as HDFS's pipeline recovery leaves a datanode
-        that failed a write) and any loss is the system's."""
-        failing = self.failing.get(chunk.chunk_id, ())
-        out = []
-        for cs_id in chunk.replicas:
-            if cs_id in failing:
-                continue
-            s = self.servers[cs_id]
-            rep = s.replicas.get(chunk.chunk_id)
-            if (
-                s.alive
-                and rep is not None
-                and rep.version == chunk.version
-                and self._good(chunk, rep)
-            ):
-                out.append(cs_id)
-        return out
-
-    def _unfound(self, chunk: Any) -> int:
-        """Members that failed unknown to the leader: bit rot nobody found yet, or a chain
-        write a fault failed (``failing``). THE FAULT BOUND: fewer than goal of them, with
-        bit rot added only below that; the leader may trim a set over its goal (a drain, a
-        move) down to goal members it counts, and with goal of them failed unknown, goal
-        replicas would have failed (seed 1305: bit rot on two members of three, goal two,
-        then the drain's trim of the third)."""
-        failing = self.failing.get(chunk.chunk_id, ())
-        n = 0
-        for cs_id in chunk.replicas:
-            rep = self.servers[cs_id].replicas.get(chunk.chunk_id)
-            n += cs_id in failing or (rep is not None and rep.rotten)
-        return n
-
-    def _rot(self) -> None:
-        chunks = [c for c in self.ns.chunk_table.values() if c.length]
-        if not chunks:
-            return
-        chunk = self.rng.choice(chunks)
-        good = self._healthy(chunk)
-        if len(good) < 2 or self._unfound(chunk) + 1 >= self._goal(chunk):
-            return  # the fault bound: see _healthy and _unfound
-        s = self.servers[self.rng.choice(good)]
-        rep = s.replicas[chunk.chunk_id]
-        rep.rotten = True
-        self.dirty.add(chunk.chunk_id)
-        self.log(f"FAULT bit rot: cs {s.cs_id} chunk {chunk.chunk_id}")
 
     def _scenario(self) -> None:
         rng = self.rng
@@ -844,7 +831,8 @@ class Simulation:
             self._close()
 
     def _raise_task_errors(self) -> None:
-        for task in list(self.tasks) + ([self.stepping] if self.stepping else []):
+        stepping = [self.stepping] if self.stepping else []
+        for task in self.failed_tasks + stepping:
             if task.done() and not task.cancelled():
                 e = task.exception()
                 if isinstance(e, Violation):

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dfs.wire.errors import NoSpace, NotFound, Stale, Unavailable
+from dfs.wire.errors import Corrupt, NoSpace, NotFound, Stale, Unavailable
 
 CHUNK = 4096
+# The checksum block (``chunkserver/store.py``'s is larger; the rules are the same).
+BLOCK = 512
 
 
 class Violation(Exception):
@@ -19,6 +21,28 @@ class Replica:
     version: int
     data: bytes
     rotten: bool = False  # bit rot not found yet
+    rot_at: int = 0  # where: the start of the rotten block
+
+    def rot_after_write(self, base_length: int, offset: int, end: int) -> bool:
+        """Whether the rot survives a write that cuts the replica to ``base_length`` (a
+        newer version's) and then writes ``[offset, end)``, as ``chunkserver/store.py``
+        keeps it: a block cut away entirely or rewritten entirely is gone with its rot; a
+        block the write leaves alone stays rotten, whatever the version; a block the cut or
+        the write keeps part of is verified first (``blocks.truncate``,
+        ``blocks.write_blocks``) and found bad (``Corrupt``)."""
+        if not self.rotten:
+            return False
+        lo, hi = self.rot_at, self.rot_at + BLOCK
+        if base_length <= lo:
+            return False  # cut away
+        if base_length < min(hi, len(self.data)):
+            raise Corrupt("a block the cut keeps part of is bad")
+        block_end = min(hi, max(base_length, end))
+        if end <= offset or end <= lo or offset >= block_end:
+            return True  # not touched: still rotten
+        if offset <= lo and end >= block_end:
+            return False  # rewritten whole
+        raise Corrupt("a block the write keeps part of is bad")
 
 
 class Server:
@@ -34,6 +58,7 @@ class Server:
         self.replicas: dict[int, Replica] = {}
         self.quarantine: dict[int, Replica] = {}
         self.found_bad_s: dict[int, float] = {}  # chunk id -> when this server found it bad
+        self.found_bad: dict[int, Replica] = {}  # chunk id -> what it found bad then
 
     def used(self) -> int:
         return sum(len(r.data) for r in self.replicas.values())
@@ -43,6 +68,7 @@ class Server:
         chunk_id, version, length = f["chunk_id"], f["version"], f["length"]
         offset, data = f["offset"], f.get("data", b"")
         rep = self.replicas.get(chunk_id)
+        rotten = False
         if rep is None:
             if chunk_id in self.quarantine:
                 raise Unavailable("replica is bad", chunk_id=chunk_id)
@@ -58,6 +84,8 @@ class Server:
                 if len(base) < length:
                     raise Stale("replica shorter than the handle's length", chunk_id=chunk_id)
                 base = base[:length]
+            # Bit rot stays through writes of any version (the caller finds a Corrupt bad).
+            rotten = rep.rot_after_write(len(base), offset, offset + len(data))
         end = offset + len(data)
         if data:
             grown = max(len(base), end)
@@ -66,8 +94,7 @@ class Server:
             buf = bytearray(base) + bytes(max(0, end - len(base)))
             buf[offset:end] = data
             base = bytes(buf)
-        rotten = rep.rotten and rep.version == version if rep is not None else False
-        self.replicas[chunk_id] = Replica(version, base, rotten)
+        self.replicas[chunk_id] = Replica(version, base, rotten, rep.rot_at if rep else 0)
         return {"version": version, "length": len(base)}
 
     def info(self, chunk_id: int) -> dict[str, Any]:
@@ -99,6 +126,24 @@ class FileModel:
     writing: int = 0  # writers between a handle and their commit
     uploading: int | None = None  # the chunk its writer uploads to (named by its keepalive)
     abandoned_s: float | None = None  # a writer died or gave up mid-chain at this time
+
+    def copy(self) -> FileModel:
+        """What the file may hold now (a reader compares with it and with the later one)."""
+        maybe = {i: set(values) for i, values in self.maybe.items()}
+        return FileModel(self.ino, self.name, bytearray(self.acked), maybe)
+
+    def acknowledged(self, offset: int, data: bytes) -> None:
+        """A write of ``data`` at ``offset`` was committed: those bytes are the file's
+        there. What earlier writes (failed, or in progress then) may have left at those
+        positions is forgotten: every member at the chunk's new version holds the new
+        bytes (a member the chain left behind left the set with a bump, stale), so the
+        old ones can no longer be read there."""
+        end = offset + len(data)
+        if len(self.acked) < end:
+            self.acked.extend(bytes(end - len(self.acked)))
+        self.acked[offset:end] = data
+        for i in range(offset, end):
+            self.maybe.pop(i, None)
 
     def allowed(self, start: int, data: bytes) -> bool:
         """Whether ``data`` at file offset ``start`` is what the file may hold there."""

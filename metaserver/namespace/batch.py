@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dfs.types import BATCH_OPS_MAX
 from dfs.wire.errors import DfsError, InternalError, ProtocolError, error_to_wire
+from dfs.wire.limits import BATCH_OPS_MAX
 from metaserver.namespace.commands import BATCH_OPS, check_fields
 from metaserver.namespace.ops import OPS, Result
 from metaserver.namespace.state import State

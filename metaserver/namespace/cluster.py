@@ -27,23 +27,15 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from dfs.wire.errors import Invalid, NotFound
+from dfs.wire.limits import CS_ADDRESS_CHARS_MAX, CS_LABEL_CHARS_MAX, CS_UUID_CHARS_MAX, INT63_MAX
 from metaserver.chunks.policy import ClusterPolicy, Labels, Rebalance
-from metaserver.namespace.commands import (
-    CS_ADDRESS_CHARS_MAX,
-    CS_UUID_CHARS_MAX,
-    INT63_MAX,
-    arg_bool,
-    arg_int,
-    arg_str,
-    check_fields,
-)
+from metaserver.namespace.commands import arg_bool, arg_int, arg_str, check_fields
 
 if TYPE_CHECKING:  # state.py holds a ClusterState: it imports this module
     from metaserver.namespace.state import State
 
 Result = dict[str, Any]
 
-LABEL_CHARS_MAX = 255
 # A rebalance's threshold, in hundredths of a point of used fraction: 0.01 .. 100 points.
 THRESHOLD_BP_MIN = 1
 THRESHOLD_BP_MAX = 10_000
@@ -129,7 +121,7 @@ def _label(a: dict[str, Any], key: str) -> str | None:
         return None
     if a[key] == "":
         return ""
-    return arg_str(a, key, LABEL_CHARS_MAX)
+    return arg_str(a, key, CS_LABEL_CHARS_MAX)
 
 
 # --- ops --------------------------------------------------------------------------------

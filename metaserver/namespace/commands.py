@@ -11,7 +11,8 @@ strings as msgpack str::
      op,         # str: "mkdir", "create", ... (the fs.* ops of docs/PROTOCOL.md without
                  #   the "fs." prefix, plus "write_handle", "cs_register" and the
                  #   leader's "replica_add", "replica_drop", "version_bump",
-                 #   "length_recover", "gc_done", "release_orphans", "reserve" (pools.py);
+                 #   "length_recover", "write_marks", "gc_done", "release_orphans",
+                 #   "reserve" (pools.py);
                  #   "batch":
                  #   {"ops": [[op, args], ...]} of BATCH_OPS, each applied as if alone,
                  #   see batch.py)
@@ -28,7 +29,8 @@ Rules:
    wrong type (the proposer broke the format), ``Invalid``/``NameTooLong``/``TooBig`` for a
    well-typed value out of range (a request that makes no sense). A ``bool`` is never an
    ``int`` here, as in ``dfs.wire.messages``.
-3. Every limit of the namespace is defined here, with its reason.
+3. Every limit of the namespace is defined here, with its reason, or in
+   ``dfs/wire/limits.py`` when the protocol states it.
 """
 
 from __future__ import annotations
@@ -37,19 +39,29 @@ from typing import Any
 
 import msgpack
 
-from dfs.types import FRAME_HEADER_BYTES_MAX
 from dfs.wire.errors import Invalid, NameTooLong, ProtocolError, TooBig
+from dfs.wire.limits import (
+    COMMIT_CHUNKS_MAX,
+    FILE_SIZE_BYTES_MAX,
+    FRAME_HEADER_BYTES_MAX,
+    GOAL_MAX,
+    LOCATE_COUNT_MAX,
+    NAME_BYTES_MAX,
+    SYMLINK_TARGET_BYTES_MAX,
+    UINT64_MAX,
+    XATTR_NAME_BYTES_MAX,
+    XATTR_VALUE_BYTES_MAX,
+)
+from dfs.wire.limits import (
+    INT63_MAX as INT63_MAX,  # (metaserver/repair.py takes it from here)
+)
 
 COMMAND_VERSION = 1
 
 # --- limits ---------------------------------------------------------------------------
-# A directory entry name, as Linux NAME_MAX.
-NAME_BYTES_MAX = 255
-# A symlink target, as Linux PATH_MAX (4096 including the terminating NUL).
-SYMLINK_TARGET_BYTES_MAX = 4095
-# Extended attributes, as Linux XATTR_NAME_MAX / XATTR_SIZE_MAX.
-XATTR_NAME_BYTES_MAX = 255
-XATTR_VALUE_BYTES_MAX = 64 * 1024
+# The protocol's limits are defined once, in dfs/wire/limits.py (with their reasons); the
+# namespace checks them again when it applies a command, with the same errors. Those below
+# are the namespace's own.
 # All names + values of one inode: xattrs live in the replicated state and in every
 # snapshot, so one inode must not be able to grow it without bound (ext4 allows one block).
 XATTR_BYTES_PER_INODE_MAX = 256 * 1024
@@ -59,37 +71,16 @@ LINKS_MAX = 65000
 # Entries in one directory. The whole directory is one object in the state and in every
 # snapshot; past this, creating fails with NoSpace (as ext4 does when its index is full).
 DIR_ENTRIES_MAX = 1 << 22
-# The largest file (2^50 bytes = 1 PiB): keeps chunk indexes and sizes far from any
-# integer limit of msgpack, the chunkserver or FUSE.
-FILE_SIZE_BYTES_MAX = 1 << 50
-# Replication goal, as in docs/PROTOCOL.md (fs.set_goal).
-GOAL_MIN = 1
-GOAL_MAX = 16
 GOAL_DEFAULT = 3
 # A replica set never lists more chunkservers than the highest goal.
 REPLICAS_MAX = GOAL_MAX
-# Chunk entries in one commit: a commit of a 1 TiB file at 16 MiB chunks.
-COMMIT_CHUNKS_MAX = 1 << 16
 # The ops a batch may hold (their namespace names): removals, the creates and commits of
 # files created under a directory lease, and changes of a leased directory's attributes
 # (docs/ARCHITECTURE.md, "Directory leases").
-BATCH_OPS = frozenset({"unlink", "rmdir", "create", "commit", "setattr"})
-# Queries (docs/PROTOCOL.md: fs.readdir limit 1..4096, fs.locate count 1..1024).
-READDIR_LIMIT_MAX = 4096
-CHUNKS_QUERY_MAX = 1024
-# Chunk size per cluster: at least a page (smaller only makes the chunk table huge), at
-# most 1 GiB (a chunk is one file on a chunkserver, rewritten on re-replication).
-CHUNK_SIZE_BYTES_MIN = 4096
-CHUNK_SIZE_BYTES_MAX = 1 << 30
-# Chunkserver identity (a uuid string) and its "host:port".
-CS_UUID_CHARS_MAX = 128
-CS_ADDRESS_CHARS_MAX = 256  # as metaserver/server.py checks it
-# Integer ranges: ids fit an int64, uid/gid/rdev fit what Linux stat reports.
-INT63_MAX = (1 << 63) - 1
-UINT64_MAX = (1 << 64) - 1
-UINT32_MAX = (1 << 32) - 1
+BATCH_OPS = frozenset({"unlink", "rmdir", "create", "mkdir", "symlink", "commit", "setattr"})
+# fs.locate's count, as the namespace's chunks() query takes it.
+CHUNKS_QUERY_MAX = LOCATE_COUNT_MAX
 INT64_MIN = -(1 << 63)
-MODE_MAX = 0o177777
 
 # Decoder limits: a command travels in one Raft entry, itself inside one frame header.
 _UNPACK_LIMITS: dict[str, int] = {
@@ -242,24 +233,6 @@ def arg_xattr_value(args: dict[str, Any], key: str) -> bytes:
     if len(value) > XATTR_VALUE_BYTES_MAX:  # E2BIG in Linux
         raise TooBig(f"xattr value over {XATTR_VALUE_BYTES_MAX} bytes")
     return value
-
-
-def check_sizes(op: str, args: dict[str, Any]) -> None:
-    """The size limits of an op's byte fields, checked before it is proposed (the same
-    errors as when it is applied): a request over a limit must not reach the Raft log,
-    where every replica would store, apply and snapshot-compact it only to refuse it.
-    Everything else is checked where it is applied."""
-    name_max = XATTR_NAME_BYTES_MAX if op in ("setxattr", "removexattr") else NAME_BYTES_MAX
-    for key in ("name", "new_name"):
-        value = args.get(key)
-        if isinstance(value, bytes) and len(value) > name_max:
-            raise NameTooLong(f"{key} over {name_max} bytes")
-    target = args.get("target")
-    if isinstance(target, bytes) and len(target) > SYMLINK_TARGET_BYTES_MAX:
-        raise NameTooLong(f"symlink target over {SYMLINK_TARGET_BYTES_MAX} bytes")
-    value = args.get("value")
-    if isinstance(value, bytes) and len(value) > XATTR_VALUE_BYTES_MAX:
-        raise TooBig(f"xattr value over {XATTR_VALUE_BYTES_MAX} bytes")
 
 
 def arg_size(args: dict[str, Any], key: str) -> int:

@@ -35,12 +35,12 @@ from dfs.wire.errors import (
     Unsupported,
     error_to_wire,
 )
+from dfs.wire.limits import CHUNK_SIZE_BYTES_DEFAULT, READDIR_LIMIT_MAX
 from metaserver.chunks.policy import ClusterPolicy
 from metaserver.namespace.batch import batch
 from metaserver.namespace.cluster import CLUSTER_OPS
 from metaserver.namespace.commands import (
     CHUNKS_QUERY_MAX,
-    READDIR_LIMIT_MAX,
     check_name,
     check_xattr_name,
     decode_command,
@@ -50,7 +50,7 @@ from metaserver.namespace.state import State, attr, chunk_info
 from metaserver.namespace.tree import TREE_OPS
 from metaserver.raft.sessions import StaleSequence
 
-DEFAULT_CHUNK_SIZE_BYTES = 64 << 20
+DEFAULT_CHUNK_SIZE_BYTES = CHUNK_SIZE_BYTES_DEFAULT
 
 
 def _error(err: DfsError) -> dict[str, Any]:

@@ -35,23 +35,28 @@ from dfs.wire.errors import (
     NotEmpty,
     NotFound,
     PermissionDenied,
+    ProtocolError,
     Stale,
     TooBig,
     TooManyLinks,
     Unavailable,
 )
-from metaserver.namespace import pools
-from metaserver.namespace.commands import (
-    DIR_ENTRIES_MAX,
+from dfs.wire.limits import (
     GOAL_MAX,
     GOAL_MIN,
     INT63_MAX,
-    INT64_MIN,
-    LINKS_MAX,
+    MKDIR_BITS,
     MODE_MAX,
-    REPLICAS_MAX,
+    PERMISSION_BITS,
     UINT32_MAX,
     UINT64_MAX,
+)
+from metaserver.namespace import pools
+from metaserver.namespace.commands import (
+    DIR_ENTRIES_MAX,
+    INT64_MIN,
+    LINKS_MAX,
+    REPLICAS_MAX,
     XATTR_BYTES_PER_INODE_MAX,
     arg_bool,
     arg_bytes,
@@ -73,10 +78,6 @@ from metaserver.namespace.state import ROOT_INO, Chunk, DirData, Inode, State, a
 Result = dict[str, Any]
 Handler = Callable[[State, int, dict[str, Any]], Result]
 
-# Permission bits a mode may change: rwx for all, setuid, setgid, sticky.
-PERMISSION_BITS = 0o7777
-# mkdir(2) keeps rwx and sticky from the caller; setgid comes only from the parent.
-MKDIR_BITS = 0o1777
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 XATTR_CREATE = 1
@@ -116,20 +117,41 @@ def _regular(st: State, ino: int) -> Inode:
 
 # --- creating names -------------------------------------------------------------------
 
-_MKDIR = frozenset({"parent", "name", "mode", "uid", "gid"})
+_MKDIR = frozenset({"parent", "name", "mode", "uid", "gid", "ino", "pool"})
+
+
+def _reserved(a: dict[str, Any]) -> tuple[int, int] | None:
+    """The ``(ino, holder)`` of an op a client answered under its directory lease (an
+    inode number from its pool: pools.py), or None for an ordinary one."""
+    reserved_ino = arg_ino(a, "ino") if "ino" in a else None
+    holder = arg_int(a, "pool", 1, INT63_MAX) if "pool" in a else None
+    if (reserved_ino is None) != (holder is None):
+        raise Invalid("a reserved inode number comes with its pool")
+    if reserved_ino is None or holder is None:
+        return None
+    return reserved_ino, holder
 
 
 def mkdir(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """mkdir(2). With ``ino`` and ``pool``: a mkdir answered under the parent's lease
+    takes that reserved inode number (its reserved first chunk is simply not used)."""
     check_fields(a, _MKDIR)
     parent_ino = arg_ino(a, "parent")
     name = arg_name(a, "name")
     mode = arg_int(a, "mode", 0, MODE_MAX)
     uid, gid = _uid_gid(a)
+    reserved = _reserved(a)
     if stat.S_IFMT(mode) not in (0, stat.S_IFDIR):
         raise Invalid("mkdir mode names another file type", mode=mode)
     parent, d = st.directory(parent_ino)
     _check_room(d, name)
-    inode = st.new_inode(parent, stat.S_IFDIR | (mode & MKDIR_BITS), uid, gid, 0, now_ns)
+    if reserved is not None:
+        pools.check_take(st, reserved[1], reserved[0], now_ns)
+    # --- checked: change the state ---
+    if reserved is not None:
+        pools.take(st, reserved[1], reserved[0])
+    mode = stat.S_IFDIR | (mode & MKDIR_BITS)
+    inode = st.new_inode(parent, mode, uid, gid, 0, now_ns, reserved and reserved[0])
     d.insert(name, inode.ino)
     parent.nlink += 1  # the new directory's ".."
     _touch_dir(parent, now_ns)
@@ -157,10 +179,8 @@ def create(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     uid, gid = _uid_gid(a)
     exclusive = arg_bool(a, "exclusive", False)
     replicas = arg_int_list(a, "replicas", REPLICAS_MAX) if "replicas" in a else []
-    reserved_ino = arg_ino(a, "ino") if "ino" in a else None
-    holder = arg_int(a, "pool", 1, INT63_MAX) if "pool" in a else None
-    if (reserved_ino is None) != (holder is None):
-        raise Invalid("a reserved inode number comes with its pool")
+    reserved = _reserved(a)
+    reserved_ino, holder = reserved if reserved is not None else (None, None)
     if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
         raise Invalid("create mode names another file type", mode=mode)
     _check_replicas(st, replicas)
@@ -225,18 +245,27 @@ def mknod(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return {"ok": True, "attr": attr(inode), "parent_attr": attr(parent)}
 
 
-_SYMLINK = frozenset({"parent", "name", "target", "uid", "gid"})
+_SYMLINK = frozenset({"parent", "name", "target", "uid", "gid", "ino", "pool"})
 
 
 def symlink(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """symlink(2); ``ino`` and ``pool`` as ``mkdir``'s."""
     check_fields(a, _SYMLINK)
     parent_ino = arg_ino(a, "parent")
     name = arg_name(a, "name")
     target = arg_symlink_target(a, "target")
     uid, gid = _uid_gid(a)
+    reserved = _reserved(a)
     parent, d = st.directory(parent_ino)
     _check_room(d, name)
-    inode = st.new_inode(parent, stat.S_IFLNK | 0o777, uid, gid, 0, now_ns)
+    if reserved is not None:
+        pools.check_take(st, reserved[1], reserved[0], now_ns)
+    # --- checked: change the state ---
+    if reserved is not None:
+        pools.take(st, reserved[1], reserved[0])
+    inode = st.new_inode(
+        parent, stat.S_IFLNK | 0o777, uid, gid, 0, now_ns, reserved and reserved[0]
+    )
     inode.target = target
     inode.size = len(target)
     d.insert(name, inode.ino)
@@ -616,6 +645,7 @@ def write_handle(st: State, now_ns: int, a: dict[str, Any]) -> Result:
         for cs_id in drop:
             if cs_id in chunk.replicas and len(chunk.replicas) > 1:
                 chunk.replicas.remove(cs_id)
+        st.writes[chunk.chunk_id] = chunk.version
         allocated = False
     return {
         "ok": True,
@@ -790,6 +820,44 @@ def length_recover(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return {"ok": True, **chunk_info(chunk)}
 
 
+_WRITE_MARKS = frozenset({"open", "settled"})
+# Chunk entries in one write_marks command (the leader sends at most a step's worth).
+WRITE_MARKS_MAX = 4096
+
+
+def _chunk_versions(a: dict[str, Any], key: str) -> list[tuple[int, int]]:
+    v = a.get(key, [])
+    if type(v) is not list or len(v) > WRITE_MARKS_MAX:
+        raise Invalid(f"field {key!r}: a list of at most {WRITE_MARKS_MAX} entries", field=key)
+    for entry in v:
+        if type(entry) is not list or len(entry) != 2 or any(type(x) is not int for x in entry):
+            raise ProtocolError(f"field {key!r} must hold [chunk_id, version] ints")
+    return [(c, version) for c, version in v]
+
+
+def write_marks(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """The leader's record of which chunks may hold a writer's uploads not settled yet
+    (``State.writes``; a write handle marks its chunk itself). ``open``: chunks a writer's
+    keepalive names although no handle marked them (it writes again under a handle it
+    kept), marked at their version. ``settled``: chunks whose writer committed and left,
+    or that a WRITER RECOVERY made whole: unmarked unless a handle newer than the version
+    given marked them since. Entries of chunks no longer in the table are ignored."""
+    check_fields(a, _WRITE_MARKS)
+    opened = _chunk_versions(a, "open")
+    settled = _chunk_versions(a, "settled")
+    table, writes = st.chunk_table, st.writes
+    for chunk_id, version in opened:
+        chunk = table.get(chunk_id)
+        if chunk is not None:
+            writes[chunk_id] = max(writes.get(chunk_id, 0), min(version, chunk.version))
+    n = 0
+    for chunk_id, version in settled:
+        if chunk_id in writes and writes[chunk_id] <= version:
+            del writes[chunk_id]
+            n += 1
+    return {"ok": True, "settled": n}
+
+
 _REPLICA_DROP = frozenset({"chunk_id", "cs_id", "keep_one"})
 
 
@@ -871,6 +939,7 @@ OPS: dict[str, Handler] = {
     "version_bump": version_bump,
     "length_recover": length_recover,
     "replica_drop": replica_drop,
+    "write_marks": write_marks,
     "gc_done": gc_done,
     "release_orphans": release_orphans,
     "reserve": pools.reserve,

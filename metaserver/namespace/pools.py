@@ -14,9 +14,10 @@ Rules:
    fresh chunk id (both from the state's counters, never reused, invariant 4), the
    chunkservers the leader placed that chunk on, and the leader's time after which the
    entry is void.
-2. A create may use an entry of its own holder's pool only, once, before ``until_ns``
-   (the command's time, the leader's clock): the file gets that inode number, and its
-   chunk 0 that chunk id at version 1 on those replicas.
+2. A create, mkdir or symlink may use an entry of its own holder's pool only, once, before
+   ``until_ns`` (the command's time, the leader's clock): the new inode gets that number;
+   a file's chunk 0 that chunk id at version 1 on those replicas (a directory or a symlink
+   leaves the chunk id unused, never to be reused).
 3. Expired entries are swept by the next ``reserve`` (anybody's): the numbers are simply
    never used. A client's data written to a reserved chunk whose create never landed is
    on chunkservers only; once the entry is gone, their reports get it deleted
@@ -31,18 +32,12 @@ from __future__ import annotations
 from typing import Any
 
 from dfs.wire.errors import Invalid, NoSpace, Stale
-from metaserver.namespace.commands import (
-    INT63_MAX,
-    REPLICAS_MAX,
-    arg_int,
-    arg_int_list,
-    check_fields,
-)
+from dfs.wire.limits import INT63_MAX, RESERVE_ENTRIES_MAX
+from metaserver.namespace.commands import REPLICAS_MAX, arg_int, arg_int_list, check_fields
 from metaserver.namespace.state import State
 
 # One reserve command hands out at most this many entries; a holder keeps at most this
 # many (a client asks for more when it runs low, so two batches' worth is plenty).
-RESERVE_ENTRIES_MAX = 256
 POOL_ENTRIES_MAX = 1024
 # An entry's life, in the leader's time. A client uses an entry only within minutes of
 # getting it (while its write handle's token is young: dfs/client/inopool.py), and the

@@ -18,10 +18,10 @@ Invariants (``State.check_invariants`` verifies all of them; the tests call it):
 5. A directory's entries are in cookie order (each insertion takes ``next_cookie``), so
    ``readdir`` pages by cookie without sorting (see ``DirData``).
 
-Snapshot format, version 4 (``SNAPSHOT_VERSION``; versions 1 to 3 are read too): one msgpack
+Snapshot format, version 5 (``SNAPSHOT_VERSION``; versions 1 to 4 are read too): one msgpack
 array, bytes as bin::
 
-    [4,                                   # SNAPSHOT_VERSION
+    [5,                                   # SNAPSHOT_VERSION
      chunk_size_bytes,                    # fixed per cluster; restore refuses another
      [next_ino, next_chunk_id, next_cs_id],
      [[ino, mode, nlink, uid, gid, size, atime_ns, mtime_ns, ctime_ns, rdev, goal,
@@ -39,9 +39,11 @@ array, bytes as bin::
      [ino, ...],                          # orphans (version 2 on; version 1 has none)
      [[holder, [[ino, chunk_id, [cs_id, ...], until_ns], ...]], ...]]
                                           # reserved entries (pools.py; version 3 on)
-     [labels, draining, rebalance, stop_reason]]
+     [labels, draining, rebalance, stop_reason],
                                           # the operator's decisions about chunkservers
                                           # (cluster.py; version 4 on; before: none)
+     [[chunk_id, version], ...]]          # writes not settled yet (``State.writes``;
+                                          # version 5 on; before: none)
 
 Every list keeps the order of the dict it came from, so a restored state iterates (and
 therefore acts, and snapshots) exactly as the original did.
@@ -56,20 +58,14 @@ from typing import Any
 import msgpack
 
 from dfs.wire.errors import NotDir, NotFound
+from dfs.wire.limits import CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN, DIR_BLOCKS, DIR_SIZE_BYTES
+from dfs.wire.limits import ROOT_INO as ROOT_INO  # its importers take it from here
 from metaserver.namespace.cluster import ClusterState
-from metaserver.namespace.commands import (
-    CHUNK_SIZE_BYTES_MAX,
-    CHUNK_SIZE_BYTES_MIN,
-    GOAL_DEFAULT,
-)
+from metaserver.namespace.commands import GOAL_DEFAULT
 from metaserver.raft.sessions import SessionTable
 
-SNAPSHOT_VERSION = 4
-SNAPSHOT_VERSIONS_READ = (1, 2, 3, 4)
-ROOT_INO = 1
-# Directories report a size and block count like ext4's one-block directory.
-DIR_SIZE_BYTES = 4096
-DIR_BLOCKS = 8
+SNAPSHOT_VERSION = 5
+SNAPSHOT_VERSIONS_READ = (1, 2, 3, 4, 5)
 # Tombstones in a directory's cookie index are compacted once they are this many and
 # outnumber the live entries (amortized O(1) per removal).
 _DEAD_COMPACT_MIN = 64
@@ -263,6 +259,12 @@ class State:
         # holder -> ino -> (chunk_id, replicas, until_ns); and chunk_id -> holder.
         self.pools: dict[int, dict[int, tuple[int, list[int], int]]] = {}
         self.reserved_chunks: dict[int, int] = {}
+        # Chunks a writer was given a handle of (chunk id -> the handle's version) and the
+        # leader has not yet seen settled: committed and left, or recovered (a dead
+        # writer's chain may have left its members differing at one version). Hard state
+        # so that a new leader recovers what its predecessor's writers left
+        # (``write_marks``; docs/ARCHITECTURE.md, "Writer recovery").
+        self.writes: dict[int, int] = {}
         self.next_ino = ROOT_INO + 1
         self.next_chunk_id = 1
         self.next_cs_id = 1
@@ -356,6 +358,7 @@ class State:
         for index in indexes:
             chunk_id = chunks.pop(index)
             garbage[chunk_id] = table.pop(chunk_id).replicas
+            self.writes.pop(chunk_id, None)
 
     def set_size(self, inode: Inode, size: int) -> None:
         """A regular file's size, keeping ``file_bytes`` (the sum of sizes) right."""
@@ -401,6 +404,7 @@ class State:
             self.next_chunk_id = chunk_id + 1
         chunk = Chunk(chunk_id, 1, 0, replicas, inode.ino, index)
         self.chunk_table[chunk_id] = chunk
+        self.writes[chunk_id] = 1  # only a writer allocates a chunk
         inode.chunks[index] = chunk_id
         return chunk
 
@@ -440,6 +444,7 @@ class State:
                 for holder, pool in self.pools.items()
             ],
             self.cluster.to_wire(),
+            [[chunk_id, version] for chunk_id, version in self.writes.items()],
         ]
         return bytes(msgpack.packb(blob, use_bin_type=True))
 
@@ -467,6 +472,7 @@ class State:
         orphans = blob[8] if blob[0] >= 2 else []
         pools = blob[9] if blob[0] >= 3 else []
         cluster = blob[10] if blob[0] >= 4 else None
+        writes = blob[11] if blob[0] >= 5 else []
         self.reset()
         self.inodes.clear()
         self.dirs_count = 0
@@ -521,6 +527,9 @@ class State:
         if cluster is not None:
             self.cluster = ClusterState.from_wire(cluster)
             self.cluster.check(self.cs_table)
+        for chunk_id, version in writes:
+            assert chunk_id in self.chunk_table, chunk_id
+            self.writes[int(chunk_id)] = int(version)
 
     # --- invariants (for tests; O(size of the state)) ---------------------------------
 
@@ -576,6 +585,7 @@ class State:
             assert chunk_id not in self.garbage
             seen += 1
         assert seen == sum(len(i.chunks) for i in inodes.values() if i.chunks is not None)
+        assert all(self.chunk_table[c].version >= v for c, v in self.writes.items())
         assert all(0 < c < self.next_chunk_id for c in self.garbage)
         assert self.files_count == sum(1 for i in inodes.values() if i.chunks is not None)
         assert self.dirs_count == sum(1 for i in inodes.values() if i.dir is not None)

@@ -28,15 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from dfs.wire.errors import Invalid, NotDir, NotFound
-from metaserver.namespace.commands import (
-    GOAL_MAX,
-    GOAL_MIN,
-    arg_bool,
-    arg_ino,
-    arg_int,
-    check_fields,
-    check_name,
-)
+from dfs.wire.limits import GOAL_MAX, GOAL_MIN
+from metaserver.namespace.commands import arg_bool, arg_ino, arg_int, check_fields, check_name
 from metaserver.namespace.state import ROOT_INO, Inode, State
 
 # Entries one page visits at most (a page runs on the leader's event loop, or in the

@@ -258,6 +258,7 @@ class RaftNode:
         self._snapshot_index = LogIndex(0)
         self._role = Role.FOLLOWER
         self._leader = NONE
+        self.leader_changes = 0  # times this node saw a new leader (metrics)
         self._term = Term(0)
         self._persisted_term_vote: tuple[Term, NodeId] = (Term(0), NONE)
         self._next_tick_at = 0.0  # loop time of the next tick (see _tick_loop)
@@ -776,6 +777,8 @@ class RaftNode:
     def _on_soft_state(self, role: Role, leader: NodeId) -> None:
         was_leader = self._role == Role.LEADER
         changed = role != self._role or leader != self._leader
+        if leader != self._leader and leader != NONE:
+            self.leader_changes += 1
         self._role = role
         self._leader = leader
         if changed and role in (Role.LEADER, Role.FOLLOWER):

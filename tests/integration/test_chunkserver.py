@@ -60,7 +60,9 @@ from dfs.wire.errors import (
     TooBig,
     Unavailable,
 )
+from dfs.wire.ops import CHUNKSERVER_OPS
 from dfs.wire.replicafile import DATA_OFFSET, chunk_relpath
+from dfs.wire.spec import CLIENT, METASERVER
 from dfs.wire.token import READ, WRITE, make_token, token_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -242,6 +244,9 @@ class Chunkservers:
         self.options: dict[str, Any] = {"heartbeat_ms": HEARTBEAT_MS, **options}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.conns: dict[int, rpc.Connection] = {}
+        # The test plays the metaserver, on connections of that role, for the ops only a
+        # metaserver may send (chunk.delete, chunk.replicate, chunk.info).
+        self.meta_conns: dict[int, rpc.Connection] = {}
 
     def data_dir(self, i: int) -> Path:
         return self.root / f"cs{i}"
@@ -296,18 +301,20 @@ class Chunkservers:
         result: dict[str, Any] = await eventually(status, f"cs{i} to serve")
         return result
 
-    async def conn(self, i: int) -> rpc.Connection:
-        conn = self.conns.get(i)
+    async def conn(self, i: int, role: str = CLIENT) -> rpc.Connection:
+        conns = self.conns if role == CLIENT else self.meta_conns
+        conn = conns.get(i)
         if conn is None or conn.closed:
             host, port = self.addresses[i].rsplit(":", 1)
-            conn = await rpc.connect(host, int(port), SECRET, name="test", timeout_s=2.0)
-            self.conns[i] = conn
+            conn = await rpc.connect(host, int(port), SECRET, name="test", timeout_s=2.0, role=role)
+            conns[i] = conn
         return conn
 
     async def call(
         self, i: int, op: str, payload: bytes = b"", timeout_s: float = 10.0, **fields: Any
     ) -> dict[str, Any]:
-        conn = await self.conn(i)
+        spec = CHUNKSERVER_OPS.get(op)
+        conn = await self.conn(i, CLIENT if spec is None or spec.allows(CLIENT) else METASERVER)
         header, _ = await conn.call(op, payload, timeout_s=timeout_s, **fields)
         return header
 
@@ -363,14 +370,16 @@ class Chunkservers:
         while proc.poll() is None:
             assert loop.time() - started < timeout_s, f"cs{i} ignored SIGTERM"
             await asyncio.sleep(0.01)  # polling interval
-        conn = self.conns.pop(i, None)
-        if conn is not None:
-            conn.close()
+        for conns in (self.conns, self.meta_conns):
+            conn = conns.pop(i, None)
+            if conn is not None:
+                conn.close()
         return proc.returncode, loop.time() - started
 
     async def close_connections(self) -> None:
-        conns = list(self.conns.values())
+        conns = [*self.conns.values(), *self.meta_conns.values()]
         self.conns.clear()
+        self.meta_conns.clear()
         for conn in conns:
             conn.close()
         for conn in conns:
@@ -529,6 +538,39 @@ async def test_a_token_checked_once_allows_only_what_it_signs_and_only_until_it_
         return None
 
     await eventually(expired, "the remembered token to expire")
+
+
+@pytest.mark.timeout(60)
+async def test_only_a_metaserver_may_delete_copy_or_inspect_replicas(
+    metaservers: Callable[..., FakeMetaserver], clusters: Callable[..., Chunkservers]
+) -> None:
+    """The attack: a client (or a chunkserver) that knows the secret sends chunk.delete,
+    chunk.replicate or chunk.info. Each is answered PermissionDenied, the connection goes
+    on serving, and the replica is still there, whole."""
+    meta = metaservers()
+    c = clusters([meta.address], n=1)
+    await c.start_all()
+    await c.write(1, 7, 2, 0, b"z" * 5000, length=0)
+    host, port = c.addresses[1].rsplit(":", 1)
+    for role in (CLIENT, "chunkserver"):
+        conn = await rpc.connect(host, int(port), SECRET, name="intruder", role=role)
+        try:
+            for op, fields in (
+                ("chunk.delete", {"chunks": [[7, 9]]}),
+                ("chunk.info", {"chunk_id": 7}),
+                ("chunk.replicate", {"chunk_id": 7, "version": 3, "length": 0,
+                                     "sources": ["127.0.0.1:1"], **token_fields(7, 3, WRITE)}),
+            ):  # fmt: skip
+                with pytest.raises(PermissionDenied) as refused:
+                    await conn.call(op, timeout_s=5.0, **fields)
+                assert refused.value.details["role"] == role
+            status, _ = await conn.call("cs.status", timeout_s=5.0)  # still usable
+            assert status["chunks"] == 1
+        finally:
+            conn.close()
+    assert await c.read(1, 7, 2, 0, 5000) == b"z" * 5000
+    info = await c.call(1, "chunk.info", chunk_id=7)
+    assert (info["version"], info["length"]) == (2, 5000)
 
 
 @pytest.mark.timeout(60)

@@ -514,3 +514,112 @@ async def test_a_leased_directorys_attributes_change_at_once_and_others_see_them
         assert (seen.mode, seen.uid, seen.gid, seen.mtime_ns) == (0o40700, 1234, 4321, mtime)
         assert not a.dirleases.pending
         assert (await b.lookup(ROOT_INO, b"sa")).mode == 0o40700
+
+
+async def test_a_tree_made_under_a_lease_is_answered_at_once_and_lands_whole(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    """``tar x``'s pattern: a directory made under the parent's lease comes with this
+    client's lease on it, so what is made inside is answered at once too; another
+    client's first look gets all of it, with the attributes A answered."""
+    async with client(layout) as a, client(layout) as b:
+        top = await leased_dir_with_reserved(a, b"tree")
+        counts = {op: a.stats.count(op) for op in ("fs.mkdir", "fs.symlink", "fs.create",
+                                                   "fs.dir_lease", "fs.lookup")}  # fmt: skip
+        sub = await a.mkdir(top, b"sub", 0o2750)
+        deeper = await a.mkdir(sub.ino, b"deeper", 0o700)
+        link = await a.symlink(sub.ino, b"link", b"deeper/file")
+        _, f = await a.create_and_open(deeper.ino, b"file", MODE, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, b"inside")
+        await f.close()
+        assert {op: a.stats.count(op) for op in counts} == counts  # no round trip at all
+        assert a.dirleases.pending
+        assert (sub.mode, sub.nlink, deeper.mode) == (0o40750, 2, 0o40700)
+        # What A tells of them now (sub's nlink counts deeper's "..").
+        told = {name: await a.getattr(x.ino) for name, x in
+                ((b"sub", sub), (b"deeper", deeper), (b"link", link))}  # fmt: skip
+        assert told[b"sub"].nlink == 3
+        # B's lookup of the new name recalls A's lease on the parent: the whole tree lands.
+        seen = {b"sub": await b.lookup(top, b"sub")}
+        assert not a.dirleases.pending
+        seen[b"deeper"] = await b.lookup(sub.ino, b"deeper")
+        seen[b"link"] = await b.lookup(sub.ino, b"link")
+        for name, attr in told.items():
+            other = seen[name]
+            assert (other.ino, other.mode, other.nlink, other.uid, other.gid, other.size,
+                    other.blocks, other.goal) == (attr.ino, attr.mode, attr.nlink, attr.uid,
+                    attr.gid, attr.size, attr.blocks, attr.goal), name  # fmt: skip
+        assert await b.readlink(link.ino) == b"deeper/file"
+        inner = await b.lookup(deeper.ino, b"file")
+        async with await b.open(inner.ino, os.O_RDONLY) as g:
+            assert await g.read(0, 100) == b"inside"
+        assert (await b.getattr(top, fresh=True)).nlink == 3  # "sub"'s ".." counted
+
+
+async def test_the_maker_of_a_directory_keeps_its_lease_after_the_mkdir_lands(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    """The leader grants the new directory's lease to its maker as the batch applies
+    (``LeaseDesk.granted_new``): what A makes in it after that batch landed, still
+    answered at once, is recalled by B's listing of it, never missed."""
+    async with client(layout) as a, client(layout) as b:
+        top = await leased_dir_with_reserved(a, b"kept")
+        sub = await a.mkdir(top, b"sub", 0o755)
+        await a.fsyncdir(top)  # the mkdir landed
+        assert not a.dirleases.pending
+        dir_leases = a.stats.count("fs.dir_lease")
+        _, f = await a.create_and_open(sub.ino, b"late", MODE, os.O_WRONLY | os.O_CREAT)
+        await f.close()
+        assert a.dirleases.pending  # answered under the lease A assumed at its mkdir
+        assert a.stats.count("fs.dir_lease") == dir_leases
+        assert await names(b, sub.ino) == [b"late"]  # the recall brought it
+        assert not a.dirleases.pending
+
+
+async def test_a_mkdir_that_does_not_land_is_reported_with_what_was_made_in_it(
+    layout: local.Layout, no_timed_flush: None, expect_log: Callable[..., None]
+) -> None:
+    expect_log(r"mkdir of b'gone' \(inode \d+\) in directory inode \d+ did not land")
+    expect_log(r"create of b'x' \(inode \d+\) in directory inode \d+ did not land")
+    async with client(layout) as a, client(layout) as b:
+        top = await leased_dir_with_reserved(a, b"lost")
+        gone = await a.mkdir(top, b"gone", 0o755)
+        queued = a.dirleases._queue[-1]
+        assert queued.op == "fs.mkdir" and queued.fields is not None
+        queued.fields["ino"] = 1 << 40  # a number this client was not given
+        _, f = await a.create_and_open(gone.ino, b"x", MODE, os.O_WRONLY | os.O_CREAT)
+        with pytest.raises(Stale):
+            await a.fsyncdir(top)
+        with pytest.raises(NotFound):
+            await b.lookup(top, b"gone")
+        with pytest.raises(NotFound):  # the file made in it has no directory
+            await f.fsync()
+        await f.close()  # nothing written: nothing more to report
+
+
+async def test_leader_killed_with_a_tree_queued_loses_nothing_fsyncdir_acked(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    secret = load_secret(layout.secret_file)
+    async with client(layout, timeout_s=30.0) as a:
+        top = await leased_dir_with_reserved(a, b"tk")
+        dirs = [await a.mkdir(top, b"d%d" % i, 0o755) for i in range(5)]
+        for d in dirs:
+            await a.symlink(d.ino, b"s", b"target")
+            _, f = await a.create_and_open(d.ino, b"f", MODE, os.O_WRONLY | os.O_CREAT)
+            await f.write(0, b"%d" % d.ino)
+            await f.close()
+        assert a.dirleases.pending
+        st = await local.cluster_status(layout.meta_addresses, secret)
+        leader = next(m for m in st["metaservers"] if m.get("role") == "leader")
+        os.kill(leader["pid"], signal.SIGKILL)
+        await a.fsyncdir(top)  # re-sent to the new leader: no error
+    local.start_daemons(layout)  # bring the killed metaserver back
+    await local.wait_ready(layout, 60.0)
+    async with client(layout) as b:
+        assert await names(b, top) == [b"d0", b"d1", b"d2", b"d3", b"d4", b"first"]
+        for d in dirs:
+            assert await names(b, d.ino) == [b"f", b"s"]
+            f_attr = await b.lookup(d.ino, b"f")
+            async with await b.open(f_attr.ino, os.O_RDONLY) as g:
+                assert await g.read(0, 100) == b"%d" % d.ino

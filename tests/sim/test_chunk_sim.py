@@ -180,3 +180,52 @@ def test_scripts_sim_ends_with_the_summary_line() -> None:
         assert out.returncode == 0, out.stderr
         n = 2 if seeds == "1-2" else 1
         assert out.stdout.strip().splitlines()[-1] == f"seeds {n}, violations 0"
+
+
+def test_the_simulated_store_keeps_bit_rot_as_the_real_one() -> None:
+    """As ``chunkserver/store.py``: bit rot stays through writes of any version that leave
+    its block alone (it forgot it on a newer version's write, lenient); a block cut away
+    or rewritten whole goes with it; a cut or write that keeps part of it finds it bad."""
+    from dfs.wire.errors import Corrupt
+    from metaserver.chunks.simserver import BLOCK, Server
+
+    def server() -> Server:
+        s = Server(1, "h:1", 1 << 20)
+        s.replicas[7] = Replica(3, b"a" * (3 * BLOCK), rotten=True, rot_at=BLOCK)
+        return s
+
+    def write(s: Server, version: int, length: int, offset: int, data: bytes) -> None:
+        s.write({"chunk_id": 7, "version": version, "length": length, "offset": offset,
+                 "data": data})  # fmt: skip
+
+    s = server()
+    write(s, 4, 3 * BLOCK, 0, b"")  # a version push
+    assert s.replicas[7].rotten and s.replicas[7].version == 4
+    write(s, 4, 3 * BLOCK, 2 * BLOCK, b"b" * BLOCK)  # another block
+    assert s.replicas[7].rotten
+    write(s, 5, 3 * BLOCK, BLOCK, b"c" * BLOCK)  # the rotten block, whole
+    assert not s.replicas[7].rotten
+    s = server()
+    write(s, 4, BLOCK, 0, b"")  # a bump's cut takes the block away
+    assert not s.replicas[7].rotten
+    for version, length, offset, data in ((4, BLOCK + 10, 0, b""), (3, 0, BLOCK + 1, b"d")):
+        s = server()
+        with pytest.raises(Corrupt):
+            write(s, version, length or 3 * BLOCK, offset, data)
+        assert s.replicas[7].version == 3  # nothing written
+
+
+def test_the_file_model_forgets_bytes_an_acknowledged_write_replaced() -> None:
+    """A write in progress may leave its bytes (``maybe``); once a later write at those
+    positions is acknowledged, every member at the chunk's version holds the later bytes,
+    and the earlier ones there are no longer what the file may hold (the model kept every
+    value ever written, lenient)."""
+    from metaserver.chunks.simserver import FileModel
+
+    model = FileModel(2, b"f")
+    model.acknowledged(0, b"\x01" * 8)
+    model.maybe.update({i: {2} for i in range(4)})  # a write of 2s that did not land
+    assert model.allowed(0, b"\x02\x02\x01\x01")
+    model.acknowledged(0, b"\x03\x03")
+    assert not model.allowed(0, b"\x02\x02")
+    assert model.allowed(0, b"\x03\x03\x02\x01")  # past the new write: still may hold 2s

@@ -44,3 +44,27 @@ def test_changes_in_flight_are_counted_per_directory() -> None:
     assert leases.busy(5) and not leases.busy(6)
     leases.leave([5])
     assert not leases.busy(5)
+
+
+def test_a_new_directory_is_leased_to_its_maker_unless_somebody_leases_it_already() -> None:
+    """``LeaseDesk.granted_new``: the answer of a mkdir batch sent again after a leader
+    change must not take the lease another client took on the directory meanwhile."""
+    from types import SimpleNamespace
+
+    from metaserver.leasedesk import LeaseDesk
+
+    inodes = {7: SimpleNamespace(dir=object()), 8: SimpleNamespace(dir=object()),
+              9: SimpleNamespace(dir=None)}  # fmt: skip
+
+    async def read(timeout_s: float) -> None:
+        raise AssertionError("granted_new reads nothing")
+
+    desk = LeaseDesk(SimpleNamespace(inodes=inodes), read, lambda: None)  # type: ignore[arg-type]
+    desk.granted_new(7, holder=1, conn="maker")
+    assert desk.leases.by_ino[7].holder == 1 and desk.leases.by_ino[7].conn == "maker"
+    other = desk.leases.grant(8, holder=2, conn="other", now=0.0)
+    desk.granted_new(8, holder=1, conn="maker")  # the replayed answer
+    assert desk.leases.by_ino[8] is other
+    desk.granted_new(9, holder=1, conn="maker")  # not a directory (any more)
+    desk.granted_new(10, holder=1, conn="maker")  # gone
+    assert set(desk.leases.by_ino) == {7, 8}

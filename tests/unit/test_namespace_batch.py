@@ -74,7 +74,7 @@ def test_batch_is_applied_once_under_retry(fs: Fs) -> None:
     "ops",
     [
         [],
-        [["mkdir", {"parent": 1, "name": b"y", "mode": 0o755, "uid": 0, "gid": 0}]],
+        [["rename", {"parent": 1, "name": b"y", "new_parent": 1, "new_name": b"z"}]],
         [["unlink", [1, b"x"]]],
         [["unlink"]],
         [["unlink", {"parent": 1, "name": b"x"}]] * (BATCH_OPS_MAX + 1),

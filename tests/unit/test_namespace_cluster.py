@@ -157,7 +157,7 @@ def test_snapshot_keeps_the_cluster_state(fs: Fs) -> None:
     fs.ok("cs_drain", cs_id=b, draining=True)
     fs.ok("rebalance_start", threshold_bp=300, bandwidth_bps=1 << 20)
     blob = fs.ns.snapshot()
-    assert msgpack.unpackb(blob, raw=False)[0] == SNAPSHOT_VERSION == 4
+    assert msgpack.unpackb(blob, raw=False)[0] == SNAPSHOT_VERSION == 5
     copy = Namespace(CHUNK)
     copy.restore(blob)
     copy.check_invariants()
@@ -176,7 +176,7 @@ def test_a_version_3_snapshot_still_loads(fs: Fs) -> None:
     restored.check_invariants()
     assert restored.policy() == ClusterPolicy() and len(restored.chunkservers()) == 2
     assert restored.lookup(ROOT_INO, b"f")["ino"] >= 2
-    # Written back, it is a version 4 snapshot with an empty cluster state.
+    # Written back, it is a current snapshot with an empty cluster state.
     assert msgpack.unpackb(restored.snapshot(), raw=False)[10] == [[], [], None, "", 0]
 
 

@@ -102,3 +102,38 @@ def test_pools_survive_a_snapshot(fs: Fs) -> None:
     assert copy.snapshot() == fs.ns.snapshot()
     fs.ns = copy
     assert create(fs, ROOT_INO, b"after-restore", entries[3][0])["results"][0]["ok"]
+
+
+def test_a_leased_mkdir_and_symlink_take_entries_and_leave_their_chunks_unused(fs: Fs) -> None:
+    entries = reserve(fs, 3)
+    (d_ino, d_chunk, _), (s_ino, s_chunk, _), (f_ino, _, _) = entries
+    owner = {"uid": 5, "gid": 6, "pool": HOLDER}
+    results = fs.do("batch", ops=[
+        ["mkdir", {"parent": ROOT_INO, "name": b"d", "mode": 0o1755, "ino": d_ino, **owner}],
+        ["symlink", {"parent": d_ino, "name": b"s", "target": b"f", "ino": s_ino, **owner}],
+        ["create", {"parent": d_ino, "name": b"f", "mode": 0o644, "ino": f_ino, **owner}],
+        # Used already: refused, the rest stands.
+        ["mkdir", {"parent": ROOT_INO, "name": b"e", "mode": 0o755, "ino": d_ino, **owner}],
+    ])["results"]  # fmt: skip
+    assert [r["ok"] for r in results] == [True, True, True, False]
+    assert ErrorCode(results[3]["err"]["code"]) is E.STALE
+    d, s = results[0]["attr"], results[1]["attr"]
+    assert (d["ino"], d["mode"], d["nlink"], d["size"]) == (d_ino, 0o41755, 2, 4096)
+    assert (s["ino"], s["mode"], s["size"]) == (s_ino, 0o120777, 1)
+    assert fs.ns.lookup(ROOT_INO, b"d")["ino"] == d_ino
+    assert sorted(fs.names(d_ino)) == [b"f", b"s"]
+    # The reserved chunks of the directory and the symlink are gone, never allocated.
+    assert not fs.ns.reserved_chunks and HOLDER not in fs.ns.pools
+    assert d_chunk not in fs.ns.chunk_table and s_chunk not in fs.ns.chunk_table
+
+
+def test_a_reserved_number_needs_its_pool_in_mkdir_and_symlink(fs: Fs) -> None:
+    ino = reserve(fs, 1)[0][0]
+    owner = {"uid": 0, "gid": 0}
+    assert fs.err("mkdir", parent=ROOT_INO, name=b"d", mode=0o755, ino=ino, **owner) is E.INVALID
+    assert fs.err("symlink", parent=ROOT_INO, name=b"s", target=b"t", ino=ino,
+                  **owner) is E.INVALID  # fmt: skip
+    other = fs.do("batch", ops=[["mkdir", {"parent": ROOT_INO, "name": b"d", "mode": 0o755,
+                                           "ino": ino, "pool": HOLDER + 1, **owner}]])  # fmt: skip
+    assert ErrorCode(other["results"][0]["err"]["code"]) is E.STALE
+    assert fs.names(ROOT_INO) == [] and ino in fs.ns.pools[HOLDER]

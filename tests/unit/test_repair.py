@@ -860,3 +860,133 @@ def test_a_chunk_whose_every_replica_file_is_gone_is_found_lost_not_pushed_forev
     assert [c for c in link.calls if c[1] == "chunk.write"]  # it was pushed again
     assert link.ns.chunk(cid)["replicas"] == []
     assert not repair.pushes.is_unpushed(cid) or not list(repair.pushes.again_due(link.ns))
+
+
+def test_a_writer_dead_just_before_a_leader_change_is_recovered_by_the_new_leader(
+    clock: Clock,
+) -> None:
+    """WRITER RECOVERY across a leader change: the writer of ``cid`` died right before its
+    leader did, so the new leader never heard of it (its suspects were the old leader's
+    soft state, and the chunk's members may differ at one version for good). The handle
+    marked the chunk in the namespace (``writes``): the new leader takes every marked chunk
+    over as being written, and one no writer's keepalive names within twice the quiet
+    window is recovered; one a live writer names and commits is settled, not recovered."""
+    link, _ = make(3, clock)
+    cid = link.file_with_chunk(b"dead", [1, 2, 3])
+    busy = link.file_with_chunk(b"busy", [1, 2, 3])
+    version = link.ns.chunk(cid)["version"]
+    assert set(link.ns.writes) == {cid, busy}
+    new = Repair(link, quiet_s=2.0, clock=clock)  # the new leader: nothing heard yet
+    link.repair = new
+    new.restart()
+
+    async def step(seconds: float) -> None:
+        for _ in range(int(seconds * 2)):
+            clock.now += 0.5
+            for cs_id in (1, 2, 3):
+                link.beat(cs_id)
+            if clock.now < 1012:
+                new.writing(busy)  # its writer's keepalive
+            elif clock.now == 1012:
+                new.committed(busy)
+            await new.step()
+            await settle(new)
+
+    asyncio.run(step(20))
+    assert link.ns.chunk(cid)["version"] == version + 1  # fenced once, and made whole
+    copies = [(c[0], c[2]["chunk_id"]) for c in link.calls if c[1] == "chunk.replicate"]
+    assert sorted(copies) == [(2, cid), (3, cid)]
+    assert link.ns.chunk(busy)["version"] == version
+    assert link.ns.writes == {}  # both settled: a later leader recovers neither again
+    assert [p[1] for p in link.proposals if p[0] == "version_bump"] == [
+        {"chunk_id": cid, "version": version, "length": 100}
+    ]
+
+
+def test_a_report_does_not_push_a_recoverys_fence_to_a_member_it_has_not_copied_to(
+    clock: Clock,
+) -> None:
+    """Seed 77 (with every dead writer's chunk compared): a block report judged a member
+    behind the table while a WRITER RECOVERY was between its fence and its copies; no
+    other member answered current yet, so the report pushed the fence's version to it,
+    and the recovery's copy onto a replica already at that version was dropped as
+    needless: the members differed at one version. Reports leave a chunk being recovered
+    alone, and a judgement the table moved on under is made again later."""
+    link, repair = make(3, clock)
+    cid = link.file_with_chunk(b"f", [1, 2, 3])
+    version = link.ns.chunk(cid)["version"]
+    repair.core.recovering.add(cid)
+    link.apply("version_bump", {"chunk_id": cid, "version": version, "length": 100})
+    link.held[(1, cid)] = link.held[(3, cid)] = (version, 100)  # not pushed yet
+
+    async def go() -> None:
+        await repair.report(2, [[cid, version, 100]], 0, True)
+        await settle(repair)
+
+    asyncio.run(go())
+    assert not [c for c in link.calls if c[1] == "chunk.write"]
+    assert link.ns.chunk(cid)["replicas"] == [1, 2, 3]
+
+
+def test_a_recovery_whose_source_fails_keeps_the_member_it_could_not_copy_to(
+    clock: Clock,
+) -> None:
+    """Seed 175 (once the simulated store kept bit rot through a bump): the recovery's
+    source held the version but its bytes were rotten; the copy to the other member
+    failed on the source, and the recovery dropped that member, which held the only
+    good bytes. A copy that fails on its sources (``Unavailable`` naming them) ends the
+    recovery without a drop; it is tried again once the source is judged."""
+    link, repair = make(2, clock)
+    cid = link.file_with_chunk(b"f", [1, 2])
+    real_call = link.cs_call
+
+    async def call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        if op == "chunk.replicate":
+            link.calls.append((cs_id, op, f))
+            raise Unavailable("no source could supply the chunk", sources=f["sources"])
+        return await real_call(cs_id, op, timeout_s, **f)
+
+    link.cs_call = call  # type: ignore[method-assign]
+    repair.writing(cid)  # a handle, then nothing
+    clock.now += 1
+
+    async def go() -> None:
+        await repair.step()
+        await settle(repair)
+
+    asyncio.run(go())
+    assert [c[0] for c in link.calls if c[1] == "chunk.replicate"] == [2]
+    assert link.ns.chunk(cid)["replicas"] == [1, 2]
+    assert cid in repair.core.suspect  # tried again later
+
+
+def test_a_recovery_copy_whose_answer_was_lost_is_confirmed_not_dropped(clock: Clock) -> None:
+    """Seed 3394: a recovery's ``chunk.replicate`` got no answer although the member had
+    made the copy; the recovery dropped it as not recovered, and bit rot on the source
+    then lost the chunk. A lost answer is confirmed with ``chunk.info``, as a push's is:
+    a member holding the fence's version made the copy and stays."""
+    link, repair = make(2, clock)
+    cid = link.file_with_chunk(b"f", [1, 2])
+    version = link.ns.chunk(cid)["version"]
+    real_call = link.cs_call
+
+    async def call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        if op == "chunk.replicate":
+            link.calls.append((cs_id, op, f))
+            link.held[(cs_id, cid)] = (f["version"], f["length"])  # made, answer lost
+            raise Timeout("no answer")
+        return await real_call(cs_id, op, timeout_s, **f)
+
+    link.cs_call = call  # type: ignore[method-assign]
+    repair.writing(cid)
+    clock.now += 1
+
+    async def go() -> None:
+        await repair.step()
+        await settle(repair)
+
+    asyncio.run(go())
+    assert [c[0] for c in link.calls if c[1] == "chunk.replicate"] == [2]
+    assert link.ns.chunk(cid)["replicas"] == [1, 2]
+    assert link.ns.chunk(cid)["version"] == version + 1
+    assert cid not in repair.core.suspect  # recovered

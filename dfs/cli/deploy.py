@@ -1,0 +1,113 @@
+"""``dfs init``: the configs and credentials of a cluster whose servers run on hosts of
+their own (docs/OPERATIONS.md, "Deploying on several hosts").
+
+What it owns: turning host lists into a cluster directory of the same layout ``dfs up``
+makes (``cluster.toml``, ``secret``, ``metaI/meta.toml``, ``csI/cs.toml``), whose configs
+name the paths on the servers' hosts, and the copy-and-start instructions it prints. What
+it must not do: touch a host (it only writes files here; the operator copies them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dfs.cli import cluster as local
+from dfs.cli.common import size_bytes
+
+
+@click.command("init")
+@click.option(
+    "--metaservers",
+    "meta_hosts",
+    required=True,
+    metavar="HOST[:PORT],...",
+    help=f"The metaservers (an odd number; port {local.META_PORT_DEFAULT}).",
+)
+@click.option(
+    "--chunkservers",
+    "cs_hosts",
+    required=True,
+    metavar="HOST[:PORT],...",
+    help=f"The chunkservers (port {local.CS_PORT_DEFAULT}).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the configs and the secret (must not exist).",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=Path("/var/lib/dfs"),
+    show_default=True,
+    help="Data directories on the hosts: DATA_ROOT/metaI, csI.",
+)
+@click.option(
+    "--secret-path",
+    type=click.Path(path_type=Path),
+    default=Path("/etc/dfs/secret"),
+    show_default=True,
+    help="Where the servers find the cluster secret on their hosts.",
+)
+@click.option("--chunk-size", default="64M", show_default=True, help="Chunk size.")
+@click.option(
+    "--metrics/--no-metrics",
+    default=True,
+    show_default=True,
+    help=f"Prometheus metrics on each server's port + {local.METRICS_PORT_OFFSET}.",
+)
+def init_command(
+    meta_hosts: str,
+    cs_hosts: str,
+    out: Path,
+    data_root: Path,
+    secret_path: Path,
+    chunk_size: str,
+    metrics: bool,
+) -> None:
+    """Write the configs of a cluster on several hosts, one per server, and its secret."""
+    try:
+        metaservers = local.parse_hosts(meta_hosts, local.META_PORT_DEFAULT)
+        chunkservers = local.parse_hosts(cs_hosts, local.CS_PORT_DEFAULT)
+        size = size_bytes(chunk_size)
+    except (local.ClusterError, ValueError) as e:
+        raise click.UsageError(str(e)) from None
+    if len(metaservers) % 2 == 0:
+        click.echo(
+            f"warning: {len(metaservers)} metaservers tolerate no more failures than "
+            f"{len(metaservers) - 1}; an odd number is usual",
+            err=True,
+        )
+    if out.exists() and any(out.iterdir()):
+        raise click.UsageError(f"{out} exists and is not empty")
+    if not data_root.is_absolute() or not secret_path.is_absolute():
+        raise click.UsageError("--data-root and --secret-path must be absolute paths")
+    try:
+        layout = local.init_layout(
+            out,
+            chunk_size=size,
+            addresses=(metaservers, chunkservers),
+            metrics=metrics,
+            data_root=data_root,
+            secret_path=secret_path,
+        )
+    except (local.ClusterError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"dfs cluster configs in {layout.dir}")
+    click.echo(f"  copy {layout.secret_file} to {secret_path} on every server (mode 0600)")
+    for i, address in sorted(layout.metaservers.items()):
+        host = address.rpartition(":")[0]
+        click.echo(f"  {host}: meta{i}/meta.toml -> /etc/dfs/meta.toml, "
+                   f"then: systemctl enable --now dfs-metaserver")  # fmt: skip
+    for i, address in sorted(layout.chunkservers.items()):
+        host = address.rpartition(":")[0]
+        click.echo(f"  {host}: cs{i}/cs.toml -> /etc/dfs/cs.toml, "
+                   f"then: systemctl enable --now dfs-chunkserver")  # fmt: skip
+    click.echo(f"  clients: dfs mount --meta {','.join(metaservers)} --secret {secret_path} "
+               "MOUNTPOINT")  # fmt: skip
+
+
+__all__ = ["init_command"]

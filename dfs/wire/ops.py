@@ -1,0 +1,48 @@
+"""Every operation of the protocol (version 1), by server, and the check at the edge. Pure.
+
+The definitions are in ``ops_meta.py`` (the metaserver's) and ``ops_chunk.py`` (the
+chunkserver's), in the shape of ``spec.py``. A server looks an incoming op up here, then
+``admit``s it: the peer's role (proven in the handshake, ``auth.py``) must be one the
+definition allows, and the header must pass the definition's check. docs/PROTOCOL.md's
+tables are generated from these (``python -m dfs.wire.protocoldoc``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dfs.wire.errors import PermissionDenied, Unsupported
+from dfs.wire.ops_chunk import CHUNK_OPS
+from dfs.wire.ops_meta import META_OPS, RAFT
+from dfs.wire.spec import Op
+
+CHUNKSERVER_OPS: dict[str, Op] = {op.name: op for op in CHUNK_OPS}
+METASERVER_OPS: dict[str, Op] = {op.name: op for op in META_OPS}
+
+
+def lookup(ops: dict[str, Op], op: Any) -> Op:
+    """The definition of ``op``; ``Unsupported`` for an op this server does not take."""
+    spec = ops.get(op) if type(op) is str else None
+    if spec is None:
+        raise Unsupported(f"unknown op {op!r}", op=str(op)[:64])
+    return spec
+
+
+def refuse_role(spec: Op, role: str | None) -> PermissionDenied:
+    """The answer to ``role`` sending ``spec``, which it may not."""
+    allowed = ", ".join(sorted(spec.roles))
+    return PermissionDenied(
+        f"{spec.name} may be sent only by {allowed}, not by a {role}", op=spec.name,
+        role=str(role),
+    )  # fmt: skip
+
+
+def admit(spec: Op, role: str | None, header: dict[str, Any]) -> dict[str, Any]:
+    """Check that ``role`` may send ``spec`` and that ``header`` is well-formed; returns
+    the header. Raises ``PermissionDenied``, ``ProtocolError`` or the field's error."""
+    if role not in spec.roles:
+        raise refuse_role(spec, role)
+    return spec.check(header)
+
+
+__all__ = ["CHUNKSERVER_OPS", "METASERVER_OPS", "RAFT", "admit", "lookup", "refuse_role"]

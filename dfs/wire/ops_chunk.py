@@ -1,0 +1,179 @@
+"""The chunkserver's operations (protocol version 1): one definition each. Pure.
+
+Who sends what: clients read, write and sync replicas with a token; chunkservers forward
+writes and syncs down the chain and read from each other when they copy a replica in;
+the metaserver leader pushes a new version (an empty ``chunk.write``), asks a replica's
+state, deletes and copies replicas. ``chunkserver/server.py`` checks every request against
+its definition here, role first, before it runs it. The rules these fields obey beyond
+their shape (versions, chains, tokens) are in docs/PROTOCOL.md, under the tables this
+module generates.
+"""
+
+from __future__ import annotations
+
+from dfs.wire.errors import TooBig
+from dfs.wire.limits import (
+    CHAIN_MAX,
+    CHUNK_BYTES_MAX,
+    CHUNK_ID_MAX,
+    DELETE_CHUNKS_MAX,
+    OP_TIMEOUT_MS_DEFAULT,
+    OP_TIMEOUT_MS_MAX,
+    READ_BYTES_MAX,
+    SOURCES_MAX,
+    UINT64_MAX,
+    VERSION_MAX,
+)
+from dfs.wire.spec import (
+    ANYONE,
+    BOOL,
+    BYTES,
+    CHUNKSERVER,
+    CLIENT,
+    LIST,
+    METASERVER,
+    STR,
+    UINT,
+    Field,
+    Op,
+)
+
+TIMEOUT_MS = Field(
+    "timeout_ms", UINT, required=False,
+    doc=f"the server's deadline in ms (default {OP_TIMEOUT_MS_DEFAULT}, at most "
+    f"{OP_TIMEOUT_MS_MAX}; on every request)",
+)  # fmt: skip
+COMMON = (TIMEOUT_MS,)
+
+CHUNK_ID = Field("chunk_id", UINT, low=1, high=CHUNK_ID_MAX, message="chunk_id out of range")
+VERSION = Field("version", UINT, high=VERSION_MAX, message="version out of range")
+TOKEN = Field("token", BYTES, doc="an access token (Access tokens below)")
+EXPIRY_MS = Field("expiry_ms", UINT, high=UINT64_MAX, message="expiry_ms out of range",
+                  doc="the token's expiry, wall-clock ms")  # fmt: skip
+CHAIN = Field(
+    "chain", LIST, required=False, high=CHAIN_MAX, items=STR,
+    message=f"chain: at most {CHAIN_MAX} host:port strings",
+    doc='"host:port" of the replicas still to forward to, not this server; may be empty',
+)  # fmt: skip
+EXPECT_LENGTH = Field(
+    "expect_length", UINT, required=False, high=CHUNK_BYTES_MAX, error=TooBig,
+    message="expect_length past the maximum chunk size",
+    doc="the writer's highest acknowledged end under this version",
+)  # fmt: skip
+LENGTH = Field(
+    "length", UINT, high=CHUNK_BYTES_MAX, error=TooBig,
+    message="length past the maximum chunk size", doc="the chunk's valid length",
+)  # fmt: skip
+
+# Who may write: a client, the chunkserver before this one in the chain, the leader
+# pushing a new version.
+WRITERS = frozenset({CLIENT, CHUNKSERVER, METASERVER})
+READERS = frozenset({CLIENT, CHUNKSERVER})
+# Replica management is the leader's: only a metaserver may ask for it.
+LEADER = frozenset({METASERVER})
+
+CHUNK_WRITE = Op(
+    "chunk.write", WRITERS,
+    fields=(
+        CHUNK_ID, VERSION,
+        Field("length", UINT, high=CHUNK_BYTES_MAX, error=TooBig,
+              message="write past the maximum chunk size",
+              doc="the valid length from the write handle"),
+        Field("offset", UINT, doc="where the payload goes; offset + size at most "
+              f"{CHUNK_BYTES_MAX:,} bytes"),
+        TOKEN, EXPIRY_MS, CHAIN,
+        Field("sync", BOOL, required=False,
+              doc="fsync before acknowledging (a write that moves the replica to a newer "
+              "version is fsynced whatever it says)"),
+        Field("size", UINT, required=False, doc="when sent, must equal the payload's length"),
+        EXPECT_LENGTH,
+    ),
+    payload="the bytes",
+    answer="`{}` once this replica and every later one in the chain has them",
+    common=COMMON,
+)  # fmt: skip
+
+CHUNK_READ = Op(
+    "chunk.read", READERS,
+    fields=(
+        CHUNK_ID, VERSION,
+        Field("offset", UINT),
+        Field("size", UINT, high=READ_BYTES_MAX, error=TooBig,
+              message=f"read over {READ_BYTES_MAX} bytes"),
+        TOKEN, EXPIRY_MS,
+    ),
+    reply_payload="the bytes, verified against the block checksums; shorter than `size` at "
+    "the replica's end",
+    answer="no header fields, only the payload",
+    common=COMMON,
+)  # fmt: skip
+
+CHUNK_SYNC = Op(
+    "chunk.sync", frozenset({CLIENT, CHUNKSERVER}),
+    fields=(CHUNK_ID, VERSION, TOKEN, EXPIRY_MS, CHAIN, EXPECT_LENGTH),
+    answer="`{}` once fsynced on every replica of the chain (a write token)",
+    common=COMMON,
+)  # fmt: skip
+
+CHUNK_INFO = Op(
+    "chunk.info", LEADER,
+    fields=(CHUNK_ID,),
+    reply=(Field("version", UINT), Field("length", UINT)),
+    answer="`NotFound` if absent or bad",
+    common=COMMON,
+)  # fmt: skip
+
+CHUNK_DELETE = Op(
+    "chunk.delete", LEADER,
+    fields=(
+        Field("chunks", LIST, high=DELETE_CHUNKS_MAX,
+              items=((1, CHUNK_ID_MAX), (0, VERSION_MAX)),
+              message=f"chunks must be a list of at most {DELETE_CHUNKS_MAX} [chunk_id, version]",
+              doc="`[chunk_id, version]` pairs"),
+    ),
+    reply=(Field("deleted", LIST, items=UINT,
+                 doc="the chunk ids of which something was removed (ascending)"),),
+    common=COMMON,
+)  # fmt: skip
+
+CHUNK_REPLICATE = Op(
+    "chunk.replicate", LEADER,
+    fields=(
+        CHUNK_ID, VERSION, LENGTH,
+        Field("sources", LIST, low=1, high=SOURCES_MAX, items=STR,
+              message=f"sources must list 1 to {SOURCES_MAX} chunkservers",
+              doc='"host:port" of replicas to copy from, not this server'),
+        TOKEN, EXPIRY_MS,
+    ),
+    reply=(Field("length", UINT),),
+    answer="once a replica of `version` holding `[0, length)` is here, fsynced (the token: "
+    "a write token for `chunk_id`/`version`)",
+    common=COMMON,
+)  # fmt: skip
+
+CS_STATUS = Op(
+    "cs.status", ANYONE,
+    reply=(
+        Field("cs_id", UINT, doc="0 before the first registration"),
+        Field("uuid", STR),
+        Field("address", STR),
+        Field("capacity_bytes", UINT, doc="as in heartbeats"),
+        Field("used_bytes", UINT),
+        Field("chunks", UINT),
+        Field("pid", UINT),
+        Field("scrub_bytes", UINT, doc="verified since start"),
+        Field("scrub_passes", UINT, doc="completed"),
+        Field("bad_chunks", UINT, doc="replicas found bad since start"),
+        Field("data_dir", STR,
+              doc="the data directory's absolute path: a client on the same machine that may "
+              "read it reads replicas from their files (SHORT-CIRCUIT READS in "
+              "ARCHITECTURE.md)"),
+    ),
+    common=COMMON,
+)  # fmt: skip
+
+CHUNK_OPS: tuple[Op, ...] = (
+    CHUNK_WRITE, CHUNK_READ, CHUNK_SYNC, CHUNK_INFO, CHUNK_DELETE, CHUNK_REPLICATE, CS_STATUS,
+)  # fmt: skip
+
+__all__ = ["CHUNK_OPS", "COMMON", "TIMEOUT_MS"]

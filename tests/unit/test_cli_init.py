@@ -1,0 +1,67 @@
+"""``dfs init``: the configs of a cluster on several hosts (dfs/cli/deploy.py)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from chunkserver.config import load_config as load_cs_config
+from dfs.cli.main import cli
+from metaserver.config import load_config as load_meta_config
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_init_writes_one_config_per_server_naming_the_hosts_paths(tmp_path: Path) -> None:
+    out = tmp_path / "conf"
+    result = CliRunner().invoke(cli, [
+        "init", "--metaservers", "m1,m2:7000,10.0.0.3", "--chunkservers", "c1,c2:9200",
+        "--out", str(out), "--data-root", "/srv/dfs", "--chunk-size", "16M",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "copy" in result.output and "dfs-metaserver" in result.output
+    metas = [load_meta_config(out / f"meta{i}" / "meta.toml") for i in (1, 2, 3)]
+    assert [(m.listen_host, m.listen_port) for m in metas] == [
+        ("m1", 9000),
+        ("m2", 7000),
+        ("10.0.0.3", 9000),
+    ]
+    assert [m.node.data_dir for m in metas] == [Path(f"/srv/dfs/meta{i}") for i in (1, 2, 3)]
+    assert {m.secret_file for m in metas} == {Path("/etc/dfs/secret")}
+    assert {m.chunk_size_bytes for m in metas} == {16 << 20}
+    assert [m.metrics_port for m in metas] == [10000, 8000, 10000]
+    peers = metas[0].node.peers
+    assert sorted(peers.values()) == ["10.0.0.3:9000", "m1:9000", "m2:7000"]
+    css = [load_cs_config(out / f"cs{i}" / "cs.toml") for i in (1, 2)]
+    assert [(c.listen_host, c.listen_port) for c in css] == [("c1", 9100), ("c2", 9200)]
+    assert [c.data_dir for c in css] == [Path("/srv/dfs/cs1"), Path("/srv/dfs/cs2")]
+    assert {c.metaservers for c in css} == {("m1:9000", "m2:7000", "10.0.0.3:9000")}
+    assert stat.S_IMODE((out / "secret").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--metaservers", "m1,m1", "--chunkservers", "c1"], "given twice"),
+        (["--metaservers", "m1:x", "--chunkservers", "c1"], "not HOST[:PORT]"),
+        (["--metaservers", "m1", "--chunkservers", "c1", "--data-root", "rel"], "absolute"),
+    ],
+)
+def test_init_refuses_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["init", "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_init_refuses_a_directory_in_use_and_warns_of_an_even_count(tmp_path: Path) -> None:
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "x").write_text("")
+    args = ["init", "--metaservers", "m1,m2", "--chunkservers", "c1"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(used)])
+    assert result.exit_code == 2 and "not empty" in result.output
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "even")])
+    assert result.exit_code == 0 and "odd number" in result.output

@@ -31,6 +31,10 @@ Config file (TOML, version 1)::
                                         # this (default 7 days; 0: as fast as the rate lets)
     inject_eio_chunk_ids = []           # optional; TESTS ONLY: reads and data writes of
                                         # replicas of these chunk ids fail as with EIO
+    conn_inflight_bytes_max = 33554432  # optional; budgets (ARCHITECTURE.md, "Budgets"):
+    inflight_bytes_max = 100663296      #   bytes in flight per connection and in all
+    host_conns_max = 256                #   connections per peer host
+    conns_max = 4096                    #   and in all (lowered to fit the fd limit)
 
 Unknown keys are refused; a bad config exits with code 2 and says what is wrong.
 
@@ -84,12 +88,13 @@ import os
 import time
 import tomllib
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from chunkserver.disk import DISK_JOBS_MAX
 from chunkserver.peers import parse_address
+from dfs.budget import LIMIT_KEYS, Limits, limits_from
 from dfs.wire.errors import Invalid
 from dfs.wire.limits import CS_LABEL_CHARS_MAX
 from dfs.wire.replicafile import CHUNK_ID_MAX
@@ -122,7 +127,7 @@ _CONFIG_KEYS = {
     "heartbeat_ms", "fsync", "disk_jobs", "replicate_bytes_per_s", "replicate_jobs",
     "report_interval_ms", "report_chunks_per_call", "scrub_bytes_per_s", "scrub_interval_ms",
     "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack", "drop_behind", "metrics_port",
-}  # fmt: skip
+} | LIMIT_KEYS  # fmt: skip
 # How long a start tries for its data directory's lock, and the pause between attempts.
 LOCK_WAIT_S = 1.0
 LOCK_RETRY_S = 0.01
@@ -154,6 +159,7 @@ class ServerConfig:
     inject_eio_chunk_ids: tuple[int, ...] = ()
     host: str | None = None  # None: the host of the advertised address
     rack: str = ""
+    limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None  # Prometheus on the listen host (dfs/metrics.py); None: off
 
 
@@ -231,6 +237,7 @@ def load_config(path: Path) -> ServerConfig:
         inject_eio_chunk_ids=tuple(get("inject_eio_chunk_ids", list, [])),
         host=host,
         rack=get("rack", str, ""),
+        limits=limits_from(raw, path),
         metrics_port=get("metrics_port", int) if "metrics_port" in raw else None,
     )
     if config.metrics_port is not None and not 0 <= config.metrics_port < 65536:

@@ -53,10 +53,14 @@ from pathlib import Path
 from chunkserver.config import write_small_file
 from chunkserver.disk import AsyncChunkStore
 from chunkserver.peers import PeerPool
+from dfs.ratelog import RateLimitedLog
 from dfs.wire.errors import DfsError, NotFound, Stale, Timeout, Unavailable
 from dfs.wire.replicafile import BLOCK_BYTES, ReplicaInfo
 
 log = logging.getLogger("chunkserver")
+# A source that cannot be reached fails every copy from it, each retry: one line per
+# source per interval.
+_source_log = RateLimitedLog(log)
 
 # chunk.replicate reads its sources in pieces of at most this: large enough to amortise a
 # round trip, small enough to bound the memory of ``replicate_jobs`` copies at once.
@@ -186,8 +190,10 @@ async def copy_in(
                 except DfsError as e:
                     failures.append(f"{source}: {e.code.name}")
                     absent = absent and isinstance(e, (NotFound, Stale))
-                    log.info("chunkserver event=replicate_source_failed chunk=%d source=%s "
-                             "offset=%d error=%r", chunk_id, source, offset, str(e))  # fmt: skip
+                    _source_log.log(logging.INFO, (source, e.code),
+                                    "chunkserver event=replicate_source_failed chunk=%d "
+                                    "source=%s offset=%d error=%r", chunk_id, source, offset,
+                                    str(e))  # fmt: skip
                     break
                 if len(data) != size:
                     # Short: that replica is shorter than the chunk's length (or, longer, a

@@ -43,6 +43,7 @@ from chunkserver.peers import PeerPool, parse_address
 from chunkserver.repair import Scrubber, Throttle, copy_in
 from dfs import daemon, rpc
 from dfs.metrics import Reading, ServerMetrics
+from dfs.ratelog import RateLimitedLog
 from dfs.wire.errors import (
     AuthError,
     Busy,
@@ -60,6 +61,7 @@ from dfs.wire.limits import (
     CHUNK_BYTES_MAX,
     OP_TIMEOUT_MS_DEFAULT,
     OP_TIMEOUT_MS_MAX,
+    READ_BYTES_MAX,
 )
 from dfs.wire.messages import uint_field
 from dfs.wire.ops import CHUNKSERVER_OPS, admit, lookup
@@ -67,6 +69,8 @@ from dfs.wire.ops_chunk import CHUNK_READ, CHUNK_WRITE
 from dfs.wire.token import READ, WRITE, check_token, token_key
 
 log = logging.getLogger("chunkserver")
+# Failures of the periodic loops (heartbeats, reports) repeat every round while they last.
+_loop_log = RateLimitedLog(log)
 
 T = TypeVar("T")
 
@@ -108,6 +112,15 @@ def _addresses(addresses: list[str], own_address: str, what: str) -> list[str]:
 def _chain(h: dict[str, Any], own_address: str) -> list[str]:
     chain = h.get("chain")
     return [] if not chain else _addresses(chain, own_address, "chain loops back to")
+
+
+def _request_bytes(h: dict[str, Any], payload: bytes) -> int:
+    """What a request holds while it is handled (``dfs.rpc``'s budgets): its payload, and
+    for a ``chunk.read`` the answer it asks for, counted until it is written."""
+    size = h.get("size")
+    if h.get("op") == "chunk.read" and type(size) is int and 0 < size <= READ_BYTES_MAX:
+        return len(payload) + size
+    return len(payload)
 
 
 async def _within(deadline: float, job: Awaitable[T], what: str) -> T:
@@ -248,6 +261,8 @@ class ChunkServer:
             name=f"cs-{self.cs_id or self.uuid[:8]}",
             role="chunkserver",
             inline_handler=inline,
+            limits=cfg.limits,
+            request_bytes=_request_bytes,
         )
         if cfg.address is None:
             self.address = f"{cfg.listen_host}:{self._rpc.port}"
@@ -686,7 +701,9 @@ class ChunkServer:
                 self._meta_state(False, f"error={str(e)!r}")
             except Exception:
                 # A bug or a local disk error (saving cs_id): keep serving data, retry later.
-                log.exception("chunkserver cs=%s event=heartbeat_failed", self.cs_id or "?")
+                _loop_log.log(logging.ERROR, "heartbeat_failed",
+                              "chunkserver cs=%s event=heartbeat_failed", self.cs_id or "?",
+                              exc_info=True)  # fmt: skip
             await asyncio.sleep(period_s)  # the heartbeat period, not a wait for a condition
 
     async def _meta_fields(self) -> dict[str, Any]:
@@ -752,7 +769,8 @@ class ChunkServer:
             self._report_state("report", False, f"error={str(e)!r}")
             return
         except Exception:
-            log.exception("chunkserver cs=%s event=report_failed", self.cs_id or "?")
+            _loop_log.log(logging.ERROR, "report_failed", "chunkserver cs=%s event=report_failed",
+                          self.cs_id or "?", exc_info=True)  # fmt: skip
             return
         self._report_leader = leader
         self._report_next = loop.time() + self.config.report_interval_ms / 1000
@@ -794,7 +812,9 @@ class ChunkServer:
                 except DfsError as e:
                     self._report_state("bad_chunks", False, f"error={str(e)!r}")
                 except Exception:
-                    log.exception("chunkserver cs=%s event=bad_chunks_failed", self.cs_id or "?")
+                    _loop_log.log(logging.ERROR, "bad_chunks_failed",
+                                  "chunkserver cs=%s event=bad_chunks_failed", self.cs_id or "?",
+                                  exc_info=True)  # fmt: skip
                 else:
                     self._store().store.bad_acknowledged(pending)
                     self._report_state("bad_chunks", True, f"leader={self._meta_leader}")

@@ -3,8 +3,10 @@
 What it owns: the process-level conventions shared by the metaserver, the chunkserver and
 the Raft key-value test server, so that they behave alike under ``dfs up``, systemd or a
 test: one log line format (``time LEVEL logger: message`` with ``key=value`` fields in the
-message), the log level from ``--log-level`` or ``DFS_LOG_LEVEL``, and a clean stop on
-SIGTERM or SIGINT.
+message), the log level from ``--log-level`` or ``DFS_LOG_LEVEL``, a clean stop on
+SIGTERM or SIGINT, the fd limit raised to the hard limit at start, and the event loop's
+own error reports rate-limited (``dfs/ratelog.py``: a full fd table made asyncio log a
+traceback per refused accept).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from dfs import ratelog
+from dfs.budget import raise_fd_limit
 from dfs.secret import SecretFileError, load_secret
 
 
@@ -103,7 +107,10 @@ def run(main: Coroutine[Any, Any, int], *, fast_loop: bool) -> int:
     """Run a daemon's main coroutine: on uvloop when ``fast_loop`` and uvloop is installed
     (``DFS_EVENT_LOOP=asyncio`` forces asyncio's own loop, for comparison and diagnosis),
     else on asyncio's loop. See docs/ARCHITECTURE.md, "Deviations and library choices".
-    ``fast_loop`` also makes the garbage collector run less often (GC_YOUNG_THRESHOLD_FAST)."""
+    ``fast_loop`` also makes the garbage collector run less often (GC_YOUNG_THRESHOLD_FAST).
+    Raises the fd limit first; the loop's exception handler is ``ratelog``'s."""
+    raise_fd_limit()
+    main = _rate_limited_loop_errors(main)
     if fast_loop:
         _, older, oldest = gc.get_threshold()
         gc.set_threshold(GC_YOUNG_THRESHOLD_FAST, older, oldest)
@@ -116,3 +123,8 @@ def run(main: Coroutine[Any, Any, int], *, fast_loop: bool) -> int:
             result: int = uvloop.run(main)
             return result
     return asyncio.run(main)
+
+
+async def _rate_limited_loop_errors(main: Coroutine[Any, Any, int]) -> int:
+    asyncio.get_running_loop().set_exception_handler(ratelog.loop_exception_handler)
+    return await main

@@ -45,7 +45,11 @@ Life of a connection:
    they changed at once, in the same callback.
 3. Limits: at most ``in_flight_max`` calls in flight (callers wait for a slot) and as many
    running request handlers; past that, or with ``ONEWAY_QUEUE_MAX`` one-way frames queued,
-   reading pauses (TCP backpressure) until they drain.
+   reading pauses (TCP backpressure) until they drain. A served connection also has budgets
+   of bytes in flight, its own and the process's (``dfs/budget.py``): its requests being
+   handled and its answers not yet written; while either is used up it reads and
+   dispatches nothing more, until answers are written. ``serve`` refuses connections past
+   the per-host and total limits at accept (one rate-limited line).
 4. Any protocol error from the peer (bad frame, oversize frame, bad header) drops the
    connection with one structured WARNING; pending calls fail with that error, or with
    ``Unavailable`` when the connection simply closes. A server never crashes on a peer.
@@ -62,6 +66,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from dfs.budget import Account, ByteBudget, ConnectionCount, Limits
+from dfs.ratelog import RateLimitedLog
 from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
 from dfs.wire import codec, messages
 from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side
@@ -77,6 +83,9 @@ from dfs.wire.errors import (
 )
 
 log = logging.getLogger(__name__)
+# Drops and refusals repeat as long as a fault or an attack lasts: one line per event and
+# peer host per interval.
+_drop_log = RateLimitedLog(log)
 
 Payload = bytes | bytearray | memoryview
 HandlerResult = tuple[dict[str, Any], Payload] | None
@@ -93,6 +102,10 @@ class _Later:
 
 LATER = _Later()
 InlineHandler = Callable[["Connection", dict[str, Any], bytes], "HandlerResult | _Later"]
+# Bytes a request will hold while it is handled (its payload and the answer it asks for).
+RequestBytes = Callable[[dict[str, Any], bytes], int]
+# Roles whose requests are not charged to the byte budgets (dfs/budget.py says why).
+SERVER_ROLES = frozenset({"metaserver", "chunkserver"})
 
 # A healthy peer answers the handshake in well under a millisecond on a LAN; 5 s covers a
 # loaded machine and still frees a slot held by a silent or hostile peer quickly.
@@ -162,6 +175,7 @@ class Connection(asyncio.BufferedProtocol):
         inline_handler: InlineHandler | None = None,
         in_flight_max: int = IN_FLIGHT_MAX,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        server: RpcServer | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         # Raises AuthError at once when no usable secret is configured.
@@ -208,6 +222,18 @@ class Connection(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self._close_error: DfsError | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
+        # Bytes in flight (dfs/budget.py), for a connection a server accepted.
+        self._server = server
+        self._account: Account | None = None
+        if server is not None:
+            self._account = Account(
+                server.budget,
+                server.limits.conn_inflight_bytes_max,
+                self._unwritten,
+                self._pump,
+                lambda: self._drop("send_timeout", Timeout("peer does not read its answers")),
+                SEND_TIMEOUT_S,
+            )
 
     # ------------------------------------------------------------------ public API
 
@@ -335,6 +361,8 @@ class Connection(asyncio.BufferedProtocol):
         if isinstance(address, tuple) and len(address) >= 2:
             self.peername = f"{address[0]}:{address[1]}"
         if self.side is Side.ACCEPTOR:
+            if self._server is not None and not self._server.admit(self, address):
+                return
             self._handshake_task = self._loop.create_task(self._accept())
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -382,6 +410,8 @@ class Connection(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._wake_drainers()
+        if self._account is not None and self._account.stalled:
+            self._account.retry()
 
     # ------------------------------------------------------------------ handshake
 
@@ -408,6 +438,8 @@ class Connection(asyncio.BufferedProtocol):
                         "the peer hung up on our proof (wrong cluster secret?)"
                     ) from None
                 self.peer = handshake.receive_proof(proof.header)
+                if self._account is not None:  # a client's requests are charged
+                    self._account.charged = self.peer.role not in SERVER_ROLES
                 if own_proof is None:  # the acceptor, only to a peer that proved itself
                     self._send_frame(handshake.proof(), now=True)
         except TimeoutError:
@@ -438,9 +470,15 @@ class Connection(asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ receiving
 
     def _pump(self) -> None:
+        if self._close_error is not None:
+            return
+        account = self._account
         self._read_end = []
         try:
-            while (frame := self._decoder.next_frame()) is not None:
+            # Over a budget, the frames read stay in the decoder until ``Account.retry``.
+            while (account is None or not account.over()) and (
+                frame := self._decoder.next_frame()
+            ) is not None:
                 self._dispatch(frame)
                 if self._transport is None or self._transport.is_closing():
                     return
@@ -487,7 +525,13 @@ class Connection(asyncio.BufferedProtocol):
             raise ProtocolError("request 'id' must be an int >= 0")
         if self._inline_handler is not None and self._serve_inline(op, request_id, frame):
             return
-        task = self._loop.create_task(self._serve_request(op, request_id, frame))
+        cost = 0
+        if self._account is not None and self._account.charged:
+            assert self._server is not None
+            request_bytes = self._server.request_bytes
+            cost = request_bytes(header, frame.payload) if request_bytes else len(frame.payload)
+            self._account.reserved += cost
+        task = self._loop.create_task(self._serve_request(op, request_id, frame, cost))
         self._request_tasks.add(task)
         task.add_done_callback(self._request_done)
 
@@ -518,18 +562,25 @@ class Connection(asyncio.BufferedProtocol):
         self._answered_inline = True
         return True
 
-    async def _serve_request(self, op: str, request_id: int, frame: codec.Frame) -> None:
+    async def _serve_request(
+        self, op: str, request_id: int, frame: codec.Frame, cost: int = 0
+    ) -> None:
         try:
-            if self._handler is None:
-                raise Unsupported(f"{self.name} takes no requests", op=op)
-            result = await self._handler(self, frame.header, frame.payload)
-            header, payload = _answer(request_id, result)
-        except Exception as e:
-            header, payload = self._failed(op, request_id, e)
-        if self.closed:
-            return
-        # The only request running (this one): nothing to coalesce with, write at once.
-        self._respond(op, request_id, header, payload, now=len(self._request_tasks) <= 1)
+            try:
+                if self._handler is None:
+                    raise Unsupported(f"{self.name} takes no requests", op=op)
+                result = await self._handler(self, frame.header, frame.payload)
+                header, payload = _answer(request_id, result)
+            except Exception as e:
+                header, payload = self._failed(op, request_id, e)
+            if self.closed:
+                return
+            # The only request running (this one): nothing to coalesce with, write at once.
+            self._respond(op, request_id, header, payload, now=len(self._request_tasks) <= 1)
+        finally:
+            if cost:
+                assert self._account is not None
+                self._account.release(cost)
         if self._writing_paused:
             try:
                 async with asyncio.timeout(SEND_TIMEOUT_S):
@@ -566,6 +617,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _request_done(self, task: asyncio.Task[None]) -> None:
         self._request_tasks.discard(task)
+        if self._account is not None and self._account.stalled:
+            self._account.retry()
         if self._reading_paused:
             self._update_reading()
 
@@ -607,7 +660,8 @@ class Connection(asyncio.BufferedProtocol):
             return
         if self._authenticated:
             busy = (
-                len(self._request_tasks) >= self._in_flight_max
+                (self._account is not None and self._account.stalled)
+                or len(self._request_tasks) >= self._in_flight_max
                 or len(self._oneway) >= ONEWAY_QUEUE_MAX
             )
         else:
@@ -618,6 +672,12 @@ class Connection(asyncio.BufferedProtocol):
         elif not busy and self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()
+
+    def _unwritten(self) -> int:
+        """Answers (and other frames) not yet written to the socket: the budgets' measure."""
+        transport = self._transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        return self._out_bytes + buffered
 
     # ------------------------------------------------------------------ sending
 
@@ -685,14 +745,15 @@ class Connection(asyncio.BufferedProtocol):
         """The peer misbehaved or failed the handshake: log once and close."""
         if self._close_error is not None:
             return  # already closing; the first reason was logged
-        log.warning(
+        _drop_log.log(
+            logging.WARNING,
+            (event, self.peername.rpartition(":")[0]),
             "rpc: dropping connection event=%s peer=%s side=%s local=%s reason=%s",
             event,
             self.peername,
             self.side.name.lower(),
             self.name,
             error,
-            extra={"event": event, "peer": self.peername, "reason": str(error)},
         )
         self._close_error = error
         transport = self._transport
@@ -721,6 +782,8 @@ class Connection(asyncio.BufferedProtocol):
         self._oneway.clear()
         self._out = []
         self._out_bytes = 0
+        if self._account is not None:
+            self._account.forget()
         self._closed.set_result(None)
 
 
@@ -786,15 +849,43 @@ async def connect(
 
 
 class RpcServer:
-    """A listening ``serve`` endpoint and the connections it accepted.
+    """A listening ``serve`` endpoint and the connections it accepted, with their budgets
+    (``dfs/budget.py``): bytes in flight of them all, connections per host and in total.
 
     ``asyncio.Server.close`` on Python 3.11 leaves accepted connections open, so this wrapper
     tracks them and ``close`` closes them too.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, limits: Limits | None = None, request_bytes: RequestBytes | None = None
+    ) -> None:
         self.server: asyncio.Server | None = None
         self.connections: set[Connection] = set()
+        self.limits = limits or Limits()
+        self.request_bytes = request_bytes
+        self.budget = ByteBudget(self.limits.inflight_bytes_max)
+        self.conns = ConnectionCount(self.limits)
+
+    def admit(self, connection: Connection, address: object) -> bool:
+        """Count a connection just accepted, or close it (over a limit) and say so in a
+        rate-limited line."""
+        host = address[0] if isinstance(address, tuple) and address else str(address)
+        refused = self.conns.admit(host)
+        if refused is None:
+            connection._closed.add_done_callback(lambda _: self.conns.release(host))
+            return True
+        _drop_log.log(
+            logging.WARNING,
+            ("refused", host),
+            "rpc: refusing connection event=conn_limit peer=%s local=%s limit=%s",
+            connection.peername,
+            connection.name,
+            refused,
+        )
+        connection._close_error = Unavailable(f"connection limit reached ({refused})")
+        assert connection._transport is not None
+        connection._transport.abort()
+        return False
 
     @property
     def port(self) -> int:
@@ -837,6 +928,8 @@ async def serve(
     inline_handler: InlineHandler | None = None,
     in_flight_max: int = IN_FLIGHT_MAX,
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+    limits: Limits | None = None,
+    request_bytes: RequestBytes | None = None,
 ) -> RpcServer:
     """Listen on ``host:port`` (0: any free port, see ``RpcServer.port``).
 
@@ -847,12 +940,14 @@ async def serve(
     ``None`` (an empty OK), or raises a ``DfsError`` that the caller receives; for one-way
     frames its result is ignored. ``oneway_handler``, when given, is offered each one-way
     frame first, synchronously, and ``inline_handler`` each request (see the module
-    docstring).
+    docstring). ``limits``: the budgets (default ``Limits()``); ``request_bytes(header,
+    payload)``: what a request will hold while handled (default: its payload's size), for
+    a handler whose answer is large (a chunk read).
     """
     # A missing or short secret is a configuration error: fail now, not per connection.
     Handshake(secret, bytes(NONCE_BYTES), side=Side.ACCEPTOR, role=role, name=name)
     loop = asyncio.get_running_loop()
-    rpc_server = RpcServer()
+    rpc_server = RpcServer(limits, request_bytes)
 
     def factory() -> Connection:
         connection = Connection(
@@ -865,6 +960,7 @@ async def serve(
             inline_handler=inline_handler,
             in_flight_max=in_flight_max,
             handshake_timeout_s=handshake_timeout_s,
+            server=rpc_server,
         )
         rpc_server.connections.add(connection)
         connection._closed.add_done_callback(lambda _: rpc_server.connections.discard(connection))
@@ -882,6 +978,7 @@ __all__ = [
     "Handler",
     "InlineHandler",
     "OnewayHandler",
+    "RequestBytes",
     "RpcServer",
     "connect",
     "serve",

@@ -20,6 +20,9 @@ Config file (TOML, version 1)::
                                         #   (0: any free port; absent: off)
     tick_ms = 100                       # optional; and the other Raft keys:
                                         #   metaserver/raft/config.py
+    inflight_bytes_max = 100663296      # optional; budgets, as the chunkserver's (also
+                                        #   conn_inflight_bytes_max, host_conns_max,
+                                        #   conns_max): ARCHITECTURE.md, "Budgets"
     [peers]                             # the initial members, this node included
     1 = "127.0.0.1:7001"
     2 = "127.0.0.1:7002"
@@ -29,9 +32,10 @@ Config file (TOML, version 1)::
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from dfs.budget import LIMIT_KEYS, Limits, limits_from
 from dfs.wire.limits import BLOCK_BYTES, CHUNK_SIZE_BYTES_DEFAULT, CHUNK_SIZE_BYTES_MAX
 from metaserver.chunks.placement import PLACEMENT_POLICIES
 from metaserver.holds import HOLD_GRACE_S
@@ -49,7 +53,7 @@ CHUNK_SIZE_MAX = CHUNK_SIZE_BYTES_MAX
 _KEYS = frozenset(
     {"chunk_size", "dead_timeout_ms", "placement", "token_ttl_ms", "repair_interval_ms",
      "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms", "metrics_port"}
-)  # fmt: skip
+) | LIMIT_KEYS  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -67,6 +71,7 @@ class MetaConfig:
     gc_grace_s: float = 30.0
     replication_jobs: int = 4
     hold_grace_s: float = HOLD_GRACE_S
+    limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None  # dfs/metrics.py; None: off
 
 
@@ -81,6 +86,7 @@ def load_config(path: Path) -> MetaConfig:
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     section = parse_node(raw, path, _KEYS)
+    limits = limits_from(raw, path)
     try:
         config = MetaConfig(
             node=section.node,
@@ -96,6 +102,7 @@ def load_config(path: Path) -> MetaConfig:
             gc_grace_s=int(raw.get("gc_grace_ms", 30_000)) / 1000,
             replication_jobs=int(raw.get("replication_jobs", 4)),
             hold_grace_s=int(raw.get("hold_grace_ms", int(HOLD_GRACE_S * 1000))) / 1000,
+            limits=limits,
             metrics_port=_port(raw["metrics_port"]) if "metrics_port" in raw else None,
         )
     except (TypeError, ValueError) as e:

@@ -185,6 +185,7 @@ class MetaServer:
             name=f"meta-{cfg.node.id}",
             role="metaserver",
             oneway_handler=self._take_frame,
+            limits=cfg.limits,
         )
         log.info("metaserver node=%d event=listening address=%s:%d",
                  cfg.node.id, cfg.listen_host, self._rpc.port)  # fmt: skip

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from dfs import ratelog
+
 _LAYERS = ("unit", "sim", "property", "integration", "fuse", "failures", "slow")
 _TESTS_DIR = Path(__file__).parent
 
@@ -88,6 +90,7 @@ def _check_logs(request: pytest.FixtureRequest) -> Iterator[None]:
     # fixtures shut down (servers closing) are checked too.
     expected: list[_Expected] = []
     request.node.stash[_EXPECTED_KEY] = expected
+    ratelog.forget_all()  # each test sees the first of its own rate-limited lines
     collector = _Collector()
     root = logging.getLogger()
     root.addHandler(collector)

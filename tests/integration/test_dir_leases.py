@@ -86,6 +86,18 @@ async def names(fs: FsClient, ino: int) -> list[bytes]:
     return sorted([e.name async for e in fs.readdir(ino)])
 
 
+async def kill_the_leader(layout: local.Layout) -> None:
+    st = await local.cluster_status(layout.meta_addresses, load_secret(layout.secret_file))
+    leader = next(m for m in st["metaservers"] if m.get("role") == "leader")
+    os.kill(leader["pid"], signal.SIGKILL)
+
+
+async def restart_the_killed(layout: local.Layout) -> None:
+    """Start the killed metaserver again and wait until the cluster serves."""
+    local.start_daemons(layout)
+    await local.wait_ready(layout, 60.0)
+
+
 async def make_dir(fs: FsClient, name: bytes, count: int) -> int:
     d = await fs.mkdir(ROOT_INO, name, 0o755)
     for i in range(count):
@@ -208,18 +220,14 @@ async def test_late_batch_does_not_remove_another_clients_new_file(
 async def test_leader_killed_with_a_batch_queued_loses_nothing_fsyncdir_acked(
     layout: local.Layout, no_timed_flush: None
 ) -> None:
-    secret = load_secret(layout.secret_file)
     async with client(layout, timeout_s=30.0) as a:
         d = await make_dir(a, b"lk", 100)
         for i in range(100):
             await a.unlink(d, b"f%04d" % i)
         assert a.dirleases.pending
-        st = await local.cluster_status(layout.meta_addresses, secret)
-        leader = next(m for m in st["metaservers"] if m.get("role") == "leader")
-        os.kill(leader["pid"], signal.SIGKILL)
+        await kill_the_leader(layout)
         await a.fsyncdir(d)  # re-sent to the new leader: no error
-    local.start_daemons(layout)  # bring the killed metaserver back
-    await local.wait_ready(layout, 60.0)
+    await restart_the_killed(layout)
     async with client(layout) as b:
         assert await names(b, d) == []
 
@@ -600,7 +608,6 @@ async def test_a_mkdir_that_does_not_land_is_reported_with_what_was_made_in_it(
 async def test_leader_killed_with_a_tree_queued_loses_nothing_fsyncdir_acked(
     layout: local.Layout, no_timed_flush: None
 ) -> None:
-    secret = load_secret(layout.secret_file)
     async with client(layout, timeout_s=30.0) as a:
         top = await leased_dir_with_reserved(a, b"tk")
         dirs = [await a.mkdir(top, b"d%d" % i, 0o755) for i in range(5)]
@@ -610,12 +617,9 @@ async def test_leader_killed_with_a_tree_queued_loses_nothing_fsyncdir_acked(
             await f.write(0, b"%d" % d.ino)
             await f.close()
         assert a.dirleases.pending
-        st = await local.cluster_status(layout.meta_addresses, secret)
-        leader = next(m for m in st["metaservers"] if m.get("role") == "leader")
-        os.kill(leader["pid"], signal.SIGKILL)
+        await kill_the_leader(layout)
         await a.fsyncdir(top)  # re-sent to the new leader: no error
-    local.start_daemons(layout)  # bring the killed metaserver back
-    await local.wait_ready(layout, 60.0)
+    await restart_the_killed(layout)
     async with client(layout) as b:
         assert await names(b, top) == [b"d0", b"d1", b"d2", b"d3", b"d4", b"first"]
         for d in dirs:

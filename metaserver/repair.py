@@ -63,6 +63,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, Protocol
 
+from dfs.ratelog import RateLimitedLog
 from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, Stale, Timeout, Unavailable
 from metaserver.chunks.core import ChunkCore, Copy, Health, Recover, Trim
 from metaserver.chunks.garbage import Garbage
@@ -74,6 +75,9 @@ from metaserver.namespace.commands import INT63_MAX
 from metaserver.namespace.ops import GC_BATCH_MAX
 
 log = logging.getLogger(__name__)
+# What repeats each step while a chunkserver or the disk is sick: a line per key per
+# interval, with the count of those left out (dfs/ratelog.py).
+_rlog = RateLimitedLog(log)
 
 # Deadline of one chunk.replicate: a 64 MiB chunk at the chunkservers' default throttle
 # takes about a second; this covers a loaded machine. The chunkserver's own deadline is
@@ -185,7 +189,7 @@ class Repair:
             try:
                 await self.step()
             except Exception:  # keep the upkeep alive whatever one round met
-                log.exception("repair event=step_failed")
+                _rlog.log(logging.ERROR, "step_failed", "repair event=step_failed", exc_info=True)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -324,8 +328,9 @@ class Repair:
                 chunk_id, int(result["version"]), int(result["length"]), result["replicas"]
             )
         except (DfsError, OSError, TimeoutError) as e:
-            log.info("repair event=copy_failed chunk=%d cs=%d error=%s",
-                     chunk_id, target_id, e)  # fmt: skip
+            _rlog.log(logging.INFO, ("copy_failed", target_id),
+                      "repair event=copy_failed chunk=%d cs=%d error=%s",
+                      chunk_id, target_id, e)  # fmt: skip
         finally:
             self.core.copy_done(copy, joined, self.clock())
 
@@ -470,12 +475,14 @@ class Repair:
                     keep_unanswered=keep_unanswered,
                 )  # fmt: skip
                 if outcome is Outcome.UNANSWERED:
-                    log.info("repair event=push_unanswered chunk=%d cs=%d version=%d",
-                             chunk_id, cs_id, version)  # fmt: skip
+                    _rlog.log(logging.INFO, ("push_unanswered", cs_id),
+                              "repair event=push_unanswered chunk=%d cs=%d version=%d",
+                              chunk_id, cs_id, version)  # fmt: skip
                 elif outcome is Outcome.FAILED:
                     failed.append(cs_id)
-                    log.info("repair event=push_failed chunk=%d cs=%d version=%d error=%s",
-                             chunk_id, cs_id, version, e)  # fmt: skip
+                    _rlog.log(logging.INFO, ("push_failed", cs_id),
+                              "repair event=push_failed chunk=%d cs=%d version=%d error=%s",
+                              chunk_id, cs_id, version, e)  # fmt: skip
             else:
                 pushes.outcome(chunk_id, cs_id, version)
 

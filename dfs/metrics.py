@@ -178,20 +178,11 @@ class _Readings(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for name, (kind, doc, value, labels) in sorted(self._metrics.read_all().items()):
-            family: Metric
-            if kind == "counter":
-                family = CounterMetricFamily(name, doc, labels=list(labels))
-            else:
-                family = GaugeMetricFamily(name, doc, labels=list(labels))
-            if isinstance(value, dict):
-                for key, v in value.items():
-                    family.add_metric(list(key), v)
-            elif labels:
-                continue
-            elif kind == "counter":
-                family = CounterMetricFamily(name, doc, value=value)
-            else:
-                family = GaugeMetricFamily(name, doc, value=value)
+            family_of = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            family = family_of(name, doc, labels=list(labels))
+            samples = value.items() if isinstance(value, dict) else [((), value)]
+            for key, v in samples:
+                family.add_metric(list(key), v)
             yield family
 
 

@@ -126,7 +126,8 @@ class LeaseDesk:
             return
         holder = uint_field(h, "holder", 0)
         while self.leases:
-            await self.recall(inos, holder, timeout_s)
+            if not await self.recall(inos, holder, timeout_s):
+                break
             # A batch that landed while we waited may have made a directory this request
             # removes or renames (a child directory's lease is read off the namespace):
             # recall that one too before going on.
@@ -148,9 +149,11 @@ class LeaseDesk:
                         if not waiter.done():
                             waiter.set_result(None)
 
-    async def recall(self, inos: list[int], holder: int, timeout_s: float) -> None:
-        """Wait until no other holder than ``holder`` (0: nobody) leases any of ``inos``."""
+    async def recall(self, inos: list[int], holder: int, timeout_s: float) -> bool:
+        """Wait until no other holder than ``holder`` (0: nobody) leases any of ``inos``;
+        whether it had to wait."""
         deadline = time.monotonic() + timeout_s
+        waited = False
         for ino in inos:
             while True:
                 now = time.monotonic()
@@ -167,9 +170,11 @@ class LeaseDesk:
                     raise Unavailable("waiting for another client's directory lease", ino=ino)
                 woken = asyncio.get_running_loop().create_future()
                 lease.waiters.append(woken)
+                waited = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken, wait_s)
                 # Released, or expired (``blocking`` drops it), or our deadline: loop.
+        return waited
 
     # --- the ops -------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ def readings(server: MetaServer) -> dict[str, Reading]:
             "Unlinked files kept while a client holds them open", len(server.ns.orphans)
         ),
     }
-    if st.role != Role.LEADER or not node.is_leader:
+    if st.role != Role.LEADER:
         return out
     server._leader_view()  # a new term of leadership resets the soft state first
     now_s = time.monotonic()

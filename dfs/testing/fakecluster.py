@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import os
 import stat
@@ -980,7 +981,10 @@ class FakeCluster:
         for server in servers:
             server.close()
         for server in servers:
-            await server.wait_closed()
+            # As the daemons do: a connection slow to finish closing (a peer that does not
+            # read) is closed already; the fake cluster does not wait for it past the bound.
+            with contextlib.suppress(TimeoutError):
+                await server.wait_closed()
 
 
 # ---------------------------------------------------------------------------- threads

@@ -1,9 +1,11 @@
-"""Authenticated, pipelined RPC over TCP: the asyncio rim around the pure ``dfs.wire``.
+"""Authenticated, pipelined RPC over TCP: the asyncio driver of the connection core.
 
-What it owns: sockets, the handshake timing, request-id multiplexing, flow control. What it
-must not do: know any op. Handlers and callers give it headers and payloads; the rules of the
-bytes live in ``dfs.wire`` (framing in ``codec.py``, conventions in ``messages.py``,
-handshake in ``auth.py``).
+What it owns: sockets, timing (the handshake's deadline, call timeouts), tasks for the
+handlers, when bytes are written. What it must not do: know any op, or decide what the
+connection core decides (``dfs/wire/conn.py``: what a frame is, request ids and the table
+of waiters, the handshake's steps, when a served connection stops reading; the byte format
+is ``codec.py``'s). The servers and their calls to each other run on it; the mount and the
+CLI run on the anyio driver (``dfs/client/conn.py``) over the same core.
 
 Why ``asyncio.BufferedProtocol`` and not streams: frames are parsed as bytes arrive
 (``buffer_updated``) and a response resolves its caller's future right there, with no
@@ -61,6 +63,7 @@ import asyncio
 import copy
 import logging
 import os
+import ssl
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -68,18 +71,30 @@ from typing import Any, cast
 
 from dfs.budget import Account, ByteBudget, ConnectionCount, Limits
 from dfs.ratelog import RateLimitedLog
-from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
 from dfs.wire import codec, messages
 from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side
+from dfs.wire.conn import (
+    CALL_TIMEOUT_S,
+    COALESCE_BYTES_MAX,
+    CONNECT_TIMEOUT_S,
+    HANDSHAKE_TIMEOUT_S,
+    IN_FLIGHT_MAX,
+    PREAUTH_BUFFER_BYTES_MAX,
+    SEND_TIMEOUT_S,
+    Calls,
+    HandshakeSteps,
+    Kind,
+    classify,
+    reading_paused,
+)
+from dfs.wire.conn import result as call_result
 from dfs.wire.errors import (
-    AuthError,
     DfsError,
     InternalError,
     ProtocolError,
     Timeout,
     Unavailable,
     Unsupported,
-    error_from_wire,
 )
 
 log = logging.getLogger(__name__)
@@ -107,28 +122,13 @@ RequestBytes = Callable[[dict[str, Any], bytes], int]
 # Roles whose requests are not charged to the byte budgets (dfs/budget.py says why).
 SERVER_ROLES = frozenset({"metaserver", "chunkserver"})
 
-# A healthy peer answers the handshake in well under a millisecond on a LAN; 5 s covers a
-# loaded machine and still frees a slot held by a silent or hostile peer quickly.
-HANDSHAKE_TIMEOUT_S = 5.0
-# Default deadline of one call. Metadata calls take milliseconds; a 64 MiB chunk transfer
-# through a replication chain takes around a second. Callers with better knowledge pass
-# their own.
-CALL_TIMEOUT_S = 30.0
-# How long connect() may take, TCP and handshake together.
-CONNECT_TIMEOUT_S = 10.0
-# A writer blocked on a peer that does not read for this long gives up.
-SEND_TIMEOUT_S = 30.0
-# Calls in flight per connection (and request handlers running per connection). Enough to
-# keep a link busy with pipelined metadata calls; small enough to bound memory.
-IN_FLIGHT_MAX = 1024
-# One-way frames waiting for their handler before reading pauses.
-ONEWAY_QUEUE_MAX = 4096
+# The timeouts, the in-flight limit and the pre-authentication limits are the connection
+# core's (dfs/wire/conn.py), shared with the client driver.
 # Transport write buffer: above HIGH writers wait, below LOW they go on. Large enough for a
 # few 1 MiB writes in flight, so streaming does not stall per frame.
 WRITE_BUFFER_HIGH_BYTES = 4 * 1024 * 1024
 WRITE_BUFFER_LOW_BYTES = 1 * 1024 * 1024
-# Small frames are gathered until the end of the loop iteration or this many bytes.
-COALESCE_BYTES_MAX = 256 * 1024
+# Small frames are gathered until the end of the loop iteration or COALESCE_BYTES_MAX.
 # The buffer small reads are received into before they are fed to the decoder: one per
 # thread, shared by its connections (a read is fed, that is copied, before the loop asks any
 # connection for a buffer again), so idle connections cost no buffer each.
@@ -141,12 +141,6 @@ def _scratch_buffer() -> memoryview:
     if view is None:
         view = _scratch.view = memoryview(bytearray(SCRATCH_BYTES))
     return view
-
-
-# Before authentication: handshake frames are tiny, carry no payload, and nothing else may
-# arrive in bulk.
-PREAUTH_HEADER_BYTES_MAX = 4096
-PREAUTH_BUFFER_BYTES_MAX = 64 * 1024
 
 
 def _answer(request_id: int, result: HandlerResult) -> tuple[dict[str, Any], Payload]:
@@ -179,8 +173,8 @@ class Connection(asyncio.BufferedProtocol):
     ) -> None:
         self._loop = asyncio.get_running_loop()
         # Raises AuthError at once when no usable secret is configured.
-        self._handshake = Handshake(
-            secret, os.urandom(NONCE_BYTES), side=side, role=role, name=name
+        self._steps = HandshakeSteps(
+            Handshake(secret, os.urandom(NONCE_BYTES), side=side, role=role, name=name)
         )
         self._handshake_timeout_s = handshake_timeout_s
         self.name = name
@@ -195,9 +189,7 @@ class Connection(asyncio.BufferedProtocol):
         # outside ``_pump``.
         self._read_end: list[Callable[[], None]] | None = None
         self._transport: asyncio.Transport | None = None
-        self._decoder = codec.FrameDecoder(
-            header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0
-        )
+        self._decoder = HandshakeSteps.decoder()
         self._authenticated = False
         # What ``get_buffer`` handed out last: the thread's scratch buffer, or a large
         # payload's remaining bytes (``_filling``).
@@ -205,8 +197,7 @@ class Connection(asyncio.BufferedProtocol):
         self._handshake_waiter: asyncio.Future[None] | None = None
         self._handshake_task: asyncio.Task[None] | None = None
         # Calls we made, by request id.
-        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
-        self._last_id = 0
+        self._calls: Calls[asyncio.Future[tuple[dict[str, Any], bytes]]] = Calls(in_flight_max)
         self._in_flight_max = in_flight_max
         self._call_slots = asyncio.Semaphore(in_flight_max)
         # Requests the peer made, each served by one task.
@@ -264,23 +255,21 @@ class Connection(asyncio.BufferedProtocol):
             async with asyncio.timeout(timeout_s):
                 async with self._call_slots:
                     self._check_open()
-                    self._last_id += 1
-                    request_id = self._last_id
                     future: asyncio.Future[tuple[dict[str, Any], bytes]]
                     future = self._loop.create_future()
-                    self._pending[request_id] = future
+                    request_id = self._calls.start(future)
                     try:
                         # Alone in flight: nothing to coalesce with, write at once.
                         self._send_frame(
                             messages.request(op, request_id, **fields),
                             payload,
-                            now=len(self._pending) == 1,
+                            now=len(self._calls) == 1,
                         )
                         if self._writing_paused:
                             await self._drain()
                         header, body = await future
                     finally:
-                        del self._pending[request_id]
+                        self._calls.finish(request_id)
                         # When the send itself failed (the connection died while we
                         # waited for its buffer to drain), the future may hold the same
                         # error: mark it retrieved so asyncio does not log it as lost.
@@ -290,9 +279,7 @@ class Connection(asyncio.BufferedProtocol):
                             future.cancel()
         except TimeoutError:
             raise Timeout(f"{op} got no answer in {timeout_s} s", op=op) from None
-        if header.get(messages.OK) is True:
-            return header, body
-        raise error_from_wire(header.get(messages.ERR))
+        return call_result(header, body)
 
     def send_oneway_nowait(self, header: dict[str, Any], payload: Payload = b"") -> bool:
         """Queue a one-way frame unless the connection is closed or its write buffer is full;
@@ -419,34 +406,22 @@ class Connection(asyncio.BufferedProtocol):
         """Run the handshake; on success switch the decoder to full limits and dispatch any
         frames that followed the proof. Raises ``DfsError`` (AuthError, ProtocolError,
         Timeout, Unavailable) on failure; the caller drops the connection."""
-        handshake = self._handshake
+        steps = self._steps
         try:
             async with asyncio.timeout(self._handshake_timeout_s):
-                self._send_frame(handshake.hello())
-                hello = await self._handshake_frame()
-                own_proof = handshake.receive_hello(hello.header)
-                if own_proof is not None:  # the initiator proves itself first
-                    self._send_frame(own_proof)
-                try:
-                    proof = await self._handshake_frame()
-                except Unavailable:
-                    if own_proof is None:
-                        raise
-                    # A dfs server hangs up after our proof only when it rejects it (it
-                    # proves itself only to a peer that did).
-                    raise AuthError(
-                        "the peer hung up on our proof (wrong cluster secret?)"
-                    ) from None
-                self.peer = handshake.receive_proof(proof.header)
-                if self._account is not None:  # a client's requests are charged
-                    self._account.charged = self.peer.role not in SERVER_ROLES
-                if own_proof is None:  # the acceptor, only to a peer that proved itself
-                    self._send_frame(handshake.proof(), now=True)
+                for header in steps.begin():
+                    self._send_frame(header)
+                while not steps.done:
+                    for header in steps.receive(await self._handshake_frame()):
+                        self._send_frame(header, now=True)
         except TimeoutError:
             raise Timeout(f"handshake took over {self._handshake_timeout_s} s") from None
+        self.peer = steps.peer
+        assert self.peer is not None
+        if self._account is not None:  # a client's requests are charged
+            self._account.charged = self.peer.role not in SERVER_ROLES
         self._authenticated = True
-        self._decoder.header_bytes_max = FRAME_HEADER_BYTES_MAX
-        self._decoder.payload_bytes_max = FRAME_PAYLOAD_BYTES_MAX
+        HandshakeSteps.open_up(self._decoder)
         self._update_reading()
         self._pump()
 
@@ -457,7 +432,9 @@ class Connection(asyncio.BufferedProtocol):
             if frame is not None:
                 return frame
             if self._close_error is not None:
-                raise Unavailable("connection closed during the handshake", peer=self.peername)
+                error = self._steps.closed_error()
+                error.details.setdefault("peer", self.peername)
+                raise error
             self._handshake_waiter = self._loop.create_future()
             await self._handshake_waiter
 
@@ -502,14 +479,12 @@ class Connection(asyncio.BufferedProtocol):
 
     def _dispatch(self, frame: codec.Frame) -> None:
         header = frame.header
-        if messages.OK in header:
+        kind = classify(header)
+        if kind is Kind.RESPONSE:
             self._on_response(frame)
             return
-        op = header.get(messages.OP)
-        if type(op) is not str:
-            raise ProtocolError("frame is neither a response nor has an 'op'")
-        request_id = header.get(messages.ID)
-        if request_id is None or header.get(messages.ONEWAY) is True:
+        op: str = header[messages.OP]
+        if kind is Kind.ONEWAY:
             if self._oneway_handler is not None and self._run_oneway_now(
                 self._oneway_handler, frame
             ):
@@ -521,8 +496,7 @@ class Connection(asyncio.BufferedProtocol):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             return
-        if type(request_id) is not int or request_id < 0:
-            raise ProtocolError("request 'id' must be an int >= 0")
+        request_id: int = header[messages.ID]
         if self._inline_handler is not None and self._serve_inline(op, request_id, frame):
             return
         cost = 0
@@ -537,13 +511,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def _on_response(self, frame: codec.Frame) -> None:
         header = frame.header
-        request_id = header.get(messages.ID)
-        if type(request_id) is not int or type(header.get(messages.OK)) is not bool:
-            raise ProtocolError("response needs an int 'id' and a bool 'ok'")
-        future = self._pending.get(request_id)
+        future = self._calls.resolve(header)
         if future is None or future.done():
-            # The call timed out or was cancelled; its answer comes too late.
-            log.debug("rpc: late response id=%d from %s", request_id, self.peername)
+            # The call timed out or was cancelled (or never was): its answer is dropped.
+            log.debug("rpc: late response id=%r from %s", header[messages.ID], self.peername)
             return
         future.set_result((header, frame.payload))
 
@@ -658,14 +629,14 @@ class Connection(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        if self._authenticated:
-            busy = (
-                (self._account is not None and self._account.stalled)
-                or len(self._request_tasks) >= self._in_flight_max
-                or len(self._oneway) >= ONEWAY_QUEUE_MAX
-            )
-        else:
-            busy = self._decoder.buffered_bytes > PREAUTH_BUFFER_BYTES_MAX
+        busy = reading_paused(
+            authenticated=self._authenticated,
+            buffered_bytes=self._decoder.buffered_bytes,
+            over_budget=self._account is not None and self._account.stalled,
+            requests_running=len(self._request_tasks),
+            in_flight_max=self._in_flight_max,
+            oneway_queued=len(self._oneway),
+        )
         if busy and not self._reading_paused:
             self._reading_paused = True
             transport.pause_reading()
@@ -768,7 +739,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         error = self._close_error
         assert error is not None
-        for future in self._pending.values():
+        for future in self._calls.waiters():
             if not future.done():
                 future.set_exception(copy.copy(error))  # one instance per raiser
         waiter = self._handshake_waiter
@@ -805,8 +776,12 @@ async def connect(
     handler: Handler | None = None,
     oneway_handler: OnewayHandler | None = None,
     in_flight_max: int = IN_FLIGHT_MAX,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Connection:
     """Open a connection to ``host:port`` and authenticate both ways.
+
+    ``ssl_context``: run the connection over TLS (the handshake then runs inside it); None,
+    plain TCP. Nothing but the transport changes with it.
 
     ``handler`` (optional) serves requests and one-way frames the server sends back over
     this connection. Raises ``AuthError`` (wrong secret on either side), ``Unavailable``
@@ -834,7 +809,13 @@ async def connect(
     Handshake(secret, bytes(NONCE_BYTES), side=Side.INITIATOR, role=role, name=name)
     try:
         async with asyncio.timeout(timeout_s):
-            await loop.create_connection(factory, host, port)
+            await loop.create_connection(
+                factory,
+                host,
+                port,
+                ssl=ssl_context,
+                server_hostname=host if ssl_context is not None else None,
+            )
             assert connection is not None
             await connection._handshake_run()
     except BaseException as e:
@@ -930,6 +911,7 @@ async def serve(
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
     limits: Limits | None = None,
     request_bytes: RequestBytes | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> RpcServer:
     """Listen on ``host:port`` (0: any free port, see ``RpcServer.port``).
 
@@ -942,7 +924,8 @@ async def serve(
     frame first, synchronously, and ``inline_handler`` each request (see the module
     docstring). ``limits``: the budgets (default ``Limits()``); ``request_bytes(header,
     payload)``: what a request will hold while handled (default: its payload's size), for
-    a handler whose answer is large (a chunk read).
+    a handler whose answer is large (a chunk read). ``ssl_context``: accept TLS only (the
+    handshake then runs inside it); None, plain TCP.
     """
     # A missing or short secret is a configuration error: fail now, not per connection.
     Handshake(secret, bytes(NONCE_BYTES), side=Side.ACCEPTOR, role=role, name=name)
@@ -966,7 +949,9 @@ async def serve(
         connection._closed.add_done_callback(lambda _: rpc_server.connections.discard(connection))
         return connection
 
-    rpc_server.server = await loop.create_server(factory, host, port, reuse_address=True)
+    rpc_server.server = await loop.create_server(
+        factory, host, port, reuse_address=True, ssl=ssl_context
+    )
     return rpc_server
 
 

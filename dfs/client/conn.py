@@ -1,10 +1,12 @@
-"""Authenticated, pipelined RPC connections on anyio: the client's rim around ``dfs.wire``.
+"""Authenticated, pipelined RPC connections on anyio: the client's driver of the core.
 
-The same connection protocol as ``dfs/rpc.py`` (framing in ``dfs/wire/codec.py``, the
-handshake of ``dfs/wire/auth.py`` as the initiator, request ids of ``dfs/wire/messages.py``),
-written on anyio so that it runs under trio (the FUSE mount, pyfuse3) and under asyncio (the
-CLI, the tests). It interoperates byte for byte with ``dfs.rpc.serve`` servers. What it must
-not do: know any op, import asyncio, or import server code.
+The connection core (``dfs/wire/conn.py``: what a frame is, request ids and the table of
+waiters, the handshake's steps as the initiator, the outgoing queue) under the same rules as
+``dfs/rpc.py``, the servers' asyncio driver, driven here on anyio so that it runs under trio
+(the FUSE mount, pyfuse3) and under asyncio (the CLI, the tests). It interoperates byte for
+byte with ``dfs.rpc.serve`` servers. What it owns: the socket, the reader, writer and
+watchdog tasks, deadlines. What it must not do: know any op, import asyncio, import server
+code, or decide what the core decides.
 
 Lifetime. A connection has two tasks, a reader and a writer, started in a task group that
 its owner provides: ``await connect(address, secret, name=..., task_group=tg)``. The
@@ -50,7 +52,7 @@ import copy
 import logging
 import os
 import socket
-from collections import deque
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from types import ModuleType
@@ -59,11 +61,24 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import sniffio
-from anyio.abc import SocketAttribute, SocketStream, TaskGroup
+from anyio.abc import ByteStream, SocketAttribute, TaskGroup
+from anyio.streams.tls import TLSAttribute
 
-from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
 from dfs.wire import codec, messages
 from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side
+from dfs.wire.conn import (
+    CALL_TIMEOUT_S,
+    CONNECT_TIMEOUT_S,
+    IN_FLIGHT_MAX,
+    PREAUTH_HEADER_BYTES_MAX,
+    SEND_TIMEOUT_S,
+    Calls,
+    HandshakeSteps,
+    Kind,
+    SendQueue,
+    classify,
+)
+from dfs.wire.conn import result as call_result
 from dfs.wire.errors import (
     AuthError,
     DfsError,
@@ -73,7 +88,6 @@ from dfs.wire.errors import (
     Timeout,
     Unavailable,
     Unsupported,
-    error_from_wire,
 )
 
 log = logging.getLogger(__name__)
@@ -81,27 +95,13 @@ log = logging.getLogger(__name__)
 Payload = bytes | bytearray | memoryview
 OnewayHandler = Callable[[str, dict[str, Any]], None]
 
-# How long connect() may take, TCP and handshake together. A healthy server answers the
-# handshake in well under a millisecond; this covers a loaded machine.
-CONNECT_TIMEOUT_S = 10.0
-# Default deadline of one call: metadata calls take milliseconds, a 64 MiB transfer through
-# a replication chain about a second. Callers with better knowledge pass their own.
-CALL_TIMEOUT_S = 30.0
-# A peer that does not take our bytes for this long is given up on (the connection closes).
-SEND_TIMEOUT_S = 30.0
-# Calls in flight per connection: enough to keep a link busy with pipelined calls, small
-# enough to bound memory; the same figure as dfs.rpc's servers accept per connection.
-IN_FLIGHT_MAX = 1024
+# The timeouts and the in-flight limit are the connection core's (dfs/wire/conn.py).
 # Bytes asked of the socket per receive. Large enough that a 4 MiB chunk read is a handful
 # of receives; trio allocates this much per receive, so not larger.
 RECEIVE_BYTES_MAX = 256 * 1024
-# Small frames queued together are joined into one send up to this size.
-COALESCE_BYTES_MAX = 256 * 1024
 # Queued-but-unsent bytes above which callers wait for the writer: a few large chunk
 # writes, so streaming never stalls per frame, and memory stays bounded.
 SEND_BACKLOG_BYTES_MAX = 16 * 1024 * 1024
-# Before authentication the peer may only send tiny frames without payload (as dfs.rpc).
-PREAUTH_HEADER_BYTES_MAX = 4096
 # After a failed handshake, how long we wait for the server to hang up first (it rejects
 # our proof within milliseconds; this only bounds a server that does not).
 AUTH_FAILURE_LINGER_S = 1.0
@@ -154,7 +154,7 @@ class Connection:
 
     def __init__(
         self,
-        stream: SocketStream,
+        stream: ByteStream,
         decoder: codec.FrameDecoder,
         *,
         address: str,
@@ -167,11 +167,9 @@ class Connection:
         self.peer = peer
         self._stream = stream
         self._decoder = decoder
-        self._pending: dict[int, _Waiter] = {}
-        self._last_id = 0
+        self._calls: Calls[_Waiter] = Calls(in_flight_max)
         self._slots = anyio.Semaphore(in_flight_max)
-        self._out: deque[Payload] = deque()
-        self._out_bytes = 0
+        self._out = SendQueue()
         self._out_ready = anyio.Event()  # set while something is queued
         self._drained = anyio.Event()  # set when the backlog falls below its limit
         self._close_error: DfsError | None = None
@@ -179,7 +177,10 @@ class Connection:
         # The socket itself, where the caller's task may receive and send directly: under
         # trio only. Under asyncio a transport reads and writes the socket on its own, and
         # anyio hands out only a wrapper (no ``recv_into``): everything goes through it.
-        raw = stream.extra(SocketAttribute.raw_socket)
+        # Over TLS the socket carries ciphertext: everything goes through the stream.
+        raw = stream.extra(SocketAttribute.raw_socket, None)
+        if stream.extra(TLSAttribute.ssl_object, None) is not None:
+            raw = None
         self._raw: socket.socket | None = raw if isinstance(raw, socket.socket) else None
         self._scope: anyio.CancelScope | None = None
         self._finished = anyio.Event()
@@ -192,7 +193,6 @@ class Connection:
 
             self._trio = trio
             _ABORT_SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
-        self._in_flight_max = in_flight_max
         self._watch_scope: Any = None
         self._watch_deadline = float("inf")
         self._room: anyio.Event | None = None
@@ -208,7 +208,7 @@ class Connection:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending)
+        return len(self._calls)
 
     async def call(
         self,
@@ -232,18 +232,16 @@ class Connection:
             with anyio.fail_after(timeout_s):
                 async with self._slots:
                     self._check_open()
-                    self._last_id += 1
-                    request_id = self._last_id
-                    self._pending[request_id] = waiter
+                    request_id = self._calls.start(waiter)
                     try:
                         self._send_or_enqueue(
                             codec.encode(messages.request(op, request_id, **fields), payload)
                         )
-                        while self._out_bytes > SEND_BACKLOG_BYTES_MAX and not self.closed:
+                        while self._out.queued_bytes > SEND_BACKLOG_BYTES_MAX and not self.closed:
                             await self._drained.wait()
                         await event.wait()
                     finally:
-                        del self._pending[request_id]
+                        self._calls.finish(request_id)
         except TimeoutError:
             raise Timeout(f"{op} to {self.address} got no answer in {timeout_s} s", op=op) from None
         return _answer(waiter)
@@ -256,18 +254,16 @@ class Connection:
         assert trio is not None
         waiter = _Waiter(None, op, timeout_s)
         deadline = waiter.deadline = trio.current_time() + timeout_s
-        if len(self._pending) >= self._in_flight_max:
+        if self._calls.full:
             await self._wait_room(waiter)
         self._check_open()
-        self._last_id += 1
-        request_id = self._last_id
-        self._pending[request_id] = waiter
+        request_id = self._calls.start(waiter)
         try:
             self._send_or_enqueue(codec.encode(messages.request(op, request_id, **fields), payload))
-            if self._out_bytes > SEND_BACKLOG_BYTES_MAX:
+            if self._out.queued_bytes > SEND_BACKLOG_BYTES_MAX:
                 try:
                     with trio.fail_at(deadline):
-                        while self._out_bytes > SEND_BACKLOG_BYTES_MAX and not self.closed:
+                        while self._out.queued_bytes > SEND_BACKLOG_BYTES_MAX and not self.closed:
                             await self._drained.wait()
                 except trio.TooSlowError:
                     raise _timeout(waiter, self.address) from None
@@ -281,7 +277,7 @@ class Connection:
                 waiter.task = trio.lowlevel.current_task()
                 await trio.lowlevel.wait_task_rescheduled(waiter.abort)
         finally:
-            del self._pending[request_id]
+            self._calls.finish(request_id)
             if self._room is not None:
                 self._room.set()
                 self._room = None
@@ -293,7 +289,7 @@ class Connection:
         assert trio is not None
         try:
             with trio.fail_at(waiter.deadline):
-                while len(self._pending) >= self._in_flight_max:
+                while self._calls.full:
                     self._check_open()
                     if self._room is None:
                         self._room = anyio.Event()
@@ -313,7 +309,7 @@ class Connection:
             self._watch_scope = None
             now = trio.current_time()
             earliest = float("inf")
-            for waiter in list(self._pending.values()):
+            for waiter in self._calls.waiters():
                 if waiter.done:
                     continue
                 if waiter.deadline <= now:
@@ -422,7 +418,7 @@ class Connection:
                         self._fail(Timeout(f"{self.address} took no data for {SEND_TIMEOUT_S} s"))
                         return
                 self._sending = False
-                if self._out_bytes <= SEND_BACKLOG_BYTES_MAX:
+                if self._out.queued_bytes <= SEND_BACKLOG_BYTES_MAX:
                     self._drained.set()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
             self._fail(Unavailable(f"connection lost: {e!r}", peer=self.address))
@@ -456,59 +452,33 @@ class Connection:
             self._enqueue([memoryview(frame)[sent:]])
 
     def _enqueue(self, buffers: list[Payload]) -> None:
-        for buffer in buffers:
-            self._out.append(buffer)
-            self._out_bytes += len(buffer) if not isinstance(buffer, memoryview) else buffer.nbytes
-        if self._out_bytes > SEND_BACKLOG_BYTES_MAX and self._drained.is_set():
+        self._out.push(buffers)
+        if self._out.queued_bytes > SEND_BACKLOG_BYTES_MAX and self._drained.is_set():
             self._drained = anyio.Event()
         self._out_ready.set()
 
     def _take_batch(self) -> list[Payload]:
         """Everything queued, consecutive small buffers joined (one send each)."""
-        batch: list[Payload] = []
-        small: list[Payload] = []
-        small_bytes = 0
-        out = self._out
-        while out:
-            buffer = out.popleft()
-            size = len(buffer) if not isinstance(buffer, memoryview) else buffer.nbytes
-            self._out_bytes -= size
-            if size <= COALESCE_BYTES_MAX and small_bytes + size <= COALESCE_BYTES_MAX:
-                small.append(buffer)
-                small_bytes += size
-                continue
-            if small:
-                batch.append(small[0] if len(small) == 1 else b"".join(small))
-                small, small_bytes = [], 0
-            if size <= COALESCE_BYTES_MAX:
-                small, small_bytes = [buffer], size
-            else:
-                batch.append(buffer)
-        if small:
-            batch.append(small[0] if len(small) == 1 else b"".join(small))
         self._out_ready = anyio.Event()
-        return batch
+        return self._out.take()
 
     def _dispatch(self, frame: codec.Frame) -> None:
         header = frame.header
-        if messages.OK in header:
-            request_id = header.get(messages.ID)
-            if type(request_id) is not int or type(header.get(messages.OK)) is not bool:
-                raise ProtocolError("response needs an int 'id' and a bool 'ok'")
-            waiter = self._pending.get(request_id)
+        kind = classify(header)
+        if kind is Kind.RESPONSE:
+            waiter = self._calls.resolve(header)
             if waiter is None or waiter.done:
-                # The call timed out or was cancelled; its answer comes too late.
-                log.debug("client rpc: late response id=%d from %s", request_id, self.address)
+                # The call timed out or was cancelled (or never was): its answer is dropped.
+                log.debug(
+                    "client rpc: late response id=%r from %s", header[messages.ID], self.address
+                )
                 return
             waiter.header = header
             waiter.payload = frame.payload
             self._wake(waiter)
             return
-        op = header.get(messages.OP)
-        if type(op) is not str:
-            raise ProtocolError("frame is neither a response nor has an 'op'")
-        request_id = header.get(messages.ID)
-        if request_id is None or header.get(messages.ONEWAY) is True:
+        op: str = header[messages.OP]
+        if kind is Kind.ONEWAY:
             if self.on_oneway is None:
                 log.debug("client rpc: one-way %r from %s ignored", op, self.address)
                 return
@@ -517,8 +487,7 @@ class Connection:
             except Exception:  # the owner's bug must not end the connection
                 log.exception("client rpc: one-way %r from %s: handler failed", op, self.address)
             return
-        if type(request_id) is not int or request_id < 0:
-            raise ProtocolError("request 'id' must be an int >= 0")
+        request_id: int = header[messages.ID]
         # A client serves no requests; answer rather than leave the server waiting.
         error = Unsupported(f"{self.name} takes no requests", op=op)
         self._enqueue(codec.encode(messages.response_err(request_id, error)))
@@ -538,7 +507,7 @@ class Connection:
         if self._close_error is not None:
             return
         self._close_error = error
-        for waiter in self._pending.values():
+        for waiter in self._calls.waiters():
             if not waiter.done:
                 waiter.error = copy.copy(error)  # one instance per raiser
                 self._wake(waiter)
@@ -546,7 +515,6 @@ class Connection:
             self._room.set()
             self._room = None
         self._out.clear()
-        self._out_bytes = 0
         self._drained.set()
         self._out_ready.set()
         if self._scope is not None:
@@ -559,9 +527,7 @@ def _answer(waiter: _Waiter) -> tuple[dict[str, Any], bytes]:
         raise waiter.error
     header = waiter.header
     assert header is not None
-    if header.get(messages.OK) is True:
-        return header, waiter.payload
-    raise error_from_wire(header.get(messages.ERR))
+    return call_result(header, waiter.payload)
 
 
 def _timeout(waiter: _Waiter, address: str) -> Timeout:
@@ -585,32 +551,32 @@ async def _receive_into(raw: socket.socket, target: memoryview) -> int:
 
 
 async def _handshake(
-    stream: SocketStream, secret: bytes, *, role: str, name: str
+    stream: ByteStream, secret: bytes, *, role: str, name: str
 ) -> tuple[PeerInfo, codec.FrameDecoder]:
-    """The initiator's side of ``dfs/wire/auth.py``; returns the peer and the decoder (which
-    may hold bytes that followed the proof)."""
-    handshake = Handshake(
-        secret, os.urandom(NONCE_BYTES), side=Side.INITIATOR, role=role, name=name
+    """The initiator's side of the core's ``HandshakeSteps``; returns the peer and the
+    decoder (which may hold bytes that followed the proof)."""
+    steps = HandshakeSteps(
+        Handshake(secret, os.urandom(NONCE_BYTES), side=Side.INITIATOR, role=role, name=name)
     )
-    decoder = codec.FrameDecoder(header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0)
+    decoder = HandshakeSteps.decoder()
 
     async def next_frame() -> codec.Frame:
         while (frame := decoder.next_frame()) is None:
-            decoder.feed(await stream.receive(PREAUTH_HEADER_BYTES_MAX))
+            try:
+                decoder.feed(await stream.receive(PREAUTH_HEADER_BYTES_MAX))
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                error = steps.closed_error()
+                if isinstance(error, AuthError):  # the server refused our proof
+                    raise error from None
+                raise
         return frame
 
-    await stream.send(codec.encode_bytes(handshake.hello()))
-    own_proof = handshake.receive_hello((await next_frame()).header)
-    assert own_proof is not None  # the initiator proves itself first
-    await stream.send(codec.encode_bytes(own_proof))
+    for header in steps.begin():
+        await stream.send(codec.encode_bytes(header))
     try:
-        try:
-            proof = await next_frame()
-        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-            # A dfs server hangs up after our proof only when it rejects it (it sends its
-            # own proof only to a client that proved itself).
-            raise AuthError("the server hung up on our proof (wrong cluster secret?)") from None
-        peer = handshake.receive_proof(proof.header)
+        while not steps.done:
+            for header in steps.receive(await next_frame()):
+                await stream.send(codec.encode_bytes(header))
     except AuthError:
         # The server is about to reject our proof too. Let it (until it hangs up, briefly):
         # were we to hang up first, it might see the close before our proof and log a
@@ -620,9 +586,9 @@ async def _handshake(
                 while True:
                     await stream.receive(PREAUTH_HEADER_BYTES_MAX)
         raise
-    decoder.header_bytes_max = FRAME_HEADER_BYTES_MAX
-    decoder.payload_bytes_max = FRAME_PAYLOAD_BYTES_MAX
-    return peer, decoder
+    HandshakeSteps.open_up(decoder)
+    assert steps.peer is not None
+    return steps.peer, decoder
 
 
 async def connect(
@@ -634,9 +600,12 @@ async def connect(
     timeout_s: float = CONNECT_TIMEOUT_S,
     role: str = "client",
     in_flight_max: int = IN_FLIGHT_MAX,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Connection:
     """Open a connection to ``address`` ("host:port") and authenticate both ways; its
     reader and writer run in ``task_group`` (see the module docstring for the lifetime).
+    ``ssl_context``: run the connection over TLS (the handshake then runs inside it; the
+    TRIO FAST PATH's direct socket use is off); None, plain TCP.
 
     Raises ``AuthError`` (no usable secret here, or a wrong one on either side),
     ``Unavailable`` (refused, unreachable, closed during the handshake), ``Timeout`` (over
@@ -649,7 +618,13 @@ async def connect(
     assert secret is not None
     try:
         with anyio.fail_after(timeout_s):
-            stream = await anyio.connect_tcp(host, port)
+            stream: ByteStream
+            if ssl_context is None:
+                stream = await anyio.connect_tcp(host, port)
+            else:
+                stream = await anyio.connect_tcp(
+                    host, port, ssl_context=ssl_context, tls_standard_compatible=False
+                )
             try:
                 raw = stream.extra(SocketAttribute.raw_socket)
                 with suppress(OSError):  # small calls must not wait for Nagle
@@ -702,6 +677,7 @@ async def open_connection(
     timeout_s: float = CONNECT_TIMEOUT_S,
     role: str = "client",
     in_flight_max: int = IN_FLIGHT_MAX,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Connection]:
     """``async with open_connection(...) as conn:``: ``connect`` with its own task group;
     the connection is closed when the block ends."""
@@ -715,6 +691,7 @@ async def open_connection(
                 timeout_s=timeout_s,
                 role=role,
                 in_flight_max=in_flight_max,
+                ssl_context=ssl_context,
             )
             try:
                 yield conn

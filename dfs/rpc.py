@@ -412,8 +412,13 @@ class Connection(asyncio.BufferedProtocol):
                 for header in steps.begin():
                     self._send_frame(header)
                 while not steps.done:
+                    # The acceptor's proof leaves at once (its peer waits for nothing
+                    # else); the initiator's with the end of the loop iteration, as it
+                    # always has. (Sent at once, test_rpc_budgets' fresh connection was
+                    # sometimes served while the process's budget was used up; why is
+                    # not understood yet: keep the old timing until it is.)
                     for header in steps.receive(await self._handshake_frame()):
-                        self._send_frame(header, now=True)
+                        self._send_frame(header, now=steps.side is Side.ACCEPTOR)
         except TimeoutError:
             raise Timeout(f"handshake took over {self._handshake_timeout_s} s") from None
         self.peer = steps.peer

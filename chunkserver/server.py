@@ -42,15 +42,14 @@ from chunkserver.metrics import readings as chunkserver_readings
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.repair import Scrubber, Throttle, copy_in
 from dfs import daemon, rpc
+from dfs.leader import LeaderFollower
 from dfs.metrics import Reading, ServerMetrics
 from dfs.ratelog import RateLimitedLog
 from dfs.wire.errors import (
     AuthError,
-    Busy,
     DfsError,
     Invalid,
     NotFound,
-    NotLeader,
     Stale,
     Timeout,
     TooBig,
@@ -78,11 +77,9 @@ T = TypeVar("T")
 # Timeout) arrives before we give up on it ourselves.
 FORWARD_TIMEOUT_SHARE = 0.9
 # One attempt at one metaserver: a commit takes milliseconds; a leader that has not
-# answered in 2 s is as good as gone for this heartbeat (the next one comes soon).
+# answered in 2 s is as good as gone for this heartbeat (the next one comes soon). A call
+# makes one round through the metaservers (dfs/leader.py), 2 s for each.
 META_CALL_TIMEOUT_S = 2.0
-# NotLeader hints followed in one round before trying the configured list (during an
-# election views may disagree and point in a ring).
-HINT_HOPS_MAX = 3
 # How long a stopping server lets requests in flight finish before it closes connections.
 DRAIN_TIMEOUT_S = 5.0
 # Signatures of access tokens remembered (``ChunkServer._check_token``): a client's reader
@@ -179,7 +176,13 @@ class ChunkServer:
         self._lock_fd = -1
         self.peers = PeerPool(secret, name="chunkserver")
         self.meta = PeerPool(secret, name="chunkserver")
-        self._meta_leader: str | None = None
+        # Another secret (AuthError) or a bad hint (Invalid) at one metaserver: try the next.
+        self.meta_follower = LeaderFollower(
+            config.metaservers,
+            attempt_timeout_s=META_CALL_TIMEOUT_S,
+            also_retry=(AuthError, Invalid),
+            name="chunkserver",
+        )
         self._meta_up: bool | None = None
         # The leader that took our last complete block report, and when the next is due
         # (loop time) even if the leader stays.
@@ -737,8 +740,8 @@ class ChunkServer:
             await asyncio.to_thread(write_small_file, self.config.data_dir / "cs_id", str(cs_id))
             self.cs_id = cs_id
             self._store().store.log_prefix = self._log_prefix()
-        self._log(logging.INFO, "registered", uuid=self.uuid, metaserver=self._meta_leader)
-        self._meta_state(True, f"leader={self._meta_leader}")
+        self._log(logging.INFO, "registered", uuid=self.uuid, metaserver=self.meta_follower.leader)
+        self._meta_state(True, f"leader={self.meta_follower.leader}")
 
     async def _heartbeat(self) -> None:
         store = self._store().store
@@ -746,7 +749,7 @@ class ChunkServer:
         await self._meta_call(
             "cs.heartbeat", cs_id=self.cs_id, chunks=store.chunk_count, load=self.load, **fields
         )
-        self._meta_state(True, f"leader={self._meta_leader}")
+        self._meta_state(True, f"leader={self.meta_follower.leader}")
 
     async def _report_loop(self) -> None:
         """Once registered, check every heartbeat_ms whether a block report is due."""
@@ -760,7 +763,7 @@ class ChunkServer:
         """Send a block report when none went to this leader yet or the interval passed.
         A failure is logged (once per change) and leaves it due for the next round."""
         loop = asyncio.get_running_loop()
-        leader = self._meta_leader
+        leader = self.meta_follower.leader
         if leader == self._report_leader and loop.time() < self._report_next:
             return
         try:
@@ -784,7 +787,7 @@ class ChunkServer:
         per_call = self.config.report_chunks_per_call
         parts = max(1, -(-len(replicas) // per_call))
         for part in range(parts):
-            if self._meta_leader != leader:
+            if self.meta_follower.leader != leader:
                 # A metaserver that did not see part 0 cannot use the rest: start again.
                 raise Unavailable("the leader changed during a block report")
             page = replicas[part * per_call : (part + 1) * per_call]
@@ -817,7 +820,7 @@ class ChunkServer:
                                   exc_info=True)  # fmt: skip
                 else:
                     self._store().store.bad_acknowledged(pending)
-                    self._report_state("bad_chunks", True, f"leader={self._meta_leader}")
+                    self._report_state("bad_chunks", True, f"leader={self.meta_follower.leader}")
                     self._log(logging.INFO, "bad_chunks_reported",
                               chunks=",".join(f"{i}:{v}" for i, v in pending[:16]),
                               count=len(pending))  # fmt: skip
@@ -847,45 +850,26 @@ class ChunkServer:
         log.info("chunkserver cs=%s event=%s %s", self.cs_id or "?", event, detail)
 
     async def _meta_call(self, op: str, **fields: Any) -> dict[str, Any]:
-        """``op`` at the leader: the last known one, then every configured address, following
-        ``NotLeader`` hints. Raises the last error when nobody took it."""
-        order = list(self.config.metaservers)
-        if self._meta_leader is not None:
-            order.insert(0, self._meta_leader)
-        tried: set[str] = set()
-        hops = 0
-        last_error: DfsError = Unavailable("no metaserver configured")
-        while order:
-            address = order.pop(0)
-            if address in tried:
-                continue
-            tried.add(address)
-            try:
-                header, _ = await self.meta.call(
-                    address,
-                    op,
-                    timeout_s=META_CALL_TIMEOUT_S,
-                    timeout_ms=int(META_CALL_TIMEOUT_S * 1000 * FORWARD_TIMEOUT_SHARE),
-                    **fields,
-                )
-            except NotLeader as e:
-                last_error = e
-                hint = e.leader_hint
-                if self._meta_leader == address:
-                    self._meta_leader = None
-                if hint and hint not in tried and hops < HINT_HOPS_MAX:
-                    hops += 1
-                    order.insert(0, hint)
-                continue
-            except (Unavailable, Timeout, Busy, AuthError, Invalid) as e:
-                # Down, slow, misconfigured (another secret) or a bad hint: try the next.
-                last_error = e
-                if self._meta_leader == address:
-                    self._meta_leader = None
-                continue
-            self._meta_leader = address
-            return header
-        raise last_error
+        """``op`` at the leader (``dfs/leader.py``: the last known one, then the configured
+        addresses, following ``NotLeader`` hints): one round through them, each attempt
+        within ``META_CALL_TIMEOUT_S``; the next heartbeat tries again."""
+
+        async def attempt(address: str, attempt_s: float) -> tuple[dict[str, Any], bytes]:
+            return await self.meta.call(
+                address,
+                op,
+                timeout_s=attempt_s,
+                timeout_ms=max(1, int(attempt_s * 1000 * FORWARD_TIMEOUT_SHARE)),
+                **fields,
+            )
+
+        header, _ = await self.meta_follower.call(
+            op,
+            attempt,
+            timeout_s=META_CALL_TIMEOUT_S * len(self.meta_follower.addresses),
+            one_round=True,
+        )
+        return header
 
 
 # ---------------------------------------------------------------------- process

@@ -1,21 +1,14 @@
-"""Metaserver calls: leader discovery, retries, and sessions ("lanes") for exactly-once
-mutations (design.md §3 invariant 6, docs/PROTOCOL.md "Mutations").
+"""Metaserver calls: sessions ("lanes") for exactly-once mutations (design.md §3 invariant
+6, docs/PROTOCOL.md "Mutations") over the one leader-following loop (``dfs/leader.py``).
 
-What it owns: the guess of who leads, the retry loop, and the lanes. What it must not do:
-know what an op means; ``FsClient`` builds the fields and reads the answers.
+What it owns: the lanes, and which leader-following loop its calls go through. What it must
+not do: know what an op means (``FsClient`` builds the fields and reads the answers), or
+retry on its own (``dfs/leader.py`` says when and where an op is sent again).
 
-Retry rules. An op is attempted at the presumed leader; each attempt has its own deadline
-(``attempt_timeout_s``) and the whole op an overall one (``timeout_s``). After ``Timeout``,
-``Unavailable``, ``Busy`` or ``NotLeader`` the op is sent again, *with the same fields*:
-for a mutation that means the same (``client``, ``seq``), so the state machine applies it
-at most once and answers a duplicate with the first result. Past the overall deadline the
-op fails with ``Timeout`` (if the last attempt timed out) or ``Unavailable``: it never
-hangs. Any other error (``NotFound``, ``Exists``, ``AuthError``, ...) is the answer.
-
-Leader discovery. Try the last known leader, else the configured addresses in turn. A
-``NotLeader`` with a hint goes to the hinted address at once (at most ``HINT_HOPS_MAX``
-times in a row: during an election stale views may point in a ring); without one (an
-election is going on) the next address is tried after a backoff (exponential, jittered).
+Retry rules: ``dfs/leader.py``. Every attempt carries the same fields: for a mutation that
+means the same (``client``, ``seq``), so the state machine applies it at most once and
+answers a duplicate with the first result. Any error but the retryable ones (``NotFound``,
+``Exists``, ``AuthError``, ...) is the answer.
 
 Membership changes. The configured addresses are where discovery starts, not a fixed set:
 a hinted leader not among them joins them, and the leader's list of voters, when an answer
@@ -39,7 +32,6 @@ request of this client overtakes a removal it already acknowledged
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -48,18 +40,9 @@ from typing import Any
 import anyio
 
 from dfs.client.pool import ConnectionPool
-from dfs.wire.errors import Busy, DfsError, NotLeader, Timeout, Unavailable
+from dfs.leader import RETRYABLE, LeaderFollower
+from dfs.wire.errors import DfsError
 
-log = logging.getLogger(__name__)
-
-# Leader hints followed in a row before backing off (during an election views disagree).
-HINT_HOPS_MAX = 3
-# Backoff between attempts when no leader is known: the first retry is quick (a leader
-# change is usually over within a few heartbeats), later ones settle at a few per second.
-BACKOFF_MIN_S = 0.02
-BACKOFF_MAX_S = 0.5
-
-_RETRYABLE = (NotLeader, Unavailable, Timeout, Busy)
 # Requests that do not wait for ``before``: the flush itself, the answer to a recall, and
 # the reservation of inode numbers (nothing queued changes it).
 UNORDERED = frozenset({"fs.batch", "fs.lease_release", "fs.reserve"})
@@ -99,15 +82,9 @@ class MetaClient:
         lanes_max: int,
         rng: random.Random | None = None,
     ) -> None:
-        if not addresses:
-            raise ValueError("at least one metaserver address")
         self._pool = pool
-        self.addresses = list(addresses)
+        self.follower = LeaderFollower(addresses, attempt_timeout_s=attempt_timeout_s, rng=rng)
         self.timeout_s = timeout_s
-        self.attempt_timeout_s = attempt_timeout_s
-        self.leader: str | None = None
-        self._next = 0
-        self._rng = rng or random.Random()
         self._lane_slots = anyio.Semaphore(lanes_max)
         self._free_lanes: list[_Lane] = []
         self._used_client_ids: set[int] = set()
@@ -154,7 +131,7 @@ class MetaClient:
             fields = {**fields, "client": client_id, "seq": seq}
             try:
                 header, _ = await self._call_leader(op, timeout_s or self.timeout_s, fields)
-            except _RETRYABLE:
+            except RETRYABLE:
                 raise  # still no answer: the session stays for the next resend
             except DfsError:
                 resume.session = None
@@ -169,7 +146,7 @@ class MetaClient:
             fields = {**fields, "client": lane.client_id, "seq": lane.seq}
             try:
                 header, _ = await self._call_leader(op, timeout_s or self.timeout_s, fields)
-            except _RETRYABLE:
+            except RETRYABLE:
                 # No answer: the command may still be pending; retire the lane (or hand
                 # its session to the caller's resend).
                 if resume is not None:
@@ -193,77 +170,28 @@ class MetaClient:
                 self._used_client_ids.add(client_id)
                 return _Lane(client_id)
 
+    @property
+    def leader(self) -> str | None:
+        """The metaserver that answered last (None: unknown)."""
+        return self.follower.leader
+
+    @property
+    def addresses(self) -> list[str]:
+        return self.follower.addresses
+
     def learn_members(self, addresses: Sequence[Any]) -> None:
-        """The leader's current voters' addresses: where leader discovery goes from now on
-        (a removed metaserver is no longer tried; an added one is)."""
-        learned = [a for a in addresses if isinstance(a, str) and a]
-        if learned and learned != self.addresses:
-            log.info("meta: metaservers are now %s (were %s)", learned, self.addresses)
-            self.addresses = learned
-            self._next = 0
-
-    def _candidate(self) -> str:
-        if self.leader is not None:
-            return self.leader
-        return self.addresses[self._next % len(self.addresses)]
-
-    def _failed(self, address: str) -> None:
-        """``address`` did not serve us: forget it as leader and move on to the next one."""
-        if self.leader == address:
-            self.leader = None
-        if address in self.addresses:
-            self._next = self.addresses.index(address) + 1
-        else:
-            self._next += 1
+        self.follower.learn_members(addresses)
 
     async def _call_leader(
         self, op: str, timeout_s: float, fields: dict[str, Any]
     ) -> tuple[dict[str, Any], bytes]:
-        deadline = anyio.current_time() + timeout_s
-        backoff_s = BACKOFF_MIN_S
-        last_error: DfsError | None = None
-        hops = 0
-        while True:
-            remaining = deadline - anyio.current_time()
-            if remaining <= 0:
-                message = f"{op}: no metaserver answered in {timeout_s} s (last: {last_error})"
-                if last_error is None or isinstance(last_error, Timeout):
-                    raise Timeout(message, op=op)
-                raise Unavailable(message, op=op)
-            attempt_s = min(remaining, self.attempt_timeout_s)
-            address = self._candidate()
-            try:
-                # The server gives up a little before us, so that its Timeout answer arrives.
-                result = await self._pool.call(
-                    address,
-                    op,
-                    timeout_s=attempt_s,
-                    timeout_ms=max(1, int(attempt_s * 900)),
-                    **fields,
-                )
-            except NotLeader as e:
-                last_error = e
-                hint = e.leader_hint
-                if hint and hint != address:
-                    self.leader = hint
-                    if hint not in self.addresses:
-                        self.addresses.append(hint)  # a member added since we started
-                    hops += 1
-                    if hops <= HINT_HOPS_MAX:
-                        continue
-                else:
-                    self._failed(address)
-            except _RETRYABLE as e:
-                last_error = e
-                self._failed(address)
-                log.debug("meta: %s at %s failed (%s); retrying", op, address, e)
-            else:
-                self.leader = address
-                return result
-            hops = 0
-            pause_s = min(backoff_s * (0.5 + self._rng.random()), deadline - anyio.current_time())
-            await anyio.sleep(max(pause_s, 0.0))
-            backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+        async def attempt(address: str, attempt_s: float) -> tuple[dict[str, Any], bytes]:
+            # The server gives up a little before us, so that its Timeout answer arrives.
+            return await self._pool.call(
+                address, op, timeout_s=attempt_s, timeout_ms=max(1, int(attempt_s * 900)), **fields
+            )
+
+        return await self.follower.call(op, attempt, timeout_s=timeout_s)
 
 
 __all__ = ["MetaClient", "Resume"]

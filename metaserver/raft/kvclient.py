@@ -11,9 +11,8 @@ session has at most one mutation in flight (``SessionTable`` remembers only the 
 client), so concurrent callers of one ``KvClient`` queue on its lock; use one ``KvClient``
 per concurrent writer.
 
-Leader discovery: try the last known leader, else the addresses in turn; a ``NotLeader``
-with a hint goes to the hinted address at once; without one (an election is going on) the
-next address is tried after a short backoff.
+Leader discovery and retries: the one leader-following loop, ``dfs/leader.py`` (its guess
+of who leads is the pool's, shared by its sessions).
 """
 
 from __future__ import annotations
@@ -25,49 +24,41 @@ from collections.abc import Sequence
 from typing import Any
 
 from dfs import rpc
-from dfs.wire.errors import AuthError, Busy, DfsError, NotLeader, Timeout, Unavailable
+from dfs.leader import LeaderFollower
 
 # One attempt: long enough for a commit on a loaded machine, short enough that a dead
 # leader is given up on quickly (an election takes 1-2 s with the default ticks anyway).
 ATTEMPT_TIMEOUT_S = 2.0
 DEADLINE_S = 30.0
-# Backoff between attempts when nobody is known to lead (an election is going on).
-BACKOFF_MIN_S = 0.02
+# Backoff between attempts when nobody is known to lead (an election is going on): a
+# benchmark wants the new leader found soon after it is elected.
 BACKOFF_MAX_S = 0.25
 CONNECT_TIMEOUT_S = 2.0
-# Leader hints followed in a row before backing off (during an election views disagree).
-HINT_HOPS_MAX = 3
-
-_RETRYABLE = (NotLeader, Unavailable, Timeout, Busy)
 
 
 class KvPool:
     """Connections to the servers and the current leader guess, shared by sessions."""
 
-    def __init__(self, addresses: Sequence[str], secret: bytes, *, name: str = "kvclient") -> None:
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        secret: bytes,
+        *,
+        name: str = "kvclient",
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+    ) -> None:
         assert addresses, "at least one server address"
-        self.addresses = list(addresses)
+        self.follower = LeaderFollower(
+            addresses, attempt_timeout_s=attempt_timeout_s, backoff_max_s=BACKOFF_MAX_S, name=name
+        )
         self.secret = secret
         self.name = name
-        self.leader: str | None = None
-        self._next = 0
         self._conns: dict[str, rpc.Connection] = {}
         self._connecting: dict[str, asyncio.Future[rpc.Connection]] = {}
 
-    def candidate(self) -> str:
-        if self.leader is not None:
-            return self.leader
-        address = self.addresses[self._next % len(self.addresses)]
-        return address
-
-    def failed(self, address: str) -> None:
-        """``address`` did not serve us: forget it as leader and move on to the next one."""
-        if self.leader == address:
-            self.leader = None
-        if address in self.addresses:
-            self._next = self.addresses.index(address) + 1
-        else:
-            self._next += 1
+    @property
+    def leader(self) -> str | None:
+        return self.follower.leader
 
     async def connection(self, address: str, timeout_s: float) -> rpc.Connection:
         conn = self._conns.get(address)
@@ -169,44 +160,18 @@ class KvClient:
 
     async def _call_leader(self, op: str, deadline_s: float, **fields: Any) -> dict[str, Any]:
         """Send ``op`` to the leader, following hints and retrying the same fields."""
-        loop = asyncio.get_running_loop()
         pool = self.pool
-        deadline = loop.time() + deadline_s
-        backoff_s = BACKOFF_MIN_S
-        last_error: DfsError | None = None
-        hops = 0  # hints followed without a pause: nodes with stale views may point in a ring
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise Timeout(f"{op} did not succeed in {deadline_s} s", last=str(last_error))
-            attempt_s = min(remaining, self.attempt_timeout_s)
-            address = pool.candidate()
-            try:
-                # The server gives up a little before us, so that its answer (Timeout) arrives.
-                header, _ = await pool.call(
-                    address, op, attempt_s, timeout_ms=int(attempt_s * 900), **fields
-                )
-            except AuthError:
-                raise
-            except NotLeader as e:
-                last_error = e
-                hint = e.leader_hint
-                if hint and hint != address:
-                    pool.leader = hint
-                    hops += 1
-                    if hops <= HINT_HOPS_MAX:
-                        continue
-                else:
-                    pool.failed(address)
-            except _RETRYABLE as e:
-                last_error = e
-                pool.failed(address)
-            else:
-                pool.leader = address
-                return header
-            hops = 0
-            await asyncio.sleep(min(backoff_s, max(0.0, deadline - loop.time())))
-            backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+
+        async def attempt(address: str, attempt_s: float) -> tuple[dict[str, Any], bytes]:
+            # The server gives up a little before us, so that its answer (Timeout) arrives.
+            return await pool.call(
+                address, op, attempt_s, timeout_ms=max(1, int(attempt_s * 900)), **fields
+            )
+
+        header, _ = await pool.follower.call(
+            op, attempt, timeout_s=deadline_s, attempt_timeout_s=self.attempt_timeout_s
+        )
+        return header
 
 
 __all__ = ["KvClient", "KvPool"]

@@ -86,7 +86,6 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-import tomllib
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +94,7 @@ from typing import TypeVar
 from chunkserver.disk import DISK_JOBS_MAX
 from chunkserver.peers import parse_address
 from dfs.budget import LIMIT_KEYS, Limits, limits_from
+from dfs.config import ConfigFile
 from dfs.wire.errors import Invalid
 from dfs.wire.limits import CS_LABEL_CHARS_MAX
 from dfs.wire.replicafile import CHUNK_ID_MAX
@@ -165,46 +165,25 @@ class ServerConfig:
 
 def load_config(path: Path) -> ServerConfig:
     """Parse and check a config file; ``ValueError`` says what is wrong."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from None
-    unknown = set(raw) - _CONFIG_KEYS
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(_CONFIG_KEYS)})")
-
-    def get(key: str, tp: type[T], default: T | None = None) -> T:
-        # (A default of None makes the key required.)
-        if key not in raw:
-            if default is None:
-                raise ValueError(f"{path}: missing key {key!r}")
-            return default
-        value = raw[key]
-        if type(value) is not tp:
-            raise ValueError(f"{path}: {key} must be a {tp.__name__}, not {value!r}")
-        return value
+    file = ConfigFile.load(path, _CONFIG_KEYS)
+    get = file.get
 
     def address(key: str, value: str) -> tuple[str, int]:
         try:
             host, port = parse_address(value)
         except Invalid:
-            raise ValueError(f"{path}: {key} must be 'host:port', not {value!r}") from None
+            raise file.error(f"{key} must be 'host:port', not {value!r}") from None
         return host, port
 
     listen = get("listen", str)
     # Port 0 (any free port) is allowed here only: it is a local choice, never an address.
-    listen_host, _, port_text = listen.rpartition(":")
-    listen_host = listen_host.removeprefix("[").removesuffix("]")
-    if not listen_host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise ValueError(f"{path}: listen must be 'host:port', not {listen!r}")
-    listen_port = int(port_text)
+    listen_host, listen_port = file.address("listen", listen, port_zero=True)
     metaservers = get("metaservers", list)
     if not metaservers or not all(isinstance(m, str) for m in metaservers):
         raise ValueError(f"{path}: metaservers must be a non-empty list of 'host:port'")
     for m in metaservers:
         address("metaservers", m)
-    advertised = raw.get("address")
+    advertised = file.raw.get("address")
     if advertised is not None:
         if not isinstance(advertised, str):
             raise ValueError(f"{path}: address must be a string")
@@ -212,7 +191,7 @@ def load_config(path: Path) -> ServerConfig:
     elif listen_host in ("0.0.0.0", "::"):
         # Peers and the metaserver need an address they can reach: a wildcard is none.
         raise ValueError(f"{path}: listening on {listen!r} needs an 'address' to advertise")
-    host = raw.get("host")
+    host = file.raw.get("host")
     if host is not None and (type(host) is not str or not 1 <= len(host) <= CS_LABEL_CHARS_MAX):
         raise ValueError(f"{path}: host must be a string of 1..{CS_LABEL_CHARS_MAX} characters")
     config = ServerConfig(
@@ -237,11 +216,9 @@ def load_config(path: Path) -> ServerConfig:
         inject_eio_chunk_ids=tuple(get("inject_eio_chunk_ids", list, [])),
         host=host,
         rack=get("rack", str, ""),
-        limits=limits_from(raw, path),
-        metrics_port=get("metrics_port", int) if "metrics_port" in raw else None,
+        limits=limits_from(file.raw, path),
+        metrics_port=file.port("metrics_port"),
     )
-    if config.metrics_port is not None and not 0 <= config.metrics_port < 65536:
-        raise ValueError(f"{path}: metrics_port must be a port number (0: any free one)")
     if len(config.rack) > CS_LABEL_CHARS_MAX:
         raise ValueError(f"{path}: rack must be at most {CS_LABEL_CHARS_MAX} characters")
     if config.capacity_bytes < 0:

@@ -31,15 +31,15 @@ Config file (TOML, version 1)::
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dfs.budget import LIMIT_KEYS, Limits, limits_from
+from dfs.config import ConfigFile
 from dfs.wire.limits import BLOCK_BYTES, CHUNK_SIZE_BYTES_DEFAULT, CHUNK_SIZE_BYTES_MAX
 from metaserver.chunks.placement import PLACEMENT_POLICIES
 from metaserver.holds import HOLD_GRACE_S
-from metaserver.raft.config import parse_node
+from metaserver.raft.config import NODE_KEYS, parse_node
 from metaserver.raft.node import NodeConfig
 
 CONFIG_VERSION = 1
@@ -75,38 +75,27 @@ class MetaConfig:
     metrics_port: int | None = None  # dfs/metrics.py; None: off
 
 
-def _port(value: object) -> int:
-    if type(value) is not int or not 0 <= value < 65536:
-        raise ValueError(f"metrics_port must be a port number (0: any free one), not {value!r}")
-    return value
-
-
 def load_config(path: Path) -> MetaConfig:
-    """Parse and check a config file; ``ValueError`` says what is wrong."""
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
-    section = parse_node(raw, path, _KEYS)
-    limits = limits_from(raw, path)
-    try:
-        config = MetaConfig(
-            node=section.node,
-            listen_host=section.listen_host,
-            listen_port=section.listen_port,
-            secret_file=section.secret_file,
-            chunk_size_bytes=int(raw.get("chunk_size", CHUNK_SIZE_DEFAULT)),
-            dead_timeout_s=int(raw.get("dead_timeout_ms", 10_000)) / 1000,
-            placement=str(raw.get("placement", "weighted")),
-            token_ttl_ms=int(raw.get("token_ttl_ms", 600_000)),
-            repair_interval_s=int(raw.get("repair_interval_ms", 1000)) / 1000,
-            repair_quiet_s=int(raw.get("repair_quiet_ms", 10_000)) / 1000,
-            gc_grace_s=int(raw.get("gc_grace_ms", 30_000)) / 1000,
-            replication_jobs=int(raw.get("replication_jobs", 4)),
-            hold_grace_s=int(raw.get("hold_grace_ms", int(HOLD_GRACE_S * 1000))) / 1000,
-            limits=limits,
-            metrics_port=_port(raw["metrics_port"]) if "metrics_port" in raw else None,
-        )
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
+    """Parse and check a config file (``dfs/config.py``); ``ValueError`` says what is wrong."""
+    file = ConfigFile.load(path, NODE_KEYS | _KEYS)
+    section = parse_node(file)
+    config = MetaConfig(
+        node=section.node,
+        listen_host=section.listen_host,
+        listen_port=section.listen_port,
+        secret_file=section.secret_file,
+        chunk_size_bytes=file.get("chunk_size", int, CHUNK_SIZE_DEFAULT),
+        dead_timeout_s=file.get("dead_timeout_ms", int, 10_000) / 1000,
+        placement=file.get("placement", str, "weighted"),
+        token_ttl_ms=file.get("token_ttl_ms", int, 600_000),
+        repair_interval_s=file.get("repair_interval_ms", int, 1000) / 1000,
+        repair_quiet_s=file.get("repair_quiet_ms", int, 10_000) / 1000,
+        gc_grace_s=file.get("gc_grace_ms", int, 30_000) / 1000,
+        replication_jobs=file.get("replication_jobs", int, 4),
+        hold_grace_s=file.get("hold_grace_ms", int, int(HOLD_GRACE_S * 1000)) / 1000,
+        limits=limits_from(file.raw, path),
+        metrics_port=file.port("metrics_port"),
+    )
     cs = config.chunk_size_bytes
     if not (CHUNK_SIZE_MIN <= cs <= CHUNK_SIZE_MAX) or cs % CHUNK_SIZE_MIN:
         raise ValueError(

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from dfs.config import ConfigFile
 from dfs.types import NodeId
 from metaserver.raft.node import NodeConfig
 
@@ -42,54 +42,38 @@ class NodeSection:
     secret_file: Path
 
 
-def parse_node(raw: dict[str, Any], path: Path, known: frozenset[str]) -> NodeSection:
-    """The Raft keys of config file ``path`` (``raw``, as read), after refusing any key
-    neither Raft's nor in the daemon's ``known``; ``ValueError`` says what is wrong."""
-    unknown = set(raw) - NODE_KEYS - known
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-    try:
-        node_id = NodeId(int(raw["id"]))
-        host, port = _address(raw["listen"], "listen")
-        peers = {
-            NodeId(int(k)): _join(_address(v, f"peer {k}")) for k, v in raw.get("peers", {}).items()
-        }
-        node = NodeConfig(
-            id=node_id,
-            data_dir=Path(raw["data_dir"]),
-            peers=peers,
-            tick_ms=int(raw.get("tick_ms", 100)),
-            election_ticks=int(raw.get("election_ticks", 10)),
-            heartbeat_ticks=int(raw.get("heartbeat_ticks", 1)),
-            snapshot_entries=int(raw.get("snapshot_entries", 10_000)),
-            fsync=bool(raw.get("fsync", True)),
-            join=bool(raw.get("join", False)),
-            read_lease=bool(raw.get("read_lease", True)),
-        )
-        section = NodeSection(node, host, port, Path(raw["secret_file"]))
-    except KeyError as e:
-        raise ValueError(f"{path}: missing key {e}") from None
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
+def parse_node(config: ConfigFile) -> NodeSection:
+    """The Raft keys of a daemon's config file (read by ``dfs/config.py``, which refused
+    the keys neither Raft's nor the daemon's); ``ValueError`` says what is wrong."""
+    node_id = NodeId(config.get("id", int))
+    host, port = config.address("listen", config.get("listen", str))
+    peers_table = config.get("peers", dict, {})
+    peers: dict[NodeId, str] = {}
+    for key, value in peers_table.items():
+        if not key.isdigit():
+            raise config.error(f"peers: {key!r} is not a node id")
+        config.address(f"peer {key}", value)
+        peers[NodeId(int(key))] = value
+    node = NodeConfig(
+        id=node_id,
+        data_dir=Path(config.get("data_dir", str)),
+        peers=peers,
+        tick_ms=config.get("tick_ms", int, 100),
+        election_ticks=config.get("election_ticks", int, 10),
+        heartbeat_ticks=config.get("heartbeat_ticks", int, 1),
+        snapshot_entries=config.get("snapshot_entries", int, 10_000),
+        fsync=config.get("fsync", bool, True),
+        join=config.get("join", bool, False),
+        read_lease=config.get("read_lease", bool, True),
+    )
+    section = NodeSection(node, host, port, Path(config.get("secret_file", str)))
     if node_id < 1 or any(n < 1 for n in peers):
-        raise ValueError(f"{path}: node ids start at 1")
+        raise config.error("node ids start at 1")
     if not node.join and node_id not in peers:
-        raise ValueError(f"{path}: an initial member must be in [peers]")
+        raise config.error("an initial member must be in [peers]")
     if node.tick_ms < 1 or node.snapshot_entries < 1:
-        raise ValueError(f"{path}: tick_ms and snapshot_entries must be >= 1")
+        raise config.error("tick_ms and snapshot_entries must be >= 1")
     return section
-
-
-def _address(value: Any, what: str) -> tuple[str, int]:
-    """``HOST:PORT`` as (host, port); ``ValueError`` naming ``what`` otherwise."""
-    host, _, port_text = str(value).rpartition(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"{what}: {value!r} is not HOST:PORT")
-    return host, int(port_text)
-
-
-def _join(address: tuple[str, int]) -> str:
-    return f"{address[0]}:{address[1]}"
 
 
 __all__ = ["NODE_KEYS", "NodeSection", "parse_node"]

@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import logging
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dfs import daemon, rpc
+from dfs.config import ConfigFile
 from dfs.types import NodeId
 from dfs.wire.errors import Invalid, Stale, TooBig, Unsupported
 from dfs.wire.messages import field, uint_field
-from metaserver.raft.config import parse_node
+from metaserver.raft.config import NODE_KEYS, parse_node
 from metaserver.raft.kv import KEY_BYTES_MAX, VALUE_BYTES_MAX, KvStateMachine, encode_command
 from metaserver.raft.node import RAFT_OP, NodeConfig, RaftNode
 
@@ -62,15 +62,14 @@ class ServerConfig:
 
 def load_config(path: Path) -> ServerConfig:
     """Parse and check a config file; ``ValueError`` says what is wrong."""
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
-    section = parse_node(raw, path, frozenset({"debug_ops"}))
+    config = ConfigFile.load(path, NODE_KEYS | {"debug_ops"})
+    section = parse_node(config)
     return ServerConfig(
         node=section.node,
         listen_host=section.listen_host,
         listen_port=section.listen_port,
         secret_file=section.secret_file,
-        debug_ops=bool(raw.get("debug_ops", False)),
+        debug_ops=config.get("debug_ops", bool, False),
     )
 
 

@@ -44,7 +44,7 @@ def run(path: Path) -> subprocess.CompletedProcess[str]:
 def test_start_failures_are_one_line_each(tmp_path: Path) -> None:
     port, busy_port = free_loopback_ports(2)
     bad = run(config(tmp_path, "peers", port, tmp_path / "a", peer="nonsense"))
-    assert bad.returncode == 2 and "peer 1: 'nonsense' is not HOST:PORT" in bad.stderr
+    assert bad.returncode == 2 and "peer 1 must be 'host:port', not 'nonsense'" in bad.stderr
 
     (tmp_path / "file").write_text("")
     no_dir = run(config(tmp_path, "nodir", port, tmp_path / "file" / "raft"))

@@ -89,9 +89,11 @@ from chunkserver import blocks
 from chunkserver.copies import IncomingCopies
 from chunkserver.fdcache import FDS_MAX, FdCache, OpenFile
 from chunkserver.rawio import (
+    DIRECT_ALIGN_BYTES,
     drop_cached,
     pread_direct,
     pwrite_all,
+    pwrite_direct,
     start_writeback,
     write_back_and_drop,
 )
@@ -140,6 +142,14 @@ WRITEBACK_BYTES_MIN = 1024 * 1024
 # BlueStore never caches data: a stream's replicas then take ~this much memory each
 # instead of their whole size, and the pages are used again by the next writes.
 DROP_BEHIND_LAG_BYTES = 8 * 1024 * 1024
+# DIRECT WRITES: a write at least this large, at a page-aligned offset, puts its data on the
+# disk with O_DIRECT (its last partial page, if any, through the page cache), not into the
+# page cache: a big file's stream then costs the chunkserver no page-cache copy and no
+# writeback. On the project's VMs a page first touched costs the host a fault: a local
+# 1 GiB write ran at 119-154 MB/s into a fresh page cache and at 1.3 GB/s with O_DIRECT. The
+# bytes are on the disk when the write is answered (no cache flush: fdatasync still decides
+# durability). A file system that refuses O_DIRECT (a tmpfs) keeps the page cache.
+DIRECT_WRITE_BYTES_MIN = WRITEBACK_BYTES_MIN
 # Errors that say the process is short of a resource, not that a replica's file is bad:
 # they fail the request (Unavailable) and leave the replica as it is (rule 5).
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
@@ -153,6 +163,15 @@ class WouldBlock(Exception):
     def __init__(self, message: str, *, unsupported: bool = False) -> None:
         super().__init__(message)
         self.unsupported = unsupported
+
+
+def _put_direct(fd: int, direct_fd: int, data: memoryview, pos: int) -> None:
+    """DIRECT WRITES: ``data``'s whole pages at ``pos`` with O_DIRECT, what is left of its
+    last page through the page cache (``fd``)."""
+    whole = len(data) - len(data) % DIRECT_ALIGN_BYTES
+    pwrite_direct(direct_fd, data[:whole], pos)
+    if whole < len(data):
+        pwrite_all(fd, data[whole:], pos + whole)
 
 
 # ---------------------------------------------------------------------- the store
@@ -211,6 +230,7 @@ class ChunkStore(IncomingCopies):
         # what a replica's path names goes through ``forget``.
         self._fds = FdCache(fds_max)
         self._direct_reads = True  # cleared if the file system refuses O_DIRECT
+        self.direct_writes = True  # DIRECT WRITES (config: direct_writes; cleared as above)
         self.drop_behind = True  # DROP-BEHIND of big unsynced writes (config: drop_behind)
         self.quarantined = 0  # files quarantined by this store (at start or found bad)
         self.bad_found = 0  # replicas found bad since start
@@ -485,6 +505,7 @@ class ChunkStore(IncomingCopies):
         stage = "open"
         path = self.path(chunk_id)
         fd = -1
+        direct_fd = -1  # DIRECT WRITES: a descriptor of the file opened with O_DIRECT
         opened: OpenFile | None = None  # the cached descriptor of an existing replica
         try:
             if creating:
@@ -495,6 +516,8 @@ class ChunkStore(IncomingCopies):
                 replica.dirty = True
                 opened = self._fds.acquire(chunk_id, self.path)
                 fd = opened.fd
+            if self.writes_direct(offset, n):
+                direct_fd = self._open_direct(path)
             if base_length < old_length:
                 # Only a bump cuts (rule 3). From the first byte the cut changes until the
                 # table describes the result, a failure leaves a file we cannot describe.
@@ -516,7 +539,8 @@ class ChunkStore(IncomingCopies):
                 self._preallocate(fd, offset, n)
                 stage = "data"
                 self._inject_eio(chunk_id)
-                blocks.write_blocks(fd, base_length, offset, view, self._corrupter(chunk_id))
+                put = None if direct_fd < 0 else functools.partial(_put_direct, fd, direct_fd)
+                blocks.write_blocks(fd, base_length, offset, view, self._corrupter(chunk_id), put)
             stage = "data"
             if creating or bump or new_length != old_length:
                 pwrite_all(fd, encode_header(chunk_id, version, new_length), 0)
@@ -556,6 +580,8 @@ class ChunkStore(IncomingCopies):
                 raise self._disk_error(e, chunk_id, "write") from e
             raise
         finally:
+            if direct_fd >= 0:
+                os.close(direct_fd)
             if opened is not None:
                 self._fds.release(opened)
             elif fd >= 0:
@@ -573,6 +599,28 @@ class ChunkStore(IncomingCopies):
             self._sync_names(replica)
             replica.dirty = False
         return replica.info()
+
+    def writes_direct(self, offset: int, size: int) -> bool:
+        """Does a write of ``size`` bytes at chunk ``offset`` put its data on the disk with
+        O_DIRECT (DIRECT WRITES)? Then it leaves no dirty pages to hurry or drop."""
+        return (
+            self.direct_writes
+            and size >= DIRECT_WRITE_BYTES_MIN
+            and offset % DIRECT_ALIGN_BYTES == 0
+        )
+
+    def _open_direct(self, path: Path) -> int:
+        """``path`` opened for O_DIRECT writes, or -1 (and direct writes off) where the
+        file system refuses them."""
+        try:
+            return os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            log.info("%sO_DIRECT refused here: big writes go through the page cache",
+                     self.log_prefix)  # fmt: skip
+            self.direct_writes = False
+            return -1
 
     @staticmethod
     def _harmless(e: OSError, stage: str) -> bool:

@@ -636,6 +636,34 @@ def test_creating_a_replica_checks_the_file_systems_free_space(
     assert store.capacity_now() == store.capacity_bytes
 
 
+def test_new_replicas_reuse_a_recent_statfs_only_while_the_disk_has_room(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small file's replica does not pay a statfs each while a recent reading leaves a
+    wide margin; near a full disk every new replica reads it again."""
+    calls: list[int] = []
+    free = [1 << 40]
+
+    def statfs() -> int:
+        calls.append(free[0])
+        return free[0]
+
+    monkeypatch.setattr(store, "fs_free_bytes", statfs)
+    for i in range(20):
+        store.write(CHUNK + 256 * i, 1, 0, 0, b"x")
+    assert len(calls) == 1
+    free[0] = chunkserver.store.STATFS_MARGIN_BYTES  # no margin left
+    monkeypatch.setattr(chunkserver.store, "STATFS_TTL_S", 0.0)
+    store.write(CHUNK + 256 * 20, 1, 0, 0, b"x")  # the reading expired: read again
+    monkeypatch.setattr(chunkserver.store, "STATFS_TTL_S", 3600.0)
+    for i in range(21, 23):
+        store.write(CHUNK + 256 * i, 1, 0, 0, b"x")
+    assert len(calls) == 4
+    free[0] = 0
+    with pytest.raises(NoSpace):
+        store.write(CHUNK + 256 * 23, 1, 0, 0, b"x")
+
+
 @pytest.mark.parametrize("where", ["pwrite", "preadv", "open"])
 def test_eio_makes_that_replica_bad_and_the_others_serve_on(
     store: ChunkStore,

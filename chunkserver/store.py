@@ -64,7 +64,7 @@ Rules, and where they are checked:
 The on-disk format (version 1) has its one canonical definition in ``dfs/wire/replicafile.py``
 (the chunkserver writes it; a client on the same machine reads it: SHORT-CIRCUIT READS).
 
-Crash model: SQLite's (style.md §4), through ``dfs.testing.faultydisk.CrashDisk`` in
+Crash model: SQLite's (style.md §4), through ``tools.testing.faultydisk.CrashDisk`` in
 ``tests/unit/test_chunk_store.py``. That model covers appends past the synced bytes; a
 replica's header and table are rewritten in place by every write that changes them, which it
 treats as "never synced" (any fate for the whole file). What the tests check is what holds

@@ -16,7 +16,7 @@ What is checked here, on real files in a tmp dir:
   installed whole, replacing an older or bad replica, never a newer one; an aborted or
   crashed copy leaves nothing after a restart;
 - the start-up scan: replicas found from headers, bad files quarantined, strays ignored;
-- the crash model (``dfs.testing.faultydisk.CrashDisk``): a synced replica survives exactly;
+- the crash model (``tools.testing.faultydisk.CrashDisk``): a synced replica survives exactly;
   after unsynced writes a read returns the written bytes or Corrupt, never other bytes;
 - a failure after a bump's cut leaves a replica that describes its file (writable), or one
   marked failed when the cut itself failed; ``expect_length`` refuses a replica that lost
@@ -45,7 +45,6 @@ import chunkserver.store
 from chunkserver import blocks
 from chunkserver.disk import INLINE_WRITE_BYTES_MAX, AsyncChunkStore, ChunkLock
 from chunkserver.store import DROP_BEHIND_LAG_BYTES, WRITEBACK_BYTES_MIN, ChunkStore, WouldBlock
-from dfs.testing.faultydisk import CrashDisk
 from dfs.wire.errors import Corrupt, Invalid, NoSpace, NotFound, Stale, TooBig, Unavailable
 from dfs.wire.replicafile import (
     BLOCK_BYTES,
@@ -59,6 +58,7 @@ from dfs.wire.replicafile import (
     encode_header,
     footprint_bytes,
 )
+from tools.testing.faultydisk import CrashDisk
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

@@ -634,9 +634,11 @@ class Connection(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        authenticated = self._authenticated
         busy = reading_paused(
-            authenticated=self._authenticated,
-            buffered_bytes=self._decoder.buffered_bytes,
+            authenticated=authenticated,
+            # (Counted only before the handshake, where it matters: a property, per read.)
+            buffered_bytes=0 if authenticated else self._decoder.buffered_bytes,
             over_budget=self._account is not None and self._account.stalled,
             requests_running=len(self._request_tasks),
             in_flight_max=self._in_flight_max,

@@ -37,16 +37,16 @@ from dfs.wire.errors import (
 )
 from dfs.wire.limits import CHUNK_SIZE_BYTES_DEFAULT, READDIR_LIMIT_MAX
 from metaserver.chunks.policy import ClusterPolicy
+from metaserver.namespace import rstats
 from metaserver.namespace.batch import batch
 from metaserver.namespace.cluster import CLUSTER_OPS
 from metaserver.namespace.commands import (
     CHUNKS_QUERY_MAX,
+    TRASH_S_DEFAULT,
     check_name,
     check_xattr_name,
     decode_command,
 )
-from metaserver.namespace import rstats
-from metaserver.namespace.commands import TRASH_S_DEFAULT
 from metaserver.namespace.ops import OPS
 from metaserver.namespace.state import State, attr, chunk_info
 from metaserver.namespace.trash import TRASH_OPS

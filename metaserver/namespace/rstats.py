@@ -171,7 +171,7 @@ def rebuild(st: State, links: list[Any] | None) -> None:
     every directory's sums."""
     inodes = st.inodes
     names = _names(st)
-    for ino, inode in inodes.items():
+    for inode in inodes.values():
         d = inode.dir
         if d is not None:
             for name, (child, _) in d.entries.items():

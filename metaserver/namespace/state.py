@@ -554,7 +554,9 @@ class State:
         self.dirs_count = 0
         self.next_ino, self.next_chunk_id, self.next_cs_id = (int(x) for x in counters)
         for row in inodes:
-            ino, mode, nlink, uid, gid, size, atime, mtime, ctime, rdev, goal, xattrs, kind = row[:13]
+            ino, mode, nlink, uid, gid, size, atime, mtime, ctime, rdev, goal, xattrs, kind = row[
+                :13
+            ]
             inode = Inode(ino, mode, uid, gid, rdev, goal, 0)
             # Before version 6 every inode had the default trash time.
             inode.trash_s = row[13] if len(row) > 13 else TRASH_S_DEFAULT

@@ -146,7 +146,7 @@ def trash_purge(
         purged = 0
         while True:
             page = await ask("admin.trash_purge", mutate=True, **fields)
-            purged += page["purged"]
+            purged += int(page["purged"])
             if not page["more"] or not page["purged"]:
                 return purged
 

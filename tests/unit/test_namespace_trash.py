@@ -4,6 +4,7 @@ removed directory, a name taken, expiry through a snapshot and restore of the st
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -141,3 +142,50 @@ def test_rstats_follow_moves_hard_links_and_size_changes() -> None:
         "trash_bytes": 0,
         "garbage_chunks": 0,
     }
+
+
+@pytest.mark.parametrize("seed", range(0, 300, 3))
+def test_random_ops_keep_the_invariants_and_the_snapshot(seed: int) -> None:
+    """Random creates, links, renames (exchanges too), removals, truncates, restores,
+    expiries and purges over three names in a few directories: after each, the invariants
+    hold (trash, rstats recomputed from scratch) and a restored snapshot is the same."""
+    rng = random.Random(seed)
+    fs = Fs(trash_s=rng.choice([0, 3]))
+    names = [b"a", b"b", b"c"]
+    for _ in range(40):
+        ns = fs.ns
+        dirs = [i for i, n in ns.inodes.items() if n.dir is not None]
+        p, q = rng.choice(dirs), rng.choice(dirs)
+        name, other = rng.choice(names), rng.choice(names)
+        k = rng.randrange(12)
+        if k == 0:
+            fs.apply("mkdir", parent=p, name=name, mode=0o755, uid=0, gid=0)
+        elif k == 1:
+            fs.apply("create", parent=p, name=name, mode=0o644, uid=0, gid=0, replicas=[1])
+        elif k == 2:
+            fs.apply("symlink", parent=p, name=name, target=b"x", uid=0, gid=0)
+        elif k == 3:
+            fs.apply("link", ino=rng.choice(list(ns.inodes)), parent=p, name=name)
+        elif k == 4:
+            fs.apply("unlink", parent=p, name=name)
+        elif k == 5:
+            fs.apply("rmdir", parent=p, name=name)
+        elif k == 6:
+            flags = rng.choice([0, 0, 2])
+            fs.apply("rename", parent=p, name=name, new_parent=q, new_name=other, flags=flags)
+        elif k == 7:
+            files = [i for i, n in ns.inodes.items() if n.chunks is not None]
+            if files:
+                fs.apply("setattr", ino=rng.choice(files), size=rng.randrange(0, 200_000))
+        elif k == 8 and ns.trash:
+            fs.apply("trash_restore", inos=[rng.choice(list(ns.trash))])
+        elif k == 9:
+            fs.apply("trash_expire", limit=2)
+        elif k == 10 and ns.trash:
+            fs.apply("trash_purge", inos=[rng.choice(list(ns.trash))])
+        elif k == 11 and ns.orphans:
+            fs.apply("release_orphans", inos=list(ns.orphans))
+        copy = Namespace(CHUNK)
+        copy.restore(fs.ns.snapshot())
+        copy.check_invariants()
+        assert copy.snapshot() == fs.ns.snapshot()

@@ -73,7 +73,8 @@ class TrashAdmin:
         await self._read(timeout_s)
         root = resolve(self.ns, h["path"])
         if not h.get("recursive", False):
-            return {"trash_s": root.trash_s, "kind": _kind(root).rstrip("s")[:4]}
+            kind = {"files": "file", "dirs": "dir", "others": "other"}[_kind(root)]
+            return {"trash_s": root.trash_s, "kind": kind}
         counts: dict[str, dict[str, int]] = {"files": {}, "dirs": {}, "others": {}}
 
         def visit(_path: bytes, inode: Inode) -> bool:

@@ -88,7 +88,15 @@ def test_rm_rf_then_restore_gives_every_file_back_and_purge_frees_the_space(
     wait_for(lambda: chunk_counts(cluster)[1] == 3 * chunk_counts(cluster)[0], 30, "at goal")
     chunks_before, _ = chunk_counts(cluster)
     tree = workdir / "tree"
+    tree.mkdir()
+    assert admin(cluster, "gettrashtime", remote(mnt, tree)).split() == [
+        remote(mnt, tree) + ":",
+        "86400",
+    ]
+    admin(cluster, "settrashtime", "2h", remote(mnt, tree), "-r")
     files = make_tree(tree, random.Random(1))
+    times = json.loads(admin(cluster, "gettrashtime", remote(mnt, tree), "-r", "--json"))
+    assert times[0]["files"] == {"7200": len(files)}  # inherited from the tree's root
     subprocess.run(["rm", "-rf", str(tree)], check=True, timeout=60)
     assert not tree.exists()
     listed = json.loads(admin(cluster, "trash", "ls", remote(mnt, tree), "--json"))

@@ -26,8 +26,8 @@ from fuse_cluster import CHUNK, start_cluster, stop_cluster
 
 from dfs.cli import cluster as local
 from dfs.secret import load_secret
-from dfs.testing.poll import wait_for
 from dfs.wire.limits import DIR_SIZE_BYTES
+from tools.testing.poll import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 

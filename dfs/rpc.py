@@ -70,6 +70,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from dfs.budget import Account, ByteBudget, ConnectionCount, Limits
+from dfs.payloads import take_payload
 from dfs.ratelog import RateLimitedLog
 from dfs.wire import codec, messages
 from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side
@@ -189,7 +190,7 @@ class Connection(asyncio.BufferedProtocol):
         # outside ``_pump``.
         self._read_end: list[Callable[[], None]] | None = None
         self._transport: asyncio.Transport | None = None
-        self._decoder = HandshakeSteps.decoder()
+        self._decoder = HandshakeSteps.decoder(alloc=take_payload)
         self._authenticated = False
         # What ``get_buffer`` handed out last: the thread's scratch buffer, or a large
         # payload's remaining bytes (``_filling``).

@@ -64,6 +64,7 @@ import sniffio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 from anyio.streams.tls import TLSAttribute
 
+from dfs.payloads import take_payload
 from dfs.wire import codec, messages
 from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side
 from dfs.wire.conn import (
@@ -558,7 +559,7 @@ async def _handshake(
     steps = HandshakeSteps(
         Handshake(secret, os.urandom(NONCE_BYTES), side=Side.INITIATOR, role=role, name=name)
     )
-    decoder = HandshakeSteps.decoder()
+    decoder = HandshakeSteps.decoder(alloc=take_payload)
 
     async def next_frame() -> codec.Frame:
         while (frame := decoder.next_frame()) is None:

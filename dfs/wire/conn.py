@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from dfs.wire import codec, messages
@@ -192,9 +192,12 @@ class HandshakeSteps:
         return self.step is Step.DONE
 
     @staticmethod
-    def decoder() -> codec.FrameDecoder:
-        """A decoder with the limits of an unauthenticated peer."""
-        return codec.FrameDecoder(header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0)
+    def decoder(alloc: Callable[[int], bytearray] = bytearray) -> codec.FrameDecoder:
+        """A decoder with the limits of an unauthenticated peer; ``alloc`` gives the
+        buffers of large payloads (the driver's pool, ``codec.FrameDecoder``)."""
+        return codec.FrameDecoder(
+            header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0, alloc=alloc
+        )
 
     @staticmethod
     def open_up(decoder: codec.FrameDecoder) -> None:

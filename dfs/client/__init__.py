@@ -5,8 +5,9 @@ Modules, from the wire up: ``conn`` (authenticated, pipelined connections), ``po
 per server), ``meta`` (leader discovery, retries, sessions), ``chunkio`` (replica choice,
 failover), ``cache`` (attributes, entries, chunk locations), ``files`` (per-inode
 write-back, uploads, commits, reads), ``handle`` (``File`` handles and read-ahead),
-``fsclient`` (the API), ``records`` and ``options`` (plain data). Nothing here imports
-asyncio or server code (``tests/unit/test_boundaries.py``).
+``allocate`` (fallocate's modes), ``fsclient`` (the API), ``records`` and ``options``
+(plain data). Nothing here imports asyncio or server code
+(``tests/unit/test_boundaries.py``).
 """
 
 from dfs.client.conn import Connection, connect, open_connection

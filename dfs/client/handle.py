@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import anyio
 
+from dfs.client import allocate
 from dfs.client.files import OpenInode
 from dfs.client.records import Attr
 from dfs.wire.errors import DfsError, InternalError, Invalid, IsDir, PermissionDenied
@@ -162,7 +163,8 @@ class File:
     ``fsync`` makes it durable (files.py, CLOSE AND FSYNC).
 
     Methods: ``read(offset, size)``, ``write(offset, data)``, ``truncate(size)``,
-    ``flush()``, ``fsync()``, ``close()``; ``async with`` closes it.
+    ``fallocate(mode, offset, length)``, ``flush()``, ``fsync()``, ``close()``; ``async
+    with`` closes it.
     """
 
     def __init__(self, inode: OpenInode, flags: int, release: Callable[[OpenInode], None]) -> None:
@@ -214,6 +216,12 @@ class File:
     async def truncate(self, size: int) -> Attr:
         self._check(write=True)
         return await self.inode.truncate(size)
+
+    async def fallocate(self, mode: int, offset: int, length: int) -> None:
+        """``fallocate(2)``: ``mode`` 0 or ``FALLOC_FL_*`` flags (``allocate.py`` says
+        what each means in dfs); an unsupported mode raises ``Unsupported``."""
+        self._check(write=True)
+        await allocate.fallocate(self.inode, mode, offset, length)
 
     async def flush(self) -> None:
         """Everything written so far on every replica (in its page cache) and committed

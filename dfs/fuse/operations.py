@@ -694,6 +694,19 @@ class DfsOperations(pyfuse3.Operations):
 
     @_errors("write")
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = await self._writing(fh)
+        return await handle.file.write(off, buf)
+
+    @_errors("fallocate")
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        # Only with the patched pyfuse3 (patches/): the stock one never calls it. A change
+        # of the file's bytes or size, as a write (ext4's fallocate clears setuid too).
+        handle = await self._writing(fh)
+        await handle.file.fallocate(mode, offset, length)
+
+    async def _writing(self, fh: int) -> _FileHandle:
+        """The handle ``fh``, about to change its file: the kernel's cached pages of it
+        are not kept at the next open, and setuid/setgid are cleared if due (rule 5)."""
         handle = self._files.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(BAD_HANDLE)
@@ -704,7 +717,7 @@ class DfsOperations(pyfuse3.Operations):
             kill = _privs_to_kill(current.mode)
             if kill:
                 await self.fs.setattr(handle.file.ino, mode=stat.S_IMODE(current.mode) & ~kill)
-        return await handle.file.write(off, buf)
+        return handle
 
     @_errors("flush")
     async def flush(self, fh: int) -> None:

@@ -1,0 +1,194 @@
+"""``fallocate(2)`` through the mount (dfs/client/allocate.py, the mount's ``fallocate``):
+mode 0 and ``KEEP_SIZE`` set the size and leave a hole, ``PUNCH_HOLE`` and ``ZERO_RANGE``
+read as zeros, other modes are refused; and an fsx-style run (random writes, reads,
+truncates and the three modes against a model of the file, checked on every read).
+
+The mount gets fallocate only from the patched pyfuse3 (patches/, scripts/bootstrap); the
+first test says so plainly when the binding lacks it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import random
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyfuse3
+import pytest
+from fuse_cluster import CHUNK, Mounts
+
+pytestmark = [pytest.mark.timeout(300)]
+
+KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE, COLLAPSE_RANGE = 0x01, 0x02, 0x10, 0x08
+# fsx-style run: operations in CI (DFS_FSX_OPS for a longer one) over a file of at most
+# FSX_SIZE_MAX bytes: three 1 MiB chunks, so that ranges cross chunk boundaries.
+FSX_OPS = int(os.environ.get("DFS_FSX_OPS", "400"))
+FSX_SEED = int(os.environ.get("DFS_FSX_SEED", "1"))
+FSX_SIZE_MAX = 3 * CHUNK + 12345
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+@contextmanager
+def opened(path: Path, flags: int = os.O_RDWR) -> Iterator[int]:
+    fd = os.open(path, flags | os.O_CREAT, 0o644)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def test_the_binding_has_a_fallocate_handler() -> None:
+    assert hasattr(pyfuse3.Operations, "fallocate"), (
+        f"pyfuse3 {pyfuse3.__version__} has no fallocate handler: "
+        "scripts/bootstrap installs the patched one (patches/pyfuse3-*-fallocate.patch)"
+    )
+
+
+def test_fallocate_l_sets_the_size_and_reads_zeros(workdir: Path, mnt: Path) -> None:
+    path = workdir / "big"
+    size = 2 * CHUNK + 4096
+    subprocess.run(["fallocate", "-l", str(size), str(path)], check=True, timeout=60)
+    st = os.stat(path)
+    assert st.st_size == size
+    assert st.st_blocks == -(-size // 512)  # du shows the space, as on ext4
+    assert path.read_bytes() == bytes(size)
+    # posix_fallocate (mode 0) past the end grows it too; inside, it changes nothing.
+    with opened(path) as fd:
+        os.pwrite(fd, b"data", 10)
+        os.posix_fallocate(fd, 0, 100)
+        os.posix_fallocate(fd, size, 1000)
+    assert os.stat(path).st_size == size + 1000
+    with opened(path, os.O_RDONLY) as fd:
+        assert os.pread(fd, 20, 0) == bytes(10) + b"data" + bytes(6)
+
+
+def test_keep_size_leaves_the_size(workdir: Path) -> None:
+    path = workdir / "kept"
+    path.write_bytes(b"x" * 1000)
+    with opened(path) as fd:
+        fallocate(fd, KEEP_SIZE, 0, 5 * CHUNK)
+        assert os.fstat(fd).st_size == 1000
+    assert path.read_bytes() == b"x" * 1000
+
+
+def test_more_than_the_free_space_is_enospc(workdir: Path, mnt: Path) -> None:
+    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+    with opened(workdir / "huge") as fd:
+        with pytest.raises(OSError) as e:
+            fallocate(fd, 0, 0, free + (1 << 40))
+        assert e.value.errno == errno.ENOSPC
+        assert os.fstat(fd).st_size == 0
+
+
+def test_punch_hole_reads_zeros_and_keeps_the_size(workdir: Path, mounts: Mounts) -> None:
+    path = workdir / "punched"
+    data = bytearray(random.Random(3).randbytes(3 * CHUNK))
+    path.write_bytes(data)
+    with opened(path) as fd:
+        os.pread(fd, len(data), 0)  # the pages are cached: the punch must drop them
+        start, length = CHUNK - 1000, CHUNK + 5000  # across two chunk boundaries
+        fallocate(fd, PUNCH_HOLE | KEEP_SIZE, start, length)
+        data[start : start + length] = bytes(length)
+        assert os.fstat(fd).st_size == len(data)
+        assert os.pread(fd, len(data), 0) == data
+        # Past the end: nothing changes, the size stays.
+        fallocate(fd, PUNCH_HOLE | KEEP_SIZE, len(data) - 10, 100)
+        data[-10:] = bytes(10)
+        assert os.fstat(fd).st_size == len(data)
+        with pytest.raises(OSError) as e:  # without KEEP_SIZE: refused, as on ext4
+            fallocate(fd, PUNCH_HOLE, 0, 10)
+        assert e.value.errno == errno.EOPNOTSUPP
+    other = mounts.mount("fallocate-other") / workdir.name / "punched"
+    assert other.read_bytes() == data
+
+
+def test_zero_range_zeros_and_may_grow(workdir: Path) -> None:
+    path = workdir / "zeroed"
+    data = bytearray(b"y" * 5000)
+    path.write_bytes(data)
+    with opened(path) as fd:
+        fallocate(fd, ZERO_RANGE, 100, 200)
+        data[100:300] = bytes(200)
+        fallocate(fd, ZERO_RANGE | KEEP_SIZE, 4000, 5000)  # past the end: size kept
+        data[4000:] = bytes(1000)
+        assert os.fstat(fd).st_size == 5000
+        fallocate(fd, ZERO_RANGE, 4990, 20)  # past the end: grows
+        data[4990:] = bytes(20)
+        assert os.fstat(fd).st_size == 5010
+        assert os.pread(fd, 6000, 0) == data
+
+
+def test_other_modes_are_refused(workdir: Path) -> None:
+    path = workdir / "collapse"
+    path.write_bytes(bytes(2 * 4096))
+    with opened(path) as fd:
+        with pytest.raises(OSError) as e:
+            fallocate(fd, COLLAPSE_RANGE, 0, 4096)
+        assert e.value.errno == errno.EOPNOTSUPP
+    assert path.stat().st_size == 2 * 4096
+
+
+@pytest.mark.timeout(120 + FSX_OPS // 50)  # 400 ops take seconds; 10,000 about 80 s
+def test_fsx_style_random_operations_with_fallocate(workdir: Path) -> None:
+    """As xfstests' fsx: random operations on one file, each read checked against a
+    model (a bytearray), the size after every operation; at the end the file whole."""
+    rng = random.Random(FSX_SEED)
+    model = bytearray()
+    path = workdir / "fsx"
+    log: list[str] = []
+
+    def where(limit: int) -> tuple[int, int]:
+        offset = rng.randrange(0, limit)
+        return offset, rng.randrange(1, min(FSX_SIZE_MAX - offset, CHUNK + 4096) + 1)
+
+    with opened(path) as fd:
+        for i in range(FSX_OPS):
+            op = rng.choice(("write", "write", "read", "read", "truncate", "falloc",
+                             "keep", "punch", "zero", "zero_keep"))  # fmt: skip
+            if op == "write":
+                offset, length = where(min(len(model) + CHUNK, FSX_SIZE_MAX - 1))
+                data = rng.randbytes(length)
+                os.pwrite(fd, data, offset)
+                if offset > len(model):
+                    model.extend(bytes(offset - len(model)))
+                model[offset : offset + length] = data
+            elif op == "read":
+                if not model:
+                    continue
+                offset, length = where(len(model))
+                got = os.pread(fd, length, offset)
+                expected = bytes(model[offset : offset + length])
+                assert got == expected, f"op {i} read {offset}+{length}; last: {log[-8:]}"
+            elif op == "truncate":
+                size = rng.randrange(0, FSX_SIZE_MAX)
+                os.ftruncate(fd, size)
+                model[size:] = b""
+                model.extend(bytes(size - len(model)))
+            else:
+                offset, length = where(FSX_SIZE_MAX - 1)
+                end = offset + length
+                mode = {"falloc": 0, "keep": KEEP_SIZE, "punch": PUNCH_HOLE | KEEP_SIZE,
+                        "zero": ZERO_RANGE, "zero_keep": ZERO_RANGE | KEEP_SIZE}[op]  # fmt: skip
+                fallocate(fd, mode, offset, length)
+                if op in ("punch", "zero", "zero_keep"):
+                    inside = min(end, len(model))
+                    if offset < inside:
+                        model[offset:inside] = bytes(inside - offset)
+                if op in ("falloc", "zero") and end > len(model):
+                    model.extend(bytes(end - len(model)))
+            log.append(f"{i} {op} size {len(model)}")
+            assert os.fstat(fd).st_size == len(model), f"op {i} {op}; last: {log[-8:]}"
+    assert path.read_bytes() == model

@@ -55,6 +55,7 @@ from dfs.wire.ops_meta import COMMANDS, FS_CREATE
 from dfs.wire.spec import METASERVER
 from dfs.wire.token import READ, WRITE, make_token, token_key
 from metaserver.admin import Admin
+from metaserver.backup import Backups
 from metaserver.chunks import handles
 from metaserver.chunks.placement import Placer, Registry
 from metaserver.config import MetaConfig, load_config
@@ -152,6 +153,7 @@ class MetaServer:
         }
         self.membership = Membership(self.node, secret)
         self._ops.update(self.membership.ops())  # admin.meta_*, meta.members
+        self._ops.update(Backups(self.node, config.chunk_size_bytes, self._read).ops())
         # Every op the protocol defines for a metaserver has its handler here (Raft's frame
         # goes to the node, mutations to ``_propose``, leases to the desk, ``fs.batch`` to
         # ``_batch`` with its connection), and no other.

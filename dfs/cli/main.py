@@ -666,9 +666,10 @@ def chunkserver(config: Path) -> None:
 
 
 from dfs.cli.admin import admin  # noqa: E402 (registered once cli exists)
+from dfs.cli.admin_backup import backup, restore  # noqa: E402
 from dfs.cli.admin_fsck import fsck, getgoal, setgoal  # noqa: E402
 
-for _command in (fsck, setgoal, getgoal):
+for _command in (fsck, setgoal, getgoal, backup, restore):
     admin.add_command(_command)
 cli.add_command(admin)
 cli.add_command(init_command)

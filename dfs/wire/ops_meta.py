@@ -424,6 +424,17 @@ ADMIN_SET_GOAL = _admin(
     "first.",
     session=True,
 )  # fmt: skip
+ADMIN_BACKUP = _admin(
+    "admin.backup",
+    _u("token", False, "absent: take a new image; else the one `token` names"),
+    _u("offset", False, "with `token`: where in the image to read (default 0)"),
+    answer="without `token`: the leader takes an image of the namespace as of its applied "
+    "index (the state machine's snapshot, kept for the reads that follow: at most 2 at once, "
+    "each dropped 60 s after its last read) and answers `token`, `index`, `term`, "
+    "`chunk_size`, `image_bytes`, `sha256` (bytes, of the image). With `token`: `data` "
+    "(bytes: the image from `offset`, at most 1 MiB; empty past its end). `NotFound`: no "
+    "such image (expired, or another leader's). Leader only.",
+)  # fmt: skip
 ADMIN_META_ADD = _admin(
     "admin.meta_add",
     Field("address", STR, doc='"host:port" of a running metaserver started empty with '
@@ -472,7 +483,7 @@ META_OPS: tuple[Op, ...] = (
     FS_DIR_LEASE, FS_LEASE_RELEASE, FS_BATCH, FS_RESERVE,
     CS_REGISTER, CS_HEARTBEAT, CS_REPORT, CS_BAD_CHUNKS,
     STATUS, ADMIN_REBALANCE, ADMIN_DRAIN, ADMIN_FORGET, ADMIN_FSCK, ADMIN_GOALS, ADMIN_SET_GOAL,
-    ADMIN_META_ADD, ADMIN_META_REMOVE, ADMIN_TRANSFER_LEADER, META_MEMBERS, RAFT,
+    ADMIN_BACKUP, ADMIN_META_ADD, ADMIN_META_REMOVE, ADMIN_TRANSFER_LEADER, META_MEMBERS, RAFT,
 )  # fmt: skip
 # Ops the metaserver sends, not takes.
 SENT_BY_METASERVER: tuple[Op, ...] = (FS_RECALL,)

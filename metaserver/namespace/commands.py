@@ -12,7 +12,7 @@ strings as msgpack str::
                  #   the "fs." prefix, plus "write_handle", "cs_register" and the
                  #   leader's "replica_add", "replica_drop", "version_bump",
                  #   "length_recover", "write_marks", "gc_done", "release_orphans",
-                 #   "reserve" (pools.py);
+                 #   "reserve" (pools.py); "restored" (cluster.py);
                  #   "batch":
                  #   {"ops": [[op, args], ...]} of BATCH_OPS, each applied as if alone,
                  #   see batch.py)

@@ -53,11 +53,11 @@ class Backups:
 
     async def backup(self, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         now = time.monotonic()
-        for token in [t for t, img in self._images.items() if now - img.used_s > IDLE_S]:
-            del self._images[token]
-        token = h.get("token")
-        if token is None:
+        for old in [t for t, img in self._images.items() if now - img.used_s > IDLE_S]:
+            del self._images[old]
+        if h.get("token") is None:
             return await self._take(timeout_s)
+        token: int = h["token"]
         img = self._images.get(token)
         if img is None:
             raise NotFound("no such backup image (expired, or taken by another leader)",

@@ -36,7 +36,7 @@ What it carries out:
   ``length_recover`` when ``Pushes.recovered_length`` says so.
 - **reports**: each page of a block report goes to ``Reports.page``; its ``Verdict`` is
   carried out: deletes, members behind the table judged after asking the other members
-  (``_behind``), lost members dropped, lone whole copies adopted (``_adopt``). Each bad
+  (``_behind``), lost members dropped, lone whole copies adopted (``adopt``). Each bad
   replica goes to ``Reports.bad``: its drop, then its delete unless it stays in
   quarantine (``Reports.quarantined``).
 - **garbage**: a round at a time, ``Garbage.collect``'s deletes, then ``gc_done`` for
@@ -701,11 +701,11 @@ class Repair:
         for chunk_id in verdict.lost:
             await self._drop(chunk_id, cs_id, keep_one=False, why="lost")
         for chunk_id in verdict.adopt:
-            await self._adopt(cs_id, chunk_id)
+            await self.adopt(cs_id, chunk_id)
         if delete:
             self._spawn(self._delete_quietly(cs_id, delete))
 
-    async def _adopt(self, cs_id: int, chunk_id: int) -> None:
+    async def adopt(self, cs_id: int, chunk_id: int) -> None:
         """ADOPTION. ``cs_id`` holds a whole copy of a chunk at the table's version, outside
         its set, and no member is alive: the set gets it back (``replica_add``, which bumps
         the version, then the push). Such a copy is a member dropped while it held the

@@ -53,7 +53,7 @@ IMAGE_BYTES_MAX = 1 << 40
 # What the leader sends of the image per request (``admin.backup``): well inside a frame
 # header (``FRAME_HEADER_BYTES_MAX``), and small enough not to hold the loop.
 PIECE_BYTES = 1 << 20
-_HEADER_KEYS = {"cluster_id": str, "index": int, "term": int, "chunk_size": int,
+_HEADER_KEYS: dict[str, type] = {"cluster_id": str, "index": int, "term": int, "chunk_size": int,
                 "created_ns": int, "image_bytes": int}  # fmt: skip
 
 
@@ -78,7 +78,7 @@ def cluster_id(secret: bytes) -> str:
 
 def encode_head(h: BackupHeader) -> bytes:
     """Everything before the image: prefix, header and the image's length."""
-    header = msgpack.packb(
+    header: bytes = msgpack.packb(
         {"cluster_id": h.cluster_id, "index": h.index, "term": h.term,
          "chunk_size": h.chunk_size, "created_ns": h.created_ns,
          "image_bytes": h.image_bytes},
@@ -116,11 +116,11 @@ def decode_header(raw: bytes, image_len_raw: bytes) -> BackupHeader:
         raise BackupError("damaged backup: the header is not a map")
     fields: dict[str, Any] = {}
     for key, kind in _HEADER_KEYS.items():
-        v = value.get(key)
-        if type(v) is not kind or (kind is int and v < 0):
+        v: Any = value.get(key)
+        if type(v) is not kind or (type(v) is int and v < 0):
             raise BackupError(f"damaged backup: header field {key!r} is {v!r}")
         fields[key] = v
-    (image_len,) = _IMAGE_LEN.unpack(image_len_raw)
+    image_len: int = _IMAGE_LEN.unpack(image_len_raw)[0]
     if image_len != fields["image_bytes"] or image_len > IMAGE_BYTES_MAX:
         raise BackupError(f"damaged backup: image length {image_len}")
     return BackupHeader(**fields)

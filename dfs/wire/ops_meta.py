@@ -424,6 +424,14 @@ ADMIN_SET_GOAL = _admin(
     "first.",
     session=True,
 )  # fmt: skip
+ADMIN_SALVAGE = _admin(
+    "admin.salvage", _ADMIN_PATH, _b("zero", "lost blocks read as zeros (default: as errors)"),
+    answer="`chunks`: [{chunk_id, index, salvaged (bool), why, and once a copy was chosen: "
+    "cs_id, copy, blocks, good_blocks, lost_blocks, copies}] for each chunk of the file "
+    "that no good live replica holds: the best quarantined copy on a live chunkserver (most "
+    "blocks verified, then newest version) is made a replica again (`chunk.salvage`) and "
+    "taken back into the set. Leader only.",
+)  # fmt: skip
 ADMIN_BACKUP = _admin(
     "admin.backup",
     _u("token", False, "absent: take a new image; else the one `token` names"),
@@ -483,7 +491,7 @@ META_OPS: tuple[Op, ...] = (
     FS_DIR_LEASE, FS_LEASE_RELEASE, FS_BATCH, FS_RESERVE,
     CS_REGISTER, CS_HEARTBEAT, CS_REPORT, CS_BAD_CHUNKS,
     STATUS, ADMIN_REBALANCE, ADMIN_DRAIN, ADMIN_FORGET, ADMIN_FSCK, ADMIN_GOALS, ADMIN_SET_GOAL,
-    ADMIN_BACKUP, ADMIN_META_ADD, ADMIN_META_REMOVE, ADMIN_TRANSFER_LEADER, META_MEMBERS, RAFT,
+    ADMIN_SALVAGE, ADMIN_BACKUP, ADMIN_META_ADD, ADMIN_META_REMOVE, ADMIN_TRANSFER_LEADER, META_MEMBERS, RAFT,
 )  # fmt: skip
 # Ops the metaserver sends, not takes.
 SENT_BY_METASERVER: tuple[Op, ...] = (FS_RECALL,)

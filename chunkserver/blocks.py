@@ -69,12 +69,22 @@ def truncate(fd: int, old_length: int, new_length: int, corrupt: Corrupter) -> N
     os.ftruncate(fd, DATA_OFFSET + new_length)
 
 
+# Writes bytes at a file position (all of them), in place of ``pwrite_all`` on the replica's
+# descriptor: the store's direct writes (``ChunkStore.write``).
+Put = Callable[[memoryview, int], None]
+
+
 def write_blocks(
-    fd: int, old_length: int, offset: int, data: memoryview, corrupt: Corrupter
+    fd: int,
+    old_length: int,
+    offset: int,
+    data: memoryview,
+    corrupt: Corrupter,
+    put: Put | None = None,
 ) -> None:
-    """Put ``data`` at ``offset``, then the checksums of every block it touches (and of
-    the gap's blocks, when it starts past ``old_length``). Only the partial blocks at the
-    two ends are read, and verified, to be re-checksummed."""
+    """Put ``data`` at ``offset`` (through ``put`` if given), then the checksums of every
+    block it touches (and of the gap's blocks, when it starts past ``old_length``). Only
+    the partial blocks at the two ends are read, and verified, to be re-checksummed."""
     end = offset + len(data)
     new_length = max(old_length, end)
     first = min(offset, old_length) // BLOCK_BYTES
@@ -101,7 +111,10 @@ def write_blocks(
         if hi > lo:
             scratch[lo - start : hi - start] = data[lo - offset : hi - offset]
         sums.append(block_sum(scratch[: stop - start]))
-    pwrite_all(fd, data, DATA_OFFSET + offset)
+    if put is None:
+        pwrite_all(fd, data, DATA_OFFSET + offset)
+    else:
+        put(data, DATA_OFFSET + offset)
     table = struct.pack(f">{len(sums)}Q", *sums)
     pwrite_all(fd, table, TABLE_OFFSET + SUM_BYTES * first)
 
@@ -129,6 +142,7 @@ def reads_old_blocks(old_length: int, offset: int, size: int) -> bool:
 
 __all__ = [
     "Corrupter",
+    "Put",
     "read_sum",
     "read_verified_block",
     "reads_old_blocks",

@@ -17,6 +17,8 @@ Config file (TOML, version 1)::
     fsync = true                        # optional; false only for tests
     drop_behind = true                  # optional; a big write's pages leave the page
                                         # cache once on the disk (store.py, DROP-BEHIND)
+    direct_writes = true                # optional; a big aligned write goes to the disk
+                                        # with O_DIRECT (store.py, DIRECT WRITES)
     disk_jobs = 4                       # optional; disk operations running at once, 1 .. 64
     metrics_port = 9102                 # optional; Prometheus metrics on the listen host
                                         # (0: any free port; absent: off)
@@ -126,7 +128,8 @@ _CONFIG_KEYS = {
     "listen", "data_dir", "secret_file", "metaservers", "address", "capacity_bytes",
     "heartbeat_ms", "fsync", "disk_jobs", "replicate_bytes_per_s", "replicate_jobs",
     "report_interval_ms", "report_chunks_per_call", "scrub_bytes_per_s", "scrub_interval_ms",
-    "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack", "drop_behind", "metrics_port",
+    "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack", "drop_behind", "direct_writes",
+    "metrics_port",
 } | LIMIT_KEYS  # fmt: skip
 # How long a start tries for its data directory's lock, and the pause between attempts.
 LOCK_WAIT_S = 1.0
@@ -148,6 +151,7 @@ class ServerConfig:
     heartbeat_ms: int = 1000
     fsync: bool = True
     drop_behind: bool = True
+    direct_writes: bool = True
     disk_jobs: int = DISK_JOBS_MAX
     replicate_bytes_per_s: int = REPLICATE_BYTES_PER_S
     replicate_jobs: int = REPLICATE_JOBS
@@ -226,6 +230,7 @@ def load_config(path: Path) -> ServerConfig:
         heartbeat_ms=get("heartbeat_ms", int, 1000),
         fsync=get("fsync", bool, True),
         drop_behind=get("drop_behind", bool, True),
+        direct_writes=get("direct_writes", bool, True),
         disk_jobs=get("disk_jobs", int, DISK_JOBS_MAX),
         replicate_bytes_per_s=get("replicate_bytes_per_s", int, REPLICATE_BYTES_PER_S),
         replicate_jobs=get("replicate_jobs", int, REPLICATE_JOBS),

@@ -204,7 +204,11 @@ class AsyncChunkStore:
                 chunk_id, version, length, offset, data, sync=sync, expect_length=expect_length
             ),
         )
-        if not sync and len(data) >= WRITEBACK_BYTES_MIN:
+        if (
+            not sync
+            and len(data) >= WRITEBACK_BYTES_MIN
+            and not self.store.writes_direct(offset, len(data))
+        ):
             self._hint_writeback(chunk_id, offset, len(data))
         return info
 

@@ -2,8 +2,8 @@
 
 What it owns: writing a range completely (``pwrite_all``: the kernel may do less than
 asked; reading one whole is ``dfs/rawio.py``'s ``pread_into``, shared with the client's
-short-circuit reads), reading past the page cache (``pread_direct``, for a descriptor
-opened with ``O_DIRECT``), dropping a range's clean pages from the page cache, starting a
+short-circuit reads), reading and writing past the page cache (``pread_direct`` and
+``pwrite_direct``, for a descriptor opened with ``O_DIRECT``), dropping a range's clean pages from the page cache, starting a
 range's writeback without waiting (``sync_file_range``, which Python's ``os`` lacks), and
 writing a range back then dropping its pages (``write_back_and_drop``). What it must not
 do: know the replica format or decide what an error means (``store.py`` maps errors onto
@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import threading
 from collections.abc import Callable, Iterable
 
 from dfs.rawio import pread_into
@@ -90,6 +91,30 @@ def pread_direct(fd: int, buf: memoryview, pos: int) -> int:
     return n
 
 
+# A direct write goes through a page-aligned buffer of this size per thread (the bytes a
+# request hands over sit wherever the frame decoder put them): the largest piece one
+# pwrite sends to the disk.
+DIRECT_PIECE_BYTES = 4 * 1024 * 1024
+_bounce = threading.local()
+
+
+def pwrite_direct(fd: int, data: memoryview, pos: int) -> None:
+    """``pwrite_all`` for a descriptor opened with ``O_DIRECT``: ``pos`` and ``len(data)``
+    are multiples of ``DIRECT_ALIGN_BYTES``. The bytes are copied into this thread's
+    page-aligned buffer (an anonymous mapping, kept for the thread's next writes) and
+    written from there, a piece of at most ``DIRECT_PIECE_BYTES`` at a time."""
+    assert pos % DIRECT_ALIGN_BYTES == 0 and len(data) % DIRECT_ALIGN_BYTES == 0
+    bounce: memoryview | None = getattr(_bounce, "view", None)
+    if bounce is None:
+        bounce = _bounce.view = memoryview(mmap.mmap(-1, DIRECT_PIECE_BYTES))
+    done = 0
+    while done < len(data):
+        n = min(DIRECT_PIECE_BYTES, len(data) - done)
+        bounce[:n] = data[done : done + n]
+        pwrite_all(fd, bounce[:n], pos + done)
+        done += n
+
+
 def pwrite_all(fd: int, data: memoryview | bytes, pos: int) -> None:
     view = memoryview(data)
     while view:
@@ -103,6 +128,7 @@ __all__ = [
     "drop_cached",
     "pread_direct",
     "pwrite_all",
+    "pwrite_direct",
     "start_writeback",
     "write_back_and_drop",
 ]

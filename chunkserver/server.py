@@ -234,6 +234,7 @@ class ChunkServer:
         )
         self.store.store.inject_eio_chunk_ids = frozenset(cfg.inject_eio_chunk_ids)
         self.store.store.drop_behind = cfg.drop_behind
+        self.store.store.direct_writes = cfg.direct_writes
         self._data_dir = str(self.store.store.root.resolve())  # cs.status's data_dir
         loop = asyncio.get_running_loop()
 

@@ -89,9 +89,11 @@ from chunkserver import blocks
 from chunkserver.copies import IncomingCopies
 from chunkserver.fdcache import FDS_MAX, FdCache, OpenFile
 from chunkserver.rawio import (
+    DIRECT_ALIGN_BYTES,
     drop_cached,
     pread_direct,
     pwrite_all,
+    pwrite_direct,
     start_writeback,
     write_back_and_drop,
 )
@@ -142,6 +144,18 @@ WRITEBACK_BYTES_MIN = 1024 * 1024
 # BlueStore never caches data: a stream's replicas then take ~this much memory each
 # instead of their whole size, and the pages are used again by the next writes.
 DROP_BEHIND_LAG_BYTES = 8 * 1024 * 1024
+# DIRECT WRITES: a write at least this large, at a page-aligned offset, puts its data on the
+# disk with O_DIRECT (its last partial page, if any, through the page cache), not into the
+# page cache: a big file's stream then costs the chunkserver no page-cache copy and no
+# writeback. On the project's VMs a page first touched costs the host a fault: a local
+# 1 GiB write ran at 119-154 MB/s into a fresh page cache and at 1.3 GB/s with O_DIRECT. The
+# bytes are on the disk when the write is answered (no cache flush: fdatasync still decides
+# durability). A file system that refuses O_DIRECT (a tmpfs) keeps the page cache.
+DIRECT_WRITE_BYTES_MIN = WRITEBACK_BYTES_MIN
+# A new replica's check of the file system's free space (``_disk_free_for``) reuses a
+# statfs this recent while it leaves this much room.
+STATFS_TTL_S = 1.0
+STATFS_MARGIN_BYTES = 1024 * 1024 * 1024
 # Errors that say the process is short of a resource, not that a replica's file is bad:
 # they fail the request (Unavailable) and leave the replica as it is (rule 5).
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
@@ -155,6 +169,15 @@ class WouldBlock(Exception):
     def __init__(self, message: str, *, unsupported: bool = False) -> None:
         super().__init__(message)
         self.unsupported = unsupported
+
+
+def _put_direct(fd: int, direct_fd: int, data: memoryview, pos: int) -> None:
+    """DIRECT WRITES: ``data``'s whole pages at ``pos`` with O_DIRECT, what is left of its
+    last page through the page cache (``fd``)."""
+    whole = len(data) - len(data) % DIRECT_ALIGN_BYTES
+    pwrite_direct(direct_fd, data[:whole], pos)
+    if whole < len(data):
+        pwrite_all(fd, data[whole:], pos + whole)
 
 
 # ---------------------------------------------------------------------- the store
@@ -213,6 +236,9 @@ class ChunkStore(IncomingCopies):
         # what a replica's path names goes through ``forget``.
         self._fds = FdCache(fds_max)
         self._direct_reads = True  # cleared if the file system refuses O_DIRECT
+        # The last statfs for new replicas: (free bytes, when, bytes reserved since).
+        self._statfs: tuple[int | None, float, int] = (None, 0.0, 0)
+        self.direct_writes = True  # DIRECT WRITES (config: direct_writes; cleared as above)
         self.drop_behind = True  # DROP-BEHIND of big unsynced writes (config: drop_behind)
         self.quarantined = 0  # files quarantined by this store (at start or found bad)
         self.bad_found = 0  # replicas found bad since start
@@ -487,6 +513,7 @@ class ChunkStore(IncomingCopies):
         stage = "open"
         path = self.path(chunk_id)
         fd = -1
+        direct_fd = -1  # DIRECT WRITES: a descriptor of the file opened with O_DIRECT
         opened: OpenFile | None = None  # the cached descriptor of an existing replica
         try:
             if creating:
@@ -497,6 +524,8 @@ class ChunkStore(IncomingCopies):
                 replica.dirty = True
                 opened = self._fds.acquire(chunk_id, self.path)
                 fd = opened.fd
+            if self.writes_direct(offset, n):
+                direct_fd = self._open_direct(path)
             if base_length < old_length:
                 # Only a bump cuts (rule 3). From the first byte the cut changes until the
                 # table describes the result, a failure leaves a file we cannot describe.
@@ -518,7 +547,8 @@ class ChunkStore(IncomingCopies):
                 self._preallocate(fd, offset, n)
                 stage = "data"
                 self._inject_eio(chunk_id)
-                blocks.write_blocks(fd, base_length, offset, view, self._corrupter(chunk_id))
+                put = None if direct_fd < 0 else functools.partial(_put_direct, fd, direct_fd)
+                blocks.write_blocks(fd, base_length, offset, view, self._corrupter(chunk_id), put)
             stage = "data"
             if creating or bump or new_length != old_length:
                 pwrite_all(fd, encode_header(chunk_id, version, new_length), 0)
@@ -558,6 +588,8 @@ class ChunkStore(IncomingCopies):
                 raise self._disk_error(e, chunk_id, "write") from e
             raise
         finally:
+            if direct_fd >= 0:
+                os.close(direct_fd)
             if opened is not None:
                 self._fds.release(opened)
             elif fd >= 0:
@@ -575,6 +607,28 @@ class ChunkStore(IncomingCopies):
             self._sync_names(replica)
             replica.dirty = False
         return replica.info()
+
+    def writes_direct(self, offset: int, size: int) -> bool:
+        """Does a write of ``size`` bytes at chunk ``offset`` put its data on the disk with
+        O_DIRECT (DIRECT WRITES)? Then it leaves no dirty pages to hurry or drop."""
+        return (
+            self.direct_writes
+            and size >= DIRECT_WRITE_BYTES_MIN
+            and offset % DIRECT_ALIGN_BYTES == 0
+        )
+
+    def _open_direct(self, path: Path) -> int:
+        """``path`` opened for O_DIRECT writes, or -1 (and direct writes off) where the
+        file system refuses them."""
+        try:
+            return os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            log.info("%sO_DIRECT refused here: big writes go through the page cache",
+                     self.log_prefix)  # fmt: skip
+            self.direct_writes = False
+            return -1
 
     @staticmethod
     def _harmless(e: OSError, stage: str) -> bool:
@@ -620,7 +674,7 @@ class ChunkStore(IncomingCopies):
     def _reserve(self, chunk_id: int, growth_bytes: int, *, check_disk: bool = False) -> None:
         """Count ``growth_bytes`` as used, or ``NoSpace`` past the configured capacity. With
         ``check_disk`` (a new replica) the file system's free space must hold it too."""
-        disk_free = self.fs_free_bytes() if check_disk and growth_bytes > 0 else None
+        disk_free = self._disk_free_for(growth_bytes) if check_disk and growth_bytes > 0 else None
         with self._mutex:
             free = self.capacity_bytes - self._used_bytes
             if disk_free is not None:
@@ -634,6 +688,27 @@ class ChunkStore(IncomingCopies):
                     free_bytes=max(free, 0),
                 )
             self._used_bytes += growth_bytes
+
+    def _disk_free_for(self, growth_bytes: int) -> int | None:
+        """``fs_free_bytes`` for a new replica of ``growth_bytes``: from a reading at most
+        ``STATFS_TTL_S`` old, less what was reserved since, while that leaves at least
+        ``STATFS_MARGIN_BYTES``; else read again. (A small file's write created a replica
+        and paid a statfs each: 14 us to 0.85 ms here under load. The preallocation is
+        what guarantees the space; this is the early, clear answer.)"""
+        now = time.monotonic()
+        with self._mutex:
+            free, taken_at, reserved = self._statfs
+            if (
+                free is not None
+                and now - taken_at < STATFS_TTL_S
+                and free - reserved - growth_bytes >= STATFS_MARGIN_BYTES
+            ):
+                self._statfs = (free, taken_at, reserved + growth_bytes)
+                return free - reserved
+        free = self.fs_free_bytes()
+        with self._mutex:
+            self._statfs = (free, now, growth_bytes)
+        return free
 
     def _release(self, growth_bytes: int) -> None:
         with self._mutex:

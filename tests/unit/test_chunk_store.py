@@ -237,6 +237,52 @@ def test_a_read_from_disk_reads_the_disk_and_leaves_the_cache_as_it_was(
         assert _resident_bytes(path) >= MiB  # and a scrub keeps it there
 
 
+def test_a_big_aligned_write_goes_to_the_disk_past_the_page_cache(root: Path) -> None:
+    """DIRECT WRITES: a write of at least ``DIRECT_WRITE_BYTES_MIN`` at an aligned offset
+    leaves none of its whole pages in the page cache (its partial last page goes through
+    it); it reads back the same, and a rewrite over pages a read had cached is what the
+    next read sees."""
+    store = ChunkStore(root, chunk_bytes_max=4 * MiB)
+    content = bytearray(data(2 * MiB + 100, seed=21))
+    store.write(CHUNK, 1, 0, 0, content)
+    assert store.direct_writes, "this test's file system takes O_DIRECT"
+    path = store.path(CHUNK)
+    assert _resident_bytes(path) <= DATA_OFFSET + 4096  # header, table, the last page
+    assert bytes(store.read(CHUNK, 1, 0, len(content))) == content
+    assert _resident_bytes(path) >= 2 * MiB  # the plain read cached it
+    patch = data(MiB, seed=22)
+    store.write(CHUNK, 1, len(content), 4096, patch)
+    content[4096 : 4096 + MiB] = patch
+    assert bytes(store.read(CHUNK, 1, 0, len(content))) == content
+    assert bytes(store.read(CHUNK, 1, 0, len(content), from_disk=True)) == content
+    store.sync(CHUNK, 1)
+    unaligned = data(MiB, seed=23)  # not at a page boundary: the page cache's path
+    store.write(CHUNK, 1, len(content), 100, unaligned)
+    content[100 : 100 + MiB] = unaligned
+    assert bytes(store.read(CHUNK, 1, 0, len(content), from_disk=True)) == content
+
+
+def test_a_file_system_without_o_direct_keeps_big_writes_in_the_page_cache(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where O_DIRECT is refused (EINVAL, as a tmpfs may), the write goes through the page
+    cache, and direct writes stay off."""
+    real_open = os.open
+
+    def no_direct(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args, **kwargs)
+
+    store = ChunkStore(root, chunk_bytes_max=4 * MiB)
+    monkeypatch.setattr(os, "open", no_direct)
+    content = data(2 * MiB, seed=24)
+    store.write(CHUNK, 1, 0, 0, content)
+    assert not store.direct_writes
+    assert _resident_bytes(store.path(CHUNK)) >= 2 * MiB
+    assert bytes(store.read(CHUNK, 1, 0, len(content))) == content
+
+
 @pytest.mark.parametrize("drop_behind", [True, False])
 def test_a_streamed_write_leaves_no_pages_behind_it(root: Path, drop_behind: bool) -> None:
     """DROP-BEHIND: a big unsynced write's early writeback also writes back and drops the
@@ -244,6 +290,7 @@ def test_a_streamed_write_leaves_no_pages_behind_it(root: Path, drop_behind: boo
     replica in the page cache; the bytes read back the same from the disk."""
     store = ChunkStore(root, chunk_bytes_max=32 * MiB)
     store.drop_behind = drop_behind
+    store.direct_writes = False  # the page cache's path (a tmpfs's, or configured)
     content = data(16 * MiB, seed=12)
     for offset in range(0, len(content), MiB):
         store.write(CHUNK, 1, 0, offset, content[offset : offset + MiB])
@@ -270,6 +317,7 @@ def test_a_failed_drop_behind_writeback_fails_the_replicas_next_sync(
     expect_log(r"event=quarantined chunk=261")
     monkeypatch.setattr(chunkserver.store, "write_back_and_drop", failing(errno.EIO))
     store = ChunkStore(store.root, chunk_bytes_max=32 * MiB, fds_max=1)
+    store.direct_writes = False  # the page cache's path (a tmpfs's, or configured)
     offset = DROP_BEHIND_LAG_BYTES + MiB
     store.write(CHUNK, 1, 0, offset, b"x" * MiB)
     store.start_writeback(CHUNK, offset, MiB)
@@ -586,6 +634,34 @@ def test_creating_a_replica_checks_the_file_systems_free_space(
     assert store.capacity_now() == store.used_bytes + footprint_bytes(B)
     monkeypatch.setattr(store, "fs_free_bytes", lambda: 1 << 50)
     assert store.capacity_now() == store.capacity_bytes
+
+
+def test_new_replicas_reuse_a_recent_statfs_only_while_the_disk_has_room(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small file's replica does not pay a statfs each while a recent reading leaves a
+    wide margin; near a full disk every new replica reads it again."""
+    calls: list[int] = []
+    free = [1 << 40]
+
+    def statfs() -> int:
+        calls.append(free[0])
+        return free[0]
+
+    monkeypatch.setattr(store, "fs_free_bytes", statfs)
+    for i in range(20):
+        store.write(CHUNK + 256 * i, 1, 0, 0, b"x")
+    assert len(calls) == 1
+    free[0] = chunkserver.store.STATFS_MARGIN_BYTES  # no margin left
+    monkeypatch.setattr(chunkserver.store, "STATFS_TTL_S", 0.0)
+    store.write(CHUNK + 256 * 20, 1, 0, 0, b"x")  # the reading expired: read again
+    monkeypatch.setattr(chunkserver.store, "STATFS_TTL_S", 3600.0)
+    for i in range(21, 23):
+        store.write(CHUNK + 256 * i, 1, 0, 0, b"x")
+    assert len(calls) == 4
+    free[0] = 0
+    with pytest.raises(NoSpace):
+        store.write(CHUNK + 256 * 23, 1, 0, 0, b"x")
 
 
 @pytest.mark.parametrize("where", ["pwrite", "preadv", "open"])
@@ -1172,6 +1248,9 @@ async def test_large_unsynced_writes_start_their_writeback_and_small_ones_do_not
     assert MiB >= WRITEBACK_BYTES_MIN  # the store's largest chunk here
     await s.write(CHUNK, 1, 0, 0, data(4096))
     await s.write(CHUNK, 1, 0, 0, data(WRITEBACK_BYTES_MIN), sync=True)
+    await s.write(CHUNK, 1, 0, 0, data(WRITEBACK_BYTES_MIN, seed=2))  # DIRECT WRITES
+    assert s.store.direct_writes, "this test's file system takes O_DIRECT"
+    s.store.direct_writes = False
     await s.write(CHUNK, 1, 0, 0, data(WRITEBACK_BYTES_MIN, seed=1))
     await s.close()  # waits for the hint's thread
     assert hinted == [(CHUNK, 0, WRITEBACK_BYTES_MIN)]

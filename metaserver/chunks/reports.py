@@ -20,7 +20,9 @@ THE RULES OF A BLOCK REPORT (each replica ``cs_id`` lists as chunk id, version, 
   with ``chunk.info``, inside the chunkserver's ``cs.report`` call; the rest wait for the
   next report): ``metaserver/chunks/pushes.py`` judges it (stale, or a version no push
   delivered, or LENGTH RECOVERY). Not vouched for either way.
-- **from the future**: a member at a newer version than the table's: logged only.
+- **from the future**: a member at a newer version than the table's (only a group restored
+  from an older backup sees one): logged, and the driver takes the table's version past it
+  and pushes it (``Repair._overtake``): the members cut themselves to the table's length.
 - **outside the set** at the table's version or older: deleted once the chunk has its
   goal of members vouched for (``ChunkCore.at_goal``; until then such a copy may be the
   best one left, as HDFS invalidates excess and stale replicas only then).

@@ -4,7 +4,9 @@ metaserver, three chunkservers, small chunks), as an operator runs them.
 Checks: a backup taken while a client writes files in a loop, restored into a new group
 (the old one stopped, its Raft directory moved aside, the new one started on the same
 chunkservers), holds every file closed before the backup began, byte for byte, not the
-files written after it, and no file with other bytes than were written; the restored group takes new files (its chunk ids go on past every id the old group may have
+files written after it, and no file with other bytes than were written (a file of the backup
+written again after it reads as it was in the backup, after its chunk's version went past
+the chunkservers' newer one); the restored group takes new files (its chunk ids go on past every id the old group may have
 given); a backup file with one byte flipped is refused with a clear error, and so is a
 directory that holds a log already.
 
@@ -134,9 +136,46 @@ def read_tree(d: Path) -> dict[bytes, bytes]:
     return result
 
 
+def write_at(d: Path, name: bytes, offset: int, data: bytes) -> None:
+    """Write ``data`` at ``offset`` of /name (made if missing), then close."""
+    layout = local.load_layout(d)
+
+    async def go() -> None:
+        async with FsClient.open_cluster(
+            layout.meta_addresses, load_secret(layout.secret_file)
+        ) as fs:
+            _, f = await fs.create_and_open(1, name, MODE, os.O_WRONLY | os.O_CREAT)
+            try:
+                await f.write(offset, data)
+            finally:
+                await f.close()
+
+    anyio.run(go)
+
+
+def read_file(d: Path, name: bytes) -> bytes:
+    layout = local.load_layout(d)
+
+    async def go() -> bytes:
+        async with FsClient.open_cluster(
+            layout.meta_addresses, load_secret(layout.secret_file)
+        ) as fs:
+            attr = await fs.lookup(1, name)
+            f = await fs.open(attr.ino, os.O_RDONLY)
+            try:
+                return await f.read(0, attr.size)
+            finally:
+                await f.close()
+
+    result: bytes = anyio.run(go)
+    return result
+
+
 def test_backup_under_load_restored_into_a_new_group(cluster: Path, tmp_path: Path) -> None:
     d = str(cluster)
     backup = tmp_path / "meta.backup"
+    grown = os.urandom(100_000)
+    write_at(cluster, b"grown", 0, grown)
     writer = Writer(cluster)
     writer.thread.start()
     try:
@@ -144,7 +183,10 @@ def test_backup_under_load_restored_into_a_new_group(cluster: Path, tmp_path: Pa
         before = len(writer.closed)  # closed before the backup began
         out = dfs_cli("admin", "backup", "--dir", d, str(backup)).stdout
         assert "as of index" in out, out
-        # The load goes on after the backup: these files must not come back.
+        # The load goes on after the backup: these files must not come back. A file of
+        # the backup written again after it (a newer version of its chunk on the
+        # chunkservers) reads as it was in the backup.
+        write_at(cluster, b"grown", len(grown), os.urandom(100_000))  # appended
         wait_for(lambda: writer.count() >= before + 4, DEADLINE_S, "files after the backup")
     finally:
         writer.stop.set()
@@ -169,6 +211,8 @@ def test_backup_under_load_restored_into_a_new_group(cluster: Path, tmp_path: Pa
     restored = wait_for(lambda: _try(read_tree, cluster), DEADLINE_S, "the restored namespace")
     for name, data in writer.closed[:before]:
         assert restored.get(name) == data, f"{name!r} differs after the restore"
+    assert wait_for(lambda: _try(read_file, cluster, b"grown"), DEADLINE_S,
+                    "the grown file readable") == grown  # fmt: skip
     for name, data in restored.items():  # closed in the backup's index, or caught mid-write
         assert data == written[name][: len(data)], f"{name!r} holds other bytes"
     assert len(restored) < len(written)  # the files written after the backup are not there

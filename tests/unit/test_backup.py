@@ -8,7 +8,8 @@ version or a huge length field is refused with ``BackupError``, before anything 
 used; a restore into an empty directory gives a Raft storage whose snapshot is the image
 at the backup's index and term with the new membership, followed by the ``restored``
 command; that command moves the chunk id counter past the gap and never back; a backup of
-another cluster or chunk size, and a directory that holds a log, are refused.
+another cluster or chunk size, and a directory that holds a log, are refused; a version
+bump with ``past`` (a member newer than the restored table) goes past it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dfs.wire.backupfile import (
     encode_head,
 )
 from metaserver.namespace import Namespace, encode_command
+from metaserver.namespace.state import Chunk
 from metaserver.raft.seed import NotEmptyError
 from metaserver.raft.storage import RaftStorage
 from metaserver.restore import CHUNK_ID_GAP, read_backup, restore
@@ -87,7 +89,7 @@ def test_lengths_are_bounded_before_use(tmp_path: Path) -> None:
                             "created_ns": 1, "image_bytes": 1 << 50})  # fmt: skip
     raw = struct.pack(">8sHHI", b"DFSBKUP\x00", 1, 0, len(header)) + header
     (tmp_path / "x").write_bytes(raw + struct.pack(">Q", 1 << 50) + bytes(64))
-    with pytest.raises(BackupError, match="image length|bytes, its header"):
+    with pytest.raises(BackupError, match=r"image length|bytes, its header"):
         read_backup(tmp_path / "x")
 
 
@@ -136,3 +138,21 @@ def test_another_cluster_chunk_size_or_member_is_refused(tmp_path: Path) -> None
     assert not d.exists()
     restore(tmp_path / "b", d, node_id=1, voters=[1], chunk_size=None, secret=b"t" * 32,
             any_cluster=True, sync=False)  # fmt: skip
+
+
+def test_a_version_bump_goes_past_a_members_version() -> None:
+    ns = Namespace(chunk_size_bytes=CHUNK)
+    ns.restore(image())
+    ns.cs_table[1] = ("u", "a:1")
+    ns.cs_by_uuid["u"] = 1
+    created = ns.apply(encode_command("create", 0, 0, 1, {"parent": 1, "name": b"f",
+                                                          "mode": 0o100644, "uid": 0,
+                                                          "gid": 0}))  # fmt: skip
+    assert created["ok"], created
+    ino = created["attr"]["ino"]
+    ns.chunk_table[9] = Chunk(9, 3, 10, [1], ino, 0)
+    ns.inodes[ino].chunks = {0: 9}
+    bump = {"chunk_id": 9, "version": 3, "length": 10}
+    assert ns.apply(encode_command("version_bump", 0, 0, 2, {**bump, "past": 7}))["version"] == 8
+    bump["version"] = 8
+    assert ns.apply(encode_command("version_bump", 0, 0, 3, {**bump, "past": 2}))["version"] == 9

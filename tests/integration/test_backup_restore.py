@@ -1,9 +1,9 @@
-"""``dfs admin backup`` and ``dfs admin restore`` against a real local cluster (one
-metaserver, three chunkservers, small chunks), as an operator runs them.
+"""``dfs admin backup`` and ``dfs admin restore`` against a real local cluster (three
+chunkservers, small chunks), as an operator runs them.
 
 Checks: a backup taken while a client writes files in a loop, restored into a new group
-(the old one stopped, its Raft directory moved aside, the new one started on the same
-chunkservers), holds every file closed before the backup began, byte for byte, not the
+of three metaservers (the old one stopped, its Raft directories moved aside, each member
+seeded from its config, all started on the same chunkservers), holds every file closed before the backup began, byte for byte, not the
 files written after it, and no file with other bytes than were written (a file of the backup
 written again after it reads as it was in the backup, after its chunk's version went past
 the chunkservers' newer one); the restored group takes new files (its chunk ids go on past every id the old group may have
@@ -51,12 +51,13 @@ def dfs_cli(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Path]:
+@pytest.fixture(params=[1])
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A running cluster of ``request.param`` metaservers and three chunkservers."""
     d = tmp_path / "cluster"
     local.init_layout(
         d,
-        metaservers=1,
+        metaservers=request.param,
         chunkservers=3,
         chunk_size=CHUNK,
         meta_options={"dead_timeout_ms": 1500, "repair_interval_ms": 200, "repair_quiet_ms": 500},
@@ -171,6 +172,7 @@ def read_file(d: Path, name: bytes) -> bytes:
     return result
 
 
+@pytest.mark.parametrize("cluster", [3], indirect=True)
 def test_backup_under_load_restored_into_a_new_group(cluster: Path, tmp_path: Path) -> None:
     d = str(cluster)
     backup = tmp_path / "meta.backup"
@@ -195,18 +197,21 @@ def test_backup_under_load_restored_into_a_new_group(cluster: Path, tmp_path: Pa
     written = dict(writer.closed)
     assert len(read_tree(cluster)) == len(written)
 
-    # The old group stopped, its directory moved aside, a new one seeded and started.
+    # The old group stopped, its directories moved aside, a new one seeded from the
+    # backup with each member's config (as on each host), and started.
     layout = local.load_layout(cluster)
-    assert local.stop_metaserver(layout, 1) == "stopped"
-    raft = cluster / "meta1" / "raft"
-    raft.rename(cluster / "meta1" / "raft.old")
-    config = str(cluster / "meta1" / "meta.toml")
-    out = dfs_cli("admin", "restore", str(backup), "--config", config).stdout
-    assert "restored" in out, out
+    for node_id in layout.metaservers:
+        assert local.stop_metaserver(layout, node_id) == "stopped"
+    for node_id in layout.metaservers:
+        raft = cluster / f"meta{node_id}" / "raft"
+        raft.rename(raft.with_name("raft.old"))
+        config = str(cluster / f"meta{node_id}" / "meta.toml")
+        out = dfs_cli("admin", "restore", str(backup), "--config", config).stdout
+        assert f"as node {node_id} of 1,2,3" in out, out
     # Restoring again into what is now a log is refused.
     again = dfs_cli("admin", "restore", str(backup), "--config", config, code=1)
     assert "already holds a Raft log" in again.stderr, again.stderr
-    local.start_metaserver(layout, 1, layout.metaservers[1])
+    local.start_daemons(layout, only={f"meta{i}" for i in layout.metaservers})
 
     restored = wait_for(lambda: _try(read_tree, cluster), DEADLINE_S, "the restored namespace")
     for name, data in writer.closed[:before]:

@@ -6,8 +6,8 @@ index while the cluster serves, and a new metaserver group started from the expo
     dfs admin restore FILE --config metaserver.toml      (on each member's host)
 
 backup asks the leader for an image (``admin.backup``, docs/PROTOCOL.md), reads it in
-1 MiB pieces, checks it against the leader's sha256, and writes the file
-(``dfs/wire/backupfile.py``) next to FILE first, fsynced, then renamed: FILE is whole or
+1 MiB pieces straight into the file (``dfs/wire/backupfile.py``) written next to FILE,
+checks them against the leader's sha256, and fsyncs and renames it: FILE is whole or
 absent. restore runs ``python -m metaserver.restore`` (``metaserver/restore.py``: the
 client side does not import server code), which refuses a damaged file or a directory
 that holds a log. docs/OPERATIONS.md, "Backup and restore", says what happens to chunks
@@ -25,59 +25,55 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
 from dfs.cli import admin as admin_cli
 from dfs.cli.admin import Ask
 from dfs.cli.common import client_options, find_cluster, human
-from dfs.wire.backupfile import BackupHeader, cluster_id, encode_head, file_bytes
+from dfs.wire.backupfile import BackupHeader, cluster_id, encode_head
 from dfs.wire.errors import DfsError
 
 
-async def fetch(ask: Ask, out: Any) -> dict[str, Any]:
-    """Take an image on the leader and write its pieces to ``out`` (after the head the
-    caller writes once it knows the image's size); the image's description."""
+async def fetch(ask: Ask, secret: bytes, f: BinaryIO) -> BackupHeader:
+    """Take an image on the leader and write the whole file to ``f``: the head, the
+    image's pieces as they come (never all of it in memory), the sha256. The image is
+    checked against the leader's own sha256 of it."""
     first = await ask("admin.backup")
     token, size = first["token"], first["image_bytes"]
-    hasher = hashlib.sha256()
+    header = BackupHeader(
+        cluster_id=cluster_id(secret), index=first["index"], term=first["term"],
+        chunk_size=first["chunk_size"], created_ns=time.time_ns(), image_bytes=size,
+    )  # fmt: skip
+    head = encode_head(header)
+    f.write(head)
+    whole = hashlib.sha256(head)
+    image = hashlib.sha256()
     done = 0
     while done < size:
         piece = (await ask("admin.backup", token=token, offset=done))["data"]
         if not piece:
             raise click.ClickException(f"the leader's image ended at {done} of {size} bytes")
-        out(piece)
-        hasher.update(piece)
+        f.write(piece)
+        whole.update(piece)
+        image.update(piece)
         done += len(piece)
-    if hasher.digest() != first["sha256"]:
+    if done != size or image.digest() != first["sha256"]:
         raise click.ClickException("the image read does not match the leader's checksum")
-    return first
+    f.write(whole.digest())
+    return header
 
 
 def write_backup(path: Path, secret: bytes, ask_run: Any) -> BackupHeader:
-    """Write the backup file at ``path`` (temp file, fsync, rename)."""
+    """Write the backup file at ``path`` (temp file, fsync, rename: whole or absent)."""
     tmp = path.with_name(path.name + ".part")
-    pieces: list[bytes] = []
-    info = ask_run(lambda ask: fetch(ask, pieces.append))
-    header = BackupHeader(
-        cluster_id=cluster_id(secret), index=info["index"], term=info["term"],
-        chunk_size=info["chunk_size"], created_ns=time.time_ns(),
-        image_bytes=info["image_bytes"],
-    )  # fmt: skip
-    head = encode_head(header)
-    hasher = hashlib.sha256(head)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(head)
-            for piece in pieces:
-                f.write(piece)
-                hasher.update(piece)
-            f.write(hasher.digest())
+            header: BackupHeader = ask_run(lambda ask: fetch(ask, secret, f))
             f.flush()
             os.fsync(f.fileno())
-        assert os.path.getsize(tmp) == file_bytes(header, len(head))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -101,8 +97,8 @@ def backup(
     cluster serves."""
     _, secret = find_cluster(directory, meta, secret_file)
 
-    def run(work: Any) -> dict[str, Any]:
-        result: dict[str, Any] = admin_cli._session(directory, meta, secret_file, work)
+    def run(work: Any) -> BackupHeader:
+        result: BackupHeader = admin_cli._session(directory, meta, secret_file, work)
         return result
 
     try:

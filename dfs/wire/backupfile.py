@@ -126,11 +126,6 @@ def decode_header(raw: bytes, image_len_raw: bytes) -> BackupHeader:
     return BackupHeader(**fields)
 
 
-def file_bytes(h: BackupHeader, head_len: int) -> int:
-    """The size a whole file with this header has (``head_len``: ``encode_head``'s)."""
-    return head_len + h.image_bytes + DIGEST_BYTES
-
-
 __all__ = [
     "BACKUP_FORMAT_VERSION",
     "DIGEST_BYTES",
@@ -142,6 +137,5 @@ __all__ = [
     "cluster_id",
     "decode_header",
     "encode_head",
-    "file_bytes",
     "header_len",
 ]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
 from dfs.wire import codec
-from dfs.wire.codec import Frame, FrameDecoder, encode, encode_bytes
+from dfs.wire.codec import Frame, FrameDecoder, PayloadPool, encode, encode_bytes
 from dfs.wire.errors import ProtocolError
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
@@ -270,3 +270,41 @@ def test_in_place_payload_needs_the_whole_header_first() -> None:
     target[:] = payload[100:]
     decoder.payload_filled(len(target))
     assert decoder.next_frame() == Frame({"op": "read", "id": 7}, payload)
+
+
+def test_the_payload_pool_gives_a_buffer_again_only_once_nothing_refers_to_it() -> None:
+    """A payload received in place is a buffer handed over for good: the pool hands it out
+    again only when it holds the last reference (not while a frame, the buffer itself or a
+    view of it is kept anywhere), and keeps at most ``keep`` buffers."""
+    pool = PayloadPool(keep=2)
+    first = pool.take(1000)
+    assert pool.take(1000) is not first  # still referred to (``first``)
+    view = memoryview(first)[10:]
+    first_id = id(first)
+    del first
+    second = pool.take(1000)
+    assert id(second) != first_id  # a view of it is kept
+    view.release()
+    del view
+    again = pool.take(1000)
+    assert id(again) == first_id
+    assert len(pool._bufs) == 2 and any(b is second for b in pool._bufs)
+    other = pool.take(2000)  # full, and both taken: a buffer of its own, not kept
+    assert all(b is not other for b in pool._bufs)
+    del again
+    third = pool.take(3000)  # full: a free buffer of another size makes room
+    assert any(b is third for b in pool._bufs)
+
+
+def test_frames_received_in_place_keep_their_bytes_while_held() -> None:
+    """Two large frames decoded one after the other: the first one's payload, still held,
+    is not overwritten by the second (the pool does not hand it out again)."""
+    dec = FrameDecoder()
+    a, b = bytes([1]) * 100_000, bytes([2]) * 100_000
+    wire = b"".join(bytes(x) for x in encode({"n": 1}, a) + encode({"n": 2}, b))
+    frames = []
+    for i in range(0, len(wire), 4096):
+        dec.feed(wire[i : i + 4096])
+        while (f := dec.next_frame()) is not None:
+            frames.append(f)
+    assert [bytes(f.payload) for f in frames] == [a, b]

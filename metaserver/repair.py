@@ -137,7 +137,7 @@ class Repair:
         self.quiet_s = quiet_s
         self.clock = clock
         self.core = ChunkCore(link.placer, quiet_s=quiet_s, jobs=jobs)
-        self.reports = Reports(self.core)
+        self.reports = Reports(self.core, unknown_grace_s=gc_grace_s)
         self.garbage = Garbage(gc_grace_s)
         self.pushes = Pushes(self.core)
         self.health = Health()

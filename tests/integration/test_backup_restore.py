@@ -6,7 +6,8 @@ of three metaservers (the old one stopped, its Raft directories moved aside, eac
 seeded from its config, all started on the same chunkservers), holds every file closed before the backup began, byte for byte, not the
 files written after it, and no file with other bytes than were written (a file of the backup
 written again after it reads as it was in the backup, after its chunk's version went past
-the chunkservers' newer one); the restored group takes new files (its chunk ids go on past every id the old group may have
+the chunkservers' newer one), and the chunks of files written after it wait the garbage's
+grace before they are deleted; the restored group takes new files (its chunk ids go on past every id the old group may have
 given); a backup file with one byte flipped is refused with a clear error, and so is a
 directory that holds a log already.
 
@@ -202,6 +203,7 @@ def test_backup_under_load_restored_into_a_new_group(cluster: Path, tmp_path: Pa
     layout = local.load_layout(cluster)
     for node_id in layout.metaservers:
         assert local.stop_metaserver(layout, node_id) == "stopped"
+    chunk_files = {p.relative_to(cluster) for p in cluster.glob("cs*/data/chunks/*/*.chunk")}
     for node_id in layout.metaservers:
         raft = cluster / f"meta{node_id}" / "raft"
         raft.rename(raft.with_name("raft.old"))
@@ -221,6 +223,10 @@ def test_backup_under_load_restored_into_a_new_group(cluster: Path, tmp_path: Pa
     for name, data in restored.items():  # closed in the backup's index, or caught mid-write
         assert data == written[name][: len(data)], f"{name!r} holds other bytes"
     assert len(restored) < len(written)  # the files written after the backup are not there
+    # Their chunks are unknown to the restored group, and wait the garbage's grace (30 s)
+    # before the block reports delete them: none is gone yet.
+    now = {p.relative_to(cluster) for p in cluster.glob("cs*/data/chunks/*/*.chunk")}
+    assert chunk_files <= now, sorted(chunk_files - now)
 
     # The restored group writes new files (fresh chunk ids), and reads them back.
     async def write_new() -> bytes:

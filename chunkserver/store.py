@@ -64,7 +64,7 @@ Rules, and where they are checked:
 The on-disk format (version 1) has its one canonical definition in ``dfs/wire/replicafile.py``
 (the chunkserver writes it; a client on the same machine reads it: SHORT-CIRCUIT READS).
 
-Crash model: SQLite's (style.md §4), through ``dfs.testing.faultydisk.CrashDisk`` in
+Crash model: SQLite's (style.md §4), through ``tools.testing.faultydisk.CrashDisk`` in
 ``tests/unit/test_chunk_store.py``. That model covers appends past the synced bytes; a
 replica's header and table are rewritten in place by every write that changes them, which it
 treats as "never synced" (any fate for the whole file). What the tests check is what holds
@@ -169,15 +169,6 @@ class WouldBlock(Exception):
     def __init__(self, message: str, *, unsupported: bool = False) -> None:
         super().__init__(message)
         self.unsupported = unsupported
-
-
-def _put_direct(fd: int, direct_fd: int, data: memoryview, pos: int) -> None:
-    """DIRECT WRITES: ``data``'s whole pages at ``pos`` with O_DIRECT, what is left of its
-    last page through the page cache (``fd``)."""
-    whole = len(data) - len(data) % DIRECT_ALIGN_BYTES
-    pwrite_direct(direct_fd, data[:whole], pos)
-    if whole < len(data):
-        pwrite_all(fd, data[whole:], pos + whole)
 
 
 # ---------------------------------------------------------------------- the store
@@ -547,7 +538,7 @@ class ChunkStore(IncomingCopies):
                 self._preallocate(fd, offset, n)
                 stage = "data"
                 self._inject_eio(chunk_id)
-                put = None if direct_fd < 0 else functools.partial(_put_direct, fd, direct_fd)
+                put = None if direct_fd < 0 else functools.partial(self._put_direct, fd, direct_fd)
                 blocks.write_blocks(fd, base_length, offset, view, self._corrupter(chunk_id), put)
             stage = "data"
             if creating or bump or new_length != old_length:
@@ -588,12 +579,14 @@ class ChunkStore(IncomingCopies):
                 raise self._disk_error(e, chunk_id, "write") from e
             raise
         finally:
-            if direct_fd >= 0:
-                os.close(direct_fd)
-            if opened is not None:
-                self._fds.release(opened)
-            elif fd >= 0:
-                os.close(fd)
+            try:
+                if direct_fd >= 0:
+                    os.close(direct_fd)
+            finally:
+                if opened is not None:
+                    self._fds.release(opened)
+                elif fd >= 0:
+                    os.close(fd)
         with self._mutex:
             if replica is None:
                 replica = Replica(chunk_id, version, new_length, new_footprint, dirty=True)
@@ -617,6 +610,27 @@ class ChunkStore(IncomingCopies):
             and offset % DIRECT_ALIGN_BYTES == 0
         )
 
+    def _put_direct(self, fd: int, direct_fd: int, data: memoryview, pos: int) -> None:
+        """DIRECT WRITES: ``data``'s whole pages at ``pos`` with O_DIRECT, what is left of
+        its last page through the page cache (``fd``). A file system that opens with
+        O_DIRECT but refuses the write (EINVAL) gets the whole range through the page
+        cache, and no more direct writes."""
+        whole = len(data) - len(data) % DIRECT_ALIGN_BYTES
+        try:
+            pwrite_direct(direct_fd, data[:whole], pos)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self._direct_refused("write")
+            whole = 0
+        if whole < len(data):
+            pwrite_all(fd, data[whole:], pos + whole)
+
+    def _direct_refused(self, what: str) -> None:
+        log.info("%sO_DIRECT %s refused here: big writes go through the page cache",
+                 self.log_prefix, what)  # fmt: skip
+        self.direct_writes = False
+
     def _open_direct(self, path: Path) -> int:
         """``path`` opened for O_DIRECT writes, or -1 (and direct writes off) where the
         file system refuses them."""
@@ -625,9 +639,7 @@ class ChunkStore(IncomingCopies):
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
-            log.info("%sO_DIRECT refused here: big writes go through the page cache",
-                     self.log_prefix)  # fmt: skip
-            self.direct_writes = False
+            self._direct_refused("open")
             return -1
 
     @staticmethod

@@ -64,8 +64,8 @@ from pathlib import Path
 from typing import Any
 
 from dfs import rpc
+from dfs.ports import free_loopback_ports
 from dfs.secret import generate_secret, load_secret, write_secret
-from dfs.testing.ports import free_loopback_ports
 from dfs.wire.errors import DfsError
 from dfs.wire.limits import CHUNK_SIZE_BYTES_DEFAULT
 
@@ -178,7 +178,7 @@ def init_layout(
 
     The servers listen on free loopback ports, or on ``addresses`` (metaservers',
     chunkservers' "host:port", one per server) when given: a cluster whose servers are
-    on hosts of their own (``dfs.testing.netns``, ``dfs init``). With ``metrics`` each
+    on hosts of their own (``tools.testing.netns``, ``dfs init``). With ``metrics`` each
     server also serves Prometheus metrics (``metrics_port``): on a free loopback port, or,
     with ``addresses``, on its listen port + ``METRICS_PORT_OFFSET``. ``data_root`` and
     ``secret_path`` are the paths the configs name on the servers' own hosts (default:

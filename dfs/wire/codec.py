@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import struct
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -62,15 +63,20 @@ class PayloadPool:
     busy samples during a big file's stream. A buffer is handed out again only when its
     reference count says this pool holds the last reference (a frame's consumer may keep
     its payload, or a view of it, as long as it likes: the buffer is then simply not free).
-    At most ``keep`` buffers are kept; a size that finds none free gets a new one."""
+    Only payloads of at most ``size_max`` bytes are pooled, at most ``keep`` of them: the
+    pool holds at most ``keep * size_max`` bytes that nobody uses. One pool per thread
+    (``payload_pool()``): the check and the hand-out are not atomic."""
 
-    __slots__ = ("_bufs", "keep")
+    __slots__ = ("_bufs", "keep", "size_max")
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int, size_max: int) -> None:
         self.keep = keep
+        self.size_max = size_max
         self._bufs: list[bytearray] = []
 
     def take(self, size: int) -> bytearray:
+        if size > self.size_max:
+            return bytearray(size)
         bufs = self._bufs
         for i in range(len(bufs)):
             # References while free: the list's and getrefcount's argument.
@@ -87,9 +93,19 @@ class PayloadPool:
         return buf
 
 
-# Every decoder of the process draws its large payloads from this pool (one event loop
-# thread decodes; a buffer another thread still uses is not free).
-PAYLOADS = PayloadPool(keep=8)
+# What each thread's pool keeps: eight of the 4 MiB pieces chunk reads and writes move
+# (32 MiB at most, on top of the budgets of ``dfs/budget.py``, which count what is in use).
+POOLED_PAYLOADS_MAX = 8
+POOLED_PAYLOAD_BYTES_MAX = 4 * 1024 * 1024
+_pools = threading.local()
+
+
+def payload_pool() -> PayloadPool:
+    """This thread's ``PayloadPool`` (every decoder of a thread draws from it)."""
+    pool: PayloadPool | None = getattr(_pools, "pool", None)
+    if pool is None:
+        pool = _pools.pool = PayloadPool(POOLED_PAYLOADS_MAX, POOLED_PAYLOAD_BYTES_MAX)
+    return pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +301,7 @@ class FrameDecoder:
             # The header is here and the payload is large: from now on it is received in
             # place. What came of it so far moves to its buffer; nothing follows it in buf.
             self._large_header = decode_header(buf[pos + PREFIX_BYTES : header_end])
-            large = PAYLOADS.take(payload_len)
+            large = payload_pool().take(payload_len)
             got = len(buf) - header_end
             with memoryview(buf) as view:
                 large[:got] = view[header_end:]

@@ -8,7 +8,7 @@ checks that no module defines one of these names again).
 
 Names end in their unit and ``_max``/``_min`` (``NAME_BYTES_MAX``). Changing a value
 changes the protocol (``docs/PROTOCOL.md`` is generated from the definitions that use them:
-``python -m dfs.wire.protocoldoc``).
+``python -m tools.protocoldoc``).
 """
 
 from __future__ import annotations

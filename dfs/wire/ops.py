@@ -4,7 +4,7 @@ The definitions are in ``ops_meta.py`` (the metaserver's) and ``ops_chunk.py`` (
 chunkserver's), in the shape of ``spec.py``. A server looks an incoming op up here, then
 ``admit``s it: the peer's role (proven in the handshake, ``auth.py``) must be one the
 definition allows, and the header must pass the definition's check. docs/PROTOCOL.md's
-tables are generated from these (``python -m dfs.wire.protocoldoc``).
+tables are generated from these (``python -m tools.protocoldoc``).
 """
 
 from __future__ import annotations

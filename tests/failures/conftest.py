@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from failures_cluster import Cluster, running
 
-from dfs.testing.fuseenv import skip_unless_fuse
+from tools.testing.fuseenv import skip_unless_fuse
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

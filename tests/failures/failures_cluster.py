@@ -21,8 +21,8 @@ import anyio
 from dfs import rpc
 from dfs.cli import cluster as local
 from dfs.secret import load_secret
-from dfs.testing.poll import wait_for
 from dfs.wire.token import READ, make_token, token_key
+from tools.testing.poll import wait_for
 
 CHUNK = 1 << 20
 DEAD_TIMEOUT_S = 3.0

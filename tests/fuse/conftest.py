@@ -15,7 +15,7 @@ import pytest
 from fuse_cluster import Mounts, start_cluster, stop_cluster
 
 from dfs.cli import cluster as local
-from dfs.testing.fuseenv import skip_unless_fuse
+from tools.testing.fuseenv import skip_unless_fuse
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

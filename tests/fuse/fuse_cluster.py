@@ -15,7 +15,7 @@ import anyio
 
 from dfs.cli import cluster as local
 from dfs.fuse.mountinfo import mount_info
-from dfs.testing.poll import wait_for
+from tools.testing.poll import wait_for
 
 CHUNK = 1 << 20
 

@@ -1,6 +1,6 @@
 """``scripts/bench fs`` at a tiny scale, and its pass-through baseline on its own.
 
-The benchmark runs as a user runs it (``python -m dfs.bench fs``, its own cluster, mount
+The benchmark runs as a user runs it (``python -m tools.bench fs``, its own cluster, mount
 and pass-through, all stopped by PID before it returns) without the MooseFS peer, with a
 small big file, few small files and a small tree to untar; the test reads its output as
 docs/PERFORMANCE.md describes it. Both tests need root and /dev/fuse (``conftest.py``).
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from dfs.benchfs.workloads import ORDER, UNITS
 from dfs.fuse.mountinfo import mount_info
-from dfs.testing.poll import wait_for
+from tools.bench.fs.workloads import ORDER, UNITS
+from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.fuse]
 
@@ -33,7 +33,7 @@ RUN_TIMEOUT_S = 240
 @pytest.mark.timeout(RUN_TIMEOUT_S + 60)
 def test_bench_fs_prints_every_figure_and_ratio(tmp_path: Path) -> None:
     argv = [
-        sys.executable, "-m", "dfs.bench", "fs", "--big-mib", "4", "--small-files", "20",
+        sys.executable, "-m", "tools.bench", "fs", "--big-mib", "4", "--small-files", "20",
         "--runs", "1", "--rand-seconds", "0.1", "--untar-source", str(ROOT / "dfs" / "wire"),
         "--dir", str(tmp_path),
     ]  # fmt: skip

@@ -30,7 +30,7 @@ import pytest
 from dfs.cli import cluster as local
 from dfs.client import FsClient
 from dfs.secret import load_secret
-from dfs.testing.poll import wait_for
+from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -32,8 +32,8 @@ import pytest
 
 from dfs import rpc
 from dfs.budget import CONN_INFLIGHT_BYTES_MAX
+from dfs.ports import free_loopback_ports
 from dfs.secret import write_secret
-from dfs.testing.ports import free_loopback_ports
 from dfs.wire.token import READ, WRITE, make_token, token_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(90)]

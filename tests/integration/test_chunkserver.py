@@ -45,8 +45,8 @@ import pytest
 
 from chunkserver.disk import INLINE_WRITE_BYTES_MAX
 from dfs import rpc
+from dfs.ports import free_loopback_ports
 from dfs.secret import write_secret
-from dfs.testing.ports import free_loopback_ports
 from dfs.wire.errors import (
     AuthError,
     Corrupt,

@@ -46,7 +46,7 @@ from test_chunkserver import (  # the fixtures and helpers of the chunkserver pr
     token_fields,
 )
 
-from dfs.testing.ports import free_loopback_ports
+from dfs.ports import free_loopback_ports
 from dfs.wire.errors import (
     Corrupt,
     Invalid,

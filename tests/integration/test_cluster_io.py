@@ -36,9 +36,9 @@ from dfs.cli import cluster as local
 from dfs.client import ClientOptions, FsClient
 from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
-from dfs.testing.fsread import read_to_eof
 from dfs.wire.errors import NameTooLong, NotFound, TooBig
 from dfs.wire.replicafile import DATA_OFFSET, chunk_relpath
+from tools.testing.fsread import read_to_eof
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(240)]
 

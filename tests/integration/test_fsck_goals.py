@@ -28,7 +28,7 @@ import pytest
 from dfs.cli import cluster as local
 from dfs.client import FsClient
 from dfs.secret import load_secret
-from dfs.testing.poll import wait_for
+from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -51,7 +51,7 @@ def dfs_cli(*args: str, code: int | None = 0) -> subprocess.CompletedProcess[str
 
 
 def eventually(check: Callable[[], Any], what: str) -> Any:
-    """``dfs.testing.poll.wait_for`` with this module's deadline."""
+    """``tools.testing.poll.wait_for`` with this module's deadline."""
     return wait_for(check, DEADLINE_S, what, interval_s=0.2)
 
 

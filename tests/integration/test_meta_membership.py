@@ -45,8 +45,8 @@ from dfs.cli.admin_meta import metaserver
 from dfs.client import FsClient
 from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
-from dfs.testing.fsread import read_to_eof
 from metaserver.membership import was_removed
+from tools.testing.fsread import read_to_eof
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
 

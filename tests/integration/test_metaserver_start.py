@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from dfs.ports import free_loopback_ports
 from dfs.secret import generate_secret, write_secret
-from dfs.testing.ports import free_loopback_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 START_DEADLINE_S = 30.0

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
+from dfs.ports import free_loopback_ports
 from dfs.secret import write_secret
-from dfs.testing.ports import free_loopback_ports
 from dfs.wire.errors import AuthError, DfsError
 from metaserver.raft.kvclient import KvClient, KvPool
 

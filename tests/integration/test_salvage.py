@@ -28,9 +28,9 @@ import pytest
 from dfs.cli import cluster as local
 from dfs.client import FsClient
 from dfs.secret import load_secret
-from dfs.testing.poll import wait_for
 from dfs.wire.errors import Corrupt
 from dfs.wire.replicafile import BLOCK_BYTES, DATA_OFFSET
+from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -28,8 +28,8 @@ import anyio
 
 from dfs.client import ClientOptions, FsClient
 from dfs.secret import load_secret
-from dfs.testing.fsread import read_to_eof
 from dfs.wire.errors import DfsError, Exists
+from tools.testing.fsread import read_to_eof
 
 MODE = stat.S_IFREG | 0o644
 

@@ -1,4 +1,4 @@
-"""Setup of the tests across network namespaces (``dfs.testing.netns``).
+"""Setup of the tests across network namespaces (``tools.testing.netns``).
 
 The tests that make namespaces (all but the proxy's, through the ``netns_ready``
 fixture) need root, ``ip`` and ``iptables``. Without them they skip with the reason,
@@ -16,7 +16,7 @@ import os
 import pytest
 from netns_helpers import netns_unavailable
 
-from dfs.testing.netns import cleanup_stale
+from tools.testing.netns import cleanup_stale
 
 
 @pytest.fixture(scope="session")

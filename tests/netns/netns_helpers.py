@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dfs.testing.netns import NetCluster
-from dfs.testing.poll import wait_for  # noqa: F401  (re-exported)
+from tools.testing.netns import NetCluster
+from tools.testing.poll import wait_for  # noqa: F401  (re-exported)
 
 T = TypeVar("T")
 CLIENT_OPS = str(Path(__file__).with_name("client_ops.py"))

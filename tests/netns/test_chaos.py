@@ -1,4 +1,4 @@
-"""Issue 5's chaos run (``dfs.testing.chaos``, ``scripts/chaos``) at a reduced size, and
+"""Issue 5's chaos run (``tools.testing.chaos``, ``scripts/chaos``) at a reduced size, and
 its model's read check.
 
 The run: a cluster across network namespaces (3 metaservers, 4 chunkservers), a workload
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from dfs.testing.chaos import Entry, check_read, mismatch_kind
+from tools import pythonpath_env
+from tools.testing.chaos import Entry, check_read, mismatch_kind
 
 pytestmark = [pytest.mark.netns]
 
@@ -58,9 +59,9 @@ def test_mismatches_are_classified() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_chaos_run_loses_nothing(netns_ready: None, tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "dfs.testing.chaos", "--seconds", str(SECONDS)]
+    argv = [sys.executable, "-m", "tools.testing.chaos", "--seconds", str(SECONDS)]
     argv += ["--seed", str(SEED), "--dir", str(tmp_path / "chaos")]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=280, env=pythonpath_env())
     output = proc.stdout.strip().splitlines()
     print("\n".join(output[-60:]))
     print(proc.stderr[-4000:], file=sys.stderr)

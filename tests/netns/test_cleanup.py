@@ -13,8 +13,8 @@ import pytest
 from netns_helpers import wait_for
 
 from dfs.cli import cluster as local
-from dfs.testing import netns
-from dfs.testing.netns import NetCluster, cleanup_stale
+from tools.testing import netns
+from tools.testing.netns import NetCluster, cleanup_stale
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -77,9 +77,9 @@ def test_cli_up_faults_down(netns_ready: None, tmp_path: Path) -> None:
 
     def netcluster(*args: str, timeout_s: float = 90) -> str:
         proc = subprocess.run(
-            [sys.executable, "-m", "dfs.testing.netns", *args, "--dir", str(d)]
+            [sys.executable, "-m", "tools.testing.netns", *args, "--dir", str(d)]
             if args[0] not in ("exec", "dfs")
-            else [sys.executable, "-m", "dfs.testing.netns", "--dir", str(d), *args],
+            else [sys.executable, "-m", "tools.testing.netns", "--dir", str(d), *args],
             capture_output=True,
             text=True,
             timeout=timeout_s,

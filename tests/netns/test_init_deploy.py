@@ -13,7 +13,7 @@ from netns_helpers import dump_logs
 
 from dfs.cli import cluster as local
 from dfs.cli.main import cli
-from dfs.testing.netns import NetCluster
+from tools.testing.netns import NetCluster
 
 pytestmark = [pytest.mark.timeout(300)]
 

@@ -2,7 +2,7 @@
 
 One cluster for the module (3 metaservers, 3 chunkservers, one client host, 1 MiB chunks,
 goal 3: every chunk has a replica on every chunkserver), each server in a network
-namespace of its own (``dfs.testing.netns``). Each test leaves the cluster healed; the
+namespace of its own (``tools.testing.netns``). Each test leaves the cluster healed; the
 module's teardown asserts that nothing of it is left.
 
 What these tests check (issue 5, item 9):
@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 from netns_helpers import ClientOps, dump_logs, wait_for
 
-from dfs.testing.netns import NetCluster
 from dfs.wire.errors import DfsError, NotFound, NotLeader, Timeout, Unavailable
+from tools.testing.netns import NetCluster
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 

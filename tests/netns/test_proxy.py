@@ -1,4 +1,4 @@
-"""The fault proxy (``dfs.testing.proxy``) on loopback, in this process and as a process:
+"""The fault proxy (``tools.testing.proxy``) on loopback, in this process and as a process:
 bytes pass intact and in order under delay and jitter, a stall holds them, cut closes and
 reset aborts every connection, and the control socket drives a running proxy. Needs no
 namespace and no root."""
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from netns_helpers import wait_for
 
-from dfs.testing.proxy import Proxy, ProxyControl
+from tools import pythonpath_env
+from tools.testing.proxy import Proxy, ProxyControl
 
 pytestmark = [pytest.mark.netns, pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -109,9 +110,9 @@ def test_control_socket_of_a_proxy_process(tmp_path: Path) -> None:
         assert upstream.stdout is not None
         port = int(upstream.stdout.readline())
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dfs.testing.proxy", "--upstream", f"127.0.0.1:{port}",
+            [sys.executable, "-m", "tools.testing.proxy", "--upstream", f"127.0.0.1:{port}",
              "--control", str(control), "--delay-ms", "20", "--seed", "3"],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, text=True, env=pythonpath_env(),
         )  # fmt: skip
         assert proc.stdout is not None
         listening = proc.stdout.readline().split()

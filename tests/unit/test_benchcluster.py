@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dfs.benchcluster import with_ratios
+from tools.bench.cluster import with_ratios
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

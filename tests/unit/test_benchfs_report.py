@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from dfs.benchfs.report import Results, as_json, lines, plot
-from dfs.benchfs.workloads import ORDER, parse_only
+from tools.bench.fs.report import Results, as_json, lines, plot
+from tools.bench.fs.workloads import ORDER, parse_only
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 

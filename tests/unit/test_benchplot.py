@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from dfs import benchplot
+from tools.bench import plot as benchplot
 
 
 def test_svg_is_well_formed_and_labels_every_bar() -> None:

@@ -13,8 +13,8 @@ Rules (a module that does not exist yet is simply not checked):
 4. Server code (``metaserver``, ``chunkserver``) never imports the client side
    (``dfs.client``, ``dfs.fuse``, ``dfs.cli``); the client side never imports server code.
 5. Only ``dfs.cli`` imports ``click``; only ``dfs.fuse`` imports ``pyfuse3``.
-6. The benchmarks (``dfs.bench``, ``dfs.benchcluster``, ``dfs.benchplot``, ``dfs.benchfs``)
-   are imported by nothing but each other: they can move out of the package whole.
+6. The product (``dfs``, ``metaserver``, ``chunkserver``) never imports ``tools``, the test
+   and benchmark tools that stay out of the wheel (tests/unit/test_packaging.py).
 Imports under ``if TYPE_CHECKING:`` are ignored: they cost nothing at run time.
 """
 
@@ -118,13 +118,6 @@ def is_pure(module: str) -> bool:
     )
 
 
-BENCHMARKS = ("dfs.bench", "dfs.benchcluster", "dfs.benchplot", "dfs.benchfs")
-
-
-def is_benchmark(name: str) -> bool:
-    return any(under(name, b) for b in BENCHMARKS)
-
-
 RAFT_IO_RIM = {
     "metaserver.raft.node",
     "metaserver.raft.peer",
@@ -167,9 +160,8 @@ def violations() -> list[str]:
             found.append(f"{module} imports click (only dfs.cli may)")
         if "pyfuse3" in tops and not under(module, "dfs.fuse"):
             found.append(f"{module} imports pyfuse3 (only dfs.fuse may)")
-        if not is_benchmark(module):
-            for name in sorted(n for n in names if is_benchmark(n)):
-                found.append(f"{module} imports the benchmark {name}")
+        for name in sorted(rooted(names, "tools")):
+            found.append(f"{module} (product) imports {name}, a tool outside the wheel")
     return found
 
 

@@ -18,7 +18,6 @@ import pytest
 
 from dfs import rpc
 from dfs.client.conn import connect, open_connection
-from dfs.testing.fakecluster import LoopThread
 from dfs.wire import codec
 from dfs.wire.auth import NONCE_BYTES, Handshake, Side
 from dfs.wire.errors import (
@@ -31,6 +30,7 @@ from dfs.wire.errors import (
     Timeout,
     Unavailable,
 )
+from tools.testing.fakecluster import LoopThread
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

@@ -26,7 +26,6 @@ import pytest
 from dfs.client import ROOT_INO, ClientOptions, FsClient
 from dfs.client.handle import File
 from dfs.client.records import Replica
-from dfs.testing.fakecluster import ClusterThread, FakeCluster, MetaFault
 from dfs.wire.errors import (
     Corrupt,
     Invalid,
@@ -36,6 +35,7 @@ from dfs.wire.errors import (
     Timeout,
     Unavailable,
 )
+from tools.testing.fakecluster import ClusterThread, FakeCluster, MetaFault
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

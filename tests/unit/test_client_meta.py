@@ -2,7 +2,7 @@
 namespace operations, the attribute/entry caches, leader discovery, retries that keep
 their sequence number, and the deadline that turns a dead cluster into an error.
 
-The fake cluster (``dfs/testing/fakecluster.py``) runs on its own asyncio loop in a thread;
+The fake cluster (``tools/testing/fakecluster.py``) runs on its own asyncio loop in a thread;
 faults are switched on through ``cluster.call``. Clocks are injected where a TTL matters,
 so no test sleeps to wait for one.
 """
@@ -23,7 +23,6 @@ import pytest
 from dfs.client import ROOT_INO, ClientOptions, FsClient
 from dfs.client.fsclient import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE
 from dfs.client.meta import Resume
-from dfs.testing.fakecluster import ClusterThread, FakeCluster, MetaFault
 from dfs.wire.errors import (
     AuthError,
     Exists,
@@ -37,6 +36,7 @@ from dfs.wire.errors import (
     Timeout,
     Unavailable,
 )
+from tools.testing.fakecluster import ClusterThread, FakeCluster, MetaFault
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

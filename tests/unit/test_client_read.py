@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from dfs.client import ROOT_INO, ClientOptions, FsClient
-from dfs.testing.fakecluster import ClusterThread
+from tools.testing.fakecluster import ClusterThread
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

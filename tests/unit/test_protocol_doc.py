@@ -1,4 +1,4 @@
-"""docs/PROTOCOL.md's tables are what the definitions in dfs/wire say (dfs/protocoldoc.py).
+"""docs/PROTOCOL.md's tables are what the definitions in dfs/wire say (tools/protocoldoc.py).
 
 A change to an operation's definition without ``scripts/gen-protocol-doc`` fails here; so
 does a hand edit of a generated table.
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dfs import protocoldoc
 from dfs.wire.ops import CHUNKSERVER_OPS, METASERVER_OPS
 from dfs.wire.ops_meta import SENT_BY_METASERVER
+from tools import protocoldoc
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

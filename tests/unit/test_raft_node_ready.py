@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dfs.testing.ports import free_loopback_ports
+from dfs.ports import free_loopback_ports
 from dfs.types import NodeId
 from metaserver.raft.kvclient import KvClient
 from metaserver.raft.kvserver import KvServer, ServerConfig

@@ -22,7 +22,6 @@ import msgpack
 import pytest
 import xxhash
 
-from dfs.testing.faultydisk import CrashDisk
 from dfs.types import LogIndex, NodeId, Term
 from metaserver.raft.storage import (
     SEGMENT_HEADER_BYTES,
@@ -39,6 +38,7 @@ from metaserver.raft.types import (
     Snapshot,
     SnapshotMeta,
 )
+from tools.testing.faultydisk import CrashDisk
 
 pytestmark = pytest.mark.unit
 

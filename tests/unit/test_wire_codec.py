@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 
 import msgpack
 import pytest
@@ -276,7 +277,7 @@ def test_the_payload_pool_gives_a_buffer_again_only_once_nothing_refers_to_it() 
     """A payload received in place is a buffer handed over for good: the pool hands it out
     again only when it holds the last reference (not while a frame, the buffer itself or a
     view of it is kept anywhere), and keeps at most ``keep`` buffers."""
-    pool = PayloadPool(keep=2)
+    pool = PayloadPool(keep=2, size_max=4000)
     first = pool.take(1000)
     assert pool.take(1000) is not first  # still referred to (``first``)
     view = memoryview(first)[10:]
@@ -294,6 +295,17 @@ def test_the_payload_pool_gives_a_buffer_again_only_once_nothing_refers_to_it() 
     del again
     third = pool.take(3000)  # full: a free buffer of another size makes room
     assert any(b is third for b in pool._bufs)
+    big = pool.take(5000)  # larger than pooled: never kept
+    assert all(b is not big for b in pool._bufs)
+
+
+def test_each_thread_has_a_payload_pool_of_its_own() -> None:
+    """Two threads never share a pool (its check and hand-out are not atomic)."""
+    seen: list[PayloadPool] = []
+    thread = threading.Thread(target=lambda: seen.append(codec.payload_pool()))
+    thread.start()
+    thread.join()
+    assert seen[0] is not codec.payload_pool() and codec.payload_pool() is codec.payload_pool()
 
 
 def test_frames_received_in_place_keep_their_bytes_while_held() -> None:

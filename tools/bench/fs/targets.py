@@ -28,8 +28,8 @@ from dfs.cli import cluster as local
 from dfs.client import ClientOptions
 from dfs.fuse.mount import READAHEAD_KB, STATS_ENV, mount_options
 from dfs.fuse.mountinfo import mount_info
+from tools import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 PASSTHROUGH = ROOT / "scripts" / "passthrough.py"
 # How long a cluster may take to elect a leader and register its chunkservers, and a
 # mount (or the pass-through) to become live.

@@ -19,8 +19,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from dfs import benchplot
-from dfs.benchfs.workloads import LOWER_IS_BETTER, ORDER, UNITS
+from tools.bench import plot as benchplot
+from tools.bench.fs.workloads import LOWER_IS_BETTER, ORDER, UNITS
 
 # The targets dfs is compared with, in the order their ratio lines come.
 PEERS = ("moosefs", "passthrough")

@@ -5,11 +5,11 @@ object with ``--json``. What exists:
 
 cluster  Data and metadata speed of a local cluster against the local disk, as ratios
        measured in the same run, through the client library and (``cp``, ``tar x``)
-       through a FUSE mount: see ``dfs/benchcluster.py``.
+       through a FUSE mount: see ``tools/bench/cluster.py``.
 
 fs     The referee of issue 10: nine workloads (dd, cp -r, ls -lR, rm -rf, tar x, random
        reads) on a dfs mount, the local disk, a pass-through FUSE file system and, with
-       ``--peer moosefs``, MooseFS 3, with dfs's ratio to each: see ``dfs/benchfs/``.
+       ``--peer moosefs``, MooseFS 3, with dfs's ratio to each: see ``tools/bench/fs/``.
 
 raft   A three-node ``metaserver.raft.kvserver`` group on loopback, fsync on, in a temp dir
        on the same disk as the working tree. A load generator in its own process (so that
@@ -50,9 +50,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dfs import benchplot
-from dfs.benchfs import cli as benchfs_cli
-from dfs.testing.ports import free_loopback_ports
+from dfs.ports import free_loopback_ports
+from tools import pythonpath_env
+from tools.bench import plot as benchplot
+from tools.bench.fs import cli as benchfs_cli
 
 RAFT_VALUE_BYTES = 256
 RAFT_CLIENTS = (1, 64)
@@ -250,13 +251,17 @@ def raft_main(args: argparse.Namespace) -> int:
         runs = [("put", clients) for clients in args.clients] + [("get", 1)]
         for op, clients in runs:
             cmd = [
-                sys.executable, "-m", "dfs.bench", "raft-load",
+                sys.executable, "-m", "tools.bench", "raft-load",
                 "--addresses", ",".join(addresses), "--secret-file", str(group.secret_file),
                 "--clients", str(clients), "--seconds", str(args.seconds),
                 "--value-bytes", str(RAFT_VALUE_BYTES), "--op", op,
             ]  # fmt: skip
             out = subprocess.run(
-                cmd, check=True, stdout=subprocess.PIPE, timeout=args.seconds + 120
+                cmd,
+                check=True,
+                stdout=subprocess.PIPE,
+                timeout=args.seconds + 120,
+                env=pythonpath_env(),
             ).stdout
             result = json.loads(out.decode().strip().splitlines()[-1])
             if op == "get":
@@ -311,7 +316,9 @@ def _print_figures(figures: list[tuple[str, float, str]], as_json: bool) -> None
 
 
 def _cluster_main(args: argparse.Namespace) -> int:
-    from dfs import benchcluster  # imports the client; the raft benchmark does not need it
+    from tools.bench import (
+        cluster as benchcluster,  # imports the client; the raft benchmark does not need it
+    )
 
     figures = benchcluster.cluster_main(args)
     _print_figures([(n, v, u) for n, (v, u) in figures.items()], args.json)
@@ -322,7 +329,7 @@ def _cluster_main(args: argparse.Namespace) -> int:
 
 
 def _fs_main(args: argparse.Namespace) -> int:
-    from dfs.benchfs import run  # the client and FUSE code load only for this benchmark
+    from tools.bench.fs import run  # the client and FUSE code load only for this benchmark
 
     return run.fs_main(args)
 

@@ -1,7 +1,7 @@
 """docs/PROTOCOL.md's operation tables, generated from the definitions in ``dfs/wire``.
 
-    python -m dfs.protocoldoc            rewrite the tables in docs/PROTOCOL.md
-    python -m dfs.protocoldoc --check    exit 1 when the committed doc differs
+    python -m tools.protocoldoc            rewrite the tables in docs/PROTOCOL.md
+    python -m tools.protocoldoc --check    exit 1 when the committed doc differs
 
 (``scripts/gen-protocol-doc`` runs it.) What it owns: the rendering of ``dfs.wire.spec.Op``
 definitions as Markdown tables, and the blocks of the doc between ``<!-- BEGIN GENERATED
@@ -19,8 +19,9 @@ from pathlib import Path
 
 from dfs.wire import ops_chunk, ops_meta, shapes
 from dfs.wire.spec import LIST, ROLES, Field, Op
+from tools import ROOT
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
+DOC = ROOT / "docs" / "PROTOCOL.md"
 
 _M = ops_meta
 SECTIONS: dict[str, tuple[Op, ...]] = {

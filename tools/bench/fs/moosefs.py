@@ -39,9 +39,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from dfs.benchfs.targets import Target, TargetUnavailable
 from dfs.cli.cluster import pid_alive
 from dfs.fuse.mountinfo import mount_info
+from tools.bench.fs.targets import Target, TargetUnavailable
 
 PACKAGES = ("moosefs-master", "moosefs-chunkserver", "moosefs-client")
 BINARIES = ("mfsmaster", "mfschunkserver", "mfsmount")

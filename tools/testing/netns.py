@@ -8,7 +8,7 @@ namespace), and the faults a network and its hosts can have, on cue.
         ...
         net.heal()
 
-    python -m dfs.testing.netns up --dir D        (scripts/netcluster: the same, bootstrapped)
+    python -m tools.testing.netns up --dir D        (scripts/netcluster: the same, bootstrapped)
 
 What it owns: the namespaces, links and firewall rules of one run, the server processes in
 them (started and stopped by PID, like ``dfs.cli.cluster`` does on loopback, whose
@@ -45,7 +45,7 @@ Faults (iptables rules in the hosts' namespaces, tracked so that ``heal`` undoes
 - ``heal()`` removes every rule and brings every link up; ``heal(h)``: those involving h;
 - ``pause(h)`` / ``resume(h)``: SIGSTOP / SIGCONT of h's daemon; ``kill(h)``: SIGKILL;
   ``start(h)``: start it again on the same data directory;
-- ``delay(src, dst, ms, jitter_ms)``: a ``dfs.testing.proxy`` in src's namespace, and a
+- ``delay(src, dst, ms, jitter_ms)``: a ``tools.testing.proxy`` in src's namespace, and a
   REDIRECT rule there sending src's new TCP connections to dst's daemon through it (the
   kernel has no netem); its control also stalls, cuts and resets them. Connections made
   before it keep their direct path (NAT is decided at a connection's first packet).
@@ -85,7 +85,8 @@ from typing import Any, TypeVar
 from dfs import rpc
 from dfs.cli import cluster as local
 from dfs.secret import load_secret
-from dfs.testing.proxy import ProxyControl
+from tools import pythonpath_env
+from tools.testing.proxy import ProxyControl
 
 T = TypeVar("T")
 
@@ -111,9 +112,6 @@ CALL_TIMEOUT_S = 5.0
 PROXY_START_TIMEOUT_S = 20.0
 CLONE_NEWNET = 0x40000000
 _NAME_RE = re.compile(rf"^{NETNS_PREFIX}-(\d+)-([0-9a-f]{{6}})-([a-z0-9]+)$")
-
-# The daemons find the project the way dfs.cli.cluster's do, installed or not.
-_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class NetError(Exception):
@@ -602,9 +600,8 @@ class NetCluster:
     # ------------------------------------------------------------------ processes
 
     def _env(self) -> dict[str, str]:
-        env = {**os.environ, "DFS_LOG_LEVEL": self.log_level}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH")) if p)
-        return env
+        # The daemons find the project, and the proxy and chaos workload find ``tools``.
+        return pythonpath_env({**os.environ, "DFS_LOG_LEVEL": self.log_level})
 
     def wrap(self, host: str, argv: Sequence[str]) -> list[str]:
         """``argv`` as a command run on ``host``."""
@@ -925,7 +922,7 @@ class NetCluster:
     def delay(
         self, src: str, dst: str, delay_ms: float, jitter_ms: float = 0.0, seed: int = 0
     ) -> ProxyControl:
-        """Put a proxy (``dfs.testing.proxy``) on ``src``'s new TCP connections to
+        """Put a proxy (``tools.testing.proxy``) on ``src``'s new TCP connections to
         ``dst``'s daemon, delaying each piece by ``delay_ms`` ± ``jitter_ms``; returns its
         control (``set_delay``, ``stall``, ``unstall``, ``cut``, ``reset``, ``stats``)."""
         d = self.host(dst)
@@ -938,7 +935,7 @@ class NetCluster:
         control = self.tmp_dir / f"proxy-{src}-{dst}.sock"
         control.unlink(missing_ok=True)
         argv = [
-            sys.executable, "-m", "dfs.testing.proxy",
+            sys.executable, "-m", "tools.testing.proxy",
             "--listen", f"127.0.0.1:{port}", "--upstream", d.endpoint,
             "--control", str(control), "--delay-ms", str(delay_ms),
             "--jitter-ms", str(jitter_ms), "--seed", str(seed), "--mark", hex(PROXY_MARK),
@@ -1001,7 +998,7 @@ class NetCluster:
     def _stop_proxy(self, info: ProxyInfo) -> None:
         with contextlib.suppress(NetError):
             self._iptables(info.rule, "-D")
-        if _is_daemon(info.pid, "dfs.testing.proxy"):
+        if _is_daemon(info.pid, "tools.testing.proxy"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(info.pid, signal.SIGTERM)
             if not local.wait_exit(info.pid, 5.0):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dfs.benchfs import workloads
+from tools.bench.fs import workloads
 
 BIG_MIB_DEFAULT = 1024
 SMALL_FILES_DEFAULT = 2000

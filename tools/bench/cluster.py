@@ -44,12 +44,12 @@ from pathlib import Path
 
 import anyio
 
-from dfs import benchplot
-from dfs.benchfs.workloads import STDLIB, TAR_EXCLUDES
 from dfs.cli import cluster as local
 from dfs.client import FsClient
 from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
+from tools.bench import plot as benchplot
+from tools.bench.fs.workloads import STDLIB, TAR_EXCLUDES
 
 PIECE_BYTES = 4 << 20
 SMALL_FILE_BYTES = 4096

@@ -3,14 +3,14 @@ hosts, while servers crash, pause, lose their network and have their disks corru
 the end every acknowledged byte must be there, and no read may ever have returned bytes
 the model does not allow.
 
-    python -m dfs.testing.chaos --minutes M --seed S [--dir D] [--metaservers 3]
+    python -m tools.testing.chaos --minutes M --seed S [--dir D] [--metaservers 3]
                                 [--chunkservers 4] [--workers 2]       (scripts/chaos)
 
 HOW IT RUNS. The orchestrator (this process) starts a ``NetCluster`` (1 MiB chunks and
-short timeouts, ``META_OPTIONS``/``CS_OPTIONS``), puts a proxy of ``dfs.testing.proxy`` on
+short timeouts, ``META_OPTIONS``/``CS_OPTIONS``), puts a proxy of ``tools.testing.proxy`` on
 the client's paths to the first half of the chunkservers (idle until a delay or a stall
 fault; every connection made by the client to those servers goes through it), and starts
-the *workload* (``python -m dfs.testing.chaos workload ...``) on the client host. ``ip
+the *workload* (``python -m tools.testing.chaos workload ...``) on the client host. ``ip
 netns exec`` gives that process a mount namespace of its own, so the workload mounts the
 cluster itself (``dfs mount --foreground`` as its child) where only it sees the mount, and
 every operation is an ordinary system call on that mount. The two talk through the
@@ -96,8 +96,8 @@ import xxhash
 
 from dfs.cli import cluster as local
 from dfs.fuse.mountinfo import FS_TYPE, mount_info
-from dfs.testing.netns import NetCluster, NetError, cleanup_stale
-from dfs.testing.proxy import ProxyControl
+from tools.testing.netns import NetCluster, NetError, cleanup_stale
+from tools.testing.proxy import ProxyControl
 
 MIB = 1 << 20
 CHUNK_BYTES = MIB
@@ -277,7 +277,7 @@ class Mount:
     def start(self) -> None:
         self.point.mkdir(parents=True, exist_ok=True)
         self.pid_file.unlink(missing_ok=True)
-        launcher = ["dfs.testing.chaos", "traced-mount"] if self.args.trace else ["dfs.cli.main"]
+        launcher = ["tools.testing.chaos", "traced-mount"] if self.args.trace else ["dfs.cli.main"]
         argv = [
             sys.executable, "-m", *launcher, "mount", "--foreground",
             "--meta", self.args.meta, "--secret", self.args.secret,
@@ -1345,7 +1345,7 @@ def run(args: argparse.Namespace) -> int:
         scheduler = FaultScheduler(net, rng, say, args.overlap, note)
         scheduler.install_proxies()
         argv = [
-            sys.executable, "-m", "dfs.testing.chaos", "workload",
+            sys.executable, "-m", "tools.testing.chaos", "workload",
             "--meta", ",".join(net.meta_addresses), "--secret", str(net.secret_file),
             "--seed", str(args.seed), "--workers", str(args.workers),
             "--timeout", str(args.mount_timeout), "--mnt-base", str(base / "mnt"),

@@ -1,7 +1,7 @@
 """A small TCP proxy that delays, stalls, cuts and resets connections: the faults the kernel
 of the machines dfs is tested on cannot make (it has no ``netem`` qdisc).
 
-    python -m dfs.testing.proxy --listen 127.0.0.1:19000 --upstream 10.77.0.101:9100 \\
+    python -m tools.testing.proxy --listen 127.0.0.1:19000 --upstream 10.77.0.101:9100 \\
         --control /tmp/p.sock [--delay-ms 50 --jitter-ms 20 --seed 1 --mark 0x6466]
 
 What it owns: one listening socket, and per accepted connection one connection to the
@@ -23,7 +23,7 @@ Faults, changed at any time (``Proxy`` methods, or the control socket below):
 ``mark``: the upstream sockets carry this firewall mark (``SO_MARK``, needs
 CAP_NET_ADMIN), so that an ``iptables ... -j REDIRECT`` rule that sends a host's
 connections to the proxy can exempt the proxy's own connections with
-``-m mark ! --mark M`` (``dfs.testing.netns`` does this).
+``-m mark ! --mark M`` (``tools.testing.netns`` does this).
 
 Control socket (a UNIX socket path: not tied to a network namespace, so the process that
 started the proxy in a namespace reaches it from outside): one JSON object a line each
@@ -408,7 +408,7 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dfs.testing.proxy")
+    parser = argparse.ArgumentParser(prog="python -m tools.testing.proxy")
     parser.add_argument("--listen", default="127.0.0.1:0", help="host:port to accept on")
     parser.add_argument("--upstream", required=True, help="host:port to forward to")
     parser.add_argument("--control", type=Path, help="UNIX socket path for control requests")

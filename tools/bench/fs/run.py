@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from dfs.benchfs import report, workloads
-from dfs.benchfs.targets import (
-    ROOT,
+from tools import ROOT
+from tools.bench.fs import report, workloads
+from tools.bench.fs.targets import (
     DfsTarget,
     LocalTarget,
     PassthroughTarget,
@@ -65,7 +65,7 @@ def _make_targets(args: argparse.Namespace, root: Path) -> list[Target]:
         )
     ]
     if args.peer == "moosefs":
-        from dfs.benchfs.moosefs import MooseFsTarget
+        from tools.bench.fs.moosefs import MooseFsTarget
 
         targets.append(MooseFsTarget(root / "moosefs"))
     if not args.no_passthrough:
@@ -116,7 +116,7 @@ def fs_main(args: argparse.Namespace) -> int:
         print("bench fs: needs root (FUSE mounts, dropping the page cache)", file=sys.stderr)
         return 2
     if args.peer == "moosefs":
-        from dfs.benchfs.moosefs import MooseFsUnavailable, ensure_installed
+        from tools.bench.fs.moosefs import MooseFsUnavailable, ensure_installed
 
         try:
             ensure_installed()

@@ -67,6 +67,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from dfs.budget import Account, ByteBudget, ConnectionCount, Limits
+from dfs.payloads import take_payload
 from dfs.ratelog import RateLimitedLog
 from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
 from dfs.wire import codec, messages
@@ -196,7 +197,7 @@ class Connection(asyncio.BufferedProtocol):
         self._read_end: list[Callable[[], None]] | None = None
         self._transport: asyncio.Transport | None = None
         self._decoder = codec.FrameDecoder(
-            header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0
+            header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0, alloc=take_payload
         )
         self._authenticated = False
         # What ``get_buffer`` handed out last: the thread's scratch buffer, or a large

@@ -13,6 +13,8 @@ Config file (TOML, version 1)::
     repair_interval_ms = 1000           # optional; chunk survey and repair period
     repair_quiet_ms = 10000             # optional; a chunk touched this recently waits
     gc_grace_ms = 30000                 # optional; deleted chunks are kept this long
+    trash_time_s = 86400                # optional; a removed file is kept this long
+                                        #   (the fresh root's trash time; 0: none)
     replication_jobs = 4                # optional; chunk copies in flight, cluster-wide
     hold_grace_ms = 15000               # optional; a new leader keeps every unlinked file
                                         #   this long, while clients announce open files
@@ -39,6 +41,7 @@ from dfs.budget import LIMIT_KEYS, Limits, limits_from
 from dfs.wire.limits import BLOCK_BYTES, CHUNK_SIZE_BYTES_DEFAULT, CHUNK_SIZE_BYTES_MAX
 from metaserver.chunks.placement import PLACEMENT_POLICIES
 from metaserver.holds import HOLD_GRACE_S
+from metaserver.namespace.commands import TRASH_S_DEFAULT, TRASH_S_MAX
 from metaserver.raft.config import parse_node
 from metaserver.raft.node import NodeConfig
 
@@ -52,7 +55,8 @@ CHUNK_SIZE_MAX = CHUNK_SIZE_BYTES_MAX
 # The metaserver's own keys (the Raft ones: metaserver/raft/config.py).
 _KEYS = frozenset(
     {"chunk_size", "dead_timeout_ms", "placement", "token_ttl_ms", "repair_interval_ms",
-     "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms", "metrics_port"}
+     "repair_quiet_ms", "gc_grace_ms", "replication_jobs", "hold_grace_ms", "metrics_port",
+     "trash_time_s"}
 ) | LIMIT_KEYS  # fmt: skip
 
 
@@ -73,6 +77,7 @@ class MetaConfig:
     hold_grace_s: float = HOLD_GRACE_S
     limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None  # dfs/metrics.py; None: off
+    trash_time_s: int = TRASH_S_DEFAULT  # the fresh root's (namespace/trash.py)
 
 
 def _port(value: object) -> int:
@@ -104,6 +109,7 @@ def load_config(path: Path) -> MetaConfig:
             hold_grace_s=int(raw.get("hold_grace_ms", int(HOLD_GRACE_S * 1000))) / 1000,
             limits=limits,
             metrics_port=_port(raw["metrics_port"]) if "metrics_port" in raw else None,
+            trash_time_s=int(raw.get("trash_time_s", TRASH_S_DEFAULT)),
         )
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
@@ -115,6 +121,8 @@ def load_config(path: Path) -> MetaConfig:
         )
     if config.placement not in PLACEMENT_POLICIES:
         raise ValueError(f"{path}: placement must be one of {PLACEMENT_POLICIES}")
+    if not 0 <= config.trash_time_s <= TRASH_S_MAX:
+        raise ValueError(f"{path}: trash_time_s must be 0..{TRASH_S_MAX}")
     if config.dead_timeout_s <= 0 or config.token_ttl_ms < 1000:
         raise ValueError(f"{path}: dead_timeout_ms > 0 and token_ttl_ms >= 1000")
     if (

@@ -55,6 +55,7 @@ from dfs.wire.ops_meta import COMMANDS, FS_CREATE
 from dfs.wire.spec import METASERVER
 from dfs.wire.token import READ, WRITE, make_token, token_key
 from metaserver.admin import Admin
+from metaserver.admin_trash import TrashAdmin
 from metaserver.backup import Backups
 from metaserver.chunks import handles
 from metaserver.chunks.placement import Placer, Registry
@@ -101,7 +102,9 @@ def _role(conn: rpc.Connection) -> str | None:
 class MetaServer:
     def __init__(self, config: MetaConfig, secret: bytes) -> None:
         self.config = config
-        self.ns = Namespace(chunk_size_bytes=config.chunk_size_bytes)
+        self.ns = Namespace(
+            chunk_size_bytes=config.chunk_size_bytes, trash_s_default=config.trash_time_s
+        )
         self.node = RaftNode(config.node, self.ns, secret)
         self.registry = Registry(config.dead_timeout_s, started_s=time.monotonic())
         self.placer = Placer(config.placement, cluster=self.ns.policy)
@@ -131,6 +134,7 @@ class MetaServer:
             leader_view=self._leader_view, know_all_chunkservers=self.know_all_chunkservers,
             desk=self.desk,
         )  # fmt: skip
+        self.trash = TrashAdmin(self.ns, propose=self._propose, read=self._read)
         self._ops: dict[str, Handler] = {
             "fs.lookup": self._lookup,
             "fs.getattr": self._getattr,
@@ -151,6 +155,7 @@ class MetaServer:
             "cs.bad_chunks": self._cs_bad_chunks,
             "status": self._status,
             **self.admin.ops(),  # admin.rebalance, .drain, .forget, .fsck, .goals, .set_goal
+            **self.trash.ops(),  # admin.trash_*, .set_trash_time, .usage
         }
         self.membership = Membership(self.node, secret)
         self._ops.update(self.membership.ops())  # admin.meta_*, meta.members
@@ -468,7 +473,8 @@ class MetaServer:
                      self.node.id, result.get("released", 0))  # fmt: skip
 
     async def _orphan_loop(self) -> None:
-        """Expire holds of silent clients; free orphans nobody holds (leader only)."""
+        """Expire holds of silent clients; expire the trash (a bounded batch); free
+        orphans nobody holds (leader only)."""
         while True:
             await asyncio.sleep(1.0)  # a period, not a wait for a condition
             if not self.is_leader:
@@ -476,6 +482,10 @@ class MetaServer:
             try:
                 self.holds.expire(time.monotonic())
                 self.desk.expire()
+                expired = await self.trash.expire(OP_TIMEOUT_S)
+                if expired:
+                    log.info("metaserver node=%d event=trash_expired count=%d",
+                             self.node.id, expired)  # fmt: skip
                 if self.ns.orphans:
                     await self._free_orphans(list(self.ns.orphans), OP_TIMEOUT_S)
             except (DfsError, TimeoutError) as e:
@@ -835,6 +845,8 @@ class MetaServer:
             "dirs": stats["dirs"],
             "chunks": stats["chunks"],
             "bytes": stats["bytes"],
+            "trash_files": stats["trash_files"],
+            "trash_bytes": stats["trash_bytes"],
             "chunk_size": self.ns.chunk_size_bytes,
         }
 

@@ -305,7 +305,12 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append("  (none known: no leader, or none registered yet)")
     lines.append(
         f"files {st['files']}  dirs {st['dirs']}  chunks {st['chunks']}  data {human(st['bytes'])}"
-        f"  capacity {human(st['used_bytes'])} used of {human(st['capacity_bytes'])}"
+        + (
+            f"  trash {st['trash_files']} files {human(st['trash_bytes'])}"
+            if st.get("trash_files") is not None
+            else ""
+        )
+        + f"  capacity {human(st['used_bytes'])} used of {human(st['capacity_bytes'])}"
     )
     rebalance = st.get("rebalance")
     if rebalance and rebalance.get("running"):
@@ -668,8 +673,9 @@ def chunkserver(config: Path) -> None:
 from dfs.cli.admin import admin  # noqa: E402 (registered once cli exists)
 from dfs.cli.admin_backup import backup, restore  # noqa: E402
 from dfs.cli.admin_fsck import fsck, getgoal, setgoal  # noqa: E402
+from dfs.cli.admin_trash import gettrashtime, settrashtime, trash, usage  # noqa: E402
 
-for _command in (fsck, setgoal, getgoal, backup, restore):
+for _command in (fsck, setgoal, getgoal, backup, restore, trash, settrashtime, gettrashtime, usage):
     admin.add_command(_command)
 cli.add_command(admin)
 cli.add_command(init_command)

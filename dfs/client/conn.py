@@ -61,6 +61,7 @@ import anyio.lowlevel
 import sniffio
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 
+from dfs.payloads import take_payload
 from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
 from dfs.wire import codec, messages
 from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side
@@ -592,7 +593,9 @@ async def _handshake(
     handshake = Handshake(
         secret, os.urandom(NONCE_BYTES), side=Side.INITIATOR, role=role, name=name
     )
-    decoder = codec.FrameDecoder(header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0)
+    decoder = codec.FrameDecoder(
+        header_bytes_max=PREAUTH_HEADER_BYTES_MAX, payload_bytes_max=0, alloc=take_payload
+    )
 
     async def next_frame() -> codec.Frame:
         while (frame := decoder.next_frame()) is None:

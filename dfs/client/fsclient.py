@@ -98,6 +98,13 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 
 
+# The virtual xattr a mount answers with a subtree's usage (``getfattr -n dfs.usage DIR``),
+# and its fields, in order (docs/PROTOCOL.md, admin.usage).
+USAGE_XATTR = b"dfs.usage"
+USAGE_FIELDS = ("bytes", "physical_bytes", "files", "dirs", "trash_files", "trash_bytes",
+                "garbage_chunks")  # fmt: skip
+
+
 class FsClient(PathResolution):
     """A client of one dfs cluster. See the module docstring for its lifetime."""
 
@@ -841,8 +848,20 @@ class FsClient(PathResolution):
 
     # ------------------------------------------------------------------ xattrs
 
+    async def usage(self, ino: int) -> dict[str, int]:
+        """The subtree's usage (``admin.usage``: the namespace's recursive statistics,
+        one call), after what this client queued under its directory leases landed."""
+        await self.dirleases.flush()
+        header = await self.meta.read("admin.usage", ino=ino)
+        return {k: field(header, k, int) for k in USAGE_FIELDS}
+
     async def getxattr(self, ino: int, name: bytes) -> bytes:
-        """The value of extended attribute ``name`` (``NoAttr`` if absent); cached."""
+        """The value of extended attribute ``name`` (``NoAttr`` if absent); cached.
+        ``dfs.usage`` (``USAGE_XATTR``) is not stored: it answers ``usage`` as one
+        ``key=value`` line, never cached."""
+        if name == USAGE_XATTR:
+            u = await self.usage(ino)
+            return (" ".join(f"{k}={u[k]}" for k in USAGE_FIELDS) + "\n").encode()
         known, value = self.cache.xattr(ino, name)
         if not known:
             epoch = self.cache.xattr_epoch

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 import sys
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -64,8 +64,9 @@ class PayloadPool:
     reference count says this pool holds the last reference (a frame's consumer may keep
     its payload, or a view of it, as long as it likes: the buffer is then simply not free).
     Only payloads of at most ``size_max`` bytes are pooled, at most ``keep`` of them: the
-    pool holds at most ``keep * size_max`` bytes that nobody uses. One pool per thread
-    (``payload_pool()``): the check and the hand-out are not atomic."""
+    pool holds at most ``keep * size_max`` bytes that nobody uses. The check and the
+    hand-out are not atomic: one pool per thread (``dfs/payloads.py``), whose ``take`` a
+    decoder is given."""
 
     __slots__ = ("_bufs", "keep", "size_max")
 
@@ -91,21 +92,6 @@ class PayloadPool:
                     bufs[i] = buf  # a free buffer of another size makes room
                     break
         return buf
-
-
-# What each thread's pool keeps: eight of the 4 MiB pieces chunk reads and writes move
-# (32 MiB at most, on top of the budgets of ``dfs/budget.py``, which count what is in use).
-POOLED_PAYLOADS_MAX = 8
-POOLED_PAYLOAD_BYTES_MAX = 4 * 1024 * 1024
-_pools = threading.local()
-
-
-def payload_pool() -> PayloadPool:
-    """This thread's ``PayloadPool`` (every decoder of a thread draws from it)."""
-    pool: PayloadPool | None = getattr(_pools, "pool", None)
-    if pool is None:
-        pool = _pools.pool = PayloadPool(POOLED_PAYLOADS_MAX, POOLED_PAYLOAD_BYTES_MAX)
-    return pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,11 +184,13 @@ class FrameDecoder:
     belongs in that view. The caller may fill a prefix of it (``socket.recv_into``) and
     report the bytes with ``payload_filled(n)`` instead of feeding them: the payload is
     then received straight into the buffer the frame hands out, with no copy. ``feed``
-    stays correct at any time (it fills the view first).
+    stays correct at any time (it fills the view first). Such a buffer comes from
+    ``alloc(size)`` (default: a new ``bytearray``; the drivers give their thread's
+    ``PayloadPool.take``).
     """
 
     __slots__ = (
-        "_body", "_broken", "_buf", "_large", "_large_got", "_large_header", "_pos",
+        "_alloc", "_body", "_broken", "_buf", "_large", "_large_got", "_large_header", "_pos",
         "header_bytes_max", "payload_bytes_max",
     )  # fmt: skip
 
@@ -211,9 +199,11 @@ class FrameDecoder:
         *,
         header_bytes_max: int = FRAME_HEADER_BYTES_MAX,
         payload_bytes_max: int = FRAME_PAYLOAD_BYTES_MAX,
+        alloc: Callable[[int], bytearray] = bytearray,
     ) -> None:
         self.header_bytes_max = header_bytes_max
         self.payload_bytes_max = payload_bytes_max
+        self._alloc = alloc
         self._buf = bytearray()
         self._pos = 0  # start of the first unconsumed byte in _buf
         self._body: tuple[int, int] | None = None  # (header_len, payload_len) once prefix read
@@ -301,7 +291,7 @@ class FrameDecoder:
             # The header is here and the payload is large: from now on it is received in
             # place. What came of it so far moves to its buffer; nothing follows it in buf.
             self._large_header = decode_header(buf[pos + PREFIX_BYTES : header_end])
-            large = payload_pool().take(payload_len)
+            large = self._alloc(payload_len)
             got = len(buf) - header_end
             with memoryview(buf) as view:
                 large[:got] = view[header_end:]

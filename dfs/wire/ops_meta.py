@@ -360,7 +360,7 @@ STATUS = Op(
     "data is always healthy; `under_goal` counts `one_copy` chunks too; `missing`: no live "
     "replica; `corrupt`: chunks with a replica reported bad and not yet back at goal; "
     "`garbage`: deleted chunks not yet collected; `replicating`: copies in flight), `files`, "
-    "`chunks`. Any node answers with its own view.",
+    "`chunks`, `bytes`, `trash_files`, `trash_bytes` (removed files kept: trash). Any node answers with its own view.",
 )  # fmt: skip
 _ADMIN_PATH = Field("path", BYTES, doc="absolute")
 _CURSOR = Field("cursor", ANY, required=False, doc="the last page's")
@@ -443,6 +443,54 @@ ADMIN_BACKUP = _admin(
     "(bytes: the image from `offset`, at most 1 MiB; empty past its end). `NotFound`: no "
     "such image (expired, or another leader's). Leader only.",
 )  # fmt: skip
+_TRASH_TIME = Field("trash_s", UINT, high=(1 << 32) - 1, message="trash_s: 0..2^32-1 seconds",
+                    doc="seconds a removed file is kept; 0: freed at once")  # fmt: skip
+ADMIN_TRASH_TIME = _admin(
+    "admin.trash_time", _ADMIN_PATH, _b("recursive", "default false"), _CURSOR,
+    answer="not recursive: `trash_s`, `kind` (\"file\", \"dir\" or \"other\"); recursive, a "
+    "page: `files`, `dirs`, `others`: {trash_s (str): count}, `cursor`, `total`",
+)  # fmt: skip
+ADMIN_SET_TRASH_TIME = _admin(
+    "admin.set_trash_time", _ADMIN_PATH, _TRASH_TIME, _b("recursive", "default false"),
+    _CURSOR,
+    answer="a page (4,096 entries): `changed`, `unchanged` (inodes), `cursor` (nil once done; "
+    "send it back with a new seq). New files and directories take their directory's.",
+    session=True,
+)  # fmt: skip
+_TRASH_SELECT = (
+    Field("path", BYTES, required=False,
+          doc="absolute: the entries removed from it or from below it (default all)"),
+    _u("ino", False, "one entry, by inode number"),
+)  # fmt: skip
+ADMIN_TRASH_LIST = _admin(
+    "admin.trash_list", *_TRASH_SELECT, _u("cursor", False, "the last page's"),
+    answer="a page (1,000 entries), in the order removed: `entries`: [{ino, path (bytes), "
+    "size, removed_ns, expires_ns}], `cursor` (nil once done), `files`, `bytes` (the whole "
+    "trash's)",
+)  # fmt: skip
+ADMIN_TRASH_RESTORE = _admin(
+    "admin.trash_restore", *_TRASH_SELECT,
+    Field("to", BYTES, required=False,
+          doc="absolute: the new path, or a directory to restore into (one entry only)"),
+    answer="up to 4,096 entries (the newest of each path) put back at their path (the "
+    "missing directories made, mode 0755): `restored`, `failed`: [{ino, path, code, msg}] "
+    "(a name taken, a file on the path), `more` (bool: send again for the rest)",
+    session=True,
+)  # fmt: skip
+ADMIN_TRASH_PURGE = _admin(
+    "admin.trash_purge", *_TRASH_SELECT,
+    _u("older_than_s", False, "only entries removed at least this long ago"),
+    answer="up to 4,096 entries leave the trash for collection: `purged`, `more` (bool)",
+    session=True,
+)  # fmt: skip
+ADMIN_USAGE = _admin(
+    "admin.usage", Field("path", BYTES, required=False, doc="absolute"),
+    _u("ino", False, "instead of `path`"),
+    answer="from the namespace's recursive statistics, without a walk: `bytes` (regular "
+    "files' sizes), `physical_bytes` (each file's size times its goal), `files`, `dirs` "
+    "(itself included), and the cluster's `trash_files`, `trash_bytes`, `garbage_chunks` "
+    "(deleted, not yet collected). A file with several names counts under its oldest.",
+)  # fmt: skip
 ADMIN_META_ADD = _admin(
     "admin.meta_add",
     Field("address", STR, doc='"host:port" of a running metaserver started empty with '
@@ -491,7 +539,9 @@ META_OPS: tuple[Op, ...] = (
     FS_DIR_LEASE, FS_LEASE_RELEASE, FS_BATCH, FS_RESERVE,
     CS_REGISTER, CS_HEARTBEAT, CS_REPORT, CS_BAD_CHUNKS,
     STATUS, ADMIN_REBALANCE, ADMIN_DRAIN, ADMIN_FORGET, ADMIN_FSCK, ADMIN_GOALS, ADMIN_SET_GOAL,
-    ADMIN_SALVAGE, ADMIN_BACKUP, ADMIN_META_ADD, ADMIN_META_REMOVE, ADMIN_TRANSFER_LEADER, META_MEMBERS, RAFT,
+    ADMIN_SALVAGE, ADMIN_BACKUP, ADMIN_TRASH_TIME, ADMIN_SET_TRASH_TIME, ADMIN_TRASH_LIST,
+    ADMIN_TRASH_RESTORE, ADMIN_TRASH_PURGE, ADMIN_USAGE,
+    ADMIN_META_ADD, ADMIN_META_REMOVE, ADMIN_TRANSFER_LEADER, META_MEMBERS, RAFT,
 )  # fmt: skip
 # Ops the metaserver sends, not takes.
 SENT_BY_METASERVER: tuple[Op, ...] = (FS_RECALL,)

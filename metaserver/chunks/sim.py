@@ -123,7 +123,8 @@ class SimNamespace(Namespace):
     that set it belong to the admin commands)."""
 
     def __init__(self) -> None:
-        super().__init__(chunk_size_bytes=CHUNK)
+        # Removals free at once: a trashed file's chunks are a live file's to the core.
+        super().__init__(chunk_size_bytes=CHUNK, trash_s_default=0)
         self.sim_policy = ClusterPolicy()
 
     def policy(self) -> ClusterPolicy:

@@ -12,7 +12,9 @@ strings as msgpack str::
                  #   the "fs." prefix, plus "write_handle", "cs_register" and the
                  #   leader's "replica_add", "replica_drop", "version_bump",
                  #   "length_recover", "write_marks", "gc_done", "release_orphans",
-                 #   "reserve" (pools.py); "restored" (cluster.py);
+                 #   "reserve" (pools.py); "set_goal_tree" (tree.py); "trash_expire",
+                 #   "trash_purge", "trash_restore", "set_trash_tree" (trash.py);
+                 #   "restored" (cluster.py);
                  #   "batch":
                  #   {"ops": [[op, args], ...]} of BATCH_OPS, each applied as if alone,
                  #   see batch.py)
@@ -72,6 +74,13 @@ LINKS_MAX = 65000
 # snapshot; past this, creating fails with NoSpace (as ext4 does when its index is full).
 DIR_ENTRIES_MAX = 1 << 22
 GOAL_DEFAULT = 3
+# A removed regular file stays in the trash this long unless its directory says
+# otherwise (MooseFS's default trash time: one day); 0 frees removed files at once.
+TRASH_S_DEFAULT = 86_400
+# The longest trash time (about 136 years: a u32 of seconds, as MooseFS's).
+TRASH_S_MAX = (1 << 32) - 1
+# Trash entries one trash_restore / trash_purge / trash_expire command handles at most.
+TRASH_BATCH_MAX = 4096
 # A replica set never lists more chunkservers than the highest goal.
 REPLICAS_MAX = GOAL_MAX
 # The ops a batch may hold (their namespace names): removals, the creates and commits of

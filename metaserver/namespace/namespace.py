@@ -37,16 +37,19 @@ from dfs.wire.errors import (
 )
 from dfs.wire.limits import CHUNK_SIZE_BYTES_DEFAULT, READDIR_LIMIT_MAX
 from metaserver.chunks.policy import ClusterPolicy
+from metaserver.namespace import rstats
 from metaserver.namespace.batch import batch
 from metaserver.namespace.cluster import CLUSTER_OPS
 from metaserver.namespace.commands import (
     CHUNKS_QUERY_MAX,
+    TRASH_S_DEFAULT,
     check_name,
     check_xattr_name,
     decode_command,
 )
 from metaserver.namespace.ops import OPS
 from metaserver.namespace.state import State, attr, chunk_info
+from metaserver.namespace.trash import TRASH_OPS
 from metaserver.namespace.tree import TREE_OPS
 from metaserver.raft.sessions import StaleSequence
 
@@ -60,8 +63,12 @@ def _error(err: DfsError) -> dict[str, Any]:
 class Namespace(State):
     """The namespace state machine (``apply`` / ``snapshot`` / ``restore``) and its queries."""
 
-    def __init__(self, chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES) -> None:
-        super().__init__(chunk_size_bytes)
+    def __init__(
+        self,
+        chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES,
+        trash_s_default: int = TRASH_S_DEFAULT,
+    ) -> None:
+        super().__init__(chunk_size_bytes, trash_s_default)
 
     # --- the Raft StateMachine protocol -----------------------------------------------
 
@@ -71,9 +78,13 @@ class Namespace(State):
             op, client, seq, now_ns, args = decode_command(data)
         except ProtocolError as e:
             return _error(e)
-        # A batch, a file-system op (ops.py), one of the operator's (cluster.py) or a
-        # subtree's (tree.py).
-        handler = batch if op == "batch" else OPS.get(op) or CLUSTER_OPS.get(op) or TREE_OPS.get(op)
+        # A batch, a file-system op (ops.py), one of the operator's (cluster.py), a
+        # subtree's (tree.py) or the trash's (trash.py).
+        handler = (
+            batch
+            if op == "batch"
+            else OPS.get(op) or CLUSTER_OPS.get(op) or TREE_OPS.get(op) or TRASH_OPS.get(op)
+        )
 
         def run() -> dict[str, Any]:
             if handler is None:
@@ -207,11 +218,25 @@ class Namespace(State):
         return out
 
     def stats(self) -> dict[str, int]:
-        """Counts for statfs and status; ``bytes`` is the sum of regular files' sizes."""
+        """Counts for statfs and status; ``bytes`` is the sum of regular files' sizes
+        (those in the trash included: their chunks are kept)."""
         return {
             "inodes": len(self.inodes),
             "files": self.files_count,
             "dirs": self.dirs_count,
             "chunks": len(self.chunk_table),
             "bytes": self.file_bytes,
+            "trash_files": len(self.trash),
+            "trash_bytes": self.trash_bytes,
+        }
+
+    def usage(self, ino: int) -> dict[str, int]:
+        """A subtree's recursive statistics (rstats.py), O(1), and the cluster's trash
+        and garbage: ``bytes``, ``physical_bytes`` (size x goal), ``files``, ``dirs``,
+        ``trash_files``, ``trash_bytes``, ``garbage_chunks`` (deleted, not yet collected)."""
+        return {
+            **rstats.usage(self, self.inode(ino)),
+            "trash_files": len(self.trash),
+            "trash_bytes": self.trash_bytes,
+            "garbage_chunks": len(self.garbage),
         }

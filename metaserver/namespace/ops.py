@@ -51,7 +51,7 @@ from dfs.wire.limits import (
     UINT32_MAX,
     UINT64_MAX,
 )
-from metaserver.namespace import pools
+from metaserver.namespace import pools, rstats, trash
 from metaserver.namespace.commands import (
     DIR_ENTRIES_MAX,
     INT64_MIN,
@@ -153,6 +153,7 @@ def mkdir(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     mode = stat.S_IFDIR | (mode & MKDIR_BITS)
     inode = st.new_inode(parent, mode, uid, gid, 0, now_ns, reserved and reserved[0])
     d.insert(name, inode.ino)
+    rstats.named(st, inode, parent.ino, name)
     parent.nlink += 1  # the new directory's ".."
     _touch_dir(parent, now_ns)
     return {"ok": True, "attr": attr(inode), "parent_attr": attr(parent)}
@@ -204,6 +205,7 @@ def create(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     mode = stat.S_IFREG | (mode & PERMISSION_BITS)
     inode = st.new_inode(parent, mode, uid, gid, 0, now_ns, reserved_ino)
     d.insert(name, inode.ino)
+    rstats.named(st, inode, parent.ino, name)
     _touch_dir(parent, now_ns)
     result: Result = {"ok": True, "attr": attr(inode), "created": True, "parent_attr": attr(parent)}
     if replicas:
@@ -241,6 +243,7 @@ def mknod(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     _check_room(d, name)
     inode = st.new_inode(parent, fmt | (mode & PERMISSION_BITS), uid, gid, rdev, now_ns)
     d.insert(name, inode.ino)
+    rstats.named(st, inode, parent.ino, name)
     _touch_dir(parent, now_ns)
     return {"ok": True, "attr": attr(inode), "parent_attr": attr(parent)}
 
@@ -269,6 +272,7 @@ def symlink(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     inode.target = target
     inode.size = len(target)
     d.insert(name, inode.ino)
+    rstats.named(st, inode, parent.ino, name)
     _touch_dir(parent, now_ns)
     return {"ok": True, "attr": attr(inode), "parent_attr": attr(parent)}
 
@@ -288,9 +292,12 @@ def link(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     _check_room(d, name)
     if inode.dir is not None:
         raise PermissionDenied("hard links to directories are not allowed", ino=ino)
+    if inode.nlink == 0:  # removed (trash, orphan): link(2) of an unlinked file is ENOENT
+        raise NotFound("the inode has no name left", ino=ino)
     if inode.nlink >= LINKS_MAX:
         raise TooManyLinks(f"inode has {LINKS_MAX} links", ino=ino)
     d.insert(name, ino)
+    rstats.named(st, inode, parent_ino, name)
     inode.nlink += 1
     inode.ctime_ns = now_ns
     _touch_dir(parent, now_ns)
@@ -300,14 +307,21 @@ def link(st: State, now_ns: int, a: dict[str, Any]) -> Result:
 # --- removing names -------------------------------------------------------------------
 
 
-def _drop_link(st: State, inode: Inode, now_ns: int, keep: bool) -> None:
-    """One name of a non-directory is gone: count it, free the inode with its last name,
-    or, with ``keep`` (the leader knows a client holds it open), keep a regular file as an
-    orphan until the leader releases it (``release_orphans``)."""
+def _drop_link(
+    st: State, inode: Inode, now_ns: int, keep: bool, parent: Inode, name: bytes
+) -> None:
+    """The name ``name`` of a non-directory in ``parent`` is gone (removed from the
+    directory already): count it; with its last name, put a regular file with a trash
+    time in the trash (trash.py), or keep it as an orphan with ``keep`` (the leader knows
+    a client holds it open) until the leader releases it (``release_orphans``), or free
+    the inode."""
+    rstats.unnamed(st, inode, parent.ino)
     inode.nlink -= 1
     inode.ctime_ns = now_ns
     if inode.nlink == 0:
-        if keep and inode.chunks is not None:
+        if trash.keeps(inode):
+            trash.put(st, inode, parent.ino, name, now_ns)
+        elif keep and inode.chunks is not None:
             st.orphans[inode.ino] = None
         else:
             st.release(inode)
@@ -341,7 +355,7 @@ def unlink(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     if inode.dir is not None:
         raise IsDir("unlink of a directory", name=name)  # Linux gives EISDIR
     d.remove(name)
-    _drop_link(st, inode, now_ns, keep)
+    _drop_link(st, inode, now_ns, keep, parent, name)
     _touch_dir(parent, now_ns)
     return _ok()
 
@@ -364,6 +378,7 @@ def rmdir(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     if inode.dir.entries:
         raise NotEmpty("directory not empty", name=name)
     d.remove(name)
+    rstats.unnamed(st, inode, parent.ino)
     parent.nlink -= 1  # its ".." is gone
     st.release(inode)
     _touch_dir(parent, now_ns)
@@ -423,7 +438,7 @@ def rename(st: State, now_ns: int, a: dict[str, Any]) -> Result:
         return _ok()  # the same inode under both names: POSIX says do nothing
     if flags == RENAME_EXCHANGE:
         assert dst is not None
-        _exchange(d, name, parent, src, new_d, new_name, new_parent, dst, now_ns)
+        _exchange(st, d, name, parent, src, new_d, new_name, new_parent, dst, now_ns)
         return _ok()
     if dst is not None:
         if src.dir is not None:
@@ -439,16 +454,19 @@ def rename(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     if dst is not None:
         new_d.remove(new_name)
         if dst.dir is not None:
+            rstats.unnamed(st, dst, new_parent.ino)
             new_parent.nlink -= 1  # the replaced directory's ".." is gone
             st.release(dst)
         else:
-            _drop_link(st, dst, now_ns, keep)
+            _drop_link(st, dst, now_ns, keep, new_parent, new_name)
     d.remove(name)
+    rstats.unnamed(st, src, parent.ino)
     new_d.insert(new_name, src.ino)  # a fresh cookie: readdir sees the moved entry anew
     if src.dir is not None and new_parent is not parent:
         parent.nlink -= 1
         new_parent.nlink += 1
         src.dir.parent = new_parent.ino
+    rstats.named(st, src, new_parent.ino, new_name)
     src.ctime_ns = now_ns
     _touch_dir(parent, now_ns)
     _touch_dir(new_parent, now_ns)
@@ -456,6 +474,7 @@ def rename(st: State, now_ns: int, a: dict[str, Any]) -> Result:
 
 
 def _exchange(
+    st: State,
     d: DirData,
     name: bytes,
     parent: Inode,
@@ -470,16 +489,21 @@ def _exchange(
     new_d.remove(new_name)
     d.insert(name, dst.ino)
     new_d.insert(new_name, src.ino)
-    if new_parent is not parent:
+    # Each inode moves whole (unnamed, then named) before the other does, so that the
+    # recursive statistics of a directory never pass through a detached one (rstats.py).
+    rstats.unnamed(st, src, parent.ino)
+    if new_parent is not parent and src.dir is not None:
         # A directory that changes parent moves its ".." link with it.
-        if src.dir is not None:
-            parent.nlink -= 1
-            new_parent.nlink += 1
-            src.dir.parent = new_parent.ino
-        if dst.dir is not None:
-            new_parent.nlink -= 1
-            parent.nlink += 1
-            dst.dir.parent = parent.ino
+        parent.nlink -= 1
+        new_parent.nlink += 1
+        src.dir.parent = new_parent.ino
+    rstats.named(st, src, new_parent.ino, new_name)
+    rstats.unnamed(st, dst, new_parent.ino)
+    if new_parent is not parent and dst.dir is not None:
+        new_parent.nlink -= 1
+        parent.nlink += 1
+        dst.dir.parent = parent.ino
+    rstats.named(st, dst, parent.ino, name)
     src.ctime_ns = now_ns
     dst.ctime_ns = now_ns
     _touch_dir(parent, now_ns)
@@ -593,7 +617,7 @@ def set_goal(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     ino = arg_ino(a, "ino")
     goal = arg_int(a, "goal", GOAL_MIN, GOAL_MAX)
     inode = st.inode(ino)
-    inode.goal = goal
+    st.set_goal(inode, goal)
     inode.ctime_ns = now_ns
     return {"ok": True, "attr": attr(inode)}
 

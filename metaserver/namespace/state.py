@@ -18,15 +18,17 @@ Invariants (``State.check_invariants`` verifies all of them; the tests call it):
 5. A directory's entries are in cookie order (each insertion takes ``next_cookie``), so
    ``readdir`` pages by cookie without sorting (see ``DirData``).
 
-Snapshot format, version 5 (``SNAPSHOT_VERSION``; versions 1 to 4 are read too): one msgpack
+Snapshot format, version 6 (``SNAPSHOT_VERSION``; versions 1 to 5 are read too): one msgpack
 array, bytes as bin::
 
-    [5,                                   # SNAPSHOT_VERSION
+    [6,                                   # SNAPSHOT_VERSION
      chunk_size_bytes,                    # fixed per cluster; restore refuses another
      [next_ino, next_chunk_id, next_cs_id],
      [[ino, mode, nlink, uid, gid, size, atime_ns, mtime_ns, ctime_ns, rdev, goal,
        [[xattr_name, xattr_value], ...],  # in insertion order (listxattr's order)
-       kind], ...],                       # in inode-table order. kind is:
+       kind,
+       trash_s], ...],                    # in inode-table order (trash_s: version 6 on;
+                                          #   before, every inode had the default). kind is:
                                           #   directory: [parent, next_cookie,
                                           #               [[name, ino, cookie], ...]]
                                           #   symlink:   target (bin)
@@ -42,8 +44,16 @@ array, bytes as bin::
      [labels, draining, rebalance, stop_reason],
                                           # the operator's decisions about chunkservers
                                           # (cluster.py; version 4 on; before: none)
-     [[chunk_id, version], ...]]          # writes not settled yet (``State.writes``;
+     [[chunk_id, version], ...],          # writes not settled yet (``State.writes``;
                                           # version 5 on; before: none)
+     [[ino, removed_ns, expires_ns, path], ...],   # the trash, in the order removed
+                                          # (trash.py; version 6 on; before: none)
+     [[ino, [dir_ino, ...]], ...]]        # inodes with several names: the directory of
+                                          # each, oldest first (rstats.py; version 6 on;
+                                          # before: rebuilt in directory-table order)
+
+Derived on restore, not stored: directories' names and recursive statistics, each
+inode's primary directory, the trash's heap and bytes, the counters below.
 
 Every list keeps the order of the dict it came from, so a restored state iterates (and
 therefore acts, and snapshots) exactly as the original did.
@@ -60,12 +70,13 @@ import msgpack
 from dfs.wire.errors import NotDir, NotFound
 from dfs.wire.limits import CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN, DIR_BLOCKS, DIR_SIZE_BYTES
 from dfs.wire.limits import ROOT_INO as ROOT_INO  # its importers take it from here
+from metaserver.namespace import rstats
 from metaserver.namespace.cluster import ClusterState
-from metaserver.namespace.commands import GOAL_DEFAULT
+from metaserver.namespace.commands import GOAL_DEFAULT, TRASH_S_DEFAULT
 from metaserver.raft.sessions import SessionTable
 
-SNAPSHOT_VERSION = 5
-SNAPSHOT_VERSIONS_READ = (1, 2, 3, 4, 5)
+SNAPSHOT_VERSION = 6
+SNAPSHOT_VERSIONS_READ = (1, 2, 3, 4, 5, 6)
 # Tombstones in a directory's cookie index are compacted once they are this many and
 # outnumber the live entries (amortized O(1) per removal).
 _DEAD_COMPACT_MIN = 64
@@ -86,10 +97,32 @@ class DirData:
     contract (an entry present for the whole listing is returned exactly once).
     """
 
-    __slots__ = ("dead", "entries", "next_cookie", "order_cookies", "order_names", "parent")
+    __slots__ = (
+        "dead",
+        "entries",
+        "name",
+        "next_cookie",
+        "order_cookies",
+        "order_names",
+        "parent",
+        "r_bytes",
+        "r_dirs",
+        "r_files",
+        "r_phys",
+    )
 
-    def __init__(self, parent: int) -> None:
+    def __init__(self, parent: int, name: bytes = b"") -> None:
         self.parent = parent
+        # Its name in ``parent`` (derived: kept with every move, rebuilt on restore), so
+        # that a removed file's path can be written into the trash without a search.
+        self.name = name
+        # Recursive statistics of the subtree (rstats.py): bytes of its regular files,
+        # those bytes times each file's goal, its regular files, its directories (itself
+        # included).
+        self.r_bytes = 0
+        self.r_phys = 0
+        self.r_files = 0
+        self.r_dirs = 1
         self.entries: dict[bytes, tuple[int, int]] = {}
         self.order_cookies: list[int] = []
         self.order_names: list[bytes] = []
@@ -151,9 +184,11 @@ class Inode:
         "mode",
         "mtime_ns",
         "nlink",
+        "parent",
         "rdev",
         "size",
         "target",
+        "trash_s",
         "uid",
         "xattrs",
     )
@@ -164,6 +199,12 @@ class Inode:
         self.ino = ino
         self.mode = mode
         self.nlink = 1
+        # A non-directory's primary directory (rstats.py: the directory of its oldest
+        # name, 0 while it has none); a directory's parent is ``dir.parent``.
+        self.parent = 0
+        # Seconds a removed regular file is kept in the trash (0: freed at once);
+        # inherited from the directory it is made in, as ``goal`` (trash.py).
+        self.trash_s = TRASH_S_DEFAULT
         self.uid = uid
         self.gid = gid
         self.size = 0
@@ -232,7 +273,7 @@ def chunk_info(chunk: Chunk) -> dict[str, Any]:
 class State:
     """The whole replicated state of the namespace, and its structural steps."""
 
-    def __init__(self, chunk_size_bytes: int) -> None:
+    def __init__(self, chunk_size_bytes: int, trash_s_default: int = TRASH_S_DEFAULT) -> None:
         if (
             type(chunk_size_bytes) is not int
             or not CHUNK_SIZE_BYTES_MIN <= chunk_size_bytes <= CHUNK_SIZE_BYTES_MAX
@@ -241,6 +282,9 @@ class State:
                 f"chunk_size_bytes must be {CHUNK_SIZE_BYTES_MIN}..{CHUNK_SIZE_BYTES_MAX}"
             )
         self.chunk_size_bytes = chunk_size_bytes
+        # The fresh root's trash time (a cluster-wide setting, as the chunk size: every
+        # metaserver of a group must start with the same); afterwards it is the root's.
+        self.trash_s_default = trash_s_default
         self.reset()
 
     def reset(self) -> None:
@@ -269,6 +313,17 @@ class State:
         self.next_chunk_id = 1
         self.next_cs_id = 1
         self.sessions = SessionTable()
+        # Removed regular files kept for their trash time (trash.py): ino -> (removed_ns,
+        # expires_ns, the path it had), in the order removed; each is an inode with
+        # nlink 0 and its chunks still in the chunk table.
+        self.trash: dict[int, tuple[int, int, bytes]] = {}
+        # Inodes with more than one name: ino -> the directory of each name, oldest
+        # first (the first is its primary: rstats.py). Derived for an inode with one name.
+        self.links: dict[int, list[int]] = {}
+        # Derived (rebuilt on restore): (expires_ns, ino) of the trash, a heap with stale
+        # entries skipped when popped (trash.py); the bytes of the files in the trash.
+        self.trash_heap: list[tuple[int, int]] = []
+        self.trash_bytes = 0
         # Derived counters (rebuilt on restore), so stats() costs O(1).
         self.files_count = 0
         self.dirs_count = 0
@@ -277,6 +332,7 @@ class State:
         root.nlink = 2
         root.size = DIR_SIZE_BYTES
         root.dir = DirData(ROOT_INO)
+        root.trash_s = self.trash_s_default
         self.inodes[ROOT_INO] = root
         self.dirs_count = 1
 
@@ -323,6 +379,7 @@ class State:
             ino = self.next_ino
             self.next_ino = ino + 1
         inode = Inode(ino, mode, uid, gid, rdev, parent.goal, now_ns)
+        inode.trash_s = parent.trash_s
         fmt = stat.S_IFMT(mode)
         if fmt == stat.S_IFDIR:
             inode.nlink = 2
@@ -361,9 +418,21 @@ class State:
             self.writes.pop(chunk_id, None)
 
     def set_size(self, inode: Inode, size: int) -> None:
-        """A regular file's size, keeping ``file_bytes`` (the sum of sizes) right."""
-        self.file_bytes += size - inode.size
+        """A regular file's size, keeping ``file_bytes`` (the sum of sizes), the
+        directories' recursive statistics and the trash's bytes right."""
+        delta = size - inode.size
+        self.file_bytes += delta
         inode.size = size
+        if inode.parent:
+            rstats.add_up(self, inode.parent, delta, delta * inode.goal, 0, 0)
+        elif inode.ino in self.trash:
+            self.trash_bytes += delta
+
+    def set_goal(self, inode: Inode, goal: int) -> None:
+        """An inode's goal, keeping the recursive physical bytes right."""
+        if inode.chunks is not None and inode.parent:
+            rstats.add_up(self, inode.parent, 0, inode.size * (goal - inode.goal), 0, 0)
+        inode.goal = goal
 
     def truncate(self, inode: Inode, size: int) -> Chunk | None:
         """Set a regular file's size; no chunk keeps data past it afterwards.
@@ -411,6 +480,8 @@ class State:
     # --- snapshot ---------------------------------------------------------------------
 
     def encode_snapshot(self) -> bytes:
+        from metaserver.namespace import trash  # trash.py builds on this module
+
         inodes: list[Any] = []
         for i in self.inodes.values():
             kind: Any = None
@@ -423,7 +494,7 @@ class State:
             inodes.append(
                 [
                     i.ino, i.mode, i.nlink, i.uid, i.gid, i.size, i.atime_ns, i.mtime_ns,
-                    i.ctime_ns, i.rdev, i.goal, xattrs, kind,
+                    i.ctime_ns, i.rdev, i.goal, xattrs, kind, i.trash_s,
                 ]
             )  # fmt: skip
         blob = [
@@ -445,6 +516,8 @@ class State:
             ],
             self.cluster.to_wire(),
             [[chunk_id, version] for chunk_id, version in self.writes.items()],
+            trash.to_wire(self),
+            [[ino, parents] for ino, parents in self.links.items()],
         ]
         return bytes(msgpack.packb(blob, use_bin_type=True))
 
@@ -468,18 +541,25 @@ class State:
             raise ValueError(f"malformed namespace snapshot: {e!r}") from e
 
     def _load(self, blob: list[Any]) -> None:
+        from metaserver.namespace import trash  # trash.py builds on this module
+
         _, _, counters, inodes, chunks, garbage, chunkservers, sessions = blob[:8]
         orphans = blob[8] if blob[0] >= 2 else []
         pools = blob[9] if blob[0] >= 3 else []
         cluster = blob[10] if blob[0] >= 4 else None
         writes = blob[11] if blob[0] >= 5 else []
+        trash_rows, links = (blob[12], blob[13]) if blob[0] >= 6 else ([], None)
         self.reset()
         self.inodes.clear()
         self.dirs_count = 0
         self.next_ino, self.next_chunk_id, self.next_cs_id = (int(x) for x in counters)
         for row in inodes:
-            ino, mode, nlink, uid, gid, size, atime, mtime, ctime, rdev, goal, xattrs, kind = row
+            ino, mode, nlink, uid, gid, size, atime, mtime, ctime, rdev, goal, xattrs, kind = row[
+                :13
+            ]
             inode = Inode(ino, mode, uid, gid, rdev, goal, 0)
+            # Before version 6 every inode had the default trash time.
+            inode.trash_s = row[13] if len(row) > 13 else TRASH_S_DEFAULT
             inode.nlink = nlink
             inode.size = size
             inode.atime_ns, inode.mtime_ns, inode.ctime_ns = atime, mtime, ctime
@@ -530,11 +610,15 @@ class State:
         for chunk_id, version in writes:
             assert chunk_id in self.chunk_table, chunk_id
             self.writes[int(chunk_id)] = int(version)
+        trash.load(self, trash_rows)
+        rstats.rebuild(self, links)
 
     # --- invariants (for tests; O(size of the state)) ---------------------------------
 
     def check_invariants(self) -> None:
-        """Assert invariants 1-5 of the module docstring."""
+        """Assert invariants 1-5 of the module docstring, the trash's and rstats'."""
+        from metaserver.namespace import trash  # trash.py builds on this module
+
         inodes = self.inodes
         names: dict[int, int] = {}
         subdirs: dict[int, int] = {}
@@ -569,7 +653,7 @@ class State:
             if i.dir is not None:
                 assert i.nlink == 2 + subdirs.get(ino, 0), f"dir {ino} nlink {i.nlink}"
                 assert names.get(ino, 0) == (0 if ino == ROOT_INO else 1), ino
-            elif ino in self.orphans:
+            elif ino in self.orphans or ino in self.trash:
                 assert i.nlink == 0 and ino not in names and i.chunks is not None, ino
             else:
                 assert names.get(ino, 0) == i.nlink >= 1, f"inode {ino} nlink {i.nlink}"
@@ -602,3 +686,6 @@ class State:
                 assert chunk_id not in self.chunk_table and chunk_id not in self.garbage
                 reserved[chunk_id] = holder
         assert reserved == self.reserved_chunks
+        assert not (self.orphans.keys() & self.trash.keys())
+        trash.check(self)
+        rstats.check(self)

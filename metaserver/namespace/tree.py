@@ -69,7 +69,7 @@ def resolve(st: State, path: bytes) -> Inode:
     return inode
 
 
-def _check_cursor(value: Any) -> Cursor:
+def check_cursor(value: Any) -> Cursor:
     if (
         type(value) is not list
         or not 1 <= len(value) <= CURSOR_DEPTH_MAX
@@ -87,7 +87,7 @@ def _check_cursor(value: Any) -> Cursor:
     return [list(level) for level in value]
 
 
-def _resume(st: State, root: Inode, cursor: Cursor) -> Cursor:
+def resume(st: State, root: Inode, cursor: Cursor) -> Cursor:
     """The cursor's levels that still hold (see the module docstring)."""
     if cursor[0][0] != root.ino or root.dir is None:
         raise Invalid("cursor: of another walk", ino=root.ino)
@@ -116,7 +116,7 @@ def walk(st: State, root_ino: int, cursor: Any, limit: int, visit: Visit) -> Cur
             return levels
         count = 1
     else:
-        levels = _resume(st, root, _check_cursor(cursor))
+        levels = resume(st, root, check_cursor(cursor))
         count = 0
     paths = [b""]
     for _, name, _ in levels[1:]:
@@ -171,7 +171,7 @@ def set_goal_tree(st: State, now_ns: int, a: dict[str, Any]) -> dict[str, Any]:
     if cursor is not None:
         if not recursive:
             raise Invalid("cursor: only for a recursive change")
-        _resume(st, root, _check_cursor(cursor))  # every check before the first change
+        resume(st, root, check_cursor(cursor))  # every check before the first change
     changed = unchanged = 0
     dirs: list[int] = []
 
@@ -180,7 +180,7 @@ def set_goal_tree(st: State, now_ns: int, a: dict[str, Any]) -> dict[str, Any]:
         if inode.goal == goal:
             unchanged += 1
         else:
-            inode.goal = goal
+            st.set_goal(inode, goal)
             inode.ctime_ns = now_ns
             changed += 1
             if inode.dir is not None:
@@ -198,4 +198,13 @@ def set_goal_tree(st: State, now_ns: int, a: dict[str, Any]) -> dict[str, Any]:
 
 TREE_OPS = {"set_goal_tree": set_goal_tree}
 
-__all__ = ["CURSOR_DEPTH_MAX", "TREE_OPS", "WALK_LIMIT_MAX", "Cursor", "resolve", "walk"]
+__all__ = [
+    "CURSOR_DEPTH_MAX",
+    "TREE_OPS",
+    "WALK_LIMIT_MAX",
+    "Cursor",
+    "check_cursor",
+    "resolve",
+    "resume",
+    "walk",
+]

@@ -34,6 +34,9 @@ META_OPTIONS = {
     "repair_quiet_ms": 1000,
     "gc_grace_ms": int(GC_GRACE_S * 1000),
     "replication_jobs": 8,
+    # Removed files are freed at once (the trash is tested in tests/fuse/test_fuse_trash.py):
+    # these tests watch deleted chunks leave the chunkservers.
+    "trash_time_s": 0,
 }
 CS_OPTIONS = {
     "heartbeat_ms": 200,

@@ -27,11 +27,13 @@ def print_logs(directory: Path) -> None:
             print(f"----- {log.name}\n{text[-6000:]}")
 
 
-def start_cluster(directory: Path) -> local.Layout:
+def start_cluster(directory: Path, **meta_options: object) -> local.Layout:
+    """A cluster; ``meta_options`` added to the metaservers' config (by default the
+    trash is off: removed files are freed at once, as the tests of removal expect)."""
     layout = local.init_layout(
         directory,
         chunk_size=CHUNK,
-        meta_options={"tick_ms": 50, "hold_grace_ms": 2000},
+        meta_options={"tick_ms": 50, "hold_grace_ms": 2000, "trash_time_s": 0, **meta_options},
         cs_options={"heartbeat_ms": 200},
     )
     local.start_daemons(layout)

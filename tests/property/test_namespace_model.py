@@ -66,7 +66,7 @@ def check_name(name: bytes) -> None:
 class NamespaceModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.ns = Namespace(CHUNK)
+        self.ns = Namespace(CHUNK, trash_s_default=0)  # the trash: test_namespace_trash.py
         self.model: dict[int, MInode] = {ROOT_INO: MInode("dir", stat.S_IFDIR | 0o755)}
         self.seq = 0
         self.now = 0

@@ -24,7 +24,7 @@ CHUNK = 1 << 20
 
 class Cluster:
     def __init__(self, servers: int, goal: int, hosts: list[str] | None = None) -> None:
-        self.ns = Namespace(chunk_size_bytes=CHUNK)
+        self.ns = Namespace(chunk_size_bytes=CHUNK, trash_s_default=0)  # removals free at once
         self.now = 100.0
         self.registry = Registry(dead_timeout_s=10.0, started_s=0.0)
         self.policy = ClusterPolicy()

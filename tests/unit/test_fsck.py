@@ -23,7 +23,7 @@ CHUNK = 1 << 20
 
 class Cluster:
     def __init__(self, servers: int = 4) -> None:
-        self.ns = Namespace(chunk_size_bytes=CHUNK)
+        self.ns = Namespace(chunk_size_bytes=CHUNK, trash_s_default=0)  # removals free at once
         self.now = 100.0
         self.registry = Registry(dead_timeout_s=10.0, started_s=0.0)
         self.core = ChunkCore(Placer("weighted", random.Random(1)), quiet_s=0.0)

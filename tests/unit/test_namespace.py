@@ -31,7 +31,7 @@ class Fs:
     """A namespace driven the way the metaserver drives it: one session, rising seq/time."""
 
     def __init__(self, chunk_size_bytes: int = CHUNK, client: int = 7) -> None:
-        self.ns = Namespace(chunk_size_bytes)
+        self.ns = Namespace(chunk_size_bytes, trash_s_default=0)  # test_namespace_trash.py
         self.client = client
         self.seq = 0
         self.now = 1_000
@@ -132,7 +132,8 @@ def test_fresh_namespace_is_root_only(fs: Fs) -> None:
     }  # fmt: skip
     assert a["has_xattrs"] is False
     assert fs.names(ROOT_INO) == []
-    assert fs.ns.stats() == {"inodes": 1, "files": 0, "dirs": 1, "chunks": 0, "bytes": 0}
+    assert fs.ns.stats() == {"inodes": 1, "files": 0, "dirs": 1, "chunks": 0, "bytes": 0,
+                             "trash_files": 0, "trash_bytes": 0}  # fmt: skip
 
 
 def test_mkdir_links_parent_and_sets_times(fs: Fs) -> None:
@@ -206,7 +207,8 @@ def test_mknod_types(fs: Fs) -> None:
     assert stat.S_ISREG(reg["mode"])
     for mode in (stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777):
         assert fs.err("mknod", name=b"x", mode=mode, rdev=0, **base) is E.INVALID
-    assert fs.ns.stats() == {"inodes": 5, "files": 1, "dirs": 1, "chunks": 0, "bytes": 0}
+    assert fs.ns.stats() == {"inodes": 5, "files": 1, "dirs": 1, "chunks": 0, "bytes": 0,
+                             "trash_files": 0, "trash_bytes": 0}  # fmt: skip
 
 
 def test_symlink_and_readlink(fs: Fs) -> None:
@@ -262,7 +264,8 @@ def test_unlink_last_link_frees_inode_and_chunks(fs: Fs) -> None:
     assert query_error(fs.ns.getattr, f) is E.NOT_FOUND
     assert fs.ns.garbage == {c0: cs, c1: cs[:2]}
     assert query_error(fs.ns.chunk, c0) is E.NOT_FOUND
-    assert fs.ns.stats() == {"inodes": 1, "files": 0, "dirs": 1, "chunks": 0, "bytes": 0}
+    assert fs.ns.stats() == {"inodes": 1, "files": 0, "dirs": 1, "chunks": 0, "bytes": 0,
+                             "trash_files": 0, "trash_bytes": 0}  # fmt: skip
 
 
 def test_unlink_and_rmdir_errors(fs: Fs) -> None:
@@ -1299,5 +1302,5 @@ def test_restore_rules() -> None:
         broken.restore(_packed([1, CHUNK, [2, 1, 1], [[1, 2, 3]], [], [], [], []]))
     broken.check_invariants()  # a failed restore leaves a usable (fresh) namespace
     fs.ns.restore(b"")
-    assert fs.ns.snapshot() == Namespace(CHUNK).snapshot()
+    assert fs.ns.snapshot() == Namespace(CHUNK, trash_s_default=0).snapshot()
     assert fs.names(ROOT_INO) == []

@@ -28,7 +28,7 @@ class Fs:
     """A namespace driven as the metaserver drives it: one session, rising seq and time."""
 
     def __init__(self) -> None:
-        self.ns = Namespace(CHUNK)
+        self.ns = Namespace(CHUNK, trash_s_default=0)  # the trash: test_namespace_trash.py
         self.seq = 0
 
     def do(self, op: str, **args: Any) -> dict[str, Any]:
@@ -157,7 +157,7 @@ def test_snapshot_keeps_the_cluster_state(fs: Fs) -> None:
     fs.ok("cs_drain", cs_id=b, draining=True)
     fs.ok("rebalance_start", threshold_bp=300, bandwidth_bps=1 << 20)
     blob = fs.ns.snapshot()
-    assert msgpack.unpackb(blob, raw=False)[0] == SNAPSHOT_VERSION == 5
+    assert msgpack.unpackb(blob, raw=False)[0] == SNAPSHOT_VERSION == 6
     copy = Namespace(CHUNK)
     copy.restore(blob)
     copy.check_invariants()

@@ -18,7 +18,7 @@ CHUNK = 1 << 20
 
 class Fs:
     def __init__(self) -> None:
-        self.ns = Namespace(CHUNK)
+        self.ns = Namespace(CHUNK, trash_s_default=0)  # the trash: test_namespace_trash.py
         self.seq = 0
         for i in range(3):
             self.ok("cs_register", uuid=f"u{i}", address=f"h:{i + 1}")

@@ -33,7 +33,7 @@ class Link:
     """The metaserver as Repair sees it."""
 
     def __init__(self, servers: int, clock: Clock) -> None:
-        self.ns = Namespace(chunk_size_bytes=CHUNK)
+        self.ns = Namespace(chunk_size_bytes=CHUNK, trash_s_default=0)  # removals free at once
         self.registry = Registry(dead_timeout_s=10.0, started_s=clock.now - 100)
         self.placer = Placer("round_robin")
         self.clock = clock

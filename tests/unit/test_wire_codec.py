@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dfs import payloads
 from dfs.types import FRAME_HEADER_BYTES_MAX, FRAME_PAYLOAD_BYTES_MAX
 from dfs.wire import codec
 from dfs.wire.codec import Frame, FrameDecoder, PayloadPool, encode, encode_bytes
@@ -302,16 +303,17 @@ def test_the_payload_pool_gives_a_buffer_again_only_once_nothing_refers_to_it() 
 def test_each_thread_has_a_payload_pool_of_its_own() -> None:
     """Two threads never share a pool (its check and hand-out are not atomic)."""
     seen: list[PayloadPool] = []
-    thread = threading.Thread(target=lambda: seen.append(codec.payload_pool()))
+    thread = threading.Thread(target=lambda: seen.append(payloads.payload_pool()))
     thread.start()
     thread.join()
-    assert seen[0] is not codec.payload_pool() and codec.payload_pool() is codec.payload_pool()
+    assert seen[0] is not payloads.payload_pool()
+    assert payloads.payload_pool() is payloads.payload_pool()
 
 
 def test_frames_received_in_place_keep_their_bytes_while_held() -> None:
     """Two large frames decoded one after the other: the first one's payload, still held,
     is not overwritten by the second (the pool does not hand it out again)."""
-    dec = FrameDecoder()
+    dec = FrameDecoder(alloc=payloads.take_payload)
     a, b = bytes([1]) * 100_000, bytes([2]) * 100_000
     wire = b"".join(bytes(x) for x in encode({"n": 1}, a) + encode({"n": 2}, b))
     frames = []

@@ -116,6 +116,12 @@ class DfsTarget(Target):
         self.layout = local.init_layout(self.root / "cluster")
         local.start_daemons(self.layout)
         anyio.run(local.wait_ready, self.layout, READY_TIMEOUT_S)
+        # As the MooseFS peer (trash time 0): a removed file is freed at once, not kept.
+        subprocess.run(
+            [sys.executable, "-m", "dfs.cli.main", "admin", "settrashtime", "0", "/",
+             "--dir", str(self.layout.dir)],
+            check=True, stdout=subprocess.DEVNULL, timeout=READY_TIMEOUT_S,
+        )  # fmt: skip
         self.mountpoint.mkdir(exist_ok=True)
         self._mount()
         self.directory = self.mountpoint

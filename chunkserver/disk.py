@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chunkserver import salvage as salvaging
 from chunkserver.blocks import reads_old_blocks
 from chunkserver.copies import Incoming
 from chunkserver.store import WRITEBACK_BYTES_MIN, ChunkStore, WouldBlock
@@ -300,6 +301,18 @@ class AsyncChunkStore:
 
     async def delete(self, chunk_id: int, version: int | None = None) -> bool:
         return await self._run(chunk_id, True, lambda: self.store.delete(chunk_id, version))
+
+    async def quarantined(self, chunk_id: int) -> list[salvaging.CopyJudged]:
+        return await self._run(chunk_id, True, lambda: salvaging.quarantined(self.store, chunk_id))
+
+    async def salvage(
+        self, chunk_id: int, name: str, version: int, length: int, zero: bool
+    ) -> tuple[ReplicaInfo, int]:
+        return await self._run(
+            chunk_id,
+            True,
+            lambda: salvaging.salvage(self.store, chunk_id, name, version, length, zero),
+        )
 
     async def verify(self, chunk_id: int, version: int, offset: int, size: int) -> int:
         """Read and verify a range as ``read`` does (the scrubber), sharing the chunk with

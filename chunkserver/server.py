@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -205,6 +206,8 @@ class ChunkServer:
             "chunk.sync": self._chunk_sync,
             "chunk.info": self._chunk_info,
             "chunk.delete": self._chunk_delete,
+            "chunk.quarantined": self._chunk_quarantined,
+            "chunk.salvage": self._chunk_salvage,
             "chunk.replicate": self._chunk_replicate,
             "cs.status": self._cs_status,
         }
@@ -522,6 +525,22 @@ class ChunkServer:
         if info is None:
             raise NotFound("no replica of this chunk here", chunk_id=chunk_id)
         return {"version": info.version, "length": info.length}, b""
+
+    async def _chunk_quarantined(
+        self, h: dict[str, Any], payload: bytes, timeout_s: float
+    ) -> rpc.HandlerResult:
+        copies = await self._store().quarantined(h["chunk_id"])
+        return {"copies": [dataclasses.asdict(c) for c in copies]}, b""
+
+    async def _chunk_salvage(
+        self, h: dict[str, Any], payload: bytes, timeout_s: float
+    ) -> rpc.HandlerResult:
+        chunk_id, version, length = h["chunk_id"], h["version"], h["length"]
+        info, lost = await self._store().salvage(
+            chunk_id, h["copy"], version, length, h.get("zero", False)
+        )
+        self._log(logging.WARNING, "salvaged", chunk=chunk_id, version=version, lost=lost)
+        return {"version": info.version, "length": info.length, "lost_blocks": lost}, b""
 
     async def _chunk_delete(
         self, h: dict[str, Any], payload: bytes, timeout_s: float

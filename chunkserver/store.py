@@ -116,8 +116,10 @@ from dfs.wire.replicafile import (
     DATA_OFFSET,
     FILE_RE,
     HEADER_BYTES,
+    LOST_BLOCK_SUM,
     QUARANTINE_RE,
     SUBDIR_RE,
+    SUM,
     SUM_BYTES,
     TABLE_OFFSET,
     BadHeader,
@@ -796,6 +798,8 @@ class ChunkStore(IncomingCopies):
             raise self._disk_error(e, chunk_id, "read") from e
         bad = first_bad_block(buf, got, raw)
         if bad is not None:
+            if SUM.unpack_from(raw, SUM_BYTES * bad[0])[0] == LOST_BLOCK_SUM:  # salvaged
+                raise Corrupt("block lost (salvaged)", chunk_id=chunk_id, block=first + bad[0])
             corrupt = self._corrupt(chunk_id, first + bad[0], bad[1])
             self._mark_bad(replica, "checksum", str(corrupt))
             raise corrupt

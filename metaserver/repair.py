@@ -36,7 +36,7 @@ What it carries out:
   ``length_recover`` when ``Pushes.recovered_length`` says so.
 - **reports**: each page of a block report goes to ``Reports.page``; its ``Verdict`` is
   carried out: deletes, members behind the table judged after asking the other members
-  (``_behind``), lost members dropped, lone whole copies adopted (``_adopt``). Each bad
+  (``_behind``), lost members dropped, lone whole copies adopted (``adopt``). Each bad
   replica goes to ``Reports.bad``: its drop, then its delete unless it stays in
   quarantine (``Reports.quarantined``).
 - **garbage**: a round at a time, ``Garbage.collect``'s deletes, then ``gc_done`` for
@@ -137,12 +137,13 @@ class Repair:
         self.quiet_s = quiet_s
         self.clock = clock
         self.core = ChunkCore(link.placer, quiet_s=quiet_s, jobs=jobs)
-        self.reports = Reports(self.core)
+        self.reports = Reports(self.core, unknown_grace_s=gc_grace_s)
         self.garbage = Garbage(gc_grace_s)
         self.pushes = Pushes(self.core)
         self.health = Health()
         self._tasks: set[asyncio.Task[None]] = set()
         self._gc_running = False
+        self._overtaking: set[int] = set()  # chunks whose version goes past a member's
         self._marking = False  # a write_marks proposal in flight
         self._stopping = False  # a rebalance_stop proposal in flight
         # chunk id -> (its drops one at a time, how many wait or hold it)
@@ -694,6 +695,9 @@ class Repair:
         for chunk_id, version, table_version in verdict.future:
             log.warning("repair event=replica_from_the_future chunk=%d cs=%d version=%d "
                         "table=%d", chunk_id, cs_id, version, table_version)  # fmt: skip
+            if chunk_id not in self._overtaking:
+                self._overtaking.add(chunk_id)
+                self._spawn(self._overtake(chunk_id, version))
         delete = verdict.delete
         for b in verdict.behind:
             if await self._behind(cs_id, b, now):
@@ -701,11 +705,38 @@ class Repair:
         for chunk_id in verdict.lost:
             await self._drop(chunk_id, cs_id, keep_one=False, why="lost")
         for chunk_id in verdict.adopt:
-            await self._adopt(cs_id, chunk_id)
+            await self.adopt(cs_id, chunk_id)
         if delete:
             self._spawn(self._delete_quietly(cs_id, delete))
 
-    async def _adopt(self, cs_id: int, chunk_id: int) -> None:
+    async def _overtake(self, chunk_id: int, seen: int) -> None:
+        """A member holds a newer version than the table: only a group restored from a
+        backup taken before that version's write sees this (every bump is committed before
+        it is pushed). The table's version goes past it (``version_bump`` with ``past``)
+        and is pushed: the members cut themselves to the table's length, the backup's, and
+        serve again."""
+        link = self.link
+        try:
+            chunk = link.ns.chunk_table.get(chunk_id)
+            if chunk is None or chunk.version > seen:
+                return
+            bumped = await link.propose_internal(
+                "version_bump", {"chunk_id": chunk_id, "version": chunk.version,
+                                 "length": chunk.length, "past": seen},
+            )  # fmt: skip
+            self.touch(chunk_id)
+            now = self.clock()
+            live = [c for c in bumped["replicas"] if link.registry.is_alive(c, now)]
+            version, length = int(bumped["version"]), int(bumped["length"])
+            await self.settle_version(chunk_id, version, length, live)
+            log.warning("repair event=overtaken chunk=%d version=%d past=%d", chunk_id,
+                        version, seen)  # fmt: skip
+        except DfsError as e:
+            log.info("repair event=overtake_refused chunk=%d reason=%s", chunk_id, e)
+        finally:
+            self._overtaking.discard(chunk_id)
+
+    async def adopt(self, cs_id: int, chunk_id: int) -> None:
         """ADOPTION. ``cs_id`` holds a whole copy of a chunk at the table's version, outside
         its set, and no member is alive: the set gets it back (``replica_add``, which bumps
         the version, then the push). Such a copy is a member dropped while it held the

@@ -56,6 +56,7 @@ from dfs.wire.spec import METASERVER
 from dfs.wire.token import READ, WRITE, make_token, token_key
 from metaserver.admin import Admin
 from metaserver.admin_trash import TrashAdmin
+from metaserver.backup import Backups
 from metaserver.chunks import handles
 from metaserver.chunks.placement import Placer, Registry
 from metaserver.config import MetaConfig, load_config
@@ -70,6 +71,7 @@ from metaserver.raft.node import RAFT_OP, RaftNode
 from metaserver.raft.storage import CorruptLogError, StorageLockedError
 from metaserver.raft.types import Role
 from metaserver.repair import Repair
+from metaserver.salvage import Salvager
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,8 @@ class MetaServer:
         }
         self.membership = Membership(self.node, secret)
         self._ops.update(self.membership.ops())  # admin.meta_*, meta.members
+        self._ops.update(Backups(self.node, config.chunk_size_bytes, self._read).ops())
+        self._ops.update(Salvager(self).ops())  # admin.salvage
         # Every op the protocol defines for a metaserver has its handler here (Raft's frame
         # goes to the node, mutations to ``_propose``, leases to the desk, ``fs.batch`` to
         # ``_batch`` with its connection), and no other.

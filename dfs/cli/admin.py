@@ -1,5 +1,6 @@
 """``dfs admin``: the operator's commands on a running cluster (rebalancing, draining and
-forgetting chunkservers, metaserver membership; fsck and goals are in ``admin_fsck.py``). Each parses its arguments, calls the
+forgetting chunkservers, metaserver membership; fsck and goals are in ``admin_fsck.py``,
+backup and restore in ``admin_backup.py``). Each parses its arguments, calls the
 leader (``admin.*`` ops, docs/PROTOCOL.md) and prints the answer; ``--json`` on every
 command that reports prints the leader's answer as it came, for scripts.
 
@@ -44,7 +45,7 @@ _FRAME_FIELDS = frozenset({"id", "ok"})  # the RPC frame's, not the answer's (df
 
 @click.group()
 def admin() -> None:
-    """Operate a running cluster: rebalance, drain, membership, fsck, goals."""
+    """Operate a running cluster: rebalance, drain, membership, fsck, goals, backup."""
 
 
 admin.add_command(metaserver)

@@ -2,6 +2,7 @@
 goals, as HDFS's ``fsck`` and MooseFS's ``mfssetgoal`` / ``mfsgetgoal``::
 
     dfs admin fsck [PATH] [--json]          every file at risk under PATH, by path
+    dfs admin fsck --salvage FILE [--zero]  its lost chunks back from quarantine/
     dfs admin setgoal N PATH... [-r]        the goal of PATH (-r: and of all below it)
     dfs admin getgoal PATH... [-r] [--json] the goal of PATH (-r: counts of each goal below)
 
@@ -195,13 +196,28 @@ def render_fsck(report: dict[str, Any]) -> str:
 @client_options
 @click.argument("path", default="/")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--salvage", is_flag=True,
+              help="PATH is a file: bring back the best quarantined copy of each chunk no "
+              "good live replica holds.")  # fmt: skip
+@click.option(
+    "--zero",
+    is_flag=True,
+    help="With --salvage: blocks no copy holds read as zeros, not as errors.",
+)
 def fsck(
-    directory: Path, meta: str | None, secret_file: Path | None, path: str, as_json: bool
-) -> None:
+    directory: Path, meta: str | None, secret_file: Path | None, path: str, as_json: bool,
+    salvage: bool, zero: bool,
+) -> None:  # fmt: skip
     """Name every file under PATH (default: all) with a chunk missing (no live replica),
     under its goal, with only bad or stale replicas, or with a replica in quarantine.
-    Exit 0 healthy, 1 at risk, 3 could not check."""
+    Exit 0 healthy, 1 at risk, 3 could not check. With --salvage: exit 0 when every chunk
+    that needed it came back, 1 otherwise."""
     root = _remote(path)
+    if zero and not salvage:
+        raise click.UsageError("--zero goes with --salvage")
+    if salvage:
+        _salvage(directory, meta, secret_file, root, zero, as_json)
+        return
     try:
         report = admin_cli._session(directory, meta, secret_file,
                                     lambda ask: _fsck_walk(ask, root))  # fmt: skip
@@ -212,6 +228,44 @@ def fsck(
     else:
         click.echo(render_fsck(report))
     if not report["healthy"]:
+        raise click.exceptions.Exit(EXIT_AT_RISK)
+
+
+def render_salvage(path: str, chunks: list[dict[str, Any]]) -> str:
+    if not chunks:
+        return f"{path}: every chunk has a good live replica: nothing to salvage"
+    lines = []
+    for c in chunks:
+        head = f"{path}: chunk {c['index']} ({c['chunk_id']}): "
+        if c.get("cs_id") is None or not c["salvaged"]:
+            lines.append(head + f"not salvaged: {c['why']}")
+            continue
+        lost = c["lost_blocks"]
+        lines.append(
+            head + f"salvaged from chunkserver {c['cs_id']} ({c['good_blocks']} of "
+            f"{c['blocks']} blocks verified; copies found: {c['copies']})"
+            + (f"; {_n(lost, 'block')} lost" if lost else "")
+        )
+    return "\n".join(lines)
+
+
+def _salvage(
+    directory: Path, meta: str | None, secret_file: Path | None, root: bytes, zero: bool,
+    as_json: bool,
+) -> None:  # fmt: skip
+    async def work(ask: Ask) -> dict[str, Any]:
+        return await ask("admin.salvage", path=root, zero=zero)
+
+    try:
+        answer = admin_cli._session(directory, meta, secret_file, work)
+    except DfsError as e:
+        raise click.ClickException(f"salvage failed: {e}") from None
+    chunks = answer["chunks"]
+    if as_json:
+        admin_cli._echo_json(answer)
+    else:
+        click.echo(render_salvage(os.fsdecode(root), chunks))
+    if not all(c["salvaged"] for c in chunks):
         raise click.exceptions.Exit(EXIT_AT_RISK)
 
 

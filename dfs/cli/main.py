@@ -671,10 +671,11 @@ def chunkserver(config: Path) -> None:
 
 
 from dfs.cli.admin import admin  # noqa: E402 (registered once cli exists)
+from dfs.cli.admin_backup import backup, restore  # noqa: E402
 from dfs.cli.admin_fsck import fsck, getgoal, setgoal  # noqa: E402
 from dfs.cli.admin_trash import gettrashtime, settrashtime, trash, usage  # noqa: E402
 
-for _command in (fsck, setgoal, getgoal, trash, settrashtime, gettrashtime, usage):
+for _command in (fsck, setgoal, getgoal, backup, restore, trash, settrashtime, gettrashtime, usage):
     admin.add_command(_command)
 cli.add_command(admin)
 cli.add_command(init_command)

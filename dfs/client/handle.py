@@ -17,7 +17,7 @@ import anyio
 from dfs.client import allocate
 from dfs.client.files import OpenInode
 from dfs.client.records import Attr
-from dfs.wire.errors import DfsError, InternalError, Invalid, IsDir, PermissionDenied
+from dfs.wire.errors import Corrupt, DfsError, InternalError, Invalid, IsDir, PermissionDenied
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,10 @@ class ReadAhead:
             if blk.error is not None:
                 # The block's read already failed over and retried until its deadline.
                 self.close()
+                if isinstance(blk.error, Corrupt):
+                    # A lost block of a salvaged chunk (``dfs admin fsck --salvage``) may
+                    # be in the block but not in [start, end): read just these bytes.
+                    return await inode.read(start, end)
                 raise blk.error
             if blk.generation != inode.generation or len(blk.data) < min(end, base + block) - base:
                 # Overtaken by a write or a truncate: read directly.

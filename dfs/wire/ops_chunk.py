@@ -123,6 +123,34 @@ CHUNK_INFO = Op(
     common=COMMON,
 )  # fmt: skip
 
+CHUNK_QUARANTINED = Op(
+    "chunk.quarantined", LEADER,
+    fields=(CHUNK_ID,),
+    reply=(Field("copies", LIST, doc="[{name, version, length, blocks, good_blocks}]: the "
+                 "chunk's files in quarantine/ with a readable header, each block verified "
+                 "against the file's own checksums (at most 16 files)"),),
+    answer="for `dfs admin fsck --salvage`",
+    common=COMMON,
+)  # fmt: skip
+
+CHUNK_SALVAGE = Op(
+    "chunk.salvage", LEADER,
+    fields=(
+        CHUNK_ID, VERSION,
+        Field("length", UINT, high=CHUNK_BYTES_MAX, error=TooBig,
+              message="length past the maximum chunk size", doc="the chunk table's"),
+        Field("copy", STR, high=255, doc="a name `chunk.quarantined` gave"),
+        Field("zero", BOOL, required=False,
+              doc="bad blocks become zeros that read (default: they read as `Corrupt`)"),
+    ),
+    reply=(Field("version", UINT), Field("length", UINT),
+           Field("lost_blocks", UINT, doc="blocks that did not verify or that the copy "
+                 "did not reach")),
+    answer="the copy becomes the replica at `version` and `length` (built in tmp/, then "
+    "renamed into place; the chunk's other quarantined files are removed)",
+    common=COMMON,
+)  # fmt: skip
+
 CHUNK_DELETE = Op(
     "chunk.delete", LEADER,
     fields=(
@@ -174,6 +202,7 @@ CS_STATUS = Op(
 
 CHUNK_OPS: tuple[Op, ...] = (
     CHUNK_WRITE, CHUNK_READ, CHUNK_SYNC, CHUNK_INFO, CHUNK_DELETE, CHUNK_REPLICATE, CS_STATUS,
+    CHUNK_QUARANTINED, CHUNK_SALVAGE,
 )  # fmt: skip
 
 __all__ = ["CHUNK_OPS", "COMMON", "TIMEOUT_MS"]

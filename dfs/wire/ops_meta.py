@@ -424,6 +424,25 @@ ADMIN_SET_GOAL = _admin(
     "first.",
     session=True,
 )  # fmt: skip
+ADMIN_SALVAGE = _admin(
+    "admin.salvage", _ADMIN_PATH, _b("zero", "lost blocks read as zeros (default: as errors)"),
+    answer="`chunks`: [{chunk_id, index, salvaged (bool), why, and once a copy was chosen: "
+    "cs_id, copy, blocks, good_blocks, lost_blocks, copies}] for each chunk of the file "
+    "that no good live replica holds: the best quarantined copy on a live chunkserver (most "
+    "blocks verified, then newest version) is made a replica again (`chunk.salvage`) and "
+    "taken back into the set. Leader only.",
+)  # fmt: skip
+ADMIN_BACKUP = _admin(
+    "admin.backup",
+    _u("token", False, "absent: take a new image; else the one `token` names"),
+    _u("offset", False, "with `token`: where in the image to read (default 0)"),
+    answer="without `token`: the leader takes an image of the namespace as of its applied "
+    "index (the state machine's snapshot, kept for the reads that follow: at most 2 at once, "
+    "each dropped 60 s after its last read) and answers `token`, `index`, `term`, "
+    "`chunk_size`, `image_bytes`, `sha256` (bytes, of the image). With `token`: `data` "
+    "(bytes: the image from `offset`, at most 1 MiB; empty past its end). `NotFound`: no "
+    "such image (expired, or another leader's). Leader only.",
+)  # fmt: skip
 _TRASH_TIME = Field("trash_s", UINT, high=(1 << 32) - 1, message="trash_s: 0..2^32-1 seconds",
                     doc="seconds a removed file is kept; 0: freed at once")  # fmt: skip
 ADMIN_TRASH_TIME = _admin(
@@ -520,8 +539,8 @@ META_OPS: tuple[Op, ...] = (
     FS_DIR_LEASE, FS_LEASE_RELEASE, FS_BATCH, FS_RESERVE,
     CS_REGISTER, CS_HEARTBEAT, CS_REPORT, CS_BAD_CHUNKS,
     STATUS, ADMIN_REBALANCE, ADMIN_DRAIN, ADMIN_FORGET, ADMIN_FSCK, ADMIN_GOALS, ADMIN_SET_GOAL,
-    ADMIN_TRASH_TIME, ADMIN_SET_TRASH_TIME, ADMIN_TRASH_LIST, ADMIN_TRASH_RESTORE,
-    ADMIN_TRASH_PURGE, ADMIN_USAGE,
+    ADMIN_SALVAGE, ADMIN_BACKUP, ADMIN_TRASH_TIME, ADMIN_SET_TRASH_TIME, ADMIN_TRASH_LIST,
+    ADMIN_TRASH_RESTORE, ADMIN_TRASH_PURGE, ADMIN_USAGE,
     ADMIN_META_ADD, ADMIN_META_REMOVE, ADMIN_TRANSFER_LEADER, META_MEMBERS, RAFT,
 )  # fmt: skip
 # Ops the metaserver sends, not takes.

@@ -37,7 +37,9 @@ A replica file (all integers big-endian)::
       56       8               header_sum      xxh3_64 of bytes 0..56
     64       8 * BLOCKS_MAX  checksum table: entry i = xxh3_64 of block i's valid bytes, that
                              is data[i*B : min((i+1)*B, length)]. Entries of blocks at or past
-                             ``length`` mean nothing.
+                             ``length`` mean nothing. ``LOST_BLOCK_SUM`` marks a block an
+                             operator's salvage (``chunkserver/salvage.py``) found bad: it
+                             reads as ``Corrupt`` without making the replica bad.
     135168   length          data: chunk byte k is at file offset DATA_OFFSET + k, so a read is
                              one pread. DATA_OFFSET is the table's end rounded up to 4 KiB.
 
@@ -93,6 +95,9 @@ QUARANTINE_RE = re.compile(r"([0-9a-f]{16})\.[a-z_]+\.[0-9]+\.chunk")
 # The checksum of a block: xxh3_64 of its valid bytes.
 block_sum = xxhash.xxh3_64_intdigest
 ZERO_BLOCK_SUM = block_sum(bytes(BLOCK_BYTES))
+# A lost block of a salvaged replica ("lostblk!"; a real block's checksum equals it with a
+# chance of 2^-64).
+LOST_BLOCK_SUM = 0x6C6F7374626C6B21
 
 
 class BadHeader(Exception):
@@ -185,6 +190,7 @@ __all__ = [
     "FILE_RE",
     "FORMAT_VERSION",
     "HEADER_BYTES",
+    "LOST_BLOCK_SUM",
     "PAGE_BYTES",
     "QUARANTINE_RE",
     "SUBDIR_RE",

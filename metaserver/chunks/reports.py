@@ -10,7 +10,10 @@ window, the copies in flight and what vouches for a chunkserver are the core's.
 THE RULES OF A BLOCK REPORT (each replica ``cs_id`` lists as chunk id, version, length)
 - **unknown**: a chunk no file has, below the chunk id counter, neither garbage waiting for
   its grace (``metaserver/chunks/garbage.py``) nor reserved by a client for a create still
-  on its way (``namespace/pools.py``): deleted (collected earlier, or never known).
+  on its way (``namespace/pools.py``): deleted (collected earlier, or never known) once
+  this leader has seen it unknown for ``unknown_grace_s`` (the driver gives the garbage's
+  grace): a group restored from a backup sees every chunk written after the backup so,
+  and an operator who restored the wrong backup has that long to stop it.
 - **not judged** (the report does not vouch for it, ``ChunkCore.report_done``): a chunk
   touched within ``quiet_s`` before the report began, or whose copy in flight targets
   ``cs_id`` (its replicas may be mid-change: a report built before a version push would
@@ -20,7 +23,9 @@ THE RULES OF A BLOCK REPORT (each replica ``cs_id`` lists as chunk id, version, 
   with ``chunk.info``, inside the chunkserver's ``cs.report`` call; the rest wait for the
   next report): ``metaserver/chunks/pushes.py`` judges it (stale, or a version no push
   delivered, or LENGTH RECOVERY). Not vouched for either way.
-- **from the future**: a member at a newer version than the table's: logged only.
+- **from the future**: a member at a newer version than the table's (only a group restored
+  from an older backup sees one): logged, and the driver takes the table's version past it
+  and pushes it (``Repair._overtake``): the members cut themselves to the table's length.
 - **outside the set** at the table's version or older: deleted once the chunk has its
   goal of members vouched for (``ChunkCore.at_goal``; until then such a copy may be the
   best one left, as HDFS invalidates excess and stale replicas only then).
@@ -44,7 +49,8 @@ disk error)
   its chunkserver's quarantine for an operator until the file goes (its other blocks may
   be all that is left of the chunk, as HDFS keeps a corrupt last replica).
 
-SOFT STATE: the reports in progress, forgotten on ``restart`` (a new term of leadership).
+SOFT STATE: the reports in progress and when each unknown chunk was first reported,
+forgotten on ``restart`` (a new term of leadership).
 """
 
 from __future__ import annotations
@@ -109,13 +115,17 @@ class BadDrop:
 
 
 class Reports:
-    def __init__(self, core: ChunkCore) -> None:
+    def __init__(self, core: ChunkCore, unknown_grace_s: float = 0.0) -> None:
         self.core = core
+        self.unknown_grace_s = unknown_grace_s
         self.pages: dict[int, _Report] = {}  # cs id -> its report in progress
+        self.unknown: dict[int, float] = {}  # chunk id -> when first reported unknown
 
     def restart(self) -> None:
-        """A new term of leadership: reports begun before it are not finished."""
+        """A new term of leadership: reports begun before it are not finished, and every
+        unknown chunk waits its grace again."""
         self.pages.clear()
+        self.unknown.clear()
 
     def page(
         self,
@@ -152,7 +162,9 @@ class Reports:
                     chunk_id not in ns.garbage
                     and chunk_id < ns.next_chunk_id
                     and chunk_id not in ns.reserved_chunks  # a create still on its way
+                    and now - self.unknown.setdefault(chunk_id, now) >= self.unknown_grace_s
                 ):
+                    del self.unknown[chunk_id]
                     out.delete.append([chunk_id, version])  # collected earlier, or never known
                 continue
             copy = core.copies.get(chunk_id)

@@ -621,7 +621,7 @@ class Simulation(FaultBound):
 
     def _held_outside(self, chunk: Any) -> bool:
         """Whether a copy outside the set holds the chunk's bytes at its version (the
-        driver adopts it when no member is left: ``Repair._adopt``)."""
+        driver adopts it when no member is left: ``Repair.adopt``)."""
         for s in self.servers.values():
             rep = s.replicas.get(chunk.chunk_id)
             if rep is not None and rep.version == chunk.version and self._good(chunk, rep):

@@ -2,7 +2,7 @@
 running rebalance. Pure.
 
 What it owns: the ops that change these (``cs_register``, ``cs_drain``, ``cs_forget``,
-``rebalance_start``, ``rebalance_stop``), their state (``ClusterState``, kept in the
+``rebalance_start``, ``rebalance_stop``; and ``restored``, a restored group's first), their state (``ClusterState``, kept in the
 namespace's ``State.cluster`` and in its snapshot) and the one value the chunk core reads
 from it, ``ClusterPolicy`` (``metaserver/chunks/policy.py``), built once per change and
 cached. The chunkserver table itself (id, uuid, address) stays in ``state.py``; this module
@@ -248,10 +248,24 @@ def rebalance_stop(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return {"ok": True}
 
 
+_RESTORED = frozenset({"chunk_id_floor"})
+
+
+def restored(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """The first command of a group restored from a backup (``metaserver/restore.py``):
+    chunk ids go on from ``chunk_id_floor`` (never back), so that no new chunk takes the id
+    of one written after the backup was taken, which chunkservers may still hold."""
+    check_fields(a, _RESTORED)
+    floor = arg_int(a, "chunk_id_floor", 1, INT63_MAX)
+    st.next_chunk_id = max(st.next_chunk_id, floor)
+    return {"ok": True}
+
+
 CLUSTER_OPS: dict[str, Callable[[State, int, dict[str, Any]], Result]] = {
     "cs_register": cs_register,
     "cs_drain": cs_drain,
     "cs_forget": cs_forget,
     "rebalance_start": rebalance_start,
     "rebalance_stop": rebalance_stop,
+    "restored": restored,
 }

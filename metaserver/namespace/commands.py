@@ -14,6 +14,7 @@ strings as msgpack str::
                  #   "length_recover", "write_marks", "gc_done", "release_orphans",
                  #   "reserve" (pools.py); "set_goal_tree" (tree.py); "trash_expire",
                  #   "trash_purge", "trash_restore", "set_trash_tree" (trash.py);
+                 #   "restored" (cluster.py);
                  #   "batch":
                  #   {"ops": [[op, args], ...]} of BATCH_OPS, each applied as if alone,
                  #   see batch.py)

@@ -799,7 +799,7 @@ def replica_add(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return {"ok": True, **chunk_info(chunk)}
 
 
-_VERSION_BUMP = frozenset({"chunk_id", "version", "length"})
+_VERSION_BUMP = frozenset({"chunk_id", "version", "length", "past"})
 
 
 def version_bump(st: State, now_ns: int, a: dict[str, Any]) -> Result:
@@ -808,14 +808,16 @@ def version_bump(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     a handle of the old version can no longer change bytes the copy may have read already
     (its writes and its commit answer ``Stale``); the copy is made at the new version and
     joins (``replica_add``) only if no writer has taken a handle since. ``Stale`` when the
-    chunk is no longer at ``version`` and ``length``.
+    chunk is no longer at ``version`` and ``length``. ``past`` (optional): the new version
+    is above it too (a member holds it: a group restored from an older backup).
     """
     check_fields(a, _VERSION_BUMP)
     chunk = _chunk_as_seen(st, a)
+    past = arg_int(a, "past", 0, INT63_MAX) if "past" in a else 0
     if chunk.length and not chunk.replicas:
         # As in write_handle: a copy at this version may yet be adopted from a report.
         raise Unavailable("the chunk has no replica left", chunk_id=chunk.chunk_id)
-    chunk.version += 1
+    chunk.version = max(chunk.version, past) + 1
     return {"ok": True, **chunk_info(chunk)}
 
 

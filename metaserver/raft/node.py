@@ -140,6 +140,7 @@ from dfs.wire.errors import (
 )
 from metaserver.raft.core import Config, NotLeaderError, ProposalDroppedError, RawNode, Status
 from metaserver.raft.peer import Peer
+from metaserver.raft.seed import NODE_SNAPSHOT_VERSION, snapshot_data
 from metaserver.raft.storage import PREALLOCATE_BYTES, RaftStorage, StorageFailedError
 from metaserver.raft.types import (
     NONE,
@@ -163,7 +164,6 @@ log = logging.getLogger(__name__)
 
 RAFT_OP = "raft"
 PEER_WIRE_VERSION = 1
-NODE_SNAPSHOT_VERSION = 1
 # How long stop() waits for the disk thread to finish the write it is doing.
 STOP_DISK_TIMEOUT_S = 10.0
 
@@ -888,12 +888,11 @@ class RaftNode:
 
     # ------------------------------------------------------------------ snapshots
 
+    def image(self) -> tuple[LogIndex, Term, bytes]:  # (applied index, its term, snapshot)
+        return self.applied_index, self._applied_term, self.state_machine.snapshot()
+
     def _snapshot_data(self) -> bytes:
-        members = [[int(n), a] for n, a in sorted(self._addresses.items())]
-        packed: bytes = msgpack.packb(
-            [NODE_SNAPSHOT_VERSION, members, self.state_machine.snapshot()], use_bin_type=True
-        )
-        return packed
+        return snapshot_data(dict(self._addresses), self.state_machine.snapshot())
 
     def _restore(self, snap: Snapshot) -> None:
         """Load the state machine (and the address map) from a snapshot."""

@@ -264,7 +264,7 @@ def test_jobs_limit_and_quiet_window(clock: Clock) -> None:
 
 
 def test_report_deletes_stale_unknown_and_extra_and_drops_lost(clock: Clock) -> None:
-    link, repair = make(3, clock)
+    link, repair = make(3, clock, gc_grace_s=0.0)  # unknown chunks go at once
     link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
     good = link.file_with_chunk(b"good", [1, 2])
     stale = link.file_with_chunk(b"stale", [1, 2, 3])
@@ -293,6 +293,35 @@ def test_report_deletes_stale_unknown_and_extra_and_drops_lost(clock: Clock) -> 
     assert link.ns.chunk(lost)["replicas"] == [2]  # a complete report lacked it
     assert link.ns.chunk(good)["replicas"] == [1, 2]
     assert link.ns.chunk(spare)["replicas"] == [2]
+
+
+def test_an_unknown_chunk_is_deleted_only_after_the_grace(clock: Clock) -> None:
+    """A chunk no file has (collected earlier, or written after the backup a group was
+    restored from) waits the garbage's grace from when this leader first saw it, as
+    garbage does; a new term starts the wait again."""
+    link, repair = make(3, clock, gc_grace_s=30.0)
+    gone = link.file_with_chunk(b"gone", [1])
+    link.apply("unlink", {"parent": ROOT_INO, "name": b"gone"})
+    link.apply("gc_done", {"chunk_ids": [gone]})
+
+    def deletes() -> list[Any]:
+        return [c[2]["chunks"] for c in link.calls if c[1] == "chunk.delete"]
+
+    async def report() -> None:
+        await repair.report(1, [[gone, 1, 100]], 0, True)
+        await settle(repair)
+
+    asyncio.run(report())
+    clock.now += 29
+    asyncio.run(report())
+    assert deletes() == []
+    repair.reports.restart()  # a new term: the wait starts again
+    clock.now += 2
+    asyncio.run(report())
+    assert deletes() == []
+    clock.now += 30
+    asyncio.run(report())
+    assert deletes() == [[[gone, 1]]]
 
 
 def test_a_version_no_replica_took_is_pushed_again_never_deleted(clock: Clock) -> None:

@@ -16,9 +16,9 @@ Config file (TOML, version 1)::
     heartbeat_ms = 1000                 # optional; 10 .. 60000
     fsync = true                        # optional; false only for tests
     drop_behind = true                  # optional; a big write's pages leave the page
-                                        # cache once on the disk (store.py, DROP-BEHIND)
+                                        # cache once on the disk (pagecache.py, DROP-BEHIND)
     direct_writes = true                # optional; a big aligned write goes to the disk
-                                        # with O_DIRECT (store.py, DIRECT WRITES)
+                                        # with O_DIRECT (pagecache.py, DIRECT WRITES)
     disk_jobs = 4                       # optional; disk operations running at once, 1 .. 64
     metrics_port = 9102                 # optional; Prometheus metrics on the listen host
                                         # (0: any free port; absent: off)

@@ -40,7 +40,8 @@ from typing import Any, TypeVar
 from chunkserver import salvage as salvaging
 from chunkserver.blocks import reads_old_blocks
 from chunkserver.copies import Incoming
-from chunkserver.store import WRITEBACK_BYTES_MIN, ChunkStore, WouldBlock
+from chunkserver.pagecache import WRITEBACK_BYTES_MIN
+from chunkserver.store import ChunkStore, WouldBlock
 from dfs.wire.replicafile import ReplicaInfo
 
 T = TypeVar("T")

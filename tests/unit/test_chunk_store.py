@@ -42,10 +42,12 @@ from typing import Any
 
 import pytest
 
+import chunkserver.pagecache
 import chunkserver.store
 from chunkserver import blocks
 from chunkserver.disk import INLINE_WRITE_BYTES_MAX, AsyncChunkStore, ChunkLock
-from chunkserver.store import DROP_BEHIND_LAG_BYTES, WRITEBACK_BYTES_MIN, ChunkStore, WouldBlock
+from chunkserver.pagecache import DROP_BEHIND_LAG_BYTES, WRITEBACK_BYTES_MIN
+from chunkserver.store import ChunkStore, WouldBlock
 from dfs.wire.errors import Corrupt, Invalid, NoSpace, NotFound, Stale, TooBig, Unavailable
 from dfs.wire.replicafile import (
     BLOCK_BYTES,
@@ -317,7 +319,7 @@ def test_a_refused_direct_write_goes_through_the_page_cache_and_harms_no_replica
         raise OSError(errno.EINVAL, "Invalid argument")
 
     store = ChunkStore(root, chunk_bytes_max=4 * MiB)
-    monkeypatch.setattr(chunkserver.store, "pwrite_direct", refuse)
+    monkeypatch.setattr(chunkserver.pagecache, "pwrite_direct", refuse)
     content = data(2 * MiB + 7, seed=25)
     store.write(CHUNK, 1, 0, 0, content)
     assert not store.direct_writes
@@ -357,7 +359,7 @@ def test_a_failed_drop_behind_writeback_fails_the_replicas_next_sync(
     expect_log(r"event=replica_bad chunk=261 version=1 reason=sync_failed")
     expect_log(rf"event=disk_error op={how} chunk=261 errno=5")
     expect_log(r"event=quarantined chunk=261")
-    monkeypatch.setattr(chunkserver.store, "write_back_and_drop", failing(errno.EIO))
+    monkeypatch.setattr(chunkserver.pagecache, "write_back_and_drop", failing(errno.EIO))
     store = ChunkStore(store.root, chunk_bytes_max=32 * MiB, fds_max=1)
     store.direct_writes = False  # the page cache's path (a tmpfs's, or configured)
     offset = DROP_BEHIND_LAG_BYTES + MiB

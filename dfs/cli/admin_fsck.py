@@ -303,23 +303,8 @@ def setgoal(
     New files take their directory's goal; the leader copies or trims replicas to match."""
 
     async def one(ask: Ask, root: bytes) -> str:
-        changed = unchanged = 0
-        cursor = None
-        progress = _Walking()
-        try:
-            while True:
-                fields: dict[str, Any] = {"path": root, "goal": goal, "recursive": recursive}
-                if cursor is not None:
-                    fields["cursor"] = cursor
-                page = await ask("admin.set_goal", mutate=True, **fields)
-                changed += page["changed"]
-                unchanged += page["unchanged"]
-                cursor = page["cursor"]
-                if cursor is None:
-                    break
-                progress.show(0, None, f"{changed + unchanged} inodes, {changed} changed")
-        finally:
-            progress.end()
+        fields = {"path": root, "goal": goal, "recursive": recursive}
+        changed, unchanged = await set_pages(ask, "admin.set_goal", fields)
         name = os.fsdecode(root)
         if not recursive:
             return f"{name}: {goal}"
@@ -336,27 +321,49 @@ def setgoal(
         raise click.exceptions.Exit(1)
 
 
-async def _goals(ask: Ask, root: bytes, recursive: bool) -> dict[str, Any]:
+async def set_pages(ask: Ask, op: str, fields: dict[str, Any]) -> tuple[int, int]:
+    """``op`` (a setter of a tree's inodes, page by page: ``admin.set_goal``,
+    ``admin.set_trash_time``) with ``fields`` until its walk ends; how many inodes it
+    changed and how many it left as they were. A progress line on a big tree."""
+    changed = unchanged = 0
+    cursor = None
+    progress = _Walking()
+    try:
+        while True:
+            more: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
+            page = await ask(op, mutate=True, **fields, **more)
+            changed += page["changed"]
+            unchanged += page["unchanged"]
+            cursor = page["cursor"]
+            if cursor is None:
+                return changed, unchanged
+            progress.show(0, None, f"{changed + unchanged} inodes, {changed} changed")
+    finally:
+        progress.end()
+
+
+async def count_pages(ask: Ask, op: str, root: bytes, key: str, recursive: bool) -> dict[str, Any]:
+    """``op`` (a getter: ``admin.goals``, ``admin.trash_time``) of ``root``: its ``key``
+    and kind, or with ``recursive`` how many files, directories and others below have each
+    value (``{"files": {value: count}, ...}``), page by page with a progress line."""
     name = os.fsdecode(root)
     if not recursive:
-        answer = await ask("admin.goals", path=root)
-        return {"path": name, "goal": answer["goal"], "kind": answer["kind"]}
+        answer = await ask(op, path=root)
+        return {"path": name, key: answer[key], "kind": answer["kind"]}
     counts: dict[str, dict[str, int]] = {"files": {}, "dirs": {}, "others": {}}
     cursor = None
     progress = _Walking()
     try:
         while True:
-            fields: dict[str, Any] = {"path": root, "recursive": True}
-            if cursor is not None:
-                fields["cursor"] = cursor
-            page = await ask("admin.goals", **fields)
-            for kind, by_goal in counts.items():
-                _add_counts(by_goal, page[kind])
+            more: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
+            page = await ask(op, path=root, recursive=True, **more)
+            for kind, by_value in counts.items():
+                _add_counts(by_value, page[kind])
             cursor = page["cursor"]
             if cursor is None:
                 break
             done = sum(sum(c.values()) for c in counts.values())
-            progress.show(done, page["total"], f"{done} inodes")
+            progress.show(done, page.get("total"), f"{done} inodes")
     finally:
         progress.end()
     return {"path": name, **counts}
@@ -390,7 +397,9 @@ def getgoal(
     others below it (itself included) have each goal."""
 
     async def work(ask: Ask) -> tuple[list[dict[str, Any]], bool]:
-        return await _each(ask, paths, lambda a, root: _goals(a, root, recursive))
+        return await _each(
+            ask, paths, lambda a, root: count_pages(a, "admin.goals", root, "goal", recursive)
+        )
 
     answers, ok = admin_cli._session(directory, meta, secret_file, work)
     if as_json:

@@ -27,7 +27,7 @@ import click
 
 from dfs.cli import admin as admin_cli
 from dfs.cli.admin import Ask
-from dfs.cli.admin_fsck import _add_counts, _by_number, _each, _remote
+from dfs.cli.admin_fsck import _by_number, _each, _remote, count_pages, set_pages
 from dfs.cli.common import client_options, human
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -172,18 +172,8 @@ def settrashtime(
     trash_s = parse_duration(seconds)
 
     async def one(ask: Ask, root: bytes) -> str:
-        changed = unchanged = 0
-        cursor = None
-        while True:
-            fields: dict[str, Any] = {"path": root, "trash_s": trash_s, "recursive": recursive}
-            if cursor is not None:
-                fields["cursor"] = cursor
-            page = await ask("admin.set_trash_time", mutate=True, **fields)
-            changed += page["changed"]
-            unchanged += page["unchanged"]
-            cursor = page["cursor"]
-            if cursor is None:
-                break
+        fields = {"path": root, "trash_s": trash_s, "recursive": recursive}
+        changed, unchanged = await set_pages(ask, "admin.set_trash_time", fields)
         name = os.fsdecode(root)
         if not recursive:
             return f"{name}: {trash_s}"
@@ -198,25 +188,6 @@ def settrashtime(
         click.echo(line)
     if not ok:
         raise click.exceptions.Exit(1)
-
-
-async def _times(ask: Ask, root: bytes, recursive: bool) -> dict[str, Any]:
-    name = os.fsdecode(root)
-    if not recursive:
-        answer = await ask("admin.trash_time", path=root)
-        return {"path": name, "trash_s": answer["trash_s"], "kind": answer["kind"]}
-    counts: dict[str, dict[str, int]] = {"files": {}, "dirs": {}, "others": {}}
-    cursor = None
-    while True:
-        fields: dict[str, Any] = {"path": root, "recursive": True}
-        if cursor is not None:
-            fields["cursor"] = cursor
-        page = await ask("admin.trash_time", **fields)
-        for kind, by in counts.items():
-            _add_counts(by, page[kind])
-        cursor = page["cursor"]
-        if cursor is None:
-            return {"path": name, **counts}
 
 
 @click.command()
@@ -236,7 +207,11 @@ def gettrashtime(
     and others below it have each."""
 
     async def work(ask: Ask) -> tuple[list[dict[str, Any]], bool]:
-        return await _each(ask, paths, lambda a, root: _times(a, root, recursive))
+        return await _each(
+            ask,
+            paths,
+            lambda a, root: count_pages(a, "admin.trash_time", root, "trash_s", recursive),
+        )
 
     answers, ok = admin_cli._session(directory, meta, secret_file, work)
     if as_json:

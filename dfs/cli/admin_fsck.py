@@ -302,14 +302,32 @@ def setgoal(
     """Set the replication goal (1..16) of each PATH; with -r, of everything below too.
     New files take their directory's goal; the leader copies or trims replicas to match."""
 
+    set_on_paths(directory, meta, secret_file, paths, "admin.set_goal", "goal", goal, recursive)
+
+
+def set_on_paths(
+    directory: Path,
+    meta: str | None,
+    secret_file: Path | None,
+    paths: tuple[str, ...],
+    op: str,
+    key: str,
+    value: int,
+    recursive: bool,
+) -> None:
+    """The body of ``setgoal`` and ``settrashtime``: ``op`` with ``key`` = ``value`` on each
+    path (and, ``recursive``, below it), one line of counts each; exit 1 if any failed."""
+    word = {"goal": "goal", "trash_s": "trashtime"}[key]
+
     async def one(ask: Ask, root: bytes) -> str:
-        fields = {"path": root, "goal": goal, "recursive": recursive}
-        changed, unchanged = await set_pages(ask, "admin.set_goal", fields)
+        fields = {"path": root, key: value, "recursive": recursive}
+        changed, unchanged = await set_pages(ask, op, fields)
         name = os.fsdecode(root)
         if not recursive:
-            return f"{name}: {goal}"
-        return (f"{name}:\n inodes with goal changed:     {changed:>10d}\n"
-                f" inodes with goal not changed: {unchanged:>10d}")  # fmt: skip
+            return f"{name}: {value}"
+        width = len(f" inodes with {word} not changed:")
+        return (f"{name}:\n{f' inodes with {word} changed:':<{width}} {changed:>10d}\n"
+                f" inodes with {word} not changed: {unchanged:>10d}")  # fmt: skip
 
     async def work(ask: Ask) -> tuple[list[str], bool]:
         return await _each(ask, paths, one)

@@ -27,7 +27,7 @@ import click
 
 from dfs.cli import admin as admin_cli
 from dfs.cli.admin import Ask
-from dfs.cli.admin_fsck import _by_number, _each, _remote, count_pages, set_pages
+from dfs.cli.admin_fsck import _by_number, _each, _remote, count_pages, set_on_paths
 from dfs.cli.common import client_options, human
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -170,24 +170,9 @@ def settrashtime(
     """Set how long a file removed from each PATH is kept (SECONDS, or 15m, 2h, 7d; 0:
     freed at once); with -r, of everything below too. New files take their directory's."""
     trash_s = parse_duration(seconds)
-
-    async def one(ask: Ask, root: bytes) -> str:
-        fields = {"path": root, "trash_s": trash_s, "recursive": recursive}
-        changed, unchanged = await set_pages(ask, "admin.set_trash_time", fields)
-        name = os.fsdecode(root)
-        if not recursive:
-            return f"{name}: {trash_s}"
-        return (f"{name}:\n inodes with trashtime changed:     {changed:>10d}\n"
-                f" inodes with trashtime not changed: {unchanged:>10d}")  # fmt: skip
-
-    async def work(ask: Ask) -> tuple[list[str], bool]:
-        return await _each(ask, paths, one)
-
-    lines, ok = admin_cli._session(directory, meta, secret_file, work)
-    for line in lines:
-        click.echo(line)
-    if not ok:
-        raise click.exceptions.Exit(1)
+    set_on_paths(
+        directory, meta, secret_file, paths, "admin.set_trash_time", "trash_s", trash_s, recursive
+    )
 
 
 @click.command()

@@ -43,6 +43,7 @@ from chunkserver.metrics import readings as chunkserver_readings
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.repair import Scrubber, Throttle, copy_in
 from dfs import daemon, rpc
+from dfs.credentials import Credential, Credentials, server_secret
 from dfs.leader import LeaderFollower
 from dfs.metrics import Reading, ServerMetrics
 from dfs.ratelog import RateLimitedLog
@@ -155,10 +156,11 @@ def _role(conn: rpc.Connection) -> str | None:
 
 
 class ChunkServer:
-    def __init__(self, config: ServerConfig, secret: bytes) -> None:
+    def __init__(self, config: ServerConfig, credentials: Credential) -> None:
         self.config = config
-        self._secret = secret
-        self._token_key = token_key(secret)
+        credentials = Credentials.of(credentials)
+        self._credentials = credentials
+        self._token_key = token_key(server_secret(credentials))
         # Tokens whose signature was checked, with the fields it covers (TOKEN CACHE below).
         self._tokens_verified: set[tuple[bytes, int, int, bytes, int]] = set()
         # chunk.writes running in tasks, per chunk id (``_chunk_write``: their order).
@@ -175,8 +177,8 @@ class ChunkServer:
         self._stopping = False
         self._rpc: rpc.RpcServer | None = None
         self._lock_fd = -1
-        self.peers = PeerPool(secret, name="chunkserver")
-        self.meta = PeerPool(secret, name="chunkserver")
+        self.peers = PeerPool(credentials, name="chunkserver")
+        self.meta = PeerPool(credentials, name="chunkserver")
         # Another secret (AuthError) or a bad hint (Invalid) at one metaserver: try the next.
         self.meta_follower = LeaderFollower(
             config.metaservers,
@@ -263,7 +265,7 @@ class ChunkServer:
         self._rpc = await rpc.serve(
             cfg.listen_host,
             cfg.listen_port,
-            self._secret,
+            self._credentials,
             handler,
             name=f"cs-{self.cs_id or self.uuid[:8]}",
             role="chunkserver",
@@ -895,9 +897,9 @@ class ChunkServer:
 # ---------------------------------------------------------------------- process
 
 
-async def serve(config: ServerConfig, secret: bytes) -> int:
+async def serve(config: ServerConfig, credentials: Credential) -> int:
     """Run until SIGTERM/SIGINT; exit code 0, or 1 when the server cannot start."""
-    server = ChunkServer(config, secret)
+    server = ChunkServer(config, credentials)
     try:
         await server.start()
     except (DataDirError, OSError) as e:

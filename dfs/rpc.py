@@ -70,10 +70,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from dfs.budget import Account, ByteBudget, ConnectionCount, Limits
+from dfs.credentials import Credential, Credentials, certified_peer
 from dfs.payloads import take_payload
 from dfs.ratelog import RateLimitedLog
 from dfs.wire import codec, messages
-from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side
+from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side, check_secret
 from dfs.wire.conn import (
     CALL_TIMEOUT_S,
     COALESCE_BYTES_MAX,
@@ -90,6 +91,7 @@ from dfs.wire.conn import (
 )
 from dfs.wire.conn import result as call_result
 from dfs.wire.errors import (
+    AuthError,
     DfsError,
     InternalError,
     ProtocolError,
@@ -97,6 +99,7 @@ from dfs.wire.errors import (
     Unavailable,
     Unsupported,
 )
+from dfs.wire.spec import SERVER_ROLES
 
 log = logging.getLogger(__name__)
 # Drops and refusals repeat as long as a fault or an attack lasts: one line per event and
@@ -120,8 +123,6 @@ LATER = _Later()
 InlineHandler = Callable[["Connection", dict[str, Any], bytes], "HandlerResult | _Later"]
 # Bytes a request will hold while it is handled (its payload and the answer it asks for).
 RequestBytes = Callable[[dict[str, Any], bytes], int]
-# Roles whose requests are not charged to the byte budgets (dfs/budget.py says why).
-SERVER_ROLES = frozenset({"metaserver", "chunkserver"})
 
 # The timeouts, the in-flight limit and the pre-authentication limits are the connection
 # core's (dfs/wire/conn.py), shared with the client driver.
@@ -160,7 +161,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def __init__(
         self,
-        secret: bytes | None,
+        credentials: Credentials,
         *,
         side: Side,
         role: str,
@@ -173,10 +174,13 @@ class Connection(asyncio.BufferedProtocol):
         server: RpcServer | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        # Raises AuthError at once when no usable secret is configured.
-        self._steps = HandshakeSteps(
-            Handshake(secret, os.urandom(NONCE_BYTES), side=side, role=role, name=name)
-        )
+        self._credentials = credentials
+        self.role = role
+        # Made in ``connection_made``, once a TLS peer's certificate is known; an error
+        # there (a certificate with no role, a client's where a server's belongs) is
+        # raised by ``_handshake_run``.
+        self._steps: HandshakeSteps | None = None
+        self._steps_error: AuthError | None = None
         self._handshake_timeout_s = handshake_timeout_s
         self.name = name
         self.side = side
@@ -348,6 +352,18 @@ class Connection(asyncio.BufferedProtocol):
         address = transport.get_extra_info("peername")
         if isinstance(address, tuple) and len(address) >= 2:
             self.peername = f"{address[0]}:{address[1]}"
+        try:
+            certified = None
+            if self._credentials.tls is not None:
+                certified = certified_peer(transport.get_extra_info("peercert"))
+            self._steps = HandshakeSteps(
+                Handshake(
+                    self._credentials.secret, os.urandom(NONCE_BYTES), side=self.side,
+                    role=self.role, name=self.name, certified=certified,
+                )
+            )  # fmt: skip
+        except AuthError as e:
+            self._steps_error = e
         if self.side is Side.ACCEPTOR:
             if self._server is not None and not self._server.admit(self, address):
                 return
@@ -407,7 +423,10 @@ class Connection(asyncio.BufferedProtocol):
         """Run the handshake; on success switch the decoder to full limits and dispatch any
         frames that followed the proof. Raises ``DfsError`` (AuthError, ProtocolError,
         Timeout, Unavailable) on failure; the caller drops the connection."""
+        if self._steps_error is not None:
+            raise self._steps_error
         steps = self._steps
+        assert steps is not None
         try:
             async with asyncio.timeout(self._handshake_timeout_s):
                 for header in steps.begin():
@@ -438,6 +457,7 @@ class Connection(asyncio.BufferedProtocol):
             if frame is not None:
                 return frame
             if self._close_error is not None:
+                assert self._steps is not None
                 error = self._steps.closed_error()
                 error.details.setdefault("peer", self.peername)
                 raise error
@@ -776,7 +796,7 @@ def _checked_oneway(header: dict[str, Any]) -> dict[str, Any]:
 async def connect(
     host: str,
     port: int,
-    secret: bytes | None,
+    credentials: Credential,
     *,
     name: str,
     timeout_s: float = CONNECT_TIMEOUT_S,
@@ -788,8 +808,9 @@ async def connect(
 ) -> Connection:
     """Open a connection to ``host:port`` and authenticate both ways.
 
-    ``ssl_context``: run the connection over TLS (the handshake then runs inside it); None,
-    plain TCP. Nothing but the transport changes with it.
+    ``credentials`` (or a bare secret, ``Credentials.of``): TLS when they hold a TLS
+    credential, the handshake on the secret otherwise (``dfs/credentials.py``).
+    ``ssl_context``: this TLS context instead of the credential's (tests).
 
     ``handler`` (optional) serves requests and one-way frames the server sends back over
     this connection. Raises ``AuthError`` (wrong secret on either side), ``Unavailable``
@@ -799,10 +820,16 @@ async def connect(
     loop = asyncio.get_running_loop()
     connection: Connection | None = None
 
+    creds = Credentials.of(credentials)
+    if ssl_context is None:
+        ssl_context = creds.client_context()
+    if ssl_context is None:  # a configuration error, not a peer's: fail before dialling
+        check_secret(creds.secret)
+
     def factory() -> Connection:
         nonlocal connection
         connection = Connection(
-            secret,
+            creds,
             side=Side.INITIATOR,
             role=role,
             name=name,
@@ -813,8 +840,6 @@ async def connect(
         )
         return connection
 
-    # Check the secret before touching the network: a configuration error, not a peer's.
-    Handshake(secret, bytes(NONCE_BYTES), side=Side.INITIATOR, role=role, name=name)
     try:
         async with asyncio.timeout(timeout_s):
             await loop.create_connection(
@@ -908,7 +933,7 @@ class RpcServer:
 async def serve(
     host: str,
     port: int,
-    secret: bytes | None,
+    credentials: Credential,
     handler: Handler,
     *,
     name: str,
@@ -932,17 +957,21 @@ async def serve(
     frame first, synchronously, and ``inline_handler`` each request (see the module
     docstring). ``limits``: the budgets (default ``Limits()``); ``request_bytes(header,
     payload)``: what a request will hold while handled (default: its payload's size), for
-    a handler whose answer is large (a chunk read). ``ssl_context``: accept TLS only (the
-    handshake then runs inside it); None, plain TCP.
+    a handler whose answer is large (a chunk read). ``credentials`` (or a bare secret):
+    TLS only when they hold a TLS credential (``ssl_context``: another context, tests),
+    the handshake on the secret otherwise.
     """
-    # A missing or short secret is a configuration error: fail now, not per connection.
-    Handshake(secret, bytes(NONCE_BYTES), side=Side.ACCEPTOR, role=role, name=name)
+    creds = Credentials.of(credentials)
+    if ssl_context is None:
+        ssl_context = creds.server_context()
+    if ssl_context is None:  # a configuration error: fail now, not per connection
+        check_secret(creds.secret)
     loop = asyncio.get_running_loop()
     rpc_server = RpcServer(limits, request_bytes)
 
     def factory() -> Connection:
         connection = Connection(
-            secret,
+            creds,
             side=Side.ACCEPTOR,
             role=role,
             name=name,

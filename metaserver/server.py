@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dfs import daemon, rpc
+from dfs.credentials import Credential, Credentials, server_secret
 from dfs.metrics import Reading, ServerMetrics
 from dfs.wire.errors import (
     DfsError,
@@ -100,16 +101,17 @@ def _role(conn: rpc.Connection) -> str | None:
 
 
 class MetaServer:
-    def __init__(self, config: MetaConfig, secret: bytes) -> None:
+    def __init__(self, config: MetaConfig, credentials: Credential) -> None:
         self.config = config
         self.ns = Namespace(
             chunk_size_bytes=config.chunk_size_bytes, trash_s_default=config.trash_time_s
         )
-        self.node = RaftNode(config.node, self.ns, secret)
+        credentials = Credentials.of(credentials)
+        self.node = RaftNode(config.node, self.ns, credentials)
         self.registry = Registry(config.dead_timeout_s, started_s=time.monotonic())
         self.placer = Placer(config.placement, cluster=self.ns.policy)
-        self._secret = secret
-        self._token_key = token_key(secret)
+        self._credentials = credentials
+        self._token_key = token_key(server_secret(credentials))
         self._rpc: rpc.RpcServer | None = None
         self._leader_term = -1  # the term in which the registry's soft state was gathered
         self._cs_conns: dict[str, rpc.Connection] = {}
@@ -157,7 +159,7 @@ class MetaServer:
             **self.admin.ops(),  # admin.rebalance, .drain, .forget, .fsck, .goals, .set_goal
             **self.trash.ops(),  # admin.trash_*, .set_trash_time, .usage
         }
-        self.membership = Membership(self.node, secret)
+        self.membership = Membership(self.node, credentials)
         self._ops.update(self.membership.ops())  # admin.meta_*, meta.members
         self._ops.update(Backups(self.node, config.chunk_size_bytes, self._read).ops())
         self._ops.update(Salvager(self).ops())  # admin.salvage
@@ -189,7 +191,7 @@ class MetaServer:
         self._rpc = await rpc.serve(
             cfg.listen_host,
             cfg.listen_port,
-            self._secret,
+            self._credentials,
             handler,
             name=f"meta-{cfg.node.id}",
             role="metaserver",
@@ -738,7 +740,7 @@ class MetaServer:
         if conn is None or conn.closed:
             host, _, port = address.rpartition(":")
             conn = await rpc.connect(
-                host, int(port), self._secret, name=f"meta-{self.node.id}", timeout_s=timeout_s,
+                host, int(port), self._credentials, name=f"meta-{self.node.id}", timeout_s=timeout_s,
                 role="metaserver",
             )  # fmt: skip
             self._cs_conns[address] = conn
@@ -851,7 +853,7 @@ class MetaServer:
         }
 
 
-async def serve(config: MetaConfig, secret: bytes) -> int:
+async def serve(config: MetaConfig, credentials: Credential) -> int:
     """Run until SIGTERM/SIGINT or this node's removal from the cluster (exit 0), or a
     fatal node error (exit 1). A node removed earlier does not start (exit 1); nor does one
     that cannot (port in use, a data directory it cannot make or lock, a damaged log): it
@@ -861,7 +863,7 @@ async def serve(config: MetaConfig, secret: bytes) -> int:
         log.error("metaserver node=%d event=refused %s; to join again, empty %s and add it",
                   config.node.id, removed, config.node.data_dir)  # fmt: skip
         return 1
-    server = MetaServer(config, secret)
+    server = MetaServer(config, credentials)
     try:
         await server.start()
     except (OSError, CorruptLogError, StorageLockedError) as e:

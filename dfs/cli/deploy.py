@@ -2,7 +2,8 @@
 their own (docs/OPERATIONS.md, "Deploying on several hosts").
 
 What it owns: turning host lists into a cluster directory of the same layout ``dfs up``
-makes (``cluster.toml``, ``secret``, ``metaI/meta.toml``, ``csI/cs.toml``), whose configs
+makes (``cluster.toml``, ``secret``, ``tls/`` with the CA and every process's credential,
+``metaI/meta.toml``, ``csI/cs.toml``), whose configs
 name the paths on the servers' hosts, and the copy-and-start instructions it prints. What
 it must not do: touch a host (it only writes files here; the operator copies them).
 """
@@ -52,6 +53,19 @@ from dfs.cli.common import size_bytes
     show_default=True,
     help="Where the servers find the cluster secret on their hosts.",
 )
+@click.option(
+    "--tls/--no-tls",
+    default=True,
+    show_default=True,
+    help="Make the cluster's CA and a TLS credential per server and for clients.",
+)
+@click.option(
+    "--credential-dir",
+    type=click.Path(path_type=Path),
+    default=Path("/etc/dfs"),
+    show_default=True,
+    help="Where each server finds its credential (NAME.pem) on its host.",
+)
 @click.option("--chunk-size", default="64M", show_default=True, help="Chunk size.")
 @click.option(
     "--metrics/--no-metrics",
@@ -65,6 +79,8 @@ def init_command(
     out: Path,
     data_root: Path,
     secret_path: Path,
+    tls: bool,
+    credential_dir: Path,
     chunk_size: str,
     metrics: bool,
 ) -> None:
@@ -83,8 +99,10 @@ def init_command(
         )
     if out.exists() and any(out.iterdir()):
         raise click.UsageError(f"{out} exists and is not empty")
-    if not data_root.is_absolute() or not secret_path.is_absolute():
-        raise click.UsageError("--data-root and --secret-path must be absolute paths")
+    if not all(p.is_absolute() for p in (data_root, secret_path, credential_dir)):
+        raise click.UsageError(
+            "--data-root, --secret-path and --credential-dir must be absolute paths"
+        )
     try:
         layout = local.init_layout(
             out,
@@ -93,11 +111,16 @@ def init_command(
             metrics=metrics,
             data_root=data_root,
             secret_path=secret_path,
+            tls=tls,
+            credential_dir=credential_dir,
         )
     except (local.ClusterError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"dfs cluster configs in {layout.dir}")
     click.echo(f"  copy {layout.secret_file} to {secret_path} on every server (mode 0600)")
+    if tls:
+        click.echo(f"  copy {layout.tls_dir}/NAME.pem to {credential_dir}/NAME.pem on the "
+                   f"host of server NAME (mode 0600); keep {layout.tls_dir}/ca.key off them")  # fmt: skip
     for i, address in sorted(layout.metaservers.items()):
         host = address.rpartition(":")[0]
         click.echo(f"  {host}: meta{i}/meta.toml -> /etc/dfs/meta.toml, "
@@ -106,7 +129,8 @@ def init_command(
         host = address.rpartition(":")[0]
         click.echo(f"  {host}: cs{i}/cs.toml -> /etc/dfs/cs.toml, "
                    f"then: systemctl enable --now dfs-chunkserver")  # fmt: skip
-    click.echo(f"  clients: dfs mount --meta {','.join(metaservers)} --secret {secret_path} "
+    client = f"{credential_dir}/client.pem (from {layout.client_file})" if tls else secret_path
+    click.echo(f"  clients: dfs mount --meta {','.join(metaservers)} --secret {client} "
                "MOUNTPOINT")  # fmt: skip
 
 

@@ -35,6 +35,7 @@ from dfs.cli.common import (
     sync_on_close_option,
 )
 from dfs.cli.deploy import init_command
+from dfs.credentials import Credentials
 
 
 @click.group()
@@ -89,6 +90,13 @@ def version() -> None:
     help="Add and start N more chunkservers on the existing cluster in DIR, then return "
     "(no mount; dfs down stops them with the rest).",
 )
+@click.option(
+    "--tls/--no-tls",
+    default=False,
+    show_default=True,
+    help="A new cluster: make its CA and a credential per process (DIR/tls), and speak TLS "
+    "on every connection.",
+)
 @sync_on_close_option
 def up(
     directory: Path,
@@ -101,6 +109,7 @@ def up(
     no_mount: bool,
     capacity: str | None,
     add: int | None,
+    tls: bool,
     sync_on_close: bool,
 ) -> None:
     """Start a local cluster in DIR (creating it the first time) on loopback, and mount
@@ -141,6 +150,7 @@ def up(
                 chunk_size=size,
                 cs_options=cs_options,
                 metrics=True,
+                tls=tls,
             )
         pids = local.start_daemons(layout, only=only)
         status = asyncio.run(local.wait_ready(layout, timeout_s, ready))
@@ -164,7 +174,8 @@ def up(
         cs_id = ids.get(address, "?")
         metrics = _metrics(layout, f"cs{i}")
         click.echo(f"  chunkserver {cs_id}  {address}  pid {pids[f'cs{i}']}  (cs{i}){metrics}")
-    click.echo(f"  chunk size  {human(layout.chunk_size)}; secret {layout.secret_file}")
+    tls_note = f"TLS, client credential {layout.client_file}" if layout.tls else "no TLS"
+    click.echo(f"  chunk size  {human(layout.chunk_size)}; secret {layout.secret_file}; {tls_note}")
     if not no_mount:
         try:
             where = _mount_local(layout, mountpoint, sync_on_close=sync_on_close)
@@ -584,7 +595,7 @@ def mount(
 
 def _mount_foreground(
     addresses: list[str],
-    secret: bytes,
+    secret: Credentials,
     where: Path,
     allow_other: bool,
     timeout_s: float,

@@ -35,6 +35,7 @@ from typing import Any
 
 from dfs import daemon, rpc
 from dfs.config import ConfigFile
+from dfs.credentials import Credential
 from dfs.types import NodeId
 from dfs.wire.errors import Invalid, Stale, TooBig, Unsupported
 from dfs.wire.messages import field, uint_field
@@ -57,6 +58,7 @@ class ServerConfig:
     listen_host: str
     listen_port: int
     secret_file: Path
+    credential_file: Path | None = None
     debug_ops: bool = False
 
 
@@ -69,16 +71,17 @@ def load_config(path: Path) -> ServerConfig:
         listen_host=section.listen_host,
         listen_port=section.listen_port,
         secret_file=section.secret_file,
+        credential_file=section.credential_file,
         debug_ops=config.get("debug_ops", bool, False),
     )
 
 
 class KvServer:
-    def __init__(self, config: ServerConfig, secret: bytes) -> None:
+    def __init__(self, config: ServerConfig, credentials: Credential) -> None:
         self.config = config
         self.state_machine = KvStateMachine()
-        self.node = RaftNode(config.node, self.state_machine, secret)
-        self._secret = secret
+        self.node = RaftNode(config.node, self.state_machine, credentials)
+        self._credentials = credentials
         self._rpc: rpc.RpcServer | None = None
 
     async def start(self) -> None:
@@ -87,7 +90,7 @@ class KvServer:
         self._rpc = await rpc.serve(
             cfg.listen_host,
             cfg.listen_port,
-            self._secret,
+            self._credentials,
             self.handle,
             name=f"kv-{cfg.node.id}",
             role="metaserver",
@@ -172,9 +175,9 @@ class KvServer:
         raise Unsupported(f"unknown op {op!r}", op=str(op))
 
 
-async def serve(config: ServerConfig, secret: bytes) -> int:
+async def serve(config: ServerConfig, credentials: Credential) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or a fatal node error (exit 1)."""
-    server = KvServer(config, secret)
+    server = KvServer(config, credentials)
     await server.start()
     failed = await daemon.wait_for_stop(server.node.failed)
     log.info("kvserver node=%d event=shutdown failed=%s", config.node.id, failed)

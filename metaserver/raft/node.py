@@ -129,6 +129,7 @@ from typing import Any, NamedTuple, Protocol
 import msgpack
 
 from dfs import rpc
+from dfs.credentials import Credential
 from dfs.types import LogIndex, NodeId, Term
 from dfs.wire.errors import (
     DfsError,
@@ -218,12 +219,14 @@ class RaftNode:
     """One Raft member. ``await start()``, serve ``receive`` for the peers' ``raft`` frames,
     use ``propose`` / ``read_index`` / membership calls, ``await stop()``."""
 
-    def __init__(self, config: NodeConfig, state_machine: StateMachine, secret: bytes) -> None:
+    def __init__(
+        self, config: NodeConfig, state_machine: StateMachine, credentials: Credential
+    ) -> None:
         assert config.id != NONE, "node ids start at 1"
         self.config = config
         self.id = config.id
         self.state_machine = state_machine
-        self._secret = secret
+        self._credentials = credentials
         self._addresses: dict[NodeId, str] = dict(config.peers)
         self._raw: RawNode | None = None
         self._storage: RaftStorage | None = None
@@ -961,7 +964,7 @@ class RaftNode:
             address = self._addresses.get(node_id)
             if address is None:
                 return None
-            peer = self._peers[node_id] = Peer(self.id, node_id, address, self._secret)
+            peer = self._peers[node_id] = Peer(self.id, node_id, address, self._credentials)
         return peer
 
     def _send_frame(self, to: NodeId, wires: list[Any], payload: bytes) -> None:

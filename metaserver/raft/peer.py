@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from dfs import rpc
+from dfs.credentials import Credential
 from dfs.types import NodeId
 from dfs.wire.errors import AuthError, DfsError
 
@@ -32,9 +33,11 @@ class Peer:
     """The outgoing connection to one peer: connects, reconnects with backoff, drops frames
     while it is down."""
 
-    def __init__(self, node_id: NodeId, peer_id: NodeId, address: str, secret: bytes) -> None:
+    def __init__(
+        self, node_id: NodeId, peer_id: NodeId, address: str, credentials: Credential
+    ) -> None:
         self._node_id = node_id
-        self._secret = secret
+        self._credentials = credentials
         self.id = peer_id
         self.address = address
         self._conn: rpc.Connection | None = None
@@ -72,7 +75,7 @@ class Peer:
                 conn = await rpc.connect(
                     host,
                     port,
-                    self._secret,
+                    self._credentials,
                     name=f"raft-{node_id}",
                     role="metaserver",
                     timeout_s=PEER_CONNECT_TIMEOUT_S,

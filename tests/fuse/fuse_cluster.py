@@ -27,11 +27,13 @@ def print_logs(directory: Path) -> None:
             print(f"----- {log.name}\n{text[-6000:]}")
 
 
-def start_cluster(directory: Path, **meta_options: object) -> local.Layout:
-    """A cluster; ``meta_options`` added to the metaservers' config (by default the
-    trash is off: removed files are freed at once, as the tests of removal expect)."""
+def start_cluster(directory: Path, *, tls: bool = False, **meta_options: object) -> local.Layout:
+    """A cluster (``tls``: speaking TLS); ``meta_options`` added to the metaservers' config
+    (by default the trash is off: removed files are freed at once, as the tests of removal
+    expect)."""
     layout = local.init_layout(
         directory,
+        tls=tls,
         chunk_size=CHUNK,
         meta_options={"tick_ms": 50, "hold_grace_ms": 2000, "trash_time_s": 0, **meta_options},
         cs_options={"heartbeat_ms": 200},
@@ -59,15 +61,20 @@ class Mounts:
         self.base = base
         self.pid_files: list[Path] = []
 
-    def mount(self, name: str, *, timeout_s: float = 20.0, allow_other: bool = True) -> Path:
+    def mount(
+        self, name: str, *, timeout_s: float = 20.0, allow_other: bool = True, remote: bool = False
+    ) -> Path:
         """Mount at ``base/name``; ``allow_other`` (the default here) lets the tests act
-        as other users (FUSE refuses everyone but the mounting user otherwise)."""
+        as other users (FUSE refuses everyone but the mounting user otherwise). ``remote``:
+        as a client host would, with the metaservers' addresses and the client's file
+        (``Layout.client_file``) instead of the cluster directory."""
         where = self.base / name
         where.mkdir(parents=True, exist_ok=True)
         pid_file = local.mount_pid_file(self.layout.dir / "run", where)
         self.pid_files.append(pid_file)
         local.start_mount(
-            ["--dir", str(self.layout.dir), "--timeout", str(timeout_s)]
+            [*(self._remote() if remote else ["--dir", str(self.layout.dir)])]
+            + ["--timeout", str(timeout_s)]
             + (["--allow-other"] if allow_other else []),
             where,
             pid_file,
@@ -75,6 +82,10 @@ class Mounts:
             timeout_s,
         )
         return where
+
+    def _remote(self) -> list[str]:
+        meta = ",".join(self.layout.meta_addresses)
+        return ["--meta", meta, "--secret", str(self.layout.client_file)]
 
     def close(self) -> None:
         for pid_file in self.pid_files:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from chunkserver.config import load_config as load_cs_config
 from dfs.cli.main import cli
@@ -40,6 +42,29 @@ def test_init_writes_one_config_per_server_naming_the_hosts_paths(tmp_path: Path
     assert [c.data_dir for c in css] == [Path("/srv/dfs/cs1"), Path("/srv/dfs/cs2")]
     assert {c.metaservers for c in css} == {("m1:9000", "m2:7000", "10.0.0.3:9000")}
     assert stat.S_IMODE((out / "secret").stat().st_mode) == 0o600
+    # TLS by default: each server's config names its credential on its host; the files
+    # here are private, and each certificate names its server's role and host.
+    assert [m.credential_file for m in metas] == [Path(f"/etc/dfs/meta{i}.pem") for i in (1, 2, 3)]
+    assert [c.credential_file for c in css] == [Path(f"/etc/dfs/cs{i}.pem") for i in (1, 2)]
+    for name in ("ca.key", "ca.pem", "client.pem", "meta1.pem", "cs2.pem"):
+        assert stat.S_IMODE((out / "tls" / name).stat().st_mode) == 0o600, name
+    cert = x509.load_pem_x509_certificate((out / "tls" / "meta3.pem").read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == (
+        "metaserver"
+    )
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.3"]
+    assert "client.pem" in result.output and "ca.key off them" in result.output
+
+
+def test_init_no_tls_writes_no_credentials(tmp_path: Path) -> None:
+    out = tmp_path / "conf"
+    result = CliRunner().invoke(cli, [
+        "init", "--metaservers", "m1", "--chunkservers", "c1", "--out", str(out), "--no-tls",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert load_meta_config(out / "meta1" / "meta.toml").credential_file is None
+    assert not (out / "tls").exists()
 
 
 @pytest.mark.parametrize(

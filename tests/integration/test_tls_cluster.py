@@ -1,0 +1,178 @@
+"""A TLS cluster (``dfs up --tls``), tried as an attacker who holds a client's credential,
+or the cluster secret without a certificate, or another cluster's certificates, would
+(docs/SECURITY.md).
+
+What these tests check, on real server processes:
+- the CLI's files round trip over TLS, with the client credential alone (no secret);
+- the client credential cannot claim a server's role: refused in the handshake, so it
+  can send no Raft frame, no ``chunk.delete``, no ``cs.register``;
+- as a client it is refused those ops, and it cannot mint a chunk token: it holds no key
+  to mint one with, and a token keyed by anything it holds is refused;
+- the cluster secret without a certificate gets nothing, nor does a certificate from
+  another CA, nor a process posing as a server with a client's credential (the relay
+  through a stolen port: the dialler refuses it before sending anything).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from dfs import pki, rpc
+from dfs.cli import cluster as local
+from dfs.client import FsClient
+from dfs.credentials import Credentials, TlsCredential, load_client_credentials
+from dfs.secret import load_secret
+from dfs.wire.errors import AuthError, PermissionDenied, Unavailable
+from dfs.wire.limits import ROOT_INO
+from dfs.wire.token import READ, make_token
+
+# Refused peers are logged by the servers and the tests' own listener: what they provoke.
+pytestmark = [
+    pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120),
+    pytest.mark.allow_warnings,
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
+    d = tmp_path_factory.mktemp("cluster")
+    lay = local.init_layout(
+        d, chunkservers=1, chunk_size=1 << 20, meta_options={"tick_ms": 50},
+        cs_options={"heartbeat_ms": 200}, tls=True,
+    )  # fmt: skip
+    local.start_daemons(lay)
+    try:
+        anyio.run(local.wait_ready, lay, 60.0)
+        yield lay
+    finally:
+        local.stop_daemons(lay, timeout_s=10)
+
+
+def client_only(layout: local.Layout) -> Credentials:
+    creds = load_client_credentials(layout.client_file)
+    assert creds.secret is None and creds.tls is not None
+    return creds
+
+
+async def _connect(address: str, creds: Credentials, role: str) -> rpc.Connection:
+    host, _, port = address.rpartition(":")
+    return await rpc.connect(host, int(port), creds, name="attacker", role=role, timeout_s=5)
+
+
+def test_files_round_trip_with_the_client_credential_alone(
+    layout: local.Layout, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(3 << 20))  # three chunks
+    base = [sys.executable, "-m", "dfs.cli.main"]
+    remote = ["--meta", ",".join(layout.meta_addresses), "--secret", str(layout.client_file)]
+    for args in (["put", str(src), "/f"], ["get", "/f", str(tmp_path / "back")]):
+        proc = subprocess.run(base + args + remote, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "back").read_bytes() == src.read_bytes()
+    for path in layout.tls_dir.iterdir():
+        assert path.stat().st_mode & 0o077 == 0, path
+    assert layout.tls_dir.stat().st_mode & 0o077 == 0
+
+
+async def test_a_client_credential_cannot_act_as_a_server(layout: local.Layout) -> None:
+    creds = client_only(layout)
+    st = await local.cluster_status(layout.meta_addresses, creds)
+    for role in ("metaserver", "chunkserver"):
+        with pytest.raises(AuthError, match="certificate"):
+            conn = await _connect(st["leader_address"], creds, role)
+            conn.close()
+    cs_address = st["chunkservers"][0]["address"]
+    with pytest.raises(AuthError, match="certificate"):
+        conn = await _connect(cs_address, creds, "metaserver")
+        conn.close()
+    # As the client it is, the servers' ops are refused.
+    meta = await _connect(st["leader_address"], creds, "client")
+    cs = await _connect(cs_address, creds, "client")
+    try:
+        with pytest.raises(PermissionDenied):
+            await meta.call("cs.register", timeout_s=5, uuid="intruder", address="127.0.0.1:1")
+        with pytest.raises(PermissionDenied):
+            await cs.call("chunk.delete", timeout_s=5, chunks=[[1, 1]])
+        header, _ = await meta.call("fs.getattr", timeout_s=5, ino=ROOT_INO)
+        assert header["attr"]["ino"] == ROOT_INO
+    finally:
+        meta.close()
+        cs.close()
+
+
+async def test_a_client_cannot_mint_a_token(layout: local.Layout) -> None:
+    creds = client_only(layout)
+    data = b"precious" * 1000
+    async with FsClient.open_cluster(layout.meta_addresses, creds) as fs:
+        _, f = await fs.create_and_open(ROOT_INO, b"victim", 0o100644, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, data)
+        await f.close()
+        attr = await fs.lookup(ROOT_INO, b"victim")
+        located = await fs.meta.read("fs.locate", ino=attr.ino, index=0, count=1)
+    chunk = located["chunks"][0]
+    conn = await _connect(chunk["replicas"][0]["address"], creds, "client")
+    try:
+        expiry_ms = time.time_ns() // 1_000_000 + 60_000
+        # Keys a client could try: anything derived from what it holds.
+        pem = creds.tls.path.read_bytes() if creds.tls else b""
+        for key in (hashlib.sha256(pem).digest(), b"\0" * 32):
+            token = make_token(key, chunk["chunk_id"], chunk["version"], READ, expiry_ms)
+            with pytest.raises(PermissionDenied):
+                await conn.call(
+                    "chunk.read", timeout_s=5, chunk_id=chunk["chunk_id"],
+                    version=chunk["version"], offset=0, size=len(data), token=token,
+                    expiry_ms=expiry_ms,
+                )  # fmt: skip
+    finally:
+        conn.close()
+
+
+async def test_the_secret_without_a_certificate_gets_nothing(layout: local.Layout) -> None:
+    secret = load_secret(layout.secret_file)
+    for address in layout.meta_addresses + list(layout.chunkservers.values()):
+        host, _, port = address.rpartition(":")
+        with pytest.raises((Unavailable, AuthError)):
+            conn = await rpc.connect(
+                host, int(port), secret, name="x", role="metaserver", timeout_s=5
+            )
+            conn.close()
+
+
+async def test_another_clusters_certificates_get_nothing(
+    layout: local.Layout, tmp_path: Path
+) -> None:
+    other = pki.make_authority("elsewhere")
+    for role in ("client", "metaserver"):
+        path = tmp_path / f"{role}.pem"
+        pki.write_credential(path, pki.issue(other, role, "intruder"))
+        creds = Credentials(None, TlsCredential.load(path))
+        with pytest.raises((Unavailable, AuthError)):
+            conn = await _connect(layout.meta_addresses[0], creds, role)
+            conn.close()
+
+
+async def test_a_relay_on_a_stolen_port_learns_nothing(layout: local.Layout) -> None:
+    """A process with a client's credential listens where a server is expected: the
+    client refuses it in the handshake, before any request leaves."""
+    seen: list[str] = []
+
+    async def record(conn: rpc.Connection, header: dict, payload: bytes) -> None:
+        seen.append(header.get("op", "?"))
+
+    creds = client_only(layout)
+    fake = await rpc.serve("127.0.0.1", 0, creds, record, name="meta-1", role="metaserver")
+    async with fake:
+        with pytest.raises(AuthError, match="not a server"):
+            async with FsClient.open_cluster([f"127.0.0.1:{fake.port}"], creds, timeout_s=5):
+                pass
+    assert seen == []

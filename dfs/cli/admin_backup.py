@@ -103,8 +103,8 @@ def backup(
 
     if secret.secret is None:
         raise click.ClickException(
-            "a backup names its cluster by the cluster secret: "
-            "run it with --dir, or --secret the secret's file"
+            "a backup names its cluster by the cluster secret, which a client credential "
+            "does not hold: run it with --dir on the cluster's directory"
         )
     try:
         h = write_backup(file, secret.secret, run)

@@ -70,7 +70,11 @@ def parse_node(config: ConfigFile) -> NodeSection:
         read_lease=config.get("read_lease", bool, True),
     )
     section = NodeSection(
-        node, host, port, Path(config.get("secret_file", str)), config.optional_path("credential_file")
+        node,
+        host,
+        port,
+        Path(config.get("secret_file", str)),
+        config.optional_path("credential_file"),
     )
     if node_id < 1 or any(n < 1 for n in peers):
         raise config.error("node ids start at 1")

@@ -22,6 +22,7 @@ from dfs import rpc
 from dfs.cli import cluster as local
 from dfs.secret import load_secret
 from dfs.wire.token import READ, make_token, token_key
+from tools.testing.fuseenv import tls_by_default
 from tools.testing.poll import wait_for
 
 CHUNK = 1 << 20
@@ -67,8 +68,9 @@ class Cluster:
             chunk_size=CHUNK,
             meta_options={**META_OPTIONS, **(meta_options or {})},
             cs_options={**CS_OPTIONS, **(cs_options or {})},
+            tls=tls_by_default(),
         )
-        self.secret = load_secret(self.layout.secret_file)
+        self.secret = local.client_credentials(self.layout)
         self.mount_pid_files: list[Path] = []
         self.start()
 
@@ -181,7 +183,13 @@ def read_replica(cluster: Cluster, address: str, chunk_id: int, version: int, si
         conn = await rpc.connect(host, int(port), cluster.secret, name="test")
         try:
             expiry_ms = time.time_ns() // 1_000_000 + 60_000
-            token = make_token(token_key(cluster.secret), chunk_id, version, READ, expiry_ms)
+            token = make_token(
+                token_key(load_secret(cluster.layout.secret_file)),
+                chunk_id,
+                version,
+                READ,
+                expiry_ms,
+            )
             _, payload = await conn.call(
                 "chunk.read", b"", chunk_id=chunk_id, version=version, offset=0, size=size,
                 token=token, expiry_ms=expiry_ms,

@@ -15,6 +15,7 @@ import anyio
 
 from dfs.cli import cluster as local
 from dfs.fuse.mountinfo import mount_info
+from tools.testing.fuseenv import tls_by_default
 from tools.testing.poll import wait_for
 
 CHUNK = 1 << 20
@@ -27,13 +28,15 @@ def print_logs(directory: Path) -> None:
             print(f"----- {log.name}\n{text[-6000:]}")
 
 
-def start_cluster(directory: Path, *, tls: bool = False, **meta_options: object) -> local.Layout:
-    """A cluster (``tls``: speaking TLS); ``meta_options`` added to the metaservers' config
+def start_cluster(
+    directory: Path, *, tls: bool | None = None, **meta_options: object
+) -> local.Layout:
+    """A cluster (``tls``: speaking TLS; None: as ``DFS_TEST_TLS`` says); ``meta_options`` added to the metaservers' config
     (by default the trash is off: removed files are freed at once, as the tests of removal
     expect)."""
     layout = local.init_layout(
         directory,
-        tls=tls,
+        tls=tls_by_default() if tls is None else tls,
         chunk_size=CHUNK,
         meta_options={"tick_ms": 50, "hold_grace_ms": 2000, "trash_time_s": 0, **meta_options},
         cs_options={"heartbeat_ms": 200},

@@ -35,6 +35,8 @@ from dfs.wire.auth import PeerInfo
 from dfs.wire.errors import AuthError
 from dfs.wire.spec import ROLES
 
+# subjectAltName URIs restricting a client to a user: dfs:uid=U, dfs:gid=G (dfs/pki.py)
+USER_URI = "dfs:"
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*", re.S)
 
 
@@ -153,4 +155,18 @@ def certified_peer(peercert: dict[str, Any] | None) -> PeerInfo:
     role = subject.get("organizationalUnitName")
     if role not in ROLES:
         raise AuthError(f"the peer's certificate names no dfs role (OU {role!r})")
-    return PeerInfo(role, subject.get("commonName", "?"))
+    uid: int | None = None
+    gids: list[int] = []
+    for kind, value in peercert.get("subjectAltName", ()):
+        key, _, number = str(value).removeprefix(USER_URI).partition("=")
+        if kind != "URI" or not str(value).startswith(USER_URI) or not number.isdigit():
+            continue
+        if key == "uid":
+            if uid is not None:
+                raise AuthError("the peer's certificate names two uids")
+            uid = int(number)
+        elif key == "gid":
+            gids.append(int(number))
+    if uid is None and gids:
+        raise AuthError("the peer's certificate names groups without a uid")
+    return PeerInfo(role, subject.get("commonName", "?"), uid, tuple(gids))

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dfs.credentials import USER_URI
 from dfs.wire.spec import ROLES
 
 VALID_DAYS = 10 * 365
@@ -87,11 +88,25 @@ def make_authority(cluster: str) -> Authority:
     return Authority(cert, key)
 
 
-def issue(authority: Authority, role: str, name: str, hosts: tuple[str, ...] = ()) -> bytes:
+def issue(
+    authority: Authority,
+    role: str,
+    name: str,
+    hosts: tuple[str, ...] = (),
+    *,
+    uid: int | None = None,
+    gids: tuple[int, ...] = (),
+) -> bytes:
     """A credential (see the module docstring) for process ``name`` acting as ``role``;
-    ``hosts`` (names or IP addresses it is reached at) go in its subjectAltName."""
+    ``hosts`` (names or IP addresses it is reached at) go in its subjectAltName. A client's
+    may be restricted to user ``uid`` with groups ``gids``: subjectAltName URIs
+    ``dfs:uid=U`` and ``dfs:gid=G`` (``dfs/credentials.py`` reads them)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+    if uid is not None and role != "client":
+        raise ValueError("only a client's credential is restricted to a user")
+    if uid is None and gids:
+        raise ValueError("groups restrict a credential only with its uid")
     key = ec.generate_private_key(ec.SECP256R1())
     org = authority.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
     now = _now()
@@ -113,13 +128,16 @@ def issue(authority: Authority, role: str, name: str, hosts: tuple[str, ...] = (
         .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
     )
-    if hosts:
-        names: list[x509.GeneralName] = []
-        for host in hosts:
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                names.append(x509.DNSName(host))
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    if uid is not None:
+        names.append(x509.UniformResourceIdentifier(f"{USER_URI}uid={uid}"))
+        names += [x509.UniformResourceIdentifier(f"{USER_URI}gid={g}") for g in gids]
+    if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(authority.key, hashes.SHA256())
     return (

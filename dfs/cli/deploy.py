@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from dfs.cli import cluster as local
-from dfs.cli.common import size_bytes
+from dfs.cli.common import dir_option, size_bytes
 
 
 @click.command("init")
@@ -134,4 +134,48 @@ def init_command(
                "MOUNTPOINT")  # fmt: skip
 
 
-__all__ = ["init_command"]
+@click.command("credential")
+@dir_option
+@click.argument("name")
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="The file to write (0600)."
+)
+@click.option(
+    "--uid",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Restrict the client to this user: the metaservers check its requests' "
+    "permissions as this uid (absent: a client trusted with any uid, as root's mount).",
+)
+@click.option(
+    "--gids", default="", metavar="G,...", help="The restricted user's groups (with --uid)."
+)
+def credential_command(directory: Path, name: str, out: Path, uid: int | None, gids: str) -> None:
+    """Issue a client credential NAME from the cluster's CA (DIR/tls/ca.key) into OUT."""
+    from dfs import pki
+
+    try:
+        groups = tuple(int(g) for g in gids.split(",") if g.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"not a list of group ids: {gids!r}", param_hint="--gids"
+        ) from None
+    if groups and uid is None:
+        raise click.UsageError("--gids restricts a credential only with --uid")
+    if out.exists():
+        raise click.UsageError(f"{out} exists")
+    try:
+        layout = local.load_layout(directory.absolute())
+        if not layout.tls:
+            raise click.ClickException(f"the cluster in {layout.dir} has no TLS, so no CA")
+        authority = pki.load_authority(layout.tls_dir)
+    except local.ClusterError as e:
+        raise click.ClickException(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"cannot read the cluster's CA: {e}") from None
+    pki.write_credential(out, pki.issue(authority, "client", name, uid=uid, gids=groups))
+    who = f"user {uid}, groups {list(groups)}" if uid is not None else "any user"
+    click.echo(f"client credential {name!r} ({who}) in {out}")
+
+
+__all__ = ["credential_command", "init_command"]

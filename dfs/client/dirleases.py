@@ -328,7 +328,7 @@ class DirLeases:
         if not self.enabled:
             return False
         lease = await self._acquire(parent)
-        if lease is None:
+        if lease is None or op not in lease.batchable:  # the leader takes them one by one
             return False
         entry = lease.names.get(name)
         if entry is None:

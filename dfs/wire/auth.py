@@ -68,6 +68,11 @@ class Side(enum.Enum):
 class PeerInfo:
     role: str  # process kind the peer claims: "metaserver", "chunkserver", "client", ...
     name: str  # its node name, for logs
+    # A client whose certificate restricts it to one user: its uid and groups (the
+    # metaserver then checks every request's permissions as that user, docs/SECURITY.md).
+    # None: not restricted (a server, root's mount, a secret-only cluster's client).
+    uid: int | None = None
+    gids: tuple[int, ...] = ()
 
 
 def compute_proof(

@@ -31,7 +31,7 @@ from dfs.cli import cluster as local
 from dfs.client import FsClient
 from dfs.credentials import Credentials, TlsCredential, load_client_credentials
 from dfs.secret import load_secret
-from dfs.wire.errors import AuthError, PermissionDenied, Unavailable
+from dfs.wire.errors import AccessDenied, AuthError, PermissionDenied, Unavailable
 from dfs.wire.limits import ROOT_INO
 from dfs.wire.token import READ, make_token
 
@@ -176,3 +176,72 @@ async def test_a_relay_on_a_stolen_port_learns_nothing(layout: local.Layout) -> 
             async with FsClient.open_cluster([f"127.0.0.1:{fake.port}"], creds, timeout_s=5):
                 pass
     assert seen == []
+
+
+def _issue(layout: local.Layout, path: Path, *args: str) -> Credentials:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dfs.cli.main", "credential", *args, "--out", str(path),
+         "--dir", str(layout.dir)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert path.stat().st_mode & 0o077 == 0
+    return load_client_credentials(path)
+
+
+async def _read(fs: FsClient, ino: int) -> bytes:
+    f = await fs.open(ino, os.O_RDONLY)
+    try:
+        return await f.read(0, 1 << 20)
+    finally:
+        await f.close()
+
+
+async def test_a_credential_restricted_to_a_user_gets_that_users_rights(
+    layout: local.Layout, tmp_path: Path
+) -> None:
+    """As root's client: a private directory, a shared sticky one with a file of root's.
+    As a client whose credential says uid 1000: what a local file system lets uid 1000
+    do, and no more."""
+    root = client_only(layout)
+    user = _issue(layout, tmp_path / "u.pem", "alice", "--uid", "1000", "--gids", "1000")
+    async with FsClient.open_cluster(layout.meta_addresses, root) as fs:
+        private = await fs.mkdir(ROOT_INO, b"private", 0o700, uid=0, gid=0)
+        _, f = await fs.create_and_open(private.ino, b"secret", 0o600,
+                                        os.O_WRONLY | os.O_CREAT, uid=0, gid=0)  # fmt: skip
+        await f.write(0, b"root only")
+        await f.close()
+        shared = await fs.mkdir(ROOT_INO, b"shared", 0o1777, uid=0, gid=0)
+        _, f = await fs.create_and_open(shared.ino, b"pub", 0o644,
+                                        os.O_WRONLY | os.O_CREAT, uid=0, gid=0)  # fmt: skip
+        await f.write(0, b"everyone reads")
+        await f.close()
+        pub = await fs.lookup(shared.ino, b"pub")
+        secret = await fs.lookup(private.ino, b"secret")
+    async with FsClient.open_cluster(layout.meta_addresses, user) as fs:
+        with pytest.raises(AccessDenied):  # no search permission on /private
+            await fs.lookup(private.ino, b"secret")
+        with pytest.raises(AccessDenied):  # nor reading its 0600 file by inode number
+            await _read(fs, secret.ino)
+        assert await _read(fs, pub.ino) == b"everyone reads"
+        with pytest.raises(AccessDenied):  # root's file, 0644: no writes
+            f = await fs.open(pub.ino, os.O_WRONLY)
+            await f.write(0, b"defaced")
+            await f.close()
+        with pytest.raises(PermissionDenied):  # sticky /shared: not root's file to remove
+            await fs.unlink(shared.ino, b"pub")
+        with pytest.raises(PermissionDenied):  # nor to chmod
+            await fs.setattr(pub.ino, mode=0o100666)
+        with pytest.raises(PermissionDenied):  # a file made in its name must be its own
+            await fs.mkdir(shared.ino, b"as-root", 0o755, uid=0, gid=0)
+        mine = await fs.mkdir(shared.ino, b"mine", 0o755, uid=1000, gid=1000)
+        _, f = await fs.create_and_open(mine.ino, b"notes", 0o600,
+                                        os.O_WRONLY | os.O_CREAT, uid=1000, gid=1000)  # fmt: skip
+        await f.write(0, b"alice's")
+        await f.close()
+        notes = await fs.lookup(mine.ino, b"notes")
+        assert await _read(fs, notes.ino) == b"alice's"
+        await fs.unlink(mine.ino, b"notes")
+        with pytest.raises(PermissionDenied):  # no admin commands
+            await fs.meta.read("admin.drain", cs_id=1, draining=True)
+    assert (await local.cluster_status(layout.meta_addresses, user))["leader"] is not None

@@ -136,6 +136,15 @@ def load_client_credentials(path: str | os.PathLike[str]) -> Credentials:
     return Credentials(load_secret(path))
 
 
+def token_client(credentials: Credentials, peer: PeerInfo | None) -> str:
+    """The name a token issued to ``peer`` is bound to (``dfs/wire/token.py``): its
+    certificate's name in a TLS cluster; empty in a secret-only one, where a name is a
+    claim that proves nothing."""
+    if credentials.tls is None or peer is None:
+        return ""
+    return peer.name
+
+
 def server_secret(credentials: Credentials) -> bytes:
     """The cluster secret a server cannot run without (it keys the chunk tokens)."""
     if not credentials.secret:

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dfs import daemon, rpc
-from dfs.credentials import Credential, Credentials, server_secret
+from dfs.credentials import Credential, Credentials, server_secret, token_client
 from dfs.metrics import Reading, ServerMetrics
 from dfs.wire.errors import (
     DfsError,
@@ -245,6 +245,8 @@ class MetaServer:
             return None
         spec = lookup(METASERVER_OPS, op)
         admit(spec, _role(conn), header)
+        # Whom the tokens this request gets are issued to (dfs/wire/token.py).
+        header["client_name"] = token_client(self._credentials, conn.peer)
         caller = caller_of(conn.peer)
         if caller is not None and spec.name != "fs.batch":  # a batch: op by op, below
             check_access(self.ns, caller, spec.name, header)
@@ -471,7 +473,8 @@ class MetaServer:
             {
                 "ino": ino,
                 "handle": self._handle_answer(
-                    {"chunk_id": chunk_id, "version": 1, "length": 0, "replicas": replicas}
+                    {"chunk_id": chunk_id, "version": 1, "length": 0, "replicas": replicas},
+                    h["client_name"],
                 ),
             }
             for ino, chunk_id, replicas in result["entries"]
@@ -590,7 +593,12 @@ class MetaServer:
                     **c,
                     "replicas": self._replicas(c["replicas"], now_s),
                     "token": make_token(
-                        self._token_key, c["chunk_id"], c["version"], READ, expiry_ms
+                        self._token_key,
+                        c["chunk_id"],
+                        c["version"],
+                        READ,
+                        expiry_ms,
+                        h["client_name"],
                     ),
                     "expiry_ms": expiry_ms,
                 }
@@ -663,7 +671,12 @@ class MetaServer:
             "length": result["length"],
             "chain": chain,
             "token": make_token(
-                self._token_key, result["chunk_id"], result["version"], WRITE, expiry_ms
+                self._token_key,
+                result["chunk_id"],
+                result["version"],
+                WRITE,
+                expiry_ms,
+                h["client_name"],
             ),
             "expiry_ms": expiry_ms,
         }
@@ -700,11 +713,12 @@ class MetaServer:
         chunk = result.pop("chunk", None)
         if chunk is not None:
             self.repair.writing(int(chunk["chunk_id"]))
-            result["handle"] = self._handle_answer(chunk)
+            result["handle"] = self._handle_answer(chunk, h["client_name"])
         return result
 
-    def _handle_answer(self, chunk: dict[str, Any]) -> dict[str, Any]:
-        """A write handle's answer (``fs.write_handle``'s fields) for ``chunk``."""
+    def _handle_answer(self, chunk: dict[str, Any], client: str) -> dict[str, Any]:
+        """A write handle's answer (``fs.write_handle``'s fields) for ``chunk``, its token
+        issued to ``client``."""
         expiry_ms = time.time_ns() // 1_000_000 + self.config.token_ttl_ms
         known = self.ns.chunkservers()
         return {
@@ -717,7 +731,7 @@ class MetaServer:
                 if cs_id in known
             ],
             "token": make_token(
-                self._token_key, chunk["chunk_id"], chunk["version"], WRITE, expiry_ms
+                self._token_key, chunk["chunk_id"], chunk["version"], WRITE, expiry_ms, client
             ),
             "expiry_ms": expiry_ms,
         }

@@ -245,3 +245,39 @@ async def test_a_credential_restricted_to_a_user_gets_that_users_rights(
         with pytest.raises(PermissionDenied):  # no admin commands
             await fs.meta.read("admin.drain", cs_id=1, draining=True)
     assert (await local.cluster_status(layout.meta_addresses, user))["leader"] is not None
+
+
+async def test_a_token_works_only_for_the_client_it_was_issued_to(
+    layout: local.Layout, tmp_path: Path
+) -> None:
+    """A read token that client A got, sent by client B (another credential of the same
+    cluster) to the same replica: refused; sent by A: the bytes."""
+    a = client_only(layout)
+    b = _issue(layout, tmp_path / "b.pem", "mount-b")
+    data = b"a's data" * 500
+    async with FsClient.open_cluster(layout.meta_addresses, a) as fs:
+        _, f = await fs.create_and_open(ROOT_INO, b"a-file", 0o100644, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, data)
+        await f.close()
+        attr = await fs.lookup(ROOT_INO, b"a-file")
+        located = await fs.meta.read("fs.locate", ino=attr.ino, index=0, count=1)
+    chunk = located["chunks"][0]
+    fields = {
+        "chunk_id": chunk["chunk_id"], "version": chunk["version"], "offset": 0,
+        "size": len(data), "token": chunk["token"], "expiry_ms": chunk["expiry_ms"],
+    }  # fmt: skip
+    replica = chunk["replicas"][0]["address"]
+    thief = await _connect(replica, b, "client")
+    try:
+        with pytest.raises(PermissionDenied):
+            await thief.call("chunk.read", timeout_s=5, **fields)
+        with pytest.raises(PermissionDenied):  # naming the owner does not help a client
+            await thief.call("chunk.read", timeout_s=5, client_name="client", **fields)
+    finally:
+        thief.close()
+    owner = await _connect(replica, a, "client")
+    try:
+        _, payload = await owner.call("chunk.read", timeout_s=5, **fields)
+        assert bytes(payload) == data
+    finally:
+        owner.close()

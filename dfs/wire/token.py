@@ -12,6 +12,10 @@ token arrives on (a chunkserver forwarding a write down its chain vouches for it
 ``client_name``); empty in a secret-only cluster, where names are only claims. A token
 issued to one client is refused from another.
 
+A version 1 token (no client; prefix ``b"dfs-token-v1"``) still verifies where the client
+is empty, so that a secret-only cluster's chunkservers, upgraded first, accept the tokens
+of metaservers not upgraded yet (docs/OPERATIONS.md, rolling upgrades).
+
 ``mode`` is ``b"r"`` (read) or ``b"w"`` (write; also allows reads and syncs of the same chunk
 and version). ``expiry_ms`` is wall-clock milliseconds since the epoch and travels next to
 the token in the request, so a chunkserver can check it without state. The key is derived
@@ -35,6 +39,7 @@ TOKEN_BYTES = 32
 READ = b"r"
 WRITE = b"w"
 _PREFIX = b"dfs-token-v2"
+_PREFIX_V1 = b"dfs-token-v1"
 CLIENT_NAME_BYTES_MAX = 255
 _FIELDS = struct.Struct(">QQ1sQ")
 
@@ -51,6 +56,11 @@ def make_token(
     name = client.encode()
     assert len(name) <= CLIENT_NAME_BYTES_MAX, client
     msg = _PREFIX + _FIELDS.pack(chunk_id, version, mode, expiry_ms) + bytes((len(name),)) + name
+    return hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def _v1(key: bytes, chunk_id: int, version: int, mode: bytes, expiry_ms: int) -> bytes:
+    msg = _PREFIX_V1 + _FIELDS.pack(chunk_id, version, mode, expiry_ms)
     return hmac.new(key, msg, hashlib.sha256).digest()
 
 
@@ -76,6 +86,7 @@ def check_token(
     modes = (WRITE,) if mode == WRITE else (READ, WRITE)
     if not any(
         hmac.compare_digest(token, make_token(key, chunk_id, version, m, expiry_ms, client))
+        or (not client and hmac.compare_digest(token, _v1(key, chunk_id, version, m, expiry_ms)))
         for m in modes
     ):
         raise PermissionDenied("access token not valid for this chunk", chunk_id=chunk_id)

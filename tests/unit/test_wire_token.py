@@ -58,3 +58,18 @@ def test_a_token_is_bound_to_its_client() -> None:
         check_token(KEY, unbound, 7, 3, READ, 1000, now_ms=1, client="mount-a")
     with pytest.raises(PermissionDenied, match="too long"):
         check_token(KEY, t, 7, 3, READ, 1000, now_ms=1, client="x" * 256)
+
+
+def test_a_version_1_token_verifies_only_unbound() -> None:
+    """What a metaserver of the previous version minted, during a rolling upgrade."""
+    import hashlib
+    import hmac
+    import struct
+
+    msg = b"dfs-token-v1" + struct.pack(">QQ1sQ", 7, 3, READ, 1000)
+    old = hmac.new(KEY, msg, hashlib.sha256).digest()
+    check_token(KEY, old, 7, 3, READ, 1000, now_ms=1)
+    with pytest.raises(PermissionDenied):
+        check_token(KEY, old, 7, 3, READ, 1000, now_ms=1, client="mount-a")
+    with pytest.raises(PermissionDenied):
+        check_token(KEY, old, 7, 3, WRITE, 1000, now_ms=1)

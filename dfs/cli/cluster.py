@@ -795,11 +795,14 @@ def new_metaserver(layout: Layout, node_id: int | None = None) -> tuple[int, str
     elif node_id < 1 or node_id in used:
         raise ClusterError(f"metaserver id {node_id} is taken in {layout.dir}")
     template = _read_toml(layout.dir / f"meta{min(layout.metaservers)}" / "meta.toml")
-    address = f"127.0.0.1:{free_loopback_ports(1)[0]}"
+    port, metrics_port = free_loopback_ports(2)  # one call: never the same port twice
+    address = f"127.0.0.1:{port}"
     d = layout.dir / f"meta{node_id}"
     d.mkdir()
     top = {k: v for k, v in template.items() if not isinstance(v, dict)}
     top.update(id=node_id, listen=address, data_dir=d / "raft", join=True)
+    if "metrics_port" in top:  # its own, not the template's (taken by that server)
+        top["metrics_port"] = metrics_port
     credential = issue_credential(layout, "metaserver", f"meta{node_id}", address)
     if credential is not None:
         top["credential_file"] = credential

@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from chunkserver.config import load_config as load_cs_config
+from dfs.cli import cluster as local
 from dfs.cli.main import cli
 from metaserver.config import load_config as load_meta_config
 
@@ -90,3 +91,17 @@ def test_init_refuses_a_directory_in_use_and_warns_of_an_even_count(tmp_path: Pa
     assert result.exit_code == 2 and "not empty" in result.output
     result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "even")])
     assert result.exit_code == 0 and "odd number" in result.output
+
+
+def test_a_new_local_metaserver_gets_ports_and_a_credential_of_its_own(tmp_path: Path) -> None:
+    """``dfs admin metaserver add --local`` on a ``dfs up --tls`` directory (metrics on):
+    the new server's config copies the first one's but for its ports and credential."""
+    layout = local.init_layout(tmp_path / "c", metaservers=1, chunkservers=1, metrics=True,
+                               tls=True)  # fmt: skip
+    node_id, address = local.new_metaserver(layout)
+    first = load_meta_config(layout.dir / "meta1" / "meta.toml")
+    new = load_meta_config(layout.dir / f"meta{node_id}" / "meta.toml")
+    assert f"{new.listen_host}:{new.listen_port}" == address != layout.metaservers[1]
+    assert new.metrics_port not in (None, first.metrics_port, new.listen_port)
+    assert new.credential_file == layout.tls_dir / f"meta{node_id}.pem"
+    assert new.credential_file.exists() and new.credential_file != first.credential_file

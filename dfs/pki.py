@@ -3,11 +3,13 @@
 What it owns: the one place that creates keys and certificates (with the ``cryptography``
 package); ``dfs/credentials.py`` reads what it writes with the standard ``ssl`` module.
 
-A *credential* is one PEM file, mode 0600, holding in this order: the process's
-certificate, its private key, and the cluster CA's certificate (the trust anchor it checks
-its peers against). One file per process, so that handing a host its identity is copying
+A *credential* is one PEM file, mode 0600, holding in this order: a first line naming it
+(``# dfs credential: role ROLE, name NAME``, which the process reads to know the role it
+speaks as), the process's certificate, its private key, and the cluster CA's certificate
+(the trust anchor it checks its peers against). One file per process, so that handing a host its identity is copying
 one file. The certificate names the process (subject CN, e.g. ``meta-1``) and its
-**role** (subject OU: ``metaserver``, ``chunkserver`` or ``client``): a server takes a
+**role** (subject OU: ``metaserver``, ``chunkserver``, ``admin`` or ``client``): a server
+takes a
 peer's role from its certificate, never from what the peer says, so a client credential
 cannot act as a server (docs/SECURITY.md).
 
@@ -32,8 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from dfs.credentials import USER_URI
-from dfs.wire.spec import ROLES
+from dfs.credentials import CREDENTIAL_LINE, USER_URI
+from dfs.wire.spec import CLIENT, ROLES
 
 VALID_DAYS = 10 * 365
 CA_FILE = "ca.pem"
@@ -103,7 +105,7 @@ def issue(
     ``dfs:uid=U`` and ``dfs:gid=G`` (``dfs/credentials.py`` reads them)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
-    if uid is not None and role != "client":
+    if uid is not None and role != CLIENT:
         raise ValueError("only a client's credential is restricted to a user")
     if uid is None and gids:
         raise ValueError("groups restrict a credential only with its uid")
@@ -141,13 +143,16 @@ def issue(
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(authority.key, hashes.SHA256())
     return (
-        cert.public_bytes(serialization.Encoding.PEM)
-        + key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        f"{CREDENTIAL_LINE}role {role}, name {name}\n".encode()
+        + cert.public_bytes(serialization.Encoding.PEM)
+        + _key_pem(key)
         + authority.cert_pem
+    )
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
@@ -166,14 +171,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def write_authority(directory: Path, authority: Authority) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_private(
-        directory / CA_KEY_FILE,
-        authority.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    _write_private(directory / CA_KEY_FILE, _key_pem(authority.key))
     _write_private(directory / CA_FILE, authority.cert_pem)
 
 

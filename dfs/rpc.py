@@ -62,7 +62,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import os
 import ssl
 import threading
 from collections import deque
@@ -70,11 +69,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from dfs.budget import Account, ByteBudget, ConnectionCount, Limits
-from dfs.credentials import Credential, Credentials, certified_peer
+from dfs.credentials import Credential, Credentials
 from dfs.payloads import take_payload
 from dfs.ratelog import RateLimitedLog
 from dfs.wire import codec, messages
-from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side, check_secret
+from dfs.wire.auth import PeerInfo, Side
 from dfs.wire.conn import (
     CALL_TIMEOUT_S,
     COALESCE_BYTES_MAX,
@@ -353,20 +352,26 @@ class Connection(asyncio.BufferedProtocol):
         if isinstance(address, tuple) and len(address) >= 2:
             self.peername = f"{address[0]}:{address[1]}"
         try:
-            certified = None
-            if self._credentials.tls is not None:
-                certified = certified_peer(transport.get_extra_info("peercert"))
+            tls = transport.get_extra_info("ssl_object")
             self._steps = HandshakeSteps(
-                Handshake(
-                    self._credentials.secret, os.urandom(NONCE_BYTES), side=self.side,
-                    role=self.role, name=self.name, certified=certified,
+                self._credentials.handshake(
+                    side=self.side, role=self.role, name=self.name,
+                    peercert=tls.getpeercert() if tls is not None else None,
+                    der=(tls.getpeercert(binary_form=True) or b"") if tls is not None else b"",
                 )
             )  # fmt: skip
         except AuthError as e:
             self._steps_error = e
         if self.side is Side.ACCEPTOR:
-            if self._server is not None and not self._server.admit(self, address):
-                return
+            server = self._server
+            if server is not None:
+                # Tracked from here, not from the factory: under TLS this runs only once
+                # the TLS handshake succeeded, and a connection that failed it never
+                # comes here nor to connection_lost.
+                server.connections.add(self)
+                self._closed.add_done_callback(lambda _: server.connections.discard(self))
+                if not server.admit(self, address):
+                    return
             self._handshake_task = self._loop.create_task(self._accept())
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -821,10 +826,8 @@ async def connect(
     connection: Connection | None = None
 
     creds = Credentials.of(credentials)
-    if ssl_context is None:
-        ssl_context = creds.client_context()
-    if ssl_context is None:  # a configuration error, not a peer's: fail before dialling
-        check_secret(creds.secret)
+    ssl_context = creds.context(ssl_context, server=False)
+    role = creds.claim(role)
 
     def factory() -> Connection:
         nonlocal connection
@@ -962,10 +965,8 @@ async def serve(
     the handshake on the secret otherwise.
     """
     creds = Credentials.of(credentials)
-    if ssl_context is None:
-        ssl_context = creds.server_context()
-    if ssl_context is None:  # a configuration error: fail now, not per connection
-        check_secret(creds.secret)
+    ssl_context = creds.context(ssl_context, server=True)
+    role = creds.claim(role)
     loop = asyncio.get_running_loop()
     rpc_server = RpcServer(limits, request_bytes)
 
@@ -982,13 +983,14 @@ async def serve(
             handshake_timeout_s=handshake_timeout_s,
             server=rpc_server,
         )
-        rpc_server.connections.add(connection)
-        connection._closed.add_done_callback(lambda _: rpc_server.connections.discard(connection))
         return connection
 
+    # A TLS handshake gets the same time as dfs's own (asyncio's default is 60 s); the
+    # connection limits count a peer only once it is through (docs/SECURITY.md).
     rpc_server.server = await loop.create_server(
-        factory, host, port, reuse_address=True, ssl=ssl_context
-    )
+        factory, host, port, reuse_address=True, ssl=ssl_context,
+        ssl_handshake_timeout=handshake_timeout_s if ssl_context is not None else None,
+    )  # fmt: skip
     return rpc_server
 
 

@@ -248,11 +248,11 @@ class MetaServer:
         # Whom the tokens this request gets are issued to (dfs/wire/token.py).
         header["client_name"] = token_client(self._credentials, conn.peer)
         caller = caller_of(conn.peer)
-        if caller is not None and spec.name != "fs.batch":  # a batch: op by op, below
-            check_access(self.ns, caller, spec.name, header)
         timeout_ms: int = header.get("timeout_ms", OP_TIMEOUT_MS_DEFAULT)
         timeout_s = min(max(timeout_ms, 1), OP_TIMEOUT_MS_MAX) / 1000
         async with self.desk.guard(spec.name, header, timeout_s):
+            if caller is not None:  # after the guard: recalled leases' batches have landed
+                check_access(self.ns, caller, spec.name, header)
             return await self._dispatch(conn, spec.name, header, timeout_s)
 
     def _take_frame(self, conn: rpc.Connection, header: dict[str, Any], payload: bytes) -> bool:
@@ -409,7 +409,6 @@ class MetaServer:
         maker's lease on it (``LeaseDesk.granted_new``)."""
         ops = h["ops"]
         holder = h.get("holder", 0)
-        caller = caller_of(conn.peer)
         self._leader_view()
         subs: list[list[Any]] = []
         holds: list[bool] = []
@@ -425,10 +424,7 @@ class MetaServer:
             if op == "fs.unlink":
                 fields = {**fields, "op": op, "keep": self._keep({**fields, "op": op})}
             ns_op, spec = COMMANDS[op], METASERVER_OPS[op]
-            fields = spec.check(fields)
-            if caller is not None:
-                check_access(self.ns, caller, op, fields)
-            args = spec.args(fields)
+            args = spec.args(spec.check(fields))
             if ns_op == "create" or ("ino" in args and ns_op in ("mkdir", "symlink")):
                 # Answered under a lease: its inode number (and a file's first chunk)
                 # come from the sender's pool (namespace/pools.py).

@@ -72,6 +72,7 @@ from dfs.ports import free_loopback_ports
 from dfs.secret import generate_secret, load_secret, write_secret
 from dfs.wire.errors import DfsError
 from dfs.wire.limits import CHUNK_SIZE_BYTES_DEFAULT
+from dfs.wire.spec import ADMIN, CLIENT
 
 LAYOUT_VERSION = 1
 CHUNK_SIZE_DEFAULT = CHUNK_SIZE_BYTES_DEFAULT
@@ -112,6 +113,12 @@ class Layout:
         return self.tls_dir / "client.pem" if self.tls else self.secret_file
 
     @property
+    def admin_file(self) -> Path:
+        """The one file the operator's CLI needs elsewhere (``--secret``): the admin
+        credential, which the cluster's admin commands ask for."""
+        return self.tls_dir / "admin.pem" if self.tls else self.secret_file
+
+    @property
     def meta_addresses(self) -> list[str]:
         return [self.metaservers[i] for i in sorted(self.metaservers)]
 
@@ -145,12 +152,14 @@ def issue_credential(
     return where / path.name if where is not None else path
 
 
-def client_credentials(layout: Layout) -> Credentials:
-    """What the CLI and a local mount connect with: the client credential (TLS) and the
-    secret, which an operator of the cluster directory holds anyway (backups name the
-    cluster by it)."""
-    tls = TlsCredential.load(layout.client_file) if layout.tls else None
-    return Credentials(load_secret(layout.secret_file), tls)
+def client_credentials(layout: Layout, role: str = ADMIN) -> Credentials:
+    """What the operator's CLI (``admin``) or a local mount (``client``) connects with:
+    that role's credential (TLS) and the secret, which an operator of the cluster
+    directory holds anyway (backups name the cluster by it)."""
+    tls = None
+    if layout.tls:
+        tls = TlsCredential.load(layout.admin_file if role == ADMIN else layout.client_file)
+    return Credentials(load_secret(layout.secret_file), tls, role=role)
 
 
 def _toml_value(v: Any) -> str:
@@ -261,7 +270,8 @@ def init_layout(
         from dfs import pki
 
         pki.write_authority(layout.tls_dir, pki.make_authority(directory.name))
-        issue_credential(layout, "client", "client")
+        issue_credential(layout, CLIENT, "client")
+        issue_credential(layout, ADMIN, "admin")
     for sub in ("logs", "run"):
         (directory / sub).mkdir(exist_ok=True)
     for i, address in layout.metaservers.items():

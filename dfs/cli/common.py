@@ -13,6 +13,7 @@ import click
 from dfs.cli import cluster as local
 from dfs.credentials import CredentialFileError, Credentials, load_client_credentials
 from dfs.secret import SecretFileError
+from dfs.wire.spec import ADMIN
 
 F = TypeVar("F", bound=Callable[..., Any])
 # How long a file command (ls, put, get, ...) waits for the cluster by default (--timeout).
@@ -76,17 +77,19 @@ def client_options(f: F) -> F:
 
 
 def find_cluster(
-    directory: Path, meta: str | None, secret_file: Path | None
+    directory: Path, meta: str | None, secret_file: Path | None, role: str = ADMIN
 ) -> tuple[list[str], Credentials]:
-    """(metaserver addresses, credentials) from the options; a clear error otherwise."""
+    """(metaserver addresses, credentials) from the options; a clear error otherwise.
+    ``role``: what the process speaks as where its file does not say (the CLI is the
+    operator's, ``admin``; a mount is a ``client``)."""
     try:
         if meta:
             if secret_file is None:
                 raise click.UsageError("--meta needs --secret FILE")
             addresses = [a.strip() for a in meta.split(",") if a.strip()]
-            return addresses, load_client_credentials(secret_file)
+            return addresses, load_client_credentials(secret_file, role)
         layout = local.load_layout(directory.absolute())
-        return layout.meta_addresses, local.client_credentials(layout)
+        return layout.meta_addresses, local.client_credentials(layout, role)
     except local.ClusterError as e:
         raise click.ClickException(str(e)) from None
     except (OSError, SecretFileError, CredentialFileError) as e:

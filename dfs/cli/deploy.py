@@ -16,6 +16,7 @@ import click
 
 from dfs.cli import cluster as local
 from dfs.cli.common import dir_option, size_bytes
+from dfs.wire.spec import ADMIN, CLIENT
 
 
 @click.command("init")
@@ -130,6 +131,8 @@ def init_command(
         click.echo(f"  {host}: cs{i}/cs.toml -> /etc/dfs/cs.toml, "
                    f"then: systemctl enable --now dfs-chunkserver")  # fmt: skip
     client = f"{credential_dir}/client.pem (from {layout.client_file})" if tls else secret_path
+    if tls:
+        click.echo(f"  operators: {layout.admin_file} (dfs admin ... --secret admin.pem)")
     click.echo(f"  clients: dfs mount --meta {','.join(metaservers)} --secret {client} "
                "MOUNTPOINT")  # fmt: skip
 
@@ -150,8 +153,14 @@ def init_command(
 @click.option(
     "--gids", default="", metavar="G,...", help="The restricted user's groups (with --uid)."
 )
-def credential_command(directory: Path, name: str, out: Path, uid: int | None, gids: str) -> None:
-    """Issue a client credential NAME from the cluster's CA (DIR/tls/ca.key) into OUT."""
+@click.option(
+    "--admin", is_flag=True, help="An operator's credential: it may run dfs admin commands."
+)
+def credential_command(
+    directory: Path, name: str, out: Path, uid: int | None, gids: str, admin: bool
+) -> None:
+    """Issue a client credential NAME from the cluster's CA (DIR/tls/ca.key) into OUT: one
+    for a host's mount (files only), or with --admin for an operator."""
     from dfs import pki
 
     try:
@@ -162,6 +171,8 @@ def credential_command(directory: Path, name: str, out: Path, uid: int | None, g
         ) from None
     if groups and uid is None:
         raise click.UsageError("--gids restricts a credential only with --uid")
+    if admin and uid is not None:
+        raise click.UsageError("an operator's credential is not restricted to a user")
     if out.exists():
         raise click.UsageError(f"{out} exists")
     try:
@@ -173,9 +184,10 @@ def credential_command(directory: Path, name: str, out: Path, uid: int | None, g
         raise click.ClickException(str(e)) from None
     except (OSError, ValueError) as e:
         raise click.ClickException(f"cannot read the cluster's CA: {e}") from None
-    pki.write_credential(out, pki.issue(authority, "client", name, uid=uid, gids=groups))
+    role = ADMIN if admin else CLIENT
+    pki.write_credential(out, pki.issue(authority, role, name, uid=uid, gids=groups))
     who = f"user {uid}, groups {list(groups)}" if uid is not None else "any user"
-    click.echo(f"client credential {name!r} ({who}) in {out}")
+    click.echo(f"{role} credential {name!r} ({who}) in {out}")
 
 
 __all__ = ["credential_command", "init_command"]

@@ -36,6 +36,7 @@ from dfs.cli.common import (
 )
 from dfs.cli.deploy import credential_command, init_command
 from dfs.credentials import Credentials
+from dfs.wire.spec import CLIENT
 
 
 @click.group()
@@ -560,7 +561,7 @@ def mount(
     """
     from dfs.fuse.mountinfo import resolve
 
-    addresses, secret = find_cluster(directory, meta, secret_file)
+    addresses, secret = find_cluster(directory, meta, secret_file, CLIENT)
     where = Path(resolve(mountpoint))
     run_dir = local.mount_run_dir(None if meta else directory.absolute())
     if pid_file is None:

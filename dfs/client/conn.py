@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -64,10 +63,10 @@ import sniffio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 from anyio.streams.tls import TLSAttribute
 
-from dfs.credentials import Credential, Credentials, certified_peer
+from dfs.credentials import Credential, Credentials
 from dfs.payloads import take_payload
 from dfs.wire import codec, messages
-from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side, check_secret
+from dfs.wire.auth import PeerInfo, Side
 from dfs.wire.conn import (
     CALL_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
@@ -557,13 +556,11 @@ async def _handshake(
 ) -> tuple[PeerInfo, codec.FrameDecoder]:
     """The initiator's side of the core's ``HandshakeSteps``; returns the peer and the
     decoder (which may hold bytes that followed the proof)."""
-    certified = None
-    if creds.tls is not None:
-        certified = certified_peer(stream.extra(TLSAttribute.peer_certificate, None))
     steps = HandshakeSteps(
-        Handshake(
-            creds.secret, os.urandom(NONCE_BYTES), side=Side.INITIATOR, role=role, name=name,
-            certified=certified,
+        creds.handshake(
+            side=Side.INITIATOR, role=role, name=name,
+            peercert=stream.extra(TLSAttribute.peer_certificate, None),
+            der=stream.extra(TLSAttribute.peer_certificate_binary, None) or b"",
         )
     )  # fmt: skip
     decoder = HandshakeSteps.decoder(alloc=take_payload)
@@ -624,10 +621,8 @@ async def connect(
     """
     host, port = split_address(address)
     creds = Credentials.of(credentials)
-    if ssl_context is None:
-        ssl_context = creds.client_context()
-    if ssl_context is None:  # a configuration error, not a peer's: fail before dialling
-        check_secret(creds.secret)
+    ssl_context = creds.context(ssl_context, server=False)
+    role = creds.claim(role)
     try:
         with anyio.fail_after(timeout_s):
             stream: ByteStream

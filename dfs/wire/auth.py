@@ -73,6 +73,7 @@ class PeerInfo:
     # None: not restricted (a server, root's mount, a secret-only cluster's client).
     uid: int | None = None
     gids: tuple[int, ...] = ()
+    cert_id: str = ""  # in a TLS cluster: its certificate's fingerprint (tokens are bound to it)
 
 
 def compute_proof(

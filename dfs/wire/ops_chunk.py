@@ -29,11 +29,11 @@ from dfs.wire.spec import (
     BOOL,
     BYTES,
     CHUNKSERVER,
-    CLIENT,
     LIST,
     METASERVER,
     STR,
     UINT,
+    USERS,
     Field,
     Op,
 )
@@ -72,8 +72,8 @@ LENGTH = Field(
 
 # Who may write: a client, the chunkserver before this one in the chain, the leader
 # pushing a new version.
-WRITERS = frozenset({CLIENT, CHUNKSERVER, METASERVER})
-READERS = frozenset({CLIENT, CHUNKSERVER})
+WRITERS = USERS | {CHUNKSERVER, METASERVER}
+READERS = USERS | {CHUNKSERVER}
 # Replica management is the leader's: only a metaserver may ask for it.
 LEADER = frozenset({METASERVER})
 
@@ -114,7 +114,7 @@ CHUNK_READ = Op(
 )  # fmt: skip
 
 CHUNK_SYNC = Op(
-    "chunk.sync", frozenset({CLIENT, CHUNKSERVER}),
+    "chunk.sync", USERS | {CHUNKSERVER},
     fields=(CHUNK_ID, VERSION, TOKEN, EXPIRY_MS, CHAIN, EXPECT_LENGTH, CLIENT_NAME),
     answer="`{}` once fsynced on every replica of the chain (a write token)",
     common=COMMON,

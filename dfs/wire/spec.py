@@ -32,10 +32,12 @@ from dfs.wire.errors import DfsError, Invalid, ProtocolError
 # What the peer proved: in a TLS cluster its certificate's role (``dfs/credentials.py``),
 # which only the cluster CA issues; in a secret-only cluster a claim inside the handshake's
 # MAC (``auth.py``), which anyone who holds the secret can make (docs/SECURITY.md).
-CLIENT = "client"
+CLIENT = "client"  # a mount, or the CLI of a client host: files only
+ADMIN = "admin"  # the operator's CLI: files and the cluster's admin.* commands
 METASERVER = "metaserver"
 CHUNKSERVER = "chunkserver"
-ROLES = (CLIENT, METASERVER, CHUNKSERVER)
+ROLES = (CLIENT, ADMIN, METASERVER, CHUNKSERVER)
+USERS = frozenset({CLIENT, ADMIN})  # who works on files
 ANYONE = frozenset(ROLES)
 SERVER_ROLES = frozenset({METASERVER, CHUNKSERVER})
 

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from dfs.wire.auth import PeerInfo
-from dfs.wire.errors import AccessDenied, PermissionDenied
+from dfs.wire.errors import AccessDenied, NotDir, NotFound, PermissionDenied
 from metaserver.access import Caller, R, W, X, caller_of, check, may
 from metaserver.namespace.state import ROOT_INO, State
 
@@ -105,3 +105,43 @@ def test_who_is_checked() -> None:
     assert caller_of(None) is None
     assert caller_of(PeerInfo("client", "root's mount")) is None
     assert caller_of(PeerInfo("client", "a", 1000, (1000, 50))) == ALICE
+
+
+def test_a_writer_may_clear_set_id_bits_but_not_chmod() -> None:
+    state, ino = _tree()
+    f = state.inode(ino["roots"])
+    f.mode = stat.S_IFREG | 0o6666  # root's, writable by all, set-id bits on
+    commit = {"ino": f.ino, "size": 0, "chunks": []}
+    check(state, ALICE, "fs.commit", {**commit, "mode": stat.S_IFREG | 0o666, "mtime_ns": 5})
+    for change in ({"mode": stat.S_IFREG | 0o4777}, {"gid": 50}, {"atime_ns": 1}, {"uid": 1000}):
+        with pytest.raises(PermissionDenied):
+            check(state, ALICE, "fs.commit", {**commit, **change})
+
+
+def test_batches_are_refused_and_wrong_parents_answered_as_the_op_would() -> None:
+    state, ino = _tree()
+    for op in ("fs.batch", "fs.reserve"):
+        with pytest.raises(PermissionDenied):
+            check(state, ALICE, op, {"ops": []})
+    with pytest.raises(NotDir):  # an own file as the "directory"
+        check(state, ALICE, "fs.unlink", {"parent": ino["alices"], "name": b"x"})
+    with pytest.raises(NotFound):
+        check(state, ALICE, "fs.setattr", {"ino": 999_999, "uid": 0})
+    with pytest.raises(PermissionDenied):  # trusted.* is root's to read
+        check(state, ALICE, "fs.getxattr", {"ino": ino["alices"], "name": b"trusted.x"})
+    with pytest.raises(AccessDenied):  # writable but not readable: no write token
+        state.inode(ino["alices"]).mode = stat.S_IFREG | 0o222
+        check(state, ALICE, "fs.write_handle", {"ino": ino["alices"], "index": 0})
+
+
+def test_an_exchange_moving_someone_elses_directory_needs_write_on_it() -> None:
+    state, ino = _tree()
+    shared, group = ino["shared"], ino["group"]
+    d = state.new_inode(state.inode(group), stat.S_IFDIR | 0o755, 0, 50, 0, 0)
+    state.inode(group).dir.insert(b"rootdir", d.ino)  # type: ignore[union-attr]
+    mine = state.new_inode(state.inode(shared), stat.S_IFREG | 0o644, 1000, 1000, 0, 0)
+    state.inode(shared).dir.insert(b"mine", mine.ino)  # type: ignore[union-attr]
+    swap = {"parent": shared, "name": b"mine", "new_parent": group, "new_name": b"rootdir"}
+    check(state, ALICE, "fs.rename", swap)  # a plain rename replaces it: allowed here
+    with pytest.raises(AccessDenied):
+        check(state, ALICE, "fs.rename", {**swap, "flags": 2})

@@ -18,6 +18,7 @@ from dfs import rpc
 from dfs.client.conn import open_connection
 from dfs.credentials import CredentialFileError, Credentials, TlsCredential, certified_peer
 from dfs.pki import issue, make_authority, write_credential
+from dfs.wire.auth import Handshake, Side
 from dfs.wire.errors import AuthError, Unavailable
 
 # Refused peers are logged (one warning each): that is what these tests provoke.
@@ -80,13 +81,28 @@ async def test_roles_come_from_certificates(pki: dict[str, TlsCredential]) -> No
 async def test_client_credential_cannot_claim_a_server_role(
     pki: dict[str, TlsCredential],
 ) -> None:
+    """Asked to speak as a metaserver, a client credential speaks as what it is; a claim
+    that differs from the certificate (a hand-made handshake) is refused."""
     async with await serve(pki["meta"]) as server:
-        with pytest.raises(AuthError):
-            conn = await rpc.connect(
-                HOST, server.port, Credentials(None, pki["client"]), name="x",
-                role="metaserver", timeout_s=10,
-            )  # fmt: skip
+        conn = await rpc.connect(
+            HOST, server.port, Credentials(None, pki["client"]), name="x", role="metaserver"
+        )
+        try:
+            header, _ = await conn.call("who")
+            assert header["role"] == "client"
+        finally:
             conn.close()
+    client = certified_peer(
+        {"subject": ((("organizationalUnitName", "client"),), (("commonName", "m"),))}
+    )
+    acceptor = Handshake(None, b"a" * 32, side=Side.ACCEPTOR, role="metaserver", name="m1",
+                         certified=client)  # fmt: skip
+    forger = Handshake(b"k" * 32, b"b" * 32, side=Side.INITIATOR, role="metaserver", name="m")
+    acceptor.receive_hello(forger.hello())
+    proof = forger.receive_hello(acceptor.hello())
+    assert proof is not None
+    with pytest.raises(AuthError, match="its certificate"):
+        acceptor.receive_proof(proof)
 
 
 async def test_a_client_credential_cannot_pose_as_a_server(
@@ -144,9 +160,15 @@ async def test_the_client_driver_speaks_tls(pki: dict[str, TlsCredential]) -> No
             assert conn.peer.role == "metaserver"
             header, _ = await conn.call("who")
             assert header["role"] == "client"
-        with pytest.raises(AuthError):
+        async with open_connection(  # speaks as its certificate says, whatever asked
+            f"{HOST}:{server.port}", Credentials(None, pki["cs"]), name="m", role="client"
+        ) as conn:
+            header, _ = await conn.call("who")
+            assert (header["role"], header["name"]) == ("chunkserver", "cs-1")
+    async with await serve(pki["client"]) as fake:  # a client's credential posing as a server
+        with pytest.raises(AuthError, match="not a server"):
             async with open_connection(
-                f"{HOST}:{server.port}", Credentials(None, pki["cs"]), name="m", role="client"
+                f"{HOST}:{fake.port}", Credentials(None, pki["client"]), name="m"
             ):
                 pass
 

@@ -18,61 +18,32 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
+from admin_cluster import CHUNK, REPORT_OPTIONS, running
 
 from dfs.cli import cluster as local
 from dfs.client import FsClient
 from dfs.secret import load_secret
+from tools.testing.localcluster import dfs_cli
 from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-CHUNK = 256 << 10
 DEADLINE_S = 60.0
 MODE = 0o100644
-
-
-def dfs_cli(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dfs.cli.main", *args], capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    if proc.returncode != code:
-        raise AssertionError(
-            f"dfs {' '.join(args)}: exit {proc.returncode}, not {code}:\n{proc.stdout}\n"
-            f"{proc.stderr}"
-        )
-    return proc
 
 
 @pytest.fixture(params=[1])
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A running cluster of ``request.param`` metaservers and three chunkservers."""
     d = tmp_path / "cluster"
-    local.init_layout(
-        d,
-        metaservers=request.param,
-        chunkservers=3,
-        chunk_size=CHUNK,
-        meta_options={"dead_timeout_ms": 1500, "repair_interval_ms": 200, "repair_quiet_ms": 500},
-        cs_options={"capacity_bytes": 64 << 20, "heartbeat_ms": 200, "report_interval_ms": 1000},
-    )
-    try:
-        dfs_cli("up", "--dir", str(d), "--detach", "--no-mount")
+    with running(d, metaservers=request.param, cs_options=REPORT_OPTIONS):
         yield d
-    finally:
-        local.stop_daemons(local.load_layout(d), timeout_s=10)
-        for log in sorted((d / "logs").glob("*.log")):
-            text = log.read_text(errors="replace")
-            if "Traceback" in text:
-                print(f"----- {log.name}\n{text[-4000:]}")
 
 
 class Writer:

@@ -41,6 +41,7 @@ from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
 from dfs.wire.errors import NotEmpty, NotFound, Stale, Timeout, Unavailable
 from metaserver.leases import LEASE_MS
+from tools.testing.localcluster import running
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -49,23 +50,13 @@ MODE = 0o100644
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
-    d = tmp_path_factory.mktemp("cluster")
-    lay = local.init_layout(
-        d,
+    with running(
+        tmp_path_factory.mktemp("cluster"),
         chunk_size=1 << 20,
         meta_options={"tick_ms": 50},
         cs_options={"heartbeat_ms": 200},
-    )
-    local.start_daemons(lay)
-    try:
-        anyio.run(local.wait_ready, lay, 60.0)
+    ) as lay:
         yield lay
-    finally:
-        local.stop_daemons(lay, timeout_s=10)
-        for log in sorted((d / "logs").glob("*.log")):
-            text = log.read_text(errors="replace")
-            if "Traceback" in text:
-                print(f"----- {log.name}\n{text[-6000:]}")
 
 
 @pytest.fixture

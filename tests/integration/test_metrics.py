@@ -19,6 +19,7 @@ from dfs.client import FsClient
 from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
 from dfs.wire.errors import Unsupported
+from tools.testing.localcluster import running
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -27,16 +28,11 @@ SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", re.M)
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
-    lay = local.init_layout(
+    with running(
         tmp_path_factory.mktemp("cluster"), chunk_size=1 << 20, metrics=True,
         meta_options={"tick_ms": 50}, cs_options={"heartbeat_ms": 200},
-    )  # fmt: skip
-    local.start_daemons(lay)
-    try:
-        anyio.run(local.wait_ready, lay, 60.0)
+    ) as lay:  # fmt: skip
         yield lay
-    finally:
-        local.stop_daemons(lay, timeout_s=10)
 
 
 def scrape(layout: local.Layout, name: str) -> dict[str, float]:

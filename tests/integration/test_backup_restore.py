@@ -29,7 +29,7 @@ from admin_cluster import CHUNK, REPORT_OPTIONS, running
 from dfs.cli import cluster as local
 from dfs.client import FsClient
 from dfs.secret import load_secret
-from tools.testing.localcluster import dfs_cli
+from tools.testing.localcluster import client, dfs_cli
 from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -86,12 +86,8 @@ class Writer:
 
 
 def read_tree(d: Path) -> dict[bytes, bytes]:
-    layout = local.load_layout(d)
-
     async def go() -> dict[bytes, bytes]:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as fs:
+        async with client(d) as fs:
             top = await fs.lookup(1, b"load")
             out = {}
             async for entry in fs.readdir(top.ino):
@@ -111,12 +107,9 @@ def read_tree(d: Path) -> dict[bytes, bytes]:
 
 def write_at(d: Path, name: bytes, offset: int, data: bytes) -> None:
     """Write ``data`` at ``offset`` of /name (made if missing), then close."""
-    layout = local.load_layout(d)
 
     async def go() -> None:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as fs:
+        async with client(d) as fs:
             _, f = await fs.create_and_open(1, name, MODE, os.O_WRONLY | os.O_CREAT)
             try:
                 await f.write(offset, data)
@@ -127,12 +120,8 @@ def write_at(d: Path, name: bytes, offset: int, data: bytes) -> None:
 
 
 def read_file(d: Path, name: bytes) -> bytes:
-    layout = local.load_layout(d)
-
     async def go() -> bytes:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as fs:
+        async with client(d) as fs:
             attr = await fs.lookup(1, name)
             f = await fs.open(attr.ino, os.O_RDONLY)
             try:
@@ -201,9 +190,7 @@ def test_backup_under_load_restored_into_a_new_group(cluster: Path, tmp_path: Pa
 
     # The restored group writes new files (fresh chunk ids), and reads them back.
     async def write_new() -> bytes:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as fs:
+        async with client(layout) as fs:
             data = os.urandom(CHUNK + 10)
             _, f = await fs.create_and_open(1, b"after", MODE, os.O_RDWR | os.O_CREAT)
             try:

@@ -22,10 +22,8 @@ import hashlib
 import os
 import random
 import signal
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -37,7 +35,7 @@ from dfs.secret import load_secret
 from dfs.wire.errors import NameTooLong, NotFound, TooBig
 from dfs.wire.replicafile import DATA_OFFSET, chunk_relpath
 from tools.testing.fsread import read_to_eof
-from tools.testing.localcluster import dfs_cli, running
+from tools.testing.localcluster import client, dfs_cli, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(240)]
 
@@ -58,14 +56,6 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
         cs_options={"heartbeat_ms": 200},
     ) as lay:
         yield lay
-
-
-@asynccontextmanager
-async def client(layout: local.Layout, **kw: Any) -> AsyncIterator[FsClient]:
-    async with FsClient.open_cluster(
-        layout.meta_addresses, load_secret(layout.secret_file), **kw
-    ) as fs:
-        yield fs
 
 
 async def write_file(fs: FsClient, parent: int, name: bytes, data: bytes) -> int:

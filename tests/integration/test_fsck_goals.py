@@ -25,9 +25,7 @@ import pytest
 from admin_cluster import REPORT_OPTIONS, running
 
 from dfs.cli import cluster as local
-from dfs.client import FsClient
-from dfs.secret import load_secret
-from tools.testing.localcluster import dfs_cli
+from tools.testing.localcluster import client, dfs_cli
 from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -51,12 +49,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def write_tree(d: Path, top: bytes, files: dict[bytes, int]) -> None:
     """Directory ``top`` (a path from the root; its parent exists) and its files (relative
     path -> size), directories made on the way."""
-    layout = local.load_layout(d)
 
     async def go() -> None:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as fs:
+        async with client(d) as fs:
             parent_attr, name = await fs.resolve_parent(b"/" + top)
             dirs = {b"": (await fs.mkdir(parent_attr.ino, name, 0o755)).ino}
             for rel, size in files.items():
@@ -132,9 +127,7 @@ def test_a_file_whose_chunk_files_are_all_removed_is_named_with_exit_1(cluster: 
     layout = local.load_layout(cluster)
 
     async def chunk_ids() -> list[int]:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as fs:
+        async with client(layout) as fs:
             attr = await fs.resolve(b"/lost/f")
             header = await fs.meta.read("fs.locate", ino=attr.ino, index=0, count=16)
             return [int(c["chunk_id"]) for c in header["chunks"]]
@@ -186,9 +179,7 @@ def test_setgoal_reaches_a_client_creating_under_a_directory_lease(cluster: Path
     layout = local.load_layout(cluster)
 
     async def go() -> None:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as a:
+        async with client(layout) as a:
             root = await a.resolve(b"/")
             d = await a.mkdir(root.ino, b"leased", 0o755)
             _, f = await a.create_and_open(d.ino, b"first", MODE, os.O_WRONLY | os.O_CREAT)

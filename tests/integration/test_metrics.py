@@ -15,11 +15,10 @@ import pytest
 
 from dfs import rpc
 from dfs.cli import cluster as local
-from dfs.client import FsClient
 from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
 from dfs.wire.errors import Unsupported
-from tools.testing.localcluster import running
+from tools.testing.localcluster import client, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -46,7 +45,7 @@ def scrape(layout: local.Layout, name: str) -> dict[str, float]:
 
 async def test_servers_expose_their_readings_and_request_figures(layout: local.Layout) -> None:
     data = os.urandom(300_000)
-    async with FsClient.open_cluster(layout.meta_addresses, load_secret(layout.secret_file)) as fs:
+    async with client(layout) as fs:
         _, f = await fs.create_and_open(ROOT_INO, b"measured", 0o100644, os.O_WRONLY | os.O_CREAT)
         await f.write(0, data)
         await f.close()

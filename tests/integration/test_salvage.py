@@ -24,12 +24,9 @@ import anyio
 import pytest
 from admin_cluster import REPORT_OPTIONS, running
 
-from dfs.cli import cluster as local
-from dfs.client import FsClient
-from dfs.secret import load_secret
 from dfs.wire.errors import Corrupt
 from dfs.wire.replicafile import BLOCK_BYTES, DATA_OFFSET
-from tools.testing.localcluster import dfs_cli
+from tools.testing.localcluster import client, dfs_cli
 from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -46,11 +43,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with running(d, cs_options=REPORT_OPTIONS):
         dfs_cli("admin", "setgoal", "--dir", str(d), "1", "/")
         yield d
-
-
-def client(d: Path) -> Any:
-    layout = local.load_layout(d)
-    return FsClient.open_cluster(layout.meta_addresses, load_secret(layout.secret_file))
 
 
 def write_file(d: Path, name: bytes, data: bytes) -> int:

@@ -1,6 +1,7 @@
 """Local clusters (``dfs.cli.cluster``) for the tests that run real processes: the ``dfs``
 command run as an operator runs it, a cluster started for a block and stopped by PID after
-it, and the logs of a run printed, so that a failed test shows what the servers said.
+it, a client of it, and the logs of a run printed, so that a failed test shows what the
+servers said.
 
 What it must not do: choose a cluster's options (each test module, or its folder's helper
 such as ``tests/integration/admin_cluster.py``, says what its cluster needs).
@@ -12,12 +13,15 @@ import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from dfs.cli import cluster as local
+from dfs.client import FsClient
+from dfs.secret import load_secret
 
 # A command of the CLI; the slow ones (a 300 MiB put, a rebalance that waits) pass more.
 CLI_TIMEOUT_S = 120.0
@@ -46,6 +50,13 @@ def dfs_cli(
             f"{proc.stderr}"
         )
     return proc
+
+
+def client(cluster: Path | local.Layout, **options: Any) -> AbstractAsyncContextManager[FsClient]:
+    """``FsClient.open_cluster`` (``options``: its keywords) on the cluster of a layout, or
+    of a directory (its layout read now)."""
+    layout = local.load_layout(cluster) if isinstance(cluster, Path) else cluster
+    return FsClient.open_cluster(layout.meta_addresses, load_secret(layout.secret_file), **options)
 
 
 def print_logs(directory: Path, *, always: str | None = None) -> None:

@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 
 from dfs import pki, rpc
@@ -34,6 +33,7 @@ from dfs.secret import load_secret
 from dfs.wire.errors import AccessDenied, AuthError, PermissionDenied, Unavailable
 from dfs.wire.limits import ROOT_INO
 from dfs.wire.token import READ, make_token
+from tools.testing import localcluster
 
 # Refused peers are logged by the servers and the tests' own listener: what they provoke.
 pytestmark = [
@@ -44,17 +44,11 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
-    d = tmp_path_factory.mktemp("cluster")
-    lay = local.init_layout(
-        d, chunkservers=1, chunk_size=1 << 20, meta_options={"tick_ms": 50},
-        cs_options={"heartbeat_ms": 200}, tls=True,
-    )  # fmt: skip
-    local.start_daemons(lay)
-    try:
-        anyio.run(local.wait_ready, lay, 60.0)
+    with localcluster.running(
+        tmp_path_factory.mktemp("cluster"), chunkservers=1, chunk_size=1 << 20,
+        meta_options={"tick_ms": 50}, cs_options={"heartbeat_ms": 200}, tls=True,
+    ) as lay:  # fmt: skip
         yield lay
-    finally:
-        local.stop_daemons(lay, timeout_s=10)
 
 
 def client_only(layout: local.Layout) -> Credentials:

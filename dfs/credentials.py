@@ -57,6 +57,7 @@ class TlsCredential:
     path: Path
     role: str  # the role its certificate gives; what this process claims with it
     ca_pem: str = field(repr=False)
+    cert_id: str = ""  # its own certificate's fingerprint (``certified_peer`` gives peers')
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TlsCredential:
@@ -84,7 +85,8 @@ class TlsCredential:
             raise CredentialFileError(f"credential {os.fspath(p)!r}: unknown role {role!r}")
         # Every certificate after the process's own is a CA it trusts (two while a new CA
         # is rolled out, docs/SECURITY.md).
-        credential = cls(p, role, b"".join(certs[1:]).decode())
+        own = ssl.PEM_cert_to_DER_cert(certs[0].decode())
+        credential = cls(p, role, b"".join(certs[1:]).decode(), cert_fingerprint(own))
         try:
             credential.client_context  # noqa: B018 - load it now: errors here, not per dial
         except (ssl.SSLError, ValueError) as e:
@@ -188,6 +190,12 @@ def server_secret(credentials: Credentials) -> bytes:
     return credentials.secret
 
 
+def cert_fingerprint(der: bytes) -> str:
+    """What tokens are bound to in a TLS cluster: 32 hex digits of the certificate's
+    SHA-256 (``dfs/wire/token.py``)."""
+    return hashlib.sha256(der).hexdigest()[:32]
+
+
 def certified_peer(peercert: dict[str, Any] | None, der: bytes = b"") -> PeerInfo:
     """Who a verified peer certificate (``getpeercert()``, and ``der`` its bytes) says the
     peer is: role, name, the user it is restricted to, and the certificate's fingerprint
@@ -220,5 +228,5 @@ def certified_peer(peercert: dict[str, Any] | None, der: bytes = b"") -> PeerInf
             gids.append(int(number))
     if uid is None and gids:
         raise AuthError("the peer's certificate names groups without a uid")
-    cert_id = hashlib.sha256(der).hexdigest()[:32] if der else ""
+    cert_id = cert_fingerprint(der) if der else ""
     return PeerInfo(role, subject.get("commonName", "?"), uid, tuple(gids), cert_id)

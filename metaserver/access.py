@@ -219,6 +219,9 @@ def check(state: State, caller: Caller, op: str, fields: dict[str, Any]) -> None
     may run ``op`` with ``fields`` (already checked against the op's definition); an inode
     that is not there, or not a directory where one is needed, raises what the op would
     (``NotFound``, ``NotDir``)."""
+    if op == "admin.usage" and "ino" in fields and "path" not in fields:
+        _need(state, caller, fields["ino"], R, "read the usage")
+        return
     if op.startswith("admin.") or op in _REFUSED:
         raise PermissionDenied(f"a client restricted to a user does not send {op}", op=op)
     rule = _CHECKS.get(op)

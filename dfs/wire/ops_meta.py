@@ -496,7 +496,8 @@ ADMIN_TRASH_PURGE = _admin(
     answer="up to 4,096 entries leave the trash for collection: `purged`, `more` (bool)",
     session=True,
 )  # fmt: skip
-ADMIN_USAGE = _admin(
+# A user's too: what `du` would walk for (the mount's `getfattr -n dfs.usage`).
+ADMIN_USAGE = _fs(
     "admin.usage", Field("path", BYTES, required=False, doc="absolute"),
     _u("ino", False, "instead of `path`"),
     answer="from the namespace's recursive statistics, without a walk: `bytes` (regular "

@@ -179,13 +179,10 @@ def read_replica(cluster: Cluster, address: str, chunk_id: int, version: int, si
         conn = await rpc.connect(host, int(port), cluster.secret, name="test")
         try:
             expiry_ms = time.time_ns() // 1_000_000 + 60_000
-            token = make_token(
-                token_key(load_secret(cluster.layout.secret_file)),
-                chunk_id,
-                version,
-                READ,
-                expiry_ms,
-            )
+            key = token_key(load_secret(cluster.layout.secret_file))
+            # Bound to this connection's certificate in a TLS cluster (dfs/wire/token.py).
+            bound = cluster.secret.tls.cert_id if cluster.secret.tls is not None else ""
+            token = make_token(key, chunk_id, version, READ, expiry_ms, bound)
             _, payload = await conn.call(
                 "chunk.read", b"", chunk_id=chunk_id, version=version, offset=0, size=size,
                 token=token, expiry_ms=expiry_ms,

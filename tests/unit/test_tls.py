@@ -55,7 +55,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TlsCredential]:
 
 async def whoami(conn: rpc.Connection, header: dict[str, Any], payload: bytes) -> Any:
     assert conn.peer is not None
-    return {"role": conn.peer.role, "name": conn.peer.name}, b""
+    return {"role": conn.peer.role, "name": conn.peer.name, "cert": conn.peer.cert_id}, b""
 
 
 async def serve(cred: TlsCredential) -> rpc.RpcServer:
@@ -74,6 +74,9 @@ async def test_roles_come_from_certificates(pki: dict[str, TlsCredential]) -> No
             assert conn.peer.name == "meta-1"  # the certificate's CN, not the claim
             header, _ = await conn.call("who")
             assert (header["role"], header["name"]) == ("client", "mount-a")
+            # what tokens are bound to: the same on both ends, and not the other's
+            assert header["cert"] == pki["client"].cert_id != pki["meta"].cert_id
+            assert conn.peer.cert_id == pki["meta"].cert_id and len(header["cert"]) == 32
         finally:
             conn.close()
 

@@ -36,7 +36,9 @@ they all are (``rpc.Connection.after_read``), the Ready they made is handled rig
 when the loop task is idle and the Ready needs no wait: no snapshot, and nothing to write or
 a write made inline (below). That is a follower's append and acknowledgement, and a leader's
 commit with its proposers' answers: the commit's path then waits for no wake-up of the loop
-task on either.
+task on either. Proposals made in a client's read callback (``propose_nowait``, whose
+proposers are called back from the apply instead of awaiting) are taken the same way, once
+per read: the leader's new entries, its appends and its small inline write.
 Any other Ready, and every Ready of the other inputs, goes to the loop task.
 
 Only one Ready is in flight. While its disk work runs on the thread, the loop stays free to

@@ -23,8 +23,18 @@ ENOSPC. dfs has no reservations: modes 0 and ``KEEP_SIZE`` check that the cluste
 the bytes the range adds past the end of the file free (the free space ``df`` shows) and
 fail with ``NoSpace`` (ENOSPC) otherwise, which is what ``posix_fallocate`` callers test
 for; another writer can still take that space later. (``st_blocks`` follows the size in
-dfs, so ``du`` shows the allocated range as on ext4.) Zeroing (punch, zero range) writes zeros over the range inside the
-file: a punched chunk keeps its space until it is overwritten or truncated away.
+dfs, so ``du`` shows the allocated range as on ext4.)
+
+ZEROING (punch, zero range), in two steps. First ``fs.punch`` (the inode commits what it
+holds, then the metaserver drops every chunk whose bytes inside the file all lie in the
+range: ``metaserver/namespace/holes.py``): those chunks become holes, which read as zeros,
+and their replicas are deleted as garbage, so a punched chunk takes no space. Then the
+pieces of the range in chunks only partly inside it (at most one at each end) are
+overwritten with zeros, as ordinary writes. ``fs.punch`` is not sent when no chunk
+starts inside the range (the range is then all zeros written) nor when the range lies
+wholly past the end of the file.
+ZERO_RANGE drops whole chunks the same way: ext4 would keep them allocated (as unwritten
+extents), which only ``st_blocks`` could tell, and in dfs that follows the size anyway.
 """
 
 from __future__ import annotations
@@ -56,11 +66,11 @@ async def fallocate(inode: OpenInode, mode: int, offset: int, length: int) -> No
             await inode.truncate(end)  # a hole: reads as zeros, no chunk
         return
     if mode == FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE:
-        await _zero(inode, offset, min(end, inode.size))
+        await _punch(inode, offset, end)
         return
     if mode & ~FALLOC_FL_KEEP_SIZE == FALLOC_FL_ZERO_RANGE:
         size = inode.size
-        await _zero(inode, offset, min(end, size))
+        await _punch(inode, offset, end)
         if not keep_size and end > size:
             await inode.truncate(end)
         return
@@ -73,6 +83,24 @@ async def _check_space(inode: OpenInode, added: int) -> None:
     statfs = StatFs.from_wire(await inode.io.meta.read("fs.statfs"))
     if added > statfs.bytes_free:
         raise NoSpace("fallocate: not that much space free", bytes=added, free=statfs.bytes_free)
+
+
+async def _punch(inode: OpenInode, offset: int, end: int) -> None:
+    """``[offset, end)`` reads as zeros where it lies inside the file (ZEROING above)."""
+    end = min(end, inode.size)
+    if end <= offset:
+        return  # wholly past the end of the file: nothing to zero
+    chunk_size = inode.io.chunk_size
+    if -(-offset // chunk_size) * chunk_size >= end:
+        # No chunk starts inside the range, so none lies wholly in it: only zeros to write.
+        await _zero(inode, offset, end)
+        return
+    first, stop = await inode.punch(offset, end - offset)
+    if stop <= first:
+        await _zero(inode, offset, end)
+        return
+    await _zero(inode, offset, min(end, first * chunk_size))
+    await _zero(inode, max(offset, stop * chunk_size), end)
 
 
 async def _zero(inode: OpenInode, start: int, end: int) -> None:

@@ -900,19 +900,35 @@ class OpenInode:
             await self._flush_locked(sync=True)
             header = await self.io.meta.mutate("fs.setattr", ino=self.ino, size=size, **fields)
             attr = Attr.from_wire(header.get("attr"))
-            self.saw(attr)
-            chunk_size = self.io.chunk_size
-            cut = size // chunk_size  # the first chunk changed or dropped
-            for index in [i for i in self._writers if i >= cut]:
-                del self._writers[index]
-            for index in [i for i in self._written if i >= cut]:
-                del self._written[index]
-            self.io.locations.drop(self.ino)
             self.size = size
             self._uploaded_end = min(self._uploaded_end, size)
-            self.generation += 1
-            self.io.on_attr(attr)
+            self._changed(attr, size // self.io.chunk_size, None)  # from the chunk cut
             return attr
+
+    async def punch(self, offset: int, length: int) -> tuple[int, int]:
+        """``fs.punch`` (metaserver/namespace/holes.py) after everything written before has
+        been committed, so that no upload of ours lands in a chunk it drops (nor recreates
+        one after it); then forget handles and locations of the dropped chunks. Returns
+        the span ``(first, stop)`` of chunk indexes dropped; the caller zeros the rest."""
+        async with self._lock:
+            await self._flush_locked(sync=True)
+            header = await self.io.meta.mutate(
+                "fs.punch", ino=self.ino, offset=offset, length=length
+            )
+            first, stop = int(header["first"]), int(header["stop"])
+            self._changed(Attr.from_wire(header.get("attr")), first, stop)
+            return first, stop
+
+    def _changed(self, attr: Attr, first: int, stop: int | None) -> None:
+        """The metaserver cut or dropped chunks ``[first, stop)`` (``stop`` None: to the
+        end): their write handles, lengths written and locations are out of date."""
+        self.saw(attr)
+        for table in (self._writers, self._written):
+            for index in [i for i in table if i >= first and (stop is None or i < stop)]:
+                del table[index]
+        self.io.locations.drop(self.ino)
+        self.generation += 1
+        self.io.on_attr(attr)
 
     # ------------------------------------------------------------------ reading
 

@@ -236,6 +236,17 @@ FS_WRITE_HANDLE = _fs(
     reply=shapes.WRITE_HANDLE,
     session=True,
 )  # fmt: skip
+FS_PUNCH = _fs(
+    "fs.punch", _i("ino"), _i("offset", doc="bytes, as a size"), _i("length", doc=">= 1"),
+    reply=(ATTR, _u("first", doc="first chunk index of the span"),
+           _u("stop", doc="chunk index past it"), _u("dropped", doc="chunks dropped")),
+    answer="the chunks whose bytes inside the file all lie in `[offset, offset + length)` "
+    "leave the file (they read as zeros; their replicas are collected as garbage): those "
+    "of `[first, stop)` (empty when `stop <= first`); the size stays, mtime and ctime move. "
+    "The rest of the range is the sender's to zero. `fallocate(PUNCH_HOLE)` and "
+    "`ZERO_RANGE` (metaserver/namespace/holes.py)",
+    session=True,
+)  # fmt: skip
 
 # ------------------------------------------------------------------ leases, batches, pools
 FS_DIR_LEASE = _fs(
@@ -535,7 +546,7 @@ META_OPS: tuple[Op, ...] = (
     FS_LOOKUP, FS_GETATTR, FS_OPEN, FS_RELEASE, FS_KEEPALIVE, FS_READDIR, FS_READLINK,
     FS_GETXATTR, FS_LISTXATTR, FS_STATFS, FS_LOCATE,
     FS_MKDIR, FS_CREATE, FS_MKNOD, FS_SYMLINK, FS_LINK, FS_UNLINK, FS_RMDIR, FS_RENAME,
-    FS_SETATTR, FS_SETXATTR, FS_REMOVEXATTR, FS_SET_GOAL, FS_COMMIT, FS_WRITE_HANDLE,
+    FS_SETATTR, FS_SETXATTR, FS_REMOVEXATTR, FS_SET_GOAL, FS_COMMIT, FS_WRITE_HANDLE, FS_PUNCH,
     FS_DIR_LEASE, FS_LEASE_RELEASE, FS_BATCH, FS_RESERVE,
     CS_REGISTER, CS_HEARTBEAT, CS_REPORT, CS_BAD_CHUNKS,
     STATUS, ADMIN_REBALANCE, ADMIN_DRAIN, ADMIN_FORGET, ADMIN_FSCK, ADMIN_GOALS, ADMIN_SET_GOAL,

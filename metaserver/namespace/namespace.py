@@ -47,6 +47,7 @@ from metaserver.namespace.commands import (
     check_xattr_name,
     decode_command,
 )
+from metaserver.namespace.holes import HOLE_OPS
 from metaserver.namespace.ops import OPS
 from metaserver.namespace.state import State, attr, chunk_info
 from metaserver.namespace.trash import TRASH_OPS
@@ -79,11 +80,15 @@ class Namespace(State):
         except ProtocolError as e:
             return _error(e)
         # A batch, a file-system op (ops.py), one of the operator's (cluster.py), a
-        # subtree's (tree.py) or the trash's (trash.py).
+        # subtree's (tree.py), the trash's (trash.py) or a punched hole (holes.py).
         handler = (
             batch
             if op == "batch"
-            else OPS.get(op) or CLUSTER_OPS.get(op) or TREE_OPS.get(op) or TRASH_OPS.get(op)
+            else OPS.get(op)
+            or CLUSTER_OPS.get(op)
+            or TREE_OPS.get(op)
+            or TRASH_OPS.get(op)
+            or HOLE_OPS.get(op)
         )
 
         def run() -> dict[str, Any]:

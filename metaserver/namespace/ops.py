@@ -105,16 +105,6 @@ def _uid_gid(a: dict[str, Any]) -> tuple[int, int]:
     return arg_int(a, "uid", 0, UINT32_MAX), arg_int(a, "gid", 0, UINT32_MAX)
 
 
-def _regular(st: State, ino: int) -> Inode:
-    """A regular file: IsDir for a directory (EISDIR), Invalid for anything else (EINVAL)."""
-    inode = st.inode(ino)
-    if inode.chunks is None:
-        if inode.dir is not None:
-            raise IsDir("is a directory", ino=ino)
-        raise Invalid("not a regular file", ino=ino)
-    return inode
-
-
 # --- creating names -------------------------------------------------------------------
 
 _MKDIR = frozenset({"parent", "name", "mode", "uid", "gid", "ino", "pool"})
@@ -533,7 +523,7 @@ def set_attr(st: State, now_ns: int, a: dict[str, Any]) -> Result:
         mtime_ns = now_ns
     inode = st.inode(ino)
     if size is not None:
-        _regular(st, ino)  # truncate(2): EISDIR on a directory, EINVAL on other types
+        st.regular(ino)  # truncate(2): EISDIR on a directory, EINVAL on other types
     # --- checked: change the state ---
     _set_mode_owner(inode, mode, uid, gid)
     cut: dict[str, Any] | None = None
@@ -643,7 +633,7 @@ def write_handle(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     index = arg_int(a, "index", 0, INT63_MAX)
     replicas = arg_int_list(a, "replicas", REPLICAS_MAX)
     drop = arg_int_list(a, "drop", REPLICAS_MAX) if "drop" in a else []
-    inode = _regular(st, ino)
+    inode = st.regular(ino)
     if index > chunk_index_max(st.chunk_size_bytes):
         raise TooBig("chunk index past the largest file", index=index)  # EFBIG
     chunks = inode.chunks
@@ -720,7 +710,7 @@ def commit(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     uid = arg_opt_int(a, "uid", 0, UINT32_MAX)
     gid = arg_opt_int(a, "gid", 0, UINT32_MAX)
     atime_ns = arg_opt_int(a, "atime_ns", INT64_MIN, INT63_MAX)
-    inode = _regular(st, ino)
+    inode = st.regular(ino)
     chunks = inode.chunks
     assert chunks is not None
     table = st.chunk_table

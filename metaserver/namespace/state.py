@@ -67,7 +67,7 @@ from typing import Any
 
 import msgpack
 
-from dfs.wire.errors import NotDir, NotFound
+from dfs.wire.errors import Invalid, IsDir, NotDir, NotFound
 from dfs.wire.limits import CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN, DIR_BLOCKS, DIR_SIZE_BYTES
 from dfs.wire.limits import ROOT_INO as ROOT_INO  # its importers take it from here
 from metaserver.namespace import rstats
@@ -353,6 +353,16 @@ class State:
             raise NotDir("not a directory", ino=ino)
         return inode, d
 
+    def regular(self, ino: int) -> Inode:
+        """A regular file: IsDir for a directory (EISDIR), Invalid for anything else
+        (EINVAL), as truncate(2) and fallocate(2) give."""
+        inode = self.inode(ino)
+        if inode.chunks is None:
+            if inode.dir is not None:
+                raise IsDir("is a directory", ino=ino)
+            raise Invalid("not a regular file", ino=ino)
+        return inode
+
     # --- structural steps (callers have checked every error condition first) ----------
 
     def new_inode(
@@ -403,11 +413,13 @@ class State:
         if inode.chunks is not None:
             self.files_count -= 1
             self.file_bytes -= inode.size
-            self._drop_chunks(inode, sorted(inode.chunks))
+            self.drop_chunks(inode, sorted(inode.chunks))
         elif inode.dir is not None:
             self.dirs_count -= 1
 
-    def _drop_chunks(self, inode: Inode, indexes: list[int]) -> None:
+    def drop_chunks(self, inode: Inode, indexes: list[int]) -> None:
+        """The chunks at ``indexes`` (which must exist) leave the file and the table for
+        ``garbage``; the size stays (the caller keeps it right)."""
         chunks = inode.chunks
         assert chunks is not None
         table = self.chunk_table
@@ -451,7 +463,7 @@ class State:
         first_dropped = -(-size // chunk_size)  # chunks at this index and above start >= size
         dropped = sorted(i for i in chunks if i >= first_dropped)
         if dropped:
-            self._drop_chunks(inode, dropped)
+            self.drop_chunks(inode, dropped)
         cut_index = size // chunk_size
         cut_id = chunks.get(cut_index)
         chunk = None

@@ -38,16 +38,14 @@ from metaserver.namespace.commands import (
     DIR_ENTRIES_MAX,
     TRASH_BATCH_MAX,
     TRASH_S_MAX,
-    arg_bool,
     arg_bytes,
-    arg_ino,
     arg_int,
     arg_int_list,
     check_fields,
     check_name,
 )
 from metaserver.namespace.state import ROOT_INO, Inode, State
-from metaserver.namespace.tree import PATH_BYTES_MAX, WALK_LIMIT_MAX, check_cursor, resume, walk
+from metaserver.namespace.tree import PATH_BYTES_MAX, set_tree
 
 Result = dict[str, Any]
 # Stale heap entries are dropped once they outnumber the live ones by this many.
@@ -264,41 +262,19 @@ def trash_restore(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     return {"ok": True, "restored": restored, "failed": failed}
 
 
-_SET_TRASH_TREE = frozenset({"ino", "trash_s", "recursive", "cursor", "limit"})
-
-
 def set_trash_tree(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     """``trash_s`` on ``ino`` and (``recursive``) on everything below it, one page of the
-    walk a command, as ``set_goal_tree`` (tree.py): ``{changed, unchanged, cursor}``."""
-    check_fields(a, _SET_TRASH_TREE)
-    ino = arg_ino(a, "ino")
-    trash_s = arg_int(a, "trash_s", 0, TRASH_S_MAX)
-    recursive = arg_bool(a, "recursive", False)
-    limit = arg_int(a, "limit", 1, WALK_LIMIT_MAX)
-    cursor = a.get("cursor")
-    root = st.inode(ino)
-    if cursor is not None:
-        if not recursive:
-            raise Invalid("cursor: only for a recursive change")
-        resume(st, root, check_cursor(cursor))  # every check before the first change
-    changed = unchanged = 0
+    walk a command, as ``set_goal_tree`` (tree.py's ``set_tree`` walks for both):
+    ``{changed, unchanged, cursor}``."""
 
-    def visit(_path: bytes, inode: Inode) -> bool:
-        nonlocal changed, unchanged
+    def set_trash_s(inode: Inode, trash_s: int) -> bool:
         if inode.trash_s == trash_s:
-            unchanged += 1
-        else:
-            inode.trash_s = trash_s
-            inode.ctime_ns = now_ns
-            changed += 1
-        return False
+            return False
+        inode.trash_s = trash_s
+        return True
 
-    if recursive:
-        next_cursor = walk(st, ino, cursor, limit, visit)
-    else:
-        visit(b"", root)
-        next_cursor = None
-    return {"ok": True, "changed": changed, "unchanged": unchanged, "cursor": next_cursor}
+    changed, unchanged, cursor = set_tree(st, now_ns, a, "trash_s", 0, TRASH_S_MAX, set_trash_s)
+    return {"ok": True, "changed": changed, "unchanged": unchanged, "cursor": cursor}
 
 
 TRASH_OPS = {

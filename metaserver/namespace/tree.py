@@ -1,5 +1,6 @@
-"""Subtrees of the namespace: resolving a path, walking a subtree in pages, and the
-recursive goal change (``set_goal_tree``). Pure.
+"""Subtrees of the namespace: resolving a path, walking a subtree in pages, setting a field
+over a subtree in pages (``set_tree``), and the recursive goal change (``set_goal_tree``).
+Pure.
 
 What it owns: the order of a walk and its cursor, which the operator's ops on the leader
 (``metaserver/admin.py``: fsck, getgoal) and the ``set_goal_tree`` command share. What it
@@ -150,20 +151,25 @@ def walk(st: State, root_ino: int, cursor: Any, limit: int, visit: Visit) -> Cur
     return None
 
 
-# --- set_goal_tree -------------------------------------------------------------------------
+# --- setting a field over a subtree ------------------------------------------------------
 
-_SET_GOAL_TREE = frozenset({"ino", "goal", "recursive", "cursor", "limit"})
+# set(inode, value) -> True when it changed the inode, False when the inode held the value
+Setter = Callable[[Inode, int], bool]
 
 
-def set_goal_tree(st: State, now_ns: int, a: dict[str, Any]) -> dict[str, Any]:
-    """``goal`` on ``ino`` and (``recursive``) on everything below it, one page of the walk
-    a command (``limit`` entries): ``{changed, unchanged, dirs, cursor}``, ``dirs`` the
-    directories whose goal changed (their leases are recalled by the leader: a lease holder
-    gives new files its directory's goal), ``cursor`` None once the subtree is done. An
-    inode whose goal changes gets ``ctime`` = now, as ``set_goal``."""
-    check_fields(a, _SET_GOAL_TREE)
+def set_tree(
+    st: State, now_ns: int, a: dict[str, Any], field: str, low: int, high: int, setter: Setter
+) -> tuple[int, int, Cursor | None]:
+    """The body of a recursive change (``set_goal_tree``, trash.py's ``set_trash_tree``):
+    the command's fields are ``ino``, ``field`` (an int from ``low`` to ``high``),
+    ``recursive``, ``cursor`` and ``limit``; ``setter`` gives ``ino`` and (``recursive``)
+    everything below it that value, one page of the walk a command (``limit`` entries).
+    An inode the setter changes gets ``ctime`` = now. Returns (changed, unchanged, the
+    cursor to resume from or None once the subtree is done). Every argument and the
+    cursor are checked before the first change."""
+    check_fields(a, frozenset({"ino", field, "recursive", "cursor", "limit"}))
     ino = arg_ino(a, "ino")
-    goal = arg_int(a, "goal", GOAL_MIN, GOAL_MAX)
+    value = arg_int(a, field, low, high)
     recursive = arg_bool(a, "recursive", False)
     limit = arg_int(a, "limit", 1, WALK_LIMIT_MAX)
     cursor = a.get("cursor")
@@ -173,18 +179,14 @@ def set_goal_tree(st: State, now_ns: int, a: dict[str, Any]) -> dict[str, Any]:
             raise Invalid("cursor: only for a recursive change")
         resume(st, root, check_cursor(cursor))  # every check before the first change
     changed = unchanged = 0
-    dirs: list[int] = []
 
     def visit(_path: bytes, inode: Inode) -> bool:
         nonlocal changed, unchanged
-        if inode.goal == goal:
-            unchanged += 1
-        else:
-            st.set_goal(inode, goal)
+        if setter(inode, value):
             inode.ctime_ns = now_ns
             changed += 1
-            if inode.dir is not None:
-                dirs.append(inode.ino)
+        else:
+            unchanged += 1
         return False
 
     if recursive:
@@ -192,8 +194,28 @@ def set_goal_tree(st: State, now_ns: int, a: dict[str, Any]) -> dict[str, Any]:
     else:
         visit(b"", root)
         next_cursor = None
+    return changed, unchanged, next_cursor
+
+
+def set_goal_tree(st: State, now_ns: int, a: dict[str, Any]) -> dict[str, Any]:
+    """``goal`` on ``ino`` and (``recursive``) on everything below it, one page of the walk
+    a command (``limit`` entries): ``{changed, unchanged, dirs, cursor}``, ``dirs`` the
+    directories whose goal changed (their leases are recalled by the leader: a lease holder
+    gives new files its directory's goal), ``cursor`` None once the subtree is done. An
+    inode whose goal changes gets ``ctime`` = now, as ``set_goal``."""
+    dirs: list[int] = []
+
+    def set_goal(inode: Inode, goal: int) -> bool:
+        if inode.goal == goal:
+            return False
+        st.set_goal(inode, goal)
+        if inode.dir is not None:
+            dirs.append(inode.ino)
+        return True
+
+    changed, unchanged, cursor = set_tree(st, now_ns, a, "goal", GOAL_MIN, GOAL_MAX, set_goal)
     return {"ok": True, "changed": changed, "unchanged": unchanged, "dirs": dirs,
-            "cursor": next_cursor}  # fmt: skip
+            "cursor": cursor}  # fmt: skip
 
 
 TREE_OPS = {"set_goal_tree": set_goal_tree}
@@ -206,5 +228,6 @@ __all__ = [
     "check_cursor",
     "resolve",
     "resume",
+    "set_tree",
     "walk",
 ]

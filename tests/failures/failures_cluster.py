@@ -22,6 +22,7 @@ from dfs import rpc
 from dfs.cli import cluster as local
 from dfs.secret import load_secret
 from dfs.wire.token import READ, make_token, token_key
+from tools.testing import localcluster
 from tools.testing.poll import wait_for
 
 CHUNK = 1 << 20
@@ -73,8 +74,7 @@ class Cluster:
         self.start()
 
     def start(self) -> None:
-        local.start_daemons(self.layout)
-        anyio.run(local.wait_ready, self.layout, 60.0)
+        localcluster.start(self.layout)
 
     def status(self) -> dict[str, Any]:
         return anyio.run(local.cluster_status, self.layout.meta_addresses, self.secret)
@@ -119,11 +119,7 @@ class Cluster:
         local.stop_mounts(self.layout)
         # Read again: dfs up --add-chunkservers and metaserver add --local grow it on disk.
         self.layout = local.load_layout(self.layout.dir)
-        local.stop_daemons(self.layout, timeout_s=10)
-        for log in sorted((self.layout.dir / "logs").glob("*.log")):
-            text = log.read_text(errors="replace")
-            if "Traceback" in text or " ERROR " in text or "mount" in log.name:
-                print(f"----- {log.name}\n{text[-6000:]}")
+        localcluster.stop(self.layout.dir, always="mount")  # the mounts' logs, whatever they say
 
 
 @contextlib.contextmanager

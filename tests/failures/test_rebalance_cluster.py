@@ -27,6 +27,7 @@ import pytest
 from failures_cluster import CHUNK, Cluster, _meta_call, running, wait_until
 
 from dfs.cli import cluster as local
+from tools.testing import localcluster
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -39,14 +40,12 @@ WRITER_FILES_MAX = 64
 
 
 def dfs_cli(
-    cluster: Cluster, *args: str, timeout_s: float = 300
+    cluster: Cluster, *args: str, code: int | None = 0, timeout_s: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dfs.cli.main", *args, "--dir", str(cluster.layout.dir)],
-        capture_output=True, text=True, timeout=timeout_s,
-    )  # fmt: skip
-    assert proc.returncode == 0, f"dfs {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
-    return proc
+    """``dfs ARGS --dir`` the cluster's directory (``localcluster.dfs_cli``); 300 s by
+    default: a drain or a rebalance waits."""
+    d = str(cluster.layout.dir)
+    return localcluster.dfs_cli(*args, "--dir", d, code=code, timeout_s=timeout_s)
 
 
 def fill(mnt: Path, count: int, prefix: str) -> dict[Path, str]:
@@ -259,10 +258,7 @@ def test_decommission_then_forget(grown: Cluster, tmp_path: Path) -> None:
     assert gone["state"] == "drained" and gone["chunks"] == 0
     check_files(sums)
     # Forgetting is refused while it runs; once it is stopped and dead it leaves the cluster.
-    refused = subprocess.run(
-        [sys.executable, "-m", "dfs.cli.main", "admin", "forget", str(victim["id"]),
-         "--dir", str(cluster.layout.dir)], capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    refused = dfs_cli(cluster, "admin", "forget", str(victim["id"]), code=None, timeout_s=60)
     assert refused.returncode != 0
     grown_layout = local.load_layout(cluster.layout.dir)  # with the chunkserver added
     name = next(f"cs{i}" for i, a in grown_layout.chunkservers.items() if a == victim["address"])

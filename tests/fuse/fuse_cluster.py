@@ -10,11 +10,13 @@ is detached), and the logs of a failed run are printed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from dfs.cli import cluster as local
 from dfs.fuse.mountinfo import mount_info
+from dfs.secret import load_secret
 from tools.testing.poll import wait_for
 
 CHUNK = 1 << 20
@@ -49,6 +51,22 @@ def stop_cluster(layout: local.Layout) -> None:
     local.stop_mounts(layout)
     local.stop_daemons(layout, timeout_s=10)
     print_logs(layout.dir)
+
+
+def leader_view(layout: local.Layout) -> dict[str, Any]:
+    """The leader's ``status`` ({} while there is none)."""
+    secret = load_secret(layout.secret_file)
+    for address in layout.meta_addresses:
+        view = anyio.run(local._status_of, address, secret)
+        if view and view.get("role") == "leader":
+            return view
+    return {}
+
+
+def chunk_counts(layout: local.Layout) -> tuple[int, int]:
+    """(chunks in the chunk table, chunks the chunkservers hold, as they last said)."""
+    view = leader_view(layout)
+    return view.get("chunks", -1), sum(c["chunks"] for c in view.get("chunkservers", []))
 
 
 class Mounts:

@@ -1,7 +1,9 @@
 """``fallocate(2)`` through the mount (dfs/client/allocate.py, the mount's ``fallocate``):
 mode 0 and ``KEEP_SIZE`` set the size and leave a hole, ``PUNCH_HOLE`` and ``ZERO_RANGE``
-read as zeros, other modes are refused; and an fsx-style run (random writes, reads,
-truncates and the three modes against a model of the file, checked on every read).
+read as zeros, other modes are refused; a punch over whole chunks frees them (out of the
+file, then off the chunkservers: this module's cluster collects garbage after 1 s); and
+an fsx-style run (random writes, reads, truncates and the three modes against a model of
+the file, checked on every read).
 
 The mount gets fallocate only from the patched pyfuse3 (patches/, scripts/bootstrap); the
 first test says so plainly when the binding lacks it.
@@ -17,10 +19,17 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pyfuse3
 import pytest
-from fuse_cluster import CHUNK, Mounts
+from fuse_cluster import CHUNK, Mounts, chunk_counts, leader_view, start_cluster, stop_cluster
+
+from dfs.cli import cluster as local
+from dfs.client import FsClient
+from dfs.secret import load_secret
+from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -33,6 +42,16 @@ FSX_SIZE_MAX = 3 * CHUNK + 12345
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
+    """The FUSE tests' cluster, collecting garbage 1 s after it is made (not 30 s)."""
+    layout = start_cluster(tmp_path_factory.mktemp("cluster"), gc_grace_ms=1000)
+    try:
+        yield layout
+    finally:
+        stop_cluster(layout)
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
@@ -115,6 +134,58 @@ def test_punch_hole_reads_zeros_and_keeps_the_size(workdir: Path, mounts: Mounts
     assert other.read_bytes() == data
 
 
+def located(layout: local.Layout, ino: int) -> dict[int, int]:
+    """Chunk index -> chunk id of file ``ino``, as the metaserver answers ``fs.locate``."""
+
+    async def ask() -> list[dict[str, Any]]:
+        secret = load_secret(layout.secret_file)
+        async with FsClient.open_cluster(layout.meta_addresses, secret) as fs:
+            header = await fs.meta.read("fs.locate", ino=ino, index=0, count=64)
+            return list(header["chunks"])
+
+    return {c["index"]: c["chunk_id"] for c in anyio.run(ask)}
+
+
+def replica_files(layout: local.Layout, chunk_id: int) -> list[Path]:
+    """The chunkservers' replica files of ``chunk_id`` (dfs/wire/replicafile.py names them)."""
+    return list(layout.dir.rglob(f"{chunk_id:016x}.chunk"))
+
+
+def test_punch_over_whole_chunks_frees_them_in_the_file_and_on_the_chunkservers(
+    cluster: local.Layout, workdir: Path, mounts: Mounts
+) -> None:
+    path = workdir / "freed"
+    data = bytearray(random.Random(4).randbytes(7 * CHUNK + 5000))  # chunks 0..7
+    path.write_bytes(data)
+    ino = os.stat(path).st_ino  # the mount's inode numbers are dfs's
+    before = located(cluster, ino)
+    assert sorted(before) == list(range(8))
+    table_before, _ = chunk_counts(cluster)
+    assert all(len(replica_files(cluster, before[i])) == 3 for i in (2, 3, 4, 5))
+    # [CHUNK + 100, 6 CHUNK + 50): chunks 2 to 5 lie wholly inside; 1 and 6 only partly.
+    start, end = CHUNK + 100, 6 * CHUNK + 50
+    with opened(path) as fd:
+        os.pread(fd, len(data), 0)  # cached pages: the punch must drop them
+        fallocate(fd, PUNCH_HOLE | KEEP_SIZE, start, end - start)
+        data[start:end] = bytes(end - start)
+        # (a) zeros in the range, the rest intact, the size kept.
+        assert os.fstat(fd).st_size == len(data)
+        assert os.pread(fd, len(data), 0) == data
+    # (b) the chunks left the file and the chunk table.
+    after = located(cluster, ino)
+    assert after == {i: before[i] for i in (0, 1, 6, 7)}
+    assert chunk_counts(cluster)[0] == table_before - 4
+    # Another mount (nothing cached) reads the holes as zeros.
+    assert (mounts.mount("punch-other") / workdir.name / "freed").read_bytes() == data
+    # (c) their replicas are deleted on the chunkservers once collected.
+    wait_for(lambda: all(not replica_files(cluster, before[i]) for i in (2, 3, 4, 5)), 60,
+             "the punched chunks' replicas to be deleted")  # fmt: skip
+    wait_for(lambda: leader_view(cluster).get("health", {}).get("garbage") == 0, 30,
+             "the leader to forget the collected chunks")  # fmt: skip
+    assert all(len(replica_files(cluster, before[i])) == 3 for i in (0, 1, 6, 7))
+    assert path.read_bytes() == data
+
+
 def test_zero_range_zeros_and_may_grow(workdir: Path) -> None:
     path = workdir / "zeroed"
     data = bytearray(b"y" * 5000)
@@ -150,9 +221,9 @@ def test_fsx_style_random_operations_with_fallocate(workdir: Path) -> None:
     path = workdir / "fsx"
     log: list[str] = []
 
-    def where(limit: int) -> tuple[int, int]:
+    def where(limit: int, longest: int = CHUNK + 4096) -> tuple[int, int]:
         offset = rng.randrange(0, limit)
-        return offset, rng.randrange(1, min(FSX_SIZE_MAX - offset, CHUNK + 4096) + 1)
+        return offset, rng.randrange(1, min(FSX_SIZE_MAX - offset, longest) + 1)
 
     with opened(path) as fd:
         for i in range(FSX_OPS):
@@ -178,7 +249,8 @@ def test_fsx_style_random_operations_with_fallocate(workdir: Path) -> None:
                 model[size:] = b""
                 model.extend(bytes(size - len(model)))
             else:
-                offset, length = where(FSX_SIZE_MAX - 1)
+                # Up to two chunks long, so that many ranges hold a whole chunk (dropped).
+                offset, length = where(FSX_SIZE_MAX - 1, 2 * CHUNK + 4096)
                 end = offset + length
                 mode = {"falloc": 0, "keep": KEEP_SIZE, "punch": PUNCH_HOLE | KEEP_SIZE,
                         "zero": ZERO_RANGE, "zero_keep": ZERO_RANGE | KEEP_SIZE}[op]  # fmt: skip

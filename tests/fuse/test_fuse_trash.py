@@ -18,14 +18,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import anyio
 import pytest
-from fuse_cluster import CHUNK, start_cluster, stop_cluster
+from fuse_cluster import CHUNK, chunk_counts, start_cluster, stop_cluster
 
 from dfs.cli import cluster as local
-from dfs.secret import load_secret
 from dfs.wire.limits import DIR_SIZE_BYTES
 from tools.testing.poll import wait_for
 
@@ -50,21 +47,6 @@ def admin(layout: local.Layout, *args: str) -> str:
     )  # fmt: skip
     assert proc.returncode == 0, f"dfs admin {' '.join(args)}: {proc.stdout}{proc.stderr}"
     return proc.stdout
-
-
-def leader_view(layout: local.Layout) -> dict[str, Any]:
-    secret = load_secret(layout.secret_file)
-    for address in layout.meta_addresses:
-        view = anyio.run(local._status_of, address, secret)
-        if view and view.get("role") == "leader":
-            return view
-    return {}
-
-
-def chunk_counts(layout: local.Layout) -> tuple[int, int]:
-    """(chunks in the chunk table, chunks the chunkservers hold, as they last said)."""
-    view = leader_view(layout)
-    return view.get("chunks", -1), sum(c["chunks"] for c in view.get("chunkservers", []))
 
 
 def make_tree(root: Path, rng: random.Random) -> dict[str, bytes]:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,10 +26,13 @@ from typing import Any
 
 import anyio
 import pytest
+from admin_cluster import running
 
 from dfs import rpc
 from dfs.cli import cluster as local
 from dfs.secret import load_secret
+from tools.testing.localcluster import dfs_cli
+from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -39,52 +40,17 @@ MIB = 1 << 20
 DEADLINE_S = 30.0
 
 
-def dfs_cli(*args: str, code: int | None = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dfs.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if code is not None and proc.returncode != code:
-        raise AssertionError(
-            f"dfs {' '.join(args)}: exit {proc.returncode}, not {code}:\n{proc.stdout}\n"
-            f"{proc.stderr}"
-        )
-    return proc
-
-
 def eventually(check: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)  # polling the cluster's own report, with a deadline
+    """``tools.testing.poll.wait_for`` with this module's deadline."""
+    return wait_for(check, timeout_s, what)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("admin") / "cluster"
-    local.init_layout(
-        d,
-        metaservers=1,
-        chunkservers=3,
-        chunk_size=1 * MIB,
-        meta_options={"dead_timeout_ms": 1500, "repair_interval_ms": 200, "repair_quiet_ms": 500},
-        cs_options={"capacity_bytes": 64 * MIB, "heartbeat_ms": 200, "rack": "r1"},
-    )
-    try:
-        out = dfs_cli("up", "--dir", str(d), "--detach", "--no-mount").stdout
+    with running(d, chunk_size=1 * MIB, cs_options={"rack": "r1"}) as out:
         (d / "up.out").write_text(out)
         yield d
-    finally:
-        local.stop_daemons(local.load_layout(d), timeout_s=10)
-        for log in sorted((d / "logs").glob("*.log")):
-            text = log.read_text(errors="replace")
-            if "Traceback" in text:
-                print(f"----- {log.name}\n{text[-4000:]}")
 
 
 def leader_call(d: Path, op: str, **fields: Any) -> dict[str, Any]:

@@ -18,61 +18,32 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
+from admin_cluster import CHUNK, REPORT_OPTIONS, running
 
 from dfs.cli import cluster as local
 from dfs.client import FsClient
 from dfs.secret import load_secret
+from tools.testing.localcluster import client, dfs_cli
 from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-CHUNK = 256 << 10
 DEADLINE_S = 60.0
 MODE = 0o100644
-
-
-def dfs_cli(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dfs.cli.main", *args], capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    if proc.returncode != code:
-        raise AssertionError(
-            f"dfs {' '.join(args)}: exit {proc.returncode}, not {code}:\n{proc.stdout}\n"
-            f"{proc.stderr}"
-        )
-    return proc
 
 
 @pytest.fixture(params=[1])
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A running cluster of ``request.param`` metaservers and three chunkservers."""
     d = tmp_path / "cluster"
-    local.init_layout(
-        d,
-        metaservers=request.param,
-        chunkservers=3,
-        chunk_size=CHUNK,
-        meta_options={"dead_timeout_ms": 1500, "repair_interval_ms": 200, "repair_quiet_ms": 500},
-        cs_options={"capacity_bytes": 64 << 20, "heartbeat_ms": 200, "report_interval_ms": 1000},
-    )
-    try:
-        dfs_cli("up", "--dir", str(d), "--detach", "--no-mount")
+    with running(d, metaservers=request.param, cs_options=REPORT_OPTIONS):
         yield d
-    finally:
-        local.stop_daemons(local.load_layout(d), timeout_s=10)
-        for log in sorted((d / "logs").glob("*.log")):
-            text = log.read_text(errors="replace")
-            if "Traceback" in text:
-                print(f"----- {log.name}\n{text[-4000:]}")
 
 
 class Writer:
@@ -115,12 +86,8 @@ class Writer:
 
 
 def read_tree(d: Path) -> dict[bytes, bytes]:
-    layout = local.load_layout(d)
-
     async def go() -> dict[bytes, bytes]:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as fs:
+        async with client(d) as fs:
             top = await fs.lookup(1, b"load")
             out = {}
             async for entry in fs.readdir(top.ino):
@@ -140,12 +107,9 @@ def read_tree(d: Path) -> dict[bytes, bytes]:
 
 def write_at(d: Path, name: bytes, offset: int, data: bytes) -> None:
     """Write ``data`` at ``offset`` of /name (made if missing), then close."""
-    layout = local.load_layout(d)
 
     async def go() -> None:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as fs:
+        async with client(d) as fs:
             _, f = await fs.create_and_open(1, name, MODE, os.O_WRONLY | os.O_CREAT)
             try:
                 await f.write(offset, data)
@@ -156,12 +120,8 @@ def write_at(d: Path, name: bytes, offset: int, data: bytes) -> None:
 
 
 def read_file(d: Path, name: bytes) -> bytes:
-    layout = local.load_layout(d)
-
     async def go() -> bytes:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as fs:
+        async with client(d) as fs:
             attr = await fs.lookup(1, name)
             f = await fs.open(attr.ino, os.O_RDONLY)
             try:
@@ -230,9 +190,7 @@ def test_backup_under_load_restored_into_a_new_group(cluster: Path, tmp_path: Pa
 
     # The restored group writes new files (fresh chunk ids), and reads them back.
     async def write_new() -> bytes:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as fs:
+        async with client(layout) as fs:
             data = os.urandom(CHUNK + 10)
             _, f = await fs.create_and_open(1, b"after", MODE, os.O_RDWR | os.O_CREAT)
             try:

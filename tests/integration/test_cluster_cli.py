@@ -20,8 +20,6 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,22 +28,9 @@ import pytest
 
 from dfs.cli import cluster as local
 from dfs.fuse.mountinfo import mount_info
+from tools.testing.localcluster import dfs_cli, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-def dfs_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dfs.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"dfs {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
-    return proc
 
 
 @pytest.fixture
@@ -53,11 +38,7 @@ def cluster_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "cluster"
     yield d
     if (d / "cluster.toml").exists():
-        local.stop_daemons(local.load_layout(d), timeout_s=10)  # unmounts first
-        for log in sorted((d / "logs").glob("*.log")):
-            text = log.read_text(errors="replace")
-            if "Traceback" in text or " ERROR " in text:
-                print(f"----- {log.name}\n{text[-4000:]}")
+        stop(d)  # unmounts first
 
 
 def test_up_status_down_restart(cluster_dir: Path) -> None:
@@ -88,7 +69,7 @@ def test_up_status_down_restart(cluster_dir: Path) -> None:
     out = dfs_cli("down", "--dir", str(cluster_dir)).stdout
     assert out.count("stopped") == 6, out
     assert not any(local.pid_alive(p) for p in pids)
-    down = dfs_cli("status", "--dir", str(cluster_dir), "--json", check=False)
+    down = dfs_cli("status", "--dir", str(cluster_dir), "--json", code=None)
     assert down.returncode == 1 and json.loads(down.stdout)["leader"] is None
 
     # The same directory brings the same cluster back (same addresses, same ids).
@@ -104,7 +85,7 @@ def test_up_status_down_restart(cluster_dir: Path) -> None:
 
 
 def test_client_commands_need_a_cluster(tmp_path: Path) -> None:
-    proc = dfs_cli("status", "--dir", str(tmp_path / "none"), check=False)
+    proc = dfs_cli("status", "--dir", str(tmp_path / "none"), code=None)
     assert proc.returncode != 0 and "no cluster" in proc.stderr
 
 
@@ -118,13 +99,13 @@ def test_file_commands_give_up_after_their_timeout(tmp_path: Path) -> None:
     for args in (["ls", "/"], ["mkdir", "/d"]):
         started = time.monotonic()
         proc = dfs_cli(*args, "--meta", address, "--secret", str(secret), "--timeout", "1",
-                       check=False)  # fmt: skip
+                       code=None)  # fmt: skip
         elapsed = time.monotonic() - started
         assert proc.returncode == 1, proc
         assert proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr, proc.stderr
         # Well short of the default 30 s (the process start is most of it).
         assert elapsed < 20, elapsed
-    proc = dfs_cli("ls", "--timeout", "0", "--meta", address, "--secret", str(secret), check=False)
+    proc = dfs_cli("ls", "--timeout", "0", "--meta", address, "--secret", str(secret), code=None)
     assert proc.returncode == 2 and "--timeout" in proc.stderr
 
 
@@ -151,14 +132,14 @@ def test_up_mounts_and_down_unmounts(cluster_dir: Path, tmp_path: Path) -> None:
     )
 
     # Mount errors are clear: an existing mount, a missing or non-empty mountpoint.
-    proc = dfs_cli("mount", "--dir", str(cluster_dir), str(mnt), check=False)
+    proc = dfs_cli("mount", "--dir", str(cluster_dir), str(mnt), code=None)
     assert proc.returncode != 0 and "already a dfs mount" in proc.stderr
-    proc = dfs_cli("mount", "--dir", str(cluster_dir), str(tmp_path / "nope"), check=False)
+    proc = dfs_cli("mount", "--dir", str(cluster_dir), str(tmp_path / "nope"), code=None)
     assert proc.returncode != 0 and "does not exist" in proc.stderr
     full = tmp_path / "full"
     full.mkdir()
     (full / "x").write_bytes(b"")
-    proc = dfs_cli("mount", "--dir", str(cluster_dir), str(full), check=False)
+    proc = dfs_cli("mount", "--dir", str(cluster_dir), str(full), code=None)
     assert proc.returncode != 0 and "not empty" in proc.stderr
 
     # dfs mount / dfs umount of a second mountpoint; busy while a file is open on it.
@@ -167,11 +148,11 @@ def test_up_mounts_and_down_unmounts(cluster_dir: Path, tmp_path: Path) -> None:
     out = dfs_cli("mount", "--dir", str(cluster_dir), "--timeout", "5", str(second)).stdout
     assert "mounted at" in out and (second / "hello").read_bytes() == b"hello"
     with open(second / "hello", "rb"):
-        proc = dfs_cli("umount", "--dir", str(cluster_dir), str(second), check=False)
+        proc = dfs_cli("umount", "--dir", str(cluster_dir), str(second), code=None)
         assert proc.returncode != 0 and "busy" in proc.stderr
     dfs_cli("umount", "--dir", str(cluster_dir), str(second))
     assert mount_info(second) is None
-    proc = dfs_cli("umount", "--dir", str(cluster_dir), str(second), check=False)
+    proc = dfs_cli("umount", "--dir", str(cluster_dir), str(second), code=None)
     assert proc.returncode != 0 and "not mounted" in proc.stderr
 
     out = dfs_cli("down", "--dir", str(cluster_dir)).stdout

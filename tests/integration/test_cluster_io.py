@@ -22,12 +22,8 @@ import hashlib
 import os
 import random
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -39,43 +35,27 @@ from dfs.secret import load_secret
 from dfs.wire.errors import NameTooLong, NotFound, TooBig
 from dfs.wire.replicafile import DATA_OFFSET, chunk_relpath
 from tools.testing.fsread import read_to_eof
+from tools.testing.localcluster import client, dfs_cli, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(240)]
 
 CHUNK = 1 << 20
 MODE = 0o100644
 UP_OPTIONS = ("--no-mount",)  # this module tests the cluster; tests/fuse test the mount
+PUT_TIMEOUT_S = 180.0  # dfs put or get of 300 MiB on a loaded machine
 
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
-    d = tmp_path_factory.mktemp("cluster")
-    lay = local.init_layout(
-        d,
+    with running(
+        tmp_path_factory.mktemp("cluster"),
         chunk_size=CHUNK,
         # Snapshots every 200 entries: the restart and the leader kill below then recover
         # from a snapshot plus a log suffix, and a lagging node catches up by InstallSnapshot.
         meta_options={"tick_ms": 50, "snapshot_entries": 200},
         cs_options={"heartbeat_ms": 200},
-    )
-    local.start_daemons(lay)
-    try:
-        anyio.run(local.wait_ready, lay, 60.0)
+    ) as lay:
         yield lay
-    finally:
-        local.stop_daemons(lay, timeout_s=10)
-        for log in sorted((d / "logs").glob("*.log")):
-            text = log.read_text(errors="replace")
-            if "Traceback" in text:
-                print(f"----- {log.name}\n{text[-6000:]}")
-
-
-@asynccontextmanager
-async def client(layout: local.Layout, **kw: Any) -> AsyncIterator[FsClient]:
-    async with FsClient.open_cluster(
-        layout.meta_addresses, load_secret(layout.secret_file), **kw
-    ) as fs:
-        yield fs
 
 
 async def write_file(fs: FsClient, parent: int, name: bytes, data: bytes) -> int:
@@ -254,14 +234,6 @@ async def test_oversized_mutations_are_refused_before_they_reach_the_log(
         assert await commit() - before < 10
 
 
-def dfs_cli(*args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dfs.cli.main", *args], capture_output=True, text=True, timeout=180
-    )
-    assert proc.returncode == 0, f"dfs {args} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -282,9 +254,9 @@ async def test_put_get_300mib_replicas_and_restart(layout: local.Layout, tmp_pat
             f.write(i.to_bytes(4, "big") + block[4:])
     d = str(layout.dir)
     dfs_cli("mkdir", "--dir", d, "/big")
-    dfs_cli("put", "--dir", d, str(src), "/big/")
+    dfs_cli("put", "--dir", d, str(src), "/big/", timeout_s=PUT_TIMEOUT_S)
     out = tmp_path / "back.bin"
-    dfs_cli("get", "--dir", d, "/big/big.bin", str(out))
+    dfs_cli("get", "--dir", d, "/big/big.bin", str(out), timeout_s=PUT_TIMEOUT_S)
     assert sha256_file(out) == sha256_file(src)
     out.unlink()
 
@@ -301,7 +273,7 @@ async def test_put_get_300mib_replicas_and_restart(layout: local.Layout, tmp_pat
 
     # Stop everything (dfs down); check every replica on disk against its checksums, then
     # restart (dfs up on the same directory).
-    assert dfs_cli("down", "--dir", d).count("stopped") == 6
+    assert dfs_cli("down", "--dir", d).stdout.count("stopped") == 6
     status_ids = {}
     for i in layout.chunkservers:
         data_dir = layout.dir / f"cs{i}" / "data"
@@ -312,7 +284,7 @@ async def test_put_get_300mib_replicas_and_restart(layout: local.Layout, tmp_pat
             got = bytes(store.read(c["chunk_id"], c["version"], 0, CHUNK))  # verifies checksums
             assert got[:4] == c["index"].to_bytes(4, "big")
     dfs_cli("up", "--dir", d, "--detach", *UP_OPTIONS)
-    dfs_cli("get", "--dir", d, "/big/big.bin", str(out))
+    dfs_cli("get", "--dir", d, "/big/big.bin", str(out), timeout_s=PUT_TIMEOUT_S)
     assert sha256_file(out) == sha256_file(src)
     async with client(layout) as fs:
         assert (await fs.resolve(b"/unaligned/f")).size > 0  # earlier tests' files are back

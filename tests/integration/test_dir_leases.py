@@ -28,8 +28,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -41,6 +40,7 @@ from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
 from dfs.wire.errors import NotEmpty, NotFound, Stale, Timeout, Unavailable
 from metaserver.leases import LEASE_MS
+from tools.testing.localcluster import client, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -49,37 +49,19 @@ MODE = 0o100644
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
-    d = tmp_path_factory.mktemp("cluster")
-    lay = local.init_layout(
-        d,
+    with running(
+        tmp_path_factory.mktemp("cluster"),
         chunk_size=1 << 20,
         meta_options={"tick_ms": 50},
         cs_options={"heartbeat_ms": 200},
-    )
-    local.start_daemons(lay)
-    try:
-        anyio.run(local.wait_ready, lay, 60.0)
+    ) as lay:
         yield lay
-    finally:
-        local.stop_daemons(lay, timeout_s=10)
-        for log in sorted((d / "logs").glob("*.log")):
-            text = log.read_text(errors="replace")
-            if "Traceback" in text:
-                print(f"----- {log.name}\n{text[-6000:]}")
 
 
 @pytest.fixture
 def no_timed_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     """Queued removals stay queued until something else flushes them."""
     monkeypatch.setattr(dirleases, "FLUSH_DELAY_S", 120.0)
-
-
-@asynccontextmanager
-async def client(layout: local.Layout, **kw: float) -> AsyncIterator[FsClient]:
-    async with FsClient.open_cluster(
-        layout.meta_addresses, load_secret(layout.secret_file), **kw
-    ) as fs:
-        yield fs
 
 
 async def names(fs: FsClient, ino: int) -> list[bytes]:

@@ -16,38 +16,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from admin_cluster import REPORT_OPTIONS, running
 
 from dfs.cli import cluster as local
-from dfs.client import FsClient
-from dfs.secret import load_secret
+from tools.testing.localcluster import client, dfs_cli
 from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-CHUNK = 256 << 10
 DEADLINE_S = 60.0
 MODE = 0o100644
-
-
-def dfs_cli(*args: str, code: int | None = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dfs.cli.main", *args], capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    if code is not None and proc.returncode != code:
-        raise AssertionError(
-            f"dfs {' '.join(args)}: exit {proc.returncode}, not {code}:\n{proc.stdout}\n"
-            f"{proc.stderr}"
-        )
-    return proc
 
 
 def eventually(check: Callable[[], Any], what: str) -> Any:
@@ -58,36 +42,16 @@ def eventually(check: Callable[[], Any], what: str) -> Any:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("fsck") / "cluster"
-    local.init_layout(
-        d,
-        metaservers=1,
-        chunkservers=4,
-        chunk_size=CHUNK,
-        meta_options={"dead_timeout_ms": 1500, "repair_interval_ms": 200, "repair_quiet_ms": 500},
-        # Block reports every second: each one that finds a replica lost drops it from
-        # its set, and the next report judges the chunk once it is quiet again.
-        cs_options={"capacity_bytes": 64 << 20, "heartbeat_ms": 200, "report_interval_ms": 1000},
-    )
-    try:
-        dfs_cli("up", "--dir", str(d), "--detach", "--no-mount")
+    with running(d, chunkservers=4, cs_options=REPORT_OPTIONS):
         yield d
-    finally:
-        local.stop_daemons(local.load_layout(d), timeout_s=10)
-        for log in sorted((d / "logs").glob("*.log")):
-            text = log.read_text(errors="replace")
-            if "Traceback" in text:
-                print(f"----- {log.name}\n{text[-4000:]}")
 
 
 def write_tree(d: Path, top: bytes, files: dict[bytes, int]) -> None:
     """Directory ``top`` (a path from the root; its parent exists) and its files (relative
     path -> size), directories made on the way."""
-    layout = local.load_layout(d)
 
     async def go() -> None:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as fs:
+        async with client(d) as fs:
             parent_attr, name = await fs.resolve_parent(b"/" + top)
             dirs = {b"": (await fs.mkdir(parent_attr.ino, name, 0o755)).ino}
             for rel, size in files.items():
@@ -163,9 +127,7 @@ def test_a_file_whose_chunk_files_are_all_removed_is_named_with_exit_1(cluster: 
     layout = local.load_layout(cluster)
 
     async def chunk_ids() -> list[int]:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as fs:
+        async with client(layout) as fs:
             attr = await fs.resolve(b"/lost/f")
             header = await fs.meta.read("fs.locate", ino=attr.ino, index=0, count=16)
             return [int(c["chunk_id"]) for c in header["chunks"]]
@@ -217,9 +179,7 @@ def test_setgoal_reaches_a_client_creating_under_a_directory_lease(cluster: Path
     layout = local.load_layout(cluster)
 
     async def go() -> None:
-        async with FsClient.open_cluster(
-            layout.meta_addresses, load_secret(layout.secret_file)
-        ) as a:
+        async with client(layout) as a:
             root = await a.resolve(b"/")
             d = await a.mkdir(root.ino, b"leased", 0o755)
             _, f = await a.create_and_open(d.ino, b"first", MODE, os.O_WRONLY | os.O_CREAT)

@@ -15,10 +15,10 @@ import pytest
 
 from dfs import rpc
 from dfs.cli import cluster as local
-from dfs.client import FsClient
 from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
 from dfs.wire.errors import Unsupported
+from tools.testing.localcluster import client, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -27,16 +27,11 @@ SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", re.M)
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
-    lay = local.init_layout(
+    with running(
         tmp_path_factory.mktemp("cluster"), chunk_size=1 << 20, metrics=True,
         meta_options={"tick_ms": 50}, cs_options={"heartbeat_ms": 200},
-    )  # fmt: skip
-    local.start_daemons(lay)
-    try:
-        anyio.run(local.wait_ready, lay, 60.0)
+    ) as lay:  # fmt: skip
         yield lay
-    finally:
-        local.stop_daemons(lay, timeout_s=10)
 
 
 def scrape(layout: local.Layout, name: str) -> dict[str, float]:
@@ -50,7 +45,7 @@ def scrape(layout: local.Layout, name: str) -> dict[str, float]:
 
 async def test_servers_expose_their_readings_and_request_figures(layout: local.Layout) -> None:
     data = os.urandom(300_000)
-    async with FsClient.open_cluster(layout.meta_addresses, load_secret(layout.secret_file)) as fs:
+    async with client(layout) as fs:
         _, f = await fs.create_and_open(ROOT_INO, b"measured", 0o100644, os.O_WRONLY | os.O_CREAT)
         await f.write(0, data)
         await f.close()

@@ -30,23 +30,18 @@ from dfs.wire.limits import ROOT_INO
 from dfs.wire.token import READ, make_token, token_key
 from metaserver.raft.peer import PEER_WIRE_VERSION, RAFT_OP
 from metaserver.raft.types import Message, MessageType, message_to_wire
+from tools.testing.localcluster import running
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
-    d = tmp_path_factory.mktemp("cluster")
-    lay = local.init_layout(
-        d, chunkservers=1, chunk_size=1 << 20, meta_options={"tick_ms": 50},
-        cs_options={"heartbeat_ms": 200},
-    )  # fmt: skip
-    local.start_daemons(lay)
-    try:
-        anyio.run(local.wait_ready, lay, 60.0)
+    with running(
+        tmp_path_factory.mktemp("cluster"), chunkservers=1, chunk_size=1 << 20,
+        meta_options={"tick_ms": 50}, cs_options={"heartbeat_ms": 200},
+    ) as lay:  # fmt: skip
         yield lay
-    finally:
-        local.stop_daemons(lay, timeout_s=10)
 
 
 async def _connect(address: str, secret: bytes, role: str) -> rpc.Connection:

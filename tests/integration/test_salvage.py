@@ -16,70 +16,33 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from admin_cluster import REPORT_OPTIONS, running
 
-from dfs.cli import cluster as local
-from dfs.client import FsClient
-from dfs.secret import load_secret
 from dfs.wire.errors import Corrupt
 from dfs.wire.replicafile import BLOCK_BYTES, DATA_OFFSET
+from tools.testing.localcluster import client, dfs_cli
 from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-CHUNK = 256 << 10
 DEADLINE_S = 60.0
 MODE = 0o100644
 SIZE = 3 * BLOCK_BYTES + 1000  # four blocks, the last one partial
 BAD = 1  # the block whose byte is flipped
 
 
-def dfs_cli(*args: str, code: int | None = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dfs.cli.main", *args], capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    if code is not None and proc.returncode != code:
-        raise AssertionError(
-            f"dfs {' '.join(args)}: exit {proc.returncode}, not {code}:\n{proc.stdout}\n"
-            f"{proc.stderr}"
-        )
-    return proc
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("salvage") / "cluster"
-    local.init_layout(
-        d,
-        metaservers=1,
-        chunkservers=3,
-        chunk_size=CHUNK,
-        meta_options={"dead_timeout_ms": 1500, "repair_interval_ms": 200, "repair_quiet_ms": 500},
-        cs_options={"capacity_bytes": 64 << 20, "heartbeat_ms": 200, "report_interval_ms": 1000},
-    )
-    try:
-        dfs_cli("up", "--dir", str(d), "--detach", "--no-mount")
+    with running(d, cs_options=REPORT_OPTIONS):
         dfs_cli("admin", "setgoal", "--dir", str(d), "1", "/")
         yield d
-    finally:
-        local.stop_daemons(local.load_layout(d), timeout_s=10)
-        for log in sorted((d / "logs").glob("*.log")):
-            text = log.read_text(errors="replace")
-            if "Traceback" in text:
-                print(f"----- {log.name}\n{text[-4000:]}")
-
-
-def client(d: Path) -> Any:
-    layout = local.load_layout(d)
-    return FsClient.open_cluster(layout.meta_addresses, load_secret(layout.secret_file))
 
 
 def write_file(d: Path, name: bytes, data: bytes) -> int:

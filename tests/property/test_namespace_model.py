@@ -421,6 +421,37 @@ class NamespaceModel(RuleBasedStateMachine):
             m.chunks[index] = max(m.chunks.get(index, 0), min(length, CHUNK))
             m.size = max(m.size, size)
 
+    @rule(
+        i=PICK,
+        offset=st.integers(0, 6 * CHUNK) | st.sampled_from([0, CHUNK, 2 * CHUNK]),
+        length=st.integers(0, 4 * CHUNK) | st.sampled_from([CHUNK, 2 * CHUNK, 10**12]),
+    )
+    def punch(self, i: int, offset: int, length: int) -> None:
+        ino = self.pick(i, ("file", "dir", "symlink"))
+        m = self.model.get(ino)
+        code = None
+        if length < 1:
+            code = E.INVALID
+        elif m is None:
+            code = E.NOT_FOUND
+        elif m.kind == "dir":
+            code = E.IS_DIR
+        elif m.kind != "file":
+            code = E.INVALID
+        r = self.run("punch", code, ino=ino, offset=offset, length=length)
+        if m is not None and code is None:
+            # A chunk goes when its bytes inside the file all lie in the range.
+            end = offset + length
+            gone = [
+                index
+                for index in m.chunks
+                if offset <= index * CHUNK < m.size and min((index + 1) * CHUNK, m.size) <= end
+            ]
+            for index in gone:
+                del m.chunks[index]
+                del m.versions[index]
+            assert r["dropped"] == len(gone) and r["attr"]["size"] == m.size
+
     @rule()
     def snapshot_restore(self) -> None:
         blob = self.ns.snapshot()

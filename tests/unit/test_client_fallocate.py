@@ -84,3 +84,37 @@ async def test_refusals(cluster: ClusterThread) -> None:
         async with await fs.open(attr.ino, os.O_RDONLY) as r:
             with pytest.raises(PermissionDenied):
                 await r.fallocate(0, 0, 10)
+
+
+async def test_a_punch_drops_whole_chunks_and_buffered_bytes_do_not_come_back(
+    cluster: ClusterThread,
+) -> None:
+    def chunk_indexes(ino: int) -> list[int]:
+        return cluster.call(lambda c: sorted(c.namespace.inodes[ino].chunks))
+
+    model = bytearray(random.Random(6).randbytes(5 * CHUNK + 100))
+    async with FsClient.open_cluster(cluster.meta_addresses, cluster.secret, options=OPTIONS) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"p", 0o644, os.O_RDWR | os.O_CREAT)
+        await f.write(0, bytes(model))
+        await f.flush()
+        assert chunk_indexes(attr.ino) == [0, 1, 2, 3, 4, 5]
+        # Written and still buffered inside the range: punched with the rest.
+        await f.write(2 * CHUNK + 10, b"z" * 100)
+        # [CHUNK - 5, 4 CHUNK + 7): chunks 1 to 3 dropped, the ends zeroed.
+        await f.fallocate(PUNCH, CHUNK - 5, 3 * CHUNK + 12)
+        model[CHUNK - 5 : 4 * CHUNK + 7] = bytes(3 * CHUNK + 12)
+        assert chunk_indexes(attr.ino) == [0, 4, 5]
+        assert await f.read(0, 1 << 30) == model
+        # Zero range to the end drops the chunk holding the end, then grows over a hole.
+        await f.fallocate(FALLOC_FL_ZERO_RANGE, 5 * CHUNK, 2 * CHUNK)
+        model[5 * CHUNK :] = b""
+        model.extend(bytes(2 * CHUNK))
+        assert chunk_indexes(attr.ino) == [0, 4]
+        # Inside one chunk: zeros written, nothing dropped.
+        await f.fallocate(PUNCH, 10, 20)
+        model[10:30] = bytes(20)
+        await f.close()
+        assert chunk_indexes(attr.ino) == [0, 4]
+        assert await _read_all(fs, attr.ino) == model
+    async with FsClient.open_cluster(cluster.meta_addresses, cluster.secret, options=OPTIONS) as fs:
+        assert await _read_all(fs, attr.ino) == model  # another client: holes read as zeros

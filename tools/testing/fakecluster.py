@@ -33,6 +33,8 @@ The model, faithful where the client can tell:
   ``version`` (a truncate or another writer may have cut the uncommitted bytes). Its
   optional ``mode``, ``uid``, ``gid``, ``atime_ns`` are set; without ``mtime_ns`` the mtime
   stays. Every commit is recorded in ``commits``.
+- ``fs.punch`` drops the chunks whose bytes inside the file all lie in the range (their
+  replicas are left alone: garbage collection is not modelled).
 - ``fs.create`` with ``first_chunk`` answers a ``handle`` for chunk 0 (allocated as
   ``fs.write_handle`` does); mutations that add a name answer ``parent_attr``.
 - Chain forwarding is simulated: the first chunkserver applies the write to each later
@@ -541,7 +543,26 @@ class FakeNamespace:
             node.ctime_ns = _now_ns()
             self.commits.append(Commit(node.ino, size, mtime_ns, [list(c) for c in chunks], attrs))
             return {"attr": self.attr(node)}
+        if op == "fs.punch":
+            return self._punch(h)
         raise Unsupported(f"unknown op {op}")
+
+    def _punch(self, h: dict[str, Any]) -> dict[str, Any]:
+        """Drop the chunks whose bytes inside the file all lie in the range (PROTOCOL.md)."""
+        node = self.inode(h.get("ino"))
+        if node.is_dir:
+            raise IsDir("is a directory")
+        offset, length = uint_field(h, "offset"), uint_field(h, "length")
+        if length < 1:
+            raise Invalid("empty range")
+        end, cs = offset + length, self.chunk_size
+        first = -(-offset // cs)
+        stop = max(first, end // cs if end < node.size else -(-node.size // cs))
+        dropped = [i for i in node.chunks if first <= i < stop]
+        for index in dropped:
+            self.chunks.pop(node.chunks.pop(index), None)
+        node.mtime_ns = node.ctime_ns = _now_ns()
+        return {"attr": self.attr(node), "first": first, "stop": stop, "dropped": len(dropped)}
 
     def _setattr(self, h: dict[str, Any]) -> dict[str, Any]:
         node = self.inode(h.get("ino"))

@@ -12,22 +12,19 @@ Why ``asyncio.BufferedProtocol`` and not streams: frames are parsed as bytes arr
 reader task hop, no ``StreamReader`` buffer copy and no coroutine per read. The transport
 receives into a buffer the connection hands it (``get_buffer``): a small read into one
 scratch buffer, then fed to the decoder; the rest of a large payload straight into the
-buffer its frame will hand out (``FrameDecoder.payload_target``), so a chunk write's bytes
-are copied once from the kernel, not once into a ``bytes`` object and again into place. Writes are coalesced: small frames
-written in one event-loop iteration leave in one ``transport.write`` (one syscall), which is
-what lets many small Raft messages per tick go out cheaply; large payloads are written as
-their own buffer, uncopied. A lone frame does not wait for the end of the iteration: a call
-made while no other call of the connection is waiting, and the response of a request that
-was the only one running, are written at once (one loop turn less on a lightly loaded
-connection's round trip; there is nothing to coalesce them with). Nobody drains after each
-message; a writer waits only while the transport's buffer is above its high-water mark
-(``pause_writing``/``resume_writing``).
+buffer its frame will hand out (``FrameDecoder.payload_target``): a chunk write's bytes are
+copied once from the kernel. Small frames written in one event-loop iteration leave in one
+``transport.write`` (many small Raft messages per tick go out cheaply); large payloads as
+their own buffer, uncopied. A lone frame does not wait for the end of the iteration: a
+call made while no other call of the connection waits, and the response of the only
+request running, are written at once. Nobody drains after each message; a writer waits
+only while the transport's buffer is above its high-water mark.
 
 Life of a connection:
-1. TCP connect/accept, then the handshake (``auth.py``) with a deadline
-   (``HANDSHAKE_TIMEOUT_S``). Until it succeeds the decoder accepts only tiny frames without
-   payload, and reading pauses once ``PREAUTH_BUFFER_BYTES_MAX`` is buffered, so an
-   unauthenticated peer costs little memory.
+1. TCP or TLS (``dfs/credentials.py``) connect/accept, then the handshake (``auth.py``)
+   with a deadline (``HANDSHAKE_TIMEOUT_S``). Until it succeeds the decoder accepts only
+   tiny frames without payload, and reading pauses once ``PREAUTH_BUFFER_BYTES_MAX`` is
+   buffered, so an unauthenticated peer costs little memory.
 2. Then frames flow both ways. A response (``"ok"`` in the header) resolves the pending call
    with its id. A request (``"op"`` and ``"id"``) runs the handler in its own task: handlers
    on one connection run concurrently, and each response carries its request's id. A
@@ -41,10 +38,13 @@ Life of a connection:
    once (a result, or a ``DfsError``) or returns ``LATER`` (the request then goes to
    ``handler`` in a task as usual): a chunkserver's read of cached bytes costs no task and
    no loop turn. Answers made there leave in one write when the callback ends (with
-   whatever else was queued), not a loop turn later. A ``oneway_handler`` may ask, with
-   ``Connection.after_read``, for a function to run once every frame of the read it is
-   called from has been dispatched: Raft steps every message of a read, then handles what
-   they changed at once, in the same callback.
+   whatever else was queued), not a loop turn later. An inline handler whose answer comes
+   from an event still to happen (a Raft commit) returns ``Connection.reply_later``'s
+   ``Reply`` and answers through it from whichever callback sees the event: no task is
+   made or resumed for the request (it counts as running until answered). A
+   ``oneway_handler`` may ask, with ``Connection.after_read``, for a function to run once
+   every frame of the read it is called from has been dispatched: Raft steps every message
+   of a read, then handles what they changed at once, in the same callback.
 3. Limits: at most ``in_flight_max`` calls in flight (callers wait for a slot) and as many
    running request handlers; past that, or with ``ONEWAY_QUEUE_MAX`` one-way frames queued,
    reading pauses (TCP backpressure) until they drain. A served connection also has budgets
@@ -68,10 +68,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from dfs.budget import Account, ByteBudget, ConnectionCount, Limits
+from dfs.budget import Account, Limits
 from dfs.credentials import Credential, Credentials
 from dfs.payloads import take_payload
 from dfs.ratelog import RateLimitedLog
+from dfs.rpcserver import RequestBytes, RpcServer
 from dfs.wire import codec, messages
 from dfs.wire.auth import PeerInfo, Side
 from dfs.wire.conn import (
@@ -119,9 +120,7 @@ class _Later:
 
 
 LATER = _Later()
-InlineHandler = Callable[["Connection", dict[str, Any], bytes], "HandlerResult | _Later"]
-# Bytes a request will hold while it is handled (its payload and the answer it asks for).
-RequestBytes = Callable[[dict[str, Any], bytes], int]
+InlineHandler = Callable[["Connection", dict[str, Any], bytes], "HandlerResult | _Later | Reply"]
 
 # The timeouts, the in-flight limit and the pre-authentication limits are the connection
 # core's (dfs/wire/conn.py), shared with the client driver.
@@ -148,6 +147,49 @@ def _answer(request_id: int, result: HandlerResult) -> tuple[dict[str, Any], Pay
     """The response frame's header and payload for what a handler returned."""
     fields, payload = result if result is not None else ({}, b"")
     return messages.response_ok(request_id, **fields), payload
+
+
+class Reply:
+    """The answer still to come to one request an inline handler took
+    (``Connection.reply_later``): ``send`` a result or ``fail`` with an error, once, from
+    any callback on the connection's loop. Until then the request counts as running (the
+    connection's limit of requests in flight holds). After the connection closed, both do
+    nothing."""
+
+    __slots__ = ("_conn", "_done", "_op", "_request_id")
+
+    def __init__(self, conn: Connection, op: str, request_id: int) -> None:
+        self._conn = conn
+        self._op = op
+        self._request_id = request_id
+        self._done = False
+
+    def send(self, result: HandlerResult) -> None:
+        if self._done:
+            return
+        try:
+            header, payload = _answer(self._request_id, result)
+        except Exception as e:
+            header, payload = self._conn._failed(self._op, self._request_id, e)
+        self._finish(header, payload)
+
+    def fail(self, error: Exception) -> None:
+        """Answer with ``error`` (a ``DfsError``; anything else is logged and becomes
+        INTERNAL, as from a handler)."""
+        if not self._done:
+            self._finish(*self._conn._failed(self._op, self._request_id, error))
+
+    def _finish(self, header: dict[str, Any], payload: Payload) -> None:
+        self._done = True
+        conn = self._conn
+        conn._replies_pending -= 1
+        if conn.closed:
+            return
+        # The only request running (this one): nothing to coalesce with, write at once;
+        # answers given together (one commit's) leave in one write with the last of them.
+        now = not conn._replies_pending and not conn._request_tasks
+        conn._respond(self._op, self._request_id, header, payload, now=now)
+        conn._request_done(None)
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -206,6 +248,7 @@ class Connection(asyncio.BufferedProtocol):
         self._call_slots = asyncio.Semaphore(in_flight_max)
         # Requests the peer made, each served by one task.
         self._request_tasks: set[asyncio.Task[None]] = set()
+        self._replies_pending = 0  # Replies handed out (reply_later) and not yet answered
         self._oneway: deque[codec.Frame] = deque()
         self._oneway_task: asyncio.Task[None] | None = None
         self._oneway_waiter: asyncio.Future[None] | None = None
@@ -240,7 +283,13 @@ class Connection(asyncio.BufferedProtocol):
     def requests_running(self) -> int:
         """Requests of this connection handed to tasks and not yet answered: an inline
         handler that must not overtake one of them (FIFO per connection) checks it."""
-        return len(self._request_tasks)
+        return len(self._request_tasks) + self._replies_pending
+
+    def reply_later(self, header: dict[str, Any]) -> Reply:
+        """For an inline handler that answers the request ``header`` later: return this, and
+        answer through it (see ``Reply``)."""
+        self._replies_pending += 1
+        return Reply(self, header[messages.OP], header[messages.ID])
 
     async def call(
         self,
@@ -340,6 +389,16 @@ class Connection(asyncio.BufferedProtocol):
         async with asyncio.timeout(timeout_s):
             await asyncio.shield(self._closed)
 
+    def when_closed(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the connection has closed."""
+        self._closed.add_done_callback(lambda _: fn())
+
+    def refuse(self, error: DfsError) -> None:
+        """Close a connection just accepted, unheard, with ``error`` (a server's limit)."""
+        self._close_error = error
+        assert self._transport is not None
+        self._transport.abort()
+
     # ------------------------------------------------------------------ asyncio.BufferedProtocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -363,15 +422,8 @@ class Connection(asyncio.BufferedProtocol):
         except AuthError as e:
             self._steps_error = e
         if self.side is Side.ACCEPTOR:
-            server = self._server
-            if server is not None:
-                # Tracked from here, not from the factory: under TLS this runs only once
-                # the TLS handshake succeeded, and a connection that failed it never
-                # comes here nor to connection_lost.
-                server.connections.add(self)
-                self._closed.add_done_callback(lambda _: server.connections.discard(self))
-                if not server.admit(self, address):
-                    return
+            if self._server is not None and not self._server.admit(self, address):
+                return
             self._handshake_task = self._loop.create_task(self._accept())
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -556,7 +608,9 @@ class Connection(asyncio.BufferedProtocol):
             result = self._inline_handler(self, frame.header, frame.payload)
             if result is LATER:
                 return False
-            assert not isinstance(result, _Later)
+            if type(result) is Reply:
+                return True  # answered through it (reply_later)
+            assert not isinstance(result, (_Later, Reply))
             header, payload = _answer(request_id, result)
         except Exception as e:
             header, payload = self._failed(op, request_id, e, "inline handler")
@@ -578,7 +632,8 @@ class Connection(asyncio.BufferedProtocol):
             if self.closed:
                 return
             # The only request running (this one): nothing to coalesce with, write at once.
-            self._respond(op, request_id, header, payload, now=len(self._request_tasks) <= 1)
+            now = len(self._request_tasks) <= 1 and not self._replies_pending
+            self._respond(op, request_id, header, payload, now=now)
         finally:
             if cost:
                 assert self._account is not None
@@ -617,8 +672,10 @@ class Connection(asyncio.BufferedProtocol):
             log.exception("rpc: cannot encode the response to op %r", op)
             self._send_frame(messages.response_err(request_id, InternalError(f"{op} failed")))
 
-    def _request_done(self, task: asyncio.Task[None]) -> None:
-        self._request_tasks.discard(task)
+    def _request_done(self, task: asyncio.Task[None] | None) -> None:
+        """A request's handler task ended, or (``None``) a ``Reply`` was answered."""
+        if task is not None:
+            self._request_tasks.discard(task)
         if self._account is not None and self._account.stalled:
             self._account.retry()
         if self._reading_paused:
@@ -666,7 +723,7 @@ class Connection(asyncio.BufferedProtocol):
             # (Counted only before the handshake, where it matters: a property, per read.)
             buffered_bytes=0 if authenticated else self._decoder.buffered_bytes,
             over_budget=self._account is not None and self._account.stalled,
-            requests_running=len(self._request_tasks),
+            requests_running=len(self._request_tasks) + self._replies_pending,
             in_flight_max=self._in_flight_max,
             oneway_queued=len(self._oneway),
         )
@@ -865,74 +922,6 @@ async def connect(
     return connection
 
 
-class RpcServer:
-    """A listening ``serve`` endpoint and the connections it accepted, with their budgets
-    (``dfs/budget.py``): bytes in flight of them all, connections per host and in total.
-
-    ``asyncio.Server.close`` on Python 3.11 leaves accepted connections open, so this wrapper
-    tracks them and ``close`` closes them too.
-    """
-
-    def __init__(
-        self, limits: Limits | None = None, request_bytes: RequestBytes | None = None
-    ) -> None:
-        self.server: asyncio.Server | None = None
-        self.connections: set[Connection] = set()
-        self.limits = limits or Limits()
-        self.request_bytes = request_bytes
-        self.budget = ByteBudget(self.limits.inflight_bytes_max)
-        self.conns = ConnectionCount(self.limits)
-
-    def admit(self, connection: Connection, address: object) -> bool:
-        """Count a connection just accepted, or close it (over a limit) and say so in a
-        rate-limited line."""
-        host = address[0] if isinstance(address, tuple) and address else str(address)
-        refused = self.conns.admit(host)
-        if refused is None:
-            connection._closed.add_done_callback(lambda _: self.conns.release(host))
-            return True
-        _drop_log.log(
-            logging.WARNING,
-            ("refused", host),
-            "rpc: refusing connection event=conn_limit peer=%s local=%s limit=%s",
-            connection.peername,
-            connection.name,
-            refused,
-        )
-        connection._close_error = Unavailable(f"connection limit reached ({refused})")
-        assert connection._transport is not None
-        connection._transport.abort()
-        return False
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful with port 0)."""
-        assert self.server is not None and self.server.sockets
-        port = self.server.sockets[0].getsockname()[1]
-        assert isinstance(port, int)
-        return port
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for connection in list(self.connections):
-            connection.close()
-
-    async def wait_closed(self, timeout_s: float = 5.0) -> None:
-        async with asyncio.timeout(timeout_s):
-            if self.server is not None:
-                await self.server.wait_closed()
-            for connection in list(self.connections):
-                await connection.wait_closed(timeout_s)
-
-    async def __aenter__(self) -> RpcServer:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-        await self.wait_closed()
-
-
 async def serve(
     host: str,
     port: int,
@@ -1002,6 +991,7 @@ __all__ = [
     "Handler",
     "InlineHandler",
     "OnewayHandler",
+    "Reply",
     "RequestBytes",
     "RpcServer",
     "connect",

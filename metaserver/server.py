@@ -70,7 +70,8 @@ from metaserver.metrics import readings as metaserver_readings
 from metaserver.namespace import Namespace, encode_command, pools
 from metaserver.namespace.commands import BATCH_OPS
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
-from metaserver.raft.node import RAFT_OP, RaftNode
+from metaserver.raft.node import RaftNode
+from metaserver.raft.peer import RAFT_OP
 from metaserver.raft.storage import CorruptLogError, StorageLockedError
 from metaserver.raft.types import Role
 from metaserver.repair import Repair

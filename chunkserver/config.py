@@ -5,6 +5,7 @@ Config file (TOML, version 1)::
     listen = "127.0.0.1:7101"           # host:port to serve on (port 0: any free port)
     data_dir = "/var/lib/dfs/cs1"       # chunk files, identity (uuid, cs_id), lock
     secret_file = "/etc/dfs/secret"     # the cluster secret (dfs.secret format, mode 0600)
+    credential_file = "/etc/dfs/c1.pem" # optional; this server's TLS credential (dfs/pki.py)
     metaservers = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
     address = "10.0.0.5:7101"           # optional; where others reach us (default: listen)
     host = "rack1-node5"                # optional; the machine this server runs on, for
@@ -125,7 +126,7 @@ INTERVAL_MS_MAX = 86_400_000  # a day
 INJECT_EIO_IDS_MAX = 1024
 
 _CONFIG_KEYS = {
-    "listen", "data_dir", "secret_file", "metaservers", "address", "capacity_bytes",
+    "listen", "data_dir", "secret_file", "credential_file", "metaservers", "address", "capacity_bytes",
     "heartbeat_ms", "fsync", "disk_jobs", "replicate_bytes_per_s", "replicate_jobs",
     "report_interval_ms", "report_chunks_per_call", "scrub_bytes_per_s", "scrub_interval_ms",
     "scrub_period_ms", "inject_eio_chunk_ids", "host", "rack", "drop_behind", "direct_writes",
@@ -146,6 +147,7 @@ class ServerConfig:
     data_dir: Path
     secret_file: Path
     metaservers: tuple[str, ...]
+    credential_file: Path | None = None  # TLS (dfs/credentials.py); None: the secret only
     address: str | None = None  # None: the listen address (with the bound port)
     capacity_bytes: int = 0
     heartbeat_ms: int = 1000
@@ -203,6 +205,7 @@ def load_config(path: Path) -> ServerConfig:
         listen_port=listen_port,
         data_dir=Path(get("data_dir", str)),
         secret_file=Path(get("secret_file", str)),
+        credential_file=file.optional_path("credential_file"),
         metaservers=tuple(metaservers),
         address=advertised,
         capacity_bytes=get("capacity_bytes", int, 0),

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from typing import Any
 
 from dfs import rpc
+from dfs.credentials import Credential
 from dfs.wire.errors import Invalid, Timeout
 
 # Connecting includes the handshake: milliseconds on a LAN. A peer that takes longer is
@@ -45,13 +46,13 @@ def parse_address(address: Any) -> tuple[str, int]:
 class PeerPool:
     def __init__(
         self,
-        secret: bytes,
+        credentials: Credential,
         *,
         name: str,
         role: str = "chunkserver",
         peers_max: int = PEERS_MAX,
     ) -> None:
-        self.secret = secret
+        self.credentials = credentials
         self.name = name
         self.role = role
         self.peers_max = peers_max
@@ -80,7 +81,7 @@ class PeerPool:
         self._connecting[address] = pending
         try:
             conn = await rpc.connect(
-                host, port, self.secret, name=self.name, role=self.role, timeout_s=timeout_s
+                host, port, self.credentials, name=self.name, role=self.role, timeout_s=timeout_s
             )
         except BaseException as e:
             if isinstance(e, asyncio.CancelledError):

@@ -43,6 +43,7 @@ from chunkserver.metrics import readings as chunkserver_readings
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.repair import Scrubber, Throttle, copy_in
 from dfs import daemon, rpc
+from dfs.credentials import Credential, Credentials, server_secret, token_client
 from dfs.leader import LeaderFollower
 from dfs.metrics import Reading, ServerMetrics
 from dfs.ratelog import RateLimitedLog
@@ -66,6 +67,7 @@ from dfs.wire.limits import (
 from dfs.wire.messages import uint_field
 from dfs.wire.ops import CHUNKSERVER_OPS, admit, lookup
 from dfs.wire.ops_chunk import CHUNK_READ, CHUNK_WRITE
+from dfs.wire.spec import SERVER_ROLES
 from dfs.wire.token import READ, WRITE, check_token, token_key
 
 log = logging.getLogger("chunkserver")
@@ -155,12 +157,13 @@ def _role(conn: rpc.Connection) -> str | None:
 
 
 class ChunkServer:
-    def __init__(self, config: ServerConfig, secret: bytes) -> None:
+    def __init__(self, config: ServerConfig, credentials: Credential) -> None:
         self.config = config
-        self._secret = secret
-        self._token_key = token_key(secret)
+        credentials = Credentials.of(credentials)
+        self._credentials = credentials
+        self._token_key = token_key(server_secret(credentials))
         # Tokens whose signature was checked, with the fields it covers (TOKEN CACHE below).
-        self._tokens_verified: set[tuple[bytes, int, int, bytes, int]] = set()
+        self._tokens_verified: set[tuple[bytes, int, int, bytes, int, str]] = set()
         # chunk.writes running in tasks, per chunk id (``_chunk_write``: their order).
         self._writes_running: dict[int, int] = {}
         self.cs_id = 0
@@ -175,8 +178,8 @@ class ChunkServer:
         self._stopping = False
         self._rpc: rpc.RpcServer | None = None
         self._lock_fd = -1
-        self.peers = PeerPool(secret, name="chunkserver")
-        self.meta = PeerPool(secret, name="chunkserver")
+        self.peers = PeerPool(credentials, name="chunkserver")
+        self.meta = PeerPool(credentials, name="chunkserver")
         # Another secret (AuthError) or a bad hint (Invalid) at one metaserver: try the next.
         self.meta_follower = LeaderFollower(
             config.metaservers,
@@ -263,7 +266,7 @@ class ChunkServer:
         self._rpc = await rpc.serve(
             cfg.listen_host,
             cfg.listen_port,
-            self._secret,
+            self._credentials,
             handler,
             name=f"cs-{self.cs_id or self.uuid[:8]}",
             role="chunkserver",
@@ -330,6 +333,7 @@ class ChunkServer:
         op = header.get("op")
         spec = lookup(CHUNKSERVER_OPS, op)
         admit(spec, _role(conn), header)
+        self._bind_client(conn, header)
         handler = self._ops[spec.name]
         if self._stopping:
             raise Unavailable("chunkserver is shutting down", address=self.address)
@@ -364,12 +368,14 @@ class ChunkServer:
             ):
                 return rpc.LATER
             admit(CHUNK_WRITE, _role(conn), header)
+            self._bind_client(conn, header)
             if not self._write_now(self._write_request(header, payload), payload):
                 return rpc.LATER
             return None
         if op != "chunk.read":
             return rpc.LATER
         admit(CHUNK_READ, _role(conn), header)
+        self._bind_client(conn, header)
         chunk_id, version, offset, size = self._read_fields(header)
         try:
             data = self._store().read_cached(chunk_id, version, offset, size)
@@ -377,6 +383,13 @@ class ChunkServer:
             e.details.setdefault("address", self.address)
             raise
         return rpc.LATER if data is None else ({}, data)
+
+    def _bind_client(self, conn: rpc.Connection, header: dict[str, Any]) -> None:
+        """The client a request's token must have been issued to (``client_name``): a
+        client's own certificate name, whatever it sent; a server (a chunkserver
+        forwarding down its chain, or copying a replica) names it for the client."""
+        if _role(conn) not in SERVER_ROLES:
+            header["client_name"] = token_client(self._credentials, conn.peer)
 
     def _check_token(self, h: dict[str, Any], chunk_id: int, version: int, mode: bytes) -> None:
         """TOKEN CACHE: a reader sends the same token with every read of a chunk until it
@@ -386,11 +399,12 @@ class ChunkServer:
         At most ``TOKENS_VERIFIED_MAX`` are kept (all forgotten at once past it)."""
         token: bytes = h["token"]
         expiry_ms: int = h["expiry_ms"]
+        client: str = h.get("client_name", "")
         now_ms = int(time.time() * 1000)
-        key = (token, chunk_id, version, mode, expiry_ms)
+        key = (token, chunk_id, version, mode, expiry_ms, client)
         if key in self._tokens_verified and now_ms < expiry_ms:
             return
-        check_token(self._token_key, token, chunk_id, version, mode, expiry_ms, now_ms)
+        check_token(self._token_key, token, chunk_id, version, mode, expiry_ms, now_ms, client)
         if len(self._tokens_verified) >= TOKENS_VERIFIED_MAX:
             self._tokens_verified.clear()
         self._tokens_verified.add(key)
@@ -455,7 +469,7 @@ class ChunkServer:
         fields = {
             "chunk_id": w.chunk_id, "version": w.version, "length": w.length,
             "offset": w.offset, "token": h["token"], "expiry_ms": h["expiry_ms"],
-            "sync": w.sync,
+            "sync": w.sync, "client_name": h.get("client_name", ""),
         }  # fmt: skip
         if w.expect_length is not None:
             fields["expect_length"] = w.expect_length
@@ -511,7 +525,7 @@ class ChunkServer:
         )
         fields = {
             "chunk_id": chunk_id, "version": version, "token": h["token"],
-            "expiry_ms": h["expiry_ms"],
+            "expiry_ms": h["expiry_ms"], "client_name": h.get("client_name", ""),
         }  # fmt: skip
         if expect_length is not None:
             fields["expect_length"] = expect_length
@@ -895,9 +909,9 @@ class ChunkServer:
 # ---------------------------------------------------------------------- process
 
 
-async def serve(config: ServerConfig, secret: bytes) -> int:
+async def serve(config: ServerConfig, credentials: Credential) -> int:
     """Run until SIGTERM/SIGINT; exit code 0, or 1 when the server cannot start."""
-    server = ChunkServer(config, secret)
+    server = ChunkServer(config, credentials)
     try:
         await server.start()
     except (DataDirError, OSError) as e:

@@ -66,6 +66,11 @@ class ConfigFile:
             raise self.error(f"{key} must be a {tp.__name__}, not {value!r}")
         return value
 
+    def optional_path(self, key: str) -> Path | None:
+        """An optional path's value; None when absent or empty."""
+        text = self.get(key, str, "")
+        return Path(text) if text else None
+
     def address(self, key: str, value: Any, *, port_zero: bool = False) -> tuple[str, int]:
         """``"host:port"`` (IPv6 hosts in brackets) as (host, port). Port 0 ("any free
         port") only where ``port_zero``: a local choice to listen on, never an address."""

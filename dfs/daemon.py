@@ -24,12 +24,15 @@ from typing import Any, Protocol, TypeVar
 
 from dfs import ratelog
 from dfs.budget import raise_fd_limit
+from dfs.credentials import CredentialFileError, Credentials, TlsCredential
 from dfs.secret import SecretFileError, load_secret
 
 
 class _Config(Protocol):
     @property
     def secret_file(self) -> Path: ...
+    @property
+    def credential_file(self) -> Path | None: ...
 
 
 C = TypeVar("C", bound=_Config)
@@ -82,12 +85,13 @@ def main(
     prog: str,
     argv: list[str] | None,
     load_config: Callable[[Path], C],
-    serve: Callable[[C, bytes], Coroutine[Any, Any, int]],
+    serve: Callable[[C, Credentials], Coroutine[Any, Any, int]],
     *,
     fast_loop: bool = False,
 ) -> int:
     """The whole ``main`` of a daemon: ``--config F [--log-level L]``, logging, the config
-    and the secret it names (a bad one: a one-line message and exit 2), then ``serve``
+    and the secret and credential it names (a bad one: a one-line message and exit 2),
+    then ``serve``
     (on uvloop with ``fast_loop``: see ``run``)."""
     parser = argparse.ArgumentParser(prog=f"python -m {prog}")
     parser.add_argument("--config", required=True, type=Path)
@@ -96,11 +100,14 @@ def main(
     configure_logging(args.log_level)
     try:
         config = load_config(args.config)
-        secret = load_secret(config.secret_file)
-    except (OSError, ValueError, SecretFileError) as e:
+        tls = config.credential_file
+        credentials = Credentials(
+            load_secret(config.secret_file), TlsCredential.load(tls) if tls else None
+        )
+    except (OSError, ValueError, SecretFileError, CredentialFileError) as e:
         print(f"{prog.rsplit('.', 1)[-1]}: bad config: {e}", file=sys.stderr)
         return 2
-    return run(serve(config, secret), fast_loop=fast_loop)
+    return run(serve(config, credentials), fast_loop=fast_loop)
 
 
 def run(main: Coroutine[Any, Any, int], *, fast_loop: bool) -> int:

@@ -12,22 +12,19 @@ Why ``asyncio.BufferedProtocol`` and not streams: frames are parsed as bytes arr
 reader task hop, no ``StreamReader`` buffer copy and no coroutine per read. The transport
 receives into a buffer the connection hands it (``get_buffer``): a small read into one
 scratch buffer, then fed to the decoder; the rest of a large payload straight into the
-buffer its frame will hand out (``FrameDecoder.payload_target``), so a chunk write's bytes
-are copied once from the kernel, not once into a ``bytes`` object and again into place. Writes are coalesced: small frames
-written in one event-loop iteration leave in one ``transport.write`` (one syscall), which is
-what lets many small Raft messages per tick go out cheaply; large payloads are written as
-their own buffer, uncopied. A lone frame does not wait for the end of the iteration: a call
-made while no other call of the connection is waiting, and the response of a request that
-was the only one running, are written at once (one loop turn less on a lightly loaded
-connection's round trip; there is nothing to coalesce them with). Nobody drains after each
-message; a writer waits only while the transport's buffer is above its high-water mark
-(``pause_writing``/``resume_writing``).
+buffer its frame will hand out (``FrameDecoder.payload_target``): a chunk write's bytes are
+copied once from the kernel. Small frames written in one event-loop iteration leave in one
+``transport.write`` (many small Raft messages per tick go out cheaply); large payloads as
+their own buffer, uncopied. A lone frame does not wait for the end of the iteration: a
+call made while no other call of the connection waits, and the response of the only
+request running, are written at once. Nobody drains after each message; a writer waits
+only while the transport's buffer is above its high-water mark.
 
 Life of a connection:
-1. TCP connect/accept, then the handshake (``auth.py``) with a deadline
-   (``HANDSHAKE_TIMEOUT_S``). Until it succeeds the decoder accepts only tiny frames without
-   payload, and reading pauses once ``PREAUTH_BUFFER_BYTES_MAX`` is buffered, so an
-   unauthenticated peer costs little memory.
+1. TCP or TLS (``dfs/credentials.py``) connect/accept, then the handshake (``auth.py``)
+   with a deadline (``HANDSHAKE_TIMEOUT_S``). Until it succeeds the decoder accepts only
+   tiny frames without payload, and reading pauses once ``PREAUTH_BUFFER_BYTES_MAX`` is
+   buffered, so an unauthenticated peer costs little memory.
 2. Then frames flow both ways. A response (``"ok"`` in the header) resolves the pending call
    with its id. A request (``"op"`` and ``"id"``) runs the handler in its own task: handlers
    on one connection run concurrently, and each response carries its request's id. A
@@ -41,10 +38,13 @@ Life of a connection:
    once (a result, or a ``DfsError``) or returns ``LATER`` (the request then goes to
    ``handler`` in a task as usual): a chunkserver's read of cached bytes costs no task and
    no loop turn. Answers made there leave in one write when the callback ends (with
-   whatever else was queued), not a loop turn later. A ``oneway_handler`` may ask, with
-   ``Connection.after_read``, for a function to run once every frame of the read it is
-   called from has been dispatched: Raft steps every message of a read, then handles what
-   they changed at once, in the same callback.
+   whatever else was queued), not a loop turn later. An inline handler whose answer comes
+   from an event still to happen (a Raft commit) returns ``Connection.reply_later``'s
+   ``Reply`` and answers through it from whichever callback sees the event: no task is
+   made or resumed for the request (it counts as running until answered). A
+   ``oneway_handler`` may ask, with ``Connection.after_read``, for a function to run once
+   every frame of the read it is called from has been dispatched: Raft steps every message
+   of a read, then handles what they changed at once, in the same callback.
 3. Limits: at most ``in_flight_max`` calls in flight (callers wait for a slot) and as many
    running request handlers; past that, or with ``ONEWAY_QUEUE_MAX`` one-way frames queued,
    reading pauses (TCP backpressure) until they drain. A served connection also has budgets
@@ -62,18 +62,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import os
 import ssl
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from dfs.budget import Account, ByteBudget, ConnectionCount, Limits
+from dfs.budget import Account, Limits
+from dfs.credentials import Credential, Credentials
 from dfs.payloads import take_payload
 from dfs.ratelog import RateLimitedLog
+from dfs.rpcserver import RequestBytes, RpcServer
 from dfs.wire import codec, messages
-from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side
+from dfs.wire.auth import PeerInfo, Side
 from dfs.wire.conn import (
     CALL_TIMEOUT_S,
     COALESCE_BYTES_MAX,
@@ -90,6 +91,7 @@ from dfs.wire.conn import (
 )
 from dfs.wire.conn import result as call_result
 from dfs.wire.errors import (
+    AuthError,
     DfsError,
     InternalError,
     ProtocolError,
@@ -97,6 +99,7 @@ from dfs.wire.errors import (
     Unavailable,
     Unsupported,
 )
+from dfs.wire.spec import SERVER_ROLES
 
 log = logging.getLogger(__name__)
 # Drops and refusals repeat as long as a fault or an attack lasts: one line per event and
@@ -117,11 +120,7 @@ class _Later:
 
 
 LATER = _Later()
-InlineHandler = Callable[["Connection", dict[str, Any], bytes], "HandlerResult | _Later"]
-# Bytes a request will hold while it is handled (its payload and the answer it asks for).
-RequestBytes = Callable[[dict[str, Any], bytes], int]
-# Roles whose requests are not charged to the byte budgets (dfs/budget.py says why).
-SERVER_ROLES = frozenset({"metaserver", "chunkserver"})
+InlineHandler = Callable[["Connection", dict[str, Any], bytes], "HandlerResult | _Later | Reply"]
 
 # The timeouts, the in-flight limit and the pre-authentication limits are the connection
 # core's (dfs/wire/conn.py), shared with the client driver.
@@ -150,6 +149,49 @@ def _answer(request_id: int, result: HandlerResult) -> tuple[dict[str, Any], Pay
     return messages.response_ok(request_id, **fields), payload
 
 
+class Reply:
+    """The answer still to come to one request an inline handler took
+    (``Connection.reply_later``): ``send`` a result or ``fail`` with an error, once, from
+    any callback on the connection's loop. Until then the request counts as running (the
+    connection's limit of requests in flight holds). After the connection closed, both do
+    nothing."""
+
+    __slots__ = ("_conn", "_done", "_op", "_request_id")
+
+    def __init__(self, conn: Connection, op: str, request_id: int) -> None:
+        self._conn = conn
+        self._op = op
+        self._request_id = request_id
+        self._done = False
+
+    def send(self, result: HandlerResult) -> None:
+        if self._done:
+            return
+        try:
+            header, payload = _answer(self._request_id, result)
+        except Exception as e:
+            header, payload = self._conn._failed(self._op, self._request_id, e)
+        self._finish(header, payload)
+
+    def fail(self, error: Exception) -> None:
+        """Answer with ``error`` (a ``DfsError``; anything else is logged and becomes
+        INTERNAL, as from a handler)."""
+        if not self._done:
+            self._finish(*self._conn._failed(self._op, self._request_id, error))
+
+    def _finish(self, header: dict[str, Any], payload: Payload) -> None:
+        self._done = True
+        conn = self._conn
+        conn._replies_pending -= 1
+        if conn.closed:
+            return
+        # The only request running (this one): nothing to coalesce with, write at once;
+        # answers given together (one commit's) leave in one write with the last of them.
+        now = not conn._replies_pending and not conn._request_tasks
+        conn._respond(self._op, self._request_id, header, payload, now=now)
+        conn._request_done(None)
+
+
 class Connection(asyncio.BufferedProtocol):
     """One authenticated connection. Made by ``connect`` or by a server from ``serve``.
 
@@ -160,7 +202,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def __init__(
         self,
-        secret: bytes | None,
+        credentials: Credentials,
         *,
         side: Side,
         role: str,
@@ -173,10 +215,13 @@ class Connection(asyncio.BufferedProtocol):
         server: RpcServer | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        # Raises AuthError at once when no usable secret is configured.
-        self._steps = HandshakeSteps(
-            Handshake(secret, os.urandom(NONCE_BYTES), side=side, role=role, name=name)
-        )
+        self._credentials = credentials
+        self.role = role
+        # Made in ``connection_made``, once a TLS peer's certificate is known; an error
+        # there (a certificate with no role, a client's where a server's belongs) is
+        # raised by ``_handshake_run``.
+        self._steps: HandshakeSteps | None = None
+        self._steps_error: AuthError | None = None
         self._handshake_timeout_s = handshake_timeout_s
         self.name = name
         self.side = side
@@ -203,6 +248,7 @@ class Connection(asyncio.BufferedProtocol):
         self._call_slots = asyncio.Semaphore(in_flight_max)
         # Requests the peer made, each served by one task.
         self._request_tasks: set[asyncio.Task[None]] = set()
+        self._replies_pending = 0  # Replies handed out (reply_later) and not yet answered
         self._oneway: deque[codec.Frame] = deque()
         self._oneway_task: asyncio.Task[None] | None = None
         self._oneway_waiter: asyncio.Future[None] | None = None
@@ -237,7 +283,13 @@ class Connection(asyncio.BufferedProtocol):
     def requests_running(self) -> int:
         """Requests of this connection handed to tasks and not yet answered: an inline
         handler that must not overtake one of them (FIFO per connection) checks it."""
-        return len(self._request_tasks)
+        return len(self._request_tasks) + self._replies_pending
+
+    def reply_later(self, header: dict[str, Any]) -> Reply:
+        """For an inline handler that answers the request ``header`` later: return this, and
+        answer through it (see ``Reply``)."""
+        self._replies_pending += 1
+        return Reply(self, header[messages.OP], header[messages.ID])
 
     async def call(
         self,
@@ -337,6 +389,16 @@ class Connection(asyncio.BufferedProtocol):
         async with asyncio.timeout(timeout_s):
             await asyncio.shield(self._closed)
 
+    def when_closed(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the connection has closed."""
+        self._closed.add_done_callback(lambda _: fn())
+
+    def refuse(self, error: DfsError) -> None:
+        """Close a connection just accepted, unheard, with ``error`` (a server's limit)."""
+        self._close_error = error
+        assert self._transport is not None
+        self._transport.abort()
+
     # ------------------------------------------------------------------ asyncio.BufferedProtocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -348,6 +410,17 @@ class Connection(asyncio.BufferedProtocol):
         address = transport.get_extra_info("peername")
         if isinstance(address, tuple) and len(address) >= 2:
             self.peername = f"{address[0]}:{address[1]}"
+        try:
+            tls = transport.get_extra_info("ssl_object")
+            self._steps = HandshakeSteps(
+                self._credentials.handshake(
+                    side=self.side, role=self.role, name=self.name,
+                    peercert=tls.getpeercert() if tls is not None else None,
+                    der=(tls.getpeercert(binary_form=True) or b"") if tls is not None else b"",
+                )
+            )  # fmt: skip
+        except AuthError as e:
+            self._steps_error = e
         if self.side is Side.ACCEPTOR:
             if self._server is not None and not self._server.admit(self, address):
                 return
@@ -407,7 +480,10 @@ class Connection(asyncio.BufferedProtocol):
         """Run the handshake; on success switch the decoder to full limits and dispatch any
         frames that followed the proof. Raises ``DfsError`` (AuthError, ProtocolError,
         Timeout, Unavailable) on failure; the caller drops the connection."""
+        if self._steps_error is not None:
+            raise self._steps_error
         steps = self._steps
+        assert steps is not None
         try:
             async with asyncio.timeout(self._handshake_timeout_s):
                 for header in steps.begin():
@@ -438,6 +514,7 @@ class Connection(asyncio.BufferedProtocol):
             if frame is not None:
                 return frame
             if self._close_error is not None:
+                assert self._steps is not None
                 error = self._steps.closed_error()
                 error.details.setdefault("peer", self.peername)
                 raise error
@@ -531,7 +608,9 @@ class Connection(asyncio.BufferedProtocol):
             result = self._inline_handler(self, frame.header, frame.payload)
             if result is LATER:
                 return False
-            assert not isinstance(result, _Later)
+            if type(result) is Reply:
+                return True  # answered through it (reply_later)
+            assert not isinstance(result, (_Later, Reply))
             header, payload = _answer(request_id, result)
         except Exception as e:
             header, payload = self._failed(op, request_id, e, "inline handler")
@@ -553,7 +632,8 @@ class Connection(asyncio.BufferedProtocol):
             if self.closed:
                 return
             # The only request running (this one): nothing to coalesce with, write at once.
-            self._respond(op, request_id, header, payload, now=len(self._request_tasks) <= 1)
+            now = len(self._request_tasks) <= 1 and not self._replies_pending
+            self._respond(op, request_id, header, payload, now=now)
         finally:
             if cost:
                 assert self._account is not None
@@ -592,8 +672,10 @@ class Connection(asyncio.BufferedProtocol):
             log.exception("rpc: cannot encode the response to op %r", op)
             self._send_frame(messages.response_err(request_id, InternalError(f"{op} failed")))
 
-    def _request_done(self, task: asyncio.Task[None]) -> None:
-        self._request_tasks.discard(task)
+    def _request_done(self, task: asyncio.Task[None] | None) -> None:
+        """A request's handler task ended, or (``None``) a ``Reply`` was answered."""
+        if task is not None:
+            self._request_tasks.discard(task)
         if self._account is not None and self._account.stalled:
             self._account.retry()
         if self._reading_paused:
@@ -641,7 +723,7 @@ class Connection(asyncio.BufferedProtocol):
             # (Counted only before the handshake, where it matters: a property, per read.)
             buffered_bytes=0 if authenticated else self._decoder.buffered_bytes,
             over_budget=self._account is not None and self._account.stalled,
-            requests_running=len(self._request_tasks),
+            requests_running=len(self._request_tasks) + self._replies_pending,
             in_flight_max=self._in_flight_max,
             oneway_queued=len(self._oneway),
         )
@@ -776,7 +858,7 @@ def _checked_oneway(header: dict[str, Any]) -> dict[str, Any]:
 async def connect(
     host: str,
     port: int,
-    secret: bytes | None,
+    credentials: Credential,
     *,
     name: str,
     timeout_s: float = CONNECT_TIMEOUT_S,
@@ -788,8 +870,9 @@ async def connect(
 ) -> Connection:
     """Open a connection to ``host:port`` and authenticate both ways.
 
-    ``ssl_context``: run the connection over TLS (the handshake then runs inside it); None,
-    plain TCP. Nothing but the transport changes with it.
+    ``credentials`` (or a bare secret, ``Credentials.of``): TLS when they hold a TLS
+    credential, the handshake on the secret otherwise (``dfs/credentials.py``).
+    ``ssl_context``: this TLS context instead of the credential's (tests).
 
     ``handler`` (optional) serves requests and one-way frames the server sends back over
     this connection. Raises ``AuthError`` (wrong secret on either side), ``Unavailable``
@@ -799,10 +882,14 @@ async def connect(
     loop = asyncio.get_running_loop()
     connection: Connection | None = None
 
+    creds = Credentials.of(credentials)
+    ssl_context = creds.context(ssl_context, server=False)
+    role = creds.claim(role)
+
     def factory() -> Connection:
         nonlocal connection
         connection = Connection(
-            secret,
+            creds,
             side=Side.INITIATOR,
             role=role,
             name=name,
@@ -813,8 +900,6 @@ async def connect(
         )
         return connection
 
-    # Check the secret before touching the network: a configuration error, not a peer's.
-    Handshake(secret, bytes(NONCE_BYTES), side=Side.INITIATOR, role=role, name=name)
     try:
         async with asyncio.timeout(timeout_s):
             await loop.create_connection(
@@ -837,78 +922,10 @@ async def connect(
     return connection
 
 
-class RpcServer:
-    """A listening ``serve`` endpoint and the connections it accepted, with their budgets
-    (``dfs/budget.py``): bytes in flight of them all, connections per host and in total.
-
-    ``asyncio.Server.close`` on Python 3.11 leaves accepted connections open, so this wrapper
-    tracks them and ``close`` closes them too.
-    """
-
-    def __init__(
-        self, limits: Limits | None = None, request_bytes: RequestBytes | None = None
-    ) -> None:
-        self.server: asyncio.Server | None = None
-        self.connections: set[Connection] = set()
-        self.limits = limits or Limits()
-        self.request_bytes = request_bytes
-        self.budget = ByteBudget(self.limits.inflight_bytes_max)
-        self.conns = ConnectionCount(self.limits)
-
-    def admit(self, connection: Connection, address: object) -> bool:
-        """Count a connection just accepted, or close it (over a limit) and say so in a
-        rate-limited line."""
-        host = address[0] if isinstance(address, tuple) and address else str(address)
-        refused = self.conns.admit(host)
-        if refused is None:
-            connection._closed.add_done_callback(lambda _: self.conns.release(host))
-            return True
-        _drop_log.log(
-            logging.WARNING,
-            ("refused", host),
-            "rpc: refusing connection event=conn_limit peer=%s local=%s limit=%s",
-            connection.peername,
-            connection.name,
-            refused,
-        )
-        connection._close_error = Unavailable(f"connection limit reached ({refused})")
-        assert connection._transport is not None
-        connection._transport.abort()
-        return False
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful with port 0)."""
-        assert self.server is not None and self.server.sockets
-        port = self.server.sockets[0].getsockname()[1]
-        assert isinstance(port, int)
-        return port
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for connection in list(self.connections):
-            connection.close()
-
-    async def wait_closed(self, timeout_s: float = 5.0) -> None:
-        async with asyncio.timeout(timeout_s):
-            if self.server is not None:
-                await self.server.wait_closed()
-            for connection in list(self.connections):
-                await connection.wait_closed(timeout_s)
-
-    async def __aenter__(self) -> RpcServer:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-        await self.wait_closed()
-
-
 async def serve(
     host: str,
     port: int,
-    secret: bytes | None,
+    credentials: Credential,
     handler: Handler,
     *,
     name: str,
@@ -932,17 +949,19 @@ async def serve(
     frame first, synchronously, and ``inline_handler`` each request (see the module
     docstring). ``limits``: the budgets (default ``Limits()``); ``request_bytes(header,
     payload)``: what a request will hold while handled (default: its payload's size), for
-    a handler whose answer is large (a chunk read). ``ssl_context``: accept TLS only (the
-    handshake then runs inside it); None, plain TCP.
+    a handler whose answer is large (a chunk read). ``credentials`` (or a bare secret):
+    TLS only when they hold a TLS credential (``ssl_context``: another context, tests),
+    the handshake on the secret otherwise.
     """
-    # A missing or short secret is a configuration error: fail now, not per connection.
-    Handshake(secret, bytes(NONCE_BYTES), side=Side.ACCEPTOR, role=role, name=name)
+    creds = Credentials.of(credentials)
+    ssl_context = creds.context(ssl_context, server=True)
+    role = creds.claim(role)
     loop = asyncio.get_running_loop()
     rpc_server = RpcServer(limits, request_bytes)
 
     def factory() -> Connection:
         connection = Connection(
-            secret,
+            creds,
             side=Side.ACCEPTOR,
             role=role,
             name=name,
@@ -953,13 +972,14 @@ async def serve(
             handshake_timeout_s=handshake_timeout_s,
             server=rpc_server,
         )
-        rpc_server.connections.add(connection)
-        connection._closed.add_done_callback(lambda _: rpc_server.connections.discard(connection))
         return connection
 
+    # A TLS handshake gets the same time as dfs's own (asyncio's default is 60 s); the
+    # connection limits count a peer only once it is through (docs/SECURITY.md).
     rpc_server.server = await loop.create_server(
-        factory, host, port, reuse_address=True, ssl=ssl_context
-    )
+        factory, host, port, reuse_address=True, ssl=ssl_context,
+        ssl_handshake_timeout=handshake_timeout_s if ssl_context is not None else None,
+    )  # fmt: skip
     return rpc_server
 
 
@@ -971,6 +991,7 @@ __all__ = [
     "Handler",
     "InlineHandler",
     "OnewayHandler",
+    "Reply",
     "RequestBytes",
     "RpcServer",
     "connect",

@@ -66,6 +66,7 @@ class MetaConfig:
     listen_host: str
     listen_port: int
     secret_file: Path
+    credential_file: Path | None = None  # TLS (dfs/credentials.py); None: the secret only
     chunk_size_bytes: int = CHUNK_SIZE_DEFAULT
     dead_timeout_s: float = 10.0
     placement: str = "weighted"
@@ -89,6 +90,7 @@ def load_config(path: Path) -> MetaConfig:
         listen_host=section.listen_host,
         listen_port=section.listen_port,
         secret_file=section.secret_file,
+        credential_file=section.credential_file,
         chunk_size_bytes=file.get("chunk_size", int, CHUNK_SIZE_DEFAULT),
         dead_timeout_s=file.get("dead_timeout_ms", int, 10_000) / 1000,
         placement=file.get("placement", str, "weighted"),

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dfs import rpc
+from dfs.credentials import Credential
 from dfs.types import LogIndex, NodeId
 from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, NotLeader, Timeout, Unavailable
 from metaserver.raft.node import RaftNode, Replication
@@ -145,9 +146,9 @@ class Membership:
     """The membership ops of one metaserver, and its watch (``watch``, a task the server
     runs). ``removed`` is set once this member finds it was removed: the daemon exits."""
 
-    def __init__(self, node: RaftNode, secret: bytes) -> None:
+    def __init__(self, node: RaftNode, credentials: Credential) -> None:
         self.node = node
-        self._secret = secret
+        self._credentials = credentials
         self.removed = asyncio.Event()
         self._was_member = False
         self._tick_s = node.config.tick_ms / 1000
@@ -360,7 +361,7 @@ class Membership:
         host, _, port = address.rpartition(":")
         try:
             conn = await rpc.connect(
-                host, int(port), self._secret, name=f"meta-{self.node.id}",
+                host, int(port), self._credentials, name=f"meta-{self.node.id}",
                 timeout_s=ASK_TIMEOUT_S, role="metaserver",
             )  # fmt: skip
         except (DfsError, OSError, TimeoutError) as e:

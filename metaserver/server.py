@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dfs import daemon, rpc
+from dfs.credentials import Credential, Credentials, server_secret, token_client
 from dfs.metrics import Reading, ServerMetrics
 from dfs.wire.errors import (
     DfsError,
@@ -54,6 +55,8 @@ from dfs.wire.ops import METASERVER_OPS, RAFT, admit, lookup, refuse_role
 from dfs.wire.ops_meta import COMMANDS, FS_CREATE
 from dfs.wire.spec import METASERVER
 from dfs.wire.token import READ, WRITE, make_token, token_key
+from metaserver.access import caller_of
+from metaserver.access import check as check_access
 from metaserver.admin import Admin
 from metaserver.admin_trash import TrashAdmin
 from metaserver.backup import Backups
@@ -67,7 +70,8 @@ from metaserver.metrics import readings as metaserver_readings
 from metaserver.namespace import Namespace, encode_command, pools
 from metaserver.namespace.commands import BATCH_OPS
 from metaserver.namespace.ops import ORPHANS_BATCH_MAX
-from metaserver.raft.node import RAFT_OP, RaftNode
+from metaserver.raft.node import RaftNode
+from metaserver.raft.peer import RAFT_OP
 from metaserver.raft.storage import CorruptLogError, StorageLockedError
 from metaserver.raft.types import Role
 from metaserver.repair import Repair
@@ -100,16 +104,17 @@ def _role(conn: rpc.Connection) -> str | None:
 
 
 class MetaServer:
-    def __init__(self, config: MetaConfig, secret: bytes) -> None:
+    def __init__(self, config: MetaConfig, credentials: Credential) -> None:
         self.config = config
         self.ns = Namespace(
             chunk_size_bytes=config.chunk_size_bytes, trash_s_default=config.trash_time_s
         )
-        self.node = RaftNode(config.node, self.ns, secret)
+        credentials = Credentials.of(credentials)
+        self.node = RaftNode(config.node, self.ns, credentials)
         self.registry = Registry(config.dead_timeout_s, started_s=time.monotonic())
         self.placer = Placer(config.placement, cluster=self.ns.policy)
-        self._secret = secret
-        self._token_key = token_key(secret)
+        self._credentials = credentials
+        self._token_key = token_key(server_secret(credentials))
         self._rpc: rpc.RpcServer | None = None
         self._leader_term = -1  # the term in which the registry's soft state was gathered
         self._cs_conns: dict[str, rpc.Connection] = {}
@@ -157,7 +162,7 @@ class MetaServer:
             **self.admin.ops(),  # admin.rebalance, .drain, .forget, .fsck, .goals, .set_goal
             **self.trash.ops(),  # admin.trash_*, .set_trash_time, .usage
         }
-        self.membership = Membership(self.node, secret)
+        self.membership = Membership(self.node, credentials)
         self._ops.update(self.membership.ops())  # admin.meta_*, meta.members
         self._ops.update(Backups(self.node, config.chunk_size_bytes, self._read).ops())
         self._ops.update(Salvager(self).ops())  # admin.salvage
@@ -189,7 +194,7 @@ class MetaServer:
         self._rpc = await rpc.serve(
             cfg.listen_host,
             cfg.listen_port,
-            self._secret,
+            self._credentials,
             handler,
             name=f"meta-{cfg.node.id}",
             role="metaserver",
@@ -241,9 +246,14 @@ class MetaServer:
             return None
         spec = lookup(METASERVER_OPS, op)
         admit(spec, _role(conn), header)
+        # Whom the tokens this request gets are issued to (dfs/wire/token.py).
+        header["client_name"] = token_client(self._credentials, conn.peer)
+        caller = caller_of(conn.peer)
         timeout_ms: int = header.get("timeout_ms", OP_TIMEOUT_MS_DEFAULT)
         timeout_s = min(max(timeout_ms, 1), OP_TIMEOUT_MS_MAX) / 1000
         async with self.desk.guard(spec.name, header, timeout_s):
+            if caller is not None:  # after the guard: recalled leases' batches have landed
+                check_access(self.ns, caller, spec.name, header)
             return await self._dispatch(conn, spec.name, header, timeout_s)
 
     def _take_frame(self, conn: rpc.Connection, header: dict[str, Any], payload: bytes) -> bool:
@@ -265,7 +275,12 @@ class MetaServer:
         self, conn: rpc.Connection, op: str, header: dict[str, Any], timeout_s: float
     ) -> tuple[dict[str, Any], bytes]:
         if op == "fs.dir_lease":
-            return await self.desk.dir_lease(conn, header, timeout_s), b""
+            lease = await self.desk.dir_lease(conn, header, timeout_s)
+            if "batch_ops" in lease and caller_of(conn.peer) is not None:
+                # A client restricted to a user answers nothing ahead of the leader: its
+                # changes are checked (metaserver/access.py) and answered one by one.
+                lease["batch_ops"] = []
+            return lease, b""
         if op == "fs.lease_release":
             return self.desk.lease_release(header), b""
         if op == "fs.batch":
@@ -455,7 +470,8 @@ class MetaServer:
             {
                 "ino": ino,
                 "handle": self._handle_answer(
-                    {"chunk_id": chunk_id, "version": 1, "length": 0, "replicas": replicas}
+                    {"chunk_id": chunk_id, "version": 1, "length": 0, "replicas": replicas},
+                    h["client_name"],
                 ),
             }
             for ino, chunk_id, replicas in result["entries"]
@@ -574,7 +590,12 @@ class MetaServer:
                     **c,
                     "replicas": self._replicas(c["replicas"], now_s),
                     "token": make_token(
-                        self._token_key, c["chunk_id"], c["version"], READ, expiry_ms
+                        self._token_key,
+                        c["chunk_id"],
+                        c["version"],
+                        READ,
+                        expiry_ms,
+                        h["client_name"],
                     ),
                     "expiry_ms": expiry_ms,
                 }
@@ -647,7 +668,12 @@ class MetaServer:
             "length": result["length"],
             "chain": chain,
             "token": make_token(
-                self._token_key, result["chunk_id"], result["version"], WRITE, expiry_ms
+                self._token_key,
+                result["chunk_id"],
+                result["version"],
+                WRITE,
+                expiry_ms,
+                h["client_name"],
             ),
             "expiry_ms": expiry_ms,
         }
@@ -684,11 +710,12 @@ class MetaServer:
         chunk = result.pop("chunk", None)
         if chunk is not None:
             self.repair.writing(int(chunk["chunk_id"]))
-            result["handle"] = self._handle_answer(chunk)
+            result["handle"] = self._handle_answer(chunk, h["client_name"])
         return result
 
-    def _handle_answer(self, chunk: dict[str, Any]) -> dict[str, Any]:
-        """A write handle's answer (``fs.write_handle``'s fields) for ``chunk``."""
+    def _handle_answer(self, chunk: dict[str, Any], client: str) -> dict[str, Any]:
+        """A write handle's answer (``fs.write_handle``'s fields) for ``chunk``, its token
+        issued to ``client``."""
         expiry_ms = time.time_ns() // 1_000_000 + self.config.token_ttl_ms
         known = self.ns.chunkservers()
         return {
@@ -701,7 +728,7 @@ class MetaServer:
                 if cs_id in known
             ],
             "token": make_token(
-                self._token_key, chunk["chunk_id"], chunk["version"], WRITE, expiry_ms
+                self._token_key, chunk["chunk_id"], chunk["version"], WRITE, expiry_ms, client
             ),
             "expiry_ms": expiry_ms,
         }
@@ -738,7 +765,7 @@ class MetaServer:
         if conn is None or conn.closed:
             host, _, port = address.rpartition(":")
             conn = await rpc.connect(
-                host, int(port), self._secret, name=f"meta-{self.node.id}", timeout_s=timeout_s,
+                host, int(port), self._credentials, name=f"meta-{self.node.id}", timeout_s=timeout_s,
                 role="metaserver",
             )  # fmt: skip
             self._cs_conns[address] = conn
@@ -851,7 +878,7 @@ class MetaServer:
         }
 
 
-async def serve(config: MetaConfig, secret: bytes) -> int:
+async def serve(config: MetaConfig, credentials: Credential) -> int:
     """Run until SIGTERM/SIGINT or this node's removal from the cluster (exit 0), or a
     fatal node error (exit 1). A node removed earlier does not start (exit 1); nor does one
     that cannot (port in use, a data directory it cannot make or lock, a damaged log): it
@@ -861,7 +888,7 @@ async def serve(config: MetaConfig, secret: bytes) -> int:
         log.error("metaserver node=%d event=refused %s; to join again, empty %s and add it",
                   config.node.id, removed, config.node.data_dir)  # fmt: skip
         return 1
-    server = MetaServer(config, secret)
+    server = MetaServer(config, credentials)
     try:
         await server.start()
     except (OSError, CorruptLogError, StorageLockedError) as e:

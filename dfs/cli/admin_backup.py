@@ -101,8 +101,13 @@ def backup(
         result: BackupHeader = admin_cli._session(directory, meta, secret_file, work)
         return result
 
+    if secret.secret is None:
+        raise click.ClickException(
+            "a backup names its cluster by the cluster secret, which a client credential "
+            "does not hold: run it with --dir on the cluster's directory"
+        )
     try:
-        h = write_backup(file, secret, run)
+        h = write_backup(file, secret.secret, run)
     except DfsError as e:
         raise click.ClickException(f"backup failed: {e}") from None
     except OSError as e:

@@ -27,6 +27,7 @@ import click
 
 from dfs.cli import cluster as local
 from dfs.cli.common import cluster_options, find_cluster, run_async
+from dfs.credentials import Credential
 
 # An add waits for the new metaserver to catch up (a snapshot and the log after it); a
 # server answers within a minute at most, and the client's retry resumes the wait.
@@ -34,7 +35,9 @@ ADD_TIMEOUT_S = 120.0
 CHANGE_TIMEOUT_S = 30.0
 
 
-def _call(addresses: list[str], secret: bytes, op: str, timeout_s: float, **fields: Any) -> Any:
+def _call(
+    addresses: list[str], secret: Credential, op: str, timeout_s: float, **fields: Any
+) -> Any:
     """``op`` at the leader (redirects followed, retried until ``timeout_s``); a
     ``DfsError`` becomes a one-line error."""
     import anyio
@@ -151,7 +154,7 @@ def add(
                f"(caught up {how} in {result['catch_up_ms'] / 1000:.1f} s)")  # fmt: skip
 
 
-def _start_local(layout: local.Layout, node_id: int | None, secret: bytes) -> tuple[int, str]:
+def _start_local(layout: local.Layout, node_id: int | None, secret: Credential) -> tuple[int, str]:
     """A new metaserver in the ``dfs up`` directory, started and answering: (its id, its
     address). It is not in the layout yet (it is no member yet). On failure, what was
     started is stopped."""
@@ -176,7 +179,7 @@ def _start_local(layout: local.Layout, node_id: int | None, secret: bytes) -> tu
 
 
 def _settle_failed_add(
-    layout: local.Layout, node_id: int, address: str, addresses: list[str], secret: bytes
+    layout: local.Layout, node_id: int, address: str, addresses: list[str], secret: Credential
 ) -> str:
     """After ``add --local`` failed: the layout lists the new metaserver if it is a member
     (a learner, which the same add resumes), or may be one (no leader answers to say);

@@ -12,6 +12,8 @@ Layout of a cluster directory ``D`` (version 1)::
 
     D/cluster.toml            what dfs up decided: addresses, chunk size (see below)
     D/secret                  the cluster secret, mode 0600
+    D/tls/                    with tls: the cluster CA (ca.pem, ca.key) and a credential
+                              per process (meta<i>.pem, cs<i>.pem, client.pem; dfs/pki.py)
     D/meta<i>/meta.toml       metaserver i's config; D/meta<i>/raft/ its Raft log
     D/cs<i>/cs.toml           chunkserver i's config; D/cs<i>/data/ its chunks
     D/logs/<name>.log         each daemon's log (stderr)
@@ -23,6 +25,7 @@ Layout of a cluster directory ``D`` (version 1)::
 
     version = 1
     chunk_size = 67108864
+    tls = true                # optional: the servers and clients speak TLS
     [metaservers]             # Raft node id -> "host:port"
     1 = "127.0.0.1:40001"
     [chunkservers]            # index -> "host:port" (the index names D/cs<i>; the id the
@@ -64,10 +67,12 @@ from pathlib import Path
 from typing import Any
 
 from dfs import rpc
+from dfs.credentials import Credential, Credentials, TlsCredential
 from dfs.ports import free_loopback_ports
 from dfs.secret import generate_secret, load_secret, write_secret
 from dfs.wire.errors import DfsError
 from dfs.wire.limits import CHUNK_SIZE_BYTES_DEFAULT
+from dfs.wire.spec import ADMIN, CLIENT
 
 LAYOUT_VERSION = 1
 CHUNK_SIZE_DEFAULT = CHUNK_SIZE_BYTES_DEFAULT
@@ -92,10 +97,26 @@ class Layout:
     chunk_size: int = CHUNK_SIZE_DEFAULT
     options: dict[str, Any] = field(default_factory=dict)
     cs_options: dict[str, Any] = field(default_factory=dict)
+    tls: bool = False
 
     @property
     def secret_file(self) -> Path:
         return self.dir / "secret"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.dir / "tls"
+
+    @property
+    def client_file(self) -> Path:
+        """The one file a client of this cluster needs (``dfs mount --secret``)."""
+        return self.tls_dir / "client.pem" if self.tls else self.secret_file
+
+    @property
+    def admin_file(self) -> Path:
+        """The one file the operator's CLI needs elsewhere (``--secret``): the admin
+        credential, which the cluster's admin commands ask for."""
+        return self.tls_dir / "admin.pem" if self.tls else self.secret_file
 
     @property
     def meta_addresses(self) -> list[str]:
@@ -113,6 +134,32 @@ class Layout:
             cfg = self.dir / f"cs{i}" / "cs.toml"
             out.append((f"cs{i}", [sys.executable, "-m", "chunkserver", "--config", str(cfg)], cfg))
         return out
+
+
+def issue_credential(
+    layout: Layout, role: str, name: str, address: str = "", where: Path | None = None
+) -> Path | None:
+    """Issue process ``name`` (reached at ``address``, if a server) its TLS credential from
+    the cluster's CA (``dfs/pki.py``) into ``D/tls``; returns the path its config names:
+    ``where/NAME.pem`` on its own host, else the file written. None without TLS."""
+    if not layout.tls:
+        return None
+    from dfs import pki  # the cryptography package: only when credentials are made
+
+    path = layout.tls_dir / f"{name}.pem"
+    hosts = (address.rpartition(":")[0].strip("[]"),) if address else ()
+    pki.write_credential(path, pki.issue(pki.load_authority(layout.tls_dir), role, name, hosts))
+    return where / path.name if where is not None else path
+
+
+def client_credentials(layout: Layout, role: str = ADMIN) -> Credentials:
+    """What the operator's CLI (``admin``) or a local mount (``client``) connects with:
+    that role's credential (TLS) and the secret, which an operator of the cluster
+    directory holds anyway (backups name the cluster by it)."""
+    tls = None
+    if layout.tls:
+        tls = TlsCredential.load(layout.admin_file if role == ADMIN else layout.client_file)
+    return Credentials(load_secret(layout.secret_file), tls, role=role)
 
 
 def _toml_value(v: Any) -> str:
@@ -158,6 +205,7 @@ def load_layout(directory: Path) -> Layout:
         chunk_size=int(raw["chunk_size"]),
         options=dict(raw.get("options", {})),
         cs_options=dict(raw.get("chunkserver_options", {})),
+        tls=raw.get("tls") is True,
     )
 
 
@@ -173,6 +221,8 @@ def init_layout(
     metrics: bool = False,
     data_root: Path | None = None,
     secret_path: Path | None = None,
+    tls: bool = False,
+    credential_dir: Path | None = None,
 ) -> Layout:
     """Write a new cluster directory (secret, configs) or return the existing one.
 
@@ -183,7 +233,9 @@ def init_layout(
     with ``addresses``, on its listen port + ``METRICS_PORT_OFFSET``. ``data_root`` and
     ``secret_path`` are the paths the configs name on the servers' own hosts (default:
     inside ``directory``, for servers on this machine); the secret itself is written to
-    ``directory/secret`` either way."""
+    ``directory/secret`` either way. ``tls``: make the cluster's CA and a credential for
+    every server and for clients (``D/tls``), and have every connection use TLS; the
+    configs name each server's as ``credential_dir/NAME.pem`` (default: in ``D/tls``)."""
     directory = directory.absolute()
     if (directory / "cluster.toml").exists():
         return load_layout(directory)
@@ -210,9 +262,16 @@ def init_layout(
         metaservers={i + 1: a for i, a in enumerate(addresses[0])},
         chunkservers={i + 1: a for i, a in enumerate(addresses[1])},
         chunk_size=chunk_size,
+        tls=tls,
     )
     if not layout.secret_file.exists():
         write_secret(layout.secret_file, generate_secret())
+    if tls:
+        from dfs import pki
+
+        pki.write_authority(layout.tls_dir, pki.make_authority(directory.name))
+        issue_credential(layout, CLIENT, "client")
+        issue_credential(layout, ADMIN, "admin")
     for sub in ("logs", "run"):
         (directory / sub).mkdir(exist_ok=True)
     for i, address in layout.metaservers.items():
@@ -226,6 +285,9 @@ def init_layout(
             "chunk_size": chunk_size,
             **(meta_options or {}),
         }
+        credential = issue_credential(layout, "metaserver", f"meta{i}", address, credential_dir)
+        if credential is not None:
+            top["credential_file"] = credential
         if metrics:
             top["metrics_port"] = next(metrics_ports)
         _write_toml(
@@ -236,7 +298,7 @@ def init_layout(
         _write_cs_config(
             layout, i, address, next(metrics_ports, None),
             data_dir=data_root / f"cs{i}" if data_root is not None else None,
-            secret_file=secret_path,
+            secret_file=secret_path, credential_dir=credential_dir,
         )  # fmt: skip
     _save_layout(layout)
     return layout
@@ -250,6 +312,7 @@ def _write_cs_config(
     *,
     data_dir: Path | None = None,
     secret_file: Path | None = None,
+    credential_dir: Path | None = None,
 ) -> None:
     d = layout.dir / f"cs{i}"
     d.mkdir(exist_ok=True)
@@ -260,6 +323,9 @@ def _write_cs_config(
         "metaservers": layout.meta_addresses,
         **layout.cs_options,
     }
+    credential = issue_credential(layout, "chunkserver", f"cs{i}", address, credential_dir)
+    if credential is not None:
+        top["credential_file"] = credential
     if metrics_port is not None:
         top["metrics_port"] = metrics_port
     _write_toml(d / "cs.toml", top, {})
@@ -308,11 +374,10 @@ def _save_layout(layout: Layout) -> None:
     }
     if layout.cs_options:
         tables["chunkserver_options"] = dict(layout.cs_options)
-    _write_toml(
-        layout.dir / "cluster.toml",
-        {"version": LAYOUT_VERSION, "chunk_size": layout.chunk_size},
-        tables,
-    )
+    top: dict[str, Any] = {"version": LAYOUT_VERSION, "chunk_size": layout.chunk_size}
+    if layout.tls:
+        top["tls"] = True
+    _write_toml(layout.dir / "cluster.toml", top, tables)
 
 
 def add_chunkservers(
@@ -447,7 +512,7 @@ def stop_daemons(layout: Layout, timeout_s: float = STOP_TIMEOUT_S) -> dict[str,
 # ---------------------------------------------------------------------- status
 
 
-async def _status_of(address: str, secret: bytes) -> dict[str, Any] | None:
+async def _status_of(address: str, secret: Credential) -> dict[str, Any] | None:
     host, _, port = address.rpartition(":")
     try:
         conn = await rpc.connect(
@@ -464,7 +529,7 @@ async def _status_of(address: str, secret: bytes) -> dict[str, Any] | None:
         conn.close()
 
 
-async def cluster_status(meta_addresses: list[str], secret: bytes) -> dict[str, Any]:
+async def cluster_status(meta_addresses: list[str], secret: Credential) -> dict[str, Any]:
     """Every metaserver's own view, and the leader's view of the chunkservers.
 
     ``{"leader": id | None, "leader_address", "term", "metaservers": [{id, address, state,
@@ -535,7 +600,7 @@ async def wait_ready(
 ) -> dict[str, Any]:
     """Poll until a leader is elected and every chunkserver (of the addresses
     ``chunkservers``, when given) is registered and alive."""
-    secret = load_secret(layout.secret_file)
+    secret = client_credentials(layout)
     deadline = time.monotonic() + timeout_s
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -740,11 +805,17 @@ def new_metaserver(layout: Layout, node_id: int | None = None) -> tuple[int, str
     elif node_id < 1 or node_id in used:
         raise ClusterError(f"metaserver id {node_id} is taken in {layout.dir}")
     template = _read_toml(layout.dir / f"meta{min(layout.metaservers)}" / "meta.toml")
-    address = f"127.0.0.1:{free_loopback_ports(1)[0]}"
+    port, metrics_port = free_loopback_ports(2)  # one call: never the same port twice
+    address = f"127.0.0.1:{port}"
     d = layout.dir / f"meta{node_id}"
     d.mkdir()
     top = {k: v for k, v in template.items() if not isinstance(v, dict)}
     top.update(id=node_id, listen=address, data_dir=d / "raft", join=True)
+    if "metrics_port" in top:  # its own, not the template's (taken by that server)
+        top["metrics_port"] = metrics_port
+    credential = issue_credential(layout, "metaserver", f"meta{node_id}", address)
+    if credential is not None:
+        top["credential_file"] = credential
     peers = {str(k): v for k, v in {**layout.metaservers, node_id: address}.items()}
     _write_toml(d / "meta.toml", top, {"peers": peers})
     return node_id, address
@@ -788,7 +859,7 @@ def stop_metaserver(
     return how
 
 
-async def wait_answers(address: str, secret: bytes, timeout_s: float = 30.0) -> None:
+async def wait_answers(address: str, secret: Credential, timeout_s: float = 30.0) -> None:
     """Poll until the daemon at ``address`` answers ``status`` (a new metaserver started)."""
     deadline = time.monotonic() + timeout_s
     while await _status_of(address, secret) is None:

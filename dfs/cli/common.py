@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 import click
 
 from dfs.cli import cluster as local
-from dfs.secret import SecretFileError, load_secret
+from dfs.credentials import CredentialFileError, Credentials, load_client_credentials
+from dfs.secret import SecretFileError
+from dfs.wire.spec import ADMIN
 
 F = TypeVar("F", bound=Callable[..., Any])
 # How long a file command (ls, put, get, ...) waits for the cluster by default (--timeout).
@@ -42,7 +44,7 @@ def cluster_options(f: F) -> F:
         "--secret",
         "secret_file",
         type=click.Path(path_type=Path),
-        help="The cluster secret file (with --meta).",
+        help="The client credential (TLS clusters) or cluster secret file (with --meta).",
     )(f)
     return f
 
@@ -75,21 +77,23 @@ def client_options(f: F) -> F:
 
 
 def find_cluster(
-    directory: Path, meta: str | None, secret_file: Path | None
-) -> tuple[list[str], bytes]:
-    """(metaserver addresses, secret) from the options; a clear error otherwise."""
+    directory: Path, meta: str | None, secret_file: Path | None, role: str = ADMIN
+) -> tuple[list[str], Credentials]:
+    """(metaserver addresses, credentials) from the options; a clear error otherwise.
+    ``role``: what the process speaks as where its file does not say (the CLI is the
+    operator's, ``admin``; a mount is a ``client``)."""
     try:
         if meta:
             if secret_file is None:
                 raise click.UsageError("--meta needs --secret FILE")
             addresses = [a.strip() for a in meta.split(",") if a.strip()]
-            return addresses, load_secret(secret_file)
+            return addresses, load_client_credentials(secret_file, role)
         layout = local.load_layout(directory.absolute())
-        return layout.meta_addresses, load_secret(layout.secret_file)
+        return layout.meta_addresses, local.client_credentials(layout, role)
     except local.ClusterError as e:
         raise click.ClickException(str(e)) from None
-    except (OSError, SecretFileError) as e:
-        raise click.ClickException(f"cannot read the cluster secret: {e}") from None
+    except (OSError, SecretFileError, CredentialFileError) as e:
+        raise click.ClickException(f"cannot read the cluster's credentials: {e}") from None
 
 
 def size_bytes(text: str) -> int:

@@ -2,7 +2,8 @@
 their own (docs/OPERATIONS.md, "Deploying on several hosts").
 
 What it owns: turning host lists into a cluster directory of the same layout ``dfs up``
-makes (``cluster.toml``, ``secret``, ``metaI/meta.toml``, ``csI/cs.toml``), whose configs
+makes (``cluster.toml``, ``secret``, ``tls/`` with the CA and every process's credential,
+``metaI/meta.toml``, ``csI/cs.toml``), whose configs
 name the paths on the servers' hosts, and the copy-and-start instructions it prints. What
 it must not do: touch a host (it only writes files here; the operator copies them).
 """
@@ -14,7 +15,8 @@ from pathlib import Path
 import click
 
 from dfs.cli import cluster as local
-from dfs.cli.common import size_bytes
+from dfs.cli.common import dir_option, size_bytes
+from dfs.wire.spec import ADMIN, CLIENT
 
 
 @click.command("init")
@@ -52,6 +54,19 @@ from dfs.cli.common import size_bytes
     show_default=True,
     help="Where the servers find the cluster secret on their hosts.",
 )
+@click.option(
+    "--tls/--no-tls",
+    default=True,
+    show_default=True,
+    help="Make the cluster's CA and a TLS credential per server and for clients.",
+)
+@click.option(
+    "--credential-dir",
+    type=click.Path(path_type=Path),
+    default=Path("/etc/dfs"),
+    show_default=True,
+    help="Where each server finds its credential (NAME.pem) on its host.",
+)
 @click.option("--chunk-size", default="64M", show_default=True, help="Chunk size.")
 @click.option(
     "--metrics/--no-metrics",
@@ -65,6 +80,8 @@ def init_command(
     out: Path,
     data_root: Path,
     secret_path: Path,
+    tls: bool,
+    credential_dir: Path,
     chunk_size: str,
     metrics: bool,
 ) -> None:
@@ -83,8 +100,10 @@ def init_command(
         )
     if out.exists() and any(out.iterdir()):
         raise click.UsageError(f"{out} exists and is not empty")
-    if not data_root.is_absolute() or not secret_path.is_absolute():
-        raise click.UsageError("--data-root and --secret-path must be absolute paths")
+    if not all(p.is_absolute() for p in (data_root, secret_path, credential_dir)):
+        raise click.UsageError(
+            "--data-root, --secret-path and --credential-dir must be absolute paths"
+        )
     try:
         layout = local.init_layout(
             out,
@@ -93,11 +112,16 @@ def init_command(
             metrics=metrics,
             data_root=data_root,
             secret_path=secret_path,
+            tls=tls,
+            credential_dir=credential_dir,
         )
     except (local.ClusterError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"dfs cluster configs in {layout.dir}")
     click.echo(f"  copy {layout.secret_file} to {secret_path} on every server (mode 0600)")
+    if tls:
+        click.echo(f"  copy {layout.tls_dir}/NAME.pem to {credential_dir}/NAME.pem on the "
+                   f"host of server NAME (mode 0600); keep {layout.tls_dir}/ca.key off them")  # fmt: skip
     for i, address in sorted(layout.metaservers.items()):
         host = address.rpartition(":")[0]
         click.echo(f"  {host}: meta{i}/meta.toml -> /etc/dfs/meta.toml, "
@@ -106,8 +130,64 @@ def init_command(
         host = address.rpartition(":")[0]
         click.echo(f"  {host}: cs{i}/cs.toml -> /etc/dfs/cs.toml, "
                    f"then: systemctl enable --now dfs-chunkserver")  # fmt: skip
-    click.echo(f"  clients: dfs mount --meta {','.join(metaservers)} --secret {secret_path} "
+    client = f"{credential_dir}/client.pem (from {layout.client_file})" if tls else secret_path
+    if tls:
+        click.echo(f"  operators: {layout.admin_file} (dfs admin ... --secret admin.pem)")
+    click.echo(f"  clients: dfs mount --meta {','.join(metaservers)} --secret {client} "
                "MOUNTPOINT")  # fmt: skip
 
 
-__all__ = ["init_command"]
+@click.command("credential")
+@dir_option
+@click.argument("name")
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="The file to write (0600)."
+)
+@click.option(
+    "--uid",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Restrict the client to this user: the metaservers check its requests' "
+    "permissions as this uid (absent: a client trusted with any uid, as root's mount).",
+)
+@click.option(
+    "--gids", default="", metavar="G,...", help="The restricted user's groups (with --uid)."
+)
+@click.option(
+    "--admin", is_flag=True, help="An operator's credential: it may run dfs admin commands."
+)
+def credential_command(
+    directory: Path, name: str, out: Path, uid: int | None, gids: str, admin: bool
+) -> None:
+    """Issue a client credential NAME from the cluster's CA (DIR/tls/ca.key) into OUT: one
+    for a host's mount (files only), or with --admin for an operator."""
+    from dfs import pki
+
+    try:
+        groups = tuple(int(g) for g in gids.split(",") if g.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"not a list of group ids: {gids!r}", param_hint="--gids"
+        ) from None
+    if groups and uid is None:
+        raise click.UsageError("--gids restricts a credential only with --uid")
+    if admin and uid is not None:
+        raise click.UsageError("an operator's credential is not restricted to a user")
+    if out.exists():
+        raise click.UsageError(f"{out} exists")
+    try:
+        layout = local.load_layout(directory.absolute())
+        if not layout.tls:
+            raise click.ClickException(f"the cluster in {layout.dir} has no TLS, so no CA")
+        authority = pki.load_authority(layout.tls_dir)
+    except local.ClusterError as e:
+        raise click.ClickException(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"cannot read the cluster's CA: {e}") from None
+    role = ADMIN if admin else CLIENT
+    pki.write_credential(out, pki.issue(authority, role, name, uid=uid, gids=groups))
+    who = f"user {uid}, groups {list(groups)}" if uid is not None else "any user"
+    click.echo(f"{role} credential {name!r} ({who}) in {out}")
+
+
+__all__ = ["credential_command", "init_command"]

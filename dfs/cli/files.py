@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dfs.client import Attr, FsClient
+from dfs.credentials import Credential
 from dfs.wire.errors import Exists, Invalid, IsDir, NotDir, NotFound
 
 COPY_PIECE_BYTES = 4 << 20  # one write call of put / one read of get: the client's buffer size
@@ -28,7 +29,7 @@ Progress = Callable[[int], None]  # called with the bytes done since the last ca
 
 
 @asynccontextmanager
-async def client(meta: list[str], secret: bytes, timeout_s: float) -> AsyncIterator[FsClient]:
+async def client(meta: list[str], secret: Credential, timeout_s: float) -> AsyncIterator[FsClient]:
     async with FsClient.open_cluster(meta, secret, timeout_s=timeout_s) as fs:
         yield fs
 

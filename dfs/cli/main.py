@@ -34,7 +34,9 @@ from dfs.cli.common import (
     size_bytes,
     sync_on_close_option,
 )
-from dfs.cli.deploy import init_command
+from dfs.cli.deploy import credential_command, init_command
+from dfs.credentials import Credentials
+from dfs.wire.spec import CLIENT
 
 
 @click.group()
@@ -89,6 +91,13 @@ def version() -> None:
     help="Add and start N more chunkservers on the existing cluster in DIR, then return "
     "(no mount; dfs down stops them with the rest).",
 )
+@click.option(
+    "--tls/--no-tls",
+    default=False,
+    show_default=True,
+    help="A new cluster: make its CA and a credential per process (DIR/tls), and speak TLS "
+    "on every connection.",
+)
 @sync_on_close_option
 def up(
     directory: Path,
@@ -101,6 +110,7 @@ def up(
     no_mount: bool,
     capacity: str | None,
     add: int | None,
+    tls: bool,
     sync_on_close: bool,
 ) -> None:
     """Start a local cluster in DIR (creating it the first time) on loopback, and mount
@@ -141,6 +151,7 @@ def up(
                 chunk_size=size,
                 cs_options=cs_options,
                 metrics=True,
+                tls=tls,
             )
         pids = local.start_daemons(layout, only=only)
         status = asyncio.run(local.wait_ready(layout, timeout_s, ready))
@@ -164,7 +175,8 @@ def up(
         cs_id = ids.get(address, "?")
         metrics = _metrics(layout, f"cs{i}")
         click.echo(f"  chunkserver {cs_id}  {address}  pid {pids[f'cs{i}']}  (cs{i}){metrics}")
-    click.echo(f"  chunk size  {human(layout.chunk_size)}; secret {layout.secret_file}")
+    tls_note = f"TLS, client credential {layout.client_file}" if layout.tls else "no TLS"
+    click.echo(f"  chunk size  {human(layout.chunk_size)}; secret {layout.secret_file}; {tls_note}")
     if not no_mount:
         try:
             where = _mount_local(layout, mountpoint, sync_on_close=sync_on_close)
@@ -549,7 +561,7 @@ def mount(
     """
     from dfs.fuse.mountinfo import resolve
 
-    addresses, secret = find_cluster(directory, meta, secret_file)
+    addresses, secret = find_cluster(directory, meta, secret_file, CLIENT)
     where = Path(resolve(mountpoint))
     run_dir = local.mount_run_dir(None if meta else directory.absolute())
     if pid_file is None:
@@ -584,7 +596,7 @@ def mount(
 
 def _mount_foreground(
     addresses: list[str],
-    secret: bytes,
+    secret: Credentials,
     where: Path,
     allow_other: bool,
     timeout_s: float,
@@ -679,6 +691,7 @@ for _command in (fsck, setgoal, getgoal, backup, restore, trash, settrashtime, g
     admin.add_command(_command)
 cli.add_command(admin)
 cli.add_command(init_command)
+cli.add_command(credential_command)
 
 
 def main() -> None:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -64,9 +63,10 @@ import sniffio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 from anyio.streams.tls import TLSAttribute
 
+from dfs.credentials import Credential, Credentials
 from dfs.payloads import take_payload
 from dfs.wire import codec, messages
-from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side
+from dfs.wire.auth import PeerInfo, Side
 from dfs.wire.conn import (
     CALL_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
@@ -552,13 +552,17 @@ async def _receive_into(raw: socket.socket, target: memoryview) -> int:
 
 
 async def _handshake(
-    stream: ByteStream, secret: bytes, *, role: str, name: str
+    stream: ByteStream, creds: Credentials, *, role: str, name: str
 ) -> tuple[PeerInfo, codec.FrameDecoder]:
     """The initiator's side of the core's ``HandshakeSteps``; returns the peer and the
     decoder (which may hold bytes that followed the proof)."""
     steps = HandshakeSteps(
-        Handshake(secret, os.urandom(NONCE_BYTES), side=Side.INITIATOR, role=role, name=name)
-    )
+        creds.handshake(
+            side=Side.INITIATOR, role=role, name=name,
+            peercert=stream.extra(TLSAttribute.peer_certificate, None),
+            der=stream.extra(TLSAttribute.peer_certificate_binary, None) or b"",
+        )
+    )  # fmt: skip
     decoder = HandshakeSteps.decoder(alloc=take_payload)
 
     async def next_frame() -> codec.Frame:
@@ -594,7 +598,7 @@ async def _handshake(
 
 async def connect(
     address: str,
-    secret: bytes | None,
+    credentials: Credential,
     *,
     name: str,
     task_group: TaskGroup,
@@ -605,8 +609,10 @@ async def connect(
 ) -> Connection:
     """Open a connection to ``address`` ("host:port") and authenticate both ways; its
     reader and writer run in ``task_group`` (see the module docstring for the lifetime).
-    ``ssl_context``: run the connection over TLS (the handshake then runs inside it; the
-    TRIO FAST PATH's direct socket use is off); None, plain TCP.
+    ``credentials`` (or a bare secret, ``Credentials.of``): TLS when they hold a TLS
+    credential (the TRIO FAST PATH's direct socket use is then off), the handshake on the
+    secret otherwise (``dfs/credentials.py``); ``ssl_context``: this TLS context instead of
+    the credential's (tests).
 
     Raises ``AuthError`` (no usable secret here, or a wrong one on either side),
     ``Unavailable`` (refused, unreachable, closed during the handshake), ``Timeout`` (over
@@ -614,9 +620,9 @@ async def connect(
     malformed address).
     """
     host, port = split_address(address)
-    # Check the secret before touching the network: a configuration error, not a peer's.
-    Handshake(secret, bytes(NONCE_BYTES), side=Side.INITIATOR, role=role, name=name)
-    assert secret is not None
+    creds = Credentials.of(credentials)
+    ssl_context = creds.context(ssl_context, server=False)
+    role = creds.claim(role)
     try:
         with anyio.fail_after(timeout_s):
             stream: ByteStream
@@ -630,7 +636,7 @@ async def connect(
                 raw = stream.extra(SocketAttribute.raw_socket)
                 with suppress(OSError):  # small calls must not wait for Nagle
                     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                peer, decoder = await _handshake(stream, secret, role=role, name=name)
+                peer, decoder = await _handshake(stream, creds, role=role, name=name)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await anyio.aclose_forcefully(stream)
@@ -672,7 +678,7 @@ def single_errors() -> Iterator[None]:
 @asynccontextmanager
 async def open_connection(
     address: str,
-    secret: bytes | None,
+    credentials: Credential,
     *,
     name: str,
     timeout_s: float = CONNECT_TIMEOUT_S,
@@ -686,7 +692,7 @@ async def open_connection(
         async with anyio.create_task_group() as tg:
             conn = await connect(
                 address,
-                secret,
+                credentials,
                 name=name,
                 task_group=tg,
                 timeout_s=timeout_s,

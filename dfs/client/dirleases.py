@@ -328,7 +328,7 @@ class DirLeases:
         if not self.enabled:
             return False
         lease = await self._acquire(parent)
-        if lease is None:
+        if lease is None or op not in lease.batchable:  # the leader takes them one by one
             return False
         entry = lease.names.get(name)
         if entry is None:
@@ -382,7 +382,7 @@ class DirLeases:
         ``name`` under ``lease``, if that lease is still held (not one granted again
         since: another client may have looked at the file in between) and the file
         still has that name (module docstring). False: commit it the synchronous way."""
-        if self.valid(lease.ino) is not lease:
+        if self.valid(lease.ino) is not lease or "fs.commit" not in lease.batchable:
             return False
         entry = lease.names.get(name)
         # A commit without chunk entries is not deferred: it names no chunk version, so a

@@ -13,14 +13,14 @@ asyncio or server code (it runs under trio in the mount; ``tests/unit/test_bound
 Lifetime: a client lives in a task group, which runs its connections' readers and writers,
 its uploads and its read-ahead::
 
-    async with FsClient.open_cluster(["127.0.0.1:7001", ...], secret) as fs:
+    async with FsClient.open_cluster(["127.0.0.1:7001", ...], credentials) as fs:
         attr = await fs.resolve(b"/a/b")
         async with await fs.open(attr.ino, os.O_RDONLY) as f:
             data = await f.read(0, 1 << 20)
 
 or, for an owner with a task group of its own (the FUSE adapter)::
 
-    fs = FsClient(tg, addresses, secret, options=ClientOptions(...))
+    fs = FsClient(tg, addresses, credentials, options=ClientOptions(...))
     await fs.start()          # finds the leader, learns chunk_size (fs.statfs)
     ...
     await fs.aclose()         # closes connections; files should be closed before
@@ -69,6 +69,7 @@ from dfs.client.options import ClientOptions
 from dfs.client.paths import PathResolution, check_name
 from dfs.client.pool import ConnectionPool
 from dfs.client.records import Attr, DirEntry, StatFs, WriteHandle
+from dfs.credentials import Credential
 from dfs.wire.errors import (
     DfsError,
     NoAttr,
@@ -112,7 +113,7 @@ class FsClient(PathResolution):
         self,
         task_group: TaskGroup,
         meta_addresses: Sequence[str],
-        secret: bytes,
+        credentials: Credential,
         *,
         options: ClientOptions | None = None,
         clock: Clock | None = None,
@@ -123,7 +124,7 @@ class FsClient(PathResolution):
         self._rng = rng or random.Random()
         clock = clock or anyio.current_time
         self._pool = ConnectionPool(
-            task_group, secret, name=options.name, connect_timeout_s=options.connect_timeout_s
+            task_group, credentials, name=options.name, connect_timeout_s=options.connect_timeout_s
         )
         self.meta = MetaClient(
             self._pool,
@@ -201,7 +202,7 @@ class FsClient(PathResolution):
     async def open_cluster(
         cls,
         meta_addresses: Sequence[str],
-        secret: bytes,
+        credentials: Credential,
         *,
         attr_ttl_s: float | None = None,
         timeout_s: float | None = None,
@@ -217,7 +218,7 @@ class FsClient(PathResolution):
             options = dataclasses.replace(options, timeout_s=timeout_s)
         with single_errors():
             async with anyio.create_task_group() as tg:
-                fs = cls(tg, meta_addresses, secret, options=options, clock=clock)
+                fs = cls(tg, meta_addresses, credentials, options=options, clock=clock)
                 try:
                     await fs.start()
                     yield fs

@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 
 from dfs.client.conn import Connection, OnewayHandler, Payload, connect
 from dfs.client.stats import OpStats
+from dfs.credentials import Credential
 from dfs.wire.errors import Timeout, Unavailable
 
 
@@ -28,13 +29,13 @@ class ConnectionPool:
     def __init__(
         self,
         task_group: TaskGroup,
-        secret: bytes,
+        credentials: Credential,
         *,
         name: str,
         connect_timeout_s: float,
     ) -> None:
         self._task_group = task_group
-        self._secret = secret
+        self._credentials = credentials
         self._name = name
         self._connect_timeout_s = connect_timeout_s
         self._conns: dict[str, Connection] = {}
@@ -68,7 +69,7 @@ class ConnectionPool:
                         return conn
                     conn = await connect(
                         address,
-                        self._secret,
+                        self._credentials,
                         name=self._name,
                         task_group=self._task_group,
                         timeout_s=min(timeout_s, self._connect_timeout_s),

@@ -84,6 +84,9 @@ ERRNO_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.NO_ATTR: errno.ENODATA,
     # link(2) past the most links an inode may have.
     ErrorCode.TOO_MANY_LINKS: errno.EMLINK,
+    # A credential restricted to a uid (docs/SECURITY.md) asked beyond that uid's rights;
+    # the kernel's own check (default_permissions) normally answers first.
+    ErrorCode.ACCESS: errno.EACCES,
 }
 
 # (operation, code) -> errno, where an operation gives a code a sharper meaning.

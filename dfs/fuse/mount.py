@@ -34,6 +34,7 @@ import pyfuse3
 import trio
 
 from dfs.client import ClientOptions, FsClient
+from dfs.credentials import Credential
 from dfs.fuse.mountinfo import FS_TYPE, mount_info, resolve
 from dfs.fuse.operations import DfsOperations
 
@@ -99,7 +100,7 @@ def mount_options(*, allow_other: bool) -> set[str]:
 @dataclass
 class MountConfig:
     meta_addresses: list[str]
-    secret: bytes
+    secret: Credential  # the cluster's (dfs/credentials.py)
     mountpoint: Path
     allow_other: bool = False
     timeout_s: float = 30.0

@@ -28,6 +28,11 @@ What this does not do: it derives no session key and does not protect the frames
 from a man in the middle; that is TLS's job, layered underneath when needed. ``role`` and
 ``name`` say who the peer claims to be (for logs and for servers that treat roles
 differently); they are only trustworthy in the sense that the peer knows the secret.
+
+Under TLS (``certified``: the role and name in the peer's verified certificate,
+``dfs/credentials.py``) the same steps run with empty proofs and no secret: the channel
+already proved who the peer is, and the handshake only checks that the role it claims is
+its certificate's, and, on the side that dialled, that the peer is a server.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dfs.wire.errors import AuthError
+from dfs.wire.spec import SERVER_ROLES
 
 AUTH_VERSION = 2
 NONCE_BYTES = 32
@@ -62,6 +68,12 @@ class Side(enum.Enum):
 class PeerInfo:
     role: str  # process kind the peer claims: "metaserver", "chunkserver", "client", ...
     name: str  # its node name, for logs
+    # A client whose certificate restricts it to one user: its uid and groups (the
+    # metaserver then checks every request's permissions as that user, docs/SECURITY.md).
+    # None: not restricted (a server, root's mount, a secret-only cluster's client).
+    uid: int | None = None
+    gids: tuple[int, ...] = ()
+    cert_id: str = ""  # in a TLS cluster: its certificate's fingerprint (tokens are bound to it)
 
 
 def compute_proof(
@@ -72,6 +84,14 @@ def compute_proof(
     claim = b"".join(len(b).to_bytes(1, "big") + b for b in (role.encode(), name.encode()))
     message = _CONTEXT + side.value + own_nonce + peer_nonce + claim
     return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def check_secret(secret: bytes | None) -> None:
+    """``AuthError`` unless ``secret`` can key a handshake."""
+    if not secret:
+        raise AuthError("no cluster secret configured")
+    if len(secret) < SECRET_BYTES_MIN:
+        raise AuthError(f"cluster secret is shorter than {SECRET_BYTES_MIN} bytes")
 
 
 def _short_str(header: dict[str, Any], name: str) -> str:
@@ -97,18 +117,26 @@ class Handshake:
     """
 
     def __init__(
-        self, secret: bytes | None, nonce: bytes, *, side: Side, role: str, name: str
+        self,
+        secret: bytes | None,
+        nonce: bytes,
+        *,
+        side: Side,
+        role: str,
+        name: str,
+        certified: PeerInfo | None = None,
     ) -> None:
-        if not secret:
-            raise AuthError("no cluster secret configured")
-        if len(secret) < SECRET_BYTES_MIN:
-            raise AuthError(f"cluster secret is shorter than {SECRET_BYTES_MIN} bytes")
+        if certified is None:
+            check_secret(secret)
+        elif side is Side.INITIATOR and certified.role not in SERVER_ROLES:
+            raise AuthError(f"the server's certificate is a {certified.role}'s, not a server's")
         if len(nonce) != NONCE_BYTES:
             raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
         for what, value in (("role", role), ("name", name)):
             if len(value.encode()) > CLAIM_BYTES_MAX:
                 raise ValueError(f"{what} over {CLAIM_BYTES_MAX} bytes")
-        self._secret = bytes(secret)
+        self._secret = bytes(secret or b"")
+        self._certified = certified
         self._nonce = bytes(nonce)
         self.side = side
         self.role = role
@@ -146,6 +174,8 @@ class Handshake:
 
     def _proof(self) -> dict[str, Any]:
         assert self._peer_nonce is not None
+        if self._certified is not None:
+            return {"op": OP_PROOF, "role": self.role, "name": self.name, "proof": b""}
         proof = compute_proof(
             self._secret, self.side, self._nonce, self._peer_nonce, self.role, self.name
         )
@@ -163,6 +193,14 @@ class Handshake:
         if not isinstance(proof, bytes):
             raise AuthError("malformed proof")
         claim = PeerInfo(_short_str(header, "role"), _short_str(header, "name"))
+        if self._certified is not None:
+            if claim.role != self._certified.role:
+                raise AuthError(
+                    f"peer claims role {claim.role!r}, its certificate {self._certified.role!r}"
+                )
+            self.done = True
+            self._peer = self._certified
+            return self._certified
         expected = compute_proof(
             self._secret, self.side.other, self._peer_nonce, self._nonce, claim.role, claim.name
         )

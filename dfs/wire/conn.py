@@ -241,7 +241,10 @@ class HandshakeSteps:
         """What a close by the peer before DONE means: after our proof a dfs acceptor hangs
         up only when it rejects it (it proves itself only to a peer that did)."""
         if self.step is Step.PROOF_SENT:
-            return AuthError("the peer hung up on our proof (wrong cluster secret?)")
+            return AuthError(
+                "the peer hung up on our proof (wrong cluster secret? a role our certificate "
+                "does not give us?)"
+            )
         return Unavailable("connection closed during the handshake")
 
     def _expect(self, step: Step, what: str) -> None:

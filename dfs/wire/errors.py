@@ -40,6 +40,7 @@ class ErrorCode(enum.IntEnum):
     UNSUPPORTED = 20  # unknown operation or an unsupported feature
     NO_ATTR = 21  # the extended attribute does not exist
     TOO_MANY_LINKS = 22  # an inode already has the most hard links allowed (EMLINK)
+    ACCESS = 23  # the caller's uid and groups may not do this to this inode (EACCES)
 
 
 class DfsError(Exception):
@@ -193,12 +194,16 @@ class TooManyLinks(_CodedError):
     CODE = ErrorCode.TOO_MANY_LINKS
 
 
+class AccessDenied(_CodedError):
+    CODE = ErrorCode.ACCESS
+
+
 _CLASS_BY_CODE: dict[ErrorCode, type[_CodedError]] = {
     cls.CODE: cls
     for cls in (
         NotFound, Exists, NotEmpty, NotDir, IsDir, Invalid, NameTooLong, NoSpace, Stale,
         Unavailable, Corrupt, NotLeader, PermissionDenied, Timeout, ProtocolError, AuthError,
-        InternalError, TooBig, Busy, Unsupported, NoAttr, TooManyLinks,
+        InternalError, TooBig, Busy, Unsupported, NoAttr, TooManyLinks, AccessDenied,
     )
 }  # fmt: skip
 

@@ -29,11 +29,11 @@ from dfs.wire.spec import (
     BOOL,
     BYTES,
     CHUNKSERVER,
-    CLIENT,
     LIST,
     METASERVER,
     STR,
     UINT,
+    USERS,
     Field,
     Op,
 )
@@ -48,6 +48,11 @@ COMMON = (TIMEOUT_MS,)
 CHUNK_ID = Field("chunk_id", UINT, low=1, high=CHUNK_ID_MAX, message="chunk_id out of range")
 VERSION = Field("version", UINT, high=VERSION_MAX, message="version out of range")
 TOKEN = Field("token", BYTES, doc="an access token (Access tokens below)")
+CLIENT_NAME = Field(
+    "client_name", STR, required=False, high=255,
+    doc="from a server only (a chunkserver forwarding down its chain): the client the "
+    "token was issued to; from a client, replaced by its certificate's name",
+)  # fmt: skip
 EXPIRY_MS = Field("expiry_ms", UINT, high=UINT64_MAX, message="expiry_ms out of range",
                   doc="the token's expiry, wall-clock ms")  # fmt: skip
 CHAIN = Field(
@@ -67,8 +72,8 @@ LENGTH = Field(
 
 # Who may write: a client, the chunkserver before this one in the chain, the leader
 # pushing a new version.
-WRITERS = frozenset({CLIENT, CHUNKSERVER, METASERVER})
-READERS = frozenset({CLIENT, CHUNKSERVER})
+WRITERS = USERS | {CHUNKSERVER, METASERVER}
+READERS = USERS | {CHUNKSERVER}
 # Replica management is the leader's: only a metaserver may ask for it.
 LEADER = frozenset({METASERVER})
 
@@ -86,7 +91,7 @@ CHUNK_WRITE = Op(
               doc="fsync before acknowledging (a write that moves the replica to a newer "
               "version is fsynced whatever it says)"),
         Field("size", UINT, required=False, doc="when sent, must equal the payload's length"),
-        EXPECT_LENGTH,
+        EXPECT_LENGTH, CLIENT_NAME,
     ),
     payload="the bytes",
     answer="`{}` once this replica and every later one in the chain has them",
@@ -100,7 +105,7 @@ CHUNK_READ = Op(
         Field("offset", UINT),
         Field("size", UINT, high=READ_BYTES_MAX, error=TooBig,
               message=f"read over {READ_BYTES_MAX} bytes"),
-        TOKEN, EXPIRY_MS,
+        TOKEN, EXPIRY_MS, CLIENT_NAME,
     ),
     reply_payload="the bytes, verified against the block checksums; shorter than `size` at "
     "the replica's end",
@@ -109,8 +114,8 @@ CHUNK_READ = Op(
 )  # fmt: skip
 
 CHUNK_SYNC = Op(
-    "chunk.sync", frozenset({CLIENT, CHUNKSERVER}),
-    fields=(CHUNK_ID, VERSION, TOKEN, EXPIRY_MS, CHAIN, EXPECT_LENGTH),
+    "chunk.sync", USERS | {CHUNKSERVER},
+    fields=(CHUNK_ID, VERSION, TOKEN, EXPIRY_MS, CHAIN, EXPECT_LENGTH, CLIENT_NAME),
     answer="`{}` once fsynced on every replica of the chain (a write token)",
     common=COMMON,
 )  # fmt: skip

@@ -40,18 +40,19 @@ from dfs.wire.limits import (
 )
 from dfs.wire.ops_chunk import TIMEOUT_MS
 from dfs.wire.spec import (
+    ADMIN,
     ANY,
     ANYONE,
     BOOL,
     BYTES,
     CHUNKSERVER,
-    CLIENT,
     INT,
     LIST,
     MAP,
     METASERVER,
     STR,
     UINT,
+    USERS,
     Field,
     Op,
 )
@@ -66,7 +67,8 @@ HOLDER = Field("holder", UINT, required=False,
 COMMON = (TIMEOUT_MS,)
 FS_COMMON = (TIMEOUT_MS, HOLDER, *SESSION)
 
-CLIENTS = frozenset({CLIENT})
+CLIENTS = USERS  # files: a client's or the operator's
+ADMINS = frozenset({ADMIN})  # the cluster: the operator's only
 CHUNKSERVERS = frozenset({CHUNKSERVER})
 METASERVERS = frozenset({METASERVER})
 
@@ -378,7 +380,7 @@ _CURSOR = Field("cursor", ANY, required=False, doc="the last page's")
 
 
 def _admin(name: str, *fields: Field, answer: str = "", session: bool = False) -> Op:
-    return Op(name, CLIENTS, fields=fields, answer=answer, session=session, common=FS_COMMON)
+    return Op(name, ADMINS, fields=fields, answer=answer, session=session, common=FS_COMMON)
 
 
 ADMIN_REBALANCE = _admin(
@@ -494,7 +496,8 @@ ADMIN_TRASH_PURGE = _admin(
     answer="up to 4,096 entries leave the trash for collection: `purged`, `more` (bool)",
     session=True,
 )  # fmt: skip
-ADMIN_USAGE = _admin(
+# A user's too: what `du` would walk for (the mount's `getfattr -n dfs.usage`).
+ADMIN_USAGE = _fs(
     "admin.usage", Field("path", BYTES, required=False, doc="absolute"),
     _u("ino", False, "instead of `path`"),
     answer="from the namespace's recursive statistics, without a walk: `bytes` (regular "

@@ -29,15 +29,17 @@ from typing import Any, cast
 from dfs.wire.errors import DfsError, Invalid, ProtocolError
 
 # ------------------------------------------------------------------ roles
-# What the peer proved in the handshake (``auth.py``: the role is inside the MAC). Today
-# every process holds the cluster secret, so a role is a claim made by someone who knows
-# the secret; separate credentials per role come later (docs/ARCHITECTURE.md,
-# "Operations, limits and roles").
-CLIENT = "client"
+# What the peer proved: in a TLS cluster its certificate's role (``dfs/credentials.py``),
+# which only the cluster CA issues; in a secret-only cluster a claim inside the handshake's
+# MAC (``auth.py``), which anyone who holds the secret can make (docs/SECURITY.md).
+CLIENT = "client"  # a mount, or the CLI of a client host: files only
+ADMIN = "admin"  # the operator's CLI: files and the cluster's admin.* commands
 METASERVER = "metaserver"
 CHUNKSERVER = "chunkserver"
-ROLES = (CLIENT, METASERVER, CHUNKSERVER)
+ROLES = (CLIENT, ADMIN, METASERVER, CHUNKSERVER)
+USERS = frozenset({CLIENT, ADMIN})  # who works on files
 ANYONE = frozenset(ROLES)
+SERVER_ROLES = frozenset({METASERVER, CHUNKSERVER})
 
 # ------------------------------------------------------------------ kinds
 UINT = "uint"  # an int >= 0

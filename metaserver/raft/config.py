@@ -8,6 +8,8 @@ Keys (TOML)::
     listen = "127.0.0.1:7001"           # peers and clients, one port
     data_dir = "/var/lib/dfs/meta1"     # the Raft directory (log segments, snapshots)
     secret_file = "/etc/dfs/secret"     # the cluster secret (mode 0600)
+    credential_file = "/etc/dfs/m1.pem" # optional; this server's TLS credential (dfs/pki.py):
+                                        #   TLS with peers and clients; absent: none
     tick_ms = 100                       # optional; Raft tick (elections after 10-20 ticks)
     election_ticks = 10                 # optional
     heartbeat_ticks = 1                 # optional
@@ -29,7 +31,7 @@ from dfs.types import NodeId
 from metaserver.raft.node import NodeConfig
 
 NODE_KEYS = frozenset(
-    {"id", "listen", "data_dir", "secret_file", "tick_ms", "election_ticks",
+    {"id", "listen", "data_dir", "secret_file", "credential_file", "tick_ms", "election_ticks",
      "heartbeat_ticks", "snapshot_entries", "fsync", "join", "read_lease", "peers"}
 )  # fmt: skip
 
@@ -40,6 +42,7 @@ class NodeSection:
     listen_host: str
     listen_port: int
     secret_file: Path
+    credential_file: Path | None
 
 
 def parse_node(config: ConfigFile) -> NodeSection:
@@ -66,7 +69,13 @@ def parse_node(config: ConfigFile) -> NodeSection:
         join=config.get("join", bool, False),
         read_lease=config.get("read_lease", bool, True),
     )
-    section = NodeSection(node, host, port, Path(config.get("secret_file", str)))
+    section = NodeSection(
+        node,
+        host,
+        port,
+        Path(config.get("secret_file", str)),
+        config.optional_path("credential_file"),
+    )
     if node_id < 1 or any(n < 1 for n in peers):
         raise config.error("node ids start at 1")
     if not node.join and node_id not in peers:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dfs import rpc
+from dfs.credentials import Credential
 from dfs.leader import LeaderFollower
 
 # One attempt: long enough for a commit on a loaded machine, short enough that a dead
@@ -42,7 +43,7 @@ class KvPool:
     def __init__(
         self,
         addresses: Sequence[str],
-        secret: bytes,
+        credentials: Credential,
         *,
         name: str = "kvclient",
         attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
@@ -51,7 +52,7 @@ class KvPool:
         self.follower = LeaderFollower(
             addresses, attempt_timeout_s=attempt_timeout_s, backoff_max_s=BACKOFF_MAX_S, name=name
         )
-        self.secret = secret
+        self.credentials = credentials
         self.name = name
         self._conns: dict[str, rpc.Connection] = {}
         self._connecting: dict[str, asyncio.Future[rpc.Connection]] = {}
@@ -71,7 +72,7 @@ class KvPool:
             try:
                 host, _, port = address.rpartition(":")
                 conn = await rpc.connect(
-                    host, int(port), self.secret, name=self.name, timeout_s=timeout_s
+                    host, int(port), self.credentials, name=self.name, timeout_s=timeout_s
                 )
             except BaseException as e:
                 if isinstance(e, asyncio.CancelledError):
@@ -110,7 +111,7 @@ class KvClient:
     def __init__(
         self,
         addresses: Sequence[str] = (),
-        secret: bytes | None = None,
+        credentials: Credential = None,
         *,
         pool: KvPool | None = None,
         client_id: int | None = None,
@@ -118,8 +119,8 @@ class KvClient:
         name: str = "kvclient",
     ) -> None:
         if pool is None:
-            assert secret is not None, "a secret or a pool"
-            pool = KvPool(addresses, secret, name=name)
+            assert credentials is not None, "credentials or a pool"
+            pool = KvPool(addresses, credentials, name=name)
             self._owns_pool = True
         else:
             self._owns_pool = False

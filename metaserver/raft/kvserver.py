@@ -35,12 +35,14 @@ from typing import Any
 
 from dfs import daemon, rpc
 from dfs.config import ConfigFile
+from dfs.credentials import Credential
 from dfs.types import NodeId
-from dfs.wire.errors import Invalid, Stale, TooBig, Unsupported
+from dfs.wire.errors import DfsError, Invalid, Stale, TooBig, Unsupported
 from dfs.wire.messages import field, uint_field
 from metaserver.raft.config import NODE_KEYS, parse_node
 from metaserver.raft.kv import KEY_BYTES_MAX, VALUE_BYTES_MAX, KvStateMachine, encode_command
-from metaserver.raft.node import RAFT_OP, NodeConfig, RaftNode
+from metaserver.raft.node import NodeConfig, RaftNode
+from metaserver.raft.peer import RAFT_OP
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class ServerConfig:
     listen_host: str
     listen_port: int
     secret_file: Path
+    credential_file: Path | None = None
     debug_ops: bool = False
 
 
@@ -69,16 +72,17 @@ def load_config(path: Path) -> ServerConfig:
         listen_host=section.listen_host,
         listen_port=section.listen_port,
         secret_file=section.secret_file,
+        credential_file=section.credential_file,
         debug_ops=config.get("debug_ops", bool, False),
     )
 
 
 class KvServer:
-    def __init__(self, config: ServerConfig, secret: bytes) -> None:
+    def __init__(self, config: ServerConfig, credentials: Credential) -> None:
         self.config = config
         self.state_machine = KvStateMachine()
-        self.node = RaftNode(config.node, self.state_machine, secret)
-        self._secret = secret
+        self.node = RaftNode(config.node, self.state_machine, credentials)
+        self._credentials = credentials
         self._rpc: rpc.RpcServer | None = None
 
     async def start(self) -> None:
@@ -87,11 +91,12 @@ class KvServer:
         self._rpc = await rpc.serve(
             cfg.listen_host,
             cfg.listen_port,
-            self._secret,
+            self._credentials,
             self.handle,
             name=f"kv-{cfg.node.id}",
             role="metaserver",
             oneway_handler=self.node.take_frame,
+            inline_handler=self.handle_inline,
         )
         log.info("kvserver node=%d event=listening address=%s:%d",
                  cfg.node.id, cfg.listen_host, self._rpc.port)  # fmt: skip
@@ -105,6 +110,37 @@ class KvServer:
                 log.info("kvserver node=%d event=stop connections slow to close", self.node.id)
         await self.node.stop()
 
+    def handle_inline(
+        self, conn: rpc.Connection, header: dict[str, Any], payload: bytes
+    ) -> rpc.Reply | rpc._Later:
+        """Mutations, in the read callback: proposed at once, answered from the apply
+        (``RaftNode.propose_nowait``), so that a commit's path has no task for the request
+        and no loop turn to wake one; the Ready the proposals make is taken once the read's
+        requests are all in (``conn.after_read``). Anything else goes to ``handle``."""
+        op = header.get("op")
+        if op != "put" and op != "append":
+            return rpc.LATER
+        client, seq, key, value = _mutation(header)
+        data = encode_command(client, seq, op, key, value)
+        reply = conn.reply_later(header)
+
+        def answered(result: Any, error: DfsError | None) -> None:
+            if error is not None:
+                reply.fail(error)
+            elif isinstance(result, dict):
+                # KvStateMachine's refusals: a sequence number older than the session's.
+                reply.fail(Stale(str(result.get("error"))))
+            else:
+                reply.send(({"value": result}, b""))
+
+        try:
+            self.node.propose_nowait(data, _timeout_s(header), answered)
+        except DfsError as e:
+            reply.fail(e)
+            return reply
+        conn.after_read(self.node.ready_now)
+        return reply
+
     async def handle(
         self, conn: rpc.Connection, header: dict[str, Any], payload: bytes
     ) -> tuple[dict[str, Any], bytes] | None:
@@ -113,22 +149,7 @@ class KvServer:
         if op == RAFT_OP:
             node.receive(header, payload)
             return None
-        timeout_ms = uint_field(header, "timeout_ms", int(OP_TIMEOUT_S * 1000))
-        timeout_s = min(max(timeout_ms, 1) / 1000, OP_TIMEOUT_S_MAX)
-        if op == "put" or op == "append":
-            client = uint_field(header, "client")
-            seq = uint_field(header, "seq")
-            key = field(header, "key", str)
-            value = field(header, "value", str)
-            if len(key) > KEY_BYTES_MAX:
-                raise TooBig("key too long", limit=KEY_BYTES_MAX)
-            if len(value) > VALUE_BYTES_MAX:
-                raise TooBig("value too long", limit=VALUE_BYTES_MAX)
-            result = await node.propose(encode_command(client, seq, op, key, value), timeout_s)
-            if isinstance(result, dict):
-                # KvStateMachine's refusals: a sequence number older than the session's.
-                raise Stale(str(result.get("error")))
-            return {"value": result}, b""
+        timeout_s = _timeout_s(header)
         if op == "get":
             key = field(header, "key", str)
             await node.read_index(timeout_s)
@@ -172,9 +193,27 @@ class KvServer:
         raise Unsupported(f"unknown op {op!r}", op=str(op))
 
 
-async def serve(config: ServerConfig, secret: bytes) -> int:
+def _timeout_s(header: dict[str, Any]) -> float:
+    timeout_ms = uint_field(header, "timeout_ms", int(OP_TIMEOUT_S * 1000))
+    return min(max(timeout_ms, 1) / 1000, OP_TIMEOUT_S_MAX)
+
+
+def _mutation(header: dict[str, Any]) -> tuple[int, int, str, str]:
+    """A put's or an append's (client, seq, key, value), checked."""
+    client = uint_field(header, "client")
+    seq = uint_field(header, "seq")
+    key = field(header, "key", str)
+    value = field(header, "value", str)
+    if len(key) > KEY_BYTES_MAX:
+        raise TooBig("key too long", limit=KEY_BYTES_MAX)
+    if len(value) > VALUE_BYTES_MAX:
+        raise TooBig("value too long", limit=VALUE_BYTES_MAX)
+    return client, seq, key, value
+
+
+async def serve(config: ServerConfig, credentials: Credential) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or a fatal node error (exit 1)."""
-    server = KvServer(config, secret)
+    server = KvServer(config, credentials)
     await server.start()
     failed = await daemon.wait_for_stop(server.node.failed)
     log.info("kvserver node=%d event=shutdown failed=%s", config.node.id, failed)

@@ -30,13 +30,15 @@ handles it as written on ``types.Ready``:
     5. read states -> wake readers once the applied index reaches theirs;
     6. core.advance(ready); maybe take a snapshot (every ``snapshot_entries`` applied).
 
-Peer messages do not wait for the loop task (``_ready_now``): the ``raft`` frames of one
+Peer messages do not wait for the loop task (``ready_now``): the ``raft`` frames of one
 read from a peer's connection are stepped in the read callback (``take_frame``), and once
 they all are (``rpc.Connection.after_read``), the Ready they made is handled right there
 when the loop task is idle and the Ready needs no wait: no snapshot, and nothing to write or
 a write made inline (below). That is a follower's append and acknowledgement, and a leader's
 commit with its proposers' answers: the commit's path then waits for no wake-up of the loop
-task on either.
+task on either. Proposals made in a client's read callback (``propose_nowait``, whose
+proposers are called back from the apply instead of awaiting) are taken the same way, once
+per read: the leader's new entries, its appends and its small inline write.
 Any other Ready, and every Ready of the other inputs, goes to the loop task.
 
 Only one Ready is in flight. While its disk work runs on the thread, the loop stays free to
@@ -94,16 +96,7 @@ another term (a new leader overwrote it) it gets ``Unavailable`` and retries. A 
 loses leadership fails every pending proposal and read with ``NotLeader``: the entries may
 still commit, which is why clients retry with the same (client id, sequence number).
 
-Wire format of peer traffic (version 1, one-way frames on ``dfs.rpc``):
-
-    {"op": "raft", "v": 1, "m": [message_to_wire(m), ...]}      payload empty
-    {"op": "raft", "v": 1, "m": [message_to_wire(snap_msg)]}    payload = the snapshot chunk
-
-A SNAP message travels alone, with its chunk bytes (``snapshot.data``, up to
-``snapshot_chunk_bytes``) as the raw frame payload and an empty ``data`` in the header, so
-that a 1 MiB chunk is never copied into msgpack. Messages to one peer keep their order.
-Frames are dropped, never queued without bound, while a peer's connection is down or its
-write buffer full: Raft retransmits what matters.
+Peer traffic: one-way ``raft`` frames on ``dfs.rpc``, their format defined in ``peer.py``.
 
 Snapshot data format (version 1): the core's ``Snapshot.data`` is, for this driver,
 ``msgpack([1, [[node_id, "host:port"], ...], app_bytes])``: the state machine's image plus
@@ -117,11 +110,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
-import dataclasses
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -129,17 +121,17 @@ from typing import Any, NamedTuple, Protocol
 import msgpack
 
 from dfs import rpc
+from dfs.credentials import Credential
 from dfs.types import LogIndex, NodeId, Term
 from dfs.wire.errors import (
     DfsError,
     InternalError,
     NotLeader,
-    ProtocolError,
     Timeout,
     Unavailable,
 )
 from metaserver.raft.core import Config, NotLeaderError, ProposalDroppedError, RawNode, Status
-from metaserver.raft.peer import Peer
+from metaserver.raft.peer import RAFT_OP, Peer, frames_to_peers, messages_of_frame
 from metaserver.raft.seed import NODE_SNAPSHOT_VERSION, snapshot_data
 from metaserver.raft.storage import PREALLOCATE_BYTES, RaftStorage, StorageFailedError
 from metaserver.raft.types import (
@@ -150,20 +142,16 @@ from metaserver.raft.types import (
     EntryType,
     HardState,
     Message,
-    MessageType,
     Ready,
     Role,
     Snapshot,
     SnapshotMeta,
     conf_change_from_bytes,
-    message_from_wire,
-    message_to_wire,
 )
+from metaserver.raft.waiters import Answer, Waiter
 
 log = logging.getLogger(__name__)
 
-RAFT_OP = "raft"
-PEER_WIRE_VERSION = 1
 # How long stop() waits for the disk thread to finish the write it is doing.
 STOP_DISK_TIMEOUT_S = 10.0
 
@@ -218,12 +206,14 @@ class RaftNode:
     """One Raft member. ``await start()``, serve ``receive`` for the peers' ``raft`` frames,
     use ``propose`` / ``read_index`` / membership calls, ``await stop()``."""
 
-    def __init__(self, config: NodeConfig, state_machine: StateMachine, secret: bytes) -> None:
+    def __init__(
+        self, config: NodeConfig, state_machine: StateMachine, credentials: Credential
+    ) -> None:
         assert config.id != NONE, "node ids start at 1"
         self.config = config
         self.id = config.id
         self.state_machine = state_machine
-        self._secret = secret
+        self._credentials = credentials
         self._addresses: dict[NodeId, str] = dict(config.peers)
         self._raw: RawNode | None = None
         self._storage: RaftStorage | None = None
@@ -245,13 +235,13 @@ class RaftNode:
         self._failed: BaseException | None = None
         self.failed = asyncio.Event()  # set when the node hit a fatal (disk) error
         # Waiters.
-        self._proposals: dict[int, tuple[Term, asyncio.Future[Any]]] = {}
+        self._proposals: dict[int, tuple[Term, Waiter]] = {}
         self._reads: dict[bytes, asyncio.Future[LogIndex]] = {}
         self._reads_applying: list[tuple[LogIndex, asyncio.Future[LogIndex]]] = []
         self._read_seq = 0
         self._soft_waiters: list[asyncio.Future[None]] = []
         # The waiters above that are waiting, with their deadlines; see _expire_at.
-        self._deadlines: dict[asyncio.Future[Any], tuple[float, str]] = {}
+        self._deadlines: dict[Waiter, tuple[float, str]] = {}
         # What we know without asking the core.
         self.applied_index = LogIndex(0)
         self._applied_term = Term(0)
@@ -403,6 +393,27 @@ class RaftNode:
             raise Unavailable(f"proposal dropped: {e}") from None
         return await self._wait_applied(index, timeout_s)
 
+    def propose_nowait(
+        self, data: bytes, timeout_s: float, on_done: Callable[[Any, DfsError | None], None]
+    ) -> None:
+        """``propose`` without a task: ``on_done(result, None)`` once the entry is applied, or
+        ``on_done(None, error)`` with ``propose``'s errors, called from whatever applies the
+        entry (a read callback, the loop task) or gives up on it (a tick past the deadline,
+        a lost leadership). Refusals (``NotLeader``, ``Unavailable``) are raised at once.
+        The caller has the Ready taken: ``ready_now`` at the end of its read
+        (``rpc.Connection.after_read``); nothing else wakes the loop task for it."""
+        raw = self._core()
+        try:
+            index = raw.propose(data)
+        except NotLeaderError as e:
+            raise self._not_leader(e.leader) from None
+        except ProposalDroppedError as e:
+            raise Unavailable(f"proposal dropped: {e}") from None
+        waiter = Answer(self._proposals, self._deadlines, index, on_done)
+        self._proposals[index] = (raw.term, waiter)
+        loop = asyncio.get_running_loop()
+        self._expire_at(loop.time() + timeout_s, waiter, f"entry {index} not applied")
+
     async def read_index(self, timeout_s: float) -> None:
         """Return once the local state machine may serve a linearizable read: this node leads
         on a lease that holds, or it confirmed with a quorum that it still leads; and we
@@ -471,11 +482,11 @@ class RaftNode:
         """The ``oneway_handler`` for ``rpc.serve``: takes the ``raft`` frames at once, in the
         read callback, and leaves any other one-way frame to the server's handler. Once every
         frame of the read is stepped, the Ready they make is handled in the same callback
-        when it needs no wait (``_ready_now``)."""
+        when it needs no wait (``ready_now``)."""
         if header.get("op") != RAFT_OP:
             return False
         if self._step_frame(header, payload):
-            conn.after_read(self._ready_now)
+            conn.after_read(self.ready_now)
         return True
 
     def receive(self, header: dict[str, Any], payload: bytes) -> None:
@@ -487,20 +498,9 @@ class RaftNode:
         """Step the messages of one ``raft`` frame; False when the node is not running."""
         if self._raw is None or self._stopped:
             return False
-        wires = header.get("m")
-        if header.get("v") != PEER_WIRE_VERSION or not isinstance(wires, list):
-            raise ProtocolError("malformed raft frame")
-        raw = self._raw
-        for wire in wires:
-            try:
-                m = message_from_wire(wire)
-            except (ValueError, TypeError) as e:
-                raise ProtocolError(f"malformed raft message: {e}") from None
-            if m.type == MessageType.SNAP:
-                if m.snapshot is None:
-                    raise ProtocolError("raft SNAP message without a snapshot")
-                m = dataclasses.replace(m, snapshot=Snapshot(m.snapshot.meta, payload))
-            raw.step(m)
+        step = self._raw.step
+        for m in messages_of_frame(header, payload):
+            step(m)
         return True
 
     # ------------------------------------------------------------------ the loop
@@ -559,13 +559,13 @@ class RaftNode:
         except Exception as e:  # a disk error (storage refuses further calls) or a bug
             self._fatal(e)
 
-    def _ready_now(self) -> None:
-        """After a read's ``raft`` frames (``take_frame``): handle the Ready they made here, in
-        the read callback, when the loop task is idle and the Ready needs no wait (no
-        snapshot to install, its write made inline: see the module docstring). That saves
-        the loop turn of waking the loop task on the commit's path: a follower's write and
-        acknowledgement, a leader's commit and its proposers' answers. Anything else goes
-        to the loop task, as every input's Ready does."""
+    def ready_now(self) -> None:
+        """After a read's ``raft`` frames (``take_frame``) or proposals (``propose_nowait``):
+        handle the Ready they made here, in the read callback, when the loop task is idle
+        and the Ready needs no wait (no snapshot to install, its write made inline: see the
+        module docstring). That saves the loop turn of waking the loop task on the commit's
+        path: a leader's appends, a follower's write and acknowledgement, a leader's commit
+        and its proposers' answers. Anything else goes to the loop task."""
         raw = self._raw
         if raw is None or self._stopped or self._failed is not None:
             return
@@ -836,7 +836,7 @@ class RaftNode:
             if waiter is not None and waiter[1] is future:
                 del self._proposals[index]
 
-    def _expire_at(self, deadline: float, future: asyncio.Future[Any], what: str) -> None:
+    def _expire_at(self, deadline: float, future: Waiter, what: str) -> None:
         """Fail ``future`` with ``Timeout`` unless it is done by ``deadline``; the caller
         removes it from ``_deadlines`` once it no longer waits (``finally``).
 
@@ -863,8 +863,10 @@ class RaftNode:
         await future
 
     def _fail_waiters(self, error: DfsError) -> None:
-        proposals, self._proposals = self._proposals, {}
-        for _, future in proposals.values():
+        # The same table, emptied: an Answer holds it (waiters.py).
+        proposals = list(self._proposals.values())
+        self._proposals.clear()
+        for _, future in proposals:
             if not future.done():
                 future.set_exception(_copy(error))
         reads, self._reads = self._reads, {}
@@ -921,26 +923,16 @@ class RaftNode:
     def _send(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
-        batches: dict[NodeId, list[Any]] = {}
-        for m in messages:
-            if m.to == self.id:
+        frames = frames_to_peers(self.id, messages)
+        for to, header, payload in frames:
+            peer = self._peer(to)
+            if peer is None:
+                log.debug("raft node=%d event=drop to=%d reason=no_address", self.id, to)
                 continue
-            if m.type == MessageType.SNAP and m.snapshot is not None:
-                # Keep the order: what was gathered for this peer goes first.
-                pending = batches.pop(m.to, None)
-                if pending:
-                    self._send_frame(m.to, pending, b"")
-                header_msg = dataclasses.replace(
-                    m, snapshot=Snapshot(m.snapshot.meta, b"")
-                )  # the chunk goes as payload
-                self._send_frame(m.to, [message_to_wire(header_msg)], m.snapshot.data)
-                continue
-            batches.setdefault(m.to, []).append(message_to_wire(m))
-        for to, wires in batches.items():
-            self._send_frame(to, wires, b"")
+            peer.send(header, payload)
         # The Ready is complete: write now rather than at the end of this loop iteration,
         # which may hold a blocking fsync (a follower's) or a long apply.
-        for to in batches:
+        for to in {to for to, _, _ in frames}:
             peer = self._peers.get(to)
             if peer is not None:
                 peer.flush()
@@ -961,15 +953,8 @@ class RaftNode:
             address = self._addresses.get(node_id)
             if address is None:
                 return None
-            peer = self._peers[node_id] = Peer(self.id, node_id, address, self._secret)
+            peer = self._peers[node_id] = Peer(self.id, node_id, address, self._credentials)
         return peer
-
-    def _send_frame(self, to: NodeId, wires: list[Any], payload: bytes) -> None:
-        peer = self._peer(to)
-        if peer is None:
-            log.debug("raft node=%d event=drop to=%d reason=no_address", self.id, to)
-            return
-        peer.send({"op": RAFT_OP, "v": PEER_WIRE_VERSION, "m": wires}, payload)
 
 
 def _persist(storage: RaftStorage, rd: Ready, hs_before: HardState | None) -> None:

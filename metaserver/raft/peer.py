@@ -1,23 +1,47 @@
-"""The outgoing connection of a Raft node to one peer (``node.py`` sends its frames here).
+"""The peer transport of a Raft node: the wire format of its frames, and the outgoing
+connection to one peer (``node.py`` sends its frames here).
 
-What it owns: one ``dfs.rpc`` connection to the peer, made at once and remade with backoff
-while the peer is down. What it must not do: queue frames while the peer is down, or wait
-for a full write buffer: frames are dropped then (counted, logged when the peer comes back),
-since Raft retransmits what matters.
+What it owns: the format below (``frames_to_peers`` writes it, ``messages_of_frame`` reads
+and checks it); one ``dfs.rpc`` connection to each peer, made at once and remade with
+backoff while the peer is down. What it must not do: queue frames while the peer is down,
+or wait for a full write buffer: frames are dropped then (counted, logged when the peer
+comes back), since Raft retransmits what matters.
+
+Wire format of peer traffic (version 1, one-way frames on ``dfs.rpc``):
+
+    {"op": "raft", "v": 1, "m": [message_to_wire(m), ...]}      payload empty
+    {"op": "raft", "v": 1, "m": [message_to_wire(snap_msg)]}    payload = the snapshot chunk
+
+A SNAP message travels alone, with its chunk bytes (``snapshot.data``, up to
+``snapshot_chunk_bytes``) as the raw frame payload and an empty ``data`` in the header, so
+that a 1 MiB chunk is never copied into msgpack. Messages to one peer keep their order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from dfs import rpc
+from dfs.credentials import Credential
 from dfs.types import NodeId
-from dfs.wire.errors import AuthError, DfsError
+from dfs.wire.errors import AuthError, DfsError, ProtocolError
+from metaserver.raft.types import (
+    Message,
+    MessageType,
+    Snapshot,
+    message_from_wire,
+    message_to_wire,
+)
 
 log = logging.getLogger(__name__)
+
+RAFT_OP = "raft"
+PEER_WIRE_VERSION = 1
 
 # Reconnecting to a peer that is down: start fast (a restarted peer should catch up at
 # once), back off to at most a second so that a long outage costs nothing.
@@ -28,13 +52,62 @@ RECONNECT_DELAY_MAX_S = 1.0
 PEER_CONNECT_TIMEOUT_S = 2.0
 
 
+def frames_to_peers(
+    self_id: NodeId, messages: Sequence[Message]
+) -> list[tuple[NodeId, dict[str, Any], bytes]]:
+    """The frames that carry ``messages`` (one Ready's), as (to, header, payload): one per
+    peer, in order, a SNAP message alone in its own; messages to ``self_id`` are left out."""
+    frames: list[tuple[NodeId, dict[str, Any], bytes]] = []
+    batches: dict[NodeId, list[Any]] = {}
+    for m in messages:
+        if m.to == self_id:
+            continue
+        if m.type == MessageType.SNAP and m.snapshot is not None:
+            # Keep the order: what was gathered for this peer goes first.
+            pending = batches.pop(m.to, None)
+            if pending:
+                frames.append((m.to, _frame(pending), b""))
+            # The chunk goes as the payload.
+            header_msg = dataclasses.replace(m, snapshot=Snapshot(m.snapshot.meta, b""))
+            frames.append((m.to, _frame([message_to_wire(header_msg)]), m.snapshot.data))
+            continue
+        batches.setdefault(m.to, []).append(message_to_wire(m))
+    frames.extend((to, _frame(wires), b"") for to, wires in batches.items())
+    return frames
+
+
+def _frame(wires: list[Any]) -> dict[str, Any]:
+    return {"op": RAFT_OP, "v": PEER_WIRE_VERSION, "m": wires}
+
+
+def messages_of_frame(header: dict[str, Any], payload: bytes) -> list[Message]:
+    """The messages of one ``raft`` frame; ``ProtocolError`` when it is malformed."""
+    wires = header.get("m")
+    if header.get("v") != PEER_WIRE_VERSION or not isinstance(wires, list):
+        raise ProtocolError("malformed raft frame")
+    messages = []
+    for wire in wires:
+        try:
+            m = message_from_wire(wire)
+        except (ValueError, TypeError) as e:
+            raise ProtocolError(f"malformed raft message: {e}") from None
+        if m.type == MessageType.SNAP:
+            if m.snapshot is None:
+                raise ProtocolError("raft SNAP message without a snapshot")
+            m = dataclasses.replace(m, snapshot=Snapshot(m.snapshot.meta, payload))
+        messages.append(m)
+    return messages
+
+
 class Peer:
     """The outgoing connection to one peer: connects, reconnects with backoff, drops frames
     while it is down."""
 
-    def __init__(self, node_id: NodeId, peer_id: NodeId, address: str, secret: bytes) -> None:
+    def __init__(
+        self, node_id: NodeId, peer_id: NodeId, address: str, credentials: Credential
+    ) -> None:
         self._node_id = node_id
-        self._secret = secret
+        self._credentials = credentials
         self.id = peer_id
         self.address = address
         self._conn: rpc.Connection | None = None
@@ -72,7 +145,7 @@ class Peer:
                 conn = await rpc.connect(
                     host,
                     port,
-                    self._secret,
+                    self._credentials,
                     name=f"raft-{node_id}",
                     role="metaserver",
                     timeout_s=PEER_CONNECT_TIMEOUT_S,
@@ -111,4 +184,4 @@ class Peer:
             log.info("raft node=%d event=peer_lost peer=%d", node_id, self.id)
 
 
-__all__ = ["Peer"]
+__all__ = ["PEER_WIRE_VERSION", "RAFT_OP", "Peer", "frames_to_peers", "messages_of_frame"]

@@ -187,9 +187,22 @@ def entry_to_wire(e: Entry) -> list[Any]:
     return [e.term, e.index, int(e.type), e.data]
 
 
+# The enums by value, for the decoders: a dict lookup instead of an enum call per field (a
+# third of a microsecond each), on the path of every append and acknowledgement.
+_ENTRY_TYPES = {int(t): t for t in EntryType}
+_MESSAGE_TYPES = {int(t): t for t in MessageType}
+
+
 def entry_from_wire(v: Any) -> Entry:
-    t, i, ty, d = _list(v, 4)
-    return Entry(Term(_int(t)), LogIndex(_int(i)), EntryType(_int(ty)), _bytes(d))
+    if not isinstance(v, (list, tuple)) or len(v) != 4:
+        raise ValueError("expected a list of 4 items")
+    t, i, ty, d = v
+    if type(t) is not int or type(i) is not int or t < 0 or i < 0:
+        raise ValueError("expected non-negative ints")
+    entry_type = _ENTRY_TYPES.get(ty) if type(ty) is int else None
+    if entry_type is None:
+        raise ValueError(f"unknown entry type {ty!r}")
+    return Entry(Term(t), LogIndex(i), entry_type, _bytes(d))
 
 
 def hard_state_to_wire(h: HardState) -> list[Any]:
@@ -245,8 +258,20 @@ def message_to_wire(m: Message) -> list[Any]:
 
 
 def message_from_wire(v: Any) -> Message:
+    # The checks of _int/_list/_bytes, written out: this runs for every message a node
+    # receives, twice on a commit's path (the append, its acknowledgement).
+    if not isinstance(v, (list, tuple)) or len(v) != 14:
+        raise ValueError("expected a list of 14 items")
     (ty, to, frm, term, log_term, index, entries, commit, reject, hint, ctx, snap, off,
-     done) = _list(v, 14)  # fmt: skip
+     done) = v  # fmt: skip
+    for x in (to, frm, term, log_term, index, commit, hint, off):
+        if type(x) is not int or x < 0:
+            raise ValueError(f"expected a non-negative int, got {type(x).__name__}")
+    message_type = _MESSAGE_TYPES.get(ty) if type(ty) is int else None
+    if message_type is None:
+        raise ValueError(f"unknown message type {ty!r}")
+    if not isinstance(entries, (list, tuple)):
+        raise ValueError("expected a list of entries")
     snapshot = None
     if snap is not None:
         meta, data = _list(snap, 2)
@@ -254,9 +279,7 @@ def message_from_wire(v: Any) -> Message:
     if type(reject) is not bool or type(done) is not bool:
         raise ValueError("expected bool")
     return Message(
-        MessageType(_int(ty)), NodeId(_int(to)), NodeId(_int(frm)), Term(_int(term)),
-        Term(_int(log_term)), LogIndex(_int(index)),
-        tuple(entry_from_wire(e) for e in _list(entries)),
-        LogIndex(_int(commit)), reject, LogIndex(_int(hint)), _bytes(ctx), snapshot,
-        _int(off), done,
+        message_type, NodeId(to), NodeId(frm), Term(term), Term(log_term), LogIndex(index),
+        tuple([entry_from_wire(e) for e in entries]) if entries else (),
+        LogIndex(commit), reject, LogIndex(hint), _bytes(ctx), snapshot, off, done,
     )  # fmt: skip

@@ -23,6 +23,7 @@ from dfs.cli import cluster as local
 from dfs.secret import load_secret
 from dfs.wire.token import READ, make_token, token_key
 from tools.testing import localcluster
+from tools.testing.fuseenv import tls_by_default
 from tools.testing.poll import wait_for
 
 CHUNK = 1 << 20
@@ -68,8 +69,9 @@ class Cluster:
             chunk_size=CHUNK,
             meta_options={**META_OPTIONS, **(meta_options or {})},
             cs_options={**CS_OPTIONS, **(cs_options or {})},
+            tls=tls_by_default(),
         )
-        self.secret = load_secret(self.layout.secret_file)
+        self.secret = local.client_credentials(self.layout)
         self.mount_pid_files: list[Path] = []
         self.start()
 
@@ -177,7 +179,10 @@ def read_replica(cluster: Cluster, address: str, chunk_id: int, version: int, si
         conn = await rpc.connect(host, int(port), cluster.secret, name="test")
         try:
             expiry_ms = time.time_ns() // 1_000_000 + 60_000
-            token = make_token(token_key(cluster.secret), chunk_id, version, READ, expiry_ms)
+            key = token_key(load_secret(cluster.layout.secret_file))
+            # Bound to this connection's certificate in a TLS cluster (dfs/wire/token.py).
+            bound = cluster.secret.tls.cert_id if cluster.secret.tls is not None else ""
+            token = make_token(key, chunk_id, version, READ, expiry_ms, bound)
             _, payload = await conn.call(
                 "chunk.read", b"", chunk_id=chunk_id, version=version, offset=0, size=size,
                 token=token, expiry_ms=expiry_ms,

@@ -253,9 +253,15 @@ def test_decommission_then_forget(grown: Cluster, tmp_path: Path) -> None:
         sampler.halt.set()
         sampler.join(60)
     assert sampler.samples > 1 and not sampler.low, (sampler.low[:5], sampler.error)
-    st = cluster.status()
-    gone = next(c for c in st["chunkservers"] if c["id"] == victim["id"])
-    assert gone["state"] == "drained" and gone["chunks"] == 0
+
+    def drained_and_empty() -> bool:
+        # Its chunk count is what it last reported: the deletions of its replicas that
+        # the drain's end orders show within a heartbeat or two.
+        gone = next(c for c in cluster.status()["chunkservers"] if c["id"] == victim["id"])
+        assert gone["state"] == "drained"
+        return gone["chunks"] == 0
+
+    wait_until(drained_and_empty, 30, "the drained chunkserver's replicas deleted")
     check_files(sums)
     # Forgetting is refused while it runs; once it is stopped and dead it leaves the cluster.
     refused = dfs_cli(cluster, "admin", "forget", str(victim["id"]), code=None, timeout_s=60)

@@ -16,7 +16,7 @@ import anyio
 
 from dfs.cli import cluster as local
 from dfs.fuse.mountinfo import mount_info
-from dfs.secret import load_secret
+from tools.testing.fuseenv import tls_by_default
 from tools.testing.poll import wait_for
 
 CHUNK = 1 << 20
@@ -29,11 +29,15 @@ def print_logs(directory: Path) -> None:
             print(f"----- {log.name}\n{text[-6000:]}")
 
 
-def start_cluster(directory: Path, **meta_options: object) -> local.Layout:
-    """A cluster; ``meta_options`` added to the metaservers' config (by default the
-    trash is off: removed files are freed at once, as the tests of removal expect)."""
+def start_cluster(
+    directory: Path, *, tls: bool | None = None, **meta_options: object
+) -> local.Layout:
+    """A cluster (``tls``: speaking TLS; None: as ``DFS_TEST_TLS`` says); ``meta_options`` added to the metaservers' config
+    (by default the trash is off: removed files are freed at once, as the tests of removal
+    expect)."""
     layout = local.init_layout(
         directory,
+        tls=tls_by_default() if tls is None else tls,
         chunk_size=CHUNK,
         meta_options={"tick_ms": 50, "hold_grace_ms": 2000, "trash_time_s": 0, **meta_options},
         cs_options={"heartbeat_ms": 200},
@@ -55,9 +59,9 @@ def stop_cluster(layout: local.Layout) -> None:
 
 def leader_view(layout: local.Layout) -> dict[str, Any]:
     """The leader's ``status`` ({} while there is none)."""
-    secret = load_secret(layout.secret_file)
+    creds = local.client_credentials(layout)
     for address in layout.meta_addresses:
-        view = anyio.run(local._status_of, address, secret)
+        view = anyio.run(local._status_of, address, creds)
         if view and view.get("role") == "leader":
             return view
     return {}
@@ -77,15 +81,20 @@ class Mounts:
         self.base = base
         self.pid_files: list[Path] = []
 
-    def mount(self, name: str, *, timeout_s: float = 20.0, allow_other: bool = True) -> Path:
+    def mount(
+        self, name: str, *, timeout_s: float = 20.0, allow_other: bool = True, remote: bool = False
+    ) -> Path:
         """Mount at ``base/name``; ``allow_other`` (the default here) lets the tests act
-        as other users (FUSE refuses everyone but the mounting user otherwise)."""
+        as other users (FUSE refuses everyone but the mounting user otherwise). ``remote``:
+        as a client host would, with the metaservers' addresses and the client's file
+        (``Layout.client_file``) instead of the cluster directory."""
         where = self.base / name
         where.mkdir(parents=True, exist_ok=True)
         pid_file = local.mount_pid_file(self.layout.dir / "run", where)
         self.pid_files.append(pid_file)
         local.start_mount(
-            ["--dir", str(self.layout.dir), "--timeout", str(timeout_s)]
+            [*(self._remote() if remote else ["--dir", str(self.layout.dir)])]
+            + ["--timeout", str(timeout_s)]
             + (["--allow-other"] if allow_other else []),
             where,
             pid_file,
@@ -93,6 +102,10 @@ class Mounts:
             timeout_s,
         )
         return where
+
+    def _remote(self) -> list[str]:
+        meta = ",".join(self.layout.meta_addresses)
+        return ["--meta", meta, "--secret", str(self.layout.client_file)]
 
     def close(self) -> None:
         for pid_file in self.pid_files:

@@ -28,7 +28,6 @@ from fuse_cluster import CHUNK, Mounts, chunk_counts, leader_view, start_cluster
 
 from dfs.cli import cluster as local
 from dfs.client import FsClient
-from dfs.secret import load_secret
 from tools.testing.poll import wait_for
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -138,8 +137,9 @@ def located(layout: local.Layout, ino: int) -> dict[int, int]:
     """Chunk index -> chunk id of file ``ino``, as the metaserver answers ``fs.locate``."""
 
     async def ask() -> list[dict[str, Any]]:
-        secret = load_secret(layout.secret_file)
-        async with FsClient.open_cluster(layout.meta_addresses, secret) as fs:
+        async with FsClient.open_cluster(
+            layout.meta_addresses, local.client_credentials(layout)
+        ) as fs:
             header = await fs.meta.read("fs.locate", ino=ino, index=0, count=64)
             return list(header["chunks"])
 

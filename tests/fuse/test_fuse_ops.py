@@ -613,20 +613,11 @@ def test_open_file_survives_unlink_and_rename_over_from_another_mount(
     """POSIX unlink-while-open across clients: the metaserver keeps a file another mount
     holds open as an orphan (PROTOCOL.md, fs.open), readable and fstat-able through the
     open descriptor, and frees it at the last close."""
-    import anyio
+    from fuse_cluster import leader_view as view_of
     from fuse_cluster import wait_until
 
-    from dfs.cli import cluster as local
-    from dfs.secret import load_secret
-
-    secret = load_secret(mounts.layout.secret_file)
-
     def leader_view() -> dict[str, Any]:
-        for address in mounts.layout.meta_addresses:
-            view = anyio.run(local._status_of, address, secret)
-            if view and view.get("role") == "leader":
-                return view
-        return {}
+        return view_of(mounts.layout)
 
     # Past a new leader's grace (when it keeps every unlinked file), so that what keeps
     # the files below is their holds.

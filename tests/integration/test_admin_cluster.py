@@ -30,7 +30,6 @@ from admin_cluster import running
 
 from dfs import rpc
 from dfs.cli import cluster as local
-from dfs.secret import load_secret
 from tools.testing.localcluster import dfs_cli
 from tools.testing.poll import wait_for
 
@@ -65,7 +64,7 @@ def leader_call(d: Path, op: str, **fields: Any) -> dict[str, Any]:
         finally:
             conn.close()
 
-    secret = load_secret(local.load_layout(d).secret_file)
+    secret = local.client_credentials(local.load_layout(d))  # the operator's
     return anyio.run(go)
 
 

@@ -28,7 +28,7 @@ from dfs.secret import load_secret
 from dfs.wire.errors import PermissionDenied
 from dfs.wire.limits import ROOT_INO
 from dfs.wire.token import READ, make_token, token_key
-from metaserver.raft.node import PEER_WIRE_VERSION, RAFT_OP
+from metaserver.raft.peer import PEER_WIRE_VERSION, RAFT_OP
 from metaserver.raft.types import Message, MessageType, message_to_wire
 from tools.testing.localcluster import running
 

@@ -28,6 +28,7 @@ def test_a_cluster_from_dfs_init_serves_across_hosts(netns_ready: None, tmp_path
         "--metaservers", ",".join(endpoints[m] for m in net.metaservers),
         "--chunkservers", ",".join(endpoints[c] for c in net.chunkservers),
         "--data-root", str(data_root), "--secret-path", str(directory / "secret"),
+        "--credential-dir", str(directory / "tls"),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     try:
@@ -43,6 +44,8 @@ def test_a_cluster_from_dfs_init_serves_across_hosts(netns_ready: None, tmp_path
             get = net.dfs("client1", "get", "/deployed", str(out))
             assert get.returncode == 0, get.stderr
             assert out.read_bytes() == data
+            assert net.layout.tls  # dfs init's default: TLS, the client with its credential
+            assert net.secret_file == directory / "tls" / "client.pem"
             # Metrics where dfs init put them, reached from the client's host.
             address = local.metrics_address(net.layout, "meta1")
             assert address == endpoints["meta1"].replace(":9000", ":10000")

@@ -138,7 +138,13 @@ def violations() -> list[str]:
         if under(module, "metaserver.raft"):
             allowed_dfs = ["dfs.types", "dfs.wire"]
             if module in RAFT_IO_RIM:
-                allowed_dfs += ["dfs.rpc", "dfs.leader", "dfs.secret", "dfs.daemon"]
+                allowed_dfs += [
+                    "dfs.rpc",
+                    "dfs.leader",
+                    "dfs.secret",
+                    "dfs.credentials",
+                    "dfs.daemon",
+                ]
             if module in RAFT_IO_RIM or module == "metaserver.raft.config":
                 allowed_dfs += ["dfs.config"]
             for name in sorted(rooted(names, "dfs")):

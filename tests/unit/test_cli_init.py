@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from chunkserver.config import load_config as load_cs_config
+from dfs.cli import cluster as local
 from dfs.cli.main import cli
 from metaserver.config import load_config as load_meta_config
 
@@ -40,6 +43,29 @@ def test_init_writes_one_config_per_server_naming_the_hosts_paths(tmp_path: Path
     assert [c.data_dir for c in css] == [Path("/srv/dfs/cs1"), Path("/srv/dfs/cs2")]
     assert {c.metaservers for c in css} == {("m1:9000", "m2:7000", "10.0.0.3:9000")}
     assert stat.S_IMODE((out / "secret").stat().st_mode) == 0o600
+    # TLS by default: each server's config names its credential on its host; the files
+    # here are private, and each certificate names its server's role and host.
+    assert [m.credential_file for m in metas] == [Path(f"/etc/dfs/meta{i}.pem") for i in (1, 2, 3)]
+    assert [c.credential_file for c in css] == [Path(f"/etc/dfs/cs{i}.pem") for i in (1, 2)]
+    for name in ("ca.key", "ca.pem", "client.pem", "meta1.pem", "cs2.pem"):
+        assert stat.S_IMODE((out / "tls" / name).stat().st_mode) == 0o600, name
+    cert = x509.load_pem_x509_certificate((out / "tls" / "meta3.pem").read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == (
+        "metaserver"
+    )
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.3"]
+    assert "client.pem" in result.output and "ca.key off them" in result.output
+
+
+def test_init_no_tls_writes_no_credentials(tmp_path: Path) -> None:
+    out = tmp_path / "conf"
+    result = CliRunner().invoke(cli, [
+        "init", "--metaservers", "m1", "--chunkservers", "c1", "--out", str(out), "--no-tls",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert load_meta_config(out / "meta1" / "meta.toml").credential_file is None
+    assert not (out / "tls").exists()
 
 
 @pytest.mark.parametrize(
@@ -65,3 +91,17 @@ def test_init_refuses_a_directory_in_use_and_warns_of_an_even_count(tmp_path: Pa
     assert result.exit_code == 2 and "not empty" in result.output
     result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "even")])
     assert result.exit_code == 0 and "odd number" in result.output
+
+
+def test_a_new_local_metaserver_gets_ports_and_a_credential_of_its_own(tmp_path: Path) -> None:
+    """``dfs admin metaserver add --local`` on a ``dfs up --tls`` directory (metrics on):
+    the new server's config copies the first one's but for its ports and credential."""
+    layout = local.init_layout(tmp_path / "c", metaservers=1, chunkservers=1, metrics=True,
+                               tls=True)  # fmt: skip
+    node_id, address = local.new_metaserver(layout)
+    first = load_meta_config(layout.dir / "meta1" / "meta.toml")
+    new = load_meta_config(layout.dir / f"meta{node_id}" / "meta.toml")
+    assert f"{new.listen_host}:{new.listen_port}" == address != layout.metaservers[1]
+    assert new.metrics_port not in (None, first.metrics_port, new.listen_port)
+    assert new.credential_file == layout.tls_dir / f"meta{node_id}.pem"
+    assert new.credential_file.exists() and new.credential_file != first.credential_file

@@ -1,5 +1,6 @@
 """The node's waiter deadlines (``RaftNode._expire_at``): a sweep fails exactly the waiters
-whose deadline has passed and that still wait; the others are left alone."""
+whose deadline has passed and that still wait; the others are left alone. Proposals that
+call back (``propose_nowait``) are answered once and leave the tables as futures do."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dfs.types import LogIndex, NodeId, Term
-from dfs.wire.errors import Timeout, Unavailable
+from dfs.wire.errors import DfsError, Timeout, Unavailable
 from metaserver.raft.node import NodeConfig, RaftNode
 
 
@@ -89,5 +90,46 @@ def test_waiters_failed_by_stop_raise_their_error() -> None:
         node._deadlines.clear()  # as stop() does
         results = await asyncio.gather(*waits, return_exceptions=True)
         assert all(isinstance(r, Unavailable) for r in results), results
+
+    asyncio.run(main())
+
+
+class _ProposingCore:
+    term = Term(3)
+
+    def __init__(self) -> None:
+        self.index = 0
+
+    def propose(self, data: bytes) -> LogIndex:
+        self.index += 1
+        return LogIndex(self.index)
+
+
+def test_proposals_that_call_back_are_answered_once_and_leave_no_trace() -> None:
+    """``propose_nowait``'s callback gets the timeout, the failure of every waiter (a lost
+    leadership, a stop), or a result: once each, and the proposal leaves ``_proposals``
+    and ``_deadlines`` either way."""
+
+    async def main() -> None:
+        config = NodeConfig(id=NodeId(1), data_dir=Path("unused"), peers={}, tick_ms=100)
+        node = RaftNode(config, _Nothing(), b"secret")
+        node._raw = _ProposingCore()  # type: ignore[assignment]
+        answers: dict[int, list[tuple[Any, DfsError | None]]] = {1: [], 2: [], 3: []}
+        for i in (1, 2, 3):
+            node.propose_nowait(
+                b"x", 1.0 if i == 1 else 60.0, lambda r, e, i=i: answers[i].append((r, e))
+            )
+        assert len(node._proposals) == 3 and len(node._deadlines) == 3
+        node._expire_deadlines(asyncio.get_running_loop().time() + 2.0)
+        assert len(answers[1]) == 1 and isinstance(answers[1][0][1], Timeout)
+        assert set(node._proposals) == {2, 3} and len(node._deadlines) == 2
+        _term, waiter = node._proposals.pop(2)  # as _apply does: pop, then answer
+        waiter.set_result("ok")
+        waiter.set_exception(Unavailable("a second answer is ignored"))
+        assert answers[2] == [("ok", None)]
+        node._fail_waiters(Unavailable("not leading any more"))
+        assert len(answers[3]) == 1 and isinstance(answers[3][0][1], Unavailable)
+        assert node._proposals == {} and node._deadlines == {}
+        assert [len(a) for a in answers.values()] == [1, 1, 1]
 
     asyncio.run(main())

@@ -1,5 +1,6 @@
-"""Where a node handles its Readies (``RaftNode._ready_now``): a Ready made by the raft frames
-of one read, that needs no wait, is handled in that read callback, not by the loop task.
+"""Where a node handles its Readies (``RaftNode.ready_now``): a Ready made by the raft frames
+of one read, or by the proposals of one read of a client's requests, that needs no wait, is
+handled in that read callback, not by the loop task.
 
 Three ``KvServer`` nodes in one process on loopback, fsync off (the path is the same with it
 on; only its time differs)."""
@@ -94,6 +95,51 @@ def test_followers_write_and_acknowledge_in_the_read_callback(tmp_path: Path) ->
             while any(_stored_commit(s) < last for s in servers):
                 assert loop.time() < deadline, "a commit index was never written"
                 await asyncio.sleep(0.01)  # polling interval
+        finally:
+            for s in servers:
+                await s.stop()
+
+    asyncio.run(main())
+
+
+def test_a_leader_proposes_and_answers_without_a_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One client's puts: the leader takes each in the read callback (``handle_inline``),
+    its Ready with the new entry is handled there too (never by the loop task), and the
+    answer is written from the apply: the task handler sees no put."""
+
+    by_handler: list[str] = []
+    real_handle = KvServer.handle
+
+    async def handled(self: KvServer, conn: Any, header: dict[str, Any], payload: bytes) -> Any:
+        by_handler.append(str(header.get("op")))
+        return await real_handle(self, conn, header, payload)
+
+    monkeypatch.setattr(KvServer, "handle", handled)  # before start, which binds it
+
+    async def main() -> None:
+        servers = await _cluster(tmp_path)
+        try:
+            leader = await _leader(servers)
+            client = KvClient([leader.node.address_of(leader.node.id) or ""], SECRET)
+            await client.put("warm", "up")
+            by_loop_task: list[Ready] = []
+            real_ready = leader.node._handle_ready
+
+            async def recorded(raw: Any, rd: Ready) -> None:
+                by_loop_task.append(rd)
+                await real_ready(raw, rd)
+
+            leader.node._handle_ready = recorded  # type: ignore[method-assign]
+            for i in range(30):
+                assert await client.put(f"k{i}", f"v{i}") == f"v{i}"
+            assert await client.append("k0", "+") == "v0+"
+            assert await client.get("k0") == "v0+"
+            await client.close()
+            assert [rd for rd in by_loop_task if rd.entries] == []
+            assert "put" not in by_handler and "append" not in by_handler
+            assert "get" in by_handler  # the wrapper is the one serving
         finally:
             for s in servers:
                 await s.stop()

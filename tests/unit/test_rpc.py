@@ -250,6 +250,62 @@ async def test_inline_handler_answers_in_the_read_callback(
         await conn.wait_closed()
 
 
+async def test_reply_later_answers_from_a_callback_without_a_task() -> None:
+    """An inline handler may take a request and answer it later through its ``Reply``,
+    from any callback: a result or an error, once (a second answer is ignored); until then
+    the request counts as running, and no handler task is made for it."""
+    replies: list[tuple[int, rpc.Reply]] = []
+    server_conns: list[rpc.Connection] = []
+
+    def now(conn: rpc.Connection, header: dict[str, Any], payload: bytes) -> Any:
+        server_conns.append(conn)
+        reply = conn.reply_later(header)
+        replies.append((header["n"], reply))
+        return reply
+
+    async def handler(
+        conn: rpc.Connection, header: dict[str, Any], payload: bytes
+    ) -> rpc.HandlerResult:
+        raise AssertionError("every request is taken inline")
+
+    async with await start(handler, inline_handler=now) as server:
+        conn = await rpc.connect(HOST, server.port, SECRET, name="peer", timeout_s=5)
+        calls = [asyncio.ensure_future(conn.call("later", n=n, timeout_s=5)) for n in range(5)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while len(replies) < 5:
+            assert loop.time() < deadline, "the requests did not arrive"
+            await asyncio.sleep(0.001)  # polling interval
+        served = server_conns[0]
+        assert served.requests_running == 5
+        assert not any(call.done() for call in calls)
+        # Answered out of order, from plain callbacks (no task), one with an error.
+        for n, reply in reversed(replies):
+            if n == 2:
+                loop.call_soon(reply.fail, NotFound("no such thing", n=n))
+            else:
+                loop.call_soon(reply.send, ({"n": n}, b"x" * n))
+            loop.call_soon(reply.send, ({"n": -1}, b""))  # a second answer: ignored
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(done[2], NotFound)
+        assert [(h["n"], p) for h, p in (d for d in done if not isinstance(d, BaseException))] == [
+            (n, b"x" * n) for n in (0, 1, 3, 4)
+        ]
+        assert served.requests_running == 0
+        # The connection goes on: a reply answered after its peer left does nothing.
+        late = asyncio.ensure_future(conn.call("later", n=9, timeout_s=5))
+        while len(replies) < 6:
+            assert loop.time() < deadline, "the request did not arrive"
+            await asyncio.sleep(0.001)  # polling interval
+        conn.close()
+        await conn.wait_closed()
+        with pytest.raises(Unavailable):
+            await late
+        await served.wait_closed()
+        replies[-1][1].send(({"n": 9}, b""))
+        assert served.closed
+
+
 async def test_oneway_handler_takes_frames_in_the_read_callback(
     expect_log: Callable[..., None],
 ) -> None:

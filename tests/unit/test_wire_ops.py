@@ -18,7 +18,16 @@ from dfs.wire import limits
 from dfs.wire.errors import Invalid, NameTooLong, PermissionDenied, ProtocolError, TooBig
 from dfs.wire.ops import CHUNKSERVER_OPS, METASERVER_OPS, admit, lookup
 from dfs.wire.ops_meta import COMMANDS, SENT_BY_METASERVER
-from dfs.wire.spec import ANYONE, CHUNKSERVER, CLIENT, METASERVER, Field, Op, compile_shape
+from dfs.wire.spec import (
+    ADMIN,
+    ANYONE,
+    CHUNKSERVER,
+    CLIENT,
+    METASERVER,
+    Field,
+    Op,
+    compile_shape,
+)
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -112,9 +121,9 @@ ONLY = {
     "chunk.delete": {METASERVER},
     "chunk.replicate": {METASERVER},
     "chunk.info": {METASERVER},
-    "chunk.write": {CLIENT, CHUNKSERVER, METASERVER},
-    "chunk.read": {CLIENT, CHUNKSERVER},
-    "chunk.sync": {CLIENT, CHUNKSERVER},
+    "chunk.write": {CLIENT, ADMIN, CHUNKSERVER, METASERVER},
+    "chunk.read": {CLIENT, ADMIN, CHUNKSERVER},
+    "chunk.sync": {CLIENT, ADMIN, CHUNKSERVER},
     "cs.register": {CHUNKSERVER},
     "cs.heartbeat": {CHUNKSERVER},
     "cs.report": {CHUNKSERVER},
@@ -130,8 +139,11 @@ def test_every_op_names_its_senders() -> None:
     for name, roles in ONLY.items():
         assert set(every[name].roles) == roles, name
     for name, spec in METASERVER_OPS.items():
-        if name.startswith(("fs.", "admin.")):
-            assert spec.roles == {CLIENT}, name
+        if name.startswith("fs."):  # files: a client's and the operator's
+            assert spec.roles == {CLIENT, ADMIN}, name
+        if name.startswith("admin.") and name != "admin.usage":  # the operator's only
+            assert spec.roles == {ADMIN}, name
+    assert METASERVER_OPS["admin.usage"].roles == {CLIENT, ADMIN}  # what du asks
     for spec in SENT_BY_METASERVER:
         assert spec.roles == {METASERVER}
 

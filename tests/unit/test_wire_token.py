@@ -1,4 +1,5 @@
-"""Access tokens: only the exact (chunk, version, mode, expiry) signed verifies, until expiry."""
+"""Access tokens: only the exact (chunk, version, mode, expiry, client) signed verifies, until
+expiry."""
 
 from __future__ import annotations
 
@@ -44,3 +45,31 @@ def test_expired_and_malformed() -> None:
             check_token(KEY, bad, 7, 3, READ, 1000, now_ms=1)  # type: ignore[arg-type]
     with pytest.raises(PermissionDenied):
         check_token(KEY, t, -1, 3, READ, 1000, now_ms=1)
+
+
+def test_a_token_is_bound_to_its_client() -> None:
+    t = make_token(KEY, 7, 3, WRITE, 1000, "mount-a")
+    check_token(KEY, t, 7, 3, READ, 1000, now_ms=1, client="mount-a")
+    for other in ("mount-b", "", "mount-a "):
+        with pytest.raises(PermissionDenied):
+            check_token(KEY, t, 7, 3, READ, 1000, now_ms=1, client=other)
+    unbound = make_token(KEY, 7, 3, READ, 1000)  # a secret-only cluster's: client ""
+    with pytest.raises(PermissionDenied):
+        check_token(KEY, unbound, 7, 3, READ, 1000, now_ms=1, client="mount-a")
+    with pytest.raises(PermissionDenied, match="too long"):
+        check_token(KEY, t, 7, 3, READ, 1000, now_ms=1, client="x" * 256)
+
+
+def test_a_version_1_token_verifies_only_unbound() -> None:
+    """What a metaserver of the previous version minted, during a rolling upgrade."""
+    import hashlib
+    import hmac
+    import struct
+
+    msg = b"dfs-token-v1" + struct.pack(">QQ1sQ", 7, 3, READ, 1000)
+    old = hmac.new(KEY, msg, hashlib.sha256).digest()
+    check_token(KEY, old, 7, 3, READ, 1000, now_ms=1)
+    with pytest.raises(PermissionDenied):
+        check_token(KEY, old, 7, 3, READ, 1000, now_ms=1, client="mount-a")
+    with pytest.raises(PermissionDenied):
+        check_token(KEY, old, 7, 3, WRITE, 1000, now_ms=1)

@@ -1,4 +1,5 @@
-"""Whether FUSE mounts can be tested here, and the rule the mount tests follow with it."""
+"""Whether FUSE mounts can be tested here, the rule the mount tests follow with it, and
+whether their clusters speak TLS."""
 
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ def fuse_unavailable() -> str | None:
     if shutil.which("fusermount3") is None:
         return "no fusermount3 (Debian's fuse3)"
     return None
+
+
+def tls_by_default() -> bool:
+    """Whether the FUSE and failure tests' clusters speak TLS: ``DFS_TEST_TLS=1`` runs
+    those suites on TLS clusters (``DFS_TEST_TLS=1 scripts/test tests/fuse tests/failures``),
+    as docs/SECURITY.md says they pass."""
+    return os.environ.get("DFS_TEST_TLS") == "1"
 
 
 def skip_unless_fuse(items: list[Any], folder: Path, skip_marker: Any) -> None:

@@ -21,7 +21,6 @@ import anyio
 
 from dfs.cli import cluster as local
 from dfs.client import FsClient
-from dfs.secret import load_secret
 
 # A command of the CLI; the slow ones (a 300 MiB put, a rebalance that waits) pass more.
 CLI_TIMEOUT_S = 120.0
@@ -54,9 +53,9 @@ def dfs_cli(
 
 def client(cluster: Path | local.Layout, **options: Any) -> AbstractAsyncContextManager[FsClient]:
     """``FsClient.open_cluster`` (``options``: its keywords) on the cluster of a layout, or
-    of a directory (its layout read now)."""
+    of a directory (its layout read now), as the operator's CLI (``admin``)."""
     layout = local.load_layout(cluster) if isinstance(cluster, Path) else cluster
-    return FsClient.open_cluster(layout.meta_addresses, load_secret(layout.secret_file), **options)
+    return FsClient.open_cluster(layout.meta_addresses, local.client_credentials(layout), **options)
 
 
 def print_logs(directory: Path, *, always: str | None = None) -> None:

@@ -84,7 +84,6 @@ from typing import Any, TypeVar
 
 from dfs import rpc
 from dfs.cli import cluster as local
-from dfs.secret import load_secret
 from tools import pythonpath_env
 from tools.testing.proxy import ProxyControl
 
@@ -438,7 +437,8 @@ class NetCluster:
 
     @property
     def secret_file(self) -> Path:
-        return self.layout.secret_file
+        """What a client host is given: the client credential (TLS) or the secret."""
+        return self.layout.client_file
 
     @property
     def meta_addresses(self) -> list[str]:
@@ -765,7 +765,7 @@ class NetCluster:
     def status(self, timeout_s: float = 10.0) -> dict[str, Any]:
         """``dfs status``'s report (``dfs.cli.cluster.cluster_status``) asked from the
         control address, with each metaserver's and chunkserver's host name added."""
-        secret = load_secret(self.secret_file)
+        secret = local.client_credentials(self.layout)
         st = self._loop().run(local.cluster_status(self.meta_addresses, secret), timeout_s)
         for entry in st["metaservers"] + st["chunkservers"]:
             entry["host"] = self.host_of(entry["address"])
@@ -791,7 +791,7 @@ class NetCluster:
         its answer header, or the ``DfsError`` it answered (``Timeout``/``Unavailable``
         when it does not)."""
         address, _, port = self.host(host).endpoint.rpartition(":")
-        secret = load_secret(self.secret_file)
+        secret = local.client_credentials(self.layout)
 
         async def one() -> dict[str, Any]:
             conn = await rpc.connect(

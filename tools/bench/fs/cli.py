@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dfs-mount-args", default="", metavar="ARGS",
                         help="more options for the dfs mount, e.g. --no-local-reads "
                         "(the dfs figures are then that mount's)")  # fmt: skip
+    parser.add_argument("--tls", action="store_true",
+                        help="the dfs cluster speaks TLS (dfs up --tls): what TLS costs")  # fmt: skip
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the temp dir goes (default: the system's, if it is on "
                         "the working tree's disk)")  # fmt: skip

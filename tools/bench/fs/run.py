@@ -62,6 +62,7 @@ def _make_targets(args: argparse.Namespace, root: Path) -> list[Target]:
             root / "dfs",
             mount_stats=args.mount_stats,
             mount_args=shlex.split(args.dfs_mount_args),
+            tls=args.tls,
         )
     ]
     if args.peer == "moosefs":

@@ -96,9 +96,15 @@ class DfsTarget(Target):
     name = "dfs"
 
     def __init__(
-        self, root: Path, *, mount_stats: bool = False, mount_args: list[str] | None = None
+        self,
+        root: Path,
+        *,
+        mount_stats: bool = False,
+        mount_args: list[str] | None = None,
+        tls: bool = False,
     ) -> None:
         super().__init__(root)
+        self.tls = tls
         self.mount_args = mount_args or []  # more options for dfs mount
         self.layout: local.Layout | None = None
         self.mountpoint = root / "mnt"
@@ -113,7 +119,7 @@ class DfsTarget(Target):
 
     def start(self) -> None:
         super().start()
-        self.layout = local.init_layout(self.root / "cluster")
+        self.layout = local.init_layout(self.root / "cluster", tls=self.tls)
         local.start_daemons(self.layout)
         anyio.run(local.wait_ready, self.layout, READY_TIMEOUT_S)
         # As the MooseFS peer (trash time 0): a removed file is freed at once, not kept.

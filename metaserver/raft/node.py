@@ -384,14 +384,16 @@ class RaftNode:
         Raises ``NotLeader`` (with the leader's address when known), ``Unavailable`` (the
         entry was lost to a leader change, the proposal was dropped, or the node stopped:
         retry) or ``Timeout`` (it may still commit: retry with the same sequence number)."""
-        raw = self._core()
+        return await self._wait_applied(self._propose(data), timeout_s)
+
+    def _propose(self, data: bytes) -> LogIndex:
+        """The index ``data`` is proposed at; ``NotLeader``/``Unavailable`` as ``propose``."""
         try:
-            index = raw.propose(data)
+            return self._core().propose(data)
         except NotLeaderError as e:
             raise self._not_leader(e.leader) from None
         except ProposalDroppedError as e:
             raise Unavailable(f"proposal dropped: {e}") from None
-        return await self._wait_applied(index, timeout_s)
 
     def propose_nowait(
         self, data: bytes, timeout_s: float, on_done: Callable[[Any, DfsError | None], None]
@@ -403,12 +405,7 @@ class RaftNode:
         The caller has the Ready taken: ``ready_now`` at the end of its read
         (``rpc.Connection.after_read``); nothing else wakes the loop task for it."""
         raw = self._core()
-        try:
-            index = raw.propose(data)
-        except NotLeaderError as e:
-            raise self._not_leader(e.leader) from None
-        except ProposalDroppedError as e:
-            raise Unavailable(f"proposal dropped: {e}") from None
+        index = self._propose(data)
         waiter = Answer(self._proposals, self._deadlines, index, on_done)
         self._proposals[index] = (raw.term, waiter)
         loop = asyncio.get_running_loop()

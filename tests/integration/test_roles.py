@@ -13,7 +13,6 @@ What these tests check:
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,13 +22,13 @@ import pytest
 
 from dfs import rpc
 from dfs.cli import cluster as local
-from dfs.client import FsClient
 from dfs.secret import load_secret
 from dfs.wire.errors import PermissionDenied
 from dfs.wire.limits import ROOT_INO
 from dfs.wire.token import READ, make_token, token_key
 from metaserver.raft.peer import PEER_WIRE_VERSION, RAFT_OP
 from metaserver.raft.types import Message, MessageType, message_to_wire
+from tools.testing import localcluster
 from tools.testing.localcluster import running
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
@@ -128,13 +127,7 @@ async def test_each_role_sends_only_its_own_ops(layout: local.Layout) -> None:
 async def test_a_client_cannot_delete_a_replica(layout: local.Layout) -> None:
     secret = load_secret(layout.secret_file)
     data = b"precious" * 1000
-    async with FsClient.open_cluster(layout.meta_addresses, secret) as fs:
-        _, f = await fs.create_and_open(ROOT_INO, b"victim", 0o100644, os.O_WRONLY | os.O_CREAT)
-        await f.write(0, data)
-        await f.close()
-        attr = await fs.lookup(ROOT_INO, b"victim")
-        located = await fs.meta.read("fs.locate", ino=attr.ino, index=0, count=1)
-    chunk = located["chunks"][0]
+    chunk = await localcluster.write_and_locate(layout.meta_addresses, secret, b"victim", data)
     replica = chunk["replicas"][0]["address"]
     conn = await _connect(replica, secret, "client")
     try:

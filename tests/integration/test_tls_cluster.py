@@ -104,13 +104,7 @@ async def test_a_client_credential_cannot_act_as_a_server(layout: local.Layout) 
 async def test_a_client_cannot_mint_a_token(layout: local.Layout) -> None:
     creds = client_only(layout)
     data = b"precious" * 1000
-    async with FsClient.open_cluster(layout.meta_addresses, creds) as fs:
-        _, f = await fs.create_and_open(ROOT_INO, b"victim", 0o100644, os.O_WRONLY | os.O_CREAT)
-        await f.write(0, data)
-        await f.close()
-        attr = await fs.lookup(ROOT_INO, b"victim")
-        located = await fs.meta.read("fs.locate", ino=attr.ino, index=0, count=1)
-    chunk = located["chunks"][0]
+    chunk = await localcluster.write_and_locate(layout.meta_addresses, creds, b"victim", data)
     conn = await _connect(chunk["replicas"][0]["address"], creds, "client")
     try:
         expiry_ms = time.time_ns() // 1_000_000 + 60_000
@@ -246,13 +240,7 @@ async def test_a_token_works_only_for_the_client_it_was_issued_to(
     a = client_only(layout)
     b = _issue(layout, tmp_path / "b.pem", "mount-b")
     data = b"a's data" * 500
-    async with FsClient.open_cluster(layout.meta_addresses, a) as fs:
-        _, f = await fs.create_and_open(ROOT_INO, b"a-file", 0o100644, os.O_WRONLY | os.O_CREAT)
-        await f.write(0, data)
-        await f.close()
-        attr = await fs.lookup(ROOT_INO, b"a-file")
-        located = await fs.meta.read("fs.locate", ino=attr.ino, index=0, count=1)
-    chunk = located["chunks"][0]
+    chunk = await localcluster.write_and_locate(layout.meta_addresses, a, b"a-file", data)
     fields = {
         "chunk_id": chunk["chunk_id"], "version": chunk["version"], "offset": 0,
         "size": len(data), "token": chunk["token"], "expiry_ms": chunk["expiry_ms"],

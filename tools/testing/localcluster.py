@@ -10,6 +10,7 @@ such as ``tests/integration/admin_cluster.py``, says what its cluster needs).
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ import anyio
 
 from dfs.cli import cluster as local
 from dfs.client import FsClient
+from dfs.credentials import Credential
+from dfs.wire.limits import ROOT_INO
 
 # A command of the CLI; the slow ones (a 300 MiB put, a rebalance that waits) pass more.
 CLI_TIMEOUT_S = 120.0
@@ -56,6 +59,21 @@ def client(cluster: Path | local.Layout, **options: Any) -> AbstractAsyncContext
     of a directory (its layout read now), as the operator's CLI (``admin``)."""
     layout = local.load_layout(cluster) if isinstance(cluster, Path) else cluster
     return FsClient.open_cluster(layout.meta_addresses, local.client_credentials(layout), **options)
+
+
+async def write_and_locate(
+    addresses: list[str], credentials: Credential, name: bytes, data: bytes
+) -> dict[str, Any]:
+    """Write ``data`` as file ``name`` in the root, close it, and return its first chunk as
+    ``fs.locate`` answers (chunk id, version, replicas, a read token)."""
+    async with FsClient.open_cluster(addresses, credentials) as fs:
+        _, f = await fs.create_and_open(ROOT_INO, name, 0o100644, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, data)
+        await f.close()
+        attr = await fs.lookup(ROOT_INO, name)
+        located = await fs.meta.read("fs.locate", ino=attr.ino, index=0, count=1)
+    chunk: dict[str, Any] = located["chunks"][0]
+    return chunk
 
 
 def print_logs(directory: Path, *, always: str | None = None) -> None:

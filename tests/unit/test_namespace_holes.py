@@ -17,38 +17,21 @@ from dfs.wire.errors import (
     ProtocolError,
     Stale,
     TooBig,
-    error_from_wire,
 )
 from dfs.wire.limits import FILE_SIZE_BYTES_MAX
 from dfs.wire.ops_meta import COMMANDS
 from metaserver.namespace import ROOT_INO, Namespace, encode_command
 from metaserver.namespace.holes import whole_chunks
+from tools.testing.nsdriver import NamespaceDriver
 
 pytestmark = pytest.mark.timeout(30)
 
 CHUNK = 1 << 16
-S = 1_000_000_000
 
 
-class Fs:
+class Fs(NamespaceDriver):
     def __init__(self, trash_s: int = 0) -> None:
-        self.ns = Namespace(CHUNK, trash_s_default=trash_s)
-        self.seq = 0
-        self.now = 10 * S
-        self.ok("cs_register", uuid="u", address="h:1")
-
-    def apply(self, op: str, **args: Any) -> dict[str, Any]:
-        self.seq += 1
-        self.now += S
-        result = self.ns.apply(encode_command(op, 1, self.seq, self.now, args))
-        self.ns.check_invariants()
-        return result
-
-    def ok(self, op: str, **args: Any) -> dict[str, Any]:
-        result = self.apply(op, **args)
-        if not result["ok"]:
-            raise error_from_wire(result["err"])
-        return result
+        super().__init__(CHUNK, trash_s)
 
     def file(self, name: bytes, size: int, indexes: list[int] | None = None) -> int:
         """A file of ``size`` bytes with a full chunk at each of ``indexes`` (default:

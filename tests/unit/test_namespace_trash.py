@@ -5,35 +5,19 @@ removed directory, a name taken, expiry through a snapshot and restore of the st
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 
-from metaserver.namespace import ROOT_INO, Namespace, encode_command
+from metaserver.namespace import ROOT_INO, Namespace
+from tools.testing.nsdriver import NamespaceDriver, S
 
 pytestmark = pytest.mark.timeout(30)
 CHUNK = 1 << 16
-S = 1_000_000_000
 
 
-class Fs:
+class Fs(NamespaceDriver):
     def __init__(self, trash_s: int = 100) -> None:
-        self.ns = Namespace(CHUNK, trash_s_default=trash_s)
-        self.seq = 0
-        self.now = 10 * S
-        self.ok("cs_register", uuid="u", address="h:1")
-
-    def apply(self, op: str, **args: Any) -> dict[str, Any]:
-        self.seq += 1
-        self.now += S
-        result = self.ns.apply(encode_command(op, 1, self.seq, self.now, args))
-        self.ns.check_invariants()
-        return result
-
-    def ok(self, op: str, **args: Any) -> dict[str, Any]:
-        result = self.apply(op, **args)
-        assert result["ok"], result
-        return result
+        super().__init__(CHUNK, trash_s)
 
     def mkdir(self, parent: int, name: bytes) -> int:
         return int(

@@ -36,6 +36,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from dfs.revocations import CRL_FILE, RevocationListError, Revocations
 from dfs.secret import load_secret
 from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side, check_secret
 from dfs.wire.errors import AuthError
@@ -113,7 +114,17 @@ class TlsCredential:
             credential.client_context  # noqa: B018 - load it now: errors here, not per dial
         except (ssl.SSLError, ValueError) as e:
             raise CredentialFileError(f"credential {os.fspath(p)!r}: {e}") from None
+        try:
+            credential.revocations.load()
+        except (OSError, RevocationListError) as e:
+            path = os.fspath(credential.revocations.path)
+            raise CredentialFileError(f"revocation list {path!r}: {e}") from None
         return credential
+
+    @cached_property
+    def revocations(self) -> Revocations:
+        """The certificates the CA revoked: ``crl.pem`` beside this file (``dfs/revocations.py``)."""
+        return Revocations(self.path.parent / CRL_FILE, self.ca_pem)
 
     def _context(self, purpose: int) -> ssl.SSLContext:
         ctx = ssl.SSLContext(purpose)
@@ -171,7 +182,13 @@ class Credentials:
         """The in-band handshake of one connection (``dfs/wire/auth.py``): on the secret,
         or, in a TLS cluster, checking the claims against the peer's certificate
         (``peercert``, as ``getpeercert()`` gives it, and its DER bytes)."""
-        certified = certified_peer(peercert, der) if self.tls is not None else None
+        tls = self.tls
+        certified = certified_peer(peercert, der) if tls is not None else None
+        if tls is not None and certified is not None and tls.revocations.revoked(certified.serial):
+            raise AuthError(
+                f"the peer's certificate ({certified.role} {certified.name!r}, serial "
+                f"{certified.serial:x}) is revoked"
+            )
         return Handshake(
             self.secret, os.urandom(NONCE_BYTES), side=side, role=role, name=name,
             certified=certified,
@@ -278,4 +295,8 @@ def certified_peer(peercert: dict[str, Any] | None, der: bytes = b"") -> PeerInf
     if uid is None and gids:
         raise AuthError("the peer's certificate names groups without a uid")
     cert_id = cert_fingerprint(der) if der else ""
-    return PeerInfo(role, subject.get("commonName", "?"), uid, tuple(gids), cert_id)
+    try:
+        serial: int | None = int(str(peercert.get("serialNumber", "")), 16)
+    except ValueError:
+        serial = None
+    return PeerInfo(role, subject.get("commonName", "?"), uid, tuple(gids), cert_id, serial)

@@ -200,3 +200,33 @@ def load_authority(directory: Path) -> Authority:
 
 def write_credential(path: Path, credential: bytes) -> None:
     _write_private(path, credential)
+
+
+def serial_of(pem: bytes) -> int:
+    """The serial number of the first certificate in ``pem`` (a credential file, or a
+    certificate): what a revocation names. ``ValueError`` when there is none."""
+    return x509.load_pem_x509_certificates(pem)[0].serial_number
+
+
+def revoke(authority: Authority, directory: Path, serials: set[int]) -> frozenset[int]:
+    """Add ``serials`` to the CA's revocation list, ``directory/crl.pem`` (made when
+    absent; ``dfs/revocations.py`` reads it), signed by the CA; returns every serial the
+    list now names. Entries are never removed: a certificate revoked stays revoked."""
+    from dfs.revocations import CRL_FILE, read_revoked
+
+    path = directory / CRL_FILE
+    old = read_revoked(path.read_bytes(), authority.cert_pem.decode()) if path.exists() else set()
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(authority.cert.subject)
+        .last_update(now - datetime.timedelta(minutes=5))
+        .next_update(now + datetime.timedelta(days=VALID_DAYS))
+    )
+    every = frozenset(old) | frozenset(serials)
+    for serial in sorted(every):
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+        builder = builder.add_revoked_certificate(entry.build())
+    crl = builder.sign(authority.key, hashes.SHA256())
+    _write_private(path, crl.public_bytes(serialization.Encoding.PEM))
+    return every

@@ -958,7 +958,7 @@ async def serve(
     ssl_context = creds.context(ssl_context, server=True)
     role = creds.claim(role)
     loop = asyncio.get_running_loop()
-    rpc_server = RpcServer(limits, request_bytes)
+    rpc_server = RpcServer(limits, request_bytes, creds)
 
     def factory() -> Connection:
         connection = Connection(

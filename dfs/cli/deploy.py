@@ -209,12 +209,57 @@ def credential_command(
         pki.write_credential(
             out, pki.issue(authority, CHUNKSERVER, name, (cs_host,), verify_key=key)
         )
-        click.echo(f"chunkserver credential {name!r} (host {cs_host}) in {out}")
+        click.echo(f"chunkserver credential {name!r} (host {cs_host}) in {out}, "
+                   f"serial {pki.serial_of(out.read_bytes()):x}")  # fmt: skip
         return
     role = ADMIN if admin else CLIENT
     pki.write_credential(out, pki.issue(authority, role, name, uid=uid, gids=groups))
     who = f"user {uid}, groups {list(groups)}" if uid is not None else "any user"
-    click.echo(f"{role} credential {name!r} ({who}) in {out}")
+    click.echo(f"{role} credential {name!r} ({who}) in {out}, "
+               f"serial {pki.serial_of(out.read_bytes()):x}")  # fmt: skip
 
 
-__all__ = ["credential_command", "init_command"]
+@click.command("revoke")
+@dir_option
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--serial",
+    "serials",
+    multiple=True,
+    metavar="HEX",
+    help="A certificate's serial number (hexadecimal, as `dfs credential` printed it).",
+)
+def revoke_command(directory: Path, files: tuple[Path, ...], serials: tuple[str, ...]) -> None:
+    """Revoke the credentials in FILES (or by --serial): the CA adds them to its revocation
+    list, DIR/tls/crl.pem. Servers that find it beside their credential refuse those
+    certificates within a second and close their connections; copy it next to every
+    server's credential on other hosts."""
+    from dfs import pki
+    from dfs.revocations import RevocationListError
+
+    if not files and not serials:
+        raise click.UsageError("name the credentials to revoke: FILE... or --serial HEX")
+    try:
+        numbers = {int(s, 16) for s in serials}
+    except ValueError:
+        raise click.BadParameter("not a hexadecimal serial", param_hint="--serial") from None
+    try:
+        numbers |= {pki.serial_of(path.read_bytes()) for path in files}
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"cannot read a certificate: {e}") from None
+    try:
+        layout = local.load_layout(directory.absolute())
+        if not layout.tls:
+            raise click.ClickException(f"the cluster in {layout.dir} has no TLS, so no CA")
+        every = pki.revoke(pki.load_authority(layout.tls_dir), layout.tls_dir, numbers)
+    except local.ClusterError as e:
+        raise click.ClickException(str(e)) from None
+    except (OSError, ValueError, RevocationListError) as e:
+        raise click.ClickException(f"cannot update the revocation list: {e}") from None
+    for serial in sorted(numbers):
+        click.echo(f"revoked serial {serial:x}")
+    click.echo(f"{len(every)} revoked in {layout.tls_dir / 'crl.pem'}: copy it next to "
+               "every server's credential on other hosts")  # fmt: skip
+
+
+__all__ = ["credential_command", "init_command", "revoke_command"]

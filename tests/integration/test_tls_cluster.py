@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from dfs import pki, rpc
@@ -31,7 +32,7 @@ from dfs.cli import cluster as local
 from dfs.client import FsClient
 from dfs.credentials import Credentials, TlsCredential, load_client_credentials, token_minter
 from dfs.secret import load_secret
-from dfs.wire.errors import AccessDenied, AuthError, PermissionDenied, Unavailable
+from dfs.wire.errors import AccessDenied, AuthError, PermissionDenied, Timeout, Unavailable
 from dfs.wire.limits import ROOT_INO
 from dfs.wire.token import READ, Minter, make_token, signing_key, token_key
 from tools.testing import localcluster
@@ -340,3 +341,32 @@ async def test_a_chunkserver_posing_as_a_metaserver_gets_no_request(
         finally:
             conn.close()
     assert seen == []
+
+
+async def test_a_revoked_credential_is_cut_off_without_a_restart(
+    layout: local.Layout, tmp_path: Path
+) -> None:
+    """A client host is lost: `dfs revoke` its credential, and within about a second the
+    servers close what it had open and refuse it anew; everyone else goes on."""
+    lost = _issue(layout, tmp_path / "lost.pem", "lost-laptop")
+    async with FsClient.open_cluster(layout.meta_addresses, lost, timeout_s=10) as fs:
+        assert (await fs.meta.read("fs.getattr", ino=ROOT_INO))["attr"]["ino"] == ROOT_INO
+        proc = subprocess.run(
+            [sys.executable, "-m", "dfs.cli.main", "revoke", str(tmp_path / "lost.pem"),
+             "--dir", str(layout.dir)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0 and "revoked serial" in proc.stdout, proc.stderr
+        deadline = time.monotonic() + 30
+        while True:  # polled: its connections close within the servers' reload period
+            try:
+                await fs.meta.read("fs.getattr", ino=ROOT_INO, timeout_s=2)
+            except (AuthError, Unavailable, Timeout):
+                break
+            assert time.monotonic() < deadline, "a revoked credential was still served"
+            await anyio.sleep(0.1)
+    with pytest.raises((AuthError, Unavailable, Timeout)):
+        async with FsClient.open_cluster(layout.meta_addresses, lost, timeout_s=5) as fs:
+            await fs.meta.read("fs.getattr", ino=ROOT_INO)
+    async with FsClient.open_cluster(layout.meta_addresses, client_only(layout)) as fs:
+        assert (await fs.meta.read("fs.getattr", ino=ROOT_INO))["attr"]["ino"] == ROOT_INO

@@ -20,8 +20,8 @@ import anyio
 
 from dfs import rpc
 from dfs.cli import cluster as local
-from dfs.secret import load_secret
-from dfs.wire.token import READ, make_token, token_key
+from dfs.credentials import token_minter
+from dfs.wire.token import READ
 from tools.testing import localcluster
 from tools.testing.fuseenv import tls_by_default
 from tools.testing.poll import wait_for
@@ -179,10 +179,10 @@ def read_replica(cluster: Cluster, address: str, chunk_id: int, version: int, si
         conn = await rpc.connect(host, int(port), cluster.secret, name="test")
         try:
             expiry_ms = time.time_ns() // 1_000_000 + 60_000
-            key = token_key(load_secret(cluster.layout.secret_file))
-            # Bound to this connection's certificate in a TLS cluster (dfs/wire/token.py).
+            # Signed as a metaserver signs (the cluster's kind of token), bound to this
+            # connection's certificate in a TLS cluster (dfs/wire/token.py).
             bound = cluster.secret.tls.cert_id if cluster.secret.tls is not None else ""
-            token = make_token(key, chunk_id, version, READ, expiry_ms, bound)
+            token = token_minter(cluster.secret)(chunk_id, version, READ, expiry_ms, bound)
             _, payload = await conn.call(
                 "chunk.read", b"", chunk_id=chunk_id, version=version, offset=0, size=size,
                 token=token, expiry_ms=expiry_ms,

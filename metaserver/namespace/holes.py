@@ -1,7 +1,8 @@
-"""Holes punched in a regular file: the ``punch`` command (``fs.punch``). Pure.
+"""Holes punched in a regular file: the ``punch`` and ``allocate`` commands (``fs.punch``,
+``fs.allocate``). Pure.
 
-What it owns: which chunks a punched byte range frees, and the op that drops them. What it
-must not do: touch the bytes of the chunks the range only partly covers (the client zeros
+What it owns: which chunks a punched byte range frees, the op that drops them, and the
+op that gives a punched range its space back (``allocate``). What it must not do: touch the bytes of the chunks the range only partly covers (the client zeros
 those with ordinary writes, ``dfs/client/allocate.py``) or change the size.
 
 WHICH CHUNKS. ``fallocate(PUNCH_HOLE)`` (and ``ZERO_RANGE``) of ``[offset, offset +
@@ -14,10 +15,22 @@ chunk wholly past the size (an upload not committed yet) is never touched. The a
 ``[first, stop)`` is that span of chunk indexes (empty when ``stop <= first``): the
 client zeros the rest of the range inside the file itself, after this command.
 
+SPACE. The span ``[first, stop)`` is remembered as punched (sparse.py), whether a chunk
+was there or not: the file's ``st_blocks`` and its physical bytes in the recursive
+statistics drop by the span's bytes inside the file, as ext4's do, and come back when a
+chunk is written there again, when ``allocate`` (``fallocate`` mode 0 or ``KEEP_SIZE``,
+below) covers it, or go with the span when a truncate cuts it away.
+
+``allocate`` (``fs.allocate``): the punched chunks ``[offset, offset + length)`` touches
+count as allocated again: ext4's ``fallocate`` gives a punched range its blocks back. Only
+the accounting changes (dfs reserves nothing: dfs/client/allocate.py, SPACE); no chunk is
+made, the range still reads as zeros, the size and times stay.
+
 What the dropped chunks become is what a truncate's do: ``garbage``, whose replicas the
 leader deletes after its grace time (``metaserver/repair.py``); a writer still holding a
 handle of one gets ``Stale`` at its commit, as after a truncate. The size, and with it the
-recursive statistics (``rstats.py``) and the trash's bytes, stay as they are; mtime and
+recursive statistics' ``bytes`` (``rstats.py``) and the trash's bytes, stay as they are
+(the physical bytes drop: SPACE); mtime and
 ctime move, as ext4's punch moves them. The file may be in the trash or an orphan (a
 client still has it open): its chunks go all the same.
 """
@@ -27,6 +40,7 @@ from __future__ import annotations
 from typing import Any
 
 from dfs.wire.limits import INT63_MAX
+from metaserver.namespace import sparse
 from metaserver.namespace.commands import arg_ino, arg_int, arg_size, check_fields
 from metaserver.namespace.state import State, attr
 
@@ -63,12 +77,35 @@ def punch(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     else:
         dropped = [i for i in range(first, stop) if i in chunks]
     st.drop_chunks(inode, dropped)
+    if stop > first:
+        st.set_holes(inode, sparse.add(inode.holes, first, stop))
     inode.mtime_ns = now_ns
     inode.ctime_ns = now_ns
     return {"ok": True, "attr": attr(inode), "first": first, "stop": stop,
             "dropped": len(dropped)}  # fmt: skip
 
 
-HOLE_OPS = {"punch": punch}
+_ALLOCATE = _PUNCH
 
-__all__ = ["HOLE_OPS", "punch", "whole_chunks"]
+
+def allocate(st: State, now_ns: int, a: dict[str, Any]) -> Result:
+    """The punched chunks of file ``ino`` that ``[offset, offset + length)`` touches take
+    space again (see SPACE). Arguments and refusals as ``punch``'s."""
+    check_fields(a, _ALLOCATE)
+    ino = arg_ino(a, "ino")
+    offset = arg_size(a, "offset")
+    length = arg_int(a, "length", 1, INT63_MAX)
+    inode = st.regular(ino)
+    # --- checked: change the state ---
+    chunk_size = st.chunk_size_bytes
+    first, stop = offset // chunk_size, -(-(offset + length) // chunk_size)
+    before = inode.holes.bytes if inode.holes is not None else 0
+    if sparse.overlaps(inode.holes, first, stop):
+        st.set_holes(inode, sparse.remove(inode.holes, first, stop))
+    after = inode.holes.bytes if inode.holes is not None else 0
+    return {"ok": True, "attr": attr(inode), "filled_bytes": before - after}
+
+
+HOLE_OPS = {"punch": punch, "allocate": allocate}
+
+__all__ = ["HOLE_OPS", "allocate", "punch", "whole_chunks"]

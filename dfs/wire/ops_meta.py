@@ -240,6 +240,7 @@ FS_WRITE_HANDLE = _fs(
 )  # fmt: skip
 FS_PUNCH = _fs(
     "fs.punch", _i("ino"), _i("offset", doc="bytes, as a size"), _i("length", doc=">= 1"),
+    _b("zero", "`ZERO_RANGE`: the range counts as allocated afterwards (default: as punched)"),
     reply=(ATTR, _u("first", doc="first chunk index of the span"),
            _u("stop", doc="chunk index past it"), _u("dropped", doc="chunks dropped")),
     answer="the chunks whose bytes inside the file all lie in `[offset, offset + length)` "
@@ -248,7 +249,8 @@ FS_PUNCH = _fs(
     "The rest of the range is the sender's to zero. `fallocate(PUNCH_HOLE)` and "
     "`ZERO_RANGE` (metaserver/namespace/holes.py). The span counts as punched: the "
     "file's `blocks` drop by its bytes inside the file until a write or `fs.allocate` "
-    "fills it",
+    "fills it; with `zero`, the range counts as allocated instead, as `fs.allocate` "
+    "leaves it",
     session=True,
 )  # fmt: skip
 FS_ALLOCATE = _fs(

@@ -26,6 +26,11 @@ count as allocated again: ext4's ``fallocate`` gives a punched range its blocks 
 the accounting changes (dfs reserves nothing: dfs/client/allocate.py, SPACE); no chunk is
 made, the range still reads as zeros, the size and times stay.
 
+``ZERO_RANGE`` is a punch with ``zero``: its chunks are dropped all the same (zeros need
+no replica), but the range counts as allocated afterwards, as ``allocate`` leaves it:
+ext4 keeps a zeroed range allocated (unwritten extents) and even allocates the holes in
+it, so ``du`` does not drop after ``fallocate -z``.
+
 What the dropped chunks become is what a truncate's do: ``garbage``, whose replicas the
 leader deletes after its grace time (``metaserver/repair.py``); a writer still holding a
 handle of one gets ``Stale`` at its commit, as after a truncate. The size, and with it the
@@ -41,8 +46,8 @@ from typing import Any
 
 from dfs.wire.limits import INT63_MAX
 from metaserver.namespace import sparse
-from metaserver.namespace.commands import arg_ino, arg_int, arg_size, check_fields
-from metaserver.namespace.state import State, attr
+from metaserver.namespace.commands import arg_bool, arg_ino, arg_int, arg_size, check_fields
+from metaserver.namespace.state import Inode, State, attr
 
 Result = dict[str, Any]
 
@@ -56,17 +61,21 @@ def whole_chunks(offset: int, end: int, size: int, chunk_size_bytes: int) -> tup
     return first, max(first, stop)
 
 
-_PUNCH = frozenset({"ino", "offset", "length"})
+_PUNCH = frozenset({"ino", "offset", "length", "zero"})
+_ALLOCATE = frozenset({"ino", "offset", "length"})
 
 
 def punch(st: State, now_ns: int, a: dict[str, Any]) -> Result:
-    """Drop the chunks wholly inside ``[offset, offset + length)`` from file ``ino``.
+    """Drop the chunks wholly inside ``[offset, offset + length)`` from file ``ino``; they
+    count as punched (SPACE), or, with ``zero`` (``ZERO_RANGE``), the range counts as
+    allocated.
     ``offset`` as a size (EFBIG past the largest file), ``length`` >= 1 (EINVAL, as
     fallocate(2) gives for an empty range); EISDIR/EINVAL on anything but a regular file."""
     check_fields(a, _PUNCH)
     ino = arg_ino(a, "ino")
     offset = arg_size(a, "offset")
     length = arg_int(a, "length", 1, INT63_MAX)
+    zero = arg_bool(a, "zero", False)
     inode = st.regular(ino)
     # --- checked: change the state ---
     chunks = inode.chunks
@@ -77,15 +86,14 @@ def punch(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     else:
         dropped = [i for i in range(first, stop) if i in chunks]
     st.drop_chunks(inode, dropped)
-    if stop > first:
+    if zero:
+        _fill(st, inode, offset, length)
+    elif stop > first:
         st.set_holes(inode, sparse.add(inode.holes, first, stop))
     inode.mtime_ns = now_ns
     inode.ctime_ns = now_ns
     return {"ok": True, "attr": attr(inode), "first": first, "stop": stop,
             "dropped": len(dropped)}  # fmt: skip
-
-
-_ALLOCATE = _PUNCH
 
 
 def allocate(st: State, now_ns: int, a: dict[str, Any]) -> Result:
@@ -97,13 +105,19 @@ def allocate(st: State, now_ns: int, a: dict[str, Any]) -> Result:
     length = arg_int(a, "length", 1, INT63_MAX)
     inode = st.regular(ino)
     # --- checked: change the state ---
+    filled = _fill(st, inode, offset, length)
+    return {"ok": True, "attr": attr(inode), "filled_bytes": filled}
+
+
+def _fill(st: State, inode: Inode, offset: int, length: int) -> int:
+    """The punched chunks ``[offset, offset + length)`` touches count as allocated
+    again; returns the bytes of the file they cover."""
     chunk_size = st.chunk_size_bytes
     first, stop = offset // chunk_size, -(-(offset + length) // chunk_size)
-    before = inode.holes.bytes if inode.holes is not None else 0
+    before = sparse.allocated_bytes(inode)
     if sparse.overlaps(inode.holes, first, stop):
         st.set_holes(inode, sparse.remove(inode.holes, first, stop))
-    after = inode.holes.bytes if inode.holes is not None else 0
-    return {"ok": True, "attr": attr(inode), "filled_bytes": before - after}
+    return sparse.allocated_bytes(inode) - before
 
 
 HOLE_OPS = {"punch": punch, "allocate": allocate}

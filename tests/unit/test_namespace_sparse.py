@@ -196,3 +196,17 @@ def test_the_span_set() -> None:
     assert cut is not None and cut.spans == [2, 6] and cut.bytes == 400
     assert sparse.make([2, 6, 8, 9], 150, 100) is None
     assert sparse.measure([8, 9], 850, 100) == 50
+
+
+def test_a_zero_range_drops_the_chunks_but_keeps_the_range_allocated() -> None:
+    fs = Fs()
+    ino = fs.file(b"f", 6 * CHUNK)
+    fs.ok("punch", ino=ino, offset=4 * CHUNK, length=CHUNK)  # chunk 4 punched
+    assert fs.blocks(ino) == 5 * BLOCKS
+    # ZERO_RANGE over chunks 1..4: 1..3 dropped, and the whole range counts (4 again too),
+    # as ext4 leaves a zeroed range allocated.
+    r = fs.ok("punch", ino=ino, offset=CHUNK, length=4 * CHUNK, zero=True)
+    assert (r["first"], r["stop"], r["dropped"]) == (1, 5, 3)
+    assert sorted(fs.ns.inodes[ino].chunks or {}) == [0, 5]
+    assert r["attr"]["blocks"] == fs.blocks(ino) == 6 * BLOCKS
+    assert fs.ns.inodes[ino].holes is None and fs.phys() == 6 * CHUNK * GOAL_DEFAULT

@@ -246,7 +246,8 @@ def attr(inode: Inode) -> dict[str, Any]:
     if inode.chunks is not None:
         # The size's, less the punched chunks' (sparse.py): a hole a truncate or
         # fallocate left counts, as on ext4 after fallocate; a punched one does not.
-        blocks = (sparse.allocated_bytes(inode) + 511) >> 9
+        holes = inode.holes
+        blocks = (inode.size + 511 if holes is None else inode.size - holes.bytes + 511) >> 9
     elif inode.dir is not None:
         blocks = DIR_BLOCKS
     else:
@@ -444,12 +445,16 @@ class State:
         directories' recursive statistics and the trash's bytes right."""
         delta = size - inode.size
         self.file_bytes += delta
-        before = sparse.allocated_bytes(inode)
-        inode.size = size
-        if inode.holes is not None:  # cut to the new size (a shrink), measured again
-            inode.holes = sparse.make(inode.holes.spans, size, self.chunk_size_bytes)
-        if inode.parent:
+        holes = inode.holes
+        if holes is None:  # the common case: the allocated bytes are the size
+            inode.size = size
+            phys = delta * inode.goal
+        else:  # cut to the new size (a shrink), measured again
+            before = inode.size - holes.bytes
+            inode.size = size
+            inode.holes = sparse.make(holes.spans, size, self.chunk_size_bytes)
             phys = (sparse.allocated_bytes(inode) - before) * inode.goal
+        if inode.parent:
             rstats.add_up(self, inode.parent, delta, phys, 0, 0)
         elif inode.ino in self.trash:
             self.trash_bytes += delta

@@ -2,8 +2,10 @@
 ``fs.allocate``). Pure.
 
 What it owns: which chunks a punched byte range frees, the op that drops them, and the
-op that gives a punched range its space back (``allocate``). What it must not do: touch the bytes of the chunks the range only partly covers (the client zeros
-those with ordinary writes, ``dfs/client/allocate.py``) or change the size.
+op that gives a punched range its space back (``allocate``). What it must not do: touch
+the bytes of the chunks the range only partly covers (the client zeros those with
+ordinary writes, ``dfs/client/allocate.py``), change the size, or keep the punched spans
+itself (sparse.py holds them, ``State.set_holes`` changes them).
 
 WHICH CHUNKS. ``fallocate(PUNCH_HOLE)`` (and ``ZERO_RANGE``) of ``[offset, offset +
 length)`` makes the range read as zeros; a missing chunk reads as zeros (a hole, as after
@@ -35,8 +37,7 @@ What the dropped chunks become is what a truncate's do: ``garbage``, whose repli
 leader deletes after its grace time (``metaserver/repair.py``); a writer still holding a
 handle of one gets ``Stale`` at its commit, as after a truncate. The size, and with it the
 recursive statistics' ``bytes`` (``rstats.py``) and the trash's bytes, stay as they are
-(the physical bytes drop: SPACE); mtime and
-ctime move, as ext4's punch moves them. The file may be in the trash or an orphan (a
+(the physical bytes drop: SPACE); mtime and ctime move, as ext4's punch moves them. The file may be in the trash or an orphan (a
 client still has it open): its chunks go all the same.
 """
 

@@ -4,8 +4,10 @@ Config file (TOML, version 1)::
 
     listen = "127.0.0.1:7101"           # host:port to serve on (port 0: any free port)
     data_dir = "/var/lib/dfs/cs1"       # chunk files, identity (uuid, cs_id), lock
-    secret_file = "/etc/dfs/secret"     # the cluster secret (dfs.secret format, mode 0600)
-    credential_file = "/etc/dfs/c1.pem" # optional; this server's TLS credential (dfs/pki.py)
+    credential_file = "/etc/dfs/c1.pem" # TLS clusters: this server's credential (dfs/pki.py),
+                                        # which holds the key that checks chunk tokens
+    secret_file = "/etc/dfs/secret"     # secret-only clusters (no credential_file): the
+                                        # cluster secret (dfs.secret format, mode 0600)
     metaservers = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
     address = "10.0.0.5:7101"           # optional; where others reach us (default: listen)
     host = "rack1-node5"                # optional; the machine this server runs on, for
@@ -145,7 +147,7 @@ class ServerConfig:
     listen_host: str
     listen_port: int
     data_dir: Path
-    secret_file: Path
+    secret_file: Path | None  # None: a TLS cluster's, whose credential checks the tokens
     metaservers: tuple[str, ...]
     credential_file: Path | None = None  # TLS (dfs/credentials.py); None: the secret only
     address: str | None = None  # None: the listen address (with the bound port)
@@ -204,7 +206,7 @@ def load_config(path: Path) -> ServerConfig:
         listen_host=listen_host,
         listen_port=listen_port,
         data_dir=Path(get("data_dir", str)),
-        secret_file=Path(get("secret_file", str)),
+        secret_file=file.optional_path("secret_file"),
         credential_file=file.optional_path("credential_file"),
         metaservers=tuple(metaservers),
         address=advertised,
@@ -227,6 +229,8 @@ def load_config(path: Path) -> ServerConfig:
         limits=limits_from(file.raw, path),
         metrics_port=file.port("metrics_port"),
     )
+    if config.secret_file is None and config.credential_file is None:
+        raise ValueError(f"{path}: needs credential_file (TLS) or secret_file")
     if len(config.rack) > CS_LABEL_CHARS_MAX:
         raise ValueError(f"{path}: rack must be at most {CS_LABEL_CHARS_MAX} characters")
     if config.capacity_bytes < 0:

@@ -43,7 +43,7 @@ from chunkserver.metrics import readings as chunkserver_readings
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.repair import Scrubber, Throttle, copy_in
 from dfs import daemon, rpc
-from dfs.credentials import Credential, Credentials, server_secret, token_client
+from dfs.credentials import Credential, Credentials, token_checker, token_client
 from dfs.leader import LeaderFollower
 from dfs.metrics import Reading, ServerMetrics
 from dfs.ratelog import RateLimitedLog
@@ -68,7 +68,7 @@ from dfs.wire.messages import uint_field
 from dfs.wire.ops import CHUNKSERVER_OPS, admit, lookup
 from dfs.wire.ops_chunk import CHUNK_READ, CHUNK_WRITE
 from dfs.wire.spec import SERVER_ROLES
-from dfs.wire.token import READ, WRITE, check_token, token_key
+from dfs.wire.token import READ, WRITE
 
 log = logging.getLogger("chunkserver")
 # Failures of the periodic loops (heartbeats, reports) repeat every round while they last.
@@ -161,7 +161,7 @@ class ChunkServer:
         self.config = config
         credentials = Credentials.of(credentials)
         self._credentials = credentials
-        self._token_key = token_key(server_secret(credentials))
+        self._tokens = token_checker(credentials)
         # Tokens whose signature was checked, with the fields it covers (TOKEN CACHE below).
         self._tokens_verified: set[tuple[bytes, int, int, bytes, int, str]] = set()
         # chunk.writes running in tasks, per chunk id (``_chunk_write``: their order).
@@ -404,7 +404,7 @@ class ChunkServer:
         key = (token, chunk_id, version, mode, expiry_ms, client)
         if key in self._tokens_verified and now_ms < expiry_ms:
             return
-        check_token(self._token_key, token, chunk_id, version, mode, expiry_ms, now_ms, client)
+        self._tokens.check(token, chunk_id, version, mode, expiry_ms, now_ms, client)
         if len(self._tokens_verified) >= TOKENS_VERIFIED_MAX:
             self._tokens_verified.clear()
         self._tokens_verified.add(key)
@@ -926,7 +926,7 @@ async def serve(config: ServerConfig, credentials: Credential) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return daemon.main("chunkserver", argv, load_config, serve, fast_loop=True)
+    return daemon.main("chunkserver", argv, load_config, serve, fast_loop=True, check=token_checker)
 
 
 __all__ = ["ChunkServer", "main", "serve"]

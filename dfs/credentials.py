@@ -11,7 +11,9 @@ Two kinds of cluster:
   (subject OU and CN); a process speaks as its own certificate's role (``claim``), and the
   in-band handshake (``dfs/wire/auth.py``) only checks that the peer's claim agrees with
   its certificate. A client holds a client (or an operator's ``admin``) credential and no
-  cluster secret; servers also hold the secret, which keys the chunk access tokens.
+  cluster secret; metaservers also hold the secret, which signs the chunk access tokens
+  (``token_minter``); a chunkserver's credential carries the key that checks them
+  (``token_checker``), and the chunkserver needs no secret.
 - **Secret only** (``tls`` None; ``dfs up`` without ``--tls``, clusters made before TLS,
   and the tests that build servers in one process): the HMAC handshake on the shared
   secret, as before. Anyone who holds the secret can claim any role.
@@ -22,6 +24,8 @@ A plain ``bytes`` secret wherever a ``Credentials`` is taken means ``Credentials
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import re
@@ -32,10 +36,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from dfs.revocations import CRL_FILE, RevocationListError, Revocations
 from dfs.secret import load_secret
 from dfs.wire.auth import NONCE_BYTES, Handshake, PeerInfo, Side, check_secret
 from dfs.wire.errors import AuthError
 from dfs.wire.spec import ROLES
+from dfs.wire.token import VERIFY_KEY_BYTES, Checker, Minter, signing_key, token_key, verify_key
 
 # subjectAltName URIs restricting a client to a user: dfs:uid=U, dfs:gid=G (dfs/pki.py)
 USER_URI = "dfs:"
@@ -43,6 +49,11 @@ USER_URI = "dfs:"
 CREDENTIAL_LINE = "# dfs credential: "
 _LINE = re.compile(rb"# dfs credential: role (\w+), name ([^\n]*)\n")
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*", re.S)
+# A chunkserver's credential also holds the key that checks chunk tokens (dfs/pki.py).
+VERIFY_KEY_PEM = "DFS TOKEN VERIFY KEY"
+_PEM_VERIFY_KEY = re.compile(
+    rb"-----BEGIN DFS TOKEN VERIFY KEY-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END DFS TOKEN VERIFY KEY-----"
+)
 
 
 class CredentialFileError(Exception):
@@ -58,6 +69,7 @@ class TlsCredential:
     role: str  # the role its certificate gives; what this process claims with it
     ca_pem: str = field(repr=False)
     cert_id: str = ""  # its own certificate's fingerprint (``certified_peer`` gives peers')
+    verify_key: bytes | None = None  # a chunkserver's: checks chunk tokens (dfs/wire/token.py)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TlsCredential:
@@ -86,12 +98,33 @@ class TlsCredential:
         # Every certificate after the process's own is a CA it trusts (two while a new CA
         # is rolled out, docs/SECURITY.md).
         own = ssl.PEM_cert_to_DER_cert(certs[0].decode())
-        credential = cls(p, role, b"".join(certs[1:]).decode(), cert_fingerprint(own))
+        verify_key = None
+        block = _PEM_VERIFY_KEY.search(data)
+        if block is not None:
+            try:
+                verify_key = base64.b64decode(b"".join(block.group(1).split()), validate=True)
+            except binascii.Error:
+                verify_key = b""
+            if len(verify_key) != VERIFY_KEY_BYTES:
+                raise CredentialFileError(
+                    f"credential {os.fspath(p)!r}: the token verification key is malformed"
+                )
+        credential = cls(p, role, b"".join(certs[1:]).decode(), cert_fingerprint(own), verify_key)
         try:
             credential.client_context  # noqa: B018 - load it now: errors here, not per dial
         except (ssl.SSLError, ValueError) as e:
             raise CredentialFileError(f"credential {os.fspath(p)!r}: {e}") from None
+        try:
+            credential.revocations.load()
+        except (OSError, RevocationListError) as e:
+            path = os.fspath(credential.revocations.path)
+            raise CredentialFileError(f"revocation list {path!r}: {e}") from None
         return credential
+
+    @cached_property
+    def revocations(self) -> Revocations:
+        """The certificates the CA revoked: ``crl.pem`` beside this file (``dfs/revocations.py``)."""
+        return Revocations(self.path.parent / CRL_FILE, self.ca_pem)
 
     def _context(self, purpose: int) -> ssl.SSLContext:
         ctx = ssl.SSLContext(purpose)
@@ -149,7 +182,13 @@ class Credentials:
         """The in-band handshake of one connection (``dfs/wire/auth.py``): on the secret,
         or, in a TLS cluster, checking the claims against the peer's certificate
         (``peercert``, as ``getpeercert()`` gives it, and its DER bytes)."""
-        certified = certified_peer(peercert, der) if self.tls is not None else None
+        tls = self.tls
+        certified = certified_peer(peercert, der) if tls is not None else None
+        if tls is not None and certified is not None and tls.revocations.revoked(certified.serial):
+            raise AuthError(
+                f"the peer's certificate ({certified.role} {certified.name!r}, serial "
+                f"{certified.serial:x}) is revoked"
+            )
         return Handshake(
             self.secret, os.urandom(NONCE_BYTES), side=side, role=role, name=name,
             certified=certified,
@@ -184,10 +223,37 @@ def token_client(credentials: Credentials, peer: PeerInfo | None) -> str:
 
 
 def server_secret(credentials: Credentials) -> bytes:
-    """The cluster secret a server cannot run without (it keys the chunk tokens)."""
+    """The cluster secret a metaserver cannot run without (it signs the chunk tokens)."""
     if not credentials.secret:
-        raise AuthError("a server needs the cluster secret")
+        raise AuthError("a metaserver needs the cluster secret")
     return credentials.secret
+
+
+def token_minter(credentials: Credentials) -> Minter:
+    """What a metaserver signs chunk tokens with (``dfs/wire/token.py``): Ed25519
+    (version 3) in a TLS cluster, whose chunkservers hold only the public key; the HMAC
+    key (version 2) in a secret-only one."""
+    secret = server_secret(credentials)
+    if credentials.tls is not None:
+        return Minter(signer=signing_key(secret))
+    return Minter(key=token_key(secret))
+
+
+def token_checker(credentials: Credentials) -> Checker:
+    """What a chunkserver checks chunk tokens with: the public key its credential carries
+    (or, in a TLS cluster whose chunkserver still holds the secret, derives from it), and
+    the HMAC key when it holds the secret (secret-only clusters; a TLS cluster's tokens of
+    metaservers not upgraded yet: docs/OPERATIONS.md). ``AuthError`` when it has neither."""
+    tls, secret = credentials.tls, credentials.secret
+    public = tls.verify_key if tls is not None else None
+    if public is None and tls is not None and secret:
+        public = verify_key(secret)
+    if public is None and not secret:
+        raise AuthError(
+            "a chunkserver needs the cluster secret (secret_file) or a credential that "
+            "holds the token verification key"
+        )
+    return Checker(key=token_key(secret) if secret else None, public=public)
 
 
 def cert_fingerprint(der: bytes) -> str:
@@ -229,4 +295,8 @@ def certified_peer(peercert: dict[str, Any] | None, der: bytes = b"") -> PeerInf
     if uid is None and gids:
         raise AuthError("the peer's certificate names groups without a uid")
     cert_id = cert_fingerprint(der) if der else ""
-    return PeerInfo(role, subject.get("commonName", "?"), uid, tuple(gids), cert_id)
+    try:
+        serial: int | None = int(str(peercert.get("serialNumber", "")), 16)
+    except ValueError:
+        serial = None
+    return PeerInfo(role, subject.get("commonName", "?"), uid, tuple(gids), cert_id, serial)

@@ -26,11 +26,12 @@ from dfs import ratelog
 from dfs.budget import raise_fd_limit
 from dfs.credentials import CredentialFileError, Credentials, TlsCredential
 from dfs.secret import SecretFileError, load_secret
+from dfs.wire.errors import AuthError
 
 
 class _Config(Protocol):
     @property
-    def secret_file(self) -> Path: ...
+    def secret_file(self) -> Path | None: ...
     @property
     def credential_file(self) -> Path | None: ...
 
@@ -88,11 +89,12 @@ def main(
     serve: Callable[[C, Credentials], Coroutine[Any, Any, int]],
     *,
     fast_loop: bool = False,
+    check: Callable[[Credentials], object] | None = None,
 ) -> int:
     """The whole ``main`` of a daemon: ``--config F [--log-level L]``, logging, the config
-    and the secret and credential it names (a bad one: a one-line message and exit 2),
-    then ``serve``
-    (on uvloop with ``fast_loop``: see ``run``)."""
+    and the secret and credential it names, which ``check`` may refuse with ``AuthError``
+    (a bad one: a one-line message and exit 2), then ``serve`` (on uvloop with
+    ``fast_loop``: see ``run``)."""
     parser = argparse.ArgumentParser(prog=f"python -m {prog}")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--log-level", default=default_log_level())
@@ -101,10 +103,11 @@ def main(
     try:
         config = load_config(args.config)
         tls = config.credential_file
-        credentials = Credentials(
-            load_secret(config.secret_file), TlsCredential.load(tls) if tls else None
-        )
-    except (OSError, ValueError, SecretFileError, CredentialFileError) as e:
+        secret = load_secret(config.secret_file) if config.secret_file is not None else None
+        credentials = Credentials(secret, TlsCredential.load(tls) if tls else None)
+        if check is not None:
+            check(credentials)
+    except (OSError, ValueError, SecretFileError, CredentialFileError, AuthError) as e:
         print(f"{prog.rsplit('.', 1)[-1]}: bad config: {e}", file=sys.stderr)
         return 2
     return run(serve(config, credentials), fast_loop=fast_loop)

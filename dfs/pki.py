@@ -6,7 +6,9 @@ package); ``dfs/credentials.py`` reads what it writes with the standard ``ssl`` 
 A *credential* is one PEM file, mode 0600, holding in this order: a first line naming it
 (``# dfs credential: role ROLE, name NAME``, which the process reads to know the role it
 speaks as), the process's certificate, its private key, and the cluster CA's certificate
-(the trust anchor it checks its peers against). One file per process, so that handing a host its identity is copying
+(the trust anchor it checks its peers against); a chunkserver's ends with the public key
+that checks chunk access tokens (``DFS TOKEN VERIFY KEY``, ``dfs/wire/token.py``), so that
+it needs no cluster secret. One file per process, so that handing a host its identity is copying
 one file. The certificate names the process (subject CN, e.g. ``meta-1``) and its
 **role** (subject OU: ``metaserver``, ``chunkserver``, ``admin`` or ``client``): a server
 takes a
@@ -23,6 +25,7 @@ Keys are ECDSA P-256 (a TLS 1.3 handshake costs about a millisecond of CPU here,
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import os
@@ -34,8 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from dfs.credentials import CREDENTIAL_LINE, USER_URI
-from dfs.wire.spec import CLIENT, ROLES
+from dfs.credentials import CREDENTIAL_LINE, USER_URI, VERIFY_KEY_PEM
+from dfs.wire.spec import CHUNKSERVER, CLIENT, ROLES
 
 VALID_DAYS = 10 * 365
 CA_FILE = "ca.pem"
@@ -98,13 +101,18 @@ def issue(
     *,
     uid: int | None = None,
     gids: tuple[int, ...] = (),
+    verify_key: bytes | None = None,
 ) -> bytes:
     """A credential (see the module docstring) for process ``name`` acting as ``role``;
     ``hosts`` (names or IP addresses it is reached at) go in its subjectAltName. A client's
     may be restricted to user ``uid`` with groups ``gids``: subjectAltName URIs
-    ``dfs:uid=U`` and ``dfs:gid=G`` (``dfs/credentials.py`` reads them)."""
+    ``dfs:uid=U`` and ``dfs:gid=G`` (``dfs/credentials.py`` reads them). A chunkserver's
+    carries ``verify_key``, the public key that checks chunk tokens
+    (``dfs.wire.token.verify_key``), in a last block of its own."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+    if verify_key is not None and role != CHUNKSERVER:
+        raise ValueError("only a chunkserver's credential holds the token verification key")
     if uid is not None and role != CLIENT:
         raise ValueError("only a client's credential is restricted to a user")
     if uid is None and gids:
@@ -142,11 +150,18 @@ def issue(
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(authority.key, hashes.SHA256())
+    token_block = b""
+    if verify_key is not None:
+        token_block = (
+            f"-----BEGIN {VERIFY_KEY_PEM}-----\n{base64.b64encode(verify_key).decode()}\n"
+            f"-----END {VERIFY_KEY_PEM}-----\n"
+        ).encode()
     return (
         f"{CREDENTIAL_LINE}role {role}, name {name}\n".encode()
         + cert.public_bytes(serialization.Encoding.PEM)
         + _key_pem(key)
         + authority.cert_pem
+        + token_block
     )
 
 
@@ -185,3 +200,33 @@ def load_authority(directory: Path) -> Authority:
 
 def write_credential(path: Path, credential: bytes) -> None:
     _write_private(path, credential)
+
+
+def serial_of(pem: bytes) -> int:
+    """The serial number of the first certificate in ``pem`` (a credential file, or a
+    certificate): what a revocation names. ``ValueError`` when there is none."""
+    return x509.load_pem_x509_certificates(pem)[0].serial_number
+
+
+def revoke(authority: Authority, directory: Path, serials: set[int]) -> frozenset[int]:
+    """Add ``serials`` to the CA's revocation list, ``directory/crl.pem`` (made when
+    absent; ``dfs/revocations.py`` reads it), signed by the CA; returns every serial the
+    list now names. Entries are never removed: a certificate revoked stays revoked."""
+    from dfs.revocations import CRL_FILE, read_revoked
+
+    path = directory / CRL_FILE
+    old = read_revoked(path.read_bytes(), authority.cert_pem.decode()) if path.exists() else set()
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(authority.cert.subject)
+        .last_update(now - datetime.timedelta(minutes=5))
+        .next_update(now + datetime.timedelta(days=VALID_DAYS))
+    )
+    every = frozenset(old) | frozenset(serials)
+    for serial in sorted(every):
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+        builder = builder.add_revoked_certificate(entry.build())
+    crl = builder.sign(authority.key, hashes.SHA256())
+    _write_private(path, crl.public_bytes(serialization.Encoding.PEM))
+    return every

@@ -73,7 +73,7 @@ from dfs.credentials import Credential, Credentials
 from dfs.payloads import take_payload
 from dfs.ratelog import RateLimitedLog
 from dfs.rpcserver import RequestBytes, RpcServer
-from dfs.wire import codec, messages
+from dfs.wire import codec, messages, ops
 from dfs.wire.auth import PeerInfo, Side
 from dfs.wire.conn import (
     CALL_TIMEOUT_S,
@@ -303,7 +303,8 @@ class Connection(asyncio.BufferedProtocol):
         (header, payload). Raises the ``DfsError`` the peer answered with, ``Timeout`` after
         ``timeout_s`` (the request may still have been carried out), ``Unavailable`` if the
         connection is or becomes closed, ``ProtocolError`` if the peer broke the protocol.
-        """
+        ``AuthError`` before sending if the peer is not the server ``op`` goes to."""
+        ops.check_server(op, self.peer)
         try:
             async with asyncio.timeout(timeout_s):
                 async with self._call_slots:
@@ -957,7 +958,7 @@ async def serve(
     ssl_context = creds.context(ssl_context, server=True)
     role = creds.claim(role)
     loop = asyncio.get_running_loop()
-    rpc_server = RpcServer(limits, request_bytes)
+    rpc_server = RpcServer(limits, request_bytes, creds)
 
     def factory() -> Connection:
         connection = Connection(

@@ -2,7 +2,8 @@
 connections it accepted and their budgets (``dfs/budget.py``).
 
 What it owns: the ``asyncio.Server``, the set of accepted connections, the byte budget they
-share and the count of connections per host and in total (refusals at accept). What it
+share and the count of connections per host and in total (refusals at accept), and, in a
+TLS cluster, closing those whose certificate was revoked (``dfs/revocations.py``). What it
 must not do: read or write frames (``dfs/rpc.py``'s ``Connection`` does).
 """
 
@@ -15,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from dfs.budget import ByteBudget, ConnectionCount, Limits
 from dfs.ratelog import RateLimitedLog
+from dfs.revocations import RELOAD_S, Revocations
 from dfs.wire.errors import Unavailable
 
 if TYPE_CHECKING:
+    from dfs.credentials import Credentials
     from dfs.rpc import Connection
 
 log = logging.getLogger("dfs.rpc")  # its lines are the connections' (one logger to filter)
@@ -36,7 +39,10 @@ class RpcServer:
     """
 
     def __init__(
-        self, limits: Limits | None = None, request_bytes: RequestBytes | None = None
+        self,
+        limits: Limits | None = None,
+        request_bytes: RequestBytes | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.server: asyncio.Server | None = None
         self.connections: set[Connection] = set()
@@ -44,6 +50,25 @@ class RpcServer:
         self.request_bytes = request_bytes
         self.budget = ByteBudget(self.limits.inflight_bytes_max)
         self.conns = ConnectionCount(self.limits)
+        self._sweep: asyncio.TimerHandle | None = None
+        if credentials is not None and credentials.tls is not None:
+            self._sweep_revoked(credentials.tls.revocations)
+
+    def _sweep_revoked(self, revocations: Revocations) -> None:
+        """Close the open connections of peers whose certificate was revoked since they
+        connected (new ones are refused in their handshake: ``Credentials.handshake``);
+        again every ``RELOAD_S``, until ``close``."""
+        revoked = revocations.serials()
+        for connection in list(self.connections) if revoked else ():
+            peer = connection.peer
+            if peer is not None and peer.serial in revoked:
+                log.warning(
+                    "rpc: closing connection event=cert_revoked peer=%s name=%s serial=%x",
+                    connection.peername, peer.name, peer.serial,
+                )  # fmt: skip
+                connection.close()
+        loop = asyncio.get_running_loop()
+        self._sweep = loop.call_later(RELOAD_S, self._sweep_revoked, revocations)
 
     def admit(self, connection: Connection, address: object) -> bool:
         """Track and count a connection just accepted, or close it (over a limit) and say
@@ -77,6 +102,8 @@ class RpcServer:
         return port
 
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
         if self.server is not None:
             self.server.close()
         for connection in list(self.connections):

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dfs import daemon, rpc
-from dfs.credentials import Credential, Credentials, server_secret, token_client
+from dfs.credentials import Credential, Credentials, token_client, token_minter
 from dfs.metrics import Reading, ServerMetrics
 from dfs.wire.errors import (
     DfsError,
@@ -54,7 +54,7 @@ from dfs.wire.messages import uint_field
 from dfs.wire.ops import METASERVER_OPS, RAFT, admit, lookup, refuse_role
 from dfs.wire.ops_meta import COMMANDS, FS_CREATE
 from dfs.wire.spec import METASERVER
-from dfs.wire.token import READ, WRITE, make_token, token_key
+from dfs.wire.token import READ, WRITE
 from metaserver.access import caller_of
 from metaserver.access import check as check_access
 from metaserver.admin import Admin
@@ -114,7 +114,7 @@ class MetaServer:
         self.registry = Registry(config.dead_timeout_s, started_s=time.monotonic())
         self.placer = Placer(config.placement, cluster=self.ns.policy)
         self._credentials = credentials
-        self._token_key = token_key(server_secret(credentials))
+        self._mint = token_minter(credentials)
         self._rpc: rpc.RpcServer | None = None
         self._leader_term = -1  # the term in which the registry's soft state was gathered
         self._cs_conns: dict[str, rpc.Connection] = {}
@@ -589,8 +589,7 @@ class MetaServer:
                 {
                     **c,
                     "replicas": self._replicas(c["replicas"], now_s),
-                    "token": make_token(
-                        self._token_key,
+                    "token": self._mint(
                         c["chunk_id"],
                         c["version"],
                         READ,
@@ -667,8 +666,7 @@ class MetaServer:
             "version": result["version"],
             "length": result["length"],
             "chain": chain,
-            "token": make_token(
-                self._token_key,
+            "token": self._mint(
                 result["chunk_id"],
                 result["version"],
                 WRITE,
@@ -727,9 +725,7 @@ class MetaServer:
                 for cs_id in chunk["replicas"]
                 if cs_id in known
             ],
-            "token": make_token(
-                self._token_key, chunk["chunk_id"], chunk["version"], WRITE, expiry_ms, client
-            ),
+            "token": self._mint(chunk["chunk_id"], chunk["version"], WRITE, expiry_ms, client),
             "expiry_ms": expiry_ms,
         }
 
@@ -758,7 +754,7 @@ class MetaServer:
 
     def token(self, chunk_id: int, version: int) -> tuple[bytes, int]:
         expiry_ms = time.time_ns() // 1_000_000 + self.config.token_ttl_ms
-        return make_token(self._token_key, chunk_id, version, WRITE, expiry_ms), expiry_ms
+        return self._mint(chunk_id, version, WRITE, expiry_ms), expiry_ms
 
     async def _chunkserver_conn(self, address: str, timeout_s: float) -> rpc.Connection:
         conn = self._cs_conns.get(address)

@@ -72,7 +72,7 @@ from dfs.ports import free_loopback_ports
 from dfs.secret import generate_secret, load_secret, write_secret
 from dfs.wire.errors import DfsError
 from dfs.wire.limits import CHUNK_SIZE_BYTES_DEFAULT
-from dfs.wire.spec import ADMIN, CLIENT
+from dfs.wire.spec import ADMIN, CHUNKSERVER, CLIENT
 
 LAYOUT_VERSION = 1
 CHUNK_SIZE_DEFAULT = CHUNK_SIZE_BYTES_DEFAULT
@@ -145,10 +145,15 @@ def issue_credential(
     if not layout.tls:
         return None
     from dfs import pki  # the cryptography package: only when credentials are made
+    from dfs.wire.token import verify_key
 
     path = layout.tls_dir / f"{name}.pem"
     hosts = (address.rpartition(":")[0].strip("[]"),) if address else ()
-    pki.write_credential(path, pki.issue(pki.load_authority(layout.tls_dir), role, name, hosts))
+    # A chunkserver checks chunk tokens with the public key its credential carries and
+    # holds no secret (dfs/wire/token.py).
+    key = verify_key(load_secret(layout.secret_file)) if role == CHUNKSERVER else None
+    authority = pki.load_authority(layout.tls_dir)
+    pki.write_credential(path, pki.issue(authority, role, name, hosts, verify_key=key))
     return where / path.name if where is not None else path
 
 
@@ -316,16 +321,17 @@ def _write_cs_config(
 ) -> None:
     d = layout.dir / f"cs{i}"
     d.mkdir(exist_ok=True)
-    top = {
+    top: dict[str, Any] = {
         "listen": address,
         "data_dir": data_dir or d / "data",
-        "secret_file": secret_file or layout.secret_file,
         "metaservers": layout.meta_addresses,
         **layout.cs_options,
     }
-    credential = issue_credential(layout, "chunkserver", f"cs{i}", address, credential_dir)
+    credential = issue_credential(layout, CHUNKSERVER, f"cs{i}", address, credential_dir)
     if credential is not None:
-        top["credential_file"] = credential
+        top["credential_file"] = credential  # holds the token key: no secret here
+    else:
+        top["secret_file"] = secret_file or layout.secret_file
     if metrics_port is not None:
         top["metrics_port"] = metrics_port
     _write_toml(d / "cs.toml", top, {})

@@ -16,7 +16,8 @@ import click
 
 from dfs.cli import cluster as local
 from dfs.cli.common import dir_option, size_bytes
-from dfs.wire.spec import ADMIN, CLIENT
+from dfs.secret import load_secret
+from dfs.wire.spec import ADMIN, CHUNKSERVER, CLIENT
 
 
 @click.command("init")
@@ -118,7 +119,8 @@ def init_command(
     except (local.ClusterError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"dfs cluster configs in {layout.dir}")
-    click.echo(f"  copy {layout.secret_file} to {secret_path} on every server (mode 0600)")
+    servers = "metaserver (chunkservers need none)" if tls else "server"
+    click.echo(f"  copy {layout.secret_file} to {secret_path} on every {servers} (mode 0600)")
     if tls:
         click.echo(f"  copy {layout.tls_dir}/NAME.pem to {credential_dir}/NAME.pem on the "
                    f"host of server NAME (mode 0600); keep {layout.tls_dir}/ca.key off them")  # fmt: skip
@@ -156,12 +158,28 @@ def init_command(
 @click.option(
     "--admin", is_flag=True, help="An operator's credential: it may run dfs admin commands."
 )
+@click.option(
+    "--chunkserver",
+    "cs_host",
+    default=None,
+    metavar="HOST",
+    help="A chunkserver's credential, for the server reached at HOST: with the key that "
+    "checks chunk tokens, so that its config needs no secret_file.",
+)
 def credential_command(
-    directory: Path, name: str, out: Path, uid: int | None, gids: str, admin: bool
+    directory: Path,
+    name: str,
+    out: Path,
+    uid: int | None,
+    gids: str,
+    admin: bool,
+    cs_host: str | None,
 ) -> None:
-    """Issue a client credential NAME from the cluster's CA (DIR/tls/ca.key) into OUT: one
-    for a host's mount (files only), or with --admin for an operator."""
+    """Issue a credential NAME from the cluster's CA (DIR/tls/ca.key) into OUT: a client's
+    for a host's mount (files only), with --admin an operator's, with --chunkserver a
+    chunkserver's."""
     from dfs import pki
+    from dfs.wire.token import verify_key
 
     try:
         groups = tuple(int(g) for g in gids.split(",") if g.strip())
@@ -173,6 +191,8 @@ def credential_command(
         raise click.UsageError("--gids restricts a credential only with --uid")
     if admin and uid is not None:
         raise click.UsageError("an operator's credential is not restricted to a user")
+    if cs_host is not None and (admin or uid is not None):
+        raise click.UsageError("--chunkserver goes with neither --admin nor --uid")
     if out.exists():
         raise click.UsageError(f"{out} exists")
     try:
@@ -184,10 +204,62 @@ def credential_command(
         raise click.ClickException(str(e)) from None
     except (OSError, ValueError) as e:
         raise click.ClickException(f"cannot read the cluster's CA: {e}") from None
+    if cs_host is not None:
+        key = verify_key(load_secret(layout.secret_file))
+        pki.write_credential(
+            out, pki.issue(authority, CHUNKSERVER, name, (cs_host,), verify_key=key)
+        )
+        click.echo(f"chunkserver credential {name!r} (host {cs_host}) in {out}, "
+                   f"serial {pki.serial_of(out.read_bytes()):x}")  # fmt: skip
+        return
     role = ADMIN if admin else CLIENT
     pki.write_credential(out, pki.issue(authority, role, name, uid=uid, gids=groups))
     who = f"user {uid}, groups {list(groups)}" if uid is not None else "any user"
-    click.echo(f"{role} credential {name!r} ({who}) in {out}")
+    click.echo(f"{role} credential {name!r} ({who}) in {out}, "
+               f"serial {pki.serial_of(out.read_bytes()):x}")  # fmt: skip
 
 
-__all__ = ["credential_command", "init_command"]
+@click.command("revoke")
+@dir_option
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--serial",
+    "serials",
+    multiple=True,
+    metavar="HEX",
+    help="A certificate's serial number (hexadecimal, as `dfs credential` printed it).",
+)
+def revoke_command(directory: Path, files: tuple[Path, ...], serials: tuple[str, ...]) -> None:
+    """Revoke the credentials in FILES (or by --serial): the CA adds them to its revocation
+    list, DIR/tls/crl.pem. Servers that find it beside their credential refuse those
+    certificates within a second and close their connections; copy it next to every
+    server's credential on other hosts."""
+    from dfs import pki
+    from dfs.revocations import RevocationListError
+
+    if not files and not serials:
+        raise click.UsageError("name the credentials to revoke: FILE... or --serial HEX")
+    try:
+        numbers = {int(s, 16) for s in serials}
+    except ValueError:
+        raise click.BadParameter("not a hexadecimal serial", param_hint="--serial") from None
+    try:
+        numbers |= {pki.serial_of(path.read_bytes()) for path in files}
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"cannot read a certificate: {e}") from None
+    try:
+        layout = local.load_layout(directory.absolute())
+        if not layout.tls:
+            raise click.ClickException(f"the cluster in {layout.dir} has no TLS, so no CA")
+        every = pki.revoke(pki.load_authority(layout.tls_dir), layout.tls_dir, numbers)
+    except local.ClusterError as e:
+        raise click.ClickException(str(e)) from None
+    except (OSError, ValueError, RevocationListError) as e:
+        raise click.ClickException(f"cannot update the revocation list: {e}") from None
+    for serial in sorted(numbers):
+        click.echo(f"revoked serial {serial:x}")
+    click.echo(f"{len(every)} revoked in {layout.tls_dir / 'crl.pem'}: copy it next to "
+               "every server's credential on other hosts")  # fmt: skip
+
+
+__all__ = ["credential_command", "init_command", "revoke_command"]

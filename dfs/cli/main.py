@@ -34,7 +34,7 @@ from dfs.cli.common import (
     size_bytes,
     sync_on_close_option,
 )
-from dfs.cli.deploy import credential_command, init_command
+from dfs.cli.deploy import credential_command, init_command, revoke_command
 from dfs.credentials import Credentials
 from dfs.wire.spec import CLIENT
 
@@ -692,6 +692,7 @@ for _command in (fsck, setgoal, getgoal, backup, restore, trash, settrashtime, g
 cli.add_command(admin)
 cli.add_command(init_command)
 cli.add_command(credential_command)
+cli.add_command(revoke_command)
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ from anyio.streams.tls import TLSAttribute
 
 from dfs.credentials import Credential, Credentials
 from dfs.payloads import take_payload
-from dfs.wire import codec, messages
+from dfs.wire import codec, messages, ops
 from dfs.wire.auth import PeerInfo, Side
 from dfs.wire.conn import (
     CALL_TIMEOUT_S,
@@ -223,8 +223,10 @@ class Connection:
         (header, payload). Raises the ``DfsError`` the server answered with, ``Timeout``
         after ``timeout_s`` (the request may still have been carried out), ``Unavailable``
         if the connection is or becomes closed, ``ProtocolError`` if the server broke the
-        protocol. The payload buffer must not change until the call returns.
+        protocol. The payload buffer must not change until the call returns. ``AuthError``
+        before sending if the peer is not the server ``op`` goes to.
         """
+        ops.check_server(op, self.peer)
         if self._trio is not None:
             return await self._call_trio(op, payload, timeout_s, fields)
         event = anyio.Event()

@@ -74,6 +74,7 @@ class PeerInfo:
     uid: int | None = None
     gids: tuple[int, ...] = ()
     cert_id: str = ""  # in a TLS cluster: its certificate's fingerprint (tokens are bound to it)
+    serial: int | None = None  # in a TLS cluster: its certificate's serial (what a CRL names)
 
 
 def compute_proof(

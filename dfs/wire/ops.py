@@ -11,13 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from dfs.wire.errors import PermissionDenied, Unsupported
+from dfs.wire.auth import PeerInfo
+from dfs.wire.errors import AuthError, PermissionDenied, Unsupported
 from dfs.wire.ops_chunk import CHUNK_OPS
 from dfs.wire.ops_meta import META_OPS, RAFT
-from dfs.wire.spec import Op
+from dfs.wire.spec import CHUNKSERVER, METASERVER, Op
 
 CHUNKSERVER_OPS: dict[str, Op] = {op.name: op for op in CHUNK_OPS}
 METASERVER_OPS: dict[str, Op] = {op.name: op for op in META_OPS}
+# Which server takes each op: a TLS peer is asked only for its certificate's kind's ops.
+SERVED_BY: dict[str, str] = {
+    **{name: METASERVER for name in METASERVER_OPS},
+    **{name: CHUNKSERVER for name in CHUNKSERVER_OPS},
+}
 
 
 def lookup(ops: dict[str, Op], op: Any) -> Op:
@@ -45,4 +51,18 @@ def admit(spec: Op, role: str | None, header: dict[str, Any]) -> dict[str, Any]:
     return spec.check(header)
 
 
-__all__ = ["CHUNKSERVER_OPS", "METASERVER_OPS", "RAFT", "admit", "lookup", "refuse_role"]
+def check_server(op: str, peer: PeerInfo | None) -> None:
+    """Before a request is sent: ``AuthError`` when the peer's certificate (TLS: proven,
+    ``peer.cert_id`` set) is not of the server that takes ``op``. So a server taken over
+    cannot pose as another kind: a chunkserver's credential on a metaserver's address
+    gets no ``fs.*`` request, no file name, no data. Ops of neither table pass."""
+    if peer is not None and peer.cert_id:
+        server = SERVED_BY.get(op)
+        if server is not None and server != peer.role:
+            raise AuthError(f"{op} goes to a {server}, and the peer is a {peer.role}", op=op)
+
+
+__all__ = [
+    "CHUNKSERVER_OPS", "METASERVER_OPS", "RAFT", "SERVED_BY", "admit", "check_server",
+    "lookup", "refuse_role",
+]  # fmt: skip

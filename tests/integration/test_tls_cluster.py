@@ -8,6 +8,7 @@ What these tests check, on real server processes:
   can send no Raft frame, no ``chunk.delete``, no ``cs.register``;
 - as a client it is refused those ops, and it cannot mint a chunk token: it holds no key
   to mint one with, and a token keyed by anything it holds is refused;
+- a chunkserver's credential (it holds no secret) mints no token a chunkserver accepts;
 - the cluster secret without a certificate gets nothing, nor does a certificate from
   another CA, nor a process posing as a server with a client's credential (the relay
   through a stolen port: the dialler refuses it before sending anything).
@@ -23,16 +24,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from dfs import pki, rpc
 from dfs.cli import cluster as local
 from dfs.client import FsClient
-from dfs.credentials import Credentials, TlsCredential, load_client_credentials
+from dfs.credentials import Credentials, TlsCredential, load_client_credentials, token_minter
 from dfs.secret import load_secret
-from dfs.wire.errors import AccessDenied, AuthError, PermissionDenied, Unavailable
+from dfs.wire.errors import AccessDenied, AuthError, PermissionDenied, Timeout, Unavailable
 from dfs.wire.limits import ROOT_INO
-from dfs.wire.token import READ, make_token
+from dfs.wire.token import READ, Minter, make_token, signing_key, token_key
 from tools.testing import localcluster
 
 # Refused peers are logged by the servers and the tests' own listener: what they provoke.
@@ -118,6 +120,56 @@ async def test_a_client_cannot_mint_a_token(layout: local.Layout) -> None:
                     version=chunk["version"], offset=0, size=len(data), token=token,
                     expiry_ms=expiry_ms,
                 )  # fmt: skip
+    finally:
+        conn.close()
+
+
+async def test_a_chunkserver_holds_no_key_that_mints_a_token(
+    layout: local.Layout, tmp_path: Path
+) -> None:
+    """A chunkserver taken over (its host, its credential file) cannot mint a token that
+    a chunkserver accepts: it holds no secret, and its credential's key only checks.
+    Not even the cluster secret's HMAC tokens (version 2) pass any more: only what a
+    metaserver signs does."""
+    cs_dir = layout.dir / f"cs{min(layout.chunkservers)}"
+    config = (cs_dir / "cs.toml").read_text()
+    assert "secret_file" not in config and "credential_file" in config
+    cs_creds = Credentials(
+        None, TlsCredential.load(layout.tls_dir / f"cs{min(layout.chunkservers)}.pem")
+    )
+    assert cs_creds.tls is not None and cs_creds.tls.verify_key is not None
+    data = b"precious" * 1000
+    chunk = await localcluster.write_and_locate(
+        layout.meta_addresses, client_only(layout), b"victim-cs", data
+    )
+    conn = await _connect(chunk["replicas"][0]["address"], cs_creds, "chunkserver")
+    try:
+        expiry_ms = time.time_ns() // 1_000_000 + 60_000
+        public = cs_creds.tls.verify_key
+        ids = (chunk["chunk_id"], chunk["version"], READ, expiry_ms)
+        forged = [
+            make_token(public, *ids),
+            make_token(token_key(public), *ids),
+            Minter(signer=signing_key(public))(*ids),
+            make_token(token_key(load_secret(layout.secret_file)), *ids),
+        ]
+        for token in forged:
+            with pytest.raises(PermissionDenied):
+                await conn.call(
+                    "chunk.read", timeout_s=5, chunk_id=chunk["chunk_id"],
+                    version=chunk["version"], offset=0, size=len(data), token=token,
+                    expiry_ms=expiry_ms,
+                )  # fmt: skip
+        # What a metaserver signs (its secret, its credential) passes on that connection.
+        meta = Credentials(
+            load_secret(layout.secret_file),
+            TlsCredential.load(layout.tls_dir / f"meta{min(layout.metaservers)}.pem"),
+        )
+        _, back = await conn.call(
+            "chunk.read", timeout_s=5, chunk_id=chunk["chunk_id"], version=chunk["version"],
+            offset=0, size=len(data), token=token_minter(meta)(*ids), expiry_ms=expiry_ms,
+        )  # fmt: skip
+        assert bytes(back) == data
     finally:
         conn.close()
 
@@ -260,3 +312,61 @@ async def test_a_token_works_only_for_the_client_it_was_issued_to(
         assert bytes(payload) == data
     finally:
         owner.close()
+
+
+async def test_a_chunkserver_posing_as_a_metaserver_gets_no_request(
+    layout: local.Layout,
+) -> None:
+    """A chunkserver's credential listening where a metaserver is expected (a server
+    taken over): it is a server, so the handshake passes, but neither driver sends it a
+    metaserver's op, so it learns no name and no data."""
+    seen: list[str] = []
+
+    async def record(conn: rpc.Connection, header: dict, payload: bytes) -> None:
+        seen.append(header.get("op", "?"))
+
+    cs_pem = layout.tls_dir / f"cs{min(layout.chunkservers)}.pem"
+    posing = Credentials(None, TlsCredential.load(cs_pem))
+    fake = await rpc.serve("127.0.0.1", 0, posing, record, name="meta-1", role="metaserver")
+    async with fake:
+        with pytest.raises(AuthError, match="goes to a metaserver"):
+            async with FsClient.open_cluster(
+                [f"127.0.0.1:{fake.port}"], client_only(layout), timeout_s=5
+            ):
+                pass
+        conn = await _connect(f"127.0.0.1:{fake.port}", client_only(layout), "client")
+        try:
+            with pytest.raises(AuthError, match="goes to a metaserver"):
+                await conn.call("fs.lookup", timeout_s=5, parent=ROOT_INO, name=b"secret")
+        finally:
+            conn.close()
+    assert seen == []
+
+
+async def test_a_revoked_credential_is_cut_off_without_a_restart(
+    layout: local.Layout, tmp_path: Path
+) -> None:
+    """A client host is lost: `dfs revoke` its credential, and within about a second the
+    servers close what it had open and refuse it anew; everyone else goes on."""
+    lost = _issue(layout, tmp_path / "lost.pem", "lost-laptop")
+    async with FsClient.open_cluster(layout.meta_addresses, lost, timeout_s=10) as fs:
+        assert (await fs.meta.read("fs.getattr", ino=ROOT_INO))["attr"]["ino"] == ROOT_INO
+        proc = subprocess.run(
+            [sys.executable, "-m", "dfs.cli.main", "revoke", str(tmp_path / "lost.pem"),
+             "--dir", str(layout.dir)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0 and "revoked serial" in proc.stdout, proc.stderr
+        deadline = time.monotonic() + 30
+        while True:  # polled: its connections close within the servers' reload period
+            try:
+                await fs.meta.read("fs.getattr", ino=ROOT_INO, timeout_s=2)
+            except (AuthError, Unavailable, Timeout):
+                break
+            assert time.monotonic() < deadline, "a revoked credential was still served"
+            await anyio.sleep(0.1)
+    with pytest.raises((AuthError, Unavailable, Timeout)):
+        async with FsClient.open_cluster(layout.meta_addresses, lost, timeout_s=5) as fs:
+            await fs.meta.read("fs.getattr", ino=ROOT_INO)
+    async with FsClient.open_cluster(layout.meta_addresses, client_only(layout)) as fs:
+        assert (await fs.meta.read("fs.getattr", ino=ROOT_INO))["attr"]["ino"] == ROOT_INO

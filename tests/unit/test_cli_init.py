@@ -13,6 +13,9 @@ from cryptography.x509.oid import NameOID
 from chunkserver.config import load_config as load_cs_config
 from dfs.cli import cluster as local
 from dfs.cli.main import cli
+from dfs.credentials import TlsCredential
+from dfs.secret import load_secret
+from dfs.wire.token import verify_key
 from metaserver.config import load_config as load_meta_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,6 +50,11 @@ def test_init_writes_one_config_per_server_naming_the_hosts_paths(tmp_path: Path
     # here are private, and each certificate names its server's role and host.
     assert [m.credential_file for m in metas] == [Path(f"/etc/dfs/meta{i}.pem") for i in (1, 2, 3)]
     assert [c.credential_file for c in css] == [Path(f"/etc/dfs/cs{i}.pem") for i in (1, 2)]
+    # Chunkservers hold no secret: their credentials carry the key that checks tokens.
+    assert {c.secret_file for c in css} == {None}
+    public = verify_key(load_secret(out / "secret"))
+    assert TlsCredential.load(out / "tls" / "cs1.pem").verify_key == public
+    assert TlsCredential.load(out / "tls" / "meta1.pem").verify_key is None
     for name in ("ca.key", "ca.pem", "client.pem", "meta1.pem", "cs2.pem"):
         assert stat.S_IMODE((out / "tls" / name).stat().st_mode) == 0o600, name
     cert = x509.load_pem_x509_certificate((out / "tls" / "meta3.pem").read_bytes())
@@ -65,6 +73,7 @@ def test_init_no_tls_writes_no_credentials(tmp_path: Path) -> None:
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert load_meta_config(out / "meta1" / "meta.toml").credential_file is None
+    assert load_cs_config(out / "cs1" / "cs.toml").secret_file == Path("/etc/dfs/secret")
     assert not (out / "tls").exists()
 
 
@@ -105,3 +114,23 @@ def test_a_new_local_metaserver_gets_ports_and_a_credential_of_its_own(tmp_path:
     assert new.metrics_port not in (None, first.metrics_port, new.listen_port)
     assert new.credential_file == layout.tls_dir / f"meta{node_id}.pem"
     assert new.credential_file.exists() and new.credential_file != first.credential_file
+
+
+def test_credential_reissues_a_chunkserver_with_the_token_key(tmp_path: Path) -> None:
+    """What a TLS cluster's chunkserver needs to run without the secret."""
+    out = tmp_path / "conf"
+    runner = CliRunner()
+    result = runner.invoke(cli, [
+        "init", "--metaservers", "m1", "--chunkservers", "c1", "--out", str(out),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pem = tmp_path / "cs9.pem"
+    args = ["credential", "cs9", "--dir", str(out), "--out", str(pem)]
+    result = runner.invoke(cli, [*args, "--chunkserver", "10.0.0.9"])
+    assert result.exit_code == 0, result.output
+    cred = TlsCredential.load(pem)
+    assert cred.role == "chunkserver"
+    assert cred.verify_key == verify_key(load_secret(out / "secret"))
+    other = tmp_path / "x.pem"
+    result = runner.invoke(cli, [*args[:-1], str(other), "--chunkserver", "h", "--admin"])
+    assert result.exit_code != 0 and not other.exists()

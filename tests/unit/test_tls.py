@@ -16,10 +16,18 @@ import pytest
 
 from dfs import rpc
 from dfs.client.conn import open_connection
-from dfs.credentials import CredentialFileError, Credentials, TlsCredential, certified_peer
+from dfs.credentials import (
+    CredentialFileError,
+    Credentials,
+    TlsCredential,
+    certified_peer,
+    token_checker,
+    token_minter,
+)
 from dfs.pki import issue, make_authority, write_credential
 from dfs.wire.auth import Handshake, Side
-from dfs.wire.errors import AuthError, Unavailable
+from dfs.wire.errors import AuthError, PermissionDenied, Unavailable
+from dfs.wire.token import READ, verify_key
 
 # Refused peers are logged (one warning each): that is what these tests provoke.
 pytestmark = [
@@ -41,7 +49,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TlsCredential]:
     other = make_authority("two")
     made = {
         "meta": issue(ca, "metaserver", "meta-1", ("127.0.0.1",)),
-        "cs": issue(ca, "chunkserver", "cs-1"),
+        "cs": issue(ca, "chunkserver", "cs-1", verify_key=verify_key(SECRET)),
         "client": issue(ca, "client", "mount-a"),
         "stranger": issue(other, "client", "mount-x"),
         "stranger-meta": issue(other, "metaserver", "meta-x"),
@@ -200,3 +208,32 @@ def test_certified_peer_needs_a_role() -> None:
         {"subject": ((("organizationalUnitName", "chunkserver"),), (("commonName", "cs-2"),))}
     )
     assert (peer.role, peer.name) == ("chunkserver", "cs-2")
+
+
+def test_a_chunkserver_credential_checks_tokens_without_the_secret(
+    tmp_path: Path, pki: dict[str, TlsCredential]
+) -> None:
+    """A TLS cluster's chunkserver holds its credential only: the public key in it checks
+    what the metaservers sign, and nothing it holds signs a token."""
+    cs = pki["cs"]
+    assert cs.verify_key == verify_key(SECRET)
+    checker = token_checker(Credentials(None, cs))
+    assert checker.key is None  # no HMAC key: a version 2 token is refused
+    mint = token_minter(Credentials(SECRET, pki["meta"]))
+    checker.check(mint(7, 3, READ, 1000, "c"), 7, 3, READ, 1000, now_ms=1, client="c")
+    with pytest.raises(PermissionDenied):
+        checker.check(token_minter(Credentials(SECRET))(7, 3, READ, 1000), 7, 3, READ, 1000, 1)
+    with pytest.raises(AuthError):  # a chunkserver can be given neither
+        token_checker(Credentials(None, pki["client"]))
+    with pytest.raises(AuthError):
+        token_minter(Credentials(None, cs))
+    with pytest.raises(ValueError):
+        issue(make_authority("z"), "client", "c", verify_key=verify_key(SECRET))
+    # The block is read whole or refused.
+    path = tmp_path / "cs.pem"
+    pem = issue(make_authority("z"), "chunkserver", "cs", verify_key=verify_key(SECRET))
+    head, _, tail = pem.partition(b"-----BEGIN DFS TOKEN VERIFY KEY-----\n")
+    short = b"-----BEGIN DFS TOKEN VERIFY KEY-----\nAAAA\n" + tail.partition(b"\n")[2]
+    write_credential(path, head + short)  # a 3-byte key
+    with pytest.raises(CredentialFileError, match="verification key"):
+        TlsCredential.load(path)

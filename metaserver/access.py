@@ -188,6 +188,9 @@ _CHECKS: dict[str, Callable[[State, Caller, dict[str, Any]], None]] = {
     # not get one.
     "fs.write_handle": _mask("ino", R | W, "write"),
     "fs.commit": _commit,
+    # Punching and allocating change the file's contents or space, as a write does.
+    "fs.punch": _mask("ino", W, "write"),
+    "fs.allocate": _mask("ino", W, "write"),
     "fs.mkdir": _new,
     "fs.create": _new,
     "fs.mknod": _new,

@@ -22,19 +22,26 @@ SPACE. ext4 sets blocks aside, so that a later write into the range cannot fail 
 ENOSPC. dfs has no reservations: modes 0 and ``KEEP_SIZE`` check that the cluster has
 the bytes the range adds past the end of the file free (the free space ``df`` shows) and
 fail with ``NoSpace`` (ENOSPC) otherwise, which is what ``posix_fallocate`` callers test
-for; another writer can still take that space later. (``st_blocks`` follows the size in
-dfs, so ``du`` shows the allocated range as on ext4.)
+for; another writer can still take that space later. ``st_blocks`` follows the size in
+dfs (a hole a truncate or this mode left counts), so ``du`` shows the allocated range as
+on ext4; but chunks punched out of the file (below) take no space, and when the file has
+some (``OpenInode.punched``, from the attributes last seen), ``fs.allocate`` makes those
+the range touches count again, as ext4 allocates a punched range again.
 
 ZEROING (punch, zero range), in two steps. First ``fs.punch`` (the inode commits what it
 holds, then the metaserver drops every chunk whose bytes inside the file all lie in the
 range: ``metaserver/namespace/holes.py``): those chunks become holes, which read as zeros,
 and their replicas are deleted as garbage, so a punched chunk takes no space. Then the
 pieces of the range in chunks only partly inside it (at most one at each end) are
-overwritten with zeros, as ordinary writes. ``fs.punch`` is not sent when no chunk
+overwritten with zeros, as ordinary writes. ``st_blocks`` drops by the punched chunks'
+bytes inside the file (``du`` shows it, as on ext4), and they count again when written
+(metaserver/namespace/sparse.py). ``fs.punch`` is not sent when no chunk
 starts inside the range (the range is then all zeros written) nor when the range lies
 wholly past the end of the file.
-ZERO_RANGE drops whole chunks the same way: ext4 would keep them allocated (as unwritten
-extents), which only ``st_blocks`` could tell, and in dfs that follows the size anyway.
+ZERO_RANGE drops whole chunks the same way (their replicas are collected), but sends
+``zero``: the range counts as allocated afterwards, punched chunks in it included, as
+ext4 leaves a zeroed range allocated (unwritten extents), so ``du`` does not drop after
+``fallocate -z``, there as here.
 """
 
 from __future__ import annotations
@@ -62,15 +69,17 @@ async def fallocate(inode: OpenInode, mode: int, offset: int, length: int) -> No
     keep_size = bool(mode & FALLOC_FL_KEEP_SIZE)
     if mode in (0, FALLOC_FL_KEEP_SIZE):
         await _check_space(inode, end - max(offset, inode.size))
+        if inode.punched:  # the range may cover punched chunks: they take space again
+            await inode.allocate(offset, length)
         if not keep_size and end > inode.size:
             await inode.truncate(end)  # a hole: reads as zeros, no chunk
         return
     if mode == FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE:
-        await _punch(inode, offset, end)
+        await _punch(inode, offset, end, zero=False)
         return
     if mode & ~FALLOC_FL_KEEP_SIZE == FALLOC_FL_ZERO_RANGE:
         size = inode.size
-        await _punch(inode, offset, end)
+        await _punch(inode, offset, end, zero=True)
         if not keep_size and end > size:
             await inode.truncate(end)
         return
@@ -85,8 +94,9 @@ async def _check_space(inode: OpenInode, added: int) -> None:
         raise NoSpace("fallocate: not that much space free", bytes=added, free=statfs.bytes_free)
 
 
-async def _punch(inode: OpenInode, offset: int, end: int) -> None:
-    """``[offset, end)`` reads as zeros where it lies inside the file (ZEROING above)."""
+async def _punch(inode: OpenInode, offset: int, end: int, *, zero: bool) -> None:
+    """``[offset, end)`` reads as zeros where it lies inside the file (ZEROING above);
+    ``zero``: it counts as allocated afterwards (ZERO_RANGE), else as punched."""
     end = min(end, inode.size)
     if end <= offset:
         return  # wholly past the end of the file: nothing to zero
@@ -95,7 +105,7 @@ async def _punch(inode: OpenInode, offset: int, end: int) -> None:
         # No chunk starts inside the range, so none lies wholly in it: only zeros to write.
         await _zero(inode, offset, end)
         return
-    first, stop = await inode.punch(offset, end - offset)
+    first, stop = await inode.punch(offset, end - offset, zero=zero)
     if stop <= first:
         await _zero(inode, offset, end)
         return

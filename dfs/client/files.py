@@ -252,6 +252,9 @@ class OpenInode:
         self._attrs_timer = False  # a commit of them is scheduled (``_commit_attrs_later``)
         # (size, mtime, ctime) as this client last saw them from the metaserver.
         self._seen = attr_stamp(attr)
+        # Whether the file had punched chunks when this client last saw its attributes
+        # (so ``fallocate`` mode 0 asks the metaserver to count them again: allocate.py).
+        self.punched = attr.punched_blocks > 0
         # (the directory lease, name) when this client created the file under its
         # directory's lease: commits that need no sync may go through its queue.
         self.created_under: tuple[Any, bytes] | None = None
@@ -318,6 +321,7 @@ class OpenInode:
     def saw(self, attr: Attr) -> None:
         """Attributes the metaserver returned for this client's own change."""
         self._seen = attr_stamp(attr)
+        self.punched = attr.punched_blocks > 0
 
     def overlay(self, attr: Attr) -> Attr:
         """``attr`` (from the metaserver) as this client has changed it since: size and
@@ -393,6 +397,7 @@ class OpenInode:
         """Attributes fresh from the metaserver (open's revalidation): adopt its size unless
         this client has uncommitted changes, which are newer. If they show another client's
         change, forget the write handles: it may have taken newer ones, or cut the chunks."""
+        self.punched = attr.punched_blocks > 0
         if attr_stamp(attr) != self._seen:
             self._seen = attr_stamp(attr)
             self._drop_handles()
@@ -905,19 +910,35 @@ class OpenInode:
             self._changed(attr, size // self.io.chunk_size, None)  # from the chunk cut
             return attr
 
-    async def punch(self, offset: int, length: int) -> tuple[int, int]:
+    async def punch(self, offset: int, length: int, *, zero: bool = False) -> tuple[int, int]:
         """``fs.punch`` (metaserver/namespace/holes.py) after everything written before has
         been committed, so that no upload of ours lands in a chunk it drops (nor recreates
         one after it); then forget handles and locations of the dropped chunks. Returns
-        the span ``(first, stop)`` of chunk indexes dropped; the caller zeros the rest."""
+        the span ``(first, stop)`` of chunk indexes dropped; the caller zeros the rest.
+        ``zero`` (``ZERO_RANGE``): the range counts as allocated afterwards."""
         async with self._lock:
             await self._flush_locked(sync=True)
             header = await self.io.meta.mutate(
-                "fs.punch", ino=self.ino, offset=offset, length=length
+                "fs.punch",
+                ino=self.ino,
+                offset=offset,
+                length=length,
+                **({"zero": True} if zero else {}),
             )
             first, stop = int(header["first"]), int(header["stop"])
             self._changed(Attr.from_wire(header.get("attr")), first, stop)
             return first, stop
+
+    async def allocate(self, offset: int, length: int) -> None:
+        """``fs.allocate`` (metaserver/namespace/holes.py): the punched chunks the range
+        touches count in the file's blocks again. Nothing of the data changes, so nothing
+        written before need be committed first."""
+        header = await self.io.meta.mutate(
+            "fs.allocate", ino=self.ino, offset=offset, length=length
+        )
+        attr = Attr.from_wire(header.get("attr"))
+        self.saw(attr)
+        self.io.on_attr(attr)
 
     def _changed(self, attr: Attr, first: int, stop: int | None) -> None:
         """The metaserver cut or dropped chunks ``[first, stop)`` (``stop`` None: to the

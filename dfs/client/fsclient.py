@@ -289,7 +289,7 @@ class FsClient(PathResolution):
         changes: dict[str, Any] = {
             "size": size,
             "ctime_ns": time.time_ns(),
-            "blocks": (size + 511) >> 9,  # as the namespace counts a file (state.py)
+            "blocks": base.blocks_at(size),  # as the namespace counts a file (state.py)
         }
         for name in ("mtime_ns", "uid", "gid", "atime_ns"):
             if name in fields:

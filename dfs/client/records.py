@@ -73,6 +73,27 @@ class Attr:
     def is_symlink(self) -> bool:
         return stat.S_ISLNK(self.mode)
 
+    @property
+    def punched_blocks(self) -> int:
+        """The 512-byte units of a regular file's size that take no space: its punched
+        chunks (metaserver/namespace/sparse.py). The metaserver counts a file's
+        ``blocks`` as its size's less those; 0 for other types."""
+        if not self.is_file:
+            return 0
+        return max(0, size_blocks(self.size) - self.blocks)
+
+    def blocks_at(self, size: int) -> int:
+        """``blocks`` of this regular file grown or cut to ``size`` by this client, as the
+        metaserver will count them: the size's, less the punched ones known here. (A
+        write of a punched chunk gives its blocks back at the metaserver; this copy shows
+        them once the commit's answer replaces it.)"""
+        return max(0, size_blocks(size) - self.punched_blocks)
+
+
+def size_blocks(size: int) -> int:
+    """``st_blocks`` of ``size`` bytes (512-byte units, rounded up)."""
+    return (size + 511) >> 9
+
 
 @dataclass(frozen=True, slots=True)
 class DirEntry:
@@ -189,4 +210,4 @@ class WriteHandle:
         return handle
 
 
-__all__ = ["Attr", "ChunkLocation", "DirEntry", "Replica", "StatFs", "WriteHandle"]
+__all__ = ["Attr", "ChunkLocation", "DirEntry", "Replica", "StatFs", "WriteHandle", "size_blocks"]

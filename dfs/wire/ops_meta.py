@@ -240,13 +240,25 @@ FS_WRITE_HANDLE = _fs(
 )  # fmt: skip
 FS_PUNCH = _fs(
     "fs.punch", _i("ino"), _i("offset", doc="bytes, as a size"), _i("length", doc=">= 1"),
+    _b("zero", "`ZERO_RANGE`: the range counts as allocated afterwards (default: as punched)"),
     reply=(ATTR, _u("first", doc="first chunk index of the span"),
            _u("stop", doc="chunk index past it"), _u("dropped", doc="chunks dropped")),
     answer="the chunks whose bytes inside the file all lie in `[offset, offset + length)` "
     "leave the file (they read as zeros; their replicas are collected as garbage): those "
     "of `[first, stop)` (empty when `stop <= first`); the size stays, mtime and ctime move. "
     "The rest of the range is the sender's to zero. `fallocate(PUNCH_HOLE)` and "
-    "`ZERO_RANGE` (metaserver/namespace/holes.py)",
+    "`ZERO_RANGE` (metaserver/namespace/holes.py). The span counts as punched: the "
+    "file's `blocks` drop by its bytes inside the file until a write or `fs.allocate` "
+    "fills it; with `zero`, the range counts as allocated instead, as `fs.allocate` "
+    "leaves it",
+    session=True,
+)  # fmt: skip
+FS_ALLOCATE = _fs(
+    "fs.allocate", _i("ino"), _i("offset", doc="bytes, as a size"), _i("length", doc=">= 1"),
+    reply=(ATTR, _u("filled_bytes", doc="bytes of the file that count as allocated again")),
+    answer="the punched chunks `[offset, offset + length)` touches count in the file's "
+    "`blocks` again; nothing else changes (`fallocate` mode 0 over a punched range: "
+    "metaserver/namespace/holes.py)",
     session=True,
 )  # fmt: skip
 
@@ -501,8 +513,8 @@ ADMIN_USAGE = _fs(
     "admin.usage", Field("path", BYTES, required=False, doc="absolute"),
     _u("ino", False, "instead of `path`"),
     answer="from the namespace's recursive statistics, without a walk: `bytes` (regular "
-    "files' sizes), `physical_bytes` (each file's size times its goal), `files`, `dirs` "
-    "(itself included), and the cluster's `trash_files`, `trash_bytes`, `garbage_chunks` "
+    "files' sizes), `physical_bytes` (each file's size less its punched chunks, times its "
+    "goal), `files`, `dirs` (itself included), and the cluster's `trash_files`, `trash_bytes`, `garbage_chunks` "
     "(deleted, not yet collected). A file with several names counts under its oldest.",
 )  # fmt: skip
 ADMIN_META_ADD = _admin(
@@ -550,6 +562,7 @@ META_OPS: tuple[Op, ...] = (
     FS_GETXATTR, FS_LISTXATTR, FS_STATFS, FS_LOCATE,
     FS_MKDIR, FS_CREATE, FS_MKNOD, FS_SYMLINK, FS_LINK, FS_UNLINK, FS_RMDIR, FS_RENAME,
     FS_SETATTR, FS_SETXATTR, FS_REMOVEXATTR, FS_SET_GOAL, FS_COMMIT, FS_WRITE_HANDLE, FS_PUNCH,
+    FS_ALLOCATE,
     FS_DIR_LEASE, FS_LEASE_RELEASE, FS_BATCH, FS_RESERVE,
     CS_REGISTER, CS_HEARTBEAT, CS_REPORT, CS_BAD_CHUNKS,
     STATUS, ADMIN_REBALANCE, ADMIN_DRAIN, ADMIN_FORGET, ADMIN_FSCK, ADMIN_GOALS, ADMIN_SET_GOAL,

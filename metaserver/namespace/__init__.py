@@ -9,8 +9,9 @@ knows nothing of sockets, Raft or placement.
 Start with ``namespace.py`` (``Namespace``: apply / snapshot / restore / queries); the op
 rules are in ``ops.py`` (the operator's chunkserver ops and the chunk policy in
 ``cluster.py``; subtrees: the paged walk and ``set_goal_tree``, in ``tree.py``; the trash
-of removed files in ``trash.py``; each directory's recursive statistics in ``rstats.py``), the data
-and the snapshot format (version 1) in ``state.py``, the
+of removed files in ``trash.py``; each directory's recursive statistics in ``rstats.py``;
+punched holes in ``holes.py``, the space they take away in ``sparse.py``), the data
+and the snapshot format in ``state.py``, the
 command format (version 1) and every limit in ``commands.py``.
 
     ns = Namespace(chunk_size_bytes=64 << 20)

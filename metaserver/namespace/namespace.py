@@ -237,7 +237,7 @@ class Namespace(State):
 
     def usage(self, ino: int) -> dict[str, int]:
         """A subtree's recursive statistics (rstats.py), O(1), and the cluster's trash
-        and garbage: ``bytes``, ``physical_bytes`` (size x goal), ``files``, ``dirs``,
+        and garbage: ``bytes``, ``physical_bytes`` (allocated bytes x goal), ``files``, ``dirs``,
         ``trash_files``, ``trash_bytes``, ``garbage_chunks`` (deleted, not yet collected)."""
         return {
             **rstats.usage(self, self.inode(ino)),

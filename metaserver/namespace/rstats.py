@@ -10,10 +10,15 @@ to every entry inserted or removed, ``State.set_size`` / ``State.set_goal`` on c
 
 The sums (``usage``): ``bytes`` the sizes of the regular files below (``du
 --apparent-size`` without the directories' and symlinks' own sizes); ``physical_bytes``
-each file's size times its goal (the replicas the cluster keeps at goal, not a count of
-the replicas that exist at this moment: those move with repair, and the chunk table
-would have to be walked); ``files`` the regular files; ``dirs`` the directories, the
-subtree's root included (``find -type d``). Symlinks, devices and fifos count in none.
+each file's allocated bytes times its goal (the replicas the cluster keeps at goal, not a
+count of the replicas that exist at this moment: those move with repair, and the chunk
+table would have to be walked); ``files`` the regular files; ``dirs`` the directories,
+the subtree's root included (``find -type d``). Symlinks, devices and fifos count in none.
+A file's allocated bytes are its size less the bytes of its punched chunks (sparse.py):
+a punched chunk's replicas are collected, so the cluster keeps none of them, and ``du``
+on the mount (``st_blocks``, made from the same figure) drops by as much. ``bytes``
+stays the size: a punch does not change it. ``State.set_holes`` keeps the sums right as
+holes are punched and filled.
 
 HARD LINKS: a file counts once, under its PRIMARY name's directory (as CephFS's primary
 link): the directory of its oldest name. ``State.links`` lists, for a file with several
@@ -30,6 +35,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from metaserver.namespace import sparse
+
 if TYPE_CHECKING:  # state.py calls this module: it imports it
     from metaserver.namespace.state import Inode, State
 
@@ -40,7 +47,7 @@ def contribution(inode: Inode) -> tuple[int, int, int, int]:
     if d is not None:
         return d.r_bytes, d.r_phys, d.r_files, d.r_dirs
     if inode.chunks is not None:
-        return inode.size, inode.size * inode.goal, 1, 0
+        return inode.size, sparse.allocated_bytes(inode) * inode.goal, 1, 0
     return 0, 0, 0, 0
 
 
@@ -138,7 +145,7 @@ def _sums(st: State, parents: dict[int, int]) -> dict[int, list[int]]:
         if inode.chunks is not None:
             s = sums[parent]
             s[0] += inode.size
-            s[1] += inode.size * inode.goal
+            s[1] += sparse.allocated_bytes(inode) * inode.goal
             s[2] += 1
     depth: dict[int, int] = {}
     for ino in sums:

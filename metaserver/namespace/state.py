@@ -18,10 +18,10 @@ Invariants (``State.check_invariants`` verifies all of them; the tests call it):
 5. A directory's entries are in cookie order (each insertion takes ``next_cookie``), so
    ``readdir`` pages by cookie without sorting (see ``DirData``).
 
-Snapshot format, version 6 (``SNAPSHOT_VERSION``; versions 1 to 5 are read too): one msgpack
+Snapshot format, version 7 (``SNAPSHOT_VERSION``; versions 1 to 6 are read too): one msgpack
 array, bytes as bin::
 
-    [6,                                   # SNAPSHOT_VERSION
+    [7,                                   # SNAPSHOT_VERSION
      chunk_size_bytes,                    # fixed per cluster; restore refuses another
      [next_ino, next_chunk_id, next_cs_id],
      [[ino, mode, nlink, uid, gid, size, atime_ns, mtime_ns, ctime_ns, rdev, goal,
@@ -48,12 +48,17 @@ array, bytes as bin::
                                           # version 5 on; before: none)
      [[ino, removed_ns, expires_ns, path], ...],   # the trash, in the order removed
                                           # (trash.py; version 6 on; before: none)
-     [[ino, [dir_ino, ...]], ...]]        # inodes with several names: the directory of
+     [[ino, [dir_ino, ...]], ...],        # inodes with several names: the directory of
                                           # each, oldest first (rstats.py; version 6 on;
                                           # before: rebuilt in directory-table order)
+     [[ino, [start, stop, ...]], ...]]    # regular files' punched chunk spans
+                                          # (sparse.py), in inode-table order (version 7
+                                          # on; before: none, every file's blocks
+                                          # followed its size)
 
 Derived on restore, not stored: directories' names and recursive statistics, each
-inode's primary directory, the trash's heap and bytes, the counters below.
+inode's primary directory, the trash's heap and bytes, the punched bytes of each file
+with holes (``Holes.bytes``), the counters below.
 
 Every list keeps the order of the dict it came from, so a restored state iterates (and
 therefore acts, and snapshots) exactly as the original did.
@@ -70,13 +75,13 @@ import msgpack
 from dfs.wire.errors import Invalid, IsDir, NotDir, NotFound
 from dfs.wire.limits import CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN, DIR_BLOCKS, DIR_SIZE_BYTES
 from dfs.wire.limits import ROOT_INO as ROOT_INO  # its importers take it from here
-from metaserver.namespace import rstats
+from metaserver.namespace import rstats, sparse
 from metaserver.namespace.cluster import ClusterState
 from metaserver.namespace.commands import GOAL_DEFAULT, TRASH_S_DEFAULT
 from metaserver.raft.sessions import SessionTable
 
-SNAPSHOT_VERSION = 6
-SNAPSHOT_VERSIONS_READ = (1, 2, 3, 4, 5, 6)
+SNAPSHOT_VERSION = 7
+SNAPSHOT_VERSIONS_READ = (1, 2, 3, 4, 5, 6, 7)
 # Tombstones in a directory's cookie index are compacted once they are this many and
 # outnumber the live entries (amortized O(1) per removal).
 _DEAD_COMPACT_MIN = 64
@@ -180,6 +185,7 @@ class Inode:
         "dir",
         "gid",
         "goal",
+        "holes",
         "ino",
         "mode",
         "mtime_ns",
@@ -215,6 +221,8 @@ class Inode:
         self.goal = goal
         self.xattrs: dict[bytes, bytes] | None = None
         self.chunks: dict[int, int] | None = None
+        # A regular file's punched chunks (sparse.py), None while it has none.
+        self.holes: sparse.Holes | None = None
         self.target: bytes | None = None
         self.dir: DirData | None = None
 
@@ -236,7 +244,10 @@ class Chunk:
 def attr(inode: Inode) -> dict[str, Any]:
     """The ``attr`` map of docs/PROTOCOL.md, freshly built (callers may keep it)."""
     if inode.chunks is not None:
-        blocks = (inode.size + 511) >> 9
+        # The size's, less the punched chunks' (sparse.py): a hole a truncate or
+        # fallocate left counts, as on ext4 after fallocate; a punched one does not.
+        holes = inode.holes
+        blocks = (inode.size + 511 if holes is None else inode.size - holes.bytes + 511) >> 9
     elif inode.dir is not None:
         blocks = DIR_BLOCKS
     else:
@@ -434,16 +445,34 @@ class State:
         directories' recursive statistics and the trash's bytes right."""
         delta = size - inode.size
         self.file_bytes += delta
-        inode.size = size
+        holes = inode.holes
+        if holes is None:  # the common case: the allocated bytes are the size
+            inode.size = size
+            phys = delta * inode.goal
+        else:  # cut to the new size (a shrink), measured again
+            before = inode.size - holes.bytes
+            inode.size = size
+            inode.holes = sparse.make(holes.spans, size, self.chunk_size_bytes)
+            phys = (sparse.allocated_bytes(inode) - before) * inode.goal
         if inode.parent:
-            rstats.add_up(self, inode.parent, delta, delta * inode.goal, 0, 0)
+            rstats.add_up(self, inode.parent, delta, phys, 0, 0)
         elif inode.ino in self.trash:
             self.trash_bytes += delta
+
+    def set_holes(self, inode: Inode, spans: list[int]) -> None:
+        """A regular file's punched chunk spans (sparse.py), keeping the recursive
+        physical bytes right."""
+        before = sparse.allocated_bytes(inode)
+        inode.holes = sparse.make(spans, inode.size, self.chunk_size_bytes)
+        if inode.parent:
+            phys = (sparse.allocated_bytes(inode) - before) * inode.goal
+            rstats.add_up(self, inode.parent, 0, phys, 0, 0)
 
     def set_goal(self, inode: Inode, goal: int) -> None:
         """An inode's goal, keeping the recursive physical bytes right."""
         if inode.chunks is not None and inode.parent:
-            rstats.add_up(self, inode.parent, 0, inode.size * (goal - inode.goal), 0, 0)
+            phys = sparse.allocated_bytes(inode) * (goal - inode.goal)
+            rstats.add_up(self, inode.parent, 0, phys, 0, 0)
         inode.goal = goal
 
     def truncate(self, inode: Inode, size: int) -> Chunk | None:
@@ -483,6 +512,8 @@ class State:
         if chunk_id is None:
             chunk_id = self.next_chunk_id
             self.next_chunk_id = chunk_id + 1
+        if sparse.contains(inode.holes, index):  # written again: takes space again
+            self.set_holes(inode, sparse.remove(inode.holes, index, index + 1))
         chunk = Chunk(chunk_id, 1, 0, replicas, inode.ino, index)
         self.chunk_table[chunk_id] = chunk
         self.writes[chunk_id] = 1  # only a writer allocates a chunk
@@ -530,6 +561,7 @@ class State:
             [[chunk_id, version] for chunk_id, version in self.writes.items()],
             trash.to_wire(self),
             [[ino, parents] for ino, parents in self.links.items()],
+            [[i.ino, i.holes.spans] for i in self.inodes.values() if i.holes is not None],
         ]
         return bytes(msgpack.packb(blob, use_bin_type=True))
 
@@ -561,6 +593,7 @@ class State:
         cluster = blob[10] if blob[0] >= 4 else None
         writes = blob[11] if blob[0] >= 5 else []
         trash_rows, links = (blob[12], blob[13]) if blob[0] >= 6 else ([], None)
+        holes = blob[14] if blob[0] >= 7 else []
         self.reset()
         self.inodes.clear()
         self.dirs_count = 0
@@ -601,6 +634,10 @@ class State:
                 chunk_id, version, length, list(replicas), ino, index
             )
             file_chunks[index] = chunk_id
+        for ino, spans in holes:
+            inode = self.inodes[ino]
+            assert inode.chunks is not None and spans, ino
+            inode.holes = sparse.make([int(x) for x in spans], inode.size, self.chunk_size_bytes)
         for chunk_id, replicas in garbage:
             self.garbage[chunk_id] = list(replicas)
         for cs_id, uuid, address in chunkservers:
@@ -681,6 +718,11 @@ class State:
             assert chunk_id not in self.garbage
             seen += 1
         assert seen == sum(len(i.chunks) for i in inodes.values() if i.chunks is not None)
+        for i in inodes.values():
+            if i.chunks is not None:
+                sparse.check(i.holes, i.size, self.chunk_size_bytes, i.chunks)
+            else:
+                assert i.holes is None, i.ino
         assert all(self.chunk_table[c].version >= v for c, v in self.writes.items())
         assert all(0 < c < self.next_chunk_id for c in self.garbage)
         assert self.files_count == sum(1 for i in inodes.values() if i.chunks is not None)

@@ -1,7 +1,8 @@
 """``fallocate(2)`` through the mount (dfs/client/allocate.py, the mount's ``fallocate``):
 mode 0 and ``KEEP_SIZE`` set the size and leave a hole, ``PUNCH_HOLE`` and ``ZERO_RANGE``
 read as zeros, other modes are refused; a punch over whole chunks frees them (out of the
-file, then off the chunkservers: this module's cluster collects garbage after 1 s); and
+file, then off the chunkservers: this module's cluster collects garbage after 1 s) and
+``st_blocks`` drops by them until they are written again (what ``du`` shows); and
 an fsx-style run (random writes, reads, truncates and the three modes against a model of
 the file, checked on every read).
 
@@ -184,6 +185,60 @@ def test_punch_over_whole_chunks_frees_them_in_the_file_and_on_the_chunkservers(
              "the leader to forget the collected chunks")  # fmt: skip
     assert all(len(replica_files(cluster, before[i])) == 3 for i in (0, 1, 6, 7))
     assert path.read_bytes() == data
+
+
+def usage_xattr(path: Path) -> dict[str, int]:
+    raw = os.getxattr(path, "dfs.usage")
+    return {k: int(v) for k, v in (kv.split("=") for kv in raw.decode().split())}
+
+
+def test_du_drops_by_the_punched_chunks_and_comes_back_when_they_are_written(
+    workdir: Path, mounts: Mounts
+) -> None:
+    """st_blocks (what du shows) and the directory's physical bytes drop by a punch's
+    whole chunks, as on ext4; a write, posix_fallocate or ZERO_RANGE counts them again."""
+    path = workdir / "du"
+    size = 5 * CHUNK + 1000  # chunks 0..5
+    path.write_bytes(random.Random(8).randbytes(size))
+    full, chunk_blocks = -(-size // 512), CHUNK // 512
+    goal = usage_xattr(workdir)["physical_bytes"] // size
+    assert os.stat(path).st_blocks == full and goal >= 1
+    with opened(path) as fd:
+        # [CHUNK - 10, 4 CHUNK + 10): chunks 1 to 3 punched; 0 and 4 only zeroed.
+        fallocate(fd, PUNCH_HOLE | KEEP_SIZE, CHUNK - 10, 3 * CHUNK + 20)
+        assert os.fstat(fd).st_blocks == full - 3 * chunk_blocks
+    assert os.stat(path).st_size == size
+    assert usage_xattr(workdir)["physical_bytes"] == (size - 3 * CHUNK) * goal
+    assert usage_xattr(workdir)["bytes"] == size  # the size stays
+    # Another mount (nothing cached) shows the same.
+    other = mounts.mount("du-other") / workdir.name / "du"
+    assert os.stat(other).st_blocks == full - 3 * chunk_blocks
+    # Chunk 1 written again: its blocks come back (once the write is committed).
+    with opened(path) as fd:
+        os.pwrite(fd, b"w" * CHUNK, CHUNK)
+        os.fsync(fd)
+    wait_for(lambda: os.stat(path).st_blocks == full - 2 * chunk_blocks, 10,
+             "the rewritten chunk's blocks to count again")  # fmt: skip
+    # posix_fallocate over chunk 2 allocates it again, as on ext4.
+    with opened(path) as fd:
+        os.posix_fallocate(fd, 2 * CHUNK, CHUNK)
+        assert os.fstat(fd).st_blocks == full - chunk_blocks
+        # ZERO_RANGE over chunks 2 and 3 drops them but leaves the range allocated (ext4's
+        # unwritten extents): du does not drop, and chunk 3 counts again.
+        fallocate(fd, ZERO_RANGE | KEEP_SIZE, 2 * CHUNK, 2 * CHUNK)
+        assert os.fstat(fd).st_blocks == full
+    assert usage_xattr(workdir)["physical_bytes"] == size * goal
+    data = path.read_bytes()
+    assert data[CHUNK - 10 : CHUNK] == bytes(10) and data[CHUNK : 2 * CHUNK] == b"w" * CHUNK
+    assert data[2 * CHUNK : 4 * CHUNK + 10] == bytes(2 * CHUNK + 10)
+    # A punch to the end takes the partial last chunk too; a new fallocate -l file still
+    # shows its whole size.
+    with opened(path) as fd:
+        fallocate(fd, PUNCH_HOLE | KEEP_SIZE, 5 * CHUNK, 1000)
+        assert os.fstat(fd).st_blocks == 5 * chunk_blocks
+    fresh = workdir / "fresh"
+    subprocess.run(["fallocate", "-l", str(3 * CHUNK), str(fresh)], check=True, timeout=60)
+    assert os.stat(fresh).st_blocks == 3 * chunk_blocks
 
 
 def test_zero_range_zeros_and_may_grow(workdir: Path) -> None:

@@ -45,6 +45,13 @@ class MInode:
     children: dict[bytes, int] = field(default_factory=dict)
     chunks: dict[int, int] = field(default_factory=dict)  # index -> length
     versions: dict[int, int] = field(default_factory=dict)  # index -> chunk version
+    punched: set[int] = field(default_factory=set)  # chunk indexes that take no space
+
+    def blocks(self) -> int:
+        """st_blocks as ext4 would count the file: the size's, less the punched chunks'
+        bytes inside the size (metaserver/namespace/sparse.py)."""
+        gone = sum(min((i + 1) * CHUNK, self.size) - i * CHUNK for i in self.punched)
+        return -(-(self.size - gone) // 512)
 
 
 class ModelError(Exception):
@@ -389,6 +396,7 @@ class NamespaceModel(RuleBasedStateMachine):
         self.run("setattr", code, ino=ino, size=size)
         if m is not None and code is None:
             m.size = size
+            m.punched = {i for i in m.punched if i * CHUNK < size}
             for index, length in list(m.chunks.items()):
                 start = index * CHUNK
                 if start >= size:
@@ -420,13 +428,15 @@ class NamespaceModel(RuleBasedStateMachine):
             assert h["version"] == m.versions[index]
             m.chunks[index] = max(m.chunks.get(index, 0), min(length, CHUNK))
             m.size = max(m.size, size)
+            m.punched.discard(index)  # a chunk there again: it takes space
 
     @rule(
         i=PICK,
         offset=st.integers(0, 6 * CHUNK) | st.sampled_from([0, CHUNK, 2 * CHUNK]),
         length=st.integers(0, 4 * CHUNK) | st.sampled_from([CHUNK, 2 * CHUNK, 10**12]),
+        zero=st.booleans(),
     )
-    def punch(self, i: int, offset: int, length: int) -> None:
+    def punch(self, i: int, offset: int, length: int, zero: bool) -> None:
         ino = self.pick(i, ("file", "dir", "symlink"))
         m = self.model.get(ino)
         code = None
@@ -438,7 +448,8 @@ class NamespaceModel(RuleBasedStateMachine):
             code = E.IS_DIR
         elif m.kind != "file":
             code = E.INVALID
-        r = self.run("punch", code, ino=ino, offset=offset, length=length)
+        args = {"zero": True} if zero else {}
+        r = self.run("punch", code, ino=ino, offset=offset, length=length, **args)
         if m is not None and code is None:
             # A chunk goes when its bytes inside the file all lie in the range.
             end = offset + length
@@ -451,6 +462,34 @@ class NamespaceModel(RuleBasedStateMachine):
                 del m.chunks[index]
                 del m.versions[index]
             assert r["dropped"] == len(gone) and r["attr"]["size"] == m.size
+            # Every whole chunk of the range inside the file counts as punched; with
+            # zero (ZERO_RANGE), every chunk the range touches counts as allocated.
+            if zero:
+                m.punched = {i for i in m.punched if not offset // CHUNK <= i < -(-end // CHUNK)}
+            else:
+                m.punched |= {
+                    index
+                    for index in range(-(-offset // CHUNK), -(-m.size // CHUNK))
+                    if min((index + 1) * CHUNK, m.size) <= end
+                }
+            assert r["attr"]["blocks"] == m.blocks()
+
+    @rule(
+        i=PICK,
+        offset=st.integers(0, 6 * CHUNK),
+        length=st.integers(1, 4 * CHUNK) | st.sampled_from([10**12]),
+    )
+    def allocate(self, i: int, offset: int, length: int) -> None:
+        ino = self.pick(i, ("file", "dir"))
+        m = self.model.get(ino)
+        code = (
+            None if m is not None and m.kind == "file" else E.NOT_FOUND if m is None else E.IS_DIR
+        )
+        r = self.run("allocate", code, ino=ino, offset=offset, length=length)
+        if m is not None and code is None:
+            end = offset + length
+            m.punched = {i for i in m.punched if not offset // CHUNK <= i < -(-end // CHUNK)}
+            assert r["attr"]["blocks"] == m.blocks()
 
     @rule()
     def snapshot_restore(self) -> None:
@@ -499,6 +538,8 @@ class NamespaceModel(RuleBasedStateMachine):
                 assert listed == m.children, ino
             else:
                 assert a["nlink"] == links[ino] and a["size"] == m.size, (ino, a, m)
+            if m.kind == "file":
+                assert a["blocks"] == m.blocks(), (ino, a, m)
             if m.kind == "file":
                 got = ns.chunks(ino, 0, 16)
                 assert {c["index"]: c["length"] for c in got} == m.chunks, (ino, got, m)

@@ -118,3 +118,20 @@ async def test_a_punch_drops_whole_chunks_and_buffered_bytes_do_not_come_back(
         assert await _read_all(fs, attr.ino) == model
     async with FsClient.open_cluster(cluster.meta_addresses, cluster.secret, options=OPTIONS) as fs:
         assert await _read_all(fs, attr.ino) == model  # another client: holes read as zeros
+
+
+async def test_mode_0_over_a_file_with_punched_chunks_asks_for_their_space(
+    cluster: ClusterThread,
+) -> None:
+    async with FsClient.open_cluster(cluster.meta_addresses, cluster.secret, options=OPTIONS) as fs:
+        attr, f = await fs.create_and_open(ROOT_INO, b"s", 0o644, os.O_RDWR | os.O_CREAT)
+        await f.write(0, bytes(3 * CHUNK))
+        await f.flush()
+        # Every chunk written: nothing punched, mode 0 sends nothing but the space check.
+        await f.fallocate(FALLOC_FL_KEEP_SIZE, 0, 3 * CHUNK)
+        assert not f.inode.punched and cluster.call(lambda c: list(c.namespace.allocates)) == []
+        await f.fallocate(PUNCH, CHUNK, CHUNK)
+        assert f.inode.punched  # the punch's attributes show fewer blocks than the size's
+        await f.fallocate(0, 0, 4 * CHUNK)
+        assert cluster.call(lambda c: list(c.namespace.allocates)) == [(attr.ino, 0, 4 * CHUNK)]
+        assert f.inode.size == 4 * CHUNK

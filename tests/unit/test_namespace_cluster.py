@@ -157,7 +157,7 @@ def test_snapshot_keeps_the_cluster_state(fs: Fs) -> None:
     fs.ok("cs_drain", cs_id=b, draining=True)
     fs.ok("rebalance_start", threshold_bp=300, bandwidth_bps=1 << 20)
     blob = fs.ns.snapshot()
-    assert msgpack.unpackb(blob, raw=False)[0] == SNAPSHOT_VERSION == 6
+    assert msgpack.unpackb(blob, raw=False)[0] == SNAPSHOT_VERSION == 7
     copy = Namespace(CHUNK)
     copy.restore(blob)
     copy.check_invariants()

@@ -34,7 +34,9 @@ The model, faithful where the client can tell:
   optional ``mode``, ``uid``, ``gid``, ``atime_ns`` are set; without ``mtime_ns`` the mtime
   stays. Every commit is recorded in ``commits``.
 - ``fs.punch`` drops the chunks whose bytes inside the file all lie in the range (their
-  replicas are left alone: garbage collection is not modelled).
+  replicas are left alone: garbage collection is not modelled). ``blocks`` is made from
+  the chunks' lengths, not from the size and the punched spans as the namespace makes it,
+  so ``fs.allocate`` only answers the attributes (and is recorded in ``allocates``).
 - ``fs.create`` with ``first_chunk`` answers a ``handle`` for chunk 0 (allocated as
   ``fs.write_handle`` does); mutations that add a name answer ``parent_attr``.
 - Chain forwarding is simulated: the first chunkserver applies the write to each later
@@ -203,6 +205,7 @@ class FakeNamespace:
         self._placement = itertools.count()
         self.sessions: dict[int, tuple[int, dict[str, Any] | DfsError]] = {}
         self.commits: list[Commit] = []
+        self.allocates: list[tuple[int, int, int]] = []  # fs.allocate: (ino, offset, length)
         self.dropped: list[int] = []  # chunkserver ids writers reported with ``drop``
         self.keepalives: list[dict[str, Any]] = []  # the fs.keepalive headers, in order
         self.keepalive_ms = 5000
@@ -545,6 +548,10 @@ class FakeNamespace:
             return {"attr": self.attr(node)}
         if op == "fs.punch":
             return self._punch(h)
+        if op == "fs.allocate":
+            node = self.inode(h.get("ino"))
+            self.allocates.append((node.ino, uint_field(h, "offset"), uint_field(h, "length")))
+            return {"attr": self.attr(node), "filled_bytes": 0}
         raise Unsupported(f"unknown op {op}")
 
     def _punch(self, h: dict[str, Any]) -> dict[str, Any]:

@@ -393,7 +393,8 @@ class ChunkServer:
 
     def _check_token(self, h: dict[str, Any], chunk_id: int, version: int, mode: bytes) -> None:
         """TOKEN CACHE: a reader sends the same token with every read of a chunk until it
-        expires, and checking its signature (one or two HMAC-SHA256) was a good part of a
+        expires, and checking its signature (one or two HMAC-SHA256 in a secret-only
+        cluster, an Ed25519 verification of 110 us in a TLS one) was a good part of a
         small read's work here. A token is remembered with exactly the fields its signature
         covered, so a hit is a signature already checked; the expiry is checked every time.
         At most ``TOKENS_VERIFIED_MAX`` are kept (all forgotten at once past it)."""

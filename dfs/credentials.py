@@ -194,6 +194,14 @@ class Credentials:
             certified=certified,
         )  # fmt: skip
 
+    def watch(self, connection: Any, peer: PeerInfo | None) -> PeerInfo:
+        """``connection`` just authenticated ``peer``: in a TLS cluster it is closed when
+        the peer's certificate is revoked (``Revocations.sweep``). Returns ``peer``."""
+        assert peer is not None
+        if self.tls is not None:
+            self.tls.revocations.watch(connection)
+        return peer
+
 
 Credential = Credentials | bytes | None  # what connect/serve and their callers accept
 

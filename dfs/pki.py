@@ -171,12 +171,12 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600, atomically."""
+def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` with ``mode`` (private unless said), atomically."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, mode)
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -228,5 +228,6 @@ def revoke(authority: Authority, directory: Path, serials: set[int]) -> frozense
         entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
         builder = builder.add_revoked_certificate(entry.build())
     crl = builder.sign(authority.key, hashes.SHA256())
-    _write_private(path, crl.public_bytes(serialization.Encoding.PEM))
+    # Public (it names serials and is signed): readable by whichever user a server runs as.
+    _write_private(path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
     return every

@@ -499,8 +499,7 @@ class Connection(asyncio.BufferedProtocol):
                         self._send_frame(header, now=steps.side is Side.ACCEPTOR)
         except TimeoutError:
             raise Timeout(f"handshake took over {self._handshake_timeout_s} s") from None
-        self.peer = steps.peer
-        assert self.peer is not None
+        self.peer = self._credentials.watch(self, steps.peer)  # revocations close it
         if self._account is not None:  # a client's requests are charged
             self._account.charged = self.peer.role not in SERVER_ROLES
         self._authenticated = True

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from dfs.budget import ByteBudget, ConnectionCount, Limits
 from dfs.ratelog import RateLimitedLog
-from dfs.revocations import RELOAD_S, Revocations
+from dfs.revocations import RELOAD_S
 from dfs.wire.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -44,31 +44,35 @@ class RpcServer:
         request_bytes: RequestBytes | None = None,
         credentials: Credentials | None = None,
     ) -> None:
-        self.server: asyncio.Server | None = None
         self.connections: set[Connection] = set()
         self.limits = limits or Limits()
         self.request_bytes = request_bytes
         self.budget = ByteBudget(self.limits.inflight_bytes_max)
         self.conns = ConnectionCount(self.limits)
         self._sweep: asyncio.TimerHandle | None = None
-        if credentials is not None and credentials.tls is not None:
-            self._sweep_revoked(credentials.tls.revocations)
+        self._revocations = credentials.tls.revocations if credentials and credentials.tls else None
+        self._server: asyncio.Server | None = None
 
-    def _sweep_revoked(self, revocations: Revocations) -> None:
-        """Close the open connections of peers whose certificate was revoked since they
-        connected (new ones are refused in their handshake: ``Credentials.handshake``);
-        again every ``RELOAD_S``, until ``close``."""
-        revoked = revocations.serials()
-        for connection in list(self.connections) if revoked else ():
-            peer = connection.peer
-            if peer is not None and peer.serial in revoked:
-                log.warning(
-                    "rpc: closing connection event=cert_revoked peer=%s name=%s serial=%x",
-                    connection.peername, peer.name, peer.serial,
-                )  # fmt: skip
-                connection.close()
+    @property
+    def server(self) -> asyncio.Server | None:
+        return self._server
+
+    @server.setter
+    def server(self, server: asyncio.Server) -> None:
+        """Set once listening (``rpc.serve``): the revocation sweep starts then, so a
+        bind that fails leaves no timer behind."""
+        self._server = server
+        if self._revocations is not None and self._sweep is None:
+            self._sweep_revoked()
+
+    def _sweep_revoked(self) -> None:
+        """Every ``RELOAD_S`` until ``close``: close the connections of this process,
+        accepted or dialled, whose peer's certificate was revoked since they connected
+        (new ones are refused in their handshake: ``Credentials.handshake``)."""
         loop = asyncio.get_running_loop()
-        self._sweep = loop.call_later(RELOAD_S, self._sweep_revoked, revocations)
+        self._sweep = loop.call_later(RELOAD_S, self._sweep_revoked)  # first: always again
+        assert self._revocations is not None
+        self._revocations.sweep()
 
     def admit(self, connection: Connection, address: object) -> bool:
         """Track and count a connection just accepted, or close it (over a limit) and say

@@ -29,6 +29,13 @@ inode without punched chunks has ``holes`` None (no memory). ``Holes.bytes`` is 
 the bytes of the file the spans cover, the chunk holding the end counting only up to the
 size; it is recomputed (``measure``) on every change of spans or size, O(spans).
 
+CAP. Every change of a file's spans or size costs O(spans) on every metaserver's apply,
+so a file keeps at most ``SPANS_MAX`` spans: a change that would leave more (punching
+every other chunk of a huge file, or writing every other chunk of a punched range)
+forgets the file's punched chunks instead, and it counts whole again, as every file did
+before punches were counted: ``st_blocks`` over-reports its space, never under. The
+chunks themselves stay dropped.
+
 Invariants (``check``, called by ``State.check_invariants``): spans sorted, disjoint,
 non-adjacent, non-empty, inside ``[0, ceil(size / chunk_size))``; no span holds an index
 of the file's chunk map; ``bytes`` as ``measure`` computes it; ``holes`` None rather than
@@ -48,6 +55,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # state.py calls this module: it imports it
     from metaserver.namespace.state import Inode
+
+
+SPANS_MAX = 1024  # punched spans a file keeps (CAP)
 
 
 class Holes:
@@ -141,12 +151,12 @@ def check(holes: Holes | None, size: int, chunk_size_bytes: int, chunks: Iterabl
     if holes is None:
         return
     spans = holes.spans
-    assert spans and len(spans) % 2 == 0, spans
+    assert spans and len(spans) % 2 == 0 and len(spans) <= 2 * SPANS_MAX, len(spans)
     assert all(a < b for a, b in pairwise(spans)), spans
     assert spans[0] >= 0 and spans[-1] <= -(-size // chunk_size_bytes), (spans, size)
     assert not any(contains(holes, i) for i in chunks), spans
     assert holes.bytes == measure(spans, size, chunk_size_bytes), spans
 
 
-__all__ = ["Holes", "add", "allocated_bytes", "check", "contains", "make", "measure",
+__all__ = ["SPANS_MAX", "Holes", "add", "allocated_bytes", "check", "contains", "make", "measure",
            "overlaps", "remove"]  # fmt: skip

@@ -463,6 +463,8 @@ class State:
         """A regular file's punched chunk spans (sparse.py), keeping the recursive
         physical bytes right."""
         before = sparse.allocated_bytes(inode)
+        if len(spans) > 2 * sparse.SPANS_MAX:  # past the cap the file counts whole (CAP)
+            spans = []
         inode.holes = sparse.make(spans, inode.size, self.chunk_size_bytes)
         if inode.parent:
             phys = (sparse.allocated_bytes(inode) - before) * inode.goal

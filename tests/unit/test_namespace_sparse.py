@@ -210,3 +210,21 @@ def test_a_zero_range_drops_the_chunks_but_keeps_the_range_allocated() -> None:
     assert sorted(fs.ns.inodes[ino].chunks or {}) == [0, 5]
     assert r["attr"]["blocks"] == fs.blocks(ino) == 6 * BLOCKS
     assert fs.ns.inodes[ino].holes is None and fs.phys() == 6 * CHUNK * GOAL_DEFAULT
+
+
+def test_past_the_cap_a_file_counts_whole_again() -> None:
+    """Every other chunk punched, past ``SPANS_MAX`` spans: the file forgets its punched
+    chunks (each apply stays O(SPANS_MAX)) and reports its whole size, never less."""
+    fs = Fs()
+    chunks = 2 * sparse.SPANS_MAX + 4
+    ino = fs.file(b"f", 0)
+    fs.ok("setattr", ino=ino, size=chunks * CHUNK)  # fallocate -l: counts whole
+    for index in range(0, 2 * sparse.SPANS_MAX, 2):
+        fs.ok("punch", ino=ino, offset=index * CHUNK, length=CHUNK)
+    holes = fs.ns.inodes[ino].holes
+    assert holes is not None and len(holes.spans) == 2 * sparse.SPANS_MAX
+    assert fs.blocks(ino) == (chunks - sparse.SPANS_MAX) * BLOCKS
+    fs.ok("punch", ino=ino, offset=2 * sparse.SPANS_MAX * CHUNK, length=CHUNK)  # one more
+    assert fs.ns.inodes[ino].holes is None
+    assert fs.blocks(ino) == chunks * BLOCKS
+    assert fs.phys() == chunks * CHUNK * GOAL_DEFAULT

@@ -84,6 +84,26 @@ async def test_a_client_refuses_a_revoked_server(tmp_path: Path) -> None:
             (await _connect(srv.port, paths["kept"])).close()
 
 
+async def test_a_server_closes_what_it_dialled_to_a_revoked_peer(tmp_path: Path) -> None:
+    """Revoke metaserver B: A's own connection to B (a Raft peer's, say) is closed by A's
+    sweep too, not only what B dialled."""
+    ca, paths = credentials(tmp_path)
+    paths["meta-2"] = tmp_path / "meta-2.pem"
+    write_credential(paths["meta-2"], issue(ca, "metaserver", "meta-2", (HOST,)))
+    a = Credentials(SECRET, TlsCredential.load(paths["meta-1"]))
+    b = Credentials(SECRET, TlsCredential.load(paths["meta-2"]))
+    srv_a = await rpc.serve(HOST, 0, a, whoami, name="a", role="metaserver")
+    srv_b = await rpc.serve(HOST, 0, b, whoami, name="b", role="metaserver")
+    async with srv_a, srv_b:
+        to_b = await rpc.connect(HOST, srv_b.port, a, name="a", role="metaserver")
+        assert (await to_b.call("who"))[0]["name"] == "meta-1"
+        revoke(ca, tmp_path, {serial_of(paths["meta-2"].read_bytes())})
+        deadline = time.monotonic() + 10 * RELOAD_S + 5
+        while not to_b.closed:
+            assert time.monotonic() < deadline, "a connection to a revoked peer stayed open"
+            await rpc.asyncio.sleep(0.05)
+
+
 def test_the_list_must_be_the_cas_and_stays_revoked(tmp_path: Path) -> None:
     ca, paths = credentials(tmp_path)
     first = serial_of(paths["lost"].read_bytes())
@@ -115,3 +135,10 @@ def test_a_list_that_turns_bad_keeps_the_last_good_one(tmp_path: Path) -> None:
     (tmp_path / CRL_FILE).write_bytes(b"half a copy")
     later = time.monotonic() + RELOAD_S  # due to be read again
     assert serial in revocations.serials(later)  # a half-copied file does not lift it
+    # Nor does an older list (validly signed, naming less), nor removing the file.
+    (tmp_path / "old").mkdir()
+    revoke(ca, tmp_path / "old", set())
+    (tmp_path / CRL_FILE).write_bytes((tmp_path / "old" / CRL_FILE).read_bytes())
+    assert serial in revocations.serials(later + RELOAD_S)
+    (tmp_path / CRL_FILE).unlink()
+    assert serial in revocations.serials(later + 2 * RELOAD_S)

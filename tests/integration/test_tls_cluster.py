@@ -103,6 +103,17 @@ async def test_a_client_credential_cannot_act_as_a_server(layout: local.Layout) 
         cs.close()
 
 
+async def _read_chunk(
+    conn: rpc.Connection, chunk: dict, size: int, token: bytes, expiry_ms: int
+) -> bytes:
+    """``chunk.read`` of the chunk's first ``size`` bytes with ``token``."""
+    _, payload = await conn.call(
+        "chunk.read", timeout_s=5, chunk_id=chunk["chunk_id"], version=chunk["version"],
+        offset=0, size=size, token=token, expiry_ms=expiry_ms,
+    )  # fmt: skip
+    return bytes(payload)
+
+
 async def test_a_client_cannot_mint_a_token(layout: local.Layout) -> None:
     creds = client_only(layout)
     data = b"precious" * 1000
@@ -115,11 +126,7 @@ async def test_a_client_cannot_mint_a_token(layout: local.Layout) -> None:
         for key in (hashlib.sha256(pem).digest(), b"\0" * 32):
             token = make_token(key, chunk["chunk_id"], chunk["version"], READ, expiry_ms)
             with pytest.raises(PermissionDenied):
-                await conn.call(
-                    "chunk.read", timeout_s=5, chunk_id=chunk["chunk_id"],
-                    version=chunk["version"], offset=0, size=len(data), token=token,
-                    expiry_ms=expiry_ms,
-                )  # fmt: skip
+                await _read_chunk(conn, chunk, len(data), token, expiry_ms)
     finally:
         conn.close()
 
@@ -155,21 +162,14 @@ async def test_a_chunkserver_holds_no_key_that_mints_a_token(
         ]
         for token in forged:
             with pytest.raises(PermissionDenied):
-                await conn.call(
-                    "chunk.read", timeout_s=5, chunk_id=chunk["chunk_id"],
-                    version=chunk["version"], offset=0, size=len(data), token=token,
-                    expiry_ms=expiry_ms,
-                )  # fmt: skip
+                await _read_chunk(conn, chunk, len(data), token, expiry_ms)
         # What a metaserver signs (its secret, its credential) passes on that connection.
         meta = Credentials(
             load_secret(layout.secret_file),
             TlsCredential.load(layout.tls_dir / f"meta{min(layout.metaservers)}.pem"),
         )
-        _, back = await conn.call(
-            "chunk.read", timeout_s=5, chunk_id=chunk["chunk_id"], version=chunk["version"],
-            offset=0, size=len(data), token=token_minter(meta)(*ids), expiry_ms=expiry_ms,
-        )  # fmt: skip
-        assert bytes(back) == data
+        back = await _read_chunk(conn, chunk, len(data), token_minter(meta)(*ids), expiry_ms)
+        assert back == data
     finally:
         conn.close()
 

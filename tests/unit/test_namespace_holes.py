@@ -39,14 +39,7 @@ class Fs(NamespaceDriver):
         every chunk below the size)."""
         r = self.ok("create", parent=ROOT_INO, name=name, mode=0o644, uid=0, gid=0)
         ino = int(r["attr"]["ino"])
-        if indexes is None:
-            indexes = list(range(-(-size // CHUNK)))
-        entries = []
-        for index in indexes:
-            h = self.ok("write_handle", ino=ino, index=index, replicas=[1])
-            length = min(CHUNK, size - index * CHUNK)
-            entries.append([index, length, h["chunk_id"], h["version"]])
-        self.ok("commit", ino=ino, size=size, mtime_ns=1, chunks=entries)
+        self.write(ino, range(-(-size // CHUNK)) if indexes is None else indexes, size)
         return ino
 
     def chunks(self, ino: int) -> dict[int, int]:

@@ -33,14 +33,6 @@ class Fs(NamespaceDriver):
         self.write(ino, range(-(-size // CHUNK)), size)
         return ino
 
-    def write(self, ino: int, indexes: range | list[int], size: int) -> None:
-        entries = []
-        for index in indexes:
-            h = self.ok("write_handle", ino=ino, index=index, replicas=[1])
-            length = min(CHUNK, size - index * CHUNK)
-            entries.append([index, length, h["chunk_id"], h["version"]])
-        self.ok("commit", ino=ino, size=size, mtime_ns=1, chunks=entries)
-
     def blocks(self, ino: int) -> int:
         return int(self.ns.getattr(ino)["blocks"])
 

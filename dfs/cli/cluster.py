@@ -145,16 +145,31 @@ def issue_credential(
     if not layout.tls:
         return None
     from dfs import pki  # the cryptography package: only when credentials are made
-    from dfs.wire.token import verify_key
 
     path = layout.tls_dir / f"{name}.pem"
     hosts = (address.rpartition(":")[0].strip("[]"),) if address else ()
-    # A chunkserver checks chunk tokens with the public key its credential carries and
-    # holds no secret (dfs/wire/token.py).
+    pki.write_credential(path, make_credential(layout, role, name, hosts))
+    return where / path.name if where is not None else path
+
+
+def make_credential(
+    layout: Layout,
+    role: str,
+    name: str,
+    hosts: tuple[str, ...] = (),
+    *,
+    uid: int | None = None,
+    gids: tuple[int, ...] = (),
+) -> bytes:
+    """A credential from the CA of TLS cluster ``layout`` (``dfs.pki.issue``). A
+    chunkserver's carries the public key that checks chunk tokens, so that it holds no
+    secret (dfs/wire/token.py). ``OSError``/``ValueError`` when the CA cannot be read."""
+    from dfs import pki
+    from dfs.wire.token import verify_key
+
     key = verify_key(load_secret(layout.secret_file)) if role == CHUNKSERVER else None
     authority = pki.load_authority(layout.tls_dir)
-    pki.write_credential(path, pki.issue(authority, role, name, hosts, verify_key=key))
-    return where / path.name if where is not None else path
+    return pki.issue(authority, role, name, hosts, uid=uid, gids=gids, verify_key=key)
 
 
 def client_credentials(layout: Layout, role: str = ADMIN) -> Credentials:

@@ -16,7 +16,6 @@ import click
 
 from dfs.cli import cluster as local
 from dfs.cli.common import dir_option, size_bytes
-from dfs.secret import load_secret
 from dfs.wire.spec import ADMIN, CHUNKSERVER, CLIENT
 
 
@@ -179,7 +178,6 @@ def credential_command(
     for a host's mount (files only), with --admin an operator's, with --chunkserver a
     chunkserver's."""
     from dfs import pki
-    from dfs.wire.token import verify_key
 
     try:
         groups = tuple(int(g) for g in gids.split(",") if g.strip())
@@ -195,28 +193,30 @@ def credential_command(
         raise click.UsageError("--chunkserver goes with neither --admin nor --uid")
     if out.exists():
         raise click.UsageError(f"{out} exists")
+    layout = _tls_layout(directory)
+    role = CHUNKSERVER if cs_host is not None else ADMIN if admin else CLIENT
+    hosts = (cs_host,) if cs_host is not None else ()
     try:
-        layout = local.load_layout(directory.absolute())
-        if not layout.tls:
-            raise click.ClickException(f"the cluster in {layout.dir} has no TLS, so no CA")
-        authority = pki.load_authority(layout.tls_dir)
-    except local.ClusterError as e:
-        raise click.ClickException(str(e)) from None
+        pem = local.make_credential(layout, role, name, hosts, uid=uid, gids=groups)
     except (OSError, ValueError) as e:
         raise click.ClickException(f"cannot read the cluster's CA: {e}") from None
+    pki.write_credential(out, pem)
     if cs_host is not None:
-        key = verify_key(load_secret(layout.secret_file))
-        pki.write_credential(
-            out, pki.issue(authority, CHUNKSERVER, name, (cs_host,), verify_key=key)
-        )
-        click.echo(f"chunkserver credential {name!r} (host {cs_host}) in {out}, "
-                   f"serial {pki.serial_of(out.read_bytes()):x}")  # fmt: skip
-        return
-    role = ADMIN if admin else CLIENT
-    pki.write_credential(out, pki.issue(authority, role, name, uid=uid, gids=groups))
-    who = f"user {uid}, groups {list(groups)}" if uid is not None else "any user"
-    click.echo(f"{role} credential {name!r} ({who}) in {out}, "
-               f"serial {pki.serial_of(out.read_bytes()):x}")  # fmt: skip
+        who = f"host {cs_host}"
+    else:
+        who = f"user {uid}, groups {list(groups)}" if uid is not None else "any user"
+    click.echo(f"{role} credential {name!r} ({who}) in {out}, serial {pki.serial_of(pem):x}")
+
+
+def _tls_layout(directory: Path) -> local.Layout:
+    """The cluster in ``directory``, which must have a CA (TLS); a ClickException else."""
+    try:
+        layout = local.load_layout(directory.absolute())
+    except local.ClusterError as e:
+        raise click.ClickException(str(e)) from None
+    if not layout.tls:
+        raise click.ClickException(f"the cluster in {layout.dir} has no TLS, so no CA")
+    return layout
 
 
 @click.command("revoke")
@@ -247,13 +247,9 @@ def revoke_command(directory: Path, files: tuple[Path, ...], serials: tuple[str,
         numbers |= {pki.serial_of(path.read_bytes()) for path in files}
     except (OSError, ValueError) as e:
         raise click.ClickException(f"cannot read a certificate: {e}") from None
+    layout = _tls_layout(directory)
     try:
-        layout = local.load_layout(directory.absolute())
-        if not layout.tls:
-            raise click.ClickException(f"the cluster in {layout.dir} has no TLS, so no CA")
         every = pki.revoke(pki.load_authority(layout.tls_dir), layout.tls_dir, numbers)
-    except local.ClusterError as e:
-        raise click.ClickException(str(e)) from None
     except (OSError, ValueError, RevocationListError) as e:
         raise click.ClickException(f"cannot update the revocation list: {e}") from None
     for serial in sorted(numbers):

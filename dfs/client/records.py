@@ -14,6 +14,7 @@ from typing import Any
 
 from dfs.wire import shapes
 from dfs.wire.errors import ProtocolError
+from dfs.wire.limits import size_blocks
 from dfs.wire.spec import compile_shape
 
 _ATTR = compile_shape(shapes.ATTR, "attr")
@@ -88,11 +89,6 @@ class Attr:
         write of a punched chunk gives its blocks back at the metaserver; this copy shows
         them once the commit's answer replaces it.)"""
         return max(0, size_blocks(size) - self.punched_blocks)
-
-
-def size_blocks(size: int) -> int:
-    """``st_blocks`` of ``size`` bytes (512-byte units, rounded up)."""
-    return (size + 511) >> 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,4 +206,4 @@ class WriteHandle:
         return handle
 
 
-__all__ = ["Attr", "ChunkLocation", "DirEntry", "Replica", "StatFs", "WriteHandle", "size_blocks"]
+__all__ = ["Attr", "ChunkLocation", "DirEntry", "Replica", "StatFs", "WriteHandle"]

@@ -51,6 +51,14 @@ PERMISSION_BITS = 0o7777
 MKDIR_BITS = 0o1777
 DIR_SIZE_BYTES = 4096
 DIR_BLOCKS = 8
+
+
+def size_blocks(nbytes: int) -> int:
+    """``st_blocks`` of ``nbytes`` bytes that take space (512-byte units, rounded up): a
+    regular file's ``blocks`` is that of its size less its punched chunks' bytes."""
+    return (nbytes + 511) >> 9
+
+
 # Extended attributes, as Linux XATTR_NAME_MAX / XATTR_SIZE_MAX.
 XATTR_NAME_BYTES_MAX = 255
 XATTR_VALUE_BYTES_MAX = 64 * 1024

@@ -73,7 +73,13 @@ from typing import Any
 import msgpack
 
 from dfs.wire.errors import Invalid, IsDir, NotDir, NotFound
-from dfs.wire.limits import CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN, DIR_BLOCKS, DIR_SIZE_BYTES
+from dfs.wire.limits import (
+    CHUNK_SIZE_BYTES_MAX,
+    CHUNK_SIZE_BYTES_MIN,
+    DIR_BLOCKS,
+    DIR_SIZE_BYTES,
+    size_blocks,
+)
 from dfs.wire.limits import ROOT_INO as ROOT_INO  # its importers take it from here
 from metaserver.namespace import rstats, sparse
 from metaserver.namespace.cluster import ClusterState
@@ -247,7 +253,7 @@ def attr(inode: Inode) -> dict[str, Any]:
         # The size's, less the punched chunks' (sparse.py): a hole a truncate or
         # fallocate left counts, as on ext4 after fallocate; a punched one does not.
         holes = inode.holes
-        blocks = (inode.size + 511 if holes is None else inode.size - holes.bytes + 511) >> 9
+        blocks = size_blocks(inode.size if holes is None else inode.size - holes.bytes)
     elif inode.dir is not None:
         blocks = DIR_BLOCKS
     else:

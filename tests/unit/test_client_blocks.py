@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from dfs.client.records import Attr, size_blocks
+from dfs.client.records import Attr
+from dfs.wire.limits import size_blocks
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

@@ -50,6 +50,7 @@ import errno
 import fcntl
 import os
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,7 @@ from typing import Any
 import anyio
 
 from dfs.rawio import pread_into
+from dfs.wire.codec import PayloadPool
 from dfs.wire.replicafile import (
     BLOCK_BYTES,
     DATA_OFFSET,
@@ -75,6 +77,19 @@ LOCAL_CHECK_S = 5.0
 INLINE_READ_BYTES_MAX = 256 * 1024
 # Worker threads reading replica files at once (a read-ahead window's blocks overlap).
 THREADS_MAX = 4
+# Buffers of reads kept for the next ones, shared by the worker threads: a read-ahead
+# window of 4 MiB blocks (``dfs/client/options.py``) and the blocks behind it, 48 MiB at
+# most. A fresh ``bytearray`` is zero-filled into pages the host faults in: reading 1 GiB
+# into pooled buffers took about 14 % less time (six alternated pairs, caches dropped).
+POOLED_BUFFERS_MAX = 12
+POOLED_BUFFER_BYTES_MAX = 4 * 1024 * 1024
+_buffers = PayloadPool(POOLED_BUFFERS_MAX, POOLED_BUFFER_BYTES_MAX)
+_buffers_lock = threading.Lock()  # a pool's check and hand-out are not atomic
+
+
+def _take_buffer(size: int) -> bytearray:
+    with _buffers_lock:
+        return _buffers.take(size)
 
 
 @dataclass(slots=True)
@@ -153,7 +168,7 @@ def read_file(
         first, last = offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES
         start = first * BLOCK_BYTES
         stop = min((last + 1) * BLOCK_BYTES, info.length)
-        data = bytearray(stop - start)
+        data = _take_buffer(stop - start)
         sums = memoryview(bytearray(SUM_BYTES * (last - first + 1)))
         view = memoryview(data)
         got = pread_into(fd, view, DATA_OFFSET + start, flags)

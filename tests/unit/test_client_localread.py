@@ -45,6 +45,31 @@ def test_ranges_read_back_verified(replica: tuple[Path, bytes], nowait: bool) ->
         assert got is not None and bytes(got) == content[offset : offset + size], (offset, size)
 
 
+def test_a_kept_read_is_never_overwritten_by_later_reads(tmp_path: Path) -> None:
+    """Reads fill buffers from a pool: one the caller still holds (or a view of) is not
+    handed out again, from this thread or from others at once."""
+    store = ChunkStore(tmp_path, chunk_bytes_max=1 << 20)
+    contents = {cid: random.Random(cid).randbytes(2 * BLOCK_BYTES) for cid in range(1, 9)}
+    for cid, content in contents.items():
+        store.write(cid, 1, 0, 0, content)
+    store.close()
+    kept = [read_file(str(tmp_path), cid, 1, 0, 2 * BLOCK_BYTES, nowait=False) for cid in contents]
+    views = [memoryview(k) for k in kept if k is not None]
+    del kept
+
+    def churn() -> None:
+        for _ in range(50):
+            for cid in contents:
+                read_file(str(tmp_path), cid, 1, 0, 2 * BLOCK_BYTES, nowait=False)
+
+    threads = [threading.Thread(target=churn) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [bytes(v) for v in views] == list(contents.values())
+
+
 def test_a_file_that_is_not_the_replica_asked_for_reads_as_none(
     replica: tuple[Path, bytes],
 ) -> None:

@@ -141,6 +141,14 @@ class DirLease:
     attr: Attr | None
     # What the leader takes in fs.batch (metaservers of an older version take less).
     batchable: frozenset[str] = frozenset({"fs.unlink", "fs.rmdir", "fs.commit"})
+    # The first page of the directory's last ``fs.readdir`` under this lease, and whether
+    # more followed; dropped at any change of ``names``, which ``changes`` counts.
+    page: tuple[list[Any], bool] | None = None
+    changes: int = 0
+
+    def changed(self) -> None:
+        self.page = None
+        self.changes += 1
 
 
 @dataclass(slots=True)
@@ -351,6 +359,7 @@ class DirLeases:
                 return False
             self._leases.pop(ino, None)
         del lease.names[name]
+        lease.changed()
         if lease.attr is not None:
             now_ns = time.time_ns()  # the leader stamps its own when the batch lands
             nlink = lease.attr.nlink - (1 if op == "fs.rmdir" else 0)
@@ -417,6 +426,7 @@ class DirLeases:
         ):
             return False
         lease.names[name] = attr
+        lease.changed()
         nlink = lease.attr.nlink + (1 if op == "fs.mkdir" else 0)  # the new ".."
         lease.attr = dataclasses.replace(
             lease.attr, nlink=nlink, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns
@@ -490,6 +500,7 @@ class DirLeases:
         lease = self._leases.get(parent)
         if lease is not None:
             lease.names[name] = attr
+            lease.changed()
             if parent_attr is lease.attr:
                 pass  # answered under this lease: its attributes are ours already
             elif parent_attr is not None and lease.attr is not None and parent in self._queued_inos:
@@ -521,6 +532,7 @@ class DirLeases:
     def note_removed(self, parent: int, name: bytes) -> None:
         lease = self._leases.get(parent)
         if lease is not None and lease.names.pop(name, None) is not None:
+            lease.changed()
             lease.attr = None  # a synchronous removal: its times are the leader's
 
     def lookup(self, parent: int, name: bytes) -> tuple[bool, Attr | None]:
@@ -531,6 +543,15 @@ class DirLeases:
         if lease is None:
             return False, None
         return True, lease.names.get(name)
+
+    def keep_listing(self, asked: DirLease, changes: int, page: list[Any], more: bool) -> None:
+        """``page``, the first of directory ``asked.ino``, was fetched under ``asked`` when
+        it had seen ``changes``: kept as ``asked.page`` if the lease still holds and no name
+        changed meanwhile. Nobody else can change the names while the lease holds: a
+        listing again (``rm -rf`` lists each directory twice before emptying it, once to
+        see whether it is empty) needs no round trip."""
+        if self.valid(asked.ino) is asked and asked.changes == changes:
+            asked.page = (page, more)
 
     def dir_attr(self, ino: int) -> Attr | None:
         """The attributes of directory ``ino`` if leased here (and known)."""

@@ -69,12 +69,11 @@ from dfs.client.options import ClientOptions
 from dfs.client.paths import PathResolution, check_name
 from dfs.client.pool import ConnectionPool
 from dfs.client.records import Attr, DirEntry, StatFs, WriteHandle
+from dfs.client.xattrs import XATTR_CREATE, XATTR_REPLACE, XattrCalls
 from dfs.credentials import Credential
 from dfs.wire.errors import (
     DfsError,
-    NoAttr,
     NotFound,
-    ProtocolError,
     Unavailable,
 )
 from dfs.wire.limits import (
@@ -94,19 +93,9 @@ READDIR_PAGE = 1024
 # Linux renameat2 flags, as the protocol numbers them.
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-# setxattr flags.
-XATTR_CREATE = 1
-XATTR_REPLACE = 2
 
 
-# The virtual xattr a mount answers with a subtree's usage (``getfattr -n dfs.usage DIR``),
-# and its fields, in order (docs/PROTOCOL.md, admin.usage).
-USAGE_XATTR = b"dfs.usage"
-USAGE_FIELDS = ("bytes", "physical_bytes", "files", "dirs", "trash_files", "trash_bytes",
-                "garbage_chunks")  # fmt: skip
-
-
-class FsClient(PathResolution):
+class FsClient(PathResolution, XattrCalls):
     """A client of one dfs cluster. See the module docstring for its lifetime."""
 
     def __init__(
@@ -458,19 +447,37 @@ class FsClient(PathResolution):
         """One page of directory ``ino`` after ``cookie`` (0: from the start), with
         attributes; and whether more entries follow. Pass the last entry's ``cookie`` to
         continue. ``.`` and ``..`` are not listed."""
+        lease = self.dirleases.valid(ino) if cookie == 0 else None
+        if lease is not None and lease.page is not None:
+            # The names are the lease's; each entry's attributes are the cache's, as fresh
+            # as a getattr's answer (none expired), or the page is fetched again.
+            page, more = lease.page
+            shown = []
+            for e in page:
+                cached = self.cache.attr(e.attr.ino)
+                if cached is None:
+                    break
+                shown.append(self._listed(e, cached))
+            else:
+                return shown, more
+        changes = 0 if lease is None else lease.changes
         header = await self.meta.read("fs.readdir", ino=ino, cookie=cookie, limit=limit)
         entries = [DirEntry.from_wire(e) for e in field(header, "entries", list)]
         more = field(header, "more", bool, False)
-        out = []
+        if lease is not None:
+            self.dirleases.keep_listing(lease, changes, entries, more)
         for entry in entries:
-            if entry.attr.is_dir:  # a leased subdirectory's attributes are this client's
-                leased = self.dirleases.dir_attr(entry.attr.ino)
-                if leased is not None:
-                    entry = dataclasses.replace(entry, attr=leased)
-            self.cache.put_entry(ino, entry.name, entry.attr)
-            local = self._local(entry.attr)
-            out.append(entry if local is entry.attr else dataclasses.replace(entry, attr=local))
-        return out, more
+            self.cache.put_entry(ino, entry.name, self._listed(entry, entry.attr, local=False).attr)
+        return [self._listed(e, e.attr) for e in entries], more
+
+    def _listed(self, entry: DirEntry, attr: Attr, *, local: bool = True) -> DirEntry:
+        """``entry`` with ``attr`` as this client shows it: a leased subdirectory's
+        attributes are this client's, and then (``local``) its uncommitted changes."""
+        if attr.is_dir:
+            attr = self.dirleases.dir_attr(attr.ino) or attr
+        if local:
+            attr = self._local(attr)
+        return entry if attr is entry.attr else dataclasses.replace(entry, attr=attr)
 
     async def readdir(self, ino: int) -> AsyncIterator[DirEntry]:
         """Every entry of directory ``ino``, page by page."""
@@ -846,62 +853,6 @@ class FsClient(PathResolution):
         if ino is not None:
             self.cache.drop_attr(ino)
         self.cache.drop_attr(parent)
-
-    # ------------------------------------------------------------------ xattrs
-
-    async def usage(self, ino: int) -> dict[str, int]:
-        """The subtree's usage (``admin.usage``: the namespace's recursive statistics,
-        one call), after what this client queued under its directory leases landed."""
-        await self.dirleases.flush()
-        header = await self.meta.read("admin.usage", ino=ino)
-        return {k: field(header, k, int) for k in USAGE_FIELDS}
-
-    async def getxattr(self, ino: int, name: bytes) -> bytes:
-        """The value of extended attribute ``name`` (``NoAttr`` if absent); cached.
-        ``dfs.usage`` (``USAGE_XATTR``) is not stored: it answers ``usage`` as one
-        ``key=value`` line, never cached."""
-        if name == USAGE_XATTR:
-            u = await self.usage(ino)
-            return (" ".join(f"{k}={u[k]}" for k in USAGE_FIELDS) + "\n").encode()
-        known, value = self.cache.xattr(ino, name)
-        if not known:
-            epoch = self.cache.xattr_epoch
-            try:
-                header = await self.meta.read("fs.getxattr", ino=ino, name=name)
-            except NoAttr:
-                self.cache.put_xattr(ino, name, None, epoch=epoch)
-                raise
-            value = field(header, "value", bytes)
-            self.cache.put_xattr(ino, name, value, epoch=epoch)
-        if value is None:
-            raise NoAttr("no such xattr (cached)", name=name)
-        return value
-
-    async def listxattr(self, ino: int) -> list[bytes]:
-        names = field(await self.meta.read("fs.listxattr", ino=ino), "names", list)
-        if not all(isinstance(n, bytes) for n in names):
-            raise ProtocolError("listxattr: names must be bytes")
-        return names
-
-    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        """Set ``name`` to ``value``; ``flags``: ``XATTR_CREATE`` (``Exists`` if set),
-        ``XATTR_REPLACE`` (``NoAttr`` if not)."""
-        self.cache.drop_xattrs(ino)  # before: a getxattr on its way must not cache the old
-        try:
-            await self.meta.mutate("fs.setxattr", ino=ino, name=name, value=value, flags=flags)
-        finally:
-            self.cache.drop_attr(ino)  # ctime
-            self.dirleases.forget_attr(ino)
-            self.cache.drop_xattrs(ino)
-
-    async def removexattr(self, ino: int, name: bytes) -> None:
-        self.cache.drop_xattrs(ino)
-        try:
-            await self.meta.mutate("fs.removexattr", ino=ino, name=name)
-        finally:
-            self.cache.drop_attr(ino)
-            self.dirleases.forget_attr(ino)
-            self.cache.drop_xattrs(ino)
 
     # ------------------------------------------------------------------ files
 

@@ -124,6 +124,37 @@ async def test_removals_batch_and_another_clients_readdir_sees_them(
             await b.lookup(d, b"sub")
 
 
+async def test_a_leased_directory_listed_again_costs_no_round_trip_and_stays_true(
+    layout: local.Layout,
+) -> None:
+    """``rm -rf`` lists each directory twice before emptying it: under the lease, the
+    second listing is the first one's page, with this client's own changes since (a
+    create, a removal, a file grown) and never a name another client changed (that
+    recalls the lease first)."""
+    async with client(layout) as a, client(layout) as b:
+        d = await make_dir(a, b"relist", 5)
+        await a.unlink(d, b"f0004")  # takes the lease
+        assert await names(a, d) == [b"f%04d" % i for i in range(4)]
+        listings = a.stats.count("fs.readdir")
+        assert await names(a, d) == [b"f%04d" % i for i in range(4)]
+        assert a.stats.count("fs.readdir") == listings  # the same page, no round trip
+        f1 = await a.lookup(d, b"f0001")
+        async with await a.open(f1.ino, os.O_WRONLY) as h:
+            await h.write(0, b"y" * 500)
+        listed = {e.name: e.attr async for e in a.readdir(d)}
+        assert listed[b"f0001"].size == 500  # this client's own write, page kept or not
+        await a.unlink(d, b"f0003")
+        _, f = await a.create_and_open(d, b"new", MODE, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, b"x" * 1000)
+        await f.close()
+        listed = {e.name: e.attr async for e in a.readdir(d)}
+        assert sorted(listed) == [b"f0000", b"f0001", b"f0002", b"new"]
+        assert listed[b"new"].size == 1000
+        assert (await b.lookup(d, b"new")).size == 1000  # recalls A's lease
+        await b.unlink(d, b"f0000")
+        assert await names(a, d) == [b"f0001", b"f0002", b"new"]
+
+
 async def test_lookup_and_create_of_another_client_recall(
     layout: local.Layout, no_timed_flush: None
 ) -> None:

@@ -94,6 +94,9 @@ from metaserver.repair import Repair, ServerLink
 DEAD_TIMEOUT_S = 3.0
 QUIET_S = 2.0
 STEP_S = 0.5
+# Chunks the leader surveys between two turns of its loop (the core's default is 10,000:
+# a simulated table is far smaller, and its events must land between the slices too).
+SURVEY_SLICE = 3
 GC_GRACE_S = 4.0
 REPORT_S = 6.0
 SCRUB_S = 5.0
@@ -288,6 +291,7 @@ class Simulation(FaultBound):
         self.repair = Repair(cast(ServerLink, self.link), interval_s=STEP_S, quiet_s=QUIET_S,
                              gc_grace_s=GC_GRACE_S, jobs=4, clock=lambda: self.now)  # fmt: skip
         self.repair.core.retry_after_s = 1.0
+        self.repair.core.survey_slice = SURVEY_SLICE  # events land between its slices
         self.repair.restart()
         self._record_decisions(self.repair)
         self.stepping = None
@@ -703,10 +707,10 @@ class Simulation(FaultBound):
 
     def _record_decisions(self, repair: Repair) -> None:
         """Note the core's trims (the checks judge them when their drop commits)."""
-        decide = repair.core.decide
+        decide_steps = repair.core.decide_steps  # what the driver runs, a slice at a time
 
         def recorded(*a: Any, **kw: Any) -> Any:
-            out = decide(*a, **kw)
+            out = yield from decide_steps(*a, **kw)
             # The step carries out its trims before the next decide: one whose drop was
             # skipped (no longer trimmable) must not be taken for a later drop of the same
             # member for another reason (a failed push's: seed 1833).
@@ -717,7 +721,7 @@ class Simulation(FaultBound):
                 self.pending_trims[(trim.chunk_id, trim.cs_id)] = trim
             return out
 
-        repair.core.decide = recorded  # type: ignore[method-assign]
+        repair.core.decide_steps = recorded  # type: ignore[method-assign]
 
     def _inject_bad_trim(self, out: Any) -> None:
         """A known-bad decision (the checks must see it): trim a chunk at goal, carried

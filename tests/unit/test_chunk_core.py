@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dfs.wire.errors import error_from_wire
-from metaserver.chunks import rebalance
+from metaserver.chunks import core, rebalance
 from metaserver.chunks.core import ChunkCore, Copy
 from metaserver.chunks.placement import Placer, Registry
 from metaserver.chunks.policy import ClusterPolicy, Labels, Rebalance
@@ -252,3 +252,37 @@ def test_token_bucket() -> None:
     assert not bucket.take(1, 0.0) and not bucket.take(1, 0.4)
     assert bucket.take(1, 0.6)
     assert rebalance.TokenBucket(0, 0.0).take(10**9, 0.0)  # 0: no limit
+
+
+def test_a_survey_in_slices_tolerates_a_table_that_changes_between_them() -> None:
+    """The driver runs ``decide_steps`` a slice at a time, with requests served in
+    between: chunks deleted meanwhile are skipped, and what it decides is what ``decide``
+    decides of the table as it then is."""
+    c = Cluster(4, goal=3)
+    c.core.survey_slice = 3
+    chunks = [c.file(b"f%d" % i, [1, 2]) for i in range(10)]  # each under its goal of 3
+    steps = c.core.decide_steps(c.ns, c.registry, c.policy, c.now)
+    next(steps)  # three surveyed
+    c.apply("unlink", {"parent": ROOT_INO, "name": b"f9"})  # not surveyed yet: skipped
+    c.apply("unlink", {"parent": ROOT_INO, "name": b"f0"})  # surveyed: its copy is not made
+    yields = 1
+    while True:
+        try:
+            next(steps)
+            yields += 1
+        except StopIteration as done:
+            decisions = done.value
+            break
+    assert yields == 3  # ten chunks in slices of three
+    assert decisions.health.total == 9 and decisions.health.under_goal == 9
+    assert [cid for _, cid in decisions.under] == chunks[:9]
+    copied = {copy.chunk_id for copy in decisions.copies}
+    assert copied and copied <= set(chunks[1:9])
+
+
+def test_run_steps_runs_a_survey_whole() -> None:
+    c = Cluster(3, goal=3)
+    for i in range(5):
+        c.file(b"f%d" % i, [1, 2, 3])
+    health, under, trim = core.run_steps(c.core.survey_steps(c.ns, c.registry, c.policy, c.now))
+    assert (health.total, under, trim) == (5, [], [])

@@ -14,7 +14,7 @@ from dfs.wire.errors import NotFound, Stale, Timeout, Unavailable, error_from_wi
 from metaserver.chunks.placement import Placer, Registry
 from metaserver.namespace import Namespace, encode_command
 from metaserver.namespace.state import ROOT_INO
-from metaserver.repair import Repair
+from metaserver.repair import SURVEY_PAUSE_RATIO, Repair, next_pause
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -1019,3 +1019,56 @@ def test_a_recovery_copy_whose_answer_was_lost_is_confirmed_not_dropped(clock: C
     assert link.ns.chunk(cid)["replicas"] == [1, 2]
     assert link.ns.chunk(cid)["version"] == version + 1
     assert cid not in repair.core.suspect  # recovered
+
+
+@pytest.mark.parametrize("deposed", [False, True])
+def test_a_step_serves_the_loop_between_slices_of_its_survey(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch, deposed: bool
+) -> None:
+    """A survey of a million chunks took a second in one piece, every second: each slice
+    now gives the loop back (requests, Raft). A leader deposed meanwhile acts on nothing."""
+    link, repair = make(3, clock)
+    repair.core.survey_slice = 5
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 3})
+    for i in range(25):
+        link.file_with_chunk(b"f%d" % i, [1, 2])  # each under its goal: a copy to make
+    served: list[int] = []
+    at_first_call: list[int] = []  # turns served before the step acted at all
+    real = link.cs_call
+
+    async def call(cs_id: int, op: str, timeout_s: float, **f: Any) -> dict[str, Any]:
+        at_first_call.append(len(served))
+        return await real(cs_id, op, timeout_s, **f)
+
+    link.cs_call = call  # type: ignore[method-assign]
+
+    async def go() -> None:
+        async def other_requests() -> None:
+            while True:
+                served.append(len(served))
+                if deposed and len(served) == 2:
+                    monkeypatch.setattr(Link, "is_leader", property(lambda self: False))
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(other_requests())
+        await repair.step()
+        await settle(repair)
+        task.cancel()
+
+    asyncio.run(go())
+    copies = [c for c in link.calls if c[1] == "chunk.replicate"]
+    if deposed:
+        assert copies == []
+    else:
+        assert at_first_call[0] >= 25 // 5 - 1  # a turn of the loop between slices
+        assert copies
+
+
+def test_the_pause_between_steps_grows_with_the_survey(clock: Clock) -> None:
+    link, repair = make(3, clock)
+    for i in range(5):
+        link.file_with_chunk(b"f%d" % i, [1, 2, 3])
+    asyncio.run(repair.step())
+    assert 0 < repair.survey_s < 1.0
+    assert next_pause(1.0, repair.survey_s) == 1.0  # a small table: every interval
+    assert next_pause(1.0, 1.0) == SURVEY_PAUSE_RATIO  # a million chunks: every few seconds

@@ -59,13 +59,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from dfs.ratelog import RateLimitedLog
 from dfs.wire.errors import DfsError, Exists, Invalid, NotFound, Stale, Timeout, Unavailable
-from metaserver.chunks.core import ChunkCore, Copy, Decisions, Health, Recover, Trim
+from metaserver.chunks.core import ChunkCore, Copy, Health, Recover, Trim
 from metaserver.chunks.garbage import Garbage
 from metaserver.chunks.placement import Placer, Registry
 from metaserver.chunks.pushes import BehindVerdict, Outcome, Pushes
@@ -91,6 +91,9 @@ DELETE_TIMEOUT_S = 10.0
 # that surveying a big chunk table takes at most about a fifth of the leader's time (a
 # survey of 1,000,000 chunks takes about a second here: one every five seconds).
 SURVEY_PAUSE_RATIO = 4.0
+
+
+_T = TypeVar("_T")
 
 
 def next_pause(interval_s: float, survey_s: float) -> float:
@@ -227,21 +230,11 @@ class Repair:
         link = self.link
         link.know_all_chunkservers()
         policy = link.ns.policy()
-        steps = self.core.decide_steps(link.ns, link.registry, policy, now)
-        busy = 0.0
-        while True:
-            started = time.perf_counter()
-            try:
-                next(steps)
-            except StopIteration as done:
-                decisions: Decisions = done.value
-                break
-            finally:
-                busy += time.perf_counter() - started
-            await asyncio.sleep(0)  # a slice of the survey done: requests and Raft go on
-            if not link.is_leader:
-                return  # deposed meanwhile: the next leader surveys for itself
-        self.survey_s = busy
+        decisions, self.survey_s = await self._sliced(
+            self.core.decide_steps(link.ns, link.registry, policy, now)
+        )
+        if decisions is None:
+            return  # deposed meanwhile: the next leader surveys for itself
         self.health = decisions.health
         self.pushes.prune(link.ns)
         for copy in decisions.copies:
@@ -260,6 +253,23 @@ class Repair:
         if not self._gc_running:
             self._gc_running = True
             self._spawn(self._collect_garbage(now))
+
+    async def _sliced(self, steps: Generator[None, None, _T | None]) -> tuple[_T | None, float]:
+        """Run one of the core's ``*_steps`` a slice at a time, the loop serving requests
+        and Raft between slices: (what it returned, or None once this server is no longer
+        the leader; the slices' own time, summed)."""
+        busy = 0.0
+        while True:
+            started = time.perf_counter()
+            try:
+                next(steps)
+            except StopIteration as done:
+                value: _T | None = done.value
+                return value, busy + time.perf_counter() - started
+            busy += time.perf_counter() - started
+            await asyncio.sleep(0)
+            if not self.link.is_leader:
+                return None, busy
 
     async def _stop_rebalance(self, reason: str, run: int) -> None:
         """End rebalance ``run``, the one the core judged (a newer start stays running)."""
@@ -713,8 +723,10 @@ class Repair:
         """Carry out the verdict on one page of ``cs_id``'s block report (the rules:
         ``metaserver/chunks/reports.py``)."""
         now = self.clock()
-        verdict = self.reports.page(
-            self.link.ns, self.link.registry, cs_id, entries, part, final, now
+        verdict, _ = await self._sliced(
+            self.reports.page_steps(
+                self.link.ns, self.link.registry, cs_id, entries, part, final, now
+            )
         )
         if verdict is None:
             return

@@ -1072,3 +1072,31 @@ def test_the_pause_between_steps_grows_with_the_survey(clock: Clock) -> None:
     assert 0 < repair.survey_s < 1.0
     assert next_pause(1.0, repair.survey_s) == 1.0  # a small table: every interval
     assert next_pause(1.0, 1.0) == SURVEY_PAUSE_RATIO  # a million chunks: every few seconds
+
+
+def test_a_final_report_page_looks_at_the_table_in_slices(clock: Clock) -> None:
+    """A complete report's last page looks at every chunk for members it left out: in
+    slices, the loop serving between them; a chunk deleted meanwhile is skipped."""
+    link, repair = make(3, clock)
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
+    repair.core.survey_slice = 4
+    lost = [link.file_with_chunk(b"f%d" % i, [1, 2]) for i in range(12)]
+    clock.now += 1
+    turns: list[int] = []
+
+    async def go() -> None:
+        async def meanwhile() -> None:
+            while True:
+                turns.append(len(turns))
+                if len(turns) == 2:  # after the first slice: a file removed
+                    link.apply("unlink", {"parent": ROOT_INO, "name": b"f11"})
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(meanwhile())
+        await repair.report(1, [], 0, True)  # a complete report of nothing: all lost
+        task.cancel()
+        await settle(repair)
+
+    asyncio.run(go())
+    assert len(turns) >= 2
+    assert [link.ns.chunk(c)["replicas"] for c in lost[:11]] == [[2]] * 11

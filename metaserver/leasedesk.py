@@ -2,8 +2,8 @@
 
 What it owns: the asyncio side of ``metaserver.leases`` (the pure table): which
 directories a request touches, waiting for another holder's lease to end before such a
-request runs (sending the one-way ``fs.recall``), and the ``fs.dir_lease`` /
-``fs.lease_release`` ops. What it must not do: decide file-system semantics or talk to
+request runs (sending the one-way ``fs.recall``), and the ``fs.dir_lease``,
+``fs.lease_renew`` and ``fs.lease_release`` ops. What it must not do: decide file-system semantics or talk to
 Raft itself; it reads the namespace only through the server's linearizable read.
 
 The rule it enforces (docs/ARCHITECTURE.md, "Directory leases"): a request of a client
@@ -241,6 +241,16 @@ class LeaseDesk:
         for lease in self.leases.release(holder, inos):
             _wake(lease)
         return {}
+
+    def lease_renew(self, conn: Any, h: dict[str, Any]) -> dict[str, Any]:
+        """``fs.lease_renew``: a holder keeps the leases it still works under."""
+        holder = uint_field(h, "holder", 0)
+        inos = field(h, "inos", list)
+        if len(inos) > LEASE_ENTRIES_MAX or any(type(i) is not int for i in inos):
+            raise Invalid(f"inos: at most {LEASE_ENTRIES_MAX} inode numbers")
+        self._leader_view()
+        renewed = self.leases.renew(holder, conn, inos, time.monotonic())
+        return {"renewed": renewed, "lease_ms": self.leases.lease_ms}
 
     def expire(self) -> None:
         for lease in self.leases.expire(time.monotonic()):

@@ -82,6 +82,24 @@ class DirLeases:
         self.by_ino[ino] = lease
         return lease
 
+    def renew(self, holder: int, conn: Any, inos: list[int], now: float) -> list[int]:
+        """Extend ``holder``'s leases on ``inos`` granted on ``conn`` (where a recall would
+        go) that are neither recalled nor expired, as a grant would; returns those."""
+        renewed = []
+        for ino in inos:
+            lease = self.by_ino.get(ino)
+            if (
+                lease is not None
+                and lease.holder == holder
+                and lease.conn is conn
+                and not lease.recalled
+                and not lease.released
+                and now < lease.expiry_s
+            ):
+                lease.expiry_s = now + self.lease_ms / 1000
+                renewed.append(ino)
+        return renewed
+
     def blocking(self, ino: int, holder: int, now: float) -> Lease | None:
         """The lease on ``ino`` that a request of ``holder`` must wait for: another
         holder's, unexpired. An expired one is dropped here."""

@@ -169,8 +169,8 @@ class MetaServer:
         # Every op the protocol defines for a metaserver has its handler here (Raft's frame
         # goes to the node, mutations to ``_propose``, leases to the desk, ``fs.batch`` to
         # ``_batch`` with its connection), and no other.
-        served = {*self._ops, *COMMANDS, "fs.dir_lease", "fs.lease_release", "fs.batch",
-                  RAFT.name}  # fmt: skip
+        served = {*self._ops, *COMMANDS, "fs.dir_lease", "fs.lease_renew", "fs.lease_release",
+                  "fs.batch", RAFT.name}  # fmt: skip
         assert served == set(METASERVER_OPS), served ^ set(METASERVER_OPS)
         self._membership_task: asyncio.Task[None] | None = None
         # Connections whose refused Raft frames were logged (once per connection).
@@ -283,6 +283,8 @@ class MetaServer:
             return lease, b""
         if op == "fs.lease_release":
             return self.desk.lease_release(header), b""
+        if op == "fs.lease_renew":
+            return self.desk.lease_renew(conn, header), b""
         if op == "fs.batch":
             return await self._batch(conn, header, timeout_s), b""
         if op == "fs.create" and header.get("first_chunk") is True:

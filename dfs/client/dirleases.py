@@ -51,7 +51,9 @@ every file a ``cp -r`` creates after the previous one's close, would wait for a 
 
 Validity of a lease here: from the local time the grant request was *sent*, for
 ``lease_ms`` less ``LEASE_MARGIN`` of it, and only while the connection it was granted on
-to the same leader is up (a new leader knows no lease).
+to the same leader is up (a new leader knows no lease). A lease this client used within
+its length is renewed before it ends (``fs.lease_renew``, one for all of them, counted
+from its send in the same way), unless recalled meanwhile.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ FLUSH_OPS = BATCH_OPS_MAX // 2
 # After a refusal (a big directory), removals there go the synchronous way this long
 # before a lease is asked for again.
 REFUSED_S = 5.0
+# A lease used within its length is renewed once less than this share of it is left (one
+# fs.lease_renew for all of them), so that a long rm -rf or tar keeps its leases; unused
+# ones lapse (CephFS keeps a client's capabilities until recalled, renewing its session).
+RENEW_LEFT = 0.5
 # After a recall (another client works in the directory too), creates there do not ask
 # for a lease for this long: two clients creating files in one directory would otherwise
 # take it from each other at every create, each grant carrying the whole listing.
@@ -145,6 +151,7 @@ class DirLease:
     # more followed; dropped at any change of ``names``, which ``changes`` counts.
     page: tuple[list[Any], bool] | None = None
     changes: int = 0
+    used: float = 0.0  # local monotonic time this client last answered or listed under it
 
     def changed(self) -> None:
         self.page = None
@@ -188,6 +195,9 @@ class DirLeases:
         self._meta = meta
         self._pool = pool
         self._tg = task_group
+        self._lease_s = 5.0  # the last grant's lease_ms, in seconds
+        self._renewing = False  # whether _renew_while_held runs
+        self._renew_supported = True  # False once the leader did not know fs.lease_renew
         self._on_lost = on_lost  # (parent, name): a queued removal did not land
         self._on_commit_lost = on_commit_lost  # (ino): a queued commit did not land
         self._on_commit_landed = on_commit_landed  # the attributes a queued commit gave
@@ -229,6 +239,13 @@ class DirLeases:
     # ------------------------------------------------------------------ leases
 
     def valid(self, ino: int) -> DirLease | None:
+        """The lease on ``ino`` if it holds, counted as used now (``_renew``)."""
+        lease = self._held(ino)
+        if lease is not None:
+            lease.used = self._now()
+        return lease
+
+    def _held(self, ino: int) -> DirLease | None:
         lease = self._leases.get(ino)
         if lease is None:
             return None
@@ -241,6 +258,50 @@ class DirLeases:
             del self._leases[ino]
             return None
         return lease
+
+    def _start_renewing(self, lease_ms: int) -> None:
+        self._lease_s = lease_ms / 1000
+        if not self._renewing and self._renew_supported:
+            self._renewing = True
+            self._tg.start_soon(self._renew_while_held, name="directory lease renewal")
+
+    async def _renew_while_held(self) -> None:
+        """While leases are held: every quarter of a lease, renew those used within the
+        last lease that have less than ``RENEW_LEFT`` of it left (one ``fs.lease_renew``)."""
+        try:
+            while self._leases and self._renew_supported:
+                await anyio.sleep(self._lease_s / 4)  # a period, not a wait for a condition
+                await self._renew()
+        except Exception:  # never into the task group: leases then simply expire
+            log.exception("renewing directory leases failed; they expire")
+        finally:
+            self._renewing = False
+
+    async def _renew(self) -> None:
+        now = self._now()
+        due = [
+            lease
+            for ino, lease in list(self._leases.items())
+            if self._held(ino) is lease
+            and now - lease.used < self._lease_s
+            and lease.until - now < self._lease_s * RENEW_LEFT
+        ]
+        for i in range(0, len(due), RELEASE_INOS_MAX):
+            part = {lease.ino: lease for lease in due[i : i + RELEASE_INOS_MAX]}
+            sent_at = self._now()
+            try:
+                header = await self._meta.read("fs.lease_renew", inos=list(part))
+            except Unsupported:
+                self._renew_supported = False  # an older leader: leases expire as before
+                return
+            except DfsError as e:
+                log.debug("directory leases not renewed (%s); they expire", e)
+                return
+            until = sent_at + wire_field(header, "lease_ms", int) * (1 - LEASE_MARGIN) / 1000
+            for ino in wire_field(header, "renewed", list):
+                lease = part.get(ino)
+                if lease is not None and self._leases.get(ino) is lease:
+                    lease.until = max(lease.until, until)
 
     async def _acquire(self, ino: int) -> DirLease | None:
         """A valid lease on ``ino``, asking for one if needed; None where refused."""
@@ -290,6 +351,7 @@ class DirLeases:
         if type(ops) is list and all(type(op) is str for op in ops):
             lease.batchable = frozenset(ops)
         self._leases[ino] = lease
+        self._start_renewing(lease_ms)
         return lease
 
     def on_oneway(self, op: str, header: dict[str, Any]) -> None:

@@ -43,9 +43,9 @@ from dfs.client.pool import ConnectionPool
 from dfs.leader import RETRYABLE, LeaderFollower
 from dfs.wire.errors import DfsError
 
-# Requests that do not wait for ``before``: the flush itself, the answer to a recall, and
-# the reservation of inode numbers (nothing queued changes it).
-UNORDERED = frozenset({"fs.batch", "fs.lease_release", "fs.reserve"})
+# Requests that do not wait for ``before``: the flush itself, the answer to a recall, the
+# renewal of leases and the reservation of inode numbers (nothing queued changes them).
+UNORDERED = frozenset({"fs.batch", "fs.lease_release", "fs.lease_renew", "fs.reserve"})
 
 
 class _Lane:

@@ -81,7 +81,7 @@ HOLDS_PER_REQUEST_MAX = 65536
 # client also bounds a batch's bytes (dfs/client/dirleases.py, BATCH_BYTES: symlink
 # targets).
 BATCH_OPS_MAX = 1024
-# Directories one fs.lease_release may name.
+# Directories one fs.lease_release or fs.lease_renew may name.
 LEASE_RELEASE_INOS_MAX = 4096
 # Inode numbers one fs.reserve may ask for.
 RESERVE_ENTRIES_MAX = 256

@@ -276,6 +276,13 @@ FS_LEASE_RELEASE = _fs(
     "fs.lease_release", _ids("inos", LEASE_RELEASE_INOS_MAX, "directories"),
     answer="`{}`; the holder's leases on these directories end",
 )  # fmt: skip
+FS_LEASE_RENEW = _fs(
+    "fs.lease_renew", _ids("inos", LEASE_RELEASE_INOS_MAX, "directories"),
+    reply=(Field("renewed", LIST, doc="the inode numbers renewed"), _u("lease_ms")),
+    answer="the holder's leases on these directories that were granted on this connection "
+    "and are neither recalled nor expired last `lease_ms` from now, as a new grant's would "
+    "(without a listing); the others are left as they are",
+)  # fmt: skip
 FS_BATCH = _fs(
     "fs.batch",
     Field("ops", LIST, low=1, high=BATCH_OPS_MAX, message=f"ops: 1..{BATCH_OPS_MAX} sub-ops",
@@ -563,7 +570,7 @@ META_OPS: tuple[Op, ...] = (
     FS_MKDIR, FS_CREATE, FS_MKNOD, FS_SYMLINK, FS_LINK, FS_UNLINK, FS_RMDIR, FS_RENAME,
     FS_SETATTR, FS_SETXATTR, FS_REMOVEXATTR, FS_SET_GOAL, FS_COMMIT, FS_WRITE_HANDLE, FS_PUNCH,
     FS_ALLOCATE,
-    FS_DIR_LEASE, FS_LEASE_RELEASE, FS_BATCH, FS_RESERVE,
+    FS_DIR_LEASE, FS_LEASE_RENEW, FS_LEASE_RELEASE, FS_BATCH, FS_RESERVE,
     CS_REGISTER, CS_HEARTBEAT, CS_REPORT, CS_BAD_CHUNKS,
     STATUS, ADMIN_REBALANCE, ADMIN_DRAIN, ADMIN_FORGET, ADMIN_FSCK, ADMIN_GOALS, ADMIN_SET_GOAL,
     ADMIN_SALVAGE, ADMIN_BACKUP, ADMIN_TRASH_TIME, ADMIN_SET_TRASH_TIME, ADMIN_TRASH_LIST,

@@ -155,6 +155,31 @@ async def test_a_leased_directory_listed_again_costs_no_round_trip_and_stays_tru
         assert await names(a, d) == [b"f0001", b"f0002", b"new"]
 
 
+async def test_a_lease_in_use_is_renewed_past_its_length_and_still_recalled(
+    layout: local.Layout,
+) -> None:
+    """A client that keeps working in a directory keeps its lease past ``LEASE_MS`` (one
+    ``fs.lease_renew`` for all its leases, no new grant with its listing); another
+    client's look still recalls it at once."""
+    async with client(layout) as a, client(layout) as b:
+        d = await make_dir(a, b"renewed", 3)
+        await a.unlink(d, b"f0002")  # takes the lease
+        grants = a.stats.count("fs.dir_lease")
+        with anyio.fail_after(LEASE_MS / 1000 * 4):
+            until = anyio.current_time() + LEASE_MS / 1000 * 1.5
+            while anyio.current_time() < until:  # working in it past the lease's length
+                with pytest.raises(NotFound):
+                    await a.lookup(d, b"absent")  # answered from the leased listing
+                await anyio.sleep(LEASE_MS / 1000 / 20)  # the pace of the work
+        assert a.stats.count("fs.lease_renew") >= 1
+        assert a.stats.count("fs.dir_lease") == grants  # never granted again
+        assert a.dirleases.valid(d) is not None
+        await a.unlink(d, b"f0001")  # queued under the renewed lease
+        with anyio.fail_after(LEASE_MS / 1000 / 2):  # a recall, not an expiry
+            assert await names(b, d) == [b"f0000"]
+        assert a.dirleases.valid(d) is None
+
+
 async def test_lookup_and_create_of_another_client_recall(
     layout: local.Layout, no_timed_flush: None
 ) -> None:

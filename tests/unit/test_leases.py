@@ -68,3 +68,17 @@ def test_a_new_directory_is_leased_to_its_maker_unless_somebody_leases_it_alread
     desk.granted_new(9, holder=1, conn="maker")  # not a directory (any more)
     desk.granted_new(10, holder=1, conn="maker")  # gone
     assert set(desk.leases.by_ino) == {7, 8}
+
+
+def test_a_holder_renews_only_its_own_live_leases_on_their_connection() -> None:
+    leases = DirLeases(lease_ms=1000)
+    mine = leases.grant(5, holder=1, conn="c1", now=10.0)
+    recalled = leases.grant(6, holder=1, conn="c1", now=10.0)
+    recalled.recalled = True
+    elsewhere = leases.grant(7, holder=1, conn="c2", now=10.0)
+    theirs = leases.grant(8, holder=2, conn="c1", now=10.0)
+    late = leases.grant(9, holder=1, conn="c1", now=9.0)
+    assert leases.renew(1, "c1", [5, 6, 7, 8, 9, 10], now=10.5) == [5]
+    assert mine.expiry_s == 11.5
+    assert (recalled.expiry_s, elsewhere.expiry_s, theirs.expiry_s) == (11.0, 11.0, 11.0)
+    assert late.expiry_s == 10.0  # expired at 10.0: not brought back

@@ -225,6 +225,15 @@ class Repair:
         link = self.link
         return self.core.survey(link.ns, link.registry, link.ns.policy(), now)
 
+    async def health_now(self, now: float) -> Health | None:
+        """The health of a survey made now, a slice at a time (``status``); None once
+        this server is no longer the leader."""
+        link = self.link
+        found, _ = await self._sliced(
+            self.core.survey_steps(link.ns, link.registry, link.ns.policy(), now)
+        )
+        return None if found is None else found[0]
+
     async def step(self) -> None:
         now = self.clock()
         link = self.link
@@ -723,10 +732,8 @@ class Repair:
         """Carry out the verdict on one page of ``cs_id``'s block report (the rules:
         ``metaserver/chunks/reports.py``)."""
         now = self.clock()
-        verdict, _ = await self._sliced(
-            self.reports.page_steps(
-                self.link.ns, self.link.registry, cs_id, entries, part, final, now
-            )
+        verdict = self.reports.page(
+            self.link.ns, self.link.registry, cs_id, entries, part, final, now
         )
         if verdict is None:
             return

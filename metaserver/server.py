@@ -848,7 +848,8 @@ class MetaServer:
             rebalance = self.admin.progress()
         health = None
         if st.role == Role.LEADER:
-            health = self.repair.survey(now_s)[0].as_dict()
+            found = await self.repair.health_now(now_s)
+            health = None if found is None else found.as_dict()
         stats = self.ns.stats()
         return {
             "node_id": int(st.id),

@@ -55,11 +55,11 @@ forgotten on ``restart`` (a new term of leadership).
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from metaserver.chunks.core import ChunkCore, ChunkTable, run_steps
+from metaserver.chunks.core import ChunkCore, ChunkTable
 from metaserver.chunks.placement import Registry
 from metaserver.chunks.policy import ClusterPolicy
 
@@ -140,21 +140,6 @@ class Reports:
         """Judge page ``part`` of ``cs_id``'s block report (``final``: its last); None:
         the page is out of order, nothing to do. A final page ends the report: the core
         learns what it vouched for (``ChunkCore.report_done``)."""
-        return run_steps(self.page_steps(ns, registry, cs_id, entries, part, final, now))
-
-    def page_steps(
-        self,
-        ns: ReportedTable,
-        registry: Registry,
-        cs_id: int,
-        entries: Sequence[Sequence[int]],
-        part: int,
-        final: bool,
-        now: float,
-    ) -> Generator[None, None, Verdict | None]:
-        """``page``, yielding after every ``survey_slice`` chunks of a final page's look
-        at the whole chunk table (for members the report left out), as the survey does;
-        a chunk gone meanwhile is skipped."""
         core = self.core
         state = self.pages.get(cs_id)
         if part == 0 or state is None:
@@ -204,13 +189,7 @@ class Reports:
                 adopt.append(chunk_id)
         if final:
             del self.pages[cs_id]
-            table = ns.chunk_table
-            for i, chunk_id in enumerate(list(table)):
-                if i and i % core.survey_slice == 0:
-                    yield
-                chunk = table.get(chunk_id)
-                if chunk is None:
-                    continue
+            for chunk_id, chunk in ns.chunk_table.items():
                 if chunk.length > 0 and cs_id in chunk.replicas and chunk_id not in state.seen:
                     if core.quiet(chunk_id, now, state.started_s):
                         out.lost.append(chunk_id)

@@ -1074,29 +1074,25 @@ def test_the_pause_between_steps_grows_with_the_survey(clock: Clock) -> None:
     assert next_pause(1.0, 1.0) == SURVEY_PAUSE_RATIO  # a million chunks: every few seconds
 
 
-def test_a_final_report_page_looks_at_the_table_in_slices(clock: Clock) -> None:
-    """A complete report's last page looks at every chunk for members it left out: in
-    slices, the loop serving between them; a chunk deleted meanwhile is skipped."""
+def test_status_health_is_surveyed_in_slices(clock: Clock) -> None:
     link, repair = make(3, clock)
-    link.apply("set_goal", {"ino": ROOT_INO, "goal": 2})
-    repair.core.survey_slice = 4
-    lost = [link.file_with_chunk(b"f%d" % i, [1, 2]) for i in range(12)]
-    clock.now += 1
+    link.apply("set_goal", {"ino": ROOT_INO, "goal": 3})
+    repair.core.survey_slice = 2
+    for i in range(7):
+        link.file_with_chunk(b"f%d" % i, [1, 2] if i % 2 else [1, 2, 3])
     turns: list[int] = []
 
-    async def go() -> None:
+    async def go() -> Any:
         async def meanwhile() -> None:
             while True:
                 turns.append(len(turns))
-                if len(turns) == 2:  # after the first slice: a file removed
-                    link.apply("unlink", {"parent": ROOT_INO, "name": b"f11"})
                 await asyncio.sleep(0)
 
         task = asyncio.ensure_future(meanwhile())
-        await repair.report(1, [], 0, True)  # a complete report of nothing: all lost
+        health = await repair.health_now(clock.now)
         task.cancel()
-        await settle(repair)
+        return health
 
-    asyncio.run(go())
-    assert len(turns) >= 2
-    assert [link.ns.chunk(c)["replicas"] for c in lost[:11]] == [[2]] * 11
+    health = asyncio.run(go())
+    assert (health.total, health.under_goal) == (7, 3)
+    assert len(turns) >= 3  # the loop turned between the slices

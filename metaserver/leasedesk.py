@@ -242,14 +242,18 @@ class LeaseDesk:
             _wake(lease)
         return {}
 
-    def lease_renew(self, conn: Any, h: dict[str, Any]) -> dict[str, Any]:
-        """``fs.lease_renew``: a holder keeps the leases it still works under."""
+    async def lease_renew(self, conn: Any, h: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """``fs.lease_renew``: a holder keeps the leases it still works under. As for a
+        grant, this server first makes sure it still leads (a read barrier): a deposed
+        leader cut off with the holder must not keep its leases alive."""
         holder = uint_field(h, "holder", 0)
         inos = field(h, "inos", list)
         if len(inos) > LEASE_ENTRIES_MAX or any(type(i) is not int for i in inos):
             raise Invalid(f"inos: at most {LEASE_ENTRIES_MAX} inode numbers")
         self._leader_view()
-        renewed = self.leases.renew(holder, conn, inos, time.monotonic())
+        now = time.monotonic()  # the renewal counts from before the barrier
+        await self._read(timeout_s)
+        renewed = self.leases.renew(holder, conn, inos, now)
         return {"renewed": renewed, "lease_ms": self.leases.lease_ms}
 
     def expire(self) -> None:

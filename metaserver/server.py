@@ -284,7 +284,7 @@ class MetaServer:
         if op == "fs.lease_release":
             return self.desk.lease_release(header), b""
         if op == "fs.lease_renew":
-            return self.desk.lease_renew(conn, header), b""
+            return await self.desk.lease_renew(conn, header, timeout_s), b""
         if op == "fs.batch":
             return await self._batch(conn, header, timeout_s), b""
         if op == "fs.create" and header.get("first_chunk") is True:

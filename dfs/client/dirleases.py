@@ -110,6 +110,8 @@ REFUSED_S = 5.0
 # fs.lease_renew for all of them), so that a long rm -rf or tar keeps its leases; unused
 # ones lapse (CephFS keeps a client's capabilities until recalled, renewing its session).
 RENEW_LEFT = 0.5
+# After a leader did not know fs.lease_renew, how long before it is asked again.
+RENEWAL_UNKNOWN_S = 60.0
 # After a recall (another client works in the directory too), creates there do not ask
 # for a lease for this long: two clients creating files in one directory would otherwise
 # take it from each other at every create, each grant carrying the whole listing.
@@ -149,7 +151,7 @@ class DirLease:
     batchable: frozenset[str] = frozenset({"fs.unlink", "fs.rmdir", "fs.commit"})
     # The first page of the directory's last ``fs.readdir`` under this lease, and whether
     # more followed; dropped at any change of ``names``, which ``changes`` counts.
-    page: tuple[list[Any], bool] | None = None
+    page: tuple[list[Any], bool, int] | None = None  # (entries, more, the page's limit)
     changes: int = 0
     used: float = 0.0  # local monotonic time this client last answered or listed under it
 
@@ -197,7 +199,9 @@ class DirLeases:
         self._tg = task_group
         self._lease_s = 5.0  # the last grant's lease_ms, in seconds
         self._renewing = False  # whether _renew_while_held runs
-        self._renew_supported = True  # False once the leader did not know fs.lease_renew
+        # Until when no renewal is asked for: the leader did not know fs.lease_renew (an
+        # older version, during a rolling upgrade); leases lapse meanwhile, as before.
+        self._no_renewal_until = 0.0
         self._on_lost = on_lost  # (parent, name): a queued removal did not land
         self._on_commit_lost = on_commit_lost  # (ino): a queued commit did not land
         self._on_commit_landed = on_commit_landed  # the attributes a queued commit gave
@@ -261,7 +265,7 @@ class DirLeases:
 
     def _start_renewing(self, lease_ms: int) -> None:
         self._lease_s = lease_ms / 1000
-        if not self._renewing and self._renew_supported:
+        if not self._renewing and self._now() >= self._no_renewal_until:
             self._renewing = True
             self._tg.start_soon(self._renew_while_held, name="directory lease renewal")
 
@@ -269,7 +273,7 @@ class DirLeases:
         """While leases are held: every quarter of a lease, renew those used within the
         last lease that have less than ``RENEW_LEFT`` of it left (one ``fs.lease_renew``)."""
         try:
-            while self._leases and self._renew_supported:
+            while self._leases and self._now() >= self._no_renewal_until:
                 await anyio.sleep(self._lease_s / 4)  # a period, not a wait for a condition
                 await self._renew()
         except Exception:  # never into the task group: leases then simply expire
@@ -292,7 +296,7 @@ class DirLeases:
             try:
                 header = await self._meta.read("fs.lease_renew", inos=list(part))
             except Unsupported:
-                self._renew_supported = False  # an older leader: leases expire as before
+                self._no_renewal_until = self._now() + RENEWAL_UNKNOWN_S
                 return
             except DfsError as e:
                 log.debug("directory leases not renewed (%s); they expire", e)
@@ -606,14 +610,16 @@ class DirLeases:
             return False, None
         return True, lease.names.get(name)
 
-    def keep_listing(self, asked: DirLease, changes: int, page: list[Any], more: bool) -> None:
+    def keep_listing(
+        self, asked: DirLease, changes: int, page: list[Any], more: bool, limit: int
+    ) -> None:
         """``page``, the first of directory ``asked.ino``, was fetched under ``asked`` when
         it had seen ``changes``: kept as ``asked.page`` if the lease still holds and no name
         changed meanwhile. Nobody else can change the names while the lease holds: a
         listing again (``rm -rf`` lists each directory twice before emptying it, once to
         see whether it is empty) needs no round trip."""
         if self.valid(asked.ino) is asked and asked.changes == changes:
-            asked.page = (page, more)
+            asked.page = (page, more, limit)
 
     def dir_attr(self, ino: int) -> Attr | None:
         """The attributes of directory ``ino`` if leased here (and known)."""

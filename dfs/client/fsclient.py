@@ -71,6 +71,7 @@ from dfs.client.pool import ConnectionPool
 from dfs.client.records import Attr, DirEntry, StatFs, WriteHandle
 from dfs.client.xattrs import XATTR_CREATE, XATTR_REPLACE, XattrCalls
 from dfs.credentials import Credential
+from dfs.leader import RETRYABLE
 from dfs.wire.errors import (
     DfsError,
     NotFound,
@@ -448,10 +449,10 @@ class FsClient(PathResolution, XattrCalls):
         attributes; and whether more entries follow. Pass the last entry's ``cookie`` to
         continue. ``.`` and ``..`` are not listed."""
         lease = self.dirleases.valid(ino) if cookie == 0 else None
-        if lease is not None and lease.page is not None:
+        if lease is not None and lease.page is not None and lease.page[2] == limit:
             # The names are the lease's; each entry's attributes are the cache's, as fresh
             # as a getattr's answer (none expired), or the page is fetched again.
-            page, more = lease.page
+            page, more, _ = lease.page
             shown = []
             for e in page:
                 cached = self.cache.attr(e.attr.ino)
@@ -465,7 +466,7 @@ class FsClient(PathResolution, XattrCalls):
         entries = [DirEntry.from_wire(e) for e in field(header, "entries", list)]
         more = field(header, "more", bool, False)
         if lease is not None:
-            self.dirleases.keep_listing(lease, changes, entries, more)
+            self.dirleases.keep_listing(lease, changes, entries, more, limit)
         for entry in entries:
             self.cache.put_entry(ino, entry.name, self._listed(entry, entry.attr, local=False).attr)
         return [self._listed(e, e.attr) for e in entries], more
@@ -506,9 +507,7 @@ class FsClient(PathResolution, XattrCalls):
                 )  # fmt: skip
                 if made is not None:
                     return self._local(made[0])
-        header = await self.meta.mutate(
-            "fs.mkdir", parent=parent, name=name, mode=mode, **self._owner(uid, gid)
-        )
+        header = await self._adding("fs.mkdir", parent, name, mode=mode, **self._owner(uid, gid))
         return self._created(parent, name, header)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
@@ -560,15 +559,10 @@ class FsClient(PathResolution, XattrCalls):
         extra: dict[str, Any] = {"first_chunk": True} if first_chunk else {}
         if first_chunk:
             extra["holder"] = self.holder  # created to be opened: held from the start
-        header = await self.meta.mutate(
-            "fs.create",
-            parent=parent,
-            name=name,
-            mode=mode,
-            exclusive=exclusive,
-            **self._owner(uid, gid),
-            **extra,
-        )
+        header = await self._adding(
+            "fs.create", parent, name, mode=mode, exclusive=exclusive,
+            **self._owner(uid, gid), **extra,
+        )  # fmt: skip
         created = field(header, "created", bool, True)
         attr = self._created(parent, name, header, new_inode=created)
         wire = header.get("handle")
@@ -713,8 +707,8 @@ class FsClient(PathResolution, XattrCalls):
         gid: int | None = None,
     ) -> Attr:
         check_name(name)
-        header = await self.meta.mutate(
-            "fs.mknod", parent=parent, name=name, mode=mode, rdev=rdev, **self._owner(uid, gid)
+        header = await self._adding(
+            "fs.mknod", parent, name, mode=mode, rdev=rdev, **self._owner(uid, gid)
         )
         return self._created(parent, name, header)
 
@@ -738,8 +732,8 @@ class FsClient(PathResolution, XattrCalls):
                 )  # fmt: skip
                 if made is not None:
                     return self._local(made[0])
-        header = await self.meta.mutate(
-            "fs.symlink", parent=parent, name=name, target=target, **self._owner(uid, gid)
+        header = await self._adding(
+            "fs.symlink", parent, name, target=target, **self._owner(uid, gid)
         )
         return self._created(parent, name, header)
 
@@ -753,7 +747,7 @@ class FsClient(PathResolution, XattrCalls):
         inode = self._open.get(ino)
         if inode is not None:
             inode.created_under = None  # a second name: no more commits through a queue
-        header = await self.meta.mutate("fs.link", ino=ino, parent=new_parent, name=new_name)
+        header = await self._adding("fs.link", new_parent, new_name, ino=ino)
         return self._created(new_parent, new_name, header, new_inode=False)
 
     async def unlink(self, parent: int, name: bytes) -> None:
@@ -797,6 +791,17 @@ class FsClient(PathResolution, XattrCalls):
             # know.
             self._forget(parent, name)
             self._forget(new_parent, new_name)
+
+    async def _adding(self, op: str, parent: int, name: bytes, **fields: Any) -> dict[str, Any]:
+        """``op``, which adds ``name`` to ``parent``. When its outcome is unknown (no answer
+        in time, or cancelled: it may still land), what this client knew of the directory
+        is forgotten, its lease's listing included."""
+        try:
+            return await self.meta.mutate(op, parent=parent, name=name, **fields)
+        except BaseException as e:
+            if not isinstance(e, DfsError) or isinstance(e, RETRYABLE):
+                self._forget(parent, name)
+            raise
 
     def _is_open(self, ino: int) -> bool:
         return ino in self._open

@@ -30,6 +30,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -178,6 +179,29 @@ async def test_a_lease_in_use_is_renewed_past_its_length_and_still_recalled(
         with anyio.fail_after(LEASE_MS / 1000 / 2):  # a recall, not an expiry
             assert await names(b, d) == [b"f0000"]
         assert a.dirleases.valid(d) is None
+
+
+async def test_a_name_added_with_no_answer_is_not_hidden_by_the_lease(
+    layout: local.Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A synchronous create that landed but whose answer was lost (a timeout) leaves its
+    outcome unknown: the lease's listing (kept, renewed) must not go on hiding the name."""
+    async with client(layout) as a:
+        d = await make_dir(a, b"unknown", 2)
+        await a.unlink(d, b"f0001")  # takes the lease
+        assert await names(a, d) == [b"f0000"]  # and keeps this listing
+        real = a.meta.mutate
+
+        async def answer_lost(op: str, **fields: Any) -> Any:
+            await real(op, **fields)
+            raise Timeout("the answer was lost")
+
+        monkeypatch.setattr(a.meta, "mutate", answer_lost)
+        with pytest.raises(Timeout):
+            await a.mknod(d, b"fifo", 0o010644)  # always synchronous
+        monkeypatch.setattr(a.meta, "mutate", real)
+        assert await names(a, d) == [b"f0000", b"fifo"]
+        assert (await a.lookup(d, b"fifo")).mode == 0o010644
 
 
 async def test_lookup_and_create_of_another_client_recall(

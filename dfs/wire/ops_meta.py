@@ -279,9 +279,10 @@ FS_LEASE_RELEASE = _fs(
 FS_LEASE_RENEW = _fs(
     "fs.lease_renew", _ids("inos", LEASE_RELEASE_INOS_MAX, "directories"),
     reply=(Field("renewed", LIST, doc="the inode numbers renewed"), _u("lease_ms")),
-    answer="the holder's leases on these directories that were granted on this connection "
-    "and are neither recalled nor expired last `lease_ms` from now, as a new grant's would "
-    "(without a listing); the others are left as they are",
+    answer="after a read barrier (as a grant), the holder's leases on these directories "
+    "that were granted on this connection and are neither recalled nor expired last "
+    "`lease_ms` from now, as a new grant's would (without a listing); the others are left "
+    "as they are",
 )  # fmt: skip
 FS_BATCH = _fs(
     "fs.batch",

@@ -37,6 +37,11 @@ _BY_INO = frozenset(
     {"fs.readdir", "fs.getattr", "fs.open", "fs.dir_lease", "fs.setattr", "fs.setxattr",
      "fs.removexattr", "fs.set_goal"}
 )  # fmt: skip
+# Admin changes of names or of directories' attributes anywhere in a subtree (a restore
+# from the trash remakes missing directories too): which directories they touch is known
+# only as they run, and they are rare, so every lease is recalled first. (A lease on
+# another directory granted while one runs may list it without the change.)
+_RECALL_ALL = frozenset({"admin.trash_restore", "admin.set_goal", "admin.set_trash_time"})
 # Of those, the ones that change entries (a lease granted meanwhile waits for them).
 _CHANGING = frozenset(
     {"fs.create", "fs.mkdir", "fs.mknod", "fs.symlink", "fs.link", "fs.unlink", "fs.rmdir",
@@ -77,6 +82,8 @@ class LeaseDesk:
                 return [parent]
             if op in _BY_INO:
                 return [uint_field(h, "ino")]
+            if op in _RECALL_ALL:
+                return list(self.leases.by_ino)
             if op == "fs.rename":
                 parent, new_parent = uint_field(h, "parent"), uint_field(h, "new_parent")
                 inos = [parent] if parent == new_parent else [parent, new_parent]

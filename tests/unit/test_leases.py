@@ -82,3 +82,22 @@ def test_a_holder_renews_only_its_own_live_leases_on_their_connection() -> None:
     assert mine.expiry_s == 11.5
     assert (recalled.expiry_s, elsewhere.expiry_s, theirs.expiry_s) == (11.0, 11.0, 11.0)
     assert late.expiry_s == 10.0  # expired at 10.0: not brought back
+
+
+def test_admin_changes_of_a_subtree_recall_every_lease() -> None:
+    """A restore from the trash (and a recursive goal or trash time) changes directories
+    known only as it runs: every lease is recalled first. A holder renewing its lease
+    meanwhile would otherwise go on answering from a listing without the restored names."""
+    from types import SimpleNamespace
+
+    from metaserver.leasedesk import LeaseDesk
+
+    async def read(timeout_s: float) -> None:
+        return None
+
+    desk = LeaseDesk(SimpleNamespace(inodes={}), read, lambda: None)  # type: ignore[arg-type]
+    desk.leases.grant(7, holder=1, conn="a", now=0.0)
+    desk.leases.grant(8, holder=2, conn="b", now=0.0)
+    for op in ("admin.trash_restore", "admin.set_goal", "admin.set_trash_time"):
+        assert sorted(desk.touched(op, {"path": b"/x"})) == [7, 8]
+    assert desk.touched("admin.trash_list", {"path": b"/x"}) == []

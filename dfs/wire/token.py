@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -181,28 +182,34 @@ class Checker:
         token allows reads too."""
         public = self._verifier
         if public is not None and isinstance(token, bytes) and len(token) == SIGNED_TOKEN_BYTES:
-            _check_fields(chunk_id, version, expiry_ms, client)
-            modes = (WRITE,) if mode == WRITE else (READ, WRITE)
-            if not any(
-                _signed(public, token, _fields(chunk_id, version, m, expiry_ms, client))
-                for m in modes
-            ):
-                raise PermissionDenied("access token not valid for this chunk", chunk_id=chunk_id)
-            _check_expiry(chunk_id, expiry_ms, now_ms)
+            _check(
+                lambda m: _signed(public, token, _fields(chunk_id, version, m, expiry_ms, client)),
+                chunk_id, version, mode, expiry_ms, now_ms, client,
+            )  # fmt: skip
         elif self.key is not None:
             check_token(self.key, token, chunk_id, version, mode, expiry_ms, now_ms, client)
         else:
             raise PermissionDenied("missing or malformed access token", chunk_id=chunk_id)
 
 
-def _check_fields(chunk_id: int, version: int, expiry_ms: int, client: str) -> None:
+def _check(
+    made_for: Callable[[bytes], bool],
+    chunk_id: int,
+    version: int,
+    mode: bytes,
+    expiry_ms: int,
+    now_ms: int,
+    client: str,
+) -> None:
+    """The rule of every token check, whatever its kind: the fields in range, the token
+    made for ``mode`` (``made_for``; a write token allows reads too), not expired."""
     if not (0 <= chunk_id < 1 << 64 and 0 <= version < 1 << 64 and 0 <= expiry_ms < 1 << 64):
         raise PermissionDenied("access token fields out of range", chunk_id=chunk_id)
     if len(client.encode()) > CLIENT_NAME_BYTES_MAX:
         raise PermissionDenied("client name too long for a token", chunk_id=chunk_id)
-
-
-def _check_expiry(chunk_id: int, expiry_ms: int, now_ms: int) -> None:
+    modes = (WRITE,) if mode == WRITE else (READ, WRITE)
+    if not any(made_for(m) for m in modes):
+        raise PermissionDenied("access token not valid for this chunk", chunk_id=chunk_id)
     if now_ms >= expiry_ms:
         raise PermissionDenied("access token expired", chunk_id=chunk_id)
 
@@ -220,12 +227,8 @@ def check_token(
     """``Checker.check`` for a version 2 (or 1) token under the HMAC ``key``."""
     if not isinstance(token, bytes) or len(token) != TOKEN_BYTES:
         raise PermissionDenied("missing or malformed access token", chunk_id=chunk_id)
-    _check_fields(chunk_id, version, expiry_ms, client)
-    modes = (WRITE,) if mode == WRITE else (READ, WRITE)
-    if not any(
-        hmac.compare_digest(token, make_token(key, chunk_id, version, m, expiry_ms, client))
-        or (not client and hmac.compare_digest(token, _v1(key, chunk_id, version, m, expiry_ms)))
-        for m in modes
-    ):
-        raise PermissionDenied("access token not valid for this chunk", chunk_id=chunk_id)
-    _check_expiry(chunk_id, expiry_ms, now_ms)
+    _check(
+        lambda m: hmac.compare_digest(token, make_token(key, chunk_id, version, m, expiry_ms, client))
+        or (not client and hmac.compare_digest(token, _v1(key, chunk_id, version, m, expiry_ms))),
+        chunk_id, version, mode, expiry_ms, now_ms, client,
+    )  # fmt: skip

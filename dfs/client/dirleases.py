@@ -72,7 +72,7 @@ from anyio.abc import TaskGroup
 
 from dfs.client.meta import MetaClient, Resume
 from dfs.client.pool import ConnectionPool
-from dfs.client.records import Attr
+from dfs.client.records import Attr, DirEntry
 from dfs.types import BATCH_OPS_MAX
 from dfs.wire.errors import (
     DfsError,
@@ -151,7 +151,7 @@ class DirLease:
     batchable: frozenset[str] = frozenset({"fs.unlink", "fs.rmdir", "fs.commit"})
     # The first page of the directory's last ``fs.readdir`` under this lease, and whether
     # more followed; dropped at any change of ``names``, which ``changes`` counts.
-    page: tuple[list[Any], bool, int] | None = None  # (entries, more, the page's limit)
+    page: tuple[list[DirEntry], bool, int] | None = None  # (entries, more, the page's limit)
     changes: int = 0
     used: float = 0.0  # local monotonic time this client last answered or listed under it
 
@@ -611,7 +611,7 @@ class DirLeases:
         return True, lease.names.get(name)
 
     def keep_listing(
-        self, asked: DirLease, changes: int, page: list[Any], more: bool, limit: int
+        self, asked: DirLease, changes: int, page: list[DirEntry], more: bool, limit: int
     ) -> None:
         """``page``, the first of directory ``asked.ino``, was fetched under ``asked`` when
         it had seen ``changes``: kept as ``asked.page`` if the lease still holds and no name

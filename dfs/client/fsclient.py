@@ -458,7 +458,7 @@ class FsClient(PathResolution, XattrCalls):
                 cached = self.cache.attr(e.attr.ino)
                 if cached is None:
                     break
-                shown.append(self._listed(e, cached))
+                shown.append(_with_attr(e, self._local(self._shown(cached))))
             else:
                 return shown, more
         changes = 0 if lease is None else lease.changes
@@ -467,18 +467,17 @@ class FsClient(PathResolution, XattrCalls):
         more = field(header, "more", bool, False)
         if lease is not None:
             self.dirleases.keep_listing(lease, changes, entries, more, limit)
+        out = []
         for entry in entries:
-            self.cache.put_entry(ino, entry.name, self._listed(entry, entry.attr, local=False).attr)
-        return [self._listed(e, e.attr) for e in entries], more
+            attr = self._shown(entry.attr)
+            self.cache.put_entry(ino, entry.name, attr)
+            out.append(_with_attr(entry, self._local(attr)))
+        return out, more
 
-    def _listed(self, entry: DirEntry, attr: Attr, *, local: bool = True) -> DirEntry:
-        """``entry`` with ``attr`` as this client shows it: a leased subdirectory's
-        attributes are this client's, and then (``local``) its uncommitted changes."""
-        if attr.is_dir:
-            attr = self.dirleases.dir_attr(attr.ino) or attr
-        if local:
-            attr = self._local(attr)
-        return entry if attr is entry.attr else dataclasses.replace(entry, attr=attr)
+    def _shown(self, attr: Attr) -> Attr:
+        """A listed entry's attributes as this client knows them: a leased directory's
+        are its own (``dirleases.dir_attr``)."""
+        return (self.dirleases.dir_attr(attr.ino) or attr) if attr.is_dir else attr
 
     async def readdir(self, ino: int) -> AsyncIterator[DirEntry]:
         """Every entry of directory ``ino``, page by page."""
@@ -952,6 +951,10 @@ class FsClient(PathResolution, XattrCalls):
                 elif error is not None:
                     log.info("ino %d: after a failed close: %s", inode.ino, error)
                 self._drop_inode(inode)
+
+
+def _with_attr(entry: DirEntry, attr: Attr) -> DirEntry:
+    return entry if attr is entry.attr else dataclasses.replace(entry, attr=attr)
 
 
 __all__ = [

@@ -186,8 +186,13 @@ class Checker:
                 lambda m: _signed(public, token, _fields(chunk_id, version, m, expiry_ms, client)),
                 chunk_id, version, mode, expiry_ms, now_ms, client,
             )  # fmt: skip
-        elif self.key is not None:
-            check_token(self.key, token, chunk_id, version, mode, expiry_ms, now_ms, client)
+        elif self.key is not None and isinstance(token, bytes) and len(token) == TOKEN_BYTES:
+            key = self.key
+            _check(
+                lambda m: hmac.compare_digest(token, make_token(key, chunk_id, version, m, expiry_ms, client))
+                or (not client and hmac.compare_digest(token, _v1(key, chunk_id, version, m, expiry_ms))),
+                chunk_id, version, mode, expiry_ms, now_ms, client,
+            )  # fmt: skip
         else:
             raise PermissionDenied("missing or malformed access token", chunk_id=chunk_id)
 
@@ -212,23 +217,3 @@ def _check(
         raise PermissionDenied("access token not valid for this chunk", chunk_id=chunk_id)
     if now_ms >= expiry_ms:
         raise PermissionDenied("access token expired", chunk_id=chunk_id)
-
-
-def check_token(
-    key: bytes,
-    token: bytes,
-    chunk_id: int,
-    version: int,
-    mode: bytes,
-    expiry_ms: int,
-    now_ms: int,
-    client: str = "",
-) -> None:
-    """``Checker.check`` for a version 2 (or 1) token under the HMAC ``key``."""
-    if not isinstance(token, bytes) or len(token) != TOKEN_BYTES:
-        raise PermissionDenied("missing or malformed access token", chunk_id=chunk_id)
-    _check(
-        lambda m: hmac.compare_digest(token, make_token(key, chunk_id, version, m, expiry_ms, client))
-        or (not client and hmac.compare_digest(token, _v1(key, chunk_id, version, m, expiry_ms))),
-        chunk_id, version, mode, expiry_ms, now_ms, client,
-    )  # fmt: skip

@@ -102,7 +102,7 @@ from dfs.wire.messages import field as wire_field
 from dfs.wire.messages import uint_field
 from dfs.wire.ops import CHUNKSERVER_OPS, METASERVER_OPS, admit, lookup
 from dfs.wire.ops_meta import COMMANDS
-from dfs.wire.token import READ, WRITE, check_token, make_token, token_key
+from dfs.wire.token import READ, WRITE, Checker, make_token, token_key
 
 T = TypeVar("T")
 
@@ -785,8 +785,7 @@ class FakeChunkServer:
     def _check(self, h: dict[str, Any], mode: bytes) -> tuple[int, int]:
         chunk_id = uint_field(h, "chunk_id")
         version = uint_field(h, "version")
-        check_token(
-            self.cluster.token_key,
+        Checker(key=self.cluster.token_key).check(
             wire_field(h, "token", bytes),
             chunk_id,
             version,

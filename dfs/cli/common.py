@@ -58,7 +58,8 @@ def sync_on_close_option(f: F) -> F:
         "--sync-on-close",
         is_flag=True,
         help="Make every close durable on every replica, as fsync does (slower; by default "
-        "a close leaves the bytes in the replicas' memory and fsync makes them durable).",
+        "a close leaves the bytes in the replicas' memory, a small new file's in the "
+        "mount's until its release lands them, and fsync makes them durable).",
     )(f)
 
 

@@ -297,12 +297,16 @@ class ChunkIo:
         *,
         sync: bool,
         expect_length: int | None = None,
+        fan_out: bool = True,
     ) -> None:
         """Write ``data`` at ``offset`` of the chunk on every replica of the chain: sent to
         the first, which forwards along the rest; or, for a write of at most
-        ``fanout_bytes_max``, to every replica at once, each with an empty chain (FAN-OUT
-        below). With ``sync`` the replicas fsync first. ``expect_length``: the highest end
-        acknowledged under this version (PROTOCOL.md). Done when every replica has it."""
+        ``fanout_bytes_max`` when ``fan_out``, to every replica at once, each with an empty
+        chain (FAN-OUT below). Not ``fan_out``: no caller waits for this write (a close
+        behind, files.py), so the chain's latency costs nothing and its one send a file
+        is less of the client's time than one a replica. With ``sync`` the replicas
+        fsync first. ``expect_length``: the highest end acknowledged under this version
+        (PROTOCOL.md). Done when every replica has it."""
         fields: dict[str, Any] = {
             "chunk_id": handle.chunk_id,
             "version": handle.version,
@@ -316,7 +320,7 @@ class ChunkIo:
         if expect_length is not None:
             fields["expect_length"] = expect_length
         chain = handle.chain
-        if len(chain) > 1 and len(data) <= self.fanout_bytes_max:
+        if fan_out and len(chain) > 1 and len(data) <= self.fanout_bytes_max:
             await self._fan_out(chain, data, fields)
             return
         await self._pool.call(

@@ -30,13 +30,15 @@ asynchronous unlink under the directory's capabilities):
 
 New files' commits. The size, mtime and chunk lengths of a file this client created
 while it held the lease on its directory are committed through the same queue when a
-close makes them (``defer_commit``): the bytes are on every replica when the close
-returns, as always, and the commit lands as the removals do, within ``FLUSH_DELAY_S``.
-No other client can reach such a file without reading the directory first (a lookup or
-a listing: either recalls the lease, and the queue lands before the answer), so
-close-to-open holds between clients. An ``fsync`` of the file waits for its commit. A
-commit that fails to land (the chunk was replaced meanwhile: ``Stale``) is a WARNING and
-the error of the file's next ``fsync`` and of the directory's next ``fsyncdir``.
+close makes them (``defer_commit``): the bytes are on every replica when the commit is
+queued, and the commit lands as the removals do, within ``FLUSH_DELAY_S``. (A mount's
+``close(2)`` of a small one may return before that: files.py, CLOSE BEHIND; a recall lands
+such files first, ``land_behind``.) No other client can reach such a
+file without reading the directory first (a lookup or a listing: either recalls the
+lease, and the queue lands before the answer), so close-to-open holds between clients.
+An ``fsync`` of the file waits for its commit. A commit that fails to land (the chunk was
+replaced meanwhile: ``Stale``) is a WARNING and the error of the file's next ``fsync``
+and of the directory's next ``fsyncdir``.
 
 Ordering. One FIFO for the whole client, so that removals land in the order they were
 answered (the unlinks in a directory before its ``rmdir``), and every other metadata
@@ -63,7 +65,7 @@ import logging
 import stat
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,6 +194,7 @@ class DirLeases:
         on_commit_lost: Callable[[int], None],
         on_commit_landed: Callable[[Attr], None],
         is_open: Callable[[int], bool] = lambda ino: False,
+        land_behind: Callable[[list[int]], Awaitable[None]] | None = None,
         enabled: bool = True,
     ) -> None:
         self._meta = meta
@@ -206,6 +209,9 @@ class DirLeases:
         self._on_commit_lost = on_commit_lost  # (ino): a queued commit did not land
         self._on_commit_landed = on_commit_landed  # the attributes a queued commit gave
         self._is_open = is_open  # whether this client has the inode open
+        # Lands the bytes closes left for later in these directories (files.py, CLOSE
+        # BEHIND): before a recall's release.
+        self._land_behind = land_behind
         self.enabled = enabled
         self._leases: dict[int, DirLease] = {}
         self._refused: dict[int, float] = {}
@@ -378,6 +384,8 @@ class DirLeases:
 
     async def _recalled(self, inos: list[int]) -> None:
         try:
+            if self._land_behind is not None:
+                await self._land_behind(inos)
             await self.flush()
             await self._meta.read("fs.lease_release", inos=inos)
         except DfsError as e:
@@ -815,6 +823,17 @@ class DirLeases:
             log.info("commit of inode %d answered without attributes: %s", item.ino, e)
             return
         self._on_commit_landed(attr)
+
+    def holds(self, lease: DirLease) -> bool:
+        """Whether ``lease`` still holds (not recalled, expired, or granted again)."""
+        return self.valid(lease.ino) is lease
+
+    def write_lost(self, parent: int, ino: int, error: DfsError) -> None:
+        """Bytes a close left behind in directory ``parent`` (files.py, CLOSE BEHIND)
+        never landed: the directory's next ``fsyncdir`` and the file's next ``fsync``
+        report it."""
+        self._errors.setdefault(parent, []).append(error)
+        self._file_errors.setdefault(ino, error)
 
     def _failed(self, item: _Queued, error: DfsError) -> None:
         self._errors.setdefault(item.parent, []).append(error)

@@ -25,7 +25,7 @@ from dfs.client.chunkio import READ_BYTES_MAX, ChunkIo, gather
 from dfs.client.meta import MetaClient
 from dfs.client.options import ClientOptions
 from dfs.client.records import Attr, ChunkLocation
-from dfs.wire.errors import Stale, Timeout, Unavailable
+from dfs.wire.errors import DfsError, Stale, Timeout, Unavailable
 from dfs.wire.limits import LOCATE_COUNT_MAX
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class FileIo:
         on_attr: Callable[[Attr], None],
         defer_commit: Callable[[Any, int, dict[str, Any]], Attr | None] | None = None,
         land_commits: Callable[[int], Awaitable[None]] | None = None,
+        close_behind: Callable[[Any], bool] | None = None,
+        behind_failed: Callable[[Any, DfsError], None] | None = None,
     ) -> None:
         self.meta = meta
         self.chunks = chunks
@@ -66,6 +68,12 @@ class FileIo:
         # will give, or None (commit it the synchronous way); and the wait for them.
         self.defer_commit = defer_commit
         self.land_commits = land_commits
+        # files.py, CLOSE BEHIND: whether a close(2) of the given inode may leave its
+        # bytes for later (marking it ``behind``; None: never); what to do when a
+        # release's flush of such an inode failed (the inode, why); how many are behind.
+        self.close_behind = close_behind
+        self.behind_failed = behind_failed
+        self.behind_count = 0
 
     async def locate(self, ino: int, first: int, last: int) -> dict[int, ChunkLocation | None]:
         """Locations of chunks ``first..last`` (None: a hole), from the cache or batched

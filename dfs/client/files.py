@@ -61,6 +61,21 @@ and a renewal that did not wait for it could get a handle with the old length. A
 syncs only at its own version, so a chunk whose handle was renewed since our last write
 to it is synced by an empty ``chunk.write`` with ``sync`` under the new handle.
 
+CLOSE BEHIND (a mount's ``close(2)`` of a small file it created under its directory's
+lease; the promise is invariant 8c in docs/ARCHITECTURE.md). FUSE sends ``flush`` for
+``close(2)`` and ``release`` after it, without the caller waiting. When the inode allows
+it (``may_close_behind``: created under a lease, at most ``CLOSE_BEHIND_BYTES_MAX``
+buffered, nothing in flight) and the client does (``openfiles.py``: the lease still
+held, room in the cluster, not too many already), ``flush(behind=True)`` returns at once
+and marks the inode ``behind``; the release uploads and commits, while ``tar``/``cp`` go
+on. The upload goes along the chain (nobody waits for its latency). The client lands a
+``behind`` inode itself within the lease queue's flush bound if the release is late, and
+at once before a recall's answer, an ``fsyncdir`` of the directory, a rename or link of
+the file and its own open of it. Bytes the cluster does not take (``BEHIND_KEPT``: an
+outage, no room yet) stay here and are tried again until it does, while the client
+lives; anything else loses them, which the client reports (a WARNING, and the next
+``fsyncdir`` and ``fsync`` error).
+
 READ PATH. A read clips to the file size as this client knows it (its own writes
 included), waits for in-flight uploads that overlap it (the replicas would answer with
 older bytes), asks ``fs.locate`` for the chunks (batched, cached), reads each chunk range
@@ -85,125 +100,39 @@ from typing import Any
 import anyio
 
 from dfs.client.chunkio import gather
+from dfs.client.chunkwriter import (
+    BACKOFF_MAX_S,
+    BACKOFF_MIN_S,
+    HANDLE_MARGIN_MS,
+    HANDLE_OUTDATED,
+    REPLICA_FAILED,
+    ChunkWriter,
+    Pending,
+    Upload,
+    deadline_error,
+    lost_replica,
+)
 from dfs.client.fileio import FileIo
 from dfs.client.records import Attr, WriteHandle
+from dfs.leader import RETRYABLE
 from dfs.wire.errors import (
-    Busy,
-    Corrupt,
     DfsError,
     InternalError,
     Invalid,
     NoSpace,
-    NotFound,
-    PermissionDenied,
     Stale,
-    Timeout,
-    Unavailable,
 )
 from dfs.wire.limits import PERMISSION_BITS
 
 log = logging.getLogger(__name__)
 
-# A write handle this close to its expiry is renewed before use: a chunk.write must reach
-# the end of the chain before the token expires.
-HANDLE_MARGIN_MS = 5_000
-# Backoff between attempts of an upload after a replica failed.
-BACKOFF_MIN_S = 0.02
-BACKOFF_MAX_S = 1.0
-
-_HANDLE_OUTDATED = (Stale, PermissionDenied, NotFound)
-_REPLICA_FAILED = (Unavailable, Timeout, Busy, InternalError, Corrupt)
-# Failures that mean a replica of the chain is gone or bad (not merely busy): the writer
-# names it in its next fs.write_handle (``drop``) and the leader takes it out of the set.
-_REPLICA_LOST = (Unavailable, Timeout, InternalError, Corrupt, NoSpace)
-
-
-def _lost_replica(handle: WriteHandle, e: DfsError) -> int | None:
-    """The chain member that failed: the one the error names (a chunkserver down the chain
-    reports which one failed, PROTOCOL.md), else the first (we could not reach it)."""
-    if not isinstance(e, _REPLICA_LOST):
-        return None
-    address = e.details.get("address")
-    if not isinstance(address, str):
-        address = handle.chain[0].address
-    for replica in handle.chain:
-        if replica.address == address:
-            return replica.id
-    return None
-
-
-def _deadline_error(what: str, last: DfsError | None) -> DfsError:
-    if last is None or isinstance(last, Timeout):
-        return Timeout(f"{what}: no success before the deadline (last: {last})")
-    return Unavailable(f"{what}: no success before the deadline (last: {last})")
-
-
-class _Upload:
-    __slots__ = ("done", "end", "start")
-
-    def __init__(self, start: int, end: int) -> None:
-        self.start = start
-        self.end = end
-        self.done = anyio.Event()
-
-
-class _ChunkWriter:
-    """One chunk's write handle and the uploads using it."""
-
-    __slots__ = (
-        "acked_end", "acked_version", "failed", "handle", "idle", "lock", "users",
-        "written_version",
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        self.handle: WriteHandle | None = None
-        # Chain members that failed under the current handle, reported with the next one.
-        self.failed: set[int] = set()
-        self.written_version = 0  # the version our last write to the replicas carried
-        # The highest end every replica acknowledged under ``acked_version``.
-        self.acked_version = 0
-        self.acked_end = 0
-        self.lock = anyio.Lock()
-        self.users = 0
-        self.idle = anyio.Event()
-        self.idle.set()
-
-    def expect_length(self, handle: WriteHandle) -> int:
-        """What every replica must hold under ``handle`` (PROTOCOL.md, ``expect_length``)."""
-        if self.acked_version == handle.version:
-            return max(handle.length, self.acked_end)
-        return handle.length
-
-    def acked(self, handle: WriteHandle, end: int) -> None:
-        if handle.version > self.acked_version:
-            self.acked_version, self.acked_end = handle.version, 0
-        if handle.version == self.acked_version:
-            self.acked_end = max(self.acked_end, end)
-
-    def enter(self) -> None:
-        if self.users == 0:
-            self.idle = anyio.Event()
-        self.users += 1
-
-    def leave(self) -> None:
-        self.users -= 1
-        if self.users == 0:
-            self.idle.set()
-
-
-class _Pending:
-    """A chunk's uncommitted length, and the handle (chunk id, version) it was written
-    under: what ``fs.commit`` names."""
-
-    __slots__ = ("chunk_id", "length", "version")
-
-    def __init__(self, length: int, chunk_id: int, version: int) -> None:
-        self.length = length
-        self.chunk_id = chunk_id
-        self.version = version
-
-    def entry(self, index: int) -> list[int]:
-        return [index, self.length, self.chunk_id, self.version]
+# A close(2) leaves at most this many buffered bytes for the release (CLOSE BEHIND): it
+# is for small files, whose upload would otherwise be most of their time.
+CLOSE_BEHIND_BYTES_MAX = 1 << 20
+# Errors after which bytes a close left behind are kept for another attempt: an outage
+# (no leader, no chunkserver answering) or no room yet. The caller was told they were
+# written, so they wait for the cluster, as a local file system's writeback waits.
+BEHIND_KEPT: tuple[type[DfsError], ...] = (*RETRYABLE, NoSpace)
 
 
 def attr_stamp(attr: Attr) -> tuple[int, int, int]:
@@ -233,11 +162,11 @@ class OpenInode:
         self._ext_buf: bytearray | None = None
         self._ext_start = 0
         self._ext_cap = 0
-        self._uploads: list[_Upload] = []
+        self._uploads: list[Upload] = []
         self._upload_slots = anyio.Semaphore(io.options.uploads_in_flight_max)
         self._error: DfsError | None = None
-        self._writers: dict[int, _ChunkWriter] = {}
-        self._uncommitted: dict[int, _Pending] = {}  # chunk index -> what to commit
+        self._writers: dict[int, ChunkWriter] = {}
+        self._uncommitted: dict[int, Pending] = {}  # chunk index -> what to commit
         self._written: dict[int, int] = {}  # chunk index -> valid length known here
         self._unsynced: set[int] = set()  # chunks written since their last sync
         self._uploaded_end = 0  # end of the furthest upload that landed
@@ -258,8 +187,35 @@ class OpenInode:
         # (the directory lease, name) when this client created the file under its
         # directory's lease: commits that need no sync may go through its queue.
         self.created_under: tuple[Any, bytes] | None = None
+        self._behind = False
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def behind(self) -> bool:
+        """Whether a close(2) returned leaving this inode's bytes for later (CLOSE
+        BEHIND); cleared when a flush has landed them (``FileIo.behind_count`` counts
+        such inodes)."""
+        return self._behind
+
+    @behind.setter
+    def behind(self, value: bool) -> None:
+        if value != self._behind:
+            self._behind = value
+            self.io.behind_count += 1 if value else -1
+
+    def may_close_behind(self) -> bool:
+        """What this inode lets a close(2) leave for later (CLOSE BEHIND; the client
+        checks the lease and the cluster's room): created here under a lease, a small
+        buffer, nothing in flight, no error to report, no close that must sync."""
+        buf = self._ext_buf
+        return (
+            self.created_under is not None
+            and not self.io.options.sync_on_close
+            and self._error is None
+            and not self._uploads
+            and (buf is None or len(buf) <= CLOSE_BEHIND_BYTES_MAX)
+        )
 
     @property
     def dirty(self) -> bool:
@@ -387,7 +343,7 @@ class OpenInode:
     def adopt_handle(self, handle: WriteHandle) -> None:
         """A write handle that came with the file's creation (``fs.create`` with
         ``first_chunk``): the first write to its chunk needs no ``fs.write_handle``."""
-        writer = self._writers.setdefault(handle.index, _ChunkWriter())
+        writer = self._writers.setdefault(handle.index, ChunkWriter())
         if writer.handle is None:
             writer.handle = handle
             self.io.locations.drop(self.ino, handle.index)
@@ -517,11 +473,11 @@ class OpenInode:
     def _spawn_upload(self, start: int, data: memoryview) -> None:
         """Start an upload in the background (a slot is already taken)."""
         end = start + data.nbytes
-        upload = _Upload(start, end)
+        upload = Upload(start, end)
         self._uploads.append(upload)
         self.io.task_group.start_soon(self._run_upload, upload, data, name=f"upload ino {self.ino}")
 
-    async def _run_upload(self, upload: _Upload, data: memoryview) -> None:
+    async def _run_upload(self, upload: Upload, data: memoryview) -> None:
         try:
             await self._write_range(upload.start, data, sync=False)
         except DfsError as e:
@@ -540,7 +496,7 @@ class OpenInode:
             self._upload_slots.release()
             upload.done.set()
 
-    def _forget_unwritten(self, failed: _Upload) -> None:
+    def _forget_unwritten(self, failed: Upload) -> None:
         """An upload failed for good: its bytes are lost, and the writer is told (EIO at
         the next write, fsync or close, as Linux reports a writeback error). The size must
         no longer cover them: a later commit of it would point the file at bytes no replica
@@ -581,9 +537,11 @@ class OpenInode:
             else:
                 return
 
-    async def _write_range(self, start: int, data: memoryview, *, sync: bool) -> None:
+    async def _write_range(
+        self, start: int, data: memoryview, *, sync: bool, fan_out: bool = True
+    ) -> None:
         """Write ``data`` (inside one chunk) at file offset ``start``, retrying until the
-        deadline; record what landed."""
+        deadline; record what landed. ``fan_out``: as ``ChunkIo.write``."""
         io = self.io
         index, offset = divmod(start, io.chunk_size)
         end_in_chunk = offset + data.nbytes
@@ -591,16 +549,21 @@ class OpenInode:
         backoff_s = BACKOFF_MIN_S
         last: DfsError | None = None
         while True:
-            writer = self._writers.setdefault(index, _ChunkWriter())
+            writer = self._writers.setdefault(index, ChunkWriter())
             handle = await self._handle(index, writer, deadline, last)
             writer.enter()
             try:
                 await io.chunks.write(
-                    handle, offset, data, sync=sync, expect_length=writer.expect_length(handle)
+                    handle,
+                    offset,
+                    data,
+                    sync=sync,
+                    expect_length=writer.expect_length(handle),
+                    fan_out=fan_out,
                 )
-            except _HANDLE_OUTDATED as e:
+            except HANDLE_OUTDATED as e:
                 last, pause = e, False
-            except _REPLICA_FAILED as e:
+            except REPLICA_FAILED as e:
                 # The chain is broken somewhere: the next handle reports the replica that
                 # failed, and the leader bumps the version without it (design.md §5.3);
                 # re-replication restores the goal later.
@@ -635,13 +598,13 @@ class OpenInode:
                 writer.handle = None
             log.debug("ino %d chunk %d: write failed (%s); new handle", self.ino, index, last)
             if anyio.current_time() >= deadline:
-                raise _deadline_error(f"write to ino {self.ino} chunk {index}", last)
+                raise deadline_error(f"write to ino {self.ino} chunk {index}", last)
             if pause:
                 await anyio.sleep(min(backoff_s, max(0.0, deadline - anyio.current_time())))
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
 
-    def _note_lost(self, writer: _ChunkWriter, handle: WriteHandle, e: DfsError) -> None:
-        cs_id = _lost_replica(handle, e)
+    def _note_lost(self, writer: ChunkWriter, handle: WriteHandle, e: DfsError) -> None:
+        cs_id = lost_replica(handle, e)
         if cs_id is not None and len(handle.chain) > 1:
             log.info("ino %d chunk %d: replica on chunkserver %d failed (%s); dropping it",
                      self.ino, handle.index, cs_id, e)  # fmt: skip
@@ -654,12 +617,12 @@ class OpenInode:
         that the commit fails rather than hides bytes the newer handle's cut removed."""
         pending = self._uncommitted.get(index)
         if pending is None:
-            self._uncommitted[index] = _Pending(length, chunk_id, version)
+            self._uncommitted[index] = Pending(length, chunk_id, version)
         else:
             pending.length = max(pending.length, length)
 
     async def _handle(
-        self, index: int, writer: _ChunkWriter, deadline: float, last: DfsError | None
+        self, index: int, writer: ChunkWriter, deadline: float, last: DfsError | None
     ) -> WriteHandle:
         """The chunk's write handle, asking for a new one when there is none or it nears
         expiry (see NEW HANDLES AND CHUNK LENGTHS above)."""
@@ -672,7 +635,7 @@ class OpenInode:
                 return handle
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
-                raise _deadline_error(f"write handle for ino {self.ino} chunk {index}", last)
+                raise deadline_error(f"write handle for ino {self.ino} chunk {index}", last)
             await writer.idle.wait()
             async with self._commit_lock:
                 if index in self._uncommitted:
@@ -702,7 +665,7 @@ class OpenInode:
         backoff_s = BACKOFF_MIN_S
         last: DfsError | None = None
         while True:
-            writer = self._writers.setdefault(index, _ChunkWriter())
+            writer = self._writers.setdefault(index, ChunkWriter())
             handle = await self._handle(index, writer, deadline, last)
             try:
                 expect_length = writer.expect_length(handle)
@@ -718,15 +681,15 @@ class OpenInode:
                         writer.leave()
                     writer.written_version = max(writer.written_version, handle.version)
                 return
-            except _HANDLE_OUTDATED as e:
+            except HANDLE_OUTDATED as e:
                 last, pause = e, False
-            except _REPLICA_FAILED as e:
+            except REPLICA_FAILED as e:
                 last, pause = e, True
                 self._note_lost(writer, handle, e)
             if writer.handle is handle:
                 writer.handle = None
             if anyio.current_time() >= deadline:
-                raise _deadline_error(f"sync of ino {self.ino} chunk {index}", last)
+                raise deadline_error(f"sync of ino {self.ino} chunk {index}", last)
             if pause:
                 await anyio.sleep(min(backoff_s, max(0.0, deadline - anyio.current_time())))
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
@@ -790,7 +753,7 @@ class OpenInode:
         self.io.on_attr(attr)
         return attr
 
-    async def _lost(self, chunks: list[tuple[int, _Pending]], error: Stale) -> None:
+    async def _lost(self, chunks: list[tuple[int, Pending]], error: Stale) -> None:
         """``fs.commit`` answered ``Stale``: what ``chunks`` describe may have been cut by
         another client's handle or truncate. Forget it (the caller reports the error), the
         write handles and cached locations, and what we knew of chunk lengths; take the
@@ -843,17 +806,21 @@ class OpenInode:
             # Every earlier write has landed, so a synced write fsyncs its whole chunk. It
             # is an upload like the others (readers wait for it), written here inline.
             self._ext_buf = None
-            upload = _Upload(start, start + len(buf))
+            upload = Upload(start, start + len(buf))
             self._uploads.append(upload)
             try:
-                await self._write_range(start, memoryview(buf), sync=sync)
+                # A close behind: no one waits, so along the chain (ChunkIo.write).
+                await self._write_range(start, memoryview(buf), sync=sync, fan_out=not self.behind)
             except BaseException as e:
-                if not isinstance(e, DfsError) and self._ext_buf is None:
-                    # Cancelled: keep the data for the next flush. (A DfsError means the
-                    # write failed until its deadline: reported now, as Linux does.)
+                # Cancelled, or bytes a close left behind that the cluster did not take
+                # (BEHIND_KEPT; the client tries again: CLOSE BEHIND): the data is kept for
+                # the next flush. Otherwise the write failed until its deadline: reported
+                # now, as Linux does.
+                keep = not isinstance(e, DfsError) or (self.behind and isinstance(e, BEHIND_KEPT))
+                if keep and self._ext_buf is None:
                     # A copy: the abandoned call may still hold a view of ``buf``.
                     self._ext_buf, self._ext_start, self._ext_cap = bytearray(buf), start, cap
-                elif isinstance(e, DfsError):
+                elif not keep:
                     self._forget_unwritten(upload)
                 raise
             finally:
@@ -866,6 +833,7 @@ class OpenInode:
             await gather([partial(self._sync_chunk, i) for i in indexes])
             self._unsynced.difference_update(indexes)
         if not self._uncommitted and self._mtime_ns is None and not self._attrs:
+            self.behind = False
             return None
         mtime_ns = self._mtime_ns
         if mtime_ns is None and self._uncommitted:
@@ -880,6 +848,7 @@ class OpenInode:
         # Nothing is in flight (we hold the lock and waited): all we wrote is in the
         # table, whose lengths a fresh locate returns.
         self._written.clear()
+        self.behind = False
         return attr
 
     async def settle(self) -> None:

@@ -6,7 +6,7 @@ This is what the CLI and the FUSE adapter call. It is inode-based, like pyfuse3'
 FUSE adapter maps them). Path helpers (``resolve``, ``resolve_parent``) serve the CLI.
 
 What it owns: the caches (``cache.py``) and the table of inodes open in this client
-(``files.py``); it builds each metaserver request (docs/PROTOCOL.md) and keeps the caches
+(``files.py``; their life from open to last close is ``openfiles.py``); it builds each metaserver request (docs/PROTOCOL.md) and keeps the caches
 true to this client's own mutations, next to each call. What it must not do: import
 asyncio or server code (it runs under trio in the mount; ``tests/unit/test_boundaries.py``).
 
@@ -30,7 +30,7 @@ writes, as a crash would.
 
 Open inodes outlive their handles when a close leaves changes behind (its flush failed or
 was cancelled): the client keeps the inode, lets its uploads finish and commits what
-landed in the background (``_finish``), and only then forgets it. An ``open`` meanwhile
+landed in the background (``openfiles.py``, ``_finish``), and only then forgets it. An ``open`` meanwhile
 joins that state, so one inode never has two write-back states in one client.
 
 Consistency: attributes and entries are cached for ``attr_ttl_s``; this client's own
@@ -59,12 +59,12 @@ from dfs.client.chunkio import ChunkIo
 from dfs.client.conn import single_errors
 from dfs.client.dirleases import DirLease, DirLeases
 from dfs.client.fileio import FileIo
-from dfs.client.files import OpenInode, attr_stamp
-from dfs.client.handle import File, check_open_flags
+from dfs.client.handle import File
 from dfs.client.holdsync import HoldSync
 from dfs.client.inopool import InoPool
 from dfs.client.localread import LocalReads
 from dfs.client.meta import MetaClient
+from dfs.client.openfiles import OpenFiles
 from dfs.client.options import ClientOptions
 from dfs.client.paths import PathResolution, check_name
 from dfs.client.pool import ConnectionPool
@@ -96,7 +96,7 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 
-class FsClient(PathResolution, XattrCalls):
+class FsClient(PathResolution, XattrCalls, OpenFiles):
     """A client of one dfs cluster. See the module docstring for its lifetime."""
 
     def __init__(
@@ -150,11 +150,7 @@ class FsClient(PathResolution, XattrCalls):
             entries_max=options.cache_entries_max,
         )
         self._io: FileIo | None = None
-        self._open: dict[int, OpenInode] = {}
-        # Closed inodes with chunks written but not synced (``OpenInode.unsynced_state``),
-        # oldest first: a later open adopts them, so that its fsync syncs them too.
-        self._unsynced_closed: dict[int, tuple[tuple[int, int, int], set[int]]] = {}
-        self._finishers: set[anyio.CancelScope] = set()
+        self._init_open_files()
         # This client's open-file hold id (PROTOCOL.md, fs.open): random, so that two
         # clients never share one; the leader keeps an unlinked file we hold as an orphan.
         self.holder = random.SystemRandom().getrandbits(62) + 1
@@ -169,6 +165,7 @@ class FsClient(PathResolution, XattrCalls):
             on_commit_lost=self._commit_lost,
             on_commit_landed=self._commit_landed,
             is_open=self._is_open,
+            land_behind=self._land_behind,
             enabled=options.dir_leases,
         )
         self.meta.before = self.dirleases.before
@@ -231,6 +228,8 @@ class FsClient(PathResolution, XattrCalls):
             on_attr=self._own_attr,
             defer_commit=self._defer_commit,
             land_commits=self._land_commits,
+            close_behind=self._close_behind,
+            behind_failed=self._behind_failed,
         )
 
     async def aclose(self) -> None:
@@ -238,6 +237,7 @@ class FsClient(PathResolution, XattrCalls):
         await self.dirleases.aclose()
         for scope in list(self._finishers):
             scope.cancel()
+        self._drop_behind()
         self._open.clear()
         with anyio.CancelScope(shield=True):
             await self.holds.aclose()
@@ -262,57 +262,6 @@ class FsClient(PathResolution, XattrCalls):
         inode = self._open.get(attr.ino)
         if inode is not None:
             inode.saw(attr)
-
-    def _defer_commit(
-        self, created: tuple[DirLease, bytes], ino: int, fields: dict[str, Any]
-    ) -> Attr | None:
-        """Queue the commit ``fields`` of ``ino``, created here as ``name`` under
-        ``lease`` (``created``; dirleases.py, "New files' commits"); return the
-        attributes it will give, as this client can tell them. None: commit it the
-        synchronous way (the lease is gone, or the file has another name by now)."""
-        base = self.cache.attr(ino)
-        if base is None or base.nlink != 1:
-            return None
-        if not self.dirleases.defer_commit(*created, ino, fields):
-            return None
-        size = fields["size"]
-        changes: dict[str, Any] = {
-            "size": size,
-            "ctime_ns": time.time_ns(),
-            "blocks": base.blocks_at(size),  # as the namespace counts a file (state.py)
-        }
-        for name in ("mtime_ns", "uid", "gid", "atime_ns"):
-            if name in fields:
-                changes[name] = fields[name]
-        if "mode" in fields:
-            changes["mode"] = stat.S_IFMT(base.mode) | fields["mode"]
-        attr = dataclasses.replace(base, **changes)
-        self._own_attr(attr)
-        return attr
-
-    async def _land_commits(self, ino: int) -> None:
-        """Wait until the queued commits of ``ino`` have landed; raise the first that
-        failed since the last time (an fsync's writeback error)."""
-        if self.dirleases.queued(ino):
-            await self.dirleases.flush()
-        error = self.dirleases.file_error(ino)
-        if error is not None:
-            raise error
-
-    def _commit_landed(self, attr: Attr) -> None:
-        """A queued commit landed with ``attr``: the metaservers' stamp replaces the one
-        this client guessed, also for a later open's fsync to adopt the chunks it left
-        unsynced (``OpenInode.adopt_unsynced`` compares stamps)."""
-        self._own_attr(attr)
-        left = self._unsynced_closed.get(attr.ino)
-        if left is not None:
-            self._unsynced_closed[attr.ino] = (attr_stamp(attr), left[1])
-
-    def _commit_lost(self, ino: int) -> None:
-        """A queued commit of ``ino`` did not land: what this client told of its size
-        and times is not the metaservers'."""
-        self.cache.drop_attr(ino)
-        self.locations.drop(ino)
 
     def _local(self, attr: Attr) -> Attr:
         """``attr`` with this client's uncommitted size, mtime and attributes over it."""
@@ -438,7 +387,9 @@ class FsClient(PathResolution, XattrCalls):
         return attr
 
     async def statfs(self) -> StatFs:
-        return StatFs.from_wire(await self.meta.read("fs.statfs"))
+        statfs = StatFs.from_wire(await self.meta.read("fs.statfs"))
+        self._note_free(statfs)
+        return statfs
 
     # ------------------------------------------------------------------ directories
 
@@ -602,8 +553,7 @@ class FsClient(PathResolution, XattrCalls):
         if created:
             return await self._open_created(attr, flags, write_handle, lease, name)
         # Someone else's file: close-to-open revalidation applies as to any open.
-        attr = self._attr(await self.meta.read("fs.open", ino=attr.ino, holder=self.holder))
-        attr, file = await self._open_attr(attr, flags)
+        attr, file = await self._open_attr(await self._open_fresh(attr.ino), flags)
         return self._local(attr), file
 
     async def _create_leased(
@@ -745,6 +695,7 @@ class FsClient(PathResolution, XattrCalls):
         check_name(new_name)
         inode = self._open.get(ino)
         if inode is not None:
+            await self._land_first(inode)  # the new name may be where others look first
             inode.created_under = None  # a second name: no more commits through a queue
         header = await self._adding("fs.link", new_parent, new_name, ino=ino)
         return self._created(new_parent, new_name, header, new_inode=False)
@@ -775,6 +726,10 @@ class FsClient(PathResolution, XattrCalls):
         check_name(new_name)
         if self.holds.pending:
             await self.holds.send_pending()
+        # The new name may be where another client looks first (files.py, CLOSE BEHIND);
+        # an exchange moves the other name too.
+        await self._land_first(self._behind_named(parent, name))
+        await self._land_first(self._behind_named(new_parent, new_name))
         try:
             await self.meta.mutate(
                 "fs.rename",
@@ -802,12 +757,12 @@ class FsClient(PathResolution, XattrCalls):
                 self._forget(parent, name)
             raise
 
-    def _is_open(self, ino: int) -> bool:
-        return ino in self._open
-
     async def fsyncdir(self, ino: int) -> None:
         """Wait until this client's removals have landed; raise the first that failed in
-        directory ``ino`` since the last ``fsyncdir`` of it (as a writeback error)."""
+        directory ``ino`` since the last ``fsyncdir`` of it (as a writeback error);
+        files whose close left their bytes for later land first (files.py, CLOSE
+        BEHIND)."""
+        await self._land_dir(ino)
         await self.dirleases.fsyncdir(ino)
 
     def _owner(self, uid: int | None, gid: int | None) -> dict[str, int]:
@@ -857,100 +812,6 @@ class FsClient(PathResolution, XattrCalls):
         if ino is not None:
             self.cache.drop_attr(ino)
         self.cache.drop_attr(parent)
-
-    # ------------------------------------------------------------------ files
-
-    async def open(self, ino: int, flags: int) -> File:
-        """Open ``ino`` with ``os.O_*`` ``flags``: attributes are revalidated with the
-        metaserver (close-to-open); O_TRUNC truncates a writable open; O_APPEND writes go to
-        the end. Returns a ``File``; close it (``await f.close()`` or ``async with``)."""
-        attr = self._attr(await self.meta.read("fs.open", ino=ino, holder=self.holder))
-        self.cache.put_attr(attr)
-        _, handle = await self._open_attr(attr, flags)
-        return handle
-
-    async def _open_attr(self, attr: Attr, flags: int) -> tuple[Attr, File]:
-        """Open with fresh ``attr``; returns the attributes after O_TRUNC, and the file."""
-        check_open_flags(attr, flags)
-        io = self._file_io()
-        self.locations.revalidate(attr)
-        inode = self._open.get(attr.ino)
-        if inode is None:
-            inode = self._open[attr.ino] = OpenInode(io, attr)
-            self.holds.start_keepalive()
-        else:
-            inode.refresh(attr)
-        inode.refs += 1
-        handle = File(inode, flags, self._release)
-        if handle.writable:
-            # Only a writer adopts them: syncing a chunk may take a write handle, which a
-            # reader may not be allowed.
-            left = self._unsynced_closed.pop(attr.ino, None)
-            if left is not None:
-                inode.adopt_unsynced(*left)
-        if flags & os.O_TRUNC and handle.writable and (inode.size or attr.size):
-            try:
-                attr = await inode.truncate(0)
-            except BaseException:
-                await handle.close()
-                raise
-        return attr, handle
-
-    def _release(self, inode: OpenInode) -> None:
-        """A handle closed. The inode goes with its last handle, unless changes are left
-        (the close's flush failed or was cancelled): then it stays, open to a new ``open``,
-        until ``_finish`` has committed them or failed to."""
-        inode.refs -= 1
-        if inode.refs > 0 or self._open.get(inode.ino) is not inode:
-            return
-        if not inode.unsaved:
-            self._drop_inode(inode)
-        elif not inode.finishing:
-            inode.finishing = True
-            scope = anyio.CancelScope()  # made here, so that ``aclose`` can cancel it at once
-            self._finishers.add(scope)
-            self._task_group.start_soon(self._finish, inode, scope, name=f"finish ino {inode.ino}")
-
-    def _drop_inode(self, inode: OpenInode) -> None:
-        """The inode's last handle is closed and nothing is left to commit: drop it, keep
-        what a later fsync must still sync, and let go of the hold."""
-        del self._open[inode.ino]
-        left = inode.unsynced_state()
-        if left is not None:
-            closed = self._unsynced_closed
-            closed.pop(inode.ino, None)
-            closed[inode.ino] = left
-            while len(closed) > self.options.unsynced_closed_max:
-                del closed[next(iter(closed))]
-        self.holds.released(inode.ino)
-
-    async def _finish(self, inode: OpenInode, scope: anyio.CancelScope) -> None:
-        """Wait for the inode's uploads and commit what landed, for a close that could not;
-        then forget the inode if no handle joined it meanwhile. (The close that left the
-        changes reported its own error; what fails here is logged.)"""
-        error: BaseException | None = None
-        try:
-            with scope:
-                try:
-                    await inode.settle()
-                except DfsError as e:
-                    error = e
-                except Exception as e:
-                    log.exception("ino %d: committing what a close left failed", inode.ino)
-                    error = e
-        finally:
-            self._finishers.discard(scope)
-            inode.finishing = False
-            if inode.refs <= 0 and self._open.get(inode.ino) is inode:
-                if inode.unsaved:
-                    log.warning(
-                        "ino %d: uncommitted writes a close left are dropped (%s)",
-                        inode.ino,
-                        error or "cancelled",
-                    )
-                elif error is not None:
-                    log.info("ino %d: after a failed close: %s", inode.ino, error)
-                self._drop_inode(inode)
 
 
 def _with_attr(entry: DirEntry, attr: Attr) -> DirEntry:

@@ -227,13 +227,19 @@ class File:
         self._check(write=True)
         await allocate.fallocate(self.inode, mode, offset, length)
 
-    async def flush(self) -> None:
+    async def flush(self, *, behind: bool = False) -> None:
         """Everything written so far on every replica (in its page cache) and committed
         (close-to-open: another client's ``open`` after this sees it); durable too under
-        ``sync_on_close``."""
+        ``sync_on_close``. ``behind``: this is a mount's ``close(2)``, which FUSE's
+        release follows without the caller waiting: a small new file may leave it all
+        to later (files.py, CLOSE BEHIND)."""
         if self.closed:
             raise Invalid("file is closed")
-        await self.inode.flush(sync=self.inode.io.options.sync_on_close)
+        inode = self.inode
+        io = inode.io
+        if behind and io.close_behind is not None and io.close_behind(inode):
+            return
+        await inode.flush(sync=io.options.sync_on_close)
 
     async def fsync(self, datasync: bool = False) -> None:
         """Everything written so far durable on every replica, and committed. (The
@@ -263,11 +269,16 @@ class File:
             # From here on, attribute changes are sent at once: this close commits only
             # those made before it.
             self.inode.writers -= 1
+        inode = self.inode
         try:
             if self.writable:
-                await self.inode.flush(sync=self.inode.io.options.sync_on_close)
+                await inode.flush(sync=inode.io.options.sync_on_close)
+        except DfsError as e:
+            if inode.behind and inode.io.behind_failed is not None:
+                inode.io.behind_failed(inode, e)  # nobody else hears of it (CLOSE BEHIND)
+            raise
         finally:
-            self._release(self.inode)
+            self._release(inode)
 
     async def __aenter__(self) -> File:
         return self

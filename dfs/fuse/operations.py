@@ -722,10 +722,12 @@ class DfsOperations(pyfuse3.Operations):
     @_errors("flush")
     async def flush(self, fh: int) -> None:
         # close(2) of a descriptor: commit what was written, so the next open anywhere
-        # sees it (close-to-open), and report a failed write here, as NFS does.
+        # sees it (close-to-open), and report a failed write here, as NFS does. A small
+        # file created under its directory's lease leaves that to the release, which
+        # follows at once (files.py, CLOSE BEHIND).
         f = self._file(fh)
         if f.writable:
-            await f.flush()
+            await f.flush(behind=True)
 
     @_errors("fsync")
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -747,11 +749,11 @@ class DfsOperations(pyfuse3.Operations):
 
     async def close_all(self) -> None:
         """Close every handle still open (the mount is going away): commit what they
-        wrote. Errors are logged; each close is bounded by the client's timeout."""
-        try:
-            await self.fs.dirleases.aclose()  # queued removals land before the unmount
-        except Exception as e:
-            log.warning("queued removals lost on unmount: %s", e)
+        wrote. Errors are logged; each close is bounded by the client's timeout.
+        The handles go first, and then the client's retries of what closes left (within
+        its timeout): a file whose close(2) left its bytes for later (files.py, CLOSE
+        BEHIND), its release cut off by the unmount or still retrying, queues its commit
+        under a lease, and the queue lands after them."""
         handles, self._files = self._files, {}
         self._dirs.clear()
         self._open_attrs.clear()
@@ -760,6 +762,11 @@ class DfsOperations(pyfuse3.Operations):
                 await handle.file.close()
             except Exception as e:
                 log.warning("fh %d (ino %d): lost on unmount: %s", fh, handle.file.ino, e)
+        await self.fs.finish_all(self.fs.options.timeout_s)
+        try:
+            await self.fs.dirleases.aclose()  # queued removals land before the unmount
+        except Exception as e:
+            log.warning("queued removals lost on unmount: %s", e)
         for ino in list(self._hidden):
             try:
                 await self._drop_hidden(ino)

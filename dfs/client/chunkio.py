@@ -303,10 +303,10 @@ class ChunkIo:
         the first, which forwards along the rest; or, for a write of at most
         ``fanout_bytes_max`` when ``fan_out``, to every replica at once, each with an empty
         chain (FAN-OUT below). Not ``fan_out``: no caller waits for this write (a close
-        behind, files.py), so the chain's latency costs nothing and its one send a file
-        is less of the client's time than one a replica. With ``sync`` the replicas
-        fsync first. ``expect_length``: the highest end acknowledged under this version
-        (PROTOCOL.md). Done when every replica has it."""
+        behind, files.py), so the chain's latency costs nothing and the client sends once
+        instead of once per replica. With ``sync`` the replicas fsync first.
+        ``expect_length``: the highest end acknowledged under this version (PROTOCOL.md).
+        Done when every replica has it."""
         fields: dict[str, Any] = {
             "chunk_id": handle.chunk_id,
             "version": handle.version,

@@ -72,9 +72,10 @@ on. The upload goes along the chain (nobody waits for its latency). The client l
 ``behind`` inode itself within the lease queue's flush bound if the release is late, and
 at once before a recall's answer, an ``fsyncdir`` of the directory, a rename or link of
 the file and its own open of it. Bytes the cluster does not take (``BEHIND_KEPT``: an
-outage, no room yet) stay here and are tried again until it does, while the client
-lives; anything else loses them, which the client reports (a WARNING, and the next
-``fsyncdir`` and ``fsync`` error).
+outage, no room yet) stay here and are tried again, with backoff, until it does, while
+the client lives; an ``fsync``, ``fsyncdir``, rename or link that meets such an error
+fails with it meanwhile. Anything else loses them, which the client reports (a WARNING,
+and the next ``fsyncdir`` and ``fsync`` error).
 
 READ PATH. A read clips to the file size as this client knows it (its own writes
 included), waits for in-flight uploads that overlap it (the replicas would answer with
@@ -809,8 +810,10 @@ class OpenInode:
             upload = Upload(start, start + len(buf))
             self._uploads.append(upload)
             try:
-                # A close behind: no one waits, so along the chain (ChunkIo.write).
-                await self._write_range(start, memoryview(buf), sync=sync, fan_out=not self.behind)
+                # Bytes a close left behind go along the chain (ChunkIo.write), unless an
+                # fsync waits for them.
+                fan_out = sync or not self.behind
+                await self._write_range(start, memoryview(buf), sync=sync, fan_out=fan_out)
             except BaseException as e:
                 # Cancelled, or bytes a close left behind that the cluster did not take
                 # (BEHIND_KEPT; the client tries again: CLOSE BEHIND): the data is kept for

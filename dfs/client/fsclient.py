@@ -695,7 +695,7 @@ class FsClient(PathResolution, XattrCalls, OpenFiles):
         check_name(new_name)
         inode = self._open.get(ino)
         if inode is not None:
-            await self._land_first(inode)  # the new name may be where others look first
+            await self._land_first([inode])  # the new name may be where others look first
             inode.created_under = None  # a second name: no more commits through a queue
         header = await self._adding("fs.link", new_parent, new_name, ino=ino)
         return self._created(new_parent, new_name, header, new_inode=False)
@@ -728,8 +728,9 @@ class FsClient(PathResolution, XattrCalls, OpenFiles):
             await self.holds.send_pending()
         # The new name may be where another client looks first (files.py, CLOSE BEHIND);
         # an exchange moves the other name too.
-        await self._land_first(self._behind_named(parent, name))
-        await self._land_first(self._behind_named(new_parent, new_name))
+        await self._land_first(
+            self._behind_in(parent, name) + self._behind_in(new_parent, new_name)
+        )
         try:
             await self.meta.mutate(
                 "fs.rename",
@@ -762,7 +763,7 @@ class FsClient(PathResolution, XattrCalls, OpenFiles):
         directory ``ino`` since the last ``fsyncdir`` of it (as a writeback error);
         files whose close left their bytes for later land first (files.py, CLOSE
         BEHIND)."""
-        await self._land_dir(ino)
+        await self._land_first(self._behind_in(ino))
         await self.dirleases.fsyncdir(ino)
 
     def _owner(self, uid: int | None, gid: int | None) -> dict[str, int]:

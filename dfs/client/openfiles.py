@@ -72,6 +72,7 @@ class OpenFiles:
     _free_at: float
     _free_asking: bool
     _landing_later: bool
+    _land_backoff: dict[int, tuple[float, float]]
 
     def _init_open_files(self) -> None:
         self._open = {}
@@ -87,6 +88,9 @@ class OpenFiles:
         self._free_at = -math.inf
         self._free_asking = False
         self._landing_later = False
+        # Inodes left behind whose landing failed and was kept: (monotonic time of the
+        # next attempt, the pause after that one), for ``_land_later``'s backoff.
+        self._land_backoff = {}
 
     def _file_io(self) -> FileIo:
         raise NotImplementedError
@@ -120,10 +124,13 @@ class OpenFiles:
         if age_s > BEHIND_FREE_STALE_S or self._free_bytes < BEHIND_FREE_MIN_BYTES:
             return False
         inode.behind = True
+        self._ensure_landing()
+        return True
+
+    def _ensure_landing(self) -> None:
         if not self._landing_later:
             self._landing_later = True
             self._task_group.start_soon(self._land_later, name="land closes left behind")
-        return True
 
     def _note_free(self, statfs: StatFs) -> None:
         self._free_bytes, self._free_at = statfs.bytes_free, time.monotonic()
@@ -141,19 +148,32 @@ class OpenFiles:
     async def _land_later(self) -> None:
         """Land, every flush bound, the inodes left behind whose release has not done it
         (a descriptor still open elsewhere: a dup, a fork, a mapping), so that no lease
-        lapses with them and a crash loses no more than the queue's window. Ends when
+        lapses with them and a crash loses no more than the queue's window. One whose
+        landing failed and was kept (an outage) is tried again with backoff. Ends when
         none are left but those ``_finish`` retries."""
         try:
             while True:
                 await anyio.sleep(dirleases.FLUSH_DELAY_S)  # the queue's bound, as for it
-                waiting = [i for i in self._open.values() if i.behind and not i.finishing]
-                if not waiting:
+                left = [i for i in self._open.values() if i.behind and not i.finishing]
+                if not left:
                     return
-                await gather([partial(self._land, inode) for inode in waiting])
+                now = time.monotonic()
+                due = [i for i in left if self._land_backoff.get(i.ino, (0.0, 0.0))[0] <= now]
+                await gather([partial(self._land_again, inode) for inode in due])
         except Exception:  # never into the task group: the client must live on
             log.exception("landing closes left behind failed")
         finally:
             self._landing_later = False
+
+    async def _land_again(self, inode: OpenInode) -> None:
+        """``_land`` for ``_land_later``, with the inode's backoff."""
+        await self._land(inode)
+        if inode.behind and inode.unsaved:  # kept: try again later
+            _, pause_s = self._land_backoff.get(inode.ino, (0.0, dirleases.RETRY_MIN_S / 2))
+            pause_s = min(pause_s * 2, dirleases.RETRY_MAX_S)
+            self._land_backoff[inode.ino] = (time.monotonic() + pause_s, pause_s)
+        else:
+            self._land_backoff.pop(inode.ino, None)
 
     async def _land_behind(self, dirs: list[int]) -> None:
         """Before a recall's release (``DirLeases``): land every inode left behind in the
@@ -174,39 +194,42 @@ class OpenFiles:
         except DfsError as e:
             self._behind_failed(inode, e)
 
-    async def _land_first(self, inode: OpenInode | None) -> None:
-        """Before a request that could show ``inode`` to another client without a recall
-        (a rename or link; an ``fsyncdir``): land what its close left behind. Raises what
-        failed, to that request's caller (the bytes are kept if the cluster may take them
-        later)."""
-        if inode is not None and inode.behind:
-            await inode.flush(sync=self.options.sync_on_close)
+    async def _land_first(self, inodes: list[OpenInode]) -> None:
+        """Before a request that could show these inodes to another client without a
+        recall (a rename or link of one; an ``fsyncdir`` of their directory): land what
+        their closes left behind, at once. Bytes the cluster did not take (kept, and tried
+        again later) fail the request with that error: it must not go on without them.
+        Bytes lost for good are reported as a writeback error (``_behind_lost``: the next
+        ``fsync`` and ``fsyncdir``), and the request goes on."""
+        waiting = [inode for inode in inodes if inode.behind]
+        errors: list[DfsError] = []
 
-    async def _land_dir(self, ino: int) -> None:
-        """``_land_first`` for every inode left behind in directory ``ino``."""
-        for inode in list(self._open.values()):
-            created = inode.created_under
-            if inode.behind and created is not None and created[0].ino == ino:
-                await self._land_first(inode)
+        async def land(inode: OpenInode) -> None:
+            try:
+                await inode.flush(sync=self.options.sync_on_close)
+            except DfsError as e:
+                if isinstance(e, BEHIND_KEPT) and inode.unsaved:
+                    errors.append(e)
+                else:
+                    self._behind_lost(inode, e)
 
-    def _behind_named(self, parent: int, name: bytes) -> OpenInode | None:
-        """The inode left behind as ``name`` in ``parent``, if any (by the name it was
-        created with: landed before any rename)."""
+        await gather([partial(land, inode) for inode in waiting])
+        if errors:
+            raise errors[0]
+
+    def _behind_in(self, parent: int, name: bytes | None = None) -> list[OpenInode]:
+        """The inodes left behind in directory ``parent`` (as ``name``, when given: by
+        the name each was created with, landed before any rename)."""
         if not self._file_io().behind_count:
-            return None
+            return []
+        found = []
         for inode in self._open.values():
             created = inode.created_under
-            if (
-                inode.behind
-                and created is not None
-                and (created[0].ino, created[1])
-                == (
-                    parent,
-                    name,
-                )
-            ):
-                return inode
-        return None
+            if not (inode.behind and created is not None and created[0].ino == parent):
+                continue
+            if name is None or created[1] == name:
+                found.append(inode)
+        return found
 
     def _behind_failed(self, inode: OpenInode, error: DfsError) -> None:
         """A flush of ``inode``'s bytes left behind failed where nobody hears of it (the
@@ -313,8 +336,10 @@ class OpenFiles:
         a close of it left behind (files.py, CLOSE BEHIND) lands first, or the answer
         could be from before that commit and this open would take the size it gives."""
         inode = self._open.get(ino)
-        if inode is not None and inode.behind:
-            await self._land(inode)  # failing, this client's own bytes still show
+        if inode is not None and inode.behind and not inode.finishing:
+            # Failing (or retrying, when finishing), this client's own bytes still show:
+            # the inode is dirty, and keeps its size over the answer's.
+            await self._land(inode)
         header = await self.meta.read("fs.open", ino=ino, holder=self.holder)
         return Attr.from_wire(header.get("attr"))
 
@@ -366,6 +391,8 @@ class OpenFiles:
         """The inode's last handle is closed and nothing is left to commit: drop it, keep
         what a later fsync must still sync, and let go of the hold."""
         del self._open[inode.ino]
+        inode.behind = False  # reported already if its bytes were lost
+        self._land_backoff.pop(inode.ino, None)
         left = inode.unsynced_state()
         if left is not None:
             closed = self._unsynced_closed
@@ -395,6 +422,8 @@ class OpenFiles:
                         log.exception("ino %d: committing what a close left failed", inode.ino)
                         error = e
                     kept = isinstance(error, BEHIND_KEPT) and inode.behind and inode.unsaved
+                    if kept and inode.refs > 0:
+                        self._ensure_landing()  # a handle joined: retried as left behind
                     if not kept or inode.refs > 0:
                         break
                     if pause_s == dirleases.RETRY_MIN_S:

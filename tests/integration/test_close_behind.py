@@ -188,8 +188,9 @@ async def test_sync_on_close_leaves_nothing_behind(layout: local.Layout) -> None
 async def test_bytes_left_behind_outlive_an_outage_of_every_chunkserver(
     layout: local.Layout,
 ) -> None:
-    """The release's write gives up at the client's deadline while no chunkserver is up;
-    the bytes stay with the client, which tries again until the cluster takes them."""
+    """An fsyncdir and the release give up at the client's deadline while no chunkserver
+    is up (the fsyncdir fails); the bytes stay with the client, which tries again until
+    the cluster takes them."""
     chunkservers = [name for name, _, _ in layout.daemons() if not name.startswith("meta")]
     async with client(layout, timeout_s=1.0) as a, client(layout) as b:
         d = await a.mkdir(ROOT_INO, b"outage", 0o755)
@@ -201,6 +202,9 @@ async def test_bytes_left_behind_outlive_an_outage_of_every_chunkserver(
                 os.kill(pid, signal.SIGKILL)
             for pid in pids.values():
                 assert await anyio.to_thread.run_sync(local.wait_exit, pid, 10.0)
+            with pytest.raises(DfsError):
+                await a.fsyncdir(d.ino)  # cannot land them: fails, rather than go on
+            assert f.inode.behind and f.inode.unsaved
             with pytest.raises(DfsError):
                 await f.close()  # the release: no replica answers within the deadline
             assert f.inode.behind and f.inode.unsaved  # kept for the next attempt

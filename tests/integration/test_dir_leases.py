@@ -34,6 +34,7 @@ from typing import Any
 
 import anyio
 import pytest
+from quick_timers import QUICK_TIMERS
 
 from dfs.cli import cluster as local
 from dfs.client import FsClient, dirleases
@@ -53,8 +54,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
     with running(
         tmp_path_factory.mktemp("cluster"),
         chunk_size=1 << 20,
-        meta_options={"tick_ms": 50},
-        cs_options={"heartbeat_ms": 200},
+        **QUICK_TIMERS,
     ) as lay:
         yield lay
 

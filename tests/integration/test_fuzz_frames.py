@@ -21,6 +21,7 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from quick_timers import QUICK_TIMERS
 
 from dfs import rpc
 from dfs.cli import cluster as local
@@ -119,7 +120,7 @@ def cluster(
 ) -> Iterator[tuple[local.Layout, dict[str, int]]]:
     lay = local.init_layout(
         tmp_path_factory.mktemp("cluster"), metaservers=1, chunkservers=1, chunk_size=1 << 20,
-        meta_options={"tick_ms": 50}, cs_options={"heartbeat_ms": 200},
+        **QUICK_TIMERS,
     )  # fmt: skip
     pids = local.start_daemons(lay)
     try:

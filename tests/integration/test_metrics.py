@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
+from quick_timers import QUICK_TIMERS
 
 from dfs import rpc
 from dfs.cli import cluster as local
@@ -29,7 +30,7 @@ SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", re.M)
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
     with running(
         tmp_path_factory.mktemp("cluster"), chunk_size=1 << 20, metrics=True,
-        meta_options={"tick_ms": 50}, cs_options={"heartbeat_ms": 200},
+        **QUICK_TIMERS,
     ) as lay:  # fmt: skip
         yield lay
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
+from quick_timers import QUICK_TIMERS
 
 from dfs import rpc
 from dfs.cli import cluster as local
@@ -38,7 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(12
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
     with running(
         tmp_path_factory.mktemp("cluster"), chunkservers=1, chunk_size=1 << 20,
-        meta_options={"tick_ms": 50}, cs_options={"heartbeat_ms": 200},
+        **QUICK_TIMERS,
     ) as lay:  # fmt: skip
         yield lay
 

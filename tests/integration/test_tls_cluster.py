@@ -26,6 +26,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from quick_timers import QUICK_TIMERS
 
 from dfs import pki, rpc
 from dfs.cli import cluster as local
@@ -48,7 +49,7 @@ pytestmark = [
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
     with localcluster.running(
         tmp_path_factory.mktemp("cluster"), chunkservers=1, chunk_size=1 << 20,
-        meta_options={"tick_ms": 50}, cs_options={"heartbeat_ms": 200}, tls=True,
+        **QUICK_TIMERS, tls=True,
     ) as lay:  # fmt: skip
         yield lay
 

@@ -234,3 +234,21 @@ async def test_a_cluster_short_of_space_gets_closes_that_wait(
         assert not f.inode.behind
         assert a.stats.count("chunk.write") > writes
         await f.close()
+
+
+async def test_past_the_cap_closes_write_at_once_and_the_counts_come_back_to_zero(
+    layout: local.Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(openfiles, "BEHIND_INODES_MAX", 2)
+    async with client(layout) as a:
+        d = await a.mkdir(ROOT_INO, b"cap", 0o755)
+        first = [await closed_behind(a, d.ino, b"f%d" % i, b"x" * 100) for i in range(2)]
+        io = first[0].inode.io
+        assert io.behind_count == 2
+        _, f = await a.create_and_open(d.ino, b"third", MODE, os.O_WRONLY | os.O_CREAT)
+        await f.write(0, b"y" * 100)
+        await f.flush(behind=True)  # past the cap: written now
+        assert not f.inode.behind
+        for g in [*first, f]:
+            await g.close()
+        assert io.behind_count == 0

@@ -25,14 +25,14 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
-from quick_timers import QUICK_TIMERS
+from quick_timers import quick_cluster
 
 from dfs.cli import cluster as local
 from dfs.client import ClientOptions, FsClient, dirleases, openfiles
 from dfs.client.fsclient import ROOT_INO
 from dfs.client.handle import File
 from dfs.wire.errors import DfsError
-from tools.testing.localcluster import client, running
+from tools.testing.localcluster import client
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -41,11 +41,7 @@ MODE = 0o100644
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
-    with running(
-        tmp_path_factory.mktemp("cluster"),
-        chunk_size=1 << 20,
-        **QUICK_TIMERS,
-    ) as lay:
+    with quick_cluster(tmp_path_factory) as lay:
         yield lay
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import anyio
 import pytest
-from quick_timers import QUICK_TIMERS
+from quick_timers import quick_cluster
 
 from dfs.cli import cluster as local
 from dfs.client import FsClient, dirleases
@@ -42,7 +42,7 @@ from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
 from dfs.wire.errors import NotEmpty, NotFound, Stale, Timeout, Unavailable
 from metaserver.leases import LEASE_MS
-from tools.testing.localcluster import client, running
+from tools.testing.localcluster import client
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -51,11 +51,7 @@ MODE = 0o100644
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Layout]:
-    with running(
-        tmp_path_factory.mktemp("cluster"),
-        chunk_size=1 << 20,
-        **QUICK_TIMERS,
-    ) as lay:
+    with quick_cluster(tmp_path_factory) as lay:
         yield lay
 
 

@@ -105,12 +105,14 @@ class MetaCache:
 
     # ------------------------------------------------------------------ attributes
 
-    def attr(self, ino: int) -> Attr | None:
-        """The cached attributes of ``ino`` if still fresh."""
+    def attr(self, ino: int, *, kept: bool = False) -> Attr | None:
+        """The cached attributes of ``ino`` if still fresh; with ``kept``, however old
+        (the caller knows nobody else changed them: an inode this client made under a
+        directory lease it still holds)."""
         item = self._attrs.get(ino)
         if item is None:
             return None
-        if item[1] <= self._clock():
+        if not kept and item[1] <= self._clock():
             del self._attrs[ino]
             return None
         return item[0]

@@ -2,7 +2,9 @@
 new files' commits answered at once, shipped in batches.
 
 What it owns: the leases this client holds (``fs.dir_lease``: an exclusive right to
-answer removals in a directory from its complete listing), the queue of what it
+answer removals in a directory from its complete listing, which ``FsClient`` also lists
+and looks names up in, by the lease's own cookies), the inodes this client made under a
+lease it still holds (``made_here``: nobody else can have changed them), the queue of what it
 acknowledged but has not yet sent (removals; creates, mkdirs and symlinks with reserved
 inode numbers; changes of a leased directory's attributes; the commits of files it created
 in a directory it held the lease on), the flush of that queue as one ``fs.batch`` (one Raft
@@ -74,7 +76,7 @@ from anyio.abc import TaskGroup
 
 from dfs.client.meta import MetaClient, Resume
 from dfs.client.pool import ConnectionPool
-from dfs.client.records import Attr, DirEntry
+from dfs.client.records import Attr
 from dfs.types import BATCH_OPS_MAX
 from dfs.wire.errors import (
     DfsError,
@@ -132,6 +134,11 @@ DEFER_CHUNKS_MAX = 4
 # the longest.
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
+# Cookies of a listing from a lease held here (``DirLease.cookies``) start past this, far
+# above any the leader gives (one per insertion into a directory).
+LOCAL_COOKIE_BASE = 1 << 62
+# ``DirLeases._made`` is pruned of leases no longer held when it has doubled past this.
+MADE_PRUNE_MIN = 4096
 # Requests that add a name to ``parent`` (their answer depends on that name and on the
 # directory still being there, not on other queued names).
 _CREATING = frozenset({"fs.create", "fs.mkdir", "fs.mknod", "fs.symlink", "fs.link"})
@@ -144,22 +151,39 @@ class DirLease:
     ino: int
     until: float  # local monotonic time
     conn: Any  # the connection it was granted on: valid only while that one is up
-    names: dict[bytes, Attr]  # the listing: name -> attributes as of the grant
+    # The listing: name -> attributes as of the grant (or as made here), in ``cookies``
+    # order. Changed only through ``add`` and ``drop``.
+    names: dict[bytes, Attr]
     # The directory's own attributes, kept true to the removals answered here (None once
     # a synchronous change made them unknown): the kernel asks for them before every
     # removal (its permission check), and asking the leader would flush the queue.
     attr: Attr | None
     # What the leader takes in fs.batch (metaservers of an older version take less).
     batchable: frozenset[str] = frozenset({"fs.unlink", "fs.rmdir", "fs.commit"})
-    # The first page of the directory's last ``fs.readdir`` under this lease, and whether
-    # more followed; dropped at any change of ``names``, which ``changes`` counts.
-    page: tuple[list[DirEntry], bool, int] | None = None  # (entries, more, the page's limit)
-    changes: int = 0
+    # Each name's place in this client's listing of the directory: a name added takes the
+    # next, so a listing paged by them (``FsClient.readdir_page``) gives a name present
+    # throughout exactly once, as the leader's cookies do (namespace/state.py, DirData).
+    # They start at LOCAL_COOKIE_BASE, apart from the leader's.
+    cookies: dict[bytes, int] = field(default_factory=dict)
+    next_cookie: int = 0
     used: float = 0.0  # local monotonic time this client last answered or listed under it
 
-    def changed(self) -> None:
-        self.page = None
-        self.changes += 1
+    def __post_init__(self) -> None:
+        self.next_cookie = LOCAL_COOKIE_BASE
+        for name in self.names:
+            self.next_cookie += 1
+            self.cookies[name] = self.next_cookie
+
+    def add(self, name: bytes, attr: Attr) -> None:
+        """``name`` is ``attr`` now: a new name, or one named anew (a new cookie)."""
+        self.drop(name)
+        self.names[name] = attr
+        self.next_cookie += 1
+        self.cookies[name] = self.next_cookie
+
+    def drop(self, name: bytes) -> Attr | None:
+        self.cookies.pop(name, None)
+        return self.names.pop(name, None)
 
 
 @dataclass(slots=True)
@@ -238,6 +262,9 @@ class DirLeases:
         self._new_inos: dict[int, int] = {}  # inodes whose create, mkdir or symlink is queued
         self._committing: dict[int, int] = {}  # directories of files with commits queued
         self._attr_queued: dict[int, int] = {}  # directories with a setattr queued
+        # Inodes this client made under a lease, with that lease (``made_here``).
+        self._made: dict[int, DirLease] = {}
+        self._made_pruned_at = MADE_PRUNE_MIN
 
     @staticmethod
     def _now() -> float:
@@ -432,14 +459,22 @@ class DirLeases:
             if lease is None or current is None or current.ino != ino:
                 return False
             self._leases.pop(ino, None)
-        del lease.names[name]
-        lease.changed()
+        lease.drop(name)
+        self._made.pop(ino, None)
         if lease.attr is not None:
             now_ns = time.time_ns()  # the leader stamps its own when the batch lands
             nlink = lease.attr.nlink - (1 if op == "fs.rmdir" else 0)
-            lease.attr = dataclasses.replace(
-                lease.attr, nlink=nlink, mtime_ns=now_ns, ctime_ns=now_ns
-            )
+            if nlink < 2:
+                # A directory counts itself and its "..": this count went wrong somewhere.
+                # Not shown to anyone: the leader is asked again.
+                log.warning(
+                    "directory inode %d: nlink %d counted here; asking again", parent, nlink
+                )
+                lease.attr = None
+            else:
+                lease.attr = dataclasses.replace(
+                    lease.attr, nlink=nlink, mtime_ns=now_ns, ctime_ns=now_ns
+                )
         self._enqueue(_Queued(op, parent, name, ino))
         return True
 
@@ -499,8 +534,10 @@ class DirLeases:
             or op not in lease.batchable
         ):
             return False
-        lease.names[name] = attr
-        lease.changed()
+        lease.add(name, attr)
+        self._made[attr.ino] = lease
+        if len(self._made) > self._made_pruned_at:
+            self._prune_made()
         nlink = lease.attr.nlink + (1 if op == "fs.mkdir" else 0)  # the new ".."
         lease.attr = dataclasses.replace(
             lease.attr, nlink=nlink, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns
@@ -573,8 +610,7 @@ class DirLeases:
         own for a change answered under it; None: unknown)."""
         lease = self._leases.get(parent)
         if lease is not None:
-            lease.names[name] = attr
-            lease.changed()
+            lease.add(name, attr)
             if parent_attr is lease.attr:
                 pass  # answered under this lease: its attributes are ours already
             elif parent_attr is not None and lease.attr is not None and parent in self._queued_inos:
@@ -605,8 +641,9 @@ class DirLeases:
 
     def note_removed(self, parent: int, name: bytes) -> None:
         lease = self._leases.get(parent)
-        if lease is not None and lease.names.pop(name, None) is not None:
-            lease.changed()
+        removed = lease.drop(name) if lease is not None else None
+        if lease is not None and removed is not None:
+            self._made.pop(removed.ino, None)
             lease.attr = None  # a synchronous removal: its times are the leader's
 
     def lookup(self, parent: int, name: bytes) -> tuple[bool, Attr | None]:
@@ -618,16 +655,30 @@ class DirLeases:
             return False, None
         return True, lease.names.get(name)
 
-    def keep_listing(
-        self, asked: DirLease, changes: int, page: list[DirEntry], more: bool, limit: int
-    ) -> None:
-        """``page``, the first of directory ``asked.ino``, was fetched under ``asked`` when
-        it had seen ``changes``: kept as ``asked.page`` if the lease still holds and no name
-        changed meanwhile. Nobody else can change the names while the lease holds: a
-        listing again (``rm -rf`` lists each directory twice before emptying it, once to
-        see whether it is empty) needs no round trip."""
-        if self.valid(asked.ino) is asked and asked.changes == changes:
-            asked.page = (page, more, limit)
+    def made_here(self, ino: int) -> bool:
+        """Whether this client made ``ino`` (``queue_new``) under a lease it still holds:
+        then no other client can have reached it (it would have looked into the directory
+        first, which recalls the lease), so what this client last saw of its attributes is
+        still true, however old (``FsClient._known``)."""
+        lease = self._made.get(ino)
+        if lease is None:
+            return False
+        if self._held(lease.ino) is lease:
+            return True
+        del self._made[ino]
+        return False
+
+    def forget_made(self, ino: int) -> None:
+        """``ino`` gets a name another client may reach (a hard link elsewhere)."""
+        self._made.pop(ino, None)
+
+    def _prune_made(self) -> None:
+        """Drop the inodes made under leases no longer held (amortized: run when the map
+        has doubled since the last time)."""
+        self._made = {
+            ino: lease for ino, lease in self._made.items() if self._held(lease.ino) is lease
+        }
+        self._made_pruned_at = max(MADE_PRUNE_MIN, 2 * len(self._made))
 
     def dir_attr(self, ino: int) -> Attr | None:
         """The attributes of directory ``ino`` if leased here (and known)."""
@@ -940,4 +991,4 @@ def _result(answer: Any) -> DfsError | None:
     return None if answer.get("ok") is True else error_from_wire(answer.get("err"))
 
 
-__all__ = ["FLUSH_DELAY_S", "DirLeases"]
+__all__ = ["FLUSH_DELAY_S", "LOCAL_COOKIE_BASE", "DirLease", "DirLeases"]

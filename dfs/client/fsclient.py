@@ -57,7 +57,7 @@ from anyio.abc import TaskGroup
 from dfs.client.cache import Clock, LocationCache, MetaCache
 from dfs.client.chunkio import ChunkIo
 from dfs.client.conn import single_errors
-from dfs.client.dirleases import DirLease, DirLeases
+from dfs.client.dirleases import LOCAL_COOKIE_BASE, DirLease, DirLeases
 from dfs.client.fileio import FileIo
 from dfs.client.handle import File
 from dfs.client.holdsync import HoldSync
@@ -270,13 +270,23 @@ class FsClient(PathResolution, XattrCalls, OpenFiles):
             return attr
         return inode.overlay(attr)
 
+    def _known(self, ino: int) -> Attr | None:
+        """The attributes of ``ino`` this client can answer with at once: a leased
+        directory's own, a fresh cached answer, or the last this client saw of an inode it
+        made under a lease it still holds, however old (``DirLeases.made_here``: nobody
+        else can have changed them). None: ask the metaservers."""
+        attr = self.dirleases.dir_attr(ino)
+        if attr is not None:
+            return attr
+        return self.cache.attr(ino, kept=self.dirleases.made_here(ino))
+
     @staticmethod
     def _attr(header: dict[str, Any]) -> Attr:
         return Attr.from_wire(header.get("attr"))
 
     async def getattr(self, ino: int, *, fresh: bool = False) -> Attr:
-        """The inode's attributes: from the cache unless stale or ``fresh``."""
-        attr = None if fresh else self.dirleases.dir_attr(ino) or self.cache.attr(ino)
+        """The inode's attributes: as known here (``_known``) unless ``fresh``."""
+        attr = None if fresh else self._known(ino)
         if attr is None:
             attr = self._attr(await self.meta.read("fs.getattr", ino=ino))
             self.cache.put_attr(attr)
@@ -293,8 +303,12 @@ class FsClient(PathResolution, XattrCalls, OpenFiles):
         elif self.cache.absent(parent, name):
             raise NotFound("no such name (cached)", name=name)
         leased, found = self.dirleases.lookup(parent, name)
-        if leased and found is None:  # the leased listing is complete: known absent
-            raise NotFound("no such name (leased listing)", name=name)
+        if leased:
+            if found is None:  # the leased listing is complete: known absent
+                raise NotFound("no such name (leased listing)", name=name)
+            attr = self._known(found.ino)
+            if attr is not None:  # the name is the lease's, the attributes known here
+                return self._local(attr)
         try:
             header = await self.meta.read("fs.lookup", parent=parent, name=name)
         except NotFound:
@@ -398,32 +412,45 @@ class FsClient(PathResolution, XattrCalls, OpenFiles):
     ) -> tuple[list[DirEntry], bool]:
         """One page of directory ``ino`` after ``cookie`` (0: from the start), with
         attributes; and whether more entries follow. Pass the last entry's ``cookie`` to
-        continue. ``.`` and ``..`` are not listed."""
-        lease = self.dirleases.valid(ino) if cookie == 0 else None
-        if lease is not None and lease.page is not None and lease.page[2] == limit:
-            # The names are the lease's; each entry's attributes are the cache's, as fresh
-            # as a getattr's answer (none expired), or the page is fetched again.
-            page, more, _ = lease.page
-            shown = []
-            for e in page:
-                cached = self.cache.attr(e.attr.ino)
-                if cached is None:
-                    break
-                shown.append(_with_attr(e, self._local(self._shown(cached))))
-            else:
-                return shown, more
-        changes = 0 if lease is None else lease.changes
+        continue. ``.`` and ``..`` are not listed.
+
+        Under a lease held here, when every entry's attributes are known here
+        (``_known``), the listing is the lease's, whole, with no round trip: ``rm -rf``
+        lists every directory a ``tar x`` just made, and ``ls -l`` after a ``cp -r``. Its
+        cookies are the lease's (``DirLease.cookies``); one of them after the lease is
+        gone ends the listing (only a ``seekdir`` across a ``rewinddir`` can ask that)."""
+        local = cookie == 0 or cookie > LOCAL_COOKIE_BASE
+        lease = self.dirleases.valid(ino) if local else None
+        if lease is not None:
+            listing = self._leased_listing(lease, cookie)
+            if listing is not None:
+                return listing, False
+        if cookie > LOCAL_COOKIE_BASE:
+            return [], False
         header = await self.meta.read("fs.readdir", ino=ino, cookie=cookie, limit=limit)
         entries = [DirEntry.from_wire(e) for e in field(header, "entries", list)]
         more = field(header, "more", bool, False)
-        if lease is not None:
-            self.dirleases.keep_listing(lease, changes, entries, more, limit)
         out = []
         for entry in entries:
             attr = self._shown(entry.attr)
             self.cache.put_entry(ino, entry.name, attr)
             out.append(_with_attr(entry, self._local(attr)))
         return out, more
+
+    def _leased_listing(self, lease: DirLease, after: int) -> list[DirEntry] | None:
+        """The entries of ``lease``'s listing after cookie ``after`` (0: all), each with
+        its attributes as known here; None if one's are not."""
+        cookies = lease.cookies
+        out = []
+        for name, entry in lease.names.items():
+            cookie = cookies[name]
+            if cookie <= after:
+                continue
+            attr = self._known(entry.ino)
+            if attr is None:
+                return None
+            out.append(DirEntry(name, self._local(attr), cookie))
+        return out
 
     def _shown(self, attr: Attr) -> Attr:
         """A listed entry's attributes as this client knows them: a leased directory's
@@ -693,6 +720,7 @@ class FsClient(PathResolution, XattrCalls, OpenFiles):
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
         """A hard link ``new_name`` in ``new_parent`` to ``ino``; returns its attributes."""
         check_name(new_name)
+        self.dirleases.forget_made(ino)  # reachable by the new name from now on
         inode = self._open.get(ino)
         if inode is not None:
             await self._land_first([inode])  # the new name may be where others look first

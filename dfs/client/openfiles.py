@@ -100,6 +100,9 @@ class OpenFiles:
     def _own_attr(self, attr: Attr) -> None:
         raise NotImplementedError
 
+    def _known(self, ino: int) -> Attr | None:
+        raise NotImplementedError
+
     async def statfs(self) -> StatFs:
         raise NotImplementedError
 
@@ -277,7 +280,7 @@ class OpenFiles:
         ``lease`` (``created``; dirleases.py, "New files' commits"); return the
         attributes it will give, as this client can tell them. None: commit it the
         synchronous way (the lease is gone, or the file has another name by now)."""
-        base = self.cache.attr(ino)
+        base = self._known(ino)
         if base is None or base.nlink != 1:
             return None
         if not self.dirleases.defer_commit(*created, ino, fields):

@@ -685,3 +685,104 @@ async def test_leader_killed_with_a_tree_queued_loses_nothing_fsyncdir_acked(
             f_attr = await b.lookup(d.ino, b"f")
             async with await b.open(f_attr.ino, os.O_RDONLY) as g:
                 assert await g.read(0, 100) == b"%d" % d.ino
+
+
+class FakeClock:
+    """The client's cache clock, moved by hand (leases keep their own clock)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def same_attrs(a: Any, b: Any) -> bool:
+    """The same inode as two answers tell it (the leader stamps its own times)."""
+    fields = ("ino", "mode", "nlink", "uid", "gid", "size", "blocks", "goal")
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
+async def test_what_a_client_made_under_its_lease_is_listed_and_looked_up_at_once(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    """``rm -rf`` after ``tar x``, ``ls -l`` after ``cp -r``: a directory leased here is
+    listed from the lease with no round trip, and what this client made in it answers
+    with what it last saw, however old its cache (nobody else can have reached those
+    inodes). The attributes listed are the ones looked up and stat'ed, and the ones
+    another client sees once it looks."""
+    clock = FakeClock()
+    async with client(layout, clock=clock) as a, client(layout) as b:
+        d = await leased_dir_with_reserved(a, b"listed")
+        sizes = {b"f%02d" % i: 100 * i for i in range(8)}
+        for name, size in sizes.items():
+            _, f = await a.create_and_open(d, name, MODE, os.O_WRONLY | os.O_CREAT)
+            await f.write(0, b"x" * size)
+            await f.close()
+        await a.mkdir(d, b"sub", 0o755)
+        await a.symlink(d, b"link", b"f01")
+        clock.now += 3600  # every cached answer is long stale
+        asked = {op: a.stats.count(op) for op in ("fs.readdir", "fs.lookup", "fs.getattr")}
+        listed = {e.name: e.attr async for e in a.readdir(d)}
+        looked = {name: await a.lookup(d, name) for name in listed}
+        stated = {name: await a.getattr(attr.ino) for name, attr in listed.items()}
+        assert {op: a.stats.count(op) for op in asked} == asked  # all answered here
+        assert listed == looked == stated
+        assert {name: listed[name].size for name in sizes} == sizes
+        assert (listed[b"sub"].nlink, listed[b"link"].size) == (2, 3)
+        for name, attr in listed.items():  # B's first look recalls A's lease
+            assert same_attrs(await b.lookup(d, name), attr), name
+        clock.now += 3600
+        assert {e.name async for e in a.readdir(d)} == set(listed)
+        assert a.stats.count("fs.readdir") > asked["fs.readdir"]  # the lease is gone
+
+
+async def test_a_leased_listing_pages_by_the_leases_own_cookies(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    """Paged by the lease's cookies, a listing gives each name present throughout exactly
+    once while names come and go in the middle of it (as the leader's cookies do); a name
+    made anew comes after the names already there."""
+    async with client(layout) as a, client(layout) as b:
+        d = await leased_dir_with_reserved(a, b"paged")
+        for i in range(10):
+            _, f = await a.create_and_open(d, b"n%02d" % i, MODE, os.O_WRONLY | os.O_CREAT)
+            await f.close()
+        readdirs = a.stats.count("fs.readdir")
+        first, more = await a.readdir_page(d, 0, 100)
+        assert not more and len(first) == 11  # with the helper's "first"
+        cut = first[4].cookie
+        await a.unlink(d, first[2].name)  # before the cut
+        await a.unlink(d, first[7].name)  # after it
+        _, f = await a.create_and_open(d, first[2].name, MODE, os.O_WRONLY | os.O_CREAT)
+        await f.close()
+        rest, more = await a.readdir_page(d, cut, 100)
+        assert not more
+        expected = [e.name for e in first[5:] if e.name != first[7].name] + [first[2].name]
+        assert [e.name for e in rest] == expected
+        assert a.stats.count("fs.readdir") == readdirs
+        # A cookie of the lease's once it is gone ends the listing (only a seekdir across
+        # a rewinddir can ask for it); a listing from the start asks the leader.
+        await b.lookup(d, b"n00")
+        assert await a.readdir_page(d, cut, 100) == ([], False)
+        assert len(await names(a, d)) == 10
+
+
+async def test_a_file_made_here_and_linked_elsewhere_is_asked_for_again(
+    layout: local.Layout, no_timed_flush: None
+) -> None:
+    """A hard link in another directory lets other clients reach a file A made under its
+    lease without a recall of that lease: from then on A's cache ages as for any file."""
+    clock = FakeClock()
+    async with client(layout, clock=clock) as a, client(layout) as b:
+        d = await leased_dir_with_reserved(a, b"made-linked")
+        other = await a.mkdir(ROOT_INO, b"made-linked-elsewhere", 0o755)
+        made, f = await a.create_and_open(d, b"f", MODE, os.O_WRONLY | os.O_CREAT)
+        await f.close()
+        await a.link(made.ino, other.ino, b"g")
+        reached = await b.lookup(other.ino, b"g")
+        async with await b.open(reached.ino, os.O_WRONLY) as g:
+            await g.write(0, b"y" * 500)
+        assert a.dirleases.valid(d) is not None  # B never looked into d
+        clock.now += 3600
+        assert (await a.getattr(made.ino)).size == 500

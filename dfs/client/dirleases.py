@@ -609,22 +609,28 @@ class DirLeases:
         directory's attributes (``parent_attr``: the synchronous answer's, or the lease's
         own for a change answered under it; None: unknown)."""
         lease = self._leases.get(parent)
-        if lease is not None:
-            lease.add(name, attr)
-            if parent_attr is lease.attr:
-                pass  # answered under this lease: its attributes are ours already
-            elif parent_attr is not None and lease.attr is not None and parent in self._queued_inos:
-                # The answer does not count what is queued in the directory yet (a new
-                # subdirectory's "..", a removal): keep ours, with this change and the
-                # leader's times.
-                lease.attr = dataclasses.replace(
-                    lease.attr,
-                    nlink=lease.attr.nlink + (1 if attr.is_dir else 0),
-                    mtime_ns=parent_attr.mtime_ns,
-                    ctime_ns=parent_attr.ctime_ns,
-                )
-            else:
-                lease.attr = parent_attr
+        if lease is None:
+            return
+        lease.add(name, attr)
+        if parent_attr is lease.attr:
+            return  # answered under this lease: its attributes are ours already
+        # A synchronous answer's nlink may be older than a batch of this directory that
+        # landed after the request went out (the two answers are handled in either order):
+        # it would lose that batch's subdirectories, and an rm -rf then counted below
+        # zero. So the count stays ours; the times are the answer's.
+        if lease.attr is not None:
+            stamp = parent_attr or lease.attr
+            now_ns = time.time_ns() if parent_attr is None else stamp.mtime_ns
+            lease.attr = dataclasses.replace(
+                lease.attr,
+                nlink=lease.attr.nlink + (1 if attr.is_dir else 0),
+                mtime_ns=now_ns,
+                ctime_ns=now_ns if parent_attr is None else stamp.ctime_ns,
+            )
+        else:
+            # Unknown here, and the answer's may be that old: the lease goes, and the next
+            # create asks for it again (after the queue), with the leader's attributes.
+            del self._leases[parent]
 
     def saw_attr(self, attr: Attr) -> None:
         """The metaservers' answer to this client's change of ``attr.ino`` (a chmod of a

@@ -297,7 +297,7 @@ class FsClient(PathResolution, XattrCalls, OpenFiles):
         check_name(name)
         ino = self.cache.entry(parent, name)
         if ino is not None:
-            attr = self.cache.attr(ino)
+            attr = self._known(ino)
             if attr is not None:
                 return self._local(attr)
         elif self.cache.absent(parent, name):
@@ -817,6 +817,7 @@ class FsClient(PathResolution, XattrCalls, OpenFiles):
         lease), and the parent's attributes ``parent_attr`` (None: unknown)."""
         self.cache.put_entry(parent, name, attr)
         self.dirleases.note_added(parent, name, attr, parent_attr)
+        parent_attr = self.dirleases.dir_attr(parent) or parent_attr  # a leased one's: ours
         if parent_attr is not None:
             self.cache.put_attr(parent_attr)
         else:

@@ -177,23 +177,24 @@ class MetaCache:
 
     # ------------------------------------------------------------------ xattrs
 
-    def xattr(self, ino: int, name: bytes) -> tuple[bool, bytes | None]:
-        """(known, value): the value of xattr ``name`` of ``ino``, None when known absent."""
+    def xattr(self, ino: int, name: bytes, *, kept: bool = False) -> tuple[bool, bytes | None]:
+        """(known, value): the value of xattr ``name`` of ``ino``, None when known absent;
+        ``kept`` as for ``attr`` (however old)."""
         names = self._xattrs.get(ino)
         if names is not None:
             item = names.get(name)
             if item is not None:
-                if item[1] > self._clock():
+                if kept or item[1] > self._clock():
                     return True, item[0]
                 del names[name]
-        if self._until(self._no_xattrs, ino) or self._attr_says_no_xattrs(ino):
+        if self._until(self._no_xattrs, ino) or self._attr_says_no_xattrs(ino, kept):
             return True, None
         return False, None
 
-    def _attr_says_no_xattrs(self, ino: int) -> bool:
+    def _attr_says_no_xattrs(self, ino: int, kept: bool) -> bool:
         if ino in self._xattrs_changed:
             return False
-        attr = self.attr(ino)
+        attr = self.attr(ino, kept=kept)
         return attr is not None and attr.has_xattrs is False
 
     @property

@@ -47,7 +47,9 @@ class XattrCalls:
         if name == USAGE_XATTR:
             u = await self.usage(ino)
             return (" ".join(f"{k}={u[k]}" for k in USAGE_FIELDS) + "\n").encode()
-        known, value = self.cache.xattr(ino, name)
+        # An inode made here under a lease still held: only this client changes its
+        # xattrs (dirleases.py, ``made_here``), so what it knows stays true.
+        known, value = self.cache.xattr(ino, name, kept=self.dirleases.made_here(ino))
         if not known:
             epoch = self.cache.xattr_epoch
             try:

@@ -40,7 +40,7 @@ from dfs.cli import cluster as local
 from dfs.client import FsClient, dirleases
 from dfs.client.fsclient import ROOT_INO
 from dfs.secret import load_secret
-from dfs.wire.errors import NotEmpty, NotFound, Stale, Timeout, Unavailable
+from dfs.wire.errors import NoAttr, NotEmpty, NotFound, Stale, Timeout, Unavailable
 from metaserver.leases import LEASE_MS
 from tools.testing.localcluster import client
 
@@ -722,10 +722,14 @@ async def test_what_a_client_made_under_its_lease_is_listed_and_looked_up_at_onc
         await a.mkdir(d, b"sub", 0o755)
         await a.symlink(d, b"link", b"f01")
         clock.now += 3600  # every cached answer is long stale
-        asked = {op: a.stats.count(op) for op in ("fs.readdir", "fs.lookup", "fs.getattr")}
+        ops = ("fs.readdir", "fs.lookup", "fs.getattr", "fs.getxattr")
+        asked = {op: a.stats.count(op) for op in ops}
         listed = {e.name: e.attr async for e in a.readdir(d)}
         looked = {name: await a.lookup(d, name) for name in listed}
         stated = {name: await a.getattr(attr.ino) for name, attr in listed.items()}
+        for attr in listed.values():  # ls -l asks each for its ACL
+            with pytest.raises(NoAttr):
+                await a.getxattr(attr.ino, b"system.posix_acl_access")
         assert {op: a.stats.count(op) for op in asked} == asked  # all answered here
         assert listed == looked == stated
         assert {name: listed[name].size for name in sizes} == sizes

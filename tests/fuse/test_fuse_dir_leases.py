@@ -93,3 +93,44 @@ def test_files_closed_just_before_an_unmount_land_whole(
     assert sorted(os.listdir(seen)) == sorted(payloads)
     for name, data in payloads.items():
         assert (seen / name).read_bytes() == data, name
+
+
+def test_a_tree_untarred_here_lists_as_it_stats_and_as_another_mount_sees_it(
+    mounts: Mounts, mnt: Path, workdir: Path, tmp_path: Path
+) -> None:
+    """``tar x``, then ``ls -lR`` and ``rm -rf`` at once, on one mount: the listing comes
+    from the leases (what the mount made there, however old its cache), and must say what
+    a stat says there and what another mount sees (every directory's nlink included: a
+    count that drifted made rm -rf fail with EIO); then the tree goes whole."""
+    source = tmp_path / "src"
+    for i in range(6):
+        d = source / f"d{i}" / "inner"
+        d.mkdir(parents=True)
+        for j in range(12):
+            (d.parent / f"f{j}").write_bytes(os.urandom(50 * j))
+        (d / "deep").write_bytes(b"deep")
+        (d.parent / "link").symlink_to("f3")
+    tarball = tmp_path / "tree.tar"
+    subprocess.run(["tar", "cf", str(tarball), "-C", str(source), "."], check=True, timeout=60)
+    maker = mounts.mount("untar-here")
+    tree = maker / workdir.name / "untarred"
+    tree.mkdir()
+    subprocess.run(["tar", "xf", str(tarball), "-C", str(tree)], check=True, timeout=120)
+
+    def fields(st: os.stat_result) -> tuple[int, ...]:
+        return (st.st_mode, st.st_size, st.st_nlink, st.st_uid, st.st_gid, st.st_mtime_ns)
+
+    listed: dict[str, tuple[int, ...]] = {}
+    for top, _dirs, _files in os.walk(tree):
+        with os.scandir(top) as entries:
+            for entry in entries:
+                path = os.path.join(top, entry.name)
+                here = fields(entry.stat(follow_symlinks=False))
+                assert here == fields(os.lstat(path)), path
+                listed[os.path.relpath(path, tree)] = here
+    assert len(listed) == 6 * (12 + 4)
+    seen = mnt / workdir.name / "untarred"  # the other mount's look recalls the leases
+    for rel, here in listed.items():
+        assert fields(os.lstat(seen / rel)) == here, rel
+    subprocess.run(["rm", "-rf", str(tree)], check=True, timeout=120)
+    assert "untarred" not in os.listdir(workdir)

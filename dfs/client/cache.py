@@ -177,9 +177,13 @@ class MetaCache:
 
     # ------------------------------------------------------------------ xattrs
 
-    def xattr(self, ino: int, name: bytes, *, kept: bool = False) -> tuple[bool, bytes | None]:
+    def xattr(
+        self, ino: int, name: bytes, *, kept: bool = False, attr: Attr | None = None
+    ) -> tuple[bool, bytes | None]:
         """(known, value): the value of xattr ``name`` of ``ino``, None when known absent;
-        ``kept`` as for ``attr`` (however old)."""
+        ``kept`` as for ``attr`` (however old). ``attr``: the inode's attributes as the
+        caller knows them (their ``has_xattrs`` answers for a name not cached), else the
+        cache's."""
         names = self._xattrs.get(ino)
         if names is not None:
             item = names.get(name)
@@ -187,14 +191,14 @@ class MetaCache:
                 if kept or item[1] > self._clock():
                     return True, item[0]
                 del names[name]
-        if self._until(self._no_xattrs, ino) or self._attr_says_no_xattrs(ino, kept):
+        if self._until(self._no_xattrs, ino) or self._attr_says_no_xattrs(ino, kept, attr):
             return True, None
         return False, None
 
-    def _attr_says_no_xattrs(self, ino: int, kept: bool) -> bool:
+    def _attr_says_no_xattrs(self, ino: int, kept: bool, attr: Attr | None) -> bool:
         if ino in self._xattrs_changed:
             return False
-        attr = self.attr(ino, kept=kept)
+        attr = attr or self.attr(ino, kept=kept)
         return attr is not None and attr.has_xattrs is False
 
     @property

@@ -146,7 +146,7 @@ _CREATING = frozenset({"fs.create", "fs.mkdir", "fs.mknod", "fs.symlink", "fs.li
 _NEW = frozenset({"fs.create", "fs.mkdir", "fs.symlink"})
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)  # weakly referable: tests check none outlives
 class DirLease:
     ino: int
     until: float  # local monotonic time
@@ -166,6 +166,8 @@ class DirLease:
     # They start at LOCAL_COOKIE_BASE, apart from the leader's.
     cookies: dict[bytes, int] = field(default_factory=dict)
     next_cookie: int = 0
+    # The files and symlinks this client made under this lease (``DirLeases.made_here``).
+    made: set[int] = field(default_factory=set)
     used: float = 0.0  # local monotonic time this client last answered or listed under it
 
     def __post_init__(self) -> None:
@@ -262,8 +264,9 @@ class DirLeases:
         self._new_inos: dict[int, int] = {}  # inodes whose create, mkdir or symlink is queued
         self._committing: dict[int, int] = {}  # directories of files with commits queued
         self._attr_queued: dict[int, int] = {}  # directories with a setattr queued
-        # Inodes this client made under a lease, with that lease (``made_here``).
-        self._made: dict[int, DirLease] = {}
+        # Inodes this client made under a lease -> that lease's directory (``made_here``:
+        # the lease object itself is not kept, or a dead one's listing would stay alive).
+        self._made: dict[int, int] = {}
         self._made_pruned_at = MADE_PRUNE_MIN
 
     @staticmethod
@@ -460,7 +463,7 @@ class DirLeases:
                 return False
             self._leases.pop(ino, None)
         lease.drop(name)
-        self._made.pop(ino, None)
+        self._unmade(ino)
         if lease.attr is not None:
             now_ns = time.time_ns()  # the leader stamps its own when the batch lands
             nlink = lease.attr.nlink - (1 if op == "fs.rmdir" else 0)
@@ -535,9 +538,11 @@ class DirLeases:
         ):
             return False
         lease.add(name, attr)
-        self._made[attr.ino] = lease
-        if len(self._made) > self._made_pruned_at:
-            self._prune_made()
+        if op != "fs.mkdir":  # a directory's attributes are its own lease's (``dir_attr``)
+            lease.made.add(attr.ino)
+            self._made[attr.ino] = lease.ino
+            if len(self._made) > self._made_pruned_at:
+                self._prune_made()
         nlink = lease.attr.nlink + (1 if op == "fs.mkdir" else 0)  # the new ".."
         lease.attr = dataclasses.replace(
             lease.attr, nlink=nlink, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns
@@ -611,6 +616,12 @@ class DirLeases:
         lease = self._leases.get(parent)
         if lease is None:
             return
+        listed = lease.names.get(name)
+        if listed is not None and listed.ino == attr.ino:
+            # Listed already: answered under this lease (``queue_new``), or nothing was
+            # added (an existing file opened with O_CREAT: its listing place and the
+            # directory's times stay).
+            return
         lease.add(name, attr)
         if parent_attr is lease.attr:
             return  # answered under this lease: its attributes are ours already
@@ -649,7 +660,7 @@ class DirLeases:
         lease = self._leases.get(parent)
         removed = lease.drop(name) if lease is not None else None
         if lease is not None and removed is not None:
-            self._made.pop(removed.ino, None)
+            self._unmade(removed.ino)
             lease.attr = None  # a synchronous removal: its times are the leader's
 
     def lookup(self, parent: int, name: bytes) -> tuple[bool, Attr | None]:
@@ -662,29 +673,44 @@ class DirLeases:
         return True, lease.names.get(name)
 
     def made_here(self, ino: int) -> bool:
-        """Whether this client made ``ino`` (``queue_new``) under a lease it still holds:
-        then no other client can have reached it (it would have looked into the directory
-        first, which recalls the lease), so what this client last saw of its attributes is
-        still true, however old (``FsClient._known``)."""
-        lease = self._made.get(ino)
-        if lease is None:
+        """Whether this client made ``ino``, a file or symlink (``queue_new``), under a
+        lease it still holds: then no other client can have reached it (it would have
+        looked into the directory first, which recalls the lease), so what this client
+        last saw of its attributes is still true, however old (``FsClient._known``)."""
+        parent = self._made.get(ino)
+        if parent is None:
             return False
-        if self._held(lease.ino) is lease:
+        lease = self._held(parent)
+        if lease is not None and ino in lease.made:
             return True
         del self._made[ino]
         return False
 
     def forget_made(self, ino: int) -> None:
         """``ino`` gets a name another client may reach (a hard link elsewhere)."""
-        self._made.pop(ino, None)
+        self._unmade(ino)
+
+    def _unmade(self, ino: int) -> None:
+        parent = self._made.pop(ino, None)
+        lease = self._leases.get(parent) if parent is not None else None
+        if lease is not None:
+            lease.made.discard(ino)
 
     def _prune_made(self) -> None:
         """Drop the inodes made under leases no longer held (amortized: run when the map
         has doubled since the last time)."""
-        self._made = {
-            ino: lease for ino, lease in self._made.items() if self._held(lease.ino) is lease
-        }
-        self._made_pruned_at = max(MADE_PRUNE_MIN, 2 * len(self._made))
+        kept = {}
+        for ino, parent in self._made.items():
+            lease = self._held(parent)
+            if lease is not None and ino in lease.made:
+                kept[ino] = parent
+        self._made = kept
+        self._made_pruned_at = max(MADE_PRUNE_MIN, 2 * len(kept))
+
+    def lease_of(self, ino: int) -> DirLease | None:
+        """The lease object held on ``ino``, valid or not (no use counted): compared
+        before and after a synchronous change of the directory (``FsClient._adding``)."""
+        return self._leases.get(ino)
 
     def dir_attr(self, ino: int) -> Attr | None:
         """The attributes of directory ``ino`` if leased here (and known)."""

@@ -759,6 +759,11 @@ class FsClient(PathResolution, XattrCalls, OpenFiles):
         await self._land_first(
             self._behind_in(parent, name) + self._behind_in(new_parent, new_name)
         )
+        # From the request on, another client may reach what the names name by the new
+        # ones, without a recall of these leases: they go first (and what was made under
+        # them with them, ``made_here``).
+        self.dirleases.forget(parent)
+        self.dirleases.forget(new_parent)
         try:
             await self.meta.mutate(
                 "fs.rename",
@@ -779,12 +784,18 @@ class FsClient(PathResolution, XattrCalls, OpenFiles):
         """``op``, which adds ``name`` to ``parent``. When its outcome is unknown (no answer
         in time, or cancelled: it may still land), what this client knew of the directory
         is forgotten, its lease's listing included."""
+        leased = self.dirleases.lease_of(parent)
         try:
-            return await self.meta.mutate(op, parent=parent, name=name, **fields)
+            header = await self.meta.mutate(op, parent=parent, name=name, **fields)
         except BaseException as e:
             if not isinstance(e, DfsError) or isinstance(e, RETRYABLE):
                 self._forget(parent, name)
             raise
+        if self.dirleases.lease_of(parent) is not leased:
+            # Granted while this was on its way: the grant's listing and nlink may
+            # count this change already, or not; the lease goes (asked for again).
+            self.dirleases.forget(parent)
+        return header
 
     async def fsyncdir(self, ino: int) -> None:
         """Wait until this client's removals have landed; raise the first that failed in

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dfs.client.cache import MetaCache
 from dfs.client.dirleases import DirLeases
 from dfs.client.meta import MetaClient
+from dfs.client.records import Attr
 from dfs.wire.errors import NoAttr, ProtocolError
 from dfs.wire.messages import field
 
@@ -33,6 +34,9 @@ class XattrCalls:
     cache: MetaCache
     dirleases: DirLeases
 
+    def _known(self, ino: int) -> Attr | None:
+        raise NotImplementedError
+
     async def usage(self, ino: int) -> dict[str, int]:
         """The subtree's usage (``admin.usage``: the namespace's recursive statistics,
         one call), after what this client queued under its directory leases landed."""
@@ -47,9 +51,13 @@ class XattrCalls:
         if name == USAGE_XATTR:
             u = await self.usage(ino)
             return (" ".join(f"{k}={u[k]}" for k in USAGE_FIELDS) + "\n").encode()
-        # An inode made here under a lease still held: only this client changes its
-        # xattrs (dirleases.py, ``made_here``), so what it knows stays true.
-        known, value = self.cache.xattr(ino, name, kept=self.dirleases.made_here(ino))
+        # An inode made here under a lease still held, or a directory leased here: only
+        # this client changes its xattrs (dirleases.py, ``made_here``; another client's
+        # change of a leased directory's recalls the lease), so what it knows stays true.
+        kept = self.dirleases.made_here(ino) or self.dirleases.dir_attr(ino) is not None
+        known, value = self.cache.xattr(
+            ino, name, kept=kept, attr=self._known(ino) if kept else None
+        )
         if not known:
             epoch = self.cache.xattr_epoch
             try:

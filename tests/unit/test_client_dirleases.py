@@ -109,3 +109,55 @@ async def test_a_synchronous_answer_in_a_lease_with_unknown_attributes_ends_the_
         leases.note_added(DIR, b"f", file_attr(300), dir_attr(DIR, 2))
         assert leases.valid(DIR) is None  # asked for again, with the leader's attributes
         tg.cancel_scope.cancel()
+
+
+def new_leases(tg: Any, leader: Leader) -> dirleases.DirLeases:
+    return dirleases.DirLeases(
+        leader,  # type: ignore[arg-type]
+        Pool(),  # type: ignore[arg-type]
+        tg,
+        on_lost=lambda parent, name: None,
+        on_commit_lost=lambda ino: None,
+        on_commit_landed=lambda attr: None,
+    )
+
+
+async def test_what_was_made_under_a_lease_is_known_while_it_holds_and_frees_it_after() -> None:
+    """``made_here``: files and symlinks made under the lease, not directories (their
+    attributes are their own lease's); a lease gone takes them with it, and nothing here
+    keeps it (or its listing) alive."""
+    import gc
+    import weakref
+
+    async with anyio.create_task_group() as tg:
+        leases = new_leases(tg, Leader())
+        until = dirleases.DirLeases._now() + 60
+        names = {b"old%d" % i: file_attr(1000 + i) for i in range(100)}
+        lease = dirleases.DirLease(DIR, until, CONN, names, dir_attr(DIR, 2), BATCHABLE)
+        leases._leases[DIR] = lease
+        assert leases.queue_new("fs.create", lease, b"f", file_attr(300), {})
+        assert leases.queue_new("fs.mkdir", lease, b"d", dir_attr(301, 2), {})
+        assert leases.made_here(300) and not leases.made_here(301)
+        assert not leases.made_here(1000)  # listed at the grant: someone else's
+        gone = weakref.ref(lease)
+        leases.forget(DIR)
+        assert not leases.made_here(300)
+        del lease
+        leases._leases.pop(301, None)  # the new directory's own lease
+        gc.collect()
+        assert gone() is None
+        tg.cancel_scope.cancel()
+
+
+async def test_an_existing_file_opened_with_o_creat_changes_nothing_in_the_lease() -> None:
+    async with anyio.create_task_group() as tg:
+        leases = new_leases(tg, Leader())
+        until = dirleases.DirLeases._now() + 60
+        f = file_attr(300)
+        lease = dirleases.DirLease(DIR, until, CONN, {b"f": f, b"g": file_attr(301)},
+                                   dir_attr(DIR, 2), BATCHABLE)  # fmt: skip
+        leases._leases[DIR] = lease
+        before, cookie = lease.attr, lease.cookies[b"f"]
+        leases.note_added(DIR, b"f", f, None)  # fs.create answered created: False
+        assert lease.attr is before and lease.cookies[b"f"] == cookie
+        tg.cancel_scope.cancel()

@@ -42,6 +42,17 @@ def dir_attr(ino: int, nlink: int) -> Attr:
                 atime_ns=1, mtime_ns=1, ctime_ns=1, goal=2)  # fmt: skip
 
 
+def new_leases(tg: Any, leader: Leader) -> dirleases.DirLeases:
+    return dirleases.DirLeases(
+        leader,  # type: ignore[arg-type]
+        Pool(),  # type: ignore[arg-type]
+        tg,
+        on_lost=lambda parent, name: None,
+        on_commit_lost=lambda ino: None,
+        on_commit_landed=lambda attr: None,
+    )
+
+
 def counted(leases: dirleases.DirLeases) -> int | None:
     """The nlink the lease on DIR tells."""
     attr = leases.dir_attr(DIR)
@@ -62,14 +73,7 @@ async def test_a_synchronous_answer_older_than_a_landed_batch_does_not_lose_its_
     The lease's nlink must still count them: an rm -rf counted it below zero (EIO)."""
     leader = Leader()
     async with anyio.create_task_group() as tg:
-        leases = dirleases.DirLeases(
-            leader,  # type: ignore[arg-type]
-            Pool(),  # type: ignore[arg-type]
-            tg,
-            on_lost=lambda parent, name: None,
-            on_commit_lost=lambda ino: None,
-            on_commit_landed=lambda attr: None,
-        )
+        leases = new_leases(tg, leader)
         until = dirleases.DirLeases._now() + 60
         lease = dirleases.DirLease(DIR, until, CONN, {}, dir_attr(DIR, 2), BATCHABLE)
         leases._leases[DIR] = lease
@@ -95,31 +99,13 @@ async def test_a_synchronous_answer_older_than_a_landed_batch_does_not_lose_its_
 async def test_a_synchronous_answer_in_a_lease_with_unknown_attributes_ends_the_lease() -> None:
     leader = Leader()
     async with anyio.create_task_group() as tg:
-        leases = dirleases.DirLeases(
-            leader,  # type: ignore[arg-type]
-            Pool(),  # type: ignore[arg-type]
-            tg,
-            on_lost=lambda parent, name: None,
-            on_commit_lost=lambda ino: None,
-            on_commit_landed=lambda attr: None,
-        )
+        leases = new_leases(tg, leader)
         until = dirleases.DirLeases._now() + 60
         lease = dirleases.DirLease(DIR, until, CONN, {}, None, BATCHABLE)
         leases._leases[DIR] = lease
         leases.note_added(DIR, b"f", file_attr(300), dir_attr(DIR, 2))
         assert leases.valid(DIR) is None  # asked for again, with the leader's attributes
         tg.cancel_scope.cancel()
-
-
-def new_leases(tg: Any, leader: Leader) -> dirleases.DirLeases:
-    return dirleases.DirLeases(
-        leader,  # type: ignore[arg-type]
-        Pool(),  # type: ignore[arg-type]
-        tg,
-        on_lost=lambda parent, name: None,
-        on_commit_lost=lambda ino: None,
-        on_commit_landed=lambda attr: None,
-    )
 
 
 async def test_what_was_made_under_a_lease_is_known_while_it_holds_and_frees_it_after() -> None:

@@ -26,10 +26,11 @@ Rules, and where they are checked:
    that bumps the version (rule 3: the table already counts the bytes below the handle's
    length, and a cut must not be left half done): a synced replica survives a crash
    exactly, including its name (the directory is fsynced after a create).
-5. A disk error never crashes the server. ENOSPC/EDQUOT is ``NoSpace``: a write first
-   preallocates the file range it is about to fill (``_preallocate``), so a full disk is
-   found before a byte of the replica changes, and the replica stays as it was (or as its
-   bump's cut left it, rule 7), not bad. A process out of descriptors or memory (EMFILE,
+5. A disk error never crashes the server. ENOSPC/EDQUOT is ``NoSpace``: a write to an
+   existing replica first preallocates the file range it is about to fill
+   (``_preallocate``), so a full disk is found before a byte of the replica changes, and
+   the replica stays as it was (or as its bump's cut left it, rule 7), not bad; a write
+   that creates the replica unlinks its new file on any failure instead. A process out of descriptors or memory (EMFILE,
    ENFILE, ENOMEM) is ``Unavailable`` and says nothing of the replica. Any other ``OSError``
    on a replica's file (EIO above all) makes the replica bad (rule 6) and is ``Corrupt`` to
    a read, ``Unavailable`` to a write or sync; each is logged once with its reason.
@@ -487,8 +488,9 @@ class ChunkStore(IncomingCopies, PageCachePolicy):
         opened: OpenFile | None = None  # the cached descriptor of an existing replica
         try:
             if creating:
+                # Its header is written once, last (below): a new file that a crash or a
+                # failure leaves without one is quarantined at start or unlinked here.
                 fd = self._create_file(chunk_id, path)
-                pwrite_all(fd, encode_header(chunk_id, version, 0), 0)
             else:
                 assert replica is not None
                 replica.dirty = True
@@ -514,7 +516,8 @@ class ChunkStore(IncomingCopies, PageCachePolicy):
                     # Junk past the valid length (a crash, or a truncate) must not show
                     # through the gap: cut it off so the gap is a hole, read as zeros.
                     os.ftruncate(fd, DATA_OFFSET + base_length)
-                self._preallocate(fd, offset, n)
+                if not creating:  # a new file is unlinked on any failure: nothing to keep
+                    self._preallocate(fd, offset, n)
                 stage = "data"
                 self._inject_eio(chunk_id)
                 put = None if direct_fd < 0 else functools.partial(self._put_direct, fd, direct_fd)

@@ -642,7 +642,8 @@ def failing(code: int) -> Callable[..., Any]:
 def test_enospc_answers_nospace_and_leaves_the_replica_as_it_was(
     store: ChunkStore, monkeypatch: pytest.MonkeyPatch, expect_log: Callable[..., None]
 ) -> None:
-    """Rule 5: the preallocation finds a full disk before any byte of the replica changes."""
+    """Rule 5: the preallocation finds a full disk before any byte of a replica changes;
+    a create that meets it leaves nothing."""
     expect_log(r"event=disk_full op=write chunk=(261|517)")
     original = data(B + 100, seed=11)
     store.write(CHUNK, 1, 0, 0, original)
@@ -655,8 +656,11 @@ def test_enospc_answers_nospace_and_leaves_the_replica_as_it_was(
         with pytest.raises(NoSpace):
             store.write(CHUNK, 1, 0, offset, b"b" * B)
     assert writes == []  # not a byte written
+    # A new replica's file is not preallocated: the disk fills as it is written, and the
+    # failed create leaves no file behind.
+    monkeypatch.setattr(os, "pwrite", failing(errno.ENOSPC))
     with pytest.raises(NoSpace):
-        store.write(CHUNK + 256, 1, 0, 0, b"new")  # a failed create leaves no file behind
+        store.write(CHUNK + 256, 1, 0, 0, b"new")
     monkeypatch.undo()
     assert not store.path(CHUNK + 256).exists() and store.info(CHUNK + 256) is None
     assert store.used_bytes == used and store.info(CHUNK) == ReplicaInfo(CHUNK, 1, B + 100)

@@ -166,7 +166,7 @@ class DirLease:
     # They start at LOCAL_COOKIE_BASE, apart from the leader's.
     cookies: dict[bytes, int] = field(default_factory=dict)
     next_cookie: int = 0
-    # The files and symlinks this client made under this lease (``DirLeases.made_here``).
+    # What this client made under this lease (``DirLeases.made_here``).
     made: set[int] = field(default_factory=set)
     used: float = 0.0  # local monotonic time this client last answered or listed under it
 
@@ -538,11 +538,10 @@ class DirLeases:
         ):
             return False
         lease.add(name, attr)
-        if op != "fs.mkdir":  # a directory's attributes are its own lease's (``dir_attr``)
-            lease.made.add(attr.ino)
-            self._made[attr.ino] = lease.ino
-            if len(self._made) > self._made_pruned_at:
-                self._prune_made()
+        lease.made.add(attr.ino)
+        self._made[attr.ino] = lease.ino
+        if len(self._made) > self._made_pruned_at:
+            self._prune_made()
         nlink = lease.attr.nlink + (1 if op == "fs.mkdir" else 0)  # the new ".."
         lease.attr = dataclasses.replace(
             lease.attr, nlink=nlink, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns
@@ -673,8 +672,7 @@ class DirLeases:
         return True, lease.names.get(name)
 
     def made_here(self, ino: int) -> bool:
-        """Whether this client made ``ino``, a file or symlink (``queue_new``), under a
-        lease it still holds: then no other client can have reached it (it would have
+        """Whether this client made ``ino`` (``queue_new``) under a lease it still holds: then no other client can have reached it (it would have
         looked into the directory first, which recalls the lease), so what this client
         last saw of its attributes is still true, however old (``FsClient._known``)."""
         parent = self._made.get(ino)

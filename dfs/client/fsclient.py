@@ -828,10 +828,14 @@ class FsClient(PathResolution, XattrCalls, OpenFiles):
         lease), and the parent's attributes ``parent_attr`` (None: unknown)."""
         self.cache.put_entry(parent, name, attr)
         self.dirleases.note_added(parent, name, attr, parent_attr)
-        parent_attr = self.dirleases.dir_attr(parent) or parent_attr  # a leased one's: ours
-        if parent_attr is not None:
+        known = self.dirleases.dir_attr(parent)  # a leased one's: ours
+        if known is not None:
+            self.cache.put_attr(known)
+        elif parent_attr is not None and not self.dirleases.made_here(parent):
             self.cache.put_attr(parent_attr)
         else:
+            # Unknown; or a directory made here, whose cached attributes are kept past
+            # the TTL: an answer that a batch of it may have overtaken must not be.
             self.cache.drop_attr(parent)
         if new_inode:
             self.cache.put_no_xattrs(attr.ino)

@@ -109,9 +109,8 @@ async def test_a_synchronous_answer_in_a_lease_with_unknown_attributes_ends_the_
 
 
 async def test_what_was_made_under_a_lease_is_known_while_it_holds_and_frees_it_after() -> None:
-    """``made_here``: files and symlinks made under the lease, not directories (their
-    attributes are their own lease's); a lease gone takes them with it, and nothing here
-    keeps it (or its listing) alive."""
+    """``made_here``: what was made under the lease, not what was listed at its grant; a
+    lease gone takes them with it, and nothing here keeps it (or its listing) alive."""
     import gc
     import weakref
 
@@ -123,7 +122,7 @@ async def test_what_was_made_under_a_lease_is_known_while_it_holds_and_frees_it_
         leases._leases[DIR] = lease
         assert leases.queue_new("fs.create", lease, b"f", file_attr(300), {})
         assert leases.queue_new("fs.mkdir", lease, b"d", dir_attr(301, 2), {})
-        assert leases.made_here(300) and not leases.made_here(301)
+        assert leases.made_here(300) and leases.made_here(301)
         assert not leases.made_here(1000)  # listed at the grant: someone else's
         gone = weakref.ref(lease)
         leases.forget(DIR)

@@ -30,10 +30,11 @@ Rules, and where they are checked:
    existing replica first preallocates the file range it is about to fill
    (``_preallocate``), so a full disk is found before a byte of the replica changes, and
    the replica stays as it was (or as its bump's cut left it, rule 7), not bad; a write
-   that creates the replica unlinks its new file on any failure instead. A process out of descriptors or memory (EMFILE,
-   ENFILE, ENOMEM) is ``Unavailable`` and says nothing of the replica. Any other ``OSError``
-   on a replica's file (EIO above all) makes the replica bad (rule 6) and is ``Corrupt`` to
-   a read, ``Unavailable`` to a write or sync; each is logged once with its reason.
+   that creates the replica unlinks its new file on any failure instead. A process out of
+   descriptors or memory (EMFILE, ENFILE, ENOMEM) is ``Unavailable`` and says nothing of
+   the replica. Any other ``OSError`` on a replica's file (EIO above all) makes the
+   replica bad (rule 6) and is ``Corrupt`` to a read, ``Unavailable`` to a write or sync;
+   each is logged once with its reason.
 6. A bad replica is never served again. A replica is bad when a block fails its checksum or
    is missing from a short file (rule 2), when a disk error hits its file (rule 5), when its
    fdatasync failed (Linux may mark the unwritten pages clean after a failed fsync, so the

@@ -672,9 +672,10 @@ class DirLeases:
         return True, lease.names.get(name)
 
     def made_here(self, ino: int) -> bool:
-        """Whether this client made ``ino`` (``queue_new``) under a lease it still holds: then no other client can have reached it (it would have
-        looked into the directory first, which recalls the lease), so what this client
-        last saw of its attributes is still true, however old (``FsClient._known``)."""
+        """Whether this client made ``ino`` (``queue_new``) under a lease it still holds:
+        then no other client can have reached it (it would have looked into the directory
+        first, which recalls the lease), so what this client last saw of its attributes is
+        still true, however old (``FsClient._known``)."""
         parent = self._made.get(ino)
         if parent is None:
             return False

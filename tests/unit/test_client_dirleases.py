@@ -64,9 +64,7 @@ def file_attr(ino: int) -> Attr:
                 atime_ns=1, mtime_ns=1, ctime_ns=1, goal=2)  # fmt: skip
 
 
-async def test_a_synchronous_answer_older_than_a_landed_batch_does_not_lose_its_subdirectories() -> (
-    None
-):
+async def test_an_answer_older_than_a_landed_batch_does_not_lose_its_subdirectories() -> None:
     """tar x: mkdirs answered under the lease are queued; a create that went the
     synchronous way (no reserved inode at hand) is applied by the leader before their
     batch, so its answer counts none of them, and it may be handled after the batch's.

@@ -192,12 +192,17 @@ class OpenFiles:
         ]
         await gather([partial(self._land, inode) for inode in waiting])
 
-    async def _land(self, inode: OpenInode) -> None:
-        """Land ``inode``'s bytes left behind where nobody waits for the answer."""
+    async def _land(self, inode: OpenInode) -> DfsError | None:
+        """Land ``inode``'s bytes left behind; a failure is handled as ``_behind_failed``
+        says. Returns the error when the bytes are kept (tried again later), else None
+        (landed, or lost for good and reported)."""
         try:
             await inode.flush(sync=self.options.sync_on_close)
         except DfsError as e:
+            kept = self._kept(inode, e)
             self._behind_failed(inode, e)
+            return e if kept else None
+        return None
 
     async def _land_first(self, inodes: list[OpenInode]) -> None:
         """Before a request that could show these inodes to another client without a
@@ -210,13 +215,9 @@ class OpenFiles:
         errors: list[DfsError] = []
 
         async def land(inode: OpenInode) -> None:
-            try:
-                await inode.flush(sync=self.options.sync_on_close)
-            except DfsError as e:
-                if isinstance(e, BEHIND_KEPT) and inode.unsaved:
-                    errors.append(e)
-                else:
-                    self._behind_lost(inode, e)
+            error = await self._land(inode)
+            if error is not None:
+                errors.append(error)
 
         await gather([partial(land, inode) for inode in waiting])
         if errors:
@@ -240,10 +241,16 @@ class OpenFiles:
         """A flush of ``inode``'s bytes left behind failed where nobody hears of it (the
         release, a recall, ``_land_later``): kept and tried again (``BEHIND_KEPT``), or
         lost and reported."""
-        if isinstance(error, BEHIND_KEPT) and inode.unsaved:
+        if self._kept(inode, error):
             log.info("ino %d: bytes a close left wait for the cluster: %s", inode.ino, error)
         else:
             self._behind_lost(inode, error)
+
+    @staticmethod
+    def _kept(inode: OpenInode, error: DfsError) -> bool:
+        """Whether ``error`` leaves ``inode``'s bytes kept, to be tried again (an outage,
+        no room yet: ``BEHIND_KEPT``), rather than lost."""
+        return isinstance(error, BEHIND_KEPT) and inode.unsaved
 
     def _behind_lost(self, inode: OpenInode, error: BaseException) -> None:
         """Bytes a close(2) of ``inode`` left behind will never land: a WARNING, and the

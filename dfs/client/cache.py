@@ -181,9 +181,9 @@ class MetaCache:
         self, ino: int, name: bytes, *, kept: bool = False, attr: Attr | None = None
     ) -> tuple[bool, bytes | None]:
         """(known, value): the value of xattr ``name`` of ``ino``, None when known absent;
-        ``kept`` as for ``attr`` (however old). ``attr``: the inode's attributes as the
-        caller knows them (their ``has_xattrs`` answers for a name not cached), else the
-        cache's."""
+        ``kept``: cached values however old (as for ``attr``). ``attr``: the inode's
+        attributes as the caller knows them (their ``has_xattrs`` answers for a name not
+        cached), else the cache's fresh ones."""
         names = self._xattrs.get(ino)
         if names is not None:
             item = names.get(name)
@@ -191,14 +191,14 @@ class MetaCache:
                 if kept or item[1] > self._clock():
                     return True, item[0]
                 del names[name]
-        if self._until(self._no_xattrs, ino) or self._attr_says_no_xattrs(ino, kept, attr):
+        if self._until(self._no_xattrs, ino) or self._attr_says_no_xattrs(ino, attr):
             return True, None
         return False, None
 
-    def _attr_says_no_xattrs(self, ino: int, kept: bool, attr: Attr | None) -> bool:
+    def _attr_says_no_xattrs(self, ino: int, attr: Attr | None) -> bool:
         if ino in self._xattrs_changed:
             return False
-        attr = attr or self.attr(ino, kept=kept)
+        attr = attr or self.attr(ino)
         return attr is not None and attr.has_xattrs is False
 
     @property

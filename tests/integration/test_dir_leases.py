@@ -61,6 +61,22 @@ def no_timed_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dirleases, "FLUSH_DELAY_S", 120.0)
 
 
+class FakeClock:
+    """The client's cache clock, moved by hand (leases keep their own clock)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def same_attrs(a: Any, b: Any) -> bool:
+    """The same inode as two answers tell it (the leader stamps its own times)."""
+    fields = ("ino", "mode", "nlink", "uid", "gid", "size", "blocks", "goal")
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
 async def names(fs: FsClient, ino: int) -> list[bytes]:
     return sorted([e.name async for e in fs.readdir(ino)])
 
@@ -611,10 +627,7 @@ async def test_a_tree_made_under_a_lease_is_answered_at_once_and_lands_whole(
         seen[b"deeper"] = await b.lookup(sub.ino, b"deeper")
         seen[b"link"] = await b.lookup(sub.ino, b"link")
         for name, attr in told.items():
-            other = seen[name]
-            assert (other.ino, other.mode, other.nlink, other.uid, other.gid, other.size,
-                    other.blocks, other.goal) == (attr.ino, attr.mode, attr.nlink, attr.uid,
-                    attr.gid, attr.size, attr.blocks, attr.goal), name  # fmt: skip
+            assert same_attrs(seen[name], attr), name
         assert await b.readlink(link.ino) == b"deeper/file"
         inner = await b.lookup(deeper.ino, b"file")
         async with await b.open(inner.ino, os.O_RDONLY) as g:
@@ -685,22 +698,6 @@ async def test_leader_killed_with_a_tree_queued_loses_nothing_fsyncdir_acked(
             f_attr = await b.lookup(d.ino, b"f")
             async with await b.open(f_attr.ino, os.O_RDONLY) as g:
                 assert await g.read(0, 100) == b"%d" % d.ino
-
-
-class FakeClock:
-    """The client's cache clock, moved by hand (leases keep their own clock)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def same_attrs(a: Any, b: Any) -> bool:
-    """The same inode as two answers tell it (the leader stamps its own times)."""
-    fields = ("ino", "mode", "nlink", "uid", "gid", "size", "blocks", "goal")
-    return all(getattr(a, f) == getattr(b, f) for f in fields)
 
 
 async def test_what_a_client_made_under_its_lease_is_listed_and_looked_up_at_once(

@@ -27,7 +27,6 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from chunkserver.config import (
@@ -42,6 +41,7 @@ from chunkserver.disk import INLINE_WRITE_BYTES_MAX, AsyncChunkStore, ChunkLock
 from chunkserver.metrics import readings as chunkserver_readings
 from chunkserver.peers import PeerPool, parse_address
 from chunkserver.repair import Scrubber, Throttle, copy_in
+from chunkserver.writes import Writes
 from dfs import daemon, rpc
 from dfs.credentials import Credential, Credentials, token_checker, token_client
 from dfs.leader import LeaderFollower
@@ -54,12 +54,10 @@ from dfs.wire.errors import (
     NotFound,
     Stale,
     Timeout,
-    TooBig,
     Unavailable,
 )
 from dfs.wire.limits import (
     BAD_CHUNKS_MAX,
-    CHUNK_BYTES_MAX,
     OP_TIMEOUT_MS_DEFAULT,
     OP_TIMEOUT_MS_MAX,
     READ_BYTES_MAX,
@@ -133,19 +131,6 @@ async def _within(deadline: float, job: Awaitable[T], what: str) -> T:
         raise Timeout(f"{what} did not finish in time") from None
 
 
-@dataclass(frozen=True, slots=True)
-class _WriteRequest:
-    """A ``chunk.write``'s checked fields."""
-
-    chunk_id: int
-    version: int
-    length: int
-    offset: int
-    chain: list[str]
-    sync: bool
-    expect_length: int | None
-
-
 # ---------------------------------------------------------------------- the server
 
 Op = Callable[[dict[str, Any], bytes, float], Awaitable[rpc.HandlerResult]]
@@ -164,8 +149,7 @@ class ChunkServer:
         self._tokens = token_checker(credentials)
         # Tokens whose signature was checked, with the fields it covers (TOKEN CACHE below).
         self._tokens_verified: set[tuple[bytes, int, int, bytes, int, str]] = set()
-        # chunk.writes running in tasks, per chunk id (``_chunk_write``: their order).
-        self._writes_running: dict[int, int] = {}
+        self.writes = Writes(self)
         self.cs_id = 0
         self.uuid = ""
         self.address = config.address or f"{config.listen_host}:{config.listen_port}"
@@ -204,7 +188,8 @@ class ChunkServer:
         self._copy_locks: dict[int, ChunkLock] = {}
         self.scrubber: Scrubber | None = None
         self._ops: dict[str, Op] = {
-            "chunk.write": self._chunk_write,
+            "chunk.write": self.writes.write,
+            "chunk.write_many": self.writes.write_many,
             "chunk.read": self._chunk_read,
             "chunk.sync": self._chunk_sync,
             "chunk.info": self._chunk_info,
@@ -369,16 +354,15 @@ class ChunkServer:
                 return rpc.LATER
             admit(CHUNK_WRITE, _role(conn), header)
             self._bind_client(conn, header)
-            if not self._write_now(self._write_request(header, payload), payload):
-                return rpc.LATER
-            return None
+            w = self.writes.request(header, len(payload), header.get("client_name", ""))
+            return None if self.writes.now(w, payload) else rpc.LATER
         if op != "chunk.read":
             return rpc.LATER
         admit(CHUNK_READ, _role(conn), header)
         self._bind_client(conn, header)
         chunk_id, version, offset, size = self._read_fields(header)
         try:
-            data = self._store().read_cached(chunk_id, version, offset, size)
+            data = self.store_now().read_cached(chunk_id, version, offset, size)
         except DfsError as e:
             e.details.setdefault("address", self.address)
             raise
@@ -392,15 +376,19 @@ class ChunkServer:
             header["client_name"] = token_client(self._credentials, conn.peer)
 
     def _check_token(self, h: dict[str, Any], chunk_id: int, version: int, mode: bytes) -> None:
+        """``check_token`` of a request's ``token``, ``expiry_ms`` and ``client_name``."""
+        self.check_token(h["token"], h["expiry_ms"], h.get("client_name", ""), chunk_id,
+                         version, mode)  # fmt: skip
+
+    def check_token(
+        self, token: bytes, expiry_ms: int, client: str, chunk_id: int, version: int, mode: bytes
+    ) -> None:
         """TOKEN CACHE: a reader sends the same token with every read of a chunk until it
         expires, and checking its signature (one or two HMAC-SHA256 in a secret-only
         cluster, an Ed25519 verification of 110 us in a TLS one) was a good part of a
         small read's work here. A token is remembered with exactly the fields its signature
         covered, so a hit is a signature already checked; the expiry is checked every time.
         At most ``TOKENS_VERIFIED_MAX`` are kept (all forgotten at once past it)."""
-        token: bytes = h["token"]
-        expiry_ms: int = h["expiry_ms"]
-        client: str = h.get("client_name", "")
         now_ms = int(time.time() * 1000)
         key = (token, chunk_id, version, mode, expiry_ms, client)
         if key in self._tokens_verified and now_ms < expiry_ms:
@@ -410,84 +398,13 @@ class ChunkServer:
             self._tokens_verified.clear()
         self._tokens_verified.add(key)
 
-    def _store(self) -> AsyncChunkStore:
+    def store_now(self) -> AsyncChunkStore:
         assert self.store is not None, "requests are served only after start()"
         return self.store
 
-    def _write_request(self, h: dict[str, Any], payload: bytes) -> _WriteRequest:
-        """A ``chunk.write``'s fields (checked at the edge), its token and what its
-        definition cannot say checked here."""
-        chunk_id: int = h["chunk_id"]
-        version: int = h["version"]
-        self._check_token(h, chunk_id, version, WRITE)
-        offset: int = h["offset"]
-        size = len(payload)
-        # A writer may send ``size``; then it must match the payload.
-        if h.get("size", size) != size:
-            raise Invalid("payload length differs from size", size=size)
-        if offset + size > CHUNK_BYTES_MAX:
-            raise TooBig("write past the maximum chunk size", limit=CHUNK_BYTES_MAX)
-        return _WriteRequest(
-            chunk_id, version, h["length"], offset, _chain(h, self.address),
-            h.get("sync", False), h.get("expect_length"),
-        )  # fmt: skip
-
-    def _write_now(self, w: _WriteRequest, payload: bytes) -> bool:
-        """The local write on the loop (``AsyncChunkStore.write_now``), if it can be; False
-        when it must go to the disk pool."""
-        if w.sync:
-            return False
-        try:
-            done = self._store().write_now(
-                w.chunk_id, w.version, w.length, w.offset, payload, expect_length=w.expect_length
-            )
-        except DfsError as e:
-            e.details.setdefault("address", self.address)
-            raise
-        return done is not None
-
-    async def _chunk_write(self, h: dict[str, Any], payload: bytes, timeout_s: float) -> None:
-        chunk_id: int = h["chunk_id"]
-        # FIFO per chunk: tasks take their first step in arrival order, so a write that
-        # finds another write of its chunk running here goes behind it (the disk pool's
-        # chunk lock), never past it on the loop.
-        running = self._writes_running.get(chunk_id, 0)
-        self._writes_running[chunk_id] = running + 1
-        try:
-            await self._chunk_write_in_order(h, payload, timeout_s, alone=running == 0)
-        finally:
-            left = self._writes_running[chunk_id] - 1
-            if left:
-                self._writes_running[chunk_id] = left
-            else:
-                del self._writes_running[chunk_id]
-
-    async def _chunk_write_in_order(
-        self, h: dict[str, Any], payload: bytes, timeout_s: float, *, alone: bool
-    ) -> None:
-        w = self._write_request(h, payload)
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        fields = {
-            "chunk_id": w.chunk_id, "version": w.version, "length": w.length,
-            "offset": w.offset, "token": h["token"], "expiry_ms": h["expiry_ms"],
-            "sync": w.sync, "client_name": h.get("client_name", ""),
-        }  # fmt: skip
-        if w.expect_length is not None:
-            fields["expect_length"] = w.expect_length
-        if alone and self._write_now(w, payload):
-            # Done here (a small write, in the page cache): only the chain is left.
-            if w.chain:
-                await self._forward(w.chain, "chunk.write", payload, deadline, fields)
-            return
-        local = self._local(
-            self._store().write(
-                w.chunk_id, w.version, w.length, w.offset, payload,
-                sync=w.sync, expect_length=w.expect_length,
-            ),
-            deadline,
-            "chunk.write",
-        )  # fmt: skip
-        await self._with_chain(local, w.chain, "chunk.write", payload, deadline, fields)
+    def chain_of(self, h: dict[str, Any]) -> list[str]:
+        """A request's ``chain``, checked: host:port strings, never this server."""
+        return _chain(h, self.address)
 
     def _read_fields(self, h: dict[str, Any]) -> tuple[int, int, int, int]:
         """A ``chunk.read``'s (chunk_id, version, offset, size), its token checked."""
@@ -500,7 +417,7 @@ class ChunkServer:
         self, h: dict[str, Any], payload: bytes, timeout_s: float
     ) -> rpc.HandlerResult:
         chunk_id, version, offset, size = self._read_fields(h)
-        store = self._store()
+        store = self.store_now()
         try:
             # Served on the loop from the page cache, when it can be: no deadline to arm.
             data = store.read_cached(chunk_id, version, offset, size)
@@ -509,7 +426,7 @@ class ChunkServer:
             raise
         if data is None:
             deadline = asyncio.get_running_loop().time() + timeout_s
-            data = await self._local(
+            data = await self.local(
                 store.read_pooled(chunk_id, version, offset, size), deadline, "chunk.read"
             )
         return {}, data
@@ -521,8 +438,8 @@ class ChunkServer:
         chain = _chain(h, self.address)
         expect_length: int | None = h.get("expect_length")
         deadline = asyncio.get_running_loop().time() + timeout_s
-        local = self._local(
-            self._store().sync(chunk_id, version, expect_length), deadline, "chunk.sync"
+        local = self.local(
+            self.store_now().sync(chunk_id, version, expect_length), deadline, "chunk.sync"
         )
         fields = {
             "chunk_id": chunk_id, "version": version, "token": h["token"],
@@ -530,13 +447,13 @@ class ChunkServer:
         }  # fmt: skip
         if expect_length is not None:
             fields["expect_length"] = expect_length
-        await self._with_chain(local, chain, "chunk.sync", b"", deadline, fields)
+        await self.with_chain(local, chain, "chunk.sync", b"", deadline, fields)
 
     async def _chunk_info(
         self, h: dict[str, Any], payload: bytes, timeout_s: float
     ) -> rpc.HandlerResult:
         chunk_id: int = h["chunk_id"]
-        info = self._store().info(chunk_id)
+        info = self.store_now().info(chunk_id)
         if info is None:
             raise NotFound("no replica of this chunk here", chunk_id=chunk_id)
         return {"version": info.version, "length": info.length}, b""
@@ -544,14 +461,14 @@ class ChunkServer:
     async def _chunk_quarantined(
         self, h: dict[str, Any], payload: bytes, timeout_s: float
     ) -> rpc.HandlerResult:
-        copies = await self._store().quarantined(h["chunk_id"])
+        copies = await self.store_now().quarantined(h["chunk_id"])
         return {"copies": [dataclasses.asdict(c) for c in copies]}, b""
 
     async def _chunk_salvage(
         self, h: dict[str, Any], payload: bytes, timeout_s: float
     ) -> rpc.HandlerResult:
         chunk_id, version, length = h["chunk_id"], h["version"], h["length"]
-        info, lost = await self._store().salvage(
+        info, lost = await self.store_now().salvage(
             chunk_id, h["copy"], version, length, h.get("zero", False)
         )
         self._log(logging.WARNING, "salvaged", chunk=chunk_id, version=version, lost=lost)
@@ -561,11 +478,11 @@ class ChunkServer:
         self, h: dict[str, Any], payload: bytes, timeout_s: float
     ) -> rpc.HandlerResult:
         entries: list[tuple[int, int]] = [(c[0], c[1]) for c in h["chunks"]]
-        store = self._store()
+        store = self.store_now()
         deadline = asyncio.get_running_loop().time() + timeout_s
         # All at once: the disk pool bounds the threads, and each delete takes its chunk's
         # lock, so a read or write of that chunk in flight finishes first.
-        removed = await self._local(
+        removed = await self.local(
             asyncio.gather(*(store.delete(chunk_id, version) for chunk_id, version in entries)),
             deadline,
             "chunk.delete",
@@ -584,7 +501,7 @@ class ChunkServer:
         length: int = h["length"]
         sources = _addresses(h["sources"], self.address, "sources include")
         deadline = asyncio.get_running_loop().time() + timeout_s
-        await self._local(
+        await self.local(
             self._replicate(chunk_id, version, length, sources, h["token"], h["expiry_ms"],
                             deadline),
             deadline,
@@ -602,7 +519,7 @@ class ChunkServer:
         expiry_ms: int,
         deadline: float,
     ) -> None:
-        store = self._store()
+        store = self.store_now()
         lock = self._copy_locks.get(chunk_id)
         if lock is None:
             lock = self._copy_locks[chunk_id] = ChunkLock()
@@ -638,7 +555,7 @@ class ChunkServer:
     async def _cs_status(
         self, h: dict[str, Any], payload: bytes, timeout_s: float
     ) -> rpc.HandlerResult:
-        store = self._store().store
+        store = self.store_now().store
         capacity_bytes = await asyncio.to_thread(store.capacity_now)
         scrubber = self.scrubber
         return {
@@ -658,7 +575,7 @@ class ChunkServer:
             "data_dir": self._data_dir,
         }, b""
 
-    async def _local(self, job: Awaitable[T], deadline: float, what: str) -> T:
+    async def local(self, job: Awaitable[T], deadline: float, what: str) -> T:
         """A local store operation: errors name this server (the client reports it)."""
         try:
             return await _within(deadline, job, what)
@@ -666,7 +583,7 @@ class ChunkServer:
             e.details.setdefault("address", self.address)
             raise
 
-    async def _with_chain(
+    async def with_chain(
         self,
         local: Awaitable[Any],
         chain: list[str],
@@ -681,21 +598,22 @@ class ChunkServer:
             await local
             return
         results = await asyncio.gather(
-            local, self._forward(chain, op, payload, deadline, fields), return_exceptions=True
+            local, self.forward(chain, op, payload, deadline, fields), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _forward(
+    async def forward(
         self, chain: list[str], op: str, payload: bytes, deadline: float, fields: dict[str, Any]
-    ) -> None:
+    ) -> dict[str, Any]:
+        """``op`` to the next server of ``chain`` with the rest of it; its answer's header."""
         target, rest = chain[0], chain[1:]
         remaining_s = deadline - asyncio.get_running_loop().time()
         try:
             if remaining_s <= 0:
                 raise Timeout(f"{op} out of time before forwarding")
-            await self.peers.call(
+            reply, _ = await self.peers.call(
                 target,
                 op,
                 payload,
@@ -708,6 +626,7 @@ class ChunkServer:
             # A downstream server's own error already names it (or the one after it).
             e.details.setdefault("address", target)
             raise
+        return reply
 
     # ------------------------------------------------------------------ metaserver
 
@@ -745,7 +664,7 @@ class ChunkServer:
             await asyncio.sleep(period_s)  # the heartbeat period, not a wait for a condition
 
     async def _meta_fields(self) -> dict[str, Any]:
-        store = self._store().store
+        store = self.store_now().store
         return {
             "address": self.address,
             "capacity_bytes": await asyncio.to_thread(store.capacity_now),
@@ -774,12 +693,12 @@ class ChunkServer:
                             self.cs_id, cs_id, self.uuid)  # fmt: skip
             await asyncio.to_thread(write_small_file, self.config.data_dir / "cs_id", str(cs_id))
             self.cs_id = cs_id
-            self._store().store.log_prefix = self._log_prefix()
+            self.store_now().store.log_prefix = self._log_prefix()
         self._log(logging.INFO, "registered", uuid=self.uuid, metaserver=self.meta_follower.leader)
         self._meta_state(True, f"leader={self.meta_follower.leader}")
 
     async def _heartbeat(self) -> None:
-        store = self._store().store
+        store = self.store_now().store
         fields = await self._meta_fields()
         await self._meta_call(
             "cs.heartbeat", cs_id=self.cs_id, chunks=store.chunk_count, load=self.load, **fields
@@ -818,7 +737,7 @@ class ChunkServer:
     async def _block_report(self, leader: str | None) -> tuple[int, int]:
         """``cs.report`` in parts of ``report_chunks_per_call`` (id order), all to
         ``leader``; returns (chunks, parts)."""
-        replicas = await asyncio.to_thread(self._store().list_chunks)
+        replicas = await asyncio.to_thread(self.store_now().list_chunks)
         per_call = self.config.report_chunks_per_call
         parts = max(1, -(-len(replicas) // per_call))
         for part in range(parts):
@@ -841,7 +760,7 @@ class ChunkServer:
         period_s = self.config.heartbeat_ms / 1000
         while True:
             self._bad_wake.clear()  # before looking: a replica found bad after this wakes us
-            pending = self._store().store.bad_pending(BAD_CHUNKS_MAX)
+            pending = self.store_now().store.bad_pending(BAD_CHUNKS_MAX)
             if pending and self.cs_id:
                 try:
                     await self._meta_call(
@@ -854,7 +773,7 @@ class ChunkServer:
                                   "chunkserver cs=%s event=bad_chunks_failed", self.cs_id or "?",
                                   exc_info=True)  # fmt: skip
                 else:
-                    self._store().store.bad_acknowledged(pending)
+                    self.store_now().store.bad_acknowledged(pending)
                     self._report_state("bad_chunks", True, f"leader={self.meta_follower.leader}")
                     self._log(logging.INFO, "bad_chunks_reported",
                               chunks=",".join(f"{i}:{v}" for i, v in pending[:16]),

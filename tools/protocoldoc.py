@@ -69,6 +69,8 @@ def _kind(f: Field) -> str:
         return f.kind
     if isinstance(f.items, str):
         return {"id": "list of ids >= 1", "uint": "list of uint", "str": "list of str"}[f.items]
+    if isinstance(f.items[0], Field):
+        return f"list of maps [{', '.join(render_field(i) for i in f.items)}]"
     return f"list of [{', '.join('int' for _ in f.items)}]"
 
 

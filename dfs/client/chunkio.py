@@ -43,6 +43,7 @@ import sniffio
 from dfs.client.localread import LocalReads
 from dfs.client.pool import ConnectionPool
 from dfs.client.records import ChunkLocation, Replica, WriteHandle
+from dfs.client.writemany import WriteMany
 from dfs.wire.errors import (
     Busy,
     Corrupt,
@@ -129,6 +130,7 @@ class ChunkIo:
         self._suspect_until: dict[str, float] = {}  # address -> the event loop's time
         self._ranks: dict[tuple[int, int, tuple[Replica, ...]], tuple[Replica, ...]] = {}
         self._clock: Callable[[], float] | None = None
+        self.many = WriteMany(pool, io_timeout_s=io_timeout_s)  # WRITE MANY
 
     def _now(self) -> float:
         """The event loop's time, as ``anyio.current_time()`` (the callers' deadlines are
@@ -304,9 +306,13 @@ class ChunkIo:
         ``fanout_bytes_max`` when ``fan_out``, to every replica at once, each with an empty
         chain (FAN-OUT below). Not ``fan_out``: no caller waits for this write (a close
         behind, files.py), so the chain's latency costs nothing and the client sends once
-        instead of once per replica. With ``sync`` the replicas fsync first.
+        instead of once per replica, a small one with the others of its replica set that
+        come meanwhile (``WriteMany``). With ``sync`` the replicas fsync first.
         ``expect_length``: the highest end acknowledged under this version (PROTOCOL.md).
         Done when every replica has it."""
+        if not fan_out and not sync and self.many.takes(data):
+            await self.many.write(handle, offset, data, expect_length=expect_length)
+            return
         fields: dict[str, Any] = {
             "chunk_id": handle.chunk_id,
             "version": handle.version,

@@ -242,3 +242,22 @@ def error_from_wire(wire: Any) -> DfsError:
     # Built without the subclass __init__, whose positional arguments differ (NotLeader);
     # the subclass reads everything it needs from ``details``.
     return _rebuild(cls, known, message, details)
+
+
+def errors_to_wire(errors: list[DfsError | None]) -> list[dict[str, Any] | None] | None:
+    """An answer's per-item errors (``chunk.write_many``'s ``errors``): one per item, None
+    for an item that succeeded; None for the whole list when every item did."""
+    if not any(errors):
+        return None
+    return [None if e is None else error_to_wire(e) for e in errors]
+
+
+def errors_from_wire(wire: Any, count: int) -> list[DfsError | None]:
+    """The errors of ``count`` items from ``errors_to_wire``'s list (``None``: all
+    succeeded). Never raises: a list of another length or kind is a ``ProtocolError``
+    for every item."""
+    if wire is None:
+        return [None] * count
+    if type(wire) is not list or len(wire) != count:
+        return [ProtocolError("malformed list of errors", expected=count) for _ in range(count)]
+    return [None if e is None else error_from_wire(e) for e in wire]

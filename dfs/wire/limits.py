@@ -108,6 +108,12 @@ CHAIN_MAX = GOAL_MAX - 1
 SOURCES_MAX = 16
 # Entries of one chunk.delete.
 DELETE_CHUNKS_MAX = 4096
+# One chunk.write_many: at most this many writes, each of at most WRITE_MANY_ITEM_BYTES_MAX
+# (a replica writes so small a write on its event loop), all together at most
+# WRITE_MANY_BYTES_MAX.
+WRITE_MANY_ITEMS_MAX = 64
+WRITE_MANY_ITEM_BYTES_MAX = 256 * 1024
+WRITE_MANY_BYTES_MAX = 4 * 1024 * 1024
 
 # ------------------------------------------------------------------ chunkservers
 # A chunkserver's identity (a uuid string), its "host:port", its placement labels.

@@ -23,6 +23,9 @@ from dfs.wire.limits import (
     SOURCES_MAX,
     UINT64_MAX,
     VERSION_MAX,
+    WRITE_MANY_BYTES_MAX,
+    WRITE_MANY_ITEM_BYTES_MAX,
+    WRITE_MANY_ITEMS_MAX,
 )
 from dfs.wire.spec import (
     ANYONE,
@@ -95,6 +98,39 @@ CHUNK_WRITE = Op(
     ),
     payload="the bytes",
     answer="`{}` once this replica and every later one in the chain has them",
+    common=COMMON,
+)  # fmt: skip
+
+# One write of a chunk.write_many: a chunk.write's own fields; its bytes are the next
+# ``size`` of the request's payload.
+WRITE_ITEM: tuple[Field, ...] = (
+    CHUNK_ID, VERSION,
+    Field("length", UINT, high=CHUNK_BYTES_MAX, error=TooBig,
+          message="write past the maximum chunk size",
+          doc="the valid length from the write handle"),
+    Field("offset", UINT, doc="where the bytes go"),
+    Field("size", UINT, high=WRITE_MANY_ITEM_BYTES_MAX, error=TooBig,
+          message=f"a write of chunk.write_many over {WRITE_MANY_ITEM_BYTES_MAX} bytes",
+          doc="its bytes in the payload"),
+    TOKEN, EXPIRY_MS, EXPECT_LENGTH,
+)  # fmt: skip
+
+CHUNK_WRITE_MANY = Op(
+    "chunk.write_many", WRITERS,
+    fields=(
+        Field("writes", LIST, low=1, high=WRITE_MANY_ITEMS_MAX, items=WRITE_ITEM,
+              message=f"writes: 1 to {WRITE_MANY_ITEMS_MAX} maps",
+              doc="each as a `chunk.write` of the same replica set, not synced; the "
+              f"sizes together at most {WRITE_MANY_BYTES_MAX:,} bytes"),
+        CHAIN, CLIENT_NAME,
+    ),
+    payload="every write's bytes, one after another in the order of `writes`",
+    reply=(Field("errors", LIST, required=False,
+                 doc="when any write failed: one item per write, in order, `null` or the "
+                 "error (a map as an error answer's: `code`, `msg`, `details`) that a "
+                 "`chunk.write` of it alone would have answered"),),
+    answer="`{}` once this replica and every later one in the chain has every write: "
+    "several small files' writes along one chain in one request each hop",
     common=COMMON,
 )  # fmt: skip
 
@@ -206,7 +242,7 @@ CS_STATUS = Op(
 )  # fmt: skip
 
 CHUNK_OPS: tuple[Op, ...] = (
-    CHUNK_WRITE, CHUNK_READ, CHUNK_SYNC, CHUNK_INFO, CHUNK_DELETE, CHUNK_REPLICATE, CS_STATUS,
+    CHUNK_WRITE, CHUNK_WRITE_MANY, CHUNK_READ, CHUNK_SYNC, CHUNK_INFO, CHUNK_DELETE, CHUNK_REPLICATE, CS_STATUS,
     CHUNK_QUARANTINED, CHUNK_SALVAGE,
 )  # fmt: skip
 

@@ -62,10 +62,11 @@ class Field:
 
     ``low``/``high``: the smallest and largest value (``uint``/``int``), length in bytes
     (``bytes``), characters (``str``) or items (``list``). ``items``: each list item's
-    check: ``"uint"`` (an int >= 0), ``"id"`` (an int >= 1), ``"str"``, or a tuple of
+    check: ``"uint"`` (an int >= 0), ``"id"`` (an int >= 1), ``"str"``, a tuple of
     ``(low, high)`` ranges for a list of fixed-length int lists (``[[chunk_id, version],
-    ...]``). ``error``: raised for a value out of
-    ``low..high`` (and for a bad item), with ``message`` when given.
+    ...]``), or a tuple of ``Field`` for a list of maps, each checked as a header is (its
+    own fields' errors). ``error``: raised for a value out of ``low..high`` (and for a bad
+    item of the other kinds), with ``message`` when given.
     """
 
     name: str
@@ -75,7 +76,7 @@ class Field:
     high: int | None = None
     error: Callable[..., DfsError] = Invalid
     message: str = ""
-    items: str | tuple[tuple[int, int], ...] | None = None
+    items: str | tuple[tuple[int, int], ...] | tuple[Field, ...] | None = None
     nullable: bool = False
     doc: str = ""
     # False for a field that steers the server but is no argument of the op's command.
@@ -142,8 +143,25 @@ def _compile(f: Field) -> Check:
 
         return check_bool
 
+    if kind == LIST and f.items and isinstance(f.items[0], Field):
+        each = _compile_checks(cast(tuple[Field, ...], f.items))
+
+        def check_maps(v: Any) -> None:
+            if type(v) is not list:
+                if v is None and nullable:
+                    return
+                raise _kind_error(name, kind, v)
+            if (high is not None and len(v) > high) or (low is not None and len(v) < low):
+                raise out(v)
+            for x in v:
+                if type(x) is not dict:
+                    raise ProtocolError(f"field {name!r}: every item must be a map")
+                each(x)
+
+        return check_maps
+
     if kind == LIST:
-        item = _item_check(f.items)
+        item = _item_check(cast(str | tuple[tuple[int, int], ...] | None, f.items))
 
         def check_list(v: Any) -> None:
             if type(v) is not list:

@@ -10,6 +10,9 @@ What these tests check, end to end through sockets and files:
   (cs.bad_chunks, retried until acknowledged); the others still serve;
 - an error downstream comes back with the failing server's address;
 - ``expect_length`` on writes and syncs is checked on every replica of the chain;
+- ``chunk.write_many`` lands each good write on every replica, fails each bad one alone
+  (the nearer replica's error), keeps one chunk's writes in order, and refuses whole what
+  breaks the request;
 - registration and heartbeats reach the metaserver (following a NotLeader hint), the cs_id
   is stable across a restart, and data is served while no metaserver answers;
 - SIGTERM exits 0 promptly, with connections open and with writes in flight (every write it
@@ -687,6 +690,89 @@ async def test_a_downstream_error_names_the_failing_server(
     assert down.value.details["address"] == dead
     # The replicas before the failure did write (the client will bump the version anyway).
     assert await c.read(2, 10, 1, 0, 10) == b"data"
+
+
+def write_item(
+    chunk_id: int, version: int, offset: int, data: bytes, **extra: Any
+) -> dict[str, Any]:
+    """One write of a ``chunk.write_many``, with a good token unless ``extra`` says."""
+    return {
+        "chunk_id": chunk_id, "version": version, "length": 0, "offset": offset,
+        "size": len(data), **token_fields(chunk_id, version, WRITE), **extra,
+    }  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+async def test_write_many_lands_every_good_write_on_every_replica_and_fails_the_others_alone(
+    metaservers: Callable[..., FakeMetaserver], clusters: Callable[..., Chunkservers]
+) -> None:
+    """chunk.write_many (WRITE MANY in chunkserver/writes.py): several chunks' writes along
+    one chain in one request; each fails as a chunk.write of it alone would, with the
+    nearer replica's error, and the rest land on every replica."""
+    meta = metaservers()
+    c = clusters([meta.address])
+    await c.start_all()
+    rng = random.Random(7)
+    # cs3 holds chunk 0x72 at a newer version: that write fails two hops down, alone.
+    await c.write(3, 0x72, 2, 0, b"newer")
+    big = rng.randbytes(INLINE_WRITE_BYTES_MAX - 1)  # on the loop at the chain's end only
+    writes = [
+        (0x70, 1, 0, rng.randbytes(4096), {}),
+        (0x71, 1, 0, rng.randbytes(1), {}),
+        (0x72, 1, 0, b"older", {}),
+        (0x73, 1, 0, b"forged", {"token": b"x" * 32}),
+        (0x70, 1, 4096, big, {}),  # the same chunk again, after its first write
+        (0x74, 1, 0, b"", {}),
+    ]
+    items = [write_item(cid, v, off, data, **extra) for cid, v, off, data, extra in writes]
+    reply = await c.call(1, "chunk.write_many", b"".join(w[3] for w in writes), writes=items,
+                         chain=[c.addresses[2], c.addresses[3]])  # fmt: skip
+    errors = reply["errors"]
+    assert [e is None for e in errors] == [True, True, False, False, True, True]
+    assert errors[2]["code"] == Stale.CODE and errors[2]["details"]["address"] == c.addresses[3]
+    assert errors[3]["code"] == PermissionDenied.CODE
+    assert errors[3]["details"]["address"] == c.addresses[1]  # the nearest replica's error
+    for i in c.ids:
+        assert await c.read(i, 0x70, 1, 0, 1 << 20) == writes[0][3] + big, f"cs{i}"
+        assert await c.read(i, 0x71, 1, 0, 10) == writes[1][3]
+        info = await c.call(i, "chunk.info", chunk_id=0x74)
+        assert (info["version"], info["length"]) == (1, 0)
+        with pytest.raises(NotFound):
+            await c.call(i, "chunk.info", chunk_id=0x73)
+    # All written: an empty answer.
+    ok = [write_item(0x75 + k, 1, 0, bytes([k]) * 100) for k in range(3)]
+    reply = await c.call(2, "chunk.write_many", b"".join(bytes([k]) * 100 for k in range(3)),
+                         writes=ok, chain=[c.addresses[3]])  # fmt: skip
+    assert "errors" not in reply
+    assert await c.read(3, 0x77, 1, 0, 200) == bytes([2]) * 100
+    # Two writes of one chunk in one batch land in order, even when only the later could
+    # have gone on the event loop (the earlier keeps part of an old block: the disk pool).
+    for i in c.ids:
+        await c.write(i, 0x7B, 1, 0, b"o" * B)
+    first, second = b"1" * 10, b"2" * B  # over [100, 110) of the block, then all of it
+    items = [write_item(0x7B, 1, 100, first, length=B), write_item(0x7B, 1, 0, second, length=B)]
+    assert "errors" not in await c.call(1, "chunk.write_many", first + second, writes=items,
+                                        chain=[c.addresses[2], c.addresses[3]])  # fmt: skip
+    for i in c.ids:
+        assert await c.read(i, 0x7B, 1, 0, B) == second, f"cs{i}"
+    # What the whole request breaks is refused whole, and the server stays up.
+    with pytest.raises(Invalid):  # the payload is not the writes' sizes
+        await c.call(1, "chunk.write_many", b"abc", writes=[write_item(0x78, 1, 0, b"ab")])
+    with pytest.raises(TooBig):  # one write over the item limit
+        item = write_item(0x78, 1, 0, b"")
+        await c.call(1, "chunk.write_many", b"", writes=[{**item, "size": 1 << 20}])
+    with pytest.raises(Invalid):  # no writes
+        await c.call(1, "chunk.write_many", b"", writes=[])
+    with pytest.raises(ProtocolError):  # an item that is no map
+        await c.call(1, "chunk.write_many", b"", writes=[[1, 2]])
+    # A dead next hop: every write gets the connection's error, named by who saw it.
+    (dead_port,) = free_loopback_ports(1)
+    dead = f"127.0.0.1:{dead_port}"
+    reply = await c.call(1, "chunk.write_many", b"ab", writes=[write_item(0x79, 1, 0, b"a"),
+                         write_item(0x7A, 1, 0, b"b")], chain=[dead])  # fmt: skip
+    assert [e["code"] for e in reply["errors"]] == [Unavailable.CODE] * 2
+    assert all(e["details"]["address"] == dead for e in reply["errors"])
+    assert await c.read(1, 0x7A, 1, 0, 10) == b"b"  # written here, as a chain's first does
 
 
 @pytest.mark.timeout(60)

@@ -256,6 +256,8 @@ def _good(f: Field) -> Any:
     if f.kind == "list":
         if f.items is None:
             return [0] * low
+        if isinstance(f.items, tuple) and isinstance(f.items[0], Field):
+            return [{i.name: _good(i) for i in f.items if i.required}] * max(low, 1)
         if isinstance(f.items, tuple):
             return [[lo for lo, _ in f.items]] * max(low, 1)
         return [{"id": 1, "uint": 0, "str": "h:1"}[f.items]] * max(low, 1)

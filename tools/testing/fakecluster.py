@@ -96,6 +96,7 @@ from dfs.wire.errors import (
     Timeout,
     Unavailable,
     Unsupported,
+    errors_to_wire,
 )
 from dfs.wire.limits import CHUNK_SIZE_BYTES_DEFAULT, ROOT_INO
 from dfs.wire.messages import field as wire_field
@@ -853,6 +854,24 @@ class FakeChunkServer:
         if nxt is not None:
             nxt.apply_write(rest, payload)
 
+    def apply_write_many(self, h: dict[str, Any], payload: bytes) -> dict[str, Any]:
+        """Each write as a ``chunk.write`` of it alone along the chain; the errors listed
+        as a chunkserver lists them."""
+        chain = wire_field(h, "chain", list, [])
+        errors: list[DfsError | None] = []
+        start = 0
+        for item in h["writes"]:
+            data = payload[start : start + item["size"]]
+            start += item["size"]
+            try:
+                self.apply_write({**item, "chain": chain}, data)
+                errors.append(None)
+            except DfsError as e:
+                e.details.setdefault("address", self.address)
+                errors.append(e)
+        wire = errors_to_wire(errors)
+        return {} if wire is None else {"errors": wire}
+
     def apply_sync(self, h: dict[str, Any]) -> None:
         if not self.alive:
             raise Unavailable("chunkserver down")
@@ -887,6 +906,10 @@ class FakeChunkServer:
                 raise self.fail_writes.pop(0)
             self.apply_write(header, payload)
             return {}, b""
+        if op == "chunk.write_many":
+            if self.fail_writes:
+                raise self.fail_writes.pop(0)
+            return self.apply_write_many(header, payload), b""
         if op == "chunk.sync":
             self.apply_sync(header)
             return {}, b""

@@ -33,7 +33,7 @@ import concurrent.futures
 import contextlib
 import functools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +42,7 @@ from chunkserver.blocks import reads_old_blocks
 from chunkserver.copies import Incoming
 from chunkserver.pagecache import WRITEBACK_BYTES_MIN
 from chunkserver.store import ChunkStore, WouldBlock
+from dfs.wire.errors import DfsError
 from dfs.wire.replicafile import ReplicaInfo
 
 T = TypeVar("T")
@@ -61,6 +62,9 @@ INLINE_READ_BYTES_MAX = 256 * 1024
 # Writes up to this size that sync nothing may run on the event loop (``write_now``): a new
 # small file's bytes then cost no thread hop and no task on any replica of its chain.
 INLINE_WRITE_BYTES_MAX = 256 * 1024
+# Chunks one disk job of ``delete_many`` removes (DELETES IN BULK): about 25 ms of unlinks
+# on this kind of disk, so a delete job holds a slot no longer than a big write does.
+DELETE_JOB_CHUNKS = 256
 
 
 class ChunkLock:
@@ -86,6 +90,11 @@ class ChunkLock:
 
     def _can(self, exclusive: bool) -> bool:
         return not self.writer and (self.readers == 0 if exclusive else True)
+
+    def take_now(self) -> None:
+        """Take a new, idle lock exclusively, at once."""
+        assert self.idle
+        self._take(True)
 
     def _take(self, exclusive: bool) -> None:
         if exclusive:
@@ -302,6 +311,74 @@ class AsyncChunkStore:
 
     async def delete(self, chunk_id: int, version: int | None = None) -> bool:
         return await self._run(chunk_id, True, lambda: self.store.delete(chunk_id, version))
+
+    async def delete_many(self, entries: list[tuple[int, int | None]]) -> list[bool]:
+        """``delete`` of each (chunk_id, version), in order; raises the first error, once
+        every delete has ended. DELETES IN BULK: a chunk that nothing holds or waits for is
+        locked at once, and such chunks are deleted one after another in one disk job of up
+        to ``DELETE_JOB_CHUNKS``; a thread hop, a task and a lock per chunk cost several
+        times its unlink (about 0.5 ms of CPU a chunk, measured, against under 0.1 ms). A
+        chunk someone holds waits for its lock, as ``delete``."""
+        bulk: list[tuple[int, int | None, ChunkLock]] = []
+        singles: dict[int, Awaitable[bool]] = {}
+        for i, (chunk_id, version) in enumerate(entries):
+            if chunk_id in self._locks:
+                singles[i] = self.delete(chunk_id, version)
+                continue
+            lock = self._locks[chunk_id] = ChunkLock()
+            lock.take_now()
+            bulk.append((chunk_id, version, lock))
+        groups = [bulk[k : k + DELETE_JOB_CHUNKS] for k in range(0, len(bulk), DELETE_JOB_CHUNKS)]
+        in_jobs, alone = await asyncio.gather(
+            asyncio.gather(*(self._delete_locked(g) for g in groups), return_exceptions=True),
+            asyncio.gather(*singles.values(), return_exceptions=True),
+        )
+        flat: list[bool | BaseException] = []
+        for group, outcome in zip(groups, in_jobs, strict=True):
+            if isinstance(outcome, BaseException):
+                flat.extend([outcome] * len(group))
+            else:
+                flat.extend(outcome)
+        in_bulk, by_one = iter(flat), iter(alone)
+        results = [next(by_one) if i in singles else next(in_bulk) for i in range(len(entries))]
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [bool(r) for r in results]
+
+    async def _delete_locked(
+        self, chunks: list[tuple[int, int | None, ChunkLock]]
+    ) -> list[bool | DfsError]:
+        """Delete ``chunks``, each already locked here (exclusive), in one disk job; the
+        locks are released when the job ends, whoever still waits for it."""
+
+        def release() -> None:
+            for chunk_id, _, lock in chunks:
+                lock.release(True)
+                self._forget_if_idle(chunk_id, lock)
+
+        def job() -> list[bool | DfsError]:
+            done: list[bool | DfsError] = []
+            for chunk_id, version, _ in chunks:
+                try:
+                    done.append(self.store.delete(chunk_id, version))
+                except DfsError as e:
+                    done.append(e)
+            return done
+
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            release()
+            raise
+        future = asyncio.get_running_loop().run_in_executor(self._pool, job)
+
+        def finished() -> None:
+            self._slots.release()
+            release()
+
+        self._track(future, finished)
+        return await asyncio.shield(future)
 
     async def quarantined(self, chunk_id: int) -> list[salvaging.CopyJudged]:
         return await self._run(chunk_id, True, lambda: salvaging.quarantined(self.store, chunk_id))

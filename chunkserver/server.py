@@ -480,10 +480,10 @@ class ChunkServer:
         entries: list[tuple[int, int]] = [(c[0], c[1]) for c in h["chunks"]]
         store = self.store_now()
         deadline = asyncio.get_running_loop().time() + timeout_s
-        # All at once: the disk pool bounds the threads, and each delete takes its chunk's
-        # lock, so a read or write of that chunk in flight finishes first.
+        # In bulk (disk.py DELETES IN BULK): each delete takes its chunk's lock, so a read or
+        # write of that chunk in flight finishes first.
         removed = await self.local(
-            asyncio.gather(*(store.delete(chunk_id, version) for chunk_id, version in entries)),
+            store.delete_many([(chunk_id, version) for chunk_id, version in entries]),
             deadline,
             "chunk.delete",
         )

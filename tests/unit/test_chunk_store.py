@@ -24,7 +24,8 @@ What is checked here, on real files in a tmp dir:
 - ``AsyncChunkStore``: concurrent writes to one chunk are serialised; a delete waits for the
   reads in flight; an abort waits for the copy's write job; the lock survives cancelled
   waiters, also when a release already dropped their entry; small unsynced writes run on
-  the loop unless the chunk is busy or the write bumps its version.
+  the loop unless the chunk is busy or the write bumps its version; deletes in bulk take
+  one disk job per group of free chunks and answer each entry in order.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import pytest
 
 import chunkserver.pagecache
 import chunkserver.store
-from chunkserver import blocks
+from chunkserver import blocks, disk
 from chunkserver.disk import INLINE_WRITE_BYTES_MAX, AsyncChunkStore, ChunkLock
 from chunkserver.pagecache import DROP_BEHIND_LAG_BYTES, WRITEBACK_BYTES_MIN
 from chunkserver.store import ChunkStore, WouldBlock
@@ -1425,6 +1426,49 @@ async def test_delete_waits_for_a_read_of_the_chunk_in_flight(
     assert [bytes(r) for r in await asyncio.gather(*reads)] == [content] * 3
     assert await deleted is True
     assert store.info(CHUNK) is None and store.store.used_bytes == 0
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_deletes_in_bulk_answer_each_in_order_and_wait_for_a_read_in_flight(
+    async_store: Callable[[], AsyncChunkStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DELETES IN BULK (disk.py): free chunks in jobs of DELETE_JOB_CHUNKS, one disk job
+    each; a chunk a read holds waits for it; each answer where its entry was asked."""
+    monkeypatch.setattr(disk, "DELETE_JOB_CHUNKS", 4)
+    store = async_store()
+    for chunk_id in range(1, 11):
+        await store.write(chunk_id, 2, 0, 0, data(1000, seed=chunk_id))
+    held = data(MiB, seed=41)
+    await store.write(20, 1, 0, 0, held)
+    jobs = 0
+    run_in_executor = asyncio.get_running_loop().run_in_executor
+
+    def counted(*args: Any) -> Any:
+        nonlocal jobs
+        jobs += 1
+        return run_in_executor(*args)
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "run_in_executor", counted)
+    read = asyncio.create_task(store.read(20, 1, 0, MiB))
+    await asyncio.sleep(0)  # the read holds chunk 20's lock
+    entries: list[tuple[int, int | None]] = [
+        (20, 1),
+        *((c, 2) for c in range(1, 8)),
+        (3, 2),
+        (8, 1),
+        (9, None),
+        (10, 5),
+        (99, 1),
+    ]
+    deleted = asyncio.create_task(store.delete_many(entries))
+    assert bytes(await read) == held
+    # 20 (held) after the read; 1-7 (two jobs); 3 again behind its first delete: gone
+    # already; 8 is newer than asked; 9 any version; 10 older than asked; 99 unknown.
+    assert await deleted == [True, *[True] * 7, False, False, True, True, False]
+    assert jobs == 1 + 3 + 2  # the read; 1-4, 5-8, 9-99 in bulk; 20 and 3 again, one each
+    assert [store.info(c) is None for c in (8, 20, 1, 9, 10)] == [False, True, True, True, True]
+    assert not store._locks
     await store.close()
 
 

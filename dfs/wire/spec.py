@@ -143,25 +143,12 @@ def _compile(f: Field) -> Check:
 
         return check_bool
 
-    if kind == LIST and f.items and isinstance(f.items[0], Field):
-        each = _compile_checks(cast(tuple[Field, ...], f.items))
-
-        def check_maps(v: Any) -> None:
-            if type(v) is not list:
-                if v is None and nullable:
-                    return
-                raise _kind_error(name, kind, v)
-            if (high is not None and len(v) > high) or (low is not None and len(v) < low):
-                raise out(v)
-            for x in v:
-                if type(x) is not dict:
-                    raise ProtocolError(f"field {name!r}: every item must be a map")
-                each(x)
-
-        return check_maps
-
     if kind == LIST:
-        item = _item_check(cast(str | tuple[tuple[int, int], ...] | None, f.items))
+        maps = bool(f.items) and isinstance(cast(tuple[Any, ...], f.items)[0], Field)
+        each = _compile_checks(cast(tuple[Field, ...], f.items)) if maps else None
+        item = (
+            None if maps else _item_check(cast(str | tuple[tuple[int, int], ...] | None, f.items))
+        )
 
         def check_list(v: Any) -> None:
             if type(v) is not list:
@@ -170,7 +157,12 @@ def _compile(f: Field) -> Check:
                 raise _kind_error(name, kind, v)
             if (high is not None and len(v) > high) or (low is not None and len(v) < low):
                 raise out(v)
-            if item is not None:
+            if each is not None:  # maps, each checked as a header is: its fields' errors
+                for x in v:
+                    if type(x) is not dict:
+                        raise ProtocolError(f"field {name!r}: every item must be a map")
+                    each(x)
+            elif item is not None:
                 for x in v:
                     if not item(x):
                         raise out(v)

@@ -23,7 +23,9 @@ The model, faithful where the client can tell:
   replica's own version. An empty ``chunk.write`` is allowed (it moves the version).
   ``expect_length`` (on ``chunk.write`` and ``chunk.sync``) is checked as a chunkserver
   does: a replica shorter than it answers ``Stale`` to a sync, a sync write that leaves it
-  short, and a write past its end.
+  short, and a write past its end. ``chunk.write_many`` applies each write as a
+  ``chunk.write`` along the chain and lists the errors as a chunkserver does (unlike a
+  chunkserver, a write that fails on one replica goes no further down the chain).
 - Truncation (``fs.setattr size``) drops the chunks past the size, shortens the table's
   length of the chunk the size falls inside and bumps its version; the leader's push of
   that version is simulated: each live replica holding at least the new length cuts

@@ -329,10 +329,20 @@ class AsyncChunkStore:
             lock.take_now()
             bulk.append((chunk_id, version, lock))
         groups = [bulk[k : k + DELETE_JOB_CHUNKS] for k in range(0, len(bulk), DELETE_JOB_CHUNKS)]
-        in_jobs, alone = await asyncio.gather(
-            asyncio.gather(*(self._delete_locked(g) for g in groups), return_exceptions=True),
-            asyncio.gather(*singles.values(), return_exceptions=True),
-        )
+        started: set[int] = set()  # the groups whose job owns their locks (by id)
+        try:
+            in_jobs, alone = await asyncio.gather(
+                asyncio.gather(
+                    *(self._delete_locked(g, started) for g in groups), return_exceptions=True
+                ),
+                asyncio.gather(*singles.values(), return_exceptions=True),
+            )
+        finally:
+            # Cancelled before a group's job took its first step: nothing else releases
+            # the locks taken above.
+            for group in groups:
+                if id(group) not in started:
+                    self._release_all(group)
         flat: list[bool | BaseException] = []
         for group, outcome in zip(groups, in_jobs, strict=True):
             if isinstance(outcome, BaseException):
@@ -346,16 +356,21 @@ class AsyncChunkStore:
                 raise result
         return [bool(r) for r in results]
 
+    def _release_all(self, chunks: list[tuple[int, int | None, ChunkLock]]) -> None:
+        for chunk_id, _, lock in chunks:
+            lock.release(True)
+            self._forget_if_idle(chunk_id, lock)
+
     async def _delete_locked(
-        self, chunks: list[tuple[int, int | None, ChunkLock]]
+        self, chunks: list[tuple[int, int | None, ChunkLock]], started: set[int]
     ) -> list[bool | DfsError]:
-        """Delete ``chunks``, each already locked here (exclusive), in one disk job; the
-        locks are released when the job ends, whoever still waits for it."""
+        """Delete ``chunks``, each already locked here (exclusive), in one disk job; from
+        its first step (``started``) this owns the locks, released when the job ends,
+        whoever still waits for it."""
+        started.add(id(chunks))
 
         def release() -> None:
-            for chunk_id, _, lock in chunks:
-                lock.release(True)
-                self._forget_if_idle(chunk_id, lock)
+            self._release_all(chunks)
 
         def job() -> list[bool | DfsError]:
             done: list[bool | DfsError] = []

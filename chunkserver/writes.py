@@ -99,28 +99,37 @@ class Writes:
             raise
         return done is not None
 
-    def later(self, w: WriteRequest, data: bytes | memoryview, deadline: float) -> Awaitable[None]:
+    def later(
+        self, w: WriteRequest, data: bytes | memoryview, deadline: float
+    ) -> asyncio.Task[None]:
         """The write in the disk pool, behind the chunk's writes already running here
-        (FIFO PER CHUNK): counted as running from this call, before any await."""
-        self._running[w.chunk_id] = self._running.get(w.chunk_id, 0) + 1
-        return self._later(w, data, deadline)
+        (FIFO PER CHUNK): counted as running from this call, before any await, until its
+        task ends, however it ends (cancelled before its first step too)."""
+        chunk_id = w.chunk_id
+        self._running[chunk_id] = self._running.get(chunk_id, 0) + 1
 
-    async def _later(self, w: WriteRequest, data: bytes | memoryview, deadline: float) -> None:
-        try:
+        async def run() -> None:
+            store = self._server.store_now()
             await self._server.local(
-                self._server.store_now().write(
-                    w.chunk_id, w.version, w.length, w.offset, data,
+                store.write(
+                    chunk_id, w.version, w.length, w.offset, data,
                     sync=w.sync, expect_length=w.expect_length,
                 ),
                 deadline,
                 "chunk.write",
             )  # fmt: skip
-        finally:
-            left = self._running[w.chunk_id] - 1
+
+        task = asyncio.ensure_future(run())
+
+        def ended(_: asyncio.Task[None]) -> None:
+            left = self._running[chunk_id] - 1
             if left:
-                self._running[w.chunk_id] = left
+                self._running[chunk_id] = left
             else:
-                del self._running[w.chunk_id]
+                del self._running[chunk_id]
+
+        task.add_done_callback(ended)
+        return task
 
     async def write(self, h: dict[str, Any], payload: bytes, timeout_s: float) -> None:
         """``chunk.write``: here and down the chain at once; done when both are."""

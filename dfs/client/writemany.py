@@ -20,8 +20,9 @@ sends a request for others too is cancelled once that request has ended (it is s
 and bounded by the I/O timeout), so the others are told what the chunkservers answered,
 never a failure of a replica that did nothing wrong.
 
-Mixed versions: a chunkserver that does not know ``chunk.write_many`` (``Unsupported``, one
-not yet upgraded) gets the request's writes one by one.
+Mixed versions: when a chunkserver of the chain does not know ``chunk.write_many``
+(``Unsupported``: one not yet upgraded, first in the chain or further down), the writes it
+refused go again one by one as ``chunk.write``.
 """
 
 from __future__ import annotations
@@ -171,7 +172,11 @@ class WriteMany:
         except DfsError as e:
             e.details.setdefault("address", chain[0].address)
             return [e, *(copy.copy(e) for _ in batch[1:])]
-        return errors_from_wire(reply.get("errors"), len(batch))
+        errors = errors_from_wire(reply.get("errors"), len(batch))
+        for i, error in enumerate(errors):
+            if isinstance(error, Unsupported):  # a later replica does not know the op
+                errors[i] = await self._one(batch[i])
+        return errors
 
     async def _one(self, w: _Write) -> DfsError | None:
         """``w`` as a ``chunk.write`` of its own; its error, or None."""

@@ -211,3 +211,17 @@ async def test_a_chunkserver_without_write_many_gets_the_writes_one_by_one() -> 
     assert [(c[1], c[2]) for c in pool.calls] == [
         ("chunk.write", b"a"), ("chunk.write_many", b"\x02\x03"),
         ("chunk.write", b"\x02"), ("chunk.write", b"\x03")]  # fmt: skip
+    # One further down the chain: its refusals come back in the list, and go again alone.
+    pool.calls.clear()
+    refused = error_to_wire(Unsupported("unknown op", address="h:3"))
+    pool.answers = {"chunk.write_many": {"errors": [refused, None]}}
+    pool.gate = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(many.write, handle(1), 0, b"a")
+        await wait_for(lambda: pool.in_flight == 1)
+        for n, chunk_id in enumerate((2, 3), 1):
+            tg.start_soon(many.write, handle(chunk_id), 0, bytes([chunk_id]))
+            await wait_for(lambda n=n: len(many._sets[("h:1", "h:2", "h:3")].queue) == n)
+        pool.gate.set()
+    assert [(c[1], c[2]) for c in pool.calls][1:] == [
+        ("chunk.write_many", b"\x02\x03"), ("chunk.write", b"\x02")]  # fmt: skip

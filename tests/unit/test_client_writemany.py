@@ -196,11 +196,8 @@ async def test_a_writer_cancelled_mid_request_lets_it_end_and_the_others_get_its
         assert outcomes[chunk_id] is None or not isinstance(outcomes[chunk_id], DfsError)
 
 
-async def test_a_chunkserver_without_write_many_gets_the_writes_one_by_one() -> None:
-    pool = StubPool()
-    many = WriteMany(pool, io_timeout_s=1.0)  # type: ignore[arg-type]
-    pool.gate = anyio.Event()
-    pool.answers = {"chunk.write_many": Unsupported("unknown op chunk.write_many")}
+async def one_then_two(many: WriteMany, pool: StubPool) -> None:
+    """Chunk 1's write alone, in flight while chunks 2 and 3 queue; then the gate opens."""
     async with anyio.create_task_group() as tg:
         tg.start_soon(many.write, handle(1), 0, b"a")
         await wait_for(lambda: pool.in_flight == 1)
@@ -208,6 +205,14 @@ async def test_a_chunkserver_without_write_many_gets_the_writes_one_by_one() -> 
             tg.start_soon(many.write, handle(chunk_id), 0, bytes([chunk_id]))
             await wait_for(lambda n=n: len(many._sets[("h:1", "h:2", "h:3")].queue) == n)
         pool.gate.set()
+
+
+async def test_a_chunkserver_without_write_many_gets_the_writes_one_by_one() -> None:
+    pool = StubPool()
+    many = WriteMany(pool, io_timeout_s=1.0)  # type: ignore[arg-type]
+    pool.gate = anyio.Event()
+    pool.answers = {"chunk.write_many": Unsupported("unknown op chunk.write_many")}
+    await one_then_two(many, pool)
     assert [(c[1], c[2]) for c in pool.calls] == [
         ("chunk.write", b"a"), ("chunk.write_many", b"\x02\x03"),
         ("chunk.write", b"\x02"), ("chunk.write", b"\x03")]  # fmt: skip
@@ -216,12 +221,6 @@ async def test_a_chunkserver_without_write_many_gets_the_writes_one_by_one() -> 
     refused = error_to_wire(Unsupported("unknown op", address="h:3"))
     pool.answers = {"chunk.write_many": {"errors": [refused, None]}}
     pool.gate = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(many.write, handle(1), 0, b"a")
-        await wait_for(lambda: pool.in_flight == 1)
-        for n, chunk_id in enumerate((2, 3), 1):
-            tg.start_soon(many.write, handle(chunk_id), 0, bytes([chunk_id]))
-            await wait_for(lambda n=n: len(many._sets[("h:1", "h:2", "h:3")].queue) == n)
-        pool.gate.set()
+    await one_then_two(many, pool)
     assert [(c[1], c[2]) for c in pool.calls][1:] == [
         ("chunk.write_many", b"\x02\x03"), ("chunk.write", b"\x02")]  # fmt: skip

@@ -369,9 +369,6 @@ class AsyncChunkStore:
         whoever still waits for it."""
         started.add(id(chunks))
 
-        def release() -> None:
-            self._release_all(chunks)
-
         def job() -> list[bool | DfsError]:
             done: list[bool | DfsError] = []
             for chunk_id, version, _ in chunks:
@@ -384,13 +381,13 @@ class AsyncChunkStore:
         try:
             await self._slots.acquire()
         except BaseException:
-            release()
+            self._release_all(chunks)
             raise
         future = asyncio.get_running_loop().run_in_executor(self._pool, job)
 
         def finished() -> None:
             self._slots.release()
-            release()
+            self._release_all(chunks)
 
         self._track(future, finished)
         return await asyncio.shield(future)

@@ -50,7 +50,6 @@ class WriteRequest:
     version: int
     length: int
     offset: int
-    size: int
     sync: bool
     expect_length: int | None
 
@@ -80,7 +79,7 @@ class Writes:
         if offset + size > CHUNK_BYTES_MAX:
             raise TooBig("write past the maximum chunk size", limit=CHUNK_BYTES_MAX)
         return WriteRequest(
-            chunk_id, version, h["length"], offset, size,
+            chunk_id, version, h["length"], offset,
             not item and h.get("sync", False) is True, h.get("expect_length"),
         )  # fmt: skip
 

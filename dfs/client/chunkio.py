@@ -41,7 +41,7 @@ import anyio
 import sniffio
 
 from dfs.client.localread import LocalReads
-from dfs.client.pool import ConnectionPool
+from dfs.client.pool import ConnectionPool, server_timeout_ms
 from dfs.client.records import ChunkLocation, Replica, WriteHandle
 from dfs.client.writemany import WriteMany
 from dfs.wire.errors import (
@@ -130,7 +130,7 @@ class ChunkIo:
         self._suspect_until: dict[str, float] = {}  # address -> the event loop's time
         self._ranks: dict[tuple[int, int, tuple[Replica, ...]], tuple[Replica, ...]] = {}
         self._clock: Callable[[], float] | None = None
-        self.many = WriteMany(pool, io_timeout_s=io_timeout_s)  # WRITE MANY
+        self.many = WriteMany(pool, io_timeout_s=io_timeout_s, alone=self.along_chain)
 
     def _now(self) -> float:
         """The event loop's time, as ``anyio.current_time()`` (the callers' deadlines are
@@ -222,7 +222,7 @@ class ChunkIo:
                     size=size,
                     token=location.token,
                     expiry_ms=location.expiry_ms,
-                    timeout_ms=max(1, int(timeout_s * 900)),
+                    timeout_ms=server_timeout_ms(timeout_s),
                 )
             except _READ_FAILOVER as e:
                 if isinstance(e, (Unavailable, Timeout)):
@@ -313,6 +313,37 @@ class ChunkIo:
         if not fan_out and not sync and self.many.takes(data):
             await self.many.write(handle, offset, data, expect_length=expect_length)
             return
+        chain = handle.chain
+        if fan_out and len(chain) > 1 and len(data) <= self.fanout_bytes_max:
+            await self._fan_out(
+                chain, data, self._write_fields(handle, offset, sync, expect_length)
+            )
+            return
+        await self.along_chain(handle, offset, data, sync=sync, expect_length=expect_length)
+
+    async def along_chain(
+        self,
+        handle: WriteHandle,
+        offset: int,
+        data: bytes | memoryview,
+        *,
+        sync: bool = False,
+        expect_length: int | None = None,
+    ) -> None:
+        """One ``chunk.write`` to the chain's first replica, which forwards it."""
+        chain = handle.chain
+        await self._pool.call(
+            chain[0].address,
+            "chunk.write",
+            data,
+            timeout_s=self.io_timeout_s,
+            chain=[r.address for r in chain[1:]],
+            **self._write_fields(handle, offset, sync, expect_length),
+        )
+
+    def _write_fields(
+        self, handle: WriteHandle, offset: int, sync: bool, expect_length: int | None
+    ) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "chunk_id": handle.chunk_id,
             "version": handle.version,
@@ -321,22 +352,11 @@ class ChunkIo:
             "token": handle.token,
             "expiry_ms": handle.expiry_ms,
             "sync": sync,
-            "timeout_ms": max(1, int(self.io_timeout_s * 900)),
+            "timeout_ms": server_timeout_ms(self.io_timeout_s),
         }
         if expect_length is not None:
             fields["expect_length"] = expect_length
-        chain = handle.chain
-        if fan_out and len(chain) > 1 and len(data) <= self.fanout_bytes_max:
-            await self._fan_out(chain, data, fields)
-            return
-        await self._pool.call(
-            chain[0].address,
-            "chunk.write",
-            data,
-            timeout_s=self.io_timeout_s,
-            chain=[r.address for r in chain[1:]],
-            **fields,
-        )
+        return fields
 
     async def _fan_out(
         self, chain: tuple[Replica, ...], data: bytes | memoryview, fields: dict[str, Any]
@@ -378,7 +398,7 @@ class ChunkIo:
             token=handle.token,
             expiry_ms=handle.expiry_ms,
             chain=[r.address for r in rest],
-            timeout_ms=max(1, int(self.io_timeout_s * 900)),
+            timeout_ms=server_timeout_ms(self.io_timeout_s),
             **fields,
         )
 

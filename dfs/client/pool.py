@@ -121,4 +121,11 @@ class ConnectionPool:
             await conn.aclose()
 
 
-__all__ = ["ConnectionPool"]
+def server_timeout_ms(timeout_s: float) -> int:
+    """The ``timeout_ms`` a request carries when the client waits ``timeout_s`` for it: a
+    tenth inside, so that the server's own ``Timeout`` answer arrives before the client
+    gives up."""
+    return max(1, int(timeout_s * 900))
+
+
+__all__ = ["ConnectionPool", "server_timeout_ms"]

@@ -30,11 +30,12 @@ from __future__ import annotations
 import copy
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
-from dfs.client.pool import ConnectionPool
+from dfs.client.pool import ConnectionPool, server_timeout_ms
 from dfs.client.records import WriteHandle
 from dfs.wire.errors import Busy, DfsError, Unsupported, errors_from_wire
 from dfs.wire.limits import WRITE_MANY_BYTES_MAX, WRITE_MANY_ITEM_BYTES_MAX, WRITE_MANY_ITEMS_MAX
@@ -42,13 +43,16 @@ from dfs.wire.limits import WRITE_MANY_BYTES_MAX, WRITE_MANY_ITEM_BYTES_MAX, WRI
 log = logging.getLogger(__name__)
 
 _PENDING: Any = object()
+# ``ChunkIo.along_chain``: (handle, offset, data, expect_length=) -> None
+Alone = Callable[..., Awaitable[None]]
 
 
 class _Write:
-    __slots__ = ("data", "error", "handle", "item")
+    __slots__ = ("data", "error", "handle", "item", "offset")
 
-    def __init__(self, handle: WriteHandle, item: dict[str, Any], data: bytes) -> None:
+    def __init__(self, handle: WriteHandle, offset: int, item: dict[str, Any], data: bytes) -> None:
         self.handle = handle
+        self.offset = offset
         self.item = item  # the write's fields in a chunk.write_many
         self.data = data
         self.error: DfsError | None = _PENDING
@@ -68,9 +72,10 @@ class _Set:
 class WriteMany:
     """Group commit of small, unsynced chunk writes per replica set."""
 
-    def __init__(self, pool: ConnectionPool, *, io_timeout_s: float) -> None:
+    def __init__(self, pool: ConnectionPool, *, io_timeout_s: float, alone: Alone) -> None:
         self._pool = pool
         self.io_timeout_s = io_timeout_s
+        self._alone = alone  # a write as a chunk.write of its own (ChunkIo.along_chain)
         self._sets: dict[tuple[str, ...], _Set] = {}
         self.requests = 0  # chunk.write_many requests sent (for tests and the stats)
 
@@ -105,7 +110,7 @@ class WriteMany:
         group = self._sets.get(key)
         if group is None:
             group = self._sets[key] = _Set()
-        w = _Write(handle, item, bytes(data))
+        w = _Write(handle, offset, item, bytes(data))
         group.queue.append(w)
         try:
             while w.error is _PENDING:
@@ -164,7 +169,7 @@ class WriteMany:
             reply, _ = await self._pool.call(
                 chain[0].address, "chunk.write_many", b"".join(w.data for w in batch),
                 timeout_s=self.io_timeout_s, chain=[r.address for r in chain[1:]],
-                timeout_ms=self._timeout_ms(), writes=[w.item for w in batch],
+                timeout_ms=server_timeout_ms(self.io_timeout_s), writes=[w.item for w in batch],
             )  # fmt: skip
         except Unsupported:
             log.info("%s does not know chunk.write_many: writes one by one", chain[0].address)
@@ -180,20 +185,12 @@ class WriteMany:
 
     async def _one(self, w: _Write) -> DfsError | None:
         """``w`` as a ``chunk.write`` of its own; its error, or None."""
-        chain = w.handle.chain
         try:
-            await self._pool.call(
-                chain[0].address, "chunk.write", w.data,
-                timeout_s=self.io_timeout_s, chain=[r.address for r in chain[1:]],
-                sync=False, timeout_ms=self._timeout_ms(), **w.item,
-            )  # fmt: skip
+            await self._alone(w.handle, w.offset, w.data, expect_length=w.item.get("expect_length"))
         except DfsError as e:
-            e.details.setdefault("address", chain[0].address)
+            e.details.setdefault("address", w.handle.chain[0].address)
             return e
         return None
-
-    def _timeout_ms(self) -> int:
-        return max(1, int(self.io_timeout_s * 900))
 
 
 __all__ = ["WriteMany"]

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
+from dfs.client.chunkio import ChunkIo
 from dfs.client.records import Replica, WriteHandle
 from dfs.client.writemany import WriteMany
 from dfs.wire.errors import DfsError, Stale, Unavailable, Unsupported, error_to_wire
@@ -77,7 +78,7 @@ async def wait_for(probe: Any) -> None:
 
 async def test_writes_that_come_while_one_is_in_flight_go_together_each_told_its_own() -> None:
     pool = StubPool()
-    many = WriteMany(pool, io_timeout_s=1.0)  # type: ignore[arg-type]
+    many = ChunkIo(pool, io_timeout_s=1.0).many  # type: ignore[arg-type]
     pool.gate = anyio.Event()
     outcomes: dict[int, BaseException | None] = {}
 
@@ -111,7 +112,7 @@ async def test_writes_that_come_while_one_is_in_flight_go_together_each_told_its
 
 async def test_a_failed_request_fails_each_of_its_writes_and_sets_do_not_mix() -> None:
     pool = StubPool()
-    many = WriteMany(pool, io_timeout_s=1.0)  # type: ignore[arg-type]
+    many = ChunkIo(pool, io_timeout_s=1.0).many  # type: ignore[arg-type]
     pool.gate = anyio.Event()
     errors: dict[int, BaseException | None] = {}
 
@@ -148,7 +149,7 @@ async def test_a_failed_request_fails_each_of_its_writes_and_sets_do_not_mix() -
 
 async def test_a_writer_cancelled_while_it_waits_is_never_sent() -> None:
     pool = StubPool()
-    many = WriteMany(pool, io_timeout_s=1.0)  # type: ignore[arg-type]
+    many = ChunkIo(pool, io_timeout_s=1.0).many  # type: ignore[arg-type]
     pool.gate = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(many.write, handle(1), 0, b"a")
@@ -165,7 +166,7 @@ async def test_a_writer_cancelled_while_it_waits_is_never_sent() -> None:
 
 async def test_a_writer_cancelled_mid_request_lets_it_end_and_the_others_get_its_answer() -> None:
     pool = StubPool()
-    many = WriteMany(pool, io_timeout_s=1.0)  # type: ignore[arg-type]
+    many = ChunkIo(pool, io_timeout_s=1.0).many  # type: ignore[arg-type]
     first_gate = pool.gate = anyio.Event()
     outcomes: dict[int, BaseException | None] = {}
 
@@ -209,7 +210,7 @@ async def one_then_two(many: WriteMany, pool: StubPool) -> None:
 
 async def test_a_chunkserver_without_write_many_gets_the_writes_one_by_one() -> None:
     pool = StubPool()
-    many = WriteMany(pool, io_timeout_s=1.0)  # type: ignore[arg-type]
+    many = ChunkIo(pool, io_timeout_s=1.0).many  # type: ignore[arg-type]
     pool.gate = anyio.Event()
     pool.answers = {"chunk.write_many": Unsupported("unknown op chunk.write_many")}
     await one_then_two(many, pool)
